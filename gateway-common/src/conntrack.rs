@@ -1,0 +1,54 @@
+//! Connection tracking entries. One entry per flow, under a canonical key (the lower
+//! (address, port) endpoint first), so both directions find it with one lookup.
+
+use crate::{assert_size, user_pod};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Addresses as on the wire; IPv4 uses the first four bytes, the rest are zero.
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(CtKey, 40);
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub last_seen_ns: u64,
+    /// Policy generation the flow was last checked against.
+    pub generation: u32,
+    /// Rule that accepted the flow (RULE_DEFAULT for locally originated flows).
+    pub rule: u32,
+    pub state: u8,
+    /// 0: endpoint a opened the flow; 1: endpoint b did.
+    pub initiator: u8,
+    pub origin: u8,
+    /// 1 once the responder has sent a packet.
+    pub replied: u8,
+    pub _pad: [u8; 4],
+}
+assert_size!(CtEntry, 24);
+
+/// The flow was accepted by a policy rule: re-checked when the policy changes.
+pub const ORIGIN_POLICY: u8 = 0;
+/// The flow left through the tunnel's egress (local or already-policed traffic): never re-checked.
+pub const ORIGIN_LOCAL: u8 = 1;
+
+pub const STATE_NEW: u8 = 0;
+pub const STATE_TCP_SYN_SENT: u8 = 1;
+pub const STATE_TCP_ESTABLISHED: u8 = 2;
+pub const STATE_TCP_CLOSING: u8 = 3;
+pub const STATE_TCP_CLOSED: u8 = 4;
+
+pub const STATE_NAMES: [&str; 5] = ["new", "syn_sent", "established", "closing", "closed"];
+
+user_pod!(CtKey, CtEntry);

@@ -1,0 +1,29 @@
+//! Names of the maps the kernel programs define, in one place. The `_v1` suffix is bumped when a
+//! layout changes, so a controller never reads a map of the wrong shape.
+
+pub const ACTIVE_POLICY: &str = "ACTIVE_V1";
+pub const SETTINGS: &str = "SETTINGS_V1";
+pub const ACL_V4_ROOT: &str = "ACL4_ROOT_V1";
+pub const ACL_V4_CHUNKS: &str = "ACL4_CHUNK_V1";
+pub const ACL_V6: &str = "ACL6_V1";
+pub const ACL_PORT_CLASS: &str = "ACL_PORT_V1";
+pub const ACL_VERDICT: &str = "ACL_VERDICT_V1";
+pub const CONNTRACK: &str = "CT_V1";
+pub const FRAGMENTS: &str = "FRAG_V1";
+pub const STATS: &str = "STATS_V1";
+pub const RULE_STATS: &str = "RULE_STATS_V1";
+
+/// Program names (the function names in gateway-ebpf).
+pub const PROG_XDP_LAN: &str = "xdp_lan";
+pub const PROG_TC_TUNNEL_INGRESS_ETH: &str = "tc_tunnel_ingress_eth";
+pub const PROG_TC_TUNNEL_EGRESS_ETH: &str = "tc_tunnel_egress_eth";
+pub const PROG_TC_TUNNEL_INGRESS_L3: &str = "tc_tunnel_ingress_l3";
+pub const PROG_TC_TUNNEL_EGRESS_L3: &str = "tc_tunnel_egress_l3";
+
+/// Default capacities; the controller sizes maps from its configuration at load time.
+pub const DEFAULT_CHUNKS_PER_SLOT: u32 = 16 * 1024;
+pub const DEFAULT_VERDICT_ENTRIES: u32 = 256 * 1024;
+pub const DEFAULT_V6_ENTRIES: u32 = 16 * 1024;
+pub const DEFAULT_RULES_PER_SLOT: u32 = 16 * 1024;
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 256 * 1024;
+pub const DEFAULT_FRAGMENT_ENTRIES: u32 = 16 * 1024;

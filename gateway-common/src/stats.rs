@@ -1,0 +1,87 @@
+//! Per-CPU counters by hook and reason, and per rule.
+
+use crate::{assert_size, user_pod};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+assert_size!(Counter, 16);
+user_pod!(Counter);
+
+/// Where a packet met a program.
+pub const HOOK_TUNNEL_INGRESS: u32 = 0;
+pub const HOOK_TUNNEL_EGRESS: u32 = 1;
+pub const HOOK_LAN: u32 = 2;
+pub const HOOKS: u32 = 3;
+pub const HOOK_NAMES: [&str; HOOKS as usize] = ["tunnel_ingress", "tunnel_egress", "lan"];
+
+/// Why a packet got its verdict. Reasons below `FIRST_DROP_REASON` let the packet through.
+pub mod reason {
+    pub const PASS_NON_IP: u32 = 0;
+    pub const PASS_NOT_OVERLAY: u32 = 1;
+    pub const ACCEPT_POLICY: u32 = 2;
+    pub const ACCEPT_ESTABLISHED: u32 = 3;
+    pub const ACCEPT_RELATED: u32 = 4;
+    pub const ACCEPT_FRAGMENT: u32 = 5;
+    pub const ACCEPT_OUTBOUND: u32 = 6;
+    pub const FIRST_DROP_REASON: u32 = 16;
+    pub const DROP_POLICY: u32 = 16;
+    pub const DROP_DEFAULT: u32 = 17;
+    pub const DROP_TRUNCATED: u32 = 18;
+    pub const DROP_BAD_HEADER: u32 = 19;
+    pub const DROP_VLAN_DEPTH: u32 = 20;
+    pub const DROP_EXT_LIMIT: u32 = 21;
+    pub const DROP_EXT_UNKNOWN: u32 = 22;
+    pub const DROP_FRAG_NO_VERDICT: u32 = 23;
+    pub const DROP_FRAG_DENIED: u32 = 24;
+    pub const DROP_FRAG_TINY: u32 = 25;
+    pub const DROP_ICMP_UNRELATED: u32 = 26;
+    pub const DROP_REVOKED: u32 = 27;
+    pub const DROP_INTERNAL: u32 = 28;
+    pub const SLOTS: u32 = 32;
+}
+
+/// Metric label of each reason (empty: unused slot).
+pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
+    "non_ip",
+    "not_overlay",
+    "policy",
+    "established",
+    "related",
+    "fragment",
+    "outbound",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "policy",
+    "default_deny",
+    "truncated",
+    "bad_header",
+    "vlan_depth",
+    "ext_header_limit",
+    "ext_header_unknown",
+    "fragment_no_verdict",
+    "fragment_denied",
+    "fragment_tiny",
+    "icmp_unrelated",
+    "revoked",
+    "internal",
+    "",
+    "",
+    "",
+];
+
+pub const fn stats_index(hook: u32, reason: u32) -> u32 {
+    hook * reason::SLOTS + reason
+}
+
+pub const STATS_ENTRIES: u32 = HOOKS * reason::SLOTS;

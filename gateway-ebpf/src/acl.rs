@@ -1,0 +1,59 @@
+//! Policy lookup for one flow over the compiled tables in the maps.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use gateway_common::{
+    acl::{self, AclTables, AddrClass, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey},
+    conntrack::FAMILY_V4,
+    settings::{ActivePolicy, Settings},
+};
+
+use crate::{maps, parse::Flow};
+
+struct MapTables;
+
+impl AclTables for MapTables {
+    #[inline(always)]
+    fn root(&self, index: u32) -> Option<AddrClass> {
+        maps::ACL4_ROOT.get(index).copied()
+    }
+    #[inline(always)]
+    fn chunk(&self, index: u32) -> Option<AddrClass> {
+        maps::ACL4_CHUNK.get(index).copied()
+    }
+    #[inline(always)]
+    fn v6(&self, key: &V6KeyData) -> Option<AddrClass> {
+        maps::ACL6.get(Key::new(V6_SLOT_PREFIX_BITS + 128, *key)).copied()
+    }
+    #[inline(always)]
+    fn port_class(&self, index: u32) -> Option<u32> {
+        maps::ACL_PORT.get(index).copied()
+    }
+    #[inline(always)]
+    fn verdict(&self, key: &VerdictKey) -> Option<Verdict> {
+        // SAFETY: the value is copied out at once; entries are only replaced between generations.
+        unsafe { maps::ACL_VERDICT.get(key).copied() }
+    }
+}
+
+/// The verdict of the active policy for a flow in its own direction.
+#[inline(always)]
+pub fn judge(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict {
+    let slot = active.slot & 1;
+    let classes = if flow.family == FAMILY_V4 {
+        let src = u32::from_be_bytes([flow.src[0], flow.src[1], flow.src[2], flow.src[3]]);
+        let dst = u32::from_be_bytes([flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]]);
+        (
+            acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, src),
+            acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, dst),
+        )
+    } else {
+        (acl::classify_v6(&MapTables, slot, flow.src), acl::classify_v6(&MapTables, slot, flow.dst))
+    };
+    match classes {
+        (Some(src), Some(dst)) => {
+            acl::lookup_verdict(&MapTables, slot, src, dst, acl::proto_class(flow.proto), flow.dport)
+        }
+        // No class means no policy was ever loaded (or a dangling link): default deny.
+        _ => Verdict::DEFAULT_DENY,
+    }
+}

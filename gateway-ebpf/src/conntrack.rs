@@ -1,0 +1,132 @@
+//! Connection tracking: one LRU entry per flow under a canonical key, TCP state, idle expiry,
+//! and re-checking of policy-admitted flows when the policy generation changes.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use gateway_common::{
+    conntrack::*,
+    settings::{Settings, Timeouts},
+};
+
+use crate::{
+    maps,
+    parse::{Flow, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// A flow's key, and whether the packet's sender is endpoint a of the key.
+#[inline(always)]
+pub fn key_of(flow: &Flow) -> (CtKey, bool) {
+    let sender_is_a = endpoint_le(&flow.src, flow.sport, &flow.dst, flow.dport);
+    let (a, pa, b, pb) = if sender_is_a {
+        (flow.src, flow.sport, flow.dst, flow.dport)
+    } else {
+        (flow.dst, flow.dport, flow.src, flow.sport)
+    };
+    (CtKey { addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, family: flow.family, _pad: [0; 2] }, sender_is_a)
+}
+
+#[inline(always)]
+fn endpoint_le(a: &[u8; 16], pa: u16, b: &[u8; 16], pb: u16) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    pa <= pb
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Idle timeout of an entry in nanoseconds.
+#[inline(always)]
+fn timeout_ns(key: &CtKey, entry: &CtEntry, t: &Timeouts) -> u64 {
+    let secs = match key.proto {
+        PROTO_TCP => match entry.state {
+            STATE_TCP_SYN_SENT => t.tcp_syn,
+            STATE_TCP_ESTABLISHED => t.tcp_established,
+            _ => t.tcp_closing,
+        },
+        PROTO_UDP => {
+            if entry.replied != 0 {
+                t.udp_stream
+            } else {
+                t.udp
+            }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => t.icmp,
+        _ => t.other,
+    };
+    secs as u64 * NS_PER_SEC
+}
+
+#[inline(always)]
+pub fn is_live(key: &CtKey, entry: &CtEntry, settings: &Settings, now: u64) -> bool {
+    now.saturating_sub(entry.last_seen_ns) <= timeout_ns(key, entry, &settings.timeouts)
+}
+
+/// Whether this packet starts a new TCP connection over a finished one (the old entry is ignored).
+#[inline(always)]
+pub fn reopens(key: &CtKey, entry: &CtEntry, tcp_flags: u8) -> bool {
+    key.proto == PROTO_TCP
+        && entry.state >= STATE_TCP_CLOSING
+        && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
+    if proto != PROTO_TCP {
+        return STATE_NEW;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        STATE_TCP_CLOSED
+    } else if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        STATE_TCP_SYN_SENT
+    } else {
+        // Mid-stream pickup (the gateway restarted, or the entry was evicted).
+        STATE_TCP_ESTABLISHED
+    }
+}
+
+/// Advances an entry for a packet of the flow.
+#[inline(always)]
+pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: bool, now: u64) {
+    entry.last_seen_ns = now;
+    if !from_initiator {
+        entry.replied = 1;
+    }
+    if proto != PROTO_TCP {
+        return;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        entry.state = STATE_TCP_CLOSED;
+    } else if tcp_flags & TCP_FIN != 0 {
+        if entry.state < STATE_TCP_CLOSING {
+            entry.state = STATE_TCP_CLOSING;
+        }
+    } else if entry.state == STATE_TCP_SYN_SENT && (!from_initiator || entry.replied != 0) && tcp_flags & TCP_ACK != 0 {
+        entry.state = STATE_TCP_ESTABLISHED;
+    }
+}
+
+#[inline(always)]
+pub fn insert(key: &CtKey, entry: &CtEntry) {
+    // A full LRU evicts the least recently used flow; failure leaves the packet's verdict as is.
+    let _ = maps::CONNTRACK.insert(key, entry, 0);
+}
+
+#[inline(always)]
+pub fn remove(key: &CtKey) {
+    let _ = maps::CONNTRACK.remove(key);
+}
+
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
+    maps::CONNTRACK.get_ptr_mut(key)
+}

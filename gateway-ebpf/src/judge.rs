@@ -1,0 +1,213 @@
+//! The decision for one packet at one hook, from parse to verdict. Every path ends in a
+//! [`Decision`] with an explicit reason; nothing is passed or dropped without being counted.
+
+use gateway_common::{
+    acl::{ACTION_ACCEPT, ACTION_DROP, RULE_DEFAULT},
+    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_LOCAL, ORIGIN_POLICY},
+    settings::{ActivePolicy, FLAG_CONNTRACK, Settings},
+    stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, reason},
+};
+
+use crate::{
+    acl, conntrack, fragment, maps,
+    packet::Bytes,
+    parse::{self, FRAG_FIRST, FRAG_LATER, Flow, ICMP_ERROR, Link, Packet, Parsed},
+};
+
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub reason: u32,
+    /// The deciding rule (RULE_DEFAULT when none did).
+    pub rule: u32,
+    pub slot: u32,
+}
+
+impl Decision {
+    #[inline(always)]
+    pub fn passes(&self) -> bool {
+        self.reason < reason::FIRST_DROP_REASON
+    }
+}
+
+#[inline(always)]
+fn plain(reason: u32) -> Decision {
+    Decision { reason, rule: RULE_DEFAULT, slot: 0 }
+}
+
+#[inline(always)]
+pub fn decide(bytes: &Bytes, link: Link, hook: u32) -> Decision {
+    let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
+        return plain(reason::DROP_INTERNAL);
+    };
+    // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
+    let pkt = unsafe { &mut *scratch };
+    match parse::parse(bytes, link, pkt) {
+        Ok(Parsed::Ip) => {}
+        Ok(Parsed::NonIp) => return plain(reason::PASS_NON_IP),
+        Err(r) => return plain(r),
+    }
+    let pkt: &Packet = pkt;
+    let (Some(active), Some(settings)) = (maps::ACTIVE.get(0), maps::SETTINGS.get(0)) else {
+        return plain(reason::DROP_INTERNAL);
+    };
+    let active = *active;
+    let now = conntrack::now_ns();
+    let mut d = match hook {
+        HOOK_TUNNEL_EGRESS => outbound(pkt, &active, settings, now),
+        HOOK_LAN if !in_overlay(&pkt.flow.dst, pkt.flow.family, settings) => plain(reason::PASS_NOT_OVERLAY),
+        _ => police(pkt, &active, settings, now),
+    };
+    d.slot = active.slot;
+    d
+}
+
+/// Traffic arriving from the tunnel, or from the LAN toward the overlay: policy and state.
+#[inline(always)]
+fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+    if pkt.frag == FRAG_LATER {
+        return follow_first_fragment(pkt, now);
+    }
+    let stateful = settings.flags & FLAG_CONNTRACK != 0;
+    let d = if pkt.icmp == ICMP_ERROR && stateful {
+        related(&pkt.quoted, settings, now)
+    } else if stateful {
+        track_policed(pkt, active, settings, now)
+    } else {
+        by_policy(&pkt.flow, active, settings)
+    };
+    if pkt.frag == FRAG_FIRST {
+        let action = if d.passes() { ACTION_ACCEPT } else { ACTION_DROP };
+        fragment::record(pkt, action, d.rule, now, settings.timeouts.fragment);
+    }
+    d
+}
+
+/// Traffic leaving through the tunnel: already policed (or local); tracked so replies return.
+#[inline(always)]
+fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+    if settings.flags & FLAG_CONNTRACK == 0 || pkt.frag == FRAG_LATER || pkt.icmp == ICMP_ERROR {
+        return plain(reason::ACCEPT_OUTBOUND);
+    }
+    let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
+    if let Some(d) = existing_flow(pkt, &key, sender_is_a, active, settings, now) {
+        return d;
+    }
+    let entry = new_entry(pkt, sender_is_a, active, RULE_DEFAULT, ORIGIN_LOCAL, now);
+    conntrack::insert(&key, &entry);
+    plain(reason::ACCEPT_OUTBOUND)
+}
+
+#[inline(always)]
+fn by_policy(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Decision {
+    let v = acl::judge(flow, active, settings);
+    let reason = if v.accepts() {
+        reason::ACCEPT_POLICY
+    } else if v.rule == RULE_DEFAULT {
+        reason::DROP_DEFAULT
+    } else {
+        reason::DROP_POLICY
+    };
+    Decision { reason, rule: v.rule, slot: 0 }
+}
+
+#[inline(always)]
+fn track_policed(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+    let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
+    if let Some(d) = existing_flow(pkt, &key, sender_is_a, active, settings, now) {
+        return d;
+    }
+    let d = by_policy(&pkt.flow, active, settings);
+    if d.passes() {
+        let entry = new_entry(pkt, sender_is_a, active, d.rule, ORIGIN_POLICY, now);
+        conntrack::insert(&key, &entry);
+    }
+    d
+}
+
+/// A packet of a tracked, live flow: passes, unless the policy changed and no longer allows the
+/// flow's original direction, which ends the flow.
+#[inline(always)]
+fn existing_flow(
+    pkt: &Packet,
+    key: &CtKey,
+    sender_is_a: bool,
+    active: &ActivePolicy,
+    settings: &Settings,
+    now: u64,
+) -> Option<Decision> {
+    let ptr = conntrack::lookup(key)?;
+    // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps.
+    let entry = unsafe { &mut *ptr };
+    if !conntrack::is_live(key, entry, settings, now) || conntrack::reopens(key, entry, pkt.tcp_flags) {
+        return None;
+    }
+    let from_initiator = sender_is_a == (entry.initiator == 0);
+    if entry.origin == ORIGIN_POLICY && entry.generation != active.generation {
+        let original = if from_initiator { pkt.flow } else { pkt.flow.reversed() };
+        let v = acl::judge(&original, active, settings);
+        if !v.accepts() {
+            conntrack::remove(key);
+            return Some(Decision { reason: reason::DROP_REVOKED, rule: v.rule, slot: 0 });
+        }
+        entry.generation = active.generation;
+        entry.rule = v.rule;
+    }
+    conntrack::update(entry, pkt.flow.proto, pkt.tcp_flags, from_initiator, now);
+    Some(Decision { reason: reason::ACCEPT_ESTABLISHED, rule: entry.rule, slot: 0 })
+}
+
+#[inline(always)]
+fn new_entry(pkt: &Packet, sender_is_a: bool, active: &ActivePolicy, rule: u32, origin: u8, now: u64) -> CtEntry {
+    CtEntry {
+        last_seen_ns: now,
+        generation: active.generation,
+        rule,
+        state: conntrack::initial_state(pkt.flow.proto, pkt.tcp_flags),
+        initiator: if sender_is_a { 0 } else { 1 },
+        origin,
+        replied: 0,
+        _pad: [0; 4],
+    }
+}
+
+/// ICMP errors pass only when they quote a tracked flow.
+#[inline(always)]
+fn related(quoted: &Flow, settings: &Settings, now: u64) -> Decision {
+    let (key, _) = conntrack::key_of(quoted);
+    if let Some(ptr) = conntrack::lookup(&key) {
+        // SAFETY: read-only use of a valid map value.
+        let entry = unsafe { &*ptr };
+        if conntrack::is_live(&key, entry, settings, now) {
+            return Decision { reason: reason::ACCEPT_RELATED, rule: entry.rule, slot: 0 };
+        }
+    }
+    plain(reason::DROP_ICMP_UNRELATED)
+}
+
+#[inline(always)]
+fn follow_first_fragment(pkt: &Packet, now: u64) -> Decision {
+    match fragment::lookup(pkt, now) {
+        Some(v) if v.action == ACTION_ACCEPT => plain(reason::ACCEPT_FRAGMENT),
+        Some(_) => plain(reason::DROP_FRAG_DENIED),
+        None => plain(reason::DROP_FRAG_NO_VERDICT),
+    }
+}
+
+#[inline(always)]
+fn in_overlay(dst: &[u8; 16], family: u8, s: &Settings) -> bool {
+    if family == FAMILY_V4 {
+        let d = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        return d & s.overlay_v4_mask == s.overlay_v4_net;
+    }
+    if s.overlay_v6_enabled == 0 {
+        return false;
+    }
+    let mut i = 0;
+    while i < 16 {
+        if dst[i] & s.overlay_v6_mask[i] != s.overlay_v6_net[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

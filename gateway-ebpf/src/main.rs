@@ -1,0 +1,86 @@
+//! Kernel programs: one entry per hook, each a thin wrapper around `judge::decide`.
+#![no_std]
+#![no_main]
+
+mod acl;
+mod conntrack;
+mod fragment;
+mod judge;
+mod maps;
+mod packet;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS};
+
+use crate::{judge::Decision, packet::Bytes, parse::Link};
+
+/// Bytes a TC program makes linear before parsing (headers of any chain we accept fit).
+const TC_PULL_BYTES: u32 = 256;
+
+#[inline(always)]
+fn account(hook: u32, d: &Decision, len: u64) {
+    stats::count(hook, d.reason, len);
+    if let Some(s) = maps::SETTINGS.get(0) {
+        stats::count_rule(d.slot, s.rules_per_slot, d.rule, len);
+    }
+}
+
+/// LAN interfaces: replies to overlay flows and LAN-initiated traffic toward the overlay.
+#[xdp]
+pub fn xdp_lan(ctx: XdpContext) -> u32 {
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
+    let d = judge::decide(&bytes, Link::Ethernet, HOOK_LAN);
+    account(HOOK_LAN, &d, bytes.len() as u64);
+    if d.passes() { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+}
+
+#[inline(always)]
+fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
+    let want = if ctx.len() < TC_PULL_BYTES { ctx.len() } else { TC_PULL_BYTES };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Only fails for packets shorter than `want`, which the parser then finds truncated.
+        let _ = ctx.pull_data(want);
+    }
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
+    let d = judge::decide(&bytes, link, hook);
+    account(hook, &d, ctx.len() as u64);
+    if d.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+/// Tunnel interface with an Ethernet header (veth in labs), traffic from peers.
+#[classifier]
+pub fn tc_tunnel_ingress_eth(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Link::Ethernet, HOOK_TUNNEL_INGRESS)
+}
+
+#[classifier]
+pub fn tc_tunnel_egress_eth(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Link::Ethernet, HOOK_TUNNEL_EGRESS)
+}
+
+/// Tunnel interface without a link header (wg0, boringtun's TUN).
+#[classifier]
+pub fn tc_tunnel_ingress_l3(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Link::L3, HOOK_TUNNEL_INGRESS)
+}
+
+#[classifier]
+pub fn tc_tunnel_egress_l3(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Link::L3, HOOK_TUNNEL_EGRESS)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

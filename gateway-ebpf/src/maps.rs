@@ -1,0 +1,53 @@
+//! Every map the programs use. Sizes here are placeholders: the controller sets the real
+//! capacities from its configuration when it loads the object. The large ACL arrays are
+//! mmapable so the controller writes a whole policy slot with memory stores, not syscalls.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, LpmTrie, PerCpuArray},
+};
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
+use gateway_common::{
+    acl::{AddrClass, V6KeyData, Verdict, VerdictKey},
+    conntrack::{CtEntry, CtKey},
+    fragment::{FragKey, FragVerdict},
+    settings::{ActivePolicy, Settings},
+    stats::{Counter, STATS_ENTRIES},
+};
+
+#[map(name = "ACTIVE_V1")]
+pub static ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
+
+#[map(name = "SETTINGS_V1")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map(name = "ACL4_ROOT_V1")]
+pub static ACL4_ROOT: Array<AddrClass> = Array::with_max_entries(2 * 65536, BPF_F_MMAPABLE);
+
+#[map(name = "ACL4_CHUNK_V1")]
+pub static ACL4_CHUNK: Array<AddrClass> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map(name = "ACL6_V1")]
+pub static ACL6: LpmTrie<V6KeyData, AddrClass> = LpmTrie::with_max_entries(1, 0);
+
+#[map(name = "ACL_PORT_V1")]
+pub static ACL_PORT: Array<u32> = Array::with_max_entries(2 * 2 * 65536, BPF_F_MMAPABLE);
+
+#[map(name = "ACL_VERDICT_V1")]
+pub static ACL_VERDICT: HashMap<VerdictKey, Verdict> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "CT_V1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
+
+#[map(name = "FRAG_V1")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(1, 0);
+
+#[map(name = "STATS_V1")]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// Per-CPU room for the parsed packet (the BPF stack is only 512 bytes).
+#[map(name = "SCRATCH_V1")]
+pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "RULE_STATS_V1")]
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);

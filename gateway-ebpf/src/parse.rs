@@ -1,0 +1,357 @@
+//! Header walk: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6 (with a bounded walk
+//! over extension headers), then TCP, UDP, ICMP or ICMPv6. Anything malformed or truncated is an
+//! error carrying the drop reason: the caller fails closed.
+
+use gateway_common::{
+    conntrack::{FAMILY_V4, FAMILY_V6},
+    stats::reason,
+};
+
+use crate::packet::Bytes;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Ethernet,
+    /// No link header: the first byte is the IP version (WireGuard and TUN devices).
+    L3,
+}
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const MAX_VLAN_TAGS: usize = 2;
+/// Extension headers walked before giving up (fail closed).
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// No legitimate header chain reaches this far; keeps every offset bounded for the verifier.
+const MAX_L4_OFFSET: usize = 512;
+
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
+
+pub const ICMP_NONE: u8 = 0;
+pub const ICMP_ECHO: u8 = 1;
+pub const ICMP_ERROR: u8 = 2;
+pub const ICMP_OTHER: u8 = 3;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The tuple policy and conntrack look at. For ICMP echo both ports hold the echo identifier,
+/// so a request and its reply map to the same flow.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Flow {
+    #[inline(always)]
+    pub fn reversed(&self) -> Flow {
+        Flow { family: self.family, proto: self.proto, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport }
+    }
+}
+
+pub struct Packet {
+    pub flow: Flow,
+    pub tcp_flags: u8,
+    pub frag: u8,
+    pub frag_id: u32,
+    pub icmp: u8,
+    /// For ICMP errors: the flow of the packet the error quotes.
+    pub quoted: Flow,
+}
+
+pub enum Parsed {
+    NonIp,
+    Ip,
+}
+
+/// Parses the packet into `pkt` (which lives in a per-CPU scratch map: the BPF stack is only
+/// 512 bytes).
+#[inline(always)]
+pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
+    let (l3, is_v6) = match link {
+        Link::Ethernet => {
+            let mut ethertype = b.be16_at(12)?;
+            let mut off = 14usize;
+            let mut tags = 0;
+            while tags < MAX_VLAN_TAGS {
+                if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+                    break;
+                }
+                ethertype = b.be16_at(off + 2)?;
+                off += 4;
+                tags += 1;
+            }
+            match ethertype {
+                ETH_P_IP => (off, false),
+                ETH_P_IPV6 => (off, true),
+                ETH_P_8021Q | ETH_P_8021AD => return Err(reason::DROP_VLAN_DEPTH),
+                _ => return Ok(Parsed::NonIp),
+            }
+        }
+        Link::L3 => match b.u8_at(0)? >> 4 {
+            4 => (0, false),
+            6 => (0, true),
+            _ => return Err(reason::DROP_BAD_HEADER),
+        },
+    };
+    pkt.tcp_flags = 0;
+    pkt.frag = FRAG_NONE;
+    pkt.frag_id = 0;
+    pkt.icmp = ICMP_NONE;
+    pkt.flow.sport = 0;
+    pkt.flow.dport = 0;
+    if is_v6 { parse_ipv6(b, l3, pkt)? } else { parse_ipv4(b, l3, pkt)? };
+    Ok(Parsed::Ip)
+}
+
+#[inline(always)]
+fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
+    let h = b.array::<20>(l3)?;
+    if h[0] >> 4 != 4 {
+        return Err(reason::DROP_BAD_HEADER);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if ihl < 20 || total < ihl {
+        return Err(reason::DROP_BAD_HEADER);
+    }
+    if !b.has(l3, total) {
+        return Err(reason::DROP_TRUNCATED);
+    }
+    let frag_field = u16::from_be_bytes([h[6], h[7]]);
+    let more_fragments = frag_field & 0x2000 != 0;
+    let frag_offset = (frag_field & 0x1fff) as usize * 8;
+    pkt.flow.family = FAMILY_V4;
+    pkt.flow.proto = h[9];
+    set_v4(&mut pkt.flow.src, [h[12], h[13], h[14], h[15]]);
+    set_v4(&mut pkt.flow.dst, [h[16], h[17], h[18], h[19]]);
+    pkt.frag_id = u16::from_be_bytes([h[4], h[5]]) as u32;
+    let l4 = l3 + ihl;
+    let l4_len = total - ihl;
+    if frag_offset != 0 {
+        pkt.frag = FRAG_LATER;
+        return check_later_fragment(pkt, frag_offset);
+    }
+    if more_fragments {
+        pkt.frag = FRAG_FIRST;
+    }
+    parse_l4(b, pkt, l4, l4_len)
+}
+
+#[inline(always)]
+fn parse_ipv6(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
+    let h = b.array::<8>(l3)?;
+    if h[0] >> 4 != 6 {
+        return Err(reason::DROP_BAD_HEADER);
+    }
+    let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if payload == 0 {
+        // Jumbograms (and empty payloads) are not forwarded traffic we expect.
+        return Err(reason::DROP_BAD_HEADER);
+    }
+    if !b.has(l3 + 40, payload) {
+        return Err(reason::DROP_TRUNCATED);
+    }
+    pkt.flow.family = FAMILY_V6;
+    pkt.flow.src = b.array::<16>(l3 + 8)?;
+    pkt.flow.dst = b.array::<16>(l3 + 24)?;
+    let l3_end = l3 + 40 + payload;
+    let mut next = h[6];
+    let mut off = l3 + 40;
+    let mut seen_fragment = false;
+    let mut walked = 0;
+    loop {
+        if walked >= MAX_IPV6_EXT_HEADERS {
+            return Err(reason::DROP_EXT_LIMIT);
+        }
+        match next {
+            0 | 43 | 60 => {
+                if next == 0 && walked != 0 {
+                    // Hop-by-hop options must follow the IPv6 header directly.
+                    return Err(reason::DROP_BAD_HEADER);
+                }
+                let e = b.array::<2>(off)?;
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            51 => {
+                let e = b.array::<2>(off)?;
+                next = e[0];
+                off += (e[1] as usize + 2) * 4;
+            }
+            44 => {
+                if seen_fragment {
+                    return Err(reason::DROP_BAD_HEADER);
+                }
+                seen_fragment = true;
+                let f = b.array::<8>(off)?;
+                next = f[0];
+                off += 8;
+                let field = u16::from_be_bytes([f[2], f[3]]);
+                let frag_offset = (field >> 3) as usize * 8;
+                let more = field & 1 != 0;
+                pkt.frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                if frag_offset != 0 {
+                    pkt.frag = FRAG_LATER;
+                    pkt.flow.proto = next;
+                    return check_later_fragment(pkt, frag_offset);
+                }
+                if more {
+                    pkt.frag = FRAG_FIRST;
+                }
+            }
+            // Mobility, HIP, Shim6 and the experimental values: headers we cannot judge.
+            135 | 139 | 140 | 253 | 254 => return Err(reason::DROP_EXT_UNKNOWN),
+            _ => break,
+        }
+        if off > MAX_L4_OFFSET {
+            return Err(reason::DROP_EXT_LIMIT);
+        }
+        if off > l3_end {
+            return Err(reason::DROP_BAD_HEADER);
+        }
+        walked += 1;
+    }
+    pkt.flow.proto = next;
+    parse_l4(b, pkt, off, l3_end - off)
+}
+
+/// A later fragment has no L4 header; one that would overlap the first fragment's L4 header
+/// (the "tiny fragment" rewrite of ports, RFC 1858) is dropped.
+#[inline(always)]
+fn check_later_fragment(pkt: &Packet, frag_offset: usize) -> Result<(), u32> {
+    if frag_offset < min_l4_header(pkt.flow.proto) {
+        return Err(reason::DROP_FRAG_TINY);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn min_l4_header(proto: u8) -> usize {
+    match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn parse_l4(b: &Bytes, pkt: &mut Packet, l4: usize, l4_len: usize) -> Result<(), u32> {
+    let need = min_l4_header(pkt.flow.proto);
+    if l4_len < need {
+        return Err(if pkt.frag == FRAG_FIRST { reason::DROP_FRAG_TINY } else { reason::DROP_TRUNCATED });
+    }
+    match pkt.flow.proto {
+        PROTO_TCP => {
+            let t = b.array::<14>(l4)?;
+            if t[12] >> 4 < 5 {
+                return Err(reason::DROP_BAD_HEADER);
+            }
+            pkt.flow.sport = u16::from_be_bytes([t[0], t[1]]);
+            pkt.flow.dport = u16::from_be_bytes([t[2], t[3]]);
+            pkt.tcp_flags = t[13];
+        }
+        PROTO_UDP => {
+            let u = b.array::<4>(l4)?;
+            pkt.flow.sport = u16::from_be_bytes([u[0], u[1]]);
+            pkt.flow.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => parse_icmp(b, pkt, l4)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
+    let c = b.array::<8>(l4)?;
+    let v6 = pkt.flow.proto == PROTO_ICMPV6;
+    let (is_echo, is_error) = if v6 {
+        (c[0] == 128 || c[0] == 129, c[0] >= 1 && c[0] <= 4)
+    } else {
+        (c[0] == 8 || c[0] == 0, c[0] == 3 || c[0] == 11 || c[0] == 12)
+    };
+    if is_echo {
+        let id = u16::from_be_bytes([c[4], c[5]]);
+        pkt.icmp = ICMP_ECHO;
+        pkt.flow.sport = id;
+        pkt.flow.dport = id;
+    } else if is_error {
+        pkt.icmp = ICMP_ERROR;
+        if v6 { quoted_ipv6(b, l4 + 8, &mut pkt.quoted)? } else { quoted_ipv4(b, l4 + 8, &mut pkt.quoted)? };
+    } else {
+        pkt.icmp = ICMP_OTHER;
+    }
+    Ok(())
+}
+
+/// The flow of the IPv4 packet an ICMP error quotes (its header and first 8 payload bytes).
+#[inline(always)]
+fn quoted_ipv4(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
+    let h = b.array::<20>(at)?;
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(reason::DROP_BAD_HEADER);
+    }
+    flow.family = FAMILY_V4;
+    flow.proto = h[9];
+    set_v4(&mut flow.src, [h[12], h[13], h[14], h[15]]);
+    set_v4(&mut flow.dst, [h[16], h[17], h[18], h[19]]);
+    quoted_ports(b, flow, at + ihl)
+}
+
+#[inline(always)]
+fn quoted_ipv6(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
+    let h = b.array::<8>(at)?;
+    if h[0] >> 4 != 6 {
+        return Err(reason::DROP_BAD_HEADER);
+    }
+    flow.family = FAMILY_V6;
+    flow.proto = h[6];
+    flow.src = b.array::<16>(at + 8)?;
+    flow.dst = b.array::<16>(at + 24)?;
+    quoted_ports(b, flow, at + 40)
+}
+
+#[inline(always)]
+fn quoted_ports(b: &Bytes, flow: &mut Flow, at: usize) -> Result<(), u32> {
+    let p = b.array::<8>(at)?;
+    match flow.proto {
+        PROTO_TCP | PROTO_UDP => {
+            flow.sport = u16::from_be_bytes([p[0], p[1]]);
+            flow.dport = u16::from_be_bytes([p[2], p[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let id = u16::from_be_bytes([p[4], p[5]]);
+            flow.sport = id;
+            flow.dport = id;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Stores an IPv4 address in the 16-byte address field (the rest zero).
+#[inline(always)]
+fn set_v4(out: &mut [u8; 16], a: [u8; 4]) {
+    *out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+}

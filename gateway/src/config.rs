@@ -1,0 +1,211 @@
+//! The gateway's configuration file (YAML): which interfaces to protect, where the policy comes
+//! from, conntrack settings and table capacities.
+
+use std::{net::SocketAddr, path::{Path, PathBuf}};
+
+use anyhow::{Context as _, bail};
+use gateway_common::{maps, settings::Timeouts};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::compile::Limits;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Policy file (YAML, see examples/policy.yaml).
+    pub policy: PathBuf,
+    #[serde(default)]
+    pub interfaces: Interfaces,
+    #[serde(default)]
+    pub overlay: Overlay,
+    #[serde(default)]
+    pub conntrack: Conntrack,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Prometheus endpoint; none when absent.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    /// Tunnel interfaces (wg0, a boringtun TUN): decrypted overlay traffic, TC ingress + egress.
+    #[serde(default)]
+    pub tunnel: Vec<TunnelInterface>,
+    /// LAN interfaces: XDP.
+    #[serde(default)]
+    pub lan: Vec<LanInterface>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelInterface {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanInterface {
+    pub name: String,
+    /// native (default), or an explicit fallback: skb (generic XDP).
+    #[serde(default)]
+    pub xdp_mode: XdpModeConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    #[default]
+    Native,
+    Skb,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// LAN traffic toward these networks is policed; other LAN traffic is not the gateway's.
+    pub ipv4: Ipv4Net,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Overlay { ipv4: "100.64.0.0/10".parse().expect("constant"), ipv6: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conntrack {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack { enabled: true, timeouts: TimeoutsConfig::default() }
+    }
+}
+
+/// Idle timeouts in seconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub other: u32,
+    pub fragment: u32,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        TimeoutsConfig {
+            tcp_syn: t.tcp_syn,
+            tcp_established: t.tcp_established,
+            tcp_closing: t.tcp_closing,
+            udp: t.udp,
+            udp_stream: t.udp_stream,
+            icmp: t.icmp,
+            other: t.other,
+            fragment: t.fragment,
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    pub fn to_kernel(&self) -> Timeouts {
+        Timeouts {
+            tcp_syn: self.tcp_syn,
+            tcp_established: self.tcp_established,
+            tcp_closing: self.tcp_closing,
+            udp: self.udp,
+            udp_stream: self.udp_stream,
+            icmp: self.icmp,
+            other: self.other,
+            fragment: self.fragment,
+        }
+    }
+}
+
+/// Table capacities (memory is reserved for two policy slots).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// 16-entry IPv4 trie chunks per policy slot (128 bytes each).
+    pub acl_chunks: u32,
+    /// Verdict entries per policy slot.
+    pub acl_verdicts: u32,
+    pub acl_v6_prefixes: u32,
+    /// Enabled policies per slot.
+    pub rules: u32,
+    pub conntrack_entries: u32,
+    pub fragment_entries: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            acl_chunks: maps::DEFAULT_CHUNKS_PER_SLOT,
+            acl_verdicts: maps::DEFAULT_VERDICT_ENTRIES / 2,
+            acl_v6_prefixes: maps::DEFAULT_V6_ENTRIES / 2,
+            rules: maps::DEFAULT_RULES_PER_SLOT,
+            conntrack_entries: maps::DEFAULT_CONNTRACK_ENTRIES,
+            fragment_entries: maps::DEFAULT_FRAGMENT_ENTRIES,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn compile_limits(&self) -> Limits {
+        Limits {
+            chunks_per_slot: self.acl_chunks,
+            verdicts_per_slot: self.acl_verdicts,
+            v6_per_slot: self.acl_v6_prefixes,
+            rules_per_slot: self.rules,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut cfg: Config = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if cfg.policy.is_relative() {
+            if let Some(dir) = path.parent() {
+                cfg.policy = dir.join(&cfg.policy);
+            }
+        }
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.interfaces.tunnel.is_empty() && self.interfaces.lan.is_empty() {
+            bail!("interfaces: name at least one tunnel or lan interface");
+        }
+        let l = &self.limits;
+        for (name, v) in [("acl_chunks", l.acl_chunks), ("acl_verdicts", l.acl_verdicts), ("acl_v6_prefixes", l.acl_v6_prefixes), ("rules", l.rules), ("conntrack_entries", l.conntrack_entries), ("fragment_entries", l.fragment_entries)] {
+            if v == 0 {
+                bail!("limits.{name} must be positive");
+            }
+        }
+        if l.acl_chunks > 1 << 24 {
+            bail!("limits.acl_chunks is at most {}", 1 << 24);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! The kernel side from the controller's view: loads the embedded programs with maps sized from
+//! the configuration, writes compiled policies into the inactive slot and flips to it, attaches
+//! programs to interfaces, and reads counters back.
+
+mod attach;
+mod mmap;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{ProgramError, SchedClassifier, Xdp},
+    util::nr_cpus,
+};
+use gateway_common::{
+    acl::{AddrClass, PORTS, PORT_TABLES_PER_SLOT, V4_CHUNK_ENTRIES, V4_ROOT_ENTRIES, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey},
+    maps as names,
+    settings::{ActivePolicy, FLAG_CONNTRACK, Settings, Timeouts},
+    stats::{Counter, STATS_ENTRIES},
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+pub use attach::{Attachment, LinkKind};
+use mmap::MmapArray;
+
+use crate::{
+    compile::{CompileStats, Compiled},
+    config::LimitsConfig,
+    policy::RuleInfo,
+};
+
+/// The kernel programs, built by build.rs and embedded: never loaded from a path.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+
+/// How long a retired slot is left alone before it is rewritten. Programs run with preemption
+/// off for microseconds; a packet that read the old slot index is long done after this.
+const SLOT_GRACE: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub limits: LimitsConfig,
+    pub conntrack: bool,
+    pub timeouts: Timeouts,
+    pub overlay_v4: Ipv4Net,
+    pub overlay_v6: Option<Ipv6Net>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            limits: LimitsConfig::default(),
+            conntrack: true,
+            timeouts: Timeouts::default(),
+            overlay_v4: "100.64.0.0/10".parse().expect("constant"),
+            overlay_v6: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SlotContents {
+    verdict_keys: Vec<VerdictKey>,
+    v6_keys: Vec<(u8, [u8; 16])>,
+    rules: Vec<RuleInfo>,
+    stats: CompileStats,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub generation: u32,
+    pub slot: u32,
+    pub rules: usize,
+    pub write_time: Duration,
+    pub stats: CompileStats,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    limits: LimitsConfig,
+    root: MmapArray,
+    chunks: MmapArray,
+    ports: MmapArray,
+    active: ActivePolicy,
+    slots: [SlotContents; 2],
+    last_flip: Option<Instant>,
+    /// Counters of rules from retired policies, by policy name, so totals never go backwards.
+    retired_rule_totals: HashMap<String, Counter>,
+    attachments: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads maps and programs (verifying them) without attaching anything.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Dataplane> {
+        let l = &opts.limits;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::ACL_V4_CHUNKS, 2 * l.acl_chunks * V4_CHUNK_ENTRIES)
+            .map_max_entries(names::ACL_V6, 2 * l.acl_v6_prefixes)
+            .map_max_entries(names::ACL_VERDICT, 2 * l.acl_verdicts)
+            .map_max_entries(names::CONNTRACK, l.conntrack_entries)
+            .map_max_entries(names::FRAGMENTS, l.fragment_entries)
+            .map_max_entries(names::RULE_STATS, 2 * l.rules);
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root?)")?;
+        for name in [
+            names::PROG_XDP_LAN,
+            names::PROG_TC_TUNNEL_INGRESS_ETH,
+            names::PROG_TC_TUNNEL_EGRESS_ETH,
+            names::PROG_TC_TUNNEL_INGRESS_L3,
+            names::PROG_TC_TUNNEL_EGRESS_L3,
+        ] {
+            let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+            let result = match prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            result.map_err(|e| verifier_error(name, e))?;
+        }
+        fn map<'e>(ebpf: &'e Ebpf, name: &str) -> anyhow::Result<&'e aya::maps::Map> {
+            ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))
+        }
+        let root = MmapArray::new(map(&ebpf, names::ACL_V4_ROOT)?, size_of::<AddrClass>())?;
+        let chunks = MmapArray::new(map(&ebpf, names::ACL_V4_CHUNKS)?, size_of::<AddrClass>())?;
+        let ports = MmapArray::new(map(&ebpf, names::ACL_PORT_CLASS)?, size_of::<u32>())?;
+
+        let mut settings = Settings {
+            flags: if opts.conntrack { FLAG_CONNTRACK } else { 0 },
+            chunks_per_slot: l.acl_chunks,
+            rules_per_slot: l.rules,
+            overlay_v4_net: u32::from(opts.overlay_v4.network()),
+            overlay_v4_mask: u32::from(opts.overlay_v4.netmask()),
+            timeouts: opts.timeouts,
+            ..Default::default()
+        };
+        if let Some(v6) = opts.overlay_v6 {
+            settings.overlay_v6_enabled = 1;
+            settings.overlay_v6_net = v6.network().octets();
+            settings.overlay_v6_mask = v6.netmask().octets();
+        }
+        Array::<_, Settings>::try_from(ebpf.map_mut(names::SETTINGS).context("settings map")?)?.set(0, settings, 0)?;
+        let active = ActivePolicy { slot: 0, generation: 0 };
+        Array::<_, ActivePolicy>::try_from(ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, active, 0)?;
+        Ok(Dataplane {
+            ebpf,
+            limits: l.clone(),
+            root,
+            chunks,
+            ports,
+            active,
+            slots: Default::default(),
+            last_flip: None,
+            retired_rule_totals: HashMap::new(),
+            attachments: Vec::new(),
+        })
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.active.generation
+    }
+
+    pub fn active_rules(&self) -> &[RuleInfo] {
+        &self.slots[self.active.slot as usize].rules
+    }
+
+    pub fn active_stats(&self) -> CompileStats {
+        self.slots[self.active.slot as usize].stats
+    }
+
+    /// Writes `c` into the inactive slot, then makes it active with one store.
+    pub fn apply(&mut self, c: &Compiled) -> anyhow::Result<ApplyReport> {
+        let started = Instant::now();
+        let slot = 1 - self.active.slot;
+        if let Some(flip) = self.last_flip {
+            let since = flip.elapsed();
+            if since < SLOT_GRACE {
+                std::thread::sleep(SLOT_GRACE - since);
+            }
+        }
+        let l = &self.limits;
+        if c.v4_chunks.len() > (l.acl_chunks * V4_CHUNK_ENTRIES) as usize || c.rules.len() > l.rules as usize {
+            return Err(anyhow!("compiled policy exceeds the configured limits"));
+        }
+        self.root.write(slot * V4_ROOT_ENTRIES, &c.v4_root)?;
+        self.chunks.write(slot * l.acl_chunks * V4_CHUNK_ENTRIES, &c.v4_chunks)?;
+        self.ports.write(slot * PORT_TABLES_PER_SLOT * PORTS, &c.ports)?;
+        self.write_verdicts(slot, c)?;
+        self.write_v6(slot, c)?;
+        self.retire_rule_counters(slot)?;
+        self.slots[slot as usize].rules = c.rules.clone();
+        self.slots[slot as usize].stats = c.stats;
+
+        let next = ActivePolicy { slot, generation: self.active.generation.wrapping_add(1) };
+        Array::<_, ActivePolicy>::try_from(self.ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, next, 0)?;
+        self.active = next;
+        self.last_flip = Some(Instant::now());
+        Ok(ApplyReport { generation: next.generation, slot, rules: c.rules.len(), write_time: started.elapsed(), stats: c.stats })
+    }
+
+    fn write_verdicts(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<_, VerdictKey, Verdict> =
+            BpfHashMap::try_from(self.ebpf.map_mut(names::ACL_VERDICT).context("verdict map")?)?;
+        let mut keys: Vec<VerdictKey> = c.verdicts.keys().map(|k| VerdictKey { slot: slot as u8, ..*k }).collect();
+        keys.sort_unstable_by_key(|k| (k.src_class, k.dst_class, k.proto_class, k.port_class));
+        let new: std::collections::HashSet<VerdictKey> = keys.iter().copied().collect();
+        // Stale entries go first, so the slot never needs more than its share of the map.
+        for old in std::mem::take(&mut self.slots[slot as usize].verdict_keys) {
+            if !new.contains(&old) {
+                map.remove(&old).context("removing a stale verdict")?;
+            }
+        }
+        for (k, v) in &c.verdicts {
+            map.insert(VerdictKey { slot: slot as u8, ..*k }, v, 0).context("writing a verdict")?;
+        }
+        self.slots[slot as usize].verdict_keys = keys;
+        Ok(())
+    }
+
+    fn write_v6(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
+        let mut trie: LpmTrie<_, V6KeyData, AddrClass> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::ACL_V6).context("v6 map")?)?;
+        let new: std::collections::HashSet<(u8, [u8; 16])> = c.v6.iter().map(|(l, a, _)| (*l, *a)).collect();
+        for (len, addr) in std::mem::take(&mut self.slots[slot as usize].v6_keys) {
+            if !new.contains(&(len, addr)) {
+                trie.remove(&Key::new(V6_SLOT_PREFIX_BITS + len as u32, V6KeyData::new(slot, addr)))
+                    .context("removing a stale IPv6 prefix")?;
+            }
+        }
+        for (len, addr, class) in &c.v6 {
+            trie.insert(&Key::new(V6_SLOT_PREFIX_BITS + *len as u32, V6KeyData::new(slot, *addr)), class, 0)
+                .context("writing an IPv6 prefix")?;
+        }
+        self.slots[slot as usize].v6_keys = new.into_iter().collect();
+        Ok(())
+    }
+
+    /// Moves the counters of the policy that last used `slot` into the retired totals and zeroes
+    /// them for the new policy.
+    fn retire_rule_counters(&mut self, slot: u32) -> anyhow::Result<()> {
+        let rules = std::mem::take(&mut self.slots[slot as usize].rules);
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let per_slot = self.limits.rules;
+        let mut map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.ebpf.map_mut(names::RULE_STATS).context("rule stats map")?)?;
+        let cpus = nr_cpus().map_err(|(_, e)| e)?;
+        for (i, rule) in rules.iter().enumerate() {
+            let index = slot * per_slot + i as u32;
+            let sum = sum_counters(&map.get(&index, 0)?);
+            let total = self.retired_rule_totals.entry(rule.name.clone()).or_default();
+            total.packets += sum.packets;
+            total.bytes += sum.bytes;
+            map.set(index, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Counters by (hook, reason) index, summed over CPUs.
+    pub fn verdict_counters(&self) -> anyhow::Result<Vec<Counter>> {
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map(names::STATS).context("stats map")?)?;
+        (0..STATS_ENTRIES).map(|i| Ok(sum_counters(&map.get(&i, 0)?))).collect()
+    }
+
+    /// Counters per policy name: the active policy's plus what retired policies counted.
+    pub fn rule_counters(&self) -> anyhow::Result<Vec<(String, Counter)>> {
+        let map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(names::RULE_STATS).context("rule stats map")?)?;
+        let mut totals = self.retired_rule_totals.clone();
+        let slot = self.active.slot;
+        for (i, rule) in self.slots[slot as usize].rules.iter().enumerate() {
+            let c = sum_counters(&map.get(&(slot * self.limits.rules + i as u32), 0)?);
+            let t = totals.entry(rule.name.clone()).or_default();
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+        }
+        let mut out: Vec<_> = totals.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// (entries in use, capacity) of the maps that fill up.
+    pub fn fill_levels(&self) -> Vec<(&'static str, u64, u64)> {
+        let count = |name: &str| -> u64 {
+            let Some(map) = self.ebpf.map(name) else { return 0 };
+            match map {
+                aya::maps::Map::LruHashMap(_) | aya::maps::Map::HashMap(_) => {
+                    aya::maps::HashMap::<_, [u8; 40], [u8; 24]>::try_from(map)
+                        .map(|m| m.keys().count() as u64)
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            }
+        };
+        let s = &self.slots[self.active.slot as usize];
+        let l = &self.limits;
+        vec![
+            ("conntrack", count(names::CONNTRACK), l.conntrack_entries as u64),
+            ("acl_verdicts", s.verdict_keys.len() as u64, l.acl_verdicts as u64),
+            ("acl_chunks", s.stats.v4_chunks as u64, l.acl_chunks as u64),
+            ("acl_v6_prefixes", s.v6_keys.len() as u64, l.acl_v6_prefixes as u64),
+        ]
+    }
+
+    pub fn xdp_program(&mut self) -> anyhow::Result<&mut Xdp> {
+        let p = self.ebpf.program_mut(names::PROG_XDP_LAN).context("xdp program")?;
+        Ok(p.try_into()?)
+    }
+
+    pub fn tc_program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+        let p = self.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
+        Ok(p.try_into()?)
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+}
+
+fn sum_counters(values: &PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+}
+
+fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow!("the kernel refused program {name}: {io_error}\nverifier log (tail):\n{}", tail(&verifier_log.to_string(), 60))
+        }
+        other => anyhow!("loading program {name}: {other}"),
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

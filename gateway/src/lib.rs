@@ -1,0 +1,8 @@
+//! The gateway's controller: policy model and compiler, the loader that puts the kernel programs
+//! on interfaces, metrics, and the lab that demonstrates and tests it all.
+
+pub mod policy;
+pub mod compile;
+pub mod config;
+pub mod dataplane;
+pub mod packets;
