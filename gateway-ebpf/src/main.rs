@@ -12,22 +12,31 @@ mod parse;
 mod stats;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS};
+use aya_log_ebpf::{error, info};
+use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason};
 
 use crate::{judge::Decision, packet::Bytes, parse::Link};
 
 /// Bytes a TC program makes linear before parsing (headers of any chain we accept fit).
 const TC_PULL_BYTES: u32 = 256;
 
+/// Counts the decision, and logs the rare events an operator wants to read about (never
+/// per-packet verdicts: those are counters).
 #[inline(always)]
-fn account(hook: u32, d: &Decision, len: u64) {
+fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
     stats::count(hook, d.reason, len);
     if let Some(s) = maps::SETTINGS.get(0) {
         stats::count_rule(d.slot, s.rules_per_slot, d.rule, len);
+    }
+    if d.reason == reason::DROP_REVOKED {
+        info!(ctx, "flow ended: the new policy no longer allows it (hook {})", hook);
+    } else if d.reason == reason::DROP_INTERNAL {
+        error!(ctx, "policy maps unreadable, packet dropped (hook {})", hook);
     }
 }
 
@@ -36,7 +45,7 @@ fn account(hook: u32, d: &Decision, len: u64) {
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
     let d = judge::decide(&bytes, Link::Ethernet, HOOK_LAN);
-    account(HOOK_LAN, &d, bytes.len() as u64);
+    account(&ctx, HOOK_LAN, &d, bytes.len() as u64);
     if d.passes() { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
 }
 
@@ -49,7 +58,7 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     }
     let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
     let d = judge::decide(&bytes, link, hook);
-    account(hook, &d, ctx.len() as u64);
+    account(ctx, hook, &d, ctx.len() as u64);
     if d.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 

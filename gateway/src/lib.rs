@@ -1,7 +1,12 @@
 //! The gateway's controller: policy model and compiler, the loader that puts the kernel programs
 //! on interfaces, metrics, and the lab that demonstrates and tests it all.
 
+pub mod cli;
+pub mod lab;
+pub mod metrics;
 pub mod policy;
+pub mod runner;
+pub mod status;
 pub mod compile;
 pub mod config;
 pub mod dataplane;

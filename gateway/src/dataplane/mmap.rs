@@ -37,10 +37,6 @@ impl MmapArray {
         Ok(MmapArray { base: NonNull::new(ptr.cast()).context("mmap returned null")?, len, stride, entries })
     }
 
-    pub fn entries(&self) -> u32 {
-        self.entries
-    }
-
     /// Copies `values` into elements `first..first + values.len()`.
     pub fn write<T: Copy>(&mut self, first: u32, values: &[T]) -> anyhow::Result<()> {
         assert!(size_of::<T>() <= self.stride);
@@ -53,14 +49,6 @@ impl MmapArray {
             unsafe { std::ptr::write_unaligned(self.base.as_ptr().add(at).cast::<T>(), *v) };
         }
         Ok(())
-    }
-
-    pub fn read<T: Copy>(&self, index: u32) -> Option<T> {
-        if index >= self.entries {
-            return None;
-        }
-        // SAFETY: in bounds; plain shared memory.
-        Some(unsafe { std::ptr::read_unaligned(self.base.as_ptr().add(index as usize * self.stride).cast::<T>()) })
     }
 }
 

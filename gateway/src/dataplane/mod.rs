@@ -2,7 +2,7 @@
 //! the configuration, writes compiled policies into the inactive slot and flips to it, attaches
 //! programs to interfaces, and reads counters back.
 
-mod attach;
+pub mod attach;
 mod mmap;
 
 use std::{

@@ -1,0 +1,118 @@
+//! The real `gateway run`, started inside the lab's gateway namespace.
+
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::netns::Netns;
+use crate::status::{self, Report};
+
+/// Where the lab gateway serves metrics, inside its own namespace.
+pub const LAB_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+pub struct GatewayProcess {
+    child: Child,
+    ns_name: String,
+    log: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts `binary run --config CONFIG` in `ns` and waits until it serves /status.
+    pub fn start(binary: &Path, ns: &Netns, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
+        let out = std::fs::File::create(log).context("gateway log file")?;
+        let child = ns
+            .command(binary.to_str().context("binary path")?)
+            .args(["run", "--config", config.to_str().context("config path")?])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .context("starting gateway")?;
+        let mut p = GatewayProcess { child, ns_name: ns.name.clone(), log: log.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("gateway exited ({status}) during start:\n{}", p.log_text());
+            }
+            if p.status(ns).is_ok() {
+                return Ok(p);
+            }
+            if Instant::now() > deadline {
+                bail!("gateway did not come up in 30 s:\n{}", p.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn status(&self, ns: &Netns) -> anyhow::Result<Report> {
+        let addr = LAB_METRICS_ADDR.parse()?;
+        let body = ns.run(move || status::http_get(addr, "/status"))??;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    pub fn metrics(&self, ns: &Netns) -> anyhow::Result<String> {
+        let addr = LAB_METRICS_ADDR.parse()?;
+        ns.run(move || status::http_get(addr, "/metrics"))?
+    }
+
+    fn signal(&self, sig: i32) -> anyhow::Result<()> {
+        // `ip netns exec` execs the gateway in place, so the child's pid is the gateway's.
+        // SAFETY: plain kill(2).
+        if unsafe { libc::kill(self.child.id() as i32, sig) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// SIGHUP, then waits until the reload shows in /status (a new generation or a rejection).
+    pub fn reload(&self, ns: &Netns) -> anyhow::Result<Report> {
+        let before = self.status(ns)?;
+        self.signal(libc::SIGHUP)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.status(ns)?;
+            if now.last_reload != before.last_reload {
+                return Ok(now);
+            }
+            if Instant::now() > deadline {
+                bail!("reload did not show in /status within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: the gateway detaches and exits 0.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("gateway did not exit within 10 s of SIGTERM ({})", self.ns_name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.signal(libc::SIGTERM);
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Prometheus metrics, refreshed from the kernel counters on every scrape. Base units, `_total`
+//! counters, and bounded labels only: direction (hook), verdict, reason, policy, map.
+
+use std::collections::HashMap;
+
+use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::dataplane::Dataplane;
+
+pub fn verdict_label(r: u32) -> &'static str {
+    if r >= reason::FIRST_DROP_REASON {
+        "drop"
+    } else if r == reason::PASS_NON_IP || r == reason::PASS_NOT_OVERLAY {
+        "pass"
+    } else {
+        "accept"
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    policy_packets: IntCounterVec,
+    policy_bytes: IntCounterVec,
+    pub reloads: IntCounterVec,
+    generation: IntGauge,
+    rules: IntGauge,
+    map_entries: IntGaugeVec,
+    map_capacity: IntGaugeVec,
+    pub apply_seconds: prometheus::Gauge,
+    /// Last values pushed, so counters advance by the kernel's deltas.
+    seen: HashMap<(u8, String, String), u64>,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let packets = counter("gateway_packets_total", "Packets judged, by hook, verdict and reason", &["direction", "verdict", "reason"])?;
+        let bytes = counter("gateway_bytes_total", "Bytes judged, by hook, verdict and reason", &["direction", "verdict", "reason"])?;
+        let policy_packets = counter("gateway_policy_packets_total", "Packets decided by each policy", &["policy"])?;
+        let policy_bytes = counter("gateway_policy_bytes_total", "Bytes decided by each policy", &["policy"])?;
+        let reloads = counter("gateway_policy_reloads_total", "Policy loads, by result", &["result"])?;
+        let generation = IntGauge::new("gateway_policy_generation", "Generation of the policy in force")?;
+        registry.register(Box::new(generation.clone()))?;
+        let rules = IntGauge::new("gateway_policy_rules", "Enabled policies in force")?;
+        registry.register(Box::new(rules.clone()))?;
+        let map_entries = IntGaugeVec::new(Opts::new("gateway_map_entries", "Entries in use per map"), &["map"])?;
+        registry.register(Box::new(map_entries.clone()))?;
+        let map_capacity = IntGaugeVec::new(Opts::new("gateway_map_capacity_entries", "Capacity per map"), &["map"])?;
+        registry.register(Box::new(map_capacity.clone()))?;
+        let apply_seconds = prometheus::Gauge::new("gateway_policy_apply_seconds", "Time the last policy took to compile and apply")?;
+        registry.register(Box::new(apply_seconds.clone()))?;
+        Ok(Metrics {
+            registry,
+            packets,
+            bytes,
+            policy_packets,
+            policy_bytes,
+            reloads,
+            generation,
+            rules,
+            map_entries,
+            map_capacity,
+            apply_seconds,
+            seen: HashMap::new(),
+        })
+    }
+
+    fn advance(&mut self, kind: u8, a: &str, b: &str, now: u64) -> u64 {
+        let last = self.seen.entry((kind, a.to_string(), b.to_string())).or_insert(0);
+        let delta = now.saturating_sub(*last);
+        *last = now;
+        delta
+    }
+
+    pub fn refresh(&mut self, dp: &Dataplane) -> anyhow::Result<()> {
+        let counters = dp.verdict_counters()?;
+        for hook in 0..HOOKS {
+            for r in 0..reason::SLOTS {
+                let name = REASON_NAMES[r as usize];
+                if name.is_empty() {
+                    continue;
+                }
+                let c = counters[stats_index(hook, r) as usize];
+                let dir = HOOK_NAMES[hook as usize];
+                let verdict = verdict_label(r);
+                let labels = [dir, verdict, name];
+                let key = format!("{verdict}/{name}");
+                let dp_ = self.advance(0, dir, &key, c.packets);
+                let db = self.advance(1, dir, &key, c.bytes);
+                if c.packets > 0 {
+                    self.packets.with_label_values(&labels).inc_by(dp_);
+                    self.bytes.with_label_values(&labels).inc_by(db);
+                }
+            }
+        }
+        for (name, c) in dp.rule_counters()? {
+            let dp_ = self.advance(2, &name, "", c.packets);
+            let db = self.advance(3, &name, "", c.bytes);
+            self.policy_packets.with_label_values(&[name.as_str()]).inc_by(dp_);
+            self.policy_bytes.with_label_values(&[name.as_str()]).inc_by(db);
+        }
+        self.generation.set(dp.generation() as i64);
+        self.rules.set(dp.active_rules().len() as i64);
+        for (map, used, cap) in dp.fill_levels() {
+            self.map_entries.with_label_values(&[map]).set(used as i64);
+            self.map_capacity.with_label_values(&[map]).set(cap as i64);
+        }
+        Ok(())
+    }
+
+    pub fn render(&self) -> anyhow::Result<String> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(String::from_utf8(buf)?)
+    }
+}

@@ -1,0 +1,193 @@
+//! `gateway run`: load, attach, enforce; reload the policy on SIGHUP; detach on exit.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+use tracing::{error, info, warn};
+
+use crate::{
+    compile,
+    config::Config,
+    dataplane::{Dataplane, LoadOptions, attach},
+    metrics::Metrics,
+    policy, status,
+};
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+struct Gateway {
+    dp: Dataplane,
+    cfg: Config,
+    metrics: Metrics,
+    last_reload: String,
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // try_init also routes the `log` records of aya-log (the kernel programs' logs) into tracing.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Reads and compiles a policy file.
+fn compile_policy(cfg: &Config) -> anyhow::Result<compile::Compiled> {
+    let set = policy::load_file(&cfg.policy)?;
+    Ok(compile::compile(&set, &cfg.limits.compile_limits()).with_context(|| format!("{}", cfg.policy.display()))?)
+}
+
+pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>) -> anyhow::Result<()> {
+    init_tracing();
+    let mut cfg = Config::load(config_path)?;
+    if metrics_override.is_some() {
+        cfg.metrics_addr = metrics_override;
+    }
+    // Everything that can be checked is checked before the kernel is touched.
+    let started = Instant::now();
+    let compiled = compile_policy(&cfg)?;
+    for t in &cfg.interfaces.tunnel {
+        attach::link_kind(&t.name)?;
+    }
+    for l in &cfg.interfaces.lan {
+        attach::if_index(&l.name)?;
+    }
+    let listener = match cfg.metrics_addr {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding the metrics address {addr}"))?),
+        None => None,
+    };
+
+    let opts = LoadOptions {
+        limits: cfg.limits.clone(),
+        conntrack: cfg.conntrack.enabled,
+        timeouts: cfg.conntrack.timeouts.to_kernel(),
+        overlay_v4: cfg.overlay.ipv4,
+        overlay_v6: cfg.overlay.ipv6,
+    };
+    let mut dp = Dataplane::load(&opts)?;
+    let report = dp.apply(&compiled)?;
+    // On any error below, dropping `dp` detaches what was attached: nothing is left half-done.
+    for t in &cfg.interfaces.tunnel {
+        let kind = dp.attach_tunnel(&t.name)?;
+        info!(interface = %t.name, link = ?kind, "tunnel interface protected (tc ingress + egress)");
+    }
+    for l in &cfg.interfaces.lan {
+        dp.attach_lan(&l.name, l.xdp_mode)?;
+        info!(interface = %l.name, mode = ?l.xdp_mode, "LAN interface attached (xdp)");
+    }
+    let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("kernel log channel")?;
+    let metrics = Metrics::new()?;
+    metrics.apply_seconds.set(started.elapsed().as_secs_f64());
+    metrics.reloads.with_label_values(&["ok"]).inc();
+    info!(
+        policy = %cfg.policy.display(),
+        generation = report.generation,
+        rules = report.rules,
+        verdicts = report.stats.verdicts,
+        "policy applied in {:?}",
+        started.elapsed()
+    );
+    let last_reload = format!("ok: generation {} at start", report.generation);
+    let gw = Arc::new(Mutex::new(Gateway { dp, cfg, metrics, last_reload }));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let result = runtime.block_on(serve(gw.clone(), logger, listener));
+    let mut g = gw.lock().expect("gateway state");
+    let errors = g.dp.detach_all();
+    for e in &errors {
+        error!("detach failed: {e}");
+    }
+    info!("detached from all interfaces; exiting");
+    result
+}
+
+async fn serve(
+    gw: Arc<Mutex<Gateway>>,
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
+    if let Some(l) = listener {
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        info!(addr = %l.local_addr()?, "serving /metrics and /status");
+        tokio::spawn(http(gw.clone(), l));
+    }
+    // SAFETY: the logger owns its ring-buffer fd and keeps it open for as long as the AsyncFd
+    // that owns the logger lives.
+    let mut logs = unsafe { AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("watching the kernel log channel: {e}"))?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&gw),
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            guard = logs.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SIGHUP: re-read the policy file; a bad file is rejected whole and the old policy stays.
+fn reload(gw: &Arc<Mutex<Gateway>>) {
+    let mut g = gw.lock().expect("gateway state");
+    let started = Instant::now();
+    let old = g.dp.generation();
+    match compile_policy(&g.cfg).and_then(|c| g.dp.apply(&c)) {
+        Ok(r) => {
+            g.metrics.reloads.with_label_values(&["ok"]).inc();
+            g.metrics.apply_seconds.set(started.elapsed().as_secs_f64());
+            g.last_reload = format!("ok: generation {} ({} policies) applied in {:?}", r.generation, r.rules, started.elapsed());
+            info!(generation = r.generation, rules = r.rules, "policy reloaded in {:?}", started.elapsed());
+        }
+        Err(e) => {
+            g.metrics.reloads.with_label_values(&["error"]).inc();
+            g.last_reload = format!("rejected, generation {old} stays in force: {e:#}");
+            warn!("policy reload rejected, generation {old} stays in force: {e:#}");
+        }
+    }
+}
+
+async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+    let metrics_gw = gw.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let gw = metrics_gw.clone();
+                async move {
+                    let mut g = gw.lock().expect("gateway state");
+                    let g = &mut *g;
+                    match g.metrics.refresh(&g.dp).and_then(|_| g.metrics.render()) {
+                        Ok(text) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response(),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let gw = gw.clone();
+                async move {
+                    let g = gw.lock().expect("gateway state");
+                    match status::report(&g.dp, &g.cfg.policy.display().to_string(), &g.last_reload) {
+                        Ok(r) => (StatusCode::OK, [("content-type", "application/json")], serde_json::to_string_pretty(&r).unwrap_or_default()).into_response(),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        error!("metrics server stopped: {e}");
+    }
+}

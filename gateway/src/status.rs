@@ -1,0 +1,131 @@
+//! `gateway status`: what the running gateway reports at /status, as JSON or a table.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{dataplane::Dataplane, metrics::verdict_label};
+use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub policy_file: String,
+    pub generation: u32,
+    pub rules: usize,
+    pub last_reload: String,
+    pub attachments: Vec<AttachmentReport>,
+    pub maps: Vec<MapReport>,
+    pub counters: Vec<CounterReport>,
+    pub policies: Vec<PolicyCounter>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttachmentReport {
+    pub interface: String,
+    pub program: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MapReport {
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CounterReport {
+    pub direction: String,
+    pub verdict: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyCounter {
+    pub policy: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str) -> anyhow::Result<Report> {
+    let counters = dp.verdict_counters()?;
+    let mut out = Vec::new();
+    for hook in 0..HOOKS {
+        for r in 0..reason::SLOTS {
+            let c = counters[stats_index(hook, r) as usize];
+            if c.packets > 0 {
+                out.push(CounterReport {
+                    direction: HOOK_NAMES[hook as usize].into(),
+                    verdict: verdict_label(r).into(),
+                    reason: REASON_NAMES[r as usize].into(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+    Ok(Report {
+        policy_file: policy_file.to_string(),
+        generation: dp.generation(),
+        rules: dp.active_rules().len(),
+        last_reload: last_reload.to_string(),
+        attachments: dp
+            .attachments()
+            .iter()
+            .map(|a| AttachmentReport { interface: a.interface.clone(), program: a.program.into(), mode: a.mode.clone() })
+            .collect(),
+        maps: dp.fill_levels().into_iter().map(|(m, e, c)| MapReport { map: m.into(), entries: e, capacity: c }).collect(),
+        counters: out,
+        policies: dp.rule_counters()?.into_iter().map(|(p, c)| PolicyCounter { policy: p, packets: c.packets, bytes: c.bytes }).collect(),
+    })
+}
+
+/// A plain HTTP GET against the gateway's own endpoint on loopback.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr} (is `gateway run` serving metrics there?)"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let body = http_get(addr, "/status")?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let r: Report = serde_json::from_str(&body).context("parsing /status")?;
+    println!("policy: {} (generation {}, {} enabled policies)", r.policy_file, r.generation, r.rules);
+    println!("last reload: {}", r.last_reload);
+    println!("\nattached:");
+    for a in &r.attachments {
+        println!("  {:<16} {:<24} {}", a.interface, a.program, a.mode);
+    }
+    println!("\nmaps:");
+    for m in &r.maps {
+        println!("  {:<16} {:>10} / {}", m.map, m.entries, m.capacity);
+    }
+    println!("\ncounters:");
+    println!("  {:<16} {:<7} {:<22} {:>12} {:>14}", "direction", "verdict", "reason", "packets", "bytes");
+    for c in &r.counters {
+        println!("  {:<16} {:<7} {:<22} {:>12} {:>14}", c.direction, c.verdict, c.reason, c.packets, c.bytes);
+    }
+    println!("\npolicies:");
+    for p in &r.policies {
+        println!("  {:<40} {:>12} packets {:>14} bytes", p.policy, p.packets, p.bytes);
+    }
+    Ok(())
+}
