@@ -79,3 +79,15 @@ impl Harness {
 pub fn seed_policy() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml")).expect("examples/policy.yaml")
 }
+
+/// The `gateway` binary the integration tests start (`cargo xtask test` builds it first).
+pub fn gateway_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("GATEWAY_BIN") {
+        return p.into();
+    }
+    // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("gateway");
+    assert!(path.exists(), "{} is missing: build it with `cargo build -p gateway` (cargo xtask test does)", path.display());
+    path
+}

@@ -1,0 +1,119 @@
+//! `cargo xtask <task>`: the commands a newcomer runs. Each installs what it needs first
+//! (Debian packages, the nightly rust-src component, bpf-linker), idempotently.
+
+mod deps;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when everything is there).
+    Deps,
+    /// Build the gateway (the kernel programs are built and embedded by gateway/build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the main job on the embedded default: the seed lab with the seed's policies.
+    Demo,
+    /// Run every test: host unit tests, BPF_PROG_TEST_RUN fixtures, differential and
+    /// namespace integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks and write bench/results/ and bench/RESULTS.md.
+    Bench {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        scenario: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Deps => deps::ensure(&deps::Needs::all()),
+        Task::Build { release } => {
+            deps::ensure(&deps::Needs::build())?;
+            build(release)
+        }
+        Task::Demo => {
+            deps::ensure(&deps::Needs::lab())?;
+            require_root("the demo")?;
+            build(false)?;
+            cargo(&["run", "--quiet", "--package", "gateway", "--bin", "gateway", "--", "demo"])
+        }
+        Task::Test { args } => {
+            deps::ensure(&deps::Needs::lab())?;
+            require_root("the kernel tests")?;
+            build(false)?;
+            let mut cmd = vec!["test", "--workspace"];
+            let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+            if !extra.is_empty() {
+                cmd.push("--");
+                cmd.extend(extra);
+            }
+            cargo(&cmd)
+        }
+        Task::Bench { quick, scenario } => {
+            deps::ensure(&deps::Needs::all())?;
+            require_root("the benchmarks")?;
+            let mut cmd = vec!["run", "--release", "--package", "bench", "--"];
+            if quick {
+                cmd.push("--quick");
+            }
+            if let Some(s) = &scenario {
+                cmd.push("--scenario");
+                cmd.push(s);
+            }
+            cargo(&cmd)
+        }
+    }
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--package", "gateway"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    let out = Command::new("id").arg("-u").output().context("id -u")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("{what} load BPF programs and create network namespaces: run as root");
+    }
+    Ok(())
+}
