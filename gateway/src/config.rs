@@ -209,3 +209,38 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.yaml"));
+        let cfg = Config::load(path).expect("deploy/gateway.yaml");
+        assert_eq!(cfg.interfaces.tunnel[0].name, "wg0");
+        assert_eq!(cfg.interfaces.lan[0].xdp_mode, XdpModeConfig::Native);
+        assert_eq!(cfg.overlay.ipv4.to_string(), "100.64.0.0/10");
+        assert_eq!(cfg.limits.acl_verdicts, 131072);
+        assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_fields_and_empty_interfaces_are_refused() {
+        let dir = std::env::temp_dir().join(format!("gwcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.yaml");
+        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n      mtu: 1400\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("c.yaml") && e.contains("mtu"), "{e}");
+        std::fs::write(&p, "policy: p.yaml\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("at least one tunnel or lan interface"), "{e}");
+        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n      xdp_mode: driverish\n").unwrap();
+        assert!(Config::load(&p).is_err());
+        // A relative policy path is taken relative to the config file.
+        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n").unwrap();
+        assert_eq!(Config::load(&p).unwrap().policy, dir.join("p.yaml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

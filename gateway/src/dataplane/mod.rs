@@ -307,6 +307,35 @@ impl Dataplane {
         ]
     }
 
+    /// Turns connection tracking on or off (the benchmarks measure both paths).
+    pub fn set_conntrack(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut s = map.get(&0, 0)?;
+        s.flags = if on { s.flags | FLAG_CONNTRACK } else { s.flags & !FLAG_CONNTRACK };
+        map.set(0, s, 0)?;
+        Ok(())
+    }
+
+    /// Kernel memory charged to the policy maps (both slots), from /proc/self/fdinfo.
+    pub fn policy_map_memory(&self) -> anyhow::Result<u64> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut total = 0;
+        for name in [names::ACL_V4_ROOT, names::ACL_V4_CHUNKS, names::ACL_V6, names::ACL_PORT_CLASS, names::ACL_VERDICT] {
+            let map = self.ebpf.map(name).with_context(|| format!("map {name}"))?;
+            let fd = match map {
+                aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) | aya::maps::Map::LpmTrie(d) => d.fd().as_fd().as_raw_fd(),
+                _ => continue,
+            };
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     pub fn xdp_program(&mut self) -> anyhow::Result<&mut Xdp> {
         let p = self.ebpf.program_mut(names::PROG_XDP_LAN).context("xdp program")?;
         Ok(p.try_into()?)

@@ -1,0 +1,91 @@
+//! Per-packet cost of the kernel program against the number of rules, by BPF_PROG_TEST_RUN with
+//! repeat. One data plane per rule count, all loaded at once, measured round-robin per trial.
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use gateway::{
+    compile,
+    config::LimitsConfig,
+    dataplane::{Dataplane, LoadOptions},
+    packets::{Spec, TCP_SYN},
+};
+use serde::Serialize;
+
+use crate::{rules, stats::Summary};
+
+const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct CostRow {
+    pub rules: usize,
+    pub path: &'static str,
+    pub ns_per_packet: Summary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cost {
+    pub repeat: u32,
+    pub rows: Vec<CostRow>,
+}
+
+/// The paths measured: the policy lookup for an accepted and an unmatched packet (stateless),
+/// and an established flow (conntrack hit).
+const PATHS: [&str; 3] = ["policy accept (no conntrack)", "default deny (no conntrack)", "established (conntrack hit)"];
+
+pub fn limits_for(n: usize) -> LimitsConfig {
+    let n = n as u32;
+    LimitsConfig { acl_chunks: 4 * n + 1024, acl_verdicts: 4 * n + 1024, rules: n + 16, ..LimitsConfig::default() }
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Cost> {
+    let counts: &[usize] = &[10, 1_000, 10_000, 100_000];
+    let trials = if quick { 3 } else { 7 };
+    let repeat = if quick { 200_000 } else { 1_000_000 };
+    let mut planes = Vec::new();
+    for &n in counts {
+        let syn = rules::synthetic(n, 42 + n as u64);
+        let limits = limits_for(n);
+        let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
+        let mut dp = Dataplane::load(&LoadOptions { limits, ..Default::default() })?;
+        dp.apply(&compiled)?;
+        let (s, d, p) = syn.accepted;
+        let accept = Spec::tcp(&s.to_string(), &d.to_string(), 40000, p, TCP_SYN).build();
+        let (s, d, p) = syn.unmatched;
+        let deny = Spec::tcp(&s.to_string(), &d.to_string(), 40000, p, TCP_SYN).build();
+        eprintln!("bench cost: {n} rules loaded ({} verdict entries, {} chunks)", compiled.stats.verdicts, compiled.stats.v4_chunks);
+        planes.push((n, dp, accept, deny));
+    }
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); PATHS.len()]; counts.len()];
+    for trial in 0..trials {
+        for (i, (n, dp, accept, deny)) in planes.iter_mut().enumerate() {
+            for (path, sample) in samples[i].iter_mut().enumerate() {
+                let (packet, conntrack, expect) = match path {
+                    0 => (&*accept, false, XDP_PASS),
+                    1 => (&*deny, false, XDP_DROP),
+                    _ => (&*accept, true, XDP_PASS),
+                };
+                dp.set_conntrack(conntrack)?;
+                let ns = time_xdp(dp, packet, repeat, expect)?;
+                sample.push(ns);
+                eprintln!("bench cost: trial {trial} rules {n} {}: {ns:.1} ns", PATHS[path]);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, &n) in counts.iter().enumerate() {
+        for (path, s) in samples[i].iter().enumerate() {
+            rows.push(CostRow { rules: n, path: PATHS[path], ns_per_packet: Summary::of(s.clone()) });
+        }
+    }
+    Ok(Cost { repeat, rows })
+}
+
+/// Average nanoseconds per run of the LAN XDP program over `repeat` runs; checks the verdict.
+fn time_xdp(dp: &mut Dataplane, packet: &[u8], repeat: u32, expect: u32) -> anyhow::Result<f64> {
+    let prog = dp.xdp_program()?;
+    let mut out = vec![0u8; packet.len() + 64];
+    let r = prog.test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat, ..Default::default() })?;
+    anyhow::ensure!(r.return_value == expect, "verdict {} where {} was expected", r.return_value, expect);
+    // The kernel reports the mean time of one repetition.
+    Ok(r.duration.as_nanos() as f64)
+}

@@ -1,0 +1,40 @@
+//! `cargo xtask bench [--quick] [--scenario NAME]`: measures, side by side and alternating, and
+//! writes bench/results/<timestamp>.json and bench/RESULTS.md.
+
+mod apply;
+mod cost;
+mod report;
+mod rules;
+mod stats;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// A smoke run: fewer trials and repetitions (under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Run one scenario: cost, apply.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Where results go (default: bench/ in the source tree).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
+    out: std::path::PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wants = |name: &str| args.scenario.as_deref().is_none_or(|s| s == name);
+    if let Some(s) = &args.scenario {
+        anyhow::ensure!(["cost", "apply"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply)");
+    }
+    let mut run = report::Run::new(args.quick)?;
+    if wants("cost") {
+        run.cost = Some(cost::run(args.quick)?);
+    }
+    if wants("apply") {
+        run.apply = Some(apply::run(args.quick)?);
+    }
+    run.write(&args.out)?;
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Results: JSON with every trial, and the markdown summary in bench/RESULTS.md.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{apply::Apply, cost::Cost};
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+}
+
+#[derive(Serialize)]
+pub struct Run {
+    pub timestamp: String,
+    pub commit: String,
+    pub quick: bool,
+    pub machine: Machine,
+    pub cost: Option<Cost>,
+    pub apply: Option<Apply>,
+}
+
+fn cmd(program: &str, args: &[&str]) -> String {
+    Command::new(program).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+/// UTC time as 2026-11-21T23:59:59Z, from the Unix clock (days-to-civil conversion).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl Run {
+    pub fn new(quick: bool) -> anyhow::Result<Run> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
+        let mut commit = cmd("git", &["rev-parse", "--short", "HEAD"]);
+        if !cmd("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            commit.push_str("+dirty");
+        }
+        Ok(Run {
+            timestamp: utc_now(),
+            commit,
+            quick,
+            machine: Machine { cpu, cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel: cmd("uname", &["-r"]) },
+            cost: None,
+            apply: None,
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmark results\n");
+        let _ = writeln!(
+            md,
+            "Run {} on commit {} — {} ({} cores), kernel {}{}.\n",
+            self.timestamp,
+            self.commit,
+            self.machine.cpu,
+            self.machine.cores,
+            self.machine.kernel,
+            if self.quick { ", QUICK run (fewer trials)" } else { "" }
+        );
+        let _ = writeln!(md, "Reproduce: `cargo xtask bench` (as root). Every trial is in `bench/results/<timestamp>.json`.\n");
+        if let Some(c) = &self.cost {
+            let _ = writeln!(md, "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program)\n");
+            let _ = writeln!(
+                md,
+                "Each rule has its own source prefix (/16 to /32, random) and TCP port; the data planes for all rule counts are loaded together and measured round-robin, {} repetitions per trial. Nanoseconds per packet: median (min–max).\n",
+                c.repeat
+            );
+            let _ = writeln!(md, "| rules | path | ns/packet | ratio to 10 rules |");
+            let _ = writeln!(md, "|---:|---|---:|---:|");
+            for row in &c.rows {
+                let base = c.rows.iter().find(|r| r.path == row.path && r.rules == 10).map(|r| r.ns_per_packet.median).unwrap_or(f64::NAN);
+                let s = &row.ns_per_packet;
+                let _ = writeln!(md, "| {} | {} | {:.1} ({:.1}–{:.1}) | {:.2}x |", row.rules, row.path, s.median, s.min, s.max, s.median / base);
+            }
+            let _ = writeln!(md);
+        }
+        if let Some(a) = &self.apply {
+            let _ = writeln!(md, "## Compile and apply {} rules\n", a.rules);
+            let _ = writeln!(md, "| step | median ms | min–max ms |");
+            let _ = writeln!(md, "|---|---:|---:|");
+            for (name, s) in [("compile", &a.compile_ms), ("write slot + flip", &a.write_ms), ("total", &a.total_ms)] {
+                let _ = writeln!(md, "| {name} | {:.1} | {:.1}–{:.1} |", s.median, s.min, s.max);
+            }
+            let _ = writeln!(
+                md,
+                "\nMemory: the policy's own entries take {:.2} MiB per slot ({} verdict entries, {} IPv4 chunks) on top of {:.2} MiB of fixed root and port arrays; the policy maps sized for it hold {:.1} MiB of kernel memory for both slots.\n",
+                a.policy_bytes as f64 / 1048576.0,
+                a.verdict_entries,
+                a.v4_chunks,
+                a.fixed_bytes_per_slot as f64 / 1048576.0,
+                a.map_memlock_bytes as f64 / 1048576.0
+            );
+        }
+        md
+    }
+
+    pub fn write(&self, out: &Path) -> anyhow::Result<()> {
+        let dir = out.join("results");
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(format!("{}.json", self.timestamp.replace(':', "")));
+        std::fs::write(&file, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", file.display()))?;
+        let md = self.markdown();
+        println!("{md}");
+        println!("results: {}", file.display());
+        if !self.quick {
+            std::fs::write(out.join("RESULTS.md"), &md).context("writing RESULTS.md")?;
+            println!("summary: {}", out.join("RESULTS.md").display());
+        }
+        Ok(())
+    }
+}
