@@ -30,7 +30,8 @@ pub struct Cost {
 
 /// The paths measured: the policy lookup for an accepted and an unmatched packet (stateless),
 /// and an established flow (conntrack hit).
-const PATHS: [&str; 3] = ["policy accept (no conntrack)", "default deny (no conntrack)", "established (conntrack hit)"];
+/// The floor is a non-IP frame: entry, counters and the test-run loop, no parsing past Ethernet.
+const PATHS: [&str; 4] = ["policy accept (no conntrack)", "default deny (no conntrack)", "established (conntrack hit)", "floor: non-IP frame"];
 
 pub fn limits_for(n: usize) -> LimitsConfig {
     let n = n as u32;
@@ -55,14 +56,18 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         eprintln!("bench cost: {n} rules loaded ({} verdict entries, {} chunks)", compiled.stats.verdicts, compiled.stats.v4_chunks);
         planes.push((n, dp, accept, deny));
     }
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.resize(60, 0);
     let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); PATHS.len()]; counts.len()];
     for trial in 0..trials {
         for (i, (n, dp, accept, deny)) in planes.iter_mut().enumerate() {
             for (path, sample) in samples[i].iter_mut().enumerate() {
                 let (packet, conntrack, expect) = match path {
-                    0 => (&*accept, false, XDP_PASS),
-                    1 => (&*deny, false, XDP_DROP),
-                    _ => (&*accept, true, XDP_PASS),
+                    0 => (&accept[..], false, XDP_PASS),
+                    1 => (&deny[..], false, XDP_DROP),
+                    2 => (&accept[..], true, XDP_PASS),
+                    _ => (&arp[..], false, XDP_PASS),
                 };
                 dp.set_conntrack(conntrack)?;
                 let ns = time_xdp(dp, packet, repeat, expect)?;

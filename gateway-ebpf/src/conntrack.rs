@@ -1,7 +1,7 @@
 //! Connection tracking: one LRU entry per flow under a canonical key, TCP state, idle expiry,
 //! and re-checking of policy-admitted flows when the policy generation changes.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use gateway_common::{
     conntrack::*,
     settings::{Settings, Timeouts},
@@ -38,10 +38,12 @@ fn endpoint_le(a: &[u8; 16], pa: u16, b: &[u8; 16], pb: u16) -> bool {
     pa <= pb
 }
 
+/// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the coarse clock costs a
+/// load where the precise one costs a clock-source read (tens of ns in a VM).
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Idle timeout of an entry in nanoseconds.

@@ -1,18 +1,24 @@
 //! Later fragments carry no ports: they follow the verdict of their datagram's first fragment.
 
-use gateway_common::fragment::{FragKey, FragVerdict};
+use gateway_common::{
+    conntrack::FAMILY_V4,
+    fragment::{FragKey, FragVerdict},
+};
 
 use crate::{maps, parse::Packet};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// The datagram a fragment belongs to. IPv6 datagrams are (source, destination, id) alone
+/// (RFC 8200 4.5): the fragment header's next header may name an extension header (AH,
+/// destination options) that the first fragment's walk went past to its L4 protocol.
 #[inline(always)]
 fn key_of(pkt: &Packet) -> FragKey {
     FragKey {
         src: pkt.flow.src,
         dst: pkt.flow.dst,
         id: pkt.frag_id,
-        proto: pkt.flow.proto,
+        proto: if pkt.flow.family == FAMILY_V4 { pkt.flow.proto } else { 0 },
         family: pkt.flow.family,
         _pad: [0; 2],
     }

@@ -11,7 +11,7 @@ use gateway_common::{
 use crate::{
     acl, conntrack, fragment, maps,
     packet::Bytes,
-    parse::{self, FRAG_FIRST, FRAG_LATER, Flow, ICMP_ERROR, Link, Packet, Parsed},
+    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, Link, Packet, Parsed},
 };
 
 #[derive(Clone, Copy)]
@@ -51,11 +51,10 @@ pub fn decide(bytes: &Bytes, link: Link, hook: u32) -> Decision {
         return plain(reason::DROP_INTERNAL);
     };
     let active = *active;
-    let now = conntrack::now_ns();
     let mut d = match hook {
-        HOOK_TUNNEL_EGRESS => outbound(pkt, &active, settings, now),
+        HOOK_TUNNEL_EGRESS => outbound(pkt, &active, settings),
         HOOK_LAN if !in_overlay(&pkt.flow.dst, pkt.flow.family, settings) => plain(reason::PASS_NOT_OVERLAY),
-        _ => police(pkt, &active, settings, now),
+        _ => police(pkt, &active, settings),
     };
     d.slot = active.slot;
     d
@@ -63,11 +62,13 @@ pub fn decide(bytes: &Bytes, link: Link, hook: u32) -> Decision {
 
 /// Traffic arriving from the tunnel, or from the LAN toward the overlay: policy and state.
 #[inline(always)]
-fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision {
+    let stateful = settings.flags & FLAG_CONNTRACK != 0;
+    // The clock is only read where state is kept: a stateless lookup does not pay for it.
+    let now = if stateful || pkt.frag != FRAG_NONE { conntrack::now_ns() } else { 0 };
     if pkt.frag == FRAG_LATER {
         return follow_first_fragment(pkt, now);
     }
-    let stateful = settings.flags & FLAG_CONNTRACK != 0;
     let d = if pkt.icmp == ICMP_ERROR && stateful {
         related(&pkt.quoted, settings, now)
     } else if stateful {
@@ -84,10 +85,11 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) ->
 
 /// Traffic leaving through the tunnel: already policed (or local); tracked so replies return.
 #[inline(always)]
-fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision {
     if settings.flags & FLAG_CONNTRACK == 0 || pkt.frag == FRAG_LATER || pkt.icmp == ICMP_ERROR {
         return plain(reason::ACCEPT_OUTBOUND);
     }
+    let now = conntrack::now_ns();
     let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
     if let Some(d) = existing_flow(pkt, &key, sender_is_a, active, settings, now) {
         return d;

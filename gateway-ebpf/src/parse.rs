@@ -26,7 +26,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const MAX_VLAN_TAGS: usize = 2;
-/// Extension headers walked before giving up (fail closed).
+/// Extension headers a packet may carry; one more fails closed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// No legitimate header chain reaches this far; keeps every offset bounded for the verifier.
 const MAX_L4_OFFSET: usize = 512;
@@ -176,7 +176,8 @@ fn parse_ipv6(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
     let mut seen_fragment = false;
     let mut walked = 0;
     loop {
-        if walked >= MAX_IPV6_EXT_HEADERS {
+        // `walked` headers are behind us: a chain of exactly the maximum still reaches its L4.
+        if walked > MAX_IPV6_EXT_HEADERS {
             return Err(reason::DROP_EXT_LIMIT);
         }
         match next {
