@@ -80,6 +80,12 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     assert!(traffic::tcp_exchange(&lab.host("cp1").ns, lin1, 443));
     let st = gw.status(&lab.gw).unwrap();
     assert!(st.counters.iter().any(|c| c.reason == "revoked" && c.packets > 0), "{:?}", st.counters);
+    // The kernel program's log (aya-log) reaches the gateway's log through tracing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.log_text().contains("flow ended: the new policy no longer allows it") {
+        assert!(std::time::Instant::now() < deadline, "no kernel log line for the revoked flow:\n{}", gw.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     // And back: allowed again.
     std::fs::write(lab.policy_path(), SEED_POLICY).unwrap();

@@ -38,14 +38,29 @@ pub fn if_index(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-/// Reads the link type from sysfs: 1 is Ethernet, 65534 ("none") is a TUN or WireGuard device.
+/// Reads the link type (ARPHRD_*) with SIOCGIFHWADDR on a socket of the calling thread's network
+/// namespace: 1 is Ethernet, 65534 ("none") is a TUN or WireGuard device.
 pub fn link_kind(name: &str) -> anyhow::Result<LinkKind> {
     if_index(name)?;
-    let path = format!("/sys/class/net/{name}/type");
-    let t = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    match t.trim() {
-        "1" => Ok(LinkKind::Ethernet),
-        "65534" => Ok(LinkKind::L3),
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain datagram socket, closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR with a 40-byte struct ifreq holding the name.
+    let rc = unsafe { libc::ioctl(sock, libc::SIOCGIFHWADDR, req.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(sock) };
+    if rc != 0 {
+        bail!("reading the link type of {name}: {err}");
+    }
+    // struct ifreq: 16-byte name, then struct sockaddr whose first field is the family.
+    match u16::from_ne_bytes([req[16], req[17]]) {
+        1 => Ok(LinkKind::Ethernet),
+        65534 => Ok(LinkKind::L3),
         other => bail!("interface {name:?} has link type {other}; expected Ethernet (1) or none (65534)"),
     }
 }
