@@ -1,7 +1,7 @@
 //! Connection tracking entries. One entry per flow, under a canonical key (the lower
 //! (address, port) endpoint first), so both directions find it with one lookup.
 
-use crate::{assert_size, user_pod};
+use crate::{assert_size, settings::Timeouts, user_pod};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -52,3 +52,32 @@ pub const STATE_TCP_CLOSED: u8 = 4;
 pub const STATE_NAMES: [&str; 5] = ["new", "syn_sent", "established", "closing", "closed"];
 
 user_pod!(CtKey, CtEntry);
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Idle timeout of an entry in nanoseconds: the kernel and the controller's sweep use this one rule.
+#[inline(always)]
+pub fn timeout_ns(key: &CtKey, entry: &CtEntry, t: &Timeouts) -> u64 {
+    let secs = match key.proto {
+        6 => match entry.state {
+            STATE_TCP_SYN_SENT => t.tcp_syn,
+            STATE_TCP_ESTABLISHED => t.tcp_established,
+            _ => t.tcp_closing,
+        },
+        17 => {
+            if entry.replied != 0 {
+                t.udp_stream
+            } else {
+                t.udp
+            }
+        }
+        1 | 58 => t.icmp,
+        _ => t.other,
+    };
+    secs as u64 * NS_PER_SEC
+}
+
+#[inline(always)]
+pub fn is_live(key: &CtKey, entry: &CtEntry, t: &Timeouts, now_ns: u64) -> bool {
+    now_ns.saturating_sub(entry.last_seen_ns) <= timeout_ns(key, entry, t)
+}

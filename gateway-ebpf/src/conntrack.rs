@@ -2,17 +2,12 @@
 //! and re-checking of policy-admitted flows when the policy generation changes.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use gateway_common::{
-    conntrack::*,
-    settings::{Settings, Timeouts},
-};
+use gateway_common::{conntrack::*, settings::Settings};
 
 use crate::{
     maps,
-    parse::{Flow, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{Flow, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
-
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// A flow's key, and whether the packet's sender is endpoint a of the key.
 #[inline(always)]
@@ -46,31 +41,9 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Idle timeout of an entry in nanoseconds.
-#[inline(always)]
-fn timeout_ns(key: &CtKey, entry: &CtEntry, t: &Timeouts) -> u64 {
-    let secs = match key.proto {
-        PROTO_TCP => match entry.state {
-            STATE_TCP_SYN_SENT => t.tcp_syn,
-            STATE_TCP_ESTABLISHED => t.tcp_established,
-            _ => t.tcp_closing,
-        },
-        PROTO_UDP => {
-            if entry.replied != 0 {
-                t.udp_stream
-            } else {
-                t.udp
-            }
-        }
-        PROTO_ICMP | PROTO_ICMPV6 => t.icmp,
-        _ => t.other,
-    };
-    secs as u64 * NS_PER_SEC
-}
-
 #[inline(always)]
 pub fn is_live(key: &CtKey, entry: &CtEntry, settings: &Settings, now: u64) -> bool {
-    now.saturating_sub(entry.last_seen_ns) <= timeout_ns(key, entry, &settings.timeouts)
+    gateway_common::conntrack::is_live(key, entry, &settings.timeouts, now)
 }
 
 /// Whether this packet starts a new TCP connection over a finished one (the old entry is ignored).

@@ -1,13 +1,11 @@
 //! Later fragments carry no ports: they follow the verdict of their datagram's first fragment.
 
 use gateway_common::{
-    conntrack::FAMILY_V4,
+    conntrack::{FAMILY_V4, NS_PER_SEC},
     fragment::{FragKey, FragVerdict},
 };
 
 use crate::{maps, parse::Packet};
-
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The datagram a fragment belongs to. IPv6 datagrams are (source, destination, id) alone
 /// (RFC 8200 4.5): the fragment header's next header may name an extension header (AH,

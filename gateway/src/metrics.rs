@@ -30,6 +30,7 @@ pub struct Metrics {
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     pub apply_seconds: prometheus::Gauge,
+    swept: IntCounterVec,
     /// Last values pushed, so counters advance by the kernel's deltas.
     seen: HashMap<(u8, String, String), u64>,
 }
@@ -55,6 +56,7 @@ impl Metrics {
         registry.register(Box::new(map_entries.clone()))?;
         let map_capacity = IntGaugeVec::new(Opts::new("gateway_map_capacity_entries", "Capacity per map"), &["map"])?;
         registry.register(Box::new(map_capacity.clone()))?;
+        let swept = counter("gateway_conntrack_removed_total", "Conntrack entries removed by the controller, by cause", &["cause"])?;
         let apply_seconds = prometheus::Gauge::new("gateway_policy_apply_seconds", "Time the last policy took to compile and apply")?;
         registry.register(Box::new(apply_seconds.clone()))?;
         Ok(Metrics {
@@ -69,6 +71,7 @@ impl Metrics {
             map_entries,
             map_capacity,
             apply_seconds,
+            swept,
             seen: HashMap::new(),
         })
     }
@@ -114,6 +117,14 @@ impl Metrics {
             self.map_capacity.with_label_values(&[map]).set(cap as i64);
         }
         Ok(())
+    }
+
+    pub fn count_sweep(&self, r: &crate::dataplane::SweepReport) {
+        if r.revoked > 0 {
+            tracing::info!(flows = r.revoked, "idle flows the new policy no longer allows were removed");
+        }
+        self.swept.with_label_values(&["expired"]).inc_by(r.expired as u64);
+        self.swept.with_label_values(&["revoked"]).inc_by(r.revoked as u64);
     }
 
     pub fn render(&self) -> anyhow::Result<String> {

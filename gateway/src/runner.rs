@@ -20,12 +20,17 @@ use crate::{
 };
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+/// How often expired conntrack entries are swept from userspace.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Gateway {
     dp: Dataplane,
     cfg: Config,
     metrics: Metrics,
     last_reload: String,
+    /// The policy applied last, until the next sweep has checked older flows against it. Flows
+    /// with traffic end at their next packet (the kernel checks); this removes the idle ones.
+    recheck: Option<compile::Compiled>,
 }
 
 pub fn init_tracing() {
@@ -91,7 +96,7 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>) -> anyhow::
         started.elapsed()
     );
     let last_reload = format!("ok: generation {} at start", report.generation);
-    let gw = Arc::new(Mutex::new(Gateway { dp, cfg, metrics, last_reload }));
+    let gw = Arc::new(Mutex::new(Gateway { dp, cfg, metrics, last_reload, recheck: None }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(serve(gw.clone(), logger, listener));
@@ -121,9 +126,18 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = hup.recv() => reload(&gw),
+            _ = sweep.tick() => {
+                let mut g = gw.lock().expect("gateway state");
+                let recheck = g.recheck.take();
+                match g.dp.sweep_conntrack(recheck.as_ref()) {
+                    Ok(r) => g.metrics.count_sweep(&r),
+                    Err(e) => warn!("conntrack sweep failed: {e:#}"),
+                }
+            }
             _ = int.recv() => break,
             _ = term.recv() => break,
             guard = logs.readable_mut() => {
@@ -141,8 +155,13 @@ fn reload(gw: &Arc<Mutex<Gateway>>) {
     let mut g = gw.lock().expect("gateway state");
     let started = Instant::now();
     let old = g.dp.generation();
-    match compile_policy(&g.cfg).and_then(|c| g.dp.apply(&c)) {
-        Ok(r) => {
+    let applied = compile_policy(&g.cfg).and_then(|c| {
+        let report = g.dp.apply(&c)?;
+        Ok((report, c))
+    });
+    match applied {
+        Ok((r, compiled)) => {
+            g.recheck = Some(compiled);
             g.metrics.reloads.with_label_values(&["ok"]).inc();
             g.metrics.apply_seconds.set(started.elapsed().as_secs_f64());
             g.last_reload = format!("ok: generation {} ({} policies) applied in {:?}", r.generation, r.rules, started.elapsed());

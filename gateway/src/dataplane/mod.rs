@@ -4,6 +4,7 @@
 
 pub mod attach;
 mod mmap;
+mod sweep;
 
 use std::{
     collections::HashMap,
@@ -26,6 +27,7 @@ use gateway_common::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use attach::{Attachment, LinkKind};
+pub use sweep::SweepReport;
 use mmap::MmapArray;
 
 use crate::{
@@ -92,6 +94,7 @@ pub struct Dataplane {
     /// Counters of rules from retired policies, by policy name, so totals never go backwards.
     retired_rule_totals: HashMap<String, Counter>,
     attachments: Vec<Attachment>,
+    timeouts: Timeouts,
 }
 
 impl Dataplane {
@@ -157,6 +160,7 @@ impl Dataplane {
             last_flip: None,
             retired_rule_totals: HashMap::new(),
             attachments: Vec::new(),
+            timeouts: opts.timeouts,
         })
     }
 
@@ -267,17 +271,19 @@ impl Dataplane {
         (0..STATS_ENTRIES).map(|i| Ok(sum_counters(&map.get(&i, 0)?))).collect()
     }
 
-    /// Counters per policy name: the active policy's plus what retired policies counted.
+    /// Counters per policy name: the active policy's, the previous policy's (still in the other
+    /// slot until the next apply retires it), plus what retired policies counted.
     pub fn rule_counters(&self) -> anyhow::Result<Vec<(String, Counter)>> {
         let map: PerCpuArray<_, Counter> =
             PerCpuArray::try_from(self.ebpf.map(names::RULE_STATS).context("rule stats map")?)?;
         let mut totals = self.retired_rule_totals.clone();
-        let slot = self.active.slot;
-        for (i, rule) in self.slots[slot as usize].rules.iter().enumerate() {
-            let c = sum_counters(&map.get(&(slot * self.limits.rules + i as u32), 0)?);
-            let t = totals.entry(rule.name.clone()).or_default();
-            t.packets += c.packets;
-            t.bytes += c.bytes;
+        for slot in 0..2u32 {
+            for (i, rule) in self.slots[slot as usize].rules.iter().enumerate() {
+                let c = sum_counters(&map.get(&(slot * self.limits.rules + i as u32), 0)?);
+                let t = totals.entry(rule.name.clone()).or_default();
+                t.packets += c.packets;
+                t.bytes += c.bytes;
+            }
         }
         let mut out: Vec<_> = totals.into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
