@@ -11,6 +11,8 @@
 
 pub mod addr;
 pub mod ports;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -203,18 +205,24 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
     ports.extend_from_slice(&port_classes[1].class_of);
 
     // 3. Class pairs and their verdicts.
+    // Every class pair gets at least one verdict entry (each of its terms matches some protocol
+    // and port), so more pairs than verdict entries cannot fit. A term's own pairs are distinct,
+    // so one term expanding past the limit fails before its pairs are built.
     let mut pairs: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
     for (i, ta) in term_atoms.iter().enumerate() {
         let srcs = matching(&src_classes_of, ta.src, ta.src_and, &classes.src_lists);
         let dsts = matching(&dst_classes_of, ta.dst, ta.dst_and, &classes.dst_lists);
         let expansion = srcs.len() as u64 * dsts.len() as u64;
-        if expansion + pairs.len() as u64 > limits.verdicts_per_slot as u64 {
-            return Err(CompileError::TooManyVerdicts { need: expansion + pairs.len() as u64, limit: limits.verdicts_per_slot });
+        if expansion > limits.verdicts_per_slot as u64 {
+            return Err(CompileError::TooManyVerdicts { need: expansion, limit: limits.verdicts_per_slot });
         }
         for s in &srcs {
             for d in &dsts {
                 pairs.entry((*s, *d)).or_default().push(i as u32);
             }
+        }
+        if pairs.len() > limits.verdicts_per_slot as usize {
+            return Err(CompileError::TooManyVerdicts { need: pairs.len() as u64, limit: limits.verdicts_per_slot });
         }
     }
     let mut verdicts = HashMap::new();
@@ -251,9 +259,10 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
                     verdicts.insert(key(class), v);
                 }
             }
-            if verdicts.len() > limits.verdicts_per_slot as usize {
-                return Err(CompileError::TooManyVerdicts { need: verdicts.len() as u64, limit: limits.verdicts_per_slot });
-            }
+        }
+        // After every protocol class, ICMP and "other" included.
+        if verdicts.len() > limits.verdicts_per_slot as usize {
+            return Err(CompileError::TooManyVerdicts { need: verdicts.len() as u64, limit: limits.verdicts_per_slot });
         }
     }
 

@@ -5,6 +5,8 @@
 mod model;
 pub mod reference;
 pub mod yaml;
+#[cfg(test)]
+mod tests;
 
 pub use model::*;
 pub use yaml::{load_file, parse_str};

@@ -50,14 +50,16 @@ impl Reader<'_> {
         PolicyError { file: self.file.to_string(), line: node.span.start.line(), field: field.to_string(), message: message.into() }
     }
 
-    fn map<'n>(&self, node: &'n Node, field: &str) -> Result<Vec<(String, &'n Node)>, PolicyError> {
+    /// The entries of a mapping: key, key node (where errors about the key itself point: a value
+    /// may start on a later line), value.
+    fn map<'n>(&self, node: &'n Node, field: &str) -> Result<Vec<(String, &'n Node, &'n Node)>, PolicyError> {
         let YamlDataOwned::Mapping(m) = &node.data else {
             return Err(self.err(node, field, "expected a mapping"));
         };
         let mut out = Vec::with_capacity(m.len());
         for (k, v) in m.iter() {
             match &k.data {
-                YamlDataOwned::Value(ScalarOwned::String(s)) => out.push((s.clone(), v)),
+                YamlDataOwned::Value(ScalarOwned::String(s)) => out.push((s.clone(), k, v)),
                 _ => return Err(self.err(k, field, "keys must be strings")),
             }
         }
@@ -175,11 +177,11 @@ pub fn parse_str(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
     };
     let mut set = PolicySet::default();
     let mut policies_node = None;
-    for (key, value) in r.map(root, "")? {
+    for (key, key_node, value) in r.map(root, "")? {
         match key.as_str() {
             "groups" => set.groups = read_groups(&r, value)?,
             "policies" => policies_node = Some(value),
-            other => return Err(r.err(value, other, "unknown top-level field (expected groups, policies)")),
+            other => return Err(r.err(key_node, other, "unknown top-level field (expected groups, policies)")),
         }
     }
     let group_names: HashSet<&str> = set.groups.iter().map(|g| g.name.as_str()).collect();
@@ -200,10 +202,10 @@ pub fn parse_str(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
 
 fn read_groups(r: &Reader, node: &Node) -> Result<Vec<Group>, PolicyError> {
     let mut groups = Vec::new();
-    for (name, members) in r.map(node, "groups")? {
+    for (name, key_node, members) in r.map(node, "groups")? {
         let field = format!("groups.{name}");
         if name == "*" || name.is_empty() {
-            return Err(r.err(members, &field, "\"*\" means any address and cannot be defined"));
+            return Err(r.err(key_node, &field, "\"*\" means any address and cannot be defined"));
         }
         groups.push(Group { name, members: r.nets(members, &field)? });
     }
@@ -230,7 +232,7 @@ fn read_policy(r: &Reader, node: &Node, index: usize, groups: &HashSet<&str>) ->
         priority: DEFAULT_PRIORITY,
     };
     let mut seen_action = false;
-    for (key, v) in r.map(node, &format!("policies[{index}]"))? {
+    for (key, key_node, v) in r.map(node, &format!("policies[{index}]"))? {
         let f = at(&key);
         match key.as_str() {
             "name" => p.name = r.string(v, &f)?,
@@ -261,7 +263,7 @@ fn read_policy(r: &Reader, node: &Node, index: usize, groups: &HashSet<&str>) ->
                     _ => return Err(r.err(v, &f, "expected a whole number (lower is decided first)")),
                 }
             }
-            other => return Err(r.err(v, &at(other), format!("unknown field (expected one of: {POLICY_FIELDS})"))),
+            other => return Err(r.err(key_node, &at(other), format!("unknown field (expected one of: {POLICY_FIELDS})"))),
         }
     }
     if p.name.trim().is_empty() {
@@ -302,13 +304,13 @@ fn read_group_refs(r: &Reader, node: &Node, field: &str, groups: &HashSet<&str>)
 
 fn read_exception(r: &Reader, node: &Node, field: &str) -> Result<Exception, PolicyError> {
     let mut e = Exception { destination_ips: Vec::new(), protocol: Protocol::All, ports: PortSet::Any };
-    for (key, v) in r.map(node, field)? {
+    for (key, key_node, v) in r.map(node, field)? {
         let f = format!("{field}.{key}");
         match key.as_str() {
             "destination_ips" => e.destination_ips = r.nets(v, &f)?,
             "protocol" => e.protocol = r.protocol(v, &f)?,
             "ports" => e.ports = r.ports(v, &f)?,
-            _ => return Err(r.err(v, &f, "unknown field (expected destination_ips, protocol, ports)")),
+            _ => return Err(r.err(key_node, &f, "unknown field (expected destination_ips, protocol, ports)")),
         }
     }
     if e.protocol == Protocol::Icmp && !e.ports.is_any() {
