@@ -137,12 +137,16 @@ pub fn run(policy: Option<&Path>) -> anyhow::Result<()> {
     let mut failures = 0;
     for c in SEED_MATRIX {
         if interrupted.load(Ordering::SeqCst) {
-            println!("\ninterrupted: cleaning up");
-            break;
+            bail!("interrupted; the lab has been removed");
         }
-        let before = totals(&gw.status(&lab.gw)?);
-        let ok = probe(&lab, c);
-        let after = totals(&gw.status(&lab.gw)?);
+        // Ctrl-C in a terminal reaches the gateway too, which then detaches and exits.
+        let (Ok(before), ok, Ok(after)) = (gw.status(&lab.gw), probe(&lab, c), gw.status(&lab.gw)) else {
+            if interrupted.load(Ordering::SeqCst) {
+                bail!("interrupted; the lab has been removed");
+            }
+            bail!("the gateway stopped answering:\n{}", gw.log_text());
+        };
+        let (before, after) = (totals(&before), totals(&after));
         let verdict = |a: bool| if a { "accept" } else { "drop" };
         let mark = if ok == c.accept { "" } else { "  <-- MISMATCH" };
         if ok != c.accept {
