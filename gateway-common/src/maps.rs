@@ -15,6 +15,7 @@ pub const RULE_STATS: &str = "RULE_STATS_V1";
 
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";
+pub const PROG_TC_LAN_INGRESS: &str = "tc_lan_ingress";
 pub const PROG_TC_TUNNEL_INGRESS_ETH: &str = "tc_tunnel_ingress_eth";
 pub const PROG_TC_TUNNEL_EGRESS_ETH: &str = "tc_tunnel_egress_eth";
 pub const PROG_TC_TUNNEL_INGRESS_L3: &str = "tc_tunnel_ingress_l3";

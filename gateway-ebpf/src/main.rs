@@ -62,6 +62,12 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     if d.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
+/// LAN interfaces whose driver has no native XDP, when configured (`attach: tc`): same logic.
+#[classifier]
+pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Link::Ethernet, HOOK_LAN)
+}
+
 /// Tunnel interface with an Ethernet header (veth in labs), traffic from peers.
 #[classifier]
 pub fn tc_tunnel_ingress_eth(ctx: TcContext) -> i32 {

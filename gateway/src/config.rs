@@ -49,17 +49,19 @@ pub struct TunnelInterface {
 #[serde(deny_unknown_fields)]
 pub struct LanInterface {
     pub name: String,
-    /// native (default), or an explicit fallback: skb (generic XDP).
+    /// xdp-native (default); xdp-generic or tc only as explicitly configured fallbacks for
+    /// drivers without native XDP.
     #[serde(default)]
-    pub xdp_mode: XdpModeConfig,
+    pub attach: LanAttach,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeConfig {
+#[serde(rename_all = "kebab-case")]
+pub enum LanAttach {
     #[default]
-    Native,
-    Skb,
+    XdpNative,
+    XdpGeneric,
+    Tc,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -219,7 +221,7 @@ mod tests {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.yaml"));
         let cfg = Config::load(path).expect("deploy/gateway.yaml");
         assert_eq!(cfg.interfaces.tunnel[0].name, "wg0");
-        assert_eq!(cfg.interfaces.lan[0].xdp_mode, XdpModeConfig::Native);
+        assert_eq!(cfg.interfaces.lan[0].attach, LanAttach::XdpNative);
         assert_eq!(cfg.overlay.ipv4.to_string(), "100.64.0.0/10");
         assert_eq!(cfg.limits.acl_verdicts, 131072);
         assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
@@ -236,7 +238,7 @@ mod tests {
         std::fs::write(&p, "policy: p.yaml\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("at least one tunnel or lan interface"), "{e}");
-        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n      xdp_mode: driverish\n").unwrap();
+        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n      attach: driverish\n").unwrap();
         assert!(Config::load(&p).is_err());
         // A relative policy path is taken relative to the config file.
         std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n").unwrap();

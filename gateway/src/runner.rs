@@ -80,8 +80,8 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>) -> anyhow::
         info!(interface = %t.name, link = ?kind, "tunnel interface protected (tc ingress + egress)");
     }
     for l in &cfg.interfaces.lan {
-        dp.attach_lan(&l.name, l.xdp_mode)?;
-        info!(interface = %l.name, mode = ?l.xdp_mode, "LAN interface attached (xdp)");
+        let mode = dp.attach_lan(&l.name, l.attach)?;
+        info!(interface = %l.name, mode, "LAN interface attached");
     }
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("kernel log channel")?;
     let metrics = Metrics::new()?;

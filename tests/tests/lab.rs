@@ -127,3 +127,24 @@ fn bad_input_is_one_clear_error_and_nothing_attached() {
     let tc = lab.gw.exec(&["tc", "filter", "show", "dev", "t-cp1", "ingress"]).unwrap();
     assert!(String::from_utf8_lossy(&tc.stdout).trim().is_empty());
 }
+
+/// The configured fallbacks for LAN interfaces behave like native XDP and are reported.
+#[test]
+fn lan_fallback_modes_enforce_the_same_policy() {
+    let lab = Lab::seed().expect("lab");
+    let _servers = demo::start_servers(&lab).expect("servers");
+    for (attach, mode) in [("tc", "tc ingress (configured fallback)"), ("xdp-generic", "xdp generic (configured fallback)")] {
+        let config = lab.write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach).unwrap();
+        let gw = GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts");
+        let st = gw.status(&lab.gw).unwrap();
+        assert!(st.attachments.iter().any(|a| a.interface == "lan0" && a.mode == mode), "{attach}: {:?}", st.attachments);
+        let lan1 = IpAddr::V4(lab.host("lan1").addr);
+        let cp1 = IpAddr::V4(lab.host("cp1").addr);
+        assert!(traffic::tcp_exchange(&lab.host("cp1").ns, lan1, 80), "{attach}: control plane to LAN, replies through the LAN hook");
+        assert!(!traffic::tcp_exchange(&lab.host("lan1").ns, cp1, 443), "{attach}: LAN-initiated must be dropped");
+        let st = gw.status(&lab.gw).unwrap();
+        assert!(st.counters.iter().any(|c| c.direction == "lan" && c.reason == "established" && c.packets > 0), "{attach}: {:?}", st.counters);
+        assert!(st.counters.iter().any(|c| c.direction == "lan" && c.reason == "default_deny" && c.packets > 0), "{attach}: {:?}", st.counters);
+        assert!(gw.stop().unwrap().success());
+    }
+}

@@ -5,7 +5,7 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassi
 use gateway_common::maps as names;
 
 use super::Dataplane;
-use crate::config::XdpModeConfig;
+use crate::config::LanAttach;
 
 /// Whether an interface carries Ethernet frames or bare IP packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -66,15 +66,28 @@ pub fn link_kind(name: &str) -> anyhow::Result<LinkKind> {
 }
 
 impl Dataplane {
-    pub fn attach_lan(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<()> {
+    /// Attaches the LAN program; returns the mode, as `gateway status` reports it.
+    pub fn attach_lan(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         if_index(iface)?;
-        let prog: &mut Xdp = self.xdp_program()?;
-        let (xdp_mode, label) = match mode {
-            XdpModeConfig::Native => (XdpMode::Driver, "xdp native"),
-            XdpModeConfig::Skb => (XdpMode::Skb, "xdp skb (configured fallback)"),
+        let (mode, label) = match attach {
+            LanAttach::XdpNative => (XdpMode::Driver, "xdp native"),
+            LanAttach::XdpGeneric => (XdpMode::Skb, "xdp generic (configured fallback)"),
+            LanAttach::Tc => {
+                let prog: &mut SchedClassifier = self.tc_program(names::PROG_TC_LAN_INGRESS)?;
+                let id = prog.attach(iface, TcAttachType::Ingress).map_err(|e| anyhow!("attaching tc to {iface}: {e}"))?;
+                let label = "tc ingress (configured fallback)";
+                self.attachments.push(Attachment {
+                    interface: iface.to_string(),
+                    program: names::PROG_TC_LAN_INGRESS,
+                    mode: label.to_string(),
+                    link: Some(LinkId::Tc(names::PROG_TC_LAN_INGRESS, id)),
+                });
+                return Ok(label);
+            }
         };
-        let id = prog.attach(iface, xdp_mode).map_err(|e| {
-            anyhow!("attaching XDP to {iface} in {label} mode: {e} (set xdp_mode: skb for this interface to use generic XDP)")
+        let prog: &mut Xdp = self.xdp_program()?;
+        let id = prog.attach(iface, mode).map_err(|e| {
+            anyhow!("attaching XDP to {iface} ({label}): {e} (for a driver without native XDP, configure attach: xdp-generic or attach: tc)")
         })?;
         self.attachments.push(Attachment {
             interface: iface.to_string(),
@@ -82,7 +95,7 @@ impl Dataplane {
             mode: label.to_string(),
             link: Some(LinkId::Xdp(id)),
         });
-        Ok(())
+        Ok(label)
     }
 
     pub fn attach_tunnel(&mut self, iface: &str) -> anyhow::Result<LinkKind> {

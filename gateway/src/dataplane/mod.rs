@@ -112,6 +112,7 @@ impl Dataplane {
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root?)")?;
         for name in [
             names::PROG_XDP_LAN,
+            names::PROG_TC_LAN_INGRESS,
             names::PROG_TC_TUNNEL_INGRESS_ETH,
             names::PROG_TC_TUNNEL_EGRESS_ETH,
             names::PROG_TC_TUNNEL_INGRESS_L3,

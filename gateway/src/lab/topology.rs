@@ -107,13 +107,18 @@ impl Lab {
 
     /// Writes the policy and a gateway config for this lab; returns the config path.
     pub fn write_config(&self, policy_yaml: &str, metrics_addr: &str) -> anyhow::Result<PathBuf> {
+        self.write_config_with(policy_yaml, metrics_addr, "xdp-native")
+    }
+
+    /// As [`Lab::write_config`], with the LAN interface attached as `lan_attach`.
+    pub fn write_config_with(&self, policy_yaml: &str, metrics_addr: &str, lan_attach: &str) -> anyhow::Result<PathBuf> {
         let policy = self.dir.join("policy.yaml");
         std::fs::write(&policy, policy_yaml)?;
         let mut cfg = format!("policy: {}\nmetrics_addr: {metrics_addr}\ninterfaces:\n  tunnel:\n", policy.display());
         for h in self.hosts.iter().filter(|h| h.gw_if.starts_with("t-")) {
             cfg.push_str(&format!("    - name: {}\n", h.gw_if));
         }
-        cfg.push_str("  lan:\n    - name: lan0\n      xdp_mode: native\n");
+        cfg.push_str(&format!("  lan:\n    - name: lan0\n      attach: {lan_attach}\n"));
         let path = self.dir.join("gateway.yaml");
         std::fs::write(&path, cfg)?;
         Ok(path)
