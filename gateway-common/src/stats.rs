@@ -27,6 +27,7 @@ pub mod reason {
     pub const ACCEPT_RELATED: u32 = 4;
     pub const ACCEPT_FRAGMENT: u32 = 5;
     pub const ACCEPT_OUTBOUND: u32 = 6;
+    pub const PASS_NEIGHBOR_DISCOVERY: u32 = 7;
     pub const FIRST_DROP_REASON: u32 = 16;
     pub const DROP_POLICY: u32 = 16;
     pub const DROP_DEFAULT: u32 = 17;
@@ -53,7 +54,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "related",
     "fragment",
     "outbound",
-    "",
+    "neighbor_discovery",
     "",
     "",
     "",

@@ -11,7 +11,7 @@ use gateway_common::{
 use crate::{
     acl, conntrack, fragment, maps,
     packet::Bytes,
-    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, Link, Packet, Parsed},
+    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, ICMP_NEIGHBOR_DISCOVERY, Link, Packet, Parsed},
 };
 
 #[derive(Clone, Copy)]
@@ -47,6 +47,9 @@ pub fn decide(bytes: &Bytes, link: Link, hook: u32) -> Decision {
         Err(r) => return plain(r),
     }
     let pkt: &Packet = pkt;
+    if pkt.icmp == ICMP_NEIGHBOR_DISCOVERY {
+        return plain(reason::PASS_NEIGHBOR_DISCOVERY);
+    }
     let (Some(active), Some(settings)) = (maps::ACTIVE.get(0), maps::SETTINGS.get(0)) else {
         return plain(reason::DROP_INTERNAL);
     };
@@ -70,7 +73,7 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision 
         return follow_first_fragment(pkt, now);
     }
     let d = if pkt.icmp == ICMP_ERROR && stateful {
-        related(&pkt.quoted, settings, now)
+        related(&pkt.quoted, active, settings, now)
     } else if stateful {
         track_policed(pkt, active, settings, now)
     } else {
@@ -144,18 +147,37 @@ fn existing_flow(
         return None;
     }
     let from_initiator = sender_is_a == (entry.initiator == 0);
-    if entry.origin == ORIGIN_POLICY && entry.generation != active.generation {
-        let original = if from_initiator { pkt.flow } else { pkt.flow.reversed() };
-        let v = acl::judge(&original, active, settings);
-        if !v.accepts() {
-            conntrack::remove(key);
-            return Some(Decision { reason: reason::DROP_REVOKED, rule: v.rule, slot: 0 });
-        }
-        entry.generation = active.generation;
-        entry.rule = v.rule;
+    if let Some(revoked) = recheck(entry, key, &pkt.flow, from_initiator, active, settings) {
+        return Some(revoked);
     }
     conntrack::update(entry, pkt.flow.proto, pkt.tcp_flags, from_initiator, now);
     Some(Decision { reason: reason::ACCEPT_ESTABLISHED, rule: entry.rule, slot: 0 })
+}
+
+/// After a policy change, checks a policy-admitted flow again in its original direction
+/// (`flow` as sent, by the initiator or not). A flow no longer allowed is removed and the packet
+/// dropped; an allowed one is stamped with the new generation and deciding rule.
+#[inline(always)]
+fn recheck(
+    entry: &mut CtEntry,
+    key: &CtKey,
+    flow: &Flow,
+    from_initiator: bool,
+    active: &ActivePolicy,
+    settings: &Settings,
+) -> Option<Decision> {
+    if entry.origin != ORIGIN_POLICY || entry.generation == active.generation {
+        return None;
+    }
+    let original = if from_initiator { *flow } else { flow.reversed() };
+    let v = acl::judge(&original, active, settings);
+    if !v.accepts() {
+        conntrack::remove(key);
+        return Some(Decision { reason: reason::DROP_REVOKED, rule: v.rule, slot: 0 });
+    }
+    entry.generation = active.generation;
+    entry.rule = v.rule;
+    None
 }
 
 #[inline(always)]
@@ -172,14 +194,19 @@ fn new_entry(pkt: &Packet, sender_is_a: bool, active: &ActivePolicy, rule: u32, 
     }
 }
 
-/// ICMP errors pass only when they quote a tracked flow.
+/// ICMP errors pass only when they quote a tracked flow, and, like the flow's own packets, only
+/// while the policy still allows a policy-admitted flow (re-checked after a policy change).
 #[inline(always)]
-fn related(quoted: &Flow, settings: &Settings, now: u64) -> Decision {
-    let (key, _) = conntrack::key_of(quoted);
+fn related(quoted: &Flow, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+    let (key, quoted_sender_is_a) = conntrack::key_of(quoted);
     if let Some(ptr) = conntrack::lookup(&key) {
-        // SAFETY: read-only use of a valid map value.
-        let entry = unsafe { &*ptr };
+        // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps.
+        let entry = unsafe { &mut *ptr };
         if conntrack::is_live(&key, entry, settings, now) {
+            let from_initiator = quoted_sender_is_a == (entry.initiator == 0);
+            if let Some(revoked) = recheck(entry, &key, quoted, from_initiator, active, settings) {
+                return revoked;
+            }
             return Decision { reason: reason::ACCEPT_RELATED, rule: entry.rule, slot: 0 };
         }
     }

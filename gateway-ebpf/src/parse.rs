@@ -39,6 +39,9 @@ pub const ICMP_NONE: u8 = 0;
 pub const ICMP_ECHO: u8 = 1;
 pub const ICMP_ERROR: u8 = 2;
 pub const ICMP_OTHER: u8 = 3;
+/// IPv6 neighbour discovery (router/neighbour solicitation and advertisement) with hop limit
+/// 255, i.e. from the link itself: the IPv6 counterpart of ARP.
+pub const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -229,7 +232,12 @@ fn parse_ipv6(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
         walked += 1;
     }
     pkt.flow.proto = next;
-    parse_l4(b, pkt, off, l3_end - off)
+    parse_l4(b, pkt, off, l3_end - off)?;
+    // Neighbour discovery only counts as such from the link itself (RFC 4861: hop limit 255).
+    if pkt.icmp == ICMP_NEIGHBOR_DISCOVERY && (h[7] != 255 || pkt.frag != FRAG_NONE) {
+        pkt.icmp = ICMP_OTHER;
+    }
+    Ok(())
 }
 
 /// A later fragment has no L4 header; one that would overlap the first fragment's L4 header
@@ -292,6 +300,8 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
         pkt.icmp = ICMP_ECHO;
         pkt.flow.sport = id;
         pkt.flow.dport = id;
+    } else if v6 && (133..=136).contains(&c[0]) {
+        pkt.icmp = ICMP_NEIGHBOR_DISCOVERY;
     } else if is_error {
         pkt.icmp = ICMP_ERROR;
         if v6 { quoted_ipv6(b, l4 + 8, &mut pkt.quoted)? } else { quoted_ipv4(b, l4 + 8, &mut pkt.quoted)? };

@@ -11,7 +11,7 @@ use crate::dataplane::Dataplane;
 pub fn verdict_label(r: u32) -> &'static str {
     if r >= reason::FIRST_DROP_REASON {
         "drop"
-    } else if r == reason::PASS_NON_IP || r == reason::PASS_NOT_OVERLAY {
+    } else if matches!(r, reason::PASS_NON_IP | reason::PASS_NOT_OVERLAY | reason::PASS_NEIGHBOR_DISCOVERY) {
         "pass"
     } else {
         "accept"

@@ -102,6 +102,8 @@ pub struct Spec {
     pub frag: Option<(u16, bool)>,
     /// Replaces the L4 bytes (for later fragments: the data at that offset).
     pub raw_l4: Option<Vec<u8>>,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
 }
 
 impl Spec {
@@ -118,6 +120,7 @@ impl Spec {
             frag_id: 0x1234,
             frag: None,
             raw_l4: None,
+            ttl: 64,
         }
     }
 
@@ -167,7 +170,7 @@ impl Spec {
         out.extend_from_slice(&(self.frag_id as u16).to_be_bytes());
         let (offset, more) = self.frag.unwrap_or((0, false));
         out.extend_from_slice(&(offset | if more { 0x2000 } else { 0 }).to_be_bytes());
-        out.push(64);
+        out.push(self.ttl);
         out.push(proto);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&src.octets());
@@ -199,7 +202,7 @@ impl Spec {
         out.extend_from_slice(&[0x60, 0, 0, 0]);
         out.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
         out.push(first);
-        out.push(64);
+        out.push(self.ttl);
         out.extend_from_slice(&src.octets());
         out.extend_from_slice(&dst.octets());
         out.extend_from_slice(&ext);

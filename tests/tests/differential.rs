@@ -1,0 +1,464 @@
+//! Differential test: random policies and random packets, where the kernel's verdict (through
+//! the compiled tables in the maps) must equal the reference evaluator's reading of the policy,
+//! rule for rule, and so must the controller's userspace lookup over the same tables.
+//!
+//! Seeded and deterministic: the seed is printed; `GATEWAY_DIFF_SEED=<n>` replays a run and
+//! `GATEWAY_DIFF_POLICIES=<n>` changes how many random policies it tries.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use gateway::{
+    dataplane::LoadOptions,
+    packets::{L4, Spec, TCP_SYN},
+    policy::{
+        self, Action,
+        reference::{self, Judgement},
+    },
+};
+use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason};
+use gateway_tests::Harness;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
+
+const DEFAULT_SEED: u64 = 0x6761_7465_7761_7901;
+const DEFAULT_POLICIES: usize = 100;
+const PACKETS_PER_POLICY: usize = 120;
+
+/// Address pools: prefixes and packets are drawn near these, so rules overlap and nest. All but
+/// the last IPv4 pool lie in the LAN overlay (100.64.0.0/10), the last one outside it.
+const V4_POOLS: [[u8; 4]; 5] = [[100, 64, 1, 0], [100, 64, 2, 0], [100, 70, 0, 0], [100, 127, 255, 0], [10, 1, 0, 0]];
+const V6_POOLS: [&str; 4] = ["fd00:1::", "fd00:1:0:1::", "fd00:2::", "2001:db8::"];
+const COMMON_PORTS: [u16; 10] = [1, 22, 53, 80, 443, 1024, 3000, 8080, 32768, 65535];
+
+fn env_number(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    Some(parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+}
+
+struct Gen {
+    rng: StdRng,
+}
+
+impl Gen {
+    fn v4_addr(&mut self) -> Ipv4Addr {
+        if self.rng.random_ratio(1, 20) {
+            return Ipv4Addr::from(self.rng.random::<u32>());
+        }
+        let base = u32::from(Ipv4Addr::from(*V4_POOLS.choose(&mut self.rng).unwrap()));
+        Ipv4Addr::from(base.wrapping_add(self.rng.random_range(0..2048)))
+    }
+
+    fn v6_addr(&mut self) -> Ipv6Addr {
+        if self.rng.random_ratio(1, 20) {
+            return Ipv6Addr::from(self.rng.random::<u128>());
+        }
+        let base = u128::from(V6_POOLS.choose(&mut self.rng).unwrap().parse::<Ipv6Addr>().unwrap());
+        let low = self.rng.random_range(0..4096u128);
+        let mid = if self.rng.random_ratio(1, 4) { (self.rng.random_range(0..4u128)) << 64 } else { 0 };
+        Ipv6Addr::from(base | mid | low)
+    }
+
+    fn net(&mut self, v6: bool) -> IpNet {
+        if v6 {
+            let len = if self.rng.random_ratio(1, 50) {
+                0
+            } else {
+                *[16u8, 32, 48, 56, 63, 64, 65, 96, 112, 120, 124, 127, 128].choose(&mut self.rng).unwrap()
+            };
+            IpNet::V6(Ipv6Net::new(self.v6_addr(), len).unwrap().trunc())
+        } else {
+            let len = if self.rng.random_ratio(1, 50) {
+                0
+            } else {
+                *[8u8, 10, 12, 15, 16, 17, 19, 20, 21, 23, 24, 25, 27, 28, 29, 30, 31, 32].choose(&mut self.rng).unwrap()
+            };
+            IpNet::V4(Ipv4Net::new(self.v4_addr(), len).unwrap().trunc())
+        }
+    }
+
+    fn nets(&mut self, max: usize) -> Vec<IpNet> {
+        let n = self.rng.random_range(1..=max);
+        (0..n).map(|_| {
+            let v6 = self.rng.random_ratio(1, 4);
+            self.net(v6)
+        })
+        .collect()
+    }
+
+    fn port(&mut self) -> u16 {
+        if self.rng.random_bool(0.5) { *COMMON_PORTS.choose(&mut self.rng).unwrap() } else { self.rng.random_range(1..=65535) }
+    }
+
+    /// A `ports:` list (None: the field is left out, any port).
+    fn ports(&mut self) -> Option<Vec<String>> {
+        match self.rng.random_range(0..20) {
+            0..=4 => None,
+            5..=6 => Some(vec!["1-65535".into()]),
+            _ => {
+                let n = self.rng.random_range(1..=3);
+                Some(
+                    (0..n)
+                        .map(|_| {
+                            let start = self.port();
+                            if self.rng.random_bool(0.5) {
+                                start.to_string()
+                            } else {
+                                let width: u32 = *[1u32, 2, 10, 100, 1000, 30000].choose(&mut self.rng).unwrap();
+                                let end = (start as u32 + self.rng.random_range(0..=width)).min(65535);
+                                format!("{start}-{end}")
+                            }
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    fn protocol(&mut self) -> &'static str {
+        ["all", "all", "tcp", "tcp", "udp", "icmp"].choose(&mut self.rng).unwrap()
+    }
+
+    fn group_refs(&mut self, groups: usize) -> Vec<String> {
+        if self.rng.random_ratio(1, 7) {
+            return vec!["*".into()];
+        }
+        let mut refs: Vec<String> = (0..self.rng.random_range(1..=2)).map(|_| format!("g{}", self.rng.random_range(0..groups))).collect();
+        refs.dedup();
+        refs
+    }
+
+    /// A random policy file.
+    fn policy_yaml(&mut self) -> String {
+        let mut y = String::from("groups:\n");
+        let groups = self.rng.random_range(2..=5);
+        for g in 0..groups {
+            // Now and then an empty group: it names no address at all.
+            let members: Vec<String> = if self.rng.random_ratio(1, 25) {
+                Vec::new()
+            } else {
+                self.nets(4).iter().map(|n| format!("\"{n}\"")).collect()
+            };
+            writeln!(y, "  g{g}: [{}]", members.join(", ")).unwrap();
+        }
+        y.push_str("policies:\n");
+        let quoted = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+        for i in 0..self.rng.random_range(1..=20) {
+            writeln!(y, "  - name: p{i}").unwrap();
+            if self.rng.random_ratio(1, 10) {
+                y.push_str("    enabled: false\n");
+            }
+            let src = self.group_refs(groups);
+            let dst = self.group_refs(groups);
+            writeln!(y, "    source_groups: [{}]", quoted(&src)).unwrap();
+            writeln!(y, "    destination_groups: [{}]", quoted(&dst)).unwrap();
+            writeln!(y, "    bidirectional: {}", self.rng.random_ratio(1, 3)).unwrap();
+            let drop = self.rng.random_ratio(2, 5);
+            writeln!(y, "    action: {}", if drop { "drop" } else { "accept" }).unwrap();
+            let protocol = self.protocol();
+            writeln!(y, "    protocol: {protocol}").unwrap();
+            if let Some(ports) = self.ports()
+                && (protocol != "icmp" || ports == ["1-65535"])
+            {
+                writeln!(y, "    ports: [{}]", quoted(&ports)).unwrap();
+            }
+            if self.rng.random_ratio(1, 5) {
+                let nets: Vec<String> = self.nets(2).iter().map(|n| n.to_string()).collect();
+                writeln!(y, "    destination_ips: [{}]", quoted(&nets)).unwrap();
+            }
+            if drop && self.rng.random_ratio(2, 5) {
+                y.push_str("    exceptions:\n");
+                for _ in 0..self.rng.random_range(1..=2) {
+                    let protocol = self.protocol();
+                    writeln!(y, "      - protocol: {protocol}").unwrap();
+                    if self.rng.random_bool(0.5) {
+                        let nets: Vec<String> = self.nets(2).iter().map(|n| n.to_string()).collect();
+                        writeln!(y, "        destination_ips: [{}]", quoted(&nets)).unwrap();
+                    }
+                    if let Some(ports) = self.ports()
+                        && protocol != "icmp"
+                    {
+                        writeln!(y, "        ports: [{}]", quoted(&ports)).unwrap();
+                    }
+                }
+            }
+            if self.rng.random_ratio(2, 3) {
+                writeln!(y, "    priority: {}", [10, 50, 100, 100, 200].choose(&mut self.rng).unwrap()).unwrap();
+            }
+        }
+        y
+    }
+
+    /// An address in, at the edge of, or just outside one of `nets`, or from the pools.
+    fn addr(&mut self, nets: &[IpNet], v6: bool) -> IpAddr {
+        let fam: Vec<&IpNet> = nets.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).collect();
+        if !fam.is_empty() && self.rng.random_ratio(9, 10) {
+            let net = **fam.choose(&mut self.rng).unwrap();
+            return match net {
+                IpNet::V4(n) => {
+                    let (lo, hi) = (u32::from(n.network()), u32::from(n.broadcast()));
+                    let a = match self.rng.random_range(0..10) {
+                        0 => lo,
+                        1 => hi,
+                        2 => lo.wrapping_sub(1),
+                        3 => hi.wrapping_add(1),
+                        _ => lo.wrapping_add(self.rng.random_range(0..=(hi - lo).min(1 << 20))),
+                    };
+                    IpAddr::V4(Ipv4Addr::from(a))
+                }
+                IpNet::V6(n) => {
+                    let (lo, hi) = (u128::from(n.network()), u128::from(n.broadcast()));
+                    let a = match self.rng.random_range(0..10) {
+                        0 => lo,
+                        1 => hi,
+                        2 => lo.wrapping_sub(1),
+                        3 => hi.wrapping_add(1),
+                        _ => lo | (self.rng.random::<u128>() & (hi - lo)),
+                    };
+                    IpAddr::V6(Ipv6Addr::from(a))
+                }
+            };
+        }
+        if v6 { IpAddr::V6(self.v6_addr()) } else { IpAddr::V4(self.v4_addr()) }
+    }
+
+    /// A destination port: mostly on or next to a boundary the policy names.
+    fn dport(&mut self, boundaries: &[u16]) -> u16 {
+        match self.rng.random_range(0..20) {
+            0 => 0,
+            1..=11 if !boundaries.is_empty() => *boundaries.choose(&mut self.rng).unwrap(),
+            12..=14 => *COMMON_PORTS.choose(&mut self.rng).unwrap(),
+            _ => self.rng.random(),
+        }
+    }
+}
+
+/// Every network a policy file names, and every port boundary (with its neighbours).
+fn policy_material(set: &policy::PolicySet) -> (Vec<IpNet>, Vec<u16>) {
+    let mut nets: Vec<IpNet> = set.groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+    let mut ports = Vec::new();
+    let mut add_ports = |p: &policy::PortSet| {
+        if let policy::PortSet::Ranges(rs) = p {
+            for r in rs {
+                for v in [r.start as u32, r.end as u32] {
+                    for d in [v.wrapping_sub(1), v, v + 1] {
+                        if d <= 65535 {
+                            ports.push(d as u16);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    for p in &set.policies {
+        nets.extend(p.destination_ips.iter().copied());
+        add_ports(&p.ports);
+        for e in &p.exceptions {
+            nets.extend(e.destination_ips.iter().copied());
+            add_ports(&e.ports);
+        }
+    }
+    (nets, ports)
+}
+
+struct Case {
+    spec: Spec,
+    proto: u8,
+    /// The port the kernel judges: the TCP/UDP destination port, the echo identifier, or 0.
+    dport: u16,
+    hook: u32,
+}
+
+fn random_case(g: &mut Gen, terms: &[policy::Term], nets: &[IpNet], boundaries: &[u16]) -> Case {
+    let mut v6 = g.rng.random_ratio(1, 4);
+    let target = terms.choose(&mut g.rng).filter(|_| g.rng.random_bool(0.5));
+    if let Some(t) = target {
+        // The family of one of the term's sources that it also names destinations in.
+        let dst_fams: Vec<bool> = t.dst.any_of.iter().map(|n| matches!(n, IpNet::V6(_))).collect();
+        let both: Vec<bool> = t.src.any_of.iter().map(|n| matches!(n, IpNet::V6(_))).filter(|f| dst_fams.contains(f)).collect();
+        if let Some(f) = both.choose(&mut g.rng) {
+            v6 = *f;
+        }
+    }
+    let (src, dst) = match target {
+        // Half the packets aim at one term: a source it names, a destination it names (inside
+        // its destination_ips or an exception's when it has them), its protocol and a port it
+        // names, so rules actually meet.
+        Some(t) => {
+            let mut dst_nets = match (&t.dst.and_in, g.rng.random_bool(0.5)) {
+                (Some(restrict), true) => restrict.clone(),
+                _ => t.dst.any_of.clone(),
+            };
+            if g.rng.random_ratio(1, 4)
+                && let Some(e) = t.exceptions.choose(&mut g.rng)
+            {
+                dst_nets = e.destination.clone().unwrap_or(dst_nets);
+            }
+            (g.addr(&t.src.any_of, v6), g.addr(&dst_nets, v6))
+        }
+        None => (g.addr(nets, v6), g.addr(nets, v6)),
+    };
+    let sport = g.rng.random_range(1024..=65535);
+    let kind = match target.map(|t| t.protocol) {
+        Some(policy::Protocol::Tcp) if g.rng.random_ratio(3, 4) => 0,
+        Some(policy::Protocol::Udp) if g.rng.random_ratio(3, 4) => 7,
+        Some(policy::Protocol::Icmp) if g.rng.random_ratio(3, 4) => 13,
+        _ => g.rng.random_range(0..20),
+    };
+    let mut boundaries = boundaries.to_vec();
+    if let Some(policy::PortSet::Ranges(rs)) = target.map(|t| &t.ports) {
+        // A port inside the term's ranges, most of the time.
+        let r = rs.choose(&mut g.rng).unwrap();
+        boundaries = vec![g.rng.random_range(r.start..=r.end); 8];
+    }
+    let (l4, dport) = match kind {
+        0..=6 => {
+            let d = g.dport(&boundaries);
+            (L4::Tcp { sport, dport: d, flags: TCP_SYN }, d)
+        }
+        7..=12 => {
+            let d = g.dport(&boundaries);
+            (L4::Udp { sport, dport: d }, d)
+        }
+        13..=15 => {
+            let id = g.rng.random();
+            (L4::echo_request(v6, id), id)
+        }
+        16 => {
+            // ICMP that is neither echo nor error: timestamp request, router solicitation.
+            (L4::Icmp { kind: if v6 { 133 } else { 13 }, code: 0, rest: [0; 4], body: vec![0; 12] }, 0)
+        }
+        _ => {
+            let proto = *[47u8, 50, 132, 89, 59].choose(&mut g.rng).unwrap();
+            (L4::Raw { proto, payload: vec![0x5a; g.rng.random_range(1..24)] }, 0)
+        }
+    };
+    let proto = l4.proto(v6);
+    let mut spec = Spec::new(&src.to_string(), &dst.to_string(), l4);
+    spec.payload_len = g.rng.random_range(0..16);
+    // The LAN program polices traffic toward the IPv4 overlay by the same tables.
+    let to_overlay = matches!(dst, IpAddr::V4(d) if "100.64.0.0/10".parse::<Ipv4Net>().unwrap().contains(&d));
+    let hook = if to_overlay && g.rng.random_ratio(1, 3) { HOOK_LAN } else { HOOK_TUNNEL_INGRESS };
+    Case { spec, proto, dport, hook }
+}
+
+fn expected_reason(j: &Judgement) -> u32 {
+    match (j.action, j.rule) {
+        (Action::Accept, _) => reason::ACCEPT_POLICY,
+        (Action::Drop, Some(_)) => reason::DROP_POLICY,
+        (Action::Drop, None) => reason::DROP_DEFAULT,
+    }
+}
+
+#[test]
+fn kernel_matches_reference_evaluator() {
+    let seed = env_number("GATEWAY_DIFF_SEED").unwrap_or(DEFAULT_SEED);
+    let policies = env_number("GATEWAY_DIFF_POLICIES").map(|n| n as usize).unwrap_or(DEFAULT_POLICIES);
+    println!("differential: seed {seed:#x} (GATEWAY_DIFF_SEED={seed:#x} replays), {policies} policies");
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed) };
+    // Without conntrack every packet is judged by the tables alone.
+    let mut h = Harness::with_options("policies: []\n", LoadOptions { conntrack: false, ..Default::default() });
+
+    let mut cases = 0usize;
+    let mut by_reason = [0usize; 3];
+    let mut by_hook = [0usize; 2];
+    let mut families = [0usize; 2];
+    let started = std::time::Instant::now();
+    for p in 0..policies {
+        let yaml = g.policy_yaml();
+        let set = policy::parse_str(&yaml, "random.yaml").unwrap_or_else(|e| panic!("generated policy rejected: {e}\n{yaml}"));
+        let terms = set.terms();
+        let compiled = h.apply_set(&set);
+        let rules = compiled.rules.len() as u32;
+        for r in 0..rules {
+            assert_eq!(h.rule_count(r), 0, "policy {p}: rule {r}'s counter was not reset by the apply");
+        }
+        let mut rule_mirror = vec![0u64; rules as usize];
+        let (nets, boundaries) = policy_material(&set);
+        let fail = |what: String, case: &Case| -> ! {
+            panic!(
+                "seed {seed:#x}, policy {p}: {what}\npacket: {} -> {} proto {} dport {} at {}\n{:?}\npolicy:\n{yaml}\nterms: {terms:#?}",
+                case.spec.src,
+                case.spec.dst,
+                case.proto,
+                case.dport,
+                if case.hook == HOOK_LAN { "lan (xdp)" } else { "tunnel ingress (tc)" },
+                case.spec,
+            )
+        };
+        for _ in 0..PACKETS_PER_POLICY {
+            let case = random_case(&mut g, &terms, &nets, &boundaries);
+            let want = reference::evaluate(&terms, case.spec.src, case.spec.dst, case.proto, case.dport);
+            let looked = compiled.lookup(case.spec.src, case.spec.dst, case.proto, case.dport).judgement;
+            if looked != want {
+                fail(format!("Compiled::lookup says {looked:?}, the reference {want:?}"), &case);
+            }
+            let reason = expected_reason(&want);
+            let before = h.reason_count(case.hook, reason);
+            let passed = h.run_hook(case.hook, &case.spec.build());
+            let counted = h.reason_count(case.hook, reason) - before;
+            if passed != (want.action == Action::Accept) || counted != 1 {
+                let got: Vec<String> = h
+                    .counters()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, c)| *i as u32 / reason::SLOTS == case.hook && c.packets != 0)
+                    .map(|(i, c)| {
+                        let r = i % reason::SLOTS as usize;
+                        format!("{}({r})={}", gateway_common::stats::REASON_NAMES[r], c.packets)
+                    })
+                    .collect();
+                fail(
+                    format!(
+                        "kernel {} (reason {reason} counted {counted}x), reference {want:?}; hook counters now {}",
+                        if passed { "passed" } else { "dropped" },
+                        got.join(" ")
+                    ),
+                    &case,
+                );
+            }
+            if let Some(rule) = want.rule {
+                rule_mirror[rule as usize] += 1;
+                let n = h.rule_count(rule);
+                if n != rule_mirror[rule as usize] {
+                    let all: Vec<u64> = (0..rules).map(|r| h.rule_count(r)).collect();
+                    fail(format!("rule {rule} decided by the reference; kernel rule counters {all:?}, expected {rule_mirror:?}"), &case);
+                }
+            }
+            cases += 1;
+            by_reason[match reason {
+                reason::ACCEPT_POLICY => 0,
+                reason::DROP_POLICY => 1,
+                _ => 2,
+            }] += 1;
+            by_hook[usize::from(case.hook == HOOK_LAN)] += 1;
+            families[usize::from(case.spec.src.is_ipv6())] += 1;
+        }
+        // Nothing was counted for a rule the reference did not name.
+        let all: Vec<u64> = (0..rules).map(|r| h.rule_count(r)).collect();
+        assert_eq!(all, rule_mirror, "seed {seed:#x}, policy {p}: per-rule counters\n{yaml}");
+    }
+    println!(
+        "differential: {cases} cases in {:.1?}: {} accepted, {} dropped by a rule, {} by default; {} at tunnel ingress, {} at lan; {} IPv4, {} IPv6",
+        started.elapsed(),
+        by_reason[0],
+        by_reason[1],
+        by_reason[2],
+        by_hook[0],
+        by_hook[1],
+        families[0],
+        families[1],
+    );
+    assert!(cases >= 10_000 || policies < DEFAULT_POLICIES, "only {cases} cases");
+    // The generator must exercise every outcome, or the comparison proves little.
+    for (i, n) in by_reason.iter().enumerate() {
+        assert!(*n * 20 >= cases || policies < DEFAULT_POLICIES, "outcome {i} is rare: {by_reason:?}");
+    }
+}
