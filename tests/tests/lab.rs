@@ -48,6 +48,17 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     assert!(drops("policy") > 0 && drops("default_deny") > 0);
     assert!(st.counters.iter().any(|c| c.direction == "lan" && c.verdict == "drop"), "LAN-initiated drop not counted at XDP");
 
+    // The `gateway status` command reads the same endpoint, as a table and as JSON.
+    let bin = gateway_binary();
+    let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--addr", LAB_METRICS_ADDR]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(generation 1, 4 enabled policies)") && text.contains("xdp native"), "{text}");
+    assert!(text.contains("demo-isolation"), "{text}");
+    let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--json", "--addr", LAB_METRICS_ADDR]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(json["generation"], 1);
+    assert!(json["maps"].as_array().unwrap().iter().any(|m| m["map"] == "conntrack" && m["entries"].as_u64().unwrap() > 0));
+
     // Prometheus exposition with the documented names and labels.
     let m = gw.metrics(&lab.gw).unwrap();
     assert!(m.contains("gateway_packets_total{direction=\"tunnel_ingress\",reason=\"policy\",verdict=\"drop\"}"), "{m}");
