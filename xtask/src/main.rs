@@ -70,13 +70,13 @@ fn run(task: Task) -> anyhow::Result<()> {
             require_root("the kernel tests")?;
             build(false)?;
             // The kernel programs build only for bpfel-unknown-none (gateway/build.rs does that).
-            let mut cmd = vec!["test", "--workspace", "--exclude", "gateway-ebpf"];
+            let mut cmd = vec!["test", "--workspace", "--exclude", "gateway-ebpf", "--lib", "--bins", "--tests"];
             let extra: Vec<&str> = args.iter().map(String::as_str).collect();
             if !extra.is_empty() {
                 cmd.push("--");
                 cmd.extend(extra);
             }
-            cargo(&cmd)
+            cargo_test(&cmd)
         }
         Task::Bench { quick, scenario } => {
             deps::ensure(&deps::Needs::all())?;
@@ -107,6 +107,45 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line totalling every test
+/// binary's result (so the last line speaks for the whole run, not the last binary).
+fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    if passed == 0 {
+        bail!("no test ran");
     }
     Ok(())
 }
