@@ -118,6 +118,8 @@ struct V4Builder<'a> {
     classes: &'a mut Classes,
     out: V4Tables,
     max_chunks: u32,
+    /// The class of the current marks, until they change (most steps down the trie add none).
+    current: Option<AddrClass>,
 }
 
 impl V4Builder<'_> {
@@ -128,6 +130,15 @@ impl V4Builder<'_> {
         };
         let start = base + off as usize;
         slice[start..start + count as usize].fill(value);
+    }
+
+    fn class(&mut self, marks: &[u32]) -> AddrClass {
+        if let Some(c) = self.current {
+            return c;
+        }
+        let c = self.classes.class_of(marks);
+        self.current = Some(c);
+        c
     }
 
     fn alloc_chunk(&mut self) -> Result<u32, CompileError> {
@@ -144,7 +155,7 @@ impl V4Builder<'_> {
     fn descend(&mut self, node: usize, depth: u32, table: Table, off: u32, level_end: u32, marks: &mut Vec<u32>) -> Result<(), CompileError> {
         let child = self.trie.nodes[node].child;
         if child == [0, 0] {
-            let class = self.classes.class_of(marks);
+            let class = self.class(marks);
             self.write(&table, off, 1 << (level_end - depth), class);
             return Ok(());
         }
@@ -161,13 +172,20 @@ impl V4Builder<'_> {
                 Table::Chunk(id) => Table::Chunk(id),
             };
             if c == 0 {
-                let class = self.classes.class_of(marks);
+                let class = self.class(marks);
                 self.write(&sub_table, sub, span, class);
+                continue;
+            }
+            let added = &self.trie.nodes[c as usize].marks;
+            if added.is_empty() {
+                self.descend(c as usize, depth + 1, sub_table, sub, level_end, marks)?;
             } else {
                 let n = marks.len();
-                marks.extend_from_slice(&self.trie.nodes[c as usize].marks);
+                marks.extend_from_slice(added);
+                self.current = None;
                 self.descend(c as usize, depth + 1, sub_table, sub, level_end, marks)?;
                 marks.truncate(n);
+                self.current = None;
             }
         }
         Ok(())
@@ -181,6 +199,7 @@ pub fn build_v4(trie: &Trie, classes: &mut Classes, max_chunks: u32) -> Result<V
         classes,
         out: V4Tables { root: vec![AddrClass::default(); V4_ROOT_ENTRIES as usize], chunks: Vec::new() },
         max_chunks,
+        current: None,
     };
     let mut marks = trie.nodes[0].marks.clone();
     b.descend(0, 0, Table::Root, 0, V4_ROOT_BITS, &mut marks)?;

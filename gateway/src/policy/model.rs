@@ -193,13 +193,13 @@ impl PolicySet {
             .collect()
     }
 
-    fn members(&self, refs: &[GroupRef]) -> Vec<IpNet> {
+    fn members(groups: &std::collections::HashMap<&str, &Group>, refs: &[GroupRef]) -> Vec<IpNet> {
         let mut nets = Vec::new();
         for r in refs {
             match r {
                 GroupRef::Any => nets.extend(any_nets()),
                 GroupRef::Named(name) => {
-                    if let Some(g) = self.groups.iter().find(|g| &g.name == name) {
+                    if let Some(g) = groups.get(name.as_str()) {
                         nets.extend(g.members.iter().copied());
                     }
                 }
@@ -213,9 +213,10 @@ impl PolicySet {
     /// Flattens enabled policies into terms: one per direction.
     pub fn terms(&self) -> Vec<Term> {
         let mut terms = Vec::new();
+        let groups: std::collections::HashMap<&str, &Group> = self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
         for (rule, p) in self.policies.iter().filter(|p| p.enabled).enumerate() {
-            let sources = self.members(&p.source_groups);
-            let destinations = self.members(&p.destination_groups);
+            let sources = Self::members(&groups, &p.source_groups);
+            let destinations = Self::members(&groups, &p.destination_groups);
             let restrict = (!p.destination_ips.is_empty()).then(|| p.destination_ips.clone());
             let exceptions: Vec<ExceptionMatch> = p
                 .exceptions
