@@ -34,6 +34,8 @@ pub struct Settings {
 /// Idle timeouts in seconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "user", serde(deny_unknown_fields, default))]
 pub struct Timeouts {
     pub tcp_syn: u32,
     pub tcp_established: u32,

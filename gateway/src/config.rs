@@ -84,8 +84,9 @@ impl Default for Overlay {
 pub struct Conntrack {
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Idle timeouts in seconds (the kernel's own struct: the file maps onto it directly).
     #[serde(default)]
-    pub timeouts: TimeoutsConfig,
+    pub timeouts: Timeouts,
 }
 
 fn yes() -> bool {
@@ -94,52 +95,7 @@ fn yes() -> bool {
 
 impl Default for Conntrack {
     fn default() -> Self {
-        Conntrack { enabled: true, timeouts: TimeoutsConfig::default() }
-    }
-}
-
-/// Idle timeouts in seconds.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TimeoutsConfig {
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    pub tcp_closing: u32,
-    pub udp: u32,
-    pub udp_stream: u32,
-    pub icmp: u32,
-    pub other: u32,
-    pub fragment: u32,
-}
-
-impl Default for TimeoutsConfig {
-    fn default() -> Self {
-        let t = Timeouts::default();
-        TimeoutsConfig {
-            tcp_syn: t.tcp_syn,
-            tcp_established: t.tcp_established,
-            tcp_closing: t.tcp_closing,
-            udp: t.udp,
-            udp_stream: t.udp_stream,
-            icmp: t.icmp,
-            other: t.other,
-            fragment: t.fragment,
-        }
-    }
-}
-
-impl TimeoutsConfig {
-    pub fn to_kernel(&self) -> Timeouts {
-        Timeouts {
-            tcp_syn: self.tcp_syn,
-            tcp_established: self.tcp_established,
-            tcp_closing: self.tcp_closing,
-            udp: self.udp,
-            udp_stream: self.udp_stream,
-            icmp: self.icmp,
-            other: self.other,
-            fragment: self.fragment,
-        }
+        Conntrack { enabled: true, timeouts: Timeouts::default() }
     }
 }
 

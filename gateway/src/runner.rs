@@ -68,7 +68,7 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>) -> anyhow::
     let opts = LoadOptions {
         limits: cfg.limits.clone(),
         conntrack: cfg.conntrack.enabled,
-        timeouts: cfg.conntrack.timeouts.to_kernel(),
+        timeouts: cfg.conntrack.timeouts,
         overlay_v4: cfg.overlay.ipv4,
         overlay_v6: cfg.overlay.ipv6,
     };
