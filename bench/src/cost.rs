@@ -44,7 +44,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let repeat = if quick { 200_000 } else { 1_000_000 };
     let mut planes = Vec::new();
     for &n in counts {
-        let syn = rules::synthetic(n, 42 + n as u64);
+        let syn = rules::synthetic(n, 42 + n as u64, gateway::policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
         let limits = limits_for(n);
         let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
         let mut dp = Dataplane::load(&LoadOptions { limits, ..Default::default() })?;

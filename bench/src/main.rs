@@ -2,10 +2,14 @@
 //! writes bench/results/<timestamp>.json and bench/RESULTS.md.
 
 mod apply;
+mod contenders;
 mod cost;
+mod generator;
+mod pps;
 mod report;
 mod rules;
 mod stats;
+mod topo;
 
 use clap::Parser;
 
@@ -26,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |name: &str| args.scenario.as_deref().is_none_or(|s| s == name);
     if let Some(s) = &args.scenario {
-        anyhow::ensure!(["cost", "apply"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply)");
+        anyhow::ensure!(["cost", "apply", "pps"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply, pps)");
     }
     let mut run = report::Run::new(args.quick)?;
     if wants("cost") {
@@ -34,6 +38,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("apply") {
         run.apply = Some(apply::run(args.quick)?);
+    }
+    if wants("pps") {
+        run.pps = Some(pps::run(args.quick)?);
     }
     run.write(&args.out)?;
     Ok(())

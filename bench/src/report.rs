@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost};
+use crate::{apply::Apply, cost::Cost, pps::Pps};
 
 #[derive(Serialize)]
 pub struct Machine {
@@ -22,6 +22,7 @@ pub struct Run {
     pub machine: Machine,
     pub cost: Option<Cost>,
     pub apply: Option<Apply>,
+    pub pps: Option<Pps>,
 }
 
 fn cmd(program: &str, args: &[&str]) -> String {
@@ -59,6 +60,7 @@ impl Run {
             machine: Machine { cpu, cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel: cmd("uname", &["-r"]) },
             cost: None,
             apply: None,
+            pps: None,
         })
     }
 
@@ -76,6 +78,9 @@ impl Run {
             if self.quick { ", QUICK run (fewer trials)" } else { "" }
         );
         let _ = writeln!(md, "Reproduce: `cargo xtask bench` (as root). Every trial is in `bench/results/<timestamp>.json`.\n");
+        if let Some(p) = &self.pps {
+            pps_markdown(&mut md, p);
+        }
         if let Some(c) = &self.cost {
             let _ = writeln!(md, "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program)\n");
             let _ = writeln!(
@@ -153,5 +158,37 @@ impl Run {
             println!("summary: {}", out.join("RESULTS.md").display());
         }
         Ok(())
+    }
+}
+
+fn pps_markdown(md: &mut String, p: &Pps) {
+    use crate::contenders::Contender;
+    let _ = writeln!(md, "## Packet rate: stateless filter with N rules ({}-byte frames)\n", p.frame_bytes);
+    let _ = writeln!(
+        md,
+        "Generator: BPF_PROG_RUN with live frames in the generator namespace, {} frames per trial over {} flows (varied sources and ports) that the policy accepts; counted by an XDP program on the sink. Every contender in the same run, alternating, trials interleaved. Mpps median (min–max); ratios of medians.\n",
+        p.frames_per_trial, p.flows
+    );
+    let mut sizes: Vec<usize> = p.rows.iter().map(|r| r.rules).collect();
+    sizes.dedup();
+    for n in sizes {
+        let rows: Vec<_> = p.rows.iter().filter(|r| r.rules == n).collect();
+        let med = |c: Contender| rows.iter().find(|r| r.contender == c && r.error.is_none()).map(|r| r.mpps.median);
+        let ceiling = med(Contender::NoopRedirect);
+        let gw = med(Contender::Gateway);
+        let _ = writeln!(md, "### {n} rules\n");
+        let _ = writeln!(md, "| contender | Mpps | loss | vs ceiling | gateway ÷ this |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for r in &rows {
+            if let Some(e) = &r.error {
+                let _ = writeln!(md, "| {} | not measured: {} | | | |", r.label, e.lines().next().unwrap_or(""));
+                continue;
+            }
+            let m = &r.mpps;
+            let vs = ceiling.map(|c| format!("{:.2}", m.median / c)).unwrap_or_default();
+            let ratio = gw.map(|g| format!("{:.2}x", g / m.median)).unwrap_or_default();
+            let _ = writeln!(md, "| {} | {:.3} ({:.3}–{:.3}) | {:.1}% | {} | {} |", r.label, m.median, m.min, m.max, r.loss.median * 100.0, vs, ratio);
+        }
+        let _ = writeln!(md);
     }
 }

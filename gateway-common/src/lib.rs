@@ -5,6 +5,7 @@
 
 pub mod acl;
 pub mod conntrack;
+pub mod forward;
 pub mod fragment;
 pub mod maps;
 pub mod settings;

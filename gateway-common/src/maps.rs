@@ -12,6 +12,7 @@ pub const CONNTRACK: &str = "CT_V1";
 pub const FRAGMENTS: &str = "FRAG_V1";
 pub const STATS: &str = "STATS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
+pub const FORWARD_PORTS: &str = "FWD_PORTS_V1";
 
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";

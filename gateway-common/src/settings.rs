@@ -13,6 +13,8 @@ pub struct ActivePolicy {
 assert_size!(ActivePolicy, 8);
 
 pub const FLAG_CONNTRACK: u32 = 1;
+/// Accepted LAN traffic may be forwarded in XDP to interfaces in the forward-ports map.
+pub const FLAG_XDP_FORWARD: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -28,6 +28,8 @@ pub mod reason {
     pub const ACCEPT_FRAGMENT: u32 = 5;
     pub const ACCEPT_OUTBOUND: u32 = 6;
     pub const PASS_NEIGHBOR_DISCOVERY: u32 = 7;
+    /// Not a verdict: of the packets accepted, those forwarded in XDP (counted a second time).
+    pub const XDP_FORWARDED: u32 = 15;
     pub const FIRST_DROP_REASON: u32 = 16;
     pub const DROP_POLICY: u32 = 16;
     pub const DROP_DEFAULT: u32 = 17;
@@ -62,7 +64,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "",
     "",
     "",
-    "",
+    "xdp_forwarded",
     "policy",
     "default_deny",
     "truncated",

@@ -4,6 +4,7 @@
 
 mod acl;
 mod conntrack;
+mod forward;
 mod fragment;
 mod judge;
 mod maps;
@@ -18,7 +19,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{error, info};
-use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason};
+use gateway_common::{
+    settings::FLAG_XDP_FORWARD,
+    stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason},
+};
 
 use crate::{judge::Decision, packet::Bytes, parse::Link};
 
@@ -46,7 +50,19 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
     let d = judge::decide(&bytes, Link::Ethernet, HOOK_LAN);
     account(&ctx, HOOK_LAN, &d, bytes.len() as u64);
-    if d.passes() { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+    if !d.passes() {
+        return xdp_action::XDP_DROP;
+    }
+    // Only traffic the policy judged is forwarded here; other traffic is the kernel's.
+    let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
+    let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_XDP_FORWARD != 0);
+    if judged && enabled {
+        if let Some(action) = forward::try_forward(&ctx) {
+            stats::count(HOOK_LAN, reason::XDP_FORWARDED, bytes.len() as u64);
+            return action;
+        }
+    }
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]

@@ -4,12 +4,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, LpmTrie, PerCpuArray},
 };
 use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use gateway_common::{
     acl::{AddrClass, V6KeyData, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
+    forward::{FibKey, FibRoute},
     fragment::{FragKey, FragVerdict},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
@@ -51,3 +52,10 @@ pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_en
 
 #[map(name = "RULE_STATS_V1")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+
+/// LAN interfaces that take XDP-forwarded traffic, by ifindex (`forward: xdp` in the config).
+#[map(name = "FWD_PORTS_V1")]
+pub static FORWARD_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+#[map(name = "FIB_CACHE_V1")]
+pub static FIB_CACHE: LruHashMap<FibKey, FibRoute> = LruHashMap::with_max_entries(16384, 0);

@@ -53,6 +53,18 @@ pub struct LanInterface {
     /// drivers without native XDP.
     #[serde(default)]
     pub attach: LanAttach,
+    /// kernel (default): accepted traffic goes up the stack. xdp: accepted, policed traffic whose
+    /// route leads to another `forward: xdp` interface is forwarded in XDP (needs native XDP).
+    #[serde(default)]
+    pub forward: Forwarding,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    #[default]
+    Kernel,
+    Xdp,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -159,6 +171,11 @@ impl Config {
         for (name, v) in [("acl_chunks", l.acl_chunks), ("acl_verdicts", l.acl_verdicts), ("acl_v6_prefixes", l.acl_v6_prefixes), ("rules", l.rules), ("conntrack_entries", l.conntrack_entries), ("fragment_entries", l.fragment_entries)] {
             if v == 0 {
                 bail!("limits.{name} must be positive");
+            }
+        }
+        for lan in &self.interfaces.lan {
+            if lan.forward == Forwarding::Xdp && lan.attach != LanAttach::XdpNative {
+                bail!("interfaces.lan {}: forward: xdp needs attach: xdp-native", lan.name);
             }
         }
         if l.acl_chunks > 1 << 24 {

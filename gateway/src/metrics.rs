@@ -9,7 +9,10 @@ use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, 
 use crate::dataplane::Dataplane;
 
 pub fn verdict_label(r: u32) -> &'static str {
-    if r >= reason::FIRST_DROP_REASON {
+    if r == reason::XDP_FORWARDED {
+        // Counted again on top of the accept that let the packet through.
+        "forwarded"
+    } else if r >= reason::FIRST_DROP_REASON {
         "drop"
     } else if matches!(r, reason::PASS_NON_IP | reason::PASS_NOT_OVERLAY | reason::PASS_NEIGHBOR_DISCOVERY) {
         "pass"

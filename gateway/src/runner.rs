@@ -83,6 +83,12 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>) -> anyhow::
         let mode = dp.attach_lan(&l.name, l.attach)?;
         info!(interface = %l.name, mode, "LAN interface attached");
     }
+    let forwarders: Vec<String> =
+        cfg.interfaces.lan.iter().filter(|l| l.forward == crate::config::Forwarding::Xdp).map(|l| l.name.clone()).collect();
+    if !forwarders.is_empty() {
+        dp.enable_xdp_forward(&forwarders)?;
+        info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
+    }
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("kernel log channel")?;
     let metrics = Metrics::new()?;
     metrics.apply_seconds.set(started.elapsed().as_secs_f64());

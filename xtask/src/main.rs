@@ -70,7 +70,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             require_root("the kernel tests")?;
             build(false)?;
             // The kernel programs build only for bpfel-unknown-none (gateway/build.rs does that).
-            let mut cmd = vec!["test", "--workspace", "--exclude", "gateway-ebpf", "--lib", "--bins", "--tests"];
+            let mut cmd = vec!["test", "--workspace", "--exclude", "gateway-ebpf", "--exclude", "bench-ebpf", "--lib", "--bins", "--tests"];
             let extra: Vec<&str> = args.iter().map(String::as_str).collect();
             if !extra.is_empty() {
                 cmd.push("--");

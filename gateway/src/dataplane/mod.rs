@@ -314,6 +314,21 @@ impl Dataplane {
         ]
     }
 
+    /// Lets accepted LAN traffic be forwarded in XDP to these interfaces.
+    pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<()> {
+        let mut ports: aya::maps::DevMapHash<_> =
+            aya::maps::DevMapHash::try_from(self.ebpf.map_mut(names::FORWARD_PORTS).context("forward ports map")?)?;
+        for name in interfaces {
+            let index = attach::if_index(name)?;
+            ports.insert(index, index, None, 0).map_err(|e| anyhow!("adding {name} to the XDP forward ports: {e}"))?;
+        }
+        let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut s = map.get(&0, 0)?;
+        s.flags |= gateway_common::settings::FLAG_XDP_FORWARD;
+        map.set(0, s, 0)?;
+        Ok(())
+    }
+
     /// Turns connection tracking on or off (the benchmarks measure both paths).
     pub fn set_conntrack(&mut self, on: bool) -> anyhow::Result<()> {
         let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;

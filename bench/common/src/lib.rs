@@ -1,0 +1,65 @@
+//! Map types of the benchmark programs, shared by kernel and driver.
+#![no_std]
+
+/// One template flow the generator cycles through: the source address and destination port it
+/// writes into the frame (network byte order), so traffic hits chosen rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenFlow {
+    pub saddr_be: u32,
+    pub dport_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<GenFlow>() == 8);
+
+/// Generator settings: how many template flows, and how many source ports each spreads over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    pub flows: u32,
+    pub sports: u32,
+    pub sport_base: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<SinkCount>() == 16);
+
+pub const MAX_GEN_FLOWS: u32 = 4096;
+
+/// The Ethernet + IPv4 + UDP/TCP header bytes the generator restores in every frame before
+/// writing the flow: live frames come back to the generator's page pool as the path left them
+/// (MACs rewritten, TTL decremented by a forwarder).
+pub const GEN_HEADER_LEN: usize = 48;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenHeader {
+    pub bytes: [u8; GEN_HEADER_LEN],
+}
+const _: () = assert!(core::mem::size_of::<GenHeader>() == GEN_HEADER_LEN);
+
+pub const PROG_GEN: &str = "xdp_gen";
+pub const PROG_SINK: &str = "xdp_sink";
+pub const PROG_REDIRECT: &str = "xdp_redirect";
+pub const PROG_PASS: &str = "xdp_pass";
+pub const MAP_GEN_CONFIG: &str = "GEN_CONFIG";
+pub const MAP_GEN_FLOWS: &str = "GEN_FLOWS";
+pub const MAP_GEN_HEADER: &str = "GEN_HEADER";
+pub const MAP_SINK: &str = "SINK";
+pub const MAP_EGRESS: &str = "EGRESS";
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], padding-free (asserted above), any bit pattern valid.
+    unsafe impl aya::Pod for super::GenFlow {}
+    unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::SinkCount {}
+    unsafe impl aya::Pod for super::GenHeader {}
+}

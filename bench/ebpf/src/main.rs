@@ -1,0 +1,123 @@
+//! Benchmark programs.
+//!
+//! - `xdp_gen` runs under BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: for every repetition it
+//!   rewrites the frame's source address, source port and destination port from a template
+//!   table and transmits it (XDP_TX) out of the generator's veth. Live frames come back to the
+//!   page pool as the path left them (a forwarder rewrites MACs and TTL), so every repetition
+//!   first restores the header from a template.
+//! - `xdp_sink` counts what arrives and drops it: packets are counted where they arrive.
+//! - `xdp_redirect` is the no-op ceiling: redirect everything to the egress veth.
+//! - `xdp_pass` lets a veth receive XDP frames and hand them to the kernel stack (the path the
+//!   kernel-forwarding contenders take).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray},
+    programs::XdpContext,
+};
+use bench_common::{GEN_HEADER_LEN, GenConfig, GenFlow, GenHeader, MAX_GEN_FLOWS, SinkCount};
+
+#[map(name = "GEN_CONFIG")]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "GEN_FLOWS")]
+static GEN_FLOWS: Array<GenFlow> = Array::with_max_entries(MAX_GEN_FLOWS, 0);
+
+#[map(name = "GEN_HEADER")]
+static GEN_HEADER: Array<GenHeader> = Array::with_max_entries(1, 0);
+
+#[map(name = "GEN_COUNTER")]
+static GEN_COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SINK")]
+static SINK: PerCpuArray<SinkCount> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "EGRESS")]
+static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+
+/// The frame must be Ethernet + IPv4 (no options) + UDP or TCP; anything else goes out as is.
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + GEN_HEADER_LEN > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let (Some(cfg), Some(counter), Some(header)) = (GEN_CONFIG.get(0), GEN_COUNTER.get_ptr_mut(0), GEN_HEADER.get(0)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: [start, start + GEN_HEADER_LEN) is inside the frame, checked above.
+    unsafe { core::ptr::write_unaligned(start as *mut [u8; GEN_HEADER_LEN], header.bytes) };
+    // SAFETY: per-CPU counter.
+    let n = unsafe {
+        let v = *counter;
+        *counter = v + 1;
+        v
+    };
+    let flows = if cfg.flows == 0 { 1 } else { cfg.flows };
+    let sports = if cfg.sports == 0 { 1 } else { cfg.sports };
+    let Some(flow) = GEN_FLOWS.get((n % flows as u64) as u32) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let sport = (cfg.sport_base + ((n / flows as u64) % sports as u64) as u32) as u16;
+    let ip = start + ETH_LEN;
+    let l4 = ip + IPV4_LEN;
+    // SAFETY: all writes are inside [start, end), checked above.
+    unsafe {
+        core::ptr::write_unaligned((ip + 12) as *mut u32, flow.saddr_be);
+        core::ptr::write_unaligned(l4 as *mut u16, sport.to_be());
+        core::ptr::write_unaligned((l4 + 2) as *mut u16, flow.dport_be);
+        // The IPv4 header checksum, recomputed over the 20 bytes.
+        core::ptr::write_unaligned((ip + 10) as *mut u16, 0);
+        let mut sum: u32 = 0;
+        let mut i = 0;
+        while i < IPV4_LEN {
+            sum += u16::from_be(core::ptr::read_unaligned((ip + i) as *const u16)) as u32;
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        core::ptr::write_unaligned((ip + 10) as *mut u16, (!(sum as u16)).to_be());
+    }
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn xdp_sink(ctx: XdpContext) -> u32 {
+    if let Some(c) = SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn xdp_redirect(_ctx: XdpContext) -> u32 {
+    match EGRESS.redirect(0, 0) {
+        Ok(action) => action,
+        Err(action) => action,
+    }
+}
+
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

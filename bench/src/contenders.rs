@@ -1,0 +1,211 @@
+//! The contenders of the filter scenarios, each installed on the device under test and removed
+//! again: the gateway (XDP policy + XDP forwarding), nftables with sets (NetBird's approach),
+//! nftables and iptables with linear rule lists, xdp-filter, and the two ceilings.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use aya::programs::xdp::XdpLinkId;
+use gateway::{
+    compile,
+    config::LanAttach,
+    dataplane::{Dataplane, LoadOptions},
+};
+
+use crate::{cost::limits_for, generator::Generator, rules::Synthetic, topo::Topo};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Contender {
+    /// No filter: XDP redirect d0 → d1 (the packet-rate ceiling).
+    NoopRedirect,
+    /// No filter: the kernel forwards (the ceiling of every kernel-path contender).
+    KernelForward,
+    Gateway,
+    NftSets,
+    NftLinear,
+    IptablesLinear,
+    XdpFilter,
+}
+
+impl Contender {
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
+            Contender::KernelForward => "kernel forwarding, no rules",
+            Contender::Gateway => "gateway (XDP policy + XDP forward)",
+            Contender::NftSets => "nftables with sets",
+            Contender::NftLinear => "nftables linear rules",
+            Contender::IptablesLinear => "iptables linear rules",
+            Contender::XdpFilter => "xdp-filter (ports only) + kernel forwarding",
+        }
+    }
+}
+
+/// What is installed, for removal.
+pub enum Installed {
+    Xdp { redirect: bool, link: XdpLinkId },
+    Gateway(Box<Dataplane>),
+    Rules { pass: XdpLinkId, cleanup: &'static str },
+    XdpFilter,
+}
+
+/// `iptables` with the legacy (xtables) backend when the kernel has it, else the nft backend.
+fn iptables_restore() -> &'static str {
+    if std::process::Command::new("iptables-legacy").arg("-L").output().is_ok_and(|o| o.status.success()) {
+        "iptables-legacy-restore"
+    } else {
+        "iptables-restore"
+    }
+}
+
+pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option<&Synthetic>, stateful: bool) -> anyhow::Result<Installed> {
+    match c {
+        Contender::NoopRedirect => Ok(Installed::Xdp { redirect: true, link: generator.attach_dut(topo, true)? }),
+        Contender::KernelForward => Ok(Installed::Xdp { redirect: false, link: generator.attach_dut(topo, false)? }),
+        Contender::Gateway => {
+            let syn = syn.context("the gateway needs rules")?;
+            let limits = limits_for(syn.rules.len());
+            let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
+            let mut dp = Dataplane::load(&LoadOptions {
+                limits,
+                conntrack: stateful,
+                overlay_v4: "198.19.0.0/16".parse()?,
+                ..Default::default()
+            })?;
+            dp.apply(&compiled)?;
+            topo.dut.run_scoped(|| -> anyhow::Result<()> {
+                dp.attach_lan("d0", LanAttach::XdpNative)?;
+                dp.attach_lan("d1", LanAttach::XdpNative)?;
+                dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
+            })??;
+            Ok(Installed::Gateway(Box::new(dp)))
+        }
+        Contender::NftSets | Contender::NftLinear | Contender::IptablesLinear => {
+            let syn = syn.context("rules needed")?;
+            let pass = generator.attach_dut(topo, false)?;
+            let path = std::env::temp_dir().join(format!("gwbench-{}.rules", std::process::id()));
+            let (text, cmd, cleanup) = match c {
+                Contender::NftSets => (nft_sets(syn, stateful), "nft -f", "nft flush ruleset"),
+                Contender::NftLinear => (nft_linear(syn, stateful), "nft -f", "nft flush ruleset"),
+                _ => {
+                    let restore = iptables_restore();
+                    let cleanup = if restore.contains("legacy") {
+                        "iptables-legacy -P FORWARD ACCEPT; iptables-legacy -F FORWARD"
+                    } else {
+                        "nft flush ruleset"
+                    };
+                    (iptables_linear(syn, stateful), restore, cleanup)
+                }
+            };
+            std::fs::write(&path, text)?;
+            let result = topo.dut_sh(&format!("{cmd} {}", path.display()));
+            let _ = std::fs::remove_file(&path);
+            result?;
+            Ok(Installed::Rules { pass, cleanup })
+        }
+        Contender::XdpFilter => {
+            let syn = syn.context("rules needed")?;
+            let mut ports: Vec<u16> = syn.rules.iter().filter(|r| r.accept).map(|r| r.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            // One shell: xdp-filter pins its maps in bpffs, which `ip netns exec` mounts anew.
+            let mut script = String::from("mount -t bpf bpf /sys/fs/bpf && xdp-filter load d0 --mode native --policy deny");
+            for p in ports {
+                let _ = write!(script, " && xdp-filter port {p} --proto udp --mode dst");
+            }
+            topo.dut_sh(&script).context("xdp-filter")?;
+            Ok(Installed::XdpFilter)
+        }
+    }
+}
+
+pub fn remove(installed: Installed, topo: &Topo, generator: &mut Generator) -> anyhow::Result<()> {
+    match installed {
+        Installed::Xdp { redirect, link } => generator.detach_dut(topo, redirect, link),
+        Installed::Gateway(mut dp) => {
+            if std::env::var_os("BENCH_DEBUG").is_some() {
+                let c = dp.verdict_counters()?;
+                for (i, v) in c.iter().enumerate().filter(|(_, v)| v.packets > 0) {
+                    eprintln!("gateway counter {i}: {} packets", v.packets);
+                }
+            }
+            let errors = topo.dut.run_scoped(|| dp.detach_all())?;
+            anyhow::ensure!(errors.is_empty(), "detach: {errors:?}");
+            Ok(())
+        }
+        Installed::Rules { pass, cleanup } => {
+            topo.dut_sh(cleanup)?;
+            generator.detach_dut(topo, false, pass)
+        }
+        Installed::XdpFilter => {
+            topo.dut_sh("mount -t bpf bpf /sys/fs/bpf; xdp-filter unload d0 2>/dev/null || ip link set dev d0 xdp off")?;
+            Ok(())
+        }
+    }
+}
+
+fn proto(syn: &Synthetic) -> &'static str {
+    match syn.protocol {
+        gateway::policy::Protocol::Tcp => "tcp",
+        _ => "udp",
+    }
+}
+
+fn nft_head(stateful: bool) -> String {
+    let mut s = String::from("table inet bench {\n");
+    let _ = stateful;
+    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
+    if stateful {
+        s.push_str("    ct state established,related accept\n");
+    }
+    s
+}
+
+/// NetBird's approach: the rules become set elements, matched with one lookup per set.
+fn nft_sets(syn: &Synthetic, stateful: bool) -> String {
+    let p = proto(syn);
+    let elems = |accept: bool| -> String {
+        syn.rules.iter().filter(|r| r.accept == accept).map(|r| format!("{} . {}", r.src, r.port)).collect::<Vec<_>>().join(",\n      ")
+    };
+    let mut s = String::from("table inet bench {\n");
+    for (name, accept) in [("deny", false), ("allow", true)] {
+        let e = elems(accept);
+        let _ = writeln!(s, "  set {name} {{\n    type ipv4_addr . inet_service\n    flags interval");
+        if !e.is_empty() {
+            let _ = writeln!(s, "    elements = {{\n      {e}\n    }}");
+        }
+        s.push_str("  }\n");
+    }
+    let head = nft_head(stateful);
+    s.push_str(&head["table inet bench {\n".len()..]);
+    let _ = writeln!(s, "    ip saddr . {p} dport @deny drop\n    ip saddr . {p} dport @allow accept\n  }}\n}}");
+    s
+}
+
+/// One rule per policy, drops first (a drop beats an accept), first match wins.
+fn nft_linear(syn: &Synthetic, stateful: bool) -> String {
+    let p = proto(syn);
+    let mut s = nft_head(stateful);
+    for accept in [false, true] {
+        for r in syn.rules.iter().filter(|r| r.accept == accept) {
+            let _ = writeln!(s, "    ip saddr {} {p} dport {} {}", r.src, r.port, if accept { "accept" } else { "drop" });
+        }
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+fn iptables_linear(syn: &Synthetic, stateful: bool) -> String {
+    let p = proto(syn);
+    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    if stateful {
+        s.push_str("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    }
+    for accept in [false, true] {
+        for r in syn.rules.iter().filter(|r| r.accept == accept) {
+            let _ = writeln!(s, "-A FORWARD -s {} -p {p} --dport {} -j {}", r.src, r.port, if accept { "ACCEPT" } else { "DROP" });
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}

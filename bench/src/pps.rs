@@ -1,0 +1,104 @@
+//! Packet-rate scenarios: the ceiling (no filter) and the stateless filter with N rules, every
+//! contender measured in the same run, alternating, several trials, counted at the sink.
+
+use gateway::policy::Protocol;
+use serde::Serialize;
+
+use crate::{
+    contenders::{self, Contender},
+    generator::{Generator, Measurement},
+    rules,
+    stats::Summary,
+    topo::Topo,
+};
+
+#[derive(Debug, Serialize)]
+pub struct PpsRow {
+    pub rules: usize,
+    pub contender: Contender,
+    pub label: &'static str,
+    pub mpps: Summary,
+    pub loss: Summary,
+    pub trials: Vec<Measurement>,
+    /// Why a contender could not be measured, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pps {
+    pub frame_bytes: usize,
+    pub frames_per_trial: u32,
+    pub flows: usize,
+    pub rows: Vec<PpsRow>,
+}
+
+pub const FRAME_BYTES: usize = 60;
+
+pub fn run(quick: bool) -> anyhow::Result<Pps> {
+    let topo = Topo::create()?;
+    let mut generator = Generator::new(&topo, FRAME_BYTES)?;
+    let trials = if quick { 2 } else { 5 };
+    let frames: u32 = if quick { 400_000 } else { 2_000_000 };
+    let sizes: &[usize] = if quick { &[10, 1_000] } else { &[10, 100, 1_000, 10_000, 100_000] };
+    let mut rows = Vec::new();
+    let mut flows_used = 0;
+    for &n in sizes {
+        let syn = rules::synthetic(n, 7 + n as u64, Protocol::Udp, "198.19.0.0/24".parse()?);
+        let flows = rules::accepted_flows(&syn, 64);
+        flows_used = flows.len();
+        generator.set_flows(&flows, 64)?;
+        let contenders = [
+            Contender::NoopRedirect,
+            Contender::KernelForward,
+            Contender::Gateway,
+            Contender::NftSets,
+            Contender::NftLinear,
+            Contender::IptablesLinear,
+            Contender::XdpFilter,
+        ];
+        let mut samples: Vec<Vec<Measurement>> = vec![Vec::new(); contenders.len()];
+        let mut errors: Vec<Option<String>> = vec![None; contenders.len()];
+        for trial in 0..trials {
+            for (i, &c) in contenders.iter().enumerate() {
+                if errors[i].is_some() {
+                    continue;
+                }
+                let measured = contenders::install(c, &topo, &mut generator, Some(&syn), false).and_then(|installed| {
+                    let m = generator.measure(&topo, frames);
+                    if std::env::var_os("BENCH_DEBUG").is_some() {
+                        eprintln!("{}", topo.dut_sh("nstat -a | head -40").unwrap_or_default());
+                    }
+                    contenders::remove(installed, &topo, &mut generator)?;
+                    m
+                });
+                match measured {
+                    Ok(m) => {
+                        eprintln!("bench pps: {n} rules, trial {trial}, {}: {:.3} Mpps, loss {:.1}%", c.label(), m.pps() / 1e6, m.loss() * 100.0);
+                        samples[i].push(m);
+                    }
+                    Err(e) => {
+                        eprintln!("bench pps: {n} rules, {}: not measured: {e:#}", c.label());
+                        errors[i] = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        for (i, &c) in contenders.iter().enumerate() {
+            let s = &samples[i];
+            if s.is_empty() {
+                rows.push(PpsRow { rules: n, contender: c, label: c.label(), mpps: Summary::of(vec![0.0]), loss: Summary::of(vec![1.0]), trials: vec![], error: errors[i].clone() });
+                continue;
+            }
+            rows.push(PpsRow {
+                rules: n,
+                contender: c,
+                label: c.label(),
+                mpps: Summary::of(s.iter().map(|m| m.pps() / 1e6).collect()),
+                loss: Summary::of(s.iter().map(|m| m.loss()).collect()),
+                trials: s.clone(),
+                error: errors[i].clone(),
+            });
+        }
+    }
+    Ok(Pps { frame_bytes: FRAME_BYTES + 4, frames_per_trial: frames, flows: flows_used * 64, rows })
+}

@@ -1,0 +1,70 @@
+//! The benchmark topology: generator → device under test → sink, over veth, in namespaces
+//! the benchmark creates and removes (also on Ctrl-C: the guards drop).
+//!
+//! ```text
+//!  gen: g0 198.18.0.1 ──── d0 198.18.0.254 [dut] d1 198.19.0.254 ──── s0 198.19.0.1 :sink
+//! ```
+
+use anyhow::Context as _;
+use gateway::lab::netns::{Netns, sh, veth};
+
+pub const GEN_ADDR: &str = "198.18.0.1";
+pub const SINK_ADDR: &str = "198.19.0.1";
+pub const MAC_G0: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
+pub const MAC_D0: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
+pub const MAC_D1: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
+pub const MAC_S0: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
+
+pub struct Topo {
+    pub gen_ns: Netns,
+    pub dut: Netns,
+    pub sink: Netns,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl Topo {
+    pub fn create() -> anyhow::Result<Topo> {
+        gateway::lab::netns::remove_stale("gwbench");
+        let id = format!("gwbench{}", std::process::id());
+        let t = Topo {
+            gen_ns: Netns::create(&format!("{id}-gen"))?,
+            dut: Netns::create(&format!("{id}-dut"))?,
+            sink: Netns::create(&format!("{id}-sink"))?,
+        };
+        veth(&t.gen_ns, "g0", &t.dut, "d0")?;
+        veth(&t.dut, "d1", &t.sink, "s0")?;
+        for (ns, dev, m) in [(&t.gen_ns, "g0", MAC_G0), (&t.dut, "d0", MAC_D0), (&t.dut, "d1", MAC_D1), (&t.sink, "s0", MAC_S0)] {
+            ns.ip(&["link", "set", dev, "address", &mac(m)])?;
+        }
+        t.gen_ns.ip(&["addr", "add", &format!("{GEN_ADDR}/24"), "dev", "g0"])?;
+        t.dut.ip(&["addr", "add", "198.18.0.254/24", "dev", "d0"])?;
+        t.dut.ip(&["addr", "add", "198.19.0.254/24", "dev", "d1"])?;
+        t.sink.ip(&["addr", "add", &format!("{SINK_ADDR}/24"), "dev", "s0"])?;
+        t.gen_ns.ip(&["route", "add", "default", "via", "198.18.0.254"])?;
+        t.sink.ip(&["route", "add", "default", "via", "198.19.0.254"])?;
+        // The generator's sources are the rules' prefixes: no reverse-path check, and the sink's
+        // neighbour is known (its XDP program drops ARP along with everything else).
+        t.dut.sysctl("net.ipv4.ip_forward", "1")?;
+        for key in ["all", "default", "d0", "d1"] {
+            t.dut.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        // One frame, one packet: no GRO merging on the way in (it would hand the stack
+        // aggregates, and the sink's XDP cannot take them back out).
+        for (ns, dev) in [(&t.dut, "d0"), (&t.dut, "d1"), (&t.sink, "s0")] {
+            ns.exec(&["ethtool", "-K", dev, "gro", "off"])?;
+        }
+        t.dut.ip(&["neigh", "replace", SINK_ADDR, "lladdr", &mac(MAC_S0), "dev", "d1", "nud", "permanent"])?;
+        t.gen_ns.ip(&["neigh", "replace", "198.18.0.254", "lladdr", &mac(MAC_D0), "dev", "g0", "nud", "permanent"])?;
+        t.sink.ip(&["neigh", "replace", "198.19.0.254", "lladdr", &mac(MAC_D1), "dev", "s0", "nud", "permanent"])?;
+        Ok(t)
+    }
+
+    /// Runs a shell command inside the DUT namespace.
+    pub fn dut_sh(&self, script: &str) -> anyhow::Result<String> {
+        let out = sh(&["ip", "netns", "exec", &self.dut.name, "sh", "-c", script]).with_context(|| script.chars().take(200).collect::<String>())?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
