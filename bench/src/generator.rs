@@ -70,6 +70,7 @@ impl Generator {
         let frame = self.frame.clone();
         let prog = xdp(&mut self.ebpf, PROG_GEN)?;
         topo.gen_ns.run_scoped(move || -> anyhow::Result<Duration> {
+            crate::topo::pin(0, 0)?;
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
             // egress_ifindex; the kernel wants data_end to be the frame's length.
             let mut ctx = [0u8; 24];

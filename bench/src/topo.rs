@@ -62,9 +62,41 @@ impl Topo {
         Ok(t)
     }
 
+    /// Gives the device under test a core of its own: the receive processing of d0 (where every
+    /// contender's work happens) runs in a NAPI thread pinned to CPU 1, the sink's on CPU 0 with
+    /// the generator. Called after each install: attaching XDP re-creates the NAPI instance.
+    pub fn dedicate_dut_core(&self) -> anyhow::Result<()> {
+        for (ns, dev, cpu) in [(&self.dut, "d0", 1), (&self.sink, "s0", 1)] {
+            ns.exec(&["sh", "-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+            let prefix = format!("napi/{dev}-");
+            for entry in std::fs::read_dir("/proc")? {
+                let Ok(entry) = entry else { continue };
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                if comm.trim().starts_with(&prefix) {
+                    let pid: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+                    pin(pid, cpu)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a shell command inside the DUT namespace.
     pub fn dut_sh(&self, script: &str) -> anyhow::Result<String> {
         let out = sh(&["ip", "netns", "exec", &self.dut.name, "sh", "-c", script]).with_context(|| script.chars().take(200).collect::<String>())?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Pins a task (0: the calling thread) to one CPU.
+pub fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!("pinning task {pid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
