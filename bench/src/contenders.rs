@@ -108,6 +108,8 @@ pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option
             let mut ports: Vec<u16> = syn.rules.iter().filter(|r| r.accept).map(|r| r.port).collect();
             ports.sort_unstable();
             ports.dedup();
+            // xdp-filter takes one port per command (a process each, ~10 ms).
+            anyhow::ensure!(ports.len() <= 2_000, "xdp-filter loads one port per process; {} ports would take minutes per trial", ports.len());
             // One shell: xdp-filter pins its maps in bpffs, which `ip netns exec` mounts anew.
             let mut script = String::from("mount -t bpf bpf /sys/fs/bpf && xdp-filter load d0 --mode native --policy deny");
             for p in ports {
