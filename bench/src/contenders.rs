@@ -100,7 +100,12 @@ pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option
             std::fs::write(&path, text)?;
             let result = topo.dut_sh(&format!("{cmd} {}", path.display()));
             let _ = std::fs::remove_file(&path);
-            result?;
+            if let Err(e) = result {
+                // Leave nothing behind for the next contender.
+                let _ = topo.dut_sh(cleanup);
+                let _ = generator.detach_dut(topo, false, pass);
+                return Err(e);
+            }
             Ok(Installed::Rules { pass, cleanup })
         }
         Contender::XdpFilter => {
@@ -164,23 +169,22 @@ fn nft_head(stateful: bool) -> String {
 }
 
 /// NetBird's approach: the rules become set elements, matched with one lookup per set.
+/// Elements are added in chunks: one message with 100,000 of them overflows netlink.
 fn nft_sets(syn: &Synthetic, stateful: bool) -> String {
     let p = proto(syn);
-    let elems = |accept: bool| -> String {
-        syn.rules.iter().filter(|r| r.accept == accept).map(|r| format!("{} . {}", r.src, r.port)).collect::<Vec<_>>().join(",\n      ")
-    };
     let mut s = String::from("table inet bench {\n");
-    for (name, accept) in [("deny", false), ("allow", true)] {
-        let e = elems(accept);
-        let _ = writeln!(s, "  set {name} {{\n    type ipv4_addr . inet_service\n    flags interval");
-        if !e.is_empty() {
-            let _ = writeln!(s, "    elements = {{\n      {e}\n    }}");
-        }
-        s.push_str("  }\n");
+    for name in ["deny", "allow"] {
+        let _ = writeln!(s, "  set {name} {{\n    type ipv4_addr . inet_service\n    flags interval\n  }}");
     }
     let head = nft_head(stateful);
     s.push_str(&head["table inet bench {\n".len()..]);
     let _ = writeln!(s, "    ip saddr . {p} dport @deny drop\n    ip saddr . {p} dport @allow accept\n  }}\n}}");
+    for (name, accept) in [("deny", false), ("allow", true)] {
+        let elems: Vec<String> = syn.rules.iter().filter(|r| r.accept == accept).map(|r| format!("{} . {}", r.src, r.port)).collect();
+        for chunk in elems.chunks(2_000) {
+            let _ = writeln!(s, "add element inet bench {name} {{ {} }}", chunk.join(", "));
+        }
+    }
     s
 }
 

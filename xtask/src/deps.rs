@@ -7,9 +7,9 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 /// Debian packages and the commands that show they are installed.
-const LAB_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("iputils-ping", "ping")];
+const LAB_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool")];
 const BENCH_PACKAGES: &[(&str, &str)] =
-    &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool"), ("ethtool", "ethtool")];
+    &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool")];
 
 pub struct Needs {
     pub ebpf: bool,
