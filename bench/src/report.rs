@@ -148,7 +148,9 @@ impl Run {
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
         let dir = out.join("results");
         std::fs::create_dir_all(&dir)?;
-        let file = dir.join(format!("{}.json", self.timestamp.replace(':', "")));
+        // Quick (smoke) runs are kept apart and out of git: results/ records full runs.
+        let suffix = if self.quick { "-quick" } else { "" };
+        let file = dir.join(format!("{}{suffix}.json", self.timestamp.replace(':', "")));
         std::fs::write(&file, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", file.display()))?;
         let md = self.markdown();
         println!("{md}");
