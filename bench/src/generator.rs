@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, time::{Duration, Instant}};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, DevMap, PerCpuArray},
