@@ -5,6 +5,7 @@ mod apply;
 mod contenders;
 mod cost;
 mod generator;
+mod plots;
 mod pps;
 mod report;
 mod rules;

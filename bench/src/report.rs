@@ -152,7 +152,24 @@ impl Run {
         let suffix = if self.quick { "-quick" } else { "" };
         let file = dir.join(format!("{}{suffix}.json", self.timestamp.replace(':', "")));
         std::fs::write(&file, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", file.display()))?;
-        let md = self.markdown();
+        let mut md = self.markdown();
+        // Plots sit beside the JSON of their run; a full run also refreshes the ones RESULTS.md shows.
+        let stem = format!("{}{suffix}", self.timestamp.replace(':', ""));
+        let mut plots = Vec::new();
+        if let Some(p) = &self.pps {
+            plots.push(("pps", crate::plots::pps(p, &dir.join(format!("{stem}-pps.svg")))?));
+        }
+        if let Some(c) = &self.cost {
+            plots.push(("cost", crate::plots::cost(c, &dir.join(format!("{stem}-cost.svg")))?));
+        }
+        if !self.quick && !plots.is_empty() {
+            md.push_str("## Plots\n\n");
+            for (name, file) in &plots {
+                let latest = out.join(format!("{name}.svg"));
+                std::fs::copy(file, &latest)?;
+                md.push_str(&format!("![{name}]({name}.svg)\n\n"));
+            }
+        }
         println!("{md}");
         println!("results: {}", file.display());
         if !self.quick {
