@@ -28,6 +28,17 @@ pub enum Contender {
 }
 
 impl Contender {
+    /// Every contender, in the order runs and reports list them.
+    pub const ALL: [Contender; 7] = [
+        Contender::NoopRedirect,
+        Contender::KernelForward,
+        Contender::Gateway,
+        Contender::NftSets,
+        Contender::NftLinear,
+        Contender::IptablesLinear,
+        Contender::XdpFilter,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
@@ -158,10 +169,9 @@ fn proto(syn: &Synthetic) -> &'static str {
     }
 }
 
-fn nft_head(stateful: bool) -> String {
-    let mut s = String::from("table inet bench {\n");
-    let _ = stateful;
-    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
+/// The forward chain's opening lines (inside `table inet bench`).
+fn nft_chain_head(stateful: bool) -> String {
+    let mut s = String::from("  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
     if stateful {
         s.push_str("    ct state established,related accept\n");
     }
@@ -176,8 +186,7 @@ fn nft_sets(syn: &Synthetic, stateful: bool) -> String {
     for name in ["deny", "allow"] {
         let _ = writeln!(s, "  set {name} {{\n    type ipv4_addr . inet_service\n    flags interval\n  }}");
     }
-    let head = nft_head(stateful);
-    s.push_str(&head["table inet bench {\n".len()..]);
+    s.push_str(&nft_chain_head(stateful));
     let _ = writeln!(s, "    ip saddr . {p} dport @deny drop\n    ip saddr . {p} dport @allow accept\n  }}\n}}");
     for (name, accept) in [("deny", false), ("allow", true)] {
         let elems: Vec<String> = syn.rules.iter().filter(|r| r.accept == accept).map(|r| format!("{} . {}", r.src, r.port)).collect();
@@ -191,7 +200,8 @@ fn nft_sets(syn: &Synthetic, stateful: bool) -> String {
 /// One rule per policy, drops first (a drop beats an accept), first match wins.
 fn nft_linear(syn: &Synthetic, stateful: bool) -> String {
     let p = proto(syn);
-    let mut s = nft_head(stateful);
+    let mut s = String::from("table inet bench {\n");
+    s.push_str(&nft_chain_head(stateful));
     for accept in [false, true] {
         for r in syn.rules.iter().filter(|r| r.accept == accept) {
             let _ = writeln!(s, "    ip saddr {} {p} dport {} {}", r.src, r.port, if accept { "accept" } else { "drop" });

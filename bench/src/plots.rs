@@ -41,16 +41,7 @@ pub fn pps(p: &Pps, path: &Path) -> anyhow::Result<PathBuf> {
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.2}"))
         .draw()?;
-    let contenders = [
-        Contender::NoopRedirect,
-        Contender::KernelForward,
-        Contender::Gateway,
-        Contender::NftSets,
-        Contender::NftLinear,
-        Contender::IptablesLinear,
-        Contender::XdpFilter,
-    ];
-    for (i, c) in contenders.iter().enumerate() {
+    for (i, c) in Contender::ALL.iter().enumerate() {
         let points: Vec<(f64, f64)> =
             p.rows.iter().filter(|r| r.contender == *c && r.error.is_none()).map(|r| (r.rules as f64, r.mpps.median)).collect();
         if points.is_empty() {

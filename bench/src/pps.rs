@@ -47,15 +47,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         let flows = rules::accepted_flows(&syn, 64);
         flows_used = flows.len();
         generator.set_flows(&flows, 64)?;
-        let contenders = [
-            Contender::NoopRedirect,
-            Contender::KernelForward,
-            Contender::Gateway,
-            Contender::NftSets,
-            Contender::NftLinear,
-            Contender::IptablesLinear,
-            Contender::XdpFilter,
-        ];
+        let contenders = Contender::ALL;
         let mut samples: Vec<Vec<Measurement>> = vec![Vec::new(); contenders.len()];
         let mut errors: Vec<Option<String>> = vec![None; contenders.len()];
         for trial in 0..trials {
