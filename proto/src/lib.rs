@@ -1,0 +1,12 @@
+//! NetBird-compatible management protocol: the generated gRPC types (`pb`) and the NaCl box that
+//! seals every Login and Sync body (`seal`).
+
+pub mod seal;
+
+/// Messages, client and server generated from proto/management.proto.
+pub mod pb {
+    #![allow(clippy::all, non_snake_case, non_camel_case_types)]
+    tonic::include_proto!("management");
+}
+
+pub use seal::{KeyError, OpenError, WgKey, WgPublicKey};
