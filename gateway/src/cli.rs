@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{compile, config::Config, lab, policy, runner, status};
+use crate::{compile, config::Config, lab, policy, runner, status, sync::SyncOptions};
 
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "eBPF/XDP data-plane gateway for WireGuard overlay networks")]
@@ -22,6 +22,13 @@ enum Command {
         /// Serve Prometheus metrics and /status here (overrides the config file).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        management: ManagementClientArgs,
+    },
+    /// The embedded management service (NetBird-compatible gRPC and REST API).
+    Management {
+        #[command(subcommand)]
+        command: ManagementCommand,
     },
     /// Show what a running gateway has attached, its policy generation, map fill and counters.
     Status {
@@ -42,6 +49,61 @@ enum Command {
         /// Policy file for the lab (default: the seed's four policies, embedded).
         #[arg(long)]
         policy: Option<PathBuf>,
+    },
+}
+
+/// Taking the policy from a management service instead of a file.
+#[derive(clap::Args)]
+struct ManagementClientArgs {
+    /// Management service to follow, e.g. http://127.0.0.1:33073.
+    #[arg(long)]
+    management_url: Option<String>,
+    /// Setup key for the first registration (or --setup-key-file, or GATEWAY_SETUP_KEY).
+    #[arg(long, requires = "management_url", conflicts_with = "setup_key_file")]
+    setup_key: Option<String>,
+    #[arg(long, requires = "management_url")]
+    setup_key_file: Option<PathBuf>,
+    /// Holds the WireGuard key (wg.key, mode 0600) and the registration record.
+    #[arg(long, default_value = "/var/lib/gateway")]
+    state_dir: PathBuf,
+}
+
+impl ManagementClientArgs {
+    fn sync_options(self) -> anyhow::Result<Option<SyncOptions>> {
+        let Some(url) = self.management_url else { return Ok(None) };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("--management-url {url:?} must start with http:// or https://");
+        }
+        let setup_key = match (self.setup_key, self.setup_key_file) {
+            (Some(k), _) => Some(k),
+            (None, Some(f)) => Some(std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("--setup-key-file {}: {e}", f.display()))?),
+            (None, None) => std::env::var("GATEWAY_SETUP_KEY").ok(),
+        };
+        let setup_key = setup_key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+        Ok(Some(SyncOptions { url, setup_key, state_dir: self.state_dir }))
+    }
+}
+
+#[derive(Subcommand)]
+enum ManagementCommand {
+    /// Serve REST (/api) and gRPC (ManagementService) on one address, state in SQLite.
+    Serve {
+        /// Holds management.db, the server's WireGuard key and (unless --api-token) api-token.
+        #[arg(long, default_value = "/var/lib/gateway-management")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:33073")]
+        listen: std::net::SocketAddr,
+        /// REST API token (or GATEWAY_MANAGEMENT_TOKEN); default: <data-dir>/api-token, created on first start.
+        #[arg(long)]
+        api_token: Option<String>,
+        /// Overlay network peers get addresses from.
+        #[arg(long, default_value = "100.64.0.0/10")]
+        network: ipnet::Ipv4Net,
+        #[arg(long, default_value = "netbird.selfhosted")]
+        dns_domain: String,
+        /// Ephemeral peers are deleted this many seconds after they disconnect.
+        #[arg(long, default_value_t = 600)]
+        ephemeral_timeout: u64,
     },
 }
 
@@ -71,7 +133,17 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, metrics_addr } => runner::run(&config, metrics_addr),
+        Command::Run { config, metrics_addr, management } => {
+            management.sync_options().and_then(|m| runner::run(&config, metrics_addr, m))
+        }
+        Command::Management { command: ManagementCommand::Serve { data_dir, listen, api_token, network, dns_domain, ephemeral_timeout } } => {
+            let mut options = management::Options::new(data_dir);
+            options.api_token = api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
+            options.network = network;
+            options.dns_domain = dns_domain;
+            options.ephemeral_timeout = std::time::Duration::from_secs(ephemeral_timeout);
+            crate::management_server::serve(options, listen)
+        }
         Command::Status { addr, json } => status::print(addr, json),
         Command::Policy { command: PolicyCommand::Check { file } } => check(&file),
         Command::Policy { command: PolicyCommand::Explain { policy, config, src, dst, proto, dport } } => {
@@ -120,7 +192,10 @@ fn explain(policy: Option<PathBuf>, config: Option<PathBuf>, src: IpAddr, dst: I
         (Some(p), _) => (p, compile::Limits::default()),
         (None, Some(c)) => {
             let cfg = Config::load(&c)?;
-            (cfg.policy.clone(), cfg.limits.compile_limits())
+            let Some(policy) = cfg.policy.clone() else {
+                anyhow::bail!("{} names no policy file (its policy comes from a management service)", c.display());
+            };
+            (policy, cfg.limits.compile_limits())
         }
         (None, None) => anyhow::bail!("name the policy with --policy FILE or --config FILE"),
     };

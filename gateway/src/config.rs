@@ -13,8 +13,10 @@ use crate::compile::Limits;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Policy file (YAML, see examples/policy.yaml).
-    pub policy: PathBuf,
+    /// Policy file (YAML, see examples/policy.yaml). Absent when the policy comes from a
+    /// management service (`gateway run --management-url`).
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
     #[serde(default)]
     pub interfaces: Interfaces,
     #[serde(default)]
@@ -154,9 +156,9 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let mut cfg: Config = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if cfg.policy.is_relative() {
-            if let Some(dir) = path.parent() {
-                cfg.policy = dir.join(&cfg.policy);
+        if let (Some(policy), Some(dir)) = (cfg.policy.as_mut(), path.parent()) {
+            if policy.is_relative() {
+                *policy = dir.join(&*policy);
             }
         }
         cfg.validate().with_context(|| format!("{}", path.display()))?;
@@ -215,7 +217,7 @@ mod tests {
         assert!(Config::load(&p).is_err());
         // A relative policy path is taken relative to the config file.
         std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n").unwrap();
-        assert_eq!(Config::load(&p).unwrap().policy, dir.join("p.yaml"));
+        assert_eq!(Config::load(&p).unwrap().policy, Some(dir.join("p.yaml")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

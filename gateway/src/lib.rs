@@ -3,10 +3,12 @@
 
 pub mod cli;
 pub mod lab;
+pub mod management_server;
 pub mod metrics;
 pub mod policy;
 pub mod runner;
 pub mod status;
+pub mod sync;
 pub mod compile;
 pub mod config;
 pub mod dataplane;

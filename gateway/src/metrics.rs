@@ -34,6 +34,7 @@ pub struct Metrics {
     map_capacity: IntGaugeVec,
     pub apply_seconds: prometheus::Gauge,
     swept: IntCounterVec,
+    pub management: ManagementMetrics,
     /// Last values pushed, so counters advance by the kernel's deltas.
     seen: HashMap<(u8, String, String), u64>,
 }
@@ -62,7 +63,9 @@ impl Metrics {
         let swept = counter("gateway_conntrack_removed_total", "Conntrack entries removed by the controller, by cause", &["cause"])?;
         let apply_seconds = prometheus::Gauge::new("gateway_policy_apply_seconds", "Time the last policy took to compile and apply")?;
         registry.register(Box::new(apply_seconds.clone()))?;
+        let management = ManagementMetrics::register(&registry)?;
         Ok(Metrics {
+            management,
             registry,
             packets,
             bytes,
@@ -113,6 +116,7 @@ impl Metrics {
             self.policy_packets.with_label_values(&[name.as_str()]).inc_by(dp_);
             self.policy_bytes.with_label_values(&[name.as_str()]).inc_by(db);
         }
+        self.management.refresh();
         self.generation.set(dp.generation() as i64);
         self.rules.set(dp.active_rules().len() as i64);
         for (map, used, cap) in dp.fill_levels() {
@@ -134,5 +138,45 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(String::from_utf8(buf)?)
+    }
+}
+
+/// The management client's health: connection, last serial, freshness and apply latency.
+pub struct ManagementMetrics {
+    pub connected: IntGauge,
+    pub serial: IntGauge,
+    since_sync: prometheus::Gauge,
+    pub maps: IntCounterVec,
+    pub apply_seconds: prometheus::Histogram,
+    last_sync: Option<std::time::Instant>,
+}
+
+impl ManagementMetrics {
+    fn register(registry: &Registry) -> anyhow::Result<ManagementMetrics> {
+        let connected = IntGauge::new("gateway_management_connected", "1 while the Sync stream to management is open")?;
+        let serial = IntGauge::new("gateway_management_serial", "Serial of the network map in force")?;
+        let since_sync = prometheus::Gauge::new("gateway_management_seconds_since_sync", "Seconds since the last message on the Sync stream (-1: none yet)")?;
+        let maps = IntCounterVec::new(Opts::new("gateway_management_maps_total", "Network maps received, by result"), &["result"])?;
+        let apply_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("gateway_management_apply_seconds", "From a network map's arrival to its policy in force")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5]),
+        )?;
+        registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(serial.clone()))?;
+        registry.register(Box::new(since_sync.clone()))?;
+        registry.register(Box::new(maps.clone()))?;
+        registry.register(Box::new(apply_seconds.clone()))?;
+        since_sync.set(-1.0);
+        Ok(ManagementMetrics { connected, serial, since_sync, maps, apply_seconds, last_sync: None })
+    }
+
+    pub fn synced(&mut self) {
+        self.last_sync = Some(std::time::Instant::now());
+    }
+
+    fn refresh(&self) {
+        if let Some(t) = self.last_sync {
+            self.since_sync.set(t.elapsed().as_secs_f64());
+        }
     }
 }

@@ -1,0 +1,251 @@
+//! A NetBird network map → the gateway's policy, with the semantics of NetBird's Linux client:
+//! - default deny for traffic from the tunnel, to the gateway itself (input) and through it
+//!   (forward); return traffic passes by conntrack;
+//! - FirewallRules of direction IN become input rules (destination: the gateway's own overlay
+//!   address); OUT rules are covered by state and skipped;
+//! - RouteFirewallRules become forward rules (destination: the route's network);
+//! - a drop decides before an accept (every rule gets the same priority, and at equal priority the
+//!   compiler lets drops win);
+//! - an empty rule list with its *IsEmpty flag unset comes from an old server and means allow-all
+//!   (for forward: to the routes this peer serves).
+//!
+//! Anything malformed rejects the whole map, so the last good policy stays in force. Policies are
+//! named `input:<policy id>` and `forward:<policy id>`, so per-policy counters stay one series per
+//! NetBird policy.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use management_proto::pb;
+
+use crate::policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MapError {
+    #[error("network map has no peerConfig.address")]
+    NoAddress,
+    #[error("peerConfig.address {0:?} is not an address with a prefix length")]
+    BadAddress(String),
+    #[error("{field}: {reason}")]
+    BadRule { field: String, reason: String },
+}
+
+fn bad(field: String, reason: impl Into<String>) -> MapError {
+    MapError::BadRule { field, reason: reason.into() }
+}
+
+/// What a translated map leaves out, for the log.
+#[derive(Debug, Default, PartialEq)]
+pub struct Skipped {
+    /// Domain (dynamic) route rules: their addresses are resolved by DNS, not known here.
+    pub dynamic_route_rules: usize,
+    /// Accept rules for protocols the data plane cannot tell apart (custom, NetBird SSH).
+    pub unsupported_accepts: usize,
+}
+
+#[derive(Debug)]
+pub struct Translated {
+    pub serial: u64,
+    pub own_address: IpAddr,
+    pub policy: PolicySet,
+    pub skipped: Skipped,
+}
+
+/// Collects policies, giving each distinct address list one group.
+#[derive(Default)]
+struct Builder {
+    groups: BTreeMap<Vec<IpNet>, String>,
+    policies: Vec<Policy>,
+}
+
+impl Builder {
+    fn group(&mut self, mut nets: Vec<IpNet>) -> GroupRef {
+        nets.sort();
+        nets.dedup();
+        let next = self.groups.len();
+        GroupRef::Named(self.groups.entry(nets).or_insert_with(|| format!("nets-{next}")).clone())
+    }
+
+    fn add(&mut self, name: String, src: Vec<IpNet>, dst: Vec<IpNet>, action: Action, protocol: Protocol, ports: PortSet) {
+        let source_groups = vec![self.group(src)];
+        let destination_groups = vec![self.group(dst)];
+        self.policies.push(Policy {
+            name,
+            enabled: true,
+            description: String::new(),
+            source_groups,
+            destination_groups,
+            bidirectional: false,
+            action,
+            protocol,
+            ports,
+            destination_ips: vec![],
+            exceptions: vec![],
+            priority: DEFAULT_PRIORITY,
+        });
+    }
+
+    fn finish(self) -> PolicySet {
+        let groups = self.groups.into_iter().map(|(members, name)| Group { name, members }).collect();
+        PolicySet { groups, policies: self.policies }
+    }
+}
+
+fn action(value: i32, field: &str) -> Result<Action, MapError> {
+    match pb::RuleAction::try_from(value) {
+        Ok(pb::RuleAction::Accept) => Ok(Action::Accept),
+        Ok(pb::RuleAction::Drop) => Ok(Action::Drop),
+        Err(_) => Err(bad(format!("{field}.action"), format!("unknown action {value}"))),
+    }
+}
+
+/// The data plane's protocol for a rule; `None`: a protocol it cannot tell apart.
+fn protocol(value: i32, field: &str) -> Result<Option<Protocol>, MapError> {
+    match pb::RuleProtocol::try_from(value) {
+        Ok(pb::RuleProtocol::All) => Ok(Some(Protocol::All)),
+        Ok(pb::RuleProtocol::Tcp) => Ok(Some(Protocol::Tcp)),
+        Ok(pb::RuleProtocol::Udp) => Ok(Some(Protocol::Udp)),
+        Ok(pb::RuleProtocol::Icmp) => Ok(Some(Protocol::Icmp)),
+        Ok(pb::RuleProtocol::Custom | pb::RuleProtocol::NetbirdSsh) => Ok(None),
+        Ok(pb::RuleProtocol::Unknown) | Err(_) => Err(bad(format!("{field}.protocol"), format!("unknown protocol {value}"))),
+    }
+}
+
+fn port_number(value: u32, field: &str) -> Result<u16, MapError> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(bad(field.to_string(), format!("port {value} is not in 1-65535"))),
+    }
+}
+
+fn ports(port: &str, info: Option<&pb::PortInfo>, field: &str) -> Result<PortSet, MapError> {
+    use pb::port_info::PortSelection;
+    if !port.is_empty() {
+        let p: u32 = port.trim().parse().map_err(|_| bad(format!("{field}.Port"), format!("{port:?} is not a port")))?;
+        let p = port_number(p, &format!("{field}.Port"))?;
+        return Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]));
+    }
+    match info.and_then(|i| i.port_selection.as_ref()) {
+        None => Ok(PortSet::Any),
+        Some(PortSelection::Port(p)) => {
+            let p = port_number(*p, &format!("{field}.PortInfo.port"))?;
+            Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]))
+        }
+        Some(PortSelection::Range(r)) => {
+            let at = format!("{field}.PortInfo.range");
+            let (start, end) = (port_number(r.start, &at)?, port_number(r.end, &at)?);
+            if start > end {
+                return Err(bad(at, format!("{start}-{end} has start after end")));
+            }
+            Ok(PortSet::from_ranges(vec![PortRange { start, end }]))
+        }
+    }
+}
+
+/// A `sourcePrefixes` entry: 4 or 16 address bytes, then the prefix length.
+fn source_prefix(bytes: &[u8], field: &str) -> Result<IpNet, MapError> {
+    let err = |why: &str| bad(field.to_string(), why.to_string());
+    match bytes.len() {
+        5 => {
+            let a: [u8; 4] = bytes[..4].try_into().expect("length checked");
+            Ipv4Net::new(a.into(), bytes[4]).map(|n| IpNet::V4(n.trunc())).map_err(|_| err("IPv4 prefix length over 32"))
+        }
+        17 => {
+            let a: [u8; 16] = bytes[..16].try_into().expect("length checked");
+            Ipv6Net::new(a.into(), bytes[16]).map(|n| IpNet::V6(n.trunc())).map_err(|_| err("IPv6 prefix length over 128"))
+        }
+        n => Err(err(&format!("{n} bytes; expected 5 (IPv4) or 17 (IPv6)"))),
+    }
+}
+
+fn cidr(text: &str, field: &str) -> Result<IpNet, MapError> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| bad(field.to_string(), format!("{text:?} is not a CIDR")))
+}
+
+fn own_address(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>) -> Result<IpAddr, MapError> {
+    let address = map.peer_config.as_ref().or(login).map(|c| c.address.as_str()).filter(|a| !a.is_empty()).ok_or(MapError::NoAddress)?;
+    let net: IpNet = address.parse().map_err(|_| MapError::BadAddress(address.to_string()))?;
+    Ok(net.addr())
+}
+
+/// Translates one network map. `login` is the PeerConfig from Login, used when the map has none;
+/// `own_key` is this peer's public key (base64), which picks the routes it serves.
+pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: &str) -> Result<Translated, MapError> {
+    let me = own_address(map, login)?;
+    let me_net = vec![IpNet::from(me)];
+    let any = crate::policy::any_nets();
+    let mut b = Builder::default();
+    let mut skipped = Skipped::default();
+
+    for (i, r) in map.firewall_rules.iter().enumerate() {
+        let field = format!("FirewallRules[{i}]");
+        let act = action(r.action, &field)?;
+        let Ok(direction) = pb::RuleDirection::try_from(r.direction) else {
+            return Err(bad(format!("{field}.Direction"), format!("unknown direction {}", r.direction)));
+        };
+        let sources = if r.source_prefixes.is_empty() {
+            vec![cidr(&r.peer_ip, &format!("{field}.PeerIP"))?]
+        } else {
+            r.source_prefixes.iter().map(|p| source_prefix(p, &format!("{field}.sourcePrefixes"))).collect::<Result<_, _>>()?
+        };
+        let ports = ports(&r.port, r.port_info.as_ref(), &field)?;
+        let proto = protocol(r.protocol, &field)?;
+        if direction == pb::RuleDirection::Out {
+            continue;
+        }
+        let proto = match (proto, act) {
+            (Some(p), _) => p,
+            // A drop of a protocol the data plane cannot single out drops all of it: fail closed.
+            (None, Action::Drop) => Protocol::All,
+            (None, Action::Accept) => {
+                skipped.unsupported_accepts += 1;
+                continue;
+            }
+        };
+        let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) { ports } else { PortSet::Any };
+        b.add(format!("input:{}", String::from_utf8_lossy(&r.policy_id)), sources, me_net.clone(), act, proto, ports);
+    }
+    if map.firewall_rules.is_empty() && !map.firewall_rules_is_empty {
+        b.add("input:allow-all (legacy server)".into(), any.clone(), me_net.clone(), Action::Accept, Protocol::All, PortSet::Any);
+    }
+
+    for (i, r) in map.routes_firewall_rules.iter().enumerate() {
+        let field = format!("routesFirewallRules[{i}]");
+        let act = action(r.action, &field)?;
+        let proto = protocol(r.protocol, &field)?;
+        let ports = ports("", r.port_info.as_ref(), &field)?;
+        if r.is_dynamic {
+            skipped.dynamic_route_rules += 1;
+            continue;
+        }
+        let sources: Vec<IpNet> = r.source_ranges.iter().map(|s| cidr(s, &format!("{field}.sourceRanges"))).collect::<Result<_, _>>()?;
+        let destination = cidr(&r.destination, &format!("{field}.destination"))?;
+        let proto = match (proto, act) {
+            (Some(p), _) => p,
+            (None, Action::Drop) => Protocol::All,
+            (None, Action::Accept) => {
+                skipped.unsupported_accepts += 1;
+                continue;
+            }
+        };
+        if sources.is_empty() {
+            continue;
+        }
+        let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) { ports } else { PortSet::Any };
+        b.add(format!("forward:{}", String::from_utf8_lossy(&r.policy_id)), sources, vec![destination], act, proto, ports);
+    }
+    if map.routes_firewall_rules.is_empty() && !map.routes_firewall_rules_is_empty {
+        for (i, route) in map.routes.iter().enumerate().filter(|(_, r)| r.peer == own_key && (r.network_type == 1 || r.network_type == 2)) {
+            let destination = cidr(&route.network, &format!("Routes[{i}].Network"))?;
+            b.add(format!("forward:allow-all {} (legacy server)", route.id), any.clone(), vec![destination], Action::Accept, Protocol::All, PortSet::Any);
+        }
+    }
+    Ok(Translated { serial: map.serial, own_address: me, policy: b.finish(), skipped })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,510 @@
+//! Changes to the account, each validated whole before anything is modified, so a rejected change
+//! leaves the account as it was. Every change returns the objects it touched (for the store) and
+//! raises the serial.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use ipnet::{IpNet, Ipv4Net};
+use rand::Rng;
+
+use crate::{
+    error::{Error, Result, invalid, not_found},
+    model::*,
+    store::{Kind, Touched},
+};
+
+/// A new random object id: 20 lowercase base32 characters, like NetBird's xids.
+pub fn new_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuv";
+    let mut rng = rand::rng();
+    (0..20).map(|_| ALPHABET[rng.random_range(0..32)] as char).collect()
+}
+
+/// A new setup-key secret: an uppercase random (v4) UUID, the form NetBird hands out.
+pub fn new_setup_key_secret() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn touched(items: impl IntoIterator<Item = (Kind, String)>) -> Touched {
+    items.into_iter().collect()
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return invalid(format!("{what} name must not be empty"));
+    }
+    if name.len() > 255 {
+        return invalid(format!("{what} name is longer than 255 characters"));
+    }
+    Ok(())
+}
+
+/// Facts a peer reports about itself at login.
+#[derive(Clone, Debug, Default)]
+pub struct PeerMeta {
+    pub hostname: String,
+    pub os: String,
+    pub kernel_version: String,
+    pub version: String,
+}
+
+/// A DNS label from a hostname: lowercase letters, digits and dashes.
+fn dns_label(hostname: &str) -> String {
+    let label: String = hostname
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(63)
+        .collect();
+    if label.is_empty() { "peer".into() } else { label }
+}
+
+impl Account {
+    fn bump(&mut self, t: Touched) -> Touched {
+        self.serial += 1;
+        t
+    }
+
+    pub fn peer_by_key(&self, wg_pub_key: &str) -> Option<&Peer> {
+        self.peers.values().find(|p| p.wg_pub_key == wg_pub_key)
+    }
+
+    pub fn setup_key_by_secret(&self, secret: &str) -> Option<&SetupKey> {
+        self.setup_keys.values().find(|k| k.key.eq_ignore_ascii_case(secret.trim()))
+    }
+
+    fn check_groups(&self, ids: &[String], field: &str) -> Result<()> {
+        for id in ids {
+            if !self.groups.contains_key(id) {
+                return invalid(format!("{field}: group {id} does not exist"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_peers(&self, ids: &[String], field: &str) -> Result<()> {
+        for id in ids {
+            if !self.peers.contains_key(id) {
+                return invalid(format!("{field}: peer {id} does not exist"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_resource_ref(&self, r: &ResourceRef, field: &str) -> Result<()> {
+        let exists = match r.kind {
+            ResourceKind::Peer => self.peers.contains_key(&r.id),
+            _ => self.resources.contains_key(&r.id),
+        };
+        if !exists {
+            return invalid(format!("{field}: resource {} does not exist", r.id));
+        }
+        Ok(())
+    }
+
+    // ---- setup keys ----
+
+    pub fn put_setup_key(&mut self, key: SetupKey) -> Result<Touched> {
+        check_name("setup key", &key.name)?;
+        self.check_groups(&key.auto_groups, "auto_groups")?;
+        let id = key.id.clone();
+        self.setup_keys.insert(id.clone(), key);
+        Ok(self.bump(touched([(Kind::SetupKey, id)])))
+    }
+
+    pub fn delete_setup_key(&mut self, id: &str) -> Result<Touched> {
+        if self.setup_keys.remove(id).is_none() {
+            return not_found("setup key", id);
+        }
+        Ok(self.bump(touched([(Kind::SetupKey, id.to_string())])))
+    }
+
+    // ---- peers ----
+
+    /// A free overlay address in `network`, picked at random as NetBird does (so addresses do not
+    /// reveal registration order), never the network or broadcast address.
+    fn allocate_ip(&self, network: Ipv4Net) -> Result<Ipv4Addr> {
+        let used: BTreeSet<Ipv4Addr> = self.peers.values().map(|p| p.ip).collect();
+        let first = u32::from(network.network()) + 1;
+        let last = u32::from(network.broadcast()).saturating_sub(1);
+        if last < first {
+            return invalid(format!("network {network} has no room for peers"));
+        }
+        let size = (last - first + 1) as usize;
+        if used.len() >= size {
+            return Err(Error::Internal(anyhow::anyhow!("network {network} is full")));
+        }
+        let mut rng = rand::rng();
+        loop {
+            let ip = Ipv4Addr::from(rng.random_range(first..=last));
+            if !used.contains(&ip) {
+                return Ok(ip);
+            }
+        }
+    }
+
+    /// Registers a new peer with a setup key: checks the key, allocates an address, puts the
+    /// peer into the key's auto groups and counts the use.
+    pub fn register_peer(&mut self, secret: &str, wg_pub_key: &str, meta: &PeerMeta, network: Ipv4Net, now: UnixTime) -> Result<(Peer, Touched)> {
+        let Some(key) = self.setup_key_by_secret(secret) else {
+            return Err(Error::PermissionDenied("invalid setup key".into()));
+        };
+        match key.state(now) {
+            SetupKeyState::Valid => {}
+            state => return Err(Error::PermissionDenied(format!("setup key is {}", state.as_str()))),
+        }
+        if self.peer_by_key(wg_pub_key).is_some() {
+            return invalid("peer is already registered");
+        }
+        let key = key.clone();
+        let ip = self.allocate_ip(network)?;
+        let mut label = dns_label(&meta.hostname);
+        if self.peers.values().any(|p| p.dns_label == label) {
+            label = format!("{label}-{}", ip.to_string().replace('.', "-"));
+        }
+        let peer = Peer {
+            id: new_id(),
+            name: if meta.hostname.is_empty() { label.clone() } else { meta.hostname.clone() },
+            wg_pub_key: wg_pub_key.to_string(),
+            ip,
+            hostname: meta.hostname.clone(),
+            os: meta.os.clone(),
+            kernel_version: meta.kernel_version.clone(),
+            version: meta.version.clone(),
+            dns_label: label,
+            ephemeral: key.ephemeral,
+            setup_key_id: key.id.clone(),
+            ssh_enabled: false,
+            login_expiration_enabled: false,
+            inactivity_expiration_enabled: false,
+            approval_required: false,
+            created_at: now,
+            last_seen: now,
+        };
+        let mut t = touched([(Kind::Peer, peer.id.clone()), (Kind::SetupKey, key.id.clone())]);
+        for gid in &key.auto_groups {
+            if let Some(g) = self.groups.get_mut(gid) {
+                g.peers.push(peer.id.clone());
+                t.insert((Kind::Group, gid.clone()));
+            }
+        }
+        let stored = self.setup_keys.get_mut(&key.id).expect("checked above");
+        stored.used_times += 1;
+        stored.last_used = now;
+        self.peers.insert(peer.id.clone(), peer.clone());
+        Ok((peer, self.bump(t)))
+    }
+
+    /// A login of a registered peer: refreshes what it reports and when it was seen. Does not
+    /// change any network map, so the serial stays.
+    pub fn login_peer(&mut self, peer_id: &str, meta: &PeerMeta, now: UnixTime) -> Result<Touched> {
+        let Some(p) = self.peers.get_mut(peer_id) else { return not_found("peer", peer_id) };
+        if !meta.hostname.is_empty() {
+            p.hostname = meta.hostname.clone();
+        }
+        p.os = meta.os.clone();
+        p.kernel_version = meta.kernel_version.clone();
+        p.version = meta.version.clone();
+        p.last_seen = now;
+        Ok(touched([(Kind::Peer, peer_id.to_string())]))
+    }
+
+    pub fn touch_peer(&mut self, peer_id: &str, now: UnixTime) -> Touched {
+        match self.peers.get_mut(peer_id) {
+            Some(p) => {
+                p.last_seen = now;
+                touched([(Kind::Peer, peer_id.to_string())])
+            }
+            None => Touched::new(),
+        }
+    }
+
+    pub fn update_peer(&mut self, peer: Peer) -> Result<Touched> {
+        check_name("peer", &peer.name)?;
+        let Some(old) = self.peers.get(&peer.id) else { return not_found("peer", &peer.id) };
+        if old.ip != peer.ip && self.peers.values().any(|p| p.ip == peer.ip) {
+            return invalid(format!("ip {} is already used by another peer", peer.ip));
+        }
+        let id = peer.id.clone();
+        self.peers.insert(id.clone(), peer);
+        Ok(self.bump(touched([(Kind::Peer, id)])))
+    }
+
+    /// Deletes a peer and every reference to it (group memberships, routers it was).
+    pub fn delete_peer(&mut self, id: &str) -> Result<Touched> {
+        if self.peers.remove(id).is_none() {
+            return not_found("peer", id);
+        }
+        let mut t = touched([(Kind::Peer, id.to_string())]);
+        for g in self.groups.values_mut() {
+            let before = g.peers.len();
+            g.peers.retain(|p| p != id);
+            g.resources.retain(|r| !(r.kind == ResourceKind::Peer && r.id == id));
+            if g.peers.len() != before {
+                t.insert((Kind::Group, g.id.clone()));
+            }
+        }
+        let gone: Vec<String> = self.routers.values().filter(|r| r.peer.as_deref() == Some(id)).map(|r| r.id.clone()).collect();
+        for rid in gone {
+            self.routers.remove(&rid);
+            t.insert((Kind::Router, rid));
+        }
+        for policy in self.policies.values_mut() {
+            let mut changed = false;
+            for rule in &mut policy.rules {
+                for end in [&mut rule.source_resource, &mut rule.destination_resource] {
+                    if end.as_ref().is_some_and(|r| r.kind == ResourceKind::Peer && r.id == id) {
+                        *end = None;
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                t.insert((Kind::Policy, policy.id.clone()));
+            }
+        }
+        Ok(self.bump(t))
+    }
+
+    // ---- groups ----
+
+    pub fn put_group(&mut self, group: Group) -> Result<Touched> {
+        check_name("group", &group.name)?;
+        if self.groups.values().any(|g| g.name == group.name && g.id != group.id) {
+            return invalid(format!("a group named {:?} already exists", group.name));
+        }
+        self.check_peers(&group.peers, "peers")?;
+        for r in &group.resources {
+            self.check_resource_ref(r, "resources")?;
+        }
+        let mut group = group;
+        let mut seen = BTreeSet::new();
+        group.peers.retain(|p| seen.insert(p.clone()));
+        let id = group.id.clone();
+        self.groups.insert(id.clone(), group);
+        Ok(self.bump(touched([(Kind::Group, id)])))
+    }
+
+    /// Where a group is still referred to, so deleting it would silently change access.
+    fn group_users(&self, id: &str) -> Option<String> {
+        for p in self.policies.values() {
+            if p.rules.iter().any(|r| r.sources.iter().chain(&r.destinations).any(|g| g == id)) {
+                return Some(format!("policy {}", p.name));
+            }
+        }
+        if let Some(k) = self.setup_keys.values().find(|k| k.auto_groups.iter().any(|g| g == id)) {
+            return Some(format!("setup key {}", k.name));
+        }
+        if let Some(r) = self.routers.values().find(|r| r.peer_groups.iter().any(|g| g == id)) {
+            return Some(format!("router {}", r.id));
+        }
+        None
+    }
+
+    pub fn delete_group(&mut self, id: &str) -> Result<Touched> {
+        if !self.groups.contains_key(id) {
+            return not_found("group", id);
+        }
+        if let Some(user) = self.group_users(id) {
+            return invalid(format!("group {id} is used by {user}"));
+        }
+        self.groups.remove(id);
+        Ok(self.bump(touched([(Kind::Group, id.to_string())])))
+    }
+
+    // ---- policies ----
+
+    pub fn put_policy(&mut self, policy: Policy) -> Result<Touched> {
+        check_name("policy", &policy.name)?;
+        if policy.rules.is_empty() {
+            return invalid("a policy needs at least one rule");
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let at = |field: &str| format!("rules[{i}].{field}");
+            self.check_groups(&rule.sources, &at("sources"))?;
+            self.check_groups(&rule.destinations, &at("destinations"))?;
+            if let Some(r) = &rule.source_resource {
+                self.check_resource_ref(r, &at("sourceResource"))?;
+            }
+            if let Some(r) = &rule.destination_resource {
+                self.check_resource_ref(r, &at("destinationResource"))?;
+            }
+            if rule.sources.is_empty() && rule.source_resource.is_none() {
+                return invalid(format!("{}: a rule needs sources or a sourceResource", at("sources")));
+            }
+            if rule.destinations.is_empty() && rule.destination_resource.is_none() {
+                return invalid(format!("{}: a rule needs destinations or a destinationResource", at("destinations")));
+            }
+            if !rule.protocol.has_ports() && (!rule.ports.is_empty() || !rule.port_ranges.is_empty()) {
+                return invalid(format!("{}: ports apply only to tcp and udp", at("ports")));
+            }
+            if let Some(p) = rule.ports.iter().find(|p| **p == 0) {
+                return invalid(format!("{}: port {p} is out of range 1-65535", at("ports")));
+            }
+            if let Some(r) = rule.port_ranges.iter().find(|r| r.start == 0 || r.start > r.end) {
+                return invalid(format!("{}: range {}-{} is not within 1-65535 with start <= end", at("port_ranges"), r.start, r.end));
+            }
+        }
+        let id = policy.id.clone();
+        self.policies.insert(id.clone(), policy);
+        Ok(self.bump(touched([(Kind::Policy, id)])))
+    }
+
+    pub fn delete_policy(&mut self, id: &str) -> Result<Touched> {
+        if self.policies.remove(id).is_none() {
+            return not_found("policy", id);
+        }
+        Ok(self.bump(touched([(Kind::Policy, id.to_string())])))
+    }
+
+    // ---- networks ----
+
+    pub fn put_network(&mut self, network: Network) -> Result<Touched> {
+        check_name("network", &network.name)?;
+        let id = network.id.clone();
+        self.networks.insert(id.clone(), network);
+        Ok(self.bump(touched([(Kind::Network, id)])))
+    }
+
+    /// Deletes a network with its resources and routers.
+    pub fn delete_network(&mut self, id: &str) -> Result<Touched> {
+        if self.networks.remove(id).is_none() {
+            return not_found("network", id);
+        }
+        let mut t = touched([(Kind::Network, id.to_string())]);
+        let resources: Vec<String> = self.resources.values().filter(|r| r.network_id == id).map(|r| r.id.clone()).collect();
+        for rid in resources {
+            t.extend(self.remove_resource(&rid));
+        }
+        let routers: Vec<String> = self.routers.values().filter(|r| r.network_id == id).map(|r| r.id.clone()).collect();
+        for rid in routers {
+            self.routers.remove(&rid);
+            t.insert((Kind::Router, rid));
+        }
+        Ok(self.bump(t))
+    }
+
+    /// Adds or replaces a resource and sets the groups it belongs to.
+    pub fn put_resource(&mut self, resource: NetworkResource, groups: &[String]) -> Result<Touched> {
+        check_name("resource", &resource.name)?;
+        if !self.networks.contains_key(&resource.network_id) {
+            return not_found("network", &resource.network_id);
+        }
+        self.check_groups(groups, "groups")?;
+        let id = resource.id.clone();
+        let kind = resource.kind();
+        self.resources.insert(id.clone(), resource);
+        let mut t = touched([(Kind::Resource, id.clone())]);
+        for g in self.groups.values_mut() {
+            let member = g.resources.iter().position(|r| r.id == id);
+            let wanted = groups.contains(&g.id);
+            match (member, wanted) {
+                (None, true) => g.resources.push(ResourceRef { id: id.clone(), kind }),
+                (Some(i), false) => {
+                    g.resources.remove(i);
+                }
+                (Some(i), true) => g.resources[i].kind = kind,
+                (None, false) => continue,
+            }
+            t.insert((Kind::Group, g.id.clone()));
+        }
+        Ok(self.bump(t))
+    }
+
+    fn remove_resource(&mut self, id: &str) -> Touched {
+        let mut t = touched([(Kind::Resource, id.to_string())]);
+        self.resources.remove(id);
+        for g in self.groups.values_mut() {
+            if let Some(i) = g.resources.iter().position(|r| r.id == id) {
+                g.resources.remove(i);
+                t.insert((Kind::Group, g.id.clone()));
+            }
+        }
+        for policy in self.policies.values_mut() {
+            for rule in &mut policy.rules {
+                for end in [&mut rule.source_resource, &mut rule.destination_resource] {
+                    if end.as_ref().is_some_and(|r| r.id == id) {
+                        *end = None;
+                        t.insert((Kind::Policy, policy.id.clone()));
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    pub fn delete_resource(&mut self, network_id: &str, id: &str) -> Result<Touched> {
+        if !self.resources.get(id).is_some_and(|r| r.network_id == network_id) {
+            return not_found("resource", id);
+        }
+        let t = self.remove_resource(id);
+        Ok(self.bump(t))
+    }
+
+    pub fn put_router(&mut self, router: NetworkRouter) -> Result<Touched> {
+        if !self.networks.contains_key(&router.network_id) {
+            return not_found("network", &router.network_id);
+        }
+        match (&router.peer, router.peer_groups.is_empty()) {
+            (Some(_), false) => return invalid("a router names either peer or peer_groups, not both"),
+            (None, true) => return invalid("a router needs a peer or peer_groups"),
+            (Some(p), true) => self.check_peers(std::slice::from_ref(p), "peer")?,
+            (None, false) => self.check_groups(&router.peer_groups, "peer_groups")?,
+        }
+        let id = router.id.clone();
+        self.routers.insert(id.clone(), router);
+        Ok(self.bump(touched([(Kind::Router, id)])))
+    }
+
+    pub fn delete_router(&mut self, network_id: &str, id: &str) -> Result<Touched> {
+        if !self.routers.get(id).is_some_and(|r| r.network_id == network_id) {
+            return not_found("router", id);
+        }
+        self.routers.remove(id);
+        Ok(self.bump(touched([(Kind::Router, id.to_string())])))
+    }
+
+    /// Ephemeral peers that have been offline for at least `after` seconds.
+    pub fn expired_ephemeral_peers(&self, now: UnixTime, after: u64, connected: &dyn Fn(&str) -> bool) -> Vec<String> {
+        self.peers
+            .values()
+            .filter(|p| p.ephemeral && !connected(&p.id) && now.saturating_sub(p.last_seen) >= after)
+            .map(|p| p.id.clone())
+            .collect()
+    }
+}
+
+/// Parses a resource address: an IP (a host), a CIDR (a subnet; host bits must be zero), a domain
+/// or a `*.domain` wildcard.
+pub fn parse_resource_address(text: &str) -> Result<ResourceAddress> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(ResourceAddress::Prefix(IpNet::from(ip)));
+    }
+    if t.contains('/') {
+        let net: IpNet = t.parse().map_err(|_| Error::Invalid(format!("address {t:?} is not a valid IP, CIDR or domain")))?;
+        if net.trunc() != net {
+            return invalid(format!("address {t:?} has host bits set; did you mean {}?", net.trunc()));
+        }
+        return Ok(ResourceAddress::Prefix(net));
+    }
+    let name = t.strip_prefix("*.").unwrap_or(t);
+    let valid_label = |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if name.len() > 253 || !name.contains('.') || !name.split('.').all(valid_label) || name.split('.').next_back().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        return invalid(format!("address {t:?} is not a valid IP, CIDR or domain"));
+    }
+    Ok(ResourceAddress::Domain(t.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests;

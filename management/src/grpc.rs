@@ -1,0 +1,125 @@
+//! The gRPC face: GetServerKey, isHealthy, Login and Sync of NetBird's ManagementService. Every
+//! Login and Sync body is sealed between the peer's and the server's WireGuard keys.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use management_proto::{
+    WgPublicKey,
+    pb::{self, management_service_server::ManagementService},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    account::PeerMeta,
+    model::now,
+    netmap::{network_map, peer_config},
+    service::Management,
+};
+
+pub struct Grpc {
+    pub management: Arc<Management>,
+}
+
+fn meta_of(meta: &pb::PeerSystemMeta) -> PeerMeta {
+    PeerMeta { hostname: meta.hostname.clone(), os: meta.go_os.clone(), kernel_version: meta.kernel_version.clone(), version: meta.netbird_version.clone() }
+}
+
+impl Grpc {
+    /// Opens a request body: the sender's key and the message sealed under it.
+    fn open<M: prost::Message + Default>(&self, message: &pb::EncryptedMessage) -> Result<(WgPublicKey, M), Status> {
+        let sender = message.sender().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let inner = self.management.key.open_message(&sender, message).map_err(|e| Status::invalid_argument(format!("invalid request message: {e}")))?;
+        Ok((sender, inner))
+    }
+
+    fn login(&self, sender: WgPublicKey, request: pb::LoginRequest) -> Result<pb::LoginResponse, Status> {
+        let Some(meta) = request.meta.as_ref() else {
+            return Err(Status::failed_precondition("peer system meta has to be provided to log in"));
+        };
+        let meta = meta_of(meta);
+        let key = sender.to_base64();
+        let m = &self.management;
+        let existing = m.read(|a| a.peer_by_key(&key).map(|p| p.id.clone()));
+        let peer = match existing {
+            Some(id) => {
+                m.change(|a| a.login_peer(&id, &meta, now()).map(|t| ((), t)))?;
+                m.read(|a| a.peers.get(&id).cloned()).ok_or_else(|| Status::permission_denied("peer was deleted"))?
+            }
+            None if request.setup_key.trim().is_empty() => {
+                return Err(Status::permission_denied("peer is not registered and no setup key was given"));
+            }
+            None => {
+                let network = m.settings.network;
+                let peer = m.change(|a| a.register_peer(&request.setup_key, &key, &meta, network, now()))?;
+                tracing::info!(peer = %peer.id, ip = %peer.ip, "registered peer {}", peer.name);
+                peer
+            }
+        };
+        Ok(pb::LoginResponse { peer_config: Some(peer_config(&peer, &m.settings)), ..Default::default() })
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::EncryptedMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ManagementService for Grpc {
+    async fn get_server_key(&self, _: Request<pb::Empty>) -> Result<Response<pb::ServerKeyResponse>, Status> {
+        let expires = std::time::SystemTime::now() + Duration::from_secs(24 * 3600);
+        Ok(Response::new(pb::ServerKeyResponse { key: self.management.key.public().to_base64(), expires_at: Some(expires.into()), version: 0 }))
+    }
+
+    async fn is_healthy(&self, _: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn login(&self, request: Request<pb::EncryptedMessage>) -> Result<Response<pb::EncryptedMessage>, Status> {
+        let (sender, login) = self.open::<pb::LoginRequest>(request.get_ref())?;
+        let response = self.login(sender, login)?;
+        Ok(Response::new(self.management.key.seal_message(&sender, &response)))
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, request: Request<pb::EncryptedMessage>) -> Result<Response<SyncStream>, Status> {
+        let (sender, _sync) = self.open::<pb::SyncRequest>(request.get_ref())?;
+        let key = sender.to_base64();
+        let m = self.management.clone();
+        let Some(peer_id) = m.read(|a| a.peer_by_key(&key).map(|p| p.id.clone())) else {
+            return Err(Status::permission_denied("peer is not registered"));
+        };
+        let (tx, rx) = mpsc::channel(4);
+        m.stream_opened(&peer_id);
+        tokio::spawn(push_maps(m, peer_id, sender, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends the peer its map now and again whenever a change alters it, until the peer hangs up or
+/// is deleted.
+async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, tx: mpsc::Sender<Result<pb::EncryptedMessage, Status>>) {
+    let mut changes = m.subscribe();
+    let mut last_sent: Option<pb::NetworkMap> = None;
+    loop {
+        changes.borrow_and_update();
+        let map = m.read(|a| network_map(a, &peer_id, &m.settings));
+        let Some(map) = map else {
+            let _ = tx.send(Err(Status::permission_denied("peer was deleted"))).await;
+            break;
+        };
+        let unchanged = last_sent.as_ref().is_some_and(|prev| pb::NetworkMap { serial: map.serial, ..prev.clone() } == map);
+        if !unchanged {
+            let response = pb::SyncResponse { peer_config: map.peer_config.clone(), network_map: Some(map.clone()), ..Default::default() };
+            if tx.send(Ok(m.key.seal_message(&peer_key, &response))).await.is_err() {
+                break;
+            }
+            last_sent = Some(map);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = tx.closed() => break,
+        }
+    }
+    m.stream_closed(&peer_id);
+}

@@ -1,0 +1,41 @@
+//! Embedded management service: a NetBird-shaped account (peers, groups, policies, setup keys,
+//! networks) kept in SQLite, a REST API to change it, and NetBird's gRPC ManagementService that
+//! registers peers and streams each one its network map.
+//!
+//! REST (`/api/...`) and gRPC (`/management.ManagementService/...`) share one listener.
+
+pub mod account;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod netmap;
+pub mod rest;
+pub mod service;
+pub mod store;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use management_proto::pb::management_service_server::ManagementServiceServer;
+pub use service::{Management, Options};
+
+/// Serves REST and gRPC on `listener` until `shutdown` completes, and deletes ephemeral peers that
+/// have stayed offline past their timeout.
+pub async fn serve(m: Arc<Management>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let grpc = tonic::service::Routes::new(ManagementServiceServer::new(grpc::Grpc { management: m.clone() })).prepare().into_axum_router();
+    // tonic's router brings a fallback of its own; the merged router replaces it with the JSON 404.
+    let app = grpc.merge(rest::router(m.clone())).fallback(rest::not_found_fallback);
+    let sweeper = tokio::spawn({
+        let m = m.clone();
+        let period = (m.ephemeral_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                m.remove_expired_ephemeral();
+            }
+        }
+    });
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    result.map_err(Into::into)
+}

@@ -1,0 +1,324 @@
+//! A peer's network map, computed from the account: the peers it may talk to, FirewallRules for
+//! traffic to it (input), and, when it routes a network, Routes and RouteFirewallRules for traffic
+//! through it (forward).
+//!
+//! For each enabled rule of each enabled policy, with S the rule's source peers and D its
+//! destination peers:
+//! - P in D: every s in S (not P) is a remote peer, with an IN rule from s (and, bidirectional, an
+//!   OUT rule to s); P in S: every d in D is a remote peer with an OUT rule to d (and,
+//!   bidirectional, an IN rule from d).
+//! - Network resources among the destinations: a routing peer of the resource's network gets a
+//!   Route it serves and a RouteFirewallRule from S's addresses to the resource; a peer in S gets a
+//!   Route through each routing peer, which becomes its remote peer.
+//! - Several ports become several rules (one per port, one per range); no ports means any port.
+//! - The *IsEmpty flags say "really nothing", so clients never mistake an empty list for an old
+//!   server's "allow everything".
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use ipnet::{IpNet, Ipv4Net};
+use management_proto::pb;
+
+use crate::model::*;
+
+/// Account-wide settings a network map needs besides the account itself.
+#[derive(Clone, Debug)]
+pub struct MapSettings {
+    /// The overlay network addresses come from; its prefix length goes into PeerConfig.address.
+    pub network: Ipv4Net,
+    /// Peers' DNS names are `<dns_label>.<dns_domain>`.
+    pub dns_domain: String,
+}
+
+/// NetBird's placeholder for a domain route's Network (the string Go prints for an unset prefix).
+pub const DOMAIN_ROUTE_NETWORK: &str = "invalid Prefix";
+
+const DIRECTION_IN: i32 = pb::RuleDirection::In as i32;
+const DIRECTION_OUT: i32 = pb::RuleDirection::Out as i32;
+
+fn pb_action(a: RuleAction) -> i32 {
+    match a {
+        RuleAction::Accept => pb::RuleAction::Accept as i32,
+        RuleAction::Drop => pb::RuleAction::Drop as i32,
+    }
+}
+
+fn pb_protocol(p: RuleProtocol) -> i32 {
+    (match p {
+        RuleProtocol::All => pb::RuleProtocol::All,
+        RuleProtocol::Tcp => pb::RuleProtocol::Tcp,
+        RuleProtocol::Udp => pb::RuleProtocol::Udp,
+        RuleProtocol::Icmp => pb::RuleProtocol::Icmp,
+    }) as i32
+}
+
+/// The port selections a rule expands into: `None` is any port.
+fn port_selections(rule: &PolicyRule) -> Vec<Option<pb::PortInfo>> {
+    use pb::port_info::{PortSelection, Range};
+    if !rule.protocol.has_ports() || (rule.ports.is_empty() && rule.port_ranges.is_empty()) {
+        return vec![None];
+    }
+    let ports = rule.ports.iter().map(|p| PortSelection::Port(*p as u32));
+    let ranges = rule.port_ranges.iter().map(|r| PortSelection::Range(Range { start: r.start as u32, end: r.end as u32 }));
+    ports.chain(ranges).map(|s| Some(pb::PortInfo { port_selection: Some(s) })).collect()
+}
+
+/// NetBird's `Port` string: the single port, empty for ranges and any port.
+fn port_string(sel: &Option<pb::PortInfo>) -> String {
+    match sel.as_ref().and_then(|p| p.port_selection.as_ref()) {
+        Some(pb::port_info::PortSelection::Port(p)) => p.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn source_prefix(ip: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut b = ip.octets().to_vec();
+    b.push(32);
+    b
+}
+
+/// Who a rule's two ends are, resolved against the account.
+struct RuleEnds<'a> {
+    sources: BTreeSet<&'a str>,
+    destinations: BTreeSet<&'a str>,
+    /// Network resources among the destinations (enabled ones only).
+    resources: BTreeSet<&'a str>,
+}
+
+struct Resolver<'a> {
+    account: &'a Account,
+    /// Enabled routers' peers per network id.
+    routing_peers: BTreeMap<&'a str, Vec<(&'a str, &'a NetworkRouter)>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(account: &'a Account) -> Resolver<'a> {
+        let mut routing_peers: BTreeMap<&str, Vec<(&str, &NetworkRouter)>> = BTreeMap::new();
+        for router in account.routers.values().filter(|r| r.enabled) {
+            let entry = routing_peers.entry(router.network_id.as_str()).or_default();
+            if let Some(p) = &router.peer {
+                entry.push((p.as_str(), router));
+            }
+            for g in &router.peer_groups {
+                if let Some(g) = account.groups.get(g) {
+                    entry.extend(g.peers.iter().map(|p| (p.as_str(), router)));
+                }
+            }
+        }
+        Resolver { account, routing_peers }
+    }
+
+    fn group_peers(&self, groups: &'a [String], out: &mut BTreeSet<&'a str>) {
+        for g in groups {
+            if let Some(g) = self.account.groups.get(g) {
+                out.extend(g.peers.iter().map(String::as_str));
+                out.extend(g.resources.iter().filter(|r| r.kind == ResourceKind::Peer).map(|r| r.id.as_str()));
+            }
+        }
+    }
+
+    fn ends(&self, rule: &'a PolicyRule) -> RuleEnds<'a> {
+        let mut sources = BTreeSet::new();
+        let mut destinations = BTreeSet::new();
+        let mut resources = BTreeSet::new();
+        self.group_peers(&rule.sources, &mut sources);
+        self.group_peers(&rule.destinations, &mut destinations);
+        for g in rule.destinations.iter().filter_map(|g| self.account.groups.get(g)) {
+            resources.extend(g.resources.iter().filter(|r| r.kind != ResourceKind::Peer).map(|r| r.id.as_str()));
+        }
+        for (end, set) in [(&rule.source_resource, &mut sources), (&rule.destination_resource, &mut destinations)] {
+            if let Some(r) = end.as_ref().filter(|r| r.kind == ResourceKind::Peer) {
+                set.insert(r.id.as_str());
+            }
+        }
+        if let Some(r) = rule.destination_resource.as_ref().filter(|r| r.kind != ResourceKind::Peer) {
+            resources.insert(r.id.as_str());
+        }
+        sources.retain(|p| self.account.peers.contains_key(*p));
+        destinations.retain(|p| self.account.peers.contains_key(*p));
+        resources.retain(|r| self.account.resources.get(*r).is_some_and(|r| r.enabled && self.account.networks.contains_key(&r.network_id)));
+        RuleEnds { sources, destinations, resources }
+    }
+
+    /// Whether `peer` can be in a rule end at all: cheap test before resolving the whole rule.
+    fn may_involve(&self, rule: &PolicyRule, peer_groups: &HashSet<&str>, peer_id: &str, routed_networks: &HashSet<&str>) -> bool {
+        let in_groups = |gs: &[String]| gs.iter().any(|g| peer_groups.contains(g.as_str()));
+        let is_ref = |r: &Option<ResourceRef>| r.as_ref().is_some_and(|r| r.kind == ResourceKind::Peer && r.id == peer_id);
+        in_groups(&rule.sources)
+            || in_groups(&rule.destinations)
+            || is_ref(&rule.source_resource)
+            || is_ref(&rule.destination_resource)
+            || (!routed_networks.is_empty() && self.destination_networks(rule).any(|n| routed_networks.contains(n)))
+    }
+
+    fn destination_networks<'b>(&'b self, rule: &'b PolicyRule) -> impl Iterator<Item = &'b str> + 'b {
+        let from_groups = rule.destinations.iter().filter_map(|g| self.account.groups.get(g)).flat_map(|g| g.resources.iter());
+        from_groups
+            .chain(rule.destination_resource.iter())
+            .filter(|r| r.kind != ResourceKind::Peer)
+            .filter_map(|r| self.account.resources.get(&r.id))
+            .map(|r| r.network_id.as_str())
+    }
+}
+
+fn route_for(resource: &NetworkResource, router_peer: &Peer, router: &NetworkRouter) -> pb::Route {
+    let (network, network_type, domains) = match &resource.parsed {
+        ResourceAddress::Prefix(IpNet::V4(n)) => (n.to_string(), 1, vec![]),
+        ResourceAddress::Prefix(IpNet::V6(n)) => (n.to_string(), 2, vec![]),
+        ResourceAddress::Domain(d) => (DOMAIN_ROUTE_NETWORK.to_string(), 3, vec![d.clone()]),
+    };
+    pb::Route {
+        id: format!("{}:{}", resource.id, router_peer.id),
+        network,
+        network_type,
+        peer: router_peer.wg_pub_key.clone(),
+        metric: router.metric as i64,
+        masquerade: router.masquerade,
+        net_id: resource.name.clone(),
+        domains,
+        keep_route: false,
+        skip_auto_apply: false,
+    }
+}
+
+/// Builds the map as it stands at `account.serial`. `None` if the peer does not exist.
+pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> Option<pb::NetworkMap> {
+    let me = account.peers.get(peer_id)?;
+    let resolver = Resolver::new(account);
+    let my_groups: HashSet<&str> = account.groups.values().filter(|g| g.peers.iter().any(|p| p == peer_id)).map(|g| g.id.as_str()).collect();
+    let routed_networks: HashSet<&str> =
+        resolver.routing_peers.iter().filter(|(_, peers)| peers.iter().any(|(p, _)| *p == peer_id)).map(|(n, _)| *n).collect();
+
+    let mut remote: BTreeSet<&str> = BTreeSet::new();
+    let mut firewall: BTreeMap<Vec<u8>, pb::FirewallRule> = BTreeMap::new();
+    let mut routes: BTreeMap<String, pb::Route> = BTreeMap::new();
+    let mut route_rules: BTreeMap<Vec<u8>, pb::RouteFirewallRule> = BTreeMap::new();
+
+    for policy in account.policies.values().filter(|p| p.enabled) {
+        for rule in policy.rules.iter().filter(|r| r.enabled) {
+            if !resolver.may_involve(rule, &my_groups, peer_id, &routed_networks) {
+                continue;
+            }
+            let ends = resolver.ends(rule);
+            let ports = port_selections(rule);
+            let mut add_rules = |peers: &BTreeSet<&str>, direction: i32| {
+                for other in peers.iter().filter(|p| **p != peer_id) {
+                    let peer = &account.peers[*other];
+                    for sel in &ports {
+                        let r = pb::FirewallRule {
+                            peer_ip: peer.ip.to_string(),
+                            direction,
+                            action: pb_action(rule.action),
+                            protocol: pb_protocol(rule.protocol),
+                            port: port_string(sel),
+                            port_info: sel.clone(),
+                            policy_id: policy.id.as_bytes().to_vec(),
+                            custom_protocol: 0,
+                            source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },
+                        };
+                        firewall.entry(prost::Message::encode_to_vec(&r)).or_insert(r);
+                    }
+                }
+            };
+            let in_src = ends.sources.contains(peer_id);
+            let in_dst = ends.destinations.contains(peer_id);
+            if in_dst {
+                add_rules(&ends.sources, DIRECTION_IN);
+                if rule.bidirectional {
+                    add_rules(&ends.sources, DIRECTION_OUT);
+                }
+                remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
+            }
+            if in_src {
+                add_rules(&ends.destinations, DIRECTION_OUT);
+                if rule.bidirectional {
+                    add_rules(&ends.destinations, DIRECTION_IN);
+                }
+                remote.extend(ends.destinations.iter().copied().filter(|p| *p != peer_id));
+            }
+
+            for resource in ends.resources.iter().map(|r| &account.resources[*r]) {
+                let Some(routers) = resolver.routing_peers.get(resource.network_id.as_str()) else { continue };
+                if let Some((_, router)) = routers.iter().find(|(p, _)| *p == peer_id) {
+                    // This peer routes the resource: it serves the route and enforces who may use it.
+                    let route = route_for(resource, me, router);
+                    let mut sources: Vec<String> = ends.sources.iter().filter_map(|p| account.peers.get(*p)).map(|p| format!("{}/32", p.ip)).collect();
+                    sources.sort();
+                    sources.dedup();
+                    remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
+                    for sel in &ports {
+                        let (destination, is_dynamic, domains) = match &resource.parsed {
+                            ResourceAddress::Prefix(n) => (n.to_string(), false, vec![]),
+                            ResourceAddress::Domain(d) => (String::new(), true, vec![d.clone()]),
+                        };
+                        let r = pb::RouteFirewallRule {
+                            source_ranges: sources.clone(),
+                            action: pb_action(rule.action),
+                            destination,
+                            protocol: pb_protocol(rule.protocol),
+                            port_info: sel.clone(),
+                            is_dynamic,
+                            domains,
+                            custom_protocol: 0,
+                            policy_id: policy.id.as_bytes().to_vec(),
+                            route_id: route.id.clone(),
+                        };
+                        if !r.source_ranges.is_empty() {
+                            route_rules.entry(prost::Message::encode_to_vec(&r)).or_insert(r);
+                        }
+                    }
+                    routes.insert(route.id.clone(), route);
+                }
+                if in_src {
+                    // A client of the resource: a route through each of its routing peers.
+                    for (router_peer, router) in routers.iter().filter(|(p, _)| *p != peer_id) {
+                        let Some(rp) = account.peers.get(*router_peer) else { continue };
+                        let route = route_for(resource, rp, router);
+                        routes.insert(route.id.clone(), route);
+                        remote.insert(router_peer);
+                    }
+                }
+            }
+        }
+    }
+
+    let remote_peers: Vec<pb::RemotePeerConfig> = remote
+        .iter()
+        .filter_map(|id| account.peers.get(*id))
+        .map(|p| pb::RemotePeerConfig {
+            wg_pub_key: p.wg_pub_key.clone(),
+            allowed_ips: vec![format!("{}/32", p.ip)],
+            ssh_config: None,
+            fqdn: format!("{}.{}", p.dns_label, settings.dns_domain),
+            agent_version: p.version.clone(),
+        })
+        .collect();
+    let firewall_rules: Vec<pb::FirewallRule> = firewall.into_values().collect();
+    let routes_firewall_rules: Vec<pb::RouteFirewallRule> = route_rules.into_values().collect();
+    Some(pb::NetworkMap {
+        serial: account.serial,
+        peer_config: Some(peer_config(me, settings)),
+        remote_peers_is_empty: remote_peers.is_empty(),
+        remote_peers,
+        routes: routes.into_values().collect(),
+        dns_config: None,
+        offline_peers: vec![],
+        firewall_rules_is_empty: firewall_rules.is_empty(),
+        firewall_rules,
+        routes_firewall_rules_is_empty: routes_firewall_rules.is_empty(),
+        routes_firewall_rules,
+        forwarding_rules: vec![],
+        ssh_auth: None,
+    })
+}
+
+pub fn peer_config(peer: &Peer, settings: &MapSettings) -> pb::PeerConfig {
+    pb::PeerConfig {
+        address: format!("{}/{}", peer.ip, settings.network.prefix_len()),
+        fqdn: format!("{}.{}", peer.dns_label, settings.dns_domain),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

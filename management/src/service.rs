@@ -1,0 +1,166 @@
+//! The running service's state: the account in memory, the store behind it, the server key, and
+//! the change signal that Sync streams wait on.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Mutex, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use management_proto::WgKey;
+use tokio::sync::watch;
+
+use crate::{
+    error::{Error, Result},
+    model::{Account, now},
+    netmap::MapSettings,
+    store::{Store, Touched},
+};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Holds `management.db` and the server's private key.
+    pub data_dir: PathBuf,
+    /// REST token; `None` reads (or on first start writes) `<data_dir>/api-token`.
+    pub api_token: Option<String>,
+    pub network: Ipv4Net,
+    pub dns_domain: String,
+    /// Ephemeral peers are deleted this long after their last Sync stream closed.
+    pub ephemeral_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            data_dir: data_dir.into(),
+            api_token: None,
+            network: "100.64.0.0/10".parse().expect("constant"),
+            dns_domain: "netbird.selfhosted".into(),
+            ephemeral_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+pub struct Management {
+    account: RwLock<Account>,
+    store: Mutex<Store>,
+    pub key: WgKey,
+    pub api_token: String,
+    pub settings: MapSettings,
+    pub ephemeral_timeout: Duration,
+    /// Carries the serial after every change.
+    changes: watch::Sender<u64>,
+    /// Open Sync streams per peer id.
+    streams: Mutex<HashMap<String, usize>>,
+}
+
+/// Reads a secret file, or creates it with `make()` and mode 0600 if it does not exist.
+fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make();
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("create {}", path.display()))?;
+            writeln!(f, "{value}")?;
+            Ok(value)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+impl Management {
+    pub fn open(options: &Options) -> anyhow::Result<Management> {
+        std::fs::create_dir_all(&options.data_dir).with_context(|| format!("create data directory {}", options.data_dir.display()))?;
+        let store = Store::open(&options.data_dir.join("management.db"))?;
+        let account = store.load().context("load account")?;
+        let key_text = secret_file(&options.data_dir.join("server.key"), || WgKey::generate().to_base64())?;
+        let key = WgKey::from_base64(&key_text).context("server.key")?;
+        let api_token = match &options.api_token {
+            Some(t) => t.clone(),
+            None => secret_file(&options.data_dir.join("api-token"), crate::account::new_setup_key_secret)?,
+        };
+        if api_token.len() < 8 {
+            anyhow::bail!("the API token must be at least 8 characters");
+        }
+        let (changes, _) = watch::channel(account.serial);
+        Ok(Management {
+            account: RwLock::new(account),
+            store: Mutex::new(store),
+            key,
+            api_token,
+            settings: MapSettings { network: options.network, dns_domain: options.dns_domain.clone() },
+            ephemeral_timeout: options.ephemeral_timeout,
+            changes,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Account) -> T) -> T {
+        f(&self.account.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies one change: `f` validates and modifies the account (and must leave it untouched when
+    /// it fails); the touched objects are then stored, and Sync streams are told.
+    pub fn change<T>(&self, f: impl FnOnce(&mut Account) -> Result<(T, Touched)>) -> Result<T> {
+        let mut account = self.account.write().unwrap_or_else(|e| e.into_inner());
+        let (value, touched) = f(&mut account)?;
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.save(&account, &touched) {
+            // Keep memory equal to disk: go back to what was last stored.
+            if let Ok(stored) = store.load() {
+                *account = stored;
+            }
+            return Err(Error::Internal(e.context("store the change")));
+        }
+        let serial = account.serial;
+        drop(account);
+        self.changes.send_if_modified(|s| std::mem::replace(s, serial) != serial);
+        Ok(value)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn is_connected(&self, peer_id: &str) -> bool {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).get(peer_id).is_some_and(|n| *n > 0)
+    }
+
+    pub fn stream_opened(&self, peer_id: &str) {
+        *self.streams.lock().unwrap_or_else(|e| e.into_inner()).entry(peer_id.to_string()).or_default() += 1;
+    }
+
+    /// Marks a Sync stream closed; the peer's last_seen becomes now when its last stream closes.
+    pub fn stream_closed(&self, peer_id: &str) {
+        let last = {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let n = streams.entry(peer_id.to_string()).or_default();
+            *n = n.saturating_sub(1);
+            *n == 0
+        };
+        if last {
+            let _ = self.change(|a| Ok(((), a.touch_peer(peer_id, now()))));
+        }
+    }
+
+    /// Deletes ephemeral peers offline for longer than the timeout; returns how many.
+    pub fn remove_expired_ephemeral(&self) -> usize {
+        let after = self.ephemeral_timeout.as_secs();
+        let expired = self.read(|a| a.expired_ephemeral_peers(now(), after, &|id| self.is_connected(id)));
+        let mut removed = 0;
+        for id in expired {
+            match self.change(|a| a.delete_peer(&id).map(|t| ((), t))) {
+                Ok(()) => {
+                    tracing::info!(peer = %id, "deleted ephemeral peer after {after} s offline");
+                    removed += 1;
+                }
+                Err(e) => tracing::warn!(peer = %id, "could not delete ephemeral peer: {e}"),
+            }
+        }
+        removed
+    }
+}
