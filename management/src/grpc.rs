@@ -105,6 +105,10 @@ async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, t
         changes.borrow_and_update();
         let map = m.read(|a| network_map(a, &peer_id, &m.settings));
         let Some(map) = map else {
+            // As NetBird: a last, empty map (deny everything), then the stream ends.
+            let serial = m.read(|a| a.serial);
+            let empty = pb::NetworkMap { serial, remote_peers_is_empty: true, firewall_rules_is_empty: true, routes_firewall_rules_is_empty: true, ..Default::default() };
+            let _ = tx.send(Ok(m.key.seal_message(&peer_key, &pb::SyncResponse { network_map: Some(empty), ..Default::default() }))).await;
             let _ = tx.send(Err(Status::permission_denied("peer was deleted"))).await;
             break;
         };

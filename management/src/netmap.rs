@@ -30,8 +30,8 @@ pub struct MapSettings {
     pub dns_domain: String,
 }
 
-/// NetBird's placeholder for a domain route's Network (the string Go prints for an unset prefix).
-pub const DOMAIN_ROUTE_NETWORK: &str = "invalid Prefix";
+/// NetBird's placeholder Network for a domain route (a TEST-NET-1 host; the domains are what count).
+pub const DOMAIN_ROUTE_NETWORK: &str = "192.0.2.0/32";
 
 const DIRECTION_IN: i32 = pb::RuleDirection::In as i32;
 const DIRECTION_OUT: i32 = pb::RuleDirection::Out as i32;
@@ -52,7 +52,8 @@ fn pb_protocol(p: RuleProtocol) -> i32 {
     }) as i32
 }
 
-/// The port selections a rule expands into: `None` is any port.
+/// The port selections a rule expands into: `None` is any port. Unlike NetBird, which uses the
+/// ranges only when a rule has no single ports, both are expanded: the rule means all of them.
 fn port_selections(rule: &PolicyRule) -> Vec<Option<pb::PortInfo>> {
     use pb::port_info::{PortSelection, Range};
     if !rule.protocol.has_ports() || (rule.ports.is_empty() && rule.port_ranges.is_empty()) {
@@ -176,7 +177,7 @@ fn route_for(resource: &NetworkResource, router_peer: &Peer, router: &NetworkRou
         masquerade: router.masquerade,
         net_id: resource.name.clone(),
         domains,
-        keep_route: false,
+        keep_route: true,
         skip_auto_apply: false,
     }
 }
@@ -210,8 +211,9 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                             direction,
                             action: pb_action(rule.action),
                             protocol: pb_protocol(rule.protocol),
+                            // As NetBird: a single port travels in Port, PortInfo carries ranges.
                             port: port_string(sel),
-                            port_info: sel.clone(),
+                            port_info: sel.clone().filter(|_| port_string(sel).is_empty()),
                             policy_id: policy.id.as_bytes().to_vec(),
                             custom_protocol: 0,
                             source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },

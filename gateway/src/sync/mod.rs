@@ -53,6 +53,16 @@ fn status_end(what: &str, s: Status) -> SessionEnd {
     if s.code() == Code::PermissionDenied { SessionEnd::Fatal(message) } else { SessionEnd::Retry(message) }
 }
 
+/// Login refusals that retrying cannot fix: PermissionDenied (deleted peer, unknown peer without
+/// a setup key, and this server's refused setup keys), and NotFound / FailedPrecondition, which a
+/// NetBird server answers for an invalid setup key.
+fn login_end(s: Status) -> SessionEnd {
+    match s.code() {
+        Code::PermissionDenied | Code::NotFound | Code::FailedPrecondition => SessionEnd::Fatal(format!("Login: {} ({:?})", s.message(), s.code())),
+        _ => status_end("Login", s),
+    }
+}
+
 fn system_meta() -> pb::PeerSystemMeta {
     let uname = nix_uname();
     pb::PeerSystemMeta {
@@ -124,7 +134,7 @@ impl Session<'_> {
         };
         let response = match client.login(key.seal_message(&server, &login)).await {
             Ok(r) => r.into_inner(),
-            Err(s) => return status_end("Login", s),
+            Err(s) => return login_end(s),
         };
         let login: pb::LoginResponse = match key.open_message(&server, &response) {
             Ok(l) => l,

@@ -131,6 +131,8 @@ fn ports(port: &str, info: Option<&pb::PortInfo>, field: &str) -> Result<PortSet
             let p = port_number(*p, &format!("{field}.PortInfo.port"))?;
             Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]))
         }
+        // NetBird servers send Range{0,0} for a TCP/UDP rule without ports.
+        Some(PortSelection::Range(r)) if r.start == 0 && r.end == 0 => Ok(PortSet::Any),
         Some(PortSelection::Range(r)) => {
             let at = format!("{field}.PortInfo.range");
             let (start, end) = (port_number(r.start, &at)?, port_number(r.end, &at)?);
