@@ -18,12 +18,17 @@ use std::{future::Future, sync::Arc, time::Duration};
 use management_proto::pb::management_service_server::ManagementServiceServer;
 pub use service::{Management, Options};
 
+/// REST and gRPC in one router.
+pub fn app(m: Arc<Management>) -> axum::Router {
+    let grpc = tonic::service::Routes::new(ManagementServiceServer::new(grpc::Grpc { management: m.clone() })).prepare().into_axum_router();
+    // tonic's router brings a fallback of its own; the merged router replaces it with the JSON 404.
+    grpc.merge(rest::router(m)).fallback(rest::not_found_fallback)
+}
+
 /// Serves REST and gRPC on `listener` until `shutdown` completes, and deletes ephemeral peers that
 /// have stayed offline past their timeout.
 pub async fn serve(m: Arc<Management>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let grpc = tonic::service::Routes::new(ManagementServiceServer::new(grpc::Grpc { management: m.clone() })).prepare().into_axum_router();
-    // tonic's router brings a fallback of its own; the merged router replaces it with the JSON 404.
-    let app = grpc.merge(rest::router(m.clone())).fallback(rest::not_found_fallback);
+    let app = app(m.clone());
     let sweeper = tokio::spawn({
         let m = m.clone();
         let period = (m.ephemeral_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
