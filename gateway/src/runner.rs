@@ -49,6 +49,8 @@ struct Gateway {
     last_reload: String,
     /// Serial of the network map in force (management source).
     serial: u64,
+    /// The management client's state for /status; `None` with a policy file.
+    management: Option<status::ManagementReport>,
     /// The policy applied last, until the next sweep has checked older flows against it. Flows
     /// with traffic end at their next packet (the kernel checks); this removes the idle ones.
     recheck: Option<compile::Compiled>,
@@ -148,7 +150,11 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, management:
         PolicySource::File(_) => format!("ok: generation {} at start", report.generation),
         PolicySource::Management(_) => "waiting for the first network map (default deny until then)".to_string(),
     };
-    let gw = Arc::new(Mutex::new(Gateway { dp, cfg, metrics, source: source.label(), last_reload, serial: 0, recheck: None }));
+    let management = match &source {
+        PolicySource::Management(m) => Some(status::ManagementReport { url: m.url.clone(), ..Default::default() }),
+        PolicySource::File(_) => None,
+    };
+    let gw = Arc::new(Mutex::new(Gateway { dp, cfg, metrics, source: source.label(), last_reload, serial: 0, management, recheck: None }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(async {
@@ -231,7 +237,12 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
     let mut g = gw.lock().expect("gateway state");
     let g = &mut *g;
     match event {
-        sync::Event::Connected(up) => g.metrics.management.connected.set(up as i64),
+        sync::Event::Connected(up) => {
+            g.metrics.management.connected.set(up as i64);
+            if let Some(m) = g.management.as_mut() {
+                m.connected = up;
+            }
+        }
         sync::Event::Rejected(why) => {
             g.metrics.management.synced();
             g.metrics.management.maps.with_label_values(&["rejected"]).inc();
@@ -264,6 +275,10 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                     let took = received.elapsed();
                     g.serial = map.serial;
                     g.recheck = Some(compiled);
+                    if let Some(m) = g.management.as_mut() {
+                        m.serial = map.serial;
+                        m.overlay_address = Some(map.own_address.to_string());
+                    }
                     g.metrics.management.serial.set(map.serial as i64);
                     g.metrics.management.maps.with_label_values(&["applied"]).inc();
                     g.metrics.management.apply_seconds.observe(took.as_secs_f64());
@@ -335,7 +350,7 @@ async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
                 let gw = gw.clone();
                 async move {
                     let g = gw.lock().expect("gateway state");
-                    match status::report(&g.dp, &g.source, &g.last_reload) {
+                    match status::report(&g.dp, &g.source, &g.last_reload, g.management.clone()) {
                         Ok(r) => (StatusCode::OK, [("content-type", "application/json")], serde_json::to_string_pretty(&r).unwrap_or_default()).into_response(),
                         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
                     }

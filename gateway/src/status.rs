@@ -22,6 +22,20 @@ pub struct Report {
     pub maps: Vec<MapReport>,
     pub counters: Vec<CounterReport>,
     pub policies: Vec<PolicyCounter>,
+    /// Present when the policy comes from a management service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<ManagementReport>,
+}
+
+/// The management client's view: whether it is synced, to which map, as which address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ManagementReport {
+    pub url: String,
+    pub connected: bool,
+    /// Serial of the network map in force (0: none yet).
+    pub serial: u64,
+    /// This gateway's overlay address as management assigned it.
+    pub overlay_address: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,7 +68,7 @@ pub struct PolicyCounter {
     pub bytes: u64,
 }
 
-pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str) -> anyhow::Result<Report> {
+pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: Option<ManagementReport>) -> anyhow::Result<Report> {
     let counters = dp.verdict_counters()?;
     let mut out = Vec::new();
     for hook in 0..HOOKS {
@@ -84,6 +98,7 @@ pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str) -> anyhow::R
         maps: dp.fill_levels().into_iter().map(|(m, e, c)| MapReport { map: m.into(), entries: e, capacity: c }).collect(),
         counters: out,
         policies: dp.rule_counters()?.into_iter().map(|(p, c)| PolicyCounter { policy: p, packets: c.packets, bytes: c.bytes }).collect(),
+        management,
     })
 }
 
@@ -110,6 +125,10 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     let r: Report = serde_json::from_str(&body).context("parsing /status")?;
     println!("policy: {} (generation {}, {} enabled policies)", r.policy_file, r.generation, r.rules);
     println!("last reload: {}", r.last_reload);
+    if let Some(m) = &r.management {
+        let state = if m.connected { "connected" } else { "NOT connected (last policy stays in force)" };
+        println!("management: {} {state}, serial {}, overlay address {}", m.url, m.serial, m.overlay_address.as_deref().unwrap_or("-"));
+    }
     println!("\nattached:");
     for a in &r.attachments {
         println!("  {:<16} {:<24} {}", a.interface, a.program, a.mode);

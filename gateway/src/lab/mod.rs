@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod netns;
+pub mod management;
 pub mod process;
 pub mod topology;
 pub mod traffic;

@@ -23,10 +23,16 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `binary run --config CONFIG` in `ns` and waits until it serves /status.
     pub fn start(binary: &Path, ns: &Netns, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
+        Self::start_with(binary, ns, config, log, &[])
+    }
+
+    /// As [`GatewayProcess::start`], with more arguments for `run` (e.g. `--management-url`).
+    pub fn start_with(binary: &Path, ns: &Netns, config: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<GatewayProcess> {
         let out = std::fs::File::create(log).context("gateway log file")?;
         let child = ns
             .command(binary.to_str().context("binary path")?)
             .args(["run", "--config", config.to_str().context("config path")?])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
@@ -87,6 +93,20 @@ impl GatewayProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the gateway to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(Some(s));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM and wait: the gateway detaches and exits 0.

@@ -114,7 +114,16 @@ impl Lab {
     pub fn write_config_with(&self, policy_yaml: &str, metrics_addr: &str, lan_attach: &str) -> anyhow::Result<PathBuf> {
         let policy = self.dir.join("policy.yaml");
         std::fs::write(&policy, policy_yaml)?;
-        let mut cfg = format!("policy: {}\nmetrics_addr: {metrics_addr}\ninterfaces:\n  tunnel:\n", policy.display());
+        self.write_gateway_config(&format!("policy: {}\n", policy.display()), metrics_addr, lan_attach)
+    }
+
+    /// A gateway config with no policy file: the policy comes from `--management-url`.
+    pub fn write_management_config(&self, metrics_addr: &str) -> anyhow::Result<PathBuf> {
+        self.write_gateway_config("", metrics_addr, "xdp-native")
+    }
+
+    fn write_gateway_config(&self, policy_line: &str, metrics_addr: &str, lan_attach: &str) -> anyhow::Result<PathBuf> {
+        let mut cfg = format!("{policy_line}metrics_addr: {metrics_addr}\ninterfaces:\n  tunnel:\n");
         for h in self.hosts.iter().filter(|h| h.gw_if.starts_with("t-")) {
             cfg.push_str(&format!("    - name: {}\n", h.gw_if));
         }

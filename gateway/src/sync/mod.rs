@@ -194,3 +194,6 @@ pub async fn run(opts: SyncOptions, identity: Identity, events: mpsc::Sender<Eve
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
