@@ -51,43 +51,97 @@ pub struct Translated {
     pub skipped: Skipped,
 }
 
-/// Collects policies, giving each distinct address list one group.
+/// What makes two rules one policy: everything but the source addresses. NetBird sends one rule
+/// per (peer, port); merging them keeps the compiled policy (and its counters) per NetBird rule.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Shape {
+    name: String,
+    destination: Vec<IpNet>,
+    action: Action,
+    protocol: ProtocolKey,
+    ports: Vec<PortRange>,
+}
+
+/// `Protocol` has no ordering; this mirrors it for use in a map key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ProtocolKey {
+    All,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl ProtocolKey {
+    fn of(p: Protocol) -> ProtocolKey {
+        match p {
+            Protocol::All => ProtocolKey::All,
+            Protocol::Tcp => ProtocolKey::Tcp,
+            Protocol::Udp => ProtocolKey::Udp,
+            Protocol::Icmp => ProtocolKey::Icmp,
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            ProtocolKey::All => Protocol::All,
+            ProtocolKey::Tcp => Protocol::Tcp,
+            ProtocolKey::Udp => Protocol::Udp,
+            ProtocolKey::Icmp => Protocol::Icmp,
+        }
+    }
+}
+
+/// Collects rules merged by shape, then gives each distinct address list one group.
 #[derive(Default)]
 struct Builder {
-    groups: BTreeMap<Vec<IpNet>, String>,
-    policies: Vec<Policy>,
+    /// Shape → sources, in first-seen order.
+    shapes: Vec<(Shape, Vec<IpNet>)>,
+    index: std::collections::HashMap<Shape, usize>,
 }
 
 impl Builder {
-    fn group(&mut self, mut nets: Vec<IpNet>) -> GroupRef {
-        nets.sort();
-        nets.dedup();
-        let next = self.groups.len();
-        GroupRef::Named(self.groups.entry(nets).or_insert_with(|| format!("nets-{next}")).clone())
-    }
-
     fn add(&mut self, name: String, src: Vec<IpNet>, dst: Vec<IpNet>, action: Action, protocol: Protocol, ports: PortSet) {
-        let source_groups = vec![self.group(src)];
-        let destination_groups = vec![self.group(dst)];
-        self.policies.push(Policy {
-            name,
-            enabled: true,
-            description: String::new(),
-            source_groups,
-            destination_groups,
-            bidirectional: false,
-            action,
-            protocol,
-            ports,
-            destination_ips: vec![],
-            exceptions: vec![],
-            priority: DEFAULT_PRIORITY,
-        });
+        let ports = match ports {
+            PortSet::Any => vec![],
+            PortSet::Ranges(r) => r,
+        };
+        let shape = Shape { name, destination: dst, action, protocol: ProtocolKey::of(protocol), ports };
+        match self.index.get(&shape) {
+            Some(&i) => self.shapes[i].1.extend(src),
+            None => {
+                self.index.insert(shape.clone(), self.shapes.len());
+                self.shapes.push((shape, src));
+            }
+        }
     }
 
     fn finish(self) -> PolicySet {
-        let groups = self.groups.into_iter().map(|(members, name)| Group { name, members }).collect();
-        PolicySet { groups, policies: self.policies }
+        let mut groups: BTreeMap<Vec<IpNet>, String> = BTreeMap::new();
+        let mut group = |mut nets: Vec<IpNet>| {
+            nets.sort();
+            nets.dedup();
+            let next = groups.len();
+            GroupRef::Named(groups.entry(nets).or_insert_with(|| format!("nets-{next}")).clone())
+        };
+        let mut policies = Vec::with_capacity(self.shapes.len());
+        for (shape, sources) in self.shapes {
+            policies.push(Policy {
+                name: shape.name,
+                enabled: true,
+                description: String::new(),
+                source_groups: vec![group(sources)],
+                destination_groups: vec![group(shape.destination)],
+                bidirectional: false,
+                action: shape.action,
+                protocol: shape.protocol.protocol(),
+                ports: if shape.ports.is_empty() { PortSet::Any } else { PortSet::Ranges(shape.ports) },
+                destination_ips: vec![],
+                exceptions: vec![],
+                priority: DEFAULT_PRIORITY,
+            });
+        }
+        let groups = groups.into_iter().map(|(members, name)| Group { name, members }).collect();
+        PolicySet { groups, policies }
     }
 }
 

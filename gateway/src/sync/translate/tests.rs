@@ -168,9 +168,22 @@ fn malformed_maps_are_rejected_whole() {
 }
 
 #[test]
-fn identical_address_lists_share_one_group() {
-    let rules = (0..50).map(|p| fw("100.64.0.7", D::In, A::Accept, P::Tcp, &(1000 + p).to_string())).collect();
+fn rules_differing_only_in_source_merge_and_address_lists_are_shared() {
+    // NetBird sends one rule per (peer, port): 20 peers x 3 ports become 3 policies.
+    let mut rules = Vec::new();
+    for peer in 0..20 {
+        for port in ["22", "80", "443"] {
+            rules.push(fw(&format!("100.64.1.{peer}"), D::In, A::Accept, P::Tcp, port));
+        }
+    }
     let t = ok(&map(rules, vec![]));
-    assert_eq!(t.policy.policies.len(), 50);
-    assert_eq!(t.policy.groups.len(), 2, "one source list, one destination");
+    assert_eq!(t.policy.policies.len(), 3);
+    assert_eq!(t.policy.groups.len(), 2, "one source list (shared by all three), one destination");
+    assert!(verdict(&t, "100.64.1.19", ME, 6, 443));
+    assert!(!verdict(&t, "100.64.1.20", ME, 6, 443));
+    // A different action or policy id keeps rules apart.
+    let mut other = fw("100.64.1.1", D::In, A::Drop, P::Tcp, "22");
+    other.policy_id = b"p9".to_vec();
+    let t = ok(&map(vec![fw("100.64.1.1", D::In, A::Accept, P::Tcp, "22"), other], vec![]));
+    assert_eq!(t.policy.policies.len(), 2);
 }
