@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{cost::limits_for, rules, stats::Summary};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Apply {
     pub rules: usize,
     pub compile_ms: Summary,

@@ -14,7 +14,7 @@ use gateway::{
 
 use crate::{cost::limits_for, generator::Generator, rules::Synthetic, topo::Topo};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Contender {
     /// No filter: XDP redirect d0 → d1 (the packet-rate ceiling).
     NoopRedirect,

@@ -15,14 +15,14 @@ use crate::{rules, stats::Summary};
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct CostRow {
     pub rules: usize,
-    pub path: &'static str,
+    pub path: String,
     pub ns_per_packet: Summary,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Cost {
     pub repeat: u32,
     pub rows: Vec<CostRow>,
@@ -79,7 +79,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let mut rows = Vec::new();
     for (i, &n) in counts.iter().enumerate() {
         for (path, s) in samples[i].iter().enumerate() {
-            rows.push(CostRow { rules: n, path: PATHS[path], ns_per_packet: Summary::of(s.clone()) });
+            rows.push(CostRow { rules: n, path: PATHS[path].to_string(), ns_per_packet: Summary::of(s.clone()) });
         }
     }
     Ok(Cost { repeat, rows })

@@ -136,7 +136,7 @@ impl Drop for Generator {
     }
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Measurement {
     pub sent: u64,
     pub arrived: u64,

@@ -5,6 +5,7 @@ mod apply;
 mod contenders;
 mod cost;
 mod generator;
+mod management;
 mod plots;
 mod pps;
 mod report;
@@ -19,7 +20,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run one scenario: cost, apply.
+    /// Run one scenario: cost, apply, pps, management.
     #[arg(long)]
     scenario: Option<String>,
     /// Where results go (default: bench/ in the source tree).
@@ -31,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |name: &str| args.scenario.as_deref().is_none_or(|s| s == name);
     if let Some(s) = &args.scenario {
-        anyhow::ensure!(["cost", "apply", "pps"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply, pps)");
+        anyhow::ensure!(["cost", "apply", "pps", "management"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply, pps, management)");
     }
     let mut run = report::Run::new(args.quick)?;
     if wants("cost") {
@@ -42,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("pps") {
         run.pps = Some(pps::run(args.quick)?);
+    }
+    if wants("management") {
+        run.management = Some(management::run(args.quick)?);
     }
     run.write(&args.out)?;
     Ok(())

@@ -77,7 +77,7 @@ pub fn cost(c: &Cost, path: &Path) -> anyhow::Result<PathBuf> {
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    let mut paths: Vec<&str> = c.rows.iter().map(|r| r.path).collect();
+    let mut paths: Vec<&str> = c.rows.iter().map(|r| r.path.as_str()).collect();
     paths.dedup();
     paths.sort_unstable();
     paths.dedup();

@@ -12,11 +12,11 @@ use crate::{
     topo::Topo,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct PpsRow {
     pub rules: usize,
     pub contender: Contender,
-    pub label: &'static str,
+    pub label: String,
     pub mpps: Summary,
     pub loss: Summary,
     pub trials: Vec<Measurement>,
@@ -24,7 +24,7 @@ pub struct PpsRow {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Pps {
     pub frame_bytes: usize,
     pub frames_per_trial: u32,
@@ -79,13 +79,13 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         for (i, &c) in contenders.iter().enumerate() {
             let s = &samples[i];
             if s.is_empty() {
-                rows.push(PpsRow { rules: n, contender: c, label: c.label(), mpps: Summary::of(vec![0.0]), loss: Summary::of(vec![1.0]), trials: vec![], error: errors[i].clone() });
+                rows.push(PpsRow { rules: n, contender: c, label: c.label().to_string(), mpps: Summary::of(vec![0.0]), loss: Summary::of(vec![1.0]), trials: vec![], error: errors[i].clone() });
                 continue;
             }
             rows.push(PpsRow {
                 rules: n,
                 contender: c,
-                label: c.label(),
+                label: c.label().to_string(),
                 mpps: Summary::of(s.iter().map(|m| m.pps() / 1e6).collect()),
                 loss: Summary::of(s.iter().map(|m| m.loss()).collect()),
                 trials: s.clone(),

@@ -5,16 +5,16 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost, pps::Pps};
+use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps};
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
     pub kernel: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct Run {
     pub timestamp: String,
     pub commit: String,
@@ -23,6 +23,12 @@ pub struct Run {
     pub cost: Option<Cost>,
     pub apply: Option<Apply>,
     pub pps: Option<Pps>,
+    #[serde(default)]
+    pub management: Option<ManagementBench>,
+    /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
+    /// them: "section (run timestamp, commit)".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<String>,
 }
 
 fn cmd(program: &str, args: &[&str]) -> String {
@@ -61,6 +67,8 @@ impl Run {
             cost: None,
             apply: None,
             pps: None,
+            management: None,
+            carried: Vec::new(),
         })
     }
 
@@ -78,6 +86,9 @@ impl Run {
             if self.quick { ", QUICK run (fewer trials)" } else { "" }
         );
         let _ = writeln!(md, "Reproduce: `cargo xtask bench` (as root). Every trial is in `bench/results/<timestamp>.json`.\n");
+        if !self.carried.is_empty() {
+            let _ = writeln!(md, "This run measured only some scenarios; these sections come from the latest earlier full run that had them: {}.\n", self.carried.join("; "));
+        }
         if let Some(p) = &self.pps {
             pps_markdown(&mut md, p);
         }
@@ -142,7 +153,40 @@ impl Run {
                 a.map_memlock_bytes as f64 / 1048576.0
             );
         }
+        if let Some(m) = &self.management {
+            crate::management::markdown(&mut md, m);
+        }
         md
+    }
+
+    /// Fills the sections this run did not measure from the newest full run in `dir` that has
+    /// them, so RESULTS.md always shows every scenario.
+    fn carry_over(&mut self, dir: &Path) {
+        let mut runs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json") && !p.to_string_lossy().contains("-quick")).collect())
+            .unwrap_or_default();
+        runs.sort();
+        for path in runs.iter().rev() {
+            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            let Ok(old) = serde_json::from_str::<Run>(&text) else { continue };
+            let origin = |name: &str| format!("{name} ({}, {})", old.timestamp, old.commit);
+            if self.cost.is_none() && old.cost.is_some() {
+                self.cost = old.cost;
+                self.carried.push(origin("cost"));
+            }
+            if self.apply.is_none() && old.apply.is_some() {
+                self.apply = old.apply;
+                self.carried.push(origin("apply"));
+            }
+            if self.pps.is_none() && old.pps.is_some() {
+                self.pps = old.pps;
+                self.carried.push(origin("pps"));
+            }
+            if self.management.is_none() && old.management.is_some() {
+                self.management = old.management;
+                self.carried.push(origin("management"));
+            }
+        }
     }
 
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
@@ -152,9 +196,16 @@ impl Run {
         let suffix = if self.quick { "-quick" } else { "" };
         let file = dir.join(format!("{}{suffix}.json", self.timestamp.replace(':', "")));
         std::fs::write(&file, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", file.display()))?;
-        let mut md = self.markdown();
+        // The JSON holds what this run measured; RESULTS.md shows every scenario.
+        let mut shown = Run { carried: Vec::new(), ..serde_json::from_str(&serde_json::to_string(self)?)? };
+        if !self.quick {
+            shown.carry_over(&dir);
+        }
+        let mut md = shown.markdown();
         // Plots sit beside the JSON of their run; a full run also refreshes the ones RESULTS.md shows.
         let stem = format!("{}{suffix}", self.timestamp.replace(':', ""));
+        // A plot of a section this run measured goes beside its JSON (and, for a full run, to the
+        // copy RESULTS.md shows); a carried section's plot is the earlier run's, left as it is.
         let mut plots = Vec::new();
         if let Some(p) = &self.pps {
             plots.push(("pps", crate::plots::pps(p, &dir.join(format!("{stem}-pps.svg")))?));
@@ -162,12 +213,16 @@ impl Run {
         if let Some(c) = &self.cost {
             plots.push(("cost", crate::plots::cost(c, &dir.join(format!("{stem}-cost.svg")))?));
         }
-        if !self.quick && !plots.is_empty() {
-            md.push_str("## Plots\n\n");
+        if !self.quick {
             for (name, file) in &plots {
-                let latest = out.join(format!("{name}.svg"));
-                std::fs::copy(file, &latest)?;
-                md.push_str(&format!("![{name}]({name}.svg)\n\n"));
+                std::fs::copy(file, out.join(format!("{name}.svg")))?;
+            }
+            let shown_plots: Vec<&str> = [("pps", shown.pps.is_some()), ("cost", shown.cost.is_some())].iter().filter(|(_, has)| *has).map(|(n, _)| *n).collect();
+            if !shown_plots.is_empty() {
+                md.push_str("## Plots\n\n");
+                for name in shown_plots {
+                    md.push_str(&format!("![{name}]({name}.svg)\n\n"));
+                }
             }
         }
         println!("{md}");

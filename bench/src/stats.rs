@@ -1,7 +1,7 @@
 use serde::Serialize;
 
 /// Median with min and max over trials.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,
@@ -17,4 +17,15 @@ impl Summary {
         let median = if n % 2 == 1 { trials[n / 2] } else { (trials[n / 2 - 1] + trials[n / 2]) / 2.0 };
         Summary { median, min: trials[0], max: trials[n - 1], trials: raw }
     }
+}
+
+/// The p-th percentile (nearest rank) of `values`.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
 }

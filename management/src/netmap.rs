@@ -78,6 +78,32 @@ fn source_prefix(ip: std::net::Ipv4Addr) -> Vec<u8> {
     b
 }
 
+/// What makes a FirewallRule distinct, without building and encoding it first.
+#[derive(PartialEq, Eq, Hash)]
+struct FirewallKey<'a> {
+    ip: std::net::Ipv4Addr,
+    direction: i32,
+    action: RuleAction,
+    protocol: RuleProtocol,
+    ports: Option<PortKey>,
+    policy: &'a str,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PortKey {
+    Port(u32),
+    Range(u32, u32),
+}
+
+impl PortKey {
+    fn of(s: pb::port_info::PortSelection) -> PortKey {
+        match s {
+            pb::port_info::PortSelection::Port(p) => PortKey::Port(p),
+            pb::port_info::PortSelection::Range(r) => PortKey::Range(r.start, r.end),
+        }
+    }
+}
+
 /// Who a rule's two ends are, resolved against the account.
 struct RuleEnds<'a> {
     sources: BTreeSet<&'a str>,
@@ -88,6 +114,8 @@ struct RuleEnds<'a> {
 
 struct Resolver<'a> {
     account: &'a Account,
+    /// Peers by id: hashed, because every rule end and remote peer is looked up here.
+    peers: std::collections::HashMap<&'a str, &'a Peer>,
     /// Enabled routers' peers per network id.
     routing_peers: BTreeMap<&'a str, Vec<(&'a str, &'a NetworkRouter)>>,
 }
@@ -106,7 +134,8 @@ impl<'a> Resolver<'a> {
                 }
             }
         }
-        Resolver { account, routing_peers }
+        let peers = account.peers.iter().map(|(id, p)| (id.as_str(), p)).collect();
+        Resolver { account, peers, routing_peers }
     }
 
     fn group_peers(&self, groups: &'a [String], out: &mut BTreeSet<&'a str>) {
@@ -135,8 +164,8 @@ impl<'a> Resolver<'a> {
         if let Some(r) = rule.destination_resource.as_ref().filter(|r| r.kind != ResourceKind::Peer) {
             resources.insert(r.id.as_str());
         }
-        sources.retain(|p| self.account.peers.contains_key(*p));
-        destinations.retain(|p| self.account.peers.contains_key(*p));
+        sources.retain(|p| self.peers.contains_key(*p));
+        destinations.retain(|p| self.peers.contains_key(*p));
         resources.retain(|r| self.account.resources.get(*r).is_some_and(|r| r.enabled && self.account.networks.contains_key(&r.network_id)));
         RuleEnds { sources, destinations, resources }
     }
@@ -191,7 +220,9 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
         resolver.routing_peers.iter().filter(|(_, peers)| peers.iter().any(|(p, _)| *p == peer_id)).map(|(n, _)| *n).collect();
 
     let mut remote: BTreeSet<&str> = BTreeSet::new();
-    let mut firewall: BTreeMap<Vec<u8>, pb::FirewallRule> = BTreeMap::new();
+    // Rules in first-seen order; the set drops repeats (several rules or groups naming one peer).
+    let mut firewall: Vec<pb::FirewallRule> = Vec::new();
+    let mut firewall_seen: HashSet<FirewallKey> = HashSet::new();
     let mut routes: BTreeMap<String, pb::Route> = BTreeMap::new();
     let mut route_rules: BTreeMap<Vec<u8>, pb::RouteFirewallRule> = BTreeMap::new();
 
@@ -202,23 +233,37 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
             }
             let ends = resolver.ends(rule);
             let ports = port_selections(rule);
+            // Per port selection, computed once: dedup key, Port string, PortInfo (as NetBird: a
+            // single port travels in Port, PortInfo carries ranges).
+            let port_fields: Vec<(Option<PortKey>, String, Option<pb::PortInfo>)> = ports
+                .iter()
+                .map(|sel| {
+                    let text = port_string(sel);
+                    let info = sel.clone().filter(|_| text.is_empty());
+                    (sel.as_ref().and_then(|p| p.port_selection.clone()).map(PortKey::of), text, info)
+                })
+                .collect();
+            let policy_id = policy.id.as_bytes();
             let mut add_rules = |peers: &BTreeSet<&str>, direction: i32| {
                 for other in peers.iter().filter(|p| **p != peer_id) {
-                    let peer = &account.peers[*other];
-                    for sel in &ports {
-                        let r = pb::FirewallRule {
-                            peer_ip: peer.ip.to_string(),
+                    let peer = resolver.peers[*other];
+                    let ip_text = peer.ip.to_string();
+                    for (key_ports, text, info) in &port_fields {
+                        let key = FirewallKey { ip: peer.ip, direction, action: rule.action, protocol: rule.protocol, ports: key_ports.clone(), policy: &policy.id };
+                        if !firewall_seen.insert(key) {
+                            continue;
+                        }
+                        firewall.push(pb::FirewallRule {
+                            peer_ip: ip_text.clone(),
                             direction,
                             action: pb_action(rule.action),
                             protocol: pb_protocol(rule.protocol),
-                            // As NetBird: a single port travels in Port, PortInfo carries ranges.
-                            port: port_string(sel),
-                            port_info: sel.clone().filter(|_| port_string(sel).is_empty()),
-                            policy_id: policy.id.as_bytes().to_vec(),
+                            port: text.clone(),
+                            port_info: info.clone(),
+                            policy_id: policy_id.to_vec(),
                             custom_protocol: 0,
                             source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },
-                        };
-                        firewall.entry(prost::Message::encode_to_vec(&r)).or_insert(r);
+                        });
                     }
                 }
             };
@@ -244,7 +289,7 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                 if let Some((_, router)) = routers.iter().find(|(p, _)| *p == peer_id) {
                     // This peer routes the resource: it serves the route and enforces who may use it.
                     let route = route_for(resource, me, router);
-                    let mut sources: Vec<String> = ends.sources.iter().filter_map(|p| account.peers.get(*p)).map(|p| format!("{}/32", p.ip)).collect();
+                    let mut sources: Vec<String> = ends.sources.iter().filter_map(|p| resolver.peers.get(*p)).map(|p| format!("{}/32", p.ip)).collect();
                     sources.sort();
                     sources.dedup();
                     remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
@@ -274,7 +319,7 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                 if in_src {
                     // A client of the resource: a route through each of its routing peers.
                     for (router_peer, router) in routers.iter().filter(|(p, _)| *p != peer_id) {
-                        let Some(rp) = account.peers.get(*router_peer) else { continue };
+                        let Some(rp) = resolver.peers.get(*router_peer) else { continue };
                         let route = route_for(resource, rp, router);
                         routes.insert(route.id.clone(), route);
                         remote.insert(router_peer);
@@ -286,7 +331,7 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
 
     let remote_peers: Vec<pb::RemotePeerConfig> = remote
         .iter()
-        .filter_map(|id| account.peers.get(*id))
+        .filter_map(|id| resolver.peers.get(*id))
         .map(|p| pb::RemotePeerConfig {
             wg_pub_key: p.wg_pub_key.clone(),
             allowed_ips: vec![format!("{}/32", p.ip)],
@@ -295,7 +340,7 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
             agent_version: p.version.clone(),
         })
         .collect();
-    let firewall_rules: Vec<pb::FirewallRule> = firewall.into_values().collect();
+    let firewall_rules = firewall;
     let routes_firewall_rules: Vec<pb::RouteFirewallRule> = route_rules.into_values().collect();
     Some(pb::NetworkMap {
         serial: account.serial,

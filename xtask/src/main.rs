@@ -81,6 +81,8 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { quick, scenario } => {
             deps::ensure(&deps::Needs::all())?;
             require_root("the benchmarks")?;
+            // The management scenario runs the real gateway binary from target/release.
+            build(true)?;
             let mut cmd = vec!["run", "--release", "--package", "bench", "--"];
             if quick {
                 cmd.push("--quick");
