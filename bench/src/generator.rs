@@ -128,11 +128,10 @@ impl Generator {
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        if let Some(link) = self.sink_link.take() {
-            if let Ok(p) = xdp(&mut self.ebpf, PROG_SINK) {
+        if let Some(link) = self.sink_link.take()
+            && let Ok(p) = xdp(&mut self.ebpf, PROG_SINK) {
                 let _ = p.detach(link);
             }
-        }
     }
 }
 

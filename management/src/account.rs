@@ -444,7 +444,7 @@ impl Account {
     }
 
     pub fn delete_resource(&mut self, network_id: &str, id: &str) -> Result<Touched> {
-        if !self.resources.get(id).is_some_and(|r| r.network_id == network_id) {
+        if self.resources.get(id).is_none_or(|r| r.network_id != network_id) {
             return not_found("resource", id);
         }
         let t = self.remove_resource(id);
@@ -467,7 +467,7 @@ impl Account {
     }
 
     pub fn delete_router(&mut self, network_id: &str, id: &str) -> Result<Touched> {
-        if !self.routers.get(id).is_some_and(|r| r.network_id == network_id) {
+        if self.routers.get(id).is_none_or(|r| r.network_id != network_id) {
             return not_found("router", id);
         }
         self.routers.remove(id);

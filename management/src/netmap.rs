@@ -239,8 +239,8 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                 .iter()
                 .map(|sel| {
                     let text = port_string(sel);
-                    let info = sel.clone().filter(|_| text.is_empty());
-                    (sel.as_ref().and_then(|p| p.port_selection.clone()).map(PortKey::of), text, info)
+                    let info = (*sel).filter(|_| text.is_empty());
+                    (sel.as_ref().and_then(|p| p.port_selection).map(PortKey::of), text, info)
                 })
                 .collect();
             let policy_id = policy.id.as_bytes();
@@ -259,7 +259,7 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                             action: pb_action(rule.action),
                             protocol: pb_protocol(rule.protocol),
                             port: text.clone(),
-                            port_info: info.clone(),
+                            port_info: *info,
                             policy_id: policy_id.to_vec(),
                             custom_protocol: 0,
                             source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },
@@ -303,7 +303,7 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                             action: pb_action(rule.action),
                             destination,
                             protocol: pb_protocol(rule.protocol),
-                            port_info: sel.clone(),
+                            port_info: *sel,
                             is_dynamic,
                             domains,
                             custom_protocol: 0,

@@ -584,7 +584,7 @@ async fn put_resource(m: AppState, network: String, id: String, body: Bytes, cre
     let r: ResourceRequest = parse(&body)?;
     let parsed = parse_resource_address(&r.address)?;
     let shown = m.change(|a| {
-        if !create && !a.resources.get(&id).is_some_and(|x| x.network_id == network) {
+        if !create && a.resources.get(&id).is_none_or(|x| x.network_id != network) {
             return not_found("resource", &id);
         }
         let resource = NetworkResource { id: id.clone(), network_id: network, name: r.name, description: r.description, address: r.address.trim().to_string(), parsed, enabled: r.enabled };
@@ -642,7 +642,7 @@ async fn put_router(m: AppState, network: String, id: String, body: Bytes, creat
         return invalid(format!("metric {} is not within 1-9999", r.metric));
     }
     let shown = m.change(|a| {
-        if !create && !a.routers.get(&id).is_some_and(|x| x.network_id == network) {
+        if !create && a.routers.get(&id).is_none_or(|x| x.network_id != network) {
             return not_found("router", &id);
         }
         let router = NetworkRouter { id: id.clone(), network_id: network, peer: r.peer.filter(|p| !p.is_empty()), peer_groups: r.peer_groups, metric: r.metric as u16, masquerade: r.masquerade, enabled: r.enabled };

@@ -64,7 +64,7 @@ fn login_end(s: Status) -> SessionEnd {
 }
 
 fn system_meta() -> pb::PeerSystemMeta {
-    let uname = nix_uname();
+    let uname = uname();
     pb::PeerSystemMeta {
         hostname: uname.0,
         go_os: "linux".into(),
@@ -78,7 +78,7 @@ fn system_meta() -> pb::PeerSystemMeta {
 }
 
 /// Hostname and kernel release.
-fn nix_uname() -> (String, String) {
+fn uname() -> (String, String) {
     // SAFETY: uname fills the struct it is given; zeroed is a valid initial value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut u) } != 0 {

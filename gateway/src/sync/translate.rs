@@ -165,6 +165,22 @@ fn protocol(value: i32, field: &str) -> Result<Option<Protocol>, MapError> {
     }
 }
 
+/// What the data plane enforces for a rule's protocol and ports; `None` leaves the rule out.
+/// A drop of a protocol it cannot single out drops all of it (fail closed); such an accept is
+/// left out (its traffic stays denied). Ports restrict only TCP and UDP.
+fn enforceable(proto: Option<Protocol>, act: Action, ports: PortSet, skipped: &mut Skipped) -> Option<(Protocol, PortSet)> {
+    let proto = match (proto, act) {
+        (Some(p), _) => p,
+        (None, Action::Drop) => Protocol::All,
+        (None, Action::Accept) => {
+            skipped.unsupported_accepts += 1;
+            return None;
+        }
+    };
+    let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) { ports } else { PortSet::Any };
+    Some((proto, ports))
+}
+
 fn port_number(value: u32, field: &str) -> Result<u16, MapError> {
     match u16::try_from(value) {
         Ok(p) if p != 0 => Ok(p),
@@ -253,16 +269,7 @@ pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: 
         if direction == pb::RuleDirection::Out {
             continue;
         }
-        let proto = match (proto, act) {
-            (Some(p), _) => p,
-            // A drop of a protocol the data plane cannot single out drops all of it: fail closed.
-            (None, Action::Drop) => Protocol::All,
-            (None, Action::Accept) => {
-                skipped.unsupported_accepts += 1;
-                continue;
-            }
-        };
-        let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) { ports } else { PortSet::Any };
+        let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else { continue };
         b.add(format!("input:{}", String::from_utf8_lossy(&r.policy_id)), sources, me_net.clone(), act, proto, ports);
     }
     if map.firewall_rules.is_empty() && !map.firewall_rules_is_empty {
@@ -280,18 +287,10 @@ pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: 
         }
         let sources: Vec<IpNet> = r.source_ranges.iter().map(|s| cidr(s, &format!("{field}.sourceRanges"))).collect::<Result<_, _>>()?;
         let destination = cidr(&r.destination, &format!("{field}.destination"))?;
-        let proto = match (proto, act) {
-            (Some(p), _) => p,
-            (None, Action::Drop) => Protocol::All,
-            (None, Action::Accept) => {
-                skipped.unsupported_accepts += 1;
-                continue;
-            }
-        };
+        let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else { continue };
         if sources.is_empty() {
             continue;
         }
-        let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) { ports } else { PortSet::Any };
         b.add(format!("forward:{}", String::from_utf8_lossy(&r.policy_id)), sources, vec![destination], act, proto, ports);
     }
     if map.routes_firewall_rules.is_empty() && !map.routes_firewall_rules_is_empty {

@@ -133,7 +133,7 @@ fn bidirectional_drop_ranges_and_any_port() {
     let b = map(&a, "B");
     let range = Some(pb::PortInfo { port_selection: Some(pb::port_info::PortSelection::Range(pb::port_info::Range { start: 5000, end: 5100 })) });
     let mut udp_in = fw("100.64.0.1", D::In, A::Drop, P::Udp, "");
-    udp_in.port_info = range.clone();
+    udp_in.port_info = range;
     let mut udp_out = fw("100.64.0.1", D::Out, A::Drop, P::Udp, "");
     udp_out.port_info = range;
     let icmp_in = fw("100.64.0.1", D::In, A::Accept, P::Icmp, "");
