@@ -54,9 +54,12 @@ impl Contender {
 
 /// What is installed, for removal.
 pub enum Installed {
+    /// Plain kernel forwarding with no program at all.
+    Nothing,
     Xdp { redirect: bool, link: XdpLinkId },
     Gateway(Box<Dataplane>),
-    Rules { pass: XdpLinkId, cleanup: &'static str },
+    /// `pass`: the XDP_PASS program on d0 a generator needs (none for socket traffic).
+    Rules { pass: Option<XdpLinkId>, cleanup: &'static str },
     XdpFilter,
 }
 
@@ -69,10 +72,15 @@ fn iptables_restore() -> &'static str {
     }
 }
 
-pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option<&Synthetic>, stateful: bool) -> anyhow::Result<Installed> {
+/// Installs a contender on the DUT. With a `generator`, kernel-path contenders also get the
+/// XDP_PASS program on d0 that live frames need; socket traffic (iperf3) needs none.
+pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>, syn: Option<&Synthetic>, stateful: bool) -> anyhow::Result<Installed> {
     match c {
-        Contender::NoopRedirect => Ok(Installed::Xdp { redirect: true, link: generator.attach_dut(topo, true)? }),
-        Contender::KernelForward => Ok(Installed::Xdp { redirect: false, link: generator.attach_dut(topo, false)? }),
+        Contender::NoopRedirect => Ok(Installed::Xdp { redirect: true, link: generator.context("the redirect ceiling is an XDP program of the generator's")?.attach_dut(topo, true)? }),
+        Contender::KernelForward => match generator {
+            Some(g) => Ok(Installed::Xdp { redirect: false, link: g.attach_dut(topo, false)? }),
+            None => Ok(Installed::Nothing),
+        },
         Contender::Gateway => {
             let syn = syn.context("the gateway needs rules")?;
             let limits = limits_for(syn.rules.len());
@@ -93,7 +101,10 @@ pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option
         }
         Contender::NftSets | Contender::NftLinear | Contender::IptablesLinear => {
             let syn = syn.context("rules needed")?;
-            let pass = generator.attach_dut(topo, false)?;
+            let pass = match generator.as_deref_mut() {
+                Some(g) => Some(g.attach_dut(topo, false)?),
+                None => None,
+            };
             let path = std::env::temp_dir().join(format!("gwbench-{}.rules", std::process::id()));
             let (text, cmd, cleanup) = match c {
                 Contender::NftSets => (nft_sets(syn, stateful), "nft -f", "nft flush ruleset"),
@@ -114,7 +125,9 @@ pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option
             if let Err(e) = result {
                 // Leave nothing behind for the next contender.
                 let _ = topo.dut_sh(cleanup);
-                let _ = generator.detach_dut(topo, false, pass);
+                if let (Some(g), Some(pass)) = (generator, pass) {
+                    let _ = g.detach_dut(topo, false, pass);
+                }
                 return Err(e);
             }
             Ok(Installed::Rules { pass, cleanup })
@@ -137,9 +150,10 @@ pub fn install(c: Contender, topo: &Topo, generator: &mut Generator, syn: Option
     }
 }
 
-pub fn remove(installed: Installed, topo: &Topo, generator: &mut Generator) -> anyhow::Result<()> {
+pub fn remove(installed: Installed, topo: &Topo, generator: Option<&mut Generator>) -> anyhow::Result<()> {
     match installed {
-        Installed::Xdp { redirect, link } => generator.detach_dut(topo, redirect, link),
+        Installed::Nothing => Ok(()),
+        Installed::Xdp { redirect, link } => generator.context("installed with a generator")?.detach_dut(topo, redirect, link),
         Installed::Gateway(mut dp) => {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 let c = dp.verdict_counters()?;
@@ -153,7 +167,10 @@ pub fn remove(installed: Installed, topo: &Topo, generator: &mut Generator) -> a
         }
         Installed::Rules { pass, cleanup } => {
             topo.dut_sh(cleanup)?;
-            generator.detach_dut(topo, false, pass)
+            match (generator, pass) {
+                (Some(g), Some(pass)) => g.detach_dut(topo, false, pass),
+                _ => Ok(()),
+            }
         }
         Installed::XdpFilter => {
             topo.dut_sh("mount -t bpf bpf /sys/fs/bpf; xdp-filter unload d0 2>/dev/null || ip link set dev d0 xdp off")?;

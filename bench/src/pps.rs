@@ -55,13 +55,13 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
                 if errors[i].is_some() {
                     continue;
                 }
-                let measured = contenders::install(c, &topo, &mut generator, Some(&syn), false).and_then(|installed| {
+                let measured = contenders::install(c, &topo, Some(&mut generator), Some(&syn), false).and_then(|installed| {
                     topo.dedicate_dut_core()?;
                     let m = generator.measure(&topo, frames);
                     if std::env::var_os("BENCH_DEBUG").is_some() {
                         eprintln!("{}", topo.dut_sh("nstat -a | head -40").unwrap_or_default());
                     }
-                    contenders::remove(installed, &topo, &mut generator)?;
+                    contenders::remove(installed, &topo, Some(&mut generator))?;
                     m
                 });
                 match measured {

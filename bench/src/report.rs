@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps};
+use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, tcp::Tcp};
 
 #[derive(Serialize, serde::Deserialize)]
 pub struct Machine {
@@ -23,6 +23,8 @@ pub struct Run {
     pub cost: Option<Cost>,
     pub apply: Option<Apply>,
     pub pps: Option<Pps>,
+    #[serde(default)]
+    pub tcp: Option<Tcp>,
     #[serde(default)]
     pub management: Option<ManagementBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
@@ -67,6 +69,7 @@ impl Run {
             cost: None,
             apply: None,
             pps: None,
+            tcp: None,
             management: None,
             carried: Vec::new(),
         })
@@ -91,6 +94,9 @@ impl Run {
         }
         if let Some(p) = &self.pps {
             pps_markdown(&mut md, p);
+        }
+        if let Some(t) = &self.tcp {
+            crate::tcp::markdown(&mut md, t);
         }
         if let Some(c) = &self.cost {
             let _ = writeln!(md, "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program)\n");
@@ -181,6 +187,10 @@ impl Run {
             if self.pps.is_none() && old.pps.is_some() {
                 self.pps = old.pps;
                 self.carried.push(origin("pps"));
+            }
+            if self.tcp.is_none() && old.tcp.is_some() {
+                self.tcp = old.tcp;
+                self.carried.push(origin("tcp"));
             }
             if self.management.is_none() && old.management.is_some() {
                 self.management = old.management;

@@ -1,0 +1,188 @@
+//! Scenario "tcp": 1500-byte TCP (iperf3) from the generator host to the sink host through the
+//! device under test — plain kernel forwarding (the ceiling) against the gateway and the kernel
+//! filters, each holding 1,000 rules plus the one that admits the iperf3 flow.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use gateway::policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PortRange, PortSet, Protocol};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    contenders::{self, Contender},
+    rules::{self, Rule, Synthetic},
+    stats::Summary,
+    topo::{GEN_ADDR, SINK_ADDR, Topo},
+};
+
+pub const IPERF_PORT: u16 = 5201;
+pub const RULES: usize = 1_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TcpRow {
+    pub contender: Contender,
+    pub label: String,
+    pub gbps: Summary,
+    pub retransmits: Summary,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Tcp {
+    pub rules: usize,
+    pub seconds: u32,
+    pub mtu: u32,
+    pub rows: Vec<TcpRow>,
+}
+
+/// The contenders that pass TCP both ways: plain forwarding first (the ceiling).
+pub const CONTENDERS: [Contender; 4] = [Contender::KernelForward, Contender::Gateway, Contender::NftSets, Contender::IptablesLinear];
+
+pub fn label(c: Contender) -> &'static str {
+    match c {
+        Contender::KernelForward => "plain kernel forwarding (ceiling)",
+        other => other.label(),
+    }
+}
+
+/// The synthetic rules plus one accepting the iperf3 flow (generator host → sink, TCP 5201).
+fn rules_with_iperf() -> anyhow::Result<Synthetic> {
+    let mut syn = rules::synthetic(RULES, 1500, Protocol::Tcp, "198.19.0.0/24".parse()?);
+    let src: Ipv4Net = format!("{GEN_ADDR}/32").parse()?;
+    syn.set.groups.push(Group { name: "iperf-client".into(), members: vec![IpNet::V4(src)] });
+    syn.set.policies.push(Policy {
+        name: "iperf".into(),
+        enabled: true,
+        description: String::new(),
+        source_groups: vec![GroupRef::Named("iperf-client".into())],
+        destination_groups: vec![GroupRef::Named("dst".into())],
+        bidirectional: false,
+        action: Action::Accept,
+        protocol: Protocol::Tcp,
+        ports: PortSet::from_ranges(vec![PortRange { start: IPERF_PORT, end: IPERF_PORT }]),
+        destination_ips: vec![],
+        exceptions: vec![],
+        priority: DEFAULT_PRIORITY,
+    });
+    syn.rules.push(Rule { src, port: IPERF_PORT, accept: true });
+    Ok(syn)
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One iperf3 run: received Gbit/s and the sender's retransmissions.
+fn iperf(topo: &Topo, seconds: u32) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.gen_ns.name, "iperf3", "-c", SINK_ADDR, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-J"])
+        .output()
+        .context("iperf3 client")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(e) = json.get("error") {
+        anyhow::bail!("iperf3: {e}");
+    }
+    let end = &json["end"];
+    let bps = end["sum_received"]["bits_per_second"].as_f64().context("sum_received")?;
+    let retransmits = end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
+    Ok((bps / 1e9, retransmits))
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Tcp> {
+    let topo = Topo::create()?;
+    // Full-size frames, no segmentation offload: 1500-byte packets on the wire, and senders
+    // that compute full checksums (frames forwarded by XDP keep no checksum-offload state).
+    for (ns, dev) in [(&topo.gen_ns, "g0"), (&topo.sink, "s0")] {
+        ns.exec(&["ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off"])?;
+        // A veth receives redirected XDP frames only with NAPI on: GRO on the end hosts.
+        ns.exec(&["ethtool", "-K", dev, "gro", "on"])?;
+    }
+    let syn = rules_with_iperf()?;
+    let _server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &topo.sink.name, "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("iperf3 server")?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let trials = if quick { 2 } else { 5 };
+    let seconds = if quick { 2 } else { 5 };
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); CONTENDERS.len()];
+    let mut errors: Vec<Option<String>> = vec![None; CONTENDERS.len()];
+    for trial in 0..trials {
+        for (i, &c) in CONTENDERS.iter().enumerate() {
+            if errors[i].is_some() {
+                continue;
+            }
+            let measured = contenders::install(c, &topo, None, Some(&syn), true).and_then(|installed| {
+                let m = iperf(&topo, seconds);
+                contenders::remove(installed, &topo, None)?;
+                m
+            });
+            match measured {
+                Ok((gbps, rtx)) => {
+                    eprintln!("bench tcp: trial {trial}, {}: {gbps:.2} Gbit/s, {rtx} retransmits", label(c));
+                    samples[i].push((gbps, rtx));
+                }
+                Err(e) => {
+                    eprintln!("bench tcp: {}: not measured: {e:#}", label(c));
+                    errors[i] = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    let rows = CONTENDERS
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let s = &samples[i];
+            let or_zero = |v: Vec<f64>| Summary::of(if v.is_empty() { vec![0.0] } else { v });
+            TcpRow {
+                contender: c,
+                label: label(c).to_string(),
+                gbps: or_zero(s.iter().map(|x| x.0).collect()),
+                retransmits: or_zero(s.iter().map(|x| x.1).collect()),
+                error: errors[i].clone(),
+            }
+        })
+        .collect();
+    Ok(Tcp { rules: RULES, seconds, mtu: 1500, rows })
+}
+
+pub fn markdown(md: &mut String, t: &Tcp) {
+    use std::fmt::Write as _;
+    let _ = writeln!(md, "## TCP throughput, 1500-byte packets (iperf3), {} rules\n", t.rules);
+    let _ = writeln!(
+        md,
+        "One iperf3 stream of {} s per trial from the generator host to the sink host through the DUT, MTU {}, no segmentation offload on the end hosts (so the DUT handles 1500-byte packets, and XDP-forwarded frames carry full checksums), GRO off on the DUT's veths. Each filter holds {} synthetic TCP rules plus the one that admits the flow; the kernel filters accept return traffic by conntrack, the gateway by its own. Contenders alternate within each trial. Gbit/s median (min–max).\n",
+        t.seconds, t.mtu, t.rules
+    );
+    let ceiling = t.rows.iter().find(|r| r.contender == Contender::KernelForward && r.error.is_none()).map(|r| r.gbps.median);
+    let _ = writeln!(md, "| contender | Gbit/s | retransmits | vs plain forwarding |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for r in &t.rows {
+        match &r.error {
+            Some(e) => {
+                let _ = writeln!(md, "| {} | not measured: {} | | |", r.label, e.lines().next().unwrap_or(""));
+            }
+            None => {
+                let ratio = ceiling.map(|c| format!("{:.2}", r.gbps.median / c)).unwrap_or_default();
+                let _ = writeln!(md, "| {} | {:.2} ({:.2}–{:.2}) | {:.0} | {ratio} |", r.label, r.gbps.median, r.gbps.min, r.gbps.max, r.retransmits.median);
+            }
+        }
+    }
+    if let (Some(c), Some(g)) = (ceiling, t.rows.iter().find(|r| r.contender == Contender::Gateway && r.error.is_none())) {
+        let ratio = g.gbps.median / c;
+        let _ = writeln!(md, "\nTarget: the gateway no worse than 10% below plain forwarding: {} ({:.0}% of it).\n", if ratio >= 0.9 { "met" } else { "NOT met" }, ratio * 100.0);
+    }
+}
