@@ -11,6 +11,7 @@ mod pps;
 mod report;
 mod rules;
 mod stats;
+mod swap;
 mod tcp;
 mod topo;
 
@@ -21,7 +22,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run one scenario: cost, apply, pps, tcp, management.
+    /// Run one scenario: cost, apply, pps, tcp, swap, management.
     #[arg(long)]
     scenario: Option<String>,
     /// Where results go (default: bench/ in the source tree).
@@ -33,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |name: &str| args.scenario.as_deref().is_none_or(|s| s == name);
     if let Some(s) = &args.scenario {
-        anyhow::ensure!(["cost", "apply", "pps", "tcp", "management"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply, pps, tcp, management)");
+        anyhow::ensure!(["cost", "apply", "pps", "tcp", "swap", "management"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply, pps, tcp, swap, management)");
     }
     let mut run = report::Run::new(args.quick)?;
     if wants("cost") {
@@ -47,6 +48,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("tcp") {
         run.tcp = Some(tcp::run(args.quick)?);
+    }
+    if wants("swap") {
+        run.swap = Some(swap::run(args.quick)?);
     }
     if wants("management") {
         run.management = Some(management::run(args.quick)?);

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, tcp::Tcp};
+use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, swap::Swap, tcp::Tcp};
 
 #[derive(Serialize, serde::Deserialize)]
 pub struct Machine {
@@ -25,6 +25,8 @@ pub struct Run {
     pub pps: Option<Pps>,
     #[serde(default)]
     pub tcp: Option<Tcp>,
+    #[serde(default)]
+    pub swap: Option<Swap>,
     #[serde(default)]
     pub management: Option<ManagementBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
@@ -70,6 +72,7 @@ impl Run {
             apply: None,
             pps: None,
             tcp: None,
+            swap: None,
             management: None,
             carried: Vec::new(),
         })
@@ -159,6 +162,9 @@ impl Run {
                 a.map_memlock_bytes as f64 / 1048576.0
             );
         }
+        if let Some(s) = &self.swap {
+            crate::swap::markdown(&mut md, s);
+        }
         if let Some(m) = &self.management {
             crate::management::markdown(&mut md, m);
         }
@@ -191,6 +197,10 @@ impl Run {
             if self.tcp.is_none() && old.tcp.is_some() {
                 self.tcp = old.tcp;
                 self.carried.push(origin("tcp"));
+            }
+            if self.swap.is_none() && old.swap.is_some() {
+                self.swap = old.swap;
+                self.carried.push(origin("swap"));
             }
             if self.management.is_none() && old.management.is_some() {
                 self.management = old.management;
