@@ -10,6 +10,7 @@ mod plots;
 mod pps;
 mod report;
 mod rules;
+mod stateful;
 mod stats;
 mod swap;
 mod tcp;
@@ -22,7 +23,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run one scenario: cost, apply, pps, tcp, swap, management.
+    /// Run one scenario: cost, apply, pps, tcp, stateful, swap, management.
     #[arg(long)]
     scenario: Option<String>,
     /// Where results go (default: bench/ in the source tree).
@@ -30,11 +31,13 @@ struct Args {
     out: std::path::PathBuf,
 }
 
+const SCENARIOS: [&str; 7] = ["cost", "apply", "pps", "tcp", "stateful", "swap", "management"];
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |name: &str| args.scenario.as_deref().is_none_or(|s| s == name);
     if let Some(s) = &args.scenario {
-        anyhow::ensure!(["cost", "apply", "pps", "tcp", "swap", "management"].contains(&s.as_str()), "unknown scenario {s:?} (cost, apply, pps, tcp, swap, management)");
+        anyhow::ensure!(SCENARIOS.contains(&s.as_str()), "unknown scenario {s:?} ({})", SCENARIOS.join(", "));
     }
     let mut run = report::Run::new(args.quick)?;
     if wants("cost") {
@@ -48,6 +51,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("tcp") {
         run.tcp = Some(tcp::run(args.quick)?);
+    }
+    if wants("stateful") {
+        run.stateful = Some(stateful::run(args.quick)?);
     }
     if wants("swap") {
         run.swap = Some(swap::run(args.quick)?);

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, swap::Swap, tcp::Tcp};
+use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, stateful::Stateful, swap::Swap, tcp::Tcp};
 
 #[derive(Serialize, serde::Deserialize)]
 pub struct Machine {
@@ -25,6 +25,8 @@ pub struct Run {
     pub pps: Option<Pps>,
     #[serde(default)]
     pub tcp: Option<Tcp>,
+    #[serde(default)]
+    pub stateful: Option<Stateful>,
     #[serde(default)]
     pub swap: Option<Swap>,
     #[serde(default)]
@@ -72,6 +74,7 @@ impl Run {
             apply: None,
             pps: None,
             tcp: None,
+            stateful: None,
             swap: None,
             management: None,
             carried: Vec::new(),
@@ -162,6 +165,9 @@ impl Run {
                 a.map_memlock_bytes as f64 / 1048576.0
             );
         }
+        if let Some(s) = &self.stateful {
+            crate::stateful::markdown(&mut md, s);
+        }
         if let Some(s) = &self.swap {
             crate::swap::markdown(&mut md, s);
         }
@@ -197,6 +203,10 @@ impl Run {
             if self.tcp.is_none() && old.tcp.is_some() {
                 self.tcp = old.tcp;
                 self.carried.push(origin("tcp"));
+            }
+            if self.stateful.is_none() && old.stateful.is_some() {
+                self.stateful = old.stateful;
+                self.carried.push(origin("stateful"));
             }
             if self.swap.is_none() && old.swap.is_some() {
                 self.swap = old.swap;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 /// Debian packages and the commands that show they are installed.
 const LAB_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool")];
 const BENCH_PACKAGES: &[(&str, &str)] =
-    &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool")];
+    &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool"), ("conntrack", "conntrack")];
 
 pub struct Needs {
     pub ebpf: bool,

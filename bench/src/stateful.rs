@@ -1,0 +1,159 @@
+//! Scenario "stateful": connection tracking on. Two rates per contender, 64-byte UDP through
+//! the DUT with 1,000 rules:
+//! - new flows per second: every frame opens a flow (source ports cycle through 55,000 values
+//!   for each of 64 sources, so no frame of a run repeats an earlier flow);
+//! - established flows: 4,096 flows, opened by a warm-up burst, then measured.
+//!
+//! The gateway (its own conntrack in an LRU map, XDP forwarding) against nftables with sets
+//! behind `ct state established,related accept` (the kernel's conntrack, flushed before each
+//! new-flow trial).
+
+use gateway::policy::Protocol;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    contenders::{self, Contender},
+    generator::{Generator, Measurement},
+    pps::FRAME_BYTES,
+    rules,
+    stats::Summary,
+    topo::Topo,
+};
+
+pub const RULES: usize = 1_000;
+const CONTENDERS: [Contender; 2] = [Contender::Gateway, Contender::NftSets];
+const NEW_FLOW_SPORTS: u32 = 55_000;
+const ESTABLISHED_SPORTS: u32 = 64;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatefulRow {
+    pub contender: Contender,
+    pub label: String,
+    /// Every frame a new flow: Mpps = million new flows per second, counted at the sink.
+    pub new_flows_mpps: Summary,
+    pub new_flows_loss: Summary,
+    pub established_mpps: Summary,
+    pub established_loss: Summary,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stateful {
+    pub rules: usize,
+    pub new_flow_frames: u32,
+    pub established_frames: u32,
+    pub established_flows: u32,
+    pub rows: Vec<StatefulRow>,
+}
+
+fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::Synthetic, flows: &[(std::net::Ipv4Addr, u16)], new_frames: u32, est_frames: u32) -> anyhow::Result<(Measurement, Measurement)> {
+    // New flows: a fresh install (the gateway's tables start empty), the kernel's table flushed.
+    generator.set_flows(flows, NEW_FLOW_SPORTS)?;
+    let installed = contenders::install(c, topo, Some(generator), Some(syn), true)?;
+    let _ = topo.dut_sh("conntrack -F 2>/dev/null");
+    topo.dedicate_dut_core()?;
+    let new = generator.measure(topo, new_frames);
+    // Established: open the flows, then measure packets on them.
+    generator.set_flows(flows, ESTABLISHED_SPORTS)?;
+    let est = new.and_then(|new| {
+        generator.send(topo, flows.len() as u32 * ESTABLISHED_SPORTS * 2)?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Ok((new, generator.measure(topo, est_frames)?))
+    });
+    contenders::remove(installed, topo, Some(generator))?;
+    est
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Stateful> {
+    let topo = Topo::create()?;
+    let mut generator = Generator::new(&topo, FRAME_BYTES)?;
+    let syn = rules::synthetic(RULES, 3_000, Protocol::Udp, "198.19.0.0/24".parse()?);
+    let flows = rules::accepted_flows(&syn, 64);
+    let trials = if quick { 2 } else { 5 };
+    let new_frames: u32 = if quick { 100_000 } else { 200_000 };
+    let est_frames: u32 = if quick { 400_000 } else { 2_000_000 };
+    let mut samples: Vec<Vec<(Measurement, Measurement)>> = vec![Vec::new(); CONTENDERS.len()];
+    let mut errors: Vec<Option<String>> = vec![None; CONTENDERS.len()];
+    for t in 0..trials {
+        for (i, &c) in CONTENDERS.iter().enumerate() {
+            if errors[i].is_some() {
+                continue;
+            }
+            match trial(c, &topo, &mut generator, &syn, &flows, new_frames, est_frames) {
+                Ok((new, est)) => {
+                    eprintln!(
+                        "bench stateful: trial {t}, {}: new flows {:.3} M/s (loss {:.1}%), established {:.3} Mpps (loss {:.1}%)",
+                        c.label(),
+                        new.pps() / 1e6,
+                        new.loss() * 100.0,
+                        est.pps() / 1e6,
+                        est.loss() * 100.0
+                    );
+                    samples[i].push((new, est));
+                }
+                Err(e) => {
+                    eprintln!("bench stateful: {}: not measured: {e:#}", c.label());
+                    errors[i] = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    let rows = CONTENDERS
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let s = &samples[i];
+            let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| Summary::of(if s.is_empty() { vec![0.0] } else { s.iter().map(f).collect() });
+            StatefulRow {
+                contender: c,
+                label: c.label().to_string(),
+                new_flows_mpps: summary(&|m| m.0.pps() / 1e6),
+                new_flows_loss: summary(&|m| m.0.loss()),
+                established_mpps: summary(&|m| m.1.pps() / 1e6),
+                established_loss: summary(&|m| m.1.loss()),
+                error: errors[i].clone(),
+            }
+        })
+        .collect();
+    Ok(Stateful { rules: RULES, new_flow_frames: new_frames, established_frames: est_frames, established_flows: flows.len() as u32 * ESTABLISHED_SPORTS, rows })
+}
+
+pub fn markdown(md: &mut String, s: &Stateful) {
+    use std::fmt::Write as _;
+    let _ = writeln!(md, "## Stateful: new flows per second and established flows ({} rules, conntrack on)\n", s.rules);
+    let _ = writeln!(
+        md,
+        "64-byte UDP from the in-kernel generator, counted at the sink, DUT on its own core. New flows: {} frames per trial, every one a flow not seen before (the kernel's conntrack table is flushed and the gateway's starts empty). Established: {} flows opened by a warm-up burst, then {} frames on them. nftables: `ct state established,related accept` ahead of the set lookup. Median (min–max) over trials.\n",
+        s.new_flow_frames, s.established_flows, s.established_frames
+    );
+    let _ = writeln!(md, "| contender | new flows (M/s) | loss | established (Mpps) | loss |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for r in &s.rows {
+        if let Some(e) = &r.error {
+            let _ = writeln!(md, "| {} | not measured: {} | | | |", r.label, e.lines().next().unwrap_or(""));
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} ({:.3}–{:.3}) | {:.1}% | {:.3} ({:.3}–{:.3}) | {:.1}% |",
+            r.label,
+            r.new_flows_mpps.median,
+            r.new_flows_mpps.min,
+            r.new_flows_mpps.max,
+            r.new_flows_loss.median * 100.0,
+            r.established_mpps.median,
+            r.established_mpps.min,
+            r.established_mpps.max,
+            r.established_loss.median * 100.0
+        );
+    }
+    let find = |c: Contender| s.rows.iter().find(|r| r.contender == c && r.error.is_none());
+    if let (Some(g), Some(n)) = (find(Contender::Gateway), find(Contender::NftSets)) {
+        let _ = writeln!(
+            md,
+            "\nGateway ÷ nftables: {:.1}x on new flows, {:.1}x on established flows.\n",
+            g.new_flows_mpps.median / n.new_flows_mpps.median,
+            g.established_mpps.median / n.established_mpps.median
+        );
+    }
+}
