@@ -23,7 +23,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run one scenario: cost, apply, pps, tcp, stateful, swap, management.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, swap, management.
     #[arg(long)]
     scenario: Option<String>,
     /// Where results go (default: bench/ in the source tree).
@@ -35,10 +35,13 @@ const SCENARIOS: [&str; 7] = ["cost", "apply", "pps", "tcp", "stateful", "swap",
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let wants = |name: &str| args.scenario.as_deref().is_none_or(|s| s == name);
-    if let Some(s) = &args.scenario {
-        anyhow::ensure!(SCENARIOS.contains(&s.as_str()), "unknown scenario {s:?} ({})", SCENARIOS.join(", "));
+    let chosen: Option<Vec<&str>> = args.scenario.as_deref().map(|s| s.split(',').map(str::trim).collect());
+    if let Some(list) = &chosen {
+        for s in list {
+            anyhow::ensure!(SCENARIOS.contains(s), "unknown scenario {s:?} ({})", SCENARIOS.join(", "));
+        }
     }
+    let wants = |name: &str| chosen.as_ref().is_none_or(|list| list.contains(&name));
     let mut run = report::Run::new(args.quick)?;
     if wants("cost") {
         run.cost = Some(cost::run(args.quick)?);
