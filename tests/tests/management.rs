@@ -138,7 +138,8 @@ fn gateway_enforces_what_management_says_through_trouble() {
     let mut gw = GatewayProcess::start_with(&bin, &lab.gw, &config, &lab.dir.join("gateway.log"), &["--management-url", &url, "--setup-key", &gw_key, "--state-dir", state.to_str().unwrap()]).expect("gateway starts");
     wait_until("gateway registered", Duration::from_secs(10), || api.peers().len() == 2);
     let gw_id = api.peers().iter().map(|p| p["id"].as_str().unwrap().to_string()).find(|id| *id != client_id).unwrap();
-    assert!(state.join("wg.key").exists() && state.join("registered").exists());
+    // The server knows the peer before the gateway has read the Login answer and recorded it.
+    wait_until("registration recorded", Duration::from_secs(5), || state.join("wg.key").exists() && state.join("registered").exists());
     api.set_ip(&gw_id, GATEWAY_OVERLAY_ADDR);
     wait_until("gateway syncing", Duration::from_secs(10), || metric(&gw, &lab.gw, "gateway_management_connected ") == 1.0);
 
