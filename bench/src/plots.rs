@@ -93,3 +93,43 @@ pub fn cost(c: &Cost, path: &Path) -> anyhow::Result<PathBuf> {
     root.present()?;
     Ok(path.to_path_buf())
 }
+
+/// One bar (median) with a min–max whisker.
+pub struct Bar {
+    pub label: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Horizontal bars, one per contender: a scenario's single figure of merit side by side.
+pub fn bars(title: &str, unit: &str, bars: &[Bar], path: &Path) -> anyhow::Result<PathBuf> {
+    let root = SVGBackend::new(path, (900, 120 + 60 * bars.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = bars.iter().map(|b| b.max).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let n = bars.len() as f64;
+    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(330)
+        .build_cartesian_2d(0f64..xmax, -0.5f64..n - 0.5)?;
+    chart
+        .configure_mesh()
+        .x_desc(unit)
+        .y_labels(bars.len())
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 0.01 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+        })
+        .draw()?;
+    for (i, b) in bars.iter().enumerate() {
+        let y = i as f64;
+        let color = PALETTE[(i + 2) % PALETTE.len()];
+        chart.draw_series(std::iter::once(Rectangle::new([(0.0, y - 0.3), (b.median, y + 0.3)], color.filled())))?;
+        chart.draw_series(std::iter::once(PathElement::new(vec![(b.min, y), (b.max, y)], BLACK.stroke_width(2))))?;
+    }
+    root.present()?;
+    Ok(path.to_path_buf())
+}

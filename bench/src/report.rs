@@ -243,11 +243,34 @@ impl Run {
         if let Some(c) = &self.cost {
             plots.push(("cost", crate::plots::cost(c, &dir.join(format!("{stem}-cost.svg")))?));
         }
+        let bar = |label: &str, s: &crate::stats::Summary| crate::plots::Bar { label: label.to_string(), median: s.median, min: s.min, max: s.max };
+        if let Some(t) = &self.tcp {
+            let bars: Vec<_> = t.rows.iter().filter(|r| r.error.is_none()).map(|r| bar(&r.label, &r.gbps)).collect();
+            let title = format!("1500-byte TCP through the device under test, {} rules", t.rules);
+            plots.push(("tcp", crate::plots::bars(&title, "Gbit/s (iperf3, median, min–max)", &bars, &dir.join(format!("{stem}-tcp.svg")))?));
+        }
+        if let Some(st) = &self.stateful {
+            let ok: Vec<_> = st.rows.iter().filter(|r| r.error.is_none()).collect();
+            let new: Vec<_> = ok.iter().map(|r| bar(&r.label, &r.new_flows_mpps)).collect();
+            let est: Vec<_> = ok.iter().map(|r| bar(&r.label, &r.established_mpps)).collect();
+            plots.push(("stateful-new", crate::plots::bars("New flows per second, conntrack on", "million new flows/s (median, min–max)", &new, &dir.join(format!("{stem}-stateful-new.svg")))?));
+            plots.push(("stateful-established", crate::plots::bars("Established flows, conntrack on", "Mpps (median, min–max)", &est, &dir.join(format!("{stem}-stateful-established.svg")))?));
+        }
         if !self.quick {
             for (name, file) in &plots {
                 std::fs::copy(file, out.join(format!("{name}.svg")))?;
             }
-            let shown_plots: Vec<&str> = [("pps", shown.pps.is_some()), ("cost", shown.cost.is_some())].iter().filter(|(_, has)| *has).map(|(n, _)| *n).collect();
+            let shown_plots: Vec<&str> = [
+                ("pps", shown.pps.is_some()),
+                ("tcp", shown.tcp.is_some()),
+                ("stateful-new", shown.stateful.is_some()),
+                ("stateful-established", shown.stateful.is_some()),
+                ("cost", shown.cost.is_some()),
+            ]
+            .iter()
+            .filter(|(name, has)| *has && out.join(format!("{name}.svg")).exists())
+            .map(|(n, _)| *n)
+            .collect();
             if !shown_plots.is_empty() {
                 md.push_str("## Plots\n\n");
                 for name in shown_plots {
