@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick] [--scenario NAME]`: measures, side by side and alternating, and
 //! writes bench/results/<timestamp>.json and bench/RESULTS.md.
 
+mod alternate;
 mod apply;
 mod contenders;
 mod cost;

@@ -5,6 +5,7 @@ use gateway::policy::Protocol;
 use serde::Serialize;
 
 use crate::{
+    alternate::alternate,
     contenders::{self, Contender},
     generator::{Generator, Measurement},
     rules,
@@ -47,39 +48,26 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         let flows = rules::accepted_flows(&syn, 64);
         flows_used = flows.len();
         generator.set_flows(&flows, 64)?;
-        let contenders = Contender::ALL;
-        let mut samples: Vec<Vec<Measurement>> = vec![Vec::new(); contenders.len()];
-        let mut errors: Vec<Option<String>> = vec![None; contenders.len()];
-        for trial in 0..trials {
-            for (i, &c) in contenders.iter().enumerate() {
-                if errors[i].is_some() {
-                    continue;
+        let outcomes = alternate(
+            &format!("bench pps: {n} rules"),
+            &Contender::ALL,
+            |c| c.label().to_string(),
+            trials,
+            |c| {
+                let installed = contenders::install(c, &topo, Some(&mut generator), Some(&syn), false)?;
+                let m = topo.dedicate_dut_core().and_then(|_| generator.measure(&topo, frames));
+                if std::env::var_os("BENCH_DEBUG").is_some() {
+                    eprintln!("{}", topo.dut_sh("nstat -a | head -40").unwrap_or_default());
                 }
-                let measured = contenders::install(c, &topo, Some(&mut generator), Some(&syn), false).and_then(|installed| {
-                    topo.dedicate_dut_core()?;
-                    let m = generator.measure(&topo, frames);
-                    if std::env::var_os("BENCH_DEBUG").is_some() {
-                        eprintln!("{}", topo.dut_sh("nstat -a | head -40").unwrap_or_default());
-                    }
-                    contenders::remove(installed, &topo, Some(&mut generator))?;
-                    m
-                });
-                match measured {
-                    Ok(m) => {
-                        eprintln!("bench pps: {n} rules, trial {trial}, {}: {:.3} Mpps, loss {:.1}%", c.label(), m.pps() / 1e6, m.loss() * 100.0);
-                        samples[i].push(m);
-                    }
-                    Err(e) => {
-                        eprintln!("bench pps: {n} rules, {}: not measured: {e:#}", c.label());
-                        errors[i] = Some(format!("{e:#}"));
-                    }
-                }
-            }
-        }
-        for (i, &c) in contenders.iter().enumerate() {
-            let s = &samples[i];
+                contenders::remove(installed, &topo, Some(&mut generator))?;
+                m
+            },
+            |m| format!("{:.3} Mpps, loss {:.1}%", m.pps() / 1e6, m.loss() * 100.0),
+        );
+        for (o, &c) in outcomes.into_iter().zip(Contender::ALL.iter()) {
+            let s = &o.samples;
             if s.is_empty() {
-                rows.push(PpsRow { rules: n, contender: c, label: c.label().to_string(), mpps: Summary::of(vec![0.0]), loss: Summary::of(vec![1.0]), trials: vec![], error: errors[i].clone() });
+                rows.push(PpsRow { rules: n, contender: c, label: c.label().to_string(), mpps: Summary::of(vec![0.0]), loss: Summary::of(vec![1.0]), trials: vec![], error: o.error });
                 continue;
             }
             rows.push(PpsRow {
@@ -89,7 +77,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
                 mpps: Summary::of(s.iter().map(|m| m.pps() / 1e6).collect()),
                 loss: Summary::of(s.iter().map(|m| m.loss()).collect()),
                 trials: s.clone(),
-                error: errors[i].clone(),
+                error: o.error,
             });
         }
     }

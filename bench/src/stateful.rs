@@ -12,6 +12,7 @@ use gateway::policy::Protocol;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    alternate::alternate,
     contenders::{self, Contender},
     generator::{Generator, Measurement},
     pps::FRAME_BYTES,
@@ -72,38 +73,27 @@ pub fn run(quick: bool) -> anyhow::Result<Stateful> {
     let trials = if quick { 2 } else { 5 };
     let new_frames: u32 = if quick { 100_000 } else { 200_000 };
     let est_frames: u32 = if quick { 400_000 } else { 2_000_000 };
-    let mut samples: Vec<Vec<(Measurement, Measurement)>> = vec![Vec::new(); CONTENDERS.len()];
-    let mut errors: Vec<Option<String>> = vec![None; CONTENDERS.len()];
-    for t in 0..trials {
-        for (i, &c) in CONTENDERS.iter().enumerate() {
-            if errors[i].is_some() {
-                continue;
-            }
-            match trial(c, &topo, &mut generator, &syn, &flows, new_frames, est_frames) {
-                Ok((new, est)) => {
-                    eprintln!(
-                        "bench stateful: trial {t}, {}: new flows {:.3} M/s (loss {:.1}%), established {:.3} Mpps (loss {:.1}%)",
-                        c.label(),
-                        new.pps() / 1e6,
-                        new.loss() * 100.0,
-                        est.pps() / 1e6,
-                        est.loss() * 100.0
-                    );
-                    samples[i].push((new, est));
-                }
-                Err(e) => {
-                    eprintln!("bench stateful: {}: not measured: {e:#}", c.label());
-                    errors[i] = Some(format!("{e:#}"));
-                }
-            }
-        }
-    }
-    let rows = CONTENDERS
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let s = &samples[i];
-            let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| Summary::of(if s.is_empty() { vec![0.0] } else { s.iter().map(f).collect() });
+    let outcomes = alternate(
+        "bench stateful",
+        &CONTENDERS,
+        |c| c.label().to_string(),
+        trials,
+        |c| trial(c, &topo, &mut generator, &syn, &flows, new_frames, est_frames),
+        |(new, est)| {
+            format!(
+                "new flows {:.3} M/s (loss {:.1}%), established {:.3} Mpps (loss {:.1}%)",
+                new.pps() / 1e6,
+                new.loss() * 100.0,
+                est.pps() / 1e6,
+                est.loss() * 100.0
+            )
+        },
+    );
+    let rows = outcomes
+        .into_iter()
+        .zip(CONTENDERS)
+        .map(|(o, c)| {
+            let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| Summary::of_or_zero(o.samples.iter().map(f).collect());
             StatefulRow {
                 contender: c,
                 label: c.label().to_string(),
@@ -111,7 +101,7 @@ pub fn run(quick: bool) -> anyhow::Result<Stateful> {
                 new_flows_loss: summary(&|m| m.0.loss()),
                 established_mpps: summary(&|m| m.1.pps() / 1e6),
                 established_loss: summary(&|m| m.1.loss()),
-                error: errors[i].clone(),
+                error: o.error,
             }
         })
         .collect();

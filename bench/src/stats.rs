@@ -17,6 +17,11 @@ impl Summary {
         let median = if n % 2 == 1 { trials[n / 2] } else { (trials[n / 2 - 1] + trials[n / 2]) / 2.0 };
         Summary { median, min: trials[0], max: trials[n - 1], trials: raw }
     }
+
+    /// As `of`, with a single 0 for a contender that produced no trials (its error says why).
+    pub fn of_or_zero(trials: Vec<f64>) -> Summary {
+        Summary::of(if trials.is_empty() { vec![0.0] } else { trials })
+    }
 }
 
 /// The p-th percentile (nearest rank) of `values`.

@@ -61,8 +61,8 @@ pub struct Swap {
     pub trials: Vec<SwapTrial>,
 }
 
-/// The policy of `base` reduced to the rules of `kept`, plus 10,000 other rules and, if asked,
-/// the probe rule.
+/// `others`' rules plus accept rules (decided first) for the flows of `kept` and, if asked, the
+/// probe rule: both variants keep the same flows and differ in everything else.
 fn variant(kept: &Synthetic, others: &Synthetic, probe: bool) -> PolicySet {
     let mut set = others.set.clone();
     let flows = rules::accepted_flows(kept, KEPT_FLOWS);

@@ -13,6 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    alternate::alternate,
     contenders::{self, Contender},
     rules::{self, Rule, Synthetic},
     stats::Summary,
@@ -117,43 +118,28 @@ pub fn run(quick: bool) -> anyhow::Result<Tcp> {
     std::thread::sleep(Duration::from_millis(300));
     let trials = if quick { 2 } else { 5 };
     let seconds = if quick { 2 } else { 5 };
-    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); CONTENDERS.len()];
-    let mut errors: Vec<Option<String>> = vec![None; CONTENDERS.len()];
-    for trial in 0..trials {
-        for (i, &c) in CONTENDERS.iter().enumerate() {
-            if errors[i].is_some() {
-                continue;
-            }
-            let measured = contenders::install(c, &topo, None, Some(&syn), true).and_then(|installed| {
-                let m = iperf(&topo, seconds);
-                contenders::remove(installed, &topo, None)?;
-                m
-            });
-            match measured {
-                Ok((gbps, rtx)) => {
-                    eprintln!("bench tcp: trial {trial}, {}: {gbps:.2} Gbit/s, {rtx} retransmits", label(c));
-                    samples[i].push((gbps, rtx));
-                }
-                Err(e) => {
-                    eprintln!("bench tcp: {}: not measured: {e:#}", label(c));
-                    errors[i] = Some(format!("{e:#}"));
-                }
-            }
-        }
-    }
-    let rows = CONTENDERS
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let s = &samples[i];
-            let or_zero = |v: Vec<f64>| Summary::of(if v.is_empty() { vec![0.0] } else { v });
-            TcpRow {
-                contender: c,
-                label: label(c).to_string(),
-                gbps: or_zero(s.iter().map(|x| x.0).collect()),
-                retransmits: or_zero(s.iter().map(|x| x.1).collect()),
-                error: errors[i].clone(),
-            }
+    let outcomes = alternate(
+        "bench tcp",
+        &CONTENDERS,
+        |c| label(c).to_string(),
+        trials,
+        |c| {
+            let installed = contenders::install(c, &topo, None, Some(&syn), true)?;
+            let m = iperf(&topo, seconds);
+            contenders::remove(installed, &topo, None)?;
+            m
+        },
+        |(gbps, rtx)| format!("{gbps:.2} Gbit/s, {rtx} retransmits"),
+    );
+    let rows = outcomes
+        .into_iter()
+        .zip(CONTENDERS)
+        .map(|(o, c)| TcpRow {
+            contender: c,
+            label: label(c).to_string(),
+            gbps: Summary::of_or_zero(o.samples.iter().map(|x| x.0).collect()),
+            retransmits: Summary::of_or_zero(o.samples.iter().map(|x| x.1).collect()),
+            error: o.error,
         })
         .collect();
     Ok(Tcp { rules: RULES, seconds, mtu: 1500, rows })

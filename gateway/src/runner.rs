@@ -165,10 +165,7 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, management:
                 tokio::spawn(sync::run(opts, identity, tx));
                 Some(rx)
             }
-            (source, _) => {
-                let _ = source;
-                None
-            }
+            _ => None,
         };
         serve(gw.clone(), logger, listener, events).await
     });
