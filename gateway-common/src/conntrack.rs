@@ -13,9 +13,15 @@ pub struct CtKey {
     pub port_b: u16,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// ICMP echo: which endpoint asked ([`ECHO_REQUESTER_A`] or [`ECHO_REQUESTER_B`]), so A
+    /// pinging B and B pinging A with the same identifier are two flows. 0 otherwise.
+    pub echo: u8,
+    pub _pad: u8,
 }
 assert_size!(CtKey, 40);
+
+pub const ECHO_REQUESTER_A: u8 = 1;
+pub const ECHO_REQUESTER_B: u8 = 2;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -42,6 +48,10 @@ assert_size!(CtEntry, 24);
 pub const ORIGIN_POLICY: u8 = 0;
 /// The flow left through the tunnel's egress (local or already-policed traffic): never re-checked.
 pub const ORIGIN_LOCAL: u8 = 1;
+/// A flow the policy ended: its packets are dropped (and keep the entry fresh) until it has been
+/// quiet for its idle timeout, so neither side can bring it back as a new local flow. Only a new
+/// connection the policy allows (or, for TCP, a new SYN from the gateway) replaces it.
+pub const ORIGIN_REVOKED: u8 = 2;
 
 pub const STATE_NEW: u8 = 0;
 pub const STATE_TCP_SYN_SENT: u8 = 1;

@@ -44,6 +44,8 @@ pub mod reason {
     pub const DROP_ICMP_UNRELATED: u32 = 26;
     pub const DROP_REVOKED: u32 = 27;
     pub const DROP_INTERNAL: u32 = 28;
+    /// The headers exist but could not be made readable (the kernel refused to pull them).
+    pub const DROP_NOT_LINEAR: u32 = 29;
     pub const SLOTS: u32 = 32;
 }
 
@@ -78,7 +80,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "icmp_unrelated",
     "revoked",
     "internal",
-    "",
+    "headers_not_linear",
     "",
     "",
 ];

@@ -6,7 +6,7 @@ use gateway_common::{conntrack::*, settings::Settings};
 
 use crate::{
     maps,
-    parse::{Flow, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{ECHO_FROM_REQUESTER, ECHO_NONE, Flow, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// A flow's key, and whether the packet's sender is endpoint a of the key.
@@ -18,7 +18,18 @@ pub fn key_of(flow: &Flow) -> (CtKey, bool) {
     } else {
         (flow.dst, flow.dport, flow.src, flow.sport)
     };
-    (CtKey { addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, family: flow.family, _pad: [0; 2] }, sender_is_a)
+    let echo = match flow.echo {
+        ECHO_NONE => 0,
+        // The requester is the sender of a request and the receiver of a reply.
+        e => {
+            if (e == ECHO_FROM_REQUESTER) == sender_is_a {
+                ECHO_REQUESTER_A
+            } else {
+                ECHO_REQUESTER_B
+            }
+        }
+    };
+    (CtKey { addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, family: flow.family, echo, _pad: 0 }, sender_is_a)
 }
 
 #[inline(always)]
@@ -90,15 +101,21 @@ pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: boo
     }
 }
 
+/// Turns a live entry into a tombstone (see [`ORIGIN_REVOKED`]). A TCP tombstone counts as
+/// closed: its short timeout applies, and a new SYN may open the connection again.
+#[inline(always)]
+pub fn revoke(entry: &mut CtEntry, proto: u8, now: u64) {
+    entry.origin = ORIGIN_REVOKED;
+    entry.last_seen_ns = now;
+    if proto == PROTO_TCP {
+        entry.state = STATE_TCP_CLOSED;
+    }
+}
+
 #[inline(always)]
 pub fn insert(key: &CtKey, entry: &CtEntry) {
     // A full LRU evicts the least recently used flow; failure leaves the packet's verdict as is.
     let _ = maps::CONNTRACK.insert(key, entry, 0);
-}
-
-#[inline(always)]
-pub fn remove(key: &CtKey) {
-    let _ = maps::CONNTRACK.remove(key);
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 
 use gateway_common::{
     acl::{ACTION_ACCEPT, ACTION_DROP, RULE_DEFAULT},
-    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_LOCAL, ORIGIN_POLICY},
+    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_LOCAL, ORIGIN_POLICY, ORIGIN_REVOKED},
     settings::{ActivePolicy, FLAG_CONNTRACK, Settings},
     stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, reason},
 };
@@ -11,7 +11,7 @@ use gateway_common::{
 use crate::{
     acl, conntrack, fragment, maps,
     packet::Bytes,
-    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, ICMP_NEIGHBOR_DISCOVERY, Link, Packet, Parsed},
+    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, ICMP_NEIGHBOR_DISCOVERY, ICMP_OTHER, Link, Packet, Parsed},
 };
 
 #[derive(Clone, Copy)]
@@ -73,8 +73,8 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision 
         return follow_first_fragment(pkt, now);
     }
     let d = if pkt.icmp == ICMP_ERROR && stateful {
-        related(&pkt.quoted, active, settings, now)
-    } else if stateful {
+        related(pkt, active, settings, now)
+    } else if stateful && pkt.icmp != ICMP_OTHER {
         track_policed(pkt, active, settings, now)
     } else {
         by_policy(&pkt.flow, active, settings)
@@ -87,19 +87,23 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision 
 }
 
 /// Traffic leaving through the tunnel: already policed (or local); tracked so replies return.
+/// Only a flow that is not known as ended may start here.
 #[inline(always)]
 fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision {
-    if settings.flags & FLAG_CONNTRACK == 0 || pkt.frag == FRAG_LATER || pkt.icmp == ICMP_ERROR {
+    if settings.flags & FLAG_CONNTRACK == 0 || pkt.frag == FRAG_LATER || pkt.icmp == ICMP_ERROR || pkt.icmp == ICMP_OTHER {
         return plain(reason::ACCEPT_OUTBOUND);
     }
     let now = conntrack::now_ns();
     let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
-    if let Some(d) = existing_flow(pkt, &key, sender_is_a, active, settings, now) {
-        return d;
+    match existing_flow(pkt, &key, sender_is_a, active, settings, now) {
+        Existing::Live(d) => d,
+        Existing::Revoked => plain(reason::DROP_REVOKED),
+        Existing::Untracked => {
+            let entry = new_entry(pkt, sender_is_a, active, RULE_DEFAULT, ORIGIN_LOCAL, now);
+            conntrack::insert(&key, &entry);
+            plain(reason::ACCEPT_OUTBOUND)
+        }
     }
-    let entry = new_entry(pkt, sender_is_a, active, RULE_DEFAULT, ORIGIN_LOCAL, now);
-    conntrack::insert(&key, &entry);
-    plain(reason::ACCEPT_OUTBOUND)
 }
 
 #[inline(always)]
@@ -115,22 +119,36 @@ fn by_policy(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Decisio
     Decision { reason, rule: v.rule, slot: 0 }
 }
 
+/// A flow that is not live is judged as new; one that the policy ended stays ended unless the
+/// policy allows this packet as the start of a new flow.
 #[inline(always)]
 fn track_policed(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
     let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
-    if let Some(d) = existing_flow(pkt, &key, sender_is_a, active, settings, now) {
+    let existing = existing_flow(pkt, &key, sender_is_a, active, settings, now);
+    if let Existing::Live(d) = existing {
         return d;
     }
     let d = by_policy(&pkt.flow, active, settings);
     if d.passes() {
         let entry = new_entry(pkt, sender_is_a, active, d.rule, ORIGIN_POLICY, now);
         conntrack::insert(&key, &entry);
+    } else if let Existing::Revoked = existing {
+        return Decision { reason: reason::DROP_REVOKED, ..d };
     }
     d
 }
 
-/// A packet of a tracked, live flow: passes, unless the policy changed and no longer allows the
-/// flow's original direction, which ends the flow.
+enum Existing {
+    /// No entry, an expired one, or a finished TCP connection that this packet opens again.
+    Untracked,
+    /// The policy ended this flow (the tombstone was refreshed).
+    Revoked,
+    /// A packet of a live flow, with its decision (which may be the revocation of the flow).
+    Live(Decision),
+}
+
+/// Looks the packet's flow up. A live flow passes, unless the policy changed and no longer
+/// allows the flow's original direction, which ends it.
 #[inline(always)]
 fn existing_flow(
     pkt: &Packet,
@@ -139,32 +157,36 @@ fn existing_flow(
     active: &ActivePolicy,
     settings: &Settings,
     now: u64,
-) -> Option<Decision> {
-    let ptr = conntrack::lookup(key)?;
+) -> Existing {
+    let Some(ptr) = conntrack::lookup(key) else { return Existing::Untracked };
     // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps.
     let entry = unsafe { &mut *ptr };
     if !conntrack::is_live(key, entry, settings, now) || conntrack::reopens(key, entry, pkt.tcp_flags) {
-        return None;
+        return Existing::Untracked;
+    }
+    if entry.origin == ORIGIN_REVOKED {
+        entry.last_seen_ns = now;
+        return Existing::Revoked;
     }
     let from_initiator = sender_is_a == (entry.initiator == 0);
-    if let Some(revoked) = recheck(entry, key, &pkt.flow, from_initiator, active, settings) {
-        return Some(revoked);
+    if let Some(revoked) = recheck(entry, &pkt.flow, from_initiator, active, settings, now) {
+        return Existing::Live(revoked);
     }
     conntrack::update(entry, pkt.flow.proto, pkt.tcp_flags, from_initiator, now);
-    Some(Decision { reason: reason::ACCEPT_ESTABLISHED, rule: entry.rule, slot: 0 })
+    Existing::Live(Decision { reason: reason::ACCEPT_ESTABLISHED, rule: entry.rule, slot: 0 })
 }
 
 /// After a policy change, checks a policy-admitted flow again in its original direction
-/// (`flow` as sent, by the initiator or not). A flow no longer allowed is removed and the packet
-/// dropped; an allowed one is stamped with the new generation and deciding rule.
+/// (`flow` as sent, by the initiator or not). A flow no longer allowed becomes a tombstone and
+/// the packet is dropped; an allowed one is stamped with the new generation and deciding rule.
 #[inline(always)]
 fn recheck(
     entry: &mut CtEntry,
-    key: &CtKey,
     flow: &Flow,
     from_initiator: bool,
     active: &ActivePolicy,
     settings: &Settings,
+    now: u64,
 ) -> Option<Decision> {
     if entry.origin != ORIGIN_POLICY || entry.generation == active.generation {
         return None;
@@ -172,7 +194,7 @@ fn recheck(
     let original = if from_initiator { *flow } else { flow.reversed() };
     let v = acl::judge(&original, active, settings);
     if !v.accepts() {
-        conntrack::remove(key);
+        conntrack::revoke(entry, flow.proto, now);
         return Some(Decision { reason: reason::DROP_REVOKED, rule: v.rule, slot: 0 });
     }
     entry.generation = active.generation;
@@ -194,17 +216,25 @@ fn new_entry(pkt: &Packet, sender_is_a: bool, active: &ActivePolicy, rule: u32, 
     }
 }
 
-/// ICMP errors pass only when they quote a tracked flow, and, like the flow's own packets, only
+/// ICMP errors pass only when they quote a tracked flow and travel back along it (to the
+/// quoted packet's sender, as Linux conntrack requires), and, like the flow's own packets, only
 /// while the policy still allows a policy-admitted flow (re-checked after a policy change).
 #[inline(always)]
-fn related(quoted: &Flow, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+fn related(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
+    let quoted = &pkt.quoted;
+    if quoted.family != pkt.flow.family || quoted.src != pkt.flow.dst {
+        return plain(reason::DROP_ICMP_UNRELATED);
+    }
     let (key, quoted_sender_is_a) = conntrack::key_of(quoted);
     if let Some(ptr) = conntrack::lookup(&key) {
         // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps.
         let entry = unsafe { &mut *ptr };
         if conntrack::is_live(&key, entry, settings, now) {
+            if entry.origin == ORIGIN_REVOKED {
+                return plain(reason::DROP_REVOKED);
+            }
             let from_initiator = quoted_sender_is_a == (entry.initiator == 0);
-            if let Some(revoked) = recheck(entry, &key, quoted, from_initiator, active, settings) {
+            if let Some(revoked) = recheck(entry, quoted, from_initiator, active, settings, now) {
                 return revoked;
             }
             return Decision { reason: reason::ACCEPT_RELATED, rule: entry.rule, slot: 0 };

@@ -15,6 +15,7 @@ mod stats;
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::generated::bpf_xdp_get_buff_len,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -45,11 +46,15 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 }
 
 /// LAN interfaces: replies to overlay flows and LAN-initiated traffic toward the overlay.
-#[xdp]
+/// Multi-buffer frames (jumbo MTUs, GRO on some drivers) are accepted: headers are in the first
+/// buffer, and lengths are checked against the whole frame.
+#[xdp(frags)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
+    // SAFETY: plain helper call on this program's own context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len };
     let d = judge::decide(&bytes, Link::Ethernet, HOOK_LAN);
-    account(&ctx, HOOK_LAN, &d, bytes.len() as u64);
+    account(&ctx, HOOK_LAN, &d, len as u64);
     if !d.passes() {
         return xdp_action::XDP_DROP;
     }
@@ -58,23 +63,27 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_XDP_FORWARD != 0);
     if judged && enabled {
         if let Some(action) = forward::try_forward(&ctx) {
-            stats::count(HOOK_LAN, reason::XDP_FORWARDED, bytes.len() as u64);
+            stats::count(HOOK_LAN, reason::XDP_FORWARDED, len as u64);
             return action;
         }
     }
     xdp_action::XDP_PASS
 }
 
+/// The TC programs see skbs as the stack holds them: GSO/GRO aggregates up to 64 KiB and paged
+/// buffers whose linear part ends early. Only the headers are made linear; the parser checks
+/// lengths against the skb's real length.
 #[inline(always)]
 fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
-    let want = if ctx.len() < TC_PULL_BYTES { ctx.len() } else { TC_PULL_BYTES };
+    let len = ctx.len();
+    let want = if len < TC_PULL_BYTES { len } else { TC_PULL_BYTES };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // Only fails for packets shorter than `want`, which the parser then finds truncated.
+        // If this fails, the parser reads what is linear and says which header it could not.
         let _ = ctx.pull_data(want);
     }
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end() };
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize };
     let d = judge::decide(&bytes, link, hook);
-    account(ctx, hook, &d, ctx.len() as u64);
+    account(ctx, hook, &d, len as u64);
     if d.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 

@@ -1,21 +1,34 @@
 //! Bounds-checked reads from packet memory, the one place that touches raw packet pointers.
+//!
+//! A packet is longer than the bytes a program can read directly: a GSO/GRO aggregate or a paged
+//! skb keeps most of its payload outside the linear area, and a multi-buffer XDP frame keeps it
+//! in fragments. Headers are read from the linear area (the TC programs make them linear
+//! first); lengths are checked against the packet's real length.
 
 use gateway_common::stats::reason;
 
-/// The bytes of one packet: `[start, end)` as the kernel gave them.
+/// The bytes of one packet: `[start, end)` is what the program can read, `len` how long the
+/// packet really is from `start` on (at least `end - start`).
 #[derive(Clone, Copy)]
 pub struct Bytes {
     pub start: usize,
     pub end: usize,
+    pub len: usize,
 }
 
 impl Bytes {
-    /// Reads `N` bytes at `offset`, or says the packet is truncated.
+    /// Reads `N` bytes at `offset`, or says why it cannot: the packet is shorter (truncated), or
+    /// the bytes exist but lie outside the readable linear area (headers the kernel could not
+    /// make linear).
     #[inline(always)]
     pub fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], u32> {
         let at = self.start + offset;
-        if at + N > self.end {
-            return Err(reason::DROP_TRUNCATED);
+        // The end of the read goes through memory so that the compiler keeps the comparison as
+        // `at + N > end` (which tells the verifier N bytes are readable) instead of rewriting it.
+        // SAFETY: a read of a local.
+        let last = unsafe { core::ptr::read_volatile(&(at + N)) };
+        if last > self.end {
+            return Err(if self.has(offset, N) { reason::DROP_NOT_LINEAR } else { reason::DROP_TRUNCATED });
         }
         // SAFETY: [at, at + N) lies inside the packet, checked above (and by the verifier).
         Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
@@ -31,18 +44,10 @@ impl Bytes {
         Ok(u16::from_be_bytes(self.array::<2>(offset)?))
     }
 
-    /// Whether the packet holds at least `len` bytes from `offset` on. A length check only: it
-    /// reads the bounds through volatile loads so the compiler cannot use it to drop the
-    /// per-read checks in [`Bytes::array`] that the verifier needs to see.
+    /// Whether the packet holds at least `n` bytes from `offset` on, linear or not. A length
+    /// check only: it never lets a read skip its own check in [`Bytes::array`].
     #[inline(always)]
-    pub fn has(&self, offset: usize, len: usize) -> bool {
-        // SAFETY: reads of two plain fields of `self`.
-        let (start, end) = unsafe { (core::ptr::read_volatile(&self.start), core::ptr::read_volatile(&self.end)) };
-        start + offset + len <= end
-    }
-
-    #[inline(always)]
-    pub fn len(&self) -> usize {
-        self.end - self.start
+    pub fn has(&self, offset: usize, n: usize) -> bool {
+        offset + n <= self.len
     }
 }

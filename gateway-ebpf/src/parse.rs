@@ -38,22 +38,31 @@ pub const FRAG_LATER: u8 = 2;
 pub const ICMP_NONE: u8 = 0;
 pub const ICMP_ECHO: u8 = 1;
 pub const ICMP_ERROR: u8 = 2;
+/// ICMP that is neither echo nor an error: not a flow, judged by the policy message by message.
 pub const ICMP_OTHER: u8 = 3;
-/// IPv6 neighbour discovery (router/neighbour solicitation and advertisement) with hop limit
-/// 255, i.e. from the link itself: the IPv6 counterpart of ARP.
+/// IPv6 neighbour discovery (router/neighbour solicitation and advertisement) on an Ethernet
+/// link, from the link itself (hop limit 255, RFC 4861) and to a link-local or link-scope
+/// multicast address: the IPv6 counterpart of ARP. Anywhere else it is [`ICMP_OTHER`].
 pub const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
+
+/// Which end of an ICMP echo exchange sent the packet ([`Flow::echo`]).
+pub const ECHO_NONE: u8 = 0;
+pub const ECHO_FROM_REQUESTER: u8 = 1;
+pub const ECHO_FROM_RESPONDER: u8 = 2;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// The tuple policy and conntrack look at. For ICMP echo both ports hold the echo identifier,
-/// so a request and its reply map to the same flow.
+/// The tuple policy and conntrack look at. For ICMP echo both ports hold the echo identifier
+/// and `echo` says whether the sender asked or answered, so a request and its reply map to one
+/// flow and a request in the other direction to another.
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub family: u8,
     pub proto: u8,
+    pub echo: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub sport: u16,
@@ -63,7 +72,12 @@ pub struct Flow {
 impl Flow {
     #[inline(always)]
     pub fn reversed(&self) -> Flow {
-        Flow { family: self.family, proto: self.proto, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport }
+        let echo = match self.echo {
+            ECHO_FROM_REQUESTER => ECHO_FROM_RESPONDER,
+            ECHO_FROM_RESPONDER => ECHO_FROM_REQUESTER,
+            _ => ECHO_NONE,
+        };
+        Flow { family: self.family, proto: self.proto, echo, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport }
     }
 }
 
@@ -118,7 +132,8 @@ pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
     pkt.icmp = ICMP_NONE;
     pkt.flow.sport = 0;
     pkt.flow.dport = 0;
-    if is_v6 { parse_ipv6(b, l3, pkt)? } else { parse_ipv4(b, l3, pkt)? };
+    pkt.flow.echo = ECHO_NONE;
+    if is_v6 { parse_ipv6(b, l3, link, pkt)? } else { parse_ipv4(b, l3, pkt)? };
     Ok(Parsed::Ip)
 }
 
@@ -129,7 +144,11 @@ fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
         return Err(reason::DROP_BAD_HEADER);
     }
     let ihl = ((h[0] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let mut total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if total == 0 && b.len > l3 + 0xffff {
+        // A BIG TCP aggregate: more than 64 KiB, so the length lives in the skb alone.
+        total = b.len - l3;
+    }
     if ihl < 20 || total < ihl {
         return Err(reason::DROP_BAD_HEADER);
     }
@@ -157,15 +176,19 @@ fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
 }
 
 #[inline(always)]
-fn parse_ipv6(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
+fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), u32> {
     let h = b.array::<8>(l3)?;
     if h[0] >> 4 != 6 {
         return Err(reason::DROP_BAD_HEADER);
     }
-    let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let mut payload = u16::from_be_bytes([h[4], h[5]]) as usize;
     if payload == 0 {
-        // Jumbograms (and empty payloads) are not forwarded traffic we expect.
-        return Err(reason::DROP_BAD_HEADER);
+        // An empty payload is malformed, unless this is a BIG TCP aggregate (over 64 KiB, the
+        // length in the skb alone).
+        if b.len <= l3 + 40 + 0xffff {
+            return Err(reason::DROP_BAD_HEADER);
+        }
+        payload = b.len - l3 - 40;
     }
     if !b.has(l3 + 40, payload) {
         return Err(reason::DROP_TRUNCATED);
@@ -233,11 +256,19 @@ fn parse_ipv6(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
     }
     pkt.flow.proto = next;
     parse_l4(b, pkt, off, l3_end - off)?;
-    // Neighbour discovery only counts as such from the link itself (RFC 4861: hop limit 255).
-    if pkt.icmp == ICMP_NEIGHBOR_DISCOVERY && (h[7] != 255 || pkt.frag != FRAG_NONE) {
+    if pkt.icmp == ICMP_NEIGHBOR_DISCOVERY
+        && (link != Link::Ethernet || h[7] != 255 || pkt.frag != FRAG_NONE || !link_scope_v6(&pkt.flow.dst))
+    {
         pkt.icmp = ICMP_OTHER;
     }
     Ok(())
+}
+
+/// fe80::/10 (link-local unicast) or ff02::/16 (link-scope multicast): where neighbour
+/// discovery is addressed.
+#[inline(always)]
+fn link_scope_v6(a: &[u8; 16]) -> bool {
+    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || (a[0] == 0xff && a[1] == 0x02)
 }
 
 /// A later fragment has no L4 header; one that would overlap the first fragment's L4 header
@@ -300,6 +331,7 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
         pkt.icmp = ICMP_ECHO;
         pkt.flow.sport = id;
         pkt.flow.dport = id;
+        pkt.flow.echo = if is_echo_request(c[0], v6) { ECHO_FROM_REQUESTER } else { ECHO_FROM_RESPONDER };
     } else if v6 && (133..=136).contains(&c[0]) {
         pkt.icmp = ICMP_NEIGHBOR_DISCOVERY;
     } else if is_error {
@@ -309,6 +341,11 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
         pkt.icmp = ICMP_OTHER;
     }
     Ok(())
+}
+
+#[inline(always)]
+fn is_echo_request(icmp_type: u8, v6: bool) -> bool {
+    icmp_type == if v6 { 128 } else { 8 }
 }
 
 /// The flow of the IPv4 packet an ICMP error quotes (its header and first 8 payload bytes).
@@ -342,15 +379,24 @@ fn quoted_ipv6(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
 #[inline(always)]
 fn quoted_ports(b: &Bytes, flow: &mut Flow, at: usize) -> Result<(), u32> {
     let p = b.array::<8>(at)?;
+    // Every field is written: `flow` lives in per-CPU scratch and still holds the last packet's.
+    flow.sport = 0;
+    flow.dport = 0;
+    flow.echo = ECHO_NONE;
     match flow.proto {
         PROTO_TCP | PROTO_UDP => {
             flow.sport = u16::from_be_bytes([p[0], p[1]]);
             flow.dport = u16::from_be_bytes([p[2], p[3]]);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let id = u16::from_be_bytes([p[4], p[5]]);
-            flow.sport = id;
-            flow.dport = id;
+            let v6 = flow.proto == PROTO_ICMPV6;
+            let (request, reply) = if v6 { (128, 129) } else { (8, 0) };
+            if p[0] == request || p[0] == reply {
+                let id = u16::from_be_bytes([p[4], p[5]]);
+                flow.sport = id;
+                flow.dport = id;
+                flow.echo = if p[0] == request { ECHO_FROM_REQUESTER } else { ECHO_FROM_RESPONDER };
+            }
         }
         _ => {}
     }

@@ -693,13 +693,21 @@ fn policy_swap_revokes_flows_it_no_longer_allows() {
     assert_eq!(h.dp.generation(), 3);
     // Forward direction of a revoked flow.
     h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_REVOKED);
-    // The entry is gone: the next packet is judged afresh by the new policy.
-    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_POLICY);
+    // The flow stays ended: its next packets, from either side, are dropped as revoked.
+    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(LAN, &Spec::tcp(S, C, 443, 47000, TCP_ACK).build(), DROP_REVOKED);
+    // A retransmit leaving through the tunnel (the gateway was the server) does not bring it
+    // back as a local flow, so the peer's next packet is still dropped.
+    h.expect(OUT, &Spec::tcp(S, C, 443, 47000, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_REVOKED);
     // Reply direction of a revoked flow, at ingress and at the LAN.
     h.expect(LAN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_DEFAULT);
+    h.expect(IN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_REVOKED);
     h.expect(IN, &Spec::tcp(S6, C6, 443, 47003, TCP_ACK).build(), DROP_REVOKED);
     h.expect(IN, &Spec::udp(S, C, 53, 47004).build(), DROP_REVOKED);
+    // UDP has no SYN: the gateway's own socket sending on the ended flow is dropped too.
+    h.expect(OUT, &Spec::udp(S, C, 53, 47004).build(), DROP_REVOKED);
+    h.expect(IN, &Spec::udp(C, S, 47004, 53).build(), DROP_REVOKED);
     // Still allowed: keeps passing, both ways.
     h.expect(IN, &Spec::tcp(S, C, 8443, 47002, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
     h.expect(IN, &Spec::tcp(C, S, 47002, 8443, TCP_ACK).build(), ACCEPT_ESTABLISHED);
@@ -709,9 +717,10 @@ fn policy_swap_revokes_flows_it_no_longer_allows() {
     h.expect(IN, &syn(C, S, 47006, 443).build(), DROP_POLICY);
     h.expect(IN, &syn(C, S, 47006, 8443).build(), ACCEPT_POLICY);
 
-    // Swapping back re-allows new flows; the revoked ones are gone for good.
+    // Swapping back re-allows new flows; the revoked ones stay ended unless the policy admits
+    // the packet as a new flow in its own direction.
     h.apply(POLICY);
-    h.expect(IN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_DEFAULT);
+    h.expect(IN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_REVOKED);
     h.expect(IN, &syn(C, S, 47007, 443).build(), ACCEPT_POLICY);
     h.expect(IN, &Spec::tcp(S, C, 8443, 47002, TCP_ACK).build(), ACCEPT_ESTABLISHED);
 
@@ -838,8 +847,8 @@ policies:
     let (web_before, dns_before, no_https_before) = (h.rule_packets("web"), h.rule_packets("dns"), h.rule_packets("no-https"));
     // An error about a flow the new policy no longer allows ends the flow, like its own packets.
     h.expect(IN, &unreachable(router, C, &https).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(C, S, 47100, 443, TCP_ACK).build(), DROP_POLICY);
-    h.expect(IN, &unreachable(router, C, &https).build(), DROP_ICMP_UNRELATED);
+    h.expect(IN, &Spec::tcp(C, S, 47100, 443, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(IN, &unreachable(router, C, &https).build(), DROP_REVOKED);
     // Errors about flows still allowed pass, counted for the policy that allows them now.
     h.expect(IN, &unreachable(router, C, &alt).build(), ACCEPT_RELATED);
     h.expect(IN, &unreachable(S, C, &dns).build(), ACCEPT_RELATED);
@@ -866,4 +875,130 @@ fn ipv6_neighbor_discovery_passes_only_from_the_link() {
     // A redirect (137) is not let through on the link's say-so.
     let redirect = Spec { ttl: 255, ..Spec::new("fe80::2", "fe80::1", L4::Icmp { kind: 137, code: 0, rest: [0; 4], body: vec![0; 32] }) };
     h.expect(IN, &redirect.build(), DROP_DEFAULT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holes found by reading the code (each of these passed the data plane before its fix)
+
+/// An ICMP error passes only on its way back along the flow it quotes: to the sender of the
+/// quoted packet (Linux conntrack checks the same). A peer with one allowed flow cannot aim
+/// errors at other hosts by quoting its own flow.
+#[test]
+fn icmp_errors_must_travel_back_to_the_quoted_sender() {
+    let mut h = Harness::new(POLICY);
+    for (c, s, other) in [(C, S, "100.64.20.7"), (C6, S6, "fd00:20::7")] {
+        let flow = syn(c, s, 45000, 443);
+        h.expect(IN, &flow.build(), ACCEPT_POLICY);
+        let reply = Spec::tcp(s, c, 443, 45000, TCP_SYN | TCP_ACK);
+        // The client quotes the server's reply in errors aimed at another server, and at the
+        // client's own flow's destination with its own packet quoted.
+        h.expect_ctx(IN, &unreachable(c, other, &reply).build(), DROP_ICMP_UNRELATED, "error to a bystander");
+        h.expect_ctx(IN, &unreachable(c, s, &flow).build(), DROP_ICMP_UNRELATED, "error about its own packet");
+        // The legitimate case: an error about the server's reply, to the server.
+        h.expect_ctx(IN, &unreachable(c, s, &reply).build(), ACCEPT_RELATED, "error to the quoted sender");
+    }
+}
+
+/// An echo request and its reply are one flow; a request the other way with the same
+/// identifier is a different flow that the policy judges (and here denies).
+#[test]
+fn icmp_echo_is_tracked_with_its_direction() {
+    let mut h = Harness::new(POLICY);
+    for (c, s) in [(C, S), (C6, S6)] {
+        for id in [0u16, 4600] {
+            h.expect(IN, &Spec::ping(c, s, id).build(), ACCEPT_POLICY);
+            h.expect_ctx(IN, &Spec::ping(s, c, id).build(), DROP_DEFAULT, "request the other way");
+            h.expect_ctx(LAN, &Spec::ping(s, c, id).build(), if c == C { DROP_DEFAULT } else { PASS_NOT_OVERLAY }, "at lan");
+            h.expect_ctx(IN, &echo_reply(s, c, id).build(), ACCEPT_ESTABLISHED, "the reply");
+        }
+    }
+    // The same at the egress: the gateway's own ping lets its reply in, not a request.
+    h.expect(OUT, &Spec::ping(S, C, 4700).build(), ACCEPT_OUTBOUND);
+    h.expect(IN, &Spec::ping(C, S, 4700).build(), ACCEPT_POLICY);
+    h.expect(OUT, &Spec::ping(S, "100.64.99.9", 4701).build(), ACCEPT_OUTBOUND);
+    h.expect(IN, &Spec::ping("100.64.99.9", S, 4701).build(), DROP_DEFAULT);
+    h.expect(IN, &echo_reply("100.64.99.9", S, 4701).build(), ACCEPT_ESTABLISHED);
+}
+
+/// ICMP that is neither echo nor an error (timestamp, router and node information messages)
+/// is not a flow: each message meets the policy, so one allowed message opens nothing.
+#[test]
+fn other_icmp_types_are_judged_one_by_one() {
+    let mut h = Harness::new(POLICY);
+    for (c, s, far) in [(C, S, "100.64.99.9"), (C6, S6, "fd00:99::9")] {
+        let v6 = c.contains(':');
+        let (request, reply) = if v6 { (139, 140) } else { (13, 14) };
+        let msg = |src: &str, dst: &str, kind: u8| Spec::new(src, dst, L4::Icmp { kind, code: 0, rest: [0, 1, 0, 1], body: vec![0; 12] });
+        h.expect(IN, &msg(c, s, request).build(), ACCEPT_POLICY);
+        h.expect_ctx(IN, &msg(s, c, request).build(), DROP_DEFAULT, "same type back");
+        h.expect_ctx(IN, &msg(s, c, reply).build(), DROP_DEFAULT, "its reply type");
+        // The gateway's own message opens nothing for the answer either.
+        h.expect(OUT, &msg(s, far, request).build(), ACCEPT_OUTBOUND);
+        h.expect_ctx(IN, &msg(far, s, reply).build(), DROP_DEFAULT, "answer to the gateway's message");
+    }
+}
+
+/// Neighbour discovery belongs to an Ethernet link: on the L3 tunnel, or addressed beyond the
+/// link (a global unicast address), it is ordinary ICMPv6 and meets the policy.
+#[test]
+fn neighbor_discovery_only_on_ethernet_to_link_scope_addresses() {
+    let mut h = Harness::new(POLICY);
+    let nd = |dst: &str| Spec { ttl: 255, ..Spec::new("fe80::2", dst, L4::Icmp { kind: 135, code: 0, rest: [0; 4], body: vec![0; 16] }) };
+    h.expect(IN, &nd("fe80::1").build(), PASS_NEIGHBOR_DISCOVERY);
+    h.expect(IN, &nd("ff02::1:ff00:1").build(), PASS_NEIGHBOR_DISCOVERY);
+    h.expect(IN, &nd(S6).build(), DROP_DEFAULT);
+    h.expect(OUT, &nd(S6).build(), ACCEPT_OUTBOUND);
+    h.expect(IN, &Spec { src: C6.parse().unwrap(), ..nd(S6) }.build(), ACCEPT_POLICY);
+    // On a tunnel without a link layer there are no neighbours to discover.
+    let before = h.count(IN, DROP_DEFAULT);
+    let l3 = Spec { l3_only: true, ..nd("ff02::1:ff00:1") };
+    assert_eq!(h.tc_l3(true, &l3.build()), gateway_tests::TC_ACT_SHOT);
+    assert_eq!(h.count(IN, DROP_DEFAULT) - before, 1, "counted as a default deny, not as neighbour discovery");
+}
+
+/// An error quoting a protocol without ports must not pick up the ports of an earlier packet
+/// from the per-CPU scratch (they would make it miss the flow it quotes).
+#[test]
+fn quoted_flows_without_ports_start_clean() {
+    let policy = format!("{POLICY}  - name: gre\n    source_groups: [clients]\n    destination_groups: [servers]\n    action: accept\n    protocol: all\n");
+    let mut h = Harness::new(&policy);
+    let gre = Spec::new(C, S, L4::Raw { proto: 47, payload: vec![0; 24] });
+    h.expect(IN, &gre.build(), ACCEPT_POLICY);
+    // An error quoting a TCP flow leaves ports in the scratch...
+    h.expect(IN, &unreachable(S, C, &syn(C, S, 45100, 443)).build(), DROP_ICMP_UNRELATED);
+    // ...which the error about the GRE flow must not inherit.
+    h.expect(IN, &unreachable(S, C, &gre).build(), ACCEPT_RELATED);
+}
+
+/// A policy larger than the loaded maps is refused before anything is written: the policy in
+/// force keeps deciding, and the inactive slot holds nothing of the refused one.
+#[test]
+fn an_apply_over_the_limits_writes_nothing() {
+    use aya::maps::HashMap as BpfHashMap;
+    use gateway::{compile, config::LimitsConfig, policy};
+    use gateway_common::acl::{Verdict, VerdictKey};
+
+    let fits = compile::compile(&policy::parse_str(POLICY, "t.yaml").unwrap(), &compile::Limits::default()).unwrap();
+    let limits = LimitsConfig { acl_verdicts: fits.verdicts.len() as u32, ..Default::default() };
+    let mut h = Harness::with_options(POLICY, LoadOptions { limits, ..Default::default() });
+    let generation = h.dp.generation();
+    // Every client/server pair on its own port: many more verdicts than the loaded maps hold.
+    let mut big = String::from("groups:\n");
+    let mut policies = String::from("policies:\n");
+    for i in 0..40 {
+        big.push_str(&format!("  c{i}: [100.64.10.{i}/32]\n"));
+        policies.push_str(&format!("  - name: p{i}\n    source_groups: [c{i}]\n    destination_groups: [\"*\"]\n    action: accept\n    protocol: tcp\n    ports: [\"{}\"]\n", 1000 + i));
+    }
+    big.push_str(&policies);
+    let set = policy::parse_str(&big, "big.yaml").unwrap();
+    let compiled = compile::compile(&set, &compile::Limits::default()).unwrap();
+    let err = h.dp.apply(&compiled).expect_err("over the limits");
+    assert!(err.to_string().contains("exceeds the configured limits"), "{err}");
+    assert_eq!(h.dp.generation(), generation);
+    let map: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(h.dp.ebpf().map(gateway_common::maps::ACL_VERDICT).unwrap()).unwrap();
+    let slots: Vec<u8> = map.keys().map(|k| k.unwrap().slot).collect();
+    assert_eq!(slots.len(), fits.verdicts.len(), "only the policy in force is in the map");
+    assert!(slots.iter().all(|s| *s as u32 == h.slot));
+    h.expect(IN, &syn(C, S, 48000, 443).build(), ACCEPT_POLICY);
+    h.expect(IN, &syn(C, S, 48000, 1000).build(), DROP_DEFAULT);
 }

@@ -6,7 +6,10 @@ use gateway::{
     packets::{Spec, TCP_SYN},
     policy,
 };
-use gateway_common::settings::Timeouts;
+use gateway_common::{
+    settings::Timeouts,
+    stats::{HOOK_TUNNEL_INGRESS, reason},
+};
 use gateway_tests::Harness;
 
 const ALLOW_BOTH: &str = "groups:\n  a: [100.64.10.0/24]\n  b: [100.64.20.0/24]\npolicies:\n  - name: a-web\n    source_groups: [a]\n    destination_groups: [b]\n    action: accept\n    protocol: tcp\n    ports: [443]\n  - name: a-dns\n    source_groups: [a]\n    destination_groups: [b]\n    action: accept\n    protocol: udp\n    ports: [53]\n";
@@ -22,12 +25,18 @@ fn sweep_removes_revoked_flows_and_keeps_allowed_ones() {
     h.dp.apply(&compiled).unwrap();
     let r = h.dp.sweep_conntrack(Some(&compiled)).unwrap();
     assert_eq!((r.scanned, r.revoked, r.expired), (2, 1, 0));
-    // The swept TCP flow's reply now finds no state and no rule: dropped.
-    assert!(!h.ingress_passes(&Spec::tcp("100.64.20.1", "100.64.10.1", 443, 40000, 0x12).build()));
+    // The swept TCP flow is ended, as the kernel ends one: its packets are dropped as revoked,
+    // and its reply leaving through the tunnel does not revive it.
+    let revoked = h.delta(HOOK_TUNNEL_INGRESS, reason::DROP_REVOKED, |h| {
+        assert!(!h.ingress_passes(&Spec::tcp("100.64.20.1", "100.64.10.1", 443, 40000, 0x12).build()));
+    });
+    assert_eq!(revoked, 1);
+    assert!(!h.ingress_passes(&Spec::tcp("100.64.10.1", "100.64.20.1", 40000, 443, 0x10).build()));
     // The DNS flow's reply still passes as established.
     assert!(h.ingress_passes(&Spec::udp("100.64.20.1", "100.64.10.1", 53, 40001).build()));
+    // The ended flow stays (as a tombstone) until its idle timeout; it is not revoked twice.
     let r = h.dp.sweep_conntrack(None).unwrap();
-    assert_eq!((r.scanned, r.revoked, r.expired), (1, 0, 0));
+    assert_eq!((r.scanned, r.revoked, r.expired), (2, 0, 0));
 }
 
 #[test]

@@ -15,6 +15,7 @@ use gateway_common::stats::{HOOK_TUNNEL_INGRESS, reason, stats_index};
 
 const IFF_TUN: i16 = 0x0001;
 const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
 const TUNSETIFF: u64 = 0x400454ca;
 
 #[repr(C)]
@@ -26,9 +27,13 @@ struct IfReq {
 
 /// Opens /dev/net/tun as `tun0` inside `ns` (the fd keeps the device alive).
 fn open_tun(ns: &Netns) -> File {
-    ns.run(|| {
+    open_tun_with(ns, 0)
+}
+
+fn open_tun_with(ns: &Netns, extra_flags: i16) -> File {
+    ns.run(move || {
         let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
-        let mut req = IfReq { name: [0; 16], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReq { name: [0; 16], flags: IFF_TUN | IFF_NO_PI | extra_flags, _pad: [0; 22] };
         req.name[..4].copy_from_slice(b"tun0");
         // SAFETY: TUNSETIFF with a properly sized ifreq.
         let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req) };
@@ -71,4 +76,84 @@ fn l3_tunnel_programs_judge_packets_on_a_tun_device() {
     assert_eq!(n(reason::ACCEPT_POLICY), 1);
     assert_eq!(n(reason::DROP_DEFAULT), 2);
     assert_eq!(n(reason::DROP_TRUNCATED), 1, "a packet claiming 200 bytes in 20");
+}
+
+/// The one's-complement sum of the UDP pseudo-header, folded and not inverted: what a sender
+/// leaves in the checksum field for the device (here the kernel's GSO) to finish.
+fn pseudo_header_seed(src: [u8; 4], dst: [u8; 4], udp_len: u16) -> u16 {
+    let mut sum: u32 = 17 + udp_len as u32;
+    for w in [src, dst] {
+        sum += u16::from_be_bytes([w[0], w[1]]) as u32 + u16::from_be_bytes([w[2], w[3]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Large writes, as a userspace WireGuard hands decrypted traffic to its TUN: full-size
+/// datagrams and a UDP GSO super-packet of 20 segments (a virtio-net header, as wireguard-go
+/// writes with offloads on). The super-packet reaches the TC program as one skb of 28 KB whose
+/// payload is not linear; it must be judged by its real length and arrive, segmented, at a
+/// socket behind the tunnel.
+#[test]
+fn large_and_gso_writes_on_a_tun_device_are_judged_and_delivered() {
+    const SEGMENTS: usize = 20;
+    const SEGMENT: usize = 1400;
+    let ns = Netns::create(&format!("gwtungso{}", std::process::id())).expect("netns");
+    let mut tun = open_tun_with(&ns, IFF_VNET_HDR);
+    ns.ip(&["addr", "add", "100.64.0.1/10", "dev", "tun0"]).unwrap();
+    ns.ip(&["link", "set", "tun0", "up"]).unwrap();
+    let set = policy::parse_str(
+        "groups:\n  peers: [100.64.10.0/24]\npolicies:\n  - name: udp-in\n    source_groups: [peers]\n    destination_groups: [\"*\"]\n    action: accept\n    protocol: udp\n    ports: [5300]\n",
+        "tun.yaml",
+    )
+    .unwrap();
+    let compiled = compile::compile(&set, &compile::Limits::default()).unwrap();
+    let (counters, received) = ns
+        .run(move || {
+            let socket = std::net::UdpSocket::bind("100.64.0.1:5300").expect("bind");
+            socket.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+            let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
+            dp.apply(&compiled).expect("apply");
+            dp.attach_tunnel("tun0").expect("attach to tun0");
+            let (src, dst) = ([100u8, 64, 10, 5], [100u8, 64, 0, 1]);
+            // A full-size datagram (1500 bytes of IP) without offload: virtio header all zero.
+            let full = Spec { l3_only: true, payload_len: 1472, ..Spec::udp("100.64.10.5", "100.64.0.1", 40000, 5300) }.build();
+            let mut write = vec![0u8; 10];
+            write.extend_from_slice(&full);
+            tun.write_all(&write).expect("full-size write");
+            // The GSO super-packet: checksum left to the kernel (NEEDS_CSUM), GSO_UDP_L4.
+            let mut sp = Spec { l3_only: true, payload_len: SEGMENTS * SEGMENT, ..Spec::udp("100.64.10.5", "100.64.0.1", 40001, 5300) }.build();
+            let udp_len = (8 + SEGMENTS * SEGMENT) as u16;
+            sp[26..28].copy_from_slice(&pseudo_header_seed(src, dst, udp_len).to_be_bytes());
+            for (i, b) in sp[28..].iter_mut().enumerate() {
+                *b = (i / SEGMENT) as u8;
+            }
+            let mut hdr = vec![1u8, 5];
+            for v in [28u16, SEGMENT as u16, 20, 6] {
+                hdr.extend_from_slice(&v.to_le_bytes());
+            }
+            hdr.extend_from_slice(&sp);
+            tun.write_all(&hdr).expect("GSO write");
+            let mut received = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = socket.recv(&mut buf) {
+                received.push(buf[..n].to_vec());
+            }
+            (dp.verdict_counters().expect("counters"), received)
+        })
+        .unwrap();
+    let c = |r: u32| counters[stats_index(HOOK_TUNNEL_INGRESS, r) as usize];
+    assert_eq!(c(reason::DROP_TRUNCATED).packets, 0);
+    assert_eq!(c(reason::DROP_NOT_LINEAR).packets, 0);
+    // One skb per write: the full-size datagram and the whole super-packet.
+    assert_eq!(c(reason::ACCEPT_POLICY).packets, 2, "{:?}", c(reason::ACCEPT_POLICY));
+    assert_eq!(c(reason::ACCEPT_POLICY).bytes as usize, 1500 + 28 + SEGMENTS * SEGMENT);
+    assert_eq!(received.len(), 1 + SEGMENTS, "datagrams at the socket: {:?}", received.iter().map(Vec::len).collect::<Vec<_>>());
+    assert_eq!(received[0].len(), 1472);
+    for (i, d) in received[1..].iter().enumerate() {
+        assert_eq!(d.len(), SEGMENT);
+        assert!(d.iter().all(|b| *b == i as u8), "segment {i} carries its own bytes");
+    }
 }

@@ -188,8 +188,22 @@ impl Dataplane {
             }
         }
         let l = &self.limits;
-        if c.v4_chunks.len() > (l.acl_chunks * V4_CHUNK_ENTRIES) as usize || c.rules.len() > l.rules as usize {
-            return Err(anyhow!("compiled policy exceeds the configured limits"));
+        if c.v4_chunks.len() > (l.acl_chunks * V4_CHUNK_ENTRIES) as usize
+            || c.rules.len() > l.rules as usize
+            || c.verdicts.len() > l.acl_verdicts as usize
+            || c.v6.len() > l.acl_v6_prefixes as usize
+        {
+            return Err(anyhow!(
+                "compiled policy exceeds the configured limits ({} rules, {} verdicts, {} IPv4 chunks, {} IPv6 prefixes; limits {}, {}, {}, {})",
+                c.rules.len(),
+                c.verdicts.len(),
+                c.v4_chunks.len() / V4_CHUNK_ENTRIES as usize,
+                c.v6.len(),
+                l.rules,
+                l.acl_verdicts,
+                l.acl_chunks,
+                l.acl_v6_prefixes
+            ));
         }
         self.root.write(slot * V4_ROOT_ENTRIES, &c.v4_root)?;
         self.chunks.write(slot * l.acl_chunks * V4_CHUNK_ENTRIES, &c.v4_chunks)?;
@@ -207,41 +221,39 @@ impl Dataplane {
         Ok(ApplyReport { generation: next.generation, slot, rules: c.rules.len(), write_time: started.elapsed(), stats: c.stats })
     }
 
+    /// Replaces the slot's verdict entries. The slot's key list always covers every entry that
+    /// may be in the map, also when a write fails half way, so the next apply to this slot
+    /// removes what this one left (the slot is inactive until an apply completes).
     fn write_verdicts(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
         let mut map: BpfHashMap<_, VerdictKey, Verdict> =
             BpfHashMap::try_from(self.ebpf.map_mut(names::ACL_VERDICT).context("verdict map")?)?;
-        let mut keys: Vec<VerdictKey> = c.verdicts.keys().map(|k| VerdictKey { slot: slot as u8, ..*k }).collect();
-        keys.sort_unstable_by_key(|k| (k.src_class, k.dst_class, k.proto_class, k.port_class));
-        let new: std::collections::HashSet<VerdictKey> = keys.iter().copied().collect();
-        // Stale entries go first, so the slot never needs more than its share of the map.
-        for old in std::mem::take(&mut self.slots[slot as usize].verdict_keys) {
-            if !new.contains(&old) {
-                map.remove(&old).context("removing a stale verdict")?;
-            }
-        }
-        for (k, v) in &c.verdicts {
-            map.insert(VerdictKey { slot: slot as u8, ..*k }, v, 0).context("writing a verdict")?;
-        }
-        self.slots[slot as usize].verdict_keys = keys;
-        Ok(())
+        let tracked = &mut self.slots[slot as usize].verdict_keys;
+        let wanted: HashMap<VerdictKey, &Verdict> = c.verdicts.iter().map(|(k, v)| (VerdictKey { slot: slot as u8, ..*k }, v)).collect();
+        replace_entries(
+            tracked,
+            wanted.keys().copied().collect(),
+            |k, write| match write {
+                Write::Remove => map.remove(k).context("removing a stale verdict"),
+                Write::Insert => map.insert(*k, wanted[k], 0).context("writing a verdict"),
+            },
+        )
     }
 
+    /// As [`Dataplane::write_verdicts`], for the IPv6 prefixes.
     fn write_v6(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
         let mut trie: LpmTrie<_, V6KeyData, AddrClass> =
             LpmTrie::try_from(self.ebpf.map_mut(names::ACL_V6).context("v6 map")?)?;
-        let new: std::collections::HashSet<(u8, [u8; 16])> = c.v6.iter().map(|(l, a, _)| (*l, *a)).collect();
-        for (len, addr) in std::mem::take(&mut self.slots[slot as usize].v6_keys) {
-            if !new.contains(&(len, addr)) {
-                trie.remove(&Key::new(V6_SLOT_PREFIX_BITS + len as u32, V6KeyData::new(slot, addr)))
-                    .context("removing a stale IPv6 prefix")?;
-            }
-        }
-        for (len, addr, class) in &c.v6 {
-            trie.insert(&Key::new(V6_SLOT_PREFIX_BITS + *len as u32, V6KeyData::new(slot, *addr)), class, 0)
-                .context("writing an IPv6 prefix")?;
-        }
-        self.slots[slot as usize].v6_keys = new.into_iter().collect();
-        Ok(())
+        let tracked = &mut self.slots[slot as usize].v6_keys;
+        let wanted: HashMap<(u8, [u8; 16]), &AddrClass> = c.v6.iter().map(|(l, a, class)| ((*l, *a), class)).collect();
+        let key = |(len, addr): &(u8, [u8; 16])| Key::new(V6_SLOT_PREFIX_BITS + *len as u32, V6KeyData::new(slot, *addr));
+        replace_entries(
+            tracked,
+            wanted.keys().copied().collect(),
+            |k, write| match write {
+                Write::Remove => trie.remove(&key(k)).context("removing a stale IPv6 prefix"),
+                Write::Insert => trie.insert(&key(k), wanted[k], 0).context("writing an IPv6 prefix"),
+            },
+        )
     }
 
     /// Moves the counters of the policy that last used `slot` into the retired totals and zeroes
@@ -378,6 +390,89 @@ impl Dataplane {
 
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+}
+
+/// Makes a map's entries for one slot exactly `wanted`, given `tracked`: every key that may be
+/// in the map for that slot. Stale entries go first, so the slot never needs more than its share
+/// of the map. `tracked` is kept a superset of the map's keys at every step, so a failure leaves
+/// nothing behind that a later call would not remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    Remove,
+    Insert,
+}
+
+fn replace_entries<K: Copy + Eq + std::hash::Hash>(
+    tracked: &mut Vec<K>,
+    wanted: Vec<K>,
+    mut write: impl FnMut(&K, Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let want: std::collections::HashSet<K> = wanted.iter().copied().collect();
+    let mut present: std::collections::HashSet<K> = tracked.iter().copied().collect();
+    let result = (|| {
+        for old in tracked.iter().filter(|k| !want.contains(k)) {
+            write(old, Write::Remove)?;
+            present.remove(old);
+        }
+        for k in &wanted {
+            present.insert(*k);
+            write(k, Write::Insert)?;
+        }
+        Ok(())
+    })();
+    *tracked = present.into_iter().collect();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use anyhow::bail;
+
+    use super::{Write, replace_entries};
+
+    /// A map that fails its `fail_at`-th insert, as a full or memory-starved kernel map would.
+    struct FlakyMap {
+        keys: HashSet<u32>,
+        inserts: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl FlakyMap {
+        fn replace(&mut self, tracked: &mut Vec<u32>, wanted: Vec<u32>) -> anyhow::Result<()> {
+            replace_entries(tracked, wanted, |k, write| {
+                if write == Write::Remove {
+                    self.keys.remove(k);
+                    return Ok(());
+                }
+                self.inserts += 1;
+                if Some(self.inserts) == self.fail_at {
+                    bail!("insert {} refused", self.inserts);
+                }
+                self.keys.insert(*k);
+                Ok(())
+            })
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_the_next_write_does_not_remove() {
+        let mut map = FlakyMap { keys: HashSet::new(), inserts: 0, fail_at: None };
+        let mut tracked = Vec::new();
+        map.replace(&mut tracked, (0..10).collect()).unwrap();
+        // Half of a very different policy goes in before an insert fails.
+        map.fail_at = Some(map.inserts + 6);
+        assert!(map.replace(&mut tracked, (100..120).collect()).is_err());
+        let tracked_set: HashSet<u32> = tracked.iter().copied().collect();
+        assert!(map.keys.is_subset(&tracked_set), "untracked entries after the failure: {:?}", map.keys.difference(&tracked_set).collect::<Vec<_>>());
+        assert_eq!(map.keys.len(), 5, "stale entries removed, five new ones written: {:?}", map.keys);
+        // The next write to the slot leaves exactly its own entries.
+        map.fail_at = None;
+        map.replace(&mut tracked, (200..203).collect()).unwrap();
+        assert_eq!(map.keys, (200..203).collect::<HashSet<u32>>());
+        assert_eq!(tracked.iter().copied().collect::<HashSet<u32>>(), map.keys);
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use aya::maps::HashMap as BpfHashMap;
 use gateway_common::{
-    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_POLICY, is_live},
+    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_POLICY, ORIGIN_REVOKED, STATE_TCP_CLOSED, is_live},
     maps as names,
 };
 
@@ -67,8 +67,17 @@ impl Dataplane {
                 (&key.addr_b, &key.addr_a, key.port_a)
             };
             let verdict = compiled.lookup(ip(key.family, src), ip(key.family, dst), key.proto, dport);
-            if verdict.judgement.action == Action::Drop && map.remove(&key).is_ok() {
-                report.revoked += 1;
+            if verdict.judgement.action == Action::Drop {
+                // A tombstone, as the kernel leaves one: the flow cannot come back as a local one.
+                let tombstone = CtEntry {
+                    origin: ORIGIN_REVOKED,
+                    last_seen_ns: now,
+                    state: if key.proto == 6 { STATE_TCP_CLOSED } else { entry.state },
+                    ..entry
+                };
+                if map.insert(key, tombstone, 0).is_ok() {
+                    report.revoked += 1;
+                }
             }
         }
         Ok(report)

@@ -2,6 +2,7 @@
 //! real `gateway run` in the middle. Used by `gateway demo` and by the integration tests.
 
 pub mod demo;
+pub mod iperf;
 pub mod netns;
 pub mod management;
 pub mod process;
