@@ -133,6 +133,14 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, management:
     if !forwarders.is_empty() {
         dp.enable_xdp_forward(&forwarders)?;
         info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
+        for name in forwarders.iter().filter(|n| crate::dataplane::attach::driver(n).is_ok_and(|d| d == "veth")) {
+            warn!(
+                interface = %name,
+                "XDP forwarding from a veth: senders on this host that leave checksums to offload (the veth default) \
+                 have their forwarded TCP/UDP frames dropped by the receiver; turn tx checksumming off on the sending \
+                 ends, or leave forwarding to the kernel here"
+            );
+        }
     }
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("kernel log channel")?;
     let metrics = Metrics::new()?;

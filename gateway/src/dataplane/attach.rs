@@ -38,31 +38,53 @@ pub fn if_index(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-/// Reads the link type (ARPHRD_*) with SIOCGIFHWADDR on a socket of the calling thread's network
-/// namespace: 1 is Ethernet, 65534 ("none") is a TUN or WireGuard device.
-pub fn link_kind(name: &str) -> anyhow::Result<LinkKind> {
+/// Runs an interface ioctl with a 40-byte `struct ifreq` that names `name`, on a socket of the
+/// calling thread's network namespace; `fill` sets the request's union part first.
+fn ifreq_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut [u8; 40])) -> anyhow::Result<[u8; 40]> {
     if_index(name)?;
     let mut req = [0u8; 40];
     req[..name.len()].copy_from_slice(name.as_bytes());
+    fill(&mut req);
     // SAFETY: a plain datagram socket, closed below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
         bail!("socket: {}", std::io::Error::last_os_error());
     }
-    // SAFETY: SIOCGIFHWADDR with a 40-byte struct ifreq holding the name.
-    let rc = unsafe { libc::ioctl(sock, libc::SIOCGIFHWADDR, req.as_mut_ptr()) };
+    // SAFETY: an interface ioctl with a properly sized struct ifreq holding the name.
+    let rc = unsafe { libc::ioctl(sock, request, req.as_mut_ptr()) };
     let err = std::io::Error::last_os_error();
     // SAFETY: closing the socket opened above.
     unsafe { libc::close(sock) };
     if rc != 0 {
-        bail!("reading the link type of {name}: {err}");
+        bail!("ioctl {request:#x} on {name}: {err}");
     }
+    Ok(req)
+}
+
+/// Reads the link type (ARPHRD_*) with SIOCGIFHWADDR: 1 is Ethernet, 65534 ("none") is a TUN or
+/// WireGuard device.
+pub fn link_kind(name: &str) -> anyhow::Result<LinkKind> {
+    let req = ifreq_ioctl(name, libc::SIOCGIFHWADDR, |_| {}).with_context(|| format!("reading the link type of {name}"))?;
     // struct ifreq: 16-byte name, then struct sockaddr whose first field is the family.
     match u16::from_ne_bytes([req[16], req[17]]) {
         1 => Ok(LinkKind::Ethernet),
         65534 => Ok(LinkKind::L3),
         other => bail!("interface {name:?} has link type {other}; expected Ethernet (1) or none (65534)"),
     }
+}
+
+/// The interface's driver, as `ethtool -i` shows it (ETHTOOL_GDRVINFO): "veth", "mlx5_core", ...
+pub fn driver(name: &str) -> anyhow::Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, then driver[32], version, fw_version, bus_info, erom_version
+    // (32 each), reserved2[12] and five u32 counts.
+    let mut info = [0u8; 196];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    let ptr = info.as_mut_ptr() as usize;
+    ifreq_ioctl(name, libc::SIOCETHTOOL, |req| req[16..24].copy_from_slice(&ptr.to_ne_bytes()))?;
+    let driver = &info[4..36];
+    let len = driver.iter().position(|b| *b == 0).unwrap_or(driver.len());
+    Ok(String::from_utf8_lossy(&driver[..len]).into_owned())
 }
 
 impl Dataplane {
