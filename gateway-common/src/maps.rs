@@ -13,6 +13,35 @@ pub const FRAGMENTS: &str = "FRAG_V1";
 pub const STATS: &str = "STATS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const FORWARD_PORTS: &str = "FWD_PORTS_V1";
+pub const FIB_CACHE: &str = "FIB_CACHE_V1";
+
+/// Layout of the pinned data plane (maps and links): bumped together with the `_V1` suffixes
+/// whenever a map's key, value or meaning changes. A gateway adopts only a pinned data plane of
+/// its own layout; any other is an explicit decision for the operator (`gateway detach`).
+pub const LAYOUT_VERSION: &str = "v1";
+/// Where `gateway run` pins its maps and links unless the config says otherwise: the data plane
+/// outlives the process (crash, restart, upgrade) and keeps enforcing the last policy.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/gateway";
+/// Subfolders of `<pin root>/<LAYOUT_VERSION>/`.
+pub const PIN_MAPS_DIR: &str = "maps";
+pub const PIN_LINKS_DIR: &str = "links";
+/// The maps that carry state across a restart: the policy slots and the active one, settings,
+/// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
+pub const PINNED_MAPS: [&str; 13] = [
+    ACTIVE_POLICY,
+    SETTINGS,
+    ACL_V4_ROOT,
+    ACL_V4_CHUNKS,
+    ACL_V6,
+    ACL_PORT_CLASS,
+    ACL_VERDICT,
+    CONNTRACK,
+    FRAGMENTS,
+    STATS,
+    RULE_STATS,
+    FORWARD_PORTS,
+    FIB_CACHE,
+];
 
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";

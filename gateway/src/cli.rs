@@ -22,8 +22,21 @@ enum Command {
         /// Serve Prometheus metrics and /status here (overrides the config file).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Remove the data plane when this process exits (SIGINT/SIGTERM). By default it stays
+        /// pinned and enforcing the last policy until the next run adopts it or `gateway detach`.
+        #[arg(long)]
+        detach_on_exit: bool,
         #[command(flatten)]
         management: ManagementClientArgs,
+    },
+    /// Remove the pinned data plane: programs detach, policy and flow state are dropped, and
+    /// traffic is no longer enforced. The explicit opposite of the fail-static default.
+    Detach {
+        /// The pin folder (default: the config's pin_dir, else /sys/fs/bpf/gateway).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// The embedded management service (NetBird-compatible gRPC and REST API).
     Management {
@@ -133,9 +146,10 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, metrics_addr, management } => {
-            management.sync_options().and_then(|m| runner::run(&config, metrics_addr, m))
+        Command::Run { config, metrics_addr, detach_on_exit, management } => {
+            management.sync_options().and_then(|m| runner::run(&config, metrics_addr, detach_on_exit, m))
         }
+        Command::Detach { pin_dir, config } => detach(pin_dir, config),
         Command::Management { command: ManagementCommand::Serve { data_dir, listen, api_token, network, dns_domain, ephemeral_timeout } } => {
             let mut options = management::Options::new(data_dir);
             options.api_token = api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
@@ -158,6 +172,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn detach(pin_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let root = match (pin_dir, config) {
+        (Some(dir), _) => dir,
+        (None, Some(cfg)) => crate::config::Config::load(&cfg)?
+            .pin_dir
+            .ok_or_else(|| anyhow::anyhow!("{} sets pin_dir: null; nothing is pinned", cfg.display()))?,
+        (None, None) => PathBuf::from(gateway_common::maps::DEFAULT_PIN_ROOT),
+    };
+    let removed = crate::dataplane::pins::PinDir::remove_all(&root)?;
+    if removed.is_empty() {
+        println!("nothing pinned under {}", root.display());
+    } else {
+        println!("removed {} pins under {}; the data plane is detached", removed.len(), root.display());
+    }
+    Ok(())
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {

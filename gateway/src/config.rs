@@ -28,6 +28,15 @@ pub struct Config {
     /// Prometheus endpoint; none when absent.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the data plane is pinned (a bpffs folder): it keeps enforcing the last policy when
+    /// the process exits, crashes or restarts, and the next run adopts it. `null` for a data
+    /// plane that is removed when the process exits.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+fn default_pin_dir() -> Option<PathBuf> {
+    Some(PathBuf::from(maps::DEFAULT_PIN_ROOT))
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

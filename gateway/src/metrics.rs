@@ -110,7 +110,19 @@ impl Metrics {
                 }
             }
         }
-        for (name, c) in dp.rule_counters()? {
+        let rules = dp.rule_counters()?;
+        // Series of policies no longer in force go (their counts live on under "(retired)"), so
+        // the label set stays bounded by the policies in force.
+        let current: std::collections::HashSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
+        let gone: Vec<String> =
+            self.seen.keys().filter(|(k, n, _)| *k == 2 && !current.contains(n.as_str())).map(|(_, n, _)| n.clone()).collect();
+        for name in gone {
+            let _ = self.policy_packets.remove_label_values(&[name.as_str()]);
+            let _ = self.policy_bytes.remove_label_values(&[name.as_str()]);
+            self.seen.remove(&(2, name.clone(), String::new()));
+            self.seen.remove(&(3, name, String::new()));
+        }
+        for (name, c) in rules {
             let dp_ = self.advance(2, &name, "", c.packets);
             let db = self.advance(3, &name, "", c.bytes);
             self.policy_packets.with_label_values(&[name.as_str()]).inc_by(dp_);
@@ -144,6 +156,8 @@ impl Metrics {
 /// The management client's health: connection, last serial, freshness and apply latency.
 pub struct ManagementMetrics {
     pub connected: IntGauge,
+    /// 1 once the management service refused this gateway (deny-all in force).
+    pub refused: IntGauge,
     pub serial: IntGauge,
     since_sync: prometheus::Gauge,
     pub maps: IntCounterVec,
@@ -155,6 +169,7 @@ impl ManagementMetrics {
     fn register(registry: &Registry) -> anyhow::Result<ManagementMetrics> {
         let connected = IntGauge::new("gateway_management_connected", "1 while the Sync stream to management is open")?;
         let serial = IntGauge::new("gateway_management_serial", "Serial of the network map in force")?;
+        let refused = IntGauge::new("gateway_management_refused", "1 once the management service refused this gateway (peer deleted, key refused): a deny-all policy is in force")?;
         let since_sync = prometheus::Gauge::new("gateway_management_seconds_since_sync", "Seconds since the last message on the Sync stream (-1: none yet)")?;
         let maps = IntCounterVec::new(Opts::new("gateway_management_maps_total", "Network maps received, by result"), &["result"])?;
         let apply_seconds = prometheus::Histogram::with_opts(
@@ -163,11 +178,12 @@ impl ManagementMetrics {
         )?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(serial.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(since_sync.clone()))?;
         registry.register(Box::new(maps.clone()))?;
         registry.register(Box::new(apply_seconds.clone()))?;
         since_sync.set(-1.0);
-        Ok(ManagementMetrics { connected, serial, since_sync, maps, apply_seconds, last_sync: None })
+        Ok(ManagementMetrics { connected, refused, serial, since_sync, maps, apply_seconds, last_sync: None })
     }
 
     pub fn synced(&mut self) {

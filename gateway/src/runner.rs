@@ -1,4 +1,5 @@
-//! `gateway run`: load, attach, enforce; reload the policy on SIGHUP; detach on exit.
+//! `gateway run`: load (or adopt the pinned data plane), attach, enforce; reload the policy on
+//! SIGHUP. On exit the pinned data plane stays in force (fail-static) unless told otherwise.
 
 use std::{
     net::SocketAddr,
@@ -14,7 +15,7 @@ use tracing::{error, info, warn};
 use crate::{
     compile,
     config::Config,
-    dataplane::{Dataplane, LoadOptions, attach},
+    dataplane::{Dataplane, LoadOptions, SweepReport, attach, sweep::Sweeper},
     metrics::Metrics,
     policy, status,
     sync::{self, Identity, SyncOptions},
@@ -78,7 +79,7 @@ pub fn policy_source(cfg: &Config, management: Option<SyncOptions>) -> anyhow::R
     }
 }
 
-pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, management: Option<SyncOptions>) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_exit: bool, management: Option<SyncOptions>) -> anyhow::Result<()> {
     init_tracing();
     let mut cfg = Config::load(config_path)?;
     if metrics_override.is_some() {
@@ -116,47 +117,47 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, management:
         timeouts: cfg.conntrack.timeouts,
         overlay_v4: cfg.overlay.ipv4,
         overlay_v6: cfg.overlay.ipv6,
+        pin_root: cfg.pin_dir.clone(),
     };
     let mut dp = Dataplane::load(&opts)?;
-    let report = dp.apply(&compiled)?;
-    // On any error below, dropping `dp` detaches what was attached: nothing is left half-done.
-    for t in &cfg.interfaces.tunnel {
-        let kind = dp.attach_tunnel(&t.name)?;
-        info!(interface = %t.name, link = ?kind, "tunnel interface protected (tc ingress + egress)");
+    if let Some(generation) = dp.adopted() {
+        info!(pin_dir = ?cfg.pin_dir, generation, "adopted the pinned data plane: its policy and flows stay in force while this process takes over");
     }
-    for l in &cfg.interfaces.lan {
-        let mode = dp.attach_lan(&l.name, l.attach)?;
-        info!(interface = %l.name, mode, "LAN interface attached");
-    }
-    let forwarders: Vec<String> =
-        cfg.interfaces.lan.iter().filter(|l| l.forward == crate::config::Forwarding::Xdp).map(|l| l.name.clone()).collect();
-    if !forwarders.is_empty() {
-        dp.enable_xdp_forward(&forwarders)?;
-        info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
-        for name in forwarders.iter().filter(|n| crate::dataplane::attach::driver(n).is_ok_and(|d| d == "veth")) {
-            warn!(
-                interface = %name,
-                "XDP forwarding from a veth: senders on this host that leave checksums to offload (the veth default) \
-                 have their forwarded TCP/UDP frames dropped by the receiver; turn tx checksumming off on the sending \
-                 ends, or leave forwarding to the kernel here"
-            );
+    // Until the first network map, an adopted policy stays in force (a restart must not cut the
+    // flows it allows); a new data plane starts with nothing allowed.
+    let keep_adopted = dp.adopted().is_some() && matches!(source, PolicySource::Management(_));
+    let report = if keep_adopted { None } else { Some(dp.apply(&compiled)?) };
+    if let Err(e) = attach_all(&mut dp, &cfg) {
+        // Nothing half-done: what this run attached is removed again; adopted links keep
+        // enforcing the policy they had.
+        for err in dp.abandon_start() {
+            error!("undoing the start: {err}");
         }
+        return Err(e);
     }
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("kernel log channel")?;
     let metrics = Metrics::new()?;
     metrics.apply_seconds.set(started.elapsed().as_secs_f64());
-    metrics.reloads.with_label_values(&["ok"]).inc();
-    info!(
-        policy = %source.label(),
-        generation = report.generation,
-        rules = report.rules,
-        verdicts = report.stats.verdicts,
-        "policy applied in {:?}",
-        started.elapsed()
-    );
-    let last_reload = match &source {
-        PolicySource::File(_) => format!("ok: generation {} at start", report.generation),
-        PolicySource::Management(_) => "waiting for the first network map (default deny until then)".to_string(),
+    let last_reload = match (&report, &source) {
+        (Some(report), _) => {
+            metrics.reloads.with_label_values(&["ok"]).inc();
+            info!(
+                policy = %source.label(),
+                generation = report.generation,
+                rules = report.rules,
+                verdicts = report.stats.verdicts,
+                "policy applied in {:?}",
+                started.elapsed()
+            );
+            match &source {
+                PolicySource::File(_) => format!("ok: generation {} at start", report.generation),
+                PolicySource::Management(_) => "waiting for the first network map (default deny until then)".to_string(),
+            }
+        }
+        (None, _) => format!(
+            "adopted generation {} from the previous run; it stays in force until the first network map",
+            dp.generation()
+        ),
     };
     let management = match &source {
         PolicySource::Management(m) => Some(status::ManagementReport { url: m.url.clone(), ..Default::default() }),
@@ -177,13 +178,85 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, management:
         };
         serve(gw.clone(), logger, listener, events).await
     });
-    let mut g = gw.lock().expect("gateway state");
-    let errors = g.dp.detach_all();
-    for e in &errors {
-        error!("detach failed: {e}");
+    let mut g = lock(&gw);
+    match g.dp.pin_root().map(Path::to_path_buf) {
+        Some(root) if !detach_on_exit => {
+            info!(pin_dir = %root.display(), generation = g.dp.generation(), "exiting; the data plane stays pinned and enforcing this policy (`gateway detach` removes it)");
+        }
+        _ => {
+            for e in g.dp.detach_all() {
+                error!("detach failed: {e}");
+            }
+            if let Some(root) = g.dp.pin_root().map(Path::to_path_buf) {
+                if let Err(e) = crate::dataplane::pins::PinDir::remove_all(&root) {
+                    error!("removing the pinned maps: {e:#}");
+                }
+            }
+            info!("detached from all interfaces; exiting");
+        }
     }
-    info!("detached from all interfaces; exiting");
     result
+}
+
+/// The shared state. A handler that panicked leaves it usable: the data plane's state lives in
+/// the kernel, and exiting over a poisoned lock would only stop the controller.
+fn lock<T>(gw: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    gw.lock().unwrap_or_else(|poisoned| {
+        warn!("a handler panicked while holding the gateway state; carrying on");
+        gw.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_panicked_handler_does_not_take_the_controller_down() {
+        let state = Arc::new(Mutex::new(1u32));
+        let s = state.clone();
+        let _ = std::thread::spawn(move || {
+            let mut g = s.lock().unwrap();
+            *g = 2;
+            panic!("a handler bug");
+        })
+        .join();
+        assert!(state.is_poisoned());
+        assert_eq!(*super::lock(&state), 2, "the state is still there");
+        assert!(!state.is_poisoned(), "and usable without another warning");
+    }
+}
+
+/// Attaches every configured interface, enables XDP forwarding where configured, and releases
+/// pinned links that the configuration no longer names.
+fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
+    for t in &cfg.interfaces.tunnel {
+        let kind = dp.attach_tunnel(&t.name)?;
+        info!(interface = %t.name, link = ?kind, "tunnel interface protected (tc ingress + egress)");
+    }
+    for l in &cfg.interfaces.lan {
+        let mode = dp.attach_lan(&l.name, l.attach)?;
+        info!(interface = %l.name, mode, "LAN interface attached");
+    }
+    for name in dp.release_unclaimed_links()? {
+        info!(link = %name, "detached a pinned link the configuration no longer names");
+    }
+    let forwarders: Vec<String> =
+        cfg.interfaces.lan.iter().filter(|l| l.forward == crate::config::Forwarding::Xdp).map(|l| l.name.clone()).collect();
+    if !forwarders.is_empty() {
+        dp.enable_xdp_forward(&forwarders)?;
+        info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
+        for name in forwarders.iter().filter(|n| attach::driver(n).is_ok_and(|d| d == "veth")) {
+            warn!(
+                interface = %name,
+                "XDP forwarding from a veth: senders on this host that leave checksums to offload (the veth default) \
+                 have their forwarded TCP/UDP frames dropped by the receiver; turn tx checksumming off on the sending \
+                 ends, or leave forwarding to the kernel here"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -205,15 +278,34 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    // The sweep walks the whole conntrack map: it runs on a blocking thread with a handle of its
+    // own, never holding the state that packets' policy changes and scrapes need.
+    let mut sweeper = Some(lock(&gw).dp.sweeper()?);
+    let mut sweeping: Option<tokio::task::JoinHandle<(Sweeper, anyhow::Result<SweepReport>)>> = None;
     loop {
         tokio::select! {
             _ = hup.recv() => reload(&gw),
             Some(event) = next_event(&mut events) => on_sync_event(&gw, event)?,
-            _ = sweep.tick() => {
-                let mut g = gw.lock().expect("gateway state");
-                let recheck = g.recheck.take();
-                match g.dp.sweep_conntrack(recheck.as_ref()) {
-                    Ok(r) => g.metrics.count_sweep(&r),
+            _ = sweep.tick(), if sweeper.is_some() => {
+                let (recheck, generation) = {
+                    let mut g = lock(&gw);
+                    (g.recheck.take(), g.dp.generation())
+                };
+                let mut s = sweeper.take().expect("checked by the guard");
+                sweeping = Some(tokio::task::spawn_blocking(move || {
+                    let r = s.sweep(generation, recheck.as_ref());
+                    (s, r)
+                }));
+            }
+            Some(done) = finished(&mut sweeping) => {
+                let (s, result) = done.map_err(|e| anyhow::anyhow!("conntrack sweep task: {e}"))?;
+                sweeper = Some(s);
+                let mut g = lock(&gw);
+                match result {
+                    Ok(r) => {
+                        g.dp.record_sweep(&r);
+                        g.metrics.count_sweep(&r);
+                    }
                     Err(e) => warn!("conntrack sweep failed: {e:#}"),
                 }
             }
@@ -229,6 +321,18 @@ async fn serve(
     Ok(())
 }
 
+/// The result of a running blocking task, once; never resolves when there is none.
+async fn finished<T>(task: &mut Option<tokio::task::JoinHandle<T>>) -> Option<Result<T, tokio::task::JoinError>> {
+    match task {
+        Some(handle) => {
+            let result = handle.await;
+            *task = None;
+            Some(result)
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The next event from the sync task; never resolves when there is none.
 async fn next_event(events: &mut Option<tokio::sync::mpsc::Receiver<sync::Event>>) -> Option<sync::Event> {
     match events {
@@ -239,7 +343,7 @@ async fn next_event(events: &mut Option<tokio::sync::mpsc::Receiver<sync::Event>
 
 /// A message from the management client. Only PermissionDenied ends the gateway.
 fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result<()> {
-    let mut g = gw.lock().expect("gateway state");
+    let mut g = lock(gw);
     let g = &mut *g;
     match event {
         sync::Event::Connected(up) => {
@@ -254,7 +358,22 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
             g.last_reload = format!("rejected, serial {} stays in force: {why}", g.serial);
             warn!("network map rejected, serial {} stays in force: {why}", g.serial);
         }
-        sync::Event::Fatal(why) => anyhow::bail!("the management service refused this gateway: {why}"),
+        sync::Event::Fatal(why) => {
+            // The peer is gone (or never was): whatever its last map allowed no longer holds.
+            // Enforcement continues with nothing allowed, never with no filter; the process
+            // stays up so that logs, metrics and status say why.
+            let deny_all = compile::compile(&policy::PolicySet::default(), &g.cfg.limits.compile_limits())?;
+            let r = g.dp.apply(&deny_all)?;
+            g.recheck = Some(deny_all);
+            g.metrics.management.refused.set(1);
+            g.metrics.management.connected.set(0);
+            if let Some(m) = g.management.as_mut() {
+                m.connected = false;
+                m.refused = Some(why.clone());
+            }
+            g.last_reload = format!("refused by the management service ({why}); deny-all in force as generation {}", r.generation);
+            error!(generation = r.generation, "the management service refused this gateway: {why}; deny-all in force (re-enroll with a new setup key and restart)");
+        }
         sync::Event::Map(map, received) => {
             g.metrics.management.synced();
             if map.serial <= g.serial {
@@ -304,7 +423,7 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
 
 /// SIGHUP: re-read the policy file; a bad file is rejected whole and the old policy stays.
 fn reload(gw: &Arc<Mutex<Gateway>>) {
-    let mut g = gw.lock().expect("gateway state");
+    let mut g = lock(&gw);
     let Some(file) = g.cfg.policy.clone() else {
         info!("SIGHUP: the policy comes from the management service; nothing to reload");
         return;
@@ -340,9 +459,15 @@ async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
             get(move || {
                 let gw = metrics_gw.clone();
                 async move {
-                    let mut g = gw.lock().expect("gateway state");
-                    let g = &mut *g;
-                    match g.metrics.refresh(&g.dp).and_then(|_| g.metrics.render()) {
+                    // Reading the kernel counters takes a syscall per counter: off the runtime.
+                    let rendered = tokio::task::spawn_blocking(move || {
+                        let mut g = lock(&gw);
+                        let g = &mut *g;
+                        g.metrics.refresh(&g.dp).and_then(|_| g.metrics.render())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("metrics task: {e}")));
+                    match rendered {
                         Ok(text) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response(),
                         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
                     }
@@ -354,8 +479,13 @@ async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
             get(move || {
                 let gw = gw.clone();
                 async move {
-                    let g = gw.lock().expect("gateway state");
-                    match status::report(&g.dp, &g.source, &g.last_reload, g.management.clone()) {
+                    let report = tokio::task::spawn_blocking(move || {
+                        let g = lock(&gw);
+                        status::report(&g.dp, &g.source, &g.last_reload, g.management.clone())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("status task: {e}")));
+                    match report {
                         Ok(r) => (StatusCode::OK, [("content-type", "application/json")], serde_json::to_string_pretty(&r).unwrap_or_default()).into_response(),
                         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
                     }

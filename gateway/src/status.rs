@@ -36,6 +36,10 @@ pub struct ManagementReport {
     pub serial: u64,
     /// This gateway's overlay address as management assigned it.
     pub overlay_address: Option<String>,
+    /// Why the management service refused this gateway (peer deleted, key refused), if it did:
+    /// a deny-all policy is in force since then.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

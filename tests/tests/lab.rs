@@ -57,7 +57,14 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--json", "--addr", LAB_METRICS_ADDR]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
     assert_eq!(json["generation"], 1);
-    assert!(json["maps"].as_array().unwrap().iter().any(|m| m["map"] == "conntrack" && m["entries"].as_u64().unwrap() > 0));
+    // The conntrack fill level is what the last sweep counted (counting takes a walk of the
+    // map, which the controller does only there, off its runtime): the sweep every 10 s sees
+    // the matrix's flows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !gw.status(&lab.gw).unwrap().maps.iter().any(|m| m.map == "conntrack" && m.entries > 0) {
+        assert!(std::time::Instant::now() < deadline, "no conntrack entries counted by a sweep");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // Prometheus exposition with the documented names and labels.
     let m = gw.metrics(&lab.gw).unwrap();
@@ -105,8 +112,24 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
 
     let exit = gw.stop().unwrap();
     assert!(exit.success(), "gateway exit {exit}");
-    // Detached: with the gateway gone, traffic flows unpoliced (demo isolation no longer holds).
-    assert!(traffic::tcp_exchange(&lab.host("lin1").ns, IpAddr::V4(lab.host("web1").addr), 443));
+    // Fail-static: with the controller gone the pinned data plane keeps enforcing the last
+    // policy: demo isolation holds, allowed flows still open.
+    let (lin1_ns, web1) = (&lab.host("lin1").ns, IpAddr::V4(lab.host("web1").addr));
+    assert!(!traffic::tcp_exchange(lin1_ns, web1, 443), "demo isolation must hold after the gateway exited");
+    assert!(traffic::tcp_exchange(orch, lin1, 443), "allowed flows keep opening after the gateway exited");
+    // Removing it is an explicit act; then traffic is no longer policed.
+    let bin = gateway_binary();
+    let out = std::process::Command::new(&bin).args(["detach", "--pin-dir"]).arg(lab.pin_dir()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the data plane is detached"), "{}", String::from_utf8_lossy(&out.stdout));
+    // The kernel releases an unpinned link from a work queue: allow it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !traffic::tcp_exchange(lin1_ns, web1, 443) {
+        assert!(std::time::Instant::now() < deadline, "after `gateway detach` the traffic is still policed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let links = String::from_utf8_lossy(&lab.gw.ip(&["-d", "link", "show", "lan0"]).unwrap().stdout).to_string();
+    assert!(!links.contains("xdp"), "XDP still attached to lan0 after detach:\n{links}");
 }
 
 #[test]

@@ -214,10 +214,27 @@ fn gateway_enforces_what_management_says_through_trouble() {
     let refused = grpc_login(&lab.gw, &gw_key).expect_err("second use of a one-off key");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 
-    // Deleting the gateway's peer ends it with a clear message and a non-zero exit.
+    // Allowed again, with a live connection, so that what a refusal does is visible.
+    let policy = api.id("/api/policies", json!({"name": "session2", "enabled": true, "rules": [
+        {"name": "to-lan", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "tcp", "ports": ["80"], "sources": [clients], "destinations": [lan_res]},
+    ]}));
+    let (serial5, _) = wait_applied(&gw, &lab.gw, serial4);
+    assert!(!policy.is_empty() && serial5 > serial4);
+    let mut live = traffic::tcp_open(lin1, lan1, 80).expect("live connection");
+    assert!(live.exchange(b"before the peer is deleted"));
+
+    // Deleting the gateway's peer: the management service refuses it. Enforcement continues
+    // with nothing allowed (never with no filter), and the gateway stays up to say why.
     api.ok("DELETE", &format!("/api/peers/{gw_id}"), Value::Null);
-    let status = gw.wait_exit(Duration::from_secs(15)).unwrap().expect("gateway exits");
-    assert!(!status.success());
+    wait_until("refusal in force", Duration::from_secs(15), || metric(&gw, &lab.gw, "gateway_management_refused ") == 1.0);
+    let st = gw.status(&lab.gw).unwrap();
+    let m = st.management.clone().unwrap();
+    assert!(m.refused.is_some() && !m.connected, "{m:?}");
+    assert!(st.last_reload.contains("deny-all in force"), "{}", st.last_reload);
+    assert!(!live.exchange(b"after"), "the live flow must end");
+    assert!(!traffic::tcp_exchange(lin1, lan1, 80), "forward traffic denied, not unfiltered");
+    assert!(!traffic::tcp_exchange(lin1, me, 8443));
     assert!(gw.log_text().contains("refused this gateway"), "{}", gw.log_text());
+    assert!(gw.wait_exit(Duration::from_millis(200)).unwrap().is_none(), "the gateway stays up");
     drop(mgmt);
 }

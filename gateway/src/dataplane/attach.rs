@@ -1,7 +1,12 @@
 //! Attaching programs to interfaces, and detaching them again.
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId};
+use aya::programs::{
+    ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId},
+    xdp::{XdpLink, XdpLinkId},
+};
 use gateway_common::maps as names;
 
 use super::Dataplane;
@@ -26,6 +31,10 @@ pub struct Attachment {
     /// "xdp native", "xdp skb", "tc ingress", "tc egress".
     pub mode: String,
     link: Option<LinkId>,
+    /// The link's pin, when the data plane is pinned.
+    pin: Option<std::path::PathBuf>,
+    /// The link was pinned by an earlier run and got this process's program.
+    pub adopted: bool,
 }
 
 pub fn if_index(name: &str) -> anyhow::Result<u32> {
@@ -87,36 +96,36 @@ pub fn driver(name: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&driver[..len]).into_owned())
 }
 
+/// Where a program hangs: one pinned link per (hook, interface).
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp(XdpMode),
+    Tc(TcAttachType),
+}
+
+impl Hook {
+    fn pin_name(self) -> &'static str {
+        match self {
+            Hook::Xdp(_) => "xdp",
+            Hook::Tc(TcAttachType::Ingress) => "tc-ingress",
+            Hook::Tc(_) => "tc-egress",
+        }
+    }
+}
+
 impl Dataplane {
     /// Attaches the LAN program; returns the mode, as `gateway status` reports it.
     pub fn attach_lan(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         if_index(iface)?;
-        let (mode, label) = match attach {
-            LanAttach::XdpNative => (XdpMode::Driver, "xdp native"),
-            LanAttach::XdpGeneric => (XdpMode::Skb, "xdp generic (configured fallback)"),
-            LanAttach::Tc => {
-                let prog: &mut SchedClassifier = self.tc_program(names::PROG_TC_LAN_INGRESS)?;
-                let id = prog.attach(iface, TcAttachType::Ingress).map_err(|e| anyhow!("attaching tc to {iface}: {e}"))?;
-                let label = "tc ingress (configured fallback)";
-                self.attachments.push(Attachment {
-                    interface: iface.to_string(),
-                    program: names::PROG_TC_LAN_INGRESS,
-                    mode: label.to_string(),
-                    link: Some(LinkId::Tc(names::PROG_TC_LAN_INGRESS, id)),
-                });
-                return Ok(label);
-            }
+        let (program, hook, label) = match attach {
+            LanAttach::XdpNative => (names::PROG_XDP_LAN, Hook::Xdp(XdpMode::Driver), "xdp native"),
+            LanAttach::XdpGeneric => (names::PROG_XDP_LAN, Hook::Xdp(XdpMode::Skb), "xdp generic (configured fallback)"),
+            LanAttach::Tc => (names::PROG_TC_LAN_INGRESS, Hook::Tc(TcAttachType::Ingress), "tc ingress (configured fallback)"),
         };
-        let prog: &mut Xdp = self.xdp_program()?;
-        let id = prog.attach(iface, mode).map_err(|e| {
-            anyhow!("attaching XDP to {iface} ({label}): {e} (for a driver without native XDP, configure attach: xdp-generic or attach: tc)")
+        self.attach(iface, program, hook, label).map_err(|e| match hook {
+            Hook::Xdp(_) => anyhow!("{e:#} (for a driver without native XDP, configure attach: xdp-generic or attach: tc)"),
+            Hook::Tc(_) => e,
         })?;
-        self.attachments.push(Attachment {
-            interface: iface.to_string(),
-            program: names::PROG_XDP_LAN,
-            mode: label.to_string(),
-            link: Some(LinkId::Xdp(id)),
-        });
         Ok(label)
     }
 
@@ -127,38 +136,155 @@ impl Dataplane {
             LinkKind::L3 => (names::PROG_TC_TUNNEL_INGRESS_L3, names::PROG_TC_TUNNEL_EGRESS_L3),
         };
         for (name, dir, label) in [(ingress, TcAttachType::Ingress, "tc ingress"), (egress, TcAttachType::Egress, "tc egress")] {
-            let prog: &mut SchedClassifier = self.tc_program(name)?;
             // tcx links on kernels that have them (6.6+), clsact + cls_bpf otherwise.
-            let id = prog.attach(iface, dir).map_err(|e| anyhow!("attaching {name} to {iface} ({label}): {e}"))?;
-            self.attachments.push(Attachment {
-                interface: iface.to_string(),
-                program: name,
-                mode: label.to_string(),
-                link: Some(LinkId::Tc(name, id)),
-            });
+            self.attach(iface, name, Hook::Tc(dir), label)?;
         }
         Ok(kind)
     }
 
-    /// Detaches everything, newest first. Errors are collected, not stopped at.
+    /// Attaches `program` at `hook` of `iface`. With a pinned data plane, a link pinned there by
+    /// an earlier run gets this program atomically (no packet sees no program), and a new link
+    /// is pinned so that it outlives this process.
+    fn attach(&mut self, iface: &str, program: &'static str, hook: Hook, label: &str) -> anyhow::Result<()> {
+        let pin = self.pins.as_ref().map(|p| p.link(hook.pin_name(), iface));
+        let context = || format!("attaching {program} to {iface} ({label})");
+        let (link, adopted) = match hook {
+            Hook::Xdp(mode) => {
+                let prog: &mut Xdp = self.xdp_program()?;
+                let (id, adopted) = attach_pinned(
+                    prog,
+                    pin.as_deref(),
+                    |p, link: XdpLink| p.attach_to_link(link),
+                    |p| p.attach(iface, mode),
+                    |p, id| p.take_link(id),
+                )
+                .with_context(context)?;
+                (LinkId::Xdp(id), adopted)
+            }
+            Hook::Tc(dir) => {
+                let prog: &mut SchedClassifier = self.tc_program(program)?;
+                let (id, adopted) = attach_pinned(
+                    prog,
+                    pin.as_deref(),
+                    |p, link: SchedClassifierLink| p.attach_to_link(link),
+                    |p| p.attach(iface, dir),
+                    |p, id| p.take_link(id),
+                )
+                .with_context(context)?;
+                (LinkId::Tc(program, id), adopted)
+            }
+        };
+        self.attachments.push(Attachment { interface: iface.to_string(), program, mode: label.to_string(), link: Some(link), pin, adopted });
+        Ok(())
+    }
+
+    /// Detaches everything, newest first, pins included. Errors are collected, not stopped at.
     pub fn detach_all(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
-        while let Some(mut a) = self.attachments.pop() {
-            let result = match a.link.take() {
-                Some(LinkId::Xdp(id)) => self.xdp_program().and_then(|p| p.detach(id).map_err(Into::into)),
-                Some(LinkId::Tc(name, id)) => self.tc_program(name).and_then(|p| p.detach(id).map_err(Into::into)),
-                None => Ok(()),
-            };
-            if let Err(e) = result {
-                errors.push(format!("{} on {}: {e}", a.program, a.interface));
+        while let Some(a) = self.attachments.pop() {
+            if let Err(e) = self.detach(a) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    fn detach(&mut self, mut a: Attachment) -> Result<(), String> {
+        if let Some(pin) = &a.pin {
+            // Without its pin the link ends when this process lets go of it.
+            std::fs::remove_file(pin).map_err(|e| format!("unpinning {}: {e}", pin.display()))?;
+        }
+        let result = match a.link.take() {
+            Some(LinkId::Xdp(id)) => self.xdp_program().and_then(|p| p.detach(id).map_err(Into::into)),
+            Some(LinkId::Tc(name, id)) => self.tc_program(name).and_then(|p| p.detach(id).map_err(Into::into)),
+            None => Ok(()),
+        };
+        result.map_err(|e| format!("{} on {}: {e}", a.program, a.interface))
+    }
+
+    /// Detaches the pinned links that no attachment of this process claims (an interface or a
+    /// hook that left the configuration). Returns their pin names.
+    pub fn release_unclaimed_links(&mut self) -> anyhow::Result<Vec<String>> {
+        let Some(pins) = &self.pins else { return Ok(Vec::new()) };
+        let mut released = Vec::new();
+        for path in pins.links() {
+            if !self.attachments.iter().any(|a| a.pin.as_deref() == Some(path.as_path())) {
+                std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+                released.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            }
+        }
+        Ok(released)
+    }
+
+    /// Undoes a start that failed half way: the links this process made are detached and, if it
+    /// adopted nothing, its pinned maps are removed too. Adopted links keep enforcing.
+    pub fn abandon_start(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let fresh: Vec<Attachment> = {
+            let (fresh, kept) = std::mem::take(&mut self.attachments).into_iter().partition(|a| !a.adopted);
+            self.attachments = kept;
+            fresh
+        };
+        for a in fresh {
+            if let Err(e) = self.detach(a) {
+                errors.push(e);
+            }
+        }
+        if self.adopted.is_none() {
+            if let Some(root) = self.pin_root().map(std::path::Path::to_path_buf) {
+                if let Err(e) = super::pins::PinDir::remove_all(&root) {
+                    errors.push(format!("{e:#}"));
+                }
             }
         }
         errors
     }
 }
 
+/// The pinned-link dance shared by XDP and TC. `update` swaps this program into an existing link;
+/// `attach` makes a new one; `take` hands a new link over so it can be pinned. Returns the link
+/// (owned by the program) and whether it was adopted.
+fn attach_pinned<P, L, Id>(
+    prog: &mut P,
+    pin: Option<&std::path::Path>,
+    update: impl Fn(&mut P, L) -> Result<Id, ProgramError>,
+    attach: impl FnOnce(&mut P) -> Result<Id, ProgramError>,
+    take: impl FnOnce(&mut P, Id) -> Result<L, ProgramError>,
+) -> anyhow::Result<(Id, bool)>
+where
+    L: TryFrom<FdLink> + TryInto<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+    <L as TryInto<FdLink>>::Error: std::fmt::Display,
+{
+    let Some(pin) = pin else { return Ok((attach(prog)?, false)) };
+    if let Ok(old) = PinnedLink::from_pin(pin) {
+        let updated = L::try_from(FdLink::from(old)).map_err(|e| anyhow!("{e}")).and_then(|l| update(prog, l).map_err(Into::into));
+        match updated {
+            Ok(id) => return Ok((id, true)),
+            Err(e) => {
+                // The interface was re-created, say: the old link is gone with it.
+                tracing::warn!(pin = %pin.display(), "pinned link could not take the new program ({e:#}); attaching anew");
+                std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+            }
+        }
+    }
+    let id = attach(prog)?;
+    let link = take(prog, id)?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| anyhow!("{e}: a pinned data plane needs bpf links (XDP: Linux 5.9+, tcx: Linux 6.6+); set pin_dir: null on older kernels"))?;
+    let pinned = fd.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
+    let id = update(prog, L::try_from(FdLink::from(pinned)).map_err(|e| anyhow!("{e}"))?)?;
+    Ok((id, false))
+}
+
 impl Drop for Dataplane {
     fn drop(&mut self) {
+        // A pinned data plane stays in force when its controller goes (fail-static); only an
+        // unpinned one is taken down with it.
+        if self.pins.is_some() {
+            return;
+        }
         for e in self.detach_all() {
             tracing::warn!("detach failed: {e}");
         }

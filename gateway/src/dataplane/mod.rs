@@ -4,7 +4,8 @@
 
 pub mod attach;
 mod mmap;
-mod sweep;
+pub mod pins;
+pub mod sweep;
 
 use std::{
     collections::HashMap,
@@ -36,6 +37,9 @@ use crate::{
     policy::RuleInfo,
 };
 
+/// The policy label under which everything policies no longer in force counted is reported.
+pub const RETIRED_POLICIES: &str = "(retired)";
+
 /// The kernel programs, built by build.rs and embedded: never loaded from a path.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
 
@@ -50,6 +54,9 @@ pub struct LoadOptions {
     pub timeouts: Timeouts,
     pub overlay_v4: Ipv4Net,
     pub overlay_v6: Option<Ipv6Net>,
+    /// Pin root (maps and links outlive the process, and a pinned data plane is adopted);
+    /// `None` for one that lives and dies with this process (tests, benchmarks).
+    pub pin_root: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -60,6 +67,7 @@ impl Default for LoadOptions {
             timeouts: Timeouts::default(),
             overlay_v4: "100.64.0.0/10".parse().expect("constant"),
             overlay_v6: None,
+            pin_root: None,
         }
     }
 }
@@ -70,6 +78,9 @@ struct SlotContents {
     v6_keys: Vec<(u8, [u8; 16])>,
     rules: Vec<RuleInfo>,
     stats: CompileStats,
+    /// Adopted from a pinned data plane: the rule counters belong to policies this process never
+    /// saw, and are zeroed whole before the slot is used.
+    foreign_counters: bool,
 }
 
 /// What an apply did.
@@ -91,25 +102,55 @@ pub struct Dataplane {
     active: ActivePolicy,
     slots: [SlotContents; 2],
     last_flip: Option<Instant>,
-    /// Counters of rules from retired policies, by policy name, so totals never go backwards.
-    retired_rule_totals: HashMap<String, Counter>,
+    /// Counters that policies still in force (in either slot) counted in slots since rewritten,
+    /// by name, so their totals never go backwards.
+    carried_rule_totals: HashMap<String, Counter>,
+    /// What policies no longer in force counted, folded into one total: the per-name series
+    /// stay bounded by the policies in force, however many come and go.
+    retired_rule_total: Counter,
+    /// Conntrack entries found by the last sweep (counting them takes a walk of the map).
+    conntrack_entries: u64,
     attachments: Vec<Attachment>,
     timeouts: Timeouts,
+    pins: Option<pins::PinDir>,
+    /// Generation of the pinned policy this process found in force, if it adopted one.
+    adopted: Option<u32>,
 }
 
 impl Dataplane {
     /// Loads maps and programs (verifying them) without attaching anything.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Dataplane> {
         let l = &opts.limits;
+        let sizes = [
+            (names::ACL_V4_CHUNKS, 2 * l.acl_chunks * V4_CHUNK_ENTRIES),
+            (names::ACL_V6, 2 * l.acl_v6_prefixes),
+            (names::ACL_VERDICT, 2 * l.acl_verdicts),
+            (names::CONNTRACK, l.conntrack_entries),
+            (names::FRAGMENTS, l.fragment_entries),
+            (names::RULE_STATS, 2 * l.rules),
+        ];
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::ACL_V4_CHUNKS, 2 * l.acl_chunks * V4_CHUNK_ENTRIES)
-            .map_max_entries(names::ACL_V6, 2 * l.acl_v6_prefixes)
-            .map_max_entries(names::ACL_VERDICT, 2 * l.acl_verdicts)
-            .map_max_entries(names::CONNTRACK, l.conntrack_entries)
-            .map_max_entries(names::FRAGMENTS, l.fragment_entries)
-            .map_max_entries(names::RULE_STATS, 2 * l.rules);
+        for (name, entries) in sizes {
+            loader.map_max_entries(name, entries);
+        }
+        let pins = opts.pin_root.as_deref().map(pins::PinDir::new);
+        let mut adopt = false;
+        let map_paths: Vec<(&str, std::path::PathBuf)> = match &pins {
+            Some(p) => {
+                adopt = p.prepare()?;
+                names::PINNED_MAPS.iter().map(|n| (*n, p.map(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            // An existing pin is opened (the adopted data plane's map); a missing one is created
+            // and pinned.
+            loader.map_pin_path(name, path.as_path());
+        }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root?)")?;
+        if adopt {
+            check_adopted_sizes(&ebpf, &sizes, pins.as_ref().map(|p| p.root()).unwrap_or(std::path::Path::new("")))?;
+        }
         for name in [
             names::PROG_XDP_LAN,
             names::PROG_TC_LAN_INGRESS,
@@ -133,6 +174,8 @@ impl Dataplane {
         let chunks = MmapArray::new(map(&ebpf, names::ACL_V4_CHUNKS)?, size_of::<AddrClass>())?;
         let ports = MmapArray::new(map(&ebpf, names::ACL_PORT_CLASS)?, size_of::<u32>())?;
 
+        let settings_map: Array<_, Settings> = Array::try_from(ebpf.map(names::SETTINGS).context("settings map")?)?;
+        let adopted_flags = if adopt { settings_map.get(&0, 0)?.flags } else { 0 };
         let mut settings = Settings {
             flags: if opts.conntrack { FLAG_CONNTRACK } else { 0 },
             chunks_per_slot: l.acl_chunks,
@@ -147,9 +190,21 @@ impl Dataplane {
             settings.overlay_v6_net = v6.network().octets();
             settings.overlay_v6_mask = v6.netmask().octets();
         }
+        // XDP forwarding stays as the adopted data plane had it until the config is applied.
+        settings.flags |= adopted_flags & gateway_common::settings::FLAG_XDP_FORWARD;
         Array::<_, Settings>::try_from(ebpf.map_mut(names::SETTINGS).context("settings map")?)?.set(0, settings, 0)?;
-        let active = ActivePolicy { slot: 0, generation: 0 };
-        Array::<_, ActivePolicy>::try_from(ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, active, 0)?;
+        let mut slots: [SlotContents; 2] = Default::default();
+        let (active, adopted) = if adopt {
+            // The pinned policy stays in force; this process learns what each slot holds so
+            // its first apply writes the other slot cleanly.
+            let active = Array::<_, ActivePolicy>::try_from(ebpf.map(names::ACTIVE_POLICY).context("active map")?)?.get(&0, 0)?;
+            adopt_slots(&ebpf, &mut slots)?;
+            (active, Some(active.generation))
+        } else {
+            let active = ActivePolicy { slot: 0, generation: 0 };
+            Array::<_, ActivePolicy>::try_from(ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, active, 0)?;
+            (active, None)
+        };
         Ok(Dataplane {
             ebpf,
             limits: l.clone(),
@@ -157,12 +212,26 @@ impl Dataplane {
             chunks,
             ports,
             active,
-            slots: Default::default(),
-            last_flip: None,
-            retired_rule_totals: HashMap::new(),
+            slots,
+            last_flip: adopted.map(|_| Instant::now()),
+            carried_rule_totals: HashMap::new(),
+            retired_rule_total: Counter::default(),
+            conntrack_entries: 0,
             attachments: Vec::new(),
             timeouts: opts.timeouts,
+            pins,
+            adopted,
         })
+    }
+
+    /// The generation of the pinned policy found in force at load, if this process adopted one.
+    pub fn adopted(&self) -> Option<u32> {
+        self.adopted
+    }
+
+    /// Where the data plane is pinned, if it is.
+    pub fn pin_root(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(|p| p.root())
     }
 
     pub fn generation(&self) -> u32 {
@@ -213,6 +282,7 @@ impl Dataplane {
         self.retire_rule_counters(slot)?;
         self.slots[slot as usize].rules = c.rules.clone();
         self.slots[slot as usize].stats = c.stats;
+        self.fold_retired_rule_totals();
 
         let next = ActivePolicy { slot, generation: self.active.generation.wrapping_add(1) };
         Array::<_, ActivePolicy>::try_from(self.ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, next, 0)?;
@@ -256,21 +326,24 @@ impl Dataplane {
         )
     }
 
-    /// Moves the counters of the policy that last used `slot` into the retired totals and zeroes
+    /// Moves the counters of the policy that last used `slot` into the carried totals and zeroes
     /// them for the new policy.
     fn retire_rule_counters(&mut self, slot: u32) -> anyhow::Result<()> {
         let rules = std::mem::take(&mut self.slots[slot as usize].rules);
-        if rules.is_empty() {
-            return Ok(());
-        }
         let per_slot = self.limits.rules;
+        let cpus = nr_cpus().map_err(|(_, e)| e)?;
         let mut map: PerCpuArray<_, Counter> =
             PerCpuArray::try_from(self.ebpf.map_mut(names::RULE_STATS).context("rule stats map")?)?;
-        let cpus = nr_cpus().map_err(|(_, e)| e)?;
+        if std::mem::take(&mut self.slots[slot as usize].foreign_counters) {
+            for i in 0..per_slot {
+                map.set(slot * per_slot + i, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+            }
+            return Ok(());
+        }
         for (i, rule) in rules.iter().enumerate() {
             let index = slot * per_slot + i as u32;
             let sum = sum_counters(&map.get(&index, 0)?);
-            let total = self.retired_rule_totals.entry(rule.name.clone()).or_default();
+            let total = self.carried_rule_totals.entry(rule.name.clone()).or_default();
             total.packets += sum.packets;
             total.bytes += sum.bytes;
             map.set(index, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
@@ -284,12 +357,26 @@ impl Dataplane {
         (0..STATS_ENTRIES).map(|i| Ok(sum_counters(&map.get(&i, 0)?))).collect()
     }
 
-    /// Counters per policy name: the active policy's, the previous policy's (still in the other
-    /// slot until the next apply retires it), plus what retired policies counted.
+    /// Folds the carried totals of policies in neither slot into the retired total.
+    fn fold_retired_rule_totals(&mut self) {
+        let in_force: std::collections::HashSet<&str> =
+            self.slots.iter().flat_map(|s| s.rules.iter().map(|r| r.name.as_str())).collect();
+        let gone: Vec<String> = self.carried_rule_totals.keys().filter(|n| !in_force.contains(n.as_str())).cloned().collect();
+        for name in gone {
+            if let Some(c) = self.carried_rule_totals.remove(&name) {
+                self.retired_rule_total.packets += c.packets;
+                self.retired_rule_total.bytes += c.bytes;
+            }
+        }
+    }
+
+    /// Counters per policy name for the policies in either slot (the active one, and the
+    /// previous one until the next apply rewrites its slot), with what they counted before;
+    /// then [`RETIRED_POLICIES`] for everything policies no longer in force counted.
     pub fn rule_counters(&self) -> anyhow::Result<Vec<(String, Counter)>> {
         let map: PerCpuArray<_, Counter> =
             PerCpuArray::try_from(self.ebpf.map(names::RULE_STATS).context("rule stats map")?)?;
-        let mut totals = self.retired_rule_totals.clone();
+        let mut totals = self.carried_rule_totals.clone();
         for slot in 0..2u32 {
             for (i, rule) in self.slots[slot as usize].rules.iter().enumerate() {
                 let c = sum_counters(&map.get(&(slot * self.limits.rules + i as u32), 0)?);
@@ -300,26 +387,19 @@ impl Dataplane {
         }
         let mut out: Vec<_> = totals.into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.retired_rule_total != Counter::default() {
+            out.push((RETIRED_POLICIES.to_string(), self.retired_rule_total));
+        }
         Ok(out)
     }
 
-    /// (entries in use, capacity) of the maps that fill up.
+    /// (entries in use, capacity) of the maps that fill up. Cheap: the conntrack figure is the
+    /// last sweep's count, the others are known from the last apply.
     pub fn fill_levels(&self) -> Vec<(&'static str, u64, u64)> {
-        let count = |name: &str| -> u64 {
-            let Some(map) = self.ebpf.map(name) else { return 0 };
-            match map {
-                aya::maps::Map::LruHashMap(_) | aya::maps::Map::HashMap(_) => {
-                    aya::maps::HashMap::<_, [u8; 40], [u8; 24]>::try_from(map)
-                        .map(|m| m.keys().count() as u64)
-                        .unwrap_or(0)
-                }
-                _ => 0,
-            }
-        };
         let s = &self.slots[self.active.slot as usize];
         let l = &self.limits;
         vec![
-            ("conntrack", count(names::CONNTRACK), l.conntrack_entries as u64),
+            ("conntrack", self.conntrack_entries, l.conntrack_entries as u64),
             ("acl_verdicts", s.verdict_keys.len() as u64, l.acl_verdicts as u64),
             ("acl_chunks", s.stats.v4_chunks as u64, l.acl_chunks as u64),
             ("acl_v6_prefixes", s.v6_keys.len() as u64, l.acl_v6_prefixes as u64),
@@ -474,6 +554,47 @@ mod tests {
         assert_eq!(map.keys, (200..203).collect::<HashSet<u32>>());
         assert_eq!(tracked.iter().copied().collect::<HashSet<u32>>(), map.keys);
     }
+}
+
+/// An adopted data plane must have been sized as this configuration sizes it: the programs
+/// index the maps by the configured capacities.
+fn check_adopted_sizes(ebpf: &Ebpf, sizes: &[(&str, u32)], root: &std::path::Path) -> anyhow::Result<()> {
+    for (name, want) in sizes {
+        let map = ebpf.map(name).with_context(|| format!("map {name}"))?;
+        let data = match map {
+            aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::LpmTrie(d) | aya::maps::Map::PerCpuArray(d) => d,
+            _ => continue,
+        };
+        let have = data.info()?.max_entries();
+        if have != *want {
+            anyhow::bail!(
+                "the data plane pinned under {} was sized by other limits ({name} holds {have} entries, this configuration asks \
+                 for {want}); it keeps enforcing as it is. Restore the limits it was started with, or run `gateway detach` first",
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads which verdicts and IPv6 prefixes each slot of an adopted data plane holds.
+fn adopt_slots(ebpf: &Ebpf, slots: &mut [SlotContents; 2]) -> anyhow::Result<()> {
+    let verdicts: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(ebpf.map(names::ACL_VERDICT).context("verdict map")?)?;
+    for key in verdicts.keys() {
+        let key = key?;
+        slots[(key.slot & 1) as usize].verdict_keys.push(key);
+    }
+    let trie: LpmTrie<_, V6KeyData, AddrClass> = LpmTrie::try_from(ebpf.map(names::ACL_V6).context("v6 map")?)?;
+    for key in trie.keys() {
+        let key = key?;
+        let data = key.data();
+        let slot = u32::from_be_bytes(data.slot_be) & 1;
+        slots[slot as usize].v6_keys.push(((key.prefix_len() - V6_SLOT_PREFIX_BITS) as u8, data.addr));
+    }
+    for s in slots.iter_mut() {
+        s.foreign_counters = true;
+    }
+    Ok(())
 }
 
 fn sum_counters(values: &PerCpuValues<Counter>) -> Counter {

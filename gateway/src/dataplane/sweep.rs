@@ -2,13 +2,15 @@
 //! flows) and, right after a policy change, ends the flows the new policy no longer allows
 //! without waiting for their next packet. The kernel applies the same two rules per packet.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, os::fd::AsFd as _};
 
 use anyhow::Context as _;
-use aya::maps::HashMap as BpfHashMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use gateway_common::{
     conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_POLICY, ORIGIN_REVOKED, STATE_TCP_CLOSED, is_live},
     maps as names,
+    settings::Timeouts,
 };
 
 use super::Dataplane;
@@ -19,6 +21,8 @@ pub struct SweepReport {
     pub scanned: usize,
     pub expired: usize,
     pub revoked: usize,
+    /// Entries left after the sweep (tombstones included).
+    pub live: usize,
 }
 
 /// CLOCK_MONOTONIC_COARSE, the clock the kernel programs stamp entries with.
@@ -37,26 +41,53 @@ fn ip(family: u8, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The sweep's own handle on the conntrack map (a second fd), so that the walk runs on a
+/// blocking thread without holding the controller's state.
+pub struct Sweeper {
+    map: BpfHashMap<MapData, CtKey, CtEntry>,
+    timeouts: Timeouts,
+}
+
 impl Dataplane {
-    /// Sweeps the conntrack table. With `policy` (the one just applied), flows admitted under an
-    /// older generation are checked against it, in their original direction, and removed when
-    /// it denies them.
+    pub fn sweeper(&self) -> anyhow::Result<Sweeper> {
+        let map = self.ebpf.map(names::CONNTRACK).context("conntrack map")?;
+        let aya::maps::Map::LruHashMap(data) = map else { anyhow::bail!("conntrack map has an unexpected type") };
+        let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating the conntrack map fd")?;
+        let data = MapData::from_fd(fd)?;
+        Ok(Sweeper { map: BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?, timeouts: self.timeouts })
+    }
+
+    /// Sweeps at once, on this thread (see [`Sweeper::sweep`]).
     pub fn sweep_conntrack(&mut self, policy: Option<&Compiled>) -> anyhow::Result<SweepReport> {
+        let r = self.sweeper()?.sweep(self.active.generation, policy)?;
+        self.record_sweep(&r);
+        Ok(r)
+    }
+
+    /// Keeps what a sweep counted: the fill level of the conntrack map.
+    pub fn record_sweep(&mut self, r: &SweepReport) {
+        self.conntrack_entries = r.live as u64;
+    }
+}
+
+impl Sweeper {
+    /// Sweeps the conntrack table. With `policy` (the one applied as `generation`), flows
+    /// admitted under an older generation are checked against it, in their original direction,
+    /// and ended when it denies them.
+    pub fn sweep(&mut self, generation: u32, policy: Option<&Compiled>) -> anyhow::Result<SweepReport> {
         let now = monotonic_coarse_ns();
-        let generation = self.active.generation;
-        let timeouts = self.timeouts;
-        let mut map: BpfHashMap<_, CtKey, CtEntry> =
-            BpfHashMap::try_from(self.ebpf.map_mut(names::CONNTRACK).context("conntrack map")?)?;
+        let map = &mut self.map;
         let keys: Vec<CtKey> = map.keys().filter_map(Result::ok).collect();
         let mut report = SweepReport { scanned: keys.len(), ..Default::default() };
         for key in keys {
             let Ok(entry) = map.get(&key, 0) else { continue };
-            if !is_live(&key, &entry, &timeouts, now) {
+            if !is_live(&key, &entry, &self.timeouts, now) {
                 if map.remove(&key).is_ok() {
                     report.expired += 1;
                 }
                 continue;
             }
+            report.live += 1;
             let Some(compiled) = policy else { continue };
             if entry.origin != ORIGIN_POLICY || entry.generation == generation {
                 continue;

@@ -109,7 +109,13 @@ impl GatewayProcess {
         }
     }
 
-    /// SIGTERM and wait: the gateway detaches and exits 0.
+    /// SIGKILL, as a crash or the OOM killer would end it, and wait.
+    pub fn crash(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(libc::SIGKILL)?;
+        Ok(self.child.wait()?)
+    }
+
+    /// SIGTERM and wait: the gateway exits 0 (a pinned data plane stays in force).
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.signal(libc::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(10);

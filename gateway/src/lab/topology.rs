@@ -61,6 +61,8 @@ pub struct Lab {
     pub gw: Netns,
     pub hosts: Vec<Host>,
     pub dir: PathBuf,
+    /// A bpffs of the lab's own, where its gateway pins the data plane (gone with the lab).
+    pub bpffs: PathBuf,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -72,9 +74,12 @@ impl Lab {
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir).context("lab directory")?;
         let gw = Netns::create(&format!("{id}-gw"))?;
-        gw.sysctl("net.ipv4.ip_forward", "1")?;
-        gw.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        let mut lab = Lab { gw, hosts: Vec::new(), dir };
+        let bpffs = dir.join("bpffs");
+        crate::dataplane::pins::mount_bpffs(&bpffs)?;
+        // From here on, dropping the lab undoes everything, also on an error below.
+        let mut lab = Lab { gw, hosts: Vec::new(), dir, bpffs };
+        lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
+        lab.gw.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         for spec in &SEED_HOSTS {
             let ns = Netns::create(&format!("{id}-{}", spec.name))?;
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
@@ -123,7 +128,7 @@ impl Lab {
     }
 
     fn write_gateway_config(&self, policy_line: &str, metrics_addr: &str, lan_attach: &str) -> anyhow::Result<PathBuf> {
-        let mut cfg = format!("{policy_line}metrics_addr: {metrics_addr}\ninterfaces:\n  tunnel:\n");
+        let mut cfg = format!("{policy_line}metrics_addr: {metrics_addr}\npin_dir: {}\ninterfaces:\n  tunnel:\n", self.pin_dir().display());
         for h in self.hosts.iter().filter(|h| h.gw_if.starts_with("t-")) {
             cfg.push_str(&format!("    - name: {}\n", h.gw_if));
         }
@@ -136,10 +141,17 @@ impl Lab {
     pub fn policy_path(&self) -> PathBuf {
         self.dir.join("policy.yaml")
     }
+
+    /// Where the lab's gateway pins its data plane.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("gateway")
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The pins go with the bpffs: programs the lab's gateway left in force detach.
+        crate::dataplane::pins::unmount_bpffs(&self.bpffs);
         let _ = std::fs::remove_dir_all(&self.dir);
         // Netns guards in `gw` and `hosts` delete the namespaces as they drop.
     }
