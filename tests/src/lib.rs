@@ -1,5 +1,8 @@
 //! Shared harness for the privileged tests: a loaded data plane with a policy, and runs of its
-//! programs through BPF_PROG_TEST_RUN.
+//! programs through BPF_PROG_TEST_RUN; and the independent oracle the differential tests check
+//! the data plane against.
+
+pub mod oracle;
 
 use aya::{
     maps::PerCpuArray,
