@@ -43,6 +43,7 @@ impl Generator {
         let mut spec = Spec::udp("198.18.0.1", SINK_ADDR, 1000, 1000);
         spec.payload_len = frame_len.saturating_sub(14 + 20 + 8);
         let mut frame = spec.build();
+        frame[GEN_SIGNATURE_AT..GEN_SIGNATURE_AT + GEN_SIGNATURE.len()].copy_from_slice(&GEN_SIGNATURE);
         frame[0..6].copy_from_slice(&MAC_D0);
         frame[6..12].copy_from_slice(&MAC_G0);
         let mut header = GenHeader { bytes: [0; GEN_HEADER_LEN] };
@@ -89,9 +90,19 @@ impl Generator {
         })?
     }
 
+    /// The generator's frames that arrived at the sink (signature checked).
     pub fn sink_packets(&self) -> anyhow::Result<u64> {
+        self.sink_slot(SINK_OURS)
+    }
+
+    /// Frames without the generator's signature that arrived at the sink (not counted above).
+    pub fn sink_strays(&self) -> anyhow::Result<u64> {
+        self.sink_slot(SINK_STRAY)
+    }
+
+    fn sink_slot(&self, slot: u32) -> anyhow::Result<u64> {
         let m: PerCpuArray<_, SinkCount> = PerCpuArray::try_from(self.ebpf.map(MAP_SINK).context("sink map")?)?;
-        Ok(m.get(&0, 0)?.iter().map(|c| c.packets).sum())
+        Ok(m.get(&slot, 0)?.iter().map(|c| c.packets).sum())
     }
 
     /// Attaches `xdp_pass` (kernel-path contenders) or `xdp_redirect` (the no-op ceiling) to d0.

@@ -10,6 +10,7 @@ mod management;
 mod plots;
 mod pps;
 mod report;
+mod restart;
 mod rules;
 mod stateful;
 mod stats;
@@ -24,7 +25,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, swap, management.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, swap, restart, management.
     #[arg(long)]
     scenario: Option<String>,
     /// Where results go (default: bench/ in the source tree).
@@ -32,7 +33,7 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 7] = ["cost", "apply", "pps", "tcp", "stateful", "swap", "management"];
+const SCENARIOS: [&str; 8] = ["cost", "apply", "pps", "tcp", "stateful", "swap", "restart", "management"];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -61,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("swap") {
         run.swap = Some(swap::run(args.quick)?);
+    }
+    if wants("restart") {
+        run.restart = Some(restart::run(args.quick)?);
     }
     if wants("management") {
         run.management = Some(management::run(args.quick)?);

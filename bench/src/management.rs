@@ -200,7 +200,7 @@ fn rss_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-fn gateway_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn gateway_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("exe dir")?.join("gateway");
     if !bin.exists() {

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, stateful::Stateful, swap::Swap, tcp::Tcp};
+use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, restart::Restart, stateful::Stateful, swap::Swap, tcp::Tcp};
 
 #[derive(Serialize, serde::Deserialize)]
 pub struct Machine {
@@ -29,6 +29,8 @@ pub struct Run {
     pub stateful: Option<Stateful>,
     #[serde(default)]
     pub swap: Option<Swap>,
+    #[serde(default)]
+    pub restart: Option<Restart>,
     #[serde(default)]
     pub management: Option<ManagementBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
@@ -76,6 +78,7 @@ impl Run {
             tcp: None,
             stateful: None,
             swap: None,
+            restart: None,
             management: None,
             carried: Vec::new(),
         })
@@ -171,6 +174,9 @@ impl Run {
         if let Some(s) = &self.swap {
             crate::swap::markdown(&mut md, s);
         }
+        if let Some(r) = &self.restart {
+            crate::restart::markdown(&mut md, r);
+        }
         if let Some(m) = &self.management {
             crate::management::markdown(&mut md, m);
         }
@@ -211,6 +217,10 @@ impl Run {
             if self.swap.is_none() && old.swap.is_some() {
                 self.swap = old.swap;
                 self.carried.push(origin("swap"));
+            }
+            if self.restart.is_none() && old.restart.is_some() {
+                self.restart = old.restart;
+                self.carried.push(origin("restart"));
             }
             if self.management.is_none() && old.management.is_some() {
                 self.management = old.management;

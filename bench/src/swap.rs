@@ -99,7 +99,7 @@ fn probe_verdict(dp: &mut Dataplane, probe: &[u8]) -> anyhow::Result<u32> {
 }
 
 /// Sends `total` frames at about `rate` per second in batches; returns frames sent.
-fn paced_send(generator: &mut Generator, topo: &Topo, total: u64, rate: f64) -> anyhow::Result<u64> {
+pub(crate) fn paced_send(generator: &mut Generator, topo: &Topo, total: u64, rate: f64) -> anyhow::Result<u64> {
     const BATCH: u32 = 2_000;
     let start = Instant::now();
     let mut sent = 0u64;

@@ -33,10 +33,21 @@ const _: () = assert!(core::mem::size_of::<SinkCount>() == 16);
 
 pub const MAX_GEN_FLOWS: u32 = 4096;
 
+/// The first payload bytes of every generated frame (inside the restored header): the sink
+/// counts only frames that carry it, so a stray frame (ARP, neighbour discovery, a kernel
+/// retransmit) never offsets a count and "0 lost" is exact.
+pub const GEN_SIGNATURE: [u8; 6] = *b"gwbnch";
+/// Offset of the signature: after Ethernet, IPv4 and the UDP header.
+pub const GEN_SIGNATURE_AT: usize = 14 + 20 + 8;
+/// Sink counter slots: the generator's frames, and everything else.
+pub const SINK_OURS: u32 = 0;
+pub const SINK_STRAY: u32 = 1;
+
 /// The Ethernet + IPv4 + UDP/TCP header bytes the generator restores in every frame before
 /// writing the flow: live frames come back to the generator's page pool as the path left them
 /// (MACs rewritten, TTL decremented by a forwarder).
 pub const GEN_HEADER_LEN: usize = 48;
+const _: () = assert!(GEN_SIGNATURE_AT + GEN_SIGNATURE.len() <= GEN_HEADER_LEN);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
-use bench_common::{GEN_HEADER_LEN, GenConfig, GenFlow, GenHeader, MAX_GEN_FLOWS, SinkCount};
+use bench_common::{GEN_HEADER_LEN, GEN_SIGNATURE, GEN_SIGNATURE_AT, GenConfig, GenFlow, GenHeader, MAX_GEN_FLOWS, SINK_OURS, SINK_STRAY, SinkCount};
 
 #[map(name = "GEN_CONFIG")]
 static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -33,7 +33,7 @@ static GEN_HEADER: Array<GenHeader> = Array::with_max_entries(1, 0);
 static GEN_COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SINK")]
-static SINK: PerCpuArray<SinkCount> = PerCpuArray::with_max_entries(1, 0);
+static SINK: PerCpuArray<SinkCount> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "EGRESS")]
 static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
@@ -87,9 +87,19 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Counts the generator's frames (IPv4 with the signature after the UDP/TCP ports) apart from
+/// anything else that arrives.
 #[xdp]
 pub fn xdp_sink(ctx: XdpContext) -> u32 {
-    if let Some(c) = SINK.get_ptr_mut(0) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let ours = start + GEN_SIGNATURE_AT + GEN_SIGNATURE.len() <= end && {
+        // SAFETY: the reads are inside [start, end), checked above.
+        unsafe {
+            core::ptr::read_unaligned((start + 12) as *const [u8; 2]) == [0x08, 0x00]
+                && core::ptr::read_unaligned((start + GEN_SIGNATURE_AT) as *const [u8; 6]) == GEN_SIGNATURE
+        }
+    };
+    if let Some(c) = SINK.get_ptr_mut(if ours { SINK_OURS } else { SINK_STRAY }) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*c).packets += 1;
