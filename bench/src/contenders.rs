@@ -21,6 +21,9 @@ pub enum Contender {
     /// No filter: the kernel forwards (the ceiling of every kernel-path contender).
     KernelForward,
     Gateway,
+    /// The gateway as a routing peer sees traffic: TC on the tunnel side (d0), XDP on the LAN
+    /// side (d1), the kernel forwarding between them.
+    GatewayTunnel,
     NftSets,
     NftLinear,
     IptablesLinear,
@@ -44,6 +47,7 @@ impl Contender {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
+            Contender::GatewayTunnel => "gateway (tunnel TC + LAN XDP, kernel forwarding)",
             Contender::NftSets => "nftables with sets",
             Contender::NftLinear => "nftables linear rules",
             Contender::IptablesLinear => "iptables linear rules",
@@ -81,18 +85,25 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             Some(g) => Ok(Installed::Xdp { redirect: false, link: g.attach_dut(topo, false)? }),
             None => Ok(Installed::Nothing),
         },
-        Contender::Gateway => {
+        Contender::Gateway | Contender::GatewayTunnel => {
             let syn = syn.context("the gateway needs rules")?;
             let limits = limits_for(syn.rules.len());
             let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
+            let tunnel = c == Contender::GatewayTunnel;
             let mut dp = Dataplane::load(&LoadOptions {
                 limits,
                 conntrack: stateful,
-                overlay_v4: "198.19.0.0/16".parse()?,
+                // The overlay is on the tunnel side: the generator's.
+                overlay_v4: if tunnel { "198.18.0.0/16" } else { "198.19.0.0/16" }.parse()?,
                 ..Default::default()
             })?;
             dp.apply(&compiled)?;
             topo.dut.run_scoped(|| -> anyhow::Result<()> {
+                if tunnel {
+                    dp.attach_tunnel("d0")?;
+                    dp.attach_lan("d1", LanAttach::XdpNative)?;
+                    return Ok(());
+                }
                 dp.attach_lan("d0", LanAttach::XdpNative)?;
                 dp.attach_lan("d1", LanAttach::XdpNative)?;
                 dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
