@@ -1,4 +1,5 @@
-//! The XDP forwarding path's cache of FIB results.
+//! The XDP forwarding path's cache of FIB results: a direct-mapped per-CPU table (an array
+//! lookup, where a hash map costs a hash of the key and a bucket walk on every packet).
 
 use crate::{assert_size, user_pod};
 
@@ -24,11 +25,36 @@ pub struct FibRoute {
     pub _pad: u16,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    pub _pad2: [u8; 4],
+    /// The egress interface's slot in the forward-ports devmap.
+    pub port: u32,
 }
 assert_size!(FibRoute, 32);
+
+/// One slot of the per-CPU FIB cache: the destination it holds, and its route.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibSlot {
+    pub key: FibKey,
+    pub route: FibRoute,
+}
+assert_size!(FibSlot, 56);
+
+/// Slots per CPU (a power of two): destinations that collide evict each other, which costs
+/// a FIB lookup, never a wrong route (the slot's key is compared in full).
+pub const FIB_SLOTS: u32 = 4096;
+
+/// The slot of a destination: its address words and the ingress interface, mixed.
+#[inline(always)]
+pub fn fib_slot(ifindex: u32, dst: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
+    let x = w(0) ^ w(4) ^ w(8) ^ w(12) ^ ifindex.rotate_left(16);
+    x.wrapping_mul(0x9e37_79b1) >> (32 - FIB_SLOTS.trailing_zeros())
+}
+
+/// Interfaces that take XDP-forwarded traffic: at most this many (`forward: xdp`).
+pub const FORWARD_PORTS_MAX: u32 = 64;
 
 /// How long a cached route is used before the FIB is asked again.
 pub const FIB_CACHE_NS: u64 = 1_000_000_000;
 
-user_pod!(FibKey, FibRoute);
+user_pod!(FibKey, FibRoute, FibSlot);

@@ -14,6 +14,7 @@ pub const STATS: &str = "STATS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const FORWARD_PORTS: &str = "FWD_PORTS_V1";
 pub const FIB_CACHE: &str = "FIB_CACHE_V1";
+pub const FORWARD_SLOTS: &str = "FWD_SLOTS_V1";
 
 /// Layout of the pinned data plane (maps and links): bumped together with the `_V1` suffixes
 /// whenever a map's key, value or meaning changes. A gateway adopts only a pinned data plane of
@@ -27,7 +28,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -40,6 +41,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     STATS,
     RULE_STATS,
     FORWARD_PORTS,
+    FORWARD_SLOTS,
     FIB_CACHE,
 ];
 

@@ -1,8 +1,10 @@
 //! XDP forwarding for accepted traffic between LAN interfaces: the kernel's FIB picks the egress
-//! interface and neighbour (cached per destination for a second: the lookup costs more than
-//! the whole policy decision), this rewrites the Ethernet header, decrements TTL / hop limit
-//! and redirects. Routing is by destination only on this path. Anything it cannot finish (no route or neighbour yet, TTL about to expire, VLAN
-//! tags, an egress interface not enabled for it) goes to the kernel stack unchanged.
+//! interface and neighbour (cached per destination for a second in a direct-mapped per-CPU
+//! table: the lookup costs more than the whole policy decision), this rewrites the Ethernet
+//! header, decrements TTL / hop limit and redirects. It works from the parse the policy
+//! decision already made. Routing is by destination only on this path. Anything it cannot
+//! finish (no route or neighbour yet, TTL about to expire, VLAN tags, an egress interface not
+//! enabled for it) goes to the kernel stack unchanged.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
@@ -10,9 +12,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use gateway_common::forward::{FIB_CACHE_NS, FibKey, FibRoute};
+use gateway_common::{
+    conntrack::FAMILY_V4,
+    forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
+};
 
-use crate::{conntrack, maps};
+use crate::{conntrack, maps, parse::Packet};
 
 const ETH_LEN: usize = 14;
 const AF_INET: u8 = 2;
@@ -20,79 +25,90 @@ const AF_INET6: u8 = 10;
 
 /// Forwards the frame if it can; `None` means "let the kernel have it".
 #[inline(always)]
-pub fn try_forward(ctx: &XdpContext) -> Option<u32> {
+pub fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    // Untagged frames only: a VLAN tag would need its own rewrite.
+    if pkt.l3 as usize != ETH_LEN {
+        return None;
+    }
     let (start, end) = (ctx.data(), ctx.data_end());
+    // The parse saw at least an IPv4 header; 40 bytes are there in any minimum-size frame.
     if start + ETH_LEN + 40 > end {
         return None;
     }
-    // SAFETY: reads and writes below stay inside [start, start + 54), checked above.
+    let v4 = pkt.flow.family == FAMILY_V4;
+    let ip = start + ETH_LEN;
+    let hop_at = ip + if v4 { 8 } else { 7 };
+    // SAFETY: inside [start, start + 54), checked above.
+    if unsafe { *(hop_at as *const u8) } <= 1 {
+        return None;
+    }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let key = FibKey { ifindex, family: if v4 { AF_INET } else { AF_INET6 } as u32, dst: pkt.flow.dst };
+    let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst))?;
+    // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+    let slot = unsafe { &mut *slot };
+    let now = conntrack::now_ns();
+    let fresh = slot.key == key && now < slot.route.expires_ns && pkt.ip_len <= slot.route.max_len as u32;
+    if !fresh {
+        slot.route = lookup(ctx, pkt, v4, ip, now)?;
+        slot.key = key;
+    }
+    let route = slot.route;
+    // SAFETY: writes inside [start, start + 54), checked above.
     unsafe {
-        let ethertype = u16::from_be(core::ptr::read_unaligned((start + 12) as *const u16));
-        let ip = start + ETH_LEN;
-        // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-        let mut fib: FibParams = core::mem::zeroed();
-        fib.ifindex = ctx.ingress_ifindex() as u32;
-        match ethertype {
-            0x0800 => {
-                if *((ip + 8) as *const u8) <= 1 {
-                    return None;
-                }
-                fib.family = AF_INET;
-                fib.l4_protocol = *((ip + 9) as *const u8);
-                fib.__bindgen_anon_1.tot_len = u16::from_be(core::ptr::read_unaligned((ip + 2) as *const u16));
-                fib.__bindgen_anon_2.tos = *((ip + 1) as *const u8);
-                fib.__bindgen_anon_3.ipv4_src = core::ptr::read_unaligned((ip + 12) as *const u32);
-                fib.__bindgen_anon_4.ipv4_dst = core::ptr::read_unaligned((ip + 16) as *const u32);
-            }
-            0x86DD => {
-                if *((ip + 7) as *const u8) <= 1 {
-                    return None;
-                }
-                fib.family = AF_INET6;
-                fib.l4_protocol = *((ip + 6) as *const u8);
-                fib.__bindgen_anon_1.tot_len = u16::from_be(core::ptr::read_unaligned((ip + 4) as *const u16)) + 40;
-                fib.__bindgen_anon_3.ipv6_src = core::ptr::read_unaligned((ip + 8) as *const [u32; 4]);
-                fib.__bindgen_anon_4.ipv6_dst = core::ptr::read_unaligned((ip + 24) as *const [u32; 4]);
-            }
-            _ => return None,
-        }
-        let v4 = ethertype == 0x0800;
-        let tot_len = fib.__bindgen_anon_1.tot_len;
-        let mut key = FibKey { ifindex: fib.ifindex, family: fib.family as u32, dst: [0; 16] };
-        key.dst = if v4 {
-            let mut d = [0u8; 16];
-            d[..4].copy_from_slice(&core::ptr::read_unaligned((ip + 16) as *const [u8; 4]));
-            d
-        } else {
-            core::ptr::read_unaligned((ip + 24) as *const [u8; 16])
-        };
-        let now = conntrack::now_ns();
-        let route = match maps::FIB_CACHE.get(&key) {
-            // A route seen for this destination within the last second, for a packet at least
-            // this long (the FIB lookup also checks the MTU).
-            Some(r) if now < r.expires_ns && tot_len <= r.max_len => *r,
-            _ => {
-                let rc = bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0);
-                if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-                    return None;
-                }
-                maps::FORWARD_PORTS.get(fib.ifindex)?;
-                let r = FibRoute { expires_ns: now + FIB_CACHE_NS, egress: fib.ifindex, max_len: tot_len, _pad: 0, dmac: fib.dmac, smac: fib.smac, _pad2: [0; 4] };
-                let _ = maps::FIB_CACHE.insert(&key, &r, 0);
-                r
-            }
-        };
-        if ethertype == 0x0800 {
+        if v4 {
             decrement_ipv4_ttl(ip);
         } else {
-            *((ip + 7) as *mut u8) -= 1;
+            *(hop_at as *mut u8) -= 1;
         }
         core::ptr::write_unaligned(start as *mut [u8; 6], route.dmac);
         core::ptr::write_unaligned((start + 6) as *mut [u8; 6], route.smac);
-        Some(match maps::FORWARD_PORTS.redirect(route.egress, 0) {
-            Ok(action) | Err(action) => action,
-        })
     }
+    Some(match maps::FORWARD_PORTS.redirect(route.port, 0) {
+        Ok(action) | Err(action) => action,
+    })
+}
+
+/// Asks the kernel's FIB (and neighbour table) for the packet's route.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, pkt: &Packet, v4: bool, ip: usize, now: u64) -> Option<FibRoute> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.l4_protocol = pkt.flow.proto;
+    fib.__bindgen_anon_1.tot_len = pkt.ip_len as u16;
+    if v4 {
+        fib.family = AF_INET;
+        // SAFETY: the TOS byte is inside the IPv4 header the caller checked.
+        fib.__bindgen_anon_2.tos = unsafe { *((ip + 1) as *const u8) };
+        let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        fib.__bindgen_anon_3.ipv4_src = a(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
+    } else {
+        fib.family = AF_INET6;
+        let words = |b: &[u8; 16]| {
+            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        };
+        fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
+    }
+    // SAFETY: plain helper call with a properly sized parameter block.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // SAFETY: copied out at once.
+    let port = unsafe { maps::FORWARD_SLOTS.get(&fib.ifindex) }.copied()?;
+    Some(FibRoute {
+        expires_ns: now + FIB_CACHE_NS,
+        egress: fib.ifindex,
+        max_len: pkt.ip_len as u16,
+        _pad: 0,
+        dmac: fib.dmac,
+        smac: fib.smac,
+        port,
+    })
 }
 
 /// TTL minus one with the incremental checksum update of RFC 1624 (as the kernel's

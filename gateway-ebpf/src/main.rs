@@ -15,7 +15,6 @@ mod stats;
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::generated::bpf_xdp_get_buff_len,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -50,10 +49,19 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
-    // SAFETY: plain helper call on this program's own context.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len };
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: ctx.ctx };
     let d = judge::decide(&bytes, Link::Ethernet, HOOK_LAN);
+    let pkt = maps::SCRATCH.get(0);
+    // Counted by the frame's whole length: an IP packet's is its headers and datagram, which a
+    // multi-buffer frame keeps partly outside the first buffer.
+    let len = match pkt {
+        // (`ip_len` is 0 unless the parse got as far as the datagram's length.)
+        Some(p) if p.ip_len != 0 => {
+            let ip_end = (p.l3 + p.ip_len) as usize;
+            if ip_end > bytes.len { ip_end } else { bytes.len }
+        }
+        _ => bytes.len,
+    };
     account(&ctx, HOOK_LAN, &d, len as u64);
     if !d.passes() {
         return xdp_action::XDP_DROP;
@@ -62,7 +70,8 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
     let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_XDP_FORWARD != 0);
     if judged && enabled {
-        if let Some(action) = forward::try_forward(&ctx) {
+        // The parse is still in this CPU's scratch: forwarding works from it.
+        if let Some(action) = pkt.and_then(|pkt| forward::try_forward(&ctx, pkt)) {
             stats::count(HOOK_LAN, reason::XDP_FORWARDED, len as u64);
             return action;
         }
@@ -81,7 +90,7 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
         // If this fails, the parser reads what is linear and says which header it could not.
         let _ = ctx.pull_data(want);
     }
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize };
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize, xdp: core::ptr::null_mut() };
     let d = judge::decide(&bytes, link, hook);
     account(ctx, hook, &d, len as u64);
     if d.passes() { TC_ACT_OK } else { TC_ACT_SHOT }

@@ -4,13 +4,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, LpmTrie, PerCpuArray},
 };
 use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use gateway_common::{
     acl::{AddrClass, V6KeyData, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
-    forward::{FibKey, FibRoute},
+    forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot},
     fragment::{FragKey, FragVerdict},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
@@ -53,9 +53,14 @@ pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_en
 #[map(name = "RULE_STATS_V1")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
-/// LAN interfaces that take XDP-forwarded traffic, by ifindex (`forward: xdp` in the config).
+/// LAN interfaces that take XDP-forwarded traffic (`forward: xdp` in the config), by slot: an
+/// array devmap, the cheapest redirect.
 #[map(name = "FWD_PORTS_V1")]
-pub static FORWARD_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+pub static FORWARD_PORTS: DevMap = DevMap::with_max_entries(FORWARD_PORTS_MAX, 0);
+
+/// An interface's slot in FORWARD_PORTS, by ifindex (read on a FIB cache miss only).
+#[map(name = "FWD_SLOTS_V1")]
+pub static FORWARD_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(FORWARD_PORTS_MAX, 0);
 
 #[map(name = "FIB_CACHE_V1")]
-pub static FIB_CACHE: LruHashMap<FibKey, FibRoute> = LruHashMap::with_max_entries(16384, 0);
+pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);

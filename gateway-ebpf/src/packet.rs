@@ -5,15 +5,20 @@
 //! in fragments. Headers are read from the linear area (the TC programs make them linear
 //! first); lengths are checked against the packet's real length.
 
+use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len};
 use gateway_common::stats::reason;
 
-/// The bytes of one packet: `[start, end)` is what the program can read, `len` how long the
-/// packet really is from `start` on (at least `end - start`).
+/// The bytes of one packet: `[start, end)` is what the program can read; `len` how long the
+/// packet is known to be from `start` on. For an skb that is its real length. For an XDP frame
+/// it is the first buffer's: the rest of a multi-buffer frame is asked for (`xdp`) only when a
+/// length check needs it, so a single-buffer frame pays no helper call.
 #[derive(Clone, Copy)]
 pub struct Bytes {
     pub start: usize,
     pub end: usize,
     pub len: usize,
+    /// The XDP context, or null for an skb.
+    pub xdp: *mut xdp_md,
 }
 
 impl Bytes {
@@ -48,6 +53,10 @@ impl Bytes {
     /// check only: it never lets a read skip its own check in [`Bytes::array`].
     #[inline(always)]
     pub fn has(&self, offset: usize, n: usize) -> bool {
-        offset + n <= self.len
+        if offset + n <= self.len {
+            return true;
+        }
+        // SAFETY: plain helper call on the program's own XDP context.
+        !self.xdp.is_null() && offset + n <= unsafe { bpf_xdp_get_buff_len(self.xdp) } as usize
     }
 }

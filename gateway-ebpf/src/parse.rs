@@ -89,6 +89,10 @@ pub struct Packet {
     pub icmp: u8,
     /// For ICMP errors: the flow of the packet the error quotes.
     pub quoted: Flow,
+    /// Where the IP header starts, and the IP datagram's length (header included): the
+    /// forwarding path works from these instead of parsing the headers again.
+    pub l3: u32,
+    pub ip_len: u32,
 }
 
 pub enum Parsed {
@@ -100,6 +104,9 @@ pub enum Parsed {
 /// 512 bytes).
 #[inline(always)]
 pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
+    // Read by the accounting whatever happens below: never a length from an earlier packet.
+    pkt.ip_len = 0;
+    pkt.l3 = 0;
     let (l3, is_v6) = match link {
         Link::Ethernet => {
             let mut ethertype = b.be16_at(12)?;
@@ -133,6 +140,7 @@ pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
     pkt.flow.sport = 0;
     pkt.flow.dport = 0;
     pkt.flow.echo = ECHO_NONE;
+    pkt.l3 = l3 as u32;
     if is_v6 { parse_ipv6(b, l3, link, pkt)? } else { parse_ipv4(b, l3, pkt)? };
     Ok(Parsed::Ip)
 }
@@ -155,6 +163,7 @@ fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
     if !b.has(l3, total) {
         return Err(reason::DROP_TRUNCATED);
     }
+    pkt.ip_len = total as u32;
     let frag_field = u16::from_be_bytes([h[6], h[7]]);
     let more_fragments = frag_field & 0x2000 != 0;
     let frag_offset = (frag_field & 0x1fff) as usize * 8;
@@ -193,6 +202,7 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
     if !b.has(l3 + 40, payload) {
         return Err(reason::DROP_TRUNCATED);
     }
+    pkt.ip_len = (40 + payload) as u32;
     pkt.flow.family = FAMILY_V6;
     pkt.flow.src = b.array::<16>(l3 + 8)?;
     pkt.flow.dst = b.array::<16>(l3 + 24)?;

@@ -187,10 +187,10 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
             for e in g.dp.detach_all() {
                 error!("detach failed: {e}");
             }
-            if let Some(root) = g.dp.pin_root().map(Path::to_path_buf) {
-                if let Err(e) = crate::dataplane::pins::PinDir::remove_all(&root) {
-                    error!("removing the pinned maps: {e:#}");
-                }
+            if let Some(root) = g.dp.pin_root().map(Path::to_path_buf)
+                && let Err(e) = crate::dataplane::pins::PinDir::remove_all(&root)
+            {
+                error!("removing the pinned maps: {e:#}");
             }
             info!("detached from all interfaces; exiting");
         }
@@ -423,7 +423,7 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
 
 /// SIGHUP: re-read the policy file; a bad file is rejected whole and the old policy stays.
 fn reload(gw: &Arc<Mutex<Gateway>>) {
-    let mut g = lock(&gw);
+    let mut g = lock(gw);
     let Some(file) = g.cfg.policy.clone() else {
         info!("SIGHUP: the policy comes from the management service; nothing to reload");
         return;

@@ -117,14 +117,14 @@ fn bulk_through_xdp_forwarding(mtu: &str) {
     let policy = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24]\npolicies:\n  - name: a-to-b\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: all\n";
     let p = lab.start(policy);
     let to_b = IpAddr::from([198, 19, 1, 10]);
-    let udp = Transfer::Udp { payload: 1400, mbit_per_s: 200 };
+    let udp = Transfer::Udp { payload: 1400, mbit_per_s: 150 };
     for (i, (transfer, reverse)) in [(Transfer::Tcp, false), (Transfer::Tcp, true), (udp, false), (udp, true)].into_iter().enumerate() {
         let run = Run { transfer, reverse, seconds: 2, port: 5201 + i as u16 };
         let o = iperf::run(&lab.a, &lab.b, to_b, run).unwrap_or_else(|e| panic!("mtu {mtu} {run:?}: {e:#}\n{:#?}", p.status(&lab.gw).map(|s| s.counters)));
         eprintln!("mtu {mtu} {run:?}: {:.2} Gbit/s, {} bytes received", o.bits_per_second / 1e9, o.bytes_received);
         match transfer {
             Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "mtu {mtu} {run:?}: {o:?}"),
-            Transfer::Udp { .. } => assert!(o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 2, "mtu {mtu} {run:?}: {o:?}"),
+            Transfer::Udp { .. } => assert!(o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 5, "mtu {mtu} {run:?}: {o:?}"),
         }
     }
     let st = p.status(&lab.gw).unwrap();
@@ -135,8 +135,9 @@ fn bulk_through_xdp_forwarding(mtu: &str) {
         let (packets, bytes) = st.counters.iter().filter(|c| c.reason == "xdp_forwarded").fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
         assert!(bytes / packets > 4096, "mtu 9000: {packets} frames, {bytes} bytes forwarded");
     }
-    for r in ["truncated", "headers_not_linear", "bad_header"] {
-        assert_eq!(n(r), 0, "mtu {mtu} {r}: {:?}", st.counters);
-    }
+    // The policy allows everything a sends to b, and replies are not the overlay's: a lost
+    // datagram above was the receiving socket's, never the gateway's.
+    let drops: u64 = st.counters.iter().filter(|c| c.verdict == "drop").map(|c| c.packets).sum();
+    assert_eq!(drops, 0, "mtu {mtu}: the gateway dropped packets: {:?}", st.counters);
     assert!(p.stop().unwrap().success());
 }

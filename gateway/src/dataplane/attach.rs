@@ -230,12 +230,11 @@ impl Dataplane {
                 errors.push(e);
             }
         }
-        if self.adopted.is_none() {
-            if let Some(root) = self.pin_root().map(std::path::Path::to_path_buf) {
-                if let Err(e) = super::pins::PinDir::remove_all(&root) {
-                    errors.push(format!("{e:#}"));
-                }
-            }
+        if self.adopted.is_none()
+            && let Some(root) = self.pin_root().map(std::path::Path::to_path_buf)
+            && let Err(e) = super::pins::PinDir::remove_all(&root)
+        {
+            errors.push(format!("{e:#}"));
         }
         errors
     }

@@ -406,13 +406,36 @@ impl Dataplane {
         ]
     }
 
-    /// Lets accepted LAN traffic be forwarded in XDP to these interfaces.
+    /// Lets accepted LAN traffic be forwarded in XDP to these interfaces (each gets a slot in
+    /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss).
     pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<()> {
-        let mut ports: aya::maps::DevMapHash<_> =
-            aya::maps::DevMapHash::try_from(self.ebpf.map_mut(names::FORWARD_PORTS).context("forward ports map")?)?;
-        for name in interfaces {
-            let index = attach::if_index(name)?;
-            ports.insert(index, index, None, 0).map_err(|e| anyhow!("adding {name} to the XDP forward ports: {e}"))?;
+        use gateway_common::forward::FORWARD_PORTS_MAX;
+        anyhow::ensure!(interfaces.len() <= FORWARD_PORTS_MAX as usize, "at most {FORWARD_PORTS_MAX} interfaces can forward in XDP");
+        let indexes: Vec<u32> = interfaces.iter().map(|n| attach::if_index(n)).collect::<anyhow::Result<_>>()?;
+        let mut ports: aya::maps::DevMap<_> =
+            aya::maps::DevMap::try_from(self.ebpf.map_mut(names::FORWARD_PORTS).context("forward ports map")?)?;
+        for (slot, (index, name)) in indexes.iter().zip(interfaces).enumerate() {
+            ports.set(slot as u32, *index, None, 0).map_err(|e| anyhow!("adding {name} to the XDP forward ports: {e}"))?;
+        }
+        let mut slots: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut(names::FORWARD_SLOTS).context("forward slots map")?)?;
+        // Interfaces an adopted data plane forwarded to and this configuration does not.
+        let stale: Vec<u32> = slots.keys().filter_map(Result::ok).filter(|k| !indexes.contains(k)).collect();
+        for k in stale {
+            slots.remove(&k)?;
+        }
+        for (slot, index) in indexes.iter().enumerate() {
+            slots.insert(index, slot as u32, 0)?;
+        }
+        if self.adopted.is_some() {
+            // Cached routes of the adopted data plane name its slots, which this configuration
+            // may number differently: forget them (each costs one FIB lookup to learn again).
+            let mut cache: PerCpuArray<_, gateway_common::forward::FibSlot> =
+                PerCpuArray::try_from(self.ebpf.map_mut(names::FIB_CACHE).context("FIB cache map")?)?;
+            let cpus = nr_cpus().map_err(|(_, e)| e)?;
+            for i in 0..gateway_common::forward::FIB_SLOTS {
+                cache.set(i, PerCpuValues::try_from(vec![Default::default(); cpus])?, 0)?;
+            }
         }
         let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = map.get(&0, 0)?;
