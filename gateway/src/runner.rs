@@ -208,26 +208,6 @@ fn lock<T>(gw: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    #[test]
-    fn a_panicked_handler_does_not_take_the_controller_down() {
-        let state = Arc::new(Mutex::new(1u32));
-        let s = state.clone();
-        let _ = std::thread::spawn(move || {
-            let mut g = s.lock().unwrap();
-            *g = 2;
-            panic!("a handler bug");
-        })
-        .join();
-        assert!(state.is_poisoned());
-        assert_eq!(*super::lock(&state), 2, "the state is still there");
-        assert!(!state.is_poisoned(), "and usable without another warning");
-    }
-}
-
 /// Attaches every configured interface, enables XDP forwarding where configured, and releases
 /// pinned links that the configuration no longer names.
 fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
@@ -494,5 +474,25 @@ async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
         );
     if let Err(e) = axum::serve(listener, app).await {
         error!("metrics server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_panicked_handler_does_not_take_the_controller_down() {
+        let state = Arc::new(Mutex::new(1u32));
+        let s = state.clone();
+        let _ = std::thread::spawn(move || {
+            let mut g = s.lock().unwrap();
+            *g = 2;
+            panic!("a handler bug");
+        })
+        .join();
+        assert!(state.is_poisoned());
+        assert_eq!(*super::lock(&state), 2, "the state is still there");
+        assert!(!state.is_poisoned(), "and usable without another warning");
     }
 }

@@ -528,57 +528,6 @@ fn replace_entries<K: Copy + Eq + std::hash::Hash>(
     result
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use anyhow::bail;
-
-    use super::{Write, replace_entries};
-
-    /// A map that fails its `fail_at`-th insert, as a full or memory-starved kernel map would.
-    struct FlakyMap {
-        keys: HashSet<u32>,
-        inserts: usize,
-        fail_at: Option<usize>,
-    }
-
-    impl FlakyMap {
-        fn replace(&mut self, tracked: &mut Vec<u32>, wanted: Vec<u32>) -> anyhow::Result<()> {
-            replace_entries(tracked, wanted, |k, write| {
-                if write == Write::Remove {
-                    self.keys.remove(k);
-                    return Ok(());
-                }
-                self.inserts += 1;
-                if Some(self.inserts) == self.fail_at {
-                    bail!("insert {} refused", self.inserts);
-                }
-                self.keys.insert(*k);
-                Ok(())
-            })
-        }
-    }
-
-    #[test]
-    fn a_failed_write_leaves_nothing_the_next_write_does_not_remove() {
-        let mut map = FlakyMap { keys: HashSet::new(), inserts: 0, fail_at: None };
-        let mut tracked = Vec::new();
-        map.replace(&mut tracked, (0..10).collect()).unwrap();
-        // Half of a very different policy goes in before an insert fails.
-        map.fail_at = Some(map.inserts + 6);
-        assert!(map.replace(&mut tracked, (100..120).collect()).is_err());
-        let tracked_set: HashSet<u32> = tracked.iter().copied().collect();
-        assert!(map.keys.is_subset(&tracked_set), "untracked entries after the failure: {:?}", map.keys.difference(&tracked_set).collect::<Vec<_>>());
-        assert_eq!(map.keys.len(), 5, "stale entries removed, five new ones written: {:?}", map.keys);
-        // The next write to the slot leaves exactly its own entries.
-        map.fail_at = None;
-        map.replace(&mut tracked, (200..203).collect()).unwrap();
-        assert_eq!(map.keys, (200..203).collect::<HashSet<u32>>());
-        assert_eq!(tracked.iter().copied().collect::<HashSet<u32>>(), map.keys);
-    }
-}
-
 /// An adopted data plane must have been sized as this configuration sizes it: the programs
 /// index the maps by the configured capacities.
 fn check_adopted_sizes(ebpf: &Ebpf, sizes: &[(&str, u32)], root: &std::path::Path) -> anyhow::Result<()> {
@@ -636,4 +585,55 @@ fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use anyhow::bail;
+
+    use super::{Write, replace_entries};
+
+    /// A map that fails its `fail_at`-th insert, as a full or memory-starved kernel map would.
+    struct FlakyMap {
+        keys: HashSet<u32>,
+        inserts: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl FlakyMap {
+        fn replace(&mut self, tracked: &mut Vec<u32>, wanted: Vec<u32>) -> anyhow::Result<()> {
+            replace_entries(tracked, wanted, |k, write| {
+                if write == Write::Remove {
+                    self.keys.remove(k);
+                    return Ok(());
+                }
+                self.inserts += 1;
+                if Some(self.inserts) == self.fail_at {
+                    bail!("insert {} refused", self.inserts);
+                }
+                self.keys.insert(*k);
+                Ok(())
+            })
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_the_next_write_does_not_remove() {
+        let mut map = FlakyMap { keys: HashSet::new(), inserts: 0, fail_at: None };
+        let mut tracked = Vec::new();
+        map.replace(&mut tracked, (0..10).collect()).unwrap();
+        // Half of a very different policy goes in before an insert fails.
+        map.fail_at = Some(map.inserts + 6);
+        assert!(map.replace(&mut tracked, (100..120).collect()).is_err());
+        let tracked_set: HashSet<u32> = tracked.iter().copied().collect();
+        assert!(map.keys.is_subset(&tracked_set), "untracked entries after the failure: {:?}", map.keys.difference(&tracked_set).collect::<Vec<_>>());
+        assert_eq!(map.keys.len(), 5, "stale entries removed, five new ones written: {:?}", map.keys);
+        // The next write to the slot leaves exactly its own entries.
+        map.fail_at = None;
+        map.replace(&mut tracked, (200..203).collect()).unwrap();
+        assert_eq!(map.keys, (200..203).collect::<HashSet<u32>>());
+        assert_eq!(tracked.iter().copied().collect::<HashSet<u32>>(), map.keys);
+    }
 }
