@@ -28,6 +28,9 @@ struct Args {
     /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, swap, restart, management.
     #[arg(long)]
     scenario: Option<String>,
+    /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
+    #[arg(long, value_name = "JSON")]
+    render: Option<std::path::PathBuf>,
     /// Where results go (default: bench/ in the source tree).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
     out: std::path::PathBuf,
@@ -37,6 +40,10 @@ const SCENARIOS: [&str; 8] = ["cost", "apply", "pps", "tcp", "stateful", "swap",
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(json) = &args.render {
+        let run: report::Run = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        return run.write(&args.out);
+    }
     let chosen: Option<Vec<&str>> = args.scenario.as_deref().map(|s| s.split(',').map(str::trim).collect());
     if let Some(list) = &chosen {
         for s in list {
