@@ -99,11 +99,13 @@ fn variant(kept: &Synthetic, others: &Synthetic, probe: bool) -> PolicySet {
     set
 }
 
-/// Frames the LAN program judged so far (accepted or dropped).
+/// Frames the LAN program judged so far: accepted by the policy or dropped. (Frames it only let
+/// pass, such as the sink side's IPv6 neighbour discovery, are not the generator's.)
 fn judged(dp: &Dataplane) -> anyhow::Result<u64> {
     use gateway_common::stats::{HOOK_LAN, reason, stats_index};
     let c = dp.verdict_counters()?;
-    Ok((0..reason::SLOTS).filter(|r| *r != reason::XDP_FORWARDED && *r != reason::PASS_NON_IP).map(|r| c[stats_index(HOOK_LAN, r) as usize].packets).sum())
+    let policed = |r: &u32| *r == reason::ACCEPT_POLICY || *r == reason::ACCEPT_ESTABLISHED || *r >= reason::FIRST_DROP_REASON;
+    Ok((0..reason::SLOTS).filter(policed).map(|r| c[stats_index(HOOK_LAN, r) as usize].packets).sum())
 }
 
 fn probe_verdict(dp: &mut Dataplane, probe: &[u8]) -> anyhow::Result<u32> {
