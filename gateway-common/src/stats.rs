@@ -28,6 +28,10 @@ pub mod reason {
     pub const ACCEPT_FRAGMENT: u32 = 5;
     pub const ACCEPT_OUTBOUND: u32 = 6;
     pub const PASS_NEIGHBOR_DISCOVERY: u32 = 7;
+    /// Not a verdict: of the packets accepted on an XDP-forwarding interface, those left to the
+    /// kernel because their TCP/UDP checksum is only begun (a local sender's offload, which
+    /// only the kernel path completes); counted a second time.
+    pub const KERNEL_FORWARDED_PARTIAL_CHECKSUM: u32 = 14;
     /// Not a verdict: of the packets accepted, those forwarded in XDP (counted a second time).
     pub const XDP_FORWARDED: u32 = 15;
     pub const FIRST_DROP_REASON: u32 = 16;
@@ -65,7 +69,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "",
     "",
     "",
-    "",
+    "partial_checksum",
     "xdp_forwarded",
     "policy",
     "default_deny",

@@ -17,15 +17,82 @@ use gateway_common::{
     forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
 };
 
-use crate::{conntrack, maps, parse::Packet};
+use crate::{
+    conntrack, maps,
+    packet::Bytes,
+    parse::{FRAG_NONE, PROTO_TCP, PROTO_UDP, Packet},
+};
+
+/// What became of an accepted frame on an XDP-forwarding interface.
+pub enum Forward {
+    /// Redirected in XDP; the program's action.
+    Redirect(u32),
+    /// Left to the kernel: its TCP/UDP checksum is only begun (see [`partial_checksum`]).
+    PartialChecksum,
+    /// Left to the kernel for another reason (no route or neighbour yet, TTL, VLAN tags).
+    Kernel,
+}
 
 const ETH_LEN: usize = 14;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// Forwards the frame if it can.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &Packet) -> Forward {
+    if partial_checksum(ctx, pkt) {
+        return Forward::PartialChecksum;
+    }
+    match try_forward(ctx, pkt) {
+        Some(action) => Forward::Redirect(action),
+        None => Forward::Kernel,
+    }
+}
+
+/// Whether the frame's TCP/UDP checksum field holds only the pseudo-header sum, as a sender on
+/// this host leaves it for checksum offload (CHECKSUM_PARTIAL, a veth's default). The kernel
+/// path completes such a checksum; bytes redirected in XDP would reach the receiver with it
+/// unfinished, and be dropped there. A full checksum equals that sum by coincidence once in
+/// 65,536 frames, and then the kernel forwards it: correct either way. Frames from a physical
+/// wire always carry full checksums.
+#[inline(always)]
+fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let field = match pkt.flow.proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        _ => return false,
+    };
+    let (l3, l4) = (pkt.l3 as usize, pkt.l4 as usize);
+    // (Bounds for the verifier: the parse never goes past 512 bytes.)
+    if pkt.frag != FRAG_NONE || l4 == 0 || l4 > 512 || l3 > l4 {
+        return false;
+    }
+    let b = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: core::ptr::null_mut() };
+    let Ok(check) = b.be16_at(l4 + field) else { return false };
+    if pkt.flow.proto == PROTO_UDP && check == 0 {
+        // No checksum at all (IPv4 UDP may say so).
+        return false;
+    }
+    let l4_len = pkt.ip_len - (l4 - l3) as u32;
+    let mut sum = pkt.flow.proto as u32 + l4_len;
+    let words = if pkt.flow.family == FAMILY_V4 { 2 } else { 8 };
+    let mut i = 0;
+    while i < 8 {
+        if i < words {
+            let (s, d) = (&pkt.flow.src, &pkt.flow.dst);
+            sum += u16::from_be_bytes([s[2 * i], s[2 * i + 1]]) as u32 + u16::from_be_bytes([d[2 * i], d[2 * i + 1]]) as u32;
+        }
+        i += 1;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    check as u32 == sum
+}
+
 /// Forwards the frame if it can; `None` means "let the kernel have it".
 #[inline(always)]
-pub fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     // Untagged frames only: a VLAN tag would need its own rewrite.
     if pkt.l3 as usize != ETH_LEN {
         return None;

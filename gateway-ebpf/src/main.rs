@@ -71,9 +71,13 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_XDP_FORWARD != 0);
     if judged && enabled {
         // The parse is still in this CPU's scratch: forwarding works from it.
-        if let Some(action) = pkt.and_then(|pkt| forward::try_forward(&ctx, pkt)) {
-            stats::count(HOOK_LAN, reason::XDP_FORWARDED, len as u64);
-            return action;
+        match pkt.map(|pkt| forward::forward(&ctx, pkt)) {
+            Some(forward::Forward::Redirect(action)) => {
+                stats::count(HOOK_LAN, reason::XDP_FORWARDED, len as u64);
+                return action;
+            }
+            Some(forward::Forward::PartialChecksum) => stats::count(HOOK_LAN, reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM, len as u64),
+            _ => {}
         }
     }
     xdp_action::XDP_PASS

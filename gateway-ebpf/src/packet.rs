@@ -28,10 +28,15 @@ impl Bytes {
     #[inline(always)]
     pub fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], u32> {
         let at = self.start + offset;
-        // The end of the read goes through memory so that the compiler keeps the comparison as
-        // `at + N > end` (which tells the verifier N bytes are readable) instead of rewriting it.
-        // SAFETY: a read of a local.
-        let last = unsafe { core::ptr::read_volatile(&(at + N)) };
+        // For one byte the compiler would rewrite `at + 1 > end` as `at >= end`, which does not
+        // tell the verifier that the byte is readable: that end goes through memory. Wider
+        // reads keep their comparison as written (and stay in registers).
+        let last = if N == 1 {
+            // SAFETY: a read of a local.
+            unsafe { core::ptr::read_volatile(&(at + N)) }
+        } else {
+            at + N
+        };
         if last > self.end {
             return Err(if self.has(offset, N) { reason::DROP_NOT_LINEAR } else { reason::DROP_TRUNCATED });
         }

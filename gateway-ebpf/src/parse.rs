@@ -93,6 +93,8 @@ pub struct Packet {
     /// forwarding path works from these instead of parsing the headers again.
     pub l3: u32,
     pub ip_len: u32,
+    /// Where the TCP/UDP/ICMP header starts (0 when the parse did not get there).
+    pub l4: u32,
 }
 
 pub enum Parsed {
@@ -107,6 +109,7 @@ pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
     // Read by the accounting whatever happens below: never a length from an earlier packet.
     pkt.ip_len = 0;
     pkt.l3 = 0;
+    pkt.l4 = 0;
     let (l3, is_v6) = match link {
         Link::Ethernet => {
             let mut ethertype = b.be16_at(12)?;
@@ -306,6 +309,7 @@ fn parse_l4(b: &Bytes, pkt: &mut Packet, l4: usize, l4_len: usize) -> Result<(),
     if l4_len < need {
         return Err(if pkt.frag == FRAG_FIRST { reason::DROP_FRAG_TINY } else { reason::DROP_TRUNCATED });
     }
+    pkt.l4 = l4 as u32;
     match pkt.flow.proto {
         PROTO_TCP => {
             let t = b.array::<14>(l4)?;

@@ -12,6 +12,9 @@ pub fn verdict_label(r: u32) -> &'static str {
     if r == reason::XDP_FORWARDED {
         // Counted again on top of the accept that let the packet through.
         "forwarded"
+    } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {
+        // Likewise: accepted, and forwarded by the kernel rather than in XDP.
+        "to_kernel"
     } else if r >= reason::FIRST_DROP_REASON {
         "drop"
     } else if matches!(r, reason::PASS_NON_IP | reason::PASS_NOT_OVERLAY | reason::PASS_NEIGHBOR_DISCOVERY) {

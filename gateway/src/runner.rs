@@ -228,11 +228,11 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
         dp.enable_xdp_forward(&forwarders)?;
         info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
         for name in forwarders.iter().filter(|n| attach::driver(n).is_ok_and(|d| d == "veth")) {
-            warn!(
+            info!(
                 interface = %name,
-                "XDP forwarding from a veth: senders on this host that leave checksums to offload (the veth default) \
-                 have their forwarded TCP/UDP frames dropped by the receiver; turn tx checksumming off on the sending \
-                 ends, or leave forwarding to the kernel here"
+                "XDP forwarding from a veth: frames whose TCP/UDP checksum a sender on this host left to offload \
+                 (the veth default) go to the kernel, which completes it (counted as partial_checksum); \
+                 the others are forwarded in XDP"
             );
         }
     }
