@@ -199,6 +199,24 @@ fn gateway_enforces_what_management_says_through_trouble() {
     assert!(!traffic::tcp_exchange(lin1, lan1, 22));
     assert_eq!(metric(&gw, &lab.gw, "gateway_management_serial "), serial3);
 
+    // The gateway is killed too and starts again while management is still down: it adopts its
+    // pinned data plane, whose policy stays in force (nothing newer to replace it), and the live
+    // flow carries on through both.
+    let generation = gw.status(&lab.gw).unwrap().generation;
+    gw.crash().unwrap();
+    assert!(live.exchange(b"no controller"), "live traffic without the gateway process");
+    assert!(!traffic::tcp_exchange(win1, lan1, 80), "still denied without the gateway process");
+    gw = GatewayProcess::start_with(&bin, &lab.gw, &config, &lab.dir.join("gateway2.log"), &["--management-url", &url, "--state-dir", state.to_str().unwrap()])
+        .expect("gateway restarts");
+    let st = gw.status(&lab.gw).unwrap();
+    assert!(st.last_reload.starts_with("adopted generation"), "{}", st.last_reload);
+    assert_eq!(st.generation, generation, "the adopted policy is the one in force");
+    assert!(live.exchange(b"after the gateway's restart"));
+    assert!(traffic::tcp_exchange(lin1, lan1, 80));
+    assert!(traffic::tcp_exchange(lin1, me, 8443));
+    assert!(!traffic::tcp_exchange(win1, lan1, 80));
+    assert!(!traffic::tcp_exchange(lin1, lan1, 22));
+
     // Restarted on the same data: the gateway reconnects, and serials go on from where they were.
     let mgmt = ManagementProcess::start(&bin, &lab.gw, &data, addr, TOKEN, &[], &mgmt_log).expect("management restarts");
     wait_until("gateway reconnects", Duration::from_secs(20), || metric(&gw, &lab.gw, "gateway_management_connected ") == 1.0);
