@@ -25,6 +25,13 @@ pub struct Report {
     /// Present when the policy comes from a management service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<ManagementReport>,
+    /// Where the data plane is pinned (it stays in force when this process exits); none when it
+    /// lives and dies with the process.
+    #[serde(default)]
+    pub pin_dir: Option<String>,
+    /// The generation this process found in force and adopted at start, if it adopted one.
+    #[serde(default)]
+    pub adopted_generation: Option<u32>,
 }
 
 /// The management client's view: whether it is synced, to which map, as which address.
@@ -94,6 +101,8 @@ pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: 
         generation: dp.generation(),
         rules: dp.active_rules().len(),
         last_reload: last_reload.to_string(),
+        pin_dir: dp.pin_root().map(|p| p.display().to_string()),
+        adopted_generation: dp.adopted(),
         attachments: dp
             .attachments()
             .iter()
@@ -129,9 +138,17 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     let r: Report = serde_json::from_str(&body).context("parsing /status")?;
     println!("policy: {} (generation {}, {} enabled policies)", r.policy_file, r.generation, r.rules);
     println!("last reload: {}", r.last_reload);
+    match (&r.pin_dir, r.adopted_generation) {
+        (Some(dir), Some(g)) => println!("data plane: pinned under {dir} (stays in force if this process exits); adopted generation {g} at start"),
+        (Some(dir), None) => println!("data plane: pinned under {dir} (stays in force if this process exits)"),
+        (None, _) => println!("data plane: not pinned (removed when this process exits)"),
+    }
     if let Some(m) = &r.management {
         let state = if m.connected { "connected" } else { "NOT connected (last policy stays in force)" };
         println!("management: {} {state}, serial {}, overlay address {}", m.url, m.serial, m.overlay_address.as_deref().unwrap_or("-"));
+        if let Some(why) = &m.refused {
+            println!("management REFUSED this gateway: {why}; deny-all in force");
+        }
     }
     println!("\nattached:");
     for a in &r.attachments {

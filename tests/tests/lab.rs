@@ -53,6 +53,7 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--addr", LAB_METRICS_ADDR]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("(generation 1, 4 enabled policies)") && text.contains("xdp native"), "{text}");
+    assert!(text.contains("data plane: pinned under") && text.contains("stays in force if this process exits"), "{text}");
     assert!(text.contains("demo-isolation"), "{text}");
     let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--json", "--addr", LAB_METRICS_ADDR]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");

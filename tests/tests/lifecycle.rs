@@ -40,7 +40,9 @@ fn sigkill_leaves_the_last_policy_enforcing() {
     // The next run adopts it: the flow carries on and the generation continues.
     let gw = start(&lab, "gateway2.log");
     assert!(gw.log_text().contains("adopted the pinned data plane"), "{}", gw.log_text());
-    assert_eq!(gw.status(&lab.gw).unwrap().generation, 2, "generation 1 adopted, the file applied as 2");
+    let st = gw.status(&lab.gw).unwrap();
+    assert_eq!((st.adopted_generation, st.generation), (Some(1), 2), "generation 1 adopted, the file applied as 2");
+    assert_eq!(st.pin_dir.as_deref(), Some(lab.pin_dir().to_str().unwrap()));
     assert!(live.exchange(b"after the restart"));
     assert!(!traffic::tcp_exchange(lin1_ns, web1, 443));
 
