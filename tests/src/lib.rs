@@ -154,6 +154,20 @@ impl Harness {
         );
     }
 
+    /// The non-zero counters of one hook, as `reason(n)=packets`, for failure messages.
+    pub fn hook_counters(&self, hook: u32) -> String {
+        self.counters()
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i as u32 / reason::SLOTS == hook && c.packets != 0)
+            .map(|(i, c)| {
+                let r = i % reason::SLOTS as usize;
+                format!("{}({r})={}", REASON_NAMES[r], c.packets)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// All (hook, reason) counters, summed over CPUs.
     pub fn counters(&self) -> Vec<Counter> {
         self.dp.verdict_counters().expect("counters")

@@ -456,21 +456,12 @@ fn kernel_matches_the_oracle() {
             let passed = h.run_hook(case.hook, &case.spec.build());
             let counted = h.reason_count(case.hook, reason) - before;
             if passed != want.accept || counted != 1 {
-                let got: Vec<String> = h
-                    .counters()
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, c)| *i as u32 / reason::SLOTS == case.hook && c.packets != 0)
-                    .map(|(i, c)| {
-                        let r = i % reason::SLOTS as usize;
-                        format!("{}({r})={}", gateway_common::stats::REASON_NAMES[r], c.packets)
-                    })
-                    .collect();
+                let got = h.hook_counters(case.hook);
                 fail(
                     format!(
                         "kernel {} (reason {reason} counted {counted}x), oracle {want:?}; hook counters now {}",
                         if passed { "passed" } else { "dropped" },
-                        got.join(" ")
+                        got
                     ),
                     &case,
                 );
@@ -599,20 +590,14 @@ fn stateful_sequences_match_the_oracle() {
             let before = h.reason_count(hook, r);
             let passed = h.run_hook(hook, &spec.build());
             if passed != want.passes() || h.reason_count(hook, r) - before != 1 {
-                let got: Vec<String> = h
-                    .counters()
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, c)| *i as u32 / reason::SLOTS == hook && c.packets != 0)
-                    .map(|(i, c)| format!("{}={}", gateway_common::stats::REASON_NAMES[i % reason::SLOTS as usize], c.packets))
-                    .collect();
+                let got = h.hook_counters(hook);
                 panic!(
                     "seed {seed:#x}, policy {p}, {what}: {} -> {} {:?}: oracle {want:?}, kernel {} (counters {})\npolicy:\n{yaml}",
                     spec.src,
                     spec.dst,
                     spec.l4,
                     if passed { "passed" } else { "dropped" },
-                    got.join(" ")
+                    got
                 );
             }
             *counts.entry(match want {
