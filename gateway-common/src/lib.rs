@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod acl;
+pub mod checksum;
 pub mod conntrack;
 pub mod forward;
 pub mod fragment;

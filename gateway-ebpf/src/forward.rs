@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 
 use gateway_common::{
+    checksum,
     conntrack::FAMILY_V4,
     forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
 };
@@ -74,20 +75,8 @@ fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
         return false;
     }
     let l4_len = pkt.ip_len - (l4 - l3) as u32;
-    let mut sum = pkt.flow.proto as u32 + l4_len;
-    let words = if pkt.flow.family == FAMILY_V4 { 2 } else { 8 };
-    let mut i = 0;
-    while i < 8 {
-        if i < words {
-            let (s, d) = (&pkt.flow.src, &pkt.flow.dst);
-            sum += u16::from_be_bytes([s[2 * i], s[2 * i + 1]]) as u32 + u16::from_be_bytes([d[2 * i], d[2 * i + 1]]) as u32;
-        }
-        i += 1;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    check as u32 == sum
+    let v4 = pkt.flow.family == FAMILY_V4;
+    check == checksum::fold(checksum::pseudo_header_sum(v4, &pkt.flow.src, &pkt.flow.dst, pkt.flow.proto, l4_len))
 }
 
 /// Forwards the frame if it can; `None` means "let the kernel have it".
@@ -178,8 +167,7 @@ fn lookup(ctx: &XdpContext, pkt: &Packet, v4: bool, ip: usize, now: u64) -> Opti
     })
 }
 
-/// TTL minus one with the incremental checksum update of RFC 1624 (as the kernel's
-/// ip_decrease_ttl does).
+/// TTL minus one, with the header checksum updated incrementally (RFC 1624).
 ///
 /// # Safety
 /// `ip` must point at a whole IPv4 header inside the packet.
@@ -187,11 +175,12 @@ fn lookup(ctx: &XdpContext, pkt: &Packet, v4: bool, ip: usize, now: u64) -> Opti
 unsafe fn decrement_ipv4_ttl(ip: usize) {
     // SAFETY: the caller guarantees the header is there.
     unsafe {
-        let csum_ptr = (ip + 10) as *mut u16;
-        let mut check = u16::from_be(core::ptr::read_unaligned(csum_ptr)) as u32;
-        check += 0x0100;
-        check = (check & 0xffff) + (check >> 16);
-        core::ptr::write_unaligned(csum_ptr, (check as u16).to_be());
-        *((ip + 8) as *mut u8) -= 1;
+        let word = (ip + 8) as *mut u16;
+        let csum = (ip + 10) as *mut u16;
+        let old = u16::from_be(core::ptr::read_unaligned(word));
+        let new = old - 0x0100;
+        let check = checksum::update16(u16::from_be(core::ptr::read_unaligned(csum)), old, new);
+        core::ptr::write_unaligned(word, new.to_be());
+        core::ptr::write_unaligned(csum, check.to_be());
     }
 }

@@ -1,0 +1,201 @@
+//! Internet checksum arithmetic: one's-complement sums (RFC 1071) and incremental updates of a
+//! checksum field when covered bytes change (RFC 1624), written once for the kernel programs'
+//! rewrites (TTL today; addresses, ports, MSS for translation) and tested on the host against
+//! full recomputation.
+
+/// Folds a 32-bit one's-complement accumulator to 16 bits.
+#[inline(always)]
+pub const fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum field after one covered 16-bit word changed from `old` to `new`:
+/// HC' = ~(~HC + ~m + m') (RFC 1624, equation 3), which never yields the -0 of equation 2.
+#[inline(always)]
+pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check) as u32 + (!old) as u32 + new as u32)
+}
+
+/// As [`update16`] for a covered 32-bit value (an IPv4 address, two ports).
+#[inline(always)]
+pub const fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let sum = (!check) as u32 + (!(old >> 16) as u16) as u32 + (!(old as u16)) as u32 + (new >> 16) + (new & 0xffff);
+    !fold(sum)
+}
+
+/// As [`update16`] for a covered 16-byte value (an IPv6 address).
+#[inline(always)]
+pub fn update128(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
+    let mut sum = (!check) as u32;
+    let mut i = 0;
+    while i < 16 {
+        sum += (!u16::from_be_bytes([old[i], old[i + 1]])) as u32 + u16::from_be_bytes([new[i], new[i + 1]]) as u32;
+        i += 2;
+    }
+    !fold(sum)
+}
+
+/// UDP over IPv4: a zero checksum means "none computed" and stays zero; a computed zero goes on
+/// the wire as 0xffff (RFC 768).
+#[inline(always)]
+pub const fn udp_field(check_before: u16, updated: u16) -> u16 {
+    if check_before == 0 {
+        0
+    } else if updated == 0 {
+        0xffff
+    } else {
+        updated
+    }
+}
+
+/// The pseudo-header's one's-complement sum, not folded: source and destination (the first 4
+/// bytes of each for IPv4), protocol and the upper-layer length.
+#[inline(always)]
+pub fn pseudo_header_sum(v4: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u32) -> u32 {
+    let words = if v4 { 2 } else { 8 };
+    let mut sum = proto as u32 + (len >> 16) + (len & 0xffff);
+    let mut i = 0;
+    while i < 8 {
+        if i < words {
+            sum += u16::from_be_bytes([src[2 * i], src[2 * i + 1]]) as u32 + u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]) as u32;
+        }
+        i += 1;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// Full recomputation, the plain way (RFC 1071), independent of the code under test.
+    fn full(chunks: &[&[u8]]) -> u16 {
+        let bytes: Vec<u8> = chunks.concat();
+        let mut sum: u64 = 0;
+        for pair in bytes.chunks(2) {
+            sum += ((pair[0] as u64) << 8) | *pair.get(1).unwrap_or(&0) as u64;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// A small deterministic generator (no dependency for a host test).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn bytes<const N: usize>(&mut self) -> [u8; N] {
+            let mut out = [0u8; N];
+            for b in &mut out {
+                *b = self.next() as u8;
+            }
+            out
+        }
+    }
+
+    fn segment_checksum(v4: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, seg: &[u8]) -> u16 {
+        let (s, d) = if v4 { (&src[..4], &dst[..4]) } else { (&src[..], &dst[..]) };
+        let len = (seg.len() as u32).to_be_bytes();
+        full(&[s, d, &[0, proto], if v4 { &len[2..] } else { &len[..] }, seg])
+    }
+
+    #[test]
+    fn rewrites_match_full_recomputation() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..20_000 {
+            let v4 = round % 2 == 0;
+            let mut src: [u8; 16] = rng.bytes();
+            let mut dst: [u8; 16] = rng.bytes();
+            if v4 {
+                src[4..].fill(0);
+                dst[4..].fill(0);
+            }
+            let proto = if round % 3 == 0 { 17 } else { 6 };
+            let len = 8 + (rng.next() % 200) as usize;
+            let mut seg: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let field = if proto == 17 { 6 } else { 16.min(len - 2) & !1 };
+            seg[field] = 0;
+            seg[field + 1] = 0;
+            let check = segment_checksum(v4, &src, &dst, proto, &seg);
+            seg[field..field + 2].copy_from_slice(&check.to_be_bytes());
+            // The pseudo-header helper agrees with the plain sum.
+            let mut zeroed = seg.clone();
+            zeroed[field] = 0;
+            zeroed[field + 1] = 0;
+            let seg_sum = full(&[&zeroed]);
+            assert_eq!(!fold(pseudo_header_sum(v4, &src, &dst, proto, len as u32) + (!seg_sum) as u32), check, "pseudo-header, round {round}");
+
+            // Rewrite the source address.
+            let new_src: [u8; 16] = if v4 {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&rng.bytes::<4>());
+                a
+            } else {
+                rng.bytes()
+            };
+            let updated = if v4 {
+                update32(check, u32::from_be_bytes(src[..4].try_into().unwrap()), u32::from_be_bytes(new_src[..4].try_into().unwrap()))
+            } else {
+                update128(check, &src, &new_src)
+            };
+            src = new_src;
+            let want = segment_checksum(v4, &src, &dst, proto, &zeroed);
+            assert_eq!(fold_equal(updated, want), true, "address rewrite, round {round}: {updated:#06x} vs {want:#06x}");
+            seg[field..field + 2].copy_from_slice(&updated.to_be_bytes());
+
+            // Rewrite the first 16-bit word of the segment (a port), if it is not the field.
+            if field != 0 {
+                let old = u16::from_be_bytes([seg[0], seg[1]]);
+                let new = rng.next() as u16;
+                let updated2 = update16(updated, old, new);
+                seg[0..2].copy_from_slice(&new.to_be_bytes());
+                zeroed[0..2].copy_from_slice(&new.to_be_bytes());
+                let want = segment_checksum(v4, &src, &dst, proto, &zeroed);
+                assert!(fold_equal(updated2, want), "port rewrite, round {round}: {updated2:#06x} vs {want:#06x}");
+            }
+        }
+    }
+
+    /// 0x0000 and 0xffff are the same one's-complement value; a receiver accepts either.
+    fn fold_equal(a: u16, b: u16) -> bool {
+        a == b || (a == 0 && b == 0xffff) || (a == 0xffff && b == 0)
+    }
+
+    #[test]
+    fn ipv4_ttl_decrement_as_the_kernel_does() {
+        let mut rng = Rng(7);
+        for _ in 0..10_000 {
+            let mut h: [u8; 20] = rng.bytes();
+            h[0] = 0x45;
+            h[8] = 2 + (rng.next() % 250) as u8;
+            h[10] = 0;
+            h[11] = 0;
+            let check = full(&[&h]);
+            h[10..12].copy_from_slice(&check.to_be_bytes());
+            let old = u16::from_be_bytes([h[8], h[9]]);
+            h[8] -= 1;
+            let updated = update16(check, old, u16::from_be_bytes([h[8], h[9]]));
+            h[10..12].copy_from_slice(&updated.to_be_bytes());
+            // A header with a right checksum sums to 0xffff (its complement to zero).
+            assert_eq!(full(&[&h]), 0, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero_and_a_computed_zero_is_sent_as_ffff() {
+        assert_eq!(udp_field(0, 0x1234), 0);
+        assert_eq!(udp_field(0xabcd, 0), 0xffff);
+        assert_eq!(udp_field(0xabcd, 0x1234), 0x1234);
+    }
+}
