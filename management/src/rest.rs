@@ -1,7 +1,8 @@
 //! The REST API under /api, shaped like NetBird's: peers, setup keys, groups, policies, and
 //! networks with resources and routers. JSON in and out; errors are `{"message", "code"}`.
 //!
-//! Token auth: `Authorization: Token <t>` or `Bearer <t>`; no token is 401, a wrong one 403.
+//! Token auth: `Authorization: Token <t>` or `Bearer <t>`; no token and a wrong one are both 401
+//! (as NetBird answers; its API clients treat 403 as "authenticated but not allowed").
 //! Bodies are parsed strictly (unknown fields, wrong types and bad values are 400 with the reason)
 //! and validated whole before anything is stored.
 
@@ -71,7 +72,7 @@ async fn authenticate(State(m): State<AppState>, headers: HeaderMap, request: Re
         .map(str::trim);
     match presented {
         None => error_response(StatusCode::UNAUTHORIZED, "missing Authorization header (Token <token> or Bearer <token>)"),
-        Some(t) if !constant_time_eq(t.as_bytes(), m.api_token.as_bytes()) => error_response(StatusCode::FORBIDDEN, "invalid token"),
+        Some(t) if !constant_time_eq(t.as_bytes(), m.api_token.as_bytes()) => error_response(StatusCode::UNAUTHORIZED, "invalid token"),
         Some(_) => next.run(request).await,
     }
 }
