@@ -65,6 +65,18 @@ user_pod!(CtKey, CtEntry);
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// Turns a live entry into a tombstone (see [`ORIGIN_REVOKED`]): the kernel's rule when a
+/// packet finds its flow revoked, and the controller's sweep. A TCP tombstone counts as closed:
+/// its short timeout applies, and a new SYN may open the connection again.
+#[inline(always)]
+pub fn revoke(entry: &mut CtEntry, proto: u8, now_ns: u64) {
+    entry.origin = ORIGIN_REVOKED;
+    entry.last_seen_ns = now_ns;
+    if proto == 6 {
+        entry.state = STATE_TCP_CLOSED;
+    }
+}
+
 /// Idle timeout of an entry in nanoseconds: the kernel and the controller's sweep use this one rule.
 #[inline(always)]
 pub fn timeout_ns(key: &CtKey, entry: &CtEntry, t: &Timeouts) -> u64 {

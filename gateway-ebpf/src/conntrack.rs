@@ -101,17 +101,6 @@ pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: boo
     }
 }
 
-/// Turns a live entry into a tombstone (see [`ORIGIN_REVOKED`]). A TCP tombstone counts as
-/// closed: its short timeout applies, and a new SYN may open the connection again.
-#[inline(always)]
-pub fn revoke(entry: &mut CtEntry, proto: u8, now: u64) {
-    entry.origin = ORIGIN_REVOKED;
-    entry.last_seen_ns = now;
-    if proto == PROTO_TCP {
-        entry.state = STATE_TCP_CLOSED;
-    }
-}
-
 #[inline(always)]
 pub fn insert(key: &CtKey, entry: &CtEntry) {
     // A full LRU evicts the least recently used flow; failure leaves the packet's verdict as is.

@@ -194,7 +194,7 @@ fn recheck(
     let original = if from_initiator { *flow } else { flow.reversed() };
     let v = acl::judge(&original, active, settings);
     if !v.accepts() {
-        conntrack::revoke(entry, flow.proto, now);
+        gateway_common::conntrack::revoke(entry, flow.proto, now);
         return Some(Decision { reason: reason::DROP_REVOKED, rule: v.rule, slot: 0 });
     }
     entry.generation = active.generation;

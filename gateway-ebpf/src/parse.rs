@@ -335,17 +335,14 @@ fn parse_l4(b: &Bytes, pkt: &mut Packet, l4: usize, l4_len: usize) -> Result<(),
 fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
     let c = b.array::<8>(l4)?;
     let v6 = pkt.flow.proto == PROTO_ICMPV6;
-    let (is_echo, is_error) = if v6 {
-        (c[0] == 128 || c[0] == 129, c[0] >= 1 && c[0] <= 4)
-    } else {
-        (c[0] == 8 || c[0] == 0, c[0] == 3 || c[0] == 11 || c[0] == 12)
-    };
-    if is_echo {
+    let is_error = if v6 { c[0] >= 1 && c[0] <= 4 } else { c[0] == 3 || c[0] == 11 || c[0] == 12 };
+    let echo = echo_role(c[0], v6);
+    if echo != ECHO_NONE {
         let id = u16::from_be_bytes([c[4], c[5]]);
         pkt.icmp = ICMP_ECHO;
         pkt.flow.sport = id;
         pkt.flow.dport = id;
-        pkt.flow.echo = if is_echo_request(c[0], v6) { ECHO_FROM_REQUESTER } else { ECHO_FROM_RESPONDER };
+        pkt.flow.echo = echo;
     } else if v6 && (133..=136).contains(&c[0]) {
         pkt.icmp = ICMP_NEIGHBOR_DISCOVERY;
     } else if is_error {
@@ -357,9 +354,18 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
     Ok(())
 }
 
+/// An echo request comes from the requester, a reply from the responder; anything else is not
+/// echo.
 #[inline(always)]
-fn is_echo_request(icmp_type: u8, v6: bool) -> bool {
-    icmp_type == if v6 { 128 } else { 8 }
+fn echo_role(icmp_type: u8, v6: bool) -> u8 {
+    let (request, reply) = if v6 { (128, 129) } else { (8, 0) };
+    if icmp_type == request {
+        ECHO_FROM_REQUESTER
+    } else if icmp_type == reply {
+        ECHO_FROM_RESPONDER
+    } else {
+        ECHO_NONE
+    }
 }
 
 /// The flow of the IPv4 packet an ICMP error quotes (its header and first 8 payload bytes).
@@ -403,13 +409,11 @@ fn quoted_ports(b: &Bytes, flow: &mut Flow, at: usize) -> Result<(), u32> {
             flow.dport = u16::from_be_bytes([p[2], p[3]]);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let v6 = flow.proto == PROTO_ICMPV6;
-            let (request, reply) = if v6 { (128, 129) } else { (8, 0) };
-            if p[0] == request || p[0] == reply {
+            flow.echo = echo_role(p[0], flow.proto == PROTO_ICMPV6);
+            if flow.echo != ECHO_NONE {
                 let id = u16::from_be_bytes([p[4], p[5]]);
                 flow.sport = id;
                 flow.dport = id;
-                flow.echo = if p[0] == request { ECHO_FROM_REQUESTER } else { ECHO_FROM_RESPONDER };
             }
         }
         _ => {}

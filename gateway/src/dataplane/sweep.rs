@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use gateway_common::{
-    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_POLICY, ORIGIN_REVOKED, STATE_TCP_CLOSED, is_live},
+    conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_POLICY, is_live, revoke},
     maps as names,
     settings::Timeouts,
 };
@@ -100,12 +100,8 @@ impl Sweeper {
             let verdict = compiled.lookup(ip(key.family, src), ip(key.family, dst), key.proto, dport);
             if verdict.judgement.action == Action::Drop {
                 // A tombstone, as the kernel leaves one: the flow cannot come back as a local one.
-                let tombstone = CtEntry {
-                    origin: ORIGIN_REVOKED,
-                    last_seen_ns: now,
-                    state: if key.proto == 6 { STATE_TCP_CLOSED } else { entry.state },
-                    ..entry
-                };
+                let mut tombstone = entry;
+                revoke(&mut tombstone, key.proto, now);
                 if map.insert(key, tombstone, 0).is_ok() {
                     report.revoked += 1;
                 }
