@@ -8,6 +8,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod forward;
 pub mod fragment;
+pub mod hash;
 pub mod maps;
 pub mod settings;
 pub mod stats;

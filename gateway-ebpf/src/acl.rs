@@ -2,7 +2,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use gateway_common::{
-    acl::{self, AclTables, AddrClass, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey},
+    acl::{self, AclTables, AddrClass, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey, cached_port, verdict_cache_slot},
     conntrack::FAMILY_V4,
     settings::{ActivePolicy, Settings},
 };
@@ -35,9 +35,39 @@ impl AclTables for MapTables {
     }
 }
 
-/// The verdict of the active policy for a flow in its own direction.
+/// The verdict of the active policy for a flow in its own direction: from this CPU's verdict
+/// cache when it holds the same key under the same policy generation, else from the tables.
 #[inline(always)]
 pub fn judge(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict {
+    let port = cached_port(flow.proto, flow.dport);
+    let Some(cached) = maps::VERDICT_CACHE.get_ptr_mut(verdict_cache_slot(&flow.src, &flow.dst, flow.proto, port)) else {
+        return lookup(flow, active, settings);
+    };
+    // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+    let cached = unsafe { &mut *cached };
+    if cached.generation == active.generation
+        && cached.family == flow.family
+        && cached.proto == flow.proto
+        && cached.dport == port
+        && cached.src == flow.src
+        && cached.dst == flow.dst
+    {
+        return cached.verdict;
+    }
+    let verdict = lookup(flow, active, settings);
+    cached.src = flow.src;
+    cached.dst = flow.dst;
+    cached.dport = port;
+    cached.proto = flow.proto;
+    cached.family = flow.family;
+    cached.generation = active.generation;
+    cached.verdict = verdict;
+    verdict
+}
+
+/// The verdict from the compiled tables.
+#[inline(always)]
+fn lookup(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict {
     let slot = active.slot & 1;
     let classes = if flow.family == FAMILY_V4 {
         let src = u32::from_be_bytes([flow.src[0], flow.src[1], flow.src[2], flow.src[3]]);

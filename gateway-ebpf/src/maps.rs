@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use gateway_common::{
-    acl::{AddrClass, V6KeyData, Verdict, VerdictKey},
+    acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
     forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot},
     fragment::{FragKey, FragVerdict},
@@ -64,3 +64,7 @@ pub static FORWARD_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(FORWARD_
 
 #[map(name = "FIB_CACHE_V1")]
 pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
+
+/// The last verdicts of the policy lookup, per CPU (see `CachedVerdict`).
+#[map(name = "VERDICT_CACHE_V1")]
+pub static VERDICT_CACHE: PerCpuArray<CachedVerdict> = PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);

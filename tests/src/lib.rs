@@ -220,6 +220,17 @@ impl Harness {
 }
 
 /// The seed's four policies, as shipped in examples/policy.yaml.
+/// Keeps the calling thread on one CPU: BPF_PROG_TEST_RUN runs a program on the caller's CPU,
+/// so a test of per-CPU state (caches, scratch) must not migrate between runs.
+pub fn pin_thread_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
 pub fn seed_policy() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml")).expect("examples/policy.yaml")
 }

@@ -667,6 +667,37 @@ fn egress_tracks_outbound_flows_for_their_replies() {
 // ---------------------------------------------------------------------------------------------
 // Policy changes
 
+/// The kernel keeps the last verdicts per CPU (keyed by policy generation): a policy change
+/// takes effect on the very next packet of a key it had already judged, in both directions of
+/// the change, on every hook, and source ports of one client share the cached verdict.
+#[test]
+fn cached_verdicts_do_not_outlive_their_policy() {
+    // One CPU throughout: each CPU has its own cache, and a run that moved would miss it.
+    gateway_tests::pin_thread_to_cpu(0);
+    let mut h = stateless();
+    let dropping = POLICY.replace("    action: accept\n    protocol: udp", "    action: drop\n    protocol: udp");
+    for round in 0..3 {
+        for (hook, port) in [(IN, 40000), (LAN, 40001), (IN, 40002)] {
+            h.expect_ctx(hook, &Spec::udp(C, S, port, 53).build(), ACCEPT_POLICY, &format!("round {round}, accepted"));
+        }
+        h.expect_ctx(IN, &Spec::udp(C6, S6, 40000, 53).build(), ACCEPT_POLICY, &format!("round {round}, v6 accepted"));
+        h.apply(&dropping);
+        for (hook, port) in [(IN, 40000), (LAN, 40001), (IN, 40003)] {
+            h.expect_ctx(hook, &Spec::udp(C, S, port, 53).build(), DROP_POLICY, &format!("round {round}, dropped"));
+        }
+        h.expect_ctx(IN, &Spec::udp(C6, S6, 40000, 53).build(), DROP_POLICY, &format!("round {round}, v6 dropped"));
+        // Another port of the same pair is its own key.
+        h.expect_ctx(IN, &Spec::udp(C, S, 40000, 5353).build(), DROP_DEFAULT, &format!("round {round}, other port"));
+        h.apply(POLICY);
+    }
+    // A cached verdict keeps its deciding rule: the rule's counter moves on every hit.
+    let before = h.rule_packets("dns");
+    for _ in 0..3 {
+        h.expect(IN, &Spec::udp(C, S, 40000, 53).build(), ACCEPT_POLICY);
+    }
+    assert_eq!(h.rule_packets("dns") - before, 3, "{}", h.hook_counters(IN));
+}
+
 #[test]
 fn policy_swap_revokes_flows_it_no_longer_allows() {
     let mut h = Harness::new(POLICY);
