@@ -100,7 +100,7 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             dp.apply(&compiled)?;
             topo.dut.run_scoped(|| -> anyhow::Result<()> {
                 if tunnel {
-                    dp.attach_tunnel("d0")?;
+                    dp.attach_tunnel("d0", gateway::dataplane::TunnelMss::Auto)?;
                     dp.attach_lan("d1", LanAttach::XdpNative)?;
                     return Ok(());
                 }

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod fragment;
 pub mod hash;
 pub mod maps;
+pub mod mss;
 pub mod settings;
 pub mod stats;
 

@@ -17,6 +17,10 @@ pub const FIB_CACHE: &str = "FIB_CACHE_V1";
 pub const FORWARD_SLOTS: &str = "FWD_SLOTS_V1";
 /// Not pinned: a cache, valid only for the generation it was filled under.
 pub const VERDICT_CACHE: &str = "VERDICT_CACHE_V1";
+/// Not pinned: written from the configuration whenever a tunnel interface is attached.
+pub const TUNNEL_MSS: &str = "TUNNEL_MSS_V1";
+/// Tunnel interfaces one data plane serves, at most.
+pub const TUNNEL_INTERFACES_MAX: u32 = 64;
 
 /// Layout of the pinned data plane (maps and links): bumped together with the `_V1` suffixes
 /// whenever a map's key, value or meaning changes. A gateway adopts only a pinned data plane of

@@ -28,6 +28,11 @@ pub mod reason {
     pub const ACCEPT_FRAGMENT: u32 = 5;
     pub const ACCEPT_OUTBOUND: u32 = 6;
     pub const PASS_NEIGHBOR_DISCOVERY: u32 = 7;
+    /// Not a verdict: TCP SYNs crossing the tunnel whose MSS option was lowered to what the
+    /// tunnel carries (counted a second time).
+    pub const MSS_CLAMPED: u32 = 12;
+    /// Not a verdict: SYNs whose options could not be read or rewritten; they pass unchanged.
+    pub const MSS_NOT_CLAMPED: u32 = 13;
     /// Not a verdict: of the packets accepted on an XDP-forwarding interface, those left to the
     /// kernel because their TCP/UDP checksum is only begun (a local sender's offload, which
     /// only the kernel path completes); counted a second time.
@@ -67,8 +72,8 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "",
     "",
     "",
-    "",
-    "",
+    "mss_clamped",
+    "mss_unreadable",
     "partial_checksum",
     "xdp_forwarded",
     "policy",

@@ -8,6 +8,7 @@ mod forward;
 mod fragment;
 mod judge;
 mod maps;
+mod mss;
 mod packet;
 mod parse;
 mod stats;
@@ -97,7 +98,19 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize, xdp: core::ptr::null_mut() };
     let d = judge::decide(&bytes, link, hook);
     account(ctx, hook, &d, len as u64);
-    if d.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
+    if !d.passes() {
+        return TC_ACT_SHOT;
+    }
+    if hook != HOOK_LAN {
+        if let Some(pkt) = maps::SCRATCH.get(0) {
+            match mss::clamp(ctx, pkt) {
+                mss::Clamp::Lowered => stats::count(hook, reason::MSS_CLAMPED, len as u64),
+                mss::Clamp::Failed => stats::count(hook, reason::MSS_NOT_CLAMPED, len as u64),
+                mss::Clamp::Untouched => {}
+            }
+        }
+    }
+    TC_ACT_OK
 }
 
 /// LAN interfaces whose driver has no native XDP, when configured (`attach: tc`): same logic.

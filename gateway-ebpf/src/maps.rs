@@ -11,7 +11,9 @@ use gateway_common::{
     acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
     forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot},
+    maps::TUNNEL_INTERFACES_MAX,
     fragment::{FragKey, FragVerdict},
+    mss::MssClamp,
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
 };
@@ -68,3 +70,7 @@ pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_S
 /// The last verdicts of the policy lookup, per CPU (see `CachedVerdict`).
 #[map(name = "VERDICT_CACHE_V1")]
 pub static VERDICT_CACHE: PerCpuArray<CachedVerdict> = PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
+
+/// The MSS each tunnel interface allows, by ifindex (absent: not clamped).
+#[map(name = "TUNNEL_MSS_V1")]
+pub static TUNNEL_MSS: HashMap<u32, MssClamp> = HashMap::with_max_entries(TUNNEL_INTERFACES_MAX, 0);

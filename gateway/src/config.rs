@@ -54,6 +54,48 @@ pub struct Interfaces {
 #[serde(deny_unknown_fields)]
 pub struct TunnelInterface {
     pub name: String,
+    /// TCP SYNs crossing the interface (either way) announce at most what it carries:
+    /// `auto` (default: its MTU at attach minus 40 for IPv4, 60 for IPv6; 1240 at NetBird's
+    /// 1280), `off`, or an IPv4 MSS (IPv6 gets 20 less).
+    #[serde(default)]
+    pub mss_clamp: MssClampConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum MssClampConfig {
+    Mode(MssClampMode),
+    /// An IPv4 MSS, at least [`MIN_MSS`].
+    Fixed(u16),
+    /// YAML reads a bare `off` (and `no`, `false`) as false: off; true is `auto`.
+    Switch(bool),
+}
+
+impl Default for MssClampConfig {
+    fn default() -> Self {
+        MssClampConfig::Mode(MssClampMode::Auto)
+    }
+}
+
+/// The smallest MSS every IPv4 host must accept (RFC 9293).
+pub const MIN_MSS: u16 = 536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MssClampMode {
+    Auto,
+    Off,
+}
+
+impl MssClampConfig {
+    pub fn tunnel_mss(self) -> crate::dataplane::TunnelMss {
+        use crate::dataplane::TunnelMss;
+        match self {
+            MssClampConfig::Mode(MssClampMode::Auto) | MssClampConfig::Switch(true) => TunnelMss::Auto,
+            MssClampConfig::Mode(MssClampMode::Off) | MssClampConfig::Switch(false) => TunnelMss::Off,
+            MssClampConfig::Fixed(v) => TunnelMss::Fixed(v),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -184,6 +226,13 @@ impl Config {
                 bail!("limits.{name} must be positive");
             }
         }
+        for t in &self.interfaces.tunnel {
+            if let MssClampConfig::Fixed(v) = t.mss_clamp {
+                if v < MIN_MSS {
+                    bail!("interfaces.tunnel {}: mss_clamp {v} is below {MIN_MSS}, the smallest MSS every IPv4 host must accept", t.name);
+                }
+            }
+        }
         for lan in &self.interfaces.lan {
             if lan.forward == Forwarding::Xdp && lan.attach != LanAttach::XdpNative {
                 bail!("interfaces.lan {}: forward: xdp needs attach: xdp-native", lan.name);
@@ -227,6 +276,30 @@ mod tests {
         // A relative policy path is taken relative to the config file.
         std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n").unwrap();
         assert_eq!(Config::load(&p).unwrap().policy, Some(dir.join("p.yaml")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mss_clamp_is_auto_off_or_a_sane_value() {
+        let dir = std::env::temp_dir().join(format!("gwcfg-mss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.yaml");
+        let load = |clamp: &str| {
+            let line = if clamp.is_empty() { String::new() } else { format!("      mss_clamp: {clamp}\n") };
+            std::fs::write(&p, format!("policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n{line}")).unwrap();
+            Config::load(&p).map(|c| c.interfaces.tunnel[0].mss_clamp.tunnel_mss()).map_err(|e| format!("{e:#}"))
+        };
+        use crate::dataplane::TunnelMss;
+        assert_eq!(load(""), Ok(TunnelMss::Auto));
+        assert_eq!(load("auto"), Ok(TunnelMss::Auto));
+        assert_eq!(load("off"), Ok(TunnelMss::Off));
+        assert_eq!(load("\"off\""), Ok(TunnelMss::Off));
+        assert_eq!(load("false"), Ok(TunnelMss::Off));
+        assert_eq!(load("1200"), Ok(TunnelMss::Fixed(1200)));
+        let e = load("500").unwrap_err();
+        assert!(e.contains("below 536"), "{e}");
+        assert!(load("sometimes").is_err());
+        assert!(load("70000").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -15,6 +15,9 @@ pub fn verdict_label(r: u32) -> &'static str {
     } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {
         // Likewise: accepted, and forwarded by the kernel rather than in XDP.
         "to_kernel"
+    } else if r == reason::MSS_CLAMPED || r == reason::MSS_NOT_CLAMPED {
+        // Likewise: accepted SYNs, and what became of their MSS option.
+        "mss"
     } else if r >= reason::FIRST_DROP_REASON {
         "drop"
     } else if matches!(r, reason::PASS_NON_IP | reason::PASS_NOT_OVERLAY | reason::PASS_NEIGHBOR_DISCOVERY) {

@@ -104,6 +104,10 @@ pub struct Spec {
     pub raw_l4: Option<Vec<u8>>,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// TCP options (padded with end-of-options to a multiple of 4; the data offset follows).
+    pub tcp_options: Vec<u8>,
+    /// Fill in the TCP/UDP checksum over the pseudo-header (left zero otherwise).
+    pub l4_checksum: bool,
 }
 
 impl Spec {
@@ -121,6 +125,8 @@ impl Spec {
             frag: None,
             raw_l4: None,
             ttl: 64,
+            tcp_options: Vec::new(),
+            l4_checksum: false,
         }
     }
 
@@ -139,8 +145,36 @@ impl Spec {
 
     pub fn build(&self) -> Vec<u8> {
         let v6 = self.src.is_ipv6();
-        let l4 = self.raw_l4.clone().unwrap_or_else(|| self.l4.bytes(self.payload_len));
+        let mut l4 = self.raw_l4.clone().unwrap_or_else(|| self.l4.bytes(self.payload_len));
         let proto = self.l4.proto(v6);
+        if self.raw_l4.is_none() && matches!(self.l4, L4::Tcp { .. }) && !self.tcp_options.is_empty() {
+            let mut opts = self.tcp_options.clone();
+            opts.resize(opts.len().div_ceil(4) * 4, 0);
+            l4[12] = ((20 + opts.len()) / 4 << 4) as u8;
+            l4.splice(20..20, opts);
+        }
+        if self.l4_checksum {
+            let at = match self.l4 {
+                L4::Tcp { .. } => 16,
+                L4::Udp { .. } => 6,
+                _ => panic!("l4_checksum is for TCP and UDP"),
+            };
+            let (s, d) = (self.src, self.dst);
+            let mut pseudo = match (s, d) {
+                (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => [&s.octets()[..], &d.octets()[..]].concat(),
+                (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => [&s.octets()[..], &d.octets()[..]].concat(),
+                _ => panic!("mixed address families"),
+            };
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            l4[at..at + 2].copy_from_slice(&[0, 0]);
+            let mut sum = checksum(&[&pseudo[..], &l4[..]].concat());
+            if sum == 0 && matches!(self.l4, L4::Udp { .. }) {
+                // UDP sends a computed zero as all ones (zero means "no checksum").
+                sum = 0xffff;
+            }
+            l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
         let mut out = Vec::new();
         if !self.l3_only {
             out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);

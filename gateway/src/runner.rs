@@ -212,8 +212,9 @@ fn lock<T>(gw: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// pinned links that the configuration no longer names.
 fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
     for t in &cfg.interfaces.tunnel {
-        let kind = dp.attach_tunnel(&t.name)?;
-        info!(interface = %t.name, link = ?kind, "tunnel interface protected (tc ingress + egress)");
+        let kind = dp.attach_tunnel(&t.name, t.mss_clamp.tunnel_mss())?;
+        let mss = dp.mss_clamp(&t.name)?.map(|c| format!("{} (IPv6 {})", c.v4, c.v6)).unwrap_or_else(|| "off".into());
+        info!(interface = %t.name, link = ?kind, mss_clamp = %mss, "tunnel interface protected (tc ingress + egress)");
     }
     for l in &cfg.interfaces.lan {
         let mode = dp.attach_lan(&l.name, l.attach)?;

@@ -94,10 +94,23 @@ impl Harness {
     }
 
     fn run_tc(&mut self, name: &str, packet: &[u8]) -> Result<u32, ProgramError> {
+        self.run_tc_out(name, packet).map(|(action, _)| action)
+    }
+
+    /// Runs a tunnel TC program (Ethernet variant) once; returns the TC action and the packet
+    /// as the program left it.
+    pub fn tc_bytes(&mut self, ingress: bool, packet: &[u8]) -> (u32, Vec<u8>) {
+        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_ETH } else { names::PROG_TC_TUNNEL_EGRESS_ETH };
+        self.run_tc_out(name, packet).expect("test run")
+    }
+
+    fn run_tc_out(&mut self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         let prog = self.dp.tc_program(name).expect("tc program");
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
-        prog.test_run(opts).map(|r| r.return_value)
+        let r = prog.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Runs the Ethernet program of `hook` once; returns whether the packet passed.

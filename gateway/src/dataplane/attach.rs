@@ -10,6 +10,7 @@ use aya::programs::{
 use gateway_common::maps as names;
 
 use super::Dataplane;
+use gateway_common::mss::MssClamp;
 use crate::config::LanAttach;
 
 /// Whether an interface carries Ethernet frames or bare IP packets.
@@ -68,6 +69,24 @@ fn ifreq_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut [u8; 4
         bail!("ioctl {request:#x} on {name}: {err}");
     }
     Ok(req)
+}
+
+/// What a tunnel interface does to the MSS option of TCP SYNs crossing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TunnelMss {
+    /// Clamp to the interface's MTU at attach time, minus 40 (IPv4) or 60 (IPv6) bytes.
+    #[default]
+    Auto,
+    Off,
+    /// This IPv4 MSS (IPv6: 20 less).
+    Fixed(u16),
+}
+
+/// The interface's MTU (SIOCGIFMTU).
+pub fn mtu(name: &str) -> anyhow::Result<u32> {
+    let req = ifreq_ioctl(name, libc::SIOCGIFMTU, |_| {}).with_context(|| format!("reading the MTU of {name}"))?;
+    // struct ifreq: 16-byte name, then the int MTU.
+    Ok(i32::from_ne_bytes([req[16], req[17], req[18], req[19]]).max(0) as u32)
 }
 
 /// Reads the link type (ARPHRD_*) with SIOCGIFHWADDR: 1 is Ethernet, 65534 ("none") is a TUN or
@@ -129,8 +148,15 @@ impl Dataplane {
         Ok(label)
     }
 
-    pub fn attach_tunnel(&mut self, iface: &str) -> anyhow::Result<LinkKind> {
+    pub fn attach_tunnel(&mut self, iface: &str, mss: TunnelMss) -> anyhow::Result<LinkKind> {
         let kind = link_kind(iface)?;
+        // The clamp is in place before the programs are: no SYN crosses unclamped.
+        let clamp = match mss {
+            TunnelMss::Auto => Some(MssClamp::for_mtu(mtu(iface)?)),
+            TunnelMss::Off => None,
+            TunnelMss::Fixed(v4) => Some(MssClamp::fixed_v4(v4)),
+        };
+        self.set_mss_clamp(iface, clamp)?;
         let (ingress, egress) = match kind {
             LinkKind::Ethernet => (names::PROG_TC_TUNNEL_INGRESS_ETH, names::PROG_TC_TUNNEL_EGRESS_ETH),
             LinkKind::L3 => (names::PROG_TC_TUNNEL_INGRESS_L3, names::PROG_TC_TUNNEL_EGRESS_L3),

@@ -22,12 +22,13 @@ use aya::{
 use gateway_common::{
     acl::{AddrClass, PORTS, PORT_TABLES_PER_SLOT, V4_CHUNK_ENTRIES, V4_ROOT_ENTRIES, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey},
     maps as names,
+    mss::MssClamp,
     settings::{ActivePolicy, FLAG_CONNTRACK, Settings, Timeouts},
     stats::{Counter, STATS_ENTRIES},
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
-pub use attach::{Attachment, LinkKind};
+pub use attach::{Attachment, LinkKind, TunnelMss};
 pub use sweep::SweepReport;
 use mmap::MmapArray;
 
@@ -451,6 +452,31 @@ impl Dataplane {
         s.flags = if on { s.flags | FLAG_CONNTRACK } else { s.flags & !FLAG_CONNTRACK };
         map.set(0, s, 0)?;
         Ok(())
+    }
+
+    /// Sets (or with `None` removes) the MSS clamp of TCP SYNs crossing a tunnel interface.
+    pub fn set_mss_clamp(&mut self, iface: &str, clamp: Option<MssClamp>) -> anyhow::Result<()> {
+        let ifindex = attach::if_index(iface)?;
+        let mut map: BpfHashMap<_, u32, MssClamp> = BpfHashMap::try_from(self.ebpf.map_mut(names::TUNNEL_MSS).context("tunnel MSS map")?)?;
+        match clamp {
+            Some(c) if c != MssClamp::default() => map.insert(ifindex, c, 0).with_context(|| format!("MSS clamp for {iface}"))?,
+            _ => match map.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("MSS clamp for {iface}")),
+            },
+        }
+        Ok(())
+    }
+
+    /// The MSS clamp in force on an interface.
+    pub fn mss_clamp(&self, iface: &str) -> anyhow::Result<Option<MssClamp>> {
+        let ifindex = attach::if_index(iface)?;
+        let map: BpfHashMap<_, u32, MssClamp> = BpfHashMap::try_from(self.ebpf.map(names::TUNNEL_MSS).context("tunnel MSS map")?)?;
+        match map.get(&ifindex, 0) {
+            Ok(c) => Ok(Some(c)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Kernel memory charged to the policy maps (both slots), from /proc/self/fdinfo.
