@@ -1,5 +1,5 @@
 //! Builds the benchmark's kernel programs (bench/ebpf) and leaves the object in OUT_DIR for
-//! embedding, as gateway/build.rs does for the gateway's.
+//! embedding, as dataplane/build.rs does for the gateway's.
 use std::path::PathBuf;
 
 use anyhow::Context as _;

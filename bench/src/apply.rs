@@ -2,10 +2,8 @@
 
 use std::time::Instant;
 
-use gateway::{
-    compile,
-    dataplane::{Dataplane, LoadOptions},
-};
+use gateway_dataplane::{Dataplane, LoadOptions};
+use gateway_policy::compile;
 use serde::Serialize;
 
 use crate::{cost::limits_for, rules, stats::Summary};
@@ -35,7 +33,7 @@ pub fn run(quick: bool) -> anyhow::Result<Apply> {
     let mut last = None;
     for trial in 0..trials {
         // A different policy each time, so every apply rewrites the slot.
-        let syn = rules::synthetic(n, 1000 + trial as u64, gateway::policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
+        let syn = rules::synthetic(n, 1000 + trial as u64, gateway_policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
         let start = Instant::now();
         let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
         let compiled_at = start.elapsed();

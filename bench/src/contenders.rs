@@ -6,11 +6,9 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use aya::programs::xdp::XdpLinkId;
-use gateway::{
-    compile,
-    config::LanAttach,
-    dataplane::{Dataplane, LoadOptions},
-};
+use gateway::config::LanAttach;
+use gateway_dataplane::{Dataplane, LoadOptions};
+use gateway_policy::compile;
 
 use crate::{cost::limits_for, generator::Generator, rules::Synthetic, topo::Topo};
 
@@ -100,7 +98,7 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             dp.apply(&compiled)?;
             topo.dut.run_scoped(|| -> anyhow::Result<()> {
                 if tunnel {
-                    dp.attach_tunnel("d0", gateway::dataplane::TunnelMss::Auto)?;
+                    dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Auto)?;
                     dp.attach_lan("d1", LanAttach::XdpNative)?;
                     return Ok(());
                 }
@@ -192,7 +190,7 @@ pub fn remove(installed: Installed, topo: &Topo, generator: Option<&mut Generato
 
 fn proto(syn: &Synthetic) -> &'static str {
     match syn.protocol {
-        gateway::policy::Protocol::Tcp => "tcp",
+        gateway_policy::Protocol::Tcp => "tcp",
         _ => "udp",
     }
 }

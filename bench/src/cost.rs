@@ -2,12 +2,9 @@
 //! repeat. One data plane per rule count, all loaded at once, measured round-robin per trial.
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use gateway::{
-    compile,
-    config::LimitsConfig,
-    dataplane::{Dataplane, LoadOptions},
-    packets::{Spec, TCP_SYN},
-};
+use gateway_dataplane::{LimitsConfig, Dataplane, LoadOptions};
+use gateway_policy::compile;
+use gateway_testkit::packets::{Spec, TCP_SYN};
 use serde::Serialize;
 
 use crate::{rules, stats::Summary};
@@ -44,7 +41,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let repeat = if quick { 200_000 } else { 1_000_000 };
     let mut planes = Vec::new();
     for &n in counts {
-        let syn = rules::synthetic(n, 42 + n as u64, gateway::policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
+        let syn = rules::synthetic(n, 42 + n as u64, gateway_policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
         let limits = limits_for(n);
         let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
         let mut dp = Dataplane::load(&LoadOptions { limits, ..Default::default() })?;

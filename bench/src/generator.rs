@@ -10,7 +10,8 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use bench_common::*;
-use gateway::{dataplane::attach::if_index, packets::Spec};
+use gateway_dataplane::attach::if_index;
+use gateway_testkit::packets::Spec;
 
 use crate::topo::{MAC_D0, MAC_G0, SINK_ADDR, Topo};
 

@@ -6,6 +6,7 @@
 //!   gateway, timed from sending the PUT to the gateway's /status showing the new serial applied.
 //! - Memory: the management process's resident set (peak and after the changes).
 
+use gateway::status::Report;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
@@ -15,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gateway::lab::{management::ManagementProcess, netns::Netns, process::GatewayProcess};
+use gateway_testkit::{management::ManagementProcess, netns::Netns, process::GatewayProcess};
 use management::{
     model::*,
     netmap::{MapSettings, network_map},
@@ -260,7 +261,7 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
     let state = dir.0.join("gateway-state");
     let url = format!("http://{MGMT_ADDR}");
     let gw = GatewayProcess::start_with(&bin, &ns, &config, &dir.0.join("gateway.log"), &["--management-url", &url, "--setup-key", GATEWAY_SETUP_KEY, "--state-dir", state.to_str().context("path")?])?;
-    let serial = |gw: &GatewayProcess| gw.status(&ns).ok().and_then(|s| s.management).map(|m| m.serial).unwrap_or(0);
+    let serial = |gw: &GatewayProcess| gw.status::<Report>(&ns).ok().and_then(|s| s.management).map(|m| m.serial).unwrap_or(0);
     let started = Instant::now();
     while serial(&gw) == 0 {
         if started.elapsed() > Duration::from_secs(30) {
@@ -268,7 +269,7 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let compiled_rules = gw.status(&ns)?.rules;
+    let compiled_rules = gw.status::<Report>(&ns)?.rules;
 
     // The gateway's map, computed in process from the stored account (it now includes the
     // registered gateway).

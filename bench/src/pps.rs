@@ -1,7 +1,7 @@
 //! Packet-rate scenarios: the ceiling (no filter) and the stateless filter with N rules, every
 //! contender measured in the same run, alternating, several trials, counted at the sink.
 
-use gateway::policy::Protocol;
+use gateway_policy::Protocol;
 use serde::Serialize;
 
 use crate::{

@@ -7,6 +7,7 @@
 //! restart shows what the harness itself loses before the gateway (the generator's XDP_TX into
 //! a veth ring now and then drops a frame of a burst).
 
+use gateway::status::Report;
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
@@ -14,10 +15,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use gateway::{
-    dataplane::pins::{PinDir, mount_bpffs, unmount_bpffs},
-    lab::process::{GatewayProcess, LAB_METRICS_ADDR},
-};
+use gateway_dataplane::pins::{PinDir, mount_bpffs, unmount_bpffs};
+use gateway_testkit::process::{GatewayProcess, LAB_METRICS_ADDR};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -90,7 +89,7 @@ fn config(dir: &std::path::Path, pins: &std::path::Path) -> anyhow::Result<PathB
 /// What the gateway counted at the LAN hook so far (its counters live in the pinned maps and
 /// carry across restarts): [accepted, forwarded in XDP, dropped].
 fn judged(gw: &GatewayProcess, topo: &Topo) -> anyhow::Result<[u64; 3]> {
-    let st = gw.status(&topo.dut)?;
+    let st: Report = gw.status(&topo.dut)?;
     let mut out = [0u64; 3];
     for c in st.counters.iter().filter(|c| c.direction == "lan") {
         match c.verdict.as_str() {

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use gateway::policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
+use gateway_policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
 use ipnet::{IpNet, Ipv4Net};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

@@ -8,7 +8,7 @@
 //! behind `ct state established,related accept` (the kernel's conntrack, flushed before each
 //! new-flow trial).
 
-use gateway::policy::Protocol;
+use gateway_policy::Protocol;
 use serde::{Deserialize, Serialize};
 
 use crate::{

@@ -14,13 +14,10 @@ use std::{
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use gateway::{
-    compile,
-    config::LanAttach,
-    dataplane::{Dataplane, LoadOptions},
-    packets::Spec,
-    policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol},
-};
+use gateway::config::LanAttach;
+use gateway_dataplane::{Dataplane, LoadOptions};
+use gateway_policy::{compile, Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
+use gateway_testkit::packets::Spec;
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use gateway::policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PortRange, PortSet, Protocol};
+use gateway_policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PortRange, PortSet, Protocol};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 

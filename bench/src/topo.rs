@@ -6,7 +6,7 @@
 //! ```
 
 use anyhow::Context as _;
-use gateway::lab::netns::{Netns, sh, veth};
+use gateway_testkit::netns::{Netns, sh, veth};
 
 pub const GEN_ADDR: &str = "198.18.0.1";
 pub const SINK_ADDR: &str = "198.19.0.1";
@@ -27,7 +27,7 @@ fn mac(m: [u8; 6]) -> String {
 
 impl Topo {
     pub fn create() -> anyhow::Result<Topo> {
-        gateway::lab::netns::remove_stale("gwbench");
+        gateway_testkit::netns::remove_stale("gwbench");
         let id = format!("gwbench{}", std::process::id());
         let t = Topo {
             gen_ns: Netns::create(&format!("{id}-gen"))?,

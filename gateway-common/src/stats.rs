@@ -99,3 +99,23 @@ pub const fn stats_index(hook: u32, reason: u32) -> u32 {
 }
 
 pub const STATS_ENTRIES: u32 = HOOKS * reason::SLOTS;
+
+/// The metric's `verdict` label of a reason.
+pub const fn verdict_label(r: u32) -> &'static str {
+    if r == reason::XDP_FORWARDED {
+        // Counted again on top of the accept that let the packet through.
+        "forwarded"
+    } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {
+        // Likewise: accepted, and forwarded by the kernel rather than in XDP.
+        "to_kernel"
+    } else if r == reason::MSS_CLAMPED || r == reason::MSS_NOT_CLAMPED {
+        // Likewise: accepted SYNs, and what became of their MSS option.
+        "mss"
+    } else if r >= reason::FIRST_DROP_REASON {
+        "drop"
+    } else if r == reason::PASS_NON_IP || r == reason::PASS_NOT_OVERLAY || r == reason::PASS_NEIGHBOR_DISCOVERY {
+        "pass"
+    } else {
+        "accept"
+    }
+}

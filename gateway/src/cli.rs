@@ -4,7 +4,9 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{compile, config::Config, lab, policy, runner, status, sync::SyncOptions};
+use gateway_policy::{self as policy, compile};
+
+use crate::{config::Config, demo, runner, status, sync::SyncOptions};
 
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "eBPF/XDP data-plane gateway for WireGuard overlay networks")]
@@ -39,6 +41,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// The embedded management service (NetBird-compatible gRPC and REST API).
+    #[cfg(feature = "management-server")]
     Management {
         #[command(subcommand)]
         command: ManagementCommand,
@@ -97,6 +100,7 @@ impl ManagementClientArgs {
     }
 }
 
+#[cfg(feature = "management-server")]
 #[derive(Subcommand)]
 enum ManagementCommand {
     /// Serve REST (/api) and gRPC (ManagementService) on one address, state in SQLite.
@@ -150,6 +154,7 @@ pub fn main() -> ExitCode {
             management.sync_options().and_then(|m| runner::run(&config, metrics_addr, detach_on_exit, m))
         }
         Command::Detach { pin_dir, config } => detach(pin_dir, config),
+        #[cfg(feature = "management-server")]
         Command::Management { command: ManagementCommand::Serve { data_dir, listen, api_token, network, dns_domain, ephemeral_timeout } } => {
             let mut options = management::Options::new(data_dir);
             options.api_token = api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
@@ -163,7 +168,7 @@ pub fn main() -> ExitCode {
         Command::Policy { command: PolicyCommand::Explain { policy, config, src, dst, proto, dport } } => {
             explain(policy, config, src, dst, &proto, dport)
         }
-        Command::Demo { policy } => lab::demo::run(policy.as_deref()),
+        Command::Demo { policy } => demo::run(policy.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,7 +187,7 @@ fn detach(pin_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<(
             .ok_or_else(|| anyhow::anyhow!("{} sets pin_dir: null; nothing is pinned", cfg.display()))?,
         (None, None) => PathBuf::from(gateway_common::maps::DEFAULT_PIN_ROOT),
     };
-    let removed = crate::dataplane::pins::PinDir::remove_all(&root)?;
+    let removed = gateway_dataplane::pins::PinDir::remove_all(&root)?;
     if removed.is_empty() {
         println!("nothing pinned under {}", root.display());
     } else {

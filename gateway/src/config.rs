@@ -8,7 +8,7 @@ use gateway_common::{maps, settings::Timeouts};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::compile::Limits;
+pub use gateway_dataplane::{LanAttach, LimitsConfig};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +88,8 @@ pub enum MssClampMode {
 }
 
 impl MssClampConfig {
-    pub fn tunnel_mss(self) -> crate::dataplane::TunnelMss {
-        use crate::dataplane::TunnelMss;
+    pub fn tunnel_mss(self) -> gateway_dataplane::TunnelMss {
+        use gateway_dataplane::TunnelMss;
         match self {
             MssClampConfig::Mode(MssClampMode::Auto) | MssClampConfig::Switch(true) => TunnelMss::Auto,
             MssClampConfig::Mode(MssClampMode::Off) | MssClampConfig::Switch(false) => TunnelMss::Off,
@@ -120,14 +120,6 @@ pub enum Forwarding {
     Xdp,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LanAttach {
-    #[default]
-    XdpNative,
-    XdpGeneric,
-    Tc,
-}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -161,45 +153,6 @@ fn yes() -> bool {
 impl Default for Conntrack {
     fn default() -> Self {
         Conntrack { enabled: true, timeouts: Timeouts::default() }
-    }
-}
-
-/// Table capacities (memory is reserved for two policy slots).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// 16-entry IPv4 trie chunks per policy slot (128 bytes each).
-    pub acl_chunks: u32,
-    /// Verdict entries per policy slot.
-    pub acl_verdicts: u32,
-    pub acl_v6_prefixes: u32,
-    /// Enabled policies per slot.
-    pub rules: u32,
-    pub conntrack_entries: u32,
-    pub fragment_entries: u32,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            acl_chunks: maps::DEFAULT_CHUNKS_PER_SLOT,
-            acl_verdicts: maps::DEFAULT_VERDICT_ENTRIES / 2,
-            acl_v6_prefixes: maps::DEFAULT_V6_ENTRIES / 2,
-            rules: maps::DEFAULT_RULES_PER_SLOT,
-            conntrack_entries: maps::DEFAULT_CONNTRACK_ENTRIES,
-            fragment_entries: maps::DEFAULT_FRAGMENT_ENTRIES,
-        }
-    }
-}
-
-impl LimitsConfig {
-    pub fn compile_limits(&self) -> Limits {
-        Limits {
-            chunks_per_slot: self.acl_chunks,
-            verdicts_per_slot: self.acl_verdicts,
-            v6_per_slot: self.acl_v6_prefixes,
-            rules_per_slot: self.rules,
-        }
     }
 }
 
@@ -289,7 +242,7 @@ mod tests {
             std::fs::write(&p, format!("policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n{line}")).unwrap();
             Config::load(&p).map(|c| c.interfaces.tunnel[0].mss_clamp.tunnel_mss()).map_err(|e| format!("{e:#}"))
         };
-        use crate::dataplane::TunnelMss;
+        use gateway_dataplane::TunnelMss;
         assert_eq!(load(""), Ok(TunnelMss::Auto));
         assert_eq!(load("auto"), Ok(TunnelMss::Auto));
         assert_eq!(load("off"), Ok(TunnelMss::Off));

@@ -1,15 +1,14 @@
-//! The gateway's controller: policy model and compiler, the loader that puts the kernel programs
-//! on interfaces, metrics, and the lab that demonstrates and tests it all.
+//! The gateway's agent and command line: the configuration, the runner that keeps the data plane
+//! in step with the policy (a file or a management service), metrics and status, and the demo.
+//! The policy and its compiler live in `gateway-policy`, the kernel side in `gateway-dataplane`,
+//! the lab in `gateway-testkit`.
 
 pub mod cli;
-pub mod lab;
+pub mod config;
+pub mod demo;
+#[cfg(feature = "management-server")]
 pub mod management_server;
 pub mod metrics;
-pub mod policy;
 pub mod runner;
 pub mod status;
 pub mod sync;
-pub mod compile;
-pub mod config;
-pub mod dataplane;
-pub mod packets;

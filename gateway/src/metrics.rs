@@ -3,29 +3,10 @@
 
 use std::collections::HashMap;
 
-use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index};
+use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index, verdict_label};
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::dataplane::Dataplane;
-
-pub fn verdict_label(r: u32) -> &'static str {
-    if r == reason::XDP_FORWARDED {
-        // Counted again on top of the accept that let the packet through.
-        "forwarded"
-    } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {
-        // Likewise: accepted, and forwarded by the kernel rather than in XDP.
-        "to_kernel"
-    } else if r == reason::MSS_CLAMPED || r == reason::MSS_NOT_CLAMPED {
-        // Likewise: accepted SYNs, and what became of their MSS option.
-        "mss"
-    } else if r >= reason::FIRST_DROP_REASON {
-        "drop"
-    } else if matches!(r, reason::PASS_NON_IP | reason::PASS_NOT_OVERLAY | reason::PASS_NEIGHBOR_DISCOVERY) {
-        "pass"
-    } else {
-        "accept"
-    }
-}
+use gateway_dataplane::Dataplane;
 
 pub struct Metrics {
     registry: Registry,
@@ -144,7 +125,7 @@ impl Metrics {
         Ok(())
     }
 
-    pub fn count_sweep(&self, r: &crate::dataplane::SweepReport) {
+    pub fn count_sweep(&self, r: &gateway_dataplane::SweepReport) {
         if r.revoked > 0 {
             tracing::info!(flows = r.revoked, "idle flows the new policy no longer allows were removed");
         }

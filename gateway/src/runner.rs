@@ -12,12 +12,13 @@ use anyhow::Context as _;
 use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
 use tracing::{error, info, warn};
 
+use gateway_dataplane::{Dataplane, LoadOptions, SweepReport, attach, sweep::Sweeper};
+use gateway_policy::{self as policy, compile};
+
 use crate::{
-    compile,
     config::Config,
-    dataplane::{Dataplane, LoadOptions, SweepReport, attach, sweep::Sweeper},
     metrics::Metrics,
-    policy, status,
+    status,
     sync::{self, Identity, SyncOptions},
 };
 
@@ -188,7 +189,7 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
                 error!("detach failed: {e}");
             }
             if let Some(root) = g.dp.pin_root().map(Path::to_path_buf)
-                && let Err(e) = crate::dataplane::pins::PinDir::remove_all(&root)
+                && let Err(e) = gateway_dataplane::pins::PinDir::remove_all(&root)
             {
                 error!("removing the pinned maps: {e:#}");
             }

@@ -1,16 +1,12 @@
 //! `gateway status`: what the running gateway reports at /status, as JSON or a table.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::net::SocketAddr;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::Dataplane, metrics::verdict_label};
-use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index};
+use gateway_dataplane::Dataplane;
+use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index, verdict_label};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -115,19 +111,7 @@ pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: 
     })
 }
 
-/// A plain HTTP GET against the gateway's own endpoint on loopback.
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr} (is `gateway run` serving metrics there?)"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
-}
+pub use gateway_testkit::process::http_get;
 
 pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     let body = http_get(addr, "/status")?;

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use gateway::policy::{Action, GroupRef, PolicySet, PortSet, Protocol};
+use gateway_policy::{Action, GroupRef, PolicySet, PortSet, Protocol};
 use ipnet::IpNet;
 
 /// What the policy decides for one packet.
@@ -224,7 +224,7 @@ mod tests {
     use super::*;
 
     fn set(yaml: &str) -> PolicySet {
-        gateway::policy::parse_str(yaml, "t.yaml").unwrap()
+        gateway_policy::parse_str(yaml, "t.yaml").unwrap()
     }
 
     #[test]

@@ -2,12 +2,10 @@
 //! deleted all day): totals never go backwards, and the series stay bounded by the policies in
 //! force, with everything the others counted under "(retired)".
 
-use gateway::{
-    dataplane::RETIRED_POLICIES,
-    metrics::Metrics,
-    packets::{Spec, TCP_SYN},
-};
-use gateway_tests::Harness;
+use gateway::metrics::Metrics;
+use gateway_dataplane::RETIRED_POLICIES;
+use gateway_testkit::packets::{Spec, TCP_SYN};
+use gateway_testkit::harness::Harness;
 
 fn session_policy(i: u32) -> String {
     format!(

@@ -13,16 +13,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use gateway::{
-    dataplane::LoadOptions,
-    packets::{L4, Spec, TCP_ACK, TCP_SYN},
-    policy::{self, Action},
-};
+use gateway_dataplane::LoadOptions;
+use gateway_policy::{self as policy, Action};
+use gateway_testkit::packets::{L4, Spec, TCP_ACK, TCP_SYN};
 use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason};
-use gateway_tests::{
-    Harness,
-    oracle::{self, Decision, Expect, Pkt, Tracker},
-};
+use gateway_testkit::harness::Harness;
+use gateway_tests::oracle::{self, Decision, Expect, Pkt, Tracker};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
@@ -403,7 +399,7 @@ fn kernel_matches_the_oracle() {
     let mut g = Gen { rng: StdRng::seed_from_u64(seed) };
     // Without conntrack every packet is judged by the tables alone (or by the kernel's per-CPU
     // cache of their verdicts: one CPU throughout, so that cache is hit and must be right).
-    gateway_tests::pin_thread_to_cpu(0);
+    gateway_testkit::harness::pin_thread_to_cpu(0);
     let mut h = Harness::with_options("policies: []\n", LoadOptions { conntrack: false, ..Default::default() });
     // Cases of the previous policy, sent again under the next one: a verdict cached under the
     // old policy must not decide them.
@@ -447,13 +443,13 @@ fn kernel_matches_the_oracle() {
             if !replay && g.rng.random_ratio(1, 12) {
                 let (frame, want, what) = hostile(&mut g, &case.spec.build(), case.spec.src.is_ipv6());
                 let before = h.reason_count(case.hook, want);
-                let ran = if case.hook == HOOK_LAN { h.try_xdp(&frame).map(|a| a == gateway_tests::XDP_PASS) } else { h.try_tc(true, &frame).map(|a| a == gateway_tests::TC_ACT_OK) };
+                let ran = if case.hook == HOOK_LAN { h.try_xdp(&frame).map(|a| a == gateway_testkit::harness::XDP_PASS) } else { h.try_tc(true, &frame).map(|a| a == gateway_testkit::harness::TC_ACT_OK) };
                 let passed = match ran {
                     Ok(p) => p,
-                    Err(e) => fail(format!("{what} frame {} refused by BPF_PROG_TEST_RUN: {e}", gateway_tests::hex(&frame)), &case),
+                    Err(e) => fail(format!("{what} frame {} refused by BPF_PROG_TEST_RUN: {e}", gateway_testkit::harness::hex(&frame)), &case),
                 };
                 if passed || h.reason_count(case.hook, want) - before != 1 {
-                    fail(format!("{what} frame {}: expected a drop counted as reason {want}", gateway_tests::hex(&frame)), &case);
+                    fail(format!("{what} frame {}: expected a drop counted as reason {want}", gateway_testkit::harness::hex(&frame)), &case);
                 }
                 hostile_cases += 1;
                 cases += 1;

@@ -2,12 +2,10 @@
 //! packet built byte by byte, run through the real programs, and checked for the verdict and the
 //! exact reason counter it moved (and that nothing else moved; see `Harness::expect`).
 
-use gateway::{
-    dataplane::LoadOptions,
-    packets::{L4, Spec, TCP_ACK, TCP_SYN, ext_ah, ext_options},
-};
+use gateway_dataplane::LoadOptions;
+use gateway_testkit::packets::{L4, Spec, TCP_ACK, TCP_SYN, ext_ah, ext_options};
 use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason::*};
-use gateway_tests::{ETH_HLEN, Harness, XDP_DROP};
+use gateway_testkit::harness::{ETH_HLEN, Harness, XDP_DROP};
 
 const IN: u32 = HOOK_TUNNEL_INGRESS;
 const OUT: u32 = HOOK_TUNNEL_EGRESS;
@@ -191,11 +189,11 @@ fn truncated_l3_tunnel_packets_are_dropped() {
         let pkt = s.build();
         let policed = if name.starts_with("icmp4-error") { DROP_DEFAULT } else { ACCEPT_POLICY };
         let n = h.reason_count(IN, policed);
-        assert_eq!(h.tc_l3(true, &pkt), gateway_tests::TC_ACT_OK, "{name} whole");
+        assert_eq!(h.tc_l3(true, &pkt), gateway_testkit::harness::TC_ACT_OK, "{name} whole");
         assert_eq!(h.reason_count(IN, policed), n + 1, "{name} whole");
         for cut in ETH_HLEN..pkt.len() {
             let n = h.reason_count(IN, DROP_TRUNCATED);
-            assert_eq!(h.tc_l3(true, &pkt[..cut]), gateway_tests::TC_ACT_SHOT, "{name} cut to {cut}");
+            assert_eq!(h.tc_l3(true, &pkt[..cut]), gateway_testkit::harness::TC_ACT_SHOT, "{name} cut to {cut}");
             assert_eq!(h.reason_count(IN, DROP_TRUNCATED), n + 1, "{name} cut to {cut}");
         }
     }
@@ -204,7 +202,7 @@ fn truncated_l3_tunnel_packets_are_dropped() {
     let mut pkt = bad.build();
     pkt[0] = 0x55; // version 5
     let n = h.reason_count(IN, DROP_BAD_HEADER);
-    assert_eq!(h.tc_l3(true, &pkt), gateway_tests::TC_ACT_SHOT);
+    assert_eq!(h.tc_l3(true, &pkt), gateway_testkit::harness::TC_ACT_SHOT);
     assert_eq!(h.reason_count(IN, DROP_BAD_HEADER), n + 1);
 }
 
@@ -673,7 +671,7 @@ fn egress_tracks_outbound_flows_for_their_replies() {
 #[test]
 fn cached_verdicts_do_not_outlive_their_policy() {
     // One CPU throughout: each CPU has its own cache, and a run that moved would miss it.
-    gateway_tests::pin_thread_to_cpu(0);
+    gateway_testkit::harness::pin_thread_to_cpu(0);
     let mut h = stateless();
     let dropping = POLICY.replace("    action: accept\n    protocol: udp", "    action: drop\n    protocol: udp");
     for round in 0..3 {
@@ -983,7 +981,7 @@ fn neighbor_discovery_only_on_ethernet_to_link_scope_addresses() {
     // On a tunnel without a link layer there are no neighbours to discover.
     let before = h.count(IN, DROP_DEFAULT);
     let l3 = Spec { l3_only: true, ..nd("ff02::1:ff00:1") };
-    assert_eq!(h.tc_l3(true, &l3.build()), gateway_tests::TC_ACT_SHOT);
+    assert_eq!(h.tc_l3(true, &l3.build()), gateway_testkit::harness::TC_ACT_SHOT);
     assert_eq!(h.count(IN, DROP_DEFAULT) - before, 1, "counted as a default deny, not as neighbour discovery");
 }
 
@@ -1006,7 +1004,8 @@ fn quoted_flows_without_ports_start_clean() {
 #[test]
 fn an_apply_over_the_limits_writes_nothing() {
     use aya::maps::HashMap as BpfHashMap;
-    use gateway::{compile, config::LimitsConfig, policy};
+    use gateway_dataplane::LimitsConfig;
+    use gateway_policy::{compile, self as policy};
     use gateway_common::acl::{Verdict, VerdictKey};
 
     let fits = compile::compile(&policy::parse_str(POLICY, "t.yaml").unwrap(), &compile::Limits::default()).unwrap();

@@ -1,14 +1,16 @@
 //! The seed-000 lab end to end: real namespaces, real sockets, the real `gateway run`.
 
+use gateway::status::Report;
 use std::net::IpAddr;
 
-use gateway::lab::{
-    demo::{self, SEED_MATRIX, SEED_POLICY},
+use gateway::demo::{self, SEED_MATRIX};
+use gateway_testkit::{
+    topology::SEED_POLICY,
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
     traffic,
 };
-use gateway_tests::gateway_binary;
+use gateway_testkit::harness::gateway_binary;
 
 fn start(lab: &Lab, policy: &str) -> GatewayProcess {
     let config = lab.write_config(policy, LAB_METRICS_ADDR).expect("config");
@@ -22,7 +24,7 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     let gw = start(&lab, SEED_POLICY);
 
     // Programs attached as configured: tc on every tunnel link, native XDP on the LAN.
-    let st = gw.status(&lab.gw).unwrap();
+    let st = gw.status::<Report>(&lab.gw).unwrap();
     assert_eq!(st.generation, 1);
     assert_eq!(st.rules, 4);
     assert_eq!(st.attachments.iter().filter(|a| a.mode == "tc ingress").count(), 6);
@@ -40,7 +42,7 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     assert!(wrong.is_empty(), "wrong verdicts: {wrong:#?}\n{}", gw.log_text());
 
     // Counters saw it: every policy decided packets, drops are counted by reason.
-    let st = gw.status(&lab.gw).unwrap();
+    let st = gw.status::<Report>(&lab.gw).unwrap();
     for p in ["control-plane-full-access", "orchestration-to-containers", "demo-isolation", "demo-no-internet"] {
         assert!(st.policies.iter().any(|c| c.policy == p && c.packets > 0), "no packets for {p}: {:?}", st.policies);
     }
@@ -62,7 +64,7 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     // map, which the controller does only there, off its runtime): the sweep every 10 s sees
     // the matrix's flows.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !gw.status(&lab.gw).unwrap().maps.iter().any(|m| m.map == "conntrack" && m.entries > 0) {
+    while !gw.status::<Report>(&lab.gw).unwrap().maps.iter().any(|m| m.map == "conntrack" && m.entries > 0) {
         assert!(std::time::Instant::now() < deadline, "no conntrack entries counted by a sweep");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -81,7 +83,7 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
 
     // A malformed policy is rejected whole on SIGHUP: generation and verdicts stay.
     std::fs::write(lab.policy_path(), "policies:\n  - name: broken\n    source_groups: [nope]\n").unwrap();
-    let st = gw.reload(&lab.gw).unwrap();
+    let st = gw.reload::<Report>(&lab.gw).unwrap();
     assert_eq!(st.generation, 1);
     assert!(st.last_reload.starts_with("rejected"), "{}", st.last_reload);
     assert!(st.last_reload.contains("policy.yaml:3"), "error names file and line: {}", st.last_reload);
@@ -92,12 +94,12 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     let without: String = SEED_POLICY.replace("  - name: orchestration-to-containers\n    enabled: true", "  - name: orchestration-to-containers\n    enabled: false");
     assert_ne!(without, SEED_POLICY);
     std::fs::write(lab.policy_path(), &without).unwrap();
-    let st = gw.reload(&lab.gw).unwrap();
+    let st = gw.reload::<Report>(&lab.gw).unwrap();
     assert_eq!(st.generation, 2, "{}", st.last_reload);
     assert!(!live.exchange(b"after revoke"), "a revoked flow kept passing");
     assert!(!traffic::tcp_exchange(orch, lin1, 443));
     assert!(traffic::tcp_exchange(&lab.host("cp1").ns, lin1, 443));
-    let st = gw.status(&lab.gw).unwrap();
+    let st = gw.status::<Report>(&lab.gw).unwrap();
     assert!(st.counters.iter().any(|c| c.reason == "revoked" && c.packets > 0), "{:?}", st.counters);
     // The kernel program's log (aya-log) reaches the gateway's log through tracing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -108,7 +110,7 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
 
     // And back: allowed again.
     std::fs::write(lab.policy_path(), SEED_POLICY).unwrap();
-    assert_eq!(gw.reload(&lab.gw).unwrap().generation, 3);
+    assert_eq!(gw.reload::<Report>(&lab.gw).unwrap().generation, 3);
     assert!(traffic::tcp_exchange(orch, lin1, 443));
 
     let exit = gw.stop().unwrap();
@@ -171,13 +173,13 @@ fn lan_fallback_modes_enforce_the_same_policy() {
     for (attach, mode) in [("tc", "tc ingress (configured fallback)"), ("xdp-generic", "xdp generic (configured fallback)")] {
         let config = lab.write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach).unwrap();
         let gw = GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts");
-        let st = gw.status(&lab.gw).unwrap();
+        let st = gw.status::<Report>(&lab.gw).unwrap();
         assert!(st.attachments.iter().any(|a| a.interface == "lan0" && a.mode == mode), "{attach}: {:?}", st.attachments);
         let lan1 = IpAddr::V4(lab.host("lan1").addr);
         let cp1 = IpAddr::V4(lab.host("cp1").addr);
         assert!(traffic::tcp_exchange(&lab.host("cp1").ns, lan1, 80), "{attach}: control plane to LAN, replies through the LAN hook");
         assert!(!traffic::tcp_exchange(&lab.host("lan1").ns, cp1, 443), "{attach}: LAN-initiated must be dropped");
-        let st = gw.status(&lab.gw).unwrap();
+        let st = gw.status::<Report>(&lab.gw).unwrap();
         assert!(st.counters.iter().any(|c| c.direction == "lan" && c.reason == "established" && c.packets > 0), "{attach}: {:?}", st.counters);
         assert!(st.counters.iter().any(|c| c.direction == "lan" && c.reason == "default_deny" && c.packets > 0), "{attach}: {:?}", st.counters);
         assert!(gw.stop().unwrap().success());

@@ -4,14 +4,15 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use gateway::lab::{
-    demo::{self, SEED_POLICY},
+use gateway::{demo, status::Report};
+use gateway_testkit::{
+    topology::SEED_POLICY,
     iperf::{self, Run, Transfer},
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
     traffic,
 };
-use gateway_tests::gateway_binary;
+use gateway_testkit::harness::gateway_binary;
 
 fn start(lab: &Lab, log: &str) -> GatewayProcess {
     let config = lab.write_config(SEED_POLICY, LAB_METRICS_ADDR).expect("config");
@@ -40,7 +41,7 @@ fn sigkill_leaves_the_last_policy_enforcing() {
     // The next run adopts it: the flow carries on and the generation continues.
     let gw = start(&lab, "gateway2.log");
     assert!(gw.log_text().contains("adopted the pinned data plane"), "{}", gw.log_text());
-    let st = gw.status(&lab.gw).unwrap();
+    let st = gw.status::<Report>(&lab.gw).unwrap();
     assert_eq!((st.adopted_generation, st.generation), (Some(1), 2), "generation 1 adopted, the file applied as 2");
     assert_eq!(st.pin_dir.as_deref(), Some(lab.pin_dir().to_str().unwrap()));
     assert!(live.exchange(b"after the restart"));
@@ -75,7 +76,7 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     let drops_on_the_path = |st: &gateway::status::Report| -> u64 {
         st.counters.iter().filter(|c| c.verdict == "drop" && (c.direction == "lan" || c.direction == "tunnel_egress")).map(|c| c.packets).sum()
     };
-    let drops_before = drops_on_the_path(&gw.status(&lab.gw).unwrap());
+    let drops_before = drops_on_the_path(&gw.status::<Report>(&lab.gw).unwrap());
     let (cp1, lan1) = (&lab.host("cp1").ns, lab.host("lan1"));
     let (lin1_ns, web1) = (&lab.host("lin1").ns, IpAddr::V4(lab.host("web1").addr));
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -102,7 +103,7 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
         let gw = start(&lab, "gateway3.log");
         let (u, t) = (u.join().unwrap(), t.join().unwrap());
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (u, t, gw.status(&lab.gw).unwrap(), probe.join().unwrap())
+        (u, t, gw.status::<Report>(&lab.gw).unwrap(), probe.join().unwrap())
     });
     let generation = gw_status.generation;
     let gateway_drops = drops_on_the_path(&gw_status) - drops_before;

@@ -6,15 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::lab::{
-    demo,
+use gateway::{demo, status::Report};
+use gateway_testkit::{
     management::ManagementProcess,
     netns::Netns,
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::{GATEWAY_OVERLAY_ADDR, Lab},
     traffic,
 };
-use gateway_tests::gateway_binary;
+use gateway_testkit::harness::gateway_binary;
 use management_proto::{
     WgKey, WgPublicKey,
     pb::{self, management_service_client::ManagementServiceClient},
@@ -156,9 +156,9 @@ fn gateway_enforces_what_management_says_through_trouble() {
     // Default deny before any policy.
     // Wait for the map that carries the lab address; from here on each change is one new map.
     wait_until("address applied", Duration::from_secs(5), || {
-        gw.status(&lab.gw).unwrap().management.unwrap().overlay_address.as_deref() == Some(GATEWAY_OVERLAY_ADDR)
+        gw.status::<Report>(&lab.gw).unwrap().management.unwrap().overlay_address.as_deref() == Some(GATEWAY_OVERLAY_ADDR)
     });
-    let serial0 = gw.status(&lab.gw).unwrap().management.unwrap().serial as f64;
+    let serial0 = gw.status::<Report>(&lab.gw).unwrap().management.unwrap().serial as f64;
     assert_eq!(metric(&gw, &lab.gw, "gateway_management_serial "), serial0);
     assert!(!traffic::tcp_exchange(lin1, lan1, 80));
     assert!(!traffic::tcp_exchange(lin1, me, 8443));
@@ -202,13 +202,13 @@ fn gateway_enforces_what_management_says_through_trouble() {
     // The gateway is killed too and starts again while management is still down: it adopts its
     // pinned data plane, whose policy stays in force (nothing newer to replace it), and the live
     // flow carries on through both.
-    let generation = gw.status(&lab.gw).unwrap().generation;
+    let generation = gw.status::<Report>(&lab.gw).unwrap().generation;
     gw.crash().unwrap();
     assert!(live.exchange(b"no controller"), "live traffic without the gateway process");
     assert!(!traffic::tcp_exchange(win1, lan1, 80), "still denied without the gateway process");
     gw = GatewayProcess::start_with(&bin, &lab.gw, &config, &lab.dir.join("gateway2.log"), &["--management-url", &url, "--state-dir", state.to_str().unwrap()])
         .expect("gateway restarts");
-    let st = gw.status(&lab.gw).unwrap();
+    let st = gw.status::<Report>(&lab.gw).unwrap();
     assert!(st.last_reload.starts_with("adopted generation"), "{}", st.last_reload);
     assert_eq!(st.generation, generation, "the adopted policy is the one in force");
     assert!(live.exchange(b"after the gateway's restart"));
@@ -245,7 +245,7 @@ fn gateway_enforces_what_management_says_through_trouble() {
     // with nothing allowed (never with no filter), and the gateway stays up to say why.
     api.ok("DELETE", &format!("/api/peers/{gw_id}"), Value::Null);
     wait_until("refusal in force", Duration::from_secs(15), || metric(&gw, &lab.gw, "gateway_management_refused ") == 1.0);
-    let st = gw.status(&lab.gw).unwrap();
+    let st = gw.status::<Report>(&lab.gw).unwrap();
     let m = st.management.clone().unwrap();
     assert!(m.refused.is_some() && !m.connected, "{m:?}");
     assert!(st.last_reload.contains("deny-all in force"), "{}", st.last_reload);

@@ -12,22 +12,13 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
 };
 
-use gateway::{
-    lab::{
-        demo::SEED_POLICY,
-        iperf::{self, Run, Transfer},
-        netns::Netns,
-        process::{GatewayProcess, LAB_METRICS_ADDR},
-        topology::Lab,
-    },
-    packets::{Spec, TCP_ACK, TCP_SYN},
-    status::Report,
-};
+use gateway::status::Report;
+use gateway_testkit::{topology::SEED_POLICY, iperf::{self, Run, Transfer}, netns::Netns, process::{GatewayProcess, LAB_METRICS_ADDR}, topology::Lab, packets::{Spec, TCP_ACK, TCP_SYN}};
 use gateway_common::{
     mss::MssClamp,
     stats::{HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason::*},
 };
-use gateway_tests::{Harness, TC_ACT_OK, gateway_binary};
+use gateway_testkit::harness::{Harness, TC_ACT_OK, gateway_binary};
 
 const POLICY: &str = r#"
 groups:
@@ -85,7 +76,7 @@ fn check(h: &mut Harness, ingress: bool, input: &Spec, verdict: u32, want: &Spec
     let after = (h.count(hook, verdict), h.count(hook, MSS_CLAMPED), h.count(hook, MSS_NOT_CLAMPED));
     let want_bytes = want.build();
     assert_eq!(action, TC_ACT_OK, "{what}: dropped; {}", h.hook_counters(hook));
-    assert_eq!(gateway_tests::hex(&out), gateway_tests::hex(&want_bytes), "{what}: bytes out");
+    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&want_bytes), "{what}: bytes out");
     let clamped = input.build() != want_bytes;
     assert_eq!(after.0 - before.0, 1, "{what}: verdict counter; {}", h.hook_counters(hook));
     assert_eq!(after.1 - before.1, u64::from(clamped), "{what}: mss_clamped counter; {}", h.hook_counters(hook));
@@ -191,7 +182,7 @@ fn tcp_through_a_1280_byte_tunnel_agrees_on_segments_that_fit() {
     // 1240 announced, less 12 bytes of timestamps on both sides.
     assert!(client_mss <= 1240 && server_mss <= 1240, "MSS client {client_mss}, server {server_mss}");
     assert!(client_mss >= 1200 && server_mss >= 1200, "MSS client {client_mss}, server {server_mss}: lowered too far");
-    let st = gw.status(&lab.gw).expect("status");
+    let st = gw.status::<Report>(&lab.gw).expect("status");
     assert!(counted(&st, "tunnel_ingress", "mss_clamped") >= 1, "the SYN entering was not clamped: {:?}", st.counters);
     assert!(counted(&st, "tunnel_egress", "mss_clamped") >= 1, "the SYN-ACK leaving was not clamped: {:?}", st.counters);
     assert_eq!(counted(&st, "tunnel_ingress", "mss_unreadable") + counted(&st, "tunnel_egress", "mss_unreadable"), 0);

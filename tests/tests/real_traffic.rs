@@ -5,15 +5,15 @@
 
 use std::net::IpAddr;
 
-use gateway::lab::{
-    demo::SEED_POLICY,
+use gateway_testkit::{
+    topology::SEED_POLICY,
     iperf::{self, Outcome, Run, Transfer},
     netns::Netns,
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
 };
 use gateway::status::Report;
-use gateway_tests::gateway_binary;
+use gateway_testkit::harness::gateway_binary;
 
 const SECONDS: u32 = 2;
 const UDP: Transfer = Transfer::Udp { payload: 1400, mbit_per_s: 150 };
@@ -78,7 +78,7 @@ fn bulk_tcp_and_udp_cross_every_hook_at_default_offloads() {
         let config = lab.write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach).unwrap();
         let gw = GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts");
         let results = transfers(cp1, &lan1.ns, IpAddr::V4(lan1.addr), &format!("lan {attach}"));
-        let st = gw.status(&lab.gw).unwrap();
+        let st = gw.status::<Report>(&lab.gw).unwrap();
         let bad = misread_drops(&st);
         assert!(bad.is_empty(), "lan {attach}: well-formed packets dropped as unreadable: {bad:?}\n{results:#?}");
         // The tunnel hooks judged aggregates, not only MTU-sized packets: that is what the test

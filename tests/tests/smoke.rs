@@ -1,6 +1,6 @@
-use gateway::packets::{Spec, TCP_SYN};
+use gateway_testkit::packets::{Spec, TCP_SYN};
 use gateway_common::stats::{HOOK_TUNNEL_INGRESS, reason};
-use gateway_tests::Harness;
+use gateway_testkit::harness::Harness;
 
 #[test]
 fn loads_and_judges() {

@@ -1,16 +1,13 @@
 //! The controller's conntrack sweep: expiry, and flows a new policy no longer allows.
 
-use gateway::{
-    compile,
-    dataplane::LoadOptions,
-    packets::{Spec, TCP_SYN},
-    policy,
-};
+use gateway_dataplane::LoadOptions;
+use gateway_policy::{compile, self as policy};
+use gateway_testkit::packets::{Spec, TCP_SYN};
 use gateway_common::{
     settings::Timeouts,
     stats::{HOOK_TUNNEL_INGRESS, reason},
 };
-use gateway_tests::Harness;
+use gateway_testkit::harness::Harness;
 
 const ALLOW_BOTH: &str = "groups:\n  a: [100.64.10.0/24]\n  b: [100.64.20.0/24]\npolicies:\n  - name: a-web\n    source_groups: [a]\n    destination_groups: [b]\n    action: accept\n    protocol: tcp\n    ports: [443]\n  - name: a-dns\n    source_groups: [a]\n    destination_groups: [b]\n    action: accept\n    protocol: udp\n    ports: [53]\n";
 const ALLOW_DNS_ONLY: &str = "groups:\n  a: [100.64.10.0/24]\n  b: [100.64.20.0/24]\npolicies:\n  - name: a-dns\n    source_groups: [a]\n    destination_groups: [b]\n    action: accept\n    protocol: udp\n    ports: [53]\n";

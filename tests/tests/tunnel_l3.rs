@@ -4,13 +4,9 @@
 
 use std::{fs::File, io::Write as _, os::fd::AsRawFd as _};
 
-use gateway::{
-    compile,
-    dataplane::{Dataplane, LoadOptions, LinkKind},
-    lab::netns::Netns,
-    packets::{Spec, TCP_SYN},
-    policy,
-};
+use gateway_dataplane::{Dataplane, LoadOptions, LinkKind};
+use gateway_policy::{compile, self as policy};
+use gateway_testkit::{netns::Netns, packets::{Spec, TCP_SYN}};
 use gateway_common::stats::{HOOK_TUNNEL_INGRESS, reason, stats_index};
 
 const IFF_TUN: i16 = 0x0001;
@@ -60,7 +56,7 @@ fn l3_tunnel_programs_judge_packets_on_a_tun_device() {
         .run(move || {
             let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
             dp.apply(&compiled).expect("apply");
-            let kind = dp.attach_tunnel("tun0", gateway::dataplane::TunnelMss::Auto).expect("attach to tun0");
+            let kind = dp.attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto).expect("attach to tun0");
             let allowed = Spec { l3_only: true, ..Spec::tcp("100.64.10.5", "100.64.0.1", 40000, 22, TCP_SYN) }.build();
             let denied = Spec { l3_only: true, ..Spec::tcp("100.64.10.5", "100.64.0.1", 40000, 23, TCP_SYN) }.build();
             let garbage = vec![0x45u8, 0, 0, 200, 0, 0, 0, 0, 64, 6, 0, 0, 100, 64, 10, 5, 100, 64, 0, 1];
@@ -116,7 +112,7 @@ fn large_and_gso_writes_on_a_tun_device_are_judged_and_delivered() {
             socket.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
             let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
             dp.apply(&compiled).expect("apply");
-            dp.attach_tunnel("tun0", gateway::dataplane::TunnelMss::Auto).expect("attach to tun0");
+            dp.attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto).expect("attach to tun0");
             let (src, dst) = ([100u8, 64, 10, 5], [100u8, 64, 0, 1]);
             // A full-size datagram (1500 bytes of IP) without offload: virtio header all zero.
             let full = Spec { l3_only: true, payload_len: 1472, ..Spec::udp("100.64.10.5", "100.64.0.1", 40000, 5300) }.build();

@@ -2,15 +2,16 @@
 //! forwarded in XDP (and arrives intact: TTL and checksum rewritten right, or the receiving
 //! kernel would drop it), denied traffic is dropped, anything else is left to the kernel.
 
+use gateway::status::Report;
 use std::net::IpAddr;
 
-use gateway::lab::{
+use gateway_testkit::{
     iperf::{self, Run, Transfer},
     netns::{Netns, veth},
     process::{GatewayProcess, LAB_METRICS_ADDR},
     traffic::{self, Servers},
 };
-use gateway_tests::gateway_binary;
+use gateway_testkit::harness::gateway_binary;
 
 const POLICY: &str = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24]\npolicies:\n  - name: a-to-b-web\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: tcp\n    ports: [443]\n  - name: a-to-b-dns\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: udp\n    ports: [53]\n";
 
@@ -78,10 +79,10 @@ fn accepted_lan_traffic_is_forwarded_in_xdp() {
 
     let to_b = IpAddr::from([198, 19, 1, 10]);
     let ok = traffic::tcp_exchange(a, to_b, 443);
-    assert!(ok, "accepted TCP through the XDP path\n{:#?}\n{}", p.status(gw).map(|s| s.counters), p.log_text());
+    assert!(ok, "accepted TCP through the XDP path\n{:#?}\n{}", p.status::<Report>(gw).map(|s| s.counters), p.log_text());
     assert!(traffic::udp_exchange(a, to_b, 53), "accepted UDP through the XDP path");
     assert!(!traffic::tcp_exchange(a, to_b, 22), "denied by default");
-    let st = p.status(gw).unwrap();
+    let st = p.status::<Report>(gw).unwrap();
     let count = |verdict: &str, reason: &str| {
         st.counters.iter().filter(|c| c.direction == "lan" && c.verdict == verdict && c.reason == reason).map(|c| c.packets).sum::<u64>()
     };
@@ -121,14 +122,14 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
     let udp = Transfer::Udp { payload: 1400, mbit_per_s: 150 };
     for (i, (transfer, reverse)) in [(Transfer::Tcp, false), (Transfer::Tcp, true), (udp, false), (udp, true)].into_iter().enumerate() {
         let run = Run { transfer, reverse, seconds: 2, port: 5201 + i as u16 };
-        let o = iperf::run(&lab.a, &lab.b, to_b, run).unwrap_or_else(|e| panic!("mtu {mtu} (own checksums: {fill_checksums}) {run:?}: {e:#}\n{:#?}", p.status(&lab.gw).map(|s| s.counters)));
+        let o = iperf::run(&lab.a, &lab.b, to_b, run).unwrap_or_else(|e| panic!("mtu {mtu} (own checksums: {fill_checksums}) {run:?}: {e:#}\n{:#?}", p.status::<Report>(&lab.gw).map(|s| s.counters)));
         eprintln!("mtu {mtu} (own checksums: {fill_checksums}) {run:?}: {:.2} Gbit/s, {} bytes received", o.bits_per_second / 1e9, o.bytes_received);
         match transfer {
             Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "mtu {mtu} (own checksums: {fill_checksums}) {run:?}: {o:?}"),
             Transfer::Udp { .. } => assert!(o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 5, "mtu {mtu} (own checksums: {fill_checksums}) {run:?}: {o:?}"),
         }
     }
-    let st = p.status(&lab.gw).unwrap();
+    let st = p.status::<Report>(&lab.gw).unwrap();
     let n = |reason: &str| st.counters.iter().filter(|c| c.reason == reason).map(|c| c.packets).sum::<u64>();
     if fill_checksums {
         assert!(n("xdp_forwarded") > 10_000, "mtu {mtu}: {:?}", st.counters);

@@ -19,7 +19,7 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent; fast when everything is there).
     Deps,
-    /// Build the gateway (the kernel programs are built and embedded by gateway/build.rs).
+    /// Build the gateway (the kernel programs are built and embedded by dataplane/build.rs).
     Build {
         #[arg(long)]
         release: bool,
@@ -69,7 +69,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             deps::ensure(&deps::Needs::lab())?;
             require_root("the kernel tests")?;
             build(false)?;
-            // The kernel programs build only for bpfel-unknown-none (gateway/build.rs does that).
+            // The kernel programs build only for bpfel-unknown-none (dataplane/build.rs does that).
             let mut cmd = vec!["test", "--workspace", "--exclude", "gateway-ebpf", "--exclude", "bench-ebpf", "--lib", "--bins", "--tests"];
             let extra: Vec<&str> = args.iter().map(String::as_str).collect();
             if !extra.is_empty() {

@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use management_proto::pb;
 
-use crate::policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
+use gateway_policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MapError {
@@ -249,7 +249,7 @@ fn own_address(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>) -> Result<I
 pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: &str) -> Result<Translated, MapError> {
     let me = own_address(map, login)?;
     let me_net = vec![IpNet::from(me)];
-    let any = crate::policy::any_nets();
+    let any = gateway_policy::any_nets();
     let mut b = Builder::default();
     let mut skipped = Skipped::default();
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::compile::{Limits, compile};
+use gateway_policy::compile::{Limits, compile};
 use pb::{RuleAction as A, RuleDirection as D, RuleProtocol as P};
 
 const ME: &str = "100.64.0.1";

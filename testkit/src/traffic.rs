@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use super::netns::Netns;
+use crate::netns::Netns;
 
 pub const TIMEOUT: Duration = Duration::from_millis(700);
 

@@ -18,9 +18,11 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::netns::{Netns, remove_stale, veth};
+use crate::netns::{Netns, remove_stale, veth};
 
 pub const NETNS_PREFIX: &str = "gwlab";
+/// The seed's policies (examples/policy.yaml), embedded so the demo runs from the binary alone.
+pub const SEED_POLICY: &str = include_str!("../../examples/policy.yaml");
 /// The gateway's address on every tunnel-side link (the seed's "100.64.0.1 - gateway").
 pub const GATEWAY_OVERLAY_ADDR: &str = "100.64.0.1";
 pub const GATEWAY_LAN_ADDR: &str = "198.18.10.1";
@@ -75,7 +77,7 @@ impl Lab {
         std::fs::create_dir_all(&dir).context("lab directory")?;
         let gw = Netns::create(&format!("{id}-gw"))?;
         let bpffs = dir.join("bpffs");
-        crate::dataplane::pins::mount_bpffs(&bpffs)?;
+        gateway_dataplane::pins::mount_bpffs(&bpffs)?;
         // From here on, dropping the lab undoes everything, also on an error below.
         let mut lab = Lab { gw, hosts: Vec::new(), dir, bpffs };
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
@@ -151,7 +153,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // The pins go with the bpffs: programs the lab's gateway left in force detach.
-        crate::dataplane::pins::unmount_bpffs(&self.bpffs);
+        gateway_dataplane::pins::unmount_bpffs(&self.bpffs);
         let _ = std::fs::remove_dir_all(&self.dir);
         // Netns guards in `gw` and `hosts` delete the namespaces as they drop.
     }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::netns::Netns;
+use crate::netns::Netns;
 
 pub struct ManagementProcess {
     child: Child,

@@ -3,7 +3,7 @@
 
 use gateway_common::acl::PORTS;
 
-use crate::policy::{PortRange, PortSet};
+use crate::{PortRange, PortSet};
 
 pub struct PortClasses {
     /// Class of each port.

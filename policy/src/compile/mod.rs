@@ -23,7 +23,7 @@ use gateway_common::acl::{
 };
 use ipnet::IpNet;
 
-use crate::policy::{
+use crate::{
     Action, PolicySet, PortSet, Protocol, RuleInfo, Term, proto_ports_match,
     reference::{precedence, Judgement},
 };

@@ -1,5 +1,6 @@
 //! Builds the kernel programs (gateway-ebpf, for bpfel-unknown-none with nightly) and leaves the
-//! object in OUT_DIR, from where `include_bytes_aligned!` embeds it in the `gateway` binary.
+//! object in OUT_DIR, from where `include_bytes_aligned!` embeds it in this crate (and so in the
+//! `gateway` binary).
 use std::path::PathBuf;
 
 use anyhow::Context as _;

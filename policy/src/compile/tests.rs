@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use super::addr::{self, Classes, SIDE_DST, SIDE_SRC, Trie, mark, net_bits};
 use super::ports::PortClasses;
 use super::*;
-use crate::policy::reference::{self, Judgement};
-use crate::policy::{Exception, Group, GroupRef, Policy, PortRange};
+use crate::reference::{self, Judgement};
+use crate::{Exception, Group, GroupRef, Policy, PortRange};
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -49,7 +49,7 @@ fn policy(name: &str, src: &[&str], dst: &[&str], action: Action) -> Policy {
         ports: PortSet::Any,
         destination_ips: Vec::new(),
         exceptions: Vec::new(),
-        priority: crate::policy::DEFAULT_PRIORITY,
+        priority: crate::DEFAULT_PRIORITY,
     }
 }
 
@@ -320,7 +320,7 @@ impl Gen {
         let members = |refs: &[GroupRef]| -> Vec<IpNet> {
             refs.iter()
                 .flat_map(|r| match r {
-                    GroupRef::Any => crate::policy::any_nets(),
+                    GroupRef::Any => crate::any_nets(),
                     GroupRef::Named(n) => set.groups.iter().find(|g| &g.name == n).map(|g| g.members.clone()).unwrap_or_default(),
                 })
                 .collect()
@@ -752,7 +752,7 @@ fn port_boundaries_through_the_compiler() {
 #[test]
 fn seed_policy_compiles_and_agrees() {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml");
-    let set = crate::policy::load_file(&path).unwrap();
+    let set = crate::load_file(&path).unwrap();
     let c = compile_ok(&set);
     let j = |action, rule| Judgement { action, rule: Some(rule) };
     assert_eq!(agree(&c, &set, "100.64.10.5", "8.8.8.8", 1, 0), j(Action::Accept, 0));

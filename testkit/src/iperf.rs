@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::netns::Netns;
+use crate::netns::Netns;
 
 /// One transfer: TCP, or UDP with a fixed payload size and offered rate.
 #[derive(Clone, Copy, Debug)]

@@ -1,6 +1,8 @@
 //! The real `gateway run`, started inside the lab's gateway namespace.
 
 use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -8,8 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::netns::Netns;
-use crate::status::{self, Report};
+use crate::netns::Netns;
 
 /// Where the lab gateway serves metrics, inside its own namespace.
 pub const LAB_METRICS_ADDR: &str = "127.0.0.1:9464";
@@ -44,7 +45,7 @@ impl GatewayProcess {
             if let Some(status) = p.child.try_wait()? {
                 bail!("gateway exited ({status}) during start:\n{}", p.log_text());
             }
-            if p.status(ns).is_ok() {
+            if p.status::<serde_json::Value>(ns).is_ok() {
                 return Ok(p);
             }
             if Instant::now() > deadline {
@@ -54,15 +55,16 @@ impl GatewayProcess {
         }
     }
 
-    pub fn status(&self, ns: &Netns) -> anyhow::Result<Report> {
+    /// The gateway's /status, parsed as `T` (the agent's `status::Report`).
+    pub fn status<T: serde::de::DeserializeOwned>(&self, ns: &Netns) -> anyhow::Result<T> {
         let addr = LAB_METRICS_ADDR.parse()?;
-        let body = ns.run(move || status::http_get(addr, "/status"))??;
+        let body = ns.run(move || http_get(addr, "/status"))??;
         Ok(serde_json::from_str(&body)?)
     }
 
     pub fn metrics(&self, ns: &Netns) -> anyhow::Result<String> {
         let addr = LAB_METRICS_ADDR.parse()?;
-        ns.run(move || status::http_get(addr, "/metrics"))?
+        ns.run(move || http_get(addr, "/metrics"))?
     }
 
     fn signal(&self, sig: i32) -> anyhow::Result<()> {
@@ -75,14 +77,14 @@ impl GatewayProcess {
     }
 
     /// SIGHUP, then waits until the reload shows in /status (a new generation or a rejection).
-    pub fn reload(&self, ns: &Netns) -> anyhow::Result<Report> {
-        let before = self.status(ns)?;
+    pub fn reload<T: serde::de::DeserializeOwned>(&self, ns: &Netns) -> anyhow::Result<T> {
+        let before: serde_json::Value = self.status(ns)?;
         self.signal(libc::SIGHUP)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let now = self.status(ns)?;
-            if now.last_reload != before.last_reload {
-                return Ok(now);
+            let now: serde_json::Value = self.status(ns)?;
+            if now["last_reload"] != before["last_reload"] {
+                return Ok(serde_json::from_value(now)?);
             }
             if Instant::now() > deadline {
                 bail!("reload did not show in /status within 10 s");
@@ -141,4 +143,18 @@ impl Drop for GatewayProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A plain HTTP GET against a gateway's own endpoint on loopback (/status, /metrics).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr} (is `gateway run` serving metrics there?)"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
 }

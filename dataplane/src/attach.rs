@@ -11,7 +11,7 @@ use gateway_common::maps as names;
 
 use super::Dataplane;
 use gateway_common::mss::MssClamp;
-use crate::config::LanAttach;
+use crate::LanAttach;
 
 /// Whether an interface carries Ethernet frames or bare IP packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -12,15 +12,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{
+use gateway_testkit::{
     process::{GatewayProcess, LAB_METRICS_ADDR},
-    topology::Lab,
+    topology::{Lab, SEED_POLICY},
     traffic::{self, Servers},
 };
 use crate::status::Report;
 
-/// The seed's policies, embedded so the demo runs from the binary alone.
-pub const SEED_POLICY: &str = include_str!("../../../examples/policy.yaml");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -123,7 +121,7 @@ pub fn run(policy: Option<&Path>) -> anyhow::Result<()> {
     let config = lab.write_config(&policy_text, LAB_METRICS_ADDR)?;
     let binary = std::env::current_exe()?;
     let gw = GatewayProcess::start(&binary, &lab.gw, &config, &lab.dir.join("gateway.log"))?;
-    let st = gw.status(&lab.gw)?;
+    let st: Report = gw.status(&lab.gw)?;
     println!("Gateway running in namespace {} (policy generation {}, {} policies):", lab.gw.name, st.generation, st.rules);
     for a in &st.attachments {
         println!("  {:<8} {:<22} {}", a.interface, a.program, a.mode);
@@ -163,7 +161,7 @@ pub fn run(policy: Option<&Path>) -> anyhow::Result<()> {
             mark
         );
     }
-    let st = gw.status(&lab.gw)?;
+    let st: Report = gw.status(&lab.gw)?;
     println!("\nPackets decided per policy:");
     for p in &st.policies {
         println!("  {:<32} {:>6} packets", p.policy, p.packets);

@@ -3,6 +3,7 @@
 //! programs to interfaces, and reads counters back.
 
 pub mod attach;
+mod options;
 mod mmap;
 pub mod pins;
 pub mod sweep;
@@ -29,13 +30,13 @@ use gateway_common::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use attach::{Attachment, LinkKind, TunnelMss};
+pub use options::{LanAttach, LimitsConfig};
 pub use sweep::SweepReport;
 use mmap::MmapArray;
 
-use crate::{
+use gateway_policy::{
+    RuleInfo,
     compile::{CompileStats, Compiled},
-    config::LimitsConfig,
-    policy::RuleInfo,
 };
 
 /// The policy label under which everything policies no longer in force counted is reported.

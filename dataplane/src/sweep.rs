@@ -14,7 +14,7 @@ use gateway_common::{
 };
 
 use super::Dataplane;
-use crate::{compile::Compiled, policy::Action};
+use gateway_policy::{Action, compile::Compiled};
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct SweepReport {

@@ -1,0 +1,263 @@
+//! A loaded data plane with a policy, and runs of its programs through BPF_PROG_TEST_RUN, for
+//! the privileged tests: verdicts, the exact counters that moved, bytes out.
+
+use aya::{
+    maps::PerCpuArray,
+    programs::{ProgramError, TestRun as _, TestRunOptions},
+};
+use gateway_dataplane::{Dataplane, LoadOptions};
+use gateway_policy::{
+    self as policy, PolicySet,
+    compile::{self, Compiled, Limits},
+};
+use gateway_common::{
+    maps as names,
+    stats::{self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES, reason},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+
+pub struct Harness {
+    pub dp: Dataplane,
+    /// The policy slot the last apply made active.
+    pub slot: u32,
+    /// Rule-counter entries per slot (the loaded `limits.rules`).
+    pub rules_per_slot: u32,
+}
+
+/// Ethernet header length: the smallest frame BPF_PROG_TEST_RUN accepts as packet data.
+pub const ETH_HLEN: usize = 14;
+
+impl Harness {
+    pub fn new(policy_yaml: &str) -> Harness {
+        Self::with_options(policy_yaml, LoadOptions::default())
+    }
+
+    pub fn with_options(policy_yaml: &str, opts: LoadOptions) -> Harness {
+        let rules_per_slot = opts.limits.rules;
+        let dp = Dataplane::load(&opts).expect("load data plane (run the tests as root)");
+        let mut h = Harness { dp, slot: 0, rules_per_slot };
+        h.apply(policy_yaml);
+        h
+    }
+
+    pub fn apply(&mut self, policy_yaml: &str) {
+        let set = policy::parse_str(policy_yaml, "test.yaml").expect("test policy");
+        self.apply_set(&set);
+    }
+
+    /// Compiles and applies a policy set; returns the compiled tables (for `Compiled::lookup`).
+    pub fn apply_set(&mut self, set: &PolicySet) -> Compiled {
+        let compiled = compile::compile(set, &Limits::default()).expect("compile");
+        let report = self.dp.apply(&compiled).expect("apply");
+        self.slot = report.slot;
+        compiled
+    }
+
+    /// Runs the LAN XDP program once; returns the XDP action.
+    pub fn xdp(&mut self, packet: &[u8]) -> u32 {
+        self.try_xdp(packet).expect("test run")
+    }
+
+    /// Like [`Harness::xdp`], but returns the kernel's refusal as an error. BPF_PROG_TEST_RUN
+    /// refuses frames shorter than an Ethernet header for XDP and TC alike (and a driver never
+    /// hands a program one), so those never reach the parser.
+    pub fn try_xdp(&mut self, packet: &[u8]) -> Result<u32, ProgramError> {
+        let prog = self.dp.xdp_program().expect("xdp program");
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        prog.test_run(opts).map(|r| r.return_value)
+    }
+
+    /// Runs a TC program (Ethernet variant) once; returns the TC action.
+    pub fn tc(&mut self, ingress: bool, packet: &[u8]) -> u32 {
+        self.try_tc(ingress, packet).expect("test run")
+    }
+
+    /// Like [`Harness::tc`], but returns the kernel's refusal (frames under 14 bytes) as an error.
+    pub fn try_tc(&mut self, ingress: bool, packet: &[u8]) -> Result<u32, ProgramError> {
+        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_ETH } else { names::PROG_TC_TUNNEL_EGRESS_ETH };
+        self.run_tc(name, packet)
+    }
+
+    /// Runs a TC program of the L3 variant (tunnels without a link header: `packet` starts at
+    /// the IP header).
+    pub fn tc_l3(&mut self, ingress: bool, packet: &[u8]) -> u32 {
+        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_L3 } else { names::PROG_TC_TUNNEL_EGRESS_L3 };
+        self.run_tc(name, packet).expect("test run")
+    }
+
+    fn run_tc(&mut self, name: &str, packet: &[u8]) -> Result<u32, ProgramError> {
+        self.run_tc_out(name, packet).map(|(action, _)| action)
+    }
+
+    /// Runs a tunnel TC program (Ethernet variant) once; returns the TC action and the packet
+    /// as the program left it.
+    pub fn tc_bytes(&mut self, ingress: bool, packet: &[u8]) -> (u32, Vec<u8>) {
+        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_ETH } else { names::PROG_TC_TUNNEL_EGRESS_ETH };
+        self.run_tc_out(name, packet).expect("test run")
+    }
+
+    fn run_tc_out(&mut self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        let prog = self.dp.tc_program(name).expect("tc program");
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let r = prog.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Runs the Ethernet program of `hook` once; returns whether the packet passed.
+    pub fn run_hook(&mut self, hook: u32, packet: &[u8]) -> bool {
+        match hook {
+            HOOK_TUNNEL_INGRESS | HOOK_TUNNEL_EGRESS => match self.tc(hook == HOOK_TUNNEL_INGRESS, packet) {
+                TC_ACT_OK => true,
+                TC_ACT_SHOT => false,
+                other => panic!("unexpected TC action {other}"),
+            },
+            HOOK_LAN => match self.xdp(packet) {
+                XDP_PASS => true,
+                XDP_DROP => false,
+                other => panic!("unexpected XDP action {other}"),
+            },
+            other => panic!("unknown hook {other}"),
+        }
+    }
+
+    /// Runs `packet` through `hook` and asserts the verdict and its reason exactly: the packet
+    /// passes iff `want` is a passing reason, and the only counter that moved is (hook, want),
+    /// by one packet.
+    #[track_caller]
+    pub fn expect(&mut self, hook: u32, packet: &[u8], want: u32) {
+        self.expect_ctx(hook, packet, want, "");
+    }
+
+    /// [`Harness::expect`] with a label for the failure message.
+    #[track_caller]
+    pub fn expect_ctx(&mut self, hook: u32, packet: &[u8], want: u32, what: &str) {
+        let before = self.counters();
+        let passed = self.run_hook(hook, packet);
+        let after = self.counters();
+        let moved: Vec<(u32, u32, u64)> = (0..stats::STATS_ENTRIES)
+            .filter(|i| after[*i as usize].packets != before[*i as usize].packets)
+            .map(|i| (i / reason::SLOTS, i % reason::SLOTS, after[i as usize].packets - before[i as usize].packets))
+            .collect();
+        let show = |m: &[(u32, u32, u64)]| {
+            m.iter()
+                .map(|(h, r, n)| format!("{}/{}({r})x{n}", HOOK_NAMES[*h as usize], REASON_NAMES[*r as usize]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let expected = [(hook, want, 1u64)];
+        assert!(
+            moved == expected && passed == (want < reason::FIRST_DROP_REASON),
+            "{what}: expected {} ({}), got {} with counters [{}]\npacket ({} bytes): {}",
+            show(&expected),
+            if want < reason::FIRST_DROP_REASON { "pass" } else { "drop" },
+            if passed { "pass" } else { "drop" },
+            show(&moved),
+            packet.len(),
+            hex(packet),
+        );
+    }
+
+    /// The non-zero counters of one hook, as `reason(n)=packets`, for failure messages.
+    pub fn hook_counters(&self, hook: u32) -> String {
+        self.counters()
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i as u32 / reason::SLOTS == hook && c.packets != 0)
+            .map(|(i, c)| {
+                let r = i % reason::SLOTS as usize;
+                format!("{}({r})={}", REASON_NAMES[r], c.packets)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// All (hook, reason) counters, summed over CPUs.
+    pub fn counters(&self) -> Vec<Counter> {
+        self.dp.verdict_counters().expect("counters")
+    }
+
+    /// Packets a (hook, reason) counter holds, read with one lookup.
+    pub fn reason_count(&self, hook: u32, reason: u32) -> u64 {
+        let map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.dp.ebpf().map(names::STATS).expect("stats map")).expect("stats map type");
+        map.get(&stats::stats_index(hook, reason), 0).expect("stats read").iter().map(|c| c.packets).sum()
+    }
+
+    /// Packets counted for rule `rule` of the active policy (not including retired totals).
+    pub fn rule_count(&self, rule: u32) -> u64 {
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.dp.ebpf().map(names::RULE_STATS).expect("rule map"))
+            .expect("rule map type");
+        map.get(&(self.slot * self.rules_per_slot + rule), 0).expect("rule stats read").iter().map(|c| c.packets).sum()
+    }
+
+    /// Packets counted per policy name (`Dataplane::rule_counters`).
+    pub fn rule_packets(&self, name: &str) -> u64 {
+        self.dp
+            .rule_counters()
+            .expect("rule counters")
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.packets)
+            .unwrap_or_else(|| panic!("no counter for policy {name:?}"))
+    }
+
+    pub fn ingress_passes(&mut self, packet: &[u8]) -> bool {
+        match self.tc(true, packet) {
+            TC_ACT_OK => true,
+            TC_ACT_SHOT => false,
+            other => panic!("unexpected TC action {other}"),
+        }
+    }
+
+    /// Packets counted for a hook and reason so far.
+    pub fn count(&self, hook: u32, reason: u32) -> u64 {
+        self.dp.verdict_counters().expect("counters")[stats::stats_index(hook, reason) as usize].packets
+    }
+
+    /// Runs `f` and returns how much the (hook, reason) counter grew.
+    pub fn delta(&mut self, hook: u32, reason: u32, f: impl FnOnce(&mut Self)) -> u64 {
+        let before = self.count(hook, reason);
+        f(self);
+        self.count(hook, reason) - before
+    }
+}
+
+/// The seed's four policies, as shipped in examples/policy.yaml.
+/// Keeps the calling thread on one CPU: BPF_PROG_TEST_RUN runs a program on the caller's CPU,
+/// so a test of per-CPU state (caches, scratch) must not migrate between runs.
+pub fn pin_thread_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+pub fn seed_policy() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml")).expect("examples/policy.yaml")
+}
+
+/// The `gateway` binary the integration tests start (`cargo xtask test` builds it first).
+pub fn gateway_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("GATEWAY_BIN") {
+        return p.into();
+    }
+    // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("gateway");
+    assert!(path.exists(), "{} is missing: build it with `cargo build -p gateway` (cargo xtask test does)", path.display());
+    path
+}
+
+/// Bytes as hex, for failure messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("")
+}
