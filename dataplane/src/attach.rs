@@ -117,7 +117,7 @@ pub fn driver(name: &str) -> anyhow::Result<String> {
 
 /// Where a program hangs: one pinned link per (hook, interface).
 #[derive(Clone, Copy)]
-enum Hook {
+pub(crate) enum Hook {
     Xdp(XdpMode),
     Tc(TcAttachType),
 }
@@ -171,7 +171,7 @@ impl Dataplane {
     /// Attaches `program` at `hook` of `iface`. With a pinned data plane, a link pinned there by
     /// an earlier run gets this program atomically (no packet sees no program), and a new link
     /// is pinned so that it outlives this process.
-    fn attach(&mut self, iface: &str, program: &'static str, hook: Hook, label: &str) -> anyhow::Result<()> {
+    pub(crate) fn attach(&mut self, iface: &str, program: &'static str, hook: Hook, label: &str) -> anyhow::Result<()> {
         let pin = self.pins.as_ref().map(|p| p.link(hook.pin_name(), iface));
         let context = || format!("attaching {program} to {iface} ({label})");
         let (link, adopted) = match hook {

@@ -3,6 +3,7 @@
 //! programs to interfaces, and reads counters back.
 
 pub mod attach;
+mod nat;
 mod options;
 mod mmap;
 pub mod pins;
@@ -30,6 +31,7 @@ use gateway_common::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use attach::{Attachment, LinkKind, TunnelMss};
+pub use nat::Masquerade;
 pub use options::{LanAttach, LimitsConfig};
 pub use sweep::SweepReport;
 use mmap::MmapArray;
@@ -130,6 +132,8 @@ impl Dataplane {
             (names::CONNTRACK, l.conntrack_entries),
             (names::FRAGMENTS, l.fragment_entries),
             (names::RULE_STATS, 2 * l.rules),
+            (names::NAT_FORWARD, l.nat_entries),
+            (names::NAT_REVERSE, l.nat_entries),
         ];
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes {
@@ -156,6 +160,7 @@ impl Dataplane {
         for name in [
             names::PROG_XDP_LAN,
             names::PROG_TC_LAN_INGRESS,
+            names::PROG_TC_LAN_EGRESS,
             names::PROG_TC_TUNNEL_INGRESS_ETH,
             names::PROG_TC_TUNNEL_EGRESS_ETH,
             names::PROG_TC_TUNNEL_INGRESS_L3,

@@ -29,6 +29,8 @@ pub struct LimitsConfig {
     pub rules: u32,
     pub conntrack_entries: u32,
     pub fragment_entries: u32,
+    /// Masquerade translations (each takes a forward and a reverse entry).
+    pub nat_entries: u32,
 }
 
 impl Default for LimitsConfig {
@@ -40,6 +42,7 @@ impl Default for LimitsConfig {
             rules: maps::DEFAULT_RULES_PER_SLOT,
             conntrack_entries: maps::DEFAULT_CONNTRACK_ENTRIES,
             fragment_entries: maps::DEFAULT_FRAGMENT_ENTRIES,
+            nat_entries: maps::DEFAULT_NAT_ENTRIES,
         }
     }
 }

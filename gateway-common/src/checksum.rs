@@ -37,6 +37,21 @@ pub fn update128(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
     !fold(sum)
 }
 
+/// A TCP/UDP checksum field that holds only the pseudo-header sum, not complemented (a local
+/// sender's CHECKSUM_PARTIAL: the rest is summed at transmit), after a covered 32-bit
+/// pseudo-header value changed: P' = P + ~m + m'. Changes outside the pseudo-header (ports)
+/// leave such a field alone.
+#[inline(always)]
+pub const fn update_partial32(field: u16, old: u32, new: u32) -> u16 {
+    !update32(!field, old, new)
+}
+
+/// As [`update_partial32`] for an IPv6 address.
+#[inline(always)]
+pub fn update_partial128(field: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
+    !update128(!field, old, new)
+}
+
 /// UDP over IPv4: a zero checksum means "none computed" and stays zero; a computed zero goes on
 /// the wire as 0xffff (RFC 768).
 #[inline(always)]
@@ -197,5 +212,24 @@ mod tests {
         assert_eq!(udp_field(0, 0x1234), 0);
         assert_eq!(udp_field(0xabcd, 0), 0xffff);
         assert_eq!(udp_field(0xabcd, 0x1234), 0x1234);
+    }
+
+    #[test]
+    fn partial_fields_follow_the_pseudo_header() {
+        let v4 = |a: [u8; 4]| {
+            let mut x = [0u8; 16];
+            x[..4].copy_from_slice(&a);
+            x
+        };
+        let (src, dst, new) = (v4([100, 64, 10, 1]), v4([198, 18, 10, 10]), v4([198, 18, 10, 1]));
+        let before = fold(pseudo_header_sum(true, &src, &dst, 6, 40));
+        let after = fold(pseudo_header_sum(true, &new, &dst, 6, 40));
+        let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        assert_eq!(update_partial32(before, w(&src), w(&new)), after);
+        let s6: [u8; 16] = [0xfd, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let n6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34];
+        let before = fold(pseudo_header_sum(false, &s6, &dst, 17, 1000));
+        let after = fold(pseudo_header_sum(false, &n6, &dst, 17, 1000));
+        assert_eq!(update_partial128(before, &s6, &n6), after);
     }
 }

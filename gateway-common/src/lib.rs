@@ -11,6 +11,7 @@ pub mod fragment;
 pub mod hash;
 pub mod maps;
 pub mod mss;
+pub mod nat;
 pub mod settings;
 pub mod stats;
 

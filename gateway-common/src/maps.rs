@@ -19,6 +19,15 @@ pub const FORWARD_SLOTS: &str = "FWD_SLOTS_V1";
 pub const VERDICT_CACHE: &str = "VERDICT_CACHE_V1";
 /// Not pinned: written from the configuration whenever a tunnel interface is attached.
 pub const TUNNEL_MSS: &str = "TUNNEL_MSS_V1";
+/// Not pinned: written from the configuration when LAN interfaces are attached.
+pub const NAT_INTERFACES: &str = "NAT_IFACES_V1";
+pub const NAT_NETWORKS: &str = "NAT_NETS_V1";
+pub const NAT_SETTINGS: &str = "NAT_SETTINGS_V1";
+/// Pinned: translations outlive a restart of the controller, as flows do.
+pub const NAT_FORWARD: &str = "NAT_FWD_V1";
+pub const NAT_REVERSE: &str = "NAT_REV_V1";
+pub const NAT_INTERFACES_MAX: u32 = 64;
+pub const DEFAULT_NAT_ENTRIES: u32 = 128 * 1024;
 /// Tunnel interfaces one data plane serves, at most.
 pub const TUNNEL_INTERFACES_MAX: u32 = 64;
 
@@ -34,7 +43,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 16] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -49,11 +58,14 @@ pub const PINNED_MAPS: [&str; 14] = [
     FORWARD_PORTS,
     FORWARD_SLOTS,
     FIB_CACHE,
+    NAT_FORWARD,
+    NAT_REVERSE,
 ];
 
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";
 pub const PROG_TC_LAN_INGRESS: &str = "tc_lan_ingress";
+pub const PROG_TC_LAN_EGRESS: &str = "tc_lan_egress";
 pub const PROG_TC_TUNNEL_INGRESS_ETH: &str = "tc_tunnel_ingress_eth";
 pub const PROG_TC_TUNNEL_EGRESS_ETH: &str = "tc_tunnel_egress_eth";
 pub const PROG_TC_TUNNEL_INGRESS_L3: &str = "tc_tunnel_ingress_l3";

@@ -28,6 +28,10 @@ pub mod reason {
     pub const ACCEPT_FRAGMENT: u32 = 5;
     pub const ACCEPT_OUTBOUND: u32 = 6;
     pub const PASS_NEIGHBOR_DISCOVERY: u32 = 7;
+    /// Not a verdict: packets of masqueraded flows whose source was translated leaving a LAN
+    /// interface, and whose destination was translated back arriving on it.
+    pub const NAT_MASQUERADED: u32 = 8;
+    pub const NAT_UNMASQUERADED: u32 = 9;
     /// Not a verdict: TCP SYNs crossing the tunnel whose MSS option was lowered to what the
     /// tunnel carries (counted a second time).
     pub const MSS_CLAMPED: u32 = 12;
@@ -55,6 +59,10 @@ pub mod reason {
     pub const DROP_INTERNAL: u32 = 28;
     /// The headers exist but could not be made readable (the kernel refused to pull them).
     pub const DROP_NOT_LINEAR: u32 = 29;
+    /// No free port for a new masqueraded flow (or its translation could not be recorded).
+    pub const DROP_NAT_EXHAUSTED: u32 = 30;
+    /// TCP/UDP to a masquerade address and port that no translation holds.
+    pub const DROP_NAT_NO_MAPPING: u32 = 31;
     pub const SLOTS: u32 = 32;
 }
 
@@ -68,8 +76,8 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "fragment",
     "outbound",
     "neighbor_discovery",
-    "",
-    "",
+    "masqueraded",
+    "unmasqueraded",
     "",
     "",
     "mss_clamped",
@@ -90,8 +98,8 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "revoked",
     "internal",
     "headers_not_linear",
-    "",
-    "",
+    "nat_exhausted",
+    "nat_no_mapping",
 ];
 
 pub const fn stats_index(hook: u32, reason: u32) -> u32 {
@@ -108,6 +116,9 @@ pub const fn verdict_label(r: u32) -> &'static str {
     } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {
         // Likewise: accepted, and forwarded by the kernel rather than in XDP.
         "to_kernel"
+    } else if r == reason::NAT_MASQUERADED || r == reason::NAT_UNMASQUERADED {
+        // Likewise: accepted packets, translated.
+        "nat"
     } else if r == reason::MSS_CLAMPED || r == reason::MSS_NOT_CLAMPED {
         // Likewise: accepted SYNs, and what became of their MSS option.
         "mss"

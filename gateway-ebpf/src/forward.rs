@@ -57,7 +57,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet) -> Forward {
 /// 65,536 frames, and then the kernel forwards it: correct either way. Frames from a physical
 /// wire always carry full checksums.
 #[inline(always)]
-fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
+pub fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
     let field = match pkt.flow.proto {
         PROTO_TCP => 16,
         PROTO_UDP => 6,

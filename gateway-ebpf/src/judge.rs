@@ -30,23 +30,38 @@ impl Decision {
 }
 
 #[inline(always)]
-fn plain(reason: u32) -> Decision {
+pub fn plain(reason: u32) -> Decision {
     Decision { reason, rule: RULE_DEFAULT, slot: 0 }
 }
 
+/// Parses and judges a packet at a hook.
 #[inline(always)]
 pub fn decide(bytes: &Bytes, link: Link, hook: u32) -> Decision {
+    match parse_packet(bytes, link) {
+        Ok(pkt) => judge(pkt, hook),
+        Err(d) => d,
+    }
+}
+
+/// Parses the packet into this CPU's scratch; a packet that is not IP, or is malformed, is
+/// decided here.
+#[inline(always)]
+pub fn parse_packet(bytes: &Bytes, link: Link) -> Result<&'static mut Packet, Decision> {
     let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
-        return plain(reason::DROP_INTERNAL);
+        return Err(plain(reason::DROP_INTERNAL));
     };
     // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
     let pkt = unsafe { &mut *scratch };
     match parse::parse(bytes, link, pkt) {
-        Ok(Parsed::Ip) => {}
-        Ok(Parsed::NonIp) => return plain(reason::PASS_NON_IP),
-        Err(r) => return plain(r),
+        Ok(Parsed::Ip) => Ok(pkt),
+        Ok(Parsed::NonIp) => Err(plain(reason::PASS_NON_IP)),
+        Err(r) => Err(plain(r)),
     }
-    let pkt: &Packet = pkt;
+}
+
+/// The decision for a parsed IP packet.
+#[inline(always)]
+pub fn judge(pkt: &Packet, hook: u32) -> Decision {
     if pkt.icmp == ICMP_NEIGHBOR_DISCOVERY {
         return plain(reason::PASS_NEIGHBOR_DISCOVERY);
     }
@@ -253,7 +268,7 @@ fn follow_first_fragment(pkt: &Packet, now: u64) -> Decision {
 }
 
 #[inline(always)]
-fn in_overlay(dst: &[u8; 16], family: u8, s: &Settings) -> bool {
+pub fn in_overlay(dst: &[u8; 16], family: u8, s: &Settings) -> bool {
     if family == FAMILY_V4 {
         let d = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]);
         return d & s.overlay_v4_mask == s.overlay_v4_net;

@@ -9,6 +9,7 @@ mod fragment;
 mod judge;
 mod maps;
 mod mss;
+mod nat;
 mod packet;
 mod parse;
 mod stats;
@@ -51,7 +52,13 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 #[xdp(frags)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: ctx.ctx };
-    let d = judge::decide(&bytes, Link::Ethernet, HOOK_LAN);
+    let d = match judge::parse_packet(&bytes, Link::Ethernet) {
+        Ok(pkt) => {
+            let rw = nat::XdpRewrite { ctx: &ctx, partial: forward::partial_checksum(&ctx, pkt) };
+            lan_ingress(nat::unmasquerade(&rw, pkt, ctx.ingress_ifindex() as u32), pkt, bytes.len)
+        }
+        Err(d) => d,
+    };
     let pkt = maps::SCRATCH.get(0);
     // Counted by the frame's whole length: an IP packet's is its headers and datagram, which a
     // multi-buffer frame keeps partly outside the first buffer.
@@ -84,19 +91,46 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// A LAN packet after reverse translation: judged as the flow's own packet, or dropped.
+#[inline(always)]
+fn lan_ingress(n: nat::Nat, pkt: &parse::Packet, len: usize) -> Decision {
+    match n {
+        nat::Nat::Drop(r) => judge::plain(r),
+        nat::Nat::Translated => {
+            stats::count(HOOK_LAN, reason::NAT_UNMASQUERADED, len as u64);
+            judge::judge(pkt, HOOK_LAN)
+        }
+        nat::Nat::Untouched => judge::judge(pkt, HOOK_LAN),
+    }
+}
+
 /// The TC programs see skbs as the stack holds them: GSO/GRO aggregates up to 64 KiB and paged
 /// buffers whose linear part ends early. Only the headers are made linear; the parser checks
 /// lengths against the skb's real length.
 #[inline(always)]
-fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
+fn tc_bytes(ctx: &TcContext) -> Bytes {
     let len = ctx.len();
     let want = if len < TC_PULL_BYTES { len } else { TC_PULL_BYTES };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         // If this fails, the parser reads what is linear and says which header it could not.
         let _ = ctx.pull_data(want);
     }
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize, xdp: core::ptr::null_mut() };
-    let d = judge::decide(&bytes, link, hook);
+    Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize, xdp: core::ptr::null_mut() }
+}
+
+#[inline(always)]
+fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
+    let bytes = tc_bytes(ctx);
+    let len = bytes.len;
+    let d = if hook == HOOK_LAN {
+        match judge::parse_packet(&bytes, link) {
+            // SAFETY: the context's own skb pointer.
+            Ok(pkt) => lan_ingress(nat::unmasquerade(&nat::TcRewrite(ctx), pkt, unsafe { (*ctx.skb.skb).ifindex }), pkt, len),
+            Err(d) => d,
+        }
+    } else {
+        judge::decide(&bytes, link, hook)
+    };
     account(ctx, hook, &d, len as u64);
     if !d.passes() {
         return TC_ACT_SHOT;
@@ -117,6 +151,29 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
 #[classifier]
 pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
     tc_run(&ctx, Link::Ethernet, HOOK_LAN)
+}
+
+/// LAN interfaces that masquerade: traffic leaving toward a masqueraded network gets the
+/// interface's address as source. Judged already (at the tunnel); nothing else is touched.
+#[classifier]
+pub fn tc_lan_egress(ctx: TcContext) -> i32 {
+    let bytes = tc_bytes(&ctx);
+    let (Ok(pkt), Some(settings)) = (judge::parse_packet(&bytes, Link::Ethernet), maps::SETTINGS.get(0)) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: the context's own skb pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match nat::masquerade(&nat::TcRewrite(&ctx), pkt, ifindex, settings) {
+        nat::Nat::Translated => {
+            stats::count(HOOK_LAN, reason::NAT_MASQUERADED, bytes.len as u64);
+            TC_ACT_OK
+        }
+        nat::Nat::Drop(r) => {
+            stats::count(HOOK_LAN, r, bytes.len as u64);
+            TC_ACT_SHOT
+        }
+        nat::Nat::Untouched => TC_ACT_OK,
+    }
 }
 
 /// Tunnel interface with an Ethernet header (veth in labs), traffic from peers.

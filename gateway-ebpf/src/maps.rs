@@ -6,14 +6,15 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMap, HashMap, LruHashMap, LpmTrie, PerCpuArray},
 };
-use aya_ebpf::bindings::BPF_F_MMAPABLE;
+use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use gateway_common::{
     acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
     forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot},
-    maps::TUNNEL_INTERFACES_MAX,
+    maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     fragment::{FragKey, FragVerdict},
     mss::MssClamp,
+    nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
 };
@@ -74,3 +75,25 @@ pub static VERDICT_CACHE: PerCpuArray<CachedVerdict> = PerCpuArray::with_max_ent
 /// The MSS each tunnel interface allows, by ifindex (absent: not clamped).
 #[map(name = "TUNNEL_MSS_V1")]
 pub static TUNNEL_MSS: HashMap<u32, MssClamp> = HashMap::with_max_entries(TUNNEL_INTERFACES_MAX, 0);
+
+/// Masquerading LAN interfaces and their addresses, by ifindex.
+#[map(name = "NAT_IFACES_V1")]
+pub static NAT_INTERFACES: HashMap<u32, NatInterface> = HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);
+
+/// Destination networks whose traffic from the overlay is masqueraded (IPv4 mapped into IPv6).
+#[map(name = "NAT_NETS_V1")]
+pub static NAT_NETWORKS: LpmTrie<NatPrefix, u8> = LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+#[map(name = "NAT_SETTINGS_V1")]
+pub static NAT_SETTINGS: Array<NatSettings> = Array::with_max_entries(1, 0);
+
+/// Translations by original tuple (the peer's source, the LAN host).
+#[map(name = "NAT_FWD_V1")]
+pub static NAT_FORWARD: LruHashMap<NatKey, NatTarget> = LruHashMap::with_max_entries(1, 0);
+
+/// Translations by translated tuple (the masquerade address and port, the LAN host).
+#[map(name = "NAT_REV_V1")]
+pub static NAT_REVERSE: LruHashMap<NatKey, NatTarget> = LruHashMap::with_max_entries(1, 0);
+
+#[map(name = "NAT_SCRATCH_V1")]
+pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -25,6 +25,10 @@ pub struct Config {
     pub conntrack: Conntrack,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Source NAT toward the LAN (NetBird's route `masquerade`): traffic from the overlay to these
+    /// networks leaves a LAN interface with that interface's address.
+    #[serde(default)]
+    pub masquerade: Option<MasqueradeConfig>,
     /// Prometheus endpoint; none when absent.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
@@ -123,6 +127,40 @@ pub enum Forwarding {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct MasqueradeConfig {
+    /// Destination networks (IPv4 or IPv6) whose traffic from the overlay is masqueraded.
+    pub networks: Vec<ipnet::IpNet>,
+    /// Source ports of translations, `first-last` (default 20000-29999). The gateway reserves
+    /// them from the host's own sockets (net.ipv4.ip_local_reserved_ports).
+    #[serde(default = "default_nat_ports")]
+    pub ports: String,
+}
+
+fn default_nat_ports() -> String {
+    format!("{}-{}", gateway_common::nat::DEFAULT_PORT_MIN, gateway_common::nat::DEFAULT_PORT_MAX)
+}
+
+impl MasqueradeConfig {
+    pub fn port_range(&self) -> anyhow::Result<(u16, u16)> {
+        let (a, b) = self.ports.split_once('-').with_context(|| format!("masquerade.ports {:?}: expected first-last", self.ports))?;
+        let (a, b): (u16, u16) = (a.trim().parse().context("masquerade.ports: first port")?, b.trim().parse().context("masquerade.ports: last port")?);
+        if a < 1024 || a > b {
+            bail!("masquerade.ports {}: a range of unprivileged ports (1024-65535), first ≤ last", self.ports);
+        }
+        Ok((a, b))
+    }
+
+    pub fn dataplane(&self) -> anyhow::Result<gateway_dataplane::Masquerade> {
+        let (port_min, port_max) = self.port_range()?;
+        Ok(gateway_dataplane::Masquerade {
+            networks: self.networks.clone(),
+            settings: gateway_common::nat::NatSettings { port_min, port_max, ..Default::default() },
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overlay {
     /// LAN traffic toward these networks is policed; other LAN traffic is not the gateway's.
     pub ipv4: Ipv4Net,
@@ -184,6 +222,12 @@ impl Config {
                 if v < MIN_MSS {
                     bail!("interfaces.tunnel {}: mss_clamp {v} is below {MIN_MSS}, the smallest MSS every IPv4 host must accept", t.name);
                 }
+            }
+        }
+        if let Some(m) = &self.masquerade {
+            m.port_range()?;
+            if !m.networks.is_empty() && self.interfaces.lan.is_empty() {
+                bail!("masquerade: networks are masqueraded behind LAN interfaces; name at least one");
             }
         }
         for lan in &self.interfaces.lan {

@@ -209,6 +209,20 @@ fn lock<T>(gw: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     })
 }
 
+/// Keeps the host's own sockets off the masquerade ports (net.ipv4.ip_local_reserved_ports,
+/// which also covers IPv6), adding the range to whatever is reserved already.
+fn reserve_ports(min: u16, max: u16) -> anyhow::Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+    let range = format!("{min}-{max}");
+    if current.trim().split(',').any(|r| r.trim() == range) {
+        return Ok(());
+    }
+    let value = if current.trim().is_empty() { range } else { format!("{},{range}", current.trim()) };
+    std::fs::write(PATH, &value).with_context(|| format!("writing {PATH}"))?;
+    Ok(())
+}
+
 /// Attaches every configured interface, enables XDP forwarding where configured, and releases
 /// pinned links that the configuration no longer names.
 fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
@@ -220,6 +234,17 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
     for l in &cfg.interfaces.lan {
         let mode = dp.attach_lan(&l.name, l.attach)?;
         info!(interface = %l.name, mode, "LAN interface attached");
+    }
+    if let Some(m) = cfg.masquerade.as_ref().filter(|m| !m.networks.is_empty()) {
+        let nat = m.dataplane()?;
+        reserve_ports(nat.settings.port_min, nat.settings.port_max)?;
+        dp.set_masquerade(&nat)?;
+        for l in &cfg.interfaces.lan {
+            let a = dp.attach_masquerade(&l.name)?;
+            let v4 = (a.has_v4 != 0).then(|| std::net::Ipv4Addr::from(a.v4).to_string()).unwrap_or_else(|| "-".into());
+            let v6 = (a.has_v6 != 0).then(|| std::net::Ipv6Addr::from(a.v6).to_string()).unwrap_or_else(|| "-".into());
+            info!(interface = %l.name, ipv4 = %v4, ipv6 = %v6, networks = ?m.networks, ports = %m.ports, "masquerading toward the LAN");
+        }
     }
     for name in dp.release_unclaimed_links()? {
         info!(link = %name, "detached a pinned link the configuration no longer names");

@@ -1,0 +1,420 @@
+//! Masquerade toward the LAN and its reverse.
+//!
+//! - [`masquerade`] (LAN interface, TC egress): a flow from the overlay to a masqueraded network
+//!   leaves with the interface's address and a port of the range (the original port when free);
+//!   the translation is recorded both ways before the first packet leaves.
+//! - [`unmasquerade`] (LAN interface, ingress, before the policy): a packet to the interface's
+//!   address on a translated flow gets its original destination back, so policy and conntrack
+//!   judge the flow as the peer opened it.
+//!
+//! Rewrites go through a [`Rewrite`]: TC uses the kernel's store and checksum helpers; XDP writes
+//! the frame directly and updates checksums incrementally, including a local sender's
+//! CHECKSUM_PARTIAL field (only the pseudo-header sum, see `forward::partial_checksum`).
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::generated::{bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes},
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
+};
+use gateway_common::{
+    checksum,
+    conntrack::FAMILY_V4,
+    nat::{NatKey, NatPrefix, NatSettings, NatTarget, PORT_ATTEMPTS, V4_MAPPED_PREFIX_BITS, candidate_port, mapped, timeout_ns},
+    settings::Settings,
+};
+
+use crate::{
+    conntrack, judge, maps,
+    parse::{ECHO_NONE, FRAG_NONE, ICMP_ECHO, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
+};
+
+/// Per-CPU room for the keys and targets of one translation: on the stack they would not fit
+/// beside the LAN programs' own frames (512 bytes for the whole call chain).
+pub struct Scratch {
+    key: NatKey,
+    reverse: NatKey,
+    original: NatTarget,
+    target: NatTarget,
+}
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU, used by one program run at a time on this CPU.
+    maps::NAT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// What translation did to a packet.
+pub enum Nat {
+    /// Not a packet of a masqueraded flow.
+    Untouched,
+    Translated,
+    /// Dropped, with the reason.
+    Drop(u32),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Src,
+    Dst,
+}
+
+/// Writes an address or port of the parsed packet and keeps its checksums right.
+pub trait Rewrite {
+    fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool;
+    /// TCP/UDP port, or the ICMP echo identifier (for which `end` does not matter).
+    fn set_port(&self, pkt: &Packet, end: End, old: u16, new: u16) -> bool;
+}
+
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+
+/// Where the L4 checksum field is, and whether the protocol has one we keep.
+#[inline(always)]
+fn l4_check_at(pkt: &Packet) -> Option<usize> {
+    match pkt.flow.proto {
+        PROTO_TCP => Some(16),
+        PROTO_UDP => Some(6),
+        PROTO_ICMP | PROTO_ICMPV6 => Some(2),
+        _ => None,
+    }
+}
+
+/// Where an end's port (or the echo identifier) is, from the L4 header.
+#[inline(always)]
+fn port_at(pkt: &Packet, end: End) -> usize {
+    if pkt.icmp == ICMP_ECHO {
+        4
+    } else if end == End::Src {
+        0
+    } else {
+        2
+    }
+}
+
+/// Where an end's address is, from the IP header.
+#[inline(always)]
+fn addr_at(v4: bool, end: End) -> usize {
+    match (v4, end) {
+        (true, End::Src) => 12,
+        (true, End::Dst) => 16,
+        (false, End::Src) => 8,
+        (false, End::Dst) => 24,
+    }
+}
+
+pub struct TcRewrite<'a>(pub &'a TcContext);
+
+impl Rewrite for TcRewrite<'_> {
+    #[inline(always)]
+    fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
+        let skb = self.0.skb.skb.cast();
+        let v4 = pkt.flow.family == FAMILY_V4;
+        let at = pkt.l3 as usize + addr_at(v4, end);
+        let check = l4_check_at(pkt).map(|c| pkt.l4 as usize + c);
+        // ICMPv4 has no pseudo-header; UDP over IPv4 may carry no checksum (the kernel helper
+        // keeps a zero field zero with BPF_F_MARK_MANGLED_0).
+        let pseudo = pkt.flow.proto != PROTO_ICMP;
+        let udp = if pkt.flow.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
+        let words = if v4 { 1 } else { 4 };
+        let mut i = 0;
+        while i < 4 {
+            if i < words {
+                let o = u32::from_ne_bytes([old[4 * i], old[4 * i + 1], old[4 * i + 2], old[4 * i + 3]]);
+                let n = u32::from_ne_bytes([new[4 * i], new[4 * i + 1], new[4 * i + 2], new[4 * i + 3]]);
+                // SAFETY: helper calls on the program's own skb with a 4-byte local.
+                unsafe {
+                    if bpf_skb_store_bytes(skb, (at + 4 * i) as u32, (&n as *const u32).cast(), 4, 0) != 0 {
+                        return false;
+                    }
+                    if v4 && bpf_l3_csum_replace(skb, (pkt.l3 + 10) as u32, o as u64, n as u64, 4) != 0 {
+                        return false;
+                    }
+                    if let Some(c) = check {
+                        if pseudo && bpf_l4_csum_replace(skb, c as u32, o as u64, n as u64, BPF_F_PSEUDO_HDR | udp | 4) != 0 {
+                            return false;
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn set_port(&self, pkt: &Packet, end: End, old: u16, new: u16) -> bool {
+        let skb = self.0.skb.skb.cast();
+        let at = pkt.l4 as usize + port_at(pkt, end);
+        let (o, n) = (old.to_be(), new.to_be());
+        let udp = if pkt.flow.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
+        // SAFETY: helper calls on the program's own skb with a 2-byte local.
+        unsafe {
+            if bpf_skb_store_bytes(skb, at as u32, (&n as *const u16).cast(), 2, 0) != 0 {
+                return false;
+            }
+            match l4_check_at(pkt) {
+                Some(c) => bpf_l4_csum_replace(skb, (pkt.l4 as usize + c) as u32, o as u64, n as u64, udp | 2) == 0,
+                None => true,
+            }
+        }
+    }
+}
+
+pub struct XdpRewrite<'a> {
+    pub ctx: &'a XdpContext,
+    /// The TCP/UDP checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL).
+    pub partial: bool,
+}
+
+impl XdpRewrite<'_> {
+    /// A pointer to `N` bytes at `offset` of the first buffer, if they are there.
+    #[inline(always)]
+    fn at<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
+        // (Bounds for the verifier: the parse never goes past 512 bytes.)
+        if offset > 600 {
+            return None;
+        }
+        let p = self.ctx.data() + offset;
+        if p + N > self.ctx.data_end() {
+            return None;
+        }
+        Some(p as *mut [u8; N])
+    }
+
+    #[inline(always)]
+    fn read16(&self, offset: usize) -> Option<u16> {
+        // SAFETY: inside the frame, checked by `at`.
+        self.at::<2>(offset).map(|p| u16::from_be_bytes(unsafe { core::ptr::read_unaligned(p) }))
+    }
+
+    #[inline(always)]
+    fn write16(&self, offset: usize, v: u16) -> bool {
+        match self.at::<2>(offset) {
+            // SAFETY: inside the frame, checked by `at`.
+            Some(p) => {
+                unsafe { core::ptr::write_unaligned(p, v.to_be_bytes()) };
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Rewrite for XdpRewrite<'_> {
+    #[inline(always)]
+    fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
+        let v4 = pkt.flow.family == FAMILY_V4;
+        let (l3, l4) = (pkt.l3 as usize, pkt.l4 as usize);
+        let at = l3 + addr_at(v4, end);
+        let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        if v4 {
+            let Some(p) = self.at::<4>(at) else { return false };
+            let Some(hc) = self.read16(l3 + 10) else { return false };
+            // SAFETY: inside the frame, checked by `at`.
+            unsafe { core::ptr::write_unaligned(p, [new[0], new[1], new[2], new[3]]) };
+            if !self.write16(l3 + 10, checksum::update32(hc, w(old), w(new))) {
+                return false;
+            }
+        } else {
+            let Some(p) = self.at::<16>(at) else { return false };
+            // SAFETY: inside the frame, checked by `at`.
+            unsafe { core::ptr::write_unaligned(p, *new) };
+        }
+        if pkt.flow.proto == PROTO_ICMP {
+            return true;
+        }
+        let Some(c) = l4_check_at(pkt) else { return true };
+        let Some(field) = self.read16(l4 + c) else { return false };
+        if pkt.flow.proto == PROTO_UDP && v4 && field == 0 {
+            return true;
+        }
+        let updated = match (self.partial, v4) {
+            (true, true) => checksum::update_partial32(field, w(old), w(new)),
+            (true, false) => checksum::update_partial128(field, old, new),
+            (false, true) => checksum::update32(field, w(old), w(new)),
+            (false, false) => checksum::update128(field, old, new),
+        };
+        let updated = if pkt.flow.proto == PROTO_UDP && !self.partial { checksum::udp_field(field, updated) } else { updated };
+        self.write16(l4 + c, updated)
+    }
+
+    #[inline(always)]
+    fn set_port(&self, pkt: &Packet, end: End, old: u16, new: u16) -> bool {
+        let l4 = pkt.l4 as usize;
+        if !self.write16(l4 + port_at(pkt, end), new) {
+            return false;
+        }
+        // A partial field does not cover the ports yet: the transmit side sums them.
+        if self.partial && pkt.icmp != ICMP_ECHO {
+            return true;
+        }
+        let Some(c) = l4_check_at(pkt) else { return true };
+        let Some(field) = self.read16(l4 + c) else { return false };
+        if pkt.flow.proto == PROTO_UDP && pkt.flow.family == FAMILY_V4 && field == 0 {
+            return true;
+        }
+        let updated = checksum::update16(field, old, new);
+        let updated = if pkt.flow.proto == PROTO_UDP { checksum::udp_field(field, updated) } else { updated };
+        self.write16(l4 + c, updated)
+    }
+}
+
+/// Whether the flow is one the masquerade handles: TCP, UDP, or ICMP echo, with its L4 header.
+#[inline(always)]
+fn translatable(pkt: &Packet) -> bool {
+    pkt.frag == FRAG_NONE
+        && pkt.l4 != 0
+        && (pkt.flow.proto == PROTO_TCP || pkt.flow.proto == PROTO_UDP || (pkt.icmp == ICMP_ECHO && pkt.flow.echo != ECHO_NONE))
+}
+
+/// The LAN interface's masquerade address for the packet's family, if it masquerades.
+#[inline(always)]
+fn interface_addr(ifindex: u32, v4: bool) -> Option<[u8; 16]> {
+    // SAFETY: copied out at once.
+    let iface = unsafe { maps::NAT_INTERFACES.get(&ifindex) }.copied()?;
+    let mut a = [0u8; 16];
+    if v4 {
+        if iface.has_v4 == 0 {
+            return None;
+        }
+        a[0] = iface.v4[0];
+        a[1] = iface.v4[1];
+        a[2] = iface.v4[2];
+        a[3] = iface.v4[3];
+    } else {
+        if iface.has_v6 == 0 {
+            return None;
+        }
+        a = iface.v6;
+    }
+    Some(a)
+}
+
+#[inline(always)]
+fn masqueraded_network(v4: bool, dst: &[u8; 16]) -> bool {
+    let bits = if v4 { V4_MAPPED_PREFIX_BITS + 32 } else { 128 };
+    maps::NAT_NETWORKS.get(Key::new(bits, NatPrefix { addr: mapped(v4, dst) })).is_some()
+}
+
+#[inline(always)]
+fn fresh(t: &NatTarget, s: &NatSettings, proto: u8, now: u64) -> bool {
+    now.saturating_sub(t.last_seen_ns) <= timeout_ns(s, proto, true)
+}
+
+/// LAN egress: translates the source of a flow from the overlay to a masqueraded network.
+#[inline(always)]
+pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
+    if !translatable(pkt) {
+        return Nat::Untouched;
+    }
+    let v4 = pkt.flow.family == FAMILY_V4;
+    if !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings) || !masqueraded_network(v4, &pkt.flow.dst) {
+        return Nat::Untouched;
+    }
+    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
+        return Nat::Drop(gateway_common::stats::reason::DROP_INTERNAL);
+    };
+    let now = conntrack::now_ns();
+    let f = &pkt.flow;
+    x.key = NatKey { local: f.src, remote: f.dst, local_port: f.sport, remote_port: f.dport, proto: f.proto, family: f.family, _pad: [0; 2] };
+    let port = match maps::NAT_FORWARD.get_ptr_mut(&x.key) {
+        // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
+        Some(t) if unsafe { (*t).addr == nat_addr && fresh(&*t, s, f.proto, now) } => unsafe {
+            (*t).last_seen_ns = now;
+            (*t).port
+        },
+        _ => match allocate(x, &nat_addr, s, now) {
+            Some(p) => p,
+            None => return Nat::Drop(gateway_common::stats::reason::DROP_NAT_EXHAUSTED),
+        },
+    };
+    if !rw.set_addr(pkt, End::Src, &f.src, &nat_addr) || !rw.set_port(pkt, End::Src, f.sport, port) {
+        return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
+    }
+    Nat::Translated
+}
+
+/// Finds a free port for a new translation and records it both ways.
+#[inline(always)]
+fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> Option<u16> {
+    let echo = x.key.proto == PROTO_ICMP || x.key.proto == PROTO_ICMPV6;
+    x.original = NatTarget { addr: x.key.local, port: x.key.local_port, _pad: [0; 6], last_seen_ns: now };
+    x.reverse = NatKey { local: *nat_addr, remote: x.key.remote, local_port: 0, remote_port: x.key.remote_port, proto: x.key.proto, family: x.key.family, _pad: [0; 2] };
+    let mut attempt = 0;
+    while attempt < PORT_ATTEMPTS {
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let port = candidate_port(x.key.local_port, attempt, random, s.port_min, s.port_max);
+        attempt += 1;
+        x.reverse.local_port = port;
+        if echo {
+            x.reverse.remote_port = port;
+        }
+        // SAFETY: copied out at once.
+        if let Some(t) = unsafe { maps::NAT_REVERSE.get(&x.reverse) } {
+            if fresh(t, s, x.key.proto, now) {
+                continue;
+            }
+            // A translation idle past its timeout gives its port back.
+            let _ = maps::NAT_REVERSE.remove(&x.reverse);
+        }
+        if maps::NAT_REVERSE.insert(&x.reverse, &x.original, BPF_NOEXIST as u64).is_err() {
+            continue;
+        }
+        x.target = NatTarget { addr: *nat_addr, port, _pad: [0; 6], last_seen_ns: now };
+        if maps::NAT_FORWARD.insert(&x.key, &x.target, BPF_ANY as u64).is_err() {
+            let _ = maps::NAT_REVERSE.remove(&x.reverse);
+            return None;
+        }
+        return Some(port);
+    }
+    None
+}
+
+/// LAN ingress, before the policy: gives a packet of a translated flow its original
+/// destination. TCP/UDP to the masquerade address within the port range without a translation
+/// is dropped (the range is reserved from the host's own sockets); anything else is untouched.
+#[inline(always)]
+pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
+    if !translatable(pkt) {
+        return Nat::Untouched;
+    }
+    let v4 = pkt.flow.family == FAMILY_V4;
+    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    if pkt.flow.dst != nat_addr {
+        return Nat::Untouched;
+    }
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
+    let f = &pkt.flow;
+    x.key = NatKey { local: f.dst, remote: f.src, local_port: f.dport, remote_port: f.sport, proto: f.proto, family: f.family, _pad: [0; 2] };
+    let now = conntrack::now_ns();
+    let in_range = f.dport >= s.port_min && f.dport <= s.port_max;
+    match maps::NAT_REVERSE.get_ptr_mut(&x.key) {
+        // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
+        Some(t) if unsafe { fresh(&*t, s, f.proto, now) } => unsafe {
+            (*t).last_seen_ns = now;
+            x.target = *t;
+        },
+        _ => {
+            // Echo replies to the host's own pings share the address and have no reserved range.
+            return if in_range && pkt.icmp != ICMP_ECHO {
+                Nat::Drop(gateway_common::stats::reason::DROP_NAT_NO_MAPPING)
+            } else {
+                Nat::Untouched
+            };
+        }
+    };
+    let target = &x.target;
+    let dport = f.dport;
+    if !rw.set_addr(pkt, End::Dst, &x.key.local, &target.addr) || !rw.set_port(pkt, End::Dst, dport, target.port) {
+        return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
+    }
+    pkt.flow.dst = target.addr;
+    pkt.flow.dport = target.port;
+    if pkt.icmp == ICMP_ECHO {
+        pkt.flow.sport = target.port;
+    }
+    Nat::Translated
+}

@@ -1,0 +1,232 @@
+//! Masquerade (source NAT toward the LAN) and its reverse, by BPF_PROG_TEST_RUN: exact bytes out,
+//! compared with the packet the test's builder makes with the translated addresses and ports and
+//! a checksum it computes in full (never the kernel's incremental update). The LAN interface is
+//! the test-run device (lo, ifindex 1), given a masquerade address without attaching anything.
+
+use gateway_common::{
+    maps as names,
+    nat::{NatInterface, NatSettings},
+    stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason::*},
+};
+use gateway_dataplane::Masquerade;
+use gateway_testkit::{
+    harness::{Harness, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    packets::{L4, Spec, TCP_ACK, TCP_SYN},
+};
+
+const POLICY: &str = r#"
+groups:
+  peers: ["100.64.10.0/24", "100.64.20.0/24", "fd00:10::/64"]
+  lan: ["198.18.10.0/24", "198.19.0.0/24", "fd00:18::/64"]
+policies:
+  - name: peers-to-lan
+    source_groups: [peers]
+    destination_groups: [lan]
+    action: accept
+    protocol: all
+"#;
+
+const P1: &str = "100.64.10.1";
+const P2: &str = "100.64.20.1";
+const HOST: &str = "198.18.10.10";
+const NAT: &str = "198.18.10.1";
+const PORTS: (u16, u16) = (40_000, 40_099);
+
+fn harness() -> Harness {
+    // The IPv6 overlay is fd00:10::/64 here (the LAN's IPv6 network is outside it).
+    let opts = gateway_dataplane::LoadOptions { overlay_v6: Some("fd00:10::/64".parse().unwrap()), ..Default::default() };
+    let mut h = Harness::with_options(POLICY, opts);
+    let settings = NatSettings { port_min: PORTS.0, port_max: PORTS.1, ..Default::default() };
+    h.dp.set_masquerade(&Masquerade { networks: vec!["198.18.10.0/24".parse().unwrap(), "fd00:18::/64".parse().unwrap()], settings }).unwrap();
+    let v6: std::net::Ipv6Addr = "fd00:18::1".parse().unwrap();
+    h.dp.set_nat_interface(1, NatInterface { v4: [198, 18, 10, 1], v6: v6.octets(), has_v4: 1, has_v6: 1, _pad: [0; 2] }).unwrap();
+    h
+}
+
+/// A packet with full checksums.
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Spec {
+    Spec { l4_checksum: true, payload_len: 20, ..Spec::tcp(src, dst, sport, dport, flags) }
+}
+
+fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Spec {
+    Spec { l4_checksum: true, payload_len: 32, ..Spec::udp(src, dst, sport, dport) }
+}
+
+/// The peer's packet enters through the tunnel (policy, conntrack) and leaves the LAN
+/// interface (masquerade); returns the bytes that left.
+#[track_caller]
+fn out_through(h: &mut Harness, packet: &Spec) -> Vec<u8> {
+    let frame = packet.build();
+    let (action, _) = h.tc_bytes(true, &frame);
+    assert_eq!(action, TC_ACT_OK, "tunnel ingress dropped it: {}", h.hook_counters(HOOK_TUNNEL_INGRESS));
+    let before = h.count(HOOK_LAN, NAT_MASQUERADED);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &frame);
+    assert_eq!(action, TC_ACT_OK, "LAN egress dropped it: {}", h.hook_counters(HOOK_LAN));
+    assert_eq!(h.count(HOOK_LAN, NAT_MASQUERADED) - before, 1, "not counted as masqueraded");
+    out
+}
+
+fn ports_of(frame: &[u8], v6: bool) -> (u16, u16) {
+    let l4 = 14 + if v6 { 40 } else { 20 };
+    (u16::from_be_bytes([frame[l4], frame[l4 + 1]]), u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]))
+}
+
+#[track_caller]
+fn same(got: &[u8], want: &Spec, what: &str) {
+    assert_eq!(gateway_testkit::harness::hex(got), gateway_testkit::harness::hex(&want.build()), "{what}");
+}
+
+#[test]
+fn tcp_leaves_with_the_lan_address_and_its_replies_come_back_translated() {
+    let mut h = harness();
+    // The original port is in the range and free: kept.
+    let out = out_through(&mut h, &tcp(P1, HOST, 40_010, 443, TCP_SYN));
+    same(&out, &tcp(NAT, HOST, 40_010, 443, TCP_SYN), "SYN out");
+    // The LAN host's reply, translated back before the policy: the flow is established.
+    let before = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
+    let (action, back) = h.xdp_bytes(&tcp(HOST, NAT, 443, 40_010, TCP_SYN | TCP_ACK).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(&back, &tcp(HOST, P1, 443, 40_010, TCP_SYN | TCP_ACK), "SYN-ACK back");
+    assert_eq!(h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - before, 1);
+    assert_eq!(h.count(HOOK_LAN, NAT_UNMASQUERADED), 1);
+    // Later packets keep the translation.
+    let out = out_through(&mut h, &tcp(P1, HOST, 40_010, 443, TCP_ACK));
+    same(&out, &tcp(NAT, HOST, 40_010, 443, TCP_ACK), "ACK out");
+    assert_eq!(h.dp.nat_entries().unwrap(), 1);
+}
+
+#[test]
+fn two_peers_with_the_same_source_port_get_two_translations() {
+    let mut h = harness();
+    let first = out_through(&mut h, &tcp(P1, HOST, 40_020, 443, TCP_SYN));
+    same(&first, &tcp(NAT, HOST, 40_020, 443, TCP_SYN), "first peer keeps its port");
+    let second = out_through(&mut h, &tcp(P2, HOST, 40_020, 443, TCP_SYN));
+    let (port, _) = ports_of(&second, false);
+    assert!(port != 40_020 && (PORTS.0..=PORTS.1).contains(&port), "second peer got port {port}");
+    same(&second, &tcp(NAT, HOST, port, 443, TCP_SYN), "second peer's SYN");
+    // Each reply finds its own peer.
+    let (_, back) = h.xdp_bytes(&tcp(HOST, NAT, 443, 40_020, TCP_SYN | TCP_ACK).build());
+    same(&back, &tcp(HOST, P1, 443, 40_020, TCP_SYN | TCP_ACK), "reply to the first");
+    let (_, back) = h.xdp_bytes(&tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK).build());
+    same(&back, &tcp(HOST, P2, 443, 40_020, TCP_SYN | TCP_ACK), "reply to the second");
+    // A port outside the range is replaced by one inside it.
+    let out = out_through(&mut h, &tcp(P1, HOST, 51_000, 443, TCP_SYN));
+    let (port, _) = ports_of(&out, false);
+    assert!((PORTS.0..=PORTS.1).contains(&port), "port {port}");
+}
+
+#[test]
+fn udp_checksums_are_updated_and_a_zero_checksum_stays_zero() {
+    let mut h = harness();
+    let out = out_through(&mut h, &udp(P1, HOST, 40_030, 53));
+    same(&out, &udp(NAT, HOST, 40_030, 53), "UDP out");
+    let (_, back) = h.xdp_bytes(&udp(HOST, NAT, 53, 40_030).build());
+    same(&back, &udp(HOST, P1, 53, 40_030), "UDP back");
+    // No checksum (IPv4 allows it): none after translation either.
+    let bare = |s: &str, d: &str, sp, dp| Spec { payload_len: 32, ..Spec::udp(s, d, sp, dp) };
+    let out = out_through(&mut h, &bare(P1, HOST, 40_031, 53));
+    same(&out, &bare(NAT, HOST, 40_031, 53), "UDP without checksum out");
+    let (_, back) = h.xdp_bytes(&bare(HOST, NAT, 53, 40_031).build());
+    same(&back, &bare(HOST, P1, 53, 40_031), "UDP without checksum back");
+}
+
+#[test]
+fn icmp_echo_is_translated_by_its_identifier() {
+    let mut h = harness();
+    let echo = |src: &str, dst: &str, id: u16, reply: bool| {
+        let l4 = if reply { L4::echo_reply(false, id) } else { L4::echo_request(false, id) };
+        let mut frame = Spec::new(src, dst, l4).build();
+        // ICMP's checksum covers the ICMP message only.
+        let sum = gateway_testkit::packets::checksum(&frame[34..]);
+        frame[36..38].copy_from_slice(&sum.to_be_bytes());
+        frame
+    };
+    let req = echo(P1, HOST, 0x1234, false);
+    let (action, _) = h.tc_bytes(true, &req);
+    assert_eq!(action, TC_ACT_OK);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &req);
+    assert_eq!(action, TC_ACT_OK);
+    let id = u16::from_be_bytes([out[38], out[39]]);
+    assert!((PORTS.0..=PORTS.1).contains(&id), "identifier {id}");
+    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&echo(NAT, HOST, id, false)), "request out");
+    let (action, back) = h.xdp_bytes(&echo(HOST, NAT, id, true));
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    assert_eq!(gateway_testkit::harness::hex(&back), gateway_testkit::harness::hex(&echo(HOST, P1, 0x1234, true)), "reply back");
+}
+
+#[test]
+fn ipv6_is_masqueraded_too() {
+    let mut h = harness();
+    let out = out_through(&mut h, &tcp("fd00:10::1", "fd00:18::10", 40_040, 443, TCP_SYN));
+    same(&out, &tcp("fd00:18::1", "fd00:18::10", 40_040, 443, TCP_SYN), "IPv6 SYN out");
+    let (action, back) = h.xdp_bytes(&tcp("fd00:18::10", "fd00:18::1", 443, 40_040, TCP_SYN | TCP_ACK).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(&back, &tcp("fd00:18::10", "fd00:10::1", 443, 40_040, TCP_SYN | TCP_ACK), "IPv6 SYN-ACK back");
+}
+
+#[test]
+fn a_local_senders_partial_checksum_stays_a_correct_partial_checksum() {
+    let mut h = harness();
+    out_through(&mut h, &tcp(P1, HOST, 40_050, 443, TCP_SYN));
+    // The LAN host's kernel left only the pseudo-header sum in the field (CHECKSUM_PARTIAL).
+    let partial = |src: &str, dst: &str| {
+        let mut frame = Spec { payload_len: 20, ..Spec::tcp(src, dst, 443, 40_050, TCP_SYN | TCP_ACK) }.build();
+        let mut pseudo = frame[26..34].to_vec();
+        pseudo.extend_from_slice(&[0, 6, 0, 40]);
+        let sum = !gateway_testkit::packets::checksum(&pseudo);
+        frame[50..52].copy_from_slice(&sum.to_be_bytes());
+        frame
+    };
+    let (action, back) = h.xdp_bytes(&partial(HOST, NAT));
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    assert_eq!(gateway_testkit::harness::hex(&back), gateway_testkit::harness::hex(&partial(HOST, P1)));
+}
+
+#[test]
+fn what_is_not_masqueraded_is_left_alone() {
+    let mut h = harness();
+    // A destination outside the masqueraded networks keeps the peer's source.
+    let other = tcp(P1, "198.19.0.5", 40_060, 443, TCP_SYN);
+    let (action, _) = h.tc_bytes(true, &other.build());
+    assert_eq!(action, TC_ACT_OK);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &other.build());
+    assert_eq!(action, TC_ACT_OK);
+    same(&out, &other, "unmasqueraded network");
+    // The host's own traffic (not from the overlay) is not touched.
+    let own = tcp("198.18.10.1", HOST, 33_000, 22, TCP_SYN);
+    let (_, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &own.build());
+    same(&out, &own, "the host's own connection");
+    assert_eq!(h.count(HOOK_LAN, NAT_MASQUERADED), 0);
+}
+
+#[test]
+fn unsolicited_lan_packets_to_nat_ports_are_dropped() {
+    let mut h = harness();
+    // TCP and UDP to a port of the range that no translation holds.
+    h.expect(HOOK_LAN, &tcp(HOST, NAT, 443, 40_070, TCP_SYN).build(), DROP_NAT_NO_MAPPING);
+    h.expect(HOOK_LAN, &udp(HOST, NAT, 53, 40_071).build(), DROP_NAT_NO_MAPPING);
+    // A translation answers only its own LAN host and port.
+    out_through(&mut h, &tcp(P1, HOST, 40_072, 443, TCP_SYN));
+    h.expect(HOOK_LAN, &tcp("198.18.10.11", NAT, 443, 40_072, TCP_SYN | TCP_ACK).build(), DROP_NAT_NO_MAPPING);
+    h.expect(HOOK_LAN, &tcp(HOST, NAT, 8443, 40_072, TCP_SYN | TCP_ACK).build(), DROP_NAT_NO_MAPPING);
+    // Outside the range: the host's own business (not toward the overlay).
+    h.expect(HOOK_LAN, &tcp(HOST, NAT, 443, 22, TCP_SYN).build(), PASS_NOT_OVERLAY);
+    assert_eq!(h.xdp(&tcp(HOST, NAT, 443, 40_073, TCP_SYN).build()), XDP_DROP);
+}
+
+#[test]
+fn exhaustion_is_a_counted_drop_never_a_shared_port() {
+    let mut h = Harness::new(POLICY);
+    // A one-port range: the first flow takes it, the second has nowhere to go.
+    let settings = NatSettings { port_min: 40_080, port_max: 40_080, ..Default::default() };
+    h.dp.set_masquerade(&Masquerade { networks: vec!["198.18.10.0/24".parse().unwrap()], settings }).unwrap();
+    h.dp.set_nat_interface(1, NatInterface { v4: [198, 18, 10, 1], has_v4: 1, ..Default::default() }).unwrap();
+    out_through(&mut h, &tcp(P1, HOST, 40_080, 443, TCP_SYN));
+    let second = tcp(P2, HOST, 40_080, 443, TCP_SYN).build();
+    let (action, _) = h.tc_bytes(true, &second);
+    assert_eq!(action, TC_ACT_OK);
+    let (action, _) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &second);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(h.count(HOOK_LAN, DROP_NAT_EXHAUSTED), 1);
+    assert_eq!(h.dp.nat_entries().unwrap(), 1);
+}
