@@ -124,6 +124,15 @@ impl Lab {
         self.write_gateway_config(&format!("policy: {}\n", policy.display()), metrics_addr, lan_attach)
     }
 
+    /// As [`Lab::write_config`], with more top-level configuration appended (YAML).
+    pub fn write_config_extra(&self, policy_yaml: &str, metrics_addr: &str, extra_yaml: &str) -> anyhow::Result<PathBuf> {
+        let path = self.write_config(policy_yaml, metrics_addr)?;
+        let mut cfg = std::fs::read_to_string(&path)?;
+        cfg.push_str(extra_yaml);
+        std::fs::write(&path, cfg)?;
+        Ok(path)
+    }
+
     /// A gateway config with no policy file: the policy comes from `--management-url`.
     pub fn write_management_config(&self, metrics_addr: &str) -> anyhow::Result<PathBuf> {
         self.write_gateway_config("", metrics_addr, "xdp-native")

@@ -230,3 +230,157 @@ fn exhaustion_is_a_counted_drop_never_a_shared_port() {
     assert_eq!(h.count(HOOK_LAN, DROP_NAT_EXHAUSTED), 1);
     assert_eq!(h.dp.nat_entries().unwrap(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real traffic in namespaces, default offloads: peers on the tunnel side, lan1 behind lan0.
+
+mod lab {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+        os::fd::FromRawFd as _,
+        time::Duration,
+    };
+
+    use gateway::status::Report;
+    use gateway_testkit::{
+        harness::gateway_binary,
+        iperf::{self, Run, Transfer},
+        netns::Netns,
+        process::{GatewayProcess, LAB_METRICS_ADDR},
+        topology::{GATEWAY_LAN_ADDR, Lab},
+    };
+
+    /// Every overlay peer may reach lan1, on anything.
+    const OPEN: &str = "groups:\n  peers: [\"100.64.0.0/10\"]\n  lan: [\"198.18.10.0/24\"]\npolicies:\n  - name: peers-to-lan\n    source_groups: [peers]\n    destination_groups: [lan]\n    action: accept\n    protocol: all\n";
+    /// The same without cp1.
+    const WITHOUT_CP1: &str = "groups:\n  peers: [\"100.64.20.0/24\"]\n  lan: [\"198.18.10.0/24\"]\npolicies:\n  - name: peers-to-lan\n    source_groups: [peers]\n    destination_groups: [lan]\n    action: accept\n    protocol: all\n";
+    const MASQUERADE: &str = "masquerade:\n  networks: [198.18.10.0/24]\n  ports: 25000-25999\n";
+
+    fn start(lab: &Lab, extra: &str) -> GatewayProcess {
+        let config = lab.write_config_extra(OPEN, LAB_METRICS_ADDR, extra).expect("config");
+        GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts")
+    }
+
+    /// A TCP connection from `ns`, from source port `sport`, to `to`.
+    fn connect_from(ns: &Netns, sport: u16, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+        ns.run_scoped(move || -> std::io::Result<TcpStream> {
+            // SAFETY: a fresh socket, bound and connected with properly sized sockaddrs; owned
+            // by the TcpStream from here on.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let stream = TcpStream::from_raw_fd(fd);
+                let one: libc::c_int = 1;
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32);
+                let sa = |a: SocketAddrV4| libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                    sin_zero: [0; 8],
+                };
+                let local = sa(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, sport));
+                if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let remote = sa(to);
+                if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(stream)
+            }
+        })
+        .expect("netns")
+    }
+
+    fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
+        st.counters.iter().filter(|c| c.direction == direction && c.reason == reason).map(|c| c.packets).sum()
+    }
+
+    /// Sends `msg` on `from` and reads it on `to` (with a timeout).
+    fn relay(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+        from.write_all(msg)?;
+        to.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = vec![0u8; msg.len()];
+        to.read_exact(&mut buf)?;
+        assert_eq!(buf, msg);
+        Ok(())
+    }
+
+    #[test]
+    fn peers_reach_the_lan_as_the_gateway_and_their_flows_end_with_the_policy() {
+        let lab = Lab::seed().expect("lab");
+        let (cp1, orch1, lan1) = (lab.host("cp1"), lab.host("orch1"), lab.host("lan1"));
+        let gw = start(&lab, MASQUERADE);
+        let gw_lan: Ipv4Addr = GATEWAY_LAN_ADDR.parse().unwrap();
+        // The host's own sockets keep off the masquerade ports.
+        let reserved = String::from_utf8_lossy(&lab.gw.exec(&["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"]).unwrap().stdout).to_string();
+        assert!(reserved.contains("25000-25999"), "reserved ports: {reserved:?}");
+
+        let listener = lan1.ns.run_scoped(|| TcpListener::bind("0.0.0.0:443")).unwrap().expect("listen on lan1");
+        let server = SocketAddrV4::new(lan1.addr, 443);
+        // Two peers, the same source port (inside the range): two translations.
+        let mut c1 = connect_from(&cp1.ns, 25_100, server).expect("cp1 connects");
+        let (mut s1, seen1) = listener.accept().unwrap();
+        let mut c2 = connect_from(&orch1.ns, 25_100, server).expect("orch1 connects");
+        let (mut s2, seen2) = listener.accept().unwrap();
+        assert_eq!(seen1.ip(), IpAddr::V4(gw_lan), "lan1 sees the gateway's LAN address");
+        assert_eq!(seen2.ip(), IpAddr::V4(gw_lan));
+        assert_eq!(seen1.port(), 25_100, "the first keeps its port");
+        assert!(seen2.port() != 25_100 && (25_000..=25_999).contains(&seen2.port()), "the second: {seen2}");
+        relay(&mut c1, &mut s1, b"from cp1").unwrap();
+        relay(&mut s1, &mut c1, b"to cp1").unwrap();
+        relay(&mut c2, &mut s2, b"from orch1").unwrap();
+        relay(&mut s2, &mut c2, b"to orch1").unwrap();
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        let nat = st.maps.iter().find(|m| m.map == "nat_translations").expect("nat_translations in /status");
+        assert!(nat.entries >= 2, "{nat:?}");
+
+        // Unsolicited from the LAN to a masquerade port: dropped, counted.
+        let before = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "nat_no_mapping");
+        let probe = lan1.ns.run_scoped(move || TcpStream::connect_timeout(&SocketAddr::new(IpAddr::V4(gw_lan), 25_500), Duration::from_millis(500))).unwrap();
+        assert!(probe.is_err(), "a connection to an unused masquerade port got through");
+        let after = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "nat_no_mapping");
+        assert!(after > before, "nat_no_mapping did not move");
+
+        // Bulk transfers both ways at default offloads, through the translation.
+        for (transfer, reverse, port) in [(Transfer::Tcp, false, 5201), (Transfer::Tcp, true, 5202), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, false, 5203), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, true, 5204)] {
+            let o = iperf::run(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), Run { transfer, reverse, seconds: 2, port }).expect("iperf3");
+            match transfer {
+                Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{transfer:?} reverse {reverse}: {o:?}"),
+                Transfer::Udp { .. } => assert!(o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 5, "{transfer:?} reverse {reverse}: {o:?}"),
+            }
+        }
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        assert!(counted(&st, "lan", "masqueraded") > 10_000 && counted(&st, "lan", "unmasqueraded") > 10_000, "{:?}", st.counters);
+        for r in ["truncated", "headers_not_linear", "nat_exhausted", "internal"] {
+            assert_eq!(st.counters.iter().filter(|c| c.reason == r).map(|c| c.packets).sum::<u64>(), 0, "{r}: {:?}", st.counters);
+        }
+
+        // The policy no longer allows cp1: its translated flow ends, both ways; orch1's goes on.
+        std::fs::write(lab.policy_path(), WITHOUT_CP1).unwrap();
+        gw.reload::<Report>(&lab.gw).expect("reload");
+        let revoked_before = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "revoked");
+        assert!(relay(&mut s1, &mut c1, b"after").is_err(), "cp1 still receives on a revoked flow");
+        let revoked_after = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "revoked");
+        assert!(revoked_after > revoked_before, "the LAN side of the revoked flow was not dropped as revoked");
+        relay(&mut s2, &mut c2, b"still allowed").unwrap();
+        drop(gw);
+    }
+
+    #[test]
+    fn a_network_without_masquerade_sees_the_peers_own_address() {
+        let lab = Lab::seed().expect("lab");
+        let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
+        // Masquerade configured, but for another network.
+        let gw = start(&lab, "masquerade:\n  networks: [198.19.99.0/24]\n");
+        let listener = lan1.ns.run_scoped(|| TcpListener::bind("0.0.0.0:443")).unwrap().expect("listen");
+        let _c = connect_from(&cp1.ns, 25_101, SocketAddrV4::new(lan1.addr, 443)).expect("connect");
+        let (_s, seen) = listener.accept().unwrap();
+        assert_eq!(seen, SocketAddr::new(IpAddr::V4(cp1.addr), 25_101));
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        assert_eq!(counted(&st, "lan", "masqueraded"), 0);
+    }
+}
