@@ -97,3 +97,7 @@ pub static NAT_REVERSE: LruHashMap<NatKey, NatTarget> = LruHashMap::with_max_ent
 
 #[map(name = "NAT_SCRATCH_V1")]
 pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fragmented replies to masqueraded flows: their datagram (as it arrived) → the peer it goes to.
+#[map(name = "NAT_FRAGS_V1")]
+pub static NAT_FRAGMENTS: LruHashMap<FragKey, NatTarget> = LruHashMap::with_max_entries(8192, 0);

@@ -20,18 +20,21 @@ use aya_ebpf::{
 use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
+    fragment::FragKey,
     nat::{NatKey, NatPrefix, NatSettings, NatTarget, PORT_ATTEMPTS, V4_MAPPED_PREFIX_BITS, candidate_port, mapped, timeout_ns},
     settings::Settings,
 };
 
 use crate::{
     conntrack, judge, maps,
-    parse::{ECHO_NONE, FRAG_NONE, ICMP_ECHO, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
+    parse::{ECHO_NONE, FRAG_FIRST, FRAG_LATER, ICMP_ECHO, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
 };
 
 /// Per-CPU room for the keys and targets of one translation: on the stack they would not fit
 /// beside the LAN programs' own frames (512 bytes for the whole call chain).
 pub struct Scratch {
+    /// The datagram of a fragmented reply (its later fragments carry no ports).
+    frag: FragKey,
     key: NatKey,
     reverse: NatKey,
     original: NatTarget,
@@ -67,6 +70,8 @@ pub trait Rewrite {
 }
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
+/// How long a fragmented reply's first fragment speaks for its later ones.
+const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 
 /// Where the L4 checksum field is, and whether the protocol has one we keep.
@@ -78,6 +83,12 @@ fn l4_check_at(pkt: &Packet) -> Option<usize> {
         PROTO_ICMP | PROTO_ICMPV6 => Some(2),
         _ => None,
     }
+}
+
+/// Whether the packet carries its L4 header (not a later fragment).
+#[inline(always)]
+fn has_l4(pkt: &Packet) -> bool {
+    pkt.frag != FRAG_LATER && pkt.l4 != 0
 }
 
 /// Where an end's port (or the echo identifier) is, from the L4 header.
@@ -111,7 +122,8 @@ impl Rewrite for TcRewrite<'_> {
         let skb = self.0.skb.skb.cast();
         let v4 = pkt.flow.family == FAMILY_V4;
         let at = pkt.l3 as usize + addr_at(v4, end);
-        let check = l4_check_at(pkt).map(|c| pkt.l4 as usize + c);
+        // A later fragment has no L4 header (its checksum is in the first fragment).
+        let check = if has_l4(pkt) { l4_check_at(pkt).map(|c| pkt.l4 as usize + c) } else { None };
         // ICMPv4 has no pseudo-header; UDP over IPv4 may carry no checksum (the kernel helper
         // keeps a zero field zero with BPF_F_MARK_MANGLED_0).
         let pseudo = pkt.flow.proto != PROTO_ICMP;
@@ -221,7 +233,7 @@ impl Rewrite for XdpRewrite<'_> {
             // SAFETY: inside the frame, checked by `at`.
             unsafe { core::ptr::write_unaligned(p, *new) };
         }
-        if pkt.flow.proto == PROTO_ICMP {
+        if pkt.flow.proto == PROTO_ICMP || !has_l4(pkt) {
             return true;
         }
         let Some(c) = l4_check_at(pkt) else { return true };
@@ -260,10 +272,11 @@ impl Rewrite for XdpRewrite<'_> {
     }
 }
 
-/// Whether the flow is one the masquerade handles: TCP, UDP, or ICMP echo, with its L4 header.
+/// Whether the flow is one the masquerade handles: TCP, UDP, or ICMP echo, with its L4 header
+/// (a whole datagram or its first fragment; later fragments are handled by address alone).
 #[inline(always)]
 fn translatable(pkt: &Packet) -> bool {
-    pkt.frag == FRAG_NONE
+    pkt.frag != FRAG_LATER
         && pkt.l4 != 0
         && (pkt.flow.proto == PROTO_TCP || pkt.flow.proto == PROTO_UDP || (pkt.icmp == ICMP_ECHO && pkt.flow.echo != ECHO_NONE))
 }
@@ -305,7 +318,8 @@ fn fresh(t: &NatTarget, s: &NatSettings, proto: u8, now: u64) -> bool {
 /// LAN egress: translates the source of a flow from the overlay to a masqueraded network.
 #[inline(always)]
 pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
-    if !translatable(pkt) {
+    let later = pkt.frag == FRAG_LATER;
+    if !later && !translatable(pkt) {
         return Nat::Untouched;
     }
     let v4 = pkt.flow.family == FAMILY_V4;
@@ -313,6 +327,14 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
         return Nat::Untouched;
     }
     let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    if later {
+        // Every translation toward this network has the interface's address as source, and the
+        // port is in the first fragment: a later fragment needs its address alone.
+        if !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr) {
+            return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
+        }
+        return Nat::Translated;
+    }
     let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
         return Nat::Drop(gateway_common::stats::reason::DROP_INTERNAL);
     };
@@ -378,7 +400,8 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
 /// is dropped (the range is reserved from the host's own sockets); anything else is untouched.
 #[inline(always)]
 pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
-    if !translatable(pkt) {
+    let later = pkt.frag == FRAG_LATER;
+    if !later && !translatable(pkt) {
         return Nat::Untouched;
     }
     let v4 = pkt.flow.family == FAMILY_V4;
@@ -387,6 +410,30 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         return Nat::Untouched;
     }
     let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
+    if later || pkt.frag == FRAG_FIRST {
+        x.frag = FragKey {
+            src: pkt.flow.src,
+            dst: pkt.flow.dst,
+            id: pkt.frag_id,
+            proto: if v4 { pkt.flow.proto } else { 0 },
+            family: pkt.flow.family,
+            _pad: [0; 2],
+        };
+    }
+    if later {
+        // Its datagram's first fragment said whose it is (none: the host's own fragments).
+        let now = conntrack::now_ns();
+        // SAFETY: copied out at once.
+        let Some(t) = (unsafe { maps::NAT_FRAGMENTS.get(&x.frag) }).copied() else { return Nat::Untouched };
+        if now.saturating_sub(t.last_seen_ns) > FRAGMENT_TIMEOUT_NS {
+            return Nat::Untouched;
+        }
+        if !rw.set_addr(pkt, End::Dst, &nat_addr, &t.addr) {
+            return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
+        }
+        pkt.flow.dst = t.addr;
+        return Nat::Translated;
+    }
     let f = &pkt.flow;
     x.key = NatKey { local: f.dst, remote: f.src, local_port: f.dport, remote_port: f.sport, proto: f.proto, family: f.family, _pad: [0; 2] };
     let now = conntrack::now_ns();
@@ -406,15 +453,18 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
             };
         }
     };
-    let target = &x.target;
     let dport = f.dport;
-    if !rw.set_addr(pkt, End::Dst, &x.key.local, &target.addr) || !rw.set_port(pkt, End::Dst, dport, target.port) {
+    if !rw.set_addr(pkt, End::Dst, &x.key.local, &x.target.addr) || !rw.set_port(pkt, End::Dst, dport, x.target.port) {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
-    pkt.flow.dst = target.addr;
-    pkt.flow.dport = target.port;
+    if pkt.frag == FRAG_FIRST {
+        x.target.last_seen_ns = now;
+        let _ = maps::NAT_FRAGMENTS.insert(&x.frag, &x.target, 0);
+    }
+    pkt.flow.dst = x.target.addr;
+    pkt.flow.dport = x.target.port;
     if pkt.icmp == ICMP_ECHO {
-        pkt.flow.sport = target.port;
+        pkt.flow.sport = x.target.port;
     }
     Nat::Translated
 }
