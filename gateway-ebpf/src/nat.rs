@@ -27,7 +27,7 @@ use gateway_common::{
 
 use crate::{
     conntrack, judge, maps,
-    parse::{ECHO_NONE, FRAG_FIRST, FRAG_LATER, ICMP_ECHO, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
+    parse::{ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
 };
 
 /// Per-CPU room for the keys and targets of one translation: on the stack they would not fit
@@ -67,6 +67,23 @@ pub trait Rewrite {
     fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool;
     /// TCP/UDP port, or the ICMP echo identifier (for which `end` does not matter).
     fn set_port(&self, pkt: &Packet, end: End, old: u16, new: u16) -> bool;
+    /// In an ICMP error, the quoted packet's address and port at `end` (RFC 5508), with the
+    /// quoted IPv4 header's checksum and the ICMP checksum kept right. (The quoted transport
+    /// checksum is left as it was: it covers bytes an error does not carry.)
+    fn set_quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool;
+}
+
+/// Where the quoted packet's port (or echo identifier) at `end` is.
+#[inline(always)]
+fn quoted_port_at(pkt: &Packet, end: End) -> usize {
+    let off = if pkt.quoted.echo != ECHO_NONE {
+        4
+    } else if end == End::Src {
+        0
+    } else {
+        2
+    };
+    pkt.quoted_l4 as usize + off
 }
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
@@ -117,6 +134,11 @@ fn addr_at(v4: bool, end: End) -> usize {
 pub struct TcRewrite<'a>(pub &'a TcContext);
 
 impl Rewrite for TcRewrite<'_> {
+    #[inline(always)]
+    fn set_quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool {
+        self.quoted(pkt, end, old, new, old_port, new_port)
+    }
+
     #[inline(always)]
     fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
         let skb = self.0.skb.skb.cast();
@@ -173,6 +195,47 @@ impl Rewrite for TcRewrite<'_> {
     }
 }
 
+impl TcRewrite<'_> {
+    #[inline(always)]
+    fn quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool {
+        let skb = self.0.skb.skb.cast();
+        let v4 = pkt.flow.family == FAMILY_V4;
+        let (q3, icmp_check) = (pkt.quoted_l3 as usize, (pkt.l4 + 2) as u32);
+        let at = q3 + addr_at(v4, end);
+        let words = if v4 { 1 } else { 4 };
+        let mut i = 0;
+        while i < 4 {
+            if i < words {
+                let o = u32::from_ne_bytes([old[4 * i], old[4 * i + 1], old[4 * i + 2], old[4 * i + 3]]);
+                let n = u32::from_ne_bytes([new[4 * i], new[4 * i + 1], new[4 * i + 2], new[4 * i + 3]]);
+                // SAFETY: helper calls on the program's own skb with 4-byte locals.
+                unsafe {
+                    if bpf_skb_store_bytes(skb, (at + 4 * i) as u32, (&n as *const u32).cast(), 4, 0) != 0 {
+                        return false;
+                    }
+                    // IPv4: the quoted header's checksum absorbs the change, so the ICMP checksum
+                    // (which covers both) does not move. IPv6 has no header checksum.
+                    let rc = if v4 {
+                        bpf_l3_csum_replace(skb, (q3 + 10) as u32, o as u64, n as u64, 4)
+                    } else {
+                        bpf_l4_csum_replace(skb, icmp_check, o as u64, n as u64, 4)
+                    };
+                    if rc != 0 {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+        let (o, n) = (old_port.to_be(), new_port.to_be());
+        // SAFETY: helper calls on the program's own skb with a 2-byte local.
+        unsafe {
+            bpf_skb_store_bytes(skb, quoted_port_at(pkt, end) as u32, (&n as *const u16).cast(), 2, 0) == 0
+                && bpf_l4_csum_replace(skb, icmp_check, o as u64, n as u64, 2) == 0
+        }
+    }
+}
+
 pub struct XdpRewrite<'a> {
     pub ctx: &'a XdpContext,
     /// The TCP/UDP checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL).
@@ -192,6 +255,23 @@ impl XdpRewrite<'_> {
             return None;
         }
         Some(p as *mut [u8; N])
+    }
+
+    /// Rewrites an address of the IPv4 header at `l3` and updates its checksum, through one
+    /// bounds-checked pointer to the whole header (the verifier cannot relate two checks of
+    /// offsets the compiler derived from each other).
+    #[inline(always)]
+    fn ipv4_addr(&self, l3: usize, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
+        let Some(h) = self.at::<20>(l3) else { return false };
+        let h = h as *mut u8;
+        let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        // SAFETY: all offsets are inside the 20-byte header checked by `at`.
+        unsafe {
+            let hc = u16::from_be_bytes([*h.add(10), *h.add(11)]);
+            core::ptr::write_unaligned(h.add(addr_at(true, end)) as *mut [u8; 4], [new[0], new[1], new[2], new[3]]);
+            core::ptr::write_unaligned(h.add(10) as *mut [u8; 2], checksum::update32(hc, w(old), w(new)).to_be_bytes());
+        }
+        true
     }
 
     #[inline(always)]
@@ -215,21 +295,40 @@ impl XdpRewrite<'_> {
 
 impl Rewrite for XdpRewrite<'_> {
     #[inline(always)]
-    fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
+    fn set_quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool {
         let v4 = pkt.flow.family == FAMILY_V4;
-        let (l3, l4) = (pkt.l3 as usize, pkt.l4 as usize);
-        let at = l3 + addr_at(v4, end);
-        let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        let q3 = pkt.quoted_l3 as usize;
+        let icmp_check = pkt.l4 as usize + 2;
+        let Some(mut ic) = self.read16(icmp_check) else { return false };
         if v4 {
-            let Some(p) = self.at::<4>(at) else { return false };
-            let Some(hc) = self.read16(l3 + 10) else { return false };
-            // SAFETY: inside the frame, checked by `at`.
-            unsafe { core::ptr::write_unaligned(p, [new[0], new[1], new[2], new[3]]) };
-            if !self.write16(l3 + 10, checksum::update32(hc, w(old), w(new))) {
+            // The quoted header's checksum absorbs the change: the ICMP checksum (over both)
+            // does not move.
+            if !self.ipv4_addr(q3, end, old, new) {
                 return false;
             }
         } else {
-            let Some(p) = self.at::<16>(at) else { return false };
+            let Some(p) = self.at::<16>(q3 + addr_at(false, end)) else { return false };
+            // SAFETY: inside the frame, checked by `at`.
+            unsafe { core::ptr::write_unaligned(p, *new) };
+            ic = checksum::update128(ic, old, new);
+        }
+        if !self.write16(quoted_port_at(pkt, end), new_port) {
+            return false;
+        }
+        self.write16(icmp_check, checksum::update16(ic, old_port, new_port))
+    }
+
+    #[inline(always)]
+    fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
+        let v4 = pkt.flow.family == FAMILY_V4;
+        let (l3, l4) = (pkt.l3 as usize, pkt.l4 as usize);
+        let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        if v4 {
+            if !self.ipv4_addr(l3, end, old, new) {
+                return false;
+            }
+        } else {
+            let Some(p) = self.at::<16>(l3 + addr_at(false, end)) else { return false };
             // SAFETY: inside the frame, checked by `at`.
             unsafe { core::ptr::write_unaligned(p, *new) };
         }
@@ -318,6 +417,9 @@ fn fresh(t: &NatTarget, s: &NatSettings, proto: u8, now: u64) -> bool {
 /// LAN egress: translates the source of a flow from the overlay to a masqueraded network.
 #[inline(always)]
 pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
+    if pkt.icmp == ICMP_ERROR && pkt.frag == FRAG_NONE {
+        return masquerade_error(rw, pkt, ifindex, settings);
+    }
     let later = pkt.frag == FRAG_LATER;
     if !later && !translatable(pkt) {
         return Nat::Untouched;
@@ -400,6 +502,9 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
 /// is dropped (the range is reserved from the host's own sockets); anything else is untouched.
 #[inline(always)]
 pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
+    if pkt.icmp == ICMP_ERROR && pkt.frag == FRAG_NONE {
+        return unmasquerade_error(rw, pkt, ifindex);
+    }
     let later = pkt.frag == FRAG_LATER;
     if !later && !translatable(pkt) {
         return Nat::Untouched;
@@ -465,6 +570,62 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
     pkt.flow.dport = x.target.port;
     if pkt.icmp == ICMP_ECHO {
         pkt.flow.sport = x.target.port;
+    }
+    Nat::Translated
+}
+
+/// An ICMP error from the LAN about a packet the masquerade sent (RFC 5508): the error goes to
+/// the peer, quoting the packet as the peer sent it. Errors about anything else are untouched.
+#[inline(always)]
+fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
+    let v4 = pkt.flow.family == FAMILY_V4;
+    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let q = &pkt.quoted;
+    if pkt.flow.dst != nat_addr || q.src != nat_addr || q.family != pkt.flow.family {
+        return Nat::Untouched;
+    }
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
+    x.key = NatKey { local: q.src, remote: q.dst, local_port: q.sport, remote_port: q.dport, proto: q.proto, family: q.family, _pad: [0; 2] };
+    let now = conntrack::now_ns();
+    // SAFETY: copied out at once.
+    match unsafe { maps::NAT_REVERSE.get(&x.key) } {
+        Some(t) if fresh(t, s, q.proto, now) => x.target = *t,
+        _ => return Nat::Untouched,
+    }
+    let old_port = q.sport;
+    if !rw.set_addr(pkt, End::Dst, &nat_addr, &x.target.addr) || !rw.set_quoted(pkt, End::Src, &nat_addr, &x.target.addr, old_port, x.target.port) {
+        return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
+    }
+    pkt.flow.dst = x.target.addr;
+    pkt.quoted.src = x.target.addr;
+    pkt.quoted.sport = x.target.port;
+    if pkt.quoted.echo != ECHO_NONE {
+        pkt.quoted.dport = x.target.port;
+    }
+    Nat::Translated
+}
+
+/// An ICMP error from a peer about a packet it got from a masqueraded flow (RFC 5508): it
+/// leaves as the masquerade's, quoting the packet as the LAN host saw it.
+#[inline(always)]
+fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
+    let v4 = pkt.flow.family == FAMILY_V4;
+    let q = &pkt.quoted;
+    if q.family != pkt.flow.family || q.dst != pkt.flow.src || !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings) || !masqueraded_network(v4, &pkt.flow.dst) {
+        return Nat::Untouched;
+    }
+    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
+    // The quoted packet went from the LAN host to the peer: its reverse is the flow's own tuple.
+    x.key = NatKey { local: q.dst, remote: q.src, local_port: q.dport, remote_port: q.sport, proto: q.proto, family: q.family, _pad: [0; 2] };
+    let now = conntrack::now_ns();
+    // SAFETY: copied out at once.
+    match unsafe { maps::NAT_FORWARD.get(&x.key) } {
+        Some(t) if t.addr == nat_addr && fresh(t, s, q.proto, now) => x.target = *t,
+        _ => return Nat::Untouched,
+    }
+    if !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr) || !rw.set_quoted(pkt, End::Dst, &q.dst, &nat_addr, q.dport, x.target.port) {
+        return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     Nat::Translated
 }

@@ -95,6 +95,9 @@ pub struct Packet {
     pub ip_len: u32,
     /// Where the TCP/UDP/ICMP header starts (0 when the parse did not get there).
     pub l4: u32,
+    /// For ICMP errors: where the quoted packet's IP header and its transport header start.
+    pub quoted_l3: u32,
+    pub quoted_l4: u32,
 }
 
 pub enum Parsed {
@@ -347,7 +350,8 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
         pkt.icmp = ICMP_NEIGHBOR_DISCOVERY;
     } else if is_error {
         pkt.icmp = ICMP_ERROR;
-        if v6 { quoted_ipv6(b, l4 + 8, &mut pkt.quoted)? } else { quoted_ipv4(b, l4 + 8, &mut pkt.quoted)? };
+        pkt.quoted_l3 = (l4 + 8) as u32;
+        pkt.quoted_l4 = if v6 { quoted_ipv6(b, l4 + 8, &mut pkt.quoted)? } else { quoted_ipv4(b, l4 + 8, &mut pkt.quoted)? } as u32;
     } else {
         pkt.icmp = ICMP_OTHER;
     }
@@ -368,9 +372,10 @@ fn echo_role(icmp_type: u8, v6: bool) -> u8 {
     }
 }
 
-/// The flow of the IPv4 packet an ICMP error quotes (its header and first 8 payload bytes).
+/// The flow of the IPv4 packet an ICMP error quotes (its header and first 8 payload bytes);
+/// returns where its transport header starts.
 #[inline(always)]
-fn quoted_ipv4(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
+fn quoted_ipv4(b: &Bytes, at: usize, flow: &mut Flow) -> Result<usize, u32> {
     let h = b.array::<20>(at)?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
@@ -380,11 +385,12 @@ fn quoted_ipv4(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
     flow.proto = h[9];
     set_v4(&mut flow.src, [h[12], h[13], h[14], h[15]]);
     set_v4(&mut flow.dst, [h[16], h[17], h[18], h[19]]);
-    quoted_ports(b, flow, at + ihl)
+    quoted_ports(b, flow, at + ihl)?;
+    Ok(at + ihl)
 }
 
 #[inline(always)]
-fn quoted_ipv6(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
+fn quoted_ipv6(b: &Bytes, at: usize, flow: &mut Flow) -> Result<usize, u32> {
     let h = b.array::<8>(at)?;
     if h[0] >> 4 != 6 {
         return Err(reason::DROP_BAD_HEADER);
@@ -393,7 +399,8 @@ fn quoted_ipv6(b: &Bytes, at: usize, flow: &mut Flow) -> Result<(), u32> {
     flow.proto = h[6];
     flow.src = b.array::<16>(at + 8)?;
     flow.dst = b.array::<16>(at + 24)?;
-    quoted_ports(b, flow, at + 40)
+    quoted_ports(b, flow, at + 40)?;
+    Ok(at + 40)
 }
 
 #[inline(always)]

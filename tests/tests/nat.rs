@@ -417,3 +417,48 @@ mod lab {
         assert_eq!(counted(&st, "lan", "masqueraded"), 0);
     }
 }
+
+/// An ICMP error (IPv4 destination unreachable, port unreachable) from `src` to `dst` quoting
+/// the first 28 bytes of `quoted` (its IP header and 8 bytes of transport header), with every
+/// checksum computed in full by the test.
+fn unreachable(src: &str, dst: &str, quoted: &Spec) -> Vec<u8> {
+    let q = quoted.build();
+    let body = q[14..14 + 28].to_vec();
+    let mut frame = Spec::new(src, dst, L4::Icmp { kind: 3, code: 3, rest: [0; 4], body }).build();
+    let sum = gateway_testkit::packets::checksum(&frame[34..]);
+    frame[36..38].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_inside_and_out() {
+    let mut h = harness();
+    // A flow whose port had to change (outside the range): the error must carry it back.
+    let out = out_through(&mut h, &tcp(P1, HOST, 51_000, 443, TCP_SYN));
+    let (port, _) = ports_of(&out, false);
+    assert_ne!(port, 51_000);
+    // The LAN host's error about the translated SYN reaches the peer quoting the peer's SYN,
+    // and passes as related to the peer's flow.
+    let error = unreachable(HOST, NAT, &tcp(NAT, HOST, port, 443, TCP_SYN));
+    let before = h.count(HOOK_LAN, ACCEPT_RELATED);
+    let (action, back) = h.xdp_bytes(&error);
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    let want = unreachable(HOST, P1, &tcp(P1, HOST, 51_000, 443, TCP_SYN));
+    assert_eq!(gateway_testkit::harness::hex(&back), gateway_testkit::harness::hex(&want), "error in");
+    assert_eq!(h.count(HOOK_LAN, ACCEPT_RELATED) - before, 1);
+    // The peer's error about the LAN host's reply leaves as the masquerade's, quoting the reply
+    // as the LAN host sent it.
+    let (_, _) = h.xdp_bytes(&tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK).build());
+    let error = unreachable(P1, HOST, &tcp(HOST, P1, 443, 51_000, TCP_SYN | TCP_ACK));
+    let (action, _) = h.tc_bytes(true, &error);
+    assert_eq!(action, TC_ACT_OK, "{}", h.hook_counters(HOOK_TUNNEL_INGRESS));
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &error);
+    assert_eq!(action, TC_ACT_OK);
+    let want = unreachable(NAT, HOST, &tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK));
+    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&want), "error out");
+    // An error about something no translation sent is the host's own business.
+    let own = unreachable(HOST, NAT, &tcp(NAT, HOST, 33_000, 22, TCP_SYN));
+    let (action, back) = h.xdp_bytes(&own);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(back, own);
+}
