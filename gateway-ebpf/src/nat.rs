@@ -27,7 +27,7 @@ use gateway_common::{
 
 use crate::{
     conntrack, judge, maps,
-    parse::{ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
+    parse::{ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, TCP_ACK, TCP_SYN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
 };
 
 /// Per-CPU room for the keys and targets of one translation: on the stack they would not fit
@@ -449,10 +449,17 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
             (*t).last_seen_ns = now;
             (*t).port
         },
-        _ => match allocate(x, &nat_addr, s, now) {
-            Some(p) => p,
-            None => return Nat::Drop(gateway_common::stats::reason::DROP_NAT_EXHAUSTED),
-        },
+        _ => {
+            // A TCP connection is translated from its first SYN: one that was already under
+            // way (the masquerade was switched on since) keeps its addresses, as it began.
+            if f.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return Nat::Untouched;
+            }
+            match allocate(x, &nat_addr, s, now) {
+                Some(p) => p,
+                None => return Nat::Drop(gateway_common::stats::reason::DROP_NAT_EXHAUSTED),
+            }
+        }
     };
     if !rw.set_addr(pkt, End::Src, &f.src, &nat_addr) || !rw.set_port(pkt, End::Src, f.sport, port) {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);

@@ -56,6 +56,10 @@ struct Gateway {
     /// The policy applied last, until the next sweep has checked older flows against it. Flows
     /// with traffic end at their next packet (the kernel checks); this removes the idle ones.
     recheck: Option<compile::Compiled>,
+    /// Whether the LAN interfaces masquerade (from the configuration or a network map).
+    masquerading: bool,
+    /// The masqueraded networks the last network map asked for.
+    map_masquerade: Vec<ipnet::IpNet>,
 }
 
 pub fn init_tracing() {
@@ -164,7 +168,18 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
         PolicySource::Management(m) => Some(status::ManagementReport { url: m.url.clone(), ..Default::default() }),
         PolicySource::File(_) => None,
     };
-    let gw = Arc::new(Mutex::new(Gateway { dp, cfg, metrics, source: source.label(), last_reload, serial: 0, management, recheck: None }));
+    let gw = Arc::new(Mutex::new(Gateway {
+        masquerading: cfg.masquerade.as_ref().is_some_and(|m| !m.networks.is_empty()),
+        dp,
+        cfg,
+        metrics,
+        source: source.label(),
+        last_reload,
+        serial: 0,
+        management,
+        recheck: None,
+        map_masquerade: Vec::new(),
+    }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(async {
@@ -209,6 +224,44 @@ fn lock<T>(gw: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     })
 }
 
+/// Puts the masquerade in force for the configured networks and `from_map` (the routes this
+/// peer serves with `Masquerade` set), attaching it to the LAN interfaces the first time there
+/// is something to masquerade (`attached` remembers). An empty list stops new translations.
+fn masquerade(dp: &mut Dataplane, cfg: &Config, from_map: &[ipnet::IpNet], attached: &mut bool) -> anyhow::Result<()> {
+    let mut networks: Vec<ipnet::IpNet> = cfg.masquerade.as_ref().map(|m| m.networks.clone()).unwrap_or_default();
+    for n in from_map {
+        if !networks.contains(n) {
+            networks.push(*n);
+        }
+    }
+    if networks.is_empty() && !*attached {
+        return Ok(());
+    }
+    if !networks.is_empty() && cfg.interfaces.lan.is_empty() {
+        anyhow::bail!("masquerade for {networks:?} needs a LAN interface in the configuration");
+    }
+    let mut nat = match &cfg.masquerade {
+        Some(m) => m.dataplane()?,
+        None => gateway_dataplane::Masquerade { networks: Vec::new(), settings: Default::default() },
+    };
+    nat.networks = networks;
+    if !*attached {
+        reserve_ports(nat.settings.port_min, nat.settings.port_max)?;
+    }
+    dp.set_masquerade(&nat)?;
+    if !*attached {
+        for l in &cfg.interfaces.lan {
+            let a = dp.attach_masquerade(&l.name)?;
+            let v4 = (a.has_v4 != 0).then(|| std::net::Ipv4Addr::from(a.v4).to_string()).unwrap_or_else(|| "-".into());
+            let v6 = (a.has_v6 != 0).then(|| std::net::Ipv6Addr::from(a.v6).to_string()).unwrap_or_else(|| "-".into());
+            info!(interface = %l.name, ipv4 = %v4, ipv6 = %v6, ports = %format!("{}-{}", nat.settings.port_min, nat.settings.port_max), "masquerading toward the LAN");
+        }
+        *attached = true;
+    }
+    info!(networks = ?nat.networks, "masqueraded networks");
+    Ok(())
+}
+
 /// Keeps the host's own sockets off the masquerade ports (net.ipv4.ip_local_reserved_ports,
 /// which also covers IPv6), adding the range to whatever is reserved already.
 fn reserve_ports(min: u16, max: u16) -> anyhow::Result<()> {
@@ -235,17 +288,7 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
         let mode = dp.attach_lan(&l.name, l.attach)?;
         info!(interface = %l.name, mode, "LAN interface attached");
     }
-    if let Some(m) = cfg.masquerade.as_ref().filter(|m| !m.networks.is_empty()) {
-        let nat = m.dataplane()?;
-        reserve_ports(nat.settings.port_min, nat.settings.port_max)?;
-        dp.set_masquerade(&nat)?;
-        for l in &cfg.interfaces.lan {
-            let a = dp.attach_masquerade(&l.name)?;
-            let v4 = (a.has_v4 != 0).then(|| std::net::Ipv4Addr::from(a.v4).to_string()).unwrap_or_else(|| "-".into());
-            let v6 = (a.has_v6 != 0).then(|| std::net::Ipv6Addr::from(a.v6).to_string()).unwrap_or_else(|| "-".into());
-            info!(interface = %l.name, ipv4 = %v4, ipv6 = %v6, networks = ?m.networks, ports = %m.ports, "masquerading toward the LAN");
-        }
-    }
+    masquerade(dp, cfg, &[], &mut false)?;
     for name in dp.release_unclaimed_links()? {
         info!(link = %name, "detached a pinned link the configuration no longer names");
     }
@@ -398,6 +441,12 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                 );
             }
             let applied = compile::compile(&map.policy, &g.cfg.limits.compile_limits()).map_err(anyhow::Error::from).and_then(|c| {
+                // Translation is in place before the policy that lets the traffic through.
+                if map.masquerade != g.map_masquerade {
+                    let g = &mut *g;
+                    masquerade(&mut g.dp, &g.cfg, &map.masquerade, &mut g.masquerading)?;
+                    g.map_masquerade = map.masquerade.clone();
+                }
                 let report = g.dp.apply(&c)?;
                 Ok((report, c))
             });

@@ -11,7 +11,7 @@ use gateway_testkit::{
     management::ManagementProcess,
     netns::Netns,
     process::{GatewayProcess, LAB_METRICS_ADDR},
-    topology::{GATEWAY_OVERLAY_ADDR, Lab},
+    topology::{GATEWAY_LAN_ADDR, GATEWAY_OVERLAY_ADDR, Lab},
     traffic,
 };
 use gateway_testkit::harness::gateway_binary;
@@ -240,6 +240,21 @@ fn gateway_enforces_what_management_says_through_trouble() {
     assert!(!policy.is_empty() && serial5 > serial4);
     let mut live = traffic::tcp_open(lin1, lan1, 80).expect("live connection");
     assert!(live.exchange(b"before the peer is deleted"));
+
+    // The router masquerades (NetBird's Route.Masquerade): new connections reach lan1 from the
+    // gateway's LAN address; the connection already under way keeps its addresses.
+    let routers = api.ok("GET", &format!("/api/networks/{network}/routers"), Value::Null);
+    let rid = routers[0]["id"].as_str().unwrap().to_string();
+    api.ok("PUT", &format!("/api/networks/{network}/routers/{rid}"), json!({"peer": gw_id, "metric": 100, "masquerade": true, "enabled": true}));
+    let (serial6, _) = wait_applied(&gw, &lab.gw, serial5);
+    assert!(serial6 > serial5);
+    let mut masqueraded = traffic::tcp_open(lin1, lan1, 80).expect("masqueraded connection");
+    assert!(masqueraded.exchange(b"masqueraded"), "{}", gw.log_text());
+    assert!(live.exchange(b"still as it began"), "the connection under way broke");
+    let lan1_ns = &lab.host("lan1").ns;
+    let seen = String::from_utf8_lossy(&lan1_ns.exec(&["ss", "-tnH", "state", "established", "( sport = :80 )"]).unwrap().stdout).to_string();
+    assert!(seen.contains(&format!("{GATEWAY_LAN_ADDR}:")), "lan1 does not see the gateway's address:\n{seen}");
+    assert!(seen.contains("100.64.101.1:"), "the earlier connection is still the peer's:\n{seen}");
 
     // Deleting the gateway's peer: the management service refuses it. Enforcement continues
     // with nothing allowed (never with no filter), and the gateway stays up to say why.

@@ -212,6 +212,14 @@ fn fragments_follow_their_first_fragment_both_ways() {
 #[test]
 fn what_is_not_masqueraded_is_left_alone() {
     let mut h = harness();
+    // A TCP connection under way before the masquerade covered it keeps its addresses: only a
+    // SYN starts a translation.
+    let midstream = tcp(P1, HOST, 40_061, 443, TCP_ACK);
+    let (action, _) = h.tc_bytes(true, &midstream.build());
+    assert_eq!(action, TC_ACT_OK);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &midstream.build());
+    assert_eq!(action, TC_ACT_OK);
+    same(&out, &midstream, "a connection already under way");
     // A destination outside the masqueraded networks keeps the peer's source.
     let other = tcp(P1, "198.19.0.5", 40_060, 443, TCP_SYN);
     let (action, _) = h.tc_bytes(true, &other.build());

@@ -49,6 +49,9 @@ pub struct Translated {
     pub own_address: IpAddr,
     pub policy: PolicySet,
     pub skipped: Skipped,
+    /// Networks of the routes this peer serves with `Masquerade` set: traffic from the overlay
+    /// to them leaves the LAN with the gateway's address.
+    pub masquerade: Vec<IpNet>,
 }
 
 /// What makes two rules one policy: everything but the source addresses. NetBird sends one rule
@@ -299,7 +302,14 @@ pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: 
             b.add(format!("forward:allow-all {} (legacy server)", route.id), any.clone(), vec![destination], Action::Accept, Protocol::All, PortSet::Any);
         }
     }
-    Ok(Translated { serial: map.serial, own_address: me, policy: b.finish(), skipped })
+    let mut masquerade = Vec::new();
+    for (i, route) in map.routes.iter().enumerate().filter(|(_, r)| r.peer == own_key && r.masquerade && (r.network_type == 1 || r.network_type == 2)) {
+        let network = cidr(&route.network, &format!("Routes[{i}].Network"))?;
+        if !masquerade.contains(&network) {
+            masquerade.push(network);
+        }
+    }
+    Ok(Translated { serial: map.serial, own_address: me, policy: b.finish(), skipped, masquerade })
 }
 
 #[cfg(test)]

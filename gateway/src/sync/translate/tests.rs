@@ -94,6 +94,34 @@ fn empty_lists_follow_the_is_empty_flags() {
 }
 
 #[test]
+fn routes_this_peer_serves_with_masquerade_are_masqueraded() {
+    let mut m = map(vec![], vec![]);
+    let route = |id: &str, net: &str, kind: i64, peer: &str, masquerade: bool| pb::Route {
+        id: id.into(),
+        network: net.into(),
+        network_type: kind,
+        peer: peer.into(),
+        masquerade,
+        ..Default::default()
+    };
+    m.routes = vec![
+        route("a", "198.18.10.0/24", 1, MY_KEY, true),
+        route("a-again", "198.18.10.0/24", 1, MY_KEY, true),
+        route("v6", "fd00:18::/64", 2, MY_KEY, true),
+        route("plain", "198.18.30.0/24", 1, MY_KEY, false),
+        route("theirs", "198.18.20.0/24", 1, "other", true),
+        route("domain", "192.0.2.0/32", 3, MY_KEY, true),
+    ];
+    let t = ok(&m);
+    let got: Vec<String> = t.masquerade.iter().map(|n| n.to_string()).collect();
+    assert_eq!(got, ["198.18.10.0/24", "fd00:18::/64"]);
+    // A masqueraded route's network must be an address range: a bad one rejects the map.
+    m.routes = vec![route("bad", "nowhere", 1, MY_KEY, true)];
+    let e = translate(&m, None, MY_KEY).unwrap_err().to_string();
+    assert!(e.contains("Routes[0].Network"), "{e}");
+}
+
+#[test]
 fn route_rules_police_forwarding() {
     let t = ok(&map(vec![], vec![route_fw(&["100.64.0.7/32", "100.64.1.0/24"], "198.18.10.10/32", A::Accept, P::Tcp, Some(5432))]));
     assert_eq!(t.policy.policies[0].name, "forward:p2");
