@@ -22,6 +22,15 @@ pub enum Contender {
     /// The gateway as a routing peer sees traffic: TC on the tunnel side (d0), XDP on the LAN
     /// side (d1), the kernel forwarding between them.
     GatewayTunnel,
+    /// The gateway as a routing peer that masquerades: policy and conntrack in TC on the tunnel
+    /// side (d0), the kernel forwarding, masquerade in TC on the LAN side's egress (d1), replies
+    /// translated back in XDP on d1.
+    GatewayMasquerade,
+    /// What NetBird installs on a routing peer (routing-peer.md): the ACL as nftables sets
+    /// behind `ct state established,related accept`, new connections from the tunnel toward the
+    /// masqueraded route marked in prerouting and masqueraded in postrouting, MSS clamped on
+    /// SYNs toward the tunnel.
+    NftMasquerade,
     NftSets,
     NftLinear,
     IptablesLinear,
@@ -46,6 +55,8 @@ impl Contender {
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
             Contender::GatewayTunnel => "gateway (tunnel TC + LAN XDP, kernel forwarding)",
+            Contender::GatewayMasquerade => "gateway (tunnel TC policy, kernel forwarding, TC masquerade)",
+            Contender::NftMasquerade => "nftables as NetBird installs it (sets, conntrack, masquerade, MSS clamp)",
             Contender::NftSets => "nftables with sets",
             Contender::NftLinear => "nftables linear rules",
             Contender::IptablesLinear => "iptables linear rules",
@@ -59,7 +70,9 @@ pub enum Installed {
     /// Plain kernel forwarding with no program at all.
     Nothing,
     Xdp { redirect: bool, link: XdpLinkId },
-    Gateway(Box<Dataplane>),
+    /// The gateway; with the generator's XDP_PASS program on d0 where the gateway itself has
+    /// only TC there (a veth receives the generator's XDP frames only with an XDP program).
+    Gateway(Box<Dataplane>, Option<XdpLinkId>),
     /// `pass`: the XDP_PASS program on d0 a generator needs (none for socket traffic).
     Rules { pass: Option<XdpLinkId>, cleanup: &'static str },
     XdpFilter,
@@ -106,9 +119,36 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
                 dp.attach_lan("d1", LanAttach::XdpNative)?;
                 dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
             })??;
-            Ok(Installed::Gateway(Box::new(dp)))
+            Ok(Installed::Gateway(Box::new(dp), None))
         }
-        Contender::NftSets | Contender::NftLinear | Contender::IptablesLinear => {
+        Contender::GatewayMasquerade => {
+            let syn = syn.context("the gateway needs rules")?;
+            let limits = limits_for(syn.rules.len());
+            let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
+            let mut dp = Dataplane::load(&LoadOptions {
+                limits,
+                conntrack: true,
+                // The synthetic rules' sources are spread over the whole address space: they all
+                // stand for peers here.
+                overlay_v4: "0.0.0.0/0".parse()?,
+                ..Default::default()
+            })?;
+            dp.apply(&compiled)?;
+            let settings = gateway_common::nat::NatSettings { port_min: NAT_PORTS.0, port_max: NAT_PORTS.1, ..Default::default() };
+            dp.set_masquerade(&gateway_dataplane::Masquerade { networks: vec![MASQUERADED.parse()?], settings })?;
+            topo.dut.run_scoped(|| -> anyhow::Result<()> {
+                dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Fixed(1240))?;
+                dp.attach_lan("d1", LanAttach::XdpNative)?;
+                dp.attach_masquerade("d1")?;
+                Ok(())
+            })??;
+            let pass = match generator {
+                Some(g) => Some(g.attach_dut(topo, false)?),
+                None => None,
+            };
+            Ok(Installed::Gateway(Box::new(dp), pass))
+        }
+        Contender::NftSets | Contender::NftLinear | Contender::IptablesLinear | Contender::NftMasquerade => {
             let syn = syn.context("rules needed")?;
             let pass = match generator.as_deref_mut() {
                 Some(g) => Some(g.attach_dut(topo, false)?),
@@ -117,6 +157,7 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             let path = std::env::temp_dir().join(format!("gwbench-{}.rules", std::process::id()));
             let (text, cmd, cleanup) = match c {
                 Contender::NftSets => (nft_sets(syn, stateful), "nft -f", "nft flush ruleset"),
+                Contender::NftMasquerade => (format!("{}{}", nft_sets(syn, true), NETBIRD_NAT), "nft -f", "nft flush ruleset"),
                 Contender::NftLinear => (nft_linear(syn, stateful), "nft -f", "nft flush ruleset"),
                 _ => {
                     let restore = iptables_restore();
@@ -163,7 +204,7 @@ pub fn remove(installed: Installed, topo: &Topo, generator: Option<&mut Generato
     match installed {
         Installed::Nothing => Ok(()),
         Installed::Xdp { redirect, link } => generator.context("installed with a generator")?.detach_dut(topo, redirect, link),
-        Installed::Gateway(mut dp) => {
+        Installed::Gateway(mut dp, pass) => {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 let c = dp.verdict_counters()?;
                 for (i, v) in c.iter().enumerate().filter(|(_, v)| v.packets > 0) {
@@ -172,7 +213,10 @@ pub fn remove(installed: Installed, topo: &Topo, generator: Option<&mut Generato
             }
             let errors = topo.dut.run_scoped(|| dp.detach_all())?;
             anyhow::ensure!(errors.is_empty(), "detach: {errors:?}");
-            Ok(())
+            match (generator, pass) {
+                (Some(g), Some(pass)) => g.detach_dut(topo, false, pass),
+                _ => Ok(()),
+            }
         }
         Installed::Rules { pass, cleanup } => {
             topo.dut_sh(cleanup)?;
@@ -187,6 +231,29 @@ pub fn remove(installed: Installed, topo: &Topo, generator: Option<&mut Generato
         }
     }
 }
+
+/// The masqueraded route (the sink's network) and the ports translations may use: the whole
+/// unprivileged range, as the kernel's masquerade uses it.
+pub const MASQUERADED: &str = "198.19.0.0/24";
+pub const NAT_PORTS: (u16, u16) = (1024, 65535);
+
+/// NetBird's routing-peer NAT and MSS rules (client/firewall/nftables/router_linux.go, from the
+/// facts in routing-peer.md), with d0 as the tunnel interface.
+const NETBIRD_NAT: &str = "table ip netbird {
+  chain prerouting {
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"d0\" ct state new ip daddr 198.19.0.0/24 meta mark set 0x1bd21
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    meta mark 0x1bd21 masquerade
+  }
+  chain mssclamp {
+    type filter hook forward priority mangle; policy accept;
+    oifname \"d0\" tcp flags syn tcp option maxseg size set 1240
+  }
+}
+";
 
 fn proto(syn: &Synthetic) -> &'static str {
     match syn.protocol {

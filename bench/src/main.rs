@@ -7,6 +7,7 @@ mod contenders;
 mod cost;
 mod generator;
 mod management;
+mod nat;
 mod plots;
 mod pps;
 mod report;
@@ -25,7 +26,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, swap, restart, management.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management.
     #[arg(long)]
     scenario: Option<String>,
     /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
@@ -36,7 +37,7 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 8] = ["cost", "apply", "pps", "tcp", "stateful", "swap", "restart", "management"];
+const SCENARIOS: [&str; 9] = ["cost", "apply", "pps", "tcp", "stateful", "nat", "swap", "restart", "management"];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -66,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("stateful") {
         run.stateful = Some(stateful::run(args.quick)?);
+    }
+    if wants("nat") {
+        run.nat = Some(nat::run(args.quick)?);
     }
     if wants("swap") {
         run.swap = Some(swap::run(args.quick)?);

@@ -28,6 +28,8 @@ pub struct Run {
     #[serde(default)]
     pub stateful: Option<Stateful>,
     #[serde(default)]
+    pub nat: Option<Stateful>,
+    #[serde(default)]
     pub swap: Option<Swap>,
     #[serde(default)]
     pub restart: Option<Restart>,
@@ -77,6 +79,7 @@ impl Run {
             pps: None,
             tcp: None,
             stateful: None,
+            nat: None,
             swap: None,
             restart: None,
             management: None,
@@ -171,6 +174,9 @@ impl Run {
         if let Some(s) = &self.stateful {
             crate::stateful::markdown(&mut md, s);
         }
+        if let Some(s) = &self.nat {
+            crate::nat::markdown(&mut md, s);
+        }
         if let Some(s) = &self.swap {
             crate::swap::markdown(&mut md, s);
         }
@@ -213,6 +219,10 @@ impl Run {
             if self.stateful.is_none() && old.stateful.is_some() {
                 self.stateful = old.stateful;
                 self.carried.push(origin("stateful"));
+            }
+            if self.nat.is_none() && old.nat.is_some() {
+                self.nat = old.nat;
+                self.carried.push(origin("nat"));
             }
             if self.swap.is_none() && old.swap.is_some() {
                 self.swap = old.swap;

@@ -23,8 +23,8 @@ use crate::{
 
 pub const RULES: usize = 1_000;
 const CONTENDERS: [Contender; 2] = [Contender::Gateway, Contender::NftSets];
-const NEW_FLOW_SPORTS: u32 = 55_000;
-const ESTABLISHED_SPORTS: u32 = 64;
+pub const NEW_FLOW_SPORTS: u32 = 55_000;
+pub const ESTABLISHED_SPORTS: u32 = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatefulRow {
@@ -47,7 +47,7 @@ pub struct Stateful {
     pub rows: Vec<StatefulRow>,
 }
 
-fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::Synthetic, flows: &[(std::net::Ipv4Addr, u16)], new_frames: u32, est_frames: u32) -> anyhow::Result<(Measurement, Measurement)> {
+pub fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::Synthetic, flows: &[(std::net::Ipv4Addr, u16)], new_frames: u32, est_frames: u32) -> anyhow::Result<(Measurement, Measurement)> {
     // New flows: a fresh install (the gateway's tables start empty), the kernel's table flushed.
     generator.set_flows(flows, NEW_FLOW_SPORTS)?;
     let installed = contenders::install(c, topo, Some(generator), Some(syn), true)?;
