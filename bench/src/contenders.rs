@@ -22,9 +22,9 @@ pub enum Contender {
     /// The gateway as a routing peer sees traffic: TC on the tunnel side (d0), XDP on the LAN
     /// side (d1), the kernel forwarding between them.
     GatewayTunnel,
-    /// The gateway as a routing peer that masquerades: policy and conntrack in TC on the tunnel
-    /// side (d0), the kernel forwarding, masquerade in TC on the LAN side's egress (d1), replies
-    /// translated back in XDP on d1.
+    /// The gateway as a routing peer that masquerades: policy, conntrack and forwarding in TC on
+    /// the tunnel side (d0, `tunnel_forward: tc`), masquerade in TC on the LAN side's egress
+    /// (d1), replies translated back in XDP on d1.
     GatewayMasquerade,
     /// What NetBird installs on a routing peer (routing-peer.md): the ACL as nftables sets
     /// behind `ct state established,related accept`, new connections from the tunnel toward the
@@ -55,7 +55,7 @@ impl Contender {
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
             Contender::GatewayTunnel => "gateway (tunnel TC + LAN XDP, kernel forwarding)",
-            Contender::GatewayMasquerade => "gateway (tunnel TC policy, kernel forwarding, TC masquerade)",
+            Contender::GatewayMasquerade => "gateway (tunnel TC policy and forwarding, TC masquerade)",
             Contender::NftMasquerade => "nftables as NetBird installs it (sets, conntrack, masquerade, MSS clamp)",
             Contender::NftSets => "nftables with sets",
             Contender::NftLinear => "nftables linear rules",
@@ -140,7 +140,7 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
                 dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Fixed(1240))?;
                 dp.attach_lan("d1", LanAttach::XdpNative)?;
                 dp.attach_masquerade("d1")?;
-                Ok(())
+                dp.enable_tc_forward(&["d1".to_string()])
             })??;
             let pass = match generator {
                 Some(g) => Some(g.attach_dut(topo, false)?),

@@ -416,6 +416,20 @@ impl Dataplane {
         ]
     }
 
+    /// Lets accepted traffic from the tunnel be forwarded in TC to these LAN interfaces (FIB
+    /// lookup, the kernel's neighbour entry, redirect), skipping the kernel's IP forwarding.
+    pub fn enable_tc_forward(&mut self, lan: &[String]) -> anyhow::Result<()> {
+        let mut ports: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.ebpf.map_mut(names::LAN_PORTS).context("LAN ports map")?)?;
+        for name in lan {
+            ports.insert(attach::if_index(name)?, 1, 0)?;
+        }
+        let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut s = map.get(&0, 0)?;
+        s.flags |= gateway_common::settings::FLAG_TC_FORWARD;
+        map.set(0, s, 0)?;
+        Ok(())
+    }
+
     /// Lets accepted LAN traffic be forwarded in XDP to these interfaces (each gets a slot in
     /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss).
     pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<()> {

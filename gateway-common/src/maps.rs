@@ -27,6 +27,8 @@ pub const NAT_SETTINGS: &str = "NAT_SETTINGS_V1";
 pub const NAT_FORWARD: &str = "NAT_FWD_V1";
 pub const NAT_REVERSE: &str = "NAT_REV_V1";
 pub const NAT_INTERFACES_MAX: u32 = 64;
+/// Not pinned: the LAN interfaces tunnel traffic may be forwarded to in TC, by ifindex.
+pub const LAN_PORTS: &str = "LAN_PORTS_V1";
 pub const DEFAULT_NAT_ENTRIES: u32 = 128 * 1024;
 /// Tunnel interfaces one data plane serves, at most.
 pub const TUNNEL_INTERFACES_MAX: u32 = 64;

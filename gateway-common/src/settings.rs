@@ -15,6 +15,9 @@ assert_size!(ActivePolicy, 8);
 pub const FLAG_CONNTRACK: u32 = 1;
 /// Accepted LAN traffic may be forwarded in XDP to interfaces in the forward-ports map.
 pub const FLAG_XDP_FORWARD: u32 = 2;
+/// Accepted traffic from the tunnel whose route leads out of a LAN interface is forwarded in TC
+/// (FIB lookup, neighbour by the kernel, redirect) instead of through the kernel's IP forwarding.
+pub const FLAG_TC_FORWARD: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -32,6 +32,9 @@ pub mod reason {
     /// interface, and whose destination was translated back arriving on it.
     pub const NAT_MASQUERADED: u32 = 8;
     pub const NAT_UNMASQUERADED: u32 = 9;
+    /// Not a verdict: of the packets accepted from the tunnel, those forwarded in TC to a LAN
+    /// interface (counted a second time).
+    pub const TC_FORWARDED: u32 = 10;
     /// Not a verdict: TCP SYNs crossing the tunnel whose MSS option was lowered to what the
     /// tunnel carries (counted a second time).
     pub const MSS_CLAMPED: u32 = 12;
@@ -78,7 +81,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "neighbor_discovery",
     "masqueraded",
     "unmasqueraded",
-    "",
+    "tc_forwarded",
     "",
     "mss_clamped",
     "mss_unreadable",
@@ -110,7 +113,7 @@ pub const STATS_ENTRIES: u32 = HOOKS * reason::SLOTS;
 
 /// The metric's `verdict` label of a reason.
 pub const fn verdict_label(r: u32) -> &'static str {
-    if r == reason::XDP_FORWARDED {
+    if r == reason::XDP_FORWARDED || r == reason::TC_FORWARDED {
         // Counted again on top of the accept that let the packet through.
         "forwarded"
     } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {

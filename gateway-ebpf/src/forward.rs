@@ -184,3 +184,104 @@ unsafe fn decrement_ipv4_ttl(ip: usize) {
         core::ptr::write_unaligned(csum, check.to_be());
     }
 }
+
+/// Tunnel → LAN in TC: accepted traffic from the tunnel whose route leads out of a LAN interface
+/// is sent there directly (the kernel fills in the neighbour's address, `bpf_redirect_neigh`),
+/// skipping the kernel's IP input and forwarding. Returns the program's action, or `None` for
+/// "let the kernel forward it" (no route out of a LAN interface, TTL about to expire, a packet
+/// larger than the egress MTU: the kernel sends the ICMP errors those need).
+#[inline(always)]
+pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i32> {
+    use aya_ebpf::{
+        EbpfContext as _,
+        bindings::{BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_REDIRECT},
+        helpers::generated::{bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    };
+    let v4 = pkt.flow.family == FAMILY_V4;
+    let l3 = pkt.l3 as usize;
+    let skb = ctx.skb.skb;
+    // (Bounds for the verifier: the parse never goes past 512 bytes.)
+    if l3 > 64 {
+        return None;
+    }
+    let hop_at = l3 + if v4 { 8 } else { 7 };
+    let mut hop = 0u8;
+    // SAFETY: helper call with a 1-byte local.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), hop_at as u32, (&mut hop as *mut u8).cast(), 1) } != 0 || hop <= 1 {
+        return None;
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // SAFETY: the context's own skb.
+    fib.ifindex = unsafe { (*skb).ingress_ifindex };
+    fib.l4_protocol = pkt.flow.proto;
+    // The FIB checks the egress MTU against this length. A GSO aggregate leaves as segments of
+    // gso_size payload bytes: the length that matters is one segment's.
+    // SAFETY: the context's own skb.
+    let gso_size = unsafe { (*skb).gso_size };
+    let tot_len = if gso_size == 0 {
+        pkt.ip_len
+    } else {
+        let l4_header = match pkt.flow.proto {
+            PROTO_TCP => {
+                let mut doff = 0u8;
+                // SAFETY: helper call with a 1-byte local.
+                if pkt.l4 == 0 || pkt.l4 > 512 || unsafe { bpf_skb_load_bytes(skb.cast(), pkt.l4 + 12, (&mut doff as *mut u8).cast(), 1) } != 0 {
+                    return None;
+                }
+                ((doff >> 4) as u32) * 4
+            }
+            PROTO_UDP => 8,
+            _ => return None,
+        };
+        (pkt.l4 - pkt.l3) + l4_header + gso_size
+    };
+    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff { 0xffff } else { tot_len as u16 };
+    if v4 {
+        fib.family = AF_INET;
+        let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        fib.__bindgen_anon_3.ipv4_src = a(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
+    } else {
+        fib.family = AF_INET6;
+        let words = |b: &[u8; 16]| {
+            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        };
+        fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
+    }
+    // SAFETY: plain helper call with a properly sized parameter block.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // Only toward the gateway's own LAN interfaces (anything else, e.g. back into a tunnel, is
+    // the kernel's to route).
+    // SAFETY: copied out at once.
+    unsafe { maps::LAN_PORTS.get(&fib.ifindex) }?;
+    // SAFETY: helper calls on the program's own skb with small locals.
+    unsafe {
+        if v4 {
+            let old = (hop as u16) << 8;
+            let new = ((hop - 1) as u16) << 8;
+            let h = hop - 1;
+            if bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) != 0 {
+                return None;
+            }
+            // The TTL is the high byte of its 16-bit word (TTL, protocol).
+            if bpf_l3_csum_replace(skb.cast(), (l3 + 10) as u32, old.to_be() as u64, new.to_be() as u64, 2) != 0 {
+                return None;
+            }
+        } else {
+            let h = hop - 1;
+            if bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) != 0 {
+                return None;
+            }
+        }
+        if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) != TC_ACT_REDIRECT as i64 {
+            return None;
+        }
+    }
+    Some(TC_ACT_REDIRECT as i32)
+}

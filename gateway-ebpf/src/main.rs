@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{error, info};
 use gateway_common::{
-    settings::FLAG_XDP_FORWARD,
+    settings::{FLAG_TC_FORWARD, FLAG_XDP_FORWARD},
     stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason},
 };
 
@@ -141,6 +141,14 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
                 mss::Clamp::Lowered => stats::count(hook, reason::MSS_CLAMPED, len as u64),
                 mss::Clamp::Failed => stats::count(hook, reason::MSS_NOT_CLAMPED, len as u64),
                 mss::Clamp::Untouched => {}
+            }
+            let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
+            let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
+            if hook == HOOK_TUNNEL_INGRESS && judged && enabled {
+                if let Some(action) = forward::tc_forward(ctx, pkt) {
+                    stats::count(hook, reason::TC_FORWARDED, len as u64);
+                    return action;
+                }
             }
         }
     }

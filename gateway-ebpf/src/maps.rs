@@ -101,3 +101,7 @@ pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max
 /// Fragmented replies to masqueraded flows: their datagram (as it arrived) → the peer it goes to.
 #[map(name = "NAT_FRAGS_V1")]
 pub static NAT_FRAGMENTS: LruHashMap<FragKey, NatTarget> = LruHashMap::with_max_entries(8192, 0);
+
+/// LAN interfaces (by ifindex) that accepted tunnel traffic may be forwarded to in TC.
+#[map(name = "LAN_PORTS_V1")]
+pub static LAN_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);

@@ -52,6 +52,20 @@ pub struct Interfaces {
     /// LAN interfaces: XDP.
     #[serde(default)]
     pub lan: Vec<LanInterface>,
+    /// kernel (default): accepted traffic from the tunnel climbs the stack and the kernel
+    /// forwards it. tc: traffic whose route leads out of a LAN interface is forwarded by the
+    /// tunnel's TC program (FIB lookup, the kernel's neighbour entry, redirect); what it cannot
+    /// finish (TTL, MTU, no route out of a LAN interface) still goes to the kernel.
+    #[serde(default)]
+    pub tunnel_forward: TunnelForward,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelForward {
+    #[default]
+    Kernel,
+    Tc,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

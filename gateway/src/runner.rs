@@ -289,6 +289,11 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
         info!(interface = %l.name, mode, "LAN interface attached");
     }
     masquerade(dp, cfg, &[], &mut false)?;
+    if cfg.interfaces.tunnel_forward == crate::config::TunnelForward::Tc {
+        let lan: Vec<String> = cfg.interfaces.lan.iter().map(|l| l.name.clone()).collect();
+        dp.enable_tc_forward(&lan)?;
+        info!(lan = ?lan, "tunnel traffic to the LAN is forwarded in TC");
+    }
     for name in dp.release_unclaimed_links()? {
         info!(link = %name, "detached a pinned link the configuration no longer names");
     }

@@ -411,6 +411,35 @@ mod lab {
         drop(gw);
     }
 
+    /// `tunnel_forward: tc`: the tunnel's TC program forwards to the LAN itself; masquerade,
+    /// replies, bulk transfers (GSO aggregates forwarded by their segment size) all as before.
+    #[test]
+    fn tunnel_traffic_forwarded_in_tc_is_masqueraded_and_answered() {
+        let lab = Lab::seed().expect("lab");
+        let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
+        let gw = start(&lab, &format!("  tunnel_forward: tc\n{MASQUERADE}"));
+        let gw_lan: Ipv4Addr = GATEWAY_LAN_ADDR.parse().unwrap();
+        let listener = lan1.ns.run_scoped(|| TcpListener::bind("0.0.0.0:443")).unwrap().expect("listen on lan1");
+        let mut c = connect_from(&cp1.ns, 25_200, SocketAddrV4::new(lan1.addr, 443)).expect("cp1 connects");
+        let (mut s, seen) = listener.accept().unwrap();
+        assert_eq!(seen, SocketAddr::new(IpAddr::V4(gw_lan), 25_200));
+        relay(&mut c, &mut s, b"forwarded in tc").unwrap();
+        relay(&mut s, &mut c, b"and back").unwrap();
+        for (transfer, reverse, port) in [(Transfer::Tcp, false, 5211), (Transfer::Tcp, true, 5212), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, false, 5213), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, true, 5214)] {
+            let o = iperf::run(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), Run { transfer, reverse, seconds: 2, port }).expect("iperf3");
+            match transfer {
+                Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{transfer:?} reverse {reverse}: {o:?}"),
+                Transfer::Udp { .. } => assert!(o.packets > 5_000 && o.lost_packets * 100 <= o.packets * 5, "{transfer:?} reverse {reverse}: {o:?}"),
+            }
+        }
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        assert!(counted(&st, "tunnel_ingress", "tc_forwarded") > 10_000, "{:?}", st.counters);
+        assert!(counted(&st, "lan", "masqueraded") > 10_000, "{:?}", st.counters);
+        for r in ["truncated", "headers_not_linear", "nat_exhausted", "internal"] {
+            assert_eq!(st.counters.iter().filter(|c| c.reason == r).map(|c| c.packets).sum::<u64>(), 0, "{r}: {:?}", st.counters);
+        }
+    }
+
     #[test]
     fn a_network_without_masquerade_sees_the_peers_own_address() {
         let lab = Lab::seed().expect("lab");
