@@ -7,54 +7,15 @@
 //! side) against what NetBird installs (nftables sets behind conntrack, masquerade by mark, MSS
 //! clamp, the kernel forwarding).
 
-use gateway_policy::Protocol;
-
 use crate::{
-    alternate::alternate,
-    contenders::Contender,
-    generator::{Generator, Measurement},
-    pps::FRAME_BYTES,
-    rules,
-    stateful::{ESTABLISHED_SPORTS, RULES, Stateful, StatefulRow, trial},
-    stats::Summary,
-    topo::Topo,
+    contenders::{Contender, MASQUERADED},
+    stateful::{Stateful, measure},
 };
 
 pub const CONTENDERS: [Contender; 3] = [Contender::KernelForward, Contender::GatewayMasquerade, Contender::NftMasquerade];
 
 pub fn run(quick: bool) -> anyhow::Result<Stateful> {
-    let topo = Topo::create()?;
-    let mut generator = Generator::new(&topo, FRAME_BYTES)?;
-    let syn = rules::synthetic(RULES, 4_000, Protocol::Udp, crate::contenders::MASQUERADED.parse()?);
-    let flows = rules::accepted_flows(&syn, 64);
-    let trials = if quick { 2 } else { 5 };
-    let new_frames: u32 = if quick { 100_000 } else { 200_000 };
-    let est_frames: u32 = if quick { 400_000 } else { 2_000_000 };
-    let outcomes = alternate(
-        "bench nat",
-        &CONTENDERS,
-        |c| c.label().to_string(),
-        trials,
-        |c| trial(c, &topo, &mut generator, &syn, &flows, new_frames, est_frames),
-        |(new, est): &(Measurement, Measurement)| format!("new flows {:.3} M/s (loss {:.1}%), established {:.3} Mpps (loss {:.1}%)", new.pps() / 1e6, new.loss() * 100.0, est.pps() / 1e6, est.loss() * 100.0),
-    );
-    let rows = outcomes
-        .into_iter()
-        .zip(CONTENDERS)
-        .map(|(o, c)| {
-            let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| Summary::of_or_zero(o.samples.iter().map(f).collect());
-            StatefulRow {
-                contender: c,
-                label: c.label().to_string(),
-                new_flows_mpps: summary(&|m| m.0.pps() / 1e6),
-                new_flows_loss: summary(&|m| m.0.loss()),
-                established_mpps: summary(&|m| m.1.pps() / 1e6),
-                established_loss: summary(&|m| m.1.loss()),
-                error: o.error,
-            }
-        })
-        .collect();
-    Ok(Stateful { rules: RULES, new_flow_frames: new_frames, established_frames: est_frames, established_flows: flows.len() as u32 * ESTABLISHED_SPORTS, rows })
+    measure("bench nat", &CONTENDERS, MASQUERADED, 4_000, quick)
 }
 
 pub fn markdown(md: &mut String, s: &Stateful) {

@@ -23,8 +23,8 @@ use crate::{
 
 pub const RULES: usize = 1_000;
 const CONTENDERS: [Contender; 2] = [Contender::Gateway, Contender::NftSets];
-pub const NEW_FLOW_SPORTS: u32 = 55_000;
-pub const ESTABLISHED_SPORTS: u32 = 64;
+const NEW_FLOW_SPORTS: u32 = 55_000;
+const ESTABLISHED_SPORTS: u32 = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatefulRow {
@@ -47,7 +47,7 @@ pub struct Stateful {
     pub rows: Vec<StatefulRow>,
 }
 
-pub fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::Synthetic, flows: &[(std::net::Ipv4Addr, u16)], new_frames: u32, est_frames: u32) -> anyhow::Result<(Measurement, Measurement)> {
+fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::Synthetic, flows: &[(std::net::Ipv4Addr, u16)], new_frames: u32, est_frames: u32) -> anyhow::Result<(Measurement, Measurement)> {
     // New flows: a fresh install (the gateway's tables start empty), the kernel's table flushed.
     generator.set_flows(flows, NEW_FLOW_SPORTS)?;
     let installed = contenders::install(c, topo, Some(generator), Some(syn), true)?;
@@ -66,16 +66,22 @@ pub fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Stateful> {
+    measure("bench stateful", &CONTENDERS, "198.19.0.0/24", 3_000, quick)
+}
+
+/// Both rates for each contender, alternating, with 1,000 UDP rules toward `destination` (the
+/// stateful and the masquerade scenarios share this).
+pub fn measure(tag: &str, contenders: &[Contender], destination: &str, seed: u64, quick: bool) -> anyhow::Result<Stateful> {
     let topo = Topo::create()?;
     let mut generator = Generator::new(&topo, FRAME_BYTES)?;
-    let syn = rules::synthetic(RULES, 3_000, Protocol::Udp, "198.19.0.0/24".parse()?);
+    let syn = rules::synthetic(RULES, seed, Protocol::Udp, destination.parse()?);
     let flows = rules::accepted_flows(&syn, 64);
     let trials = if quick { 2 } else { 5 };
     let new_frames: u32 = if quick { 100_000 } else { 200_000 };
     let est_frames: u32 = if quick { 400_000 } else { 2_000_000 };
     let outcomes = alternate(
-        "bench stateful",
-        &CONTENDERS,
+        tag,
+        contenders,
         |c| c.label().to_string(),
         trials,
         |c| trial(c, &topo, &mut generator, &syn, &flows, new_frames, est_frames),
@@ -91,7 +97,7 @@ pub fn run(quick: bool) -> anyhow::Result<Stateful> {
     );
     let rows = outcomes
         .into_iter()
-        .zip(CONTENDERS)
+        .zip(contenders.iter().copied())
         .map(|(o, c)| {
             let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| Summary::of_or_zero(o.samples.iter().map(f).collect());
             StatefulRow {

@@ -128,26 +128,10 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
 /// Asks the kernel's FIB (and neighbour table) for the packet's route.
 #[inline(always)]
 fn lookup(ctx: &XdpContext, pkt: &Packet, v4: bool, ip: usize, now: u64) -> Option<FibRoute> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.l4_protocol = pkt.flow.proto;
-    fib.__bindgen_anon_1.tot_len = pkt.ip_len as u16;
+    let mut fib = fib_params(ctx.ingress_ifindex() as u32, pkt, pkt.ip_len);
     if v4 {
-        fib.family = AF_INET;
         // SAFETY: the TOS byte is inside the IPv4 header the caller checked.
         fib.__bindgen_anon_2.tos = unsafe { *((ip + 1) as *const u8) };
-        let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-        fib.__bindgen_anon_3.ipv4_src = a(&pkt.flow.src);
-        fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
-    } else {
-        fib.family = AF_INET6;
-        let words = |b: &[u8; 16]| {
-            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-            [w(0), w(4), w(8), w(12)]
-        };
-        fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
     }
     // SAFETY: plain helper call with a properly sized parameter block.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
@@ -165,6 +149,32 @@ fn lookup(ctx: &XdpContext, pkt: &Packet, v4: bool, ip: usize, now: u64) -> Opti
         smac: fib.smac,
         port,
     })
+}
+
+/// A FIB lookup's parameters for the packet's destination (and source), arriving on `ifindex`,
+/// `tot_len` bytes long (the FIB checks the egress MTU against it).
+#[inline(always)]
+fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.ifindex = ifindex;
+    fib.l4_protocol = pkt.flow.proto;
+    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff { 0xffff } else { tot_len as u16 };
+    if pkt.flow.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        fib.__bindgen_anon_3.ipv4_src = a(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
+    } else {
+        fib.family = AF_INET6;
+        let words = |b: &[u8; 16]| {
+            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        };
+        fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
+    }
+    fib
 }
 
 /// TTL minus one, with the header checksum updated incrementally (RFC 1624).
@@ -210,11 +220,6 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
     if unsafe { bpf_skb_load_bytes(skb.cast(), hop_at as u32, (&mut hop as *mut u8).cast(), 1) } != 0 || hop <= 1 {
         return None;
     }
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    // SAFETY: the context's own skb.
-    fib.ifindex = unsafe { (*skb).ingress_ifindex };
-    fib.l4_protocol = pkt.flow.proto;
     // The FIB checks the egress MTU against this length. A GSO aggregate leaves as segments of
     // gso_size payload bytes: the length that matters is one segment's.
     // SAFETY: the context's own skb.
@@ -236,21 +241,8 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
         };
         (pkt.l4 - pkt.l3) + l4_header + gso_size
     };
-    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff { 0xffff } else { tot_len as u16 };
-    if v4 {
-        fib.family = AF_INET;
-        let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-        fib.__bindgen_anon_3.ipv4_src = a(&pkt.flow.src);
-        fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
-    } else {
-        fib.family = AF_INET6;
-        let words = |b: &[u8; 16]| {
-            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-            [w(0), w(4), w(8), w(12)]
-        };
-        fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
-    }
+    // SAFETY: the context's own skb.
+    let mut fib = fib_params(unsafe { (*skb).ingress_ifindex }, pkt, tot_len);
     // SAFETY: plain helper call with a properly sized parameter block.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
