@@ -81,6 +81,13 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     let (lin1_ns, web1) = (&lab.host("lin1").ns, IpAddr::V4(lab.host("web1").addr));
     let done = std::sync::atomic::AtomicBool::new(false);
     let lan1_addr = IpAddr::V4(lan1.addr);
+    // Datagrams the receiving socket itself drops (its buffer full while two cores are busy with
+    // the bulk transfer and a restarting gateway's verifier) are counted by its kernel.
+    let socket_drops = || -> u64 {
+        let out = cp1.exec(&["nstat", "-az", "UdpRcvbufErrors"]).expect("nstat");
+        String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("UdpRcvbufErrors")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let socket_drops_before = socket_drops();
     let udp = Run { transfer: Transfer::Udp { payload: 1400, mbit_per_s: 50 }, reverse: true, seconds: 8, port: 5301 };
     let tcp = Run { transfer: Transfer::Tcp, reverse: false, seconds: 8, port: 5302 };
     let (udp_result, tcp_result, gw_status, leaks) = std::thread::scope(|s| {
@@ -112,7 +119,11 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     let tcp_result = tcp_result.expect("tcp stream");
     assert!(udp_result.packets > 20_000, "{udp_result:?}");
     assert_eq!(gateway_drops, 0, "the gateway dropped packets of established flows across restarts: {:?}", gw_status.counters);
-    assert!(udp_result.lost_packets * 200 <= udp_result.packets, "datagrams lost at the receiver: {udp_result:?}");
+    let dropped_by_the_socket = socket_drops() - socket_drops_before;
+    assert!(
+        udp_result.lost_packets.saturating_sub(dropped_by_the_socket) * 200 <= udp_result.packets,
+        "datagrams lost on the way (beyond the {dropped_by_the_socket} the receiving socket dropped): {udp_result:?}"
+    );
     assert!(tcp_result.bytes_received >= 100_000_000, "{tcp_result:?}");
     assert_eq!(generation, 3, "each run adopted the last one's data plane");
 }
