@@ -54,7 +54,7 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: ctx.ctx };
     let d = match judge::parse_packet(&bytes, Link::Ethernet) {
         Ok(pkt) => {
-            let rw = nat::XdpRewrite { ctx: &ctx, partial: forward::partial_checksum(&ctx, pkt) };
+            let rw = nat::XdpRewrite::new(&ctx);
             lan_ingress(nat::unmasquerade(&rw, pkt, ctx.ingress_ifindex() as u32), pkt, bytes.len)
         }
         Err(d) => d,

@@ -237,12 +237,26 @@ impl TcRewrite<'_> {
 }
 
 pub struct XdpRewrite<'a> {
-    pub ctx: &'a XdpContext,
-    /// The TCP/UDP checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL).
-    pub partial: bool,
+    ctx: &'a XdpContext,
+    /// Whether the TCP/UDP checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL):
+    /// worked out once, before the first rewrite, and only for packets that are rewritten
+    /// (0: not yet, 1: partial, 2: full).
+    partial: core::cell::Cell<u8>,
 }
 
-impl XdpRewrite<'_> {
+impl<'a> XdpRewrite<'a> {
+    pub fn new(ctx: &'a XdpContext) -> Self {
+        XdpRewrite { ctx, partial: core::cell::Cell::new(0) }
+    }
+
+    #[inline(always)]
+    fn partial(&self, pkt: &Packet) -> bool {
+        if self.partial.get() == 0 {
+            self.partial.set(if crate::forward::partial_checksum(self.ctx, pkt) { 1 } else { 2 });
+        }
+        self.partial.get() == 1
+    }
+
     /// A pointer to `N` bytes at `offset` of the first buffer, if they are there.
     #[inline(always)]
     fn at<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
@@ -320,6 +334,8 @@ impl Rewrite for XdpRewrite<'_> {
 
     #[inline(always)]
     fn set_addr(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
+        // Before any byte changes: the test compares the field with the packet's own pseudo-header.
+        let partial = self.partial(pkt);
         let v4 = pkt.flow.family == FAMILY_V4;
         let (l3, l4) = (pkt.l3 as usize, pkt.l4 as usize);
         let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
@@ -340,13 +356,13 @@ impl Rewrite for XdpRewrite<'_> {
         if pkt.flow.proto == PROTO_UDP && v4 && field == 0 {
             return true;
         }
-        let updated = match (self.partial, v4) {
+        let updated = match (partial, v4) {
             (true, true) => checksum::update_partial32(field, w(old), w(new)),
             (true, false) => checksum::update_partial128(field, old, new),
             (false, true) => checksum::update32(field, w(old), w(new)),
             (false, false) => checksum::update128(field, old, new),
         };
-        let updated = if pkt.flow.proto == PROTO_UDP && !self.partial { checksum::udp_field(field, updated) } else { updated };
+        let updated = if pkt.flow.proto == PROTO_UDP && !partial { checksum::udp_field(field, updated) } else { updated };
         self.write16(l4 + c, updated)
     }
 
@@ -357,7 +373,7 @@ impl Rewrite for XdpRewrite<'_> {
             return false;
         }
         // A partial field does not cover the ports yet: the transmit side sums them.
-        if self.partial && pkt.icmp != ICMP_ECHO {
+        if pkt.icmp != ICMP_ECHO && self.partial(pkt) {
             return true;
         }
         let Some(c) = l4_check_at(pkt) else { return true };
