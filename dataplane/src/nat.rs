@@ -78,6 +78,10 @@ impl Dataplane {
     pub fn set_nat_interface(&mut self, ifindex: u32, entry: NatInterface) -> anyhow::Result<()> {
         let mut map: BpfHashMap<_, u32, NatInterface> = BpfHashMap::try_from(self.ebpf.map_mut(names::NAT_INTERFACES).context("NAT interfaces map")?)?;
         map.insert(ifindex, entry, 0)?;
+        let mut settings: Array<_, gateway_common::settings::Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut s = settings.get(&0, 0)?;
+        s.flags |= gateway_common::settings::FLAG_MASQUERADE;
+        settings.set(0, s, 0)?;
         Ok(())
     }
 

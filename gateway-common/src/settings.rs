@@ -18,6 +18,9 @@ pub const FLAG_XDP_FORWARD: u32 = 2;
 /// Accepted traffic from the tunnel whose route leads out of a LAN interface is forwarded in TC
 /// (FIB lookup, neighbour by the kernel, redirect) instead of through the kernel's IP forwarding.
 pub const FLAG_TC_FORWARD: u32 = 4;
+/// Some LAN interface masquerades: only then does the LAN hook look for translations (a map
+/// lookup it spares every packet otherwise).
+pub const FLAG_MASQUERADE: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

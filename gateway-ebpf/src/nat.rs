@@ -399,6 +399,9 @@ fn translatable(pkt: &Packet) -> bool {
 /// The LAN interface's masquerade address for the packet's family, if it masquerades.
 #[inline(always)]
 fn interface_addr(ifindex: u32, v4: bool) -> Option<[u8; 16]> {
+    if !maps::SETTINGS.get(0).is_some_and(|s| s.flags & gateway_common::settings::FLAG_MASQUERADE != 0) {
+        return None;
+    }
     // SAFETY: copied out at once.
     let iface = unsafe { maps::NAT_INTERFACES.get(&ifindex) }.copied()?;
     let mut a = [0u8; 16];
