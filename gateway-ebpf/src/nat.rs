@@ -637,10 +637,18 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
 fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
     let v4 = pkt.flow.family == FAMILY_V4;
     let q = &pkt.quoted;
-    if q.family != pkt.flow.family || q.dst != pkt.flow.src || !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings) || !masqueraded_network(v4, &pkt.flow.dst) {
+    if q.family != pkt.flow.family || !judge::in_overlay(&q.dst, q.family, settings) || !masqueraded_network(v4, &pkt.flow.dst) {
         return Nat::Untouched;
     }
     let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    // The error comes from the peer the quoted packet was for, or from this host on its way
+    // there (fragmentation needed at the tunnel's smaller MTU, TTL exceeded): then its source is
+    // this interface's address already, and only the quoted packet needs translating, or the
+    // LAN host would never match it to its socket and keep sending what cannot pass.
+    let from_gateway = pkt.flow.src == nat_addr;
+    if !from_gateway && q.dst != pkt.flow.src {
+        return Nat::Untouched;
+    }
     let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
     // The quoted packet went from the LAN host to the peer: its reverse is the flow's own tuple.
     x.key = NatKey { local: q.dst, remote: q.src, local_port: q.dport, remote_port: q.sport, proto: q.proto, family: q.family, _pad: [0; 2] };
@@ -650,7 +658,7 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
         Some(t) if t.addr == nat_addr && fresh(t, s, q.proto, now) => x.target = *t,
         _ => return Nat::Untouched,
     }
-    if !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr) || !rw.set_quoted(pkt, End::Dst, &q.dst, &nat_addr, q.dport, x.target.port) {
+    if (!from_gateway && !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr)) || !rw.set_quoted(pkt, End::Dst, &q.dst, &nat_addr, q.dport, x.target.port) {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     Nat::Translated

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The gateway's WireGuard key.
+    Wireguard {
+        #[command(subcommand)]
+        command: WireguardCommand,
+    },
     /// Validate and explain policies.
     Policy {
         #[command(subcommand)]
@@ -79,10 +84,13 @@ struct ManagementClientArgs {
     setup_key: Option<String>,
     #[arg(long, requires = "management_url")]
     setup_key_file: Option<PathBuf>,
-    /// Holds the WireGuard key (wg.key, mode 0600) and the registration record.
-    #[arg(long, default_value = "/var/lib/gateway")]
+    /// Holds the WireGuard key (wg.key, mode 0600: the interface's key and the management
+    /// identity) and the registration record.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
 
 impl ManagementClientArgs {
     fn sync_options(self) -> anyhow::Result<Option<SyncOptions>> {
@@ -125,6 +133,15 @@ enum ManagementCommand {
 }
 
 #[derive(Subcommand)]
+enum WireguardCommand {
+    /// Print the public key to hand to peers (the key is created on first use, mode 0600).
+    PublicKey {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate a policy file; errors name the file, line and field.
     Check { file: PathBuf },
@@ -151,7 +168,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config, metrics_addr, detach_on_exit, management } => {
-            management.sync_options().and_then(|m| runner::run(&config, metrics_addr, detach_on_exit, m))
+            let state_dir = management.state_dir.clone();
+            management.sync_options().and_then(|m| runner::run(&config, metrics_addr, detach_on_exit, m, &state_dir))
         }
         Command::Detach { pin_dir, config } => detach(pin_dir, config),
         #[cfg(feature = "management-server")]
@@ -164,6 +182,9 @@ pub fn main() -> ExitCode {
             crate::management_server::serve(options, listen)
         }
         Command::Status { addr, json } => status::print(addr, json),
+        Command::Wireguard { command: WireguardCommand::PublicKey { state_dir } } => {
+            crate::sync::Identity::load_or_create(&state_dir).map(|id| println!("{}", id.key.public().to_base64()))
+        }
         Command::Policy { command: PolicyCommand::Check { file } } => check(&file),
         Command::Policy { command: PolicyCommand::Explain { policy, config, src, dst, proto, dport } } => {
             explain(policy, config, src, dst, &proto, dport)

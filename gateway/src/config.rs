@@ -29,6 +29,10 @@ pub struct Config {
     /// networks leaves a LAN interface with that interface's address.
     #[serde(default)]
     pub masquerade: Option<MasqueradeConfig>,
+    /// The WireGuard interface the gateway terminates tunnels on (it becomes a tunnel interface
+    /// of its own). Absent: the gateway filters tunnel interfaces that something else made.
+    #[serde(default)]
+    pub wireguard: Option<WireGuardConfig>,
     /// Prometheus endpoint; none when absent.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
@@ -175,6 +179,74 @@ impl MasqueradeConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct WireGuardConfig {
+    /// auto (default: the kernel's WireGuard where it exists, else userspace), kernel, userspace
+    /// (boringtun in this process) or external (an interface something else runs; only filtered).
+    #[serde(default)]
+    pub backend: gateway_wireguard::BackendChoice,
+    #[serde(default = "default_wg_interface")]
+    pub interface: String,
+    #[serde(default = "default_wg_port")]
+    pub listen_port: u16,
+    /// Default: the network map's `PeerConfig.mtu` with a management service, else 1280.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// The interface's overlay address with its network's prefix (file mode; a management
+    /// service assigns it otherwise), e.g. 100.64.0.1/10.
+    #[serde(default)]
+    pub address: Option<ipnet::IpNet>,
+    #[serde(default)]
+    pub address_v6: Option<ipnet::IpNet>,
+    /// Static peers (file mode; with a management service they come from the network map).
+    #[serde(default)]
+    pub peers: Vec<StaticPeer>,
+}
+
+fn default_wg_interface() -> String {
+    gateway_wireguard::DEFAULT_INTERFACE.to_string()
+}
+
+fn default_wg_port() -> u16 {
+    gateway_wireguard::DEFAULT_LISTEN_PORT
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPeer {
+    pub public_key: String,
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    /// host:port of the peer; absent: learned when the peer connects.
+    #[serde(default)]
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// Persistent keepalive in seconds (default 25, NetBird's; 0: off).
+    #[serde(default)]
+    pub keepalive: Option<u16>,
+}
+
+impl StaticPeer {
+    pub fn spec(&self) -> gateway_wireguard::PeerSpec {
+        gateway_wireguard::PeerSpec {
+            public_key: self.public_key.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            endpoint: self.endpoint,
+            keepalive: Some(self.keepalive.unwrap_or(gateway_wireguard::DEFAULT_KEEPALIVE_SECS)),
+        }
+    }
+}
+
+impl WireGuardConfig {
+    pub fn mtu(&self, from_map: Option<u32>) -> u32 {
+        self.mtu.or(from_map).unwrap_or(gateway_wireguard::DEFAULT_MTU)
+    }
+
+    /// The configured addresses (file mode).
+    pub fn addresses(&self) -> Vec<ipnet::IpNet> {
+        self.address.into_iter().chain(self.address_v6).collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overlay {
     /// LAN traffic toward these networks is policed; other LAN traffic is not the gateway's.
     pub ipv4: Ipv4Net,
@@ -218,12 +290,37 @@ impl Config {
             }
         }
         cfg.validate().with_context(|| format!("{}", path.display()))?;
+        // The WireGuard interface is a tunnel interface like any other (unless listed already,
+        // with settings of its own).
+        if let Some(wg) = &cfg.wireguard
+            && !cfg.interfaces.tunnel.iter().any(|t| t.name == wg.interface)
+        {
+            cfg.interfaces.tunnel.push(TunnelInterface { name: wg.interface.clone(), mss_clamp: MssClampConfig::default() });
+        }
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.interfaces.tunnel.is_empty() && self.interfaces.lan.is_empty() {
+        if self.interfaces.tunnel.is_empty() && self.interfaces.lan.is_empty() && self.wireguard.is_none() {
             bail!("interfaces: name at least one tunnel or lan interface");
+        }
+        if let Some(wg) = &self.wireguard {
+            if wg.interface.is_empty() || wg.interface.len() > 15 {
+                bail!("wireguard.interface {:?}: an interface name of 1 to 15 bytes", wg.interface);
+            }
+            if let Some(mtu) = wg.mtu
+                && !(gateway_wireguard::MIN_MTU..=9000).contains(&mtu)
+            {
+                bail!("wireguard.mtu {mtu}: between {} and 9000", gateway_wireguard::MIN_MTU);
+            }
+            if wg.address.is_some_and(|a| !a.addr().is_ipv4()) || wg.address_v6.is_some_and(|a| !a.addr().is_ipv6()) {
+                bail!("wireguard: address is IPv4, address_v6 is IPv6");
+            }
+            let specs: Vec<_> = wg.peers.iter().map(StaticPeer::spec).collect();
+            gateway_wireguard::PeerSet::check(&specs, None).context("wireguard.peers")?;
+            if wg.backend == gateway_wireguard::BackendChoice::External && (!wg.peers.is_empty() || wg.address.is_some() || wg.address_v6.is_some()) {
+                bail!("wireguard: backend external filters an interface that something else configures; peers and addresses belong there");
+            }
         }
         let l = &self.limits;
         for (name, v) in [("acl_chunks", l.acl_chunks), ("acl_verdicts", l.acl_verdicts), ("acl_v6_prefixes", l.acl_v6_prefixes), ("rules", l.rules), ("conntrack_entries", l.conntrack_entries), ("fragment_entries", l.fragment_entries)] {

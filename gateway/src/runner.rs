@@ -60,6 +60,10 @@ struct Gateway {
     masquerading: bool,
     /// The masqueraded networks the last network map asked for.
     map_masquerade: Vec<ipnet::IpNet>,
+    /// The WireGuard interface this gateway terminates, when the config has one.
+    tunnel: Option<gateway_wireguard::Tunnel>,
+    /// This gateway's public key (base64): management picks its routes by it.
+    public_key: String,
 }
 
 pub fn init_tracing() {
@@ -84,7 +88,7 @@ pub fn policy_source(cfg: &Config, management: Option<SyncOptions>) -> anyhow::R
     }
 }
 
-pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_exit: bool, management: Option<SyncOptions>) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_exit: bool, management: Option<SyncOptions>, state_dir: &Path) -> anyhow::Result<()> {
     init_tracing();
     let mut cfg = Config::load(config_path)?;
     if metrics_override.is_some() {
@@ -93,10 +97,18 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
     let source = policy_source(&cfg, management)?;
     // Everything that can be checked is checked before the kernel is touched.
     let started = Instant::now();
-    let (compiled, identity) = match &source {
-        PolicySource::File(file) => (compile_policy(&cfg, file)?, None),
-        PolicySource::Management(m) => {
-            let identity = Identity::load_or_create(&m.state_dir)?;
+    // One key: the management identity and the WireGuard interface's (as in NetBird). A
+    // gateway with neither has no key and needs no state directory.
+    let identity = match (&source, &cfg.wireguard) {
+        (PolicySource::File(_), None) => None,
+        _ => Some(Identity::load_or_create(state_dir)?),
+    };
+    let public_key = identity.as_ref().map(|i| i.key.public().to_base64()).unwrap_or_default();
+    let wg_private_key = identity.as_ref().map(|i| i.key.to_base64()).unwrap_or_default();
+    let (compiled, identity) = match (&source, identity) {
+        (PolicySource::File(file), _) => (compile_policy(&cfg, file)?, None),
+        (PolicySource::Management(_), None) => unreachable!("a management source always loads the identity"),
+        (PolicySource::Management(m), Some(identity)) => {
             if !identity.is_registered() && m.setup_key.is_none() {
                 anyhow::bail!("this gateway is not registered yet: give a setup key (--setup-key, --setup-key-file or GATEWAY_SETUP_KEY)");
             }
@@ -104,6 +116,18 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
             let empty = compile::compile(&policy::PolicySet::default(), &cfg.limits.compile_limits())?;
             (empty, Some(identity))
         }
+    };
+    // The WireGuard interface exists before the data plane attaches to it; with a management
+    // service it has no peers (nobody can connect) until the first network map.
+    let tunnel = match &cfg.wireguard {
+        Some(wg) => {
+            let t = crate::tunnel::open(wg, &wg_private_key)?;
+            if matches!(source, PolicySource::File(_)) {
+                crate::tunnel::apply_static(&t, wg)?;
+            }
+            Some(t)
+        }
+        None => None,
     };
     for t in &cfg.interfaces.tunnel {
         attach::link_kind(&t.name)?;
@@ -179,6 +203,8 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
         management,
         recheck: None,
         map_masquerade: Vec::new(),
+        tunnel,
+        public_key,
     }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -420,6 +446,11 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
             let deny_all = compile::compile(&policy::PolicySet::default(), &g.cfg.limits.compile_limits())?;
             let r = g.dp.apply(&deny_all)?;
             g.recheck = Some(deny_all);
+            if let Some(t) = &g.tunnel
+                && let Err(e) = crate::tunnel::remove_all_peers(t)
+            {
+                error!("removing the WireGuard peers: {e:#}");
+            }
             g.metrics.management.refused.set(1);
             g.metrics.management.connected.set(0);
             if let Some(m) = g.management.as_mut() {
@@ -453,6 +484,13 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                     g.map_masquerade = map.masquerade.clone();
                 }
                 let report = g.dp.apply(&c)?;
+                // Peers after the policy that governs their traffic; a peer set that fails
+                // part-way is retried from what the interface has with the next map.
+                let g = &mut *g;
+                if let Some(t) = &g.tunnel {
+                    crate::tunnel::apply_map(t, &mut g.dp, &g.cfg, &map.interface_addresses, map.mtu, &map.peers, &g.public_key)
+                        .context("the policy is applied, the WireGuard interface is not")?;
+                }
                 Ok((report, c))
             });
             match applied {
@@ -542,7 +580,8 @@ async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
                 async move {
                     let report = tokio::task::spawn_blocking(move || {
                         let g = lock(&gw);
-                        status::report(&g.dp, &g.source, &g.last_reload, g.management.clone())
+                        let wireguard = g.tunnel.as_ref().map(|t| t.report()).transpose()?;
+                        status::report(&g.dp, &g.source, &g.last_reload, g.management.clone(), wireguard)
                     })
                     .await
                     .unwrap_or_else(|e| Err(anyhow::anyhow!("status task: {e}")));

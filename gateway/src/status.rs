@@ -28,6 +28,10 @@ pub struct Report {
     /// The generation this process found in force and adopted at start, if it adopted one.
     #[serde(default)]
     pub adopted_generation: Option<u32>,
+    /// The WireGuard interface this gateway terminates: backend, key, peers with handshake age
+    /// and bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<gateway_wireguard::TunnelReport>,
 }
 
 /// The management client's view: whether it is synced, to which map, as which address.
@@ -75,7 +79,7 @@ pub struct PolicyCounter {
     pub bytes: u64,
 }
 
-pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: Option<ManagementReport>) -> anyhow::Result<Report> {
+pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: Option<ManagementReport>, wireguard: Option<gateway_wireguard::TunnelReport>) -> anyhow::Result<Report> {
     let counters = dp.verdict_counters()?;
     let mut out = Vec::new();
     for hook in 0..HOOKS {
@@ -108,6 +112,7 @@ pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: 
         counters: out,
         policies: dp.rule_counters()?.into_iter().map(|(p, c)| PolicyCounter { policy: p, packets: c.packets, bytes: c.bytes }).collect(),
         management,
+        wireguard,
     })
 }
 
@@ -132,6 +137,24 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         println!("management: {} {state}, serial {}, overlay address {}", m.url, m.serial, m.overlay_address.as_deref().unwrap_or("-"));
         if let Some(why) = &m.refused {
             println!("management REFUSED this gateway: {why}; deny-all in force");
+        }
+    }
+    if let Some(w) = &r.wireguard {
+        println!(
+            "wireguard: {} on {} ({}), port {}, mtu {}, public key {}, addresses {}",
+            w.backend.label(),
+            w.interface,
+            w.chosen,
+            w.listen_port,
+            w.mtu.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            w.public_key.as_deref().unwrap_or("-"),
+            w.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+        );
+        for p in &w.peers {
+            let hs = p.handshake_age_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into());
+            let ep = p.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
+            let ips = p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+            println!("  peer {} endpoint {ep} allowed {ips} handshake {hs} rx {} tx {}", p.public_key, p.rx_bytes, p.tx_bytes);
         }
     }
     println!("\nattached:");

@@ -1,6 +1,6 @@
 //! What tests, benchmarks and the demo share: network namespaces and the seed lab with real
 //! hosts and the real `gateway` processes in the middle, traffic and iperf3 runs, packets built
-//! byte by byte, and a harness that runs the kernel programs through BPF_PROG_TEST_RUN.
+//! byte by byte, real WireGuard peers (wireguard-go), and a harness that runs the kernel programs through BPF_PROG_TEST_RUN.
 
 pub mod harness;
 pub mod iperf;
@@ -10,3 +10,4 @@ pub mod packets;
 pub mod process;
 pub mod topology;
 pub mod traffic;
+pub mod wireguard;

@@ -17,6 +17,13 @@ pub fn sh(args: &[&str]) -> anyhow::Result<Output> {
     Ok(out)
 }
 
+/// `ip netns exec NAME ...` for a namespace someone else owns (no guard, nothing deleted).
+pub fn exec_in(name: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let mut full = vec!["ip", "netns", "exec", name];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
 /// A network namespace that is deleted when dropped.
 pub struct Netns {
     pub name: String,
@@ -40,9 +47,7 @@ impl Netns {
 
     /// `ip netns exec NAME ...`
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
+        exec_in(&self.name, args)
     }
 
     pub fn command(&self, program: &str) -> Command {

@@ -459,9 +459,15 @@ mod lab {
 /// the first 28 bytes of `quoted` (its IP header and 8 bytes of transport header), with every
 /// checksum computed in full by the test.
 fn unreachable(src: &str, dst: &str, quoted: &Spec) -> Vec<u8> {
+    dest_unreachable(src, dst, quoted, 3, [0; 4])
+}
+
+/// As [`unreachable`] with another code and rest of header (code 4: fragmentation needed, the
+/// next-hop MTU in the last two bytes).
+fn dest_unreachable(src: &str, dst: &str, quoted: &Spec, code: u8, rest: [u8; 4]) -> Vec<u8> {
     let q = quoted.build();
     let body = q[14..14 + 28].to_vec();
-    let mut frame = Spec::new(src, dst, L4::Icmp { kind: 3, code: 3, rest: [0; 4], body }).build();
+    let mut frame = Spec::new(src, dst, L4::Icmp { kind: 3, code, rest, body }).build();
     let sum = gateway_testkit::packets::checksum(&frame[34..]);
     frame[36..38].copy_from_slice(&sum.to_be_bytes());
     frame
@@ -498,4 +504,35 @@ fn icmp_errors_about_translated_flows_are_translated_inside_and_out() {
     let (action, back) = h.xdp_bytes(&own);
     assert_eq!(action, XDP_PASS);
     assert_eq!(back, own);
+}
+
+#[test]
+fn the_gateways_own_error_about_a_translated_reply_quotes_what_the_lan_host_sent() {
+    let mut h = harness();
+    let out = out_through(&mut h, &udp(P1, HOST, 51_000, 53));
+    let (port, _) = ports_of(&out, false);
+    // The LAN host's reply comes back translated toward the peer ...
+    let (action, _) = h.xdp_bytes(&udp(HOST, NAT, 53, port).build());
+    assert_eq!(action, XDP_PASS);
+    // ... and does not fit the tunnel: the gateway's own "fragmentation needed" (from its LAN
+    // address, MTU 1280) quotes the reply as translated. It must leave quoting the reply as the
+    // LAN host sent it, or the LAN host caches the MTU for the peer's address, which it never
+    // talks to, and keeps sending what cannot pass.
+    let mtu = [0, 0, 0x05, 0x00];
+    let error = dest_unreachable(NAT, HOST, &udp(HOST, P1, 53, 51_000), 4, mtu);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &error);
+    assert_eq!(action, TC_ACT_OK);
+    let mut want = dest_unreachable(NAT, HOST, &udp(HOST, NAT, 53, port), 4, mtu);
+    // The quoted UDP checksum keeps the value it had (receivers do not check a quoted
+    // checksum; Linux's NAT would update it): the test copies it, then sums the ICMP message.
+    let quoted_udp_check = 14 + 20 + 8 + 20 + 6;
+    want[quoted_udp_check..quoted_udp_check + 2].copy_from_slice(&error[quoted_udp_check..quoted_udp_check + 2]);
+    want[36..38].copy_from_slice(&[0, 0]);
+    let sum = gateway_testkit::packets::checksum(&want[34..]);
+    want[36..38].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&want), "error out");
+    // An error of this host about a flow it did not translate is left alone.
+    let other = dest_unreachable(NAT, HOST, &udp(HOST, P2, 53, 51_001), 4, mtu);
+    let (_, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &other);
+    assert_eq!(out, other);
 }

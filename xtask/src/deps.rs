@@ -7,7 +7,8 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 /// Debian packages and the commands that show they are installed.
-const LAB_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool")];
+const LAB_PACKAGES: &[(&str, &str)] =
+    &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool"), ("wireguard-tools", "wg"), ("wireguard-go", "wireguard-go")];
 const BENCH_PACKAGES: &[(&str, &str)] =
     &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool"), ("conntrack", "conntrack")];
 

@@ -52,6 +52,14 @@ pub struct Translated {
     /// Networks of the routes this peer serves with `Masquerade` set: traffic from the overlay
     /// to them leaves the LAN with the gateway's address.
     pub masquerade: Vec<IpNet>,
+    /// The WireGuard interface's addresses, with the overlay's prefix length (PeerConfig
+    /// `address` and `address_v6`).
+    pub interface_addresses: Vec<IpNet>,
+    /// PeerConfig.mtu when the server sets one.
+    pub mtu: Option<u32>,
+    /// One WireGuard peer per RemotePeerConfig (offline peers are left out). Their endpoints
+    /// are learned from their handshakes.
+    pub peers: Vec<gateway_wireguard::PeerSpec>,
 }
 
 /// What makes two rules one policy: everything but the source addresses. NetBird sends one rule
@@ -241,16 +249,49 @@ fn cidr(text: &str, field: &str) -> Result<IpNet, MapError> {
     t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| bad(field.to_string(), format!("{text:?} is not a CIDR")))
 }
 
-fn own_address(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>) -> Result<IpAddr, MapError> {
-    let address = map.peer_config.as_ref().or(login).map(|c| c.address.as_str()).filter(|a| !a.is_empty()).ok_or(MapError::NoAddress)?;
+/// The interface addresses from the PeerConfig: `address` (required) and `address_v6`.
+fn own_addresses(config: Option<&pb::PeerConfig>) -> Result<Vec<IpNet>, MapError> {
+    let config = config.ok_or(MapError::NoAddress)?;
+    let address = Some(config.address.as_str()).filter(|a| !a.is_empty()).ok_or(MapError::NoAddress)?;
     let net: IpNet = address.parse().map_err(|_| MapError::BadAddress(address.to_string()))?;
-    Ok(net.addr())
+    let mut out = vec![net];
+    if !config.address_v6.is_empty() {
+        let b = &config.address_v6;
+        if b.len() != 17 || b[16] > 128 {
+            return Err(bad("peerConfig.address_v6".into(), format!("{} bytes, prefix {:?}: expected 16 address bytes and a prefix length up to 128", b.len(), b.last())));
+        }
+        let a: [u8; 16] = b[..16].try_into().expect("length checked");
+        out.push(IpNet::new(std::net::Ipv6Addr::from(a).into(), b[16]).expect("prefix checked"));
+    }
+    Ok(out)
+}
+
+fn remote_peers(map: &pb::NetworkMap) -> Result<Vec<gateway_wireguard::PeerSpec>, MapError> {
+    map.remote_peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("remotePeers[{i}]");
+            let allowed_ips = p.allowed_ips.iter().map(|a| cidr(a, &format!("{field}.allowedIps"))).collect::<Result<Vec<_>, _>>()?;
+            Ok(gateway_wireguard::PeerSpec {
+                public_key: p.wg_pub_key.clone(),
+                allowed_ips,
+                endpoint: None,
+                keepalive: Some(gateway_wireguard::DEFAULT_KEEPALIVE_SECS),
+            })
+        })
+        .collect()
 }
 
 /// Translates one network map. `login` is the PeerConfig from Login, used when the map has none;
 /// `own_key` is this peer's public key (base64), which picks the routes it serves.
 pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: &str) -> Result<Translated, MapError> {
-    let me = own_address(map, login)?;
+    let peer_config = map.peer_config.as_ref().or(login);
+    let interface_addresses = own_addresses(peer_config)?;
+    let me = interface_addresses[0].addr();
+    let peers = remote_peers(map)?;
+    gateway_wireguard::PeerSet::check(&peers, Some(own_key)).map_err(|e| bad("remotePeers".into(), e.to_string()))?;
+    let mtu = peer_config.map(|c| c.mtu).filter(|m| *m > 0).map(|m| m as u32);
     let me_net = vec![IpNet::from(me)];
     let any = gateway_policy::any_nets();
     let mut b = Builder::default();
@@ -309,7 +350,7 @@ pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: 
             masquerade.push(network);
         }
     }
-    Ok(Translated { serial: map.serial, own_address: me, policy: b.finish(), skipped, masquerade })
+    Ok(Translated { serial: map.serial, own_address: me, policy: b.finish(), skipped, masquerade, interface_addresses, mtu, peers })
 }
 
 #[cfg(test)]

@@ -1,0 +1,249 @@
+//! The gateway terminating real WireGuard: its own interface (the userspace backend here, as this
+//! kernel has no WireGuard; `auto` must find that out), wireguard-go peers that someone else
+//! wrote, default offloads, and traffic through encrypted tunnels to a LAN host that only
+//! masquerade can answer. File mode: the peers are static in the gateway's config.
+
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener},
+    time::Duration,
+};
+
+use gateway::status::Report;
+use gateway_testkit::{
+    harness::gateway_binary,
+    iperf::{self, Run, Transfer},
+    process::{GatewayProcess, LAB_METRICS_ADDR},
+    traffic,
+    wireguard::{WG_GW_LAN, WG_GW_OVERLAY, WG_LAN_HOST, WgLab, wait_for},
+};
+
+const POLICY: &str = r#"
+groups:
+  full: ["100.64.0.2/32"]
+  ping-only: ["100.64.0.3/32"]
+  lan: ["198.18.10.0/24"]
+policies:
+  - name: full-to-lan
+    source_groups: [full]
+    destination_groups: [lan]
+    action: accept
+    protocol: all
+  - name: ping-only
+    source_groups: [ping-only]
+    destination_groups: [lan]
+    action: accept
+    protocol: icmp
+"#;
+
+fn public_key(lab: &WgLab) -> String {
+    let out = std::process::Command::new(gateway_binary())
+        .args(["wireguard", "public-key", "--state-dir", lab.state_dir().to_str().unwrap()])
+        .output()
+        .expect("gateway wireguard public-key");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The gateway's config: its WireGuard interface with the lab's peers, the LAN, masquerade.
+fn config(lab: &WgLab, backend: &str) -> std::path::PathBuf {
+    std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
+    let mut peers = String::new();
+    for h in &lab.peers {
+        peers.push_str(&format!("    - public_key: {}\n      allowed_ips: [{}/32]\n", h.peer.public_key, h.overlay));
+    }
+    let cfg = format!(
+        "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n\
+         wireguard:\n  backend: {backend}\n  interface: {}\n  address: {WG_GW_OVERLAY}/10\n  peers:\n{peers}\
+         interfaces:\n  lan:\n    - name: lan0\n\
+         masquerade:\n  networks: [198.18.10.0/24]\n",
+        lab.pin_dir().display(),
+        lab.gw_interface,
+    );
+    let path = lab.dir.join("gateway.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn start(lab: &WgLab, backend: &str, log: &str) -> GatewayProcess {
+    let cfg = config(lab, backend);
+    GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join(log), &["--state-dir", lab.state_dir().to_str().unwrap()]).expect("gateway starts")
+}
+
+fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
+    st.counters.iter().filter(|c| c.direction == direction && c.reason == reason).map(|c| c.packets).sum()
+}
+
+#[test]
+fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
+    let lab = WgLab::new(2).expect("lab");
+    let key = public_key(&lab);
+    assert_eq!(public_key(&lab), key, "the key is made once and kept");
+    let gw = start(&lab, "auto", "gateway.log");
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let (p1, p2) = (&lab.peers[0], &lab.peers[1]);
+
+    // What the gateway reports: auto found no kernel WireGuard and runs the userspace device.
+    let st: Report = gw.status(&lab.gw).unwrap();
+    let wg = st.wireguard.as_ref().expect("wireguard in status");
+    assert_eq!(wg.backend.label(), "userspace", "{}", wg.chosen);
+    assert!(wg.chosen.starts_with("auto: no kernel WireGuard"), "{}", wg.chosen);
+    assert_eq!(wg.interface, lab.gw_interface);
+    assert_eq!(wg.public_key.as_deref(), Some(key.as_str()));
+    assert_eq!(wg.listen_port, 51820);
+    assert_eq!(wg.mtu, Some(1280), "NetBird's MTU");
+    assert!(wg.addresses.iter().any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")), "{:?}", wg.addresses);
+    assert_eq!(wg.peers.len(), 2);
+
+    // p1 may do anything to the LAN; the LAN host has no route to the overlay, so only
+    // masqueraded traffic can be answered.
+    let servers = traffic::Servers::start(&lab.lan, &[80], &[53]).expect("servers");
+    assert!(traffic::ping(&p1.ns, lan), "{}", gw.log_text());
+    assert!(traffic::tcp_exchange(&p1.ns, lan, 80), "{}", gw.log_text());
+    assert!(traffic::udp_exchange(&p1.ns, lan, 53));
+    // p2 may only ping.
+    assert!(traffic::ping(&p2.ns, lan));
+    assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
+    assert!(!traffic::udp_exchange(&p2.ns, lan, 53));
+    drop(servers);
+
+    // The LAN host sees the gateway's address.
+    let listener = lab.lan.run_scoped(|| TcpListener::bind("0.0.0.0:8080")).unwrap().expect("listen");
+    let _c = p1.ns.run_scoped(|| std::net::TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(WG_LAN_HOST.parse().unwrap(), 8080)), Duration::from_secs(3))).unwrap().expect("connect");
+    let (_s, seen) = listener.accept().unwrap();
+    assert_eq!(seen.ip().to_string(), WG_GW_LAN);
+
+    // Both sides saw a handshake and encrypted bytes.
+    for h in &lab.peers {
+        assert!(h.peer.handshake_age(&key).unwrap().is_some(), "peer {} has no handshake", h.overlay);
+        let (rx, tx) = h.peer.transfer(&key).unwrap();
+        assert!(rx > 0 && tx > 0, "peer {}: rx {rx} tx {tx}", h.overlay);
+    }
+    let st: Report = gw.status(&lab.gw).unwrap();
+    for p in &st.wireguard.as_ref().unwrap().peers {
+        assert!(p.handshake_age_secs.is_some(), "{p:?}");
+        assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+        assert!(p.endpoint.is_some(), "endpoint learned from the handshake: {p:?}");
+    }
+    assert!(counted(&st, "lan", "masqueraded") > 0, "{:?}", st.counters);
+    assert!(counted(&st, "tunnel_ingress", "default_deny") > 0, "p2's flows were dropped by the policy: {:?}", st.counters);
+}
+
+#[test]
+fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
+    let lab = WgLab::new(1).expect("lab");
+    let key = public_key(&lab);
+    let gw = start(&lab, "userspace", "gateway.log");
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let p1 = &lab.peers[0];
+    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
+    // Default offloads everywhere: the peers' and the LAN host's TSO/GSO/GRO stay on. The MSS
+    // clamp keeps full-size segments inside the 1280-byte tunnel.
+    for reverse in [false, true] {
+        let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse, seconds: 3, port: 5201 }).expect("iperf3 tcp");
+        assert!(out.bytes_received > 5_000_000, "reverse={reverse}: {out:?}\n{}", gw.log_text());
+    }
+    // 1400-byte datagrams do not fit the tunnel's 1280-byte MTU. Peer → LAN: the peer
+    // fragments them, the gateway forwards (and masquerades) the fragments, the LAN host
+    // reassembles.
+    let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Udp { payload: 1400, mbit_per_s: 20 }, reverse: false, seconds: 3, port: 5202 })
+        .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
+    assert!(out.packets > 1000, "{out:?}\n{:?}", gw.status::<Report>(&lab.gw).map(|s| s.counters));
+    assert!(out.lost_packets * 200 <= out.packets, "more than 0.5% lost: {out:?}");
+    // LAN → peer, the largest datagrams that fit, as iperf3 sends them (don't fragment).
+    let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Udp { payload: 1200, mbit_per_s: 20 }, reverse: true, seconds: 3, port: 5203 }).expect("iperf3 udp reverse");
+    assert!(out.packets > 1000 && out.lost_packets * 200 <= out.packets, "{out:?}");
+    // LAN → peer, 1400-byte answers: the LAN host sends them whole with don't-fragment, the
+    // gateway answers "fragmentation needed" from its LAN address, and the masquerade puts the
+    // LAN host's own packet in the quote (RFC 5508), so the LAN host learns the path MTU toward
+    // the address it actually talks to and fragments the next answers. Without that it keeps
+    // sending what cannot pass: a black hole.
+    let echo = udp_echo(&lab.lan, 7);
+    let answered = exchange_large(&p1.ns, SocketAddr::new(lan, 7), 1400, 20);
+    drop(echo);
+    assert_eq!(answered, 20, "1400-byte answers through the tunnel\n{:?}", gw.status::<Report>(&lab.gw).map(|s| s.counters));
+    let route = String::from_utf8_lossy(&lab.lan.ip(&["route", "get", WG_GW_LAN]).unwrap().stdout).to_string();
+    assert!(route.contains("mtu 1280"), "the LAN host learned the tunnel's MTU for the gateway's address: {route}");
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(st.counters.iter().any(|c| c.reason == "mss_clamped" && c.packets > 0), "{:?}", st.counters);
+}
+
+#[test]
+fn a_restart_of_the_userspace_device_ends_its_sessions_and_peers_reconnect() {
+    let lab = WgLab::new(1).expect("lab");
+    let key = public_key(&lab);
+    let gw = start(&lab, "userspace", "gateway.log");
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let p1 = &lab.peers[0];
+    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)));
+    gw.stop().unwrap();
+    // The in-process device ends with the process: no tunnel, nothing passes (the pinned
+    // programs on the old interface are gone with it).
+    assert!(lab.gw.ip(&["link", "show", &lab.gw_interface]).is_err(), "the userspace interface outlived its process");
+    assert!(!traffic::ping(&p1.ns, lan));
+    // A new process has the same key; the peer's old session is unknown to it, so the peer
+    // starts a new handshake when its packets go unanswered (WireGuard's 15 s rule).
+    let gw = start(&lab, "userspace", "gateway2.log");
+    assert!(wait_for(Duration::from_secs(40), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(st.wireguard.unwrap().peers[0].handshake_age_secs.is_some());
+}
+
+/// A UDP echo server (an unconnected socket, as DNS servers run) in `ns`; stops when dropped.
+fn udp_echo(ns: &gateway_testkit::netns::Netns, port: u16) -> EchoServer {
+    let sock = ns.run(move || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    EchoServer { stop, thread: Some(thread) }
+}
+
+struct EchoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `count` distinct `size`-byte datagrams from `ns`, each until its exact echo comes back
+/// (at most 5 tries of 500 ms); returns how many came back.
+fn exchange_large(ns: &gateway_testkit::netns::Netns, to: SocketAddr, size: usize, count: usize) -> usize {
+    ns.run(move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut answered = 0;
+        for i in 0..count {
+            let msg: Vec<u8> = (0..size).map(|j| (i * 7 + j) as u8).collect();
+            let mut buf = vec![0u8; 65536];
+            for _ in 0..5 {
+                let _ = sock.send_to(&msg, to);
+                match sock.recv_from(&mut buf) {
+                    Ok((n, _)) if buf[..n] == msg[..] => {
+                        answered += 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        answered
+    })
+    .expect("namespace thread")
+}
