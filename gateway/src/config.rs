@@ -410,4 +410,31 @@ mod tests {
         assert!(load("70000").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_wireguard_section_makes_its_interface_a_tunnel_and_checks_its_peers() {
+        let dir = std::env::temp_dir().join(format!("gwcfg-wg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.yaml");
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let load = |wg: &str| {
+            std::fs::write(&p, format!("policy: p.yaml\nwireguard:\n{wg}")).unwrap();
+            Config::load(&p).map_err(|e| format!("{e:#}"))
+        };
+        let cfg = load(&format!("  address: 100.64.0.1/10\n  peers:\n    - public_key: {key}\n      allowed_ips: [100.64.0.2/32]\n")).unwrap();
+        let wg = cfg.wireguard.as_ref().unwrap();
+        assert_eq!((wg.interface.as_str(), wg.listen_port, wg.mtu(None), wg.backend), ("wt0", 51820, 1280, gateway_wireguard::BackendChoice::Auto));
+        assert_eq!(cfg.interfaces.tunnel.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["wt0"]);
+        assert_eq!(wg.peers[0].spec().keepalive, Some(25));
+        assert_eq!(wg.mtu(Some(1400)), 1400, "the map's MTU when the file names none");
+        let e = load("  peers:\n    - public_key: nope\n      allowed_ips: []\n").unwrap_err();
+        assert!(e.contains("wireguard.peers"), "{e}");
+        let e = load(&format!("  backend: external\n  peers:\n    - public_key: {key}\n      allowed_ips: []\n")).unwrap_err();
+        assert!(e.contains("external"), "{e}");
+        let e = load("  mtu: 200\n").unwrap_err();
+        assert!(e.contains("mtu"), "{e}");
+        let e = load("  address: fd00::1/64\n").unwrap_err();
+        assert!(e.contains("address is IPv4"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub apply_seconds: prometheus::Gauge,
     swept: IntCounterVec,
     pub management: ManagementMetrics,
+    pub wireguard: WireGuardMetrics,
     /// Last values pushed, so counters advance by the kernel's deltas.
     seen: HashMap<(u8, String, String), u64>,
 }
@@ -51,8 +52,10 @@ impl Metrics {
         let apply_seconds = prometheus::Gauge::new("gateway_policy_apply_seconds", "Time the last policy took to compile and apply")?;
         registry.register(Box::new(apply_seconds.clone()))?;
         let management = ManagementMetrics::register(&registry)?;
+        let wireguard = WireGuardMetrics::register(&registry)?;
         Ok(Metrics {
             management,
+            wireguard,
             registry,
             packets,
             bytes,
@@ -137,6 +140,42 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(String::from_utf8(buf)?)
+    }
+}
+
+/// The WireGuard interface, in aggregate: per-peer detail is in /status, not in labels (a
+/// label per peer key would grow without bound).
+pub struct WireGuardMetrics {
+    /// 1, labelled with the backend and interface (an info metric).
+    backend: IntGaugeVec,
+    peers: IntGauge,
+    /// Peers whose last handshake is under 3 minutes old (WireGuard rekeys every 2).
+    peers_current: IntGauge,
+    rx_bytes: IntGauge,
+    tx_bytes: IntGauge,
+}
+
+impl WireGuardMetrics {
+    fn register(registry: &Registry) -> anyhow::Result<WireGuardMetrics> {
+        let backend = IntGaugeVec::new(Opts::new("gateway_wireguard_backend_info", "The WireGuard backend in use (1)"), &["backend", "interface"])?;
+        let peers = IntGauge::new("gateway_wireguard_peers", "WireGuard peers configured on the interface")?;
+        let peers_current = IntGauge::new("gateway_wireguard_peers_with_recent_handshake", "Peers with a handshake in the last 180 s")?;
+        let rx_bytes = IntGauge::new("gateway_wireguard_received_bytes", "Bytes received from the peers configured now (a peer's bytes leave with it)")?;
+        let tx_bytes = IntGauge::new("gateway_wireguard_sent_bytes", "Bytes sent to the peers configured now (a peer's bytes leave with it)")?;
+        for m in [&peers, &peers_current, &rx_bytes, &tx_bytes] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(backend.clone()))?;
+        Ok(WireGuardMetrics { backend, peers, peers_current, rx_bytes, tx_bytes })
+    }
+
+    pub fn refresh(&self, r: &gateway_wireguard::TunnelReport) {
+        self.backend.reset();
+        self.backend.with_label_values(&[r.backend.label(), &r.interface]).set(1);
+        self.peers.set(r.peers.len() as i64);
+        self.peers_current.set(r.peers.iter().filter(|p| p.handshake_age_secs.is_some_and(|a| a < 180)).count() as i64);
+        self.rx_bytes.set(r.peers.iter().map(|p| p.rx_bytes).sum::<u64>() as i64);
+        self.tx_bytes.set(r.peers.iter().map(|p| p.tx_bytes).sum::<u64>() as i64);
     }
 }
 

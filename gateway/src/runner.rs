@@ -562,6 +562,9 @@ async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
                     let rendered = tokio::task::spawn_blocking(move || {
                         let mut g = lock(&gw);
                         let g = &mut *g;
+                        if let Some(t) = &g.tunnel {
+                            g.metrics.wireguard.refresh(&t.report()?);
+                        }
                         g.metrics.refresh(&g.dp).and_then(|_| g.metrics.render())
                     })
                     .await

@@ -8,83 +8,26 @@ use std::{
 
 use gateway::{demo, status::Report};
 use gateway_testkit::{
-    management::ManagementProcess,
+    management::{self, Api, ManagementProcess},
     netns::Netns,
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::{GATEWAY_LAN_ADDR, GATEWAY_OVERLAY_ADDR, Lab},
     traffic,
 };
 use gateway_testkit::harness::gateway_binary;
-use management_proto::{
-    WgKey, WgPublicKey,
-    pb::{self, management_service_client::ManagementServiceClient},
-};
+use management_proto::{WgKey, pb};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "lab-token-5f2a9c";
 const MGMT_ADDR: &str = "127.0.0.1:33073";
 
-/// REST calls made from inside the namespace the service listens in.
-struct Api<'a> {
-    ns: &'a Netns,
+fn api(ns: &Netns) -> Api<'_> {
+    Api { ns, addr: MGMT_ADDR, token: TOKEN }
 }
 
-impl Api<'_> {
-    fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://{MGMT_ADDR}{path}");
-        self.ns
-            .run(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5))).build().into();
-                let auth = format!("Token {TOKEN}");
-                let resp = match (method, body) {
-                    ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-                    ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
-                    ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(&b),
-                    ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(&b),
-                    _ => panic!("unsupported call {method}"),
-                };
-                let mut resp = resp.expect("management answers");
-                let status = resp.status().as_u16();
-                (status, resp.body_mut().read_json::<Value>().unwrap_or(Value::Null))
-            })
-            .expect("namespace thread")
-    }
-
-    fn ok(&self, method: &'static str, path: &str, body: Value) -> Value {
-        let (status, json) = self.call(method, path, if body.is_null() { None } else { Some(body) });
-        assert_eq!(status, 200, "{method} {path}: {json}");
-        json
-    }
-
-    fn id(&self, path: &str, body: Value) -> String {
-        self.ok("POST", path, body)["id"].as_str().expect("id").to_string()
-    }
-
-    fn peers(&self) -> Vec<Value> {
-        self.ok("GET", "/api/peers", Value::Null).as_array().unwrap().clone()
-    }
-
-    fn set_ip(&self, id: &str, ip: &str) {
-        let body = json!({"name": id, "ssh_enabled": false, "login_expiration_enabled": false, "inactivity_expiration_enabled": false, "ip": ip});
-        self.ok("PUT", &format!("/api/peers/{id}"), body);
-    }
-}
-
-/// Logs a fresh peer in over gRPC with `setup_key`, from inside `ns`.
+/// Logs a fresh peer (a new key) in over gRPC with `setup_key`, from inside `ns`.
 fn grpc_login(ns: &Netns, setup_key: &str) -> Result<pb::LoginResponse, tonic::Status> {
-    let setup_key = setup_key.to_string();
-    ns.run(move || {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-            let mut client = ManagementServiceClient::connect(format!("http://{MGMT_ADDR}")).await.expect("connect");
-            let server = WgPublicKey::from_base64(&client.get_server_key(pb::Empty {}).await?.into_inner().key).unwrap();
-            let key = WgKey::generate();
-            let meta = pb::PeerSystemMeta { hostname: "lab-client".into(), go_os: "linux".into(), ..Default::default() };
-            let sealed = key.seal_message(&server, &pb::LoginRequest { setup_key, meta: Some(meta), ..Default::default() });
-            let resp = client.login(sealed).await?.into_inner();
-            Ok(key.open_message(&server, &resp).expect("opens"))
-        })
-    })
-    .expect("namespace thread")
+    management::grpc_login(ns, &format!("http://{MGMT_ADDR}"), setup_key, WgKey::generate(), "lab-client")
 }
 
 fn metric(gw: &GatewayProcess, ns: &Netns, name: &str) -> f64 {
@@ -118,7 +61,7 @@ fn gateway_enforces_what_management_says_through_trouble() {
     let data = lab.dir.join("management");
     let mgmt_log = lab.dir.join("management.log");
     let mgmt = ManagementProcess::start(&bin, &lab.gw, &data, addr, TOKEN, &[], &mgmt_log).expect("management starts");
-    let api = Api { ns: &lab.gw };
+    let api = api(&lab.gw);
 
     // Groups and keys, as an operator would create them.
     let gateways = api.id("/api/groups", json!({"name": "gateways"}));

@@ -126,6 +126,10 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
         assert!(p.endpoint.is_some(), "endpoint learned from the handshake: {p:?}");
     }
     assert!(counted(&st, "lan", "masqueraded") > 0, "{:?}", st.counters);
+    let metrics = gw.metrics(&lab.gw).unwrap();
+    for line in [format!("gateway_wireguard_backend_info{{backend=\"userspace\",interface=\"{}\"}} 1", lab.gw_interface), "gateway_wireguard_peers 2".into(), "gateway_wireguard_peers_with_recent_handshake 2".into()] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
     assert!(counted(&st, "tunnel_ingress", "default_deny") > 0, "p2's flows were dropped by the policy: {:?}", st.counters);
 }
 

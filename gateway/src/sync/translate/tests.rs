@@ -215,3 +215,34 @@ fn rules_differing_only_in_source_merge_and_address_lists_are_shared() {
     let t = ok(&map(vec![fw("100.64.1.1", D::In, A::Accept, P::Tcp, "22"), other], vec![]));
     assert_eq!(t.policy.policies.len(), 2);
 }
+
+#[test]
+fn the_map_gives_the_interface_its_addresses_mtu_and_peers() {
+    let peer_key = |n: u8| management_proto::WgPublicKey::from_bytes([n; 32]).to_base64();
+    let mut m = map(vec![], vec![]);
+    let mut v6 = "fd00:1::7".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+    v6.push(64);
+    m.peer_config = Some(pb::PeerConfig { address: format!("{ME}/10"), address_v6: v6, mtu: 1400, ..Default::default() });
+    m.remote_peers = vec![
+        pb::RemotePeerConfig { wg_pub_key: peer_key(1), allowed_ips: vec!["100.64.0.2/32".into()], ..Default::default() },
+        pb::RemotePeerConfig { wg_pub_key: peer_key(2), allowed_ips: vec!["100.64.0.3".into()], ..Default::default() },
+    ];
+    m.offline_peers = vec![pb::RemotePeerConfig { wg_pub_key: peer_key(3), allowed_ips: vec!["100.64.0.4/32".into()], ..Default::default() }];
+    let t = translate(&m, None, MY_KEY).unwrap();
+    assert_eq!(t.interface_addresses, vec!["100.64.0.1/10".parse::<IpNet>().unwrap(), "fd00:1::7/64".parse().unwrap()]);
+    assert_eq!(t.mtu, Some(1400));
+    let peers: Vec<(String, Vec<String>)> = t.peers.iter().map(|p| (p.public_key.clone(), p.allowed_ips.iter().map(|a| a.to_string()).collect())).collect();
+    assert_eq!(peers, vec![(peer_key(1), vec!["100.64.0.2/32".to_string()]), (peer_key(2), vec!["100.64.0.3/32".to_string()])], "offline peers are left out");
+    assert!(t.peers.iter().all(|p| p.keepalive == Some(25) && p.endpoint.is_none()));
+
+    // A peer list that cannot be applied rejects the whole map.
+    let mut bad = m.clone();
+    bad.remote_peers[1].allowed_ips = vec!["100.64.0.300/32".into()];
+    assert!(matches!(translate(&bad, None, MY_KEY), Err(MapError::BadRule { .. })));
+    let mut bad = m.clone();
+    bad.remote_peers[1].wg_pub_key = "short".into();
+    assert!(matches!(translate(&bad, None, MY_KEY), Err(MapError::BadRule { .. })));
+    let mut bad = m;
+    bad.peer_config.as_mut().unwrap().address_v6 = vec![0; 5];
+    assert!(matches!(translate(&bad, None, MY_KEY), Err(MapError::BadRule { .. })));
+}

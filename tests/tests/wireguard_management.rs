@@ -1,0 +1,156 @@
+//! The gateway as a NetBird routing peer over real WireGuard: the embedded management service,
+//! the gateway enrolled with a setup key as the router of a Network with a LAN resource
+//! (masquerade on), wireguard-go peers enrolled over the underlay with their own keys through the
+//! real Login. The network map decides the gateway's interface address and its WireGuard peers;
+//! REST changes flip live traffic; a peer deleted over REST loses its tunnel while the others'
+//! sessions go on.
+
+use std::{net::IpAddr, time::Duration};
+
+use gateway::status::Report;
+use gateway_testkit::{
+    harness::gateway_binary,
+    management::{Api, ManagementProcess, grpc_login},
+    process::{GatewayProcess, LAB_METRICS_ADDR},
+    traffic,
+    wireguard::{WG_GW_OVERLAY, WG_LAN_HOST, WgLab, wait_for},
+};
+use management_proto::WgKey;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "wg-lab-token-7d1e";
+const MGMT_PORT: u16 = 33073;
+
+fn status(gw: &GatewayProcess, lab: &WgLab) -> Report {
+    gw.status(&lab.gw).expect("status")
+}
+
+fn serial(gw: &GatewayProcess, lab: &WgLab) -> u64 {
+    status(gw, lab).management.map(|m| m.serial).unwrap_or(0)
+}
+
+/// Waits for a network map newer than `after` to be in force.
+fn wait_newer(gw: &GatewayProcess, lab: &WgLab, after: u64) -> u64 {
+    assert!(wait_for(Duration::from_secs(10), || serial(gw, lab) > after), "no map after serial {after}:\n{}", gw.log_text());
+    serial(gw, lab)
+}
+
+#[test]
+fn routing_peer_terminates_the_tunnels_management_gives_it() {
+    let lab = WgLab::new(2).expect("lab");
+    let bin = gateway_binary();
+    // Listening on every address of the gateway's namespace: peers reach it over the underlay.
+    let mgmt = ManagementProcess::start(&bin, &lab.gw, &lab.dir.join("management"), format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(), TOKEN, &[], &lab.dir.join("management.log"))
+        .expect("management starts");
+    let local = format!("127.0.0.1:{MGMT_PORT}");
+    let api = Api { ns: &lab.gw, addr: &local, token: TOKEN };
+
+    let gateways = api.id("/api/groups", json!({"name": "gateways"}));
+    let clients = api.id("/api/groups", json!({"name": "clients"}));
+    let lan_res = api.id("/api/groups", json!({"name": "lan-resources"}));
+    let gw_key = api.ok("POST", "/api/setup-keys", json!({"name": "gateway", "type": "one-off", "expires_in": 3600, "auto_groups": [gateways]}))["key"].as_str().unwrap().to_string();
+    let client_key = api.ok("POST", "/api/setup-keys", json!({"name": "clients", "type": "reusable", "auto_groups": [clients]}))["key"].as_str().unwrap().to_string();
+
+    // Each peer enrols with its WireGuard key over its underlay link; the lab gives it the
+    // overlay address its wireguard-go interface has.
+    let mut peer_ids = Vec::new();
+    for (i, h) in lab.peers.iter().enumerate() {
+        let url = format!("http://{}:{MGMT_PORT}", h.gw_underlay);
+        let hostname = format!("lab-peer-{i}");
+        grpc_login(&h.ns, &url, &client_key, WgKey::from_base64(&h.peer.private_key).unwrap(), &hostname).expect("peer logs in");
+        let id = api.peers().iter().find(|p| p["hostname"] == hostname.as_str()).expect("peer listed")["id"].as_str().unwrap().to_string();
+        api.set_ip(&id, &h.overlay.to_string());
+        peer_ids.push(id);
+    }
+
+    // The gateway: a WireGuard section with neither address nor peers; both come from the map.
+    let cfg = lab.dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "metrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\nwireguard:\n  interface: {}\ninterfaces:\n  lan:\n    - name: lan0\n",
+            lab.pin_dir().display(),
+            lab.gw_interface
+        ),
+    )
+    .unwrap();
+    let state = lab.state_dir();
+    let gw = GatewayProcess::start_with(
+        &bin,
+        &lab.gw,
+        &cfg,
+        &lab.dir.join("gateway.log"),
+        &["--management-url", &format!("http://{local}"), "--setup-key", &gw_key, "--state-dir", state.to_str().unwrap()],
+    )
+    .expect("gateway starts");
+    assert!(wait_for(Duration::from_secs(10), || api.peers().len() == 3), "gateway registered");
+    let gw_id = api.peers().iter().find(|p| !peer_ids.iter().any(|id| p["id"] == id.as_str())).unwrap()["id"].as_str().unwrap().to_string();
+    api.set_ip(&gw_id, WG_GW_OVERLAY);
+
+    // The LAN host is a resource of a Network the gateway routes, with masquerade.
+    let network = api.id("/api/networks", json!({"name": "lab-lan"}));
+    api.ok("POST", &format!("/api/networks/{network}/resources"), json!({"name": "lan", "address": WG_LAN_HOST, "enabled": true, "groups": [lan_res]}));
+    api.ok("POST", &format!("/api/networks/{network}/routers"), json!({"peer": gw_id, "metric": 100, "masquerade": true, "enabled": true}));
+    // Ping for every client: it keeps the clients in the gateway's map.
+    api.id("/api/policies", json!({"name": "ping", "enabled": true, "rules": [
+        {"name": "ping", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "icmp", "sources": [clients], "destinations": [lan_res]},
+    ]}));
+
+    // The map gives the interface its address and both clients as WireGuard peers.
+    let gw_public = status(&gw, &lab).wireguard.unwrap().public_key.expect("public key");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let w = status(&gw, &lab).wireguard.unwrap();
+            w.peers.len() == 2 && w.addresses.iter().any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10"))
+        }),
+        "{:?}\n{}",
+        status(&gw, &lab).wireguard,
+        gw.log_text()
+    );
+    let w = status(&gw, &lab).wireguard.unwrap();
+    for h in &lab.peers {
+        let p = w.peers.iter().find(|p| p.public_key == h.peer.public_key).expect("peer from the map");
+        assert_eq!(p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(), vec![format!("{}/32", h.overlay)]);
+    }
+    lab.connect_peers(&gw_public).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let _web = traffic::Servers::start(&lab.lan, &[80], &[]).expect("web server");
+    let (p1, p2) = (&lab.peers[0], &lab.peers[1]);
+    for h in &lab.peers {
+        assert!(wait_for(Duration::from_secs(10), || traffic::ping(&h.ns, lan)), "ping from {}\n{}", h.overlay, gw.log_text());
+        assert!(!traffic::tcp_exchange(&h.ns, lan, 80), "tcp from {} before any policy allows it", h.overlay);
+    }
+
+    // A policy created over REST lets the web traffic through.
+    let before = serial(&gw, &lab);
+    let web = api.id("/api/policies", json!({"name": "web", "enabled": true, "rules": [
+        {"name": "web", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "tcp", "ports": ["80"], "sources": [clients], "destinations": [lan_res]},
+    ]}));
+    let after_web = wait_newer(&gw, &lab, before);
+    assert!(traffic::tcp_exchange(&p1.ns, lan, 80), "{}", gw.log_text());
+    assert!(traffic::tcp_exchange(&p2.ns, lan, 80));
+    let mut live = traffic::tcp_open(&p1.ns, lan, 80).expect("live connection");
+    assert!(live.exchange(b"before"));
+    let p1_handshake = p1.peer.handshake_age(&gw_public).unwrap().expect("p1 handshake");
+
+    // p2 is deleted over REST: the gateway drops its WireGuard peer, its traffic stops; p1's
+    // session and its connection carry on.
+    api.ok("DELETE", &format!("/api/peers/{}", peer_ids[1]), Value::Null);
+    wait_newer(&gw, &lab, after_web);
+    let w = status(&gw, &lab).wireguard.unwrap();
+    assert_eq!(w.peers.iter().map(|p| p.public_key.clone()).collect::<Vec<_>>(), vec![p1.peer.public_key.clone()]);
+    assert!(!traffic::ping(&p2.ns, lan), "a deleted peer still reaches the LAN");
+    assert!(live.exchange(b"after the other peer left"), "p1's connection broke");
+    assert!(traffic::ping(&p1.ns, lan));
+    let age = p1.peer.handshake_age(&gw_public).unwrap().expect("p1 handshake");
+    assert!(age >= p1_handshake, "p1's session was reset (handshake {p1_handshake}s ago, now {age}s)");
+
+    // The web policy deleted: the live connection ends at its next packet, new ones are refused.
+    let before = serial(&gw, &lab);
+    api.ok("DELETE", &format!("/api/policies/{web}"), Value::Null);
+    wait_newer(&gw, &lab, before);
+    assert!(!live.exchange(b"after the policy went"));
+    assert!(!traffic::tcp_exchange(&p1.ns, lan, 80));
+    assert!(traffic::ping(&p1.ns, lan));
+    drop(mgmt);
+}
