@@ -35,6 +35,14 @@ pub enum Contender {
     NftLinear,
     IptablesLinear,
     XdpFilter,
+    /// Scenario "wireguard" (wireguard.rs): the routing peer's WireGuard device with plain
+    /// forwarding, with the gateway, and with NetBird's nftables, on boringtun and on wireguard-go.
+    WgPlainBoringtun,
+    WgGatewayBoringtun,
+    WgNetbirdBoringtun,
+    WgPlainWireguardGo,
+    WgGatewayWireguardGo,
+    WgNetbirdWireguardGo,
 }
 
 impl Contender {
@@ -61,6 +69,12 @@ impl Contender {
             Contender::NftLinear => "nftables linear rules",
             Contender::IptablesLinear => "iptables linear rules",
             Contender::XdpFilter => "xdp-filter (ports only) + kernel forwarding",
+            Contender::WgPlainBoringtun => "boringtun, plain forwarding (ceiling)",
+            Contender::WgGatewayBoringtun => "boringtun in the gateway (eBPF policy, masquerade, TC forwarding)",
+            Contender::WgNetbirdBoringtun => "boringtun + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)",
+            Contender::WgPlainWireguardGo => "wireguard-go, plain forwarding (ceiling)",
+            Contender::WgGatewayWireguardGo => "wireguard-go + the gateway (external backend: eBPF policy, masquerade, TC forwarding)",
+            Contender::WgNetbirdWireguardGo => "wireguard-go + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)",
         }
     }
 }
@@ -182,6 +196,12 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             }
             Ok(Installed::Rules { pass, cleanup })
         }
+        Contender::WgPlainBoringtun
+        | Contender::WgGatewayBoringtun
+        | Contender::WgNetbirdBoringtun
+        | Contender::WgPlainWireguardGo
+        | Contender::WgGatewayWireguardGo
+        | Contender::WgNetbirdWireguardGo => anyhow::bail!("{} runs in its own topology (scenario wireguard)", c.label()),
         Contender::XdpFilter => {
             let syn = syn.context("rules needed")?;
             let mut ports: Vec<u16> = syn.rules.iter().filter(|r| r.accept).map(|r| r.port).collect();

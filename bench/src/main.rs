@@ -18,6 +18,7 @@ mod stats;
 mod swap;
 mod tcp;
 mod topo;
+mod wireguard;
 
 use clap::Parser;
 
@@ -26,7 +27,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard.
     #[arg(long)]
     scenario: Option<String>,
     /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
@@ -37,7 +38,7 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 9] = ["cost", "apply", "pps", "tcp", "stateful", "nat", "swap", "restart", "management"];
+const SCENARIOS: [&str; 10] = ["cost", "apply", "pps", "tcp", "stateful", "nat", "swap", "restart", "management", "wireguard"];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -76,6 +77,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("restart") {
         run.restart = Some(restart::run(args.quick)?);
+    }
+    if wants("wireguard") {
+        run.wireguard = Some(wireguard::run(args.quick)?);
     }
     if wants("management") {
         run.management = Some(management::run(args.quick)?);

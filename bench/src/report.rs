@@ -35,6 +35,8 @@ pub struct Run {
     pub restart: Option<Restart>,
     #[serde(default)]
     pub management: Option<ManagementBench>,
+    #[serde(default)]
+    pub wireguard: Option<crate::wireguard::WireGuardBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
     /// them: "section (run timestamp, commit)".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -80,6 +82,7 @@ impl Run {
             tcp: None,
             stateful: None,
             nat: None,
+            wireguard: None,
             swap: None,
             restart: None,
             management: None,
@@ -183,6 +186,9 @@ impl Run {
         if let Some(r) = &self.restart {
             crate::restart::markdown(&mut md, r);
         }
+        if let Some(w) = &self.wireguard {
+            crate::wireguard::markdown(&mut md, w);
+        }
         if let Some(m) = &self.management {
             crate::management::markdown(&mut md, m);
         }
@@ -231,6 +237,10 @@ impl Run {
             if self.restart.is_none() && old.restart.is_some() {
                 self.restart = old.restart;
                 self.carried.push(origin("restart"));
+            }
+            if self.wireguard.is_none() && old.wireguard.is_some() {
+                self.wireguard = old.wireguard;
+                self.carried.push(origin("wireguard"));
             }
             if self.management.is_none() && old.management.is_some() {
                 self.management = old.management;

@@ -205,7 +205,7 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
     use aya_ebpf::{
         EbpfContext as _,
         bindings::{BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_REDIRECT},
-        helpers::generated::{bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_load_bytes, bpf_skb_store_bytes},
+        helpers::generated::{bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes, bpf_skb_store_bytes},
     };
     let v4 = pkt.flow.family == FAMILY_V4;
     let l3 = pkt.l3 as usize;
@@ -270,6 +270,24 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
             if bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) != 0 {
                 return None;
             }
+        }
+        if l3 == 0 {
+            // A tunnel without a link header (wg0, a TUN): the kernel's neighbour redirect
+            // expects a MAC header in front of the IP header to replace, and drops a packet
+            // that has none. A blank one (not multicast) with the packet's ethertype is enough.
+            if bpf_skb_change_head(skb.cast(), 14, 0) != 0 {
+                return None;
+            }
+            let ethertype: u16 = if v4 { 0x0800u16.to_be() } else { 0x86ddu16.to_be() };
+            // From here the packet has a header the tunnel's stack would misread: it is
+            // redirected or dropped, never handed back.
+            if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0 {
+                return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+            }
+            if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) != TC_ACT_REDIRECT as i64 {
+                return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+            }
+            return Some(TC_ACT_REDIRECT as i32);
         }
         if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) != TC_ACT_REDIRECT as i64 {
             return None;

@@ -146,7 +146,8 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
             let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
             if hook == HOOK_TUNNEL_INGRESS && judged && enabled {
                 if let Some(action) = forward::tc_forward(ctx, pkt) {
-                    stats::count(hook, reason::TC_FORWARDED, len as u64);
+                    let why = if action == TC_ACT_SHOT { reason::DROP_INTERNAL } else { reason::TC_FORWARDED };
+                    stats::count(hook, why, len as u64);
                     return action;
                 }
             }

@@ -39,7 +39,13 @@ pub fn public_key(private: &str) -> anyhow::Result<String> {
 impl WgPeer {
     /// Starts wireguard-go on `interface` in `ns` with a new key and `address` (with prefix), up.
     pub fn start(ns: &Netns, interface: &str, address: &str, mtu: u32) -> anyhow::Result<WgPeer> {
-        let (private, public_key) = keypair()?;
+        let (private, _) = keypair()?;
+        Self::start_with_key(ns, interface, address, mtu, &private)
+    }
+
+    /// As [`WgPeer::start`] with a given private key (base64).
+    pub fn start_with_key(ns: &Netns, interface: &str, address: &str, mtu: u32, private: &str) -> anyhow::Result<WgPeer> {
+        let (private, public_key) = (private.to_string(), public_key(private)?);
         let child = ns
             .command("wireguard-go")
             .args(["-f", interface])
@@ -75,6 +81,16 @@ impl WgPeer {
             args.extend(["endpoint", e]);
         }
         exec_in(&self.ns_name, &args).map(|_| ())
+    }
+
+    /// `wg set IF listen-port PORT`.
+    pub fn set_listen_port(&self, port: u16) -> anyhow::Result<()> {
+        exec_in(&self.ns_name, &["wg", "set", &self.interface, "listen-port", &port.to_string()]).map(|_| ())
+    }
+
+    /// `wg set IF peer KEY remove`: the next packet starts a new handshake.
+    pub fn remove_peer(&self, public_key: &str) -> anyhow::Result<()> {
+        exec_in(&self.ns_name, &["wg", "set", &self.interface, "peer", public_key, "remove"]).map(|_| ())
     }
 
     /// Seconds since the last handshake with `public_key`; `None`: never.

@@ -46,6 +46,11 @@ fn public_key(lab: &WgLab) -> String {
 
 /// The gateway's config: its WireGuard interface with the lab's peers, the LAN, masquerade.
 fn config(lab: &WgLab, backend: &str) -> std::path::PathBuf {
+    config_with(lab, backend, "")
+}
+
+/// As [`config`], with more lines under `interfaces:`.
+fn config_with(lab: &WgLab, backend: &str, interfaces_extra: &str) -> std::path::PathBuf {
     std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
     let mut peers = String::new();
     for h in &lab.peers {
@@ -54,7 +59,7 @@ fn config(lab: &WgLab, backend: &str) -> std::path::PathBuf {
     let cfg = format!(
         "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n\
          wireguard:\n  backend: {backend}\n  interface: {}\n  address: {WG_GW_OVERLAY}/10\n  peers:\n{peers}\
-         interfaces:\n  lan:\n    - name: lan0\n\
+         interfaces:\n{interfaces_extra}  lan:\n    - name: lan0\n\
          masquerade:\n  networks: [198.18.10.0/24]\n",
         lab.pin_dir().display(),
         lab.gw_interface,
@@ -65,7 +70,11 @@ fn config(lab: &WgLab, backend: &str) -> std::path::PathBuf {
 }
 
 fn start(lab: &WgLab, backend: &str, log: &str) -> GatewayProcess {
-    let cfg = config(lab, backend);
+    start_with(lab, backend, "", log)
+}
+
+fn start_with(lab: &WgLab, backend: &str, interfaces_extra: &str, log: &str) -> GatewayProcess {
+    let cfg = config_with(lab, backend, interfaces_extra);
     GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join(log), &["--state-dir", lab.state_dir().to_str().unwrap()]).expect("gateway starts")
 }
 
@@ -171,6 +180,26 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     assert!(route.contains("mtu 1280"), "the LAN host learned the tunnel's MTU for the gateway's address: {route}");
     let st: Report = gw.status(&lab.gw).unwrap();
     assert!(st.counters.iter().any(|c| c.reason == "mss_clamped" && c.packets > 0), "{:?}", st.counters);
+}
+
+#[test]
+fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
+    // The WireGuard interface has no link header: the redirect toward the LAN's Ethernet
+    // must give the packet one first, or the kernel drops it (every packet, silently).
+    let lab = WgLab::new(1).expect("lab");
+    let key = public_key(&lab);
+    let gw = start_with(&lab, "userspace", "  tunnel_forward: tc\n", "gateway.log");
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let p1 = &lab.peers[0];
+    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
+    for reverse in [false, true] {
+        let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse, seconds: 2, port: 5201 }).expect("iperf3 tcp");
+        assert!(out.bytes_received > 2_000_000, "reverse={reverse}: {out:?}\n{}", gw.log_text());
+    }
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(counted(&st, "tunnel_ingress", "tc_forwarded") > 1000, "{:?}", st.counters);
+    assert_eq!(counted(&st, "tunnel_ingress", "internal"), 0, "{:?}", st.counters);
 }
 
 #[test]
