@@ -67,7 +67,9 @@ enum Command {
     /// Build a lab in network namespaces, enforce the seed's policies and show traffic accepted
     /// and dropped (needs root).
     Demo {
-        /// Policy file for the lab (default: the seed's four policies, embedded).
+        /// Run the seed lab with veths standing in for tunnels and this policy file (e.g. the
+        /// seed's examples/policy.yaml) instead of the default: real WireGuard peers, the
+        /// embedded management service, the seed's policies created over its REST API.
         #[arg(long)]
         policy: Option<PathBuf>,
     },

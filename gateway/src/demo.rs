@@ -1,5 +1,9 @@
-//! `gateway demo`: the seed lab with the seed's four policies, traffic for each pair of groups,
-//! and a table of what was expected, what happened, and what the gateway counted.
+//! `gateway demo`: by default the seed-000 lab over real WireGuard with the embedded management
+//! service ([`wireguard`]); with `--policy FILE`, the seed lab with veth stand-ins for tunnels
+//! and the policy from a file: traffic for each pair of groups, and a table of what was
+//! expected, what happened, and what the gateway counted.
+
+pub mod wireguard;
 
 use std::{
     net::IpAddr,
@@ -14,7 +18,7 @@ use anyhow::{Context as _, bail};
 
 use gateway_testkit::{
     process::{GatewayProcess, LAB_METRICS_ADDR},
-    topology::{Lab, SEED_POLICY},
+    topology::Lab,
     traffic::{self, Servers},
 };
 use crate::status::Report;
@@ -83,9 +87,12 @@ pub fn start_servers(lab: &Lab) -> anyhow::Result<Vec<Servers>> {
 }
 
 pub fn probe(lab: &Lab, c: &Case) -> bool {
-    let from = &lab.host(c.from).ns;
-    let to = IpAddr::V4(lab.host(c.to).addr);
-    match c.probe {
+    probe_addr(&lab.host(c.from).ns, IpAddr::V4(lab.host(c.to).addr), c.probe)
+}
+
+/// Whether one exchange of `probe` from `from` to `to` came back.
+pub fn probe_addr(from: &gateway_testkit::netns::Netns, to: IpAddr, probe: Probe) -> bool {
+    match probe {
         Probe::Tcp(p) => traffic::tcp_exchange(from, to, p),
         Probe::Udp(p) => traffic::udp_exchange(from, to, p),
         Probe::Ping => traffic::ping(from, to),
@@ -106,15 +113,20 @@ pub fn run(policy: Option<&Path>) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the demo builds network namespaces and loads BPF programs: run it as root (cargo xtask demo does)");
     }
+    match policy {
+        None => wireguard::run(),
+        Some(p) => run_policy_file(p),
+    }
+}
+
+/// The seed lab with veths standing in for tunnels and the policy from a file.
+fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
-    let policy_text = match policy {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        None => SEED_POLICY.to_string(),
-    };
+    let policy_text = std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
     println!("Building the seed-000 lab in network namespaces...");
     let lab = Lab::seed()?;
     let _servers = start_servers(&lab)?;

@@ -164,6 +164,7 @@ pub struct WgLab {
 }
 
 pub struct WgHost {
+    pub name: String,
     pub peer: WgPeer,
     pub ns: Netns,
     pub overlay: std::net::Ipv4Addr,
@@ -179,9 +180,17 @@ pub const WG_PORT: u16 = 51820;
 static WG_LAB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl WgLab {
-    /// A lab with `n` peers (at most 9), overlay addresses 100.64.0.2, .3, ...
+    /// A lab with `n` peers (at most 9) named p1, p2, ..., overlay addresses 100.64.0.2, .3, ...
     pub fn new(n: u8) -> anyhow::Result<WgLab> {
+        let hosts: Vec<(String, String)> = (1..=n).map(|i| (format!("p{i}"), format!("100.64.0.{}", i + 1))).collect();
+        let refs: Vec<(&str, &str)> = hosts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        Self::with_hosts(&refs)
+    }
+
+    /// A lab with these peers: (name, overlay address), at most 9.
+    pub fn with_hosts(hosts: &[(&str, &str)]) -> anyhow::Result<WgLab> {
         use crate::netns::{remove_stale, veth};
+        anyhow::ensure!(hosts.len() <= 9, "at most 9 peers");
         remove_stale("gwwg");
         let pid = std::process::id() % 10_000_000;
         let seq = WG_LAB_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -197,18 +206,23 @@ impl WgLab {
         veth(&lab.gw, "lan0", &lab.lan, "eth0")?;
         lab.gw.ip(&["addr", "add", &format!("{WG_GW_LAN}/24"), "dev", "lan0"])?;
         lab.lan.ip(&["addr", "add", &format!("{WG_LAN_HOST}/24"), "dev", "eth0"])?;
-        for i in 1..=n {
-            let ns = Netns::create(&format!("{id}-p{i}"))?;
+        for (i, (name, overlay)) in hosts.iter().enumerate() {
+            let i = i + 1;
+            let ns = Netns::create(&format!("{id}-{name}"))?;
             let gw_if = format!("u{i}");
             veth(&lab.gw, &gw_if, &ns, "eth0")?;
             lab.gw.ip(&["addr", "add", &format!("198.18.{i}.1/24"), "dev", &gw_if])?;
             ns.ip(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", "eth0"])?;
-            let overlay: std::net::Ipv4Addr = format!("100.64.0.{}", i + 1).parse()?;
+            let overlay: std::net::Ipv4Addr = overlay.parse()?;
             let peer = WgPeer::start(&ns, &format!("wg{pid}p{seq}y{i}"), &format!("{overlay}/10"), 1280)?;
             ns.ip(&["route", "add", "198.18.10.0/24", "dev", &peer.interface])?;
-            lab.peers.push(WgHost { peer, ns, overlay, gw_underlay: format!("198.18.{i}.1").parse()? });
+            lab.peers.push(WgHost { name: name.to_string(), peer, ns, overlay, gw_underlay: format!("198.18.{i}.1").parse()? });
         }
         Ok(lab)
+    }
+
+    pub fn host(&self, name: &str) -> &WgHost {
+        self.peers.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no lab peer {name}"))
     }
 
     /// Points every peer at the gateway's key and endpoint; the overlay and the LAN go through it.

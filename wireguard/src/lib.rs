@@ -1,8 +1,8 @@
 //! The gateway's WireGuard interface. One trait, [`Backend`], three implementations chosen per host:
 //! - **kernel**: the kernel's WireGuard, created and configured over netlink; the interface and its
 //!   sessions outlive the gateway process;
-//! - **userspace**: boringtun in this process on a TUN device, behind the standard UAPI socket
-//!   (`/var/run/wireguard/<name>.sock`, so `wg show` works); it ends with the process;
+//! - **userspace**: boringtun in this process on a TUN device, configured over a private UAPI
+//!   channel (see [`UserspaceBackend`] for why not the usual socket); it ends with the process;
 //! - **external**: an interface someone else manages (wg-quick, wireguard-go, NetBird's `wt0`):
 //!   read for status, never configured.
 //!
@@ -149,14 +149,21 @@ impl Backend for KernelBackend {
     }
 }
 
+/// boringtun in this process. Its configuration channel is one end of a socket pair (the
+/// UAPI text protocol, as `wg` speaks it), not the usual `/var/run/wireguard/<name>.sock`: with
+/// that socket boringtun also takes SIGINT and SIGTERM through a signalfd, which races the
+/// gateway for them and ends the device instead of the gateway. So `wg show` does not see this
+/// device; `gateway status` shows what it would.
 struct UserspaceBackend {
-    /// Owns the boringtun device: dropping it ends the device and removes the TUN.
-    api: WGApi<Userspace>,
+    api: std::sync::Mutex<std::os::unix::net::UnixStream>,
+    /// Owns the device: dropping it (with the stream's end above) stops it and removes the TUN.
+    _handle: defguard_boringtun::device::DeviceHandle,
     name: String,
 }
 
 impl UserspaceBackend {
     fn open(spec: &DeviceSpec) -> anyhow::Result<UserspaceBackend> {
+        use std::os::fd::IntoRawFd as _;
         if link::exists(&spec.name) {
             bail!(
                 "interface {} exists already; an in-process userspace device needs a new one \
@@ -164,22 +171,45 @@ impl UserspaceBackend {
                 spec.name
             );
         }
-        // boringtun blocks SIGINT and SIGTERM on the thread that creates the device and takes
-        // them through a signalfd to end itself; its worker threads inherit that mask. Created
-        // on a thread of its own, the device leaves the process's signals to the gateway, which
-        // then shuts down in order (the device last).
-        let name = spec.name.clone();
-        let api = std::thread::spawn(move || -> anyhow::Result<WGApi<Userspace>> {
-            let mut api = WGApi::<Userspace>::new(name).map_err(wg_err)?;
-            api.create_interface().map_err(wg_err)?;
-            Ok(api)
-        })
-        .join()
-        .map_err(|_| anyhow!("the thread creating the userspace device panicked"))?
-        .with_context(|| format!("creating userspace WireGuard device {} (boringtun on a TUN)", spec.name))?;
-        api.configure_interface(&interface_config(spec)).map_err(wg_err).with_context(|| format!("configuring {}", spec.name))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("UAPI socket pair")?;
+        let config = defguard_boringtun::device::DeviceConfig { uapi_fd: theirs.into_raw_fd(), ..Default::default() };
+        let handle = defguard_boringtun::device::DeviceHandle::new(&spec.name, config)
+            .map_err(|e| anyhow!("{e:?}"))
+            .with_context(|| format!("creating userspace WireGuard device {} (boringtun on a TUN)", spec.name))?;
+        ours.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let b = UserspaceBackend { api: std::sync::Mutex::new(ours), _handle: handle, name: spec.name.clone() };
+        let key = Key::try_from(spec.private_key.as_str()).map_err(|e| anyhow!("private key: {e}"))?;
+        b.uapi(&format!("set=1\nprivate_key={}\nlisten_port={}\nreplace_peers=true\n\n", key.to_lower_hex(), spec.listen_port))
+            .with_context(|| format!("configuring {}", spec.name))?;
+        link::set_mtu(&spec.name, spec.mtu)?;
         link::set_up(&spec.name)?;
-        Ok(UserspaceBackend { api, name: spec.name.clone() })
+        Ok(b)
+    }
+
+    /// One UAPI exchange: the request, then the answer up to its `errno=` line (an error unless
+    /// 0). Returns the answer's text.
+    fn uapi(&self, request: &str) -> anyhow::Result<String> {
+        use std::io::{BufRead as _, Write as _};
+        let mut stream = self.api.lock().unwrap_or_else(|p| p.into_inner());
+        stream.write_all(request.as_bytes()).context("UAPI write")?;
+        let mut reader = std::io::BufReader::new(&*stream);
+        let mut answer = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).context("UAPI read")? == 0 {
+                bail!("the userspace device closed its configuration channel");
+            }
+            answer.push_str(&line);
+            if let Some(errno) = line.trim().strip_prefix("errno=") {
+                // The blank line that ends the answer.
+                let mut blank = String::new();
+                let _ = reader.read_line(&mut blank);
+                return match errno {
+                    "0" => Ok(answer),
+                    e => Err(anyhow!("the userspace device refused the change (errno {e})")),
+                };
+            }
+        }
     }
 }
 
@@ -191,13 +221,14 @@ impl Backend for UserspaceBackend {
         &self.name
     }
     fn read(&self) -> anyhow::Result<Host> {
-        self.api.read_interface_data().map_err(wg_err)
+        let answer = self.uapi("get=1\n\n")?;
+        Host::parse_uapi(std::io::Cursor::new(answer)).context("parsing the device's state")
     }
     fn set_peer(&self, peer: &defguard_wireguard_rs::peer::Peer) -> anyhow::Result<()> {
-        self.api.configure_peer(peer).map_err(wg_err)
+        self.uapi(&format!("set=1\n{}\n", peer.as_uapi_update())).map(|_| ())
     }
     fn remove_peer(&self, key: &Key) -> anyhow::Result<()> {
-        self.api.remove_peer(key).map_err(wg_err)
+        self.uapi(&format!("set=1\npublic_key={}\nremove=true\n\n", key.to_lower_hex())).map(|_| ())
     }
 }
 
@@ -323,19 +354,21 @@ impl Tunnel {
         Ok(diff)
     }
 
-    /// Gives the interface exactly these addresses (added before the old ones go).
+    /// Gives the interface exactly these addresses. The old ones go first: deleting a primary
+    /// address takes the secondaries of its subnet with it, and a new address in the old one's
+    /// subnet would be such a secondary.
     pub fn set_addresses(&self, wanted: &[IpNet]) -> anyhow::Result<()> {
         if !self.owns_config() {
             bail!("{} is managed by something else: its addresses are not the gateway's to set", self.name());
         }
         let name = self.name().to_string();
         let have = link::addresses(&name)?;
+        for net in have.iter().filter(|n| !wanted.contains(n)) {
+            link::delete_address(&name, *net)?;
+        }
         for net in wanted.iter().filter(|n| !have.contains(n)) {
             let mask = IpAddrMask::new(net.addr(), net.prefix_len());
             WGApi::<Kernel>::new(name.clone()).map_err(wg_err)?.assign_address(&mask).map_err(wg_err).with_context(|| format!("adding {net} to {name}"))?;
-        }
-        for net in have.iter().filter(|n| !wanted.contains(n)) {
-            link::delete_address(&name, *net)?;
         }
         Ok(())
     }
