@@ -253,7 +253,7 @@ fn setup() -> anyhow::Result<Setup> {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<WireGuardBench> {
-    let trials = if quick { 1 } else { 5 };
+    let trials = if quick { 1 } else { 7 };
     let seconds = if quick { 2 } else { 5 };
     let setup = setup()?;
     let outcomes = alternate(
@@ -282,7 +282,7 @@ pub fn markdown(md: &mut String, b: &WireGuardBench) {
     let _ = writeln!(md, "## Through WireGuard: peer → routing peer → LAN server ({} rules)\n", b.rules);
     let _ = writeln!(
         md,
-        "The peer runs wireguard-go; the routing peer runs boringtun (the crate the gateway embeds) or wireguard-go, and on each the gateway (eBPF policy, masquerade, forwarding in TC), NetBird's path (the same device, nftables sets behind conntrack, masquerade by mark, MSS clamp, kernel forwarding) and the same device with plain forwarding (the ceiling). TCP: one iperf3 stream for {} s at default offloads. UDP: iperf3, 64-byte payloads offered at {UDP_MBIT} Mbit/s, counted where they arrive. Every contender in each trial, alternating; median (min–max). The tunnel's crypto in userspace dominates: these rows compare data planes on equal crypto, not the crypto.\n",
+        "The peer runs wireguard-go; the routing peer runs boringtun (the crate the gateway embeds) or wireguard-go, and on each the gateway (eBPF policy, masquerade, forwarding in TC), NetBird's path (the same device, nftables sets behind conntrack, masquerade by mark, MSS clamp, kernel forwarding) and the same device with plain forwarding (the ceiling). TCP: one iperf3 stream for {} s at default offloads. UDP: iperf3, 64-byte payloads offered at {UDP_MBIT} Mbit/s, counted where they arrive. Every contender in each trial, alternating; median (min–max). The tunnel's crypto in userspace dominates (the peer, the routing peer's device, iperf3 and the LAN host share 2 cores): these rows compare data planes on equal crypto, not the crypto, and where min–max ranges overlap the difference is within this VM's run-to-run noise.\n",
         b.seconds
     );
     let _ = writeln!(md, "| contender | TCP (Gbit/s) | UDP 64 B (kpps) |");

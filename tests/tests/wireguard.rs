@@ -280,3 +280,57 @@ fn exchange_large(ns: &gateway_testkit::netns::Netns, to: SocketAddr, size: usiz
     })
     .expect("namespace thread")
 }
+
+#[test]
+fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforcing() {
+    // wireguard-go runs the gateway's interface (as wg-quick or NetBird's own client would); the
+    // gateway only filters it. Killed, it leaves the tunnel up and the pinned policy in force.
+    let lab = WgLab::new(2).expect("lab");
+    let (private, public) = gateway_testkit::wireguard::keypair().unwrap();
+    let device = gateway_testkit::wireguard::WgPeer::start_with_key(&lab.gw, &lab.gw_interface, &format!("{WG_GW_OVERLAY}/10"), 1280, &private).expect("wireguard-go on the gateway");
+    device.set_listen_port(51820).unwrap();
+    for h in &lab.peers {
+        device.add_peer(&h.peer.public_key, None, &format!("{}/32", h.overlay), 0).unwrap();
+    }
+    std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
+    let cfg = lab.dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\nwireguard:\n  backend: external\n  interface: {}\ninterfaces:\n  lan:\n    - name: lan0\nmasquerade:\n  networks: [198.18.10.0/24]\n",
+            lab.pin_dir().display(),
+            lab.gw_interface
+        ),
+    )
+    .unwrap();
+    let state = lab.state_dir();
+    let args = ["--state-dir", state.to_str().unwrap()];
+    let gw = GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join("gateway.log"), &args).expect("gateway starts");
+    let wg = gw.status::<Report>(&lab.gw).unwrap().wireguard.expect("wireguard status");
+    assert_eq!(wg.backend.label(), "external");
+    assert_eq!(wg.public_key.as_deref(), Some(public.as_str()), "read from wireguard-go, not the gateway's own key");
+    assert_eq!(wg.peers.len(), 2);
+    lab.connect_peers(&public).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let (p1, p2) = (&lab.peers[0], &lab.peers[1]);
+    let _servers = traffic::Servers::start(&lab.lan, &[80], &[]).expect("servers");
+    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
+    assert!(traffic::tcp_exchange(&p1.ns, lan, 80));
+    assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
+    let mut live = traffic::tcp_open(&p1.ns, lan, 80).expect("live connection");
+    assert!(live.exchange(b"before"));
+    let handshake = p1.peer.handshake_age(&public).unwrap().expect("handshake");
+
+    gw.crash().unwrap();
+    assert!(lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(), "the external interface went with the gateway");
+    assert!(live.exchange(b"without the gateway process"), "the live connection broke");
+    assert!(traffic::tcp_exchange(&p1.ns, lan, 80), "the pinned policy stopped allowing p1");
+    assert!(!traffic::tcp_exchange(&p2.ns, lan, 80), "fail open: p2 passes without the gateway process");
+    assert!(p1.peer.handshake_age(&public).unwrap().expect("handshake") >= handshake, "the session was renewed");
+
+    let gw = GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join("gateway2.log"), &args).expect("gateway restarts");
+    assert!(gw.status::<Report>(&lab.gw).unwrap().adopted_generation.is_some(), "the pinned data plane is adopted");
+    assert!(live.exchange(b"after the restart"));
+    assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
+    drop(device);
+}
