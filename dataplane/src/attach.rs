@@ -176,7 +176,7 @@ impl Dataplane {
         let context = || format!("attaching {program} to {iface} ({label})");
         let (link, adopted) = match hook {
             Hook::Xdp(mode) => {
-                let prog: &mut Xdp = self.xdp_program()?;
+                let prog: &mut Xdp = self.xdp_program_named(program)?;
                 let (id, adopted) = attach_pinned(
                     prog,
                     pin.as_deref(),

@@ -8,6 +8,7 @@ mod options;
 mod mmap;
 pub mod pins;
 pub mod sweep;
+mod underlay;
 
 use std::{
     collections::HashMap,
@@ -165,6 +166,7 @@ impl Dataplane {
             names::PROG_TC_TUNNEL_EGRESS_ETH,
             names::PROG_TC_TUNNEL_INGRESS_L3,
             names::PROG_TC_TUNNEL_EGRESS_L3,
+            names::PROG_XDP_WG_UNDERLAY,
         ] {
             let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
             let result = match prog {
@@ -523,7 +525,11 @@ impl Dataplane {
     }
 
     pub fn xdp_program(&mut self) -> anyhow::Result<&mut Xdp> {
-        let p = self.ebpf.program_mut(names::PROG_XDP_LAN).context("xdp program")?;
+        self.xdp_program_named(names::PROG_XDP_LAN)
+    }
+
+    pub fn xdp_program_named(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+        let p = self.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
         Ok(p.try_into()?)
     }
 

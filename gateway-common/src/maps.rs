@@ -64,6 +64,14 @@ pub const PINNED_MAPS: [&str; 16] = [
     NAT_REVERSE,
 ];
 
+/// The WireGuard-aware underlay filter (underlay.rs): protected ports, settings, per-source and
+/// per-CPU rate state, counters by reason.
+pub const UNDERLAY_PORTS: &str = "WGU_PORTS_V1";
+pub const UNDERLAY_SETTINGS: &str = "WGU_SETTINGS_V1";
+pub const UNDERLAY_SOURCES: &str = "WGU_SOURCES_V1";
+pub const UNDERLAY_CPU: &str = "WGU_CPU_V1";
+pub const UNDERLAY_STATS: &str = "WGU_STATS_V1";
+
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";
 pub const PROG_TC_LAN_INGRESS: &str = "tc_lan_ingress";
@@ -72,6 +80,7 @@ pub const PROG_TC_TUNNEL_INGRESS_ETH: &str = "tc_tunnel_ingress_eth";
 pub const PROG_TC_TUNNEL_EGRESS_ETH: &str = "tc_tunnel_egress_eth";
 pub const PROG_TC_TUNNEL_INGRESS_L3: &str = "tc_tunnel_ingress_l3";
 pub const PROG_TC_TUNNEL_EGRESS_L3: &str = "tc_tunnel_egress_l3";
+pub const PROG_XDP_WG_UNDERLAY: &str = "xdp_wg_underlay";
 
 /// Default capacities; the controller sizes maps from its configuration at load time.
 pub const DEFAULT_CHUNKS_PER_SLOT: u32 = 16 * 1024;

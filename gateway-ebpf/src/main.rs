@@ -13,6 +13,7 @@ mod nat;
 mod packet;
 mod parse;
 mod stats;
+mod underlay;
 
 use aya_ebpf::{
     EbpfContext,
@@ -183,6 +184,16 @@ pub fn tc_lan_egress(ctx: TcContext) -> i32 {
         }
         nat::Nat::Untouched => TC_ACT_OK,
     }
+}
+
+/// The underlay interface in front of the gateway's WireGuard port: only well-formed WireGuard
+/// messages reach it, handshake initiations at bounded rates.
+#[xdp(frags)]
+pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
+    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: ctx.ctx };
+    let r = underlay::filter(&bytes);
+    underlay::count(r, bytes.len as u64);
+    if gateway_common::underlay::drops(r) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 /// Tunnel interface with an Ethernet header (veth in labs), traffic from peers.

@@ -105,3 +105,18 @@ pub static NAT_FRAGMENTS: LruHashMap<FragKey, NatTarget> = LruHashMap::with_max_
 /// LAN interfaces (by ifindex) that accepted tunnel traffic may be forwarded to in TC.
 #[map(name = "LAN_PORTS_V1")]
 pub static LAN_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);
+
+#[map(name = "WGU_PORTS_V1")]
+pub static UNDERLAY_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(gateway_common::underlay::PORTS_MAX, 0);
+
+#[map(name = "WGU_SETTINGS_V1")]
+pub static UNDERLAY_SETTINGS: Array<gateway_common::underlay::UnderlaySettings> = Array::with_max_entries(1, 0);
+
+#[map(name = "WGU_SOURCES_V1")]
+pub static UNDERLAY_SOURCES: LruHashMap<gateway_common::underlay::SourceKey, u64> = LruHashMap::with_max_entries(gateway_common::underlay::SOURCES_MAX, 0);
+
+#[map(name = "WGU_CPU_V1")]
+pub static UNDERLAY_CPU: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "WGU_STATS_V1")]
+pub static UNDERLAY_STATS: PerCpuArray<gateway_common::stats::Counter> = PerCpuArray::with_max_entries(gateway_common::underlay::reason::SLOTS, 0);

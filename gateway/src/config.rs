@@ -33,6 +33,9 @@ pub struct Config {
     /// of its own). Absent: the gateway filters tunnel interfaces that something else made.
     #[serde(default)]
     pub wireguard: Option<WireGuardConfig>,
+    /// Rates of the underlay filter (`interfaces.underlay`).
+    #[serde(default)]
+    pub underlay_filter: UnderlayFilter,
     /// Prometheus endpoint; none when absent.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
@@ -62,6 +65,68 @@ pub struct Interfaces {
     /// finish (TTL, MTU, no route out of a LAN interface) still goes to the kernel.
     #[serde(default)]
     pub tunnel_forward: TunnelForward,
+    /// Underlay interfaces (facing the Internet) in front of the WireGuard port: only
+    /// well-formed WireGuard messages reach it, handshake initiations at bounded rates (XDP).
+    #[serde(default)]
+    pub underlay: Vec<UnderlayInterface>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayInterface {
+    pub name: String,
+    /// xdp-native (default) or xdp-generic.
+    #[serde(default)]
+    pub attach: LanAttach,
+    /// UDP ports to protect; default: the WireGuard interface's listen port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// Handshake initiation rates of the underlay filter.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayFilter {
+    /// From one source address (default WireGuard's own: 20 a second, bursts of 5).
+    #[serde(default = "default_per_source")]
+    pub per_source: RateConfig,
+    /// From all sources together, per CPU (default 2,000 a second, bursts of 200).
+    #[serde(default = "default_per_cpu")]
+    pub per_cpu: RateConfig,
+}
+
+impl Default for UnderlayFilter {
+    fn default() -> Self {
+        UnderlayFilter { per_source: default_per_source(), per_cpu: default_per_cpu() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// 0: unlimited.
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+fn default_per_source() -> RateConfig {
+    use gateway_common::underlay::*;
+    RateConfig { per_second: DEFAULT_PER_SOURCE_PER_SECOND, burst: DEFAULT_PER_SOURCE_BURST }
+}
+
+fn default_per_cpu() -> RateConfig {
+    use gateway_common::underlay::*;
+    RateConfig { per_second: DEFAULT_PER_CPU_PER_SECOND, burst: DEFAULT_PER_CPU_BURST }
+}
+
+impl UnderlayFilter {
+    pub fn settings(&self) -> gateway_common::underlay::UnderlaySettings {
+        use gateway_common::underlay::Rate;
+        gateway_common::underlay::UnderlaySettings {
+            per_source: Rate::new(self.per_source.per_second, self.per_source.burst),
+            per_cpu: Rate::new(self.per_cpu.per_second, self.per_cpu.burst),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -301,7 +366,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.interfaces.tunnel.is_empty() && self.interfaces.lan.is_empty() && self.wireguard.is_none() {
+        if self.interfaces.tunnel.is_empty() && self.interfaces.lan.is_empty() && self.interfaces.underlay.is_empty() && self.wireguard.is_none() {
             bail!("interfaces: name at least one tunnel or lan interface");
         }
         if let Some(wg) = &self.wireguard {
@@ -339,6 +404,17 @@ impl Config {
             m.port_range()?;
             if !m.networks.is_empty() && self.interfaces.lan.is_empty() {
                 bail!("masquerade: networks are masqueraded behind LAN interfaces; name at least one");
+            }
+        }
+        for u in &self.interfaces.underlay {
+            if u.attach == LanAttach::Tc {
+                bail!("interfaces.underlay {}: the filter is an XDP program (xdp-native or xdp-generic)", u.name);
+            }
+            if self.interfaces.lan.iter().any(|l| l.name == u.name) || self.interfaces.tunnel.iter().any(|t| t.name == u.name) {
+                bail!("interfaces.underlay {}: an interface is either underlay, LAN or tunnel (one XDP program per interface)", u.name);
+            }
+            if u.ports.is_empty() && self.wireguard.is_none() {
+                bail!("interfaces.underlay {}: name its WireGuard ports (there is no wireguard section to take the port from)", u.name);
             }
         }
         for lan in &self.interfaces.lan {
@@ -435,6 +511,26 @@ mod tests {
         assert!(e.contains("mtu"), "{e}");
         let e = load("  address: fd00::1/64\n").unwrap_err();
         assert!(e.contains("address is IPv4"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn underlay_interfaces_are_xdp_only_and_need_a_port() {
+        let dir = std::env::temp_dir().join(format!("gwcfg-ul-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.yaml");
+        let load = |body: &str| {
+            std::fs::write(&p, format!("policy: p.yaml\n{body}")).unwrap();
+            Config::load(&p).map_err(|e| format!("{e:#}"))
+        };
+        let cfg = load("wireguard: {}\ninterfaces:\n  underlay:\n    - name: eth0\n").unwrap();
+        let s = cfg.underlay_filter.settings();
+        assert_eq!((s.per_source.interval_ns, s.per_source.tolerance_ns), (50_000_000, 200_000_000), "20 a second, bursts of 5");
+        assert!(load("interfaces:\n  underlay:\n    - name: eth0\n").unwrap_err().contains("ports"));
+        assert!(load("interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n").is_ok());
+        assert!(load("interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n      attach: tc\n").unwrap_err().contains("XDP"));
+        let e = load("interfaces:\n  lan:\n    - name: eth0\n  underlay:\n    - name: eth0\n      ports: [51820]\n").unwrap_err();
+        assert!(e.contains("either underlay, LAN or tunnel"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

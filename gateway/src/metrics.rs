@@ -21,6 +21,8 @@ pub struct Metrics {
     map_capacity: IntGaugeVec,
     pub apply_seconds: prometheus::Gauge,
     swept: IntCounterVec,
+    underlay_packets: IntCounterVec,
+    underlay_bytes: IntCounterVec,
     pub management: ManagementMetrics,
     pub wireguard: WireGuardMetrics,
     /// Last values pushed, so counters advance by the kernel's deltas.
@@ -48,6 +50,8 @@ impl Metrics {
         registry.register(Box::new(map_entries.clone()))?;
         let map_capacity = IntGaugeVec::new(Opts::new("gateway_map_capacity_entries", "Capacity per map"), &["map"])?;
         registry.register(Box::new(map_capacity.clone()))?;
+        let underlay_packets = counter("gateway_underlay_packets_total", "Packets the underlay filter saw, by reason (what passed and why the rest was dropped)", &["verdict", "reason"])?;
+        let underlay_bytes = counter("gateway_underlay_bytes_total", "Bytes the underlay filter saw, by reason", &["verdict", "reason"])?;
         let swept = counter("gateway_conntrack_removed_total", "Conntrack entries removed by the controller, by cause", &["cause"])?;
         let apply_seconds = prometheus::Gauge::new("gateway_policy_apply_seconds", "Time the last policy took to compile and apply")?;
         registry.register(Box::new(apply_seconds.clone()))?;
@@ -68,6 +72,8 @@ impl Metrics {
             map_capacity,
             apply_seconds,
             swept,
+            underlay_packets,
+            underlay_bytes,
             seen: HashMap::new(),
         })
     }
@@ -98,6 +104,16 @@ impl Metrics {
                     self.packets.with_label_values(&labels).inc_by(dp_);
                     self.bytes.with_label_values(&labels).inc_by(db);
                 }
+            }
+        }
+        for (i, c) in dp.underlay_counters()?.into_iter().enumerate() {
+            let name = gateway_common::underlay::REASON_NAMES[i];
+            let verdict = if gateway_common::underlay::drops(i as u32) { "drop" } else { "pass" };
+            let dp_ = self.advance(4, name, "", c.packets);
+            let db = self.advance(5, name, "", c.bytes);
+            if c.packets > 0 {
+                self.underlay_packets.with_label_values(&[verdict, name]).inc_by(dp_);
+                self.underlay_bytes.with_label_values(&[verdict, name]).inc_by(db);
             }
         }
         let rules = dp.rule_counters()?;

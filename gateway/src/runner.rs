@@ -156,7 +156,8 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
     // flows it allows); a new data plane starts with nothing allowed.
     let keep_adopted = dp.adopted().is_some() && matches!(source, PolicySource::Management(_));
     let report = if keep_adopted { None } else { Some(dp.apply(&compiled)?) };
-    if let Err(e) = attach_all(&mut dp, &cfg) {
+    let wg_port = tunnel.as_ref().and_then(|t| t.report().ok()).map(|r| r.listen_port).or(cfg.wireguard.as_ref().map(|w| w.listen_port));
+    if let Err(e) = attach_all(&mut dp, &cfg, wg_port) {
         // Nothing half-done: what this run attached is removed again; adopted links keep
         // enforcing the policy they had.
         for err in dp.abandon_start() {
@@ -304,7 +305,7 @@ fn reserve_ports(min: u16, max: u16) -> anyhow::Result<()> {
 
 /// Attaches every configured interface, enables XDP forwarding where configured, and releases
 /// pinned links that the configuration no longer names.
-fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
+fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow::Result<()> {
     for t in &cfg.interfaces.tunnel {
         let kind = dp.attach_tunnel(&t.name, t.mss_clamp.tunnel_mss())?;
         let mss = dp.mss_clamp(&t.name)?.map(|c| format!("{} (IPv6 {})", c.v4, c.v6)).unwrap_or_else(|| "off".into());
@@ -313,6 +314,22 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<()> {
     for l in &cfg.interfaces.lan {
         let mode = dp.attach_lan(&l.name, l.attach)?;
         info!(interface = %l.name, mode, "LAN interface attached");
+    }
+    if !cfg.interfaces.underlay.is_empty() {
+        let mut ports: Vec<u16> = Vec::new();
+        for u in &cfg.interfaces.underlay {
+            let mine = if u.ports.is_empty() { wg_port.into_iter().collect() } else { u.ports.clone() };
+            anyhow::ensure!(!mine.is_empty(), "interfaces.underlay {}: no WireGuard port to protect", u.name);
+            ports.extend(mine);
+        }
+        ports.sort();
+        ports.dedup();
+        // The ports and rates are in force before the program sees a packet.
+        dp.set_underlay(&ports, cfg.underlay_filter.settings())?;
+        for u in &cfg.interfaces.underlay {
+            let mode = dp.attach_underlay(&u.name, u.attach)?;
+            info!(interface = %u.name, mode, ports = ?ports, "underlay filter: only WireGuard messages reach these ports, handshake initiations rate-limited");
+        }
     }
     masquerade(dp, cfg, &[], &mut false)?;
     if cfg.interfaces.tunnel_forward == crate::config::TunnelForward::Tc {

@@ -32,6 +32,17 @@ pub struct Report {
     /// and bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<gateway_wireguard::TunnelReport>,
+    /// The underlay filter's counters by reason (non-zero ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub underlay: Vec<UnderlayCounter>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnderlayCounter {
+    pub reason: String,
+    pub dropped: bool,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// The management client's view: whether it is synced, to which map, as which address.
@@ -113,6 +124,18 @@ pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: 
         policies: dp.rule_counters()?.into_iter().map(|(p, c)| PolicyCounter { policy: p, packets: c.packets, bytes: c.bytes }).collect(),
         management,
         wireguard,
+        underlay: dp
+            .underlay_counters()?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| c.packets > 0)
+            .map(|(i, c)| UnderlayCounter {
+                reason: gateway_common::underlay::REASON_NAMES[i].into(),
+                dropped: gateway_common::underlay::drops(i as u32),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
     })
 }
 
@@ -155,6 +178,12 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
             let ep = p.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
             let ips = p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
             println!("  peer {} endpoint {ep} allowed {ips} handshake {hs} rx {} tx {}", p.public_key, p.rx_bytes, p.tx_bytes);
+        }
+    }
+    if !r.underlay.is_empty() {
+        println!("underlay filter (WireGuard port):");
+        for c in &r.underlay {
+            println!("  {:<7} {:<22} {:>12} packets {:>14} bytes", if c.dropped { "drop" } else { "pass" }, c.reason, c.packets, c.bytes);
         }
     }
     println!("\nattached:");

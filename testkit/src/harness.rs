@@ -82,6 +82,16 @@ impl Harness {
         (r.return_value, out)
     }
 
+    /// Runs a named XDP program once; returns the XDP action and the frame as it left.
+    pub fn xdp_program_bytes(&mut self, name: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.xdp_program_named(name).expect("xdp program");
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let r = prog.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
     /// Runs a named TC program once; returns the TC action and the packet as it left.
     pub fn tc_program_bytes(&mut self, name: &str, packet: &[u8]) -> (u32, Vec<u8>) {
         self.run_tc_out(name, packet).expect("test run")

@@ -334,3 +334,45 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
     drop(device);
 }
+
+#[test]
+fn a_handshake_flood_at_the_underlay_filter_does_not_starve_the_tunnel() {
+    // The gateway's underlay link to p1 carries the filter (native XDP on the veth).
+    let lab = WgLab::new(1).expect("lab");
+    let key = public_key(&lab);
+    let cfg = config_with(&lab, "userspace", "  underlay:\n    - name: u1\n");
+    let gw = GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join("gateway.log"), &["--state-dir", lab.state_dir().to_str().unwrap()]).expect("gateway starts");
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let p1 = &lab.peers[0];
+    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "the handshake passes the filter\n{}", gw.log_text());
+    // 4,000 handshake initiations and 500 datagrams that are no WireGuard message at all, from
+    // the peer's own address, while a bulk transfer runs through the tunnel.
+    let target = SocketAddr::new(lab.peers[0].gw_underlay.into(), 51820);
+    let flood = p1.ns.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut initiation = vec![0u8; 148];
+        initiation[0] = 1;
+        let garbage = vec![0x42u8; 100];
+        let mut sent = (0, 0);
+        for i in 0..4_000 {
+            initiation[4..8].copy_from_slice(&(i as u32).to_le_bytes());
+            sent.0 += s.send_to(&initiation, target).is_ok() as u32;
+            if i % 8 == 0 {
+                sent.1 += s.send_to(&garbage, target).is_ok() as u32;
+            }
+        }
+        sent
+    });
+    let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse: false, seconds: 2, port: 5201 }).expect("iperf3 during the flood");
+    let (initiations, garbage) = flood.unwrap();
+    assert!(out.bytes_received > 2_000_000, "{out:?}");
+    assert!(traffic::ping(&p1.ns, lan), "the tunnel after the flood");
+    let st: Report = gw.status(&lab.gw).unwrap();
+    let c = |r: &str| st.underlay.iter().find(|c| c.reason == r).map(|c| c.packets).unwrap_or(0);
+    assert_eq!(c("malformed"), garbage as u64, "{:?}", st.underlay);
+    assert!(c("rate_limited_source") + c("rate_limited_total") >= initiations as u64 - 100, "{:?}", st.underlay);
+    assert!(c("transport") > 1000, "{:?}", st.underlay);
+    let metrics = gw.metrics(&lab.gw).unwrap();
+    assert!(metrics.contains("gateway_underlay_packets_total{reason=\"malformed\",verdict=\"drop\"}"), "{metrics}");
+}
