@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A TURN relay that takes coturn's place (UDP; its own YAML or coturn's turnserver.conf).
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
     /// The gateway's WireGuard key.
     Wireguard {
         #[command(subcommand)]
@@ -135,6 +140,19 @@ enum ManagementCommand {
 }
 
 #[derive(Subcommand)]
+enum RelayCommand {
+    /// Serve TURN until SIGINT/SIGTERM.
+    Serve {
+        /// The relay's YAML configuration.
+        #[arg(long, conflicts_with = "coturn_config")]
+        config: Option<PathBuf>,
+        /// coturn's turnserver.conf: options this relay does not support are refused by name.
+        #[arg(long)]
+        coturn_config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum WireguardCommand {
     /// Print the public key to hand to peers (the key is created on first use, mode 0600).
     PublicKey {
@@ -184,6 +202,7 @@ pub fn main() -> ExitCode {
             crate::management_server::serve(options, listen)
         }
         Command::Status { addr, json } => status::print(addr, json),
+        Command::Relay { command: RelayCommand::Serve { config, coturn_config } } => crate::relay::serve(config.as_deref(), coturn_config.as_deref()),
         Command::Wireguard { command: WireguardCommand::PublicKey { state_dir } } => {
             crate::sync::Identity::load_or_create(&state_dir).map(|id| println!("{}", id.key.public().to_base64()))
         }

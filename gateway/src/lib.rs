@@ -9,6 +9,7 @@ pub mod demo;
 #[cfg(feature = "management-server")]
 pub mod management_server;
 pub mod metrics;
+pub mod relay;
 pub mod runner;
 pub mod status;
 pub mod sync;

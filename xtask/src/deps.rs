@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages and the commands that show they are installed.
 const LAB_PACKAGES: &[(&str, &str)] =
-    &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool"), ("wireguard-tools", "wg"), ("wireguard-go", "wireguard-go")];
+    &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool"), ("wireguard-tools", "wg"), ("wireguard-go", "wireguard-go"), ("coturn", "turnutils_uclient")];
 const BENCH_PACKAGES: &[(&str, &str)] =
     &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool"), ("conntrack", "conntrack")];
 

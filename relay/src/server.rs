@@ -1,0 +1,496 @@
+//! The relay itself: one UDP socket per listening address for clients, one per allocation
+//! toward peers, the RFC 8656 state (allocations, permissions, channels) and its timers.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use stun_codec::{
+    MessageClass, TransactionId,
+    rfc5389::{
+        attributes::{MessageIntegrity, Nonce, Realm, Software, Username, XorMappedAddress},
+        methods::BINDING,
+    },
+    rfc5766::{
+        attributes::{Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress},
+        methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND},
+    },
+};
+use tokio::net::UdpSocket;
+use tracing::{info, warn};
+
+use crate::{
+    auth::{AuthError, Credentials, NonceCheck, Nonces},
+    config::RelayConfig,
+    message::{self, ChannelNumber, Key, Msg},
+};
+
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// A channel number or peer stays reserved this long after its binding expired.
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+const SOFTWARE: &str = concat!("gateway-relay ", env!("CARGO_PKG_VERSION"));
+
+/// An allocation is keyed by its 5-tuple: the listening address it came in on and the client.
+type AllocKey = (SocketAddr, SocketAddr);
+
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+struct Allocation {
+    username: String,
+    /// The address peers send to (external-ip when configured).
+    relayed: SocketAddr,
+    relay: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    peer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Allocation {
+    fn permitted(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&peer).is_some_and(|e| *e > now)
+    }
+
+    fn channel_of(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels.iter().find(|(_, c)| c.peer == peer && c.expires > now).map(|(n, _)| *n)
+    }
+}
+
+/// What the relay counts (for status and metrics).
+#[derive(Default)]
+pub struct Counters {
+    pub to_peer_packets: AtomicU64,
+    pub to_peer_bytes: AtomicU64,
+    pub to_client_packets: AtomicU64,
+    pub to_client_bytes: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub refused_peers: AtomicU64,
+    pub dropped_no_permission: AtomicU64,
+}
+
+pub struct Relay {
+    cfg: RelayConfig,
+    creds: Credentials,
+    nonces: Nonces,
+    realm: Realm,
+    allocations: Mutex<HashMap<AllocKey, Allocation>>,
+    pub counters: Counters,
+}
+
+/// A snapshot for `gateway relay status`.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub allocations: usize,
+    pub permissions: usize,
+    pub channels: usize,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Relay {
+    pub fn new(cfg: RelayConfig) -> anyhow::Result<Arc<Relay>> {
+        let realm = Realm::new(cfg.realm.clone()).map_err(|e| anyhow::anyhow!("realm: {e}"))?;
+        Ok(Arc::new(Relay { creds: cfg.credentials(), cfg, nonces: Nonces::new(), realm, allocations: Mutex::new(HashMap::new()), counters: Counters::default() }))
+    }
+
+    fn allocations(&self) -> std::sync::MutexGuard<'_, HashMap<AllocKey, Allocation>> {
+        self.allocations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let a = self.allocations();
+        Status {
+            allocations: a.len(),
+            permissions: a.values().map(|x| x.permissions.values().filter(|e| **e > now).count()).sum(),
+            channels: a.values().map(|x| x.channels.values().filter(|c| c.expires > now).count()).sum(),
+        }
+    }
+
+    /// Serves until the task is dropped: one loop per listening address and the timer sweep.
+    pub async fn serve(self: Arc<Relay>) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for addr in self.cfg.listen.clone() {
+            let sock = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("listening on {addr}"))?);
+            info!(%addr, realm = %self.cfg.realm, "TURN relay listening (UDP)");
+            let relay = self.clone();
+            tasks.spawn(async move { relay.listen(sock).await });
+        }
+        let relay = self.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                relay.sweep(Instant::now());
+            }
+        });
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+
+    async fn listen(self: Arc<Relay>, sock: Arc<UdpSocket>) -> anyhow::Result<()> {
+        let local = sock.local_addr()?;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("receive on {local}: {e}");
+                    continue;
+                }
+            };
+            let datagram = &buf[..n];
+            if let Some((channel, data)) = message::parse_channel_data(datagram) {
+                self.from_client_channel((local, from), channel, data).await;
+                continue;
+            }
+            let Some(request) = message::decode(datagram) else { continue };
+            if let Some(reply) = self.handle(&sock, (local, from), request).await {
+                let _ = sock.send_to(&reply, from).await;
+            }
+        }
+    }
+
+    /// ChannelData from a client: to the channel's peer, from the allocation's address.
+    async fn from_client_channel(&self, key: AllocKey, channel: u16, data: &[u8]) {
+        let now = Instant::now();
+        let target = {
+            let allocs = self.allocations();
+            allocs.get(&key).and_then(|a| a.channels.get(&channel).filter(|c| c.expires > now).map(|c| (a.relay.clone(), c.peer)))
+        };
+        if let Some((relay, peer)) = target
+            && relay.send_to(data, peer).await.is_ok()
+        {
+            self.counters.to_peer_packets.fetch_add(1, Ordering::Relaxed);
+            self.counters.to_peer_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A peer's datagram to an allocation: to the client as ChannelData when the peer has a
+    /// channel, else as a Data indication; dropped without a permission.
+    async fn from_peer(&self, key: AllocKey, peer: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        let out = {
+            let allocs = self.allocations();
+            let Some(a) = allocs.get(&key) else { return };
+            if !a.permitted(peer.ip(), now) {
+                self.counters.dropped_no_permission.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let bytes = match a.channel_of(peer, now) {
+                Some(ch) => message::channel_data(ch, data),
+                None => {
+                    let mut m = message::response(MessageClass::Indication, DATA, TransactionId::new(rand::random()));
+                    m.add_attribute(XorPeerAddress::new(peer));
+                    match Data::new(data.to_vec()) {
+                        Ok(d) => m.add_attribute(d),
+                        Err(_) => return,
+                    }
+                    message::encode(m, None)
+                }
+            };
+            (a.listener.clone(), bytes)
+        };
+        if out.0.send_to(&out.1, key.1).await.is_ok() {
+            self.counters.to_client_packets.fetch_add(1, Ordering::Relaxed);
+            self.counters.to_client_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the relay may send to `peer` (RFC 8656 §21.2: no loopback, unspecified,
+    /// multicast or the relay's own addresses, nothing denied unless explicitly allowed).
+    fn peer_allowed(&self, peer: IpAddr) -> bool {
+        if self.cfg.allowed_peer_ip.iter().any(|n: &IpNet| n.contains(&peer)) {
+            return true;
+        }
+        let own = self.cfg.listen.iter().map(|l| l.ip()).chain(self.cfg.relay_ip).chain(self.cfg.external_ip).any(|ip| ip == peer);
+        let special = peer.is_loopback() || peer.is_unspecified() || peer.is_multicast() || matches!(peer, IpAddr::V4(v4) if v4.is_broadcast());
+        !(own || special || self.cfg.denied_peer_ip.iter().any(|n| n.contains(&peer)))
+    }
+
+    /// Checks a request's long-term credentials; the error response when they fail.
+    fn authenticate(&self, req: &Msg, client: SocketAddr) -> Result<(Username, String), Msg> {
+        let now = unix_now();
+        let challenge = |code: u16, reason: &str| {
+            let mut m = message::error(req.method(), req.transaction_id(), code, reason);
+            m.add_attribute(self.realm.clone());
+            if let Ok(n) = Nonce::new(self.nonces.issue(client, now)) {
+                m.add_attribute(n);
+            }
+            m
+        };
+        let (Some(user), Some(_), Some(nonce), Some(mi)) =
+            (req.get_attribute::<Username>(), req.get_attribute::<Realm>(), req.get_attribute::<Nonce>(), req.get_attribute::<MessageIntegrity>())
+        else {
+            return Err(challenge(401, "Unauthorized"));
+        };
+        match self.nonces.check(nonce.value(), client, now) {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale => return Err(challenge(438, "Stale Nonce")),
+            NonceCheck::Invalid => return Err(challenge(401, "Unauthorized")),
+        }
+        let password = match self.creds.password(user.name(), now) {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                let why = match e {
+                    AuthError::Expired => "credential expired",
+                    _ => "unknown user",
+                };
+                tracing::debug!(%client, user = user.name(), why, "authentication refused");
+                return Err(challenge(401, "Unauthorized"));
+            }
+        };
+        if mi.check_long_term_credential(user, &self.realm, &password).is_err() {
+            self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(challenge(401, "Unauthorized"));
+        }
+        Ok((user.clone(), password))
+    }
+
+    /// One STUN message from a client; the encoded answer, if it gets one.
+    async fn handle(self: &Arc<Self>, listener: &Arc<UdpSocket>, key: AllocKey, req: Msg) -> Option<Vec<u8>> {
+        let client = key.1;
+        match (req.class(), req.method()) {
+            (MessageClass::Request, BINDING) => {
+                let mut m = message::response(MessageClass::SuccessResponse, BINDING, req.transaction_id());
+                m.add_attribute(XorMappedAddress::new(client));
+                Some(message::encode(m, None))
+            }
+            (MessageClass::Indication, SEND) => {
+                self.send_indication(key, &req).await;
+                None
+            }
+            (MessageClass::Request, method) if [ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) => {
+                let (user, password) = match self.authenticate(&req, client) {
+                    Ok(x) => x,
+                    Err(e) => return Some(message::encode(e, None)),
+                };
+                let answer = match method {
+                    ALLOCATE => self.allocate(listener, key, &req, user.name()).await,
+                    REFRESH => self.refresh(key, &req, user.name()),
+                    CREATE_PERMISSION => self.create_permission(key, &req, user.name()),
+                    _ => self.channel_bind(key, &req, user.name()),
+                };
+                let mut answer = answer.unwrap_or_else(|(code, reason)| message::error(method, req.transaction_id(), code, reason));
+                if let Ok(s) = Software::new(SOFTWARE.to_string()) {
+                    answer.add_attribute(s);
+                }
+                Some(message::encode(answer, Some(Key { username: &user, realm: &self.realm, password: &password })))
+            }
+            // Responses, unknown methods: nothing to answer (RFC 8489 §6.3).
+            _ => None,
+        }
+    }
+
+    async fn allocate(self: &Arc<Self>, listener: &Arc<UdpSocket>, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
+        if let Some(a) = self.allocations().get(&key) {
+            // A retransmitted Allocate of the same user gets the allocation again (RFC 8656
+            // §7.2 asks for the same answer); anything else is a mismatch.
+            if a.username != user {
+                return Err((437, "Allocation Mismatch"));
+            }
+            let mut m = message::response(MessageClass::SuccessResponse, ALLOCATE, req.transaction_id());
+            m.add_attribute(XorRelayAddress::new(a.relayed));
+            m.add_attribute(XorMappedAddress::new(key.1));
+            if let Ok(l) = Lifetime::new(a.expires.saturating_duration_since(Instant::now())) {
+                m.add_attribute(l);
+            }
+            return Ok(m);
+        }
+        match req.get_attribute::<RequestedTransport>() {
+            Some(t) if t.protocol() == 17 => {}
+            Some(_) => return Err((442, "Unsupported Transport Protocol")),
+            None => return Err((400, "Bad Request")),
+        }
+        {
+            let allocs = self.allocations();
+            if self.cfg.total_quota > 0 && allocs.len() as u32 >= self.cfg.total_quota {
+                return Err((486, "Allocation Quota Reached"));
+            }
+            if self.cfg.user_quota > 0 && allocs.values().filter(|a| a.username == user).count() as u32 >= self.cfg.user_quota {
+                return Err((486, "Allocation Quota Reached"));
+            }
+        }
+        let relay_ip = self.cfg.relay_ip.unwrap_or_else(|| key.0.ip());
+        let relay = bind_in_range(relay_ip, self.cfg.min_port, self.cfg.max_port).await.ok_or((508, "Insufficient Capacity"))?;
+        let relay = Arc::new(relay);
+        let port = relay.local_addr().map_err(|_| (500, "Server Error"))?.port();
+        let relayed = SocketAddr::new(self.cfg.external_ip.unwrap_or(relay_ip), port);
+        let lifetime = lifetime(req);
+        let peer_task = tokio::spawn(peer_loop(self.clone(), key, relay.clone()));
+        self.allocations().insert(
+            key,
+            Allocation {
+                username: user.to_string(),
+                relayed,
+                relay,
+                listener: listener.clone(),
+                expires: Instant::now() + lifetime,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                peer_task,
+            },
+        );
+        info!(client = %key.1, %relayed, user, lifetime = lifetime.as_secs(), "allocation");
+        let mut m = message::response(MessageClass::SuccessResponse, ALLOCATE, req.transaction_id());
+        m.add_attribute(XorRelayAddress::new(relayed));
+        m.add_attribute(XorMappedAddress::new(key.1));
+        if let Ok(l) = Lifetime::new(lifetime) {
+            m.add_attribute(l);
+        }
+        Ok(m)
+    }
+
+    fn refresh(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
+        let mut allocs = self.allocations();
+        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else { return Err((437, "Allocation Mismatch")) };
+        let requested = req.get_attribute::<Lifetime>().map(|l| l.lifetime());
+        let lifetime = if requested == Some(Duration::ZERO) { Duration::ZERO } else { lifetime(req) };
+        if lifetime.is_zero() {
+            if let Some(a) = allocs.remove(&key) {
+                a.peer_task.abort();
+            }
+        } else {
+            a.expires = Instant::now() + lifetime;
+        }
+        let mut m = message::response(MessageClass::SuccessResponse, REFRESH, req.transaction_id());
+        if let Ok(l) = Lifetime::new(lifetime) {
+            m.add_attribute(l);
+        }
+        Ok(m)
+    }
+
+    fn create_permission(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
+        let peers: Vec<SocketAddr> = req.attributes().filter_map(|a| match a {
+            message::Attribute::XorPeerAddress(p) => Some(p.address()),
+            _ => None,
+        }).collect();
+        if peers.is_empty() {
+            return Err((400, "Bad Request"));
+        }
+        if let Some(p) = peers.iter().find(|p| !self.peer_allowed(p.ip())) {
+            self.counters.refused_peers.fetch_add(1, Ordering::Relaxed);
+            info!(client = %key.1, peer = %p.ip(), "permission refused: the relay does not send there");
+            return Err((403, "Forbidden"));
+        }
+        let mut allocs = self.allocations();
+        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else { return Err((437, "Allocation Mismatch")) };
+        let until = Instant::now() + PERMISSION_LIFETIME;
+        for p in peers {
+            a.permissions.insert(p.ip(), until);
+        }
+        Ok(message::response(MessageClass::SuccessResponse, CREATE_PERMISSION, req.transaction_id()))
+    }
+
+    fn channel_bind(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
+        let (Some(number), Some(peer)) = (req.get_attribute::<ChannelNumber>(), req.get_attribute::<XorPeerAddress>()) else {
+            return Err((400, "Bad Request"));
+        };
+        let (number, peer) = (number.value(), peer.address());
+        if !(0x4000..=0x7fff).contains(&number) {
+            return Err((400, "Bad Request"));
+        }
+        if !self.peer_allowed(peer.ip()) {
+            self.counters.refused_peers.fetch_add(1, Ordering::Relaxed);
+            info!(client = %key.1, peer = %peer.ip(), "channel refused: the relay does not send there");
+            return Err((403, "Forbidden"));
+        }
+        let now = Instant::now();
+        let mut allocs = self.allocations();
+        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else { return Err((437, "Allocation Mismatch")) };
+        // A channel (and a peer) stays with its partner while bound and for a while after.
+        let reserved = |c: &Channel| c.expires + CHANNEL_COOLDOWN > now;
+        if a.channels.get(&number).is_some_and(|c| c.peer != peer && reserved(c)) {
+            return Err((400, "Bad Request"));
+        }
+        if a.channels.iter().any(|(n, c)| *n != number && c.peer == peer && reserved(c)) {
+            return Err((400, "Bad Request"));
+        }
+        a.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME });
+        let perm = now + PERMISSION_LIFETIME;
+        let e = a.permissions.entry(peer.ip()).or_insert(perm);
+        *e = (*e).max(perm);
+        Ok(message::response(MessageClass::SuccessResponse, CHANNEL_BIND, req.transaction_id()))
+    }
+
+    async fn send_indication(&self, key: AllocKey, req: &Msg) {
+        let (Some(peer), Some(data)) = (req.get_attribute::<XorPeerAddress>(), req.get_attribute::<Data>()) else { return };
+        let peer = peer.address();
+        let relay = {
+            let allocs = self.allocations();
+            match allocs.get(&key) {
+                Some(a) if a.permitted(peer.ip(), Instant::now()) => a.relay.clone(),
+                Some(_) => {
+                    self.counters.dropped_no_permission.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                None => return,
+            }
+        };
+        if relay.send_to(data.data(), peer).await.is_ok() {
+            self.counters.to_peer_packets.fetch_add(1, Ordering::Relaxed);
+            self.counters.to_peer_bytes.fetch_add(data.data().len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Expires allocations, permissions and channels (channels are kept for their cooldown).
+    pub fn sweep(&self, now: Instant) {
+        let mut allocs = self.allocations();
+        allocs.retain(|key, a| {
+            if a.expires <= now {
+                info!(client = %key.1, relayed = %a.relayed, "allocation expired");
+                a.peer_task.abort();
+                return false;
+            }
+            a.permissions.retain(|_, e| *e > now);
+            a.channels.retain(|_, c| c.expires + CHANNEL_COOLDOWN > now);
+            true
+        });
+    }
+}
+
+/// RFC 8656 §7.2: the requested lifetime up to the maximum, but never under the default.
+fn lifetime(req: &Msg) -> Duration {
+    req.get_attribute::<Lifetime>().map(|l| l.lifetime().min(MAX_LIFETIME).max(DEFAULT_LIFETIME)).unwrap_or(DEFAULT_LIFETIME)
+}
+
+/// A UDP socket on a random free port of the range (a few random tries, then a walk).
+async fn bind_in_range(ip: IpAddr, min: u16, max: u16) -> Option<UdpSocket> {
+    let span = (max - min) as u32 + 1;
+    let start = rand::random::<u32>() % span;
+    for i in 0..span.min(4096) {
+        let port = min + ((start + i) % span) as u16;
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            return Some(s);
+        }
+    }
+    None
+}
+
+async fn peer_loop(relay: Arc<Relay>, key: AllocKey, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
+        relay.from_peer(key, peer, &buf[..n]).await;
+    }
+}

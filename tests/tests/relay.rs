@@ -1,0 +1,158 @@
+//! The TURN relay with real clients someone else wrote: coturn's `turnutils_uclient` against the
+//! relay (`gateway relay serve`), echoed by coturn's `turnutils_peer`, in namespaces. Channels
+//! and Send indications, static and time-limited credentials, several clients, coturn's own
+//! configuration file; no message lost at a low rate.
+//!
+//! ```text
+//!  client 198.18.30.2 ── c0 198.18.30.1:3478 [relay] p0 198.18.31.1 ── peer 198.18.31.2:3480
+//! ```
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use gateway_testkit::{harness::gateway_binary, netns::{Netns, veth}};
+
+struct Lab {
+    relay: Netns,
+    client: Netns,
+    peer: Netns,
+    dir: std::path::PathBuf,
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lab() -> Lab {
+    gateway_testkit::netns::remove_stale("gwturn");
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("gwturn{}x{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let lab = Lab {
+        relay: Netns::create(&format!("{id}-relay")).unwrap(),
+        client: Netns::create(&format!("{id}-client")).unwrap(),
+        peer: Netns::create(&format!("{id}-peer")).unwrap(),
+        dir: std::env::temp_dir().join(&id),
+    };
+    std::fs::create_dir_all(&lab.dir).unwrap();
+    veth(&lab.relay, "c0", &lab.client, "eth0").unwrap();
+    veth(&lab.relay, "p0", &lab.peer, "eth0").unwrap();
+    lab.relay.ip(&["addr", "add", "198.18.30.1/24", "dev", "c0"]).unwrap();
+    lab.relay.ip(&["addr", "add", "198.18.31.1/24", "dev", "p0"]).unwrap();
+    lab.client.ip(&["addr", "add", "198.18.30.2/24", "dev", "eth0"]).unwrap();
+    lab.peer.ip(&["addr", "add", "198.18.31.2/24", "dev", "eth0"]).unwrap();
+    lab
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts the relay with `args` after `relay serve`, and coturn's echo peer; waits until the
+/// relay listens.
+fn start(lab: &Lab, args: &[&str]) -> (Kill, Kill) {
+    let log = std::fs::File::create(lab.dir.join("relay.log")).unwrap();
+    let relay = lab.relay.command(gateway_binary().to_str().unwrap()).args(["relay", "serve"]).args(args).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).spawn().unwrap();
+    let peer = lab.peer.command("turnutils_peer").args(["-L", "198.18.31.2", "-p", "3480"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("turnutils_peer (apt install coturn)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(lab.dir.join("relay.log")).unwrap_or_default().contains("TURN relay listening") {
+        assert!(Instant::now() < deadline, "relay did not start:\n{}", std::fs::read_to_string(lab.dir.join("relay.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Kill(relay), Kill(peer))
+}
+
+/// What turnutils_uclient reported: messages sent, received, lost.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    sent: u64,
+    received: u64,
+    lost: u64,
+}
+
+fn uclient(lab: &Lab, args: &[&str]) -> Result<Outcome, String> {
+    let out = lab
+        .client
+        .command("timeout")
+        .args(["60", "turnutils_uclient"])
+        .args(args)
+        .args(["-e", "198.18.31.2", "-r", "3480", "198.18.30.1"])
+        .output()
+        .expect("turnutils_uclient (apt install coturn)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let field = |key: &str| -> Option<u64> {
+        text.lines().rev().find_map(|l| l.split(key).nth(1)).and_then(|rest| rest.trim_start_matches(['=', ' ']).split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok())
+    };
+    match (field("tot_send_msgs"), field("tot_recv_msgs"), field("Total lost packets")) {
+        (Some(sent), Some(received), Some(lost)) => Ok(Outcome { sent, received, lost }),
+        _ => Err(text),
+    }
+}
+
+const CONFIG: &str = "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\n";
+
+#[test]
+fn coturn_clients_relay_through_channels_and_send_indications() {
+    let lab = lab();
+    let cfg = lab.dir.join("relay.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let each = |args: &[&str], what: &str| {
+        let o = uclient(&lab, args).unwrap_or_else(|text| panic!("{what}: no report\n{text}"));
+        assert_eq!((o.sent, o.received, o.lost), (60, 60, 0), "{what}: {o:?}");
+    };
+    // Two clients, 30 messages each, static user, channels (the default).
+    each(&["-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "120"], "channels");
+    // Send and Data indications instead of channels.
+    each(&["-s", "-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "120"], "send indications");
+    // Time-limited credentials from the shared secret, with a timestamp-only username, exactly
+    // what NetBird's management hands out.
+    each(&["-W", "s3cret", "-m", "2", "-n", "30", "-l", "120"], "time-limited credentials");
+    // Padded ChannelData.
+    each(&["-D", "-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "121"], "padding");
+    // A wrong password gets no allocation.
+    let refused = uclient(&lab, &["-u", "alice", "-w", "not-it", "-m", "1", "-n", "5"]);
+    assert!(refused.as_ref().is_err_and(|t| t.contains("Cannot complete Allocation")), "{refused:?}");
+}
+
+#[test]
+fn coturns_configuration_file_starts_the_relay_in_its_place() {
+    let lab = lab();
+    let conf = lab.dir.join("turnserver.conf");
+    std::fs::write(
+        &conf,
+        "# as NetBird's docs set up coturn\nlistening-port=3478\nlistening-ip=198.18.30.1\nrelay-ip=198.18.31.1\nrealm=wiretrustee.com\nfingerprint\nlt-cred-mech\nuser=self:pw\nmin-port=50000\nmax-port=50100\nno-cli\n",
+    )
+    .unwrap();
+    let _procs = start(&lab, &["--coturn-config", conf.to_str().unwrap()]);
+    let o = uclient(&lab, &["-u", "self", "-w", "pw", "-m", "2", "-n", "10", "-l", "100"]).expect("report");
+    assert_eq!((o.sent, o.received, o.lost), (20, 20, 0), "{o:?}");
+    let log = std::fs::read_to_string(lab.dir.join("relay.log")).unwrap();
+    assert!(log.contains("fingerprint") && log.contains("no-cli"), "the ignored options are named:\n{log}");
+    // An option the relay cannot honour stops it, by name.
+    std::fs::write(&conf, "realm=r\nlt-cred-mech\nuser=a:b\ntls-listening-port=5349\n").unwrap();
+    let out = lab.relay.command(gateway_binary().to_str().unwrap()).args(["relay", "serve", "--coturn-config", conf.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls-listening-port"));
+}
+
+#[test]
+fn peers_the_relay_must_not_reach_are_refused() {
+    let lab = lab();
+    let cfg = lab.dir.join("relay.yaml");
+    // The peer's network denied: allocations work, permissions to it do not.
+    std::fs::write(&cfg, format!("{CONFIG}denied_peer_ip: [198.18.31.0/24]\n")).unwrap();
+    let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let o = uclient(&lab, &["-u", "alice", "-w", "wonderland", "-m", "1", "-n", "5", "-l", "100"]);
+    assert!(o.as_ref().map_or(true, |o| o.received == 0), "relayed to a denied peer: {o:?}");
+    let log = std::fs::read_to_string(lab.dir.join("relay.log")).unwrap();
+    assert!(log.contains("allocation"), "the client did get an allocation:\n{log}");
+    assert!(log.contains("refused") && log.contains("198.18.31.2"), "the relay refused the peer:\n{log}");
+}
