@@ -150,6 +150,13 @@ enum RelayCommand {
         #[arg(long)]
         coturn_config: Option<PathBuf>,
     },
+    /// What a running relay reports (its metrics_addr).
+    Status {
+        #[arg(long, default_value = crate::relay::DEFAULT_STATUS_ADDR)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +210,7 @@ pub fn main() -> ExitCode {
         }
         Command::Status { addr, json } => status::print(addr, json),
         Command::Relay { command: RelayCommand::Serve { config, coturn_config } } => crate::relay::serve(config.as_deref(), coturn_config.as_deref()),
+        Command::Relay { command: RelayCommand::Status { addr, json } } => crate::relay::print_status(addr, json),
         Command::Wireguard { command: WireguardCommand::PublicKey { state_dir } } => {
             crate::sync::Identity::load_or_create(&state_dir).map(|id| println!("{}", id.key.public().to_base64()))
         }

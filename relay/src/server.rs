@@ -92,12 +92,20 @@ pub struct Relay {
     pub counters: Counters,
 }
 
-/// A snapshot for `gateway relay status`.
-#[derive(Debug, serde::Serialize)]
+/// A snapshot for `gateway relay status` and the metrics.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     pub allocations: usize,
     pub permissions: usize,
     pub channels: usize,
+    /// Relayed by the userspace path (the XDP path is not built yet).
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    pub auth_failures: u64,
+    pub refused_peers: u64,
+    pub dropped_no_permission: u64,
 }
 
 fn unix_now() -> u64 {
@@ -115,12 +123,26 @@ impl Relay {
     }
 
     pub fn status(&self) -> Status {
-        let now = Instant::now();
+        self.status_at(Instant::now())
+    }
+
+    /// The status as it will be at `now` (permissions and channels past their time are not
+    /// counted even before the sweep removes them).
+    pub fn status_at(&self, now: Instant) -> Status {
         let a = self.allocations();
+        let c = &self.counters;
+        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
         Status {
             allocations: a.len(),
             permissions: a.values().map(|x| x.permissions.values().filter(|e| **e > now).count()).sum(),
             channels: a.values().map(|x| x.channels.values().filter(|c| c.expires > now).count()).sum(),
+            to_peer_packets: get(&c.to_peer_packets),
+            to_peer_bytes: get(&c.to_peer_bytes),
+            to_client_packets: get(&c.to_client_packets),
+            to_client_bytes: get(&c.to_client_bytes),
+            auth_failures: get(&c.auth_failures),
+            refused_peers: get(&c.refused_peers),
+            dropped_no_permission: get(&c.dropped_no_permission),
         }
     }
 
@@ -494,3 +516,6 @@ async fn peer_loop(relay: Arc<Relay>, key: AllocKey, sock: Arc<UdpSocket>) {
         relay.from_peer(key, peer, &buf[..n]).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

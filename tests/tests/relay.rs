@@ -96,7 +96,12 @@ fn uclient(lab: &Lab, args: &[&str]) -> Result<Outcome, String> {
     }
 }
 
-const CONFIG: &str = "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\n";
+const CONFIG: &str = "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\nmetrics_addr: 127.0.0.1:9465\n";
+
+/// The relay's /status or /metrics, from inside its namespace.
+fn relay_http(lab: &Lab, path: &'static str) -> String {
+    lab.relay.run(move || gateway_testkit::process::http_get("127.0.0.1:9465".parse().unwrap(), path)).unwrap().expect("relay answers")
+}
 
 #[test]
 fn coturn_clients_relay_through_channels_and_send_indications() {
@@ -120,6 +125,13 @@ fn coturn_clients_relay_through_channels_and_send_indications() {
     // A wrong password gets no allocation.
     let refused = uclient(&lab, &["-u", "alice", "-w", "not-it", "-m", "1", "-n", "5"]);
     assert!(refused.as_ref().is_err_and(|t| t.contains("Cannot complete Allocation")), "{refused:?}");
+    // What the relay counted: every message both ways (4 runs of 60), the refused login.
+    let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
+    assert!(status["to_peer_packets"].as_u64().unwrap() >= 240, "{status}");
+    assert!(status["to_client_packets"].as_u64().unwrap() >= 240, "{status}");
+    assert!(status["auth_failures"].as_u64().unwrap() >= 1, "{status}");
+    let metrics = relay_http(&lab, "/metrics");
+    assert!(metrics.contains("gateway_relay_packets_total{direction=\"to_peer\",path=\"userspace\"}"), "{metrics}");
 }
 
 #[test]
