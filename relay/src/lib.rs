@@ -3,6 +3,7 @@
 //! credentials they already have.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod message;
 pub mod server;
