@@ -43,6 +43,9 @@ pub enum Contender {
     WgPlainWireguardGo,
     WgGatewayWireguardGo,
     WgNetbirdWireguardGo,
+    /// Scenario "relay" (relay.rs): TURN relays.
+    RelayGateway,
+    RelayCoturn,
 }
 
 impl Contender {
@@ -75,6 +78,8 @@ impl Contender {
             Contender::WgPlainWireguardGo => "wireguard-go, plain forwarding (ceiling)",
             Contender::WgGatewayWireguardGo => "wireguard-go + the gateway (external backend: eBPF policy, masquerade, TC forwarding)",
             Contender::WgNetbirdWireguardGo => "wireguard-go + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)",
+            Contender::RelayGateway => "this relay (gateway relay serve, userspace)",
+            Contender::RelayCoturn => "coturn (turnserver)",
         }
     }
 }
@@ -201,7 +206,9 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
         | Contender::WgNetbirdBoringtun
         | Contender::WgPlainWireguardGo
         | Contender::WgGatewayWireguardGo
-        | Contender::WgNetbirdWireguardGo => anyhow::bail!("{} runs in its own topology (scenario wireguard)", c.label()),
+        | Contender::WgNetbirdWireguardGo
+        | Contender::RelayGateway
+        | Contender::RelayCoturn => anyhow::bail!("{} runs in its own topology (scenarios wireguard, relay)", c.label()),
         Contender::XdpFilter => {
             let syn = syn.context("rules needed")?;
             let mut ports: Vec<u16> = syn.rules.iter().filter(|r| r.accept).map(|r| r.port).collect();

@@ -10,6 +10,7 @@ mod management;
 mod nat;
 mod plots;
 mod pps;
+mod relay;
 mod report;
 mod restart;
 mod rules;
@@ -27,7 +28,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard, relay.
     #[arg(long)]
     scenario: Option<String>,
     /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
@@ -38,7 +39,7 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 10] = ["cost", "apply", "pps", "tcp", "stateful", "nat", "swap", "restart", "management", "wireguard"];
+const SCENARIOS: [&str; 11] = ["cost", "apply", "pps", "tcp", "stateful", "nat", "swap", "restart", "management", "wireguard", "relay"];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -77,6 +78,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("restart") {
         run.restart = Some(restart::run(args.quick)?);
+    }
+    if wants("relay") {
+        run.relay = Some(relay::run(args.quick)?);
     }
     if wants("wireguard") {
         run.wireguard = Some(wireguard::run(args.quick)?);

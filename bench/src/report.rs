@@ -37,6 +37,8 @@ pub struct Run {
     pub management: Option<ManagementBench>,
     #[serde(default)]
     pub wireguard: Option<crate::wireguard::WireGuardBench>,
+    #[serde(default)]
+    pub relay: Option<crate::relay::RelayBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
     /// them: "section (run timestamp, commit)".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -83,6 +85,7 @@ impl Run {
             stateful: None,
             nat: None,
             wireguard: None,
+            relay: None,
             swap: None,
             restart: None,
             management: None,
@@ -189,6 +192,9 @@ impl Run {
         if let Some(w) = &self.wireguard {
             crate::wireguard::markdown(&mut md, w);
         }
+        if let Some(r) = &self.relay {
+            crate::relay::markdown(&mut md, r);
+        }
         if let Some(m) = &self.management {
             crate::management::markdown(&mut md, m);
         }
@@ -241,6 +247,10 @@ impl Run {
             if self.wireguard.is_none() && old.wireguard.is_some() {
                 self.wireguard = old.wireguard;
                 self.carried.push(origin("wireguard"));
+            }
+            if self.relay.is_none() && old.relay.is_some() {
+                self.relay = old.relay;
+                self.carried.push(origin("relay"));
             }
             if self.management.is_none() && old.management.is_some() {
                 self.management = old.management;
