@@ -44,12 +44,8 @@ fn public_key(lab: &WgLab) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The gateway's config: its WireGuard interface with the lab's peers, the LAN, masquerade.
-fn config(lab: &WgLab, backend: &str) -> std::path::PathBuf {
-    config_with(lab, backend, "")
-}
-
-/// As [`config`], with more lines under `interfaces:`.
+/// The gateway's config: its WireGuard interface with the lab's peers, the LAN, masquerade, and
+/// `interfaces_extra` under `interfaces:`.
 fn config_with(lab: &WgLab, backend: &str, interfaces_extra: &str) -> std::path::PathBuf {
     std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
     let mut peers = String::new();
@@ -76,6 +72,26 @@ fn start(lab: &WgLab, backend: &str, log: &str) -> GatewayProcess {
 fn start_with(lab: &WgLab, backend: &str, interfaces_extra: &str, log: &str) -> GatewayProcess {
     let cfg = config_with(lab, backend, interfaces_extra);
     GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join(log), &["--state-dir", lab.state_dir().to_str().unwrap()]).expect("gateway starts")
+}
+
+/// One peer, the gateway (with `interfaces_extra` under `interfaces:`), the tunnel up: ping
+/// through it answered.
+fn one_peer(backend: &str, interfaces_extra: &str) -> (WgLab, GatewayProcess, IpAddr) {
+    let lab = WgLab::new(1).expect("lab");
+    let key = public_key(&lab);
+    let gw = start_with(&lab, backend, interfaces_extra, "gateway.log");
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&lab.peers[0].ns, lan)), "{}", gw.log_text());
+    (lab, gw, lan)
+}
+
+/// iperf3 TCP from the peer to the LAN host and back, at default offloads.
+fn bulk_tcp_both_ways(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr, seconds: u32, at_least: u64) {
+    for reverse in [false, true] {
+        let out = iperf::run(&lab.peers[0].ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse, seconds, port: 5201 }).expect("iperf3 tcp");
+        assert!(out.bytes_received > at_least, "reverse={reverse}: {out:?}\n{}", gw.log_text());
+    }
 }
 
 fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
@@ -144,19 +160,11 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
 
 #[test]
 fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
-    let lab = WgLab::new(1).expect("lab");
-    let key = public_key(&lab);
-    let gw = start(&lab, "userspace", "gateway.log");
-    lab.connect_peers(&key).unwrap();
-    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let (lab, gw, lan) = one_peer("userspace", "");
     let p1 = &lab.peers[0];
-    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
     // Default offloads everywhere: the peers' and the LAN host's TSO/GSO/GRO stay on. The MSS
     // clamp keeps full-size segments inside the 1280-byte tunnel.
-    for reverse in [false, true] {
-        let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse, seconds: 3, port: 5201 }).expect("iperf3 tcp");
-        assert!(out.bytes_received > 5_000_000, "reverse={reverse}: {out:?}\n{}", gw.log_text());
-    }
+    bulk_tcp_both_ways(&lab, &gw, lan, 3, 5_000_000);
     // 1400-byte datagrams do not fit the tunnel's 1280-byte MTU. Peer → LAN: the peer
     // fragments them, the gateway forwards (and masquerades) the fragments, the LAN host
     // reassembles.
@@ -186,17 +194,8 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
 fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
     // The WireGuard interface has no link header: the redirect toward the LAN's Ethernet
     // must give the packet one first, or the kernel drops it (every packet, silently).
-    let lab = WgLab::new(1).expect("lab");
-    let key = public_key(&lab);
-    let gw = start_with(&lab, "userspace", "  tunnel_forward: tc\n", "gateway.log");
-    lab.connect_peers(&key).unwrap();
-    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
-    let p1 = &lab.peers[0];
-    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
-    for reverse in [false, true] {
-        let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse, seconds: 2, port: 5201 }).expect("iperf3 tcp");
-        assert!(out.bytes_received > 2_000_000, "reverse={reverse}: {out:?}\n{}", gw.log_text());
-    }
+    let (lab, gw, lan) = one_peer("userspace", "  tunnel_forward: tc\n");
+    bulk_tcp_both_ways(&lab, &gw, lan, 2, 2_000_000);
     let st: Report = gw.status(&lab.gw).unwrap();
     assert!(counted(&st, "tunnel_ingress", "tc_forwarded") > 1000, "{:?}", st.counters);
     assert_eq!(counted(&st, "tunnel_ingress", "internal"), 0, "{:?}", st.counters);
@@ -204,13 +203,8 @@ fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
 
 #[test]
 fn a_restart_of_the_userspace_device_ends_its_sessions_and_peers_reconnect() {
-    let lab = WgLab::new(1).expect("lab");
-    let key = public_key(&lab);
-    let gw = start(&lab, "userspace", "gateway.log");
-    lab.connect_peers(&key).unwrap();
-    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let (lab, gw, lan) = one_peer("userspace", "");
     let p1 = &lab.peers[0];
-    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)));
     gw.stop().unwrap();
     // The in-process device ends with the process: no tunnel, nothing passes (the pinned
     // programs on the old interface are gone with it).
@@ -338,14 +332,8 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
 #[test]
 fn a_handshake_flood_at_the_underlay_filter_does_not_starve_the_tunnel() {
     // The gateway's underlay link to p1 carries the filter (native XDP on the veth).
-    let lab = WgLab::new(1).expect("lab");
-    let key = public_key(&lab);
-    let cfg = config_with(&lab, "userspace", "  underlay:\n    - name: u1\n");
-    let gw = GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join("gateway.log"), &["--state-dir", lab.state_dir().to_str().unwrap()]).expect("gateway starts");
-    lab.connect_peers(&key).unwrap();
-    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let (lab, gw, lan) = one_peer("userspace", "  underlay:\n    - name: u1\n");
     let p1 = &lab.peers[0];
-    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "the handshake passes the filter\n{}", gw.log_text());
     // 4,000 handshake initiations and 500 datagrams that are no WireGuard message at all, from
     // the peer's own address, while a bulk transfer runs through the tunnel.
     let target = SocketAddr::new(lab.peers[0].gw_underlay.into(), 51820);
