@@ -189,6 +189,7 @@ fn throughput(topo: &Topo, size: usize, seconds: u32) -> anyhow::Result<f64> {
     let got = received.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     let _ = sink.join();
+    release(topo, clients)?;
     if got == 0 {
         bail!("nothing arrived at the sink");
     }
@@ -212,8 +213,13 @@ fn allocations(topo: &Topo, server: &Server, n: usize) -> anyhow::Result<(f64, f
     let rate = n as f64 / started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
     let per = (server.rss_kib()?.saturating_sub(rss0)) as f64 / n as f64;
-    drop(clients);
+    release(topo, clients)?;
     Ok((rate, per))
+}
+
+/// Ends the clients' allocations, as a client that is done does (their 5-tuples may come again).
+fn release(topo: &Topo, clients: Vec<TurnClient>) -> anyhow::Result<()> {
+    topo.client.run(move || clients.into_iter().try_for_each(|mut c| c.release()))?
 }
 
 struct Sample {

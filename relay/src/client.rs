@@ -12,8 +12,8 @@ use stun_codec::{
     Message, MessageClass, Method, TransactionId,
     rfc5389::attributes::{ErrorCode, MessageIntegrity, Nonce, Realm, Username},
     rfc5766::{
-        attributes::{RequestedTransport, XorPeerAddress, XorRelayAddress},
-        methods::{ALLOCATE, CHANNEL_BIND},
+        attributes::{Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress},
+        methods::{ALLOCATE, CHANNEL_BIND, REFRESH},
     },
 };
 
@@ -94,6 +94,16 @@ impl TurnClient {
         let a = self.request(CHANNEL_BIND, vec![n.into(), XorPeerAddress::new(peer).into()])?;
         if let Some(e) = a.get_attribute::<ErrorCode>() {
             bail!("ChannelBind refused: {} {}", e.code(), e.reason_phrase());
+        }
+        Ok(())
+    }
+
+    /// Refresh with lifetime 0: the allocation ends now, not when it times out.
+    pub fn release(&mut self) -> anyhow::Result<()> {
+        let zero = Lifetime::new(Duration::ZERO).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let a = self.request(REFRESH, vec![zero.into()])?;
+        if let Some(e) = a.get_attribute::<ErrorCode>() {
+            bail!("Refresh refused: {} {}", e.code(), e.reason_phrase());
         }
         Ok(())
     }

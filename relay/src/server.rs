@@ -51,6 +51,8 @@ struct Channel {
 
 struct Allocation {
     username: String,
+    /// The Allocate that made it: a retransmission of it gets the same answer again.
+    transaction: TransactionId,
     /// The address peers send to (external-ip when configured).
     relayed: SocketAddr,
     relay: Arc<UdpSocket>,
@@ -326,9 +328,9 @@ impl Relay {
 
     async fn allocate(self: &Arc<Self>, listener: &Arc<UdpSocket>, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
         if let Some(a) = self.allocations().get(&key) {
-            // A retransmitted Allocate of the same user gets the allocation again (RFC 8656
-            // §7.2 asks for the same answer); anything else is a mismatch.
-            if a.username != user {
+            // A retransmission of the Allocate that made it gets the same answer (RFC 8656
+            // §7.2); any other Allocate on this 5-tuple is a mismatch.
+            if a.username != user || a.transaction != req.transaction_id() {
                 return Err((437, "Allocation Mismatch"));
             }
             let mut m = message::response(MessageClass::SuccessResponse, ALLOCATE, req.transaction_id());
@@ -364,6 +366,7 @@ impl Relay {
             key,
             Allocation {
                 username: user.to_string(),
+                transaction: req.transaction_id(),
                 relayed,
                 relay,
                 listener: listener.clone(),

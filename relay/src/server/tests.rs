@@ -11,7 +11,7 @@ use stun_codec::{
     },
     rfc5766::{
         attributes::{Lifetime, RequestedTransport},
-        methods::{ALLOCATE, REFRESH},
+        methods::ALLOCATE,
     },
 };
 
@@ -73,9 +73,10 @@ fn quota_refresh_and_unauthenticated_requests() {
     // A wrong transport.
     let mut c = client(server);
     assert_eq!(code(&c.request(ALLOCATE, vec![RequestedTransport::new(6).into()]).unwrap()), Some(442));
+    // Another Allocate on the same 5-tuple (not a retransmission) is a mismatch.
+    assert!(a.allocate().unwrap_err().to_string().contains("437"));
     // Refresh with lifetime 0 deletes; then b may allocate.
-    let gone = a.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]).unwrap();
-    assert_eq!(gone.class(), MessageClass::SuccessResponse);
+    a.release().unwrap();
     assert_eq!(relay.status().allocations, 0);
     b.allocate().unwrap();
     // Garbage costs nothing and breaks nothing: Binding still answers.
