@@ -136,6 +136,20 @@ enum ManagementCommand {
         /// Ephemeral peers are deleted this many seconds after they disconnect.
         #[arg(long, default_value_t = 600)]
         ephemeral_timeout: u64,
+        /// A TURN relay to hand to peers (NetbirdConfig.turns), e.g.
+        /// turn:relay.example:3478?transport=udp; repeat for several.
+        #[arg(long, requires = "turn_secret_file")]
+        turn_uri: Vec<String>,
+        /// The relays' shared secret (coturn's static-auth-secret): peers get time-limited
+        /// credentials made from it.
+        #[arg(long, requires = "turn_uri")]
+        turn_secret_file: Option<PathBuf>,
+        /// How long a TURN credential lasts, in seconds (NetBird's default 12 h).
+        #[arg(long, default_value_t = 43_200)]
+        turn_ttl: u64,
+        /// A STUN server to hand to peers (NetbirdConfig.stuns); repeat for several.
+        #[arg(long)]
+        stun_uri: Vec<String>,
     },
 }
 
@@ -200,8 +214,18 @@ pub fn main() -> ExitCode {
         }
         Command::Detach { pin_dir, config } => detach(pin_dir, config),
         #[cfg(feature = "management-server")]
-        Command::Management { command: ManagementCommand::Serve { data_dir, listen, api_token, network, dns_domain, ephemeral_timeout } } => {
+        Command::Management { command: ManagementCommand::Serve { data_dir, listen, api_token, network, dns_domain, ephemeral_timeout, turn_uri, turn_secret_file, turn_ttl, stun_uri } } => {
             let mut options = management::Options::new(data_dir);
+            options.stuns = stun_uri;
+            if let Some(file) = turn_secret_file {
+                match std::fs::read_to_string(&file) {
+                    Ok(secret) if !secret.trim().is_empty() => {
+                        options.turn = Some(management::TurnOptions { uris: turn_uri, secret: secret.trim().to_string(), ttl: std::time::Duration::from_secs(turn_ttl.max(2)) })
+                    }
+                    Ok(_) => return fail(anyhow::anyhow!("--turn-secret-file {}: empty", file.display())),
+                    Err(e) => return fail(anyhow::anyhow!("--turn-secret-file {}: {e}", file.display())),
+                }
+            }
             options.api_token = api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
             options.network = network;
             options.dns_domain = dns_domain;
@@ -222,11 +246,13 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gateway: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("gateway: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn detach(pin_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -18,6 +18,10 @@ use crate::{
     service::Management,
 };
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 pub struct Grpc {
     pub management: Arc<Management>,
 }
@@ -57,7 +61,7 @@ impl Grpc {
                 peer
             }
         };
-        Ok(pb::LoginResponse { peer_config: Some(peer_config(&peer, &m.settings)), ..Default::default() })
+        Ok(pb::LoginResponse { peer_config: Some(peer_config(&peer, &m.settings)), netbird_config: m.netbird_config(unix_now()), ..Default::default() })
     }
 }
 
@@ -114,15 +118,32 @@ async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, t
         };
         let unchanged = last_sent.as_ref().is_some_and(|prev| pb::NetworkMap { serial: map.serial, ..prev.clone() } == map);
         if !unchanged {
-            let response = pb::SyncResponse { peer_config: map.peer_config.clone(), network_map: Some(map.clone()), ..Default::default() };
+            // The first message carries the deployment's config (TURN credentials) too.
+            let netbird_config = if last_sent.is_none() { m.netbird_config(unix_now()) } else { None };
+            let response = pb::SyncResponse { peer_config: map.peer_config.clone(), network_map: Some(map.clone()), netbird_config, ..Default::default() };
             if tx.send(Ok(m.key.seal_message(&peer_key, &response))).await.is_err() {
                 break;
             }
             last_sent = Some(map);
         }
+        // TURN credentials expire: a message with the config alone renews them at ¾ of their life.
+        let refresh = m.credential_refresh();
+        let renew = async {
+            match refresh {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { break },
             _ = tx.closed() => break,
+            _ = renew => {
+                let response = pb::SyncResponse { netbird_config: m.netbird_config(unix_now()), ..Default::default() };
+                if tx.send(Ok(m.key.seal_message(&peer_key, &response))).await.is_err() {
+                    break;
+                }
+                changes.mark_changed();
+            }
         }
     }
     m.stream_closed(&peer_id);

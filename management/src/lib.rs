@@ -16,7 +16,7 @@ pub mod store;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use management_proto::pb::management_service_server::ManagementServiceServer;
-pub use service::{Management, Options};
+pub use service::{Management, Options, TurnOptions};
 
 /// REST and gRPC in one router.
 pub fn app(m: Arc<Management>) -> axum::Router {

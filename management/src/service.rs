@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use management_proto::WgKey;
+use management_proto::{WgKey, pb};
 use tokio::sync::watch;
 
 use crate::{
@@ -30,6 +30,21 @@ pub struct Options {
     pub dns_domain: String,
     /// Ephemeral peers are deleted this long after their last Sync stream closed.
     pub ephemeral_timeout: Duration,
+    /// TURN relays handed to peers in `NetbirdConfig.turns`, with time-limited credentials.
+    pub turn: Option<TurnOptions>,
+    /// STUN servers handed to peers in `NetbirdConfig.stuns` (e.g. `stun:relay.example:3478`).
+    pub stuns: Vec<String>,
+}
+
+/// TURN servers and the shared secret their credentials come from (coturn's
+/// `static-auth-secret`, the relay's `static_auth_secret`).
+#[derive(Clone, Debug)]
+pub struct TurnOptions {
+    /// e.g. `turn:relay.example:3478?transport=udp`
+    pub uris: Vec<String>,
+    pub secret: String,
+    /// How long a credential lasts (NetBird's default 12 h); peers get a fresh one at ¾ of it.
+    pub ttl: Duration,
 }
 
 impl Options {
@@ -40,6 +55,8 @@ impl Options {
             network: "100.64.0.0/10".parse().expect("constant"),
             dns_domain: "netbird.selfhosted".into(),
             ephemeral_timeout: Duration::from_secs(600),
+            turn: None,
+            stuns: Vec::new(),
         }
     }
 }
@@ -51,6 +68,8 @@ pub struct Management {
     pub api_token: String,
     pub settings: MapSettings,
     pub ephemeral_timeout: Duration,
+    turn: Option<TurnOptions>,
+    stuns: Vec<String>,
     /// Carries the serial after every change.
     changes: watch::Sender<u64>,
     /// Open Sync streams per peer id.
@@ -94,9 +113,37 @@ impl Management {
             api_token,
             settings: MapSettings { network: options.network, dns_domain: options.dns_domain.clone() },
             ephemeral_timeout: options.ephemeral_timeout,
+            turn: options.turn.clone(),
+            stuns: options.stuns.clone(),
             changes,
             streams: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What peers learn of the deployment at Login and on their Sync stream: STUN servers, and
+    /// TURN servers with a time-limited credential each (username = expiry unix time, password
+    /// = base64(HMAC-SHA1(secret, username)), as NetBird's management makes them). `None` when
+    /// there is nothing to tell.
+    pub fn netbird_config(&self, now_unix: u64) -> Option<pb::NetbirdConfig> {
+        if self.turn.is_none() && self.stuns.is_empty() {
+            return None;
+        }
+        let host = |uri: &str| pb::HostConfig { uri: uri.to_string(), protocol: pb::host_config::Protocol::Udp as i32 };
+        let turns = self
+            .turn
+            .iter()
+            .flat_map(|t| {
+                let user = (now_unix + t.ttl.as_secs()).to_string();
+                let password = gateway_relay::auth::time_limited_password(&t.secret, &user);
+                t.uris.iter().map(move |u| pb::ProtectedHostConfig { host_config: Some(host(u)), user: user.clone(), password: password.clone() })
+            })
+            .collect();
+        Some(pb::NetbirdConfig { stuns: self.stuns.iter().map(|u| host(u)).collect(), turns, ..Default::default() })
+    }
+
+    /// When peers need a fresh TURN credential: at ¾ of its lifetime (NetBird's schedule).
+    pub fn credential_refresh(&self) -> Option<Duration> {
+        self.turn.as_ref().map(|t| t.ttl * 3 / 4)
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&Account) -> T) -> T {

@@ -168,3 +168,70 @@ fn peers_the_relay_must_not_reach_are_refused() {
     assert!(log.contains("allocation"), "the client did get an allocation:\n{log}");
     assert!(log.contains("refused") && log.contains("198.18.31.2"), "the relay refused the peer:\n{log}");
 }
+
+/// The embedded management service hands the relay out as NetBird's does: `NetbirdConfig.turns`
+/// with a time-limited credential made from the relay's shared secret, in the Login answer, on
+/// the Sync stream, and again before it expires. coturn's client relays with it.
+#[test]
+fn management_hands_out_the_relay_with_credentials_it_accepts() {
+    use management_proto::{WgKey, WgPublicKey, pb::{self, management_service_client::ManagementServiceClient}};
+    let lab = lab();
+    let secret = lab.dir.join("turn-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let data = lab.dir.join("management");
+    let uri = "turn:198.18.30.1:3478?transport=udp";
+    let _mgmt = gateway_testkit::management::ManagementProcess::start(
+        &gateway_binary(),
+        &lab.relay,
+        &data,
+        "198.18.30.1:33073".parse().unwrap(),
+        "relay-lab-token",
+        &["--turn-uri", uri, "--turn-secret-file", secret.to_str().unwrap(), "--turn-ttl", "4"],
+        &lab.dir.join("management.log"),
+    )
+    .expect("management starts");
+    let api = gateway_testkit::management::Api { ns: &lab.relay, addr: "198.18.30.1:33073", token: "relay-lab-token" };
+    let setup_key = api.ok("POST", "/api/setup-keys", serde_json::json!({"name": "peers", "type": "reusable"}))["key"].as_str().unwrap().to_string();
+    let key = WgKey::generate();
+    let login = gateway_testkit::management::grpc_login(&lab.client, "http://198.18.30.1:33073", &setup_key, WgKey::from_base64(&key.to_base64()).unwrap(), "peer").expect("login");
+    let turns = login.netbird_config.expect("netbirdConfig in the Login answer").turns;
+    assert_eq!(turns.len(), 1);
+    let t = &turns[0];
+    assert_eq!(t.host_config.as_ref().map(|h| h.uri.as_str()), Some(uri));
+    let expiry: u64 = t.user.parse().expect("username = expiry unix time");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((now + 2..=now + 6).contains(&expiry), "expiry {expiry}, now {now}");
+
+    // The relay with the same secret; coturn's client with the handed-out credential.
+    let cfg = lab.dir.join("relay.yaml");
+    std::fs::write(&cfg, "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\n").unwrap();
+    let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let o = uclient(&lab, &["-u", &t.user, "-w", &t.password, "-m", "2", "-n", "10", "-l", "100"]).expect("report");
+    assert_eq!((o.sent, o.received, o.lost), (20, 20, 0), "{o:?}");
+
+    // On the Sync stream: the first message carries a credential, and a renewed one comes at ¾
+    // of its 4 s life, alone.
+    let fresh = lab
+        .client
+        .run(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                let mut client = ManagementServiceClient::connect("http://198.18.30.1:33073").await.unwrap();
+                let server = WgPublicKey::from_base64(&client.get_server_key(pb::Empty {}).await.unwrap().into_inner().key).unwrap();
+                let mut stream = client.sync(key.seal_message(&server, &pb::SyncRequest { meta: None })).await.unwrap().into_inner();
+                let mut users = Vec::new();
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+                while users.len() < 2 && tokio::time::Instant::now() < deadline {
+                    let Ok(Ok(Some(m))) = tokio::time::timeout(std::time::Duration::from_secs(8), stream.message()).await else { break };
+                    let r: pb::SyncResponse = key.open_message(&server, &m).unwrap();
+                    if let Some(c) = r.netbird_config {
+                        users.push((c.turns[0].user.clone(), r.network_map.is_some()));
+                    }
+                }
+                users
+            })
+        })
+        .unwrap();
+    assert_eq!(fresh.len(), 2, "{fresh:?}");
+    assert!(fresh[0].1 && !fresh[1].1, "the map first, then the credential alone: {fresh:?}");
+    assert!(fresh[1].0.parse::<u64>().unwrap() > fresh[0].0.parse::<u64>().unwrap(), "a later expiry: {fresh:?}");
+}
