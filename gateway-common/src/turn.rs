@@ -1,0 +1,202 @@
+//! The TURN relay's XDP fast path: bound channels forwarded in the kernel. ChannelData from a
+//! client becomes a plain UDP datagram from the allocation's address to the peer; a peer's
+//! datagram to an allocation with a channel becomes ChannelData to the client. The relay's
+//! userspace is the only writer of these maps (on ChannelBind, refresh and expiry); everything
+//! else goes to userspace untouched. IPv4 only for now.
+
+use crate::{assert_size, user_pod};
+
+/// A client's channel, as its ChannelData arrives: (client, listening address, channel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    pub client: [u8; 4],
+    pub listen: [u8; 4],
+    pub client_port: u16,
+    pub listen_port: u16,
+    pub channel: u16,
+    pub _pad: u16,
+}
+assert_size!(ChannelKey, 16);
+
+/// Where a channel's data goes: from the allocation's (relayed) address to the peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToPeer {
+    pub peer: [u8; 4],
+    pub relay: [u8; 4],
+    pub peer_port: u16,
+    pub relay_port: u16,
+    /// Counter slot of the binding (see [`counter_index`]).
+    pub slot: u32,
+}
+assert_size!(ToPeer, 16);
+
+/// A peer's datagram to an allocation: (peer, allocation address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub peer: [u8; 4],
+    pub relay: [u8; 4],
+    pub peer_port: u16,
+    pub relay_port: u16,
+}
+assert_size!(PeerKey, 12);
+
+/// Where it goes: to the client, from the listening address, as ChannelData on `channel`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToClient {
+    pub client: [u8; 4],
+    pub listen: [u8; 4],
+    pub client_port: u16,
+    pub listen_port: u16,
+    pub channel: u16,
+    pub _pad: u16,
+    pub slot: u32,
+}
+assert_size!(ToClient, 20);
+
+user_pod!(ChannelKey, ToPeer, PeerKey, ToClient);
+
+/// Bindings whose traffic the kernel counts (per direction): quotas and statistics keep working
+/// while the kernel forwards.
+pub const BINDING_SLOTS: u32 = 65_536;
+pub const DIRECTION_TO_PEER: u32 = 0;
+pub const DIRECTION_TO_CLIENT: u32 = 1;
+
+pub const fn counter_index(slot: u32, direction: u32) -> u32 {
+    slot * 2 + direction
+}
+
+/// Why the program did what it did.
+pub mod reason {
+    pub const TO_PEER: u32 = 0;
+    pub const TO_CLIENT: u32 = 1;
+    /// Not ChannelData for a bound channel, nor a bound peer's datagram: userspace's.
+    pub const PASS_OTHER: u32 = 2;
+    /// ChannelData whose length field does not fit the datagram: userspace answers for it.
+    pub const PASS_MALFORMED: u32 = 3;
+    /// No route to the destination known to the kernel's FIB: userspace sends it.
+    pub const PASS_NO_ROUTE: u32 = 4;
+    pub const SLOTS: u32 = 5;
+}
+
+pub const REASON_NAMES: [&str; reason::SLOTS as usize] = ["to_peer", "to_client", "other", "malformed", "no_route"];
+
+/// A UDP checksum after the covered 16-bit words `removed` went and `added` came (RFC 1624,
+/// equation 3, term by term; a word removed outright counts as replaced by zero). A zero
+/// checksum ("none", IPv4) stays zero.
+pub fn udp_checksum_update(check: u16, removed: &[u16], added: &[u16]) -> u16 {
+    let mut sum: u32 = (!check) as u32;
+    let mut i = 0;
+    while i < removed.len() {
+        sum += (!removed[i]) as u32;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < added.len() {
+        sum += added[i] as u32;
+        i += 1;
+    }
+    crate::checksum::udp_field(check, !crate::checksum::fold(sum))
+}
+
+/// The 16-bit words of an IPv4 address.
+pub const fn addr_words(a: [u8; 4]) -> [u16; 2] {
+    [u16::from_be_bytes([a[0], a[1]]), u16::from_be_bytes([a[2], a[3]])]
+}
+
+/// The words a trailing byte run contributes, for `bytes` that start at `offset` from the UDP
+/// header (an even offset puts a byte in a word's high half).
+pub fn trailing_words(offset: usize, bytes: &[u8], out: &mut [u16; 3]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < bytes.len() && n < out.len() {
+        let b = bytes[i] as u16;
+        out[n] = if (offset + i) % 2 == 0 { b << 8 } else { b };
+        n += 1;
+        i += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+
+    /// The UDP checksum computed in full, the way a receiver checks it (independent of the
+    /// update above).
+    fn full(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> u16 {
+        let len = (8 + payload.len()) as u32;
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&src);
+        bytes.extend_from_slice(&dst);
+        bytes.extend_from_slice(&[0, 17]);
+        bytes.extend_from_slice(&(len as u16).to_be_bytes());
+        bytes.extend_from_slice(&sport.to_be_bytes());
+        bytes.extend_from_slice(&dport.to_be_bytes());
+        bytes.extend_from_slice(&(len as u16).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(payload);
+        if bytes.len() % 2 == 1 {
+            bytes.push(0);
+        }
+        let mut sum: u32 = bytes.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let c = !(sum as u16);
+        if c == 0 { 0xffff } else { c }
+    }
+
+    const CLIENT: [u8; 4] = [198, 18, 30, 2];
+    const LISTEN: [u8; 4] = [198, 18, 30, 1];
+    const RELAY: [u8; 4] = [198, 18, 31, 1];
+    const PEER: [u8; 4] = [198, 18, 31, 2];
+
+    #[test]
+    fn channel_data_to_udp_and_back_keeps_checksums_right() {
+        for (len, pad) in [(0usize, 0usize), (1, 3), (5, 3), (64, 0), (1199, 1), (1200, 0), (3, 1)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let channel = 0x4001u16;
+            // ChannelData as the client sent it (padding bytes not necessarily zero).
+            let mut cd = channel.to_be_bytes().to_vec();
+            cd.extend_from_slice(&(len as u16).to_be_bytes());
+            cd.extend_from_slice(&data);
+            cd.extend((0..pad).map(|i| 0xa0 + i as u8));
+            let old = full(CLIENT, LISTEN, 40000, 3478, &cd);
+            let (old_len, new_len) = ((8 + cd.len()) as u16, (8 + len) as u16);
+            // Client → peer: strip the header and padding, new addresses, ports and lengths.
+            let mut removed = vec![channel, len as u16, old_len, old_len, 40000, 3478];
+            removed.extend(addr_words(CLIENT));
+            removed.extend(addr_words(LISTEN));
+            let mut tail = [0u16; 3];
+            let n = trailing_words(12 + len, &cd[4 + len..], &mut tail);
+            removed.extend_from_slice(&tail[..n]);
+            let mut added = vec![new_len, new_len, 50001, 5000];
+            added.extend(addr_words(RELAY));
+            added.extend(addr_words(PEER));
+            let got = udp_checksum_update(old, &removed, &added);
+            assert_eq!(got, full(RELAY, PEER, 50001, 5000, &data), "len {len} pad {pad}");
+
+            // Peer → client: the reverse, without padding.
+            let back = full(PEER, RELAY, 5000, 50001, &data);
+            let mut removed = vec![new_len, new_len, 5000, 50001];
+            removed.extend(addr_words(PEER));
+            removed.extend(addr_words(RELAY));
+            let wrapped_len = (8 + 4 + len) as u16;
+            let mut added = vec![channel, len as u16, wrapped_len, wrapped_len, 3478, 40000];
+            added.extend(addr_words(LISTEN));
+            added.extend(addr_words(CLIENT));
+            let mut unpadded = channel.to_be_bytes().to_vec();
+            unpadded.extend_from_slice(&(len as u16).to_be_bytes());
+            unpadded.extend_from_slice(&data);
+            assert_eq!(udp_checksum_update(back, &removed, &added), full(LISTEN, CLIENT, 3478, 40000, &unpadded), "back, len {len}");
+        }
+        assert_eq!(udp_checksum_update(0, &[1, 2], &[3]), 0, "no checksum stays none");
+    }
+}
