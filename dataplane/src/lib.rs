@@ -8,6 +8,7 @@ mod options;
 mod mmap;
 pub mod pins;
 pub mod sweep;
+mod turn;
 mod underlay;
 
 use std::{
@@ -167,6 +168,7 @@ impl Dataplane {
             names::PROG_TC_TUNNEL_INGRESS_L3,
             names::PROG_TC_TUNNEL_EGRESS_L3,
             names::PROG_XDP_WG_UNDERLAY,
+            names::PROG_XDP_TURN,
         ] {
             let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
             let result = match prog {

@@ -72,6 +72,12 @@ pub const UNDERLAY_SOURCES: &str = "WGU_SOURCES_V1";
 pub const UNDERLAY_CPU: &str = "WGU_CPU_V1";
 pub const UNDERLAY_STATS: &str = "WGU_STATS_V1";
 
+/// The TURN relay's fast path (turn.rs).
+pub const TURN_CHANNELS: &str = "TURN_CHANNELS_V1";
+pub const TURN_PEERS: &str = "TURN_PEERS_V1";
+pub const TURN_STATS: &str = "TURN_STATS_V1";
+pub const TURN_REASONS: &str = "TURN_REASONS_V1";
+
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";
 pub const PROG_TC_LAN_INGRESS: &str = "tc_lan_ingress";
@@ -81,6 +87,7 @@ pub const PROG_TC_TUNNEL_EGRESS_ETH: &str = "tc_tunnel_egress_eth";
 pub const PROG_TC_TUNNEL_INGRESS_L3: &str = "tc_tunnel_ingress_l3";
 pub const PROG_TC_TUNNEL_EGRESS_L3: &str = "tc_tunnel_egress_l3";
 pub const PROG_XDP_WG_UNDERLAY: &str = "xdp_wg_underlay";
+pub const PROG_XDP_TURN: &str = "xdp_turn";
 
 /// Default capacities; the controller sizes maps from its configuration at load time.
 pub const DEFAULT_CHUNKS_PER_SLOT: u32 = 16 * 1024;

@@ -79,10 +79,12 @@ pub mod reason {
     pub const PASS_MALFORMED: u32 = 3;
     /// No route to the destination known to the kernel's FIB: userspace sends it.
     pub const PASS_NO_ROUTE: u32 = 4;
-    pub const SLOTS: u32 = 5;
+    /// The frame could not be resized after its rewrite began (a driver without headroom).
+    pub const DROP_REWRITE: u32 = 5;
+    pub const SLOTS: u32 = 6;
 }
 
-pub const REASON_NAMES: [&str; reason::SLOTS as usize] = ["to_peer", "to_client", "other", "malformed", "no_route"];
+pub const REASON_NAMES: [&str; reason::SLOTS as usize] = ["to_peer", "to_client", "other", "malformed", "no_route", "rewrite_failed"];
 
 /// A UDP checksum after the covered 16-bit words `removed` went and `added` came (RFC 1624,
 /// equation 3, term by term; a word removed outright counts as replaced by zero). A zero

@@ -13,6 +13,7 @@ mod nat;
 mod packet;
 mod parse;
 mod stats;
+mod turn;
 mod underlay;
 
 use aya_ebpf::{
@@ -194,6 +195,20 @@ pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
     let r = underlay::filter(&bytes);
     underlay::count(r, bytes.len as u64);
     if gateway_common::underlay::drops(r) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// The TURN relay's interfaces: bound channels forwarded in the kernel.
+#[xdp]
+pub fn xdp_turn(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (action, why) = turn::relay(&ctx);
+    if let Some(c) = maps::TURN_REASONS.get_ptr_mut(why) {
+        // SAFETY: this CPU's own counter.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += len;
+    }
+    action
 }
 
 /// Tunnel interface with an Ethernet header (veth in labs), traffic from peers.

@@ -120,3 +120,15 @@ pub static UNDERLAY_CPU: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WGU_STATS_V1")]
 pub static UNDERLAY_STATS: PerCpuArray<gateway_common::stats::Counter> = PerCpuArray::with_max_entries(gateway_common::underlay::reason::SLOTS, 0);
+
+#[map(name = "TURN_CHANNELS_V1")]
+pub static TURN_CHANNELS: HashMap<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+
+#[map(name = "TURN_PEERS_V1")]
+pub static TURN_PEERS: HashMap<gateway_common::turn::PeerKey, gateway_common::turn::ToClient> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+
+#[map(name = "TURN_STATS_V1")]
+pub static TURN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(2 * gateway_common::turn::BINDING_SLOTS, 0);
+
+#[map(name = "TURN_REASONS_V1")]
+pub static TURN_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(gateway_common::turn::reason::SLOTS, 0);

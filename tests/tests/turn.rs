@@ -1,0 +1,183 @@
+//! The TURN fast path by BPF_PROG_TEST_RUN, run inside a namespace whose FIB knows the client
+//! and the peer (addresses, static neighbours): ChannelData in → UDP out and UDP in →
+//! ChannelData out, bytes exact against frames the test builds with checksums computed in full;
+//! padded ChannelData; unbound channels, STUN and malformed ChannelData to userspace untouched.
+
+use gateway_common::{
+    maps as names,
+    turn::{ChannelKey, PeerKey, ToClient, ToPeer, reason::*},
+};
+use gateway_testkit::{
+    harness::{Harness, XDP_PASS, hex},
+    netns::{Netns, veth},
+};
+
+const CLIENT: [u8; 4] = [198, 18, 30, 2];
+const LISTEN: [u8; 4] = [198, 18, 30, 1];
+const RELAY: [u8; 4] = [198, 18, 31, 1];
+const PEER: [u8; 4] = [198, 18, 31, 2];
+const CLIENT_MAC: [u8; 6] = [0x02, 0x74, 0, 0, 0, 0x02];
+const PEER_MAC: [u8; 6] = [0x02, 0x74, 0, 0, 0, 0x12];
+const C0_MAC: [u8; 6] = [0x02, 0x74, 0, 0, 0, 0x01];
+const P0_MAC: [u8; 6] = [0x02, 0x74, 0, 0, 0, 0x11];
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The relay's namespace: c0 toward the client, p0 toward the peer, both neighbours known.
+fn relay_ns() -> (Netns, Netns) {
+    gateway_testkit::netns::remove_stale("gwturnfx");
+    let id = format!("gwturnfx{}", std::process::id());
+    let (ns, other) = (Netns::create(&format!("{id}-r")).unwrap(), Netns::create(&format!("{id}-o")).unwrap());
+    // The fast path's FIB lookup is an input lookup: the arrival interface (here, as in every
+    // test run, the namespace's loopback) must forward.
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    veth(&ns, "c0", &other, "c1").unwrap();
+    veth(&ns, "p0", &other, "p1").unwrap();
+    for (dev, m, a, n, nm) in [("c0", C0_MAC, "198.18.30.1/24", "198.18.30.2", CLIENT_MAC), ("p0", P0_MAC, "198.18.31.1/24", "198.18.31.2", PEER_MAC)] {
+        ns.ip(&["link", "set", dev, "address", &mac(m)]).unwrap();
+        ns.ip(&["addr", "add", a, "dev", dev]).unwrap();
+        ns.ip(&["neigh", "replace", n, "lladdr", &mac(nm), "dev", dev, "nud", "permanent"]).unwrap();
+    }
+    (ns, other)
+}
+
+fn sum16(bytes: &[u8]) -> u16 {
+    let mut b = bytes.to_vec();
+    if b.len() % 2 == 1 {
+        b.push(0);
+    }
+    let mut s: u32 = b.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// An Ethernet/IPv4/UDP frame with every checksum computed in full.
+fn frame(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let ulen = (8 + payload.len()) as u16;
+    let mut f = Vec::new();
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0x00, ttl, 17, 0, 0];
+    ip[2..4].copy_from_slice(&(20 + ulen).to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = sum16(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&ulen.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&ulen.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let mut c = sum16(&pseudo);
+    if c == 0 {
+        c = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&udp);
+    f
+}
+
+fn channel_data(channel: u16, data: &[u8], pad: &[u8]) -> Vec<u8> {
+    let mut p = channel.to_be_bytes().to_vec();
+    p.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    p.extend_from_slice(data);
+    p.extend_from_slice(pad);
+    p
+}
+
+fn harness() -> Harness {
+    let mut h = Harness::new("groups: {}\npolicies: []\n");
+    let channel = ChannelKey { client: CLIENT, listen: LISTEN, client_port: 40000, listen_port: 3478, channel: 0x4001, _pad: 0 };
+    let to_peer = ToPeer { peer: PEER, relay: RELAY, peer_port: 5000, relay_port: 50001, slot: 7 };
+    let peer = PeerKey { peer: PEER, relay: RELAY, peer_port: 5000, relay_port: 50001 };
+    let to_client = ToClient { client: CLIENT, listen: LISTEN, client_port: 40000, listen_port: 3478, channel: 0x4001, _pad: 0, slot: 7 };
+    h.dp.set_turn_binding(channel, to_peer, peer, to_client).unwrap();
+    h
+}
+
+fn reason_count(h: &Harness, r: u32) -> u64 {
+    h.dp.turn_counters().unwrap()[r as usize].packets
+}
+
+#[test]
+fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
+    let (ns, _other) = relay_ns();
+    let mut h = harness();
+    let data: Vec<u8> = (0..1199).map(|i| (i * 13 + 5) as u8).collect();
+    ns.run_scoped(|| {
+        // Client → peer: unwrapped, from the allocation's address, toward the peer's neighbour.
+        for pad in [&[][..], &[0, 0, 0][..], &[0xde, 0xad, 0xbe][..]] {
+            let input = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 61, &channel_data(0x4001, &data[..1197], &pad[..pad.len().min(3)]));
+            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+            assert!(action == XDP_REDIRECT || action == XDP_TX, "action {action}, reasons {:?}", h.dp.turn_counters().unwrap());
+            let want = frame(PEER_MAC, P0_MAC, RELAY, PEER, 50001, 5000, 64, &data[..1197]);
+            assert_eq!(hex(&out), hex(&want), "client → peer, padding {pad:?}");
+        }
+        // Peer → client: wrapped in ChannelData, from the listening address.
+        for len in [0usize, 1, 64, 1199] {
+            let input = frame(P0_MAC, PEER_MAC, PEER, RELAY, 5000, 50001, 63, &data[..len]);
+            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+            assert!(action == XDP_REDIRECT || action == XDP_TX, "action {action}");
+            let want = frame(CLIENT_MAC, C0_MAC, LISTEN, CLIENT, 3478, 40000, 64, &channel_data(0x4001, &data[..len], &[]));
+            assert_eq!(hex(&out), hex(&want), "peer → client, {len} bytes");
+        }
+    })
+    .unwrap();
+    assert_eq!(reason_count(&h, TO_PEER), 3);
+    assert_eq!(reason_count(&h, TO_CLIENT), 4);
+    let (to_peer, to_client) = h.dp.turn_binding_counters(7).unwrap();
+    assert_eq!((to_peer.packets, to_peer.bytes), (3, 3 * 1197));
+    assert_eq!((to_client.packets, to_client.bytes), (4, 64 + 1 + 1199));
+}
+
+#[test]
+fn everything_else_goes_to_userspace_untouched() {
+    let (ns, _other) = relay_ns();
+    let mut h = harness();
+    ns.run_scoped(|| {
+        let cases = [
+            // An unbound channel, a channel of another client, a STUN request, an unbound peer.
+            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4002, b"x", &[0; 3])), PASS_OTHER),
+            (frame(C0_MAC, CLIENT_MAC, [198, 18, 30, 3], LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"x", &[0; 3])), PASS_OTHER),
+            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]), PASS_OTHER),
+            (frame(P0_MAC, PEER_MAC, PEER, RELAY, 5001, 50001, 64, b"who"), PASS_OTHER),
+            // ChannelData whose length says more than the datagram holds, or junk past padding.
+            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &[0x40, 0x01, 0, 50, 1, 2, 3, 4]), PASS_MALFORMED),
+            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"ab", &[0; 6])), PASS_MALFORMED),
+        ];
+        for (i, (input, why)) in cases.iter().enumerate() {
+            let before = reason_count(&h, *why);
+            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, input);
+            assert_eq!(action, XDP_PASS, "case {i}");
+            assert_eq!(&out, input, "case {i} untouched");
+            assert_eq!(reason_count(&h, *why) - before, 1, "case {i}");
+        }
+    })
+    .unwrap();
+    // With the binding removed, its traffic is userspace's again.
+    h.dp.remove_turn_binding(
+        &ChannelKey { client: CLIENT, listen: LISTEN, client_port: 40000, listen_port: 3478, channel: 0x4001, _pad: 0 },
+        &PeerKey { peer: PEER, relay: RELAY, peer_port: 5000, relay_port: 50001 },
+    )
+    .unwrap();
+    ns.run_scoped(|| {
+        let input = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"x", &[0; 3]));
+        assert_eq!(h.xdp_program_bytes(names::PROG_XDP_TURN, &input).0, XDP_PASS);
+    })
+    .unwrap();
+}
