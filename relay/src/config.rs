@@ -52,6 +52,22 @@ pub struct RelayConfig {
     /// Prometheus /metrics and /status.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Bound channels forwarded in XDP on these interfaces (those clients and peers arrive on).
+    #[serde(default)]
+    pub xdp: Option<XdpConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpConfig {
+    pub interfaces: Vec<String>,
+    /// xdp-native (default) or xdp-generic.
+    #[serde(default = "default_xdp_attach")]
+    pub attach: String,
+}
+
+fn default_xdp_attach() -> String {
+    "xdp-native".into()
 }
 
 fn default_min_port() -> u16 {
@@ -103,6 +119,7 @@ impl RelayConfig {
             denied_peer_ip: vec![],
             allowed_peer_ip: vec![],
             metrics_addr: None,
+            xdp: None,
         };
         let (mut lt_cred, mut auth_secret) = (false, false);
         for (n, raw) in text.lines().enumerate() {

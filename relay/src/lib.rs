@@ -5,5 +5,6 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod fast_path;
 pub mod message;
 pub mod server;

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::{
     auth::{AuthError, Credentials, NonceCheck, Nonces},
+    fast_path::{Binding, FastPath},
     config::RelayConfig,
     message::{self, ChannelNumber, Key, Msg},
 };
@@ -47,6 +48,8 @@ type AllocKey = (SocketAddr, SocketAddr);
 struct Channel {
     peer: SocketAddr,
     expires: Instant,
+    /// In the kernel's hands while bound (IPv4, concrete addresses, a fast path configured).
+    offloaded: Option<Binding>,
 }
 
 struct Allocation {
@@ -92,6 +95,9 @@ pub struct Relay {
     realm: Realm,
     allocations: Mutex<HashMap<AllocKey, Allocation>>,
     pub counters: Counters,
+    fast: Option<Arc<dyn FastPath>>,
+    /// Counter slots of the fast path not in use.
+    free_slots: Mutex<Vec<u32>>,
 }
 
 /// A snapshot for `gateway relay status` and the metrics.
@@ -108,6 +114,12 @@ pub struct Status {
     pub auth_failures: u64,
     pub refused_peers: u64,
     pub dropped_no_permission: u64,
+    /// Relayed by the kernel fast path (bound channels), when there is one.
+    #[serde(default)]
+    pub xdp: Option<crate::fast_path::Totals>,
+    /// Channels in the kernel's hands now.
+    #[serde(default)]
+    pub offloaded_channels: usize,
 }
 
 fn unix_now() -> u64 {
@@ -116,8 +128,53 @@ fn unix_now() -> u64 {
 
 impl Relay {
     pub fn new(cfg: RelayConfig) -> anyhow::Result<Arc<Relay>> {
+        Self::with_fast_path(cfg, None)
+    }
+
+    /// A relay that hands bound channels to `fast` (with `slots` counter slots).
+    pub fn with_fast_path(cfg: RelayConfig, fast: Option<(Arc<dyn FastPath>, u32)>) -> anyhow::Result<Arc<Relay>> {
         let realm = Realm::new(cfg.realm.clone()).map_err(|e| anyhow::anyhow!("realm: {e}"))?;
-        Ok(Arc::new(Relay { creds: cfg.credentials(), cfg, nonces: Nonces::new(), realm, allocations: Mutex::new(HashMap::new()), counters: Counters::default() }))
+        let (fast, slots) = match fast {
+            Some((f, n)) => (Some(f), (0..n).rev().collect()),
+            None => (None, Vec::new()),
+        };
+        Ok(Arc::new(Relay {
+            creds: cfg.credentials(),
+            cfg,
+            nonces: Nonces::new(),
+            realm,
+            allocations: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            fast,
+            free_slots: Mutex::new(slots),
+        }))
+    }
+
+    /// Hands a channel to the fast path where it can take it (IPv4 throughout, concrete
+    /// addresses); `None` leaves it to userspace.
+    fn offload(&self, key: AllocKey, relay_local: SocketAddr, channel: u16, peer: SocketAddr) -> Option<Binding> {
+        let fast = self.fast.as_ref()?;
+        let v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(v) if !v.ip().is_unspecified() => Some(v),
+            _ => None,
+        };
+        let slot = self.free_slots.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        let b = Binding { client: v4(key.1)?, listen: v4(key.0)?, channel, peer: v4(peer)?, relay: v4(relay_local)?, slot };
+        match fast.bind(&b) {
+            Ok(()) => Some(b),
+            Err(e) => {
+                warn!("fast path refused channel {channel:#x} of {}: {e:#}; it stays in userspace", key.1);
+                self.free_slots.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
+                None
+            }
+        }
+    }
+
+    fn take_back(&self, b: Binding) {
+        if let Some(fast) = &self.fast {
+            fast.unbind(&b);
+            self.free_slots.lock().unwrap_or_else(|p| p.into_inner()).push(b.slot);
+        }
     }
 
     fn allocations(&self) -> std::sync::MutexGuard<'_, HashMap<AllocKey, Allocation>> {
@@ -145,6 +202,8 @@ impl Relay {
             auth_failures: get(&c.auth_failures),
             refused_peers: get(&c.refused_peers),
             dropped_no_permission: get(&c.dropped_no_permission),
+            xdp: self.fast.as_ref().map(|f| f.totals()),
+            offloaded_channels: a.values().map(|x| x.channels.values().filter(|c| c.offloaded.is_some()).count()).sum(),
         }
     }
 
@@ -392,8 +451,17 @@ impl Relay {
         let requested = req.get_attribute::<Lifetime>().map(|l| l.lifetime());
         let lifetime = if requested == Some(Duration::ZERO) { Duration::ZERO } else { lifetime(req) };
         if lifetime.is_zero() {
-            if let Some(a) = allocs.remove(&key) {
+            if let Some(mut a) = allocs.remove(&key) {
                 a.peer_task.abort();
+                drop(allocs);
+                for b in a.channels.values_mut().filter_map(|c| c.offloaded.take()).collect::<Vec<_>>() {
+                    self.take_back(b);
+                }
+                let mut m = message::response(MessageClass::SuccessResponse, REFRESH, req.transaction_id());
+                if let Ok(l) = Lifetime::new(lifetime) {
+                    m.add_attribute(l);
+                }
+                return Ok(m);
             }
         } else {
             a.expires = Instant::now() + lifetime;
@@ -451,7 +519,14 @@ impl Relay {
         if a.channels.iter().any(|(n, c)| *n != number && c.peer == peer && reserved(c)) {
             return Err((400, "Bad Request"));
         }
-        a.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME });
+        let offloaded = match a.channels.get_mut(&number) {
+            // A refresh keeps the binding the kernel has.
+            Some(c) if c.peer == peer && c.offloaded.is_some() => c.offloaded.take(),
+            _ => None,
+        };
+        let relay_local = a.relay.local_addr().ok();
+        let offloaded = offloaded.or_else(|| relay_local.and_then(|l| self.offload(key, l, number, peer)));
+        a.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME, offloaded });
         let perm = now + PERMISSION_LIFETIME;
         let e = a.permissions.entry(peer.ip()).or_insert(perm);
         *e = (*e).max(perm);
@@ -481,16 +556,29 @@ impl Relay {
     /// Expires allocations, permissions and channels (channels are kept for their cooldown).
     pub fn sweep(&self, now: Instant) {
         let mut allocs = self.allocations();
+        let mut taken_back = Vec::new();
         allocs.retain(|key, a| {
             if a.expires <= now {
                 info!(client = %key.1, relayed = %a.relayed, "allocation expired");
                 a.peer_task.abort();
+                taken_back.extend(a.channels.values_mut().filter_map(|c| c.offloaded.take()));
                 return false;
             }
             a.permissions.retain(|_, e| *e > now);
+            // A channel leaves the kernel when it expires or its peer's permission does.
+            let permissions = &a.permissions;
+            for c in a.channels.values_mut() {
+                if c.offloaded.is_some() && (c.expires <= now || !permissions.contains_key(&c.peer.ip())) {
+                    taken_back.extend(c.offloaded.take());
+                }
+            }
             a.channels.retain(|_, c| c.expires + CHANNEL_COOLDOWN > now);
             true
         });
+        drop(allocs);
+        for b in taken_back {
+            self.take_back(b);
+        }
     }
 }
 

@@ -34,6 +34,7 @@ fn config(port: u16, user_quota: u32) -> RelayConfig {
         // Loopback peers only because everything here runs on loopback.
         allowed_peer_ip: vec!["127.0.0.0/8".parse().unwrap()],
         metrics_addr: None,
+        xdp: None,
     }
 }
 
@@ -125,4 +126,53 @@ fn channel_data_reaches_the_peer_and_comes_back_as_channel_data() {
     let (n, _) = a.sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], &[0x40, 0x02, 0, 4, b'b', b'a', b'c', b'k']);
     assert_eq!(relay.status().to_peer_packets, 1);
+}
+
+/// A fast path that records what it is given.
+#[derive(Default)]
+struct Recorder {
+    bound: Mutex<Vec<crate::fast_path::Binding>>,
+    unbound: Mutex<Vec<crate::fast_path::Binding>>,
+}
+
+impl crate::fast_path::FastPath for Recorder {
+    fn bind(&self, b: &crate::fast_path::Binding) -> anyhow::Result<()> {
+        self.bound.lock().unwrap().push(*b);
+        Ok(())
+    }
+    fn unbind(&self, b: &crate::fast_path::Binding) {
+        self.unbound.lock().unwrap().push(*b);
+    }
+    fn totals(&self) -> crate::fast_path::Totals {
+        Default::default()
+    }
+}
+
+#[test]
+fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let recorder = Arc::new(Recorder::default());
+    let relay = Relay::with_fast_path(config(port, 0), Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 4))).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.spawn(relay.clone().serve());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut a = client(SocketAddr::from(([127, 0, 0, 1], port)));
+    let relayed = a.allocate().unwrap();
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    a.channel_bind(0x4003, peer).unwrap();
+    a.channel_bind(0x4003, peer).unwrap();
+    let bound = recorder.bound.lock().unwrap().clone();
+    assert_eq!(bound.len(), 1, "a refresh keeps the binding: {bound:?}");
+    let b = bound[0];
+    assert_eq!((b.channel, SocketAddr::V4(b.peer), SocketAddr::V4(b.client)), (0x4003, peer, a.sock.local_addr().unwrap()));
+    assert_eq!(b.relay.port(), relayed.port());
+    assert_eq!(relay.status().offloaded_channels, 1);
+    // The permission ends before the channel: the binding comes back to userspace.
+    relay.sweep(Instant::now() + PERMISSION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(recorder.unbound.lock().unwrap().as_slice(), &[b]);
+    // A new binding, then the allocation released: it comes back too, and its slot is free.
+    a.channel_bind(0x4004, "127.0.0.1:10".parse().unwrap()).unwrap();
+    a.release().unwrap();
+    assert_eq!(recorder.unbound.lock().unwrap().len(), 2);
+    assert_eq!(relay.free_slots.lock().unwrap().len(), 4);
 }
