@@ -45,6 +45,7 @@ pub enum Contender {
     WgNetbirdWireguardGo,
     /// Scenario "relay" (relay.rs): TURN relays.
     RelayGateway,
+    RelayGatewayXdp,
     RelayCoturn,
 }
 
@@ -79,6 +80,7 @@ impl Contender {
             Contender::WgGatewayWireguardGo => "wireguard-go + the gateway (external backend: eBPF policy, masquerade, TC forwarding)",
             Contender::WgNetbirdWireguardGo => "wireguard-go + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)",
             Contender::RelayGateway => "this relay (gateway relay serve, userspace)",
+            Contender::RelayGatewayXdp => "this relay, bound channels in XDP (generic)",
             Contender::RelayCoturn => "coturn (turnserver)",
         }
     }
@@ -208,6 +210,7 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
         | Contender::WgGatewayWireguardGo
         | Contender::WgNetbirdWireguardGo
         | Contender::RelayGateway
+        | Contender::RelayGatewayXdp
         | Contender::RelayCoturn => anyhow::bail!("{} runs in its own topology (scenarios wireguard, relay)", c.label()),
         Contender::XdpFilter => {
             let syn = syn.context("rules needed")?;

@@ -81,10 +81,24 @@ pub mod reason {
     pub const PASS_NO_ROUTE: u32 = 4;
     /// The frame could not be resized after its rewrite began (a driver without headroom).
     pub const DROP_REWRITE: u32 = 5;
-    pub const SLOTS: u32 = 6;
+    /// A UDP checksum only begun (a sender on this host leaving it to offload, as over a
+    /// veth): the skb's checksum state points at the old header, so only userspace can relay it.
+    /// Frames from a wire always carry full checksums.
+    pub const PASS_PARTIAL_CHECKSUM: u32 = 6;
+    pub const SLOTS: u32 = 7;
 }
 
-pub const REASON_NAMES: [&str; reason::SLOTS as usize] = ["to_peer", "to_client", "other", "malformed", "no_route", "rewrite_failed"];
+pub const REASON_NAMES: [&str; reason::SLOTS as usize] = ["to_peer", "to_client", "other", "malformed", "no_route", "rewrite_failed", "partial_checksum"];
+
+/// Whether a UDP checksum field holds only the pseudo-header sum (not complemented): what a
+/// local sender leaves for checksum offload. A full checksum equals it once in 65,536 frames;
+/// those go to userspace too, which is correct either way.
+pub fn partial_checksum(check: u16, src: [u8; 4], dst: [u8; 4], ulen: u16) -> bool {
+    let [s0, s1] = addr_words(src);
+    let [d0, d1] = addr_words(dst);
+    let sum = s0 as u32 + s1 as u32 + d0 as u32 + d1 as u32 + 17 + ulen as u32;
+    check != 0 && check == crate::checksum::fold(sum)
+}
 
 /// A UDP checksum after the covered 16-bit words `removed` went and `added` came (RFC 1624,
 /// equation 3, term by term; a word removed outright counts as replaced by zero). A zero

@@ -181,6 +181,8 @@ fn count(slot: u32, direction: u32, bytes: u64) {
 pub fn relay(ctx: &XdpContext) -> (u32, u32) {
     let Some(u) = headers(ctx) else { return (xdp_action::XDP_PASS, reason::PASS_OTHER) };
     let (data, end) = (ctx.data(), ctx.data_end());
+    // (Checked before any map lookup would be wasted, but only frames of bindings count it.)
+    let partial = gateway_common::turn::partial_checksum(u.check, u.src, u.dst, u.ulen);
     let payload = data + HEADERS;
     // SAFETY: read only when the 4 bytes after the headers are inside the packet.
     if payload + 4 <= end && (0x40..=0x7f).contains(&unsafe { *(payload as *const u8) }) {
@@ -189,12 +191,16 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
         let key = ChannelKey { client: u.src, listen: u.dst, client_port: u.sport, listen_port: u.dport, channel, _pad: 0 };
         // SAFETY: copied out at once.
         if let Some(to) = unsafe { maps::TURN_CHANNELS.get(&key) }.copied() {
+            if partial {
+                return (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM);
+            }
             return to_peer(ctx, &u, channel, clen, to);
         }
     }
     let key = PeerKey { peer: u.src, relay: u.dst, peer_port: u.sport, relay_port: u.dport };
     // SAFETY: copied out at once.
     match unsafe { maps::TURN_PEERS.get(&key) }.copied() {
+        Some(_) if partial => (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM),
         Some(to) => to_client(ctx, &u, to),
         None => (xdp_action::XDP_PASS, reason::PASS_OTHER),
     }

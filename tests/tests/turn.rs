@@ -30,7 +30,8 @@ fn mac(m: [u8; 6]) -> String {
 /// The relay's namespace: c0 toward the client, p0 toward the peer, both neighbours known.
 fn relay_ns() -> (Netns, Netns) {
     gateway_testkit::netns::remove_stale("gwturnfx");
-    let id = format!("gwturnfx{}", std::process::id());
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("gwturnfx{}x{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
     let (ns, other) = (Netns::create(&format!("{id}-r")).unwrap(), Netns::create(&format!("{id}-o")).unwrap());
     // The fast path's FIB lookup is an input lookup: the arrival interface (here, as in every
     // test run, the namespace's loopback) must forward.
@@ -121,12 +122,12 @@ fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
     let data: Vec<u8> = (0..1199).map(|i| (i * 13 + 5) as u8).collect();
     ns.run_scoped(|| {
         // Client → peer: unwrapped, from the allocation's address, toward the peer's neighbour.
-        for pad in [&[][..], &[0, 0, 0][..], &[0xde, 0xad, 0xbe][..]] {
-            let input = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 61, &channel_data(0x4001, &data[..1197], &pad[..pad.len().min(3)]));
+        for (len, pad) in [(1197, &[][..]), (1197, &[0, 0, 0][..]), (1197, &[0xde, 0xad, 0xbe][..]), (64, &[][..]), (1, &[0, 0, 0][..]), (120, &[][..])] {
+            let input = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 61, &channel_data(0x4001, &data[..len], pad));
             let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
             assert!(action == XDP_REDIRECT || action == XDP_TX, "action {action}, reasons {:?}", h.dp.turn_counters().unwrap());
-            let want = frame(PEER_MAC, P0_MAC, RELAY, PEER, 50001, 5000, 64, &data[..1197]);
-            assert_eq!(hex(&out), hex(&want), "client → peer, padding {pad:?}");
+            let want = frame(PEER_MAC, P0_MAC, RELAY, PEER, 50001, 5000, 64, &data[..len]);
+            assert_eq!(hex(&out), hex(&want), "client → peer, {len} bytes, padding {pad:?}");
         }
         // Peer → client: wrapped in ChannelData, from the listening address.
         for len in [0usize, 1, 64, 1199] {
@@ -138,10 +139,10 @@ fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
         }
     })
     .unwrap();
-    assert_eq!(reason_count(&h, TO_PEER), 3);
+    assert_eq!(reason_count(&h, TO_PEER), 6);
     assert_eq!(reason_count(&h, TO_CLIENT), 4);
     let (to_peer, to_client) = h.dp.turn_binding_counters(7).unwrap();
-    assert_eq!((to_peer.packets, to_peer.bytes), (3, 3 * 1197));
+    assert_eq!((to_peer.packets, to_peer.bytes), (6, 3 * 1197 + 64 + 1 + 120));
     assert_eq!((to_client.packets, to_client.bytes), (4, 64 + 1 + 1199));
 }
 
@@ -160,6 +161,17 @@ fn everything_else_goes_to_userspace_untouched() {
             (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &[0x40, 0x01, 0, 50, 1, 2, 3, 4]), PASS_MALFORMED),
             (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"ab", &[0; 6])), PASS_MALFORMED),
         ];
+        // A bound channel whose UDP checksum was only begun by a local sender (the field holds
+        // the pseudo-header sum, as over a veth with offload on).
+        let mut begun = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"data", &[]));
+        let ulen = (begun.len() - 34) as u32;
+        let mut sum: u32 = [CLIENT, LISTEN].iter().flat_map(|a| [u16::from_be_bytes([a[0], a[1]]) as u32, u16::from_be_bytes([a[2], a[3]]) as u32]).sum::<u32>() + 17 + ulen;
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        begun[40..42].copy_from_slice(&(sum as u16).to_be_bytes());
+        let mut cases = cases.to_vec();
+        cases.push((begun, PASS_PARTIAL_CHECKSUM));
         for (i, (input, why)) in cases.iter().enumerate() {
             let before = reason_count(&h, *why);
             let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, input);
