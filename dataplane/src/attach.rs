@@ -132,6 +132,16 @@ impl Hook {
     }
 }
 
+/// The XDP hook for a program that has no TC variant (the underlay filter, the TURN fast
+/// path), and its label for `gateway status`.
+pub(crate) fn xdp_only(attach: LanAttach, what: &str) -> anyhow::Result<(Hook, &'static str)> {
+    match attach {
+        LanAttach::XdpNative => Ok((Hook::Xdp(XdpMode::Driver), "xdp native")),
+        LanAttach::XdpGeneric => Ok((Hook::Xdp(XdpMode::Skb), "xdp generic")),
+        LanAttach::Tc => Err(anyhow!("{what} is an XDP program: attach xdp-native or xdp-generic")),
+    }
+}
+
 impl Dataplane {
     /// Attaches the LAN program; returns the mode, as `gateway status` reports it.
     pub fn attach_lan(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {

@@ -9,7 +9,7 @@ use gateway_common::{
     turn::{ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient, ToPeer, counter_index, reason},
 };
 
-use crate::{Dataplane, LanAttach, attach::Hook};
+use crate::{Dataplane, LanAttach};
 
 impl Dataplane {
     /// Puts a bound channel in the kernel's hands, both directions.
@@ -45,11 +45,7 @@ impl Dataplane {
     /// Attaches the fast path to one of the relay's interfaces.
     pub fn attach_turn(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         crate::attach::if_index(iface)?;
-        let (hook, label) = match attach {
-            LanAttach::XdpNative => (Hook::Xdp(aya::programs::XdpMode::Driver), "xdp native"),
-            LanAttach::XdpGeneric => (Hook::Xdp(aya::programs::XdpMode::Skb), "xdp generic"),
-            LanAttach::Tc => anyhow::bail!("the TURN fast path is an XDP program"),
-        };
+        let (hook, label) = crate::attach::xdp_only(attach, "the TURN fast path")?;
         self.attach(iface, names::PROG_XDP_TURN, hook, label)?;
         Ok(label)
     }

@@ -9,7 +9,7 @@ use gateway_common::{
     underlay::{PORTS_MAX, UnderlaySettings, reason},
 };
 
-use crate::{Dataplane, LanAttach, attach::Hook};
+use crate::{Dataplane, LanAttach};
 
 impl Dataplane {
     /// Puts the protected ports and rates in force (ports no longer listed are released).
@@ -31,11 +31,7 @@ impl Dataplane {
     /// Attaches the filter to an underlay interface (native XDP unless configured otherwise).
     pub fn attach_underlay(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         crate::attach::if_index(iface)?;
-        let (hook, label) = match attach {
-            LanAttach::XdpNative => (Hook::Xdp(aya::programs::XdpMode::Driver), "xdp native"),
-            LanAttach::XdpGeneric => (Hook::Xdp(aya::programs::XdpMode::Skb), "xdp generic (configured fallback)"),
-            LanAttach::Tc => anyhow::bail!("the underlay filter is an XDP program: attach xdp-native or xdp-generic"),
-        };
+        let (hook, label) = crate::attach::xdp_only(attach, "the underlay filter")?;
         self.attach(iface, names::PROG_XDP_WG_UNDERLAY, hook, label)?;
         Ok(label)
     }

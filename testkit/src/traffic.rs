@@ -147,3 +147,10 @@ pub fn ping(ns: &Netns, to: IpAddr) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// Datagrams UDP sockets in `ns` dropped because their receive buffer was full (the namespace's
+/// UdpRcvbufErrors): the receiving host's own drops, not the network's.
+pub fn udp_socket_drops(ns: &Netns) -> u64 {
+    let Ok(out) = ns.exec(&["nstat", "-az", "UdpRcvbufErrors"]) else { return 0 };
+    String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("UdpRcvbufErrors")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}

@@ -83,10 +83,7 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     let lan1_addr = IpAddr::V4(lan1.addr);
     // Datagrams the receiving socket itself drops (its buffer full while two cores are busy with
     // the bulk transfer and a restarting gateway's verifier) are counted by its kernel.
-    let socket_drops = || -> u64 {
-        let out = cp1.exec(&["nstat", "-az", "UdpRcvbufErrors"]).expect("nstat");
-        String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("UdpRcvbufErrors")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
+    let socket_drops = || gateway_testkit::traffic::udp_socket_drops(cp1);
     let socket_drops_before = socket_drops();
     let udp = Run { transfer: Transfer::Udp { payload: 1400, mbit_per_s: 50 }, reverse: true, seconds: 8, port: 5301 };
     let tcp = Run { transfer: Transfer::Tcp, reverse: false, seconds: 8, port: 5302 };
