@@ -335,6 +335,23 @@ mod lab {
     }
 
     /// Sends `msg` on `from` and reads it on `to` (with a timeout).
+    /// One iperf3 transfer between cp1 and lan1 at default offloads, and what it must carry.
+    /// What the receiving socket itself drops (its buffer full while the two cores are busy) is
+    /// the receiver's, not the path's: counted apart.
+    fn bulk(cp1: &Netns, lan1: &Netns, lan1_addr: Ipv4Addr, transfer: Transfer, reverse: bool, port: u16) {
+        let receiver = if reverse { cp1 } else { lan1 };
+        let socket_drops_before = gateway_testkit::traffic::udp_socket_drops(receiver);
+        let o = iperf::run(cp1, lan1, IpAddr::V4(lan1_addr), Run { transfer, reverse, seconds: 2, port }).expect("iperf3");
+        let socket_drops = gateway_testkit::traffic::udp_socket_drops(receiver) - socket_drops_before;
+        match transfer {
+            Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{transfer:?} reverse {reverse}: {o:?}"),
+            Transfer::Udp { .. } => assert!(
+                o.packets > 5_000 && o.lost_packets.saturating_sub(socket_drops) * 100 <= o.packets * 5,
+                "{transfer:?} reverse {reverse}: {o:?}, {socket_drops} dropped by the receiving socket"
+            ),
+        }
+    }
+
     fn relay(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
         from.write_all(msg)?;
         to.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -385,19 +402,7 @@ mod lab {
         // first fragment's flow, in both directions.
         let big = Transfer::Udp { payload: 3000, mbit_per_s: 100 };
         for (transfer, reverse, port) in [(Transfer::Tcp, false, 5201), (Transfer::Tcp, true, 5202), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, false, 5203), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, true, 5204), (big, false, 5205), (big, true, 5206)] {
-            // What the receiving socket itself drops (its buffer full while the two cores are
-            // busy) is the receiver's, not the path's: counted apart.
-            let receiver = if reverse { &cp1.ns } else { &lan1.ns };
-            let socket_drops_before = gateway_testkit::traffic::udp_socket_drops(receiver);
-            let o = iperf::run(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), Run { transfer, reverse, seconds: 2, port }).expect("iperf3");
-            let socket_drops = gateway_testkit::traffic::udp_socket_drops(receiver) - socket_drops_before;
-            match transfer {
-                Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{transfer:?} reverse {reverse}: {o:?}"),
-                Transfer::Udp { .. } => assert!(
-                    o.packets > 5_000 && o.lost_packets.saturating_sub(socket_drops) * 100 <= o.packets * 5,
-                    "{transfer:?} reverse {reverse}: {o:?}, {socket_drops} dropped by the receiving socket"
-                ),
-            }
+            bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
         }
         let st = gw.status::<Report>(&lab.gw).unwrap();
         // The 3000-byte datagrams crossed as fragments both ways (later fragments are accepted
@@ -434,19 +439,7 @@ mod lab {
         relay(&mut c, &mut s, b"forwarded in tc").unwrap();
         relay(&mut s, &mut c, b"and back").unwrap();
         for (transfer, reverse, port) in [(Transfer::Tcp, false, 5211), (Transfer::Tcp, true, 5212), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, false, 5213), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, true, 5214)] {
-            // What the receiving socket itself drops (its buffer full while the two cores are
-            // busy) is the receiver's, not the path's: counted apart.
-            let receiver = if reverse { &cp1.ns } else { &lan1.ns };
-            let socket_drops_before = gateway_testkit::traffic::udp_socket_drops(receiver);
-            let o = iperf::run(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), Run { transfer, reverse, seconds: 2, port }).expect("iperf3");
-            let socket_drops = gateway_testkit::traffic::udp_socket_drops(receiver) - socket_drops_before;
-            match transfer {
-                Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{transfer:?} reverse {reverse}: {o:?}"),
-                Transfer::Udp { .. } => assert!(
-                    o.packets > 5_000 && o.lost_packets.saturating_sub(socket_drops) * 100 <= o.packets * 5,
-                    "{transfer:?} reverse {reverse}: {o:?}, {socket_drops} dropped by the receiving socket"
-                ),
-            }
+            bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
         }
         let st = gw.status::<Report>(&lab.gw).unwrap();
         assert!(counted(&st, "tunnel_ingress", "tc_forwarded") > 10_000, "{:?}", st.counters);
