@@ -168,13 +168,20 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     // 1400-byte datagrams do not fit the tunnel's 1280-byte MTU. Peer → LAN: the peer
     // fragments them, the gateway forwards (and masquerades) the fragments, the LAN host
     // reassembles.
+    // (Losses: a black hole loses everything; the userspace crypto of both ends, iperf3 and the
+    // tests running beside this one share two cores, so a few percent may go missing in their
+    // queues and the receiving socket, which is counted apart.)
+    let socket_drops = gateway_testkit::traffic::udp_socket_drops(&lab.lan);
     let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Udp { payload: 1400, mbit_per_s: 20 }, reverse: false, seconds: 3, port: 5202 })
         .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
+    let socket_drops = gateway_testkit::traffic::udp_socket_drops(&lab.lan) - socket_drops;
     assert!(out.packets > 1000, "{out:?}\n{:?}", gw.status::<Report>(&lab.gw).map(|s| s.counters));
-    assert!(out.lost_packets * 200 <= out.packets, "more than 0.5% lost: {out:?}");
+    assert!(out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3, "more than 3% lost: {out:?}, {socket_drops} at the socket");
     // LAN → peer, the largest datagrams that fit, as iperf3 sends them (don't fragment).
+    let socket_drops = gateway_testkit::traffic::udp_socket_drops(&p1.ns);
     let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Udp { payload: 1200, mbit_per_s: 20 }, reverse: true, seconds: 3, port: 5203 }).expect("iperf3 udp reverse");
-    assert!(out.packets > 1000 && out.lost_packets * 200 <= out.packets, "{out:?}");
+    let socket_drops = gateway_testkit::traffic::udp_socket_drops(&p1.ns) - socket_drops;
+    assert!(out.packets > 1000 && out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3, "{out:?}, {socket_drops} at the socket");
     // LAN → peer, 1400-byte answers: the LAN host sends them whole with don't-fragment, the
     // gateway answers "fragmentation needed" from its LAN address, and the masquerade puts the
     // LAN host's own packet in the quote (RFC 5508), so the LAN host learns the path MTU toward
