@@ -91,6 +91,7 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
                 approval_required: false,
                 created_at: 0,
                 last_seen: 0,
+                ..Peer::blank()
             },
         );
     }
@@ -122,7 +123,9 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
         "gateway-key".into(),
         SetupKey {
             id: "gateway-key".into(),
-            key: GATEWAY_SETUP_KEY.into(),
+            hashed_key: management::account::hash_setup_key(GATEWAY_SETUP_KEY),
+            key_prefix: GATEWAY_SETUP_KEY[..5].into(),
+            legacy_key: None,
             name: "gateway".into(),
             kind: SetupKeyType::Reusable,
             created_at: 0,
@@ -134,6 +137,7 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
             usage_limit: 0,
             auto_groups: vec!["gateways".into()],
             ephemeral: false,
+            allow_extra_dns_labels: false,
         },
     );
     for i in 0..policies {
@@ -164,6 +168,7 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
                     destinations,
                     source_resource: None,
                     destination_resource: None,
+                authorized_groups: Default::default(),
                 }],
             },
         );

@@ -32,6 +32,27 @@ pub fn new_setup_key_secret() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// How a setup key is stored: base64(SHA-256) of the secret as NetBird writes it (an uppercase
+/// UUID); a secret typed in lowercase still matches.
+pub fn hash_setup_key(secret: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(secret.trim().to_ascii_uppercase().as_bytes()))
+}
+
+impl SetupKey {
+    /// Stores `secret` as its hash and the prefix the API shows.
+    pub fn set_secret(&mut self, secret: &str) {
+        self.hashed_key = hash_setup_key(secret);
+        self.key_prefix = secret.trim().chars().take(5).collect();
+        self.legacy_key = None;
+    }
+}
+
+/// The built-in group that holds every peer (NetBird's `All`): it cannot be renamed, edited or
+/// deleted, and policies may name it.
+pub const ALL_GROUP: &str = "All";
+
 fn touched(items: impl IntoIterator<Item = (Kind, String)>) -> Touched {
     items.into_iter().collect()
 }
@@ -53,6 +74,21 @@ pub struct PeerMeta {
     pub os: String,
     pub kernel_version: String,
     pub version: String,
+}
+
+/// What an operator gives for a peer created through the API.
+#[derive(Clone, Debug, Default)]
+pub struct ProvisionedPeer {
+    pub name: String,
+    pub hostname: String,
+    pub wg_pub_key: String,
+    /// Group ids or names.
+    pub groups: Vec<String>,
+    pub ssh_enabled: bool,
+    pub login_expiration_enabled: bool,
+    pub login_expires_at: UnixTime,
+    pub approval_required: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A DNS label from a hostname: lowercase letters, digits and dashes.
@@ -80,7 +116,74 @@ impl Account {
     }
 
     pub fn setup_key_by_secret(&self, secret: &str) -> Option<&SetupKey> {
-        self.setup_keys.values().find(|k| k.key.eq_ignore_ascii_case(secret.trim()))
+        let hashed = hash_setup_key(secret);
+        self.setup_keys.values().find(|k| k.hashed_key == hashed)
+    }
+
+    pub fn all_group_id(&self) -> Option<&str> {
+        self.groups.values().find(|g| g.name == ALL_GROUP).map(|g| g.id.as_str())
+    }
+
+    /// Creates the `All` group if it is missing and puts every peer in it; converts setup keys
+    /// stored in the clear by earlier versions to their hash. Run when the service opens.
+    pub fn repair(&mut self) -> Touched {
+        let mut t = Touched::new();
+        let id = match self.all_group_id() {
+            Some(id) => id.to_string(),
+            None => {
+                let g = Group { id: new_id(), name: ALL_GROUP.into(), peers: vec![], resources: vec![] };
+                self.groups.insert(g.id.clone(), g.clone());
+                t.insert((Kind::Group, g.id.clone()));
+                g.id
+            }
+        };
+        let all = self.groups.get_mut(&id).expect("just ensured");
+        for p in self.peers.keys() {
+            if !all.peers.contains(p) {
+                all.peers.push(p.clone());
+                t.insert((Kind::Group, id.clone()));
+            }
+        }
+        for k in self.setup_keys.values_mut() {
+            if let Some(secret) = k.legacy_key.clone() {
+                k.set_secret(&secret);
+                t.insert((Kind::SetupKey, k.id.clone()));
+            }
+        }
+        if !t.is_empty() {
+            self.serial += 1;
+        }
+        t
+    }
+
+    /// Group ids from ids or names (API clients use both, as the seed's backend does).
+    pub fn resolve_groups(&self, refs: &[String], field: &str) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let id = if self.groups.contains_key(r) {
+                r.clone()
+            } else if let Some(g) = self.groups.values().find(|g| g.name == *r) {
+                g.id.clone()
+            } else {
+                return invalid(format!("{field}: group {r} does not exist"));
+            };
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_to_groups(&mut self, peer_id: &str, groups: &[String], t: &mut Touched) {
+        let all = self.all_group_id().map(str::to_string);
+        for gid in groups.iter().chain(all.iter()) {
+            if let Some(g) = self.groups.get_mut(gid)
+                && !g.peers.iter().any(|p| p == peer_id)
+            {
+                g.peers.push(peer_id.to_string());
+                t.insert((Kind::Group, gid.clone()));
+            }
+        }
     }
 
     fn check_groups(&self, ids: &[String], field: &str) -> Result<()> {
@@ -190,14 +293,11 @@ impl Account {
             approval_required: false,
             created_at: now,
             last_seen: now,
+            last_login: now,
+            ..Peer::blank()
         };
         let mut t = touched([(Kind::Peer, peer.id.clone()), (Kind::SetupKey, key.id.clone())]);
-        for gid in &key.auto_groups {
-            if let Some(g) = self.groups.get_mut(gid) {
-                g.peers.push(peer.id.clone());
-                t.insert((Kind::Group, gid.clone()));
-            }
-        }
+        self.add_to_groups(&peer.id, &key.auto_groups, &mut t);
         let stored = self.setup_keys.get_mut(&key.id).expect("checked above");
         stored.used_times += 1;
         stored.last_used = now;
@@ -216,7 +316,19 @@ impl Account {
         p.kernel_version = meta.kernel_version.clone();
         p.version = meta.version.clone();
         p.last_seen = now;
+        p.last_login = now;
         Ok(touched([(Kind::Peer, peer_id.to_string())]))
+    }
+
+    /// Records where the peer's Login came from; touches nothing when it is unchanged.
+    pub fn set_connection_ip(&mut self, peer_id: &str, ip: &str) -> Touched {
+        match self.peers.get_mut(peer_id) {
+            Some(p) if p.connection_ip != ip => {
+                p.connection_ip = ip.to_string();
+                touched([(Kind::Peer, peer_id.to_string())])
+            }
+            _ => Touched::new(),
+        }
     }
 
     pub fn touch_peer(&mut self, peer_id: &str, now: UnixTime) -> Touched {
@@ -273,15 +385,139 @@ impl Account {
                 t.insert((Kind::Policy, policy.id.clone()));
             }
         }
+        for acl in self.acls.values_mut() {
+            let mut changed = false;
+            for rule in &mut acl.rules {
+                for list in [&mut rule.source_peers, &mut rule.destination_peers] {
+                    let before = list.len();
+                    list.retain(|p| p != id);
+                    changed |= list.len() != before;
+                }
+            }
+            if changed {
+                t.insert((Kind::Acl, acl.id.clone()));
+            }
+        }
         Ok(self.bump(t))
+    }
+
+    /// A peer an operator creates before any client runs (`POST /api/peers`), with the public key
+    /// it will log in with; it joins `groups` and `All`.
+    pub fn provision_peer(&mut self, p: ProvisionedPeer, network: Ipv4Net, now: UnixTime) -> Result<(Peer, Touched)> {
+        check_name("peer", &p.name)?;
+        if self.peer_by_key(&p.wg_pub_key).is_some() {
+            return Err(Error::Conflict("a peer with this public key already exists".into()));
+        }
+        let groups = self.resolve_groups(&p.groups, "groups")?;
+        if p.login_expiration_enabled && p.login_expires_at != 0 && p.login_expires_at <= now {
+            return invalid("login_expiration is in the past");
+        }
+        let ip = self.allocate_ip(network)?;
+        let hostname = if p.hostname.is_empty() { p.name.clone() } else { p.hostname.clone() };
+        let mut label = dns_label(&hostname);
+        if self.peers.values().any(|q| q.dns_label == label) {
+            label = format!("{label}-{}", ip.to_string().replace('.', "-"));
+        }
+        let peer = Peer {
+            id: new_id(),
+            name: p.name,
+            wg_pub_key: p.wg_pub_key,
+            ip,
+            hostname,
+            dns_label: label,
+            ssh_enabled: p.ssh_enabled,
+            login_expiration_enabled: p.login_expiration_enabled,
+            login_expires_at: if p.login_expiration_enabled { p.login_expires_at } else { 0 },
+            approval_required: p.approval_required,
+            labels: p.labels,
+            created_at: now,
+            ..Peer::blank()
+        };
+        let mut t = touched([(Kind::Peer, peer.id.clone())]);
+        self.add_to_groups(&peer.id, &groups, &mut t);
+        self.peers.insert(peer.id.clone(), peer.clone());
+        Ok((peer, self.bump(t)))
+    }
+
+    // ---- ACLs ----
+
+    /// Adds or replaces an ACL after checking every reference; `network` bounds destination_ips.
+    pub fn put_acl(&mut self, acl: Acl, network: Ipv4Net) -> Result<Touched> {
+        check_name("acl", &acl.name)?;
+        if acl.rules.is_empty() {
+            return invalid("an acl needs at least one rule");
+        }
+        for (i, r) in acl.rules.iter().enumerate() {
+            let at = |field: &str| format!("rules[{i}].{field}");
+            check_name("rule", &r.name).map_err(|e| Error::Invalid(format!("{}: {e}", at("name"))))?;
+            self.check_peers(&r.source_peers, &at("source_peers"))?;
+            self.check_peers(&r.destination_peers, &at("destination_peers"))?;
+            self.check_groups(&r.source_groups, &at("source_groups"))?;
+            self.check_groups(&r.destination_groups, &at("destination_groups"))?;
+            if let Some(n) = r.destination_ips.iter().find(|n| !network.contains(*n)) {
+                return invalid(format!("{}: {n} is outside the overlay network {network} (only peers' addresses can be named)", at("destination_ips")));
+            }
+            if r.source_peers.is_empty() && r.source_groups.is_empty() {
+                return invalid(format!("{}: a rule needs source_peers or source_groups", at("source_peers")));
+            }
+            if r.destination_peers.is_empty() && r.destination_groups.is_empty() && r.destination_ips.is_empty() {
+                return invalid(format!("{}: a rule needs destination_ips, destination_peers or destination_groups", at("destination_ips")));
+            }
+            if !r.protocol.has_ports() && !r.ports.is_empty() && !r.ports.iter().all(|p| (p.start, p.end) == (1, 65535)) {
+                return invalid(format!("{}: ports apply only to tcp and udp", at("ports")));
+            }
+        }
+        let id = acl.id.clone();
+        self.acls.insert(id.clone(), acl);
+        Ok(self.bump(touched([(Kind::Acl, id)])))
+    }
+
+    pub fn delete_acl(&mut self, id: &str) -> Result<Touched> {
+        if self.acls.remove(id).is_none() {
+            return not_found("acl", id);
+        }
+        Ok(self.bump(touched([(Kind::Acl, id.to_string())])))
+    }
+
+    /// What time ends: peers whose login expired leave every map; ACLs past `expires_at` are
+    /// deleted (`auto_cleanup`) or disabled. Also returns what happened, for the log.
+    pub fn expire(&mut self, now: UnixTime) -> (Vec<String>, Touched) {
+        let mut t = Touched::new();
+        let mut what = Vec::new();
+        for p in self.peers.values_mut() {
+            if p.login_expiration_enabled && p.login_expires_at != 0 && now >= p.login_expires_at && !p.login_expired {
+                p.login_expired = true;
+                t.insert((Kind::Peer, p.id.clone()));
+                what.push(format!("peer {} ({}): login expired", p.name, p.id));
+            }
+        }
+        let due: Vec<(String, bool)> = self.acls.values().filter(|a| a.expires_at != 0 && now >= a.expires_at && (a.enabled || a.auto_cleanup)).map(|a| (a.id.clone(), a.auto_cleanup)).collect();
+        for (id, cleanup) in due {
+            if cleanup {
+                let acl = self.acls.remove(&id).expect("listed above");
+                what.push(format!("acl {} ({id}): expired, deleted", acl.name));
+            } else {
+                let acl = self.acls.get_mut(&id).expect("listed above");
+                acl.enabled = false;
+                what.push(format!("acl {} ({id}): expired, disabled", acl.name));
+            }
+            t.insert((Kind::Acl, id));
+        }
+        if !t.is_empty() {
+            self.serial += 1;
+        }
+        (what, t)
     }
 
     // ---- groups ----
 
     pub fn put_group(&mut self, group: Group) -> Result<Touched> {
         check_name("group", &group.name)?;
+        if self.groups.get(&group.id).is_some_and(|g| g.name == ALL_GROUP) {
+            return invalid("updating group All is not allowed");
+        }
         if self.groups.values().any(|g| g.name == group.name && g.id != group.id) {
-            return invalid(format!("a group named {:?} already exists", group.name));
+            return Err(Error::Conflict(format!("a group named {:?} already exists", group.name)));
         }
         self.check_peers(&group.peers, "peers")?;
         for r in &group.resources {
@@ -308,15 +544,20 @@ impl Account {
         if let Some(r) = self.routers.values().find(|r| r.peer_groups.iter().any(|g| g == id)) {
             return Some(format!("router {}", r.id));
         }
+        if let Some(acl) = self.acls.values().find(|a| a.rules.iter().any(|r| r.source_groups.iter().chain(&r.destination_groups).any(|g| g == id))) {
+            return Some(format!("acl {}", acl.name));
+        }
         None
     }
 
     pub fn delete_group(&mut self, id: &str) -> Result<Touched> {
-        if !self.groups.contains_key(id) {
-            return not_found("group", id);
+        let Some(g) = self.groups.get(id) else { return not_found("group", id) };
+        if g.name == ALL_GROUP {
+            return invalid("deleting group All is not allowed");
         }
         if let Some(user) = self.group_users(id) {
-            return invalid(format!("group {id} is used by {user}"));
+            // 400, as NetBird answers a group that is still linked.
+            return Err(Error::BadRequest(format!("group {id} is used by {user}")));
         }
         self.groups.remove(id);
         Ok(self.bump(touched([(Kind::Group, id.to_string())])))

@@ -7,6 +7,12 @@ pub enum Error {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The object would clash with one that exists (a name, a key).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request could not be read at all (not JSON, wrong types): nothing was looked at.
+    #[error("{0}")]
+    BadRequest(String),
     /// Login refused for good: unknown peer, or a setup key that is unknown, expired, revoked or
     /// used up. Clients must not retry.
     #[error("{0}")]
@@ -33,6 +39,8 @@ impl From<Error> for tonic::Status {
         match &e {
             Error::Invalid(m) => tonic::Status::invalid_argument(m.clone()),
             Error::NotFound(m) => tonic::Status::not_found(m.clone()),
+            Error::Conflict(m) => tonic::Status::already_exists(m.clone()),
+            Error::BadRequest(m) => tonic::Status::invalid_argument(m.clone()),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m.clone()),
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m.clone()),
             Error::Internal(_) => tonic::Status::internal(e.to_string()),

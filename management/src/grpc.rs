@@ -38,7 +38,7 @@ impl Grpc {
         Ok((sender, inner))
     }
 
-    fn login(&self, sender: WgPublicKey, request: pb::LoginRequest) -> Result<pb::LoginResponse, Status> {
+    fn login(&self, sender: WgPublicKey, request: pb::LoginRequest, remote: Option<std::net::SocketAddr>) -> Result<pb::LoginResponse, Status> {
         let Some(meta) = request.meta.as_ref() else {
             return Err(Status::failed_precondition("peer system meta has to be provided to log in"));
         };
@@ -48,7 +48,13 @@ impl Grpc {
         let existing = m.read(|a| a.peer_by_key(&key).map(|p| p.id.clone()));
         let peer = match existing {
             Some(id) => {
-                m.change(|a| a.login_peer(&id, &meta, now()).map(|t| ((), t)))?;
+                let at = now();
+                // The expiry is checked here too: the sweeper may not have run yet.
+                if m.read(|a| a.peers.get(&id).is_some_and(|p| p.login_expired || (p.login_expiration_enabled && p.login_expires_at != 0 && at >= p.login_expires_at))) {
+                    m.expire();
+                    return Err(Status::permission_denied("peer login has expired, please log in once more"));
+                }
+                m.change(|a| a.login_peer(&id, &meta, at).map(|t| ((), t)))?;
                 m.read(|a| a.peers.get(&id).cloned()).ok_or_else(|| Status::permission_denied("peer was deleted"))?
             }
             None if request.setup_key.trim().is_empty() => {
@@ -61,6 +67,10 @@ impl Grpc {
                 peer
             }
         };
+        if let Some(addr) = remote {
+            let ip = addr.ip().to_canonical().to_string();
+            m.change(|a| Ok(((), a.set_connection_ip(&peer.id, &ip))))?;
+        }
         Ok(pb::LoginResponse { peer_config: Some(peer_config(&peer, &m.settings)), netbird_config: m.netbird_config(unix_now()), ..Default::default() })
     }
 }
@@ -80,7 +90,7 @@ impl ManagementService for Grpc {
 
     async fn login(&self, request: Request<pb::EncryptedMessage>) -> Result<Response<pb::EncryptedMessage>, Status> {
         let (sender, login) = self.open::<pb::LoginRequest>(request.get_ref())?;
-        let response = self.login(sender, login)?;
+        let response = self.login(sender, login, request.remote_addr())?;
         Ok(Response::new(self.management.key.seal_message(&sender, &response)))
     }
 
@@ -93,8 +103,14 @@ impl ManagementService for Grpc {
         let Some(peer_id) = m.read(|a| a.peer_by_key(&key).map(|p| p.id.clone())) else {
             return Err(Status::permission_denied("peer is not registered"));
         };
+        if m.read(|a| a.peers.get(&peer_id).is_some_and(|p| p.login_expired)) {
+            return Err(Status::permission_denied("peer login has expired, please log in once more"));
+        }
+        // A client reconnecting in a loop must not pile up streams (each holds a task and maps).
+        if !m.stream_opened(&peer_id) {
+            return Err(Status::resource_exhausted(format!("peer has {} Sync streams open already", crate::service::MAX_STREAMS_PER_PEER)));
+        }
         let (tx, rx) = mpsc::channel(4);
-        m.stream_opened(&peer_id);
         tokio::spawn(push_maps(m, peer_id, sender, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -108,12 +124,13 @@ async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, t
     loop {
         changes.borrow_and_update();
         let map = m.read(|a| network_map(a, &peer_id, &m.settings));
-        let Some(map) = map else {
+        let expired = m.read(|a| a.peers.get(&peer_id).is_some_and(|p| p.login_expired));
+        let Some(map) = map.filter(|_| !expired) else {
             // As NetBird: a last, empty map (deny everything), then the stream ends.
             let serial = m.read(|a| a.serial);
             let empty = pb::NetworkMap { serial, remote_peers_is_empty: true, firewall_rules_is_empty: true, routes_firewall_rules_is_empty: true, ..Default::default() };
             let _ = tx.send(Ok(m.key.seal_message(&peer_key, &pb::SyncResponse { network_map: Some(empty), ..Default::default() }))).await;
-            let _ = tx.send(Err(Status::permission_denied("peer was deleted"))).await;
+            let _ = tx.send(Err(Status::permission_denied(if expired { "peer login has expired" } else { "peer was deleted" }))).await;
             break;
         };
         let unchanged = last_sent.as_ref().is_some_and(|prev| pb::NetworkMap { serial: map.serial, ..prev.clone() } == map);

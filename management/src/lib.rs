@@ -20,23 +20,27 @@ pub use service::{Management, Options, TurnOptions};
 
 /// REST and gRPC in one router.
 pub fn app(m: Arc<Management>) -> axum::Router {
-    let grpc = tonic::service::Routes::new(ManagementServiceServer::new(grpc::Grpc { management: m.clone() })).prepare().into_axum_router();
+    let service = ManagementServiceServer::new(grpc::Grpc { management: m.clone() })
+        .max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE);
+    let grpc = tonic::service::Routes::new(service).prepare().into_axum_router();
     // tonic's router brings a fallback of its own; the merged router replaces it with the JSON 404.
     grpc.merge(rest::router(m)).fallback(rest::not_found_fallback)
 }
 
-/// Serves REST and gRPC on `listener` until `shutdown` completes, and deletes ephemeral peers that
-/// have stayed offline past their timeout.
+/// Serves REST and gRPC on `listener` until `shutdown` completes; meanwhile deletes ephemeral
+/// peers that have stayed offline past their timeout and applies expiries (peer logins, ACLs).
 pub async fn serve(m: Arc<Management>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let app = app(m.clone());
     let sweeper = tokio::spawn({
         let m = m.clone();
-        let period = (m.ephemeral_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let period = (m.ephemeral_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
         async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
                 m.remove_expired_ephemeral();
+                m.expire();
             }
         }
     });

@@ -36,6 +36,60 @@ pub struct Peer {
     pub created_at: UnixTime,
     /// Last time the peer logged in or its Sync stream closed.
     pub last_seen: UnixTime,
+    /// Last successful Login.
+    #[serde(default)]
+    pub last_login: UnixTime,
+    /// With `login_expiration_enabled`: when the peer's login stops being valid (0: never).
+    #[serde(default)]
+    pub login_expires_at: UnixTime,
+    /// Set when `login_expires_at` passed: the peer is out of every map and its Login refused
+    /// until an operator moves the expiry or disables it.
+    #[serde(default)]
+    pub login_expired: bool,
+    /// Free-form operator labels (`POST /api/peers`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The address the peer's last Login came from.
+    #[serde(default)]
+    pub connection_ip: String,
+    #[serde(default)]
+    pub serial_number: String,
+}
+
+impl Peer {
+    /// A peer with every field empty, for filling in with struct update syntax.
+    pub fn blank() -> Peer {
+        Peer {
+            id: String::new(),
+            name: String::new(),
+            wg_pub_key: String::new(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            hostname: String::new(),
+            os: String::new(),
+            kernel_version: String::new(),
+            version: String::new(),
+            dns_label: String::new(),
+            ephemeral: false,
+            setup_key_id: String::new(),
+            ssh_enabled: false,
+            login_expiration_enabled: false,
+            inactivity_expiration_enabled: false,
+            approval_required: false,
+            created_at: 0,
+            last_seen: 0,
+            last_login: 0,
+            login_expires_at: 0,
+            login_expired: false,
+            labels: BTreeMap::new(),
+            connection_ip: String::new(),
+            serial_number: String::new(),
+        }
+    }
+
+    /// Whether the peer takes part in network maps: approved and with a valid login.
+    pub fn active(&self) -> bool {
+        !self.login_expired && !self.approval_required
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +132,13 @@ pub enum RuleProtocol {
     Tcp,
     Udp,
     Icmp,
+    /// NetBird's SSH server: TCP to port 22022 on the destination peers.
+    #[serde(rename = "netbird-ssh")]
+    NetbirdSsh,
 }
+
+/// NetBird's native SSH server port, which `netbird-ssh` rules open.
+pub const NETBIRD_SSH_PORT: u16 = 22022;
 
 impl RuleProtocol {
     /// Ports restrict only TCP and UDP.
@@ -109,6 +169,10 @@ pub struct PolicyRule {
     pub destinations: Vec<String>,
     pub source_resource: Option<ResourceRef>,
     pub destination_resource: Option<ResourceRef>,
+    /// `netbird-ssh` rules: user group id → local user names. Stored and returned; this server
+    /// has no users, so nothing maps them to SSH logins.
+    #[serde(default)]
+    pub authorized_groups: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,8 +194,16 @@ pub enum SetupKeyType {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetupKey {
     pub id: String,
-    /// The secret a peer presents (an uppercase UUID, as NetBird's).
-    pub key: String,
+    /// base64(SHA-256(secret)), as NetBird stores it; the secret (an uppercase UUID) is shown
+    /// once, when the key is created.
+    #[serde(default)]
+    pub hashed_key: String,
+    /// The secret's first five characters, for the masked `key` the API shows.
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Only in databases written before keys were hashed: converted when the service opens.
+    #[serde(default, rename = "key", skip_serializing_if = "Option::is_none")]
+    pub legacy_key: Option<String>,
     pub name: String,
     pub kind: SetupKeyType,
     pub created_at: UnixTime,
@@ -145,6 +217,8 @@ pub struct SetupKey {
     pub usage_limit: u32,
     pub auto_groups: Vec<String>,
     pub ephemeral: bool,
+    #[serde(default)]
+    pub allow_extra_dns_labels: bool,
 }
 
 /// Why a setup key cannot register a peer now.
@@ -242,6 +316,48 @@ pub struct Account {
     pub networks: BTreeMap<String, Network>,
     pub resources: BTreeMap<String, NetworkResource>,
     pub routers: BTreeMap<String, NetworkRouter>,
+    pub acls: BTreeMap<String, Acl>,
     /// Raised on every change; network maps carry it as their Serial.
     pub serial: u64,
+}
+
+/// An access list as the seed's backend writes it (`/api/acls`): rules over peers, groups and
+/// overlay addresses, with priorities. NetBird has no such object; its clients only know
+/// priority-free rules, so network maps carry ACLs compiled to rules with the same meaning
+/// (netmap/priority.rs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Acl {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub rules: Vec<AclRule>,
+    /// As the client sent it; `auto_cleanup` and `expires_at` in it are acted on.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// From `metadata.expires_at`: at this time the ACL stops applying (0: never).
+    pub expires_at: UnixTime,
+    /// From `metadata.auto_cleanup`: the ACL is deleted at its expiry (else only disabled).
+    pub auto_cleanup: bool,
+    pub created_at: UnixTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AclRule {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub action: RuleAction,
+    pub protocol: RuleProtocol,
+    pub bidirectional: bool,
+    /// Destination ports; a single port is a range of one. Empty: every port.
+    pub ports: Vec<PortRange>,
+    /// Lower decides first; 0 (the default) is also the level of every NetBird policy.
+    pub priority: u32,
+    pub source_peers: Vec<String>,
+    pub source_groups: Vec<String>,
+    pub destination_peers: Vec<String>,
+    pub destination_groups: Vec<String>,
+    /// Overlay prefixes: every peer whose address is inside, now or later.
+    pub destination_ips: Vec<ipnet::Ipv4Net>,
 }

@@ -21,6 +21,9 @@ use management_proto::pb;
 
 use crate::model::*;
 
+mod priority;
+use priority::{Compiled, Grant, Proto};
+
 /// Account-wide settings a network map needs besides the account itself.
 #[derive(Clone, Debug)]
 pub struct MapSettings {
@@ -46,10 +49,73 @@ fn pb_action(a: RuleAction) -> i32 {
 fn pb_protocol(p: RuleProtocol) -> i32 {
     (match p {
         RuleProtocol::All => pb::RuleProtocol::All,
-        RuleProtocol::Tcp => pb::RuleProtocol::Tcp,
+        RuleProtocol::Tcp | RuleProtocol::NetbirdSsh => pb::RuleProtocol::Tcp,
         RuleProtocol::Udp => pb::RuleProtocol::Udp,
         RuleProtocol::Icmp => pb::RuleProtocol::Icmp,
     }) as i32
+}
+
+fn proto_of(p: RuleProtocol) -> Proto {
+    match p {
+        RuleProtocol::All => Proto::All,
+        RuleProtocol::Tcp | RuleProtocol::NetbirdSsh => Proto::Tcp,
+        RuleProtocol::Udp => Proto::Udp,
+        RuleProtocol::Icmp => Proto::Icmp,
+    }
+}
+
+/// A policy rule between two peers: level 0, single ports and ranges together (`netbird-ssh`
+/// is TCP to NetBird's SSH port).
+fn policy_grant(rule: &PolicyRule) -> Grant<'_> {
+    let ports = if rule.protocol == RuleProtocol::NetbirdSsh {
+        vec![PortRange { start: NETBIRD_SSH_PORT, end: NETBIRD_SSH_PORT }]
+    } else if rule.protocol.has_ports() {
+        rule.ports.iter().map(|p| PortRange { start: *p, end: *p }).chain(rule.port_ranges.iter().copied()).collect()
+    } else {
+        vec![]
+    };
+    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports, level: 0 }
+}
+
+fn acl_grant(rule: &AclRule) -> Grant<'_> {
+    let ports = if rule.protocol.has_ports() { rule.ports.clone() } else { vec![] };
+    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports, level: rule.priority }
+}
+
+/// A rule as written: one wire rule per port selection.
+fn as_written<'a>(g: &Grant<'a>) -> Vec<Compiled<'a>> {
+    if g.ports.is_empty() || !matches!(g.proto, Proto::Tcp | Proto::Udp) {
+        return vec![Compiled { rule_id: g.rule_id, action: g.action, proto: g.proto, ports: None }];
+    }
+    g.ports.iter().map(|r| Compiled { rule_id: g.rule_id, action: g.action, proto: g.proto, ports: Some(*r) }).collect()
+}
+
+/// The wire rule: a single port travels in `Port`, a range in `PortInfo` (as NetBird writes
+/// them); `PolicyID` is the deciding rule's id, as NetBird's.
+fn firewall_rule(peer: &Peer, direction: i32, c: &Compiled) -> pb::FirewallRule {
+    use pb::port_info::{PortSelection, Range};
+    let (port, port_info) = match c.ports {
+        None => (String::new(), None),
+        Some(r) if r.start == r.end => (r.start.to_string(), None),
+        Some(r) => (String::new(), Some(pb::PortInfo { port_selection: Some(PortSelection::Range(Range { start: r.start as u32, end: r.end as u32 })) })),
+    };
+    let protocol = match c.proto {
+        Proto::All => pb::RuleProtocol::All,
+        Proto::Tcp => pb::RuleProtocol::Tcp,
+        Proto::Udp => pb::RuleProtocol::Udp,
+        Proto::Icmp => pb::RuleProtocol::Icmp,
+    };
+    pb::FirewallRule {
+        peer_ip: peer.ip.to_string(),
+        direction,
+        action: pb_action(c.action),
+        protocol: protocol as i32,
+        port,
+        port_info,
+        policy_id: c.rule_id.as_bytes().to_vec(),
+        custom_protocol: 0,
+        source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },
+    }
 }
 
 /// The port selections a rule expands into: `None` is any port. Unlike NetBird, which uses the
@@ -64,44 +130,10 @@ fn port_selections(rule: &PolicyRule) -> Vec<Option<pb::PortInfo>> {
     ports.chain(ranges).map(|s| Some(pb::PortInfo { port_selection: Some(s) })).collect()
 }
 
-/// NetBird's `Port` string: the single port, empty for ranges and any port.
-fn port_string(sel: &Option<pb::PortInfo>) -> String {
-    match sel.as_ref().and_then(|p| p.port_selection.as_ref()) {
-        Some(pb::port_info::PortSelection::Port(p)) => p.to_string(),
-        _ => String::new(),
-    }
-}
-
 fn source_prefix(ip: std::net::Ipv4Addr) -> Vec<u8> {
     let mut b = ip.octets().to_vec();
     b.push(32);
     b
-}
-
-/// What makes a FirewallRule distinct, without building and encoding it first.
-#[derive(PartialEq, Eq, Hash)]
-struct FirewallKey<'a> {
-    ip: std::net::Ipv4Addr,
-    direction: i32,
-    action: RuleAction,
-    protocol: RuleProtocol,
-    ports: Option<PortKey>,
-    policy: &'a str,
-}
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum PortKey {
-    Port(u32),
-    Range(u32, u32),
-}
-
-impl PortKey {
-    fn of(s: pb::port_info::PortSelection) -> PortKey {
-        match s {
-            pb::port_info::PortSelection::Port(p) => PortKey::Port(p),
-            pb::port_info::PortSelection::Range(r) => PortKey::Range(r.start, r.end),
-        }
-    }
 }
 
 /// Who a rule's two ends are, resolved against the account.
@@ -122,6 +154,8 @@ struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     fn new(account: &'a Account) -> Resolver<'a> {
+        // Peers whose login expired or that await approval are in nobody's map.
+        let peers: std::collections::HashMap<&str, &Peer> = account.peers.iter().filter(|(_, p)| p.active()).map(|(id, p)| (id.as_str(), p)).collect();
         let mut routing_peers: BTreeMap<&str, Vec<(&str, &NetworkRouter)>> = BTreeMap::new();
         for router in account.routers.values().filter(|r| r.enabled) {
             let entry = routing_peers.entry(router.network_id.as_str()).or_default();
@@ -133,8 +167,8 @@ impl<'a> Resolver<'a> {
                     entry.extend(g.peers.iter().map(|p| (p.as_str(), router)));
                 }
             }
+            entry.retain(|(p, _)| peers.contains_key(p));
         }
-        let peers = account.peers.iter().map(|(id, p)| (id.as_str(), p)).collect();
         Resolver { account, peers, routing_peers }
     }
 
@@ -168,6 +202,20 @@ impl<'a> Resolver<'a> {
         destinations.retain(|p| self.peers.contains_key(*p));
         resources.retain(|r| self.account.resources.get(*r).is_some_and(|r| r.enabled && self.account.networks.contains_key(&r.network_id)));
         RuleEnds { sources, destinations, resources }
+    }
+
+    /// An ACL rule's source and destination peers; destination_ips take every peer inside.
+    fn acl_ends(&self, rule: &'a AclRule) -> (BTreeSet<&'a str>, BTreeSet<&'a str>) {
+        let mut sources: BTreeSet<&str> = rule.source_peers.iter().map(String::as_str).collect();
+        let mut destinations: BTreeSet<&str> = rule.destination_peers.iter().map(String::as_str).collect();
+        self.group_peers(&rule.source_groups, &mut sources);
+        self.group_peers(&rule.destination_groups, &mut destinations);
+        if !rule.destination_ips.is_empty() {
+            destinations.extend(self.peers.values().filter(|p| rule.destination_ips.iter().any(|n| n.contains(&p.ip))).map(|p| p.id.as_str()));
+        }
+        sources.retain(|p| self.peers.contains_key(*p));
+        destinations.retain(|p| self.peers.contains_key(*p));
+        (sources, destinations)
     }
 
     /// Whether `peer` can be in a rule end at all: cheap test before resolving the whole rule.
@@ -212,19 +260,33 @@ fn route_for(resource: &NetworkResource, router_peer: &Peer, router: &NetworkRou
 }
 
 /// Builds the map as it stands at `account.serial`. `None` if the peer does not exist.
-pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> Option<pb::NetworkMap> {
+pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettings) -> Option<pb::NetworkMap> {
     let me = account.peers.get(peer_id)?;
+    if !me.active() {
+        return Some(empty_map(account.serial, me, settings));
+    }
     let resolver = Resolver::new(account);
     let my_groups: HashSet<&str> = account.groups.values().filter(|g| g.peers.iter().any(|p| p == peer_id)).map(|g| g.id.as_str()).collect();
     let routed_networks: HashSet<&str> =
         resolver.routing_peers.iter().filter(|(_, peers)| peers.iter().any(|(p, _)| *p == peer_id)).map(|(n, _)| *n).collect();
 
     let mut remote: BTreeSet<&str> = BTreeSet::new();
-    // Rules in first-seen order; the set drops repeats (several rules or groups naming one peer).
-    let mut firewall: Vec<pb::FirewallRule> = Vec::new();
-    let mut firewall_seen: HashSet<FirewallKey> = HashSet::new();
+    // What decides traffic between this peer and each other peer, per direction, in first-seen
+    // order; written out below.
+    let mut pairs: Vec<((&str, i32), Vec<Grant>)> = Vec::new();
+    let mut pair_index: std::collections::HashMap<(&str, i32), usize> = std::collections::HashMap::new();
     let mut routes: BTreeMap<String, pb::Route> = BTreeMap::new();
     let mut route_rules: BTreeMap<Vec<u8>, pb::RouteFirewallRule> = BTreeMap::new();
+
+    let mut add_pairs = |others: &BTreeSet<&'a str>, direction: i32, grant: &Grant<'a>| {
+        for other in others.iter().filter(|p| **p != peer_id) {
+            let i = *pair_index.entry((*other, direction)).or_insert_with(|| {
+                pairs.push(((*other, direction), Vec::new()));
+                pairs.len() - 1
+            });
+            pairs[i].1.push(grant.clone());
+        }
+    };
 
     for policy in account.policies.values().filter(|p| p.enabled) {
         for rule in policy.rules.iter().filter(|r| r.enabled) {
@@ -232,64 +294,35 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
                 continue;
             }
             let ends = resolver.ends(rule);
-            let ports = port_selections(rule);
-            // Per port selection, computed once: dedup key, Port string, PortInfo (as NetBird: a
-            // single port travels in Port, PortInfo carries ranges).
-            let port_fields: Vec<(Option<PortKey>, String, Option<pb::PortInfo>)> = ports
-                .iter()
-                .map(|sel| {
-                    let text = port_string(sel);
-                    let info = (*sel).filter(|_| text.is_empty());
-                    (sel.as_ref().and_then(|p| p.port_selection).map(PortKey::of), text, info)
-                })
-                .collect();
-            let policy_id = policy.id.as_bytes();
-            let mut add_rules = |peers: &BTreeSet<&str>, direction: i32| {
-                for other in peers.iter().filter(|p| **p != peer_id) {
-                    let peer = resolver.peers[*other];
-                    let ip_text = peer.ip.to_string();
-                    for (key_ports, text, info) in &port_fields {
-                        let key = FirewallKey { ip: peer.ip, direction, action: rule.action, protocol: rule.protocol, ports: key_ports.clone(), policy: &policy.id };
-                        if !firewall_seen.insert(key) {
-                            continue;
-                        }
-                        firewall.push(pb::FirewallRule {
-                            peer_ip: ip_text.clone(),
-                            direction,
-                            action: pb_action(rule.action),
-                            protocol: pb_protocol(rule.protocol),
-                            port: text.clone(),
-                            port_info: *info,
-                            policy_id: policy_id.to_vec(),
-                            custom_protocol: 0,
-                            source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },
-                        });
-                    }
-                }
-            };
+            let grant = policy_grant(rule);
             let in_src = ends.sources.contains(peer_id);
             let in_dst = ends.destinations.contains(peer_id);
             if in_dst {
-                add_rules(&ends.sources, DIRECTION_IN);
+                add_pairs(&ends.sources, DIRECTION_IN, &grant);
                 if rule.bidirectional {
-                    add_rules(&ends.sources, DIRECTION_OUT);
+                    add_pairs(&ends.sources, DIRECTION_OUT, &grant);
                 }
                 remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
             }
             if in_src {
-                add_rules(&ends.destinations, DIRECTION_OUT);
+                add_pairs(&ends.destinations, DIRECTION_OUT, &grant);
                 if rule.bidirectional {
-                    add_rules(&ends.destinations, DIRECTION_IN);
+                    add_pairs(&ends.destinations, DIRECTION_IN, &grant);
                 }
                 remote.extend(ends.destinations.iter().copied().filter(|p| *p != peer_id));
             }
 
+            let ports = port_selections(rule);
             for resource in ends.resources.iter().map(|r| &account.resources[*r]) {
                 let Some(routers) = resolver.routing_peers.get(resource.network_id.as_str()) else { continue };
                 if let Some((_, router)) = routers.iter().find(|(p, _)| *p == peer_id) {
                     // This peer routes the resource: it serves the route and enforces who may use it.
                     let route = route_for(resource, me, router);
-                    let mut sources: Vec<String> = ends.sources.iter().filter_map(|p| resolver.peers.get(*p)).map(|p| format!("{}/32", p.ip)).collect();
+                    // Sources of the destination's family only: peers have IPv4 overlay
+                    // addresses, so an IPv6 resource gets no rule (denied) rather than a
+                    // rule that mixes families.
+                    let v6 = matches!(resource.parsed, ResourceAddress::Prefix(IpNet::V6(_)));
+                    let mut sources: Vec<String> = if v6 { vec![] } else { ends.sources.iter().filter_map(|p| resolver.peers.get(*p)).map(|p| format!("{}/32", p.ip)).collect() };
                     sources.sort();
                     sources.dedup();
                     remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
@@ -329,6 +362,44 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
         }
     }
 
+    for acl in account.acls.values().filter(|a| a.enabled) {
+        for rule in acl.rules.iter().filter(|r| r.enabled) {
+            let (sources, destinations) = resolver.acl_ends(rule);
+            let (in_src, in_dst) = (sources.contains(peer_id), destinations.contains(peer_id));
+            if !in_src && !in_dst {
+                continue;
+            }
+            let grant = acl_grant(rule);
+            if in_dst {
+                add_pairs(&sources, DIRECTION_IN, &grant);
+                if rule.bidirectional {
+                    add_pairs(&sources, DIRECTION_OUT, &grant);
+                }
+                remote.extend(sources.iter().copied().filter(|p| *p != peer_id));
+            }
+            if in_src {
+                add_pairs(&destinations, DIRECTION_OUT, &grant);
+                if rule.bidirectional {
+                    add_pairs(&destinations, DIRECTION_IN, &grant);
+                }
+                remote.extend(destinations.iter().copied().filter(|p| *p != peer_id));
+            }
+        }
+    }
+
+    let mut firewall: Vec<pb::FirewallRule> = Vec::new();
+    for ((other, direction), grants) in &pairs {
+        let peer = resolver.peers[*other];
+        let single_level = grants.iter().all(|g| g.level == grants[0].level);
+        // One level: NetBird's own semantics already; each rule as it is. Several: compiled.
+        let compiled: Vec<Compiled> = if single_level { grants.iter().flat_map(as_written).collect() } else { priority::compile(grants) };
+        let mut seen = HashSet::new();
+        for c in compiled {
+            if seen.insert(c.clone()) {
+                firewall.push(firewall_rule(peer, *direction, &c));
+            }
+        }
+    }
     let remote_peers: Vec<pb::RemotePeerConfig> = remote
         .iter()
         .filter_map(|id| resolver.peers.get(*id))
@@ -357,6 +428,18 @@ pub fn network_map(account: &Account, peer_id: &str, settings: &MapSettings) -> 
         forwarding_rules: vec![],
         ssh_auth: None,
     })
+}
+
+/// The map of a peer that may reach nobody: every list empty and said to be so.
+pub fn empty_map(serial: u64, me: &Peer, settings: &MapSettings) -> pb::NetworkMap {
+    pb::NetworkMap {
+        serial,
+        peer_config: Some(peer_config(me, settings)),
+        remote_peers_is_empty: true,
+        firewall_rules_is_empty: true,
+        routes_firewall_rules_is_empty: true,
+        ..Default::default()
+    }
 }
 
 pub fn peer_config(peer: &Peer, settings: &MapSettings) -> pb::PeerConfig {

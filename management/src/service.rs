@@ -61,6 +61,10 @@ impl Options {
     }
 }
 
+/// Sync streams one peer may hold open at once. A NetBird client holds one; a restart may
+/// briefly overlap the old and the new.
+pub const MAX_STREAMS_PER_PEER: usize = 4;
+
 pub struct Management {
     account: RwLock<Account>,
     store: Mutex<Store>,
@@ -94,8 +98,12 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Str
 impl Management {
     pub fn open(options: &Options) -> anyhow::Result<Management> {
         std::fs::create_dir_all(&options.data_dir).with_context(|| format!("create data directory {}", options.data_dir.display()))?;
-        let store = Store::open(&options.data_dir.join("management.db"))?;
-        let account = store.load().context("load account")?;
+        let mut store = Store::open(&options.data_dir.join("management.db"))?;
+        let mut account = store.load().context("load account")?;
+        let repaired = account.repair();
+        if !repaired.is_empty() {
+            store.save(&account, &repaired).context("store the built-in group and hashed setup keys")?;
+        }
         let key_text = secret_file(&options.data_dir.join("server.key"), || WgKey::generate().to_base64())?;
         let key = WgKey::from_base64(&key_text).context("server.key")?;
         let api_token = match &options.api_token {
@@ -155,6 +163,9 @@ impl Management {
     pub fn change<T>(&self, f: impl FnOnce(&mut Account) -> Result<(T, Touched)>) -> Result<T> {
         let mut account = self.account.write().unwrap_or_else(|e| e.into_inner());
         let (value, touched) = f(&mut account)?;
+        if touched.is_empty() {
+            return Ok(value);
+        }
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = store.save(&account, &touched) {
             // Keep memory equal to disk: go back to what was last stored.
@@ -177,8 +188,15 @@ impl Management {
         self.streams.lock().unwrap_or_else(|e| e.into_inner()).get(peer_id).is_some_and(|n| *n > 0)
     }
 
-    pub fn stream_opened(&self, peer_id: &str) {
-        *self.streams.lock().unwrap_or_else(|e| e.into_inner()).entry(peer_id.to_string()).or_default() += 1;
+    /// Counts a new Sync stream of the peer; `false` (and not counted) past the limit.
+    pub fn stream_opened(&self, peer_id: &str) -> bool {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = streams.entry(peer_id.to_string()).or_default();
+        if *n >= MAX_STREAMS_PER_PEER {
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     /// Marks a Sync stream closed; the peer's last_seen becomes now when its last stream closes.
@@ -191,6 +209,14 @@ impl Management {
         };
         if last {
             let _ = self.change(|a| Ok(((), a.touch_peer(peer_id, now()))));
+        }
+    }
+
+    /// Applies what time ended: expired peer logins and ACLs (see `Account::expire`).
+    pub fn expire(&self) {
+        match self.change(|a| Ok(a.expire(now()))) {
+            Ok(what) => what.iter().for_each(|w| tracing::info!("{w}")),
+            Err(e) => tracing::warn!("could not apply expiries: {e}"),
         }
     }
 

@@ -22,10 +22,11 @@ pub enum Kind {
     Network,
     Resource,
     Router,
+    Acl,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [Kind::Peer, Kind::Group, Kind::Policy, Kind::SetupKey, Kind::Network, Kind::Resource, Kind::Router];
+    pub const ALL: [Kind; 8] = [Kind::Peer, Kind::Group, Kind::Policy, Kind::SetupKey, Kind::Network, Kind::Resource, Kind::Router, Kind::Acl];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +37,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Resource => "resource",
             Kind::Router => "router",
+            Kind::Acl => "acl",
         }
     }
 }
@@ -95,6 +97,7 @@ impl Store {
             networks: self.load_kind(Kind::Network)?.into_iter().collect(),
             resources: self.load_kind(Kind::Resource)?.into_iter().collect(),
             routers: self.load_kind(Kind::Router)?.into_iter().collect(),
+            acls: self.load_kind(Kind::Acl)?.into_iter().collect(),
             serial: self.meta("serial")?.map(|s| s.parse()).transpose().context("stored serial")?.unwrap_or(0),
         })
     }
@@ -108,6 +111,7 @@ impl Store {
             Kind::Network => account.networks.get(id).map(to_json).transpose()?,
             Kind::Resource => account.resources.get(id).map(to_json).transpose()?,
             Kind::Router => account.routers.get(id).map(to_json).transpose()?,
+            Kind::Acl => account.acls.get(id).map(to_json).transpose()?,
         })
     }
 

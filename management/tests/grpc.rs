@@ -49,7 +49,7 @@ async fn login_registers_once_and_refuses_what_it_must() {
     assert_eq!(second.login("00000000-0000-4000-8000-000000000000").await.unwrap_err().message(), "invalid setup key");
     let revocable = key(&m, json!({"name": "r", "type": "reusable"})).await;
     let id = m.read(|a| a.setup_key_by_secret(&revocable).unwrap().id.clone());
-    ok(&m, "PUT", &format!("/api/setup-keys/{id}"), json!({"revoked": true})).await;
+    ok(&m, "PUT", &format!("/api/setup-keys/{id}"), json!({"revoked": true, "auto_groups": []})).await;
     assert!(second.login(&revocable).await.unwrap_err().message().contains("revoked"));
     ok(&m, "DELETE", &format!("/api/setup-keys/{id}"), Value::Null).await;
     assert_eq!(m.read(|a| a.peers.clone()), before.peers);

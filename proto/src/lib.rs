@@ -10,3 +10,7 @@ pub mod pb {
 }
 
 pub use seal::{KeyError, OpenError, WgKey, WgPublicKey};
+
+/// Largest gRPC message either side accepts: room for the network map of a 10,000-peer account
+/// (tonic's default, 4 MiB, is not).
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;

@@ -108,7 +108,7 @@ impl Session<'_> {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| SessionEnd::Retry(format!("connect to {}: {e}", self.opts.url)))?;
-        Ok(ManagementServiceClient::new(channel))
+        Ok(ManagementServiceClient::new(channel).max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE).max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE))
     }
 
     async fn run(&mut self) -> SessionEnd {

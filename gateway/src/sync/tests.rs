@@ -41,9 +41,9 @@ async fn registers_follows_maps_and_stops_when_refused() {
     let secret = m
         .change(|a| {
             let key = management::model::SetupKey {
-                id: "k".into(), key: "SECRET-KEY".into(), name: "k".into(), kind: management::model::SetupKeyType::OneOff,
+                id: "k".into(), hashed_key: management::account::hash_setup_key("SECRET-KEY"), key_prefix: "SECRE".into(), legacy_key: None, name: "k".into(), kind: management::model::SetupKeyType::OneOff,
                 created_at: now, expires_at: 0, updated_at: now, last_used: 0, revoked: false, used_times: 0, usage_limit: 1,
-                auto_groups: vec![], ephemeral: false,
+                auto_groups: vec![], ephemeral: false, allow_extra_dns_labels: false,
             };
             a.put_setup_key(key).map(|t| ("SECRET-KEY".to_string(), t))
         })

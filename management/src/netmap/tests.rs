@@ -30,6 +30,7 @@ fn peer(id: &str, last_octet: u8) -> Peer {
         approval_required: false,
         created_at: 0,
         last_seen: 0,
+        ..Peer::blank()
     }
 }
 
@@ -52,6 +53,7 @@ fn rule(sources: &[&str], destinations: &[&str], protocol: RuleProtocol, ports: 
         destinations: destinations.iter().map(|s| s.to_string()).collect(),
         source_resource: None,
         destination_resource: None,
+        authorized_groups: Default::default(),
     }
 }
 
@@ -85,7 +87,7 @@ fn fw(peer_ip: &str, direction: D, action: A, protocol: P, port: &str) -> pb::Fi
         protocol: protocol as i32,
         port: port.into(),
         port_info: None,
-        policy_id: b"pol".to_vec(),
+        policy_id: b"rule".to_vec(),
         custom_protocol: 0,
         source_prefixes: if direction == D::In { vec![vec![100, 64, 0, peer_ip.rsplit('.').next().unwrap().parse().unwrap(), 32]] } else { vec![] },
     }
@@ -136,7 +138,8 @@ fn bidirectional_drop_ranges_and_any_port() {
     udp_in.port_info = range;
     let mut udp_out = fw("100.64.0.1", D::Out, A::Drop, P::Udp, "");
     udp_out.port_info = range;
-    let icmp_in = fw("100.64.0.1", D::In, A::Accept, P::Icmp, "");
+    let mut icmp_in = fw("100.64.0.1", D::In, A::Accept, P::Icmp, "");
+    icmp_in.policy_id = b"icmp".to_vec(); // the rule's id, as NetBird fills PolicyID
     for want in [&udp_in, &udp_out, &icmp_in] {
         assert!(b.firewall_rules.contains(want), "missing {want:?} in {:#?}", b.firewall_rules);
     }

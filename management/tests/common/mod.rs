@@ -93,7 +93,7 @@ pub fn meta(host: &str) -> pb::PeerSystemMeta {
 
 impl TestPeer {
     pub async fn connect(url: &str) -> TestPeer {
-        let mut client = ManagementServiceClient::connect(url.to_string()).await.unwrap();
+        let mut client = ManagementServiceClient::connect(url.to_string()).await.unwrap().max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE);
         let server = WgPublicKey::from_base64(&client.get_server_key(pb::Empty {}).await.unwrap().get_ref().key).unwrap();
         TestPeer { key: WgKey::generate(), client, server }
     }
