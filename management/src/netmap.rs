@@ -67,19 +67,22 @@ fn proto_of(p: RuleProtocol) -> Proto {
 /// A policy rule between two peers: level 0, single ports and ranges together (`netbird-ssh`
 /// is TCP to NetBird's SSH port).
 fn policy_grant(rule: &PolicyRule) -> Grant<'_> {
-    let ports = if rule.protocol == RuleProtocol::NetbirdSsh {
-        vec![PortRange { start: NETBIRD_SSH_PORT, end: NETBIRD_SSH_PORT }]
-    } else if rule.protocol.has_ports() {
-        rule.ports.iter().map(|p| PortRange { start: *p, end: *p }).chain(rule.port_ranges.iter().copied()).collect()
-    } else {
-        vec![]
-    };
-    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports, level: 0 }
+    let ports = rule.ports.iter().map(|p| PortRange { start: *p, end: *p }).chain(rule.port_ranges.iter().copied()).collect();
+    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports: ports_of(rule.protocol, ports), level: 0 }
 }
 
 fn acl_grant(rule: &AclRule) -> Grant<'_> {
-    let ports = if rule.protocol.has_ports() { rule.ports.clone() } else { vec![] };
-    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports, level: rule.priority }
+    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports: ports_of(rule.protocol, rule.ports.clone()), level: rule.priority }
+}
+
+/// The ports a rule of `protocol` restricts: its own for TCP and UDP, NetBird's SSH port for
+/// `netbird-ssh`, none (any) for the rest.
+fn ports_of(protocol: RuleProtocol, ports: Vec<PortRange>) -> Vec<PortRange> {
+    match protocol {
+        RuleProtocol::NetbirdSsh => vec![PortRange { start: NETBIRD_SSH_PORT, end: NETBIRD_SSH_PORT }],
+        p if p.has_ports() => ports,
+        _ => vec![],
+    }
 }
 
 /// A rule as written: one wire rule per port selection.
