@@ -93,9 +93,13 @@ pub fn meta(host: &str) -> pb::PeerSystemMeta {
 
 impl TestPeer {
     pub async fn connect(url: &str) -> TestPeer {
+        Self::connect_with_key(url, WgKey::generate()).await
+    }
+
+    pub async fn connect_with_key(url: &str, key: WgKey) -> TestPeer {
         let mut client = ManagementServiceClient::connect(url.to_string()).await.unwrap().max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE);
         let server = WgPublicKey::from_base64(&client.get_server_key(pb::Empty {}).await.unwrap().get_ref().key).unwrap();
-        TestPeer { key: WgKey::generate(), client, server }
+        TestPeer { key, client, server }
     }
 
     pub async fn login(&mut self, setup_key: &str) -> Result<pb::LoginResponse, tonic::Status> {
@@ -116,5 +120,40 @@ impl TestPeer {
         let msg = msg.map_err(|s| format!("stream error: {s}"))?.ok_or("stream ended")?;
         let resp: pb::SyncResponse = self.key.open_message(&self.server, &msg).map_err(|e| e.to_string())?;
         resp.network_map.ok_or_else(|| "message without a map".to_string())
+    }
+}
+
+/// One request over real HTTP/1.1 to a served instance, as an API client sends it (Bearer token,
+/// JSON body); returns status and JSON body.
+pub async fn http(url: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let payload = if chunked { dechunk(rest) } else { rest.to_string() };
+    (status, if payload.is_empty() { Value::Null } else { serde_json::from_str(&payload).unwrap() })
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
     }
 }
