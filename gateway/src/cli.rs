@@ -151,6 +151,25 @@ enum ManagementCommand {
         #[arg(long)]
         stun_uri: Vec<String>,
     },
+    /// Snapshot the service's state (database and server key) into a directory; safe while it runs.
+    Backup {
+        #[arg(long, default_value = "/var/lib/gateway-management")]
+        data_dir: PathBuf,
+        /// An empty or new directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup into a data directory; with the service stopped.
+    Restore {
+        /// A directory `backup` wrote.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, default_value = "/var/lib/gateway-management")]
+        data_dir: PathBuf,
+        /// Replace the database the data directory holds.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +250,14 @@ pub fn main() -> ExitCode {
             options.dns_domain = dns_domain;
             options.ephemeral_timeout = std::time::Duration::from_secs(ephemeral_timeout);
             crate::management_server::serve(options, listen)
+        }
+        #[cfg(feature = "management-server")]
+        Command::Management { command: ManagementCommand::Backup { data_dir, out } } => {
+            management::backup::backup(&data_dir, &out).map(|()| println!("backed up {} into {}", data_dir.display(), out.display()))
+        }
+        #[cfg(feature = "management-server")]
+        Command::Management { command: ManagementCommand::Restore { from, data_dir, replace } } => {
+            management::backup::restore(&from, &data_dir, replace).map(|()| println!("restored {} into {}", from.display(), data_dir.display()))
         }
         Command::Status { addr, json } => status::print(addr, json),
         Command::Relay { command: RelayCommand::Serve { config, coturn_config } } => crate::relay::serve(config.as_deref(), coturn_config.as_deref()),

@@ -5,6 +5,7 @@
 //! REST (`/api/...`) and gRPC (`/management.ManagementService/...`) share one listener.
 
 pub mod account;
+pub mod backup;
 pub mod error;
 pub mod grpc;
 pub mod model;

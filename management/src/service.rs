@@ -80,6 +80,36 @@ pub struct Management {
     streams: Mutex<HashMap<String, usize>>,
 }
 
+/// The data directory's files.
+pub const DB_FILE: &str = "management.db";
+pub const KEY_FILE: &str = "server.key";
+pub const TOKEN_FILE: &str = "api-token";
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// Creates `dir` if needed and makes it 0700.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
+    set_mode(dir, 0o700)
+}
+
+/// Refuses a secret file that others can read or write: whoever could read it may have copied
+/// it, so the operator should make a new one rather than have the service quietly carry on.
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => anyhow::bail!(
+            "{} has mode {:o}: others may read the API token; replace it (delete it for a new one) and keep it 0600",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a secret file, or creates it with `make()` and mode 0600 if it does not exist.
 fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
@@ -97,18 +127,25 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Str
 
 impl Management {
     pub fn open(options: &Options) -> anyhow::Result<Management> {
-        std::fs::create_dir_all(&options.data_dir).with_context(|| format!("create data directory {}", options.data_dir.display()))?;
-        let mut store = Store::open(&options.data_dir.join("management.db"))?;
+        private_dir(&options.data_dir)?;
+        let db_path = options.data_dir.join(DB_FILE);
+        let mut store = Store::open(&db_path)?;
+        // The database holds peers' keys and the setup keys' hashes: owner only.
+        set_mode(&db_path, 0o600)?;
         let mut account = store.load().context("load account")?;
         let repaired = account.repair();
         if !repaired.is_empty() {
             store.save(&account, &repaired).context("store the built-in group and hashed setup keys")?;
         }
-        let key_text = secret_file(&options.data_dir.join("server.key"), || WgKey::generate().to_base64())?;
+        let key_text = secret_file(&options.data_dir.join(KEY_FILE), || WgKey::generate().to_base64())?;
         let key = WgKey::from_base64(&key_text).context("server.key")?;
         let api_token = match &options.api_token {
             Some(t) => t.clone(),
-            None => secret_file(&options.data_dir.join("api-token"), crate::account::new_setup_key_secret)?,
+            None => {
+                let path = options.data_dir.join(TOKEN_FILE);
+                check_private(&path)?;
+                secret_file(&path, crate::account::new_setup_key_secret)?
+            }
         };
         if api_token.len() < 8 {
             anyhow::bail!("the API token must be at least 8 characters");

@@ -153,3 +153,62 @@ async fn the_api_token_file_is_created_once_with_mode_0600() {
     assert_eq!(management::Management::open(&o).unwrap().api_token, first);
     assert_eq!(std::fs::metadata(dir.0.join("server.key")).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn backup_while_serving_then_restore_gives_the_same_maps() {
+    let dir = TempDir::new("backup");
+    let m = open(&dir);
+    let (group, _) = setup(&m).await;
+    ok(&m, "POST", "/api/peers", json!({"name": "a", "groups": [group]})).await;
+    ok(&m, "POST", "/api/peers", json!({"name": "b", "groups": [group]})).await;
+    ok(&m, "POST", "/api/policies", json!({"name": "p", "enabled": true, "rules": [{"name": "r", "enabled": true, "action": "accept", "protocol": "tcp", "ports": ["22"], "sources": [group], "destinations": [group]}]})).await;
+    let maps = |m: &std::sync::Arc<management::Management>| {
+        m.read(|a| a.peers.keys().map(|id| management::netmap::network_map(a, id, &m.settings).unwrap()).collect::<Vec<_>>())
+    };
+    let (snapshot, before) = (m.read(|a| a.clone()), maps(&m));
+    let out = TempDir::new("backup-out");
+    let target = out.0.join("snap");
+    management::backup::backup(&dir.0, &target).unwrap();
+    // Changes after the backup are not in it.
+    ok(&m, "POST", "/api/groups", json!({"name": "later"})).await;
+    assert!(management::backup::backup(&dir.0, &target).is_err(), "a backup is never overwritten");
+
+    let restored = TempDir::new("restored");
+    management::backup::restore(&target, &restored.0, false).unwrap();
+    assert!(management::backup::restore(&target, &restored.0, false).is_err(), "a live database is not replaced unasked");
+    let r = open(&restored);
+    assert_eq!(r.read(|a| a.clone()), snapshot);
+    assert_eq!(maps(&r), before);
+    assert_eq!(r.key.public(), m.key.public(), "the same server to its peers");
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(restored.0.clone(), 0o700), (restored.0.join("management.db"), 0o600), (restored.0.join("server.key"), 0o600), (dir.0.join("management.db"), 0o600)] {
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, mode, "{}", path.display());
+    }
+}
+
+#[tokio::test]
+async fn an_api_token_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("token-mode");
+    std::fs::write(dir.0.join("api-token"), "a-token-others-saw\n").unwrap();
+    std::fs::set_permissions(dir.0.join("api-token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut o = options(&dir);
+    o.api_token = None;
+    let error = management::Management::open(&o).err().expect("refused").to_string();
+    assert!(error.contains("mode 644"), "{error}");
+}
+
+#[tokio::test]
+async fn setup_keys_are_stored_hashed_and_still_register_after_a_restart() {
+    let dir = TempDir::new("hashed");
+    let m = open(&dir);
+    let key = ok(&m, "POST", "/api/setup-keys", json!({"name": "k", "type": "reusable"})).await["key"].as_str().unwrap().to_string();
+    drop(m);
+    let db = std::fs::read(dir.0.join("management.db")).unwrap();
+    let wal = std::fs::read(dir.0.join("management.db-wal")).unwrap_or_default();
+    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(!contains(&db, &key) && !contains(&wal, &key), "the secret is not on disk");
+    let m = open(&dir);
+    let p = m.change(|a| a.register_peer(&key, "peer-key", &Default::default(), "100.64.0.0/10".parse().unwrap(), 1)).unwrap();
+    assert!(m.read(|a| a.groups.values().any(|g| g.name == "All" && g.peers.contains(&p.id))), "in All");
+}
