@@ -90,7 +90,14 @@ impl ManagementService for Grpc {
 
     async fn login(&self, request: Request<pb::EncryptedMessage>) -> Result<Response<pb::EncryptedMessage>, Status> {
         let (sender, login) = self.open::<pb::LoginRequest>(request.get_ref())?;
-        let response = self.login(sender, login, request.remote_addr())?;
+        let response = self.login(sender, login, request.remote_addr());
+        let result = match &response {
+            Ok(_) => "ok",
+            Err(s) if s.code() == tonic::Code::PermissionDenied => "denied",
+            Err(_) => "error",
+        };
+        self.management.metrics.logins.with_label_values(&[result]).inc();
+        let response = response?;
         Ok(Response::new(self.management.key.seal_message(&sender, &response)))
     }
 
@@ -141,6 +148,7 @@ async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, t
             if tx.send(Ok(m.key.seal_message(&peer_key, &response))).await.is_err() {
                 break;
             }
+            m.metrics.map_pushes.inc();
             last_sent = Some(map);
         }
         // TURN credentials expire: a message with the config alone renews them at ¾ of their life.

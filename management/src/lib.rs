@@ -8,6 +8,7 @@ pub mod account;
 pub mod backup;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 pub mod netmap;
 pub mod rest;
@@ -26,7 +27,22 @@ pub fn app(m: Arc<Management>) -> axum::Router {
         .max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE);
     let grpc = tonic::service::Routes::new(service).prepare().into_axum_router();
     // tonic's router brings a fallback of its own; the merged router replaces it with the JSON 404.
-    grpc.merge(rest::router(m)).fallback(rest::not_found_fallback)
+    let metrics = axum::Router::new().route("/metrics", axum::routing::get(|axum::extract::State(m): axum::extract::State<Arc<Management>>| async move { metrics::render(&m) })).with_state(m.clone());
+    grpc.merge(rest::router(m.clone())).merge(metrics).fallback(rest::not_found_fallback).layer(axum::middleware::from_fn_with_state(m, time_request))
+}
+
+/// Request latency by method, route (the matched pattern, or the gRPC method) and status.
+async fn time_request(axum::extract::State(m): axum::extract::State<Arc<Management>>, request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = request.method().to_string();
+    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(p) => p.as_str().to_string(),
+        None if request.uri().path().starts_with("/management.") => request.uri().path().to_string(),
+        None => "unmatched".to_string(),
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    m.metrics.http_requests.with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()]).observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Serves REST and gRPC on `listener` until `shutdown` completes; meanwhile deletes ephemeral

@@ -78,6 +78,7 @@ pub struct Management {
     changes: watch::Sender<u64>,
     /// Open Sync streams per peer id.
     streams: Mutex<HashMap<String, usize>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The data directory's files.
@@ -162,6 +163,7 @@ impl Management {
             stuns: options.stuns.clone(),
             changes,
             streams: Mutex::new(HashMap::new()),
+            metrics: Default::default(),
         })
     }
 
@@ -223,6 +225,10 @@ impl Management {
 
     pub fn is_connected(&self, peer_id: &str) -> bool {
         self.streams.lock().unwrap_or_else(|e| e.into_inner()).get(peer_id).is_some_and(|n| *n > 0)
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
     }
 
     /// Counts a new Sync stream of the peer; `false` (and not counted) past the limit.

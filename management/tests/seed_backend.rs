@@ -177,3 +177,41 @@ async fn acls_and_peer_logins_expire_on_time() {
     assert_eq!(http(&api, "PUT", &format!("/api/peers/{}", b["id"].as_str().unwrap()), Some(renew)).await.1["login_expired"], false);
     b_peer.login("").await.expect("renewed");
 }
+
+/// The seed's `netbird_peers_total{group,status}`, served by the management service itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_peers_by_group_and_status() {
+    let dir = TempDir::new("seed-metrics");
+    let m = std::sync::Arc::new(management::Management::open(&options(&dir)).unwrap());
+    let (api, _server) = serve(m.clone()).await;
+    let (_, g) = http(&api, "POST", "/api/groups", Some(json!({"name": "demo-linux"}))).await;
+    let (_, key) = http(&api, "POST", "/api/setup-keys", Some(json!({"name": "k", "type": "reusable", "auto_groups": [g["id"]]}))).await;
+    http(&api, "POST", "/api/peers", Some(json!({"name": "offline-one", "groups": ["demo-linux"]}))).await;
+    let mut online = TestPeer::connect(&api).await;
+    online.login(key["key"].as_str().unwrap()).await.unwrap();
+    let _stream = online.sync().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = scrape(&api).await;
+    for line in [
+        "netbird_peers_total{group=\"demo-linux\",status=\"online\"} 1",
+        "netbird_peers_total{group=\"demo-linux\",status=\"offline\"} 1",
+        "netbird_peers_total{group=\"All\",status=\"online\"} 1",
+        "management_setup_keys{state=\"valid\"} 1",
+        "management_sync_streams 1",
+        "management_logins_total{result=\"ok\"} 1",
+        "management_network_map_pushes_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+    assert!(text.contains("management_http_request_duration_seconds_count{method=\"POST\",route=\"/api/peers\",status=\"200\"} 1"), "{text}");
+}
+
+async fn scrape(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
