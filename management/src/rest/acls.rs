@@ -46,7 +46,7 @@ fn yes() -> bool {
 struct AclRequest {
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
     #[serde(default = "yes")]
     enabled: bool,
@@ -62,7 +62,7 @@ struct AclRuleRequest {
     id: Option<String>,
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
     #[serde(default = "yes")]
     enabled: bool,

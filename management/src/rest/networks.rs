@@ -40,7 +40,7 @@ fn network_json(a: &Account, n: &Network) -> Value {
 struct NetworkRequest {
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
 }
 
@@ -89,7 +89,7 @@ fn resource_json(a: &Account, r: &NetworkResource) -> Value {
 struct ResourceRequest {
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
     #[serde(default)]
     address: String,

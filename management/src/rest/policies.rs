@@ -15,7 +15,7 @@ use super::*;
 struct PolicyRequest {
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
     #[serde(default)]
     enabled: bool,
@@ -32,7 +32,7 @@ struct RuleRequest {
     id: Option<String>,
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
     #[serde(default)]
     enabled: bool,
