@@ -80,17 +80,7 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
                 ip: Ipv4Addr::from(base + 2 + i as u32),
                 hostname: id.clone(),
                 os: "linux".into(),
-                kernel_version: String::new(),
-                version: String::new(),
                 dns_label: id.clone(),
-                ephemeral: false,
-                setup_key_id: String::new(),
-                ssh_enabled: false,
-                login_expiration_enabled: false,
-                inactivity_expiration_enabled: false,
-                approval_required: false,
-                created_at: 0,
-                last_seen: 0,
                 ..Peer::blank()
             },
         );

@@ -18,18 +18,7 @@ fn peer(id: &str, last_octet: u8) -> Peer {
         wg_pub_key: format!("key-{id}"),
         ip: std::net::Ipv4Addr::new(100, 64, 0, last_octet),
         hostname: id.into(),
-        os: String::new(),
-        kernel_version: String::new(),
-        version: String::new(),
         dns_label: id.to_lowercase(),
-        ephemeral: false,
-        setup_key_id: String::new(),
-        ssh_enabled: false,
-        login_expiration_enabled: false,
-        inactivity_expiration_enabled: false,
-        approval_required: false,
-        created_at: 0,
-        last_seen: 0,
         ..Peer::blank()
     }
 }
