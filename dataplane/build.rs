@@ -7,8 +7,21 @@ use anyhow::Context as _;
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
-    let root_dir = manifest_dir.join("../gateway-ebpf").canonicalize().context("gateway-ebpf directory")?;
-    let root_dir = root_dir.to_str().context("gateway-ebpf path is not UTF-8")?;
-    aya_build::build_ebpf([Package { name: "gateway-ebpf", root_dir, ..Default::default() }], Toolchain::default())
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let root_dir = manifest_dir
+        .join("../gateway-ebpf")
+        .canonicalize()
+        .context("gateway-ebpf directory")?;
+    let root_dir = root_dir
+        .to_str()
+        .context("gateway-ebpf path is not UTF-8")?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "gateway-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
 }

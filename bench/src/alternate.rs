@@ -20,7 +20,13 @@ pub fn alternate<T>(
     mut measure: impl FnMut(Contender) -> anyhow::Result<T>,
     describe: impl Fn(&T) -> String,
 ) -> Vec<Outcome<T>> {
-    let mut out: Vec<Outcome<T>> = contenders.iter().map(|_| Outcome { samples: Vec::new(), error: None }).collect();
+    let mut out: Vec<Outcome<T>> = contenders
+        .iter()
+        .map(|_| Outcome {
+            samples: Vec::new(),
+            error: None,
+        })
+        .collect();
     for trial in 0..trials {
         for (i, &c) in contenders.iter().enumerate() {
             if out[i].error.is_some() {

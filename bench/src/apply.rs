@@ -28,12 +28,20 @@ pub fn run(quick: bool) -> anyhow::Result<Apply> {
     let n = 10_000;
     let trials = if quick { 3 } else { 9 };
     let limits = limits_for(n);
-    let mut dp = Dataplane::load(&LoadOptions { limits: limits.clone(), ..Default::default() })?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        limits: limits.clone(),
+        ..Default::default()
+    })?;
     let (mut c_ms, mut w_ms, mut t_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
     for trial in 0..trials {
         // A different policy each time, so every apply rewrites the slot.
-        let syn = rules::synthetic(n, 1000 + trial as u64, gateway_policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
+        let syn = rules::synthetic(
+            n,
+            1000 + trial as u64,
+            gateway_policy::Protocol::Tcp,
+            "100.64.0.0/10".parse()?,
+        );
         let start = Instant::now();
         let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
         let compiled_at = start.elapsed();
@@ -42,11 +50,15 @@ pub fn run(quick: bool) -> anyhow::Result<Apply> {
         c_ms.push(compiled_at.as_secs_f64() * 1e3);
         w_ms.push((total - compiled_at).as_secs_f64() * 1e3);
         t_ms.push(total.as_secs_f64() * 1e3);
-        eprintln!("bench apply: trial {trial}: compile {:.1} ms, write+flip {:.1} ms", c_ms[trial], w_ms[trial]);
+        eprintln!(
+            "bench apply: trial {trial}: compile {:.1} ms, write+flip {:.1} ms",
+            c_ms[trial], w_ms[trial]
+        );
         last = Some(compiled.stats);
     }
     let s = last.expect("at least one trial");
-    let entry = (size_of::<gateway_common::acl::VerdictKey>() + size_of::<gateway_common::acl::Verdict>()) as u64;
+    let entry = (size_of::<gateway_common::acl::VerdictKey>()
+        + size_of::<gateway_common::acl::Verdict>()) as u64;
     Ok(Apply {
         rules: n,
         compile_ms: Summary::of(c_ms),

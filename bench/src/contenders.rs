@@ -67,18 +67,30 @@ impl Contender {
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
             Contender::GatewayTunnel => "gateway (tunnel TC + LAN XDP, kernel forwarding)",
-            Contender::GatewayMasquerade => "gateway (tunnel TC policy and forwarding, TC masquerade)",
-            Contender::NftMasquerade => "nftables as NetBird installs it (sets, conntrack, masquerade, MSS clamp)",
+            Contender::GatewayMasquerade => {
+                "gateway (tunnel TC policy and forwarding, TC masquerade)"
+            }
+            Contender::NftMasquerade => {
+                "nftables as NetBird installs it (sets, conntrack, masquerade, MSS clamp)"
+            }
             Contender::NftSets => "nftables with sets",
             Contender::NftLinear => "nftables linear rules",
             Contender::IptablesLinear => "iptables linear rules",
             Contender::XdpFilter => "xdp-filter (ports only) + kernel forwarding",
             Contender::WgPlainBoringtun => "boringtun, plain forwarding (ceiling)",
-            Contender::WgGatewayBoringtun => "boringtun in the gateway (eBPF policy, masquerade, TC forwarding)",
-            Contender::WgNetbirdBoringtun => "boringtun + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)",
+            Contender::WgGatewayBoringtun => {
+                "boringtun in the gateway (eBPF policy, masquerade, TC forwarding)"
+            }
+            Contender::WgNetbirdBoringtun => {
+                "boringtun + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)"
+            }
             Contender::WgPlainWireguardGo => "wireguard-go, plain forwarding (ceiling)",
-            Contender::WgGatewayWireguardGo => "wireguard-go + the gateway (external backend: eBPF policy, masquerade, TC forwarding)",
-            Contender::WgNetbirdWireguardGo => "wireguard-go + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)",
+            Contender::WgGatewayWireguardGo => {
+                "wireguard-go + the gateway (external backend: eBPF policy, masquerade, TC forwarding)"
+            }
+            Contender::WgNetbirdWireguardGo => {
+                "wireguard-go + NetBird's nftables (sets, conntrack, masquerade, MSS clamp)"
+            }
             Contender::RelayGateway => "this relay (gateway relay serve, userspace)",
             Contender::RelayGatewayXdp => "this relay, bound channels in XDP (generic)",
             Contender::RelayCoturn => "coturn (turnserver)",
@@ -90,18 +102,28 @@ impl Contender {
 pub enum Installed {
     /// Plain kernel forwarding with no program at all.
     Nothing,
-    Xdp { redirect: bool, link: XdpLinkId },
+    Xdp {
+        redirect: bool,
+        link: XdpLinkId,
+    },
     /// The gateway; with the generator's XDP_PASS program on d0 where the gateway itself has
     /// only TC there (a veth receives the generator's XDP frames only with an XDP program).
     Gateway(Box<Dataplane>, Option<XdpLinkId>),
     /// `pass`: the XDP_PASS program on d0 a generator needs (none for socket traffic).
-    Rules { pass: Option<XdpLinkId>, cleanup: &'static str },
+    Rules {
+        pass: Option<XdpLinkId>,
+        cleanup: &'static str,
+    },
     XdpFilter,
 }
 
 /// `iptables` with the legacy (xtables) backend when the kernel has it, else the nft backend.
 fn iptables_restore() -> &'static str {
-    if std::process::Command::new("iptables-legacy").arg("-L").output().is_ok_and(|o| o.status.success()) {
+    if std::process::Command::new("iptables-legacy")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         "iptables-legacy-restore"
     } else {
         "iptables-restore"
@@ -110,11 +132,25 @@ fn iptables_restore() -> &'static str {
 
 /// Installs a contender on the DUT. With a `generator`, kernel-path contenders also get the
 /// XDP_PASS program on d0 that live frames need; socket traffic (iperf3) needs none.
-pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>, syn: Option<&Synthetic>, stateful: bool) -> anyhow::Result<Installed> {
+pub fn install(
+    c: Contender,
+    topo: &Topo,
+    mut generator: Option<&mut Generator>,
+    syn: Option<&Synthetic>,
+    stateful: bool,
+) -> anyhow::Result<Installed> {
     match c {
-        Contender::NoopRedirect => Ok(Installed::Xdp { redirect: true, link: generator.context("the redirect ceiling is an XDP program of the generator's")?.attach_dut(topo, true)? }),
+        Contender::NoopRedirect => Ok(Installed::Xdp {
+            redirect: true,
+            link: generator
+                .context("the redirect ceiling is an XDP program of the generator's")?
+                .attach_dut(topo, true)?,
+        }),
         Contender::KernelForward => match generator {
-            Some(g) => Ok(Installed::Xdp { redirect: false, link: g.attach_dut(topo, false)? }),
+            Some(g) => Ok(Installed::Xdp {
+                redirect: false,
+                link: g.attach_dut(topo, false)?,
+            }),
             None => Ok(Installed::Nothing),
         },
         Contender::Gateway | Contender::GatewayTunnel => {
@@ -126,7 +162,12 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
                 limits,
                 conntrack: stateful,
                 // The overlay is on the tunnel side: the generator's.
-                overlay_v4: if tunnel { "198.18.0.0/16" } else { "198.19.0.0/16" }.parse()?,
+                overlay_v4: if tunnel {
+                    "198.18.0.0/16"
+                } else {
+                    "198.19.0.0/16"
+                }
+                .parse()?,
                 ..Default::default()
             })?;
             dp.apply(&compiled)?;
@@ -155,8 +196,15 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
                 ..Default::default()
             })?;
             dp.apply(&compiled)?;
-            let settings = gateway_common::nat::NatSettings { port_min: NAT_PORTS.0, port_max: NAT_PORTS.1, ..Default::default() };
-            dp.set_masquerade(&gateway_dataplane::Masquerade { networks: vec![MASQUERADED.parse()?], settings })?;
+            let settings = gateway_common::nat::NatSettings {
+                port_min: NAT_PORTS.0,
+                port_max: NAT_PORTS.1,
+                ..Default::default()
+            };
+            dp.set_masquerade(&gateway_dataplane::Masquerade {
+                networks: vec![MASQUERADED.parse()?],
+                settings,
+            })?;
             topo.dut.run_scoped(|| -> anyhow::Result<()> {
                 dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Fixed(1240))?;
                 dp.attach_lan("d1", LanAttach::XdpNative)?;
@@ -169,7 +217,10 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             };
             Ok(Installed::Gateway(Box::new(dp), pass))
         }
-        Contender::NftSets | Contender::NftLinear | Contender::IptablesLinear | Contender::NftMasquerade => {
+        Contender::NftSets
+        | Contender::NftLinear
+        | Contender::IptablesLinear
+        | Contender::NftMasquerade => {
             let syn = syn.context("rules needed")?;
             let pass = match generator.as_deref_mut() {
                 Some(g) => Some(g.attach_dut(topo, false)?),
@@ -178,7 +229,11 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
             let path = std::env::temp_dir().join(format!("gwbench-{}.rules", std::process::id()));
             let (text, cmd, cleanup) = match c {
                 Contender::NftSets => (nft_sets(syn, stateful), "nft -f", "nft flush ruleset"),
-                Contender::NftMasquerade => (format!("{}{}", nft_sets(syn, true), NETBIRD_NAT), "nft -f", "nft flush ruleset"),
+                Contender::NftMasquerade => (
+                    format!("{}{}", nft_sets(syn, true), NETBIRD_NAT),
+                    "nft -f",
+                    "nft flush ruleset",
+                ),
                 Contender::NftLinear => (nft_linear(syn, stateful), "nft -f", "nft flush ruleset"),
                 _ => {
                     let restore = iptables_restore();
@@ -211,16 +266,30 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
         | Contender::WgNetbirdWireguardGo
         | Contender::RelayGateway
         | Contender::RelayGatewayXdp
-        | Contender::RelayCoturn => anyhow::bail!("{} runs in its own topology (scenarios wireguard, relay)", c.label()),
+        | Contender::RelayCoturn => anyhow::bail!(
+            "{} runs in its own topology (scenarios wireguard, relay)",
+            c.label()
+        ),
         Contender::XdpFilter => {
             let syn = syn.context("rules needed")?;
-            let mut ports: Vec<u16> = syn.rules.iter().filter(|r| r.accept).map(|r| r.port).collect();
+            let mut ports: Vec<u16> = syn
+                .rules
+                .iter()
+                .filter(|r| r.accept)
+                .map(|r| r.port)
+                .collect();
             ports.sort_unstable();
             ports.dedup();
             // xdp-filter takes one port per command (a process each, ~10 ms).
-            anyhow::ensure!(ports.len() <= 2_000, "xdp-filter loads one port per process; {} ports would take minutes per trial", ports.len());
+            anyhow::ensure!(
+                ports.len() <= 2_000,
+                "xdp-filter loads one port per process; {} ports would take minutes per trial",
+                ports.len()
+            );
             // One shell: xdp-filter pins its maps in bpffs, which `ip netns exec` mounts anew.
-            let mut script = String::from("mount -t bpf bpf /sys/fs/bpf && xdp-filter load d0 --mode native --policy deny");
+            let mut script = String::from(
+                "mount -t bpf bpf /sys/fs/bpf && xdp-filter load d0 --mode native --policy deny",
+            );
             for p in ports {
                 let _ = write!(script, " && xdp-filter port {p} --proto udp --mode dst");
             }
@@ -230,10 +299,16 @@ pub fn install(c: Contender, topo: &Topo, mut generator: Option<&mut Generator>,
     }
 }
 
-pub fn remove(installed: Installed, topo: &Topo, generator: Option<&mut Generator>) -> anyhow::Result<()> {
+pub fn remove(
+    installed: Installed,
+    topo: &Topo,
+    generator: Option<&mut Generator>,
+) -> anyhow::Result<()> {
     match installed {
         Installed::Nothing => Ok(()),
-        Installed::Xdp { redirect, link } => generator.context("installed with a generator")?.detach_dut(topo, redirect, link),
+        Installed::Xdp { redirect, link } => generator
+            .context("installed with a generator")?
+            .detach_dut(topo, redirect, link),
         Installed::Gateway(mut dp, pass) => {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 let c = dp.verdict_counters()?;
@@ -294,7 +369,9 @@ fn proto(syn: &Synthetic) -> &'static str {
 
 /// The forward chain's opening lines (inside `table inet bench`).
 fn nft_chain_head(stateful: bool) -> String {
-    let mut s = String::from("  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
+    let mut s = String::from(
+        "  chain forward {\n    type filter hook forward priority filter; policy drop;\n",
+    );
     if stateful {
         s.push_str("    ct state established,related accept\n");
     }
@@ -307,14 +384,29 @@ fn nft_sets(syn: &Synthetic, stateful: bool) -> String {
     let p = proto(syn);
     let mut s = String::from("table inet bench {\n");
     for name in ["deny", "allow"] {
-        let _ = writeln!(s, "  set {name} {{\n    type ipv4_addr . inet_service\n    flags interval\n  }}");
+        let _ = writeln!(
+            s,
+            "  set {name} {{\n    type ipv4_addr . inet_service\n    flags interval\n  }}"
+        );
     }
     s.push_str(&nft_chain_head(stateful));
-    let _ = writeln!(s, "    ip saddr . {p} dport @deny drop\n    ip saddr . {p} dport @allow accept\n  }}\n}}");
+    let _ = writeln!(
+        s,
+        "    ip saddr . {p} dport @deny drop\n    ip saddr . {p} dport @allow accept\n  }}\n}}"
+    );
     for (name, accept) in [("deny", false), ("allow", true)] {
-        let elems: Vec<String> = syn.rules.iter().filter(|r| r.accept == accept).map(|r| format!("{} . {}", r.src, r.port)).collect();
+        let elems: Vec<String> = syn
+            .rules
+            .iter()
+            .filter(|r| r.accept == accept)
+            .map(|r| format!("{} . {}", r.src, r.port))
+            .collect();
         for chunk in elems.chunks(2_000) {
-            let _ = writeln!(s, "add element inet bench {name} {{ {} }}", chunk.join(", "));
+            let _ = writeln!(
+                s,
+                "add element inet bench {name} {{ {} }}",
+                chunk.join(", ")
+            );
         }
     }
     s
@@ -327,7 +419,13 @@ fn nft_linear(syn: &Synthetic, stateful: bool) -> String {
     s.push_str(&nft_chain_head(stateful));
     for accept in [false, true] {
         for r in syn.rules.iter().filter(|r| r.accept == accept) {
-            let _ = writeln!(s, "    ip saddr {} {p} dport {} {}", r.src, r.port, if accept { "accept" } else { "drop" });
+            let _ = writeln!(
+                s,
+                "    ip saddr {} {p} dport {} {}",
+                r.src,
+                r.port,
+                if accept { "accept" } else { "drop" }
+            );
         }
     }
     s.push_str("  }\n}\n");
@@ -336,13 +434,20 @@ fn nft_linear(syn: &Synthetic, stateful: bool) -> String {
 
 fn iptables_linear(syn: &Synthetic, stateful: bool) -> String {
     let p = proto(syn);
-    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut s =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     if stateful {
         s.push_str("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
     }
     for accept in [false, true] {
         for r in syn.rules.iter().filter(|r| r.accept == accept) {
-            let _ = writeln!(s, "-A FORWARD -s {} -p {p} --dport {} -j {}", r.src, r.port, if accept { "ACCEPT" } else { "DROP" });
+            let _ = writeln!(
+                s,
+                "-A FORWARD -s {} -p {p} --dport {} -j {}",
+                r.src,
+                r.port,
+                if accept { "ACCEPT" } else { "DROP" }
+            );
         }
     }
     s.push_str("COMMIT\n");

@@ -2,7 +2,7 @@
 //! repeat. One data plane per rule count, all loaded at once, measured round-robin per trial.
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use gateway_dataplane::{LimitsConfig, Dataplane, LoadOptions};
+use gateway_dataplane::{Dataplane, LimitsConfig, LoadOptions};
 use gateway_policy::compile;
 use gateway_testkit::packets::{Spec, TCP_SYN};
 use serde::Serialize;
@@ -28,11 +28,21 @@ pub struct Cost {
 /// The paths measured: the policy lookup for an accepted and an unmatched packet (stateless),
 /// and an established flow (conntrack hit).
 /// The floor is a non-IP frame: entry, counters and the test-run loop, no parsing past Ethernet.
-const PATHS: [&str; 4] = ["policy accept (no conntrack)", "default deny (no conntrack)", "established (conntrack hit)", "floor: non-IP frame"];
+const PATHS: [&str; 4] = [
+    "policy accept (no conntrack)",
+    "default deny (no conntrack)",
+    "established (conntrack hit)",
+    "floor: non-IP frame",
+];
 
 pub fn limits_for(n: usize) -> LimitsConfig {
     let n = n as u32;
-    LimitsConfig { acl_chunks: 4 * n + 1024, acl_verdicts: 4 * n + 1024, rules: n + 16, ..LimitsConfig::default() }
+    LimitsConfig {
+        acl_chunks: 4 * n + 1024,
+        acl_verdicts: 4 * n + 1024,
+        rules: n + 16,
+        ..LimitsConfig::default()
+    }
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Cost> {
@@ -41,16 +51,27 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let repeat = if quick { 200_000 } else { 1_000_000 };
     let mut planes = Vec::new();
     for &n in counts {
-        let syn = rules::synthetic(n, 42 + n as u64, gateway_policy::Protocol::Tcp, "100.64.0.0/10".parse()?);
+        let syn = rules::synthetic(
+            n,
+            42 + n as u64,
+            gateway_policy::Protocol::Tcp,
+            "100.64.0.0/10".parse()?,
+        );
         let limits = limits_for(n);
         let compiled = compile::compile(&syn.set, &limits.compile_limits())?;
-        let mut dp = Dataplane::load(&LoadOptions { limits, ..Default::default() })?;
+        let mut dp = Dataplane::load(&LoadOptions {
+            limits,
+            ..Default::default()
+        })?;
         dp.apply(&compiled)?;
         let (s, d, p) = syn.accepted;
         let accept = Spec::tcp(&s.to_string(), &d.to_string(), 40000, p, TCP_SYN).build();
         let (s, d, p) = syn.unmatched;
         let deny = Spec::tcp(&s.to_string(), &d.to_string(), 40000, p, TCP_SYN).build();
-        eprintln!("bench cost: {n} rules loaded ({} verdict entries, {} chunks)", compiled.stats.verdicts, compiled.stats.v4_chunks);
+        eprintln!(
+            "bench cost: {n} rules loaded ({} verdict entries, {} chunks)",
+            compiled.stats.verdicts, compiled.stats.v4_chunks
+        );
         planes.push((n, dp, accept, deny));
     }
     let mut arp = vec![0xffu8; 6];
@@ -69,14 +90,21 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
                 dp.set_conntrack(conntrack)?;
                 let ns = time_xdp(dp, packet, repeat, expect)?;
                 sample.push(ns);
-                eprintln!("bench cost: trial {trial} rules {n} {}: {ns:.1} ns", PATHS[path]);
+                eprintln!(
+                    "bench cost: trial {trial} rules {n} {}: {ns:.1} ns",
+                    PATHS[path]
+                );
             }
         }
     }
     let mut rows = Vec::new();
     for (i, &n) in counts.iter().enumerate() {
         for (path, s) in samples[i].iter().enumerate() {
-            rows.push(CostRow { rules: n, path: PATHS[path].to_string(), ns_per_packet: Summary::of(s.clone()) });
+            rows.push(CostRow {
+                rules: n,
+                path: PATHS[path].to_string(),
+                ns_per_packet: Summary::of(s.clone()),
+            });
         }
     }
     Ok(Cost { repeat, rows })
@@ -86,8 +114,18 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
 fn time_xdp(dp: &mut Dataplane, packet: &[u8], repeat: u32, expect: u32) -> anyhow::Result<f64> {
     let prog = dp.xdp_program()?;
     let mut out = vec![0u8; packet.len() + 64];
-    let r = prog.test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat, ..Default::default() })?;
-    anyhow::ensure!(r.return_value == expect, "verdict {} where {} was expected", r.return_value, expect);
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    })?;
+    anyhow::ensure!(
+        r.return_value == expect,
+        "verdict {} where {} was expected",
+        r.return_value,
+        expect
+    );
     // The kernel reports the mean time of one repetition.
     Ok(r.duration.as_nanos() as f64)
 }

@@ -1,7 +1,10 @@
 //! The in-kernel generator (BPF_PROG_RUN with live frames, XDP_TX out of the generator's veth)
 //! and the sink's XDP counter: packets are counted where they arrive.
 
-use std::{net::Ipv4Addr, time::{Duration, Instant}};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::{
@@ -15,7 +18,8 @@ use gateway_testkit::packets::Spec;
 
 use crate::topo::{MAC_D0, MAC_G0, SINK_ADDR, Topo};
 
-pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-programs"));
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-programs"));
 
 /// Frames per BPF_PROG_RUN batch.
 const BATCH: u32 = 256;
@@ -28,7 +32,10 @@ pub struct Generator {
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("program {name}"))?.try_into()?)
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name}"))?
+        .try_into()?)
 }
 
 impl Generator {
@@ -36,33 +43,67 @@ impl Generator {
     pub fn new(topo: &Topo, frame_len: usize) -> anyhow::Result<Generator> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark programs")?;
         for name in [PROG_GEN, PROG_SINK, PROG_REDIRECT, PROG_PASS] {
-            xdp(&mut ebpf, name)?.load().with_context(|| format!("loading {name}"))?;
+            xdp(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading {name}"))?;
         }
-        let sink_link = topo.sink.run_scoped(|| xdp(&mut ebpf, PROG_SINK)?.attach("s0", XdpMode::Driver).map_err(anyhow::Error::from))??;
+        let sink_link = topo.sink.run_scoped(|| {
+            xdp(&mut ebpf, PROG_SINK)?
+                .attach("s0", XdpMode::Driver)
+                .map_err(anyhow::Error::from)
+        })??;
         let g0_index = topo.gen_ns.run_scoped(|| if_index("g0"))??;
         // A UDP frame of `frame_len` bytes (no FCS); the generator rewrites source and ports.
         let mut spec = Spec::udp("198.18.0.1", SINK_ADDR, 1000, 1000);
         spec.payload_len = frame_len.saturating_sub(14 + 20 + 8);
         let mut frame = spec.build();
-        frame[GEN_SIGNATURE_AT..GEN_SIGNATURE_AT + GEN_SIGNATURE.len()].copy_from_slice(&GEN_SIGNATURE);
+        frame[GEN_SIGNATURE_AT..GEN_SIGNATURE_AT + GEN_SIGNATURE.len()]
+            .copy_from_slice(&GEN_SIGNATURE);
         frame[0..6].copy_from_slice(&MAC_D0);
         frame[6..12].copy_from_slice(&MAC_G0);
-        let mut header = GenHeader { bytes: [0; GEN_HEADER_LEN] };
+        let mut header = GenHeader {
+            bytes: [0; GEN_HEADER_LEN],
+        };
         let n = GEN_HEADER_LEN.min(frame.len());
         header.bytes[..n].copy_from_slice(&frame[..n]);
-        Array::<_, GenHeader>::try_from(ebpf.map_mut(MAP_GEN_HEADER).context("header map")?)?.set(0, header, 0)?;
-        Ok(Generator { ebpf, g0_index, frame, sink_link: Some(sink_link) })
+        Array::<_, GenHeader>::try_from(ebpf.map_mut(MAP_GEN_HEADER).context("header map")?)?
+            .set(0, header, 0)?;
+        Ok(Generator {
+            ebpf,
+            g0_index,
+            frame,
+            sink_link: Some(sink_link),
+        })
     }
 
     /// The flows to cycle through: (source, destination port), each over `sports` source ports.
     pub fn set_flows(&mut self, flows: &[(Ipv4Addr, u16)], sports: u32) -> anyhow::Result<()> {
-        let mut table: Array<_, GenFlow> = Array::try_from(self.ebpf.map_mut(MAP_GEN_FLOWS).context("flows map")?)?;
+        let mut table: Array<_, GenFlow> =
+            Array::try_from(self.ebpf.map_mut(MAP_GEN_FLOWS).context("flows map")?)?;
         let flows = &flows[..flows.len().min(MAX_GEN_FLOWS as usize)];
         for (i, (src, port)) in flows.iter().enumerate() {
-            table.set(i as u32, GenFlow { saddr_be: u32::from(*src).to_be(), dport_be: port.to_be(), _pad: 0 }, 0)?;
+            table.set(
+                i as u32,
+                GenFlow {
+                    saddr_be: u32::from(*src).to_be(),
+                    dport_be: port.to_be(),
+                    _pad: 0,
+                },
+                0,
+            )?;
         }
-        let mut cfg: Array<_, GenConfig> = Array::try_from(self.ebpf.map_mut(MAP_GEN_CONFIG).context("config map")?)?;
-        cfg.set(0, GenConfig { flows: flows.len().max(1) as u32, sports: sports.max(1), sport_base: 10_000, _pad: 0 }, 0)?;
+        let mut cfg: Array<_, GenConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_GEN_CONFIG).context("config map")?)?;
+        cfg.set(
+            0,
+            GenConfig {
+                flows: flows.len().max(1) as u32,
+                sports: sports.max(1),
+                sport_base: 10_000,
+                _pad: 0,
+            },
+            0,
+        )?;
         Ok(())
     }
 
@@ -71,24 +112,26 @@ impl Generator {
         let g0 = self.g0_index;
         let frame = self.frame.clone();
         let prog = xdp(&mut self.ebpf, PROG_GEN)?;
-        topo.gen_ns.run_scoped(move || -> anyhow::Result<Duration> {
-            crate::topo::pin(0, 0)?;
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-            // egress_ifindex; the kernel wants data_end to be the frame's length.
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&g0.to_ne_bytes());
-            let start = Instant::now();
-            let opts = TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..Default::default()
-            };
-            prog.test_run(opts).map_err(|e| anyhow::Error::from(e).context("live-frames run"))?;
-            Ok(start.elapsed())
-        })?
+        topo.gen_ns
+            .run_scoped(move || -> anyhow::Result<Duration> {
+                crate::topo::pin(0, 0)?;
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+                // egress_ifindex; the kernel wants data_end to be the frame's length.
+                let mut ctx = [0u8; 24];
+                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&g0.to_ne_bytes());
+                let start = Instant::now();
+                let opts = TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&ctx),
+                    repeat: frames,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..Default::default()
+                };
+                prog.test_run(opts)
+                    .map_err(|e| anyhow::Error::from(e).context("live-frames run"))?;
+                Ok(start.elapsed())
+            })?
     }
 
     /// The generator's frames that arrived at the sink (signature checked).
@@ -102,7 +145,8 @@ impl Generator {
     }
 
     fn sink_slot(&self, slot: u32) -> anyhow::Result<u64> {
-        let m: PerCpuArray<_, SinkCount> = PerCpuArray::try_from(self.ebpf.map(MAP_SINK).context("sink map")?)?;
+        let m: PerCpuArray<_, SinkCount> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_SINK).context("sink map")?)?;
         Ok(m.get(&slot, 0)?.iter().map(|c| c.packets).sum())
     }
 
@@ -111,7 +155,8 @@ impl Generator {
         let ebpf = &mut self.ebpf;
         topo.dut.run_scoped(|| -> anyhow::Result<XdpLinkId> {
             if redirect {
-                let mut egress: DevMap<_> = DevMap::try_from(ebpf.map_mut(MAP_EGRESS).context("egress map")?)?;
+                let mut egress: DevMap<_> =
+                    DevMap::try_from(ebpf.map_mut(MAP_EGRESS).context("egress map")?)?;
                 egress.set(0, if_index("d1")?, None, 0)?;
             }
             let name = if redirect { PROG_REDIRECT } else { PROG_PASS };
@@ -119,7 +164,12 @@ impl Generator {
         })?
     }
 
-    pub fn detach_dut(&mut self, topo: &Topo, redirect: bool, link: XdpLinkId) -> anyhow::Result<()> {
+    pub fn detach_dut(
+        &mut self,
+        topo: &Topo,
+        redirect: bool,
+        link: XdpLinkId,
+    ) -> anyhow::Result<()> {
         let ebpf = &mut self.ebpf;
         topo.dut.run_scoped(|| -> anyhow::Result<()> {
             let name = if redirect { PROG_REDIRECT } else { PROG_PASS };
@@ -134,16 +184,21 @@ impl Generator {
         let took = self.send(topo, frames)?;
         std::thread::sleep(Duration::from_millis(100));
         let arrived = self.sink_packets()? - before;
-        Ok(Measurement { sent: frames as u64, arrived, seconds: took.as_secs_f64() })
+        Ok(Measurement {
+            sent: frames as u64,
+            arrived,
+            seconds: took.as_secs_f64(),
+        })
     }
 }
 
 impl Drop for Generator {
     fn drop(&mut self) {
         if let Some(link) = self.sink_link.take()
-            && let Ok(p) = xdp(&mut self.ebpf, PROG_SINK) {
-                let _ = p.detach(link);
-            }
+            && let Ok(p) = xdp(&mut self.ebpf, PROG_SINK)
+        {
+            let _ = p.detach(link);
+        }
     }
 }
 

@@ -39,7 +39,19 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 11] = ["cost", "apply", "pps", "tcp", "stateful", "nat", "swap", "restart", "management", "wireguard", "relay"];
+const SCENARIOS: [&str; 11] = [
+    "cost",
+    "apply",
+    "pps",
+    "tcp",
+    "stateful",
+    "nat",
+    "swap",
+    "restart",
+    "management",
+    "wireguard",
+    "relay",
+];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -47,10 +59,17 @@ fn main() -> anyhow::Result<()> {
         let run: report::Run = serde_json::from_str(&std::fs::read_to_string(json)?)?;
         return run.write(&args.out);
     }
-    let chosen: Option<Vec<&str>> = args.scenario.as_deref().map(|s| s.split(',').map(str::trim).collect());
+    let chosen: Option<Vec<&str>> = args
+        .scenario
+        .as_deref()
+        .map(|s| s.split(',').map(str::trim).collect());
     if let Some(list) = &chosen {
         for s in list {
-            anyhow::ensure!(SCENARIOS.contains(s), "unknown scenario {s:?} ({})", SCENARIOS.join(", "));
+            anyhow::ensure!(
+                SCENARIOS.contains(s),
+                "unknown scenario {s:?} ({})",
+                SCENARIOS.join(", ")
+            );
         }
     }
     let wants = |name: &str| chosen.as_ref().is_none_or(|list| list.contains(&name));

@@ -87,10 +87,22 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
     }
     let group_ids: Vec<String> = (0..groups).map(|g| format!("group{g:04}")).collect();
     for g in &group_ids {
-        a.groups.insert(g.clone(), Group { id: g.clone(), name: g.clone(), peers: vec![], resources: vec![] });
+        a.groups.insert(
+            g.clone(),
+            Group {
+                id: g.clone(),
+                name: g.clone(),
+                peers: vec![],
+                resources: vec![],
+            },
+        );
     }
     for (i, p) in a.peers.keys().enumerate() {
-        a.groups.get_mut(&group_ids[i % groups]).unwrap().peers.push(p.clone());
+        a.groups
+            .get_mut(&group_ids[i % groups])
+            .unwrap()
+            .peers
+            .push(p.clone());
         if rng.random_bool(0.5) {
             let extra = group_ids.choose(&mut rng).unwrap();
             let g = a.groups.get_mut(extra).unwrap();
@@ -100,15 +112,60 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
         }
     }
     // The gateway's group (it joins at registration) and the LAN it routes.
-    a.groups.insert("gateways".into(), Group { id: "gateways".into(), name: "gateways".into(), peers: vec![], resources: vec![] });
-    let lan_res = ResourceRef { id: "lan".into(), kind: ResourceKind::Subnet };
-    a.groups.insert("lan-resources".into(), Group { id: "lan-resources".into(), name: "lan-resources".into(), peers: vec![], resources: vec![lan_res] });
-    a.networks.insert("net".into(), Network { id: "net".into(), name: "lan".into(), description: String::new() });
+    a.groups.insert(
+        "gateways".into(),
+        Group {
+            id: "gateways".into(),
+            name: "gateways".into(),
+            peers: vec![],
+            resources: vec![],
+        },
+    );
+    let lan_res = ResourceRef {
+        id: "lan".into(),
+        kind: ResourceKind::Subnet,
+    };
+    a.groups.insert(
+        "lan-resources".into(),
+        Group {
+            id: "lan-resources".into(),
+            name: "lan-resources".into(),
+            peers: vec![],
+            resources: vec![lan_res],
+        },
+    );
+    a.networks.insert(
+        "net".into(),
+        Network {
+            id: "net".into(),
+            name: "lan".into(),
+            description: String::new(),
+        },
+    );
     a.resources.insert(
         "lan".into(),
-        NetworkResource { id: "lan".into(), network_id: "net".into(), name: "lan".into(), description: String::new(), address: "198.19.0.0/16".into(), parsed: ResourceAddress::Prefix("198.19.0.0/16".parse().unwrap()), enabled: true },
+        NetworkResource {
+            id: "lan".into(),
+            network_id: "net".into(),
+            name: "lan".into(),
+            description: String::new(),
+            address: "198.19.0.0/16".into(),
+            parsed: ResourceAddress::Prefix("198.19.0.0/16".parse().unwrap()),
+            enabled: true,
+        },
     );
-    a.routers.insert("router".into(), NetworkRouter { id: "router".into(), network_id: "net".into(), peer: None, peer_groups: vec!["gateways".into()], metric: 100, masquerade: false, enabled: true });
+    a.routers.insert(
+        "router".into(),
+        NetworkRouter {
+            id: "router".into(),
+            network_id: "net".into(),
+            peer: None,
+            peer_groups: vec!["gateways".into()],
+            metric: 100,
+            masquerade: false,
+            enabled: true,
+        },
+    );
     a.setup_keys.insert(
         "gateway-key".into(),
         SetupKey {
@@ -131,11 +188,31 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
         },
     );
     for i in 0..policies {
-        let pick = |rng: &mut StdRng| -> Vec<String> { (0..rng.random_range(1..=3)).map(|_| group_ids.choose(rng).unwrap().clone()).collect::<BTreeSet<_>>().into_iter().collect() };
+        let pick = |rng: &mut StdRng| -> Vec<String> {
+            (0..rng.random_range(1..=3))
+                .map(|_| group_ids.choose(rng).unwrap().clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
         let sources = pick(&mut rng);
-        let destinations = if i < GATEWAY_POLICIES { vec![if i % 2 == 0 { "gateways".to_string() } else { "lan-resources".to_string() }] } else { pick(&mut rng) };
+        let destinations = if i < GATEWAY_POLICIES {
+            vec![if i % 2 == 0 {
+                "gateways".to_string()
+            } else {
+                "lan-resources".to_string()
+            }]
+        } else {
+            pick(&mut rng)
+        };
         let tcp = rng.random_bool(0.8);
-        let ports = if tcp { (0..rng.random_range(1..=2)).map(|_| rng.random_range(1..=65535u16)).collect() } else { vec![] };
+        let ports = if tcp {
+            (0..rng.random_range(1..=2))
+                .map(|_| rng.random_range(1..=65535u16))
+                .collect()
+        } else {
+            vec![]
+        };
         let id = format!("policy{i:05}");
         a.policies.insert(
             id.clone(),
@@ -149,16 +226,24 @@ pub fn synthetic_account(peers: usize, groups: usize, policies: usize, seed: u64
                     name: id.clone(),
                     description: String::new(),
                     enabled: true,
-                    action: if rng.random_bool(0.9) { RuleAction::Accept } else { RuleAction::Drop },
+                    action: if rng.random_bool(0.9) {
+                        RuleAction::Accept
+                    } else {
+                        RuleAction::Drop
+                    },
                     bidirectional: rng.random_bool(0.2),
-                    protocol: if tcp { RuleProtocol::Tcp } else { RuleProtocol::All },
+                    protocol: if tcp {
+                        RuleProtocol::Tcp
+                    } else {
+                        RuleProtocol::All
+                    },
                     ports,
                     port_ranges: vec![],
                     sources,
                     destinations,
                     source_resource: None,
                     destination_resource: None,
-                authorized_groups: Default::default(),
+                    authorized_groups: Default::default(),
                 }],
             },
         );
@@ -189,7 +274,10 @@ fn time_ms(f: impl FnOnce()) -> f64 {
 fn rss_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> anyhow::Result<f64> {
-        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("{name} in /proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
         let kb: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
         Ok(kb / 1024.0)
     };
@@ -200,7 +288,10 @@ pub(crate) fn gateway_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("exe dir")?.join("gateway");
     if !bin.exists() {
-        bail!("{} is missing: `cargo xtask bench` builds it (cargo build --release -p gateway)", bin.display());
+        bail!(
+            "{} is missing: `cargo xtask bench` builds it (cargo build --release -p gateway)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -216,9 +307,14 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
     let (peers, groups, policies) = (10_000, 1_000, 5_000);
     let sampled = if quick { 30 } else { 200 };
     let changes = if quick { 10 } else { 40 };
-    eprintln!("management: building an account of {peers} peers, {groups} groups, {policies} policies");
+    eprintln!(
+        "management: building an account of {peers} peers, {groups} groups, {policies} policies"
+    );
     let account = synthetic_account(peers, groups, policies, 7);
-    let settings = MapSettings { network: "100.64.0.0/10".parse()?, dns_domain: "bench.internal".into() };
+    let settings = MapSettings {
+        network: "100.64.0.0/10".parse()?,
+        dns_domain: "bench.internal".into(),
+    };
 
     // Map computation, in process.
     let mut rng = StdRng::seed_from_u64(11);
@@ -238,10 +334,13 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
     std::fs::create_dir_all(&data)?;
     {
         let mut store = Store::open(&data.join("management.db"))?;
-        store.save(&account, &all_objects(&account))?;
+        store.save(&account, &all_objects(&account), &[])?;
     }
     let db_mib = std::fs::metadata(data.join("management.db"))?.len() as f64 / 1048576.0
-        + std::fs::metadata(data.join("management.db-wal")).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+        + std::fs::metadata(data.join("management.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0) as f64
+            / 1048576.0;
     drop(account);
     let ns = Netns::create(&format!("gwbench-mgmt-{}", std::process::id()))?;
     ns.ip(&["link", "add", "t0", "type", "veth", "peer", "name", "t1"])?;
@@ -250,17 +349,51 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
     ns.ip(&["link", "set", "lo", "up"])?;
     let bin = gateway_binary()?;
     let addr: SocketAddr = MGMT_ADDR.parse()?;
-    let mgmt = ManagementProcess::start(&bin, &ns, &data, addr, TOKEN, &[], &dir.0.join("management.log"))?;
+    let mgmt = ManagementProcess::start(
+        &bin,
+        &ns,
+        &data,
+        addr,
+        TOKEN,
+        &[],
+        &dir.0.join("management.log"),
+    )?;
     let config = dir.0.join("gateway.yaml");
-    std::fs::write(&config, format!("metrics_addr: {METRICS_ADDR}\ninterfaces:\n  tunnel:\n    - name: t0\n"))?;
+    std::fs::write(
+        &config,
+        format!("metrics_addr: {METRICS_ADDR}\ninterfaces:\n  tunnel:\n    - name: t0\n"),
+    )?;
     let state = dir.0.join("gateway-state");
     let url = format!("http://{MGMT_ADDR}");
-    let gw = GatewayProcess::start_with(&bin, &ns, &config, &dir.0.join("gateway.log"), &["--management-url", &url, "--setup-key", GATEWAY_SETUP_KEY, "--state-dir", state.to_str().context("path")?])?;
-    let serial = |gw: &GatewayProcess| gw.status::<Report>(&ns).ok().and_then(|s| s.management).map(|m| m.serial).unwrap_or(0);
+    let gw = GatewayProcess::start_with(
+        &bin,
+        &ns,
+        &config,
+        &dir.0.join("gateway.log"),
+        &[
+            "--management-url",
+            &url,
+            "--setup-key",
+            GATEWAY_SETUP_KEY,
+            "--state-dir",
+            state.to_str().context("path")?,
+        ],
+    )?;
+    let serial = |gw: &GatewayProcess| {
+        gw.status::<Report>(&ns)
+            .ok()
+            .and_then(|s| s.management)
+            .map(|m| m.serial)
+            .unwrap_or(0)
+    };
     let started = Instant::now();
     while serial(&gw) == 0 {
         if started.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway applied no map within 30 s:\n{}\n{}", gw.log_text(), mgmt.log_text());
+            bail!(
+                "the gateway applied no map within 30 s:\n{}\n{}",
+                gw.log_text(),
+                mgmt.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -269,23 +402,42 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
     // The gateway's map, computed in process from the stored account (it now includes the
     // registered gateway).
     let stored = Store::open(&data.join("management.db"))?.load()?;
-    let gateway_id = stored.groups["gateways"].peers.first().cloned().context("the gateway registered")?;
+    let gateway_id = stored.groups["gateways"]
+        .peers
+        .first()
+        .cloned()
+        .context("the gateway registered")?;
     let mut gw_ms = Vec::new();
     let mut gw_map = None;
     for _ in 0..if quick { 5 } else { 21 } {
-        gw_ms.push(time_ms(|| gw_map = network_map(&stored, &gateway_id, &settings)));
+        gw_ms.push(time_ms(|| {
+            gw_map = network_map(&stored, &gateway_id, &settings)
+        }));
     }
     let gw_map = gw_map.context("gateway map")?;
 
     // REST change → maps updated on the gateway.
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
     let agent = Arc::new(agent);
     let mut change_ms = Vec::new();
     let toggled = "policy00000";
     let apply_sum = |gw: &GatewayProcess| -> anyhow::Result<(f64, f64)> {
         let text = gw.metrics(&ns)?;
-        let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0);
-        Ok((value("gateway_management_apply_seconds_sum "), value("gateway_management_apply_seconds_count ")))
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+        };
+        Ok((
+            value("gateway_management_apply_seconds_sum "),
+            value("gateway_management_apply_seconds_count "),
+        ))
     };
     let (sum0, count0) = apply_sum(&gw)?;
     for i in 0..changes {
@@ -296,11 +448,21 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
         let body = {
             let (agent, path) = (agent.clone(), path.clone());
             ns.run(move || -> anyhow::Result<serde_json::Value> {
-                let mut policy: serde_json::Value = agent.get(&path).header("Authorization", &format!("Token {TOKEN}")).call()?.body_mut().read_json()?;
+                let mut policy: serde_json::Value = agent
+                    .get(&path)
+                    .header("Authorization", &format!("Token {TOKEN}"))
+                    .call()?
+                    .body_mut()
+                    .read_json()?;
                 policy["enabled"] = serde_json::Value::Bool(enabled);
                 for rule in policy["rules"].as_array_mut().context("rules")? {
                     for side in ["sources", "destinations"] {
-                        let ids: Vec<serde_json::Value> = rule[side].as_array().context("groups")?.iter().map(|g| g["id"].clone()).collect();
+                        let ids: Vec<serde_json::Value> = rule[side]
+                            .as_array()
+                            .context("groups")?
+                            .iter()
+                            .map(|g| g["id"].clone())
+                            .collect();
                         rule[side] = serde_json::Value::Array(ids);
                     }
                 }
@@ -310,7 +472,13 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
         };
         let agent = agent.clone();
         let t0 = Instant::now();
-        ns.run(move || agent.put(&path).header("Authorization", &format!("Token {TOKEN}")).send_json(&body).map(|_| ()))??;
+        ns.run(move || {
+            agent
+                .put(&path)
+                .header("Authorization", &format!("Token {TOKEN}"))
+                .send_json(&body)
+                .map(|_| ())
+        })??;
         while serial(&gw) <= before {
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!("change {i} not applied within 10 s:\n{}", gw.log_text());
@@ -349,7 +517,11 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
 pub fn markdown(md: &mut String, m: &ManagementBench) {
     use std::fmt::Write as _;
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let _ = writeln!(md, "## Management: {} peers, {} groups, {} policies\n", m.peers, m.groups, m.policies);
+    let _ = writeln!(
+        md,
+        "## Management: {} peers, {} groups, {} policies\n",
+        m.peers, m.groups, m.policies
+    );
     let _ = writeln!(
         md,
         "The account is synthetic (bench/src/management.rs): every peer in one group and half of them in a second; each policy one rule from 1–3 random groups to 1–3 random groups (80% TCP with 1–2 ports, 90% accept, 20% bidirectional); {GATEWAY_POLICIES} of them reach the gateway (its group, or a LAN subnet it routes). The REST figures come from the real `gateway management serve` and `gateway run --management-url` processes in a namespace: each change toggles one policy that reaches the gateway, timed from sending the PUT until the gateway's /status shows the new serial in force (maps written).\n"
@@ -357,12 +529,55 @@ pub fn markdown(md: &mut String, m: &ManagementBench) {
     let _ = writeln!(md, "| measure | median | min–max | p99 | target |");
     let _ = writeln!(md, "|---|---:|---:|---:|---|");
     let s = &m.map_ms;
-    let _ = writeln!(md, "| network map, {} random peers (median {:.0} firewall rules) | {:.2} ms | {:.2}–{:.2} ms | {:.2} ms | ≤ 50 ms: {} |", m.sampled_peers, m.map_rules_median, s.median, s.min, s.max, m.map_p99_ms, verdict(s.max <= 50.0));
+    let _ = writeln!(
+        md,
+        "| network map, {} random peers (median {:.0} firewall rules) | {:.2} ms | {:.2}–{:.2} ms | {:.2} ms | ≤ 50 ms: {} |",
+        m.sampled_peers,
+        m.map_rules_median,
+        s.median,
+        s.min,
+        s.max,
+        m.map_p99_ms,
+        verdict(s.max <= 50.0)
+    );
     let s = &m.gateway_map_ms;
-    let _ = writeln!(md, "| network map of the gateway ({} firewall rules, {} route rules) | {:.2} ms | {:.2}–{:.2} ms | — | ≤ 50 ms: {} |", m.gateway_firewall_rules, m.gateway_route_rules, s.median, s.min, s.max, verdict(s.max <= 50.0));
+    let _ = writeln!(
+        md,
+        "| network map of the gateway ({} firewall rules, {} route rules) | {:.2} ms | {:.2}–{:.2} ms | — | ≤ 50 ms: {} |",
+        m.gateway_firewall_rules,
+        m.gateway_route_rules,
+        s.median,
+        s.min,
+        s.max,
+        verdict(s.max <= 50.0)
+    );
     let s = &m.change_ms;
-    let _ = writeln!(md, "| REST change → gateway maps updated ({} changes; {} compiled policies) | {:.1} ms | {:.1}–{:.1} ms | {:.1} ms | p99 ≤ 200 ms: {} |", m.changes, m.gateway_compiled_rules, s.median, s.min, s.max, m.change_p99_ms, verdict(m.change_p99_ms <= 200.0));
-    let _ = writeln!(md, "| of which the gateway: map received → policy in force (mean) | {:.1} ms | — | — | — |", m.gateway_apply_mean_ms);
-    let _ = writeln!(md, "| management resident memory (now / peak) | {:.0} MiB / {:.0} MiB | — | — | ≤ 300 MB: {} |", m.rss_mib, m.peak_rss_mib, verdict(m.peak_rss_mib * 1.048576 <= 300.0));
-    let _ = writeln!(md, "\nThe SQLite database with this account is {:.1} MiB.\n", m.db_mib);
+    let _ = writeln!(
+        md,
+        "| REST change → gateway maps updated ({} changes; {} compiled policies) | {:.1} ms | {:.1}–{:.1} ms | {:.1} ms | p99 ≤ 200 ms: {} |",
+        m.changes,
+        m.gateway_compiled_rules,
+        s.median,
+        s.min,
+        s.max,
+        m.change_p99_ms,
+        verdict(m.change_p99_ms <= 200.0)
+    );
+    let _ = writeln!(
+        md,
+        "| of which the gateway: map received → policy in force (mean) | {:.1} ms | — | — | — |",
+        m.gateway_apply_mean_ms
+    );
+    let _ = writeln!(
+        md,
+        "| management resident memory (now / peak) | {:.0} MiB / {:.0} MiB | — | — | ≤ 300 MB: {} |",
+        m.rss_mib,
+        m.peak_rss_mib,
+        verdict(m.peak_rss_mib * 1.048576 <= 300.0)
+    );
+    let _ = writeln!(
+        md,
+        "\nThe SQLite database with this account is {:.1} MiB.\n",
+        m.db_mib
+    );
 }

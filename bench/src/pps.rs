@@ -40,7 +40,11 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
     let mut generator = Generator::new(&topo, FRAME_BYTES)?;
     let trials = if quick { 2 } else { 5 };
     let frames: u32 = if quick { 400_000 } else { 2_000_000 };
-    let sizes: &[usize] = if quick { &[10, 1_000] } else { &[10, 100, 1_000, 10_000, 100_000] };
+    let sizes: &[usize] = if quick {
+        &[10, 1_000]
+    } else {
+        &[10, 100, 1_000, 10_000, 100_000]
+    };
     let mut rows = Vec::new();
     let mut flows_used = 0;
     for &n in sizes {
@@ -54,8 +58,11 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
             |c| c.label().to_string(),
             trials,
             |c| {
-                let installed = contenders::install(c, &topo, Some(&mut generator), Some(&syn), false)?;
-                let m = topo.dedicate_dut_core().and_then(|_| generator.measure(&topo, frames));
+                let installed =
+                    contenders::install(c, &topo, Some(&mut generator), Some(&syn), false)?;
+                let m = topo
+                    .dedicate_dut_core()
+                    .and_then(|_| generator.measure(&topo, frames));
                 if std::env::var_os("BENCH_DEBUG").is_some() {
                     eprintln!("{}", topo.dut_sh("nstat -a | head -40").unwrap_or_default());
                 }
@@ -67,7 +74,15 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         for (o, &c) in outcomes.into_iter().zip(Contender::ALL.iter()) {
             let s = &o.samples;
             if s.is_empty() {
-                rows.push(PpsRow { rules: n, contender: c, label: c.label().to_string(), mpps: Summary::of(vec![0.0]), loss: Summary::of(vec![1.0]), trials: vec![], error: o.error });
+                rows.push(PpsRow {
+                    rules: n,
+                    contender: c,
+                    label: c.label().to_string(),
+                    mpps: Summary::of(vec![0.0]),
+                    loss: Summary::of(vec![1.0]),
+                    trials: vec![],
+                    error: o.error,
+                });
                 continue;
             }
             rows.push(PpsRow {
@@ -81,5 +96,10 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
             });
         }
     }
-    Ok(Pps { frame_bytes: FRAME_BYTES + 4, frames_per_trial: frames, flows: flows_used * 64, rows })
+    Ok(Pps {
+        frame_bytes: FRAME_BYTES + 4,
+        frames_per_trial: frames,
+        flows: flows_used * 64,
+        rows,
+    })
 }

@@ -13,7 +13,10 @@
 use std::{
     fmt::Write as _,
     process::{Child, Stdio},
-    sync::{Arc, atomic::{AtomicBool, AtomicU64, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -27,7 +30,11 @@ use crate::{alternate::alternate, contenders::Contender, stats::Summary};
 const CLIENTS: usize = 8;
 const SINK: &str = "198.18.31.2:5000";
 const RELAY: &str = "198.18.30.1:3478";
-pub const CONTENDERS: [Contender; 3] = [Contender::RelayGatewayXdp, Contender::RelayGateway, Contender::RelayCoturn];
+pub const CONTENDERS: [Contender; 3] = [
+    Contender::RelayGatewayXdp,
+    Contender::RelayGateway,
+    Contender::RelayCoturn,
+];
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RelayRow {
@@ -69,14 +76,19 @@ impl Topo {
         std::fs::create_dir_all(&t.dir)?;
         veth(&t.relay, "c0", &t.client, "eth0")?;
         veth(&t.relay, "p0", &t.peer, "eth0")?;
-        t.relay.ip(&["addr", "add", "198.18.30.1/24", "dev", "c0"])?;
-        t.relay.ip(&["addr", "add", "198.18.31.1/24", "dev", "p0"])?;
-        t.client.ip(&["addr", "add", "198.18.30.2/24", "dev", "eth0"])?;
-        t.peer.ip(&["addr", "add", "198.18.31.2/24", "dev", "eth0"])?;
+        t.relay
+            .ip(&["addr", "add", "198.18.30.1/24", "dev", "c0"])?;
+        t.relay
+            .ip(&["addr", "add", "198.18.31.1/24", "dev", "p0"])?;
+        t.client
+            .ip(&["addr", "add", "198.18.30.2/24", "dev", "eth0"])?;
+        t.peer
+            .ip(&["addr", "add", "198.18.31.2/24", "dev", "eth0"])?;
         // The XDP path's route lookups need forwarding interfaces; a firewall drops what the
         // kernel itself would forward, as on a real relay.
         for dev in ["c0", "p0"] {
-            t.relay.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")?;
+            t.relay
+                .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")?;
         }
         t.relay.exec(&["nft", "add table inet fw; add chain inet fw forward { type filter hook forward priority 0; policy drop; }"])?;
         // Clients and peers send full UDP checksums, as frames from a wire carry: a veth
@@ -106,7 +118,12 @@ impl Drop for Server {
 impl Server {
     fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).context("VmRSS")
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("VmRSS")
     }
 }
 
@@ -116,10 +133,23 @@ fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
     let child = match c {
         Contender::RelayGateway | Contender::RelayGatewayXdp => {
             let cfg = topo.dir.join("relay.yaml");
-            let xdp = if c == Contender::RelayGatewayXdp { "xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n" } else { "" };
-            std::fs::write(&cfg, format!("listen: [{RELAY}]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nmin_port: 50000\nmax_port: 59999\n{xdp}"))?;
+            let xdp = if c == Contender::RelayGatewayXdp {
+                "xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &cfg,
+                format!(
+                    "listen: [{RELAY}]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nmin_port: 50000\nmax_port: 59999\n{xdp}"
+                ),
+            )?;
             topo.relay
-                .command(crate::management::gateway_binary()?.to_str().context("path")?)
+                .command(
+                    crate::management::gateway_binary()?
+                        .to_str()
+                        .context("path")?,
+                )
                 .args(["relay", "serve", "--config", cfg.to_str().context("path")?])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -130,9 +160,22 @@ fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
             .relay
             .command("turnserver")
             .args([
-                "-n", "--listening-ip=198.18.30.1", "--listening-port=3478", "--relay-ip=198.18.31.1", "--realm=lab.example", "--lt-cred-mech",
-                "--user=alice:wonderland", "--min-port=50000", "--max-port=59999", "--no-tcp", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
-                "--simple-log", "--log-file=/dev/null",
+                "-n",
+                "--listening-ip=198.18.30.1",
+                "--listening-port=3478",
+                "--relay-ip=198.18.31.1",
+                "--realm=lab.example",
+                "--lt-cred-mech",
+                "--user=alice:wonderland",
+                "--min-port=50000",
+                "--max-port=59999",
+                "--no-tcp",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--no-tcp-relay",
+                "--simple-log",
+                "--log-file=/dev/null",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -144,8 +187,19 @@ fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ok = topo.client.run(|| -> bool {
-            let Ok(c) = TurnClient::new("198.18.30.2:0".parse().expect("constant"), RELAY.parse().expect("constant"), "alice", "wonderland") else { return false };
-            let m = stun_codec::Message::new(stun_codec::MessageClass::Request, stun_codec::rfc5389::methods::BINDING, stun_codec::TransactionId::new([3; 12]));
+            let Ok(c) = TurnClient::new(
+                "198.18.30.2:0".parse().expect("constant"),
+                RELAY.parse().expect("constant"),
+                "alice",
+                "wonderland",
+            ) else {
+                return false;
+            };
+            let m = stun_codec::Message::new(
+                stun_codec::MessageClass::Request,
+                stun_codec::rfc5389::methods::BINDING,
+                stun_codec::TransactionId::new([3; 12]),
+            );
             c.exchange(m).is_ok()
         })?;
         if ok {
@@ -176,16 +230,23 @@ fn throughput(topo: &Topo, size: usize, seconds: u32) -> anyhow::Result<f64> {
             }
         })
     };
-    let clients = topo.client.run(move || -> anyhow::Result<Vec<TurnClient>> {
-        (0..CLIENTS)
-            .map(|i| {
-                let mut c = TurnClient::new("198.18.30.2:0".parse()?, RELAY.parse()?, "alice", "wonderland")?;
-                c.allocate()?;
-                c.channel_bind(0x4000 + i as u16, SINK.parse()?)?;
-                Ok(c)
-            })
-            .collect()
-    })??;
+    let clients = topo
+        .client
+        .run(move || -> anyhow::Result<Vec<TurnClient>> {
+            (0..CLIENTS)
+                .map(|i| {
+                    let mut c = TurnClient::new(
+                        "198.18.30.2:0".parse()?,
+                        RELAY.parse()?,
+                        "alice",
+                        "wonderland",
+                    )?;
+                    c.allocate()?;
+                    c.channel_bind(0x4000 + i as u16, SINK.parse()?)?;
+                    Ok(c)
+                })
+                .collect()
+        })??;
     let payload = vec![0x5au8; size];
     let before = received.load(Ordering::Relaxed);
     let started = Instant::now();
@@ -215,15 +276,22 @@ fn throughput(topo: &Topo, size: usize, seconds: u32) -> anyhow::Result<f64> {
 fn allocations(topo: &Topo, server: &Server, n: usize) -> anyhow::Result<(f64, f64)> {
     let rss0 = server.rss_kib()?;
     let started = Instant::now();
-    let clients = topo.client.run(move || -> anyhow::Result<Vec<TurnClient>> {
-        (0..n)
-            .map(|_| {
-                let mut c = TurnClient::new("198.18.30.2:0".parse()?, RELAY.parse()?, "alice", "wonderland")?;
-                c.allocate()?;
-                Ok(c)
-            })
-            .collect()
-    })??;
+    let clients = topo
+        .client
+        .run(move || -> anyhow::Result<Vec<TurnClient>> {
+            (0..n)
+                .map(|_| {
+                    let mut c = TurnClient::new(
+                        "198.18.30.2:0".parse()?,
+                        RELAY.parse()?,
+                        "alice",
+                        "wonderland",
+                    )?;
+                    c.allocate()?;
+                    Ok(c)
+                })
+                .collect()
+        })??;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
     let per = (server.rss_kib()?.saturating_sub(rss0)) as f64 / n as f64;
@@ -233,7 +301,8 @@ fn allocations(topo: &Topo, server: &Server, n: usize) -> anyhow::Result<(f64, f
 
 /// Ends the clients' allocations, as a client that is done does (their 5-tuples may come again).
 fn release(topo: &Topo, clients: Vec<TurnClient>) -> anyhow::Result<()> {
-    topo.client.run(move || clients.into_iter().try_for_each(|mut c| c.release()))?
+    topo.client
+        .run(move || clients.into_iter().try_for_each(|mut c| c.release()))?
 }
 
 struct Sample {
@@ -258,9 +327,19 @@ pub fn run(quick: bool) -> anyhow::Result<RelayBench> {
             let kpps_64 = throughput(&topo, 64, seconds)? / 1e3;
             let kpps_1200 = throughput(&topo, 1200, seconds)? / 1e3;
             let (allocs, kib) = allocations(&topo, &server, n_alloc)?;
-            Ok(Sample { kpps_64, kpps_1200, allocs, kib })
+            Ok(Sample {
+                kpps_64,
+                kpps_1200,
+                allocs,
+                kib,
+            })
         },
-        |s| format!("{:.0} kpps (64 B), {:.0} kpps (1200 B), {:.0} allocations/s, {:.1} KiB/allocation", s.kpps_64, s.kpps_1200, s.allocs, s.kib),
+        |s| {
+            format!(
+                "{:.0} kpps (64 B), {:.0} kpps (1200 B), {:.0} allocations/s, {:.1} KiB/allocation",
+                s.kpps_64, s.kpps_1200, s.allocs, s.kib
+            )
+        },
     );
     let rows = CONTENDERS
         .iter()
@@ -270,23 +349,40 @@ pub fn run(quick: bool) -> anyhow::Result<RelayBench> {
             label: c.label().to_string(),
             kpps_64: Summary::of_or_zero(o.samples.iter().map(|s| s.kpps_64).collect()),
             kpps_1200: Summary::of_or_zero(o.samples.iter().map(|s| s.kpps_1200).collect()),
-            gbps_1200: Summary::of_or_zero(o.samples.iter().map(|s| s.kpps_1200 * 1e3 * 1200.0 * 8.0 / 1e9).collect()),
+            gbps_1200: Summary::of_or_zero(
+                o.samples
+                    .iter()
+                    .map(|s| s.kpps_1200 * 1e3 * 1200.0 * 8.0 / 1e9)
+                    .collect(),
+            ),
             allocations_per_s: Summary::of_or_zero(o.samples.iter().map(|s| s.allocs).collect()),
             kib_per_allocation: Summary::of_or_zero(o.samples.iter().map(|s| s.kib).collect()),
             error: o.error,
         })
         .collect();
-    Ok(RelayBench { clients: CLIENTS, seconds, allocations: n_alloc, rows })
+    Ok(RelayBench {
+        clients: CLIENTS,
+        seconds,
+        allocations: n_alloc,
+        rows,
+    })
 }
 
 pub fn markdown(md: &mut String, b: &RelayBench) {
-    let _ = writeln!(md, "## TURN relay: this relay against coturn ({} clients)\n", b.clients);
+    let _ = writeln!(
+        md,
+        "## TURN relay: this relay against coturn ({} clients)\n",
+        b.clients
+    );
     let _ = writeln!(
         md,
         "Each contender in the relay's namespace with the same realm, user, port range and UDP only (coturn: `turnserver -n --lt-cred-mech ... --no-tcp --no-tls --no-dtls`). {} clients allocate and bind a channel to one sink peer; one thread sends ChannelData round-robin for {} s; packets counted where they arrive (the sink). Allocations: {} sequential Allocates with their 401 round trip; memory: the relay process's RSS growth over them. The XDP contender forwards bound channels in generic (skb) XDP, which the lab's veth pairs need for redirects between them; native XDP on real NICs skips the skb. Clients and the sink send with transmit checksum offload off (full checksums, as from a wire), for every contender. Median (min–max).\n",
         b.clients, b.seconds, b.allocations
     );
-    let _ = writeln!(md, "| contender | 64 B (kpps) | 1200 B (kpps) | 1200 B (Gbit/s) | allocations/s | KiB/allocation |");
+    let _ = writeln!(
+        md,
+        "| contender | 64 B (kpps) | 1200 B (kpps) | 1200 B (Gbit/s) | allocations/s | KiB/allocation |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     for r in &b.rows {
         if let Some(e) = &r.error {
@@ -294,9 +390,22 @@ pub fn markdown(md: &mut String, b: &RelayBench) {
             continue;
         }
         let s = |x: &Summary, p: usize| format!("{:.p$} ({:.p$}–{:.p$})", x.median, x.min, x.max);
-        let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} |", r.label, s(&r.kpps_64, 0), s(&r.kpps_1200, 0), s(&r.gbps_1200, 2), s(&r.allocations_per_s, 0), s(&r.kib_per_allocation, 1));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.label,
+            s(&r.kpps_64, 0),
+            s(&r.kpps_1200, 0),
+            s(&r.gbps_1200, 2),
+            s(&r.allocations_per_s, 0),
+            s(&r.kib_per_allocation, 1)
+        );
     }
-    let find = |c: Contender| b.rows.iter().find(|r| r.contender == c && r.error.is_none());
+    let find = |c: Contender| {
+        b.rows
+            .iter()
+            .find(|r| r.contender == c && r.error.is_none())
+    };
     if let (Some(g), Some(c)) = (find(Contender::RelayGateway), find(Contender::RelayCoturn)) {
         let _ = writeln!(
             md,
@@ -306,7 +415,10 @@ pub fn markdown(md: &mut String, b: &RelayBench) {
             g.allocations_per_s.median / c.allocations_per_s.median
         );
     }
-    if let (Some(x), Some(c)) = (find(Contender::RelayGatewayXdp), find(Contender::RelayCoturn)) {
+    if let (Some(x), Some(c)) = (
+        find(Contender::RelayGatewayXdp),
+        find(Contender::RelayCoturn),
+    ) {
         let r = x.kpps_64.median / c.kpps_64.median;
         let _ = writeln!(
             md,

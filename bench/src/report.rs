@@ -5,7 +5,10 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, restart::Restart, stateful::Stateful, swap::Swap, tcp::Tcp};
+use crate::{
+    apply::Apply, cost::Cost, management::ManagementBench, pps::Pps, restart::Restart,
+    stateful::Stateful, swap::Swap, tcp::Tcp,
+};
 
 #[derive(Serialize, serde::Deserialize)]
 pub struct Machine {
@@ -46,12 +49,19 @@ pub struct Run {
 }
 
 fn cmd(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 /// UTC time as 2026-11-21T23:59:59Z, from the Unix clock (days-to-civil conversion).
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -62,13 +72,22 @@ pub fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl Run {
     pub fn new(quick: bool) -> anyhow::Result<Run> {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default();
         let mut commit = cmd("git", &["rev-parse", "--short", "HEAD"]);
         if !cmd("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
             commit.push_str("+dirty");
@@ -77,7 +96,13 @@ impl Run {
             timestamp: utc_now(),
             commit,
             quick,
-            machine: Machine { cpu, cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel: cmd("uname", &["-r"]) },
+            machine: Machine {
+                cpu,
+                cores: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(0),
+                kernel: cmd("uname", &["-r"]),
+            },
             cost: None,
             apply: None,
             pps: None,
@@ -104,11 +129,22 @@ impl Run {
             self.machine.cpu,
             self.machine.cores,
             self.machine.kernel,
-            if self.quick { ", QUICK run (fewer trials)" } else { "" }
+            if self.quick {
+                ", QUICK run (fewer trials)"
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(md, "Reproduce: `cargo xtask bench` (as root). Every trial is in `bench/results/<timestamp>.json`.\n");
+        let _ = writeln!(
+            md,
+            "Reproduce: `cargo xtask bench` (as root). Every trial is in `bench/results/<timestamp>.json`.\n"
+        );
         if !self.carried.is_empty() {
-            let _ = writeln!(md, "This run measured only some scenarios; these sections come from the latest earlier full run that had them: {}.\n", self.carried.join("; "));
+            let _ = writeln!(
+                md,
+                "This run measured only some scenarios; these sections come from the latest earlier full run that had them: {}.\n",
+                self.carried.join("; ")
+            );
         }
         if let Some(p) = &self.pps {
             pps_markdown(&mut md, p);
@@ -117,7 +153,10 @@ impl Run {
             crate::tcp::markdown(&mut md, t);
         }
         if let Some(c) = &self.cost {
-            let _ = writeln!(md, "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program)\n");
+            let _ = writeln!(
+                md,
+                "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program)\n"
+            );
             let _ = writeln!(
                 md,
                 "Each rule has its own source prefix (/16 to /32, random) and TCP port; the data planes for all rule counts are loaded together and measured round-robin, {} repetitions per trial. Nanoseconds per packet: median (min–max).\n",
@@ -126,18 +165,39 @@ impl Run {
             let _ = writeln!(md, "| rules | path | ns/packet | ratio to 10 rules |");
             let _ = writeln!(md, "|---:|---|---:|---:|");
             for row in &c.rows {
-                let base = c.rows.iter().find(|r| r.path == row.path && r.rules == 10).map(|r| r.ns_per_packet.median).unwrap_or(f64::NAN);
+                let base = c
+                    .rows
+                    .iter()
+                    .find(|r| r.path == row.path && r.rules == 10)
+                    .map(|r| r.ns_per_packet.median)
+                    .unwrap_or(f64::NAN);
                 let s = &row.ns_per_packet;
-                let _ = writeln!(md, "| {} | {} | {:.1} ({:.1}–{:.1}) | {:.2}x |", row.rules, row.path, s.median, s.min, s.max, s.median / base);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.1} ({:.1}–{:.1}) | {:.2}x |",
+                    row.rules,
+                    row.path,
+                    s.median,
+                    s.min,
+                    s.max,
+                    s.median / base
+                );
             }
             let _ = writeln!(md);
         }
         if let Some(c) = &self.cost {
-            let find = |rules: usize, path: &str| c.rows.iter().find(|r| r.rules == rules && r.path.starts_with(path)).map(|r| r.ns_per_packet.median);
+            let find = |rules: usize, path: &str| {
+                c.rows
+                    .iter()
+                    .find(|r| r.rules == rules && r.path.starts_with(path))
+                    .map(|r| r.ns_per_packet.median)
+            };
             let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
             let _ = writeln!(md, "Targets:\n");
             for path in ["policy accept", "default deny", "established"] {
-                if let (Some(at10), Some(at10k), Some(at100k)) = (find(10, path), find(10_000, path), find(100_000, path)) {
+                if let (Some(at10), Some(at10k), Some(at100k)) =
+                    (find(10, path), find(10_000, path), find(100_000, path))
+                {
                     let _ = writeln!(
                         md,
                         "- {path}: {at10k:.0} ns at 10,000 rules (target ≤ 150 ns: {}); 100,000 rules cost {:.2}x the 10-rule cost (target ≤ 1.5x: {}).",
@@ -158,13 +218,25 @@ impl Run {
             let _ = writeln!(md, "## Compile and apply {} rules\n", a.rules);
             let _ = writeln!(md, "| step | median ms | min–max ms |");
             let _ = writeln!(md, "|---|---:|---:|");
-            for (name, s) in [("compile", &a.compile_ms), ("write slot + flip", &a.write_ms), ("total", &a.total_ms)] {
-                let _ = writeln!(md, "| {name} | {:.1} | {:.1}–{:.1} |", s.median, s.min, s.max);
+            for (name, s) in [
+                ("compile", &a.compile_ms),
+                ("write slot + flip", &a.write_ms),
+                ("total", &a.total_ms),
+            ] {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {:.1} | {:.1}–{:.1} |",
+                    s.median, s.min, s.max
+                );
             }
             let _ = writeln!(
                 md,
                 "\nTarget: compile and apply 10,000 rules in at most 200 ms: {} (median {:.1} ms). The write step removes the slot's stale verdict entries one syscall at a time: trials that reuse a slot pay for that.",
-                if a.total_ms.median <= 200.0 { "met" } else { "NOT met" },
+                if a.total_ms.median <= 200.0 {
+                    "met"
+                } else {
+                    "NOT met"
+                },
                 a.total_ms.median
             );
             let _ = writeln!(
@@ -205,12 +277,23 @@ impl Run {
     /// them, so RESULTS.md always shows every scenario.
     fn carry_over(&mut self, dir: &Path) {
         let mut runs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json") && !p.to_string_lossy().contains("-quick")).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "json")
+                            && !p.to_string_lossy().contains("-quick")
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         runs.sort();
         for path in runs.iter().rev() {
-            let Ok(text) = std::fs::read_to_string(path) else { continue };
-            let Ok(old) = serde_json::from_str::<Run>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let Ok(old) = serde_json::from_str::<Run>(&text) else {
+                continue;
+            };
             let origin = |name: &str| format!("{name} ({}, {})", old.timestamp, old.commit);
             if self.cost.is_none() && old.cost.is_some() {
                 self.cost = old.cost;
@@ -265,9 +348,13 @@ impl Run {
         // Quick (smoke) runs are kept apart and out of git: results/ records full runs.
         let suffix = if self.quick { "-quick" } else { "" };
         let file = dir.join(format!("{}{suffix}.json", self.timestamp.replace(':', "")));
-        std::fs::write(&file, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&file, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", file.display()))?;
         // The JSON holds what this run measured; RESULTS.md shows every scenario.
-        let mut shown = Run { carried: Vec::new(), ..serde_json::from_str(&serde_json::to_string(self)?)? };
+        let mut shown = Run {
+            carried: Vec::new(),
+            ..serde_json::from_str(&serde_json::to_string(self)?)?
+        };
         if !self.quick {
             shown.carry_over(&dir);
         }
@@ -278,23 +365,72 @@ impl Run {
         // copy RESULTS.md shows); a carried section's plot is the earlier run's, left as it is.
         let mut plots = Vec::new();
         if let Some(p) = &self.pps {
-            plots.push(("pps", crate::plots::pps(p, &dir.join(format!("{stem}-pps.svg")))?));
+            plots.push((
+                "pps",
+                crate::plots::pps(p, &dir.join(format!("{stem}-pps.svg")))?,
+            ));
         }
         if let Some(c) = &self.cost {
-            plots.push(("cost", crate::plots::cost(c, &dir.join(format!("{stem}-cost.svg")))?));
+            plots.push((
+                "cost",
+                crate::plots::cost(c, &dir.join(format!("{stem}-cost.svg")))?,
+            ));
         }
-        let bar = |label: &str, s: &crate::stats::Summary| crate::plots::Bar { label: label.to_string(), median: s.median, min: s.min, max: s.max };
+        let bar = |label: &str, s: &crate::stats::Summary| crate::plots::Bar {
+            label: label.to_string(),
+            median: s.median,
+            min: s.min,
+            max: s.max,
+        };
         if let Some(t) = &self.tcp {
-            let bars: Vec<_> = t.rows.iter().filter(|r| r.error.is_none()).map(|r| bar(&r.label, &r.gbps)).collect();
-            let title = format!("1500-byte TCP through the device under test, {} rules", t.rules);
-            plots.push(("tcp", crate::plots::bars(&title, "Gbit/s (iperf3, median, min–max)", &bars, &dir.join(format!("{stem}-tcp.svg")))?));
+            let bars: Vec<_> = t
+                .rows
+                .iter()
+                .filter(|r| r.error.is_none())
+                .map(|r| bar(&r.label, &r.gbps))
+                .collect();
+            let title = format!(
+                "1500-byte TCP through the device under test, {} rules",
+                t.rules
+            );
+            plots.push((
+                "tcp",
+                crate::plots::bars(
+                    &title,
+                    "Gbit/s (iperf3, median, min–max)",
+                    &bars,
+                    &dir.join(format!("{stem}-tcp.svg")),
+                )?,
+            ));
         }
         if let Some(st) = &self.stateful {
             let ok: Vec<_> = st.rows.iter().filter(|r| r.error.is_none()).collect();
-            let new: Vec<_> = ok.iter().map(|r| bar(&r.label, &r.new_flows_mpps)).collect();
-            let est: Vec<_> = ok.iter().map(|r| bar(&r.label, &r.established_mpps)).collect();
-            plots.push(("stateful-new", crate::plots::bars("New flows per second, conntrack on", "million new flows/s (median, min–max)", &new, &dir.join(format!("{stem}-stateful-new.svg")))?));
-            plots.push(("stateful-established", crate::plots::bars("Established flows, conntrack on", "Mpps (median, min–max)", &est, &dir.join(format!("{stem}-stateful-established.svg")))?));
+            let new: Vec<_> = ok
+                .iter()
+                .map(|r| bar(&r.label, &r.new_flows_mpps))
+                .collect();
+            let est: Vec<_> = ok
+                .iter()
+                .map(|r| bar(&r.label, &r.established_mpps))
+                .collect();
+            plots.push((
+                "stateful-new",
+                crate::plots::bars(
+                    "New flows per second, conntrack on",
+                    "million new flows/s (median, min–max)",
+                    &new,
+                    &dir.join(format!("{stem}-stateful-new.svg")),
+                )?,
+            ));
+            plots.push((
+                "stateful-established",
+                crate::plots::bars(
+                    "Established flows, conntrack on",
+                    "Mpps (median, min–max)",
+                    &est,
+                    &dir.join(format!("{stem}-stateful-established.svg")),
+                )?,
+            ));
         }
         if !self.quick {
             for (name, file) in &plots {
@@ -330,7 +466,11 @@ impl Run {
 
 fn pps_markdown(md: &mut String, p: &Pps) {
     use crate::contenders::Contender;
-    let _ = writeln!(md, "## Packet rate: stateless filter with N rules ({}-byte frames)\n", p.frame_bytes);
+    let _ = writeln!(
+        md,
+        "## Packet rate: stateless filter with N rules ({}-byte frames)\n",
+        p.frame_bytes
+    );
     let _ = writeln!(
         md,
         "Generator: BPF_PROG_RUN with live frames in the generator namespace (pinned to CPU 0), {} frames per trial over {} flows (varied sources and ports) that the policy accepts; counted where they arrive, by an XDP program on the sink. The device under test gets CPU 1: the receive processing of its ingress veth and of the sink run there as threaded NAPI, so every contender's figure is what one core forwards through it (plus the sink's constant share). Kernel-path contenders get an XDP_PASS program on the ingress veth (a veth only receives XDP frames with one). Rules: UDP, one source prefix (/16–/32) and one port each, one in five a drop. Every contender in the same run, alternating, trials interleaved. Mpps median (min–max); loss = frames sent but not counted at the sink; ratios of medians.\n",
@@ -340,21 +480,47 @@ fn pps_markdown(md: &mut String, p: &Pps) {
     sizes.dedup();
     for n in sizes {
         let rows: Vec<_> = p.rows.iter().filter(|r| r.rules == n).collect();
-        let med = |c: Contender| rows.iter().find(|r| r.contender == c && r.error.is_none()).map(|r| r.mpps.median);
+        let med = |c: Contender| {
+            rows.iter()
+                .find(|r| r.contender == c && r.error.is_none())
+                .map(|r| r.mpps.median)
+        };
         let ceiling = med(Contender::NoopRedirect);
         let gw = med(Contender::Gateway);
         let _ = writeln!(md, "### {n} rules\n");
-        let _ = writeln!(md, "| contender | Mpps | loss | vs ceiling | gateway ÷ this |");
+        let _ = writeln!(
+            md,
+            "| contender | Mpps | loss | vs ceiling | gateway ÷ this |"
+        );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|");
         for r in &rows {
             if let Some(e) = &r.error {
-                let _ = writeln!(md, "| {} | not measured: {} | | | |", r.label, e.lines().next().unwrap_or(""));
+                let _ = writeln!(
+                    md,
+                    "| {} | not measured: {} | | | |",
+                    r.label,
+                    e.lines().next().unwrap_or("")
+                );
                 continue;
             }
             let m = &r.mpps;
-            let vs = ceiling.map(|c| format!("{:.2}", m.median / c)).unwrap_or_default();
-            let ratio = gw.map(|g| format!("{:.2}x", g / m.median)).unwrap_or_default();
-            let _ = writeln!(md, "| {} | {:.3} ({:.3}–{:.3}) | {:.1}% | {} | {} |", r.label, m.median, m.min, m.max, r.loss.median.max(0.0) * 100.0, vs, ratio);
+            let vs = ceiling
+                .map(|c| format!("{:.2}", m.median / c))
+                .unwrap_or_default();
+            let ratio = gw
+                .map(|g| format!("{:.2}x", g / m.median))
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {:.3} ({:.3}–{:.3}) | {:.1}% | {} | {} |",
+                r.label,
+                m.median,
+                m.min,
+                m.max,
+                r.loss.median.max(0.0) * 100.0,
+                vs,
+                ratio
+            );
         }
         let _ = writeln!(md);
         if n == 1_000 {
@@ -362,18 +528,40 @@ fn pps_markdown(md: &mut String, p: &Pps) {
             if let (Some(g), Some(c)) = (gw, ceiling) {
                 let _ = writeln!(md, "Targets at 1,000 rules:\n");
                 if let Some(s) = med(Contender::NftSets) {
-                    let _ = writeln!(md, "- gateway ≥ 3x nftables with sets: {:.2}x, {}", g / s, met(g / s >= 3.0));
+                    let _ = writeln!(
+                        md,
+                        "- gateway ≥ 3x nftables with sets: {:.2}x, {}",
+                        g / s,
+                        met(g / s >= 3.0)
+                    );
                 }
                 if let Some(i) = med(Contender::IptablesLinear) {
-                    let _ = writeln!(md, "- gateway ≥ 5x iptables linear: {:.2}x, {}", g / i, met(g / i >= 5.0));
+                    let _ = writeln!(
+                        md,
+                        "- gateway ≥ 5x iptables linear: {:.2}x, {}",
+                        g / i,
+                        met(g / i >= 5.0)
+                    );
                 }
                 // Judged on the ratio within each trial (the two run back to back), which drift
                 // between trials cannot fake; a ceiling that varies widely makes any figure weak.
-                let trials = |c: Contender| rows.iter().find(|r| r.contender == c && r.error.is_none()).map(|r| r.trials.iter().map(|t| t.pps()).collect::<Vec<f64>>());
-                if let (Some(gt), Some(ct)) = (trials(Contender::Gateway), trials(Contender::NoopRedirect)) {
-                    let paired: Vec<f64> = gt.iter().zip(&ct).filter(|(_, c)| **c > 0.0).map(|(g, c)| g / c).collect();
+                let trials = |c: Contender| {
+                    rows.iter()
+                        .find(|r| r.contender == c && r.error.is_none())
+                        .map(|r| r.trials.iter().map(|t| t.pps()).collect::<Vec<f64>>())
+                };
+                if let (Some(gt), Some(ct)) =
+                    (trials(Contender::Gateway), trials(Contender::NoopRedirect))
+                {
+                    let paired: Vec<f64> = gt
+                        .iter()
+                        .zip(&ct)
+                        .filter(|(_, c)| **c > 0.0)
+                        .map(|(g, c)| g / c)
+                        .collect();
                     let ratio = crate::stats::Summary::of_or_zero(paired);
-                    let spread = ct.iter().cloned().fold(f64::MIN, f64::max) / ct.iter().cloned().fold(f64::MAX, f64::min);
+                    let spread = ct.iter().cloned().fold(f64::MIN, f64::max)
+                        / ct.iter().cloned().fold(f64::MAX, f64::min);
                     let _ = writeln!(
                         md,
                         "- gateway within 15% of the no-op ceiling: {:.0}% of it by medians; within each trial {:.0}% ({:.0}–{:.0}%), {}{}\n",
@@ -382,7 +570,13 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                         ratio.min * 100.0,
                         ratio.max * 100.0,
                         met(ratio.median >= 0.85 && spread < 1.5),
-                        if spread >= 1.5 { format!(" (the ceiling itself varied {spread:.1}-fold between trials in this run: not a reliable figure)") } else { String::new() }
+                        if spread >= 1.5 {
+                            format!(
+                                " (the ceiling itself varied {spread:.1}-fold between trials in this run: not a reliable figure)"
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
                 }
             }

@@ -112,10 +112,17 @@ pub fn run(quick: bool) -> anyhow::Result<Restart> {
     let cfg = config(&dir, &pins.0)?;
     let bin = crate::management::gateway_binary()?;
     let log = |n: usize| dir.join(format!("gateway{n}.log"));
-    let mut gw = Some(GatewayProcess::start(&bin, &topo.dut, &cfg, &log(0)).context("starting the gateway")?);
-    let flows: Vec<(Ipv4Addr, u16)> = (0..FLOWS).map(|i| (Ipv4Addr::new(198, 18, 1, i as u8), 5000 + i)).collect();
+    let mut gw = Some(
+        GatewayProcess::start(&bin, &topo.dut, &cfg, &log(0)).context("starting the gateway")?,
+    );
+    let flows: Vec<(Ipv4Addr, u16)> = (0..FLOWS)
+        .map(|i| (Ipv4Addr::new(198, 18, 1, i as u8), 5000 + i))
+        .collect();
     generator.set_flows(&flows, 16)?;
-    anyhow::ensure!(SINK_ADDR.starts_with("198.19.0."), "the policy names the sink's /24");
+    anyhow::ensure!(
+        SINK_ADDR.starts_with("198.19.0."),
+        "the policy names the sink's /24"
+    );
 
     let rate = if quick { 150_000.0 } else { 200_000.0 };
     let seconds = if quick { 1.5 } else { 3.0 };
@@ -136,12 +143,18 @@ pub fn run(quick: bool) -> anyhow::Result<Restart> {
             if kind != "none" {
                 std::thread::sleep(Duration::from_secs_f64(seconds / 3.0));
                 let old = gw.take().expect("a gateway runs");
-                if kind == "sigterm" { old.stop()? } else { old.crash()? };
+                if kind == "sigterm" {
+                    old.stop()?
+                } else {
+                    old.crash()?
+                };
                 let started = Instant::now();
                 gw = Some(GatewayProcess::start(&bin, &topo.dut, &cfg, &log(t))?);
                 takeover_ms = started.elapsed().as_secs_f64() * 1e3;
             }
-            let sent = sender.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+            let sent = sender
+                .join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
             Ok((sent, takeover_ms))
         })?;
         std::thread::sleep(Duration::from_millis(300));
@@ -156,27 +169,53 @@ pub fn run(quick: bool) -> anyhow::Result<Restart> {
             d(2)
         );
         anyhow::ensure!(
-            kind == "none" || gw.as_ref().is_some_and(|g| g.log_text().contains("adopted the pinned data plane")),
+            kind == "none"
+                || gw
+                    .as_ref()
+                    .is_some_and(|g| g.log_text().contains("adopted the pinned data plane")),
             "the new gateway did not adopt the pinned data plane"
         );
-        trials.push(RestartTrial { kind: kind.into(), sent, judged, received, takeover_ms });
+        trials.push(RestartTrial {
+            kind: kind.into(),
+            sent,
+            judged,
+            received,
+            takeover_ms,
+        });
     }
     if let Some(g) = gw.take() {
         g.stop()?;
     }
-    let lost = |restart: bool| trials.iter().filter(|t| (t.kind != "none") == restart).map(|t| t.judged.saturating_sub(t.received)).sum();
+    let lost = |restart: bool| {
+        trials
+            .iter()
+            .filter(|t| (t.kind != "none") == restart)
+            .map(|t| t.judged.saturating_sub(t.received))
+            .sum()
+    };
     let strays = generator.sink_strays()?;
-    eprintln!("bench restart: {strays} frames without the generator's signature reached the sink (not counted)");
+    eprintln!(
+        "bench restart: {strays} frames without the generator's signature reached the sink (not counted)"
+    );
     drop(pins);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Restart {
         flows: FLOWS,
         rate_pps: rate,
         seconds,
-        takeover_ms: Summary::of(trials.iter().filter(|t| t.kind != "none").map(|t| t.takeover_ms).collect()),
+        takeover_ms: Summary::of(
+            trials
+                .iter()
+                .filter(|t| t.kind != "none")
+                .map(|t| t.takeover_ms)
+                .collect(),
+        ),
         lost_during_restarts: lost(true),
         lost_without_restart: lost(false),
-        unjudged: trials.iter().map(|t| t.received.saturating_sub(t.judged)).sum(),
+        unjudged: trials
+            .iter()
+            .map(|t| t.received.saturating_sub(t.judged))
+            .sum(),
         lost_before_gateway: trials.iter().map(|t| t.sent.saturating_sub(t.judged)).sum(),
         trials,
     })
@@ -185,7 +224,12 @@ pub fn run(quick: bool) -> anyhow::Result<Restart> {
 pub fn markdown(md: &mut String, r: &Restart) {
     use std::fmt::Write as _;
     let restarts = r.trials.iter().filter(|t| t.kind != "none").count();
-    let sent: u64 = r.trials.iter().filter(|t| t.kind != "none").map(|t| t.sent).sum();
+    let sent: u64 = r
+        .trials
+        .iter()
+        .filter(|t| t.kind != "none")
+        .map(|t| t.sent)
+        .sum();
     let _ = writeln!(md, "## Restart under load (fail-static)\n");
     let _ = writeln!(
         md,
@@ -196,15 +240,35 @@ pub fn markdown(md: &mut String, r: &Restart) {
     );
     let _ = writeln!(md, "| measure | value |");
     let _ = writeln!(md, "|---|---:|");
-    let _ = writeln!(md, "| frames of established flows the gateway took in but did not deliver, during {restarts} restarts ({sent} sent) | {} |", r.lost_during_restarts);
-    let _ = writeln!(md, "| the same in the trial without a restart | {} |", r.lost_without_restart);
-    let _ = writeln!(md, "| frames that arrived without being judged (an enforcement gap), all trials | {} |", r.unjudged);
-    let _ = writeln!(md, "| frames the harness lost before the gateway (generator XDP_TX into the veth), all trials | {} |", r.lost_before_gateway);
+    let _ = writeln!(
+        md,
+        "| frames of established flows the gateway took in but did not deliver, during {restarts} restarts ({sent} sent) | {} |",
+        r.lost_during_restarts
+    );
+    let _ = writeln!(
+        md,
+        "| the same in the trial without a restart | {} |",
+        r.lost_without_restart
+    );
+    let _ = writeln!(
+        md,
+        "| frames that arrived without being judged (an enforcement gap), all trials | {} |",
+        r.unjudged
+    );
+    let _ = writeln!(
+        md,
+        "| frames the harness lost before the gateway (generator XDP_TX into the veth), all trials | {} |",
+        r.lost_before_gateway
+    );
     let _ = writeln!(
         md,
         "| new process up and adopted (start to /status), median (min–max) | {:.0} ms ({:.0}–{:.0}) |",
         r.takeover_ms.median, r.takeover_ms.min, r.takeover_ms.max
     );
     let met = r.lost_during_restarts == 0 && r.unjudged == 0;
-    let _ = writeln!(md, "\nTarget: zero packets of established flows lost across restarts, and none unpoliced: {}.\n", if met { "met" } else { "NOT met" });
+    let _ = writeln!(
+        md,
+        "\nTarget: zero packets of established flows lost across restarts, and none unpoliced: {}.\n",
+        if met { "met" } else { "NOT met" }
+    );
 }

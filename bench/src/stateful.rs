@@ -47,7 +47,15 @@ pub struct Stateful {
     pub rows: Vec<StatefulRow>,
 }
 
-fn trial(c: Contender, topo: &Topo, generator: &mut Generator, syn: &rules::Synthetic, flows: &[(std::net::Ipv4Addr, u16)], new_frames: u32, est_frames: u32) -> anyhow::Result<(Measurement, Measurement)> {
+fn trial(
+    c: Contender,
+    topo: &Topo,
+    generator: &mut Generator,
+    syn: &rules::Synthetic,
+    flows: &[(std::net::Ipv4Addr, u16)],
+    new_frames: u32,
+    est_frames: u32,
+) -> anyhow::Result<(Measurement, Measurement)> {
     // New flows: a fresh install (the gateway's tables start empty), the kernel's table flushed.
     generator.set_flows(flows, NEW_FLOW_SPORTS)?;
     let installed = contenders::install(c, topo, Some(generator), Some(syn), true)?;
@@ -71,7 +79,13 @@ pub fn run(quick: bool) -> anyhow::Result<Stateful> {
 
 /// Both rates for each contender, alternating, with 1,000 UDP rules toward `destination` (the
 /// stateful and the masquerade scenarios share this).
-pub fn measure(tag: &str, contenders: &[Contender], destination: &str, seed: u64, quick: bool) -> anyhow::Result<Stateful> {
+pub fn measure(
+    tag: &str,
+    contenders: &[Contender],
+    destination: &str,
+    seed: u64,
+    quick: bool,
+) -> anyhow::Result<Stateful> {
     let topo = Topo::create()?;
     let mut generator = Generator::new(&topo, FRAME_BYTES)?;
     let syn = rules::synthetic(RULES, seed, Protocol::Udp, destination.parse()?);
@@ -84,7 +98,17 @@ pub fn measure(tag: &str, contenders: &[Contender], destination: &str, seed: u64
         contenders,
         |c| c.label().to_string(),
         trials,
-        |c| trial(c, &topo, &mut generator, &syn, &flows, new_frames, est_frames),
+        |c| {
+            trial(
+                c,
+                &topo,
+                &mut generator,
+                &syn,
+                &flows,
+                new_frames,
+                est_frames,
+            )
+        },
         |(new, est)| {
             format!(
                 "new flows {:.3} M/s (loss {:.1}%), established {:.3} Mpps (loss {:.1}%)",
@@ -99,7 +123,9 @@ pub fn measure(tag: &str, contenders: &[Contender], destination: &str, seed: u64
         .into_iter()
         .zip(contenders.iter().copied())
         .map(|(o, c)| {
-            let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| Summary::of_or_zero(o.samples.iter().map(f).collect());
+            let summary = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| {
+                Summary::of_or_zero(o.samples.iter().map(f).collect())
+            };
             StatefulRow {
                 contender: c,
                 label: c.label().to_string(),
@@ -111,22 +137,40 @@ pub fn measure(tag: &str, contenders: &[Contender], destination: &str, seed: u64
             }
         })
         .collect();
-    Ok(Stateful { rules: RULES, new_flow_frames: new_frames, established_frames: est_frames, established_flows: flows.len() as u32 * ESTABLISHED_SPORTS, rows })
+    Ok(Stateful {
+        rules: RULES,
+        new_flow_frames: new_frames,
+        established_frames: est_frames,
+        established_flows: flows.len() as u32 * ESTABLISHED_SPORTS,
+        rows,
+    })
 }
 
 pub fn markdown(md: &mut String, s: &Stateful) {
     use std::fmt::Write as _;
-    let _ = writeln!(md, "## Stateful: new flows per second and established flows ({} rules, conntrack on)\n", s.rules);
+    let _ = writeln!(
+        md,
+        "## Stateful: new flows per second and established flows ({} rules, conntrack on)\n",
+        s.rules
+    );
     let _ = writeln!(
         md,
         "64-byte UDP from the in-kernel generator, counted at the sink, DUT on its own core. New flows: {} frames per trial, every one a flow not seen before (the kernel's conntrack table is flushed and the gateway's starts empty). Established: {} flows opened by a warm-up burst, then {} frames on them. nftables: `ct state established,related accept` ahead of the set lookup. Median (min–max) over trials.\n",
         s.new_flow_frames, s.established_flows, s.established_frames
     );
-    let _ = writeln!(md, "| contender | new flows (M/s) | loss | established (Mpps) | loss |");
+    let _ = writeln!(
+        md,
+        "| contender | new flows (M/s) | loss | established (Mpps) | loss |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for r in &s.rows {
         if let Some(e) = &r.error {
-            let _ = writeln!(md, "| {} | not measured: {} | | | |", r.label, e.lines().next().unwrap_or(""));
+            let _ = writeln!(
+                md,
+                "| {} | not measured: {} | | | |",
+                r.label,
+                e.lines().next().unwrap_or("")
+            );
             continue;
         }
         let _ = writeln!(
@@ -143,7 +187,11 @@ pub fn markdown(md: &mut String, s: &Stateful) {
             r.established_loss.median * 100.0
         );
     }
-    let find = |c: Contender| s.rows.iter().find(|r| r.contender == c && r.error.is_none());
+    let find = |c: Contender| {
+        s.rows
+            .iter()
+            .find(|r| r.contender == c && r.error.is_none())
+    };
     if let (Some(g), Some(n)) = (find(Contender::Gateway), find(Contender::NftSets)) {
         let _ = writeln!(
             md,

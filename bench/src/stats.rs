@@ -14,8 +14,17 @@ impl Summary {
         let raw = trials.clone();
         trials.sort_by(|a, b| a.total_cmp(b));
         let n = trials.len();
-        let median = if n % 2 == 1 { trials[n / 2] } else { (trials[n / 2 - 1] + trials[n / 2]) / 2.0 };
-        Summary { median, min: trials[0], max: trials[n - 1], trials: raw }
+        let median = if n % 2 == 1 {
+            trials[n / 2]
+        } else {
+            (trials[n / 2 - 1] + trials[n / 2]) / 2.0
+        };
+        Summary {
+            median,
+            min: trials[0],
+            max: trials[n - 1],
+            trials: raw,
+        }
     }
 
     /// As `of`, with a single 0 for a contender that produced no trials (its error says why).

@@ -14,7 +14,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use gateway_policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PortRange, PortSet, Protocol};
+use gateway_policy::{
+    Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PortRange, PortSet, Protocol,
+};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
@@ -51,9 +53,19 @@ pub struct Tcp {
 }
 
 /// The contenders that pass TCP both ways: plain forwarding first (the ceiling).
-pub const CONTENDERS: [Contender; 4] = [Contender::KernelForward, Contender::Gateway, Contender::NftSets, Contender::IptablesLinear];
+pub const CONTENDERS: [Contender; 4] = [
+    Contender::KernelForward,
+    Contender::Gateway,
+    Contender::NftSets,
+    Contender::IptablesLinear,
+];
 /// The same at default offloads, with the gateway on its tunnel hooks.
-pub const TUNNEL_CONTENDERS: [Contender; 4] = [Contender::KernelForward, Contender::GatewayTunnel, Contender::NftSets, Contender::IptablesLinear];
+pub const TUNNEL_CONTENDERS: [Contender; 4] = [
+    Contender::KernelForward,
+    Contender::GatewayTunnel,
+    Contender::NftSets,
+    Contender::IptablesLinear,
+];
 
 pub fn label(c: Contender) -> &'static str {
     match c {
@@ -66,7 +78,10 @@ pub fn label(c: Contender) -> &'static str {
 fn rules_with_iperf() -> anyhow::Result<Synthetic> {
     let mut syn = rules::synthetic(RULES, 1500, Protocol::Tcp, "198.19.0.0/24".parse()?);
     let src: Ipv4Net = format!("{GEN_ADDR}/32").parse()?;
-    syn.set.groups.push(Group { name: "iperf-client".into(), members: vec![IpNet::V4(src)] });
+    syn.set.groups.push(Group {
+        name: "iperf-client".into(),
+        members: vec![IpNet::V4(src)],
+    });
     syn.set.policies.push(Policy {
         name: "iperf".into(),
         enabled: true,
@@ -76,12 +91,19 @@ fn rules_with_iperf() -> anyhow::Result<Synthetic> {
         bidirectional: false,
         action: Action::Accept,
         protocol: Protocol::Tcp,
-        ports: PortSet::from_ranges(vec![PortRange { start: IPERF_PORT, end: IPERF_PORT }]),
+        ports: PortSet::from_ranges(vec![PortRange {
+            start: IPERF_PORT,
+            end: IPERF_PORT,
+        }]),
         destination_ips: vec![],
         exceptions: vec![],
         priority: DEFAULT_PRIORITY,
     });
-    syn.rules.push(Rule { src, port: IPERF_PORT, accept: true });
+    syn.rules.push(Rule {
+        src,
+        port: IPERF_PORT,
+        accept: true,
+    });
     Ok(syn)
 }
 
@@ -96,15 +118,30 @@ impl Drop for Server {
 /// One iperf3 run: received Gbit/s and the sender's retransmissions.
 fn iperf(topo: &Topo, seconds: u32) -> anyhow::Result<(f64, f64)> {
     let out = Command::new("ip")
-        .args(["netns", "exec", &topo.gen_ns.name, "iperf3", "-c", SINK_ADDR, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-J"])
+        .args([
+            "netns",
+            "exec",
+            &topo.gen_ns.name,
+            "iperf3",
+            "-c",
+            SINK_ADDR,
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
         .output()
         .context("iperf3 client")?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     if let Some(e) = json.get("error") {
         anyhow::bail!("iperf3: {e}");
     }
     let end = &json["end"];
-    let bps = end["sum_received"]["bits_per_second"].as_f64().context("sum_received")?;
+    let bps = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("sum_received")?;
     let retransmits = end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
     Ok((bps / 1e9, retransmits))
 }
@@ -116,25 +153,62 @@ pub fn run(quick: bool) -> anyhow::Result<Tcp> {
     // As hosts send: the end hosts keep their default offloads.
     let tunnel_rows = {
         let topo = Topo::create()?;
-        measure(&topo, &TUNNEL_CONTENDERS, &syn, trials, seconds, "bench tcp (default offloads, tunnel hooks)")?
+        measure(
+            &topo,
+            &TUNNEL_CONTENDERS,
+            &syn,
+            trials,
+            seconds,
+            "bench tcp (default offloads, tunnel hooks)",
+        )?
     };
     let topo = Topo::create()?;
     // Full-size frames, no segmentation offload: 1500-byte packets on the wire, and senders
     // that compute full checksums (frames forwarded by XDP keep no checksum-offload state).
     for (ns, dev) in [(&topo.gen_ns, "g0"), (&topo.sink, "s0")] {
-        ns.exec(&["ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off"])?;
+        ns.exec(&[
+            "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+        ])?;
         // A veth receives redirected XDP frames only with NAPI on: GRO on the end hosts.
         ns.exec(&["ethtool", "-K", dev, "gro", "on"])?;
     }
-    let rows = measure(&topo, &CONTENDERS, &syn, trials, seconds, "bench tcp (offloads off, XDP forwarding)")?;
-    Ok(Tcp { rules: RULES, seconds, mtu: 1500, rows, tunnel_rows })
+    let rows = measure(
+        &topo,
+        &CONTENDERS,
+        &syn,
+        trials,
+        seconds,
+        "bench tcp (offloads off, XDP forwarding)",
+    )?;
+    Ok(Tcp {
+        rules: RULES,
+        seconds,
+        mtu: 1500,
+        rows,
+        tunnel_rows,
+    })
 }
 
 /// iperf3 through each contender in turn, alternating, `trials` times.
-fn measure(topo: &Topo, contenders: &[Contender], syn: &Synthetic, trials: usize, seconds: u32, tag: &str) -> anyhow::Result<Vec<TcpRow>> {
+fn measure(
+    topo: &Topo,
+    contenders: &[Contender],
+    syn: &Synthetic,
+    trials: usize,
+    seconds: u32,
+    tag: &str,
+) -> anyhow::Result<Vec<TcpRow>> {
     let _server = Server(
         Command::new("ip")
-            .args(["netns", "exec", &topo.sink.name, "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .args([
+                "netns",
+                "exec",
+                &topo.sink.name,
+                "iperf3",
+                "-s",
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -170,7 +244,11 @@ fn measure(topo: &Topo, contenders: &[Contender], syn: &Synthetic, trials: usize
 pub fn markdown(md: &mut String, t: &Tcp) {
     use std::fmt::Write as _;
     if !t.tunnel_rows.is_empty() {
-        let _ = writeln!(md, "## TCP throughput at default offloads, through the tunnel hooks (iperf3), {} rules\n", t.rules);
+        let _ = writeln!(
+            md,
+            "## TCP throughput at default offloads, through the tunnel hooks (iperf3), {} rules\n",
+            t.rules
+        );
         let _ = writeln!(
             md,
             "One iperf3 stream of {} s per trial from the generator host to the sink host through the DUT, MTU {}, the end hosts' default offloads (TSO/GSO on): the DUT's generator-side veth carries 64 KiB GSO aggregates, as a tunnel device does. The gateway judges them with its tunnel programs (TC ingress and egress on that veth) and the replies with its LAN program (XDP); the kernel forwards. Each filter holds {} synthetic TCP rules plus the one that admits the flow; return traffic passes by conntrack. Contenders alternate within each trial. Gbit/s median (min–max).\n",
@@ -178,7 +256,11 @@ pub fn markdown(md: &mut String, t: &Tcp) {
         );
         table(md, &t.tunnel_rows, Contender::GatewayTunnel);
     }
-    let _ = writeln!(md, "## TCP throughput, offloads off: 1500-byte packets, XDP forwarding (iperf3), {} rules\n", t.rules);
+    let _ = writeln!(
+        md,
+        "## TCP throughput, offloads off: 1500-byte packets, XDP forwarding (iperf3), {} rules\n",
+        t.rules
+    );
     let _ = writeln!(
         md,
         "The labelled variant: one iperf3 stream of {} s per trial, MTU {}, no segmentation offload on the end hosts (so the DUT handles 1500-byte packets, and XDP-forwarded frames carry full checksums), GRO off on the DUT's veths; the gateway forwards in XDP between its two LAN interfaces. Each filter holds {} synthetic TCP rules plus the one that admits the flow; the kernel filters accept return traffic by conntrack, the gateway by its own. Contenders alternate within each trial. Gbit/s median (min–max).\n",
@@ -189,22 +271,48 @@ pub fn markdown(md: &mut String, t: &Tcp) {
 
 fn table(md: &mut String, rows: &[TcpRow], gateway: Contender) {
     use std::fmt::Write as _;
-    let ceiling = rows.iter().find(|r| r.contender == Contender::KernelForward && r.error.is_none()).map(|r| r.gbps.median);
-    let _ = writeln!(md, "| contender | Gbit/s | retransmits | vs plain forwarding |");
+    let ceiling = rows
+        .iter()
+        .find(|r| r.contender == Contender::KernelForward && r.error.is_none())
+        .map(|r| r.gbps.median);
+    let _ = writeln!(
+        md,
+        "| contender | Gbit/s | retransmits | vs plain forwarding |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|");
     for r in rows {
         match &r.error {
             Some(e) => {
-                let _ = writeln!(md, "| {} | not measured: {} | | |", r.label, e.lines().next().unwrap_or(""));
+                let _ = writeln!(
+                    md,
+                    "| {} | not measured: {} | | |",
+                    r.label,
+                    e.lines().next().unwrap_or("")
+                );
             }
             None => {
-                let ratio = ceiling.map(|c| format!("{:.2}", r.gbps.median / c)).unwrap_or_default();
-                let _ = writeln!(md, "| {} | {:.2} ({:.2}–{:.2}) | {:.0} | {ratio} |", r.label, r.gbps.median, r.gbps.min, r.gbps.max, r.retransmits.median);
+                let ratio = ceiling
+                    .map(|c| format!("{:.2}", r.gbps.median / c))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.2} ({:.2}–{:.2}) | {:.0} | {ratio} |",
+                    r.label, r.gbps.median, r.gbps.min, r.gbps.max, r.retransmits.median
+                );
             }
         }
     }
-    if let (Some(c), Some(g)) = (ceiling, rows.iter().find(|r| r.contender == gateway && r.error.is_none())) {
+    if let (Some(c), Some(g)) = (
+        ceiling,
+        rows.iter()
+            .find(|r| r.contender == gateway && r.error.is_none()),
+    ) {
         let ratio = g.gbps.median / c;
-        let _ = writeln!(md, "\nTarget: the gateway no worse than 10% below plain forwarding: {} ({:.0}% of it).\n", if ratio >= 0.9 { "met" } else { "NOT met" }, ratio * 100.0);
+        let _ = writeln!(
+            md,
+            "\nTarget: the gateway no worse than 10% below plain forwarding: {} ({:.0}% of it).\n",
+            if ratio >= 0.9 { "met" } else { "NOT met" },
+            ratio * 100.0
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct Topo {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Topo {
@@ -36,29 +39,69 @@ impl Topo {
         };
         veth(&t.gen_ns, "g0", &t.dut, "d0")?;
         veth(&t.dut, "d1", &t.sink, "s0")?;
-        for (ns, dev, m) in [(&t.gen_ns, "g0", MAC_G0), (&t.dut, "d0", MAC_D0), (&t.dut, "d1", MAC_D1), (&t.sink, "s0", MAC_S0)] {
+        for (ns, dev, m) in [
+            (&t.gen_ns, "g0", MAC_G0),
+            (&t.dut, "d0", MAC_D0),
+            (&t.dut, "d1", MAC_D1),
+            (&t.sink, "s0", MAC_S0),
+        ] {
             ns.ip(&["link", "set", dev, "address", &mac(m)])?;
         }
-        t.gen_ns.ip(&["addr", "add", &format!("{GEN_ADDR}/24"), "dev", "g0"])?;
+        t.gen_ns
+            .ip(&["addr", "add", &format!("{GEN_ADDR}/24"), "dev", "g0"])?;
         t.dut.ip(&["addr", "add", "198.18.0.254/24", "dev", "d0"])?;
         t.dut.ip(&["addr", "add", "198.19.0.254/24", "dev", "d1"])?;
-        t.sink.ip(&["addr", "add", &format!("{SINK_ADDR}/24"), "dev", "s0"])?;
-        t.gen_ns.ip(&["route", "add", "default", "via", "198.18.0.254"])?;
-        t.sink.ip(&["route", "add", "default", "via", "198.19.0.254"])?;
+        t.sink
+            .ip(&["addr", "add", &format!("{SINK_ADDR}/24"), "dev", "s0"])?;
+        t.gen_ns
+            .ip(&["route", "add", "default", "via", "198.18.0.254"])?;
+        t.sink
+            .ip(&["route", "add", "default", "via", "198.19.0.254"])?;
         // The generator's sources are the rules' prefixes: no reverse-path check, and the sink's
         // neighbour is known (its XDP program drops ARP along with everything else).
         t.dut.sysctl("net.ipv4.ip_forward", "1")?;
         for key in ["all", "default", "d0", "d1"] {
-            t.dut.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+            t.dut
+                .sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
         }
         // One frame, one packet: no GRO merging on the way in (it would hand the stack
         // aggregates, and the sink's XDP cannot take them back out).
         for (ns, dev) in [(&t.dut, "d0"), (&t.dut, "d1"), (&t.sink, "s0")] {
             ns.exec(&["ethtool", "-K", dev, "gro", "off"])?;
         }
-        t.dut.ip(&["neigh", "replace", SINK_ADDR, "lladdr", &mac(MAC_S0), "dev", "d1", "nud", "permanent"])?;
-        t.gen_ns.ip(&["neigh", "replace", "198.18.0.254", "lladdr", &mac(MAC_D0), "dev", "g0", "nud", "permanent"])?;
-        t.sink.ip(&["neigh", "replace", "198.19.0.254", "lladdr", &mac(MAC_D1), "dev", "s0", "nud", "permanent"])?;
+        t.dut.ip(&[
+            "neigh",
+            "replace",
+            SINK_ADDR,
+            "lladdr",
+            &mac(MAC_S0),
+            "dev",
+            "d1",
+            "nud",
+            "permanent",
+        ])?;
+        t.gen_ns.ip(&[
+            "neigh",
+            "replace",
+            "198.18.0.254",
+            "lladdr",
+            &mac(MAC_D0),
+            "dev",
+            "g0",
+            "nud",
+            "permanent",
+        ])?;
+        t.sink.ip(&[
+            "neigh",
+            "replace",
+            "198.19.0.254",
+            "lladdr",
+            &mac(MAC_D1),
+            "dev",
+            "s0",
+            "nud",
+            "permanent",
+        ])?;
         Ok(t)
     }
 
@@ -67,7 +110,11 @@ impl Topo {
     /// the generator. Called after each install: attaching XDP re-creates the NAPI instance.
     pub fn dedicate_dut_core(&self) -> anyhow::Result<()> {
         for (ns, dev, cpu) in [(&self.dut, "d0", 1), (&self.sink, "s0", 1)] {
-            ns.exec(&["sh", "-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+            ns.exec(&[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+            ])?;
             let prefix = format!("napi/{dev}-");
             for entry in std::fs::read_dir("/proc")? {
                 let Ok(entry) = entry else { continue };
@@ -83,7 +130,8 @@ impl Topo {
 
     /// Runs a shell command inside the DUT namespace.
     pub fn dut_sh(&self, script: &str) -> anyhow::Result<String> {
-        let out = sh(&["ip", "netns", "exec", &self.dut.name, "sh", "-c", script]).with_context(|| script.chars().take(200).collect::<String>())?;
+        let out = sh(&["ip", "netns", "exec", &self.dut.name, "sh", "-c", script])
+            .with_context(|| script.chars().take(200).collect::<String>())?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
@@ -95,7 +143,10 @@ pub fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            anyhow::bail!("pinning task {pid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+            anyhow::bail!(
+                "pinning task {pid} to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())

@@ -10,8 +10,8 @@ use aya::programs::{
 use gateway_common::maps as names;
 
 use super::Dataplane;
-use gateway_common::mss::MssClamp;
 use crate::LanAttach;
+use gateway_common::mss::MssClamp;
 
 /// Whether an interface carries Ethernet frames or bare IP packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -50,7 +50,11 @@ pub fn if_index(name: &str) -> anyhow::Result<u32> {
 
 /// Runs an interface ioctl with a 40-byte `struct ifreq` that names `name`, on a socket of the
 /// calling thread's network namespace; `fill` sets the request's union part first.
-fn ifreq_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut [u8; 40])) -> anyhow::Result<[u8; 40]> {
+fn ifreq_ioctl(
+    name: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut [u8; 40]),
+) -> anyhow::Result<[u8; 40]> {
     if_index(name)?;
     let mut req = [0u8; 40];
     req[..name.len()].copy_from_slice(name.as_bytes());
@@ -84,7 +88,8 @@ pub enum TunnelMss {
 
 /// The interface's MTU (SIOCGIFMTU).
 pub fn mtu(name: &str) -> anyhow::Result<u32> {
-    let req = ifreq_ioctl(name, libc::SIOCGIFMTU, |_| {}).with_context(|| format!("reading the MTU of {name}"))?;
+    let req = ifreq_ioctl(name, libc::SIOCGIFMTU, |_| {})
+        .with_context(|| format!("reading the MTU of {name}"))?;
     // struct ifreq: 16-byte name, then the int MTU.
     Ok(i32::from_ne_bytes([req[16], req[17], req[18], req[19]]).max(0) as u32)
 }
@@ -92,12 +97,15 @@ pub fn mtu(name: &str) -> anyhow::Result<u32> {
 /// Reads the link type (ARPHRD_*) with SIOCGIFHWADDR: 1 is Ethernet, 65534 ("none") is a TUN or
 /// WireGuard device.
 pub fn link_kind(name: &str) -> anyhow::Result<LinkKind> {
-    let req = ifreq_ioctl(name, libc::SIOCGIFHWADDR, |_| {}).with_context(|| format!("reading the link type of {name}"))?;
+    let req = ifreq_ioctl(name, libc::SIOCGIFHWADDR, |_| {})
+        .with_context(|| format!("reading the link type of {name}"))?;
     // struct ifreq: 16-byte name, then struct sockaddr whose first field is the family.
     match u16::from_ne_bytes([req[16], req[17]]) {
         1 => Ok(LinkKind::Ethernet),
         65534 => Ok(LinkKind::L3),
-        other => bail!("interface {name:?} has link type {other}; expected Ethernet (1) or none (65534)"),
+        other => {
+            bail!("interface {name:?} has link type {other}; expected Ethernet (1) or none (65534)")
+        }
     }
 }
 
@@ -109,7 +117,9 @@ pub fn driver(name: &str) -> anyhow::Result<String> {
     let mut info = [0u8; 196];
     info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
     let ptr = info.as_mut_ptr() as usize;
-    ifreq_ioctl(name, libc::SIOCETHTOOL, |req| req[16..24].copy_from_slice(&ptr.to_ne_bytes()))?;
+    ifreq_ioctl(name, libc::SIOCETHTOOL, |req| {
+        req[16..24].copy_from_slice(&ptr.to_ne_bytes())
+    })?;
     let driver = &info[4..36];
     let len = driver.iter().position(|b| *b == 0).unwrap_or(driver.len());
     Ok(String::from_utf8_lossy(&driver[..len]).into_owned())
@@ -138,7 +148,9 @@ pub(crate) fn xdp_only(attach: LanAttach, what: &str) -> anyhow::Result<(Hook, &
     match attach {
         LanAttach::XdpNative => Ok((Hook::Xdp(XdpMode::Driver), "xdp native")),
         LanAttach::XdpGeneric => Ok((Hook::Xdp(XdpMode::Skb), "xdp generic")),
-        LanAttach::Tc => Err(anyhow!("{what} is an XDP program: attach xdp-native or xdp-generic")),
+        LanAttach::Tc => Err(anyhow!(
+            "{what} is an XDP program: attach xdp-native or xdp-generic"
+        )),
     }
 }
 
@@ -147,9 +159,21 @@ impl Dataplane {
     pub fn attach_lan(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         if_index(iface)?;
         let (program, hook, label) = match attach {
-            LanAttach::XdpNative => (names::PROG_XDP_LAN, Hook::Xdp(XdpMode::Driver), "xdp native"),
-            LanAttach::XdpGeneric => (names::PROG_XDP_LAN, Hook::Xdp(XdpMode::Skb), "xdp generic (configured fallback)"),
-            LanAttach::Tc => (names::PROG_TC_LAN_INGRESS, Hook::Tc(TcAttachType::Ingress), "tc ingress (configured fallback)"),
+            LanAttach::XdpNative => (
+                names::PROG_XDP_LAN,
+                Hook::Xdp(XdpMode::Driver),
+                "xdp native",
+            ),
+            LanAttach::XdpGeneric => (
+                names::PROG_XDP_LAN,
+                Hook::Xdp(XdpMode::Skb),
+                "xdp generic (configured fallback)",
+            ),
+            LanAttach::Tc => (
+                names::PROG_TC_LAN_INGRESS,
+                Hook::Tc(TcAttachType::Ingress),
+                "tc ingress (configured fallback)",
+            ),
         };
         self.attach(iface, program, hook, label).map_err(|e| match hook {
             Hook::Xdp(_) => anyhow!("{e:#} (for a driver without native XDP, configure attach: xdp-generic or attach: tc)"),
@@ -168,10 +192,19 @@ impl Dataplane {
         };
         self.set_mss_clamp(iface, clamp)?;
         let (ingress, egress) = match kind {
-            LinkKind::Ethernet => (names::PROG_TC_TUNNEL_INGRESS_ETH, names::PROG_TC_TUNNEL_EGRESS_ETH),
-            LinkKind::L3 => (names::PROG_TC_TUNNEL_INGRESS_L3, names::PROG_TC_TUNNEL_EGRESS_L3),
+            LinkKind::Ethernet => (
+                names::PROG_TC_TUNNEL_INGRESS_ETH,
+                names::PROG_TC_TUNNEL_EGRESS_ETH,
+            ),
+            LinkKind::L3 => (
+                names::PROG_TC_TUNNEL_INGRESS_L3,
+                names::PROG_TC_TUNNEL_EGRESS_L3,
+            ),
         };
-        for (name, dir, label) in [(ingress, TcAttachType::Ingress, "tc ingress"), (egress, TcAttachType::Egress, "tc egress")] {
+        for (name, dir, label) in [
+            (ingress, TcAttachType::Ingress, "tc ingress"),
+            (egress, TcAttachType::Egress, "tc egress"),
+        ] {
             // tcx links on kernels that have them (6.6+), clsact + cls_bpf otherwise.
             self.attach(iface, name, Hook::Tc(dir), label)?;
         }
@@ -181,7 +214,13 @@ impl Dataplane {
     /// Attaches `program` at `hook` of `iface`. With a pinned data plane, a link pinned there by
     /// an earlier run gets this program atomically (no packet sees no program), and a new link
     /// is pinned so that it outlives this process.
-    pub(crate) fn attach(&mut self, iface: &str, program: &'static str, hook: Hook, label: &str) -> anyhow::Result<()> {
+    pub(crate) fn attach(
+        &mut self,
+        iface: &str,
+        program: &'static str,
+        hook: Hook,
+        label: &str,
+    ) -> anyhow::Result<()> {
         let pin = self.pins.as_ref().map(|p| p.link(hook.pin_name(), iface));
         let context = || format!("attaching {program} to {iface} ({label})");
         let (link, adopted) = match hook {
@@ -210,7 +249,14 @@ impl Dataplane {
                 (LinkId::Tc(program, id), adopted)
             }
         };
-        self.attachments.push(Attachment { interface: iface.to_string(), program, mode: label.to_string(), link: Some(link), pin, adopted });
+        self.attachments.push(Attachment {
+            interface: iface.to_string(),
+            program,
+            mode: label.to_string(),
+            link: Some(link),
+            pin,
+            adopted,
+        });
         Ok(())
     }
 
@@ -231,8 +277,12 @@ impl Dataplane {
             std::fs::remove_file(pin).map_err(|e| format!("unpinning {}: {e}", pin.display()))?;
         }
         let result = match a.link.take() {
-            Some(LinkId::Xdp(id)) => self.xdp_program().and_then(|p| p.detach(id).map_err(Into::into)),
-            Some(LinkId::Tc(name, id)) => self.tc_program(name).and_then(|p| p.detach(id).map_err(Into::into)),
+            Some(LinkId::Xdp(id)) => self
+                .xdp_program()
+                .and_then(|p| p.detach(id).map_err(Into::into)),
+            Some(LinkId::Tc(name, id)) => self
+                .tc_program(name)
+                .and_then(|p| p.detach(id).map_err(Into::into)),
             None => Ok(()),
         };
         result.map_err(|e| format!("{} on {}: {e}", a.program, a.interface))
@@ -241,12 +291,23 @@ impl Dataplane {
     /// Detaches the pinned links that no attachment of this process claims (an interface or a
     /// hook that left the configuration). Returns their pin names.
     pub fn release_unclaimed_links(&mut self) -> anyhow::Result<Vec<String>> {
-        let Some(pins) = &self.pins else { return Ok(Vec::new()) };
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
         let mut released = Vec::new();
         for path in pins.links() {
-            if !self.attachments.iter().any(|a| a.pin.as_deref() == Some(path.as_path())) {
-                std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
-                released.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            if !self
+                .attachments
+                .iter()
+                .any(|a| a.pin.as_deref() == Some(path.as_path()))
+            {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                released.push(
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
             }
         }
         Ok(released)
@@ -257,7 +318,9 @@ impl Dataplane {
     pub fn abandon_start(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         let fresh: Vec<Attachment> = {
-            let (fresh, kept) = std::mem::take(&mut self.attachments).into_iter().partition(|a| !a.adopted);
+            let (fresh, kept) = std::mem::take(&mut self.attachments)
+                .into_iter()
+                .partition(|a| !a.adopted);
             self.attachments = kept;
             fresh
         };
@@ -291,15 +354,20 @@ where
     <L as TryFrom<FdLink>>::Error: std::fmt::Display,
     <L as TryInto<FdLink>>::Error: std::fmt::Display,
 {
-    let Some(pin) = pin else { return Ok((attach(prog)?, false)) };
+    let Some(pin) = pin else {
+        return Ok((attach(prog)?, false));
+    };
     if let Ok(old) = PinnedLink::from_pin(pin) {
-        let updated = L::try_from(FdLink::from(old)).map_err(|e| anyhow!("{e}")).and_then(|l| update(prog, l).map_err(Into::into));
+        let updated = L::try_from(FdLink::from(old))
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|l| update(prog, l).map_err(Into::into));
         match updated {
             Ok(id) => return Ok((id, true)),
             Err(e) => {
                 // The interface was re-created, say: the old link is gone with it.
                 tracing::warn!(pin = %pin.display(), "pinned link could not take the new program ({e:#}); attaching anew");
-                std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                std::fs::remove_file(pin)
+                    .with_context(|| format!("unpinning {}", pin.display()))?;
             }
         }
     }
@@ -308,8 +376,13 @@ where
     let fd: FdLink = link
         .try_into()
         .map_err(|e| anyhow!("{e}: a pinned data plane needs bpf links (XDP: Linux 5.9+, tcx: Linux 6.6+); set pin_dir: null on older kernels"))?;
-    let pinned = fd.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
-    let id = update(prog, L::try_from(FdLink::from(pinned)).map_err(|e| anyhow!("{e}"))?)?;
+    let pinned = fd
+        .pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    let id = update(
+        prog,
+        L::try_from(FdLink::from(pinned)).map_err(|e| anyhow!("{e}"))?,
+    )?;
     Ok((id, false))
 }
 

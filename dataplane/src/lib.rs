@@ -3,9 +3,9 @@
 //! programs to interfaces, and reads counters back.
 
 pub mod attach;
+mod mmap;
 mod nat;
 mod options;
-mod mmap;
 pub mod pins;
 pub mod sweep;
 mod turn;
@@ -24,7 +24,10 @@ use aya::{
     util::nr_cpus,
 };
 use gateway_common::{
-    acl::{AddrClass, PORTS, PORT_TABLES_PER_SLOT, V4_CHUNK_ENTRIES, V4_ROOT_ENTRIES, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey},
+    acl::{
+        AddrClass, PORT_TABLES_PER_SLOT, PORTS, V4_CHUNK_ENTRIES, V4_ROOT_ENTRIES,
+        V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey,
+    },
     maps as names,
     mss::MssClamp,
     settings::{ActivePolicy, FLAG_CONNTRACK, Settings, Timeouts},
@@ -33,10 +36,10 @@ use gateway_common::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use attach::{Attachment, LinkKind, TunnelMss};
+use mmap::MmapArray;
 pub use nat::Masquerade;
 pub use options::{LanAttach, LimitsConfig};
 pub use sweep::SweepReport;
-use mmap::MmapArray;
 
 use gateway_policy::{
     RuleInfo,
@@ -155,9 +158,17 @@ impl Dataplane {
             // and pinned.
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root?)")?;
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object (are you root?)")?;
         if adopt {
-            check_adopted_sizes(&ebpf, &sizes, pins.as_ref().map(|p| p.root()).unwrap_or(std::path::Path::new("")))?;
+            check_adopted_sizes(
+                &ebpf,
+                &sizes,
+                pins.as_ref()
+                    .map(|p| p.root())
+                    .unwrap_or(std::path::Path::new("")),
+            )?;
         }
         for name in [
             names::PROG_XDP_LAN,
@@ -170,7 +181,9 @@ impl Dataplane {
             names::PROG_XDP_WG_UNDERLAY,
             names::PROG_XDP_TURN,
         ] {
-            let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
             let result = match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
@@ -185,8 +198,13 @@ impl Dataplane {
         let chunks = MmapArray::new(map(&ebpf, names::ACL_V4_CHUNKS)?, size_of::<AddrClass>())?;
         let ports = MmapArray::new(map(&ebpf, names::ACL_PORT_CLASS)?, size_of::<u32>())?;
 
-        let settings_map: Array<_, Settings> = Array::try_from(ebpf.map(names::SETTINGS).context("settings map")?)?;
-        let adopted_flags = if adopt { settings_map.get(&0, 0)?.flags } else { 0 };
+        let settings_map: Array<_, Settings> =
+            Array::try_from(ebpf.map(names::SETTINGS).context("settings map")?)?;
+        let adopted_flags = if adopt {
+            settings_map.get(&0, 0)?.flags
+        } else {
+            0
+        };
         let mut settings = Settings {
             flags: if opts.conntrack { FLAG_CONNTRACK } else { 0 },
             chunks_per_slot: l.acl_chunks,
@@ -203,17 +221,27 @@ impl Dataplane {
         }
         // XDP forwarding stays as the adopted data plane had it until the config is applied.
         settings.flags |= adopted_flags & gateway_common::settings::FLAG_XDP_FORWARD;
-        Array::<_, Settings>::try_from(ebpf.map_mut(names::SETTINGS).context("settings map")?)?.set(0, settings, 0)?;
+        Array::<_, Settings>::try_from(ebpf.map_mut(names::SETTINGS).context("settings map")?)?
+            .set(0, settings, 0)?;
         let mut slots: [SlotContents; 2] = Default::default();
         let (active, adopted) = if adopt {
             // The pinned policy stays in force; this process learns what each slot holds so
             // its first apply writes the other slot cleanly.
-            let active = Array::<_, ActivePolicy>::try_from(ebpf.map(names::ACTIVE_POLICY).context("active map")?)?.get(&0, 0)?;
+            let active = Array::<_, ActivePolicy>::try_from(
+                ebpf.map(names::ACTIVE_POLICY).context("active map")?,
+            )?
+            .get(&0, 0)?;
             adopt_slots(&ebpf, &mut slots)?;
             (active, Some(active.generation))
         } else {
-            let active = ActivePolicy { slot: 0, generation: 0 };
-            Array::<_, ActivePolicy>::try_from(ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, active, 0)?;
+            let active = ActivePolicy {
+                slot: 0,
+                generation: 0,
+            };
+            Array::<_, ActivePolicy>::try_from(
+                ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?,
+            )?
+            .set(0, active, 0)?;
             (active, None)
         };
         Ok(Dataplane {
@@ -286,8 +314,10 @@ impl Dataplane {
             ));
         }
         self.root.write(slot * V4_ROOT_ENTRIES, &c.v4_root)?;
-        self.chunks.write(slot * l.acl_chunks * V4_CHUNK_ENTRIES, &c.v4_chunks)?;
-        self.ports.write(slot * PORT_TABLES_PER_SLOT * PORTS, &c.ports)?;
+        self.chunks
+            .write(slot * l.acl_chunks * V4_CHUNK_ENTRIES, &c.v4_chunks)?;
+        self.ports
+            .write(slot * PORT_TABLES_PER_SLOT * PORTS, &c.ports)?;
         self.write_verdicts(slot, c)?;
         self.write_v6(slot, c)?;
         self.retire_rule_counters(slot)?;
@@ -295,21 +325,50 @@ impl Dataplane {
         self.slots[slot as usize].stats = c.stats;
         self.fold_retired_rule_totals();
 
-        let next = ActivePolicy { slot, generation: self.active.generation.wrapping_add(1) };
-        Array::<_, ActivePolicy>::try_from(self.ebpf.map_mut(names::ACTIVE_POLICY).context("active map")?)?.set(0, next, 0)?;
+        let next = ActivePolicy {
+            slot,
+            generation: self.active.generation.wrapping_add(1),
+        };
+        Array::<_, ActivePolicy>::try_from(
+            self.ebpf
+                .map_mut(names::ACTIVE_POLICY)
+                .context("active map")?,
+        )?
+        .set(0, next, 0)?;
         self.active = next;
         self.last_flip = Some(Instant::now());
-        Ok(ApplyReport { generation: next.generation, slot, rules: c.rules.len(), write_time: started.elapsed(), stats: c.stats })
+        Ok(ApplyReport {
+            generation: next.generation,
+            slot,
+            rules: c.rules.len(),
+            write_time: started.elapsed(),
+            stats: c.stats,
+        })
     }
 
     /// Replaces the slot's verdict entries. The slot's key list always covers every entry that
     /// may be in the map, also when a write fails half way, so the next apply to this slot
     /// removes what this one left (the slot is inactive until an apply completes).
     fn write_verdicts(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
-        let mut map: BpfHashMap<_, VerdictKey, Verdict> =
-            BpfHashMap::try_from(self.ebpf.map_mut(names::ACL_VERDICT).context("verdict map")?)?;
+        let mut map: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::ACL_VERDICT)
+                .context("verdict map")?,
+        )?;
         let tracked = &mut self.slots[slot as usize].verdict_keys;
-        let wanted: HashMap<VerdictKey, &Verdict> = c.verdicts.iter().map(|(k, v)| (VerdictKey { slot: slot as u8, ..*k }, v)).collect();
+        let wanted: HashMap<VerdictKey, &Verdict> = c
+            .verdicts
+            .iter()
+            .map(|(k, v)| {
+                (
+                    VerdictKey {
+                        slot: slot as u8,
+                        ..*k
+                    },
+                    v,
+                )
+            })
+            .collect();
         replace_entries(
             tracked,
             wanted.keys().copied().collect(),
@@ -325,14 +384,22 @@ impl Dataplane {
         let mut trie: LpmTrie<_, V6KeyData, AddrClass> =
             LpmTrie::try_from(self.ebpf.map_mut(names::ACL_V6).context("v6 map")?)?;
         let tracked = &mut self.slots[slot as usize].v6_keys;
-        let wanted: HashMap<(u8, [u8; 16]), &AddrClass> = c.v6.iter().map(|(l, a, class)| ((*l, *a), class)).collect();
-        let key = |(len, addr): &(u8, [u8; 16])| Key::new(V6_SLOT_PREFIX_BITS + *len as u32, V6KeyData::new(slot, *addr));
+        let wanted: HashMap<(u8, [u8; 16]), &AddrClass> =
+            c.v6.iter().map(|(l, a, class)| ((*l, *a), class)).collect();
+        let key = |(len, addr): &(u8, [u8; 16])| {
+            Key::new(
+                V6_SLOT_PREFIX_BITS + *len as u32,
+                V6KeyData::new(slot, *addr),
+            )
+        };
         replace_entries(
             tracked,
             wanted.keys().copied().collect(),
             |k, write| match write {
                 Write::Remove => trie.remove(&key(k)).context("removing a stale IPv6 prefix"),
-                Write::Insert => trie.insert(&key(k), wanted[k], 0).context("writing an IPv6 prefix"),
+                Write::Insert => trie
+                    .insert(&key(k), wanted[k], 0)
+                    .context("writing an IPv6 prefix"),
             },
         )
     }
@@ -343,36 +410,61 @@ impl Dataplane {
         let rules = std::mem::take(&mut self.slots[slot as usize].rules);
         let per_slot = self.limits.rules;
         let cpus = nr_cpus().map_err(|(_, e)| e)?;
-        let mut map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.ebpf.map_mut(names::RULE_STATS).context("rule stats map")?)?;
+        let mut map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
+            self.ebpf
+                .map_mut(names::RULE_STATS)
+                .context("rule stats map")?,
+        )?;
         if std::mem::take(&mut self.slots[slot as usize].foreign_counters) {
             for i in 0..per_slot {
-                map.set(slot * per_slot + i, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+                map.set(
+                    slot * per_slot + i,
+                    PerCpuValues::try_from(vec![Counter::default(); cpus])?,
+                    0,
+                )?;
             }
             return Ok(());
         }
         for (i, rule) in rules.iter().enumerate() {
             let index = slot * per_slot + i as u32;
             let sum = sum_counters(&map.get(&index, 0)?);
-            let total = self.carried_rule_totals.entry(rule.name.clone()).or_default();
+            let total = self
+                .carried_rule_totals
+                .entry(rule.name.clone())
+                .or_default();
             total.packets += sum.packets;
             total.bytes += sum.bytes;
-            map.set(index, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+            map.set(
+                index,
+                PerCpuValues::try_from(vec![Counter::default(); cpus])?,
+                0,
+            )?;
         }
         Ok(())
     }
 
     /// Counters by (hook, reason) index, summed over CPUs.
     pub fn verdict_counters(&self) -> anyhow::Result<Vec<Counter>> {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map(names::STATS).context("stats map")?)?;
-        (0..STATS_ENTRIES).map(|i| Ok(sum_counters(&map.get(&i, 0)?))).collect()
+        let map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(names::STATS).context("stats map")?)?;
+        (0..STATS_ENTRIES)
+            .map(|i| Ok(sum_counters(&map.get(&i, 0)?)))
+            .collect()
     }
 
     /// Folds the carried totals of policies in neither slot into the retired total.
     fn fold_retired_rule_totals(&mut self) {
-        let in_force: std::collections::HashSet<&str> =
-            self.slots.iter().flat_map(|s| s.rules.iter().map(|r| r.name.as_str())).collect();
-        let gone: Vec<String> = self.carried_rule_totals.keys().filter(|n| !in_force.contains(n.as_str())).cloned().collect();
+        let in_force: std::collections::HashSet<&str> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.rules.iter().map(|r| r.name.as_str()))
+            .collect();
+        let gone: Vec<String> = self
+            .carried_rule_totals
+            .keys()
+            .filter(|n| !in_force.contains(n.as_str()))
+            .cloned()
+            .collect();
         for name in gone {
             if let Some(c) = self.carried_rule_totals.remove(&name) {
                 self.retired_rule_total.packets += c.packets;
@@ -410,24 +502,45 @@ impl Dataplane {
         let s = &self.slots[self.active.slot as usize];
         let l = &self.limits;
         vec![
-            ("conntrack", self.conntrack_entries, l.conntrack_entries as u64),
-            ("acl_verdicts", s.verdict_keys.len() as u64, l.acl_verdicts as u64),
+            (
+                "conntrack",
+                self.conntrack_entries,
+                l.conntrack_entries as u64,
+            ),
+            (
+                "acl_verdicts",
+                s.verdict_keys.len() as u64,
+                l.acl_verdicts as u64,
+            ),
             ("acl_chunks", s.stats.v4_chunks as u64, l.acl_chunks as u64),
-            ("acl_v6_prefixes", s.v6_keys.len() as u64, l.acl_v6_prefixes as u64),
+            (
+                "acl_v6_prefixes",
+                s.v6_keys.len() as u64,
+                l.acl_v6_prefixes as u64,
+            ),
             // Counted by walking the keys: cheap while translations are few, as they are
             // unless masquerade is busy (a walk of 100,000 keys takes about 0.1 s).
-            ("nat_translations", self.nat_entries().unwrap_or(0), l.nat_entries as u64),
+            (
+                "nat_translations",
+                self.nat_entries().unwrap_or(0),
+                l.nat_entries as u64,
+            ),
         ]
     }
 
     /// Lets accepted traffic from the tunnel be forwarded in TC to these LAN interfaces (FIB
     /// lookup, the kernel's neighbour entry, redirect), skipping the kernel's IP forwarding.
     pub fn enable_tc_forward(&mut self, lan: &[String]) -> anyhow::Result<()> {
-        let mut ports: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.ebpf.map_mut(names::LAN_PORTS).context("LAN ports map")?)?;
+        let mut ports: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::LAN_PORTS)
+                .context("LAN ports map")?,
+        )?;
         for name in lan {
             ports.insert(attach::if_index(name)?, 1, 0)?;
         }
-        let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut map: Array<_, Settings> =
+            Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = map.get(&0, 0)?;
         s.flags |= gateway_common::settings::FLAG_TC_FORWARD;
         map.set(0, s, 0)?;
@@ -438,17 +551,35 @@ impl Dataplane {
     /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss).
     pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<()> {
         use gateway_common::forward::FORWARD_PORTS_MAX;
-        anyhow::ensure!(interfaces.len() <= FORWARD_PORTS_MAX as usize, "at most {FORWARD_PORTS_MAX} interfaces can forward in XDP");
-        let indexes: Vec<u32> = interfaces.iter().map(|n| attach::if_index(n)).collect::<anyhow::Result<_>>()?;
-        let mut ports: aya::maps::DevMap<_> =
-            aya::maps::DevMap::try_from(self.ebpf.map_mut(names::FORWARD_PORTS).context("forward ports map")?)?;
+        anyhow::ensure!(
+            interfaces.len() <= FORWARD_PORTS_MAX as usize,
+            "at most {FORWARD_PORTS_MAX} interfaces can forward in XDP"
+        );
+        let indexes: Vec<u32> = interfaces
+            .iter()
+            .map(|n| attach::if_index(n))
+            .collect::<anyhow::Result<_>>()?;
+        let mut ports: aya::maps::DevMap<_> = aya::maps::DevMap::try_from(
+            self.ebpf
+                .map_mut(names::FORWARD_PORTS)
+                .context("forward ports map")?,
+        )?;
         for (slot, (index, name)) in indexes.iter().zip(interfaces).enumerate() {
-            ports.set(slot as u32, *index, None, 0).map_err(|e| anyhow!("adding {name} to the XDP forward ports: {e}"))?;
+            ports
+                .set(slot as u32, *index, None, 0)
+                .map_err(|e| anyhow!("adding {name} to the XDP forward ports: {e}"))?;
         }
-        let mut slots: BpfHashMap<_, u32, u32> =
-            BpfHashMap::try_from(self.ebpf.map_mut(names::FORWARD_SLOTS).context("forward slots map")?)?;
+        let mut slots: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::FORWARD_SLOTS)
+                .context("forward slots map")?,
+        )?;
         // Interfaces an adopted data plane forwarded to and this configuration does not.
-        let stale: Vec<u32> = slots.keys().filter_map(Result::ok).filter(|k| !indexes.contains(k)).collect();
+        let stale: Vec<u32> = slots
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !indexes.contains(k))
+            .collect();
         for k in stale {
             slots.remove(&k)?;
         }
@@ -459,13 +590,22 @@ impl Dataplane {
             // Cached routes of the adopted data plane name its slots, which this configuration
             // may number differently: forget them (each costs one FIB lookup to learn again).
             let mut cache: PerCpuArray<_, gateway_common::forward::FibSlot> =
-                PerCpuArray::try_from(self.ebpf.map_mut(names::FIB_CACHE).context("FIB cache map")?)?;
+                PerCpuArray::try_from(
+                    self.ebpf
+                        .map_mut(names::FIB_CACHE)
+                        .context("FIB cache map")?,
+                )?;
             let cpus = nr_cpus().map_err(|(_, e)| e)?;
             for i in 0..gateway_common::forward::FIB_SLOTS {
-                cache.set(i, PerCpuValues::try_from(vec![Default::default(); cpus])?, 0)?;
+                cache.set(
+                    i,
+                    PerCpuValues::try_from(vec![Default::default(); cpus])?,
+                    0,
+                )?;
             }
         }
-        let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut map: Array<_, Settings> =
+            Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = map.get(&0, 0)?;
         s.flags |= gateway_common::settings::FLAG_XDP_FORWARD;
         map.set(0, s, 0)?;
@@ -474,9 +614,14 @@ impl Dataplane {
 
     /// Turns connection tracking on or off (the benchmarks measure both paths).
     pub fn set_conntrack(&mut self, on: bool) -> anyhow::Result<()> {
-        let mut map: Array<_, Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut map: Array<_, Settings> =
+            Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = map.get(&0, 0)?;
-        s.flags = if on { s.flags | FLAG_CONNTRACK } else { s.flags & !FLAG_CONNTRACK };
+        s.flags = if on {
+            s.flags | FLAG_CONNTRACK
+        } else {
+            s.flags & !FLAG_CONNTRACK
+        };
         map.set(0, s, 0)?;
         Ok(())
     }
@@ -484,9 +629,15 @@ impl Dataplane {
     /// Sets (or with `None` removes) the MSS clamp of TCP SYNs crossing a tunnel interface.
     pub fn set_mss_clamp(&mut self, iface: &str, clamp: Option<MssClamp>) -> anyhow::Result<()> {
         let ifindex = attach::if_index(iface)?;
-        let mut map: BpfHashMap<_, u32, MssClamp> = BpfHashMap::try_from(self.ebpf.map_mut(names::TUNNEL_MSS).context("tunnel MSS map")?)?;
+        let mut map: BpfHashMap<_, u32, MssClamp> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::TUNNEL_MSS)
+                .context("tunnel MSS map")?,
+        )?;
         match clamp {
-            Some(c) if c != MssClamp::default() => map.insert(ifindex, c, 0).with_context(|| format!("MSS clamp for {iface}"))?,
+            Some(c) if c != MssClamp::default() => map
+                .insert(ifindex, c, 0)
+                .with_context(|| format!("MSS clamp for {iface}"))?,
             _ => match map.remove(&ifindex) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("MSS clamp for {iface}")),
@@ -498,7 +649,8 @@ impl Dataplane {
     /// The MSS clamp in force on an interface.
     pub fn mss_clamp(&self, iface: &str) -> anyhow::Result<Option<MssClamp>> {
         let ifindex = attach::if_index(iface)?;
-        let map: BpfHashMap<_, u32, MssClamp> = BpfHashMap::try_from(self.ebpf.map(names::TUNNEL_MSS).context("tunnel MSS map")?)?;
+        let map: BpfHashMap<_, u32, MssClamp> =
+            BpfHashMap::try_from(self.ebpf.map(names::TUNNEL_MSS).context("tunnel MSS map")?)?;
         match map.get(&ifindex, 0) {
             Ok(c) => Ok(Some(c)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -510,10 +662,18 @@ impl Dataplane {
     pub fn policy_map_memory(&self) -> anyhow::Result<u64> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let mut total = 0;
-        for name in [names::ACL_V4_ROOT, names::ACL_V4_CHUNKS, names::ACL_V6, names::ACL_PORT_CLASS, names::ACL_VERDICT] {
+        for name in [
+            names::ACL_V4_ROOT,
+            names::ACL_V4_CHUNKS,
+            names::ACL_V6,
+            names::ACL_PORT_CLASS,
+            names::ACL_VERDICT,
+        ] {
             let map = self.ebpf.map(name).with_context(|| format!("map {name}"))?;
             let fd = match map {
-                aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) | aya::maps::Map::LpmTrie(d) => d.fd().as_fd().as_raw_fd(),
+                aya::maps::Map::Array(d)
+                | aya::maps::Map::HashMap(d)
+                | aya::maps::Map::LpmTrie(d) => d.fd().as_fd().as_raw_fd(),
                 _ => continue,
             };
             let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
@@ -531,12 +691,18 @@ impl Dataplane {
     }
 
     pub fn xdp_program_named(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
-        let p = self.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name}"))?;
         Ok(p.try_into()?)
     }
 
     pub fn tc_program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
-        let p = self.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name}"))?;
         Ok(p.try_into()?)
     }
 
@@ -587,11 +753,19 @@ fn replace_entries<K: Copy + Eq + std::hash::Hash>(
 
 /// An adopted data plane must have been sized as this configuration sizes it: the programs
 /// index the maps by the configured capacities.
-fn check_adopted_sizes(ebpf: &Ebpf, sizes: &[(&str, u32)], root: &std::path::Path) -> anyhow::Result<()> {
+fn check_adopted_sizes(
+    ebpf: &Ebpf,
+    sizes: &[(&str, u32)],
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
     for (name, want) in sizes {
         let map = ebpf.map(name).with_context(|| format!("map {name}"))?;
         let data = match map {
-            aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::LpmTrie(d) | aya::maps::Map::PerCpuArray(d) => d,
+            aya::maps::Map::Array(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::LpmTrie(d)
+            | aya::maps::Map::PerCpuArray(d) => d,
             _ => continue,
         };
         let have = data.info()?.max_entries();
@@ -608,17 +782,21 @@ fn check_adopted_sizes(ebpf: &Ebpf, sizes: &[(&str, u32)], root: &std::path::Pat
 
 /// Reads which verdicts and IPv6 prefixes each slot of an adopted data plane holds.
 fn adopt_slots(ebpf: &Ebpf, slots: &mut [SlotContents; 2]) -> anyhow::Result<()> {
-    let verdicts: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(ebpf.map(names::ACL_VERDICT).context("verdict map")?)?;
+    let verdicts: BpfHashMap<_, VerdictKey, Verdict> =
+        BpfHashMap::try_from(ebpf.map(names::ACL_VERDICT).context("verdict map")?)?;
     for key in verdicts.keys() {
         let key = key?;
         slots[(key.slot & 1) as usize].verdict_keys.push(key);
     }
-    let trie: LpmTrie<_, V6KeyData, AddrClass> = LpmTrie::try_from(ebpf.map(names::ACL_V6).context("v6 map")?)?;
+    let trie: LpmTrie<_, V6KeyData, AddrClass> =
+        LpmTrie::try_from(ebpf.map(names::ACL_V6).context("v6 map")?)?;
     for key in trie.keys() {
         let key = key?;
         let data = key.data();
         let slot = u32::from_be_bytes(data.slot_be) & 1;
-        slots[slot as usize].v6_keys.push(((key.prefix_len() - V6_SLOT_PREFIX_BITS) as u8, data.addr));
+        slots[slot as usize]
+            .v6_keys
+            .push(((key.prefix_len() - V6_SLOT_PREFIX_BITS) as u8, data.addr));
     }
     for s in slots.iter_mut() {
         s.foreign_counters = true;
@@ -627,13 +805,22 @@ fn adopt_slots(ebpf: &Ebpf, slots: &mut [SlotContents; 2]) -> anyhow::Result<()>
 }
 
 fn sum_counters(values: &PerCpuValues<Counter>) -> Counter {
-    values.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+    values.iter().fold(Counter::default(), |a, c| Counter {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
 }
 
 fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            anyhow!("the kernel refused program {name}: {io_error}\nverifier log (tail):\n{}", tail(&verifier_log.to_string(), 60))
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            anyhow!(
+                "the kernel refused program {name}: {io_error}\nverifier log (tail):\n{}",
+                tail(&verifier_log.to_string(), 60)
+            )
         }
         other => anyhow!("loading program {name}: {other}"),
     }
@@ -678,15 +865,28 @@ mod tests {
 
     #[test]
     fn a_failed_write_leaves_nothing_the_next_write_does_not_remove() {
-        let mut map = FlakyMap { keys: HashSet::new(), inserts: 0, fail_at: None };
+        let mut map = FlakyMap {
+            keys: HashSet::new(),
+            inserts: 0,
+            fail_at: None,
+        };
         let mut tracked = Vec::new();
         map.replace(&mut tracked, (0..10).collect()).unwrap();
         // Half of a very different policy goes in before an insert fails.
         map.fail_at = Some(map.inserts + 6);
         assert!(map.replace(&mut tracked, (100..120).collect()).is_err());
         let tracked_set: HashSet<u32> = tracked.iter().copied().collect();
-        assert!(map.keys.is_subset(&tracked_set), "untracked entries after the failure: {:?}", map.keys.difference(&tracked_set).collect::<Vec<_>>());
-        assert_eq!(map.keys.len(), 5, "stale entries removed, five new ones written: {:?}", map.keys);
+        assert!(
+            map.keys.is_subset(&tracked_set),
+            "untracked entries after the failure: {:?}",
+            map.keys.difference(&tracked_set).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            map.keys.len(),
+            5,
+            "stale entries removed, five new ones written: {:?}",
+            map.keys
+        );
         // The next write to the slot leaves exactly its own entries.
         map.fail_at = None;
         map.replace(&mut tracked, (200..203).collect()).unwrap();

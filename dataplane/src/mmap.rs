@@ -19,7 +19,9 @@ unsafe impl Send for MmapArray {}
 
 impl MmapArray {
     pub fn new(map: &Map, value_size: usize) -> anyhow::Result<MmapArray> {
-        let Map::Array(data) = map else { bail!("not an array map") };
+        let Map::Array(data) = map else {
+            bail!("not an array map")
+        };
         Self::from_data(data, value_size)
     }
 
@@ -30,11 +32,25 @@ impl MmapArray {
         let len = (entries as usize * stride).next_multiple_of(4096);
         let fd = data.fd().as_fd_raw();
         // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE; length within the map.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mmap of BPF array");
         }
-        Ok(MmapArray { base: NonNull::new(ptr.cast()).context("mmap returned null")?, len, stride, entries })
+        Ok(MmapArray {
+            base: NonNull::new(ptr.cast()).context("mmap returned null")?,
+            len,
+            stride,
+            entries,
+        })
     }
 
     /// Copies `values` into elements `first..first + values.len()`.

@@ -27,18 +27,33 @@ impl Dataplane {
     /// Writes the masqueraded networks and the port range (replacing what was there).
     pub fn set_masquerade(&mut self, m: &Masquerade) -> anyhow::Result<()> {
         if m.settings.port_min == 0 || m.settings.port_min > m.settings.port_max {
-            bail!("masquerade ports {}-{}: not a range of ports", m.settings.port_min, m.settings.port_max);
+            bail!(
+                "masquerade ports {}-{}: not a range of ports",
+                m.settings.port_min,
+                m.settings.port_max
+            );
         }
-        let mut settings: Array<_, NatSettings> = Array::try_from(self.ebpf.map_mut(names::NAT_SETTINGS).context("NAT settings map")?)?;
+        let mut settings: Array<_, NatSettings> = Array::try_from(
+            self.ebpf
+                .map_mut(names::NAT_SETTINGS)
+                .context("NAT settings map")?,
+        )?;
         settings.set(0, m.settings, 0)?;
-        let mut trie: LpmTrie<_, NatPrefix, u8> = LpmTrie::try_from(self.ebpf.map_mut(names::NAT_NETWORKS).context("NAT networks map")?)?;
+        let mut trie: LpmTrie<_, NatPrefix, u8> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut(names::NAT_NETWORKS)
+                .context("NAT networks map")?,
+        )?;
         let old: Vec<Key<NatPrefix>> = trie.keys().collect::<Result<_, _>>()?;
         let new: Vec<Key<NatPrefix>> = m.networks.iter().map(|n| prefix_key(*n)).collect();
         for k in &new {
             trie.insert(k, 1, 0).context("masqueraded network")?;
         }
         for k in old {
-            if !new.iter().any(|n| n.prefix_len() == k.prefix_len() && n.data() == k.data()) {
+            if !new
+                .iter()
+                .any(|n| n.prefix_len() == k.prefix_len() && n.data() == k.data())
+            {
                 trie.remove(&k)?;
             }
         }
@@ -69,16 +84,26 @@ impl Dataplane {
             bail!("{iface} has no address to masquerade with");
         }
         self.set_nat_interface(ifindex, entry)?;
-        self.attach(iface, names::PROG_TC_LAN_EGRESS, Hook::Tc(TcAttachType::Egress), "tc egress (masquerade)")?;
+        self.attach(
+            iface,
+            names::PROG_TC_LAN_EGRESS,
+            Hook::Tc(TcAttachType::Egress),
+            "tc egress (masquerade)",
+        )?;
         Ok(entry)
     }
 
     /// Sets the masquerade addresses of an interface by index (without attaching anything:
     /// [`Dataplane::attach_masquerade`] does both for an interface by name).
     pub fn set_nat_interface(&mut self, ifindex: u32, entry: NatInterface) -> anyhow::Result<()> {
-        let mut map: BpfHashMap<_, u32, NatInterface> = BpfHashMap::try_from(self.ebpf.map_mut(names::NAT_INTERFACES).context("NAT interfaces map")?)?;
+        let mut map: BpfHashMap<_, u32, NatInterface> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::NAT_INTERFACES)
+                .context("NAT interfaces map")?,
+        )?;
         map.insert(ifindex, entry, 0)?;
-        let mut settings: Array<_, gateway_common::settings::Settings> = Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
+        let mut settings: Array<_, gateway_common::settings::Settings> =
+            Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = settings.get(&0, 0)?;
         s.flags |= gateway_common::settings::FLAG_MASQUERADE;
         settings.set(0, s, 0)?;
@@ -87,8 +112,11 @@ impl Dataplane {
 
     /// Translations in force (forward entries; each has its reverse).
     pub fn nat_entries(&self) -> anyhow::Result<u64> {
-        let map: aya::maps::HashMap<_, gateway_common::nat::NatKey, gateway_common::nat::NatTarget> =
-            aya::maps::HashMap::try_from(self.ebpf.map(names::NAT_FORWARD).context("NAT map")?)?;
+        let map: aya::maps::HashMap<
+            _,
+            gateway_common::nat::NatKey,
+            gateway_common::nat::NatTarget,
+        > = aya::maps::HashMap::try_from(self.ebpf.map(names::NAT_FORWARD).context("NAT map")?)?;
         Ok(map.keys().count() as u64)
     }
 }
@@ -98,9 +126,19 @@ fn prefix_key(n: IpNet) -> Key<NatPrefix> {
         IpNet::V4(v4) => {
             let mut a = [0u8; 16];
             a[..4].copy_from_slice(&v4.network().octets());
-            Key::new(V4_MAPPED_PREFIX_BITS + v4.prefix_len() as u32, NatPrefix { addr: mapped(true, &a) })
+            Key::new(
+                V4_MAPPED_PREFIX_BITS + v4.prefix_len() as u32,
+                NatPrefix {
+                    addr: mapped(true, &a),
+                },
+            )
         }
-        IpNet::V6(v6) => Key::new(v6.prefix_len() as u32, NatPrefix { addr: v6.network().octets() }),
+        IpNet::V6(v6) => Key::new(
+            v6.prefix_len() as u32,
+            NatPrefix {
+                addr: v6.network().octets(),
+            },
+        ),
     }
 }
 
@@ -123,7 +161,9 @@ fn interface_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
                 match (*ifa.ifa_addr).sa_family as i32 {
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);

@@ -23,7 +23,10 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new(root: &Path) -> PinDir {
-        PinDir { dir: root.join(LAYOUT_VERSION), root: root.to_path_buf() }
+        PinDir {
+            dir: root.join(LAYOUT_VERSION),
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -36,12 +39,16 @@ impl PinDir {
 
     /// A link's pin: one per (hook, interface), e.g. `xdp@lan0`, `tc-ingress@wt0`.
     pub fn link(&self, hook: &str, interface: &str) -> PathBuf {
-        self.dir.join(PIN_LINKS_DIR).join(format!("{hook}@{interface}"))
+        self.dir
+            .join(PIN_LINKS_DIR)
+            .join(format!("{hook}@{interface}"))
     }
 
     /// Pinned links, by file name.
     pub fn links(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join(PIN_LINKS_DIR)) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(self.dir.join(PIN_LINKS_DIR)) else {
+            return Vec::new();
+        };
         let mut out: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         out.sort();
         out
@@ -68,7 +75,8 @@ impl PinDir {
         }
         let adopt = self.map(gateway_common::maps::ACTIVE_POLICY).exists();
         for sub in [PIN_MAPS_DIR, PIN_LINKS_DIR] {
-            std::fs::create_dir_all(self.dir.join(sub)).with_context(|| format!("creating {}", self.dir.join(sub).display()))?;
+            std::fs::create_dir_all(self.dir.join(sub))
+                .with_context(|| format!("creating {}", self.dir.join(sub).display()))?;
         }
         Ok(adopt)
     }
@@ -77,12 +85,17 @@ impl PinDir {
     /// then maps. Returns what was removed.
     pub fn remove_all(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
-        let Ok(versions) = std::fs::read_dir(root) else { return Ok(removed) };
+        let Ok(versions) = std::fs::read_dir(root) else {
+            return Ok(removed);
+        };
         for v in versions.filter_map(|e| e.ok()) {
             for sub in [PIN_LINKS_DIR, PIN_MAPS_DIR] {
-                let Ok(entries) = std::fs::read_dir(v.path().join(sub)) else { continue };
+                let Ok(entries) = std::fs::read_dir(v.path().join(sub)) else {
+                    continue;
+                };
                 for e in entries.filter_map(|e| e.ok()) {
-                    std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                    std::fs::remove_file(e.path())
+                        .with_context(|| format!("removing {}", e.path().display()))?;
                     removed.push(e.path());
                 }
                 let _ = std::fs::remove_dir(v.path().join(sub));
@@ -105,20 +118,38 @@ fn fs_magic(path: &Path) -> Option<i64> {
 /// The pin root must be on bpffs. Under /sys/fs/bpf an unmounted bpffs is mounted (as systemd
 /// and `ip netns exec` leave it unmounted); anywhere else it is the operator's to mount.
 fn ensure_bpffs(root: &Path) -> anyhow::Result<()> {
-    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if fs_magic(existing) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
     if root.starts_with(BPFFS_MOUNT) && fs_magic(Path::new(BPFFS_MOUNT)) != Some(BPF_FS_MAGIC) {
         let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
         // SAFETY: mount(2) with valid C strings and no data.
-        if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-            bail!("mounting bpffs at {BPFFS_MOUNT}: {}", std::io::Error::last_os_error());
+        if unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            bail!(
+                "mounting bpffs at {BPFFS_MOUNT}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         tracing::info!("mounted bpffs at {BPFFS_MOUNT}");
         return Ok(());
     }
-    bail!("{} is not on a BPF filesystem: mount one (mount -t bpf bpf DIR) or choose another pin_dir", root.display())
+    bail!(
+        "{} is not on a BPF filesystem: mount one (mount -t bpf bpf DIR) or choose another pin_dir",
+        root.display()
+    )
 }
 
 /// Mounts a private bpffs at `dir` (labs and tests: one instance each, gone at unmount).
@@ -126,8 +157,21 @@ pub fn mount_bpffs(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: mount(2) with valid C strings and no data.
-    if unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) } != 0 {
-        bail!("mounting bpffs at {}: {}", dir.display(), std::io::Error::last_os_error());
+    if unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        bail!(
+            "mounting bpffs at {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }

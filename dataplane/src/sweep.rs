@@ -27,7 +27,10 @@ pub struct SweepReport {
 
 /// CLOCK_MONOTONIC_COARSE, the clock the kernel programs stamp entries with.
 pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -51,10 +54,19 @@ pub struct Sweeper {
 impl Dataplane {
     pub fn sweeper(&self) -> anyhow::Result<Sweeper> {
         let map = self.ebpf.map(names::CONNTRACK).context("conntrack map")?;
-        let aya::maps::Map::LruHashMap(data) = map else { anyhow::bail!("conntrack map has an unexpected type") };
-        let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating the conntrack map fd")?;
+        let aya::maps::Map::LruHashMap(data) = map else {
+            anyhow::bail!("conntrack map has an unexpected type")
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the conntrack map fd")?;
         let data = MapData::from_fd(fd)?;
-        Ok(Sweeper { map: BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?, timeouts: self.timeouts })
+        Ok(Sweeper {
+            map: BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?,
+            timeouts: self.timeouts,
+        })
     }
 
     /// Sweeps at once, on this thread (see [`Sweeper::sweep`]).
@@ -74,13 +86,22 @@ impl Sweeper {
     /// Sweeps the conntrack table. With `policy` (the one applied as `generation`), flows
     /// admitted under an older generation are checked against it, in their original direction,
     /// and ended when it denies them.
-    pub fn sweep(&mut self, generation: u32, policy: Option<&Compiled>) -> anyhow::Result<SweepReport> {
+    pub fn sweep(
+        &mut self,
+        generation: u32,
+        policy: Option<&Compiled>,
+    ) -> anyhow::Result<SweepReport> {
         let now = monotonic_coarse_ns();
         let map = &mut self.map;
         let keys: Vec<CtKey> = map.keys().filter_map(Result::ok).collect();
-        let mut report = SweepReport { scanned: keys.len(), ..Default::default() };
+        let mut report = SweepReport {
+            scanned: keys.len(),
+            ..Default::default()
+        };
         for key in keys {
-            let Ok(entry) = map.get(&key, 0) else { continue };
+            let Ok(entry) = map.get(&key, 0) else {
+                continue;
+            };
             if !is_live(&key, &entry, &self.timeouts, now) {
                 if map.remove(&key).is_ok() {
                     report.expired += 1;
@@ -97,7 +118,8 @@ impl Sweeper {
             } else {
                 (&key.addr_b, &key.addr_a, key.port_a)
             };
-            let verdict = compiled.lookup(ip(key.family, src), ip(key.family, dst), key.proto, dport);
+            let verdict =
+                compiled.lookup(ip(key.family, src), ip(key.family, dst), key.proto, dport);
             if verdict.judgement.action == Action::Drop {
                 // A tombstone, as the kernel leaves one: the flow cannot come back as a local one.
                 let mut tombstone = entry;

@@ -6,40 +6,80 @@ use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
 use gateway_common::{
     maps as names,
     stats::Counter,
-    turn::{ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient, ToPeer, counter_index, reason},
+    turn::{
+        ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient, ToPeer,
+        counter_index, reason,
+    },
 };
 
 use crate::{Dataplane, LanAttach};
 
 impl Dataplane {
     /// Puts a bound channel in the kernel's hands, both directions.
-    pub fn set_turn_binding(&mut self, channel: ChannelKey, to_peer: ToPeer, peer: PeerKey, to_client: ToClient) -> anyhow::Result<()> {
-        let mut c: BpfHashMap<_, ChannelKey, ToPeer> = BpfHashMap::try_from(self.ebpf.map_mut(names::TURN_CHANNELS).context("turn channels map")?)?;
-        c.insert(channel, to_peer, 0).context("turn channel binding")?;
-        let mut p: BpfHashMap<_, PeerKey, ToClient> = BpfHashMap::try_from(self.ebpf.map_mut(names::TURN_PEERS).context("turn peers map")?)?;
+    pub fn set_turn_binding(
+        &mut self,
+        channel: ChannelKey,
+        to_peer: ToPeer,
+        peer: PeerKey,
+        to_client: ToClient,
+    ) -> anyhow::Result<()> {
+        let mut c: BpfHashMap<_, ChannelKey, ToPeer> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::TURN_CHANNELS)
+                .context("turn channels map")?,
+        )?;
+        c.insert(channel, to_peer, 0)
+            .context("turn channel binding")?;
+        let mut p: BpfHashMap<_, PeerKey, ToClient> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::TURN_PEERS)
+                .context("turn peers map")?,
+        )?;
         p.insert(peer, to_client, 0).context("turn peer binding")?;
         Ok(())
     }
 
     /// Takes a binding back (expiry, deletion): its traffic goes to userspace again.
-    pub fn remove_turn_binding(&mut self, channel: &ChannelKey, peer: &PeerKey) -> anyhow::Result<()> {
-        let mut c: BpfHashMap<_, ChannelKey, ToPeer> = BpfHashMap::try_from(self.ebpf.map_mut(names::TURN_CHANNELS).context("turn channels map")?)?;
+    pub fn remove_turn_binding(
+        &mut self,
+        channel: &ChannelKey,
+        peer: &PeerKey,
+    ) -> anyhow::Result<()> {
+        let mut c: BpfHashMap<_, ChannelKey, ToPeer> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::TURN_CHANNELS)
+                .context("turn channels map")?,
+        )?;
         let _ = c.remove(channel);
-        let mut p: BpfHashMap<_, PeerKey, ToClient> = BpfHashMap::try_from(self.ebpf.map_mut(names::TURN_PEERS).context("turn peers map")?)?;
+        let mut p: BpfHashMap<_, PeerKey, ToClient> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::TURN_PEERS)
+                .context("turn peers map")?,
+        )?;
         let _ = p.remove(peer);
         Ok(())
     }
 
     /// What the kernel relayed for a binding's slot: (to the peer, to the client), payload bytes.
     pub fn turn_binding_counters(&self, slot: u32) -> anyhow::Result<(Counter, Counter)> {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map(names::TURN_STATS).context("turn stats map")?)?;
-        Ok((crate::sum_counters(&map.get(&counter_index(slot, DIRECTION_TO_PEER), 0)?), crate::sum_counters(&map.get(&counter_index(slot, DIRECTION_TO_CLIENT), 0)?)))
+        let map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(names::TURN_STATS).context("turn stats map")?)?;
+        Ok((
+            crate::sum_counters(&map.get(&counter_index(slot, DIRECTION_TO_PEER), 0)?),
+            crate::sum_counters(&map.get(&counter_index(slot, DIRECTION_TO_CLIENT), 0)?),
+        ))
     }
 
     /// The program's counters by reason (gateway_common::turn::REASON_NAMES).
     pub fn turn_counters(&self) -> anyhow::Result<Vec<Counter>> {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map(names::TURN_REASONS).context("turn reasons map")?)?;
-        (0..reason::SLOTS).map(|i| Ok(crate::sum_counters(&map.get(&i, 0)?))).collect()
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::TURN_REASONS)
+                .context("turn reasons map")?,
+        )?;
+        (0..reason::SLOTS)
+            .map(|i| Ok(crate::sum_counters(&map.get(&i, 0)?)))
+            .collect()
     }
 
     /// Attaches the fast path to one of the relay's interfaces.

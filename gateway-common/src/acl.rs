@@ -56,7 +56,10 @@ pub const ADDR_CLASS_LINK: u32 = u32::MAX;
 
 impl AddrClass {
     pub const fn link(chunk: u32) -> Self {
-        Self { src: ADDR_CLASS_LINK, dst: chunk }
+        Self {
+            src: ADDR_CLASS_LINK,
+            dst: chunk,
+        }
     }
     pub const fn is_link(&self) -> bool {
         self.src == ADDR_CLASS_LINK
@@ -76,7 +79,10 @@ pub const V6_SLOT_PREFIX_BITS: u32 = 32;
 
 impl V6KeyData {
     pub const fn new(slot: u32, addr: [u8; 16]) -> Self {
-        Self { slot_be: slot.to_be_bytes(), addr }
+        Self {
+            slot_be: slot.to_be_bytes(),
+            addr,
+        }
     }
 }
 
@@ -102,7 +108,10 @@ pub struct Verdict {
 assert_size!(Verdict, 8);
 
 impl Verdict {
-    pub const DEFAULT_DENY: Verdict = Verdict { action: ACTION_DROP, rule: RULE_DEFAULT };
+    pub const DEFAULT_DENY: Verdict = Verdict {
+        action: ACTION_DROP,
+        rule: RULE_DEFAULT,
+    };
     pub const fn accepts(&self) -> bool {
         self.action == ACTION_ACCEPT
     }
@@ -141,7 +150,12 @@ pub trait AclTables {
 /// Walks the IPv4 trie. `addr` in host byte order. `None` means the tables are inconsistent
 /// (a dangling link), which the caller treats as a drop.
 #[inline(always)]
-pub fn classify_v4<T: AclTables>(t: &T, slot: u32, chunks_per_slot: u32, addr: u32) -> Option<AddrClass> {
+pub fn classify_v4<T: AclTables>(
+    t: &T,
+    slot: u32,
+    chunks_per_slot: u32,
+    addr: u32,
+) -> Option<AddrClass> {
     let mut entry = t.root(root_index(slot, addr))?;
     let mut shift = 32 - V4_ROOT_BITS;
     let mut level = 0;
@@ -247,7 +261,9 @@ pub const fn cached_port(ip_proto: u8, dport: u16) -> u16 {
 #[inline(always)]
 pub fn verdict_cache_slot(src: &[u8; 16], dst: &[u8; 16], ip_proto: u8, port: u16) -> u32 {
     use crate::hash::{fold_addr, mix32};
-    let key = fold_addr(src) ^ fold_addr(dst).rotate_left(16) ^ ((port as u32) << 8 | ip_proto as u32).rotate_left(8);
+    let key = fold_addr(src)
+        ^ fold_addr(dst).rotate_left(16)
+        ^ ((port as u32) << 8 | ip_proto as u32).rotate_left(8);
     mix32(key) & (VERDICT_CACHE_SLOTS - 1)
 }
 
@@ -271,7 +287,9 @@ mod tests {
         assert!(used.len() > 2_400, "{} slots used", used.len());
         // Ports of one pair of addresses spread as well.
         let src = [100, 64, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let ports: std::collections::HashSet<u32> = (1..=1024u16).map(|p| verdict_cache_slot(&src, &dst, 6, p)).collect();
+        let ports: std::collections::HashSet<u32> = (1..=1024u16)
+            .map(|p| verdict_cache_slot(&src, &dst, 6, p))
+            .collect();
         assert!(ports.len() > 600, "{} slots used", ports.len());
     }
 

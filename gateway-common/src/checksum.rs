@@ -21,7 +21,11 @@ pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
 /// As [`update16`] for a covered 32-bit value (an IPv4 address, two ports).
 #[inline(always)]
 pub const fn update32(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check) as u32 + (!(old >> 16) as u16) as u32 + (!(old as u16)) as u32 + (new >> 16) + (new & 0xffff);
+    let sum = (!check) as u32
+        + (!(old >> 16) as u16) as u32
+        + (!(old as u16)) as u32
+        + (new >> 16)
+        + (new & 0xffff);
     !fold(sum)
 }
 
@@ -31,7 +35,8 @@ pub fn update128(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
     let mut sum = (!check) as u32;
     let mut i = 0;
     while i < 16 {
-        sum += (!u16::from_be_bytes([old[i], old[i + 1]])) as u32 + u16::from_be_bytes([new[i], new[i + 1]]) as u32;
+        sum += (!u16::from_be_bytes([old[i], old[i + 1]])) as u32
+            + u16::from_be_bytes([new[i], new[i + 1]]) as u32;
         i += 2;
     }
     !fold(sum)
@@ -74,7 +79,8 @@ pub fn pseudo_header_sum(v4: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, le
     let mut i = 0;
     while i < 8 {
         if i < words {
-            sum += u16::from_be_bytes([src[2 * i], src[2 * i + 1]]) as u32 + u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]) as u32;
+            sum += u16::from_be_bytes([src[2 * i], src[2 * i + 1]]) as u32
+                + u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]) as u32;
         }
         i += 1;
     }
@@ -120,9 +126,19 @@ mod tests {
     }
 
     fn segment_checksum(v4: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, seg: &[u8]) -> u16 {
-        let (s, d) = if v4 { (&src[..4], &dst[..4]) } else { (&src[..], &dst[..]) };
+        let (s, d) = if v4 {
+            (&src[..4], &dst[..4])
+        } else {
+            (&src[..], &dst[..])
+        };
         let len = (seg.len() as u32).to_be_bytes();
-        full(&[s, d, &[0, proto], if v4 { &len[2..] } else { &len[..] }, seg])
+        full(&[
+            s,
+            d,
+            &[0, proto],
+            if v4 { &len[2..] } else { &len[..] },
+            seg,
+        ])
     }
 
     #[test]
@@ -149,7 +165,11 @@ mod tests {
             zeroed[field] = 0;
             zeroed[field + 1] = 0;
             let seg_sum = full(&[&zeroed]);
-            assert_eq!(!fold(pseudo_header_sum(v4, &src, &dst, proto, len as u32) + (!seg_sum) as u32), check, "pseudo-header, round {round}");
+            assert_eq!(
+                !fold(pseudo_header_sum(v4, &src, &dst, proto, len as u32) + (!seg_sum) as u32),
+                check,
+                "pseudo-header, round {round}"
+            );
 
             // Rewrite the source address.
             let new_src: [u8; 16] = if v4 {
@@ -160,13 +180,21 @@ mod tests {
                 rng.bytes()
             };
             let updated = if v4 {
-                update32(check, u32::from_be_bytes(src[..4].try_into().unwrap()), u32::from_be_bytes(new_src[..4].try_into().unwrap()))
+                update32(
+                    check,
+                    u32::from_be_bytes(src[..4].try_into().unwrap()),
+                    u32::from_be_bytes(new_src[..4].try_into().unwrap()),
+                )
             } else {
                 update128(check, &src, &new_src)
             };
             src = new_src;
             let want = segment_checksum(v4, &src, &dst, proto, &zeroed);
-            assert_eq!(fold_equal(updated, want), true, "address rewrite, round {round}: {updated:#06x} vs {want:#06x}");
+            assert_eq!(
+                fold_equal(updated, want),
+                true,
+                "address rewrite, round {round}: {updated:#06x} vs {want:#06x}"
+            );
             seg[field..field + 2].copy_from_slice(&updated.to_be_bytes());
 
             // Rewrite the first 16-bit word of the segment (a port), if it is not the field.
@@ -177,7 +205,10 @@ mod tests {
                 seg[0..2].copy_from_slice(&new.to_be_bytes());
                 zeroed[0..2].copy_from_slice(&new.to_be_bytes());
                 let want = segment_checksum(v4, &src, &dst, proto, &zeroed);
-                assert!(fold_equal(updated2, want), "port rewrite, round {round}: {updated2:#06x} vs {want:#06x}");
+                assert!(
+                    fold_equal(updated2, want),
+                    "port rewrite, round {round}: {updated2:#06x} vs {want:#06x}"
+                );
             }
         }
     }
@@ -221,7 +252,11 @@ mod tests {
             x[..4].copy_from_slice(&a);
             x
         };
-        let (src, dst, new) = (v4([100, 64, 10, 1]), v4([198, 18, 10, 10]), v4([198, 18, 10, 1]));
+        let (src, dst, new) = (
+            v4([100, 64, 10, 1]),
+            v4([198, 18, 10, 10]),
+            v4([198, 18, 10, 1]),
+        );
         let before = fold(pseudo_header_sum(true, &src, &dst, 6, 40));
         let after = fold(pseudo_header_sum(true, &new, &dst, 6, 40));
         let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);

@@ -27,12 +27,18 @@ impl MssClamp {
     pub const fn for_mtu(mtu: u32) -> MssClamp {
         let v4 = if mtu > 40 { mtu - 40 } else { 0 };
         let v6 = if mtu > 60 { mtu - 60 } else { 0 };
-        MssClamp { v4: if v4 > 0xffff { 0xffff } else { v4 as u16 }, v6: if v6 > 0xffff { 0xffff } else { v6 as u16 } }
+        MssClamp {
+            v4: if v4 > 0xffff { 0xffff } else { v4 as u16 },
+            v6: if v6 > 0xffff { 0xffff } else { v6 as u16 },
+        }
     }
 
     /// One value for both versions (IPv6's headers are 20 bytes longer).
     pub const fn fixed_v4(mss: u16) -> MssClamp {
-        MssClamp { v4: mss, v6: if mss > 20 { mss - 20 } else { 0 } }
+        MssClamp {
+            v4: mss,
+            v6: if mss > 20 { mss - 20 } else { 0 },
+        }
     }
 }
 
@@ -42,7 +48,11 @@ impl MssClamp {
 /// least one byte, so the walk ends within [`MAX_TCP_OPTIONS`] steps.
 #[inline(always)]
 pub fn find_mss(opts: &[u8; MAX_TCP_OPTIONS], len: usize) -> Option<(usize, u16)> {
-    let len = if len > MAX_TCP_OPTIONS { MAX_TCP_OPTIONS } else { len };
+    let len = if len > MAX_TCP_OPTIONS {
+        MAX_TCP_OPTIONS
+    } else {
+        len
+    };
     let mut i = 0;
     while i < MAX_TCP_OPTIONS {
         if i >= len {
@@ -64,7 +74,10 @@ pub fn find_mss(opts: &[u8; MAX_TCP_OPTIONS], len: usize) -> Option<(usize, u16)
             if opt_len != OPT_MSS_LEN {
                 return None;
             }
-            return Some((i, u16::from_be_bytes([*opts.get(i + 2)?, *opts.get(i + 3)?])));
+            return Some((
+                i,
+                u16::from_be_bytes([*opts.get(i + 2)?, *opts.get(i + 3)?]),
+            ));
         }
         i += opt_len;
     }

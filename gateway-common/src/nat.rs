@@ -103,7 +103,9 @@ pub fn mapped(family_v4: bool, addr: &[u8; 16]) -> [u8; 16] {
     if !family_v4 {
         return *addr;
     }
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
 }
 
 /// Attempts at a free port before the packet is dropped as `nat_exhausted`.
@@ -152,7 +154,10 @@ mod tests {
         assert_eq!(candidate_port(25_000, 1, 10_000, 20_000, 29_999), 20_000);
         // A one-port range, and the whole port space.
         assert_eq!(candidate_port(5, 3, 0xffff_ffff, 7_000, 7_000), 7_000);
-        assert_eq!(candidate_port(5, 1, 70_000, 0, 65_535), (70_000 % 65_536) as u16);
+        assert_eq!(
+            candidate_port(5, 1, 70_000, 0, 65_535),
+            (70_000 % 65_536) as u16
+        );
     }
 
     #[test]
@@ -181,7 +186,10 @@ mod tests {
     #[test]
     fn ipv4_networks_are_mapped_into_one_trie() {
         let a = [198, 18, 10, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(mapped(true, &a), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 10, 10]);
+        assert_eq!(
+            mapped(true, &a),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 10, 10]
+        );
         assert_eq!(mapped(false, &a), a);
     }
 }

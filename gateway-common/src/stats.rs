@@ -127,7 +127,10 @@ pub const fn verdict_label(r: u32) -> &'static str {
         "mss"
     } else if r >= reason::FIRST_DROP_REASON {
         "drop"
-    } else if r == reason::PASS_NON_IP || r == reason::PASS_NOT_OVERLAY || r == reason::PASS_NEIGHBOR_DISCOVERY {
+    } else if r == reason::PASS_NON_IP
+        || r == reason::PASS_NOT_OVERLAY
+        || r == reason::PASS_NEIGHBOR_DISCOVERY
+    {
         "pass"
     } else {
         "accept"

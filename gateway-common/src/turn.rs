@@ -88,7 +88,15 @@ pub mod reason {
     pub const SLOTS: u32 = 7;
 }
 
-pub const REASON_NAMES: [&str; reason::SLOTS as usize] = ["to_peer", "to_client", "other", "malformed", "no_route", "rewrite_failed", "partial_checksum"];
+pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
+    "to_peer",
+    "to_client",
+    "other",
+    "malformed",
+    "no_route",
+    "rewrite_failed",
+    "partial_checksum",
+];
 
 /// Whether a UDP checksum field holds only the pseudo-header sum (not complemented): what a
 /// local sender leaves for checksum offload. A full checksum equals it once in 65,536 frames;
@@ -120,7 +128,10 @@ pub fn udp_checksum_update(check: u16, removed: &[u16], added: &[u16]) -> u16 {
 
 /// The 16-bit words of an IPv4 address.
 pub const fn addr_words(a: [u8; 4]) -> [u16; 2] {
-    [u16::from_be_bytes([a[0], a[1]]), u16::from_be_bytes([a[2], a[3]])]
+    [
+        u16::from_be_bytes([a[0], a[1]]),
+        u16::from_be_bytes([a[2], a[3]]),
+    ]
 }
 
 /// The words a trailing byte run contributes, for `bytes` that start at `offset` from the UDP
@@ -161,7 +172,10 @@ mod tests {
         if bytes.len() % 2 == 1 {
             bytes.push(0);
         }
-        let mut sum: u32 = bytes.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+            .sum();
         while sum >> 16 != 0 {
             sum = (sum & 0xffff) + (sum >> 16);
         }
@@ -176,7 +190,15 @@ mod tests {
 
     #[test]
     fn channel_data_to_udp_and_back_keeps_checksums_right() {
-        for (len, pad) in [(0usize, 0usize), (1, 3), (5, 3), (64, 0), (1199, 1), (1200, 0), (3, 1)] {
+        for (len, pad) in [
+            (0usize, 0usize),
+            (1, 3),
+            (5, 3),
+            (64, 0),
+            (1199, 1),
+            (1200, 0),
+            (3, 1),
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let channel = 0x4001u16;
             // ChannelData as the client sent it (padding bytes not necessarily zero).
@@ -197,7 +219,11 @@ mod tests {
             added.extend(addr_words(RELAY));
             added.extend(addr_words(PEER));
             let got = udp_checksum_update(old, &removed, &added);
-            assert_eq!(got, full(RELAY, PEER, 50001, 5000, &data), "len {len} pad {pad}");
+            assert_eq!(
+                got,
+                full(RELAY, PEER, 50001, 5000, &data),
+                "len {len} pad {pad}"
+            );
 
             // Peer → client: the reverse, without padding.
             let back = full(PEER, RELAY, 5000, 50001, &data);
@@ -211,8 +237,16 @@ mod tests {
             let mut unpadded = channel.to_be_bytes().to_vec();
             unpadded.extend_from_slice(&(len as u16).to_be_bytes());
             unpadded.extend_from_slice(&data);
-            assert_eq!(udp_checksum_update(back, &removed, &added), full(LISTEN, CLIENT, 3478, 40000, &unpadded), "back, len {len}");
+            assert_eq!(
+                udp_checksum_update(back, &removed, &added),
+                full(LISTEN, CLIENT, 3478, 40000, &unpadded),
+                "back, len {len}"
+            );
         }
-        assert_eq!(udp_checksum_update(0, &[1, 2], &[3]), 0, "no checksum stays none");
+        assert_eq!(
+            udp_checksum_update(0, &[1, 2], &[3]),
+            0,
+            "no checksum stays none"
+        );
     }
 }

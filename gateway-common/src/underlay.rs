@@ -38,7 +38,9 @@ pub const fn classify(payload_len: u32, head: [u8; 4]) -> Message {
         MSG_INITIATION if payload_len == INITIATION_LEN => Message::Initiation,
         MSG_RESPONSE if payload_len == RESPONSE_LEN => Message::Response,
         MSG_COOKIE_REPLY if payload_len == COOKIE_REPLY_LEN => Message::CookieReply,
-        MSG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN && payload_len % 16 == 0 => Message::Transport,
+        MSG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN && payload_len % 16 == 0 => {
+            Message::Transport
+        }
         _ => Message::Malformed,
     }
 }
@@ -57,11 +59,17 @@ impl Rate {
     /// `per_second` messages a second on average, `burst` at once; 0 per second: unlimited.
     pub const fn new(per_second: u32, burst: u32) -> Rate {
         if per_second == 0 {
-            return Rate { interval_ns: 0, tolerance_ns: 0 };
+            return Rate {
+                interval_ns: 0,
+                tolerance_ns: 0,
+            };
         }
         let interval_ns = 1_000_000_000 / per_second as u64;
         let burst = if burst == 0 { 1 } else { burst };
-        Rate { interval_ns, tolerance_ns: interval_ns * (burst as u64 - 1) }
+        Rate {
+            interval_ns,
+            tolerance_ns: interval_ns * (burst as u64 - 1),
+        }
     }
 }
 
@@ -126,8 +134,18 @@ pub mod reason {
     pub const SLOTS: u32 = 10;
 }
 
-pub const REASON_NAMES: [&str; reason::SLOTS as usize] =
-    ["other_traffic", "initiation", "response", "cookie_reply", "transport", "later_fragment", "malformed", "rate_limited_source", "rate_limited_total", "truncated"];
+pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
+    "other_traffic",
+    "initiation",
+    "response",
+    "cookie_reply",
+    "transport",
+    "later_fragment",
+    "malformed",
+    "rate_limited_source",
+    "rate_limited_total",
+    "truncated",
+];
 
 /// Whether a reason drops the packet.
 pub const fn drops(r: u32) -> bool {
@@ -148,9 +166,21 @@ mod tests {
         assert_eq!(classify(148, [1, 0, 0, 0]), Message::Initiation);
         assert_eq!(classify(92, [2, 0, 0, 0]), Message::Response);
         assert_eq!(classify(64, [3, 0, 0, 0]), Message::CookieReply);
-        assert_eq!(classify(32, [4, 0, 0, 0]), Message::Transport, "a keepalive");
+        assert_eq!(
+            classify(32, [4, 0, 0, 0]),
+            Message::Transport,
+            "a keepalive"
+        );
         assert_eq!(classify(1440, [4, 0, 0, 0]), Message::Transport);
-        for (len, head) in [(149, [1, 0, 0, 0]), (148, [1, 0, 0, 1]), (92, [1, 0, 0, 0]), (16, [4, 0, 0, 0]), (33, [4, 0, 0, 0]), (148, [5, 0, 0, 0]), (0, [0; 4])] {
+        for (len, head) in [
+            (149, [1, 0, 0, 0]),
+            (148, [1, 0, 0, 1]),
+            (92, [1, 0, 0, 0]),
+            (16, [4, 0, 0, 0]),
+            (33, [4, 0, 0, 0]),
+            (148, [5, 0, 0, 0]),
+            (0, [0; 4]),
+        ] {
             assert_eq!(classify(len, head), Message::Malformed, "{len} {head:?}");
         }
     }
@@ -174,6 +204,10 @@ mod tests {
             later = admit(later, t1, rate).expect("burst again");
         }
         assert_eq!(admit(later, t1, rate), None);
-        assert_eq!(admit(123, 0, Rate::new(0, 0)), Some(0), "0 per second: unlimited");
+        assert_eq!(
+            admit(123, 0, Rate::new(0, 0)),
+            Some(0),
+            "0 per second: unlimited"
+        );
     }
 }

@@ -2,7 +2,10 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use gateway_common::{
-    acl::{self, AclTables, AddrClass, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey, cached_port, verdict_cache_slot},
+    acl::{
+        self, AclTables, AddrClass, V6_SLOT_PREFIX_BITS, V6KeyData, Verdict, VerdictKey,
+        cached_port, verdict_cache_slot,
+    },
     conntrack::FAMILY_V4,
     settings::{ActivePolicy, Settings},
 };
@@ -22,7 +25,9 @@ impl AclTables for MapTables {
     }
     #[inline(always)]
     fn v6(&self, key: &V6KeyData) -> Option<AddrClass> {
-        maps::ACL6.get(Key::new(V6_SLOT_PREFIX_BITS + 128, *key)).copied()
+        maps::ACL6
+            .get(Key::new(V6_SLOT_PREFIX_BITS + 128, *key))
+            .copied()
     }
     #[inline(always)]
     fn port_class(&self, index: u32) -> Option<u32> {
@@ -40,7 +45,9 @@ impl AclTables for MapTables {
 #[inline(always)]
 pub fn judge(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict {
     let port = cached_port(flow.proto, flow.dport);
-    let Some(cached) = maps::VERDICT_CACHE.get_ptr_mut(verdict_cache_slot(&flow.src, &flow.dst, flow.proto, port)) else {
+    let Some(cached) =
+        maps::VERDICT_CACHE.get_ptr_mut(verdict_cache_slot(&flow.src, &flow.dst, flow.proto, port))
+    else {
         return lookup(flow, active, settings);
     };
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
@@ -77,12 +84,20 @@ fn lookup(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict {
             acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, dst),
         )
     } else {
-        (acl::classify_v6(&MapTables, slot, flow.src), acl::classify_v6(&MapTables, slot, flow.dst))
+        (
+            acl::classify_v6(&MapTables, slot, flow.src),
+            acl::classify_v6(&MapTables, slot, flow.dst),
+        )
     };
     match classes {
-        (Some(src), Some(dst)) => {
-            acl::lookup_verdict(&MapTables, slot, src, dst, acl::proto_class(flow.proto), flow.dport)
-        }
+        (Some(src), Some(dst)) => acl::lookup_verdict(
+            &MapTables,
+            slot,
+            src,
+            dst,
+            acl::proto_class(flow.proto),
+            flow.dport,
+        ),
         // No class means no policy was ever loaded (or a dangling link): default deny.
         _ => Verdict::DEFAULT_DENY,
     }

@@ -29,7 +29,19 @@ pub fn key_of(flow: &Flow) -> (CtKey, bool) {
             }
         }
     };
-    (CtKey { addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, family: flow.family, echo, _pad: 0 }, sender_is_a)
+    (
+        CtKey {
+            addr_a: a,
+            addr_b: b,
+            port_a: pa,
+            port_b: pb,
+            proto: flow.proto,
+            family: flow.family,
+            echo,
+            _pad: 0,
+        },
+        sender_is_a,
+    )
 }
 
 #[inline(always)]
@@ -96,7 +108,10 @@ pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: boo
         if entry.state < STATE_TCP_CLOSING {
             entry.state = STATE_TCP_CLOSING;
         }
-    } else if entry.state == STATE_TCP_SYN_SENT && (!from_initiator || entry.replied != 0) && tcp_flags & TCP_ACK != 0 {
+    } else if entry.state == STATE_TCP_SYN_SENT
+        && (!from_initiator || entry.replied != 0)
+        && tcp_flags & TCP_ACK != 0
+    {
         entry.state = STATE_TCP_ESTABLISHED;
     }
 }

@@ -68,15 +68,29 @@ pub fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
     if pkt.frag != FRAG_NONE || l4 == 0 || l4 > 512 || l3 > l4 {
         return false;
     }
-    let b = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: core::ptr::null_mut() };
-    let Ok(check) = b.be16_at(l4 + field) else { return false };
+    let b = Bytes {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        len: ctx.data_end() - ctx.data(),
+        xdp: core::ptr::null_mut(),
+    };
+    let Ok(check) = b.be16_at(l4 + field) else {
+        return false;
+    };
     if pkt.flow.proto == PROTO_UDP && check == 0 {
         // No checksum at all (IPv4 UDP may say so).
         return false;
     }
     let l4_len = pkt.ip_len - (l4 - l3) as u32;
     let v4 = pkt.flow.family == FAMILY_V4;
-    check == checksum::fold(checksum::pseudo_header_sum(v4, &pkt.flow.src, &pkt.flow.dst, pkt.flow.proto, l4_len))
+    check
+        == checksum::fold(checksum::pseudo_header_sum(
+            v4,
+            &pkt.flow.src,
+            &pkt.flow.dst,
+            pkt.flow.proto,
+            l4_len,
+        ))
 }
 
 /// Forwards the frame if it can; `None` means "let the kernel have it".
@@ -99,12 +113,17 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         return None;
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    let key = FibKey { ifindex, family: if v4 { AF_INET } else { AF_INET6 } as u32, dst: pkt.flow.dst };
+    let key = FibKey {
+        ifindex,
+        family: if v4 { AF_INET } else { AF_INET6 } as u32,
+        dst: pkt.flow.dst,
+    };
     let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = conntrack::now_ns();
-    let fresh = slot.key == key && now < slot.route.expires_ns && pkt.ip_len <= slot.route.max_len as u32;
+    let fresh =
+        slot.key == key && now < slot.route.expires_ns && pkt.ip_len <= slot.route.max_len as u32;
     if !fresh {
         slot.route = lookup(ctx, pkt, v4, ip, now)?;
         slot.key = key;
@@ -159,7 +178,11 @@ fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.ifindex = ifindex;
     fib.l4_protocol = pkt.flow.proto;
-    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff { 0xffff } else { tot_len as u16 };
+    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff {
+        0xffff
+    } else {
+        tot_len as u16
+    };
     if pkt.flow.family == FAMILY_V4 {
         fib.family = AF_INET;
         let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
@@ -205,7 +228,10 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
     use aya_ebpf::{
         EbpfContext as _,
         bindings::{BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_REDIRECT},
-        helpers::generated::{bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes, bpf_skb_store_bytes},
+        helpers::generated::{
+            bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes,
+            bpf_skb_store_bytes,
+        },
     };
     let v4 = pkt.flow.family == FAMILY_V4;
     let l3 = pkt.l3 as usize;
@@ -217,7 +243,10 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
     let hop_at = l3 + if v4 { 8 } else { 7 };
     let mut hop = 0u8;
     // SAFETY: helper call with a 1-byte local.
-    if unsafe { bpf_skb_load_bytes(skb.cast(), hop_at as u32, (&mut hop as *mut u8).cast(), 1) } != 0 || hop <= 1 {
+    if unsafe { bpf_skb_load_bytes(skb.cast(), hop_at as u32, (&mut hop as *mut u8).cast(), 1) }
+        != 0
+        || hop <= 1
+    {
         return None;
     }
     // The FIB checks the egress MTU against this length. A GSO aggregate leaves as segments of
@@ -231,7 +260,17 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
             PROTO_TCP => {
                 let mut doff = 0u8;
                 // SAFETY: helper call with a 1-byte local.
-                if pkt.l4 == 0 || pkt.l4 > 512 || unsafe { bpf_skb_load_bytes(skb.cast(), pkt.l4 + 12, (&mut doff as *mut u8).cast(), 1) } != 0 {
+                if pkt.l4 == 0
+                    || pkt.l4 > 512
+                    || unsafe {
+                        bpf_skb_load_bytes(
+                            skb.cast(),
+                            pkt.l4 + 12,
+                            (&mut doff as *mut u8).cast(),
+                            1,
+                        )
+                    } != 0
+                {
                     return None;
                 }
                 ((doff >> 4) as u32) * 4
@@ -244,7 +283,14 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
     // SAFETY: the context's own skb.
     let mut fib = fib_params(unsafe { (*skb).ingress_ifindex }, pkt, tot_len);
     // SAFETY: plain helper call with a properly sized parameter block.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH) };
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
@@ -262,7 +308,14 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
                 return None;
             }
             // The TTL is the high byte of its 16-bit word (TTL, protocol).
-            if bpf_l3_csum_replace(skb.cast(), (l3 + 10) as u32, old.to_be() as u64, new.to_be() as u64, 2) != 0 {
+            if bpf_l3_csum_replace(
+                skb.cast(),
+                (l3 + 10) as u32,
+                old.to_be() as u64,
+                new.to_be() as u64,
+                2,
+            ) != 0
+            {
                 return None;
             }
         } else {
@@ -278,13 +331,19 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
             if bpf_skb_change_head(skb.cast(), 14, 0) != 0 {
                 return None;
             }
-            let ethertype: u16 = if v4 { 0x0800u16.to_be() } else { 0x86ddu16.to_be() };
+            let ethertype: u16 = if v4 {
+                0x0800u16.to_be()
+            } else {
+                0x86ddu16.to_be()
+            };
             // From here the packet has a header the tunnel's stack would misread: it is
             // redirected or dropped, never handed back.
             if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0 {
                 return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
             }
-            if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) != TC_ACT_REDIRECT as i64 {
+            if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0)
+                != TC_ACT_REDIRECT as i64
+            {
                 return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
             }
             return Some(TC_ACT_REDIRECT as i32);

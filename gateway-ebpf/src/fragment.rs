@@ -16,7 +16,11 @@ fn key_of(pkt: &Packet) -> FragKey {
         src: pkt.flow.src,
         dst: pkt.flow.dst,
         id: pkt.frag_id,
-        proto: if pkt.flow.family == FAMILY_V4 { pkt.flow.proto } else { 0 },
+        proto: if pkt.flow.family == FAMILY_V4 {
+            pkt.flow.proto
+        } else {
+            0
+        },
         family: pkt.flow.family,
         _pad: [0; 2],
     }
@@ -24,7 +28,11 @@ fn key_of(pkt: &Packet) -> FragKey {
 
 #[inline(always)]
 pub fn record(pkt: &Packet, action: u32, rule: u32, now: u64, timeout_secs: u32) {
-    let v = FragVerdict { expires_ns: now + timeout_secs as u64 * NS_PER_SEC, action, rule };
+    let v = FragVerdict {
+        expires_ns: now + timeout_secs as u64 * NS_PER_SEC,
+        action,
+        rule,
+    };
     let _ = maps::FRAGMENTS.insert(key_of(pkt), v, 0);
 }
 

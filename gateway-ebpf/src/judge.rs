@@ -11,7 +11,10 @@ use gateway_common::{
 use crate::{
     acl, conntrack, fragment, maps,
     packet::Bytes,
-    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, ICMP_NEIGHBOR_DISCOVERY, ICMP_OTHER, Link, Packet, Parsed},
+    parse::{
+        self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, ICMP_NEIGHBOR_DISCOVERY,
+        ICMP_OTHER, Link, Packet, Parsed,
+    },
 };
 
 #[derive(Clone, Copy)]
@@ -31,7 +34,11 @@ impl Decision {
 
 #[inline(always)]
 pub fn plain(reason: u32) -> Decision {
-    Decision { reason, rule: RULE_DEFAULT, slot: 0 }
+    Decision {
+        reason,
+        rule: RULE_DEFAULT,
+        slot: 0,
+    }
 }
 
 /// Parses and judges a packet at a hook.
@@ -71,7 +78,9 @@ pub fn judge(pkt: &Packet, hook: u32) -> Decision {
     let active = *active;
     let mut d = match hook {
         HOOK_TUNNEL_EGRESS => outbound(pkt, &active, settings),
-        HOOK_LAN if !in_overlay(&pkt.flow.dst, pkt.flow.family, settings) => plain(reason::PASS_NOT_OVERLAY),
+        HOOK_LAN if !in_overlay(&pkt.flow.dst, pkt.flow.family, settings) => {
+            plain(reason::PASS_NOT_OVERLAY)
+        }
         _ => police(pkt, &active, settings),
     };
     d.slot = active.slot;
@@ -83,7 +92,11 @@ pub fn judge(pkt: &Packet, hook: u32) -> Decision {
 fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision {
     let stateful = settings.flags & FLAG_CONNTRACK != 0;
     // The clock is only read where state is kept: a stateless lookup does not pay for it.
-    let now = if stateful || pkt.frag != FRAG_NONE { conntrack::now_ns() } else { 0 };
+    let now = if stateful || pkt.frag != FRAG_NONE {
+        conntrack::now_ns()
+    } else {
+        0
+    };
     if pkt.frag == FRAG_LATER {
         return follow_first_fragment(pkt, now);
     }
@@ -95,7 +108,11 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision 
         by_policy(&pkt.flow, active, settings)
     };
     if pkt.frag == FRAG_FIRST {
-        let action = if d.passes() { ACTION_ACCEPT } else { ACTION_DROP };
+        let action = if d.passes() {
+            ACTION_ACCEPT
+        } else {
+            ACTION_DROP
+        };
         fragment::record(pkt, action, d.rule, now, settings.timeouts.fragment);
     }
     d
@@ -105,7 +122,11 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision 
 /// Only a flow that is not known as ended may start here.
 #[inline(always)]
 fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision {
-    if settings.flags & FLAG_CONNTRACK == 0 || pkt.frag == FRAG_LATER || pkt.icmp == ICMP_ERROR || pkt.icmp == ICMP_OTHER {
+    if settings.flags & FLAG_CONNTRACK == 0
+        || pkt.frag == FRAG_LATER
+        || pkt.icmp == ICMP_ERROR
+        || pkt.icmp == ICMP_OTHER
+    {
         return plain(reason::ACCEPT_OUTBOUND);
     }
     let now = conntrack::now_ns();
@@ -131,7 +152,11 @@ fn by_policy(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Decisio
     } else {
         reason::DROP_POLICY
     };
-    Decision { reason, rule: v.rule, slot: 0 }
+    Decision {
+        reason,
+        rule: v.rule,
+        slot: 0,
+    }
 }
 
 /// A flow that is not live is judged as new; one that the policy ended stays ended unless the
@@ -148,7 +173,10 @@ fn track_policed(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: 
         let entry = new_entry(pkt, sender_is_a, active, d.rule, ORIGIN_POLICY, now);
         conntrack::insert(&key, &entry);
     } else if let Existing::Revoked = existing {
-        return Decision { reason: reason::DROP_REVOKED, ..d };
+        return Decision {
+            reason: reason::DROP_REVOKED,
+            ..d
+        };
     }
     d
 }
@@ -173,10 +201,14 @@ fn existing_flow(
     settings: &Settings,
     now: u64,
 ) -> Existing {
-    let Some(ptr) = conntrack::lookup(key) else { return Existing::Untracked };
+    let Some(ptr) = conntrack::lookup(key) else {
+        return Existing::Untracked;
+    };
     // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps.
     let entry = unsafe { &mut *ptr };
-    if !conntrack::is_live(key, entry, settings, now) || conntrack::reopens(key, entry, pkt.tcp_flags) {
+    if !conntrack::is_live(key, entry, settings, now)
+        || conntrack::reopens(key, entry, pkt.tcp_flags)
+    {
         return Existing::Untracked;
     }
     if entry.origin == ORIGIN_REVOKED {
@@ -188,7 +220,11 @@ fn existing_flow(
         return Existing::Live(revoked);
     }
     conntrack::update(entry, pkt.flow.proto, pkt.tcp_flags, from_initiator, now);
-    Existing::Live(Decision { reason: reason::ACCEPT_ESTABLISHED, rule: entry.rule, slot: 0 })
+    Existing::Live(Decision {
+        reason: reason::ACCEPT_ESTABLISHED,
+        rule: entry.rule,
+        slot: 0,
+    })
 }
 
 /// After a policy change, checks a policy-admitted flow again in its original direction
@@ -206,11 +242,19 @@ fn recheck(
     if entry.origin != ORIGIN_POLICY || entry.generation == active.generation {
         return None;
     }
-    let original = if from_initiator { *flow } else { flow.reversed() };
+    let original = if from_initiator {
+        *flow
+    } else {
+        flow.reversed()
+    };
     let v = acl::judge(&original, active, settings);
     if !v.accepts() {
         gateway_common::conntrack::revoke(entry, flow.proto, now);
-        return Some(Decision { reason: reason::DROP_REVOKED, rule: v.rule, slot: 0 });
+        return Some(Decision {
+            reason: reason::DROP_REVOKED,
+            rule: v.rule,
+            slot: 0,
+        });
     }
     entry.generation = active.generation;
     entry.rule = v.rule;
@@ -218,7 +262,14 @@ fn recheck(
 }
 
 #[inline(always)]
-fn new_entry(pkt: &Packet, sender_is_a: bool, active: &ActivePolicy, rule: u32, origin: u8, now: u64) -> CtEntry {
+fn new_entry(
+    pkt: &Packet,
+    sender_is_a: bool,
+    active: &ActivePolicy,
+    rule: u32,
+    origin: u8,
+    now: u64,
+) -> CtEntry {
     CtEntry {
         last_seen_ns: now,
         generation: active.generation,
@@ -252,7 +303,11 @@ fn related(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -
             if let Some(revoked) = recheck(entry, quoted, from_initiator, active, settings, now) {
                 return revoked;
             }
-            return Decision { reason: reason::ACCEPT_RELATED, rule: entry.rule, slot: 0 };
+            return Decision {
+                reason: reason::ACCEPT_RELATED,
+                rule: entry.rule,
+                slot: 0,
+            };
         }
     }
     plain(reason::DROP_ICMP_UNRELATED)

@@ -42,9 +42,15 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
         stats::count_rule(d.slot, s.rules_per_slot, d.rule, len);
     }
     if d.reason == reason::DROP_REVOKED {
-        info!(ctx, "flow ended: the new policy no longer allows it (hook {})", hook);
+        info!(
+            ctx,
+            "flow ended: the new policy no longer allows it (hook {})", hook
+        );
     } else if d.reason == reason::DROP_INTERNAL {
-        error!(ctx, "policy maps unreadable, packet dropped (hook {})", hook);
+        error!(
+            ctx,
+            "policy maps unreadable, packet dropped (hook {})", hook
+        );
     }
 }
 
@@ -53,11 +59,20 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: ctx.ctx };
+    let bytes = Bytes {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        len: ctx.data_end() - ctx.data(),
+        xdp: ctx.ctx,
+    };
     let d = match judge::parse_packet(&bytes, Link::Ethernet) {
         Ok(pkt) => {
             let rw = nat::XdpRewrite::new(&ctx);
-            lan_ingress(nat::unmasquerade(&rw, pkt, ctx.ingress_ifindex() as u32), pkt, bytes.len)
+            lan_ingress(
+                nat::unmasquerade(&rw, pkt, ctx.ingress_ifindex() as u32),
+                pkt,
+                bytes.len,
+            )
         }
         Err(d) => d,
     };
@@ -68,7 +83,11 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
         // (`ip_len` is 0 unless the parse got as far as the datagram's length.)
         Some(p) if p.ip_len != 0 => {
             let ip_end = (p.l3 + p.ip_len) as usize;
-            if ip_end > bytes.len { ip_end } else { bytes.len }
+            if ip_end > bytes.len {
+                ip_end
+            } else {
+                bytes.len
+            }
         }
         _ => bytes.len,
     };
@@ -78,7 +97,9 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     }
     // Only traffic the policy judged is forwarded here; other traffic is the kernel's.
     let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
-    let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_XDP_FORWARD != 0);
+    let enabled = maps::SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & FLAG_XDP_FORWARD != 0);
     if judged && enabled {
         // The parse is still in this CPU's scratch: forwarding works from it.
         match pkt.map(|pkt| forward::forward(&ctx, pkt)) {
@@ -86,7 +107,11 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
                 stats::count(HOOK_LAN, reason::XDP_FORWARDED, len as u64);
                 return action;
             }
-            Some(forward::Forward::PartialChecksum) => stats::count(HOOK_LAN, reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM, len as u64),
+            Some(forward::Forward::PartialChecksum) => stats::count(
+                HOOK_LAN,
+                reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM,
+                len as u64,
+            ),
             _ => {}
         }
     }
@@ -112,12 +137,21 @@ fn lan_ingress(n: nat::Nat, pkt: &parse::Packet, len: usize) -> Decision {
 #[inline(always)]
 fn tc_bytes(ctx: &TcContext) -> Bytes {
     let len = ctx.len();
-    let want = if len < TC_PULL_BYTES { len } else { TC_PULL_BYTES };
+    let want = if len < TC_PULL_BYTES {
+        len
+    } else {
+        TC_PULL_BYTES
+    };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         // If this fails, the parser reads what is linear and says which header it could not.
         let _ = ctx.pull_data(want);
     }
-    Bytes { start: ctx.data(), end: ctx.data_end(), len: len as usize, xdp: core::ptr::null_mut() }
+    Bytes {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        len: len as usize,
+        xdp: core::ptr::null_mut(),
+    }
 }
 
 #[inline(always)]
@@ -127,7 +161,11 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     let d = if hook == HOOK_LAN {
         match judge::parse_packet(&bytes, link) {
             // SAFETY: the context's own skb pointer.
-            Ok(pkt) => lan_ingress(nat::unmasquerade(&nat::TcRewrite(ctx), pkt, unsafe { (*ctx.skb.skb).ifindex }), pkt, len),
+            Ok(pkt) => lan_ingress(
+                nat::unmasquerade(&nat::TcRewrite(ctx), pkt, unsafe { (*ctx.skb.skb).ifindex }),
+                pkt,
+                len,
+            ),
             Err(d) => d,
         }
     } else {
@@ -144,11 +182,18 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
                 mss::Clamp::Failed => stats::count(hook, reason::MSS_NOT_CLAMPED, len as u64),
                 mss::Clamp::Untouched => {}
             }
-            let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
-            let enabled = maps::SETTINGS.get(0).is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
+            let judged =
+                d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
+            let enabled = maps::SETTINGS
+                .get(0)
+                .is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
             if hook == HOOK_TUNNEL_INGRESS && judged && enabled {
                 if let Some(action) = forward::tc_forward(ctx, pkt) {
-                    let why = if action == TC_ACT_SHOT { reason::DROP_INTERNAL } else { reason::TC_FORWARDED };
+                    let why = if action == TC_ACT_SHOT {
+                        reason::DROP_INTERNAL
+                    } else {
+                        reason::TC_FORWARDED
+                    };
                     stats::count(hook, why, len as u64);
                     return action;
                 }
@@ -169,7 +214,10 @@ pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_lan_egress(ctx: TcContext) -> i32 {
     let bytes = tc_bytes(&ctx);
-    let (Ok(pkt), Some(settings)) = (judge::parse_packet(&bytes, Link::Ethernet), maps::SETTINGS.get(0)) else {
+    let (Ok(pkt), Some(settings)) = (
+        judge::parse_packet(&bytes, Link::Ethernet),
+        maps::SETTINGS.get(0),
+    ) else {
         return TC_ACT_OK;
     };
     // SAFETY: the context's own skb pointer.
@@ -191,10 +239,19 @@ pub fn tc_lan_egress(ctx: TcContext) -> i32 {
 /// messages reach it, handshake initiations at bounded rates.
 #[xdp(frags)]
 pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
-    let bytes = Bytes { start: ctx.data(), end: ctx.data_end(), len: ctx.data_end() - ctx.data(), xdp: ctx.ctx };
+    let bytes = Bytes {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        len: ctx.data_end() - ctx.data(),
+        xdp: ctx.ctx,
+    };
     let r = underlay::filter(&bytes);
     underlay::count(r, bytes.len as u64);
-    if gateway_common::underlay::drops(r) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    if gateway_common::underlay::drops(r) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 /// The TURN relay's interfaces: bound channels forwarded in the kernel.

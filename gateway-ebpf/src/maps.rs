@@ -2,17 +2,17 @@
 //! capacities from its configuration when it loads the object. The large ACL arrays are
 //! mmapable so the controller writes a whole policy slot with memory stores, not syscalls.
 
+use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LruHashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
-use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use gateway_common::{
     acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
     forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot},
-    maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     fragment::{FragKey, FragVerdict},
+    maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     mss::MssClamp,
     nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
     settings::{ActivePolicy, Settings},
@@ -70,7 +70,8 @@ pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_S
 
 /// The last verdicts of the policy lookup, per CPU (see `CachedVerdict`).
 #[map(name = "VERDICT_CACHE_V1")]
-pub static VERDICT_CACHE: PerCpuArray<CachedVerdict> = PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
+pub static VERDICT_CACHE: PerCpuArray<CachedVerdict> =
+    PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
 
 /// The MSS each tunnel interface allows, by ifindex (absent: not clamped).
 #[map(name = "TUNNEL_MSS_V1")]
@@ -78,11 +79,13 @@ pub static TUNNEL_MSS: HashMap<u32, MssClamp> = HashMap::with_max_entries(TUNNEL
 
 /// Masquerading LAN interfaces and their addresses, by ifindex.
 #[map(name = "NAT_IFACES_V1")]
-pub static NAT_INTERFACES: HashMap<u32, NatInterface> = HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);
+pub static NAT_INTERFACES: HashMap<u32, NatInterface> =
+    HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);
 
 /// Destination networks whose traffic from the overlay is masqueraded (IPv4 mapped into IPv6).
 #[map(name = "NAT_NETS_V1")]
-pub static NAT_NETWORKS: LpmTrie<NatPrefix, u8> = LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+pub static NAT_NETWORKS: LpmTrie<NatPrefix, u8> =
+    LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 #[map(name = "NAT_SETTINGS_V1")]
 pub static NAT_SETTINGS: Array<NatSettings> = Array::with_max_entries(1, 0);
@@ -107,28 +110,36 @@ pub static NAT_FRAGMENTS: LruHashMap<FragKey, NatTarget> = LruHashMap::with_max_
 pub static LAN_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);
 
 #[map(name = "WGU_PORTS_V1")]
-pub static UNDERLAY_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(gateway_common::underlay::PORTS_MAX, 0);
+pub static UNDERLAY_PORTS: HashMap<u16, u8> =
+    HashMap::with_max_entries(gateway_common::underlay::PORTS_MAX, 0);
 
 #[map(name = "WGU_SETTINGS_V1")]
-pub static UNDERLAY_SETTINGS: Array<gateway_common::underlay::UnderlaySettings> = Array::with_max_entries(1, 0);
+pub static UNDERLAY_SETTINGS: Array<gateway_common::underlay::UnderlaySettings> =
+    Array::with_max_entries(1, 0);
 
 #[map(name = "WGU_SOURCES_V1")]
-pub static UNDERLAY_SOURCES: LruHashMap<gateway_common::underlay::SourceKey, u64> = LruHashMap::with_max_entries(gateway_common::underlay::SOURCES_MAX, 0);
+pub static UNDERLAY_SOURCES: LruHashMap<gateway_common::underlay::SourceKey, u64> =
+    LruHashMap::with_max_entries(gateway_common::underlay::SOURCES_MAX, 0);
 
 #[map(name = "WGU_CPU_V1")]
 pub static UNDERLAY_CPU: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WGU_STATS_V1")]
-pub static UNDERLAY_STATS: PerCpuArray<gateway_common::stats::Counter> = PerCpuArray::with_max_entries(gateway_common::underlay::reason::SLOTS, 0);
+pub static UNDERLAY_STATS: PerCpuArray<gateway_common::stats::Counter> =
+    PerCpuArray::with_max_entries(gateway_common::underlay::reason::SLOTS, 0);
 
 #[map(name = "TURN_CHANNELS_V1")]
-pub static TURN_CHANNELS: HashMap<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+pub static TURN_CHANNELS: HashMap<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer> =
+    HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_PEERS_V1")]
-pub static TURN_PEERS: HashMap<gateway_common::turn::PeerKey, gateway_common::turn::ToClient> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+pub static TURN_PEERS: HashMap<gateway_common::turn::PeerKey, gateway_common::turn::ToClient> =
+    HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_STATS_V1")]
-pub static TURN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(2 * gateway_common::turn::BINDING_SLOTS, 0);
+pub static TURN_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(2 * gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_REASONS_V1")]
-pub static TURN_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(gateway_common::turn::reason::SLOTS, 0);
+pub static TURN_REASONS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(gateway_common::turn::reason::SLOTS, 0);

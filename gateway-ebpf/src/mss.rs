@@ -41,13 +41,19 @@ pub fn clamp(ctx: &TcContext, pkt: &Packet) -> Clamp {
     let Some(limits) = (unsafe { maps::TUNNEL_MSS.get(&ifindex) }).copied() else {
         return Clamp::Untouched;
     };
-    let limit = if pkt.flow.family == FAMILY_V4 { limits.v4 } else { limits.v6 };
+    let limit = if pkt.flow.family == FAMILY_V4 {
+        limits.v4
+    } else {
+        limits.v6
+    };
     let l4 = pkt.l4 as usize;
     // (Bounds for the verifier: the parse never goes past 512 bytes.)
     if limit == 0 || l4 == 0 || l4 > 512 {
         return Clamp::Untouched;
     }
-    let Ok(offset_byte) = ctx.load::<u8>(l4 + 12) else { return Clamp::Failed };
+    let Ok(offset_byte) = ctx.load::<u8>(l4 + 12) else {
+        return Clamp::Failed;
+    };
     let header = ((offset_byte >> 4) as usize) * 4;
     if header <= TCP_HEADER {
         return Clamp::Untouched;
@@ -58,11 +64,20 @@ pub fn clamp(ctx: &TcContext, pkt: &Packet) -> Clamp {
     }
     let mut opts = [0u8; MAX_TCP_OPTIONS];
     // SAFETY: `len` is 1..=40 and `opts` holds 40 bytes.
-    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), (l4 + TCP_HEADER) as u32, opts.as_mut_ptr().cast(), len as u32) };
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            (l4 + TCP_HEADER) as u32,
+            opts.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
     if rc != 0 {
         return Clamp::Failed;
     }
-    let Some((at, mss)) = find_mss(&opts, len) else { return Clamp::Untouched };
+    let Some((at, mss)) = find_mss(&opts, len) else {
+        return Clamp::Untouched;
+    };
     if mss <= limit {
         return Clamp::Untouched;
     }
@@ -75,7 +90,14 @@ pub fn clamp(ctx: &TcContext, pkt: &Packet) -> Clamp {
         if bpf_skb_store_bytes(ctx.skb.skb.cast(), field, (&new as *const u16).cast(), 2, 0) != 0 {
             return Clamp::Failed;
         }
-        if bpf_l4_csum_replace(ctx.skb.skb.cast(), (l4 + TCP_CHECKSUM_AT) as u32, old as u64, new as u64, CSUM_FIELD_2_BYTES) != 0 {
+        if bpf_l4_csum_replace(
+            ctx.skb.skb.cast(),
+            (l4 + TCP_CHECKSUM_AT) as u32,
+            old as u64,
+            new as u64,
+            CSUM_FIELD_2_BYTES,
+        ) != 0
+        {
             return Clamp::Failed;
         }
     }

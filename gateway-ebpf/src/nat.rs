@@ -13,7 +13,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::generated::{bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes},
+    helpers::generated::{
+        bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes,
+    },
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
@@ -21,13 +23,19 @@ use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
     fragment::FragKey,
-    nat::{NatKey, NatPrefix, NatSettings, NatTarget, PORT_ATTEMPTS, V4_MAPPED_PREFIX_BITS, candidate_port, mapped, timeout_ns},
+    nat::{
+        NatKey, NatPrefix, NatSettings, NatTarget, PORT_ATTEMPTS, V4_MAPPED_PREFIX_BITS,
+        candidate_port, mapped, timeout_ns,
+    },
     settings::Settings,
 };
 
 use crate::{
     conntrack, judge, maps,
-    parse::{ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, TCP_ACK, TCP_SYN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet},
+    parse::{
+        ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP,
+        PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_SYN,
+    },
 };
 
 /// Per-CPU room for the keys and targets of one translation: on the stack they would not fit
@@ -70,7 +78,15 @@ pub trait Rewrite {
     /// In an ICMP error, the quoted packet's address and port at `end` (RFC 5508), with the
     /// quoted IPv4 header's checksum and the ICMP checksum kept right. (The quoted transport
     /// checksum is left as it was: it covers bytes an error does not carry.)
-    fn set_quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool;
+    fn set_quoted(
+        &self,
+        pkt: &Packet,
+        end: End,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        old_port: u16,
+        new_port: u16,
+    ) -> bool;
 }
 
 /// Where the quoted packet's port (or echo identifier) at `end` is.
@@ -135,7 +151,15 @@ pub struct TcRewrite<'a>(pub &'a TcContext);
 
 impl Rewrite for TcRewrite<'_> {
     #[inline(always)]
-    fn set_quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool {
+    fn set_quoted(
+        &self,
+        pkt: &Packet,
+        end: End,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        old_port: u16,
+        new_port: u16,
+    ) -> bool {
         self.quoted(pkt, end, old, new, old_port, new_port)
     }
 
@@ -145,27 +169,63 @@ impl Rewrite for TcRewrite<'_> {
         let v4 = pkt.flow.family == FAMILY_V4;
         let at = pkt.l3 as usize + addr_at(v4, end);
         // A later fragment has no L4 header (its checksum is in the first fragment).
-        let check = if has_l4(pkt) { l4_check_at(pkt).map(|c| pkt.l4 as usize + c) } else { None };
+        let check = if has_l4(pkt) {
+            l4_check_at(pkt).map(|c| pkt.l4 as usize + c)
+        } else {
+            None
+        };
         // ICMPv4 has no pseudo-header; UDP over IPv4 may carry no checksum (the kernel helper
         // keeps a zero field zero with BPF_F_MARK_MANGLED_0).
         let pseudo = pkt.flow.proto != PROTO_ICMP;
-        let udp = if pkt.flow.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
+        let udp = if pkt.flow.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0
+        } else {
+            0
+        };
         let words = if v4 { 1 } else { 4 };
         let mut i = 0;
         while i < 4 {
             if i < words {
-                let o = u32::from_ne_bytes([old[4 * i], old[4 * i + 1], old[4 * i + 2], old[4 * i + 3]]);
-                let n = u32::from_ne_bytes([new[4 * i], new[4 * i + 1], new[4 * i + 2], new[4 * i + 3]]);
+                let o = u32::from_ne_bytes([
+                    old[4 * i],
+                    old[4 * i + 1],
+                    old[4 * i + 2],
+                    old[4 * i + 3],
+                ]);
+                let n = u32::from_ne_bytes([
+                    new[4 * i],
+                    new[4 * i + 1],
+                    new[4 * i + 2],
+                    new[4 * i + 3],
+                ]);
                 // SAFETY: helper calls on the program's own skb with a 4-byte local.
                 unsafe {
-                    if bpf_skb_store_bytes(skb, (at + 4 * i) as u32, (&n as *const u32).cast(), 4, 0) != 0 {
+                    if bpf_skb_store_bytes(
+                        skb,
+                        (at + 4 * i) as u32,
+                        (&n as *const u32).cast(),
+                        4,
+                        0,
+                    ) != 0
+                    {
                         return false;
                     }
-                    if v4 && bpf_l3_csum_replace(skb, (pkt.l3 + 10) as u32, o as u64, n as u64, 4) != 0 {
+                    if v4
+                        && bpf_l3_csum_replace(skb, (pkt.l3 + 10) as u32, o as u64, n as u64, 4)
+                            != 0
+                    {
                         return false;
                     }
                     if let Some(c) = check {
-                        if pseudo && bpf_l4_csum_replace(skb, c as u32, o as u64, n as u64, BPF_F_PSEUDO_HDR | udp | 4) != 0 {
+                        if pseudo
+                            && bpf_l4_csum_replace(
+                                skb,
+                                c as u32,
+                                o as u64,
+                                n as u64,
+                                BPF_F_PSEUDO_HDR | udp | 4,
+                            ) != 0
+                        {
                             return false;
                         }
                     }
@@ -181,14 +241,26 @@ impl Rewrite for TcRewrite<'_> {
         let skb = self.0.skb.skb.cast();
         let at = pkt.l4 as usize + port_at(pkt, end);
         let (o, n) = (old.to_be(), new.to_be());
-        let udp = if pkt.flow.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
+        let udp = if pkt.flow.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0
+        } else {
+            0
+        };
         // SAFETY: helper calls on the program's own skb with a 2-byte local.
         unsafe {
             if bpf_skb_store_bytes(skb, at as u32, (&n as *const u16).cast(), 2, 0) != 0 {
                 return false;
             }
             match l4_check_at(pkt) {
-                Some(c) => bpf_l4_csum_replace(skb, (pkt.l4 as usize + c) as u32, o as u64, n as u64, udp | 2) == 0,
+                Some(c) => {
+                    bpf_l4_csum_replace(
+                        skb,
+                        (pkt.l4 as usize + c) as u32,
+                        o as u64,
+                        n as u64,
+                        udp | 2,
+                    ) == 0
+                }
                 None => true,
             }
         }
@@ -197,7 +269,15 @@ impl Rewrite for TcRewrite<'_> {
 
 impl TcRewrite<'_> {
     #[inline(always)]
-    fn quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool {
+    fn quoted(
+        &self,
+        pkt: &Packet,
+        end: End,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        old_port: u16,
+        new_port: u16,
+    ) -> bool {
         let skb = self.0.skb.skb.cast();
         let v4 = pkt.flow.family == FAMILY_V4;
         let (q3, icmp_check) = (pkt.quoted_l3 as usize, (pkt.l4 + 2) as u32);
@@ -206,11 +286,28 @@ impl TcRewrite<'_> {
         let mut i = 0;
         while i < 4 {
             if i < words {
-                let o = u32::from_ne_bytes([old[4 * i], old[4 * i + 1], old[4 * i + 2], old[4 * i + 3]]);
-                let n = u32::from_ne_bytes([new[4 * i], new[4 * i + 1], new[4 * i + 2], new[4 * i + 3]]);
+                let o = u32::from_ne_bytes([
+                    old[4 * i],
+                    old[4 * i + 1],
+                    old[4 * i + 2],
+                    old[4 * i + 3],
+                ]);
+                let n = u32::from_ne_bytes([
+                    new[4 * i],
+                    new[4 * i + 1],
+                    new[4 * i + 2],
+                    new[4 * i + 3],
+                ]);
                 // SAFETY: helper calls on the program's own skb with 4-byte locals.
                 unsafe {
-                    if bpf_skb_store_bytes(skb, (at + 4 * i) as u32, (&n as *const u32).cast(), 4, 0) != 0 {
+                    if bpf_skb_store_bytes(
+                        skb,
+                        (at + 4 * i) as u32,
+                        (&n as *const u32).cast(),
+                        4,
+                        0,
+                    ) != 0
+                    {
                         return false;
                     }
                     // IPv4: the quoted header's checksum absorbs the change, so the ICMP checksum
@@ -230,7 +327,13 @@ impl TcRewrite<'_> {
         let (o, n) = (old_port.to_be(), new_port.to_be());
         // SAFETY: helper calls on the program's own skb with a 2-byte local.
         unsafe {
-            bpf_skb_store_bytes(skb, quoted_port_at(pkt, end) as u32, (&n as *const u16).cast(), 2, 0) == 0
+            bpf_skb_store_bytes(
+                skb,
+                quoted_port_at(pkt, end) as u32,
+                (&n as *const u16).cast(),
+                2,
+                0,
+            ) == 0
                 && bpf_l4_csum_replace(skb, icmp_check, o as u64, n as u64, 2) == 0
         }
     }
@@ -246,13 +349,21 @@ pub struct XdpRewrite<'a> {
 
 impl<'a> XdpRewrite<'a> {
     pub fn new(ctx: &'a XdpContext) -> Self {
-        XdpRewrite { ctx, partial: core::cell::Cell::new(0) }
+        XdpRewrite {
+            ctx,
+            partial: core::cell::Cell::new(0),
+        }
     }
 
     #[inline(always)]
     fn partial(&self, pkt: &Packet) -> bool {
         if self.partial.get() == 0 {
-            self.partial.set(if crate::forward::partial_checksum(self.ctx, pkt) { 1 } else { 2 });
+            self.partial
+                .set(if crate::forward::partial_checksum(self.ctx, pkt) {
+                    1
+                } else {
+                    2
+                });
         }
         self.partial.get() == 1
     }
@@ -276,14 +387,22 @@ impl<'a> XdpRewrite<'a> {
     /// offsets the compiler derived from each other).
     #[inline(always)]
     fn ipv4_addr(&self, l3: usize, end: End, old: &[u8; 16], new: &[u8; 16]) -> bool {
-        let Some(h) = self.at::<20>(l3) else { return false };
+        let Some(h) = self.at::<20>(l3) else {
+            return false;
+        };
         let h = h as *mut u8;
         let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
         // SAFETY: all offsets are inside the 20-byte header checked by `at`.
         unsafe {
             let hc = u16::from_be_bytes([*h.add(10), *h.add(11)]);
-            core::ptr::write_unaligned(h.add(addr_at(true, end)) as *mut [u8; 4], [new[0], new[1], new[2], new[3]]);
-            core::ptr::write_unaligned(h.add(10) as *mut [u8; 2], checksum::update32(hc, w(old), w(new)).to_be_bytes());
+            core::ptr::write_unaligned(
+                h.add(addr_at(true, end)) as *mut [u8; 4],
+                [new[0], new[1], new[2], new[3]],
+            );
+            core::ptr::write_unaligned(
+                h.add(10) as *mut [u8; 2],
+                checksum::update32(hc, w(old), w(new)).to_be_bytes(),
+            );
         }
         true
     }
@@ -291,7 +410,8 @@ impl<'a> XdpRewrite<'a> {
     #[inline(always)]
     fn read16(&self, offset: usize) -> Option<u16> {
         // SAFETY: inside the frame, checked by `at`.
-        self.at::<2>(offset).map(|p| u16::from_be_bytes(unsafe { core::ptr::read_unaligned(p) }))
+        self.at::<2>(offset)
+            .map(|p| u16::from_be_bytes(unsafe { core::ptr::read_unaligned(p) }))
     }
 
     #[inline(always)]
@@ -309,11 +429,21 @@ impl<'a> XdpRewrite<'a> {
 
 impl Rewrite for XdpRewrite<'_> {
     #[inline(always)]
-    fn set_quoted(&self, pkt: &Packet, end: End, old: &[u8; 16], new: &[u8; 16], old_port: u16, new_port: u16) -> bool {
+    fn set_quoted(
+        &self,
+        pkt: &Packet,
+        end: End,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        old_port: u16,
+        new_port: u16,
+    ) -> bool {
         let v4 = pkt.flow.family == FAMILY_V4;
         let q3 = pkt.quoted_l3 as usize;
         let icmp_check = pkt.l4 as usize + 2;
-        let Some(mut ic) = self.read16(icmp_check) else { return false };
+        let Some(mut ic) = self.read16(icmp_check) else {
+            return false;
+        };
         if v4 {
             // The quoted header's checksum absorbs the change: the ICMP checksum (over both)
             // does not move.
@@ -321,7 +451,9 @@ impl Rewrite for XdpRewrite<'_> {
                 return false;
             }
         } else {
-            let Some(p) = self.at::<16>(q3 + addr_at(false, end)) else { return false };
+            let Some(p) = self.at::<16>(q3 + addr_at(false, end)) else {
+                return false;
+            };
             // SAFETY: inside the frame, checked by `at`.
             unsafe { core::ptr::write_unaligned(p, *new) };
             ic = checksum::update128(ic, old, new);
@@ -344,15 +476,21 @@ impl Rewrite for XdpRewrite<'_> {
                 return false;
             }
         } else {
-            let Some(p) = self.at::<16>(l3 + addr_at(false, end)) else { return false };
+            let Some(p) = self.at::<16>(l3 + addr_at(false, end)) else {
+                return false;
+            };
             // SAFETY: inside the frame, checked by `at`.
             unsafe { core::ptr::write_unaligned(p, *new) };
         }
         if pkt.flow.proto == PROTO_ICMP || !has_l4(pkt) {
             return true;
         }
-        let Some(c) = l4_check_at(pkt) else { return true };
-        let Some(field) = self.read16(l4 + c) else { return false };
+        let Some(c) = l4_check_at(pkt) else {
+            return true;
+        };
+        let Some(field) = self.read16(l4 + c) else {
+            return false;
+        };
         if pkt.flow.proto == PROTO_UDP && v4 && field == 0 {
             return true;
         }
@@ -362,7 +500,11 @@ impl Rewrite for XdpRewrite<'_> {
             (false, true) => checksum::update32(field, w(old), w(new)),
             (false, false) => checksum::update128(field, old, new),
         };
-        let updated = if pkt.flow.proto == PROTO_UDP && !partial { checksum::udp_field(field, updated) } else { updated };
+        let updated = if pkt.flow.proto == PROTO_UDP && !partial {
+            checksum::udp_field(field, updated)
+        } else {
+            updated
+        };
         self.write16(l4 + c, updated)
     }
 
@@ -376,13 +518,21 @@ impl Rewrite for XdpRewrite<'_> {
         if pkt.icmp != ICMP_ECHO && self.partial(pkt) {
             return true;
         }
-        let Some(c) = l4_check_at(pkt) else { return true };
-        let Some(field) = self.read16(l4 + c) else { return false };
+        let Some(c) = l4_check_at(pkt) else {
+            return true;
+        };
+        let Some(field) = self.read16(l4 + c) else {
+            return false;
+        };
         if pkt.flow.proto == PROTO_UDP && pkt.flow.family == FAMILY_V4 && field == 0 {
             return true;
         }
         let updated = checksum::update16(field, old, new);
-        let updated = if pkt.flow.proto == PROTO_UDP { checksum::udp_field(field, updated) } else { updated };
+        let updated = if pkt.flow.proto == PROTO_UDP {
+            checksum::udp_field(field, updated)
+        } else {
+            updated
+        };
         self.write16(l4 + c, updated)
     }
 }
@@ -393,13 +543,18 @@ impl Rewrite for XdpRewrite<'_> {
 fn translatable(pkt: &Packet) -> bool {
     pkt.frag != FRAG_LATER
         && pkt.l4 != 0
-        && (pkt.flow.proto == PROTO_TCP || pkt.flow.proto == PROTO_UDP || (pkt.icmp == ICMP_ECHO && pkt.flow.echo != ECHO_NONE))
+        && (pkt.flow.proto == PROTO_TCP
+            || pkt.flow.proto == PROTO_UDP
+            || (pkt.icmp == ICMP_ECHO && pkt.flow.echo != ECHO_NONE))
 }
 
 /// The LAN interface's masquerade address for the packet's family, if it masquerades.
 #[inline(always)]
 fn interface_addr(ifindex: u32, v4: bool) -> Option<[u8; 16]> {
-    if !maps::SETTINGS.get(0).is_some_and(|s| s.flags & gateway_common::settings::FLAG_MASQUERADE != 0) {
+    if !maps::SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & gateway_common::settings::FLAG_MASQUERADE != 0)
+    {
         return None;
     }
     // SAFETY: copied out at once.
@@ -425,7 +580,14 @@ fn interface_addr(ifindex: u32, v4: bool) -> Option<[u8; 16]> {
 #[inline(always)]
 fn masqueraded_network(v4: bool, dst: &[u8; 16]) -> bool {
     let bits = if v4 { V4_MAPPED_PREFIX_BITS + 32 } else { 128 };
-    maps::NAT_NETWORKS.get(Key::new(bits, NatPrefix { addr: mapped(v4, dst) })).is_some()
+    maps::NAT_NETWORKS
+        .get(Key::new(
+            bits,
+            NatPrefix {
+                addr: mapped(v4, dst),
+            },
+        ))
+        .is_some()
 }
 
 #[inline(always)]
@@ -444,10 +606,14 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
         return Nat::Untouched;
     }
     let v4 = pkt.flow.family == FAMILY_V4;
-    if !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings) || !masqueraded_network(v4, &pkt.flow.dst) {
+    if !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings)
+        || !masqueraded_network(v4, &pkt.flow.dst)
+    {
         return Nat::Untouched;
     }
-    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let Some(nat_addr) = interface_addr(ifindex, v4) else {
+        return Nat::Untouched;
+    };
     if later {
         // Every translation toward this network has the interface's address as source, and the
         // port is in the first fragment: a later fragment needs its address alone.
@@ -461,7 +627,15 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
     };
     let now = conntrack::now_ns();
     let f = &pkt.flow;
-    x.key = NatKey { local: f.src, remote: f.dst, local_port: f.sport, remote_port: f.dport, proto: f.proto, family: f.family, _pad: [0; 2] };
+    x.key = NatKey {
+        local: f.src,
+        remote: f.dst,
+        local_port: f.sport,
+        remote_port: f.dport,
+        proto: f.proto,
+        family: f.family,
+        _pad: [0; 2],
+    };
     let port = match maps::NAT_FORWARD.get_ptr_mut(&x.key) {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
         Some(t) if unsafe { (*t).addr == nat_addr && fresh(&*t, s, f.proto, now) } => unsafe {
@@ -480,7 +654,8 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
             }
         }
     };
-    if !rw.set_addr(pkt, End::Src, &f.src, &nat_addr) || !rw.set_port(pkt, End::Src, f.sport, port) {
+    if !rw.set_addr(pkt, End::Src, &f.src, &nat_addr) || !rw.set_port(pkt, End::Src, f.sport, port)
+    {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     Nat::Translated
@@ -490,8 +665,21 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
 #[inline(always)]
 fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> Option<u16> {
     let echo = x.key.proto == PROTO_ICMP || x.key.proto == PROTO_ICMPV6;
-    x.original = NatTarget { addr: x.key.local, port: x.key.local_port, _pad: [0; 6], last_seen_ns: now };
-    x.reverse = NatKey { local: *nat_addr, remote: x.key.remote, local_port: 0, remote_port: x.key.remote_port, proto: x.key.proto, family: x.key.family, _pad: [0; 2] };
+    x.original = NatTarget {
+        addr: x.key.local,
+        port: x.key.local_port,
+        _pad: [0; 6],
+        last_seen_ns: now,
+    };
+    x.reverse = NatKey {
+        local: *nat_addr,
+        remote: x.key.remote,
+        local_port: 0,
+        remote_port: x.key.remote_port,
+        proto: x.key.proto,
+        family: x.key.family,
+        _pad: [0; 2],
+    };
     let mut attempt = 0;
     while attempt < PORT_ATTEMPTS {
         // SAFETY: plain helper call.
@@ -510,11 +698,22 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
             // A translation idle past its timeout gives its port back.
             let _ = maps::NAT_REVERSE.remove(&x.reverse);
         }
-        if maps::NAT_REVERSE.insert(&x.reverse, &x.original, BPF_NOEXIST as u64).is_err() {
+        if maps::NAT_REVERSE
+            .insert(&x.reverse, &x.original, BPF_NOEXIST as u64)
+            .is_err()
+        {
             continue;
         }
-        x.target = NatTarget { addr: *nat_addr, port, _pad: [0; 6], last_seen_ns: now };
-        if maps::NAT_FORWARD.insert(&x.key, &x.target, BPF_ANY as u64).is_err() {
+        x.target = NatTarget {
+            addr: *nat_addr,
+            port,
+            _pad: [0; 6],
+            last_seen_ns: now,
+        };
+        if maps::NAT_FORWARD
+            .insert(&x.key, &x.target, BPF_ANY as u64)
+            .is_err()
+        {
             let _ = maps::NAT_REVERSE.remove(&x.reverse);
             return None;
         }
@@ -536,11 +735,15 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         return Nat::Untouched;
     }
     let v4 = pkt.flow.family == FAMILY_V4;
-    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let Some(nat_addr) = interface_addr(ifindex, v4) else {
+        return Nat::Untouched;
+    };
     if pkt.flow.dst != nat_addr {
         return Nat::Untouched;
     }
-    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
+        return Nat::Untouched;
+    };
     if later || pkt.frag == FRAG_FIRST {
         x.frag = FragKey {
             src: pkt.flow.src,
@@ -555,7 +758,9 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         // Its datagram's first fragment said whose it is (none: the host's own fragments).
         let now = conntrack::now_ns();
         // SAFETY: copied out at once.
-        let Some(t) = (unsafe { maps::NAT_FRAGMENTS.get(&x.frag) }).copied() else { return Nat::Untouched };
+        let Some(t) = (unsafe { maps::NAT_FRAGMENTS.get(&x.frag) }).copied() else {
+            return Nat::Untouched;
+        };
         if now.saturating_sub(t.last_seen_ns) > FRAGMENT_TIMEOUT_NS {
             return Nat::Untouched;
         }
@@ -566,7 +771,15 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         return Nat::Translated;
     }
     let f = &pkt.flow;
-    x.key = NatKey { local: f.dst, remote: f.src, local_port: f.dport, remote_port: f.sport, proto: f.proto, family: f.family, _pad: [0; 2] };
+    x.key = NatKey {
+        local: f.dst,
+        remote: f.src,
+        local_port: f.dport,
+        remote_port: f.sport,
+        proto: f.proto,
+        family: f.family,
+        _pad: [0; 2],
+    };
     let now = conntrack::now_ns();
     let in_range = f.dport >= s.port_min && f.dport <= s.port_max;
     match maps::NAT_REVERSE.get_ptr_mut(&x.key) {
@@ -585,7 +798,9 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         }
     };
     let dport = f.dport;
-    if !rw.set_addr(pkt, End::Dst, &x.key.local, &x.target.addr) || !rw.set_port(pkt, End::Dst, dport, x.target.port) {
+    if !rw.set_addr(pkt, End::Dst, &x.key.local, &x.target.addr)
+        || !rw.set_port(pkt, End::Dst, dport, x.target.port)
+    {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     if pkt.frag == FRAG_FIRST {
@@ -605,13 +820,25 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
 #[inline(always)]
 fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
     let v4 = pkt.flow.family == FAMILY_V4;
-    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let Some(nat_addr) = interface_addr(ifindex, v4) else {
+        return Nat::Untouched;
+    };
     let q = &pkt.quoted;
     if pkt.flow.dst != nat_addr || q.src != nat_addr || q.family != pkt.flow.family {
         return Nat::Untouched;
     }
-    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
-    x.key = NatKey { local: q.src, remote: q.dst, local_port: q.sport, remote_port: q.dport, proto: q.proto, family: q.family, _pad: [0; 2] };
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
+        return Nat::Untouched;
+    };
+    x.key = NatKey {
+        local: q.src,
+        remote: q.dst,
+        local_port: q.sport,
+        remote_port: q.dport,
+        proto: q.proto,
+        family: q.family,
+        _pad: [0; 2],
+    };
     let now = conntrack::now_ns();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_REVERSE.get(&x.key) } {
@@ -619,7 +846,16 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
         _ => return Nat::Untouched,
     }
     let old_port = q.sport;
-    if !rw.set_addr(pkt, End::Dst, &nat_addr, &x.target.addr) || !rw.set_quoted(pkt, End::Src, &nat_addr, &x.target.addr, old_port, x.target.port) {
+    if !rw.set_addr(pkt, End::Dst, &nat_addr, &x.target.addr)
+        || !rw.set_quoted(
+            pkt,
+            End::Src,
+            &nat_addr,
+            &x.target.addr,
+            old_port,
+            x.target.port,
+        )
+    {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     pkt.flow.dst = x.target.addr;
@@ -637,10 +873,15 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
 fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
     let v4 = pkt.flow.family == FAMILY_V4;
     let q = &pkt.quoted;
-    if q.family != pkt.flow.family || !judge::in_overlay(&q.dst, q.family, settings) || !masqueraded_network(v4, &pkt.flow.dst) {
+    if q.family != pkt.flow.family
+        || !judge::in_overlay(&q.dst, q.family, settings)
+        || !masqueraded_network(v4, &pkt.flow.dst)
+    {
         return Nat::Untouched;
     }
-    let Some(nat_addr) = interface_addr(ifindex, v4) else { return Nat::Untouched };
+    let Some(nat_addr) = interface_addr(ifindex, v4) else {
+        return Nat::Untouched;
+    };
     // The error comes from the peer the quoted packet was for, or from this host on its way
     // there (fragmentation needed at the tunnel's smaller MTU, TTL exceeded): then its source is
     // this interface's address already, and only the quoted packet needs translating, or the
@@ -649,16 +890,28 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
     if !from_gateway && q.dst != pkt.flow.src {
         return Nat::Untouched;
     }
-    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else { return Nat::Untouched };
+    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
+        return Nat::Untouched;
+    };
     // The quoted packet went from the LAN host to the peer: its reverse is the flow's own tuple.
-    x.key = NatKey { local: q.dst, remote: q.src, local_port: q.dport, remote_port: q.sport, proto: q.proto, family: q.family, _pad: [0; 2] };
+    x.key = NatKey {
+        local: q.dst,
+        remote: q.src,
+        local_port: q.dport,
+        remote_port: q.sport,
+        proto: q.proto,
+        family: q.family,
+        _pad: [0; 2],
+    };
     let now = conntrack::now_ns();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_FORWARD.get(&x.key) } {
         Some(t) if t.addr == nat_addr && fresh(t, s, q.proto, now) => x.target = *t,
         _ => return Nat::Untouched,
     }
-    if (!from_gateway && !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr)) || !rw.set_quoted(pkt, End::Dst, &q.dst, &nat_addr, q.dport, x.target.port) {
+    if (!from_gateway && !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr))
+        || !rw.set_quoted(pkt, End::Dst, &q.dst, &nat_addr, q.dport, x.target.port)
+    {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     Nat::Translated

@@ -38,7 +38,11 @@ impl Bytes {
             at + N
         };
         if last > self.end {
-            return Err(if self.has(offset, N) { reason::DROP_NOT_LINEAR } else { reason::DROP_TRUNCATED });
+            return Err(if self.has(offset, N) {
+                reason::DROP_NOT_LINEAR
+            } else {
+                reason::DROP_TRUNCATED
+            });
         }
         // SAFETY: [at, at + N) lies inside the packet, checked above (and by the verifier).
         Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })

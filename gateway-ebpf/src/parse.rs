@@ -77,7 +77,15 @@ impl Flow {
             ECHO_FROM_RESPONDER => ECHO_FROM_REQUESTER,
             _ => ECHO_NONE,
         };
-        Flow { family: self.family, proto: self.proto, echo, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport }
+        Flow {
+            family: self.family,
+            proto: self.proto,
+            echo,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
     }
 }
 
@@ -147,7 +155,11 @@ pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
     pkt.flow.dport = 0;
     pkt.flow.echo = ECHO_NONE;
     pkt.l3 = l3 as u32;
-    if is_v6 { parse_ipv6(b, l3, link, pkt)? } else { parse_ipv4(b, l3, pkt)? };
+    if is_v6 {
+        parse_ipv6(b, l3, link, pkt)?
+    } else {
+        parse_ipv4(b, l3, pkt)?
+    };
     Ok(Parsed::Ip)
 }
 
@@ -273,7 +285,10 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
     pkt.flow.proto = next;
     parse_l4(b, pkt, off, l3_end - off)?;
     if pkt.icmp == ICMP_NEIGHBOR_DISCOVERY
-        && (link != Link::Ethernet || h[7] != 255 || pkt.frag != FRAG_NONE || !link_scope_v6(&pkt.flow.dst))
+        && (link != Link::Ethernet
+            || h[7] != 255
+            || pkt.frag != FRAG_NONE
+            || !link_scope_v6(&pkt.flow.dst))
     {
         pkt.icmp = ICMP_OTHER;
     }
@@ -310,7 +325,11 @@ fn min_l4_header(proto: u8) -> usize {
 fn parse_l4(b: &Bytes, pkt: &mut Packet, l4: usize, l4_len: usize) -> Result<(), u32> {
     let need = min_l4_header(pkt.flow.proto);
     if l4_len < need {
-        return Err(if pkt.frag == FRAG_FIRST { reason::DROP_FRAG_TINY } else { reason::DROP_TRUNCATED });
+        return Err(if pkt.frag == FRAG_FIRST {
+            reason::DROP_FRAG_TINY
+        } else {
+            reason::DROP_TRUNCATED
+        });
     }
     pkt.l4 = l4 as u32;
     match pkt.flow.proto {
@@ -338,7 +357,11 @@ fn parse_l4(b: &Bytes, pkt: &mut Packet, l4: usize, l4_len: usize) -> Result<(),
 fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
     let c = b.array::<8>(l4)?;
     let v6 = pkt.flow.proto == PROTO_ICMPV6;
-    let is_error = if v6 { c[0] >= 1 && c[0] <= 4 } else { c[0] == 3 || c[0] == 11 || c[0] == 12 };
+    let is_error = if v6 {
+        c[0] >= 1 && c[0] <= 4
+    } else {
+        c[0] == 3 || c[0] == 11 || c[0] == 12
+    };
     let echo = echo_role(c[0], v6);
     if echo != ECHO_NONE {
         let id = u16::from_be_bytes([c[4], c[5]]);
@@ -351,7 +374,11 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
     } else if is_error {
         pkt.icmp = ICMP_ERROR;
         pkt.quoted_l3 = (l4 + 8) as u32;
-        pkt.quoted_l4 = if v6 { quoted_ipv6(b, l4 + 8, &mut pkt.quoted)? } else { quoted_ipv4(b, l4 + 8, &mut pkt.quoted)? } as u32;
+        pkt.quoted_l4 = if v6 {
+            quoted_ipv6(b, l4 + 8, &mut pkt.quoted)?
+        } else {
+            quoted_ipv4(b, l4 + 8, &mut pkt.quoted)?
+        } as u32;
     } else {
         pkt.icmp = ICMP_OTHER;
     }

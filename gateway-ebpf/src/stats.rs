@@ -1,9 +1,6 @@
 //! Counting: every verdict by hook and reason, and packets decided by a rule.
 
-use gateway_common::{
-    acl::RULE_DEFAULT,
-    stats::stats_index,
-};
+use gateway_common::{acl::RULE_DEFAULT, stats::stats_index};
 
 use crate::maps;
 

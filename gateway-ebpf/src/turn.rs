@@ -6,12 +6,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+    },
     programs::XdpContext,
 };
 use gateway_common::{
     stats::Counter,
-    turn::{ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, addr_words, counter_index, reason, udp_checksum_update},
+    turn::{
+        ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, addr_words, counter_index,
+        reason, udp_checksum_update,
+    },
 };
 
 use crate::maps;
@@ -56,7 +61,13 @@ fn headers(ctx: &XdpContext) -> Option<Udp4> {
     }
     let ip = data + ETH;
     // SAFETY: inside the checked range.
-    let (ethertype, ver_ihl, proto) = unsafe { (be16(data + 12), *(ip as *const u8), *((ip + 9) as *const u8)) };
+    let (ethertype, ver_ihl, proto) = unsafe {
+        (
+            be16(data + 12),
+            *(ip as *const u8),
+            *((ip + 9) as *const u8),
+        )
+    };
     if ethertype != 0x0800 || ver_ihl != 0x45 || proto != 17 {
         return None;
     }
@@ -78,7 +89,10 @@ fn headers(ctx: &XdpContext) -> Option<Udp4> {
         check: be16(udp + 6),
     };
     // The datagram must be whole in the frame (Ethernet padding may follow it).
-    if (u.ulen as usize) < 8 || be16(ip + 2) as usize != 20 + u.ulen as usize || data + ETH + 20 + u.ulen as usize > end {
+    if (u.ulen as usize) < 8
+        || be16(ip + 2) as usize != 20 + u.ulen as usize
+        || data + ETH + 20 + u.ulen as usize > end
+    {
         return None;
     }
     Some(u)
@@ -86,7 +100,17 @@ fn headers(ctx: &XdpContext) -> Option<Udp4> {
 
 /// The new frame's Ethernet, IPv4 and UDP headers.
 #[inline(always)]
-fn build(out: &mut [u8; HEADERS], fib: &FibParams, u: &Udp4, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ulen: u16, check: u16) {
+fn build(
+    out: &mut [u8; HEADERS],
+    fib: &FibParams,
+    u: &Udp4,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    ulen: u16,
+    check: u16,
+) {
     out[0..6].copy_from_slice(&fib.dmac);
     out[6..12].copy_from_slice(&fib.smac);
     out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
@@ -179,7 +203,9 @@ fn count(slot: u32, direction: u32, bytes: u64) {
 /// The program's verdict and its reason.
 #[inline(always)]
 pub fn relay(ctx: &XdpContext) -> (u32, u32) {
-    let Some(u) = headers(ctx) else { return (xdp_action::XDP_PASS, reason::PASS_OTHER) };
+    let Some(u) = headers(ctx) else {
+        return (xdp_action::XDP_PASS, reason::PASS_OTHER);
+    };
     let (data, end) = (ctx.data(), ctx.data_end());
     // (Checked before any map lookup would be wasted, but only frames of bindings count it.)
     let partial = gateway_common::turn::partial_checksum(u.check, u.src, u.dst, u.ulen);
@@ -188,7 +214,14 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
     if payload + 4 <= end && (0x40..=0x7f).contains(&unsafe { *(payload as *const u8) }) {
         let channel = be16(payload);
         let clen = be16(payload + 2);
-        let key = ChannelKey { client: u.src, listen: u.dst, client_port: u.sport, listen_port: u.dport, channel, _pad: 0 };
+        let key = ChannelKey {
+            client: u.src,
+            listen: u.dst,
+            client_port: u.sport,
+            listen_port: u.dport,
+            channel,
+            _pad: 0,
+        };
         // SAFETY: copied out at once.
         if let Some(to) = unsafe { maps::TURN_CHANNELS.get(&key) }.copied() {
             if partial {
@@ -197,7 +230,12 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
             return to_peer(ctx, &u, channel, clen, to);
         }
     }
-    let key = PeerKey { peer: u.src, relay: u.dst, peer_port: u.sport, relay_port: u.dport };
+    let key = PeerKey {
+        peer: u.src,
+        relay: u.dst,
+        peer_port: u.sport,
+        relay_port: u.dport,
+    };
     // SAFETY: copied out at once.
     match unsafe { maps::TURN_PEERS.get(&key) }.copied() {
         Some(_) if partial => (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM),
@@ -209,14 +247,22 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
 /// ChannelData → UDP: the 4-byte header and any padding go, the addresses and ports become the
 /// allocation's and the peer's.
 #[inline(always)]
-fn to_peer(ctx: &XdpContext, u: &Udp4, channel: u16, clen: u16, to: gateway_common::turn::ToPeer) -> (u32, u32) {
+fn to_peer(
+    ctx: &XdpContext,
+    u: &Udp4,
+    channel: u16,
+    clen: u16,
+    to: gateway_common::turn::ToPeer,
+) -> (u32, u32) {
     let ulen = u.ulen as usize;
     if 12 + clen as usize > ulen || ulen - 12 - clen as usize > 3 {
         return (xdp_action::XDP_PASS, reason::PASS_MALFORMED);
     }
     let pad = ulen - 12 - clen as usize;
     let new_ulen = 8 + clen;
-    let Some(fib) = route(ctx, to.relay, to.peer, 20 + new_ulen) else { return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE) };
+    let Some(fib) = route(ctx, to.relay, to.peer, 20 + new_ulen) else {
+        return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE);
+    };
     // The padding's bytes leave the checksum with it.
     let mut pad_bytes = [0u8; 3];
     let mut i = 0;
@@ -224,7 +270,9 @@ fn to_peer(ctx: &XdpContext, u: &Udp4, channel: u16, clen: u16, to: gateway_comm
         if i < pad {
             let at = (HEADERS + 4 + clen as usize + i) as u32;
             // SAFETY: helper call with a 1-byte local.
-            if unsafe { bpf_xdp_load_bytes(ctx.ctx, at, (&mut pad_bytes[i] as *mut u8).cast(), 1) } != 0 {
+            if unsafe { bpf_xdp_load_bytes(ctx.ctx, at, (&mut pad_bytes[i] as *mut u8).cast(), 1) }
+                != 0
+            {
                 return (xdp_action::XDP_PASS, reason::PASS_MALFORMED);
             }
         }
@@ -234,15 +282,39 @@ fn to_peer(ctx: &XdpContext, u: &Udp4, channel: u16, clen: u16, to: gateway_comm
     let n = gateway_common::turn::trailing_words(12 + clen as usize, &pad_bytes[..pad], &mut tail);
     let [s0, s1] = addr_words(u.src);
     let [d0, d1] = addr_words(u.dst);
-    let removed = [channel, clen, u.ulen, u.ulen, u.sport, u.dport, s0, s1, d0, d1, tail[0], tail[1], tail[2]];
+    let removed = [
+        channel, clen, u.ulen, u.ulen, u.sport, u.dport, s0, s1, d0, d1, tail[0], tail[1], tail[2],
+    ];
     let [r0, r1] = addr_words(to.relay);
     let [p0, p1] = addr_words(to.peer);
-    let added = [new_ulen, new_ulen, to.relay_port, to.peer_port, r0, r1, p0, p1];
+    let added = [
+        new_ulen,
+        new_ulen,
+        to.relay_port,
+        to.peer_port,
+        r0,
+        r1,
+        p0,
+        p1,
+    ];
     let check = udp_checksum_update(u.check, &removed[..10 + n], &added);
     let mut h = [0u8; HEADERS];
-    build(&mut h, &fib, u, to.relay, to.peer, to.relay_port, to.peer_port, new_ulen, check);
+    build(
+        &mut h,
+        &fib,
+        u,
+        to.relay,
+        to.peer,
+        to.relay_port,
+        to.peer_port,
+        new_ulen,
+        check,
+    );
     // SAFETY: plain helper call on this program's frame: 4 bytes fewer at the front.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 || !write_front(ctx, 0, &h) || !set_len(ctx, HEADERS + clen as usize) {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0
+        || !write_front(ctx, 0, &h)
+        || !set_len(ctx, HEADERS + clen as usize)
+    {
         return (xdp_action::XDP_DROP, reason::DROP_REWRITE);
     }
     count(to.slot, DIRECTION_TO_PEER, clen as u64);
@@ -255,21 +327,48 @@ fn to_peer(ctx: &XdpContext, u: &Udp4, channel: u16, clen: u16, to: gateway_comm
 fn to_client(ctx: &XdpContext, u: &Udp4, to: gateway_common::turn::ToClient) -> (u32, u32) {
     let dlen = u.ulen - 8;
     let new_ulen = u.ulen + 4;
-    let Some(fib) = route(ctx, to.listen, to.client, 20 + new_ulen) else { return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE) };
+    let Some(fib) = route(ctx, to.listen, to.client, 20 + new_ulen) else {
+        return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE);
+    };
     let [s0, s1] = addr_words(u.src);
     let [d0, d1] = addr_words(u.dst);
     let removed = [u.ulen, u.ulen, u.sport, u.dport, s0, s1, d0, d1];
     let [l0, l1] = addr_words(to.listen);
     let [c0, c1] = addr_words(to.client);
-    let added = [to.channel, dlen, new_ulen, new_ulen, to.listen_port, to.client_port, l0, l1, c0, c1];
+    let added = [
+        to.channel,
+        dlen,
+        new_ulen,
+        new_ulen,
+        to.listen_port,
+        to.client_port,
+        l0,
+        l1,
+        c0,
+        c1,
+    ];
     let check = udp_checksum_update(u.check, &removed, &added);
     let mut h = [0u8; HEADERS];
-    build(&mut h, &fib, u, to.listen, to.client, to.listen_port, to.client_port, new_ulen, check);
+    build(
+        &mut h,
+        &fib,
+        u,
+        to.listen,
+        to.client,
+        to.listen_port,
+        to.client_port,
+        new_ulen,
+        check,
+    );
     let mut cd = [0u8; 4];
     cd[..2].copy_from_slice(&to.channel.to_be_bytes());
     cd[2..].copy_from_slice(&dlen.to_be_bytes());
     // SAFETY: plain helper call on this program's frame: 4 bytes more at the front.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -4) } != 0 || !write_front(ctx, 0, &h) || !write_front(ctx, HEADERS, &cd) || !set_len(ctx, HEADERS + 4 + dlen as usize) {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -4) } != 0
+        || !write_front(ctx, 0, &h)
+        || !write_front(ctx, HEADERS, &cd)
+        || !set_len(ctx, HEADERS + 4 + dlen as usize)
+    {
         return (xdp_action::XDP_DROP, reason::DROP_REWRITE);
     }
     count(to.slot, DIRECTION_TO_CLIENT, dlen as u64);

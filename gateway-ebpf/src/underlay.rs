@@ -16,11 +16,15 @@ use crate::{
 /// The filter's verdict for one frame, as a reason (see `underlay::drops`).
 #[inline(always)]
 pub fn filter(bytes: &Bytes) -> u32 {
-    let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else { return reason::PASS_OTHER };
+    let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
+        return reason::PASS_OTHER;
+    };
     // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
     let pkt = unsafe { &mut *scratch };
     // Not IP, or IP the kernel will refuse on its own: not this filter's business.
-    let Ok(Parsed::Ip) = parse::parse(bytes, Link::Ethernet, pkt) else { return reason::PASS_OTHER };
+    let Ok(Parsed::Ip) = parse::parse(bytes, Link::Ethernet, pkt) else {
+        return reason::PASS_OTHER;
+    };
     if pkt.flow.proto != PROTO_UDP {
         return reason::PASS_OTHER;
     }
@@ -36,7 +40,9 @@ pub fn filter(bytes: &Bytes) -> u32 {
         return reason::DROP_TRUNCATED;
     }
     // The UDP length is the whole datagram's, also in a first fragment.
-    let (Ok(udp_len), Ok(head)) = (bytes.be16_at(l4 + 4), bytes.array::<4>(l4 + 8)) else { return reason::DROP_TRUNCATED };
+    let (Ok(udp_len), Ok(head)) = (bytes.be16_at(l4 + 4), bytes.array::<4>(l4 + 8)) else {
+        return reason::DROP_TRUNCATED;
+    };
     if udp_len < 8 {
         return reason::DROP_MALFORMED;
     }
@@ -53,15 +59,30 @@ pub fn filter(bytes: &Bytes) -> u32 {
 /// refusal by the total does not count against the source.
 #[inline(always)]
 fn initiation(src: [u8; 16], family: u8) -> u32 {
-    let (Some(s), Some(cpu)) = (maps::UNDERLAY_SETTINGS.get(0), maps::UNDERLAY_CPU.get_ptr_mut(0)) else { return reason::INITIATION };
+    let (Some(s), Some(cpu)) = (
+        maps::UNDERLAY_SETTINGS.get(0),
+        maps::UNDERLAY_CPU.get_ptr_mut(0),
+    ) else {
+        return reason::INITIATION;
+    };
     let now = conntrack::now_ns();
-    let key = SourceKey { addr: src, family, _pad: [0; 3] };
+    let key = SourceKey {
+        addr: src,
+        family,
+        _pad: [0; 3],
+    };
     // SAFETY: copied out at once; concurrent updates of one source only race on its timestamp.
-    let tat = unsafe { maps::UNDERLAY_SOURCES.get(&key) }.copied().unwrap_or(0);
-    let Some(next) = admit(tat, now, s.per_source) else { return reason::DROP_RATE_SOURCE };
+    let tat = unsafe { maps::UNDERLAY_SOURCES.get(&key) }
+        .copied()
+        .unwrap_or(0);
+    let Some(next) = admit(tat, now, s.per_source) else {
+        return reason::DROP_RATE_SOURCE;
+    };
     // SAFETY: this CPU's own entry.
     let cpu = unsafe { &mut *cpu };
-    let Some(total) = admit(*cpu, now, s.per_cpu) else { return reason::DROP_RATE_TOTAL };
+    let Some(total) = admit(*cpu, now, s.per_cpu) else {
+        return reason::DROP_RATE_TOTAL;
+    };
     *cpu = total;
     let _ = maps::UNDERLAY_SOURCES.insert(&key, &next, 0);
     reason::INITIATION

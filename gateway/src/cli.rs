@@ -9,7 +9,11 @@ use gateway_policy::{self as policy, compile};
 use crate::{config::Config, demo, runner, status, sync::SyncOptions};
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "eBPF/XDP data-plane gateway for WireGuard overlay networks")]
+#[command(
+    name = "gateway",
+    version,
+    about = "eBPF/XDP data-plane gateway for WireGuard overlay networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -101,17 +105,28 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
 
 impl ManagementClientArgs {
     fn sync_options(self) -> anyhow::Result<Option<SyncOptions>> {
-        let Some(url) = self.management_url else { return Ok(None) };
+        let Some(url) = self.management_url else {
+            return Ok(None);
+        };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!("--management-url {url:?} must start with http:// or https://");
         }
         let setup_key = match (self.setup_key, self.setup_key_file) {
             (Some(k), _) => Some(k),
-            (None, Some(f)) => Some(std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("--setup-key-file {}: {e}", f.display()))?),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| anyhow::anyhow!("--setup-key-file {}: {e}", f.display()))?,
+            ),
             (None, None) => std::env::var("GATEWAY_SETUP_KEY").ok(),
         };
-        let setup_key = setup_key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
-        Ok(Some(SyncOptions { url, setup_key, state_dir: self.state_dir }))
+        let setup_key = setup_key
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty());
+        Ok(Some(SyncOptions {
+            url,
+            setup_key,
+            state_dir: self.state_dir,
+        }))
     }
 }
 
@@ -227,48 +242,110 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, metrics_addr, detach_on_exit, management } => {
+        Command::Run {
+            config,
+            metrics_addr,
+            detach_on_exit,
+            management,
+        } => {
             let state_dir = management.state_dir.clone();
-            management.sync_options().and_then(|m| runner::run(&config, metrics_addr, detach_on_exit, m, &state_dir))
+            management
+                .sync_options()
+                .and_then(|m| runner::run(&config, metrics_addr, detach_on_exit, m, &state_dir))
         }
         Command::Detach { pin_dir, config } => detach(pin_dir, config),
         #[cfg(feature = "management-server")]
-        Command::Management { command: ManagementCommand::Serve { data_dir, listen, api_token, network, dns_domain, ephemeral_timeout, turn_uri, turn_secret_file, turn_ttl, stun_uri } } => {
+        Command::Management {
+            command:
+                ManagementCommand::Serve {
+                    data_dir,
+                    listen,
+                    api_token,
+                    network,
+                    dns_domain,
+                    ephemeral_timeout,
+                    turn_uri,
+                    turn_secret_file,
+                    turn_ttl,
+                    stun_uri,
+                },
+        } => {
             let mut options = management::Options::new(data_dir);
             options.stuns = stun_uri;
             if let Some(file) = turn_secret_file {
                 match std::fs::read_to_string(&file) {
                     Ok(secret) if !secret.trim().is_empty() => {
-                        options.turn = Some(management::TurnOptions { uris: turn_uri, secret: secret.trim().to_string(), ttl: std::time::Duration::from_secs(turn_ttl.max(2)) })
+                        options.turn = Some(management::TurnOptions {
+                            uris: turn_uri,
+                            secret: secret.trim().to_string(),
+                            ttl: std::time::Duration::from_secs(turn_ttl.max(2)),
+                        })
                     }
-                    Ok(_) => return fail(anyhow::anyhow!("--turn-secret-file {}: empty", file.display())),
-                    Err(e) => return fail(anyhow::anyhow!("--turn-secret-file {}: {e}", file.display())),
+                    Ok(_) => {
+                        return fail(anyhow::anyhow!(
+                            "--turn-secret-file {}: empty",
+                            file.display()
+                        ));
+                    }
+                    Err(e) => {
+                        return fail(anyhow::anyhow!(
+                            "--turn-secret-file {}: {e}",
+                            file.display()
+                        ));
+                    }
                 }
             }
-            options.api_token = api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
+            options.api_token =
+                api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
             options.network = network;
             options.dns_domain = dns_domain;
             options.ephemeral_timeout = std::time::Duration::from_secs(ephemeral_timeout);
             crate::management_server::serve(options, listen)
         }
         #[cfg(feature = "management-server")]
-        Command::Management { command: ManagementCommand::Backup { data_dir, out } } => {
-            management::backup::backup(&data_dir, &out).map(|()| println!("backed up {} into {}", data_dir.display(), out.display()))
-        }
+        Command::Management {
+            command: ManagementCommand::Backup { data_dir, out },
+        } => management::backup::backup(&data_dir, &out)
+            .map(|()| println!("backed up {} into {}", data_dir.display(), out.display())),
         #[cfg(feature = "management-server")]
-        Command::Management { command: ManagementCommand::Restore { from, data_dir, replace } } => {
-            management::backup::restore(&from, &data_dir, replace).map(|()| println!("restored {} into {}", from.display(), data_dir.display()))
-        }
+        Command::Management {
+            command:
+                ManagementCommand::Restore {
+                    from,
+                    data_dir,
+                    replace,
+                },
+        } => management::backup::restore(&from, &data_dir, replace)
+            .map(|()| println!("restored {} into {}", from.display(), data_dir.display())),
         Command::Status { addr, json } => status::print(addr, json),
-        Command::Relay { command: RelayCommand::Serve { config, coturn_config } } => crate::relay::serve(config.as_deref(), coturn_config.as_deref()),
-        Command::Relay { command: RelayCommand::Status { addr, json } } => crate::relay::print_status(addr, json),
-        Command::Wireguard { command: WireguardCommand::PublicKey { state_dir } } => {
-            crate::sync::Identity::load_or_create(&state_dir).map(|id| println!("{}", id.key.public().to_base64()))
-        }
-        Command::Policy { command: PolicyCommand::Check { file } } => check(&file),
-        Command::Policy { command: PolicyCommand::Explain { policy, config, src, dst, proto, dport } } => {
-            explain(policy, config, src, dst, &proto, dport)
-        }
+        Command::Relay {
+            command:
+                RelayCommand::Serve {
+                    config,
+                    coturn_config,
+                },
+        } => crate::relay::serve(config.as_deref(), coturn_config.as_deref()),
+        Command::Relay {
+            command: RelayCommand::Status { addr, json },
+        } => crate::relay::print_status(addr, json),
+        Command::Wireguard {
+            command: WireguardCommand::PublicKey { state_dir },
+        } => crate::sync::Identity::load_or_create(&state_dir)
+            .map(|id| println!("{}", id.key.public().to_base64())),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => check(&file),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    policy,
+                    config,
+                    src,
+                    dst,
+                    proto,
+                    dport,
+                },
+        } => explain(policy, config, src, dst, &proto, dport),
         Command::Demo { policy } => demo::run(policy.as_deref()),
     };
     match result {
@@ -285,16 +362,20 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn detach(pin_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
     let root = match (pin_dir, config) {
         (Some(dir), _) => dir,
-        (None, Some(cfg)) => crate::config::Config::load(&cfg)?
-            .pin_dir
-            .ok_or_else(|| anyhow::anyhow!("{} sets pin_dir: null; nothing is pinned", cfg.display()))?,
+        (None, Some(cfg)) => crate::config::Config::load(&cfg)?.pin_dir.ok_or_else(|| {
+            anyhow::anyhow!("{} sets pin_dir: null; nothing is pinned", cfg.display())
+        })?,
         (None, None) => PathBuf::from(gateway_common::maps::DEFAULT_PIN_ROOT),
     };
     let removed = gateway_dataplane::pins::PinDir::remove_all(&root)?;
     if removed.is_empty() {
         println!("nothing pinned under {}", root.display());
     } else {
-        println!("removed {} pins under {}; the data plane is detached", removed.len(), root.display());
+        println!(
+            "removed {} pins under {}; the data plane is detached",
+            removed.len(),
+            root.display()
+        );
     }
     Ok(())
 }
@@ -322,17 +403,29 @@ pub fn parse_proto(s: &str) -> anyhow::Result<u8> {
         "udp" => 17,
         "icmp" => 1,
         "icmpv6" | "ipv6-icmp" => 58,
-        other => other.parse().map_err(|_| anyhow::anyhow!("--proto: {other:?} is not tcp, udp, icmp or a protocol number"))?,
+        other => other.parse().map_err(|_| {
+            anyhow::anyhow!("--proto: {other:?} is not tcp, udp, icmp or a protocol number")
+        })?,
     })
 }
 
-fn explain(policy: Option<PathBuf>, config: Option<PathBuf>, src: IpAddr, dst: IpAddr, proto: &str, dport: u16) -> anyhow::Result<()> {
+fn explain(
+    policy: Option<PathBuf>,
+    config: Option<PathBuf>,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: &str,
+    dport: u16,
+) -> anyhow::Result<()> {
     let (file, limits) = match (policy, config) {
         (Some(p), _) => (p, compile::Limits::default()),
         (None, Some(c)) => {
             let cfg = Config::load(&c)?;
             let Some(policy) = cfg.policy.clone() else {
-                anyhow::bail!("{} names no policy file (its policy comes from a management service)", c.display());
+                anyhow::bail!(
+                    "{} names no policy file (its policy comes from a management service)",
+                    c.display()
+                );
             };
             (policy, cfg.limits.compile_limits())
         }
@@ -352,9 +445,17 @@ fn explain(policy: Option<PathBuf>, config: Option<PathBuf>, src: IpAddr, dst: I
         Some(r) => {
             let rule = &compiled.rules[r as usize];
             if rule.action == e.judgement.action {
-                format!("policy {:?} (action {}, priority {})", rule.name, rule.action.as_str(), rule.priority)
+                format!(
+                    "policy {:?} (action {}, priority {})",
+                    rule.name,
+                    rule.action.as_str(),
+                    rule.priority
+                )
             } else {
-                format!("an exception of drop policy {:?} (priority {})", rule.name, rule.priority)
+                format!(
+                    "an exception of drop policy {:?} (priority {})",
+                    rule.name, rule.priority
+                )
             }
         }
         None => "default deny (no policy matches)".to_string(),
@@ -362,6 +463,9 @@ fn explain(policy: Option<PathBuf>, config: Option<PathBuf>, src: IpAddr, dst: I
     println!("verdict: {}", e.judgement.action.as_str());
     println!("decided by: {decided_by}");
     println!("flow: {src} -> {dst} proto {proto_num} dport {dport}");
-    println!("classes: source {} destination {}", e.src_class.src, e.dst_class.dst);
+    println!(
+        "classes: source {} destination {}",
+        e.src_class.src, e.dst_class.dst
+    );
     Ok(())
 }

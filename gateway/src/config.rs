@@ -1,7 +1,10 @@
 //! The gateway's configuration file (YAML): which interfaces to protect, where the policy comes
 //! from, conntrack settings and table capacities.
 
-use std::{net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 use gateway_common::{maps, settings::Timeouts};
@@ -97,7 +100,10 @@ pub struct UnderlayFilter {
 
 impl Default for UnderlayFilter {
     fn default() -> Self {
-        UnderlayFilter { per_source: default_per_source(), per_cpu: default_per_cpu() }
+        UnderlayFilter {
+            per_source: default_per_source(),
+            per_cpu: default_per_cpu(),
+        }
     }
 }
 
@@ -111,12 +117,18 @@ pub struct RateConfig {
 
 fn default_per_source() -> RateConfig {
     use gateway_common::underlay::*;
-    RateConfig { per_second: DEFAULT_PER_SOURCE_PER_SECOND, burst: DEFAULT_PER_SOURCE_BURST }
+    RateConfig {
+        per_second: DEFAULT_PER_SOURCE_PER_SECOND,
+        burst: DEFAULT_PER_SOURCE_BURST,
+    }
 }
 
 fn default_per_cpu() -> RateConfig {
     use gateway_common::underlay::*;
-    RateConfig { per_second: DEFAULT_PER_CPU_PER_SECOND, burst: DEFAULT_PER_CPU_BURST }
+    RateConfig {
+        per_second: DEFAULT_PER_CPU_PER_SECOND,
+        burst: DEFAULT_PER_CPU_BURST,
+    }
 }
 
 impl UnderlayFilter {
@@ -178,8 +190,12 @@ impl MssClampConfig {
     pub fn tunnel_mss(self) -> gateway_dataplane::TunnelMss {
         use gateway_dataplane::TunnelMss;
         match self {
-            MssClampConfig::Mode(MssClampMode::Auto) | MssClampConfig::Switch(true) => TunnelMss::Auto,
-            MssClampConfig::Mode(MssClampMode::Off) | MssClampConfig::Switch(false) => TunnelMss::Off,
+            MssClampConfig::Mode(MssClampMode::Auto) | MssClampConfig::Switch(true) => {
+                TunnelMss::Auto
+            }
+            MssClampConfig::Mode(MssClampMode::Off) | MssClampConfig::Switch(false) => {
+                TunnelMss::Off
+            }
             MssClampConfig::Fixed(v) => TunnelMss::Fixed(v),
         }
     }
@@ -207,7 +223,6 @@ pub enum Forwarding {
     Xdp,
 }
 
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasqueradeConfig {
@@ -220,15 +235,28 @@ pub struct MasqueradeConfig {
 }
 
 fn default_nat_ports() -> String {
-    format!("{}-{}", gateway_common::nat::DEFAULT_PORT_MIN, gateway_common::nat::DEFAULT_PORT_MAX)
+    format!(
+        "{}-{}",
+        gateway_common::nat::DEFAULT_PORT_MIN,
+        gateway_common::nat::DEFAULT_PORT_MAX
+    )
 }
 
 impl MasqueradeConfig {
     pub fn port_range(&self) -> anyhow::Result<(u16, u16)> {
-        let (a, b) = self.ports.split_once('-').with_context(|| format!("masquerade.ports {:?}: expected first-last", self.ports))?;
-        let (a, b): (u16, u16) = (a.trim().parse().context("masquerade.ports: first port")?, b.trim().parse().context("masquerade.ports: last port")?);
+        let (a, b) = self
+            .ports
+            .split_once('-')
+            .with_context(|| format!("masquerade.ports {:?}: expected first-last", self.ports))?;
+        let (a, b): (u16, u16) = (
+            a.trim().parse().context("masquerade.ports: first port")?,
+            b.trim().parse().context("masquerade.ports: last port")?,
+        );
         if a < 1024 || a > b {
-            bail!("masquerade.ports {}: a range of unprivileged ports (1024-65535), first ≤ last", self.ports);
+            bail!(
+                "masquerade.ports {}: a range of unprivileged ports (1024-65535), first ≤ last",
+                self.ports
+            );
         }
         Ok((a, b))
     }
@@ -237,7 +265,11 @@ impl MasqueradeConfig {
         let (port_min, port_max) = self.port_range()?;
         Ok(gateway_dataplane::Masquerade {
             networks: self.networks.clone(),
-            settings: gateway_common::nat::NatSettings { port_min, port_max, ..Default::default() },
+            settings: gateway_common::nat::NatSettings {
+                port_min,
+                port_max,
+                ..Default::default()
+            },
         })
     }
 }
@@ -294,14 +326,19 @@ impl StaticPeer {
             public_key: self.public_key.clone(),
             allowed_ips: self.allowed_ips.clone(),
             endpoint: self.endpoint,
-            keepalive: Some(self.keepalive.unwrap_or(gateway_wireguard::DEFAULT_KEEPALIVE_SECS)),
+            keepalive: Some(
+                self.keepalive
+                    .unwrap_or(gateway_wireguard::DEFAULT_KEEPALIVE_SECS),
+            ),
         }
     }
 }
 
 impl WireGuardConfig {
     pub fn mtu(&self, from_map: Option<u32>) -> u32 {
-        self.mtu.or(from_map).unwrap_or(gateway_wireguard::DEFAULT_MTU)
+        self.mtu
+            .or(from_map)
+            .unwrap_or(gateway_wireguard::DEFAULT_MTU)
     }
 
     /// The configured addresses (file mode).
@@ -321,7 +358,10 @@ pub struct Overlay {
 
 impl Default for Overlay {
     fn default() -> Self {
-        Overlay { ipv4: "100.64.0.0/10".parse().expect("constant"), ipv6: None }
+        Overlay {
+            ipv4: "100.64.0.0/10".parse().expect("constant"),
+            ipv6: None,
+        }
     }
 }
 
@@ -341,54 +381,86 @@ fn yes() -> bool {
 
 impl Default for Conntrack {
     fn default() -> Self {
-        Conntrack { enabled: true, timeouts: Timeouts::default() }
+        Conntrack {
+            enabled: true,
+            timeouts: Timeouts::default(),
+        }
     }
 }
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let mut cfg: Config = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut cfg: Config = serde_saphyr::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let (Some(policy), Some(dir)) = (cfg.policy.as_mut(), path.parent()) {
             if policy.is_relative() {
                 *policy = dir.join(&*policy);
             }
         }
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", path.display()))?;
         // The WireGuard interface is a tunnel interface like any other (unless listed already,
         // with settings of its own).
         if let Some(wg) = &cfg.wireguard
             && !cfg.interfaces.tunnel.iter().any(|t| t.name == wg.interface)
         {
-            cfg.interfaces.tunnel.push(TunnelInterface { name: wg.interface.clone(), mss_clamp: MssClampConfig::default() });
+            cfg.interfaces.tunnel.push(TunnelInterface {
+                name: wg.interface.clone(),
+                mss_clamp: MssClampConfig::default(),
+            });
         }
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.interfaces.tunnel.is_empty() && self.interfaces.lan.is_empty() && self.interfaces.underlay.is_empty() && self.wireguard.is_none() {
+        if self.interfaces.tunnel.is_empty()
+            && self.interfaces.lan.is_empty()
+            && self.interfaces.underlay.is_empty()
+            && self.wireguard.is_none()
+        {
             bail!("interfaces: name at least one tunnel or lan interface");
         }
         if let Some(wg) = &self.wireguard {
             if wg.interface.is_empty() || wg.interface.len() > 15 {
-                bail!("wireguard.interface {:?}: an interface name of 1 to 15 bytes", wg.interface);
+                bail!(
+                    "wireguard.interface {:?}: an interface name of 1 to 15 bytes",
+                    wg.interface
+                );
             }
             if let Some(mtu) = wg.mtu
                 && !(gateway_wireguard::MIN_MTU..=9000).contains(&mtu)
             {
-                bail!("wireguard.mtu {mtu}: between {} and 9000", gateway_wireguard::MIN_MTU);
+                bail!(
+                    "wireguard.mtu {mtu}: between {} and 9000",
+                    gateway_wireguard::MIN_MTU
+                );
             }
-            if wg.address.is_some_and(|a| !a.addr().is_ipv4()) || wg.address_v6.is_some_and(|a| !a.addr().is_ipv6()) {
+            if wg.address.is_some_and(|a| !a.addr().is_ipv4())
+                || wg.address_v6.is_some_and(|a| !a.addr().is_ipv6())
+            {
                 bail!("wireguard: address is IPv4, address_v6 is IPv6");
             }
             let specs: Vec<_> = wg.peers.iter().map(StaticPeer::spec).collect();
             gateway_wireguard::PeerSet::check(&specs, None).context("wireguard.peers")?;
-            if wg.backend == gateway_wireguard::BackendChoice::External && (!wg.peers.is_empty() || wg.address.is_some() || wg.address_v6.is_some()) {
-                bail!("wireguard: backend external filters an interface that something else configures; peers and addresses belong there");
+            if wg.backend == gateway_wireguard::BackendChoice::External
+                && (!wg.peers.is_empty() || wg.address.is_some() || wg.address_v6.is_some())
+            {
+                bail!(
+                    "wireguard: backend external filters an interface that something else configures; peers and addresses belong there"
+                );
             }
         }
         let l = &self.limits;
-        for (name, v) in [("acl_chunks", l.acl_chunks), ("acl_verdicts", l.acl_verdicts), ("acl_v6_prefixes", l.acl_v6_prefixes), ("rules", l.rules), ("conntrack_entries", l.conntrack_entries), ("fragment_entries", l.fragment_entries)] {
+        for (name, v) in [
+            ("acl_chunks", l.acl_chunks),
+            ("acl_verdicts", l.acl_verdicts),
+            ("acl_v6_prefixes", l.acl_v6_prefixes),
+            ("rules", l.rules),
+            ("conntrack_entries", l.conntrack_entries),
+            ("fragment_entries", l.fragment_entries),
+        ] {
             if v == 0 {
                 bail!("limits.{name} must be positive");
             }
@@ -396,30 +468,49 @@ impl Config {
         for t in &self.interfaces.tunnel {
             if let MssClampConfig::Fixed(v) = t.mss_clamp {
                 if v < MIN_MSS {
-                    bail!("interfaces.tunnel {}: mss_clamp {v} is below {MIN_MSS}, the smallest MSS every IPv4 host must accept", t.name);
+                    bail!(
+                        "interfaces.tunnel {}: mss_clamp {v} is below {MIN_MSS}, the smallest MSS every IPv4 host must accept",
+                        t.name
+                    );
                 }
             }
         }
         if let Some(m) = &self.masquerade {
             m.port_range()?;
             if !m.networks.is_empty() && self.interfaces.lan.is_empty() {
-                bail!("masquerade: networks are masqueraded behind LAN interfaces; name at least one");
+                bail!(
+                    "masquerade: networks are masqueraded behind LAN interfaces; name at least one"
+                );
             }
         }
         for u in &self.interfaces.underlay {
             if u.attach == LanAttach::Tc {
-                bail!("interfaces.underlay {}: the filter is an XDP program (xdp-native or xdp-generic)", u.name);
+                bail!(
+                    "interfaces.underlay {}: the filter is an XDP program (xdp-native or xdp-generic)",
+                    u.name
+                );
             }
-            if self.interfaces.lan.iter().any(|l| l.name == u.name) || self.interfaces.tunnel.iter().any(|t| t.name == u.name) {
-                bail!("interfaces.underlay {}: an interface is either underlay, LAN or tunnel (one XDP program per interface)", u.name);
+            if self.interfaces.lan.iter().any(|l| l.name == u.name)
+                || self.interfaces.tunnel.iter().any(|t| t.name == u.name)
+            {
+                bail!(
+                    "interfaces.underlay {}: an interface is either underlay, LAN or tunnel (one XDP program per interface)",
+                    u.name
+                );
             }
             if u.ports.is_empty() && self.wireguard.is_none() {
-                bail!("interfaces.underlay {}: name its WireGuard ports (there is no wireguard section to take the port from)", u.name);
+                bail!(
+                    "interfaces.underlay {}: name its WireGuard ports (there is no wireguard section to take the port from)",
+                    u.name
+                );
             }
         }
         for lan in &self.interfaces.lan {
             if lan.forward == Forwarding::Xdp && lan.attach != LanAttach::XdpNative {
-                bail!("interfaces.lan {}: forward: xdp needs attach: xdp-native", lan.name);
+                bail!(
+                    "interfaces.lan {}: forward: xdp needs attach: xdp-native",
+                    lan.name
+                );
             }
         }
         if l.acl_chunks > 1 << 24 {
@@ -435,7 +526,10 @@ mod tests {
 
     #[test]
     fn shipped_example_config_parses() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.yaml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/gateway.yaml"
+        ));
         let cfg = Config::load(path).expect("deploy/gateway.yaml");
         assert_eq!(cfg.interfaces.tunnel[0].name, "wg0");
         assert_eq!(cfg.interfaces.lan[0].attach, LanAttach::XdpNative);
@@ -449,16 +543,28 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gwcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.yaml");
-        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n      mtu: 1400\n").unwrap();
+        std::fs::write(
+            &p,
+            "policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n      mtu: 1400\n",
+        )
+        .unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("c.yaml") && e.contains("mtu"), "{e}");
         std::fs::write(&p, "policy: p.yaml\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("at least one tunnel or lan interface"), "{e}");
-        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n      attach: driverish\n").unwrap();
+        std::fs::write(
+            &p,
+            "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n      attach: driverish\n",
+        )
+        .unwrap();
         assert!(Config::load(&p).is_err());
         // A relative policy path is taken relative to the config file.
-        std::fs::write(&p, "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n").unwrap();
+        std::fs::write(
+            &p,
+            "policy: p.yaml\ninterfaces:\n  lan:\n    - name: eth1\n",
+        )
+        .unwrap();
         assert_eq!(Config::load(&p).unwrap().policy, Some(dir.join("p.yaml")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -469,9 +575,19 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.yaml");
         let load = |clamp: &str| {
-            let line = if clamp.is_empty() { String::new() } else { format!("      mss_clamp: {clamp}\n") };
-            std::fs::write(&p, format!("policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n{line}")).unwrap();
-            Config::load(&p).map(|c| c.interfaces.tunnel[0].mss_clamp.tunnel_mss()).map_err(|e| format!("{e:#}"))
+            let line = if clamp.is_empty() {
+                String::new()
+            } else {
+                format!("      mss_clamp: {clamp}\n")
+            };
+            std::fs::write(
+                &p,
+                format!("policy: p.yaml\ninterfaces:\n  tunnel:\n    - name: wg0\n{line}"),
+            )
+            .unwrap();
+            Config::load(&p)
+                .map(|c| c.interfaces.tunnel[0].mss_clamp.tunnel_mss())
+                .map_err(|e| format!("{e:#}"))
         };
         use gateway_dataplane::TunnelMss;
         assert_eq!(load(""), Ok(TunnelMss::Auto));
@@ -499,13 +615,35 @@ mod tests {
         };
         let cfg = load(&format!("  address: 100.64.0.1/10\n  peers:\n    - public_key: {key}\n      allowed_ips: [100.64.0.2/32]\n")).unwrap();
         let wg = cfg.wireguard.as_ref().unwrap();
-        assert_eq!((wg.interface.as_str(), wg.listen_port, wg.mtu(None), wg.backend), ("wt0", 51820, 1280, gateway_wireguard::BackendChoice::Auto));
-        assert_eq!(cfg.interfaces.tunnel.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["wt0"]);
+        assert_eq!(
+            (
+                wg.interface.as_str(),
+                wg.listen_port,
+                wg.mtu(None),
+                wg.backend
+            ),
+            ("wt0", 51820, 1280, gateway_wireguard::BackendChoice::Auto)
+        );
+        assert_eq!(
+            cfg.interfaces
+                .tunnel
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["wt0"]
+        );
         assert_eq!(wg.peers[0].spec().keepalive, Some(25));
-        assert_eq!(wg.mtu(Some(1400)), 1400, "the map's MTU when the file names none");
+        assert_eq!(
+            wg.mtu(Some(1400)),
+            1400,
+            "the map's MTU when the file names none"
+        );
         let e = load("  peers:\n    - public_key: nope\n      allowed_ips: []\n").unwrap_err();
         assert!(e.contains("wireguard.peers"), "{e}");
-        let e = load(&format!("  backend: external\n  peers:\n    - public_key: {key}\n      allowed_ips: []\n")).unwrap_err();
+        let e = load(&format!(
+            "  backend: external\n  peers:\n    - public_key: {key}\n      allowed_ips: []\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("external"), "{e}");
         let e = load("  mtu: 200\n").unwrap_err();
         assert!(e.contains("mtu"), "{e}");
@@ -525,8 +663,16 @@ mod tests {
         };
         let cfg = load("wireguard: {}\ninterfaces:\n  underlay:\n    - name: eth0\n").unwrap();
         let s = cfg.underlay_filter.settings();
-        assert_eq!((s.per_source.interval_ns, s.per_source.tolerance_ns), (50_000_000, 200_000_000), "20 a second, bursts of 5");
-        assert!(load("interfaces:\n  underlay:\n    - name: eth0\n").unwrap_err().contains("ports"));
+        assert_eq!(
+            (s.per_source.interval_ns, s.per_source.tolerance_ns),
+            (50_000_000, 200_000_000),
+            "20 a second, bursts of 5"
+        );
+        assert!(
+            load("interfaces:\n  underlay:\n    - name: eth0\n")
+                .unwrap_err()
+                .contains("ports")
+        );
         assert!(load("interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n").is_ok());
         assert!(load("interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n      attach: tc\n").unwrap_err().contains("XDP"));
         let e = load("interfaces:\n  lan:\n    - name: eth0\n  underlay:\n    - name: eth0\n      ports: [51820]\n").unwrap_err();

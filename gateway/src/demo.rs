@@ -16,13 +16,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::status::Report;
 use gateway_testkit::{
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
     traffic::{self, Servers},
 };
-use crate::status::Report;
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -49,21 +48,87 @@ pub struct Case {
     pub why: &'static str,
 }
 
-const fn case(from: &'static str, to: &'static str, probe: Probe, accept: bool, why: &'static str) -> Case {
-    Case { from, to, probe, accept, why }
+const fn case(
+    from: &'static str,
+    to: &'static str,
+    probe: Probe,
+    accept: bool,
+    why: &'static str,
+) -> Case {
+    Case {
+        from,
+        to,
+        probe,
+        accept,
+        why,
+    }
 }
 
 /// Traffic for each pair of groups, and what the seed's policies say about it.
 pub const SEED_MATRIX: &[Case] = &[
-    case("cp1", "web1", Probe::Tcp(443), true, "control-plane-full-access"),
-    case("cp1", "lin1", Probe::Ping, true, "control-plane-full-access"),
-    case("cp1", "lan1", Probe::Tcp(80), true, "control-plane-full-access (LAN via XDP)"),
-    case("cp1", "dns", Probe::Udp(53), true, "control-plane-full-access"),
-    case("orch1", "lin1", Probe::Tcp(443), true, "orchestration-to-containers"),
-    case("orch1", "win1", Probe::Tcp(6900), true, "orchestration-to-containers"),
-    case("orch1", "web1", Probe::Tcp(2377), true, "orchestration-to-containers"),
-    case("orch1", "lin1", Probe::Tcp(22), false, "default deny (port not listed)"),
-    case("orch1", "win1", Probe::Ping, false, "default deny (tcp only)"),
+    case(
+        "cp1",
+        "web1",
+        Probe::Tcp(443),
+        true,
+        "control-plane-full-access",
+    ),
+    case(
+        "cp1",
+        "lin1",
+        Probe::Ping,
+        true,
+        "control-plane-full-access",
+    ),
+    case(
+        "cp1",
+        "lan1",
+        Probe::Tcp(80),
+        true,
+        "control-plane-full-access (LAN via XDP)",
+    ),
+    case(
+        "cp1",
+        "dns",
+        Probe::Udp(53),
+        true,
+        "control-plane-full-access",
+    ),
+    case(
+        "orch1",
+        "lin1",
+        Probe::Tcp(443),
+        true,
+        "orchestration-to-containers",
+    ),
+    case(
+        "orch1",
+        "win1",
+        Probe::Tcp(6900),
+        true,
+        "orchestration-to-containers",
+    ),
+    case(
+        "orch1",
+        "web1",
+        Probe::Tcp(2377),
+        true,
+        "orchestration-to-containers",
+    ),
+    case(
+        "orch1",
+        "lin1",
+        Probe::Tcp(22),
+        false,
+        "default deny (port not listed)",
+    ),
+    case(
+        "orch1",
+        "win1",
+        Probe::Ping,
+        false,
+        "default deny (tcp only)",
+    ),
     case("orch1", "cp1", Probe::Tcp(443), false, "default deny"),
     case("lin1", "web1", Probe::Tcp(443), false, "demo-isolation"),
     case("win1", "lin1", Probe::Ping, false, "demo-isolation"),
@@ -71,11 +136,41 @@ pub const SEED_MATRIX: &[Case] = &[
     case("lin1", "orch1", Probe::Tcp(443), false, "demo-no-internet"),
     case("win1", "cp1", Probe::Tcp(443), false, "demo-no-internet"),
     case("web1", "lan1", Probe::Tcp(80), false, "demo-no-internet"),
-    case("web1", "dns", Probe::Udp(53), true, "demo-no-internet exception (DNS)"),
-    case("lin1", "dns", Probe::Udp(5353), false, "demo-no-internet (not the DNS port)"),
-    case("win1", "dns", Probe::Tcp(53), false, "demo-no-internet (DNS exception is udp)"),
-    case("lan1", "cp1", Probe::Tcp(443), false, "default deny (LAN-initiated, XDP)"),
-    case("dns", "cp1", Probe::Udp(53), false, "default deny (no group)"),
+    case(
+        "web1",
+        "dns",
+        Probe::Udp(53),
+        true,
+        "demo-no-internet exception (DNS)",
+    ),
+    case(
+        "lin1",
+        "dns",
+        Probe::Udp(5353),
+        false,
+        "demo-no-internet (not the DNS port)",
+    ),
+    case(
+        "win1",
+        "dns",
+        Probe::Tcp(53),
+        false,
+        "demo-no-internet (DNS exception is udp)",
+    ),
+    case(
+        "lan1",
+        "cp1",
+        Probe::Tcp(443),
+        false,
+        "default deny (LAN-initiated, XDP)",
+    ),
+    case(
+        "dns",
+        "cp1",
+        Probe::Udp(53),
+        false,
+        "default deny (no group)",
+    ),
 ];
 
 pub const TCP_PORTS: &[u16] = &[22, 53, 80, 443, 2377, 6900];
@@ -83,11 +178,18 @@ pub const UDP_PORTS: &[u16] = &[53, 5353];
 
 /// Starts echo servers on every lab host.
 pub fn start_servers(lab: &Lab) -> anyhow::Result<Vec<Servers>> {
-    lab.hosts.iter().map(|h| Servers::start(&h.ns, TCP_PORTS, UDP_PORTS)).collect()
+    lab.hosts
+        .iter()
+        .map(|h| Servers::start(&h.ns, TCP_PORTS, UDP_PORTS))
+        .collect()
 }
 
 pub fn probe(lab: &Lab, c: &Case) -> bool {
-    probe_addr(&lab.host(c.from).ns, IpAddr::V4(lab.host(c.to).addr), c.probe)
+    probe_addr(
+        &lab.host(c.from).ns,
+        IpAddr::V4(lab.host(c.to).addr),
+        c.probe,
+    )
 }
 
 /// Whether one exchange of `probe` from `from` to `to` came back.
@@ -101,17 +203,21 @@ pub fn probe_addr(from: &gateway_testkit::netns::Netns, to: IpAddr, probe: Probe
 
 /// Packets the gateway accepted and dropped so far (all hooks).
 pub fn totals(r: &Report) -> (u64, u64) {
-    r.counters.iter().fold((0, 0), |(a, d), c| match c.verdict.as_str() {
-        "accept" => (a + c.packets, d),
-        "drop" => (a, d + c.packets),
-        _ => (a, d),
-    })
+    r.counters
+        .iter()
+        .fold((0, 0), |(a, d), c| match c.verdict.as_str() {
+            "accept" => (a + c.packets, d),
+            "drop" => (a, d + c.packets),
+            _ => (a, d),
+        })
 }
 
 pub fn run(policy: Option<&Path>) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the demo builds network namespaces and loads BPF programs: run it as root (cargo xtask demo does)");
+        bail!(
+            "the demo builds network namespaces and loads BPF programs: run it as root (cargo xtask demo does)"
+        );
     }
     match policy {
         None => wireguard::run(),
@@ -124,9 +230,11 @@ fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
-    let policy_text = std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
+    let policy_text =
+        std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
     println!("Building the seed-000 lab in network namespaces...");
     let lab = Lab::seed()?;
     let _servers = start_servers(&lab)?;
@@ -134,7 +242,10 @@ fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
     let binary = std::env::current_exe()?;
     let gw = GatewayProcess::start(&binary, &lab.gw, &config, &lab.dir.join("gateway.log"))?;
     let st: Report = gw.status(&lab.gw)?;
-    println!("Gateway running in namespace {} (policy generation {}, {} policies):", lab.gw.name, st.generation, st.rules);
+    println!(
+        "Gateway running in namespace {} (policy generation {}, {} policies):",
+        lab.gw.name, st.generation, st.rules
+    );
     for a in &st.attachments {
         println!("  {:<8} {:<22} {}", a.interface, a.program, a.mode);
     }
@@ -143,14 +254,18 @@ fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
         println!("  {:<6} {:<15} {}", h.name, h.addr, h.role);
     }
     println!();
-    println!("{:<22} {:<9} {:<9} {:<9} {:<14} {}", "flow", "probe", "expected", "observed", "gw acc/drop", "why");
+    println!(
+        "{:<22} {:<9} {:<9} {:<9} {:<14} {}",
+        "flow", "probe", "expected", "observed", "gw acc/drop", "why"
+    );
     let mut failures = 0;
     for c in SEED_MATRIX {
         if interrupted.load(Ordering::SeqCst) {
             bail!("interrupted; the lab has been removed");
         }
         // Ctrl-C in a terminal reaches the gateway too, which then detaches and exits.
-        let (Ok(before), ok, Ok(after)) = (gw.status(&lab.gw), probe(&lab, c), gw.status(&lab.gw)) else {
+        let (Ok(before), ok, Ok(after)) = (gw.status(&lab.gw), probe(&lab, c), gw.status(&lab.gw))
+        else {
             if interrupted.load(Ordering::SeqCst) {
                 bail!("interrupted; the lab has been removed");
             }
@@ -180,7 +295,10 @@ fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
     }
     println!("\nDrops by reason:");
     for c in st.counters.iter().filter(|c| c.verdict == "drop") {
-        println!("  {:<16} {:<22} {:>6} packets", c.direction, c.reason, c.packets);
+        println!(
+            "  {:<16} {:<22} {:>6} packets",
+            c.direction, c.reason, c.packets
+        );
     }
     let exit = gw.stop()?;
     println!("\nGateway stopped ({exit}); removing the lab.");
@@ -188,6 +306,9 @@ fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
     if failures > 0 {
         bail!("{failures} flows did not get the expected verdict");
     }
-    println!("All {} flows got the verdict the policy gives them.", SEED_MATRIX.len());
+    println!(
+        "All {} flows got the verdict the policy gives them.",
+        SEED_MATRIX.len()
+    );
     Ok(())
 }

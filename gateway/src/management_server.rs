@@ -9,9 +9,14 @@ use tracing::info;
 pub fn serve(options: management::Options, listen: SocketAddr) -> anyhow::Result<()> {
     crate::runner::init_tracing();
     let m = Arc::new(management::Management::open(&options)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind {listen}"))?;
         info!(
             addr = %listener.local_addr()?,
             data_dir = %options.data_dir.display(),

@@ -37,23 +37,67 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let packets = counter("gateway_packets_total", "Packets judged, by hook, verdict and reason", &["direction", "verdict", "reason"])?;
-        let bytes = counter("gateway_bytes_total", "Bytes judged, by hook, verdict and reason", &["direction", "verdict", "reason"])?;
-        let policy_packets = counter("gateway_policy_packets_total", "Packets decided by each policy", &["policy"])?;
-        let policy_bytes = counter("gateway_policy_bytes_total", "Bytes decided by each policy", &["policy"])?;
-        let reloads = counter("gateway_policy_reloads_total", "Policy loads, by result", &["result"])?;
-        let generation = IntGauge::new("gateway_policy_generation", "Generation of the policy in force")?;
+        let packets = counter(
+            "gateway_packets_total",
+            "Packets judged, by hook, verdict and reason",
+            &["direction", "verdict", "reason"],
+        )?;
+        let bytes = counter(
+            "gateway_bytes_total",
+            "Bytes judged, by hook, verdict and reason",
+            &["direction", "verdict", "reason"],
+        )?;
+        let policy_packets = counter(
+            "gateway_policy_packets_total",
+            "Packets decided by each policy",
+            &["policy"],
+        )?;
+        let policy_bytes = counter(
+            "gateway_policy_bytes_total",
+            "Bytes decided by each policy",
+            &["policy"],
+        )?;
+        let reloads = counter(
+            "gateway_policy_reloads_total",
+            "Policy loads, by result",
+            &["result"],
+        )?;
+        let generation = IntGauge::new(
+            "gateway_policy_generation",
+            "Generation of the policy in force",
+        )?;
         registry.register(Box::new(generation.clone()))?;
         let rules = IntGauge::new("gateway_policy_rules", "Enabled policies in force")?;
         registry.register(Box::new(rules.clone()))?;
-        let map_entries = IntGaugeVec::new(Opts::new("gateway_map_entries", "Entries in use per map"), &["map"])?;
+        let map_entries = IntGaugeVec::new(
+            Opts::new("gateway_map_entries", "Entries in use per map"),
+            &["map"],
+        )?;
         registry.register(Box::new(map_entries.clone()))?;
-        let map_capacity = IntGaugeVec::new(Opts::new("gateway_map_capacity_entries", "Capacity per map"), &["map"])?;
+        let map_capacity = IntGaugeVec::new(
+            Opts::new("gateway_map_capacity_entries", "Capacity per map"),
+            &["map"],
+        )?;
         registry.register(Box::new(map_capacity.clone()))?;
-        let underlay_packets = counter("gateway_underlay_packets_total", "Packets the underlay filter saw, by reason (what passed and why the rest was dropped)", &["verdict", "reason"])?;
-        let underlay_bytes = counter("gateway_underlay_bytes_total", "Bytes the underlay filter saw, by reason", &["verdict", "reason"])?;
-        let swept = counter("gateway_conntrack_removed_total", "Conntrack entries removed by the controller, by cause", &["cause"])?;
-        let apply_seconds = prometheus::Gauge::new("gateway_policy_apply_seconds", "Time the last policy took to compile and apply")?;
+        let underlay_packets = counter(
+            "gateway_underlay_packets_total",
+            "Packets the underlay filter saw, by reason (what passed and why the rest was dropped)",
+            &["verdict", "reason"],
+        )?;
+        let underlay_bytes = counter(
+            "gateway_underlay_bytes_total",
+            "Bytes the underlay filter saw, by reason",
+            &["verdict", "reason"],
+        )?;
+        let swept = counter(
+            "gateway_conntrack_removed_total",
+            "Conntrack entries removed by the controller, by cause",
+            &["cause"],
+        )?;
+        let apply_seconds = prometheus::Gauge::new(
+            "gateway_policy_apply_seconds",
+            "Time the last policy took to compile and apply",
+        )?;
         registry.register(Box::new(apply_seconds.clone()))?;
         let management = ManagementMetrics::register(&registry)?;
         let wireguard = WireGuardMetrics::register(&registry)?;
@@ -79,7 +123,10 @@ impl Metrics {
     }
 
     fn advance(&mut self, kind: u8, a: &str, b: &str, now: u64) -> u64 {
-        let last = self.seen.entry((kind, a.to_string(), b.to_string())).or_insert(0);
+        let last = self
+            .seen
+            .entry((kind, a.to_string(), b.to_string()))
+            .or_insert(0);
         let delta = now.saturating_sub(*last);
         *last = now;
         delta
@@ -108,20 +155,33 @@ impl Metrics {
         }
         for (i, c) in dp.underlay_counters()?.into_iter().enumerate() {
             let name = gateway_common::underlay::REASON_NAMES[i];
-            let verdict = if gateway_common::underlay::drops(i as u32) { "drop" } else { "pass" };
+            let verdict = if gateway_common::underlay::drops(i as u32) {
+                "drop"
+            } else {
+                "pass"
+            };
             let dp_ = self.advance(4, name, "", c.packets);
             let db = self.advance(5, name, "", c.bytes);
             if c.packets > 0 {
-                self.underlay_packets.with_label_values(&[verdict, name]).inc_by(dp_);
-                self.underlay_bytes.with_label_values(&[verdict, name]).inc_by(db);
+                self.underlay_packets
+                    .with_label_values(&[verdict, name])
+                    .inc_by(dp_);
+                self.underlay_bytes
+                    .with_label_values(&[verdict, name])
+                    .inc_by(db);
             }
         }
         let rules = dp.rule_counters()?;
         // Series of policies no longer in force go (their counts live on under "(retired)"), so
         // the label set stays bounded by the policies in force.
-        let current: std::collections::HashSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
-        let gone: Vec<String> =
-            self.seen.keys().filter(|(k, n, _)| *k == 2 && !current.contains(n.as_str())).map(|(_, n, _)| n.clone()).collect();
+        let current: std::collections::HashSet<&str> =
+            rules.iter().map(|(n, _)| n.as_str()).collect();
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|(k, n, _)| *k == 2 && !current.contains(n.as_str()))
+            .map(|(_, n, _)| n.clone())
+            .collect();
         for name in gone {
             let _ = self.policy_packets.remove_label_values(&[name.as_str()]);
             let _ = self.policy_bytes.remove_label_values(&[name.as_str()]);
@@ -131,8 +191,12 @@ impl Metrics {
         for (name, c) in rules {
             let dp_ = self.advance(2, &name, "", c.packets);
             let db = self.advance(3, &name, "", c.bytes);
-            self.policy_packets.with_label_values(&[name.as_str()]).inc_by(dp_);
-            self.policy_bytes.with_label_values(&[name.as_str()]).inc_by(db);
+            self.policy_packets
+                .with_label_values(&[name.as_str()])
+                .inc_by(dp_);
+            self.policy_bytes
+                .with_label_values(&[name.as_str()])
+                .inc_by(db);
         }
         self.management.refresh();
         self.generation.set(dp.generation() as i64);
@@ -146,10 +210,17 @@ impl Metrics {
 
     pub fn count_sweep(&self, r: &gateway_dataplane::SweepReport) {
         if r.revoked > 0 {
-            tracing::info!(flows = r.revoked, "idle flows the new policy no longer allows were removed");
+            tracing::info!(
+                flows = r.revoked,
+                "idle flows the new policy no longer allows were removed"
+            );
         }
-        self.swept.with_label_values(&["expired"]).inc_by(r.expired as u64);
-        self.swept.with_label_values(&["revoked"]).inc_by(r.revoked as u64);
+        self.swept
+            .with_label_values(&["expired"])
+            .inc_by(r.expired as u64);
+        self.swept
+            .with_label_values(&["revoked"])
+            .inc_by(r.revoked as u64);
     }
 
     pub fn render(&self) -> anyhow::Result<String> {
@@ -173,25 +244,58 @@ pub struct WireGuardMetrics {
 
 impl WireGuardMetrics {
     fn register(registry: &Registry) -> anyhow::Result<WireGuardMetrics> {
-        let backend = IntGaugeVec::new(Opts::new("gateway_wireguard_backend_info", "The WireGuard backend in use (1)"), &["backend", "interface"])?;
-        let peers = IntGauge::new("gateway_wireguard_peers", "WireGuard peers configured on the interface")?;
-        let peers_current = IntGauge::new("gateway_wireguard_peers_with_recent_handshake", "Peers with a handshake in the last 180 s")?;
-        let rx_bytes = IntGauge::new("gateway_wireguard_received_bytes", "Bytes received from the peers configured now (a peer's bytes leave with it)")?;
-        let tx_bytes = IntGauge::new("gateway_wireguard_sent_bytes", "Bytes sent to the peers configured now (a peer's bytes leave with it)")?;
+        let backend = IntGaugeVec::new(
+            Opts::new(
+                "gateway_wireguard_backend_info",
+                "The WireGuard backend in use (1)",
+            ),
+            &["backend", "interface"],
+        )?;
+        let peers = IntGauge::new(
+            "gateway_wireguard_peers",
+            "WireGuard peers configured on the interface",
+        )?;
+        let peers_current = IntGauge::new(
+            "gateway_wireguard_peers_with_recent_handshake",
+            "Peers with a handshake in the last 180 s",
+        )?;
+        let rx_bytes = IntGauge::new(
+            "gateway_wireguard_received_bytes",
+            "Bytes received from the peers configured now (a peer's bytes leave with it)",
+        )?;
+        let tx_bytes = IntGauge::new(
+            "gateway_wireguard_sent_bytes",
+            "Bytes sent to the peers configured now (a peer's bytes leave with it)",
+        )?;
         for m in [&peers, &peers_current, &rx_bytes, &tx_bytes] {
             registry.register(Box::new(m.clone()))?;
         }
         registry.register(Box::new(backend.clone()))?;
-        Ok(WireGuardMetrics { backend, peers, peers_current, rx_bytes, tx_bytes })
+        Ok(WireGuardMetrics {
+            backend,
+            peers,
+            peers_current,
+            rx_bytes,
+            tx_bytes,
+        })
     }
 
     pub fn refresh(&self, r: &gateway_wireguard::TunnelReport) {
         self.backend.reset();
-        self.backend.with_label_values(&[r.backend.label(), &r.interface]).set(1);
+        self.backend
+            .with_label_values(&[r.backend.label(), &r.interface])
+            .set(1);
         self.peers.set(r.peers.len() as i64);
-        self.peers_current.set(r.peers.iter().filter(|p| p.handshake_age_secs.is_some_and(|a| a < 180)).count() as i64);
-        self.rx_bytes.set(r.peers.iter().map(|p| p.rx_bytes).sum::<u64>() as i64);
-        self.tx_bytes.set(r.peers.iter().map(|p| p.tx_bytes).sum::<u64>() as i64);
+        self.peers_current.set(
+            r.peers
+                .iter()
+                .filter(|p| p.handshake_age_secs.is_some_and(|a| a < 180))
+                .count() as i64,
+        );
+        self.rx_bytes
+            .set(r.peers.iter().map(|p| p.rx_bytes).sum::<u64>() as i64);
+        self.tx_bytes
+            .set(r.peers.iter().map(|p| p.tx_bytes).sum::<u64>() as i64);
     }
 }
 
@@ -209,14 +313,37 @@ pub struct ManagementMetrics {
 
 impl ManagementMetrics {
     fn register(registry: &Registry) -> anyhow::Result<ManagementMetrics> {
-        let connected = IntGauge::new("gateway_management_connected", "1 while the Sync stream to management is open")?;
-        let serial = IntGauge::new("gateway_management_serial", "Serial of the network map in force")?;
-        let refused = IntGauge::new("gateway_management_refused", "1 once the management service refused this gateway (peer deleted, key refused): a deny-all policy is in force")?;
-        let since_sync = prometheus::Gauge::new("gateway_management_seconds_since_sync", "Seconds since the last message on the Sync stream (-1: none yet)")?;
-        let maps = IntCounterVec::new(Opts::new("gateway_management_maps_total", "Network maps received, by result"), &["result"])?;
+        let connected = IntGauge::new(
+            "gateway_management_connected",
+            "1 while the Sync stream to management is open",
+        )?;
+        let serial = IntGauge::new(
+            "gateway_management_serial",
+            "Serial of the network map in force",
+        )?;
+        let refused = IntGauge::new(
+            "gateway_management_refused",
+            "1 once the management service refused this gateway (peer deleted, key refused): a deny-all policy is in force",
+        )?;
+        let since_sync = prometheus::Gauge::new(
+            "gateway_management_seconds_since_sync",
+            "Seconds since the last message on the Sync stream (-1: none yet)",
+        )?;
+        let maps = IntCounterVec::new(
+            Opts::new(
+                "gateway_management_maps_total",
+                "Network maps received, by result",
+            ),
+            &["result"],
+        )?;
         let apply_seconds = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new("gateway_management_apply_seconds", "From a network map's arrival to its policy in force")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5]),
+            prometheus::HistogramOpts::new(
+                "gateway_management_apply_seconds",
+                "From a network map's arrival to its policy in force",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5,
+            ]),
         )?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(serial.clone()))?;
@@ -225,7 +352,15 @@ impl ManagementMetrics {
         registry.register(Box::new(maps.clone()))?;
         registry.register(Box::new(apply_seconds.clone()))?;
         since_sync.set(-1.0);
-        Ok(ManagementMetrics { connected, refused, serial, since_sync, maps, apply_seconds, last_sync: None })
+        Ok(ManagementMetrics {
+            connected,
+            refused,
+            serial,
+            since_sync,
+            maps,
+            apply_seconds,
+            last_sync: None,
+        })
     }
 
     pub fn synced(&mut self) {

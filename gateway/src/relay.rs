@@ -19,14 +19,18 @@ pub fn serve(config: Option<&Path>, coturn: Option<&Path>) -> anyhow::Result<()>
     let cfg = match (config, coturn) {
         (Some(p), None) => RelayConfig::load_yaml(p)?,
         (None, Some(p)) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            let (cfg, report) = RelayConfig::from_coturn(&text).with_context(|| format!("{}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            let (cfg, report) =
+                RelayConfig::from_coturn(&text).with_context(|| format!("{}", p.display()))?;
             if !report.ignored.is_empty() {
                 warn!(options = ?report.ignored, "coturn options that change nothing here (logging, CLI, listeners this relay does not open)");
             }
             cfg
         }
-        _ => anyhow::bail!("give --config (the relay's YAML) or --coturn-config (coturn's turnserver.conf)"),
+        _ => anyhow::bail!(
+            "give --config (the relay's YAML) or --coturn-config (coturn's turnserver.conf)"
+        ),
     };
     let metrics_addr = cfg.metrics_addr;
     let fast = match &cfg.xdp {
@@ -34,11 +38,16 @@ pub fn serve(config: Option<&Path>, coturn: Option<&Path>) -> anyhow::Result<()>
         None => None,
     };
     let relay = Relay::with_fast_path(cfg, fast)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let Some(addr) = metrics_addr {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
             info!(%addr, "serving /metrics and /status");
             tokio::spawn(http(relay.clone(), listener));
         }
@@ -65,27 +74,83 @@ fn v4(a: std::net::SocketAddrV4) -> ([u8; 4], u16) {
 impl gateway_relay::fast_path::FastPath for XdpFastPath {
     fn bind(&self, b: &gateway_relay::fast_path::Binding) -> anyhow::Result<()> {
         use gateway_common::turn::*;
-        let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) = (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
-        let channel = ChannelKey { client, listen, client_port: cport, listen_port: lport, channel: b.channel, _pad: 0 };
-        let to_peer = ToPeer { peer, relay, peer_port: pport, relay_port: rport, slot: b.slot };
-        let from_peer = PeerKey { peer, relay, peer_port: pport, relay_port: rport };
-        let to_client = ToClient { client, listen, client_port: cport, listen_port: lport, channel: b.channel, _pad: 0, slot: b.slot };
-        self.dp.lock().unwrap_or_else(|p| p.into_inner()).set_turn_binding(channel, to_peer, from_peer, to_client)
+        let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) =
+            (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
+        let channel = ChannelKey {
+            client,
+            listen,
+            client_port: cport,
+            listen_port: lport,
+            channel: b.channel,
+            _pad: 0,
+        };
+        let to_peer = ToPeer {
+            peer,
+            relay,
+            peer_port: pport,
+            relay_port: rport,
+            slot: b.slot,
+        };
+        let from_peer = PeerKey {
+            peer,
+            relay,
+            peer_port: pport,
+            relay_port: rport,
+        };
+        let to_client = ToClient {
+            client,
+            listen,
+            client_port: cport,
+            listen_port: lport,
+            channel: b.channel,
+            _pad: 0,
+            slot: b.slot,
+        };
+        self.dp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_turn_binding(channel, to_peer, from_peer, to_client)
     }
 
     fn unbind(&self, b: &gateway_relay::fast_path::Binding) {
         use gateway_common::turn::*;
-        let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) = (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
-        let channel = ChannelKey { client, listen, client_port: cport, listen_port: lport, channel: b.channel, _pad: 0 };
-        let from_peer = PeerKey { peer, relay, peer_port: pport, relay_port: rport };
-        if let Err(e) = self.dp.lock().unwrap_or_else(|p| p.into_inner()).remove_turn_binding(&channel, &from_peer) {
-            warn!("taking channel {:#x} back from the kernel: {e:#}", b.channel);
+        let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) =
+            (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
+        let channel = ChannelKey {
+            client,
+            listen,
+            client_port: cport,
+            listen_port: lport,
+            channel: b.channel,
+            _pad: 0,
+        };
+        let from_peer = PeerKey {
+            peer,
+            relay,
+            peer_port: pport,
+            relay_port: rport,
+        };
+        if let Err(e) = self
+            .dp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_turn_binding(&channel, &from_peer)
+        {
+            warn!(
+                "taking channel {:#x} back from the kernel: {e:#}",
+                b.channel
+            );
         }
     }
 
     fn totals(&self) -> gateway_relay::fast_path::Totals {
         use gateway_common::turn::reason;
-        let c = self.dp.lock().unwrap_or_else(|p| p.into_inner()).turn_counters().unwrap_or_default();
+        let c = self
+            .dp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .turn_counters()
+            .unwrap_or_default();
         let get = |r: u32| c.get(r as usize).copied().unwrap_or_default();
         // Reason counters count frames (with headers); payload bytes are per binding.
         gateway_relay::fast_path::Totals {
@@ -97,19 +162,27 @@ impl gateway_relay::fast_path::FastPath for XdpFastPath {
     }
 }
 
-fn xdp_fast_path(x: &gateway_relay::config::XdpConfig) -> anyhow::Result<(Arc<dyn gateway_relay::fast_path::FastPath>, u32)> {
+fn xdp_fast_path(
+    x: &gateway_relay::config::XdpConfig,
+) -> anyhow::Result<(Arc<dyn gateway_relay::fast_path::FastPath>, u32)> {
     let attach = match x.attach.as_str() {
         "xdp-native" => gateway_dataplane::LanAttach::XdpNative,
         "xdp-generic" => gateway_dataplane::LanAttach::XdpGeneric,
         other => anyhow::bail!("xdp.attach {other:?}: xdp-native or xdp-generic"),
     };
-    let opts = gateway_dataplane::LoadOptions { pin_root: None, ..Default::default() };
+    let opts = gateway_dataplane::LoadOptions {
+        pin_root: None,
+        ..Default::default()
+    };
     let mut dp = gateway_dataplane::Dataplane::load(&opts)?;
     for iface in &x.interfaces {
         let mode = dp.attach_turn(iface, attach)?;
         // The program asks the kernel's FIB for routes with an input lookup, which the kernel
         // answers only on interfaces that forward.
-        let forwarding = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")).map(|v| v.trim() == "1").unwrap_or(false);
+        let forwarding =
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false);
         if forwarding {
             info!(interface = %iface, mode, "TURN fast path: bound channels forwarded in XDP");
         } else {
@@ -120,36 +193,89 @@ fn xdp_fast_path(x: &gateway_relay::config::XdpConfig) -> anyhow::Result<(Arc<dy
             );
         }
     }
-    Ok((Arc::new(XdpFastPath { dp: std::sync::Mutex::new(dp) }), gateway_common::turn::BINDING_SLOTS))
+    Ok((
+        Arc::new(XdpFastPath {
+            dp: std::sync::Mutex::new(dp),
+        }),
+        gateway_common::turn::BINDING_SLOTS,
+    ))
 }
 
 /// The relay's metrics, rendered from a status snapshot: gauges for what exists now, counters
 /// for what was relayed and refused (by path and direction; bounded labels).
 fn render(s: &Status) -> anyhow::Result<String> {
     let registry = Registry::new();
-    let gauge = IntGaugeVec::new(Opts::new("gateway_relay_current", "Allocations, permissions and channels in force"), &["kind"])?;
+    let gauge = IntGaugeVec::new(
+        Opts::new(
+            "gateway_relay_current",
+            "Allocations, permissions and channels in force",
+        ),
+        &["kind"],
+    )?;
     registry.register(Box::new(gauge.clone()))?;
-    for (kind, v) in [("allocations", s.allocations), ("permissions", s.permissions), ("channels", s.channels)] {
+    for (kind, v) in [
+        ("allocations", s.allocations),
+        ("permissions", s.permissions),
+        ("channels", s.channels),
+    ] {
         gauge.with_label_values(&[kind]).set(v as i64);
     }
-    let packets = IntCounterVec::new(Opts::new("gateway_relay_packets_total", "Packets relayed, by path and direction"), &["path", "direction"])?;
-    let bytes = IntCounterVec::new(Opts::new("gateway_relay_bytes_total", "Bytes relayed, by path and direction (payload in userspace, whole frames in XDP)"), &["path", "direction"])?;
-    let refused = IntCounterVec::new(Opts::new("gateway_relay_refused_total", "Requests and packets refused, by reason"), &["reason"])?;
+    let packets = IntCounterVec::new(
+        Opts::new(
+            "gateway_relay_packets_total",
+            "Packets relayed, by path and direction",
+        ),
+        &["path", "direction"],
+    )?;
+    let bytes = IntCounterVec::new(
+        Opts::new(
+            "gateway_relay_bytes_total",
+            "Bytes relayed, by path and direction (payload in userspace, whole frames in XDP)",
+        ),
+        &["path", "direction"],
+    )?;
+    let refused = IntCounterVec::new(
+        Opts::new(
+            "gateway_relay_refused_total",
+            "Requests and packets refused, by reason",
+        ),
+        &["reason"],
+    )?;
     for c in [&packets, &bytes, &refused] {
         registry.register(Box::new(c.clone()))?;
     }
-    packets.with_label_values(&["userspace", "to_peer"]).inc_by(s.to_peer_packets);
-    packets.with_label_values(&["userspace", "to_client"]).inc_by(s.to_client_packets);
-    bytes.with_label_values(&["userspace", "to_peer"]).inc_by(s.to_peer_bytes);
-    bytes.with_label_values(&["userspace", "to_client"]).inc_by(s.to_client_bytes);
+    packets
+        .with_label_values(&["userspace", "to_peer"])
+        .inc_by(s.to_peer_packets);
+    packets
+        .with_label_values(&["userspace", "to_client"])
+        .inc_by(s.to_client_packets);
+    bytes
+        .with_label_values(&["userspace", "to_peer"])
+        .inc_by(s.to_peer_bytes);
+    bytes
+        .with_label_values(&["userspace", "to_client"])
+        .inc_by(s.to_client_bytes);
     refused.with_label_values(&["auth"]).inc_by(s.auth_failures);
-    refused.with_label_values(&["peer_denied"]).inc_by(s.refused_peers);
-    refused.with_label_values(&["no_permission"]).inc_by(s.dropped_no_permission);
+    refused
+        .with_label_values(&["peer_denied"])
+        .inc_by(s.refused_peers);
+    refused
+        .with_label_values(&["no_permission"])
+        .inc_by(s.dropped_no_permission);
     if let Some(x) = &s.xdp {
-        packets.with_label_values(&["xdp", "to_peer"]).inc_by(x.to_peer_packets);
-        packets.with_label_values(&["xdp", "to_client"]).inc_by(x.to_client_packets);
-        bytes.with_label_values(&["xdp", "to_peer"]).inc_by(x.to_peer_bytes);
-        bytes.with_label_values(&["xdp", "to_client"]).inc_by(x.to_client_bytes);
+        packets
+            .with_label_values(&["xdp", "to_peer"])
+            .inc_by(x.to_peer_packets);
+        packets
+            .with_label_values(&["xdp", "to_client"])
+            .inc_by(x.to_client_packets);
+        bytes
+            .with_label_values(&["xdp", "to_peer"])
+            .inc_by(x.to_peer_bytes);
+        bytes
+            .with_label_values(&["xdp", "to_client"])
+            .inc_by(x.to_client_bytes);
     }
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
@@ -166,8 +292,15 @@ async fn http(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
                 let relay = relay.clone();
                 async move {
                     match render(&relay.status()) {
-                        Ok(text) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response(),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+                        Ok(text) => (
+                            StatusCode::OK,
+                            [("content-type", "text/plain; version=0.0.4")],
+                            text,
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response()
+                        }
                     }
                 }
             }),
@@ -176,7 +309,14 @@ async fn http(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
             "/status",
             get(move || {
                 let relay = r2.clone();
-                async move { (StatusCode::OK, [("content-type", "application/json")], serde_json::to_string_pretty(&relay.status()).unwrap_or_default()).into_response() }
+                async move {
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/json")],
+                        serde_json::to_string_pretty(&relay.status()).unwrap_or_default(),
+                    )
+                        .into_response()
+                }
             }),
         );
     if let Err(e) = axum::serve(listener, app).await {
@@ -192,11 +332,27 @@ pub fn print_status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let s: Status = serde_json::from_str(&body).context("parsing /status")?;
-    println!("allocations {}, permissions {}, channels {}", s.allocations, s.permissions, s.channels);
-    println!("relayed (userspace): to peers {} packets / {} bytes, to clients {} packets / {} bytes", s.to_peer_packets, s.to_peer_bytes, s.to_client_packets, s.to_client_bytes);
+    println!(
+        "allocations {}, permissions {}, channels {}",
+        s.allocations, s.permissions, s.channels
+    );
+    println!(
+        "relayed (userspace): to peers {} packets / {} bytes, to clients {} packets / {} bytes",
+        s.to_peer_packets, s.to_peer_bytes, s.to_client_packets, s.to_client_bytes
+    );
     if let Some(x) = &s.xdp {
-        println!("relayed (XDP, {} channels now): to peers {} packets / {} bytes, to clients {} packets / {} bytes", s.offloaded_channels, x.to_peer_packets, x.to_peer_bytes, x.to_client_packets, x.to_client_bytes);
+        println!(
+            "relayed (XDP, {} channels now): to peers {} packets / {} bytes, to clients {} packets / {} bytes",
+            s.offloaded_channels,
+            x.to_peer_packets,
+            x.to_peer_bytes,
+            x.to_client_packets,
+            x.to_client_bytes
+        );
     }
-    println!("refused: {} authentications, {} peers denied, {} packets without permission", s.auth_failures, s.refused_peers, s.dropped_no_permission);
+    println!(
+        "refused: {} authentications, {} peers denied, {} packets without permission",
+        s.auth_failures, s.refused_peers, s.dropped_no_permission
+    );
     Ok(())
 }

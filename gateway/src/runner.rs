@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 use tracing::{error, info, warn};
 
 use gateway_dataplane::{Dataplane, LoadOptions, SweepReport, attach, sweep::Sweeper};
@@ -67,28 +70,46 @@ struct Gateway {
 }
 
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // try_init also routes the `log` records of aya-log (the kernel programs' logs) into tracing.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 /// Reads and compiles a policy file.
 fn compile_policy(cfg: &Config, file: &Path) -> anyhow::Result<compile::Compiled> {
     let set = policy::load_file(file)?;
-    Ok(compile::compile(&set, &cfg.limits.compile_limits()).with_context(|| format!("{}", file.display()))?)
+    Ok(compile::compile(&set, &cfg.limits.compile_limits())
+        .with_context(|| format!("{}", file.display()))?)
 }
 
 /// Picks the policy source: the config's policy file or a management service, never both.
-pub fn policy_source(cfg: &Config, management: Option<SyncOptions>) -> anyhow::Result<PolicySource> {
+pub fn policy_source(
+    cfg: &Config,
+    management: Option<SyncOptions>,
+) -> anyhow::Result<PolicySource> {
     match (&cfg.policy, management) {
-        (Some(_), Some(_)) => anyhow::bail!("the config names a policy file and --management-url was given: choose one policy source"),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "the config names a policy file and --management-url was given: choose one policy source"
+        ),
         (Some(p), None) => Ok(PolicySource::File(p.clone())),
         (None, Some(m)) => Ok(PolicySource::Management(m)),
-        (None, None) => anyhow::bail!("no policy source: name `policy:` in the config or give --management-url"),
+        (None, None) => {
+            anyhow::bail!("no policy source: name `policy:` in the config or give --management-url")
+        }
     }
 }
 
-pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_exit: bool, management: Option<SyncOptions>, state_dir: &Path) -> anyhow::Result<()> {
+pub fn run(
+    config_path: &Path,
+    metrics_override: Option<SocketAddr>,
+    detach_on_exit: bool,
+    management: Option<SyncOptions>,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
     init_tracing();
     let mut cfg = Config::load(config_path)?;
     if metrics_override.is_some() {
@@ -103,17 +124,28 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
         (PolicySource::File(_), None) => None,
         _ => Some(Identity::load_or_create(state_dir)?),
     };
-    let public_key = identity.as_ref().map(|i| i.key.public().to_base64()).unwrap_or_default();
-    let wg_private_key = identity.as_ref().map(|i| i.key.to_base64()).unwrap_or_default();
+    let public_key = identity
+        .as_ref()
+        .map(|i| i.key.public().to_base64())
+        .unwrap_or_default();
+    let wg_private_key = identity
+        .as_ref()
+        .map(|i| i.key.to_base64())
+        .unwrap_or_default();
     let (compiled, identity) = match (&source, identity) {
         (PolicySource::File(file), _) => (compile_policy(&cfg, file)?, None),
-        (PolicySource::Management(_), None) => unreachable!("a management source always loads the identity"),
+        (PolicySource::Management(_), None) => {
+            unreachable!("a management source always loads the identity")
+        }
         (PolicySource::Management(m), Some(identity)) => {
             if !identity.is_registered() && m.setup_key.is_none() {
-                anyhow::bail!("this gateway is not registered yet: give a setup key (--setup-key, --setup-key-file or GATEWAY_SETUP_KEY)");
+                anyhow::bail!(
+                    "this gateway is not registered yet: give a setup key (--setup-key, --setup-key-file or GATEWAY_SETUP_KEY)"
+                );
             }
             // Until the first network map arrives, nothing from the tunnel is allowed.
-            let empty = compile::compile(&policy::PolicySet::default(), &cfg.limits.compile_limits())?;
+            let empty =
+                compile::compile(&policy::PolicySet::default(), &cfg.limits.compile_limits())?;
             (empty, Some(identity))
         }
     };
@@ -136,7 +168,10 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
         attach::if_index(&l.name)?;
     }
     let listener = match cfg.metrics_addr {
-        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding the metrics address {addr}"))?),
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the metrics address {addr}"))?,
+        ),
         None => None,
     };
 
@@ -155,8 +190,16 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
     // Until the first network map, an adopted policy stays in force (a restart must not cut the
     // flows it allows); a new data plane starts with nothing allowed.
     let keep_adopted = dp.adopted().is_some() && matches!(source, PolicySource::Management(_));
-    let report = if keep_adopted { None } else { Some(dp.apply(&compiled)?) };
-    let wg_port = tunnel.as_ref().and_then(|t| t.report().ok()).map(|r| r.listen_port).or(cfg.wireguard.as_ref().map(|w| w.listen_port));
+    let report = if keep_adopted {
+        None
+    } else {
+        Some(dp.apply(&compiled)?)
+    };
+    let wg_port = tunnel
+        .as_ref()
+        .and_then(|t| t.report().ok())
+        .map(|r| r.listen_port)
+        .or(cfg.wireguard.as_ref().map(|w| w.listen_port));
     if let Err(e) = attach_all(&mut dp, &cfg, wg_port) {
         // Nothing half-done: what this run attached is removed again; adopted links keep
         // enforcing the policy they had.
@@ -181,7 +224,9 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
             );
             match &source {
                 PolicySource::File(_) => format!("ok: generation {} at start", report.generation),
-                PolicySource::Management(_) => "waiting for the first network map (default deny until then)".to_string(),
+                PolicySource::Management(_) => {
+                    "waiting for the first network map (default deny until then)".to_string()
+                }
             }
         }
         (None, _) => format!(
@@ -190,11 +235,17 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
         ),
     };
     let management = match &source {
-        PolicySource::Management(m) => Some(status::ManagementReport { url: m.url.clone(), ..Default::default() }),
+        PolicySource::Management(m) => Some(status::ManagementReport {
+            url: m.url.clone(),
+            ..Default::default()
+        }),
         PolicySource::File(_) => None,
     };
     let gw = Arc::new(Mutex::new(Gateway {
-        masquerading: cfg.masquerade.as_ref().is_some_and(|m| !m.networks.is_empty()),
+        masquerading: cfg
+            .masquerade
+            .as_ref()
+            .is_some_and(|m| !m.networks.is_empty()),
         dp,
         cfg,
         metrics,
@@ -208,7 +259,10 @@ pub fn run(config_path: &Path, metrics_override: Option<SocketAddr>, detach_on_e
         public_key,
     }));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         let events = match (source, identity) {
             (PolicySource::Management(opts), Some(identity)) => {
@@ -254,8 +308,17 @@ fn lock<T>(gw: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Puts the masquerade in force for the configured networks and `from_map` (the routes this
 /// peer serves with `Masquerade` set), attaching it to the LAN interfaces the first time there
 /// is something to masquerade (`attached` remembers). An empty list stops new translations.
-fn masquerade(dp: &mut Dataplane, cfg: &Config, from_map: &[ipnet::IpNet], attached: &mut bool) -> anyhow::Result<()> {
-    let mut networks: Vec<ipnet::IpNet> = cfg.masquerade.as_ref().map(|m| m.networks.clone()).unwrap_or_default();
+fn masquerade(
+    dp: &mut Dataplane,
+    cfg: &Config,
+    from_map: &[ipnet::IpNet],
+    attached: &mut bool,
+) -> anyhow::Result<()> {
+    let mut networks: Vec<ipnet::IpNet> = cfg
+        .masquerade
+        .as_ref()
+        .map(|m| m.networks.clone())
+        .unwrap_or_default();
     for n in from_map {
         if !networks.contains(n) {
             networks.push(*n);
@@ -269,7 +332,10 @@ fn masquerade(dp: &mut Dataplane, cfg: &Config, from_map: &[ipnet::IpNet], attac
     }
     let mut nat = match &cfg.masquerade {
         Some(m) => m.dataplane()?,
-        None => gateway_dataplane::Masquerade { networks: Vec::new(), settings: Default::default() },
+        None => gateway_dataplane::Masquerade {
+            networks: Vec::new(),
+            settings: Default::default(),
+        },
     };
     nat.networks = networks;
     if !*attached {
@@ -279,8 +345,12 @@ fn masquerade(dp: &mut Dataplane, cfg: &Config, from_map: &[ipnet::IpNet], attac
     if !*attached {
         for l in &cfg.interfaces.lan {
             let a = dp.attach_masquerade(&l.name)?;
-            let v4 = (a.has_v4 != 0).then(|| std::net::Ipv4Addr::from(a.v4).to_string()).unwrap_or_else(|| "-".into());
-            let v6 = (a.has_v6 != 0).then(|| std::net::Ipv6Addr::from(a.v6).to_string()).unwrap_or_else(|| "-".into());
+            let v4 = (a.has_v4 != 0)
+                .then(|| std::net::Ipv4Addr::from(a.v4).to_string())
+                .unwrap_or_else(|| "-".into());
+            let v6 = (a.has_v6 != 0)
+                .then(|| std::net::Ipv6Addr::from(a.v6).to_string())
+                .unwrap_or_else(|| "-".into());
             info!(interface = %l.name, ipv4 = %v4, ipv6 = %v6, ports = %format!("{}-{}", nat.settings.port_min, nat.settings.port_max), "masquerading toward the LAN");
         }
         *attached = true;
@@ -298,7 +368,11 @@ fn reserve_ports(min: u16, max: u16) -> anyhow::Result<()> {
     if current.trim().split(',').any(|r| r.trim() == range) {
         return Ok(());
     }
-    let value = if current.trim().is_empty() { range } else { format!("{},{range}", current.trim()) };
+    let value = if current.trim().is_empty() {
+        range
+    } else {
+        format!("{},{range}", current.trim())
+    };
     std::fs::write(PATH, &value).with_context(|| format!("writing {PATH}"))?;
     Ok(())
 }
@@ -308,7 +382,10 @@ fn reserve_ports(min: u16, max: u16) -> anyhow::Result<()> {
 fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow::Result<()> {
     for t in &cfg.interfaces.tunnel {
         let kind = dp.attach_tunnel(&t.name, t.mss_clamp.tunnel_mss())?;
-        let mss = dp.mss_clamp(&t.name)?.map(|c| format!("{} (IPv6 {})", c.v4, c.v6)).unwrap_or_else(|| "off".into());
+        let mss = dp
+            .mss_clamp(&t.name)?
+            .map(|c| format!("{} (IPv6 {})", c.v4, c.v6))
+            .unwrap_or_else(|| "off".into());
         info!(interface = %t.name, link = ?kind, mss_clamp = %mss, "tunnel interface protected (tc ingress + egress)");
     }
     for l in &cfg.interfaces.lan {
@@ -318,8 +395,16 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
     if !cfg.interfaces.underlay.is_empty() {
         let mut ports: Vec<u16> = Vec::new();
         for u in &cfg.interfaces.underlay {
-            let mine = if u.ports.is_empty() { wg_port.into_iter().collect() } else { u.ports.clone() };
-            anyhow::ensure!(!mine.is_empty(), "interfaces.underlay {}: no WireGuard port to protect", u.name);
+            let mine = if u.ports.is_empty() {
+                wg_port.into_iter().collect()
+            } else {
+                u.ports.clone()
+            };
+            anyhow::ensure!(
+                !mine.is_empty(),
+                "interfaces.underlay {}: no WireGuard port to protect",
+                u.name
+            );
             ports.extend(mine);
         }
         ports.sort();
@@ -340,12 +425,20 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
     for name in dp.release_unclaimed_links()? {
         info!(link = %name, "detached a pinned link the configuration no longer names");
     }
-    let forwarders: Vec<String> =
-        cfg.interfaces.lan.iter().filter(|l| l.forward == crate::config::Forwarding::Xdp).map(|l| l.name.clone()).collect();
+    let forwarders: Vec<String> = cfg
+        .interfaces
+        .lan
+        .iter()
+        .filter(|l| l.forward == crate::config::Forwarding::Xdp)
+        .map(|l| l.name.clone())
+        .collect();
     if !forwarders.is_empty() {
         dp.enable_xdp_forward(&forwarders)?;
         info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
-        for name in forwarders.iter().filter(|n| attach::driver(n).is_ok_and(|d| d == "veth")) {
+        for name in forwarders
+            .iter()
+            .filter(|n| attach::driver(n).is_ok_and(|d| d == "veth"))
+        {
             info!(
                 interface = %name,
                 "XDP forwarding from a veth: frames whose TCP/UDP checksum a sender on this host left to offload \
@@ -371,7 +464,8 @@ async fn serve(
     }
     // SAFETY: the logger owns its ring-buffer fd and keeps it open for as long as the AsyncFd
     // that owns the logger lives.
-    let mut logs = unsafe { AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("watching the kernel log channel: {e}"))?;
+    let mut logs = unsafe { AsyncFd::register(logger) }
+        .map_err(|e| anyhow::anyhow!("watching the kernel log channel: {e}"))?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -379,7 +473,8 @@ async fn serve(
     // The sweep walks the whole conntrack map: it runs on a blocking thread with a handle of its
     // own, never holding the state that packets' policy changes and scrapes need.
     let mut sweeper = Some(lock(&gw).dp.sweeper()?);
-    let mut sweeping: Option<tokio::task::JoinHandle<(Sweeper, anyhow::Result<SweepReport>)>> = None;
+    let mut sweeping: Option<tokio::task::JoinHandle<(Sweeper, anyhow::Result<SweepReport>)>> =
+        None;
     loop {
         tokio::select! {
             _ = hup.recv() => reload(&gw),
@@ -420,7 +515,9 @@ async fn serve(
 }
 
 /// The result of a running blocking task, once; never resolves when there is none.
-async fn finished<T>(task: &mut Option<tokio::task::JoinHandle<T>>) -> Option<Result<T, tokio::task::JoinError>> {
+async fn finished<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Option<Result<T, tokio::task::JoinError>> {
     match task {
         Some(handle) => {
             let result = handle.await;
@@ -432,7 +529,9 @@ async fn finished<T>(task: &mut Option<tokio::task::JoinHandle<T>>) -> Option<Re
 }
 
 /// The next event from the sync task; never resolves when there is none.
-async fn next_event(events: &mut Option<tokio::sync::mpsc::Receiver<sync::Event>>) -> Option<sync::Event> {
+async fn next_event(
+    events: &mut Option<tokio::sync::mpsc::Receiver<sync::Event>>,
+) -> Option<sync::Event> {
     match events {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -452,15 +551,25 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
         }
         sync::Event::Rejected(why) => {
             g.metrics.management.synced();
-            g.metrics.management.maps.with_label_values(&["rejected"]).inc();
+            g.metrics
+                .management
+                .maps
+                .with_label_values(&["rejected"])
+                .inc();
             g.last_reload = format!("rejected, serial {} stays in force: {why}", g.serial);
-            warn!("network map rejected, serial {} stays in force: {why}", g.serial);
+            warn!(
+                "network map rejected, serial {} stays in force: {why}",
+                g.serial
+            );
         }
         sync::Event::Fatal(why) => {
             // The peer is gone (or never was): whatever its last map allowed no longer holds.
             // Enforcement continues with nothing allowed, never with no filter; the process
             // stays up so that logs, metrics and status say why.
-            let deny_all = compile::compile(&policy::PolicySet::default(), &g.cfg.limits.compile_limits())?;
+            let deny_all = compile::compile(
+                &policy::PolicySet::default(),
+                &g.cfg.limits.compile_limits(),
+            )?;
             let r = g.dp.apply(&deny_all)?;
             g.recheck = Some(deny_all);
             if let Some(t) = &g.tunnel
@@ -474,14 +583,27 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                 m.connected = false;
                 m.refused = Some(why.clone());
             }
-            g.last_reload = format!("refused by the management service ({why}); deny-all in force as generation {}", r.generation);
-            error!(generation = r.generation, "the management service refused this gateway: {why}; deny-all in force (re-enroll with a new setup key and restart)");
+            g.last_reload = format!(
+                "refused by the management service ({why}); deny-all in force as generation {}",
+                r.generation
+            );
+            error!(
+                generation = r.generation,
+                "the management service refused this gateway: {why}; deny-all in force (re-enroll with a new setup key and restart)"
+            );
         }
         sync::Event::Map(map, received) => {
             g.metrics.management.synced();
             if map.serial <= g.serial {
-                g.metrics.management.maps.with_label_values(&["stale"]).inc();
-                info!(serial = map.serial, "network map not newer than serial {}; ignored", g.serial);
+                g.metrics
+                    .management
+                    .maps
+                    .with_label_values(&["stale"])
+                    .inc();
+                info!(
+                    serial = map.serial,
+                    "network map not newer than serial {}; ignored", g.serial
+                );
                 return Ok(());
             }
             let skipped = &map.skipped;
@@ -493,23 +615,33 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                     map.serial
                 );
             }
-            let applied = compile::compile(&map.policy, &g.cfg.limits.compile_limits()).map_err(anyhow::Error::from).and_then(|c| {
-                // Translation is in place before the policy that lets the traffic through.
-                if map.masquerade != g.map_masquerade {
+            let applied = compile::compile(&map.policy, &g.cfg.limits.compile_limits())
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    // Translation is in place before the policy that lets the traffic through.
+                    if map.masquerade != g.map_masquerade {
+                        let g = &mut *g;
+                        masquerade(&mut g.dp, &g.cfg, &map.masquerade, &mut g.masquerading)?;
+                        g.map_masquerade = map.masquerade.clone();
+                    }
+                    let report = g.dp.apply(&c)?;
+                    // Peers after the policy that governs their traffic; a peer set that fails
+                    // part-way is retried from what the interface has with the next map.
                     let g = &mut *g;
-                    masquerade(&mut g.dp, &g.cfg, &map.masquerade, &mut g.masquerading)?;
-                    g.map_masquerade = map.masquerade.clone();
-                }
-                let report = g.dp.apply(&c)?;
-                // Peers after the policy that governs their traffic; a peer set that fails
-                // part-way is retried from what the interface has with the next map.
-                let g = &mut *g;
-                if let Some(t) = &g.tunnel {
-                    crate::tunnel::apply_map(t, &mut g.dp, &g.cfg, &map.interface_addresses, map.mtu, &map.peers, &g.public_key)
+                    if let Some(t) = &g.tunnel {
+                        crate::tunnel::apply_map(
+                            t,
+                            &mut g.dp,
+                            &g.cfg,
+                            &map.interface_addresses,
+                            map.mtu,
+                            &map.peers,
+                            &g.public_key,
+                        )
                         .context("the policy is applied, the WireGuard interface is not")?;
-                }
-                Ok((report, c))
-            });
+                    }
+                    Ok((report, c))
+                });
             match applied {
                 Ok((r, compiled)) => {
                     let took = received.elapsed();
@@ -520,16 +652,33 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                         m.overlay_address = Some(map.own_address.to_string());
                     }
                     g.metrics.management.serial.set(map.serial as i64);
-                    g.metrics.management.maps.with_label_values(&["applied"]).inc();
-                    g.metrics.management.apply_seconds.observe(took.as_secs_f64());
+                    g.metrics
+                        .management
+                        .maps
+                        .with_label_values(&["applied"])
+                        .inc();
+                    g.metrics
+                        .management
+                        .apply_seconds
+                        .observe(took.as_secs_f64());
                     g.metrics.apply_seconds.set(took.as_secs_f64());
-                    g.last_reload = format!("ok: network map serial {} as generation {} ({} rules) applied in {took:?}", map.serial, r.generation, r.rules);
+                    g.last_reload = format!(
+                        "ok: network map serial {} as generation {} ({} rules) applied in {took:?}",
+                        map.serial, r.generation, r.rules
+                    );
                     info!(serial = map.serial, generation = r.generation, rules = r.rules, own_address = %map.own_address, "network map applied in {took:?}");
                 }
                 Err(e) => {
-                    g.metrics.management.maps.with_label_values(&["rejected"]).inc();
+                    g.metrics
+                        .management
+                        .maps
+                        .with_label_values(&["rejected"])
+                        .inc();
                     g.last_reload = format!("rejected, serial {} stays in force: {e:#}", g.serial);
-                    warn!("network map serial {} rejected, serial {} stays in force: {e:#}", map.serial, g.serial);
+                    warn!(
+                        "network map serial {} rejected, serial {} stays in force: {e:#}",
+                        map.serial, g.serial
+                    );
                 }
             }
         }
@@ -555,8 +704,18 @@ fn reload(gw: &Arc<Mutex<Gateway>>) {
             g.recheck = Some(compiled);
             g.metrics.reloads.with_label_values(&["ok"]).inc();
             g.metrics.apply_seconds.set(started.elapsed().as_secs_f64());
-            g.last_reload = format!("ok: generation {} ({} policies) applied in {:?}", r.generation, r.rules, started.elapsed());
-            info!(generation = r.generation, rules = r.rules, "policy reloaded in {:?}", started.elapsed());
+            g.last_reload = format!(
+                "ok: generation {} ({} policies) applied in {:?}",
+                r.generation,
+                r.rules,
+                started.elapsed()
+            );
+            info!(
+                generation = r.generation,
+                rules = r.rules,
+                "policy reloaded in {:?}",
+                started.elapsed()
+            );
         }
         Err(e) => {
             g.metrics.reloads.with_label_values(&["error"]).inc();
@@ -569,49 +728,68 @@ fn reload(gw: &Arc<Mutex<Gateway>>) {
 async fn http(gw: Arc<Mutex<Gateway>>, listener: tokio::net::TcpListener) {
     use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
     let metrics_gw = gw.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let gw = metrics_gw.clone();
-                async move {
-                    // Reading the kernel counters takes a syscall per counter: off the runtime.
-                    let rendered = tokio::task::spawn_blocking(move || {
-                        let mut g = lock(&gw);
-                        let g = &mut *g;
-                        if let Some(t) = &g.tunnel {
-                            g.metrics.wireguard.refresh(&t.report()?);
+    let app =
+        Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let gw = metrics_gw.clone();
+                    async move {
+                        // Reading the kernel counters takes a syscall per counter: off the runtime.
+                        let rendered = tokio::task::spawn_blocking(move || {
+                            let mut g = lock(&gw);
+                            let g = &mut *g;
+                            if let Some(t) = &g.tunnel {
+                                g.metrics.wireguard.refresh(&t.report()?);
+                            }
+                            g.metrics.refresh(&g.dp).and_then(|_| g.metrics.render())
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("metrics task: {e}")));
+                        match rendered {
+                            Ok(text) => (
+                                StatusCode::OK,
+                                [("content-type", "text/plain; version=0.0.4")],
+                                text,
+                            )
+                                .into_response(),
+                            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+                                .into_response(),
                         }
-                        g.metrics.refresh(&g.dp).and_then(|_| g.metrics.render())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow::anyhow!("metrics task: {e}")));
-                    match rendered {
-                        Ok(text) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response(),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
                     }
-                }
-            }),
-        )
-        .route(
-            "/status",
-            get(move || {
-                let gw = gw.clone();
-                async move {
-                    let report = tokio::task::spawn_blocking(move || {
-                        let g = lock(&gw);
-                        let wireguard = g.tunnel.as_ref().map(|t| t.report()).transpose()?;
-                        status::report(&g.dp, &g.source, &g.last_reload, g.management.clone(), wireguard)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow::anyhow!("status task: {e}")));
-                    match report {
-                        Ok(r) => (StatusCode::OK, [("content-type", "application/json")], serde_json::to_string_pretty(&r).unwrap_or_default()).into_response(),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+                }),
+            )
+            .route(
+                "/status",
+                get(move || {
+                    let gw = gw.clone();
+                    async move {
+                        let report = tokio::task::spawn_blocking(move || {
+                            let g = lock(&gw);
+                            let wireguard = g.tunnel.as_ref().map(|t| t.report()).transpose()?;
+                            status::report(
+                                &g.dp,
+                                &g.source,
+                                &g.last_reload,
+                                g.management.clone(),
+                                wireguard,
+                            )
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("status task: {e}")));
+                        match report {
+                            Ok(r) => (
+                                StatusCode::OK,
+                                [("content-type", "application/json")],
+                                serde_json::to_string_pretty(&r).unwrap_or_default(),
+                            )
+                                .into_response(),
+                            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+                                .into_response(),
+                        }
                     }
-                }
-            }),
-        );
+                }),
+            );
     if let Err(e) = axum::serve(listener, app).await {
         error!("metrics server stopped: {e}");
     }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use gateway_dataplane::Dataplane;
 use gateway_common::stats::{HOOK_NAMES, HOOKS, REASON_NAMES, reason, stats_index, verdict_label};
+use gateway_dataplane::Dataplane;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -90,7 +90,13 @@ pub struct PolicyCounter {
     pub bytes: u64,
 }
 
-pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: Option<ManagementReport>, wireguard: Option<gateway_wireguard::TunnelReport>) -> anyhow::Result<Report> {
+pub fn report(
+    dp: &Dataplane,
+    policy_file: &str,
+    last_reload: &str,
+    management: Option<ManagementReport>,
+    wireguard: Option<gateway_wireguard::TunnelReport>,
+) -> anyhow::Result<Report> {
     let counters = dp.verdict_counters()?;
     let mut out = Vec::new();
     for hook in 0..HOOKS {
@@ -117,11 +123,31 @@ pub fn report(dp: &Dataplane, policy_file: &str, last_reload: &str, management: 
         attachments: dp
             .attachments()
             .iter()
-            .map(|a| AttachmentReport { interface: a.interface.clone(), program: a.program.into(), mode: a.mode.clone() })
+            .map(|a| AttachmentReport {
+                interface: a.interface.clone(),
+                program: a.program.into(),
+                mode: a.mode.clone(),
+            })
             .collect(),
-        maps: dp.fill_levels().into_iter().map(|(m, e, c)| MapReport { map: m.into(), entries: e, capacity: c }).collect(),
+        maps: dp
+            .fill_levels()
+            .into_iter()
+            .map(|(m, e, c)| MapReport {
+                map: m.into(),
+                entries: e,
+                capacity: c,
+            })
+            .collect(),
         counters: out,
-        policies: dp.rule_counters()?.into_iter().map(|(p, c)| PolicyCounter { policy: p, packets: c.packets, bytes: c.bytes }).collect(),
+        policies: dp
+            .rule_counters()?
+            .into_iter()
+            .map(|(p, c)| PolicyCounter {
+                policy: p,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
         management,
         wireguard,
         underlay: dp
@@ -148,16 +174,32 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let r: Report = serde_json::from_str(&body).context("parsing /status")?;
-    println!("policy: {} (generation {}, {} enabled policies)", r.policy_file, r.generation, r.rules);
+    println!(
+        "policy: {} (generation {}, {} enabled policies)",
+        r.policy_file, r.generation, r.rules
+    );
     println!("last reload: {}", r.last_reload);
     match (&r.pin_dir, r.adopted_generation) {
-        (Some(dir), Some(g)) => println!("data plane: pinned under {dir} (stays in force if this process exits); adopted generation {g} at start"),
-        (Some(dir), None) => println!("data plane: pinned under {dir} (stays in force if this process exits)"),
+        (Some(dir), Some(g)) => println!(
+            "data plane: pinned under {dir} (stays in force if this process exits); adopted generation {g} at start"
+        ),
+        (Some(dir), None) => {
+            println!("data plane: pinned under {dir} (stays in force if this process exits)")
+        }
         (None, _) => println!("data plane: not pinned (removed when this process exits)"),
     }
     if let Some(m) = &r.management {
-        let state = if m.connected { "connected" } else { "NOT connected (last policy stays in force)" };
-        println!("management: {} {state}, serial {}, overlay address {}", m.url, m.serial, m.overlay_address.as_deref().unwrap_or("-"));
+        let state = if m.connected {
+            "connected"
+        } else {
+            "NOT connected (last policy stays in force)"
+        };
+        println!(
+            "management: {} {state}, serial {}, overlay address {}",
+            m.url,
+            m.serial,
+            m.overlay_address.as_deref().unwrap_or("-")
+        );
         if let Some(why) = &m.refused {
             println!("management REFUSED this gateway: {why}; deny-all in force");
         }
@@ -171,19 +213,43 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
             w.listen_port,
             w.mtu.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
             w.public_key.as_deref().unwrap_or("-"),
-            w.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+            w.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         for p in &w.peers {
-            let hs = p.handshake_age_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into());
-            let ep = p.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
-            let ips = p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-            println!("  peer {} endpoint {ep} allowed {ips} handshake {hs} rx {} tx {}", p.public_key, p.rx_bytes, p.tx_bytes);
+            let hs = p
+                .handshake_age_secs
+                .map(|s| format!("{s}s ago"))
+                .unwrap_or_else(|| "never".into());
+            let ep = p
+                .endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into());
+            let ips = p
+                .allowed_ips
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            println!(
+                "  peer {} endpoint {ep} allowed {ips} handshake {hs} rx {} tx {}",
+                p.public_key, p.rx_bytes, p.tx_bytes
+            );
         }
     }
     if !r.underlay.is_empty() {
         println!("underlay filter (WireGuard port):");
         for c in &r.underlay {
-            println!("  {:<7} {:<22} {:>12} packets {:>14} bytes", if c.dropped { "drop" } else { "pass" }, c.reason, c.packets, c.bytes);
+            println!(
+                "  {:<7} {:<22} {:>12} packets {:>14} bytes",
+                if c.dropped { "drop" } else { "pass" },
+                c.reason,
+                c.packets,
+                c.bytes
+            );
         }
     }
     println!("\nattached:");
@@ -195,13 +261,22 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         println!("  {:<16} {:>10} / {}", m.map, m.entries, m.capacity);
     }
     println!("\ncounters:");
-    println!("  {:<16} {:<7} {:<22} {:>12} {:>14}", "direction", "verdict", "reason", "packets", "bytes");
+    println!(
+        "  {:<16} {:<7} {:<22} {:>12} {:>14}",
+        "direction", "verdict", "reason", "packets", "bytes"
+    );
     for c in &r.counters {
-        println!("  {:<16} {:<7} {:<22} {:>12} {:>14}", c.direction, c.verdict, c.reason, c.packets, c.bytes);
+        println!(
+            "  {:<16} {:<7} {:<22} {:>12} {:>14}",
+            c.direction, c.verdict, c.reason, c.packets, c.bytes
+        );
     }
     println!("\npolicies:");
     for p in &r.policies {
-        println!("  {:<40} {:>12} packets {:>14} bytes", p.policy, p.packets, p.bytes);
+        println!(
+            "  {:<40} {:>12} packets {:>14} bytes",
+            p.policy, p.packets, p.bytes
+        );
     }
     Ok(())
 }

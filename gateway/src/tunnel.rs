@@ -11,8 +11,14 @@ use crate::config::{Config, MssClampConfig, MssClampMode, WireGuardConfig};
 
 /// Opens the configured interface with the gateway's key (its management identity).
 pub fn open(wg: &WireGuardConfig, private_key_b64: &str) -> anyhow::Result<Tunnel> {
-    let spec = DeviceSpec { name: wg.interface.clone(), private_key: private_key_b64.to_string(), listen_port: wg.listen_port, mtu: wg.mtu(None) };
-    let tunnel = Tunnel::open(wg.backend, &spec).with_context(|| format!("WireGuard interface {}", wg.interface))?;
+    let spec = DeviceSpec {
+        name: wg.interface.clone(),
+        private_key: private_key_b64.to_string(),
+        listen_port: wg.listen_port,
+        mtu: wg.mtu(None),
+    };
+    let tunnel = Tunnel::open(wg.backend, &spec)
+        .with_context(|| format!("WireGuard interface {}", wg.interface))?;
     let report = tunnel.report()?;
     info!(
         backend = tunnel.kind().label(),
@@ -39,25 +45,56 @@ pub fn apply_static(tunnel: &Tunnel, wg: &WireGuardConfig) -> anyhow::Result<()>
 }
 
 fn log_diff(tunnel: &Tunnel, d: &PeerDiff) {
-    info!(interface = tunnel.name(), set = d.set.len(), removed = d.remove.len(), unchanged = d.unchanged, "WireGuard peers applied");
+    info!(
+        interface = tunnel.name(),
+        set = d.set.len(),
+        removed = d.remove.len(),
+        unchanged = d.unchanged,
+        "WireGuard peers applied"
+    );
 }
 
 /// A network map's part: MTU (and the MSS clamp that follows it), addresses, peers.
-pub fn apply_map(tunnel: &Tunnel, dp: &mut Dataplane, cfg: &Config, addresses: &[ipnet::IpNet], mtu: Option<u32>, peers: &[PeerSpec], own_key: &str) -> anyhow::Result<PeerDiff> {
-    let Some(wg) = &cfg.wireguard else { anyhow::bail!("no wireguard section") };
+pub fn apply_map(
+    tunnel: &Tunnel,
+    dp: &mut Dataplane,
+    cfg: &Config,
+    addresses: &[ipnet::IpNet],
+    mtu: Option<u32>,
+    peers: &[PeerSpec],
+    own_key: &str,
+) -> anyhow::Result<PeerDiff> {
+    let Some(wg) = &cfg.wireguard else {
+        anyhow::bail!("no wireguard section")
+    };
     if !tunnel.owns_config() {
         return Ok(PeerDiff::default());
     }
     let want_mtu = wg.mtu(mtu);
     if gateway_wireguard::link::mtu(tunnel.name()).ok() != Some(want_mtu) {
         gateway_wireguard::link::set_mtu(tunnel.name(), want_mtu)?;
-        let auto = cfg.interfaces.tunnel.iter().find(|t| t.name == tunnel.name()).is_none_or(|t| {
-            matches!(t.mss_clamp, MssClampConfig::Mode(MssClampMode::Auto) | MssClampConfig::Switch(true))
-        });
+        let auto = cfg
+            .interfaces
+            .tunnel
+            .iter()
+            .find(|t| t.name == tunnel.name())
+            .is_none_or(|t| {
+                matches!(
+                    t.mss_clamp,
+                    MssClampConfig::Mode(MssClampMode::Auto) | MssClampConfig::Switch(true)
+                )
+            });
         if auto {
-            dp.set_mss_clamp(tunnel.name(), Some(gateway_common::mss::MssClamp::for_mtu(want_mtu)))?;
+            dp.set_mss_clamp(
+                tunnel.name(),
+                Some(gateway_common::mss::MssClamp::for_mtu(want_mtu)),
+            )?;
         }
-        info!(interface = tunnel.name(), mtu = want_mtu, "WireGuard MTU set from the network map");
+        info!(
+            interface = tunnel.name(),
+            mtu = want_mtu,
+            "WireGuard MTU set from the network map"
+        );
     }
     tunnel.set_addresses(addresses)?;
     let diff = tunnel.apply_peers(&PeerSet::check(peers, Some(own_key))?)?;

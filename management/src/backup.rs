@@ -12,15 +12,27 @@ use crate::service::{DB_FILE, KEY_FILE, private_dir};
 pub fn backup(data_dir: &Path, out_dir: &Path) -> Result<()> {
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
-        bail!("{} has no {DB_FILE}: nothing to back up", data_dir.display());
+        bail!(
+            "{} has no {DB_FILE}: nothing to back up",
+            data_dir.display()
+        );
     }
     private_dir(out_dir)?;
     let target = out_dir.join(DB_FILE);
     if target.exists() {
-        bail!("{} exists: back up into an empty directory", target.display());
+        bail!(
+            "{} exists: back up into an empty directory",
+            target.display()
+        );
     }
-    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).with_context(|| format!("open {}", db.display()))?;
-    conn.execute("VACUUM INTO ?1", [target.to_str().context("backup path is not UTF-8")?]).context("snapshot the database")?;
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("open {}", db.display()))?;
+    conn.execute(
+        "VACUUM INTO ?1",
+        [target.to_str().context("backup path is not UTF-8")?],
+    )
+    .context("snapshot the database")?;
     copy_private(&data_dir.join(KEY_FILE), &out_dir.join(KEY_FILE))?;
     check_readable(&target)
 }
@@ -29,11 +41,15 @@ pub fn backup(data_dir: &Path, out_dir: &Path) -> Result<()> {
 /// (the service must be stopped then: it keeps the account in memory).
 pub fn restore(backup_dir: &Path, data_dir: &Path, replace: bool) -> Result<()> {
     let source = backup_dir.join(DB_FILE);
-    check_readable(&source).with_context(|| format!("{} is not a usable backup", backup_dir.display()))?;
+    check_readable(&source)
+        .with_context(|| format!("{} is not a usable backup", backup_dir.display()))?;
     private_dir(data_dir)?;
     let db = data_dir.join(DB_FILE);
     if db.exists() && !replace {
-        bail!("{} holds a database; restore into an empty directory or pass --replace with the service stopped", data_dir.display());
+        bail!(
+            "{} holds a database; restore into an empty directory or pass --replace with the service stopped",
+            data_dir.display()
+        );
     }
     for stale in ["management.db-wal", "management.db-shm"] {
         let _ = std::fs::remove_file(data_dir.join(stale));
@@ -44,7 +60,8 @@ pub fn restore(backup_dir: &Path, data_dir: &Path, replace: bool) -> Result<()> 
 
 fn copy_private(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::copy(from, to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+    std::fs::copy(from, to)
+        .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
 }

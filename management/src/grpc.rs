@@ -13,13 +13,17 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     account::PeerMeta,
+    activity::Initiator,
     model::now,
     netmap::{network_map, peer_config},
     service::Management,
 };
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub struct Grpc {
@@ -27,20 +31,41 @@ pub struct Grpc {
 }
 
 fn meta_of(meta: &pb::PeerSystemMeta) -> PeerMeta {
-    PeerMeta { hostname: meta.hostname.clone(), os: meta.go_os.clone(), kernel_version: meta.kernel_version.clone(), version: meta.netbird_version.clone() }
+    PeerMeta {
+        hostname: meta.hostname.clone(),
+        os: meta.go_os.clone(),
+        kernel_version: meta.kernel_version.clone(),
+        version: meta.netbird_version.clone(),
+    }
 }
 
 impl Grpc {
     /// Opens a request body: the sender's key and the message sealed under it.
-    fn open<M: prost::Message + Default>(&self, message: &pb::EncryptedMessage) -> Result<(WgPublicKey, M), Status> {
-        let sender = message.sender().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let inner = self.management.key.open_message(&sender, message).map_err(|e| Status::invalid_argument(format!("invalid request message: {e}")))?;
+    fn open<M: prost::Message + Default>(
+        &self,
+        message: &pb::EncryptedMessage,
+    ) -> Result<(WgPublicKey, M), Status> {
+        let sender = message
+            .sender()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let inner = self
+            .management
+            .key
+            .open_message(&sender, message)
+            .map_err(|e| Status::invalid_argument(format!("invalid request message: {e}")))?;
         Ok((sender, inner))
     }
 
-    fn login(&self, sender: WgPublicKey, request: pb::LoginRequest, remote: Option<std::net::SocketAddr>) -> Result<pb::LoginResponse, Status> {
+    fn login(
+        &self,
+        sender: WgPublicKey,
+        request: pb::LoginRequest,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<pb::LoginResponse, Status> {
         let Some(meta) = request.meta.as_ref() else {
-            return Err(Status::failed_precondition("peer system meta has to be provided to log in"));
+            return Err(Status::failed_precondition(
+                "peer system meta has to be provided to log in",
+            ));
         };
         let meta = meta_of(meta);
         let key = sender.to_base64();
@@ -50,28 +75,61 @@ impl Grpc {
             Some(id) => {
                 let at = now();
                 // The expiry is checked here too: the sweeper may not have run yet.
-                if m.read(|a| a.peers.get(&id).is_some_and(|p| p.login_expired || (p.login_expiration_enabled && p.login_expires_at != 0 && at >= p.login_expires_at))) {
+                if m.read(|a| {
+                    a.peers.get(&id).is_some_and(|p| {
+                        p.login_expired
+                            || (p.login_expiration_enabled
+                                && p.login_expires_at != 0
+                                && at >= p.login_expires_at)
+                    })
+                }) {
                     m.expire();
-                    return Err(Status::permission_denied("peer login has expired, please log in once more"));
+                    return Err(Status::permission_denied(
+                        "peer login has expired, please log in once more",
+                    ));
                 }
-                m.change(|a| a.login_peer(&id, &meta, at).map(|t| ((), t)))?;
-                m.read(|a| a.peers.get(&id).cloned()).ok_or_else(|| Status::permission_denied("peer was deleted"))?
+                let name = m
+                    .read(|a| a.peers.get(&id).map(|p| p.name.clone()))
+                    .unwrap_or_default();
+                m.change(
+                    Initiator::Peer {
+                        id: id.clone(),
+                        name,
+                    },
+                    |a| a.login_peer(&id, &meta, at).map(|t| ((), t)),
+                )?;
+                m.read(|a| a.peers.get(&id).cloned())
+                    .ok_or_else(|| Status::permission_denied("peer was deleted"))?
             }
             None if request.setup_key.trim().is_empty() => {
-                return Err(Status::permission_denied("peer is not registered and no setup key was given"));
+                return Err(Status::permission_denied(
+                    "peer is not registered and no setup key was given",
+                ));
             }
             None => {
                 let network = m.settings.network;
-                let peer = m.change(|a| a.register_peer(&request.setup_key, &key, &meta, network, now()))?;
+                let peer = m.change(Initiator::System, |a| {
+                    a.register_peer(&request.setup_key, &key, &meta, network, now())
+                })?;
                 tracing::info!(peer = %peer.id, ip = %peer.ip, "registered peer {}", peer.name);
                 peer
             }
         };
         if let Some(addr) = remote {
             let ip = addr.ip().to_canonical().to_string();
-            m.change(|a| Ok(((), a.set_connection_ip(&peer.id, &ip))))?;
+            m.change(
+                Initiator::Peer {
+                    id: peer.id.clone(),
+                    name: peer.name.clone(),
+                },
+                |a| Ok(((), a.set_connection_ip(&peer.id, &ip))),
+            )?;
         }
-        Ok(pb::LoginResponse { peer_config: Some(peer_config(&peer, &m.settings)), netbird_config: m.netbird_config(unix_now()), ..Default::default() })
+        Ok(pb::LoginResponse {
+            peer_config: Some(peer_config(&peer, &m.settings)),
+            netbird_config: m.netbird_config(unix_now()),
+            ..Default::default()
+        })
     }
 }
 
@@ -79,16 +137,26 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::EncryptedMessage, Status>
 
 #[tonic::async_trait]
 impl ManagementService for Grpc {
-    async fn get_server_key(&self, _: Request<pb::Empty>) -> Result<Response<pb::ServerKeyResponse>, Status> {
+    async fn get_server_key(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::ServerKeyResponse>, Status> {
         let expires = std::time::SystemTime::now() + Duration::from_secs(24 * 3600);
-        Ok(Response::new(pb::ServerKeyResponse { key: self.management.key.public().to_base64(), expires_at: Some(expires.into()), version: 0 }))
+        Ok(Response::new(pb::ServerKeyResponse {
+            key: self.management.key.public().to_base64(),
+            expires_at: Some(expires.into()),
+            version: 0,
+        }))
     }
 
     async fn is_healthy(&self, _: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn login(&self, request: Request<pb::EncryptedMessage>) -> Result<Response<pb::EncryptedMessage>, Status> {
+    async fn login(
+        &self,
+        request: Request<pb::EncryptedMessage>,
+    ) -> Result<Response<pb::EncryptedMessage>, Status> {
         let (sender, login) = self.open::<pb::LoginRequest>(request.get_ref())?;
         let response = self.login(sender, login, request.remote_addr());
         let result = match &response {
@@ -96,14 +164,23 @@ impl ManagementService for Grpc {
             Err(s) if s.code() == tonic::Code::PermissionDenied => "denied",
             Err(_) => "error",
         };
-        self.management.metrics.logins.with_label_values(&[result]).inc();
+        self.management
+            .metrics
+            .logins
+            .with_label_values(&[result])
+            .inc();
         let response = response?;
-        Ok(Response::new(self.management.key.seal_message(&sender, &response)))
+        Ok(Response::new(
+            self.management.key.seal_message(&sender, &response),
+        ))
     }
 
     type SyncStream = SyncStream;
 
-    async fn sync(&self, request: Request<pb::EncryptedMessage>) -> Result<Response<SyncStream>, Status> {
+    async fn sync(
+        &self,
+        request: Request<pb::EncryptedMessage>,
+    ) -> Result<Response<SyncStream>, Status> {
         let (sender, _sync) = self.open::<pb::SyncRequest>(request.get_ref())?;
         let key = sender.to_base64();
         let m = self.management.clone();
@@ -111,11 +188,16 @@ impl ManagementService for Grpc {
             return Err(Status::permission_denied("peer is not registered"));
         };
         if m.read(|a| a.peers.get(&peer_id).is_some_and(|p| p.login_expired)) {
-            return Err(Status::permission_denied("peer login has expired, please log in once more"));
+            return Err(Status::permission_denied(
+                "peer login has expired, please log in once more",
+            ));
         }
         // A client reconnecting in a loop must not pile up streams (each holds a task and maps).
         if !m.stream_opened(&peer_id) {
-            return Err(Status::resource_exhausted(format!("peer has {} Sync streams open already", crate::service::MAX_STREAMS_PER_PEER)));
+            return Err(Status::resource_exhausted(format!(
+                "peer has {} Sync streams open already",
+                crate::service::MAX_STREAMS_PER_PEER
+            )));
         }
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(push_maps(m, peer_id, sender, tx));
@@ -125,7 +207,12 @@ impl ManagementService for Grpc {
 
 /// Sends the peer its map now and again whenever a change alters it, until the peer hangs up or
 /// is deleted.
-async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, tx: mpsc::Sender<Result<pb::EncryptedMessage, Status>>) {
+async fn push_maps(
+    m: Arc<Management>,
+    peer_id: String,
+    peer_key: WgPublicKey,
+    tx: mpsc::Sender<Result<pb::EncryptedMessage, Status>>,
+) {
     let mut changes = m.subscribe();
     let mut last_sent: Option<pb::NetworkMap> = None;
     loop {
@@ -135,17 +222,55 @@ async fn push_maps(m: Arc<Management>, peer_id: String, peer_key: WgPublicKey, t
         let Some(map) = map.filter(|_| !expired) else {
             // As NetBird: a last, empty map (deny everything), then the stream ends.
             let serial = m.read(|a| a.serial);
-            let empty = pb::NetworkMap { serial, remote_peers_is_empty: true, firewall_rules_is_empty: true, routes_firewall_rules_is_empty: true, ..Default::default() };
-            let _ = tx.send(Ok(m.key.seal_message(&peer_key, &pb::SyncResponse { network_map: Some(empty), ..Default::default() }))).await;
-            let _ = tx.send(Err(Status::permission_denied(if expired { "peer login has expired" } else { "peer was deleted" }))).await;
+            let empty = pb::NetworkMap {
+                serial,
+                remote_peers_is_empty: true,
+                firewall_rules_is_empty: true,
+                routes_firewall_rules_is_empty: true,
+                ..Default::default()
+            };
+            let _ = tx
+                .send(Ok(m.key.seal_message(
+                    &peer_key,
+                    &pb::SyncResponse {
+                        network_map: Some(empty),
+                        ..Default::default()
+                    },
+                )))
+                .await;
+            let _ = tx
+                .send(Err(Status::permission_denied(if expired {
+                    "peer login has expired"
+                } else {
+                    "peer was deleted"
+                })))
+                .await;
             break;
         };
-        let unchanged = last_sent.as_ref().is_some_and(|prev| pb::NetworkMap { serial: map.serial, ..prev.clone() } == map);
+        let unchanged = last_sent.as_ref().is_some_and(|prev| {
+            pb::NetworkMap {
+                serial: map.serial,
+                ..prev.clone()
+            } == map
+        });
         if !unchanged {
             // The first message carries the deployment's config (TURN credentials) too.
-            let netbird_config = if last_sent.is_none() { m.netbird_config(unix_now()) } else { None };
-            let response = pb::SyncResponse { peer_config: map.peer_config.clone(), network_map: Some(map.clone()), netbird_config, ..Default::default() };
-            if tx.send(Ok(m.key.seal_message(&peer_key, &response))).await.is_err() {
+            let netbird_config = if last_sent.is_none() {
+                m.netbird_config(unix_now())
+            } else {
+                None
+            };
+            let response = pb::SyncResponse {
+                peer_config: map.peer_config.clone(),
+                network_map: Some(map.clone()),
+                netbird_config,
+                ..Default::default()
+            };
+            if tx
+                .send(Ok(m.key.seal_message(&peer_key, &response)))
+                .await
+                .is_err()
+            {
                 break;
             }
             m.metrics.map_pushes.inc();

@@ -5,6 +5,7 @@
 //! REST (`/api/...`) and gRPC (`/management.ManagementService/...`) share one listener.
 
 pub mod account;
+pub mod activity;
 pub mod backup;
 pub mod error;
 pub mod grpc;
@@ -22,36 +23,66 @@ pub use service::{Management, Options, TurnOptions};
 
 /// REST and gRPC in one router.
 pub fn app(m: Arc<Management>) -> axum::Router {
-    let service = ManagementServiceServer::new(grpc::Grpc { management: m.clone() })
-        .max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE);
-    let grpc = tonic::service::Routes::new(service).prepare().into_axum_router();
+    let service = ManagementServiceServer::new(grpc::Grpc {
+        management: m.clone(),
+    })
+    .max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE);
+    let grpc = tonic::service::Routes::new(service)
+        .prepare()
+        .into_axum_router();
     // tonic's router brings a fallback of its own; the merged router replaces it with the JSON 404.
-    let metrics = axum::Router::new().route("/metrics", axum::routing::get(|axum::extract::State(m): axum::extract::State<Arc<Management>>| async move { metrics::render(&m) })).with_state(m.clone());
-    grpc.merge(rest::router(m.clone())).merge(metrics).fallback(rest::not_found_fallback).layer(axum::middleware::from_fn_with_state(m, time_request))
+    let metrics = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(m): axum::extract::State<Arc<Management>>| async move {
+                    metrics::render(&m)
+                },
+            ),
+        )
+        .with_state(m.clone());
+    grpc.merge(rest::router(m.clone()))
+        .merge(metrics)
+        .fallback(rest::not_found_fallback)
+        .layer(axum::middleware::from_fn_with_state(m, time_request))
 }
 
 /// Request latency by method, route (the matched pattern, or the gRPC method) and status.
-async fn time_request(axum::extract::State(m): axum::extract::State<Arc<Management>>, request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn time_request(
+    axum::extract::State(m): axum::extract::State<Arc<Management>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let method = request.method().to_string();
     let route = match request.extensions().get::<axum::extract::MatchedPath>() {
         Some(p) => p.as_str().to_string(),
-        None if request.uri().path().starts_with("/management.") => request.uri().path().to_string(),
+        None if request.uri().path().starts_with("/management.") => {
+            request.uri().path().to_string()
+        }
         None => "unmatched".to_string(),
     };
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    m.metrics.http_requests.with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()]).observe(started.elapsed().as_secs_f64());
+    m.metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 /// Serves REST and gRPC on `listener` until `shutdown` completes; meanwhile deletes ephemeral
 /// peers that have stayed offline past their timeout and applies expiries (peer logins, ACLs).
-pub async fn serve(m: Arc<Management>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    m: Arc<Management>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = app(m.clone());
     let sweeper = tokio::spawn({
         let m = m.clone();
-        let period = (m.ephemeral_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let period =
+            (m.ephemeral_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
         async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -61,7 +92,9 @@ pub async fn serve(m: Arc<Management>, listener: tokio::net::TcpListener, shutdo
             }
         }
     });
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     sweeper.abort();
     result.map_err(Into::into)
 }

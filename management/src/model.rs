@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 pub type UnixTime = u64;
 
 pub fn now() -> UnixTime {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -286,7 +289,9 @@ pub struct NetworkResource {
 impl NetworkResource {
     pub fn kind(&self) -> ResourceKind {
         match &self.parsed {
-            ResourceAddress::Prefix(p) if p.prefix_len() == p.max_prefix_len() => ResourceKind::Host,
+            ResourceAddress::Prefix(p) if p.prefix_len() == p.max_prefix_len() => {
+                ResourceKind::Host
+            }
             ResourceAddress::Prefix(_) => ResourceKind::Subnet,
             ResourceAddress::Domain(_) => ResourceKind::Domain,
         }
@@ -319,6 +324,9 @@ pub struct Account {
     pub acls: BTreeMap<String, Acl>,
     /// Raised on every change; network maps carry it as their Serial.
     pub serial: u64,
+    /// What the change in progress did, for the activity log; `Management::change` takes it
+    /// (with the change's objects, in one transaction), so it is empty between changes.
+    pub journal: Vec<crate::activity::Record>,
 }
 
 /// An access list as the seed's backend writes it (`/api/acls`): rules over peers, groups and

@@ -67,19 +67,39 @@ fn proto_of(p: RuleProtocol) -> Proto {
 /// A policy rule between two peers: level 0, single ports and ranges together (`netbird-ssh`
 /// is TCP to NetBird's SSH port).
 fn policy_grant(rule: &PolicyRule) -> Grant<'_> {
-    let ports = rule.ports.iter().map(|p| PortRange { start: *p, end: *p }).chain(rule.port_ranges.iter().copied()).collect();
-    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports: ports_of(rule.protocol, ports), level: 0 }
+    let ports = rule
+        .ports
+        .iter()
+        .map(|p| PortRange { start: *p, end: *p })
+        .chain(rule.port_ranges.iter().copied())
+        .collect();
+    Grant {
+        rule_id: &rule.id,
+        action: rule.action,
+        proto: proto_of(rule.protocol),
+        ports: ports_of(rule.protocol, ports),
+        level: 0,
+    }
 }
 
 fn acl_grant(rule: &AclRule) -> Grant<'_> {
-    Grant { rule_id: &rule.id, action: rule.action, proto: proto_of(rule.protocol), ports: ports_of(rule.protocol, rule.ports.clone()), level: rule.priority }
+    Grant {
+        rule_id: &rule.id,
+        action: rule.action,
+        proto: proto_of(rule.protocol),
+        ports: ports_of(rule.protocol, rule.ports.clone()),
+        level: rule.priority,
+    }
 }
 
 /// The ports a rule of `protocol` restricts: its own for TCP and UDP, NetBird's SSH port for
 /// `netbird-ssh`, none (any) for the rest.
 fn ports_of(protocol: RuleProtocol, ports: Vec<PortRange>) -> Vec<PortRange> {
     match protocol {
-        RuleProtocol::NetbirdSsh => vec![PortRange { start: NETBIRD_SSH_PORT, end: NETBIRD_SSH_PORT }],
+        RuleProtocol::NetbirdSsh => vec![PortRange {
+            start: NETBIRD_SSH_PORT,
+            end: NETBIRD_SSH_PORT,
+        }],
         p if p.has_ports() => ports,
         _ => vec![],
     }
@@ -88,9 +108,22 @@ fn ports_of(protocol: RuleProtocol, ports: Vec<PortRange>) -> Vec<PortRange> {
 /// A rule as written: one wire rule per port selection.
 fn as_written<'a>(g: &Grant<'a>) -> Vec<Compiled<'a>> {
     if g.ports.is_empty() || !matches!(g.proto, Proto::Tcp | Proto::Udp) {
-        return vec![Compiled { rule_id: g.rule_id, action: g.action, proto: g.proto, ports: None }];
+        return vec![Compiled {
+            rule_id: g.rule_id,
+            action: g.action,
+            proto: g.proto,
+            ports: None,
+        }];
     }
-    g.ports.iter().map(|r| Compiled { rule_id: g.rule_id, action: g.action, proto: g.proto, ports: Some(*r) }).collect()
+    g.ports
+        .iter()
+        .map(|r| Compiled {
+            rule_id: g.rule_id,
+            action: g.action,
+            proto: g.proto,
+            ports: Some(*r),
+        })
+        .collect()
 }
 
 /// The wire rule: a single port travels in `Port`, a range in `PortInfo` (as NetBird writes
@@ -100,7 +133,15 @@ fn firewall_rule(peer: &Peer, direction: i32, c: &Compiled) -> pb::FirewallRule 
     let (port, port_info) = match c.ports {
         None => (String::new(), None),
         Some(r) if r.start == r.end => (r.start.to_string(), None),
-        Some(r) => (String::new(), Some(pb::PortInfo { port_selection: Some(PortSelection::Range(Range { start: r.start as u32, end: r.end as u32 })) })),
+        Some(r) => (
+            String::new(),
+            Some(pb::PortInfo {
+                port_selection: Some(PortSelection::Range(Range {
+                    start: r.start as u32,
+                    end: r.end as u32,
+                })),
+            }),
+        ),
     };
     let protocol = match c.proto {
         Proto::All => pb::RuleProtocol::All,
@@ -117,7 +158,11 @@ fn firewall_rule(peer: &Peer, direction: i32, c: &Compiled) -> pb::FirewallRule 
         port_info,
         policy_id: c.rule_id.as_bytes().to_vec(),
         custom_protocol: 0,
-        source_prefixes: if direction == DIRECTION_IN { vec![source_prefix(peer.ip)] } else { vec![] },
+        source_prefixes: if direction == DIRECTION_IN {
+            vec![source_prefix(peer.ip)]
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -129,8 +174,20 @@ fn port_selections(rule: &PolicyRule) -> Vec<Option<pb::PortInfo>> {
         return vec![None];
     }
     let ports = rule.ports.iter().map(|p| PortSelection::Port(*p as u32));
-    let ranges = rule.port_ranges.iter().map(|r| PortSelection::Range(Range { start: r.start as u32, end: r.end as u32 }));
-    ports.chain(ranges).map(|s| Some(pb::PortInfo { port_selection: Some(s) })).collect()
+    let ranges = rule.port_ranges.iter().map(|r| {
+        PortSelection::Range(Range {
+            start: r.start as u32,
+            end: r.end as u32,
+        })
+    });
+    ports
+        .chain(ranges)
+        .map(|s| {
+            Some(pb::PortInfo {
+                port_selection: Some(s),
+            })
+        })
+        .collect()
 }
 
 fn source_prefix(ip: std::net::Ipv4Addr) -> Vec<u8> {
@@ -158,7 +215,12 @@ struct Resolver<'a> {
 impl<'a> Resolver<'a> {
     fn new(account: &'a Account) -> Resolver<'a> {
         // Peers whose login expired or that await approval are in nobody's map.
-        let peers: std::collections::HashMap<&str, &Peer> = account.peers.iter().filter(|(_, p)| p.active()).map(|(id, p)| (id.as_str(), p)).collect();
+        let peers: std::collections::HashMap<&str, &Peer> = account
+            .peers
+            .iter()
+            .filter(|(_, p)| p.active())
+            .map(|(id, p)| (id.as_str(), p))
+            .collect();
         let mut routing_peers: BTreeMap<&str, Vec<(&str, &NetworkRouter)>> = BTreeMap::new();
         for router in account.routers.values().filter(|r| r.enabled) {
             let entry = routing_peers.entry(router.network_id.as_str()).or_default();
@@ -172,14 +234,23 @@ impl<'a> Resolver<'a> {
             }
             entry.retain(|(p, _)| peers.contains_key(p));
         }
-        Resolver { account, peers, routing_peers }
+        Resolver {
+            account,
+            peers,
+            routing_peers,
+        }
     }
 
     fn group_peers(&self, groups: &'a [String], out: &mut BTreeSet<&'a str>) {
         for g in groups {
             if let Some(g) = self.account.groups.get(g) {
                 out.extend(g.peers.iter().map(String::as_str));
-                out.extend(g.resources.iter().filter(|r| r.kind == ResourceKind::Peer).map(|r| r.id.as_str()));
+                out.extend(
+                    g.resources
+                        .iter()
+                        .filter(|r| r.kind == ResourceKind::Peer)
+                        .map(|r| r.id.as_str()),
+                );
             }
         }
     }
@@ -190,31 +261,62 @@ impl<'a> Resolver<'a> {
         let mut resources = BTreeSet::new();
         self.group_peers(&rule.sources, &mut sources);
         self.group_peers(&rule.destinations, &mut destinations);
-        for g in rule.destinations.iter().filter_map(|g| self.account.groups.get(g)) {
-            resources.extend(g.resources.iter().filter(|r| r.kind != ResourceKind::Peer).map(|r| r.id.as_str()));
+        for g in rule
+            .destinations
+            .iter()
+            .filter_map(|g| self.account.groups.get(g))
+        {
+            resources.extend(
+                g.resources
+                    .iter()
+                    .filter(|r| r.kind != ResourceKind::Peer)
+                    .map(|r| r.id.as_str()),
+            );
         }
-        for (end, set) in [(&rule.source_resource, &mut sources), (&rule.destination_resource, &mut destinations)] {
+        for (end, set) in [
+            (&rule.source_resource, &mut sources),
+            (&rule.destination_resource, &mut destinations),
+        ] {
             if let Some(r) = end.as_ref().filter(|r| r.kind == ResourceKind::Peer) {
                 set.insert(r.id.as_str());
             }
         }
-        if let Some(r) = rule.destination_resource.as_ref().filter(|r| r.kind != ResourceKind::Peer) {
+        if let Some(r) = rule
+            .destination_resource
+            .as_ref()
+            .filter(|r| r.kind != ResourceKind::Peer)
+        {
             resources.insert(r.id.as_str());
         }
         sources.retain(|p| self.peers.contains_key(*p));
         destinations.retain(|p| self.peers.contains_key(*p));
-        resources.retain(|r| self.account.resources.get(*r).is_some_and(|r| r.enabled && self.account.networks.contains_key(&r.network_id)));
-        RuleEnds { sources, destinations, resources }
+        resources.retain(|r| {
+            self.account
+                .resources
+                .get(*r)
+                .is_some_and(|r| r.enabled && self.account.networks.contains_key(&r.network_id))
+        });
+        RuleEnds {
+            sources,
+            destinations,
+            resources,
+        }
     }
 
     /// An ACL rule's source and destination peers; destination_ips take every peer inside.
     fn acl_ends(&self, rule: &'a AclRule) -> (BTreeSet<&'a str>, BTreeSet<&'a str>) {
         let mut sources: BTreeSet<&str> = rule.source_peers.iter().map(String::as_str).collect();
-        let mut destinations: BTreeSet<&str> = rule.destination_peers.iter().map(String::as_str).collect();
+        let mut destinations: BTreeSet<&str> =
+            rule.destination_peers.iter().map(String::as_str).collect();
         self.group_peers(&rule.source_groups, &mut sources);
         self.group_peers(&rule.destination_groups, &mut destinations);
         if !rule.destination_ips.is_empty() {
-            destinations.extend(self.peers.values().filter(|p| rule.destination_ips.iter().any(|n| n.contains(&p.ip))).map(|p| p.id.as_str()));
+            destinations.extend(
+                self.peers
+                    .values()
+                    .filter(|p| rule.destination_ips.iter().any(|n| n.contains(&p.ip)))
+                    .map(|p| p.id.as_str()),
+            );
         }
         sources.retain(|p| self.peers.contains_key(*p));
         destinations.retain(|p| self.peers.contains_key(*p));
@@ -222,18 +324,37 @@ impl<'a> Resolver<'a> {
     }
 
     /// Whether `peer` can be in a rule end at all: cheap test before resolving the whole rule.
-    fn may_involve(&self, rule: &PolicyRule, peer_groups: &HashSet<&str>, peer_id: &str, routed_networks: &HashSet<&str>) -> bool {
+    fn may_involve(
+        &self,
+        rule: &PolicyRule,
+        peer_groups: &HashSet<&str>,
+        peer_id: &str,
+        routed_networks: &HashSet<&str>,
+    ) -> bool {
         let in_groups = |gs: &[String]| gs.iter().any(|g| peer_groups.contains(g.as_str()));
-        let is_ref = |r: &Option<ResourceRef>| r.as_ref().is_some_and(|r| r.kind == ResourceKind::Peer && r.id == peer_id);
+        let is_ref = |r: &Option<ResourceRef>| {
+            r.as_ref()
+                .is_some_and(|r| r.kind == ResourceKind::Peer && r.id == peer_id)
+        };
         in_groups(&rule.sources)
             || in_groups(&rule.destinations)
             || is_ref(&rule.source_resource)
             || is_ref(&rule.destination_resource)
-            || (!routed_networks.is_empty() && self.destination_networks(rule).any(|n| routed_networks.contains(n)))
+            || (!routed_networks.is_empty()
+                && self
+                    .destination_networks(rule)
+                    .any(|n| routed_networks.contains(n)))
     }
 
-    fn destination_networks<'b>(&'b self, rule: &'b PolicyRule) -> impl Iterator<Item = &'b str> + 'b {
-        let from_groups = rule.destinations.iter().filter_map(|g| self.account.groups.get(g)).flat_map(|g| g.resources.iter());
+    fn destination_networks<'b>(
+        &'b self,
+        rule: &'b PolicyRule,
+    ) -> impl Iterator<Item = &'b str> + 'b {
+        let from_groups = rule
+            .destinations
+            .iter()
+            .filter_map(|g| self.account.groups.get(g))
+            .flat_map(|g| g.resources.iter());
         from_groups
             .chain(rule.destination_resource.iter())
             .filter(|r| r.kind != ResourceKind::Peer)
@@ -263,21 +384,35 @@ fn route_for(resource: &NetworkResource, router_peer: &Peer, router: &NetworkRou
 }
 
 /// Builds the map as it stands at `account.serial`. `None` if the peer does not exist.
-pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettings) -> Option<pb::NetworkMap> {
+pub fn network_map<'a>(
+    account: &'a Account,
+    peer_id: &str,
+    settings: &MapSettings,
+) -> Option<pb::NetworkMap> {
     let me = account.peers.get(peer_id)?;
     if !me.active() {
         return Some(empty_map(account.serial, me, settings));
     }
     let resolver = Resolver::new(account);
-    let my_groups: HashSet<&str> = account.groups.values().filter(|g| g.peers.iter().any(|p| p == peer_id)).map(|g| g.id.as_str()).collect();
-    let routed_networks: HashSet<&str> =
-        resolver.routing_peers.iter().filter(|(_, peers)| peers.iter().any(|(p, _)| *p == peer_id)).map(|(n, _)| *n).collect();
+    let my_groups: HashSet<&str> = account
+        .groups
+        .values()
+        .filter(|g| g.peers.iter().any(|p| p == peer_id))
+        .map(|g| g.id.as_str())
+        .collect();
+    let routed_networks: HashSet<&str> = resolver
+        .routing_peers
+        .iter()
+        .filter(|(_, peers)| peers.iter().any(|(p, _)| *p == peer_id))
+        .map(|(n, _)| *n)
+        .collect();
 
     let mut remote: BTreeSet<&str> = BTreeSet::new();
     // What decides traffic between this peer and each other peer, per direction, in first-seen
     // order; written out below.
     let mut pairs: Vec<((&str, i32), Vec<Grant>)> = Vec::new();
-    let mut pair_index: std::collections::HashMap<(&str, i32), usize> = std::collections::HashMap::new();
+    let mut pair_index: std::collections::HashMap<(&str, i32), usize> =
+        std::collections::HashMap::new();
     let mut routes: BTreeMap<String, pb::Route> = BTreeMap::new();
     let mut route_rules: BTreeMap<Vec<u8>, pb::RouteFirewallRule> = BTreeMap::new();
 
@@ -317,7 +452,9 @@ pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettin
 
             let ports = port_selections(rule);
             for resource in ends.resources.iter().map(|r| &account.resources[*r]) {
-                let Some(routers) = resolver.routing_peers.get(resource.network_id.as_str()) else { continue };
+                let Some(routers) = resolver.routing_peers.get(resource.network_id.as_str()) else {
+                    continue;
+                };
                 if let Some((_, router)) = routers.iter().find(|(p, _)| *p == peer_id) {
                     // This peer routes the resource: it serves the route and enforces who may use it.
                     let route = route_for(resource, me, router);
@@ -325,7 +462,15 @@ pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettin
                     // addresses, so an IPv6 resource gets no rule (denied) rather than a
                     // rule that mixes families.
                     let v6 = matches!(resource.parsed, ResourceAddress::Prefix(IpNet::V6(_)));
-                    let mut sources: Vec<String> = if v6 { vec![] } else { ends.sources.iter().filter_map(|p| resolver.peers.get(*p)).map(|p| format!("{}/32", p.ip)).collect() };
+                    let mut sources: Vec<String> = if v6 {
+                        vec![]
+                    } else {
+                        ends.sources
+                            .iter()
+                            .filter_map(|p| resolver.peers.get(*p))
+                            .map(|p| format!("{}/32", p.ip))
+                            .collect()
+                    };
                     sources.sort();
                     sources.dedup();
                     remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
@@ -347,7 +492,9 @@ pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettin
                             route_id: route.id.clone(),
                         };
                         if !r.source_ranges.is_empty() {
-                            route_rules.entry(prost::Message::encode_to_vec(&r)).or_insert(r);
+                            route_rules
+                                .entry(prost::Message::encode_to_vec(&r))
+                                .or_insert(r);
                         }
                     }
                     routes.insert(route.id.clone(), route);
@@ -355,7 +502,9 @@ pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettin
                 if in_src {
                     // A client of the resource: a route through each of its routing peers.
                     for (router_peer, router) in routers.iter().filter(|(p, _)| *p != peer_id) {
-                        let Some(rp) = resolver.peers.get(*router_peer) else { continue };
+                        let Some(rp) = resolver.peers.get(*router_peer) else {
+                            continue;
+                        };
                         let route = route_for(resource, rp, router);
                         routes.insert(route.id.clone(), route);
                         remote.insert(router_peer);
@@ -395,7 +544,11 @@ pub fn network_map<'a>(account: &'a Account, peer_id: &str, settings: &MapSettin
         let peer = resolver.peers[*other];
         let single_level = grants.iter().all(|g| g.level == grants[0].level);
         // One level: NetBird's own semantics already; each rule as it is. Several: compiled.
-        let compiled: Vec<Compiled> = if single_level { grants.iter().flat_map(as_written).collect() } else { priority::compile(grants) };
+        let compiled: Vec<Compiled> = if single_level {
+            grants.iter().flat_map(as_written).collect()
+        } else {
+            priority::compile(grants)
+        };
         let mut seen = HashSet::new();
         for c in compiled {
             if seen.insert(c.clone()) {

@@ -25,12 +25,14 @@ use serde_json::{Value, json};
 
 use crate::{
     account::{new_id, new_setup_key_secret, parse_resource_address},
+    activity::Initiator,
     error::{Error, invalid, not_found},
     model::*,
     service::Management,
 };
 
 mod acls;
+mod events;
 mod groups;
 mod networks;
 mod peers;
@@ -62,7 +64,11 @@ impl IntoResponse for Error {
 }
 
 fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "message": message, "code": status.as_u16() }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "message": message, "code": status.as_u16() })),
+    )
+        .into_response()
 }
 
 fn ok(value: Value) -> ApiResult {
@@ -72,14 +78,19 @@ fn ok(value: Value) -> ApiResult {
 /// Parses a JSON body into `T`; a body that cannot be read is a 400 that says what and where.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     if body.is_empty() {
-        return Err(Error::BadRequest("couldn't parse JSON request: the body is empty".into()));
+        return Err(Error::BadRequest(
+            "couldn't parse JSON request: the body is empty".into(),
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("couldn't parse JSON request: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("couldn't parse JSON request: {e}")))
 }
 
 /// For `#[serde(deserialize_with)]`: a JSON `null` reads as the empty value (Go clients send
 /// `null` for nil slices and maps).
-fn null_as_default<'de, D: serde::Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -91,15 +102,28 @@ struct ListFilter {
     ip: Option<String>,
 }
 
-async fn authenticate(State(m): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(m): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Token ").or_else(|| v.strip_prefix("Bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Token ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
         .map(str::trim);
     match presented {
-        None => error_response(StatusCode::UNAUTHORIZED, "missing Authorization header (Token <token> or Bearer <token>)"),
-        Some(t) if !constant_time_eq(t.as_bytes(), m.api_token.as_bytes()) => error_response(StatusCode::UNAUTHORIZED, "invalid token"),
+        None => error_response(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization header (Token <token> or Bearer <token>)",
+        ),
+        Some(t) if !constant_time_eq(t.as_bytes(), m.api_token.as_bytes()) => {
+            error_response(StatusCode::UNAUTHORIZED, "invalid token")
+        }
         Some(_) => next.run(request).await,
     }
 }
@@ -115,23 +139,86 @@ pub async fn not_found_fallback() -> Response {
 
 pub fn router(m: AppState) -> Router {
     let api = Router::new()
-        .route("/api/peers", get(peers::list_peers).post(peers::create_peer))
-        .route("/api/peers/{id}", get(peers::get_peer).put(peers::update_peer).delete(peers::delete_peer))
-        .route("/api/setup-keys", get(setup_keys::list_setup_keys).post(setup_keys::create_setup_key))
-        .route("/api/setup-keys/{id}", get(setup_keys::get_setup_key).put(setup_keys::update_setup_key).delete(setup_keys::delete_setup_key))
-        .route("/api/groups", get(groups::list_groups).post(groups::create_group))
-        .route("/api/groups/{id}", get(groups::get_group).put(groups::update_group).delete(groups::delete_group))
-        .route("/api/policies", get(policies::list_policies).post(policies::create_policy))
-        .route("/api/policies/{id}", get(policies::get_policy).put(policies::update_policy).delete(policies::delete_policy))
+        .route(
+            "/api/peers",
+            get(peers::list_peers).post(peers::create_peer),
+        )
+        .route(
+            "/api/peers/{id}",
+            get(peers::get_peer)
+                .put(peers::update_peer)
+                .delete(peers::delete_peer),
+        )
+        .route(
+            "/api/setup-keys",
+            get(setup_keys::list_setup_keys).post(setup_keys::create_setup_key),
+        )
+        .route(
+            "/api/setup-keys/{id}",
+            get(setup_keys::get_setup_key)
+                .put(setup_keys::update_setup_key)
+                .delete(setup_keys::delete_setup_key),
+        )
+        .route(
+            "/api/groups",
+            get(groups::list_groups).post(groups::create_group),
+        )
+        .route(
+            "/api/groups/{id}",
+            get(groups::get_group)
+                .put(groups::update_group)
+                .delete(groups::delete_group),
+        )
+        .route(
+            "/api/policies",
+            get(policies::list_policies).post(policies::create_policy),
+        )
+        .route(
+            "/api/policies/{id}",
+            get(policies::get_policy)
+                .put(policies::update_policy)
+                .delete(policies::delete_policy),
+        )
         .route("/api/networks/routers", get(networks::list_all_routers))
+        .route("/api/events", get(events::list_events))
+        .route("/api/events/audit", get(events::list_events))
         .route("/api/acls", get(acls::list_acls).post(acls::create_acl))
-        .route("/api/acls/{id}", get(acls::get_acl).put(acls::update_acl).delete(acls::delete_acl))
-        .route("/api/networks", get(networks::list_networks).post(networks::create_network))
-        .route("/api/networks/{id}", get(networks::get_network).put(networks::update_network).delete(networks::delete_network))
-        .route("/api/networks/{id}/resources", get(networks::list_resources).post(networks::create_resource))
-        .route("/api/networks/{id}/resources/{rid}", get(networks::get_resource).put(networks::update_resource).delete(networks::delete_resource))
-        .route("/api/networks/{id}/routers", get(networks::list_routers).post(networks::create_router))
-        .route("/api/networks/{id}/routers/{rid}", get(networks::get_router).put(networks::update_router).delete(networks::delete_router))
+        .route(
+            "/api/acls/{id}",
+            get(acls::get_acl)
+                .put(acls::update_acl)
+                .delete(acls::delete_acl),
+        )
+        .route(
+            "/api/networks",
+            get(networks::list_networks).post(networks::create_network),
+        )
+        .route(
+            "/api/networks/{id}",
+            get(networks::get_network)
+                .put(networks::update_network)
+                .delete(networks::delete_network),
+        )
+        .route(
+            "/api/networks/{id}/resources",
+            get(networks::list_resources).post(networks::create_resource),
+        )
+        .route(
+            "/api/networks/{id}/resources/{rid}",
+            get(networks::get_resource)
+                .put(networks::update_resource)
+                .delete(networks::delete_resource),
+        )
+        .route(
+            "/api/networks/{id}/routers",
+            get(networks::list_routers).post(networks::create_router),
+        )
+        .route(
+            "/api/networks/{id}/routers/{rid}",
+            get(networks::get_router)
+                .put(networks::update_router)
+                .delete(networks::delete_router),
+        )
         .layer(middleware::from_fn_with_state(m.clone(), authenticate));
     api.layer(DefaultBodyLimit::max(BODY_LIMIT)).with_state(m)
 }
@@ -146,7 +233,11 @@ fn rfc3339(t: UnixTime) -> Value {
 
 /// For fields NetBird's OpenAPI requires: "never" is Go's zero time, as its server writes it.
 fn rfc3339_or_zero(t: UnixTime) -> Value {
-    if t == 0 { Value::String("0001-01-01T00:00:00Z".into()) } else { rfc3339(t) }
+    if t == 0 {
+        Value::String("0001-01-01T00:00:00Z".into())
+    } else {
+        rfc3339(t)
+    }
 }
 
 /// An RFC 3339 time as clients write it: `2026-12-02T08:00:00Z`, with fractional seconds, with a
@@ -155,23 +246,32 @@ fn parse_time(text: &str, field: &str) -> Result<UnixTime, Error> {
     let t = text.trim();
     let bad = || Error::Invalid(format!("{field}: {t:?} is not an RFC 3339 time"));
     // An offset can only follow the time part (after "YYYY-MM-DDTHH:MM").
-    let (base, offset) = match t.get(16..).and_then(|rest| rest.rfind(['+', '-']).map(|i| i + 16)) {
+    let (base, offset) = match t
+        .get(16..)
+        .and_then(|rest| rest.rfind(['+', '-']).map(|i| i + 16))
+    {
         Some(i) => {
             let (h, m) = t[i + 1..].split_once(':').ok_or_else(bad)?;
-            let secs = h.parse::<i64>().map_err(|_| bad())? * 3600 + m.parse::<i64>().map_err(|_| bad())? * 60;
+            let secs = h.parse::<i64>().map_err(|_| bad())? * 3600
+                + m.parse::<i64>().map_err(|_| bad())? * 60;
             (&t[..i], if t.as_bytes()[i] == b'-' { -secs } else { secs })
         }
         None => (t.trim_end_matches(['Z', 'z']), 0),
     };
     let time = humantime::parse_rfc3339_weak(base).map_err(|_| bad())?;
-    let unix = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| bad())?.as_secs() as i64 - offset;
+    let unix = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bad())?
+        .as_secs() as i64
+        - offset;
     u64::try_from(unix).map_err(|_| bad())
 }
 
 fn group_ref(a: &Account, id: &str) -> Value {
     match a.groups.get(id) {
-        Some(g) => json!({ "id": g.id, "name": g.name, "peers_count": g.peers.len(), "resources_count": g.resources.len() }),
+        Some(g) => {
+            json!({ "id": g.id, "name": g.name, "peers_count": g.peers.len(), "resources_count": g.resources.len() })
+        }
         None => json!({ "id": id }),
     }
 }
-

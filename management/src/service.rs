@@ -14,6 +14,7 @@ use management_proto::{WgKey, pb};
 use tokio::sync::watch;
 
 use crate::{
+    activity::{Event, Initiator, Record},
     error::{Error, Result},
     model::{Account, now},
     netmap::MapSettings,
@@ -88,12 +89,14 @@ pub const TOKEN_FILE: &str = "api-token";
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {mode:o} {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
 /// Creates `dir` if needed and makes it 0700.
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("create data directory {}", dir.display()))?;
     set_mode(dir, 0o700)
 }
 
@@ -118,12 +121,44 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Str
         Ok(s) => Ok(s.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = make();
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("create {}", path.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("create {}", path.display()))?;
             writeln!(f, "{value}")?;
             Ok(value)
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
+}
+
+/// The change's records as events: each by its own initiator, or by whoever made the change.
+fn stamp(records: Vec<Record>, by: &Initiator) -> Vec<Event> {
+    let timestamp_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    records
+        .into_iter()
+        .map(|r| {
+            let (activity, activity_code) = r.activity.describe();
+            let (initiator_id, initiator_name, initiator_email) =
+                r.initiator.as_ref().unwrap_or(by).identity();
+            Event {
+                id: 0,
+                timestamp_ms,
+                activity: activity.into(),
+                activity_code: activity_code.into(),
+                initiator_id,
+                initiator_name,
+                initiator_email,
+                target_id: r.target_id,
+                meta: r.meta,
+            }
+        })
+        .collect()
 }
 
 impl Management {
@@ -136,9 +171,13 @@ impl Management {
         let mut account = store.load().context("load account")?;
         let repaired = account.repair();
         if !repaired.is_empty() {
-            store.save(&account, &repaired).context("store the built-in group and hashed setup keys")?;
+            store
+                .save(&account, &repaired, &[])
+                .context("store the built-in group and hashed setup keys")?;
         }
-        let key_text = secret_file(&options.data_dir.join(KEY_FILE), || WgKey::generate().to_base64())?;
+        let key_text = secret_file(&options.data_dir.join(KEY_FILE), || {
+            WgKey::generate().to_base64()
+        })?;
         let key = WgKey::from_base64(&key_text).context("server.key")?;
         let api_token = match &options.api_token {
             Some(t) => t.clone(),
@@ -157,7 +196,10 @@ impl Management {
             store: Mutex::new(store),
             key,
             api_token,
-            settings: MapSettings { network: options.network, dns_domain: options.dns_domain.clone() },
+            settings: MapSettings {
+                network: options.network,
+                dns_domain: options.dns_domain.clone(),
+            },
             ephemeral_timeout: options.ephemeral_timeout,
             turn: options.turn.clone(),
             stuns: options.stuns.clone(),
@@ -175,17 +217,28 @@ impl Management {
         if self.turn.is_none() && self.stuns.is_empty() {
             return None;
         }
-        let host = |uri: &str| pb::HostConfig { uri: uri.to_string(), protocol: pb::host_config::Protocol::Udp as i32 };
+        let host = |uri: &str| pb::HostConfig {
+            uri: uri.to_string(),
+            protocol: pb::host_config::Protocol::Udp as i32,
+        };
         let turns = self
             .turn
             .iter()
             .flat_map(|t| {
                 let user = (now_unix + t.ttl.as_secs()).to_string();
                 let password = gateway_relay::auth::time_limited_password(&t.secret, &user);
-                t.uris.iter().map(move |u| pb::ProtectedHostConfig { host_config: Some(host(u)), user: user.clone(), password: password.clone() })
+                t.uris.iter().map(move |u| pb::ProtectedHostConfig {
+                    host_config: Some(host(u)),
+                    user: user.clone(),
+                    password: password.clone(),
+                })
             })
             .collect();
-        Some(pb::NetbirdConfig { stuns: self.stuns.iter().map(|u| host(u)).collect(), turns, ..Default::default() })
+        Some(pb::NetbirdConfig {
+            stuns: self.stuns.iter().map(|u| host(u)).collect(),
+            turns,
+            ..Default::default()
+        })
     }
 
     /// When peers need a fresh TURN credential: at ¾ of its lifetime (NetBird's schedule).
@@ -197,16 +250,25 @@ impl Management {
         f(&self.account.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Applies one change: `f` validates and modifies the account (and must leave it untouched when
-    /// it fails); the touched objects are then stored, and Sync streams are told.
-    pub fn change<T>(&self, f: impl FnOnce(&mut Account) -> Result<(T, Touched)>) -> Result<T> {
+    /// Applies one change made by `by`: `f` validates and modifies the account (and must leave it
+    /// untouched when it fails); the touched objects and the change's events are then stored in
+    /// one transaction, and Sync streams are told.
+    pub fn change<T>(
+        &self,
+        by: Initiator,
+        f: impl FnOnce(&mut Account) -> Result<(T, Touched)>,
+    ) -> Result<T> {
         let mut account = self.account.write().unwrap_or_else(|e| e.into_inner());
-        let (value, touched) = f(&mut account)?;
-        if touched.is_empty() {
+        account.journal.clear();
+        let outcome = f(&mut account);
+        let records = std::mem::take(&mut account.journal);
+        let (value, touched) = outcome?;
+        if touched.is_empty() && records.is_empty() {
             return Ok(value);
         }
+        let events = stamp(records, &by);
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = store.save(&account, &touched) {
+        if let Err(e) = store.save(&account, &touched, &events) {
             // Keep memory equal to disk: go back to what was last stored.
             if let Ok(stored) = store.load() {
                 *account = stored;
@@ -215,8 +277,18 @@ impl Management {
         }
         let serial = account.serial;
         drop(account);
-        self.changes.send_if_modified(|s| std::mem::replace(s, serial) != serial);
+        self.changes
+            .send_if_modified(|s| std::mem::replace(s, serial) != serial);
         Ok(value)
+    }
+
+    /// The newest `limit` events of the activity log, newest first.
+    pub fn events(&self, limit: usize) -> Result<Vec<Event>> {
+        self.store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events(limit)
+            .map_err(|e| Error::Internal(e.context("read the activity log")))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -224,11 +296,19 @@ impl Management {
     }
 
     pub fn is_connected(&self, peer_id: &str) -> bool {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).get(peer_id).is_some_and(|n| *n > 0)
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer_id)
+            .is_some_and(|n| *n > 0)
     }
 
     pub fn open_streams(&self) -> usize {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
     }
 
     /// Counts a new Sync stream of the peer; `false` (and not counted) past the limit.
@@ -251,13 +331,15 @@ impl Management {
             *n == 0
         };
         if last {
-            let _ = self.change(|a| Ok(((), a.touch_peer(peer_id, now()))));
+            let _ = self.change(Initiator::System, |a| {
+                Ok(((), a.touch_peer(peer_id, now())))
+            });
         }
     }
 
     /// Applies what time ended: expired peer logins and ACLs (see `Account::expire`).
     pub fn expire(&self) {
-        match self.change(|a| Ok(a.expire(now()))) {
+        match self.change(Initiator::System, |a| Ok(a.expire(now()))) {
             Ok(what) => what.iter().for_each(|w| tracing::info!("{w}")),
             Err(e) => tracing::warn!("could not apply expiries: {e}"),
         }
@@ -266,10 +348,11 @@ impl Management {
     /// Deletes ephemeral peers offline for longer than the timeout; returns how many.
     pub fn remove_expired_ephemeral(&self) -> usize {
         let after = self.ephemeral_timeout.as_secs();
-        let expired = self.read(|a| a.expired_ephemeral_peers(now(), after, &|id| self.is_connected(id)));
+        let expired =
+            self.read(|a| a.expired_ephemeral_peers(now(), after, &|id| self.is_connected(id)));
         let mut removed = 0;
         for id in expired {
-            match self.change(|a| a.delete_peer(&id).map(|t| ((), t))) {
+            match self.change(Initiator::System, |a| a.delete_peer(&id).map(|t| ((), t))) {
                 Ok(()) => {
                     tracing::info!(peer = %id, "deleted ephemeral peer after {after} s offline");
                     removed += 1;

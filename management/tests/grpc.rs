@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 async fn key(m: &std::sync::Arc<management::Management>, body: Value) -> String {
-    ok(m, "POST", "/api/setup-keys", body).await["key"].as_str().unwrap().to_string()
+    ok(m, "POST", "/api/setup-keys", body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,44 +22,103 @@ async fn login_registers_once_and_refuses_what_it_must() {
     let dir = TempDir::new("login");
     let m = open(&dir);
     let (url, _server) = serve(m.clone()).await;
-    let group = ok(&m, "POST", "/api/groups", json!({"name": "gateways"})).await["id"].as_str().unwrap().to_string();
-    let one_off = key(&m, json!({"name": "gw", "type": "one-off", "expires_in": 3600, "auto_groups": [group]})).await;
+    let group = ok(&m, "POST", "/api/groups", json!({"name": "gateways"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let one_off = key(
+        &m,
+        json!({"name": "gw", "type": "one-off", "expires_in": 3600, "auto_groups": [group]}),
+    )
+    .await;
 
-    let mut client = management_proto::pb::management_service_client::ManagementServiceClient::connect(url.clone()).await.unwrap();
+    let mut client =
+        management_proto::pb::management_service_client::ManagementServiceClient::connect(
+            url.clone(),
+        )
+        .await
+        .unwrap();
     client.is_healthy(pb::Empty {}).await.expect("isHealthy");
-    let server_key = client.get_server_key(pb::Empty {}).await.unwrap().into_inner();
+    let server_key = client
+        .get_server_key(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(server_key.key, m.key.public().to_base64());
     assert!(server_key.expires_at.is_some());
 
     let mut peer = TestPeer::connect(&url).await;
-    assert_eq!(peer.login("").await.unwrap_err().code(), Code::PermissionDenied, "unknown peer without a key");
+    assert_eq!(
+        peer.login("").await.unwrap_err().code(),
+        Code::PermissionDenied,
+        "unknown peer without a key"
+    );
     let first = peer.login(&one_off).await.expect("registers");
     let address = first.peer_config.unwrap().address;
-    assert!(address.ends_with("/10") && address.starts_with("100."), "{address}");
+    assert!(
+        address.ends_with("/10") && address.starts_with("100."),
+        "{address}"
+    );
     let peers = ok(&m, "GET", "/api/peers", Value::Null).await;
     assert_eq!(peers.as_array().unwrap().len(), 1);
     assert_eq!(peers[0]["groups"][0]["name"], "gateways");
     assert_eq!(format!("{}/10", peers[0]["ip"].as_str().unwrap()), address);
 
     // Later logins need no key and keep the address.
-    assert_eq!(peer.login("").await.unwrap().peer_config.unwrap().address, address);
+    assert_eq!(
+        peer.login("").await.unwrap().peer_config.unwrap().address,
+        address
+    );
     // The one-off key is spent: a second peer is refused, and nothing changes.
     let before = m.read(|a| a.clone());
     let mut second = TestPeer::connect(&url).await;
     let refused = second.login(&one_off).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    assert!(refused.message().contains("overused"), "{}", refused.message());
-    assert_eq!(second.login("00000000-0000-4000-8000-000000000000").await.unwrap_err().message(), "invalid setup key");
+    assert!(
+        refused.message().contains("overused"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        second
+            .login("00000000-0000-4000-8000-000000000000")
+            .await
+            .unwrap_err()
+            .message(),
+        "invalid setup key"
+    );
     let revocable = key(&m, json!({"name": "r", "type": "reusable"})).await;
     let id = m.read(|a| a.setup_key_by_secret(&revocable).unwrap().id.clone());
-    ok(&m, "PUT", &format!("/api/setup-keys/{id}"), json!({"revoked": true, "auto_groups": []})).await;
-    assert!(second.login(&revocable).await.unwrap_err().message().contains("revoked"));
+    ok(
+        &m,
+        "PUT",
+        &format!("/api/setup-keys/{id}"),
+        json!({"revoked": true, "auto_groups": []}),
+    )
+    .await;
+    assert!(
+        second
+            .login(&revocable)
+            .await
+            .unwrap_err()
+            .message()
+            .contains("revoked")
+    );
     ok(&m, "DELETE", &format!("/api/setup-keys/{id}"), Value::Null).await;
     assert_eq!(m.read(|a| a.peers.clone()), before.peers);
 
     // Meta is required.
-    let no_meta = second.key.seal_message(&second.server, &pb::LoginRequest { setup_key: one_off.clone(), ..Default::default() });
-    assert_eq!(second.client.login(no_meta).await.unwrap_err().code(), Code::FailedPrecondition);
+    let no_meta = second.key.seal_message(
+        &second.server,
+        &pb::LoginRequest {
+            setup_key: one_off.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        second.client.login(no_meta).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,29 +129,88 @@ async fn garbage_and_wrongly_sealed_messages_are_refused_without_state_change() 
     let reusable = key(&m, json!({"name": "k", "type": "reusable"})).await;
     let mut peer = TestPeer::connect(&url).await;
     let before = m.read(|a| a.clone());
-    let login = pb::LoginRequest { setup_key: reusable.clone(), meta: Some(meta("x")), ..Default::default() };
+    let login = pb::LoginRequest {
+        setup_key: reusable.clone(),
+        meta: Some(meta("x")),
+        ..Default::default()
+    };
 
     let cases: Vec<(&str, pb::EncryptedMessage)> = vec![
-        ("empty body", pb::EncryptedMessage { wg_pub_key: peer.key.public().to_base64(), body: vec![], version: 0 }),
-        ("random body", pb::EncryptedMessage { wg_pub_key: peer.key.public().to_base64(), body: (0..200u8).collect(), version: 0 }),
-        ("bad sender key", pb::EncryptedMessage { wg_pub_key: "not-a-key".into(), body: vec![0; 64], version: 0 }),
-        ("sealed to another server", peer.key.seal_message(&WgKey::generate().public(), &login)),
-        ("claims another sender", pb::EncryptedMessage { wg_pub_key: WgKey::generate().public().to_base64(), ..peer.key.seal_message(&peer.server, &login) }),
-        ("opens but is not a LoginRequest", peer.key.seal_message(&peer.server, &pb::RouteFirewallRule { source_ranges: vec!["x".repeat(40)], action: 99, ..Default::default() })),
+        (
+            "empty body",
+            pb::EncryptedMessage {
+                wg_pub_key: peer.key.public().to_base64(),
+                body: vec![],
+                version: 0,
+            },
+        ),
+        (
+            "random body",
+            pb::EncryptedMessage {
+                wg_pub_key: peer.key.public().to_base64(),
+                body: (0..200u8).collect(),
+                version: 0,
+            },
+        ),
+        (
+            "bad sender key",
+            pb::EncryptedMessage {
+                wg_pub_key: "not-a-key".into(),
+                body: vec![0; 64],
+                version: 0,
+            },
+        ),
+        (
+            "sealed to another server",
+            peer.key.seal_message(&WgKey::generate().public(), &login),
+        ),
+        (
+            "claims another sender",
+            pb::EncryptedMessage {
+                wg_pub_key: WgKey::generate().public().to_base64(),
+                ..peer.key.seal_message(&peer.server, &login)
+            },
+        ),
+        (
+            "opens but is not a LoginRequest",
+            peer.key.seal_message(
+                &peer.server,
+                &pb::RouteFirewallRule {
+                    source_ranges: vec!["x".repeat(40)],
+                    action: 99,
+                    ..Default::default()
+                },
+            ),
+        ),
     ];
     for (what, msg) in cases {
         let err = peer.client.login(msg.clone()).await.expect_err(what);
-        assert!(matches!(err.code(), Code::InvalidArgument | Code::FailedPrecondition), "{what}: {err:?}");
+        assert!(
+            matches!(err.code(), Code::InvalidArgument | Code::FailedPrecondition),
+            "{what}: {err:?}"
+        );
         assert!(!err.message().is_empty(), "{what}");
         let err = peer.client.sync(msg).await.expect_err(what);
-        assert!(matches!(err.code(), Code::InvalidArgument | Code::PermissionDenied), "{what}: {err:?}");
+        assert!(
+            matches!(err.code(), Code::InvalidArgument | Code::PermissionDenied),
+            "{what}: {err:?}"
+        );
     }
-    assert_eq!(m.read(|a| a.clone()), before, "nothing registered or changed");
+    assert_eq!(
+        m.read(|a| a.clone()),
+        before,
+        "nothing registered or changed"
+    );
     // The server is still fine afterwards.
-    peer.login(&reusable).await.expect("a proper login still works");
+    peer.login(&reusable)
+        .await
+        .expect("a proper login still works");
     // Sync from a key that never registered.
     let mut stranger = TestPeer::connect(&url).await;
-    assert_eq!(stranger.sync().await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        stranger.sync().await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,20 +218,54 @@ async fn changes_reach_open_streams_within_100ms_with_rising_serials() {
     let dir = TempDir::new("push");
     let m = open(&dir);
     let (url, _server) = serve(m.clone()).await;
-    let clients = ok(&m, "POST", "/api/groups", json!({"name": "clients"})).await["id"].as_str().unwrap().to_string();
-    let servers = ok(&m, "POST", "/api/groups", json!({"name": "servers"})).await["id"].as_str().unwrap().to_string();
-    let ck = key(&m, json!({"name": "c", "type": "reusable", "auto_groups": [clients]})).await;
-    let sk = key(&m, json!({"name": "s", "type": "reusable", "auto_groups": [servers]})).await;
+    let clients = ok(&m, "POST", "/api/groups", json!({"name": "clients"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let servers = ok(&m, "POST", "/api/groups", json!({"name": "servers"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ck = key(
+        &m,
+        json!({"name": "c", "type": "reusable", "auto_groups": [clients]}),
+    )
+    .await;
+    let sk = key(
+        &m,
+        json!({"name": "s", "type": "reusable", "auto_groups": [servers]}),
+    )
+    .await;
     let mut client = TestPeer::connect(&url).await;
-    let client_ip = client.login(&ck).await.unwrap().peer_config.unwrap().address.split('/').next().unwrap().to_string();
+    let client_ip = client
+        .login(&ck)
+        .await
+        .unwrap()
+        .peer_config
+        .unwrap()
+        .address
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut server = TestPeer::connect(&url).await;
     server.login(&sk).await.unwrap();
 
     let mut stream = server.sync().await.unwrap();
-    let initial = server.next_map(&mut stream, Duration::from_secs(2)).await.unwrap();
+    let initial = server
+        .next_map(&mut stream, Duration::from_secs(2))
+        .await
+        .unwrap();
     assert!(initial.firewall_rules_is_empty && initial.remote_peers_is_empty);
     let peers = ok(&m, "GET", "/api/peers", Value::Null).await;
-    assert!(peers.as_array().unwrap().iter().any(|p| p["connected"] == true), "the syncing peer shows as connected");
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["connected"] == true),
+        "the syncing peer shows as connected"
+    );
 
     let rule = json!({"name": "r", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "tcp", "ports": ["443"], "sources": [clients], "destinations": [servers]});
     let mut serial = initial.serial;
@@ -119,11 +274,29 @@ async fn changes_reach_open_streams_within_100ms_with_rising_serials() {
     for round in 0..5 {
         let started = Instant::now();
         if round % 2 == 0 {
-            policy_id = ok(&m, "POST", "/api/policies", json!({"name": "p", "enabled": true, "rules": [rule]})).await["id"].as_str().unwrap().to_string();
+            policy_id = ok(
+                &m,
+                "POST",
+                "/api/policies",
+                json!({"name": "p", "enabled": true, "rules": [rule]}),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
         } else {
-            ok(&m, "DELETE", &format!("/api/policies/{policy_id}"), Value::Null).await;
+            ok(
+                &m,
+                "DELETE",
+                &format!("/api/policies/{policy_id}"),
+                Value::Null,
+            )
+            .await;
         }
-        let map = server.next_map(&mut stream, Duration::from_secs(2)).await.unwrap();
+        let map = server
+            .next_map(&mut stream, Duration::from_secs(2))
+            .await
+            .unwrap();
         worst = worst.max(started.elapsed());
         assert!(map.serial > serial, "serial {} after {serial}", map.serial);
         serial = map.serial;
@@ -135,20 +308,47 @@ async fn changes_reach_open_streams_within_100ms_with_rising_serials() {
             assert!(map.firewall_rules_is_empty);
         }
     }
-    assert!(worst < Duration::from_millis(100), "slowest push took {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "slowest push took {worst:?}"
+    );
 
     // A change that does not alter this peer's map sends nothing.
     key(&m, json!({"name": "unrelated", "type": "reusable"})).await;
-    assert!(server.next_map(&mut stream, Duration::from_millis(300)).await.is_err());
+    assert!(
+        server
+            .next_map(&mut stream, Duration::from_millis(300))
+            .await
+            .is_err()
+    );
 
     // Deleting the peer: an empty map, then the stream ends with PermissionDenied.
-    let id = m.read(|a| a.peer_by_key(&server.key.public().to_base64()).unwrap().id.clone());
+    let id = m.read(|a| {
+        a.peer_by_key(&server.key.public().to_base64())
+            .unwrap()
+            .id
+            .clone()
+    });
     ok(&m, "DELETE", &format!("/api/peers/{id}"), Value::Null).await;
-    let last = server.next_map(&mut stream, Duration::from_secs(2)).await.unwrap();
-    assert!(last.firewall_rules_is_empty && last.routes_firewall_rules_is_empty && last.remote_peers_is_empty && last.serial > serial);
-    let end = tokio::time::timeout(Duration::from_secs(2), stream.message()).await.unwrap();
+    let last = server
+        .next_map(&mut stream, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        last.firewall_rules_is_empty
+            && last.routes_firewall_rules_is_empty
+            && last.remote_peers_is_empty
+            && last.serial > serial
+    );
+    let end = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap();
     assert_eq!(end.unwrap_err().code(), Code::PermissionDenied);
-    assert_eq!(server.login("").await.unwrap_err().code(), Code::PermissionDenied, "a deleted peer cannot log in");
+    assert_eq!(
+        server.login("").await.unwrap_err().code(),
+        Code::PermissionDenied,
+        "a deleted peer cannot log in"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,11 +358,17 @@ async fn ephemeral_peers_go_a_set_time_after_disconnecting() {
     o.ephemeral_timeout = Duration::from_secs(1);
     let m = std::sync::Arc::new(management::Management::open(&o).unwrap());
     let (url, _server) = serve(m.clone()).await;
-    let k = key(&m, json!({"name": "demo", "type": "one-off", "expires_in": 3600, "ephemeral": true})).await;
+    let k = key(
+        &m,
+        json!({"name": "demo", "type": "one-off", "expires_in": 3600, "ephemeral": true}),
+    )
+    .await;
     let mut peer = TestPeer::connect(&url).await;
     peer.login(&k).await.unwrap();
     let mut stream = peer.sync().await.unwrap();
-    peer.next_map(&mut stream, Duration::from_secs(2)).await.unwrap();
+    peer.next_map(&mut stream, Duration::from_secs(2))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(m.read(|a| a.peers.len()), 1, "stays while connected");
     drop(stream);

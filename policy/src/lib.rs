@@ -6,9 +6,9 @@
 pub mod compile;
 mod model;
 pub mod reference;
-pub mod yaml;
 #[cfg(test)]
 mod tests;
+pub mod yaml;
 
 pub use model::*;
 pub use yaml::{load_file, parse_str};

@@ -74,7 +74,9 @@ impl PortSet {
         let mut merged: Vec<PortRange> = Vec::with_capacity(ranges.len());
         for r in ranges {
             match merged.last_mut() {
-                Some(last) if r.start as u32 <= last.end as u32 + 1 => last.end = last.end.max(r.end),
+                Some(last) if r.start as u32 <= last.end as u32 + 1 => {
+                    last.end = last.end.max(r.end)
+                }
                 _ => merged.push(r),
             }
         }
@@ -144,7 +146,11 @@ pub fn net_contains(nets: &[IpNet], ip: IpAddr) -> bool {
 
 impl AddrSet {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        net_contains(&self.any_of, ip) && self.and_in.as_ref().is_none_or(|nets| net_contains(nets, ip))
+        net_contains(&self.any_of, ip)
+            && self
+                .and_in
+                .as_ref()
+                .is_none_or(|nets| net_contains(nets, ip))
     }
 }
 
@@ -180,7 +186,10 @@ pub struct RuleInfo {
 pub const ANY_NETS: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
 pub fn any_nets() -> Vec<IpNet> {
-    ANY_NETS.iter().map(|s| s.parse().expect("constant")).collect()
+    ANY_NETS
+        .iter()
+        .map(|s| s.parse().expect("constant"))
+        .collect()
 }
 
 impl PolicySet {
@@ -189,7 +198,11 @@ impl PolicySet {
         self.policies
             .iter()
             .filter(|p| p.enabled)
-            .map(|p| RuleInfo { name: p.name.clone(), action: p.action, priority: p.priority })
+            .map(|p| RuleInfo {
+                name: p.name.clone(),
+                action: p.action,
+                priority: p.priority,
+            })
             .collect()
     }
 
@@ -213,7 +226,8 @@ impl PolicySet {
     /// Flattens enabled policies into terms: one per direction.
     pub fn terms(&self) -> Vec<Term> {
         let mut terms = Vec::new();
-        let groups: std::collections::HashMap<&str, &Group> = self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let groups: std::collections::HashMap<&str, &Group> =
+            self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
         for (rule, p) in self.policies.iter().filter(|p| p.enabled).enumerate() {
             let sources = Self::members(&groups, &p.source_groups);
             let destinations = Self::members(&groups, &p.destination_groups);
@@ -237,8 +251,14 @@ impl PolicySet {
                 ports: p.ports.clone(),
                 exceptions: exceptions.clone(),
             };
-            let side_a = AddrSet { any_of: sources, and_in: None };
-            let side_b = AddrSet { any_of: destinations, and_in: restrict };
+            let side_a = AddrSet {
+                any_of: sources,
+                and_in: None,
+            };
+            let side_b = AddrSet {
+                any_of: destinations,
+                and_in: restrict,
+            };
             terms.push(term(side_a.clone(), side_b.clone()));
             if p.bidirectional {
                 terms.push(term(side_b, side_a));

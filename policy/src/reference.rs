@@ -17,7 +17,10 @@ pub struct Judgement {
 /// matches lets the packet through: the exception is an allowed carve-out of the drop (under a
 /// default deny, an exemption that only skipped the drop would change nothing).
 pub fn term_outcome(t: &Term, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> Option<Action> {
-    if !(t.src.contains(src) && t.dst.contains(dst) && proto_ports_match(t.protocol, &t.ports, proto, dport)) {
+    if !(t.src.contains(src)
+        && t.dst.contains(dst)
+        && proto_ports_match(t.protocol, &t.ports, proto, dport))
+    {
         return None;
     }
     if t.action == Action::Drop
@@ -39,8 +42,17 @@ pub fn precedence(priority: u32, action: Action, rule: u32) -> (u32, u8, u32) {
 pub fn evaluate(terms: &[Term], src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> Judgement {
     terms
         .iter()
-        .filter_map(|t| term_outcome(t, src, dst, proto, dport).map(|a| (precedence(t.priority, a, t.rule), a, t.rule)))
+        .filter_map(|t| {
+            term_outcome(t, src, dst, proto, dport)
+                .map(|a| (precedence(t.priority, a, t.rule), a, t.rule))
+        })
         .min_by_key(|(order, _, _)| *order)
-        .map(|(_, action, rule)| Judgement { action, rule: Some(rule) })
-        .unwrap_or(Judgement { action: Action::Drop, rule: None })
+        .map(|(_, action, rule)| Judgement {
+            action,
+            rule: Some(rule),
+        })
+        .unwrap_or(Judgement {
+            action: Action::Drop,
+            rule: None,
+        })
 }

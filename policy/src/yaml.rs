@@ -21,7 +21,11 @@ impl fmt::Display for PolicyError {
         if self.field.is_empty() {
             write!(f, "{}:{}: {}", self.file, self.line, self.message)
         } else {
-            write!(f, "{}:{}: {}: {}", self.file, self.line, self.field, self.message)
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.field, self.message
+            )
         }
     }
 }
@@ -47,12 +51,21 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn err(&self, node: &Node, field: &str, message: impl Into<String>) -> PolicyError {
-        PolicyError { file: self.file.to_string(), line: node.span.start.line(), field: field.to_string(), message: message.into() }
+        PolicyError {
+            file: self.file.to_string(),
+            line: node.span.start.line(),
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 
     /// The entries of a mapping: key, key node (where errors about the key itself point: a value
     /// may start on a later line), value.
-    fn map<'n>(&self, node: &'n Node, field: &str) -> Result<Vec<(String, &'n Node, &'n Node)>, PolicyError> {
+    fn map<'n>(
+        &self,
+        node: &'n Node,
+        field: &str,
+    ) -> Result<Vec<(String, &'n Node, &'n Node)>, PolicyError> {
         let YamlDataOwned::Mapping(m) = &node.data else {
             return Err(self.err(node, field, "expected a mapping"));
         };
@@ -104,7 +117,10 @@ impl Reader<'_> {
     }
 
     fn nets(&self, node: &Node, field: &str) -> Result<Vec<IpNet>, PolicyError> {
-        self.seq(node, field)?.iter().map(|n| self.net(n, field)).collect()
+        self.seq(node, field)?
+            .iter()
+            .map(|n| self.net(n, field))
+            .collect()
     }
 
     fn ports(&self, node: &Node, field: &str) -> Result<PortSet, PolicyError> {
@@ -122,7 +138,11 @@ impl Reader<'_> {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             "icmp" => Ok(Protocol::Icmp),
-            other => Err(self.err(node, field, format!("unknown protocol {other:?} (all, tcp, udp, icmp)"))),
+            other => Err(self.err(
+                node,
+                field,
+                format!("unknown protocol {other:?} (all, tcp, udp, icmp)"),
+            )),
         }
     }
 }
@@ -134,9 +154,14 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
     if net.trunc() != net {
-        return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
+        return Err(format!(
+            "{s:?} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -145,7 +170,10 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     let s = s.trim();
     let port = |p: &str| -> Result<u16, String> {
-        let v: u32 = p.trim().parse().map_err(|_| format!("{s:?} is not a port or port range"))?;
+        let v: u32 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a port or port range"))?;
         if v == 0 || v > 65535 {
             return Err(format!("port {v} is out of range 1-65535"));
         }
@@ -173,7 +201,12 @@ pub fn parse_str(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
         message: format!("not valid YAML: {}", e.info()),
     })?;
     let Some(root) = docs.first() else {
-        return Err(PolicyError { file: file.to_string(), line: 1, field: String::new(), message: "empty file".into() });
+        return Err(PolicyError {
+            file: file.to_string(),
+            line: 1,
+            field: String::new(),
+            message: "empty file".into(),
+        });
     };
     let mut set = PolicySet::default();
     let mut policies_node = None;
@@ -181,7 +214,13 @@ pub fn parse_str(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
         match key.as_str() {
             "groups" => set.groups = read_groups(&r, value)?,
             "policies" => policies_node = Some(value),
-            other => return Err(r.err(key_node, other, "unknown top-level field (expected groups, policies)")),
+            other => {
+                return Err(r.err(
+                    key_node,
+                    other,
+                    "unknown top-level field (expected groups, policies)",
+                ));
+            }
         }
     }
     let group_names: HashSet<&str> = set.groups.iter().map(|g| g.name.as_str()).collect();
@@ -191,7 +230,11 @@ pub fn parse_str(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
         for (i, p) in r.seq(node, "policies")?.iter().enumerate() {
             let policy = read_policy(&r, p, i, &group_names)?;
             if !names.insert(policy.name.clone()) {
-                return Err(r.err(p, &format!("policies[{i}].name"), format!("duplicate policy name {:?}", policy.name)));
+                return Err(r.err(
+                    p,
+                    &format!("policies[{i}].name"),
+                    format!("duplicate policy name {:?}", policy.name),
+                ));
             }
             policies.push(policy);
         }
@@ -205,9 +248,16 @@ fn read_groups(r: &Reader, node: &Node) -> Result<Vec<Group>, PolicyError> {
     for (name, key_node, members) in r.map(node, "groups")? {
         let field = format!("groups.{name}");
         if name == "*" || name.is_empty() {
-            return Err(r.err(key_node, &field, "\"*\" means any address and cannot be defined"));
+            return Err(r.err(
+                key_node,
+                &field,
+                "\"*\" means any address and cannot be defined",
+            ));
         }
-        groups.push(Group { name, members: r.nets(members, &field)? });
+        groups.push(Group {
+            name,
+            members: r.nets(members, &field)?,
+        });
     }
     Ok(groups)
 }
@@ -215,7 +265,12 @@ fn read_groups(r: &Reader, node: &Node) -> Result<Vec<Group>, PolicyError> {
 const POLICY_FIELDS: &str = "name, enabled, description, source_groups, destination_groups, bidirectional, action, \
                              protocol, ports, destination_ips, exceptions, priority";
 
-fn read_policy(r: &Reader, node: &Node, index: usize, groups: &HashSet<&str>) -> Result<Policy, PolicyError> {
+fn read_policy(
+    r: &Reader,
+    node: &Node,
+    index: usize,
+    groups: &HashSet<&str>,
+) -> Result<Policy, PolicyError> {
     let at = |f: &str| format!("policies[{index}].{f}");
     let mut p = Policy {
         name: String::new(),
@@ -246,7 +301,13 @@ fn read_policy(r: &Reader, node: &Node, index: usize, groups: &HashSet<&str>) ->
                 p.action = match r.text(v, &f)?.to_ascii_lowercase().as_str() {
                     "accept" => Action::Accept,
                     "drop" => Action::Drop,
-                    other => return Err(r.err(v, &f, format!("unknown action {other:?} (accept, drop)"))),
+                    other => {
+                        return Err(r.err(
+                            v,
+                            &f,
+                            format!("unknown action {other:?} (accept, drop)"),
+                        ));
+                    }
                 }
             }
             "protocol" => p.protocol = r.protocol(v, &f)?,
@@ -254,16 +315,33 @@ fn read_policy(r: &Reader, node: &Node, index: usize, groups: &HashSet<&str>) ->
             "destination_ips" => p.destination_ips = r.nets(v, &f)?,
             "exceptions" => {
                 for (j, e) in r.seq(v, &f)?.iter().enumerate() {
-                    p.exceptions.push(read_exception(r, e, &format!("{f}[{j}]"))?);
+                    p.exceptions
+                        .push(read_exception(r, e, &format!("{f}[{j}]"))?);
                 }
             }
             "priority" => {
                 p.priority = match &v.data {
-                    YamlDataOwned::Value(ScalarOwned::Integer(i)) if (0..=i64::from(u32::MAX)).contains(i) => *i as u32,
-                    _ => return Err(r.err(v, &f, "expected a whole number (lower is decided first)")),
+                    YamlDataOwned::Value(ScalarOwned::Integer(i))
+                        if (0..=i64::from(u32::MAX)).contains(i) =>
+                    {
+                        *i as u32
+                    }
+                    _ => {
+                        return Err(r.err(
+                            v,
+                            &f,
+                            "expected a whole number (lower is decided first)",
+                        ));
+                    }
                 }
             }
-            other => return Err(r.err(key_node, &at(other), format!("unknown field (expected one of: {POLICY_FIELDS})"))),
+            other => {
+                return Err(r.err(
+                    key_node,
+                    &at(other),
+                    format!("unknown field (expected one of: {POLICY_FIELDS})"),
+                ));
+            }
         }
     }
     if p.name.trim().is_empty() {
@@ -273,21 +351,38 @@ fn read_policy(r: &Reader, node: &Node, index: usize, groups: &HashSet<&str>) ->
         return Err(r.err(node, &at("action"), "missing (accept or drop)"));
     }
     if p.source_groups.is_empty() {
-        return Err(r.err(node, &at("source_groups"), "missing or empty (use \"*\" for any)"));
+        return Err(r.err(
+            node,
+            &at("source_groups"),
+            "missing or empty (use \"*\" for any)",
+        ));
     }
     if p.destination_groups.is_empty() {
-        return Err(r.err(node, &at("destination_groups"), "missing or empty (use \"*\" for any)"));
+        return Err(r.err(
+            node,
+            &at("destination_groups"),
+            "missing or empty (use \"*\" for any)",
+        ));
     }
     if p.protocol == Protocol::Icmp && !p.ports.is_any() {
         return Err(r.err(node, &at("ports"), "ICMP has no ports"));
     }
     if !p.exceptions.is_empty() && p.action != Action::Drop {
-        return Err(r.err(node, &at("exceptions"), "exceptions only apply to drop policies"));
+        return Err(r.err(
+            node,
+            &at("exceptions"),
+            "exceptions only apply to drop policies",
+        ));
     }
     Ok(p)
 }
 
-fn read_group_refs(r: &Reader, node: &Node, field: &str, groups: &HashSet<&str>) -> Result<Vec<GroupRef>, PolicyError> {
+fn read_group_refs(
+    r: &Reader,
+    node: &Node,
+    field: &str,
+    groups: &HashSet<&str>,
+) -> Result<Vec<GroupRef>, PolicyError> {
     let mut refs = Vec::new();
     for n in r.seq(node, field)? {
         let name = r.text(n, field)?;
@@ -303,14 +398,24 @@ fn read_group_refs(r: &Reader, node: &Node, field: &str, groups: &HashSet<&str>)
 }
 
 fn read_exception(r: &Reader, node: &Node, field: &str) -> Result<Exception, PolicyError> {
-    let mut e = Exception { destination_ips: Vec::new(), protocol: Protocol::All, ports: PortSet::Any };
+    let mut e = Exception {
+        destination_ips: Vec::new(),
+        protocol: Protocol::All,
+        ports: PortSet::Any,
+    };
     for (key, key_node, v) in r.map(node, field)? {
         let f = format!("{field}.{key}");
         match key.as_str() {
             "destination_ips" => e.destination_ips = r.nets(v, &f)?,
             "protocol" => e.protocol = r.protocol(v, &f)?,
             "ports" => e.ports = r.ports(v, &f)?,
-            _ => return Err(r.err(key_node, &f, "unknown field (expected destination_ips, protocol, ports)")),
+            _ => {
+                return Err(r.err(
+                    key_node,
+                    &f,
+                    "unknown field (expected destination_ips, protocol, ports)",
+                ));
+            }
         }
     }
     if e.protocol == Protocol::Icmp && !e.ports.is_any() {

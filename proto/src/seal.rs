@@ -21,7 +21,9 @@ pub const TAG_LEN: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("a WireGuard key is 32 bytes in base64 (44 characters); got {0} characters that are not one")]
+    #[error(
+        "a WireGuard key is 32 bytes in base64 (44 characters); got {0} characters that are not one"
+    )]
     Malformed(usize),
 }
 
@@ -34,7 +36,10 @@ pub enum OpenError {
     #[error("sender key in the message: {0}")]
     SenderKey(KeyError),
     #[error("opened body is not a valid {kind} message: {error}")]
-    Decode { kind: &'static str, error: prost::DecodeError },
+    Decode {
+        kind: &'static str,
+        error: prost::DecodeError,
+    },
 }
 
 /// A WireGuard (X25519) private key.
@@ -46,8 +51,12 @@ pub struct WgKey(SecretKey);
 pub struct WgPublicKey([u8; 32]);
 
 fn decode_key(text: &str) -> Result<[u8; 32], KeyError> {
-    let bytes = B64.decode(text.trim()).map_err(|_| KeyError::Malformed(text.len()))?;
-    bytes.try_into().map_err(|_| KeyError::Malformed(text.len()))
+    let bytes = B64
+        .decode(text.trim())
+        .map_err(|_| KeyError::Malformed(text.len()))?;
+    bytes
+        .try_into()
+        .map_err(|_| KeyError::Malformed(text.len()))
 }
 
 impl WgKey {
@@ -90,7 +99,12 @@ impl WgKey {
     }
 
     /// Seals under a given nonce; only for known-answer tests and `seal`.
-    pub fn seal_with_nonce(&self, peer: &WgPublicKey, nonce: &[u8; NONCE_LEN], message: &[u8]) -> Vec<u8> {
+    pub fn seal_with_nonce(
+        &self,
+        peer: &WgPublicKey,
+        nonce: &[u8; NONCE_LEN],
+        message: &[u8],
+    ) -> Vec<u8> {
         let sealed = self
             .salsa_box(peer)
             .encrypt(GenericArray::from_slice(nonce), message)
@@ -107,18 +121,38 @@ impl WgKey {
             return Err(OpenError::TooShort(body.len()));
         }
         let (nonce, sealed) = body.split_at(NONCE_LEN);
-        self.salsa_box(peer).decrypt(GenericArray::from_slice(nonce), sealed).map_err(|_| OpenError::BadSeal)
+        self.salsa_box(peer)
+            .decrypt(GenericArray::from_slice(nonce), sealed)
+            .map_err(|_| OpenError::BadSeal)
     }
 
     /// Serializes and seals `message` into an `EncryptedMessage` from this key to `peer`.
-    pub fn seal_message<M: prost::Message>(&self, peer: &WgPublicKey, message: &M) -> EncryptedMessage {
-        EncryptedMessage { wg_pub_key: self.public().to_base64(), body: self.seal(peer, &message.encode_to_vec()), version: 0 }
+    pub fn seal_message<M: prost::Message>(
+        &self,
+        peer: &WgPublicKey,
+        message: &M,
+    ) -> EncryptedMessage {
+        EncryptedMessage {
+            wg_pub_key: self.public().to_base64(),
+            body: self.seal(peer, &message.encode_to_vec()),
+            version: 0,
+        }
     }
 
     /// Opens an `EncryptedMessage` sealed by `peer` and decodes its body as `M`.
-    pub fn open_message<M: prost::Message + Default>(&self, peer: &WgPublicKey, message: &EncryptedMessage) -> Result<M, OpenError> {
+    pub fn open_message<M: prost::Message + Default>(
+        &self,
+        peer: &WgPublicKey,
+        message: &EncryptedMessage,
+    ) -> Result<M, OpenError> {
         let plain = self.open(peer, &message.body)?;
-        M::decode(plain.as_slice()).map_err(|error| OpenError::Decode { kind: std::any::type_name::<M>().rsplit("::").next().unwrap_or("protobuf"), error })
+        M::decode(plain.as_slice()).map_err(|error| OpenError::Decode {
+            kind: std::any::type_name::<M>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("protobuf"),
+            error,
+        })
     }
 }
 

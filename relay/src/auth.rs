@@ -39,7 +39,8 @@ fn hmac_sha1(key: &[u8], data: &[u8]) -> [u8; 20] {
 
 /// The password of a time-limited credential (what NetBird's management hands its peers).
 pub fn time_limited_password(secret: &str, username: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(hmac_sha1(secret.as_bytes(), username.as_bytes()))
+    base64::engine::general_purpose::STANDARD
+        .encode(hmac_sha1(secret.as_bytes(), username.as_bytes()))
 }
 
 impl Credentials {
@@ -49,8 +50,14 @@ impl Credentials {
         if let Some(p) = self.users.get(username) {
             return Ok(p.clone());
         }
-        let Some(secret) = &self.secret else { return Err(AuthError::UnknownUser) };
-        let expiry: u64 = username.split(':').next().and_then(|t| t.parse().ok()).ok_or(AuthError::BadTimeUsername)?;
+        let Some(secret) = &self.secret else {
+            return Err(AuthError::UnknownUser);
+        };
+        let expiry: u64 = username
+            .split(':')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or(AuthError::BadTimeUsername)?;
         if expiry < now {
             return Err(AuthError::Expired);
         }
@@ -74,7 +81,9 @@ pub enum NonceCheck {
 
 impl Nonces {
     pub fn new() -> Nonces {
-        Nonces { key: rand::random() }
+        Nonces {
+            key: rand::random(),
+        }
     }
 
     fn mac(&self, expiry: u64, client: SocketAddr) -> String {
@@ -91,11 +100,17 @@ impl Nonces {
         if nonce.len() != 32 {
             return NonceCheck::Invalid;
         }
-        let Ok(expiry) = u64::from_str_radix(&nonce[..16], 16) else { return NonceCheck::Invalid };
+        let Ok(expiry) = u64::from_str_radix(&nonce[..16], 16) else {
+            return NonceCheck::Invalid;
+        };
         if nonce[16..] != self.mac(expiry, client) {
             return NonceCheck::Invalid;
         }
-        if expiry < now { NonceCheck::Stale } else { NonceCheck::Valid }
+        if expiry < now {
+            NonceCheck::Stale
+        } else {
+            NonceCheck::Valid
+        }
     }
 }
 
@@ -112,13 +127,30 @@ mod tests {
     #[test]
     fn time_limited_credentials_as_coturn_and_netbird_make_them() {
         // HMAC-SHA1 known answer (RFC 2202 test case 2): key "Jefe".
-        assert_eq!(hex(&hmac_sha1(b"Jefe", b"what do ya want for nothing?")), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
-        let c = Credentials { realm: "r".into(), users: HashMap::new(), secret: Some("Jefe".into()) };
-        assert_eq!(c.password("what do ya want for nothing?", 0), Err(AuthError::BadTimeUsername));
+        assert_eq!(
+            hex(&hmac_sha1(b"Jefe", b"what do ya want for nothing?")),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+        let c = Credentials {
+            realm: "r".into(),
+            users: HashMap::new(),
+            secret: Some("Jefe".into()),
+        };
+        assert_eq!(
+            c.password("what do ya want for nothing?", 0),
+            Err(AuthError::BadTimeUsername)
+        );
         let p = c.password("2000000000:alice", 1_900_000_000).unwrap();
         assert_eq!(p, time_limited_password("Jefe", "2000000000:alice"));
-        assert_eq!(c.password("2000000000", 2_000_000_001), Err(AuthError::Expired));
-        let s = Credentials { realm: "r".into(), users: [("bob".to_string(), "pw".to_string())].into(), secret: None };
+        assert_eq!(
+            c.password("2000000000", 2_000_000_001),
+            Err(AuthError::Expired)
+        );
+        let s = Credentials {
+            realm: "r".into(),
+            users: [("bob".to_string(), "pw".to_string())].into(),
+            secret: None,
+        };
         assert_eq!(s.password("bob", 0).unwrap(), "pw");
         assert_eq!(s.password("eve", 0), Err(AuthError::UnknownUser));
     }
@@ -129,8 +161,14 @@ mod tests {
         let a: SocketAddr = "198.18.0.2:4000".parse().unwrap();
         let nonce = n.issue(a, 1000);
         assert_eq!(n.check(&nonce, a, 1000), NonceCheck::Valid);
-        assert_eq!(n.check(&nonce, a, 1000 + NONCE_LIFETIME_SECS + 1), NonceCheck::Stale);
-        assert_eq!(n.check(&nonce, "198.18.0.3:4000".parse().unwrap(), 1000), NonceCheck::Invalid);
+        assert_eq!(
+            n.check(&nonce, a, 1000 + NONCE_LIFETIME_SECS + 1),
+            NonceCheck::Stale
+        );
+        assert_eq!(
+            n.check(&nonce, "198.18.0.3:4000".parse().unwrap(), 1000),
+            NonceCheck::Invalid
+        );
         assert_eq!(n.check("0000000000000000zzzz", a, 0), NonceCheck::Invalid);
     }
 

@@ -29,10 +29,22 @@ pub struct TurnClient {
 }
 
 impl TurnClient {
-    pub fn new(bind: SocketAddr, server: SocketAddr, user: &str, password: &str) -> anyhow::Result<TurnClient> {
+    pub fn new(
+        bind: SocketAddr,
+        server: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<TurnClient> {
         let sock = UdpSocket::bind(bind).context("client socket")?;
         sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-        Ok(TurnClient { sock, server, user: user.into(), password: password.into(), realm: None, nonce: None })
+        Ok(TurnClient {
+            sock,
+            server,
+            user: user.into(),
+            password: password.into(),
+            realm: None,
+            nonce: None,
+        })
     }
 
     /// Sends one message and returns the answer.
@@ -40,10 +52,16 @@ impl TurnClient {
         self.sock.send_to(&encode(m, None), self.server)?;
         let mut buf = vec![0u8; 2048];
         loop {
-            let (n, _) = self.sock.recv_from(&mut buf).context("no answer from the relay")?;
+            let (n, _) = self
+                .sock
+                .recv_from(&mut buf)
+                .context("no answer from the relay")?;
             // Data for this client may arrive in between; answers are STUN responses.
             if let Some(m) = decode(&buf[..n])
-                && matches!(m.class(), MessageClass::SuccessResponse | MessageClass::ErrorResponse)
+                && matches!(
+                    m.class(),
+                    MessageClass::SuccessResponse | MessageClass::ErrorResponse
+                )
             {
                 return Ok(m);
             }
@@ -54,7 +72,11 @@ impl TurnClient {
     /// 401 (and a 438 renews the nonce).
     pub fn request(&mut self, method: Method, attrs: Vec<Attribute>) -> anyhow::Result<Msg> {
         for _ in 0..3 {
-            let mut m = Message::new(MessageClass::Request, method, TransactionId::new(rand::random()));
+            let mut m = Message::new(
+                MessageClass::Request,
+                method,
+                TransactionId::new(rand::random()),
+            );
             for a in attrs.clone() {
                 m.add_attribute(a);
             }
@@ -64,15 +86,22 @@ impl TurnClient {
                 m.add_attribute(user.clone());
                 m.add_attribute(realm.clone());
                 m.add_attribute(Nonce::new(nonce.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
-                let mi = MessageIntegrity::new_long_term_credential(&m, &user, &realm, &self.password).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mi =
+                    MessageIntegrity::new_long_term_credential(&m, &user, &realm, &self.password)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 m.add_attribute(mi);
             }
             let answer = self.exchange(m)?;
             let code = answer.get_attribute::<ErrorCode>().map(|e| e.code());
-            let nonce = answer.get_attribute::<Nonce>().map(|n| n.value().to_string());
+            let nonce = answer
+                .get_attribute::<Nonce>()
+                .map(|n| n.value().to_string());
             if matches!(code, Some(401) | Some(438)) && nonce.is_some() && nonce != self.nonce {
                 self.nonce = nonce;
-                self.realm = answer.get_attribute::<Realm>().map(|r| r.text().to_string()).or(self.realm.take());
+                self.realm = answer
+                    .get_attribute::<Realm>()
+                    .map(|r| r.text().to_string())
+                    .or(self.realm.take());
                 continue;
             }
             return Ok(answer);
@@ -86,12 +115,17 @@ impl TurnClient {
         if let Some(e) = a.get_attribute::<ErrorCode>() {
             bail!("Allocate refused: {} {}", e.code(), e.reason_phrase());
         }
-        a.get_attribute::<XorRelayAddress>().map(|r| r.address()).context("no relayed address")
+        a.get_attribute::<XorRelayAddress>()
+            .map(|r| r.address())
+            .context("no relayed address")
     }
 
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> anyhow::Result<()> {
         let n = ChannelNumber::new(channel).context("channel number")?;
-        let a = self.request(CHANNEL_BIND, vec![n.into(), XorPeerAddress::new(peer).into()])?;
+        let a = self.request(
+            CHANNEL_BIND,
+            vec![n.into(), XorPeerAddress::new(peer).into()],
+        )?;
         if let Some(e) = a.get_attribute::<ErrorCode>() {
             bail!("ChannelBind refused: {} {}", e.code(), e.reason_phrase());
         }

@@ -3,7 +3,11 @@
 //! support are listed back: ignored ones (harmless here) and refused ones (the relay would
 //! behave differently than coturn did: it will not start).
 
-use std::{collections::HashMap, net::{IpAddr, SocketAddr}, path::Path};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
@@ -87,16 +91,43 @@ pub struct CoturnReport {
 /// coturn options that change nothing here (TCP/TLS/DTLS listeners the relay does not open are
 /// refused separately; these are logging, process and tuning knobs).
 const IGNORED: &[&str] = &[
-    "verbose", "Verbose", "log-file", "syslog", "simple-log", "no-stdout-log", "pidfile", "proc-user", "proc-group", "no-cli", "cli-ip", "cli-port",
-    "cli-password", "fingerprint", "no-tcp", "no-tls", "no-dtls", "no-tcp-relay", "no-multicast-peers", "no-loopback-peers", "mobility", "no-software-attribute",
-    "stale-nonce", "server-name", "prometheus", "new-log-timestamp", "log-binding",
+    "verbose",
+    "Verbose",
+    "log-file",
+    "syslog",
+    "simple-log",
+    "no-stdout-log",
+    "pidfile",
+    "proc-user",
+    "proc-group",
+    "no-cli",
+    "cli-ip",
+    "cli-port",
+    "cli-password",
+    "fingerprint",
+    "no-tcp",
+    "no-tls",
+    "no-dtls",
+    "no-tcp-relay",
+    "no-multicast-peers",
+    "no-loopback-peers",
+    "mobility",
+    "no-software-attribute",
+    "stale-nonce",
+    "server-name",
+    "prometheus",
+    "new-log-timestamp",
+    "log-binding",
 ];
 
 impl RelayConfig {
     pub fn load_yaml(path: &Path) -> anyhow::Result<RelayConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let cfg: RelayConfig = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let cfg: RelayConfig = serde_saphyr::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
@@ -138,12 +169,21 @@ impl RelayConfig {
                 "relay-ip" => cfg.relay_ip = Some(value.parse().with_context(at)?),
                 "external-ip" => {
                     // "public" or "public/private".
-                    cfg.external_ip = Some(value.split('/').next().unwrap_or(value).parse().with_context(at)?)
+                    cfg.external_ip = Some(
+                        value
+                            .split('/')
+                            .next()
+                            .unwrap_or(value)
+                            .parse()
+                            .with_context(at)?,
+                    )
                 }
                 "realm" => cfg.realm = value.to_string(),
                 "lt-cred-mech" => lt_cred = true,
                 "user" => {
-                    let (u, p) = value.split_once(':').with_context(|| format!("{}: expected name:password", at()))?;
+                    let (u, p) = value
+                        .split_once(':')
+                        .with_context(|| format!("{}: expected name:password", at()))?;
                     cfg.users.insert(u.to_string(), p.to_string());
                 }
                 "use-auth-secret" => auth_secret = true,
@@ -159,10 +199,15 @@ impl RelayConfig {
             }
         }
         if !report.refused.is_empty() {
-            bail!("coturn options this relay does not support: {} (remove them, or keep coturn)", report.refused.join(", "));
+            bail!(
+                "coturn options this relay does not support: {} (remove them, or keep coturn)",
+                report.refused.join(", ")
+            );
         }
         if auth_secret && cfg.static_auth_secret.is_none() {
-            bail!("use-auth-secret without static-auth-secret (secrets in a database are not supported)");
+            bail!(
+                "use-auth-secret without static-auth-secret (secrets in a database are not supported)"
+            );
         }
         if !auth_secret {
             cfg.static_auth_secret = None;
@@ -173,7 +218,10 @@ impl RelayConfig {
         if ips.is_empty() {
             ips.push(IpAddr::from([0, 0, 0, 0]));
         }
-        cfg.listen = ips.iter().flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(*ip, *p))).collect();
+        cfg.listen = ips
+            .iter()
+            .flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(*ip, *p)))
+            .collect();
         cfg.validate()?;
         Ok((cfg, report))
     }
@@ -189,13 +237,21 @@ impl RelayConfig {
             bail!("no credentials: name users or a static_auth_secret");
         }
         if self.min_port == 0 || self.min_port > self.max_port {
-            bail!("min_port {} / max_port {}: a range of ports", self.min_port, self.max_port);
+            bail!(
+                "min_port {} / max_port {}: a range of ports",
+                self.min_port,
+                self.max_port
+            );
         }
         Ok(())
     }
 
     pub fn credentials(&self) -> Credentials {
-        Credentials { realm: self.realm.clone(), users: self.users.clone(), secret: self.static_auth_secret.clone() }
+        Credentials {
+            realm: self.realm.clone(),
+            users: self.users.clone(),
+            secret: self.static_auth_secret.clone(),
+        }
     }
 }
 
@@ -228,17 +284,32 @@ mod tests {
                     fingerprint\nlt-cred-mech\nuser=self:secretpw\nmin-port=49152\nmax-port=49200\nuser-quota=10\ntotal-quota=100\nno-cli\n\
                     denied-peer-ip=10.0.0.0-10.255.255.255\nallowed-peer-ip=10.1.2.3\n";
         let (c, report) = RelayConfig::from_coturn(conf).unwrap();
-        assert_eq!(c.listen, vec!["198.18.30.1:3478".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec!["198.18.30.1:3478".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.relay_ip, Some("198.18.31.1".parse().unwrap()));
         assert_eq!(c.external_ip, Some("203.0.113.5".parse().unwrap()));
         assert_eq!(c.users.get("self").map(String::as_str), Some("secretpw"));
-        assert_eq!((c.min_port, c.max_port, c.user_quota, c.total_quota), (49152, 49200, 10, 100));
-        assert_eq!(c.denied_peer_ip, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            (c.min_port, c.max_port, c.user_quota, c.total_quota),
+            (49152, 49200, 10, 100)
+        );
+        assert_eq!(
+            c.denied_peer_ip,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(report.ignored, vec!["fingerprint", "no-cli"]);
-        let e = RelayConfig::from_coturn("realm=r\nlt-cred-mech\nuser=a:b\ntls-listening-port=5349\n").unwrap_err();
+        let e =
+            RelayConfig::from_coturn("realm=r\nlt-cred-mech\nuser=a:b\ntls-listening-port=5349\n")
+                .unwrap_err();
         assert!(e.to_string().contains("tls-listening-port"), "{e}");
-        let (c, _) = RelayConfig::from_coturn("realm=r\nuse-auth-secret\nstatic-auth-secret=s3\n").unwrap();
+        let (c, _) =
+            RelayConfig::from_coturn("realm=r\nuse-auth-secret\nstatic-auth-secret=s3\n").unwrap();
         assert_eq!(c.static_auth_secret.as_deref(), Some("s3"));
-        assert!(RelayConfig::from_coturn("realm=r\n").is_err(), "no auth at all");
+        assert!(
+            RelayConfig::from_coturn("realm=r\n").is_err(),
+            "no auth at all"
+        );
     }
 }

@@ -4,8 +4,14 @@
 use bytecodec::{DecodeExt as _, EncodeExt as _};
 use stun_codec::{
     Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId,
-    rfc5389::attributes::{ErrorCode, Fingerprint, MessageIntegrity, Nonce, Realm, Software, UnknownAttributes, Username, XorMappedAddress},
-    rfc5766::attributes::{Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress},
+    rfc5389::attributes::{
+        ErrorCode, Fingerprint, MessageIntegrity, Nonce, Realm, Software, UnknownAttributes,
+        Username, XorMappedAddress,
+    },
+    rfc5766::attributes::{
+        Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken,
+        XorPeerAddress, XorRelayAddress,
+    },
     rfc8656::attributes::RequestedAddressFamily,
 };
 
@@ -50,7 +56,9 @@ impl ChannelNumber {
     pub const MAX: u16 = 0x7FFF;
 
     pub fn new(n: u16) -> Option<ChannelNumber> {
-        (Self::MIN..=Self::MAX).contains(&n).then_some(ChannelNumber(n))
+        (Self::MIN..=Self::MAX)
+            .contains(&n)
+            .then_some(ChannelNumber(n))
     }
 
     pub fn value(self) -> u16 {
@@ -80,7 +88,8 @@ impl bytecodec::Decode for ChannelNumberDecoder {
 
     fn finish_decoding(&mut self) -> bytecodec::Result<ChannelNumber> {
         let raw = self.0.finish_decoding()?;
-        ChannelNumber::new((raw >> 16) as u16).ok_or_else(|| bytecodec::ErrorKind::InvalidInput.into())
+        ChannelNumber::new((raw >> 16) as u16)
+            .ok_or_else(|| bytecodec::ErrorKind::InvalidInput.into())
     }
 
     fn requiring_bytes(&self) -> bytecodec::ByteCount {
@@ -154,14 +163,17 @@ pub struct Key<'a> {
 /// Encodes `message`, signed when a key is given, with a FINGERPRINT last.
 pub fn encode(mut message: Msg, key: Option<Key<'_>>) -> Vec<u8> {
     if let Some(k) = key
-        && let Ok(mi) = MessageIntegrity::new_long_term_credential(&message, k.username, k.realm, k.password)
+        && let Ok(mi) =
+            MessageIntegrity::new_long_term_credential(&message, k.username, k.realm, k.password)
     {
         message.add_attribute(mi);
     }
     if let Ok(fp) = Fingerprint::new(&message) {
         message.add_attribute(fp);
     }
-    MessageEncoder::new().encode_into_bytes(message).unwrap_or_default()
+    MessageEncoder::new()
+        .encode_into_bytes(message)
+        .unwrap_or_default()
 }
 
 pub fn response(class: MessageClass, method: Method, id: TransactionId) -> Msg {
@@ -205,7 +217,10 @@ mod tests {
 
     fn bytes(hex: &str) -> Vec<u8> {
         let hex: String = hex.split_whitespace().collect();
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// RFC 5769 §2.4: a request with long-term authentication (user "マトリックス", realm
@@ -225,8 +240,14 @@ mod tests {
         let realm = m.get_attribute::<Realm>().unwrap();
         assert_eq!(realm.text(), "example.org");
         let mi = m.get_attribute::<MessageIntegrity>().unwrap();
-        assert!(mi.check_long_term_credential(user, realm, "TheMatrIX").is_ok());
-        assert!(mi.check_long_term_credential(user, realm, "TheMatrix").is_err());
+        assert!(
+            mi.check_long_term_credential(user, realm, "TheMatrIX")
+                .is_ok()
+        );
+        assert!(
+            mi.check_long_term_credential(user, realm, "TheMatrix")
+                .is_err()
+        );
     }
 
     /// RFC 5769 §2.2: a response's FINGERPRINT.
@@ -240,18 +261,31 @@ mod tests {
              8028 0004 c07d4c96",
         ))
         .expect("decodes");
-        assert_eq!(m.get_attribute::<Fingerprint>().unwrap().crc32(), 0xc07d4c96);
-        assert_eq!(m.get_attribute::<XorMappedAddress>().unwrap().address(), "192.0.2.1:32853".parse().unwrap());
+        assert_eq!(
+            m.get_attribute::<Fingerprint>().unwrap().crc32(),
+            0xc07d4c96
+        );
+        assert_eq!(
+            m.get_attribute::<XorMappedAddress>().unwrap().address(),
+            "192.0.2.1:32853".parse().unwrap()
+        );
     }
 
     #[test]
     fn channel_numbers_of_both_rfcs_decode() {
         use stun_codec::rfc5766::methods::CHANNEL_BIND;
         for n in [0x4000u16, 0x4fff, 0x612e, 0x7fff] {
-            let mut m = Message::new(MessageClass::Request, CHANNEL_BIND, TransactionId::new([7; 12]));
+            let mut m = Message::new(
+                MessageClass::Request,
+                CHANNEL_BIND,
+                TransactionId::new([7; 12]),
+            );
             m.add_attribute(ChannelNumber::new(n).unwrap());
             let back = decode(&encode(m, None)).expect("decodes");
-            assert_eq!(back.get_attribute::<ChannelNumber>().map(|c| c.value()), Some(n));
+            assert_eq!(
+                back.get_attribute::<ChannelNumber>().map(|c| c.value()),
+                Some(n)
+            );
         }
         assert!(ChannelNumber::new(0x8000).is_none() && ChannelNumber::new(0x3fff).is_none());
     }
@@ -264,6 +298,10 @@ mod tests {
         padded.extend_from_slice(&[0, 0, 0]);
         assert_eq!(parse_channel_data(&padded), Some((0x4001, &b"hello"[..])));
         assert_eq!(parse_channel_data(&m[..6]), None, "shorter than it says");
-        assert_eq!(parse_channel_data(&[0x00, 0x01, 0, 0]), None, "a STUN message");
+        assert_eq!(
+            parse_channel_data(&[0x00, 0x01, 0, 0]),
+            None,
+            "a STUN message"
+        );
     }
 }

@@ -29,8 +29,8 @@ use tracing::{info, warn};
 
 use crate::{
     auth::{AuthError, Credentials, NonceCheck, Nonces},
-    fast_path::{Binding, FastPath},
     config::RelayConfig,
+    fast_path::{Binding, FastPath},
     message::{self, ChannelNumber, Key, Msg},
 };
 
@@ -72,7 +72,10 @@ impl Allocation {
     }
 
     fn channel_of(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
-        self.channels.iter().find(|(_, c)| c.peer == peer && c.expires > now).map(|(n, _)| *n)
+        self.channels
+            .iter()
+            .find(|(_, c)| c.peer == peer && c.expires > now)
+            .map(|(n, _)| *n)
     }
 }
 
@@ -123,7 +126,10 @@ pub struct Status {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Relay {
@@ -132,7 +138,10 @@ impl Relay {
     }
 
     /// A relay that hands bound channels to `fast` (with `slots` counter slots).
-    pub fn with_fast_path(cfg: RelayConfig, fast: Option<(Arc<dyn FastPath>, u32)>) -> anyhow::Result<Arc<Relay>> {
+    pub fn with_fast_path(
+        cfg: RelayConfig,
+        fast: Option<(Arc<dyn FastPath>, u32)>,
+    ) -> anyhow::Result<Arc<Relay>> {
         let realm = Realm::new(cfg.realm.clone()).map_err(|e| anyhow::anyhow!("realm: {e}"))?;
         let (fast, slots) = match fast {
             Some((f, n)) => (Some(f), (0..n).rev().collect()),
@@ -152,19 +161,42 @@ impl Relay {
 
     /// Hands a channel to the fast path where it can take it (IPv4 throughout, concrete
     /// addresses); `None` leaves it to userspace.
-    fn offload(&self, key: AllocKey, relay_local: SocketAddr, channel: u16, peer: SocketAddr) -> Option<Binding> {
+    fn offload(
+        &self,
+        key: AllocKey,
+        relay_local: SocketAddr,
+        channel: u16,
+        peer: SocketAddr,
+    ) -> Option<Binding> {
         let fast = self.fast.as_ref()?;
         let v4 = |a: SocketAddr| match a {
             SocketAddr::V4(v) if !v.ip().is_unspecified() => Some(v),
             _ => None,
         };
-        let slot = self.free_slots.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-        let b = Binding { client: v4(key.1)?, listen: v4(key.0)?, channel, peer: v4(peer)?, relay: v4(relay_local)?, slot };
+        let slot = self
+            .free_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()?;
+        let b = Binding {
+            client: v4(key.1)?,
+            listen: v4(key.0)?,
+            channel,
+            peer: v4(peer)?,
+            relay: v4(relay_local)?,
+            slot,
+        };
         match fast.bind(&b) {
             Ok(()) => Some(b),
             Err(e) => {
-                warn!("fast path refused channel {channel:#x} of {}: {e:#}; it stays in userspace", key.1);
-                self.free_slots.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
+                warn!(
+                    "fast path refused channel {channel:#x} of {}: {e:#}; it stays in userspace",
+                    key.1
+                );
+                self.free_slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(slot);
                 None
             }
         }
@@ -173,7 +205,10 @@ impl Relay {
     fn take_back(&self, b: Binding) {
         if let Some(fast) = &self.fast {
             fast.unbind(&b);
-            self.free_slots.lock().unwrap_or_else(|p| p.into_inner()).push(b.slot);
+            self.free_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(b.slot);
         }
     }
 
@@ -193,8 +228,14 @@ impl Relay {
         let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
         Status {
             allocations: a.len(),
-            permissions: a.values().map(|x| x.permissions.values().filter(|e| **e > now).count()).sum(),
-            channels: a.values().map(|x| x.channels.values().filter(|c| c.expires > now).count()).sum(),
+            permissions: a
+                .values()
+                .map(|x| x.permissions.values().filter(|e| **e > now).count())
+                .sum(),
+            channels: a
+                .values()
+                .map(|x| x.channels.values().filter(|c| c.expires > now).count())
+                .sum(),
             to_peer_packets: get(&c.to_peer_packets),
             to_peer_bytes: get(&c.to_peer_bytes),
             to_client_packets: get(&c.to_client_packets),
@@ -203,7 +244,15 @@ impl Relay {
             refused_peers: get(&c.refused_peers),
             dropped_no_permission: get(&c.dropped_no_permission),
             xdp: self.fast.as_ref().map(|f| f.totals()),
-            offloaded_channels: a.values().map(|x| x.channels.values().filter(|c| c.offloaded.is_some()).count()).sum(),
+            offloaded_channels: a
+                .values()
+                .map(|x| {
+                    x.channels
+                        .values()
+                        .filter(|c| c.offloaded.is_some())
+                        .count()
+                })
+                .sum(),
         }
     }
 
@@ -211,7 +260,11 @@ impl Relay {
     pub async fn serve(self: Arc<Relay>) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         for addr in self.cfg.listen.clone() {
-            let sock = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("listening on {addr}"))?);
+            let sock = Arc::new(
+                UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr}"))?,
+            );
             info!(%addr, realm = %self.cfg.realm, "TURN relay listening (UDP)");
             let relay = self.clone();
             tasks.spawn(async move { relay.listen(sock).await });
@@ -246,7 +299,9 @@ impl Relay {
                 self.from_client_channel((local, from), channel, data).await;
                 continue;
             }
-            let Some(request) = message::decode(datagram) else { continue };
+            let Some(request) = message::decode(datagram) else {
+                continue;
+            };
             if let Some(reply) = self.handle(&sock, (local, from), request).await {
                 let _ = sock.send_to(&reply, from).await;
             }
@@ -258,13 +313,22 @@ impl Relay {
         let now = Instant::now();
         let target = {
             let allocs = self.allocations();
-            allocs.get(&key).and_then(|a| a.channels.get(&channel).filter(|c| c.expires > now).map(|c| (a.relay.clone(), c.peer)))
+            allocs.get(&key).and_then(|a| {
+                a.channels
+                    .get(&channel)
+                    .filter(|c| c.expires > now)
+                    .map(|c| (a.relay.clone(), c.peer))
+            })
         };
         if let Some((relay, peer)) = target
             && relay.send_to(data, peer).await.is_ok()
         {
-            self.counters.to_peer_packets.fetch_add(1, Ordering::Relaxed);
-            self.counters.to_peer_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.counters
+                .to_peer_packets
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .to_peer_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -276,13 +340,19 @@ impl Relay {
             let allocs = self.allocations();
             let Some(a) = allocs.get(&key) else { return };
             if !a.permitted(peer.ip(), now) {
-                self.counters.dropped_no_permission.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .dropped_no_permission
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let bytes = match a.channel_of(peer, now) {
                 Some(ch) => message::channel_data(ch, data),
                 None => {
-                    let mut m = message::response(MessageClass::Indication, DATA, TransactionId::new(rand::random()));
+                    let mut m = message::response(
+                        MessageClass::Indication,
+                        DATA,
+                        TransactionId::new(rand::random()),
+                    );
                     m.add_attribute(XorPeerAddress::new(peer));
                     match Data::new(data.to_vec()) {
                         Ok(d) => m.add_attribute(d),
@@ -294,19 +364,38 @@ impl Relay {
             (a.listener.clone(), bytes)
         };
         if out.0.send_to(&out.1, key.1).await.is_ok() {
-            self.counters.to_client_packets.fetch_add(1, Ordering::Relaxed);
-            self.counters.to_client_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.counters
+                .to_client_packets
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .to_client_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
     }
 
     /// Whether the relay may send to `peer` (RFC 8656 §21.2: no loopback, unspecified,
     /// multicast or the relay's own addresses, nothing denied unless explicitly allowed).
     fn peer_allowed(&self, peer: IpAddr) -> bool {
-        if self.cfg.allowed_peer_ip.iter().any(|n: &IpNet| n.contains(&peer)) {
+        if self
+            .cfg
+            .allowed_peer_ip
+            .iter()
+            .any(|n: &IpNet| n.contains(&peer))
+        {
             return true;
         }
-        let own = self.cfg.listen.iter().map(|l| l.ip()).chain(self.cfg.relay_ip).chain(self.cfg.external_ip).any(|ip| ip == peer);
-        let special = peer.is_loopback() || peer.is_unspecified() || peer.is_multicast() || matches!(peer, IpAddr::V4(v4) if v4.is_broadcast());
+        let own = self
+            .cfg
+            .listen
+            .iter()
+            .map(|l| l.ip())
+            .chain(self.cfg.relay_ip)
+            .chain(self.cfg.external_ip)
+            .any(|ip| ip == peer);
+        let special = peer.is_loopback()
+            || peer.is_unspecified()
+            || peer.is_multicast()
+            || matches!(peer, IpAddr::V4(v4) if v4.is_broadcast());
         !(own || special || self.cfg.denied_peer_ip.iter().any(|n| n.contains(&peer)))
     }
 
@@ -321,9 +410,12 @@ impl Relay {
             }
             m
         };
-        let (Some(user), Some(_), Some(nonce), Some(mi)) =
-            (req.get_attribute::<Username>(), req.get_attribute::<Realm>(), req.get_attribute::<Nonce>(), req.get_attribute::<MessageIntegrity>())
-        else {
+        let (Some(user), Some(_), Some(nonce), Some(mi)) = (
+            req.get_attribute::<Username>(),
+            req.get_attribute::<Realm>(),
+            req.get_attribute::<Nonce>(),
+            req.get_attribute::<MessageIntegrity>(),
+        ) else {
             return Err(challenge(401, "Unauthorized"));
         };
         match self.nonces.check(nonce.value(), client, now) {
@@ -343,7 +435,10 @@ impl Relay {
                 return Err(challenge(401, "Unauthorized"));
             }
         };
-        if mi.check_long_term_credential(user, &self.realm, &password).is_err() {
+        if mi
+            .check_long_term_credential(user, &self.realm, &password)
+            .is_err()
+        {
             self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
             return Err(challenge(401, "Unauthorized"));
         }
@@ -351,11 +446,17 @@ impl Relay {
     }
 
     /// One STUN message from a client; the encoded answer, if it gets one.
-    async fn handle(self: &Arc<Self>, listener: &Arc<UdpSocket>, key: AllocKey, req: Msg) -> Option<Vec<u8>> {
+    async fn handle(
+        self: &Arc<Self>,
+        listener: &Arc<UdpSocket>,
+        key: AllocKey,
+        req: Msg,
+    ) -> Option<Vec<u8>> {
         let client = key.1;
         match (req.class(), req.method()) {
             (MessageClass::Request, BINDING) => {
-                let mut m = message::response(MessageClass::SuccessResponse, BINDING, req.transaction_id());
+                let mut m =
+                    message::response(MessageClass::SuccessResponse, BINDING, req.transaction_id());
                 m.add_attribute(XorMappedAddress::new(client));
                 Some(message::encode(m, None))
             }
@@ -363,7 +464,9 @@ impl Relay {
                 self.send_indication(key, &req).await;
                 None
             }
-            (MessageClass::Request, method) if [ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) => {
+            (MessageClass::Request, method)
+                if [ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) =>
+            {
                 let (user, password) = match self.authenticate(&req, client) {
                     Ok(x) => x,
                     Err(e) => return Some(message::encode(e, None)),
@@ -374,25 +477,44 @@ impl Relay {
                     CREATE_PERMISSION => self.create_permission(key, &req, user.name()),
                     _ => self.channel_bind(key, &req, user.name()),
                 };
-                let mut answer = answer.unwrap_or_else(|(code, reason)| message::error(method, req.transaction_id(), code, reason));
+                let mut answer = answer.unwrap_or_else(|(code, reason)| {
+                    message::error(method, req.transaction_id(), code, reason)
+                });
                 if let Ok(s) = Software::new(SOFTWARE.to_string()) {
                     answer.add_attribute(s);
                 }
-                Some(message::encode(answer, Some(Key { username: &user, realm: &self.realm, password: &password })))
+                Some(message::encode(
+                    answer,
+                    Some(Key {
+                        username: &user,
+                        realm: &self.realm,
+                        password: &password,
+                    }),
+                ))
             }
             // Responses, unknown methods: nothing to answer (RFC 8489 §6.3).
             _ => None,
         }
     }
 
-    async fn allocate(self: &Arc<Self>, listener: &Arc<UdpSocket>, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
+    async fn allocate(
+        self: &Arc<Self>,
+        listener: &Arc<UdpSocket>,
+        key: AllocKey,
+        req: &Msg,
+        user: &str,
+    ) -> Result<Msg, (u16, &'static str)> {
         if let Some(a) = self.allocations().get(&key) {
             // A retransmission of the Allocate that made it gets the same answer (RFC 8656
             // §7.2); any other Allocate on this 5-tuple is a mismatch.
             if a.username != user || a.transaction != req.transaction_id() {
                 return Err((437, "Allocation Mismatch"));
             }
-            let mut m = message::response(MessageClass::SuccessResponse, ALLOCATE, req.transaction_id());
+            let mut m = message::response(
+                MessageClass::SuccessResponse,
+                ALLOCATE,
+                req.transaction_id(),
+            );
             m.add_attribute(XorRelayAddress::new(a.relayed));
             m.add_attribute(XorMappedAddress::new(key.1));
             if let Ok(l) = Lifetime::new(a.expires.saturating_duration_since(Instant::now())) {
@@ -410,14 +532,22 @@ impl Relay {
             if self.cfg.total_quota > 0 && allocs.len() as u32 >= self.cfg.total_quota {
                 return Err((486, "Allocation Quota Reached"));
             }
-            if self.cfg.user_quota > 0 && allocs.values().filter(|a| a.username == user).count() as u32 >= self.cfg.user_quota {
+            if self.cfg.user_quota > 0
+                && allocs.values().filter(|a| a.username == user).count() as u32
+                    >= self.cfg.user_quota
+            {
                 return Err((486, "Allocation Quota Reached"));
             }
         }
         let relay_ip = self.cfg.relay_ip.unwrap_or_else(|| key.0.ip());
-        let relay = bind_in_range(relay_ip, self.cfg.min_port, self.cfg.max_port).await.ok_or((508, "Insufficient Capacity"))?;
+        let relay = bind_in_range(relay_ip, self.cfg.min_port, self.cfg.max_port)
+            .await
+            .ok_or((508, "Insufficient Capacity"))?;
         let relay = Arc::new(relay);
-        let port = relay.local_addr().map_err(|_| (500, "Server Error"))?.port();
+        let port = relay
+            .local_addr()
+            .map_err(|_| (500, "Server Error"))?
+            .port();
         let relayed = SocketAddr::new(self.cfg.external_ip.unwrap_or(relay_ip), port);
         let lifetime = lifetime(req);
         let peer_task = tokio::spawn(peer_loop(self.clone(), key, relay.clone()));
@@ -436,7 +566,11 @@ impl Relay {
             },
         );
         info!(client = %key.1, %relayed, user, lifetime = lifetime.as_secs(), "allocation");
-        let mut m = message::response(MessageClass::SuccessResponse, ALLOCATE, req.transaction_id());
+        let mut m = message::response(
+            MessageClass::SuccessResponse,
+            ALLOCATE,
+            req.transaction_id(),
+        );
         m.add_attribute(XorRelayAddress::new(relayed));
         m.add_attribute(XorMappedAddress::new(key.1));
         if let Ok(l) = Lifetime::new(lifetime) {
@@ -447,17 +581,29 @@ impl Relay {
 
     fn refresh(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
         let mut allocs = self.allocations();
-        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else { return Err((437, "Allocation Mismatch")) };
+        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else {
+            return Err((437, "Allocation Mismatch"));
+        };
         let requested = req.get_attribute::<Lifetime>().map(|l| l.lifetime());
-        let lifetime = if requested == Some(Duration::ZERO) { Duration::ZERO } else { lifetime(req) };
+        let lifetime = if requested == Some(Duration::ZERO) {
+            Duration::ZERO
+        } else {
+            lifetime(req)
+        };
         if lifetime.is_zero() {
             if let Some(mut a) = allocs.remove(&key) {
                 a.peer_task.abort();
                 drop(allocs);
-                for b in a.channels.values_mut().filter_map(|c| c.offloaded.take()).collect::<Vec<_>>() {
+                for b in a
+                    .channels
+                    .values_mut()
+                    .filter_map(|c| c.offloaded.take())
+                    .collect::<Vec<_>>()
+                {
                     self.take_back(b);
                 }
-                let mut m = message::response(MessageClass::SuccessResponse, REFRESH, req.transaction_id());
+                let mut m =
+                    message::response(MessageClass::SuccessResponse, REFRESH, req.transaction_id());
                 if let Ok(l) = Lifetime::new(lifetime) {
                     m.add_attribute(l);
                 }
@@ -473,11 +619,19 @@ impl Relay {
         Ok(m)
     }
 
-    fn create_permission(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
-        let peers: Vec<SocketAddr> = req.attributes().filter_map(|a| match a {
-            message::Attribute::XorPeerAddress(p) => Some(p.address()),
-            _ => None,
-        }).collect();
+    fn create_permission(
+        &self,
+        key: AllocKey,
+        req: &Msg,
+        user: &str,
+    ) -> Result<Msg, (u16, &'static str)> {
+        let peers: Vec<SocketAddr> = req
+            .attributes()
+            .filter_map(|a| match a {
+                message::Attribute::XorPeerAddress(p) => Some(p.address()),
+                _ => None,
+            })
+            .collect();
         if peers.is_empty() {
             return Err((400, "Bad Request"));
         }
@@ -487,16 +641,30 @@ impl Relay {
             return Err((403, "Forbidden"));
         }
         let mut allocs = self.allocations();
-        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else { return Err((437, "Allocation Mismatch")) };
+        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else {
+            return Err((437, "Allocation Mismatch"));
+        };
         let until = Instant::now() + PERMISSION_LIFETIME;
         for p in peers {
             a.permissions.insert(p.ip(), until);
         }
-        Ok(message::response(MessageClass::SuccessResponse, CREATE_PERMISSION, req.transaction_id()))
+        Ok(message::response(
+            MessageClass::SuccessResponse,
+            CREATE_PERMISSION,
+            req.transaction_id(),
+        ))
     }
 
-    fn channel_bind(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
-        let (Some(number), Some(peer)) = (req.get_attribute::<ChannelNumber>(), req.get_attribute::<XorPeerAddress>()) else {
+    fn channel_bind(
+        &self,
+        key: AllocKey,
+        req: &Msg,
+        user: &str,
+    ) -> Result<Msg, (u16, &'static str)> {
+        let (Some(number), Some(peer)) = (
+            req.get_attribute::<ChannelNumber>(),
+            req.get_attribute::<XorPeerAddress>(),
+        ) else {
             return Err((400, "Bad Request"));
         };
         let (number, peer) = (number.value(), peer.address());
@@ -510,13 +678,21 @@ impl Relay {
         }
         let now = Instant::now();
         let mut allocs = self.allocations();
-        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else { return Err((437, "Allocation Mismatch")) };
+        let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else {
+            return Err((437, "Allocation Mismatch"));
+        };
         // A channel (and a peer) stays with its partner while bound and for a while after.
         let reserved = |c: &Channel| c.expires + CHANNEL_COOLDOWN > now;
-        if a.channels.get(&number).is_some_and(|c| c.peer != peer && reserved(c)) {
+        if a.channels
+            .get(&number)
+            .is_some_and(|c| c.peer != peer && reserved(c))
+        {
             return Err((400, "Bad Request"));
         }
-        if a.channels.iter().any(|(n, c)| *n != number && c.peer == peer && reserved(c)) {
+        if a.channels
+            .iter()
+            .any(|(n, c)| *n != number && c.peer == peer && reserved(c))
+        {
             return Err((400, "Bad Request"));
         }
         let offloaded = match a.channels.get_mut(&number) {
@@ -525,31 +701,54 @@ impl Relay {
             _ => None,
         };
         let relay_local = a.relay.local_addr().ok();
-        let offloaded = offloaded.or_else(|| relay_local.and_then(|l| self.offload(key, l, number, peer)));
-        a.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME, offloaded });
+        let offloaded =
+            offloaded.or_else(|| relay_local.and_then(|l| self.offload(key, l, number, peer)));
+        a.channels.insert(
+            number,
+            Channel {
+                peer,
+                expires: now + CHANNEL_LIFETIME,
+                offloaded,
+            },
+        );
         let perm = now + PERMISSION_LIFETIME;
         let e = a.permissions.entry(peer.ip()).or_insert(perm);
         *e = (*e).max(perm);
-        Ok(message::response(MessageClass::SuccessResponse, CHANNEL_BIND, req.transaction_id()))
+        Ok(message::response(
+            MessageClass::SuccessResponse,
+            CHANNEL_BIND,
+            req.transaction_id(),
+        ))
     }
 
     async fn send_indication(&self, key: AllocKey, req: &Msg) {
-        let (Some(peer), Some(data)) = (req.get_attribute::<XorPeerAddress>(), req.get_attribute::<Data>()) else { return };
+        let (Some(peer), Some(data)) = (
+            req.get_attribute::<XorPeerAddress>(),
+            req.get_attribute::<Data>(),
+        ) else {
+            return;
+        };
         let peer = peer.address();
         let relay = {
             let allocs = self.allocations();
             match allocs.get(&key) {
                 Some(a) if a.permitted(peer.ip(), Instant::now()) => a.relay.clone(),
                 Some(_) => {
-                    self.counters.dropped_no_permission.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .dropped_no_permission
+                        .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 None => return,
             }
         };
         if relay.send_to(data.data(), peer).await.is_ok() {
-            self.counters.to_peer_packets.fetch_add(1, Ordering::Relaxed);
-            self.counters.to_peer_bytes.fetch_add(data.data().len() as u64, Ordering::Relaxed);
+            self.counters
+                .to_peer_packets
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .to_peer_bytes
+                .fetch_add(data.data().len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -568,7 +767,9 @@ impl Relay {
             // A channel leaves the kernel when it expires or its peer's permission does.
             let permissions = &a.permissions;
             for c in a.channels.values_mut() {
-                if c.offloaded.is_some() && (c.expires <= now || !permissions.contains_key(&c.peer.ip())) {
+                if c.offloaded.is_some()
+                    && (c.expires <= now || !permissions.contains_key(&c.peer.ip()))
+                {
                     taken_back.extend(c.offloaded.take());
                 }
             }
@@ -584,7 +785,9 @@ impl Relay {
 
 /// RFC 8656 §7.2: the requested lifetime up to the maximum, but never under the default.
 fn lifetime(req: &Msg) -> Duration {
-    req.get_attribute::<Lifetime>().map(|l| l.lifetime().min(MAX_LIFETIME).max(DEFAULT_LIFETIME)).unwrap_or(DEFAULT_LIFETIME)
+    req.get_attribute::<Lifetime>()
+        .map(|l| l.lifetime().min(MAX_LIFETIME).max(DEFAULT_LIFETIME))
+        .unwrap_or(DEFAULT_LIFETIME)
 }
 
 /// A UDP socket on a random free port of the range (a few random tries, then a walk).
@@ -603,7 +806,9 @@ async fn bind_in_range(ip: IpAddr, min: u16, max: u16) -> Option<UdpSocket> {
 async fn peer_loop(relay: Arc<Relay>, key: AllocKey, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
         relay.from_peer(key, peer, &buf[..n]).await;
     }
 }

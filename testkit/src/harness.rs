@@ -5,14 +5,17 @@ use aya::{
     maps::PerCpuArray,
     programs::{ProgramError, TestRun as _, TestRunOptions},
 };
+use gateway_common::{
+    maps as names,
+    stats::{
+        self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES,
+        reason,
+    },
+};
 use gateway_dataplane::{Dataplane, LoadOptions};
 use gateway_policy::{
     self as policy, PolicySet,
     compile::{self, Compiled, Limits},
-};
-use gateway_common::{
-    maps as names,
-    stats::{self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES, reason},
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -39,7 +42,11 @@ impl Harness {
     pub fn with_options(policy_yaml: &str, opts: LoadOptions) -> Harness {
         let rules_per_slot = opts.limits.rules;
         let dp = Dataplane::load(&opts).expect("load data plane (run the tests as root)");
-        let mut h = Harness { dp, slot: 0, rules_per_slot };
+        let mut h = Harness {
+            dp,
+            slot: 0,
+            rules_per_slot,
+        };
         h.apply(policy_yaml);
         h
     }
@@ -68,7 +75,11 @@ impl Harness {
     pub fn try_xdp(&mut self, packet: &[u8]) -> Result<u32, ProgramError> {
         let prog = self.dp.xdp_program().expect("xdp program");
         let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
         prog.test_run(opts).map(|r| r.return_value)
     }
 
@@ -76,7 +87,11 @@ impl Harness {
     pub fn xdp_bytes(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
         let prog = self.dp.xdp_program().expect("xdp program");
         let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
         let r = prog.test_run(opts).expect("test run");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -86,7 +101,11 @@ impl Harness {
     pub fn xdp_program_bytes(&mut self, name: &str, packet: &[u8]) -> (u32, Vec<u8>) {
         let prog = self.dp.xdp_program_named(name).expect("xdp program");
         let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
         let r = prog.test_run(opts).expect("test run");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -104,14 +123,22 @@ impl Harness {
 
     /// Like [`Harness::tc`], but returns the kernel's refusal (frames under 14 bytes) as an error.
     pub fn try_tc(&mut self, ingress: bool, packet: &[u8]) -> Result<u32, ProgramError> {
-        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_ETH } else { names::PROG_TC_TUNNEL_EGRESS_ETH };
+        let name = if ingress {
+            names::PROG_TC_TUNNEL_INGRESS_ETH
+        } else {
+            names::PROG_TC_TUNNEL_EGRESS_ETH
+        };
         self.run_tc(name, packet)
     }
 
     /// Runs a TC program of the L3 variant (tunnels without a link header: `packet` starts at
     /// the IP header).
     pub fn tc_l3(&mut self, ingress: bool, packet: &[u8]) -> u32 {
-        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_L3 } else { names::PROG_TC_TUNNEL_EGRESS_L3 };
+        let name = if ingress {
+            names::PROG_TC_TUNNEL_INGRESS_L3
+        } else {
+            names::PROG_TC_TUNNEL_EGRESS_L3
+        };
         self.run_tc(name, packet).expect("test run")
     }
 
@@ -122,14 +149,22 @@ impl Harness {
     /// Runs a tunnel TC program (Ethernet variant) once; returns the TC action and the packet
     /// as the program left it.
     pub fn tc_bytes(&mut self, ingress: bool, packet: &[u8]) -> (u32, Vec<u8>) {
-        let name = if ingress { names::PROG_TC_TUNNEL_INGRESS_ETH } else { names::PROG_TC_TUNNEL_EGRESS_ETH };
+        let name = if ingress {
+            names::PROG_TC_TUNNEL_INGRESS_ETH
+        } else {
+            names::PROG_TC_TUNNEL_EGRESS_ETH
+        };
         self.run_tc_out(name, packet).expect("test run")
     }
 
     fn run_tc_out(&mut self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         let prog = self.dp.tc_program(name).expect("tc program");
         let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
         let r = prog.test_run(opts)?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
@@ -138,11 +173,13 @@ impl Harness {
     /// Runs the Ethernet program of `hook` once; returns whether the packet passed.
     pub fn run_hook(&mut self, hook: u32, packet: &[u8]) -> bool {
         match hook {
-            HOOK_TUNNEL_INGRESS | HOOK_TUNNEL_EGRESS => match self.tc(hook == HOOK_TUNNEL_INGRESS, packet) {
-                TC_ACT_OK => true,
-                TC_ACT_SHOT => false,
-                other => panic!("unexpected TC action {other}"),
-            },
+            HOOK_TUNNEL_INGRESS | HOOK_TUNNEL_EGRESS => {
+                match self.tc(hook == HOOK_TUNNEL_INGRESS, packet) {
+                    TC_ACT_OK => true,
+                    TC_ACT_SHOT => false,
+                    other => panic!("unexpected TC action {other}"),
+                }
+            }
             HOOK_LAN => match self.xdp(packet) {
                 XDP_PASS => true,
                 XDP_DROP => false,
@@ -168,11 +205,22 @@ impl Harness {
         let after = self.counters();
         let moved: Vec<(u32, u32, u64)> = (0..stats::STATS_ENTRIES)
             .filter(|i| after[*i as usize].packets != before[*i as usize].packets)
-            .map(|i| (i / reason::SLOTS, i % reason::SLOTS, after[i as usize].packets - before[i as usize].packets))
+            .map(|i| {
+                (
+                    i / reason::SLOTS,
+                    i % reason::SLOTS,
+                    after[i as usize].packets - before[i as usize].packets,
+                )
+            })
             .collect();
         let show = |m: &[(u32, u32, u64)]| {
             m.iter()
-                .map(|(h, r, n)| format!("{}/{}({r})x{n}", HOOK_NAMES[*h as usize], REASON_NAMES[*r as usize]))
+                .map(|(h, r, n)| {
+                    format!(
+                        "{}/{}({r})x{n}",
+                        HOOK_NAMES[*h as usize], REASON_NAMES[*r as usize]
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -181,7 +229,11 @@ impl Harness {
             moved == expected && passed == (want < reason::FIRST_DROP_REASON),
             "{what}: expected {} ({}), got {} with counters [{}]\npacket ({} bytes): {}",
             show(&expected),
-            if want < reason::FIRST_DROP_REASON { "pass" } else { "drop" },
+            if want < reason::FIRST_DROP_REASON {
+                "pass"
+            } else {
+                "drop"
+            },
             if passed { "pass" } else { "drop" },
             show(&moved),
             packet.len(),
@@ -211,15 +263,25 @@ impl Harness {
     /// Packets a (hook, reason) counter holds, read with one lookup.
     pub fn reason_count(&self, hook: u32, reason: u32) -> u64 {
         let map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.dp.ebpf().map(names::STATS).expect("stats map")).expect("stats map type");
-        map.get(&stats::stats_index(hook, reason), 0).expect("stats read").iter().map(|c| c.packets).sum()
+            PerCpuArray::try_from(self.dp.ebpf().map(names::STATS).expect("stats map"))
+                .expect("stats map type");
+        map.get(&stats::stats_index(hook, reason), 0)
+            .expect("stats read")
+            .iter()
+            .map(|c| c.packets)
+            .sum()
     }
 
     /// Packets counted for rule `rule` of the active policy (not including retired totals).
     pub fn rule_count(&self, rule: u32) -> u64 {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.dp.ebpf().map(names::RULE_STATS).expect("rule map"))
-            .expect("rule map type");
-        map.get(&(self.slot * self.rules_per_slot + rule), 0).expect("rule stats read").iter().map(|c| c.packets).sum()
+        let map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.dp.ebpf().map(names::RULE_STATS).expect("rule map"))
+                .expect("rule map type");
+        map.get(&(self.slot * self.rules_per_slot + rule), 0)
+            .expect("rule stats read")
+            .iter()
+            .map(|c| c.packets)
+            .sum()
     }
 
     /// Packets counted per policy name (`Dataplane::rule_counters`).
@@ -243,7 +305,8 @@ impl Harness {
 
     /// Packets counted for a hook and reason so far.
     pub fn count(&self, hook: u32, reason: u32) -> u64 {
-        self.dp.verdict_counters().expect("counters")[stats::stats_index(hook, reason) as usize].packets
+        self.dp.verdict_counters().expect("counters")[stats::stats_index(hook, reason) as usize]
+            .packets
     }
 
     /// Runs `f` and returns how much the (hook, reason) counter grew.
@@ -262,12 +325,21 @@ pub fn pin_thread_to_cpu(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
 pub fn seed_policy() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml")).expect("examples/policy.yaml")
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policy.yaml"
+    ))
+    .expect("examples/policy.yaml")
 }
 
 /// The `gateway` binary the integration tests start (`cargo xtask test` builds it first).
@@ -277,12 +349,24 @@ pub fn gateway_binary() -> std::path::PathBuf {
     }
     // Test executables live in target/<profile>/deps; the binary in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("gateway");
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p gateway` (cargo xtask test does)", path.display());
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("gateway");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p gateway` (cargo xtask test does)",
+        path.display()
+    );
     path
 }
 
 /// Bytes as hex, for failure messages.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join("")
 }

@@ -17,7 +17,10 @@ use crate::netns::Netns;
 pub enum Transfer {
     Tcp,
     /// UDP datagrams of `payload` bytes at `mbit_per_s`.
-    Udp { payload: u32, mbit_per_s: u32 },
+    Udp {
+        payload: u32,
+        mbit_per_s: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +53,12 @@ impl Drop for KillOnDrop {
 }
 
 /// Runs iperf3 with its server in `server_ns` on `server_addr` and its client in `client_ns`.
-pub fn run(client_ns: &Netns, server_ns: &Netns, server_addr: IpAddr, r: Run) -> anyhow::Result<Outcome> {
+pub fn run(
+    client_ns: &Netns,
+    server_ns: &Netns,
+    server_addr: IpAddr,
+    r: Run,
+) -> anyhow::Result<Outcome> {
     let port = r.port.to_string();
     let server = server_ns
         .command("iperf3")
@@ -61,18 +69,43 @@ pub fn run(client_ns: &Netns, server_ns: &Netns, server_addr: IpAddr, r: Run) ->
         .context("starting iperf3 -s (is iperf3 installed? cargo xtask deps)")?;
     let _server = KillOnDrop(server);
     wait_listening(server_ns, r.port)?;
-    let mut args = vec!["-c".to_string(), server_addr.to_string(), "-p".into(), port, "-J".into(), "-t".into(), r.seconds.to_string()];
+    let mut args = vec![
+        "-c".to_string(),
+        server_addr.to_string(),
+        "-p".into(),
+        port,
+        "-J".into(),
+        "-t".into(),
+        r.seconds.to_string(),
+    ];
     if r.reverse {
         args.push("-R".into());
     }
-    if let Transfer::Udp { payload, mbit_per_s } = r.transfer {
-        args.extend(["-u".into(), "-l".into(), payload.to_string(), "-b".into(), format!("{mbit_per_s}M")]);
+    if let Transfer::Udp {
+        payload,
+        mbit_per_s,
+    } = r.transfer
+    {
+        args.extend([
+            "-u".into(),
+            "-l".into(),
+            payload.to_string(),
+            "-b".into(),
+            format!("{mbit_per_s}M"),
+        ]);
     }
     let mut client = client_ns.command("timeout");
-    client.arg((r.seconds + 20).to_string()).arg("iperf3").args(&args);
+    client
+        .arg((r.seconds + 20).to_string())
+        .arg("iperf3")
+        .args(&args);
     let out = client.output().context("running iperf3 -c")?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("iperf3 printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     if let Some(e) = json.get("error") {
         bail!("iperf3: {e}");
     }

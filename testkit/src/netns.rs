@@ -10,9 +10,16 @@ use anyhow::{Context as _, bail};
 
 /// Runs a command, failing with its stderr.
 pub fn sh(args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {}", args[0]))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args[0]))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out)
 }
@@ -33,7 +40,9 @@ impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Netns> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         sh(&["ip", "netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -62,7 +71,10 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has entered this namespace; sockets it creates live there.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
         let handle = std::thread::spawn(move || -> anyhow::Result<T> {
@@ -72,7 +84,9 @@ impl Netns {
             }
             Ok(f())
         });
-        handle.join().map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
     }
 }
 
@@ -99,13 +113,18 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes its veth ends and whatever was attached to them.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// Creates a veth pair with one end in each namespace.
 pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
-    sh(&["ip", "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name])?;
+    sh(&[
+        "ip", "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name,
+        "netns", &b.name,
+    ])?;
     a.ip(&["link", "set", a_name, "up"])?;
     b.ip(&["link", "set", b_name, "up"])?;
     Ok(())
@@ -113,10 +132,14 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<
 
 /// Removes namespaces left by labs whose process is gone (a crash, a kill -9).
 pub fn remove_stale(prefix: &str) {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         if let Ok(pid) = pid.parse::<u32>() {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {

@@ -12,12 +12,27 @@ pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP or ICMPv6 by the IP version: type, code, the 4 bytes after the checksum, body.
-    Icmp { kind: u8, code: u8, rest: [u8; 4], body: Vec<u8> },
+    Icmp {
+        kind: u8,
+        code: u8,
+        rest: [u8; 4],
+        body: Vec<u8>,
+    },
     /// Any other protocol number, with a raw payload.
-    Raw { proto: u8, payload: Vec<u8> },
+    Raw {
+        proto: u8,
+        payload: Vec<u8>,
+    },
 }
 
 impl L4 {
@@ -38,18 +53,32 @@ impl L4 {
 
     pub fn echo_request(v6: bool, id: u16) -> L4 {
         let [a, b] = id.to_be_bytes();
-        L4::Icmp { kind: if v6 { 128 } else { 8 }, code: 0, rest: [a, b, 0, 1], body: vec![0x42; 8] }
+        L4::Icmp {
+            kind: if v6 { 128 } else { 8 },
+            code: 0,
+            rest: [a, b, 0, 1],
+            body: vec![0x42; 8],
+        }
     }
 
     pub fn echo_reply(v6: bool, id: u16) -> L4 {
         let [a, b] = id.to_be_bytes();
-        L4::Icmp { kind: if v6 { 129 } else { 0 }, code: 0, rest: [a, b, 0, 1], body: vec![0x42; 8] }
+        L4::Icmp {
+            kind: if v6 { 129 } else { 0 },
+            code: 0,
+            rest: [a, b, 0, 1],
+            body: vec![0x42; 8],
+        }
     }
 
     /// L4 header and payload bytes (checksum left zero: the data plane does not verify it).
     pub fn bytes(&self, payload_len: usize) -> Vec<u8> {
         match self {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut b = Vec::with_capacity(20 + payload_len);
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
@@ -71,7 +100,12 @@ impl L4 {
                 b.resize(8 + payload_len, 0xab);
                 b
             }
-            L4::Icmp { kind, code, rest, body } => {
+            L4::Icmp {
+                kind,
+                code,
+                rest,
+                body,
+            } => {
                 let mut b = vec![*kind, *code, 0, 0];
                 b.extend_from_slice(rest);
                 b.extend_from_slice(body);
@@ -131,7 +165,15 @@ impl Spec {
     }
 
     pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Spec {
-        Spec::new(src, dst, L4::Tcp { sport, dport, flags })
+        Spec::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
     }
 
     pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Spec {
@@ -145,9 +187,15 @@ impl Spec {
 
     pub fn build(&self) -> Vec<u8> {
         let v6 = self.src.is_ipv6();
-        let mut l4 = self.raw_l4.clone().unwrap_or_else(|| self.l4.bytes(self.payload_len));
+        let mut l4 = self
+            .raw_l4
+            .clone()
+            .unwrap_or_else(|| self.l4.bytes(self.payload_len));
         let proto = self.l4.proto(v6);
-        if self.raw_l4.is_none() && matches!(self.l4, L4::Tcp { .. }) && !self.tcp_options.is_empty() {
+        if self.raw_l4.is_none()
+            && matches!(self.l4, L4::Tcp { .. })
+            && !self.tcp_options.is_empty()
+        {
             let mut opts = self.tcp_options.clone();
             opts.resize(opts.len().div_ceil(4) * 4, 0);
             l4[12] = ((20 + opts.len()) / 4 << 4) as u8;
@@ -161,8 +209,12 @@ impl Spec {
             };
             let (s, d) = (self.src, self.dst);
             let mut pseudo = match (s, d) {
-                (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => [&s.octets()[..], &d.octets()[..]].concat(),
-                (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => [&s.octets()[..], &d.octets()[..]].concat(),
+                (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+                    [&s.octets()[..], &d.octets()[..]].concat()
+                }
+                (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+                    [&s.octets()[..], &d.octets()[..]].concat()
+                }
                 _ => panic!("mixed address families"),
             };
             pseudo.extend_from_slice(&[0, proto]);
@@ -185,8 +237,12 @@ impl Spec {
             out.extend_from_slice(&(if v6 { 0x86ddu16 } else { 0x0800 }).to_be_bytes());
         }
         match (self.src, self.dst) {
-            (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => self.ipv4(&mut out, s, d, proto, &l4),
-            (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => self.ipv6(&mut out, s, d, proto, &l4),
+            (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+                self.ipv4(&mut out, s, d, proto, &l4)
+            }
+            (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+                self.ipv6(&mut out, s, d, proto, &l4)
+            }
             _ => panic!("mixed address families"),
         }
         out

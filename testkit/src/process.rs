@@ -23,12 +23,23 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `binary run --config CONFIG` in `ns` and waits until it serves /status.
-    pub fn start(binary: &Path, ns: &Netns, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
+    pub fn start(
+        binary: &Path,
+        ns: &Netns,
+        config: &Path,
+        log: &Path,
+    ) -> anyhow::Result<GatewayProcess> {
         Self::start_with(binary, ns, config, log, &[])
     }
 
     /// As [`GatewayProcess::start`], with more arguments for `run` (e.g. `--management-url`).
-    pub fn start_with(binary: &Path, ns: &Netns, config: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<GatewayProcess> {
+    pub fn start_with(
+        binary: &Path,
+        ns: &Netns,
+        config: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<GatewayProcess> {
         let out = std::fs::File::create(log).context("gateway log file")?;
         let child = ns
             .command(binary.to_str().context("binary path")?)
@@ -39,7 +50,11 @@ impl GatewayProcess {
             .stderr(Stdio::from(out))
             .spawn()
             .context("starting gateway")?;
-        let mut p = GatewayProcess { child, ns_name: ns.name.clone(), log: log.to_path_buf() };
+        let mut p = GatewayProcess {
+            child,
+            ns_name: ns.name.clone(),
+            log: log.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = p.child.try_wait()? {
@@ -98,7 +113,10 @@ impl GatewayProcess {
     }
 
     /// Waits up to `timeout` for the gateway to exit by itself.
-    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    pub fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {
@@ -127,7 +145,10 @@ impl GatewayProcess {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("gateway did not exit within 10 s of SIGTERM ({})", self.ns_name);
+                bail!(
+                    "gateway did not exit within 10 s of SIGTERM ({})",
+                    self.ns_name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -147,12 +168,19 @@ impl Drop for GatewayProcess {
 
 /// A plain HTTP GET against a gateway's own endpoint on loopback (/status, /metrics).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr} (is `gateway run` serving metrics there?)"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {
+        format!("connecting to {addr} (is `gateway run` serving metrics there?)")
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
     }

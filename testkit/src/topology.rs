@@ -41,13 +41,48 @@ pub struct HostSpec {
 }
 
 pub const SEED_HOSTS: [HostSpec; 7] = [
-    HostSpec { name: "cp1", role: "control-plane", addr: "100.64.10.1", side: Side::Tunnel },
-    HostSpec { name: "orch1", role: "orchestration", addr: "100.64.20.1", side: Side::Tunnel },
-    HostSpec { name: "win1", role: "demo-windows", addr: "100.64.100.1", side: Side::Tunnel },
-    HostSpec { name: "lin1", role: "demo-linux", addr: "100.64.101.1", side: Side::Tunnel },
-    HostSpec { name: "web1", role: "demo-webapp", addr: "100.64.102.1", side: Side::Tunnel },
-    HostSpec { name: "dns", role: "internal DNS", addr: "100.64.1.53", side: Side::Tunnel },
-    HostSpec { name: "lan1", role: "LAN resource", addr: "198.18.10.10", side: Side::Lan },
+    HostSpec {
+        name: "cp1",
+        role: "control-plane",
+        addr: "100.64.10.1",
+        side: Side::Tunnel,
+    },
+    HostSpec {
+        name: "orch1",
+        role: "orchestration",
+        addr: "100.64.20.1",
+        side: Side::Tunnel,
+    },
+    HostSpec {
+        name: "win1",
+        role: "demo-windows",
+        addr: "100.64.100.1",
+        side: Side::Tunnel,
+    },
+    HostSpec {
+        name: "lin1",
+        role: "demo-linux",
+        addr: "100.64.101.1",
+        side: Side::Tunnel,
+    },
+    HostSpec {
+        name: "web1",
+        role: "demo-webapp",
+        addr: "100.64.102.1",
+        side: Side::Tunnel,
+    },
+    HostSpec {
+        name: "dns",
+        role: "internal DNS",
+        addr: "100.64.1.53",
+        side: Side::Tunnel,
+    },
+    HostSpec {
+        name: "lan1",
+        role: "LAN resource",
+        addr: "198.18.10.10",
+        side: Side::Lan,
+    },
 ];
 
 pub struct Host {
@@ -72,14 +107,23 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     pub fn seed() -> anyhow::Result<Lab> {
         remove_stale(NETNS_PREFIX);
-        let id = format!("{NETNS_PREFIX}{}x{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "{NETNS_PREFIX}{}x{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir).context("lab directory")?;
         let gw = Netns::create(&format!("{id}-gw"))?;
         let bpffs = dir.join("bpffs");
         gateway_dataplane::pins::mount_bpffs(&bpffs)?;
         // From here on, dropping the lab undoes everything, also on an error below.
-        let mut lab = Lab { gw, hosts: Vec::new(), dir, bpffs };
+        let mut lab = Lab {
+            gw,
+            hosts: Vec::new(),
+            dir,
+            bpffs,
+        };
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
         lab.gw.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         for spec in &SEED_HOSTS {
@@ -92,24 +136,55 @@ impl Lab {
             veth(&lab.gw, &gw_if, &ns, "eth0")?;
             match spec.side {
                 Side::Tunnel => {
-                    lab.gw.ip(&["addr", "add", &format!("{GATEWAY_OVERLAY_ADDR}/32"), "dev", &gw_if])?;
-                    lab.gw.ip(&["route", "add", &format!("{}/32", spec.addr), "dev", &gw_if])?;
+                    lab.gw.ip(&[
+                        "addr",
+                        "add",
+                        &format!("{GATEWAY_OVERLAY_ADDR}/32"),
+                        "dev",
+                        &gw_if,
+                    ])?;
+                    lab.gw
+                        .ip(&["route", "add", &format!("{}/32", spec.addr), "dev", &gw_if])?;
                     ns.ip(&["addr", "add", &format!("{}/32", spec.addr), "dev", "eth0"])?;
-                    ns.ip(&["route", "add", "default", "via", GATEWAY_OVERLAY_ADDR, "dev", "eth0", "onlink"])?;
+                    ns.ip(&[
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        GATEWAY_OVERLAY_ADDR,
+                        "dev",
+                        "eth0",
+                        "onlink",
+                    ])?;
                 }
                 Side::Lan => {
-                    lab.gw.ip(&["addr", "add", &format!("{GATEWAY_LAN_ADDR}/24"), "dev", &gw_if])?;
+                    lab.gw.ip(&[
+                        "addr",
+                        "add",
+                        &format!("{GATEWAY_LAN_ADDR}/24"),
+                        "dev",
+                        &gw_if,
+                    ])?;
                     ns.ip(&["addr", "add", &format!("{}/24", spec.addr), "dev", "eth0"])?;
                     ns.ip(&["route", "add", "default", "via", GATEWAY_LAN_ADDR])?;
                 }
             }
-            lab.hosts.push(Host { name: spec.name, role: spec.role, addr: spec.addr.parse()?, ns, gw_if });
+            lab.hosts.push(Host {
+                name: spec.name,
+                role: spec.role,
+                addr: spec.addr.parse()?,
+                ns,
+                gw_if,
+            });
         }
         Ok(lab)
     }
 
     pub fn host(&self, name: &str) -> &Host {
-        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no lab host {name}"))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no lab host {name}"))
     }
 
     /// Writes the policy and a gateway config for this lab; returns the config path.
@@ -118,14 +193,28 @@ impl Lab {
     }
 
     /// As [`Lab::write_config`], with the LAN interface attached as `lan_attach`.
-    pub fn write_config_with(&self, policy_yaml: &str, metrics_addr: &str, lan_attach: &str) -> anyhow::Result<PathBuf> {
+    pub fn write_config_with(
+        &self,
+        policy_yaml: &str,
+        metrics_addr: &str,
+        lan_attach: &str,
+    ) -> anyhow::Result<PathBuf> {
         let policy = self.dir.join("policy.yaml");
         std::fs::write(&policy, policy_yaml)?;
-        self.write_gateway_config(&format!("policy: {}\n", policy.display()), metrics_addr, lan_attach)
+        self.write_gateway_config(
+            &format!("policy: {}\n", policy.display()),
+            metrics_addr,
+            lan_attach,
+        )
     }
 
     /// As [`Lab::write_config`], with more top-level configuration appended (YAML).
-    pub fn write_config_extra(&self, policy_yaml: &str, metrics_addr: &str, extra_yaml: &str) -> anyhow::Result<PathBuf> {
+    pub fn write_config_extra(
+        &self,
+        policy_yaml: &str,
+        metrics_addr: &str,
+        extra_yaml: &str,
+    ) -> anyhow::Result<PathBuf> {
         let path = self.write_config(policy_yaml, metrics_addr)?;
         let mut cfg = std::fs::read_to_string(&path)?;
         cfg.push_str(extra_yaml);
@@ -138,12 +227,22 @@ impl Lab {
         self.write_gateway_config("", metrics_addr, "xdp-native")
     }
 
-    fn write_gateway_config(&self, policy_line: &str, metrics_addr: &str, lan_attach: &str) -> anyhow::Result<PathBuf> {
-        let mut cfg = format!("{policy_line}metrics_addr: {metrics_addr}\npin_dir: {}\ninterfaces:\n  tunnel:\n", self.pin_dir().display());
+    fn write_gateway_config(
+        &self,
+        policy_line: &str,
+        metrics_addr: &str,
+        lan_attach: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let mut cfg = format!(
+            "{policy_line}metrics_addr: {metrics_addr}\npin_dir: {}\ninterfaces:\n  tunnel:\n",
+            self.pin_dir().display()
+        );
         for h in self.hosts.iter().filter(|h| h.gw_if.starts_with("t-")) {
             cfg.push_str(&format!("    - name: {}\n", h.gw_if));
         }
-        cfg.push_str(&format!("  lan:\n    - name: lan0\n      attach: {lan_attach}\n"));
+        cfg.push_str(&format!(
+            "  lan:\n    - name: lan0\n      attach: {lan_attach}\n"
+        ));
         let path = self.dir.join("gateway.yaml");
         std::fs::write(&path, cfg)?;
         Ok(path)

@@ -69,7 +69,11 @@ fn tcp_echo_loop(listener: TcpListener, stop: Arc<AtomicBool>) {
                                     break;
                                 }
                             }
-                            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
                             Err(_) => break,
                         }
                     }
@@ -123,7 +127,10 @@ impl Conn {
 
 pub fn tcp_open(ns: &Netns, to: IpAddr, port: u16) -> Option<Conn> {
     let addr = SocketAddr::new(to, port);
-    let stream = ns.run(move || TcpStream::connect_timeout(&addr, TIMEOUT)).ok()?.ok()?;
+    let stream = ns
+        .run(move || TcpStream::connect_timeout(&addr, TIMEOUT))
+        .ok()?
+        .ok()?;
     stream.set_read_timeout(Some(TIMEOUT)).ok()?;
     Some(Conn(stream))
 }
@@ -131,7 +138,9 @@ pub fn tcp_open(ns: &Netns, to: IpAddr, port: u16) -> Option<Conn> {
 /// Sends a UDP datagram from `ns` and waits for the echo.
 pub fn udp_exchange(ns: &Netns, to: IpAddr, port: u16) -> bool {
     let addr = SocketAddr::new(to, port);
-    let Ok(Ok(socket)) = ns.run(|| UdpSocket::bind("0.0.0.0:0")) else { return false };
+    let Ok(Ok(socket)) = ns.run(|| UdpSocket::bind("0.0.0.0:0")) else {
+        return false;
+    };
     if socket.set_read_timeout(Some(TIMEOUT)).is_err() || socket.send_to(b"query", addr).is_err() {
         return false;
     }
@@ -151,6 +160,13 @@ pub fn ping(ns: &Netns, to: IpAddr) -> bool {
 /// Datagrams UDP sockets in `ns` dropped because their receive buffer was full (the namespace's
 /// UdpRcvbufErrors): the receiving host's own drops, not the network's.
 pub fn udp_socket_drops(ns: &Netns) -> u64 {
-    let Ok(out) = ns.exec(&["nstat", "-az", "UdpRcvbufErrors"]) else { return 0 };
-    String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("UdpRcvbufErrors")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    let Ok(out) = ns.exec(&["nstat", "-az", "UdpRcvbufErrors"]) else {
+        return 0;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("UdpRcvbufErrors"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -24,14 +24,26 @@ pub struct WgPeer {
 
 /// A new private key and its public key, from `wg genkey` / `wg pubkey`.
 pub fn keypair() -> anyhow::Result<(String, String)> {
-    let private = Command::new("wg").arg("genkey").output().context("wg genkey (apt install wireguard-tools)")?;
+    let private = Command::new("wg")
+        .arg("genkey")
+        .output()
+        .context("wg genkey (apt install wireguard-tools)")?;
     let private = String::from_utf8(private.stdout)?.trim().to_string();
     Ok((private.clone(), public_key(&private)?))
 }
 
 pub fn public_key(private: &str) -> anyhow::Result<String> {
-    let mut child = Command::new("wg").arg("pubkey").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("wg pubkey")?;
-    child.stdin.take().context("stdin")?.write_all(format!("{private}\n").as_bytes())?;
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("wg pubkey")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("{private}\n").as_bytes())?;
     let out = child.wait_with_output()?;
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
@@ -44,7 +56,13 @@ impl WgPeer {
     }
 
     /// As [`WgPeer::start`] with a given private key (base64).
-    pub fn start_with_key(ns: &Netns, interface: &str, address: &str, mtu: u32, private: &str) -> anyhow::Result<WgPeer> {
+    pub fn start_with_key(
+        ns: &Netns,
+        interface: &str,
+        address: &str,
+        mtu: u32,
+        private: &str,
+    ) -> anyhow::Result<WgPeer> {
         let (private, public_key) = (private.to_string(), public_key(private)?);
         let child = ns
             .command("wireguard-go")
@@ -55,7 +73,13 @@ impl WgPeer {
             .stderr(Stdio::null())
             .spawn()
             .context("starting wireguard-go (apt install wireguard-go)")?;
-        let peer = WgPeer { ns_name: ns.name.clone(), interface: interface.to_string(), public_key, private_key: private.clone(), child };
+        let peer = WgPeer {
+            ns_name: ns.name.clone(),
+            interface: interface.to_string(),
+            public_key,
+            private_key: private.clone(),
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::path::Path::new(&format!("/var/run/wireguard/{interface}.sock")).exists() {
             if Instant::now() > deadline {
@@ -65,7 +89,13 @@ impl WgPeer {
         }
         let key_file = std::env::temp_dir().join(format!("{interface}-{}.key", std::process::id()));
         std::fs::write(&key_file, format!("{private}\n"))?;
-        let set = ns.exec(&["wg", "set", interface, "private-key", key_file.to_str().context("path")?]);
+        let set = ns.exec(&[
+            "wg",
+            "set",
+            interface,
+            "private-key",
+            key_file.to_str().context("path")?,
+        ]);
         let _ = std::fs::remove_file(&key_file);
         set?;
         ns.ip(&["addr", "add", address, "dev", interface])?;
@@ -74,9 +104,25 @@ impl WgPeer {
     }
 
     /// `wg set IF peer KEY endpoint E allowed-ips A persistent-keepalive K`.
-    pub fn add_peer(&self, public_key: &str, endpoint: Option<&str>, allowed_ips: &str, keepalive: u16) -> anyhow::Result<()> {
+    pub fn add_peer(
+        &self,
+        public_key: &str,
+        endpoint: Option<&str>,
+        allowed_ips: &str,
+        keepalive: u16,
+    ) -> anyhow::Result<()> {
         let keepalive = keepalive.to_string();
-        let mut args = vec!["wg", "set", &self.interface, "peer", public_key, "allowed-ips", allowed_ips, "persistent-keepalive", &keepalive];
+        let mut args = vec![
+            "wg",
+            "set",
+            &self.interface,
+            "peer",
+            public_key,
+            "allowed-ips",
+            allowed_ips,
+            "persistent-keepalive",
+            &keepalive,
+        ];
         if let Some(e) = endpoint {
             args.extend(["endpoint", e]);
         }
@@ -85,17 +131,37 @@ impl WgPeer {
 
     /// `wg set IF listen-port PORT`.
     pub fn set_listen_port(&self, port: u16) -> anyhow::Result<()> {
-        exec_in(&self.ns_name, &["wg", "set", &self.interface, "listen-port", &port.to_string()]).map(|_| ())
+        exec_in(
+            &self.ns_name,
+            &[
+                "wg",
+                "set",
+                &self.interface,
+                "listen-port",
+                &port.to_string(),
+            ],
+        )
+        .map(|_| ())
     }
 
     /// `wg set IF peer KEY remove`: the next packet starts a new handshake.
     pub fn remove_peer(&self, public_key: &str) -> anyhow::Result<()> {
-        exec_in(&self.ns_name, &["wg", "set", &self.interface, "peer", public_key, "remove"]).map(|_| ())
+        exec_in(
+            &self.ns_name,
+            &["wg", "set", &self.interface, "peer", public_key, "remove"],
+        )
+        .map(|_| ())
     }
 
     /// Seconds since the last handshake with `public_key`; `None`: never.
     pub fn handshake_age(&self, public_key: &str) -> anyhow::Result<Option<u64>> {
-        let text = String::from_utf8(exec_in(&self.ns_name, &["wg", "show", &self.interface, "latest-handshakes"])?.stdout)?;
+        let text = String::from_utf8(
+            exec_in(
+                &self.ns_name,
+                &["wg", "show", &self.interface, "latest-handshakes"],
+            )?
+            .stdout,
+        )?;
         for line in text.lines() {
             let mut f = line.split_whitespace();
             if f.next() == Some(public_key) {
@@ -103,7 +169,9 @@ impl WgPeer {
                 if t == 0 {
                     return Ok(None);
                 }
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs();
                 return Ok(Some(now.saturating_sub(t)));
             }
         }
@@ -112,7 +180,9 @@ impl WgPeer {
 
     /// (received, sent) bytes with `public_key`.
     pub fn transfer(&self, public_key: &str) -> anyhow::Result<(u64, u64)> {
-        let text = String::from_utf8(exec_in(&self.ns_name, &["wg", "show", &self.interface, "transfer"])?.stdout)?;
+        let text = String::from_utf8(
+            exec_in(&self.ns_name, &["wg", "show", &self.interface, "transfer"])?.stdout,
+        )?;
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() == 3 && f[0] == public_key {
@@ -182,8 +252,13 @@ static WG_LAB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU
 impl WgLab {
     /// A lab with `n` peers (at most 9) named p1, p2, ..., overlay addresses 100.64.0.2, .3, ...
     pub fn new(n: u8) -> anyhow::Result<WgLab> {
-        let hosts: Vec<(String, String)> = (1..=n).map(|i| (format!("p{i}"), format!("100.64.0.{}", i + 1))).collect();
-        let refs: Vec<(&str, &str)> = hosts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let hosts: Vec<(String, String)> = (1..=n)
+            .map(|i| (format!("p{i}"), format!("100.64.0.{}", i + 1)))
+            .collect();
+        let refs: Vec<(&str, &str)> = hosts
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         Self::with_hosts(&refs)
     }
 
@@ -201,34 +276,63 @@ impl WgLab {
         let lan = Netns::create(&format!("{id}-lan"))?;
         let bpffs = dir.join("bpffs");
         gateway_dataplane::pins::mount_bpffs(&bpffs)?;
-        let mut lab = WgLab { peers: Vec::new(), lan, gw, dir, bpffs, gw_interface: format!("wg{pid}g{seq}") };
+        let mut lab = WgLab {
+            peers: Vec::new(),
+            lan,
+            gw,
+            dir,
+            bpffs,
+            gw_interface: format!("wg{pid}g{seq}"),
+        };
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
         veth(&lab.gw, "lan0", &lab.lan, "eth0")?;
-        lab.gw.ip(&["addr", "add", &format!("{WG_GW_LAN}/24"), "dev", "lan0"])?;
-        lab.lan.ip(&["addr", "add", &format!("{WG_LAN_HOST}/24"), "dev", "eth0"])?;
+        lab.gw
+            .ip(&["addr", "add", &format!("{WG_GW_LAN}/24"), "dev", "lan0"])?;
+        lab.lan
+            .ip(&["addr", "add", &format!("{WG_LAN_HOST}/24"), "dev", "eth0"])?;
         for (i, (name, overlay)) in hosts.iter().enumerate() {
             let i = i + 1;
             let ns = Netns::create(&format!("{id}-{name}"))?;
             let gw_if = format!("u{i}");
             veth(&lab.gw, &gw_if, &ns, "eth0")?;
-            lab.gw.ip(&["addr", "add", &format!("198.18.{i}.1/24"), "dev", &gw_if])?;
+            lab.gw
+                .ip(&["addr", "add", &format!("198.18.{i}.1/24"), "dev", &gw_if])?;
             ns.ip(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", "eth0"])?;
             let overlay: std::net::Ipv4Addr = overlay.parse()?;
-            let peer = WgPeer::start(&ns, &format!("wg{pid}p{seq}y{i}"), &format!("{overlay}/10"), 1280)?;
+            let peer = WgPeer::start(
+                &ns,
+                &format!("wg{pid}p{seq}y{i}"),
+                &format!("{overlay}/10"),
+                1280,
+            )?;
             ns.ip(&["route", "add", "198.18.10.0/24", "dev", &peer.interface])?;
-            lab.peers.push(WgHost { name: name.to_string(), peer, ns, overlay, gw_underlay: format!("198.18.{i}.1").parse()? });
+            lab.peers.push(WgHost {
+                name: name.to_string(),
+                peer,
+                ns,
+                overlay,
+                gw_underlay: format!("198.18.{i}.1").parse()?,
+            });
         }
         Ok(lab)
     }
 
     pub fn host(&self, name: &str) -> &WgHost {
-        self.peers.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no lab peer {name}"))
+        self.peers
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no lab peer {name}"))
     }
 
     /// Points every peer at the gateway's key and endpoint; the overlay and the LAN go through it.
     pub fn connect_peers(&self, gateway_public_key: &str) -> anyhow::Result<()> {
         for h in &self.peers {
-            h.peer.add_peer(gateway_public_key, Some(&format!("{}:{WG_PORT}", h.gw_underlay)), "100.64.0.0/10,198.18.10.0/24", 25)?;
+            h.peer.add_peer(
+                gateway_public_key,
+                Some(&format!("{}:{WG_PORT}", h.gw_underlay)),
+                "100.64.0.0/10,198.18.10.0/24",
+                25,
+            )?;
         }
         Ok(())
     }

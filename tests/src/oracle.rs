@@ -28,7 +28,11 @@ fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
 fn named(set: &PolicySet, refs: &[GroupRef], ip: IpAddr) -> bool {
     refs.iter().any(|r| match r {
         GroupRef::Any => true,
-        GroupRef::Named(name) => set.groups.iter().filter(|g| &g.name == name).any(|g| in_any(&g.members, ip)),
+        GroupRef::Named(name) => set
+            .groups
+            .iter()
+            .filter(|g| &g.name == name)
+            .any(|g| in_any(&g.members, ip)),
     })
 }
 
@@ -51,7 +55,9 @@ fn port_in(ports: &PortSet, port: u16) -> bool {
 fn any_port(ports: &PortSet) -> bool {
     match ports {
         PortSet::Any => true,
-        PortSet::Ranges(rs) => (1..=65535u16).all(|p| rs.iter().any(|r| r.start <= p && p <= r.end)),
+        PortSet::Ranges(rs) => {
+            (1..=65535u16).all(|p| rs.iter().any(|r| r.start <= p && p <= r.end))
+        }
     }
 }
 
@@ -78,15 +84,21 @@ pub fn decide(set: &PolicySet, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) 
         }
         // destination_ips narrows the destination side, in whichever direction it is used.
         let narrowed = |ip: IpAddr| p.destination_ips.is_empty() || in_any(&p.destination_ips, ip);
-        let forward = named(set, &p.source_groups, src) && named(set, &p.destination_groups, dst) && narrowed(dst);
-        let backward = p.bidirectional && named(set, &p.destination_groups, src) && narrowed(src) && named(set, &p.source_groups, dst);
+        let forward = named(set, &p.source_groups, src)
+            && named(set, &p.destination_groups, dst)
+            && narrowed(dst);
+        let backward = p.bidirectional
+            && named(set, &p.destination_groups, src)
+            && narrowed(src)
+            && named(set, &p.source_groups, dst);
         if !forward && !backward {
             continue;
         }
         // An exception of a drop policy lets the packet through, at the policy's priority.
         let excepted = p.action == Action::Drop
             && p.exceptions.iter().any(|e| {
-                (e.destination_ips.is_empty() || in_any(&e.destination_ips, dst)) && protocol_matches(e.protocol, &e.ports, proto, dport)
+                (e.destination_ips.is_empty() || in_any(&e.destination_ips, dst))
+                    && protocol_matches(e.protocol, &e.ports, proto, dport)
             });
         let accept = p.action == Action::Accept || excepted;
         let order = (p.priority, u8::from(accept), rule as u32);
@@ -95,8 +107,14 @@ pub fn decide(set: &PolicySet, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) 
         }
     }
     match best {
-        Some(((_, _, rule), accept)) => Decision { accept, rule: Some(rule) },
-        None => Decision { accept: false, rule: None },
+        Some(((_, _, rule), accept)) => Decision {
+            accept,
+            rule: Some(rule),
+        },
+        None => Decision {
+            accept: false,
+            rule: None,
+        },
     }
 }
 
@@ -164,7 +182,11 @@ impl Tracker {
         let reversed = (p.dst, p.dport, p.src, p.sport, p.proto);
         if p.proto == 1 || p.proto == 58 {
             // A request comes from the requester, a reply goes to it.
-            vec![if p.echo_request { (as_sent, true) } else { (reversed, false) }]
+            vec![if p.echo_request {
+                (as_sent, true)
+            } else {
+                (reversed, false)
+            }]
         } else {
             vec![(as_sent, true), (reversed, false)]
         }
@@ -174,7 +196,10 @@ impl Tracker {
     /// state after it.
     pub fn packet(&mut self, set: &PolicySet, p: &Pkt) -> Expect {
         let keys = Self::keys(p);
-        let found = keys.iter().copied().find(|(k, _)| self.flows.contains_key(k));
+        let found = keys
+            .iter()
+            .copied()
+            .find(|(k, _)| self.flows.contains_key(k));
         let generation = self.generation;
         let judge_new = |flows: &mut HashMap<Key, Flow>| {
             let d = decide(set, p.src, p.dst, p.proto, p.dport);
@@ -183,7 +208,14 @@ impl Tracker {
                 for (k, _) in &keys {
                     flows.remove(k);
                 }
-                flows.insert(key, Flow { initiator_is_a: sender_is_a, generation, revoked: false });
+                flows.insert(
+                    key,
+                    Flow {
+                        initiator_is_a: sender_is_a,
+                        generation,
+                        revoked: false,
+                    },
+                );
                 return Expect::AcceptPolicy(d.rule.expect("an accept names its rule"));
             }
             match d.rule {
@@ -191,24 +223,46 @@ impl Tracker {
                 None => Expect::DropDefault,
             }
         };
-        let Some((key, _)) = found else { return judge_new(&mut self.flows) };
+        let Some((key, _)) = found else {
+            return judge_new(&mut self.flows);
+        };
         let flow = self.flows[&key];
         if flow.revoked {
             // Only a packet the policy admits as a new flow replaces an ended one.
             let e = judge_new(&mut self.flows);
             // A new TCP connection attempt is judged as one: its drop is the policy's own (the
             // ended flow stays ended).
-            return if e.passes() || (p.proto == TCP && p.syn_only) { e } else { Expect::Revoked };
+            return if e.passes() || (p.proto == TCP && p.syn_only) {
+                e
+            } else {
+                Expect::Revoked
+            };
         }
         if flow.generation != self.generation {
             // Checked again in its original direction against the policy now in force.
             let (a, pa, b, pb, proto) = key;
-            let (src, dst, dport) = if flow.initiator_is_a { (a, b, pb) } else { (b, a, pa) };
+            let (src, dst, dport) = if flow.initiator_is_a {
+                (a, b, pb)
+            } else {
+                (b, a, pa)
+            };
             if !decide(set, src, dst, proto, dport).accept {
-                self.flows.insert(key, Flow { revoked: true, ..flow });
+                self.flows.insert(
+                    key,
+                    Flow {
+                        revoked: true,
+                        ..flow
+                    },
+                );
                 return Expect::Revoked;
             }
-            self.flows.insert(key, Flow { generation: self.generation, ..flow });
+            self.flows.insert(
+                key,
+                Flow {
+                    generation: self.generation,
+                    ..flow
+                },
+            );
         }
         Expect::Established
     }
@@ -233,10 +287,42 @@ mod tests {
             "groups:\n  a: [10.0.0.0/24]\n  b: [10.0.1.0/24]\npolicies:\n  - name: web\n    source_groups: [a]\n    destination_groups: [b]\n    action: accept\n    protocol: tcp\n    ports: [\"443\"]\n  - name: no-b\n    source_groups: [a]\n    destination_groups: [b]\n    action: drop\n    protocol: all\n    priority: 200\n    exceptions:\n      - protocol: udp\n        ports: [\"53\"]\n",
         );
         let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.1.1".parse().unwrap());
-        assert_eq!(decide(&s, a, b, TCP, 443), Decision { accept: true, rule: Some(0) });
-        assert_eq!(decide(&s, a, b, TCP, 80), Decision { accept: false, rule: Some(1) });
-        assert_eq!(decide(&s, a, b, UDP, 53), Decision { accept: true, rule: Some(1) }, "the exception");
-        assert_eq!(decide(&s, b, a, TCP, 443), Decision { accept: false, rule: None });
-        assert_eq!(decide(&s, a, b, 47, 0), Decision { accept: false, rule: Some(1) }, "all with any port covers GRE");
+        assert_eq!(
+            decide(&s, a, b, TCP, 443),
+            Decision {
+                accept: true,
+                rule: Some(0)
+            }
+        );
+        assert_eq!(
+            decide(&s, a, b, TCP, 80),
+            Decision {
+                accept: false,
+                rule: Some(1)
+            }
+        );
+        assert_eq!(
+            decide(&s, a, b, UDP, 53),
+            Decision {
+                accept: true,
+                rule: Some(1)
+            },
+            "the exception"
+        );
+        assert_eq!(
+            decide(&s, b, a, TCP, 443),
+            Decision {
+                accept: false,
+                rule: None
+            }
+        );
+        assert_eq!(
+            decide(&s, a, b, 47, 0),
+            Decision {
+                accept: false,
+                rule: Some(1)
+            },
+            "all with any port covers GRE"
+        );
     }
 }

@@ -4,8 +4,8 @@
 
 use gateway::metrics::Metrics;
 use gateway_dataplane::RETIRED_POLICIES;
-use gateway_testkit::packets::{Spec, TCP_SYN};
 use gateway_testkit::harness::Harness;
+use gateway_testkit::packets::{Spec, TCP_SYN};
 
 fn session_policy(i: u32) -> String {
     format!(
@@ -24,23 +24,75 @@ fn policy_series_stay_bounded_as_policies_come_and_go() {
         }
         // Two packets per session policy, one for the policy every version keeps.
         for port in [40000, 40001] {
-            assert!(h.ingress_passes(&Spec::tcp("100.64.10.1", "100.64.20.1", port + i as u16 * 2, 443, TCP_SYN).build()));
+            assert!(
+                h.ingress_passes(
+                    &Spec::tcp(
+                        "100.64.10.1",
+                        "100.64.20.1",
+                        port + i as u16 * 2,
+                        443,
+                        TCP_SYN
+                    )
+                    .build()
+                )
+            );
         }
-        assert!(h.ingress_passes(&Spec::udp("100.64.10.1", "100.64.20.1", 41000 + i as u16, 53).build()));
+        assert!(h.ingress_passes(
+            &Spec::udp("100.64.10.1", "100.64.20.1", 41000 + i as u16, 53).build()
+        ));
         metrics.refresh(&h.dp).unwrap();
     }
     let counters = h.dp.rule_counters().unwrap();
     let names: Vec<&str> = counters.iter().map(|(n, _)| n.as_str()).collect();
     // In force: the last two session policies (active and previous slot), base, and the fold.
-    assert_eq!(names, vec!["base", &format!("session-{}", sessions - 2), &format!("session-{}", sessions - 1), RETIRED_POLICIES], "{counters:?}");
-    let packets = |name: &str| counters.iter().find(|(n, _)| n == name).map(|(_, c)| c.packets).unwrap();
-    assert_eq!(packets("base"), sessions as u64, "a policy in force keeps its whole history");
-    assert_eq!(packets(RETIRED_POLICIES), 2 * (sessions as u64 - 2), "every retired session's packets, folded");
-    assert_eq!(counters.iter().map(|(_, c)| c.packets).sum::<u64>(), 3 * sessions as u64, "nothing lost");
+    assert_eq!(
+        names,
+        vec![
+            "base",
+            &format!("session-{}", sessions - 2),
+            &format!("session-{}", sessions - 1),
+            RETIRED_POLICIES
+        ],
+        "{counters:?}"
+    );
+    let packets = |name: &str| {
+        counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.packets)
+            .unwrap()
+    };
+    assert_eq!(
+        packets("base"),
+        sessions as u64,
+        "a policy in force keeps its whole history"
+    );
+    assert_eq!(
+        packets(RETIRED_POLICIES),
+        2 * (sessions as u64 - 2),
+        "every retired session's packets, folded"
+    );
+    assert_eq!(
+        counters.iter().map(|(_, c)| c.packets).sum::<u64>(),
+        3 * sessions as u64,
+        "nothing lost"
+    );
 
     let text = metrics.render().unwrap();
-    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("gateway_policy_packets_total{")).collect();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gateway_policy_packets_total{"))
+        .collect();
     assert_eq!(series.len(), 4, "{series:#?}");
-    assert!(text.contains(&format!("gateway_policy_packets_total{{policy=\"{RETIRED_POLICIES}\"}} {}", 2 * (sessions - 2))), "{text}");
-    assert!(!text.contains("policy=\"session-0\""), "a retired policy's series must go");
+    assert!(
+        text.contains(&format!(
+            "gateway_policy_packets_total{{policy=\"{RETIRED_POLICIES}\"}} {}",
+            2 * (sessions - 2)
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("policy=\"session-0\""),
+        "a retired policy's series must go"
+    );
 }

@@ -13,11 +13,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason};
 use gateway_dataplane::LoadOptions;
 use gateway_policy::{self as policy, Action};
-use gateway_testkit::packets::{L4, Spec, TCP_ACK, TCP_SYN};
-use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason};
 use gateway_testkit::harness::Harness;
+use gateway_testkit::packets::{L4, Spec, TCP_ACK, TCP_SYN};
 use gateway_tests::oracle::{self, Decision, Expect, Pkt, Tracker};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
@@ -30,7 +30,13 @@ const PACKETS_PER_POLICY: usize = 120;
 
 /// Address pools: prefixes and packets are drawn near these, so rules overlap and nest. All but
 /// the last IPv4 pool lie in the LAN overlay (100.64.0.0/10), the last one outside it.
-const V4_POOLS: [[u8; 4]; 5] = [[100, 64, 1, 0], [100, 64, 2, 0], [100, 70, 0, 0], [100, 127, 255, 0], [10, 1, 0, 0]];
+const V4_POOLS: [[u8; 4]; 5] = [
+    [100, 64, 1, 0],
+    [100, 64, 2, 0],
+    [100, 70, 0, 0],
+    [100, 127, 255, 0],
+    [10, 1, 0, 0],
+];
 const V6_POOLS: [&str; 4] = ["fd00:1::", "fd00:1:0:1::", "fd00:2::", "2001:db8::"];
 const COMMON_PORTS: [u16; 10] = [1, 22, 53, 80, 443, 1024, 3000, 8080, 32768, 65535];
 
@@ -61,9 +67,19 @@ impl Gen {
         if self.rng.random_ratio(1, 20) {
             return Ipv6Addr::from(self.rng.random::<u128>());
         }
-        let base = u128::from(V6_POOLS.choose(&mut self.rng).unwrap().parse::<Ipv6Addr>().unwrap());
+        let base = u128::from(
+            V6_POOLS
+                .choose(&mut self.rng)
+                .unwrap()
+                .parse::<Ipv6Addr>()
+                .unwrap(),
+        );
         let low = self.rng.random_range(0..4096u128);
-        let mid = if self.rng.random_ratio(1, 4) { (self.rng.random_range(0..4u128)) << 64 } else { 0 };
+        let mid = if self.rng.random_ratio(1, 4) {
+            (self.rng.random_range(0..4u128)) << 64
+        } else {
+            0
+        };
         Ipv6Addr::from(base | mid | low)
     }
 
@@ -72,14 +88,20 @@ impl Gen {
             let len = if self.rng.random_ratio(1, 50) {
                 0
             } else {
-                *[16u8, 32, 48, 56, 63, 64, 65, 96, 112, 120, 124, 127, 128].choose(&mut self.rng).unwrap()
+                *[16u8, 32, 48, 56, 63, 64, 65, 96, 112, 120, 124, 127, 128]
+                    .choose(&mut self.rng)
+                    .unwrap()
             };
             IpNet::V6(Ipv6Net::new(self.v6_addr(), len).unwrap().trunc())
         } else {
             let len = if self.rng.random_ratio(1, 50) {
                 0
             } else {
-                *[8u8, 10, 12, 15, 16, 17, 19, 20, 21, 23, 24, 25, 27, 28, 29, 30, 31, 32].choose(&mut self.rng).unwrap()
+                *[
+                    8u8, 10, 12, 15, 16, 17, 19, 20, 21, 23, 24, 25, 27, 28, 29, 30, 31, 32,
+                ]
+                .choose(&mut self.rng)
+                .unwrap()
             };
             IpNet::V4(Ipv4Net::new(self.v4_addr(), len).unwrap().trunc())
         }
@@ -87,15 +109,20 @@ impl Gen {
 
     fn nets(&mut self, max: usize) -> Vec<IpNet> {
         let n = self.rng.random_range(1..=max);
-        (0..n).map(|_| {
-            let v6 = self.rng.random_ratio(1, 4);
-            self.net(v6)
-        })
-        .collect()
+        (0..n)
+            .map(|_| {
+                let v6 = self.rng.random_ratio(1, 4);
+                self.net(v6)
+            })
+            .collect()
     }
 
     fn port(&mut self) -> u16 {
-        if self.rng.random_bool(0.5) { *COMMON_PORTS.choose(&mut self.rng).unwrap() } else { self.rng.random_range(1..=65535) }
+        if self.rng.random_bool(0.5) {
+            *COMMON_PORTS.choose(&mut self.rng).unwrap()
+        } else {
+            self.rng.random_range(1..=65535)
+        }
     }
 
     /// A `ports:` list (None: the field is left out, any port).
@@ -112,8 +139,11 @@ impl Gen {
                             if self.rng.random_bool(0.5) {
                                 start.to_string()
                             } else {
-                                let width: u32 = *[1u32, 2, 10, 100, 1000, 30000].choose(&mut self.rng).unwrap();
-                                let end = (start as u32 + self.rng.random_range(0..=width)).min(65535);
+                                let width: u32 = *[1u32, 2, 10, 100, 1000, 30000]
+                                    .choose(&mut self.rng)
+                                    .unwrap();
+                                let end =
+                                    (start as u32 + self.rng.random_range(0..=width)).min(65535);
                                 format!("{start}-{end}")
                             }
                         })
@@ -124,14 +154,18 @@ impl Gen {
     }
 
     fn protocol(&mut self) -> &'static str {
-        ["all", "all", "tcp", "tcp", "udp", "icmp"].choose(&mut self.rng).unwrap()
+        ["all", "all", "tcp", "tcp", "udp", "icmp"]
+            .choose(&mut self.rng)
+            .unwrap()
     }
 
     fn group_refs(&mut self, groups: usize) -> Vec<String> {
         if self.rng.random_ratio(1, 7) {
             return vec!["*".into()];
         }
-        let mut refs: Vec<String> = (0..self.rng.random_range(1..=2)).map(|_| format!("g{}", self.rng.random_range(0..groups))).collect();
+        let mut refs: Vec<String> = (0..self.rng.random_range(1..=2))
+            .map(|_| format!("g{}", self.rng.random_range(0..groups)))
+            .collect();
         refs.dedup();
         refs
     }
@@ -150,7 +184,12 @@ impl Gen {
             writeln!(y, "  g{g}: [{}]", members.join(", ")).unwrap();
         }
         y.push_str("policies:\n");
-        let quoted = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+        let quoted = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for i in 0..self.rng.random_range(1..=20) {
             writeln!(y, "  - name: p{i}").unwrap();
             if self.rng.random_ratio(1, 10) {
@@ -180,7 +219,8 @@ impl Gen {
                     let protocol = self.protocol();
                     writeln!(y, "      - protocol: {protocol}").unwrap();
                     if self.rng.random_bool(0.5) {
-                        let nets: Vec<String> = self.nets(2).iter().map(|n| n.to_string()).collect();
+                        let nets: Vec<String> =
+                            self.nets(2).iter().map(|n| n.to_string()).collect();
                         writeln!(y, "        destination_ips: [{}]", quoted(&nets)).unwrap();
                     }
                     if let Some(ports) = self.ports()
@@ -191,7 +231,12 @@ impl Gen {
                 }
             }
             if self.rng.random_ratio(2, 3) {
-                writeln!(y, "    priority: {}", [10, 50, 100, 100, 200].choose(&mut self.rng).unwrap()).unwrap();
+                writeln!(
+                    y,
+                    "    priority: {}",
+                    [10, 50, 100, 100, 200].choose(&mut self.rng).unwrap()
+                )
+                .unwrap();
             }
         }
         y
@@ -199,7 +244,10 @@ impl Gen {
 
     /// An address in, at the edge of, or just outside one of `nets`, or from the pools.
     fn addr(&mut self, nets: &[IpNet], v6: bool) -> IpAddr {
-        let fam: Vec<&IpNet> = nets.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).collect();
+        let fam: Vec<&IpNet> = nets
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+            .collect();
         if !fam.is_empty() && self.rng.random_ratio(9, 10) {
             let net = **fam.choose(&mut self.rng).unwrap();
             return match net {
@@ -227,7 +275,11 @@ impl Gen {
                 }
             };
         }
-        if v6 { IpAddr::V6(self.v6_addr()) } else { IpAddr::V4(self.v4_addr()) }
+        if v6 {
+            IpAddr::V6(self.v6_addr())
+        } else {
+            IpAddr::V4(self.v4_addr())
+        }
     }
 
     /// A destination port: mostly on or next to a boundary the policy names.
@@ -243,7 +295,11 @@ impl Gen {
 
 /// Every network a policy file names, and every port boundary (with its neighbours).
 fn policy_material(set: &policy::PolicySet) -> (Vec<IpNet>, Vec<u16>) {
-    let mut nets: Vec<IpNet> = set.groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+    let mut nets: Vec<IpNet> = set
+        .groups
+        .iter()
+        .flat_map(|g| g.members.iter().copied())
+        .collect();
     let mut ports = Vec::new();
     let mut add_ports = |p: &policy::PortSet| {
         if let policy::PortSet::Ranges(rs) = p {
@@ -283,8 +339,19 @@ fn random_case(g: &mut Gen, terms: &[policy::Term], nets: &[IpNet], boundaries: 
     let target = terms.choose(&mut g.rng).filter(|_| g.rng.random_bool(0.5));
     if let Some(t) = target {
         // The family of one of the term's sources that it also names destinations in.
-        let dst_fams: Vec<bool> = t.dst.any_of.iter().map(|n| matches!(n, IpNet::V6(_))).collect();
-        let both: Vec<bool> = t.src.any_of.iter().map(|n| matches!(n, IpNet::V6(_))).filter(|f| dst_fams.contains(f)).collect();
+        let dst_fams: Vec<bool> = t
+            .dst
+            .any_of
+            .iter()
+            .map(|n| matches!(n, IpNet::V6(_)))
+            .collect();
+        let both: Vec<bool> = t
+            .src
+            .any_of
+            .iter()
+            .map(|n| matches!(n, IpNet::V6(_)))
+            .filter(|f| dst_fams.contains(f))
+            .collect();
         if let Some(f) = both.choose(&mut g.rng) {
             v6 = *f;
         }
@@ -323,7 +390,14 @@ fn random_case(g: &mut Gen, terms: &[policy::Term], nets: &[IpNet], boundaries: 
     let (l4, dport) = match kind {
         0..=6 => {
             let d = g.dport(&boundaries);
-            (L4::Tcp { sport, dport: d, flags: TCP_SYN }, d)
+            (
+                L4::Tcp {
+                    sport,
+                    dport: d,
+                    flags: TCP_SYN,
+                },
+                d,
+            )
         }
         7..=12 => {
             let d = g.dport(&boundaries);
@@ -335,20 +409,44 @@ fn random_case(g: &mut Gen, terms: &[policy::Term], nets: &[IpNet], boundaries: 
         }
         16 => {
             // ICMP that is neither echo nor error: timestamp request, router solicitation.
-            (L4::Icmp { kind: if v6 { 133 } else { 13 }, code: 0, rest: [0; 4], body: vec![0; 12] }, 0)
+            (
+                L4::Icmp {
+                    kind: if v6 { 133 } else { 13 },
+                    code: 0,
+                    rest: [0; 4],
+                    body: vec![0; 12],
+                },
+                0,
+            )
         }
         _ => {
             let proto = *[47u8, 50, 132, 89, 59].choose(&mut g.rng).unwrap();
-            (L4::Raw { proto, payload: vec![0x5a; g.rng.random_range(1..24)] }, 0)
+            (
+                L4::Raw {
+                    proto,
+                    payload: vec![0x5a; g.rng.random_range(1..24)],
+                },
+                0,
+            )
         }
     };
     let proto = l4.proto(v6);
     let mut spec = Spec::new(&src.to_string(), &dst.to_string(), l4);
     spec.payload_len = g.rng.random_range(0..16);
     // The LAN program polices traffic toward the IPv4 overlay by the same tables.
-    let to_overlay = matches!(dst, IpAddr::V4(d) if "100.64.0.0/10".parse::<Ipv4Net>().unwrap().contains(&d));
-    let hook = if to_overlay && g.rng.random_ratio(1, 3) { HOOK_LAN } else { HOOK_TUNNEL_INGRESS };
-    Case { spec, proto, dport, hook }
+    let to_overlay =
+        matches!(dst, IpAddr::V4(d) if "100.64.0.0/10".parse::<Ipv4Net>().unwrap().contains(&d));
+    let hook = if to_overlay && g.rng.random_ratio(1, 3) {
+        HOOK_LAN
+    } else {
+        HOOK_TUNNEL_INGRESS
+    };
+    Case {
+        spec,
+        proto,
+        dport,
+        hook,
+    }
 }
 
 fn expected_reason(d: &Decision) -> u32 {
@@ -384,7 +482,8 @@ fn hostile(g: &mut Gen, frame: &[u8], v6: bool) -> (Vec<u8>, u32, &'static str) 
         // An IP length that claims more than the frame holds.
         _ => {
             let at = if v6 { 14 + 4 } else { 14 + 2 };
-            let claimed = u16::from_be_bytes([f[at], f[at + 1]]).saturating_add(g.rng.random_range(1..200));
+            let claimed =
+                u16::from_be_bytes([f[at], f[at + 1]]).saturating_add(g.rng.random_range(1..200));
             f[at..at + 2].copy_from_slice(&claimed.to_be_bytes());
             (f, reason::DROP_TRUNCATED, "length beyond the frame")
         }
@@ -394,13 +493,25 @@ fn hostile(g: &mut Gen, frame: &[u8], v6: bool) -> (Vec<u8>, u32, &'static str) 
 #[test]
 fn kernel_matches_the_oracle() {
     let seed = env_number("GATEWAY_DIFF_SEED").unwrap_or(DEFAULT_SEED);
-    let policies = env_number("GATEWAY_DIFF_POLICIES").map(|n| n as usize).unwrap_or(DEFAULT_POLICIES);
-    println!("differential: seed {seed:#x} (GATEWAY_DIFF_SEED={seed:#x} replays), {policies} policies");
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed) };
+    let policies = env_number("GATEWAY_DIFF_POLICIES")
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_POLICIES);
+    println!(
+        "differential: seed {seed:#x} (GATEWAY_DIFF_SEED={seed:#x} replays), {policies} policies"
+    );
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed),
+    };
     // Without conntrack every packet is judged by the tables alone (or by the kernel's per-CPU
     // cache of their verdicts: one CPU throughout, so that cache is hit and must be right).
     gateway_testkit::harness::pin_thread_to_cpu(0);
-    let mut h = Harness::with_options("policies: []\n", LoadOptions { conntrack: false, ..Default::default() });
+    let mut h = Harness::with_options(
+        "policies: []\n",
+        LoadOptions {
+            conntrack: false,
+            ..Default::default()
+        },
+    );
     // Cases of the previous policy, sent again under the next one: a verdict cached under the
     // old policy must not decide them.
     let mut carried: Vec<Case> = Vec::new();
@@ -413,12 +524,17 @@ fn kernel_matches_the_oracle() {
     let started = std::time::Instant::now();
     for p in 0..policies {
         let yaml = g.policy_yaml();
-        let set = policy::parse_str(&yaml, "random.yaml").unwrap_or_else(|e| panic!("generated policy rejected: {e}\n{yaml}"));
+        let set = policy::parse_str(&yaml, "random.yaml")
+            .unwrap_or_else(|e| panic!("generated policy rejected: {e}\n{yaml}"));
         let terms = set.terms();
         let compiled = h.apply_set(&set);
         let rules = compiled.rules.len() as u32;
         for r in 0..rules {
-            assert_eq!(h.rule_count(r), 0, "policy {p}: rule {r}'s counter was not reset by the apply");
+            assert_eq!(
+                h.rule_count(r),
+                0,
+                "policy {p}: rule {r}'s counter was not reset by the apply"
+            );
         }
         let mut rule_mirror = vec![0u64; rules as usize];
         let (nets, boundaries) = policy_material(&set);
@@ -429,36 +545,68 @@ fn kernel_matches_the_oracle() {
                 case.spec.dst,
                 case.proto,
                 case.dport,
-                if case.hook == HOOK_LAN { "lan (xdp)" } else { "tunnel ingress (tc)" },
+                if case.hook == HOOK_LAN {
+                    "lan (xdp)"
+                } else {
+                    "tunnel ingress (tc)"
+                },
                 case.spec,
             )
         };
         let replays = std::mem::take(&mut carried);
         for i in 0..replays.len() + PACKETS_PER_POLICY {
             let replay = i < replays.len();
-            let case = if replay { replays[i].clone() } else { random_case(&mut g, &terms, &nets, &boundaries) };
+            let case = if replay {
+                replays[i].clone()
+            } else {
+                random_case(&mut g, &terms, &nets, &boundaries)
+            };
             if !replay && carried.len() < CARRIED_CASES {
                 carried.push(case.clone());
             }
             if !replay && g.rng.random_ratio(1, 12) {
-                let (frame, want, what) = hostile(&mut g, &case.spec.build(), case.spec.src.is_ipv6());
+                let (frame, want, what) =
+                    hostile(&mut g, &case.spec.build(), case.spec.src.is_ipv6());
                 let before = h.reason_count(case.hook, want);
-                let ran = if case.hook == HOOK_LAN { h.try_xdp(&frame).map(|a| a == gateway_testkit::harness::XDP_PASS) } else { h.try_tc(true, &frame).map(|a| a == gateway_testkit::harness::TC_ACT_OK) };
+                let ran = if case.hook == HOOK_LAN {
+                    h.try_xdp(&frame)
+                        .map(|a| a == gateway_testkit::harness::XDP_PASS)
+                } else {
+                    h.try_tc(true, &frame)
+                        .map(|a| a == gateway_testkit::harness::TC_ACT_OK)
+                };
                 let passed = match ran {
                     Ok(p) => p,
-                    Err(e) => fail(format!("{what} frame {} refused by BPF_PROG_TEST_RUN: {e}", gateway_testkit::harness::hex(&frame)), &case),
+                    Err(e) => fail(
+                        format!(
+                            "{what} frame {} refused by BPF_PROG_TEST_RUN: {e}",
+                            gateway_testkit::harness::hex(&frame)
+                        ),
+                        &case,
+                    ),
                 };
                 if passed || h.reason_count(case.hook, want) - before != 1 {
-                    fail(format!("{what} frame {}: expected a drop counted as reason {want}", gateway_testkit::harness::hex(&frame)), &case);
+                    fail(
+                        format!(
+                            "{what} frame {}: expected a drop counted as reason {want}",
+                            gateway_testkit::harness::hex(&frame)
+                        ),
+                        &case,
+                    );
                 }
                 hostile_cases += 1;
                 cases += 1;
                 continue;
             }
             let want = oracle::decide(&set, case.spec.src, case.spec.dst, case.proto, case.dport);
-            let looked = compiled.lookup(case.spec.src, case.spec.dst, case.proto, case.dport).judgement;
+            let looked = compiled
+                .lookup(case.spec.src, case.spec.dst, case.proto, case.dport)
+                .judgement;
             if (looked.action == Action::Accept, looked.rule) != (want.accept, want.rule) {
-                fail(format!("Compiled::lookup says {looked:?}, the oracle {want:?}"), &case);
+                fail(
+                    format!("Compiled::lookup says {looked:?}, the oracle {want:?}"),
+                    &case,
+                );
             }
             let reason = expected_reason(&want);
             let before = h.reason_count(case.hook, reason);
@@ -480,7 +628,12 @@ fn kernel_matches_the_oracle() {
                 let n = h.rule_count(rule);
                 if n != rule_mirror[rule as usize] {
                     let all: Vec<u64> = (0..rules).map(|r| h.rule_count(r)).collect();
-                    fail(format!("rule {rule} decided by the oracle; kernel rule counters {all:?}, expected {rule_mirror:?}"), &case);
+                    fail(
+                        format!(
+                            "rule {rule} decided by the oracle; kernel rule counters {all:?}, expected {rule_mirror:?}"
+                        ),
+                        &case,
+                    );
                 }
             }
             cases += 1;
@@ -494,7 +647,10 @@ fn kernel_matches_the_oracle() {
         }
         // Nothing was counted for a rule the reference did not name.
         let all: Vec<u64> = (0..rules).map(|r| h.rule_count(r)).collect();
-        assert_eq!(all, rule_mirror, "seed {seed:#x}, policy {p}: per-rule counters\n{yaml}");
+        assert_eq!(
+            all, rule_mirror,
+            "seed {seed:#x}, policy {p}: per-rule counters\n{yaml}"
+        );
     }
     println!(
         "differential: {cases} cases in {:.1?}: {hostile_cases} hostile; {} accepted, {} dropped by a rule, {} by default; {} at tunnel ingress, {} at lan; {} IPv4, {} IPv6",
@@ -507,12 +663,21 @@ fn kernel_matches_the_oracle() {
         families[0],
         families[1],
     );
-    assert!(cases >= 10_000 || policies < DEFAULT_POLICIES, "only {cases} cases");
+    assert!(
+        cases >= 10_000 || policies < DEFAULT_POLICIES,
+        "only {cases} cases"
+    );
     // The generator must exercise every outcome, or the comparison proves little.
     for (i, n) in by_reason.iter().enumerate() {
-        assert!(*n * 20 >= cases || policies < DEFAULT_POLICIES, "outcome {i} is rare: {by_reason:?}");
+        assert!(
+            *n * 20 >= cases || policies < DEFAULT_POLICIES,
+            "outcome {i} is rare: {by_reason:?}"
+        );
     }
-    assert!(hostile_cases * 20 >= cases || policies < DEFAULT_POLICIES, "too few hostile frames: {hostile_cases}");
+    assert!(
+        hostile_cases * 20 >= cases || policies < DEFAULT_POLICIES,
+        "too few hostile frames: {hostile_cases}"
+    );
 }
 
 const STATEFUL_POLICIES: usize = 40;
@@ -527,7 +692,16 @@ struct Opened {
 
 fn pkt_of(spec: &Spec, proto: u8) -> Pkt {
     let (sport, dport, echo_request, syn_only) = match &spec.l4 {
-        L4::Tcp { sport, dport, flags } => (*sport, *dport, false, flags & (TCP_SYN | TCP_ACK) == TCP_SYN),
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+        } => (
+            *sport,
+            *dport,
+            false,
+            flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        ),
         L4::Udp { sport, dport } => (*sport, *dport, false, false),
         L4::Icmp { kind, rest, .. } => {
             let id = u16::from_be_bytes([rest[0], rest[1]]);
@@ -535,25 +709,66 @@ fn pkt_of(spec: &Spec, proto: u8) -> Pkt {
         }
         L4::Raw { .. } => (0, 0, false, false),
     };
-    Pkt { src: spec.src, dst: spec.dst, proto, sport, dport, echo_request, syn_only }
+    Pkt {
+        src: spec.src,
+        dst: spec.dst,
+        proto,
+        sport,
+        dport,
+        echo_request,
+        syn_only,
+    }
 }
 
 /// The packet of `flow` going the other way (a reply), or the initiator's next one.
 fn next_packet(g: &mut Gen, flow: &Opened, reply: bool) -> Spec {
     let s = &flow.spec;
-    let (src, dst) = if reply { (s.dst, s.src) } else { (s.src, s.dst) };
+    let (src, dst) = if reply {
+        (s.dst, s.src)
+    } else {
+        (s.src, s.dst)
+    };
     let l4 = match s.l4 {
         L4::Tcp { sport, dport, .. } => {
             // Now and then the initiator tries a new connection on the same ports.
-            let flags = if reply { TCP_SYN | TCP_ACK } else if g.rng.random_ratio(1, 8) { TCP_SYN } else { TCP_ACK };
-            if reply { L4::Tcp { sport: dport, dport: sport, flags } } else { L4::Tcp { sport, dport, flags } }
+            let flags = if reply {
+                TCP_SYN | TCP_ACK
+            } else if g.rng.random_ratio(1, 8) {
+                TCP_SYN
+            } else {
+                TCP_ACK
+            };
+            if reply {
+                L4::Tcp {
+                    sport: dport,
+                    dport: sport,
+                    flags,
+                }
+            } else {
+                L4::Tcp {
+                    sport,
+                    dport,
+                    flags,
+                }
+            }
         }
         L4::Udp { sport, dport } => {
-            if reply { L4::Udp { sport: dport, dport: sport } } else { L4::Udp { sport, dport } }
+            if reply {
+                L4::Udp {
+                    sport: dport,
+                    dport: sport,
+                }
+            } else {
+                L4::Udp { sport, dport }
+            }
         }
         L4::Icmp { rest, .. } => {
             let id = u16::from_be_bytes([rest[0], rest[1]]);
-            if reply { L4::echo_reply(flow.v6, id) } else { L4::echo_request(flow.v6, id) }
+            if reply {
+                L4::echo_reply(flow.v6, id)
+            } else {
+                L4::echo_request(flow.v6, id)
+            }
         }
         ref other => other.clone(),
     };
@@ -577,7 +792,9 @@ fn expect_reason(e: Expect) -> u32 {
 fn stateful_sequences_match_the_oracle() {
     let seed = env_number("GATEWAY_DIFF_SEED").unwrap_or(DEFAULT_SEED) ^ 0x5747;
     println!("stateful differential: seed {seed:#x}");
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed) };
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed),
+    };
     let mut h = Harness::new("policies: []\n");
     let mut tracker = Tracker::default();
     let mut open: Vec<Opened> = Vec::new();
@@ -590,11 +807,19 @@ fn stateful_sequences_match_the_oracle() {
         h.apply_set(&set);
         tracker.policy_changed();
         let (nets, boundaries) = policy_material(&set);
-        let mut send = |g: &mut Gen, h: &mut Harness, tracker: &mut Tracker, spec: &Spec, what: &str| {
+        let mut send = |g: &mut Gen,
+                        h: &mut Harness,
+                        tracker: &mut Tracker,
+                        spec: &Spec,
+                        what: &str| {
             let proto = spec.l4.proto(spec.src.is_ipv6());
             let want = tracker.packet(&set, &pkt_of(spec, proto));
             let to_overlay = matches!(spec.dst, IpAddr::V4(d) if "100.64.0.0/10".parse::<Ipv4Net>().unwrap().contains(&d));
-            let hook = if to_overlay && g.rng.random_ratio(1, 3) { HOOK_LAN } else { HOOK_TUNNEL_INGRESS };
+            let hook = if to_overlay && g.rng.random_ratio(1, 3) {
+                HOOK_LAN
+            } else {
+                HOOK_TUNNEL_INGRESS
+            };
             let r = expect_reason(want);
             let before = h.reason_count(hook, r);
             let passed = h.run_hook(hook, &spec.build());
@@ -609,14 +834,15 @@ fn stateful_sequences_match_the_oracle() {
                     got
                 );
             }
-            *counts.entry(match want {
-                Expect::AcceptPolicy(_) => "accept",
-                Expect::Established => "established",
-                Expect::DropPolicy(_) => "drop rule",
-                Expect::DropDefault => "drop default",
-                Expect::Revoked => "revoked",
-            })
-            .or_default() += 1;
+            *counts
+                .entry(match want {
+                    Expect::AcceptPolicy(_) => "accept",
+                    Expect::Established => "established",
+                    Expect::DropPolicy(_) => "drop rule",
+                    Expect::DropDefault => "drop default",
+                    Expect::Revoked => "revoked",
+                })
+                .or_default() += 1;
         };
         // Flows opened under earlier policies carry on, in either direction: some are revoked
         // by this policy, some come back as new flows.
@@ -635,11 +861,16 @@ fn stateful_sequences_match_the_oracle() {
                 continue;
             }
             let v6 = case.spec.src.is_ipv6();
-            if matches!(case.spec.l4, L4::Raw { .. }) || matches!(case.spec.l4, L4::Icmp { kind, .. } if kind != 8 && kind != 128) {
+            if matches!(case.spec.l4, L4::Raw { .. })
+                || matches!(case.spec.l4, L4::Icmp { kind, .. } if kind != 8 && kind != 128)
+            {
                 let id = g.rng.random();
                 case.spec.l4 = L4::echo_request(v6, id);
             }
-            let flow = Opened { spec: case.spec.clone(), v6 };
+            let flow = Opened {
+                spec: case.spec.clone(),
+                v6,
+            };
             send(&mut g, &mut h, &mut tracker, &flow.spec, "first packet");
             let reply = next_packet(&mut g, &flow, true);
             send(&mut g, &mut h, &mut tracker, &reply, "reply");
@@ -651,6 +882,9 @@ fn stateful_sequences_match_the_oracle() {
     }
     println!("stateful differential: {cases} packets: {counts:?}");
     for outcome in ["accept", "established", "drop default", "revoked"] {
-        assert!(counts.get(outcome).copied().unwrap_or(0) * 50 >= cases, "outcome {outcome} is rare: {counts:?}");
+        assert!(
+            counts.get(outcome).copied().unwrap_or(0) * 50 >= cases,
+            "outcome {outcome} is rare: {counts:?}"
+        );
     }
 }

@@ -2,10 +2,10 @@
 //! packet built byte by byte, run through the real programs, and checked for the verdict and the
 //! exact reason counter it moved (and that nothing else moved; see `Harness::expect`).
 
-use gateway_dataplane::LoadOptions;
-use gateway_testkit::packets::{L4, Spec, TCP_ACK, TCP_SYN, ext_ah, ext_options};
 use gateway_common::stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason::*};
+use gateway_dataplane::LoadOptions;
 use gateway_testkit::harness::{ETH_HLEN, Harness, XDP_DROP};
+use gateway_testkit::packets::{L4, Spec, TCP_ACK, TCP_SYN, ext_ah, ext_options};
 
 const IN: u32 = HOOK_TUNNEL_INGRESS;
 const OUT: u32 = HOOK_TUNNEL_EGRESS;
@@ -57,7 +57,13 @@ policies:
 "#;
 
 fn stateless() -> Harness {
-    Harness::with_options(POLICY, LoadOptions { conntrack: false, ..Default::default() })
+    Harness::with_options(
+        POLICY,
+        LoadOptions {
+            conntrack: false,
+            ..Default::default()
+        },
+    )
 }
 
 fn syn(src: &str, dst: &str, sport: u16, dport: u16) -> Spec {
@@ -73,14 +79,27 @@ fn quote(spec: &Spec) -> Vec<u8> {
     let mut s = spec.clone();
     s.l3_only = true;
     let bytes = s.build();
-    let ip_len = if s.src.is_ipv6() { 40 } else { 20 + s.ipv4_options.len().div_ceil(4) * 4 };
+    let ip_len = if s.src.is_ipv6() {
+        40
+    } else {
+        20 + s.ipv4_options.len().div_ceil(4) * 4
+    };
     bytes[..ip_len + 8].to_vec()
 }
 
 /// An ICMP (type 3) or ICMPv6 (type 1) destination-unreachable error from `src` to `dst`.
 fn unreachable(src: &str, dst: &str, quoted: &Spec) -> Spec {
     let kind = if src.contains(':') { 1 } else { 3 };
-    Spec::new(src, dst, L4::Icmp { kind, code: 3, rest: [0; 4], body: quote(quoted) })
+    Spec::new(
+        src,
+        dst,
+        L4::Icmp {
+            kind,
+            code: 3,
+            rest: [0; 4],
+            body: quote(quoted),
+        },
+    )
 }
 
 fn with_frag(mut s: Spec, id: u32, offset_units: u16, more: bool) -> Spec {
@@ -145,10 +164,23 @@ fn truncation_at_every_byte_is_dropped() {
         let pkt = spec.build();
         // The whole packet is fine: the policy decides (ICMP errors need conntrack to be related;
         // without it they are judged by policy like any ICMP). IPv6 is outside the LAN overlay.
-        let policed = if name.starts_with("icmp4-error") { DROP_DEFAULT } else { ACCEPT_POLICY };
+        let policed = if name.starts_with("icmp4-error") {
+            DROP_DEFAULT
+        } else {
+            ACCEPT_POLICY
+        };
         h.expect_ctx(IN, &pkt, policed, &format!("{name} whole at ingress"));
-        h.expect_ctx(OUT, &pkt, ACCEPT_OUTBOUND, &format!("{name} whole at egress"));
-        let lan = if spec.src.is_ipv6() { PASS_NOT_OVERLAY } else { policed };
+        h.expect_ctx(
+            OUT,
+            &pkt,
+            ACCEPT_OUTBOUND,
+            &format!("{name} whole at egress"),
+        );
+        let lan = if spec.src.is_ipv6() {
+            PASS_NOT_OVERLAY
+        } else {
+            policed
+        };
         h.expect_ctx(LAN, &pkt, lan, &format!("{name} whole at lan"));
         for cut in 0..pkt.len() {
             let part = &pkt[..cut];
@@ -157,8 +189,14 @@ fn truncation_at_every_byte_is_dropped() {
                 // Without a whole Ethernet header the kernel runs neither program (a driver never
                 // delivers such a frame either); the parser's own bounds check is unreachable.
                 let before = h.counters();
-                assert!(h.try_tc(true, part).is_err(), "{what}: the kernel ran a TC program on a runt frame");
-                assert!(h.try_xdp(part).is_err(), "{what}: the kernel ran an XDP program on a runt frame");
+                assert!(
+                    h.try_tc(true, part).is_err(),
+                    "{what}: the kernel ran a TC program on a runt frame"
+                );
+                assert!(
+                    h.try_xdp(part).is_err(),
+                    "{what}: the kernel ran an XDP program on a runt frame"
+                );
                 assert_eq!(before, h.counters(), "{what}: a refused run moved counters");
                 continue;
             }
@@ -169,7 +207,10 @@ fn truncation_at_every_byte_is_dropped() {
                 // IP header (Linux 6.18), so TC sees these cuts only behind a VLAN tag (the
                 // tagged packets here) or on the L3 programs (next test); XDP saw it above.
                 let before = h.counters();
-                assert!(h.try_tc(true, part).is_err(), "{what}: expected the kernel to refuse the TC run");
+                assert!(
+                    h.try_tc(true, part).is_err(),
+                    "{what}: expected the kernel to refuse the TC run"
+                );
                 assert_eq!(before, h.counters(), "{what}: a refused run moved counters");
                 continue;
             }
@@ -183,18 +224,37 @@ fn truncation_at_every_byte_is_dropped() {
 fn truncated_l3_tunnel_packets_are_dropped() {
     // The L3 programs (wg0, TUN) see the IP header first.
     let mut h = stateless();
-    for (name, spec) in good_packets().into_iter().filter(|(_, s)| s.vlans.is_empty()) {
+    for (name, spec) in good_packets()
+        .into_iter()
+        .filter(|(_, s)| s.vlans.is_empty())
+    {
         let mut s = spec.clone();
         s.l3_only = true;
         let pkt = s.build();
-        let policed = if name.starts_with("icmp4-error") { DROP_DEFAULT } else { ACCEPT_POLICY };
+        let policed = if name.starts_with("icmp4-error") {
+            DROP_DEFAULT
+        } else {
+            ACCEPT_POLICY
+        };
         let n = h.reason_count(IN, policed);
-        assert_eq!(h.tc_l3(true, &pkt), gateway_testkit::harness::TC_ACT_OK, "{name} whole");
+        assert_eq!(
+            h.tc_l3(true, &pkt),
+            gateway_testkit::harness::TC_ACT_OK,
+            "{name} whole"
+        );
         assert_eq!(h.reason_count(IN, policed), n + 1, "{name} whole");
         for cut in ETH_HLEN..pkt.len() {
             let n = h.reason_count(IN, DROP_TRUNCATED);
-            assert_eq!(h.tc_l3(true, &pkt[..cut]), gateway_testkit::harness::TC_ACT_SHOT, "{name} cut to {cut}");
-            assert_eq!(h.reason_count(IN, DROP_TRUNCATED), n + 1, "{name} cut to {cut}");
+            assert_eq!(
+                h.tc_l3(true, &pkt[..cut]),
+                gateway_testkit::harness::TC_ACT_SHOT,
+                "{name} cut to {cut}"
+            );
+            assert_eq!(
+                h.reason_count(IN, DROP_TRUNCATED),
+                n + 1,
+                "{name} cut to {cut}"
+            );
         }
     }
     let mut bad = syn(C, S, 1, 443);
@@ -232,30 +292,58 @@ fn malformed_ip_headers_are_dropped() {
     for total in [20u16, 40, 59] {
         let mut p = opts.clone();
         p[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-        h.expect_ctx(IN, &p, DROP_BAD_HEADER, &format!("ihl 15, total length {total}"));
+        h.expect_ctx(
+            IN,
+            &p,
+            DROP_BAD_HEADER,
+            &format!("ihl 15, total length {total}"),
+        );
     }
     // A header longer than the bytes present is truncation.
-    h.expect_ctx(IN, &opts[..l3 + 40], DROP_TRUNCATED, "ihl 15 cut inside the options");
+    h.expect_ctx(
+        IN,
+        &opts[..l3 + 40],
+        DROP_TRUNCATED,
+        "ihl 15 cut inside the options",
+    );
     // Version field disagreeing with the ethertype (or unknown).
     for version in [0u8, 5, 6, 7, 15] {
         let mut p = good.clone();
         p[l3] = version << 4 | 5;
-        h.expect_ctx(IN, &p, DROP_BAD_HEADER, &format!("version {version} in an IPv4 frame"));
+        h.expect_ctx(
+            IN,
+            &p,
+            DROP_BAD_HEADER,
+            &format!("version {version} in an IPv4 frame"),
+        );
     }
     let good6 = syn(C6, S6, 40000, 443).build();
     for version in [0u8, 4, 5, 7] {
         let mut p = good6.clone();
         p[l3] = version << 4;
-        h.expect_ctx(IN, &p, DROP_BAD_HEADER, &format!("version {version} in an IPv6 frame"));
+        h.expect_ctx(
+            IN,
+            &p,
+            DROP_BAD_HEADER,
+            &format!("version {version} in an IPv6 frame"),
+        );
     }
     // IPv6 payload length 0 (jumbogram or empty).
     let mut p = good6.clone();
     p[l3 + 4..l3 + 6].copy_from_slice(&[0, 0]);
     h.expect_ctx(IN, &p, DROP_BAD_HEADER, "ipv6 payload length 0");
     // TCP data offset under 5 words.
-    for (name, mut p, l4) in [("v4", good.clone(), l3 + 20), ("v6", good6.clone(), l3 + 40)] {
+    for (name, mut p, l4) in [
+        ("v4", good.clone(), l3 + 20),
+        ("v6", good6.clone(), l3 + 40),
+    ] {
         p[l4 + 12] = 4 << 4;
-        h.expect_ctx(IN, &p, DROP_BAD_HEADER, &format!("tcp data offset 4 ({name})"));
+        h.expect_ctx(
+            IN,
+            &p,
+            DROP_BAD_HEADER,
+            &format!("tcp data offset 4 ({name})"),
+        );
     }
     // L4 header shorter than its minimum inside a complete IP packet.
     let mut short = syn(C, S, 40000, 443);
@@ -281,14 +369,44 @@ fn ipv4_options_are_skipped_and_policy_still_decides() {
             p
         };
         let sport = 30000 + words as u16;
-        h.expect_ctx(IN, &with(syn(C, S, sport, 443)), ACCEPT_POLICY, &format!("ihl {ihl} to 443"));
-        h.expect_ctx(IN, &with(syn(C, S, sport, 444)), DROP_DEFAULT, &format!("ihl {ihl} to 444"));
-        h.expect_ctx(IN, &with(syn(C, S, sport, 23)), DROP_POLICY, &format!("ihl {ihl} to 23"));
-        h.expect_ctx(IN, &with(Spec::udp(C, S, sport, 53)), ACCEPT_POLICY, &format!("ihl {ihl} udp 53"));
-        h.expect_ctx(IN, &with(Spec::udp(C, S, sport, 54)), DROP_DEFAULT, &format!("ihl {ihl} udp 54"));
+        h.expect_ctx(
+            IN,
+            &with(syn(C, S, sport, 443)),
+            ACCEPT_POLICY,
+            &format!("ihl {ihl} to 443"),
+        );
+        h.expect_ctx(
+            IN,
+            &with(syn(C, S, sport, 444)),
+            DROP_DEFAULT,
+            &format!("ihl {ihl} to 444"),
+        );
+        h.expect_ctx(
+            IN,
+            &with(syn(C, S, sport, 23)),
+            DROP_POLICY,
+            &format!("ihl {ihl} to 23"),
+        );
+        h.expect_ctx(
+            IN,
+            &with(Spec::udp(C, S, sport, 53)),
+            ACCEPT_POLICY,
+            &format!("ihl {ihl} udp 53"),
+        );
+        h.expect_ctx(
+            IN,
+            &with(Spec::udp(C, S, sport, 54)),
+            DROP_DEFAULT,
+            &format!("ihl {ihl} udp 54"),
+        );
         // The reply of the accepted flow, with options too, is established.
         let reply = Spec::tcp(S, C, 443, sport, TCP_SYN | TCP_ACK);
-        h.expect_ctx(IN, &with(reply), ACCEPT_ESTABLISHED, &format!("ihl {ihl} reply"));
+        h.expect_ctx(
+            IN,
+            &with(reply),
+            ACCEPT_ESTABLISHED,
+            &format!("ihl {ihl} reply"),
+        );
     }
 }
 
@@ -318,14 +436,44 @@ fn ipv6_extension_chains_are_judged_by_the_ports_after_them() {
         ("destination", vec![dst(0)]),
         ("ah", vec![ext_ah(1)]),
         ("ah long", vec![ext_ah(6)]),
-        ("hbh dst rt ah dst", vec![hbh(), dst(1), rt(2), ext_ah(3), dst(0)]),
-        ("eight headers", vec![hbh(), dst(0), rt(0), ext_ah(1), dst(0), rt(0), ext_ah(0), dst(0)]),
+        (
+            "hbh dst rt ah dst",
+            vec![hbh(), dst(1), rt(2), ext_ah(3), dst(0)],
+        ),
+        (
+            "eight headers",
+            vec![
+                hbh(),
+                dst(0),
+                rt(0),
+                ext_ah(1),
+                dst(0),
+                rt(0),
+                ext_ah(0),
+                dst(0),
+            ],
+        ),
     ];
     for (i, (name, chain)) in chains.into_iter().enumerate() {
         let sport = 20000 + i as u16;
-        h.expect_ctx(IN, &v6_with(chain.clone(), 443, sport), ACCEPT_POLICY, &format!("{name}: tcp 443"));
-        h.expect_ctx(IN, &v6_with(chain.clone(), 444, sport), DROP_DEFAULT, &format!("{name}: tcp 444"));
-        h.expect_ctx(IN, &v6_with(chain.clone(), 23, sport), DROP_POLICY, &format!("{name}: tcp 23"));
+        h.expect_ctx(
+            IN,
+            &v6_with(chain.clone(), 443, sport),
+            ACCEPT_POLICY,
+            &format!("{name}: tcp 443"),
+        );
+        h.expect_ctx(
+            IN,
+            &v6_with(chain.clone(), 444, sport),
+            DROP_DEFAULT,
+            &format!("{name}: tcp 444"),
+        );
+        h.expect_ctx(
+            IN,
+            &v6_with(chain.clone(), 23, sport),
+            DROP_POLICY,
+            &format!("{name}: tcp 23"),
+        );
         let mut udp = Spec::udp(C6, S6, sport, 53);
         udp.ipv6_ext = chain.clone();
         h.expect_ctx(IN, &udp.build(), ACCEPT_POLICY, &format!("{name}: udp 53"));
@@ -333,7 +481,12 @@ fn ipv6_extension_chains_are_judged_by_the_ports_after_them() {
         h.expect_ctx(IN, &udp.build(), DROP_DEFAULT, &format!("{name}: udp 5353"));
         let mut ping = Spec::ping(C6, S6, sport);
         ping.ipv6_ext = chain;
-        h.expect_ctx(IN, &ping.build(), ACCEPT_POLICY, &format!("{name}: echo request"));
+        h.expect_ctx(
+            IN,
+            &ping.build(),
+            ACCEPT_POLICY,
+            &format!("{name}: echo request"),
+        );
     }
 }
 
@@ -342,23 +495,70 @@ fn hostile_ipv6_extension_chains_are_dropped() {
     let mut h = stateless();
     let dst = || ext_options(60, 0);
     // More than eight extension headers.
-    let nine = vec![ext_options(0, 0), dst(), ext_options(43, 0), ext_ah(1), dst(), ext_options(43, 0), ext_ah(0), dst(), dst()];
+    let nine = vec![
+        ext_options(0, 0),
+        dst(),
+        ext_options(43, 0),
+        ext_ah(1),
+        dst(),
+        ext_options(43, 0),
+        ext_ah(0),
+        dst(),
+        dst(),
+    ];
     h.expect_ctx(IN, &v6_with(nine, 443, 1), DROP_EXT_LIMIT, "nine headers");
     // A long run of repeated destination options (a "looping" chain).
     for n in [9usize, 16, 40] {
-        h.expect_ctx(IN, &v6_with(vec![dst(); n], 443, 2), DROP_EXT_LIMIT, &format!("{n} destination options"));
+        h.expect_ctx(
+            IN,
+            &v6_with(vec![dst(); n], 443, 2),
+            DROP_EXT_LIMIT,
+            &format!("{n} destination options"),
+        );
     }
     // A chain that reaches past any legitimate header length.
-    h.expect_ctx(IN, &v6_with(vec![ext_options(60, 64)], 443, 3), DROP_EXT_LIMIT, "one 520-byte header");
+    h.expect_ctx(
+        IN,
+        &v6_with(vec![ext_options(60, 64)], 443, 3),
+        DROP_EXT_LIMIT,
+        "one 520-byte header",
+    );
     // Hop-by-hop anywhere but first.
-    h.expect_ctx(IN, &v6_with(vec![dst(), ext_options(0, 0)], 443, 4), DROP_BAD_HEADER, "hop-by-hop second");
-    h.expect_ctx(IN, &v6_with(vec![ext_options(0, 0), ext_options(0, 0)], 443, 4), DROP_BAD_HEADER, "hop-by-hop twice");
+    h.expect_ctx(
+        IN,
+        &v6_with(vec![dst(), ext_options(0, 0)], 443, 4),
+        DROP_BAD_HEADER,
+        "hop-by-hop second",
+    );
+    h.expect_ctx(
+        IN,
+        &v6_with(vec![ext_options(0, 0), ext_options(0, 0)], 443, 4),
+        DROP_BAD_HEADER,
+        "hop-by-hop twice",
+    );
     // Headers that cannot be walked.
     for next in [135u8, 139, 140, 253, 254] {
-        let mut s = Spec::new(C6, S6, L4::Raw { proto: next, payload: vec![6, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 187] });
-        h.expect_ctx(IN, &s.build(), DROP_EXT_UNKNOWN, &format!("next header {next} first"));
+        let mut s = Spec::new(
+            C6,
+            S6,
+            L4::Raw {
+                proto: next,
+                payload: vec![6, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 187],
+            },
+        );
+        h.expect_ctx(
+            IN,
+            &s.build(),
+            DROP_EXT_UNKNOWN,
+            &format!("next header {next} first"),
+        );
         s.ipv6_ext = vec![ext_options(0, 0), dst()];
-        h.expect_ctx(IN, &s.build(), DROP_EXT_UNKNOWN, &format!("next header {next} after two headers"));
+        h.expect_ctx(
+            IN,
+            &s.build(),
+            DROP_EXT_UNKNOWN,
+            &format!("next header {next} after two headers"),
+        );
     }
     // Two fragment headers.
     let mut two = first_frag(syn(C6, S6, 5, 443), 99);
@@ -366,7 +566,12 @@ fn hostile_ipv6_extension_chains_are_dropped() {
     h.expect_ctx(IN, &two.build(), DROP_BAD_HEADER, "two fragment headers");
     let mut two = syn(C6, S6, 5, 443);
     two.ipv6_ext = vec![(44, vec![0; 8]), dst(), (44, vec![0; 8])];
-    h.expect_ctx(IN, &two.build(), DROP_BAD_HEADER, "two atomic fragment headers");
+    h.expect_ctx(
+        IN,
+        &two.build(),
+        DROP_BAD_HEADER,
+        "two atomic fragment headers",
+    );
     // A header whose length runs past the payload.
     let mut p = v6_with(vec![dst()], 443, 6);
     p[ETH_HLEN + 40 + 1] = 20; // 168 bytes claimed, 8 + 20 present
@@ -378,57 +583,191 @@ fn hostile_ipv6_extension_chains_are_dropped() {
 
 fn fragments_in_every_order(v6: bool) {
     let mut h = Harness::new(POLICY);
-    let (c, s, other) = if v6 { (C6, S6, "fd00:10::2") } else { (C, S, "100.64.10.2") };
+    let (c, s, other) = if v6 {
+        (C6, S6, "fd00:10::2")
+    } else {
+        (C, S, "100.64.10.2")
+    };
     let id = |n: u32| if v6 { 0xdead_0000 | n } else { n };
 
     // First, then later fragments, to an allowed port.
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41000, 443), id(1)).build(), ACCEPT_POLICY, "allowed first");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41000, 443), id(1), 5, 16).build(), ACCEPT_FRAGMENT, "later of allowed");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41000, 443), id(1), 7, 8).build(), ACCEPT_FRAGMENT, "last of allowed");
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41000, 443), id(1)).build(),
+        ACCEPT_POLICY,
+        "allowed first",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41000, 443), id(1), 5, 16).build(),
+        ACCEPT_FRAGMENT,
+        "later of allowed",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41000, 443), id(1), 7, 8).build(),
+        ACCEPT_FRAGMENT,
+        "last of allowed",
+    );
     // The same id from another source is another datagram.
-    h.expect_ctx(IN, &later_frag(syn(other, s, 41000, 443), id(1), 5, 16).build(), DROP_FRAG_NO_VERDICT, "other source");
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(other, s, 41000, 443), id(1), 5, 16).build(),
+        DROP_FRAG_NO_VERDICT,
+        "other source",
+    );
     // UDP too.
-    h.expect_ctx(IN, &first_frag(Spec::udp(c, s, 41000, 53), id(11)).build(), ACCEPT_POLICY, "udp first");
-    h.expect_ctx(IN, &later_frag(Spec::udp(c, s, 41000, 53), id(11), 1, 16).build(), ACCEPT_FRAGMENT, "udp later");
+    h.expect_ctx(
+        IN,
+        &first_frag(Spec::udp(c, s, 41000, 53), id(11)).build(),
+        ACCEPT_POLICY,
+        "udp first",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(Spec::udp(c, s, 41000, 53), id(11), 1, 16).build(),
+        ACCEPT_FRAGMENT,
+        "udp later",
+    );
 
     // First to a denied port (by default and by a rule): it and its later fragments are dropped.
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41001, 444), id(2)).build(), DROP_DEFAULT, "denied first");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41001, 444), id(2), 5, 16).build(), DROP_FRAG_DENIED, "later of denied");
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41002, 23), id(3)).build(), DROP_POLICY, "first to 23");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41002, 23), id(3), 5, 16).build(), DROP_FRAG_DENIED, "later to 23");
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41001, 444), id(2)).build(),
+        DROP_DEFAULT,
+        "denied first",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41001, 444), id(2), 5, 16).build(),
+        DROP_FRAG_DENIED,
+        "later of denied",
+    );
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41002, 23), id(3)).build(),
+        DROP_POLICY,
+        "first to 23",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41002, 23), id(3), 5, 16).build(),
+        DROP_FRAG_DENIED,
+        "later to 23",
+    );
 
     // A later fragment with no first seen.
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41003, 443), id(4), 5, 16).build(), DROP_FRAG_NO_VERDICT, "orphan later");
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41003, 443), id(4), 5, 16).build(),
+        DROP_FRAG_NO_VERDICT,
+        "orphan later",
+    );
 
     // Later before first: the early one is dropped; the first decides what follows it.
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41004, 443), id(5), 5, 16).build(), DROP_FRAG_NO_VERDICT, "early later");
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41004, 443), id(5)).build(), ACCEPT_POLICY, "first after later");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41004, 443), id(5), 5, 16).build(), ACCEPT_FRAGMENT, "later resent");
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41004, 443), id(5), 5, 16).build(),
+        DROP_FRAG_NO_VERDICT,
+        "early later",
+    );
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41004, 443), id(5)).build(),
+        ACCEPT_POLICY,
+        "first after later",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41004, 443), id(5), 5, 16).build(),
+        ACCEPT_FRAGMENT,
+        "later resent",
+    );
 
     // A first fragment too short to hold the TCP header (8 bytes of it).
     let mut tiny = first_frag(syn(c, s, 41005, 443), id(6));
     tiny.raw_l4 = Some(tiny.l4.bytes(0)[..8].to_vec());
     h.expect_ctx(IN, &tiny.build(), DROP_FRAG_TINY, "tiny first");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41005, 443), id(6), 1, 24).build(), DROP_FRAG_TINY, "its rest at offset 8");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41005, 443), id(6), 3, 16).build(), DROP_FRAG_NO_VERDICT, "its rest at 24");
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41005, 443), id(6), 1, 24).build(),
+        DROP_FRAG_TINY,
+        "its rest at offset 8",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41005, 443), id(6), 3, 16).build(),
+        DROP_FRAG_NO_VERDICT,
+        "its rest at 24",
+    );
 
     // A later fragment at offset 8 would rewrite the TCP ports of an accepted first fragment.
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41006, 443), id(7)).build(), ACCEPT_POLICY, "first before overlap");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41006, 443), id(7), 1, 8).build(), DROP_FRAG_TINY, "overlap at offset 8");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41006, 443), id(7), 1, 32).build(), DROP_FRAG_TINY, "long overlap at 8");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41006, 443), id(7), 5, 8).build(), ACCEPT_FRAGMENT, "honest later");
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41006, 443), id(7)).build(),
+        ACCEPT_POLICY,
+        "first before overlap",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41006, 443), id(7), 1, 8).build(),
+        DROP_FRAG_TINY,
+        "overlap at offset 8",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41006, 443), id(7), 1, 32).build(),
+        DROP_FRAG_TINY,
+        "long overlap at 8",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41006, 443), id(7), 5, 8).build(),
+        ACCEPT_FRAGMENT,
+        "honest later",
+    );
 
     // A second "first" fragment of the same datagram to a denied port.
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41007, 443), id(8)).build(), ACCEPT_POLICY, "allowed first of id 8");
-    h.expect_ctx(IN, &first_frag(syn(c, s, 41007, 444), id(8)).build(), DROP_DEFAULT, "second first to 444");
-    h.expect_ctx(IN, &later_frag(syn(c, s, 41007, 443), id(8), 5, 16).build(), DROP_FRAG_DENIED, "later after it");
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41007, 443), id(8)).build(),
+        ACCEPT_POLICY,
+        "allowed first of id 8",
+    );
+    h.expect_ctx(
+        IN,
+        &first_frag(syn(c, s, 41007, 444), id(8)).build(),
+        DROP_DEFAULT,
+        "second first to 444",
+    );
+    h.expect_ctx(
+        IN,
+        &later_frag(syn(c, s, 41007, 443), id(8), 5, 16).build(),
+        DROP_FRAG_DENIED,
+        "later after it",
+    );
 
     // Fragments arriving on the LAN toward the overlay follow the same rules (no IPv6 overlay
     // is configured here: IPv6 is not policed on the LAN).
     let lan = |r| if v6 { PASS_NOT_OVERLAY } else { r };
-    h.expect_ctx(LAN, &first_frag(syn(c, s, 41008, 443), id(9)).build(), lan(ACCEPT_POLICY), "lan first");
-    h.expect_ctx(LAN, &later_frag(syn(c, s, 41008, 443), id(9), 5, 16).build(), lan(ACCEPT_FRAGMENT), "lan later");
-    h.expect_ctx(LAN, &later_frag(syn(c, s, 41008, 443), id(10), 5, 16).build(), lan(DROP_FRAG_NO_VERDICT), "orphan");
+    h.expect_ctx(
+        LAN,
+        &first_frag(syn(c, s, 41008, 443), id(9)).build(),
+        lan(ACCEPT_POLICY),
+        "lan first",
+    );
+    h.expect_ctx(
+        LAN,
+        &later_frag(syn(c, s, 41008, 443), id(9), 5, 16).build(),
+        lan(ACCEPT_FRAGMENT),
+        "lan later",
+    );
+    h.expect_ctx(
+        LAN,
+        &later_frag(syn(c, s, 41008, 443), id(10), 5, 16).build(),
+        lan(DROP_FRAG_NO_VERDICT),
+        "orphan",
+    );
 }
 
 #[test]
@@ -453,18 +792,44 @@ fn ipv6_fragments_with_headers_after_the_fragment_header() {
         f.extend_from_slice(&id.to_be_bytes());
         (44u8, f)
     };
-    for (i, (name, after)) in [("ah", ext_ah(1)), ("destination options", ext_options(60, 1))].into_iter().enumerate() {
+    for (i, (name, after)) in [
+        ("ah", ext_ah(1)),
+        ("destination options", ext_options(60, 1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let next = after.0;
         let id = 0x5000 + i as u32;
-        for (dport, first_reason, later_reason) in [(443, ACCEPT_POLICY, ACCEPT_FRAGMENT), (444, DROP_DEFAULT, DROP_FRAG_DENIED)] {
+        for (dport, first_reason, later_reason) in [
+            (443, ACCEPT_POLICY, ACCEPT_FRAGMENT),
+            (444, DROP_DEFAULT, DROP_FRAG_DENIED),
+        ] {
             let id = id + 0x100 * dport as u32;
             let mut first = syn(C6, S6, 42000 + i as u16, dport);
             first.payload_len = 20;
             first.ipv6_ext = vec![frag_hdr(0, true, id), after.clone()];
-            h.expect_ctx(IN, &first.build(), first_reason, &format!("{name}: first to {dport}"));
-            let mut later = Spec::new(C6, S6, L4::Raw { proto: next, payload: vec![0xcd; 16] });
+            h.expect_ctx(
+                IN,
+                &first.build(),
+                first_reason,
+                &format!("{name}: first to {dport}"),
+            );
+            let mut later = Spec::new(
+                C6,
+                S6,
+                L4::Raw {
+                    proto: next,
+                    payload: vec![0xcd; 16],
+                },
+            );
             later.ipv6_ext = vec![frag_hdr(8, false, id)];
-            h.expect_ctx(IN, &later.build(), later_reason, &format!("{name}: later to {dport}"));
+            h.expect_ctx(
+                IN,
+                &later.build(),
+                later_reason,
+                &format!("{name}: later to {dport}"),
+            );
         }
     }
 }
@@ -501,21 +866,74 @@ fn vlan_tags_and_non_ip_frames() {
     ];
     for (i, (name, vlans)) in stacks.into_iter().enumerate() {
         let sport = 43000 + i as u16;
-        h.expect_ctx(IN, &tagged(syn(C, S, sport, 443), vlans), ACCEPT_POLICY, &format!("{name} v4 443"));
-        h.expect_ctx(IN, &tagged(syn(C, S, sport, 444), vlans), DROP_DEFAULT, &format!("{name} v4 444"));
-        h.expect_ctx(IN, &tagged(syn(C, S, sport, 23), vlans), DROP_POLICY, &format!("{name} v4 23"));
-        h.expect_ctx(IN, &tagged(syn(C6, S6, sport, 443), vlans), ACCEPT_POLICY, &format!("{name} v6 443"));
-        h.expect_ctx(IN, &tagged(syn(C6, S6, sport, 444), vlans), DROP_DEFAULT, &format!("{name} v6 444"));
+        h.expect_ctx(
+            IN,
+            &tagged(syn(C, S, sport, 443), vlans),
+            ACCEPT_POLICY,
+            &format!("{name} v4 443"),
+        );
+        h.expect_ctx(
+            IN,
+            &tagged(syn(C, S, sport, 444), vlans),
+            DROP_DEFAULT,
+            &format!("{name} v4 444"),
+        );
+        h.expect_ctx(
+            IN,
+            &tagged(syn(C, S, sport, 23), vlans),
+            DROP_POLICY,
+            &format!("{name} v4 23"),
+        );
+        h.expect_ctx(
+            IN,
+            &tagged(syn(C6, S6, sport, 443), vlans),
+            ACCEPT_POLICY,
+            &format!("{name} v6 443"),
+        );
+        h.expect_ctx(
+            IN,
+            &tagged(syn(C6, S6, sport, 444), vlans),
+            DROP_DEFAULT,
+            &format!("{name} v6 444"),
+        );
         let reply = Spec::tcp(S, C, 443, sport, TCP_SYN | TCP_ACK);
-        h.expect_ctx(LAN, &tagged(reply, vlans), ACCEPT_ESTABLISHED, &format!("{name} reply at lan"));
-        h.expect_ctx(LAN, &tagged(syn("192.168.1.7", S, sport, 22), vlans), ACCEPT_POLICY, &format!("{name} lan ssh"));
-        h.expect_ctx(LAN, &tagged(syn("192.168.1.7", "198.18.0.1", sport, 22), vlans), PASS_NOT_OVERLAY, name);
+        h.expect_ctx(
+            LAN,
+            &tagged(reply, vlans),
+            ACCEPT_ESTABLISHED,
+            &format!("{name} reply at lan"),
+        );
+        h.expect_ctx(
+            LAN,
+            &tagged(syn("192.168.1.7", S, sport, 22), vlans),
+            ACCEPT_POLICY,
+            &format!("{name} lan ssh"),
+        );
+        h.expect_ctx(
+            LAN,
+            &tagged(syn("192.168.1.7", "198.18.0.1", sport, 22), vlans),
+            PASS_NOT_OVERLAY,
+            name,
+        );
         h.expect_ctx(IN, &arp_frame(vlans), PASS_NON_IP, &format!("{name} arp"));
     }
-    for three in [[(0x88a8, 1), (0x8100, 2), (0x8100, 3)], [(0x8100, 1), (0x8100, 2), (0x8100, 3)]] {
+    for three in [
+        [(0x88a8, 1), (0x8100, 2), (0x8100, 3)],
+        [(0x8100, 1), (0x8100, 2), (0x8100, 3)],
+    ] {
         for hook in [IN, OUT, LAN] {
-            h.expect_ctx(hook, &tagged(syn(C, S, 43100, 443), &three), DROP_VLAN_DEPTH, "three tags");
-            h.expect_ctx(hook, &arp_frame(&three), DROP_VLAN_DEPTH, "three tags, arp inside");
+            h.expect_ctx(
+                hook,
+                &tagged(syn(C, S, 43100, 443), &three),
+                DROP_VLAN_DEPTH,
+                "three tags",
+            );
+            h.expect_ctx(
+                hook,
+                &arp_frame(&three),
+                DROP_VLAN_DEPTH,
+                "three tags, arp inside",
+            );
         }
     }
     for hook in [IN, OUT, LAN] {
@@ -549,39 +967,97 @@ fn icmp_errors_pass_only_for_tracked_flows() {
             // From a router on the far side, and from the destination itself, toward the client.
             for from in [router, s] {
                 let err = unreachable(from, c, quoted);
-                h.expect_ctx(IN, &err.build(), ACCEPT_RELATED, &format!("{fam} error from {from} at ingress"));
-                h.expect_ctx(LAN, &err.build(), if fam == "v4" { ACCEPT_RELATED } else { PASS_NOT_OVERLAY }, "error at lan");
+                h.expect_ctx(
+                    IN,
+                    &err.build(),
+                    ACCEPT_RELATED,
+                    &format!("{fam} error from {from} at ingress"),
+                );
+                h.expect_ctx(
+                    LAN,
+                    &err.build(),
+                    if fam == "v4" {
+                        ACCEPT_RELATED
+                    } else {
+                        PASS_NOT_OVERLAY
+                    },
+                    "error at lan",
+                );
             }
         }
         // Other error types quote the same way.
         let mut exceeded = unreachable(router, c, &tcp);
         exceeded.l4 = match exceeded.l4 {
-            L4::Icmp { body, .. } => L4::Icmp { kind: if fam == "v4" { 11 } else { 3 }, code: 0, rest: [0; 4], body },
+            L4::Icmp { body, .. } => L4::Icmp {
+                kind: if fam == "v4" { 11 } else { 3 },
+                code: 0,
+                rest: [0; 4],
+                body,
+            },
             other => other,
         };
-        h.expect_ctx(IN, &exceeded.build(), ACCEPT_RELATED, &format!("{fam} time exceeded"));
+        h.expect_ctx(
+            IN,
+            &exceeded.build(),
+            ACCEPT_RELATED,
+            &format!("{fam} time exceeded"),
+        );
         if fam == "v4" {
             // The quoted header's own IHL locates the quoted ports.
             let mut with_options = syn(c, s, 44003, 443);
             with_options.ipv4_options = vec![1; 8];
             h.expect(IN, &with_options.build(), ACCEPT_POLICY);
-            h.expect(IN, &unreachable(router, c, &with_options).build(), ACCEPT_RELATED);
+            h.expect(
+                IN,
+                &unreachable(router, c, &with_options).build(),
+                ACCEPT_RELATED,
+            );
             let mut other_port = with_options.clone();
-            other_port.l4 = L4::Tcp { sport: 44004, dport: 443, flags: TCP_SYN };
-            h.expect(IN, &unreachable(router, c, &other_port).build(), DROP_ICMP_UNRELATED);
+            other_port.l4 = L4::Tcp {
+                sport: 44004,
+                dport: 443,
+                flags: TCP_SYN,
+            };
+            h.expect(
+                IN,
+                &unreachable(router, c, &other_port).build(),
+                DROP_ICMP_UNRELATED,
+            );
         }
 
         // A flow the policy denied, and flows never seen.
         let denied = syn(c, s, 44001, 444);
         h.expect_ctx(IN, &denied.build(), DROP_DEFAULT, "denied syn");
-        for quoted in [denied, syn(c, s, 44002, 443), Spec::udp(c, s, 44000, 54), Spec::ping(c, s, 4401)] {
+        for quoted in [
+            denied,
+            syn(c, s, 44002, 443),
+            Spec::udp(c, s, 44000, 54),
+            Spec::ping(c, s, 4401),
+        ] {
             let err = unreachable(router, c, &quoted);
-            h.expect_ctx(IN, &err.build(), DROP_ICMP_UNRELATED, &format!("{fam} error quoting an unknown flow"));
+            h.expect_ctx(
+                IN,
+                &err.build(),
+                DROP_ICMP_UNRELATED,
+                &format!("{fam} error quoting an unknown flow"),
+            );
         }
     }
     // Quoting a tracked flow's endpoints but another protocol is not related either.
-    let gre = Spec::new(C, S, L4::Raw { proto: 47, payload: vec![0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 0] });
-    h.expect_ctx(IN, &unreachable(S, C, &gre).build(), DROP_ICMP_UNRELATED, "quoting gre");
+    let gre = Spec::new(
+        C,
+        S,
+        L4::Raw {
+            proto: 47,
+            payload: vec![0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 0],
+        },
+    );
+    h.expect_ctx(
+        IN,
+        &unreachable(S, C, &gre).build(),
+        DROP_ICMP_UNRELATED,
+        "quoting gre",
+    );
     // An error too short to quote a header is truncated.
     let mut short = unreachable(S, C, &syn(C, S, 44000, 443));
     if let L4::Icmp { body, .. } = &mut short.l4 {
@@ -600,21 +1076,49 @@ fn replies_to_accepted_flows_are_established() {
         let v4 = !c.contains(':');
         // TCP: the SYN is accepted by policy, the SYN-ACK back by state only.
         h.expect(IN, &syn(c, s, 45000, 443).build(), ACCEPT_POLICY);
-        h.expect(IN, &Spec::tcp(s, c, 443, 45000, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
-        h.expect(IN, &Spec::tcp(c, s, 45000, 443, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+        h.expect(
+            IN,
+            &Spec::tcp(s, c, 443, 45000, TCP_SYN | TCP_ACK).build(),
+            ACCEPT_ESTABLISHED,
+        );
+        h.expect(
+            IN,
+            &Spec::tcp(c, s, 45000, 443, TCP_ACK).build(),
+            ACCEPT_ESTABLISHED,
+        );
         if v4 {
             // The server's reply usually comes in from the LAN.
-            h.expect(LAN, &Spec::tcp(s, c, 443, 45000, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+            h.expect(
+                LAN,
+                &Spec::tcp(s, c, 443, 45000, TCP_ACK).build(),
+                ACCEPT_ESTABLISHED,
+            );
         }
         // No prior flow: the same reply shape is judged by policy, which has no servers->clients rule.
-        h.expect(IN, &Spec::tcp(s, c, 443, 45001, TCP_SYN | TCP_ACK).build(), DROP_DEFAULT);
-        h.expect(IN, &Spec::tcp(s, c, 443, 45000 + 2, TCP_ACK).build(), DROP_DEFAULT);
+        h.expect(
+            IN,
+            &Spec::tcp(s, c, 443, 45001, TCP_SYN | TCP_ACK).build(),
+            DROP_DEFAULT,
+        );
+        h.expect(
+            IN,
+            &Spec::tcp(s, c, 443, 45000 + 2, TCP_ACK).build(),
+            DROP_DEFAULT,
+        );
         if v4 {
-            h.expect(LAN, &Spec::tcp(s, c, 443, 45001, TCP_SYN | TCP_ACK).build(), DROP_DEFAULT);
+            h.expect(
+                LAN,
+                &Spec::tcp(s, c, 443, 45001, TCP_SYN | TCP_ACK).build(),
+                DROP_DEFAULT,
+            );
         }
         // A denied SYN leaves no state behind.
         h.expect(IN, &syn(c, s, 45003, 444).build(), DROP_DEFAULT);
-        h.expect(IN, &Spec::tcp(s, c, 444, 45003, TCP_SYN | TCP_ACK).build(), DROP_DEFAULT);
+        h.expect(
+            IN,
+            &Spec::tcp(s, c, 444, 45003, TCP_SYN | TCP_ACK).build(),
+            DROP_DEFAULT,
+        );
 
         // UDP.
         h.expect(IN, &Spec::udp(c, s, 45000, 53).build(), ACCEPT_POLICY);
@@ -639,13 +1143,33 @@ fn egress_tracks_outbound_flows_for_their_replies() {
     let remote6 = "fd00:99::9";
     for (local, r) in [(S, remote), (S6, remote6)] {
         h.expect(OUT, &syn(local, r, 46000, 80).build(), ACCEPT_OUTBOUND);
-        h.expect(IN, &Spec::tcp(r, local, 80, 46000, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
-        h.expect(OUT, &Spec::tcp(local, r, 46000, 80, TCP_ACK).build(), ACCEPT_ESTABLISHED);
-        h.expect(IN, &Spec::tcp(r, local, 80, 46001, TCP_SYN | TCP_ACK).build(), DROP_DEFAULT);
+        h.expect(
+            IN,
+            &Spec::tcp(r, local, 80, 46000, TCP_SYN | TCP_ACK).build(),
+            ACCEPT_ESTABLISHED,
+        );
+        h.expect(
+            OUT,
+            &Spec::tcp(local, r, 46000, 80, TCP_ACK).build(),
+            ACCEPT_ESTABLISHED,
+        );
+        h.expect(
+            IN,
+            &Spec::tcp(r, local, 80, 46001, TCP_SYN | TCP_ACK).build(),
+            DROP_DEFAULT,
+        );
         h.expect(IN, &syn(r, local, 46002, 80).build(), DROP_DEFAULT);
 
-        h.expect(OUT, &Spec::udp(local, r, 46000, 123).build(), ACCEPT_OUTBOUND);
-        h.expect(IN, &Spec::udp(r, local, 123, 46000).build(), ACCEPT_ESTABLISHED);
+        h.expect(
+            OUT,
+            &Spec::udp(local, r, 46000, 123).build(),
+            ACCEPT_OUTBOUND,
+        );
+        h.expect(
+            IN,
+            &Spec::udp(r, local, 123, 46000).build(),
+            ACCEPT_ESTABLISHED,
+        );
         h.expect(IN, &Spec::udp(r, local, 123, 46001).build(), DROP_DEFAULT);
 
         h.expect(OUT, &Spec::ping(local, r, 460).build(), ACCEPT_OUTBOUND);
@@ -653,12 +1177,24 @@ fn egress_tracks_outbound_flows_for_their_replies() {
         h.expect(IN, &echo_reply(r, local, 461).build(), DROP_DEFAULT);
 
         // Errors about an outbound flow come back related.
-        h.expect(IN, &unreachable(r, local, &syn(local, r, 46000, 80)).build(), ACCEPT_RELATED);
+        h.expect(
+            IN,
+            &unreachable(r, local, &syn(local, r, 46000, 80)).build(),
+            ACCEPT_RELATED,
+        );
         // The egress hook never polices: even traffic no policy allows leaves.
         h.expect(OUT, &syn(local, r, 46003, 23).build(), ACCEPT_OUTBOUND);
         // Later fragments and ICMP errors leaving are not tracked, only counted.
-        h.expect(OUT, &later_frag(syn(local, r, 46000, 80), 9, 5, 16).build(), ACCEPT_OUTBOUND);
-        h.expect(OUT, &unreachable(local, r, &syn(r, local, 1, 2)).build(), ACCEPT_OUTBOUND);
+        h.expect(
+            OUT,
+            &later_frag(syn(local, r, 46000, 80), 9, 5, 16).build(),
+            ACCEPT_OUTBOUND,
+        );
+        h.expect(
+            OUT,
+            &unreachable(local, r, &syn(r, local, 1, 2)).build(),
+            ACCEPT_OUTBOUND,
+        );
     }
 }
 
@@ -673,19 +1209,47 @@ fn cached_verdicts_do_not_outlive_their_policy() {
     // One CPU throughout: each CPU has its own cache, and a run that moved would miss it.
     gateway_testkit::harness::pin_thread_to_cpu(0);
     let mut h = stateless();
-    let dropping = POLICY.replace("    action: accept\n    protocol: udp", "    action: drop\n    protocol: udp");
+    let dropping = POLICY.replace(
+        "    action: accept\n    protocol: udp",
+        "    action: drop\n    protocol: udp",
+    );
     for round in 0..3 {
         for (hook, port) in [(IN, 40000), (LAN, 40001), (IN, 40002)] {
-            h.expect_ctx(hook, &Spec::udp(C, S, port, 53).build(), ACCEPT_POLICY, &format!("round {round}, accepted"));
+            h.expect_ctx(
+                hook,
+                &Spec::udp(C, S, port, 53).build(),
+                ACCEPT_POLICY,
+                &format!("round {round}, accepted"),
+            );
         }
-        h.expect_ctx(IN, &Spec::udp(C6, S6, 40000, 53).build(), ACCEPT_POLICY, &format!("round {round}, v6 accepted"));
+        h.expect_ctx(
+            IN,
+            &Spec::udp(C6, S6, 40000, 53).build(),
+            ACCEPT_POLICY,
+            &format!("round {round}, v6 accepted"),
+        );
         h.apply(&dropping);
         for (hook, port) in [(IN, 40000), (LAN, 40001), (IN, 40003)] {
-            h.expect_ctx(hook, &Spec::udp(C, S, port, 53).build(), DROP_POLICY, &format!("round {round}, dropped"));
+            h.expect_ctx(
+                hook,
+                &Spec::udp(C, S, port, 53).build(),
+                DROP_POLICY,
+                &format!("round {round}, dropped"),
+            );
         }
-        h.expect_ctx(IN, &Spec::udp(C6, S6, 40000, 53).build(), DROP_POLICY, &format!("round {round}, v6 dropped"));
+        h.expect_ctx(
+            IN,
+            &Spec::udp(C6, S6, 40000, 53).build(),
+            DROP_POLICY,
+            &format!("round {round}, v6 dropped"),
+        );
         // Another port of the same pair is its own key.
-        h.expect_ctx(IN, &Spec::udp(C, S, 40000, 5353).build(), DROP_DEFAULT, &format!("round {round}, other port"));
+        h.expect_ctx(
+            IN,
+            &Spec::udp(C, S, 40000, 5353).build(),
+            DROP_DEFAULT,
+            &format!("round {round}, other port"),
+        );
         h.apply(POLICY);
     }
     // A cached verdict keeps its deciding rule: the rule's counter moves on every hit.
@@ -705,12 +1269,20 @@ fn policy_swap_revokes_flows_it_no_longer_allows() {
     h.expect(IN, &syn(C, S, 47002, 8443).build(), ACCEPT_POLICY);
     h.expect(IN, &syn(C6, S6, 47003, 443).build(), ACCEPT_POLICY);
     h.expect(IN, &Spec::udp(C, S, 47004, 53).build(), ACCEPT_POLICY);
-    h.expect(OUT, &syn(S, "100.64.99.9", 47005, 80).build(), ACCEPT_OUTBOUND);
+    h.expect(
+        OUT,
+        &syn(S, "100.64.99.9", 47005, 80).build(),
+        ACCEPT_OUTBOUND,
+    );
     assert_eq!(h.dp.generation(), 1);
 
     // The same policy again (a reload with no change) keeps everything.
     h.apply(POLICY);
-    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
 
     // Now only 8443 is allowed, and 443 is explicitly dropped; DNS is gone too.
     let narrowed = POLICY.replace(r#"ports: ["443", "8443"]"#, r#"ports: ["8443"]"#).replace(
@@ -721,27 +1293,71 @@ fn policy_swap_revokes_flows_it_no_longer_allows() {
     h.apply(&narrowed);
     assert_eq!(h.dp.generation(), 3);
     // Forward direction of a revoked flow.
-    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
     // The flow stays ended: its next packets, from either side, are dropped as revoked.
-    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(LAN, &Spec::tcp(S, C, 443, 47000, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
+    h.expect(
+        LAN,
+        &Spec::tcp(S, C, 443, 47000, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
     // A retransmit leaving through the tunnel (the gateway was the server) does not bring it
     // back as a local flow, so the peer's next packet is still dropped.
-    h.expect(OUT, &Spec::tcp(S, C, 443, 47000, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(
+        OUT,
+        &Spec::tcp(S, C, 443, 47000, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47000, 443, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
     // Reply direction of a revoked flow, at ingress and at the LAN.
-    h.expect(LAN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(S6, C6, 443, 47003, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(
+        LAN,
+        &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
+    h.expect(
+        IN,
+        &Spec::tcp(S6, C6, 443, 47003, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
     h.expect(IN, &Spec::udp(S, C, 53, 47004).build(), DROP_REVOKED);
     // UDP has no SYN: the gateway's own socket sending on the ended flow is dropped too.
     h.expect(OUT, &Spec::udp(S, C, 53, 47004).build(), DROP_REVOKED);
     h.expect(IN, &Spec::udp(C, S, 47004, 53).build(), DROP_REVOKED);
     // Still allowed: keeps passing, both ways.
-    h.expect(IN, &Spec::tcp(S, C, 8443, 47002, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
-    h.expect(IN, &Spec::tcp(C, S, 47002, 8443, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 8443, 47002, TCP_SYN | TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47002, 8443, TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
     // Outbound flows are not the policy's to revoke.
-    h.expect(IN, &Spec::tcp("100.64.99.9", S, 80, 47005, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp("100.64.99.9", S, 80, 47005, TCP_SYN | TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
     // New flows follow the new policy.
     h.expect(IN, &syn(C, S, 47006, 443).build(), DROP_POLICY);
     h.expect(IN, &syn(C, S, 47006, 8443).build(), ACCEPT_POLICY);
@@ -749,15 +1365,35 @@ fn policy_swap_revokes_flows_it_no_longer_allows() {
     // Swapping back re-allows new flows; the revoked ones stay ended unless the policy admits
     // the packet as a new flow in its own direction.
     h.apply(POLICY);
-    h.expect(IN, &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 443, 47001, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
     h.expect(IN, &syn(C, S, 47007, 443).build(), ACCEPT_POLICY);
-    h.expect(IN, &Spec::tcp(S, C, 8443, 47002, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 8443, 47002, TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
 
     // A policy that allows nothing revokes every policed flow (by the default deny).
     h.apply("policies: []\n");
-    h.expect(IN, &Spec::tcp(S, C, 8443, 47002, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(C, S, 47007, 443, TCP_ACK).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp("100.64.99.9", S, 80, 47005, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 8443, 47002, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47007, 443, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
+    h.expect(
+        IN,
+        &Spec::tcp("100.64.99.9", S, 80, 47005, TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -767,14 +1403,52 @@ fn policy_swap_revokes_flows_it_no_longer_allows() {
 fn lan_traffic_is_policed_only_toward_the_overlay() {
     let mut h = Harness::new(POLICY);
     let host = "192.168.1.10";
-    for dst in ["198.18.0.1", "8.8.8.8", "100.63.255.255", "100.128.0.0", "192.168.1.1"] {
-        h.expect_ctx(LAN, &syn(host, dst, 48000, 23).build(), PASS_NOT_OVERLAY, dst);
-        h.expect_ctx(LAN, &Spec::udp(host, dst, 48000, 9).build(), PASS_NOT_OVERLAY, dst);
-        h.expect_ctx(LAN, &Spec::ping(host, dst, 480).build(), PASS_NOT_OVERLAY, dst);
-        h.expect_ctx(LAN, &Spec::new(host, dst, L4::Raw { proto: 47, payload: vec![0; 4] }).build(), PASS_NOT_OVERLAY, dst);
+    for dst in [
+        "198.18.0.1",
+        "8.8.8.8",
+        "100.63.255.255",
+        "100.128.0.0",
+        "192.168.1.1",
+    ] {
+        h.expect_ctx(
+            LAN,
+            &syn(host, dst, 48000, 23).build(),
+            PASS_NOT_OVERLAY,
+            dst,
+        );
+        h.expect_ctx(
+            LAN,
+            &Spec::udp(host, dst, 48000, 9).build(),
+            PASS_NOT_OVERLAY,
+            dst,
+        );
+        h.expect_ctx(
+            LAN,
+            &Spec::ping(host, dst, 480).build(),
+            PASS_NOT_OVERLAY,
+            dst,
+        );
+        h.expect_ctx(
+            LAN,
+            &Spec::new(
+                host,
+                dst,
+                L4::Raw {
+                    proto: 47,
+                    payload: vec![0; 4],
+                },
+            )
+            .build(),
+            PASS_NOT_OVERLAY,
+            dst,
+        );
     }
     // No IPv6 overlay configured: IPv6 is never policed here.
-    h.expect(LAN, &syn("fd00:1::10", S6, 48000, 23).build(), PASS_NOT_OVERLAY);
+    h.expect(
+        LAN,
+        &syn("fd00:1::10", S6, 48000, 23).build(),
+        PASS_NOT_OVERLAY,
+    );
     // Toward the overlay (100.64.0.0/10, edges included): policy, default deny.
     for dst in ["100.64.0.0", S, "100.127.255.255"] {
         h.expect_ctx(LAN, &syn(host, dst, 48001, 80).build(), DROP_DEFAULT, dst);
@@ -782,22 +1456,49 @@ fn lan_traffic_is_policed_only_toward_the_overlay() {
     }
     h.expect(LAN, &syn(host, S, 48002, 22).build(), ACCEPT_POLICY);
     h.expect(LAN, &syn(host, S, 48002, 23).build(), DROP_DEFAULT);
-    h.expect(LAN, &syn("192.168.2.10", S, 48002, 22).build(), DROP_DEFAULT);
-    h.expect(LAN, &syn(host, "100.64.10.1", 48002, 22).build(), DROP_DEFAULT);
+    h.expect(
+        LAN,
+        &syn("192.168.2.10", S, 48002, 22).build(),
+        DROP_DEFAULT,
+    );
+    h.expect(
+        LAN,
+        &syn(host, "100.64.10.1", 48002, 22).build(),
+        DROP_DEFAULT,
+    );
     // The LAN-initiated flow's reply through the tunnel is established.
-    h.expect(IN, &Spec::tcp(S, host, 22, 48002, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(S, host, 22, 48002, TCP_SYN | TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
     assert_eq!(h.xdp(&syn(host, S, 48003, 80).build()), XDP_DROP);
 }
 
 #[test]
 fn lan_ipv6_overlay_when_configured() {
-    let opts = LoadOptions { overlay_v6: Some("fd00::/16".parse().unwrap()), ..Default::default() };
+    let opts = LoadOptions {
+        overlay_v6: Some("fd00::/16".parse().unwrap()),
+        ..Default::default()
+    };
     let mut h = Harness::with_options(POLICY, opts);
     h.expect(LAN, &syn(C6, S6, 48100, 443).build(), ACCEPT_POLICY);
     h.expect(LAN, &syn(C6, S6, 48100, 444).build(), DROP_DEFAULT);
-    h.expect(LAN, &syn("2001:db8::1", S6, 48100, 443).build(), DROP_DEFAULT);
-    h.expect(LAN, &syn(C6, "fd01::1", 48100, 443).build(), PASS_NOT_OVERLAY);
-    h.expect(LAN, &syn(C6, "2001:db8::2", 48100, 443).build(), PASS_NOT_OVERLAY);
+    h.expect(
+        LAN,
+        &syn("2001:db8::1", S6, 48100, 443).build(),
+        DROP_DEFAULT,
+    );
+    h.expect(
+        LAN,
+        &syn(C6, "fd01::1", 48100, 443).build(),
+        PASS_NOT_OVERLAY,
+    );
+    h.expect(
+        LAN,
+        &syn(C6, "2001:db8::2", 48100, 443).build(),
+        PASS_NOT_OVERLAY,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -807,28 +1508,60 @@ fn lan_ipv6_overlay_when_configured() {
 fn rule_counters_name_the_deciding_policy() {
     let mut h = Harness::new(POLICY);
     h.expect(IN, &syn(C, S, 49000, 443).build(), ACCEPT_POLICY); // web
-    h.expect(IN, &Spec::tcp(S, C, 443, 49000, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED); // web
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 443, 49000, TCP_SYN | TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    ); // web
     h.expect(IN, &syn(C6, S6, 49001, 8443).build(), ACCEPT_POLICY); // web
     h.expect(IN, &Spec::udp(C, S, 49000, 53).build(), ACCEPT_POLICY); // dns
     h.expect(IN, &syn(C, S, 49002, 23).build(), DROP_POLICY); // no-telnet
     h.expect(IN, &syn(C6, S6, 49002, 23).build(), DROP_POLICY); // no-telnet
     h.expect(IN, &syn(C, S, 49003, 444).build(), DROP_DEFAULT); // no policy
-    h.expect(LAN, &syn("192.168.1.5", S, 49004, 22).build(), ACCEPT_POLICY); // lan-ssh
-    h.expect(OUT, &syn(S, "100.64.99.9", 49005, 80).build(), ACCEPT_OUTBOUND); // no policy
-    h.expect(IN, &Spec::tcp("100.64.99.9", S, 80, 49005, TCP_ACK).build(), ACCEPT_ESTABLISHED); // no policy
-    let counts = |h: &Harness| ["web", "dns", "ping", "no-telnet", "lan-ssh"].map(|n| h.rule_packets(n));
+    h.expect(
+        LAN,
+        &syn("192.168.1.5", S, 49004, 22).build(),
+        ACCEPT_POLICY,
+    ); // lan-ssh
+    h.expect(
+        OUT,
+        &syn(S, "100.64.99.9", 49005, 80).build(),
+        ACCEPT_OUTBOUND,
+    ); // no policy
+    h.expect(
+        IN,
+        &Spec::tcp("100.64.99.9", S, 80, 49005, TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    ); // no policy
+    let counts =
+        |h: &Harness| ["web", "dns", "ping", "no-telnet", "lan-ssh"].map(|n| h.rule_packets(n));
     assert_eq!(counts(&h), [3, 1, 0, 2, 1]);
-    let total: u64 = h.dp.rule_counters().unwrap().iter().map(|(_, c)| c.packets).sum();
+    let total: u64 =
+        h.dp.rule_counters()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.packets)
+            .sum();
     assert_eq!(total, 7);
     // Bytes are counted with the packets (a 54-byte SYN, 74 bytes over IPv6).
-    let web = h.dp.rule_counters().unwrap().into_iter().find(|(n, _)| n == "web").unwrap().1;
+    let web =
+        h.dp.rule_counters()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == "web")
+            .unwrap()
+            .1;
     assert_eq!(web.bytes, 54 + 54 + 74);
 
     // After a policy change, a retired policy's totals stay under its name, and packets of a
     // flow re-checked by the new policy count for the policy that now allows it.
     let renamed = POLICY.replace("name: web", "name: web-v2");
     h.apply(&renamed);
-    h.expect(IN, &Spec::tcp(C, S, 49000, 443, TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 49000, 443, TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
     h.expect(IN, &syn(C, S, 49006, 23).build(), DROP_POLICY);
     assert_eq!(h.rule_packets("web"), 3);
     assert_eq!(h.rule_packets("web-v2"), 1);
@@ -873,10 +1606,18 @@ policies:
     ports: ["53"]
 "#;
     h.apply(swapped);
-    let (web_before, dns_before, no_https_before) = (h.rule_packets("web"), h.rule_packets("dns"), h.rule_packets("no-https"));
+    let (web_before, dns_before, no_https_before) = (
+        h.rule_packets("web"),
+        h.rule_packets("dns"),
+        h.rule_packets("no-https"),
+    );
     // An error about a flow the new policy no longer allows ends the flow, like its own packets.
     h.expect(IN, &unreachable(router, C, &https).build(), DROP_REVOKED);
-    h.expect(IN, &Spec::tcp(C, S, 47100, 443, TCP_ACK).build(), DROP_REVOKED);
+    h.expect(
+        IN,
+        &Spec::tcp(C, S, 47100, 443, TCP_ACK).build(),
+        DROP_REVOKED,
+    );
     h.expect(IN, &unreachable(router, C, &https).build(), DROP_REVOKED);
     // Errors about flows still allowed pass, counted for the policy that allows them now.
     h.expect(IN, &unreachable(router, C, &alt).build(), ACCEPT_RELATED);
@@ -886,7 +1627,11 @@ policies:
     assert_eq!(h.rule_packets("dns") - dns_before, 2);
     assert_eq!(h.rule_packets("no-https") - no_https_before, 2);
     // And the flows themselves carry on.
-    h.expect(IN, &Spec::tcp(S, C, 8443, 47101, TCP_SYN | TCP_ACK).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        IN,
+        &Spec::tcp(S, C, 8443, 47101, TCP_SYN | TCP_ACK).build(),
+        ACCEPT_ESTABLISHED,
+    );
     h.expect(IN, &Spec::udp(S, C, 53, 47102).build(), ACCEPT_ESTABLISHED);
 }
 
@@ -896,13 +1641,52 @@ policies:
 fn ipv6_neighbor_discovery_passes_only_from_the_link() {
     let mut h = Harness::new(POLICY);
     for kind in [133u8, 134, 135, 136] {
-        let nd = |ttl: u8| Spec { ttl, ..Spec::new("fe80::2", "ff02::1:ff00:1", L4::Icmp { kind, code: 0, rest: [0; 4], body: vec![0; 16] }) };
-        h.expect_ctx(IN, &nd(255).build(), PASS_NEIGHBOR_DISCOVERY, &format!("type {kind} hop limit 255"));
-        h.expect_ctx(OUT, &nd(255).build(), PASS_NEIGHBOR_DISCOVERY, &format!("type {kind} egress"));
-        h.expect_ctx(IN, &nd(64).build(), DROP_DEFAULT, &format!("type {kind} hop limit 64"));
+        let nd = |ttl: u8| Spec {
+            ttl,
+            ..Spec::new(
+                "fe80::2",
+                "ff02::1:ff00:1",
+                L4::Icmp {
+                    kind,
+                    code: 0,
+                    rest: [0; 4],
+                    body: vec![0; 16],
+                },
+            )
+        };
+        h.expect_ctx(
+            IN,
+            &nd(255).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &format!("type {kind} hop limit 255"),
+        );
+        h.expect_ctx(
+            OUT,
+            &nd(255).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &format!("type {kind} egress"),
+        );
+        h.expect_ctx(
+            IN,
+            &nd(64).build(),
+            DROP_DEFAULT,
+            &format!("type {kind} hop limit 64"),
+        );
     }
     // A redirect (137) is not let through on the link's say-so.
-    let redirect = Spec { ttl: 255, ..Spec::new("fe80::2", "fe80::1", L4::Icmp { kind: 137, code: 0, rest: [0; 4], body: vec![0; 32] }) };
+    let redirect = Spec {
+        ttl: 255,
+        ..Spec::new(
+            "fe80::2",
+            "fe80::1",
+            L4::Icmp {
+                kind: 137,
+                code: 0,
+                rest: [0; 4],
+                body: vec![0; 32],
+            },
+        )
+    };
     h.expect(IN, &redirect.build(), DROP_DEFAULT);
 }
 
@@ -921,10 +1705,25 @@ fn icmp_errors_must_travel_back_to_the_quoted_sender() {
         let reply = Spec::tcp(s, c, 443, 45000, TCP_SYN | TCP_ACK);
         // The client quotes the server's reply in errors aimed at another server, and at the
         // client's own flow's destination with its own packet quoted.
-        h.expect_ctx(IN, &unreachable(c, other, &reply).build(), DROP_ICMP_UNRELATED, "error to a bystander");
-        h.expect_ctx(IN, &unreachable(c, s, &flow).build(), DROP_ICMP_UNRELATED, "error about its own packet");
+        h.expect_ctx(
+            IN,
+            &unreachable(c, other, &reply).build(),
+            DROP_ICMP_UNRELATED,
+            "error to a bystander",
+        );
+        h.expect_ctx(
+            IN,
+            &unreachable(c, s, &flow).build(),
+            DROP_ICMP_UNRELATED,
+            "error about its own packet",
+        );
         // The legitimate case: an error about the server's reply, to the server.
-        h.expect_ctx(IN, &unreachable(c, s, &reply).build(), ACCEPT_RELATED, "error to the quoted sender");
+        h.expect_ctx(
+            IN,
+            &unreachable(c, s, &reply).build(),
+            ACCEPT_RELATED,
+            "error to the quoted sender",
+        );
     }
 }
 
@@ -936,17 +1735,48 @@ fn icmp_echo_is_tracked_with_its_direction() {
     for (c, s) in [(C, S), (C6, S6)] {
         for id in [0u16, 4600] {
             h.expect(IN, &Spec::ping(c, s, id).build(), ACCEPT_POLICY);
-            h.expect_ctx(IN, &Spec::ping(s, c, id).build(), DROP_DEFAULT, "request the other way");
-            h.expect_ctx(LAN, &Spec::ping(s, c, id).build(), if c == C { DROP_DEFAULT } else { PASS_NOT_OVERLAY }, "at lan");
-            h.expect_ctx(IN, &echo_reply(s, c, id).build(), ACCEPT_ESTABLISHED, "the reply");
+            h.expect_ctx(
+                IN,
+                &Spec::ping(s, c, id).build(),
+                DROP_DEFAULT,
+                "request the other way",
+            );
+            h.expect_ctx(
+                LAN,
+                &Spec::ping(s, c, id).build(),
+                if c == C {
+                    DROP_DEFAULT
+                } else {
+                    PASS_NOT_OVERLAY
+                },
+                "at lan",
+            );
+            h.expect_ctx(
+                IN,
+                &echo_reply(s, c, id).build(),
+                ACCEPT_ESTABLISHED,
+                "the reply",
+            );
         }
     }
     // The same at the egress: the gateway's own ping lets its reply in, not a request.
     h.expect(OUT, &Spec::ping(S, C, 4700).build(), ACCEPT_OUTBOUND);
     h.expect(IN, &Spec::ping(C, S, 4700).build(), ACCEPT_POLICY);
-    h.expect(OUT, &Spec::ping(S, "100.64.99.9", 4701).build(), ACCEPT_OUTBOUND);
-    h.expect(IN, &Spec::ping("100.64.99.9", S, 4701).build(), DROP_DEFAULT);
-    h.expect(IN, &echo_reply("100.64.99.9", S, 4701).build(), ACCEPT_ESTABLISHED);
+    h.expect(
+        OUT,
+        &Spec::ping(S, "100.64.99.9", 4701).build(),
+        ACCEPT_OUTBOUND,
+    );
+    h.expect(
+        IN,
+        &Spec::ping("100.64.99.9", S, 4701).build(),
+        DROP_DEFAULT,
+    );
+    h.expect(
+        IN,
+        &echo_reply("100.64.99.9", S, 4701).build(),
+        ACCEPT_ESTABLISHED,
+    );
 }
 
 /// ICMP that is neither echo nor an error (timestamp, router and node information messages)
@@ -957,13 +1787,39 @@ fn other_icmp_types_are_judged_one_by_one() {
     for (c, s, far) in [(C, S, "100.64.99.9"), (C6, S6, "fd00:99::9")] {
         let v6 = c.contains(':');
         let (request, reply) = if v6 { (139, 140) } else { (13, 14) };
-        let msg = |src: &str, dst: &str, kind: u8| Spec::new(src, dst, L4::Icmp { kind, code: 0, rest: [0, 1, 0, 1], body: vec![0; 12] });
+        let msg = |src: &str, dst: &str, kind: u8| {
+            Spec::new(
+                src,
+                dst,
+                L4::Icmp {
+                    kind,
+                    code: 0,
+                    rest: [0, 1, 0, 1],
+                    body: vec![0; 12],
+                },
+            )
+        };
         h.expect(IN, &msg(c, s, request).build(), ACCEPT_POLICY);
-        h.expect_ctx(IN, &msg(s, c, request).build(), DROP_DEFAULT, "same type back");
-        h.expect_ctx(IN, &msg(s, c, reply).build(), DROP_DEFAULT, "its reply type");
+        h.expect_ctx(
+            IN,
+            &msg(s, c, request).build(),
+            DROP_DEFAULT,
+            "same type back",
+        );
+        h.expect_ctx(
+            IN,
+            &msg(s, c, reply).build(),
+            DROP_DEFAULT,
+            "its reply type",
+        );
         // The gateway's own message opens nothing for the answer either.
         h.expect(OUT, &msg(s, far, request).build(), ACCEPT_OUTBOUND);
-        h.expect_ctx(IN, &msg(far, s, reply).build(), DROP_DEFAULT, "answer to the gateway's message");
+        h.expect_ctx(
+            IN,
+            &msg(far, s, reply).build(),
+            DROP_DEFAULT,
+            "answer to the gateway's message",
+        );
     }
 }
 
@@ -972,29 +1828,72 @@ fn other_icmp_types_are_judged_one_by_one() {
 #[test]
 fn neighbor_discovery_only_on_ethernet_to_link_scope_addresses() {
     let mut h = Harness::new(POLICY);
-    let nd = |dst: &str| Spec { ttl: 255, ..Spec::new("fe80::2", dst, L4::Icmp { kind: 135, code: 0, rest: [0; 4], body: vec![0; 16] }) };
+    let nd = |dst: &str| Spec {
+        ttl: 255,
+        ..Spec::new(
+            "fe80::2",
+            dst,
+            L4::Icmp {
+                kind: 135,
+                code: 0,
+                rest: [0; 4],
+                body: vec![0; 16],
+            },
+        )
+    };
     h.expect(IN, &nd("fe80::1").build(), PASS_NEIGHBOR_DISCOVERY);
     h.expect(IN, &nd("ff02::1:ff00:1").build(), PASS_NEIGHBOR_DISCOVERY);
     h.expect(IN, &nd(S6).build(), DROP_DEFAULT);
     h.expect(OUT, &nd(S6).build(), ACCEPT_OUTBOUND);
-    h.expect(IN, &Spec { src: C6.parse().unwrap(), ..nd(S6) }.build(), ACCEPT_POLICY);
+    h.expect(
+        IN,
+        &Spec {
+            src: C6.parse().unwrap(),
+            ..nd(S6)
+        }
+        .build(),
+        ACCEPT_POLICY,
+    );
     // On a tunnel without a link layer there are no neighbours to discover.
     let before = h.count(IN, DROP_DEFAULT);
-    let l3 = Spec { l3_only: true, ..nd("ff02::1:ff00:1") };
-    assert_eq!(h.tc_l3(true, &l3.build()), gateway_testkit::harness::TC_ACT_SHOT);
-    assert_eq!(h.count(IN, DROP_DEFAULT) - before, 1, "counted as a default deny, not as neighbour discovery");
+    let l3 = Spec {
+        l3_only: true,
+        ..nd("ff02::1:ff00:1")
+    };
+    assert_eq!(
+        h.tc_l3(true, &l3.build()),
+        gateway_testkit::harness::TC_ACT_SHOT
+    );
+    assert_eq!(
+        h.count(IN, DROP_DEFAULT) - before,
+        1,
+        "counted as a default deny, not as neighbour discovery"
+    );
 }
 
 /// An error quoting a protocol without ports must not pick up the ports of an earlier packet
 /// from the per-CPU scratch (they would make it miss the flow it quotes).
 #[test]
 fn quoted_flows_without_ports_start_clean() {
-    let policy = format!("{POLICY}  - name: gre\n    source_groups: [clients]\n    destination_groups: [servers]\n    action: accept\n    protocol: all\n");
+    let policy = format!(
+        "{POLICY}  - name: gre\n    source_groups: [clients]\n    destination_groups: [servers]\n    action: accept\n    protocol: all\n"
+    );
     let mut h = Harness::new(&policy);
-    let gre = Spec::new(C, S, L4::Raw { proto: 47, payload: vec![0; 24] });
+    let gre = Spec::new(
+        C,
+        S,
+        L4::Raw {
+            proto: 47,
+            payload: vec![0; 24],
+        },
+    );
     h.expect(IN, &gre.build(), ACCEPT_POLICY);
     // An error quoting a TCP flow leaves ports in the scratch...
-    h.expect(IN, &unreachable(S, C, &syn(C, S, 45100, 443)).build(), DROP_ICMP_UNRELATED);
+    h.expect(
+        IN,
+        &unreachable(S, C, &syn(C, S, 45100, 443)).build(),
+        DROP_ICMP_UNRELATED,
+    );
     // ...which the error about the GRE flow must not inherit.
     h.expect(IN, &unreachable(S, C, &gre).build(), ACCEPT_RELATED);
 }
@@ -1004,13 +1903,26 @@ fn quoted_flows_without_ports_start_clean() {
 #[test]
 fn an_apply_over_the_limits_writes_nothing() {
     use aya::maps::HashMap as BpfHashMap;
-    use gateway_dataplane::LimitsConfig;
-    use gateway_policy::{compile, self as policy};
     use gateway_common::acl::{Verdict, VerdictKey};
+    use gateway_dataplane::LimitsConfig;
+    use gateway_policy::{self as policy, compile};
 
-    let fits = compile::compile(&policy::parse_str(POLICY, "t.yaml").unwrap(), &compile::Limits::default()).unwrap();
-    let limits = LimitsConfig { acl_verdicts: fits.verdicts.len() as u32, ..Default::default() };
-    let mut h = Harness::with_options(POLICY, LoadOptions { limits, ..Default::default() });
+    let fits = compile::compile(
+        &policy::parse_str(POLICY, "t.yaml").unwrap(),
+        &compile::Limits::default(),
+    )
+    .unwrap();
+    let limits = LimitsConfig {
+        acl_verdicts: fits.verdicts.len() as u32,
+        ..Default::default()
+    };
+    let mut h = Harness::with_options(
+        POLICY,
+        LoadOptions {
+            limits,
+            ..Default::default()
+        },
+    );
     let generation = h.dp.generation();
     // Every client/server pair on its own port: many more verdicts than the loaded maps hold.
     let mut big = String::from("groups:\n");
@@ -1023,11 +1935,19 @@ fn an_apply_over_the_limits_writes_nothing() {
     let set = policy::parse_str(&big, "big.yaml").unwrap();
     let compiled = compile::compile(&set, &compile::Limits::default()).unwrap();
     let err = h.dp.apply(&compiled).expect_err("over the limits");
-    assert!(err.to_string().contains("exceeds the configured limits"), "{err}");
+    assert!(
+        err.to_string().contains("exceeds the configured limits"),
+        "{err}"
+    );
     assert_eq!(h.dp.generation(), generation);
-    let map: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(h.dp.ebpf().map(gateway_common::maps::ACL_VERDICT).unwrap()).unwrap();
+    let map: BpfHashMap<_, VerdictKey, Verdict> =
+        BpfHashMap::try_from(h.dp.ebpf().map(gateway_common::maps::ACL_VERDICT).unwrap()).unwrap();
     let slots: Vec<u8> = map.keys().map(|k| k.unwrap().slot).collect();
-    assert_eq!(slots.len(), fits.verdicts.len(), "only the policy in force is in the map");
+    assert_eq!(
+        slots.len(),
+        fits.verdicts.len(),
+        "only the policy in force is in the map"
+    );
     assert!(slots.iter().all(|s| *s as u32 == h.slot));
     h.expect(IN, &syn(C, S, 48000, 443).build(), ACCEPT_POLICY);
     h.expect(IN, &syn(C, S, 48000, 1000).build(), DROP_DEFAULT);

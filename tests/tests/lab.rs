@@ -4,17 +4,23 @@ use gateway::status::Report;
 use std::net::IpAddr;
 
 use gateway::demo::{self, SEED_MATRIX};
+use gateway_testkit::harness::gateway_binary;
 use gateway_testkit::{
-    topology::SEED_POLICY,
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
+    topology::SEED_POLICY,
     traffic,
 };
-use gateway_testkit::harness::gateway_binary;
 
 fn start(lab: &Lab, policy: &str) -> GatewayProcess {
     let config = lab.write_config(policy, LAB_METRICS_ADDR).expect("config");
-    GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts")
+    GatewayProcess::start(
+        &gateway_binary(),
+        &lab.gw,
+        &config,
+        &lab.dir.join("gateway.log"),
+    )
+    .expect("gateway starts")
 }
 
 #[test]
@@ -27,51 +33,131 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     let st = gw.status::<Report>(&lab.gw).unwrap();
     assert_eq!(st.generation, 1);
     assert_eq!(st.rules, 4);
-    assert_eq!(st.attachments.iter().filter(|a| a.mode == "tc ingress").count(), 6);
-    assert_eq!(st.attachments.iter().filter(|a| a.mode == "tc egress").count(), 6);
-    assert!(st.attachments.iter().any(|a| a.interface == "lan0" && a.mode == "xdp native"));
+    assert_eq!(
+        st.attachments
+            .iter()
+            .filter(|a| a.mode == "tc ingress")
+            .count(),
+        6
+    );
+    assert_eq!(
+        st.attachments
+            .iter()
+            .filter(|a| a.mode == "tc egress")
+            .count(),
+        6
+    );
+    assert!(
+        st.attachments
+            .iter()
+            .any(|a| a.interface == "lan0" && a.mode == "xdp native")
+    );
 
     // The full verdict matrix. TCP and UDP probes only succeed when the echo returns, so every
     // accepted case also proves the return traffic passed without a reverse rule.
     let mut wrong = Vec::new();
     for c in SEED_MATRIX {
         if demo::probe(&lab, c) != c.accept {
-            wrong.push(format!("{} -> {} {} expected {}", c.from, c.to, c.probe, if c.accept { "accept" } else { "drop" }));
+            wrong.push(format!(
+                "{} -> {} {} expected {}",
+                c.from,
+                c.to,
+                c.probe,
+                if c.accept { "accept" } else { "drop" }
+            ));
         }
     }
-    assert!(wrong.is_empty(), "wrong verdicts: {wrong:#?}\n{}", gw.log_text());
+    assert!(
+        wrong.is_empty(),
+        "wrong verdicts: {wrong:#?}\n{}",
+        gw.log_text()
+    );
 
     // Counters saw it: every policy decided packets, drops are counted by reason.
     let st = gw.status::<Report>(&lab.gw).unwrap();
-    for p in ["control-plane-full-access", "orchestration-to-containers", "demo-isolation", "demo-no-internet"] {
-        assert!(st.policies.iter().any(|c| c.policy == p && c.packets > 0), "no packets for {p}: {:?}", st.policies);
+    for p in [
+        "control-plane-full-access",
+        "orchestration-to-containers",
+        "demo-isolation",
+        "demo-no-internet",
+    ] {
+        assert!(
+            st.policies.iter().any(|c| c.policy == p && c.packets > 0),
+            "no packets for {p}: {:?}",
+            st.policies
+        );
     }
-    let drops = |reason: &str| st.counters.iter().filter(|c| c.verdict == "drop" && c.reason == reason).map(|c| c.packets).sum::<u64>();
+    let drops = |reason: &str| {
+        st.counters
+            .iter()
+            .filter(|c| c.verdict == "drop" && c.reason == reason)
+            .map(|c| c.packets)
+            .sum::<u64>()
+    };
     assert!(drops("policy") > 0 && drops("default_deny") > 0);
-    assert!(st.counters.iter().any(|c| c.direction == "lan" && c.verdict == "drop"), "LAN-initiated drop not counted at XDP");
+    assert!(
+        st.counters
+            .iter()
+            .any(|c| c.direction == "lan" && c.verdict == "drop"),
+        "LAN-initiated drop not counted at XDP"
+    );
 
     // The `gateway status` command reads the same endpoint, as a table and as JSON.
     let bin = gateway_binary();
-    let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--addr", LAB_METRICS_ADDR]).output().unwrap();
+    let out = lab
+        .gw
+        .command(bin.to_str().unwrap())
+        .args(["status", "--addr", LAB_METRICS_ADDR])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("(generation 1, 4 enabled policies)") && text.contains("xdp native"), "{text}");
-    assert!(text.contains("data plane: pinned under") && text.contains("stays in force if this process exits"), "{text}");
+    assert!(
+        out.status.success()
+            && text.contains("(generation 1, 4 enabled policies)")
+            && text.contains("xdp native"),
+        "{text}"
+    );
+    assert!(
+        text.contains("data plane: pinned under")
+            && text.contains("stays in force if this process exits"),
+        "{text}"
+    );
     assert!(text.contains("demo-isolation"), "{text}");
-    let out = lab.gw.command(bin.to_str().unwrap()).args(["status", "--json", "--addr", LAB_METRICS_ADDR]).output().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let out = lab
+        .gw
+        .command(bin.to_str().unwrap())
+        .args(["status", "--json", "--addr", LAB_METRICS_ADDR])
+        .output()
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
     assert_eq!(json["generation"], 1);
     // The conntrack fill level is what the last sweep counted (counting takes a walk of the
     // map, which the controller does only there, off its runtime): the sweep every 10 s sees
     // the matrix's flows.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !gw.status::<Report>(&lab.gw).unwrap().maps.iter().any(|m| m.map == "conntrack" && m.entries > 0) {
-        assert!(std::time::Instant::now() < deadline, "no conntrack entries counted by a sweep");
+    while !gw
+        .status::<Report>(&lab.gw)
+        .unwrap()
+        .maps
+        .iter()
+        .any(|m| m.map == "conntrack" && m.entries > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no conntrack entries counted by a sweep"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
     // Prometheus exposition with the documented names and labels.
     let m = gw.metrics(&lab.gw).unwrap();
-    assert!(m.contains("gateway_packets_total{direction=\"tunnel_ingress\",reason=\"policy\",verdict=\"drop\"}"), "{m}");
+    assert!(
+        m.contains(
+            "gateway_packets_total{direction=\"tunnel_ingress\",reason=\"policy\",verdict=\"drop\"}"
+        ),
+        "{m}"
+    );
     assert!(m.contains("gateway_policy_packets_total{policy=\"demo-isolation\"}"));
     assert!(m.contains("gateway_policy_generation 1"));
 
@@ -82,29 +168,56 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     assert!(live.exchange(b"before"));
 
     // A malformed policy is rejected whole on SIGHUP: generation and verdicts stay.
-    std::fs::write(lab.policy_path(), "policies:\n  - name: broken\n    source_groups: [nope]\n").unwrap();
+    std::fs::write(
+        lab.policy_path(),
+        "policies:\n  - name: broken\n    source_groups: [nope]\n",
+    )
+    .unwrap();
     let st = gw.reload::<Report>(&lab.gw).unwrap();
     assert_eq!(st.generation, 1);
     assert!(st.last_reload.starts_with("rejected"), "{}", st.last_reload);
-    assert!(st.last_reload.contains("policy.yaml:3"), "error names file and line: {}", st.last_reload);
+    assert!(
+        st.last_reload.contains("policy.yaml:3"),
+        "error names file and line: {}",
+        st.last_reload
+    );
     assert!(live.exchange(b"still allowed"));
 
     // A policy without orchestration-to-containers: the live flow is cut, new ones refused,
     // and the control plane is unaffected.
-    let without: String = SEED_POLICY.replace("  - name: orchestration-to-containers\n    enabled: true", "  - name: orchestration-to-containers\n    enabled: false");
+    let without: String = SEED_POLICY.replace(
+        "  - name: orchestration-to-containers\n    enabled: true",
+        "  - name: orchestration-to-containers\n    enabled: false",
+    );
     assert_ne!(without, SEED_POLICY);
     std::fs::write(lab.policy_path(), &without).unwrap();
     let st = gw.reload::<Report>(&lab.gw).unwrap();
     assert_eq!(st.generation, 2, "{}", st.last_reload);
-    assert!(!live.exchange(b"after revoke"), "a revoked flow kept passing");
+    assert!(
+        !live.exchange(b"after revoke"),
+        "a revoked flow kept passing"
+    );
     assert!(!traffic::tcp_exchange(orch, lin1, 443));
     assert!(traffic::tcp_exchange(&lab.host("cp1").ns, lin1, 443));
     let st = gw.status::<Report>(&lab.gw).unwrap();
-    assert!(st.counters.iter().any(|c| c.reason == "revoked" && c.packets > 0), "{:?}", st.counters);
+    assert!(
+        st.counters
+            .iter()
+            .any(|c| c.reason == "revoked" && c.packets > 0),
+        "{:?}",
+        st.counters
+    );
     // The kernel program's log (aya-log) reaches the gateway's log through tracing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !gw.log_text().contains("flow ended: the new policy no longer allows it") {
-        assert!(std::time::Instant::now() < deadline, "no kernel log line for the revoked flow:\n{}", gw.log_text());
+    while !gw
+        .log_text()
+        .contains("flow ended: the new policy no longer allows it")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel log line for the revoked flow:\n{}",
+            gw.log_text()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
@@ -118,21 +231,47 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
     // Fail-static: with the controller gone the pinned data plane keeps enforcing the last
     // policy: demo isolation holds, allowed flows still open.
     let (lin1_ns, web1) = (&lab.host("lin1").ns, IpAddr::V4(lab.host("web1").addr));
-    assert!(!traffic::tcp_exchange(lin1_ns, web1, 443), "demo isolation must hold after the gateway exited");
-    assert!(traffic::tcp_exchange(orch, lin1, 443), "allowed flows keep opening after the gateway exited");
+    assert!(
+        !traffic::tcp_exchange(lin1_ns, web1, 443),
+        "demo isolation must hold after the gateway exited"
+    );
+    assert!(
+        traffic::tcp_exchange(orch, lin1, 443),
+        "allowed flows keep opening after the gateway exited"
+    );
     // Removing it is an explicit act; then traffic is no longer policed.
     let bin = gateway_binary();
-    let out = std::process::Command::new(&bin).args(["detach", "--pin-dir"]).arg(lab.pin_dir()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("the data plane is detached"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = std::process::Command::new(&bin)
+        .args(["detach", "--pin-dir"])
+        .arg(lab.pin_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the data plane is detached"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The kernel releases an unpinned link from a work queue: allow it a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while !traffic::tcp_exchange(lin1_ns, web1, 443) {
-        assert!(std::time::Instant::now() < deadline, "after `gateway detach` the traffic is still policed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after `gateway detach` the traffic is still policed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let links = String::from_utf8_lossy(&lab.gw.ip(&["-d", "link", "show", "lan0"]).unwrap().stdout).to_string();
-    assert!(!links.contains("xdp"), "XDP still attached to lan0 after detach:\n{links}");
+    let links =
+        String::from_utf8_lossy(&lab.gw.ip(&["-d", "link", "show", "lan0"]).unwrap().stdout)
+            .to_string();
+    assert!(
+        !links.contains("xdp"),
+        "XDP still attached to lan0 after detach:\n{links}"
+    );
 }
 
 #[test]
@@ -142,26 +281,65 @@ fn bad_input_is_one_clear_error_and_nothing_attached() {
     // Missing interface.
     let cfg = lab.dir.join("missing-if.yaml");
     std::fs::write(lab.dir.join("p.yaml"), SEED_POLICY).unwrap();
-    std::fs::write(&cfg, format!("policy: {}\ninterfaces:\n  tunnel:\n    - name: t-cp1\n    - name: nosuch0\n", lab.dir.join("p.yaml").display())).unwrap();
-    let out = lab.gw.command(bin.to_str().unwrap()).args(["run", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "policy: {}\ninterfaces:\n  tunnel:\n    - name: t-cp1\n    - name: nosuch0\n",
+            lab.dir.join("p.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = lab
+        .gw
+        .command(bin.to_str().unwrap())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interface \"nosuch0\" not found"), "{err}");
     // Bad policy.
-    std::fs::write(lab.dir.join("bad.yaml"), "policies:\n  - name: x\n    action: maybe\n").unwrap();
-    std::fs::write(&cfg, format!("policy: {}\ninterfaces:\n  tunnel:\n    - name: t-cp1\n", lab.dir.join("bad.yaml").display())).unwrap();
-    let out = lab.gw.command(bin.to_str().unwrap()).args(["run", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        lab.dir.join("bad.yaml"),
+        "policies:\n  - name: x\n    action: maybe\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "policy: {}\ninterfaces:\n  tunnel:\n    - name: t-cp1\n",
+            lab.dir.join("bad.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = lab
+        .gw
+        .command(bin.to_str().unwrap())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml:3") && err.contains("action"), "{err}");
+    assert!(
+        err.contains("bad.yaml:3") && err.contains("action"),
+        "{err}"
+    );
     // Unreadable config.
-    let out = lab.gw.command(bin.to_str().unwrap()).args(["run", "--config", "/nonexistent/gw.yaml"]).output().unwrap();
+    let out = lab
+        .gw
+        .command(bin.to_str().unwrap())
+        .args(["run", "--config", "/nonexistent/gw.yaml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gw.yaml"));
     // Nothing was left attached on t-cp1.
     let links = lab.gw.exec(&["ip", "-d", "link", "show", "t-cp1"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("xdp"));
-    let tc = lab.gw.exec(&["tc", "filter", "show", "dev", "t-cp1", "ingress"]).unwrap();
+    let tc = lab
+        .gw
+        .exec(&["tc", "filter", "show", "dev", "t-cp1", "ingress"])
+        .unwrap();
     assert!(String::from_utf8_lossy(&tc.stdout).trim().is_empty());
 }
 
@@ -170,18 +348,53 @@ fn bad_input_is_one_clear_error_and_nothing_attached() {
 fn lan_fallback_modes_enforce_the_same_policy() {
     let lab = Lab::seed().expect("lab");
     let _servers = demo::start_servers(&lab).expect("servers");
-    for (attach, mode) in [("tc", "tc ingress (configured fallback)"), ("xdp-generic", "xdp generic (configured fallback)")] {
-        let config = lab.write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach).unwrap();
-        let gw = GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts");
+    for (attach, mode) in [
+        ("tc", "tc ingress (configured fallback)"),
+        ("xdp-generic", "xdp generic (configured fallback)"),
+    ] {
+        let config = lab
+            .write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach)
+            .unwrap();
+        let gw = GatewayProcess::start(
+            &gateway_binary(),
+            &lab.gw,
+            &config,
+            &lab.dir.join("gateway.log"),
+        )
+        .expect("gateway starts");
         let st = gw.status::<Report>(&lab.gw).unwrap();
-        assert!(st.attachments.iter().any(|a| a.interface == "lan0" && a.mode == mode), "{attach}: {:?}", st.attachments);
+        assert!(
+            st.attachments
+                .iter()
+                .any(|a| a.interface == "lan0" && a.mode == mode),
+            "{attach}: {:?}",
+            st.attachments
+        );
         let lan1 = IpAddr::V4(lab.host("lan1").addr);
         let cp1 = IpAddr::V4(lab.host("cp1").addr);
-        assert!(traffic::tcp_exchange(&lab.host("cp1").ns, lan1, 80), "{attach}: control plane to LAN, replies through the LAN hook");
-        assert!(!traffic::tcp_exchange(&lab.host("lan1").ns, cp1, 443), "{attach}: LAN-initiated must be dropped");
+        assert!(
+            traffic::tcp_exchange(&lab.host("cp1").ns, lan1, 80),
+            "{attach}: control plane to LAN, replies through the LAN hook"
+        );
+        assert!(
+            !traffic::tcp_exchange(&lab.host("lan1").ns, cp1, 443),
+            "{attach}: LAN-initiated must be dropped"
+        );
         let st = gw.status::<Report>(&lab.gw).unwrap();
-        assert!(st.counters.iter().any(|c| c.direction == "lan" && c.reason == "established" && c.packets > 0), "{attach}: {:?}", st.counters);
-        assert!(st.counters.iter().any(|c| c.direction == "lan" && c.reason == "default_deny" && c.packets > 0), "{attach}: {:?}", st.counters);
+        assert!(
+            st.counters
+                .iter()
+                .any(|c| c.direction == "lan" && c.reason == "established" && c.packets > 0),
+            "{attach}: {:?}",
+            st.counters
+        );
+        assert!(
+            st.counters
+                .iter()
+                .any(|c| c.direction == "lan" && c.reason == "default_deny" && c.packets > 0),
+            "{attach}: {:?}",
+            st.counters
+        );
         assert!(gw.stop().unwrap().success());
     }
 }

@@ -5,18 +5,21 @@
 use std::{net::IpAddr, time::Duration};
 
 use gateway::{demo, status::Report};
+use gateway_testkit::harness::gateway_binary;
 use gateway_testkit::{
-    topology::SEED_POLICY,
     iperf::{self, Run, Transfer},
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
+    topology::SEED_POLICY,
     traffic,
 };
-use gateway_testkit::harness::gateway_binary;
 
 fn start(lab: &Lab, log: &str) -> GatewayProcess {
-    let config = lab.write_config(SEED_POLICY, LAB_METRICS_ADDR).expect("config");
-    GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log)).expect("gateway starts")
+    let config = lab
+        .write_config(SEED_POLICY, LAB_METRICS_ADDR)
+        .expect("config");
+    GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log))
+        .expect("gateway starts")
 }
 
 #[test]
@@ -33,16 +36,36 @@ fn sigkill_leaves_the_last_policy_enforcing() {
 
     gw.crash().unwrap();
     // Allowed flows keep flowing, new allowed ones open, denied ones stay denied.
-    assert!(live.exchange(b"after kill -9"), "the live flow must survive the controller");
-    assert!(traffic::tcp_exchange(cp1, lan1, 80), "control plane to the LAN");
-    assert!(!traffic::tcp_exchange(lin1_ns, web1, 443), "demo isolation must hold without the controller");
-    assert!(!traffic::tcp_exchange(&lab.host("win1").ns, lan1, 80), "demo-no-internet must hold without the controller");
+    assert!(
+        live.exchange(b"after kill -9"),
+        "the live flow must survive the controller"
+    );
+    assert!(
+        traffic::tcp_exchange(cp1, lan1, 80),
+        "control plane to the LAN"
+    );
+    assert!(
+        !traffic::tcp_exchange(lin1_ns, web1, 443),
+        "demo isolation must hold without the controller"
+    );
+    assert!(
+        !traffic::tcp_exchange(&lab.host("win1").ns, lan1, 80),
+        "demo-no-internet must hold without the controller"
+    );
 
     // The next run adopts it: the flow carries on and the generation continues.
     let gw = start(&lab, "gateway2.log");
-    assert!(gw.log_text().contains("adopted the pinned data plane"), "{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("adopted the pinned data plane"),
+        "{}",
+        gw.log_text()
+    );
     let st = gw.status::<Report>(&lab.gw).unwrap();
-    assert_eq!((st.adopted_generation, st.generation), (Some(1), 2), "generation 1 adopted, the file applied as 2");
+    assert_eq!(
+        (st.adopted_generation, st.generation),
+        (Some(1), 2),
+        "generation 1 adopted, the file applied as 2"
+    );
     assert_eq!(st.pin_dir.as_deref(), Some(lab.pin_dir().to_str().unwrap()));
     assert!(live.exchange(b"after the restart"));
     assert!(!traffic::tcp_exchange(lin1_ns, web1, 443));
@@ -53,9 +76,19 @@ fn sigkill_leaves_the_last_policy_enforcing() {
     std::fs::create_dir_all(&foreign).unwrap();
     gw.stop().unwrap();
     let config = lab.write_config(SEED_POLICY, LAB_METRICS_ADDR).unwrap();
-    let out = lab.gw.command(gateway_binary().to_str().unwrap()).args(["run", "--config"]).arg(&config).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success() && err.contains("another layout (v0)"), "{err}");
+    let out = lab
+        .gw
+        .command(gateway_binary().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && err.contains("another layout (v0)"),
+        "{err}"
+    );
     assert!(live.exchange(b"still enforced as before"));
     assert!(!traffic::tcp_exchange(lin1_ns, web1, 443));
 }
@@ -74,7 +107,13 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     let _servers = demo::start_servers(&lab).expect("servers");
     let gw = start(&lab, "gateway.log");
     let drops_on_the_path = |st: &gateway::status::Report| -> u64 {
-        st.counters.iter().filter(|c| c.verdict == "drop" && (c.direction == "lan" || c.direction == "tunnel_egress")).map(|c| c.packets).sum()
+        st.counters
+            .iter()
+            .filter(|c| {
+                c.verdict == "drop" && (c.direction == "lan" || c.direction == "tunnel_egress")
+            })
+            .map(|c| c.packets)
+            .sum()
     };
     let drops_before = drops_on_the_path(&gw.status::<Report>(&lab.gw).unwrap());
     let (cp1, lan1) = (&lab.host("cp1").ns, lab.host("lan1"));
@@ -85,8 +124,21 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     // the bulk transfer and a restarting gateway's verifier) are counted by its kernel.
     let socket_drops = || gateway_testkit::traffic::udp_socket_drops(cp1);
     let socket_drops_before = socket_drops();
-    let udp = Run { transfer: Transfer::Udp { payload: 1400, mbit_per_s: 50 }, reverse: true, seconds: 8, port: 5301 };
-    let tcp = Run { transfer: Transfer::Tcp, reverse: false, seconds: 8, port: 5302 };
+    let udp = Run {
+        transfer: Transfer::Udp {
+            payload: 1400,
+            mbit_per_s: 50,
+        },
+        reverse: true,
+        seconds: 8,
+        port: 5301,
+    };
+    let tcp = Run {
+        transfer: Transfer::Tcp,
+        reverse: false,
+        seconds: 8,
+        port: 5302,
+    };
     let (udp_result, tcp_result, gw_status, leaks) = std::thread::scope(|s| {
         let u = s.spawn(|| iperf::run(cp1, &lan1.ns, lan1_addr, udp));
         let t = s.spawn(|| iperf::run(cp1, &lan1.ns, lan1_addr, tcp));
@@ -107,7 +159,12 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
         let gw = start(&lab, "gateway3.log");
         let (u, t) = (u.join().unwrap(), t.join().unwrap());
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (u, t, gw.status::<Report>(&lab.gw).unwrap(), probe.join().unwrap())
+        (
+            u,
+            t,
+            gw.status::<Report>(&lab.gw).unwrap(),
+            probe.join().unwrap(),
+        )
     });
     let generation = gw_status.generation;
     let gateway_drops = drops_on_the_path(&gw_status) - drops_before;
@@ -115,10 +172,18 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     let udp_result = udp_result.expect("udp stream");
     let tcp_result = tcp_result.expect("tcp stream");
     assert!(udp_result.packets > 20_000, "{udp_result:?}");
-    assert_eq!(gateway_drops, 0, "the gateway dropped packets of established flows across restarts: {:?}", gw_status.counters);
+    assert_eq!(
+        gateway_drops, 0,
+        "the gateway dropped packets of established flows across restarts: {:?}",
+        gw_status.counters
+    );
     let dropped_by_the_socket = socket_drops() - socket_drops_before;
     assert!(
-        udp_result.lost_packets.saturating_sub(dropped_by_the_socket) * 200 <= udp_result.packets,
+        udp_result
+            .lost_packets
+            .saturating_sub(dropped_by_the_socket)
+            * 200
+            <= udp_result.packets,
         "datagrams lost on the way (beyond the {dropped_by_the_socket} the receiving socket dropped): {udp_result:?}"
     );
     assert!(tcp_result.bytes_received >= 100_000_000, "{tcp_result:?}");

@@ -7,6 +7,7 @@ use std::{
 };
 
 use gateway::{demo, status::Report};
+use gateway_testkit::harness::gateway_binary;
 use gateway_testkit::{
     management::{self, Api, ManagementProcess},
     netns::Netns,
@@ -14,7 +15,6 @@ use gateway_testkit::{
     topology::{GATEWAY_LAN_ADDR, GATEWAY_OVERLAY_ADDR, Lab},
     traffic,
 };
-use gateway_testkit::harness::gateway_binary;
 use management_proto::{WgKey, pb};
 use serde_json::{Value, json};
 
@@ -22,17 +22,29 @@ const TOKEN: &str = "lab-token-5f2a9c";
 const MGMT_ADDR: &str = "127.0.0.1:33073";
 
 fn api(ns: &Netns) -> Api<'_> {
-    Api { ns, addr: MGMT_ADDR, token: TOKEN }
+    Api {
+        ns,
+        addr: MGMT_ADDR,
+        token: TOKEN,
+    }
 }
 
 /// Logs a fresh peer (a new key) in over gRPC with `setup_key`, from inside `ns`.
 fn grpc_login(ns: &Netns, setup_key: &str) -> Result<pb::LoginResponse, tonic::Status> {
-    management::grpc_login(ns, &format!("http://{MGMT_ADDR}"), setup_key, WgKey::generate(), "lab-client")
+    management::grpc_login(
+        ns,
+        &format!("http://{MGMT_ADDR}"),
+        setup_key,
+        WgKey::generate(),
+        "lab-client",
+    )
 }
 
 fn metric(gw: &GatewayProcess, ns: &Netns, name: &str) -> f64 {
     let text = gw.metrics(ns).expect("metrics");
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(f64::NAN)
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
@@ -47,7 +59,9 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Du
 /// Waits for the gateway to apply a network map newer than `after`; returns the new serial and
 /// how long it took.
 fn wait_applied(gw: &GatewayProcess, ns: &Netns, after: f64) -> (f64, Duration) {
-    let took = wait_until("network map applied", Duration::from_secs(5), || metric(gw, ns, "gateway_management_serial ") > after);
+    let took = wait_until("network map applied", Duration::from_secs(5), || {
+        metric(gw, ns, "gateway_management_serial ") > after
+    });
     (metric(gw, ns, "gateway_management_serial "), took)
 }
 
@@ -60,14 +74,22 @@ fn gateway_enforces_what_management_says_through_trouble() {
     let addr: SocketAddr = MGMT_ADDR.parse().unwrap();
     let data = lab.dir.join("management");
     let mgmt_log = lab.dir.join("management.log");
-    let mgmt = ManagementProcess::start(&bin, &lab.gw, &data, addr, TOKEN, &[], &mgmt_log).expect("management starts");
+    let mgmt = ManagementProcess::start(&bin, &lab.gw, &data, addr, TOKEN, &[], &mgmt_log)
+        .expect("management starts");
     let api = api(&lab.gw);
 
     // Groups and keys, as an operator would create them.
     let gateways = api.id("/api/groups", json!({"name": "gateways"}));
     let clients = api.id("/api/groups", json!({"name": "clients"}));
     let gw_key = api.ok("POST", "/api/setup-keys", json!({"name": "gateway", "type": "one-off", "expires_in": 3600, "auto_groups": [gateways]}))["key"].as_str().unwrap().to_string();
-    let client_key = api.ok("POST", "/api/setup-keys", json!({"name": "clients", "type": "reusable", "auto_groups": [clients]}))["key"].as_str().unwrap().to_string();
+    let client_key = api.ok(
+        "POST",
+        "/api/setup-keys",
+        json!({"name": "clients", "type": "reusable", "auto_groups": [clients]}),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // lin1 joins as a client peer (a real gRPC login); its overlay address is the lab's.
     grpc_login(&lab.gw, &client_key).expect("client registers");
@@ -78,19 +100,52 @@ fn gateway_enforces_what_management_says_through_trouble() {
     let config = lab.write_management_config(LAB_METRICS_ADDR).unwrap();
     let state = lab.dir.join("gateway-state");
     let url = format!("http://{MGMT_ADDR}");
-    let mut gw = GatewayProcess::start_with(&bin, &lab.gw, &config, &lab.dir.join("gateway.log"), &["--management-url", &url, "--setup-key", &gw_key, "--state-dir", state.to_str().unwrap()]).expect("gateway starts");
-    wait_until("gateway registered", Duration::from_secs(10), || api.peers().len() == 2);
-    let gw_id = api.peers().iter().map(|p| p["id"].as_str().unwrap().to_string()).find(|id| *id != client_id).unwrap();
+    let mut gw = GatewayProcess::start_with(
+        &bin,
+        &lab.gw,
+        &config,
+        &lab.dir.join("gateway.log"),
+        &[
+            "--management-url",
+            &url,
+            "--setup-key",
+            &gw_key,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .expect("gateway starts");
+    wait_until("gateway registered", Duration::from_secs(10), || {
+        api.peers().len() == 2
+    });
+    let gw_id = api
+        .peers()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .find(|id| *id != client_id)
+        .unwrap();
     // The server knows the peer before the gateway has read the Login answer and recorded it.
-    wait_until("registration recorded", Duration::from_secs(5), || state.join("wg.key").exists() && state.join("registered").exists());
+    wait_until("registration recorded", Duration::from_secs(5), || {
+        state.join("wg.key").exists() && state.join("registered").exists()
+    });
     api.set_ip(&gw_id, GATEWAY_OVERLAY_ADDR);
-    wait_until("gateway syncing", Duration::from_secs(10), || metric(&gw, &lab.gw, "gateway_management_connected ") == 1.0);
+    wait_until("gateway syncing", Duration::from_secs(10), || {
+        metric(&gw, &lab.gw, "gateway_management_connected ") == 1.0
+    });
 
     // The LAN host as a network resource routed by the gateway.
     let lan_res = api.id("/api/groups", json!({"name": "lan-resources"}));
     let network = api.id("/api/networks", json!({"name": "lab-lan"}));
-    api.ok("POST", &format!("/api/networks/{network}/resources"), json!({"name": "lan1", "address": "198.18.10.10", "enabled": true, "groups": [lan_res]}));
-    api.ok("POST", &format!("/api/networks/{network}/routers"), json!({"peer": gw_id, "metric": 100, "masquerade": false, "enabled": true}));
+    api.ok(
+        "POST",
+        &format!("/api/networks/{network}/resources"),
+        json!({"name": "lan1", "address": "198.18.10.10", "enabled": true, "groups": [lan_res]}),
+    );
+    api.ok(
+        "POST",
+        &format!("/api/networks/{network}/routers"),
+        json!({"peer": gw_id, "metric": 100, "masquerade": false, "enabled": true}),
+    );
 
     let lin1 = &lab.host("lin1").ns;
     let win1 = &lab.host("win1").ns;
@@ -99,9 +154,20 @@ fn gateway_enforces_what_management_says_through_trouble() {
     // Default deny before any policy.
     // Wait for the map that carries the lab address; from here on each change is one new map.
     wait_until("address applied", Duration::from_secs(5), || {
-        gw.status::<Report>(&lab.gw).unwrap().management.unwrap().overlay_address.as_deref() == Some(GATEWAY_OVERLAY_ADDR)
+        gw.status::<Report>(&lab.gw)
+            .unwrap()
+            .management
+            .unwrap()
+            .overlay_address
+            .as_deref()
+            == Some(GATEWAY_OVERLAY_ADDR)
     });
-    let serial0 = gw.status::<Report>(&lab.gw).unwrap().management.unwrap().serial as f64;
+    let serial0 = gw
+        .status::<Report>(&lab.gw)
+        .unwrap()
+        .management
+        .unwrap()
+        .serial as f64;
     assert_eq!(metric(&gw, &lab.gw, "gateway_management_serial "), serial0);
     assert!(!traffic::tcp_exchange(lin1, lan1, 80));
     assert!(!traffic::tcp_exchange(lin1, me, 8443));
@@ -113,11 +179,21 @@ fn gateway_enforces_what_management_says_through_trouble() {
     ]});
     let policy = api.id("/api/policies", session.clone());
     let (serial1, took) = wait_applied(&gw, &lab.gw, serial0);
-    assert!(took < Duration::from_secs(1), "REST change to policy in force took {took:?}");
-    assert!(traffic::tcp_exchange(lin1, lan1, 80), "allowed forward flow\n{}", gw.log_text());
+    assert!(
+        took < Duration::from_secs(1),
+        "REST change to policy in force took {took:?}"
+    );
+    assert!(
+        traffic::tcp_exchange(lin1, lan1, 80),
+        "allowed forward flow\n{}",
+        gw.log_text()
+    );
     assert!(traffic::tcp_exchange(lin1, me, 8443), "allowed input flow");
     assert!(!traffic::tcp_exchange(lin1, lan1, 22), "other port");
-    assert!(!traffic::tcp_exchange(win1, lan1, 80), "peer outside the source group");
+    assert!(
+        !traffic::tcp_exchange(win1, lan1, 80),
+        "peer outside the source group"
+    );
 
     // Delete it: denied again within a second.
     api.ok("DELETE", &format!("/api/policies/{policy}"), Value::Null);
@@ -134,7 +210,9 @@ fn gateway_enforces_what_management_says_through_trouble() {
 
     // Management dies: the gateway notices, and every verdict stays as it was.
     mgmt.kill();
-    wait_until("gateway notices", Duration::from_secs(20), || metric(&gw, &lab.gw, "gateway_management_connected ") == 0.0);
+    wait_until("gateway notices", Duration::from_secs(20), || {
+        metric(&gw, &lab.gw, "gateway_management_connected ") == 0.0
+    });
     assert!(live.exchange(b"during"), "live traffic unchanged");
     assert!(traffic::tcp_exchange(lin1, lan1, 80));
     assert!(traffic::tcp_exchange(lin1, me, 8443));
@@ -147,13 +225,37 @@ fn gateway_enforces_what_management_says_through_trouble() {
     // flow carries on through both.
     let generation = gw.status::<Report>(&lab.gw).unwrap().generation;
     gw.crash().unwrap();
-    assert!(live.exchange(b"no controller"), "live traffic without the gateway process");
-    assert!(!traffic::tcp_exchange(win1, lan1, 80), "still denied without the gateway process");
-    gw = GatewayProcess::start_with(&bin, &lab.gw, &config, &lab.dir.join("gateway2.log"), &["--management-url", &url, "--state-dir", state.to_str().unwrap()])
-        .expect("gateway restarts");
+    assert!(
+        live.exchange(b"no controller"),
+        "live traffic without the gateway process"
+    );
+    assert!(
+        !traffic::tcp_exchange(win1, lan1, 80),
+        "still denied without the gateway process"
+    );
+    gw = GatewayProcess::start_with(
+        &bin,
+        &lab.gw,
+        &config,
+        &lab.dir.join("gateway2.log"),
+        &[
+            "--management-url",
+            &url,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .expect("gateway restarts");
     let st = gw.status::<Report>(&lab.gw).unwrap();
-    assert!(st.last_reload.starts_with("adopted generation"), "{}", st.last_reload);
-    assert_eq!(st.generation, generation, "the adopted policy is the one in force");
+    assert!(
+        st.last_reload.starts_with("adopted generation"),
+        "{}",
+        st.last_reload
+    );
+    assert_eq!(
+        st.generation, generation,
+        "the adopted policy is the one in force"
+    );
     assert!(live.exchange(b"after the gateway's restart"));
     assert!(traffic::tcp_exchange(lin1, lan1, 80));
     assert!(traffic::tcp_exchange(lin1, me, 8443));
@@ -161,8 +263,11 @@ fn gateway_enforces_what_management_says_through_trouble() {
     assert!(!traffic::tcp_exchange(lin1, lan1, 22));
 
     // Restarted on the same data: the gateway reconnects, and serials go on from where they were.
-    let mgmt = ManagementProcess::start(&bin, &lab.gw, &data, addr, TOKEN, &[], &mgmt_log).expect("management restarts");
-    wait_until("gateway reconnects", Duration::from_secs(20), || metric(&gw, &lab.gw, "gateway_management_connected ") == 1.0);
+    let mgmt = ManagementProcess::start(&bin, &lab.gw, &data, addr, TOKEN, &[], &mgmt_log)
+        .expect("management restarts");
+    wait_until("gateway reconnects", Duration::from_secs(20), || {
+        metric(&gw, &lab.gw, "gateway_management_connected ") == 1.0
+    });
     assert!(live.exchange(b"after"));
     let policies = api.ok("GET", "/api/policies", Value::Null);
     let pid = policies[0]["id"].as_str().unwrap().to_string();
@@ -186,31 +291,70 @@ fn gateway_enforces_what_management_says_through_trouble() {
 
     // The router masquerades (NetBird's Route.Masquerade): new connections reach lan1 from the
     // gateway's LAN address; the connection already under way keeps its addresses.
-    let routers = api.ok("GET", &format!("/api/networks/{network}/routers"), Value::Null);
+    let routers = api.ok(
+        "GET",
+        &format!("/api/networks/{network}/routers"),
+        Value::Null,
+    );
     let rid = routers[0]["id"].as_str().unwrap().to_string();
-    api.ok("PUT", &format!("/api/networks/{network}/routers/{rid}"), json!({"peer": gw_id, "metric": 100, "masquerade": true, "enabled": true}));
+    api.ok(
+        "PUT",
+        &format!("/api/networks/{network}/routers/{rid}"),
+        json!({"peer": gw_id, "metric": 100, "masquerade": true, "enabled": true}),
+    );
     let (serial6, _) = wait_applied(&gw, &lab.gw, serial5);
     assert!(serial6 > serial5);
     let mut masqueraded = traffic::tcp_open(lin1, lan1, 80).expect("masqueraded connection");
     assert!(masqueraded.exchange(b"masqueraded"), "{}", gw.log_text());
-    assert!(live.exchange(b"still as it began"), "the connection under way broke");
+    assert!(
+        live.exchange(b"still as it began"),
+        "the connection under way broke"
+    );
     let lan1_ns = &lab.host("lan1").ns;
-    let seen = String::from_utf8_lossy(&lan1_ns.exec(&["ss", "-tnH", "state", "established", "( sport = :80 )"]).unwrap().stdout).to_string();
-    assert!(seen.contains(&format!("{GATEWAY_LAN_ADDR}:")), "lan1 does not see the gateway's address:\n{seen}");
-    assert!(seen.contains("100.64.101.1:"), "the earlier connection is still the peer's:\n{seen}");
+    let seen = String::from_utf8_lossy(
+        &lan1_ns
+            .exec(&["ss", "-tnH", "state", "established", "( sport = :80 )"])
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        seen.contains(&format!("{GATEWAY_LAN_ADDR}:")),
+        "lan1 does not see the gateway's address:\n{seen}"
+    );
+    assert!(
+        seen.contains("100.64.101.1:"),
+        "the earlier connection is still the peer's:\n{seen}"
+    );
 
     // Deleting the gateway's peer: the management service refuses it. Enforcement continues
     // with nothing allowed (never with no filter), and the gateway stays up to say why.
     api.ok("DELETE", &format!("/api/peers/{gw_id}"), Value::Null);
-    wait_until("refusal in force", Duration::from_secs(15), || metric(&gw, &lab.gw, "gateway_management_refused ") == 1.0);
+    wait_until("refusal in force", Duration::from_secs(15), || {
+        metric(&gw, &lab.gw, "gateway_management_refused ") == 1.0
+    });
     let st = gw.status::<Report>(&lab.gw).unwrap();
     let m = st.management.clone().unwrap();
     assert!(m.refused.is_some() && !m.connected, "{m:?}");
-    assert!(st.last_reload.contains("deny-all in force"), "{}", st.last_reload);
+    assert!(
+        st.last_reload.contains("deny-all in force"),
+        "{}",
+        st.last_reload
+    );
     assert!(!live.exchange(b"after"), "the live flow must end");
-    assert!(!traffic::tcp_exchange(lin1, lan1, 80), "forward traffic denied, not unfiltered");
+    assert!(
+        !traffic::tcp_exchange(lin1, lan1, 80),
+        "forward traffic denied, not unfiltered"
+    );
     assert!(!traffic::tcp_exchange(lin1, me, 8443));
-    assert!(gw.log_text().contains("refused this gateway"), "{}", gw.log_text());
-    assert!(gw.wait_exit(Duration::from_millis(200)).unwrap().is_none(), "the gateway stays up");
+    assert!(
+        gw.log_text().contains("refused this gateway"),
+        "{}",
+        gw.log_text()
+    );
+    assert!(
+        gw.wait_exit(Duration::from_millis(200)).unwrap().is_none(),
+        "the gateway stays up"
+    );
     drop(mgmt);
 }

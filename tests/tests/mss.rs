@@ -13,12 +13,19 @@ use std::{
 };
 
 use gateway::status::Report;
-use gateway_testkit::{topology::SEED_POLICY, iperf::{self, Run, Transfer}, netns::Netns, process::{GatewayProcess, LAB_METRICS_ADDR}, topology::Lab, packets::{Spec, TCP_ACK, TCP_SYN}};
 use gateway_common::{
     mss::MssClamp,
     stats::{HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason::*},
 };
 use gateway_testkit::harness::{Harness, TC_ACT_OK, gateway_binary};
+use gateway_testkit::{
+    iperf::{self, Run, Transfer},
+    netns::Netns,
+    packets::{Spec, TCP_ACK, TCP_SYN},
+    process::{GatewayProcess, LAB_METRICS_ADDR},
+    topology::Lab,
+    topology::SEED_POLICY,
+};
 
 const POLICY: &str = r#"
 groups:
@@ -50,7 +57,11 @@ fn mss(v: u16) -> Vec<u8> {
 /// A SYN (or SYN-ACK) with these options and a correct checksum. Each case takes a client port
 /// of its own ([`client_port`]): conntrack is on, as by default, and each case is a new flow.
 fn segment(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, options: Vec<u8>) -> Spec {
-    Spec { tcp_options: options, l4_checksum: true, ..Spec::tcp(src, dst, sport, dport, flags) }
+    Spec {
+        tcp_options: options,
+        l4_checksum: true,
+        ..Spec::tcp(src, dst, sport, dport, flags)
+    }
 }
 
 static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(41000);
@@ -62,7 +73,8 @@ fn client_port() -> u16 {
 /// The tunnel side of the harness is the test-run device (lo), clamped as a 1280-byte tunnel.
 fn harness() -> Harness {
     let mut h = Harness::new(POLICY);
-    h.dp.set_mss_clamp("lo", Some(MssClamp::for_mtu(1280))).expect("clamp on lo");
+    h.dp.set_mss_clamp("lo", Some(MssClamp::for_mtu(1280)))
+        .expect("clamp on lo");
     h
 }
 
@@ -70,59 +82,197 @@ fn harness() -> Harness {
 /// as `want`, and that the clamp counter moved iff the bytes changed.
 #[track_caller]
 fn check(h: &mut Harness, ingress: bool, input: &Spec, verdict: u32, want: &Spec, what: &str) {
-    let hook = if ingress { HOOK_TUNNEL_INGRESS } else { HOOK_TUNNEL_EGRESS };
-    let before = (h.count(hook, verdict), h.count(hook, MSS_CLAMPED), h.count(hook, MSS_NOT_CLAMPED));
+    let hook = if ingress {
+        HOOK_TUNNEL_INGRESS
+    } else {
+        HOOK_TUNNEL_EGRESS
+    };
+    let before = (
+        h.count(hook, verdict),
+        h.count(hook, MSS_CLAMPED),
+        h.count(hook, MSS_NOT_CLAMPED),
+    );
     let (action, out) = h.tc_bytes(ingress, &input.build());
-    let after = (h.count(hook, verdict), h.count(hook, MSS_CLAMPED), h.count(hook, MSS_NOT_CLAMPED));
+    let after = (
+        h.count(hook, verdict),
+        h.count(hook, MSS_CLAMPED),
+        h.count(hook, MSS_NOT_CLAMPED),
+    );
     let want_bytes = want.build();
-    assert_eq!(action, TC_ACT_OK, "{what}: dropped; {}", h.hook_counters(hook));
-    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&want_bytes), "{what}: bytes out");
+    assert_eq!(
+        action,
+        TC_ACT_OK,
+        "{what}: dropped; {}",
+        h.hook_counters(hook)
+    );
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&want_bytes),
+        "{what}: bytes out"
+    );
     let clamped = input.build() != want_bytes;
-    assert_eq!(after.0 - before.0, 1, "{what}: verdict counter; {}", h.hook_counters(hook));
-    assert_eq!(after.1 - before.1, u64::from(clamped), "{what}: mss_clamped counter; {}", h.hook_counters(hook));
-    assert_eq!(after.2, before.2, "{what}: nothing failed; {}", h.hook_counters(hook));
+    assert_eq!(
+        after.0 - before.0,
+        1,
+        "{what}: verdict counter; {}",
+        h.hook_counters(hook)
+    );
+    assert_eq!(
+        after.1 - before.1,
+        u64::from(clamped),
+        "{what}: mss_clamped counter; {}",
+        h.hook_counters(hook)
+    );
+    assert_eq!(
+        after.2,
+        before.2,
+        "{what}: nothing failed; {}",
+        h.hook_counters(hook)
+    );
 }
 
 #[test]
 fn syns_are_clamped_wherever_the_mss_option_sits() {
     let mut h = harness();
-    let linux = |m: u16| [mss(m), SACK_OK.to_vec(), TIMESTAMPS.to_vec(), vec![1], WSCALE.to_vec()].concat();
-    let late = |m: u16| [vec![1, 1], SACK_OK.to_vec(), TIMESTAMPS.to_vec(), vec![1], WSCALE.to_vec(), mss(m)].concat();
+    let linux = |m: u16| {
+        [
+            mss(m),
+            SACK_OK.to_vec(),
+            TIMESTAMPS.to_vec(),
+            vec![1],
+            WSCALE.to_vec(),
+        ]
+        .concat()
+    };
+    let late = |m: u16| {
+        [
+            vec![1, 1],
+            SACK_OK.to_vec(),
+            TIMESTAMPS.to_vec(),
+            vec![1],
+            WSCALE.to_vec(),
+            mss(m),
+        ]
+        .concat()
+    };
     let last = |m: u16| [vec![1; 36], mss(m)].concat();
-    for (name, opts) in [("first", &linux as &dyn Fn(u16) -> Vec<u8>), ("after the others", &late), ("last of 40 bytes", &last)] {
+    for (name, opts) in [
+        ("first", &linux as &dyn Fn(u16) -> Vec<u8>),
+        ("after the others", &late),
+        ("last of 40 bytes", &last),
+    ] {
         // A LAN server's SYN-ACK leaving through the tunnel (outbound, not policed).
         let port = client_port();
         let out = |m| segment(S, C, 443, port, TCP_SYN | TCP_ACK, opts(m));
-        check(&mut h, false, &out(1460), ACCEPT_OUTBOUND, &out(1240), &format!("SYN-ACK out, MSS {name}"));
+        check(
+            &mut h,
+            false,
+            &out(1460),
+            ACCEPT_OUTBOUND,
+            &out(1240),
+            &format!("SYN-ACK out, MSS {name}"),
+        );
         // A peer's SYN entering (policed).
         let port = client_port();
         let inn = |m| segment(C, S, port, 443, TCP_SYN, opts(m));
-        check(&mut h, true, &inn(8960), ACCEPT_POLICY, &inn(1240), &format!("SYN in, MSS {name}"));
+        check(
+            &mut h,
+            true,
+            &inn(8960),
+            ACCEPT_POLICY,
+            &inn(1240),
+            &format!("SYN in, MSS {name}"),
+        );
     }
     // IPv6: 60 bytes of headers.
     let port = client_port();
     let v6 = |m| segment(S6, C6, 443, port, TCP_SYN | TCP_ACK, linux(m));
-    check(&mut h, false, &v6(1440), ACCEPT_OUTBOUND, &v6(1220), "IPv6 SYN-ACK out");
+    check(
+        &mut h,
+        false,
+        &v6(1440),
+        ACCEPT_OUTBOUND,
+        &v6(1220),
+        "IPv6 SYN-ACK out",
+    );
 }
 
 #[test]
 fn what_needs_no_clamp_passes_byte_for_byte() {
     let mut h = harness();
-    let same = |h: &mut Harness, ingress: bool, s: Spec, verdict: u32, what: &str| check(h, ingress, &s, verdict, &s, what);
+    let same = |h: &mut Harness, ingress: bool, s: Spec, verdict: u32, what: &str| {
+        check(h, ingress, &s, verdict, &s, what)
+    };
     // Already small enough, or exactly the limit: never raised.
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, mss(1200)), ACCEPT_OUTBOUND, "MSS below the limit");
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, mss(1240)), ACCEPT_OUTBOUND, "MSS at the limit");
+    same(
+        &mut h,
+        false,
+        segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, mss(1200)),
+        ACCEPT_OUTBOUND,
+        "MSS below the limit",
+    );
+    same(
+        &mut h,
+        false,
+        segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, mss(1240)),
+        ACCEPT_OUTBOUND,
+        "MSS at the limit",
+    );
     // No MSS option, no options at all.
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, [SACK_OK.to_vec(), TIMESTAMPS.to_vec()].concat()), ACCEPT_OUTBOUND, "no MSS option");
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, Vec::new()), ACCEPT_OUTBOUND, "no options");
+    same(
+        &mut h,
+        false,
+        segment(
+            S,
+            C,
+            443,
+            client_port(),
+            TCP_SYN | TCP_ACK,
+            [SACK_OK.to_vec(), TIMESTAMPS.to_vec()].concat(),
+        ),
+        ACCEPT_OUTBOUND,
+        "no MSS option",
+    );
+    same(
+        &mut h,
+        false,
+        segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, Vec::new()),
+        ACCEPT_OUTBOUND,
+        "no options",
+    );
     // Not a SYN: an MSS option there means nothing and is left alone.
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_ACK, mss(1460)), ACCEPT_OUTBOUND, "ACK with an MSS option");
+    same(
+        &mut h,
+        false,
+        segment(S, C, 443, client_port(), TCP_ACK, mss(1460)),
+        ACCEPT_OUTBOUND,
+        "ACK with an MSS option",
+    );
     // Malformed options before the MSS: nothing is rewritten (the receiver will judge them).
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, [vec![8, 0], mss(1460)].concat()), ACCEPT_OUTBOUND, "zero-length option");
+    same(
+        &mut h,
+        false,
+        segment(
+            S,
+            C,
+            443,
+            client_port(),
+            TCP_SYN | TCP_ACK,
+            [vec![8, 0], mss(1460)].concat(),
+        ),
+        ACCEPT_OUTBOUND,
+        "zero-length option",
+    );
     // Clamping off for the interface.
     h.dp.set_mss_clamp("lo", None).unwrap();
     assert_eq!(h.dp.mss_clamp("lo").unwrap(), None);
-    same(&mut h, false, segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, mss(1460)), ACCEPT_OUTBOUND, "clamp off");
+    same(
+        &mut h,
+        false,
+        segment(S, C, 443, client_port(), TCP_SYN | TCP_ACK, mss(1460)),
+        ACCEPT_OUTBOUND,
+        "clamp off",
+    );
 }
 
 #[test]
@@ -143,16 +293,40 @@ fn maxseg(s: &impl std::os::fd::AsRawFd) -> u32 {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt with a properly sized int.
-    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_MAXSEG, (&mut v as *mut libc::c_int).cast(), &mut len) };
-    assert_eq!(rc, 0, "getsockopt TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt TCP_MAXSEG: {}",
+        std::io::Error::last_os_error()
+    );
     v as u32
 }
 
 /// Opens a TCP connection from `client` to `server_addr:port` (listening in `server`), moves a
 /// few bytes each way, and returns each side's MSS.
 fn connection_mss(client: &Netns, server: &Netns, server_addr: IpAddr, port: u16) -> (u32, u32) {
-    let listener = server.run_scoped(|| TcpListener::bind(SocketAddr::new("0.0.0.0".parse().unwrap(), port))).unwrap().expect("listen");
-    let mut c = client.run_scoped(|| TcpStream::connect_timeout(&SocketAddr::new(server_addr, port), std::time::Duration::from_secs(5))).unwrap().expect("connect");
+    let listener = server
+        .run_scoped(|| TcpListener::bind(SocketAddr::new("0.0.0.0".parse().unwrap(), port)))
+        .unwrap()
+        .expect("listen");
+    let mut c = client
+        .run_scoped(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::new(server_addr, port),
+                std::time::Duration::from_secs(5),
+            )
+        })
+        .unwrap()
+        .expect("connect");
     let (mut s, _) = listener.accept().expect("accept");
     c.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -163,7 +337,11 @@ fn connection_mss(client: &Netns, server: &Netns, server_addr: IpAddr, port: u16
 }
 
 fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
-    st.counters.iter().filter(|c| c.direction == direction && c.reason == reason).map(|c| c.packets).sum()
+    st.counters
+        .iter()
+        .filter(|c| c.direction == direction && c.reason == reason)
+        .map(|c| c.packets)
+        .sum()
 }
 
 #[test]
@@ -173,29 +351,81 @@ fn tcp_through_a_1280_byte_tunnel_agrees_on_segments_that_fit() {
     let lan1 = lab.host("lan1");
     // The gateway's tunnel interface toward cp1 carries 1280 bytes, as NetBird's wt0 does; cp1's
     // own link and the LAN keep 1500, so both ends would announce 1460 on their own.
-    lab.gw.ip(&["link", "set", &cp1.gw_if, "mtu", "1280"]).unwrap();
+    lab.gw
+        .ip(&["link", "set", &cp1.gw_if, "mtu", "1280"])
+        .unwrap();
     let config = lab.write_config(SEED_POLICY, LAB_METRICS_ADDR).unwrap();
-    let gw = GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts");
+    let gw = GatewayProcess::start(
+        &gateway_binary(),
+        &lab.gw,
+        &config,
+        &lab.dir.join("gateway.log"),
+    )
+    .expect("gateway starts");
 
     // cp1 may reach lan1 on TCP 22 and 443 under the seed policy.
     let (client_mss, server_mss) = connection_mss(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), 443);
     // 1240 announced, less 12 bytes of timestamps on both sides.
-    assert!(client_mss <= 1240 && server_mss <= 1240, "MSS client {client_mss}, server {server_mss}");
-    assert!(client_mss >= 1200 && server_mss >= 1200, "MSS client {client_mss}, server {server_mss}: lowered too far");
+    assert!(
+        client_mss <= 1240 && server_mss <= 1240,
+        "MSS client {client_mss}, server {server_mss}"
+    );
+    assert!(
+        client_mss >= 1200 && server_mss >= 1200,
+        "MSS client {client_mss}, server {server_mss}: lowered too far"
+    );
     let st = gw.status::<Report>(&lab.gw).expect("status");
-    assert!(counted(&st, "tunnel_ingress", "mss_clamped") >= 1, "the SYN entering was not clamped: {:?}", st.counters);
-    assert!(counted(&st, "tunnel_egress", "mss_clamped") >= 1, "the SYN-ACK leaving was not clamped: {:?}", st.counters);
-    assert_eq!(counted(&st, "tunnel_ingress", "mss_unreadable") + counted(&st, "tunnel_egress", "mss_unreadable"), 0);
+    assert!(
+        counted(&st, "tunnel_ingress", "mss_clamped") >= 1,
+        "the SYN entering was not clamped: {:?}",
+        st.counters
+    );
+    assert!(
+        counted(&st, "tunnel_egress", "mss_clamped") >= 1,
+        "the SYN-ACK leaving was not clamped: {:?}",
+        st.counters
+    );
+    assert_eq!(
+        counted(&st, "tunnel_ingress", "mss_unreadable")
+            + counted(&st, "tunnel_egress", "mss_unreadable"),
+        0
+    );
 
     // Bulk TCP both ways at the hosts' default offloads: every segment fits the tunnel.
     for (reverse, port) in [(false, 5201), (true, 5202)] {
-        let o = iperf::run(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), Run { transfer: Transfer::Tcp, reverse, seconds: 2, port }).expect("iperf3");
-        assert!(o.bytes_received >= 20_000_000, "reverse {reverse}: only {} bytes arrived ({o:?})", o.bytes_received);
+        let o = iperf::run(
+            &cp1.ns,
+            &lan1.ns,
+            IpAddr::V4(lan1.addr),
+            Run {
+                transfer: Transfer::Tcp,
+                reverse,
+                seconds: 2,
+                port,
+            },
+        )
+        .expect("iperf3");
+        assert!(
+            o.bytes_received >= 20_000_000,
+            "reverse {reverse}: only {} bytes arrived ({o:?})",
+            o.bytes_received
+        );
     }
     // The gateway's tunnel interface never had to refuse an oversized packet toward cp1.
-    let frag_needed = lab.gw.exec(&["nstat", "-az", "IcmpOutDestUnreachs"]).unwrap();
+    let frag_needed = lab
+        .gw
+        .exec(&["nstat", "-az", "IcmpOutDestUnreachs"])
+        .unwrap();
     let text = String::from_utf8_lossy(&frag_needed.stdout).to_string();
-    let unreach: u64 = text.lines().find(|l| l.starts_with("IcmpOutDestUnreachs")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert_eq!(unreach, 0, "the gateway sent ICMP unreachables (fragmentation needed?):\n{text}");
+    let unreach: u64 = text
+        .lines()
+        .find(|l| l.starts_with("IcmpOutDestUnreachs"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        unreach, 0,
+        "the gateway sent ICMP unreachables (fragmentation needed?):\n{text}"
+    );
     drop(gw);
 }

@@ -34,22 +34,54 @@ const PORTS: (u16, u16) = (40_000, 40_099);
 
 fn harness() -> Harness {
     // The IPv6 overlay is fd00:10::/64 here (the LAN's IPv6 network is outside it).
-    let opts = gateway_dataplane::LoadOptions { overlay_v6: Some("fd00:10::/64".parse().unwrap()), ..Default::default() };
+    let opts = gateway_dataplane::LoadOptions {
+        overlay_v6: Some("fd00:10::/64".parse().unwrap()),
+        ..Default::default()
+    };
     let mut h = Harness::with_options(POLICY, opts);
-    let settings = NatSettings { port_min: PORTS.0, port_max: PORTS.1, ..Default::default() };
-    h.dp.set_masquerade(&Masquerade { networks: vec!["198.18.10.0/24".parse().unwrap(), "fd00:18::/64".parse().unwrap()], settings }).unwrap();
+    let settings = NatSettings {
+        port_min: PORTS.0,
+        port_max: PORTS.1,
+        ..Default::default()
+    };
+    h.dp.set_masquerade(&Masquerade {
+        networks: vec![
+            "198.18.10.0/24".parse().unwrap(),
+            "fd00:18::/64".parse().unwrap(),
+        ],
+        settings,
+    })
+    .unwrap();
     let v6: std::net::Ipv6Addr = "fd00:18::1".parse().unwrap();
-    h.dp.set_nat_interface(1, NatInterface { v4: [198, 18, 10, 1], v6: v6.octets(), has_v4: 1, has_v6: 1, _pad: [0; 2] }).unwrap();
+    h.dp.set_nat_interface(
+        1,
+        NatInterface {
+            v4: [198, 18, 10, 1],
+            v6: v6.octets(),
+            has_v4: 1,
+            has_v6: 1,
+            _pad: [0; 2],
+        },
+    )
+    .unwrap();
     h
 }
 
 /// A packet with full checksums.
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Spec {
-    Spec { l4_checksum: true, payload_len: 20, ..Spec::tcp(src, dst, sport, dport, flags) }
+    Spec {
+        l4_checksum: true,
+        payload_len: 20,
+        ..Spec::tcp(src, dst, sport, dport, flags)
+    }
 }
 
 fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Spec {
-    Spec { l4_checksum: true, payload_len: 32, ..Spec::udp(src, dst, sport, dport) }
+    Spec {
+        l4_checksum: true,
+        payload_len: 32,
+        ..Spec::udp(src, dst, sport, dport)
+    }
 }
 
 /// The peer's packet enters through the tunnel (policy, conntrack) and leaves the LAN
@@ -58,22 +90,43 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Spec {
 fn out_through(h: &mut Harness, packet: &Spec) -> Vec<u8> {
     let frame = packet.build();
     let (action, _) = h.tc_bytes(true, &frame);
-    assert_eq!(action, TC_ACT_OK, "tunnel ingress dropped it: {}", h.hook_counters(HOOK_TUNNEL_INGRESS));
+    assert_eq!(
+        action,
+        TC_ACT_OK,
+        "tunnel ingress dropped it: {}",
+        h.hook_counters(HOOK_TUNNEL_INGRESS)
+    );
     let before = h.count(HOOK_LAN, NAT_MASQUERADED);
     let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &frame);
-    assert_eq!(action, TC_ACT_OK, "LAN egress dropped it: {}", h.hook_counters(HOOK_LAN));
-    assert_eq!(h.count(HOOK_LAN, NAT_MASQUERADED) - before, 1, "not counted as masqueraded");
+    assert_eq!(
+        action,
+        TC_ACT_OK,
+        "LAN egress dropped it: {}",
+        h.hook_counters(HOOK_LAN)
+    );
+    assert_eq!(
+        h.count(HOOK_LAN, NAT_MASQUERADED) - before,
+        1,
+        "not counted as masqueraded"
+    );
     out
 }
 
 fn ports_of(frame: &[u8], v6: bool) -> (u16, u16) {
     let l4 = 14 + if v6 { 40 } else { 20 };
-    (u16::from_be_bytes([frame[l4], frame[l4 + 1]]), u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]))
+    (
+        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
+    )
 }
 
 #[track_caller]
 fn same(got: &[u8], want: &Spec, what: &str) {
-    assert_eq!(gateway_testkit::harness::hex(got), gateway_testkit::harness::hex(&want.build()), "{what}");
+    assert_eq!(
+        gateway_testkit::harness::hex(got),
+        gateway_testkit::harness::hex(&want.build()),
+        "{what}"
+    );
 }
 
 #[test]
@@ -86,7 +139,11 @@ fn tcp_leaves_with_the_lan_address_and_its_replies_come_back_translated() {
     let before = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
     let (action, back) = h.xdp_bytes(&tcp(HOST, NAT, 443, 40_010, TCP_SYN | TCP_ACK).build());
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(&back, &tcp(HOST, P1, 443, 40_010, TCP_SYN | TCP_ACK), "SYN-ACK back");
+    same(
+        &back,
+        &tcp(HOST, P1, 443, 40_010, TCP_SYN | TCP_ACK),
+        "SYN-ACK back",
+    );
     assert_eq!(h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - before, 1);
     assert_eq!(h.count(HOOK_LAN, NAT_UNMASQUERADED), 1);
     // Later packets keep the translation.
@@ -99,16 +156,35 @@ fn tcp_leaves_with_the_lan_address_and_its_replies_come_back_translated() {
 fn two_peers_with_the_same_source_port_get_two_translations() {
     let mut h = harness();
     let first = out_through(&mut h, &tcp(P1, HOST, 40_020, 443, TCP_SYN));
-    same(&first, &tcp(NAT, HOST, 40_020, 443, TCP_SYN), "first peer keeps its port");
+    same(
+        &first,
+        &tcp(NAT, HOST, 40_020, 443, TCP_SYN),
+        "first peer keeps its port",
+    );
     let second = out_through(&mut h, &tcp(P2, HOST, 40_020, 443, TCP_SYN));
     let (port, _) = ports_of(&second, false);
-    assert!(port != 40_020 && (PORTS.0..=PORTS.1).contains(&port), "second peer got port {port}");
-    same(&second, &tcp(NAT, HOST, port, 443, TCP_SYN), "second peer's SYN");
+    assert!(
+        port != 40_020 && (PORTS.0..=PORTS.1).contains(&port),
+        "second peer got port {port}"
+    );
+    same(
+        &second,
+        &tcp(NAT, HOST, port, 443, TCP_SYN),
+        "second peer's SYN",
+    );
     // Each reply finds its own peer.
     let (_, back) = h.xdp_bytes(&tcp(HOST, NAT, 443, 40_020, TCP_SYN | TCP_ACK).build());
-    same(&back, &tcp(HOST, P1, 443, 40_020, TCP_SYN | TCP_ACK), "reply to the first");
+    same(
+        &back,
+        &tcp(HOST, P1, 443, 40_020, TCP_SYN | TCP_ACK),
+        "reply to the first",
+    );
     let (_, back) = h.xdp_bytes(&tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK).build());
-    same(&back, &tcp(HOST, P2, 443, 40_020, TCP_SYN | TCP_ACK), "reply to the second");
+    same(
+        &back,
+        &tcp(HOST, P2, 443, 40_020, TCP_SYN | TCP_ACK),
+        "reply to the second",
+    );
     // A port outside the range is replaced by one inside it.
     let out = out_through(&mut h, &tcp(P1, HOST, 51_000, 443, TCP_SYN));
     let (port, _) = ports_of(&out, false);
@@ -123,18 +199,33 @@ fn udp_checksums_are_updated_and_a_zero_checksum_stays_zero() {
     let (_, back) = h.xdp_bytes(&udp(HOST, NAT, 53, 40_030).build());
     same(&back, &udp(HOST, P1, 53, 40_030), "UDP back");
     // No checksum (IPv4 allows it): none after translation either.
-    let bare = |s: &str, d: &str, sp, dp| Spec { payload_len: 32, ..Spec::udp(s, d, sp, dp) };
+    let bare = |s: &str, d: &str, sp, dp| Spec {
+        payload_len: 32,
+        ..Spec::udp(s, d, sp, dp)
+    };
     let out = out_through(&mut h, &bare(P1, HOST, 40_031, 53));
-    same(&out, &bare(NAT, HOST, 40_031, 53), "UDP without checksum out");
+    same(
+        &out,
+        &bare(NAT, HOST, 40_031, 53),
+        "UDP without checksum out",
+    );
     let (_, back) = h.xdp_bytes(&bare(HOST, NAT, 53, 40_031).build());
-    same(&back, &bare(HOST, P1, 53, 40_031), "UDP without checksum back");
+    same(
+        &back,
+        &bare(HOST, P1, 53, 40_031),
+        "UDP without checksum back",
+    );
 }
 
 #[test]
 fn icmp_echo_is_translated_by_its_identifier() {
     let mut h = harness();
     let echo = |src: &str, dst: &str, id: u16, reply: bool| {
-        let l4 = if reply { L4::echo_reply(false, id) } else { L4::echo_request(false, id) };
+        let l4 = if reply {
+            L4::echo_reply(false, id)
+        } else {
+            L4::echo_request(false, id)
+        };
         let mut frame = Spec::new(src, dst, l4).build();
         // ICMP's checksum covers the ICMP message only.
         let sum = gateway_testkit::packets::checksum(&frame[34..]);
@@ -148,20 +239,40 @@ fn icmp_echo_is_translated_by_its_identifier() {
     assert_eq!(action, TC_ACT_OK);
     let id = u16::from_be_bytes([out[38], out[39]]);
     assert!((PORTS.0..=PORTS.1).contains(&id), "identifier {id}");
-    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&echo(NAT, HOST, id, false)), "request out");
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&echo(NAT, HOST, id, false)),
+        "request out"
+    );
     let (action, back) = h.xdp_bytes(&echo(HOST, NAT, id, true));
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    assert_eq!(gateway_testkit::harness::hex(&back), gateway_testkit::harness::hex(&echo(HOST, P1, 0x1234, true)), "reply back");
+    assert_eq!(
+        gateway_testkit::harness::hex(&back),
+        gateway_testkit::harness::hex(&echo(HOST, P1, 0x1234, true)),
+        "reply back"
+    );
 }
 
 #[test]
 fn ipv6_is_masqueraded_too() {
     let mut h = harness();
-    let out = out_through(&mut h, &tcp("fd00:10::1", "fd00:18::10", 40_040, 443, TCP_SYN));
-    same(&out, &tcp("fd00:18::1", "fd00:18::10", 40_040, 443, TCP_SYN), "IPv6 SYN out");
-    let (action, back) = h.xdp_bytes(&tcp("fd00:18::10", "fd00:18::1", 443, 40_040, TCP_SYN | TCP_ACK).build());
+    let out = out_through(
+        &mut h,
+        &tcp("fd00:10::1", "fd00:18::10", 40_040, 443, TCP_SYN),
+    );
+    same(
+        &out,
+        &tcp("fd00:18::1", "fd00:18::10", 40_040, 443, TCP_SYN),
+        "IPv6 SYN out",
+    );
+    let (action, back) =
+        h.xdp_bytes(&tcp("fd00:18::10", "fd00:18::1", 443, 40_040, TCP_SYN | TCP_ACK).build());
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(&back, &tcp("fd00:18::10", "fd00:10::1", 443, 40_040, TCP_SYN | TCP_ACK), "IPv6 SYN-ACK back");
+    same(
+        &back,
+        &tcp("fd00:18::10", "fd00:10::1", 443, 40_040, TCP_SYN | TCP_ACK),
+        "IPv6 SYN-ACK back",
+    );
 }
 
 #[test]
@@ -170,7 +281,11 @@ fn a_local_senders_partial_checksum_stays_a_correct_partial_checksum() {
     out_through(&mut h, &tcp(P1, HOST, 40_050, 443, TCP_SYN));
     // The LAN host's kernel left only the pseudo-header sum in the field (CHECKSUM_PARTIAL).
     let partial = |src: &str, dst: &str| {
-        let mut frame = Spec { payload_len: 20, ..Spec::tcp(src, dst, 443, 40_050, TCP_SYN | TCP_ACK) }.build();
+        let mut frame = Spec {
+            payload_len: 20,
+            ..Spec::tcp(src, dst, 443, 40_050, TCP_SYN | TCP_ACK)
+        }
+        .build();
         let mut pseudo = frame[26..34].to_vec();
         pseudo.extend_from_slice(&[0, 6, 0, 40]);
         let sum = !gateway_testkit::packets::checksum(&pseudo);
@@ -179,24 +294,46 @@ fn a_local_senders_partial_checksum_stays_a_correct_partial_checksum() {
     };
     let (action, back) = h.xdp_bytes(&partial(HOST, NAT));
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    assert_eq!(gateway_testkit::harness::hex(&back), gateway_testkit::harness::hex(&partial(HOST, P1)));
+    assert_eq!(
+        gateway_testkit::harness::hex(&back),
+        gateway_testkit::harness::hex(&partial(HOST, P1))
+    );
 }
 
 #[test]
 fn fragments_follow_their_first_fragment_both_ways() {
     let mut h = harness();
-    let first = |s: &str, d: &str, sport, dport, id| Spec { frag: Some((0, true)), frag_id: id, l4_checksum: true, payload_len: 64, ..Spec::udp(s, d, sport, dport) };
-    let later = |s: &str, d: &str, id| Spec { frag: Some((9, false)), frag_id: id, raw_l4: Some(vec![0xcd; 40]), ..Spec::udp(s, d, 1, 1) };
+    let first = |s: &str, d: &str, sport, dport, id| Spec {
+        frag: Some((0, true)),
+        frag_id: id,
+        l4_checksum: true,
+        payload_len: 64,
+        ..Spec::udp(s, d, sport, dport)
+    };
+    let later = |s: &str, d: &str, id| Spec {
+        frag: Some((9, false)),
+        frag_id: id,
+        raw_l4: Some(vec![0xcd; 40]),
+        ..Spec::udp(s, d, 1, 1)
+    };
     // Out: the first fragment is translated with its ports, later ones by address alone.
     let out = out_through(&mut h, &first(P1, HOST, 40_090, 53, 0x4242));
-    same(&out, &first(NAT, HOST, 40_090, 53, 0x4242), "first fragment out");
+    same(
+        &out,
+        &first(NAT, HOST, 40_090, 53, 0x4242),
+        "first fragment out",
+    );
     let out = out_through(&mut h, &later(P1, HOST, 0x4242));
     same(&out, &later(NAT, HOST, 0x4242), "later fragment out");
     // Back: the reply's first fragment names the peer, its later fragments follow it, and the
     // policy lets them through as fragments of an accepted datagram.
     let (action, back) = h.xdp_bytes(&first(HOST, NAT, 53, 40_090, 0x7777).build());
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(&back, &first(HOST, P1, 53, 40_090, 0x7777), "first fragment back");
+    same(
+        &back,
+        &first(HOST, P1, 53, 40_090, 0x7777),
+        "first fragment back",
+    );
     let before = h.count(HOOK_LAN, ACCEPT_FRAGMENT);
     let (action, back) = h.xdp_bytes(&later(HOST, NAT, 0x7777).build());
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
@@ -238,24 +375,63 @@ fn what_is_not_masqueraded_is_left_alone() {
 fn unsolicited_lan_packets_to_nat_ports_are_dropped() {
     let mut h = harness();
     // TCP and UDP to a port of the range that no translation holds.
-    h.expect(HOOK_LAN, &tcp(HOST, NAT, 443, 40_070, TCP_SYN).build(), DROP_NAT_NO_MAPPING);
-    h.expect(HOOK_LAN, &udp(HOST, NAT, 53, 40_071).build(), DROP_NAT_NO_MAPPING);
+    h.expect(
+        HOOK_LAN,
+        &tcp(HOST, NAT, 443, 40_070, TCP_SYN).build(),
+        DROP_NAT_NO_MAPPING,
+    );
+    h.expect(
+        HOOK_LAN,
+        &udp(HOST, NAT, 53, 40_071).build(),
+        DROP_NAT_NO_MAPPING,
+    );
     // A translation answers only its own LAN host and port.
     out_through(&mut h, &tcp(P1, HOST, 40_072, 443, TCP_SYN));
-    h.expect(HOOK_LAN, &tcp("198.18.10.11", NAT, 443, 40_072, TCP_SYN | TCP_ACK).build(), DROP_NAT_NO_MAPPING);
-    h.expect(HOOK_LAN, &tcp(HOST, NAT, 8443, 40_072, TCP_SYN | TCP_ACK).build(), DROP_NAT_NO_MAPPING);
+    h.expect(
+        HOOK_LAN,
+        &tcp("198.18.10.11", NAT, 443, 40_072, TCP_SYN | TCP_ACK).build(),
+        DROP_NAT_NO_MAPPING,
+    );
+    h.expect(
+        HOOK_LAN,
+        &tcp(HOST, NAT, 8443, 40_072, TCP_SYN | TCP_ACK).build(),
+        DROP_NAT_NO_MAPPING,
+    );
     // Outside the range: the host's own business (not toward the overlay).
-    h.expect(HOOK_LAN, &tcp(HOST, NAT, 443, 22, TCP_SYN).build(), PASS_NOT_OVERLAY);
-    assert_eq!(h.xdp(&tcp(HOST, NAT, 443, 40_073, TCP_SYN).build()), XDP_DROP);
+    h.expect(
+        HOOK_LAN,
+        &tcp(HOST, NAT, 443, 22, TCP_SYN).build(),
+        PASS_NOT_OVERLAY,
+    );
+    assert_eq!(
+        h.xdp(&tcp(HOST, NAT, 443, 40_073, TCP_SYN).build()),
+        XDP_DROP
+    );
 }
 
 #[test]
 fn exhaustion_is_a_counted_drop_never_a_shared_port() {
     let mut h = Harness::new(POLICY);
     // A one-port range: the first flow takes it, the second has nowhere to go.
-    let settings = NatSettings { port_min: 40_080, port_max: 40_080, ..Default::default() };
-    h.dp.set_masquerade(&Masquerade { networks: vec!["198.18.10.0/24".parse().unwrap()], settings }).unwrap();
-    h.dp.set_nat_interface(1, NatInterface { v4: [198, 18, 10, 1], has_v4: 1, ..Default::default() }).unwrap();
+    let settings = NatSettings {
+        port_min: 40_080,
+        port_max: 40_080,
+        ..Default::default()
+    };
+    h.dp.set_masquerade(&Masquerade {
+        networks: vec!["198.18.10.0/24".parse().unwrap()],
+        settings,
+    })
+    .unwrap();
+    h.dp.set_nat_interface(
+        1,
+        NatInterface {
+            v4: [198, 18, 10, 1],
+            has_v4: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     out_through(&mut h, &tcp(P1, HOST, 40_080, 443, TCP_SYN));
     let second = tcp(P2, HOST, 40_080, 443, TCP_SYN).build();
     let (action, _) = h.tc_bytes(true, &second);
@@ -293,8 +469,16 @@ mod lab {
     const MASQUERADE: &str = "masquerade:\n  networks: [198.18.10.0/24]\n  ports: 25000-25999\n";
 
     fn start(lab: &Lab, extra: &str) -> GatewayProcess {
-        let config = lab.write_config_extra(OPEN, LAB_METRICS_ADDR, extra).expect("config");
-        GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts")
+        let config = lab
+            .write_config_extra(OPEN, LAB_METRICS_ADDR, extra)
+            .expect("config");
+        GatewayProcess::start(
+            &gateway_binary(),
+            &lab.gw,
+            &config,
+            &lab.dir.join("gateway.log"),
+        )
+        .expect("gateway starts")
     }
 
     /// A TCP connection from `ns`, from source port `sport`, to `to`.
@@ -309,19 +493,37 @@ mod lab {
                 }
                 let stream = TcpStream::from_raw_fd(fd);
                 let one: libc::c_int = 1;
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32);
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&one as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                );
                 let sa = |a: SocketAddrV4| libc::sockaddr_in {
                     sin_family: libc::AF_INET as u16,
                     sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
                     sin_zero: [0; 8],
                 };
                 let local = sa(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, sport));
-                if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32) != 0 {
+                if libc::bind(
+                    fd,
+                    (&local as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 let remote = sa(to);
-                if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32) != 0 {
+                if libc::connect(
+                    fd,
+                    (&remote as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(stream)
@@ -331,22 +533,49 @@ mod lab {
     }
 
     fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
-        st.counters.iter().filter(|c| c.direction == direction && c.reason == reason).map(|c| c.packets).sum()
+        st.counters
+            .iter()
+            .filter(|c| c.direction == direction && c.reason == reason)
+            .map(|c| c.packets)
+            .sum()
     }
 
     /// Sends `msg` on `from` and reads it on `to` (with a timeout).
     /// One iperf3 transfer between cp1 and lan1 at default offloads, and what it must carry.
     /// What the receiving socket itself drops (its buffer full while the two cores are busy) is
     /// the receiver's, not the path's: counted apart.
-    fn bulk(cp1: &Netns, lan1: &Netns, lan1_addr: Ipv4Addr, transfer: Transfer, reverse: bool, port: u16) {
+    fn bulk(
+        cp1: &Netns,
+        lan1: &Netns,
+        lan1_addr: Ipv4Addr,
+        transfer: Transfer,
+        reverse: bool,
+        port: u16,
+    ) {
         let receiver = if reverse { cp1 } else { lan1 };
         let socket_drops_before = gateway_testkit::traffic::udp_socket_drops(receiver);
-        let o = iperf::run(cp1, lan1, IpAddr::V4(lan1_addr), Run { transfer, reverse, seconds: 2, port }).expect("iperf3");
-        let socket_drops = gateway_testkit::traffic::udp_socket_drops(receiver) - socket_drops_before;
+        let o = iperf::run(
+            cp1,
+            lan1,
+            IpAddr::V4(lan1_addr),
+            Run {
+                transfer,
+                reverse,
+                seconds: 2,
+                port,
+            },
+        )
+        .expect("iperf3");
+        let socket_drops =
+            gateway_testkit::traffic::udp_socket_drops(receiver) - socket_drops_before;
         match transfer {
-            Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{transfer:?} reverse {reverse}: {o:?}"),
+            Transfer::Tcp => assert!(
+                o.bytes_received >= 20_000_000,
+                "{transfer:?} reverse {reverse}: {o:?}"
+            ),
             Transfer::Udp { .. } => assert!(
-                o.packets > 5_000 && o.lost_packets.saturating_sub(socket_drops) * 100 <= o.packets * 5,
+                o.packets > 5_000
+                    && o.lost_packets.saturating_sub(socket_drops) * 100 <= o.packets * 5,
                 "{transfer:?} reverse {reverse}: {o:?}, {socket_drops} dropped by the receiving socket"
             ),
         }
@@ -368,58 +597,155 @@ mod lab {
         let gw = start(&lab, MASQUERADE);
         let gw_lan: Ipv4Addr = GATEWAY_LAN_ADDR.parse().unwrap();
         // The host's own sockets keep off the masquerade ports.
-        let reserved = String::from_utf8_lossy(&lab.gw.exec(&["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"]).unwrap().stdout).to_string();
-        assert!(reserved.contains("25000-25999"), "reserved ports: {reserved:?}");
+        let reserved = String::from_utf8_lossy(
+            &lab.gw
+                .exec(&["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"])
+                .unwrap()
+                .stdout,
+        )
+        .to_string();
+        assert!(
+            reserved.contains("25000-25999"),
+            "reserved ports: {reserved:?}"
+        );
 
-        let listener = lan1.ns.run_scoped(|| TcpListener::bind("0.0.0.0:443")).unwrap().expect("listen on lan1");
+        let listener = lan1
+            .ns
+            .run_scoped(|| TcpListener::bind("0.0.0.0:443"))
+            .unwrap()
+            .expect("listen on lan1");
         let server = SocketAddrV4::new(lan1.addr, 443);
         // Two peers, the same source port (inside the range): two translations.
         let mut c1 = connect_from(&cp1.ns, 25_100, server).expect("cp1 connects");
         let (mut s1, seen1) = listener.accept().unwrap();
         let mut c2 = connect_from(&orch1.ns, 25_100, server).expect("orch1 connects");
         let (mut s2, seen2) = listener.accept().unwrap();
-        assert_eq!(seen1.ip(), IpAddr::V4(gw_lan), "lan1 sees the gateway's LAN address");
+        assert_eq!(
+            seen1.ip(),
+            IpAddr::V4(gw_lan),
+            "lan1 sees the gateway's LAN address"
+        );
         assert_eq!(seen2.ip(), IpAddr::V4(gw_lan));
         assert_eq!(seen1.port(), 25_100, "the first keeps its port");
-        assert!(seen2.port() != 25_100 && (25_000..=25_999).contains(&seen2.port()), "the second: {seen2}");
+        assert!(
+            seen2.port() != 25_100 && (25_000..=25_999).contains(&seen2.port()),
+            "the second: {seen2}"
+        );
         relay(&mut c1, &mut s1, b"from cp1").unwrap();
         relay(&mut s1, &mut c1, b"to cp1").unwrap();
         relay(&mut c2, &mut s2, b"from orch1").unwrap();
         relay(&mut s2, &mut c2, b"to orch1").unwrap();
         let st = gw.status::<Report>(&lab.gw).unwrap();
-        let nat = st.maps.iter().find(|m| m.map == "nat_translations").expect("nat_translations in /status");
+        let nat = st
+            .maps
+            .iter()
+            .find(|m| m.map == "nat_translations")
+            .expect("nat_translations in /status");
         assert!(nat.entries >= 2, "{nat:?}");
 
         // Unsolicited from the LAN to a masquerade port: dropped, counted.
-        let before = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "nat_no_mapping");
-        let probe = lan1.ns.run_scoped(move || TcpStream::connect_timeout(&SocketAddr::new(IpAddr::V4(gw_lan), 25_500), Duration::from_millis(500))).unwrap();
-        assert!(probe.is_err(), "a connection to an unused masquerade port got through");
-        let after = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "nat_no_mapping");
+        let before = counted(
+            &gw.status::<Report>(&lab.gw).unwrap(),
+            "lan",
+            "nat_no_mapping",
+        );
+        let probe = lan1
+            .ns
+            .run_scoped(move || {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(IpAddr::V4(gw_lan), 25_500),
+                    Duration::from_millis(500),
+                )
+            })
+            .unwrap();
+        assert!(
+            probe.is_err(),
+            "a connection to an unused masquerade port got through"
+        );
+        let after = counted(
+            &gw.status::<Report>(&lab.gw).unwrap(),
+            "lan",
+            "nat_no_mapping",
+        );
         assert!(after > before, "nat_no_mapping did not move");
 
         // Bulk transfers both ways at default offloads, through the translation.
         // UDP datagrams of 3000 bytes leave their sender as IP fragments: translated by the
         // first fragment's flow, in both directions.
-        let big = Transfer::Udp { payload: 3000, mbit_per_s: 100 };
-        for (transfer, reverse, port) in [(Transfer::Tcp, false, 5201), (Transfer::Tcp, true, 5202), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, false, 5203), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, true, 5204), (big, false, 5205), (big, true, 5206)] {
+        let big = Transfer::Udp {
+            payload: 3000,
+            mbit_per_s: 100,
+        };
+        for (transfer, reverse, port) in [
+            (Transfer::Tcp, false, 5201),
+            (Transfer::Tcp, true, 5202),
+            (
+                Transfer::Udp {
+                    payload: 1400,
+                    mbit_per_s: 150,
+                },
+                false,
+                5203,
+            ),
+            (
+                Transfer::Udp {
+                    payload: 1400,
+                    mbit_per_s: 150,
+                },
+                true,
+                5204,
+            ),
+            (big, false, 5205),
+            (big, true, 5206),
+        ] {
             bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
         }
         let st = gw.status::<Report>(&lab.gw).unwrap();
         // The 3000-byte datagrams crossed as fragments both ways (later fragments are accepted
         // as "fragment" once their first fragment was).
-        assert!(counted(&st, "tunnel_ingress", "fragment") > 1_000 && counted(&st, "lan", "fragment") > 1_000, "{:?}", st.counters);
-        assert!(counted(&st, "lan", "masqueraded") > 10_000 && counted(&st, "lan", "unmasqueraded") > 10_000, "{:?}", st.counters);
-        for r in ["truncated", "headers_not_linear", "nat_exhausted", "internal"] {
-            assert_eq!(st.counters.iter().filter(|c| c.reason == r).map(|c| c.packets).sum::<u64>(), 0, "{r}: {:?}", st.counters);
+        assert!(
+            counted(&st, "tunnel_ingress", "fragment") > 1_000
+                && counted(&st, "lan", "fragment") > 1_000,
+            "{:?}",
+            st.counters
+        );
+        assert!(
+            counted(&st, "lan", "masqueraded") > 10_000
+                && counted(&st, "lan", "unmasqueraded") > 10_000,
+            "{:?}",
+            st.counters
+        );
+        for r in [
+            "truncated",
+            "headers_not_linear",
+            "nat_exhausted",
+            "internal",
+        ] {
+            assert_eq!(
+                st.counters
+                    .iter()
+                    .filter(|c| c.reason == r)
+                    .map(|c| c.packets)
+                    .sum::<u64>(),
+                0,
+                "{r}: {:?}",
+                st.counters
+            );
         }
 
         // The policy no longer allows cp1: its translated flow ends, both ways; orch1's goes on.
         std::fs::write(lab.policy_path(), WITHOUT_CP1).unwrap();
         gw.reload::<Report>(&lab.gw).expect("reload");
         let revoked_before = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "revoked");
-        assert!(relay(&mut s1, &mut c1, b"after").is_err(), "cp1 still receives on a revoked flow");
+        assert!(
+            relay(&mut s1, &mut c1, b"after").is_err(),
+            "cp1 still receives on a revoked flow"
+        );
         let revoked_after = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "revoked");
-        assert!(revoked_after > revoked_before, "the LAN side of the revoked flow was not dropped as revoked");
+        assert!(
+            revoked_after > revoked_before,
+            "the LAN side of the revoked flow was not dropped as revoked"
+        );
         relay(&mut s2, &mut c2, b"still allowed").unwrap();
         drop(gw);
     }
@@ -432,20 +758,66 @@ mod lab {
         let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
         let gw = start(&lab, &format!("  tunnel_forward: tc\n{MASQUERADE}"));
         let gw_lan: Ipv4Addr = GATEWAY_LAN_ADDR.parse().unwrap();
-        let listener = lan1.ns.run_scoped(|| TcpListener::bind("0.0.0.0:443")).unwrap().expect("listen on lan1");
-        let mut c = connect_from(&cp1.ns, 25_200, SocketAddrV4::new(lan1.addr, 443)).expect("cp1 connects");
+        let listener = lan1
+            .ns
+            .run_scoped(|| TcpListener::bind("0.0.0.0:443"))
+            .unwrap()
+            .expect("listen on lan1");
+        let mut c =
+            connect_from(&cp1.ns, 25_200, SocketAddrV4::new(lan1.addr, 443)).expect("cp1 connects");
         let (mut s, seen) = listener.accept().unwrap();
         assert_eq!(seen, SocketAddr::new(IpAddr::V4(gw_lan), 25_200));
         relay(&mut c, &mut s, b"forwarded in tc").unwrap();
         relay(&mut s, &mut c, b"and back").unwrap();
-        for (transfer, reverse, port) in [(Transfer::Tcp, false, 5211), (Transfer::Tcp, true, 5212), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, false, 5213), (Transfer::Udp { payload: 1400, mbit_per_s: 150 }, true, 5214)] {
+        for (transfer, reverse, port) in [
+            (Transfer::Tcp, false, 5211),
+            (Transfer::Tcp, true, 5212),
+            (
+                Transfer::Udp {
+                    payload: 1400,
+                    mbit_per_s: 150,
+                },
+                false,
+                5213,
+            ),
+            (
+                Transfer::Udp {
+                    payload: 1400,
+                    mbit_per_s: 150,
+                },
+                true,
+                5214,
+            ),
+        ] {
             bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
         }
         let st = gw.status::<Report>(&lab.gw).unwrap();
-        assert!(counted(&st, "tunnel_ingress", "tc_forwarded") > 10_000, "{:?}", st.counters);
-        assert!(counted(&st, "lan", "masqueraded") > 10_000, "{:?}", st.counters);
-        for r in ["truncated", "headers_not_linear", "nat_exhausted", "internal"] {
-            assert_eq!(st.counters.iter().filter(|c| c.reason == r).map(|c| c.packets).sum::<u64>(), 0, "{r}: {:?}", st.counters);
+        assert!(
+            counted(&st, "tunnel_ingress", "tc_forwarded") > 10_000,
+            "{:?}",
+            st.counters
+        );
+        assert!(
+            counted(&st, "lan", "masqueraded") > 10_000,
+            "{:?}",
+            st.counters
+        );
+        for r in [
+            "truncated",
+            "headers_not_linear",
+            "nat_exhausted",
+            "internal",
+        ] {
+            assert_eq!(
+                st.counters
+                    .iter()
+                    .filter(|c| c.reason == r)
+                    .map(|c| c.packets)
+                    .sum::<u64>(),
+                0,
+                "{r}: {:?}",
+                st.counters
+            );
         }
     }
 
@@ -455,7 +827,11 @@ mod lab {
         let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
         // Masquerade configured, but for another network.
         let gw = start(&lab, "masquerade:\n  networks: [198.19.99.0/24]\n");
-        let listener = lan1.ns.run_scoped(|| TcpListener::bind("0.0.0.0:443")).unwrap().expect("listen");
+        let listener = lan1
+            .ns
+            .run_scoped(|| TcpListener::bind("0.0.0.0:443"))
+            .unwrap()
+            .expect("listen");
         let _c = connect_from(&cp1.ns, 25_101, SocketAddrV4::new(lan1.addr, 443)).expect("connect");
         let (_s, seen) = listener.accept().unwrap();
         assert_eq!(seen, SocketAddr::new(IpAddr::V4(cp1.addr), 25_101));
@@ -476,7 +852,17 @@ fn unreachable(src: &str, dst: &str, quoted: &Spec) -> Vec<u8> {
 fn dest_unreachable(src: &str, dst: &str, quoted: &Spec, code: u8, rest: [u8; 4]) -> Vec<u8> {
     let q = quoted.build();
     let body = q[14..14 + 28].to_vec();
-    let mut frame = Spec::new(src, dst, L4::Icmp { kind: 3, code, rest, body }).build();
+    let mut frame = Spec::new(
+        src,
+        dst,
+        L4::Icmp {
+            kind: 3,
+            code,
+            rest,
+            body,
+        },
+    )
+    .build();
     let sum = gateway_testkit::packets::checksum(&frame[34..]);
     frame[36..38].copy_from_slice(&sum.to_be_bytes());
     frame
@@ -496,18 +882,31 @@ fn icmp_errors_about_translated_flows_are_translated_inside_and_out() {
     let (action, back) = h.xdp_bytes(&error);
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
     let want = unreachable(HOST, P1, &tcp(P1, HOST, 51_000, 443, TCP_SYN));
-    assert_eq!(gateway_testkit::harness::hex(&back), gateway_testkit::harness::hex(&want), "error in");
+    assert_eq!(
+        gateway_testkit::harness::hex(&back),
+        gateway_testkit::harness::hex(&want),
+        "error in"
+    );
     assert_eq!(h.count(HOOK_LAN, ACCEPT_RELATED) - before, 1);
     // The peer's error about the LAN host's reply leaves as the masquerade's, quoting the reply
     // as the LAN host sent it.
     let (_, _) = h.xdp_bytes(&tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK).build());
     let error = unreachable(P1, HOST, &tcp(HOST, P1, 443, 51_000, TCP_SYN | TCP_ACK));
     let (action, _) = h.tc_bytes(true, &error);
-    assert_eq!(action, TC_ACT_OK, "{}", h.hook_counters(HOOK_TUNNEL_INGRESS));
+    assert_eq!(
+        action,
+        TC_ACT_OK,
+        "{}",
+        h.hook_counters(HOOK_TUNNEL_INGRESS)
+    );
     let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &error);
     assert_eq!(action, TC_ACT_OK);
     let want = unreachable(NAT, HOST, &tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK));
-    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&want), "error out");
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&want),
+        "error out"
+    );
     // An error about something no translation sent is the host's own business.
     let own = unreachable(HOST, NAT, &tcp(NAT, HOST, 33_000, 22, TCP_SYN));
     let (action, back) = h.xdp_bytes(&own);
@@ -535,11 +934,16 @@ fn the_gateways_own_error_about_a_translated_reply_quotes_what_the_lan_host_sent
     // The quoted UDP checksum keeps the value it had (receivers do not check a quoted
     // checksum; Linux's NAT would update it): the test copies it, then sums the ICMP message.
     let quoted_udp_check = 14 + 20 + 8 + 20 + 6;
-    want[quoted_udp_check..quoted_udp_check + 2].copy_from_slice(&error[quoted_udp_check..quoted_udp_check + 2]);
+    want[quoted_udp_check..quoted_udp_check + 2]
+        .copy_from_slice(&error[quoted_udp_check..quoted_udp_check + 2]);
     want[36..38].copy_from_slice(&[0, 0]);
     let sum = gateway_testkit::packets::checksum(&want[34..]);
     want[36..38].copy_from_slice(&sum.to_be_bytes());
-    assert_eq!(gateway_testkit::harness::hex(&out), gateway_testkit::harness::hex(&want), "error out");
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&want),
+        "error out"
+    );
     // An error of this host about a flow it did not translate is left alone.
     let other = dest_unreachable(NAT, HOST, &udp(HOST, P2, 53, 51_001), 4, mtu);
     let (_, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &other);

@@ -5,18 +5,21 @@
 
 use std::net::IpAddr;
 
+use gateway::status::Report;
+use gateway_testkit::harness::gateway_binary;
 use gateway_testkit::{
-    topology::SEED_POLICY,
     iperf::{self, Outcome, Run, Transfer},
     netns::Netns,
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
+    topology::SEED_POLICY,
 };
-use gateway::status::Report;
-use gateway_testkit::harness::gateway_binary;
 
 const SECONDS: u32 = 2;
-const UDP: Transfer = Transfer::Udp { payload: 1400, mbit_per_s: 150 };
+const UDP: Transfer = Transfer::Udp {
+    payload: 1400,
+    mbit_per_s: 150,
+};
 
 /// Drops that would mean the data plane misread a well-formed packet.
 const MISREAD: [&str; 4] = ["truncated", "headers_not_linear", "bad_header", "internal"];
@@ -37,16 +40,46 @@ fn counted(st: &Report, direction: &str, reason: &str) -> (u64, u64) {
 }
 
 /// Runs every transfer between `client` and `server` in both directions and checks what arrived.
-fn transfers(client: &Netns, server: &Netns, server_addr: IpAddr, what: &str) -> Vec<(String, Outcome)> {
+fn transfers(
+    client: &Netns,
+    server: &Netns,
+    server_addr: IpAddr,
+    what: &str,
+) -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
-    for (i, (transfer, reverse)) in [(Transfer::Tcp, false), (Transfer::Tcp, true), (UDP, false), (UDP, true)].into_iter().enumerate() {
-        let run = Run { transfer, reverse, seconds: SECONDS, port: 5201 + i as u16 };
-        let label = format!("{what}: {transfer:?} {}", if reverse { "server to client" } else { "client to server" });
-        let o = iperf::run(client, server, server_addr, run).unwrap_or_else(|e| panic!("{label}: {e:#}"));
+    for (i, (transfer, reverse)) in [
+        (Transfer::Tcp, false),
+        (Transfer::Tcp, true),
+        (UDP, false),
+        (UDP, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let run = Run {
+            transfer,
+            reverse,
+            seconds: SECONDS,
+            port: 5201 + i as u16,
+        };
+        let label = format!(
+            "{what}: {transfer:?} {}",
+            if reverse {
+                "server to client"
+            } else {
+                "client to server"
+            }
+        );
+        let o = iperf::run(client, server, server_addr, run)
+            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         match transfer {
             // Tens of MB at the very least, even on a loaded 2-core VM (about 15 Gbit/s without a
             // gateway); before the fix it was 0 bytes.
-            Transfer::Tcp => assert!(o.bytes_received >= 20_000_000, "{label}: only {} bytes arrived ({o:?})", o.bytes_received),
+            Transfer::Tcp => assert!(
+                o.bytes_received >= 20_000_000,
+                "{label}: only {} bytes arrived ({o:?})",
+                o.bytes_received
+            ),
             // 150 Mbit/s of 1400-byte datagrams: almost all must arrive (a loaded 2-core VM
             // drops a few in the receiving socket; the gateway itself must drop none, below).
             Transfer::Udp { .. } => assert!(
@@ -56,7 +89,11 @@ fn transfers(client: &Netns, server: &Netns, server_addr: IpAddr, what: &str) ->
                 o.packets
             ),
         }
-        eprintln!("{label}: {:.2} Gbit/s, {} bytes received", o.bits_per_second / 1e9, o.bytes_received);
+        eprintln!(
+            "{label}: {:.2} Gbit/s, {} bytes received",
+            o.bits_per_second / 1e9,
+            o.bytes_received
+        );
         out.push((label, o));
     }
     out
@@ -70,21 +107,48 @@ fn bulk_tcp_and_udp_cross_every_hook_at_default_offloads() {
     let cp1 = &lab.host("cp1").ns;
     let lan1 = lab.host("lan1");
     // The hosts keep their defaults; show they are what this test claims.
-    let features = String::from_utf8_lossy(&cp1.exec(&["ethtool", "-k", "eth0"]).unwrap().stdout).to_string();
-    for f in ["tcp-segmentation-offload: on", "generic-segmentation-offload: on", "tx-checksumming: on"] {
-        assert!(features.contains(f), "cp1 eth0 should have {f}:\n{features}");
+    let features =
+        String::from_utf8_lossy(&cp1.exec(&["ethtool", "-k", "eth0"]).unwrap().stdout).to_string();
+    for f in [
+        "tcp-segmentation-offload: on",
+        "generic-segmentation-offload: on",
+        "tx-checksumming: on",
+    ] {
+        assert!(
+            features.contains(f),
+            "cp1 eth0 should have {f}:\n{features}"
+        );
     }
     for attach in ["xdp-native", "tc", "xdp-generic"] {
-        let config = lab.write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach).unwrap();
-        let gw = GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join("gateway.log")).expect("gateway starts");
-        let results = transfers(cp1, &lan1.ns, IpAddr::V4(lan1.addr), &format!("lan {attach}"));
+        let config = lab
+            .write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach)
+            .unwrap();
+        let gw = GatewayProcess::start(
+            &gateway_binary(),
+            &lab.gw,
+            &config,
+            &lab.dir.join("gateway.log"),
+        )
+        .expect("gateway starts");
+        let results = transfers(
+            cp1,
+            &lan1.ns,
+            IpAddr::V4(lan1.addr),
+            &format!("lan {attach}"),
+        );
         let st = gw.status::<Report>(&lab.gw).unwrap();
         let bad = misread_drops(&st);
-        assert!(bad.is_empty(), "lan {attach}: well-formed packets dropped as unreadable: {bad:?}\n{results:#?}");
+        assert!(
+            bad.is_empty(),
+            "lan {attach}: well-formed packets dropped as unreadable: {bad:?}\n{results:#?}"
+        );
         // The tunnel hooks judged aggregates, not only MTU-sized packets: that is what the test
         // is for. (Packets are counted once per skb, bytes by its full length.)
         let (packets, bytes) = counted(&st, "tunnel_ingress", "established");
-        assert!(packets > 0 && bytes / packets > 1514, "lan {attach}: no GSO aggregate reached the tunnel ingress ({packets} skbs, {bytes} bytes)");
+        assert!(
+            packets > 0 && bytes / packets > 1514,
+            "lan {attach}: no GSO aggregate reached the tunnel ingress ({packets} skbs, {bytes} bytes)"
+        );
         assert!(gw.stop().unwrap().success());
     }
 }

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_testkit::{harness::gateway_binary, netns::{Netns, veth}};
+use gateway_testkit::{
+    harness::gateway_binary,
+    netns::{Netns, veth},
+};
 
 struct Lab {
     relay: Netns,
@@ -32,7 +35,11 @@ impl Drop for Kill {
 fn lab() -> Lab {
     gateway_testkit::netns::remove_stale("gwturn");
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!("gwturn{}x{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let id = format!(
+        "gwturn{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let lab = Lab {
         relay: Netns::create(&format!("{id}-relay")).unwrap(),
         client: Netns::create(&format!("{id}-client")).unwrap(),
@@ -42,10 +49,18 @@ fn lab() -> Lab {
     std::fs::create_dir_all(&lab.dir).unwrap();
     veth(&lab.relay, "c0", &lab.client, "eth0").unwrap();
     veth(&lab.relay, "p0", &lab.peer, "eth0").unwrap();
-    lab.relay.ip(&["addr", "add", "198.18.30.1/24", "dev", "c0"]).unwrap();
-    lab.relay.ip(&["addr", "add", "198.18.31.1/24", "dev", "p0"]).unwrap();
-    lab.client.ip(&["addr", "add", "198.18.30.2/24", "dev", "eth0"]).unwrap();
-    lab.peer.ip(&["addr", "add", "198.18.31.2/24", "dev", "eth0"]).unwrap();
+    lab.relay
+        .ip(&["addr", "add", "198.18.30.1/24", "dev", "c0"])
+        .unwrap();
+    lab.relay
+        .ip(&["addr", "add", "198.18.31.1/24", "dev", "p0"])
+        .unwrap();
+    lab.client
+        .ip(&["addr", "add", "198.18.30.2/24", "dev", "eth0"])
+        .unwrap();
+    lab.peer
+        .ip(&["addr", "add", "198.18.31.2/24", "dev", "eth0"])
+        .unwrap();
     lab
 }
 
@@ -59,11 +74,33 @@ impl Drop for Lab {
 /// relay listens.
 fn start(lab: &Lab, args: &[&str]) -> (Kill, Kill) {
     let log = std::fs::File::create(lab.dir.join("relay.log")).unwrap();
-    let relay = lab.relay.command(gateway_binary().to_str().unwrap()).args(["relay", "serve"]).args(args).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).spawn().unwrap();
-    let peer = lab.peer.command("turnutils_peer").args(["-L", "198.18.31.2", "-p", "3480"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("turnutils_peer (apt install coturn)");
+    let relay = lab
+        .relay
+        .command(gateway_binary().to_str().unwrap())
+        .args(["relay", "serve"])
+        .args(args)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let peer = lab
+        .peer
+        .command("turnutils_peer")
+        .args(["-L", "198.18.31.2", "-p", "3480"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnutils_peer (apt install coturn)");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(lab.dir.join("relay.log")).unwrap_or_default().contains("TURN relay listening") {
-        assert!(Instant::now() < deadline, "relay did not start:\n{}", std::fs::read_to_string(lab.dir.join("relay.log")).unwrap_or_default());
+    while !std::fs::read_to_string(lab.dir.join("relay.log"))
+        .unwrap_or_default()
+        .contains("TURN relay listening")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "relay did not start:\n{}",
+            std::fs::read_to_string(lab.dir.join("relay.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (Kill(relay), Kill(peer))
@@ -86,12 +123,32 @@ fn uclient(lab: &Lab, args: &[&str]) -> Result<Outcome, String> {
         .args(["-e", "198.18.31.2", "-r", "3480", "198.18.30.1"])
         .output()
         .expect("turnutils_uclient (apt install coturn)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let field = |key: &str| -> Option<u64> {
-        text.lines().rev().find_map(|l| l.split(key).nth(1)).and_then(|rest| rest.trim_start_matches(['=', ' ']).split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok())
+        text.lines()
+            .rev()
+            .find_map(|l| l.split(key).nth(1))
+            .and_then(|rest| {
+                rest.trim_start_matches(['=', ' '])
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+            })
+            .and_then(|n| n.parse().ok())
     };
-    match (field("tot_send_msgs"), field("tot_recv_msgs"), field("Total lost packets")) {
-        (Some(sent), Some(received), Some(lost)) => Ok(Outcome { sent, received, lost }),
+    match (
+        field("tot_send_msgs"),
+        field("tot_recv_msgs"),
+        field("Total lost packets"),
+    ) {
+        (Some(sent), Some(received), Some(lost)) => Ok(Outcome {
+            sent,
+            received,
+            lost,
+        }),
         _ => Err(text),
     }
 }
@@ -100,7 +157,10 @@ const CONFIG: &str = "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: 
 
 /// The relay's /status or /metrics, from inside its namespace.
 fn relay_http(lab: &Lab, path: &'static str) -> String {
-    lab.relay.run(move || gateway_testkit::process::http_get("127.0.0.1:9465".parse().unwrap(), path)).unwrap().expect("relay answers")
+    lab.relay
+        .run(move || gateway_testkit::process::http_get("127.0.0.1:9465".parse().unwrap(), path))
+        .unwrap()
+        .expect("relay answers")
 }
 
 #[test]
@@ -114,24 +174,85 @@ fn coturn_clients_relay_through_channels_and_send_indications() {
         assert_eq!((o.sent, o.received, o.lost), (60, 60, 0), "{what}: {o:?}");
     };
     // Two clients, 30 messages each, static user, channels (the default).
-    each(&["-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "120"], "channels");
+    each(
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "2",
+            "-n",
+            "30",
+            "-l",
+            "120",
+        ],
+        "channels",
+    );
     // Send and Data indications instead of channels.
-    each(&["-s", "-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "120"], "send indications");
+    each(
+        &[
+            "-s",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "2",
+            "-n",
+            "30",
+            "-l",
+            "120",
+        ],
+        "send indications",
+    );
     // Time-limited credentials from the shared secret, with a timestamp-only username, exactly
     // what NetBird's management hands out.
-    each(&["-W", "s3cret", "-m", "2", "-n", "30", "-l", "120"], "time-limited credentials");
+    each(
+        &["-W", "s3cret", "-m", "2", "-n", "30", "-l", "120"],
+        "time-limited credentials",
+    );
     // Padded ChannelData.
-    each(&["-D", "-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "121"], "padding");
+    each(
+        &[
+            "-D",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "2",
+            "-n",
+            "30",
+            "-l",
+            "121",
+        ],
+        "padding",
+    );
     // A wrong password gets no allocation.
     let refused = uclient(&lab, &["-u", "alice", "-w", "not-it", "-m", "1", "-n", "5"]);
-    assert!(refused.as_ref().is_err_and(|t| t.contains("Cannot complete Allocation")), "{refused:?}");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|t| t.contains("Cannot complete Allocation")),
+        "{refused:?}"
+    );
     // What the relay counted: every message both ways (4 runs of 60), the refused login.
     let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
-    assert!(status["to_peer_packets"].as_u64().unwrap() >= 240, "{status}");
-    assert!(status["to_client_packets"].as_u64().unwrap() >= 240, "{status}");
+    assert!(
+        status["to_peer_packets"].as_u64().unwrap() >= 240,
+        "{status}"
+    );
+    assert!(
+        status["to_client_packets"].as_u64().unwrap() >= 240,
+        "{status}"
+    );
     assert!(status["auth_failures"].as_u64().unwrap() >= 1, "{status}");
     let metrics = relay_http(&lab, "/metrics");
-    assert!(metrics.contains("gateway_relay_packets_total{direction=\"to_peer\",path=\"userspace\"}"), "{metrics}");
+    assert!(
+        metrics.contains("gateway_relay_packets_total{direction=\"to_peer\",path=\"userspace\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -144,13 +265,29 @@ fn coturns_configuration_file_starts_the_relay_in_its_place() {
     )
     .unwrap();
     let _procs = start(&lab, &["--coturn-config", conf.to_str().unwrap()]);
-    let o = uclient(&lab, &["-u", "self", "-w", "pw", "-m", "2", "-n", "10", "-l", "100"]).expect("report");
+    let o = uclient(
+        &lab,
+        &["-u", "self", "-w", "pw", "-m", "2", "-n", "10", "-l", "100"],
+    )
+    .expect("report");
     assert_eq!((o.sent, o.received, o.lost), (20, 20, 0), "{o:?}");
     let log = std::fs::read_to_string(lab.dir.join("relay.log")).unwrap();
-    assert!(log.contains("fingerprint") && log.contains("no-cli"), "the ignored options are named:\n{log}");
+    assert!(
+        log.contains("fingerprint") && log.contains("no-cli"),
+        "the ignored options are named:\n{log}"
+    );
     // An option the relay cannot honour stops it, by name.
-    std::fs::write(&conf, "realm=r\nlt-cred-mech\nuser=a:b\ntls-listening-port=5349\n").unwrap();
-    let out = lab.relay.command(gateway_binary().to_str().unwrap()).args(["relay", "serve", "--coturn-config", conf.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &conf,
+        "realm=r\nlt-cred-mech\nuser=a:b\ntls-listening-port=5349\n",
+    )
+    .unwrap();
+    let out = lab
+        .relay
+        .command(gateway_binary().to_str().unwrap())
+        .args(["relay", "serve", "--coturn-config", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls-listening-port"));
 }
@@ -162,11 +299,34 @@ fn peers_the_relay_must_not_reach_are_refused() {
     // The peer's network denied: allocations work, permissions to it do not.
     std::fs::write(&cfg, format!("{CONFIG}denied_peer_ip: [198.18.31.0/24]\n")).unwrap();
     let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
-    let o = uclient(&lab, &["-u", "alice", "-w", "wonderland", "-m", "1", "-n", "5", "-l", "100"]);
-    assert!(o.as_ref().map_or(true, |o| o.received == 0), "relayed to a denied peer: {o:?}");
+    let o = uclient(
+        &lab,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "1",
+            "-n",
+            "5",
+            "-l",
+            "100",
+        ],
+    );
+    assert!(
+        o.as_ref().map_or(true, |o| o.received == 0),
+        "relayed to a denied peer: {o:?}"
+    );
     let log = std::fs::read_to_string(lab.dir.join("relay.log")).unwrap();
-    assert!(log.contains("allocation"), "the client did get an allocation:\n{log}");
-    assert!(log.contains("refused") && log.contains("198.18.31.2"), "the relay refused the peer:\n{log}");
+    assert!(
+        log.contains("allocation"),
+        "the client did get an allocation:\n{log}"
+    );
+    assert!(
+        log.contains("refused") && log.contains("198.18.31.2"),
+        "the relay refused the peer:\n{log}"
+    );
 }
 
 /// The embedded management service hands the relay out as NetBird's does: `NetbirdConfig.turns`
@@ -174,7 +334,10 @@ fn peers_the_relay_must_not_reach_are_refused() {
 /// the Sync stream, and again before it expires. coturn's client relays with it.
 #[test]
 fn management_hands_out_the_relay_with_credentials_it_accepts() {
-    use management_proto::{WgKey, WgPublicKey, pb::{self, management_service_client::ManagementServiceClient}};
+    use management_proto::{
+        WgKey, WgPublicKey,
+        pb::{self, management_service_client::ManagementServiceClient},
+    };
     let lab = lab();
     let secret = lab.dir.join("turn-secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
@@ -186,27 +349,76 @@ fn management_hands_out_the_relay_with_credentials_it_accepts() {
         &data,
         "198.18.30.1:33073".parse().unwrap(),
         "relay-lab-token",
-        &["--turn-uri", uri, "--turn-secret-file", secret.to_str().unwrap(), "--turn-ttl", "4"],
+        &[
+            "--turn-uri",
+            uri,
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+            "--turn-ttl",
+            "4",
+        ],
         &lab.dir.join("management.log"),
     )
     .expect("management starts");
-    let api = gateway_testkit::management::Api { ns: &lab.relay, addr: "198.18.30.1:33073", token: "relay-lab-token" };
-    let setup_key = api.ok("POST", "/api/setup-keys", serde_json::json!({"name": "peers", "type": "reusable"}))["key"].as_str().unwrap().to_string();
+    let api = gateway_testkit::management::Api {
+        ns: &lab.relay,
+        addr: "198.18.30.1:33073",
+        token: "relay-lab-token",
+    };
+    let setup_key = api.ok(
+        "POST",
+        "/api/setup-keys",
+        serde_json::json!({"name": "peers", "type": "reusable"}),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let key = WgKey::generate();
-    let login = gateway_testkit::management::grpc_login(&lab.client, "http://198.18.30.1:33073", &setup_key, WgKey::from_base64(&key.to_base64()).unwrap(), "peer").expect("login");
-    let turns = login.netbird_config.expect("netbirdConfig in the Login answer").turns;
+    let login = gateway_testkit::management::grpc_login(
+        &lab.client,
+        "http://198.18.30.1:33073",
+        &setup_key,
+        WgKey::from_base64(&key.to_base64()).unwrap(),
+        "peer",
+    )
+    .expect("login");
+    let turns = login
+        .netbird_config
+        .expect("netbirdConfig in the Login answer")
+        .turns;
     assert_eq!(turns.len(), 1);
     let t = &turns[0];
     assert_eq!(t.host_config.as_ref().map(|h| h.uri.as_str()), Some(uri));
     let expiry: u64 = t.user.parse().expect("username = expiry unix time");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    assert!((now + 2..=now + 6).contains(&expiry), "expiry {expiry}, now {now}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (now + 2..=now + 6).contains(&expiry),
+        "expiry {expiry}, now {now}"
+    );
 
     // The relay with the same secret; coturn's client with the handed-out credential.
     let cfg = lab.dir.join("relay.yaml");
     std::fs::write(&cfg, "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\n").unwrap();
     let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
-    let o = uclient(&lab, &["-u", &t.user, "-w", &t.password, "-m", "2", "-n", "10", "-l", "100"]).expect("report");
+    let o = uclient(
+        &lab,
+        &[
+            "-u",
+            &t.user,
+            "-w",
+            &t.password,
+            "-m",
+            "2",
+            "-n",
+            "10",
+            "-l",
+            "100",
+        ],
+    )
+    .expect("report");
     assert_eq!((o.sent, o.received, o.lost), (20, 20, 0), "{o:?}");
 
     // On the Sync stream: the first message carries a credential, and a renewed one comes at ¾
@@ -214,26 +426,57 @@ fn management_hands_out_the_relay_with_credentials_it_accepts() {
     let fresh = lab
         .client
         .run(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-                let mut client = ManagementServiceClient::connect("http://198.18.30.1:33073").await.unwrap();
-                let server = WgPublicKey::from_base64(&client.get_server_key(pb::Empty {}).await.unwrap().into_inner().key).unwrap();
-                let mut stream = client.sync(key.seal_message(&server, &pb::SyncRequest { meta: None })).await.unwrap().into_inner();
-                let mut users = Vec::new();
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
-                while users.len() < 2 && tokio::time::Instant::now() < deadline {
-                    let Ok(Ok(Some(m))) = tokio::time::timeout(std::time::Duration::from_secs(8), stream.message()).await else { break };
-                    let r: pb::SyncResponse = key.open_message(&server, &m).unwrap();
-                    if let Some(c) = r.netbird_config {
-                        users.push((c.turns[0].user.clone(), r.network_map.is_some()));
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut client = ManagementServiceClient::connect("http://198.18.30.1:33073")
+                        .await
+                        .unwrap();
+                    let server = WgPublicKey::from_base64(
+                        &client
+                            .get_server_key(pb::Empty {})
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .key,
+                    )
+                    .unwrap();
+                    let mut stream = client
+                        .sync(key.seal_message(&server, &pb::SyncRequest { meta: None }))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let mut users = Vec::new();
+                    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+                    while users.len() < 2 && tokio::time::Instant::now() < deadline {
+                        let Ok(Ok(Some(m))) = tokio::time::timeout(
+                            std::time::Duration::from_secs(8),
+                            stream.message(),
+                        )
+                        .await
+                        else {
+                            break;
+                        };
+                        let r: pb::SyncResponse = key.open_message(&server, &m).unwrap();
+                        if let Some(c) = r.netbird_config {
+                            users.push((c.turns[0].user.clone(), r.network_map.is_some()));
+                        }
                     }
-                }
-                users
-            })
+                    users
+                })
         })
         .unwrap();
     assert_eq!(fresh.len(), 2, "{fresh:?}");
-    assert!(fresh[0].1 && !fresh[1].1, "the map first, then the credential alone: {fresh:?}");
-    assert!(fresh[1].0.parse::<u64>().unwrap() > fresh[0].0.parse::<u64>().unwrap(), "a later expiry: {fresh:?}");
+    assert!(
+        fresh[0].1 && !fresh[1].1,
+        "the map first, then the credential alone: {fresh:?}"
+    );
+    assert!(
+        fresh[1].0.parse::<u64>().unwrap() > fresh[0].0.parse::<u64>().unwrap(),
+        "a later expiry: {fresh:?}"
+    );
 }
 
 /// Bound channels in the kernel: the relay hands each ChannelBind to its XDP program, coturn's
@@ -251,26 +494,77 @@ fn bound_channels_are_relayed_in_xdp() {
         ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
     }
     for dev in ["c0", "p0"] {
-        lab.relay.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1").unwrap();
+        lab.relay
+            .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
+            .unwrap();
     }
     lab.relay.exec(&["nft", "add table inet fw; add chain inet fw forward { type filter hook forward priority 0; policy drop; }"]).unwrap();
     let cfg = lab.dir.join("relay.yaml");
-    std::fs::write(&cfg, format!("{CONFIG}xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{CONFIG}xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n"),
+    )
+    .unwrap();
     let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
     for len in ["64", "120", "1200"] {
-        let o = uclient(&lab, &["-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", len]).expect("report");
-        assert_eq!((o.sent, o.received, o.lost), (60, 60, 0), "{len} bytes: {o:?}\n{}", relay_http(&lab, "/status"));
+        let o = uclient(
+            &lab,
+            &[
+                "-u",
+                "alice",
+                "-w",
+                "wonderland",
+                "-m",
+                "2",
+                "-n",
+                "30",
+                "-l",
+                len,
+            ],
+        )
+        .expect("report");
+        assert_eq!(
+            (o.sent, o.received, o.lost),
+            (60, 60, 0),
+            "{len} bytes: {o:?}\n{}",
+            relay_http(&lab, "/status")
+        );
     }
     let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
     let xdp = &status["xdp"];
-    assert!(xdp["to_peer_packets"].as_u64().unwrap() >= 50, "the kernel carried the client's channel data: {status}");
-    assert!(xdp["to_client_packets"].as_u64().unwrap() >= 50, "and the peer's answers: {status}");
+    assert!(
+        xdp["to_peer_packets"].as_u64().unwrap() >= 50,
+        "the kernel carried the client's channel data: {status}"
+    );
+    assert!(
+        xdp["to_client_packets"].as_u64().unwrap() >= 50,
+        "and the peer's answers: {status}"
+    );
     // Send indications (no channel) stay in userspace.
     let before = status["to_peer_packets"].as_u64().unwrap();
-    let o = uclient(&lab, &["-s", "-u", "alice", "-w", "wonderland", "-m", "2", "-n", "10", "-l", "120"]).expect("report");
+    let o = uclient(
+        &lab,
+        &[
+            "-s",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "2",
+            "-n",
+            "10",
+            "-l",
+            "120",
+        ],
+    )
+    .expect("report");
     assert_eq!((o.sent, o.received, o.lost), (20, 20, 0), "{o:?}");
     let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
-    assert!(status["to_peer_packets"].as_u64().unwrap() >= before + 20, "{status}");
+    assert!(
+        status["to_peer_packets"].as_u64().unwrap() >= before + 20,
+        "{status}"
+    );
 }
 
 /// At the hosts' default offloads a veth carries checksums only begun: the XDP program leaves
@@ -279,13 +573,37 @@ fn bound_channels_are_relayed_in_xdp() {
 fn begun_checksums_go_to_userspace() {
     let lab = lab();
     for dev in ["c0", "p0"] {
-        lab.relay.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1").unwrap();
+        lab.relay
+            .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
+            .unwrap();
     }
     let cfg = lab.dir.join("relay.yaml");
-    std::fs::write(&cfg, format!("{CONFIG}xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{CONFIG}xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n"),
+    )
+    .unwrap();
     let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
-    let o = uclient(&lab, &["-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30", "-l", "64"]).expect("report");
+    let o = uclient(
+        &lab,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "2",
+            "-n",
+            "30",
+            "-l",
+            "64",
+        ],
+    )
+    .expect("report");
     assert_eq!((o.sent, o.received, o.lost), (60, 60, 0), "{o:?}");
     let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
-    assert!(status["to_peer_packets"].as_u64().unwrap() >= 50, "userspace relayed them: {status}");
+    assert!(
+        status["to_peer_packets"].as_u64().unwrap() >= 50,
+        "userspace relayed them: {status}"
+    );
 }

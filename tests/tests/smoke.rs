@@ -1,6 +1,6 @@
-use gateway_testkit::packets::{Spec, TCP_SYN};
 use gateway_common::stats::{HOOK_TUNNEL_INGRESS, reason};
 use gateway_testkit::harness::Harness;
+use gateway_testkit::packets::{Spec, TCP_SYN};
 
 #[test]
 fn loads_and_judges() {

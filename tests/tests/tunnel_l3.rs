@@ -4,10 +4,13 @@
 
 use std::{fs::File, io::Write as _, os::fd::AsRawFd as _};
 
-use gateway_dataplane::{Dataplane, LoadOptions, LinkKind};
-use gateway_policy::{compile, self as policy};
-use gateway_testkit::{netns::Netns, packets::{Spec, TCP_SYN}};
 use gateway_common::stats::{HOOK_TUNNEL_INGRESS, reason, stats_index};
+use gateway_dataplane::{Dataplane, LinkKind, LoadOptions};
+use gateway_policy::{self as policy, compile};
+use gateway_testkit::{
+    netns::Netns,
+    packets::{Spec, TCP_SYN},
+};
 
 const IFF_TUN: i16 = 0x0001;
 const IFF_NO_PI: i16 = 0x1000;
@@ -28,8 +31,16 @@ fn open_tun(ns: &Netns) -> File {
 
 fn open_tun_with(ns: &Netns, extra_flags: i16) -> File {
     ns.run(move || {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
-        let mut req = IfReq { name: [0; 16], flags: IFF_TUN | IFF_NO_PI | extra_flags, _pad: [0; 22] };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .expect("/dev/net/tun");
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TUN | IFF_NO_PI | extra_flags,
+            _pad: [0; 22],
+        };
         req.name[..4].copy_from_slice(b"tun0");
         // SAFETY: TUNSETIFF with a properly sized ifreq.
         let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req) };
@@ -43,7 +54,8 @@ fn open_tun_with(ns: &Netns, extra_flags: i16) -> File {
 fn l3_tunnel_programs_judge_packets_on_a_tun_device() {
     let ns = Netns::create(&format!("gwtun{}", std::process::id())).expect("netns");
     let mut tun = open_tun(&ns);
-    ns.ip(&["addr", "add", "100.64.0.1/10", "dev", "tun0"]).unwrap();
+    ns.ip(&["addr", "add", "100.64.0.1/10", "dev", "tun0"])
+        .unwrap();
     ns.ip(&["link", "set", "tun0", "up"]).unwrap();
     let set = policy::parse_str(
         "groups:\n  peers: [100.64.10.0/24]\npolicies:\n  - name: ssh-to-gw\n    source_groups: [peers]\n    destination_groups: [\"*\"]\n    action: accept\n    protocol: tcp\n    ports: [22]\n",
@@ -56,10 +68,22 @@ fn l3_tunnel_programs_judge_packets_on_a_tun_device() {
         .run(move || {
             let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
             dp.apply(&compiled).expect("apply");
-            let kind = dp.attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto).expect("attach to tun0");
-            let allowed = Spec { l3_only: true, ..Spec::tcp("100.64.10.5", "100.64.0.1", 40000, 22, TCP_SYN) }.build();
-            let denied = Spec { l3_only: true, ..Spec::tcp("100.64.10.5", "100.64.0.1", 40000, 23, TCP_SYN) }.build();
-            let garbage = vec![0x45u8, 0, 0, 200, 0, 0, 0, 0, 64, 6, 0, 0, 100, 64, 10, 5, 100, 64, 0, 1];
+            let kind = dp
+                .attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto)
+                .expect("attach to tun0");
+            let allowed = Spec {
+                l3_only: true,
+                ..Spec::tcp("100.64.10.5", "100.64.0.1", 40000, 22, TCP_SYN)
+            }
+            .build();
+            let denied = Spec {
+                l3_only: true,
+                ..Spec::tcp("100.64.10.5", "100.64.0.1", 40000, 23, TCP_SYN)
+            }
+            .build();
+            let garbage = vec![
+                0x45u8, 0, 0, 200, 0, 0, 0, 0, 64, 6, 0, 0, 100, 64, 10, 5, 100, 64, 0, 1,
+            ];
             for p in [&allowed, &denied, &denied, &garbage] {
                 tun.write_all(p).expect("write to tun");
             }
@@ -71,7 +95,11 @@ fn l3_tunnel_programs_judge_packets_on_a_tun_device() {
     let n = |r: u32| counters[stats_index(HOOK_TUNNEL_INGRESS, r) as usize].packets;
     assert_eq!(n(reason::ACCEPT_POLICY), 1);
     assert_eq!(n(reason::DROP_DEFAULT), 2);
-    assert_eq!(n(reason::DROP_TRUNCATED), 1, "a packet claiming 200 bytes in 20");
+    assert_eq!(
+        n(reason::DROP_TRUNCATED),
+        1,
+        "a packet claiming 200 bytes in 20"
+    );
 }
 
 /// The one's-complement sum of the UDP pseudo-header, folded and not inverted: what a sender
@@ -98,7 +126,8 @@ fn large_and_gso_writes_on_a_tun_device_are_judged_and_delivered() {
     const SEGMENT: usize = 1400;
     let ns = Netns::create(&format!("gwtungso{}", std::process::id())).expect("netns");
     let mut tun = open_tun_with(&ns, IFF_VNET_HDR);
-    ns.ip(&["addr", "add", "100.64.0.1/10", "dev", "tun0"]).unwrap();
+    ns.ip(&["addr", "add", "100.64.0.1/10", "dev", "tun0"])
+        .unwrap();
     ns.ip(&["link", "set", "tun0", "up"]).unwrap();
     let set = policy::parse_str(
         "groups:\n  peers: [100.64.10.0/24]\npolicies:\n  - name: udp-in\n    source_groups: [peers]\n    destination_groups: [\"*\"]\n    action: accept\n    protocol: udp\n    ports: [5300]\n",
@@ -109,18 +138,31 @@ fn large_and_gso_writes_on_a_tun_device_are_judged_and_delivered() {
     let (counters, received) = ns
         .run(move || {
             let socket = std::net::UdpSocket::bind("100.64.0.1:5300").expect("bind");
-            socket.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                .unwrap();
             let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
             dp.apply(&compiled).expect("apply");
-            dp.attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto).expect("attach to tun0");
+            dp.attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto)
+                .expect("attach to tun0");
             let (src, dst) = ([100u8, 64, 10, 5], [100u8, 64, 0, 1]);
             // A full-size datagram (1500 bytes of IP) without offload: virtio header all zero.
-            let full = Spec { l3_only: true, payload_len: 1472, ..Spec::udp("100.64.10.5", "100.64.0.1", 40000, 5300) }.build();
+            let full = Spec {
+                l3_only: true,
+                payload_len: 1472,
+                ..Spec::udp("100.64.10.5", "100.64.0.1", 40000, 5300)
+            }
+            .build();
             let mut write = vec![0u8; 10];
             write.extend_from_slice(&full);
             tun.write_all(&write).expect("full-size write");
             // The GSO super-packet: checksum left to the kernel (NEEDS_CSUM), GSO_UDP_L4.
-            let mut sp = Spec { l3_only: true, payload_len: SEGMENTS * SEGMENT, ..Spec::udp("100.64.10.5", "100.64.0.1", 40001, 5300) }.build();
+            let mut sp = Spec {
+                l3_only: true,
+                payload_len: SEGMENTS * SEGMENT,
+                ..Spec::udp("100.64.10.5", "100.64.0.1", 40001, 5300)
+            }
+            .build();
             let udp_len = (8 + SEGMENTS * SEGMENT) as u16;
             sp[26..28].copy_from_slice(&pseudo_header_seed(src, dst, udp_len).to_be_bytes());
             for (i, b) in sp[28..].iter_mut().enumerate() {
@@ -144,12 +186,28 @@ fn large_and_gso_writes_on_a_tun_device_are_judged_and_delivered() {
     assert_eq!(c(reason::DROP_TRUNCATED).packets, 0);
     assert_eq!(c(reason::DROP_NOT_LINEAR).packets, 0);
     // One skb per write: the full-size datagram and the whole super-packet.
-    assert_eq!(c(reason::ACCEPT_POLICY).packets, 2, "{:?}", c(reason::ACCEPT_POLICY));
-    assert_eq!(c(reason::ACCEPT_POLICY).bytes as usize, 1500 + 28 + SEGMENTS * SEGMENT);
-    assert_eq!(received.len(), 1 + SEGMENTS, "datagrams at the socket: {:?}", received.iter().map(Vec::len).collect::<Vec<_>>());
+    assert_eq!(
+        c(reason::ACCEPT_POLICY).packets,
+        2,
+        "{:?}",
+        c(reason::ACCEPT_POLICY)
+    );
+    assert_eq!(
+        c(reason::ACCEPT_POLICY).bytes as usize,
+        1500 + 28 + SEGMENTS * SEGMENT
+    );
+    assert_eq!(
+        received.len(),
+        1 + SEGMENTS,
+        "datagrams at the socket: {:?}",
+        received.iter().map(Vec::len).collect::<Vec<_>>()
+    );
     assert_eq!(received[0].len(), 1472);
     for (i, d) in received[1..].iter().enumerate() {
         assert_eq!(d.len(), SEGMENT);
-        assert!(d.iter().all(|b| *b == i as u8), "segment {i} carries its own bytes");
+        assert!(
+            d.iter().all(|b| *b == i as u8),
+            "segment {i} carries its own bytes"
+        );
     }
 }

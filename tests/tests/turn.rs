@@ -24,24 +24,48 @@ const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The relay's namespace: c0 toward the client, p0 toward the peer, both neighbours known.
 fn relay_ns() -> (Netns, Netns) {
     gateway_testkit::netns::remove_stale("gwturnfx");
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!("gwturnfx{}x{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-    let (ns, other) = (Netns::create(&format!("{id}-r")).unwrap(), Netns::create(&format!("{id}-o")).unwrap());
+    let id = format!(
+        "gwturnfx{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let (ns, other) = (
+        Netns::create(&format!("{id}-r")).unwrap(),
+        Netns::create(&format!("{id}-o")).unwrap(),
+    );
     // The fast path's FIB lookup is an input lookup: the arrival interface (here, as in every
     // test run, the namespace's loopback) must forward.
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     veth(&ns, "c0", &other, "c1").unwrap();
     veth(&ns, "p0", &other, "p1").unwrap();
-    for (dev, m, a, n, nm) in [("c0", C0_MAC, "198.18.30.1/24", "198.18.30.2", CLIENT_MAC), ("p0", P0_MAC, "198.18.31.1/24", "198.18.31.2", PEER_MAC)] {
+    for (dev, m, a, n, nm) in [
+        ("c0", C0_MAC, "198.18.30.1/24", "198.18.30.2", CLIENT_MAC),
+        ("p0", P0_MAC, "198.18.31.1/24", "198.18.31.2", PEER_MAC),
+    ] {
         ns.ip(&["link", "set", dev, "address", &mac(m)]).unwrap();
         ns.ip(&["addr", "add", a, "dev", dev]).unwrap();
-        ns.ip(&["neigh", "replace", n, "lladdr", &mac(nm), "dev", dev, "nud", "permanent"]).unwrap();
+        ns.ip(&[
+            "neigh",
+            "replace",
+            n,
+            "lladdr",
+            &mac(nm),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
     }
     (ns, other)
 }
@@ -51,7 +75,10 @@ fn sum16(bytes: &[u8]) -> u16 {
     if b.len() % 2 == 1 {
         b.push(0);
     }
-    let mut s: u32 = b.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
     while s >> 16 != 0 {
         s = (s & 0xffff) + (s >> 16);
     }
@@ -59,7 +86,16 @@ fn sum16(bytes: &[u8]) -> u16 {
 }
 
 /// An Ethernet/IPv4/UDP frame with every checksum computed in full.
-fn frame(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ttl: u8, payload: &[u8]) -> Vec<u8> {
+fn frame(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let ulen = (8 + payload.len()) as u16;
     let mut f = Vec::new();
     f.extend_from_slice(&dmac);
@@ -103,11 +139,38 @@ fn channel_data(channel: u16, data: &[u8], pad: &[u8]) -> Vec<u8> {
 
 fn harness() -> Harness {
     let mut h = Harness::new("groups: {}\npolicies: []\n");
-    let channel = ChannelKey { client: CLIENT, listen: LISTEN, client_port: 40000, listen_port: 3478, channel: 0x4001, _pad: 0 };
-    let to_peer = ToPeer { peer: PEER, relay: RELAY, peer_port: 5000, relay_port: 50001, slot: 7 };
-    let peer = PeerKey { peer: PEER, relay: RELAY, peer_port: 5000, relay_port: 50001 };
-    let to_client = ToClient { client: CLIENT, listen: LISTEN, client_port: 40000, listen_port: 3478, channel: 0x4001, _pad: 0, slot: 7 };
-    h.dp.set_turn_binding(channel, to_peer, peer, to_client).unwrap();
+    let channel = ChannelKey {
+        client: CLIENT,
+        listen: LISTEN,
+        client_port: 40000,
+        listen_port: 3478,
+        channel: 0x4001,
+        _pad: 0,
+    };
+    let to_peer = ToPeer {
+        peer: PEER,
+        relay: RELAY,
+        peer_port: 5000,
+        relay_port: 50001,
+        slot: 7,
+    };
+    let peer = PeerKey {
+        peer: PEER,
+        relay: RELAY,
+        peer_port: 5000,
+        relay_port: 50001,
+    };
+    let to_client = ToClient {
+        client: CLIENT,
+        listen: LISTEN,
+        client_port: 40000,
+        listen_port: 3478,
+        channel: 0x4001,
+        _pad: 0,
+        slot: 7,
+    };
+    h.dp.set_turn_binding(channel, to_peer, peer, to_client)
+        .unwrap();
     h
 }
 
@@ -122,19 +185,55 @@ fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
     let data: Vec<u8> = (0..1199).map(|i| (i * 13 + 5) as u8).collect();
     ns.run_scoped(|| {
         // Client → peer: unwrapped, from the allocation's address, toward the peer's neighbour.
-        for (len, pad) in [(1197, &[][..]), (1197, &[0, 0, 0][..]), (1197, &[0xde, 0xad, 0xbe][..]), (64, &[][..]), (1, &[0, 0, 0][..]), (120, &[][..])] {
-            let input = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 61, &channel_data(0x4001, &data[..len], pad));
+        for (len, pad) in [
+            (1197, &[][..]),
+            (1197, &[0, 0, 0][..]),
+            (1197, &[0xde, 0xad, 0xbe][..]),
+            (64, &[][..]),
+            (1, &[0, 0, 0][..]),
+            (120, &[][..]),
+        ] {
+            let input = frame(
+                C0_MAC,
+                CLIENT_MAC,
+                CLIENT,
+                LISTEN,
+                40000,
+                3478,
+                61,
+                &channel_data(0x4001, &data[..len], pad),
+            );
             let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
-            assert!(action == XDP_REDIRECT || action == XDP_TX, "action {action}, reasons {:?}", h.dp.turn_counters().unwrap());
+            assert!(
+                action == XDP_REDIRECT || action == XDP_TX,
+                "action {action}, reasons {:?}",
+                h.dp.turn_counters().unwrap()
+            );
             let want = frame(PEER_MAC, P0_MAC, RELAY, PEER, 50001, 5000, 64, &data[..len]);
-            assert_eq!(hex(&out), hex(&want), "client → peer, {len} bytes, padding {pad:?}");
+            assert_eq!(
+                hex(&out),
+                hex(&want),
+                "client → peer, {len} bytes, padding {pad:?}"
+            );
         }
         // Peer → client: wrapped in ChannelData, from the listening address.
         for len in [0usize, 1, 64, 1199] {
             let input = frame(P0_MAC, PEER_MAC, PEER, RELAY, 5000, 50001, 63, &data[..len]);
             let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
-            assert!(action == XDP_REDIRECT || action == XDP_TX, "action {action}");
-            let want = frame(CLIENT_MAC, C0_MAC, LISTEN, CLIENT, 3478, 40000, 64, &channel_data(0x4001, &data[..len], &[]));
+            assert!(
+                action == XDP_REDIRECT || action == XDP_TX,
+                "action {action}"
+            );
+            let want = frame(
+                CLIENT_MAC,
+                C0_MAC,
+                LISTEN,
+                CLIENT,
+                3478,
+                40000,
+                64,
+                &channel_data(0x4001, &data[..len], &[]),
+            );
             assert_eq!(hex(&out), hex(&want), "peer → client, {len} bytes");
         }
     })
@@ -142,7 +241,10 @@ fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
     assert_eq!(reason_count(&h, TO_PEER), 6);
     assert_eq!(reason_count(&h, TO_CLIENT), 4);
     let (to_peer, to_client) = h.dp.turn_binding_counters(7).unwrap();
-    assert_eq!((to_peer.packets, to_peer.bytes), (6, 3 * 1197 + 64 + 1 + 120));
+    assert_eq!(
+        (to_peer.packets, to_peer.bytes),
+        (6, 3 * 1197 + 64 + 1 + 120)
+    );
     assert_eq!((to_client.packets, to_client.bytes), (4, 64 + 1 + 1199));
 }
 
@@ -153,19 +255,103 @@ fn everything_else_goes_to_userspace_untouched() {
     ns.run_scoped(|| {
         let cases = [
             // An unbound channel, a channel of another client, a STUN request, an unbound peer.
-            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4002, b"x", &[0; 3])), PASS_OTHER),
-            (frame(C0_MAC, CLIENT_MAC, [198, 18, 30, 3], LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"x", &[0; 3])), PASS_OTHER),
-            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]), PASS_OTHER),
-            (frame(P0_MAC, PEER_MAC, PEER, RELAY, 5001, 50001, 64, b"who"), PASS_OTHER),
+            (
+                frame(
+                    C0_MAC,
+                    CLIENT_MAC,
+                    CLIENT,
+                    LISTEN,
+                    40000,
+                    3478,
+                    64,
+                    &channel_data(0x4002, b"x", &[0; 3]),
+                ),
+                PASS_OTHER,
+            ),
+            (
+                frame(
+                    C0_MAC,
+                    CLIENT_MAC,
+                    [198, 18, 30, 3],
+                    LISTEN,
+                    40000,
+                    3478,
+                    64,
+                    &channel_data(0x4001, b"x", &[0; 3]),
+                ),
+                PASS_OTHER,
+            ),
+            (
+                frame(
+                    C0_MAC,
+                    CLIENT_MAC,
+                    CLIENT,
+                    LISTEN,
+                    40000,
+                    3478,
+                    64,
+                    &[
+                        0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                    ],
+                ),
+                PASS_OTHER,
+            ),
+            (
+                frame(P0_MAC, PEER_MAC, PEER, RELAY, 5001, 50001, 64, b"who"),
+                PASS_OTHER,
+            ),
             // ChannelData whose length says more than the datagram holds, or junk past padding.
-            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &[0x40, 0x01, 0, 50, 1, 2, 3, 4]), PASS_MALFORMED),
-            (frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"ab", &[0; 6])), PASS_MALFORMED),
+            (
+                frame(
+                    C0_MAC,
+                    CLIENT_MAC,
+                    CLIENT,
+                    LISTEN,
+                    40000,
+                    3478,
+                    64,
+                    &[0x40, 0x01, 0, 50, 1, 2, 3, 4],
+                ),
+                PASS_MALFORMED,
+            ),
+            (
+                frame(
+                    C0_MAC,
+                    CLIENT_MAC,
+                    CLIENT,
+                    LISTEN,
+                    40000,
+                    3478,
+                    64,
+                    &channel_data(0x4001, b"ab", &[0; 6]),
+                ),
+                PASS_MALFORMED,
+            ),
         ];
         // A bound channel whose UDP checksum was only begun by a local sender (the field holds
         // the pseudo-header sum, as over a veth with offload on).
-        let mut begun = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"data", &[]));
+        let mut begun = frame(
+            C0_MAC,
+            CLIENT_MAC,
+            CLIENT,
+            LISTEN,
+            40000,
+            3478,
+            64,
+            &channel_data(0x4001, b"data", &[]),
+        );
         let ulen = (begun.len() - 34) as u32;
-        let mut sum: u32 = [CLIENT, LISTEN].iter().flat_map(|a| [u16::from_be_bytes([a[0], a[1]]) as u32, u16::from_be_bytes([a[2], a[3]]) as u32]).sum::<u32>() + 17 + ulen;
+        let mut sum: u32 = [CLIENT, LISTEN]
+            .iter()
+            .flat_map(|a| {
+                [
+                    u16::from_be_bytes([a[0], a[1]]) as u32,
+                    u16::from_be_bytes([a[2], a[3]]) as u32,
+                ]
+            })
+            .sum::<u32>()
+            + 17
+            + ulen;
         while sum >> 16 != 0 {
             sum = (sum & 0xffff) + (sum >> 16);
         }
@@ -183,13 +369,37 @@ fn everything_else_goes_to_userspace_untouched() {
     .unwrap();
     // With the binding removed, its traffic is userspace's again.
     h.dp.remove_turn_binding(
-        &ChannelKey { client: CLIENT, listen: LISTEN, client_port: 40000, listen_port: 3478, channel: 0x4001, _pad: 0 },
-        &PeerKey { peer: PEER, relay: RELAY, peer_port: 5000, relay_port: 50001 },
+        &ChannelKey {
+            client: CLIENT,
+            listen: LISTEN,
+            client_port: 40000,
+            listen_port: 3478,
+            channel: 0x4001,
+            _pad: 0,
+        },
+        &PeerKey {
+            peer: PEER,
+            relay: RELAY,
+            peer_port: 5000,
+            relay_port: 50001,
+        },
     )
     .unwrap();
     ns.run_scoped(|| {
-        let input = frame(C0_MAC, CLIENT_MAC, CLIENT, LISTEN, 40000, 3478, 64, &channel_data(0x4001, b"x", &[0; 3]));
-        assert_eq!(h.xdp_program_bytes(names::PROG_XDP_TURN, &input).0, XDP_PASS);
+        let input = frame(
+            C0_MAC,
+            CLIENT_MAC,
+            CLIENT,
+            LISTEN,
+            40000,
+            3478,
+            64,
+            &channel_data(0x4001, b"x", &[0; 3]),
+        );
+        assert_eq!(
+            h.xdp_program_bytes(names::PROG_XDP_TURN, &input).0,
+            XDP_PASS
+        );
     })
     .unwrap();
 }

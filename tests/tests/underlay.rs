@@ -27,7 +27,14 @@ fn udp(src: &str, dport: u16, len: usize, head: [u8; 4]) -> Spec {
     b.extend_from_slice(&[0, 0]);
     b.extend(head.iter().take(len.min(4)));
     b.resize(8 + len, 0x5a);
-    Spec::new(src, dst, L4::Raw { proto: 17, payload: b })
+    Spec::new(
+        src,
+        dst,
+        L4::Raw {
+            proto: 17,
+            payload: b,
+        },
+    )
 }
 
 fn wg(src: &str, len: usize, kind: u8) -> Vec<u8> {
@@ -36,12 +43,16 @@ fn wg(src: &str, len: usize, kind: u8) -> Vec<u8> {
 
 fn harness(settings: UnderlaySettings) -> Harness {
     let mut h = Harness::new(POLICY);
-    h.dp.set_underlay(&[PORT], settings).expect("underlay settings");
+    h.dp.set_underlay(&[PORT], settings)
+        .expect("underlay settings");
     h
 }
 
 fn default_rates() -> UnderlaySettings {
-    UnderlaySettings { per_source: Rate::new(20, 5), per_cpu: Rate::new(2_000, 200) }
+    UnderlaySettings {
+        per_source: Rate::new(20, 5),
+        per_cpu: Rate::new(2_000, 200),
+    }
 }
 
 fn run(h: &mut Harness, frame: &[u8]) -> u32 {
@@ -57,9 +68,19 @@ fn count(h: &Harness, r: u32) -> u64 {
 #[test]
 fn only_wireguard_messages_reach_the_port() {
     let mut h = harness(default_rates());
-    for (len, kind, r) in [(148, 1, INITIATION), (92, 2, RESPONSE), (64, 3, COOKIE_REPLY), (32, 4, TRANSPORT), (1424, 4, TRANSPORT)] {
+    for (len, kind, r) in [
+        (148, 1, INITIATION),
+        (92, 2, RESPONSE),
+        (64, 3, COOKIE_REPLY),
+        (32, 4, TRANSPORT),
+        (1424, 4, TRANSPORT),
+    ] {
         let before = count(&h, r);
-        assert_eq!(run(&mut h, &wg("203.0.113.7", len, kind)), XDP_PASS, "type {kind}, {len} bytes");
+        assert_eq!(
+            run(&mut h, &wg("203.0.113.7", len, kind)),
+            XDP_PASS,
+            "type {kind}, {len} bytes"
+        );
         assert_eq!(count(&h, r) - before, 1);
     }
     assert_eq!(run(&mut h, &wg("2001:db8::7", 148, 1)), XDP_PASS, "IPv6");
@@ -77,12 +98,25 @@ fn only_wireguard_messages_reach_the_port() {
     for (i, frame) in malformed.iter().enumerate() {
         let before = count(&h, DROP_MALFORMED) + count(&h, DROP_TRUNCATED);
         assert_eq!(run(&mut h, frame), XDP_DROP, "malformed #{i}");
-        assert_eq!(count(&h, DROP_MALFORMED) + count(&h, DROP_TRUNCATED) - before, 1, "malformed #{i}");
+        assert_eq!(
+            count(&h, DROP_MALFORMED) + count(&h, DROP_TRUNCATED) - before,
+            1,
+            "malformed #{i}"
+        );
     }
     // Other ports and protocols are not the filter's business.
     let before = count(&h, PASS_OTHER);
-    assert_eq!(run(&mut h, &udp("203.0.113.7", 53, 148, [9, 9, 9, 9]).build()), XDP_PASS);
-    assert_eq!(run(&mut h, &Spec::tcp("203.0.113.7", GW, 40_000, PORT, 0x02).build()), XDP_PASS);
+    assert_eq!(
+        run(&mut h, &udp("203.0.113.7", 53, 148, [9, 9, 9, 9]).build()),
+        XDP_PASS
+    );
+    assert_eq!(
+        run(
+            &mut h,
+            &Spec::tcp("203.0.113.7", GW, 40_000, PORT, 0x02).build()
+        ),
+        XDP_PASS
+    );
     assert_eq!(count(&h, PASS_OTHER) - before, 2);
 }
 
@@ -106,7 +140,12 @@ fn fragments_are_judged_by_their_first() {
     let before = count(&h, TRANSPORT);
     assert_eq!(run(&mut h, &frame), XDP_PASS);
     assert_eq!(count(&h, TRANSPORT) - before, 1);
-    let mut later = Spec { frag: Some((76, false)), frag_id: 77, raw_l4: Some(vec![0x5a; 832]), ..udp("203.0.113.7", PORT, 0, [0; 4]) };
+    let mut later = Spec {
+        frag: Some((76, false)),
+        frag_id: 77,
+        raw_l4: Some(vec![0x5a; 832]),
+        ..udp("203.0.113.7", PORT, 0, [0; 4])
+    };
     later.payload_len = 0;
     let before = count(&h, PASS_FRAGMENT);
     assert_eq!(run(&mut h, &later.build()), XDP_PASS);
@@ -123,23 +162,58 @@ fn handshake_initiations_are_rate_limited_per_source_then_in_total() {
     pin_thread_to_cpu(0);
     let mut h = harness(default_rates());
     for i in 0..5 {
-        assert_eq!(run(&mut h, &wg("203.0.113.8", 148, 1)), XDP_PASS, "initiation {i} of the burst");
+        assert_eq!(
+            run(&mut h, &wg("203.0.113.8", 148, 1)),
+            XDP_PASS,
+            "initiation {i} of the burst"
+        );
     }
     let before = count(&h, DROP_RATE_SOURCE);
-    assert_eq!(run(&mut h, &wg("203.0.113.8", 148, 1)), XDP_DROP, "the sixth at once");
+    assert_eq!(
+        run(&mut h, &wg("203.0.113.8", 148, 1)),
+        XDP_DROP,
+        "the sixth at once"
+    );
     assert_eq!(count(&h, DROP_RATE_SOURCE) - before, 1);
-    assert_eq!(run(&mut h, &wg("203.0.113.9", 148, 1)), XDP_PASS, "another source has its own allowance");
-    assert_eq!(run(&mut h, &wg("203.0.113.8", 1424, 4)), XDP_PASS, "transport data is never limited");
-    assert_eq!(run(&mut h, &wg("203.0.113.8", 92, 2)), XDP_PASS, "nor responses");
+    assert_eq!(
+        run(&mut h, &wg("203.0.113.9", 148, 1)),
+        XDP_PASS,
+        "another source has its own allowance"
+    );
+    assert_eq!(
+        run(&mut h, &wg("203.0.113.8", 1424, 4)),
+        XDP_PASS,
+        "transport data is never limited"
+    );
+    assert_eq!(
+        run(&mut h, &wg("203.0.113.8", 92, 2)),
+        XDP_PASS,
+        "nor responses"
+    );
 
     // The total: three at once from anyone, then none, whatever the source.
-    let mut h = harness(UnderlaySettings { per_source: Rate::new(0, 0), per_cpu: Rate::new(10, 3) });
+    let mut h = harness(UnderlaySettings {
+        per_source: Rate::new(0, 0),
+        per_cpu: Rate::new(10, 3),
+    });
     for i in 0..3 {
-        assert_eq!(run(&mut h, &wg(&format!("203.0.113.{}", 20 + i), 148, 1)), XDP_PASS, "initiation {i}");
+        assert_eq!(
+            run(&mut h, &wg(&format!("203.0.113.{}", 20 + i), 148, 1)),
+            XDP_PASS,
+            "initiation {i}"
+        );
     }
     let before = count(&h, DROP_RATE_TOTAL);
-    assert_eq!(run(&mut h, &wg("203.0.113.30", 148, 1)), XDP_DROP, "a new source past the total");
+    assert_eq!(
+        run(&mut h, &wg("203.0.113.30", 148, 1)),
+        XDP_DROP,
+        "a new source past the total"
+    );
     assert_eq!(count(&h, DROP_RATE_TOTAL) - before, 1);
     std::thread::sleep(std::time::Duration::from_millis(120));
-    assert_eq!(run(&mut h, &wg("203.0.113.31", 148, 1)), XDP_PASS, "the rate refills (10 a second)");
+    assert_eq!(
+        run(&mut h, &wg("203.0.113.31", 148, 1)),
+        XDP_PASS,
+        "the rate refills (10 a second)"
+    );
 }

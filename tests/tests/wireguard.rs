@@ -37,10 +37,19 @@ policies:
 
 fn public_key(lab: &WgLab) -> String {
     let out = std::process::Command::new(gateway_binary())
-        .args(["wireguard", "public-key", "--state-dir", lab.state_dir().to_str().unwrap()])
+        .args([
+            "wireguard",
+            "public-key",
+            "--state-dir",
+            lab.state_dir().to_str().unwrap(),
+        ])
         .output()
         .expect("gateway wireguard public-key");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -50,7 +59,10 @@ fn config_with(lab: &WgLab, backend: &str, interfaces_extra: &str) -> std::path:
     std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
     let mut peers = String::new();
     for h in &lab.peers {
-        peers.push_str(&format!("    - public_key: {}\n      allowed_ips: [{}/32]\n", h.peer.public_key, h.overlay));
+        peers.push_str(&format!(
+            "    - public_key: {}\n      allowed_ips: [{}/32]\n",
+            h.peer.public_key, h.overlay
+        ));
     }
     let cfg = format!(
         "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n\
@@ -71,7 +83,14 @@ fn start(lab: &WgLab, backend: &str, log: &str) -> GatewayProcess {
 
 fn start_with(lab: &WgLab, backend: &str, interfaces_extra: &str, log: &str) -> GatewayProcess {
     let cfg = config_with(lab, backend, interfaces_extra);
-    GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join(log), &["--state-dir", lab.state_dir().to_str().unwrap()]).expect("gateway starts")
+    GatewayProcess::start_with(
+        &gateway_binary(),
+        &lab.gw,
+        &cfg,
+        &lab.dir.join(log),
+        &["--state-dir", lab.state_dir().to_str().unwrap()],
+    )
+    .expect("gateway starts")
 }
 
 /// One peer, the gateway (with `interfaces_extra` under `interfaces:`), the tunnel up: ping
@@ -82,20 +101,46 @@ fn one_peer(backend: &str, interfaces_extra: &str) -> (WgLab, GatewayProcess, Ip
     let gw = start_with(&lab, backend, interfaces_extra, "gateway.log");
     lab.connect_peers(&key).unwrap();
     let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
-    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&lab.peers[0].ns, lan)), "{}", gw.log_text());
+    assert!(
+        wait_for(Duration::from_secs(10), || traffic::ping(
+            &lab.peers[0].ns,
+            lan
+        )),
+        "{}",
+        gw.log_text()
+    );
     (lab, gw, lan)
 }
 
 /// iperf3 TCP from the peer to the LAN host and back, at default offloads.
 fn bulk_tcp_both_ways(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr, seconds: u32, at_least: u64) {
     for reverse in [false, true] {
-        let out = iperf::run(&lab.peers[0].ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse, seconds, port: 5201 }).expect("iperf3 tcp");
-        assert!(out.bytes_received > at_least, "reverse={reverse}: {out:?}\n{}", gw.log_text());
+        let out = iperf::run(
+            &lab.peers[0].ns,
+            &lab.lan,
+            lan,
+            Run {
+                transfer: Transfer::Tcp,
+                reverse,
+                seconds,
+                port: 5201,
+            },
+        )
+        .expect("iperf3 tcp");
+        assert!(
+            out.bytes_received > at_least,
+            "reverse={reverse}: {out:?}\n{}",
+            gw.log_text()
+        );
     }
 }
 
 fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
-    st.counters.iter().filter(|c| c.direction == direction && c.reason == reason).map(|c| c.packets).sum()
+    st.counters
+        .iter()
+        .filter(|c| c.direction == direction && c.reason == reason)
+        .map(|c| c.packets)
+        .sum()
 }
 
 #[test]
@@ -112,12 +157,22 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
     let st: Report = gw.status(&lab.gw).unwrap();
     let wg = st.wireguard.as_ref().expect("wireguard in status");
     assert_eq!(wg.backend.label(), "userspace", "{}", wg.chosen);
-    assert!(wg.chosen.starts_with("auto: no kernel WireGuard"), "{}", wg.chosen);
+    assert!(
+        wg.chosen.starts_with("auto: no kernel WireGuard"),
+        "{}",
+        wg.chosen
+    );
     assert_eq!(wg.interface, lab.gw_interface);
     assert_eq!(wg.public_key.as_deref(), Some(key.as_str()));
     assert_eq!(wg.listen_port, 51820);
     assert_eq!(wg.mtu, Some(1280), "NetBird's MTU");
-    assert!(wg.addresses.iter().any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")), "{:?}", wg.addresses);
+    assert!(
+        wg.addresses
+            .iter()
+            .any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")),
+        "{:?}",
+        wg.addresses
+    );
     assert_eq!(wg.peers.len(), 2);
 
     // p1 may do anything to the LAN; the LAN host has no route to the overlay, so only
@@ -133,14 +188,31 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
     drop(servers);
 
     // The LAN host sees the gateway's address.
-    let listener = lab.lan.run_scoped(|| TcpListener::bind("0.0.0.0:8080")).unwrap().expect("listen");
-    let _c = p1.ns.run_scoped(|| std::net::TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(WG_LAN_HOST.parse().unwrap(), 8080)), Duration::from_secs(3))).unwrap().expect("connect");
+    let listener = lab
+        .lan
+        .run_scoped(|| TcpListener::bind("0.0.0.0:8080"))
+        .unwrap()
+        .expect("listen");
+    let _c = p1
+        .ns
+        .run_scoped(|| {
+            std::net::TcpStream::connect_timeout(
+                &SocketAddr::V4(SocketAddrV4::new(WG_LAN_HOST.parse().unwrap(), 8080)),
+                Duration::from_secs(3),
+            )
+        })
+        .unwrap()
+        .expect("connect");
     let (_s, seen) = listener.accept().unwrap();
     assert_eq!(seen.ip().to_string(), WG_GW_LAN);
 
     // Both sides saw a handshake and encrypted bytes.
     for h in &lab.peers {
-        assert!(h.peer.handshake_age(&key).unwrap().is_some(), "peer {} has no handshake", h.overlay);
+        assert!(
+            h.peer.handshake_age(&key).unwrap().is_some(),
+            "peer {} has no handshake",
+            h.overlay
+        );
         let (rx, tx) = h.peer.transfer(&key).unwrap();
         assert!(rx > 0 && tx > 0, "peer {}: rx {rx} tx {tx}", h.overlay);
     }
@@ -148,14 +220,31 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
     for p in &st.wireguard.as_ref().unwrap().peers {
         assert!(p.handshake_age_secs.is_some(), "{p:?}");
         assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
-        assert!(p.endpoint.is_some(), "endpoint learned from the handshake: {p:?}");
+        assert!(
+            p.endpoint.is_some(),
+            "endpoint learned from the handshake: {p:?}"
+        );
     }
     assert!(counted(&st, "lan", "masqueraded") > 0, "{:?}", st.counters);
     let metrics = gw.metrics(&lab.gw).unwrap();
-    for line in [format!("gateway_wireguard_backend_info{{backend=\"userspace\",interface=\"{}\"}} 1", lab.gw_interface), "gateway_wireguard_peers 2".into(), "gateway_wireguard_peers_with_recent_handshake 2".into()] {
-        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    for line in [
+        format!(
+            "gateway_wireguard_backend_info{{backend=\"userspace\",interface=\"{}\"}} 1",
+            lab.gw_interface
+        ),
+        "gateway_wireguard_peers 2".into(),
+        "gateway_wireguard_peers_with_recent_handshake 2".into(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
     }
-    assert!(counted(&st, "tunnel_ingress", "default_deny") > 0, "p2's flows were dropped by the policy: {:?}", st.counters);
+    assert!(
+        counted(&st, "tunnel_ingress", "default_deny") > 0,
+        "p2's flows were dropped by the policy: {:?}",
+        st.counters
+    );
 }
 
 #[test]
@@ -172,16 +261,54 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     // tests running beside this one share two cores, so a few percent may go missing in their
     // queues and the receiving socket, which is counted apart.)
     let socket_drops = gateway_testkit::traffic::udp_socket_drops(&lab.lan);
-    let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Udp { payload: 1400, mbit_per_s: 20 }, reverse: false, seconds: 3, port: 5202 })
-        .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
+    let out = iperf::run(
+        &p1.ns,
+        &lab.lan,
+        lan,
+        Run {
+            transfer: Transfer::Udp {
+                payload: 1400,
+                mbit_per_s: 20,
+            },
+            reverse: false,
+            seconds: 3,
+            port: 5202,
+        },
+    )
+    .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
     let socket_drops = gateway_testkit::traffic::udp_socket_drops(&lab.lan) - socket_drops;
-    assert!(out.packets > 1000, "{out:?}\n{:?}", gw.status::<Report>(&lab.gw).map(|s| s.counters));
-    assert!(out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3, "more than 3% lost: {out:?}, {socket_drops} at the socket");
+    assert!(
+        out.packets > 1000,
+        "{out:?}\n{:?}",
+        gw.status::<Report>(&lab.gw).map(|s| s.counters)
+    );
+    assert!(
+        out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3,
+        "more than 3% lost: {out:?}, {socket_drops} at the socket"
+    );
     // LAN → peer, the largest datagrams that fit, as iperf3 sends them (don't fragment).
     let socket_drops = gateway_testkit::traffic::udp_socket_drops(&p1.ns);
-    let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Udp { payload: 1200, mbit_per_s: 20 }, reverse: true, seconds: 3, port: 5203 }).expect("iperf3 udp reverse");
+    let out = iperf::run(
+        &p1.ns,
+        &lab.lan,
+        lan,
+        Run {
+            transfer: Transfer::Udp {
+                payload: 1200,
+                mbit_per_s: 20,
+            },
+            reverse: true,
+            seconds: 3,
+            port: 5203,
+        },
+    )
+    .expect("iperf3 udp reverse");
     let socket_drops = gateway_testkit::traffic::udp_socket_drops(&p1.ns) - socket_drops;
-    assert!(out.packets > 1000 && out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3, "{out:?}, {socket_drops} at the socket");
+    assert!(
+        out.packets > 1000
+            && out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3,
+        "{out:?}, {socket_drops} at the socket"
+    );
     // LAN → peer, 1400-byte answers: the LAN host sends them whole with don't-fragment, the
     // gateway answers "fragmentation needed" from its LAN address, and the masquerade puts the
     // LAN host's own packet in the quote (RFC 5508), so the LAN host learns the path MTU toward
@@ -190,11 +317,26 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     let echo = udp_echo(&lab.lan, 7);
     let answered = exchange_large(&p1.ns, SocketAddr::new(lan, 7), 1400, 20);
     drop(echo);
-    assert_eq!(answered, 20, "1400-byte answers through the tunnel\n{:?}", gw.status::<Report>(&lab.gw).map(|s| s.counters));
-    let route = String::from_utf8_lossy(&lab.lan.ip(&["route", "get", WG_GW_LAN]).unwrap().stdout).to_string();
-    assert!(route.contains("mtu 1280"), "the LAN host learned the tunnel's MTU for the gateway's address: {route}");
+    assert_eq!(
+        answered,
+        20,
+        "1400-byte answers through the tunnel\n{:?}",
+        gw.status::<Report>(&lab.gw).map(|s| s.counters)
+    );
+    let route = String::from_utf8_lossy(&lab.lan.ip(&["route", "get", WG_GW_LAN]).unwrap().stdout)
+        .to_string();
+    assert!(
+        route.contains("mtu 1280"),
+        "the LAN host learned the tunnel's MTU for the gateway's address: {route}"
+    );
     let st: Report = gw.status(&lab.gw).unwrap();
-    assert!(st.counters.iter().any(|c| c.reason == "mss_clamped" && c.packets > 0), "{:?}", st.counters);
+    assert!(
+        st.counters
+            .iter()
+            .any(|c| c.reason == "mss_clamped" && c.packets > 0),
+        "{:?}",
+        st.counters
+    );
 }
 
 #[test]
@@ -204,8 +346,17 @@ fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
     let (lab, gw, lan) = one_peer("userspace", "  tunnel_forward: tc\n");
     bulk_tcp_both_ways(&lab, &gw, lan, 2, 2_000_000);
     let st: Report = gw.status(&lab.gw).unwrap();
-    assert!(counted(&st, "tunnel_ingress", "tc_forwarded") > 1000, "{:?}", st.counters);
-    assert_eq!(counted(&st, "tunnel_ingress", "internal"), 0, "{:?}", st.counters);
+    assert!(
+        counted(&st, "tunnel_ingress", "tc_forwarded") > 1000,
+        "{:?}",
+        st.counters
+    );
+    assert_eq!(
+        counted(&st, "tunnel_ingress", "internal"),
+        0,
+        "{:?}",
+        st.counters
+    );
 }
 
 #[test]
@@ -215,20 +366,31 @@ fn a_restart_of_the_userspace_device_ends_its_sessions_and_peers_reconnect() {
     gw.stop().unwrap();
     // The in-process device ends with the process: no tunnel, nothing passes (the pinned
     // programs on the old interface are gone with it).
-    assert!(lab.gw.ip(&["link", "show", &lab.gw_interface]).is_err(), "the userspace interface outlived its process");
+    assert!(
+        lab.gw.ip(&["link", "show", &lab.gw_interface]).is_err(),
+        "the userspace interface outlived its process"
+    );
     assert!(!traffic::ping(&p1.ns, lan));
     // A new process has the same key; the peer's old session is unknown to it, so the peer
     // starts a new handshake when its packets go unanswered (WireGuard's 15 s rule).
     let gw = start(&lab, "userspace", "gateway2.log");
-    assert!(wait_for(Duration::from_secs(40), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
+    assert!(
+        wait_for(Duration::from_secs(40), || traffic::ping(&p1.ns, lan)),
+        "{}",
+        gw.log_text()
+    );
     let st: Report = gw.status(&lab.gw).unwrap();
     assert!(st.wireguard.unwrap().peers[0].handshake_age_secs.is_some());
 }
 
 /// A UDP echo server (an unconnected socket, as DNS servers run) in `ns`; stops when dropped.
 fn udp_echo(ns: &gateway_testkit::netns::Netns, port: u16) -> EchoServer {
-    let sock = ns.run(move || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().expect("bind");
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let sock = ns
+        .run(move || std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let thread = std::thread::spawn(move || {
@@ -239,7 +401,10 @@ fn udp_echo(ns: &gateway_testkit::netns::Netns, port: u16) -> EchoServer {
             }
         }
     });
-    EchoServer { stop, thread: Some(thread) }
+    EchoServer {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 struct EchoServer {
@@ -258,10 +423,16 @@ impl Drop for EchoServer {
 
 /// Sends `count` distinct `size`-byte datagrams from `ns`, each until its exact echo comes back
 /// (at most 5 tries of 500 ms); returns how many came back.
-fn exchange_large(ns: &gateway_testkit::netns::Netns, to: SocketAddr, size: usize, count: usize) -> usize {
+fn exchange_large(
+    ns: &gateway_testkit::netns::Netns,
+    to: SocketAddr,
+    size: usize,
+    count: usize,
+) -> usize {
     ns.run(move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut answered = 0;
         for i in 0..count {
             let msg: Vec<u8> = (0..size).map(|j| (i * 7 + j) as u8).collect();
@@ -288,10 +459,19 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     // gateway only filters it. Killed, it leaves the tunnel up and the pinned policy in force.
     let lab = WgLab::new(2).expect("lab");
     let (private, public) = gateway_testkit::wireguard::keypair().unwrap();
-    let device = gateway_testkit::wireguard::WgPeer::start_with_key(&lab.gw, &lab.gw_interface, &format!("{WG_GW_OVERLAY}/10"), 1280, &private).expect("wireguard-go on the gateway");
+    let device = gateway_testkit::wireguard::WgPeer::start_with_key(
+        &lab.gw,
+        &lab.gw_interface,
+        &format!("{WG_GW_OVERLAY}/10"),
+        1280,
+        &private,
+    )
+    .expect("wireguard-go on the gateway");
     device.set_listen_port(51820).unwrap();
     for h in &lab.peers {
-        device.add_peer(&h.peer.public_key, None, &format!("{}/32", h.overlay), 0).unwrap();
+        device
+            .add_peer(&h.peer.public_key, None, &format!("{}/32", h.overlay), 0)
+            .unwrap();
     }
     std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
     let cfg = lab.dir.join("gateway.yaml");
@@ -306,16 +486,35 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     .unwrap();
     let state = lab.state_dir();
     let args = ["--state-dir", state.to_str().unwrap()];
-    let gw = GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join("gateway.log"), &args).expect("gateway starts");
-    let wg = gw.status::<Report>(&lab.gw).unwrap().wireguard.expect("wireguard status");
+    let gw = GatewayProcess::start_with(
+        &gateway_binary(),
+        &lab.gw,
+        &cfg,
+        &lab.dir.join("gateway.log"),
+        &args,
+    )
+    .expect("gateway starts");
+    let wg = gw
+        .status::<Report>(&lab.gw)
+        .unwrap()
+        .wireguard
+        .expect("wireguard status");
     assert_eq!(wg.backend.label(), "external");
-    assert_eq!(wg.public_key.as_deref(), Some(public.as_str()), "read from wireguard-go, not the gateway's own key");
+    assert_eq!(
+        wg.public_key.as_deref(),
+        Some(public.as_str()),
+        "read from wireguard-go, not the gateway's own key"
+    );
     assert_eq!(wg.peers.len(), 2);
     lab.connect_peers(&public).unwrap();
     let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
     let (p1, p2) = (&lab.peers[0], &lab.peers[1]);
     let _servers = traffic::Servers::start(&lab.lan, &[80], &[]).expect("servers");
-    assert!(wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)), "{}", gw.log_text());
+    assert!(
+        wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)),
+        "{}",
+        gw.log_text()
+    );
     assert!(traffic::tcp_exchange(&p1.ns, lan, 80));
     assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
     let mut live = traffic::tcp_open(&p1.ns, lan, 80).expect("live connection");
@@ -323,14 +522,42 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     let handshake = p1.peer.handshake_age(&public).unwrap().expect("handshake");
 
     gw.crash().unwrap();
-    assert!(lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(), "the external interface went with the gateway");
-    assert!(live.exchange(b"without the gateway process"), "the live connection broke");
-    assert!(traffic::tcp_exchange(&p1.ns, lan, 80), "the pinned policy stopped allowing p1");
-    assert!(!traffic::tcp_exchange(&p2.ns, lan, 80), "fail open: p2 passes without the gateway process");
-    assert!(p1.peer.handshake_age(&public).unwrap().expect("handshake") >= handshake, "the session was renewed");
+    assert!(
+        lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(),
+        "the external interface went with the gateway"
+    );
+    assert!(
+        live.exchange(b"without the gateway process"),
+        "the live connection broke"
+    );
+    assert!(
+        traffic::tcp_exchange(&p1.ns, lan, 80),
+        "the pinned policy stopped allowing p1"
+    );
+    assert!(
+        !traffic::tcp_exchange(&p2.ns, lan, 80),
+        "fail open: p2 passes without the gateway process"
+    );
+    assert!(
+        p1.peer.handshake_age(&public).unwrap().expect("handshake") >= handshake,
+        "the session was renewed"
+    );
 
-    let gw = GatewayProcess::start_with(&gateway_binary(), &lab.gw, &cfg, &lab.dir.join("gateway2.log"), &args).expect("gateway restarts");
-    assert!(gw.status::<Report>(&lab.gw).unwrap().adopted_generation.is_some(), "the pinned data plane is adopted");
+    let gw = GatewayProcess::start_with(
+        &gateway_binary(),
+        &lab.gw,
+        &cfg,
+        &lab.dir.join("gateway2.log"),
+        &args,
+    )
+    .expect("gateway restarts");
+    assert!(
+        gw.status::<Report>(&lab.gw)
+            .unwrap()
+            .adopted_generation
+            .is_some(),
+        "the pinned data plane is adopted"
+    );
     assert!(live.exchange(b"after the restart"));
     assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
     drop(device);
@@ -359,15 +586,39 @@ fn a_handshake_flood_at_the_underlay_filter_does_not_starve_the_tunnel() {
         }
         sent
     });
-    let out = iperf::run(&p1.ns, &lab.lan, lan, Run { transfer: Transfer::Tcp, reverse: false, seconds: 2, port: 5201 }).expect("iperf3 during the flood");
+    let out = iperf::run(
+        &p1.ns,
+        &lab.lan,
+        lan,
+        Run {
+            transfer: Transfer::Tcp,
+            reverse: false,
+            seconds: 2,
+            port: 5201,
+        },
+    )
+    .expect("iperf3 during the flood");
     let (initiations, garbage) = flood.unwrap();
     assert!(out.bytes_received > 2_000_000, "{out:?}");
     assert!(traffic::ping(&p1.ns, lan), "the tunnel after the flood");
     let st: Report = gw.status(&lab.gw).unwrap();
-    let c = |r: &str| st.underlay.iter().find(|c| c.reason == r).map(|c| c.packets).unwrap_or(0);
+    let c = |r: &str| {
+        st.underlay
+            .iter()
+            .find(|c| c.reason == r)
+            .map(|c| c.packets)
+            .unwrap_or(0)
+    };
     assert_eq!(c("malformed"), garbage as u64, "{:?}", st.underlay);
-    assert!(c("rate_limited_source") + c("rate_limited_total") >= initiations as u64 - 100, "{:?}", st.underlay);
+    assert!(
+        c("rate_limited_source") + c("rate_limited_total") >= initiations as u64 - 100,
+        "{:?}",
+        st.underlay
+    );
     assert!(c("transport") > 1000, "{:?}", st.underlay);
     let metrics = gw.metrics(&lab.gw).unwrap();
-    assert!(metrics.contains("gateway_underlay_packets_total{reason=\"malformed\",verdict=\"drop\"}"), "{metrics}");
+    assert!(
+        metrics.contains("gateway_underlay_packets_total{reason=\"malformed\",verdict=\"drop\"}"),
+        "{metrics}"
+    );
 }

@@ -31,7 +31,11 @@ fn serial(gw: &GatewayProcess, lab: &WgLab) -> u64 {
 
 /// Waits for a network map newer than `after` to be in force.
 fn wait_newer(gw: &GatewayProcess, lab: &WgLab, after: u64) -> u64 {
-    assert!(wait_for(Duration::from_secs(10), || serial(gw, lab) > after), "no map after serial {after}:\n{}", gw.log_text());
+    assert!(
+        wait_for(Duration::from_secs(10), || serial(gw, lab) > after),
+        "no map after serial {after}:\n{}",
+        gw.log_text()
+    );
     serial(gw, lab)
 }
 
@@ -40,16 +44,35 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
     let lab = WgLab::new(2).expect("lab");
     let bin = gateway_binary();
     // Listening on every address of the gateway's namespace: peers reach it over the underlay.
-    let mgmt = ManagementProcess::start(&bin, &lab.gw, &lab.dir.join("management"), format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(), TOKEN, &[], &lab.dir.join("management.log"))
-        .expect("management starts");
+    let mgmt = ManagementProcess::start(
+        &bin,
+        &lab.gw,
+        &lab.dir.join("management"),
+        format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(),
+        TOKEN,
+        &[],
+        &lab.dir.join("management.log"),
+    )
+    .expect("management starts");
     let local = format!("127.0.0.1:{MGMT_PORT}");
-    let api = Api { ns: &lab.gw, addr: &local, token: TOKEN };
+    let api = Api {
+        ns: &lab.gw,
+        addr: &local,
+        token: TOKEN,
+    };
 
     let gateways = api.id("/api/groups", json!({"name": "gateways"}));
     let clients = api.id("/api/groups", json!({"name": "clients"}));
     let lan_res = api.id("/api/groups", json!({"name": "lan-resources"}));
     let gw_key = api.ok("POST", "/api/setup-keys", json!({"name": "gateway", "type": "one-off", "expires_in": 3600, "auto_groups": [gateways]}))["key"].as_str().unwrap().to_string();
-    let client_key = api.ok("POST", "/api/setup-keys", json!({"name": "clients", "type": "reusable", "auto_groups": [clients]}))["key"].as_str().unwrap().to_string();
+    let client_key = api.ok(
+        "POST",
+        "/api/setup-keys",
+        json!({"name": "clients", "type": "reusable", "auto_groups": [clients]}),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Each peer enrols with its WireGuard key over its underlay link; the lab gives it the
     // overlay address its wireguard-go interface has.
@@ -57,8 +80,22 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
     for (i, h) in lab.peers.iter().enumerate() {
         let url = format!("http://{}:{MGMT_PORT}", h.gw_underlay);
         let hostname = format!("lab-peer-{i}");
-        grpc_login(&h.ns, &url, &client_key, WgKey::from_base64(&h.peer.private_key).unwrap(), &hostname).expect("peer logs in");
-        let id = api.peers().iter().find(|p| p["hostname"] == hostname.as_str()).expect("peer listed")["id"].as_str().unwrap().to_string();
+        grpc_login(
+            &h.ns,
+            &url,
+            &client_key,
+            WgKey::from_base64(&h.peer.private_key).unwrap(),
+            &hostname,
+        )
+        .expect("peer logs in");
+        let id = api
+            .peers()
+            .iter()
+            .find(|p| p["hostname"] == hostname.as_str())
+            .expect("peer listed")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         api.set_ip(&id, &h.overlay.to_string());
         peer_ids.push(id);
     }
@@ -80,29 +117,63 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
         &lab.gw,
         &cfg,
         &lab.dir.join("gateway.log"),
-        &["--management-url", &format!("http://{local}"), "--setup-key", &gw_key, "--state-dir", state.to_str().unwrap()],
+        &[
+            "--management-url",
+            &format!("http://{local}"),
+            "--setup-key",
+            &gw_key,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
     )
     .expect("gateway starts");
-    assert!(wait_for(Duration::from_secs(10), || api.peers().len() == 3), "gateway registered");
-    let gw_id = api.peers().iter().find(|p| !peer_ids.iter().any(|id| p["id"] == id.as_str())).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(
+        wait_for(Duration::from_secs(10), || api.peers().len() == 3),
+        "gateway registered"
+    );
+    let gw_id = api
+        .peers()
+        .iter()
+        .find(|p| !peer_ids.iter().any(|id| p["id"] == id.as_str()))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     api.set_ip(&gw_id, WG_GW_OVERLAY);
 
     // The LAN host is a resource of a Network the gateway routes, with masquerade.
     let network = api.id("/api/networks", json!({"name": "lab-lan"}));
-    api.ok("POST", &format!("/api/networks/{network}/resources"), json!({"name": "lan", "address": WG_LAN_HOST, "enabled": true, "groups": [lan_res]}));
-    api.ok("POST", &format!("/api/networks/{network}/routers"), json!({"peer": gw_id, "metric": 100, "masquerade": true, "enabled": true}));
+    api.ok(
+        "POST",
+        &format!("/api/networks/{network}/resources"),
+        json!({"name": "lan", "address": WG_LAN_HOST, "enabled": true, "groups": [lan_res]}),
+    );
+    api.ok(
+        "POST",
+        &format!("/api/networks/{network}/routers"),
+        json!({"peer": gw_id, "metric": 100, "masquerade": true, "enabled": true}),
+    );
     // Ping for every client: it keeps the clients in the gateway's map.
     api.id("/api/policies", json!({"name": "ping", "enabled": true, "rules": [
         {"name": "ping", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "icmp", "sources": [clients], "destinations": [lan_res]},
     ]}));
 
     // The map gives the interface its address and both clients as WireGuard peers.
-    let gw_public = status(&gw, &lab).wireguard.unwrap().public_key.expect("public key");
+    let gw_public = status(&gw, &lab)
+        .wireguard
+        .unwrap()
+        .public_key
+        .expect("public key");
     assert!(
         wait_for(Duration::from_secs(10), || {
             let w = status(&gw, &lab).wireguard.unwrap();
             // Only the address management gives it now (its first map had another).
-            w.peers.len() == 2 && w.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>() == vec![format!("{WG_GW_OVERLAY}/10")]
+            w.peers.len() == 2
+                && w.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    == vec![format!("{WG_GW_OVERLAY}/10")]
         }),
         "{:?}\n{}",
         status(&gw, &lab).wireguard,
@@ -110,16 +181,35 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
     );
     let w = status(&gw, &lab).wireguard.unwrap();
     for h in &lab.peers {
-        let p = w.peers.iter().find(|p| p.public_key == h.peer.public_key).expect("peer from the map");
-        assert_eq!(p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(), vec![format!("{}/32", h.overlay)]);
+        let p = w
+            .peers
+            .iter()
+            .find(|p| p.public_key == h.peer.public_key)
+            .expect("peer from the map");
+        assert_eq!(
+            p.allowed_ips
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+            vec![format!("{}/32", h.overlay)]
+        );
     }
     lab.connect_peers(&gw_public).unwrap();
     let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
     let _web = traffic::Servers::start(&lab.lan, &[80], &[]).expect("web server");
     let (p1, p2) = (&lab.peers[0], &lab.peers[1]);
     for h in &lab.peers {
-        assert!(wait_for(Duration::from_secs(10), || traffic::ping(&h.ns, lan)), "ping from {}\n{}", h.overlay, gw.log_text());
-        assert!(!traffic::tcp_exchange(&h.ns, lan, 80), "tcp from {} before any policy allows it", h.overlay);
+        assert!(
+            wait_for(Duration::from_secs(10), || traffic::ping(&h.ns, lan)),
+            "ping from {}\n{}",
+            h.overlay,
+            gw.log_text()
+        );
+        assert!(
+            !traffic::tcp_exchange(&h.ns, lan, 80),
+            "tcp from {} before any policy allows it",
+            h.overlay
+        );
     }
 
     // A policy created over REST lets the web traffic through.
@@ -132,19 +222,46 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
     assert!(traffic::tcp_exchange(&p2.ns, lan, 80));
     let mut live = traffic::tcp_open(&p1.ns, lan, 80).expect("live connection");
     assert!(live.exchange(b"before"));
-    let p1_handshake = p1.peer.handshake_age(&gw_public).unwrap().expect("p1 handshake");
+    let p1_handshake = p1
+        .peer
+        .handshake_age(&gw_public)
+        .unwrap()
+        .expect("p1 handshake");
 
     // p2 is deleted over REST: the gateway drops its WireGuard peer, its traffic stops; p1's
     // session and its connection carry on.
-    api.ok("DELETE", &format!("/api/peers/{}", peer_ids[1]), Value::Null);
+    api.ok(
+        "DELETE",
+        &format!("/api/peers/{}", peer_ids[1]),
+        Value::Null,
+    );
     wait_newer(&gw, &lab, after_web);
     let w = status(&gw, &lab).wireguard.unwrap();
-    assert_eq!(w.peers.iter().map(|p| p.public_key.clone()).collect::<Vec<_>>(), vec![p1.peer.public_key.clone()]);
-    assert!(!traffic::ping(&p2.ns, lan), "a deleted peer still reaches the LAN");
-    assert!(live.exchange(b"after the other peer left"), "p1's connection broke");
+    assert_eq!(
+        w.peers
+            .iter()
+            .map(|p| p.public_key.clone())
+            .collect::<Vec<_>>(),
+        vec![p1.peer.public_key.clone()]
+    );
+    assert!(
+        !traffic::ping(&p2.ns, lan),
+        "a deleted peer still reaches the LAN"
+    );
+    assert!(
+        live.exchange(b"after the other peer left"),
+        "p1's connection broke"
+    );
     assert!(traffic::ping(&p1.ns, lan));
-    let age = p1.peer.handshake_age(&gw_public).unwrap().expect("p1 handshake");
-    assert!(age >= p1_handshake, "p1's session was reset (handshake {p1_handshake}s ago, now {age}s)");
+    let age = p1
+        .peer
+        .handshake_age(&gw_public)
+        .unwrap()
+        .expect("p1 handshake");
+    assert!(
+        age >= p1_handshake,
+        "p1's session was reset (handshake {p1_handshake}s ago, now {age}s)"
+    );
 
     // The web policy deleted: the live connection ends at its next packet, new ones are refused.
     let before = serial(&gw, &lab);
@@ -162,9 +279,16 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
 #[test]
 fn the_demo_on_the_embedded_default_runs_green() {
     // `cargo xtask demo` runs exactly this: its own lab, management, WireGuard peers, verdicts.
-    let out = std::process::Command::new(gateway_binary()).arg("demo").output().expect("gateway demo");
+    let out = std::process::Command::new(gateway_binary())
+        .arg("demo")
+        .output()
+        .expect("gateway demo");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("masquerade works"), "{text}");
     assert!(text.contains("encrypted"), "{text}");
     assert!(!text.contains("MISMATCH"), "{text}");

@@ -15,7 +15,10 @@ pub mod peers;
 use std::{path::Path, time::SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
-use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi, host::Host, key::Key, net::IpAddrMask};
+use defguard_wireguard_rs::{
+    InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi, host::Host, key::Key,
+    net::IpAddrMask,
+};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -112,22 +115,36 @@ impl KernelBackend {
     /// different key or port on an adopted interface is replaced, which resets its peers.
     fn open(spec: &DeviceSpec) -> anyhow::Result<KernelBackend> {
         let mut api = WGApi::<Kernel>::new(spec.name.clone()).map_err(wg_err)?;
-        let want_key = Key::try_from(spec.private_key.as_str()).map_err(|e| anyhow!("private key: {e}"))?;
+        let want_key =
+            Key::try_from(spec.private_key.as_str()).map_err(|e| anyhow!("private key: {e}"))?;
         if link::exists(&spec.name) {
-            let host = api.read_interface_data().map_err(wg_err).with_context(|| format!("{} exists but is not a kernel WireGuard interface", spec.name))?;
-            if host.private_key.as_ref() != Some(&want_key) || host.listen_port != spec.listen_port {
+            let host = api.read_interface_data().map_err(wg_err).with_context(|| {
+                format!(
+                    "{} exists but is not a kernel WireGuard interface",
+                    spec.name
+                )
+            })?;
+            if host.private_key.as_ref() != Some(&want_key) || host.listen_port != spec.listen_port
+            {
                 warn!(interface = %spec.name, "the existing interface has another key or port: configuring it anew (its peers reconnect)");
-                api.configure_interface(&interface_config(spec)).map_err(wg_err)?;
+                api.configure_interface(&interface_config(spec))
+                    .map_err(wg_err)?;
             } else {
                 info!(interface = %spec.name, peers = host.peers.len(), "adopted the kernel WireGuard interface of an earlier run; its sessions continue");
             }
         } else {
-            api.create_interface().map_err(wg_err).with_context(|| format!("creating kernel WireGuard interface {}", spec.name))?;
-            api.configure_interface(&interface_config(spec)).map_err(wg_err)?;
+            api.create_interface()
+                .map_err(wg_err)
+                .with_context(|| format!("creating kernel WireGuard interface {}", spec.name))?;
+            api.configure_interface(&interface_config(spec))
+                .map_err(wg_err)?;
         }
         link::set_mtu(&spec.name, spec.mtu)?;
         link::set_up(&spec.name)?;
-        Ok(KernelBackend { api, name: spec.name.clone() })
+        Ok(KernelBackend {
+            api,
+            name: spec.name.clone(),
+        })
     }
 }
 
@@ -172,15 +189,32 @@ impl UserspaceBackend {
             );
         }
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("UAPI socket pair")?;
-        let config = defguard_boringtun::device::DeviceConfig { uapi_fd: theirs.into_raw_fd(), ..Default::default() };
+        let config = defguard_boringtun::device::DeviceConfig {
+            uapi_fd: theirs.into_raw_fd(),
+            ..Default::default()
+        };
         let handle = defguard_boringtun::device::DeviceHandle::new(&spec.name, config)
             .map_err(|e| anyhow!("{e:?}"))
-            .with_context(|| format!("creating userspace WireGuard device {} (boringtun on a TUN)", spec.name))?;
+            .with_context(|| {
+                format!(
+                    "creating userspace WireGuard device {} (boringtun on a TUN)",
+                    spec.name
+                )
+            })?;
         ours.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        let b = UserspaceBackend { api: std::sync::Mutex::new(ours), _handle: handle, name: spec.name.clone() };
-        let key = Key::try_from(spec.private_key.as_str()).map_err(|e| anyhow!("private key: {e}"))?;
-        b.uapi(&format!("set=1\nprivate_key={}\nlisten_port={}\nreplace_peers=true\n\n", key.to_lower_hex(), spec.listen_port))
-            .with_context(|| format!("configuring {}", spec.name))?;
+        let b = UserspaceBackend {
+            api: std::sync::Mutex::new(ours),
+            _handle: handle,
+            name: spec.name.clone(),
+        };
+        let key =
+            Key::try_from(spec.private_key.as_str()).map_err(|e| anyhow!("private key: {e}"))?;
+        b.uapi(&format!(
+            "set=1\nprivate_key={}\nlisten_port={}\nreplace_peers=true\n\n",
+            key.to_lower_hex(),
+            spec.listen_port
+        ))
+        .with_context(|| format!("configuring {}", spec.name))?;
         link::set_mtu(&spec.name, spec.mtu)?;
         link::set_up(&spec.name)?;
         Ok(b)
@@ -206,7 +240,9 @@ impl UserspaceBackend {
                 let _ = reader.read_line(&mut blank);
                 return match errno {
                     "0" => Ok(answer),
-                    e => Err(anyhow!("the userspace device refused the change (errno {e})")),
+                    e => Err(anyhow!(
+                        "the userspace device refused the change (errno {e})"
+                    )),
                 };
             }
         }
@@ -225,10 +261,15 @@ impl Backend for UserspaceBackend {
         Host::parse_uapi(std::io::Cursor::new(answer)).context("parsing the device's state")
     }
     fn set_peer(&self, peer: &defguard_wireguard_rs::peer::Peer) -> anyhow::Result<()> {
-        self.uapi(&format!("set=1\n{}\n", peer.as_uapi_update())).map(|_| ())
+        self.uapi(&format!("set=1\n{}\n", peer.as_uapi_update()))
+            .map(|_| ())
     }
     fn remove_peer(&self, key: &Key) -> anyhow::Result<()> {
-        self.uapi(&format!("set=1\npublic_key={}\nremove=true\n\n", key.to_lower_hex())).map(|_| ())
+        self.uapi(&format!(
+            "set=1\npublic_key={}\nremove=true\n\n",
+            key.to_lower_hex()
+        ))
+        .map(|_| ())
     }
 }
 
@@ -241,10 +282,15 @@ struct ExternalBackend {
 impl ExternalBackend {
     fn open(name: &str) -> anyhow::Result<ExternalBackend> {
         if !link::exists(name) {
-            bail!("interface {name} does not exist: backend external attaches to a WireGuard interface that something else runs");
+            bail!(
+                "interface {name} does not exist: backend external attaches to a WireGuard interface that something else runs"
+            );
         }
         let uapi = Path::new(UAPI_DIR).join(format!("{name}.sock")).exists();
-        let b = ExternalBackend { name: name.to_string(), uapi };
+        let b = ExternalBackend {
+            name: name.to_string(),
+            uapi,
+        };
         b.read().with_context(|| format!("{name} is not a WireGuard interface the gateway can read (no UAPI socket in {UAPI_DIR}, no kernel WireGuard)"))?;
         Ok(b)
     }
@@ -259,16 +305,28 @@ impl Backend for ExternalBackend {
     }
     fn read(&self) -> anyhow::Result<Host> {
         if self.uapi {
-            WGApi::<Userspace>::new(self.name.clone()).map_err(wg_err)?.read_interface_data().map_err(wg_err)
+            WGApi::<Userspace>::new(self.name.clone())
+                .map_err(wg_err)?
+                .read_interface_data()
+                .map_err(wg_err)
         } else {
-            WGApi::<Kernel>::new(self.name.clone()).map_err(wg_err)?.read_interface_data().map_err(wg_err)
+            WGApi::<Kernel>::new(self.name.clone())
+                .map_err(wg_err)?
+                .read_interface_data()
+                .map_err(wg_err)
         }
     }
     fn set_peer(&self, _: &defguard_wireguard_rs::peer::Peer) -> anyhow::Result<()> {
-        bail!("{} is managed by something else (backend external)", self.name)
+        bail!(
+            "{} is managed by something else (backend external)",
+            self.name
+        )
     }
     fn remove_peer(&self, _: &Key) -> anyhow::Result<()> {
-        bail!("{} is managed by something else (backend external)", self.name)
+        bail!(
+            "{} is managed by something else (backend external)",
+            self.name
+        )
     }
     fn owns_config(&self) -> bool {
         false
@@ -302,15 +360,27 @@ impl Tunnel {
             bail!("MTU {} is below {MIN_MTU}", spec.mtu);
         }
         let (backend, chosen): (Box<dyn Backend>, String) = match choice {
-            BackendChoice::Kernel => (Box::new(KernelBackend::open(spec)?), "configured: kernel".into()),
-            BackendChoice::Userspace => (Box::new(UserspaceBackend::open(spec)?), "configured: userspace".into()),
-            BackendChoice::External => (Box::new(ExternalBackend::open(&spec.name)?), "configured: external".into()),
+            BackendChoice::Kernel => (
+                Box::new(KernelBackend::open(spec)?),
+                "configured: kernel".into(),
+            ),
+            BackendChoice::Userspace => (
+                Box::new(UserspaceBackend::open(spec)?),
+                "configured: userspace".into(),
+            ),
+            BackendChoice::External => (
+                Box::new(ExternalBackend::open(&spec.name)?),
+                "configured: external".into(),
+            ),
             BackendChoice::Auto => match KernelBackend::open(spec) {
                 Ok(k) => (Box::new(k), "auto: the kernel has WireGuard".into()),
                 Err(e) => {
                     let why = format!("{e:#}");
                     info!(interface = %spec.name, "no kernel WireGuard here ({why}); running the userspace device (boringtun)");
-                    (Box::new(UserspaceBackend::open(spec)?), format!("auto: no kernel WireGuard ({why})"))
+                    (
+                        Box::new(UserspaceBackend::open(spec)?),
+                        format!("auto: no kernel WireGuard ({why})"),
+                    )
                 }
             },
         };
@@ -339,17 +409,24 @@ impl Tunnel {
     /// the next apply starts from what the interface then has.
     pub fn apply_peers(&self, desired: &PeerSet) -> anyhow::Result<PeerDiff> {
         if !self.owns_config() {
-            bail!("{} is managed by something else: its peers are not the gateway's to set", self.name());
+            bail!(
+                "{} is managed by something else: its peers are not the gateway's to set",
+                self.name()
+            );
         }
         let host = self.backend.read()?;
         let current = peers::current_specs(&host.peers.values().cloned().collect::<Vec<_>>());
         let diff = peers::diff(&current, desired);
         for key in &diff.remove {
             let k = Key::try_from(key.as_str()).map_err(|e| anyhow!("{e}"))?;
-            self.backend.remove_peer(&k).with_context(|| format!("removing peer {key}"))?;
+            self.backend
+                .remove_peer(&k)
+                .with_context(|| format!("removing peer {key}"))?;
         }
         for spec in &diff.set {
-            self.backend.set_peer(&peers::to_peer(spec)?).with_context(|| format!("setting peer {}", spec.public_key))?;
+            self.backend
+                .set_peer(&peers::to_peer(spec)?)
+                .with_context(|| format!("setting peer {}", spec.public_key))?;
         }
         Ok(diff)
     }
@@ -359,7 +436,10 @@ impl Tunnel {
     /// subnet would be such a secondary.
     pub fn set_addresses(&self, wanted: &[IpNet]) -> anyhow::Result<()> {
         if !self.owns_config() {
-            bail!("{} is managed by something else: its addresses are not the gateway's to set", self.name());
+            bail!(
+                "{} is managed by something else: its addresses are not the gateway's to set",
+                self.name()
+            );
         }
         let name = self.name().to_string();
         let have = link::addresses(&name)?;
@@ -368,13 +448,21 @@ impl Tunnel {
         }
         for net in wanted.iter().filter(|n| !have.contains(n)) {
             let mask = IpAddrMask::new(net.addr(), net.prefix_len());
-            WGApi::<Kernel>::new(name.clone()).map_err(wg_err)?.assign_address(&mask).map_err(wg_err).with_context(|| format!("adding {net} to {name}"))?;
+            WGApi::<Kernel>::new(name.clone())
+                .map_err(wg_err)?
+                .assign_address(&mask)
+                .map_err(wg_err)
+                .with_context(|| format!("adding {net} to {name}"))?;
         }
         Ok(())
     }
 
     pub fn public_key(&self) -> anyhow::Result<Option<String>> {
-        Ok(self.backend.read()?.private_key.map(|k| k.public_key().to_string()))
+        Ok(self
+            .backend
+            .read()?
+            .private_key
+            .map(|k| k.public_key().to_string()))
     }
 
     pub fn report(&self) -> anyhow::Result<TunnelReport> {

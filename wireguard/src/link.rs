@@ -7,7 +7,10 @@ use std::{ffi::CString, io, net::IpAddr};
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage, address::{AddressAttribute, AddressMessage}};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 pub fn index(name: &str) -> Option<u32> {
@@ -54,12 +57,18 @@ pub fn addresses(name: &str) -> anyhow::Result<Vec<IpNet>> {
                 libc::AF_INET => {
                     let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
                     let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                    (IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()), IpAddr::from(u32::from_be(m.sin_addr.s_addr).to_be_bytes()))
+                    (
+                        IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
+                        IpAddr::from(u32::from_be(m.sin_addr.s_addr).to_be_bytes()),
+                    )
                 }
                 libc::AF_INET6 => {
                     let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
                     let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
-                    (IpAddr::from(a.sin6_addr.s6_addr), IpAddr::from(m.sin6_addr.s6_addr))
+                    (
+                        IpAddr::from(a.sin6_addr.s6_addr),
+                        IpAddr::from(m.sin6_addr.s6_addr),
+                    )
                 }
                 _ => continue,
             }
@@ -84,7 +93,9 @@ pub fn addresses(name: &str) -> anyhow::Result<Vec<IpNet>> {
 
 /// Deletes one address (RTM_DELADDR).
 pub fn delete_address(name: &str, net: IpNet) -> anyhow::Result<()> {
-    let Some(index) = index(name) else { bail!("no interface {name}") };
+    let Some(index) = index(name) else {
+        bail!("no interface {name}")
+    };
     let mut message = AddressMessage::default();
     message.header.index = index;
     message.header.prefix_len = net.prefix_len();
@@ -93,7 +104,9 @@ pub fn delete_address(name: &str, net: IpNet) -> anyhow::Result<()> {
         IpNet::V6(_) => AddressFamily::Inet6,
     };
     message.attributes.push(AddressAttribute::Local(net.addr()));
-    message.attributes.push(AddressAttribute::Address(net.addr()));
+    message
+        .attributes
+        .push(AddressAttribute::Address(net.addr()));
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelAddress(message));
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     req.finalize();
@@ -101,21 +114,36 @@ pub fn delete_address(name: &str, net: IpNet) -> anyhow::Result<()> {
     req.serialize(&mut buf);
     let mut socket = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
     socket.bind_auto().context("netlink bind")?;
-    socket.connect(&SocketAddr::new(0, 0)).context("netlink connect")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("netlink connect")?;
     socket.send(&buf, 0).context("netlink send")?;
     let mut reply = vec![0u8; 8192];
-    let n = socket.recv(&mut &mut reply[..], 0).context("netlink receive")?;
-    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).context("netlink reply")?;
+    let n = socket
+        .recv(&mut &mut reply[..], 0)
+        .context("netlink receive")?;
+    let answer =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).context("netlink reply")?;
     match answer.payload {
-        NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()).with_context(|| format!("deleting {net} from {name}")),
+        NetlinkPayload::Error(e) if e.code.is_some() => {
+            Err(e.to_io()).with_context(|| format!("deleting {net} from {name}"))
+        }
         _ => Ok(()),
     }
 }
 
 /// An `ifreq` ioctl on a throwaway datagram socket.
-fn ifreq_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq), read: bool) -> anyhow::Result<libc::ifreq> {
+fn ifreq_ioctl(
+    name: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+    read: bool,
+) -> anyhow::Result<libc::ifreq> {
     if name.len() >= libc::IFNAMSIZ {
-        bail!("interface name {name:?} is longer than {} bytes", libc::IFNAMSIZ - 1);
+        bail!(
+            "interface name {name:?} is longer than {} bytes",
+            libc::IFNAMSIZ - 1
+        );
     }
     // SAFETY: an all-zero ifreq is valid; the name fits (checked above).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -132,13 +160,23 @@ fn ifreq_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut libc::
     let err = io::Error::last_os_error();
     unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(err).with_context(|| format!("ioctl {request:#x} on {name}{}", if read { " (read)" } else { "" }));
+        return Err(err).with_context(|| {
+            format!(
+                "ioctl {request:#x} on {name}{}",
+                if read { " (read)" } else { "" }
+            )
+        });
     }
     Ok(req)
 }
 
 pub fn set_mtu(name: &str, mtu: u32) -> anyhow::Result<()> {
-    ifreq_ioctl(name, libc::SIOCSIFMTU, |r| r.ifr_ifru.ifru_mtu = mtu as i32, false)?;
+    ifreq_ioctl(
+        name,
+        libc::SIOCSIFMTU,
+        |r| r.ifr_ifru.ifru_mtu = mtu as i32,
+        false,
+    )?;
     Ok(())
 }
 
@@ -146,6 +184,11 @@ pub fn set_up(name: &str) -> anyhow::Result<()> {
     let cur = ifreq_ioctl(name, libc::SIOCGIFFLAGS, |_| {}, true)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member.
     let flags = unsafe { cur.ifr_ifru.ifru_flags } | libc::IFF_UP as i16;
-    ifreq_ioctl(name, libc::SIOCSIFFLAGS, |r| r.ifr_ifru.ifru_flags = flags, false)?;
+    ifreq_ioctl(
+        name,
+        libc::SIOCSIFFLAGS,
+        |r| r.ifr_ifru.ifru_flags = flags,
+        false,
+    )?;
     Ok(())
 }

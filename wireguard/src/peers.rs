@@ -52,7 +52,10 @@ impl PeerSet {
     pub fn check(peers: &[PeerSpec], own_public: Option<&str>) -> Result<PeerSet, PeerError> {
         let mut set = BTreeMap::new();
         for (index, p) in peers.iter().enumerate() {
-            let key = Key::try_from(p.public_key.trim()).map_err(|_| PeerError::BadKey { index, key: p.public_key.clone() })?;
+            let key = Key::try_from(p.public_key.trim()).map_err(|_| PeerError::BadKey {
+                index,
+                key: p.public_key.clone(),
+            })?;
             let canonical = key.to_string();
             if own_public.is_some_and(|own| own == canonical) {
                 return Err(PeerError::OwnKey { key: canonical });
@@ -67,11 +70,22 @@ impl PeerSet {
                 return Err(PeerError::Duplicate { key: canonical });
             }
         }
-        let claims: Vec<(&IpNet, &str)> = set.values().flat_map(|s: &PeerSpec| s.allowed_ips.iter().map(move |n| (n, s.public_key.as_str()))).collect();
+        let claims: Vec<(&IpNet, &str)> = set
+            .values()
+            .flat_map(|s: &PeerSpec| {
+                s.allowed_ips
+                    .iter()
+                    .map(move |n| (n, s.public_key.as_str()))
+            })
+            .collect();
         for (i, (n, a)) in claims.iter().enumerate() {
             for (m, b) in &claims[i + 1..] {
                 if a != b && n == m {
-                    return Err(PeerError::Overlap { a: a.to_string(), b: b.to_string(), net: **n });
+                    return Err(PeerError::Overlap {
+                        a: a.to_string(),
+                        b: b.to_string(),
+                        net: **n,
+                    });
                 }
             }
         }
@@ -106,7 +120,11 @@ pub(crate) fn current_specs(peers: &[Peer]) -> BTreeMap<[u8; 32], PeerSpec> {
     peers
         .iter()
         .map(|p| {
-            let mut allowed: Vec<IpNet> = p.allowed_ips.iter().filter_map(|a| IpNet::new(a.address, a.cidr).ok().map(|n| n.trunc())).collect();
+            let mut allowed: Vec<IpNet> = p
+                .allowed_ips
+                .iter()
+                .filter_map(|a| IpNet::new(a.address, a.cidr).ok().map(|n| n.trunc()))
+                .collect();
             allowed.sort();
             (
                 p.public_key.as_array(),
@@ -137,21 +155,34 @@ pub fn diff(current: &BTreeMap<[u8; 32], PeerSpec>, desired: &PeerSet) -> PeerDi
             _ => d.set.push(want.clone()),
         }
     }
-    d.remove = current.iter().filter(|(k, _)| !desired.0.contains_key(*k)).map(|(_, s)| s.public_key.clone()).collect();
+    d.remove = current
+        .iter()
+        .filter(|(k, _)| !desired.0.contains_key(*k))
+        .map(|(_, s)| s.public_key.clone())
+        .collect();
     d
 }
 
 pub(crate) fn to_peer(spec: &PeerSpec) -> anyhow::Result<Peer> {
-    let key = Key::try_from(spec.public_key.as_str()).map_err(|e| anyhow::anyhow!("peer key {}: {e}", spec.public_key))?;
+    let key = Key::try_from(spec.public_key.as_str())
+        .map_err(|e| anyhow::anyhow!("peer key {}: {e}", spec.public_key))?;
     let mut p = Peer::new(key);
-    p.allowed_ips = spec.allowed_ips.iter().map(|n| IpAddrMask::new(n.addr(), n.prefix_len())).collect();
+    p.allowed_ips = spec
+        .allowed_ips
+        .iter()
+        .map(|n| IpAddrMask::new(n.addr(), n.prefix_len()))
+        .collect();
     p.endpoint = spec.endpoint;
     p.persistent_keepalive_interval = spec.keepalive;
     Ok(p)
 }
 
 pub(crate) fn state(p: &Peer, now: std::time::SystemTime) -> PeerState {
-    let mut allowed: Vec<IpNet> = p.allowed_ips.iter().filter_map(|a| IpNet::new(a.address, a.cidr).ok()).collect();
+    let mut allowed: Vec<IpNet> = p
+        .allowed_ips
+        .iter()
+        .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+        .collect();
     allowed.sort();
     PeerState {
         public_key: p.public_key.to_string(),
@@ -176,36 +207,97 @@ mod tests {
     }
 
     fn spec(n: u8, nets: &[&str]) -> PeerSpec {
-        PeerSpec { public_key: key(n), allowed_ips: nets.iter().map(|s| s.parse().unwrap()).collect(), endpoint: None, keepalive: Some(25) }
+        PeerSpec {
+            public_key: key(n),
+            allowed_ips: nets.iter().map(|s| s.parse().unwrap()).collect(),
+            endpoint: None,
+            keepalive: Some(25),
+        }
     }
 
     #[test]
     fn a_bad_list_is_refused_whole() {
-        let bad = PeerSpec { public_key: "not-a-key".into(), ..spec(1, &[]) };
-        assert_eq!(PeerSet::check(&[spec(1, &["100.64.0.2/32"]), bad], None), Err(PeerError::BadKey { index: 1, key: "not-a-key".into() }));
-        assert!(matches!(PeerSet::check(&[spec(1, &[]), spec(1, &[])], None), Err(PeerError::Duplicate { .. })));
-        assert!(matches!(PeerSet::check(&[spec(1, &[])], Some(&key(1))), Err(PeerError::OwnKey { .. })));
-        let overlap = PeerSet::check(&[spec(1, &["100.64.0.2/32"]), spec(2, &["100.64.0.2/32"])], None);
-        assert!(matches!(overlap, Err(PeerError::Overlap { .. })), "{overlap:?}");
+        let bad = PeerSpec {
+            public_key: "not-a-key".into(),
+            ..spec(1, &[])
+        };
+        assert_eq!(
+            PeerSet::check(&[spec(1, &["100.64.0.2/32"]), bad], None),
+            Err(PeerError::BadKey {
+                index: 1,
+                key: "not-a-key".into()
+            })
+        );
+        assert!(matches!(
+            PeerSet::check(&[spec(1, &[]), spec(1, &[])], None),
+            Err(PeerError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            PeerSet::check(&[spec(1, &[])], Some(&key(1))),
+            Err(PeerError::OwnKey { .. })
+        ));
+        let overlap = PeerSet::check(
+            &[spec(1, &["100.64.0.2/32"]), spec(2, &["100.64.0.2/32"])],
+            None,
+        );
+        assert!(
+            matches!(overlap, Err(PeerError::Overlap { .. })),
+            "{overlap:?}"
+        );
     }
 
     #[test]
     fn keys_and_networks_are_normalised() {
         let hex = "01".repeat(32);
-        let set = PeerSet::check(&[PeerSpec { public_key: hex, allowed_ips: vec!["100.64.0.9/24".parse().unwrap()], endpoint: None, keepalive: Some(0) }], None).unwrap();
+        let set = PeerSet::check(
+            &[PeerSpec {
+                public_key: hex,
+                allowed_ips: vec!["100.64.0.9/24".parse().unwrap()],
+                endpoint: None,
+                keepalive: Some(0),
+            }],
+            None,
+        )
+        .unwrap();
         let s = set.specs().next().unwrap();
         assert_eq!(s.public_key, key(1));
-        assert_eq!(s.allowed_ips, vec!["100.64.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            s.allowed_ips,
+            vec!["100.64.0.0/24".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(s.keepalive, None);
     }
 
     #[test]
     fn only_the_difference_is_applied() {
-        let current = PeerSet::check(&[spec(1, &["100.64.0.2/32"]), spec(2, &["100.64.0.3/32"]), spec(3, &["100.64.0.4/32"])], None).unwrap().0;
-        let desired = PeerSet::check(&[spec(1, &["100.64.0.2/32"]), spec(3, &["100.64.0.4/32", "198.18.20.0/24"]), spec(4, &["100.64.0.5/32"])], None).unwrap();
+        let current = PeerSet::check(
+            &[
+                spec(1, &["100.64.0.2/32"]),
+                spec(2, &["100.64.0.3/32"]),
+                spec(3, &["100.64.0.4/32"]),
+            ],
+            None,
+        )
+        .unwrap()
+        .0;
+        let desired = PeerSet::check(
+            &[
+                spec(1, &["100.64.0.2/32"]),
+                spec(3, &["100.64.0.4/32", "198.18.20.0/24"]),
+                spec(4, &["100.64.0.5/32"]),
+            ],
+            None,
+        )
+        .unwrap();
         let d = diff(&current, &desired);
         assert_eq!(d.unchanged, 1, "peer 1 is left alone");
-        assert_eq!(d.set.iter().map(|s| s.public_key.clone()).collect::<Vec<_>>(), vec![key(3), key(4)]);
+        assert_eq!(
+            d.set
+                .iter()
+                .map(|s| s.public_key.clone())
+                .collect::<Vec<_>>(),
+            vec![key(3), key(4)]
+        );
         assert_eq!(d.remove, vec![key(2)]);
     }
 
@@ -214,9 +306,21 @@ mod tests {
         let mut learned = spec(1, &["100.64.0.2/32"]);
         learned.endpoint = Some("198.18.0.2:40000".parse().unwrap());
         let current = PeerSet::check(&[learned.clone()], None).unwrap().0;
-        assert_eq!(diff(&current, &PeerSet::check(&[spec(1, &["100.64.0.2/32"])], None).unwrap()).unchanged, 1);
+        assert_eq!(
+            diff(
+                &current,
+                &PeerSet::check(&[spec(1, &["100.64.0.2/32"])], None).unwrap()
+            )
+            .unchanged,
+            1
+        );
         let mut moved = learned;
         moved.endpoint = Some("198.18.0.3:51820".parse().unwrap());
-        assert_eq!(diff(&current, &PeerSet::check(&[moved], None).unwrap()).set.len(), 1);
+        assert_eq!(
+            diff(&current, &PeerSet::check(&[moved], None).unwrap())
+                .set
+                .len(),
+            1
+        );
     }
 }

@@ -7,10 +7,22 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 /// Debian packages and the commands that show they are installed.
-const LAB_PACKAGES: &[(&str, &str)] =
-    &[("iproute2", "ip"), ("iputils-ping", "ping"), ("ethtool", "ethtool"), ("wireguard-tools", "wg"), ("wireguard-go", "wireguard-go"), ("coturn", "turnutils_uclient")];
-const BENCH_PACKAGES: &[(&str, &str)] =
-    &[("nftables", "nft"), ("iptables", "iptables"), ("xdp-tools", "xdp-filter"), ("iperf3", "iperf3"), ("bpftool", "bpftool"), ("conntrack", "conntrack")];
+const LAB_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("iputils-ping", "ping"),
+    ("ethtool", "ethtool"),
+    ("wireguard-tools", "wg"),
+    ("wireguard-go", "wireguard-go"),
+    ("coturn", "turnutils_uclient"),
+];
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("iptables", "iptables"),
+    ("xdp-tools", "xdp-filter"),
+    ("iperf3", "iperf3"),
+    ("bpftool", "bpftool"),
+    ("conntrack", "conntrack"),
+];
 
 pub struct Needs {
     pub ebpf: bool,
@@ -20,13 +32,25 @@ pub struct Needs {
 
 impl Needs {
     pub fn build() -> Needs {
-        Needs { ebpf: true, lab: false, bench: false }
+        Needs {
+            ebpf: true,
+            lab: false,
+            bench: false,
+        }
     }
     pub fn lab() -> Needs {
-        Needs { ebpf: true, lab: true, bench: false }
+        Needs {
+            ebpf: true,
+            lab: true,
+            bench: false,
+        }
     }
     pub fn all() -> Needs {
-        Needs { ebpf: true, lab: true, bench: true }
+        Needs {
+            ebpf: true,
+            lab: true,
+            bench: true,
+        }
     }
 }
 
@@ -47,11 +71,20 @@ pub fn ensure(needs: &Needs) -> anyhow::Result<()> {
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd} >/dev/null 2>&1 || test -x /usr/sbin/{cmd}")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {cmd} >/dev/null 2>&1 || test -x /usr/sbin/{cmd}"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program}"))?;
     if !status.success() {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
@@ -59,15 +92,26 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn apt(packages: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages.iter().filter(|(_, cmd)| !have(cmd)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, cmd)| !have(cmd))
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -90,18 +134,31 @@ fn nightly_rust_src() -> anyhow::Result<()> {
     let toolchains = output("rustup", &["toolchain", "list"])?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("xtask: installing the nightly toolchain (the kernel programs build with it)");
-        run("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+        run(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
     }
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])?;
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to nightly (needed for -Z build-std=core)");
-        run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+        run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
     }
     Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     let version = output("rustc", &["+nightly", "-vV"])?;
@@ -111,7 +168,9 @@ fn bpf_linker() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("nightly rustc reports no LLVM version")?
         .to_string();
-    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])?.trim().to_string();
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])?
+        .trim()
+        .to_string();
     let home = std::env::var("HOME").context("HOME")?;
     // A directory that stays: the linker's RUNPATH points at it.
     let prefix = PathBuf::from(home).join(".cache/bpf-linker-llvm");
@@ -120,7 +179,11 @@ fn bpf_linker() -> anyhow::Result<()> {
     let mut versioned = None;
     for entry in std::fs::read_dir(PathBuf::from(&sysroot).join("lib"))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         if name.starts_with("libLLVM") && name.contains(".so") {
             let link = lib.join(&name);
             let _ = std::fs::remove_file(&link);
@@ -134,9 +197,17 @@ fn bpf_linker() -> anyhow::Result<()> {
     let plain = lib.join("libLLVM.so");
     let _ = std::fs::remove_file(&plain);
     std::os::unix::fs::symlink(&versioned, &plain)?;
-    eprintln!("xtask: building bpf-linker against nightly's LLVM {llvm_major} (about 3 minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker against nightly's LLVM {llvm_major} (about 3 minutes, once)"
+    );
     let status = Command::new("cargo")
-        .args(["install", "bpf-linker", "--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
         .env("LLVM_PREFIX", &prefix)
         .status()
         .context("cargo install bpf-linker")?;

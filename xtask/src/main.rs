@@ -63,14 +63,33 @@ fn run(task: Task) -> anyhow::Result<()> {
             deps::ensure(&deps::Needs::lab())?;
             require_root("the demo")?;
             build(false)?;
-            cargo(&["run", "--quiet", "--package", "gateway", "--bin", "gateway", "--", "demo"])
+            cargo(&[
+                "run",
+                "--quiet",
+                "--package",
+                "gateway",
+                "--bin",
+                "gateway",
+                "--",
+                "demo",
+            ])
         }
         Task::Test { args } => {
             deps::ensure(&deps::Needs::lab())?;
             require_root("the kernel tests")?;
             build(false)?;
             // The kernel programs build only for bpfel-unknown-none (dataplane/build.rs does that).
-            let mut cmd = vec!["test", "--workspace", "--exclude", "gateway-ebpf", "--exclude", "bench-ebpf", "--lib", "--bins", "--tests"];
+            let mut cmd = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "gateway-ebpf",
+                "--exclude",
+                "bench-ebpf",
+                "--lib",
+                "--bins",
+                "--tests",
+            ];
             let extra: Vec<&str> = args.iter().map(String::as_str).collect();
             if !extra.is_empty() {
                 cmd.push("--");
@@ -106,7 +125,10 @@ fn build(release: bool) -> anyhow::Result<()> {
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
@@ -130,7 +152,10 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(['.', ';']) {
                 let mut words = part.split_whitespace();
-                if let (Some(n), Some(what)) = (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                if let (Some(n), Some(what)) = (
+                    words.next().and_then(|n| n.parse::<u64>().ok()),
+                    words.next(),
+                ) {
                     match what {
                         "passed" => passed += n,
                         "failed" => failed += n,

@@ -18,7 +18,10 @@ use aya_ebpf::{
     maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
-use bench_common::{GEN_HEADER_LEN, GEN_SIGNATURE, GEN_SIGNATURE_AT, GenConfig, GenFlow, GenHeader, MAX_GEN_FLOWS, SINK_OURS, SINK_STRAY, SinkCount};
+use bench_common::{
+    GEN_HEADER_LEN, GEN_SIGNATURE, GEN_SIGNATURE_AT, GenConfig, GenFlow, GenHeader, MAX_GEN_FLOWS,
+    SINK_OURS, SINK_STRAY, SinkCount,
+};
 
 #[map(name = "GEN_CONFIG")]
 static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -48,7 +51,11 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     if start + GEN_HEADER_LEN > end {
         return xdp_action::XDP_ABORTED;
     }
-    let (Some(cfg), Some(counter), Some(header)) = (GEN_CONFIG.get(0), GEN_COUNTER.get_ptr_mut(0), GEN_HEADER.get(0)) else {
+    let (Some(cfg), Some(counter), Some(header)) = (
+        GEN_CONFIG.get(0),
+        GEN_COUNTER.get_ptr_mut(0),
+        GEN_HEADER.get(0),
+    ) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: [start, start + GEN_HEADER_LEN) is inside the frame, checked above.
@@ -96,7 +103,8 @@ pub fn xdp_sink(ctx: XdpContext) -> u32 {
         // SAFETY: the reads are inside [start, end), checked above.
         unsafe {
             core::ptr::read_unaligned((start + 12) as *const [u8; 2]) == [0x08, 0x00]
-                && core::ptr::read_unaligned((start + GEN_SIGNATURE_AT) as *const [u8; 6]) == GEN_SIGNATURE
+                && core::ptr::read_unaligned((start + GEN_SIGNATURE_AT) as *const [u8; 6])
+                    == GEN_SIGNATURE
         }
     };
     if let Some(c) = SINK.get_ptr_mut(if ours { SINK_OURS } else { SINK_STRAY }) {

@@ -27,7 +27,8 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = base.mul_f64(FACTOR).min(MAX);
-        base.mul_f64(rand::rng().random_range(1.0 - JITTER..=1.0 + JITTER)).min(MAX)
+        base.mul_f64(rand::rng().random_range(1.0 - JITTER..=1.0 + JITTER))
+            .min(MAX)
     }
 
     /// After a success, start again from the shortest delay.
@@ -44,20 +45,34 @@ mod tests {
     fn grows_from_about_800ms_to_10s_with_jitter_and_resets() {
         let mut b = Backoff::default();
         let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(640) && delays[0] <= Duration::from_millis(960), "{delays:?}");
+        assert!(
+            delays[0] >= Duration::from_millis(640) && delays[0] <= Duration::from_millis(960),
+            "{delays:?}"
+        );
         assert!(delays.iter().all(|d| *d <= MAX), "{delays:?}");
-        assert!(delays[11] >= MAX.mul_f64(1.0 - JITTER), "reaches the cap: {delays:?}");
+        assert!(
+            delays[11] >= MAX.mul_f64(1.0 - JITTER),
+            "reaches the cap: {delays:?}"
+        );
         // Without jitter each base is 1.5x the last until the cap.
         let bases: Vec<Duration> = {
             let mut b = Backoff::default();
-            (0..8).map(|_| { let d = b.next; b.next_delay(); d }).collect()
+            (0..8)
+                .map(|_| {
+                    let d = b.next;
+                    b.next_delay();
+                    d
+                })
+                .collect()
         };
         assert_eq!(bases[1], INITIAL.mul_f64(1.5));
         assert_eq!(*bases.last().unwrap(), MAX);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(960));
         // Jitter spreads the delays of gateways that fail together.
-        let spread: std::collections::BTreeSet<u128> = (0..50).map(|_| Backoff::default().next_delay().as_micros()).collect();
+        let spread: std::collections::BTreeSet<u128> = (0..50)
+            .map(|_| Backoff::default().next_delay().as_micros())
+            .collect();
         assert!(spread.len() > 10);
     }
 }

@@ -18,7 +18,12 @@ pub struct Identity {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("create {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
@@ -27,14 +32,19 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 impl Identity {
     /// Loads the key from `dir`, or creates the directory (0700) and a new key on first run.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Identity> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create state directory {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create state directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))?;
         let path = dir.join("wg.key");
         let key = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
-                    bail!("{} is readable by others (mode {mode:o}); chmod 600 it", path.display());
+                    bail!(
+                        "{} is readable by others (mode {mode:o}); chmod 600 it",
+                        path.display()
+                    );
                 }
                 WgKey::from_base64(&text).with_context(|| format!("{}", path.display()))?
             }
@@ -46,7 +56,10 @@ impl Identity {
             }
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
-        Ok(Identity { key, dir: dir.to_path_buf() })
+        Ok(Identity {
+            key,
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn marker(&self) -> PathBuf {
@@ -71,15 +84,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gateway-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let first = Identity::load_or_create(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join("wg.key")).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.join("wg.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!first.is_registered());
         first.mark_registered("http://127.0.0.1:1").unwrap();
         let again = Identity::load_or_create(&dir).unwrap();
         assert_eq!(again.key.public(), first.key.public());
         assert!(again.is_registered());
-        std::fs::set_permissions(dir.join("wg.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(Identity::load_or_create(&dir).is_err(), "a key others can read is refused");
+        std::fs::set_permissions(dir.join("wg.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        assert!(
+            Identity::load_or_create(&dir).is_err(),
+            "a key others can read is refused"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,10 @@ pub mod backoff;
 pub mod identity;
 pub mod translate;
 
-use std::{path::PathBuf, time::{Duration, Instant}};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use management_proto::{
     WgPublicKey,
@@ -50,7 +53,11 @@ enum SessionEnd {
 
 fn status_end(what: &str, s: Status) -> SessionEnd {
     let message = format!("{what}: {} ({:?})", s.message(), s.code());
-    if s.code() == Code::PermissionDenied { SessionEnd::Fatal(message) } else { SessionEnd::Retry(message) }
+    if s.code() == Code::PermissionDenied {
+        SessionEnd::Fatal(message)
+    } else {
+        SessionEnd::Retry(message)
+    }
 }
 
 /// Login refusals that retrying cannot fix: PermissionDenied (deleted peer, unknown peer without
@@ -58,7 +65,9 @@ fn status_end(what: &str, s: Status) -> SessionEnd {
 /// NetBird server answers for an invalid setup key.
 fn login_end(s: Status) -> SessionEnd {
     match s.code() {
-        Code::PermissionDenied | Code::NotFound | Code::FailedPrecondition => SessionEnd::Fatal(format!("Login: {} ({:?})", s.message(), s.code())),
+        Code::PermissionDenied | Code::NotFound | Code::FailedPrecondition => {
+            SessionEnd::Fatal(format!("Login: {} ({:?})", s.message(), s.code()))
+        }
         _ => status_end("Login", s),
     }
 }
@@ -85,7 +94,11 @@ fn uname() -> (String, String) {
         return ("gateway".into(), String::new());
     }
     let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (field(&u.nodename), field(&u.release))
@@ -107,8 +120,13 @@ impl Session<'_> {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| SessionEnd::Retry(format!("connect to {}: {e}", self.opts.url)))?;
-        Ok(ManagementServiceClient::new(channel).max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE).max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE))
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| SessionEnd::Retry(format!("connect to {}: {e}", self.opts.url)))?;
+        Ok(ManagementServiceClient::new(channel)
+            .max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE))
     }
 
     async fn run(&mut self) -> SessionEnd {
@@ -125,11 +143,18 @@ impl Session<'_> {
         };
         let key = &self.identity.key;
         let registered = self.identity.is_registered();
-        let setup_key = if registered { String::new() } else { self.opts.setup_key.clone().unwrap_or_default() };
+        let setup_key = if registered {
+            String::new()
+        } else {
+            self.opts.setup_key.clone().unwrap_or_default()
+        };
         let login = pb::LoginRequest {
             setup_key,
             meta: Some(system_meta()),
-            peer_keys: Some(pb::PeerKeys { ssh_pub_key: vec![], wg_pub_key: key.public().to_base64().into_bytes() }),
+            peer_keys: Some(pb::PeerKeys {
+                ssh_pub_key: vec![],
+                wg_pub_key: key.public().to_base64().into_bytes(),
+            }),
             ..Default::default()
         };
         let response = match client.login(key.seal_message(&server, &login)).await {
@@ -144,9 +169,24 @@ impl Session<'_> {
             if let Err(e) = self.identity.mark_registered(&self.opts.url) {
                 return SessionEnd::Fatal(format!("recording the registration: {e:#}"));
             }
-            info!(address = login.peer_config.as_ref().map(|c| c.address.as_str()).unwrap_or(""), "registered with the management service");
+            info!(
+                address = login
+                    .peer_config
+                    .as_ref()
+                    .map(|c| c.address.as_str())
+                    .unwrap_or(""),
+                "registered with the management service"
+            );
         }
-        let mut stream = match client.sync(key.seal_message(&server, &pb::SyncRequest { meta: Some(system_meta()) })).await {
+        let mut stream = match client
+            .sync(key.seal_message(
+                &server,
+                &pb::SyncRequest {
+                    meta: Some(system_meta()),
+                },
+            ))
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(s) => return status_end("Sync", s),
         };
@@ -162,8 +202,13 @@ impl Session<'_> {
             self.backoff.reset();
             let event = match key.open_message::<pb::SyncResponse>(&server, &message) {
                 Err(e) => Event::Rejected(format!("Sync message: {e}")),
-                Ok(pb::SyncResponse { network_map: None, .. }) => continue,
-                Ok(pb::SyncResponse { network_map: Some(map), .. }) => match translate(&map, login.peer_config.as_ref(), &own_key) {
+                Ok(pb::SyncResponse {
+                    network_map: None, ..
+                }) => continue,
+                Ok(pb::SyncResponse {
+                    network_map: Some(map),
+                    ..
+                }) => match translate(&map, login.peer_config.as_ref(), &own_key) {
                     Ok(t) => Event::Map(Box::new(t), received),
                     Err(e) => Event::Rejected(format!("network map serial {}: {e}", map.serial)),
                 },
@@ -179,7 +224,14 @@ impl Session<'_> {
 pub async fn run(opts: SyncOptions, identity: Identity, events: mpsc::Sender<Event>) {
     let mut backoff = Backoff::default();
     loop {
-        let end = Session { opts: &opts, identity: &identity, events: &events, backoff: &mut backoff }.run().await;
+        let end = Session {
+            opts: &opts,
+            identity: &identity,
+            events: &events,
+            backoff: &mut backoff,
+        }
+        .run()
+        .await;
         let _ = events.send(Event::Connected(false)).await;
         match end {
             SessionEnd::Fatal(message) => {

@@ -18,7 +18,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use management_proto::pb;
 
-use gateway_policy::{Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol};
+use gateway_policy::{
+    Action, DEFAULT_PRIORITY, Group, GroupRef, Policy, PolicySet, PortRange, PortSet, Protocol,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MapError {
@@ -31,7 +33,10 @@ pub enum MapError {
 }
 
 fn bad(field: String, reason: impl Into<String>) -> MapError {
-    MapError::BadRule { field, reason: reason.into() }
+    MapError::BadRule {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// What a translated map leaves out, for the log.
@@ -111,12 +116,26 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, name: String, src: Vec<IpNet>, dst: Vec<IpNet>, action: Action, protocol: Protocol, ports: PortSet) {
+    fn add(
+        &mut self,
+        name: String,
+        src: Vec<IpNet>,
+        dst: Vec<IpNet>,
+        action: Action,
+        protocol: Protocol,
+        ports: PortSet,
+    ) {
         let ports = match ports {
             PortSet::Any => vec![],
             PortSet::Ranges(r) => r,
         };
-        let shape = Shape { name, destination: dst, action, protocol: ProtocolKey::of(protocol), ports };
+        let shape = Shape {
+            name,
+            destination: dst,
+            action,
+            protocol: ProtocolKey::of(protocol),
+            ports,
+        };
         match self.index.get(&shape) {
             Some(&i) => self.shapes[i].1.extend(src),
             None => {
@@ -132,7 +151,12 @@ impl Builder {
             nets.sort();
             nets.dedup();
             let next = groups.len();
-            GroupRef::Named(groups.entry(nets).or_insert_with(|| format!("nets-{next}")).clone())
+            GroupRef::Named(
+                groups
+                    .entry(nets)
+                    .or_insert_with(|| format!("nets-{next}"))
+                    .clone(),
+            )
         };
         let mut policies = Vec::with_capacity(self.shapes.len());
         for (shape, sources) in self.shapes {
@@ -145,13 +169,20 @@ impl Builder {
                 bidirectional: false,
                 action: shape.action,
                 protocol: shape.protocol.protocol(),
-                ports: if shape.ports.is_empty() { PortSet::Any } else { PortSet::Ranges(shape.ports) },
+                ports: if shape.ports.is_empty() {
+                    PortSet::Any
+                } else {
+                    PortSet::Ranges(shape.ports)
+                },
                 destination_ips: vec![],
                 exceptions: vec![],
                 priority: DEFAULT_PRIORITY,
             });
         }
-        let groups = groups.into_iter().map(|(members, name)| Group { name, members }).collect();
+        let groups = groups
+            .into_iter()
+            .map(|(members, name)| Group { name, members })
+            .collect();
         PolicySet { groups, policies }
     }
 }
@@ -160,7 +191,10 @@ fn action(value: i32, field: &str) -> Result<Action, MapError> {
     match pb::RuleAction::try_from(value) {
         Ok(pb::RuleAction::Accept) => Ok(Action::Accept),
         Ok(pb::RuleAction::Drop) => Ok(Action::Drop),
-        Err(_) => Err(bad(format!("{field}.action"), format!("unknown action {value}"))),
+        Err(_) => Err(bad(
+            format!("{field}.action"),
+            format!("unknown action {value}"),
+        )),
     }
 }
 
@@ -172,14 +206,22 @@ fn protocol(value: i32, field: &str) -> Result<Option<Protocol>, MapError> {
         Ok(pb::RuleProtocol::Udp) => Ok(Some(Protocol::Udp)),
         Ok(pb::RuleProtocol::Icmp) => Ok(Some(Protocol::Icmp)),
         Ok(pb::RuleProtocol::Custom | pb::RuleProtocol::NetbirdSsh) => Ok(None),
-        Ok(pb::RuleProtocol::Unknown) | Err(_) => Err(bad(format!("{field}.protocol"), format!("unknown protocol {value}"))),
+        Ok(pb::RuleProtocol::Unknown) | Err(_) => Err(bad(
+            format!("{field}.protocol"),
+            format!("unknown protocol {value}"),
+        )),
     }
 }
 
 /// What the data plane enforces for a rule's protocol and ports; `None` leaves the rule out.
 /// A drop of a protocol it cannot single out drops all of it (fail closed); such an accept is
 /// left out (its traffic stays denied). Ports restrict only TCP and UDP.
-fn enforceable(proto: Option<Protocol>, act: Action, ports: PortSet, skipped: &mut Skipped) -> Option<(Protocol, PortSet)> {
+fn enforceable(
+    proto: Option<Protocol>,
+    act: Action,
+    ports: PortSet,
+    skipped: &mut Skipped,
+) -> Option<(Protocol, PortSet)> {
     let proto = match (proto, act) {
         (Some(p), _) => p,
         (None, Action::Drop) => Protocol::All,
@@ -188,21 +230,31 @@ fn enforceable(proto: Option<Protocol>, act: Action, ports: PortSet, skipped: &m
             return None;
         }
     };
-    let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) { ports } else { PortSet::Any };
+    let ports = if matches!(proto, Protocol::Tcp | Protocol::Udp) {
+        ports
+    } else {
+        PortSet::Any
+    };
     Some((proto, ports))
 }
 
 fn port_number(value: u32, field: &str) -> Result<u16, MapError> {
     match u16::try_from(value) {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(bad(field.to_string(), format!("port {value} is not in 1-65535"))),
+        _ => Err(bad(
+            field.to_string(),
+            format!("port {value} is not in 1-65535"),
+        )),
     }
 }
 
 fn ports(port: &str, info: Option<&pb::PortInfo>, field: &str) -> Result<PortSet, MapError> {
     use pb::port_info::PortSelection;
     if !port.is_empty() {
-        let p: u32 = port.trim().parse().map_err(|_| bad(format!("{field}.Port"), format!("{port:?} is not a port")))?;
+        let p: u32 = port
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{field}.Port"), format!("{port:?} is not a port")))?;
         let p = port_number(p, &format!("{field}.Port"))?;
         return Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]));
     }
@@ -231,11 +283,15 @@ fn source_prefix(bytes: &[u8], field: &str) -> Result<IpNet, MapError> {
     match bytes.len() {
         5 => {
             let a: [u8; 4] = bytes[..4].try_into().expect("length checked");
-            Ipv4Net::new(a.into(), bytes[4]).map(|n| IpNet::V4(n.trunc())).map_err(|_| err("IPv4 prefix length over 32"))
+            Ipv4Net::new(a.into(), bytes[4])
+                .map(|n| IpNet::V4(n.trunc()))
+                .map_err(|_| err("IPv4 prefix length over 32"))
         }
         17 => {
             let a: [u8; 16] = bytes[..16].try_into().expect("length checked");
-            Ipv6Net::new(a.into(), bytes[16]).map(|n| IpNet::V6(n.trunc())).map_err(|_| err("IPv6 prefix length over 128"))
+            Ipv6Net::new(a.into(), bytes[16])
+                .map(|n| IpNet::V6(n.trunc()))
+                .map_err(|_| err("IPv6 prefix length over 128"))
         }
         n => Err(err(&format!("{n} bytes; expected 5 (IPv4) or 17 (IPv6)"))),
     }
@@ -246,19 +302,32 @@ fn cidr(text: &str, field: &str) -> Result<IpNet, MapError> {
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| bad(field.to_string(), format!("{text:?} is not a CIDR")))
+    t.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| bad(field.to_string(), format!("{text:?} is not a CIDR")))
 }
 
 /// The interface addresses from the PeerConfig: `address` (required) and `address_v6`.
 fn own_addresses(config: Option<&pb::PeerConfig>) -> Result<Vec<IpNet>, MapError> {
     let config = config.ok_or(MapError::NoAddress)?;
-    let address = Some(config.address.as_str()).filter(|a| !a.is_empty()).ok_or(MapError::NoAddress)?;
-    let net: IpNet = address.parse().map_err(|_| MapError::BadAddress(address.to_string()))?;
+    let address = Some(config.address.as_str())
+        .filter(|a| !a.is_empty())
+        .ok_or(MapError::NoAddress)?;
+    let net: IpNet = address
+        .parse()
+        .map_err(|_| MapError::BadAddress(address.to_string()))?;
     let mut out = vec![net];
     if !config.address_v6.is_empty() {
         let b = &config.address_v6;
         if b.len() != 17 || b[16] > 128 {
-            return Err(bad("peerConfig.address_v6".into(), format!("{} bytes, prefix {:?}: expected 16 address bytes and a prefix length up to 128", b.len(), b.last())));
+            return Err(bad(
+                "peerConfig.address_v6".into(),
+                format!(
+                    "{} bytes, prefix {:?}: expected 16 address bytes and a prefix length up to 128",
+                    b.len(),
+                    b.last()
+                ),
+            ));
         }
         let a: [u8; 16] = b[..16].try_into().expect("length checked");
         out.push(IpNet::new(std::net::Ipv6Addr::from(a).into(), b[16]).expect("prefix checked"));
@@ -272,7 +341,11 @@ fn remote_peers(map: &pb::NetworkMap) -> Result<Vec<gateway_wireguard::PeerSpec>
         .enumerate()
         .map(|(i, p)| {
             let field = format!("remotePeers[{i}]");
-            let allowed_ips = p.allowed_ips.iter().map(|a| cidr(a, &format!("{field}.allowedIps"))).collect::<Result<Vec<_>, _>>()?;
+            let allowed_ips = p
+                .allowed_ips
+                .iter()
+                .map(|a| cidr(a, &format!("{field}.allowedIps")))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(gateway_wireguard::PeerSpec {
                 public_key: p.wg_pub_key.clone(),
                 allowed_ips,
@@ -285,13 +358,21 @@ fn remote_peers(map: &pb::NetworkMap) -> Result<Vec<gateway_wireguard::PeerSpec>
 
 /// Translates one network map. `login` is the PeerConfig from Login, used when the map has none;
 /// `own_key` is this peer's public key (base64), which picks the routes it serves.
-pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: &str) -> Result<Translated, MapError> {
+pub fn translate(
+    map: &pb::NetworkMap,
+    login: Option<&pb::PeerConfig>,
+    own_key: &str,
+) -> Result<Translated, MapError> {
     let peer_config = map.peer_config.as_ref().or(login);
     let interface_addresses = own_addresses(peer_config)?;
     let me = interface_addresses[0].addr();
     let peers = remote_peers(map)?;
-    gateway_wireguard::PeerSet::check(&peers, Some(own_key)).map_err(|e| bad("remotePeers".into(), e.to_string()))?;
-    let mtu = peer_config.map(|c| c.mtu).filter(|m| *m > 0).map(|m| m as u32);
+    gateway_wireguard::PeerSet::check(&peers, Some(own_key))
+        .map_err(|e| bad("remotePeers".into(), e.to_string()))?;
+    let mtu = peer_config
+        .map(|c| c.mtu)
+        .filter(|m| *m > 0)
+        .map(|m| m as u32);
     let me_net = vec![IpNet::from(me)];
     let any = gateway_policy::any_nets();
     let mut b = Builder::default();
@@ -301,23 +382,45 @@ pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: 
         let field = format!("FirewallRules[{i}]");
         let act = action(r.action, &field)?;
         let Ok(direction) = pb::RuleDirection::try_from(r.direction) else {
-            return Err(bad(format!("{field}.Direction"), format!("unknown direction {}", r.direction)));
+            return Err(bad(
+                format!("{field}.Direction"),
+                format!("unknown direction {}", r.direction),
+            ));
         };
         let sources = if r.source_prefixes.is_empty() {
             vec![cidr(&r.peer_ip, &format!("{field}.PeerIP"))?]
         } else {
-            r.source_prefixes.iter().map(|p| source_prefix(p, &format!("{field}.sourcePrefixes"))).collect::<Result<_, _>>()?
+            r.source_prefixes
+                .iter()
+                .map(|p| source_prefix(p, &format!("{field}.sourcePrefixes")))
+                .collect::<Result<_, _>>()?
         };
         let ports = ports(&r.port, r.port_info.as_ref(), &field)?;
         let proto = protocol(r.protocol, &field)?;
         if direction == pb::RuleDirection::Out {
             continue;
         }
-        let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else { continue };
-        b.add(format!("input:{}", String::from_utf8_lossy(&r.policy_id)), sources, me_net.clone(), act, proto, ports);
+        let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else {
+            continue;
+        };
+        b.add(
+            format!("input:{}", String::from_utf8_lossy(&r.policy_id)),
+            sources,
+            me_net.clone(),
+            act,
+            proto,
+            ports,
+        );
     }
     if map.firewall_rules.is_empty() && !map.firewall_rules_is_empty {
-        b.add("input:allow-all (legacy server)".into(), any.clone(), me_net.clone(), Action::Accept, Protocol::All, PortSet::Any);
+        b.add(
+            "input:allow-all (legacy server)".into(),
+            any.clone(),
+            me_net.clone(),
+            Action::Accept,
+            Protocol::All,
+            PortSet::Any,
+        );
     }
 
     for (i, r) in map.routes_firewall_rules.iter().enumerate() {
@@ -329,28 +432,64 @@ pub fn translate(map: &pb::NetworkMap, login: Option<&pb::PeerConfig>, own_key: 
             skipped.dynamic_route_rules += 1;
             continue;
         }
-        let sources: Vec<IpNet> = r.source_ranges.iter().map(|s| cidr(s, &format!("{field}.sourceRanges"))).collect::<Result<_, _>>()?;
+        let sources: Vec<IpNet> = r
+            .source_ranges
+            .iter()
+            .map(|s| cidr(s, &format!("{field}.sourceRanges")))
+            .collect::<Result<_, _>>()?;
         let destination = cidr(&r.destination, &format!("{field}.destination"))?;
-        let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else { continue };
+        let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else {
+            continue;
+        };
         if sources.is_empty() {
             continue;
         }
-        b.add(format!("forward:{}", String::from_utf8_lossy(&r.policy_id)), sources, vec![destination], act, proto, ports);
+        b.add(
+            format!("forward:{}", String::from_utf8_lossy(&r.policy_id)),
+            sources,
+            vec![destination],
+            act,
+            proto,
+            ports,
+        );
     }
     if map.routes_firewall_rules.is_empty() && !map.routes_firewall_rules_is_empty {
-        for (i, route) in map.routes.iter().enumerate().filter(|(_, r)| r.peer == own_key && (r.network_type == 1 || r.network_type == 2)) {
+        for (i, route) in map
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.peer == own_key && (r.network_type == 1 || r.network_type == 2))
+        {
             let destination = cidr(&route.network, &format!("Routes[{i}].Network"))?;
-            b.add(format!("forward:allow-all {} (legacy server)", route.id), any.clone(), vec![destination], Action::Accept, Protocol::All, PortSet::Any);
+            b.add(
+                format!("forward:allow-all {} (legacy server)", route.id),
+                any.clone(),
+                vec![destination],
+                Action::Accept,
+                Protocol::All,
+                PortSet::Any,
+            );
         }
     }
     let mut masquerade = Vec::new();
-    for (i, route) in map.routes.iter().enumerate().filter(|(_, r)| r.peer == own_key && r.masquerade && (r.network_type == 1 || r.network_type == 2)) {
+    for (i, route) in map.routes.iter().enumerate().filter(|(_, r)| {
+        r.peer == own_key && r.masquerade && (r.network_type == 1 || r.network_type == 2)
+    }) {
         let network = cidr(&route.network, &format!("Routes[{i}].Network"))?;
         if !masquerade.contains(&network) {
             masquerade.push(network);
         }
     }
-    Ok(Translated { serial: map.serial, own_address: me, policy: b.finish(), skipped, masquerade, interface_addresses, mtu, peers })
+    Ok(Translated {
+        serial: map.serial,
+        own_address: me,
+        policy: b.finish(),
+        skipped,
+        masquerade,
+        interface_addresses,
+        mtu,
+        peers,
+    })
 }
 
 #[cfg(test)]

@@ -59,7 +59,12 @@ enum Atom {
 
 fn covers(g: &Grant, atom: Atom) -> bool {
     match atom {
-        Atom::Ports(p, lo, hi) => (g.proto == Proto::All || g.proto == p) && (g.proto == Proto::All || g.ports.is_empty() || g.ports.iter().any(|r| r.start <= lo && hi <= r.end)),
+        Atom::Ports(p, lo, hi) => {
+            (g.proto == Proto::All || g.proto == p)
+                && (g.proto == Proto::All
+                    || g.ports.is_empty()
+                    || g.ports.iter().any(|r| r.start <= lo && hi <= r.end))
+        }
         Atom::Icmp => matches!(g.proto, Proto::All | Proto::Icmp),
         Atom::Other => g.proto == Proto::All,
     }
@@ -67,9 +72,19 @@ fn covers(g: &Grant, atom: Atom) -> bool {
 
 /// The deciding rule of `atom`: the first level with a match; a drop there wins.
 fn decide<'g, 'a>(grants: &'g [Grant<'a>], atom: Atom) -> Option<&'g Grant<'a>> {
-    let level = grants.iter().filter(|g| covers(g, atom)).map(|g| g.level).min()?;
-    let at_level = || grants.iter().filter(move |g| g.level == level && covers(g, atom));
-    at_level().find(|g| g.action == RuleAction::Drop).or_else(|| at_level().next())
+    let level = grants
+        .iter()
+        .filter(|g| covers(g, atom))
+        .map(|g| g.level)
+        .min()?;
+    let at_level = || {
+        grants
+            .iter()
+            .filter(move |g| g.level == level && covers(g, atom))
+    };
+    at_level()
+        .find(|g| g.action == RuleAction::Drop)
+        .or_else(|| at_level().next())
 }
 
 /// Port intervals of 1-65535 that no rule bound of `proto` splits.
@@ -82,7 +97,9 @@ fn intervals(grants: &[Grant], proto: Proto) -> Vec<(u16, u16)> {
         }
     }
     let cuts: Vec<u32> = cuts.into_iter().collect();
-    cuts.windows(2).map(|w| (w[0] as u16, (w[1] - 1) as u16)).collect()
+    cuts.windows(2)
+        .map(|w| (w[0] as u16, (w[1] - 1) as u16))
+        .collect()
 }
 
 /// The priority-free rules that give every packet the verdict `grants` give it.
@@ -90,7 +107,15 @@ pub fn compile<'a>(grants: &[Grant<'a>]) -> Vec<Compiled<'a>> {
     let other = decide(grants, Atom::Other).map(|g| (g.action, g.rule_id));
     // With the other protocols accepted, write the exceptions as drops; else write the accepts.
     let (write, base) = match other {
-        Some((RuleAction::Accept, id)) => (RuleAction::Drop, Some(Compiled { rule_id: id, action: RuleAction::Accept, proto: Proto::All, ports: None })),
+        Some((RuleAction::Accept, id)) => (
+            RuleAction::Drop,
+            Some(Compiled {
+                rule_id: id,
+                action: RuleAction::Accept,
+                proto: Proto::All,
+                ports: None,
+            }),
+        ),
         _ => (RuleAction::Accept, None),
     };
     let mut out = Vec::new();
@@ -100,19 +125,35 @@ pub fn compile<'a>(grants: &[Grant<'a>]) -> Vec<Compiled<'a>> {
         for (lo, hi) in intervals(grants, proto) {
             let verdict = decide(grants, Atom::Ports(proto, lo, hi));
             let action = verdict.map_or(RuleAction::Drop, |g| g.action);
-            let Some(g) = verdict.filter(|_| action == write) else { continue };
+            let Some(g) = verdict.filter(|_| action == write) else {
+                continue;
+            };
             match runs.last_mut() {
                 Some((_, end, id)) if *end as u32 + 1 == lo as u32 && *id == g.rule_id => *end = hi,
                 _ => runs.push((lo, hi, g.rule_id)),
             }
         }
         for (lo, hi, id) in runs {
-            let ports = if (lo, hi) == (1, 65535) { None } else { Some(PortRange { start: lo, end: hi }) };
-            out.push(Compiled { rule_id: id, action: write, proto, ports });
+            let ports = if (lo, hi) == (1, 65535) {
+                None
+            } else {
+                Some(PortRange { start: lo, end: hi })
+            };
+            out.push(Compiled {
+                rule_id: id,
+                action: write,
+                proto,
+                ports,
+            });
         }
     }
     if let Some(g) = decide(grants, Atom::Icmp).filter(|g| g.action == write) {
-        out.push(Compiled { rule_id: g.rule_id, action: write, proto: Proto::Icmp, ports: None });
+        out.push(Compiled {
+            rule_id: g.rule_id,
+            action: write,
+            proto: Proto::Icmp,
+            ports: None,
+        });
     }
     out.extend(base);
     out

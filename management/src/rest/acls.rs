@@ -95,29 +95,62 @@ fn all_protocols() -> RuleProtocol {
 }
 
 fn port_range(text: &str, at: &str) -> Result<PortRange, Error> {
-    let bad = || Error::Invalid(format!("{at}: {text:?} is not a port or a range within 1-65535"));
-    let (a, b) = text.trim().split_once('-').unwrap_or((text.trim(), text.trim()));
-    let (start, end) = (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?);
+    let bad = || {
+        Error::Invalid(format!(
+            "{at}: {text:?} is not a port or a range within 1-65535"
+        ))
+    };
+    let (a, b) = text
+        .trim()
+        .split_once('-')
+        .unwrap_or((text.trim(), text.trim()));
+    let (start, end) = (
+        a.trim().parse::<u16>().map_err(|_| bad())?,
+        b.trim().parse::<u16>().map_err(|_| bad())?,
+    );
     if start == 0 || start > end {
         return Err(bad());
     }
     Ok(PortRange { start, end })
 }
 
-fn acl_from_request(a: &Account, id: String, r: AclRequest, created_at: UnixTime) -> Result<Acl, Error> {
+fn acl_from_request(
+    a: &Account,
+    id: String,
+    r: AclRequest,
+    created_at: UnixTime,
+) -> Result<Acl, Error> {
     let mut rules = Vec::with_capacity(r.rules.len());
     for (i, rule) in r.rules.into_iter().enumerate() {
         let at = |f: &str| format!("rules[{i}].{f}");
-        let ports = rule.ports.iter().map(|p| port_range(p, &at("ports"))).collect::<Result<Vec<_>, _>>()?;
+        let ports = rule
+            .ports
+            .iter()
+            .map(|p| port_range(p, &at("ports")))
+            .collect::<Result<Vec<_>, _>>()?;
         let destination_ips = rule
             .destination_ips
             .iter()
             .map(|t| {
                 let t = t.trim();
-                t.parse::<ipnet::Ipv4Net>().or_else(|_| t.parse::<std::net::Ipv4Addr>().map(ipnet::Ipv4Net::from)).map_err(|_| Error::Invalid(format!("{}: {t:?} is not an IPv4 address or prefix", at("destination_ips"))))
+                t.parse::<ipnet::Ipv4Net>()
+                    .or_else(|_| t.parse::<std::net::Ipv4Addr>().map(ipnet::Ipv4Net::from))
+                    .map_err(|_| {
+                        Error::Invalid(format!(
+                            "{}: {t:?} is not an IPv4 address or prefix",
+                            at("destination_ips")
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let priority = u32::try_from(rule.priority).map_err(|_| Error::Invalid(format!("{}: {} is not within 0-{}", at("priority"), rule.priority, u32::MAX)))?;
+        let priority = u32::try_from(rule.priority).map_err(|_| {
+            Error::Invalid(format!(
+                "{}: {} is not within 0-{}",
+                at("priority"),
+                rule.priority,
+                u32::MAX
+            ))
+        })?;
         rules.push(AclRule {
             id: rule.id.filter(|s| !s.is_empty()).unwrap_or_else(new_id),
             name: rule.name,
@@ -131,7 +164,8 @@ fn acl_from_request(a: &Account, id: String, r: AclRequest, created_at: UnixTime
             source_peers: rule.source_peers,
             source_groups: a.resolve_groups(&rule.source_groups, &at("source_groups"))?,
             destination_peers: rule.destination_peers,
-            destination_groups: a.resolve_groups(&rule.destination_groups, &at("destination_groups"))?,
+            destination_groups: a
+                .resolve_groups(&rule.destination_groups, &at("destination_groups"))?,
             destination_ips,
         });
     }
@@ -139,33 +173,63 @@ fn acl_from_request(a: &Account, id: String, r: AclRequest, created_at: UnixTime
         None | Some(Value::Null) => 0,
         Some(Value::String(s)) if s.is_empty() => 0,
         Some(Value::String(s)) => parse_time(s, "metadata.expires_at")?,
-        Some(other) => return invalid(format!("metadata.expires_at: {other} is not an RFC 3339 time")),
+        Some(other) => {
+            return invalid(format!(
+                "metadata.expires_at: {other} is not an RFC 3339 time"
+            ));
+        }
     };
     let auto_cleanup = match r.metadata.get("auto_cleanup") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => s.eq_ignore_ascii_case("true"),
+        Some(Value::String(s))
+            if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") =>
+        {
+            s.eq_ignore_ascii_case("true")
+        }
         Some(other) => return invalid(format!("metadata.auto_cleanup: {other} is not a boolean")),
     };
     if expires_at != 0 && expires_at <= now() {
         return invalid("metadata.expires_at is in the past");
     }
-    Ok(Acl { id, name: r.name, description: r.description, enabled: r.enabled, rules, metadata: r.metadata, expires_at, auto_cleanup, created_at })
+    Ok(Acl {
+        id,
+        name: r.name,
+        description: r.description,
+        enabled: r.enabled,
+        rules,
+        metadata: r.metadata,
+        expires_at,
+        auto_cleanup,
+        created_at,
+    })
 }
 
 /// `?name=` is an exact match; no match is an empty list (the seed's cleanup iterates it).
-pub(super) async fn list_acls(State(m): State<AppState>, Query(filter): Query<ListFilter>) -> ApiResult {
-    ok(m.read(|a| Value::Array(a.acls.values().filter(|x| filter.name.as_ref().is_none_or(|n| x.name == *n)).map(|x| acl_json(a, x)).collect())))
+pub(super) async fn list_acls(
+    State(m): State<AppState>,
+    Query(filter): Query<ListFilter>,
+) -> ApiResult {
+    ok(m.read(|a| {
+        Value::Array(
+            a.acls
+                .values()
+                .filter(|x| filter.name.as_ref().is_none_or(|n| x.name == *n))
+                .map(|x| acl_json(a, x))
+                .collect(),
+        )
+    }))
 }
 
 pub(super) async fn get_acl(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.read(|a| a.acls.get(&id).map(|x| acl_json(a, x))).map_or_else(|| not_found("acl", &id), ok)
+    m.read(|a| a.acls.get(&id).map(|x| acl_json(a, x)))
+        .map_or_else(|| not_found("acl", &id), ok)
 }
 
 async fn put_acl(m: AppState, id: String, body: Bytes, create: bool) -> ApiResult {
     let r: AclRequest = parse(&body)?;
     let network = m.settings.network;
-    let shown = m.change(|a| {
+    let shown = m.change(Initiator::Api, |a| {
         let created_at = match a.acls.get(&id) {
             Some(old) => old.created_at,
             None if create => now(),
@@ -182,11 +246,15 @@ pub(super) async fn create_acl(State(m): State<AppState>, body: Bytes) -> ApiRes
     put_acl(m, new_id(), body, true).await
 }
 
-pub(super) async fn update_acl(State(m): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn update_acl(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     put_acl(m, id, body, false).await
 }
 
 pub(super) async fn delete_acl(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.change(|a| a.delete_acl(&id).map(|t| ((), t)))?;
+    m.change(Initiator::Api, |a| a.delete_acl(&id).map(|t| ((), t)))?;
     ok(json!({}))
 }

@@ -10,13 +10,30 @@ use serde_json::{Value, json};
 use super::*;
 
 fn network_json(a: &Account, n: &Network) -> Value {
-    let resources: Vec<&str> = a.resources.values().filter(|r| r.network_id == n.id).map(|r| r.id.as_str()).collect();
-    let routers: Vec<&str> = a.routers.values().filter(|r| r.network_id == n.id).map(|r| r.id.as_str()).collect();
+    let resources: Vec<&str> = a
+        .resources
+        .values()
+        .filter(|r| r.network_id == n.id)
+        .map(|r| r.id.as_str())
+        .collect();
+    let routers: Vec<&str> = a
+        .routers
+        .values()
+        .filter(|r| r.network_id == n.id)
+        .map(|r| r.id.as_str())
+        .collect();
     let routing_peers: std::collections::BTreeSet<&str> = a
         .routers
         .values()
         .filter(|r| r.network_id == n.id)
-        .flat_map(|r| r.peer.iter().map(String::as_str).chain(r.peer_groups.iter().filter_map(|g| a.groups.get(g)).flat_map(|g| g.peers.iter().map(String::as_str))))
+        .flat_map(|r| {
+            r.peer.iter().map(String::as_str).chain(
+                r.peer_groups
+                    .iter()
+                    .filter_map(|g| a.groups.get(g))
+                    .flat_map(|g| g.peers.iter().map(String::as_str)),
+            )
+        })
         .collect();
     // Policies that give access to any of the network's resources.
     let policies: Vec<&str> = a
@@ -24,8 +41,16 @@ fn network_json(a: &Account, n: &Network) -> Value {
         .values()
         .filter(|p| {
             p.rules.iter().any(|r| {
-                let via_group = r.destinations.iter().filter_map(|g| a.groups.get(g)).flat_map(|g| &g.resources).any(|x| resources.contains(&x.id.as_str()));
-                via_group || r.destination_resource.as_ref().is_some_and(|x| resources.contains(&x.id.as_str()))
+                let via_group = r
+                    .destinations
+                    .iter()
+                    .filter_map(|g| a.groups.get(g))
+                    .flat_map(|g| &g.resources)
+                    .any(|x| resources.contains(&x.id.as_str()));
+                via_group
+                    || r.destination_resource
+                        .as_ref()
+                        .is_some_and(|x| resources.contains(&x.id.as_str()))
             })
         })
         .map(|p| p.id.as_str())
@@ -49,16 +74,21 @@ pub(super) async fn list_networks(State(m): State<AppState>) -> ApiResult {
 }
 
 pub(super) async fn get_network(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.read(|a| a.networks.get(&id).map(|n| network_json(a, n))).map_or_else(|| not_found("network", &id), ok)
+    m.read(|a| a.networks.get(&id).map(|n| network_json(a, n)))
+        .map_or_else(|| not_found("network", &id), ok)
 }
 
 pub(super) async fn put_network(m: AppState, id: String, body: Bytes, create: bool) -> ApiResult {
     let r: NetworkRequest = parse(&body)?;
-    let shown = m.change(|a| {
+    let shown = m.change(Initiator::Api, |a| {
         if !create && !a.networks.contains_key(&id) {
             return not_found("network", &id);
         }
-        let t = a.put_network(Network { id: id.clone(), name: r.name, description: r.description })?;
+        let t = a.put_network(Network {
+            id: id.clone(),
+            name: r.name,
+            description: r.description,
+        })?;
         Ok((network_json(a, &a.networks[&id]), t))
     })?;
     ok(shown)
@@ -68,17 +98,26 @@ pub(super) async fn create_network(State(m): State<AppState>, body: Bytes) -> Ap
     put_network(m, new_id(), body, true).await
 }
 
-pub(super) async fn update_network(State(m): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn update_network(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     put_network(m, id, body, false).await
 }
 
 pub(super) async fn delete_network(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.change(|a| a.delete_network(&id).map(|t| ((), t)))?;
+    m.change(Initiator::Api, |a| a.delete_network(&id).map(|t| ((), t)))?;
     ok(json!({}))
 }
 
 fn resource_json(a: &Account, r: &NetworkResource) -> Value {
-    let groups: Vec<Value> = a.groups.values().filter(|g| g.resources.iter().any(|x| x.id == r.id)).map(|g| group_ref(a, &g.id)).collect();
+    let groups: Vec<Value> = a
+        .groups
+        .values()
+        .filter(|g| g.resources.iter().any(|x| x.id == r.id))
+        .map(|g| group_ref(a, &g.id))
+        .collect();
     json!({
         "id": r.id, "type": r.kind(), "name": r.name, "description": r.description, "address": r.address,
         "enabled": r.enabled, "groups": groups,
@@ -99,43 +138,88 @@ struct ResourceRequest {
     groups: Vec<String>,
 }
 
-pub(super) async fn list_resources(State(m): State<AppState>, Path(network): Path<String>) -> ApiResult {
+pub(super) async fn list_resources(
+    State(m): State<AppState>,
+    Path(network): Path<String>,
+) -> ApiResult {
     m.read(|a| {
         if !a.networks.contains_key(&network) {
             return not_found("network", &network);
         }
-        ok(Value::Array(a.resources.values().filter(|r| r.network_id == network).map(|r| resource_json(a, r)).collect()))
+        ok(Value::Array(
+            a.resources
+                .values()
+                .filter(|r| r.network_id == network)
+                .map(|r| resource_json(a, r))
+                .collect(),
+        ))
     })
 }
 
-pub(super) async fn get_resource(State(m): State<AppState>, Path((network, id)): Path<(String, String)>) -> ApiResult {
-    m.read(|a| a.resources.get(&id).filter(|r| r.network_id == network).map(|r| resource_json(a, r))).map_or_else(|| not_found("resource", &id), ok)
+pub(super) async fn get_resource(
+    State(m): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+) -> ApiResult {
+    m.read(|a| {
+        a.resources
+            .get(&id)
+            .filter(|r| r.network_id == network)
+            .map(|r| resource_json(a, r))
+    })
+    .map_or_else(|| not_found("resource", &id), ok)
 }
 
-pub(super) async fn put_resource(m: AppState, network: String, id: String, body: Bytes, create: bool) -> ApiResult {
+pub(super) async fn put_resource(
+    m: AppState,
+    network: String,
+    id: String,
+    body: Bytes,
+    create: bool,
+) -> ApiResult {
     let r: ResourceRequest = parse(&body)?;
     let parsed = parse_resource_address(&r.address)?;
-    let shown = m.change(|a| {
+    let shown = m.change(Initiator::Api, |a| {
         if !create && a.resources.get(&id).is_none_or(|x| x.network_id != network) {
             return not_found("resource", &id);
         }
-        let resource = NetworkResource { id: id.clone(), network_id: network, name: r.name, description: r.description, address: r.address.trim().to_string(), parsed, enabled: r.enabled };
+        let resource = NetworkResource {
+            id: id.clone(),
+            network_id: network,
+            name: r.name,
+            description: r.description,
+            address: r.address.trim().to_string(),
+            parsed,
+            enabled: r.enabled,
+        };
         let t = a.put_resource(resource, &r.groups)?;
         Ok((resource_json(a, &a.resources[&id]), t))
     })?;
     ok(shown)
 }
 
-pub(super) async fn create_resource(State(m): State<AppState>, Path(network): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn create_resource(
+    State(m): State<AppState>,
+    Path(network): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     put_resource(m, network, new_id(), body, true).await
 }
 
-pub(super) async fn update_resource(State(m): State<AppState>, Path((network, id)): Path<(String, String)>, body: Bytes) -> ApiResult {
+pub(super) async fn update_resource(
+    State(m): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
     put_resource(m, network, id, body, false).await
 }
 
-pub(super) async fn delete_resource(State(m): State<AppState>, Path((network, id)): Path<(String, String)>) -> ApiResult {
-    m.change(|a| a.delete_resource(&network, &id).map(|t| ((), t)))?;
+pub(super) async fn delete_resource(
+    State(m): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+) -> ApiResult {
+    m.change(Initiator::Api, |a| {
+        a.delete_resource(&network, &id).map(|t| ((), t))
+    })?;
     ok(json!({}))
 }
 
@@ -162,44 +246,89 @@ struct RouterRequest {
     enabled: bool,
 }
 
-pub(super) async fn list_routers(State(m): State<AppState>, Path(network): Path<String>) -> ApiResult {
+pub(super) async fn list_routers(
+    State(m): State<AppState>,
+    Path(network): Path<String>,
+) -> ApiResult {
     m.read(|a| {
         if !a.networks.contains_key(&network) {
             return not_found("network", &network);
         }
-        ok(Value::Array(a.routers.values().filter(|r| r.network_id == network).map(router_json).collect()))
+        ok(Value::Array(
+            a.routers
+                .values()
+                .filter(|r| r.network_id == network)
+                .map(router_json)
+                .collect(),
+        ))
     })
 }
 
-pub(super) async fn get_router(State(m): State<AppState>, Path((network, id)): Path<(String, String)>) -> ApiResult {
-    m.read(|a| a.routers.get(&id).filter(|r| r.network_id == network).map(router_json)).map_or_else(|| not_found("router", &id), ok)
+pub(super) async fn get_router(
+    State(m): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+) -> ApiResult {
+    m.read(|a| {
+        a.routers
+            .get(&id)
+            .filter(|r| r.network_id == network)
+            .map(router_json)
+    })
+    .map_or_else(|| not_found("router", &id), ok)
 }
 
-pub(super) async fn put_router(m: AppState, network: String, id: String, body: Bytes, create: bool) -> ApiResult {
+pub(super) async fn put_router(
+    m: AppState,
+    network: String,
+    id: String,
+    body: Bytes,
+    create: bool,
+) -> ApiResult {
     let r: RouterRequest = parse(&body)?;
     if !(1..=9999).contains(&r.metric) {
         return invalid(format!("metric {} is not within 1-9999", r.metric));
     }
-    let shown = m.change(|a| {
+    let shown = m.change(Initiator::Api, |a| {
         if !create && a.routers.get(&id).is_none_or(|x| x.network_id != network) {
             return not_found("router", &id);
         }
-        let router = NetworkRouter { id: id.clone(), network_id: network, peer: r.peer.filter(|p| !p.is_empty()), peer_groups: r.peer_groups, metric: r.metric as u16, masquerade: r.masquerade, enabled: r.enabled };
+        let router = NetworkRouter {
+            id: id.clone(),
+            network_id: network,
+            peer: r.peer.filter(|p| !p.is_empty()),
+            peer_groups: r.peer_groups,
+            metric: r.metric as u16,
+            masquerade: r.masquerade,
+            enabled: r.enabled,
+        };
         let shown = router_json(&router);
         a.put_router(router).map(|t| (shown, t))
     })?;
     ok(shown)
 }
 
-pub(super) async fn create_router(State(m): State<AppState>, Path(network): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn create_router(
+    State(m): State<AppState>,
+    Path(network): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     put_router(m, network, new_id(), body, true).await
 }
 
-pub(super) async fn update_router(State(m): State<AppState>, Path((network, id)): Path<(String, String)>, body: Bytes) -> ApiResult {
+pub(super) async fn update_router(
+    State(m): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
     put_router(m, network, id, body, false).await
 }
 
-pub(super) async fn delete_router(State(m): State<AppState>, Path((network, id)): Path<(String, String)>) -> ApiResult {
-    m.change(|a| a.delete_router(&network, &id).map(|t| ((), t)))?;
+pub(super) async fn delete_router(
+    State(m): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+) -> ApiResult {
+    m.change(Initiator::Api, |a| {
+        a.delete_router(&network, &id).map(|t| ((), t))
+    })?;
     ok(json!({}))
 }

@@ -22,7 +22,11 @@ use crate::account::ProvisionedPeer;
 fn peer_json(m: &Management, a: &Account, p: &Peer) -> Value {
     // The built-in All last: clients that read the first group (the seed's metrics loop) get
     // the one an operator chose.
-    let mut member: Vec<&Group> = a.groups.values().filter(|g| g.peers.contains(&p.id)).collect();
+    let mut member: Vec<&Group> = a
+        .groups
+        .values()
+        .filter(|g| g.peers.contains(&p.id))
+        .collect();
     member.sort_by_key(|g| g.name == crate::account::ALL_GROUP);
     let groups: Vec<Value> = member.iter().map(|g| group_ref(a, &g.id)).collect();
     json!({
@@ -41,10 +45,28 @@ fn peer_json(m: &Management, a: &Account, p: &Peer) -> Value {
 }
 
 /// `?name=` and `?ip=` are substring matches, as NetBird's.
-pub(super) async fn list_peers(State(m): State<AppState>, Query(filter): Query<ListFilter>) -> ApiResult {
+pub(super) async fn list_peers(
+    State(m): State<AppState>,
+    Query(filter): Query<ListFilter>,
+) -> ApiResult {
     ok(m.read(|a| {
-        let wanted = |p: &&Peer| filter.name.as_ref().is_none_or(|n| p.name.contains(n.as_str())) && filter.ip.as_ref().is_none_or(|ip| p.ip.to_string().contains(ip.as_str()));
-        Value::Array(a.peers.values().filter(wanted).map(|p| peer_json(&m, a, p)).collect())
+        let wanted = |p: &&Peer| {
+            filter
+                .name
+                .as_ref()
+                .is_none_or(|n| p.name.contains(n.as_str()))
+                && filter
+                    .ip
+                    .as_ref()
+                    .is_none_or(|ip| p.ip.to_string().contains(ip.as_str()))
+        };
+        Value::Array(
+            a.peers
+                .values()
+                .filter(wanted)
+                .map(|p| peer_json(&m, a, p))
+                .collect(),
+        )
     }))
 }
 
@@ -82,7 +104,13 @@ struct NewPeer {
 
 pub(super) async fn create_peer(State(m): State<AppState>, body: Bytes) -> ApiResult {
     let n: NewPeer = parse(&body)?;
-    let login_expires_at = n.login_expiration.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time(s, "login_expiration")).transpose()?.unwrap_or(0);
+    let login_expires_at = n
+        .login_expiration
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time(s, "login_expiration"))
+        .transpose()?
+        .unwrap_or(0);
     if n.login_expiration_enabled && login_expires_at == 0 {
         return invalid("login_expiration_enabled needs login_expiration (an RFC 3339 time)");
     }
@@ -108,7 +136,7 @@ pub(super) async fn create_peer(State(m): State<AppState>, body: Bytes) -> ApiRe
         labels: n.labels,
     };
     let network = m.settings.network;
-    let mut shown = m.change(|a| {
+    let mut shown = m.change(Initiator::Api, |a| {
         let (peer, t) = a.provision_peer(request, network, now())?;
         Ok((peer_json(&m, a, &peer), t))
     })?;
@@ -140,7 +168,11 @@ struct PeerUpdate {
     labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
-pub(super) async fn update_peer(State(m): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn update_peer(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let u: PeerUpdate = parse(&body)?;
     let network = m.settings.network;
     let ip = match u.ip.as_deref().filter(|s| !s.is_empty()) {
@@ -151,10 +183,17 @@ pub(super) async fn update_peer(State(m): State<AppState>, Path(id): Path<String
             Err(_) => return invalid(format!("invalid IP address {text:?}")),
         },
     };
-    let expires = u.login_expiration.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time(s, "login_expiration")).transpose()?;
+    let expires = u
+        .login_expiration
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time(s, "login_expiration"))
+        .transpose()?;
     let at = now();
-    m.change(|a| {
-        let Some(mut p) = a.peers.get(&id).cloned() else { return not_found("peer", &id) };
+    m.change(Initiator::Api, |a| {
+        let Some(mut p) = a.peers.get(&id).cloned() else {
+            return not_found("peer", &id);
+        };
         p.name = u.name;
         p.ssh_enabled = u.ssh_enabled;
         p.login_expiration_enabled = u.login_expiration_enabled;
@@ -177,6 +216,6 @@ pub(super) async fn update_peer(State(m): State<AppState>, Path(id): Path<String
 }
 
 pub(super) async fn delete_peer(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.change(|a| a.delete_peer(&id).map(|t| ((), t)))?;
+    m.change(Initiator::Api, |a| a.delete_peer(&id).map(|t| ((), t)))?;
     ok(json!({}))
 }

@@ -78,28 +78,51 @@ fn policy_from_request(id: String, r: PolicyRequest) -> Result<Policy, Error> {
     let mut rules = Vec::with_capacity(r.rules.len());
     for (i, rule) in r.rules.into_iter().enumerate() {
         if rule.sources.as_ref().is_some_and(|s| !s.is_empty()) && rule.source_resource.is_some() {
-            return invalid(format!("rules[{i}]: specify either sources or sourceResource, not both"));
+            return invalid(format!(
+                "rules[{i}]: specify either sources or sourceResource, not both"
+            ));
         }
-        if rule.destinations.as_ref().is_some_and(|s| !s.is_empty()) && rule.destination_resource.is_some() {
-            return invalid(format!("rules[{i}]: specify either destinations or destinationResource, not both"));
+        if rule.destinations.as_ref().is_some_and(|s| !s.is_empty())
+            && rule.destination_resource.is_some()
+        {
+            return invalid(format!(
+                "rules[{i}]: specify either destinations or destinationResource, not both"
+            ));
         }
         if !rule.ports.is_empty() && !rule.port_ranges.is_empty() {
-            return invalid(format!("rules[{i}]: specify either individual ports or port ranges, not both"));
+            return invalid(format!(
+                "rules[{i}]: specify either individual ports or port ranges, not both"
+            ));
         }
         let sources = rule.sources.unwrap_or_default();
         if rule.protocol == RuleProtocol::NetbirdSsh && !rule.authorized_groups.is_empty() {
-            if let Some(g) = sources.iter().find(|g| !rule.authorized_groups.contains_key(*g)) {
-                return invalid(format!("rules[{i}].authorized_groups: source group {g} has no entry (netbird-ssh needs one per source group)"));
+            if let Some(g) = sources
+                .iter()
+                .find(|g| !rule.authorized_groups.contains_key(*g))
+            {
+                return invalid(format!(
+                    "rules[{i}].authorized_groups: source group {g} has no entry (netbird-ssh needs one per source group)"
+                ));
             }
         }
-        let ports = rule.ports.iter().map(|p| parse_port(p, &format!("rules[{i}].ports"))).collect::<Result<Vec<_>, _>>()?;
+        let ports = rule
+            .ports
+            .iter()
+            .map(|p| parse_port(p, &format!("rules[{i}].ports")))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut port_ranges = Vec::new();
         for pr in &rule.port_ranges {
             let in_range = |v: i64| (1..=65535).contains(&v);
             if !in_range(pr.start) || !in_range(pr.end) || pr.start > pr.end {
-                return invalid(format!("rules[{i}].port_ranges: {}-{} is not a range within 1-65535 with start <= end", pr.start, pr.end));
+                return invalid(format!(
+                    "rules[{i}].port_ranges: {}-{} is not a range within 1-65535 with start <= end",
+                    pr.start, pr.end
+                ));
             }
-            port_ranges.push(PortRange { start: pr.start as u16, end: pr.end as u16 });
+            port_ranges.push(PortRange {
+                start: pr.start as u16,
+                end: pr.end as u16,
+            });
         }
         rules.push(PolicyRule {
             id: rule.id.filter(|s| !s.is_empty()).unwrap_or_else(new_id),
@@ -118,7 +141,13 @@ fn policy_from_request(id: String, r: PolicyRequest) -> Result<Policy, Error> {
             authorized_groups: rule.authorized_groups,
         });
     }
-    Ok(Policy { id, name: r.name, description: r.description, enabled: r.enabled, rules })
+    Ok(Policy {
+        id,
+        name: r.name,
+        description: r.description,
+        enabled: r.enabled,
+        rules,
+    })
 }
 
 fn policy_json(a: &Account, p: &Policy) -> Value {
@@ -145,12 +174,13 @@ pub(super) async fn list_policies(State(m): State<AppState>) -> ApiResult {
 }
 
 pub(super) async fn get_policy(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.read(|a| a.policies.get(&id).map(|p| policy_json(a, p))).map_or_else(|| not_found("policy", &id), ok)
+    m.read(|a| a.policies.get(&id).map(|p| policy_json(a, p)))
+        .map_or_else(|| not_found("policy", &id), ok)
 }
 
 pub(super) async fn put_policy(m: AppState, id: String, body: Bytes, create: bool) -> ApiResult {
     let policy = policy_from_request(id.clone(), parse(&body)?)?;
-    let shown = m.change(|a| {
+    let shown = m.change(Initiator::Api, |a| {
         if !create && !a.policies.contains_key(&id) {
             return not_found("policy", &id);
         }
@@ -164,12 +194,15 @@ pub(super) async fn create_policy(State(m): State<AppState>, body: Bytes) -> Api
     put_policy(m, new_id(), body, true).await
 }
 
-pub(super) async fn update_policy(State(m): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn update_policy(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     put_policy(m, id, body, false).await
 }
 
 pub(super) async fn delete_policy(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.change(|a| a.delete_policy(&id).map(|t| ((), t)))?;
+    m.change(Initiator::Api, |a| a.delete_policy(&id).map(|t| ((), t)))?;
     ok(json!({}))
 }
-

@@ -28,7 +28,9 @@ fn key_type(text: &str) -> Result<SetupKeyType, Error> {
     match text {
         "one-off" | "one-time" => Ok(SetupKeyType::OneOff),
         "reusable" => Ok(SetupKeyType::Reusable),
-        other => invalid(format!("unknown setup key type {other:?}: one-off (or one-time) or reusable")),
+        other => invalid(format!(
+            "unknown setup key type {other:?}: one-off (or one-time) or reusable"
+        )),
     }
 }
 
@@ -59,7 +61,10 @@ pub(super) async fn create_setup_key(State(m): State<AppState>, body: Bytes) -> 
     let n: NewSetupKey = parse(&body)?;
     let kind = key_type(&n.kind)?;
     if !(0..=MAX_EXPIRES_IN).contains(&n.expires_in) {
-        return invalid(format!("expires_in {} is not within 0-{MAX_EXPIRES_IN} seconds", n.expires_in));
+        return invalid(format!(
+            "expires_in {} is not within 0-{MAX_EXPIRES_IN} seconds",
+            n.expires_in
+        ));
     }
     if n.usage_limit < 0 || n.usage_limit > u32::MAX as i64 {
         return invalid(format!("usage_limit {} is out of range", n.usage_limit));
@@ -69,7 +74,7 @@ pub(super) async fn create_setup_key(State(m): State<AppState>, body: Bytes) -> 
     }
     let t = now();
     let secret = new_setup_key_secret();
-    let shown = m.change(|a| {
+    let shown = m.change(Initiator::Api, |a| {
         let mut key = SetupKey {
             id: new_id(),
             hashed_key: String::new(),
@@ -78,12 +83,20 @@ pub(super) async fn create_setup_key(State(m): State<AppState>, body: Bytes) -> 
             name: n.name,
             kind,
             created_at: t,
-            expires_at: if n.expires_in == 0 { 0 } else { t + n.expires_in as u64 },
+            expires_at: if n.expires_in == 0 {
+                0
+            } else {
+                t + n.expires_in as u64
+            },
             updated_at: t,
             last_used: 0,
             revoked: false,
             used_times: 0,
-            usage_limit: if kind == SetupKeyType::OneOff { 1 } else { n.usage_limit as u32 },
+            usage_limit: if kind == SetupKeyType::OneOff {
+                1
+            } else {
+                n.usage_limit as u32
+            },
             auto_groups: a.resolve_groups(&n.auto_groups, "auto_groups")?,
             ephemeral: n.ephemeral,
             allow_extra_dns_labels: n.allow_extra_dns_labels,
@@ -96,11 +109,19 @@ pub(super) async fn create_setup_key(State(m): State<AppState>, body: Bytes) -> 
 }
 
 pub(super) async fn list_setup_keys(State(m): State<AppState>) -> ApiResult {
-    ok(m.read(|a| Value::Array(a.setup_keys.values().map(|k| setup_key_json(k, None)).collect())))
+    ok(m.read(|a| {
+        Value::Array(
+            a.setup_keys
+                .values()
+                .map(|k| setup_key_json(k, None))
+                .collect(),
+        )
+    }))
 }
 
 pub(super) async fn get_setup_key(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.read(|a| a.setup_keys.get(&id).map(|k| setup_key_json(k, None))).map_or_else(|| not_found("setup key", &id), ok)
+    m.read(|a| a.setup_keys.get(&id).map(|k| setup_key_json(k, None)))
+        .map_or_else(|| not_found("setup key", &id), ok)
 }
 
 #[derive(Deserialize)]
@@ -117,14 +138,22 @@ struct SetupKeyUpdate {
     kind: Option<String>,
 }
 
-pub(super) async fn update_setup_key(State(m): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+pub(super) async fn update_setup_key(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let u: SetupKeyUpdate = parse(&body)?;
     let Some(auto_groups) = u.auto_groups else {
-        return invalid("setup key auto_groups field is invalid: it is required (send [] to clear it)");
+        return invalid(
+            "setup key auto_groups field is invalid: it is required (send [] to clear it)",
+        );
     };
     let kind = u.kind.as_deref().map(key_type).transpose()?;
-    let shown = m.change(|a| {
-        let Some(mut k) = a.setup_keys.get(&id).cloned() else { return not_found("setup key", &id) };
+    let shown = m.change(Initiator::Api, |a| {
+        let Some(mut k) = a.setup_keys.get(&id).cloned() else {
+            return not_found("setup key", &id);
+        };
         if u.name.as_ref().is_some_and(|n| *n != k.name) || kind.is_some_and(|t| t != k.kind) {
             return invalid("only revoked and auto_groups of a setup key can change");
         }
@@ -140,7 +169,10 @@ pub(super) async fn update_setup_key(State(m): State<AppState>, Path(id): Path<S
     ok(shown)
 }
 
-pub(super) async fn delete_setup_key(State(m): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    m.change(|a| a.delete_setup_key(&id).map(|t| ((), t)))?;
+pub(super) async fn delete_setup_key(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    m.change(Initiator::Api, |a| a.delete_setup_key(&id).map(|t| ((), t)))?;
     ok(json!({}))
 }

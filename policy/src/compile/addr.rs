@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use gateway_common::acl::{AddrClass, V4_CHUNK_BITS, V4_CHUNK_ENTRIES, V4_ROOT_BITS, V4_ROOT_ENTRIES};
+use gateway_common::acl::{
+    AddrClass, V4_CHUNK_BITS, V4_CHUNK_ENTRIES, V4_ROOT_BITS, V4_ROOT_ENTRIES,
+};
 use ipnet::IpNet;
 
 use super::CompileError;
@@ -30,7 +32,9 @@ pub struct Trie {
 
 impl Trie {
     pub fn new() -> Self {
-        Trie { nodes: vec![Node::default()] }
+        Trie {
+            nodes: vec![Node::default()],
+        }
     }
 
     pub fn insert(&mut self, bits: u128, len: u8, m: u32) {
@@ -86,9 +90,22 @@ impl Classes {
         self.scratch.extend_from_slice(marks);
         self.scratch.sort_unstable();
         self.scratch.dedup();
-        let src: Vec<u32> = self.scratch.iter().filter(|m| *m & 1 == SIDE_SRC).map(|m| m >> 1).collect();
-        let dst: Vec<u32> = self.scratch.iter().filter(|m| *m & 1 == SIDE_DST).map(|m| m >> 1).collect();
-        AddrClass { src: intern(&mut self.src_ids, &mut self.src_lists, src), dst: intern(&mut self.dst_ids, &mut self.dst_lists, dst) }
+        let src: Vec<u32> = self
+            .scratch
+            .iter()
+            .filter(|m| *m & 1 == SIDE_SRC)
+            .map(|m| m >> 1)
+            .collect();
+        let dst: Vec<u32> = self
+            .scratch
+            .iter()
+            .filter(|m| *m & 1 == SIDE_DST)
+            .map(|m| m >> 1)
+            .collect();
+        AddrClass {
+            src: intern(&mut self.src_ids, &mut self.src_lists, src),
+            dst: intern(&mut self.dst_ids, &mut self.dst_lists, dst),
+        }
     }
 }
 
@@ -144,15 +161,28 @@ impl V4Builder<'_> {
     fn alloc_chunk(&mut self) -> Result<u32, CompileError> {
         let id = (self.out.chunks.len() / V4_CHUNK_ENTRIES as usize) as u32;
         if id >= self.max_chunks {
-            return Err(CompileError::TooManyChunks { limit: self.max_chunks });
+            return Err(CompileError::TooManyChunks {
+                limit: self.max_chunks,
+            });
         }
-        self.out.chunks.resize(self.out.chunks.len() + V4_CHUNK_ENTRIES as usize, AddrClass::default());
+        self.out.chunks.resize(
+            self.out.chunks.len() + V4_CHUNK_ENTRIES as usize,
+            AddrClass::default(),
+        );
         Ok(id)
     }
 
     /// Fills the entries `node` covers in `table` (entries sit at depth `level_end`);
     /// `marks` already holds the marks of `node` and its ancestors.
-    fn descend(&mut self, node: usize, depth: u32, table: Table, off: u32, level_end: u32, marks: &mut Vec<u32>) -> Result<(), CompileError> {
+    fn descend(
+        &mut self,
+        node: usize,
+        depth: u32,
+        table: Table,
+        off: u32,
+        level_end: u32,
+        marks: &mut Vec<u32>,
+    ) -> Result<(), CompileError> {
         let child = self.trie.nodes[node].child;
         if child == [0, 0] {
             let class = self.class(marks);
@@ -162,7 +192,14 @@ impl V4Builder<'_> {
         if depth == level_end {
             let chunk = self.alloc_chunk()?;
             self.write(&table, off, 1, AddrClass::link(chunk));
-            return self.descend(node, depth, Table::Chunk(chunk), 0, depth + V4_CHUNK_BITS, marks);
+            return self.descend(
+                node,
+                depth,
+                Table::Chunk(chunk),
+                0,
+                depth + V4_CHUNK_BITS,
+                marks,
+            );
         }
         let span = 1 << (level_end - depth - 1);
         for (b, &c) in child.iter().enumerate() {
@@ -193,11 +230,18 @@ impl V4Builder<'_> {
 }
 
 /// Builds the IPv4 trie from `trie` (which holds IPv4 prefixes only).
-pub fn build_v4(trie: &Trie, classes: &mut Classes, max_chunks: u32) -> Result<V4Tables, CompileError> {
+pub fn build_v4(
+    trie: &Trie,
+    classes: &mut Classes,
+    max_chunks: u32,
+) -> Result<V4Tables, CompileError> {
     let mut b = V4Builder {
         trie,
         classes,
-        out: V4Tables { root: vec![AddrClass::default(); V4_ROOT_ENTRIES as usize], chunks: Vec::new() },
+        out: V4Tables {
+            root: vec![AddrClass::default(); V4_ROOT_ENTRIES as usize],
+            chunks: Vec::new(),
+        },
         max_chunks,
         current: None,
     };

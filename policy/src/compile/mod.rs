@@ -18,14 +18,15 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use gateway_common::acl::{
-    self, ACTION_ACCEPT, ACTION_DROP, AclTables, AddrClass, PORT_CLASS_ANY, PORTS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
-    PROTO_CLASS_TCP, PROTO_CLASS_UDP, PROTO_CLASSES, V6KeyData, Verdict, VerdictKey,
+    self, ACTION_ACCEPT, ACTION_DROP, AclTables, AddrClass, PORT_CLASS_ANY, PORTS,
+    PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, PROTO_CLASSES,
+    V6KeyData, Verdict, VerdictKey,
 };
 use ipnet::IpNet;
 
 use crate::{
     Action, PolicySet, PortSet, Protocol, RuleInfo, Term, proto_ports_match,
-    reference::{precedence, Judgement},
+    reference::{Judgement, precedence},
 };
 use addr::{Classes, SIDE_DST, SIDE_SRC, Trie, mark, net_bits};
 use ports::PortClasses;
@@ -52,13 +53,21 @@ impl Default for Limits {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("the policy needs more than {limit} IPv4 trie chunks (limits.acl_chunks): too many distinct long prefixes")]
+    #[error(
+        "the policy needs more than {limit} IPv4 trie chunks (limits.acl_chunks): too many distinct long prefixes"
+    )]
     TooManyChunks { limit: u32 },
-    #[error("the policy needs {need} verdict entries, more than the {limit} configured (limits.acl_verdicts)")]
+    #[error(
+        "the policy needs {need} verdict entries, more than the {limit} configured (limits.acl_verdicts)"
+    )]
     TooManyVerdicts { need: u64, limit: u32 },
-    #[error("the policy needs {need} IPv6 prefixes, more than the {limit} configured (limits.acl_v6_prefixes)")]
+    #[error(
+        "the policy needs {need} IPv6 prefixes, more than the {limit} configured (limits.acl_v6_prefixes)"
+    )]
     TooManyV6 { need: usize, limit: u32 },
-    #[error("the policy has {need} enabled policies, more than the {limit} configured (limits.rules)")]
+    #[error(
+        "the policy has {need} enabled policies, more than the {limit} configured (limits.rules)"
+    )]
     TooManyRules { need: usize, limit: u32 },
 }
 
@@ -124,7 +133,10 @@ const REPRESENTATIVE_PROTO: [u8; PROTO_CLASSES as usize] = [0, 6, 17, 1];
 pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileError> {
     let rules = set.rules();
     if rules.len() > limits.rules_per_slot as usize {
-        return Err(CompileError::TooManyRules { need: rules.len(), limit: limits.rules_per_slot });
+        return Err(CompileError::TooManyRules {
+            need: rules.len(),
+            limit: limits.rules_per_slot,
+        });
     }
     let terms = set.terms();
 
@@ -137,7 +149,11 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
             src_and: t.src.and_in.as_deref().map(|n| atoms.id(n)),
             dst: atoms.id(&t.dst.any_of),
             dst_and: t.dst.and_in.as_deref().map(|n| atoms.id(n)),
-            exceptions: t.exceptions.iter().map(|e| e.destination.as_deref().map(|n| atoms.id(n))).collect(),
+            exceptions: t
+                .exceptions
+                .iter()
+                .map(|e| e.destination.as_deref().map(|n| atoms.id(n)))
+                .collect(),
         })
         .collect();
     let mut sides: HashMap<u32, [bool; 2]> = HashMap::new();
@@ -145,7 +161,11 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
         for a in [Some(ta.src), ta.src_and].into_iter().flatten() {
             sides.entry(a).or_default()[SIDE_SRC as usize] = true;
         }
-        for a in [Some(ta.dst), ta.dst_and].into_iter().flatten().chain(ta.exceptions.iter().flatten().copied()) {
+        for a in [Some(ta.dst), ta.dst_and]
+            .into_iter()
+            .flatten()
+            .chain(ta.exceptions.iter().flatten().copied())
+        {
             sides.entry(a).or_default()[SIDE_DST as usize] = true;
         }
     }
@@ -166,7 +186,10 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
     let v4 = addr::build_v4(&trie4, &mut classes, limits.chunks_per_slot)?;
     let v6 = addr::build_v6(&trie6, &mut classes);
     if v6.len() > limits.v6_per_slot as usize {
-        return Err(CompileError::TooManyV6 { need: v6.len(), limit: limits.v6_per_slot });
+        return Err(CompileError::TooManyV6 {
+            need: v6.len(),
+            limit: limits.v6_per_slot,
+        });
     }
 
     // Which classes contain each atom.
@@ -182,24 +205,41 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
             dst_classes_of.entry(*a).or_default().push(class as u32);
         }
     }
-    let matching = |of: &HashMap<u32, Vec<u32>>, a: u32, b: Option<u32>, lists: &[Vec<u32>]| -> Vec<u32> {
-        let base = of.get(&a).cloned().unwrap_or_default();
-        match b {
-            None => base,
-            Some(b) => base.into_iter().filter(|c| lists[*c as usize].binary_search(&b).is_ok()).collect(),
-        }
-    };
+    let matching =
+        |of: &HashMap<u32, Vec<u32>>, a: u32, b: Option<u32>, lists: &[Vec<u32>]| -> Vec<u32> {
+            let base = of.get(&a).cloned().unwrap_or_default();
+            match b {
+                None => base,
+                Some(b) => base
+                    .into_iter()
+                    .filter(|c| lists[*c as usize].binary_search(&b).is_ok())
+                    .collect(),
+            }
+        };
 
     // 2. Port classes.
     let port_sets_for = |pc: u8| {
-        let wanted = move |p: Protocol| matches!((p, pc), (Protocol::All, _) | (Protocol::Tcp, PROTO_CLASS_TCP) | (Protocol::Udp, PROTO_CLASS_UDP));
+        let wanted = move |p: Protocol| {
+            matches!(
+                (p, pc),
+                (Protocol::All, _)
+                    | (Protocol::Tcp, PROTO_CLASS_TCP)
+                    | (Protocol::Udp, PROTO_CLASS_UDP)
+            )
+        };
         terms
             .iter()
-            .flat_map(move |t| std::iter::once((t.protocol, &t.ports)).chain(t.exceptions.iter().map(|e| (e.protocol, &e.ports))))
+            .flat_map(move |t| {
+                std::iter::once((t.protocol, &t.ports))
+                    .chain(t.exceptions.iter().map(|e| (e.protocol, &e.ports)))
+            })
             .filter(move |(p, _)| wanted(*p))
             .map(|(_, s)| s)
     };
-    let port_classes = [PortClasses::build(port_sets_for(PROTO_CLASS_TCP)), PortClasses::build(port_sets_for(PROTO_CLASS_UDP))];
+    let port_classes = [
+        PortClasses::build(port_sets_for(PROTO_CLASS_TCP)),
+        PortClasses::build(port_sets_for(PROTO_CLASS_UDP)),
+    ];
     let mut ports = Vec::with_capacity(2 * PORTS as usize);
     ports.extend_from_slice(&port_classes[0].class_of);
     ports.extend_from_slice(&port_classes[1].class_of);
@@ -214,7 +254,10 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
         let dsts = matching(&dst_classes_of, ta.dst, ta.dst_and, &classes.dst_lists);
         let expansion = srcs.len() as u64 * dsts.len() as u64;
         if expansion > limits.verdicts_per_slot as u64 {
-            return Err(CompileError::TooManyVerdicts { need: expansion, limit: limits.verdicts_per_slot });
+            return Err(CompileError::TooManyVerdicts {
+                need: expansion,
+                limit: limits.verdicts_per_slot,
+            });
         }
         for s in &srcs {
             for d in &dsts {
@@ -222,15 +265,30 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
             }
         }
         if pairs.len() > limits.verdicts_per_slot as usize {
-            return Err(CompileError::TooManyVerdicts { need: pairs.len() as u64, limit: limits.verdicts_per_slot });
+            return Err(CompileError::TooManyVerdicts {
+                need: pairs.len() as u64,
+                limit: limits.verdicts_per_slot,
+            });
         }
     }
     let mut verdicts = HashMap::new();
     for (&(sc, dc), term_ids) in &pairs {
         let dst_atoms = &classes.dst_lists[dc as usize];
-        let resolver = Resolver { terms: &terms, term_atoms: &term_atoms, term_ids, dst_atoms };
+        let resolver = Resolver {
+            terms: &terms,
+            term_atoms: &term_atoms,
+            term_ids,
+            dst_atoms,
+        };
         for pc in 0..PROTO_CLASSES {
-            let key = |port_class| VerdictKey { src_class: sc, dst_class: dc, port_class, proto_class: pc, slot: 0, _pad: [0; 2] };
+            let key = |port_class| VerdictKey {
+                src_class: sc,
+                dst_class: dc,
+                port_class,
+                proto_class: pc,
+                slot: 0,
+                _pad: [0; 2],
+            };
             if let Some(v) = resolver.resolve(pc, None) {
                 verdicts.insert(key(PORT_CLASS_ANY), v);
             }
@@ -241,10 +299,16 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
             let mut covered: Vec<u32> = Vec::new();
             for &t in term_ids {
                 let term = &terms[t as usize];
-                let sets = std::iter::once((term.protocol, &term.ports)).chain(term.exceptions.iter().map(|e| (e.protocol, &e.ports)));
+                let sets = std::iter::once((term.protocol, &term.ports))
+                    .chain(term.exceptions.iter().map(|e| (e.protocol, &e.ports)));
                 for (protocol, set) in sets {
                     if let PortSet::Ranges(ranges) = set {
-                        if proto_ports_match(protocol, &PortSet::Any, REPRESENTATIVE_PROTO[pc as usize], 0) {
+                        if proto_ports_match(
+                            protocol,
+                            &PortSet::Any,
+                            REPRESENTATIVE_PROTO[pc as usize],
+                            0,
+                        ) {
                             for r in ranges {
                                 covered.extend(pcs.classes_in(r));
                             }
@@ -262,7 +326,10 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
         }
         // After every protocol class, ICMP and "other" included.
         if verdicts.len() > limits.verdicts_per_slot as usize {
-            return Err(CompileError::TooManyVerdicts { need: verdicts.len() as u64, limit: limits.verdicts_per_slot });
+            return Err(CompileError::TooManyVerdicts {
+                need: verdicts.len() as u64,
+                limit: limits.verdicts_per_slot,
+            });
         }
     }
 
@@ -277,7 +344,15 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
         port_classes_tcp: port_classes[0].first_port.len(),
         port_classes_udp: port_classes[1].first_port.len(),
     };
-    Ok(Compiled { rules, v4_root: v4.root, v4_chunks: v4.chunks, v6, ports, verdicts, stats })
+    Ok(Compiled {
+        rules,
+        v4_root: v4.root,
+        v4_chunks: v4.chunks,
+        v6,
+        ports,
+        verdicts,
+        stats,
+    })
 }
 
 /// Resolves the verdict of one class pair for a protocol class and a port (None: a port no
@@ -306,16 +381,23 @@ impl Resolver<'_> {
                 continue;
             }
             let excepted = t.action == Action::Drop
-                && t.exceptions.iter().zip(&self.term_atoms[i as usize].exceptions).any(|(e, atom)| {
-                    atom.is_none_or(|a| self.dst_atoms.binary_search(&a).is_ok()) && self.matches(e.protocol, &e.ports, pc, port)
-                });
+                && t.exceptions
+                    .iter()
+                    .zip(&self.term_atoms[i as usize].exceptions)
+                    .any(|(e, atom)| {
+                        atom.is_none_or(|a| self.dst_atoms.binary_search(&a).is_ok())
+                            && self.matches(e.protocol, &e.ports, pc, port)
+                    });
             let action = if excepted { Action::Accept } else { t.action };
             let order = precedence(t.priority, action, t.rule);
             if best.is_none_or(|(o, _, _)| order < o) {
                 best = Some((order, action, t.rule));
             }
         }
-        best.map(|(_, action, rule)| Verdict { action: action_code(action), rule })
+        best.map(|(_, action, rule)| Verdict {
+            action: action_code(action),
+            rule,
+        })
     }
 }
 
@@ -338,7 +420,11 @@ impl AclTables for Compiled {
         self.v6
             .iter()
             .filter(|(len, net, _)| {
-                let mask = if *len == 0 { 0 } else { u128::MAX << (128 - *len as u32) };
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - *len as u32)
+                };
                 addr & mask == u128::from_be_bytes(*net)
             })
             .max_by_key(|(len, _, _)| *len)
@@ -367,15 +453,26 @@ impl Compiled {
         };
         let (Some(s), Some(d)) = (classify(src), classify(dst)) else {
             return Explanation {
-                judgement: Judgement { action: Action::Drop, rule: None },
+                judgement: Judgement {
+                    action: Action::Drop,
+                    rule: None,
+                },
                 src_class: AddrClass::default(),
                 dst_class: AddrClass::default(),
             };
         };
         let v = acl::lookup_verdict(self, 0, s, d, acl::proto_class(proto), dport);
-        let action = if v.action == ACTION_ACCEPT { Action::Accept } else { Action::Drop };
+        let action = if v.action == ACTION_ACCEPT {
+            Action::Accept
+        } else {
+            Action::Drop
+        };
         let rule = (v.rule != acl::RULE_DEFAULT).then_some(v.rule);
-        Explanation { judgement: Judgement { action, rule }, src_class: s, dst_class: d }
+        Explanation {
+            judgement: Judgement { action, rule },
+            src_class: s,
+            dst_class: d,
+        }
     }
 }
 

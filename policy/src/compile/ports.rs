@@ -36,7 +36,10 @@ impl PortClasses {
             }
             class_of[port] = class;
         }
-        PortClasses { class_of, first_port }
+        PortClasses {
+            class_of,
+            first_port,
+        }
     }
 
     /// The classes a range covers (contiguous, since classes are ordered intervals).

@@ -5,7 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-use gateway_common::acl::{self, AclTables, AddrClass, V4_CHUNK_ENTRIES, V4_ROOT_ENTRIES, V6KeyData, Verdict, VerdictKey};
+use gateway_common::acl::{
+    self, AclTables, AddrClass, V4_CHUNK_ENTRIES, V4_ROOT_ENTRIES, V6KeyData, Verdict, VerdictKey,
+};
 use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -29,11 +31,23 @@ fn range(start: u16, end: u16) -> PortRange {
 }
 
 fn group(name: &str, members: &[&str]) -> Group {
-    Group { name: name.into(), members: members.iter().map(|m| net(m)).collect() }
+    Group {
+        name: name.into(),
+        members: members.iter().map(|m| net(m)).collect(),
+    }
 }
 
 fn named(names: &[&str]) -> Vec<GroupRef> {
-    names.iter().map(|n| if *n == "*" { GroupRef::Any } else { GroupRef::Named(n.to_string()) }).collect()
+    names
+        .iter()
+        .map(|n| {
+            if *n == "*" {
+                GroupRef::Any
+            } else {
+                GroupRef::Named(n.to_string())
+            }
+        })
+        .collect()
 }
 
 fn policy(name: &str, src: &[&str], dst: &[&str], action: Action) -> Policy {
@@ -73,7 +87,10 @@ fn agree(c: &Compiled, set: &PolicySet, src: &str, dst: &str, proto: u8, dport: 
     got
 }
 
-const DENY: Judgement = Judgement { action: Action::Drop, rule: None };
+const DENY: Judgement = Judgement {
+    action: Action::Drop,
+    rule: None,
+};
 
 // ---------------------------------------------------------------------------------------------
 // (a) Random policies: compiled tables against the reference evaluator.
@@ -117,7 +134,9 @@ const V6_ANCHORS: [u128; 6] = [
 ];
 
 /// Ports at and around which rule ranges start and end.
-const PORT_POOL: [u16; 14] = [1, 2, 21, 22, 23, 53, 80, 443, 1000, 1023, 1024, 32768, 65534, 65535];
+const PORT_POOL: [u16; 14] = [
+    1, 2, 21, 22, 23, 53, 80, 443, 1000, 1023, 1024, 32768, 65534, 65535,
+];
 
 const PROTOS: [u8; 9] = [6, 6, 6, 17, 17, 1, 58, 47, 0];
 
@@ -134,7 +153,11 @@ impl Gen {
             a ^= self.rng.random::<u32>() & 0xffff;
         }
         // Mostly long prefixes, so that every chunk level gets work.
-        let len = if self.rng.random_bool(0.65) { self.rng.random_range(17..=32) } else { self.rng.random_range(0..=16) };
+        let len = if self.rng.random_bool(0.65) {
+            self.rng.random_range(17..=32)
+        } else {
+            self.rng.random_range(0..=16)
+        };
         IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(a), len).unwrap().trunc())
     }
 
@@ -192,12 +215,23 @@ impl Gen {
     }
 
     fn protocol(&mut self) -> Protocol {
-        [Protocol::All, Protocol::All, Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Icmp][self.rng.random_range(0..6)]
+        [
+            Protocol::All,
+            Protocol::All,
+            Protocol::Tcp,
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Icmp,
+        ][self.rng.random_range(0..6)]
     }
 
     fn proto_ports(&mut self) -> (Protocol, PortSet) {
         let p = self.protocol();
-        let ports = if p == Protocol::Icmp { PortSet::Any } else { self.ports() };
+        let ports = if p == Protocol::Icmp {
+            PortSet::Any
+        } else {
+            self.ports()
+        };
         (p, ports)
     }
 
@@ -221,20 +255,39 @@ impl Gen {
         self.v6 = (0..nv6).map(|_| self.v6_net()).collect();
         let groups: Vec<Group> = (0..self.rng.random_range(1..=5))
             .map(|i| {
-                let members = if self.rng.random_bool(0.05) { Vec::new() } else { self.nets(3) };
-                Group { name: format!("g{i}"), members }
+                let members = if self.rng.random_bool(0.05) {
+                    Vec::new()
+                } else {
+                    self.nets(3)
+                };
+                Group {
+                    name: format!("g{i}"),
+                    members,
+                }
             })
             .collect();
         let policies = (0..self.rng.random_range(1..=7))
             .map(|i| {
-                let action = if self.rng.random_bool(0.5) { Action::Accept } else { Action::Drop };
+                let action = if self.rng.random_bool(0.5) {
+                    Action::Accept
+                } else {
+                    Action::Drop
+                };
                 let (protocol, ports) = self.proto_ports();
                 let exceptions = if action == Action::Drop {
                     (0..self.rng.random_range(0..=2))
                         .map(|_| {
                             let (protocol, ports) = self.proto_ports();
-                            let destination_ips = if self.rng.random_bool(0.6) { self.nets(2) } else { Vec::new() };
-                            Exception { destination_ips, protocol, ports }
+                            let destination_ips = if self.rng.random_bool(0.6) {
+                                self.nets(2)
+                            } else {
+                                Vec::new()
+                            };
+                            Exception {
+                                destination_ips,
+                                protocol,
+                                ports,
+                            }
                         })
                         .collect()
                 } else {
@@ -250,7 +303,11 @@ impl Gen {
                     action,
                     protocol,
                     ports,
-                    destination_ips: if self.rng.random_bool(0.25) { self.nets(2) } else { Vec::new() },
+                    destination_ips: if self.rng.random_bool(0.25) {
+                        self.nets(2)
+                    } else {
+                        Vec::new()
+                    },
                     exceptions,
                     priority: [1, 50, 100, 100, 100, 200][self.rng.random_range(0..6)],
                 }
@@ -261,8 +318,11 @@ impl Gen {
 
     /// An address near the edges of the pool's prefixes (or anywhere).
     fn addr(&mut self, v4: bool) -> IpAddr {
-        let n =
-            if v4 { self.v4[self.rng.random_range(0..self.v4.len())] } else { self.v6[self.rng.random_range(0..self.v6.len())] };
+        let n = if v4 {
+            self.v4[self.rng.random_range(0..self.v4.len())]
+        } else {
+            self.v6[self.rng.random_range(0..self.v6.len())]
+        };
         self.addr_near(n)
     }
 
@@ -321,13 +381,22 @@ impl Gen {
             refs.iter()
                 .flat_map(|r| match r {
                     GroupRef::Any => crate::any_nets(),
-                    GroupRef::Named(n) => set.groups.iter().find(|g| &g.name == n).map(|g| g.members.clone()).unwrap_or_default(),
+                    GroupRef::Named(n) => set
+                        .groups
+                        .iter()
+                        .find(|g| &g.name == n)
+                        .map(|g| g.members.clone())
+                        .unwrap_or_default(),
                 })
                 .collect()
         };
         let (mut a, mut b) = (members(&p.source_groups), members(&p.destination_groups));
         let mut dst_choices = p.destination_ips.clone();
-        dst_choices.extend(p.exceptions.iter().flat_map(|e| e.destination_ips.iter().copied()));
+        dst_choices.extend(
+            p.exceptions
+                .iter()
+                .flat_map(|e| e.destination_ips.iter().copied()),
+        );
         if !dst_choices.is_empty() && self.rng.random_bool(0.5) {
             b = dst_choices;
         }
@@ -343,7 +412,11 @@ impl Gen {
         let dst = self.addr_inside(dst_net);
         // Same family as the source, mostly.
         let dst = if src.is_ipv4() != dst.is_ipv4() && self.rng.random_bool(0.9) {
-            let same: Vec<IpNet> = b.iter().copied().filter(|n| matches!(n, IpNet::V4(_)) == src.is_ipv4()).collect();
+            let same: Vec<IpNet> = b
+                .iter()
+                .copied()
+                .filter(|n| matches!(n, IpNet::V4(_)) == src.is_ipv4())
+                .collect();
             if same.is_empty() {
                 dst
             } else {
@@ -399,17 +472,26 @@ fn random_policies_agree_with_reference() {
     const SETS: usize = 400;
     const PACKETS: usize = 100;
     let seed = seed();
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), v4: Vec::new(), v6: Vec::new() };
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed),
+        v4: Vec::new(),
+        v6: Vec::new(),
+    };
     let mut cases = 0usize;
     let mut decided = [0usize; 3]; // accepted by a rule, dropped by a rule, default deny
     let start = Instant::now();
     for set_index in 0..SETS {
         let set = g.policy_set();
-        let compiled = compile(&set, &Limits::default())
-            .unwrap_or_else(|e| panic!("GATEWAY_TEST_SEED={seed} set {set_index}: compile failed: {e}\n{set:#?}"));
+        let compiled = compile(&set, &Limits::default()).unwrap_or_else(|e| {
+            panic!("GATEWAY_TEST_SEED={seed} set {set_index}: compile failed: {e}\n{set:#?}")
+        });
         let terms = set.terms();
         for _ in 0..PACKETS {
-            let aimed = if g.rng.random_bool(0.6) { g.packet_for(&set) } else { None };
+            let aimed = if g.rng.random_bool(0.6) {
+                g.packet_for(&set)
+            } else {
+                None
+            };
             let (src, dst, proto, dport) = match aimed {
                 Some(packet) => packet,
                 None => {
@@ -418,7 +500,12 @@ fn random_policies_agree_with_reference() {
                     // Mostly the same family; occasionally mixed (nonsense, but both must agree).
                     let same_family = g.rng.random_bool(0.97);
                     let dst = g.addr(if same_family { v4 } else { !v4 });
-                    (src, dst, PROTOS[g.rng.random_range(0..PROTOS.len())], g.dport())
+                    (
+                        src,
+                        dst,
+                        PROTOS[g.rng.random_range(0..PROTOS.len())],
+                        g.dport(),
+                    )
                 }
             };
             let want = reference::evaluate(&terms, src, dst, proto, dport);
@@ -435,8 +522,14 @@ fn random_policies_agree_with_reference() {
             }
             decided[match want {
                 Judgement { rule: None, .. } => 2,
-                Judgement { action: Action::Accept, .. } => 0,
-                Judgement { action: Action::Drop, .. } => 1,
+                Judgement {
+                    action: Action::Accept,
+                    ..
+                } => 0,
+                Judgement {
+                    action: Action::Drop,
+                    ..
+                } => 1,
             }] += 1;
             cases += 1;
         }
@@ -451,7 +544,10 @@ fn random_policies_agree_with_reference() {
     assert!(cases >= 20_000);
     // The generator is not degenerate: every outcome occurs often.
     for d in decided {
-        assert!(d > cases / 20, "outcomes {decided:?}: the generator should exercise every outcome");
+        assert!(
+            d > cases / 20,
+            "outcomes {decided:?}: the generator should exercise every outcome"
+        );
     }
 }
 
@@ -502,10 +598,15 @@ fn nested_v4_prefixes_make_chunks_and_classes() {
     // /24 and /32 below a /16 root entry: one chunk per 4 bits from bit 16 to bit 32.
     assert_eq!(t.chunks.len(), 4 * V4_CHUNK_ENTRIES as usize);
 
-    let class = |a: &str| acl::classify_v4(&V4Only(&t), 0, 0, v4(a)).unwrap_or_else(|| panic!("{a}: dangling link"));
+    let class = |a: &str| {
+        acl::classify_v4(&V4Only(&t), 0, 0, v4(a)).unwrap_or_else(|| panic!("{a}: dangling link"))
+    };
     let lists = |a: &str| {
         let c = class(a);
-        (classes.src_lists[c.src as usize].clone(), classes.dst_lists[c.dst as usize].clone())
+        (
+            classes.src_lists[c.src as usize].clone(),
+            classes.dst_lists[c.dst as usize].clone(),
+        )
     };
     let cases: [(&str, &[u32], &[u32]); 17] = [
         ("10.1.2.3", &[0, 1, 2, 3], &[0, 3]),
@@ -551,7 +652,11 @@ fn nested_v4_prefixes_make_chunks_and_classes() {
         let chunk = entry.dst as usize;
         let entries = &t.chunks[chunk * 16..chunk * 16 + 16];
         let expect_links = usize::from(level < 3);
-        assert_eq!(entries.iter().filter(|e| e.is_link()).count(), expect_links, "chunk {chunk}");
+        assert_eq!(
+            entries.iter().filter(|e| e.is_link()).count(),
+            expect_links,
+            "chunk {chunk}"
+        );
         entry = entries[nibble];
     }
     assert!(!entry.is_link());
@@ -561,13 +666,21 @@ fn nested_v4_prefixes_make_chunks_and_classes() {
 #[test]
 fn chunks_needed_per_prefix_length() {
     for len in 0..=32u8 {
-        let n = IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::new(10, 1, 2, 3), len).unwrap().trunc());
+        let n = IpNet::V4(
+            ipnet::Ipv4Net::new(Ipv4Addr::new(10, 1, 2, 3), len)
+                .unwrap()
+                .trunc(),
+        );
         let mut trie = Trie::new();
         let (bits, l, _) = net_bits(&n);
         trie.insert(bits, l, mark(0, SIDE_SRC));
         let mut classes = Classes::new();
         let t = addr::build_v4(&trie, &mut classes, 100).unwrap();
-        let want = if len <= 16 { 0 } else { (len as usize - 16).div_ceil(4) };
+        let want = if len <= 16 {
+            0
+        } else {
+            (len as usize - 16).div_ceil(4)
+        };
         assert_eq!(t.chunks.len(), want * V4_CHUNK_ENTRIES as usize, "/{len}");
         // Inside and just outside the prefix.
         let lo = u32::from(match n {
@@ -579,7 +692,9 @@ fn chunks_needed_per_prefix_length() {
             _ => unreachable!(),
         });
         let tables = V4Only(&t);
-        let inside = |a: u32| classes.src_lists[acl::classify_v4(&tables, 0, 0, a).unwrap().src as usize] == [0];
+        let inside = |a: u32| {
+            classes.src_lists[acl::classify_v4(&tables, 0, 0, a).unwrap().src as usize] == [0]
+        };
         assert!(inside(lo) && inside(hi), "/{len}");
         if lo > 0 {
             assert!(!inside(lo - 1), "/{len}");
@@ -592,7 +707,9 @@ fn chunks_needed_per_prefix_length() {
             let mut classes = Classes::new();
             assert_eq!(
                 addr::build_v4(&trie, &mut classes, want as u32 - 1).err(),
-                Some(CompileError::TooManyChunks { limit: want as u32 - 1 }),
+                Some(CompileError::TooManyChunks {
+                    limit: want as u32 - 1
+                }),
                 "/{len}"
             );
         }
@@ -607,13 +724,22 @@ fn nested_prefixes_through_the_compiler() {
             group("g16", &["10.1.0.0/16"]),
             group("g24", &["10.1.2.0/24"]),
             group("g32", &["10.1.2.3/32"]),
-            group("v6", &["2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::1/128"]),
+            group(
+                "v6",
+                &["2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::1/128"],
+            ),
         ],
         policies: vec![
             // Each to itself, the most specific first; the /8 drops.
             policy("p32", &["g32"], &["g8"], Action::Accept),
-            tcp(policy("p24", &["g24"], &["g8"], Action::Accept), &[(443, 443)]),
-            tcp(policy("p16", &["g16"], &["g8"], Action::Accept), &[(22, 22)]),
+            tcp(
+                policy("p24", &["g24"], &["g8"], Action::Accept),
+                &[(443, 443)],
+            ),
+            tcp(
+                policy("p16", &["g16"], &["g8"], Action::Accept),
+                &[(22, 22)],
+            ),
             policy("p8", &["g8"], &["g8"], Action::Drop),
             policy("p6", &["v6"], &["v6"], Action::Accept),
         ],
@@ -621,16 +747,37 @@ fn nested_prefixes_through_the_compiler() {
     let c = compile_ok(&set);
     assert_eq!(c.stats.v4_chunks, 4);
     // Sources: /32, /24, /16 and /8 regions, the IPv6 group, and the empty class.
-    assert_eq!((c.stats.src_classes, c.stats.dst_classes), (6, 3), "{:?}", c.stats);
+    assert_eq!(
+        (c.stats.src_classes, c.stats.dst_classes),
+        (6, 3),
+        "{:?}",
+        c.stats
+    );
     // ::/0 plus the three prefixes (the group is one atom, so they share one class).
     assert_eq!(c.v6.len(), 4);
     // p8 has drop at equal priority, so it wins over every accept: make that visible.
-    for (src, j) in [("10.1.2.3", Action::Drop), ("10.1.2.4", Action::Drop), ("10.9.0.1", Action::Drop)] {
+    for (src, j) in [
+        ("10.1.2.3", Action::Drop),
+        ("10.1.2.4", Action::Drop),
+        ("10.9.0.1", Action::Drop),
+    ] {
         assert_eq!(agree(&c, &set, src, "10.200.0.1", 6, 443).action, j);
     }
-    assert_eq!(agree(&c, &set, "10.1.2.3", "10.200.0.1", 6, 443), Judgement { action: Action::Drop, rule: Some(3) });
+    assert_eq!(
+        agree(&c, &set, "10.1.2.3", "10.200.0.1", 6, 443),
+        Judgement {
+            action: Action::Drop,
+            rule: Some(3)
+        }
+    );
     assert_eq!(agree(&c, &set, "11.1.2.3", "10.200.0.1", 6, 443), DENY);
-    assert_eq!(agree(&c, &set, "2001:db8:1::1", "2001:db8:ffff::", 47, 0), Judgement { action: Action::Accept, rule: Some(4) });
+    assert_eq!(
+        agree(&c, &set, "2001:db8:1::1", "2001:db8:ffff::", 47, 0),
+        Judgement {
+            action: Action::Accept,
+            rule: Some(4)
+        }
+    );
     assert_eq!(agree(&c, &set, "2001:db9::1", "2001:db8::", 47, 0), DENY);
     let class = |a: &str| c.lookup(ip(a), ip("10.0.0.1"), 6, 0).src_class;
     assert_eq!(class("10.1.2.2"), class("10.1.2.200"));
@@ -643,14 +790,26 @@ fn nested_prefixes_through_the_compiler() {
     let mut set = set;
     set.policies[3].priority = 200;
     let c = compile_ok(&set);
-    let j = |a: u32| Judgement { action: Action::Accept, rule: Some(a) };
+    let j = |a: u32| Judgement {
+        action: Action::Accept,
+        rule: Some(a),
+    };
     assert_eq!(agree(&c, &set, "10.1.2.3", "10.200.0.1", 47, 0), j(0));
     assert_eq!(agree(&c, &set, "10.1.2.4", "10.200.0.1", 6, 443), j(1));
     assert_eq!(agree(&c, &set, "10.1.2.4", "10.200.0.1", 6, 22), j(2));
-    assert_eq!(agree(&c, &set, "10.1.2.4", "10.200.0.1", 6, 444).rule, Some(3));
-    assert_eq!(agree(&c, &set, "10.1.3.4", "10.200.0.1", 6, 443).rule, Some(3));
+    assert_eq!(
+        agree(&c, &set, "10.1.2.4", "10.200.0.1", 6, 444).rule,
+        Some(3)
+    );
+    assert_eq!(
+        agree(&c, &set, "10.1.3.4", "10.200.0.1", 6, 443).rule,
+        Some(3)
+    );
     assert_eq!(agree(&c, &set, "10.1.3.4", "10.200.0.1", 6, 22), j(2));
-    assert_eq!(agree(&c, &set, "10.2.3.4", "10.200.0.1", 6, 22).rule, Some(3));
+    assert_eq!(
+        agree(&c, &set, "10.2.3.4", "10.200.0.1", 6, 22).rule,
+        Some(3)
+    );
 }
 
 #[test]
@@ -721,7 +880,10 @@ fn port_boundaries_through_the_compiler() {
         policies: vec![dns, all_web, deny],
     };
     let c = compile_ok(&set);
-    let j = |action, rule| Judgement { action, rule: Some(rule) };
+    let j = |action, rule| Judgement {
+        action,
+        rule: Some(rule),
+    };
     let at = |proto, port| agree(&c, &set, "10.0.0.1", "192.168.0.1", proto, port);
     assert_eq!(at(17, 52), DENY);
     assert_eq!(at(17, 53), j(Action::Accept, 0));
@@ -754,16 +916,43 @@ fn seed_policy_compiles_and_agrees() {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml");
     let set = crate::load_file(&path).unwrap();
     let c = compile_ok(&set);
-    let j = |action, rule| Judgement { action, rule: Some(rule) };
-    assert_eq!(agree(&c, &set, "100.64.10.5", "8.8.8.8", 1, 0), j(Action::Accept, 0));
-    assert_eq!(agree(&c, &set, "100.64.20.5", "100.64.101.7", 6, 443), j(Action::Accept, 1));
+    let j = |action, rule| Judgement {
+        action,
+        rule: Some(rule),
+    };
+    assert_eq!(
+        agree(&c, &set, "100.64.10.5", "8.8.8.8", 1, 0),
+        j(Action::Accept, 0)
+    );
+    assert_eq!(
+        agree(&c, &set, "100.64.20.5", "100.64.101.7", 6, 443),
+        j(Action::Accept, 1)
+    );
     assert_eq!(agree(&c, &set, "100.64.20.5", "100.64.101.7", 6, 22), DENY);
-    assert_eq!(agree(&c, &set, "100.64.101.7", "100.64.100.3", 6, 443), j(Action::Drop, 2));
-    assert_eq!(agree(&c, &set, "100.64.100.3", "100.64.101.7", 17, 53), j(Action::Drop, 2));
-    assert_eq!(agree(&c, &set, "100.64.101.7", "100.64.1.53", 17, 53), j(Action::Accept, 3));
-    assert_eq!(agree(&c, &set, "100.64.101.7", "100.64.1.53", 17, 54), j(Action::Drop, 3));
-    assert_eq!(agree(&c, &set, "100.64.101.7", "100.64.1.53", 6, 53), j(Action::Drop, 3));
-    assert_eq!(agree(&c, &set, "100.64.101.7", "8.8.8.8", 6, 443), j(Action::Drop, 3));
+    assert_eq!(
+        agree(&c, &set, "100.64.101.7", "100.64.100.3", 6, 443),
+        j(Action::Drop, 2)
+    );
+    assert_eq!(
+        agree(&c, &set, "100.64.100.3", "100.64.101.7", 17, 53),
+        j(Action::Drop, 2)
+    );
+    assert_eq!(
+        agree(&c, &set, "100.64.101.7", "100.64.1.53", 17, 53),
+        j(Action::Accept, 3)
+    );
+    assert_eq!(
+        agree(&c, &set, "100.64.101.7", "100.64.1.53", 17, 54),
+        j(Action::Drop, 3)
+    );
+    assert_eq!(
+        agree(&c, &set, "100.64.101.7", "100.64.1.53", 6, 53),
+        j(Action::Drop, 3)
+    );
+    assert_eq!(
+        agree(&c, &set, "100.64.101.7", "8.8.8.8", 6, 443),
+        j(Action::Drop, 3)
+    );
     assert_eq!(c.rules.len(), 4);
     assert_eq!(c.rules[3].name, "demo-no-internet");
 }
@@ -777,14 +966,26 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 #[test]
 fn limit_chunks() {
     let set = PolicySet {
-        groups: vec![group("host", &["10.1.2.3/32"]), group("net", &["192.168.0.0/16"])],
+        groups: vec![
+            group("host", &["10.1.2.3/32"]),
+            group("net", &["192.168.0.0/16"]),
+        ],
         policies: vec![policy("p", &["host"], &["net"], Action::Accept)],
     };
-    assert_eq!(compile(&set, &limits(|l| l.chunks_per_slot = 3)).err(), Some(CompileError::TooManyChunks { limit: 3 }));
-    assert_eq!(compile(&set, &limits(|l| l.chunks_per_slot = 0)).err(), Some(CompileError::TooManyChunks { limit: 0 }));
+    assert_eq!(
+        compile(&set, &limits(|l| l.chunks_per_slot = 3)).err(),
+        Some(CompileError::TooManyChunks { limit: 3 })
+    );
+    assert_eq!(
+        compile(&set, &limits(|l| l.chunks_per_slot = 0)).err(),
+        Some(CompileError::TooManyChunks { limit: 0 })
+    );
     let c = compile(&set, &limits(|l| l.chunks_per_slot = 4)).unwrap();
     assert_eq!(c.stats.v4_chunks, 4);
-    assert_eq!(agree(&c, &set, "10.1.2.3", "192.168.3.4", 6, 1).rule, Some(0));
+    assert_eq!(
+        agree(&c, &set, "10.1.2.3", "192.168.3.4", 6, 1).rule,
+        Some(0)
+    );
     assert_eq!(agree(&c, &set, "10.1.2.2", "192.168.3.4", 6, 1), DENY);
 }
 
@@ -792,7 +993,10 @@ fn limit_chunks() {
 fn limit_verdicts() {
     let groups = vec![group("a", &["10.0.0.0/8"]), group("b", &["192.168.0.0/16"])];
     // Protocol all, any port: one "any port" entry per protocol class (other, TCP, UDP, ICMP).
-    let set = PolicySet { groups: groups.clone(), policies: vec![policy("all", &["a"], &["b"], Action::Accept)] };
+    let set = PolicySet {
+        groups: groups.clone(),
+        policies: vec![policy("all", &["a"], &["b"], Action::Accept)],
+    };
     let c = compile(&set, &limits(|l| l.verdicts_per_slot = 4)).unwrap();
     assert_eq!(c.stats.verdicts, 4);
     assert_eq!(c.verdicts.len(), 4);
@@ -806,11 +1010,23 @@ fn limit_verdicts() {
     low.priority = 200;
     let set = PolicySet {
         groups: groups.clone(),
-        policies: vec![tcp(policy("high", &["a"], &["b"], Action::Accept), &[(443, 443)]), low],
+        policies: vec![
+            tcp(
+                policy("high", &["a"], &["b"], Action::Accept),
+                &[(443, 443)],
+            ),
+            low,
+        ],
     };
     let c = compile(&set, &limits(|l| l.verdicts_per_slot = 1)).unwrap();
     assert_eq!((c.stats.class_pairs, c.stats.verdicts), (1, 1));
-    assert_eq!(agree(&c, &set, "10.0.0.1", "192.168.0.1", 6, 443), Judgement { action: Action::Accept, rule: Some(0) });
+    assert_eq!(
+        agree(&c, &set, "10.0.0.1", "192.168.0.1", 6, 443),
+        Judgement {
+            action: Action::Accept,
+            rule: Some(0)
+        }
+    );
     assert_eq!(
         compile(&set, &limits(|l| l.verdicts_per_slot = 0)).err(),
         Some(CompileError::TooManyVerdicts { need: 1, limit: 0 })
@@ -826,7 +1042,9 @@ fn limit_verdicts() {
         group("y2", &["192.168.2.0/24"]),
         group("y3", &["192.168.3.0/24"]),
     ];
-    let web = |name: &str, src: &[&str], dst: &[&str]| tcp(policy(name, src, dst, Action::Accept), &[(80, 80)]);
+    let web = |name: &str, src: &[&str], dst: &[&str]| {
+        tcp(policy(name, src, dst, Action::Accept), &[(80, 80)])
+    };
     let set = PolicySet {
         groups,
         policies: vec![
@@ -837,10 +1055,20 @@ fn limit_verdicts() {
         ],
     };
     let c = compile(&set, &limits(|l| l.verdicts_per_slot = 9)).unwrap();
-    assert_eq!((c.stats.src_classes, c.stats.dst_classes), (4, 4), "three each and the empty class");
+    assert_eq!(
+        (c.stats.src_classes, c.stats.dst_classes),
+        (4, 4),
+        "three each and the empty class"
+    );
     assert_eq!((c.stats.class_pairs, c.stats.verdicts), (9, 9));
-    assert_eq!(agree(&c, &set, "10.2.0.1", "192.168.2.1", 6, 80).rule, Some(1));
-    assert_eq!(agree(&c, &set, "10.2.0.1", "192.168.3.1", 6, 80).rule, Some(3));
+    assert_eq!(
+        agree(&c, &set, "10.2.0.1", "192.168.2.1", 6, 80).rule,
+        Some(1)
+    );
+    assert_eq!(
+        agree(&c, &set, "10.2.0.1", "192.168.3.1", 6, 80).rule,
+        Some(3)
+    );
     assert_eq!(
         compile(&set, &limits(|l| l.verdicts_per_slot = 8)).err(),
         Some(CompileError::TooManyVerdicts { need: 9, limit: 8 })
@@ -849,7 +1077,10 @@ fn limit_verdicts() {
 
 #[test]
 fn limit_rules_and_v6() {
-    let groups = vec![group("a", &["10.0.0.0/8", "2001:db8::/32", "2001:db8:1::/48"]), group("b", &["192.168.0.0/16"])];
+    let groups = vec![
+        group("a", &["10.0.0.0/8", "2001:db8::/32", "2001:db8:1::/48"]),
+        group("b", &["192.168.0.0/16"]),
+    ];
     let mut off = policy("off", &["a"], &["b"], Action::Drop);
     off.enabled = false;
     let set = PolicySet {
@@ -861,13 +1092,22 @@ fn limit_rules_and_v6() {
             policy("three", &["a"], &["a"], Action::Drop),
         ],
     };
-    assert_eq!(compile(&set, &limits(|l| l.rules_per_slot = 2)).err(), Some(CompileError::TooManyRules { need: 3, limit: 2 }));
+    assert_eq!(
+        compile(&set, &limits(|l| l.rules_per_slot = 2)).err(),
+        Some(CompileError::TooManyRules { need: 3, limit: 2 })
+    );
     // The disabled policy does not count.
     let c = compile(&set, &limits(|l| l.rules_per_slot = 3)).unwrap();
-    assert_eq!(c.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
+    assert_eq!(
+        c.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["one", "two", "three"]
+    );
     // ::/0 and the two prefixes.
     assert_eq!(c.stats.v6_prefixes, 3);
-    assert_eq!(compile(&set, &limits(|l| l.v6_per_slot = 2)).err(), Some(CompileError::TooManyV6 { need: 3, limit: 2 }));
+    assert_eq!(
+        compile(&set, &limits(|l| l.v6_per_slot = 2)).err(),
+        Some(CompileError::TooManyV6 { need: 3, limit: 2 })
+    );
     assert!(compile(&set, &limits(|l| l.v6_per_slot = 3)).is_ok());
 }
 
@@ -879,8 +1119,16 @@ fn empty_policy_is_default_deny() {
         groups: vec![group("nobody", &[])],
         policies: vec![policy("to-nobody", &["*"], &["nobody"], Action::Accept)],
     };
-    for (i, set) in
-        [PolicySet::default(), PolicySet { groups: vec![], policies: vec![disabled] }, empty_group].into_iter().enumerate()
+    for (i, set) in [
+        PolicySet::default(),
+        PolicySet {
+            groups: vec![],
+            policies: vec![disabled],
+        },
+        empty_group,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let c = compile_ok(&set);
         assert!(c.verdicts.is_empty(), "{set:?}");
@@ -893,7 +1141,11 @@ fn empty_policy_is_default_deny() {
             assert_eq!(c.v6, [(0, [0; 16], AddrClass::default())]);
         }
         assert_eq!(c.v6.len(), 1, "only ::/0");
-        for (src, dst) in [("10.0.0.1", "10.0.0.2"), ("0.0.0.0", "255.255.255.255"), ("2001:db8::1", "::1")] {
+        for (src, dst) in [
+            ("10.0.0.1", "10.0.0.2"),
+            ("0.0.0.0", "255.255.255.255"),
+            ("2001:db8::1", "::1"),
+        ] {
             for (proto, port) in [(6, 80), (17, 53), (1, 0), (58, 0), (47, 0), (6, 0)] {
                 assert_eq!(agree(&c, &set, src, dst, proto, port), DENY);
             }
@@ -918,14 +1170,21 @@ fn ten_thousand_rules_compile() {
             if i % 50 == 0 {
                 members.push(net(&format!("2001:db8:{i:x}::/48")));
             }
-            Group { name: format!("g{i}"), members }
+            Group {
+                name: format!("g{i}"),
+                members,
+            }
         })
         .collect();
     let policies: Vec<Policy> = (0..RULES)
         .map(|i| {
             let src = format!("g{}", i % GROUPS);
             let dst = format!("g{}", (i * 7 + 3) % GROUPS);
-            let action = if i % 3 == 0 { Action::Drop } else { Action::Accept };
+            let action = if i % 3 == 0 {
+                Action::Drop
+            } else {
+                Action::Accept
+            };
             let mut p = policy(&format!("r{i}"), &[&src], &[&dst], action);
             p.protocol = [Protocol::Tcp, Protocol::Udp, Protocol::All, Protocol::Icmp][i % 4];
             if p.protocol != Protocol::Icmp && i % 5 != 0 {
@@ -940,7 +1199,11 @@ fn ten_thousand_rules_compile() {
     let set = PolicySet { groups, policies };
     let start = Instant::now();
     let c = compile_ok(&set);
-    eprintln!("compiled {RULES} rules in {:?}: {:?}", start.elapsed(), c.stats);
+    eprintln!(
+        "compiled {RULES} rules in {:?}: {:?}",
+        start.elapsed(),
+        c.stats
+    );
     assert_eq!(c.rules.len(), RULES);
     assert!(c.stats.verdicts > 0);
 
@@ -960,8 +1223,18 @@ fn ten_thousand_rules_compile() {
         } else {
             (rng.random_range(0..GROUPS), rng.random_range(0..GROUPS))
         };
-        let src = IpAddr::V4(Ipv4Addr::new(10, (a / 256) as u8, (a % 256) as u8, rng.random()));
-        let dst = IpAddr::V4(Ipv4Addr::new(10, (b / 256) as u8, (b % 256) as u8, rng.random()));
+        let src = IpAddr::V4(Ipv4Addr::new(
+            10,
+            (a / 256) as u8,
+            (a % 256) as u8,
+            rng.random(),
+        ));
+        let dst = IpAddr::V4(Ipv4Addr::new(
+            10,
+            (b / 256) as u8,
+            (b % 256) as u8,
+            rng.random(),
+        ));
         // The rule's protocol and ports, mostly.
         let p = &set.policies[i];
         let proto = match p.protocol {
@@ -977,12 +1250,21 @@ fn ten_thousand_rules_compile() {
             _ => rng.random(),
         };
         let want = reference::evaluate(&terms, src, dst, proto, dport);
-        assert_eq!(c.lookup(src, dst, proto, dport).judgement, want, "{src} -> {dst} {proto}/{dport}");
+        assert_eq!(
+            c.lookup(src, dst, proto, dport).judgement,
+            want,
+            "{src} -> {dst} {proto}/{dport}"
+        );
         decided += usize::from(want.rule.is_some());
     }
     // Every rule's own packet is decided by a rule (itself or one that beats it).
     for (i, p) in set.policies.iter().enumerate().step_by(97) {
-        let src = IpAddr::V4(Ipv4Addr::new(10, ((i % GROUPS) / 256) as u8, ((i % GROUPS) % 256) as u8, 9));
+        let src = IpAddr::V4(Ipv4Addr::new(
+            10,
+            ((i % GROUPS) / 256) as u8,
+            ((i % GROUPS) % 256) as u8,
+            9,
+        ));
         let d = (i * 7 + 3) % GROUPS;
         let dst = IpAddr::V4(Ipv4Addr::new(10, (d / 256) as u8, (d % 256) as u8, 9));
         let (proto, dport) = match (&p.protocol, &p.ports) {
@@ -994,7 +1276,11 @@ fn ten_thousand_rules_compile() {
         };
         let want = reference::evaluate(&terms, src, dst, proto, dport);
         assert!(want.rule.is_some(), "rule {i}");
-        assert_eq!(c.lookup(src, dst, proto, dport).judgement, want, "rule {i}: {src} -> {dst} {proto}/{dport}");
+        assert_eq!(
+            c.lookup(src, dst, proto, dport).judgement,
+            want,
+            "rule {i}: {src} -> {dst} {proto}/{dport}"
+        );
     }
     eprintln!("ten_thousand_rules_compile: {decided} of 400 random packets decided by a rule");
 }

@@ -18,15 +18,26 @@ fn box_matches_nacl_known_answer() {
          c0539f330b4914cd135b3855bc2a2dfc",
     );
     assert_eq!(&body[..NONCE_LEN], &[4; 24], "the nonce leads the body");
-    assert_eq!(&body[NONCE_LEN..], expected.as_slice(), "tag then ciphertext, as NaCl lays them out");
+    assert_eq!(
+        &body[NONCE_LEN..],
+        expected.as_slice(),
+        "tag then ciphertext, as NaCl lays them out"
+    );
     assert_eq!(receiver.open(&sender.public(), &body).unwrap(), vec![3; 64]);
 }
 
 /// X25519 public key of the RFC 7748 section 6.1 test key (Alice).
 #[test]
 fn public_key_matches_rfc7748() {
-    let alice = WgKey::from_bytes(unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").try_into().unwrap());
-    assert_eq!(alice.public().as_bytes().to_vec(), unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+    let alice = WgKey::from_bytes(
+        unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+            .try_into()
+            .unwrap(),
+    );
+    assert_eq!(
+        alice.public().as_bytes().to_vec(),
+        unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    );
 }
 
 #[test]
@@ -37,11 +48,22 @@ fn every_tampered_byte_fails_to_open() {
     for i in 0..body.len() {
         let mut bad = body.clone();
         bad[i] ^= 0x01;
-        assert_eq!(b.open(&a.public(), &bad), Err(OpenError::BadSeal), "flipped byte {i}");
+        assert_eq!(
+            b.open(&a.public(), &bad),
+            Err(OpenError::BadSeal),
+            "flipped byte {i}"
+        );
     }
-    assert_eq!(b.open(&a.public(), &body[..39]), Err(OpenError::TooShort(39)));
+    assert_eq!(
+        b.open(&a.public(), &body[..39]),
+        Err(OpenError::TooShort(39))
+    );
     let stranger = WgKey::generate();
-    assert_eq!(stranger.open(&a.public(), &body), Err(OpenError::BadSeal), "another receiver cannot open it");
+    assert_eq!(
+        stranger.open(&a.public(), &body),
+        Err(OpenError::BadSeal),
+        "another receiver cannot open it"
+    );
     assert_eq!(b.open(&a.public(), &body).unwrap(), b"network map");
 }
 
@@ -63,7 +85,10 @@ fn generated_keys_are_clamped_and_round_trip_base64() {
     assert_eq!(WgKey::from_base64(&text).unwrap().public(), k.public());
     let public: WgPublicKey = k.public().to_base64().parse().unwrap();
     assert_eq!(public, k.public());
-    assert_eq!(WgPublicKey::from_base64("c2hvcnQ="), Err(KeyError::Malformed(8)));
+    assert_eq!(
+        WgPublicKey::from_base64("c2hvcnQ="),
+        Err(KeyError::Malformed(8))
+    );
     assert!(WgPublicKey::from_base64("not base64 at all!!").is_err());
 }
 
@@ -74,7 +99,11 @@ fn messages_round_trip_and_wrong_types_are_reported() {
     let map = SyncResponse {
         network_map: Some(NetworkMap {
             serial: 7,
-            firewall_rules: vec![FirewallRule { peer_ip: "100.64.0.9".into(), port: "443".into(), ..Default::default() }],
+            firewall_rules: vec![FirewallRule {
+                peer_ip: "100.64.0.9".into(),
+                port: "443".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         ..Default::default()
@@ -110,8 +139,16 @@ fn field_numbers_are_netbirds() {
     // (field << 3 | wire type): 1 len, 2 varint, 3 varint, 4 varint, 5 len, 7 len, 8 varint, 9 len.
     assert_eq!(
         rule.encode_to_vec(),
-        vec![0x0a, 1, b'1', 0x10, 1, 0x18, 1, 0x20, 2, 0x2a, 1, b'8', 0x3a, 1, 9, 0x40, 5, 0x4a, 5, 100, 64, 0, 1, 32]
+        vec![
+            0x0a, 1, b'1', 0x10, 1, 0x18, 1, 0x20, 2, 0x2a, 1, b'8', 0x3a, 1, 9, 0x40, 5, 0x4a, 5,
+            100, 64, 0, 1, 32
+        ]
     );
-    let map = NetworkMap { serial: 3, firewall_rules_is_empty: true, routes_firewall_rules_is_empty: true, ..Default::default() };
+    let map = NetworkMap {
+        serial: 3,
+        firewall_rules_is_empty: true,
+        routes_firewall_rules_is_empty: true,
+        ..Default::default()
+    };
     assert_eq!(map.encode_to_vec(), vec![0x08, 3, 0x48, 1, 0x58, 1]);
 }

@@ -40,9 +40,17 @@ fn config(port: u16, user_quota: u32) -> RelayConfig {
 
 /// A relay on a free loopback port, served by a runtime of its own.
 fn start(user_quota: u32) -> (Arc<Relay>, SocketAddr, tokio::runtime::Runtime) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let relay = Relay::new(config(port, user_quota)).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.spawn(relay.clone().serve());
     std::thread::sleep(Duration::from_millis(100));
     (relay, SocketAddr::from(([127, 0, 0, 1], port)), rt)
@@ -61,19 +69,36 @@ fn quota_refresh_and_unauthenticated_requests() {
     let (relay, server, _rt) = start(1);
     let mut a = client(server);
     // Without credentials: 401 with a realm and a nonce, and no state kept.
-    let bare = a.exchange(Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]))).unwrap();
+    let bare = a
+        .exchange(Message::new(
+            MessageClass::Request,
+            ALLOCATE,
+            TransactionId::new([1; 12]),
+        ))
+        .unwrap();
     assert_eq!(code(&bare), Some(401));
     assert!(bare.get_attribute::<Realm>().is_some() && bare.get_attribute::<Nonce>().is_some());
     assert_eq!(relay.status().allocations, 0);
-    let ok = a.request(ALLOCATE, vec![RequestedTransport::new(17).into()]).unwrap();
+    let ok = a
+        .request(ALLOCATE, vec![RequestedTransport::new(17).into()])
+        .unwrap();
     assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
-    assert_eq!(ok.get_attribute::<Lifetime>().map(|l| l.lifetime()), Some(DEFAULT_LIFETIME));
+    assert_eq!(
+        ok.get_attribute::<Lifetime>().map(|l| l.lifetime()),
+        Some(DEFAULT_LIFETIME)
+    );
     // One allocation per user: a second client of alice's is refused.
     let mut b = client(server);
     assert!(b.allocate().unwrap_err().to_string().contains("486"));
     // A wrong transport.
     let mut c = client(server);
-    assert_eq!(code(&c.request(ALLOCATE, vec![RequestedTransport::new(6).into()]).unwrap()), Some(442));
+    assert_eq!(
+        code(
+            &c.request(ALLOCATE, vec![RequestedTransport::new(6).into()])
+                .unwrap()
+        ),
+        Some(442)
+    );
     // Another Allocate on the same 5-tuple (not a retransmission) is a mismatch.
     assert!(a.allocate().unwrap_err().to_string().contains("437"));
     // Refresh with lifetime 0 deletes; then b may allocate.
@@ -81,10 +106,23 @@ fn quota_refresh_and_unauthenticated_requests() {
     assert_eq!(relay.status().allocations, 0);
     b.allocate().unwrap();
     // Garbage costs nothing and breaks nothing: Binding still answers.
-    b.sock.send_to(&[0x00, 0x01, 0x00, 0x08, 0x21, 0x12], server).unwrap();
+    b.sock
+        .send_to(&[0x00, 0x01, 0x00, 0x08, 0x21, 0x12], server)
+        .unwrap();
     b.sock.send_to(&[0xff; 100], server).unwrap();
-    let binding = b.exchange(Message::new(MessageClass::Request, BINDING, TransactionId::new([2; 12]))).unwrap();
-    assert_eq!(binding.get_attribute::<XorMappedAddress>().map(|x| x.address()), Some(b.sock.local_addr().unwrap()));
+    let binding = b
+        .exchange(Message::new(
+            MessageClass::Request,
+            BINDING,
+            TransactionId::new([2; 12]),
+        ))
+        .unwrap();
+    assert_eq!(
+        binding
+            .get_attribute::<XorMappedAddress>()
+            .map(|x| x.address()),
+        Some(b.sock.local_addr().unwrap())
+    );
 }
 
 #[test]
@@ -95,8 +133,20 @@ fn channels_stay_with_their_peer_and_everything_expires_on_time() {
     let peer_a: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let peer_b: SocketAddr = "127.0.0.1:10".parse().unwrap();
     a.channel_bind(0x4001, peer_a).unwrap();
-    assert!(a.channel_bind(0x4001, peer_b).unwrap_err().to_string().contains("400"), "the channel is peer A's");
-    assert!(a.channel_bind(0x7ffe, peer_a).unwrap_err().to_string().contains("400"), "peer A has its channel");
+    assert!(
+        a.channel_bind(0x4001, peer_b)
+            .unwrap_err()
+            .to_string()
+            .contains("400"),
+        "the channel is peer A's"
+    );
+    assert!(
+        a.channel_bind(0x7ffe, peer_a)
+            .unwrap_err()
+            .to_string()
+            .contains("400"),
+        "peer A has its channel"
+    );
     a.channel_bind(0x4001, peer_a).expect("a refresh");
     let s = relay.status();
     assert_eq!((s.allocations, s.permissions, s.channels), (1, 1, 1));
@@ -121,7 +171,10 @@ fn channel_data_reaches_the_peer_and_comes_back_as_channel_data() {
     a.send_channel(0x4002, b"to the peer").unwrap();
     let mut buf = [0u8; 100];
     let (n, from) = peer.recv_from(&mut buf).unwrap();
-    assert_eq!((&buf[..n], from.port()), (&b"to the peer"[..], relayed.port()));
+    assert_eq!(
+        (&buf[..n], from.port()),
+        (&b"to the peer"[..], relayed.port())
+    );
     peer.send_to(b"back", from).unwrap();
     let (n, _) = a.sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], &[0x40, 0x02, 0, 4, b'b', b'a', b'c', b'k']);
@@ -150,10 +203,22 @@ impl crate::fast_path::FastPath for Recorder {
 
 #[test]
 fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let recorder = Arc::new(Recorder::default());
-    let relay = Relay::with_fast_path(config(port, 0), Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 4))).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let relay = Relay::with_fast_path(
+        config(port, 0),
+        Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 4)),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.spawn(relay.clone().serve());
     std::thread::sleep(Duration::from_millis(100));
     let mut a = client(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -164,14 +229,18 @@ fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
     let bound = recorder.bound.lock().unwrap().clone();
     assert_eq!(bound.len(), 1, "a refresh keeps the binding: {bound:?}");
     let b = bound[0];
-    assert_eq!((b.channel, SocketAddr::V4(b.peer), SocketAddr::V4(b.client)), (0x4003, peer, a.sock.local_addr().unwrap()));
+    assert_eq!(
+        (b.channel, SocketAddr::V4(b.peer), SocketAddr::V4(b.client)),
+        (0x4003, peer, a.sock.local_addr().unwrap())
+    );
     assert_eq!(b.relay.port(), relayed.port());
     assert_eq!(relay.status().offloaded_channels, 1);
     // The permission ends before the channel: the binding comes back to userspace.
     relay.sweep(Instant::now() + PERMISSION_LIFETIME + Duration::from_secs(1));
     assert_eq!(recorder.unbound.lock().unwrap().as_slice(), &[b]);
     // A new binding, then the allocation released: it comes back too, and its slot is free.
-    a.channel_bind(0x4004, "127.0.0.1:10".parse().unwrap()).unwrap();
+    a.channel_bind(0x4004, "127.0.0.1:10".parse().unwrap())
+        .unwrap();
     a.release().unwrap();
     assert_eq!(recorder.unbound.lock().unwrap().len(), 2);
     assert_eq!(relay.free_slots.lock().unwrap().len(), 4);
