@@ -355,7 +355,7 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
         &data,
         addr,
         TOKEN,
-        &[],
+        &["--plain-http"],
         &dir.0.join("management.log"),
     )?;
     let config = dir.0.join("gateway.yaml");

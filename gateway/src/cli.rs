@@ -95,6 +95,10 @@ struct ManagementClientArgs {
     setup_key: Option<String>,
     #[arg(long, requires = "management_url")]
     setup_key_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// management URL besides the system's roots
+    /// (a private CA, or the service's self-signed certificate).
+    #[arg(long, requires = "management_url")]
+    management_ca: Option<PathBuf>,
     /// Holds the WireGuard key (wg.key, mode 0600: the interface's key and the management
     /// identity) and the registration record.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
@@ -122,10 +126,23 @@ impl ManagementClientArgs {
         let setup_key = setup_key
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty());
+        let ca_pem = match self.management_ca {
+            Some(f) => {
+                if !url.starts_with("https://") {
+                    anyhow::bail!("--management-ca applies only to an https:// --management-url");
+                }
+                Some(
+                    std::fs::read(&f)
+                        .map_err(|e| anyhow::anyhow!("--management-ca {}: {e}", f.display()))?,
+                )
+            }
+            None => None,
+        };
         Ok(Some(SyncOptions {
             url,
             setup_key,
             state_dir: self.state_dir,
+            ca_pem,
         }))
     }
 }
@@ -165,6 +182,17 @@ enum ManagementCommand {
         /// A STUN server to hand to peers (NetbirdConfig.stuns); repeat for several.
         #[arg(long)]
         stun_uri: Vec<String>,
+        /// TLS certificate chain, PEM, leaf first (e.g. certbot's fullchain.pem); re-read
+        /// when it changes.
+        #[arg(long, requires = "tls_key", conflicts_with = "plain_http")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key, PEM.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve without TLS (a lab, or behind a proxy that terminates TLS): tokens and setup
+        /// keys then cross the network readable.
+        #[arg(long)]
+        plain_http: bool,
     },
     /// Snapshot the service's state (database and server key) into a directory; safe while it runs.
     Backup {
@@ -268,8 +296,23 @@ pub fn main() -> ExitCode {
                     turn_secret_file,
                     turn_ttl,
                     stun_uri,
+                    tls_cert,
+                    tls_key,
+                    plain_http,
                 },
         } => {
+            use crate::management_server::Transport;
+            let transport = match (tls_cert, tls_key, plain_http) {
+                (Some(cert), Some(key), false) => {
+                    Transport::Tls(management::tls::TlsFiles::new(cert, key))
+                }
+                (None, None, true) => Transport::PlainHttp,
+                _ => {
+                    return fail(anyhow::anyhow!(
+                        "give --tls-cert and --tls-key to serve HTTPS, or --plain-http to serve without TLS"
+                    ));
+                }
+            };
             let mut options = management::Options::new(data_dir);
             options.stuns = stun_uri;
             if let Some(file) = turn_secret_file {
@@ -300,7 +343,7 @@ pub fn main() -> ExitCode {
             options.network = network;
             options.dns_domain = dns_domain;
             options.ephemeral_timeout = std::time::Duration::from_secs(ephemeral_timeout);
-            crate::management_server::serve(options, listen)
+            crate::management_server::serve(options, listen, transport)
         }
         #[cfg(feature = "management-server")]
         Command::Management {

@@ -158,7 +158,11 @@ impl ManagementService for Grpc {
         request: Request<pb::EncryptedMessage>,
     ) -> Result<Response<pb::EncryptedMessage>, Status> {
         let (sender, login) = self.open::<pb::LoginRequest>(request.get_ref())?;
-        let response = self.login(sender, login, request.remote_addr());
+        let remote = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<crate::tls::RemoteAddr>>()
+            .map(|c| c.0.0);
+        let response = self.login(sender, login, remote);
         let result = match &response {
             Ok(_) => "ok",
             Err(s) if s.code() == tonic::Code::PermissionDenied => "denied",

@@ -15,6 +15,7 @@ pub mod netmap;
 pub mod rest;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -71,14 +72,16 @@ async fn time_request(
     response
 }
 
-/// Serves REST and gRPC on `listener` until `shutdown` completes; meanwhile deletes ephemeral
-/// peers that have stayed offline past their timeout and applies expiries (peer logins, ACLs).
+/// Serves REST and gRPC on `listener` until `shutdown` completes, over TLS with the certificate
+/// from `tls` (plain HTTP with `None`); meanwhile deletes ephemeral peers that have stayed
+/// offline past their timeout and applies expiries (peer logins, ACLs).
 pub async fn serve(
     m: Arc<Management>,
     listener: tokio::net::TcpListener,
+    tls: Option<tls::TlsFiles>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = app(m.clone());
+    let app = app(m.clone()).into_make_service_with_connect_info::<tls::RemoteAddr>();
     let sweeper = tokio::spawn({
         let m = m.clone();
         let period =
@@ -92,9 +95,22 @@ pub async fn serve(
             }
         }
     });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = match tls {
+        // A certificate that does not load stops the start.
+        Some(files) => {
+            match tls::TlsListener::new(listener, &files, m.metrics.tls_handshakes.clone()) {
+                Ok(l) => axum::serve(l, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(Into::into),
+                Err(e) => Err(e),
+            }
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Into::into),
+    };
     sweeper.abort();
-    result.map_err(Into::into)
+    result
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub map_pushes: IntCounter,
     pub logins: IntCounterVec,
     pub http_requests: HistogramVec,
+    /// TLS handshakes on the listener by result (ok, failed, timeout, overload).
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -42,6 +44,14 @@ impl Default for Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ]),
                 &["method", "route", "status"],
+            )
+            .expect("valid"),
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "management_tls_handshakes_total",
+                    "TLS handshakes on the listener by result",
+                ),
+                &["result"],
             )
             .expect("valid"),
         }
@@ -108,6 +118,7 @@ pub fn render(m: &Management) -> String {
         Box::new(streams),
         Box::new(m.metrics.map_pushes.clone()),
         Box::new(m.metrics.logins.clone()),
+        Box::new(m.metrics.tls_handshakes.clone()),
         Box::new(m.metrics.http_requests.clone()),
     ];
     for c in collectors {

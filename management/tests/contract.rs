@@ -119,6 +119,19 @@ const ROUTER: &[(&str, T)] = &[
     ("enabled", T::Bool),
 ];
 
+/// NetBird's Event: every field required.
+const EVENT: &[(&str, T)] = &[
+    ("id", T::Str),
+    ("timestamp", T::Time),
+    ("activity", T::Str),
+    ("activity_code", T::Str),
+    ("initiator_id", T::Str),
+    ("initiator_name", T::Str),
+    ("initiator_email", T::Str),
+    ("target_id", T::Str),
+    ("meta", T::Obj),
+];
+
 fn check(what: &str, v: &Value, fields: &[(&str, T)]) {
     for (name, t) in fields {
         let f = v
@@ -331,4 +344,12 @@ async fn every_endpoint_accepts_netbird_client_bodies_and_answers_every_required
         409
     );
     assert_eq!(http(&api, "GET", "/api/policies/nope", None).await.0, 404);
+    // The activity log of all the above.
+    for path in ["/api/events", "/api/events/audit"] {
+        let (status, events) = http(&api, "GET", path, None).await;
+        assert_eq!(status, 200, "{events}");
+        for e in each(&events, path) {
+            check(path, e, EVENT);
+        }
+    }
 }

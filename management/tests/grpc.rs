@@ -60,6 +60,10 @@ async fn login_registers_once_and_refuses_what_it_must() {
         "{address}"
     );
     let peers = ok(&m, "GET", "/api/peers", Value::Null).await;
+    assert_eq!(
+        peers[0]["connection_ip"], "127.0.0.1",
+        "where the Login came from"
+    );
     assert_eq!(peers.as_array().unwrap().len(), 1);
     assert_eq!(peers[0]["groups"][0]["name"], "gateways");
     assert_eq!(format!("{}/10", peers[0]["ip"].as_str().unwrap()), address);

@@ -350,6 +350,7 @@ fn management_hands_out_the_relay_with_credentials_it_accepts() {
         "198.18.30.1:33073".parse().unwrap(),
         "relay-lab-token",
         &[
+            "--plain-http",
             "--turn-uri",
             uri,
             "--turn-secret-file",

@@ -50,7 +50,7 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
         &lab.dir.join("management"),
         format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(),
         TOKEN,
-        &[],
+        &["--plain-http"],
         &lab.dir.join("management.log"),
     )
     .expect("management starts");

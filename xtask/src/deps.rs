@@ -14,6 +14,9 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("wireguard-tools", "wg"),
     ("wireguard-go", "wireguard-go"),
     ("coturn", "turnutils_uclient"),
+    // The management TLS test makes its certificates and calls the API as an operator would.
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),

@@ -282,7 +282,9 @@ pub fn run() -> anyhow::Result<()> {
         &lab.dir.join("management"),
         format!("0.0.0.0:{MGMT_PORT}").parse()?,
         TOKEN,
-        &[],
+        // The lab's traffic stays inside its namespaces; an operator's service serves TLS
+        // (--tls-cert/--tls-key, see the README).
+        &["--plain-http"],
         &lab.dir.join("management.log"),
     )?;
     let api = api(&lab);

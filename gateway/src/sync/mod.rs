@@ -19,7 +19,10 @@ use management_proto::{
     pb::{self, management_service_client::ManagementServiceClient},
 };
 use tokio::sync::mpsc;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 use tracing::{info, warn};
 
 pub use backoff::Backoff;
@@ -32,6 +35,9 @@ pub struct SyncOptions {
     /// Needed only until the first successful registration.
     pub setup_key: Option<String>,
     pub state_dir: PathBuf,
+    /// PEM certificates to trust for an https URL besides the system's roots (a private CA, a
+    /// self-signed management certificate).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// What the sync task tells the runner.
@@ -70,6 +76,21 @@ fn login_end(s: Status) -> SessionEnd {
         }
         _ => status_end("Login", s),
     }
+}
+
+/// An error and what caused it, e.g. "transport error: invalid peer certificate: UnknownIssuer"
+/// (tonic's transport error alone says only "transport error").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.ends_with(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn system_meta() -> pb::PeerSystemMeta {
@@ -120,10 +141,20 @@ impl Session<'_> {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| SessionEnd::Retry(format!("connect to {}: {e}", self.opts.url)))?;
+        let endpoint = if self.opts.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = &self.opts.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| SessionEnd::Fatal(format!("TLS for {}: {e}", self.opts.url)))?
+        } else {
+            endpoint
+        };
+        let channel = endpoint.connect().await.map_err(|e| {
+            SessionEnd::Retry(format!("connect to {}: {}", self.opts.url, with_causes(&e)))
+        })?;
         Ok(ManagementServiceClient::new(channel)
             .max_decoding_message_size(management_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(management_proto::MAX_MESSAGE_SIZE))

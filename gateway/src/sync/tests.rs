@@ -41,6 +41,7 @@ async fn registers_follows_maps_and_stops_when_refused() {
     tokio::spawn(management::serve(
         m.clone(),
         listener,
+        None,
         std::future::pending(),
     ));
 
@@ -74,6 +75,7 @@ async fn registers_follows_maps_and_stops_when_refused() {
         url: url.clone(),
         setup_key: Some(secret),
         state_dir: state.0.clone(),
+        ca_pem: None,
     };
     tokio::spawn(run(
         opts.clone(),
@@ -233,6 +235,7 @@ async fn hostile_messages_are_rejected_one_by_one() {
         url,
         setup_key: Some("ANY".into()),
         state_dir: state.0.clone(),
+        ca_pem: None,
     };
     tokio::spawn(run(opts, Identity::load_or_create(&state.0).unwrap(), tx));
     assert!(matches!(next(&mut rx).await, Event::Connected(true)));

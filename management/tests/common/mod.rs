@@ -109,7 +109,7 @@ pub async fn serve(m: Arc<Management>) -> (String, tokio::task::JoinHandle<()>) 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
-        management::serve(m, listener, std::future::pending())
+        management::serve(m, listener, None, std::future::pending())
             .await
             .unwrap();
     });
