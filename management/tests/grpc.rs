@@ -386,3 +386,123 @@ async fn ephemeral_peers_go_a_set_time_after_disconnecting() {
     drop(m);
     assert_eq!(open(&dir).read(|a| a.peers.len()), 0);
 }
+
+/// An account of 10,000 peers, all allowed to reach each other on four TCP ports: one peer's
+/// map (9,999 remote peers, a rule per peer, port and direction) is larger than gRPC's default
+/// 4 MiB message limit. It reaches a client with the raised limit whole, over real gRPC; a client
+/// that kept the default limit is refused, which shows the limit is what makes it work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_peer_map_crosses_grpc_whole() {
+    use base64::Engine;
+    use management::model::{Account, Peer};
+    use management::store::{Kind, Store, Touched};
+    const PEERS: u32 = 10_000;
+    let dir = TempDir::new("10k");
+    let me = WgKey::generate();
+    // The account is written straight to the store: 10,000 registrations through the API would
+    // only make the test slow.
+    let mut account = Account::default();
+    for i in 0..PEERS {
+        let id = format!("peer{i:05}");
+        let key = if i == 0 {
+            me.public().to_base64()
+        } else {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            base64::engine::general_purpose::STANDARD.encode(k)
+        };
+        let peer = Peer {
+            id: id.clone(),
+            name: id.clone(),
+            wg_pub_key: key,
+            ip: std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 1)) + i),
+            hostname: id.clone(),
+            dns_label: id.clone(),
+            ..Peer::blank()
+        };
+        account.peers.insert(id, peer);
+    }
+    let touched: Touched = account
+        .peers
+        .keys()
+        .map(|k| (Kind::Peer, k.clone()))
+        .collect();
+    Store::open(&dir.0.join(management::service::DB_FILE))
+        .unwrap()
+        .save(&account, &touched, &[])
+        .unwrap();
+    let m = open(&dir); // puts every peer into All
+    let (url, _server) = serve(m.clone()).await;
+    let (_, all) = call(&m, "GET", "/api/groups?name=All", None).await;
+    let all = all[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(all_peers(&m, &all), PEERS as usize);
+    ok(&m, "POST", "/api/policies", json!({"name": "mesh", "enabled": true, "rules": [
+        {"name": "r", "enabled": true, "action": "accept", "bidirectional": true, "protocol": "tcp", "ports": ["22", "80", "443", "8443"], "sources": [all], "destinations": [all]}
+    ]}))
+    .await;
+
+    let mut peer = TestPeer::connect_with_key(&url, me.clone()).await;
+    peer.login("")
+        .await
+        .expect("the stored peer logs in with its key");
+    let mut stream = peer.sync().await.unwrap();
+    let started = Instant::now();
+    let msg = tokio::time::timeout(Duration::from_secs(120), stream.message())
+        .await
+        .expect("a map within 120 s")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    let size = prost::Message::encoded_len(&msg);
+    assert!(
+        size > 4 << 20,
+        "the map is past the default limit: {size} bytes"
+    );
+    let resp: pb::SyncResponse = peer.key.open_message(&peer.server, &msg).unwrap();
+    let map = resp.network_map.unwrap();
+    assert_eq!(map.remote_peers.len(), PEERS as usize - 1);
+    // Every other peer, on each port, in each direction.
+    assert_eq!(
+        map.firewall_rules.len(),
+        (PEERS as usize - 1) * 4 * 2,
+        "rules"
+    );
+    let rule_ips: std::collections::BTreeSet<&str> = map
+        .firewall_rules
+        .iter()
+        .map(|r| r.peer_ip.as_str())
+        .collect();
+    assert_eq!(rule_ips.len(), PEERS as usize - 1);
+    eprintln!(
+        "10,000-peer map: {size} bytes sealed, {} rules, first message after {took:?}",
+        map.firewall_rules.len()
+    );
+
+    // A client that kept tonic's default 4 MiB decoding limit cannot take it.
+    let mut client =
+        management_proto::pb::management_service_client::ManagementServiceClient::connect(
+            url.clone(),
+        )
+        .await
+        .unwrap();
+    let sealed = me.seal_message(
+        &peer.server,
+        &pb::SyncRequest {
+            meta: Some(meta("default-limit")),
+        },
+    );
+    let mut small = client.sync(sealed).await.unwrap().into_inner();
+    let refused = tokio::time::timeout(Duration::from_secs(120), small.message())
+        .await
+        .unwrap()
+        .expect_err("over the default limit");
+    assert!(
+        refused.message().contains("message length too large")
+            || refused.code() == Code::OutOfRange,
+        "{refused}"
+    );
+}
+
+fn all_peers(m: &std::sync::Arc<management::Management>, group: &str) -> usize {
+    m.read(|a| a.groups[group].peers.len())
+}

@@ -96,7 +96,11 @@ async fn the_seed_backend_code_runs_as_written() {
     .await;
     assert_eq!(status, 200, "{setup_key_response}");
     let setup_key = setup_key_response["key"].as_str().unwrap().to_string();
-    assert_eq!(setup_key.len(), 36, "the plain key, shown once: {setup_key}");
+    assert_eq!(
+        setup_key.len(),
+        36,
+        "the plain key, shown once: {setup_key}"
+    );
     assert_eq!(
         (
             setup_key_response["type"].as_str(),
