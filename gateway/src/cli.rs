@@ -165,6 +165,12 @@ enum ManagementCommand {
         network: ipnet::Ipv4Net,
         #[arg(long, default_value = "netbird.selfhosted")]
         dns_domain: String,
+        /// IPv6 overlay range (default: a random ULA /64 picked at first start and kept).
+        #[arg(long, conflicts_with = "no_ipv6")]
+        network_v6: Option<ipnet::Ipv6Net>,
+        /// No IPv6 overlay: maps carry IPv4 only.
+        #[arg(long)]
+        no_ipv6: bool,
         /// Ephemeral peers are deleted this many seconds after they disconnect.
         #[arg(long, default_value_t = 600)]
         ephemeral_timeout: u64,
@@ -291,6 +297,8 @@ pub fn main() -> ExitCode {
                     api_token,
                     network,
                     dns_domain,
+                    network_v6,
+                    no_ipv6,
                     ephemeral_timeout,
                     turn_uri,
                     turn_secret_file,
@@ -342,6 +350,11 @@ pub fn main() -> ExitCode {
                 api_token.or_else(|| std::env::var("GATEWAY_MANAGEMENT_TOKEN").ok());
             options.network = network;
             options.dns_domain = dns_domain;
+            options.ipv6 = match (network_v6, no_ipv6) {
+                (_, true) => management::Ipv6Overlay::Off,
+                (Some(n), false) => management::Ipv6Overlay::Range(n),
+                (None, false) => management::Ipv6Overlay::Auto,
+            };
             options.ephemeral_timeout = std::time::Duration::from_secs(ephemeral_timeout);
             crate::management_server::serve(options, listen, transport)
         }

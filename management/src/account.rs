@@ -3,11 +3,11 @@
 //! raises the serial.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr},
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::Rng;
 
 use crate::{
@@ -86,6 +86,8 @@ pub struct PeerMeta {
     pub os: String,
     pub kernel_version: String,
     pub version: String,
+    /// Announced the IPv6 overlay capability and did not disable IPv6.
+    pub supports_ipv6: bool,
 }
 
 /// What an operator gives for a peer created through the API.
@@ -101,6 +103,21 @@ pub struct ProvisionedPeer {
     pub login_expires_at: UnixTime,
     pub approval_required: bool,
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A random host address of `net` that is not in `used` (a /64 has room for every peer).
+fn random_free_v6(net: Ipv6Net, used: &HashSet<std::net::Ipv6Addr>) -> std::net::Ipv6Addr {
+    let host_mask = u128::MAX
+        .checked_shr(u32::from(net.prefix_len()))
+        .unwrap_or(0);
+    let mut rng = rand::rng();
+    loop {
+        let host = rng.random::<u128>() & host_mask;
+        let ip = std::net::Ipv6Addr::from(u128::from(net.network()) | host);
+        if host != 0 && !used.contains(&ip) {
+            return ip;
+        }
+    }
 }
 
 /// What an update of a peer changed, as NetBird's activities name it.
@@ -121,6 +138,10 @@ fn peer_changes(old: &Peer, new: &Peer) -> Vec<Record> {
             Activity::PeerIpUpdated,
             Some(("old_ip", old.ip.to_string())),
         );
+    }
+    if old.ipv6 != new.ipv6 {
+        let was = old.ipv6.map(|a| a.to_string()).unwrap_or_default();
+        add(Activity::PeerIpUpdated, Some(("old_ipv6", was)));
     }
     if old.ssh_enabled != new.ssh_enabled {
         add(
@@ -358,6 +379,43 @@ impl Account {
         }
     }
 
+    /// A free address in the IPv6 overlay range, at random as NetBird picks them; `None` when
+    /// there is no IPv6 overlay.
+    fn allocate_ipv6(&self) -> Option<std::net::Ipv6Addr> {
+        let used: HashSet<std::net::Ipv6Addr> =
+            self.peers.values().filter_map(|p| p.ipv6).collect();
+        Some(random_free_v6(self.network_v6?, &used))
+    }
+
+    /// Sets the IPv6 overlay range and gives every peer without an address in it one.
+    pub fn set_network_v6(&mut self, net: Option<Ipv6Net>) -> Touched {
+        let mut t = Touched::new();
+        let changed = self.network_v6 != net;
+        self.network_v6 = net;
+        if let Some(net) = net {
+            let mut used: HashSet<std::net::Ipv6Addr> = self
+                .peers
+                .values()
+                .filter_map(|p| p.ipv6)
+                .filter(|a| net.contains(a))
+                .collect();
+            for p in self
+                .peers
+                .values_mut()
+                .filter(|p| !p.ipv6.is_some_and(|a| net.contains(&a)))
+            {
+                let ip = random_free_v6(net, &used);
+                used.insert(ip);
+                p.ipv6 = Some(ip);
+                t.insert((Kind::Peer, p.id.clone()));
+            }
+        }
+        if changed || !t.is_empty() {
+            self.serial += 1;
+        }
+        t
+    }
+
     /// Registers a new peer with a setup key: checks the key, allocates an address, puts the
     /// peer into the key's auto groups and counts the use.
     pub fn register_peer(
@@ -412,6 +470,8 @@ impl Account {
             created_at: now,
             last_seen: now,
             last_login: now,
+            ipv6: self.allocate_ipv6(),
+            supports_ipv6: meta.supports_ipv6,
             ..Peer::blank()
         };
         let mut t = touched([
@@ -445,9 +505,17 @@ impl Account {
         p.version = meta.version.clone();
         p.last_seen = now;
         p.last_login = now;
+        // What the peer supports shapes its own map: a change raises the serial.
+        let capabilities_changed =
+            std::mem::replace(&mut p.supports_ipv6, meta.supports_ipv6) != meta.supports_ipv6;
         let record = Record::new(Activity::UserLoggedInPeer, peer_id, peer_meta(p));
         self.note(record);
-        Ok(touched([(Kind::Peer, peer_id.to_string())]))
+        let t = touched([(Kind::Peer, peer_id.to_string())]);
+        Ok(if capabilities_changed {
+            self.bump(t)
+        } else {
+            t
+        })
     }
 
     /// Records where the peer's Login came from; touches nothing when it is unchanged.
@@ -478,6 +546,11 @@ impl Account {
         };
         if old.ip != peer.ip && self.peers.values().any(|p| p.ip == peer.ip) {
             return invalid(format!("ip {} is already used by another peer", peer.ip));
+        }
+        if let Some(v6) = peer.ipv6.filter(|v6| old.ipv6 != Some(*v6)) {
+            if self.peers.values().any(|p| p.ipv6 == Some(v6)) {
+                return invalid(format!("ipv6 {v6} is already used by another peer"));
+            }
         }
         let id = peer.id.clone();
         for record in peer_changes(old, &peer) {
@@ -595,6 +668,7 @@ impl Account {
             approval_required: p.approval_required,
             labels: p.labels,
             created_at: now,
+            ipv6: self.allocate_ipv6(),
             ..Peer::blank()
         };
         let mut t = touched([(Kind::Peer, peer.id.clone())]);

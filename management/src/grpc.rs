@@ -36,6 +36,10 @@ fn meta_of(meta: &pb::PeerSystemMeta) -> PeerMeta {
         os: meta.go_os.clone(),
         kernel_version: meta.kernel_version.clone(),
         version: meta.netbird_version.clone(),
+        supports_ipv6: meta
+            .capabilities
+            .contains(&(pb::PeerCapability::IPv6Overlay as i32))
+            && !meta.flags.as_ref().is_some_and(|f| f.disable_i_pv6),
     }
 }
 
@@ -126,7 +130,7 @@ impl Grpc {
             )?;
         }
         Ok(pb::LoginResponse {
-            peer_config: Some(peer_config(&peer, &m.settings)),
+            peer_config: Some(peer_config(&peer, &m.settings, m.read(|a| a.network_v6))),
             netbird_config: m.netbird_config(unix_now()),
             ..Default::default()
         })

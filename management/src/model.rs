@@ -57,6 +57,13 @@ pub struct Peer {
     pub connection_ip: String,
     #[serde(default)]
     pub serial_number: String,
+    /// IPv6 overlay address, when the service gives them (NetBird's IPv6 overlay).
+    #[serde(default)]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// The peer's last Login announced the IPv6 overlay capability without disabling IPv6:
+    /// only then does its map carry IPv6 (NetBird's `SupportsIPv6`).
+    #[serde(default)]
+    pub supports_ipv6: bool,
 }
 
 impl Peer {
@@ -86,7 +93,14 @@ impl Peer {
             labels: BTreeMap::new(),
             connection_ip: String::new(),
             serial_number: String::new(),
+            ipv6: None,
+            supports_ipv6: false,
         }
+    }
+
+    /// Its IPv6 overlay address when its map carries IPv6.
+    pub fn ipv6_overlay(&self) -> Option<std::net::Ipv6Addr> {
+        self.ipv6.filter(|_| self.supports_ipv6)
     }
 
     /// Whether the peer takes part in network maps: approved and with a valid login.
@@ -324,6 +338,8 @@ pub struct Account {
     pub acls: BTreeMap<String, Acl>,
     /// Raised on every change; network maps carry it as their Serial.
     pub serial: u64,
+    /// The IPv6 overlay range (a ULA /64, NetBird's `NetV6`); `None`: no IPv6 overlay.
+    pub network_v6: Option<ipnet::Ipv6Net>,
     /// What the change in progress did, for the activity log; `Management::change` takes it
     /// (with the change's objects, in one transaction), so it is empty between changes.
     pub journal: Vec<crate::activity::Record>,

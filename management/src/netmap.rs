@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use ipnet::{IpNet, Ipv4Net};
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use management_proto::pb;
 
 use crate::model::*;
@@ -126,9 +128,9 @@ fn as_written<'a>(g: &Grant<'a>) -> Vec<Compiled<'a>> {
         .collect()
 }
 
-/// The wire rule: a single port travels in `Port`, a range in `PortInfo` (as NetBird writes
-/// them); `PolicyID` is the deciding rule's id, as NetBird's.
-fn firewall_rule(peer: &Peer, direction: i32, c: &Compiled) -> pb::FirewallRule {
+/// The wire rule about the other peer at `ip`: a single port travels in `Port`, a range in
+/// `PortInfo` (as NetBird writes them); `PolicyID` is the deciding rule's id, as NetBird's.
+fn firewall_rule(ip: IpAddr, direction: i32, c: &Compiled) -> pb::FirewallRule {
     use pb::port_info::{PortSelection, Range};
     let (port, port_info) = match c.ports {
         None => (String::new(), None),
@@ -150,7 +152,7 @@ fn firewall_rule(peer: &Peer, direction: i32, c: &Compiled) -> pb::FirewallRule 
         Proto::Icmp => pb::RuleProtocol::Icmp,
     };
     pb::FirewallRule {
-        peer_ip: peer.ip.to_string(),
+        peer_ip: ip.to_string(),
         direction,
         action: pb_action(c.action),
         protocol: protocol as i32,
@@ -159,7 +161,7 @@ fn firewall_rule(peer: &Peer, direction: i32, c: &Compiled) -> pb::FirewallRule 
         policy_id: c.rule_id.as_bytes().to_vec(),
         custom_protocol: 0,
         source_prefixes: if direction == DIRECTION_IN {
-            vec![source_prefix(peer.ip)]
+            vec![host_prefix(ip)]
         } else {
             vec![]
         },
@@ -190,10 +192,29 @@ fn port_selections(rule: &PolicyRule) -> Vec<Option<pb::PortInfo>> {
         .collect()
 }
 
-fn source_prefix(ip: std::net::Ipv4Addr) -> Vec<u8> {
-    let mut b = ip.octets().to_vec();
-    b.push(32);
+/// An address and its prefix length as NetBird's wire packs them: 4 or 16 bytes, then one.
+fn encode_prefix(ip: IpAddr, len: u8) -> Vec<u8> {
+    let mut b = match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    b.push(len);
     b
+}
+
+fn host_prefix(ip: IpAddr) -> Vec<u8> {
+    encode_prefix(ip, if ip.is_ipv4() { 32 } else { 128 })
+}
+
+/// A peer's IPv6 overlay address, when the account has an IPv6 overlay and it is in it.
+fn overlay_v6(peer: &Peer, network_v6: Option<Ipv6Net>) -> Option<Ipv6Addr> {
+    peer.ipv6
+        .filter(|a| network_v6.is_some_and(|n| n.contains(a)))
+}
+
+/// Whether `peer`'s own map carries IPv6: an address, and it announced the capability.
+fn receives_v6(peer: &Peer, network_v6: Option<Ipv6Net>) -> bool {
+    peer.supports_ipv6 && overlay_v6(peer, network_v6).is_some()
 }
 
 /// Who a rule's two ends are, resolved against the account.
@@ -390,9 +411,12 @@ pub fn network_map<'a>(
     settings: &MapSettings,
 ) -> Option<pb::NetworkMap> {
     let me = account.peers.get(peer_id)?;
+    let net6 = account.network_v6;
     if !me.active() {
-        return Some(empty_map(account.serial, me, settings));
+        return Some(empty_map(account.serial, me, settings, net6));
     }
+    // IPv6 goes to peers that take it (NetBird's includeIPv6), about peers that have an address.
+    let with_v6 = receives_v6(me, net6);
     let resolver = Resolver::new(account);
     let my_groups: HashSet<&str> = account
         .groups
@@ -458,40 +482,64 @@ pub fn network_map<'a>(
                 if let Some((_, router)) = routers.iter().find(|(p, _)| *p == peer_id) {
                     // This peer routes the resource: it serves the route and enforces who may use it.
                     let route = route_for(resource, me, router);
-                    // Sources of the destination's family only: peers have IPv4 overlay
-                    // addresses, so an IPv6 resource gets no rule (denied) rather than a
-                    // rule that mixes families.
-                    let v6 = matches!(resource.parsed, ResourceAddress::Prefix(IpNet::V6(_)));
-                    let mut sources: Vec<String> = if v6 {
-                        vec![]
-                    } else {
-                        ends.sources
-                            .iter()
-                            .filter_map(|p| resolver.peers.get(*p))
-                            .map(|p| format!("{}/32", p.ip))
-                            .collect()
-                    };
-                    sources.sort();
-                    sources.dedup();
                     remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
-                    for sel in &ports {
-                        let (destination, is_dynamic, domains) = match &resource.parsed {
-                            ResourceAddress::Prefix(n) => (n.to_string(), false, vec![]),
-                            ResourceAddress::Domain(d) => (String::new(), true, vec![d.clone()]),
-                        };
-                        let r = pb::RouteFirewallRule {
-                            source_ranges: sources.clone(),
-                            action: pb_action(rule.action),
-                            destination,
-                            protocol: pb_protocol(rule.protocol),
-                            port_info: *sel,
-                            is_dynamic,
-                            domains,
-                            custom_protocol: 0,
-                            policy_id: policy.id.as_bytes().to_vec(),
-                            route_id: route.id.clone(),
-                        };
-                        if !r.source_ranges.is_empty() {
+                    let source_peers =
+                        || ends.sources.iter().filter_map(|p| resolver.peers.get(*p));
+                    let v4_sources: Vec<String> =
+                        source_peers().map(|p| format!("{}/32", p.ip)).collect();
+                    let v6_sources: Vec<String> = source_peers()
+                        .filter_map(|p| overlay_v6(p, net6))
+                        .map(|a| format!("{a}/128"))
+                        .collect();
+                    // Sources of the destination's family only, as NetBird: an IPv6 resource
+                    // gets the sources' IPv6 overlay addresses, and nothing (denied) when this
+                    // router takes no IPv6. A domain, or the IPv4 default route, also gets an
+                    // IPv6 counterpart.
+                    let (destination, is_dynamic, domains) = match &resource.parsed {
+                        ResourceAddress::Prefix(n) => (n.to_string(), false, vec![]),
+                        ResourceAddress::Domain(d) => (String::new(), true, vec![d.clone()]),
+                    };
+                    let mut families: Vec<(String, Vec<String>)> = Vec::new();
+                    match &resource.parsed {
+                        ResourceAddress::Prefix(IpNet::V6(_)) if with_v6 => {
+                            families.push((destination, v6_sources))
+                        }
+                        ResourceAddress::Prefix(IpNet::V6(_)) => {}
+                        ResourceAddress::Prefix(IpNet::V4(n)) if n.prefix_len() == 0 => {
+                            families.push((destination, v4_sources));
+                            if with_v6 {
+                                families.push(("::/0".into(), v6_sources));
+                            }
+                        }
+                        ResourceAddress::Prefix(IpNet::V4(_)) => {
+                            families.push((destination, v4_sources))
+                        }
+                        ResourceAddress::Domain(_) => {
+                            families.push((destination.clone(), v4_sources));
+                            if with_v6 {
+                                families.push((destination, v6_sources));
+                            }
+                        }
+                    }
+                    for (destination, mut sources) in families {
+                        sources.sort();
+                        sources.dedup();
+                        if sources.is_empty() {
+                            continue;
+                        }
+                        for sel in &ports {
+                            let r = pb::RouteFirewallRule {
+                                source_ranges: sources.clone(),
+                                action: pb_action(rule.action),
+                                destination: destination.clone(),
+                                protocol: pb_protocol(rule.protocol),
+                                port_info: *sel,
+                                is_dynamic,
+                                domains: domains.clone(),
+                                custom_protocol: 0,
+                                policy_id: policy.id.as_bytes().to_vec(),
+                                route_id: route.id.clone(),
+                            };
                             route_rules
                                 .entry(prost::Message::encode_to_vec(&r))
                                 .or_insert(r);
@@ -550,9 +598,17 @@ pub fn network_map<'a>(
             priority::compile(grants)
         };
         let mut seen = HashSet::new();
-        for c in compiled {
-            if seen.insert(c.clone()) {
-                firewall.push(firewall_rule(peer, *direction, &c));
+        let compiled: Vec<Compiled> = compiled
+            .into_iter()
+            .filter(|c| seen.insert(c.clone()))
+            .collect();
+        for c in &compiled {
+            firewall.push(firewall_rule(IpAddr::V4(peer.ip), *direction, c));
+        }
+        // The same rules about the other peer's IPv6 overlay address.
+        if let Some(v6) = overlay_v6(peer, net6).filter(|_| with_v6) {
+            for c in &compiled {
+                firewall.push(firewall_rule(IpAddr::V6(v6), *direction, c));
             }
         }
     }
@@ -561,7 +617,13 @@ pub fn network_map<'a>(
         .filter_map(|id| resolver.peers.get(*id))
         .map(|p| pb::RemotePeerConfig {
             wg_pub_key: p.wg_pub_key.clone(),
-            allowed_ips: vec![format!("{}/32", p.ip)],
+            allowed_ips: std::iter::once(format!("{}/32", p.ip))
+                .chain(
+                    overlay_v6(p, net6)
+                        .filter(|_| with_v6)
+                        .map(|a| format!("{a}/128")),
+                )
+                .collect(),
             ssh_config: None,
             fqdn: format!("{}.{}", p.dns_label, settings.dns_domain),
             agent_version: p.version.clone(),
@@ -571,7 +633,7 @@ pub fn network_map<'a>(
     let routes_firewall_rules: Vec<pb::RouteFirewallRule> = route_rules.into_values().collect();
     Some(pb::NetworkMap {
         serial: account.serial,
-        peer_config: Some(peer_config(me, settings)),
+        peer_config: Some(peer_config(me, settings, net6)),
         remote_peers_is_empty: remote_peers.is_empty(),
         remote_peers,
         routes: routes.into_values().collect(),
@@ -587,10 +649,15 @@ pub fn network_map<'a>(
 }
 
 /// The map of a peer that may reach nobody: every list empty and said to be so.
-pub fn empty_map(serial: u64, me: &Peer, settings: &MapSettings) -> pb::NetworkMap {
+pub fn empty_map(
+    serial: u64,
+    me: &Peer,
+    settings: &MapSettings,
+    network_v6: Option<Ipv6Net>,
+) -> pb::NetworkMap {
     pb::NetworkMap {
         serial,
-        peer_config: Some(peer_config(me, settings)),
+        peer_config: Some(peer_config(me, settings, network_v6)),
         remote_peers_is_empty: true,
         firewall_rules_is_empty: true,
         routes_firewall_rules_is_empty: true,
@@ -598,10 +665,21 @@ pub fn empty_map(serial: u64, me: &Peer, settings: &MapSettings) -> pb::NetworkM
     }
 }
 
-pub fn peer_config(peer: &Peer, settings: &MapSettings) -> pb::PeerConfig {
+/// The peer's own configuration; `address_v6` (16 bytes and the range's prefix length) when its
+/// map carries IPv6.
+pub fn peer_config(
+    peer: &Peer,
+    settings: &MapSettings,
+    network_v6: Option<Ipv6Net>,
+) -> pb::PeerConfig {
+    let address_v6 = match (receives_v6(peer, network_v6), peer.ipv6, network_v6) {
+        (true, Some(a), Some(n)) => encode_prefix(IpAddr::V6(a), n.prefix_len()),
+        _ => vec![],
+    };
     pb::PeerConfig {
         address: format!("{}/{}", peer.ip, settings.network.prefix_len()),
         fqdn: format!("{}.{}", peer.dns_label, settings.dns_domain),
+        address_v6,
         ..Default::default()
     }
 }

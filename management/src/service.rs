@@ -35,6 +35,20 @@ pub struct Options {
     pub turn: Option<TurnOptions>,
     /// STUN servers handed to peers in `NetbirdConfig.stuns` (e.g. `stun:relay.example:3478`).
     pub stuns: Vec<String>,
+    /// Where IPv6 overlay addresses come from.
+    pub ipv6: Ipv6Overlay,
+}
+
+/// The IPv6 overlay (NetBird's): every peer gets an address; peers that announce the
+/// capability get IPv6 in their maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Overlay {
+    /// The range stored with the account, or on first start a random ULA /64 (as NetBird picks).
+    Auto,
+    /// This range; peers outside it get new addresses.
+    Range(ipnet::Ipv6Net),
+    /// No IPv6 overlay: maps carry IPv4 only (peers keep their addresses for a later return).
+    Off,
 }
 
 /// TURN servers and the shared secret their credentials come from (coturn's
@@ -58,6 +72,7 @@ impl Options {
             ephemeral_timeout: Duration::from_secs(600),
             turn: None,
             stuns: Vec::new(),
+            ipv6: Ipv6Overlay::Auto,
         }
     }
 }
@@ -134,6 +149,15 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Str
     }
 }
 
+/// A random unique-local /64 (fdXX:XXXX:XXXX:XXXX::/64), as NetBird allocates an account's.
+fn random_ula() -> ipnet::Ipv6Net {
+    use rand::Rng;
+    let mut b: [u8; 16] = [0; 16];
+    b[0] = 0xfd;
+    rand::rng().fill(&mut b[1..8]);
+    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(b), 64).expect("64 is a valid prefix length")
+}
+
 /// The change's records as events: each by its own initiator, or by whoever made the change.
 fn stamp(records: Vec<Record>, by: &Initiator) -> Vec<Event> {
     let timestamp_ms = std::time::SystemTime::now()
@@ -169,7 +193,32 @@ impl Management {
         // The database holds peers' keys and the setup keys' hashes: owner only.
         set_mode(&db_path, 0o600)?;
         let mut account = store.load().context("load account")?;
-        let repaired = account.repair();
+        let mut repaired = account.repair();
+        let network_v6 = match options.ipv6 {
+            Ipv6Overlay::Auto => Some(account.network_v6.unwrap_or_else(random_ula)),
+            Ipv6Overlay::Range(n) if n.prefix_len() > 120 => anyhow::bail!(
+                "the IPv6 overlay range {n} is too small (at most /120; NetBird uses a /64)"
+            ),
+            Ipv6Overlay::Range(n) => Some(n.trunc()),
+            Ipv6Overlay::Off => None,
+        };
+        if network_v6 != account.network_v6
+            || network_v6.is_some_and(|n| {
+                account
+                    .peers
+                    .values()
+                    .any(|p| !p.ipv6.is_some_and(|a| n.contains(&a)))
+            })
+        {
+            repaired.extend(account.set_network_v6(network_v6));
+            // The range itself is stored with the serial; the peers are touched.
+            if repaired.is_empty() {
+                repaired.insert((
+                    crate::store::Kind::Group,
+                    account.all_group_id().unwrap_or_default().to_string(),
+                ));
+            }
+        }
         if !repaired.is_empty() {
             store
                 .save(&account, &repaired, &[])

@@ -123,6 +123,12 @@ impl Store {
             resources: self.load_kind(Kind::Resource)?.into_iter().collect(),
             routers: self.load_kind(Kind::Router)?.into_iter().collect(),
             acls: self.load_kind(Kind::Acl)?.into_iter().collect(),
+            network_v6: self
+                .meta("network_v6")?
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse())
+                .transpose()
+                .context("stored network_v6")?,
             serial: self
                 .meta("serial")?
                 .map(|s| s.parse())
@@ -172,6 +178,11 @@ impl Store {
             };
         }
         tx.execute("INSERT INTO meta (key, value) VALUES ('serial', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [account.serial.to_string()])?;
+        let v6 = account
+            .network_v6
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        tx.execute("INSERT INTO meta (key, value) VALUES ('network_v6', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [v6])?;
         tx.commit().context("commit")?;
         Ok(())
     }

@@ -506,3 +506,152 @@ async fn a_10000_peer_map_crosses_grpc_whole() {
 fn all_peers(m: &std::sync::Arc<management::Management>, group: &str) -> usize {
     m.read(|a| a.groups[group].peers.len())
 }
+
+/// Logs `key` in with the IPv6 overlay capability (or without); the PeerConfig it gets.
+async fn login_v6(url: &str, key: &WgKey, setup_key: &str, capable: bool) -> pb::PeerConfig {
+    let mut peer = TestPeer::connect_with_key(url, key.clone()).await;
+    let mut m = meta("v6-peer");
+    if capable {
+        m.capabilities = vec![
+            pb::PeerCapability::IPv6Overlay as i32,
+            pb::PeerCapability::SourcePrefixes as i32,
+        ];
+    }
+    let req = pb::LoginRequest {
+        setup_key: setup_key.into(),
+        meta: Some(m),
+        ..Default::default()
+    };
+    let resp = peer
+        .client
+        .login(peer.key.seal_message(&peer.server, &req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp: pb::LoginResponse = peer.key.open_message(&peer.server, &resp).unwrap();
+    resp.peer_config.unwrap()
+}
+
+/// The IPv6 overlay end to end: a range kept across restarts, an address per peer shown by
+/// the API, address_v6 only for peers that announce the capability, operator-set addresses
+/// checked, and the overlay switched off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_overlay_addresses_over_grpc_and_rest() {
+    let dir = TempDir::new("v6");
+    let mut o = options(&dir);
+    o.ipv6 = management::Ipv6Overlay::Range("fd00:aa:bb:cc::/64".parse().unwrap());
+    let m = std::sync::Arc::new(management::Management::open(&o).unwrap());
+    let (url, server) = serve(m.clone()).await;
+    let setup = key(
+        &m,
+        json!({"name": "k", "type": "reusable", "auto_groups": []}),
+    )
+    .await;
+    let (capable, plain) = (WgKey::generate(), WgKey::generate());
+    let config = login_v6(&url, &capable, &setup, true).await;
+    assert_eq!(config.address_v6.len(), 17, "16 bytes and a prefix length");
+    let bytes: [u8; 16] = config.address_v6[..16].try_into().unwrap();
+    let v6 = std::net::Ipv6Addr::from(bytes);
+    assert_eq!(config.address_v6[16], 64);
+    assert!(
+        "fd00:aa:bb:cc::/64"
+            .parse::<ipnet::Ipv6Net>()
+            .unwrap()
+            .contains(&v6),
+        "{v6}"
+    );
+    assert!(
+        login_v6(&url, &plain, &setup, false)
+            .await
+            .address_v6
+            .is_empty(),
+        "no capability, no IPv6"
+    );
+    let peers = ok(&m, "GET", "/api/peers", Value::Null).await;
+    let shown = |key: &WgKey, peers: &Value| {
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["public_key"] == key.public().to_base64())
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(shown(&capable, &peers)["ipv6"], v6.to_string());
+    let plain_v6 = shown(&plain, &peers)["ipv6"]
+        .as_str()
+        .expect("every peer has an address")
+        .to_string();
+    assert_ne!(plain_v6, v6.to_string());
+
+    // An operator moves the capable peer: outside the range or taken is refused.
+    let id = shown(&capable, &peers)["id"].as_str().unwrap().to_string();
+    let put = |ipv6: &str| json!({"name": "v6-peer", "ssh_enabled": false, "login_expiration_enabled": false, "inactivity_expiration_enabled": false, "ipv6": ipv6});
+    assert_eq!(
+        call(
+            &m,
+            "PUT",
+            &format!("/api/peers/{id}"),
+            Some(put("fd00:99::1"))
+        )
+        .await
+        .0,
+        422
+    );
+    assert_eq!(
+        call(&m, "PUT", &format!("/api/peers/{id}"), Some(put(&plain_v6)))
+            .await
+            .0,
+        422
+    );
+    assert_eq!(
+        ok(
+            &m,
+            "PUT",
+            &format!("/api/peers/{id}"),
+            put("fd00:aa:bb:cc::77")
+        )
+        .await["ipv6"],
+        "fd00:aa:bb:cc::77"
+    );
+
+    // A restart on the default keeps the stored range and the addresses.
+    server.abort();
+    drop(m);
+    let m = std::sync::Arc::new(management::Management::open(&options(&dir)).unwrap());
+    let (url, server) = serve(m.clone()).await;
+    let again = login_v6(&url, &capable, "", true).await;
+    assert_eq!(
+        again.address_v6[..16],
+        "fd00:aa:bb:cc::77"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    // Switched off: no address_v6, and the API shows none.
+    server.abort();
+    drop(m);
+    let mut off = options(&dir);
+    off.ipv6 = management::Ipv6Overlay::Off;
+    let m = std::sync::Arc::new(management::Management::open(&off).unwrap());
+    let (url, _server) = serve(m.clone()).await;
+    assert!(
+        login_v6(&url, &capable, "", true)
+            .await
+            .address_v6
+            .is_empty()
+    );
+    assert!(
+        ok(&m, "GET", "/api/peers", Value::Null)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.get("ipv6").is_none())
+    );
+
+    // A new service picks a random unique-local /64 of its own.
+    let fresh = open(&TempDir::new("v6-fresh"));
+    let net = fresh.read(|a| a.network_v6).expect("on by default");
+    assert_eq!((net.prefix_len(), net.network().octets()[0]), (64, 0xfd));
+}

@@ -390,3 +390,165 @@ fn peer_resources_in_rules() {
     );
     assert!(map(&a, "A").firewall_rules_is_empty);
 }
+
+/// The account with an IPv6 overlay: A ::a, B ::b, R ::4 announce it; C has an address but
+/// did not announce the capability.
+fn v6_account(rules: Vec<PolicyRule>) -> Account {
+    let mut a = account(rules);
+    a.network_v6 = Some("fd00:1:2:3::/64".parse().unwrap());
+    for (id, suffix, supports) in [
+        ("A", "a", true),
+        ("B", "b", true),
+        ("C", "c", false),
+        ("R", "4", true),
+    ] {
+        let p = a.peers.get_mut(id).unwrap();
+        p.ipv6 = Some(format!("fd00:1:2:3::{suffix}").parse().unwrap());
+        p.supports_ipv6 = supports;
+    }
+    a
+}
+
+fn v6_bytes(text: &str, len: u8) -> Vec<u8> {
+    let mut b = text
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets()
+        .to_vec();
+    b.push(len);
+    b
+}
+
+#[test]
+fn ipv6_overlay_reaches_peers_that_take_it() {
+    let a = v6_account(vec![rule(
+        &["clients"],
+        &["servers"],
+        RuleProtocol::Tcp,
+        &[22],
+    )]);
+    let b = map(&a, "B");
+    assert_eq!(
+        b.peer_config.as_ref().unwrap().address_v6,
+        v6_bytes("fd00:1:2:3::b", 64)
+    );
+    assert_eq!(
+        b.remote_peers[0].allowed_ips,
+        vec!["100.64.0.1/32", "fd00:1:2:3::a/128"]
+    );
+    let mut v6_in = fw("100.64.0.1", D::In, A::Accept, P::Tcp, "22");
+    v6_in.peer_ip = "fd00:1:2:3::a".into();
+    v6_in.source_prefixes = vec![v6_bytes("fd00:1:2:3::a", 128)];
+    assert_eq!(
+        b.firewall_rules,
+        vec![fw("100.64.0.1", D::In, A::Accept, P::Tcp, "22"), v6_in]
+    );
+    let a_map = map(&a, "A");
+    let mut v6_out = fw("100.64.0.2", D::Out, A::Accept, P::Tcp, "22");
+    v6_out.peer_ip = "fd00:1:2:3::b".into();
+    assert_eq!(
+        a_map.firewall_rules,
+        vec![fw("100.64.0.2", D::Out, A::Accept, P::Tcp, "22"), v6_out]
+    );
+
+    // A peer that did not announce the capability gets IPv4 only, whoever it talks to.
+    let mut quiet = a.clone();
+    quiet.peers.get_mut("B").unwrap().supports_ipv6 = false;
+    let b = map(&quiet, "B");
+    assert!(b.peer_config.as_ref().unwrap().address_v6.is_empty());
+    assert_eq!(b.remote_peers[0].allowed_ips, vec!["100.64.0.1/32"]);
+    assert_eq!(
+        b.firewall_rules,
+        vec![fw("100.64.0.1", D::In, A::Accept, P::Tcp, "22")]
+    );
+    // Its address still reaches those that take IPv6 (NetBird's condition is the address).
+    assert_eq!(map(&quiet, "A").firewall_rules.len(), 2);
+    // Without an IPv6 overlay nobody gets IPv6, addresses or not.
+    let mut off = a.clone();
+    off.network_v6 = None;
+    for id in ["A", "B"] {
+        let m = map(&off, id);
+        assert!(m.peer_config.as_ref().unwrap().address_v6.is_empty());
+        assert!(
+            m.firewall_rules.iter().all(|r| !r.peer_ip.contains(':')),
+            "{id}: {:#?}",
+            m.firewall_rules
+        );
+    }
+}
+
+#[test]
+fn routed_resources_get_sources_of_their_own_family() {
+    let route_rules = |a: &Account| -> Vec<(String, Vec<String>)> {
+        map(a, "R")
+            .routes_firewall_rules
+            .iter()
+            .map(|r| (r.destination.clone(), r.source_ranges.clone()))
+            .collect()
+    };
+    let set = |a: &mut Account, address: &str| {
+        let db = a.resources.get_mut("db").unwrap();
+        db.address = address.into();
+        db.parsed = crate::account::parse_resource_address(address).unwrap();
+    };
+    let mut a = v6_account(vec![rule(
+        &["clients"],
+        &["db-res"],
+        RuleProtocol::Tcp,
+        &[443],
+    )]);
+    // An IPv6 resource: the clients' IPv6 overlay addresses, never IPv4 ones.
+    set(&mut a, "2001:db8:5::/64");
+    assert_eq!(
+        route_rules(&a),
+        vec![(
+            "2001:db8:5::/64".to_string(),
+            vec!["fd00:1:2:3::a/128".to_string()]
+        )]
+    );
+    // A router that takes no IPv6, or clients without an IPv6 address: no rule, so denied.
+    let mut no_v6_router = a.clone();
+    no_v6_router.peers.get_mut("R").unwrap().supports_ipv6 = false;
+    assert!(
+        route_rules(&no_v6_router).is_empty()
+            && map(&no_v6_router, "R").routes_firewall_rules_is_empty
+    );
+    let mut no_v6_client = a.clone();
+    no_v6_client.peers.get_mut("A").unwrap().ipv6 = None;
+    assert!(route_rules(&no_v6_client).is_empty());
+    // An IPv4 resource: IPv4 sources only.
+    set(&mut a, "198.18.10.0/24");
+    assert_eq!(
+        route_rules(&a),
+        vec![(
+            "198.18.10.0/24".to_string(),
+            vec!["100.64.0.1/32".to_string()]
+        )]
+    );
+    // A domain, and the IPv4 default route, get an IPv6 counterpart.
+    set(&mut a, "*.corp.example");
+    let rules = map(&a, "R").routes_firewall_rules;
+    let sources: BTreeSet<Vec<String>> = rules.iter().map(|r| r.source_ranges.clone()).collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from([
+            vec!["100.64.0.1/32".to_string()],
+            vec!["fd00:1:2:3::a/128".to_string()]
+        ])
+    );
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.is_dynamic && r.domains == ["*.corp.example"])
+    );
+    set(&mut a, "0.0.0.0/0");
+    let mut got = route_rules(&a);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("0.0.0.0/0".to_string(), vec!["100.64.0.1/32".to_string()]),
+            ("::/0".to_string(), vec!["fd00:1:2:3::a/128".to_string()])
+        ]
+    );
+}

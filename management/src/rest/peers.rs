@@ -29,7 +29,7 @@ fn peer_json(m: &Management, a: &Account, p: &Peer) -> Value {
         .collect();
     member.sort_by_key(|g| g.name == crate::account::ALL_GROUP);
     let groups: Vec<Value> = member.iter().map(|g| group_ref(a, &g.id)).collect();
-    json!({
+    let mut shown = json!({
         "id": p.id, "name": p.name, "ip": p.ip.to_string(), "connection_ip": p.connection_ip,
         "connected": m.is_connected(&p.id), "last_seen": rfc3339_or_zero(p.last_seen),
         "os": p.os, "kernel_version": p.kernel_version, "geoname_id": 0, "version": p.version,
@@ -41,7 +41,15 @@ fn peer_json(m: &Management, a: &Account, p: &Peer) -> Value {
         "country_code": "", "city_name": "", "serial_number": p.serial_number, "extra_dns_labels": [],
         "ephemeral": p.ephemeral, "created_at": rfc3339_or_zero(p.created_at), "accessible_peers_count": 0,
         "public_key": p.wg_pub_key, "labels": p.labels,
-    })
+    });
+    // Omitted without an IPv6 overlay, as NetBird's.
+    if let Some(v6) = p
+        .ipv6
+        .filter(|v6| a.network_v6.is_some_and(|n| n.contains(v6)))
+    {
+        shown["ipv6"] = Value::String(v6.to_string());
+    }
+    shown
 }
 
 /// `?name=` and `?ip=` are substring matches, as NetBird's.
@@ -160,6 +168,8 @@ struct PeerUpdate {
     approval_required: Option<bool>,
     #[serde(default)]
     ip: Option<String>,
+    #[serde(default)]
+    ipv6: Option<String>,
     /// Not in NetBird's PeerRequest: moving it forward renews an expired login.
     #[serde(default)]
     login_expiration: Option<String>,
@@ -183,6 +193,19 @@ pub(super) async fn update_peer(
             Err(_) => return invalid(format!("invalid IP address {text:?}")),
         },
     };
+    let ipv6 = match u.ipv6.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => match (text.parse::<std::net::Ipv6Addr>(), m.read(|a| a.network_v6)) {
+            (Ok(ip), Some(n)) if n.contains(&ip) && ip != n.network() => Some(ip),
+            (Ok(ip), Some(n)) => {
+                return invalid(format!(
+                    "ipv6 {ip} is not a host of the IPv6 overlay network {n}"
+                ));
+            }
+            (Ok(_), None) => return invalid("this service has no IPv6 overlay"),
+            (Err(_), _) => return invalid(format!("invalid IPv6 address {text:?}")),
+        },
+    };
     let expires = u
         .login_expiration
         .as_deref()
@@ -200,6 +223,7 @@ pub(super) async fn update_peer(
         p.inactivity_expiration_enabled = u.inactivity_expiration_enabled;
         p.approval_required = u.approval_required.unwrap_or(p.approval_required);
         p.ip = ip.unwrap_or(p.ip);
+        p.ipv6 = ipv6.or(p.ipv6);
         if let Some(t) = expires {
             p.login_expires_at = t;
         }
