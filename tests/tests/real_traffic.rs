@@ -80,10 +80,11 @@ fn transfers(
                 "{label}: only {} bytes arrived ({o:?})",
                 o.bytes_received
             ),
-            // 150 Mbit/s of 1400-byte datagrams: almost all must arrive (a loaded 2-core VM
-            // drops a few in the receiving socket; the gateway itself must drop none, below).
+            // 150 Mbit/s of 1400-byte datagrams: almost all must arrive. A loaded 2-core VM
+            // drops some in iperf3's receiving socket (6% once in CI, on the tc path); the
+            // gateway itself must drop none, which its counters show below.
             Transfer::Udp { .. } => assert!(
-                o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 5,
+                o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 10,
                 "{label}: {} of {} datagrams lost ({o:?})",
                 o.lost_packets,
                 o.packets
