@@ -188,6 +188,20 @@ enum ManagementCommand {
         /// A STUN server to hand to peers (NetbirdConfig.stuns); repeat for several.
         #[arg(long)]
         stun_uri: Vec<String>,
+        /// The Signal server to hand to peers (NetbirdConfig.signal), e.g.
+        /// https://signal.example:443. A stock NetBird client needs one to connect to others.
+        #[arg(long)]
+        signal_uri: Option<String>,
+        /// A NetBird relay to hand to peers (NetbirdConfig.relay), e.g. rels://relay.example:443;
+        /// repeat for several.
+        #[arg(long, requires = "relay_secret_file")]
+        relay_address: Vec<String>,
+        /// The relays' auth secret: peers get time-limited tokens signed with it.
+        #[arg(long, requires = "relay_address")]
+        relay_secret_file: Option<PathBuf>,
+        /// How long a relay token lasts, in seconds (NetBird's default 24 h).
+        #[arg(long, default_value_t = 86_400)]
+        relay_ttl: u64,
         /// TLS certificate chain, PEM, leaf first (e.g. certbot's fullchain.pem); re-read
         /// when it changes.
         #[arg(long, requires = "tls_key", conflicts_with = "plain_http")]
@@ -304,6 +318,10 @@ pub fn main() -> ExitCode {
                     turn_secret_file,
                     turn_ttl,
                     stun_uri,
+                    signal_uri,
+                    relay_address,
+                    relay_secret_file,
+                    relay_ttl,
                     tls_cert,
                     tls_key,
                     plain_http,
@@ -323,27 +341,29 @@ pub fn main() -> ExitCode {
             };
             let mut options = management::Options::new(data_dir);
             options.stuns = stun_uri;
+            options.signal = signal_uri;
+            if let Some(file) = relay_secret_file {
+                match read_secret("--relay-secret-file", &file) {
+                    Ok(secret) => {
+                        options.relay = Some(management::RelayOptions {
+                            urls: relay_address,
+                            secret,
+                            ttl: std::time::Duration::from_secs(relay_ttl.max(2)),
+                        })
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
             if let Some(file) = turn_secret_file {
-                match std::fs::read_to_string(&file) {
-                    Ok(secret) if !secret.trim().is_empty() => {
+                match read_secret("--turn-secret-file", &file) {
+                    Ok(secret) => {
                         options.turn = Some(management::TurnOptions {
                             uris: turn_uri,
-                            secret: secret.trim().to_string(),
+                            secret,
                             ttl: std::time::Duration::from_secs(turn_ttl.max(2)),
                         })
                     }
-                    Ok(_) => {
-                        return fail(anyhow::anyhow!(
-                            "--turn-secret-file {}: empty",
-                            file.display()
-                        ));
-                    }
-                    Err(e) => {
-                        return fail(anyhow::anyhow!(
-                            "--turn-secret-file {}: {e}",
-                            file.display()
-                        ));
-                    }
+                    Err(e) => return fail(e),
                 }
             }
             options.api_token =
@@ -407,6 +427,16 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// A shared secret from a file (trimmed); an empty file is refused.
+#[cfg(feature = "management-server")]
+fn read_secret(flag: &str, file: &std::path::Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(file) {
+        Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_string()),
+        Ok(_) => Err(anyhow::anyhow!("{flag} {}: empty", file.display())),
+        Err(e) => Err(anyhow::anyhow!("{flag} {}: {e}", file.display())),
     }
 }
 

@@ -284,7 +284,8 @@ async fn push_maps(
             m.metrics.map_pushes.inc();
             last_sent = Some(map);
         }
-        // TURN credentials expire: a message with the config alone renews them at ¾ of their life.
+        // TURN credentials and relay tokens expire: a message with the config alone renews them
+        // at ¾ of their life.
         let refresh = m.credential_refresh();
         let renew = async {
             match refresh {

@@ -20,7 +20,7 @@ pub mod tls;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use management_proto::pb::management_service_server::ManagementServiceServer;
-pub use service::{Ipv6Overlay, Management, Options, TurnOptions};
+pub use service::{Ipv6Overlay, Management, Options, RelayOptions, TurnOptions};
 
 /// REST and gRPC in one router.
 pub fn app(m: Arc<Management>) -> axum::Router {

@@ -37,6 +37,20 @@ pub struct Options {
     pub stuns: Vec<String>,
     /// Where IPv6 overlay addresses come from.
     pub ipv6: Ipv6Overlay,
+    /// The Signal server handed to peers (`NetbirdConfig.signal`), e.g. `https://signal.example:443`.
+    pub signal: Option<String>,
+    /// NetBird relays handed to peers (`NetbirdConfig.relay`) with time-limited tokens.
+    pub relay: Option<RelayOptions>,
+}
+
+/// NetBird relay servers and the secret their tokens are signed with (the relay's `--auth-secret`).
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// e.g. `rels://relay.example:443`
+    pub urls: Vec<String>,
+    pub secret: String,
+    /// How long a token lasts (NetBird's default 24 h); peers get a fresh one at ¾ of it.
+    pub ttl: Duration,
 }
 
 /// The IPv6 overlay (NetBird's): every peer gets an address; peers that announce the
@@ -73,6 +87,8 @@ impl Options {
             turn: None,
             stuns: Vec::new(),
             ipv6: Ipv6Overlay::Auto,
+            signal: None,
+            relay: None,
         }
     }
 }
@@ -90,6 +106,8 @@ pub struct Management {
     pub ephemeral_timeout: Duration,
     turn: Option<TurnOptions>,
     stuns: Vec<String>,
+    signal: Option<String>,
+    relay: Option<RelayOptions>,
     /// Carries the serial after every change.
     changes: watch::Sender<u64>,
     /// Open Sync streams per peer id.
@@ -149,6 +167,32 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Str
     }
 }
 
+/// The Signal server as NetBird's config names it: `https://host:port` → (HTTPS, `host:port`).
+pub fn signal_host(url: &str) -> anyhow::Result<(pb::host_config::Protocol, String)> {
+    use pb::host_config::Protocol;
+    let (protocol, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (Protocol::Https, rest),
+        Some(("http", rest)) => (Protocol::Http, rest),
+        _ => anyhow::bail!("signal URL {url:?}: give it as https://host:port or http://host:port"),
+    };
+    if rest.is_empty() || rest.contains('/') {
+        anyhow::bail!("signal URL {url:?}: give it as https://host:port or http://host:port");
+    }
+    Ok((protocol, rest.to_string()))
+}
+
+/// A NetBird relay token's signature: base64(HMAC-SHA256(SHA-256(secret), payload)).
+pub fn relay_token_signature(secret: &str, payload: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    use sha2::Digest;
+    let key = sha2::Sha256::digest(secret.as_bytes());
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(payload.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
 /// A random unique-local /64 (fdXX:XXXX:XXXX:XXXX::/64), as NetBird allocates an account's.
 fn random_ula() -> ipnet::Ipv6Net {
     use rand::Rng;
@@ -187,6 +231,16 @@ fn stamp(records: Vec<Record>, by: &Initiator) -> Vec<Event> {
 
 impl Management {
     pub fn open(options: &Options) -> anyhow::Result<Management> {
+        if let Some(s) = &options.signal {
+            signal_host(s)?;
+        }
+        if options
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.urls.is_empty() || r.secret.is_empty())
+        {
+            anyhow::bail!("a relay needs at least one URL and a secret");
+        }
         private_dir(&options.data_dir)?;
         let db_path = options.data_dir.join(DB_FILE);
         let mut store = Store::open(&db_path)?;
@@ -252,18 +306,25 @@ impl Management {
             ephemeral_timeout: options.ephemeral_timeout,
             turn: options.turn.clone(),
             stuns: options.stuns.clone(),
+            signal: options.signal.clone(),
+            relay: options.relay.clone(),
             changes,
             streams: Mutex::new(HashMap::new()),
             metrics: Default::default(),
         })
     }
 
-    /// What peers learn of the deployment at Login and on their Sync stream: STUN servers, and
-    /// TURN servers with a time-limited credential each (username = expiry unix time, password
-    /// = base64(HMAC-SHA1(secret, username)), as NetBird's management makes them). `None` when
-    /// there is nothing to tell.
+    /// What peers learn of the deployment at Login and on their Sync stream, as NetBird's
+    /// management tells it: STUN servers; TURN servers with a time-limited credential each
+    /// (username = expiry unix time, password = base64(HMAC-SHA1(secret, username))); the Signal
+    /// server; relays with a time-limited token (payload = expiry unix time, signature =
+    /// base64(HMAC-SHA256(SHA-256(secret), payload))). `None` when there is nothing to tell.
     pub fn netbird_config(&self, now_unix: u64) -> Option<pb::NetbirdConfig> {
-        if self.turn.is_none() && self.stuns.is_empty() {
+        if self.turn.is_none()
+            && self.stuns.is_empty()
+            && self.signal.is_none()
+            && self.relay.is_none()
+        {
             return None;
         }
         let host = |uri: &str| pb::HostConfig {
@@ -283,16 +344,36 @@ impl Management {
                 })
             })
             .collect();
+        let signal = self.signal.as_deref().map(|s| {
+            let (protocol, uri) = signal_host(s).expect("checked when the service opened");
+            pb::HostConfig {
+                uri,
+                protocol: protocol as i32,
+            }
+        });
+        let relay = self.relay.as_ref().map(|r| {
+            let payload = (now_unix + r.ttl.as_secs()).to_string();
+            pb::RelayConfig {
+                urls: r.urls.clone(),
+                token_signature: relay_token_signature(&r.secret, &payload),
+                token_payload: payload,
+            }
+        });
         Some(pb::NetbirdConfig {
             stuns: self.stuns.iter().map(|u| host(u)).collect(),
             turns,
+            signal,
+            relay,
             ..Default::default()
         })
     }
 
-    /// When peers need a fresh TURN credential: at ¾ of its lifetime (NetBird's schedule).
+    /// When peers need fresh TURN credentials or relay tokens: at ¾ of the shorter lifetime
+    /// (NetBird's schedule).
     pub fn credential_refresh(&self) -> Option<Duration> {
-        self.turn.as_ref().map(|t| t.ttl * 3 / 4)
+        let turn = self.turn.as_ref().map(|t| t.ttl);
+        let relay = self.relay.as_ref().map(|r| r.ttl);
+        turn.into_iter().chain(relay).min().map(|ttl| ttl * 3 / 4)
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&Account) -> T) -> T {
