@@ -24,16 +24,29 @@ fn expected_signature(payload: &str) -> String {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The relay part, after checking the token: its expiry.
 fn checked_relay(config: &pb::NetbirdConfig, ttl: u64) -> u64 {
     let relay = config.relay.as_ref().expect("relay");
-    assert_eq!(relay.urls, vec!["rels://relay.example:443", "rel://relay2.example:80"]);
-    assert_eq!(relay.token_signature, expected_signature(&relay.token_payload));
+    assert_eq!(
+        relay.urls,
+        vec!["rels://relay.example:443", "rel://relay2.example:80"]
+    );
+    assert_eq!(
+        relay.token_signature,
+        expected_signature(&relay.token_payload)
+    );
     let expiry: u64 = relay.token_payload.parse().expect("payload is the expiry");
-    assert!(expiry.abs_diff(now() + ttl) <= 2, "expiry {expiry} vs now {} + {ttl}", now());
+    assert!(
+        expiry.abs_diff(now() + ttl) <= 2,
+        "expiry {expiry} vs now {} + {ttl}",
+        now()
+    );
     expiry
 }
 
@@ -44,34 +57,68 @@ async fn signal_and_relay_tokens_reach_peers_and_are_renewed() {
     o.signal = Some("https://signal.example:443".into());
     o.stuns = vec!["stun:stun.example:3478".into()];
     o.relay = Some(management::RelayOptions {
-        urls: vec!["rels://relay.example:443".into(), "rel://relay2.example:80".into()],
+        urls: vec![
+            "rels://relay.example:443".into(),
+            "rel://relay2.example:80".into(),
+        ],
         secret: SECRET.into(),
         ttl: Duration::from_secs(4),
     });
     let m = std::sync::Arc::new(management::Management::open(&o).unwrap());
     let (url, _server) = serve(m.clone()).await;
-    let (_, key) = call(&m, "POST", "/api/setup-keys", Some(json!({"name": "k", "type": "reusable", "auto_groups": []}))).await;
+    let (_, key) = call(
+        &m,
+        "POST",
+        "/api/setup-keys",
+        Some(json!({"name": "k", "type": "reusable", "auto_groups": []})),
+    )
+    .await;
     let mut peer = TestPeer::connect(&url).await;
     let login = peer.login(key["key"].as_str().unwrap()).await.unwrap();
     let config = login.netbird_config.expect("Login carries the config");
     let signal = config.signal.as_ref().expect("signal");
-    assert_eq!((signal.uri.as_str(), signal.protocol), ("signal.example:443", pb::host_config::Protocol::Https as i32));
+    assert_eq!(
+        (signal.uri.as_str(), signal.protocol),
+        (
+            "signal.example:443",
+            pb::host_config::Protocol::Https as i32
+        )
+    );
     assert_eq!(config.stuns[0].uri, "stun:stun.example:3478");
     let first = checked_relay(&config, 4);
 
     // Sync: the first message carries the config; a renewed token alone comes at ¾ of 4 s.
     let mut stream = peer.sync().await.unwrap();
-    let open = |msg: pb::EncryptedMessage| -> pb::SyncResponse { peer.key.open_message(&peer.server, &msg).unwrap() };
-    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    let open = |msg: pb::EncryptedMessage| -> pb::SyncResponse {
+        peer.key.open_message(&peer.server, &msg).unwrap()
+    };
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let initial = open(msg);
     assert!(initial.network_map.is_some());
-    checked_relay(initial.netbird_config.as_ref().expect("the first Sync message carries the config"), 4);
-    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("a renewal within 5 s").unwrap().unwrap();
+    checked_relay(
+        initial
+            .netbird_config
+            .as_ref()
+            .expect("the first Sync message carries the config"),
+        4,
+    );
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a renewal within 5 s")
+        .unwrap()
+        .unwrap();
     let renewal = open(msg);
     assert!(renewal.network_map.is_none(), "the config alone");
     let renewed = checked_relay(renewal.netbird_config.as_ref().unwrap(), 4);
     assert!(renewed > first, "a later expiry: {renewed} after {first}");
-    assert!(renewal.netbird_config.unwrap().signal.is_some(), "the whole config, not only the token");
+    assert!(
+        renewal.netbird_config.unwrap().signal.is_some(),
+        "the whole config, not only the token"
+    );
 }
 
 #[test]

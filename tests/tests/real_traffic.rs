@@ -70,8 +70,14 @@ fn transfers(
                 "client to server"
             }
         );
+        let receiver = if reverse { client } else { server };
+        let socket_drops_before = gateway_testkit::traffic::udp_socket_drops(receiver);
         let o = iperf::run(client, server, server_addr, run)
             .unwrap_or_else(|e| panic!("{label}: {e:#}"));
+        // Datagrams the receiving socket itself dropped (its buffer was full): the receiving
+        // host's loss on a loaded 2-core VM, not the path's.
+        let socket_drops = gateway_testkit::traffic::udp_socket_drops(receiver)
+            .saturating_sub(socket_drops_before);
         match transfer {
             // Tens of MB at the very least, even on a loaded 2-core VM (about 15 Gbit/s without a
             // gateway); before the fix it was 0 bytes.
@@ -80,12 +86,13 @@ fn transfers(
                 "{label}: only {} bytes arrived ({o:?})",
                 o.bytes_received
             ),
-            // 150 Mbit/s of 1400-byte datagrams: almost all must arrive. A loaded 2-core VM
-            // drops some in iperf3's receiving socket (6% once in CI, on the tc path); the
-            // gateway itself must drop none, which its counters show below.
+            // 150 Mbit/s of 1400-byte datagrams: almost all must arrive, apart from those the
+            // receiving socket dropped; the gateway itself must drop none, which its counters
+            // show below.
             Transfer::Udp { .. } => assert!(
-                o.packets > 10_000 && o.lost_packets * 100 <= o.packets * 10,
-                "{label}: {} of {} datagrams lost ({o:?})",
+                o.packets > 10_000
+                    && o.lost_packets.saturating_sub(socket_drops) * 100 <= o.packets * 5,
+                "{label}: {} of {} datagrams lost, {socket_drops} of them by the receiving socket ({o:?})",
                 o.lost_packets,
                 o.packets
             ),
