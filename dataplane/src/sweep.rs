@@ -23,6 +23,8 @@ pub struct SweepReport {
     pub revoked: usize,
     /// Entries left after the sweep (tombstones included).
     pub live: usize,
+    /// The masquerade's translations, swept after the flows.
+    pub nat: crate::nat_sweep::NatSweepReport,
 }
 
 /// CLOCK_MONOTONIC_COARSE, the clock the kernel programs stamp entries with.
@@ -49,6 +51,7 @@ fn ip(family: u8, bytes: &[u8; 16]) -> IpAddr {
 pub struct Sweeper {
     map: BpfHashMap<MapData, CtKey, CtEntry>,
     timeouts: Timeouts,
+    nat: crate::nat_sweep::NatSweeper,
 }
 
 impl Dataplane {
@@ -66,6 +69,7 @@ impl Dataplane {
         Ok(Sweeper {
             map: BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?,
             timeouts: self.timeouts,
+            nat: self.nat_sweeper()?,
         })
     }
 
@@ -79,6 +83,7 @@ impl Dataplane {
     /// Keeps what a sweep counted: the fill level of the conntrack map.
     pub fn record_sweep(&mut self, r: &SweepReport) {
         self.conntrack_entries = r.live as u64;
+        self.nat_translations = r.nat.translations as u64;
     }
 }
 
@@ -129,6 +134,8 @@ impl Sweeper {
                 }
             }
         }
+        // Translations next: the flows they belong to are now as the policy says.
+        report.nat = self.nat.sweep(&self.map, now)?;
         Ok(report)
     }
 }

@@ -65,6 +65,62 @@ user_pod!(CtKey, CtEntry);
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// A flow's canonical key from one packet's sender (`src`, `sport`) and receiver, and whether
+/// the sender is endpoint a of the key. `echo`: for ICMP echo, whether the sender is the one that
+/// asked (a request) or answers (a reply); `None` for other flows. The kernel keys every packet
+/// with it; the controller finds a translated flow's entry with it.
+#[inline(always)]
+pub fn flow_key(
+    src: &[u8; 16],
+    sport: u16,
+    dst: &[u8; 16],
+    dport: u16,
+    proto: u8,
+    family: u8,
+    echo: Option<bool>,
+) -> (CtKey, bool) {
+    let sender_is_a = endpoint_le(src, sport, dst, dport);
+    let (a, pa, b, pb) = if sender_is_a {
+        (*src, sport, *dst, dport)
+    } else {
+        (*dst, dport, *src, sport)
+    };
+    let echo = match echo {
+        None => 0,
+        // The requester is the sender of a request and the receiver of a reply.
+        Some(from_requester) => {
+            if from_requester == sender_is_a {
+                ECHO_REQUESTER_A
+            } else {
+                ECHO_REQUESTER_B
+            }
+        }
+    };
+    let key = CtKey {
+        addr_a: a,
+        addr_b: b,
+        port_a: pa,
+        port_b: pb,
+        proto,
+        family,
+        echo,
+        _pad: 0,
+    };
+    (key, sender_is_a)
+}
+
+#[inline(always)]
+fn endpoint_le(a: &[u8; 16], pa: u16, b: &[u8; 16], pb: u16) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    pa <= pb
+}
+
 /// Turns a live entry into a tombstone (see [`ORIGIN_REVOKED`]): the kernel's rule when a
 /// packet finds its flow revoked, and the controller's sweep. A TCP tombstone counts as closed:
 /// its short timeout applies, and a new SYN may open the connection again.

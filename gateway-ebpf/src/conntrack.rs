@@ -12,48 +12,19 @@ use crate::{
 /// A flow's key, and whether the packet's sender is endpoint a of the key.
 #[inline(always)]
 pub fn key_of(flow: &Flow) -> (CtKey, bool) {
-    let sender_is_a = endpoint_le(&flow.src, flow.sport, &flow.dst, flow.dport);
-    let (a, pa, b, pb) = if sender_is_a {
-        (flow.src, flow.sport, flow.dst, flow.dport)
-    } else {
-        (flow.dst, flow.dport, flow.src, flow.sport)
-    };
     let echo = match flow.echo {
-        ECHO_NONE => 0,
-        // The requester is the sender of a request and the receiver of a reply.
-        e => {
-            if (e == ECHO_FROM_REQUESTER) == sender_is_a {
-                ECHO_REQUESTER_A
-            } else {
-                ECHO_REQUESTER_B
-            }
-        }
+        ECHO_NONE => None,
+        e => Some(e == ECHO_FROM_REQUESTER),
     };
-    (
-        CtKey {
-            addr_a: a,
-            addr_b: b,
-            port_a: pa,
-            port_b: pb,
-            proto: flow.proto,
-            family: flow.family,
-            echo,
-            _pad: 0,
-        },
-        sender_is_a,
+    flow_key(
+        &flow.src,
+        flow.sport,
+        &flow.dst,
+        flow.dport,
+        flow.proto,
+        flow.family,
+        echo,
     )
-}
-
-#[inline(always)]
-fn endpoint_le(a: &[u8; 16], pa: u16, b: &[u8; 16], pb: u16) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if a[i] != b[i] {
-            return a[i] < b[i];
-        }
-        i += 1;
-    }
-    pa <= pb
 }
 
 /// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the coarse clock costs a

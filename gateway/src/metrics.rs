@@ -21,6 +21,11 @@ pub struct Metrics {
     map_capacity: IntGaugeVec,
     pub apply_seconds: prometheus::Gauge,
     swept: IntCounterVec,
+    nat_removed: IntCounterVec,
+    /// The most translations toward one destination, and the range's size: the first
+    /// approaching the second is the masquerade running out of ports.
+    nat_busiest_destination: IntGauge,
+    nat_port_range: IntGauge,
     underlay_packets: IntCounterVec,
     underlay_bytes: IntCounterVec,
     pub management: ManagementMetrics,
@@ -94,6 +99,24 @@ impl Metrics {
             "Conntrack entries removed by the controller, by cause",
             &["cause"],
         )?;
+        let nat_removed = counter(
+            "gateway_nat_removed_total",
+            "Masquerade translations removed by the controller, by cause (flow_ended: revoked, closed or gone; transitory: a TCP connection never established or closing, past 4 min; idle)",
+            &["cause"],
+        )?;
+        let gauge = |name: &str, help: &str| -> anyhow::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let nat_busiest_destination = gauge(
+            "gateway_nat_busiest_destination_ports",
+            "Most masquerade ports in use toward one destination (address, port, protocol), at the last sweep",
+        )?;
+        let nat_port_range = gauge(
+            "gateway_nat_port_range_ports",
+            "Ports in the masquerade's range (each destination can take this many translations)",
+        )?;
         let apply_seconds = prometheus::Gauge::new(
             "gateway_policy_apply_seconds",
             "Time the last policy took to compile and apply",
@@ -116,6 +139,9 @@ impl Metrics {
             map_capacity,
             apply_seconds,
             swept,
+            nat_removed,
+            nat_busiest_destination,
+            nat_port_range,
             underlay_packets,
             underlay_bytes,
             seen: HashMap::new(),
@@ -221,6 +247,18 @@ impl Metrics {
         self.swept
             .with_label_values(&["revoked"])
             .inc_by(r.revoked as u64);
+        for (cause, n) in [
+            ("flow_ended", r.nat.flow_ended),
+            ("transitory", r.nat.transitory),
+            ("idle", r.nat.idle),
+        ] {
+            self.nat_removed
+                .with_label_values(&[cause])
+                .inc_by(n as u64);
+        }
+        self.nat_busiest_destination
+            .set(r.nat.busiest_destination as i64);
+        self.nat_port_range.set(r.nat.port_range as i64);
     }
 
     pub fn render(&self) -> anyhow::Result<String> {

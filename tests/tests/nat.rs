@@ -635,13 +635,25 @@ mod lab {
         relay(&mut s1, &mut c1, b"to cp1").unwrap();
         relay(&mut c2, &mut s2, b"from orch1").unwrap();
         relay(&mut s2, &mut c2, b"to orch1").unwrap();
-        let st = gw.status::<Report>(&lab.gw).unwrap();
-        let nat = st
-            .maps
-            .iter()
-            .find(|m| m.map == "nat_translations")
-            .expect("nat_translations in /status");
-        assert!(nat.entries >= 2, "{nat:?}");
+        // Counted by the controller's sweep (every 10 s), not by a map walk per request.
+        let translations = || {
+            let st = gw.status::<Report>(&lab.gw).unwrap();
+            let nat = st
+                .maps
+                .iter()
+                .find(|m| m.map == "nat_translations")
+                .expect("nat_translations in /status");
+            nat.entries
+        };
+        let started = std::time::Instant::now();
+        while translations() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(25),
+                "two translations counted: {}",
+                translations()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
 
         // Unsolicited from the LAN to a masquerade port: dropped, counted.
         let before = counted(
@@ -747,7 +759,58 @@ mod lab {
             "the LAN side of the revoked flow was not dropped as revoked"
         );
         relay(&mut s2, &mut c2, b"still allowed").unwrap();
+
+        // The next sweep takes the revoked flow's translation away: its port is free at once,
+        // not after the 2 h 4 min a live TCP translation keeps it. A LAN packet to it is then
+        // one to a port without a translation; orch1's translation stays.
+        let removed = || {
+            metric(
+                &gw,
+                &lab.gw,
+                "gateway_nat_removed_total{cause=\"flow_ended\"}",
+            )
+        };
+        let started = std::time::Instant::now();
+        while removed() < 1.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(25),
+                "the revoked flow's translation was not removed"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let no_mapping = || {
+            counted(
+                &gw.status::<Report>(&lab.gw).unwrap(),
+                "lan",
+                "nat_no_mapping",
+            )
+        };
+        let before = no_mapping();
+        let _ = relay(&mut s1, &mut c1, b"after the sweep");
+        let started = std::time::Instant::now();
+        while no_mapping() <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "lan1's packet to the freed port was not a nat_no_mapping drop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        relay(&mut s2, &mut c2, b"still translated").unwrap();
+        relay(&mut c2, &mut s2, b"both ways").unwrap();
+        assert_eq!(
+            metric(&gw, &lab.gw, "gateway_nat_port_range_ports "),
+            1000.0
+        );
+        assert!(metric(&gw, &lab.gw, "gateway_nat_busiest_destination_ports ") >= 1.0);
         drop(gw);
+    }
+
+    /// A metric's value from the gateway's /metrics (`name` with its labels, as exposed).
+    fn metric(gw: &GatewayProcess, ns: &Netns, name: &str) -> f64 {
+        let text = gw.metrics(ns).expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     /// `tunnel_forward: tc`: the tunnel's TC program forwards to the LAN itself; masquerade,
