@@ -49,6 +49,8 @@ impl PolicySource {
 struct Gateway {
     dp: Dataplane,
     cfg: Config,
+    /// Read again on SIGHUP (the policy file it names, and its `masquerade:` section).
+    config_path: std::path::PathBuf,
     metrics: Metrics,
     source: String,
     last_reload: String,
@@ -248,6 +250,7 @@ pub fn run(
             .is_some_and(|m| !m.networks.is_empty()),
         dp,
         cfg,
+        config_path: config_path.to_path_buf(),
         metrics,
         source: source.label(),
         last_reload,
@@ -338,7 +341,7 @@ fn masquerade(
         },
     };
     nat.networks = networks;
-    if !*attached {
+    if !nat.networks.is_empty() {
         reserve_ports(nat.settings.port_min, nat.settings.port_max)?;
     }
     dp.set_masquerade(&nat)?;
@@ -359,21 +362,108 @@ fn masquerade(
     Ok(())
 }
 
+/// Gives the host back the ports of a masquerade range this gateway reserved (see
+/// [`reserve_ports`]), except those of `keep` (the range in force now).
+fn unreserve_ports(min: u16, max: u16, keep: Option<(u16, u16)>) -> anyhow::Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+    let mut ranges = port_ranges::without(&port_ranges::parse(&current)?, (min, max));
+    ranges.extend(keep);
+    std::fs::write(PATH, port_ranges::format(&ranges))
+        .with_context(|| format!("writing {PATH}"))?;
+    Ok(())
+}
+
+/// The kernel's port-range lists (`ip_local_reserved_ports`: "a-b,c"; it merges adjacent ranges
+/// when it prints them, so ranges are compared by their ports, never by their text).
+mod port_ranges {
+    pub fn parse(text: &str) -> anyhow::Result<Vec<(u16, u16)>> {
+        text.trim()
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                Ok((a.trim().parse()?, b.trim().parse()?))
+            })
+            .collect()
+    }
+
+    pub fn format(ranges: &[(u16, u16)]) -> String {
+        ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Whether every port of `r` is in one of `ranges`.
+    pub fn covers(ranges: &[(u16, u16)], r: (u16, u16)) -> bool {
+        (r.0..=r.1).all(|p| ranges.iter().any(|(a, b)| (*a..=*b).contains(&p)))
+    }
+
+    /// `ranges` with the ports of `cut` taken out.
+    pub fn without(ranges: &[(u16, u16)], cut: (u16, u16)) -> Vec<(u16, u16)> {
+        let mut out = Vec::new();
+        for &(a, b) in ranges {
+            if b < cut.0 || a > cut.1 {
+                out.push((a, b));
+                continue;
+            }
+            if a < cut.0 {
+                out.push((a, cut.0 - 1));
+            }
+            if b > cut.1 {
+                out.push((cut.1 + 1, b));
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn merged_ranges_are_read_and_cut_by_their_ports() {
+            let r = parse("25000-26099, 8080\n").unwrap();
+            assert_eq!(r, vec![(25000, 26099), (8080, 8080)]);
+            assert!(covers(&r, (26000, 26099)) && !covers(&r, (26000, 26100)));
+            assert_eq!(format(&without(&r, (25000, 25999))), "26000-26099,8080");
+            assert_eq!(
+                format(&without(&r, (25100, 25199))),
+                "25000-25099,25200-26099,8080"
+            );
+            assert_eq!(without(&r, (1, 2)), r);
+            assert_eq!(parse("").unwrap(), vec![]);
+        }
+    }
+}
+
+/// Whether two configuration sections differ, compared as their serialized form (the config
+/// types need no PartialEq of their own for it).
+fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
 /// Keeps the host's own sockets off the masquerade ports (net.ipv4.ip_local_reserved_ports,
 /// which also covers IPv6), adding the range to whatever is reserved already.
 fn reserve_ports(min: u16, max: u16) -> anyhow::Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
     let current = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
-    let range = format!("{min}-{max}");
-    if current.trim().split(',').any(|r| r.trim() == range) {
+    let mut ranges = port_ranges::parse(&current)?;
+    if port_ranges::covers(&ranges, (min, max)) {
         return Ok(());
     }
-    let value = if current.trim().is_empty() {
-        range
-    } else {
-        format!("{},{range}", current.trim())
-    };
-    std::fs::write(PATH, &value).with_context(|| format!("writing {PATH}"))?;
+    ranges.push((min, max));
+    std::fs::write(PATH, port_ranges::format(&ranges))
+        .with_context(|| format!("writing {PATH}"))?;
     Ok(())
 }
 
@@ -687,8 +777,75 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
 }
 
 /// SIGHUP: re-read the policy file; a bad file is rejected whole and the old policy stays.
+/// SIGHUP: the configuration's `masquerade:` section (networks, port range) and the policy file
+/// are read again and put in force; a section that does not read or apply is rejected whole and
+/// the one in force stays. Other sections need a restart (the log says which changed).
 fn reload(gw: &Arc<Mutex<Gateway>>) {
     let mut g = lock(gw);
+    let g = &mut *g;
+    match Config::load(&g.config_path) {
+        Ok(new) => {
+            if differs(&new.masquerade, &g.cfg.masquerade) {
+                let old_range = g.cfg.masquerade.as_ref().and_then(|m| m.port_range().ok());
+                let mut candidate = g.cfg.clone();
+                candidate.masquerade = new.masquerade.clone();
+                match masquerade(
+                    &mut g.dp,
+                    &candidate,
+                    &g.map_masquerade,
+                    &mut g.masquerading,
+                ) {
+                    Ok(()) => {
+                        let new_range = new.masquerade.as_ref().and_then(|m| m.port_range().ok());
+                        if let Some((min, max)) = old_range.filter(|r| Some(*r) != new_range) {
+                            // Translations in the old range run out by themselves; the host may
+                            // have those ports back.
+                            if let Err(e) = unreserve_ports(min, max, new_range) {
+                                warn!(
+                                    "masquerade: the old port range {min}-{max} stays reserved: {e:#}"
+                                );
+                            }
+                        }
+                        g.cfg.masquerade = new.masquerade.clone();
+                        g.last_reload = "ok: masquerade reloaded".to_string();
+                        info!("SIGHUP: masquerade reloaded");
+                    }
+                    Err(e) => {
+                        g.metrics.reloads.with_label_values(&["error"]).inc();
+                        g.last_reload =
+                            format!("masquerade rejected, the one in force stays: {e:#}");
+                        warn!("masquerade reload rejected, the one in force stays: {e:#}");
+                        // Back to what was in force (a failure may have come half way).
+                        let current = g.cfg.clone();
+                        if let Err(e) =
+                            masquerade(&mut g.dp, &current, &g.map_masquerade, &mut g.masquerading)
+                        {
+                            warn!("masquerade: restoring the previous settings failed: {e:#}");
+                        }
+                        return;
+                    }
+                }
+            }
+            let others: Vec<&str> = [
+                ("interfaces", differs(&new.interfaces, &g.cfg.interfaces)),
+                ("wireguard", differs(&new.wireguard, &g.cfg.wireguard)),
+                ("conntrack", differs(&new.conntrack, &g.cfg.conntrack)),
+                ("overlay", differs(&new.overlay, &g.cfg.overlay)),
+            ]
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name))
+            .collect();
+            if !others.is_empty() {
+                warn!(sections = ?others, "SIGHUP: these configuration sections changed and take effect at the next start");
+            }
+        }
+        Err(e) => {
+            g.metrics.reloads.with_label_values(&["error"]).inc();
+            g.last_reload = format!("configuration rejected, everything in force stays: {e:#}");
+            warn!("configuration reload rejected, everything in force stays: {e:#}");
+            return;
+        }
+    }
     let Some(file) = g.cfg.policy.clone() else {
         info!("SIGHUP: the policy comes from the management service; nothing to reload");
         return;

@@ -805,6 +805,70 @@ mod lab {
         drop(gw);
     }
 
+    /// SIGHUP reads the `masquerade:` section again: a new port range is in force for new
+    /// connections and reserved from the host's sockets (the old one given back); a broken
+    /// section is rejected whole and the range in force stays.
+    #[test]
+    fn masquerade_settings_reload_on_sighup() {
+        let lab = Lab::seed().expect("lab");
+        let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
+        let gw = start(&lab, MASQUERADE);
+        let listener = lan1
+            .ns
+            .run_scoped(|| TcpListener::bind("0.0.0.0:443"))
+            .unwrap()
+            .expect("listen on lan1");
+        let server = SocketAddrV4::new(lan1.addr, 443);
+        let seen_port = |sport: u16| {
+            let _c = connect_from(&cp1.ns, sport, server).expect("cp1 connects");
+            listener.accept().unwrap().1.port()
+        };
+        let reserved = || {
+            String::from_utf8_lossy(
+                &lab.gw
+                    .exec(&["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"])
+                    .unwrap()
+                    .stdout,
+            )
+            .to_string()
+        };
+        // A source port outside the range: the translation takes one of the range.
+        assert!((25_000..=25_999).contains(&seen_port(41_000)));
+
+        let config = lab
+            .write_config_extra(
+                OPEN,
+                LAB_METRICS_ADDR,
+                "masquerade:\n  networks: [198.18.10.0/24]\n  ports: 26000-26099\n",
+            )
+            .unwrap();
+        let st = gw.reload::<Report>(&lab.gw).expect("reload");
+        assert!(st.last_reload.starts_with("ok"), "{}", st.last_reload);
+        for sport in 41_001..41_005 {
+            let port = seen_port(sport);
+            assert!(
+                (26_000..=26_099).contains(&port),
+                "a new connection after the reload: {port}"
+            );
+        }
+        let now = reserved();
+        assert!(
+            now.contains("26000-26099") && !now.contains("25000-25999"),
+            "reserved ports: {now:?}"
+        );
+
+        // Ports 0-10 are not a range of unprivileged ports: refused, 26000-26099 stays.
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("ports: 26000-26099", "ports: 0-10");
+        std::fs::write(&config, text).unwrap();
+        let st = gw.reload::<Report>(&lab.gw).expect("reload");
+        assert!(st.last_reload.contains("rejected"), "{}", st.last_reload);
+        assert!((26_000..=26_099).contains(&seen_port(41_010)));
+        assert!(reserved().contains("26000-26099"));
+        drop(gw);
+    }
+
     /// A metric's value from the gateway's /metrics (`name` with its labels, as exposed).
     fn metric(gw: &GatewayProcess, ns: &Netns, name: &str) -> f64 {
         let text = gw.metrics(ns).expect("metrics");
