@@ -70,6 +70,33 @@ pub const fn udp_field(check_before: u16, updated: u16) -> u16 {
     }
 }
 
+/// The transport checksum of a packet an ICMP error quotes, after the NAT changed one of its
+/// addresses (IPv4: the first 4 bytes) and the port beside it (RFC 5508 asks for the quoted
+/// packet to be translated whole; Linux's NAT updates this field too). `udp`: a zero (no
+/// checksum) stays zero and a computed zero is written 0xffff.
+#[inline(always)]
+pub fn quoted_transport_check(
+    check: u16,
+    udp: bool,
+    v4: bool,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    if udp && check == 0 {
+        return 0;
+    }
+    let c = if v4 {
+        let w = |a: &[u8; 16]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        update32(check, w(old), w(new))
+    } else {
+        update128(check, old, new)
+    };
+    let c = update16(c, old_port, new_port);
+    if udp { udp_field(check, c) } else { c }
+}
+
 /// The pseudo-header's one's-complement sum, not folded: source and destination (the first 4
 /// bytes of each for IPv4), protocol and the upper-layer length.
 #[inline(always)]
@@ -236,6 +263,45 @@ mod tests {
             // A header with a right checksum sums to 0xffff (its complement to zero).
             assert_eq!(full(&[&h]), 0, "{h:?}");
         }
+    }
+
+    #[test]
+    fn a_quoted_datagrams_checksum_follows_its_translation() {
+        let mut rng = Rng(0x51ed);
+        for round in 0..10_000 {
+            let (v4, udp) = (round % 2 == 0, round % 3 != 0);
+            let host = |rng: &mut Rng| -> [u8; 16] {
+                let mut a: [u8; 16] = rng.bytes();
+                if v4 {
+                    a[4..].fill(0);
+                }
+                a
+            };
+            let (src, dst, new_dst) = (host(&mut rng), host(&mut rng), host(&mut rng));
+            let proto = if udp { 17 } else { 6 };
+            let len = 20 + (rng.next() % 100) as usize;
+            let field = if udp { 6 } else { 16 };
+            let mut seg: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            seg[field..field + 2].fill(0);
+            let check = segment_checksum(v4, &src, &dst, proto, &seg);
+            // The reply to a translated flow, quoted: its destination (the NAT's address and
+            // port) goes back to the peer's.
+            let (old_port, new_port) = (u16::from_be_bytes([seg[2], seg[3]]), rng.next() as u16);
+            let updated =
+                quoted_transport_check(check, udp, v4, &dst, &new_dst, old_port, new_port);
+            seg[2..4].copy_from_slice(&new_port.to_be_bytes());
+            let want = segment_checksum(v4, &src, &new_dst, proto, &seg);
+            assert!(
+                fold_equal(updated, want),
+                "round {round}: {updated:#06x} vs {want:#06x}"
+            );
+            assert!(!udp || updated != 0, "UDP never writes a computed zero");
+        }
+        // No UDP checksum stays none.
+        assert_eq!(
+            quoted_transport_check(0, true, true, &[1; 16], &[2; 16], 1, 2),
+            0
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::{
-        bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes,
+        bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_load_bytes,
+        bpf_skb_store_bytes,
     },
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
@@ -76,8 +77,8 @@ pub trait Rewrite {
     /// TCP/UDP port, or the ICMP echo identifier (for which `end` does not matter).
     fn set_port(&self, pkt: &Packet, end: End, old: u16, new: u16) -> bool;
     /// In an ICMP error, the quoted packet's address and port at `end` (RFC 5508), with the
-    /// quoted IPv4 header's checksum and the ICMP checksum kept right. (The quoted transport
-    /// checksum is left as it was: it covers bytes an error does not carry.)
+    /// quoted IPv4 header's checksum, the quoted TCP/UDP checksum (when the error carries it)
+    /// and the ICMP checksum kept right.
     fn set_quoted(
         &self,
         pkt: &Packet,
@@ -100,6 +101,20 @@ fn quoted_port_at(pkt: &Packet, end: End) -> usize {
         2
     };
     pkt.quoted_l4 as usize + off
+}
+
+/// Where the quoted packet's TCP/UDP checksum is, when the error carries all of it (an ICMPv4
+/// error quotes 8 bytes of the transport header: UDP's checksum, not TCP's).
+#[inline(always)]
+fn quoted_check_at(pkt: &Packet) -> Option<usize> {
+    let off = match pkt.quoted.proto {
+        _ if pkt.quoted.echo != ECHO_NONE => return None,
+        PROTO_UDP => 6,
+        PROTO_TCP => 16,
+        _ => return None,
+    };
+    let at = pkt.quoted_l4 as usize + off;
+    (at + 2 <= (pkt.l3 + pkt.ip_len) as usize).then_some(at)
 }
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
@@ -326,7 +341,7 @@ impl TcRewrite<'_> {
         }
         let (o, n) = (old_port.to_be(), new_port.to_be());
         // SAFETY: helper calls on the program's own skb with a 2-byte local.
-        unsafe {
+        let port_written = unsafe {
             bpf_skb_store_bytes(
                 skb,
                 quoted_port_at(pkt, end) as u32,
@@ -335,6 +350,32 @@ impl TcRewrite<'_> {
                 0,
             ) == 0
                 && bpf_l4_csum_replace(skb, icmp_check, o as u64, n as u64, 2) == 0
+        };
+        if !port_written {
+            return false;
+        }
+        let Some(at) = quoted_check_at(pkt) else {
+            return true;
+        };
+        let mut raw = [0u8; 2];
+        // SAFETY: helper calls on the program's own skb with 2-byte locals.
+        unsafe {
+            if bpf_skb_load_bytes(skb as *const _, at as u32, raw.as_mut_ptr().cast(), 2) != 0 {
+                return true;
+            }
+            let c = u16::from_be_bytes(raw);
+            let udp = pkt.quoted.proto == PROTO_UDP;
+            let updated =
+                checksum::quoted_transport_check(c, udp, v4, old, new, old_port, new_port)
+                    .to_be_bytes();
+            bpf_skb_store_bytes(skb, at as u32, updated.as_ptr().cast(), 2, 0) == 0
+                && bpf_l4_csum_replace(
+                    skb,
+                    icmp_check,
+                    u16::from_ne_bytes(raw) as u64,
+                    u16::from_ne_bytes(updated) as u64,
+                    2,
+                ) == 0
         }
     }
 }
@@ -461,7 +502,19 @@ impl Rewrite for XdpRewrite<'_> {
         if !self.write16(quoted_port_at(pkt, end), new_port) {
             return false;
         }
-        self.write16(icmp_check, checksum::update16(ic, old_port, new_port))
+        ic = checksum::update16(ic, old_port, new_port);
+        if let Some(at) = quoted_check_at(pkt) {
+            if let Some(c) = self.read16(at) {
+                let udp = pkt.quoted.proto == PROTO_UDP;
+                let updated =
+                    checksum::quoted_transport_check(c, udp, v4, old, new, old_port, new_port);
+                if !self.write16(at, updated) {
+                    return false;
+                }
+                ic = checksum::update16(ic, c, updated);
+            }
+        }
+        self.write16(icmp_check, ic)
     }
 
     #[inline(always)]
