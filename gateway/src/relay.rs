@@ -160,6 +160,22 @@ impl gateway_relay::fast_path::FastPath for XdpFastPath {
             to_client_bytes: get(reason::TO_CLIENT).bytes,
         }
     }
+
+    fn slot_totals(&self, slot: u32) -> gateway_relay::fast_path::Totals {
+        // Payload bytes, as userspace counts them.
+        let (to_peer, to_client) = self
+            .dp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .turn_binding_counters(slot)
+            .unwrap_or_default();
+        gateway_relay::fast_path::Totals {
+            to_peer_packets: to_peer.packets,
+            to_peer_bytes: to_peer.bytes,
+            to_client_packets: to_client.packets,
+            to_client_bytes: to_client.bytes,
+        }
+    }
 }
 
 fn xdp_fast_path(
@@ -354,5 +370,22 @@ pub fn print_status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         "refused: {} authentications, {} peers denied, {} packets without permission",
         s.auth_failures, s.refused_peers, s.dropped_no_permission
     );
+    for a in &s.per_allocation {
+        let (u, x) = (&a.userspace, &a.xdp);
+        println!(
+            "  {} -> {} ({}, {} s left): {} permissions, {} channels ({} in XDP); to peer {} packets / {} bytes, to client {} packets / {} bytes",
+            a.client,
+            a.relayed,
+            a.username,
+            a.expires_in_s,
+            a.permissions,
+            a.channels,
+            a.offloaded_channels,
+            u.to_peer_packets + x.to_peer_packets,
+            u.to_peer_bytes + x.to_peer_bytes,
+            u.to_client_packets + x.to_client_packets,
+            u.to_client_bytes + x.to_client_bytes
+        );
+    }
     Ok(())
 }

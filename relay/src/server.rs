@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::{
     auth::{AuthError, Credentials, NonceCheck, Nonces},
     config::RelayConfig,
-    fast_path::{Binding, FastPath},
+    fast_path::{Binding, FastPath, Totals},
     message::{self, ChannelNumber, Key, Msg},
 };
 
@@ -50,6 +50,9 @@ struct Channel {
     expires: Instant,
     /// In the kernel's hands while bound (IPv4, concrete addresses, a fast path configured).
     offloaded: Option<Binding>,
+    /// The binding's counter slot as it was when bound: what the kernel relayed for this
+    /// channel is the slot's count since.
+    baseline: Totals,
 }
 
 struct Allocation {
@@ -64,6 +67,10 @@ struct Allocation {
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, Channel>,
     peer_task: tokio::task::JoinHandle<()>,
+    /// Relayed by userspace for this allocation.
+    userspace: Totals,
+    /// Relayed by the kernel for channels it no longer holds.
+    kernel_done: Totals,
 }
 
 impl Allocation {
@@ -123,6 +130,24 @@ pub struct Status {
     /// Channels in the kernel's hands now.
     #[serde(default)]
     pub offloaded_channels: usize,
+    /// Each allocation, with what was relayed for it (both paths).
+    #[serde(default)]
+    pub per_allocation: Vec<AllocationStatus>,
+}
+
+/// One allocation in `gateway relay status`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AllocationStatus {
+    pub client: String,
+    pub relayed: String,
+    pub username: String,
+    pub expires_in_s: u64,
+    pub permissions: usize,
+    pub channels: usize,
+    pub offloaded_channels: usize,
+    pub userspace: Totals,
+    /// By the kernel fast path (channels bound now and earlier).
+    pub xdp: Totals,
 }
 
 fn unix_now() -> u64 {
@@ -212,6 +237,66 @@ impl Relay {
         }
     }
 
+    /// What the kernel relayed for an allocation: its finished bindings and those it holds now.
+    fn kernel_totals(&self, a: &Allocation) -> Totals {
+        let Some(fast) = &self.fast else {
+            return a.kernel_done;
+        };
+        a.channels
+            .values()
+            .filter_map(|c| {
+                c.offloaded
+                    .map(|b| fast.slot_totals(b.slot).since(c.baseline))
+            })
+            .fold(a.kernel_done, Totals::plus)
+    }
+
+    /// Logs what an allocation relayed over its life, as it ends (coturn logs its sessions'
+    /// usage the same way). Call while its bindings are still in the kernel.
+    fn log_end(&self, key: &AllocKey, a: &Allocation, reason: &str) {
+        let (u, x) = (a.userspace, self.kernel_totals(a));
+        let all = u.plus(x);
+        info!(
+            client = %key.1,
+            relayed = %a.relayed,
+            user = %a.username,
+            "allocation ended ({reason}): to peer {} packets, {} bytes (in XDP {}, {}); to client {} packets, {} bytes (in XDP {}, {})",
+            all.to_peer_packets,
+            all.to_peer_bytes,
+            x.to_peer_packets,
+            x.to_peer_bytes,
+            all.to_client_packets,
+            all.to_client_bytes,
+            x.to_client_packets,
+            x.to_client_bytes
+        );
+    }
+
+    /// Counts a datagram userspace relayed for the allocation at `key` (the global counters and
+    /// the allocation's own).
+    fn relayed(&self, key: &AllocKey, to_peer: bool, bytes: usize) {
+        let (packets, total) = if to_peer {
+            (&self.counters.to_peer_packets, &self.counters.to_peer_bytes)
+        } else {
+            (
+                &self.counters.to_client_packets,
+                &self.counters.to_client_bytes,
+            )
+        };
+        packets.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(a) = self.allocations().get_mut(key) {
+            let t = &mut a.userspace;
+            if to_peer {
+                t.to_peer_packets += 1;
+                t.to_peer_bytes += bytes as u64;
+            } else {
+                t.to_client_packets += 1;
+                t.to_client_bytes += bytes as u64;
+            }
+        }
+    }
+
     fn allocations(&self) -> std::sync::MutexGuard<'_, HashMap<AllocKey, Allocation>> {
         self.allocations.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -244,6 +329,24 @@ impl Relay {
             refused_peers: get(&c.refused_peers),
             dropped_no_permission: get(&c.dropped_no_permission),
             xdp: self.fast.as_ref().map(|f| f.totals()),
+            per_allocation: a
+                .iter()
+                .map(|(key, x)| AllocationStatus {
+                    client: key.1.to_string(),
+                    relayed: x.relayed.to_string(),
+                    username: x.username.clone(),
+                    expires_in_s: x.expires.saturating_duration_since(now).as_secs(),
+                    permissions: x.permissions.values().filter(|e| **e > now).count(),
+                    channels: x.channels.values().filter(|c| c.expires > now).count(),
+                    offloaded_channels: x
+                        .channels
+                        .values()
+                        .filter(|c| c.offloaded.is_some())
+                        .count(),
+                    userspace: x.userspace,
+                    xdp: self.kernel_totals(x),
+                })
+                .collect(),
             offloaded_channels: a
                 .values()
                 .map(|x| {
@@ -323,12 +426,7 @@ impl Relay {
         if let Some((relay, peer)) = target
             && relay.send_to(data, peer).await.is_ok()
         {
-            self.counters
-                .to_peer_packets
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .to_peer_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.relayed(&key, true, data.len());
         }
     }
 
@@ -364,12 +462,7 @@ impl Relay {
             (a.listener.clone(), bytes)
         };
         if out.0.send_to(&out.1, key.1).await.is_ok() {
-            self.counters
-                .to_client_packets
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .to_client_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.relayed(&key, false, data.len());
         }
     }
 
@@ -563,6 +656,8 @@ impl Relay {
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 peer_task,
+                userspace: Totals::default(),
+                kernel_done: Totals::default(),
             },
         );
         info!(client = %key.1, %relayed, user, lifetime = lifetime.as_secs(), "allocation");
@@ -594,6 +689,7 @@ impl Relay {
             if let Some(mut a) = allocs.remove(&key) {
                 a.peer_task.abort();
                 drop(allocs);
+                self.log_end(&key, &a, "released");
                 for b in a
                     .channels
                     .values_mut()
@@ -695,20 +791,32 @@ impl Relay {
         {
             return Err((400, "Bad Request"));
         }
-        let offloaded = match a.channels.get_mut(&number) {
-            // A refresh keeps the binding the kernel has.
-            Some(c) if c.peer == peer && c.offloaded.is_some() => c.offloaded.take(),
+        let kept = match a.channels.get_mut(&number) {
+            // A refresh keeps the binding the kernel has, and its count.
+            Some(c) if c.peer == peer && c.offloaded.is_some() => {
+                c.offloaded.take().map(|b| (b, c.baseline))
+            }
             _ => None,
         };
         let relay_local = a.relay.local_addr().ok();
-        let offloaded =
-            offloaded.or_else(|| relay_local.and_then(|l| self.offload(key, l, number, peer)));
+        let (offloaded, baseline) = match kept {
+            Some((b, baseline)) => (Some(b), baseline),
+            None => {
+                let b = relay_local.and_then(|l| self.offload(key, l, number, peer));
+                let baseline = match (&self.fast, b) {
+                    (Some(f), Some(b)) => f.slot_totals(b.slot),
+                    _ => Totals::default(),
+                };
+                (b, baseline)
+            }
+        };
         a.channels.insert(
             number,
             Channel {
                 peer,
                 expires: now + CHANNEL_LIFETIME,
                 offloaded,
+                baseline,
             },
         );
         let perm = now + PERMISSION_LIFETIME;
@@ -743,12 +851,7 @@ impl Relay {
             }
         };
         if relay.send_to(data.data(), peer).await.is_ok() {
-            self.counters
-                .to_peer_packets
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .to_peer_bytes
-                .fetch_add(data.data().len() as u64, Ordering::Relaxed);
+            self.relayed(&key, true, data.data().len());
         }
     }
 
@@ -758,7 +861,7 @@ impl Relay {
         let mut taken_back = Vec::new();
         allocs.retain(|key, a| {
             if a.expires <= now {
-                info!(client = %key.1, relayed = %a.relayed, "allocation expired");
+                self.log_end(key, a, "expired");
                 a.peer_task.abort();
                 taken_back.extend(a.channels.values_mut().filter_map(|c| c.offloaded.take()));
                 return false;
@@ -770,7 +873,14 @@ impl Relay {
                 if c.offloaded.is_some()
                     && (c.expires <= now || !permissions.contains_key(&c.peer.ip()))
                 {
-                    taken_back.extend(c.offloaded.take());
+                    let b = c.offloaded.take();
+                    // What the kernel relayed for it stays the allocation's.
+                    if let (Some(fast), Some(b)) = (&self.fast, b) {
+                        a.kernel_done = a
+                            .kernel_done
+                            .plus(fast.slot_totals(b.slot).since(c.baseline));
+                    }
+                    taken_back.extend(b);
                 }
             }
             a.channels.retain(|_, c| c.expires + CHANNEL_COOLDOWN > now);

@@ -541,6 +541,35 @@ fn bound_channels_are_relayed_in_xdp() {
         xdp["to_client_packets"].as_u64().unwrap() >= 50,
         "and the peer's answers: {status}"
     );
+    // Each allocation's own count, from its bindings' kernel counters: logged as the clients
+    // release their allocations (coturn logs its sessions' usage the same way).
+    let log = std::fs::read_to_string(lab.dir.join("relay.log")).unwrap();
+    let in_xdp: Vec<(u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("allocation ended (released)"))
+        .flat_map(|l| {
+            l.split("in XDP ")
+                .skip(1)
+                .map(|part| part.split(')').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .map(|pair| {
+            let (p, b) = pair.split_once(", ").unwrap();
+            (p.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    let packets: u64 = in_xdp.iter().map(|(p, _)| p).sum();
+    let bytes: u64 = in_xdp.iter().map(|(_, b)| b).sum();
+    assert!(
+        packets >= 100 && bytes >= 30 * 1200,
+        "per-allocation XDP counts in the log:\n{log}"
+    );
+    assert!(
+        packets
+            <= xdp["to_peer_packets"].as_u64().unwrap()
+                + xdp["to_client_packets"].as_u64().unwrap(),
+        "{status}"
+    );
     // Send indications (no channel) stay in userspace.
     let before = status["to_peer_packets"].as_u64().unwrap();
     let o = uclient(

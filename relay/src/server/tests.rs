@@ -178,7 +178,27 @@ fn channel_data_reaches_the_peer_and_comes_back_as_channel_data() {
     peer.send_to(b"back", from).unwrap();
     let (n, _) = a.sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], &[0x40, 0x02, 0, 4, b'b', b'a', b'c', b'k']);
-    assert_eq!(relay.status().to_peer_packets, 1);
+    // The relay counts a datagram once its send returned: the client may read it first.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relay.status().to_client_packets == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = relay.status();
+    assert_eq!(s.to_peer_packets, 1);
+    // The allocation's own count: 11 bytes out, 4 back, all in userspace.
+    let mine = &s.per_allocation[0];
+    assert_eq!(
+        (mine.userspace.to_peer_packets, mine.userspace.to_peer_bytes),
+        (1, 11)
+    );
+    assert_eq!(
+        (
+            mine.userspace.to_client_packets,
+            mine.userspace.to_client_bytes
+        ),
+        (1, 4)
+    );
+    assert_eq!(mine.xdp, Default::default());
 }
 
 /// A fast path that records what it is given.
@@ -186,6 +206,8 @@ fn channel_data_reaches_the_peer_and_comes_back_as_channel_data() {
 struct Recorder {
     bound: Mutex<Vec<crate::fast_path::Binding>>,
     unbound: Mutex<Vec<crate::fast_path::Binding>>,
+    /// What the "kernel" relayed per counter slot, as a test sets it.
+    slots: Mutex<std::collections::HashMap<u32, crate::fast_path::Totals>>,
 }
 
 impl crate::fast_path::FastPath for Recorder {
@@ -197,7 +219,19 @@ impl crate::fast_path::FastPath for Recorder {
         self.unbound.lock().unwrap().push(*b);
     }
     fn totals(&self) -> crate::fast_path::Totals {
-        Default::default()
+        self.slots
+            .lock()
+            .unwrap()
+            .values()
+            .fold(Default::default(), |a, t| a.plus(*t))
+    }
+    fn slot_totals(&self, slot: u32) -> crate::fast_path::Totals {
+        self.slots
+            .lock()
+            .unwrap()
+            .get(&slot)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -224,6 +258,14 @@ fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
     let mut a = client(SocketAddr::from(([127, 0, 0, 1], port)));
     let relayed = a.allocate().unwrap();
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let kernel = |to_peer_packets, to_peer_bytes, to_client_packets| crate::fast_path::Totals {
+        to_peer_packets,
+        to_peer_bytes,
+        to_client_packets,
+        to_client_bytes: to_client_packets * 10,
+    };
+    // Slot 0 (the first one handed out) carries an earlier binding's count.
+    recorder.slots.lock().unwrap().insert(0, kernel(5, 500, 0));
     a.channel_bind(0x4003, peer).unwrap();
     a.channel_bind(0x4003, peer).unwrap();
     let bound = recorder.bound.lock().unwrap().clone();
@@ -235,9 +277,41 @@ fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
     );
     assert_eq!(b.relay.port(), relayed.port());
     assert_eq!(relay.status().offloaded_channels, 1);
-    // The permission ends before the channel: the binding comes back to userspace.
+    // Per allocation, the kernel's count is the slot's since the binding (the slot carried an
+    // earlier binding's 5 packets; see before the bind).
+    recorder
+        .slots
+        .lock()
+        .unwrap()
+        .insert(b.slot, kernel(5 + 3, 500 + 300, 2));
+    let status = relay.status();
+    let mine = &status.per_allocation[0];
+    assert_eq!(
+        (mine.client.clone(), mine.relayed.clone()),
+        (
+            a.sock.local_addr().unwrap().to_string(),
+            relayed.to_string()
+        )
+    );
+    assert_eq!(
+        (mine.channels, mine.offloaded_channels, mine.permissions),
+        (1, 1, 1)
+    );
+    assert_eq!(mine.xdp, kernel(3, 300, 2), "counted since bound");
+    // The permission ends before the channel: the binding comes back to userspace, and what
+    // the kernel relayed for it stays the allocation's.
     relay.sweep(Instant::now() + PERMISSION_LIFETIME + Duration::from_secs(1));
     assert_eq!(recorder.unbound.lock().unwrap().as_slice(), &[b]);
+    recorder
+        .slots
+        .lock()
+        .unwrap()
+        .insert(b.slot, kernel(100, 10_000, 50));
+    assert_eq!(
+        relay.status().per_allocation[0].xdp,
+        kernel(3, 300, 2),
+        "a slot's later use is not this allocation's"
+    );
     // A new binding, then the allocation released: it comes back too, and its slot is free.
     a.channel_bind(0x4004, "127.0.0.1:10".parse().unwrap())
         .unwrap();
