@@ -43,6 +43,12 @@ pub enum Contender {
     WgPlainWireguardGo,
     WgGatewayWireguardGo,
     WgNetbirdWireguardGo,
+    /// Scenario "underlay" (underlay.rs): the gateway terminating WireGuard (boringtun), with a
+    /// handshake-initiation flood at its WireGuard port and without, its XDP underlay filter on
+    /// and off.
+    UnderlayQuiet,
+    UnderlayFloodFiltered,
+    UnderlayFloodUnfiltered,
     /// Scenario "relay" (relay.rs): TURN relays.
     RelayGateway,
     RelayGatewayXdp,
@@ -94,6 +100,11 @@ impl Contender {
             Contender::RelayGateway => "this relay (gateway relay serve, userspace)",
             Contender::RelayGatewayXdp => "this relay, bound channels in XDP (generic)",
             Contender::RelayCoturn => "coturn (turnserver)",
+            Contender::UnderlayQuiet => "no flood",
+            Contender::UnderlayFloodFiltered => "flood, XDP underlay filter on",
+            Contender::UnderlayFloodUnfiltered => {
+                "flood, no filter (boringtun reads every datagram)"
+            }
         }
     }
 }
@@ -266,8 +277,11 @@ pub fn install(
         | Contender::WgNetbirdWireguardGo
         | Contender::RelayGateway
         | Contender::RelayGatewayXdp
-        | Contender::RelayCoturn => anyhow::bail!(
-            "{} runs in its own topology (scenarios wireguard, relay)",
+        | Contender::RelayCoturn
+        | Contender::UnderlayQuiet
+        | Contender::UnderlayFloodFiltered
+        | Contender::UnderlayFloodUnfiltered => anyhow::bail!(
+            "{} runs in its own topology (scenarios wireguard, relay, underlay)",
             c.label()
         ),
         Contender::XdpFilter => {

@@ -19,6 +19,7 @@ mod stats;
 mod swap;
 mod tcp;
 mod topo;
+mod underlay;
 mod wireguard;
 
 use clap::Parser;
@@ -28,7 +29,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard, relay.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard, relay, underlay.
     #[arg(long)]
     scenario: Option<String>,
     /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
@@ -39,7 +40,7 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "cost",
     "apply",
     "pps",
@@ -50,6 +51,7 @@ const SCENARIOS: [&str; 11] = [
     "restart",
     "management",
     "wireguard",
+    "underlay",
     "relay",
 ];
 
@@ -103,6 +105,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("wireguard") {
         run.wireguard = Some(wireguard::run(args.quick)?);
+    }
+    if wants("underlay") {
+        run.underlay = Some(underlay::run(args.quick)?);
     }
     if wants("management") {
         run.management = Some(management::run(args.quick)?);

@@ -42,6 +42,8 @@ pub struct Run {
     pub wireguard: Option<crate::wireguard::WireGuardBench>,
     #[serde(default)]
     pub relay: Option<crate::relay::RelayBench>,
+    #[serde(default)]
+    pub underlay: Option<crate::underlay::UnderlayBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
     /// them: "section (run timestamp, commit)".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,6 +113,7 @@ impl Run {
             nat: None,
             wireguard: None,
             relay: None,
+            underlay: None,
             swap: None,
             restart: None,
             management: None,
@@ -267,6 +270,9 @@ impl Run {
         if let Some(r) = &self.relay {
             crate::relay::markdown(&mut md, r);
         }
+        if let Some(u) = &self.underlay {
+            crate::underlay::markdown(&mut md, u);
+        }
         if let Some(m) = &self.management {
             crate::management::markdown(&mut md, m);
         }
@@ -334,6 +340,10 @@ impl Run {
             if self.relay.is_none() && old.relay.is_some() {
                 self.relay = old.relay;
                 self.carried.push(origin("relay"));
+            }
+            if self.underlay.is_none() && old.underlay.is_some() {
+                self.underlay = old.underlay;
+                self.carried.push(origin("underlay"));
             }
             if self.management.is_none() && old.management.is_some() {
                 self.management = old.management;

@@ -69,9 +69,9 @@ enum Device {
     InGateway,
 }
 
-struct Running {
+pub(crate) struct Running {
     ns: String,
-    gateway: Option<GatewayProcess>,
+    pub(crate) gateway: Option<GatewayProcess>,
     device: Option<Device>,
     nft: Option<String>,
 }
@@ -93,8 +93,8 @@ impl Drop for Running {
     }
 }
 
-struct Setup {
-    lab: WgLab,
+pub(crate) struct Setup {
+    pub(crate) lab: WgLab,
     /// The routing peer's key pair (base64): one key for every contender, as the peer knows it.
     private: String,
     public: String,
@@ -174,7 +174,13 @@ fn netbird_nft(peer: &str, device: &str) -> String {
     s
 }
 
-fn gateway_config(setup: &Setup, backend: &str) -> anyhow::Result<std::path::PathBuf> {
+/// The gateway's configuration; `interfaces_extra` is added under `interfaces:` (two-space
+/// indented lines, e.g. an underlay filter).
+fn gateway_config(
+    setup: &Setup,
+    backend: &str,
+    interfaces_extra: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let lab = &setup.lab;
     let peer = &lab.peers[0];
     let wg = if backend == "external" {
@@ -186,7 +192,7 @@ fn gateway_config(setup: &Setup, backend: &str) -> anyhow::Result<std::path::Pat
         )
     };
     let cfg = format!(
-        "policy: {}\nmetrics_addr: {}\npin_dir: null\n{wg}interfaces:\n  tunnel_forward: tc\n  lan:\n    - name: lan0\nmasquerade:\n  networks: [198.18.10.0/24]\n",
+        "policy: {}\nmetrics_addr: {}\npin_dir: null\n{wg}interfaces:\n  tunnel_forward: tc\n  lan:\n    - name: lan0\n{interfaces_extra}masquerade:\n  networks: [198.18.10.0/24]\n",
         setup.policy.display(),
         gateway_testkit::process::LAB_METRICS_ADDR
     );
@@ -197,6 +203,15 @@ fn gateway_config(setup: &Setup, backend: &str) -> anyhow::Result<std::path::Pat
 
 /// Brings up the routing peer's side of contender `c`.
 fn bring_up(c: Contender, setup: &Setup) -> anyhow::Result<Running> {
+    bring_up_with(c, setup, "")
+}
+
+/// As [`bring_up`], with more under the gateway's `interfaces:` (see [`gateway_config`]).
+pub(crate) fn bring_up_with(
+    c: Contender,
+    setup: &Setup,
+    interfaces_extra: &str,
+) -> anyhow::Result<Running> {
     let lab = &setup.lab;
     let peer = &lab.peers[0];
     let mut running = Running {
@@ -273,7 +288,7 @@ fn bring_up(c: Contender, setup: &Setup) -> anyhow::Result<Running> {
             } else {
                 "external"
             };
-            let cfg = gateway_config(setup, backend)?;
+            let cfg = gateway_config(setup, backend, interfaces_extra)?;
             let log = lab.dir.join(format!("gateway-{backend}.log"));
             let g = GatewayProcess::start_with(
                 &crate::management::gateway_binary()?,
@@ -352,7 +367,7 @@ fn measure_one(c: Contender, setup: &Setup, seconds: u32) -> anyhow::Result<Samp
     })
 }
 
-fn setup() -> anyhow::Result<Setup> {
+pub(crate) fn setup() -> anyhow::Result<Setup> {
     let lab = WgLab::new(1)?;
     // The ceiling forwards without masquerade: the LAN host routes the overlay back.
     lab.lan
