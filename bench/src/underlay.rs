@@ -32,7 +32,7 @@ pub const CONTENDERS: [Contender; 3] = [
 ];
 
 /// Initiations per second the flood offers.
-pub const FLOOD_PPS: u64 = 50_000;
+pub const FLOOD_PPS: u64 = 200_000;
 const TCP_PORT: u16 = 5201;
 
 #[derive(Debug, Serialize, Deserialize)]
