@@ -1,7 +1,8 @@
 //! Masquerade housekeeping from userspace, run with the conntrack sweep (right after it, so a
 //! flow the new policy ended has its tombstone already):
-//! - a translation whose flow has ended (revoked by the policy, closed, expired out of conntrack)
-//!   gives its port back at once, instead of holding it until its own idle timeout;
+//! - a translation whose flow the policy revoked gives its port back at once, and one whose flow
+//!   is gone from conntrack (closed and expired) once idle for 4 minutes, instead of holding it
+//!   until its own idle timeout (2 h 4 min for TCP);
 //! - a TCP translation whose connection never got established, or is closing, goes after the
 //!   transitory timeout (RFC 5382: 4 minutes) rather than the established one (2 h 4 min);
 //! - what is left is counted: translations in force, and the most ports in use toward one
@@ -126,7 +127,11 @@ pub fn verdict(
     let idle = now_ns.saturating_sub(target.last_seen_ns);
     if tracked {
         match flow {
-            None => return Some(Removal::FlowEnded),
+            // Gone from conntrack: closed and expired, or pushed out of a full table while it
+            // still lives. A live flow keeps its translation fresh, so only one idle for the
+            // transitory timeout goes (never one whose packets would then leave untranslated).
+            None if idle > timeout_ns(s, PROTO_TCP, false) => return Some(Removal::FlowEnded),
+            None => {}
             Some(e) if e.origin == ORIGIN_REVOKED => return Some(Removal::FlowEnded),
             Some(e)
                 if key.proto == PROTO_TCP
@@ -281,7 +286,8 @@ mod tests {
             ),
             Some(Removal::Transitory)
         );
-        // Revoked or gone from conntrack: at once.
+        // Revoked: at once. Gone from conntrack: once idle for the transitory timeout (a live
+        // flow whose entry a full table pushed out keeps its translation).
         assert_eq!(
             verdict(
                 &k,
@@ -293,8 +299,9 @@ mod tests {
             ),
             Some(Removal::FlowEnded)
         );
+        assert_eq!(verdict(&k, &t, &s, true, None, at(10)), None);
         assert_eq!(
-            verdict(&k, &t, &s, true, None, at(0)),
+            verdict(&k, &t, &s, true, None, at(241)),
             Some(Removal::FlowEnded)
         );
         // Without conntrack only idleness counts, at the established timeout (the phase is unknown).

@@ -101,7 +101,7 @@ impl Metrics {
         )?;
         let nat_removed = counter(
             "gateway_nat_removed_total",
-            "Masquerade translations removed by the controller, by cause (flow_ended: revoked, closed or gone; transitory: a TCP connection never established or closing, past 4 min; idle)",
+            "Masquerade translations removed by the controller, by cause (flow_ended: revoked, or gone from conntrack and idle 4 min; transitory: a TCP connection never established or closing, past 4 min; idle)",
             &["cause"],
         )?;
         let gauge = |name: &str, help: &str| -> anyhow::Result<IntGauge> {
