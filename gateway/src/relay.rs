@@ -307,7 +307,7 @@ async fn http(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
             get(move || {
                 let relay = relay.clone();
                 async move {
-                    match render(&relay.status()) {
+                    match render(&relay.summary()) {
                         Ok(text) => (
                             StatusCode::OK,
                             [("content-type", "text/plain; version=0.0.4")],

@@ -305,9 +305,19 @@ impl Relay {
         self.status_at(Instant::now())
     }
 
+    /// The status without `per_allocation`, for metric scrapes: no kernel counter read per
+    /// bound channel, and the allocation table held only for the counts.
+    pub fn summary(&self) -> Status {
+        self.status_with(Instant::now(), false)
+    }
+
     /// The status as it will be at `now` (permissions and channels past their time are not
     /// counted even before the sweep removes them).
     pub fn status_at(&self, now: Instant) -> Status {
+        self.status_with(now, true)
+    }
+
+    fn status_with(&self, now: Instant, per_allocation: bool) -> Status {
         let a = self.allocations();
         let c = &self.counters;
         let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -331,6 +341,7 @@ impl Relay {
             xdp: self.fast.as_ref().map(|f| f.totals()),
             per_allocation: a
                 .iter()
+                .filter(|_| per_allocation)
                 .map(|(key, x)| AllocationStatus {
                     client: key.1.to_string(),
                     relayed: x.relayed.to_string(),
