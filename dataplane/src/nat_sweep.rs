@@ -11,7 +11,7 @@
 //! The kernel only reuses a port whose translation is idle past its timeout; it never needs this
 //! sweep to be correct, only to free ports sooner.
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::collections::HashMap;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
@@ -55,32 +55,13 @@ pub struct NatSweeper {
     gateway_settings: Array<MapData, Settings>,
 }
 
-fn cloned(dp: &Dataplane, name: &str) -> anyhow::Result<aya::maps::Map> {
-    let map = dp.ebpf.map(name).with_context(|| format!("{name} map"))?;
-    let data = match map {
-        aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::Array(d) => d,
-        _ => anyhow::bail!("{name} has an unexpected type"),
-    };
-    let fd = data
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .with_context(|| format!("duplicating the {name} fd"))?;
-    let data = MapData::from_fd(fd)?;
-    Ok(match map {
-        aya::maps::Map::HashMap(_) => aya::maps::Map::HashMap(data),
-        aya::maps::Map::LruHashMap(_) => aya::maps::Map::LruHashMap(data),
-        _ => aya::maps::Map::Array(data),
-    })
-}
-
 impl Dataplane {
     pub fn nat_sweeper(&self) -> anyhow::Result<NatSweeper> {
         Ok(NatSweeper {
-            forward: BpfHashMap::try_from(cloned(self, names::NAT_FORWARD)?)?,
-            reverse: BpfHashMap::try_from(cloned(self, names::NAT_REVERSE)?)?,
-            settings: Array::try_from(cloned(self, names::NAT_SETTINGS)?)?,
-            gateway_settings: Array::try_from(cloned(self, names::SETTINGS)?)?,
+            forward: BpfHashMap::try_from(self.second_handle(names::NAT_FORWARD)?)?,
+            reverse: BpfHashMap::try_from(self.second_handle(names::NAT_REVERSE)?)?,
+            settings: Array::try_from(self.second_handle(names::NAT_SETTINGS)?)?,
+            gateway_settings: Array::try_from(self.second_handle(names::SETTINGS)?)?,
         })
     }
 }

@@ -56,20 +56,31 @@ pub struct Sweeper {
 
 impl Dataplane {
     pub fn sweeper(&self) -> anyhow::Result<Sweeper> {
-        let map = self.ebpf.map(names::CONNTRACK).context("conntrack map")?;
-        let aya::maps::Map::LruHashMap(data) = map else {
-            anyhow::bail!("conntrack map has an unexpected type")
+        Ok(Sweeper {
+            map: BpfHashMap::try_from(self.second_handle(names::CONNTRACK)?)?,
+            timeouts: self.timeouts,
+            nat: self.nat_sweeper()?,
+        })
+    }
+
+    /// A second handle (a duplicated fd) on one of the data plane's hash or array maps, for
+    /// walks on a blocking thread that must not hold the controller's state.
+    pub(crate) fn second_handle(&self, name: &str) -> anyhow::Result<aya::maps::Map> {
+        use aya::maps::Map;
+        let map = self.ebpf.map(name).with_context(|| format!("{name} map"))?;
+        let (Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) = map else {
+            anyhow::bail!("{name} has an unexpected type")
         };
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .context("duplicating the conntrack map fd")?;
+            .with_context(|| format!("duplicating the {name} fd"))?;
         let data = MapData::from_fd(fd)?;
-        Ok(Sweeper {
-            map: BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?,
-            timeouts: self.timeouts,
-            nat: self.nat_sweeper()?,
+        Ok(match map {
+            Map::HashMap(_) => Map::HashMap(data),
+            Map::LruHashMap(_) => Map::LruHashMap(data),
+            _ => Map::Array(data),
         })
     }
 

@@ -71,41 +71,56 @@ fn v4(a: std::net::SocketAddrV4) -> ([u8; 4], u16) {
     (a.ip().octets(), a.port())
 }
 
+/// A binding as the kernel's maps key it: the client's channel and the peer's address (both
+/// directions' keys), and what each direction rewrites to.
+fn kernel_entries(
+    b: &gateway_relay::fast_path::Binding,
+) -> (
+    gateway_common::turn::ChannelKey,
+    gateway_common::turn::ToPeer,
+    gateway_common::turn::PeerKey,
+    gateway_common::turn::ToClient,
+) {
+    use gateway_common::turn::*;
+    let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) =
+        (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
+    (
+        ChannelKey {
+            client,
+            listen,
+            client_port: cport,
+            listen_port: lport,
+            channel: b.channel,
+            _pad: 0,
+        },
+        ToPeer {
+            peer,
+            relay,
+            peer_port: pport,
+            relay_port: rport,
+            slot: b.slot,
+        },
+        PeerKey {
+            peer,
+            relay,
+            peer_port: pport,
+            relay_port: rport,
+        },
+        ToClient {
+            client,
+            listen,
+            client_port: cport,
+            listen_port: lport,
+            channel: b.channel,
+            _pad: 0,
+            slot: b.slot,
+        },
+    )
+}
+
 impl gateway_relay::fast_path::FastPath for XdpFastPath {
     fn bind(&self, b: &gateway_relay::fast_path::Binding) -> anyhow::Result<()> {
-        use gateway_common::turn::*;
-        let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) =
-            (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
-        let channel = ChannelKey {
-            client,
-            listen,
-            client_port: cport,
-            listen_port: lport,
-            channel: b.channel,
-            _pad: 0,
-        };
-        let to_peer = ToPeer {
-            peer,
-            relay,
-            peer_port: pport,
-            relay_port: rport,
-            slot: b.slot,
-        };
-        let from_peer = PeerKey {
-            peer,
-            relay,
-            peer_port: pport,
-            relay_port: rport,
-        };
-        let to_client = ToClient {
-            client,
-            listen,
-            client_port: cport,
-            listen_port: lport,
-            channel: b.channel,
-            _pad: 0,
-            slot: b.slot,
-        };
+        let (channel, to_peer, from_peer, to_client) = kernel_entries(b);
         self.dp
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -113,23 +128,7 @@ impl gateway_relay::fast_path::FastPath for XdpFastPath {
     }
 
     fn unbind(&self, b: &gateway_relay::fast_path::Binding) {
-        use gateway_common::turn::*;
-        let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) =
-            (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
-        let channel = ChannelKey {
-            client,
-            listen,
-            client_port: cport,
-            listen_port: lport,
-            channel: b.channel,
-            _pad: 0,
-        };
-        let from_peer = PeerKey {
-            peer,
-            relay,
-            peer_port: pport,
-            relay_port: rport,
-        };
+        let (channel, _, from_peer, _) = kernel_entries(b);
         if let Err(e) = self
             .dp
             .lock()

@@ -106,7 +106,7 @@ pub struct Management {
     pub ephemeral_timeout: Duration,
     turn: Option<TurnOptions>,
     stuns: Vec<String>,
-    signal: Option<String>,
+    signal: Option<pb::HostConfig>,
     relay: Option<RelayOptions>,
     /// Carries the serial after every change.
     changes: watch::Sender<u64>,
@@ -167,8 +167,8 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Str
     }
 }
 
-/// The Signal server as NetBird's config names it: `https://host:port` → (HTTPS, `host:port`).
-pub fn signal_host(url: &str) -> anyhow::Result<(pb::host_config::Protocol, String)> {
+/// The Signal server as NetBird's config names it: `https://host:port` → HTTPS, `host:port`.
+pub fn signal_host(url: &str) -> anyhow::Result<pb::HostConfig> {
     use pb::host_config::Protocol;
     let (protocol, rest) = match url.split_once("://") {
         Some(("https", rest)) => (Protocol::Https, rest),
@@ -178,7 +178,10 @@ pub fn signal_host(url: &str) -> anyhow::Result<(pb::host_config::Protocol, Stri
     if rest.is_empty() || rest.contains('/') {
         anyhow::bail!("signal URL {url:?}: give it as https://host:port or http://host:port");
     }
-    Ok((protocol, rest.to_string()))
+    Ok(pb::HostConfig {
+        uri: rest.to_string(),
+        protocol: protocol as i32,
+    })
 }
 
 /// A NetBird relay token's signature: base64(HMAC-SHA256(SHA-256(secret), payload)).
@@ -231,9 +234,8 @@ fn stamp(records: Vec<Record>, by: &Initiator) -> Vec<Event> {
 
 impl Management {
     pub fn open(options: &Options) -> anyhow::Result<Management> {
-        if let Some(s) = &options.signal {
-            signal_host(s)?;
-        }
+        // Parsed once: every Login and Sync hands it out as it is.
+        let signal = options.signal.as_deref().map(signal_host).transpose()?;
         if options
             .relay
             .as_ref()
@@ -256,24 +258,10 @@ impl Management {
             Ipv6Overlay::Range(n) => Some(n.trunc()),
             Ipv6Overlay::Off => None,
         };
-        if network_v6 != account.network_v6
-            || network_v6.is_some_and(|n| {
-                account
-                    .peers
-                    .values()
-                    .any(|p| !p.ipv6.is_some_and(|a| n.contains(&a)))
-            })
-        {
-            repaired.extend(account.set_network_v6(network_v6));
-            // The range itself is stored with the serial; the peers are touched.
-            if repaired.is_empty() {
-                repaired.insert((
-                    crate::store::Kind::Group,
-                    account.all_group_id().unwrap_or_default().to_string(),
-                ));
-            }
-        }
-        if !repaired.is_empty() {
+        // The range is stored with the serial, which set_network_v6 raises when anything moved.
+        let serial = account.serial;
+        repaired.extend(account.set_network_v6(network_v6));
+        if !repaired.is_empty() || account.serial != serial {
             store
                 .save(&account, &repaired, &[])
                 .context("store the built-in group and hashed setup keys")?;
@@ -306,7 +294,7 @@ impl Management {
             ephemeral_timeout: options.ephemeral_timeout,
             turn: options.turn.clone(),
             stuns: options.stuns.clone(),
-            signal: options.signal.clone(),
+            signal,
             relay: options.relay.clone(),
             changes,
             streams: Mutex::new(HashMap::new()),
@@ -344,13 +332,7 @@ impl Management {
                 })
             })
             .collect();
-        let signal = self.signal.as_deref().map(|s| {
-            let (protocol, uri) = signal_host(s).expect("checked when the service opened");
-            pb::HostConfig {
-                uri,
-                protocol: protocol as i32,
-            }
-        });
+        let signal = self.signal.clone();
         let relay = self.relay.as_ref().map(|r| {
             let payload = (now_unix + r.ttl.as_secs()).to_string();
             pb::RelayConfig {
