@@ -24,12 +24,14 @@ pub const DEFAULT_MAX_PORT: u16 = 65535;
 pub struct RelayConfig {
     /// Where clients reach the relay (UDP).
     pub listen: Vec<SocketAddr>,
-    /// The address allocations are made on (coturn's relay-ip); default: the listening address.
-    #[serde(default)]
-    pub relay_ip: Option<IpAddr>,
-    /// The public address behind a 1:1 NAT (coturn's external-ip), sent as the relayed address.
-    #[serde(default)]
-    pub external_ip: Option<IpAddr>,
+    /// The addresses allocations are made on (coturn's relay-ip), at most one per family: an
+    /// allocation of a family takes that family's. Default: the listening addresses.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub relay_ip: Vec<IpAddr>,
+    /// The public addresses behind a 1:1 NAT (coturn's external-ip), sent as the relayed address
+    /// of an allocation of their family.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub external_ip: Vec<IpAddr>,
     pub realm: String,
     /// Static long-term users: name → password.
     #[serde(default)]
@@ -72,6 +74,20 @@ pub struct XdpConfig {
 
 fn default_xdp_attach() -> String {
     "xdp-native".into()
+}
+
+/// An address or a list of them (`relay_ip: 198.18.31.1` as before, or one per family).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(IpAddr),
+        Many(Vec<IpAddr>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(ip) => vec![ip],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn default_min_port() -> u16 {
@@ -138,8 +154,8 @@ impl RelayConfig {
         let mut ips: Vec<IpAddr> = Vec::new();
         let mut cfg = RelayConfig {
             listen: vec![],
-            relay_ip: None,
-            external_ip: None,
+            relay_ip: vec![],
+            external_ip: vec![],
             realm: String::new(),
             users: HashMap::new(),
             static_auth_secret: None,
@@ -166,10 +182,10 @@ impl RelayConfig {
             match key {
                 "listening-port" => ports = vec![value.parse().with_context(at)?],
                 "listening-ip" => ips.push(value.parse().with_context(at)?),
-                "relay-ip" => cfg.relay_ip = Some(value.parse().with_context(at)?),
+                "relay-ip" => cfg.relay_ip.push(value.parse().with_context(at)?),
                 "external-ip" => {
-                    // "public" or "public/private".
-                    cfg.external_ip = Some(
+                    // "public" or "public/private"; one line per family.
+                    cfg.external_ip.push(
                         value
                             .split('/')
                             .next()
@@ -236,6 +252,19 @@ impl RelayConfig {
         if self.users.is_empty() && self.static_auth_secret.is_none() {
             bail!("no credentials: name users or a static_auth_secret");
         }
+        for (what, ips) in [
+            ("relay_ip", &self.relay_ip),
+            ("external_ip", &self.external_ip),
+        ] {
+            if ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+                || ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+            {
+                bail!("{what}: at most one address per family");
+            }
+            if let Some(ip) = ips.iter().find(|ip| ip.is_unspecified()) {
+                bail!("{what}: {ip} is not an address peers can reach");
+            }
+        }
         if self.min_port == 0 || self.min_port > self.max_port {
             bail!(
                 "min_port {} / max_port {}: a range of ports",
@@ -288,8 +317,11 @@ mod tests {
             c.listen,
             vec!["198.18.30.1:3478".parse::<SocketAddr>().unwrap()]
         );
-        assert_eq!(c.relay_ip, Some("198.18.31.1".parse().unwrap()));
-        assert_eq!(c.external_ip, Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(c.relay_ip, vec!["198.18.31.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            c.external_ip,
+            vec!["203.0.113.5".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(c.users.get("self").map(String::as_str), Some("secretpw"));
         assert_eq!(
             (c.min_port, c.max_port, c.user_quota, c.total_quota),
@@ -311,5 +343,37 @@ mod tests {
             RelayConfig::from_coturn("realm=r\n").is_err(),
             "no auth at all"
         );
+        // One relay-ip line per family; two of one family are refused.
+        let (c, _) = RelayConfig::from_coturn(
+            "realm=r\nlt-cred-mech\nuser=a:b\nrelay-ip=198.18.31.1\nrelay-ip=fd00:31::1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.relay_ip,
+            vec![
+                "198.18.31.1".parse::<IpAddr>().unwrap(),
+                "fd00:31::1".parse().unwrap()
+            ]
+        );
+        let e = RelayConfig::from_coturn(
+            "realm=r\nlt-cred-mech\nuser=a:b\nrelay-ip=198.18.31.1\nrelay-ip=198.18.31.2\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("one address per family"), "{e}");
+    }
+
+    #[test]
+    fn yaml_takes_one_relay_address_or_one_per_family() {
+        let base = "listen: [198.18.30.1:3478]\nrealm: r\nusers: {a: b}\n";
+        let one: RelayConfig =
+            serde_saphyr::from_str(&format!("{base}relay_ip: 198.18.31.1\n")).unwrap();
+        assert_eq!(one.relay_ip, vec!["198.18.31.1".parse::<IpAddr>().unwrap()]);
+        let both: RelayConfig =
+            serde_saphyr::from_str(&format!("{base}relay_ip: [198.18.31.1, 'fd00:31::1']\n"))
+                .unwrap();
+        assert_eq!(both.relay_ip.len(), 2);
+        assert!(both.validate().is_ok());
+        let none: RelayConfig = serde_saphyr::from_str(base).unwrap();
+        assert!(none.relay_ip.is_empty() && none.external_ip.is_empty());
     }
 }

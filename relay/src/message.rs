@@ -12,7 +12,7 @@ use stun_codec::{
         Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken,
         XorPeerAddress, XorRelayAddress,
     },
-    rfc8656::attributes::RequestedAddressFamily,
+    rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily},
 };
 
 stun_codec::define_attribute_enums!(
@@ -38,7 +38,9 @@ stun_codec::define_attribute_enums!(
         RequestedTransport,
         DontFragment,
         ReservationToken,
-        RequestedAddressFamily
+        RequestedAddressFamily,
+        AdditionalAddressFamily,
+        AddressErrorCode
     ]
 );
 
@@ -133,6 +135,113 @@ impl bytecodec::Encode for ChannelNumberEncoder {
 }
 
 impl bytecodec::SizedEncode for ChannelNumberEncoder {
+    fn exact_requiring_bytes(&self) -> u64 {
+        self.0.exact_requiring_bytes()
+    }
+}
+
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.11): in a successful dual-stack Allocate, why the second
+/// family got no relayed address. stun_codec has no type for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AddressErrorCode {
+    pub family: AddressFamily,
+    pub code: u16,
+    pub reason: String,
+}
+
+impl AddressErrorCode {
+    pub const CODEPOINT: u16 = 0x8001;
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let family = match self.family {
+            AddressFamily::V4 => 1,
+            AddressFamily::V6 => 2,
+        };
+        let mut b = vec![family, 0, (self.code / 100) as u8, (self.code % 100) as u8];
+        b.extend_from_slice(self.reason.as_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<AddressErrorCode> {
+        let family = match b.first()? {
+            1 => AddressFamily::V4,
+            2 => AddressFamily::V6,
+            _ => return None,
+        };
+        let (class, number) = (*b.get(2)? & 0x07, *b.get(3)?);
+        Some(AddressErrorCode {
+            family,
+            code: u16::from(class) * 100 + u16::from(number),
+            reason: String::from_utf8(b[4..].to_vec()).ok()?,
+        })
+    }
+}
+
+impl stun_codec::Attribute for AddressErrorCode {
+    type Decoder = AddressErrorCodeDecoder;
+    type Encoder = AddressErrorCodeEncoder;
+
+    fn get_type(&self) -> stun_codec::AttributeType {
+        stun_codec::AttributeType::new(Self::CODEPOINT)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AddressErrorCodeDecoder(bytecodec::bytes::RemainingBytesDecoder);
+
+impl bytecodec::Decode for AddressErrorCodeDecoder {
+    type Item = AddressErrorCode;
+
+    fn decode(&mut self, buf: &[u8], eos: bytecodec::Eos) -> bytecodec::Result<usize> {
+        self.0.decode(buf, eos)
+    }
+
+    fn finish_decoding(&mut self) -> bytecodec::Result<AddressErrorCode> {
+        let raw = self.0.finish_decoding()?;
+        AddressErrorCode::from_bytes(&raw).ok_or_else(|| bytecodec::ErrorKind::InvalidInput.into())
+    }
+
+    fn requiring_bytes(&self) -> bytecodec::ByteCount {
+        self.0.requiring_bytes()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.0.is_idle()
+    }
+}
+
+impl bytecodec::TryTaggedDecode for AddressErrorCodeDecoder {
+    type Tag = stun_codec::AttributeType;
+
+    fn try_start_decoding(&mut self, tag: Self::Tag) -> bytecodec::Result<bool> {
+        Ok(tag.as_u16() == AddressErrorCode::CODEPOINT)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AddressErrorCodeEncoder(bytecodec::bytes::BytesEncoder<Vec<u8>>);
+
+impl bytecodec::Encode for AddressErrorCodeEncoder {
+    type Item = AddressErrorCode;
+
+    fn encode(&mut self, buf: &mut [u8], eos: bytecodec::Eos) -> bytecodec::Result<usize> {
+        self.0.encode(buf, eos)
+    }
+
+    fn start_encoding(&mut self, item: AddressErrorCode) -> bytecodec::Result<()> {
+        self.0.start_encoding(item.to_bytes())
+    }
+
+    fn requiring_bytes(&self) -> bytecodec::ByteCount {
+        self.0.requiring_bytes()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.0.is_idle()
+    }
+}
+
+impl bytecodec::SizedEncode for AddressErrorCodeEncoder {
     fn exact_requiring_bytes(&self) -> u64 {
         self.0.exact_requiring_bytes()
     }
@@ -288,6 +397,34 @@ mod tests {
             );
         }
         assert!(ChannelNumber::new(0x8000).is_none() && ChannelNumber::new(0x3fff).is_none());
+    }
+
+    /// ADDRESS-ERROR-CODE as RFC 8656 §18.11 lays it out: family, reserved, class, number,
+    /// the reason phrase (padded to four bytes by the attribute framing).
+    #[test]
+    fn address_error_code_wire_form() {
+        let mut m = Message::new(
+            MessageClass::SuccessResponse,
+            stun_codec::rfc5766::methods::ALLOCATE,
+            TransactionId::new([9; 12]),
+        );
+        m.add_attribute(AddressErrorCode {
+            family: AddressFamily::V6,
+            code: 440,
+            reason: "Address Family not Supported".into(),
+        });
+        let wire = MessageEncoder::<Attribute>::new()
+            .encode_into_bytes(m)
+            .unwrap();
+        assert_eq!(
+            &wire[20..28],
+            &[0x80, 0x01, 0x00, 32, 0x02, 0x00, 4, 40],
+            "type 0x8001, length 4 + 28, IPv6, class 4, number 40"
+        );
+        assert_eq!(&wire[28..], b"Address Family not Supported");
+        let back = decode(&wire).expect("decodes");
+        let e = back.get_attribute::<AddressErrorCode>().unwrap();
+        assert_eq!((e.family, e.code), (AddressFamily::V6, 440));
     }
 
     #[test]

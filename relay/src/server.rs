@@ -20,9 +20,13 @@ use stun_codec::{
         methods::BINDING,
     },
     rfc5766::{
-        attributes::{Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress},
+        attributes::{
+            Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
+            XorRelayAddress,
+        },
         methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND},
     },
+    rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily},
 };
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
@@ -31,7 +35,7 @@ use crate::{
     auth::{AuthError, Credentials, NonceCheck, Nonces},
     config::RelayConfig,
     fast_path::{Binding, FastPath, Totals},
-    message::{self, ChannelNumber, Key, Msg},
+    message::{self, AddressErrorCode, ChannelNumber, Key, Msg},
 };
 
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -40,6 +44,11 @@ pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// A channel number or peer stays reserved this long after its binding expired.
 pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// A port reserved by EVEN-PORT's R bit waits this long for its RESERVATION-TOKEN (RFC 8656
+/// §7.2 suggests about 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// Reserved ports held at once; past it an Allocate asking for a reservation gets 508.
+const MAX_RESERVATIONS: usize = 1024;
 const SOFTWARE: &str = concat!("gateway-relay ", env!("CARGO_PKG_VERSION"));
 
 /// An allocation is keyed by its 5-tuple: the listening address it came in on and the client.
@@ -55,18 +64,40 @@ struct Channel {
     baseline: Totals,
 }
 
+/// One relayed transport address of an allocation: an allocation has one per address family it
+/// was given (RFC 8656: IPv4, IPv6, or both).
+struct Relayed {
+    /// The address peers send to (external-ip of its family when configured).
+    public: SocketAddr,
+    sock: Arc<UdpSocket>,
+    peer_task: tokio::task::JoinHandle<()>,
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::V4
+    } else {
+        AddressFamily::V6
+    }
+}
+
+/// The port above an even relayed port, held for a later Allocate (RTP's RTCP partner) that
+/// names it by RESERVATION-TOKEN.
+struct Reservation {
+    sock: UdpSocket,
+    public: SocketAddr,
+    expires: Instant,
+}
+
 struct Allocation {
     username: String,
     /// The Allocate that made it: a retransmission of it gets the same answer again.
     transaction: TransactionId,
-    /// The address peers send to (external-ip when configured).
-    relayed: SocketAddr,
-    relay: Arc<UdpSocket>,
+    relayed: Vec<Relayed>,
     listener: Arc<UdpSocket>,
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, Channel>,
-    peer_task: tokio::task::JoinHandle<()>,
     /// Relayed by userspace for this allocation.
     userspace: Totals,
     /// Relayed by the kernel for channels it no longer holds.
@@ -74,6 +105,26 @@ struct Allocation {
 }
 
 impl Allocation {
+    /// The relayed address that talks to peers of `peer`'s family, if the allocation has one.
+    fn relay_toward(&self, peer: IpAddr) -> Option<&Relayed> {
+        self.relayed
+            .iter()
+            .find(|r| family_of(r.public.ip()) == family_of(peer))
+    }
+
+    /// Its relayed addresses, for logs and status.
+    fn addresses(&self) -> String {
+        let all: Vec<String> = self.relayed.iter().map(|r| r.public.to_string()).collect();
+        all.join(", ")
+    }
+
+    /// Stops receiving from peers (the sockets close with the allocation).
+    fn stop(&self) {
+        for r in &self.relayed {
+            r.peer_task.abort();
+        }
+    }
+
     fn permitted(&self, peer: IpAddr, now: Instant) -> bool {
         self.permissions.get(&peer).is_some_and(|e| *e > now)
     }
@@ -104,6 +155,8 @@ pub struct Relay {
     nonces: Nonces,
     realm: Realm,
     allocations: Mutex<HashMap<AllocKey, Allocation>>,
+    /// Ports reserved by EVEN-PORT, by token.
+    reservations: Mutex<HashMap<u64, Reservation>>,
     pub counters: Counters,
     fast: Option<Arc<dyn FastPath>>,
     /// Counter slots of the fast path not in use.
@@ -178,6 +231,7 @@ impl Relay {
             nonces: Nonces::new(),
             realm,
             allocations: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             fast,
             free_slots: Mutex::new(slots),
@@ -198,17 +252,19 @@ impl Relay {
             SocketAddr::V4(v) if !v.ip().is_unspecified() => Some(v),
             _ => None,
         };
+        // The addresses first: a channel the kernel cannot take (IPv6) must not use up a slot.
+        let (client, listen, peer, relay) = (v4(key.1)?, v4(key.0)?, v4(peer)?, v4(relay_local)?);
         let slot = self
             .free_slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
         let b = Binding {
-            client: v4(key.1)?,
-            listen: v4(key.0)?,
+            client,
+            listen,
             channel,
-            peer: v4(peer)?,
-            relay: v4(relay_local)?,
+            peer,
+            relay,
             slot,
         };
         match fast.bind(&b) {
@@ -258,7 +314,7 @@ impl Relay {
         let all = u.plus(x);
         info!(
             client = %key.1,
-            relayed = %a.relayed,
+            relayed = %a.addresses(),
             user = %a.username,
             "allocation ended ({reason}): to peer {} packets, {} bytes (in XDP {}, {}); to client {} packets, {} bytes (in XDP {}, {})",
             all.to_peer_packets,
@@ -344,7 +400,7 @@ impl Relay {
                 .filter(|_| per_allocation)
                 .map(|(key, x)| AllocationStatus {
                     client: key.1.to_string(),
-                    relayed: x.relayed.to_string(),
+                    relayed: x.addresses(),
                     username: x.username.clone(),
                     expires_in_s: x.expires.saturating_duration_since(now).as_secs(),
                     permissions: x.permissions.values().filter(|e| **e > now).count(),
@@ -410,7 +466,7 @@ impl Relay {
             };
             let datagram = &buf[..n];
             if let Some((channel, data)) = message::parse_channel_data(datagram) {
-                self.from_client_channel((local, from), channel, data).await;
+                self.on_client_channel_data((local, from), channel, data).await;
                 continue;
             }
             let Some(request) = message::decode(datagram) else {
@@ -423,15 +479,13 @@ impl Relay {
     }
 
     /// ChannelData from a client: to the channel's peer, from the allocation's address.
-    async fn from_client_channel(&self, key: AllocKey, channel: u16, data: &[u8]) {
+    async fn on_client_channel_data(&self, key: AllocKey, channel: u16, data: &[u8]) {
         let now = Instant::now();
         let target = {
             let allocs = self.allocations();
             allocs.get(&key).and_then(|a| {
-                a.channels
-                    .get(&channel)
-                    .filter(|c| c.expires > now)
-                    .map(|c| (a.relay.clone(), c.peer))
+                let c = a.channels.get(&channel).filter(|c| c.expires > now)?;
+                Some((a.relay_toward(c.peer.ip())?.sock.clone(), c.peer))
             })
         };
         if let Some((relay, peer)) = target
@@ -443,7 +497,7 @@ impl Relay {
 
     /// A peer's datagram to an allocation: to the client as ChannelData when the peer has a
     /// channel, else as a Data indication; dropped without a permission.
-    async fn from_peer(&self, key: AllocKey, peer: SocketAddr, data: &[u8]) {
+    async fn on_peer_datagram(&self, key: AllocKey, peer: SocketAddr, data: &[u8]) {
         let now = Instant::now();
         let out = {
             let allocs = self.allocations();
@@ -493,13 +547,16 @@ impl Relay {
             .listen
             .iter()
             .map(|l| l.ip())
-            .chain(self.cfg.relay_ip)
-            .chain(self.cfg.external_ip)
+            .chain(self.cfg.relay_ip.iter().copied())
+            .chain(self.cfg.external_ip.iter().copied())
             .any(|ip| ip == peer);
+        // An IPv4-mapped IPv6 address is an IPv4 host in disguise: it would slip past the IPv4
+        // ranges above.
         let special = peer.is_loopback()
             || peer.is_unspecified()
             || peer.is_multicast()
-            || matches!(peer, IpAddr::V4(v4) if v4.is_broadcast());
+            || matches!(peer, IpAddr::V4(v4) if v4.is_broadcast())
+            || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
         !(own || special || self.cfg.denied_peer_ip.iter().any(|n| n.contains(&peer)))
     }
 
@@ -576,7 +633,7 @@ impl Relay {
                     Err(e) => return Some(message::encode(e, None)),
                 };
                 let answer = match method {
-                    ALLOCATE => self.allocate(listener, key, &req, user.name()).await,
+                    ALLOCATE => self.allocate(listener, key, &req, user.name()),
                     REFRESH => self.refresh(key, &req, user.name()),
                     CREATE_PERMISSION => self.create_permission(key, &req, user.name()),
                     _ => self.channel_bind(key, &req, user.name()),
@@ -601,7 +658,7 @@ impl Relay {
         }
     }
 
-    async fn allocate(
+    fn allocate(
         self: &Arc<Self>,
         listener: &Arc<UdpSocket>,
         key: AllocKey,
@@ -614,23 +671,37 @@ impl Relay {
             if a.username != user || a.transaction != req.transaction_id() {
                 return Err((437, "Allocation Mismatch"));
             }
-            let mut m = message::response(
-                MessageClass::SuccessResponse,
-                ALLOCATE,
-                req.transaction_id(),
-            );
-            m.add_attribute(XorRelayAddress::new(a.relayed));
-            m.add_attribute(XorMappedAddress::new(key.1));
-            if let Ok(l) = Lifetime::new(a.expires.saturating_duration_since(Instant::now())) {
-                m.add_attribute(l);
-            }
-            return Ok(m);
+            let relayed: Vec<SocketAddr> = a.relayed.iter().map(|r| r.public).collect();
+            let left = a.expires.saturating_duration_since(Instant::now());
+            return Ok(allocated(req, key.1, &relayed, None, None, left));
         }
         match req.get_attribute::<RequestedTransport>() {
             Some(t) if t.protocol() == 17 => {}
             Some(_) => return Err((442, "Unsupported Transport Protocol")),
             None => return Err((400, "Bad Request")),
         }
+        let requested = req
+            .get_attribute::<RequestedAddressFamily>()
+            .map(|f| f.address_family());
+        let additional = req
+            .get_attribute::<AdditionalAddressFamily>()
+            .map(|f| f.address_family());
+        let even = req.get_attribute::<EvenPort>().map(|e| e.is_requested());
+        let token = req.get_attribute::<ReservationToken>().map(|t| t.token());
+        // A reserved port comes with its family and parity: asking for either as well is a
+        // bad request (RFC 8656 §7.2).
+        if token.is_some() && (even.is_some() || requested.is_some() || additional.is_some()) {
+            return Err((400, "Bad Request"));
+        }
+        // RFC 8656 §7.2: IPv4 unless another family is requested; ADDITIONAL-ADDRESS-FAMILY
+        // (IPv6 only) asks for both.
+        let (first, second) = match (requested, additional) {
+            (Some(_), Some(_)) | (None, Some(AddressFamily::V4)) => {
+                return Err((400, "Bad Request"));
+            }
+            (None, Some(AddressFamily::V6)) => (AddressFamily::V4, Some(AddressFamily::V6)),
+            (requested, None) => (requested.unwrap_or(AddressFamily::V4), None),
+        };
         {
             let allocs = self.allocations();
             if self.cfg.total_quota > 0 && allocs.len() as u32 >= self.cfg.total_quota {
@@ -643,46 +714,141 @@ impl Relay {
                 return Err((486, "Allocation Quota Reached"));
             }
         }
-        let relay_ip = self.cfg.relay_ip.unwrap_or_else(|| key.0.ip());
-        let relay = bind_in_range(relay_ip, self.cfg.min_port, self.cfg.max_port)
-            .await
-            .ok_or((508, "Insufficient Capacity"))?;
-        let relay = Arc::new(relay);
-        let port = relay
-            .local_addr()
-            .map_err(|_| (500, "Server Error"))?
-            .port();
-        let relayed = SocketAddr::new(self.cfg.external_ip.unwrap_or(relay_ip), port);
-        let lifetime = lifetime(req);
-        let peer_task = tokio::spawn(peer_loop(self.clone(), key, relay.clone()));
-        self.allocations().insert(
-            key,
-            Allocation {
-                username: user.to_string(),
-                transaction: req.transaction_id(),
-                relayed,
-                relay,
-                listener: listener.clone(),
-                expires: Instant::now() + lifetime,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                peer_task,
-                userspace: Totals::default(),
-                kernel_done: Totals::default(),
-            },
-        );
-        info!(client = %key.1, %relayed, user, lifetime = lifetime.as_secs(), "allocation");
-        let mut m = message::response(
-            MessageClass::SuccessResponse,
-            ALLOCATE,
-            req.transaction_id(),
-        );
-        m.add_attribute(XorRelayAddress::new(relayed));
-        m.add_attribute(XorMappedAddress::new(key.1));
-        if let Ok(l) = Lifetime::new(lifetime) {
-            m.add_attribute(l);
+        let ports = match even {
+            None => Ports::Any,
+            Some(false) => Ports::Even,
+            Some(true) => Ports::EvenPair,
+        };
+        let (first, reserved) = match token {
+            Some(t) => (self.take_reservation(key, t)?, None),
+            None => self.relay_address(key, first, ports)?,
+        };
+        let mut relayed = vec![first];
+        // The second family is best effort: the allocation stands with the first, and the
+        // answer says why the second is missing (ADDRESS-ERROR-CODE).
+        let mut second_error = None;
+        if let Some(family) = second {
+            match self.relay_address(key, family, Ports::Any) {
+                Ok((r, _)) => relayed.push(r),
+                Err((code, reason)) => {
+                    second_error = Some(AddressErrorCode {
+                        family,
+                        code,
+                        reason: reason.into(),
+                    })
+                }
+            }
         }
-        Ok(m)
+        let lifetime = lifetime(req);
+        let addresses: Vec<SocketAddr> = relayed.iter().map(|r| r.public).collect();
+        let allocation = Allocation {
+            username: user.to_string(),
+            transaction: req.transaction_id(),
+            relayed,
+            listener: listener.clone(),
+            expires: Instant::now() + lifetime,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            userspace: Totals::default(),
+            kernel_done: Totals::default(),
+        };
+        info!(client = %key.1, relayed = %allocation.addresses(), user, lifetime = lifetime.as_secs(), "allocation");
+        self.allocations().insert(key, allocation);
+        Ok(allocated(
+            req,
+            key.1,
+            &addresses,
+            second_error,
+            reserved,
+            lifetime,
+        ))
+    }
+
+    /// The relayed address held under `token`, for the allocation at `key`; 508 when there is
+    /// none (never issued, taken, or past its time).
+    fn take_reservation(
+        self: &Arc<Self>,
+        key: AllocKey,
+        token: u64,
+    ) -> Result<Relayed, (u16, &'static str)> {
+        let r = self
+            .reservations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token)
+            .filter(|r| r.expires > Instant::now())
+            .ok_or((508, "Insufficient Capacity"))?;
+        Ok(self.start_relaying(key, r.sock, r.public))
+    }
+
+    /// Starts relaying for the allocation at `key` on `sock`, announced as `public`.
+    fn start_relaying(
+        self: &Arc<Self>,
+        key: AllocKey,
+        sock: UdpSocket,
+        public: SocketAddr,
+    ) -> Relayed {
+        let sock = Arc::new(sock);
+        let peer_task = tokio::spawn(peer_loop(self.clone(), key, sock.clone()));
+        Relayed {
+            public,
+            sock,
+            peer_task,
+        }
+    }
+
+    /// A relayed address of `family` for the allocation at `key`, its socket bound and its
+    /// peers listened to, with the token of the port reserved above it when `ports` asks for
+    /// one: 440 when the relay has no address of that family, 508 when the port range is full.
+    fn relay_address(
+        self: &Arc<Self>,
+        key: AllocKey,
+        family: AddressFamily,
+        ports: Ports,
+    ) -> Result<(Relayed, Option<u64>), (u16, &'static str)> {
+        let fits = |ip: &IpAddr| family_of(*ip) == family;
+        // coturn's default without relay-ip: the listening addresses (the one the client came
+        // in on first).
+        let relay_ip = if self.cfg.relay_ip.is_empty() {
+            std::iter::once(key.0.ip())
+                .chain(self.cfg.listen.iter().map(|l| l.ip()))
+                .filter(fits)
+                .min_by_key(|ip| ip.is_unspecified())
+        } else {
+            self.cfg.relay_ip.iter().copied().find(fits)
+        }
+        .ok_or((440, "Address Family not Supported"))?;
+        let public_ip = self
+            .cfg
+            .external_ip
+            .iter()
+            .copied()
+            .find(fits)
+            .unwrap_or(relay_ip);
+        let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        if ports == Ports::EvenPair && reservations.len() >= MAX_RESERVATIONS {
+            return Err((508, "Insufficient Capacity"));
+        }
+        let (sock, above) = bind_in_range(relay_ip, self.cfg.min_port, self.cfg.max_port, ports)
+            .ok_or((508, "Insufficient Capacity"))?;
+        let port = sock.local_addr().map_err(|_| (500, "Server Error"))?.port();
+        let token = above.map(|sock| {
+            let token = rand::random::<u64>();
+            reservations.insert(
+                token,
+                Reservation {
+                    sock,
+                    public: SocketAddr::new(public_ip, port + 1),
+                    expires: Instant::now() + RESERVATION_LIFETIME,
+                },
+            );
+            token
+        });
+        drop(reservations);
+        Ok((
+            self.start_relaying(key, sock, SocketAddr::new(public_ip, port)),
+            token,
+        ))
     }
 
     fn refresh(&self, key: AllocKey, req: &Msg, user: &str) -> Result<Msg, (u16, &'static str)> {
@@ -690,6 +856,15 @@ impl Relay {
         let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else {
             return Err((437, "Allocation Mismatch"));
         };
+        // RFC 8656 §7.3: a family the allocation does not have is a mismatch.
+        if let Some(f) = req.get_attribute::<RequestedAddressFamily>()
+            && !a
+                .relayed
+                .iter()
+                .any(|r| family_of(r.public.ip()) == f.address_family())
+        {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
         let requested = req.get_attribute::<Lifetime>().map(|l| l.lifetime());
         let lifetime = if requested == Some(Duration::ZERO) {
             Duration::ZERO
@@ -698,7 +873,7 @@ impl Relay {
         };
         if lifetime.is_zero() {
             if let Some(mut a) = allocs.remove(&key) {
-                a.peer_task.abort();
+                a.stop();
                 drop(allocs);
                 self.log_end(&key, &a, "released");
                 for b in a
@@ -751,6 +926,9 @@ impl Relay {
         let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else {
             return Err((437, "Allocation Mismatch"));
         };
+        if peers.iter().any(|p| a.relay_toward(p.ip()).is_none()) {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
         let until = Instant::now() + PERMISSION_LIFETIME;
         for p in peers {
             a.permissions.insert(p.ip(), until);
@@ -788,6 +966,9 @@ impl Relay {
         let Some(a) = allocs.get_mut(&key).filter(|a| a.username == user) else {
             return Err((437, "Allocation Mismatch"));
         };
+        let Some(relay_local) = a.relay_toward(peer.ip()).map(|r| r.sock.local_addr().ok()) else {
+            return Err((443, "Peer Address Family Mismatch"));
+        };
         // A channel (and a peer) stays with its partner while bound and for a while after.
         let reserved = |c: &Channel| c.expires + CHANNEL_COOLDOWN > now;
         if a.channels
@@ -809,7 +990,6 @@ impl Relay {
             }
             _ => None,
         };
-        let relay_local = a.relay.local_addr().ok();
         let (offloaded, baseline) = match kept {
             Some((b, baseline)) => (Some(b), baseline),
             None => {
@@ -850,8 +1030,14 @@ impl Relay {
         let peer = peer.address();
         let relay = {
             let allocs = self.allocations();
+            // A peer of a family the allocation lacks can have no permission either.
             match allocs.get(&key) {
-                Some(a) if a.permitted(peer.ip(), Instant::now()) => a.relay.clone(),
+                Some(a) if a.permitted(peer.ip(), Instant::now()) => {
+                    match a.relay_toward(peer.ip()) {
+                        Some(r) => r.sock.clone(),
+                        None => return,
+                    }
+                }
                 Some(_) => {
                     self.counters
                         .dropped_no_permission
@@ -873,7 +1059,7 @@ impl Relay {
         allocs.retain(|key, a| {
             if a.expires <= now {
                 self.log_end(key, a, "expired");
-                a.peer_task.abort();
+                a.stop();
                 taken_back.extend(a.channels.values_mut().filter_map(|c| c.offloaded.take()));
                 return false;
             }
@@ -901,7 +1087,42 @@ impl Relay {
         for b in taken_back {
             self.take_back(b);
         }
+        self.reservations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, r| r.expires > now);
     }
+}
+
+/// A successful Allocate: the relayed addresses (one per family), the client's reflexive
+/// address, the lifetime, and why a second family is missing when it is.
+fn allocated(
+    req: &Msg,
+    client: SocketAddr,
+    relayed: &[SocketAddr],
+    second_error: Option<AddressErrorCode>,
+    reserved: Option<u64>,
+    lifetime: Duration,
+) -> Msg {
+    let mut m = message::response(
+        MessageClass::SuccessResponse,
+        ALLOCATE,
+        req.transaction_id(),
+    );
+    for r in relayed {
+        m.add_attribute(XorRelayAddress::new(*r));
+    }
+    if let Some(e) = second_error {
+        m.add_attribute(e);
+    }
+    if let Some(t) = reserved {
+        m.add_attribute(ReservationToken::new(t));
+    }
+    m.add_attribute(XorMappedAddress::new(client));
+    if let Ok(l) = Lifetime::new(lifetime) {
+        m.add_attribute(l);
+    }
+    m
 }
 
 /// RFC 8656 §7.2: the requested lifetime up to the maximum, but never under the default.
@@ -911,17 +1132,56 @@ fn lifetime(req: &Msg) -> Duration {
         .unwrap_or(DEFAULT_LIFETIME)
 }
 
-/// A UDP socket on a random free port of the range (a few random tries, then a walk).
-async fn bind_in_range(ip: IpAddr, min: u16, max: u16) -> Option<UdpSocket> {
+/// Which relayed ports an Allocate may take: any, an even one (EVEN-PORT), or an even one with
+/// the port above it free too, to be reserved (EVEN-PORT with its R bit, for RTP and RTCP).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ports {
+    Any,
+    Even,
+    EvenPair,
+}
+
+/// A UDP socket on a free port of the range from a random start (and the one above it, for
+/// `Ports::EvenPair`).
+fn bind_in_range(
+    ip: IpAddr,
+    min: u16,
+    max: u16,
+    ports: Ports,
+) -> Option<(UdpSocket, Option<UdpSocket>)> {
     let span = (max - min) as u32 + 1;
     let start = rand::random::<u32>() % span;
     for i in 0..span.min(4096) {
         let port = min + ((start + i) % span) as u16;
-        if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
-            return Some(s);
+        if ports != Ports::Any && port % 2 == 1 {
+            continue;
+        }
+        let Ok(s) = bind_udp(SocketAddr::new(ip, port)) else {
+            continue;
+        };
+        if ports != Ports::EvenPair {
+            return Some((s, None));
+        }
+        if port < max
+            && let Ok(above) = bind_udp(SocketAddr::new(ip, port + 1))
+        {
+            return Some((s, Some(above)));
         }
     }
     None
+}
+
+/// A UDP socket on `addr`; IPv6 ones take IPv6 only, so an IPv6 relayed address never sends to
+/// or hears from IPv4 hosts through mapped addresses.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
 }
 
 async fn peer_loop(relay: Arc<Relay>, key: AllocKey, sock: Arc<UdpSocket>) {
@@ -930,7 +1190,7 @@ async fn peer_loop(relay: Arc<Relay>, key: AllocKey, sock: Arc<UdpSocket>) {
         let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
             continue;
         };
-        relay.from_peer(key, peer, &buf[..n]).await;
+        relay.on_peer_datagram(key, peer, &buf[..n]).await;
     }
 }
 

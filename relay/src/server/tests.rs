@@ -10,9 +10,12 @@ use stun_codec::{
         methods::BINDING,
     },
     rfc5766::{
-        attributes::{Lifetime, RequestedTransport},
-        methods::ALLOCATE,
+        attributes::{
+            Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
+        },
+        methods::{ALLOCATE, CREATE_PERMISSION, DATA, REFRESH, SEND},
     },
+    rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily},
 };
 
 use super::*;
@@ -21,8 +24,8 @@ use crate::client::TurnClient;
 fn config(port: u16, user_quota: u32) -> RelayConfig {
     RelayConfig {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], port))],
-        relay_ip: None,
-        external_ip: None,
+        relay_ip: vec![],
+        external_ip: vec![],
         realm: "test.example".into(),
         users: [("alice".to_string(), "pw".to_string())].into(),
         static_auth_secret: None,
@@ -318,4 +321,348 @@ fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
     a.release().unwrap();
     assert_eq!(recorder.unbound.lock().unwrap().len(), 2);
     assert_eq!(relay.free_slots.lock().unwrap().len(), 4);
+}
+
+/// A relay on a free loopback port with relayed addresses of both families (relay_ip) or only
+/// IPv4 (none configured: the IPv4 listening address).
+fn start_with(relay_ip: Vec<IpAddr>) -> (Arc<Relay>, SocketAddr, tokio::runtime::Runtime) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(port, 0);
+    cfg.relay_ip = relay_ip;
+    cfg.allowed_peer_ip.push("::1/128".parse().unwrap());
+    let relay = Relay::new(cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.spawn(relay.clone().serve());
+    std::thread::sleep(Duration::from_millis(100));
+    (relay, SocketAddr::from(([127, 0, 0, 1], port)), rt)
+}
+
+fn family(f: AddressFamily) -> Vec<message::Attribute> {
+    vec![
+        RequestedTransport::new(17).into(),
+        RequestedAddressFamily::new(f).into(),
+    ]
+}
+
+fn relayed_addresses(m: &Msg) -> Vec<SocketAddr> {
+    m.attributes()
+        .filter_map(|a| match a {
+            message::Attribute::XorRelayAddress(r) => Some(r.address()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn udp_peer(addr: &str) -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// Sends a Send indication (no answer comes).
+fn send_indication(c: &TurnClient, server: SocketAddr, peer: SocketAddr, data: &[u8]) {
+    let mut m = Message::new(
+        MessageClass::Indication,
+        SEND,
+        TransactionId::new(rand::random()),
+    );
+    m.add_attribute(XorPeerAddress::new(peer));
+    m.add_attribute(Data::new(data.to_vec()).unwrap());
+    c.sock.send_to(&message::encode(m, None), server).unwrap();
+}
+
+#[test]
+fn ipv6_relayed_addresses_carry_data_to_ipv6_peers_only() {
+    let (_relay, server, _rt) =
+        start_with(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]);
+    // A client on IPv4 asks for an IPv6 relayed address (REQUESTED-ADDRESS-FAMILY).
+    let mut a = client(server);
+    let ok = a.request(ALLOCATE, family(AddressFamily::V6)).unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let relayed = relayed_addresses(&ok);
+    assert_eq!(relayed.len(), 1, "{relayed:?}");
+    assert_eq!(relayed[0].ip(), "::1".parse::<IpAddr>().unwrap());
+    // IPv4 peers do not fit an IPv6 allocation: 443, for channels and permissions alike.
+    let v4_peer = udp_peer("127.0.0.1:0");
+    let err = a
+        .channel_bind(0x4001, v4_peer.local_addr().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("443"), "{err}");
+    let perm = a
+        .request(
+            CREATE_PERMISSION,
+            vec![XorPeerAddress::new(v4_peer.local_addr().unwrap()).into()],
+        )
+        .unwrap();
+    assert_eq!(code(&perm), Some(443));
+    // An IPv6 peer through a channel: out from the relayed address, back as ChannelData.
+    let peer = udp_peer("[::1]:0");
+    a.channel_bind(0x4001, peer.local_addr().unwrap()).unwrap();
+    a.send_channel(0x4001, b"over six").unwrap();
+    let mut buf = [0u8; 200];
+    let (n, from) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"over six"[..], relayed[0]));
+    peer.send_to(b"back", from).unwrap();
+    let (n, _) = a.sock.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[0x40, 0x01, 0, 4, b'b', b'a', b'c', b'k']);
+    // Another IPv6 peer through Send and Data indications.
+    let other = udp_peer("[::1]:0");
+    let perm = a
+        .request(
+            CREATE_PERMISSION,
+            vec![XorPeerAddress::new(other.local_addr().unwrap()).into()],
+        )
+        .unwrap();
+    assert_eq!(perm.class(), MessageClass::SuccessResponse);
+    send_indication(&a, server, other.local_addr().unwrap(), b"indicated");
+    let (n, from) = other.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"indicated"[..], relayed[0]));
+    other.send_to(b"data", from).unwrap();
+    let (n, _) = a.sock.recv_from(&mut buf).unwrap();
+    let data = message::decode(&buf[..n]).expect("a Data indication");
+    assert_eq!(
+        (
+            data.method(),
+            data.get_attribute::<XorPeerAddress>().map(|p| p.address()),
+            data.get_attribute::<Data>().map(|d| d.data().to_vec())
+        ),
+        (
+            DATA,
+            Some(other.local_addr().unwrap()),
+            Some(b"data".to_vec())
+        )
+    );
+    // A Send indication toward an IPv4 peer goes nowhere.
+    send_indication(&a, server, v4_peer.local_addr().unwrap(), b"lost");
+    assert!(
+        v4_peer.recv_from(&mut buf).is_err(),
+        "nothing to the IPv4 peer"
+    );
+    // A Refresh naming the other family is a mismatch; naming its own is a refresh.
+    let wrong = a
+        .request(
+            REFRESH,
+            vec![RequestedAddressFamily::new(AddressFamily::V4).into()],
+        )
+        .unwrap();
+    assert_eq!(code(&wrong), Some(443));
+    let right = a
+        .request(
+            REFRESH,
+            vec![RequestedAddressFamily::new(AddressFamily::V6).into()],
+        )
+        .unwrap();
+    assert_eq!(right.class(), MessageClass::SuccessResponse);
+}
+
+#[test]
+fn dual_stack_allocations_relay_each_family_from_its_own_address() {
+    let (relay, server, _rt) =
+        start_with(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]);
+    // Both attributes at once, or IPv4 as the additional family: 400.
+    let mut bad = client(server);
+    let mut both = family(AddressFamily::V6);
+    both.push(AdditionalAddressFamily::new(AddressFamily::V6).into());
+    assert_eq!(code(&bad.request(ALLOCATE, both).unwrap()), Some(400));
+    let additional_v4 = vec![
+        RequestedTransport::new(17).into(),
+        AdditionalAddressFamily::new(AddressFamily::V4).into(),
+    ];
+    assert_eq!(
+        code(&bad.request(ALLOCATE, additional_v4).unwrap()),
+        Some(400)
+    );
+    assert_eq!(relay.status().allocations, 0);
+    // ADDITIONAL-ADDRESS-FAMILY IPv6: an IPv4 and an IPv6 relayed address.
+    let mut a = client(server);
+    let ok = a
+        .request(
+            ALLOCATE,
+            vec![
+                RequestedTransport::new(17).into(),
+                AdditionalAddressFamily::new(AddressFamily::V6).into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let relayed = relayed_addresses(&ok);
+    assert_eq!(
+        relayed.iter().map(|r| r.is_ipv4()).collect::<Vec<_>>(),
+        [true, false],
+        "{relayed:?}"
+    );
+    let (p4, p6) = (udp_peer("127.0.0.1:0"), udp_peer("[::1]:0"));
+    a.channel_bind(0x4001, p4.local_addr().unwrap()).unwrap();
+    a.channel_bind(0x4002, p6.local_addr().unwrap()).unwrap();
+    a.send_channel(0x4001, b"four").unwrap();
+    a.send_channel(0x4002, b"six").unwrap();
+    let mut buf = [0u8; 100];
+    let (n, from4) = p4.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from4), (&b"four"[..], relayed[0]));
+    let (n, from6) = p6.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from6), (&b"six"[..], relayed[1]));
+    // An IPv4 host dressed as an IPv6 address (::ffff:127.0.0.1) is refused, even with
+    // 127.0.0.0/8 allowed: it would reach IPv4 past the IPv4 rules.
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", p4.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
+    assert!(
+        a.channel_bind(0x4003, mapped)
+            .unwrap_err()
+            .to_string()
+            .contains("403")
+    );
+    let status = relay.status();
+    assert_eq!(
+        status.per_allocation[0].relayed,
+        format!("{}, {}", relayed[0], relayed[1])
+    );
+    a.release().unwrap();
+    assert_eq!(relay.status().allocations, 0);
+}
+
+#[test]
+fn a_family_the_relay_lacks_is_refused_or_reported() {
+    // No relay_ip: the listening address (IPv4) is the only one.
+    let (relay, server, _rt) = start_with(vec![]);
+    let mut a = client(server);
+    assert_eq!(
+        code(&a.request(ALLOCATE, family(AddressFamily::V6)).unwrap()),
+        Some(440)
+    );
+    assert_eq!(relay.status().allocations, 0);
+    // Dual-stack asked: the IPv4 allocation stands, and ADDRESS-ERROR-CODE says why IPv6 is
+    // missing.
+    let ok = a
+        .request(
+            ALLOCATE,
+            vec![
+                RequestedTransport::new(17).into(),
+                AdditionalAddressFamily::new(AddressFamily::V6).into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let relayed = relayed_addresses(&ok);
+    assert_eq!(relayed.len(), 1, "{relayed:?}");
+    assert_eq!(relayed[0].ip(), server.ip());
+    let e = ok
+        .get_attribute::<message::AddressErrorCode>()
+        .expect("ADDRESS-ERROR-CODE");
+    assert_eq!((e.family, e.code), (AddressFamily::V6, 440));
+    assert_eq!(relay.status().allocations, 1);
+}
+
+#[test]
+fn even_ports_and_reservations_keep_their_family() {
+    let (relay, server, _rt) =
+        start_with(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]);
+    // EVEN-PORT with its R bit on an IPv6 allocation: an even port, the one above reserved.
+    let mut rtp = client(server);
+    let mut asked = family(AddressFamily::V6);
+    asked.push(EvenPort::new(true).into());
+    let ok = rtp.request(ALLOCATE, asked).unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let even = relayed_addresses(&ok)[0];
+    assert_eq!((even.is_ipv6(), even.port() % 2), (true, 0), "{even}");
+    let token = ok
+        .get_attribute::<ReservationToken>()
+        .expect("RESERVATION-TOKEN")
+        .token();
+    // The token and a family at once: 400.
+    let mut rtcp = client(server);
+    let mut both = family(AddressFamily::V6);
+    both.push(ReservationToken::new(token).into());
+    assert_eq!(code(&rtcp.request(ALLOCATE, both).unwrap()), Some(400));
+    // The token alone: the reserved port, in the reserving allocation's family.
+    let with_token = vec![
+        RequestedTransport::new(17).into(),
+        ReservationToken::new(token).into(),
+    ];
+    let ok = rtcp.request(ALLOCATE, with_token.clone()).unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    assert_eq!(
+        relayed_addresses(&ok),
+        vec![SocketAddr::new(even.ip(), even.port() + 1)]
+    );
+    // A token is good once.
+    let mut late = client(server);
+    assert_eq!(
+        code(&late.request(ALLOCATE, with_token).unwrap()),
+        Some(508)
+    );
+    // EVEN-PORT without R: an even port and no reservation.
+    let mut plain = client(server);
+    let ok = plain
+        .request(
+            ALLOCATE,
+            vec![
+                RequestedTransport::new(17).into(),
+                EvenPort::new(false).into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(relayed_addresses(&ok)[0].port() % 2, 0);
+    assert!(ok.get_attribute::<ReservationToken>().is_none());
+    // Reservations not taken in time are let go.
+    let mut again = client(server);
+    let ok = again
+        .request(
+            ALLOCATE,
+            vec![
+                RequestedTransport::new(17).into(),
+                EvenPort::new(true).into(),
+            ],
+        )
+        .unwrap();
+    assert!(ok.get_attribute::<ReservationToken>().is_some());
+    assert_eq!(relay.reservations.lock().unwrap().len(), 1);
+    relay.sweep(Instant::now() + RESERVATION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(relay.reservations.lock().unwrap().len(), 0);
+}
+
+#[test]
+fn ipv6_channels_stay_in_userspace_and_use_no_kernel_slot() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(port, 0);
+    cfg.relay_ip = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    cfg.allowed_peer_ip.push("::1/128".parse().unwrap());
+    let recorder = Arc::new(Recorder::default());
+    let relay = Relay::with_fast_path(
+        cfg,
+        Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 2)),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.spawn(relay.clone().serve());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut a = client(SocketAddr::from(([127, 0, 0, 1], port)));
+    let ok = a.request(ALLOCATE, family(AddressFamily::V6)).unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse);
+    for (n, peer) in [
+        (0x4001, "[::1]:9"),
+        (0x4002, "[::1]:10"),
+        (0x4003, "[::1]:11"),
+    ] {
+        a.channel_bind(n, peer.parse().unwrap()).unwrap();
+    }
+    assert!(recorder.bound.lock().unwrap().is_empty());
+    assert_eq!(relay.free_slots.lock().unwrap().len(), 2, "no slot used up");
+    assert_eq!(relay.status().channels, 3);
 }
