@@ -103,6 +103,10 @@ struct ManagementClientArgs {
     /// identity) and the registration record.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Do not ask management for an IPv6 overlay address (the gateway asks for one whenever the
+    /// host has IPv6; management gives it one when its account has an IPv6 overlay range).
+    #[arg(long, requires = "management_url")]
+    no_ipv6_overlay: bool,
 }
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
@@ -143,6 +147,7 @@ impl ManagementClientArgs {
             setup_key,
             state_dir: self.state_dir,
             ca_pem,
+            ipv6_overlay: !self.no_ipv6_overlay && crate::sync::host_has_ipv6(),
         }))
     }
 }

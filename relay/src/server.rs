@@ -466,7 +466,8 @@ impl Relay {
             };
             let datagram = &buf[..n];
             if let Some((channel, data)) = message::parse_channel_data(datagram) {
-                self.on_client_channel_data((local, from), channel, data).await;
+                self.on_client_channel_data((local, from), channel, data)
+                    .await;
                 continue;
             }
             let Some(request) = message::decode(datagram) else {

@@ -187,7 +187,20 @@ pub fn grpc_login(
     key: WgKey,
     hostname: &str,
 ) -> Result<pb::LoginResponse, tonic::Status> {
+    grpc_login_with(ns, url, setup_key, key, hostname, &[])
+}
+
+/// As [`grpc_login`], announcing `capabilities` (IPv6 overlay, source prefixes) in the meta.
+pub fn grpc_login_with(
+    ns: &Netns,
+    url: &str,
+    setup_key: &str,
+    key: WgKey,
+    hostname: &str,
+    capabilities: &[pb::PeerCapability],
+) -> Result<pb::LoginResponse, tonic::Status> {
     let (url, setup_key, hostname) = (url.to_string(), setup_key.to_string(), hostname.to_string());
+    let capabilities: Vec<i32> = capabilities.iter().map(|c| *c as i32).collect();
     ns.run(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -204,6 +217,7 @@ pub fn grpc_login(
                 let meta = pb::PeerSystemMeta {
                     hostname,
                     go_os: "linux".into(),
+                    capabilities,
                     ..Default::default()
                 };
                 let peer_keys = pb::PeerKeys {

@@ -24,16 +24,26 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(ns: &Netns, tcp_ports: &[u16], udp_ports: &[u16]) -> anyhow::Result<Servers> {
+        Self::start_on(ns, IpAddr::from([0, 0, 0, 0]), tcp_ports, udp_ports)
+    }
+
+    /// Echo servers listening on `ip` (`::` for IPv6).
+    pub fn start_on(
+        ns: &Netns,
+        ip: IpAddr,
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> anyhow::Result<Servers> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &port in tcp_ports {
-            let listener = ns.run(move || TcpListener::bind(("0.0.0.0", port)))??;
+            let listener = ns.run(move || TcpListener::bind((ip, port)))??;
             listener.set_nonblocking(true)?;
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || tcp_echo_loop(listener, stop)));
         }
         for &port in udp_ports {
-            let socket = ns.run(move || UdpSocket::bind(("0.0.0.0", port)))??;
+            let socket = ns.run(move || UdpSocket::bind((ip, port)))??;
             socket.set_read_timeout(Some(Duration::from_millis(50)))?;
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || udp_echo_loop(socket, stop)));

@@ -167,10 +167,12 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
     assert!(
         wait_for(Duration::from_secs(10), || {
             let w = status(&gw, &lab).wireguard.unwrap();
-            // Only the address management gives it now (its first map had another).
+            // Only the IPv4 address management gives it now (its first map had another); the
+            // IPv6 overlay has its own test below.
             w.peers.len() == 2
                 && w.addresses
                     .iter()
+                    .filter(|a| a.addr().is_ipv4())
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
                     == vec![format!("{WG_GW_OVERLAY}/10")]
@@ -189,6 +191,7 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
         assert_eq!(
             p.allowed_ips
                 .iter()
+                .filter(|a| a.addr().is_ipv4())
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>(),
             vec![format!("{}/32", h.overlay)]
@@ -292,4 +295,195 @@ fn the_demo_on_the_embedded_default_runs_green() {
     assert!(text.contains("masquerade works"), "{text}");
     assert!(text.contains("encrypted"), "{text}");
     assert!(!text.contains("MISMATCH"), "{text}");
+}
+
+/// The IPv6 overlay end to end: the gateway announces the capability, management gives it and
+/// an IPv6-capable wireguard-go peer addresses of the account's IPv6 range, the gateway's
+/// interface and WireGuard peer carry them, and policy decides IPv6 traffic to the gateway as it
+/// does IPv4 (ping allowed, TCP refused until a policy names its port).
+#[test]
+fn the_ipv6_overlay_reaches_the_gateway_under_policy() {
+    use management_proto::pb::PeerCapability;
+    let lab = WgLab::new(1).expect("lab");
+    let bin = gateway_binary();
+    let mgmt = ManagementProcess::start(
+        &bin,
+        &lab.gw,
+        &lab.dir.join("management"),
+        format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(),
+        TOKEN,
+        &["--plain-http", "--network-v6", "fd00:64::/64"],
+        &lab.dir.join("management.log"),
+    )
+    .expect("management starts");
+    let local = format!("127.0.0.1:{MGMT_PORT}");
+    let api = Api {
+        ns: &lab.gw,
+        addr: &local,
+        token: TOKEN,
+    };
+    let gateways = api.id("/api/groups", json!({"name": "gateways"}));
+    let clients = api.id("/api/groups", json!({"name": "clients"}));
+    let gw_key = api.ok(
+        "POST",
+        "/api/setup-keys",
+        json!({"name": "gateway", "type": "one-off", "auto_groups": [gateways]}),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client_key = api.ok(
+        "POST",
+        "/api/setup-keys",
+        json!({"name": "clients", "type": "one-off", "auto_groups": [clients]}),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The peer enrols announcing IPv6: its Login answer carries its IPv6 overlay address.
+    let h = &lab.peers[0];
+    let login = gateway_testkit::management::grpc_login_with(
+        &h.ns,
+        &format!("http://{}:{MGMT_PORT}", h.gw_underlay),
+        &client_key,
+        WgKey::from_base64(&h.peer.private_key).unwrap(),
+        "lab-peer-v6",
+        &[PeerCapability::IPv6Overlay],
+    )
+    .expect("peer logs in");
+    let v6 = login.peer_config.unwrap().address_v6;
+    assert_eq!(
+        v6.len(),
+        17,
+        "an IPv6 overlay address and its prefix length"
+    );
+    let peer_v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&v6[..16]).unwrap());
+    let peer_id = api.peers()[0]["id"].as_str().unwrap().to_string();
+    api.set_ip(&peer_id, &h.overlay.to_string());
+    h.ns.ip(&[
+        "addr",
+        "add",
+        &format!("{peer_v6}/64"),
+        "dev",
+        &h.peer.interface,
+        "nodad",
+    ])
+    .unwrap();
+
+    let cfg = lab.dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "metrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\nwireguard:\n  interface: {}\ninterfaces:\n  lan:\n    - name: lan0\n",
+            lab.pin_dir().display(),
+            lab.gw_interface
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::start_with(
+        &bin,
+        &lab.gw,
+        &cfg,
+        &lab.dir.join("gateway.log"),
+        &[
+            "--management-url",
+            &format!("http://{local}"),
+            "--setup-key",
+            &gw_key,
+            "--state-dir",
+            lab.state_dir().to_str().unwrap(),
+        ],
+    )
+    .expect("gateway starts");
+    assert!(
+        wait_for(Duration::from_secs(10), || api.peers().len() == 2),
+        "gateway registered"
+    );
+    let gw_peer = api
+        .peers()
+        .into_iter()
+        .find(|p| p["id"] != peer_id.as_str())
+        .unwrap();
+    let gw_id = gw_peer["id"].as_str().unwrap().to_string();
+    let gw_v6: std::net::Ipv6Addr = gw_peer["ipv6"]
+        .as_str()
+        .expect("the gateway has an IPv6 overlay address: it announced the capability")
+        .parse()
+        .unwrap();
+    api.set_ip(&gw_id, WG_GW_OVERLAY);
+    api.id("/api/policies", json!({"name": "ping", "enabled": true, "rules": [
+        {"name": "ping", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "icmp", "sources": [clients], "destinations": [gateways]},
+    ]}));
+
+    // Both addresses on the interface; the peer's IPv6 address among its AllowedIPs.
+    let want_addresses = vec![format!("{WG_GW_OVERLAY}/10"), format!("{gw_v6}/64")];
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let w = status(&gw, &lab).wireguard.unwrap();
+            let mut have: Vec<String> = w.addresses.iter().map(|a| a.to_string()).collect();
+            have.sort();
+            let mut want = want_addresses.clone();
+            want.sort();
+            have == want && w.peers.len() == 1 && w.peers[0].allowed_ips.len() == 2
+        }),
+        "{:?}\n{}",
+        status(&gw, &lab).wireguard,
+        gw.log_text()
+    );
+    let mut allowed: Vec<String> = status(&gw, &lab).wireguard.unwrap().peers[0]
+        .allowed_ips
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    allowed.sort();
+    assert_eq!(
+        allowed,
+        vec![format!("{}/32", h.overlay), format!("{peer_v6}/128")]
+    );
+
+    let gw_public = status(&gw, &lab)
+        .wireguard
+        .unwrap()
+        .public_key
+        .expect("public key");
+    h.peer
+        .add_peer(
+            &gw_public,
+            Some(&format!(
+                "{}:{}",
+                h.gw_underlay,
+                gateway_testkit::wireguard::WG_PORT
+            )),
+            "100.64.0.0/10,fd00:64::/64",
+            25,
+        )
+        .unwrap();
+    let gw_v6 = IpAddr::V6(gw_v6);
+    assert!(
+        wait_for(Duration::from_secs(10), || traffic::ping(&h.ns, gw_v6)),
+        "ping over the IPv6 overlay\n{}",
+        gw.log_text()
+    );
+    // TCP over IPv6 is refused until a policy names its port, then it passes.
+    let _echo = traffic::Servers::start_on(&lab.gw, "::".parse().unwrap(), &[8080], &[])
+        .expect("echo server");
+    assert!(
+        !traffic::tcp_exchange(&h.ns, gw_v6, 8080),
+        "TCP over IPv6 without a policy"
+    );
+    let before = serial(&gw, &lab);
+    api.id("/api/policies", json!({"name": "web", "enabled": true, "rules": [
+        {"name": "web", "enabled": true, "action": "accept", "bidirectional": false, "protocol": "tcp", "ports": ["8080"], "sources": [clients], "destinations": [gateways]},
+    ]}));
+    wait_newer(&gw, &lab, before);
+    assert!(
+        traffic::tcp_exchange(&h.ns, gw_v6, 8080),
+        "TCP over IPv6 with a policy\n{}",
+        gw.log_text()
+    );
+    let log = gw.log_text();
+    let exit = gw.stop().unwrap_or_else(|e| panic!("{e:#}\n{log}"));
+    assert!(exit.success(), "{exit}");
+    drop(mgmt);
 }

@@ -38,6 +38,17 @@ pub struct SyncOptions {
     /// PEM certificates to trust for an https URL besides the system's roots (a private CA, a
     /// self-signed management certificate).
     pub ca_pem: Option<Vec<u8>>,
+    /// Announce the IPv6 overlay capability: management then gives this peer an IPv6 overlay
+    /// address (`PeerConfig.address_v6`), IPv6 AllowedIPs of its peers and IPv6 rules.
+    pub ipv6_overlay: bool,
+}
+
+/// Whether the host can carry an IPv6 overlay: IPv6 is there and not switched off. Without it
+/// an IPv6 interface address would fail to apply, and every map with it would be refused.
+pub fn host_has_ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+            .is_ok_and(|v| v.trim() == "0")
 }
 
 /// What the sync task tells the runner.
@@ -93,8 +104,12 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn system_meta() -> pb::PeerSystemMeta {
+fn system_meta(ipv6_overlay: bool) -> pb::PeerSystemMeta {
     let uname = uname();
+    let mut capabilities = vec![pb::PeerCapability::SourcePrefixes as i32];
+    if ipv6_overlay {
+        capabilities.push(pb::PeerCapability::IPv6Overlay as i32);
+    }
     pb::PeerSystemMeta {
         hostname: uname.0,
         go_os: "linux".into(),
@@ -102,7 +117,7 @@ fn system_meta() -> pb::PeerSystemMeta {
         kernel_version: uname.1,
         os: "linux".into(),
         netbird_version: format!("gateway-{}", env!("CARGO_PKG_VERSION")),
-        capabilities: vec![pb::PeerCapability::SourcePrefixes as i32],
+        capabilities,
         ..Default::default()
     }
 }
@@ -181,7 +196,7 @@ impl Session<'_> {
         };
         let login = pb::LoginRequest {
             setup_key,
-            meta: Some(system_meta()),
+            meta: Some(system_meta(self.opts.ipv6_overlay)),
             peer_keys: Some(pb::PeerKeys {
                 ssh_pub_key: vec![],
                 wg_pub_key: key.public().to_base64().into_bytes(),
@@ -213,7 +228,7 @@ impl Session<'_> {
             .sync(key.seal_message(
                 &server,
                 &pb::SyncRequest {
-                    meta: Some(system_meta()),
+                    meta: Some(system_meta(self.opts.ipv6_overlay)),
                 },
             ))
             .await

@@ -76,6 +76,7 @@ async fn registers_follows_maps_and_stops_when_refused() {
         setup_key: Some(secret),
         state_dir: state.0.clone(),
         ca_pem: None,
+        ipv6_overlay: true,
     };
     tokio::spawn(run(
         opts.clone(),
@@ -87,6 +88,20 @@ async fn registers_follows_maps_and_stops_when_refused() {
         panic!("expected a map")
     };
     assert!(first.policy.policies.is_empty(), "nothing allowed yet");
+    // It announced the IPv6 overlay capability: its interface gets an address of the account's
+    // IPv6 range as well, and the peer record says it supports IPv6.
+    let v6: Vec<_> = first
+        .interface_addresses
+        .iter()
+        .filter(|a| a.addr().is_ipv6())
+        .collect();
+    let account_v6 = m.read(|a| a.network_v6).expect("an IPv6 overlay range");
+    assert!(
+        v6.len() == 1 && ipnet::IpNet::from(account_v6).contains(&v6[0].addr()),
+        "{:?} in {account_v6}",
+        first.interface_addresses
+    );
+    assert!(m.read(|a| a.peers.values().all(|p| p.supports_ipv6)));
     assert!(Identity::load_or_create(&state.0).unwrap().is_registered());
 
     // A change the peer cares about arrives as a newer map.
@@ -236,6 +251,7 @@ async fn hostile_messages_are_rejected_one_by_one() {
         setup_key: Some("ANY".into()),
         state_dir: state.0.clone(),
         ca_pem: None,
+        ipv6_overlay: false,
     };
     tokio::spawn(run(opts, Identity::load_or_create(&state.0).unwrap(), tx));
     assert!(matches!(next(&mut rx).await, Event::Connected(true)));

@@ -2,7 +2,7 @@
 //! - default deny for traffic from the tunnel, to the gateway itself (input) and through it
 //!   (forward); return traffic passes by conntrack;
 //! - FirewallRules of direction IN become input rules (destination: the gateway's own overlay
-//!   address); OUT rules are covered by state and skipped;
+//!   addresses, IPv4 and IPv6); OUT rules are covered by state and skipped;
 //! - RouteFirewallRules become forward rules (destination: the route's network);
 //! - a drop decides before an accept (every rule gets the same priority, and at equal priority the
 //!   compiler lets drops win);
@@ -373,7 +373,12 @@ pub fn translate(
         .map(|c| c.mtu)
         .filter(|m| *m > 0)
         .map(|m| m as u32);
-    let me_net = vec![IpNet::from(me)];
+    // Input rules protect every overlay address of this peer: the IPv4 one and, with an IPv6
+    // overlay, the IPv6 one (a rule's IPv6 sources only ever meet the IPv6 address).
+    let me_net: Vec<IpNet> = interface_addresses
+        .iter()
+        .map(|a| IpNet::from(a.addr()))
+        .collect();
     let any = gateway_policy::any_nets();
     let mut b = Builder::default();
     let mut skipped = Skipped::default();

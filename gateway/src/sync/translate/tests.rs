@@ -529,3 +529,35 @@ fn the_map_gives_the_interface_its_addresses_mtu_and_peers() {
         Err(MapError::BadRule { .. })
     ));
 }
+
+#[test]
+fn input_rules_cover_the_ipv6_overlay_address_too() {
+    let mut m = map(
+        vec![
+            fw("100.64.0.7", D::In, A::Accept, P::Icmp, ""),
+            fw("fd00:1::7", D::In, A::Accept, P::Icmp, ""),
+        ],
+        vec![],
+    );
+    let mut v6 = "fd00:1::1"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets()
+        .to_vec();
+    v6.push(64);
+    m.peer_config.as_mut().unwrap().address_v6 = v6;
+    let t = ok(&m);
+    assert!(verdict(&t, "100.64.0.7", ME, 1, 0));
+    assert!(
+        verdict(&t, "fd00:1::7", "fd00:1::1", 58, 0),
+        "IPv6 to the IPv6 address"
+    );
+    assert!(
+        !verdict(&t, "fd00:1::8", "fd00:1::1", 58, 0),
+        "another IPv6 peer"
+    );
+    assert!(
+        !verdict(&t, "fd00:1::7", "fd00:1::9", 58, 0),
+        "another IPv6 destination"
+    );
+}
