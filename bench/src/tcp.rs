@@ -3,7 +3,10 @@
 //! holding 1,000 rules plus the one that admits the iperf3 flow. Two variants:
 //!
 //! - as hosts send by default (TSO/GSO on): the gateway's tunnel hooks (TC) on the generator
-//!   side meet the GSO aggregates a tunnel device carries, its LAN hook (XDP) the replies;
+//!   side meet the GSO aggregates a tunnel device carries, its LAN hook (XDP) the replies; also
+//!   the routing peer's full path (policy, masquerade and forwarding in eBPF) against NetBird's
+//!   nftables, and each both ways (iperf3 -R: the LAN side sends, through the reverse
+//!   translation);
 //! - labelled "offloads off": 1500-byte packets on the wire and the gateway's XDP forwarding
 //!   between two LAN interfaces (frames forwarded by XDP keep no checksum-offload state, so the
 //!   end hosts must compute full checksums).
@@ -37,6 +40,9 @@ pub struct TcpRow {
     pub label: String,
     pub gbps: Summary,
     pub retransmits: Summary,
+    /// The LAN side sending (iperf3 -R), where measured.
+    #[serde(default)]
+    pub reverse_gbps: Option<Summary>,
     pub error: Option<String>,
 }
 
@@ -59,12 +65,15 @@ pub const CONTENDERS: [Contender; 4] = [
     Contender::NftSets,
     Contender::IptablesLinear,
 ];
-/// The same at default offloads, with the gateway on its tunnel hooks.
-pub const TUNNEL_CONTENDERS: [Contender; 4] = [
+/// The same at default offloads, with the gateway on its tunnel hooks; and the routing peer's
+/// full path (the sink's network is the masqueraded route) against NetBird's nftables.
+pub const TUNNEL_CONTENDERS: [Contender; 6] = [
     Contender::KernelForward,
     Contender::GatewayTunnel,
     Contender::NftSets,
     Contender::IptablesLinear,
+    Contender::GatewayMasquerade,
+    Contender::NftMasquerade,
 ];
 
 pub fn label(c: Contender) -> &'static str {
@@ -115,8 +124,9 @@ impl Drop for Server {
     }
 }
 
-/// One iperf3 run: received Gbit/s and the sender's retransmissions.
-fn iperf(topo: &Topo, seconds: u32) -> anyhow::Result<(f64, f64)> {
+/// One iperf3 run: received Gbit/s and the sender's retransmissions; `reverse`: the sink
+/// sends (iperf3 -R), on a connection the generator side still opens.
+fn iperf(topo: &Topo, seconds: u32, reverse: bool) -> anyhow::Result<(f64, f64)> {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -131,6 +141,7 @@ fn iperf(topo: &Topo, seconds: u32) -> anyhow::Result<(f64, f64)> {
             &seconds.to_string(),
             "-J",
         ])
+        .args(reverse.then_some("-R"))
         .output()
         .context("iperf3 client")?;
     let json: serde_json::Value =
@@ -159,6 +170,7 @@ pub fn run(quick: bool) -> anyhow::Result<Tcp> {
             &syn,
             trials,
             seconds,
+            true,
             "bench tcp (default offloads, tunnel hooks)",
         )?
     };
@@ -178,6 +190,7 @@ pub fn run(quick: bool) -> anyhow::Result<Tcp> {
         &syn,
         trials,
         seconds,
+        false,
         "bench tcp (offloads off, XDP forwarding)",
     )?;
     Ok(Tcp {
@@ -189,13 +202,15 @@ pub fn run(quick: bool) -> anyhow::Result<Tcp> {
     })
 }
 
-/// iperf3 through each contender in turn, alternating, `trials` times.
+/// iperf3 through each contender in turn, alternating, `trials` times (and the other way too
+/// when `both_ways`).
 fn measure(
     topo: &Topo,
     contenders: &[Contender],
     syn: &Synthetic,
     trials: usize,
     seconds: u32,
+    both_ways: bool,
     tag: &str,
 ) -> anyhow::Result<Vec<TcpRow>> {
     let _server = Server(
@@ -222,11 +237,19 @@ fn measure(
         trials,
         |c| {
             let installed = contenders::install(c, topo, None, Some(syn), true)?;
-            let m = iperf(topo, seconds);
+            let forward = iperf(topo, seconds, false);
+            let reverse = match (&forward, both_ways) {
+                (Ok(_), true) => iperf(topo, seconds, true).map(|(g, _)| Some(g)),
+                _ => Ok(None),
+            };
             contenders::remove(installed, topo, None)?;
-            m
+            let (gbps, rtx) = forward?;
+            Ok((gbps, rtx, reverse?))
         },
-        |(gbps, rtx)| format!("{gbps:.2} Gbit/s, {rtx} retransmits"),
+        |(gbps, rtx, rev)| match rev {
+            Some(r) => format!("{gbps:.2} Gbit/s ({rtx} retransmits), reverse {r:.2} Gbit/s"),
+            None => format!("{gbps:.2} Gbit/s, {rtx} retransmits"),
+        },
     );
     Ok(outcomes
         .into_iter()
@@ -236,6 +259,8 @@ fn measure(
             label: label(c).to_string(),
             gbps: Summary::of_or_zero(o.samples.iter().map(|x| x.0).collect()),
             retransmits: Summary::of_or_zero(o.samples.iter().map(|x| x.1).collect()),
+            reverse_gbps: both_ways
+                .then(|| Summary::of_or_zero(o.samples.iter().filter_map(|x| x.2).collect())),
             error: o.error,
         })
         .collect())
@@ -251,10 +276,11 @@ pub fn markdown(md: &mut String, t: &Tcp) {
         );
         let _ = writeln!(
             md,
-            "One iperf3 stream of {} s per trial from the generator host to the sink host through the DUT, MTU {}, the end hosts' default offloads (TSO/GSO on): the DUT's generator-side veth carries 64 KiB GSO aggregates, as a tunnel device does. The gateway judges them with its tunnel programs (TC ingress and egress on that veth) and the replies with its LAN program (XDP); the kernel forwards. Each filter holds {} synthetic TCP rules plus the one that admits the flow; return traffic passes by conntrack. Contenders alternate within each trial. Gbit/s median (min–max).\n",
+            "One iperf3 stream of {} s per trial from the generator host to the sink host through the DUT, MTU {}, the end hosts' default offloads (TSO/GSO on): the DUT's generator-side veth carries 64 KiB GSO aggregates, as a tunnel device does. The gateway judges them with its tunnel programs (TC ingress and egress on that veth) and the replies with its LAN program (XDP); the kernel forwards. The routing peer's full path: the gateway's policy, conntrack and forwarding in TC on the tunnel side and masquerade in TC on the LAN side (the sink's network is the masqueraded route), against NetBird's nftables (sets behind conntrack, masquerade by mark, MSS clamp, kernel forwarding). Each filter holds {} synthetic TCP rules plus the one that admits the flow; return traffic passes by conntrack. Reverse: the same connection setup, the sink sending (iperf3 -R), so the data crosses the reverse translation. Contenders alternate within each trial. Gbit/s median (min–max).\n",
             t.seconds, t.mtu, t.rules
         );
         table(md, &t.tunnel_rows, Contender::GatewayTunnel);
+        full_path_target(md, &t.tunnel_rows);
     }
     let _ = writeln!(
         md,
@@ -275,11 +301,24 @@ fn table(md: &mut String, rows: &[TcpRow], gateway: Contender) {
         .iter()
         .find(|r| r.contender == Contender::KernelForward && r.error.is_none())
         .map(|r| r.gbps.median);
-    let _ = writeln!(
-        md,
-        "| contender | Gbit/s | retransmits | vs plain forwarding |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let both_ways = rows.iter().any(|r| r.reverse_gbps.is_some());
+    let ceiling_reverse = rows
+        .iter()
+        .find(|r| r.contender == Contender::KernelForward && r.error.is_none())
+        .and_then(|r| r.reverse_gbps.as_ref().map(|s| s.median));
+    if both_ways {
+        let _ = writeln!(
+            md,
+            "| contender | Gbit/s | retransmits | vs plain forwarding | reverse Gbit/s | vs plain forwarding |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    } else {
+        let _ = writeln!(
+            md,
+            "| contender | Gbit/s | retransmits | vs plain forwarding |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+    }
     for r in rows {
         match &r.error {
             Some(e) => {
@@ -294,9 +333,20 @@ fn table(md: &mut String, rows: &[TcpRow], gateway: Contender) {
                 let ratio = ceiling
                     .map(|c| format!("{:.2}", r.gbps.median / c))
                     .unwrap_or_default();
+                let reverse = match (&r.reverse_gbps, ceiling_reverse) {
+                    (Some(s), c) => format!(
+                        " {:.2} ({:.2}–{:.2}) | {} |",
+                        s.median,
+                        s.min,
+                        s.max,
+                        c.map(|c| format!("{:.2}", s.median / c))
+                            .unwrap_or_default()
+                    ),
+                    (None, _) => String::new(),
+                };
                 let _ = writeln!(
                     md,
-                    "| {} | {:.2} ({:.2}–{:.2}) | {:.0} | {ratio} |",
+                    "| {} | {:.2} ({:.2}–{:.2}) | {:.0} | {ratio} |{reverse}",
                     r.label, r.gbps.median, r.gbps.min, r.gbps.max, r.retransmits.median
                 );
             }
@@ -315,4 +365,40 @@ fn table(md: &mut String, rows: &[TcpRow], gateway: Contender) {
             ratio * 100.0
         );
     }
+}
+
+/// Issue target for the routing peer's full path (policy + masquerade + forwarding): within 10%
+/// of plain kernel forwarding, each way measured.
+fn full_path_target(md: &mut String, rows: &[TcpRow]) {
+    use std::fmt::Write as _;
+    let ok = |c: Contender| rows.iter().find(|r| r.contender == c && r.error.is_none());
+    let (Some(ceiling), Some(gw)) = (
+        ok(Contender::KernelForward),
+        ok(Contender::GatewayMasquerade),
+    ) else {
+        return;
+    };
+    let mut ratios = vec![("forward", gw.gbps.median / ceiling.gbps.median)];
+    if let (Some(g), Some(c)) = (&gw.reverse_gbps, &ceiling.reverse_gbps) {
+        ratios.push(("reverse", g.median / c.median));
+    }
+    let met = ratios.iter().all(|(_, r)| *r >= 0.9);
+    let each: Vec<String> = ratios
+        .iter()
+        .map(|(way, r)| format!("{way} {:.0}%", r * 100.0))
+        .collect();
+    let nft = ok(Contender::NftMasquerade)
+        .map(|n| {
+            format!(
+                "; gateway / NetBird's nftables {:.2}x",
+                gw.gbps.median / n.gbps.median
+            )
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "Target: the full path (policy + masquerade + forwarding) within 10% of plain forwarding: {} ({}{nft}).\n",
+        if met { "met" } else { "NOT met" },
+        each.join(", ")
+    );
 }
