@@ -72,7 +72,9 @@ impl Contender {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
-            Contender::GatewayTunnel => "gateway (tunnel TC + LAN XDP, kernel forwarding)",
+            Contender::GatewayTunnel => {
+                "gateway (tunnel TC + LAN program as attach: auto picks it, kernel forwarding)"
+            }
             Contender::GatewayMasquerade => {
                 "gateway (tunnel TC policy and forwarding, TC masquerade)"
             }
@@ -185,7 +187,9 @@ pub fn install(
             topo.dut.run_scoped(|| -> anyhow::Result<()> {
                 if tunnel {
                     dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Auto)?;
-                    dp.attach_lan("d1", LanAttach::XdpNative)?;
+                    // As the gateway's default attaches it: TC on this veth (XDP would switch
+                    // off the sink's segmentation offload).
+                    dp.attach_lan("d1", LanAttach::Auto)?;
                     return Ok(());
                 }
                 dp.attach_lan("d0", LanAttach::XdpNative)?;
@@ -218,7 +222,7 @@ pub fn install(
             })?;
             topo.dut.run_scoped(|| -> anyhow::Result<()> {
                 dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Fixed(1240))?;
-                dp.attach_lan("d1", LanAttach::XdpNative)?;
+                dp.attach_lan("d1", LanAttach::Auto)?;
                 dp.attach_masquerade("d1")?;
                 dp.enable_tc_forward(&["d1".to_string()])
             })??;

@@ -3,7 +3,8 @@
 //! holding 1,000 rules plus the one that admits the iperf3 flow. Two variants:
 //!
 //! - as hosts send by default (TSO/GSO on): the gateway's tunnel hooks (TC) on the generator
-//!   side meet the GSO aggregates a tunnel device carries, its LAN hook (XDP) the replies; also
+//!   side meet the GSO aggregates a tunnel device carries, its LAN hook the replies (attached as
+//!   the default `attach: auto` does: TC on this veth); also
 //!   the routing peer's full path (policy, masquerade and forwarding in eBPF) against NetBird's
 //!   nftables, and each both ways (iperf3 -R: the LAN side sends, through the reverse
 //!   translation);
@@ -276,7 +277,7 @@ pub fn markdown(md: &mut String, t: &Tcp) {
         );
         let _ = writeln!(
             md,
-            "One iperf3 stream of {} s per trial from the generator host to the sink host through the DUT, MTU {}, the end hosts' default offloads (TSO/GSO on): the DUT's generator-side veth carries 64 KiB GSO aggregates, as a tunnel device does. The gateway judges them with its tunnel programs (TC ingress and egress on that veth) and the replies with its LAN program (XDP); the kernel forwards. The routing peer's full path: the gateway's policy, conntrack and forwarding in TC on the tunnel side and masquerade in TC on the LAN side (the sink's network is the masqueraded route), against NetBird's nftables (sets behind conntrack, masquerade by mark, MSS clamp, kernel forwarding). Each filter holds {} synthetic TCP rules plus the one that admits the flow; return traffic passes by conntrack. Reverse: the same connection setup, the sink sending (iperf3 -R), so the data crosses the reverse translation. Contenders alternate within each trial. Gbit/s median (min–max).\n",
+            "One iperf3 stream of {} s per trial from the generator host to the sink host through the DUT, MTU {}, the end hosts' default offloads (TSO/GSO on): the DUT's generator-side veth carries 64 KiB GSO aggregates, as a tunnel device does. The gateway judges them with its tunnel programs (TC ingress and egress on that veth) and the replies with its LAN program, attached as its default (`attach: auto`) does on a veth: at TC ingress (an XDP program on the sink's veth peer switches off the sink's segmentation offload: a run with XDP there measured the reverse direction at 3–4 Gbit/s against 24 for every other contender); the kernel forwards. The routing peer's full path: the gateway's policy, conntrack and forwarding in TC on the tunnel side and masquerade in TC on the LAN side (the sink's network is the masqueraded route), against NetBird's nftables (sets behind conntrack, masquerade by mark, MSS clamp, kernel forwarding). Each filter holds {} synthetic TCP rules plus the one that admits the flow; return traffic passes by conntrack. Reverse: the same connection setup, the sink sending (iperf3 -R), so the data crosses the reverse translation. Contenders alternate within each trial. Gbit/s median (min–max).\n",
             t.seconds, t.mtu, t.rules
         );
         table(md, &t.tunnel_rows, Contender::GatewayTunnel);

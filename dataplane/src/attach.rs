@@ -146,7 +146,9 @@ impl Hook {
 /// path), and its label for `gateway status`.
 pub(crate) fn xdp_only(attach: LanAttach, what: &str) -> anyhow::Result<(Hook, &'static str)> {
     match attach {
-        LanAttach::XdpNative => Ok((Hook::Xdp(XdpMode::Driver), "xdp native")),
+        // No TC variant to fall back to; the traffic these programs take (WireGuard, TURN) is
+        // UDP that hosts do not segment-offload.
+        LanAttach::Auto | LanAttach::XdpNative => Ok((Hook::Xdp(XdpMode::Driver), "xdp native")),
         LanAttach::XdpGeneric => Ok((Hook::Xdp(XdpMode::Skb), "xdp generic")),
         LanAttach::Tc => Err(anyhow!(
             "{what} is an XDP program: attach xdp-native or xdp-generic"
@@ -158,7 +160,18 @@ impl Dataplane {
     /// Attaches the LAN program; returns the mode, as `gateway status` reports it.
     pub fn attach_lan(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         if_index(iface)?;
+        let veth = || driver(iface).is_ok_and(|d| d == "veth");
         let (program, hook, label) = match attach {
+            LanAttach::Auto if veth() => (
+                names::PROG_TC_LAN_INGRESS,
+                Hook::Tc(TcAttachType::Ingress),
+                "tc ingress (auto: a veth, where XDP would switch off its peer's TSO/GSO)",
+            ),
+            LanAttach::Auto => (
+                names::PROG_XDP_LAN,
+                Hook::Xdp(XdpMode::Driver),
+                "xdp native",
+            ),
             LanAttach::XdpNative => (
                 names::PROG_XDP_LAN,
                 Hook::Xdp(XdpMode::Driver),

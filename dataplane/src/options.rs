@@ -5,12 +5,16 @@ use gateway_common::maps;
 use gateway_policy::compile::Limits;
 use serde::{Deserialize, Serialize};
 
-/// How a LAN interface is attached: native XDP unless the configuration names a fallback for
-/// drivers without it.
+/// How a LAN interface is attached. `auto` (the default) takes native XDP, except on a veth:
+/// there an XDP program switches off segmentation offload (TSO/GSO) on the veth's peer, so the
+/// LAN hosts behind it (a container's, a lab's) would send every TCP segment as its own packet
+/// and their uploads through the gateway would drop several-fold; a veth gets the TC program
+/// (the same logic). The others name a mode outright.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LanAttach {
     #[default]
+    Auto,
     XdpNative,
     XdpGeneric,
     Tc,

@@ -205,7 +205,7 @@ impl MssClampConfig {
 #[serde(deny_unknown_fields)]
 pub struct LanInterface {
     pub name: String,
-    /// xdp-native (default); xdp-generic or tc only as explicitly configured fallbacks for
+    /// auto (default: native XDP, TC on a veth), xdp-native; xdp-generic or tc as fallbacks for
     /// drivers without native XDP.
     #[serde(default)]
     pub attach: LanAttach,
@@ -506,7 +506,9 @@ impl Config {
             }
         }
         for lan in &self.interfaces.lan {
-            if lan.forward == Forwarding::Xdp && lan.attach != LanAttach::XdpNative {
+            if lan.forward == Forwarding::Xdp
+                && !matches!(lan.attach, LanAttach::XdpNative | LanAttach::Auto)
+            {
                 bail!(
                     "interfaces.lan {}: forward: xdp needs attach: xdp-native",
                     lan.name
@@ -532,7 +534,7 @@ mod tests {
         ));
         let cfg = Config::load(path).expect("deploy/gateway.yaml");
         assert_eq!(cfg.interfaces.tunnel[0].name, "wg0");
-        assert_eq!(cfg.interfaces.lan[0].attach, LanAttach::XdpNative);
+        assert_eq!(cfg.interfaces.lan[0].attach, LanAttach::Auto);
         assert_eq!(cfg.overlay.ipv4.to_string(), "100.64.0.0/10");
         assert_eq!(cfg.limits.acl_verdicts, 131072);
         assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));

@@ -108,7 +108,8 @@ fn transfers(
 }
 
 /// Tunnel side (TC on an Ethernet "tunnel" veth) to a LAN host behind native XDP, and back; then
-/// the LAN hook's configured fallbacks (tc, xdp-generic) with the same traffic.
+/// the LAN hook's default (auto: TC on this veth) and its configured fallbacks (tc, xdp-generic)
+/// with the same traffic.
 #[test]
 fn bulk_tcp_and_udp_cross_every_hook_at_default_offloads() {
     let lab = Lab::seed().expect("lab");
@@ -127,7 +128,11 @@ fn bulk_tcp_and_udp_cross_every_hook_at_default_offloads() {
             "cp1 eth0 should have {f}:\n{features}"
         );
     }
-    for attach in ["xdp-native", "tc", "xdp-generic"] {
+    let lan_tso = || {
+        let k = lan1.ns.exec(&["ethtool", "-k", "eth0"]).unwrap().stdout;
+        String::from_utf8_lossy(&k).contains("tcp-segmentation-offload: on")
+    };
+    for attach in ["xdp-native", "auto", "tc", "xdp-generic"] {
         let config = lab
             .write_config_with(SEED_POLICY, LAB_METRICS_ADDR, attach)
             .unwrap();
@@ -138,6 +143,25 @@ fn bulk_tcp_and_udp_cross_every_hook_at_default_offloads() {
             &lab.dir.join("gateway.log"),
         )
         .expect("gateway starts");
+        // Native XDP on the LAN veth switches off segmentation offload on its peer (the LAN
+        // host's eth0): the reason `auto` attaches a veth at TC, where the host keeps it.
+        let mode = gw
+            .status::<Report>(&lab.gw)
+            .unwrap()
+            .attachments
+            .into_iter()
+            .find(|a| a.interface == "lan0")
+            .map(|a| a.mode)
+            .unwrap_or_default();
+        match attach {
+            "xdp-native" => assert!(!lan_tso(), "XDP on the veth left its peer's TSO on"),
+            "auto" => {
+                assert!(mode.starts_with("tc ingress (auto: a veth"), "{mode}");
+                assert!(lan_tso(), "auto: the LAN host lost its TSO ({mode})");
+            }
+            "tc" => assert!(lan_tso(), "tc: the LAN host lost its TSO"),
+            _ => {}
+        }
         let results = transfers(
             cp1,
             &lan1.ns,
