@@ -718,3 +718,205 @@ fn begun_checksums_go_to_userspace() {
         "userspace relayed them: {status}"
     );
 }
+
+/// A WireGuard endpoint behind TURN, as NetBird's client uses a relay: wireguard-go sends to
+/// `local`; each datagram leaves through the allocation's channel to the peer as ChannelData,
+/// and the peer's datagrams come back from the relay as ChannelData, unwrapped for
+/// wireguard-go. It stands in for the ICE agent inside NetBird's client (none can run here); the
+/// relay sees the same messages: Allocate, ChannelBind, ChannelData both ways.
+struct TurnProxy {
+    local: std::net::SocketAddr,
+    relayed: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const PROXY_CHANNEL: u16 = 0x4001;
+
+impl TurnProxy {
+    fn start(ns: &Netns, server: &str, peer: &str) -> TurnProxy {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering};
+        let (server, peer): (std::net::SocketAddr, std::net::SocketAddr) =
+            (server.parse().unwrap(), peer.parse().unwrap());
+        let (client, local, relayed) = ns
+            .run(move || -> anyhow::Result<_> {
+                let mut c = gateway_relay::client::TurnClient::new(
+                    "0.0.0.0:0".parse()?,
+                    server,
+                    "alice",
+                    "wonderland",
+                )?;
+                let relayed = c.allocate()?;
+                c.channel_bind(PROXY_CHANNEL, peer)?;
+                let local = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                Ok((c, local, relayed))
+            })
+            .unwrap()
+            .expect("allocation and channel");
+        let tick = Some(Duration::from_millis(100));
+        client.sock.set_read_timeout(tick).unwrap();
+        local.set_read_timeout(tick).unwrap();
+        let (client, local) = (Arc::new(client), Arc::new(local));
+        let local_addr = local.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let wireguard: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let outbound = {
+            let (client, local, stop, wireguard) = (
+                client.clone(),
+                local.clone(),
+                stop.clone(),
+                wireguard.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = local.recv_from(&mut buf) {
+                        *wireguard.lock().unwrap() = Some(from);
+                        let _ = client.send_channel(PROXY_CHANNEL, &buf[..n]);
+                    }
+                }
+            })
+        };
+        let inbound = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, _)) = client.sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let to = *wireguard.lock().unwrap();
+                    if let (Some((PROXY_CHANNEL, data)), Some(to)) =
+                        (gateway_relay::message::parse_channel_data(&buf[..n]), to)
+                    {
+                        let _ = local.send_to(data, to);
+                    }
+                }
+            })
+        };
+        TurnProxy {
+            local: local_addr,
+            relayed,
+            stop,
+            threads: vec![outbound, inbound],
+        }
+    }
+}
+
+impl Drop for TurnProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Two wireguard-go peers whose only path is the relay: the client's side reaches the peer
+/// through a TURN allocation and a bound channel (as a NetBird client on a relayed connection
+/// does), the peer answers the relayed address it learned from the handshake. Ping, then bulk
+/// TCP both ways (iperf3, default offloads, MTU 1280 as NetBird's); the relay counts it all.
+/// Then the same with the XDP fast path carrying the bound channel.
+#[test]
+fn wireguard_peers_talk_through_a_turn_allocation() {
+    use gateway_testkit::{
+        iperf::{self, Run, Transfer},
+        traffic,
+        wireguard::{WgPeer, wait_for},
+    };
+    let lab = lab();
+    // The relay does not route between its two links (its namespace does not forward).
+    for dev in ["c0", "p0"] {
+        lab.relay
+            .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
+            .unwrap();
+    }
+    // Forwarding is on only for the XDP program's route lookups; the kernel forwards nothing.
+    lab.relay.exec(&["nft", "add table inet fw; add chain inet fw forward { type filter hook forward priority 0; policy drop; }"]).unwrap();
+    let cfg = lab.dir.join("relay.yaml");
+    std::fs::write(
+        &cfg,
+        format!("{CONFIG}xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n"),
+    )
+    .unwrap();
+    let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let tag = std::process::id() % 100_000;
+    let a = WgPeer::start(&lab.client, &format!("wgt{tag}a"), "100.64.50.1/24", 1280).unwrap();
+    let b = WgPeer::start(&lab.peer, &format!("wgt{tag}b"), "100.64.50.2/24", 1280).unwrap();
+    b.set_listen_port(51820).unwrap();
+    let proxy = TurnProxy::start(&lab.client, "198.18.30.1:3478", "198.18.31.2:51820");
+    a.add_peer(
+        &b.public_key,
+        Some(&proxy.local.to_string()),
+        "100.64.50.2/32",
+        25,
+    )
+    .unwrap();
+    b.add_peer(&a.public_key, None, "100.64.50.1/32", 0)
+        .unwrap();
+    let far: std::net::IpAddr = "100.64.50.2".parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || traffic::ping(&lab.client, far)),
+        "no ping through the relay\n{}",
+        relay_http(&lab, "/status")
+    );
+    let status =
+        || -> serde_json::Value { serde_json::from_str(&relay_http(&lab, "/status")).unwrap() };
+    let mine = status()["per_allocation"][0].clone();
+    assert_eq!(
+        mine["relayed"].as_str(),
+        Some(proxy.relayed.to_string().as_str()),
+        "{mine}"
+    );
+    let bulk = |what: &str| {
+        for reverse in [false, true] {
+            let o = iperf::run(
+                &lab.client,
+                &lab.peer,
+                far,
+                Run {
+                    transfer: Transfer::Tcp,
+                    reverse,
+                    seconds: 3,
+                    port: 5201,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{what}, reverse {reverse}: {e:#}"));
+            assert!(
+                o.bytes_received >= 1_000_000,
+                "{what}, reverse {reverse}: {o:?}"
+            );
+        }
+    };
+    // As hosts send: a veth's sender leaves UDP checksums begun, which the XDP program passes
+    // to the userspace relay.
+    bulk("default offloads");
+    let first = status();
+    let relayed_packets = |s: &serde_json::Value, path: &str| -> u64 {
+        let s = if path == "xdp" { &s["xdp"] } else { s };
+        s["to_peer_packets"].as_u64().unwrap_or(0) + s["to_client_packets"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        relayed_packets(&first, "userspace") >= 2_000,
+        "the relay carried the tunnel: {first}"
+    );
+    // Complete checksums (as frames from a real NIC have): the kernel fast path carries the
+    // bound channel. Switched off here only to isolate that path.
+    for ns in [&lab.client, &lab.peer] {
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
+    }
+    bulk("checksums complete");
+    let second = status();
+    eprintln!(
+        "relayed packets: userspace {} then {}, XDP {} then {}",
+        relayed_packets(&first, "userspace"),
+        relayed_packets(&second, "userspace"),
+        relayed_packets(&first, "xdp"),
+        relayed_packets(&second, "xdp")
+    );
+    assert!(
+        relayed_packets(&second, "xdp") >= relayed_packets(&first, "xdp") + 2_000,
+        "XDP carried the channel: before {first}\nafter {second}"
+    );
+    drop(proxy);
+}
