@@ -41,6 +41,19 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
 impl Generator {
     /// Loads the benchmark programs and puts the counter on the sink.
     pub fn new(topo: &Topo, frame_len: usize) -> anyhow::Result<Generator> {
+        // A UDP frame of `frame_len` bytes (no FCS); the generator rewrites source and ports.
+        let mut spec = Spec::udp("198.18.0.1", SINK_ADDR, 1000, 1000);
+        spec.payload_len = frame_len.saturating_sub(14 + 20 + 8);
+        let mut frame = spec.build();
+        frame[GEN_SIGNATURE_AT..GEN_SIGNATURE_AT + GEN_SIGNATURE.len()]
+            .copy_from_slice(&GEN_SIGNATURE);
+        Self::with_frame(topo, frame)
+    }
+
+    /// A generator of `frame` (Ethernet, IPv4, UDP or TCP; its MAC addresses are set here). The
+    /// flows of [`Generator::set_flows`] rewrite its source address and ports: a frame whose
+    /// checksum must hold is built with the values its one flow writes.
+    pub fn with_frame(topo: &Topo, mut frame: Vec<u8>) -> anyhow::Result<Generator> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark programs")?;
         for name in [PROG_GEN, PROG_SINK, PROG_REDIRECT, PROG_PASS] {
             xdp(&mut ebpf, name)?
@@ -53,12 +66,18 @@ impl Generator {
                 .map_err(anyhow::Error::from)
         })??;
         let g0_index = topo.gen_ns.run_scoped(|| if_index("g0"))??;
-        // A UDP frame of `frame_len` bytes (no FCS); the generator rewrites source and ports.
-        let mut spec = Spec::udp("198.18.0.1", SINK_ADDR, 1000, 1000);
-        spec.payload_len = frame_len.saturating_sub(14 + 20 + 8);
-        let mut frame = spec.build();
-        frame[GEN_SIGNATURE_AT..GEN_SIGNATURE_AT + GEN_SIGNATURE.len()]
-            .copy_from_slice(&GEN_SIGNATURE);
+        let mut g = Generator {
+            ebpf,
+            g0_index,
+            frame: Vec::new(),
+            sink_link: Some(sink_link),
+        };
+        g.set_frame(std::mem::take(&mut frame))?;
+        Ok(g)
+    }
+
+    /// Sends `frame` from now on (its MAC addresses are set here).
+    pub fn set_frame(&mut self, mut frame: Vec<u8>) -> anyhow::Result<()> {
         frame[0..6].copy_from_slice(&MAC_D0);
         frame[6..12].copy_from_slice(&MAC_G0);
         let mut header = GenHeader {
@@ -66,14 +85,10 @@ impl Generator {
         };
         let n = GEN_HEADER_LEN.min(frame.len());
         header.bytes[..n].copy_from_slice(&frame[..n]);
-        Array::<_, GenHeader>::try_from(ebpf.map_mut(MAP_GEN_HEADER).context("header map")?)?
+        Array::<_, GenHeader>::try_from(self.ebpf.map_mut(MAP_GEN_HEADER).context("header map")?)?
             .set(0, header, 0)?;
-        Ok(Generator {
-            ebpf,
-            g0_index,
-            frame,
-            sink_link: Some(sink_link),
-        })
+        self.frame = frame;
+        Ok(())
     }
 
     /// The flows to cycle through: (source, destination port), each over `sports` source ports.
@@ -142,6 +157,11 @@ impl Generator {
     /// Frames without the generator's signature that arrived at the sink (not counted above).
     pub fn sink_strays(&self) -> anyhow::Result<u64> {
         self.sink_slot(SINK_STRAY)
+    }
+
+    /// Every IPv4 frame that arrived at the sink, the generator's or not.
+    pub fn sink_all(&self) -> anyhow::Result<u64> {
+        Ok(self.sink_packets()? + self.sink_strays()?)
     }
 
     fn sink_slot(&self, slot: u32) -> anyhow::Result<u64> {

@@ -11,6 +11,7 @@ mod nat;
 mod plots;
 mod pps;
 mod relay;
+mod relay_pps;
 mod report;
 mod restart;
 mod rules;
@@ -29,7 +30,7 @@ struct Args {
     /// A smoke run: fewer trials and repetitions (under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard, relay, underlay.
+    /// Run only these scenarios (comma-separated): cost, apply, pps, tcp, stateful, nat, swap, restart, management, wireguard, relay, relay-pps, underlay.
     #[arg(long)]
     scenario: Option<String>,
     /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
@@ -40,7 +41,7 @@ struct Args {
     out: std::path::PathBuf,
 }
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "cost",
     "apply",
     "pps",
@@ -53,6 +54,7 @@ const SCENARIOS: [&str; 12] = [
     "wireguard",
     "underlay",
     "relay",
+    "relay-pps",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +107,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("wireguard") {
         run.wireguard = Some(wireguard::run(args.quick)?);
+    }
+    if wants("relay-pps") {
+        run.relay_pps = Some(relay_pps::run(args.quick)?);
     }
     if wants("underlay") {
         run.underlay = Some(underlay::run(args.quick)?);

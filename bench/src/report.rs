@@ -43,6 +43,8 @@ pub struct Run {
     #[serde(default)]
     pub relay: Option<crate::relay::RelayBench>,
     #[serde(default)]
+    pub relay_pps: Option<crate::relay_pps::RelayPps>,
+    #[serde(default)]
     pub underlay: Option<crate::underlay::UnderlayBench>,
     /// Sections of RESULTS.md taken from earlier full runs, because this run did not measure
     /// them: "section (run timestamp, commit)".
@@ -113,6 +115,7 @@ impl Run {
             nat: None,
             wireguard: None,
             relay: None,
+            relay_pps: None,
             underlay: None,
             swap: None,
             restart: None,
@@ -270,6 +273,9 @@ impl Run {
         if let Some(r) = &self.relay {
             crate::relay::markdown(&mut md, r);
         }
+        if let Some(r) = &self.relay_pps {
+            crate::relay_pps::markdown(&mut md, r);
+        }
         if let Some(u) = &self.underlay {
             crate::underlay::markdown(&mut md, u);
         }
@@ -340,6 +346,10 @@ impl Run {
             if self.relay.is_none() && old.relay.is_some() {
                 self.relay = old.relay;
                 self.carried.push(origin("relay"));
+            }
+            if self.relay_pps.is_none() && old.relay_pps.is_some() {
+                self.relay_pps = old.relay_pps;
+                self.carried.push(origin("relay-pps"));
             }
             if self.underlay.is_none() && old.underlay.is_some() {
                 self.underlay = old.underlay;

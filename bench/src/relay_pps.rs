@@ -1,0 +1,368 @@
+//! Scenario "relay-pps": the relay's packet rate with an in-kernel generator, so the sender is
+//! not the limit (the "relay" scenario's one client thread is). One client allocates and binds
+//! a channel to the sink from the generator's address; the generator then sends that client's
+//! ChannelData at line rate (BPF_PROG_RUN live frames, XDP_TX into the DUT); the sink counts
+//! the unwrapped datagrams where they arrive. Contenders: the no-op XDP redirect between the
+//! same two interfaces (the ceiling: a relay forwards from one to the other), this relay with
+//! bound channels in native XDP, the same relay in userspace, and coturn.
+//!
+//! ```text
+//!  gen: g0 198.18.0.1:10000 ── d0 198.18.0.254:3478 [relay] d1 198.19.0.254 ── s0 198.19.0.1:5000
+//! ```
+
+use std::{
+    fmt::Write as _,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use bench_common::{GEN_SIGNATURE, GEN_SIGNATURE_AT};
+use gateway_relay::client::TurnClient;
+use gateway_testkit::packets::{L4, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    alternate::alternate,
+    contenders::Contender,
+    generator::Generator,
+    stats::Summary,
+    topo::{GEN_ADDR, SINK_ADDR, Topo},
+};
+
+const LISTEN: &str = "198.18.0.254:3478";
+const RELAY_IP: &str = "198.19.0.254";
+/// The generator's source port for its one flow (its `sport_base`).
+const CLIENT_PORT: u16 = 10_000;
+const SINK_PORT: u16 = 5000;
+const CHANNEL: u16 = 0x4000;
+
+pub const CONTENDERS: [Contender; 4] = [
+    Contender::NoopRedirect,
+    Contender::RelayGatewayXdp,
+    Contender::RelayGateway,
+    Contender::RelayCoturn,
+];
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub contender: Contender,
+    pub label: String,
+    /// Per frame size: Mpps arrived and the loss.
+    pub mpps: Vec<Summary>,
+    pub loss: Vec<Summary>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayPps {
+    /// Frame sizes on the wire (Ethernet, without FCS) of the client's ChannelData.
+    pub frame_sizes: Vec<usize>,
+    pub frames: u32,
+    pub rows: Vec<Row>,
+}
+
+fn label(c: Contender) -> &'static str {
+    match c {
+        Contender::NoopRedirect => "no-op XDP redirect d0 → d1 (ceiling)",
+        Contender::RelayGatewayXdp => "this relay, bound channels in XDP (native)",
+        other => other.label(),
+    }
+}
+
+/// The client's ChannelData frame: Ethernet, IPv4, UDP from the generator's address and port to
+/// the relay, the channel header, then the data (which starts with the generator's signature,
+/// so the sink recognises the datagram the relay unwraps). Full checksums.
+fn channel_data_frame(frame_len: usize) -> Vec<u8> {
+    let data_len = frame_len
+        .saturating_sub(14 + 20 + 8 + 4)
+        .max(GEN_SIGNATURE.len());
+    let mut data = vec![0x5a; data_len];
+    data[..GEN_SIGNATURE.len()].copy_from_slice(&GEN_SIGNATURE);
+    let mut udp = Vec::with_capacity(8 + 4 + data_len);
+    udp.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    udp.extend_from_slice(&3478u16.to_be_bytes());
+    udp.extend_from_slice(&((8 + 4 + data_len) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&CHANNEL.to_be_bytes());
+    udp.extend_from_slice(&(data_len as u16).to_be_bytes());
+    udp.extend_from_slice(&data);
+    let mut spec = Spec::new(
+        GEN_ADDR,
+        "198.18.0.254",
+        L4::Udp {
+            sport: CLIENT_PORT,
+            dport: 3478,
+        },
+    );
+    spec.raw_l4 = Some(udp);
+    spec.l4_checksum = true;
+    let frame = spec.build();
+    // Unwrapped, the data lands where the sink looks for the signature.
+    debug_assert_eq!(&frame[GEN_SIGNATURE_AT + 4..][..6], &GEN_SIGNATURE);
+    frame
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a relay contender in the DUT: one realm and user, the same port range, UDP only.
+fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
+    let child = match c {
+        Contender::RelayGateway | Contender::RelayGatewayXdp => {
+            let dir = std::env::temp_dir().join(format!("gwrpps{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let cfg = dir.join("relay.yaml");
+            let xdp = if c == Contender::RelayGatewayXdp {
+                "xdp:\n  interfaces: [d0, d1]\n  attach: xdp-native\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &cfg,
+                format!(
+                    "listen: [{LISTEN}]\nrelay_ip: {RELAY_IP}\nrealm: lab.example\nusers:\n  alice: wonderland\nmin_port: 50000\nmax_port: 59999\n{xdp}"
+                ),
+            )?;
+            topo.dut
+                .command(
+                    crate::management::gateway_binary()?
+                        .to_str()
+                        .context("path")?,
+                )
+                .args(["relay", "serve", "--config", cfg.to_str().context("path")?])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?
+        }
+        _ => topo
+            .dut
+            .command("turnserver")
+            .args([
+                "-n",
+                "--listening-ip=198.18.0.254",
+                "--listening-port=3478",
+                &format!("--relay-ip={RELAY_IP}"),
+                "--realm=lab.example",
+                "--lt-cred-mech",
+                "--user=alice:wonderland",
+                "--min-port=50000",
+                "--max-port=59999",
+                "--no-tcp",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--no-tcp-relay",
+                "--simple-log",
+                "--log-file=/dev/null",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("turnserver (apt install coturn)")?,
+    };
+    Ok(Server(child))
+}
+
+/// Allocates and binds the channel from the generator's address and port (retrying while the
+/// relay starts); the client stays alive for the measurement.
+fn bind(topo: &Topo) -> anyhow::Result<TurnClient> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = topo.gen_ns.run(|| -> anyhow::Result<TurnClient> {
+            let mut c = TurnClient::new(
+                format!("{GEN_ADDR}:{CLIENT_PORT}").parse()?,
+                LISTEN.parse()?,
+                "alice",
+                "wonderland",
+            )?;
+            c.allocate()?;
+            c.channel_bind(CHANNEL, format!("{SINK_ADDR}:{SINK_PORT}").parse()?)?;
+            Ok(c)
+        })?;
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => bail!("no allocation and channel: {e:#}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// One contender, every frame size: (Mpps arrived, loss) per size.
+fn trial(
+    c: Contender,
+    topo: &Topo,
+    g: &mut Generator,
+    frame_sizes: &[usize],
+    frames: u32,
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for &size in frame_sizes {
+        g.set_frame(channel_data_frame(size))?;
+        // The generator's frames reach d0 only with an XDP program there: the ceiling's, the
+        // relay's own, or a pass for the userspace contenders.
+        let redirect = c == Contender::NoopRedirect;
+        let link = match c {
+            Contender::RelayGatewayXdp => None,
+            _ => Some(g.attach_dut(topo, redirect)?),
+        };
+        let server = match c {
+            Contender::NoopRedirect => None,
+            _ => Some(start(c, topo)?),
+        };
+        let client = match c {
+            Contender::NoopRedirect => None,
+            _ => Some(bind(topo)?),
+        };
+        topo.dedicate_dut_core()?;
+        // The ceiling forwards the client's frames as they are (no signature where the sink
+        // looks): every frame that arrives counts.
+        let count = |g: &Generator| {
+            if redirect {
+                g.sink_all()
+            } else {
+                g.sink_packets()
+            }
+        };
+        let before = count(g)?;
+        let took = g.send(topo, frames)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let arrived = count(g)? - before;
+        drop(client);
+        drop(server);
+        if let Some(link) = link {
+            g.detach_dut(topo, redirect, link)?;
+        }
+        if arrived == 0 {
+            bail!("nothing arrived at the sink");
+        }
+        out.push((
+            arrived as f64 / took.as_secs_f64() / 1e6,
+            1.0 - arrived as f64 / frames as f64,
+        ));
+    }
+    Ok(out)
+}
+
+pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
+    let topo = Topo::create()?;
+    // The relay's route lookups in XDP need forwarding interfaces; the kernel itself forwards
+    // nothing (a relay is not a router).
+    topo.dut_sh("nft add table inet fw; nft add chain inet fw forward '{ type filter hook forward priority 0; policy drop; }'")?;
+    let frame_sizes = vec![64usize, 1242];
+    let mut generator = Generator::with_frame(&topo, channel_data_frame(frame_sizes[0]))?;
+    generator.set_flows(&[(GEN_ADDR.parse()?, 3478)], 1)?;
+    let trials = if quick { 2 } else { 5 };
+    let frames: u32 = if quick { 500_000 } else { 2_000_000 };
+    let outcomes = alternate(
+        "bench relay-pps",
+        &CONTENDERS,
+        |c| label(c).to_string(),
+        trials,
+        |c| trial(c, &topo, &mut generator, &frame_sizes, frames),
+        |v| {
+            v.iter()
+                .zip(&frame_sizes)
+                .map(|((mpps, loss), n)| {
+                    format!("{n} B: {mpps:.3} Mpps (loss {:.1}%)", loss * 100.0)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    let rows = outcomes
+        .into_iter()
+        .zip(CONTENDERS)
+        .map(|(o, c)| {
+            let per = |f: &dyn Fn(&(f64, f64)) -> f64| -> Vec<Summary> {
+                (0..frame_sizes.len())
+                    .map(|i| Summary::of_or_zero(o.samples.iter().map(|s| f(&s[i])).collect()))
+                    .collect()
+            };
+            Row {
+                contender: c,
+                label: label(c).to_string(),
+                mpps: per(&|s| s.0),
+                loss: per(&|s| s.1),
+                error: o.error,
+            }
+        })
+        .collect();
+    Ok(RelayPps {
+        frame_sizes,
+        frames,
+        rows,
+    })
+}
+
+pub fn markdown(md: &mut String, r: &RelayPps) {
+    let _ = writeln!(
+        md,
+        "## TURN relay with an in-kernel generator: relayed packets per second\n"
+    );
+    let _ = writeln!(
+        md,
+        "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating.\n",
+        r.frames
+    );
+    let mut head = String::from("| contender |");
+    let mut rule = String::from("|---|");
+    for n in &r.frame_sizes {
+        let _ = write!(head, " {n} B (Mpps) | loss |");
+        rule.push_str("---:|---:|");
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for row in &r.rows {
+        if let Some(e) = &row.error {
+            let _ = writeln!(
+                md,
+                "| {} | not measured: {} |",
+                row.label,
+                e.lines().next().unwrap_or("")
+            );
+            continue;
+        }
+        let mut line = format!("| {} |", row.label);
+        for (m, l) in row.mpps.iter().zip(&row.loss) {
+            let _ = write!(
+                line,
+                " {:.3} ({:.3}–{:.3}) | {:.1}% |",
+                m.median,
+                m.min,
+                m.max,
+                l.median * 100.0
+            );
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    let find = |c: Contender| {
+        r.rows
+            .iter()
+            .find(|x| x.contender == c && x.error.is_none())
+    };
+    if let (Some(xdp), Some(coturn), Some(ceiling)) = (
+        find(Contender::RelayGatewayXdp),
+        find(Contender::RelayCoturn),
+        find(Contender::NoopRedirect),
+    ) {
+        let _ = writeln!(md);
+        for (i, n) in r.frame_sizes.iter().enumerate() {
+            let vs_coturn = xdp.mpps[i].median / coturn.mpps[i].median;
+            let vs_ceiling = xdp.mpps[i].median / ceiling.mpps[i].median;
+            let _ = writeln!(
+                md,
+                "- {n} B: XDP / coturn {vs_coturn:.1}x (target ≥ 10x: {}); XDP / no-op redirect {:.0}% (target ≥ 85%: {}).",
+                if vs_coturn >= 10.0 { "met" } else { "NOT met" },
+                vs_ceiling * 100.0,
+                if vs_ceiling >= 0.85 { "met" } else { "NOT met" },
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
