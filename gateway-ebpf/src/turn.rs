@@ -12,6 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
+    forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
     stats::Counter,
     turn::{
         ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, addr_words, counter_index,
@@ -102,7 +103,7 @@ fn headers(ctx: &XdpContext) -> Option<Udp4> {
 #[inline(always)]
 fn build(
     out: &mut [u8; HEADERS],
-    fib: &FibParams,
+    fib: &FibRoute,
     u: &Udp4,
     src: [u8; 4],
     dst: [u8; 4],
@@ -140,9 +141,53 @@ fn build(
     out[40..42].copy_from_slice(&check.to_be_bytes());
 }
 
-/// The route to `dst` from the kernel's FIB (egress interface and MAC addresses).
+/// The route to `dst` from `src` (egress interface and MAC addresses): from this CPU's route
+/// cache while it is fresh (a second, as the gateway's own XDP forwarding keeps it) and the
+/// packet is no longer than one the FIB accepted on it (so the MTU check stays the kernel's),
+/// else from the kernel's FIB. The cache is the forwarding path's map; the source's address in
+/// the key's otherwise unused bytes keeps source-specific routes apart.
 #[inline(always)]
-fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Option<FibParams> {
+fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Option<FibRoute> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let mut key_dst = [0u8; 16];
+    key_dst[..4].copy_from_slice(&dst);
+    key_dst[4..8].copy_from_slice(&src);
+    let key = FibKey {
+        ifindex,
+        family: AF_INET as u32,
+        dst: key_dst,
+    };
+    let now = crate::conntrack::now_ns();
+    let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst));
+    if let Some(slot) = slot {
+        // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+        let slot = unsafe { &*slot };
+        if slot.key == key && now < slot.route.expires_ns && tot_len <= slot.route.max_len {
+            return Some(slot.route);
+        }
+    }
+    let fib = lookup(ctx, src, dst, tot_len)?;
+    let route = FibRoute {
+        expires_ns: now + FIB_CACHE_NS,
+        egress: fib.ifindex,
+        max_len: tot_len,
+        _pad: 0,
+        dmac: fib.dmac,
+        smac: fib.smac,
+        port: 0,
+    };
+    if let Some(slot) = slot {
+        // SAFETY: as above.
+        let slot = unsafe { &mut *slot };
+        slot.key = key;
+        slot.route = route;
+    }
+    Some(route)
+}
+
+/// The kernel's FIB (and neighbour table) for `dst` from `src`.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Option<FibParams> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -161,12 +206,12 @@ fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Option<F
 
 /// Sends the rewritten frame out of the route's interface.
 #[inline(always)]
-fn send(ctx: &XdpContext, fib: &FibParams) -> u32 {
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+fn send(ctx: &XdpContext, route: &FibRoute) -> u32 {
+    if route.egress == ctx.ingress_ifindex() as u32 {
         return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call.
-    unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+    unsafe { bpf_redirect(route.egress, 0) as u32 }
 }
 
 /// Writes `bytes` at the start of the frame.
