@@ -127,43 +127,49 @@ impl Server {
     }
 }
 
-/// Starts contender `c` in the relay namespace, configured alike: one realm and user, the same
-/// port range, UDP only.
-fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
-    let child = match c {
+/// The relay contender `c` in `ns`, configured alike for every contender: one realm and user,
+/// the same port range, UDP only, listening on `listen_ip`:3478 and relaying from `relay_ip`;
+/// `xdp` is this relay's XDP section (empty: none). Shared with the relay-pps scenario.
+pub fn spawn(
+    c: Contender,
+    ns: &Netns,
+    listen_ip: &str,
+    relay_ip: &str,
+    xdp: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
+    Ok(match c {
         Contender::RelayGateway | Contender::RelayGatewayXdp => {
-            let cfg = topo.dir.join("relay.yaml");
+            let cfg = dir.join("relay.yaml");
             let xdp = if c == Contender::RelayGatewayXdp {
-                "xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n"
+                xdp
             } else {
                 ""
             };
             std::fs::write(
                 &cfg,
                 format!(
-                    "listen: [{RELAY}]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nmin_port: 50000\nmax_port: 59999\n{xdp}"
+                    "listen: [{listen_ip}:3478]\nrelay_ip: {relay_ip}\nrealm: lab.example\nusers:\n  alice: wonderland\nmin_port: 50000\nmax_port: 59999\n{xdp}"
                 ),
             )?;
-            topo.relay
-                .command(
-                    crate::management::gateway_binary()?
-                        .to_str()
-                        .context("path")?,
-                )
-                .args(["relay", "serve", "--config", cfg.to_str().context("path")?])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?
+            ns.command(
+                crate::management::gateway_binary()?
+                    .to_str()
+                    .context("path")?,
+            )
+            .args(["relay", "serve", "--config", cfg.to_str().context("path")?])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?
         }
-        _ => topo
-            .relay
+        _ => ns
             .command("turnserver")
             .args([
                 "-n",
-                "--listening-ip=198.18.30.1",
+                &format!("--listening-ip={listen_ip}"),
                 "--listening-port=3478",
-                "--relay-ip=198.18.31.1",
+                &format!("--relay-ip={relay_ip}"),
                 "--realm=lab.example",
                 "--lt-cred-mech",
                 "--user=alice:wonderland",
@@ -181,7 +187,19 @@ fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
             .stderr(Stdio::null())
             .spawn()
             .context("turnserver (apt install coturn)")?,
-    };
+    })
+}
+
+/// Starts contender `c` in the relay namespace; up when a Binding is answered.
+fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
+    let child = spawn(
+        c,
+        &topo.relay,
+        "198.18.30.1",
+        "198.18.31.1",
+        "xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n",
+        &topo.dir,
+    )?;
     let server = Server(child);
     // Up when a Binding is answered.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -12,11 +12,11 @@
 
 use std::{
     fmt::Write as _,
-    process::{Child, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use bench_common::{GEN_SIGNATURE, GEN_SIGNATURE_AT};
 use gateway_relay::client::TurnClient;
 use gateway_testkit::packets::{L4, Spec};
@@ -111,63 +111,18 @@ impl Drop for Server {
     }
 }
 
-/// Starts a relay contender in the DUT: one realm and user, the same port range, UDP only.
+/// Starts a relay contender in the DUT, as the relay scenario configures it.
 fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
-    let child = match c {
-        Contender::RelayGateway | Contender::RelayGatewayXdp => {
-            let dir = std::env::temp_dir().join(format!("gwrpps{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            let cfg = dir.join("relay.yaml");
-            let xdp = if c == Contender::RelayGatewayXdp {
-                "xdp:\n  interfaces: [d0, d1]\n  attach: xdp-native\n"
-            } else {
-                ""
-            };
-            std::fs::write(
-                &cfg,
-                format!(
-                    "listen: [{LISTEN}]\nrelay_ip: {RELAY_IP}\nrealm: lab.example\nusers:\n  alice: wonderland\nmin_port: 50000\nmax_port: 59999\n{xdp}"
-                ),
-            )?;
-            topo.dut
-                .command(
-                    crate::management::gateway_binary()?
-                        .to_str()
-                        .context("path")?,
-                )
-                .args(["relay", "serve", "--config", cfg.to_str().context("path")?])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?
-        }
-        _ => topo
-            .dut
-            .command("turnserver")
-            .args([
-                "-n",
-                "--listening-ip=198.18.0.254",
-                "--listening-port=3478",
-                &format!("--relay-ip={RELAY_IP}"),
-                "--realm=lab.example",
-                "--lt-cred-mech",
-                "--user=alice:wonderland",
-                "--min-port=50000",
-                "--max-port=59999",
-                "--no-tcp",
-                "--no-tls",
-                "--no-dtls",
-                "--no-cli",
-                "--no-tcp-relay",
-                "--simple-log",
-                "--log-file=/dev/null",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("turnserver (apt install coturn)")?,
-    };
-    Ok(Server(child))
+    let dir = std::env::temp_dir().join(format!("gwrpps{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(Server(crate::relay::spawn(
+        c,
+        &topo.dut,
+        "198.18.0.254",
+        RELAY_IP,
+        "xdp:\n  interfaces: [d0, d1]\n  attach: xdp-native\n",
+        &dir,
+    )?))
 }
 
 /// Allocates and binds the channel from the generator's address and port (retrying while the

@@ -160,6 +160,17 @@ fn uclient_to(lab: &Lab, args: &[&str], peer: &str) -> Result<Outcome, String> {
 
 const CONFIG: &str = "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\nmetrics_addr: 127.0.0.1:9465\n";
 
+/// What the relay's XDP route lookups need: forwarding on its two links (the kernel answers
+/// input lookups only there), with a firewall that drops what the kernel itself would forward.
+fn xdp_routes(lab: &Lab) {
+    for dev in ["c0", "p0"] {
+        lab.relay
+            .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
+            .unwrap();
+    }
+    lab.relay.exec(&["nft", "add table inet fw; add chain inet fw forward { type filter hook forward priority 0; policy drop; }"]).unwrap();
+}
+
 /// The relay's /status or /metrics, from inside its namespace.
 fn relay_http(lab: &Lab, path: &'static str) -> String {
     lab.relay
@@ -575,12 +586,7 @@ fn bound_channels_are_relayed_in_xdp() {
     for ns in [&lab.client, &lab.peer] {
         ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
     }
-    for dev in ["c0", "p0"] {
-        lab.relay
-            .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
-            .unwrap();
-    }
-    lab.relay.exec(&["nft", "add table inet fw; add chain inet fw forward { type filter hook forward priority 0; policy drop; }"]).unwrap();
+    xdp_routes(&lab);
     let cfg = lab.dir.join("relay.yaml");
     std::fs::write(
         &cfg,
@@ -825,14 +831,8 @@ fn wireguard_peers_talk_through_a_turn_allocation() {
         wireguard::{WgPeer, wait_for},
     };
     let lab = lab();
-    // The relay does not route between its two links (its namespace does not forward).
-    for dev in ["c0", "p0"] {
-        lab.relay
-            .sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
-            .unwrap();
-    }
-    // Forwarding is on only for the XDP program's route lookups; the kernel forwards nothing.
-    lab.relay.exec(&["nft", "add table inet fw; add chain inet fw forward { type filter hook forward priority 0; policy drop; }"]).unwrap();
+    // The kernel does not route between the relay's two links (xdp_routes).
+    xdp_routes(&lab);
     let cfg = lab.dir.join("relay.yaml");
     std::fs::write(
         &cfg,

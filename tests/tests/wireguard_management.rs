@@ -39,22 +39,58 @@ fn wait_newer(gw: &GatewayProcess, lab: &WgLab, after: u64) -> u64 {
     serial(gw, lab)
 }
 
-#[test]
-fn routing_peer_terminates_the_tunnels_management_gives_it() {
-    let lab = WgLab::new(2).expect("lab");
-    let bin = gateway_binary();
-    // Listening on every address of the gateway's namespace: peers reach it over the underlay.
+/// The embedded management service in the gateway's namespace, listening on every address (peers
+/// reach it over the underlay), with `extra` flags; and its local address for the REST API.
+fn management(lab: &WgLab, extra: &[&str]) -> (ManagementProcess, String) {
+    let mut args = vec!["--plain-http"];
+    args.extend_from_slice(extra);
     let mgmt = ManagementProcess::start(
-        &bin,
+        &gateway_binary(),
         &lab.gw,
         &lab.dir.join("management"),
         format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(),
         TOKEN,
-        &["--plain-http"],
+        &args,
         &lab.dir.join("management.log"),
     )
     .expect("management starts");
-    let local = format!("127.0.0.1:{MGMT_PORT}");
+    (mgmt, format!("127.0.0.1:{MGMT_PORT}"))
+}
+
+/// `gateway run` enrolled with `setup_key`: a WireGuard section with neither address nor peers
+/// (both come from the map) and the LAN interface.
+fn start_gateway(lab: &WgLab, local: &str, setup_key: &str) -> GatewayProcess {
+    let cfg = lab.dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "metrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\nwireguard:\n  interface: {}\ninterfaces:\n  lan:\n    - name: lan0\n",
+            lab.pin_dir().display(),
+            lab.gw_interface
+        ),
+    )
+    .unwrap();
+    GatewayProcess::start_with(
+        &gateway_binary(),
+        &lab.gw,
+        &cfg,
+        &lab.dir.join("gateway.log"),
+        &[
+            "--management-url",
+            &format!("http://{local}"),
+            "--setup-key",
+            setup_key,
+            "--state-dir",
+            lab.state_dir().to_str().unwrap(),
+        ],
+    )
+    .expect("gateway starts")
+}
+
+#[test]
+fn routing_peer_terminates_the_tunnels_management_gives_it() {
+    let lab = WgLab::new(2).expect("lab");
+    let (mgmt, local) = management(&lab, &[]);
     let api = Api {
         ns: &lab.gw,
         addr: &local,
@@ -100,33 +136,8 @@ fn routing_peer_terminates_the_tunnels_management_gives_it() {
         peer_ids.push(id);
     }
 
-    // The gateway: a WireGuard section with neither address nor peers; both come from the map.
-    let cfg = lab.dir.join("gateway.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "metrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\nwireguard:\n  interface: {}\ninterfaces:\n  lan:\n    - name: lan0\n",
-            lab.pin_dir().display(),
-            lab.gw_interface
-        ),
-    )
-    .unwrap();
-    let state = lab.state_dir();
-    let gw = GatewayProcess::start_with(
-        &bin,
-        &lab.gw,
-        &cfg,
-        &lab.dir.join("gateway.log"),
-        &[
-            "--management-url",
-            &format!("http://{local}"),
-            "--setup-key",
-            &gw_key,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .expect("gateway starts");
+    // The gateway: its address and peers come from the map.
+    let gw = start_gateway(&lab, &local, &gw_key);
     assert!(
         wait_for(Duration::from_secs(10), || api.peers().len() == 3),
         "gateway registered"
@@ -305,18 +316,7 @@ fn the_demo_on_the_embedded_default_runs_green() {
 fn the_ipv6_overlay_reaches_the_gateway_under_policy() {
     use management_proto::pb::PeerCapability;
     let lab = WgLab::new(1).expect("lab");
-    let bin = gateway_binary();
-    let mgmt = ManagementProcess::start(
-        &bin,
-        &lab.gw,
-        &lab.dir.join("management"),
-        format!("0.0.0.0:{MGMT_PORT}").parse().unwrap(),
-        TOKEN,
-        &["--plain-http", "--network-v6", "fd00:64::/64"],
-        &lab.dir.join("management.log"),
-    )
-    .expect("management starts");
-    let local = format!("127.0.0.1:{MGMT_PORT}");
+    let (mgmt, local) = management(&lab, &["--network-v6", "fd00:64::/64"]);
     let api = Api {
         ns: &lab.gw,
         addr: &local,
@@ -371,31 +371,7 @@ fn the_ipv6_overlay_reaches_the_gateway_under_policy() {
     ])
     .unwrap();
 
-    let cfg = lab.dir.join("gateway.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "metrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\nwireguard:\n  interface: {}\ninterfaces:\n  lan:\n    - name: lan0\n",
-            lab.pin_dir().display(),
-            lab.gw_interface
-        ),
-    )
-    .unwrap();
-    let gw = GatewayProcess::start_with(
-        &bin,
-        &lab.gw,
-        &cfg,
-        &lab.dir.join("gateway.log"),
-        &[
-            "--management-url",
-            &format!("http://{local}"),
-            "--setup-key",
-            &gw_key,
-            "--state-dir",
-            lab.state_dir().to_str().unwrap(),
-        ],
-    )
-    .expect("gateway starts");
+    let gw = start_gateway(&lab, &local, &gw_key);
     assert!(
         wait_for(Duration::from_secs(10), || api.peers().len() == 2),
         "gateway registered"

@@ -41,14 +41,27 @@ fn config(port: u16, user_quota: u32) -> RelayConfig {
     }
 }
 
+type Served = (Arc<Relay>, SocketAddr, tokio::runtime::Runtime);
+
 /// A relay on a free loopback port, served by a runtime of its own.
-fn start(user_quota: u32) -> (Arc<Relay>, SocketAddr, tokio::runtime::Runtime) {
+fn start(user_quota: u32) -> Served {
+    serve(|_| {}, user_quota, None)
+}
+
+/// As [`start`], with the configuration adjusted by `tune` and an optional fast path.
+fn serve(
+    tune: impl FnOnce(&mut RelayConfig),
+    user_quota: u32,
+    fast: Option<(Arc<dyn crate::fast_path::FastPath>, u32)>,
+) -> Served {
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let relay = Relay::new(config(port, user_quota)).unwrap();
+    let mut cfg = config(port, user_quota);
+    tune(&mut cfg);
+    let relay = Relay::with_fast_path(cfg, fast).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -57,6 +70,15 @@ fn start(user_quota: u32) -> (Arc<Relay>, SocketAddr, tokio::runtime::Runtime) {
     rt.spawn(relay.clone().serve());
     std::thread::sleep(Duration::from_millis(100));
     (relay, SocketAddr::from(([127, 0, 0, 1], port)), rt)
+}
+
+/// Relayed addresses of both families (relay_ip), or none configured: only the IPv4
+/// listening address; ::1 allowed as a peer beside 127.0.0.0/8.
+fn dual_stack(relay_ip: Vec<IpAddr>) -> impl FnOnce(&mut RelayConfig) {
+    move |cfg| {
+        cfg.relay_ip = relay_ip;
+        cfg.allowed_peer_ip.push("::1/128".parse().unwrap());
+    }
 }
 
 fn client(server: SocketAddr) -> TurnClient {
@@ -240,25 +262,13 @@ impl crate::fast_path::FastPath for Recorder {
 
 #[test]
 fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let recorder = Arc::new(Recorder::default());
-    let relay = Relay::with_fast_path(
-        config(port, 0),
+    let (relay, server, _rt) = serve(
+        |_| {},
+        0,
         Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 4)),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.spawn(relay.clone().serve());
-    std::thread::sleep(Duration::from_millis(100));
-    let mut a = client(SocketAddr::from(([127, 0, 0, 1], port)));
+    );
+    let mut a = client(server);
     let relayed = a.allocate().unwrap();
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let kernel = |to_peer_packets, to_peer_bytes, to_client_packets| crate::fast_path::Totals {
@@ -323,26 +333,10 @@ fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
     assert_eq!(relay.free_slots.lock().unwrap().len(), 4);
 }
 
-/// A relay on a free loopback port with relayed addresses of both families (relay_ip) or only
-/// IPv4 (none configured: the IPv4 listening address).
-fn start_with(relay_ip: Vec<IpAddr>) -> (Arc<Relay>, SocketAddr, tokio::runtime::Runtime) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cfg = config(port, 0);
-    cfg.relay_ip = relay_ip;
-    cfg.allowed_peer_ip.push("::1/128".parse().unwrap());
-    let relay = Relay::new(cfg).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.spawn(relay.clone().serve());
-    std::thread::sleep(Duration::from_millis(100));
-    (relay, SocketAddr::from(([127, 0, 0, 1], port)), rt)
+/// A relay with relayed addresses of both families (relay_ip) or only IPv4 (none configured:
+/// the IPv4 listening address).
+fn start_with(relay_ip: Vec<IpAddr>) -> Served {
+    serve(dual_stack(relay_ip), 0, None)
 }
 
 fn family(f: AddressFamily) -> Vec<message::Attribute> {
@@ -631,28 +625,13 @@ fn even_ports_and_reservations_keep_their_family() {
 
 #[test]
 fn ipv6_channels_stay_in_userspace_and_use_no_kernel_slot() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cfg = config(port, 0);
-    cfg.relay_ip = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
-    cfg.allowed_peer_ip.push("::1/128".parse().unwrap());
     let recorder = Arc::new(Recorder::default());
-    let relay = Relay::with_fast_path(
-        cfg,
+    let (relay, server, _rt) = serve(
+        dual_stack(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]),
+        0,
         Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 2)),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.spawn(relay.clone().serve());
-    std::thread::sleep(Duration::from_millis(100));
-    let mut a = client(SocketAddr::from(([127, 0, 0, 1], port)));
+    );
+    let mut a = client(server);
     let ok = a.request(ALLOCATE, family(AddressFamily::V6)).unwrap();
     assert_eq!(ok.class(), MessageClass::SuccessResponse);
     for (n, peer) in [
