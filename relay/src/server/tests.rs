@@ -355,6 +355,21 @@ fn relayed_addresses(m: &Msg) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// An Allocate asking for both families (ADDITIONAL-ADDRESS-FAMILY IPv6); it must succeed.
+fn dual_stack_allocate(c: &mut TurnClient) -> Msg {
+    let ok = c
+        .request(
+            ALLOCATE,
+            vec![
+                RequestedTransport::new(17).into(),
+                AdditionalAddressFamily::new(AddressFamily::V6).into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    ok
+}
+
 fn udp_peer(addr: &str) -> std::net::UdpSocket {
     let s = std::net::UdpSocket::bind(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -477,16 +492,7 @@ fn dual_stack_allocations_relay_each_family_from_its_own_address() {
     assert_eq!(relay.status().allocations, 0);
     // ADDITIONAL-ADDRESS-FAMILY IPv6: an IPv4 and an IPv6 relayed address.
     let mut a = client(server);
-    let ok = a
-        .request(
-            ALLOCATE,
-            vec![
-                RequestedTransport::new(17).into(),
-                AdditionalAddressFamily::new(AddressFamily::V6).into(),
-            ],
-        )
-        .unwrap();
-    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let ok = dual_stack_allocate(&mut a);
     let relayed = relayed_addresses(&ok);
     assert_eq!(
         relayed.iter().map(|r| r.is_ipv4()).collect::<Vec<_>>(),
@@ -535,16 +541,7 @@ fn a_family_the_relay_lacks_is_refused_or_reported() {
     assert_eq!(relay.status().allocations, 0);
     // Dual-stack asked: the IPv4 allocation stands, and ADDRESS-ERROR-CODE says why IPv6 is
     // missing.
-    let ok = a
-        .request(
-            ALLOCATE,
-            vec![
-                RequestedTransport::new(17).into(),
-                AdditionalAddressFamily::new(AddressFamily::V6).into(),
-            ],
-        )
-        .unwrap();
-    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let ok = dual_stack_allocate(&mut a);
     let relayed = relayed_addresses(&ok);
     assert_eq!(relayed.len(), 1, "{relayed:?}");
     assert_eq!(relayed[0].ip(), server.ip());
