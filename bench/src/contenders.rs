@@ -224,7 +224,7 @@ pub fn install(
                 dp.attach_tunnel("d0", gateway_dataplane::TunnelMss::Fixed(1240))?;
                 dp.attach_lan("d1", LanAttach::Auto)?;
                 dp.attach_masquerade("d1")?;
-                dp.enable_tc_forward(&["d1".to_string()])
+                dp.enable_tc_forward(&["d1".to_string()], &["d0".to_string()])
             })??;
             let pass = match generator {
                 Some(g) => Some(g.attach_dut(topo, false)?),

@@ -531,16 +531,22 @@ impl Dataplane {
         ]
     }
 
-    /// Lets accepted traffic from the tunnel be forwarded in TC to these LAN interfaces (FIB
-    /// lookup, the kernel's neighbour entry, redirect), skipping the kernel's IP forwarding.
-    pub fn enable_tc_forward(&mut self, lan: &[String]) -> anyhow::Result<()> {
+    /// Lets accepted traffic from the tunnel be forwarded in TC to these LAN interfaces, and
+    /// accepted traffic arriving on a LAN interface attached at TC to these tunnels (FIB lookup,
+    /// the kernel's neighbour entry, redirect), skipping the kernel's IP forwarding. (The XDP
+    /// LAN program leaves LAN → tunnel to the kernel: kernel WireGuard takes no XDP frames.)
+    pub fn enable_tc_forward(&mut self, lan: &[String], tunnels: &[String]) -> anyhow::Result<()> {
+        use gateway_common::forward::{TC_PORT_LAN, TC_PORT_TUNNEL};
         let mut ports: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::LAN_PORTS)
                 .context("LAN ports map")?,
         )?;
         for name in lan {
-            ports.insert(attach::if_index(name)?, 1, 0)?;
+            ports.insert(attach::if_index(name)?, TC_PORT_LAN, 0)?;
+        }
+        for name in tunnels {
+            ports.insert(attach::if_index(name)?, TC_PORT_TUNNEL, 0)?;
         }
         let mut map: Array<_, Settings> =
             Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;

@@ -49,6 +49,12 @@ pub fn fib_slot(ifindex: u32, dst: &[u8; 16]) -> u32 {
     crate::hash::mix32(crate::hash::fold_addr(dst) ^ ifindex.rotate_left(16)) & (FIB_SLOTS - 1)
 }
 
+/// What an interface is to forwarding in TC (its value in the TC ports map): accepted traffic
+/// from a tunnel goes out of LAN ports, accepted traffic arriving on a TC-attached LAN
+/// interface (replies, LAN-initiated flows) out of tunnel ports.
+pub const TC_PORT_LAN: u8 = 1;
+pub const TC_PORT_TUNNEL: u8 = 2;
+
 /// Interfaces that take XDP-forwarded traffic: at most this many (`forward: xdp`).
 pub const FORWARD_PORTS_MAX: u32 = 64;
 

@@ -218,13 +218,16 @@ unsafe fn decrement_ipv4_ttl(ip: usize) {
     }
 }
 
-/// Tunnel → LAN in TC: accepted traffic from the tunnel whose route leads out of a LAN interface
-/// is sent there directly (the kernel fills in the neighbour's address, `bpf_redirect_neigh`),
-/// skipping the kernel's IP input and forwarding. Returns the program's action, or `None` for
-/// "let the kernel forward it" (no route out of a LAN interface, TTL about to expire, a packet
-/// larger than the egress MTU: the kernel sends the ICMP errors those need).
+/// Forwarding in TC: accepted traffic whose route leads out of an interface of kind `to`
+/// (`TC_PORT_LAN` for tunnel traffic, `TC_PORT_TUNNEL` for LAN traffic) is sent there directly
+/// (the kernel fills in the neighbour's address, `bpf_redirect_neigh`; a tunnel without a link
+/// layer gets the bare IP packet), skipping the kernel's IP input and forwarding. The egress
+/// interface's own TC programs still run (the tunnel's MSS clamp, the LAN's masquerade).
+/// Returns the program's action, or `None` for "let the kernel forward it" (no route out of
+/// such an interface, TTL about to expire, a packet larger than the egress MTU: the kernel
+/// sends the ICMP errors those need).
 #[inline(always)]
-pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i32> {
+pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> Option<i32> {
     use aya_ebpf::{
         EbpfContext as _,
         bindings::{BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_REDIRECT},
@@ -294,10 +297,12 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet) -> Option<i
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    // Only toward the gateway's own LAN interfaces (anything else, e.g. back into a tunnel, is
-    // the kernel's to route).
+    // Only toward the gateway's own interfaces of that kind (anything else, e.g. tunnel traffic
+    // back into a tunnel, is the kernel's to route).
     // SAFETY: copied out at once.
-    unsafe { maps::LAN_PORTS.get(&fib.ifindex) }?;
+    if unsafe { maps::LAN_PORTS.get(&fib.ifindex) }.copied() != Some(to) {
+        return None;
+    }
     // SAFETY: helper calls on the program's own skb with small locals.
     unsafe {
         if v4 {

@@ -24,6 +24,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{error, info};
 use gateway_common::{
+    forward::{TC_PORT_LAN, TC_PORT_TUNNEL},
     settings::{FLAG_TC_FORWARD, FLAG_XDP_FORWARD},
     stats::{HOOK_LAN, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, reason},
 };
@@ -175,29 +176,36 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     if !d.passes() {
         return TC_ACT_SHOT;
     }
+    let Some(pkt) = maps::SCRATCH.get(0) else {
+        return TC_ACT_OK;
+    };
     if hook != HOOK_LAN {
-        if let Some(pkt) = maps::SCRATCH.get(0) {
-            match mss::clamp(ctx, pkt) {
-                mss::Clamp::Lowered => stats::count(hook, reason::MSS_CLAMPED, len as u64),
-                mss::Clamp::Failed => stats::count(hook, reason::MSS_NOT_CLAMPED, len as u64),
-                mss::Clamp::Untouched => {}
-            }
-            let judged =
-                d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
-            let enabled = maps::SETTINGS
-                .get(0)
-                .is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
-            if hook == HOOK_TUNNEL_INGRESS && judged && enabled {
-                if let Some(action) = forward::tc_forward(ctx, pkt) {
-                    let why = if action == TC_ACT_SHOT {
-                        reason::DROP_INTERNAL
-                    } else {
-                        reason::TC_FORWARDED
-                    };
-                    stats::count(hook, why, len as u64);
-                    return action;
-                }
-            }
+        match mss::clamp(ctx, pkt) {
+            mss::Clamp::Lowered => stats::count(hook, reason::MSS_CLAMPED, len as u64),
+            mss::Clamp::Failed => stats::count(hook, reason::MSS_NOT_CLAMPED, len as u64),
+            mss::Clamp::Untouched => {}
+        }
+    }
+    // Tunnel → LAN and, from a LAN interface attached at TC, LAN → tunnel: forwarded here when
+    // enabled (`tunnel_forward: tc`), the rest by the kernel.
+    let to = match hook {
+        HOOK_TUNNEL_INGRESS => TC_PORT_LAN,
+        HOOK_LAN => TC_PORT_TUNNEL,
+        _ => return TC_ACT_OK,
+    };
+    let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
+    let enabled = maps::SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
+    if judged && enabled {
+        if let Some(action) = forward::tc_forward(ctx, pkt, to) {
+            let why = if action == TC_ACT_SHOT {
+                reason::DROP_INTERNAL
+            } else {
+                reason::TC_FORWARDED
+            };
+            stats::count(hook, why, len as u64);
+            return action;
         }
     }
     TC_ACT_OK

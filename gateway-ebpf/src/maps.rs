@@ -105,7 +105,8 @@ pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max
 #[map(name = "NAT_FRAGS_V1")]
 pub static NAT_FRAGMENTS: LruHashMap<FragKey, NatTarget> = LruHashMap::with_max_entries(8192, 0);
 
-/// LAN interfaces (by ifindex) that accepted tunnel traffic may be forwarded to in TC.
+/// Interfaces (by ifindex) that accepted traffic may be forwarded to in TC: LAN interfaces
+/// for tunnel traffic, tunnels for LAN traffic (`forward::TC_PORT_*`).
 #[map(name = "LAN_PORTS_V1")]
 pub static LAN_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_INTERFACES_MAX, 0);
 

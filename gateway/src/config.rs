@@ -64,8 +64,9 @@ pub struct Interfaces {
     pub lan: Vec<LanInterface>,
     /// kernel (default): accepted traffic from the tunnel climbs the stack and the kernel
     /// forwards it. tc: traffic whose route leads out of a LAN interface is forwarded by the
-    /// tunnel's TC program (FIB lookup, the kernel's neighbour entry, redirect); what it cannot
-    /// finish (TTL, MTU, no route out of a LAN interface) still goes to the kernel.
+    /// tunnel's TC program (FIB lookup, the kernel's neighbour entry, redirect), and so is
+    /// traffic from a LAN interface attached at TC whose route leads into a tunnel; what it
+    /// cannot finish (TTL, MTU, a route elsewhere) still goes to the kernel.
     #[serde(default)]
     pub tunnel_forward: TunnelForward,
     /// Underlay interfaces (facing the Internet) in front of the WireGuard port: only

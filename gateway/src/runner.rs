@@ -516,8 +516,14 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
     masquerade(dp, cfg, &[], &mut false)?;
     if cfg.interfaces.tunnel_forward == crate::config::TunnelForward::Tc {
         let lan: Vec<String> = cfg.interfaces.lan.iter().map(|l| l.name.clone()).collect();
-        dp.enable_tc_forward(&lan)?;
-        info!(lan = ?lan, "tunnel traffic to the LAN is forwarded in TC");
+        let tunnels: Vec<String> = cfg
+            .interfaces
+            .tunnel
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        dp.enable_tc_forward(&lan, &tunnels)?;
+        info!(lan = ?lan, tunnels = ?tunnels, "tunnel traffic to the LAN is forwarded in TC, and LAN traffic to the tunnels from LAN interfaces attached at TC");
     }
     for name in dp.release_unclaimed_links()? {
         info!(link = %name, "detached a pinned link the configuration no longer names");

@@ -882,30 +882,58 @@ mod lab {
     #[test]
     fn tunnel_traffic_forwarded_in_tc_is_masqueraded_and_answered() {
         let lab = Lab::seed().expect("lab");
+        // The LAN in XDP (replies to the tunnel by the kernel), then at TC (replies forwarded
+        // by the LAN's TC program too).
+        for (run, lan_attach) in ["xdp-native", "tc"].into_iter().enumerate() {
+            forwarded_in_tc(&lab, lan_attach, run as u16 * 10);
+        }
+    }
+
+    /// One gateway run; `offset` keeps its ports apart from the other run's.
+    fn forwarded_in_tc(lab: &Lab, lan_attach: &str, offset: u16) {
         let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
-        let gw = start(&lab, &format!("  tunnel_forward: tc\n{MASQUERADE}"));
+        let config = lab
+            .write_config_extra(
+                OPEN,
+                LAB_METRICS_ADDR,
+                &format!("  tunnel_forward: tc\n{MASQUERADE}"),
+            )
+            .expect("config");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("attach: xdp-native", &format!("attach: {lan_attach}")),
+        )
+        .unwrap();
+        let gw = GatewayProcess::start(
+            &gateway_binary(),
+            &lab.gw,
+            &config,
+            &lab.dir.join("gateway.log"),
+        )
+        .expect("gateway starts");
         let gw_lan: Ipv4Addr = GATEWAY_LAN_ADDR.parse().unwrap();
         let listener = lan1
             .ns
             .run_scoped(|| TcpListener::bind("0.0.0.0:443"))
             .unwrap()
             .expect("listen on lan1");
-        let mut c =
-            connect_from(&cp1.ns, 25_200, SocketAddrV4::new(lan1.addr, 443)).expect("cp1 connects");
+        let mut c = connect_from(&cp1.ns, 25_200 + offset, SocketAddrV4::new(lan1.addr, 443))
+            .expect("cp1 connects");
         let (mut s, seen) = listener.accept().unwrap();
-        assert_eq!(seen, SocketAddr::new(IpAddr::V4(gw_lan), 25_200));
+        assert_eq!(seen, SocketAddr::new(IpAddr::V4(gw_lan), 25_200 + offset));
         relay(&mut c, &mut s, b"forwarded in tc").unwrap();
         relay(&mut s, &mut c, b"and back").unwrap();
         for (transfer, reverse, port) in [
-            (Transfer::Tcp, false, 5211),
-            (Transfer::Tcp, true, 5212),
+            (Transfer::Tcp, false, 5211 + offset),
+            (Transfer::Tcp, true, 5212 + offset),
             (
                 Transfer::Udp {
                     payload: 1400,
                     mbit_per_s: 150,
                 },
                 false,
-                5213,
+                5213 + offset,
             ),
             (
                 Transfer::Udp {
@@ -913,7 +941,7 @@ mod lab {
                     mbit_per_s: 150,
                 },
                 true,
-                5214,
+                5214 + offset,
             ),
         ] {
             bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
@@ -929,6 +957,14 @@ mod lab {
             "{:?}",
             st.counters
         );
+        // Replies (the reverse bulk transfers' data) forwarded by the LAN's TC program when it
+        // has one; never by the XDP program, which leaves that direction to the kernel.
+        let lan_forwarded = counted(&st, "lan", "tc_forwarded");
+        if lan_attach == "tc" {
+            assert!(lan_forwarded > 10_000, "{lan_attach}: {:?}", st.counters);
+        } else {
+            assert_eq!(lan_forwarded, 0, "{lan_attach}: {:?}", st.counters);
+        }
         for r in [
             "truncated",
             "headers_not_linear",
@@ -946,6 +982,7 @@ mod lab {
                 st.counters
             );
         }
+        assert!(gw.stop().unwrap().success());
     }
 
     #[test]

@@ -342,12 +342,19 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
 #[test]
 fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
     // The WireGuard interface has no link header: the redirect toward the LAN's Ethernet
-    // must give the packet one first, or the kernel drops it (every packet, silently).
+    // must give the packet one first, or the kernel drops it (every packet, silently). The
+    // other way, the LAN's TC program (`auto` on this veth) redirects the LAN host's packets
+    // into the interface as bare IP packets.
     let (lab, gw, lan) = one_peer("userspace", "  tunnel_forward: tc\n");
     bulk_tcp_both_ways(&lab, &gw, lan, 2, 2_000_000);
     let st: Report = gw.status(&lab.gw).unwrap();
     assert!(
         counted(&st, "tunnel_ingress", "tc_forwarded") > 1000,
+        "{:?}",
+        st.counters
+    );
+    assert!(
+        counted(&st, "lan", "tc_forwarded") > 1000,
         "{:?}",
         st.counters
     );
