@@ -191,7 +191,13 @@ fn xdp_fast_path(
     };
     let mut dp = gateway_dataplane::Dataplane::load(&opts)?;
     for iface in &x.interfaces {
-        let mode = dp.attach_turn(iface, attach)?;
+        let mode = dp.attach_turn(iface, attach).with_context(|| {
+            format!(
+                "attaching the TURN fast path to {iface}: an interface takes one XDP program, so if \
+                 another is there (the gateway's underlay filter, another relay), give this relay \
+                 another interface, or leave `xdp` out and its channels are relayed in userspace"
+            )
+        })?;
         // The program asks the kernel's FIB for routes with an input lookup, which the kernel
         // answers only on interfaces that forward.
         let forwarding =
@@ -204,7 +210,10 @@ fn xdp_fast_path(
             warn!(
                 interface = %iface,
                 mode,
-                "TURN fast path attached, but {iface} does not forward (net.ipv4.conf.{iface}.forwarding=0): the kernel's FIB will not answer                  the program's route lookups, so every channel stays in userspace (counted as no_route). Enable forwarding on it, with a                  firewall that drops forwarded traffic, to let the program route"
+                "TURN fast path attached, but {iface} does not forward (net.ipv4.conf.{iface}.forwarding=0): \
+                 the kernel's FIB will not answer the program's route lookups, so every channel stays in \
+                 userspace (counted as no_route). Enable forwarding on it, with a firewall that drops \
+                 forwarded traffic, to let the program route"
             );
         }
     }

@@ -686,6 +686,71 @@ fn bound_channels_are_relayed_in_xdp() {
 
 /// At the hosts' default offloads a veth carries checksums only begun: the XDP program leaves
 /// such frames to userspace (counted), which relays them; nothing is lost either way.
+/// One XDP program per interface: a second relay asking for the fast path on interfaces that
+/// already carry one is refused at start, saying why and what to do, and the first one keeps
+/// relaying in XDP.
+#[test]
+fn an_interface_already_carrying_xdp_is_refused_by_name() {
+    let lab = lab();
+    xdp_routes(&lab);
+    for ns in [&lab.client, &lab.peer] {
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
+    }
+    let xdp = "xdp:\n  interfaces: [c0, p0]\n  attach: xdp-generic\n";
+    let cfg = lab.dir.join("relay.yaml");
+    std::fs::write(&cfg, format!("{CONFIG}{xdp}")).unwrap();
+    let _procs = start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let second = lab.dir.join("second.yaml");
+    std::fs::write(
+        &second,
+        format!(
+            "{}{xdp}",
+            CONFIG
+                .replace("198.18.30.1:3478", "198.18.30.1:3479")
+                .replace("9465", "9466")
+        ),
+    )
+    .unwrap();
+    let out = lab
+        .relay
+        .command("timeout")
+        .args(["20", gateway_binary().to_str().unwrap()])
+        .args(["relay", "serve", "--config", second.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second relay started:\n{text}");
+    assert!(
+        text.contains("attaching the TURN fast path to c0")
+            && text.contains("an interface takes one XDP program"),
+        "{text}"
+    );
+    // The first relay's fast path is untouched.
+    let o = uclient(
+        &lab,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "1",
+            "-n",
+            "20",
+            "-l",
+            "200",
+        ],
+    )
+    .expect("report");
+    // (20 messages on each of the client's two allocations, RTP's and RTCP's.)
+    assert_eq!((o.sent, o.received, o.lost), (40, 40, 0), "{o:?}");
+    let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
+    assert!(
+        status["xdp"]["to_peer_packets"].as_u64().unwrap() >= 30,
+        "{status}"
+    );
+}
+
 #[test]
 fn begun_checksums_go_to_userspace() {
     let lab = lab();
