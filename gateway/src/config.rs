@@ -216,6 +216,17 @@ pub struct LanInterface {
     pub forward: Forwarding,
 }
 
+impl LanInterface {
+    /// The mode to attach with: as configured, except that XDP forwarding needs the XDP program
+    /// on the interface, so `auto` with `forward: xdp` is native XDP even on a veth.
+    pub fn attach_mode(&self) -> LanAttach {
+        match (self.forward, self.attach) {
+            (Forwarding::Xdp, LanAttach::Auto) => LanAttach::XdpNative,
+            (_, a) => a,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
@@ -536,6 +547,12 @@ mod tests {
         let cfg = Config::load(path).expect("deploy/gateway.yaml");
         assert_eq!(cfg.interfaces.tunnel[0].name, "wg0");
         assert_eq!(cfg.interfaces.lan[0].attach, LanAttach::Auto);
+        assert_eq!(cfg.interfaces.lan[0].attach_mode(), LanAttach::Auto);
+        let mut xdp_forward = cfg.interfaces.lan[0].clone();
+        xdp_forward.forward = Forwarding::Xdp;
+        assert_eq!(xdp_forward.attach_mode(), LanAttach::XdpNative);
+        xdp_forward.attach = LanAttach::XdpGeneric;
+        assert_eq!(xdp_forward.attach_mode(), LanAttach::XdpGeneric);
         assert_eq!(cfg.overlay.ipv4.to_string(), "100.64.0.0/10");
         assert_eq!(cfg.limits.acl_verdicts, 131072);
         assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));

@@ -479,14 +479,7 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
         info!(interface = %t.name, link = ?kind, mss_clamp = %mss, "tunnel interface protected (tc ingress + egress)");
     }
     for l in &cfg.interfaces.lan {
-        // XDP forwarding needs the XDP program on the interface, veth or not.
-        let attach = match (l.forward, l.attach) {
-            (crate::config::Forwarding::Xdp, crate::config::LanAttach::Auto) => {
-                crate::config::LanAttach::XdpNative
-            }
-            (_, a) => a,
-        };
-        let mode = dp.attach_lan(&l.name, attach)?;
+        let mode = dp.attach_lan(&l.name, l.attach_mode())?;
         info!(interface = %l.name, mode, "LAN interface attached");
     }
     if !cfg.interfaces.underlay.is_empty() {
