@@ -469,9 +469,20 @@ mod lab {
     const MASQUERADE: &str = "masquerade:\n  networks: [198.18.10.0/24]\n  ports: 25000-25999\n";
 
     fn start(lab: &Lab, extra: &str) -> GatewayProcess {
+        start_attached(lab, extra, "xdp-native")
+    }
+
+    /// As [`start`], with the LAN interface attached as `lan_attach`.
+    fn start_attached(lab: &Lab, extra: &str, lan_attach: &str) -> GatewayProcess {
         let config = lab
             .write_config_extra(OPEN, LAB_METRICS_ADDR, extra)
             .expect("config");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("attach: xdp-native", &format!("attach: {lan_attach}")),
+        )
+        .unwrap();
         GatewayProcess::start(
             &gateway_binary(),
             &lab.gw,
@@ -892,26 +903,11 @@ mod lab {
     /// One gateway run; `offset` keeps its ports apart from the other run's.
     fn forwarded_in_tc(lab: &Lab, lan_attach: &str, offset: u16) {
         let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
-        let config = lab
-            .write_config_extra(
-                OPEN,
-                LAB_METRICS_ADDR,
-                &format!("  tunnel_forward: tc\n{MASQUERADE}"),
-            )
-            .expect("config");
-        let text = std::fs::read_to_string(&config).unwrap();
-        std::fs::write(
-            &config,
-            text.replace("attach: xdp-native", &format!("attach: {lan_attach}")),
-        )
-        .unwrap();
-        let gw = GatewayProcess::start(
-            &gateway_binary(),
-            &lab.gw,
-            &config,
-            &lab.dir.join("gateway.log"),
-        )
-        .expect("gateway starts");
+        let gw = start_attached(
+            lab,
+            &format!("  tunnel_forward: tc\n{MASQUERADE}"),
+            lan_attach,
+        );
         let gw_lan: Ipv4Addr = GATEWAY_LAN_ADDR.parse().unwrap();
         let listener = lan1
             .ns
