@@ -111,17 +111,23 @@ impl Drop for Server {
     }
 }
 
+/// The relay's configuration folder, removed with the run (also when it fails).
+struct ConfigDir(std::path::PathBuf);
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Starts a relay contender in the DUT, as the relay scenario configures it.
-fn start(c: Contender, topo: &Topo) -> anyhow::Result<Server> {
-    let dir = std::env::temp_dir().join(format!("gwrpps{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+fn start(c: Contender, topo: &Topo, dir: &std::path::Path) -> anyhow::Result<Server> {
     Ok(Server(crate::relay::spawn(
         c,
         &topo.dut,
         "198.18.0.254",
         RELAY_IP,
         "xdp:\n  interfaces: [d0, d1]\n  attach: xdp-native\n",
-        &dir,
+        dir,
     )?))
 }
 
@@ -153,6 +159,7 @@ fn bind(topo: &Topo) -> anyhow::Result<TurnClient> {
 fn trial(
     c: Contender,
     topo: &Topo,
+    dir: &std::path::Path,
     g: &mut Generator,
     frame_sizes: &[usize],
     frames: u32,
@@ -169,7 +176,7 @@ fn trial(
         };
         let server = match c {
             Contender::NoopRedirect => None,
-            _ => Some(start(c, topo)?),
+            _ => Some(start(c, topo, dir)?),
         };
         let client = match c {
             Contender::NoopRedirect => None,
@@ -207,6 +214,8 @@ fn trial(
 
 pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     let topo = Topo::create()?;
+    let dir = ConfigDir(std::env::temp_dir().join(format!("gwrpps{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
     // The relay's route lookups in XDP need forwarding interfaces; the kernel itself forwards
     // nothing (a relay is not a router).
     topo.dut_sh("nft add table inet fw; nft add chain inet fw forward '{ type filter hook forward priority 0; policy drop; }'")?;
@@ -220,7 +229,7 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
         &CONTENDERS,
         |c| label(c).to_string(),
         trials,
-        |c| trial(c, &topo, &mut generator, &frame_sizes, frames),
+        |c| trial(c, &topo, &dir.0, &mut generator, &frame_sizes, frames),
         |v| {
             v.iter()
                 .zip(&frame_sizes)

@@ -826,8 +826,9 @@ impl Relay {
             .copied()
             .find(fits)
             .unwrap_or(relay_ip);
-        let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
-        if ports == Ports::EvenPair && reservations.len() >= MAX_RESERVATIONS {
+        let reservations = || self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        // (Checked before the ports are bound, which happens without the lock.)
+        if ports == Ports::EvenPair && reservations().len() >= MAX_RESERVATIONS {
             return Err((508, "Insufficient Capacity"));
         }
         let (sock, above) = bind_in_range(relay_ip, self.cfg.min_port, self.cfg.max_port, ports)
@@ -835,7 +836,7 @@ impl Relay {
         let port = sock.local_addr().map_err(|_| (500, "Server Error"))?.port();
         let token = above.map(|sock| {
             let token = rand::random::<u64>();
-            reservations.insert(
+            reservations().insert(
                 token,
                 Reservation {
                     sock,
@@ -845,7 +846,6 @@ impl Relay {
             );
             token
         });
-        drop(reservations);
         Ok((
             self.start_relaying(key, sock, SocketAddr::new(public_ip, port)),
             token,
