@@ -2,12 +2,15 @@
 //! userspace is their only writer), the program attached to the relay's interfaces, counters.
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
+use aya::{
+    Pod,
+    maps::{HashMap as BpfHashMap, PerCpuArray},
+};
 use gateway_common::{
     maps as names,
     stats::Counter,
     turn::{
-        ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient, ToPeer,
+        ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient, ToPeer, TurnAddr,
         counter_index, reason,
     },
 };
@@ -15,47 +18,54 @@ use gateway_common::{
 use crate::{Dataplane, LanAttach};
 
 impl Dataplane {
-    /// Puts a bound channel in the kernel's hands, both directions.
-    pub fn set_turn_binding(
+    /// Puts a bound channel in the kernel's hands, both directions (the maps of its address
+    /// family).
+    pub fn set_turn_binding<A: TurnAddr>(
         &mut self,
-        channel: ChannelKey,
-        to_peer: ToPeer,
-        peer: PeerKey,
-        to_client: ToClient,
-    ) -> anyhow::Result<()> {
-        let mut c: BpfHashMap<_, ChannelKey, ToPeer> = BpfHashMap::try_from(
+        channel: ChannelKey<A>,
+        to_peer: ToPeer<A>,
+        peer: PeerKey<A>,
+        to_client: ToClient<A>,
+    ) -> anyhow::Result<()>
+    where
+        ChannelKey<A>: Pod,
+        ToPeer<A>: Pod,
+        PeerKey<A>: Pod,
+        ToClient<A>: Pod,
+    {
+        let mut c: BpfHashMap<_, ChannelKey<A>, ToPeer<A>> = BpfHashMap::try_from(
             self.ebpf
-                .map_mut(names::TURN_CHANNELS)
+                .map_mut(A::CHANNELS_MAP)
                 .context("turn channels map")?,
         )?;
         c.insert(channel, to_peer, 0)
             .context("turn channel binding")?;
-        let mut p: BpfHashMap<_, PeerKey, ToClient> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(names::TURN_PEERS)
-                .context("turn peers map")?,
-        )?;
+        let mut p: BpfHashMap<_, PeerKey<A>, ToClient<A>> =
+            BpfHashMap::try_from(self.ebpf.map_mut(A::PEERS_MAP).context("turn peers map")?)?;
         p.insert(peer, to_client, 0).context("turn peer binding")?;
         Ok(())
     }
 
     /// Takes a binding back (expiry, deletion): its traffic goes to userspace again.
-    pub fn remove_turn_binding(
+    pub fn remove_turn_binding<A: TurnAddr>(
         &mut self,
-        channel: &ChannelKey,
-        peer: &PeerKey,
-    ) -> anyhow::Result<()> {
-        let mut c: BpfHashMap<_, ChannelKey, ToPeer> = BpfHashMap::try_from(
+        channel: &ChannelKey<A>,
+        peer: &PeerKey<A>,
+    ) -> anyhow::Result<()>
+    where
+        ChannelKey<A>: Pod,
+        ToPeer<A>: Pod,
+        PeerKey<A>: Pod,
+        ToClient<A>: Pod,
+    {
+        let mut c: BpfHashMap<_, ChannelKey<A>, ToPeer<A>> = BpfHashMap::try_from(
             self.ebpf
-                .map_mut(names::TURN_CHANNELS)
+                .map_mut(A::CHANNELS_MAP)
                 .context("turn channels map")?,
         )?;
         let _ = c.remove(channel);
-        let mut p: BpfHashMap<_, PeerKey, ToClient> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(names::TURN_PEERS)
-                .context("turn peers map")?,
-        )?;
+        let mut p: BpfHashMap<_, PeerKey<A>, ToClient<A>> =
+            BpfHashMap::try_from(self.ebpf.map_mut(A::PEERS_MAP).context("turn peers map")?)?;
         let _ = p.remove(peer);
         Ok(())
     }

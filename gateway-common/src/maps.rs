@@ -75,6 +75,8 @@ pub const UNDERLAY_STATS: &str = "WGU_STATS_V1";
 /// The TURN relay's fast path (turn.rs).
 pub const TURN_CHANNELS: &str = "TURN_CHANNELS_V1";
 pub const TURN_PEERS: &str = "TURN_PEERS_V1";
+pub const TURN_CHANNELS6: &str = "TURN_CHANNELS6_V1";
+pub const TURN_PEERS6: &str = "TURN_PEERS6_V1";
 pub const TURN_STATS: &str = "TURN_STATS_V1";
 pub const TURN_REASONS: &str = "TURN_REASONS_V1";
 

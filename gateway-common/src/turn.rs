@@ -2,53 +2,91 @@
 //! client becomes a plain UDP datagram from the allocation's address to the peer; a peer's
 //! datagram to an allocation with a channel becomes ChannelData to the client. The relay's
 //! userspace is the only writer of these maps (on ChannelBind, refresh and expiry); everything
-//! else goes to userspace untouched. IPv4 only for now.
+//! else goes to userspace untouched. One pair of maps per address family: a binding's four
+//! addresses are all IPv4 or all IPv6 (a client on IPv4 with an IPv6 relayed address, or the
+//! reverse, stays in userspace, which translates between the families).
 
 use crate::{assert_size, user_pod};
+
+/// An address as the maps hold it: 4 (IPv4) or 16 (IPv6) bytes in network order.
+pub trait TurnAddr: Copy + PartialEq + Eq {
+    /// 16-bit words in the address (what a checksum covers).
+    const WORDS: usize;
+    /// The maps of this family's bindings (gateway_common::maps).
+    const CHANNELS_MAP: &'static str;
+    const PEERS_MAP: &'static str;
+    /// Word `i` (< WORDS), big-endian.
+    fn word(&self, i: usize) -> u16;
+}
+
+impl TurnAddr for [u8; 4] {
+    const WORDS: usize = 2;
+    const CHANNELS_MAP: &'static str = crate::maps::TURN_CHANNELS;
+    const PEERS_MAP: &'static str = crate::maps::TURN_PEERS;
+    #[inline(always)]
+    fn word(&self, i: usize) -> u16 {
+        let i = (i & 1) * 2;
+        u16::from_be_bytes([self[i], self[i + 1]])
+    }
+}
+
+impl TurnAddr for [u8; 16] {
+    const WORDS: usize = 8;
+    const CHANNELS_MAP: &'static str = crate::maps::TURN_CHANNELS6;
+    const PEERS_MAP: &'static str = crate::maps::TURN_PEERS6;
+    #[inline(always)]
+    fn word(&self, i: usize) -> u16 {
+        let i = (i & 7) * 2;
+        u16::from_be_bytes([self[i], self[i + 1]])
+    }
+}
 
 /// A client's channel, as its ChannelData arrives: (client, listening address, channel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ChannelKey {
-    pub client: [u8; 4],
-    pub listen: [u8; 4],
+pub struct ChannelKey<A = [u8; 4]> {
+    pub client: A,
+    pub listen: A,
     pub client_port: u16,
     pub listen_port: u16,
     pub channel: u16,
     pub _pad: u16,
 }
 assert_size!(ChannelKey, 16);
+assert_size!(ChannelKey<[u8; 16]>, 40);
 
 /// Where a channel's data goes: from the allocation's (relayed) address to the peer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ToPeer {
-    pub peer: [u8; 4],
-    pub relay: [u8; 4],
+pub struct ToPeer<A = [u8; 4]> {
+    pub peer: A,
+    pub relay: A,
     pub peer_port: u16,
     pub relay_port: u16,
     /// Counter slot of the binding (see [`counter_index`]).
     pub slot: u32,
 }
 assert_size!(ToPeer, 16);
+assert_size!(ToPeer<[u8; 16]>, 40);
 
 /// A peer's datagram to an allocation: (peer, allocation address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    pub peer: [u8; 4],
-    pub relay: [u8; 4],
+pub struct PeerKey<A = [u8; 4]> {
+    pub peer: A,
+    pub relay: A,
     pub peer_port: u16,
     pub relay_port: u16,
 }
 assert_size!(PeerKey, 12);
+assert_size!(PeerKey<[u8; 16]>, 36);
 
 /// Where it goes: to the client, from the listening address, as ChannelData on `channel`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ToClient {
-    pub client: [u8; 4],
-    pub listen: [u8; 4],
+pub struct ToClient<A = [u8; 4]> {
+    pub client: A,
+    pub listen: A,
     pub client_port: u16,
     pub listen_port: u16,
     pub channel: u16,
@@ -56,8 +94,18 @@ pub struct ToClient {
     pub slot: u32,
 }
 assert_size!(ToClient, 20);
+assert_size!(ToClient<[u8; 16]>, 44);
 
-user_pod!(ChannelKey, ToPeer, PeerKey, ToClient);
+user_pod!(
+    ChannelKey,
+    ToPeer,
+    PeerKey,
+    ToClient,
+    ChannelKey<[u8; 16]>,
+    ToPeer<[u8; 16]>,
+    PeerKey<[u8; 16]>,
+    ToClient<[u8; 16]>,
+);
 
 /// Bindings whose traffic the kernel counts (per direction): quotas and statistics keep working
 /// while the kernel forwards.
@@ -101,37 +149,97 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
 /// Whether a UDP checksum field holds only the pseudo-header sum (not complemented): what a
 /// local sender leaves for checksum offload. A full checksum equals it once in 65,536 frames;
 /// those go to userspace too, which is correct either way.
-pub fn partial_checksum(check: u16, src: [u8; 4], dst: [u8; 4], ulen: u16) -> bool {
-    let [s0, s1] = addr_words(src);
-    let [d0, d1] = addr_words(dst);
-    let sum = s0 as u32 + s1 as u32 + d0 as u32 + d1 as u32 + 17 + ulen as u32;
-    check != 0 && check == crate::checksum::fold(sum)
+#[inline(always)]
+pub fn partial_checksum<A: TurnAddr>(check: u16, src: &A, dst: &A, ulen: u16) -> bool {
+    let mut addrs = 0u32;
+    let mut i = 0;
+    while i < A::WORDS {
+        addrs += src.word(i) as u32 + dst.word(i) as u32;
+        i += 1;
+    }
+    begun_checksum(check, addrs, ulen)
 }
 
-/// A UDP checksum after the covered 16-bit words `removed` went and `added` came (RFC 1624,
-/// equation 3, term by term; a word removed outright counts as replaced by zero). A zero
-/// checksum ("none", IPv4) stays zero.
+/// As [`partial_checksum`], from the sum of the addresses' words.
+#[inline(always)]
+pub fn begun_checksum(check: u16, addrs: u32, ulen: u16) -> bool {
+    check != 0 && check == crate::checksum::fold(17 + ulen as u32 + addrs)
+}
+
+/// A UDP checksum updated word by word (RFC 1624, equation 3, term by term; a word removed
+/// outright counts as replaced by zero). A zero checksum ("none", IPv4) stays zero.
+#[derive(Clone, Copy)]
+pub struct ChecksumUpdate {
+    before: u16,
+    sum: u32,
+}
+
+impl ChecksumUpdate {
+    #[inline(always)]
+    pub fn new(check: u16) -> Self {
+        ChecksumUpdate {
+            before: check,
+            sum: (!check) as u32,
+        }
+    }
+
+    #[inline(always)]
+    pub fn remove(&mut self, word: u16) {
+        self.sum += (!word) as u32;
+    }
+
+    #[inline(always)]
+    pub fn add(&mut self, word: u16) {
+        self.sum += word as u32;
+    }
+
+    #[inline(always)]
+    pub fn remove_addr<A: TurnAddr>(&mut self, a: &A) {
+        let mut i = 0;
+        while i < A::WORDS {
+            self.remove(a.word(i));
+            i += 1;
+        }
+    }
+
+    /// Removes `count` words known only by their sum (`sum` ≤ count × 0xffff): each word
+    /// removed adds its complement, 0xffff − word.
+    #[inline(always)]
+    pub fn remove_sum(&mut self, sum: u32, count: u32) {
+        self.sum += count * 0xffff - sum;
+    }
+
+    #[inline(always)]
+    pub fn add_addr<A: TurnAddr>(&mut self, a: &A) {
+        let mut i = 0;
+        while i < A::WORDS {
+            self.add(a.word(i));
+            i += 1;
+        }
+    }
+
+    /// The new checksum field. (At most a few dozen words go through one update, far from
+    /// what would overflow the 32-bit sum.)
+    #[inline(always)]
+    pub fn finish(self) -> u16 {
+        crate::checksum::udp_field(self.before, !crate::checksum::fold(self.sum))
+    }
+}
+
+/// A UDP checksum after the covered 16-bit words `removed` went and `added` came.
 pub fn udp_checksum_update(check: u16, removed: &[u16], added: &[u16]) -> u16 {
-    let mut sum: u32 = (!check) as u32;
+    let mut u = ChecksumUpdate::new(check);
     let mut i = 0;
     while i < removed.len() {
-        sum += (!removed[i]) as u32;
+        u.remove(removed[i]);
         i += 1;
     }
     let mut i = 0;
     while i < added.len() {
-        sum += added[i] as u32;
+        u.add(added[i]);
         i += 1;
     }
-    crate::checksum::udp_field(check, !crate::checksum::fold(sum))
-}
-
-/// The 16-bit words of an IPv4 address.
-pub const fn addr_words(a: [u8; 4]) -> [u16; 2] {
-    [
-        u16::from_be_bytes([a[0], a[1]]),
-        u16::from_be_bytes([a[2], a[3]]),
-    ]
+    u.finish()
 }
 
 /// The words a trailing byte run contributes, for `bytes` that start at `offset` from the UDP
@@ -154,6 +262,14 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use super::*;
+
+    /// The 16-bit words of an IPv4 address.
+    const fn addr_words(a: [u8; 4]) -> [u16; 2] {
+        [
+            u16::from_be_bytes([a[0], a[1]]),
+            u16::from_be_bytes([a[2], a[3]]),
+        ]
+    }
 
     /// The UDP checksum computed in full, the way a receiver checks it (independent of the
     /// update above).
@@ -248,5 +364,119 @@ mod tests {
             0,
             "no checksum stays none"
         );
+    }
+
+    /// The UDP checksum over IPv6 computed in full (RFC 8200 section 8.1's pseudo-header:
+    /// addresses, 32-bit length, three zero bytes, next header).
+    fn full6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> u16 {
+        let len = (8 + payload.len()) as u32;
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&src);
+        bytes.extend_from_slice(&dst);
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 17]);
+        bytes.extend_from_slice(&sport.to_be_bytes());
+        bytes.extend_from_slice(&dport.to_be_bytes());
+        bytes.extend_from_slice(&(len as u16).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(payload);
+        if bytes.len() % 2 == 1 {
+            bytes.push(0);
+        }
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+            .sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let c = !(sum as u16);
+        if c == 0 { 0xffff } else { c }
+    }
+
+    fn v6(last: u16) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0xfd, 0x00, 0x00, 0x31]);
+        a[8..10].copy_from_slice(&[0xab, 0xcd]);
+        a[14..].copy_from_slice(&last.to_be_bytes());
+        a
+    }
+
+    /// The same rewrites over IPv6, through the word-by-word update the IPv6 path uses.
+    #[test]
+    fn ipv6_channel_data_to_udp_and_back_keeps_checksums_right() {
+        let (client, listen, relay, peer) = (v6(0xc2), v6(0xc1), v6(0xf001), v6(0xffff));
+        for (len, pad) in [(0usize, 0usize), (1, 3), (64, 0), (1199, 1), (1200, 0)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 29 + 3) as u8).collect();
+            let channel = 0x7ffeu16;
+            let mut cd = channel.to_be_bytes().to_vec();
+            cd.extend_from_slice(&(len as u16).to_be_bytes());
+            cd.extend_from_slice(&data);
+            cd.extend((0..pad).map(|i| 0x51 + i as u8));
+            let (old_len, new_len) = ((8 + cd.len()) as u16, (8 + len) as u16);
+            let mut u = ChecksumUpdate::new(full6(client, listen, 40000, 3478, &cd));
+            for w in [channel, len as u16, old_len, old_len, 40000, 3478] {
+                u.remove(w);
+            }
+            let mut by_sum = u;
+            u.remove_addr(&client);
+            u.remove_addr(&listen);
+            let sum: u32 = client
+                .chunks(2)
+                .chain(listen.chunks(2))
+                .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+                .sum();
+            by_sum.remove_sum(sum, 16);
+            assert_eq!(by_sum.finish(), u.finish(), "removed by sum, len {len}");
+            let mut tail = [0u16; 3];
+            let n = trailing_words(12 + len, &cd[4 + len..], &mut tail);
+            for w in &tail[..n] {
+                u.remove(*w);
+            }
+            for w in [new_len, new_len, 50001, 5000] {
+                u.add(w);
+            }
+            u.add_addr(&relay);
+            u.add_addr(&peer);
+            assert_eq!(
+                u.finish(),
+                full6(relay, peer, 50001, 5000, &data),
+                "len {len} pad {pad}"
+            );
+
+            let mut u = ChecksumUpdate::new(full6(peer, relay, 5000, 50001, &data));
+            for w in [new_len, new_len, 5000, 50001] {
+                u.remove(w);
+            }
+            u.remove_addr(&peer);
+            u.remove_addr(&relay);
+            let wrapped_len = (8 + 4 + len) as u16;
+            for w in [channel, len as u16, wrapped_len, wrapped_len, 3478, 40000] {
+                u.add(w);
+            }
+            u.add_addr(&listen);
+            u.add_addr(&client);
+            let mut unpadded = channel.to_be_bytes().to_vec();
+            unpadded.extend_from_slice(&(len as u16).to_be_bytes());
+            unpadded.extend_from_slice(&data);
+            assert_eq!(
+                u.finish(),
+                full6(listen, client, 3478, 40000, &unpadded),
+                "back, len {len}"
+            );
+        }
+        // A begun checksum (the pseudo-header sum) is recognised over IPv6 too.
+        let ulen = 8 + 20u16;
+        let mut sum = 17 + ulen as u32;
+        for a in [client, listen] {
+            for w in a.chunks(2) {
+                sum += u16::from_be_bytes([w[0], w[1]]) as u32;
+            }
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert!(partial_checksum(sum as u16, &client, &listen, ulen));
+        assert!(!partial_checksum(!(sum as u16), &client, &listen, ulen));
     }
 }

@@ -137,6 +137,18 @@ pub static TURN_CHANNELS: HashMap<gateway_common::turn::ChannelKey, gateway_comm
 pub static TURN_PEERS: HashMap<gateway_common::turn::PeerKey, gateway_common::turn::ToClient> =
     HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
+#[map(name = "TURN_CHANNELS6_V1")]
+pub static TURN_CHANNELS6: HashMap<
+    gateway_common::turn::ChannelKey<[u8; 16]>,
+    gateway_common::turn::ToPeer<[u8; 16]>,
+> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+
+#[map(name = "TURN_PEERS6_V1")]
+pub static TURN_PEERS6: HashMap<
+    gateway_common::turn::PeerKey<[u8; 16]>,
+    gateway_common::turn::ToClient<[u8; 16]>,
+> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+
 #[map(name = "TURN_STATS_V1")]
 pub static TURN_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(2 * gateway_common::turn::BINDING_SLOTS, 0);

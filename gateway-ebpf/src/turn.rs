@@ -1,11 +1,12 @@
 //! The TURN relay's fast path (gateway_common::turn): ChannelData from a client on a bound
 //! channel leaves as UDP from the allocation's address to the peer; a bound peer's UDP to an
-//! allocation leaves as ChannelData to the client. The route comes from the kernel's FIB. What
-//! is not exactly that (all STUN, indications, unbound channels, IP options, fragments, IPv6)
-//! goes to the relay's userspace unchanged.
+//! allocation leaves as ChannelData to the client. IPv4 and IPv6 alike (one pair of maps per
+//! family); the route comes from the kernel's FIB. What is not exactly that (all STUN,
+//! indications, unbound channels, IP options, IPv6 extension headers, fragments) goes to the
+//! relay's userspace unchanged.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action, xdp_md},
     helpers::generated::{
         bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
@@ -15,25 +16,32 @@ use gateway_common::{
     forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
     stats::Counter,
     turn::{
-        ChannelKey, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, addr_words, counter_index,
-        reason, udp_checksum_update,
+        ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient,
+        ToPeer, TurnAddr, begun_checksum, counter_index, reason, trailing_words,
     },
 };
 
 use crate::maps;
 
 const ETH: usize = 14;
-/// Ethernet, IPv4 without options, UDP.
-const HEADERS: usize = 42;
+const UDP: usize = 8;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// The relay originates the datagrams it forwards, as its sockets would (TTL / hop limit 64).
+const HOPS: u8 = 64;
 
-/// The fields of the frame's headers this path needs.
-struct Udp4 {
+/// The fields of the frame's headers this path needs. The addresses only as the sum of their
+/// words (all the checksum update needs): an IPv6 pair kept whole would not fit the stack.
+struct Udp {
+    /// Type of service (IPv4) or traffic class (IPv6), kept.
     tos: u8,
+    /// IPv4's identification and flags (don't-fragment kept); zero for IPv6.
     id: u16,
     frag: u16,
-    src: [u8; 4],
-    dst: [u8; 4],
+    /// The source and destination addresses' 16-bit words, summed.
+    addrs: u32,
     sport: u16,
     dport: u16,
     /// The UDP length field.
@@ -48,160 +56,303 @@ fn be16(p: usize) -> u16 {
 }
 
 #[inline(always)]
-fn addr(p: usize) -> [u8; 4] {
-    // SAFETY: callers checked that [p, p + 4) is inside the packet.
-    unsafe { core::ptr::read_unaligned(p as *const [u8; 4]) }
+fn read<const N: usize>(p: usize) -> [u8; N] {
+    // SAFETY: callers checked that [p, p + N) is inside the packet.
+    unsafe { core::ptr::read_unaligned(p as *const [u8; N]) }
 }
 
-/// The headers of an Ethernet/IPv4/UDP frame that is neither fragmented nor has IP options.
+/// The sum of the `n` big-endian 16-bit words of two `n`-byte addresses back to back at `p`.
 #[inline(always)]
-fn headers(ctx: &XdpContext) -> Option<Udp4> {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + HEADERS > end {
-        return None;
+fn word_sum(p: usize, n: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < n {
+        sum += be16(p + 2 * i) as u32;
+        i += 1;
     }
-    let ip = data + ETH;
-    // SAFETY: inside the checked range.
-    let (ethertype, ver_ihl, proto) = unsafe {
-        (
-            be16(data + 12),
-            *(ip as *const u8),
-            *((ip + 9) as *const u8),
-        )
-    };
-    if ethertype != 0x0800 || ver_ihl != 0x45 || proto != 17 {
-        return None;
-    }
-    let frag = be16(ip + 6);
-    if frag & 0x3fff != 0 {
-        return None;
-    }
-    let udp = ip + 20;
-    let u = Udp4 {
-        // SAFETY: inside the checked range.
-        tos: unsafe { *((ip + 1) as *const u8) },
-        id: be16(ip + 4),
-        frag,
-        src: addr(ip + 12),
-        dst: addr(ip + 16),
-        sport: be16(udp),
-        dport: be16(udp + 2),
-        ulen: be16(udp + 4),
-        check: be16(udp + 6),
-    };
-    // The datagram must be whole in the frame (Ethernet padding may follow it).
-    if (u.ulen as usize) < 8
-        || be16(ip + 2) as usize != 20 + u.ulen as usize
-        || data + ETH + 20 + u.ulen as usize > end
-    {
-        return None;
-    }
-    Some(u)
+    sum
 }
 
-/// The new frame's Ethernet, IPv4 and UDP headers.
 #[inline(always)]
-fn build(
-    out: &mut [u8; HEADERS],
-    fib: &FibRoute,
-    u: &Udp4,
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    ulen: u16,
-    check: u16,
-) {
-    out[0..6].copy_from_slice(&fib.dmac);
-    out[6..12].copy_from_slice(&fib.smac);
-    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let tot = 20 + ulen;
-    out[14] = 0x45;
-    out[15] = u.tos;
-    out[16..18].copy_from_slice(&tot.to_be_bytes());
-    out[18..20].copy_from_slice(&u.id.to_be_bytes());
-    out[20..22].copy_from_slice(&u.frag.to_be_bytes());
-    out[22] = 64;
-    out[23] = 17;
-    out[24] = 0;
-    out[25] = 0;
-    out[26..30].copy_from_slice(&src);
-    out[30..34].copy_from_slice(&dst);
-    let mut sum: u32 = 0;
-    let mut i = 14;
-    while i < 34 {
-        sum += u16::from_be_bytes([out[i], out[i + 1]]) as u32;
-        i += 2;
-    }
-    let ip_check = !gateway_common::checksum::fold(sum);
-    out[24..26].copy_from_slice(&ip_check.to_be_bytes());
-    out[34..36].copy_from_slice(&sport.to_be_bytes());
-    out[36..38].copy_from_slice(&dport.to_be_bytes());
-    out[38..40].copy_from_slice(&ulen.to_be_bytes());
-    out[40..42].copy_from_slice(&check.to_be_bytes());
+fn byte(p: usize) -> u8 {
+    // SAFETY: callers checked that p is inside the packet.
+    unsafe { *(p as *const u8) }
 }
 
-/// The route to `dst` from `src` (egress interface and MAC addresses): from this CPU's route
-/// cache while it is fresh (a second, as the gateway's own XDP forwarding keeps it) and the
-/// packet is no longer than one the FIB accepted on it (so the MTU check stays the kernel's),
-/// else from the kernel's FIB. The cache is the forwarding path's map; the source's address in
-/// the key's otherwise unused bytes keeps source-specific routes apart.
-#[inline(always)]
-fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Option<FibRoute> {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let mut key_dst = [0u8; 16];
-    key_dst[..4].copy_from_slice(&dst);
-    key_dst[4..8].copy_from_slice(&src);
-    let key = FibKey {
-        ifindex,
-        family: AF_INET as u32,
-        dst: key_dst,
-    };
-    let now = crate::conntrack::now_ns();
-    let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst));
-    if let Some(slot) = slot {
-        // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
-        let slot = unsafe { &*slot };
-        if slot.key == key && now < slot.route.expires_ns && tot_len <= slot.route.max_len {
-            return Some(slot.route);
+/// What differs between the families: the IP header, the route lookup, the maps.
+trait Family {
+    type A: TurnAddr + 'static;
+    /// The IP header's length (IPv4 without options, IPv6 without extension headers).
+    const IP: usize;
+    /// The headers of a frame of this family that carries one whole, unfragmented UDP datagram.
+    fn headers(ctx: &XdpContext) -> Option<Udp>;
+    /// The frame's (source, destination) addresses, once [`Family::headers`] accepted it.
+    fn addresses(ctx: &XdpContext) -> Option<(Self::A, Self::A)>;
+    /// Writes the IP header of a datagram of UDP length `ulen` after the Ethernet header.
+    fn write_ip(ctx: &XdpContext, u: &Udp, src: &Self::A, dst: &Self::A, ulen: u16) -> bool;
+    /// The route to `dst` from `src` for a packet of IP length `len`.
+    fn route(ctx: &XdpContext, src: &Self::A, dst: &Self::A, len: u16) -> Option<FibRoute>;
+    /// The binding's entries, in place in the map (userspace replaces an entry whole).
+    fn channel(key: &ChannelKey<Self::A>) -> Option<&'static ToPeer<Self::A>>;
+    fn peer(key: &PeerKey<Self::A>) -> Option<&'static ToClient<Self::A>>;
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type A = [u8; 4];
+    const IP: usize = 20;
+
+    #[inline(always)]
+    fn headers(ctx: &XdpContext) -> Option<Udp> {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        if data + ETH + Self::IP + UDP > end {
+            return None;
         }
+        let ip = data + ETH;
+        if byte(ip) != 0x45 || byte(ip + 9) != 17 {
+            return None;
+        }
+        let frag = be16(ip + 6);
+        if frag & 0x3fff != 0 {
+            return None;
+        }
+        let udp = ip + Self::IP;
+        let u = Udp {
+            tos: byte(ip + 1),
+            id: be16(ip + 4),
+            frag,
+            addrs: word_sum(ip + 12, 4),
+            sport: be16(udp),
+            dport: be16(udp + 2),
+            ulen: be16(udp + 4),
+            check: be16(udp + 6),
+        };
+        // The datagram must be whole in the frame (Ethernet padding may follow it).
+        if (u.ulen as usize) < UDP
+            || be16(ip + 2) as usize != Self::IP + u.ulen as usize
+            || udp + u.ulen as usize > end
+        {
+            return None;
+        }
+        Some(u)
     }
-    let fib = lookup(ctx, src, dst, tot_len)?;
-    let route = FibRoute {
+
+    #[inline(always)]
+    fn addresses(ctx: &XdpContext) -> Option<([u8; 4], [u8; 4])> {
+        let ip = ctx.data() + ETH;
+        (ip + Self::IP <= ctx.data_end()).then(|| (read(ip + 12), read(ip + 16)))
+    }
+
+    #[inline(always)]
+    fn write_ip(ctx: &XdpContext, u: &Udp, src: &[u8; 4], dst: &[u8; 4], ulen: u16) -> bool {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[1] = u.tos;
+        h[2..4].copy_from_slice(&(20 + ulen).to_be_bytes());
+        h[4..6].copy_from_slice(&u.id.to_be_bytes());
+        h[6..8].copy_from_slice(&u.frag.to_be_bytes());
+        h[8] = HOPS;
+        h[9] = 17;
+        h[12..16].copy_from_slice(src);
+        h[16..20].copy_from_slice(dst);
+        let mut sum: u32 = 0;
+        let mut i = 0;
+        while i < 20 {
+            sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+            i += 2;
+        }
+        h[10..12].copy_from_slice(&(!gateway_common::checksum::fold(sum)).to_be_bytes());
+        write_front(ctx, ETH, &h)
+    }
+
+    /// From this CPU's route cache while it is fresh (a second, as the gateway's own XDP
+    /// forwarding keeps it) and the packet is no longer than one the FIB accepted on it (so
+    /// the MTU check stays the kernel's), else from the kernel's FIB. The cache is the
+    /// forwarding path's map; the source's address in the key's otherwise unused bytes keeps
+    /// source-specific routes apart.
+    #[inline(always)]
+    fn route(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4], len: u16) -> Option<FibRoute> {
+        let ifindex = ctx.ingress_ifindex() as u32;
+        let mut key_dst = [0u8; 16];
+        key_dst[..4].copy_from_slice(dst);
+        key_dst[4..8].copy_from_slice(src);
+        let key = FibKey {
+            ifindex,
+            family: AF_INET as u32,
+            dst: key_dst,
+        };
+        let now = crate::conntrack::now_ns();
+        let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst));
+        if let Some(slot) = slot {
+            // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+            let slot = unsafe { &*slot };
+            if slot.key == key && now < slot.route.expires_ns && len <= slot.route.max_len {
+                return Some(slot.route);
+            }
+        }
+        let mut fib = fib_params(ctx, AF_INET, len);
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*src);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
+        let route = lookup(ctx, &mut fib, now, len)?;
+        if let Some(slot) = slot {
+            // SAFETY: as above.
+            let slot = unsafe { &mut *slot };
+            slot.key = key;
+            slot.route = route;
+        }
+        Some(route)
+    }
+
+    #[inline(always)]
+    fn channel(key: &ChannelKey<[u8; 4]>) -> Option<&'static ToPeer<[u8; 4]>> {
+        // SAFETY: read-only; the map's elements live while the program runs.
+        unsafe { maps::TURN_CHANNELS.get(key) }
+    }
+
+    #[inline(always)]
+    fn peer(key: &PeerKey<[u8; 4]>) -> Option<&'static ToClient<[u8; 4]>> {
+        // SAFETY: read-only; the map's elements live while the program runs.
+        unsafe { maps::TURN_PEERS.get(key) }
+    }
+}
+
+impl Family for V6 {
+    type A = [u8; 16];
+    const IP: usize = 40;
+
+    #[inline(always)]
+    fn headers(ctx: &XdpContext) -> Option<Udp> {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        if data + ETH + Self::IP + UDP > end {
+            return None;
+        }
+        let ip = data + ETH;
+        let (b0, b1) = (byte(ip), byte(ip + 1));
+        // UDP right after the fixed header: an extension header (a fragment header included)
+        // sends the frame to userspace.
+        if b0 >> 4 != 6 || byte(ip + 6) != 17 {
+            return None;
+        }
+        let udp = ip + Self::IP;
+        let u = Udp {
+            tos: (b0 << 4) | (b1 >> 4),
+            id: 0,
+            frag: 0,
+            addrs: word_sum(ip + 8, 16),
+            sport: be16(udp),
+            dport: be16(udp + 2),
+            ulen: be16(udp + 4),
+            check: be16(udp + 6),
+        };
+        // A zero checksum is not allowed over IPv6 (RFC 8200): the kernel drops it, not us.
+        if (u.ulen as usize) < UDP
+            || u.check == 0
+            || be16(ip + 4) != u.ulen
+            || udp + u.ulen as usize > end
+        {
+            return None;
+        }
+        Some(u)
+    }
+
+    #[inline(always)]
+    fn addresses(ctx: &XdpContext) -> Option<([u8; 16], [u8; 16])> {
+        let ip = ctx.data() + ETH;
+        (ip + Self::IP <= ctx.data_end()).then(|| (read(ip + 8), read(ip + 24)))
+    }
+
+    #[inline(always)]
+    fn write_ip(ctx: &XdpContext, u: &Udp, src: &[u8; 16], dst: &[u8; 16], ulen: u16) -> bool {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        let ip = data + ETH;
+        if ip + Self::IP > end {
+            return false;
+        }
+        // Version, traffic class kept, flow label none (a new datagram of the relay's).
+        let head: [u8; 8] = [
+            0x60 | (u.tos >> 4),
+            u.tos << 4,
+            0,
+            0,
+            (ulen >> 8) as u8,
+            ulen as u8,
+            17,
+            HOPS,
+        ];
+        // SAFETY: [ip, ip + 40) is inside the packet, checked above. Written in place: a
+        // 40-byte header on the stack would not fit beside the IPv6 keys.
+        unsafe {
+            core::ptr::write_unaligned(ip as *mut [u8; 8], head);
+            core::ptr::write_unaligned((ip + 8) as *mut [u8; 16], *src);
+            core::ptr::write_unaligned((ip + 24) as *mut [u8; 16], *dst);
+        }
+        true
+    }
+
+    /// From the kernel's FIB for every packet: the per-CPU cache's key has no room for an IPv6
+    /// source, and source-specific routes must not be confused.
+    #[inline(always)]
+    fn route(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], len: u16) -> Option<FibRoute> {
+        let mut fib = fib_params(ctx, AF_INET6, len);
+        fib.__bindgen_anon_3.ipv6_src = words32(src);
+        fib.__bindgen_anon_4.ipv6_dst = words32(dst);
+        lookup(ctx, &mut fib, 0, len)
+    }
+
+    #[inline(always)]
+    fn channel(key: &ChannelKey<[u8; 16]>) -> Option<&'static ToPeer<[u8; 16]>> {
+        // SAFETY: read-only; the map's elements live while the program runs.
+        unsafe { maps::TURN_CHANNELS6.get(key) }
+    }
+
+    #[inline(always)]
+    fn peer(key: &PeerKey<[u8; 16]>) -> Option<&'static ToClient<[u8; 16]>> {
+        // SAFETY: read-only; the map's elements live while the program runs.
+        unsafe { maps::TURN_PEERS6.get(key) }
+    }
+}
+
+#[inline(always)]
+fn words32(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// An input lookup's parameters for a UDP packet of IP length `len` on the arrival interface.
+#[inline(always)]
+fn fib_params(ctx: &XdpContext, family: u8, len: u16) -> FibParams {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = family;
+    fib.l4_protocol = 17;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = len;
+    fib
+}
+
+/// The kernel's FIB (and neighbour table). An input lookup from the interface the frame
+/// arrived on: the kernel answers it only where that interface forwards
+/// (net.ipv{4,6}.conf.<if>.forwarding). An output lookup would need the egress interface,
+/// which is what is being looked up.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, fib: &mut FibParams, now: u64, len: u16) -> Option<FibRoute> {
+    // SAFETY: plain helper call with a properly sized parameter block.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, size_of::<FibParams>() as i32, 0) };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(FibRoute {
         expires_ns: now + FIB_CACHE_NS,
         egress: fib.ifindex,
-        max_len: tot_len,
+        max_len: len,
         _pad: 0,
         dmac: fib.dmac,
         smac: fib.smac,
         port: 0,
-    };
-    if let Some(slot) = slot {
-        // SAFETY: as above.
-        let slot = unsafe { &mut *slot };
-        slot.key = key;
-        slot.route = route;
-    }
-    Some(route)
-}
-
-/// The kernel's FIB (and neighbour table) for `dst` from `src`.
-#[inline(always)]
-fn lookup(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Option<FibParams> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = 17;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = tot_len;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // An input lookup from the interface the frame arrived on: the kernel answers it only where
-    // that interface forwards (net.ipv4.conf.<if>.forwarding). An output lookup would need the
-    // egress interface, which is what is being looked up.
-    // SAFETY: plain helper call with a properly sized parameter block.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(fib)
+    })
 }
 
 /// Sends the rewritten frame out of the route's interface.
@@ -214,7 +365,7 @@ fn send(ctx: &XdpContext, route: &FibRoute) -> u32 {
     unsafe { bpf_redirect(route.egress, 0) as u32 }
 }
 
-/// Writes `bytes` at the start of the frame.
+/// Writes `bytes` at `at` from the start of the frame.
 #[inline(always)]
 fn write_front<const N: usize>(ctx: &XdpContext, at: usize, bytes: &[u8; N]) -> bool {
     let (data, end) = (ctx.data(), ctx.data_end());
@@ -224,6 +375,27 @@ fn write_front<const N: usize>(ctx: &XdpContext, at: usize, bytes: &[u8; N]) -> 
     // SAFETY: [data + at, data + at + N) is inside the packet, checked above.
     unsafe { core::ptr::write_unaligned((data + at) as *mut [u8; N], *bytes) };
     true
+}
+
+/// Writes the Ethernet header toward the route's next hop.
+#[inline(always)]
+fn write_eth(ctx: &XdpContext, fib: &FibRoute, ethertype: u16) -> bool {
+    let mut h = [0u8; ETH];
+    h[0..6].copy_from_slice(&fib.dmac);
+    h[6..12].copy_from_slice(&fib.smac);
+    h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    write_front(ctx, 0, &h)
+}
+
+/// Writes the UDP header at `at`.
+#[inline(always)]
+fn write_udp(ctx: &XdpContext, at: usize, sport: u16, dport: u16, ulen: u16, check: u16) -> bool {
+    let mut h = [0u8; UDP];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..6].copy_from_slice(&ulen.to_be_bytes());
+    h[6..8].copy_from_slice(&check.to_be_bytes());
+    write_front(ctx, at, &h)
 }
 
 /// Sets the frame's length to `len` (dropping Ethernet padding or ChannelData padding).
@@ -248,43 +420,67 @@ fn count(slot: u32, direction: u32, bytes: u64) {
 /// The program's verdict and its reason.
 #[inline(always)]
 pub fn relay(ctx: &XdpContext) -> (u32, u32) {
-    let Some(u) = headers(ctx) else {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH > end {
+        return (xdp_action::XDP_PASS, reason::PASS_OTHER);
+    }
+    // One BPF-to-BPF call per family: each gets its own stack frame (inlined together, the
+    // two would not fit the 512-byte stack).
+    let packed = match be16(data + 12) {
+        ETH_P_IP => relay_family::<V4>(ctx.ctx, ETH_P_IP),
+        ETH_P_IPV6 => relay_family::<V6>(ctx.ctx, ETH_P_IPV6),
+        _ => return (xdp_action::XDP_PASS, reason::PASS_OTHER),
+    };
+    ((packed >> 32) as u32, packed as u32)
+}
+
+/// The verdict and reason of a frame of family `F`, packed into one register (verdict high).
+#[inline(never)]
+fn relay_family<F: Family>(raw: *mut xdp_md, ethertype: u16) -> u64 {
+    let ctx = XdpContext::new(raw);
+    let (action, why) = judge_family::<F>(&ctx, ethertype);
+    ((action as u64) << 32) | why as u64
+}
+
+#[inline(always)]
+fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16) -> (u32, u32) {
+    let Some(u) = F::headers(ctx) else {
         return (xdp_action::XDP_PASS, reason::PASS_OTHER);
     };
-    let (data, end) = (ctx.data(), ctx.data_end());
+    let end = ctx.data_end();
     // (Checked before any map lookup would be wasted, but only frames of bindings count it.)
-    let partial = gateway_common::turn::partial_checksum(u.check, u.src, u.dst, u.ulen);
-    let payload = data + HEADERS;
-    // SAFETY: read only when the 4 bytes after the headers are inside the packet.
-    if payload + 4 <= end && (0x40..=0x7f).contains(&unsafe { *(payload as *const u8) }) {
+    let partial = begun_checksum(u.check, u.addrs, u.ulen);
+    let Some((src, dst)) = F::addresses(ctx) else {
+        return (xdp_action::XDP_PASS, reason::PASS_OTHER);
+    };
+    let payload = ctx.data() + ETH + F::IP + UDP;
+    if payload + 4 <= end && (0x40..=0x7f).contains(&byte(payload)) {
         let channel = be16(payload);
         let clen = be16(payload + 2);
         let key = ChannelKey {
-            client: u.src,
-            listen: u.dst,
+            client: src,
+            listen: dst,
             client_port: u.sport,
             listen_port: u.dport,
             channel,
             _pad: 0,
         };
-        // SAFETY: copied out at once.
-        if let Some(to) = unsafe { maps::TURN_CHANNELS.get(&key) }.copied() {
+        if let Some(to) = F::channel(&key) {
             if partial {
                 return (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM);
             }
-            return to_peer(ctx, &u, channel, clen, to);
+            return to_peer::<F>(ctx, ethertype, &u, channel, clen, to);
         }
     }
     let key = PeerKey {
-        peer: u.src,
-        relay: u.dst,
+        peer: src,
+        relay: dst,
         peer_port: u.sport,
         relay_port: u.dport,
     };
-    // SAFETY: copied out at once.
-    match unsafe { maps::TURN_PEERS.get(&key) }.copied() {
+    match F::peer(&key) {
         Some(_) if partial => (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM),
-        Some(to) => to_client(ctx, &u, to),
+        Some(to) => to_client::<F>(ctx, ethertype, &u, to),
         None => (xdp_action::XDP_PASS, reason::PASS_OTHER),
     }
 }
@@ -292,12 +488,13 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
 /// ChannelData → UDP: the 4-byte header and any padding go, the addresses and ports become the
 /// allocation's and the peer's.
 #[inline(always)]
-fn to_peer(
+fn to_peer<F: Family>(
     ctx: &XdpContext,
-    u: &Udp4,
+    ethertype: u16,
+    u: &Udp,
     channel: u16,
     clen: u16,
-    to: gateway_common::turn::ToPeer,
+    to: &ToPeer<F::A>,
 ) -> (u32, u32) {
     let ulen = u.ulen as usize;
     if 12 + clen as usize > ulen || ulen - 12 - clen as usize > 3 {
@@ -305,15 +502,20 @@ fn to_peer(
     }
     let pad = ulen - 12 - clen as usize;
     let new_ulen = 8 + clen;
-    let Some(fib) = route(ctx, to.relay, to.peer, 20 + new_ulen) else {
+    let Some(fib) = F::route(ctx, &to.relay, &to.peer, F::IP as u16 + new_ulen) else {
         return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE);
     };
+    let mut check = ChecksumUpdate::new(u.check);
+    for w in [channel, clen, u.ulen, u.ulen, u.sport, u.dport] {
+        check.remove(w);
+    }
+    check.remove_sum(u.addrs, 2 * F::A::WORDS as u32);
     // The padding's bytes leave the checksum with it.
     let mut pad_bytes = [0u8; 3];
     let mut i = 0;
     while i < 3 {
         if i < pad {
-            let at = (HEADERS + 4 + clen as usize + i) as u32;
+            let at = (ETH + F::IP + UDP + 4 + clen as usize + i) as u32;
             // SAFETY: helper call with a 1-byte local.
             if unsafe { bpf_xdp_load_bytes(ctx.ctx, at, (&mut pad_bytes[i] as *mut u8).cast(), 1) }
                 != 0
@@ -324,41 +526,31 @@ fn to_peer(
         i += 1;
     }
     let mut tail = [0u16; 3];
-    let n = gateway_common::turn::trailing_words(12 + clen as usize, &pad_bytes[..pad], &mut tail);
-    let [s0, s1] = addr_words(u.src);
-    let [d0, d1] = addr_words(u.dst);
-    let removed = [
-        channel, clen, u.ulen, u.ulen, u.sport, u.dport, s0, s1, d0, d1, tail[0], tail[1], tail[2],
-    ];
-    let [r0, r1] = addr_words(to.relay);
-    let [p0, p1] = addr_words(to.peer);
-    let added = [
-        new_ulen,
-        new_ulen,
-        to.relay_port,
-        to.peer_port,
-        r0,
-        r1,
-        p0,
-        p1,
-    ];
-    let check = udp_checksum_update(u.check, &removed[..10 + n], &added);
-    let mut h = [0u8; HEADERS];
-    build(
-        &mut h,
-        &fib,
-        u,
-        to.relay,
-        to.peer,
-        to.relay_port,
-        to.peer_port,
-        new_ulen,
-        check,
-    );
+    let n = trailing_words(12 + clen as usize, &pad_bytes[..pad], &mut tail);
+    let mut i = 0;
+    while i < n && i < 3 {
+        check.remove(tail[i]);
+        i += 1;
+    }
+    for w in [new_ulen, new_ulen, to.relay_port, to.peer_port] {
+        check.add(w);
+    }
+    check.add_addr(&to.relay);
+    check.add_addr(&to.peer);
+    let check = check.finish();
     // SAFETY: plain helper call on this program's frame: 4 bytes fewer at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0
-        || !write_front(ctx, 0, &h)
-        || !set_len(ctx, HEADERS + clen as usize)
+        || !write_eth(ctx, &fib, ethertype)
+        || !F::write_ip(ctx, u, &to.relay, &to.peer, new_ulen)
+        || !write_udp(
+            ctx,
+            ETH + F::IP,
+            to.relay_port,
+            to.peer_port,
+            new_ulen,
+            check,
+        )
+        || !set_len(ctx, ETH + F::IP + UDP + clen as usize)
     {
         return (xdp_action::XDP_DROP, reason::DROP_REWRITE);
     }
@@ -369,50 +561,52 @@ fn to_peer(
 /// UDP → ChannelData: 4 bytes in front of the data, addresses and ports the listening
 /// address's and the client's.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, u: &Udp4, to: gateway_common::turn::ToClient) -> (u32, u32) {
+fn to_client<F: Family>(
+    ctx: &XdpContext,
+    ethertype: u16,
+    u: &Udp,
+    to: &ToClient<F::A>,
+) -> (u32, u32) {
     let dlen = u.ulen - 8;
     let new_ulen = u.ulen + 4;
-    let Some(fib) = route(ctx, to.listen, to.client, 20 + new_ulen) else {
+    let Some(fib) = F::route(ctx, &to.listen, &to.client, F::IP as u16 + new_ulen) else {
         return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE);
     };
-    let [s0, s1] = addr_words(u.src);
-    let [d0, d1] = addr_words(u.dst);
-    let removed = [u.ulen, u.ulen, u.sport, u.dport, s0, s1, d0, d1];
-    let [l0, l1] = addr_words(to.listen);
-    let [c0, c1] = addr_words(to.client);
-    let added = [
+    let mut check = ChecksumUpdate::new(u.check);
+    for w in [u.ulen, u.ulen, u.sport, u.dport] {
+        check.remove(w);
+    }
+    check.remove_sum(u.addrs, 2 * F::A::WORDS as u32);
+    for w in [
         to.channel,
         dlen,
         new_ulen,
         new_ulen,
         to.listen_port,
         to.client_port,
-        l0,
-        l1,
-        c0,
-        c1,
-    ];
-    let check = udp_checksum_update(u.check, &removed, &added);
-    let mut h = [0u8; HEADERS];
-    build(
-        &mut h,
-        &fib,
-        u,
-        to.listen,
-        to.client,
-        to.listen_port,
-        to.client_port,
-        new_ulen,
-        check,
-    );
+    ] {
+        check.add(w);
+    }
+    check.add_addr(&to.listen);
+    check.add_addr(&to.client);
+    let check = check.finish();
     let mut cd = [0u8; 4];
     cd[..2].copy_from_slice(&to.channel.to_be_bytes());
     cd[2..].copy_from_slice(&dlen.to_be_bytes());
     // SAFETY: plain helper call on this program's frame: 4 bytes more at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -4) } != 0
-        || !write_front(ctx, 0, &h)
-        || !write_front(ctx, HEADERS, &cd)
-        || !set_len(ctx, HEADERS + 4 + dlen as usize)
+        || !write_eth(ctx, &fib, ethertype)
+        || !F::write_ip(ctx, u, &to.listen, &to.client, new_ulen)
+        || !write_udp(
+            ctx,
+            ETH + F::IP,
+            to.listen_port,
+            to.client_port,
+            new_ulen,
+            check,
+        )
+        || !write_front(ctx, ETH + F::IP + UDP, &cd)
+        || !set_len(ctx, ETH + F::IP + UDP + 4 + dlen as usize)
     {
         return (xdp_action::XDP_DROP, reason::DROP_REWRITE);
     }

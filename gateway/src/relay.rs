@@ -67,24 +67,32 @@ struct XdpFastPath {
     dp: std::sync::Mutex<gateway_dataplane::Dataplane>,
 }
 
-fn v4(a: std::net::SocketAddrV4) -> ([u8; 4], u16) {
-    (a.ip().octets(), a.port())
-}
-
-/// A binding as the kernel's maps key it: the client's channel and the peer's address (both
-/// directions' keys), and what each direction rewrites to.
-fn kernel_entries(
+/// A binding's entries as the kernel's maps of family `A` key them: the client's channel and
+/// the peer's address (both directions' keys), and what each direction rewrites to. `None`
+/// when an address is not of that family.
+fn kernel_entries<A: gateway_common::turn::TurnAddr>(
     b: &gateway_relay::fast_path::Binding,
-) -> (
-    gateway_common::turn::ChannelKey,
-    gateway_common::turn::ToPeer,
-    gateway_common::turn::PeerKey,
-    gateway_common::turn::ToClient,
-) {
+    ip: fn(std::net::IpAddr) -> Option<A>,
+) -> Option<(
+    gateway_common::turn::ChannelKey<A>,
+    gateway_common::turn::ToPeer<A>,
+    gateway_common::turn::PeerKey<A>,
+    gateway_common::turn::ToClient<A>,
+)> {
     use gateway_common::turn::*;
-    let ((client, cport), (listen, lport), (peer, pport), (relay, rport)) =
-        (v4(b.client), v4(b.listen), v4(b.peer), v4(b.relay));
-    (
+    let (client, listen, peer, relay) = (
+        ip(b.client.ip())?,
+        ip(b.listen.ip())?,
+        ip(b.peer.ip())?,
+        ip(b.relay.ip())?,
+    );
+    let (cport, lport, pport, rport) = (
+        b.client.port(),
+        b.listen.port(),
+        b.peer.port(),
+        b.relay.port(),
+    );
+    Some((
         ChannelKey {
             client,
             listen,
@@ -115,26 +123,45 @@ fn kernel_entries(
             _pad: 0,
             slot: b.slot,
         },
-    )
+    ))
+}
+
+fn v4(ip: std::net::IpAddr) -> Option<[u8; 4]> {
+    match ip {
+        std::net::IpAddr::V4(a) => Some(a.octets()),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+fn v6(ip: std::net::IpAddr) -> Option<[u8; 16]> {
+    match ip {
+        std::net::IpAddr::V6(a) => Some(a.octets()),
+        std::net::IpAddr::V4(_) => None,
+    }
 }
 
 impl gateway_relay::fast_path::FastPath for XdpFastPath {
     fn bind(&self, b: &gateway_relay::fast_path::Binding) -> anyhow::Result<()> {
-        let (channel, to_peer, from_peer, to_client) = kernel_entries(b);
-        self.dp
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_turn_binding(channel, to_peer, from_peer, to_client)
+        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((channel, to_peer, from_peer, to_client)) = kernel_entries(b, v4) {
+            dp.set_turn_binding(channel, to_peer, from_peer, to_client)
+        } else if let Some((channel, to_peer, from_peer, to_client)) = kernel_entries(b, v6) {
+            dp.set_turn_binding(channel, to_peer, from_peer, to_client)
+        } else {
+            anyhow::bail!("a binding across address families: {b:?}")
+        }
     }
 
     fn unbind(&self, b: &gateway_relay::fast_path::Binding) {
-        let (channel, _, from_peer, _) = kernel_entries(b);
-        if let Err(e) = self
-            .dp
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove_turn_binding(&channel, &from_peer)
-        {
+        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = if let Some((channel, _, from_peer, _)) = kernel_entries(b, v4) {
+            dp.remove_turn_binding(&channel, &from_peer)
+        } else if let Some((channel, _, from_peer, _)) = kernel_entries(b, v6) {
+            dp.remove_turn_binding(&channel, &from_peer)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = removed {
             warn!(
                 "taking channel {:#x} back from the kernel: {e:#}",
                 b.channel
@@ -199,19 +226,27 @@ fn xdp_fast_path(
             )
         })?;
         // The program asks the kernel's FIB for routes with an input lookup, which the kernel
-        // answers only on interfaces that forward.
-        let forwarding =
-            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+        // answers only on interfaces that forward (per family; a host without IPv6 has no
+        // IPv6 setting to read, and no IPv6 channels).
+        let forwards = |family: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"))
                 .map(|v| v.trim() == "1")
-                .unwrap_or(false);
-        if forwarding {
+        };
+        let off: Vec<&str> = [("ipv4", forwards("ipv4").unwrap_or(false))]
+            .into_iter()
+            .chain(forwards("ipv6").ok().map(|on| ("ipv6", on)))
+            .filter(|(_, on)| !on)
+            .map(|(family, _)| family)
+            .collect();
+        if off.is_empty() {
             info!(interface = %iface, mode, "TURN fast path: bound channels forwarded in XDP");
-        } else {
+        }
+        for family in off {
             warn!(
                 interface = %iface,
                 mode,
-                "TURN fast path attached, but {iface} does not forward (net.ipv4.conf.{iface}.forwarding=0): \
-                 the kernel's FIB will not answer the program's route lookups, so every channel stays in \
+                "TURN fast path attached, but {iface} does not forward {family} (net.{family}.conf.{iface}.forwarding=0): \
+                 the kernel's FIB will not answer the program's route lookups, so {family} channels stay in \
                  userspace (counted as no_route). Enable forwarding on it, with a firewall that drops \
                  forwarded traffic, to let the program route"
             );

@@ -2,18 +2,19 @@
 //! back. The server stays the only writer; what implements it (the gateway's XDP program) lives
 //! outside this crate.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
-/// One bound channel, both directions.
+/// One bound channel, both directions. Its four addresses are of one family (the kernel
+/// forwards within a family; a channel that crosses families stays in userspace).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Binding {
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The listening address the client's ChannelData arrives at.
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     pub channel: u16,
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     /// The allocation's local address (its socket's), where peers send.
-    pub relay: SocketAddrV4,
+    pub relay: SocketAddr,
     /// The binding's counter slot.
     pub slot: u32,
 }

@@ -238,8 +238,8 @@ impl Relay {
         }))
     }
 
-    /// Hands a channel to the fast path where it can take it (IPv4 throughout, concrete
-    /// addresses); `None` leaves it to userspace.
+    /// Hands a channel to the fast path where it can take it (concrete addresses, all four of
+    /// one family); `None` leaves it to userspace.
     fn offload(
         &self,
         key: AllocKey,
@@ -248,12 +248,15 @@ impl Relay {
         peer: SocketAddr,
     ) -> Option<Binding> {
         let fast = self.fast.as_ref()?;
-        let v4 = |a: SocketAddr| match a {
-            SocketAddr::V4(v) if !v.ip().is_unspecified() => Some(v),
-            _ => None,
-        };
-        // The addresses first: a channel the kernel cannot take (IPv6) must not use up a slot.
-        let (client, listen, peer, relay) = (v4(key.1)?, v4(key.0)?, v4(peer)?, v4(relay_local)?);
+        // The addresses first: a channel the kernel cannot take (one that crosses families, or
+        // an unspecified listening address) must not use up a slot.
+        let (client, listen, relay) = (key.1, key.0, relay_local);
+        let all = [client, listen, peer, relay];
+        if all.iter().any(|a| a.ip().is_unspecified())
+            || all.iter().any(|a| a.is_ipv4() != client.is_ipv4())
+        {
+            return None;
+        }
         let slot = self
             .free_slots
             .lock()

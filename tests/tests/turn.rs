@@ -11,6 +11,7 @@ use gateway_testkit::{
     harness::{Harness, XDP_PASS, hex},
     netns::{Netns, veth},
 };
+use std::net::Ipv6Addr;
 
 const CLIENT: [u8; 4] = [198, 18, 30, 2];
 const LISTEN: [u8; 4] = [198, 18, 30, 1];
@@ -46,14 +47,22 @@ fn relay_ns() -> (Netns, Netns) {
     // The fast path's FIB lookup is an input lookup: the arrival interface (here, as in every
     // test run, the namespace's loopback) must forward.
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     veth(&ns, "c0", &other, "c1").unwrap();
     veth(&ns, "p0", &other, "p1").unwrap();
     for (dev, m, a, n, nm) in [
         ("c0", C0_MAC, "198.18.30.1/24", "198.18.30.2", CLIENT_MAC),
         ("p0", P0_MAC, "198.18.31.1/24", "198.18.31.2", PEER_MAC),
+        ("c0", C0_MAC, "fd00:30::1/64", "fd00:30::2", CLIENT_MAC),
+        ("p0", P0_MAC, "fd00:31::1/64", "fd00:31::2", PEER_MAC),
     ] {
-        ns.ip(&["link", "set", dev, "address", &mac(m)]).unwrap();
-        ns.ip(&["addr", "add", a, "dev", dev]).unwrap();
+        // (Setting an address again, even the same one, flushes the device's neighbours.)
+        if !a.contains(':') {
+            ns.ip(&["link", "set", dev, "address", &mac(m)]).unwrap();
+        }
+        let dad: &[&str] = if a.contains(':') { &["nodad"] } else { &[] };
+        ns.ip(&[&["addr", "add", a, "dev", dev][..], dad].concat())
+            .unwrap();
         ns.ip(&[
             "neigh",
             "replace",
@@ -400,6 +409,284 @@ fn everything_else_goes_to_userspace_untouched() {
             h.xdp_program_bytes(names::PROG_XDP_TURN, &input).0,
             XDP_PASS
         );
+    })
+    .unwrap();
+}
+
+fn v6(a: &str) -> [u8; 16] {
+    a.parse::<Ipv6Addr>().unwrap().octets()
+}
+
+/// An Ethernet/IPv6/UDP frame with its checksum computed in full (RFC 8200 pseudo-header),
+/// traffic class `tclass`, and `hops` as hop limit.
+fn frame6(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    (sport, dport): (u16, u16),
+    (tclass, flow, hops): (u8, u32, u8),
+    payload: &[u8],
+) -> Vec<u8> {
+    let ulen = (8 + payload.len()) as u16;
+    let mut f = Vec::new();
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    let first = (6u32 << 28) | ((tclass as u32) << 20) | (flow & 0xfffff);
+    f.extend_from_slice(&first.to_be_bytes());
+    f.extend_from_slice(&ulen.to_be_bytes());
+    f.extend_from_slice(&[17, hops]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&ulen.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(ulen as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&udp);
+    let mut c = sum16(&pseudo);
+    if c == 0 {
+        c = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// A binding of IPv6 addresses throughout, in the IPv6 maps; counter slot 9.
+fn bind6(h: &mut Harness) -> (ChannelKey<[u8; 16]>, PeerKey<[u8; 16]>) {
+    let (client, listen, relay, peer) = (
+        v6("fd00:30::2"),
+        v6("fd00:30::1"),
+        v6("fd00:31::1"),
+        v6("fd00:31::2"),
+    );
+    let channel = ChannelKey {
+        client,
+        listen,
+        client_port: 40000,
+        listen_port: 3478,
+        channel: 0x7ffe,
+        _pad: 0,
+    };
+    let peer_key = PeerKey {
+        peer,
+        relay,
+        peer_port: 5000,
+        relay_port: 50001,
+    };
+    h.dp.set_turn_binding(
+        channel,
+        ToPeer {
+            peer,
+            relay,
+            peer_port: 5000,
+            relay_port: 50001,
+            slot: 9,
+        },
+        peer_key,
+        ToClient {
+            client,
+            listen,
+            client_port: 40000,
+            listen_port: 3478,
+            channel: 0x7ffe,
+            _pad: 0,
+            slot: 9,
+        },
+    )
+    .unwrap();
+    (channel, peer_key)
+}
+
+/// IPv6: ChannelData in → UDP out and back, bytes exact (hop limit 64, traffic class kept, no
+/// flow label: a datagram the relay originates), padded input, counted on the binding.
+#[test]
+fn ipv6_bound_channels_are_forwarded_both_ways_with_exact_bytes() {
+    let (ns, _other) = relay_ns();
+    let mut h = Harness::new("groups: {}\npolicies: []\n");
+    bind6(&mut h);
+    let (client, listen, relay, peer) = (
+        v6("fd00:30::2"),
+        v6("fd00:30::1"),
+        v6("fd00:31::1"),
+        v6("fd00:31::2"),
+    );
+    let data: Vec<u8> = (0..1199).map(|i| (i * 7 + 1) as u8).collect();
+    ns.run_scoped(|| {
+        for (len, pad) in [
+            (1197, &[][..]),
+            (1197, &[0x11, 0x22, 0x33][..]),
+            (64, &[][..]),
+            (1, &[0, 0, 0][..]),
+            (0, &[][..]),
+        ] {
+            let input = frame6(
+                C0_MAC,
+                CLIENT_MAC,
+                client,
+                listen,
+                (40000, 3478),
+                (0xb8, 0x12345, 57),
+                &channel_data(0x7ffe, &data[..len], pad),
+            );
+            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+            assert!(
+                action == XDP_REDIRECT || action == XDP_TX,
+                "action {action}, reasons {:?}",
+                h.dp.turn_counters().unwrap()
+            );
+            let want = frame6(
+                PEER_MAC,
+                P0_MAC,
+                relay,
+                peer,
+                (50001, 5000),
+                (0xb8, 0, 64),
+                &data[..len],
+            );
+            assert_eq!(
+                hex(&out),
+                hex(&want),
+                "client → peer, {len} bytes, padding {pad:?}"
+            );
+        }
+        for len in [0usize, 1, 64, 1199] {
+            let input = frame6(
+                P0_MAC,
+                PEER_MAC,
+                peer,
+                relay,
+                (5000, 50001),
+                (0, 0xabcde, 60),
+                &data[..len],
+            );
+            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+            assert!(
+                action == XDP_REDIRECT || action == XDP_TX,
+                "action {action}"
+            );
+            let want = frame6(
+                CLIENT_MAC,
+                C0_MAC,
+                listen,
+                client,
+                (3478, 40000),
+                (0, 0, 64),
+                &channel_data(0x7ffe, &data[..len], &[]),
+            );
+            assert_eq!(hex(&out), hex(&want), "peer → client, {len} bytes");
+        }
+    })
+    .unwrap();
+    assert_eq!(reason_count(&h, TO_PEER), 5);
+    assert_eq!(reason_count(&h, TO_CLIENT), 4);
+    let (to_peer, to_client) = h.dp.turn_binding_counters(9).unwrap();
+    assert_eq!((to_peer.packets, to_peer.bytes), (5, 2 * 1197 + 64 + 1));
+    assert_eq!((to_client.packets, to_client.bytes), (4, 1 + 64 + 1199));
+}
+
+/// IPv6 frames the path does not take go to userspace untouched, each counted: an extension
+/// header before UDP, a zero UDP checksum (invalid over IPv6), a payload length that disagrees
+/// with UDP's, an unbound channel, the IPv4 binding's ports from IPv6 addresses; and once the
+/// binding is removed, its own traffic.
+#[test]
+fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
+    let (ns, _other) = relay_ns();
+    let mut h = harness();
+    let (channel, peer_key) = bind6(&mut h);
+    let (client, listen, peer, relay) = (
+        v6("fd00:30::2"),
+        v6("fd00:30::1"),
+        v6("fd00:31::2"),
+        v6("fd00:31::1"),
+    );
+    let good = || {
+        frame6(
+            C0_MAC,
+            CLIENT_MAC,
+            client,
+            listen,
+            (40000, 3478),
+            (0, 0, 64),
+            &channel_data(0x7ffe, b"data", &[]),
+        )
+    };
+    // A hop-by-hop options header (8 bytes of padding options) between IPv6 and UDP.
+    let mut ext = good();
+    ext[20] = 0;
+    let plen = u16::from_be_bytes([ext[18], ext[19]]) + 8;
+    ext[18..20].copy_from_slice(&plen.to_be_bytes());
+    ext.splice(54..54, [17, 0, 1, 4, 0, 0, 0, 0]);
+    let mut zero = good();
+    zero[60..62].copy_from_slice(&[0, 0]);
+    let mut short = good();
+    short[19] -= 1;
+    let cases = [
+        (ext, PASS_OTHER),
+        (zero, PASS_OTHER),
+        (short, PASS_OTHER),
+        (
+            frame6(
+                C0_MAC,
+                CLIENT_MAC,
+                client,
+                listen,
+                (40000, 3478),
+                (0, 0, 64),
+                &channel_data(0x7ffd, b"data", &[]),
+            ),
+            PASS_OTHER,
+        ),
+        (
+            frame6(
+                P0_MAC,
+                PEER_MAC,
+                peer,
+                relay,
+                (5001, 50001),
+                (0, 0, 64),
+                b"who",
+            ),
+            PASS_OTHER,
+        ),
+        (
+            frame6(
+                C0_MAC,
+                CLIENT_MAC,
+                client,
+                listen,
+                (40000, 3478),
+                (0, 0, 64),
+                &[0x7f, 0xfe, 0, 50, 1, 2, 3, 4],
+            ),
+            PASS_MALFORMED,
+        ),
+    ];
+    ns.run_scoped(|| {
+        for (i, (input, why)) in cases.iter().enumerate() {
+            let before = reason_count(&h, *why);
+            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, input);
+            assert_eq!(action, XDP_PASS, "case {i}");
+            assert_eq!(&out, input, "case {i} untouched");
+            assert_eq!(reason_count(&h, *why) - before, 1, "case {i}");
+        }
+        // The good frame is taken while bound.
+        let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &good());
+        assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
+    })
+    .unwrap();
+    h.dp.remove_turn_binding(&channel, &peer_key).unwrap();
+    ns.run_scoped(|| {
+        let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &good());
+        assert_eq!((action, out), (XDP_PASS, good()));
     })
     .unwrap();
 }

@@ -1,7 +1,10 @@
 //! The relay's state machine over real UDP on loopback, driven by the crate's TURN client:
 //! quotas, refresh, channel rules, timers, and garbage.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use stun_codec::{
     Message, MessageClass, TransactionId,
@@ -12,6 +15,7 @@ use stun_codec::{
     rfc5766::{
         attributes::{
             Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
+            XorRelayAddress,
         },
         methods::{ALLOCATE, CREATE_PERMISSION, DATA, REFRESH, SEND},
     },
@@ -285,7 +289,7 @@ fn bound_channels_go_to_the_fast_path_and_come_back_when_they_end() {
     assert_eq!(bound.len(), 1, "a refresh keeps the binding: {bound:?}");
     let b = bound[0];
     assert_eq!(
-        (b.channel, SocketAddr::V4(b.peer), SocketAddr::V4(b.client)),
+        (b.channel, b.peer, b.client),
         (0x4003, peer, a.sock.local_addr().unwrap())
     );
     assert_eq!(b.relay.port(), relayed.port());
@@ -620,8 +624,10 @@ fn even_ports_and_reservations_keep_their_family() {
     assert_eq!(relay.reservations.lock().unwrap().len(), 0);
 }
 
+/// A client on IPv4 with an IPv6 relayed address: the relay translates between the families,
+/// which the kernel's path does not, so these channels stay in userspace.
 #[test]
-fn ipv6_channels_stay_in_userspace_and_use_no_kernel_slot() {
+fn channels_across_families_stay_in_userspace_and_use_no_kernel_slot() {
     let recorder = Arc::new(Recorder::default());
     let (relay, server, _rt) = serve(
         dual_stack(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]),
@@ -641,4 +647,40 @@ fn ipv6_channels_stay_in_userspace_and_use_no_kernel_slot() {
     assert!(recorder.bound.lock().unwrap().is_empty());
     assert_eq!(relay.free_slots.lock().unwrap().len(), 2, "no slot used up");
     assert_eq!(relay.status().channels, 3);
+}
+
+/// IPv6 all the way (a client over IPv6, an IPv6 relayed address, an IPv6 peer): the kernel
+/// takes the channel, with the IPv6 addresses as they are.
+#[test]
+fn ipv6_channels_go_to_the_fast_path() {
+    let recorder = Arc::new(Recorder::default());
+    let port6 = std::net::UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (relay, _server, _rt) = serve(
+        |cfg| {
+            dual_stack(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()])(cfg);
+            cfg.listen
+                .push(SocketAddr::from((Ipv6Addr::LOCALHOST, port6)));
+        },
+        0,
+        Some((recorder.clone() as Arc<dyn crate::fast_path::FastPath>, 2)),
+    );
+    let server6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port6));
+    let mut a = TurnClient::new("[::1]:0".parse().unwrap(), server6, "alice", "pw").unwrap();
+    let ok = a.request(ALLOCATE, family(AddressFamily::V6)).unwrap();
+    assert_eq!(ok.class(), MessageClass::SuccessResponse, "{:?}", code(&ok));
+    let relayed = ok.get_attribute::<XorRelayAddress>().unwrap().address();
+    let peer: SocketAddr = "[::1]:9".parse().unwrap();
+    a.channel_bind(0x4001, peer).unwrap();
+    let bound = recorder.bound.lock().unwrap().clone();
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let b = bound[0];
+    assert_eq!(
+        (b.channel, b.peer, b.client, b.listen, b.relay),
+        (0x4001, peer, a.sock.local_addr().unwrap(), server6, relayed)
+    );
+    assert_eq!(relay.status().offloaded_channels, 1);
 }
