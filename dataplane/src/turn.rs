@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use aya::{
     Pod,
-    maps::{HashMap as BpfHashMap, PerCpuArray},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray},
 };
 use gateway_common::{
     maps as names,
@@ -92,11 +92,88 @@ impl Dataplane {
             .collect()
     }
 
+    /// The relay's sign of life: the program relays while the last stamp is younger than
+    /// gateway_common::turn::ALIVE_WINDOW_NS (the relay stamps every second).
+    pub fn stamp_turn_alive(&mut self) -> anyhow::Result<()> {
+        self.set_turn_alive(monotonic_coarse_ns())
+    }
+
+    /// Sets the stamp to `ns` (CLOCK_MONOTONIC_COARSE); tests age it with this.
+    pub fn set_turn_alive(&mut self, ns: u64) -> anyhow::Result<()> {
+        let mut a: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(names::TURN_ALIVE)
+                .context("turn alive map")?,
+        )?;
+        a.set(0, ns, 0)?;
+        Ok(())
+    }
+
     /// Attaches the fast path to one of the relay's interfaces.
     pub fn attach_turn(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         crate::attach::if_index(iface)?;
         let (hook, label) = crate::attach::xdp_only(attach, "the TURN fast path")?;
         self.attach(iface, names::PROG_XDP_TURN, hook, label)?;
         Ok(label)
+    }
+
+    /// Puts the fast path in the slot after the gateway's underlay filter, in the gateway's
+    /// data plane pinned under `gateway_pin_root`: frames the filter passes on its interfaces
+    /// reach this program next. The slot empties when the returned chain is dropped.
+    pub fn chain_turn_after_gateway(
+        &self,
+        gateway_pin_root: &std::path::Path,
+    ) -> anyhow::Result<TurnChain> {
+        let path = crate::pins::PinDir::new(gateway_pin_root).map(names::XDP_NEXT);
+        let data = MapData::from_pin(&path).with_context(|| {
+            format!(
+                "opening {}: no gateway data plane of this layout is pinned under {} (start                  `gateway run` with its underlay filter first, or give the relay interfaces of its own)",
+                path.display(),
+                gateway_pin_root.display()
+            )
+        })?;
+        let mut next = ProgramArray::try_from(Map::ProgramArray(data))?;
+        let prog = self
+            .ebpf
+            .program(names::PROG_XDP_TURN)
+            .context("TURN program")?;
+        let aya::programs::Program::Xdp(xdp) = prog else {
+            anyhow::bail!("{} is not an XDP program", names::PROG_XDP_TURN);
+        };
+        next.set(names::XDP_NEXT_SLOT, xdp.fd()?, 0)
+            .with_context(|| format!("filling {}", path.display()))?;
+        Ok(TurnChain { next, path })
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock bpf_ktime_get_coarse_ns reads.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain libc call with a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The fast path in the gateway's filter chain; out of it when dropped (the relay stopping).
+/// A relay that dies without unwinding leaves its program there, but its stamp ages
+/// (`stamp_turn_alive`): after gateway_common::turn::ALIVE_WINDOW_NS the program relays
+/// nothing and passes every frame on; the next relay start takes the slot.
+pub struct TurnChain {
+    next: ProgramArray<MapData>,
+    path: std::path::PathBuf,
+}
+
+impl TurnChain {
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TurnChain {
+    fn drop(&mut self) {
+        let _ = self.next.clear_index(&names::XDP_NEXT_SLOT);
     }
 }

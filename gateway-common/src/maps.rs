@@ -45,7 +45,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -62,6 +62,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     FIB_CACHE,
     NAT_FORWARD,
     NAT_REVERSE,
+    XDP_NEXT,
 ];
 
 /// The WireGuard-aware underlay filter (underlay.rs): protected ports, settings, per-source and
@@ -72,6 +73,12 @@ pub const UNDERLAY_SOURCES: &str = "WGU_SOURCES_V1";
 pub const UNDERLAY_CPU: &str = "WGU_CPU_V1";
 pub const UNDERLAY_STATS: &str = "WGU_STATS_V1";
 
+/// What runs after the underlay filter on the frames it passes (slot 0, by tail call): the TURN
+/// relay's program when a relay shares the filter's interfaces (`xdp.behind_gateway`). Pinned,
+/// so that another process (the relay) can fill the slot; the relay empties it when it stops.
+pub const XDP_NEXT: &str = "XDP_NEXT_V1";
+pub const XDP_NEXT_SLOT: u32 = 0;
+
 /// The TURN relay's fast path (turn.rs).
 pub const TURN_CHANNELS: &str = "TURN_CHANNELS_V1";
 pub const TURN_PEERS: &str = "TURN_PEERS_V1";
@@ -79,6 +86,8 @@ pub const TURN_CHANNELS6: &str = "TURN_CHANNELS6_V1";
 pub const TURN_PEERS6: &str = "TURN_PEERS6_V1";
 pub const TURN_STATS: &str = "TURN_STATS_V1";
 pub const TURN_REASONS: &str = "TURN_REASONS_V1";
+/// The relay's last sign of life (gateway_common::turn::ALIVE_WINDOW_NS).
+pub const TURN_ALIVE: &str = "TURN_ALIVE_V1";
 
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";

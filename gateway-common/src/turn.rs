@@ -133,8 +133,16 @@ pub mod reason {
     /// veth): the skb's checksum state points at the old header, so only userspace can relay it.
     /// Frames from a wire always carry full checksums.
     pub const PASS_PARTIAL_CHECKSUM: u32 = 6;
-    pub const SLOTS: u32 = 7;
+    /// The relay's userspace has not said it is alive within [`super::ALIVE_WINDOW_NS`]: its
+    /// bindings are not trusted any more (quotas and expiry are its work), so nothing is
+    /// relayed in the kernel; the kernel's own stack gets the frame.
+    pub const PASS_RELAY_GONE: u32 = 7;
+    pub const SLOTS: u32 = 8;
 }
+
+/// How long the fast path trusts its bindings after the relay's last sign of life (it stamps
+/// CLOCK_MONOTONIC_COARSE, in ns, every second).
+pub const ALIVE_WINDOW_NS: u64 = 5_000_000_000;
 
 pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "to_peer",
@@ -144,6 +152,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "no_route",
     "rewrite_failed",
     "partial_checksum",
+    "relay_gone",
 ];
 
 /// Whether a UDP checksum field holds only the pseudo-header sum (not complemented): what a

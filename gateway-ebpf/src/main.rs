@@ -256,14 +256,19 @@ pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
     let r = underlay::filter(&bytes);
     underlay::count(r, bytes.len as u64);
     if gateway_common::underlay::drops(r) {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+        return xdp_action::XDP_DROP;
     }
+    // What passes goes on to the program that shares this interface (a TURN relay's), when one
+    // is in the slot; an empty slot makes the call fail and the frame passes.
+    // SAFETY: a tail call; nothing of this program runs after it succeeds.
+    unsafe { maps::XDP_NEXT.tail_call(&ctx, gateway_common::maps::XDP_NEXT_SLOT) };
+    xdp_action::XDP_PASS
 }
 
-/// The TURN relay's interfaces: bound channels forwarded in the kernel.
-#[xdp]
+/// The TURN relay's interfaces: bound channels forwarded in the kernel. Frags-aware, as the
+/// underlay filter is, so it can run in the filter's slot (a tail call needs both programs
+/// alike); a datagram not whole in the first buffer goes to userspace.
+#[xdp(frags)]
 pub fn xdp_turn(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (action, why) = turn::relay(&ctx);

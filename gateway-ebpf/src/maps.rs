@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use gateway_common::{
     acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
@@ -129,6 +129,10 @@ pub static UNDERLAY_CPU: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub static UNDERLAY_STATS: PerCpuArray<gateway_common::stats::Counter> =
     PerCpuArray::with_max_entries(gateway_common::underlay::reason::SLOTS, 0);
 
+/// Slot 0: the program that sees what the underlay filter passes (gateway_common::maps::XDP_NEXT).
+#[map(name = "XDP_NEXT_V1")]
+pub static XDP_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 #[map(name = "TURN_CHANNELS_V1")]
 pub static TURN_CHANNELS: HashMap<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer> =
     HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
@@ -152,6 +156,9 @@ pub static TURN_PEERS6: HashMap<
 #[map(name = "TURN_STATS_V1")]
 pub static TURN_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(2 * gateway_common::turn::BINDING_SLOTS, 0);
+
+#[map(name = "TURN_ALIVE_V1")]
+pub static TURN_ALIVE: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "TURN_REASONS_V1")]
 pub static TURN_REASONS: PerCpuArray<Counter> =

@@ -16,8 +16,8 @@ use gateway_common::{
     forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
     stats::Counter,
     turn::{
-        ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, PeerKey, ToClient,
-        ToPeer, TurnAddr, begun_checksum, counter_index, reason, trailing_words,
+        ALIVE_WINDOW_NS, ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER,
+        PeerKey, ToClient, ToPeer, TurnAddr, begun_checksum, counter_index, reason, trailing_words,
     },
 };
 
@@ -423,6 +423,12 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH > end {
         return (xdp_action::XDP_PASS, reason::PASS_OTHER);
+    }
+    // Bindings are trusted only while the relay says it is alive: a relay that died without
+    // taking its program out of a chain (see dataplane::TurnChain) relays nothing more.
+    let alive = maps::TURN_ALIVE.get(0).copied().unwrap_or(0);
+    if crate::conntrack::now_ns() > alive.saturating_add(ALIVE_WINDOW_NS) {
+        return (xdp_action::XDP_PASS, reason::PASS_RELAY_GONE);
     }
     // One BPF-to-BPF call per family: each gets its own stack frame (inlined together, the
     // two would not fit the 512-byte stack).

@@ -33,10 +33,16 @@ pub fn serve(config: Option<&Path>, coturn: Option<&Path>) -> anyhow::Result<()>
         ),
     };
     let metrics_addr = cfg.metrics_addr;
-    let fast = match &cfg.xdp {
+    let xdp = match &cfg.xdp {
         Some(x) => Some(xdp_fast_path(x)?),
         None => None,
     };
+    let fast = xdp.clone().map(|x| {
+        (
+            x as Arc<dyn gateway_relay::fast_path::FastPath>,
+            gateway_common::turn::BINDING_SLOTS,
+        )
+    });
     let relay = Relay::with_fast_path(cfg, fast)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -51,6 +57,18 @@ pub fn serve(config: Option<&Path>, coturn: Option<&Path>) -> anyhow::Result<()>
             info!(%addr, "serving /metrics and /status");
             tokio::spawn(http(relay.clone(), listener));
         }
+        if let Some(x) = xdp {
+            // The program trusts its bindings only while this process says it is alive.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = x.stamp() {
+                        warn!("TURN fast path: cannot renew the sign of life: {e:#}");
+                    }
+                }
+            });
+        }
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
@@ -62,9 +80,21 @@ pub fn serve(config: Option<&Path>, coturn: Option<&Path>) -> anyhow::Result<()>
 }
 
 /// The gateway's XDP program as the relay's fast path: one data plane (not pinned: bound
-/// channels leave the kernel with the relay), the program on each configured interface.
+/// channels leave the kernel with the relay), the program on each configured interface and,
+/// where configured, after the gateway's underlay filter.
 struct XdpFastPath {
+    /// Out of the gateway's chain first when dropped (fields drop in order).
+    _chain: Option<gateway_dataplane::TurnChain>,
     dp: std::sync::Mutex<gateway_dataplane::Dataplane>,
+}
+
+impl XdpFastPath {
+    fn stamp(&self) -> anyhow::Result<()> {
+        self.dp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stamp_turn_alive()
+    }
 }
 
 /// A binding's entries as the kernel's maps of family `A` key them: the client's channel and
@@ -204,9 +234,12 @@ impl gateway_relay::fast_path::FastPath for XdpFastPath {
     }
 }
 
-fn xdp_fast_path(
-    x: &gateway_relay::config::XdpConfig,
-) -> anyhow::Result<(Arc<dyn gateway_relay::fast_path::FastPath>, u32)> {
+fn xdp_fast_path(x: &gateway_relay::config::XdpConfig) -> anyhow::Result<Arc<XdpFastPath>> {
+    anyhow::ensure!(
+        !x.interfaces.is_empty() || x.behind_gateway.is_some(),
+        "xdp: give interfaces for the relay's own program, behind_gateway (the gateway's pin \
+         folder) to run after its underlay filter, or both"
+    );
     let attach = match x.attach.as_str() {
         "xdp-native" => gateway_dataplane::LanAttach::XdpNative,
         "xdp-generic" => gateway_dataplane::LanAttach::XdpGeneric,
@@ -217,12 +250,14 @@ fn xdp_fast_path(
         ..Default::default()
     };
     let mut dp = gateway_dataplane::Dataplane::load(&opts)?;
+    dp.stamp_turn_alive()?;
     for iface in &x.interfaces {
         let mode = dp.attach_turn(iface, attach).with_context(|| {
             format!(
                 "attaching the TURN fast path to {iface}: an interface takes one XDP program, so if \
                  another is there (the gateway's underlay filter, another relay), give this relay \
-                 another interface, or leave `xdp` out and its channels are relayed in userspace"
+                 another interface, set xdp.behind_gateway to run after the gateway's underlay \
+                 filter there, or leave `xdp` out and its channels are relayed in userspace"
             )
         })?;
         // The program asks the kernel's FIB for routes with an input lookup, which the kernel
@@ -252,12 +287,21 @@ fn xdp_fast_path(
             );
         }
     }
-    Ok((
-        Arc::new(XdpFastPath {
-            dp: std::sync::Mutex::new(dp),
-        }),
-        gateway_common::turn::BINDING_SLOTS,
-    ))
+    let chain = match &x.behind_gateway {
+        Some(root) => {
+            let chain = dp.chain_turn_after_gateway(root)?;
+            info!(
+                slot = %chain.path().display(),
+                "TURN fast path: also after the gateway's underlay filter, on the frames it passes"
+            );
+            Some(chain)
+        }
+        None => None,
+    };
+    Ok(Arc::new(XdpFastPath {
+        _chain: chain,
+        dp: std::sync::Mutex::new(dp),
+    }))
 }
 
 /// The relay's metrics, rendered from a status snapshot: gauges for what exists now, counters

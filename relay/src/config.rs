@@ -66,10 +66,18 @@ pub struct RelayConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdpConfig {
+    /// Interfaces the relay attaches its own XDP program to.
+    #[serde(default)]
     pub interfaces: Vec<String>,
     /// xdp-native (default) or xdp-generic.
     #[serde(default = "default_xdp_attach")]
     pub attach: String,
+    /// The pin folder of a `gateway run` on this host (its `pin_dir`, by default
+    /// /sys/fs/bpf/gateway): the relay's program also runs after the gateway's underlay filter,
+    /// on the frames the filter passes, for interfaces that carry the filter (an interface
+    /// takes one XDP program).
+    #[serde(default)]
+    pub behind_gateway: Option<std::path::PathBuf>,
 }
 
 fn default_xdp_attach() -> String {

@@ -785,6 +785,147 @@ fn ipv6_channels_are_relayed_in_xdp() {
     );
 }
 
+/// A bpffs of the test's own for a gateway's pins; unmounted (its programs detach) when dropped.
+struct Bpffs(std::path::PathBuf);
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        gateway_dataplane::pins::unmount_bpffs(&self.0);
+    }
+}
+
+/// The relay and the gateway's underlay filter on one interface: `gateway run` guards c0 (its
+/// WireGuard port, native-less veth so generic XDP) and the relay, told where the gateway is
+/// pinned (`xdp.behind_gateway`), runs its program after the filter on what the filter passes.
+/// coturn's client relays through channels in XDP across c0, malformed WireGuard is still
+/// dropped there, and a relay that stops takes its program out of the gateway's slot.
+#[test]
+fn the_relay_runs_after_the_gateways_underlay_filter_on_one_interface() {
+    let lab = lab();
+    for ns in [&lab.client, &lab.peer] {
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
+    }
+    xdp_routes(&lab);
+    let bpffs = Bpffs(lab.dir.join("bpffs"));
+    gateway_dataplane::pins::mount_bpffs(&bpffs.0).unwrap();
+    let pins = bpffs.0.join("gateway");
+    // The gateway: a tunnel (a veth) it guards, and its underlay filter on c0.
+    veth(&lab.relay, "wt9", &lab.peer, "wt9p").unwrap();
+    let policy = lab.dir.join("policy.yaml");
+    std::fs::write(&policy, "groups: {}\npolicies: []\n").unwrap();
+    let gw_cfg = lab.dir.join("gateway.yaml");
+    std::fs::write(
+        &gw_cfg,
+        format!(
+            "policy: {}\npin_dir: {}\nmetrics_addr: 127.0.0.1:9464\ninterfaces:\n  tunnel:\n    - name: wt9\n  lan: []\n  underlay:\n    - name: c0\n      ports: [51820]\n      attach: xdp-generic\n",
+            policy.display(),
+            pins.display()
+        ),
+    )
+    .unwrap();
+    let gw = gateway_testkit::process::GatewayProcess::start_with(
+        &gateway_binary(),
+        &lab.relay,
+        &gw_cfg,
+        &lab.dir.join("gateway.log"),
+        &[],
+    )
+    .unwrap();
+    // The relay: its own program on p0, and behind the gateway's filter on c0.
+    let cfg = lab.dir.join("relay.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{CONFIG}xdp:\n  interfaces: [p0]\n  attach: xdp-generic\n  behind_gateway: {}\n",
+            pins.display()
+        ),
+    )
+    .unwrap();
+    let (relay, _peer) = start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let o = uclient(
+        &lab,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "2",
+            "-n",
+            "30",
+            "-l",
+            "1200",
+        ],
+    )
+    .expect("report");
+    assert_eq!((o.sent, o.received, o.lost), (60, 60, 0), "{o:?}");
+    let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
+    assert!(
+        status["xdp"]["to_peer_packets"].as_u64().unwrap() >= 50,
+        "the client's channel data was relayed in XDP behind the gateway's filter on c0: {status}"
+    );
+    assert!(
+        status["xdp"]["to_client_packets"].as_u64().unwrap() >= 50,
+        "and the peer's answers by the relay's own program on p0: {status}"
+    );
+    // The filter still guards its port on the shared interface.
+    let garbage = lab
+        .client
+        .run(|| {
+            let s = std::net::UdpSocket::bind("198.18.30.2:0").unwrap();
+            (0..20)
+                .filter(|_| s.send_to(&[0x42; 100], "198.18.30.1:51820").is_ok())
+                .count()
+        })
+        .unwrap();
+    let malformed = || {
+        gw.metrics(&lab.relay)
+            .unwrap()
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "gateway_underlay_packets_total{reason=\"malformed\",verdict=\"drop\"}",
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        gateway_testkit::wireguard::wait_for(Duration::from_secs(5), || malformed()
+            >= garbage as u64),
+        "the filter dropped the {garbage} malformed datagrams: {}",
+        gw.metrics(&lab.relay).unwrap()
+    );
+    // A relay that stops empties the gateway's slot.
+    let slot = pins.join("v1/maps").join(gateway_common::maps::XDP_NEXT);
+    let lookup = || {
+        std::process::Command::new("bpftool")
+            .args([
+                "map",
+                "lookup",
+                "pinned",
+                slot.to_str().unwrap(),
+                "key",
+                "0",
+                "0",
+                "0",
+                "0",
+            ])
+            .output()
+            .expect("bpftool")
+            .status
+            .success()
+    };
+    assert!(lookup(), "the relay's program is in the slot while it runs");
+    // SAFETY: plain kill(2) on the relay's process.
+    assert_eq!(unsafe { libc::kill(relay.0.id() as i32, libc::SIGTERM) }, 0);
+    assert!(
+        gateway_testkit::wireguard::wait_for(Duration::from_secs(10), || !lookup()),
+        "the slot is empty once the relay stopped"
+    );
+    drop(relay);
+    drop(gw);
+}
+
 /// At the hosts' default offloads a veth carries checksums only begun: the XDP program leaves
 /// such frames to userspace (counted), which relays them; nothing is lost either way.
 /// One XDP program per interface: a second relay asking for the fast path on interfaces that

@@ -146,8 +146,15 @@ fn channel_data(channel: u16, data: &[u8], pad: &[u8]) -> Vec<u8> {
     p
 }
 
-fn harness() -> Harness {
+/// A data plane whose relay has just said it is alive.
+fn live() -> Harness {
     let mut h = Harness::new("groups: {}\npolicies: []\n");
+    h.dp.stamp_turn_alive().unwrap();
+    h
+}
+
+fn harness() -> Harness {
+    let mut h = live();
     let channel = ChannelKey {
         client: CLIENT,
         listen: LISTEN,
@@ -511,7 +518,7 @@ fn bind6(h: &mut Harness) -> (ChannelKey<[u8; 16]>, PeerKey<[u8; 16]>) {
 #[test]
 fn ipv6_bound_channels_are_forwarded_both_ways_with_exact_bytes() {
     let (ns, _other) = relay_ns();
-    let mut h = Harness::new("groups: {}\npolicies: []\n");
+    let mut h = live();
     bind6(&mut h);
     let (client, listen, relay, peer) = (
         v6("fd00:30::2"),
@@ -689,4 +696,40 @@ fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
         assert_eq!((action, out), (XDP_PASS, good()));
     })
     .unwrap();
+}
+
+/// The bindings are trusted only while the relay says it is alive: a stamp older than the
+/// window (a relay that died) makes the program pass its bound channels to the stack, counted;
+/// a fresh stamp brings the fast path back.
+#[test]
+fn a_relay_that_stopped_saying_it_is_alive_has_nothing_relayed_in_the_kernel() {
+    let (ns, _other) = relay_ns();
+    let mut h = harness();
+    let input = frame(
+        C0_MAC,
+        CLIENT_MAC,
+        CLIENT,
+        LISTEN,
+        40000,
+        3478,
+        64,
+        &channel_data(0x4001, b"payload", &[0]),
+    );
+    let now = gateway_dataplane::monotonic_coarse_ns();
+    h.dp.set_turn_alive(now - gateway_common::turn::ALIVE_WINDOW_NS - 1_000_000_000)
+        .unwrap();
+    ns.run_scoped(|| {
+        let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+        assert_eq!((action, &out), (XDP_PASS, &input));
+    })
+    .unwrap();
+    assert_eq!(reason_count(&h, PASS_RELAY_GONE), 1);
+    assert_eq!(reason_count(&h, TO_PEER), 0);
+    h.dp.stamp_turn_alive().unwrap();
+    ns.run_scoped(|| {
+        let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+        assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
+    })
+    .unwrap();
+    assert_eq!(reason_count(&h, TO_PEER), 1);
 }
