@@ -33,16 +33,12 @@ impl Dataplane {
         PeerKey<A>: Pod,
         ToClient<A>: Pod,
     {
-        let mut c: BpfHashMap<_, ChannelKey<A>, ToPeer<A>> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(A::CHANNELS_MAP)
-                .context("turn channels map")?,
-        )?;
-        c.insert(channel, to_peer, 0)
+        self.turn_channels::<A>()?
+            .insert(channel, to_peer, 0)
             .context("turn channel binding")?;
-        let mut p: BpfHashMap<_, PeerKey<A>, ToClient<A>> =
-            BpfHashMap::try_from(self.ebpf.map_mut(A::PEERS_MAP).context("turn peers map")?)?;
-        p.insert(peer, to_client, 0).context("turn peer binding")?;
+        self.turn_peers::<A>()?
+            .insert(peer, to_client, 0)
+            .context("turn peer binding")?;
         Ok(())
     }
 
@@ -58,16 +54,36 @@ impl Dataplane {
         PeerKey<A>: Pod,
         ToClient<A>: Pod,
     {
-        let mut c: BpfHashMap<_, ChannelKey<A>, ToPeer<A>> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(A::CHANNELS_MAP)
-                .context("turn channels map")?,
-        )?;
-        let _ = c.remove(channel);
-        let mut p: BpfHashMap<_, PeerKey<A>, ToClient<A>> =
-            BpfHashMap::try_from(self.ebpf.map_mut(A::PEERS_MAP).context("turn peers map")?)?;
-        let _ = p.remove(peer);
+        let _ = self.turn_channels::<A>()?.remove(channel);
+        let _ = self.turn_peers::<A>()?.remove(peer);
         Ok(())
+    }
+
+    /// The channel map of family `A`: (client, listening address, channel) → to the peer.
+    fn turn_channels<A: TurnAddr>(
+        &mut self,
+    ) -> anyhow::Result<BpfHashMap<&mut MapData, ChannelKey<A>, ToPeer<A>>>
+    where
+        ChannelKey<A>: Pod,
+        ToPeer<A>: Pod,
+    {
+        let map = self
+            .ebpf
+            .map_mut(A::CHANNELS_MAP)
+            .context("turn channels map")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    /// The peer map of family `A`: (peer, relayed address) → to the client.
+    fn turn_peers<A: TurnAddr>(
+        &mut self,
+    ) -> anyhow::Result<BpfHashMap<&mut MapData, PeerKey<A>, ToClient<A>>>
+    where
+        PeerKey<A>: Pod,
+        ToClient<A>: Pod,
+    {
+        let map = self.ebpf.map_mut(A::PEERS_MAP).context("turn peers map")?;
+        Ok(BpfHashMap::try_from(map)?)
     }
 
     /// What the kernel relayed for a binding's slot: (to the peer, to the client), payload bytes.
