@@ -90,8 +90,14 @@ trait Family {
     fn addresses(ctx: &XdpContext) -> Option<(Self::A, Self::A)>;
     /// Writes the IP header of a datagram of UDP length `ulen` after the Ethernet header.
     fn write_ip(ctx: &XdpContext, u: &Udp, src: &Self::A, dst: &Self::A, ulen: u16) -> bool;
-    /// The route to `dst` from `src` for a packet of IP length `len`.
-    fn route(ctx: &XdpContext, src: &Self::A, dst: &Self::A, len: u16) -> Option<FibRoute>;
+    /// The route to `dst` from `src` for a packet of IP length `len`, at `now` (ns).
+    fn route(
+        ctx: &XdpContext,
+        src: &Self::A,
+        dst: &Self::A,
+        len: u16,
+        now: u64,
+    ) -> Option<FibRoute>;
     /// The binding's entries, in place in the map (userspace replaces an entry whole).
     fn channel(key: &ChannelKey<Self::A>) -> Option<&'static ToPeer<Self::A>>;
     fn peer(key: &PeerKey<Self::A>) -> Option<&'static ToClient<Self::A>>;
@@ -173,7 +179,13 @@ impl Family for V4 {
     /// forwarding path's map; the source's address in the key's otherwise unused bytes keeps
     /// source-specific routes apart.
     #[inline(always)]
-    fn route(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4], len: u16) -> Option<FibRoute> {
+    fn route(
+        ctx: &XdpContext,
+        src: &[u8; 4],
+        dst: &[u8; 4],
+        len: u16,
+        now: u64,
+    ) -> Option<FibRoute> {
         let ifindex = ctx.ingress_ifindex() as u32;
         let mut key_dst = [0u8; 16];
         key_dst[..4].copy_from_slice(dst);
@@ -183,7 +195,6 @@ impl Family for V4 {
             family: AF_INET as u32,
             dst: key_dst,
         };
-        let now = crate::conntrack::now_ns();
         let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst));
         if let Some(slot) = slot {
             // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
@@ -294,7 +305,13 @@ impl Family for V6 {
     /// From the kernel's FIB for every packet: the per-CPU cache's key has no room for an IPv6
     /// source, and source-specific routes must not be confused.
     #[inline(always)]
-    fn route(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], len: u16) -> Option<FibRoute> {
+    fn route(
+        ctx: &XdpContext,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        len: u16,
+        _now: u64,
+    ) -> Option<FibRoute> {
         let mut fib = fib_params(ctx, AF_INET6, len);
         fib.__bindgen_anon_3.ipv6_src = words32(src);
         fib.__bindgen_anon_4.ipv6_dst = words32(dst);
@@ -427,14 +444,15 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
     // Bindings are trusted only while the relay says it is alive: a relay that died without
     // taking its program out of a chain (see dataplane::TurnChain) relays nothing more.
     let alive = maps::TURN_ALIVE.get(0).copied().unwrap_or(0);
-    if crate::conntrack::now_ns() > alive.saturating_add(ALIVE_WINDOW_NS) {
+    let now = crate::conntrack::now_ns();
+    if now > alive.saturating_add(ALIVE_WINDOW_NS) {
         return (xdp_action::XDP_PASS, reason::PASS_RELAY_GONE);
     }
     // One BPF-to-BPF call per family: each gets its own stack frame (inlined together, the
     // two would not fit the 512-byte stack).
     let packed = match be16(data + 12) {
-        ETH_P_IP => relay_family::<V4>(ctx.ctx, ETH_P_IP),
-        ETH_P_IPV6 => relay_family::<V6>(ctx.ctx, ETH_P_IPV6),
+        ETH_P_IP => relay_family::<V4>(ctx.ctx, ETH_P_IP, now),
+        ETH_P_IPV6 => relay_family::<V6>(ctx.ctx, ETH_P_IPV6, now),
         _ => return (xdp_action::XDP_PASS, reason::PASS_OTHER),
     };
     ((packed >> 32) as u32, packed as u32)
@@ -442,14 +460,14 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
 
 /// The verdict and reason of a frame of family `F`, packed into one register (verdict high).
 #[inline(never)]
-fn relay_family<F: Family>(raw: *mut xdp_md, ethertype: u16) -> u64 {
+fn relay_family<F: Family>(raw: *mut xdp_md, ethertype: u16, now: u64) -> u64 {
     let ctx = XdpContext::new(raw);
-    let (action, why) = judge_family::<F>(&ctx, ethertype);
+    let (action, why) = judge_family::<F>(&ctx, ethertype, now);
     ((action as u64) << 32) | why as u64
 }
 
 #[inline(always)]
-fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16) -> (u32, u32) {
+fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, u32) {
     let Some(u) = F::headers(ctx) else {
         return (xdp_action::XDP_PASS, reason::PASS_OTHER);
     };
@@ -475,7 +493,7 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16) -> (u32, u32) {
             if partial {
                 return (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM);
             }
-            return to_peer::<F>(ctx, ethertype, &u, channel, clen, to);
+            return to_peer::<F>(ctx, ethertype, &u, channel, clen, to, now);
         }
     }
     let key = PeerKey {
@@ -486,7 +504,7 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16) -> (u32, u32) {
     };
     match F::peer(&key) {
         Some(_) if partial => (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM),
-        Some(to) => to_client::<F>(ctx, ethertype, &u, to),
+        Some(to) => to_client::<F>(ctx, ethertype, &u, to, now),
         None => (xdp_action::XDP_PASS, reason::PASS_OTHER),
     }
 }
@@ -501,6 +519,7 @@ fn to_peer<F: Family>(
     channel: u16,
     clen: u16,
     to: &ToPeer<F::A>,
+    now: u64,
 ) -> (u32, u32) {
     let ulen = u.ulen as usize;
     if 12 + clen as usize > ulen || ulen - 12 - clen as usize > 3 {
@@ -508,7 +527,7 @@ fn to_peer<F: Family>(
     }
     let pad = ulen - 12 - clen as usize;
     let new_ulen = 8 + clen;
-    let Some(fib) = F::route(ctx, &to.relay, &to.peer, F::IP as u16 + new_ulen) else {
+    let Some(fib) = F::route(ctx, &to.relay, &to.peer, F::IP as u16 + new_ulen, now) else {
         return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE);
     };
     let mut check = ChecksumUpdate::new(u.check);
@@ -572,10 +591,11 @@ fn to_client<F: Family>(
     ethertype: u16,
     u: &Udp,
     to: &ToClient<F::A>,
+    now: u64,
 ) -> (u32, u32) {
     let dlen = u.ulen - 8;
     let new_ulen = u.ulen + 4;
-    let Some(fib) = F::route(ctx, &to.listen, &to.client, F::IP as u16 + new_ulen) else {
+    let Some(fib) = F::route(ctx, &to.listen, &to.client, F::IP as u16 + new_ulen, now) else {
         return (xdp_action::XDP_PASS, reason::PASS_NO_ROUTE);
     };
     let mut check = ChecksumUpdate::new(u.check);
