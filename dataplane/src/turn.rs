@@ -143,7 +143,9 @@ impl Dataplane {
         let path = crate::pins::PinDir::new(gateway_pin_root).map(names::XDP_NEXT);
         let data = MapData::from_pin(&path).with_context(|| {
             format!(
-                "opening {}: no gateway data plane of this layout is pinned under {} (start                  `gateway run` with its underlay filter first, or give the relay interfaces of its own)",
+                "opening {}: no gateway data plane of this layout is pinned under {} (start \
+                 `gateway run` with its underlay filter first, or give the relay interfaces of \
+                 its own)",
                 path.display(),
                 gateway_pin_root.display()
             )

@@ -840,6 +840,28 @@ fn the_relay_runs_after_the_gateways_underlay_filter_on_one_interface() {
         ),
     )
     .unwrap();
+    // Told to run behind a gateway that has pinned nothing there, the relay refuses, by name.
+    let wrong = lab.dir.join("relay-wrong.yaml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "{CONFIG}xdp:\n  interfaces: [p0]\n  attach: xdp-generic\n  behind_gateway: {}\n",
+            bpffs.0.join("nothing-here").display()
+        ),
+    )
+    .unwrap();
+    let refused = lab
+        .relay
+        .command(gateway_binary().to_str().unwrap())
+        .args(["relay", "serve", "--config", wrong.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned()
+        + &String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success() && said.contains("no gateway data plane of this layout"),
+        "{said}"
+    );
     let (relay, _peer) = start(&lab, &["--config", cfg.to_str().unwrap()]);
     let o = uclient(
         &lab,
