@@ -87,8 +87,9 @@ fn flood(
 }
 
 fn measure_one(c: Contender, setup: &wireguard::Setup, seconds: u32) -> anyhow::Result<Sample> {
+    // Native XDP, as on a NIC (the lab's veth would get the TC variant by default).
     let filter = if c == Contender::UnderlayFloodFiltered {
-        "  underlay:\n    - name: u1\n"
+        "  underlay:\n    - name: u1\n      attach: xdp-native\n"
     } else {
         ""
     };

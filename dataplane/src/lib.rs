@@ -183,6 +183,7 @@ impl Dataplane {
             names::PROG_TC_TUNNEL_INGRESS_L3,
             names::PROG_TC_TUNNEL_EGRESS_L3,
             names::PROG_XDP_WG_UNDERLAY,
+            names::PROG_TC_WG_UNDERLAY,
             names::PROG_XDP_TURN,
         ] {
             let prog = ebpf

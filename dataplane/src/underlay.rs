@@ -9,7 +9,9 @@ use gateway_common::{
     underlay::{PORTS_MAX, UnderlaySettings, reason},
 };
 
-use crate::{Dataplane, LanAttach};
+use aya::programs::TcAttachType;
+
+use crate::{Dataplane, LanAttach, attach::Hook};
 
 impl Dataplane {
     /// Puts the protected ports and rates in force (ports no longer listed are released).
@@ -48,15 +50,30 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the filter to an underlay interface (native XDP unless configured otherwise).
+    /// Attaches the filter to an underlay interface: `auto` takes native XDP, except on a veth,
+    /// where an XDP program would switch off the peer's segmentation offload (the UDP GSO
+    /// wireguard-go sends with) and TC ingress costs less than that.
     pub fn attach_underlay(
         &mut self,
         iface: &str,
         attach: LanAttach,
     ) -> anyhow::Result<&'static str> {
         crate::attach::if_index(iface)?;
-        let (hook, label) = crate::attach::xdp_only(attach, "the underlay filter")?;
-        self.attach(iface, names::PROG_XDP_WG_UNDERLAY, hook, label)?;
+        let veth = || crate::attach::driver(iface).is_ok_and(|d| d == "veth");
+        let tc = (names::PROG_TC_WG_UNDERLAY, Hook::Tc(TcAttachType::Ingress));
+        let (program, hook, label) = match attach {
+            LanAttach::Auto if veth() => (
+                tc.0,
+                tc.1,
+                "tc ingress (auto: a veth, where XDP would switch off its peer's UDP GSO)",
+            ),
+            LanAttach::Tc => (tc.0, tc.1, "tc ingress (configured)"),
+            _ => {
+                let (hook, label) = crate::attach::xdp_only(attach, "the underlay filter")?;
+                (names::PROG_XDP_WG_UNDERLAY, hook, label)
+            }
+        };
+        self.attach(iface, program, hook, label)?;
         Ok(label)
     }
 

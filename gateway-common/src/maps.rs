@@ -98,6 +98,7 @@ pub const PROG_TC_TUNNEL_EGRESS_ETH: &str = "tc_tunnel_egress_eth";
 pub const PROG_TC_TUNNEL_INGRESS_L3: &str = "tc_tunnel_ingress_l3";
 pub const PROG_TC_TUNNEL_EGRESS_L3: &str = "tc_tunnel_egress_l3";
 pub const PROG_XDP_WG_UNDERLAY: &str = "xdp_wg_underlay";
+pub const PROG_TC_WG_UNDERLAY: &str = "tc_wg_underlay";
 pub const PROG_XDP_TURN: &str = "xdp_turn";
 
 /// Default capacities; the controller sizes maps from its configuration at load time.

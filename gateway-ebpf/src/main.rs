@@ -254,7 +254,7 @@ pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
         xdp: ctx.ctx,
     };
     let r = underlay::filter(&bytes);
-    underlay::count(r, bytes.len as u64);
+    underlay::count(r, 1, bytes.len as u64);
     if gateway_common::underlay::drops(r) {
         return xdp_action::XDP_DROP;
     }
@@ -263,6 +263,23 @@ pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
     // SAFETY: a tail call; nothing of this program runs after it succeeds.
     unsafe { maps::XDP_NEXT.tail_call(&ctx, gateway_common::maps::XDP_NEXT_SLOT) };
     xdp_action::XDP_PASS
+}
+
+/// The underlay filter at TC ingress, where XDP would cost more than it saves: on a veth, an
+/// XDP program switches off its peer's segmentation offload (UDP GSO, which wireguard-go
+/// uses). GSO/GRO aggregates are judged datagram by datagram.
+#[classifier]
+pub fn tc_wg_underlay(ctx: TcContext) -> i32 {
+    let bytes = tc_bytes(&ctx);
+    // SAFETY: the context's own skb.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let (r, datagrams) = underlay::filter_skb(&bytes, ctx.skb.skb, gso_size);
+    underlay::count(r, datagrams, bytes.len as u64);
+    if gateway_common::underlay::drops(r) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
 }
 
 /// The TURN relay's interfaces: bound channels forwarded in the kernel. Frags-aware, as the

@@ -2,9 +2,10 @@
 //! WireGuard port, only well-formed WireGuard messages pass, and handshake initiations only at
 //! the configured rates. Everything not addressed to a protected port passes untouched.
 
+use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes};
 use gateway_common::{
     stats::Counter,
-    underlay::{Message, SourceKey, admit, classify, reason},
+    underlay::{Message, SourceKey, admit, classify, drops, reason},
 };
 
 use crate::{
@@ -13,40 +14,136 @@ use crate::{
     parse::{self, FRAG_LATER, Link, PROTO_UDP, Parsed},
 };
 
-/// The filter's verdict for one frame, as a reason (see `underlay::drops`).
+/// Most datagrams one GSO/GRO aggregate may carry: each is checked, and an aggregate of more
+/// (only tiny messages merged by the dozen would make one) is dropped as malformed rather than
+/// let through unchecked.
+pub const SEGMENTS_MAX: u32 = 64;
+
+/// A datagram to a protected port: where its UDP header is, and its payload's length (an
+/// aggregate's: all of its datagrams).
+struct Target {
+    l4: usize,
+    payload: u32,
+}
+
+/// The datagram the filter has to judge, or the verdict for a frame it does not.
 #[inline(always)]
-pub fn filter(bytes: &Bytes) -> u32 {
-    let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
-        return reason::PASS_OTHER;
-    };
-    // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
-    let pkt = unsafe { &mut *scratch };
+fn target(bytes: &Bytes, pkt: &mut parse::Packet) -> Result<Target, u32> {
     // Not IP, or IP the kernel will refuse on its own: not this filter's business.
     let Ok(Parsed::Ip) = parse::parse(bytes, Link::Ethernet, pkt) else {
-        return reason::PASS_OTHER;
+        return Err(reason::PASS_OTHER);
     };
     if pkt.flow.proto != PROTO_UDP {
-        return reason::PASS_OTHER;
+        return Err(reason::PASS_OTHER);
     }
     if pkt.frag == FRAG_LATER {
-        return reason::PASS_FRAGMENT;
+        return Err(reason::PASS_FRAGMENT);
     }
     // SAFETY: copied out at once.
     if unsafe { maps::UNDERLAY_PORTS.get(&pkt.flow.dport) }.is_none() {
-        return reason::PASS_OTHER;
+        return Err(reason::PASS_OTHER);
     }
     let l4 = pkt.l4 as usize;
     if l4 == 0 || l4 > 128 {
-        return reason::DROP_TRUNCATED;
+        return Err(reason::DROP_TRUNCATED);
     }
-    // The UDP length is the whole datagram's, also in a first fragment.
-    let (Ok(udp_len), Ok(head)) = (bytes.be16_at(l4 + 4), bytes.array::<4>(l4 + 8)) else {
-        return reason::DROP_TRUNCATED;
+    // The UDP length is the whole datagram's, also in a first fragment (and an aggregate's
+    // whole length in a GSO/GRO skb).
+    let Ok(udp_len) = bytes.be16_at(l4 + 4) else {
+        return Err(reason::DROP_TRUNCATED);
     };
     if udp_len < 8 {
-        return reason::DROP_MALFORMED;
+        return Err(reason::DROP_MALFORMED);
     }
-    match classify(udp_len as u32 - 8, head) {
+    Ok(Target {
+        l4,
+        payload: udp_len as u32 - 8,
+    })
+}
+
+/// The per-CPU parse scratch.
+#[inline(always)]
+fn scratch() -> Option<&'static mut parse::Packet> {
+    let p = maps::SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
+    Some(unsafe { &mut *p })
+}
+
+/// The filter's verdict for one frame, as a reason (see `underlay::drops`).
+#[inline(always)]
+pub fn filter(bytes: &Bytes) -> u32 {
+    let Some(pkt) = scratch() else {
+        return reason::PASS_OTHER;
+    };
+    let t = match target(bytes, pkt) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(head) = bytes.array::<4>(t.l4 + 8) else {
+        return reason::DROP_TRUNCATED;
+    };
+    message(t.payload, head, pkt)
+}
+
+/// The verdict for an skb at TC, and how many datagrams it carries. A GSO/GRO aggregate
+/// (`gso_size` set: a sender's UDP segmentation offload crossing a veth, or the receive side's
+/// UDP GRO) holds several datagrams under one UDP header, each `gso_size` bytes of payload but
+/// the last: every one is judged, and one that would be dropped drops the aggregate.
+#[inline(always)]
+pub fn filter_skb(bytes: &Bytes, skb: *mut __sk_buff, gso_size: u32) -> (u32, u32) {
+    if gso_size == 0 {
+        return (filter(bytes), 1);
+    }
+    let Some(pkt) = scratch() else {
+        return (reason::PASS_OTHER, 1);
+    };
+    let t = match target(bytes, pkt) {
+        Ok(t) => t,
+        Err(r) => return (r, 1),
+    };
+    // Every datagram of the aggregate is counted under its verdict.
+    let datagrams = (t.payload + gso_size - 1) / gso_size;
+    if datagrams > SEGMENTS_MAX {
+        return (reason::DROP_MALFORMED, datagrams);
+    }
+    let mut first = reason::PASS_OTHER;
+    let mut k = 0;
+    while k < SEGMENTS_MAX {
+        let off = k * gso_size;
+        if off >= t.payload {
+            break;
+        }
+        let rest = t.payload - off;
+        let len = if rest < gso_size { rest } else { gso_size };
+        let mut head = [0u8; 4];
+        // SAFETY: helper call into a 4-byte local; the offset is checked by the kernel.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                skb as *const _,
+                (t.l4 + 8) as u32 + off,
+                head.as_mut_ptr().cast(),
+                4,
+            )
+        };
+        if rc != 0 {
+            return (reason::DROP_TRUNCATED, datagrams);
+        }
+        let r = message(len, head, pkt);
+        if drops(r) {
+            return (r, datagrams);
+        }
+        if k == 0 {
+            first = r;
+        }
+        k += 1;
+    }
+    (first, datagrams)
+}
+
+/// One WireGuard message of `len` bytes whose first four are `head`.
+#[inline(always)]
+fn message(len: u32, head: [u8; 4], pkt: &parse::Packet) -> u32 {
+    match classify(len, head) {
         Message::Initiation => initiation(pkt.flow.src, pkt.flow.family),
         Message::Response => reason::RESPONSE,
         Message::CookieReply => reason::COOKIE_REPLY,
@@ -88,12 +185,13 @@ fn initiation(src: [u8; 16], family: u8) -> u32 {
     reason::INITIATION
 }
 
+/// Counts `packets` datagrams of `len` bytes in all under reason `r`.
 #[inline(always)]
-pub fn count(r: u32, len: u64) {
+pub fn count(r: u32, packets: u32, len: u64) {
     if let Some(c) = maps::UNDERLAY_STATS.get_ptr_mut(r) {
         // SAFETY: this CPU's own counter.
         let c: &mut Counter = unsafe { &mut *c };
-        c.packets += 1;
+        c.packets += packets as u64;
         c.bytes += len;
     }
 }

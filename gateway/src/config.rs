@@ -70,7 +70,8 @@ pub struct Interfaces {
     #[serde(default)]
     pub tunnel_forward: TunnelForward,
     /// Underlay interfaces (facing the Internet) in front of the WireGuard port: only
-    /// well-formed WireGuard messages reach it, handshake initiations at bounded rates (XDP).
+    /// well-formed WireGuard messages reach it, handshake initiations at bounded rates (XDP,
+    /// or TC ingress on a veth).
     #[serde(default)]
     pub underlay: Vec<UnderlayInterface>,
 }
@@ -79,7 +80,8 @@ pub struct Interfaces {
 #[serde(deny_unknown_fields)]
 pub struct UnderlayInterface {
     pub name: String,
-    /// xdp-native (default) or xdp-generic.
+    /// auto (default: native XDP, except TC ingress on a veth, where XDP would switch off the
+    /// peer's UDP GSO), xdp-native, xdp-generic or tc.
     #[serde(default)]
     pub attach: LanAttach,
     /// UDP ports to protect; default: the WireGuard interface's listen port.
@@ -496,12 +498,6 @@ impl Config {
             }
         }
         for u in &self.interfaces.underlay {
-            if u.attach == LanAttach::Tc {
-                bail!(
-                    "interfaces.underlay {}: the filter is an XDP program (xdp-native or xdp-generic)",
-                    u.name
-                );
-            }
             if self.interfaces.lan.iter().any(|l| l.name == u.name)
                 || self.interfaces.tunnel.iter().any(|t| t.name == u.name)
             {
@@ -673,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn underlay_interfaces_are_xdp_only_and_need_a_port() {
+    fn underlay_interfaces_take_any_attach_mode_and_need_a_port() {
         let dir = std::env::temp_dir().join(format!("gwcfg-ul-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.yaml");
@@ -694,7 +690,11 @@ mod tests {
                 .contains("ports")
         );
         assert!(load("interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n").is_ok());
-        assert!(load("interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n      attach: tc\n").unwrap_err().contains("XDP"));
+        let tc = load(
+            "interfaces:\n  underlay:\n    - name: eth0\n      ports: [51820]\n      attach: tc\n",
+        )
+        .unwrap();
+        assert_eq!(tc.interfaces.underlay[0].attach, LanAttach::Tc);
         let e = load("interfaces:\n  lan:\n    - name: eth0\n  underlay:\n    - name: eth0\n      ports: [51820]\n").unwrap_err();
         assert!(e.contains("either underlay, LAN or tunnel"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -100,6 +100,9 @@ async fn demo_session_lifecycle() {
         .next()
         .unwrap()
         .to_string();
+    // Connected for the whole session, as a session's client is: an ephemeral peer goes only
+    // after it has been disconnected for the timeout (1 s here), which a slow run must not reach.
+    let _session_stream = session.sync().await.unwrap();
     let peer = ok(&m, "GET", "/api/peers", Value::Null)
         .await
         .as_array()

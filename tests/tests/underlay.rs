@@ -217,3 +217,49 @@ fn handshake_initiations_are_rate_limited_per_source_then_in_total() {
         "the rate refills (10 a second)"
     );
 }
+
+/// The TC variant (what `auto` attaches on a veth, where XDP would take the peer's UDP GSO
+/// away) gives every frame the XDP program's verdict and counts it under the same reason.
+#[test]
+fn the_tc_variant_judges_as_the_xdp_program_does() {
+    const TC_ACT_OK: u32 = 0;
+    const TC_ACT_SHOT: u32 = 2;
+    let mut h = harness(default_rates());
+    let frames = [
+        wg("203.0.113.7", 148, 1),
+        wg("203.0.113.7", 92, 2),
+        wg("203.0.113.7", 64, 3),
+        wg("203.0.113.7", 32, 4),
+        wg("203.0.113.7", 1424, 4),
+        wg("2001:db8::7", 148, 1),
+        wg("203.0.113.7", 149, 1),
+        wg("203.0.113.7", 40, 4),
+        wg("203.0.113.7", 148, 9),
+        udp("203.0.113.7", PORT, 148, [1, 0, 1, 0]).build(),
+        udp("203.0.113.7", PORT, 0, [0; 4]).build(),
+        udp("203.0.113.7", 53, 148, [9, 9, 9, 9]).build(),
+        Spec::tcp("203.0.113.7", GW, 40_000, PORT, 0x02).build(),
+    ];
+    let packets = |h: &Harness| -> Vec<u64> {
+        h.dp.underlay_counters()
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .collect()
+    };
+    for (i, frame) in frames.iter().enumerate() {
+        let before = packets(&h);
+        let xdp = run(&mut h, frame);
+        let mid = packets(&h);
+        let (tc, out) = h.tc_program_bytes(names::PROG_TC_WG_UNDERLAY, frame);
+        let after = packets(&h);
+        assert_eq!(&out, frame, "#{i}: the filter never rewrites");
+        assert!(tc == TC_ACT_OK || tc == TC_ACT_SHOT, "#{i}: {tc}");
+        assert_eq!(xdp == XDP_PASS, tc == TC_ACT_OK, "#{i}: XDP {xdp}, TC {tc}");
+        assert_eq!(xdp == XDP_DROP, tc == TC_ACT_SHOT, "#{i}");
+        let by_xdp: Vec<u64> = mid.iter().zip(&before).map(|(m, b)| m - b).collect();
+        let by_tc: Vec<u64> = after.iter().zip(&mid).map(|(a, m)| a - m).collect();
+        assert_eq!(by_xdp, by_tc, "#{i}: counted under the same reason");
+        assert_eq!(by_tc.iter().sum::<u64>(), 1, "#{i}");
+    }
+}

@@ -570,13 +570,106 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     drop(device);
 }
 
+/// The filter in native XDP on the gateway's veth to p1 (as on a NIC).
 #[test]
-fn a_handshake_flood_at_the_underlay_filter_does_not_starve_the_tunnel() {
-    // The gateway's underlay link to p1 carries the filter (native XDP on the veth).
+fn a_handshake_flood_at_the_xdp_underlay_filter_does_not_starve_the_tunnel() {
+    let (lab, gw, lan) = one_peer(
+        "userspace",
+        "  underlay:\n    - name: u1\n      attach: xdp-native\n",
+    );
+    flood_does_not_starve(&lab, &gw, lan);
+    // (An XDP program on a veth takes its peer's UDP segmentation offload away.)
+    assert!(
+        !udp_gso(&lab.peers[0].ns),
+        "XDP on the veth switched the peer's UDP GSO off"
+    );
+}
+
+/// The filter as `auto` attaches it on a veth: at TC ingress, so the peer keeps its UDP GSO
+/// (wireguard-go sends with it) and the filter judges GSO aggregates datagram by datagram.
+#[test]
+fn the_tc_underlay_filter_keeps_the_peers_udp_gso_and_judges_every_datagram_of_an_aggregate() {
     let (lab, gw, lan) = one_peer("userspace", "  underlay:\n    - name: u1\n");
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(
+        format!("{:?}", st.attachments).contains("tc ingress (auto: a veth"),
+        "{:?}",
+        st.attachments
+    );
+    assert!(udp_gso(&lab.peers[0].ns), "the peer keeps UDP GSO");
+    flood_does_not_starve(&lab, &gw, lan);
+    // Aggregates as UDP GSO sends them (one skb, one UDP header, several datagrams): four
+    // transport messages pass as four; three and a malformed fourth are dropped whole.
+    let target = SocketAddr::new(lab.peers[0].gw_underlay.into(), 51820);
+    let counts = |gw: &GatewayProcess| {
+        let st: Report = gw.status(&lab.gw).unwrap();
+        let c = |r: &str| {
+            st.underlay
+                .iter()
+                .find(|c| c.reason == r)
+                .map(|c| c.packets)
+                .unwrap_or(0)
+        };
+        (c("transport"), c("malformed"))
+    };
+    let send_gso = |segments: &[Vec<u8>]| {
+        let buf: Vec<u8> = segments.concat();
+        let size = segments[0].len() as libc::c_int;
+        lab.peers[0]
+            .ns
+            .run(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: setsockopt(UDP_SEGMENT) with an int on an open UDP socket.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_UDP,
+                        libc::UDP_SEGMENT,
+                        (&size as *const libc::c_int).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+                s.send_to(&buf, target).unwrap()
+            })
+            .unwrap()
+    };
+    let transport = |len: usize| {
+        let mut m = vec![0u8; len];
+        m[0] = 4;
+        m
+    };
+    let (t0, m0) = counts(&gw);
+    send_gso(&[transport(64), transport(64), transport(64), transport(64)]);
+    let (t1, m1) = counts(&gw);
+    assert_eq!(
+        (t1 - t0, m1 - m0),
+        (4, 0),
+        "four transport messages in one aggregate"
+    );
+    send_gso(&[transport(64), transport(64), transport(64), vec![0x42; 40]]);
+    let (t2, m2) = counts(&gw);
+    assert_eq!(
+        (t2 - t1, m2 - m1),
+        (0, 4),
+        "an aggregate with a malformed datagram is dropped whole"
+    );
+}
+
+/// Whether UDP segmentation offload is on at the peer's underlay veth (`ethtool -k`).
+fn udp_gso(ns: &gateway_testkit::netns::Netns) -> bool {
+    let out = ns.exec(&["ethtool", "-k", "eth0"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim_start().starts_with("tx-udp-segmentation: on"))
+}
+
+/// 4,000 handshake initiations and 500 datagrams that are no WireGuard message at all, from the
+/// peer's own address, while a bulk transfer runs through the tunnel: the tunnel keeps carrying
+/// it, the garbage is counted as malformed, the initiations as rate-limited.
+fn flood_does_not_starve(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr) {
     let p1 = &lab.peers[0];
-    // 4,000 handshake initiations and 500 datagrams that are no WireGuard message at all, from
-    // the peer's own address, while a bulk transfer runs through the tunnel.
     let target = SocketAddr::new(lab.peers[0].gw_underlay.into(), 51820);
     let flood = p1.ns.run(move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
