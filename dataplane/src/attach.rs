@@ -22,7 +22,8 @@ pub enum LinkKind {
 }
 
 enum LinkId {
-    Xdp(XdpLinkId),
+    /// The program's name: each XDP program (LAN, underlay filter, TURN) owns its links.
+    Xdp(&'static str, XdpLinkId),
     Tc(&'static str, SchedClassifierLinkId),
 }
 
@@ -247,7 +248,7 @@ impl Dataplane {
                     |p, id| p.take_link(id),
                 )
                 .with_context(context)?;
-                (LinkId::Xdp(id), adopted)
+                (LinkId::Xdp(program, id), adopted)
             }
             Hook::Tc(dir) => {
                 let prog: &mut SchedClassifier = self.tc_program(program)?;
@@ -290,8 +291,8 @@ impl Dataplane {
             std::fs::remove_file(pin).map_err(|e| format!("unpinning {}: {e}", pin.display()))?;
         }
         let result = match a.link.take() {
-            Some(LinkId::Xdp(id)) => self
-                .xdp_program()
+            Some(LinkId::Xdp(name, id)) => self
+                .xdp_program_named(name)
                 .and_then(|p| p.detach(id).map_err(Into::into)),
             Some(LinkId::Tc(name, id)) => self
                 .tc_program(name)

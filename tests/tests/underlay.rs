@@ -263,3 +263,37 @@ fn the_tc_variant_judges_as_the_xdp_program_does() {
         assert_eq!(by_tc.iter().sum::<u64>(), 1, "#{i}");
     }
 }
+
+/// Taking the filter off its interfaces (XDP and TC) detaches each link through the program that
+/// holds it, with no error: XDP links belong to the program they run, not to the LAN program.
+/// (This host's bpftool predates tcx and cannot list the TC link; the XDP one is checked.)
+#[test]
+fn detaching_takes_the_filter_off_its_interfaces_without_errors() {
+    use gateway_testkit::netns::{Netns, remove_stale, veth};
+    remove_stale("gwundet");
+    let id = format!("gwundet{}", std::process::id());
+    let (ns, other) = (
+        Netns::create(&format!("{id}-a")).unwrap(),
+        Netns::create(&format!("{id}-b")).unwrap(),
+    );
+    veth(&ns, "u0", &other, "v0").unwrap();
+    veth(&ns, "u1", &other, "v1").unwrap();
+    let link = |dev: &str| {
+        String::from_utf8_lossy(&ns.exec(&["ip", "link", "show", dev]).unwrap().stdout).into_owned()
+    };
+    let mut h = harness(default_rates());
+    ns.run_scoped(|| {
+        use gateway_dataplane::LanAttach;
+        h.dp.attach_underlay("u0", LanAttach::XdpGeneric).unwrap();
+        assert_eq!(
+            h.dp.attach_underlay("u1", LanAttach::Auto).unwrap(),
+            "tc ingress (auto: a veth, where XDP would switch off its peer's UDP GSO)"
+        );
+    })
+    .unwrap();
+    assert!(link("u0").contains("xdpgeneric"), "{}", link("u0"));
+    assert!(!link("u1").contains("xdp"), "{}", link("u1"));
+    let errors = ns.run_scoped(|| h.dp.detach_all()).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!link("u0").contains("xdp"), "{}", link("u0"));
+}
