@@ -48,6 +48,7 @@ pub enum Contender {
     /// and off.
     UnderlayQuiet,
     UnderlayFloodFiltered,
+    UnderlayFloodFilteredTc,
     UnderlayFloodUnfiltered,
     /// Scenario "relay" (relay.rs): TURN relays.
     RelayGateway,
@@ -104,6 +105,9 @@ impl Contender {
             Contender::RelayCoturn => "coturn (turnserver)",
             Contender::UnderlayQuiet => "no flood",
             Contender::UnderlayFloodFiltered => "flood, XDP underlay filter on",
+            Contender::UnderlayFloodFilteredTc => {
+                "flood, underlay filter at TC ingress (attach: auto on a veth)"
+            }
             Contender::UnderlayFloodUnfiltered => {
                 "flood, no filter (boringtun reads every datagram)"
             }
@@ -284,6 +288,7 @@ pub fn install(
         | Contender::RelayCoturn
         | Contender::UnderlayQuiet
         | Contender::UnderlayFloodFiltered
+        | Contender::UnderlayFloodFilteredTc
         | Contender::UnderlayFloodUnfiltered => anyhow::bail!(
             "{} runs in its own topology (scenarios wireguard, relay, underlay)",
             c.label()

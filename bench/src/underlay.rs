@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{alternate::alternate, contenders::Contender, stats::Summary, wireguard};
 
-pub const CONTENDERS: [Contender; 3] = [
+pub const CONTENDERS: [Contender; 4] = [
     Contender::UnderlayQuiet,
     Contender::UnderlayFloodFiltered,
+    Contender::UnderlayFloodFilteredTc,
     Contender::UnderlayFloodUnfiltered,
 ];
 
@@ -87,11 +88,14 @@ fn flood(
 }
 
 fn measure_one(c: Contender, setup: &wireguard::Setup, seconds: u32) -> anyhow::Result<Sample> {
-    // Native XDP, as on a NIC (the lab's veth would get the TC variant by default).
-    let filter = if c == Contender::UnderlayFloodFiltered {
-        "  underlay:\n    - name: u1\n      attach: xdp-native\n"
-    } else {
-        ""
+    // Native XDP, as on a NIC; and what `auto` takes on the lab's veth, TC ingress (where the
+    // peer keeps its UDP GSO).
+    let filter = match c {
+        Contender::UnderlayFloodFiltered => {
+            "  underlay:\n    - name: u1\n      attach: xdp-native\n"
+        }
+        Contender::UnderlayFloodFilteredTc => "  underlay:\n    - name: u1\n      attach: tc\n",
+        _ => "",
     };
     let running = wireguard::bring_up_with(Contender::WgGatewayBoringtun, setup, filter)?;
     let peer = &setup.lab.peers[0];
@@ -117,7 +121,10 @@ fn measure_one(c: Contender, setup: &wireguard::Setup, seconds: u32) -> anyhow::
     });
     let elapsed = started.elapsed().as_secs_f64();
     let tcp = tcp?;
-    if c == Contender::UnderlayFloodFiltered {
+    if matches!(
+        c,
+        Contender::UnderlayFloodFiltered | Contender::UnderlayFloodFilteredTc
+    ) {
         // The filter did the work: most initiations were limited in the kernel.
         let st: gateway::status::Report = running
             .gateway
@@ -177,7 +184,7 @@ pub fn markdown(md: &mut String, b: &UnderlayBench) {
     );
     let _ = writeln!(
         md,
-        "The gateway terminates WireGuard (boringtun, in its process) as the routing peer of scenario \"wireguard\"; one iperf3 TCP stream for {} s runs from the peer through the tunnel to the LAN host, while a sender on the peer's underlay link offers {} handshake initiations per second (148 bytes, invalid MACs) to the WireGuard port: with the gateway's XDP underlay filter on that link (native XDP: well-formed messages only, initiations rate-limited per source and in total), and without it (every initiation reaches boringtun's socket, which reads and rejects it). Without a flood: the reference. The flood's sender shares the VM's 2 cores with everything else in every flooded row alike. Every contender in each trial, alternating; median (min–max).\n",
+        "The gateway terminates WireGuard (boringtun, in its process) as the routing peer of scenario \"wireguard\"; one iperf3 TCP stream for {} s runs from the peer through the tunnel to the LAN host, while a sender on the peer's underlay link offers {} handshake initiations per second (148 bytes, invalid MACs) to the WireGuard port: with the gateway's underlay filter on that link (well-formed messages only, initiations rate-limited per source and in total) in native XDP, as on a NIC, and at TC ingress, as `attach: auto` takes it on a veth (an XDP program on a veth switches off the peer's UDP GSO, which wireguard-go sends with; at TC the peer keeps it), and without it (every initiation reaches boringtun's socket, which reads and rejects it). Without a flood: the reference. The flood's sender shares the VM's 2 cores with everything else in every flooded row alike. Every contender in each trial, alternating; median (min–max).\n",
         b.seconds, b.flood_pps
     );
     let _ = writeln!(md, "| contender | TCP (Gbit/s) | flood sent (kpps) |");
@@ -212,11 +219,20 @@ pub fn markdown(md: &mut String, b: &UnderlayBench) {
     ) {
         let _ = writeln!(
             md,
-            "\nUnder the flood the tunnel keeps {:.0}% of its quiet throughput with the filter and {:.0}% without it (filter on ÷ off: {:.2}x).",
+            "\nUnder the flood the tunnel keeps {:.0}% of its quiet throughput with the XDP filter and {:.0}% without it (filter on ÷ off: {:.2}x).",
             100.0 * on / quiet,
             100.0 * off / quiet,
             on / off
         );
+        if let Some(tc) = find(Contender::UnderlayFloodFilteredTc) {
+            let _ = writeln!(
+                md,
+                "With the filter at TC: {:.0}% of the quiet throughput (TC ÷ no filter: {:.2}x; TC ÷ XDP: {:.2}x).",
+                100.0 * tc / quiet,
+                tc / off,
+                tc / on
+            );
+        }
     }
     md.push('\n');
 }
