@@ -97,18 +97,22 @@ impl XdpFastPath {
     }
 }
 
+/// Both directions of a binding in the kernel's maps: (channel key, to the peer, peer key, to
+/// the client).
+type KernelEntries<A> = (
+    gateway_common::turn::ChannelKey<A>,
+    gateway_common::turn::ToPeer<A>,
+    gateway_common::turn::PeerKey<A>,
+    gateway_common::turn::ToClient<A>,
+);
+
 /// A binding's entries as the kernel's maps of family `A` key them: the client's channel and
 /// the peer's address (both directions' keys), and what each direction rewrites to. `None`
 /// when an address is not of that family.
 fn kernel_entries<A: gateway_common::turn::TurnAddr>(
     b: &gateway_relay::fast_path::Binding,
     ip: fn(std::net::IpAddr) -> Option<A>,
-) -> Option<(
-    gateway_common::turn::ChannelKey<A>,
-    gateway_common::turn::ToPeer<A>,
-    gateway_common::turn::PeerKey<A>,
-    gateway_common::turn::ToClient<A>,
-)> {
+) -> Option<KernelEntries<A>> {
     use gateway_common::turn::*;
     let (client, listen, peer, relay) = (
         ip(b.client.ip())?,
