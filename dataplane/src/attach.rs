@@ -126,6 +126,12 @@ pub fn driver(name: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&driver[..len]).into_owned())
 }
 
+/// Whether the interface is a veth, where an XDP program switches off the peer's segmentation
+/// offload (so `attach: auto` takes TC there).
+pub(crate) fn is_veth(name: &str) -> bool {
+    driver(name).is_ok_and(|d| d == "veth")
+}
+
 /// Where a program hangs: one pinned link per (hook, interface).
 #[derive(Clone, Copy)]
 pub(crate) enum Hook {
@@ -161,9 +167,8 @@ impl Dataplane {
     /// Attaches the LAN program; returns the mode, as `gateway status` reports it.
     pub fn attach_lan(&mut self, iface: &str, attach: LanAttach) -> anyhow::Result<&'static str> {
         if_index(iface)?;
-        let veth = || driver(iface).is_ok_and(|d| d == "veth");
         let (program, hook, label) = match attach {
-            LanAttach::Auto if veth() => (
+            LanAttach::Auto if is_veth(iface) => (
                 names::PROG_TC_LAN_INGRESS,
                 Hook::Tc(TcAttachType::Ingress),
                 "tc ingress (auto: a veth, where XDP would switch off its peer's TSO/GSO)",

@@ -41,7 +41,7 @@ use mmap::MmapArray;
 pub use nat::Masquerade;
 pub use options::{LanAttach, LimitsConfig};
 pub use sweep::SweepReport;
-pub use turn::{TurnChain, monotonic_coarse_ns};
+pub use turn::TurnChain;
 
 use gateway_policy::{
     RuleInfo,

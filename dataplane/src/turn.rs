@@ -111,7 +111,7 @@ impl Dataplane {
     /// The relay's sign of life: the program relays while the last stamp is younger than
     /// gateway_common::turn::ALIVE_WINDOW_NS (the relay stamps every second).
     pub fn stamp_turn_alive(&mut self) -> anyhow::Result<()> {
-        self.set_turn_alive(monotonic_coarse_ns())
+        self.set_turn_alive(crate::sweep::monotonic_coarse_ns())
     }
 
     /// Sets the stamp to `ns` (CLOCK_MONOTONIC_COARSE); tests age it with this.
@@ -162,17 +162,6 @@ impl Dataplane {
             .with_context(|| format!("filling {}", path.display()))?;
         Ok(TurnChain { next, path })
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE in ns: the clock bpf_ktime_get_coarse_ns reads.
-pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: plain libc call with a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The fast path in the gateway's filter chain; out of it when dropped (the relay stopping).

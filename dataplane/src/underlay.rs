@@ -59,10 +59,9 @@ impl Dataplane {
         attach: LanAttach,
     ) -> anyhow::Result<&'static str> {
         crate::attach::if_index(iface)?;
-        let veth = || crate::attach::driver(iface).is_ok_and(|d| d == "veth");
         let tc = (names::PROG_TC_WG_UNDERLAY, Hook::Tc(TcAttachType::Ingress));
         let (program, hook, label) = match attach {
-            LanAttach::Auto if veth() => (
+            LanAttach::Auto if crate::attach::is_veth(iface) => (
                 tc.0,
                 tc.1,
                 "tc ingress (auto: a veth, where XDP would switch off its peer's UDP GSO)",

@@ -156,20 +156,9 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
 ];
 
 /// Whether a UDP checksum field holds only the pseudo-header sum (not complemented): what a
-/// local sender leaves for checksum offload. A full checksum equals it once in 65,536 frames;
-/// those go to userspace too, which is correct either way.
-#[inline(always)]
-pub fn partial_checksum<A: TurnAddr>(check: u16, src: &A, dst: &A, ulen: u16) -> bool {
-    let mut addrs = 0u32;
-    let mut i = 0;
-    while i < A::WORDS {
-        addrs += src.word(i) as u32 + dst.word(i) as u32;
-        i += 1;
-    }
-    begun_checksum(check, addrs, ulen)
-}
-
-/// As [`partial_checksum`], from the sum of the addresses' words.
+/// local sender leaves for checksum offload. `addrs` is the sum of the source and destination
+/// addresses' 16-bit words. A full checksum equals it once in 65,536 frames; those go to
+/// userspace too, which is correct either way.
 #[inline(always)]
 pub fn begun_checksum(check: u16, addrs: u32, ulen: u16) -> bool {
     check != 0 && check == crate::checksum::fold(17 + ulen as u32 + addrs)
@@ -202,15 +191,6 @@ impl ChecksumUpdate {
         self.sum += word as u32;
     }
 
-    #[inline(always)]
-    pub fn remove_addr<A: TurnAddr>(&mut self, a: &A) {
-        let mut i = 0;
-        while i < A::WORDS {
-            self.remove(a.word(i));
-            i += 1;
-        }
-    }
-
     /// Removes `count` words known only by their sum (`sum` ≤ count × 0xffff): each word
     /// removed adds its complement, 0xffff − word.
     #[inline(always)]
@@ -235,22 +215,6 @@ impl ChecksumUpdate {
     }
 }
 
-/// A UDP checksum after the covered 16-bit words `removed` went and `added` came.
-pub fn udp_checksum_update(check: u16, removed: &[u16], added: &[u16]) -> u16 {
-    let mut u = ChecksumUpdate::new(check);
-    let mut i = 0;
-    while i < removed.len() {
-        u.remove(removed[i]);
-        i += 1;
-    }
-    let mut i = 0;
-    while i < added.len() {
-        u.add(added[i]);
-        i += 1;
-    }
-    u.finish()
-}
-
 /// The words a trailing byte run contributes, for `bytes` that start at `offset` from the UDP
 /// header (an even offset puts a byte in a word's high half).
 pub fn trailing_words(offset: usize, bytes: &[u8], out: &mut [u16; 3]) -> usize {
@@ -271,6 +235,18 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use super::*;
+
+    /// The update as the kernel program applies it, word by word.
+    fn update(check: u16, removed: &[u16], added: &[u16]) -> u16 {
+        let mut u = ChecksumUpdate::new(check);
+        for w in removed {
+            u.remove(*w);
+        }
+        for w in added {
+            u.add(*w);
+        }
+        u.finish()
+    }
 
     /// The 16-bit words of an IPv4 address.
     const fn addr_words(a: [u8; 4]) -> [u16; 2] {
@@ -343,7 +319,7 @@ mod tests {
             let mut added = vec![new_len, new_len, 50001, 5000];
             added.extend(addr_words(RELAY));
             added.extend(addr_words(PEER));
-            let got = udp_checksum_update(old, &removed, &added);
+            let got = update(old, &removed, &added);
             assert_eq!(
                 got,
                 full(RELAY, PEER, 50001, 5000, &data),
@@ -363,16 +339,12 @@ mod tests {
             unpadded.extend_from_slice(&(len as u16).to_be_bytes());
             unpadded.extend_from_slice(&data);
             assert_eq!(
-                udp_checksum_update(back, &removed, &added),
+                update(back, &removed, &added),
                 full(LISTEN, CLIENT, 3478, 40000, &unpadded),
                 "back, len {len}"
             );
         }
-        assert_eq!(
-            udp_checksum_update(0, &[1, 2], &[3]),
-            0,
-            "no checksum stays none"
-        );
+        assert_eq!(update(0, &[1, 2], &[3]), 0, "no checksum stays none");
     }
 
     /// The UDP checksum over IPv6 computed in full (RFC 8200 section 8.1's pseudo-header:
@@ -428,14 +400,15 @@ mod tests {
                 u.remove(w);
             }
             let mut by_sum = u;
-            u.remove_addr(&client);
-            u.remove_addr(&listen);
-            let sum: u32 = client
+            let words: Vec<u16> = client
                 .chunks(2)
                 .chain(listen.chunks(2))
-                .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-                .sum();
-            by_sum.remove_sum(sum, 16);
+                .map(|w| u16::from_be_bytes([w[0], w[1]]))
+                .collect();
+            for w in &words {
+                u.remove(*w);
+            }
+            by_sum.remove_sum(words.iter().map(|w| *w as u32).sum(), 16);
             assert_eq!(by_sum.finish(), u.finish(), "removed by sum, len {len}");
             let mut tail = [0u16; 3];
             let n = trailing_words(12 + len, &cd[4 + len..], &mut tail);
@@ -457,8 +430,9 @@ mod tests {
             for w in [new_len, new_len, 5000, 50001] {
                 u.remove(w);
             }
-            u.remove_addr(&peer);
-            u.remove_addr(&relay);
+            for w in peer.chunks(2).chain(relay.chunks(2)) {
+                u.remove(u16::from_be_bytes([w[0], w[1]]));
+            }
             let wrapped_len = (8 + 4 + len) as u16;
             for w in [channel, len as u16, wrapped_len, wrapped_len, 3478, 40000] {
                 u.add(w);
@@ -485,7 +459,12 @@ mod tests {
         while sum >> 16 != 0 {
             sum = (sum & 0xffff) + (sum >> 16);
         }
-        assert!(partial_checksum(sum as u16, &client, &listen, ulen));
-        assert!(!partial_checksum(!(sum as u16), &client, &listen, ulen));
+        let addrs: u32 = client
+            .chunks(2)
+            .chain(listen.chunks(2))
+            .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+            .sum();
+        assert!(begun_checksum(sum as u16, addrs, ulen));
+        assert!(!begun_checksum(!(sum as u16), addrs, ulen));
     }
 }

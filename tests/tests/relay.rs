@@ -163,6 +163,9 @@ fn uclient_via(lab: &Lab, args: &[&str], peer: &str, server: &str) -> Result<Out
     }
 }
 
+/// coturn's client as the static user of [`CONFIG`]: 2 clients, 30 messages each.
+const ALICE: [&str; 8] = ["-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30"];
+
 const CONFIG: &str = "listen: [198.18.30.1:3478]\nrelay_ip: 198.18.31.1\nrealm: lab.example\nusers:\n  alice: wonderland\nstatic_auth_secret: s3cret\nmin_port: 50000\nmax_port: 50100\nmetrics_addr: 127.0.0.1:9465\n";
 
 /// What the relay's XDP route lookups need: forwarding on its two links (the kernel answers
@@ -324,12 +327,11 @@ fn coturn_clients_relay_to_ipv6_peers_from_ipv6_relayed_addresses() {
             .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(200));
-    let login = ["-u", "alice", "-w", "wonderland", "-m", "2", "-n", "30"];
     for (extra, what) in [(&[][..], "channels"), (&["-s"][..], "send indications")] {
         let args: Vec<&str> = ["-x", "-l", "1200"]
             .iter()
             .chain(extra)
-            .chain(&login)
+            .chain(&ALICE)
             .copied()
             .collect();
         let o = uclient_to(&lab, &args, "fd00:31::2").unwrap_or_else(|text| {
@@ -740,19 +742,7 @@ fn ipv6_channels_are_relayed_in_xdp() {
     );
     std::thread::sleep(Duration::from_millis(200));
     for len in ["64", "1200"] {
-        let args = [
-            "-x",
-            "-u",
-            "alice",
-            "-w",
-            "wonderland",
-            "-m",
-            "2",
-            "-n",
-            "30",
-            "-l",
-            len,
-        ];
+        let args = [&["-x", "-l", len][..], &ALICE].concat();
         let o = uclient_via(&lab, &args, "fd00:31::2", "fd00:30::1").unwrap_or_else(|text| {
             let log = std::fs::read_to_string(lab.dir.join("relay.log")).unwrap_or_default();
             panic!("{len} bytes: no report\n{text}\nthe relay's log:\n{log}")
@@ -863,22 +853,7 @@ fn the_relay_runs_after_the_gateways_underlay_filter_on_one_interface() {
         "{said}"
     );
     let (relay, _peer) = start(&lab, &["--config", cfg.to_str().unwrap()]);
-    let o = uclient(
-        &lab,
-        &[
-            "-u",
-            "alice",
-            "-w",
-            "wonderland",
-            "-m",
-            "2",
-            "-n",
-            "30",
-            "-l",
-            "1200",
-        ],
-    )
-    .expect("report");
+    let o = uclient(&lab, &[&["-l", "1200"][..], &ALICE].concat()).expect("report");
     assert_eq!((o.sent, o.received, o.lost), (60, 60, 0), "{o:?}");
     let status: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
     assert!(

@@ -715,7 +715,7 @@ fn a_relay_that_stopped_saying_it_is_alive_has_nothing_relayed_in_the_kernel() {
         64,
         &channel_data(0x4001, b"payload", &[0]),
     );
-    let now = gateway_dataplane::monotonic_coarse_ns();
+    let now = gateway_dataplane::sweep::monotonic_coarse_ns();
     h.dp.set_turn_alive(now - gateway_common::turn::ALIVE_WINDOW_NS - 1_000_000_000)
         .unwrap();
     ns.run_scoped(|| {

@@ -603,14 +603,10 @@ fn the_tc_underlay_filter_keeps_the_peers_udp_gso_and_judges_every_datagram_of_a
     let target = SocketAddr::new(lab.peers[0].gw_underlay.into(), 51820);
     let counts = |gw: &GatewayProcess| {
         let st: Report = gw.status(&lab.gw).unwrap();
-        let c = |r: &str| {
-            st.underlay
-                .iter()
-                .find(|c| c.reason == r)
-                .map(|c| c.packets)
-                .unwrap_or(0)
-        };
-        (c("transport"), c("malformed"))
+        (
+            underlay_count(&st, "transport"),
+            underlay_count(&st, "malformed"),
+        )
     };
     let send_gso = |segments: &[Vec<u8>]| {
         let buf: Vec<u8> = segments.concat();
@@ -655,6 +651,15 @@ fn the_tc_underlay_filter_keeps_the_peers_udp_gso_and_judges_every_datagram_of_a
         (0, 4),
         "an aggregate with a malformed datagram is dropped whole"
     );
+}
+
+/// The underlay filter's count of datagrams under `reason`.
+fn underlay_count(st: &Report, reason: &str) -> u64 {
+    st.underlay
+        .iter()
+        .find(|c| c.reason == reason)
+        .map(|c| c.packets)
+        .unwrap_or(0)
 }
 
 /// Whether UDP segmentation offload is on at the peer's underlay veth (`ethtool -k`).
@@ -702,13 +707,7 @@ fn flood_does_not_starve(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr) {
     assert!(out.bytes_received > 2_000_000, "{out:?}");
     assert!(traffic::ping(&p1.ns, lan), "the tunnel after the flood");
     let st: Report = gw.status(&lab.gw).unwrap();
-    let c = |r: &str| {
-        st.underlay
-            .iter()
-            .find(|c| c.reason == r)
-            .map(|c| c.packets)
-            .unwrap_or(0)
-    };
+    let c = |r: &str| underlay_count(&st, r);
     assert_eq!(c("malformed"), garbage as u64, "{:?}", st.underlay);
     assert!(
         c("rate_limited_source") + c("rate_limited_total") >= initiations as u64 - 100,
