@@ -2,7 +2,11 @@
 //! WireGuard port, only well-formed WireGuard messages pass, and handshake initiations only at
 //! the configured rates. Everything not addressed to a protected port passes untouched.
 
-use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    cty::c_void,
+    helpers::generated::{bpf_loop, bpf_skb_load_bytes},
+};
 use gateway_common::{
     stats::Counter,
     underlay::{Message, SourceKey, admit, classify, drops, reason},
@@ -82,7 +86,7 @@ pub fn filter(bytes: &Bytes) -> u32 {
     let Ok(head) = bytes.array::<4>(t.l4 + 8) else {
         return reason::DROP_TRUNCATED;
     };
-    message(t.payload, head, pkt)
+    message(t.payload, head, pkt.flow.src, pkt.flow.family)
 }
 
 /// The verdict for an skb at TC, and how many datagrams it carries. A GSO/GRO aggregate
@@ -106,45 +110,86 @@ pub fn filter_skb(bytes: &Bytes, skb: *mut __sk_buff, gso_size: u32) -> (u32, u3
     if datagrams > SEGMENTS_MAX {
         return (reason::DROP_MALFORMED, datagrams);
     }
-    let mut first = reason::PASS_OTHER;
-    let mut k = 0;
-    while k < SEGMENTS_MAX {
-        let off = k * gso_size;
-        if off >= t.payload {
-            break;
-        }
-        let rest = t.payload - off;
-        let len = if rest < gso_size { rest } else { gso_size };
-        let mut head = [0u8; 4];
-        // SAFETY: helper call into a 4-byte local; the offset is checked by the kernel.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                skb as *const _,
-                (t.l4 + 8) as u32 + off,
-                head.as_mut_ptr().cast(),
-                4,
-            )
-        };
-        if rc != 0 {
-            return (reason::DROP_TRUNCATED, datagrams);
-        }
-        let r = message(len, head, pkt);
-        if drops(r) {
-            return (r, datagrams);
-        }
-        if k == 0 {
-            first = r;
-        }
-        k += 1;
+    let mut a = Aggregate {
+        skb,
+        src: pkt.flow.src,
+        family: pkt.flow.family as u32,
+        at: (t.l4 + 8) as u32,
+        payload: t.payload,
+        gso_size,
+        first: reason::PASS_OTHER,
+        dropped: NOT_DROPPED,
+    };
+    // bpf_loop, not a bounded loop: the verifier checks the body once instead of once per
+    // datagram, which kept loading this program slow enough to be interrupted.
+    // SAFETY: the callback reads and writes only `a`, on this stack frame, for the call's length.
+    unsafe {
+        bpf_loop(
+            datagrams,
+            judge_datagram as *mut c_void,
+            (&mut a as *mut Aggregate).cast(),
+            0,
+        )
+    };
+    if a.dropped != NOT_DROPPED {
+        return (a.dropped, datagrams);
     }
-    (first, datagrams)
+    (a.first, datagrams)
 }
 
-/// One WireGuard message of `len` bytes whose first four are `head`.
+const NOT_DROPPED: u32 = u32::MAX;
+
+/// What the datagrams of one aggregate are judged with, and what came of it.
+#[repr(C)]
+struct Aggregate {
+    skb: *mut __sk_buff,
+    src: [u8; 16],
+    family: u32,
+    /// Offset of the first datagram's payload.
+    at: u32,
+    payload: u32,
+    gso_size: u32,
+    /// The first datagram's reason.
+    first: u32,
+    /// The reason that drops the aggregate, if one did.
+    dropped: u32,
+}
+
+/// Judges datagram `k` of the aggregate at `ctx` (an [`Aggregate`]); 1 stops the loop.
+#[inline(never)]
+extern "C" fn judge_datagram(k: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer filter_skb gave it, to its live Aggregate.
+    let a = unsafe { &mut *(ctx as *mut Aggregate) };
+    let off = k as u32 * a.gso_size;
+    if off >= a.payload {
+        return 1;
+    }
+    let rest = a.payload - off;
+    let len = if rest < a.gso_size { rest } else { a.gso_size };
+    let mut head = [0u8; 4];
+    // SAFETY: helper call into a 4-byte local; the offset is checked by the kernel.
+    let rc =
+        unsafe { bpf_skb_load_bytes(a.skb as *const _, a.at + off, head.as_mut_ptr().cast(), 4) };
+    if rc != 0 {
+        a.dropped = reason::DROP_TRUNCATED;
+        return 1;
+    }
+    let r = message(len, head, a.src, a.family as u8);
+    if drops(r) {
+        a.dropped = r;
+        return 1;
+    }
+    if k == 0 {
+        a.first = r;
+    }
+    0
+}
+
+/// One WireGuard message of `len` bytes whose first four are `head`, from `src`.
 #[inline(always)]
-fn message(len: u32, head: [u8; 4], pkt: &parse::Packet) -> u32 {
+fn message(len: u32, head: [u8; 4], src: [u8; 16], family: u8) -> u32 {
     match classify(len, head) {
-        Message::Initiation => initiation(pkt.flow.src, pkt.flow.family),
+        Message::Initiation => initiation(src, family),
         Message::Response => reason::RESPONSE,
         Message::CookieReply => reason::COOKIE_REPLY,
         Message::Transport => reason::TRANSPORT,
