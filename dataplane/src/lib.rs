@@ -189,12 +189,22 @@ impl Dataplane {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-            let result = match prog {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => Err(ProgramError::UnexpectedProgramType),
-            };
-            result.map_err(|e| verifier_error(name, e))?;
+            // The verifier gives up with EAGAIN when a signal arrives for the loading process
+            // while it works (a child exiting, a Ctrl-C); libbpf retries that, and so does this.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let result = match &mut *prog {
+                    aya::programs::Program::Xdp(p) => p.load(),
+                    aya::programs::Program::SchedClassifier(p) => p.load(),
+                    _ => Err(ProgramError::UnexpectedProgramType),
+                };
+                match result {
+                    Err(ProgramError::LoadError { io_error, .. })
+                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 => {}
+                    other => break other.map_err(|e| verifier_error(name, e))?,
+                }
+            }
         }
         fn map<'e>(ebpf: &'e Ebpf, name: &str) -> anyhow::Result<&'e aya::maps::Map> {
             ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))
