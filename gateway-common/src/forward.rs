@@ -1,4 +1,4 @@
-//! The XDP forwarding path's cache of FIB results: a direct-mapped per-CPU table (an array
+//! The forwarding paths' caches of FIB results: a direct-mapped per-CPU table (an array
 //! lookup, where a hash map costs a hash of the key and a bucket walk on every packet).
 
 use crate::{assert_size, user_pod};
@@ -39,6 +39,34 @@ pub struct FibSlot {
 }
 assert_size!(FibSlot, 56);
 
+/// A route as TC forwarding uses it: the egress interface, what it is to forwarding (its
+/// `TC_PORT_*` kind, 0 for none of the gateway's), and the next hop the neighbour redirect
+/// resolves (the FIB's gateway, or the destination itself on a connected network). Given the
+/// next hop, the kernel skips a route lookup of its own on every redirected packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcRoute {
+    pub expires_ns: u64,
+    pub egress: u32,
+    /// As in [`FibRoute`]: longer packets are looked up again.
+    pub max_len: u16,
+    pub kind: u8,
+    /// AF_INET (2) or AF_INET6 (10): an IPv4 route may have an IPv6 next hop (RFC 5549).
+    pub nh_family: u8,
+    /// The next hop as on the wire; IPv4 in the first word.
+    pub nh: [u32; 4],
+}
+assert_size!(TcRoute, 32);
+
+/// One slot of the per-CPU TC route cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcRouteSlot {
+    pub key: FibKey,
+    pub route: TcRoute,
+}
+assert_size!(TcRouteSlot, 56);
+
 /// Slots per CPU (a power of two): destinations that collide evict each other, which costs
 /// a FIB lookup, never a wrong route (the slot's key is compared in full).
 pub const FIB_SLOTS: u32 = 4096;
@@ -61,7 +89,7 @@ pub const FORWARD_PORTS_MAX: u32 = 64;
 /// How long a cached route is used before the FIB is asked again.
 pub const FIB_CACHE_NS: u64 = 1_000_000_000;
 
-user_pod!(FibKey, FibRoute, FibSlot);
+user_pod!(FibKey, FibRoute, FibSlot, TcRoute, TcRouteSlot);
 
 #[cfg(test)]
 mod tests {

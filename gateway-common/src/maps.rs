@@ -15,6 +15,8 @@ pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const FORWARD_PORTS: &str = "FWD_PORTS_V1";
 pub const FIB_CACHE: &str = "FIB_CACHE_V1";
 pub const FORWARD_SLOTS: &str = "FWD_SLOTS_V1";
+/// Not pinned: a cache of TC forwarding's routes, learnt again in a second.
+pub const TC_FIB_CACHE: &str = "TC_FIB_CACHE_V1";
 /// Not pinned: a cache, valid only for the generation it was filled under.
 pub const VERDICT_CACHE: &str = "VERDICT_CACHE_V1";
 /// Not pinned: written from the configuration whenever a tunnel interface is attached.

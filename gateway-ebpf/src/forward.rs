@@ -15,7 +15,7 @@ use aya_ebpf::{
 use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
-    forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
+    forward::{FIB_CACHE_NS, FibKey, FibRoute, TcRoute, fib_slot},
 };
 
 use crate::{
@@ -229,8 +229,7 @@ unsafe fn decrement_ipv4_ttl(ip: usize) {
 #[inline(always)]
 pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> Option<i32> {
     use aya_ebpf::{
-        EbpfContext as _,
-        bindings::{BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_REDIRECT},
+        bindings::TC_ACT_REDIRECT,
         helpers::generated::{
             bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes,
             bpf_skb_store_bytes,
@@ -284,25 +283,21 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
         (pkt.l4 - pkt.l3) + l4_header + gso_size
     };
     // SAFETY: the context's own skb.
-    let mut fib = fib_params(unsafe { (*skb).ingress_ifindex }, pkt, tot_len);
-    // SAFETY: plain helper call with a properly sized parameter block.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return None;
-    }
+    let ingress = unsafe { (*skb).ingress_ifindex };
+    let route = tc_route(ctx, pkt, ingress, tot_len)?;
     // Only toward the gateway's own interfaces of that kind (anything else, e.g. tunnel traffic
     // back into a tunnel, is the kernel's to route).
-    // SAFETY: copied out at once.
-    if unsafe { maps::LAN_PORTS.get(&fib.ifindex) }.copied() != Some(to) {
+    if route.kind != to {
         return None;
     }
+    // The next hop the FIB chose: with it the neighbour redirect resolves the link address
+    // without a route lookup of its own.
+    let mut nh = RedirectNeighbour {
+        nh_family: route.nh_family as u32,
+        addr: route.nh,
+    };
+    let nh_ptr = (&mut nh as *mut RedirectNeighbour).cast();
+    let nh_len = size_of::<RedirectNeighbour>() as i32;
     // SAFETY: helper calls on the program's own skb with small locals.
     unsafe {
         if v4 {
@@ -346,16 +341,86 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
             if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0 {
                 return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
             }
-            if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0)
-                != TC_ACT_REDIRECT as i64
-            {
+            if bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64 {
                 return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
             }
             return Some(TC_ACT_REDIRECT as i32);
         }
-        if bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) != TC_ACT_REDIRECT as i64 {
+        if bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64 {
             return None;
         }
     }
     Some(TC_ACT_REDIRECT as i32)
+}
+
+/// `struct bpf_redir_neigh`: the next hop handed to `bpf_redirect_neigh`.
+#[repr(C)]
+struct RedirectNeighbour {
+    nh_family: u32,
+    addr: [u32; 4],
+}
+
+/// The route of a packet forwarded in TC, from this CPU's cache when it holds the destination
+/// (learnt within the last second, for packets at least this long), else from the FIB.
+/// `None`: the FIB has no usable route (the kernel forwards, and sends what errors it needs).
+#[inline(always)]
+fn tc_route(
+    ctx: &aya_ebpf::programs::TcContext,
+    pkt: &Packet,
+    ingress: u32,
+    tot_len: u32,
+) -> Option<TcRoute> {
+    use aya_ebpf::{EbpfContext as _, bindings::BPF_FIB_LOOKUP_SKIP_NEIGH};
+    let v4 = pkt.flow.family == FAMILY_V4;
+    let key = FibKey {
+        ifindex: ingress,
+        family: if v4 { AF_INET } else { AF_INET6 } as u32,
+        dst: pkt.flow.dst,
+    };
+    let slot = maps::TC_FIB_CACHE.get_ptr_mut(fib_slot(ingress, &key.dst))?;
+    // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+    let slot = unsafe { &mut *slot };
+    let now = conntrack::now_ns();
+    if slot.key == key && now < slot.route.expires_ns && tot_len <= slot.route.max_len as u32 {
+        return Some(slot.route);
+    }
+    let mut fib = fib_params(ingress, pkt, tot_len);
+    // SAFETY: plain helper call with a properly sized parameter block.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // SAFETY: the lookup filled in the next hop of the family it names.
+    let nh = unsafe {
+        if fib.family == AF_INET {
+            [fib.__bindgen_anon_4.ipv4_dst, 0, 0, 0]
+        } else {
+            fib.__bindgen_anon_4.ipv6_dst
+        }
+    };
+    let route = TcRoute {
+        expires_ns: now + FIB_CACHE_NS,
+        egress: fib.ifindex,
+        max_len: if tot_len > 0xffff {
+            0xffff
+        } else {
+            tot_len as u16
+        },
+        // SAFETY: copied out at once.
+        kind: unsafe { maps::LAN_PORTS.get(&fib.ifindex) }
+            .copied()
+            .unwrap_or(0),
+        nh_family: fib.family,
+        nh,
+    };
+    slot.key = key;
+    slot.route = route;
+    Some(route)
 }

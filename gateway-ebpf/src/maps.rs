@@ -10,7 +10,7 @@ use aya_ebpf::{
 use gateway_common::{
     acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
     conntrack::{CtEntry, CtKey},
-    forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot},
+    forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot, TcRouteSlot},
     fragment::{FragKey, FragVerdict},
     maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     mss::MssClamp,
@@ -67,6 +67,9 @@ pub static FORWARD_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(FORWARD_
 
 #[map(name = "FIB_CACHE_V1")]
 pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
+
+#[map(name = "TC_FIB_CACHE_V1")]
+pub static TC_FIB_CACHE: PerCpuArray<TcRouteSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
 
 /// The last verdicts of the policy lookup, per CPU (see `CachedVerdict`).
 #[map(name = "VERDICT_CACHE_V1")]

@@ -474,8 +474,13 @@ mod lab {
 
     /// As [`start`], with the LAN interface attached as `lan_attach`.
     fn start_attached(lab: &Lab, extra: &str, lan_attach: &str) -> GatewayProcess {
+        start_with_policy(lab, OPEN, extra, lan_attach)
+    }
+
+    /// As [`start_attached`], with `policy` in place of [`OPEN`].
+    fn start_with_policy(lab: &Lab, policy: &str, extra: &str, lan_attach: &str) -> GatewayProcess {
         let config = lab
-            .write_config_extra(OPEN, LAB_METRICS_ADDR, extra)
+            .write_config_extra(policy, LAB_METRICS_ADDR, extra)
             .expect("config");
         let text = std::fs::read_to_string(&config).unwrap();
         std::fs::write(
@@ -978,6 +983,69 @@ mod lab {
                 st.counters
             );
         }
+        assert!(gw.stop().unwrap().success());
+    }
+
+    /// A network behind a router on the LAN: TC forwarding hands its packets to the router, the
+    /// FIB's next hop, whose link address the neighbour redirect resolves. The router answers
+    /// ARP only for the addresses of the interface asked (arp_ignore=1), so a packet addressed
+    /// at link level to the destination itself, as if it were on the LAN, would never arrive.
+    #[test]
+    fn tunnel_traffic_to_a_network_behind_a_lan_router_goes_to_the_router() {
+        let lab = Lab::seed().expect("lab");
+        let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
+        let behind: Ipv4Addr = "198.18.11.1".parse().unwrap();
+        lan1.ns
+            .ip(&["addr", "add", "198.18.11.1/32", "dev", "lo"])
+            .unwrap();
+        for key in [
+            "net.ipv4.conf.all.arp_ignore",
+            "net.ipv4.conf.eth0.arp_ignore",
+        ] {
+            lan1.ns.sysctl(key, "1").unwrap();
+        }
+        lab.gw
+            .ip(&[
+                "route",
+                "add",
+                "198.18.11.0/24",
+                "via",
+                &lan1.addr.to_string(),
+                "dev",
+                &lan1.gw_if,
+            ])
+            .unwrap();
+        let policy = OPEN.replace(
+            "lan: [\"198.18.10.0/24\"]",
+            "lan: [\"198.18.10.0/24\", \"198.18.11.0/24\"]",
+        );
+        assert_ne!(policy, OPEN);
+        let gw = start_with_policy(
+            &lab,
+            &policy,
+            &format!("  tunnel_forward: tc\n{MASQUERADE}"),
+            "tc",
+        );
+        let listener = lan1
+            .ns
+            .run_scoped(move || TcpListener::bind(SocketAddrV4::new(behind, 443)))
+            .unwrap()
+            .expect("listen behind the router");
+        let mut c =
+            connect_from(&cp1.ns, 25_300, SocketAddrV4::new(behind, 443)).expect("cp1 connects");
+        let (mut s, seen) = listener.accept().unwrap();
+        // Not a masqueraded network: the peer's own address.
+        assert_eq!(seen, SocketAddr::new(IpAddr::V4(cp1.addr), 25_300));
+        relay(&mut c, &mut s, b"via the router").unwrap();
+        relay(&mut s, &mut c, b"and back").unwrap();
+        bulk(&cp1.ns, &lan1.ns, behind, Transfer::Tcp, false, 5311);
+        bulk(&cp1.ns, &lan1.ns, behind, Transfer::Tcp, true, 5312);
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        assert!(
+            counted(&st, "tunnel_ingress", "tc_forwarded") > 1_000,
+            "{:?}",
+            st.counters
+        );
         assert!(gw.stop().unwrap().success());
     }
 
