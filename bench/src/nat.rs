@@ -28,7 +28,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
 ", s.rules);
     let _ = writeln!(
         md,
-        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The gateway: policy, conntrack and forwarding (FIB lookup, `bpf_redirect_neigh`) in TC on d0, masquerade in TC on d1's egress (ports 1024–65535). nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max).\n",
+        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The gateway: policy, conntrack and forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) in TC on d0, masquerade in TC on d1's egress (ports 1024–65535). nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max).\n",
         s.new_flow_frames, s.established_flows, s.established_frames
     );
     let _ = writeln!(
