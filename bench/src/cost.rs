@@ -28,11 +28,12 @@ pub struct Cost {
 /// The paths measured: the policy lookup for an accepted and an unmatched packet (stateless),
 /// and an established flow (conntrack hit).
 /// The floor is a non-IP frame: entry, counters and the test-run loop, no parsing past Ethernet.
-const PATHS: [&str; 4] = [
+const PATHS: [&str; 5] = [
     "policy accept (no conntrack)",
     "default deny (no conntrack)",
     "established (conntrack hit)",
     "floor: non-IP frame",
+    "tunnel TC ingress: established (conntrack hit)",
 ];
 
 pub fn limits_for(n: usize) -> LimitsConfig {
@@ -84,11 +85,15 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
                 let (packet, conntrack, expect) = match path {
                     0 => (&accept[..], false, XDP_PASS),
                     1 => (&deny[..], false, XDP_DROP),
-                    2 => (&accept[..], true, XDP_PASS),
+                    2 | 4 => (&accept[..], true, XDP_PASS),
                     _ => (&arp[..], false, XDP_PASS),
                 };
                 dp.set_conntrack(conntrack)?;
-                let ns = time_xdp(dp, packet, repeat, expect)?;
+                let ns = if path == 4 {
+                    time_tc(dp, packet, repeat)?
+                } else {
+                    time_xdp(dp, packet, repeat, expect)?
+                };
                 sample.push(ns);
                 eprintln!(
                     "bench cost: trial {trial} rules {n} {}: {ns:.1} ns",
@@ -127,5 +132,24 @@ fn time_xdp(dp: &mut Dataplane, packet: &[u8], repeat: u32, expect: u32) -> anyh
         expect
     );
     // The kernel reports the mean time of one repetition.
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// Average nanoseconds per run of the tunnel's TC ingress program (Ethernet) over `repeat`
+/// runs; checks that it lets the packet through.
+fn time_tc(dp: &mut Dataplane, packet: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let prog = dp.tc_program(gateway_common::maps::PROG_TC_TUNNEL_INGRESS_ETH)?;
+    let mut out = vec![0u8; packet.len() + 64];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    })?;
+    anyhow::ensure!(
+        r.return_value == 0,
+        "TC action {}, not TC_ACT_OK",
+        r.return_value
+    );
     Ok(r.duration.as_nanos() as f64)
 }

@@ -161,11 +161,11 @@ impl Run {
         if let Some(c) = &self.cost {
             let _ = writeln!(
                 md,
-                "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program)\n"
+                "## Per-packet cost against rule count (BPF_PROG_TEST_RUN, LAN XDP program; the tunnel's TC ingress program in its own row)\n"
             );
             let _ = writeln!(
                 md,
-                "Each rule has its own source prefix (/16 to /32, random) and TCP port; the data planes for all rule counts are loaded together and measured round-robin, {} repetitions per trial. Nanoseconds per packet: median (min–max).\n",
+                "Each rule has its own source prefix (/16 to /32, random) and TCP port; the data planes for all rule counts are loaded together and measured round-robin, {} repetitions per trial. The TC row runs the routing peer's tunnel-side program on the same packet of an established flow; forwarding is off there, so it is the decision alone (policy, conntrack, counters), as the XDP rows are. Nanoseconds per packet: median (min–max).\n",
                 c.repeat
             );
             let _ = writeln!(md, "| rules | path | ns/packet | ratio to 10 rules |");
