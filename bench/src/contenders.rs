@@ -10,7 +10,12 @@ use gateway::config::LanAttach;
 use gateway_dataplane::{Dataplane, LoadOptions};
 use gateway_policy::compile;
 
-use crate::{cost::limits_for, generator::Generator, rules::Synthetic, topo::Topo};
+use crate::{
+    cost::limits_for,
+    generator::{Generator, Measurement},
+    rules::Synthetic,
+    topo::Topo,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Contender {
@@ -358,6 +363,37 @@ pub fn remove(
             Ok(())
         }
     }
+}
+
+/// The no-op ceiling measured on the gateway's own install, right after the gateway itself:
+/// the gateway's programs come off the DUT's interfaces, the redirect goes on and is measured,
+/// then the gateway's programs go back on and the gateway is measured again. Returns (ceiling,
+/// gateway again). The three measurements lie seconds apart, where the alternation of whole
+/// contenders spaces them by program loads and other contenders' runs.
+pub fn ceiling_beside_gateway(
+    installed: &mut Installed,
+    topo: &Topo,
+    generator: &mut Generator,
+    frames: u32,
+) -> anyhow::Result<(Measurement, Measurement)> {
+    let Installed::Gateway(dp, None) = installed else {
+        anyhow::bail!("not the XDP-forwarding gateway");
+    };
+    let errors = topo.dut.run_scoped(|| dp.detach_all())?;
+    anyhow::ensure!(errors.is_empty(), "detach: {errors:?}");
+    let link = generator.attach_dut(topo, true)?;
+    let ceiling = topo
+        .dedicate_dut_core()
+        .and_then(|_| generator.measure(topo, frames));
+    generator.detach_dut(topo, true, link)?;
+    topo.dut.run_scoped(|| -> anyhow::Result<()> {
+        dp.attach_lan("d0", LanAttach::XdpNative)?;
+        dp.attach_lan("d1", LanAttach::XdpNative)?;
+        dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
+    })??;
+    topo.dedicate_dut_core()?;
+    let again = generator.measure(topo, frames)?;
+    Ok((ceiling?, again))
 }
 
 /// The masqueraded route (the sink's network) and the ports translations may use: the whole

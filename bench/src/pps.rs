@@ -23,6 +23,24 @@ pub struct PpsRow {
     pub trials: Vec<Measurement>,
     /// Why a contender could not be measured, when it could not.
     pub error: Option<String>,
+    /// The gateway only: per trial, the no-op ceiling measured on its install right after it,
+    /// and the gateway measured again after that (`contenders::ceiling_beside_gateway`).
+    #[serde(default)]
+    pub beside_ceiling: Vec<BesideCeiling>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+pub struct BesideCeiling {
+    pub gateway: Measurement,
+    pub ceiling: Measurement,
+    pub gateway_again: Measurement,
+}
+
+impl BesideCeiling {
+    /// The gateway's rate (the mean of its two measurements) over the ceiling's between them.
+    pub fn ratio(&self) -> f64 {
+        (self.gateway.pps() + self.gateway_again.pps()) / 2.0 / self.ceiling.pps()
+    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -52,6 +70,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         let flows = rules::accepted_flows(&syn, 64);
         flows_used = flows.len();
         generator.set_flows(&flows, 64)?;
+        let mut beside = Vec::new();
         let outcomes = alternate(
             &format!("bench pps: {n} rules"),
             &Contender::ALL,
@@ -60,11 +79,38 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
             |c| {
                 let installed =
                     contenders::install(c, &topo, Some(&mut generator), Some(&syn), false)?;
+                let mut installed = installed;
                 let m = topo
                     .dedicate_dut_core()
                     .and_then(|_| generator.measure(&topo, frames));
                 if std::env::var_os("BENCH_DEBUG").is_some() {
                     eprintln!("{}", topo.dut_sh("nstat -a | head -40").unwrap_or_default());
+                }
+                if let (Contender::Gateway, Ok(gateway)) = (c, &m) {
+                    let pair = contenders::ceiling_beside_gateway(
+                        &mut installed,
+                        &topo,
+                        &mut generator,
+                        frames,
+                    );
+                    match pair {
+                        Ok((ceiling, gateway_again)) => {
+                            let b = BesideCeiling {
+                                gateway: *gateway,
+                                ceiling,
+                                gateway_again,
+                            };
+                            eprintln!(
+                                "bench pps: {n} rules, beside the gateway ({:.3} Mpps): the ceiling {:.3} Mpps, the gateway again {:.3} Mpps: {:.0}%",
+                                gateway.pps() / 1e6,
+                                ceiling.pps() / 1e6,
+                                gateway_again.pps() / 1e6,
+                                b.ratio() * 100.0
+                            );
+                            beside.push(b);
+                        }
+                        Err(e) => eprintln!("bench pps: the ceiling beside the gateway: {e:#}"),
+                    }
                 }
                 contenders::remove(installed, &topo, Some(&mut generator))?;
                 m
@@ -82,6 +128,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
                     loss: Summary::of(vec![1.0]),
                     trials: vec![],
                     error: o.error,
+                    beside_ceiling: Vec::new(),
                 });
                 continue;
             }
@@ -93,6 +140,11 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
                 loss: Summary::of(s.iter().map(|m| m.loss()).collect()),
                 trials: s.clone(),
                 error: o.error,
+                beside_ceiling: if c == Contender::Gateway {
+                    beside.clone()
+                } else {
+                    Vec::new()
+                },
             });
         }
     }

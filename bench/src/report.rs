@@ -582,22 +582,49 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                     let ratio = crate::stats::Summary::of_or_zero(paired);
                     let spread = ct.iter().cloned().fold(f64::MIN, f64::max)
                         / ct.iter().cloned().fold(f64::MAX, f64::min);
-                    let _ = writeln!(
-                        md,
-                        "- gateway within 15% of the no-op ceiling: {:.0}% of it by medians; within each trial {:.0}% ({:.0}–{:.0}%), {}{}\n",
+                    let beside = rows
+                        .iter()
+                        .find(|r| r.contender == Contender::Gateway)
+                        .map(|r| r.beside_ceiling.as_slice())
+                        .unwrap_or_default();
+                    let alternating = format!(
+                        "across the alternating contenders {:.0}% by medians, within each trial {:.0}% ({:.0}–{:.0}%; the ceiling contender varied {spread:.1}-fold between trials)",
                         g / c * 100.0,
                         ratio.median * 100.0,
                         ratio.min * 100.0,
                         ratio.max * 100.0,
-                        met(ratio.median >= 0.85 && spread < 1.5),
-                        if spread >= 1.5 {
-                            format!(
-                                " (the ceiling itself varied {spread:.1}-fold between trials in this run: not a reliable figure)"
-                            )
-                        } else {
-                            String::new()
-                        }
                     );
+                    if beside.is_empty() {
+                        let _ = writeln!(
+                            md,
+                            "- gateway within 15% of the no-op ceiling: {alternating}; {}\n",
+                            met(ratio.median >= 0.85 && spread < 1.5),
+                        );
+                    } else {
+                        // Judged on the ceiling measured on the gateway's own install between
+                        // two measurements of the gateway, seconds apart: the VM's speed,
+                        // which moves between trials, cannot tilt that ratio much.
+                        let r = crate::stats::Summary::of_or_zero(
+                            beside.iter().map(|b| b.ratio()).collect(),
+                        );
+                        let steady = crate::stats::Summary::of_or_zero(
+                            beside
+                                .iter()
+                                .map(|b| b.gateway_again.pps() / b.gateway.pps())
+                                .collect(),
+                        );
+                        let _ = writeln!(
+                            md,
+                            "- gateway within 15% of the no-op ceiling: {:.0}% ({:.0}–{:.0}%) of the ceiling measured beside it, per trial (gateway, ceiling, gateway again on one install, seconds apart; the gateway's second measurement ÷ its first: {:.2} ({:.2}–{:.2})), {}; {alternating}\n",
+                            r.median * 100.0,
+                            r.min * 100.0,
+                            r.max * 100.0,
+                            steady.median,
+                            steady.min,
+                            steady.max,
+                            met(r.median >= 0.85),
+                        );
+                    }
                 }
             }
         }
