@@ -27,6 +27,15 @@ impl Bytes {
     /// make linear).
     #[inline(always)]
     pub fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], u32> {
+        let at = self.readable::<N>(offset)?;
+        // SAFETY: [at, at + N) lies inside the packet (checked by `readable`, and by the
+        // verifier).
+        Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+
+    /// The address of `N` readable bytes at `offset`, or why they cannot be read.
+    #[inline(always)]
+    fn readable<const N: usize>(&self, offset: usize) -> Result<usize, u32> {
         let at = self.start + offset;
         // For one byte the compiler would rewrite `at + 1 > end` as `at >= end`, which does not
         // tell the verifier that the byte is readable: that end goes through memory. Wider
@@ -44,8 +53,26 @@ impl Bytes {
                 reason::DROP_TRUNCATED
             });
         }
-        // SAFETY: [at, at + N) lies inside the packet, checked above (and by the verifier).
-        Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+        Ok(at)
+    }
+
+    /// Reads a 16-byte (IPv6) address at `offset` as four words. Read as an array, the copy
+    /// into its destination becomes a call to the builtin `memmove`, which in BPF moves one
+    /// byte per loop turn.
+    #[inline(always)]
+    pub fn address(&self, offset: usize) -> Result<[u8; 16], u32> {
+        let at = self.readable::<16>(offset)? as *const u32;
+        // SAFETY: [at, at + 16) lies inside the packet (checked by `readable`).
+        let words = unsafe {
+            [
+                core::ptr::read_unaligned(at),
+                core::ptr::read_unaligned(at.add(1)),
+                core::ptr::read_unaligned(at.add(2)),
+                core::ptr::read_unaligned(at.add(3)),
+            ]
+        };
+        // SAFETY: [u32; 4] and [u8; 16] have the same size, and every bit pattern is valid.
+        Ok(unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) })
     }
 
     #[inline(always)]

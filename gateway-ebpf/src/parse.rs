@@ -228,8 +228,8 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
     }
     pkt.ip_len = (40 + payload) as u32;
     pkt.flow.family = FAMILY_V6;
-    pkt.flow.src = b.array::<16>(l3 + 8)?;
-    pkt.flow.dst = b.array::<16>(l3 + 24)?;
+    pkt.flow.src = b.address(l3 + 8)?;
+    pkt.flow.dst = b.address(l3 + 24)?;
     let l3_end = l3 + 40 + payload;
     let mut next = h[6];
     let mut off = l3 + 40;
@@ -430,8 +430,8 @@ fn quoted_ipv6(b: &Bytes, at: usize, flow: &mut Flow) -> Result<usize, u32> {
     }
     flow.family = FAMILY_V6;
     flow.proto = h[6];
-    flow.src = b.array::<16>(at + 8)?;
-    flow.dst = b.array::<16>(at + 24)?;
+    flow.src = b.address(at + 8)?;
+    flow.dst = b.address(at + 24)?;
     quoted_ports(b, flow, at + 40)?;
     Ok(at + 40)
 }
