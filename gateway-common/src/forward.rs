@@ -58,14 +58,28 @@ pub struct TcRoute {
 }
 assert_size!(TcRoute, 32);
 
+/// What a TC route is cached under: the ingress interface and both addresses, because the FIB
+/// lookup it stands for passes the source too (rules that route by source keep working).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcRouteKey {
+    pub ifindex: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u32,
+    /// As on the wire; IPv4 uses the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+assert_size!(TcRouteKey, 40);
+
 /// One slot of the per-CPU TC route cache.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcRouteSlot {
-    pub key: FibKey,
+    pub key: TcRouteKey,
     pub route: TcRoute,
 }
-assert_size!(TcRouteSlot, 56);
+assert_size!(TcRouteSlot, 72);
 
 /// Slots per CPU (a power of two): destinations that collide evict each other, which costs
 /// a FIB lookup, never a wrong route (the slot's key is compared in full).
@@ -75,6 +89,12 @@ pub const FIB_SLOTS: u32 = 4096;
 #[inline(always)]
 pub fn fib_slot(ifindex: u32, dst: &[u8; 16]) -> u32 {
     crate::hash::mix32(crate::hash::fold_addr(dst) ^ ifindex.rotate_left(16)) & (FIB_SLOTS - 1)
+}
+
+/// The TC route cache's slot of a (source, destination) pair arriving on `ifindex`.
+#[inline(always)]
+pub fn tc_route_slot(ifindex: u32, src: &[u8; 16], dst: &[u8; 16]) -> u32 {
+    fib_slot(ifindex ^ crate::hash::fold_addr(src).rotate_left(7), dst)
 }
 
 /// What an interface is to forwarding in TC (its value in the TC ports map): accepted traffic
@@ -89,12 +109,26 @@ pub const FORWARD_PORTS_MAX: u32 = 64;
 /// How long a cached route is used before the FIB is asked again.
 pub const FIB_CACHE_NS: u64 = 1_000_000_000;
 
-user_pod!(FibKey, FibRoute, FibSlot, TcRoute, TcRouteSlot);
+user_pod!(FibKey, FibRoute, FibSlot, TcRoute, TcRouteKey, TcRouteSlot);
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
+
+    #[test]
+    fn tc_route_slots_spread_sources_of_one_destination() {
+        let dst = [198, 19, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for byte in [0, 1, 2, 3] {
+            let mut used = std::collections::HashSet::new();
+            for i in 0..=255u8 {
+                let mut src = [100, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                src[byte] = i;
+                used.insert(tc_route_slot(7, &src, &dst));
+            }
+            assert!(used.len() > 230, "byte {byte}: {} slots", used.len());
+        }
+    }
 
     #[test]
     fn fib_slots_spread_destinations_that_differ_in_any_byte() {

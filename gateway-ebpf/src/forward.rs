@@ -15,7 +15,7 @@ use aya_ebpf::{
 use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
-    forward::{FIB_CACHE_NS, FibKey, FibRoute, TcRoute, fib_slot},
+    forward::{FIB_CACHE_NS, FibKey, FibRoute, TcRoute, TcRouteKey, fib_slot, tc_route_slot},
 };
 
 use crate::{
@@ -360,8 +360,9 @@ struct RedirectNeighbour {
     addr: [u32; 4],
 }
 
-/// The route of a packet forwarded in TC, from this CPU's cache when it holds the destination
-/// (learnt within the last second, for packets at least this long), else from the FIB.
+/// The route of a packet forwarded in TC, from this CPU's cache when it holds the packet's
+/// source and destination (learnt within the last second, for packets at least this long),
+/// else from the FIB.
 /// `None`: the FIB has no usable route (the kernel forwards, and sends what errors it needs).
 #[inline(always)]
 fn tc_route(
@@ -372,12 +373,13 @@ fn tc_route(
 ) -> Option<TcRoute> {
     use aya_ebpf::{EbpfContext as _, bindings::BPF_FIB_LOOKUP_SKIP_NEIGH};
     let v4 = pkt.flow.family == FAMILY_V4;
-    let key = FibKey {
+    let key = TcRouteKey {
         ifindex: ingress,
         family: if v4 { AF_INET } else { AF_INET6 } as u32,
+        src: pkt.flow.src,
         dst: pkt.flow.dst,
     };
-    let slot = maps::TC_FIB_CACHE.get_ptr_mut(fib_slot(ingress, &key.dst))?;
+    let slot = maps::TC_FIB_CACHE.get_ptr_mut(tc_route_slot(ingress, &key.src, &key.dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = conntrack::now_ns();
