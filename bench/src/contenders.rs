@@ -201,9 +201,7 @@ pub fn install(
                     dp.attach_lan("d1", LanAttach::Auto)?;
                     return Ok(());
                 }
-                dp.attach_lan("d0", LanAttach::XdpNative)?;
-                dp.attach_lan("d1", LanAttach::XdpNative)?;
-                dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
+                attach_xdp_forwarding(&mut dp)
             })??;
             Ok(Installed::Gateway(Box::new(dp), None))
         }
@@ -365,6 +363,14 @@ pub fn remove(
     }
 }
 
+/// The XDP-forwarding gateway's programs on the DUT's two interfaces (run in the DUT's
+/// namespace).
+fn attach_xdp_forwarding(dp: &mut Dataplane) -> anyhow::Result<()> {
+    dp.attach_lan("d0", LanAttach::XdpNative)?;
+    dp.attach_lan("d1", LanAttach::XdpNative)?;
+    dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
+}
+
 /// The no-op ceiling measured on the gateway's own install, right after the gateway itself:
 /// the gateway's programs come off the DUT's interfaces, the redirect goes on and is measured,
 /// then the gateway's programs go back on and the gateway is measured again. Returns (ceiling,
@@ -386,11 +392,7 @@ pub fn ceiling_beside_gateway(
         .dedicate_dut_core()
         .and_then(|_| generator.measure(topo, frames));
     generator.detach_dut(topo, true, link)?;
-    topo.dut.run_scoped(|| -> anyhow::Result<()> {
-        dp.attach_lan("d0", LanAttach::XdpNative)?;
-        dp.attach_lan("d1", LanAttach::XdpNative)?;
-        dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
-    })??;
+    topo.dut.run_scoped(|| attach_xdp_forwarding(dp))??;
     topo.dedicate_dut_core()?;
     let again = generator.measure(topo, frames)?;
     Ok((ceiling?, again))

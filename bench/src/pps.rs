@@ -77,9 +77,8 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
             |c| c.label().to_string(),
             trials,
             |c| {
-                let installed =
+                let mut installed =
                     contenders::install(c, &topo, Some(&mut generator), Some(&syn), false)?;
-                let mut installed = installed;
                 let m = topo
                     .dedicate_dut_core()
                     .and_then(|_| generator.measure(&topo, frames));

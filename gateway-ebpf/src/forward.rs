@@ -178,11 +178,7 @@ fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.ifindex = ifindex;
     fib.l4_protocol = pkt.flow.proto;
-    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff {
-        0xffff
-    } else {
-        tot_len as u16
-    };
+    fib.__bindgen_anon_1.tot_len = length_field(tot_len);
     if pkt.flow.family == FAMILY_V4 {
         fib.family = AF_INET;
         let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
@@ -198,6 +194,12 @@ fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
         fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
     }
     fib
+}
+
+/// A length in a 16-bit field: a GSO aggregate's may not fit, and is capped.
+#[inline(always)]
+fn length_field(len: u32) -> u16 {
+    if len > 0xffff { 0xffff } else { len as u16 }
 }
 
 /// TTL minus one, with the header checksum updated incrementally (RFC 1624).
@@ -410,11 +412,7 @@ fn tc_route(
     let route = TcRoute {
         expires_ns: now + FIB_CACHE_NS,
         egress: fib.ifindex,
-        max_len: if tot_len > 0xffff {
-            0xffff
-        } else {
-            tot_len as u16
-        },
+        max_len: length_field(tot_len),
         // SAFETY: copied out at once.
         kind: unsafe { maps::LAN_PORTS.get(&fib.ifindex) }
             .copied()
