@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use aya::programs::xdp::XdpLinkId;
+use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use gateway::config::LanAttach;
 use gateway_dataplane::{Dataplane, LoadOptions};
 use gateway_policy::compile;
@@ -23,13 +23,16 @@ pub enum Contender {
     NoopRedirect,
     /// No filter: the kernel forwards (the ceiling of every kernel-path contender).
     KernelForward,
+    /// No filter: TC ingress on d0 redirects every packet to d1's next hop (the ceiling of a
+    /// data path in TC, as the routing peer's tunnel side has).
+    TcRedirect,
     Gateway,
     /// The gateway as a routing peer sees traffic: TC on the tunnel side (d0), XDP on the LAN
     /// side (d1), the kernel forwarding between them.
     GatewayTunnel,
-    /// The gateway as a routing peer that masquerades: policy, conntrack and forwarding in TC on
-    /// the tunnel side (d0, `tunnel_forward: tc`), masquerade in TC on the LAN side's egress
-    /// (d1), replies translated back in XDP on d1.
+    /// The gateway as a routing peer that masquerades: policy, conntrack, masquerade and
+    /// forwarding in TC on the tunnel side (d0, `tunnel_forward: tc`; the masquerade program on
+    /// the LAN side's egress, d1, finds the packets translated), replies translated back on d1.
     GatewayMasquerade,
     /// What NetBird installs on a routing peer (routing-peer.md): the ACL as nftables sets
     /// behind `ct state established,related accept`, new connections from the tunnel toward the
@@ -77,12 +80,13 @@ impl Contender {
         match self {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
             Contender::KernelForward => "kernel forwarding, no rules",
+            Contender::TcRedirect => "no-op TC redirect to the next hop (the TC path's ceiling)",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
             Contender::GatewayTunnel => {
                 "gateway (tunnel TC + LAN program as attach: auto picks it, kernel forwarding)"
             }
             Contender::GatewayMasquerade => {
-                "gateway (tunnel TC policy and forwarding, TC masquerade)"
+                "gateway (tunnel TC: policy, conntrack, masquerade, forwarding)"
             }
             Contender::NftMasquerade => {
                 "nftables as NetBird installs it (sets, conntrack, masquerade, MSS clamp)"
@@ -128,6 +132,7 @@ pub enum Installed {
         redirect: bool,
         link: XdpLinkId,
     },
+    TcRedirect(XdpLinkId, SchedClassifierLinkId),
     /// The gateway; with the generator's XDP_PASS program on d0 where the gateway itself has
     /// only TC there (a veth receives the generator's XDP frames only with an XDP program).
     Gateway(Box<Dataplane>, Option<XdpLinkId>),
@@ -168,6 +173,12 @@ pub fn install(
                 .context("the redirect ceiling is an XDP program of the generator's")?
                 .attach_dut(topo, true)?,
         }),
+        Contender::TcRedirect => {
+            let (pass, tc) = generator
+                .context("the TC ceiling is a program of the generator's")?
+                .attach_tc_ceiling(topo)?;
+            Ok(Installed::TcRedirect(pass, tc))
+        }
         Contender::KernelForward => match generator {
             Some(g) => Ok(Installed::Xdp {
                 redirect: false,
@@ -335,6 +346,9 @@ pub fn remove(
         Installed::Xdp { redirect, link } => generator
             .context("installed with a generator")?
             .detach_dut(topo, redirect, link),
+        Installed::TcRedirect(pass, tc) => generator
+            .context("installed with a generator")?
+            .detach_tc_ceiling(topo, (pass, tc)),
         Installed::Gateway(mut dp, pass) => {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 let c = dp.verdict_counters()?;

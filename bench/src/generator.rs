@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, DevMap, PerCpuArray},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use bench_common::*;
 use gateway_dataplane::attach::if_index;
@@ -38,6 +41,13 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .try_into()?)
 }
 
+fn tc_redirect(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(PROG_TC_REDIRECT)
+        .context("program tc_redirect")?
+        .try_into()?)
+}
+
 impl Generator {
     /// Loads the benchmark programs and puts the counter on the sink.
     pub fn new(topo: &Topo, frame_len: usize) -> anyhow::Result<Generator> {
@@ -60,6 +70,9 @@ impl Generator {
                 .load()
                 .with_context(|| format!("loading {name}"))?;
         }
+        tc_redirect(&mut ebpf)?
+            .load()
+            .with_context(|| format!("loading {PROG_TC_REDIRECT}"))?;
         let sink_link = topo.sink.run_scoped(|| {
             xdp(&mut ebpf, PROG_SINK)?
                 .attach("s0", XdpMode::Driver)
@@ -182,6 +195,50 @@ impl Generator {
             let name = if redirect { PROG_REDIRECT } else { PROG_PASS };
             Ok(xdp(ebpf, name)?.attach("d0", XdpMode::Driver)?)
         })?
+    }
+
+    /// The TC path's ceiling on d0: XDP_PASS (so the veth takes the generator's frames) and, at
+    /// TC ingress, a redirect of every packet to the sink's address on d1.
+    pub fn attach_tc_ceiling(
+        &mut self,
+        topo: &Topo,
+    ) -> anyhow::Result<(XdpLinkId, SchedClassifierLinkId)> {
+        let pass = self.attach_dut(topo, false)?;
+        let ebpf = &mut self.ebpf;
+        let tc = topo
+            .dut
+            .run_scoped(|| -> anyhow::Result<SchedClassifierLinkId> {
+                let mut egress: Array<_, TcEgress> =
+                    Array::try_from(ebpf.map_mut(MAP_TC_EGRESS).context("TC egress map")?)?;
+                let sink: Ipv4Addr = SINK_ADDR.parse()?;
+                egress.set(
+                    0,
+                    TcEgress {
+                        ifindex: if_index("d1")?,
+                        nexthop_be: u32::from(sink).to_be(),
+                    },
+                    0,
+                )?;
+                Ok(tc_redirect(ebpf)?.attach("d0", TcAttachType::Ingress)?)
+            });
+        match tc {
+            Ok(Ok(link)) => Ok((pass, link)),
+            Ok(Err(e)) | Err(e) => {
+                let _ = self.detach_dut(topo, false, pass);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn detach_tc_ceiling(
+        &mut self,
+        topo: &Topo,
+        (pass, tc): (XdpLinkId, SchedClassifierLinkId),
+    ) -> anyhow::Result<()> {
+        let ebpf = &mut self.ebpf;
+        topo.dut
+            .run_scoped(|| -> anyhow::Result<()> { Ok(tc_redirect(ebpf)?.detach(tc)?) })??;
+        self.detach_dut(topo, false, pass)
     }
 
     pub fn detach_dut(

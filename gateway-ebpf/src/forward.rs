@@ -16,6 +16,7 @@ use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
     forward::{FIB_CACHE_NS, FibKey, FibRoute, TcRoute, TcRouteKey, fib_slot, tc_route_slot},
+    stats::reason,
 };
 
 use crate::{
@@ -220,16 +221,51 @@ unsafe fn decrement_ipv4_ttl(ip: usize) {
     }
 }
 
+/// What TC forwarding did with a packet.
+pub enum TcForward {
+    /// Left to the kernel: no route out of an interface of the wanted kind, TTL about to
+    /// expire, a packet larger than the egress MTU (the kernel sends the ICMP errors those
+    /// need). The packet is as it came.
+    Kernel,
+    /// Redirected, translated by `translate` when it said so.
+    Redirected { translated: bool },
+    /// Dropped, with the reason.
+    Dropped(u32),
+}
+
+/// A rewrite TC forwarding applies just before the redirect, once the egress interface is
+/// known: `Ok(true)` when it rewrote the packet, `Err(reason)` to drop it.
+pub trait Translate {
+    fn translate(&self, egress: u32) -> Result<bool, u32>;
+}
+
+/// Forwarding without a rewrite.
+pub struct NoTranslation;
+
+impl Translate for NoTranslation {
+    #[inline(always)]
+    fn translate(&self, _egress: u32) -> Result<bool, u32> {
+        Ok(false)
+    }
+}
+
 /// Forwarding in TC: accepted traffic whose route leads out of an interface of kind `to`
 /// (`TC_PORT_LAN` for tunnel traffic, `TC_PORT_TUNNEL` for LAN traffic) is sent there directly
 /// (the kernel fills in the neighbour's address, `bpf_redirect_neigh`; a tunnel without a link
 /// layer gets the bare IP packet), skipping the kernel's IP input and forwarding. The egress
-/// interface's own TC programs still run (the tunnel's MSS clamp, the LAN's masquerade).
-/// Returns the program's action, or `None` for "let the kernel forward it" (no route out of
-/// such an interface, TTL about to expire, a packet larger than the egress MTU: the kernel
-/// sends the ICMP errors those need).
+/// interface's own TC programs still run (the tunnel's MSS clamp; the LAN's masquerade, which
+/// finds nothing left to do in what `translate` rewrote).
+///
+/// `translate` gets the egress interface just before the redirect. A translated packet is never
+/// handed back to the kernel: its input path would take the gateway's own source address for a
+/// spoofed one.
 #[inline(always)]
-pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> Option<i32> {
+pub fn tc_forward(
+    ctx: &aya_ebpf::programs::TcContext,
+    pkt: &Packet,
+    to: u8,
+    translate: &impl Translate,
+) -> TcForward {
     use aya_ebpf::{
         bindings::TC_ACT_REDIRECT,
         helpers::generated::{
@@ -242,7 +278,7 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
     let skb = ctx.skb.skb;
     // (Bounds for the verifier: the parse never goes past 512 bytes.)
     if l3 > 64 {
-        return None;
+        return TcForward::Kernel;
     }
     let hop_at = l3 + if v4 { 8 } else { 7 };
     let mut hop = 0u8;
@@ -251,7 +287,7 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
         != 0
         || hop <= 1
     {
-        return None;
+        return TcForward::Kernel;
     }
     // The FIB checks the egress MTU against this length. A GSO aggregate leaves as segments of
     // gso_size payload bytes: the length that matters is one segment's.
@@ -275,22 +311,24 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
                         )
                     } != 0
                 {
-                    return None;
+                    return TcForward::Kernel;
                 }
                 ((doff >> 4) as u32) * 4
             }
             PROTO_UDP => 8,
-            _ => return None,
+            _ => return TcForward::Kernel,
         };
         (pkt.l4 - pkt.l3) + l4_header + gso_size
     };
     // SAFETY: the context's own skb.
     let ingress = unsafe { (*skb).ingress_ifindex };
-    let route = tc_route(ctx, pkt, ingress, tot_len)?;
+    let Some(route) = tc_route(ctx, pkt, ingress, tot_len) else {
+        return TcForward::Kernel;
+    };
     // Only toward the gateway's own interfaces of that kind (anything else, e.g. tunnel traffic
     // back into a tunnel, is the kernel's to route).
     if route.kind != to {
-        return None;
+        return TcForward::Kernel;
     }
     // The next hop the FIB chose: with it the neighbour redirect resolves the link address
     // without a route lookup of its own.
@@ -301,37 +339,40 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
     let nh_ptr = (&mut nh as *mut RedirectNeighbour).cast();
     let nh_len = size_of::<RedirectNeighbour>() as i32;
     // SAFETY: helper calls on the program's own skb with small locals.
-    unsafe {
-        if v4 {
-            let old = (hop as u16) << 8;
-            let new = ((hop - 1) as u16) << 8;
-            let h = hop - 1;
-            if bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) != 0 {
-                return None;
-            }
+    let ttl_written = unsafe {
+        let h = hop - 1;
+        bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) == 0
             // The TTL is the high byte of its 16-bit word (TTL, protocol).
-            if bpf_l3_csum_replace(
-                skb.cast(),
-                (l3 + 10) as u32,
-                old.to_be() as u64,
-                new.to_be() as u64,
-                2,
-            ) != 0
-            {
-                return None;
-            }
-        } else {
-            let h = hop - 1;
-            if bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) != 0 {
-                return None;
-            }
-        }
+            && (!v4
+                || bpf_l3_csum_replace(
+                    skb.cast(),
+                    (l3 + 10) as u32,
+                    (((hop as u16) << 8).to_be()) as u64,
+                    ((((hop - 1) as u16) << 8).to_be()) as u64,
+                    2,
+                ) == 0)
+    };
+    if !ttl_written {
+        return TcForward::Kernel;
+    }
+    let translated = match translate.translate(route.egress) {
+        Ok(t) => t,
+        Err(reason) => return TcForward::Dropped(reason),
+    };
+    // From here a packet that cannot be redirected is dropped when it was translated.
+    let fallback = if translated {
+        TcForward::Dropped(reason::DROP_INTERNAL)
+    } else {
+        TcForward::Kernel
+    };
+    // SAFETY: helper calls on the program's own skb with small locals.
+    unsafe {
         if l3 == 0 {
             // A tunnel without a link header (wg0, a TUN): the kernel's neighbour redirect
             // expects a MAC header in front of the IP header to replace, and drops a packet
             // that has none. A blank one (not multicast) with the packet's ethertype is enough.
             if bpf_skb_change_head(skb.cast(), 14, 0) != 0 {
-                return None;
+                return fallback;
             }
             let ethertype: u16 = if v4 {
                 0x0800u16.to_be()
@@ -340,19 +381,18 @@ pub fn tc_forward(ctx: &aya_ebpf::programs::TcContext, pkt: &Packet, to: u8) -> 
             };
             // From here the packet has a header the tunnel's stack would misread: it is
             // redirected or dropped, never handed back.
-            if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0 {
-                return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+            if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0
+                || bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64
+            {
+                return TcForward::Dropped(reason::DROP_INTERNAL);
             }
-            if bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64 {
-                return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
-            }
-            return Some(TC_ACT_REDIRECT as i32);
+            return TcForward::Redirected { translated };
         }
         if bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64 {
-            return None;
+            return fallback;
         }
     }
-    Some(TC_ACT_REDIRECT as i32)
+    TcForward::Redirected { translated }
 }
 
 /// `struct bpf_redir_neigh`: the next hop handed to `bpf_redirect_neigh`.

@@ -18,7 +18,7 @@ mod underlay;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -188,27 +188,74 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     }
     // Tunnel → LAN and, from a LAN interface attached at TC, LAN → tunnel: forwarded here when
     // enabled (`tunnel_forward: tc`), the rest by the kernel.
-    let to = match hook {
-        HOOK_TUNNEL_INGRESS => TC_PORT_LAN,
-        HOOK_LAN => TC_PORT_TUNNEL,
-        _ => return TC_ACT_OK,
-    };
+    if hook != HOOK_TUNNEL_INGRESS && hook != HOOK_LAN {
+        return TC_ACT_OK;
+    }
     let judged = d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED;
-    let enabled = maps::SETTINGS
-        .get(0)
-        .is_some_and(|s| s.flags & FLAG_TC_FORWARD != 0);
-    if judged && enabled {
-        if let Some(action) = forward::tc_forward(ctx, pkt, to) {
-            let why = if action == TC_ACT_SHOT {
-                reason::DROP_INTERNAL
+    let Some(settings) = maps::SETTINGS.get(0) else {
+        return TC_ACT_OK;
+    };
+    if !judged || settings.flags & FLAG_TC_FORWARD == 0 {
+        return TC_ACT_OK;
+    }
+    let forwarded = if hook == HOOK_TUNNEL_INGRESS {
+        // Tunnel traffic leaving a masquerading LAN interface is translated here, on its way
+        // out, rather than by that interface's egress program: one parse and one program run
+        // fewer.
+        forward::tc_forward(
+            ctx,
+            pkt,
+            TC_PORT_LAN,
+            &MasqueradeOnTheWay {
+                ctx,
+                pkt,
+                settings,
+                len,
+            },
+        )
+    } else {
+        forward::tc_forward(ctx, pkt, TC_PORT_TUNNEL, &forward::NoTranslation)
+    };
+    match forwarded {
+        forward::TcForward::Redirected { .. } => {
+            stats::count(hook, reason::TC_FORWARDED, len as u64);
+            TC_ACT_REDIRECT as i32
+        }
+        forward::TcForward::Dropped(r) => {
+            // The masquerade's drops are the LAN interface's, as its egress program counts
+            // them; a redirect that failed is this hook's.
+            let at = if r == reason::DROP_INTERNAL {
+                hook
             } else {
-                reason::TC_FORWARDED
+                HOOK_LAN
             };
-            stats::count(hook, why, len as u64);
-            return action;
+            stats::count(at, r, len as u64);
+            TC_ACT_SHOT
+        }
+        forward::TcForward::Kernel => TC_ACT_OK,
+    }
+}
+
+/// The masquerade of tunnel traffic that TC forwarding sends out of a LAN interface.
+struct MasqueradeOnTheWay<'a> {
+    ctx: &'a TcContext,
+    pkt: &'a parse::Packet,
+    settings: &'a gateway_common::settings::Settings,
+    len: usize,
+}
+
+impl forward::Translate for MasqueradeOnTheWay<'_> {
+    #[inline(always)]
+    fn translate(&self, egress: u32) -> Result<bool, u32> {
+        match nat::masquerade(&nat::TcRewrite(self.ctx), self.pkt, egress, self.settings) {
+            nat::Nat::Translated => {
+                stats::count(HOOK_LAN, reason::NAT_MASQUERADED, self.len as u64);
+                Ok(true)
+            }
+            nat::Nat::Drop(r) => Err(r),
+            nat::Nat::Untouched => Ok(false),
         }
     }
-    TC_ACT_OK
 }
 
 /// LAN interfaces whose driver has no native XDP, when configured (`attach: tc`): same logic.

@@ -1,8 +1,9 @@
 //! Masquerade toward the LAN and its reverse.
 //!
-//! - [`masquerade`] (LAN interface, TC egress): a flow from the overlay to a masqueraded network
-//!   leaves with the interface's address and a port of the range (the original port when free);
-//!   the translation is recorded both ways before the first packet leaves.
+//! - [`masquerade`] (tunnel TC ingress when it forwards to the LAN interface, else the LAN
+//!   interface's TC egress): a flow from the overlay to a masqueraded network leaves with the
+//!   interface's address and a port of the range (the original port when free); the
+//!   translation is recorded both ways before the first packet leaves.
 //! - [`unmasquerade`] (LAN interface, ingress, before the policy): a packet to the interface's
 //!   address on a translated flow gets its original destination back, so policy and conntrack
 //!   judge the flow as the peer opened it.
@@ -183,11 +184,13 @@ impl Rewrite for TcRewrite<'_> {
         let skb = self.0.skb.skb.cast();
         let v4 = pkt.flow.family == FAMILY_V4;
         let at = pkt.l3 as usize + addr_at(v4, end);
-        // A later fragment has no L4 header (its checksum is in the first fragment).
+        // A later fragment has no L4 header (its checksum is in the first fragment). 0: no
+        // checksum to keep (a plain integer, not an `Option`: the payload of a `None` is undefined,
+        // and the verifier refuses a register spilled with it).
         let check = if has_l4(pkt) {
-            l4_check_at(pkt).map(|c| pkt.l4 as usize + c)
+            l4_check_at(pkt).map_or(0, |c| pkt.l4 as usize + c)
         } else {
-            None
+            0
         };
         // ICMPv4 has no pseudo-header; UDP over IPv4 may carry no checksum (the kernel helper
         // keeps a zero field zero with BPF_F_MARK_MANGLED_0).
@@ -231,11 +234,11 @@ impl Rewrite for TcRewrite<'_> {
                     {
                         return false;
                     }
-                    if let Some(c) = check {
+                    if check != 0 {
                         if pseudo
                             && bpf_l4_csum_replace(
                                 skb,
-                                c as u32,
+                                check as u32,
                                 o as u64,
                                 n as u64,
                                 BPF_F_PSEUDO_HDR | udp | 4,
@@ -659,14 +662,17 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
         return Nat::Untouched;
     }
     let v4 = pkt.flow.family == FAMILY_V4;
-    if !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings)
+    let Some(nat_addr) = interface_addr(ifindex, v4) else {
+        return Nat::Untouched;
+    };
+    // Leaving with the interface's address already: the host's own traffic, or a packet the
+    // tunnel's TC forwarding translated on its way here.
+    if pkt.flow.src == nat_addr
+        || !judge::in_overlay(&pkt.flow.src, pkt.flow.family, settings)
         || !masqueraded_network(v4, &pkt.flow.dst)
     {
         return Nat::Untouched;
     }
-    let Some(nat_addr) = interface_addr(ifindex, v4) else {
-        return Nat::Untouched;
-    };
     if later {
         // Every translation toward this network has the interface's address as source, and the
         // port is in the first fragment: a later fragment needs its address alone.
@@ -743,19 +749,25 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
         if echo {
             x.reverse.remote_port = port;
         }
-        // SAFETY: copied out at once.
-        if let Some(t) = unsafe { maps::NAT_REVERSE.get(&x.reverse) } {
-            if fresh(t, s, x.key.proto, now) {
-                continue;
-            }
-            // A translation idle past its timeout gives its port back.
-            let _ = maps::NAT_REVERSE.remove(&x.reverse);
-        }
+        // A free port is the common case: claim it at once, and only on a collision look at
+        // the holder (one table operation per new flow where a lookup first took two).
         if maps::NAT_REVERSE
             .insert(&x.reverse, &x.original, BPF_NOEXIST as u64)
             .is_err()
         {
-            continue;
+            // SAFETY: copied out at once.
+            match unsafe { maps::NAT_REVERSE.get(&x.reverse) } {
+                Some(t) if fresh(t, s, x.key.proto, now) => continue,
+                _ => {}
+            }
+            // A translation idle past its timeout gives its port back.
+            let _ = maps::NAT_REVERSE.remove(&x.reverse);
+            if maps::NAT_REVERSE
+                .insert(&x.reverse, &x.original, BPF_NOEXIST as u64)
+                .is_err()
+            {
+                continue;
+            }
         }
         x.target = NatTarget {
             addr: *nat_addr,

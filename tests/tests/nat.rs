@@ -442,6 +442,60 @@ fn exhaustion_is_a_counted_drop_never_a_shared_port() {
     assert_eq!(h.dp.nat_entries().unwrap(), 1);
 }
 
+#[test]
+fn an_idle_translation_gives_its_port_back_and_a_live_one_keeps_it() {
+    let mut h = Harness::new(POLICY);
+    // A one-port range and a one-second UDP timeout.
+    let settings = NatSettings {
+        port_min: 40_090,
+        port_max: 40_090,
+        udp: 1,
+        ..Default::default()
+    };
+    h.dp.set_masquerade(&Masquerade {
+        networks: vec!["198.18.10.0/24".parse().unwrap()],
+        settings,
+    })
+    .unwrap();
+    h.dp.set_nat_interface(
+        1,
+        NatInterface {
+            v4: [198, 18, 10, 1],
+            has_v4: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let first = out_through(&mut h, &udp(P1, HOST, 40_090, 53));
+    same(
+        &first,
+        &udp(NAT, HOST, 40_090, 53),
+        "the first flow takes the port",
+    );
+    // While the first flow is live, the second finds the port taken.
+    let second = udp(P2, HOST, 40_090, 53).build();
+    let (action, _) = h.tc_bytes(true, &second);
+    assert_eq!(action, TC_ACT_OK);
+    let (action, _) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &second);
+    assert_eq!(action, TC_ACT_SHOT, "{}", h.hook_counters(HOOK_LAN));
+    assert_eq!(h.count(HOOK_LAN, DROP_NAT_EXHAUSTED), 1);
+    // Past the first flow's timeout the port is free again: the second flow gets it, and the
+    // LAN host's reply to it goes to the second peer.
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    let again = out_through(&mut h, &udp(P2, HOST, 40_090, 53));
+    same(
+        &again,
+        &udp(NAT, HOST, 40_090, 53),
+        "the second flow takes the freed port",
+    );
+    let (_, back) = h.xdp_bytes(&udp(HOST, NAT, 53, 40_090).build());
+    same(
+        &back,
+        &udp(HOST, P2, 53, 40_090),
+        "the reply goes to the port's new holder",
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real traffic in namespaces, default offloads: peers on the tunnel side, lan1 behind lan0.
 

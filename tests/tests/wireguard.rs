@@ -358,6 +358,12 @@ fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
         "{:?}",
         st.counters
     );
+    // Translated by the tunnel's program on the way out, before the link header goes on.
+    assert!(
+        counted(&st, "lan", "masqueraded") > 1000,
+        "{:?}",
+        st.counters
+    );
     assert_eq!(
         counted(&st, "tunnel_ingress", "internal"),
         0,

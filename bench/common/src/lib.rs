@@ -31,6 +31,16 @@ pub struct SinkCount {
 }
 const _: () = assert!(core::mem::size_of::<SinkCount>() == 16);
 
+/// The TC ceiling's egress: the interface and the IPv4 next hop (network byte order) it
+/// redirects every packet to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcEgress {
+    pub ifindex: u32,
+    pub nexthop_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcEgress>() == 8);
+
 pub const MAX_GEN_FLOWS: u32 = 4096;
 
 /// The first payload bytes of every generated frame (inside the restored header): the sink
@@ -60,6 +70,8 @@ pub const PROG_GEN: &str = "xdp_gen";
 pub const PROG_SINK: &str = "xdp_sink";
 pub const PROG_REDIRECT: &str = "xdp_redirect";
 pub const PROG_PASS: &str = "xdp_pass";
+pub const PROG_TC_REDIRECT: &str = "tc_redirect";
+pub const MAP_TC_EGRESS: &str = "TC_EGRESS";
 pub const MAP_GEN_CONFIG: &str = "GEN_CONFIG";
 pub const MAP_GEN_FLOWS: &str = "GEN_FLOWS";
 pub const MAP_GEN_HEADER: &str = "GEN_HEADER";
@@ -73,4 +85,5 @@ mod pod {
     unsafe impl aya::Pod for super::GenConfig {}
     unsafe impl aya::Pod for super::SinkCount {}
     unsafe impl aya::Pod for super::GenHeader {}
+    unsafe impl aya::Pod for super::TcEgress {}
 }

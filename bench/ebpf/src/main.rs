@@ -9,18 +9,22 @@
 //! - `xdp_redirect` is the no-op ceiling: redirect everything to the egress veth.
 //! - `xdp_pass` lets a veth receive XDP frames and hand them to the kernel stack (the path the
 //!   kernel-forwarding contenders take).
+//! - `tc_redirect` is the ceiling of a data path in TC: redirect everything from TC ingress to
+//!   the egress interface's next hop (`bpf_redirect_neigh`, as the gateway's TC forwarding
+//!   does), no parse, no lookup.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
+    bindings::{TC_ACT_OK, xdp_action},
+    helpers::generated::bpf_redirect_neigh,
+    macros::{classifier, map, xdp},
     maps::{Array, DevMap, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use bench_common::{
     GEN_HEADER_LEN, GEN_SIGNATURE, GEN_SIGNATURE_AT, GenConfig, GenFlow, GenHeader, MAX_GEN_FLOWS,
-    SINK_OURS, SINK_STRAY, SinkCount,
+    SINK_OURS, SINK_STRAY, SinkCount, TcEgress,
 };
 
 #[map(name = "GEN_CONFIG")]
@@ -40,6 +44,9 @@ static SINK: PerCpuArray<SinkCount> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "EGRESS")]
 static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
+
+#[map(name = "TC_EGRESS")]
+static TC_EGRESS: Array<TcEgress> = Array::with_max_entries(1, 0);
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
@@ -122,6 +129,35 @@ pub fn xdp_redirect(_ctx: XdpContext) -> u32 {
     match EGRESS.redirect(0, 0) {
         Ok(action) => action,
         Err(action) => action,
+    }
+}
+
+/// `struct bpf_redir_neigh` for an IPv4 next hop.
+#[repr(C)]
+struct RedirectNeighbour {
+    nh_family: u32,
+    addr: [u32; 4],
+}
+
+const AF_INET: u32 = 2;
+
+#[classifier]
+pub fn tc_redirect(_ctx: TcContext) -> i32 {
+    let Some(egress) = TC_EGRESS.get(0) else {
+        return TC_ACT_OK as i32;
+    };
+    let nh = RedirectNeighbour {
+        nh_family: AF_INET,
+        addr: [egress.nexthop_be, 0, 0, 0],
+    };
+    // SAFETY: a helper call with a local of the size it is told.
+    unsafe {
+        bpf_redirect_neigh(
+            egress.ifindex,
+            (&nh as *const RedirectNeighbour).cast_mut().cast(),
+            core::mem::size_of::<RedirectNeighbour>() as i32,
+            0,
+        ) as i32
     }
 }
 
