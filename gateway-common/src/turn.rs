@@ -215,18 +215,15 @@ impl ChecksumUpdate {
     }
 }
 
-/// The words a trailing byte run contributes, for `bytes` that start at `offset` from the UDP
-/// header (an even offset puts a byte in a word's high half).
-pub fn trailing_words(offset: usize, bytes: &[u8], out: &mut [u16; 3]) -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while i < bytes.len() && n < out.len() {
-        let b = bytes[i] as u16;
-        out[n] = if (offset + i) % 2 == 0 { b << 8 } else { b };
-        n += 1;
-        i += 1;
+/// The word a trailing byte contributes to the checksum, for a byte at `offset` from the UDP
+/// header (an even offset puts it in a word's high half).
+#[inline(always)]
+pub fn trailing_word(offset: usize, byte: u8) -> u16 {
+    if offset % 2 == 0 {
+        (byte as u16) << 8
+    } else {
+        byte as u16
     }
-    n
 }
 
 #[cfg(test)]
@@ -313,9 +310,12 @@ mod tests {
             let mut removed = vec![channel, len as u16, old_len, old_len, 40000, 3478];
             removed.extend(addr_words(CLIENT));
             removed.extend(addr_words(LISTEN));
-            let mut tail = [0u16; 3];
-            let n = trailing_words(12 + len, &cd[4 + len..], &mut tail);
-            removed.extend_from_slice(&tail[..n]);
+            removed.extend(
+                cd[4 + len..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| trailing_word(12 + len + i, *b)),
+            );
             let mut added = vec![new_len, new_len, 50001, 5000];
             added.extend(addr_words(RELAY));
             added.extend(addr_words(PEER));
@@ -410,10 +410,8 @@ mod tests {
             }
             by_sum.remove_sum(words.iter().map(|w| *w as u32).sum(), 16);
             assert_eq!(by_sum.finish(), u.finish(), "removed by sum, len {len}");
-            let mut tail = [0u16; 3];
-            let n = trailing_words(12 + len, &cd[4 + len..], &mut tail);
-            for w in &tail[..n] {
-                u.remove(*w);
+            for (i, b) in cd[4 + len..].iter().enumerate() {
+                u.remove(trailing_word(12 + len + i, *b));
             }
             for w in [new_len, new_len, 50001, 5000] {
                 u.add(w);

@@ -227,8 +227,8 @@ pub enum TcForward {
     /// expire, a packet larger than the egress MTU (the kernel sends the ICMP errors those
     /// need). The packet is as it came.
     Kernel,
-    /// Redirected, translated by `translate` when it said so.
-    Redirected { translated: bool },
+    /// Redirected (translated first when `translate` said so).
+    Redirected,
     /// Dropped, with the reason.
     Dropped(u32),
 }
@@ -386,13 +386,13 @@ pub fn tc_forward(
             {
                 return TcForward::Dropped(reason::DROP_INTERNAL);
             }
-            return TcForward::Redirected { translated };
+            return TcForward::Redirected;
         }
         if bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64 {
             return fallback;
         }
     }
-    TcForward::Redirected { translated }
+    TcForward::Redirected
 }
 
 /// `struct bpf_redir_neigh`: the next hop handed to `bpf_redirect_neigh`.

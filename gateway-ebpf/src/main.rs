@@ -217,7 +217,7 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
         forward::tc_forward(ctx, pkt, TC_PORT_TUNNEL, &forward::NoTranslation)
     };
     match forwarded {
-        forward::TcForward::Redirected { .. } => {
+        forward::TcForward::Redirected => {
             stats::count(hook, reason::TC_FORWARDED, len as u64);
             TC_ACT_REDIRECT as i32
         }
