@@ -160,16 +160,23 @@ impl NatSweeper {
             } else {
                 None
             };
-            match verdict(&key, &target, &s, tracked, flow.as_ref(), now_ns) {
+            let reverse = reverse_key(&key, &target);
+            // The reverse entry only if it is still this flow's (its port may be taken again
+            // already, by a flow the kernel translated since).
+            let back = self
+                .reverse
+                .get(&reverse, 0)
+                .ok()
+                .filter(|back| back.addr == key.local && back.port == key.local_port);
+            // Packets either way keep a translation alive (the LAN host's refresh the reverse
+            // entry), as they do in the kernel.
+            let mut seen = target;
+            if let Some(back) = &back {
+                seen.last_seen_ns = seen.last_seen_ns.max(back.last_seen_ns);
+            }
+            match verdict(&key, &seen, &s, tracked, flow.as_ref(), now_ns) {
                 Some(why) => {
-                    let reverse = reverse_key(&key, &target);
-                    // The reverse entry only if it is still this flow's (its port may be taken
-                    // again already, by a flow the kernel translated since).
-                    if self
-                        .reverse
-                        .get(&reverse, 0)
-                        .is_ok_and(|back| back.addr == key.local && back.port == key.local_port)
-                    {
+                    if back.is_some() {
                         let _ = self.reverse.remove(&reverse);
                     }
                     if self.forward.remove(&key).is_ok() {

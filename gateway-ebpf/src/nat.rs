@@ -47,6 +47,8 @@ pub struct Scratch {
     frag: FragKey,
     key: NatKey,
     reverse: NatKey,
+    /// The forward or reverse key of another translation, when one is checked.
+    holder: NatKey,
     original: NatTarget,
     target: NatTarget,
 }
@@ -697,7 +699,14 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
     };
     let port = match maps::NAT_FORWARD.get_ptr_mut(&x.key) {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
-        Some(t) if unsafe { (*t).addr == nat_addr && fresh(&*t, s, f.proto, now) } => unsafe {
+        // Idle this way but answered the other (a flow the LAN host does the talking in), the
+        // translation is still the flow's.
+        Some(t)
+            if unsafe {
+                (*t).addr == nat_addr
+                    && (fresh(&*t, s, f.proto, now) || answered(x, &nat_addr, (*t).port, s, now))
+            } =>
+        unsafe {
             (*t).last_seen_ns = now;
             (*t).port
         },
@@ -718,6 +727,59 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     Nat::Translated
+}
+
+/// Whether the translation that the reverse entry `t` at `reverse` records is still in use.
+/// Replies refresh the reverse entry and the peer's packets the forward one, so a flow only one
+/// side speaks in (a peer streaming to a LAN host, or the other way) keeps its translation as
+/// long as either speaks. `holder` is room for the forward entry's key.
+#[inline(always)]
+fn in_use(holder: &mut NatKey, reverse: &NatKey, t: &NatTarget, s: &NatSettings, now: u64) -> bool {
+    let proto = reverse.proto;
+    if fresh(t, s, proto, now) {
+        return true;
+    }
+    let echo = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+    *holder = NatKey {
+        local: t.addr,
+        remote: reverse.remote,
+        local_port: t.port,
+        // An echo flow's identifier is both of its ports.
+        remote_port: if echo { t.port } else { reverse.remote_port },
+        proto,
+        family: reverse.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    match unsafe { maps::NAT_FORWARD.get(holder) } {
+        Some(f) => {
+            f.addr == reverse.local && f.port == reverse.local_port && fresh(f, s, proto, now)
+        }
+        None => false,
+    }
+}
+
+/// Whether the LAN host still answers the translation of `x.key` to `port`: its reverse entry
+/// is fresh and still the flow's.
+#[inline(always)]
+fn answered(x: &mut Scratch, nat_addr: &[u8; 16], port: u16, s: &NatSettings, now: u64) -> bool {
+    let echo = x.key.proto == PROTO_ICMP || x.key.proto == PROTO_ICMPV6;
+    x.holder = NatKey {
+        local: *nat_addr,
+        remote: x.key.remote,
+        local_port: port,
+        remote_port: if echo { port } else { x.key.remote_port },
+        proto: x.key.proto,
+        family: x.key.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    match unsafe { maps::NAT_REVERSE.get(&x.holder) } {
+        Some(r) => {
+            r.addr == x.key.local && r.port == x.key.local_port && fresh(r, s, x.key.proto, now)
+        }
+        None => false,
+    }
 }
 
 /// Finds a free port for a new translation and records it both ways.
@@ -757,7 +819,7 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
         {
             // SAFETY: copied out at once.
             match unsafe { maps::NAT_REVERSE.get(&x.reverse) } {
-                Some(t) if fresh(t, s, x.key.proto, now) => continue,
+                Some(t) if in_use(&mut x.holder, &x.reverse, t, s, now) => continue,
                 _ => {}
             }
             // A translation idle past its timeout gives its port back.
@@ -849,7 +911,7 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
     let in_range = f.dport >= s.port_min && f.dport <= s.port_max;
     match maps::NAT_REVERSE.get_ptr_mut(&x.key) {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
-        Some(t) if unsafe { fresh(&*t, s, f.proto, now) } => unsafe {
+        Some(t) if unsafe { in_use(&mut x.holder, &x.key, &*t, s, now) } => unsafe {
             (*t).last_seen_ns = now;
             x.target = *t;
         },

@@ -443,7 +443,7 @@ fn exhaustion_is_a_counted_drop_never_a_shared_port() {
 }
 
 #[test]
-fn an_idle_translation_gives_its_port_back_and_a_live_one_keeps_it() {
+fn a_translation_lives_while_either_side_speaks_and_gives_its_port_back_when_idle() {
     let mut h = Harness::new(POLICY);
     // A one-port range and a one-second UDP timeout.
     let settings = NatSettings {
@@ -466,21 +466,52 @@ fn an_idle_translation_gives_its_port_back_and_a_live_one_keeps_it() {
         },
     )
     .unwrap();
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(450));
     let first = out_through(&mut h, &udp(P1, HOST, 40_090, 53));
     same(
         &first,
         &udp(NAT, HOST, 40_090, 53),
         "the first flow takes the port",
     );
-    // While the first flow is live, the second finds the port taken.
     let second = udp(P2, HOST, 40_090, 53).build();
-    let (action, _) = h.tc_bytes(true, &second);
-    assert_eq!(action, TC_ACT_OK);
-    let (action, _) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &second);
-    assert_eq!(action, TC_ACT_SHOT, "{}", h.hook_counters(HOOK_LAN));
-    assert_eq!(h.count(HOOK_LAN, DROP_NAT_EXHAUSTED), 1);
-    // Past the first flow's timeout the port is free again: the second flow gets it, and the
-    // LAN host's reply to it goes to the second peer.
+    let refused = |h: &mut Harness, n: u64, when: &str| {
+        let (action, _) = h.tc_bytes(true, &second);
+        assert_eq!(action, TC_ACT_OK);
+        let (action, _) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &second);
+        assert_eq!(action, TC_ACT_SHOT, "{when}: {}", h.hook_counters(HOOK_LAN));
+        assert_eq!(h.count(HOOK_LAN, DROP_NAT_EXHAUSTED), n, "{when}");
+    };
+    // The peer keeps sending and the LAN host never answers: past the timeout, the port is
+    // still the first flow's.
+    for _ in 0..3 {
+        pause();
+        let out = out_through(&mut h, &udp(P1, HOST, 40_090, 53));
+        same(&out, &udp(NAT, HOST, 40_090, 53), "the peer keeps its port");
+    }
+    refused(&mut h, 1, "while the peer speaks");
+    // The LAN host does the talking and the peer is silent past the timeout: the same.
+    for _ in 0..3 {
+        pause();
+        let (_, back) = h.xdp_bytes(&udp(HOST, NAT, 53, 40_090).build());
+        same(
+            &back,
+            &udp(HOST, P1, 53, 40_090),
+            "the LAN host's packets reach the peer",
+        );
+    }
+    refused(&mut h, 2, "while the LAN host speaks");
+    // The controller's sweep agrees: a translation whose LAN host still speaks is in use.
+    let swept = h.dp.sweep_conntrack(None).unwrap();
+    assert_eq!(swept.nat.idle, 0, "{swept:?}");
+    assert_eq!(h.dp.nat_entries().unwrap(), 1);
+    let out = out_through(&mut h, &udp(P1, HOST, 40_090, 53));
+    same(
+        &out,
+        &udp(NAT, HOST, 40_090, 53),
+        "the peer speaks again on its translation",
+    );
+    // Both silent past the timeout: the port is free. The second flow gets it, and the LAN
+    // host's packets to it go to the second peer.
     std::thread::sleep(std::time::Duration::from_millis(1_300));
     let again = out_through(&mut h, &udp(P2, HOST, 40_090, 53));
     same(
