@@ -409,18 +409,17 @@ fn unsolicited_lan_packets_to_nat_ports_are_dropped() {
     );
 }
 
-#[test]
-fn exhaustion_is_a_counted_drop_never_a_shared_port() {
+/// A gateway masquerading 198.18.10.0/24 (IPv4 only) through a range of the one `port`, with
+/// `settings`' timeouts.
+fn one_port(port: u16, settings: NatSettings) -> Harness {
     let mut h = Harness::new(POLICY);
-    // A one-port range: the first flow takes it, the second has nowhere to go.
-    let settings = NatSettings {
-        port_min: 40_080,
-        port_max: 40_080,
-        ..Default::default()
-    };
     h.dp.set_masquerade(&Masquerade {
         networks: vec!["198.18.10.0/24".parse().unwrap()],
-        settings,
+        settings: NatSettings {
+            port_min: port,
+            port_max: port,
+            ..settings
+        },
     })
     .unwrap();
     h.dp.set_nat_interface(
@@ -432,6 +431,13 @@ fn exhaustion_is_a_counted_drop_never_a_shared_port() {
         },
     )
     .unwrap();
+    h
+}
+
+#[test]
+fn exhaustion_is_a_counted_drop_never_a_shared_port() {
+    // A one-port range: the first flow takes it, the second has nowhere to go.
+    let mut h = one_port(40_080, NatSettings::default());
     out_through(&mut h, &tcp(P1, HOST, 40_080, 443, TCP_SYN));
     let second = tcp(P2, HOST, 40_080, 443, TCP_SYN).build();
     let (action, _) = h.tc_bytes(true, &second);
@@ -444,28 +450,14 @@ fn exhaustion_is_a_counted_drop_never_a_shared_port() {
 
 #[test]
 fn a_translation_lives_while_either_side_speaks_and_gives_its_port_back_when_idle() {
-    let mut h = Harness::new(POLICY);
     // A one-port range and a one-second UDP timeout.
-    let settings = NatSettings {
-        port_min: 40_090,
-        port_max: 40_090,
-        udp: 1,
-        ..Default::default()
-    };
-    h.dp.set_masquerade(&Masquerade {
-        networks: vec!["198.18.10.0/24".parse().unwrap()],
-        settings,
-    })
-    .unwrap();
-    h.dp.set_nat_interface(
-        1,
-        NatInterface {
-            v4: [198, 18, 10, 1],
-            has_v4: 1,
+    let mut h = one_port(
+        40_090,
+        NatSettings {
+            udp: 1,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let pause = || std::thread::sleep(std::time::Duration::from_millis(450));
     let first = out_through(&mut h, &udp(P1, HOST, 40_090, 53));
     same(
