@@ -969,7 +969,7 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
     let now = conntrack::now_ns();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_REVERSE.get(&x.key) } {
-        Some(t) if fresh(t, s, q.proto, now) => x.target = *t,
+        Some(t) if in_use(&mut x.holder, &x.key, t, s, now) => x.target = *t,
         _ => return Nat::Untouched,
     }
     let old_port = q.sport;
@@ -1033,7 +1033,12 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
     let now = conntrack::now_ns();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_FORWARD.get(&x.key) } {
-        Some(t) if t.addr == nat_addr && fresh(t, s, q.proto, now) => x.target = *t,
+        Some(t)
+            if t.addr == nat_addr
+                && (fresh(t, s, q.proto, now) || answered(x, &nat_addr, t.port, s, now)) =>
+        {
+            x.target = *t
+        }
         _ => return Nat::Untouched,
     }
     if (!from_gateway && !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr))

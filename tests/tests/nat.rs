@@ -481,6 +481,15 @@ fn a_translation_lives_while_either_side_speaks_and_gives_its_port_back_when_idl
         same(&out, &udp(NAT, HOST, 40_090, 53), "the peer keeps its port");
     }
     refused(&mut h, 1, "while the peer speaks");
+    // An error from the LAN host about the peer's datagrams still finds the peer.
+    let error = unreachable(HOST, NAT, &udp(NAT, HOST, 40_090, 53));
+    let (action, back) = h.xdp_bytes(&error);
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    assert_eq!(
+        gateway_testkit::harness::hex(&back),
+        gateway_testkit::harness::hex(&unreachable(HOST, P1, &udp(P1, HOST, 40_090, 53))),
+        "the LAN host's error reaches the peer"
+    );
     // The LAN host does the talking and the peer is silent past the timeout: the same.
     for _ in 0..3 {
         pause();
@@ -492,6 +501,22 @@ fn a_translation_lives_while_either_side_speaks_and_gives_its_port_back_when_idl
         );
     }
     refused(&mut h, 2, "while the LAN host speaks");
+    // An error from the peer about the LAN host's datagrams still leaves as the masquerade's.
+    let error = unreachable(P1, HOST, &udp(HOST, P1, 53, 40_090));
+    let (action, _) = h.tc_bytes(true, &error);
+    assert_eq!(
+        action,
+        TC_ACT_OK,
+        "{}",
+        h.hook_counters(HOOK_TUNNEL_INGRESS)
+    );
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &error);
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&unreachable(NAT, HOST, &udp(HOST, NAT, 53, 40_090))),
+        "the peer's error leaves translated"
+    );
     // The controller's sweep agrees: a translation whose LAN host still speaks is in use.
     let swept = h.dp.sweep_conntrack(None).unwrap();
     assert_eq!(swept.nat.idle, 0, "{swept:?}");
