@@ -268,6 +268,13 @@ pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
 /// interface's address as source. Judged already (at the tunnel); nothing else is touched.
 #[classifier]
 pub fn tc_lan_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context's own skb pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // What the tunnel's TC forwarding translated on its way here: passed on a look at its
+    // first headers, without the full parse.
+    if nat::leaves_translated(&ctx, ifindex) {
+        return TC_ACT_OK;
+    }
     let bytes = tc_bytes(&ctx);
     let (Ok(pkt), Some(settings)) = (
         judge::parse_packet(&bytes, Link::Ethernet),
@@ -275,8 +282,6 @@ pub fn tc_lan_egress(ctx: TcContext) -> i32 {
     ) else {
         return TC_ACT_OK;
     };
-    // SAFETY: the context's own skb pointer.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match nat::masquerade(&nat::TcRewrite(&ctx), pkt, ifindex, settings) {
         nat::Nat::Translated => {
             stats::count(HOOK_LAN, reason::NAT_MASQUERADED, bytes.len as u64);

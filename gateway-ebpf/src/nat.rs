@@ -653,6 +653,45 @@ fn fresh(t: &NatTarget, s: &NatSettings, proto: u8, now: u64) -> bool {
     now.saturating_sub(t.last_seen_ns) <= timeout_ns(s, proto, true)
 }
 
+/// Whether a packet leaving LAN interface `ifindex` is TCP or UDP from the interface's own
+/// masquerade address, read from its linear headers (Ethernet, then IPv4 or IPv6 without
+/// extension headers): [`masquerade`] leaves such a packet untouched, and so it needs no parse.
+/// Anything else (ICMP errors, which may quote a translated packet; extension headers; VLAN
+/// tags; headers not linear) is `false` and goes the whole way.
+#[inline(always)]
+pub fn leaves_translated(ctx: &TcContext, ifindex: u32) -> bool {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 14 + 20 > end {
+        return false;
+    }
+    // SAFETY: every read below is inside [data, end), checked before it.
+    let at = |off: usize| unsafe { *((data + off) as *const u8) };
+    let v4 = match (at(12), at(13)) {
+        (0x08, 0x00) => true,
+        (0x86, 0xdd) => false,
+        _ => return false,
+    };
+    let (proto, src) = if v4 { (at(23), 26) } else { (at(20), 22) };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return false;
+    }
+    let Some(nat_addr) = interface_addr(ifindex, v4) else {
+        return false;
+    };
+    let len = if v4 { 4 } else { 16 };
+    if data + src + len > end {
+        return false;
+    }
+    let mut i = 0;
+    while i < 16 {
+        if i < len && at(src + i) != nat_addr[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// LAN egress: translates the source of a flow from the overlay to a masqueraded network.
 #[inline(always)]
 pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {

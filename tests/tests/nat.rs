@@ -112,6 +112,18 @@ fn out_through(h: &mut Harness, packet: &Spec) -> Vec<u8> {
     out
 }
 
+/// A packet that already carries the masquerade address (translated by the tunnel's TC
+/// forwarding on its way out) leaves the LAN interface as it is, not counted again.
+#[track_caller]
+fn leaves_as_translated(h: &mut Harness, packet: &Spec) {
+    let frame = packet.build();
+    let before = h.count(HOOK_LAN, NAT_MASQUERADED);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &frame);
+    assert_eq!(action, TC_ACT_OK, "{}", h.hook_counters(HOOK_LAN));
+    same(&out, packet, "translated already");
+    assert_eq!(h.count(HOOK_LAN, NAT_MASQUERADED), before);
+}
+
 fn ports_of(frame: &[u8], v6: bool) -> (u16, u16) {
     let l4 = 14 + if v6 { 40 } else { 20 };
     (
@@ -149,6 +161,7 @@ fn tcp_leaves_with_the_lan_address_and_its_replies_come_back_translated() {
     // Later packets keep the translation.
     let out = out_through(&mut h, &tcp(P1, HOST, 40_010, 443, TCP_ACK));
     same(&out, &tcp(NAT, HOST, 40_010, 443, TCP_ACK), "ACK out");
+    leaves_as_translated(&mut h, &tcp(NAT, HOST, 40_010, 443, TCP_ACK));
     assert_eq!(h.dp.nat_entries().unwrap(), 1);
 }
 
@@ -272,6 +285,10 @@ fn ipv6_is_masqueraded_too() {
         &back,
         &tcp("fd00:18::10", "fd00:10::1", 443, 40_040, TCP_SYN | TCP_ACK),
         "IPv6 SYN-ACK back",
+    );
+    leaves_as_translated(
+        &mut h,
+        &tcp("fd00:18::1", "fd00:18::10", 40_040, 443, TCP_ACK),
     );
 }
 
