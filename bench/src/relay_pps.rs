@@ -321,15 +321,8 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
             let vs_ceiling = xdp.mpps[i].median / ceiling.mpps[i].median;
             // Also within each trial (the two run back to back), which drift between trials
             // cannot fake; the ceiling's own spread says how far any figure can be trusted.
-            let paired = crate::stats::Summary::of_or_zero(
-                xdp.mpps[i]
-                    .trials
-                    .iter()
-                    .zip(&ceiling.mpps[i].trials)
-                    .filter(|(_, c)| **c > 0.0)
-                    .map(|(x, c)| x / c)
-                    .collect(),
-            );
+            let paired =
+                crate::stats::Summary::paired(&xdp.mpps[i].trials, &ceiling.mpps[i].trials);
             let spread = ceiling.mpps[i].max / ceiling.mpps[i].min.max(f64::MIN_POSITIVE);
             let _ = writeln!(
                 md,

@@ -573,13 +573,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                 if let (Some(gt), Some(ct)) =
                     (trials(Contender::Gateway), trials(Contender::NoopRedirect))
                 {
-                    let paired: Vec<f64> = gt
-                        .iter()
-                        .zip(&ct)
-                        .filter(|(_, c)| **c > 0.0)
-                        .map(|(g, c)| g / c)
-                        .collect();
-                    let ratio = crate::stats::Summary::of_or_zero(paired);
+                    let ratio = crate::stats::Summary::paired(&gt, &ct);
                     let spread = ct.iter().cloned().fold(f64::MIN, f64::max)
                         / ct.iter().cloned().fold(f64::MAX, f64::min);
                     let beside = rows

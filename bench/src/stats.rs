@@ -27,6 +27,18 @@ impl Summary {
         }
     }
 
+    /// `a ÷ b` within each trial (the two ran back to back, which drift between trials cannot
+    /// fake), over the trials where `b` measured anything.
+    pub fn paired(a: &[f64], b: &[f64]) -> Summary {
+        Summary::of_or_zero(
+            a.iter()
+                .zip(b)
+                .filter(|(_, b)| **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
+    }
+
     /// As `of`, with a single 0 for a contender that produced no trials (its error says why).
     pub fn of_or_zero(trials: Vec<f64>) -> Summary {
         Summary::of(if trials.is_empty() { vec![0.0] } else { trials })

@@ -465,16 +465,7 @@ pub fn markdown(md: &mut String, b: &WireGuardBench) {
         if let (Some(g), Some(n), Some(p)) = (find(gw), find(nb), find(plain)) {
             // Judged on the ratios within each trial (the contenders run back to back), which
             // drift between trials cannot fake; medians of the columns are shown beside them.
-            let paired = |a: &Summary, b: &Summary| {
-                Summary::of_or_zero(
-                    a.trials
-                        .iter()
-                        .zip(&b.trials)
-                        .filter(|(_, y)| **y > 0.0)
-                        .map(|(x, y)| x / y)
-                        .collect(),
-                )
-            };
+            let paired = |a: &Summary, b: &Summary| Summary::paired(&a.trials, &b.trials);
             let show = |r: &Summary| format!("{:.2}x ({:.2}–{:.2})", r.median, r.min, r.max);
             let (tcp_nb, udp_nb) = (
                 paired(&g.tcp_gbps, &n.tcp_gbps),

@@ -18,7 +18,7 @@ use aya_ebpf::{
         bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_load_bytes,
         bpf_skb_store_bytes,
     },
-    maps::lpm_trie::Key,
+    maps::{LruHashMap, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
@@ -738,12 +738,10 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
     };
     let port = match maps::NAT_FORWARD.get_ptr_mut(&x.key) {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
-        // Idle this way but answered the other (a flow the LAN host does the talking in), the
-        // translation is still the flow's.
         Some(t)
             if unsafe {
                 (*t).addr == nat_addr
-                    && (fresh(&*t, s, f.proto, now) || answered(x, &nat_addr, (*t).port, s, now))
+                    && live(&mut x.holder, &x.key, &*t, &maps::NAT_REVERSE, s, now)
             } =>
         unsafe {
             (*t).last_seen_ns = now;
@@ -768,55 +766,38 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
     Nat::Translated
 }
 
-/// Whether the translation that the reverse entry `t` at `reverse` records is still in use.
-/// Replies refresh the reverse entry and the peer's packets the forward one, so a flow only one
-/// side speaks in (a peer streaming to a LAN host, or the other way) keeps its translation as
-/// long as either speaks. `holder` is room for the forward entry's key.
+/// Whether the translation that `key`'s entry `t` records (either direction) is still in use.
+/// The peer's packets refresh the forward entry and the LAN host's the reverse one, so a flow
+/// only one side speaks in keeps its translation as long as either speaks: a stale entry is
+/// live when its counterpart in `other` (the other direction's map) is fresh and still the
+/// flow's. `holder` is room for the counterpart's key.
 #[inline(always)]
-fn in_use(holder: &mut NatKey, reverse: &NatKey, t: &NatTarget, s: &NatSettings, now: u64) -> bool {
-    let proto = reverse.proto;
+fn live(
+    holder: &mut NatKey,
+    key: &NatKey,
+    t: &NatTarget,
+    other: &LruHashMap<NatKey, NatTarget>,
+    s: &NatSettings,
+    now: u64,
+) -> bool {
+    let proto = key.proto;
     if fresh(t, s, proto, now) {
         return true;
     }
     let echo = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
     *holder = NatKey {
         local: t.addr,
-        remote: reverse.remote,
+        remote: key.remote,
         local_port: t.port,
         // An echo flow's identifier is both of its ports.
-        remote_port: if echo { t.port } else { reverse.remote_port },
+        remote_port: if echo { t.port } else { key.remote_port },
         proto,
-        family: reverse.family,
+        family: key.family,
         _pad: [0; 2],
     };
     // SAFETY: copied out at once.
-    match unsafe { maps::NAT_FORWARD.get(holder) } {
-        Some(f) => {
-            f.addr == reverse.local && f.port == reverse.local_port && fresh(f, s, proto, now)
-        }
-        None => false,
-    }
-}
-
-/// Whether the LAN host still answers the translation of `x.key` to `port`: its reverse entry
-/// is fresh and still the flow's.
-#[inline(always)]
-fn answered(x: &mut Scratch, nat_addr: &[u8; 16], port: u16, s: &NatSettings, now: u64) -> bool {
-    let echo = x.key.proto == PROTO_ICMP || x.key.proto == PROTO_ICMPV6;
-    x.holder = NatKey {
-        local: *nat_addr,
-        remote: x.key.remote,
-        local_port: port,
-        remote_port: if echo { port } else { x.key.remote_port },
-        proto: x.key.proto,
-        family: x.key.family,
-        _pad: [0; 2],
-    };
-    // SAFETY: copied out at once.
-    match unsafe { maps::NAT_REVERSE.get(&x.holder) } {
-        Some(r) => {
-            r.addr == x.key.local && r.port == x.key.local_port && fresh(r, s, x.key.proto, now)
-        }
+    match unsafe { other.get(holder) } {
+        Some(o) => o.addr == key.local && o.port == key.local_port && fresh(o, s, proto, now),
         None => false,
     }
 }
@@ -858,7 +839,9 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
         {
             // SAFETY: copied out at once.
             match unsafe { maps::NAT_REVERSE.get(&x.reverse) } {
-                Some(t) if in_use(&mut x.holder, &x.reverse, t, s, now) => continue,
+                Some(t) if live(&mut x.holder, &x.reverse, t, &maps::NAT_FORWARD, s, now) => {
+                    continue;
+                }
                 _ => {}
             }
             // A translation idle past its timeout gives its port back.
@@ -950,7 +933,7 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
     let in_range = f.dport >= s.port_min && f.dport <= s.port_max;
     match maps::NAT_REVERSE.get_ptr_mut(&x.key) {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
-        Some(t) if unsafe { in_use(&mut x.holder, &x.key, &*t, s, now) } => unsafe {
+        Some(t) if unsafe { live(&mut x.holder, &x.key, &*t, &maps::NAT_FORWARD, s, now) } => unsafe {
             (*t).last_seen_ns = now;
             x.target = *t;
         },
@@ -1008,7 +991,7 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
     let now = conntrack::now_ns();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_REVERSE.get(&x.key) } {
-        Some(t) if in_use(&mut x.holder, &x.key, t, s, now) => x.target = *t,
+        Some(t) if live(&mut x.holder, &x.key, t, &maps::NAT_FORWARD, s, now) => x.target = *t,
         _ => return Nat::Untouched,
     }
     let old_port = q.sport;
@@ -1073,8 +1056,7 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_FORWARD.get(&x.key) } {
         Some(t)
-            if t.addr == nat_addr
-                && (fresh(t, s, q.proto, now) || answered(x, &nat_addr, t.port, s, now)) =>
+            if t.addr == nat_addr && live(&mut x.holder, &x.key, t, &maps::NAT_REVERSE, s, now) =>
         {
             x.target = *t
         }

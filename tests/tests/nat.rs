@@ -88,8 +88,13 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Spec {
 /// interface (masquerade); returns the bytes that left.
 #[track_caller]
 fn out_through(h: &mut Harness, packet: &Spec) -> Vec<u8> {
-    let frame = packet.build();
-    let (action, _) = h.tc_bytes(true, &frame);
+    frame_out_through(h, &packet.build())
+}
+
+/// As [`out_through`], for a frame built otherwise (an ICMP error).
+#[track_caller]
+fn frame_out_through(h: &mut Harness, frame: &[u8]) -> Vec<u8> {
+    let (action, _) = h.tc_bytes(true, frame);
     assert_eq!(
         action,
         TC_ACT_OK,
@@ -97,7 +102,7 @@ fn out_through(h: &mut Harness, packet: &Spec) -> Vec<u8> {
         h.hook_counters(HOOK_TUNNEL_INGRESS)
     );
     let before = h.count(HOOK_LAN, NAT_MASQUERADED);
-    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &frame);
+    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, frame);
     assert_eq!(
         action,
         TC_ACT_OK,
@@ -519,16 +524,7 @@ fn a_translation_lives_while_either_side_speaks_and_gives_its_port_back_when_idl
     }
     refused(&mut h, 2, "while the LAN host speaks");
     // An error from the peer about the LAN host's datagrams still leaves as the masquerade's.
-    let error = unreachable(P1, HOST, &udp(HOST, P1, 53, 40_090));
-    let (action, _) = h.tc_bytes(true, &error);
-    assert_eq!(
-        action,
-        TC_ACT_OK,
-        "{}",
-        h.hook_counters(HOOK_TUNNEL_INGRESS)
-    );
-    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &error);
-    assert_eq!(action, TC_ACT_OK);
+    let out = frame_out_through(&mut h, &unreachable(P1, HOST, &udp(HOST, P1, 53, 40_090)));
     assert_eq!(
         gateway_testkit::harness::hex(&out),
         gateway_testkit::harness::hex(&unreachable(NAT, HOST, &udp(HOST, NAT, 53, 40_090))),
@@ -1239,15 +1235,7 @@ fn icmp_errors_about_translated_flows_are_translated_inside_and_out() {
     // as the LAN host sent it.
     let (_, _) = h.xdp_bytes(&tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK).build());
     let error = unreachable(P1, HOST, &tcp(HOST, P1, 443, 51_000, TCP_SYN | TCP_ACK));
-    let (action, _) = h.tc_bytes(true, &error);
-    assert_eq!(
-        action,
-        TC_ACT_OK,
-        "{}",
-        h.hook_counters(HOOK_TUNNEL_INGRESS)
-    );
-    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &error);
-    assert_eq!(action, TC_ACT_OK);
+    let out = frame_out_through(&mut h, &error);
     let want = unreachable(NAT, HOST, &tcp(HOST, NAT, 443, port, TCP_SYN | TCP_ACK));
     assert_eq!(
         gateway_testkit::harness::hex(&out),
