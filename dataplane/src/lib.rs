@@ -153,6 +153,9 @@ impl Dataplane {
         let map_paths: Vec<(&str, std::path::PathBuf)> = match &pins {
             Some(p) => {
                 adopt = p.prepare()?;
+                // The route cache of earlier releases, pinned then: programs that still use it
+                // hold it, and nothing of this release does.
+                let _ = std::fs::remove_file(p.map(names::FIB_CACHE_V1_UNPINNED));
                 names::PINNED_MAPS.iter().map(|n| (*n, p.map(n))).collect()
             }
             None => Vec::new(),
@@ -606,24 +609,6 @@ impl Dataplane {
         }
         for (slot, index) in indexes.iter().enumerate() {
             slots.insert(index, slot as u32, 0)?;
-        }
-        if self.adopted.is_some() {
-            // Cached routes of the adopted data plane name its slots, which this configuration
-            // may number differently: forget them (each costs one FIB lookup to learn again).
-            let mut cache: PerCpuArray<_, gateway_common::forward::FibSlot> =
-                PerCpuArray::try_from(
-                    self.ebpf
-                        .map_mut(names::FIB_CACHE)
-                        .context("FIB cache map")?,
-                )?;
-            let cpus = nr_cpus().map_err(|(_, e)| e)?;
-            for i in 0..gateway_common::forward::FIB_SLOTS {
-                cache.set(
-                    i,
-                    PerCpuValues::try_from(vec![Default::default(); cpus])?,
-                    0,
-                )?;
-            }
         }
         let mut map: Array<_, Settings> =
             Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;

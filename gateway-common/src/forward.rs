@@ -3,16 +3,61 @@
 
 use crate::{assert_size, user_pod};
 
-#[repr(C)]
+/// What a cached route is cached under: everything the FIB lookup it stands for was given
+/// (the ingress interface, the family, the IPv4 TOS, the source and the destination), so rules
+/// that route by source or TOS keep applying to every packet, not only to the one that filled
+/// the slot. Compared and written in place ([`RouteKey::holds`], [`RouteKey::set`]): no key is
+/// built on the stack, where the relay's IPv6 path has no room for one.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FibKey {
+pub struct RouteKey {
     pub ifindex: u32,
     /// AF_INET (2) or AF_INET6 (10).
-    pub family: u32,
-    /// Destination as on the wire; IPv4 uses the first four bytes.
+    pub family: u8,
+    /// IPv4's type-of-service byte as the lookup was given it (0 for IPv6 and where not given).
+    pub tos: u8,
+    pub _pad: u16,
+    /// As on the wire; IPv4 uses the first four bytes.
+    pub src: [u8; 16],
     pub dst: [u8; 16],
 }
-assert_size!(FibKey, 24);
+assert_size!(RouteKey, 40);
+
+/// An address's four 32-bit words.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+impl RouteKey {
+    /// Whether the slot holds the route of these lookup inputs.
+    #[inline(always)]
+    pub fn holds(&self, ifindex: u32, family: u8, tos: u8, src: &[u8; 16], dst: &[u8; 16]) -> bool {
+        let (s, d, ks, kd) = (words(src), words(dst), words(&self.src), words(&self.dst));
+        self.ifindex == ifindex
+            && self.family == family
+            && self.tos == tos
+            && s[0] == ks[0]
+            && s[1] == ks[1]
+            && s[2] == ks[2]
+            && s[3] == ks[3]
+            && d[0] == kd[0]
+            && d[1] == kd[1]
+            && d[2] == kd[2]
+            && d[3] == kd[3]
+    }
+
+    #[inline(always)]
+    pub fn set(&mut self, ifindex: u32, family: u8, tos: u8, src: &[u8; 16], dst: &[u8; 16]) {
+        self.ifindex = ifindex;
+        self.family = family;
+        self.tos = tos;
+        self._pad = 0;
+        self.src = *src;
+        self.dst = *dst;
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,14 +75,14 @@ pub struct FibRoute {
 }
 assert_size!(FibRoute, 32);
 
-/// One slot of the per-CPU FIB cache: the destination it holds, and its route.
+/// One slot of the XDP forwarding path's per-CPU route cache (the relay's too).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FibSlot {
-    pub key: FibKey,
+    pub key: RouteKey,
     pub route: FibRoute,
 }
-assert_size!(FibSlot, 56);
+assert_size!(FibSlot, 72);
 
 /// A route as TC forwarding uses it: the egress interface, what it is to forwarding (its
 /// `TC_PORT_*` kind, 0 for none of the gateway's), and the next hop the neighbour redirect
@@ -58,25 +103,11 @@ pub struct TcRoute {
 }
 assert_size!(TcRoute, 32);
 
-/// What a TC route is cached under: the ingress interface and both addresses, because the FIB
-/// lookup it stands for passes the source too (rules that route by source keep working).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TcRouteKey {
-    pub ifindex: u32,
-    /// AF_INET (2) or AF_INET6 (10).
-    pub family: u32,
-    /// As on the wire; IPv4 uses the first four bytes.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-}
-assert_size!(TcRouteKey, 40);
-
 /// One slot of the per-CPU TC route cache.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcRouteSlot {
-    pub key: TcRouteKey,
+    pub key: RouteKey,
     pub route: TcRoute,
 }
 assert_size!(TcRouteSlot, 72);
@@ -85,16 +116,13 @@ assert_size!(TcRouteSlot, 72);
 /// a FIB lookup, never a wrong route (the slot's key is compared in full).
 pub const FIB_SLOTS: u32 = 4096;
 
-/// The slot of a destination: its address words and the ingress interface, mixed.
+/// The slot of a (source, destination) pair arriving on `ifindex`: their address words and
+/// the interface, mixed.
 #[inline(always)]
-pub fn fib_slot(ifindex: u32, dst: &[u8; 16]) -> u32 {
-    crate::hash::mix32(crate::hash::fold_addr(dst) ^ ifindex.rotate_left(16)) & (FIB_SLOTS - 1)
-}
-
-/// The TC route cache's slot of a (source, destination) pair arriving on `ifindex`.
-#[inline(always)]
-pub fn tc_route_slot(ifindex: u32, src: &[u8; 16], dst: &[u8; 16]) -> u32 {
-    fib_slot(ifindex ^ crate::hash::fold_addr(src).rotate_left(7), dst)
+pub fn route_slot(ifindex: u32, src: &[u8; 16], dst: &[u8; 16]) -> u32 {
+    let h = crate::hash::fold_addr(dst)
+        ^ (ifindex ^ crate::hash::fold_addr(src).rotate_left(7)).rotate_left(16);
+    crate::hash::mix32(h) & (FIB_SLOTS - 1)
 }
 
 /// What an interface is to forwarding in TC (its value in the TC ports map): accepted traffic
@@ -109,7 +137,7 @@ pub const FORWARD_PORTS_MAX: u32 = 64;
 /// How long a cached route is used before the FIB is asked again.
 pub const FIB_CACHE_NS: u64 = 1_000_000_000;
 
-user_pod!(FibKey, FibRoute, FibSlot, TcRoute, TcRouteKey, TcRouteSlot);
+user_pod!(RouteKey, FibRoute, FibSlot, TcRoute, TcRouteSlot);
 
 #[cfg(test)]
 mod tests {
@@ -117,27 +145,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tc_route_slots_spread_sources_of_one_destination() {
+    fn a_route_key_holds_exactly_the_lookup_inputs_it_was_set_from() {
+        let src = [100, 64, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let dst = [198, 19, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut k = RouteKey::default();
+        assert!(!k.holds(7, 2, 0, &src, &dst));
+        k.set(7, 2, 0x10, &src, &dst);
+        assert!(k.holds(7, 2, 0x10, &src, &dst));
+        assert_eq!(
+            (k.src, k.dst, k.ifindex, k.family, k.tos),
+            (src, dst, 7, 2, 0x10)
+        );
+        assert!(!k.holds(8, 2, 0x10, &src, &dst));
+        assert!(!k.holds(7, 10, 0x10, &src, &dst));
+        assert!(!k.holds(7, 2, 0, &src, &dst));
+        // Any byte of either address.
+        for i in 0..16 {
+            let mut other = src;
+            other[i] ^= 1;
+            assert!(!k.holds(7, 2, 0x10, &other, &dst), "source byte {i}");
+            assert!(!k.holds(7, 2, 0x10, &src, &other), "destination byte {i}");
+            let mut other = dst;
+            other[i] ^= 0x80;
+            assert!(!k.holds(7, 2, 0x10, &src, &other), "destination byte {i}");
+        }
+    }
+
+    #[test]
+    fn route_slots_spread_sources_of_one_destination() {
         let dst = [198, 19, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         for byte in [0, 1, 2, 3] {
             let mut used = std::collections::HashSet::new();
             for i in 0..=255u8 {
                 let mut src = [100, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
                 src[byte] = i;
-                used.insert(tc_route_slot(7, &src, &dst));
+                used.insert(route_slot(7, &src, &dst));
             }
             assert!(used.len() > 230, "byte {byte}: {} slots", used.len());
         }
     }
 
     #[test]
-    fn fib_slots_spread_destinations_that_differ_in_any_byte() {
+    fn route_slots_spread_destinations_that_differ_in_any_byte() {
         for byte in [1, 2, 3] {
             let mut used = std::collections::HashSet::new();
             for i in 0..=255u8 {
                 let mut dst = [198, 19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
                 dst[byte] = i;
-                used.insert(fib_slot(7, &dst));
+                used.insert(route_slot(
+                    7,
+                    &[100, 64, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    &dst,
+                ));
             }
             // 256 keys over 4,096 slots: a random function collides about 8 times.
             assert!(used.len() > 230, "byte {byte}: {} slots", used.len());

@@ -13,7 +13,10 @@ pub const FRAGMENTS: &str = "FRAG_V1";
 pub const STATS: &str = "STATS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const FORWARD_PORTS: &str = "FWD_PORTS_V1";
-pub const FIB_CACHE: &str = "FIB_CACHE_V1";
+/// Not pinned: a cache of XDP forwarding's routes, learnt again in a second. (Its pinned
+/// predecessor, FIB_CACHE_V1, keyed routes by destination alone; `Dataplane::load` unpins it.)
+pub const FIB_CACHE: &str = "FIB_CACHE_V2";
+pub const FIB_CACHE_V1_UNPINNED: &str = "FIB_CACHE_V1";
 pub const FORWARD_SLOTS: &str = "FWD_SLOTS_V1";
 /// Not pinned: a cache of TC forwarding's routes, learnt again in a second.
 pub const TC_FIB_CACHE: &str = "TC_FIB_CACHE_V1";
@@ -47,7 +50,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 16] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -61,7 +64,6 @@ pub const PINNED_MAPS: [&str; 17] = [
     RULE_STATS,
     FORWARD_PORTS,
     FORWARD_SLOTS,
-    FIB_CACHE,
     NAT_FORWARD,
     NAT_REVERSE,
     XDP_NEXT,
@@ -82,6 +84,8 @@ pub const XDP_NEXT: &str = "XDP_NEXT_V1";
 pub const XDP_NEXT_SLOT: u32 = 0;
 
 /// The TURN relay's fast path (turn.rs).
+/// Not pinned: the relay's per-CPU route cache.
+pub const TURN_ROUTES: &str = "TURN_ROUTES_V1";
 pub const TURN_CHANNELS: &str = "TURN_CHANNELS_V1";
 pub const TURN_PEERS: &str = "TURN_PEERS_V1";
 pub const TURN_CHANNELS6: &str = "TURN_CHANNELS6_V1";

@@ -35,6 +35,12 @@ pub mod reason {
     /// Not a verdict: of the packets accepted from the tunnel, those forwarded in TC to a LAN
     /// interface (counted a second time).
     pub const TC_FORWARDED: u32 = 10;
+    /// Not a verdict: of the packets accepted on a hook that forwards (XDP on a LAN interface,
+    /// TC with `tunnel_forward: tc`), those the program handed to the kernel unchanged, for it
+    /// to forward or deliver: no route or neighbour yet, TTL about to expire, larger than the
+    /// egress MTU, VLAN tags, an egress the gateway does not forward to, traffic to the host
+    /// itself (counted a second time).
+    pub const LEFT_TO_KERNEL: u32 = 11;
     /// Not a verdict: TCP SYNs crossing the tunnel whose MSS option was lowered to what the
     /// tunnel carries (counted a second time).
     pub const MSS_CLAMPED: u32 = 12;
@@ -82,7 +88,7 @@ pub const REASON_NAMES: [&str; reason::SLOTS as usize] = [
     "masqueraded",
     "unmasqueraded",
     "tc_forwarded",
-    "",
+    "left_to_kernel",
     "mss_clamped",
     "mss_unreadable",
     "partial_checksum",
@@ -116,7 +122,7 @@ pub const fn verdict_label(r: u32) -> &'static str {
     if r == reason::XDP_FORWARDED || r == reason::TC_FORWARDED {
         // Counted again on top of the accept that let the packet through.
         "forwarded"
-    } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM {
+    } else if r == reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM || r == reason::LEFT_TO_KERNEL {
         // Likewise: accepted, and forwarded by the kernel rather than in XDP.
         "to_kernel"
     } else if r == reason::NAT_MASQUERADED || r == reason::NAT_UNMASQUERADED {

@@ -2,7 +2,8 @@
 //! interface and neighbour (cached per destination for a second in a direct-mapped per-CPU
 //! table: the lookup costs more than the whole policy decision), this rewrites the Ethernet
 //! header, decrements TTL / hop limit and redirects. It works from the parse the policy
-//! decision already made. Routing is by destination only on this path. Anything it cannot
+//! decision already made. The cache holds a route per (ingress, source, destination, TOS), as the
+//! FIB lookup it stands for was asked, so rules that route by source apply. Anything it cannot
 //! finish (no route or neighbour yet, TTL about to expire, VLAN tags, an egress interface not
 //! enabled for it) goes to the kernel stack unchanged.
 
@@ -15,7 +16,7 @@ use aya_ebpf::{
 use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
-    forward::{FIB_CACHE_NS, FibKey, FibRoute, TcRoute, TcRouteKey, fib_slot, tc_route_slot},
+    forward::{FIB_CACHE_NS, FibRoute, TcRoute, route_slot},
     stats::reason,
 };
 
@@ -102,35 +103,35 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         return None;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
-    // The parse saw at least an IPv4 header; 40 bytes are there in any minimum-size frame.
-    if start + ETH_LEN + 40 > end {
+    // What is rewritten below: the MACs, and the TTL (with the IPv4 header checksum) or the hop
+    // limit, all in the first 20 bytes of the IP header. (Not "a minimum-size frame": a veth
+    // does not pad, and a short datagram is as forwardable as any.)
+    if start + ETH_LEN + 20 > end {
         return None;
     }
     let v4 = pkt.flow.family == FAMILY_V4;
     let ip = start + ETH_LEN;
     let hop_at = ip + if v4 { 8 } else { 7 };
-    // SAFETY: inside [start, start + 54), checked above.
+    // SAFETY: inside [start, start + 34), checked above.
     if unsafe { *(hop_at as *const u8) } <= 1 {
         return None;
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    let key = FibKey {
-        ifindex,
-        family: if v4 { AF_INET } else { AF_INET6 } as u32,
-        dst: pkt.flow.dst,
-    };
-    let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst))?;
+    let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
+    let family = if v4 { AF_INET } else { AF_INET6 };
+    let slot = maps::FIB_CACHE.get_ptr_mut(route_slot(ifindex, src, dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = conntrack::now_ns();
-    let fresh =
-        slot.key == key && now < slot.route.expires_ns && pkt.ip_len <= slot.route.max_len as u32;
+    let fresh = slot.key.holds(ifindex, family, pkt.tos, src, dst)
+        && now < slot.route.expires_ns
+        && pkt.ip_len <= slot.route.max_len as u32;
     if !fresh {
-        slot.route = lookup(ctx, pkt, v4, ip, now)?;
-        slot.key = key;
+        slot.route = lookup(ctx, pkt, now)?;
+        slot.key.set(ifindex, family, pkt.tos, src, dst);
     }
     let route = slot.route;
-    // SAFETY: writes inside [start, start + 54), checked above.
+    // SAFETY: writes inside [start, start + 34), checked above.
     unsafe {
         if v4 {
             decrement_ipv4_ttl(ip);
@@ -147,14 +148,10 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
 
 /// Asks the kernel's FIB (and neighbour table) for the packet's route.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, pkt: &Packet, v4: bool, ip: usize, now: u64) -> Option<FibRoute> {
-    let mut fib = fib_params(ctx.ingress_ifindex() as u32, pkt, pkt.ip_len);
-    if v4 {
-        // SAFETY: the TOS byte is inside the IPv4 header the caller checked.
-        fib.__bindgen_anon_2.tos = unsafe { *((ip + 1) as *const u8) };
-    }
+fn lookup(ctx: &XdpContext, pkt: &Packet, now: u64) -> Option<FibRoute> {
+    let fib = &mut fib_params(ctx.ingress_ifindex() as u32, pkt, pkt.ip_len);
     // SAFETY: plain helper call with a properly sized parameter block.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
@@ -182,6 +179,7 @@ fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
     fib.__bindgen_anon_1.tot_len = length_field(tot_len);
     if pkt.flow.family == FAMILY_V4 {
         fib.family = AF_INET;
+        fib.__bindgen_anon_2.tos = pkt.tos;
         let a = |b: &[u8; 16]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
         fib.__bindgen_anon_3.ipv4_src = a(&pkt.flow.src);
         fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
@@ -403,8 +401,8 @@ struct RedirectNeighbour {
 }
 
 /// The route of a packet forwarded in TC, from this CPU's cache when it holds the packet's
-/// source and destination (learnt within the last second, for packets at least this long),
-/// else from the FIB.
+/// source, destination and TOS (learnt within the last second, for packets at least this
+/// long), else from the FIB.
 /// `None`: the FIB has no usable route (the kernel forwards, and sends what errors it needs).
 #[inline(always)]
 fn tc_route(
@@ -414,18 +412,20 @@ fn tc_route(
     tot_len: u32,
 ) -> Option<TcRoute> {
     use aya_ebpf::{EbpfContext as _, bindings::BPF_FIB_LOOKUP_SKIP_NEIGH};
-    let v4 = pkt.flow.family == FAMILY_V4;
-    let key = TcRouteKey {
-        ifindex: ingress,
-        family: if v4 { AF_INET } else { AF_INET6 } as u32,
-        src: pkt.flow.src,
-        dst: pkt.flow.dst,
+    let family = if pkt.flow.family == FAMILY_V4 {
+        AF_INET
+    } else {
+        AF_INET6
     };
-    let slot = maps::TC_FIB_CACHE.get_ptr_mut(tc_route_slot(ingress, &key.src, &key.dst))?;
+    let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
+    let slot = maps::TC_FIB_CACHE.get_ptr_mut(route_slot(ingress, src, dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = conntrack::now_ns();
-    if slot.key == key && now < slot.route.expires_ns && tot_len <= slot.route.max_len as u32 {
+    if slot.key.holds(ingress, family, pkt.tos, src, dst)
+        && now < slot.route.expires_ns
+        && tot_len <= slot.route.max_len as u32
+    {
         return Some(slot.route);
     }
     let mut fib = fib_params(ingress, pkt, tot_len);
@@ -460,7 +460,7 @@ fn tc_route(
         nh_family: fib.family,
         nh,
     };
-    slot.key = key;
+    slot.key.set(ingress, family, pkt.tos, src, dst);
     slot.route = route;
     Some(route)
 }

@@ -113,7 +113,10 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
                 reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM,
                 len as u64,
             ),
-            _ => {}
+            Some(forward::Forward::Kernel) => {
+                stats::count(HOOK_LAN, reason::LEFT_TO_KERNEL, len as u64)
+            }
+            None => {}
         }
     }
     xdp_action::XDP_PASS
@@ -232,7 +235,10 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
             stats::count(at, r, len as u64);
             TC_ACT_SHOT
         }
-        forward::TcForward::Kernel => TC_ACT_OK,
+        forward::TcForward::Kernel => {
+            stats::count(hook, reason::LEFT_TO_KERNEL, len as u64);
+            TC_ACT_OK
+        }
     }
 }
 

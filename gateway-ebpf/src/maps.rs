@@ -65,8 +65,14 @@ pub static FORWARD_PORTS: DevMap = DevMap::with_max_entries(FORWARD_PORTS_MAX, 0
 #[map(name = "FWD_SLOTS_V1")]
 pub static FORWARD_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(FORWARD_PORTS_MAX, 0);
 
-#[map(name = "FIB_CACHE_V1")]
+/// XDP forwarding's routes (forward.rs), per CPU.
+#[map(name = "FIB_CACHE_V2")]
 pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
+
+/// The TURN relay's routes (turn.rs), per CPU: its own, because a forwarding route names a
+/// devmap slot the relay has no use for (the relay redirects by ifindex).
+#[map(name = "TURN_ROUTES_V1")]
+pub static TURN_ROUTES: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
 
 #[map(name = "TC_FIB_CACHE_V1")]
 pub static TC_FIB_CACHE: PerCpuArray<TcRouteSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    forward::{FIB_CACHE_NS, FibKey, FibRoute, fib_slot},
+    forward::{FIB_CACHE_NS, FibRoute, route_slot},
     stats::Counter,
     turn::{
         ALIVE_WINDOW_NS, ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER,
@@ -173,11 +173,6 @@ impl Family for V4 {
         write_front(ctx, ETH, &h)
     }
 
-    /// From this CPU's route cache while it is fresh (a second, as the gateway's own XDP
-    /// forwarding keeps it) and the packet is no longer than one the FIB accepted on it (so
-    /// the MTU check stays the kernel's), else from the kernel's FIB. The cache is the
-    /// forwarding path's map; the source's address in the key's otherwise unused bytes keeps
-    /// source-specific routes apart.
     #[inline(always)]
     fn route(
         ctx: &XdpContext,
@@ -186,35 +181,7 @@ impl Family for V4 {
         len: u16,
         now: u64,
     ) -> Option<FibRoute> {
-        let ifindex = ctx.ingress_ifindex() as u32;
-        // Built as words: a zeroed byte array is a byte-at-a-time memset call per packet.
-        let words = [u32::from_ne_bytes(*dst), u32::from_ne_bytes(*src), 0, 0];
-        // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes are a valid [u8; 16].
-        let key_dst: [u8; 16] = unsafe { core::mem::transmute(words) };
-        let key = FibKey {
-            ifindex,
-            family: AF_INET as u32,
-            dst: key_dst,
-        };
-        let slot = maps::FIB_CACHE.get_ptr_mut(fib_slot(ifindex, &key.dst));
-        if let Some(slot) = slot {
-            // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
-            let slot = unsafe { &*slot };
-            if slot.key == key && now < slot.route.expires_ns && len <= slot.route.max_len {
-                return Some(slot.route);
-            }
-        }
-        let mut fib = fib_params(ctx, AF_INET, len);
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*src);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
-        let route = lookup(ctx, &mut fib, now, len)?;
-        if let Some(slot) = slot {
-            // SAFETY: as above.
-            let slot = unsafe { &mut *slot };
-            slot.key = key;
-            slot.route = route;
-        }
-        Some(route)
+        cached_route(ctx, AF_INET, &wide(src), &wide(dst), len, now)
     }
 
     #[inline(always)]
@@ -303,20 +270,15 @@ impl Family for V6 {
         true
     }
 
-    /// From the kernel's FIB for every packet: the per-CPU cache's key has no room for an IPv6
-    /// source, and source-specific routes must not be confused.
     #[inline(always)]
     fn route(
         ctx: &XdpContext,
         src: &[u8; 16],
         dst: &[u8; 16],
         len: u16,
-        _now: u64,
+        now: u64,
     ) -> Option<FibRoute> {
-        let mut fib = fib_params(ctx, AF_INET6, len);
-        fib.__bindgen_anon_3.ipv6_src = words32(src);
-        fib.__bindgen_anon_4.ipv6_dst = words32(dst);
-        lookup(ctx, &mut fib, 0, len)
+        cached_route(ctx, AF_INET6, src, dst, len, now)
     }
 
     #[inline(always)]
@@ -332,6 +294,14 @@ impl Family for V6 {
     }
 }
 
+/// An IPv4 address as the route cache keys it (in the first word), built as words: a zeroed
+/// byte array is a byte-at-a-time memset call per packet.
+#[inline(always)]
+fn wide(a: &[u8; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes are a valid [u8; 16].
+    unsafe { core::mem::transmute([u32::from_ne_bytes(*a), 0u32, 0, 0]) }
+}
+
 #[inline(always)]
 fn words32(a: &[u8; 16]) -> [u32; 4] {
     [
@@ -340,6 +310,51 @@ fn words32(a: &[u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
         u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
     ]
+}
+
+/// The route from `src` to `dst` (IPv4 in the first word) for a UDP packet of IP length `len`:
+/// from this CPU's route cache while it is fresh (a second, as the gateway's XDP forwarding
+/// keeps its own) and the packet is no longer than one the FIB accepted on it (so the MTU check
+/// stays the kernel's), else from the kernel's FIB. The key holds the source too, so
+/// source-specific routes are never confused. Compared and filled in place: the IPv6 path has
+/// no stack room for a key.
+#[inline(always)]
+fn cached_route(
+    ctx: &XdpContext,
+    family: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    len: u16,
+    now: u64,
+) -> Option<FibRoute> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = maps::TURN_ROUTES.get_ptr_mut(route_slot(ifindex, src, dst));
+    if let Some(slot) = slot {
+        // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+        let slot = unsafe { &*slot };
+        if slot.key.holds(ifindex, family, 0, src, dst)
+            && now < slot.route.expires_ns
+            && len <= slot.route.max_len
+        {
+            return Some(slot.route);
+        }
+    }
+    let mut fib = fib_params(ctx, family, len);
+    if family == AF_INET {
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    } else {
+        fib.__bindgen_anon_3.ipv6_src = words32(src);
+        fib.__bindgen_anon_4.ipv6_dst = words32(dst);
+    }
+    let route = lookup(ctx, &mut fib, now, len)?;
+    if let Some(slot) = slot {
+        // SAFETY: as above.
+        let slot = unsafe { &mut *slot };
+        slot.key.set(ifindex, family, 0, src, dst);
+        slot.route = route;
+    }
+    Some(route)
 }
 
 /// An input lookup's parameters for a UDP packet of IP length `len` on the arrival interface.

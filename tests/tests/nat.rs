@@ -1062,7 +1062,27 @@ mod lab {
         ] {
             bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
         }
+        // Accepted traffic to the gateway itself is no route out of a LAN interface: the TC
+        // program leaves it to the kernel, which delivers it, and counts it.
+        let own = lab
+            .gw
+            .run_scoped(move || TcpListener::bind(SocketAddrV4::new(gw_lan, 8443 + offset)))
+            .unwrap()
+            .expect("listen on the gateway");
+        let mut c = connect_from(
+            &cp1.ns,
+            25_210 + offset,
+            SocketAddrV4::new(gw_lan, 8443 + offset),
+        )
+        .expect("cp1 connects to the gateway");
+        let (mut s, _) = own.accept().unwrap();
+        relay(&mut c, &mut s, b"to the gateway itself").unwrap();
         let st = gw.status::<Report>(&lab.gw).unwrap();
+        assert!(
+            counted(&st, "tunnel_ingress", "left_to_kernel") >= 3,
+            "{:?}",
+            st.counters
+        );
         assert!(
             counted(&st, "tunnel_ingress", "tc_forwarded") > 10_000,
             "{:?}",
