@@ -303,39 +303,14 @@ fn xdp_forwarding_follows_routes_by_source() {
         ns.ip(&["addr", "add", "198.19.50.1/32", "dev", "lo"])
             .unwrap();
     }
-    gw.ip(&[
-        "route",
-        "add",
-        "198.19.50.0/24",
-        "via",
-        "198.19.1.10",
-        "dev",
-        "lan-b",
-    ])
-    .unwrap();
-    gw.ip(&[
-        "route",
-        "add",
-        "198.19.50.0/24",
-        "via",
-        "198.19.2.10",
-        "dev",
-        "lan-c",
-        "table",
-        "100",
-    ])
-    .unwrap();
-    gw.ip(&[
-        "rule",
-        "add",
-        "from",
-        "198.18.1.11",
-        "lookup",
-        "100",
-        "priority",
-        "100",
-    ])
-    .unwrap();
+    // The main table routes the destination through lan-b; a rule sends .11's through lan-c.
+    for cmd in [
+        "route add 198.19.50.0/24 via 198.19.1.10 dev lan-b",
+        "route add 198.19.50.0/24 via 198.19.2.10 dev lan-c table 100",
+        "rule add from 198.18.1.11 lookup 100 priority 100",
+    ] {
+        gw.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+    }
     let policy = "groups:\n  lan-a: [198.18.1.0/24]\n  far: [198.19.50.0/24]\npolicies:\n  - name: a-to-far\n    source_groups: [lan-a]\n    destination_groups: [far]\n    action: accept\n    protocol: udp\n    ports: [5300]\n";
     let p = lab.start(policy);
     let listen = |ns: &Netns| {
