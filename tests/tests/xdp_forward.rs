@@ -94,7 +94,7 @@ impl ForwardLab {
             ""
         };
         let cfg = format!(
-            "policy: {}\nmetrics_addr: {LAB_METRICS_ADDR}\noverlay:\n  ipv4: 198.19.0.0/16\ninterfaces:\n  lan:\n    - name: lan-a\n      forward: xdp\n    - name: lan-b\n      forward: xdp\n{lan_c}",
+            "policy: {}\nmetrics_addr: {LAB_METRICS_ADDR}\noverlay:\n  ipv4: 198.19.0.0/16\n  ipv6: fd00:50::/64\ninterfaces:\n  lan:\n    - name: lan-a\n      forward: xdp\n    - name: lan-b\n      forward: xdp\n{lan_c}",
             self.dir.join("policy.yaml").display()
         );
         std::fs::write(self.dir.join("gateway.yaml"), cfg).unwrap();
@@ -291,31 +291,92 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
 /// destination that sits behind both lan-b and lan-c, and a rule sends the second host's traffic
 /// through lan-c. Both send from one CPU (one per-CPU cache), alternating, within the cache's
 /// second: each datagram must arrive where the FIB routes its own source, forwarded in XDP.
+/// IPv4 and IPv6 (hop limit, 16-byte addresses in the key).
 #[test]
 fn xdp_forwarding_follows_routes_by_source() {
-    let lab = ForwardLab::new("src", true).with_lan_c();
+    follows_routes_by_source(false);
+    follows_routes_by_source(true);
+}
+
+fn follows_routes_by_source(v6: bool) {
+    use std::net::{SocketAddr, UdpSocket};
+    let lab = ForwardLab::new(if v6 { "src6" } else { "src4" }, true).with_lan_c();
     let (gw, a, b) = (&lab.gw, &lab.a, &lab.b);
     let c = lab.c.as_ref().unwrap();
-    let far: std::net::Ipv4Addr = "198.19.50.1".parse().unwrap();
-    a.ip(&["addr", "add", "198.18.1.11/24", "dev", "eth0"])
-        .unwrap();
+    // (first host, second host, destination, next hop behind lan-b, next hop behind lan-c)
+    let (ten, eleven, far, via_b, via_c): (IpAddr, IpAddr, IpAddr, &str, &str) = if v6 {
+        (
+            "fd00:1::10".parse().unwrap(),
+            "fd00:1::11".parse().unwrap(),
+            "fd00:50::1".parse().unwrap(),
+            "fd00:2::10",
+            "fd00:3::10",
+        )
+    } else {
+        (
+            "198.18.1.10".parse().unwrap(),
+            "198.18.1.11".parse().unwrap(),
+            "198.19.50.1".parse().unwrap(),
+            "198.19.1.10",
+            "198.19.2.10",
+        )
+    };
+    let family = if v6 { "-6" } else { "-4" };
+    let run = |ns: &Netns, cmd: String| {
+        let mut args = vec![family];
+        args.extend(cmd.split_whitespace());
+        ns.ip(&args).unwrap();
+    };
+    if v6 {
+        gw.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+        // No duplicate address detection: the addresses are usable at once.
+        for (ns, dev, addr) in [
+            (a, "eth0", "fd00:1::10/64"),
+            (gw, "lan-a", "fd00:1::1/64"),
+            (b, "eth0", "fd00:2::10/64"),
+            (gw, "lan-b", "fd00:2::1/64"),
+            (c, "eth0", "fd00:3::10/64"),
+            (gw, "lan-c", "fd00:3::1/64"),
+        ] {
+            run(ns, format!("addr add {addr} dev {dev} nodad"));
+        }
+        run(a, "route add default via fd00:1::1".into());
+    }
+    let prefix = if v6 { 64 } else { 24 };
+    run(
+        a,
+        format!(
+            "addr add {eleven}/{prefix} dev eth0{}",
+            if v6 { " nodad" } else { "" }
+        ),
+    );
     for ns in [b, c] {
-        ns.ip(&["addr", "add", "198.19.50.1/32", "dev", "lo"])
-            .unwrap();
+        run(ns, format!("addr add {far} dev lo"));
     }
     // The main table routes the destination through lan-b; a rule sends .11's through lan-c.
-    for cmd in [
-        "route add 198.19.50.0/24 via 198.19.1.10 dev lan-b",
-        "route add 198.19.50.0/24 via 198.19.2.10 dev lan-c table 100",
-        "rule add from 198.18.1.11 lookup 100 priority 100",
-    ] {
-        gw.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
-    }
-    let policy = "groups:\n  lan-a: [198.18.1.0/24]\n  far: [198.19.50.0/24]\npolicies:\n  - name: a-to-far\n    source_groups: [lan-a]\n    destination_groups: [far]\n    action: accept\n    protocol: udp\n    ports: [5300]\n";
-    let p = lab.start(policy);
+    run(gw, format!("route add {far} via {via_b} dev lan-b"));
+    run(
+        gw,
+        format!("route add {far} via {via_c} dev lan-c table 100"),
+    );
+    run(
+        gw,
+        format!("rule add from {eleven} lookup 100 priority 100"),
+    );
+    let (lan_a, far_net) = if v6 {
+        ("fd00:1::/64", "fd00:50::/64")
+    } else {
+        ("198.18.1.0/24", "198.19.50.0/24")
+    };
+    let policy = format!(
+        "groups:\n  lan-a: [\"{lan_a}\"]\n  far: [\"{far_net}\"]\npolicies:\n  - name: a-to-far\n    source_groups: [lan-a]\n    destination_groups: [far]\n    action: accept\n    protocol: udp\n    ports: [5300]\n"
+    );
+    let p = lab.start(&policy);
     let listen = |ns: &Netns| {
         ns.run_scoped(move || {
-            let s = std::net::UdpSocket::bind((far, 5300)).expect("bind");
+            let s = UdpSocket::bind(SocketAddr::new(far, 5300)).expect("bind");
+            s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .unwrap();
             // Room for every datagram of the run, read only at the end (root may exceed
             // rmem_max).
             let size: libc::c_int = 4 << 20;
@@ -330,8 +391,6 @@ fn xdp_forwarding_follows_routes_by_source() {
                 )
             };
             assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-            s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
-                .unwrap();
             s
         })
         .unwrap()
@@ -340,14 +399,14 @@ fn xdp_forwarding_follows_routes_by_source() {
     const ROUNDS: usize = 200;
     a.run_scoped(move || {
         gateway_testkit::harness::pin_thread_to_cpu(0);
-        let from =
-            |host: [u8; 4]| std::net::UdpSocket::bind((std::net::Ipv4Addr::from(host), 0)).unwrap();
-        let (ten, eleven) = (from([198, 18, 1, 10]), from([198, 18, 1, 11]));
+        let from = |host: IpAddr| UdpSocket::bind(SocketAddr::new(host, 0)).unwrap();
+        let (first, second) = (from(ten), from(eleven));
+        let to = SocketAddr::new(far, 5300);
         // The first datagrams find no neighbour entries yet: the kernel forwards them (and
         // resolves the next hops); the rest go through the XDP path and its cache.
         for round in 0..ROUNDS {
-            ten.send_to(b"from .10", (far, 5300)).unwrap();
-            eleven.send_to(b"from .11", (far, 5300)).unwrap();
+            first.send_to(b"first", to).unwrap();
+            second.send_to(b"second", to).unwrap();
             if round < 5 {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             } else {
@@ -356,8 +415,8 @@ fn xdp_forwarding_follows_routes_by_source() {
         }
     })
     .unwrap();
-    let received = |s: &std::net::UdpSocket| {
-        let mut from = std::collections::BTreeMap::<std::net::IpAddr, usize>::new();
+    let received = |s: &UdpSocket| {
+        let mut from = std::collections::BTreeMap::<IpAddr, usize>::new();
         let mut buf = [0u8; 64];
         while let Ok((_, peer)) = s.recv_from(&mut buf) {
             *from.entry(peer.ip()).or_default() += 1;
@@ -373,6 +432,14 @@ fn xdp_forwarding_follows_routes_by_source() {
             .map(|c| c.packets)
             .sum()
     };
+    let expected = |host: IpAddr| std::collections::BTreeMap::from([(host, ROUNDS)]);
+    assert_eq!(
+        got_b,
+        expected(ten),
+        "behind lan-b (main table); lan-c got {got_c:?}; counters {:?}",
+        st.counters
+    );
+    assert_eq!(got_c, expected(eleven), "behind lan-c (the rule's table)");
     let xdp_forwarded = count(&["xdp_forwarded"]);
     // Every datagram the policy let through was forwarded in XDP or, counted, left to the
     // kernel (the first ones, before the next hops' neighbour entries existed).
@@ -383,16 +450,6 @@ fn xdp_forwarding_follows_routes_by_source() {
         st.counters
     );
     assert!(count(&["left_to_kernel"]) >= 1, "{:?}", st.counters);
-    let ten = IpAddr::from([198, 18, 1, 10]);
-    let eleven = IpAddr::from([198, 18, 1, 11]);
-    let expected = |host: IpAddr| std::collections::BTreeMap::from([(host, ROUNDS)]);
-    assert_eq!(
-        got_b,
-        expected(ten),
-        "behind lan-b (main table); lan-c got {got_c:?}; counters {:?}",
-        st.counters
-    );
-    assert_eq!(got_c, expected(eleven), "behind lan-c (the rule's table)");
     assert!(
         xdp_forwarded >= 2 * (ROUNDS as u64 - 10),
         "forwarded in XDP: {xdp_forwarded}; {:?}",
