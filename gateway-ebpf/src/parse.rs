@@ -99,7 +99,9 @@ pub struct Packet {
     pub flow: Flow,
     pub tcp_flags: u8,
     pub frag: u8,
-    /// IPv4's type-of-service byte (0 for IPv6): the FIB lookups of the forwarding paths pass it.
+    /// IPv4's type-of-service byte without its ECN bits, which the FIB ignores (0 for IPv6): the
+    /// forwarding paths' FIB lookups pass it, and their route caches key by it (ECN bits that
+    /// change within a flow, a congestion mark, must not make a cached route miss).
     pub tos: u8,
     pub frag_id: u32,
     pub icmp: u8,
@@ -196,7 +198,7 @@ fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
     let frag_offset = (frag_field & 0x1fff) as usize * 8;
     pkt.flow.family = FAMILY_V4;
     pkt.flow.proto = h[9];
-    pkt.tos = h[1];
+    pkt.tos = h[1] & 0xfc;
     pkt.flow.src = v4_address([h[12], h[13], h[14], h[15]]);
     pkt.flow.dst = v4_address([h[16], h[17], h[18], h[19]]);
     pkt.frag_id = u16::from_be_bytes([h[4], h[5]]) as u32;
