@@ -1184,6 +1184,119 @@ mod lab {
         assert!(gw.stop().unwrap().success());
     }
 
+    /// TC forwarding's route cache honours rules that route by source, for peers behind one
+    /// tunnel interface (as every peer is behind wg0): two sources of cp1 send to one address
+    /// that sits behind both lan1 (the main table) and lan9 (a rule's table for the second
+    /// source), alternating, from one CPU (one per-CPU cache), within the cache's second. Each
+    /// datagram must arrive where the FIB routes its own source, forwarded in TC.
+    #[test]
+    fn tunnel_traffic_forwarded_in_tc_follows_routes_by_source() {
+        use std::net::UdpSocket;
+        let lab = Lab::seed().expect("lab");
+        let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
+        let lan9 = Netns::create(&format!(
+            "{}-lan9",
+            lab.dir.file_name().unwrap().to_string_lossy()
+        ))
+        .unwrap();
+        gateway_testkit::netns::veth(&lab.gw, "lan9", &lan9, "eth0").unwrap();
+        let run = |ns: &Netns, cmd: &str| {
+            ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+        };
+        run(&lab.gw, "addr add 198.18.20.1/24 dev lan9");
+        run(&lan9, "addr add 198.18.20.10/24 dev eth0");
+        run(&lan9, "link set lo up");
+        let second: Ipv4Addr = "100.64.10.2".parse().unwrap();
+        run(&cp1.ns, "addr add 100.64.10.2/32 dev eth0");
+        let far: Ipv4Addr = "198.18.11.1".parse().unwrap();
+        for ns in [&lan1.ns, &lan9] {
+            run(ns, "addr add 198.18.11.1/32 dev lo");
+        }
+        run(
+            &lab.gw,
+            &format!("route add 198.18.11.1 via {} dev {}", lan1.addr, lan1.gw_if),
+        );
+        run(
+            &lab.gw,
+            "route add 198.18.11.1 via 198.18.20.10 dev lan9 table 100",
+        );
+        run(&lab.gw, "rule add from 100.64.10.2 lookup 100 priority 100");
+        let policy = OPEN.replace(
+            "lan: [\"198.18.10.0/24\"]",
+            "lan: [\"198.18.10.0/24\", \"198.18.11.0/24\"]",
+        );
+        assert_ne!(policy, OPEN);
+        let config = lab
+            .write_config_extra(&policy, LAB_METRICS_ADDR, "  tunnel_forward: tc\n")
+            .expect("config");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let lan0 = "    - name: lan0\n      attach: xdp-native\n";
+        assert!(text.contains(lan0), "{text}");
+        std::fs::write(
+            &config,
+            text.replace(
+                lan0,
+                "    - name: lan0\n      attach: tc\n    - name: lan9\n      attach: tc\n",
+            ),
+        )
+        .unwrap();
+        let gw = GatewayProcess::start(
+            &gateway_binary(),
+            &lab.gw,
+            &config,
+            &lab.dir.join("gateway.log"),
+        )
+        .expect("gateway starts");
+        let listen = |ns: &Netns| {
+            ns.run_scoped(move || {
+                let s = UdpSocket::bind((far, 5300)).expect("bind");
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                s
+            })
+            .unwrap()
+        };
+        let (at_lan1, at_lan9) = (listen(&lan1.ns), listen(&lan9));
+        const ROUNDS: usize = 100;
+        cp1.ns
+            .run_scoped(move || {
+                gateway_testkit::harness::pin_thread_to_cpu(0);
+                let first = UdpSocket::bind((Ipv4Addr::new(100, 64, 10, 1), 0)).unwrap();
+                let second = UdpSocket::bind((second, 0)).unwrap();
+                for _ in 0..ROUNDS {
+                    first.send_to(b"first", (far, 5300)).unwrap();
+                    second.send_to(b"second", (far, 5300)).unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .unwrap();
+        let received = |s: &UdpSocket| {
+            let mut from = std::collections::BTreeMap::<IpAddr, usize>::new();
+            let mut buf = [0u8; 64];
+            while let Ok((_, peer)) = s.recv_from(&mut buf) {
+                *from.entry(peer.ip()).or_default() += 1;
+            }
+            from
+        };
+        let (got_lan1, got_lan9) = (received(&at_lan1), received(&at_lan9));
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        let expected =
+            |host: Ipv4Addr| std::collections::BTreeMap::from([(IpAddr::V4(host), ROUNDS)]);
+        assert_eq!(
+            got_lan1,
+            expected(cp1.addr),
+            "behind lan1 (main table); lan9 got {got_lan9:?}; {:?}",
+            st.counters
+        );
+        assert_eq!(got_lan9, expected(second), "behind lan9 (the rule's table)");
+        assert!(
+            counted(&st, "tunnel_ingress", "tc_forwarded") >= 2 * ROUNDS as u64,
+            "{:?}",
+            st.counters
+        );
+        assert!(gw.stop().unwrap().success());
+    }
+
     #[test]
     fn a_network_without_masquerade_sees_the_peers_own_address() {
         let lab = Lab::seed().expect("lab");
