@@ -14,8 +14,8 @@ pub struct RouteKey {
     pub ifindex: u32,
     /// AF_INET (2) or AF_INET6 (10).
     pub family: u8,
-    /// IPv4's type-of-service byte as the lookup was given it, ECN bits cleared (0 for IPv6 and
-    /// where not given).
+    /// IPv4's type-of-service byte or IPv6's traffic class as the lookup was given it, ECN bits
+    /// cleared (0 where not given).
     pub tos: u8,
     pub _pad: u16,
     /// As on the wire; IPv4 uses the first four bytes.

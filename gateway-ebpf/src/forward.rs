@@ -191,6 +191,9 @@ fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
         };
         fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
         fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
+        // The traffic class where the header has it (no flow label: the route must not depend
+        // on it, or the cache would hold a route per flow label).
+        fib.__bindgen_anon_2.flowinfo = ((pkt.tos as u32) << 20).to_be();
     }
     fib
 }

@@ -99,9 +99,10 @@ pub struct Packet {
     pub flow: Flow,
     pub tcp_flags: u8,
     pub frag: u8,
-    /// IPv4's type-of-service byte without its ECN bits, which the FIB ignores (0 for IPv6): the
-    /// forwarding paths' FIB lookups pass it, and their route caches key by it (ECN bits that
-    /// change within a flow, a congestion mark, must not make a cached route miss).
+    /// IPv4's type-of-service byte or IPv6's traffic class, without the ECN bits, which the FIB
+    /// ignores: the forwarding paths' FIB lookups pass it (rules may route by DSCP), and their
+    /// route caches key by it (ECN bits that change within a flow, a congestion mark, must not
+    /// make a cached route miss).
     pub tos: u8,
     pub frag_id: u32,
     pub icmp: u8,
@@ -220,6 +221,8 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
     if h[0] >> 4 != 6 {
         return Err(reason::DROP_BAD_HEADER);
     }
+    // The traffic class's DSCP bits, as IPv4's TOS above.
+    pkt.tos = ((h[0] << 4) | (h[1] >> 4)) & 0xfc;
     let mut payload = u16::from_be_bytes([h[4], h[5]]) as usize;
     if payload == 0 {
         // An empty payload is malformed, unless this is a BIG TCP aggregate (over 64 KiB, the

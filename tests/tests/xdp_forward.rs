@@ -294,13 +294,33 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
 /// IPv4 and IPv6 (hop limit, 16-byte addresses in the key).
 #[test]
 fn xdp_forwarding_follows_routes_by_source() {
-    follows_routes_by_source(false);
-    follows_routes_by_source(true);
+    follows_rules(false, Selector::Source);
+    follows_rules(true, Selector::Source);
 }
 
-fn follows_routes_by_source(v6: bool) {
+/// As above, with the rule selecting by DSCP (IPv4's TOS, IPv6's traffic class): one host, two
+/// sockets, the second marking its datagrams.
+#[test]
+fn xdp_forwarding_follows_routes_by_dscp() {
+    follows_rules(false, Selector::Dscp);
+    follows_rules(true, Selector::Dscp);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Selector {
+    Source,
+    Dscp,
+}
+
+fn follows_rules(v6: bool, by: Selector) {
     use std::net::{SocketAddr, UdpSocket};
-    let lab = ForwardLab::new(if v6 { "src6" } else { "src4" }, true).with_lan_c();
+    let tag = match (by, v6) {
+        (Selector::Source, false) => "s4",
+        (Selector::Source, true) => "s6",
+        (Selector::Dscp, false) => "d4",
+        (Selector::Dscp, true) => "d6",
+    };
+    let lab = ForwardLab::new(tag, true).with_lan_c();
     let (gw, a, b) = (&lab.gw, &lab.a, &lab.b);
     let c = lab.c.as_ref().unwrap();
     // (first host, second host, destination, next hop behind lan-b, next hop behind lan-c)
@@ -359,10 +379,13 @@ fn follows_routes_by_source(v6: bool) {
         gw,
         format!("route add {far} via {via_c} dev lan-c table 100"),
     );
-    run(
-        gw,
-        format!("rule add from {eleven} lookup 100 priority 100"),
-    );
+    // IPv4's rules take the legacy TOS values only (the DSCP bits 0x1c); IPv6's any DSCP.
+    let mark: u8 = if v6 { 0x28 } else { 0x08 };
+    let selector = match by {
+        Selector::Source => format!("from {eleven}"),
+        Selector::Dscp => format!("tos {mark:#04x}"),
+    };
+    run(gw, format!("rule add {selector} lookup 100 priority 100"));
     let (lan_a, far_net) = if v6 {
         ("fd00:1::/64", "fd00:50::/64")
     } else {
@@ -397,29 +420,54 @@ fn follows_routes_by_source(v6: bool) {
     };
     let (at_b, at_c) = (listen(b), listen(c));
     const ROUNDS: usize = 200;
-    a.run_scoped(move || {
-        gateway_testkit::harness::pin_thread_to_cpu(0);
-        let from = |host: IpAddr| UdpSocket::bind(SocketAddr::new(host, 0)).unwrap();
-        let (first, second) = (from(ten), from(eleven));
-        let to = SocketAddr::new(far, 5300);
-        // The first datagrams find no neighbour entries yet: the kernel forwards them (and
-        // resolves the next hops); the rest go through the XDP path and its cache.
-        for round in 0..ROUNDS {
-            first.send_to(b"first", to).unwrap();
-            second.send_to(b"second", to).unwrap();
-            if round < 5 {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(500));
+    let (first_addr, second_addr) = a
+        .run_scoped(move || {
+            gateway_testkit::harness::pin_thread_to_cpu(0);
+            let from = |host: IpAddr| UdpSocket::bind(SocketAddr::new(host, 0)).unwrap();
+            let (first, second) = match by {
+                Selector::Source => (from(ten), from(eleven)),
+                Selector::Dscp => {
+                    let second = from(ten);
+                    let mark = mark as libc::c_int;
+                    let (level, name) = if v6 {
+                        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+                    } else {
+                        (libc::IPPROTO_IP, libc::IP_TOS)
+                    };
+                    // SAFETY: a valid socket and a pointer to a c_int of the size given.
+                    let rc = unsafe {
+                        libc::setsockopt(
+                            std::os::fd::AsRawFd::as_raw_fd(&second),
+                            level,
+                            name,
+                            (&mark as *const libc::c_int).cast(),
+                            size_of::<libc::c_int>() as libc::socklen_t,
+                        )
+                    };
+                    assert_eq!(rc, 0, "marking: {}", std::io::Error::last_os_error());
+                    (from(ten), second)
+                }
+            };
+            let to = SocketAddr::new(far, 5300);
+            // The first datagrams find no neighbour entries yet: the kernel forwards them (and
+            // resolves the next hops); the rest go through the XDP path and its cache.
+            for round in 0..ROUNDS {
+                first.send_to(b"first", to).unwrap();
+                second.send_to(b"second", to).unwrap();
+                if round < 5 {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
             }
-        }
-    })
-    .unwrap();
+            (first.local_addr().unwrap(), second.local_addr().unwrap())
+        })
+        .unwrap();
     let received = |s: &UdpSocket| {
-        let mut from = std::collections::BTreeMap::<IpAddr, usize>::new();
+        let mut from = std::collections::BTreeMap::<SocketAddr, usize>::new();
         let mut buf = [0u8; 64];
         while let Ok((_, peer)) = s.recv_from(&mut buf) {
-            *from.entry(peer.ip()).or_default() += 1;
+            *from.entry(peer).or_default() += 1;
         }
         from
     };
@@ -432,14 +480,18 @@ fn follows_routes_by_source(v6: bool) {
             .map(|c| c.packets)
             .sum()
     };
-    let expected = |host: IpAddr| std::collections::BTreeMap::from([(host, ROUNDS)]);
+    let expected = |sender: SocketAddr| std::collections::BTreeMap::from([(sender, ROUNDS)]);
     assert_eq!(
         got_b,
-        expected(ten),
+        expected(first_addr),
         "behind lan-b (main table); lan-c got {got_c:?}; counters {:?}",
         st.counters
     );
-    assert_eq!(got_c, expected(eleven), "behind lan-c (the rule's table)");
+    assert_eq!(
+        got_c,
+        expected(second_addr),
+        "behind lan-c (the rule's table)"
+    );
     let xdp_forwarded = count(&["xdp_forwarded"]);
     // Every datagram the policy let through was forwarded in XDP or, counted, left to the
     // kernel (the first ones, before the next hops' neighbour entries existed).
