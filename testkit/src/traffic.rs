@@ -180,3 +180,37 @@ pub fn udp_socket_drops(ns: &Netns) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// A UDP socket in `ns` bound to `addr` that keeps every datagram of a test run until it is read
+/// (a 4 MiB receive buffer; root may exceed rmem_max) and stops a read after 300 ms of quiet.
+pub fn udp_sink(ns: &Netns, addr: SocketAddr) -> UdpSocket {
+    ns.run_scoped(move || {
+        let s = UdpSocket::bind(addr).expect("bind the sink");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: a valid socket and a pointer to a c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+        s
+    })
+    .expect("enter the namespace")
+}
+
+/// What a [`udp_sink`] holds: how many datagrams each sender sent it.
+pub fn udp_senders(sink: &UdpSocket) -> std::collections::BTreeMap<SocketAddr, usize> {
+    let mut from = std::collections::BTreeMap::new();
+    let mut buf = [0u8; 2048];
+    while let Ok((_, peer)) = sink.recv_from(&mut buf) {
+        *from.entry(peer).or_default() += 1;
+    }
+    from
+}

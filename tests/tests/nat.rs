@@ -575,6 +575,7 @@ mod lab {
         netns::Netns,
         process::{GatewayProcess, LAB_METRICS_ADDR},
         topology::{GATEWAY_LAN_ADDR, Lab},
+        traffic,
     };
 
     /// Every overlay peer may reach lan1, on anything.
@@ -603,10 +604,15 @@ mod lab {
             text.replace("attach: xdp-native", &format!("attach: {lan_attach}")),
         )
         .unwrap();
+        start_config(lab, &config)
+    }
+
+    /// The lab's gateway with the config at `config`.
+    fn start_config(lab: &Lab, config: &std::path::Path) -> GatewayProcess {
         GatewayProcess::start(
             &gateway_binary(),
             &lab.gw,
-            &config,
+            config,
             &lab.dir.join("gateway.log"),
         )
         .expect("gateway starts")
@@ -1240,25 +1246,15 @@ mod lab {
             ),
         )
         .unwrap();
-        let gw = GatewayProcess::start(
-            &gateway_binary(),
-            &lab.gw,
-            &config,
-            &lab.dir.join("gateway.log"),
-        )
-        .expect("gateway starts");
-        let listen = |ns: &Netns| {
-            ns.run_scoped(move || {
-                let s = UdpSocket::bind((far, 5300)).expect("bind");
-                s.set_read_timeout(Some(Duration::from_millis(300)))
-                    .unwrap();
-                s
-            })
-            .unwrap()
-        };
-        let (at_lan1, at_lan9) = (listen(&lan1.ns), listen(&lan9));
+        let gw = start_config(&lab, &config);
+        let sink = SocketAddr::new(IpAddr::V4(far), 5300);
+        let (at_lan1, at_lan9) = (
+            traffic::udp_sink(&lan1.ns, sink),
+            traffic::udp_sink(&lan9, sink),
+        );
         const ROUNDS: usize = 100;
-        cp1.ns
+        let (first_addr, second_addr) = cp1
+            .ns
             .run_scoped(move || {
                 gateway_testkit::harness::pin_thread_to_cpu(0);
                 let first = UdpSocket::bind((Ipv4Addr::new(100, 64, 10, 1), 0)).unwrap();
@@ -1268,27 +1264,26 @@ mod lab {
                     second.send_to(b"second", (far, 5300)).unwrap();
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                (first.local_addr().unwrap(), second.local_addr().unwrap())
             })
             .unwrap();
-        let received = |s: &UdpSocket| {
-            let mut from = std::collections::BTreeMap::<IpAddr, usize>::new();
-            let mut buf = [0u8; 64];
-            while let Ok((_, peer)) = s.recv_from(&mut buf) {
-                *from.entry(peer.ip()).or_default() += 1;
-            }
-            from
-        };
-        let (got_lan1, got_lan9) = (received(&at_lan1), received(&at_lan9));
+        let (got_lan1, got_lan9) = (
+            traffic::udp_senders(&at_lan1),
+            traffic::udp_senders(&at_lan9),
+        );
         let st = gw.status::<Report>(&lab.gw).unwrap();
-        let expected =
-            |host: Ipv4Addr| std::collections::BTreeMap::from([(IpAddr::V4(host), ROUNDS)]);
+        let expected = |sender: SocketAddr| std::collections::BTreeMap::from([(sender, ROUNDS)]);
         assert_eq!(
             got_lan1,
-            expected(cp1.addr),
+            expected(first_addr),
             "behind lan1 (main table); lan9 got {got_lan9:?}; {:?}",
             st.counters
         );
-        assert_eq!(got_lan9, expected(second), "behind lan9 (the rule's table)");
+        assert_eq!(
+            got_lan9,
+            expected(second_addr),
+            "behind lan9 (the rule's table)"
+        );
         assert!(
             counted(&st, "tunnel_ingress", "tc_forwarded") >= 2 * ROUNDS as u64,
             "{:?}",

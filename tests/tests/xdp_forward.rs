@@ -395,30 +395,8 @@ fn follows_rules(v6: bool, by: Selector) {
         "groups:\n  lan-a: [\"{lan_a}\"]\n  far: [\"{far_net}\"]\npolicies:\n  - name: a-to-far\n    source_groups: [lan-a]\n    destination_groups: [far]\n    action: accept\n    protocol: udp\n    ports: [5300]\n"
     );
     let p = lab.start(&policy);
-    let listen = |ns: &Netns| {
-        ns.run_scoped(move || {
-            let s = UdpSocket::bind(SocketAddr::new(far, 5300)).expect("bind");
-            s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
-                .unwrap();
-            // Room for every datagram of the run, read only at the end (root may exceed
-            // rmem_max).
-            let size: libc::c_int = 4 << 20;
-            // SAFETY: a valid socket and a pointer to a c_int of the size given.
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&size as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-            s
-        })
-        .unwrap()
-    };
-    let (at_b, at_c) = (listen(b), listen(c));
+    let sink = SocketAddr::new(far, 5300);
+    let (at_b, at_c) = (traffic::udp_sink(b, sink), traffic::udp_sink(c, sink));
     const ROUNDS: usize = 200;
     let (first_addr, second_addr) = a
         .run_scoped(move || {
@@ -463,15 +441,7 @@ fn follows_rules(v6: bool, by: Selector) {
             (first.local_addr().unwrap(), second.local_addr().unwrap())
         })
         .unwrap();
-    let received = |s: &UdpSocket| {
-        let mut from = std::collections::BTreeMap::<SocketAddr, usize>::new();
-        let mut buf = [0u8; 64];
-        while let Ok((_, peer)) = s.recv_from(&mut buf) {
-            *from.entry(peer).or_default() += 1;
-        }
-        from
-    };
-    let (got_b, got_c) = (received(&at_b), received(&at_c));
+    let (got_b, got_c) = (traffic::udp_senders(&at_b), traffic::udp_senders(&at_c));
     let st = p.status::<Report>(gw).unwrap();
     let count = |reasons: &[&str]| -> u64 {
         st.counters
