@@ -4,8 +4,8 @@
 use crate::{assert_size, user_pod};
 
 /// What a cached route is cached under: everything the FIB lookup it stands for was given
-/// (the ingress interface, the family, the IPv4 TOS, the source and the destination), so rules
-/// that route by source or TOS keep applying to every packet, not only to the one that filled
+/// (the ingress interface, the family, the DSCP, the source and the destination), so rules
+/// that route by source or DSCP keep applying to every packet, not only to the one that filled
 /// the slot. Compared and written in place ([`RouteKey::holds`], [`RouteKey::set`]): no key is
 /// built on the stack, where the relay's IPv6 path has no room for one.
 #[repr(C, align(8))]
@@ -24,9 +24,9 @@ pub struct RouteKey {
 }
 assert_size!(RouteKey, 40);
 
-/// An address's four 32-bit words.
+/// An address's four 32-bit words, as the key compares them and the FIB lookup takes them.
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
+pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     [w(0), w(4), w(8), w(12)]
 }
@@ -35,7 +35,12 @@ impl RouteKey {
     /// Whether the slot holds the route of these lookup inputs.
     #[inline(always)]
     pub fn holds(&self, ifindex: u32, family: u8, tos: u8, src: &[u8; 16], dst: &[u8; 16]) -> bool {
-        let (s, d, ks, kd) = (words(src), words(dst), words(&self.src), words(&self.dst));
+        let (s, d, ks, kd) = (
+            addr_words(src),
+            addr_words(dst),
+            addr_words(&self.src),
+            addr_words(&self.dst),
+        );
         self.ifindex == ifindex
             && self.family == family
             && self.tos == tos

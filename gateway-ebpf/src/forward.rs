@@ -1,9 +1,9 @@
 //! XDP forwarding for accepted traffic between LAN interfaces: the kernel's FIB picks the egress
-//! interface and neighbour (cached per destination for a second in a direct-mapped per-CPU
-//! table: the lookup costs more than the whole policy decision), this rewrites the Ethernet
-//! header, decrements TTL / hop limit and redirects. It works from the parse the policy
-//! decision already made. The cache holds a route per (ingress, source, destination, TOS), as the
-//! FIB lookup it stands for was asked, so rules that route by source apply. Anything it cannot
+//! interface and neighbour (cached for a second in a direct-mapped per-CPU table: the lookup
+//! costs more than the whole policy decision), this rewrites the Ethernet header, decrements
+//! TTL / hop limit and redirects. It works from the parse the policy decision already made. The
+//! cache holds a route per (ingress, source, destination, DSCP), as the FIB lookup it stands for
+//! was asked, so rules that route by source or DSCP apply. Anything it cannot
 //! finish (no route or neighbour yet, TTL about to expire, VLAN tags, an egress interface not
 //! enabled for it) goes to the kernel stack unchanged.
 
@@ -16,7 +16,7 @@ use aya_ebpf::{
 use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
-    forward::{FIB_CACHE_NS, FibRoute, TcRoute, route_slot},
+    forward::{FIB_CACHE_NS, FibRoute, TcRoute, addr_words, route_slot},
     stats::reason,
 };
 
@@ -185,12 +185,8 @@ fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
         fib.__bindgen_anon_4.ipv4_dst = a(&pkt.flow.dst);
     } else {
         fib.family = AF_INET6;
-        let words = |b: &[u8; 16]| {
-            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-            [w(0), w(4), w(8), w(12)]
-        };
-        fib.__bindgen_anon_3.ipv6_src = words(&pkt.flow.src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&pkt.flow.dst);
+        fib.__bindgen_anon_3.ipv6_src = addr_words(&pkt.flow.src);
+        fib.__bindgen_anon_4.ipv6_dst = addr_words(&pkt.flow.dst);
         // The traffic class where the header has it (no flow label: the route must not depend
         // on it, or the cache would hold a route per flow label).
         fib.__bindgen_anon_2.flowinfo = ((pkt.tos as u32) << 20).to_be();
@@ -404,7 +400,7 @@ struct RedirectNeighbour {
 }
 
 /// The route of a packet forwarded in TC, from this CPU's cache when it holds the packet's
-/// source, destination and TOS (learnt within the last second, for packets at least this
+/// source, destination and DSCP (learnt within the last second, for packets at least this
 /// long), else from the FIB.
 /// `None`: the FIB has no usable route (the kernel forwards, and sends what errors it needs).
 #[inline(always)]

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    forward::{FIB_CACHE_NS, FibRoute, route_slot},
+    forward::{FIB_CACHE_NS, FibRoute, addr_words, route_slot},
     stats::Counter,
     turn::{
         ALIVE_WINDOW_NS, ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER,
@@ -302,16 +302,6 @@ fn wide(a: &[u8; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute([u32::from_ne_bytes(*a), 0u32, 0, 0]) }
 }
 
-#[inline(always)]
-fn words32(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
-}
-
 /// The route from `src` to `dst` (IPv4 in the first word) for a UDP packet of IP length `len`:
 /// from this CPU's route cache while it is fresh (a second, as the gateway's XDP forwarding
 /// keeps its own) and the packet is no longer than one the FIB accepted on it (so the MTU check
@@ -344,8 +334,8 @@ fn cached_route(
         fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
     } else {
-        fib.__bindgen_anon_3.ipv6_src = words32(src);
-        fib.__bindgen_anon_4.ipv6_dst = words32(dst);
+        fib.__bindgen_anon_3.ipv6_src = addr_words(src);
+        fib.__bindgen_anon_4.ipv6_dst = addr_words(dst);
     }
     let route = lookup(ctx, &mut fib, now, len)?;
     if let Some(slot) = slot {
