@@ -40,9 +40,62 @@ pub struct CtEntry {
     pub origin: u8,
     /// 1 once the responder has sent a packet.
     pub replied: u8,
-    pub _pad: [u8; 4],
+    /// The source port masquerade gave this flow, remembered for a moment so that its next
+    /// packets need no translation lookup (see [`NatMemo`]); 0: none remembered.
+    pub nat_port: u16,
+    /// When and for which sender `nat_port` was confirmed ([`NatMemo::stamp`]).
+    pub nat_stamp: u16,
 }
 assert_size!(CtEntry, 24);
+
+/// A flow's masquerade port as its conntrack entry remembers it. The translation tables stay
+/// the authority: the memo lives only within the tick (a quarter second) in which a packet of
+/// the flow found its translation there and refreshed it. The first packet of each later tick
+/// looks it up again, so a translation in use is still refreshed several times a second, and
+/// nothing else (the sweep, an upgrade, a translation freed or changed) needs to know of the
+/// memo. The stamp holds the tick's low 15 bits and, in the top bit, which endpoint of the key
+/// sent: a flow between two overlay peers through an exit node is masqueraded both ways, each
+/// direction with a port of its own.
+pub struct NatMemo;
+
+impl NatMemo {
+    /// log2 of a tick in nanoseconds (2^28 ns, 0.27 s).
+    pub const TICK_SHIFT: u32 = 28;
+    /// Translations that go idle sooner than this are never remembered: their tables must see
+    /// every packet's refresh.
+    pub const MIN_TIMEOUT_NS: u64 = 8 << Self::TICK_SHIFT;
+
+    /// The stamp of a confirmation at `now` for a packet whose sender is endpoint a (or b).
+    #[inline(always)]
+    pub const fn stamp(now: u64, sender_is_a: bool) -> u16 {
+        ((now >> Self::TICK_SHIFT) as u16 & 0x7fff) | if sender_is_a { 0x8000 } else { 0 }
+    }
+
+    /// The remembered port, if it may be used for this packet.
+    #[inline(always)]
+    pub fn port(entry: &CtEntry, now: u64, sender_is_a: bool) -> Option<u16> {
+        (entry.nat_port != 0 && entry.nat_stamp == Self::stamp(now, sender_is_a))
+            .then_some(entry.nat_port)
+    }
+
+    #[inline(always)]
+    pub fn remember(entry: &mut CtEntry, port: u16, now: u64, sender_is_a: bool) {
+        entry.nat_port = port;
+        entry.nat_stamp = Self::stamp(now, sender_is_a);
+    }
+
+    /// Forgets the memo when a packet of the flow arrives in a later tick than the flow's last
+    /// one (called before the entry's timestamp moves on). A memo therefore never outlives its
+    /// tick, whatever the flow does meanwhile, and the stamp's tick count cannot wrap round
+    /// into a false match.
+    #[inline(always)]
+    pub fn forget_past_tick(entry: &mut CtEntry, now: u64) {
+        if (now ^ entry.last_seen_ns) >> Self::TICK_SHIFT != 0 && entry.nat_port != 0 {
+            entry.nat_port = 0;
+            entry.nat_stamp = 0;
+        }
+    }
+}
 
 /// The flow was accepted by a policy rule: re-checked when the policy changes.
 pub const ORIGIN_POLICY: u8 = 0;
@@ -128,6 +181,8 @@ fn endpoint_le(a: &[u8; 16], pa: u16, b: &[u8; 16], pb: u16) -> bool {
 pub fn revoke(entry: &mut CtEntry, proto: u8, now_ns: u64) {
     entry.origin = ORIGIN_REVOKED;
     entry.last_seen_ns = now_ns;
+    entry.nat_port = 0;
+    entry.nat_stamp = 0;
     if proto == 6 {
         entry.state = STATE_TCP_CLOSED;
     }
@@ -158,4 +213,64 @@ pub fn timeout_ns(key: &CtKey, entry: &CtEntry, t: &Timeouts) -> u64 {
 #[inline(always)]
 pub fn is_live(key: &CtKey, entry: &CtEntry, t: &Timeouts, now_ns: u64) -> bool {
     now_ns.saturating_sub(entry.last_seen_ns) <= timeout_ns(key, entry, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: u64 = 1 << NatMemo::TICK_SHIFT;
+
+    fn entry_seen_at(ns: u64) -> CtEntry {
+        CtEntry {
+            last_seen_ns: ns,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_nat_memo_serves_its_own_sender_within_its_tick_only() {
+        let t0 = 1_000 * TICK + 5;
+        let mut e = entry_seen_at(t0);
+        assert_eq!(NatMemo::port(&e, t0, true), None, "nothing remembered yet");
+        NatMemo::remember(&mut e, 40_001, t0, true);
+        assert_eq!(NatMemo::port(&e, t0 + TICK - 6, true), Some(40_001));
+        // The other endpoint's packets have a translation of their own.
+        assert_eq!(NatMemo::port(&e, t0, false), None);
+        // The next tick asks the tables again.
+        assert_eq!(NatMemo::port(&e, t0 + TICK, true), None);
+        // A port of 0 is no memo, whatever the stamp.
+        NatMemo::remember(&mut e, 0, t0, true);
+        assert_eq!(NatMemo::port(&e, t0, true), None);
+    }
+
+    #[test]
+    fn a_nat_memo_is_forgotten_by_the_first_packet_of_a_later_tick() {
+        let t0 = 7 * TICK + 100;
+        let mut e = entry_seen_at(t0);
+        NatMemo::remember(&mut e, 40_001, t0, false);
+        // Within the tick: kept.
+        NatMemo::forget_past_tick(&mut e, t0 + 10);
+        assert_eq!(
+            (e.nat_port, NatMemo::port(&e, t0 + 10, false)),
+            (40_001, Some(40_001))
+        );
+        // A packet one tick later, even after less than a tick of silence: forgotten.
+        NatMemo::forget_past_tick(&mut e, 8 * TICK);
+        assert_eq!((e.nat_port, e.nat_stamp), (0, 0));
+        // 2^15 ticks later the stamp's tick would match again; the memo is gone by then.
+        NatMemo::remember(&mut e, 40_002, t0, false);
+        let wrapped = t0 + (1 << 15) * TICK;
+        assert_eq!(NatMemo::stamp(wrapped, false), e.nat_stamp);
+        NatMemo::forget_past_tick(&mut e, wrapped);
+        assert_eq!(NatMemo::port(&e, wrapped, false), None);
+    }
+
+    #[test]
+    fn a_revoked_flow_keeps_no_nat_memo() {
+        let mut e = entry_seen_at(TICK);
+        NatMemo::remember(&mut e, 40_001, TICK, true);
+        revoke(&mut e, 17, TICK + 1);
+        assert_eq!(NatMemo::port(&e, TICK + 1, true), None);
+    }
 }

@@ -66,6 +66,7 @@ pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
 /// Advances an entry for a packet of the flow.
 #[inline(always)]
 pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: bool, now: u64) {
+    NatMemo::forget_past_tick(entry, now);
     entry.last_seen_ns = now;
     if !from_initiator {
         entry.replied = 1;

@@ -23,6 +23,11 @@ pub struct Decision {
     /// The deciding rule (RULE_DEFAULT when none did).
     pub rule: u32,
     pub slot: u32,
+    /// The conntrack entry of an established flow's packet, in place in the map (null for
+    /// every other decision), and whether the packet's sender is endpoint a of its key: what
+    /// the masquerade needs to use and keep the flow's `NatMemo`.
+    pub flow: *mut CtEntry,
+    pub sender_is_a: bool,
 }
 
 impl Decision {
@@ -38,6 +43,8 @@ pub fn plain(reason: u32) -> Decision {
         reason,
         rule: RULE_DEFAULT,
         slot: 0,
+        flow: core::ptr::null_mut(),
+        sender_is_a: false,
     }
 }
 
@@ -153,9 +160,8 @@ fn by_policy(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Decisio
         reason::DROP_POLICY
     };
     Decision {
-        reason,
         rule: v.rule,
-        slot: 0,
+        ..plain(reason)
     }
 }
 
@@ -221,9 +227,10 @@ fn existing_flow(
     }
     conntrack::update(entry, pkt.flow.proto, pkt.tcp_flags, from_initiator, now);
     Existing::Live(Decision {
-        reason: reason::ACCEPT_ESTABLISHED,
         rule: entry.rule,
-        slot: 0,
+        flow: ptr,
+        sender_is_a,
+        ..plain(reason::ACCEPT_ESTABLISHED)
     })
 }
 
@@ -251,9 +258,8 @@ fn recheck(
     if !v.accepts() {
         gateway_common::conntrack::revoke(entry, flow.proto, now);
         return Some(Decision {
-            reason: reason::DROP_REVOKED,
             rule: v.rule,
-            slot: 0,
+            ..plain(reason::DROP_REVOKED)
         });
     }
     entry.generation = active.generation;
@@ -278,7 +284,8 @@ fn new_entry(
         initiator: if sender_is_a { 0 } else { 1 },
         origin,
         replied: 0,
-        _pad: [0; 4],
+        nat_port: 0,
+        nat_stamp: 0,
     }
 }
 
@@ -304,9 +311,8 @@ fn related(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -
                 return revoked;
             }
             return Decision {
-                reason: reason::ACCEPT_RELATED,
                 rule: entry.rule,
-                slot: 0,
+                ..plain(reason::ACCEPT_RELATED)
             };
         }
     }

@@ -214,6 +214,8 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
                 pkt,
                 settings,
                 len,
+                flow: d.flow,
+                sender_is_a: d.sender_is_a,
             },
         )
     } else {
@@ -248,12 +250,22 @@ struct MasqueradeOnTheWay<'a> {
     pkt: &'a parse::Packet,
     settings: &'a gateway_common::settings::Settings,
     len: usize,
+    /// The flow's conntrack entry (see `judge::Decision::flow`).
+    flow: *mut gateway_common::conntrack::CtEntry,
+    sender_is_a: bool,
 }
 
 impl forward::Translate for MasqueradeOnTheWay<'_> {
     #[inline(always)]
     fn translate(&self, egress: u32) -> Result<bool, u32> {
-        match nat::masquerade(&nat::TcRewrite(self.ctx), self.pkt, egress, self.settings) {
+        match nat::masquerade(
+            &nat::TcRewrite(self.ctx),
+            self.pkt,
+            egress,
+            self.settings,
+            self.flow,
+            self.sender_is_a,
+        ) {
             nat::Nat::Translated => {
                 stats::count(HOOK_LAN, reason::NAT_MASQUERADED, self.len as u64);
                 Ok(true)
@@ -288,7 +300,15 @@ pub fn tc_lan_egress(ctx: TcContext) -> i32 {
     ) else {
         return TC_ACT_OK;
     };
-    match nat::masquerade(&nat::TcRewrite(&ctx), pkt, ifindex, settings) {
+    // No conntrack entry at hand here (this hook does not judge): the tables decide.
+    match nat::masquerade(
+        &nat::TcRewrite(&ctx),
+        pkt,
+        ifindex,
+        settings,
+        core::ptr::null_mut(),
+        false,
+    ) {
         nat::Nat::Translated => {
             stats::count(HOOK_LAN, reason::NAT_MASQUERADED, bytes.len as u64);
             TC_ACT_OK

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     checksum,
-    conntrack::FAMILY_V4,
+    conntrack::{CtEntry, FAMILY_V4, NatMemo},
     fragment::FragKey,
     nat::{
         NatKey, NatPrefix, NatSettings, NatTarget, PORT_ATTEMPTS, V4_MAPPED_PREFIX_BITS,
@@ -694,7 +694,19 @@ pub fn leaves_translated(ctx: &TcContext, ifindex: u32) -> bool {
 
 /// LAN egress: translates the source of a flow from the overlay to a masqueraded network.
 #[inline(always)]
-pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Settings) -> Nat {
+///
+/// `flow` is the packet's conntrack entry when the caller has it at hand (null otherwise), with
+/// whether the sender is endpoint a of its key: within a tick in which the translation tables
+/// confirmed the flow's port, its later packets take the port from the entry's [`NatMemo`]
+/// and skip the table lookup.
+pub fn masquerade<R: Rewrite>(
+    rw: &R,
+    pkt: &Packet,
+    ifindex: u32,
+    settings: &Settings,
+    flow: *mut CtEntry,
+    sender_is_a: bool,
+) -> Nat {
     if pkt.icmp == ICMP_ERROR && pkt.frag == FRAG_NONE {
         return masquerade_error(rw, pkt, ifindex, settings);
     }
@@ -727,6 +739,15 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
     };
     let now = conntrack::now_ns();
     let f = &pkt.flow;
+    // SAFETY: null, or a valid map value; concurrent packets of the flow write the same memo.
+    let memo = unsafe { flow.as_mut() }
+        .filter(|_| timeout_ns(s, f.proto, false) >= NatMemo::MIN_TIMEOUT_NS);
+    if let Some(port) = memo
+        .as_deref()
+        .and_then(|e| NatMemo::port(e, now, sender_is_a))
+    {
+        return rewrite_source(rw, pkt, &nat_addr, port);
+    }
     x.key = NatKey {
         local: f.src,
         remote: f.dst,
@@ -759,8 +780,17 @@ pub fn masquerade<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &Set
             }
         }
     };
-    if !rw.set_addr(pkt, End::Src, &f.src, &nat_addr) || !rw.set_port(pkt, End::Src, f.sport, port)
-    {
+    if let Some(e) = memo {
+        NatMemo::remember(e, port, now, sender_is_a);
+    }
+    rewrite_source(rw, pkt, &nat_addr, port)
+}
+
+/// The packet leaves from the masquerade address and `port`.
+#[inline(always)]
+fn rewrite_source<R: Rewrite>(rw: &R, pkt: &Packet, nat_addr: &[u8; 16], port: u16) -> Nat {
+    let f = &pkt.flow;
+    if !rw.set_addr(pkt, End::Src, &f.src, nat_addr) || !rw.set_port(pkt, End::Src, f.sport, port) {
         return Nat::Drop(gateway_common::stats::reason::DROP_NOT_LINEAR);
     }
     Nat::Translated

@@ -157,6 +157,33 @@ impl Harness {
         self.run_tc_out(name, packet).expect("test run")
     }
 
+    /// Runs a named TC program once on a packet that arrived on interface `ifindex` (of the
+    /// calling thread's namespace), as the forwarding paths' FIB lookups need; returns the TC
+    /// action and the packet as it left.
+    pub fn tc_program_bytes_on(
+        &mut self,
+        name: &str,
+        packet: &[u8],
+        ifindex: u32,
+    ) -> (u32, Vec<u8>) {
+        // struct __sk_buff up to `ifindex`: the test run takes `ingress_ifindex` (offset 36) as
+        // the arrival interface and `ifindex` (offset 40) as the device; the rest stays zero.
+        let mut ctx = [0u8; 44];
+        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let prog = self.dp.tc_program(name).expect("tc program");
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let r = prog.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
     fn run_tc_out(&mut self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         let prog = self.dp.tc_program(name).expect("tc program");
         let mut out = vec![0u8; packet.len() + 256];

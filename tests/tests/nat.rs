@@ -1425,3 +1425,184 @@ fn the_gateways_own_error_about_a_translated_reply_quotes_what_the_lan_host_sent
     let (_, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &other);
     assert_eq!(out, other);
 }
+
+/// TC forwarding's masquerade remembers a flow's port in its conntrack entry (`NatMemo`), so
+/// that the flow's later packets skip the translation lookup; the tables stay the authority:
+/// they are consulted again, and the translation refreshed, by the first packet of each tick
+/// (2^28 ns). Run in a namespace whose FIB forwards from the tunnel interface to the LAN's, the
+/// tunnel program test-run as if the packet arrived on the tunnel.
+#[test]
+fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_after() {
+    use aya::maps::HashMap as BpfHashMap;
+    use gateway_common::{
+        conntrack::{CtEntry, CtKey, FAMILY_V4, flow_key},
+        nat::{NatKey, NatTarget},
+    };
+    use gateway_testkit::netns::{Netns, veth};
+    const TC_ACT_REDIRECT: u32 = 7;
+    const TICK: std::time::Duration = std::time::Duration::from_nanos(1 << 28);
+
+    gateway_testkit::netns::remove_stale("gwnatmemo");
+    let id = format!("gwnatmemo{}", std::process::id());
+    let (ns, other) = (
+        Netns::create(&format!("{id}-g")).unwrap(),
+        Netns::create(&format!("{id}-o")).unwrap(),
+    );
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    veth(&ns, "t0", &other, "t1").unwrap();
+    veth(&ns, "l0", &other, "l1").unwrap();
+    for cmd in [
+        &["addr", "add", "100.64.0.1/10", "dev", "t0"][..],
+        &["addr", "add", "198.18.10.1/24", "dev", "l0"],
+        &[
+            "neigh",
+            "replace",
+            HOST,
+            "lladdr",
+            "02:00:00:00:0a:0a",
+            "dev",
+            "l0",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        ns.ip(cmd).unwrap();
+    }
+
+    // UDP timeouts long enough for the memo (at least 8 ticks), then too short for it.
+    for (udp_timeout, remembered) in [(120, true), (1, false)] {
+        let mut h = Harness::new(POLICY);
+        h.dp.set_masquerade(&Masquerade {
+            networks: vec!["198.18.10.0/24".parse().unwrap()],
+            settings: NatSettings {
+                port_min: PORTS.0,
+                port_max: PORTS.1,
+                udp: udp_timeout,
+                ..Default::default()
+            },
+        })
+        .unwrap();
+        let sport = PORTS.0 + 7;
+        let packet = udp(P1, HOST, sport, 53).build();
+        // Forwarded: one hop fewer.
+        let want = Spec {
+            ttl: 63,
+            ..udp(NAT, HOST, sport, 53)
+        };
+        let src = addr16(P1);
+        let dst = addr16(HOST);
+        let (ct_key, sender_is_a) = flow_key(&src, sport, &dst, 53, 17, FAMILY_V4, None);
+        let fwd_key = NatKey {
+            local: src,
+            remote: dst,
+            local_port: sport,
+            remote_port: 53,
+            proto: 17,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        ns.run_scoped(|| {
+            let (t0, l0) = (
+                gateway_dataplane::attach::if_index("t0").unwrap(),
+                gateway_dataplane::attach::if_index("l0").unwrap(),
+            );
+            h.dp.set_nat_interface(
+                l0,
+                NatInterface {
+                    v4: [198, 18, 10, 1],
+                    has_v4: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            h.dp.enable_tc_forward(&["l0".to_string()], &["t0".to_string()])
+                .unwrap();
+            let send = |h: &mut Harness, what: &str| {
+                let (action, out) =
+                    h.tc_program_bytes_on(names::PROG_TC_TUNNEL_INGRESS_ETH, &packet, t0);
+                assert_eq!(
+                    action,
+                    TC_ACT_REDIRECT,
+                    "{what}: {}",
+                    h.hook_counters(HOOK_TUNNEL_INGRESS)
+                );
+                // The neighbour redirect writes the link header on its way out: the IP packet is
+                // what the program made.
+                same_ip(&out, &want, what);
+            };
+            let entry = |h: &mut Harness| -> CtEntry {
+                let ct: BpfHashMap<_, CtKey, CtEntry> =
+                    BpfHashMap::try_from(h.dp.ebpf().map(names::CONNTRACK).unwrap()).unwrap();
+                ct.get(&ct_key, 0).expect("the flow's conntrack entry")
+            };
+            let set_refreshed = |h: &mut Harness, ns: u64| {
+                let mut fwd: BpfHashMap<_, NatKey, NatTarget> =
+                    BpfHashMap::try_from(h.dp.ebpf_mut().map_mut(names::NAT_FORWARD).unwrap())
+                        .unwrap();
+                let mut t = fwd.get(&fwd_key, 0).expect("the flow's translation");
+                t.last_seen_ns = ns;
+                fwd.insert(fwd_key, t, 0).unwrap();
+            };
+            let refreshed = |h: &mut Harness| -> u64 {
+                let fwd: BpfHashMap<_, NatKey, NatTarget> =
+                    BpfHashMap::try_from(h.dp.ebpf().map(names::NAT_FORWARD).unwrap()).unwrap();
+                fwd.get(&fwd_key, 0).unwrap().last_seen_ns
+            };
+            // The first packet creates the conntrack entry and the translation; the masquerade
+            // has no entry at hand yet.
+            send(&mut h, "first packet");
+            assert_eq!(entry(&mut h).nat_port, 0);
+            if !remembered {
+                for n in 0..3 {
+                    send(&mut h, "a later packet");
+                    assert_eq!(entry(&mut h).nat_port, 0, "packet {n}: a 1 s timeout");
+                }
+                return;
+            }
+            // Within one tick, packets after the second take the port from the entry: a mark
+            // put on the translation's timestamp stays. (Retried when a tick boundary fell
+            // between the packets, which asks the tables and so removes the mark.)
+            let mut within_a_tick = false;
+            for _ in 0..20 {
+                send(&mut h, "a packet that leaves the memo");
+                let e = entry(&mut h);
+                assert_eq!(e.nat_port, sport, "remembered: the port the tables hold");
+                assert_eq!(e.nat_stamp >> 15, sender_is_a as u16, "the sender's memo");
+                set_refreshed(&mut h, 1);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                send(&mut h, "a packet on the memo");
+                if refreshed(&mut h) == 1 && entry(&mut h).nat_stamp == e.nat_stamp {
+                    within_a_tick = true;
+                    break;
+                }
+            }
+            assert!(within_a_tick, "no packet was translated from the memo");
+            // A tick later the tables are asked again: the translation is refreshed (its
+            // timestamp back to the clock) and stays the flow's.
+            std::thread::sleep(TICK * 2);
+            send(&mut h, "the first packet of a later tick");
+            assert!(refreshed(&mut h) > 1, "the tables were not asked");
+            assert_eq!(entry(&mut h).nat_port, sport);
+        })
+        .unwrap();
+    }
+    drop((ns, other));
+}
+
+fn addr16(a: &str) -> [u8; 16] {
+    let v4: std::net::Ipv4Addr = a.parse().unwrap();
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&v4.octets());
+    out
+}
+
+/// The IP packet of `got` (after its Ethernet header) is `want`'s, checksums included.
+#[track_caller]
+fn same_ip(got: &[u8], want: &Spec, what: &str) {
+    let want = want.build();
+    assert_eq!(
+        gateway_testkit::harness::hex(&got[14..]),
+        gateway_testkit::harness::hex(&want[14..]),
+        "{what}"
+    );
+}
