@@ -278,12 +278,15 @@ pub fn tc_forward(
         return TcForward::Kernel;
     }
     let hop_at = l3 + if v4 { 8 } else { 7 };
-    let mut hop = 0u8;
-    // SAFETY: helper call with a 1-byte local.
-    if unsafe { bpf_skb_load_bytes(skb.cast(), hop_at as u32, (&mut hop as *mut u8).cast(), 1) }
-        != 0
-        || hop <= 1
-    {
+    // The parse found the IP header in the linear data: read there, not through a helper.
+    // (Bounds as the verifier follows them: the header's first 20 bytes, from its start.)
+    let ip = ctx.data() + l3;
+    if ip + 20 > ctx.data_end() {
+        return TcForward::Kernel;
+    }
+    // SAFETY: the TTL or hop limit is inside [ip, ip + 20), checked above.
+    let hop = unsafe { *((ip + if v4 { 8 } else { 7 }) as *const u8) };
+    if hop <= 1 {
         return TcForward::Kernel;
     }
     // The FIB checks the egress MTU against this length. A GSO aggregate leaves as segments of
