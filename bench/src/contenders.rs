@@ -12,7 +12,7 @@ use gateway_policy::compile;
 
 use crate::{
     cost::limits_for,
-    generator::{Generator, Measurement},
+    generator::{DutXdp, Generator, Measurement},
     rules::Synthetic,
     topo::Topo,
 };
@@ -21,6 +21,9 @@ use crate::{
 pub enum Contender {
     /// No filter: XDP redirect d0 → d1 (the packet-rate ceiling).
     NoopRedirect,
+    /// No filter: the same redirect after reading the IPv4 header, as any forwarder must (the
+    /// plain redirect never reads the frame): the floor of a forwarding data path.
+    ReadingRedirect,
     /// No filter: the kernel forwards (the ceiling of every kernel-path contender).
     KernelForward,
     /// No filter: TC ingress on d0 redirects every packet to d1's next hop (the ceiling of a
@@ -66,8 +69,9 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in the order runs and reports list them.
-    pub const ALL: [Contender; 7] = [
+    pub const ALL: [Contender; 8] = [
         Contender::NoopRedirect,
+        Contender::ReadingRedirect,
         Contender::KernelForward,
         Contender::Gateway,
         Contender::NftSets,
@@ -79,6 +83,9 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
+            Contender::ReadingRedirect => {
+                "XDP redirect that reads the IP header first (a forwarder's floor)"
+            }
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::TcRedirect => "no-op TC redirect to the next hop (the TC path's ceiling)",
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
@@ -129,7 +136,7 @@ pub enum Installed {
     /// Plain kernel forwarding with no program at all.
     Nothing,
     Xdp {
-        redirect: bool,
+        program: DutXdp,
         link: XdpLinkId,
     },
     TcRedirect(XdpLinkId, SchedClassifierLinkId),
@@ -167,12 +174,19 @@ pub fn install(
     stateful: bool,
 ) -> anyhow::Result<Installed> {
     match c {
-        Contender::NoopRedirect => Ok(Installed::Xdp {
-            redirect: true,
-            link: generator
-                .context("the redirect ceiling is an XDP program of the generator's")?
-                .attach_dut(topo, true)?,
-        }),
+        Contender::NoopRedirect | Contender::ReadingRedirect => {
+            let program = if c == Contender::NoopRedirect {
+                DutXdp::Redirect
+            } else {
+                DutXdp::RedirectReading
+            };
+            Ok(Installed::Xdp {
+                program,
+                link: generator
+                    .context("the redirect ceiling is an XDP program of the generator's")?
+                    .attach_dut(topo, program)?,
+            })
+        }
         Contender::TcRedirect => {
             let (pass, tc) = generator
                 .context("the TC ceiling is a program of the generator's")?
@@ -181,8 +195,8 @@ pub fn install(
         }
         Contender::KernelForward => match generator {
             Some(g) => Ok(Installed::Xdp {
-                redirect: false,
-                link: g.attach_dut(topo, false)?,
+                program: DutXdp::Pass,
+                link: g.attach_dut(topo, DutXdp::Pass)?,
             }),
             None => Ok(Installed::Nothing),
         },
@@ -245,7 +259,7 @@ pub fn install(
                 dp.enable_tc_forward(&["d1".to_string()], &["d0".to_string()])
             })??;
             let pass = match generator {
-                Some(g) => Some(g.attach_dut(topo, false)?),
+                Some(g) => Some(g.attach_dut(topo, DutXdp::Pass)?),
                 None => None,
             };
             Ok(Installed::Gateway(Box::new(dp), pass))
@@ -256,7 +270,7 @@ pub fn install(
         | Contender::NftMasquerade => {
             let syn = syn.context("rules needed")?;
             let pass = match generator.as_deref_mut() {
-                Some(g) => Some(g.attach_dut(topo, false)?),
+                Some(g) => Some(g.attach_dut(topo, DutXdp::Pass)?),
                 None => None,
             };
             let path = std::env::temp_dir().join(format!("gwbench-{}.rules", std::process::id()));
@@ -285,7 +299,7 @@ pub fn install(
                 // Leave nothing behind for the next contender.
                 let _ = topo.dut_sh(cleanup);
                 if let (Some(g), Some(pass)) = (generator, pass) {
-                    let _ = g.detach_dut(topo, false, pass);
+                    let _ = g.detach_dut(topo, DutXdp::Pass, pass);
                 }
                 return Err(e);
             }
@@ -343,9 +357,9 @@ pub fn remove(
 ) -> anyhow::Result<()> {
     match installed {
         Installed::Nothing => Ok(()),
-        Installed::Xdp { redirect, link } => generator
+        Installed::Xdp { program, link } => generator
             .context("installed with a generator")?
-            .detach_dut(topo, redirect, link),
+            .detach_dut(topo, program, link),
         Installed::TcRedirect(pass, tc) => generator
             .context("installed with a generator")?
             .detach_tc_ceiling(topo, (pass, tc)),
@@ -359,14 +373,14 @@ pub fn remove(
             let errors = topo.dut.run_scoped(|| dp.detach_all())?;
             anyhow::ensure!(errors.is_empty(), "detach: {errors:?}");
             match (generator, pass) {
-                (Some(g), Some(pass)) => g.detach_dut(topo, false, pass),
+                (Some(g), Some(pass)) => g.detach_dut(topo, DutXdp::Pass, pass),
                 _ => Ok(()),
             }
         }
         Installed::Rules { pass, cleanup } => {
             topo.dut_sh(cleanup)?;
             match (generator, pass) {
-                (Some(g), Some(pass)) => g.detach_dut(topo, false, pass),
+                (Some(g), Some(pass)) => g.detach_dut(topo, DutXdp::Pass, pass),
                 _ => Ok(()),
             }
         }
@@ -401,11 +415,11 @@ pub fn ceiling_beside_gateway(
     };
     let errors = topo.dut.run_scoped(|| dp.detach_all())?;
     anyhow::ensure!(errors.is_empty(), "detach: {errors:?}");
-    let link = generator.attach_dut(topo, true)?;
+    let link = generator.attach_dut(topo, DutXdp::Redirect)?;
     let ceiling = topo
         .dedicate_dut_core()
         .and_then(|_| generator.measure(topo, frames));
-    generator.detach_dut(topo, true, link)?;
+    generator.detach_dut(topo, DutXdp::Redirect, link)?;
     topo.dut.run_scoped(|| attach_xdp_forwarding(dp))??;
     topo.dedicate_dut_core()?;
     let again = generator.measure(topo, frames)?;

@@ -48,6 +48,27 @@ fn tc_redirect(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
         .try_into()?)
 }
 
+/// The generator's programs for d0 of the device under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DutXdp {
+    /// XDP_PASS: the kernel-path contenders (a veth takes XDP frames only with a program).
+    Pass,
+    /// A redirect to d1 that never reads the frame: the packet-rate ceiling.
+    Redirect,
+    /// The same redirect after reading the IPv4 header: the floor of any forwarder.
+    RedirectReading,
+}
+
+impl DutXdp {
+    fn name(self) -> &'static str {
+        match self {
+            DutXdp::Pass => PROG_PASS,
+            DutXdp::Redirect => PROG_REDIRECT,
+            DutXdp::RedirectReading => PROG_REDIRECT_READING,
+        }
+    }
+}
+
 impl Generator {
     /// Loads the benchmark programs and puts the counter on the sink.
     pub fn new(topo: &Topo, frame_len: usize) -> anyhow::Result<Generator> {
@@ -65,7 +86,13 @@ impl Generator {
     /// checksum must hold is built with the values its one flow writes.
     pub fn with_frame(topo: &Topo, mut frame: Vec<u8>) -> anyhow::Result<Generator> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark programs")?;
-        for name in [PROG_GEN, PROG_SINK, PROG_REDIRECT, PROG_PASS] {
+        for name in [
+            PROG_GEN,
+            PROG_SINK,
+            PROG_REDIRECT,
+            PROG_REDIRECT_READING,
+            PROG_PASS,
+        ] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading {name}"))?;
@@ -183,17 +210,16 @@ impl Generator {
         Ok(m.get(&slot, 0)?.iter().map(|c| c.packets).sum())
     }
 
-    /// Attaches `xdp_pass` (kernel-path contenders) or `xdp_redirect` (the no-op ceiling) to d0.
-    pub fn attach_dut(&mut self, topo: &Topo, redirect: bool) -> anyhow::Result<XdpLinkId> {
+    /// Attaches one of the generator's d0 programs ([`DutXdp`]).
+    pub fn attach_dut(&mut self, topo: &Topo, program: DutXdp) -> anyhow::Result<XdpLinkId> {
         let ebpf = &mut self.ebpf;
         topo.dut.run_scoped(|| -> anyhow::Result<XdpLinkId> {
-            if redirect {
+            if program != DutXdp::Pass {
                 let mut egress: DevMap<_> =
                     DevMap::try_from(ebpf.map_mut(MAP_EGRESS).context("egress map")?)?;
                 egress.set(0, if_index("d1")?, None, 0)?;
             }
-            let name = if redirect { PROG_REDIRECT } else { PROG_PASS };
-            Ok(xdp(ebpf, name)?.attach("d0", XdpMode::Driver)?)
+            Ok(xdp(ebpf, program.name())?.attach("d0", XdpMode::Driver)?)
         })?
     }
 
@@ -203,7 +229,7 @@ impl Generator {
         &mut self,
         topo: &Topo,
     ) -> anyhow::Result<(XdpLinkId, SchedClassifierLinkId)> {
-        let pass = self.attach_dut(topo, false)?;
+        let pass = self.attach_dut(topo, DutXdp::Pass)?;
         let ebpf = &mut self.ebpf;
         let tc = topo
             .dut
@@ -224,7 +250,7 @@ impl Generator {
         match tc {
             Ok(Ok(link)) => Ok((pass, link)),
             Ok(Err(e)) | Err(e) => {
-                let _ = self.detach_dut(topo, false, pass);
+                let _ = self.detach_dut(topo, DutXdp::Pass, pass);
                 Err(e)
             }
         }
@@ -238,19 +264,18 @@ impl Generator {
         let ebpf = &mut self.ebpf;
         topo.dut
             .run_scoped(|| -> anyhow::Result<()> { Ok(tc_redirect(ebpf)?.detach(tc)?) })??;
-        self.detach_dut(topo, false, pass)
+        self.detach_dut(topo, DutXdp::Pass, pass)
     }
 
     pub fn detach_dut(
         &mut self,
         topo: &Topo,
-        redirect: bool,
+        program: DutXdp,
         link: XdpLinkId,
     ) -> anyhow::Result<()> {
         let ebpf = &mut self.ebpf;
         topo.dut.run_scoped(|| -> anyhow::Result<()> {
-            let name = if redirect { PROG_REDIRECT } else { PROG_PASS };
-            xdp(ebpf, name)?.detach(link)?;
+            xdp(ebpf, program.name())?.detach(link)?;
             Ok(())
         })?
     }

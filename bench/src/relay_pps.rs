@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     alternate::alternate,
     contenders::Contender,
-    generator::Generator,
+    generator::{DutXdp, Generator},
     stats::Summary,
     topo::{GEN_ADDR, SINK_ADDR, Topo},
 };
@@ -37,8 +37,9 @@ const CLIENT_PORT: u16 = 10_000;
 const SINK_PORT: u16 = 5000;
 const CHANNEL: u16 = 0x4000;
 
-pub const CONTENDERS: [Contender; 4] = [
+pub const CONTENDERS: [Contender; 5] = [
     Contender::NoopRedirect,
+    Contender::ReadingRedirect,
     Contender::RelayGatewayXdp,
     Contender::RelayGateway,
     Contender::RelayCoturn,
@@ -65,6 +66,9 @@ pub struct RelayPps {
 fn label(c: Contender) -> &'static str {
     match c {
         Contender::NoopRedirect => "no-op XDP redirect d0 → d1 (ceiling)",
+        Contender::ReadingRedirect => {
+            "XDP redirect d0 → d1 that reads the IP header first (a forwarder's floor)"
+        }
         Contender::RelayGatewayXdp => "this relay, bound channels in XDP (native)",
         other => other.label(),
     }
@@ -169,19 +173,18 @@ fn trial(
         g.set_frame(channel_data_frame(size))?;
         // The generator's frames reach d0 only with an XDP program there: the ceiling's, the
         // relay's own, or a pass for the userspace contenders.
-        let redirect = c == Contender::NoopRedirect;
+        let program = match c {
+            Contender::NoopRedirect => DutXdp::Redirect,
+            Contender::ReadingRedirect => DutXdp::RedirectReading,
+            _ => DutXdp::Pass,
+        };
+        let redirect = program != DutXdp::Pass;
         let link = match c {
             Contender::RelayGatewayXdp => None,
-            _ => Some(g.attach_dut(topo, redirect)?),
+            _ => Some(g.attach_dut(topo, program)?),
         };
-        let server = match c {
-            Contender::NoopRedirect => None,
-            _ => Some(start(c, topo, dir)?),
-        };
-        let client = match c {
-            Contender::NoopRedirect => None,
-            _ => Some(bind(topo)?),
-        };
+        let server = (!redirect).then(|| start(c, topo, dir)).transpose()?;
+        let client = (!redirect).then(|| bind(topo)).transpose()?;
         topo.dedicate_dut_core()?;
         // The ceiling forwards the client's frames as they are (no signature where the sink
         // looks): every frame that arrives counts.
@@ -199,7 +202,7 @@ fn trial(
         drop(client);
         drop(server);
         if let Some(link) = link {
-            g.detach_dut(topo, redirect, link)?;
+            g.detach_dut(topo, program, link)?;
         }
         if arrived == 0 {
             bail!("nothing arrived at the sink");
@@ -343,6 +346,18 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
                     String::new()
                 }
             );
+            if let Some(floor) = find(Contender::ReadingRedirect) {
+                let paired =
+                    crate::stats::Summary::paired(&xdp.mpps[i].trials, &floor.mpps[i].trials);
+                let _ = writeln!(
+                    md,
+                    "  - XDP / the redirect that reads the IP header first: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial. (The no-op redirect never reads a frame; this one reads what any forwarder must, so the gap between the two is the first touch of each frame, whose lines the generator's core wrote; the gap from this one to the relay is the relay's own work.)",
+                    xdp.mpps[i].median / floor.mpps[i].median * 100.0,
+                    paired.median * 100.0,
+                    paired.min * 100.0,
+                    paired.max * 100.0,
+                );
+            }
         }
         let _ = writeln!(md);
     }

@@ -69,6 +69,7 @@ const _: () = assert!(core::mem::size_of::<GenHeader>() == GEN_HEADER_LEN);
 pub const PROG_GEN: &str = "xdp_gen";
 pub const PROG_SINK: &str = "xdp_sink";
 pub const PROG_REDIRECT: &str = "xdp_redirect";
+pub const PROG_REDIRECT_READING: &str = "xdp_redirect_reading";
 pub const PROG_PASS: &str = "xdp_pass";
 pub const PROG_TC_REDIRECT: &str = "tc_redirect";
 pub const MAP_TC_EGRESS: &str = "TC_EGRESS";

@@ -132,6 +132,32 @@ pub fn xdp_redirect(_ctx: XdpContext) -> u32 {
     }
 }
 
+/// The redirect of `xdp_redirect`, after reading what any router reads of an IPv4 frame: its
+/// ethertype, TTL and destination. It touches each frame's header once, as every forwarder must
+/// (the plain redirect never reads the frame): the floor of a forwarding data path.
+#[xdp]
+pub fn xdp_redirect_reading(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 34 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the reads are inside [start, start + 34), checked above.
+    let (ethertype, ttl, dst) = unsafe {
+        (
+            core::ptr::read_volatile((start + 12) as *const u16),
+            core::ptr::read_volatile((start + 22) as *const u8),
+            core::ptr::read_unaligned((start + 30) as *const u32),
+        )
+    };
+    if ethertype != 0x0800u16.to_be() || ttl <= 1 || dst == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    match EGRESS.redirect(0, 0) {
+        Ok(action) => action,
+        Err(action) => action,
+    }
+}
+
 /// `struct bpf_redir_neigh` for an IPv4 next hop.
 #[repr(C)]
 struct RedirectNeighbour {
