@@ -351,11 +351,12 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
                     crate::stats::Summary::paired(&xdp.mpps[i].trials, &floor.mpps[i].trials);
                 let _ = writeln!(
                     md,
-                    "  - XDP / the redirect that reads the IP header first: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial. (The no-op redirect never reads a frame; this one reads what any forwarder must, so the gap between the two is the first touch of each frame, whose lines the generator's core wrote; the gap from this one to the relay is the relay's own work.)",
+                    "  - XDP / the redirect that reads the IP header first: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial. (The no-op redirect never reads a frame; this one reads what any forwarder must before the same redirect, and ran at {:.0}% of the no-op's rate by medians. The gap from it to the relay is the relay's own work.)",
                     xdp.mpps[i].median / floor.mpps[i].median * 100.0,
                     paired.median * 100.0,
                     paired.min * 100.0,
                     paired.max * 100.0,
+                    floor.mpps[i].median / ceiling.mpps[i].median * 100.0,
                 );
             }
         }
