@@ -119,7 +119,7 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let ifindex = ctx.ingress_ifindex() as u32;
     let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
     let family = if v4 { AF_INET } else { AF_INET6 };
-    let slot = maps::FIB_CACHE.get_ptr_mut(route_slot(ifindex, src, dst))?;
+    let slot = maps::FIB_CACHE.get_ptr_mut(route_slot(ifindex, family, src, dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = conntrack::now_ns();
@@ -420,7 +420,7 @@ fn tc_route(
         AF_INET6
     };
     let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
-    let slot = maps::TC_FIB_CACHE.get_ptr_mut(route_slot(ingress, src, dst))?;
+    let slot = maps::TC_FIB_CACHE.get_ptr_mut(route_slot(ingress, family, src, dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = conntrack::now_ns();

@@ -318,7 +318,7 @@ fn cached_route(
     now: u64,
 ) -> Option<FibRoute> {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let slot = maps::TURN_ROUTES.get_ptr_mut(route_slot(ifindex, src, dst));
+    let slot = maps::TURN_ROUTES.get_ptr_mut(route_slot(ifindex, family, src, dst));
     if let Some(slot) = slot {
         // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
         let slot = unsafe { &*slot };
