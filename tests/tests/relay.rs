@@ -91,7 +91,9 @@ fn start(lab: &Lab, args: &[&str]) -> (Kill, Kill) {
         .stderr(Stdio::null())
         .spawn()
         .expect("turnutils_peer (apt install coturn)");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The relay loads and verifies the whole data-plane object before it listens: seconds on
+    // an idle machine, more while the rest of the suite loads it too.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(lab.dir.join("relay.log"))
         .unwrap_or_default()
         .contains("TURN relay listening")
