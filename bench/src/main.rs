@@ -3,6 +3,7 @@
 
 mod alternate;
 mod apply;
+mod bpf_stats;
 mod contenders;
 mod cost;
 mod generator;
@@ -77,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let wants = |name: &str| chosen.as_ref().is_none_or(|list| list.contains(&name));
+    let _stats_off = bpf_stats::StatsOff::ensure();
     let mut run = report::Run::new(args.quick)?;
     if wants("cost") {
         run.cost = Some(cost::run(args.quick)?);
