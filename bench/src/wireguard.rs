@@ -88,7 +88,7 @@ impl Drop for Running {
         // the next contender's device takes the name only once it is free.
         self.device.take();
         let _ = wait_for(Duration::from_secs(5), || {
-            !gateway_testkit::netns::exec_in(&self.ns, &["ip", "link", "show", DEVICE]).is_ok()
+            gateway_testkit::netns::exec_in(&self.ns, &["ip", "link", "show", DEVICE]).is_err()
         });
     }
 }

@@ -195,14 +195,14 @@ pub fn lookup_verdict<T: AclTables>(
         slot: slot as u8,
         _pad: [0; 2],
     };
-    if proto_class == PROTO_CLASS_TCP || proto_class == PROTO_CLASS_UDP {
-        if let Some(port_class) = t.port_class(port_class_index(slot, proto_class, dport)) {
-            key.port_class = port_class;
-            if let Some(v) = t.verdict(&key) {
-                return v;
-            }
-            key.port_class = PORT_CLASS_ANY;
+    if (proto_class == PROTO_CLASS_TCP || proto_class == PROTO_CLASS_UDP)
+        && let Some(port_class) = t.port_class(port_class_index(slot, proto_class, dport))
+    {
+        key.port_class = port_class;
+        if let Some(v) = t.verdict(&key) {
+            return v;
         }
+        key.port_class = PORT_CLASS_ANY;
     }
     match t.verdict(&key) {
         Some(v) => v,

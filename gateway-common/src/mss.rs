@@ -25,8 +25,8 @@ user_pod!(MssClamp);
 impl MssClamp {
     /// The clamp for a tunnel of this MTU (1240 / 1220 at NetBird's 1280).
     pub const fn for_mtu(mtu: u32) -> MssClamp {
-        let v4 = if mtu > 40 { mtu - 40 } else { 0 };
-        let v6 = if mtu > 60 { mtu - 60 } else { 0 };
+        let v4 = mtu.saturating_sub(40);
+        let v6 = mtu.saturating_sub(60);
         MssClamp {
             v4: if v4 > 0xffff { 0xffff } else { v4 as u16 },
             v6: if v6 > 0xffff { 0xffff } else { v6 as u16 },
@@ -37,7 +37,7 @@ impl MssClamp {
     pub const fn fixed_v4(mss: u16) -> MssClamp {
         MssClamp {
             v4: mss,
-            v6: if mss > 20 { mss - 20 } else { 0 },
+            v6: mss.saturating_sub(20),
         }
     }
 }

@@ -219,7 +219,7 @@ impl ChecksumUpdate {
 /// header (an even offset puts it in a word's high half).
 #[inline(always)]
 pub fn trailing_word(offset: usize, byte: u8) -> u16 {
-    if offset % 2 == 0 {
+    if offset.is_multiple_of(2) {
         (byte as u16) << 8
     } else {
         byte as u16

@@ -38,7 +38,7 @@ pub const fn classify(payload_len: u32, head: [u8; 4]) -> Message {
         MSG_INITIATION if payload_len == INITIATION_LEN => Message::Initiation,
         MSG_RESPONSE if payload_len == RESPONSE_LEN => Message::Response,
         MSG_COOKIE_REPLY if payload_len == COOKIE_REPLY_LEN => Message::CookieReply,
-        MSG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN && payload_len % 16 == 0 => {
+        MSG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN && payload_len.is_multiple_of(16) => {
             Message::Transport
         }
         _ => Message::Malformed,

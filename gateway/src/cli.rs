@@ -153,6 +153,8 @@ impl ManagementClientArgs {
 }
 
 #[cfg(feature = "management-server")]
+// Parsed once at start-up: the size of the larger variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ManagementCommand {
     /// Serve REST (/api) and gRPC (ManagementService) on one address, state in SQLite.

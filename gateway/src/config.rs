@@ -408,10 +408,10 @@ impl Config {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let mut cfg: Config = serde_saphyr::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if let (Some(policy), Some(dir)) = (cfg.policy.as_mut(), path.parent()) {
-            if policy.is_relative() {
-                *policy = dir.join(&*policy);
-            }
+        if let (Some(policy), Some(dir)) = (cfg.policy.as_mut(), path.parent())
+            && policy.is_relative()
+        {
+            *policy = dir.join(&*policy);
         }
         cfg.validate()
             .with_context(|| format!("{}", path.display()))?;
@@ -480,13 +480,13 @@ impl Config {
             }
         }
         for t in &self.interfaces.tunnel {
-            if let MssClampConfig::Fixed(v) = t.mss_clamp {
-                if v < MIN_MSS {
-                    bail!(
-                        "interfaces.tunnel {}: mss_clamp {v} is below {MIN_MSS}, the smallest MSS every IPv4 host must accept",
-                        t.name
-                    );
-                }
+            if let MssClampConfig::Fixed(v) = t.mss_clamp
+                && v < MIN_MSS
+            {
+                bail!(
+                    "interfaces.tunnel {}: mss_clamp {v} is below {MIN_MSS}, the smallest MSS every IPv4 host must accept",
+                    t.name
+                );
             }
         }
         if let Some(m) = &self.masquerade {

@@ -255,8 +255,8 @@ fn run_policy_file(policy: &Path) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<22} {:<9} {:<9} {:<9} {:<14} {}",
-        "flow", "probe", "expected", "observed", "gw acc/drop", "why"
+        "{:<22} {:<9} {:<9} {:<9} {:<14} why",
+        "flow", "probe", "expected", "observed", "gw acc/drop"
     );
     let mut failures = 0;
     for c in SEED_MATRIX {

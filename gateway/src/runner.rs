@@ -84,8 +84,8 @@ pub fn init_tracing() {
 /// Reads and compiles a policy file.
 fn compile_policy(cfg: &Config, file: &Path) -> anyhow::Result<compile::Compiled> {
     let set = policy::load_file(file)?;
-    Ok(compile::compile(&set, &cfg.limits.compile_limits())
-        .with_context(|| format!("{}", file.display()))?)
+    compile::compile(&set, &cfg.limits.compile_limits())
+        .with_context(|| format!("{}", file.display()))
 }
 
 /// Picks the policy source: the config's policy file or a management service, never both.
@@ -348,12 +348,16 @@ fn masquerade(
     if !*attached {
         for l in &cfg.interfaces.lan {
             let a = dp.attach_masquerade(&l.name)?;
-            let v4 = (a.has_v4 != 0)
-                .then(|| std::net::Ipv4Addr::from(a.v4).to_string())
-                .unwrap_or_else(|| "-".into());
-            let v6 = (a.has_v6 != 0)
-                .then(|| std::net::Ipv6Addr::from(a.v6).to_string())
-                .unwrap_or_else(|| "-".into());
+            let v4 = if a.has_v4 != 0 {
+                std::net::Ipv4Addr::from(a.v4).to_string()
+            } else {
+                "-".into()
+            };
+            let v6 = if a.has_v6 != 0 {
+                std::net::Ipv6Addr::from(a.v6).to_string()
+            } else {
+                "-".into()
+            };
             info!(interface = %l.name, ipv4 = %v4, ipv6 = %v6, ports = %format!("{}-{}", nat.settings.port_min, nat.settings.port_max), "masquerading toward the LAN");
         }
         *attached = true;

@@ -547,10 +547,10 @@ impl Account {
         if old.ip != peer.ip && self.peers.values().any(|p| p.ip == peer.ip) {
             return invalid(format!("ip {} is already used by another peer", peer.ip));
         }
-        if let Some(v6) = peer.ipv6.filter(|v6| old.ipv6 != Some(*v6)) {
-            if self.peers.values().any(|p| p.ipv6 == Some(v6)) {
-                return invalid(format!("ipv6 {v6} is already used by another peer"));
-            }
+        if let Some(v6) = peer.ipv6.filter(|v6| old.ipv6 != Some(*v6))
+            && self.peers.values().any(|p| p.ipv6 == Some(v6))
+        {
+            return invalid(format!("ipv6 {v6} is already used by another peer"));
         }
         let id = peer.id.clone();
         for record in peer_changes(old, &peer) {

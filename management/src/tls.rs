@@ -87,7 +87,10 @@ pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
 }
 
 /// When each file was last changed, to notice a renewal.
-fn stamp(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
+/// When the certificate and the key file were last modified.
+type Stamp = (SystemTime, SystemTime);
+
+fn stamp(files: &TlsFiles) -> Option<Stamp> {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     Some((modified(&files.cert)?, modified(&files.key)?))
 }
@@ -97,7 +100,7 @@ fn stamp(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
 #[derive(Debug)]
 struct Reloading {
     files: TlsFiles,
-    current: RwLock<(Arc<CertifiedKey>, Option<(SystemTime, SystemTime)>)>,
+    current: RwLock<(Arc<CertifiedKey>, Option<Stamp>)>,
 }
 
 impl Reloading {

@@ -213,7 +213,7 @@ async fn who_changed_what_and_when() {
             ("rule.delete".into(), sys.clone(), id(&acl))
         ]
     );
-    let tail = vec![
+    let tail = [
         ("setupkey.revoke".to_string(), api_.clone(), key_id.clone()),
         ("user.peer.delete".into(), api_.clone(), laptop_id.clone()),
         ("policy.delete".into(), api_.clone(), id(&policy)),

@@ -186,8 +186,7 @@ async fn rest_and_grpc_over_tls_and_certificates_renewed_in_place() {
     let other = Ca::new("someone else");
     let refused = handshake(addr, other.roots())
         .await
-        .err()
-        .expect("an unknown CA is refused");
+        .expect_err("an unknown CA is refused");
     assert!(
         refused.to_string().contains("UnknownIssuer")
             || refused.to_string().contains("certificate"),
@@ -255,7 +254,7 @@ async fn a_key_that_is_not_the_certificates_stops_the_start() {
         &files.key,
         KeyPair::generate().unwrap().serialize_pem().as_bytes(),
     );
-    let err = management::tls::load(&files).err().expect("refused");
+    let err = management::tls::load(&files).expect_err("refused");
     assert!(format!("{err:#}").contains("is not the key of"), "{err:#}");
     let m = Arc::new(
         management::Management::open(&options(&TempDir::new("tls-mismatch-data"))).unwrap(),

@@ -141,10 +141,10 @@ pub fn remove_stale(prefix: &str) {
             continue;
         };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if let Ok(pid) = pid.parse::<u32>() {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", name]).output();
-            }
+        if let Ok(pid) = pid.parse::<u32>()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }
 }

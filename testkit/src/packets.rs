@@ -198,7 +198,7 @@ impl Spec {
         {
             let mut opts = self.tcp_options.clone();
             opts.resize(opts.len().div_ceil(4) * 4, 0);
-            l4[12] = ((20 + opts.len()) / 4 << 4) as u8;
+            l4[12] = (((20 + opts.len()) / 4) << 4) as u8;
             l4.splice(20..20, opts);
         }
         if self.l4_checksum {

@@ -443,8 +443,8 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<18} {:<9} {:<9} {:<9} {:<16} {:<12} {}",
-        "flow", "probe", "expected", "observed", "tunnel (bytes)", "gw acc/drop", "why"
+        "{:<18} {:<9} {:<9} {:<9} {:<16} {:<12} why",
+        "flow", "probe", "expected", "observed", "tunnel (bytes)", "gw acc/drop"
     );
     let mut failures = 0;
     for f in FLOWS {

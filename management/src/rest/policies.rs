@@ -95,15 +95,15 @@ fn policy_from_request(id: String, r: PolicyRequest) -> Result<Policy, Error> {
             ));
         }
         let sources = rule.sources.unwrap_or_default();
-        if rule.protocol == RuleProtocol::NetbirdSsh && !rule.authorized_groups.is_empty() {
-            if let Some(g) = sources
+        if rule.protocol == RuleProtocol::NetbirdSsh
+            && !rule.authorized_groups.is_empty()
+            && let Some(g) = sources
                 .iter()
                 .find(|g| !rule.authorized_groups.contains_key(*g))
-            {
-                return invalid(format!(
-                    "rules[{i}].authorized_groups: source group {g} has no entry (netbird-ssh needs one per source group)"
-                ));
-            }
+        {
+            return invalid(format!(
+                "rules[{i}].authorized_groups: source group {g} has no entry (netbird-ssh needs one per source group)"
+            ));
         }
         let ports = rule
             .ports

@@ -30,6 +30,12 @@ pub struct Trie {
     nodes: Vec<Node>,
 }
 
+impl Default for Trie {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Trie {
     pub fn new() -> Self {
         Trie {
@@ -67,6 +73,12 @@ pub struct Classes {
     pub src_lists: Vec<Vec<u32>>,
     pub dst_lists: Vec<Vec<u32>>,
     scratch: Vec<u32>,
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Classes {
@@ -125,6 +137,8 @@ pub struct V4Tables {
     pub chunks: Vec<AddrClass>,
 }
 
+/// Which table a write goes to: the root level or a chunk (a small copyable tag).
+#[derive(Clone, Copy)]
 enum Table {
     Root,
     Chunk(u32),
@@ -204,10 +218,7 @@ impl V4Builder<'_> {
         let span = 1 << (level_end - depth - 1);
         for (b, &c) in child.iter().enumerate() {
             let sub = off + b as u32 * span;
-            let sub_table = match table {
-                Table::Root => Table::Root,
-                Table::Chunk(id) => Table::Chunk(id),
-            };
+            let sub_table = table;
             if c == 0 {
                 let class = self.class(marks);
                 self.write(&sub_table, sub, span, class);

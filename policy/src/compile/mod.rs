@@ -302,16 +302,16 @@ pub fn compile(set: &PolicySet, limits: &Limits) -> Result<Compiled, CompileErro
                 let sets = std::iter::once((term.protocol, &term.ports))
                     .chain(term.exceptions.iter().map(|e| (e.protocol, &e.ports)));
                 for (protocol, set) in sets {
-                    if let PortSet::Ranges(ranges) = set {
-                        if proto_ports_match(
+                    if let PortSet::Ranges(ranges) = set
+                        && proto_ports_match(
                             protocol,
                             &PortSet::Any,
                             REPRESENTATIVE_PROTO[pc as usize],
                             0,
-                        ) {
-                            for r in ranges {
-                                covered.extend(pcs.classes_in(r));
-                            }
+                        )
+                    {
+                        for r in ranges {
+                            covered.extend(pcs.classes_in(r));
                         }
                     }
                 }
