@@ -96,6 +96,32 @@ pub fn markdown(md: &mut String, s: &Stateful) {
                 100.0 * g.established_mpps.median / t.established_mpps.median,
                 100.0 * g.new_flows_mpps.median / t.new_flows_mpps.median,
             );
+            for (what, base, gw, target) in [
+                (
+                    "established, 2x nftables",
+                    t.established_mpps.median,
+                    g.established_mpps.median,
+                    2.0 * n.established_mpps.median,
+                ),
+                (
+                    "new flows, 3x nftables",
+                    t.new_flows_mpps.median,
+                    g.new_flows_mpps.median,
+                    3.0 * n.new_flows_mpps.median,
+                ),
+            ] {
+                let _ = writeln!(
+                    md,
+                    "- {what}: {}.",
+                    crate::stats::per_packet_budget(
+                        "the TC ceiling",
+                        base,
+                        "the gateway",
+                        gw,
+                        target
+                    )
+                );
+            }
         }
         if let Some(k) = find(Contender::KernelForward) {
             let _ = writeln!(

@@ -346,6 +346,17 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
                     String::new()
                 }
             );
+            let _ = writeln!(
+                md,
+                "  - what 85% of the ceiling asks, by the medians: {}.",
+                crate::stats::per_packet_budget(
+                    "the no-op redirect",
+                    ceiling.mpps[i].median,
+                    "the relay",
+                    xdp.mpps[i].median,
+                    0.85 * ceiling.mpps[i].median
+                )
+            );
             if let Some(floor) = find(Contender::ReadingRedirect) {
                 let paired =
                     crate::stats::Summary::paired(&xdp.mpps[i].trials, &floor.mpps[i].trials);

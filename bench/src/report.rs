@@ -619,6 +619,17 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                             met(r.median >= 0.85),
                         );
                     }
+                    let _ = writeln!(
+                        md,
+                        "- what 85% of the ceiling asks, by the medians: {}.\n",
+                        crate::stats::per_packet_budget(
+                            "the no-op redirect",
+                            c,
+                            "the gateway",
+                            g,
+                            0.85 * c
+                        )
+                    );
                 }
                 if let (Some(gt), Some(ft), Some(f)) = (
                     trials(Contender::Gateway),

@@ -55,3 +55,45 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     v[rank.clamp(1, v.len()) - 1]
 }
+
+/// The per-packet arithmetic behind a rate target, from medians in Mpps. The DUT's core is
+/// saturated in these runs (the generator overdrives it), so 1 / rate is its time per packet,
+/// the sink's share included, alike for every contender. `base` is the reference path (a no-op
+/// ceiling); what the contender adds to it is its own work, and the target rate says how much
+/// of that would fit.
+pub fn per_packet_budget(
+    base: &str,
+    base_mpps: f64,
+    who: &str,
+    measured_mpps: f64,
+    target_mpps: f64,
+) -> String {
+    let ns = |mpps: f64| 1e3 / mpps.max(f64::MIN_POSITIVE);
+    let (b, m, t) = (ns(base_mpps), ns(measured_mpps), ns(target_mpps));
+    let fits = if t > b {
+        format!("the target's rate leaves {:.0} ns for it", t - b)
+    } else {
+        format!("the target's rate is above the {base}'s own: no work at all fits")
+    };
+    format!(
+        "per packet on the DUT's core, {base} {b:.0} ns, {who} {m:.0} ns: {who}'s own work {:.0} ns; {fits}",
+        m - b
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_packet_budget;
+
+    #[test]
+    fn the_budget_is_the_target_time_less_the_base_time() {
+        // 2 Mpps = 500 ns; 1 Mpps = 1000 ns; 85% of 2 Mpps = 1.7 Mpps = 588 ns.
+        let s = per_packet_budget("ceiling", 2.0, "gw", 1.0, 1.7);
+        assert_eq!(
+            s,
+            "per packet on the DUT's core, ceiling 500 ns, gw 1000 ns: gw's own work 500 ns; the target's rate leaves 88 ns for it"
+        );
+        let s = per_packet_budget("ceiling", 2.0, "gw", 1.0, 2.5);
+        assert!(s.ends_with("no work at all fits"), "{s}");
+    }
+}
