@@ -122,6 +122,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
                     )
                 );
             }
+            let _ = writeln!(md);
         }
         if let Some(k) = find(Contender::KernelForward) {
             let _ = writeln!(
