@@ -226,7 +226,11 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     let mut generator = Generator::with_frame(&topo, channel_data_frame(frame_sizes[0]))?;
     generator.set_flows(&[(GEN_ADDR.parse()?, 3478)], 1)?;
     let trials = if quick { 2 } else { 5 };
-    let frames: u32 = if quick { 500_000 } else { 2_000_000 };
+    // The generator sets a trial's length (it sends at its own rate; the DUT drops what it
+    // cannot take): 10,000,000 frames last about 2-3 s. Trials of 2,000,000 (about half a
+    // second) measured the pps scenario's gateway about a third slower, the start of a trial
+    // (the NAPI thread waking, cold caches) weighing on them.
+    let frames: u32 = if quick { 500_000 } else { 10_000_000 };
     let outcomes = alternate(
         "bench relay-pps",
         &CONTENDERS,
