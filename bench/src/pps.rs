@@ -58,9 +58,8 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
     let mut generator = Generator::new(&topo, FRAME_BYTES)?;
     let trials = if quick { 2 } else { 5 };
     // The generator sets a trial's length (it sends at its own rate; the DUT drops what it
-    // cannot take): 10,000,000 frames last about 2-3 s. Trials of 2,000,000 (about half a
-    // second) measured the gateway about a third slower at 1,000 rules, the start of a trial
-    // (the NAPI thread waking, cold caches) weighing on them.
+    // cannot take): 10,000,000 frames last about 2-3 s, where 2,000,000 lasted half a second
+    // and the start of a trial (the NAPI thread waking, cold caches) weighed more on it.
     let frames: u32 = if quick { 400_000 } else { 10_000_000 };
     let sizes: &[usize] = if quick {
         &[10, 1_000]

@@ -227,9 +227,8 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     generator.set_flows(&[(GEN_ADDR.parse()?, 3478)], 1)?;
     let trials = if quick { 2 } else { 5 };
     // The generator sets a trial's length (it sends at its own rate; the DUT drops what it
-    // cannot take): 10,000,000 frames last about 2-3 s. Trials of 2,000,000 (about half a
-    // second) measured the pps scenario's gateway about a third slower, the start of a trial
-    // (the NAPI thread waking, cold caches) weighing on them.
+    // cannot take): 10,000,000 frames last about 2-3 s, where 2,000,000 lasted half a second
+    // and the start of a trial (the NAPI thread waking, cold caches) weighed more on it.
     let frames: u32 = if quick { 500_000 } else { 10_000_000 };
     let outcomes = alternate(
         "bench relay-pps",
