@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use aya::{
     Pod,
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray},
 };
 use gateway_common::{
     maps as names,
@@ -39,7 +39,7 @@ impl Dataplane {
         self.turn_peers::<A>()?
             .insert(peer, to_client, 0)
             .context("turn peer binding")?;
-        Ok(())
+        self.bump_turn_generation()
     }
 
     /// Takes a binding back (expiry, deletion): its traffic goes to userspace again.
@@ -56,7 +56,31 @@ impl Dataplane {
     {
         let _ = self.turn_channels::<A>()?.remove(channel);
         let _ = self.turn_peers::<A>()?.remove(peer);
+        self.bump_turn_generation()
+    }
+
+    /// After every change to the binding maps: the kernel's per-CPU copies of bindings read
+    /// before it stop matching (gateway_common::turn::CachedBinding). The relay's userspace is
+    /// the maps' only writer, so a read and a write of the counter cannot race another bump.
+    fn bump_turn_generation(&mut self) -> anyhow::Result<()> {
+        let mut generation: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(names::TURN_GENERATION)
+                .context("turn generation map")?,
+        )?;
+        let next = generation.get(&0, 0)?.wrapping_add(1);
+        generation.set(0, next, 0).context("turn generation")?;
         Ok(())
+    }
+
+    /// The bindings' generation (how many changes the binding maps have had).
+    pub fn turn_generation(&self) -> anyhow::Result<u64> {
+        let generation: Array<&MapData, u64> = Array::try_from(
+            self.ebpf
+                .map(names::TURN_GENERATION)
+                .context("turn generation map")?,
+        )?;
+        Ok(generation.get(&0, 0)?)
     }
 
     /// The channel map of family `A`: (client, listening address, channel) → to the peer.

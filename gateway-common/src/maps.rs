@@ -94,6 +94,9 @@ pub const TURN_STATS: &str = "TURN_STATS_V1";
 pub const TURN_REASONS: &str = "TURN_REASONS_V1";
 /// The relay's last sign of life (gateway_common::turn::ALIVE_WINDOW_NS).
 pub const TURN_ALIVE: &str = "TURN_ALIVE_V1";
+/// The bindings' generation: bumped by userspace after every change to the binding maps (see
+/// gateway_common::turn::CachedBinding). Not pinned, like the maps it stands for.
+pub const TURN_GENERATION: &str = "TURN_GEN_V1";
 
 /// Program names (the function names in gateway-ebpf).
 pub const PROG_XDP_LAN: &str = "xdp_lan";

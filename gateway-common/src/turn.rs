@@ -17,6 +17,8 @@ pub trait TurnAddr: Copy + PartialEq + Eq {
     const PEERS_MAP: &'static str;
     /// Word `i` (< WORDS), big-endian.
     fn word(&self, i: usize) -> u16;
+    /// The address's 32-bit words XORed together (the binding caches' slot hash).
+    fn fold(&self) -> u32;
 }
 
 impl TurnAddr for [u8; 4] {
@@ -28,6 +30,10 @@ impl TurnAddr for [u8; 4] {
         let i = (i & 1) * 2;
         u16::from_be_bytes([self[i], self[i + 1]])
     }
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        u32::from_ne_bytes(*self)
+    }
 }
 
 impl TurnAddr for [u8; 16] {
@@ -38,6 +44,10 @@ impl TurnAddr for [u8; 16] {
     fn word(&self, i: usize) -> u16 {
         let i = (i & 7) * 2;
         u16::from_be_bytes([self[i], self[i + 1]])
+    }
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        crate::hash::fold_addr(self)
     }
 }
 
@@ -106,6 +116,38 @@ user_pod!(
     PeerKey<[u8; 16]>,
     ToClient<[u8; 16]>,
 );
+
+/// A binding as the kernel's per-CPU caches hold it: a copy of a map entry, tagged with the
+/// bindings' generation it was read under ([`crate::maps::TURN_GENERATION`]) plus one, so that
+/// a zeroed slot never matches. Userspace bumps the generation after every change to the
+/// binding maps, so a copy read before a change never serves a packet after it. (The maps
+/// stay the authority: a packet that misses the cache looks them up, as before the cache.)
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedBinding<K, V> {
+    pub tag: u64,
+    pub key: K,
+    pub value: V,
+}
+
+/// Slots in each per-CPU binding cache (a power of two): direct-mapped, one binding a slot.
+pub const BINDING_CACHE_SLOTS: u32 = 1024;
+
+/// A channel key's slot in the channel caches.
+#[inline(always)]
+pub fn channel_cache_slot<A: TurnAddr>(k: &ChannelKey<A>) -> u32 {
+    let ports = ((k.client_port as u32) << 16) | k.listen_port as u32;
+    let h = k.client.fold() ^ k.listen.fold().rotate_left(16) ^ ports ^ k.channel as u32;
+    crate::hash::mix32(h) & (BINDING_CACHE_SLOTS - 1)
+}
+
+/// A peer key's slot in the peer caches.
+#[inline(always)]
+pub fn peer_cache_slot<A: TurnAddr>(k: &PeerKey<A>) -> u32 {
+    let ports = ((k.peer_port as u32) << 16) | k.relay_port as u32;
+    let h = k.peer.fold() ^ k.relay.fold().rotate_left(16) ^ ports;
+    crate::hash::mix32(h) & (BINDING_CACHE_SLOTS - 1)
+}
 
 /// Bindings whose traffic the kernel counts (per direction): quotas and statistics keep working
 /// while the kernel forwards.
@@ -232,6 +274,45 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use super::*;
+
+    /// Keys that differ in any one field land in slots spread over the cache: 4,096 channels of
+    /// one client (ports and channel numbers varied) fill most of its 1,024 slots, for either
+    /// family and direction, and every slot is in range.
+    #[test]
+    fn binding_cache_slots_spread_keys_over_the_cache() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..4096u32 {
+            let k = ChannelKey {
+                client: [198, 18, 0, 1],
+                listen: [198, 18, 0, 254],
+                client_port: 40000 + (i % 64) as u16,
+                listen_port: 3478,
+                channel: 0x4000 + (i / 64) as u16,
+                _pad: 0,
+            };
+            let s = channel_cache_slot(&k);
+            assert!(s < BINDING_CACHE_SLOTS);
+            seen.insert(s);
+        }
+        assert!(seen.len() > 900, "{} slots of 1024", seen.len());
+        seen.clear();
+        for i in 0..4096u32 {
+            let mut peer = [0u8; 16];
+            peer[0] = 0xfd;
+            peer[15] = (i & 0xff) as u8;
+            peer[14] = (i >> 8) as u8;
+            let k = PeerKey {
+                peer,
+                relay: [0xfd; 16],
+                peer_port: 5000,
+                relay_port: 50001,
+            };
+            let s = peer_cache_slot(&k);
+            assert!(s < BINDING_CACHE_SLOTS);
+            seen.insert(s);
+        }
+        assert!(seen.len() > 900, "{} slots of 1024", seen.len());
+    }
 
     /// The update as the kernel program applies it, word by word.
     fn update(check: u16, removed: &[u16], added: &[u16]) -> u16 {

@@ -17,6 +17,7 @@ use gateway_common::{
     nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
+    turn::{BINDING_CACHE_SLOTS, CachedBinding},
 };
 
 #[map(name = "ACTIVE_V1")]
@@ -168,6 +169,38 @@ pub static TURN_STATS: PerCpuArray<Counter> =
 
 #[map(name = "TURN_ALIVE_V1")]
 pub static TURN_ALIVE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The bindings' generation (gateway_common::maps::TURN_GENERATION).
+#[map(name = "TURN_GEN_V1")]
+pub static TURN_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per-CPU copies of the bindings the maps above gave (gateway_common::turn::CachedBinding):
+/// a channel's packets find theirs with an array lookup and a compare, not a hash.
+#[map(name = "TURN_CH_CACHE_V1")]
+pub static TURN_CHANNEL_CACHE: PerCpuArray<
+    CachedBinding<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer>,
+> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+
+#[map(name = "TURN_PEER_CACHE_V1")]
+pub static TURN_PEER_CACHE: PerCpuArray<
+    CachedBinding<gateway_common::turn::PeerKey, gateway_common::turn::ToClient>,
+> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+
+#[map(name = "TURN_CH6_CACHE_V1")]
+pub static TURN_CHANNEL6_CACHE: PerCpuArray<
+    CachedBinding<
+        gateway_common::turn::ChannelKey<[u8; 16]>,
+        gateway_common::turn::ToPeer<[u8; 16]>,
+    >,
+> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+
+#[map(name = "TURN_PEER6_CACHE_V1")]
+pub static TURN_PEER6_CACHE: PerCpuArray<
+    CachedBinding<
+        gateway_common::turn::PeerKey<[u8; 16]>,
+        gateway_common::turn::ToClient<[u8; 16]>,
+    >,
+> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
 
 #[map(name = "TURN_REASONS_V1")]
 pub static TURN_REASONS: PerCpuArray<Counter> =

@@ -10,14 +10,16 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use gateway_common::{
     forward::{FIB_CACHE_NS, FibRoute, addr_words, route_slot},
     stats::Counter,
     turn::{
-        ALIVE_WINDOW_NS, ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER,
-        PeerKey, ToClient, ToPeer, TurnAddr, begun_checksum, counter_index, reason, trailing_word,
+        ALIVE_WINDOW_NS, CachedBinding, ChannelKey, ChecksumUpdate, DIRECTION_TO_CLIENT,
+        DIRECTION_TO_PEER, PeerKey, ToClient, ToPeer, TurnAddr, begun_checksum, channel_cache_slot,
+        counter_index, peer_cache_slot, reason, trailing_word,
     },
 };
 
@@ -98,9 +100,10 @@ trait Family {
         len: u16,
         now: u64,
     ) -> Option<FibRoute>;
-    /// The binding's entries, in place in the map (userspace replaces an entry whole).
-    fn channel(key: &ChannelKey<Self::A>) -> Option<&'static ToPeer<Self::A>>;
-    fn peer(key: &PeerKey<Self::A>) -> Option<&'static ToClient<Self::A>>;
+    /// The binding's entries: this CPU's cached copy when it carries `tag` (see
+    /// [`cached`]), else the map's entry in place (userspace replaces an entry whole).
+    fn channel(key: &ChannelKey<Self::A>, tag: u64) -> Option<&'static ToPeer<Self::A>>;
+    fn peer(key: &PeerKey<Self::A>, tag: u64) -> Option<&'static ToClient<Self::A>>;
 }
 
 struct V4;
@@ -185,15 +188,31 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn channel(key: &ChannelKey<[u8; 4]>) -> Option<&'static ToPeer<[u8; 4]>> {
-        // SAFETY: read-only; the map's elements live while the program runs.
-        unsafe { maps::TURN_CHANNELS.get(key) }
+    fn channel(key: &ChannelKey<[u8; 4]>, tag: u64) -> Option<&'static ToPeer<[u8; 4]>> {
+        cached(
+            &maps::TURN_CHANNEL_CACHE,
+            channel_cache_slot(key),
+            tag,
+            key,
+            || {
+                // SAFETY: read-only; the map's elements live while the program runs.
+                unsafe { maps::TURN_CHANNELS.get(key) }
+            },
+        )
     }
 
     #[inline(always)]
-    fn peer(key: &PeerKey<[u8; 4]>) -> Option<&'static ToClient<[u8; 4]>> {
-        // SAFETY: read-only; the map's elements live while the program runs.
-        unsafe { maps::TURN_PEERS.get(key) }
+    fn peer(key: &PeerKey<[u8; 4]>, tag: u64) -> Option<&'static ToClient<[u8; 4]>> {
+        cached(
+            &maps::TURN_PEER_CACHE,
+            peer_cache_slot(key),
+            tag,
+            key,
+            || {
+                // SAFETY: read-only; the map's elements live while the program runs.
+                unsafe { maps::TURN_PEERS.get(key) }
+            },
+        )
     }
 }
 
@@ -282,16 +301,61 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn channel(key: &ChannelKey<[u8; 16]>) -> Option<&'static ToPeer<[u8; 16]>> {
-        // SAFETY: read-only; the map's elements live while the program runs.
-        unsafe { maps::TURN_CHANNELS6.get(key) }
+    fn channel(key: &ChannelKey<[u8; 16]>, tag: u64) -> Option<&'static ToPeer<[u8; 16]>> {
+        cached(
+            &maps::TURN_CHANNEL6_CACHE,
+            channel_cache_slot(key),
+            tag,
+            key,
+            || {
+                // SAFETY: read-only; the map's elements live while the program runs.
+                unsafe { maps::TURN_CHANNELS6.get(key) }
+            },
+        )
     }
 
     #[inline(always)]
-    fn peer(key: &PeerKey<[u8; 16]>) -> Option<&'static ToClient<[u8; 16]>> {
-        // SAFETY: read-only; the map's elements live while the program runs.
-        unsafe { maps::TURN_PEERS6.get(key) }
+    fn peer(key: &PeerKey<[u8; 16]>, tag: u64) -> Option<&'static ToClient<[u8; 16]>> {
+        cached(
+            &maps::TURN_PEER6_CACHE,
+            peer_cache_slot(key),
+            tag,
+            key,
+            || {
+                // SAFETY: read-only; the map's elements live while the program runs.
+                unsafe { maps::TURN_PEERS6.get(key) }
+            },
+        )
     }
+}
+
+/// A binding through this CPU's cache: the slot's copy when it holds `key` under `tag` (the
+/// bindings' generation plus one, read before the lookup), else the map's entry, which then
+/// fills the slot. The tag is written last and cleared first: XDP runs of one CPU do not nest
+/// (NAPI, softirq), so a later run on this CPU finds a slot written whole or not matching.
+#[inline(always)]
+fn cached<K: Copy + PartialEq, V: Copy>(
+    cache: &'static PerCpuArray<CachedBinding<K, V>>,
+    slot: u32,
+    tag: u64,
+    key: &K,
+    lookup: impl FnOnce() -> Option<&'static V>,
+) -> Option<&'static V> {
+    let Some(e) = cache.get_ptr_mut(slot) else {
+        return lookup();
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, alive while the program runs; see above for
+    // why no other run writes it meanwhile.
+    let e = unsafe { &mut *e };
+    if e.tag == tag && e.key == *key {
+        return Some(&e.value);
+    }
+    let v = lookup()?;
+    e.tag = 0;
+    e.key = *key;
+    e.value = *v;
+    e.tag = tag;
+    Some(v)
 }
 
 /// An IPv4 address as the route cache keys it (in the first word), built as words: a zeroed
@@ -477,6 +541,12 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, 
     let Some(u) = F::headers(ctx) else {
         return (xdp_action::XDP_PASS, reason::PASS_OTHER);
     };
+    // Read before any binding is: a copy cached under an older generation must not match.
+    let tag = maps::TURN_GENERATION
+        .get(0)
+        .copied()
+        .unwrap_or(0)
+        .wrapping_add(1);
     let end = ctx.data_end();
     // (Checked before any map lookup would be wasted, but only frames of bindings count it.)
     let partial = begun_checksum(u.check, u.addrs, u.ulen);
@@ -495,7 +565,7 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, 
             channel,
             _pad: 0,
         };
-        if let Some(to) = F::channel(&key) {
+        if let Some(to) = F::channel(&key, tag) {
             if partial {
                 return (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM);
             }
@@ -508,7 +578,7 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, 
         peer_port: u.sport,
         relay_port: u.dport,
     };
-    match F::peer(&key) {
+    match F::peer(&key, tag) {
         Some(_) if partial => (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM),
         Some(to) => to_client::<F>(ctx, ethertype, &u, to, now),
         None => (xdp_action::XDP_PASS, reason::PASS_OTHER),

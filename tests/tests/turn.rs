@@ -8,7 +8,7 @@ use gateway_common::{
     turn::{ChannelKey, PeerKey, ToClient, ToPeer, reason::*},
 };
 use gateway_testkit::{
-    harness::{Harness, XDP_PASS, hex},
+    harness::{Harness, XDP_PASS, hex, pin_thread_to_cpu},
     netns::{Netns, veth},
 };
 use std::net::Ipv6Addr;
@@ -385,6 +385,26 @@ fn everything_else_goes_to_userspace_untouched() {
         }
     })
     .unwrap();
+    // Relayed while bound, the frame leaves a copy of its binding in the CPU's binding cache.
+    // The runs before and after the removal share one CPU, so the removal must reach that copy.
+    let bound = || {
+        frame(
+            C0_MAC,
+            CLIENT_MAC,
+            CLIENT,
+            LISTEN,
+            40000,
+            3478,
+            64,
+            &channel_data(0x4001, b"x", &[0; 3]),
+        )
+    };
+    ns.run_scoped(|| {
+        pin_thread_to_cpu(0);
+        let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &bound());
+        assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
+    })
+    .unwrap();
     // With the binding removed, its traffic is userspace's again.
     h.dp.remove_turn_binding(
         &ChannelKey {
@@ -404,18 +424,9 @@ fn everything_else_goes_to_userspace_untouched() {
     )
     .unwrap();
     ns.run_scoped(|| {
-        let input = frame(
-            C0_MAC,
-            CLIENT_MAC,
-            CLIENT,
-            LISTEN,
-            40000,
-            3478,
-            64,
-            &channel_data(0x4001, b"x", &[0; 3]),
-        );
+        pin_thread_to_cpu(0);
         assert_eq!(
-            h.xdp_program_bytes(names::PROG_XDP_TURN, &input).0,
+            h.xdp_program_bytes(names::PROG_XDP_TURN, &bound()).0,
             XDP_PASS
         );
     })
@@ -690,13 +701,16 @@ fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
             assert_eq!(&out, input, "case {i} untouched");
             assert_eq!(reason_count(&h, *why) - before, 1, "case {i}");
         }
-        // The good frame is taken while bound.
+        // The good frame is taken while bound (which caches the binding on this CPU: the
+        // runs before and after the removal share one).
+        pin_thread_to_cpu(0);
         let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &good());
         assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
     })
     .unwrap();
     h.dp.remove_turn_binding(&channel, &peer_key).unwrap();
     ns.run_scoped(|| {
+        pin_thread_to_cpu(0);
         let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &good());
         assert_eq!((action, out), (XDP_PASS, good()));
     })
