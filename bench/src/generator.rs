@@ -27,6 +27,12 @@ pub static BENCH_OBJECT: &[u8] =
 /// Frames per BPF_PROG_RUN batch.
 const BATCH: u32 = 256;
 
+/// Frames in a full run's trial of the packet-rate scenarios. The generator sets a trial's
+/// length (it sends at its own rate; the DUT drops what it cannot take): 10,000,000 frames last
+/// about 2-3 s, where 2,000,000 lasted half a second and the start of a trial (the NAPI thread
+/// waking, cold caches) weighed more on it.
+pub const TRIAL_FRAMES: u32 = 10_000_000;
+
 pub struct Generator {
     ebpf: Ebpf,
     g0_index: u32,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     alternate::alternate,
     contenders::{self, Contender},
-    generator::{Generator, Measurement},
+    generator::{Generator, Measurement, TRIAL_FRAMES},
     rules,
     stats::Summary,
     topo::Topo,
@@ -57,10 +57,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
     let topo = Topo::create()?;
     let mut generator = Generator::new(&topo, FRAME_BYTES)?;
     let trials = if quick { 2 } else { 5 };
-    // The generator sets a trial's length (it sends at its own rate; the DUT drops what it
-    // cannot take): 10,000,000 frames last about 2-3 s, where 2,000,000 lasted half a second
-    // and the start of a trial (the NAPI thread waking, cold caches) weighed more on it.
-    let frames: u32 = if quick { 400_000 } else { 10_000_000 };
+    let frames: u32 = if quick { 400_000 } else { TRIAL_FRAMES };
     let sizes: &[usize] = if quick {
         &[10, 1_000]
     } else {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     alternate::alternate,
     contenders::Contender,
-    generator::{DutXdp, Generator},
+    generator::{DutXdp, Generator, TRIAL_FRAMES},
     stats::Summary,
     topo::{GEN_ADDR, SINK_ADDR, Topo},
 };
@@ -226,10 +226,7 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     let mut generator = Generator::with_frame(&topo, channel_data_frame(frame_sizes[0]))?;
     generator.set_flows(&[(GEN_ADDR.parse()?, 3478)], 1)?;
     let trials = if quick { 2 } else { 5 };
-    // The generator sets a trial's length (it sends at its own rate; the DUT drops what it
-    // cannot take): 10,000,000 frames last about 2-3 s, where 2,000,000 lasted half a second
-    // and the start of a trial (the NAPI thread waking, cold caches) weighed more on it.
-    let frames: u32 = if quick { 500_000 } else { 10_000_000 };
+    let frames: u32 = if quick { 500_000 } else { TRIAL_FRAMES };
     let outcomes = alternate(
         "bench relay-pps",
         &CONTENDERS,

@@ -73,16 +73,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The bindings' generation (how many changes the binding maps have had).
-    pub fn turn_generation(&self) -> anyhow::Result<u64> {
-        let generation: Array<&MapData, u64> = Array::try_from(
-            self.ebpf
-                .map(names::TURN_GENERATION)
-                .context("turn generation map")?,
-        )?;
-        Ok(generation.get(&0, 0)?)
-    }
-
     /// The channel map of family `A`: (client, listening address, channel) → to the peer.
     fn turn_channels<A: TurnAddr>(
         &mut self,

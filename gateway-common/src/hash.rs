@@ -4,8 +4,7 @@
 /// The four 32-bit words of an address XORed together (an IPv4 address is the first word).
 #[inline(always)]
 pub fn fold_addr(a: &[u8; 16]) -> u32 {
-    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    w(0) ^ w(4) ^ w(8) ^ w(12)
+    addr_word(a, 0) ^ addr_word(a, 1) ^ addr_word(a, 2) ^ addr_word(a, 3)
 }
 
 /// Word `i` (0–3) of an address, in memory order.

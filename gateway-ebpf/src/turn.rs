@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use gateway_common::{
@@ -100,8 +100,7 @@ trait Family {
         len: u16,
         now: u64,
     ) -> Option<FibRoute>;
-    /// The binding's entries: this CPU's cached copy when it carries `tag` (see
-    /// [`cached`]), else the map's entry in place (userspace replaces an entry whole).
+    /// The binding's entries (see [`cached`]).
     fn channel(key: &ChannelKey<Self::A>, tag: u64) -> Option<&'static ToPeer<Self::A>>;
     fn peer(key: &PeerKey<Self::A>, tag: u64) -> Option<&'static ToClient<Self::A>>;
 }
@@ -191,13 +190,10 @@ impl Family for V4 {
     fn channel(key: &ChannelKey<[u8; 4]>, tag: u64) -> Option<&'static ToPeer<[u8; 4]>> {
         cached(
             &maps::TURN_CHANNEL_CACHE,
+            &maps::TURN_CHANNELS,
             channel_cache_slot(key),
             tag,
             key,
-            || {
-                // SAFETY: read-only; the map's elements live while the program runs.
-                unsafe { maps::TURN_CHANNELS.get(key) }
-            },
         )
     }
 
@@ -205,13 +201,10 @@ impl Family for V4 {
     fn peer(key: &PeerKey<[u8; 4]>, tag: u64) -> Option<&'static ToClient<[u8; 4]>> {
         cached(
             &maps::TURN_PEER_CACHE,
+            &maps::TURN_PEERS,
             peer_cache_slot(key),
             tag,
             key,
-            || {
-                // SAFETY: read-only; the map's elements live while the program runs.
-                unsafe { maps::TURN_PEERS.get(key) }
-            },
         )
     }
 }
@@ -304,13 +297,10 @@ impl Family for V6 {
     fn channel(key: &ChannelKey<[u8; 16]>, tag: u64) -> Option<&'static ToPeer<[u8; 16]>> {
         cached(
             &maps::TURN_CHANNEL6_CACHE,
+            &maps::TURN_CHANNELS6,
             channel_cache_slot(key),
             tag,
             key,
-            || {
-                // SAFETY: read-only; the map's elements live while the program runs.
-                unsafe { maps::TURN_CHANNELS6.get(key) }
-            },
         )
     }
 
@@ -318,29 +308,29 @@ impl Family for V6 {
     fn peer(key: &PeerKey<[u8; 16]>, tag: u64) -> Option<&'static ToClient<[u8; 16]>> {
         cached(
             &maps::TURN_PEER6_CACHE,
+            &maps::TURN_PEERS6,
             peer_cache_slot(key),
             tag,
             key,
-            || {
-                // SAFETY: read-only; the map's elements live while the program runs.
-                unsafe { maps::TURN_PEERS6.get(key) }
-            },
         )
     }
 }
 
 /// A binding through this CPU's cache: the slot's copy when it holds `key` under `tag` (the
-/// bindings' generation plus one, read before the lookup), else the map's entry, which then
-/// fills the slot. The tag is written last and cleared first: XDP runs of one CPU do not nest
-/// (NAPI, softirq), so a later run on this CPU finds a slot written whole or not matching.
+/// bindings' generation plus one, read before the lookup), else `map`'s entry in place
+/// (userspace replaces an entry whole), which then fills the slot. The tag is written last and
+/// cleared first: XDP runs of one CPU do not nest (NAPI, softirq), so a later run on this CPU
+/// finds a slot written whole or not matching.
 #[inline(always)]
 fn cached<K: Copy + PartialEq, V: Copy>(
     cache: &'static PerCpuArray<CachedBinding<K, V>>,
+    map: &'static HashMap<K, V>,
     slot: u32,
     tag: u64,
     key: &K,
-    lookup: impl FnOnce() -> Option<&'static V>,
 ) -> Option<&'static V> {
+    // SAFETY: read-only; the map's elements live while the program runs.
+    let lookup = || unsafe { map.get(key) };
     let Some(e) = cache.get_ptr_mut(slot) else {
         return lookup();
     };
