@@ -21,7 +21,7 @@ use gateway_common::{
 };
 
 use crate::{
-    conntrack, maps,
+    maps,
     packet::Bytes,
     parse::{FRAG_NONE, PROTO_TCP, PROTO_UDP, Packet},
 };
@@ -122,7 +122,7 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let slot = maps::FIB_CACHE.get_ptr_mut(route_slot(ifindex, family, src, dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     let fresh = slot.key.holds(ifindex, family, pkt.tos, src, dst)
         && now < slot.route.expires_ns
         && pkt.ip_len <= slot.route.max_len as u32;
@@ -266,7 +266,7 @@ pub fn tc_forward(
     use aya_ebpf::{
         bindings::TC_ACT_REDIRECT,
         helpers::generated::{
-            bpf_l3_csum_replace, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes,
+            bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes,
             bpf_skb_store_bytes,
         },
     };
@@ -277,7 +277,6 @@ pub fn tc_forward(
     if l3 > 64 {
         return TcForward::Kernel;
     }
-    let hop_at = l3 + if v4 { 8 } else { 7 };
     // The parse found the IP header in the linear data: read there, not through a helper.
     // (Bounds as the verifier follows them: the header's first 20 bytes, from its start.)
     let ip = ctx.data() + l3;
@@ -338,22 +337,17 @@ pub fn tc_forward(
     };
     let nh_ptr = (&mut nh as *mut RedirectNeighbour).cast();
     let nh_len = size_of::<RedirectNeighbour>() as i32;
-    // SAFETY: helper calls on the program's own skb with small locals.
-    let ttl_written = unsafe {
-        let h = hop - 1;
-        bpf_skb_store_bytes(skb.cast(), hop_at as u32, (&h as *const u8).cast(), 1, 0) == 0
-            // The TTL is the high byte of its 16-bit word (TTL, protocol).
-            && (!v4
-                || bpf_l3_csum_replace(
-                    skb.cast(),
-                    (l3 + 10) as u32,
-                    (((hop as u16) << 8).to_be()) as u64,
-                    ((((hop - 1) as u16) << 8).to_be()) as u64,
-                    2,
-                ) == 0)
-    };
-    if !ttl_written {
-        return TcForward::Kernel;
+    // In place, as the XDP path does: the IPv4 header checksum is always whole (no offload
+    // state to respect), so no helper is needed. The verifier made the skb writable at the
+    // program's start, and nothing since the check of `ip` above changed the packet.
+    // SAFETY: the TTL (and the IPv4 checksum) or the hop limit are inside [ip, ip + 20),
+    // checked above.
+    unsafe {
+        if v4 {
+            decrement_ipv4_ttl(ip);
+        } else {
+            *((ip + 7) as *mut u8) = hop - 1;
+        }
     }
     let translated = match translate.translate(route.egress) {
         Ok(t) => t,
@@ -423,7 +417,7 @@ fn tc_route(
     let slot = maps::TC_FIB_CACHE.get_ptr_mut(route_slot(ingress, family, src, dst))?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     if slot.key.holds(ingress, family, pkt.tos, src, dst)
         && now < slot.route.expires_ns
         && tot_len <= slot.route.max_len as u32

@@ -100,7 +100,7 @@ fn police(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decision 
     let stateful = settings.flags & FLAG_CONNTRACK != 0;
     // The clock is only read where state is kept: a stateless lookup does not pay for it.
     let now = if stateful || pkt.frag != FRAG_NONE {
-        conntrack::now_ns()
+        pkt.now()
     } else {
         0
     };
@@ -136,7 +136,7 @@ fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decisio
     {
         return plain(reason::ACCEPT_OUTBOUND);
     }
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
     match existing_flow(pkt, &key, sender_is_a, active, settings, now) {
         Existing::Live(d) => d,

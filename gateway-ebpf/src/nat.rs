@@ -33,7 +33,7 @@ use gateway_common::{
 };
 
 use crate::{
-    conntrack, judge, maps,
+    judge, maps,
     parse::{
         ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP,
         PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_SYN,
@@ -218,18 +218,11 @@ impl Rewrite for TcRewrite<'_> {
                     new[4 * i + 2],
                     new[4 * i + 3],
                 ]);
-                // SAFETY: helper calls on the program's own skb with a 4-byte local.
+                if !self.write(at + 4 * i, n.to_ne_bytes()) {
+                    return false;
+                }
+                // SAFETY: helper calls on the program's own skb.
                 unsafe {
-                    if bpf_skb_store_bytes(
-                        skb,
-                        (at + 4 * i) as u32,
-                        (&n as *const u32).cast(),
-                        4,
-                        0,
-                    ) != 0
-                    {
-                        return false;
-                    }
                     if v4
                         && bpf_l3_csum_replace(skb, (pkt.l3 + 10) as u32, o as u64, n as u64, 4)
                             != 0
@@ -266,11 +259,11 @@ impl Rewrite for TcRewrite<'_> {
         } else {
             0
         };
-        // SAFETY: helper calls on the program's own skb with a 2-byte local.
+        if !self.write(at, n.to_ne_bytes()) {
+            return false;
+        }
+        // SAFETY: a helper call on the program's own skb.
         unsafe {
-            if bpf_skb_store_bytes(skb, at as u32, (&n as *const u16).cast(), 2, 0) != 0 {
-                return false;
-            }
             match l4_check_at(pkt) {
                 Some(c) => {
                     bpf_l4_csum_replace(
@@ -288,6 +281,26 @@ impl Rewrite for TcRewrite<'_> {
 }
 
 impl TcRewrite<'_> {
+    /// Writes `bytes` at `offset` of the linear area, if they are there: a store in place,
+    /// where `bpf_skb_store_bytes` costs a helper call, a writability check and a `memcpy`
+    /// (three per translated and forwarded packet). The verifier makes the skb writable at the
+    /// program's start (it unclones a cloned skb there) once a program writes directly.
+    #[inline(always)]
+    fn write<const N: usize>(&self, offset: usize, bytes: [u8; N]) -> bool {
+        // (Bounds for the verifier: the parse never goes past 512 bytes.)
+        if offset > 600 {
+            return false;
+        }
+        // Read again for every write: the checksum helpers invalidate packet pointers.
+        let p = self.0.data() + offset;
+        if p + N > self.0.data_end() {
+            return false;
+        }
+        // SAFETY: [p, p + N) is inside the linear area, checked above.
+        unsafe { core::ptr::write_unaligned(p as *mut [u8; N], bytes) };
+        true
+    }
+
     #[inline(always)]
     fn quoted(
         &self,
@@ -718,6 +731,15 @@ pub fn masquerade<R: Rewrite>(
     let Some(nat_addr) = interface_addr(ifindex, v4) else {
         return Nat::Untouched;
     };
+    // A memo is only written after the checks below passed for this flow and sender within
+    // the current tick, so while it lasts they need not be made again (the network prefix
+    // lookup among them): a change of the masqueraded networks, like any change of the tables,
+    // reaches the flow's packets at the next tick.
+    if !later {
+        if let Some(port) = remembered_port(pkt, flow, sender_is_a) {
+            return rewrite_source(rw, pkt, &nat_addr, port);
+        }
+    }
     // Leaving with the interface's address already: the host's own traffic, or a packet the
     // tunnel's TC forwarding translated on its way here.
     if pkt.flow.src == nat_addr
@@ -737,17 +759,11 @@ pub fn masquerade<R: Rewrite>(
     let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
         return Nat::Drop(gateway_common::stats::reason::DROP_INTERNAL);
     };
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     let f = &pkt.flow;
     // SAFETY: null, or a valid map value; concurrent packets of the flow write the same memo.
     let memo = unsafe { flow.as_mut() }
         .filter(|_| timeout_ns(s, f.proto, false) >= NatMemo::MIN_TIMEOUT_NS);
-    if let Some(port) = memo
-        .as_deref()
-        .and_then(|e| NatMemo::port(e, now, sender_is_a))
-    {
-        return rewrite_source(rw, pkt, &nat_addr, port);
-    }
     x.key = NatKey {
         local: f.src,
         remote: f.dst,
@@ -784,6 +800,19 @@ pub fn masquerade<R: Rewrite>(
         NatMemo::remember(e, port, now, sender_is_a);
     }
     rewrite_source(rw, pkt, &nat_addr, port)
+}
+
+/// The port the flow's conntrack entry remembers for this sender in the current tick, for a
+/// protocol whose translations may be remembered ([`NatMemo`]).
+#[inline(always)]
+fn remembered_port(pkt: &Packet, flow: *mut CtEntry, sender_is_a: bool) -> Option<u16> {
+    let s = maps::NAT_SETTINGS.get(0)?;
+    // SAFETY: null, or a valid map value.
+    let entry = unsafe { flow.as_ref() }?;
+    if timeout_ns(s, pkt.flow.proto, false) < NatMemo::MIN_TIMEOUT_NS {
+        return None;
+    }
+    NatMemo::port(entry, pkt.now(), sender_is_a)
 }
 
 /// The packet leaves from the masquerade address and `port`.
@@ -935,7 +964,7 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
     }
     if later {
         // Its datagram's first fragment said whose it is (none: the host's own fragments).
-        let now = conntrack::now_ns();
+        let now = pkt.now();
         // SAFETY: copied out at once.
         let Some(t) = (unsafe { maps::NAT_FRAGMENTS.get(&x.frag) }).copied() else {
             return Nat::Untouched;
@@ -959,7 +988,7 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         family: f.family,
         _pad: [0; 2],
     };
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     let in_range = f.dport >= s.port_min && f.dport <= s.port_max;
     match maps::NAT_REVERSE.get_ptr_mut(&x.key) {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
@@ -1018,7 +1047,7 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
         family: q.family,
         _pad: [0; 2],
     };
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_REVERSE.get(&x.key) } {
         Some(t) if live(&mut x.holder, &x.key, t, &maps::NAT_FORWARD, s, now) => x.target = *t,
@@ -1082,7 +1111,7 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
         family: q.family,
         _pad: [0; 2],
     };
-    let now = conntrack::now_ns();
+    let now = pkt.now();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_FORWARD.get(&x.key) } {
         Some(t)
