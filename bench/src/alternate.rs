@@ -29,7 +29,7 @@ pub fn alternate<T>(
         .collect();
     for trial in 0..trials {
         for (i, &c) in contenders.iter().enumerate() {
-            if out[i].error.is_some() {
+            if out[i].error.is_some() || crate::profiling::skips(&label(c)) {
                 continue;
             }
             match measure(c) {

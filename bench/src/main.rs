@@ -11,6 +11,7 @@ mod management;
 mod nat;
 mod plots;
 mod pps;
+mod profiling;
 mod relay;
 mod relay_pps;
 mod report;
@@ -37,6 +38,14 @@ struct Args {
     /// Measure nothing: write RESULTS.md (and plots) again from a run's JSON in results/.
     #[arg(long, value_name = "JSON")]
     render: Option<std::path::PathBuf>,
+    /// Profiling: measure only the contenders whose label contains one of these
+    /// `|`-separated strings (the run is not a result: give --out).
+    #[arg(long, value_name = "LABELS")]
+    only: Option<String>,
+    /// Profiling: frames per trial of the packet-rate scenarios (pps, relay-pps; the
+    /// established phase of stateful and nat), to hold a load for `perf` (give --out).
+    #[arg(long)]
+    frames: Option<u32>,
     /// Where results go (default: bench/ in the source tree).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
     out: std::path::PathBuf,
@@ -64,6 +73,12 @@ fn main() -> anyhow::Result<()> {
         let run: report::Run = serde_json::from_str(&std::fs::read_to_string(json)?)?;
         return run.write(&args.out);
     }
+    if (args.only.is_some() || args.frames.is_some())
+        && args.out == std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    {
+        anyhow::bail!("--only and --frames make a profiling run, not a result: give --out");
+    }
+    profiling::set(args.only.as_deref(), args.frames);
     let chosen: Option<Vec<&str>> = args
         .scenario
         .as_deref()

@@ -57,7 +57,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
     let topo = Topo::create()?;
     let mut generator = Generator::new(&topo, FRAME_BYTES)?;
     let trials = if quick { 2 } else { 5 };
-    let frames: u32 = if quick { 400_000 } else { TRIAL_FRAMES };
+    let frames = crate::profiling::frames(if quick { 400_000 } else { TRIAL_FRAMES });
     let sizes: &[usize] = if quick {
         &[10, 1_000]
     } else {

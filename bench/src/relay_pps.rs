@@ -226,7 +226,7 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     let mut generator = Generator::with_frame(&topo, channel_data_frame(frame_sizes[0]))?;
     generator.set_flows(&[(GEN_ADDR.parse()?, 3478)], 1)?;
     let trials = if quick { 2 } else { 5 };
-    let frames: u32 = if quick { 500_000 } else { TRIAL_FRAMES };
+    let frames = crate::profiling::frames(if quick { 500_000 } else { TRIAL_FRAMES });
     let outcomes = alternate(
         "bench relay-pps",
         &CONTENDERS,
