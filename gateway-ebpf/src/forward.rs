@@ -266,8 +266,7 @@ pub fn tc_forward(
     use aya_ebpf::{
         bindings::TC_ACT_REDIRECT,
         helpers::generated::{
-            bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes,
-            bpf_skb_store_bytes,
+            bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_load_bytes, bpf_skb_store_bytes,
         },
     };
     let v4 = pkt.flow.family == FAMILY_V4;
