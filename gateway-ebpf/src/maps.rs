@@ -17,7 +17,7 @@ use gateway_common::{
     nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
-    turn::{BINDING_CACHE_SLOTS, CachedBinding},
+    turn::{BINDING_CACHE_SLOTS, CachedBinding, ChannelKey, PeerKey, ToClient, ToPeer},
 };
 
 #[map(name = "ACTIVE_V1")]
@@ -144,24 +144,20 @@ pub static UNDERLAY_STATS: PerCpuArray<gateway_common::stats::Counter> =
 pub static XDP_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[map(name = "TURN_CHANNELS_V1")]
-pub static TURN_CHANNELS: HashMap<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer> =
+pub static TURN_CHANNELS: HashMap<ChannelKey, ToPeer> =
     HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_PEERS_V1")]
-pub static TURN_PEERS: HashMap<gateway_common::turn::PeerKey, gateway_common::turn::ToClient> =
+pub static TURN_PEERS: HashMap<PeerKey, ToClient> =
     HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_CHANNELS6_V1")]
-pub static TURN_CHANNELS6: HashMap<
-    gateway_common::turn::ChannelKey<[u8; 16]>,
-    gateway_common::turn::ToPeer<[u8; 16]>,
-> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+pub static TURN_CHANNELS6: HashMap<ChannelKey<[u8; 16]>, ToPeer<[u8; 16]>> =
+    HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_PEERS6_V1")]
-pub static TURN_PEERS6: HashMap<
-    gateway_common::turn::PeerKey<[u8; 16]>,
-    gateway_common::turn::ToClient<[u8; 16]>,
-> = HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
+pub static TURN_PEERS6: HashMap<PeerKey<[u8; 16]>, ToClient<[u8; 16]>> =
+    HashMap::with_max_entries(gateway_common::turn::BINDING_SLOTS, 0);
 
 #[map(name = "TURN_STATS_V1")]
 pub static TURN_STATS: PerCpuArray<Counter> =
@@ -176,31 +172,24 @@ pub static TURN_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU copies of the bindings the maps above gave (gateway_common::turn::CachedBinding):
 /// a channel's packets find theirs with an array lookup and a compare, not a hash.
+type ChannelCache<A> = PerCpuArray<CachedBinding<ChannelKey<A>, ToPeer<A>>>;
+type PeerCache<A> = PerCpuArray<CachedBinding<PeerKey<A>, ToClient<A>>>;
+
 #[map(name = "TURN_CH_CACHE_V1")]
-pub static TURN_CHANNEL_CACHE: PerCpuArray<
-    CachedBinding<gateway_common::turn::ChannelKey, gateway_common::turn::ToPeer>,
-> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+pub static TURN_CHANNEL_CACHE: ChannelCache<[u8; 4]> =
+    PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
 
 #[map(name = "TURN_PEER_CACHE_V1")]
-pub static TURN_PEER_CACHE: PerCpuArray<
-    CachedBinding<gateway_common::turn::PeerKey, gateway_common::turn::ToClient>,
-> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+pub static TURN_PEER_CACHE: PeerCache<[u8; 4]> =
+    PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
 
 #[map(name = "TURN_CH6_CACHE_V1")]
-pub static TURN_CHANNEL6_CACHE: PerCpuArray<
-    CachedBinding<
-        gateway_common::turn::ChannelKey<[u8; 16]>,
-        gateway_common::turn::ToPeer<[u8; 16]>,
-    >,
-> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+pub static TURN_CHANNEL6_CACHE: ChannelCache<[u8; 16]> =
+    PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
 
 #[map(name = "TURN_PEER6_CACHE_V1")]
-pub static TURN_PEER6_CACHE: PerCpuArray<
-    CachedBinding<
-        gateway_common::turn::PeerKey<[u8; 16]>,
-        gateway_common::turn::ToClient<[u8; 16]>,
-    >,
-> = PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+pub static TURN_PEER6_CACHE: PeerCache<[u8; 16]> =
+    PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
 
 #[map(name = "TURN_REASONS_V1")]
 pub static TURN_REASONS: PerCpuArray<Counter> =

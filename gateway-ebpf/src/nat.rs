@@ -165,6 +165,21 @@ fn addr_at(v4: bool, end: End) -> usize {
     }
 }
 
+/// A pointer to `N` bytes at `offset` of the packet's directly readable area `[data, end)`, if
+/// they are there.
+#[inline(always)]
+fn linear_at<const N: usize>(data: usize, end: usize, offset: usize) -> Option<*mut [u8; N]> {
+    // (Bounds for the verifier: the parse never goes past 512 bytes.)
+    if offset > 600 {
+        return None;
+    }
+    let p = data + offset;
+    if p + N > end {
+        return None;
+    }
+    Some(p as *mut [u8; N])
+}
+
 pub struct TcRewrite<'a>(pub &'a TcContext);
 
 impl Rewrite for TcRewrite<'_> {
@@ -287,17 +302,12 @@ impl TcRewrite<'_> {
     /// program's start (it unclones a cloned skb there) once a program writes directly.
     #[inline(always)]
     fn write<const N: usize>(&self, offset: usize, bytes: [u8; N]) -> bool {
-        // (Bounds for the verifier: the parse never goes past 512 bytes.)
-        if offset > 600 {
-            return false;
-        }
         // Read again for every write: the checksum helpers invalidate packet pointers.
-        let p = self.0.data() + offset;
-        if p + N > self.0.data_end() {
+        let Some(p) = linear_at::<N>(self.0.data(), self.0.data_end(), offset) else {
             return false;
-        }
-        // SAFETY: [p, p + N) is inside the linear area, checked above.
-        unsafe { core::ptr::write_unaligned(p as *mut [u8; N], bytes) };
+        };
+        // SAFETY: [p, p + N) is inside the linear area, checked by `linear_at`.
+        unsafe { core::ptr::write_unaligned(p, bytes) };
         true
     }
 
@@ -430,15 +440,7 @@ impl<'a> XdpRewrite<'a> {
     /// A pointer to `N` bytes at `offset` of the first buffer, if they are there.
     #[inline(always)]
     fn at<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
-        // (Bounds for the verifier: the parse never goes past 512 bytes.)
-        if offset > 600 {
-            return None;
-        }
-        let p = self.ctx.data() + offset;
-        if p + N > self.ctx.data_end() {
-            return None;
-        }
-        Some(p as *mut [u8; N])
+        linear_at::<N>(self.ctx.data(), self.ctx.data_end(), offset)
     }
 
     /// Rewrites an address of the IPv4 header at `l3` and updates its checksum, through one
@@ -762,8 +764,7 @@ pub fn masquerade<R: Rewrite>(
     let now = pkt.now();
     let f = &pkt.flow;
     // SAFETY: null, or a valid map value; concurrent packets of the flow write the same memo.
-    let memo = unsafe { flow.as_mut() }
-        .filter(|_| timeout_ns(s, f.proto, false) >= NatMemo::MIN_TIMEOUT_NS);
+    let memo = unsafe { flow.as_mut() }.filter(|_| rememberable(s, f.proto));
     x.key = NatKey {
         local: f.src,
         remote: f.dst,
@@ -802,17 +803,22 @@ pub fn masquerade<R: Rewrite>(
     rewrite_source(rw, pkt, &nat_addr, port)
 }
 
-/// The port the flow's conntrack entry remembers for this sender in the current tick, for a
-/// protocol whose translations may be remembered ([`NatMemo`]).
+/// The port the flow's conntrack entry remembers for this sender in the current tick.
 #[inline(always)]
 fn remembered_port(pkt: &Packet, flow: *mut CtEntry, sender_is_a: bool) -> Option<u16> {
     let s = maps::NAT_SETTINGS.get(0)?;
     // SAFETY: null, or a valid map value.
     let entry = unsafe { flow.as_ref() }?;
-    if timeout_ns(s, pkt.flow.proto, false) < NatMemo::MIN_TIMEOUT_NS {
+    if !rememberable(s, pkt.flow.proto) {
         return None;
     }
     NatMemo::port(entry, pkt.now(), sender_is_a)
+}
+
+/// Whether translations of `proto` live long enough to be remembered ([`NatMemo`]).
+#[inline(always)]
+fn rememberable(s: &NatSettings, proto: u8) -> bool {
+    timeout_ns(s, proto, false) >= NatMemo::MIN_TIMEOUT_NS
 }
 
 /// The packet leaves from the masquerade address and `port`.
