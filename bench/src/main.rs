@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, value_name = "LABELS")]
     only: Option<String>,
     /// Profiling: frames per trial of the packet-rate scenarios (pps, relay-pps; the
-    /// established phase of stateful and nat), to hold a load for `perf` (give --out).
+    /// both phases of stateful and nat), to hold a load for `perf` (give --out).
     #[arg(long)]
     frames: Option<u32>,
     /// Where results go (default: bench/ in the source tree).

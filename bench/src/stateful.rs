@@ -94,7 +94,7 @@ pub fn measure(
     // Long enough that the start of a trial (the DUT's NAPI thread waking, cold caches) does not
     // set the rate: with 200,000 frames, kernel forwarding, which keeps no state, measured 40%
     // fewer "new flows" per second than established packets; from 1,000,000 on, the same.
-    let new_frames: u32 = if quick { 500_000 } else { 1_000_000 };
+    let new_frames = crate::profiling::frames(if quick { 500_000 } else { 1_000_000 });
     let est_frames = crate::profiling::frames(if quick { 400_000 } else { 2_000_000 });
     let outcomes = alternate(
         tag,
