@@ -42,8 +42,8 @@ struct Args {
     /// `|`-separated strings (the run is not a result: give --out).
     #[arg(long, value_name = "LABELS")]
     only: Option<String>,
-    /// Profiling: frames per trial of the packet-rate scenarios (pps, relay-pps; the
-    /// both phases of stateful and nat), to hold a load for `perf` (give --out).
+    /// Profiling: frames per trial of the packet-rate scenarios (pps, relay-pps, and both
+    /// phases of stateful and nat), to hold a load for `perf` (give --out).
     #[arg(long)]
     frames: Option<u32>,
     /// Where results go (default: bench/ in the source tree).

@@ -708,12 +708,12 @@ pub fn leaves_translated(ctx: &TcContext, ifindex: u32) -> bool {
 }
 
 /// LAN egress: translates the source of a flow from the overlay to a masqueraded network.
-#[inline(always)]
 ///
 /// `flow` is the packet's conntrack entry when the caller has it at hand (null otherwise), with
 /// whether the sender is endpoint a of its key: within a tick in which the translation tables
 /// confirmed the flow's port, its later packets take the port from the entry's [`NatMemo`]
 /// and skip the table lookup.
+#[inline(always)]
 pub fn masquerade<R: Rewrite>(
     rw: &R,
     pkt: &Packet,
