@@ -336,36 +336,26 @@ pub fn tc_forward(
     };
     let nh_ptr = (&mut nh as *mut RedirectNeighbour).cast();
     let nh_len = size_of::<RedirectNeighbour>() as i32;
-    // In place, as the XDP path does: the IPv4 header checksum is always whole (no offload
-    // state to respect), so no helper is needed. The verifier made the skb writable at the
-    // program's start, and nothing since the check of `ip` above changed the packet.
-    // SAFETY: the TTL (and the IPv4 checksum) or the hop limit are inside [ip, ip + 20),
-    // checked above.
-    unsafe {
-        if v4 {
-            decrement_ipv4_ttl(ip);
-        } else {
-            *((ip + 7) as *mut u8) = hop - 1;
-        }
-    }
     let translated = match translate.translate(route.egress) {
         Ok(t) => t,
         Err(reason) => return TcForward::Dropped(reason),
     };
-    // From here a packet that cannot be redirected is dropped when it was translated.
-    let fallback = if translated {
-        TcForward::Dropped(reason::DROP_INTERNAL)
-    } else {
-        TcForward::Kernel
-    };
-    // SAFETY: helper calls on the program's own skb with small locals.
+    // SAFETY: helper calls on the program's own skb with small locals; the TTL write is inside
+    // [ip, ip + 20), checked just before it.
     unsafe {
-        if l3 == 0 {
+        // Where the IP header is once the packet is ready to leave.
+        let at = if l3 == 0 {
             // A tunnel without a link header (wg0, a TUN): the kernel's neighbour redirect
             // expects a MAC header in front of the IP header to replace, and drops a packet
             // that has none. A blank one (not multicast) with the packet's ethertype is enough.
             if bpf_skb_change_head(skb.cast(), 14, 0) != 0 {
-                return fallback;
+                // The packet is as it came, unless translated: a translated packet is never
+                // handed back to the kernel (see above).
+                return if translated {
+                    TcForward::Dropped(reason::DROP_INTERNAL)
+                } else {
+                    TcForward::Kernel
+                };
             }
             let ethertype: u16 = if v4 {
                 0x0800u16.to_be()
@@ -374,15 +364,30 @@ pub fn tc_forward(
             };
             // From here the packet has a header the tunnel's stack would misread: it is
             // redirected or dropped, never handed back.
-            if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0
-                || bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64
-            {
+            if bpf_skb_store_bytes(skb.cast(), 12, (&ethertype as *const u16).cast(), 2, 0) != 0 {
                 return TcForward::Dropped(reason::DROP_INTERNAL);
             }
-            return TcForward::Redirected;
+            14
+        } else {
+            l3
+        };
+        // The TTL or hop limit is lowered last, once nothing can hand the packet back to the
+        // kernel, whose forwarding lowers it again. In place, as the XDP path does: the IPv4
+        // header checksum is always whole (no offload state to respect), so no helper is
+        // needed; the verifier made the skb writable at the program's start. (The header was
+        // checked above; the rewrites since keep it in the linear data, so this check fails
+        // only if the kernel broke that.)
+        let ip = ctx.data() + at;
+        if ip + 20 > ctx.data_end() {
+            return TcForward::Dropped(reason::DROP_INTERNAL);
+        }
+        if v4 {
+            decrement_ipv4_ttl(ip);
+        } else {
+            *((ip + 7) as *mut u8) = hop - 1;
         }
         if bpf_redirect_neigh(route.egress, nh_ptr, nh_len, 0) != TC_ACT_REDIRECT as i64 {
-            return fallback;
+            return TcForward::Dropped(reason::DROP_INTERNAL);
         }
     }
     TcForward::Redirected

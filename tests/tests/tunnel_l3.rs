@@ -211,3 +211,129 @@ fn large_and_gso_writes_on_a_tun_device_are_judged_and_delivered() {
         );
     }
 }
+
+/// Receives one UDP datagram on `socket` with the TTL it arrived with (`IP_RECVTTL`): an oracle
+/// for "one hop fewer" that reads the kernel's view, not the gateway's.
+fn recv_with_ttl(socket: &std::net::UdpSocket) -> Option<(usize, u8)> {
+    let fd = socket.as_raw_fd();
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a properly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_RECVTTL,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_RECVTTL: {}", std::io::Error::last_os_error());
+    let mut buf = vec![0u8; 65536];
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: recvmsg with the buffers above (the socket's read timeout bounds the wait).
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: walking the control messages recvmsg wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TTL {
+                let ttl = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                return Some((n as usize, ttl as u8));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    panic!("no IP_TTL control message");
+}
+
+/// TC forwarding from a tunnel without a link header must push one before its redirect; where
+/// the kernel refuses that (a datagram larger than an skb may grow to without GSO, here 20 KB
+/// on jumbo MTUs), the packet goes to the kernel unchanged and the kernel forwards it. It must
+/// then arrive one hop fewer, not two: the program lowers the TTL only once nothing can hand
+/// the packet back.
+#[test]
+fn a_packet_tc_forwarding_hands_back_to_the_kernel_loses_one_hop_not_two() {
+    const PAYLOAD: usize = 20_000;
+    let id = std::process::id();
+    let gw = Netns::create(&format!("gwtunfw{id}")).expect("netns");
+    let lan = Netns::create(&format!("gwtunfwl{id}")).expect("netns");
+    let mut tun = open_tun(&gw);
+    gateway_testkit::netns::veth(&gw, "lan0", &lan, "eth0").unwrap();
+    let run = |ns: &Netns, cmd: &str| {
+        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+    };
+    run(&gw, "addr add 100.64.0.1/10 dev tun0");
+    run(&gw, "link set tun0 mtu 65000 up");
+    run(&gw, "addr add 198.18.30.1/24 dev lan0");
+    run(&gw, "link set lan0 mtu 65000");
+    run(&lan, "addr add 198.18.30.2/24 dev eth0");
+    run(&lan, "link set eth0 mtu 65000");
+    gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    gw.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
+    gw.sysctl("net.ipv4.conf.tun0.rp_filter", "0").unwrap();
+    let socket = lan
+        .run(|| std::net::UdpSocket::bind("198.18.30.2:5300").expect("bind"))
+        .unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    // The neighbour is known, as on a LAN in use: the FIB lookup succeeds at once.
+    let mac = lan.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+    run(
+        &gw,
+        &format!("neigh replace 198.18.30.2 lladdr {mac} dev lan0 nud permanent"),
+    );
+    let set = policy::parse_str(
+        "groups:\n  peers: [100.64.10.0/24]\npolicies:\n  - name: udp-in\n    source_groups: [peers]\n    destination_groups: [\"*\"]\n    action: accept\n    protocol: udp\n    ports: [5300]\n",
+        "tun.yaml",
+    )
+    .unwrap();
+    let compiled = compile::compile(&set, &compile::Limits::default()).unwrap();
+    let counters = gw
+        .run(move || {
+            let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
+            dp.apply(&compiled).expect("apply");
+            dp.attach_tunnel("tun0", gateway_dataplane::TunnelMss::Auto)
+                .expect("attach to tun0");
+            dp.enable_tc_forward(&["lan0".to_string()], &["tun0".to_string()])
+                .expect("tc forwarding");
+            let packet = |payload_len: usize, sport: u16| {
+                Spec {
+                    l3_only: true,
+                    payload_len,
+                    ..Spec::udp("100.64.10.5", "198.18.30.2", sport, 5300)
+                }
+                .build()
+            };
+            // A full-size datagram, forwarded in TC, then the one the kernel must take.
+            tun.write_all(&packet(1472, 40000)).expect("write");
+            tun.write_all(&packet(PAYLOAD, 40001)).expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            dp.verdict_counters().expect("counters")
+        })
+        .unwrap();
+    let c = |r: u32| counters[stats_index(HOOK_TUNNEL_INGRESS, r) as usize].packets;
+    assert_eq!(c(reason::ACCEPT_POLICY), 2);
+    assert_eq!(c(reason::TC_FORWARDED), 1, "the full-size datagram");
+    assert_eq!(c(reason::LEFT_TO_KERNEL), 1, "the 20 KB datagram");
+    let received: Vec<_> = std::iter::from_fn(|| recv_with_ttl(&socket)).collect();
+    assert_eq!(
+        received,
+        [(1472, 63), (PAYLOAD, 63)],
+        "(length, TTL) of the datagrams at the LAN host, sent with TTL 64"
+    );
+}
