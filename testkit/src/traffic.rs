@@ -168,17 +168,23 @@ pub fn ping(ns: &Netns, to: IpAddr) -> bool {
 }
 
 /// Datagrams UDP sockets in `ns` dropped because their receive buffer was full (the namespace's
-/// UdpRcvbufErrors): the receiving host's own drops, not the network's.
+/// UdpRcvbufErrors and Udp6RcvbufErrors): the receiving host's own drops, not the network's.
 pub fn udp_socket_drops(ns: &Netns) -> u64 {
-    let Ok(out) = ns.exec(&["nstat", "-az", "UdpRcvbufErrors"]) else {
+    // IPv6 sockets count theirs apart (Udp6RcvbufErrors, /proc/net/snmp6).
+    const COUNTERS: [&str; 2] = ["UdpRcvbufErrors", "Udp6RcvbufErrors"];
+    let Ok(out) = ns.exec(&["nstat", "-az", COUNTERS[0], COUNTERS[1]]) else {
         return 0;
     };
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find(|l| l.starts_with("UdpRcvbufErrors"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let name = fields.next()?;
+            COUNTERS
+                .contains(&name)
+                .then(|| fields.next()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// A UDP socket in `ns` bound to `addr` that keeps every datagram of a test run until it is read

@@ -684,7 +684,7 @@ mod lab {
     fn bulk(
         cp1: &Netns,
         lan1: &Netns,
-        lan1_addr: Ipv4Addr,
+        lan1_addr: IpAddr,
         transfer: Transfer,
         reverse: bool,
         port: u16,
@@ -694,7 +694,7 @@ mod lab {
         let o = iperf::run(
             cp1,
             lan1,
-            IpAddr::V4(lan1_addr),
+            lan1_addr,
             Run {
                 transfer,
                 reverse,
@@ -847,7 +847,14 @@ mod lab {
             (big, false, 5205),
             (big, true, 5206),
         ] {
-            bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
+            bulk(
+                &cp1.ns,
+                &lan1.ns,
+                IpAddr::V4(lan1.addr),
+                transfer,
+                reverse,
+                port,
+            );
         }
         let st = gw.status::<Report>(&lab.gw).unwrap();
         // The 3000-byte datagrams crossed as fragments both ways (later fragments are accepted
@@ -1066,7 +1073,14 @@ mod lab {
                 5214 + offset,
             ),
         ] {
-            bulk(&cp1.ns, &lan1.ns, lan1.addr, transfer, reverse, port);
+            bulk(
+                &cp1.ns,
+                &lan1.ns,
+                IpAddr::V4(lan1.addr),
+                transfer,
+                reverse,
+                port,
+            );
         }
         // Accepted traffic to the gateway itself is no route out of a LAN interface: the TC
         // program leaves it to the kernel, which delivers it, and counts it.
@@ -1106,6 +1120,132 @@ mod lab {
             assert!(lan_forwarded > 10_000, "{lan_attach}: {:?}", st.counters);
         } else {
             assert_eq!(lan_forwarded, 0, "{lan_attach}: {:?}", st.counters);
+        }
+        for r in [
+            "truncated",
+            "headers_not_linear",
+            "nat_exhausted",
+            "internal",
+        ] {
+            assert_eq!(
+                st.counters
+                    .iter()
+                    .filter(|c| c.reason == r)
+                    .map(|c| c.packets)
+                    .sum::<u64>(),
+                0,
+                "{r}: {:?}",
+                st.counters
+            );
+        }
+        assert!(gw.stop().unwrap().success());
+    }
+
+    /// IPv6 end to end, as IPv4 above: cp1 and lan1 get IPv6 addresses (overlay fd00:64::/48,
+    /// LAN fd00:18:10::/64), and the gateway masquerades toward the LAN's IPv6 network and
+    /// forwards in TC both ways (the LAN attached at TC). Neighbour discovery is the hosts' own.
+    #[test]
+    fn ipv6_peers_reach_the_lan_as_the_gateway_through_tc_forwarding() {
+        let lab = Lab::seed().expect("lab");
+        let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
+        let run = |ns: &Netns, cmd: &str| {
+            ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+        };
+        // The lab switches IPv6 off; on for the three namespaces this test uses.
+        for ns in [&lab.gw, &cp1.ns, &lan1.ns] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0").unwrap();
+        }
+        lab.gw.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+        run(
+            &lab.gw,
+            &format!("-6 addr add fd00:64::1/128 dev {} nodad", cp1.gw_if),
+        );
+        run(
+            &lab.gw,
+            &format!("-6 route add fd00:64::10:1/128 dev {}", cp1.gw_if),
+        );
+        run(&cp1.ns, "-6 addr add fd00:64::10:1/128 dev eth0 nodad");
+        run(
+            &cp1.ns,
+            "-6 route add default via fd00:64::1 dev eth0 onlink",
+        );
+        run(&lab.gw, "-6 addr add fd00:18:10::1/64 dev lan0 nodad");
+        run(&lan1.ns, "-6 addr add fd00:18:10::10/64 dev eth0 nodad");
+        run(&lan1.ns, "-6 route add default via fd00:18:10::1");
+        let policy = OPEN
+            .replace(
+                "[\"100.64.0.0/10\"]",
+                "[\"100.64.0.0/10\", \"fd00:64::/48\"]",
+            )
+            .replace(
+                "[\"198.18.10.0/24\"]",
+                "[\"198.18.10.0/24\", \"fd00:18:10::/64\"]",
+            );
+        assert_ne!(policy, OPEN);
+        let gw = start_with_policy(
+            &lab,
+            &policy,
+            "  tunnel_forward: tc\noverlay:\n  ipv4: 100.64.0.0/10\n  ipv6: fd00:64::/48\nmasquerade:\n  networks: [198.18.10.0/24, \"fd00:18:10::/64\"]\n  ports: 25000-25999\n",
+            "tc",
+        );
+        let (lan1_v6, gw_lan_v6): (IpAddr, IpAddr) = (
+            "fd00:18:10::10".parse().unwrap(),
+            "fd00:18:10::1".parse().unwrap(),
+        );
+        let listener = lan1
+            .ns
+            .run_scoped(|| TcpListener::bind("[fd00:18:10::10]:443"))
+            .unwrap()
+            .expect("listen on lan1");
+        let mut c = cp1
+            .ns
+            .run_scoped(|| {
+                TcpStream::connect_timeout(&SocketAddr::new(lan1_v6, 443), Duration::from_secs(5))
+            })
+            .unwrap()
+            .expect("cp1 connects over IPv6");
+        let (mut s, seen) = listener.accept().unwrap();
+        assert_eq!(seen.ip(), gw_lan_v6, "lan1 sees the gateway's LAN address");
+        assert!(
+            (25_000..=25_999).contains(&seen.port()),
+            "a port of the masquerade's range: {seen}"
+        );
+        relay(&mut c, &mut s, b"over IPv6").unwrap();
+        relay(&mut s, &mut c, b"and back").unwrap();
+        for (transfer, reverse, port) in [
+            (Transfer::Tcp, false, 5231),
+            (Transfer::Tcp, true, 5232),
+            (
+                Transfer::Udp {
+                    payload: 1400,
+                    mbit_per_s: 150,
+                },
+                false,
+                5233,
+            ),
+            (
+                Transfer::Udp {
+                    payload: 1400,
+                    mbit_per_s: 150,
+                },
+                true,
+                5234,
+            ),
+        ] {
+            bulk(&cp1.ns, &lan1.ns, lan1_v6, transfer, reverse, port);
+        }
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        for (direction, reason) in [
+            ("tunnel_ingress", "tc_forwarded"),
+            ("lan", "masqueraded"),
+            ("lan", "unmasqueraded"),
+            ("lan", "tc_forwarded"),
+        ] {
+            assert!(
+                counted(&st, direction, reason) > 10_000,
+                "{direction} {reason}: {:?}",
+                st.counters
+            );
         }
         for r in [
             "truncated",
@@ -1179,8 +1319,22 @@ mod lab {
         assert_eq!(seen, SocketAddr::new(IpAddr::V4(cp1.addr), 25_300));
         relay(&mut c, &mut s, b"via the router").unwrap();
         relay(&mut s, &mut c, b"and back").unwrap();
-        bulk(&cp1.ns, &lan1.ns, behind, Transfer::Tcp, false, 5311);
-        bulk(&cp1.ns, &lan1.ns, behind, Transfer::Tcp, true, 5312);
+        bulk(
+            &cp1.ns,
+            &lan1.ns,
+            IpAddr::V4(behind),
+            Transfer::Tcp,
+            false,
+            5311,
+        );
+        bulk(
+            &cp1.ns,
+            &lan1.ns,
+            IpAddr::V4(behind),
+            Transfer::Tcp,
+            true,
+            5312,
+        );
         let st = gw.status::<Report>(&lab.gw).unwrap();
         assert!(
             counted(&st, "tunnel_ingress", "tc_forwarded") > 1_000,
