@@ -314,7 +314,7 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     // LAN host's own packet in the quote (RFC 5508), so the LAN host learns the path MTU toward
     // the address it actually talks to and fragments the next answers. Without that it keeps
     // sending what cannot pass: a black hole.
-    let echo = udp_echo(&lab.lan, 7);
+    let echo = udp_echo(&lab.lan, SocketAddr::new(lan, 7));
     let answered = exchange_large(&p1.ns, SocketAddr::new(lan, 7), 1400, 20);
     drop(echo);
     assert_eq!(
@@ -396,10 +396,176 @@ fn a_restart_of_the_userspace_device_ends_its_sessions_and_peers_reconnect() {
     assert!(st.wireguard.unwrap().peers[0].handshake_age_secs.is_some());
 }
 
+/// IPv6 through real WireGuard, the kernel forwarding (the LAN's XDP program and the tunnel's
+/// TC programs judging and translating).
+#[test]
+fn ipv6_crosses_the_tunnel_masqueraded_both_ways() {
+    ipv6_through_the_tunnel("");
+}
+
+/// The same with the tunnel's traffic forwarded in TC: the bare IPv6 packet gets its link
+/// header there.
+#[test]
+fn ipv6_crosses_the_tunnel_masqueraded_both_ways_forwarded_in_tc() {
+    ipv6_through_the_tunnel("  tunnel_forward: tc\n");
+}
+
+/// The gateway's interface gets fd00:64::1/64 beside its IPv4 address, the peer fd00:64::2,
+/// and the LAN's fd00:18:10::/64 is masqueraded. TCP both ways at default offloads; 1400-byte
+/// datagrams from the peer (fragmented by the peer at the tunnel's 1280-byte MTU: IPv6 leaves
+/// fragmentation to the sender); 1400-byte answers from the LAN host, which only arrive once
+/// the gateway's "packet too big" reached it through the masquerade, quoting what the LAN host
+/// sent.
+fn ipv6_through_the_tunnel(interfaces_extra: &str) {
+    const LAN6: &str = "fd00:18:10::10";
+    const GW_LAN6: &str = "fd00:18:10::1";
+    let lab = WgLab::new(1).expect("lab");
+    let p1 = &lab.peers[0];
+    let run = |ns: &gateway_testkit::netns::Netns, cmd: &str| {
+        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+    };
+    lab.gw.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    run(&lab.gw, &format!("-6 addr add {GW_LAN6}/64 dev lan0 nodad"));
+    run(&lab.lan, &format!("-6 addr add {LAN6}/64 dev eth0 nodad"));
+    run(&lab.lan, &format!("-6 route add default via {GW_LAN6}"));
+    let wg = &p1.peer.interface;
+    run(&p1.ns, &format!("-6 addr add fd00:64::2/64 dev {wg} nodad"));
+    run(&p1.ns, &format!("-6 route add fd00:18:10::/64 dev {wg}"));
+    std::fs::write(
+        lab.dir.join("policy.yaml"),
+        POLICY
+            .replace(
+                "[\"100.64.0.2/32\"]",
+                "[\"100.64.0.2/32\", \"fd00:64::2/128\"]",
+            )
+            .replace(
+                "[\"198.18.10.0/24\"]",
+                "[\"198.18.10.0/24\", \"fd00:18:10::/64\"]",
+            ),
+    )
+    .unwrap();
+    let cfg = format!(
+        "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n\
+         overlay:\n  ipv4: 100.64.0.0/10\n  ipv6: fd00:64::/64\n\
+         wireguard:\n  backend: userspace\n  interface: {}\n  address: {WG_GW_OVERLAY}/10\n  address_v6: fd00:64::1/64\n  peers:\n\
+         \x20   - public_key: {}\n      allowed_ips: [{}/32, \"fd00:64::2/128\"]\n\
+         interfaces:\n{interfaces_extra}  lan:\n    - name: lan0\n\
+         masquerade:\n  networks: [198.18.10.0/24, \"fd00:18:10::/64\"]\n",
+        lab.pin_dir().display(),
+        lab.gw_interface,
+        p1.peer.public_key,
+        p1.overlay,
+    );
+    let cfg_path = lab.dir.join("gateway.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let gw = GatewayProcess::start_with(
+        &gateway_binary(),
+        &lab.gw,
+        &cfg_path,
+        &lab.dir.join("gateway.log"),
+        &["--state-dir", lab.state_dir().to_str().unwrap()],
+    )
+    .expect("gateway starts");
+    p1.peer
+        .add_peer(
+            &public_key(&lab),
+            Some(&format!("{}:51820", p1.gw_underlay)),
+            "100.64.0.0/10,198.18.10.0/24,fd00:64::/64,fd00:18:10::/64",
+            25,
+        )
+        .unwrap();
+    let lan: IpAddr = LAN6.parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || traffic::ping(&p1.ns, lan)),
+        "ping6 through the tunnel\n{}",
+        gw.log_text()
+    );
+    // The LAN host sees the gateway's LAN address.
+    let listener = lab
+        .lan
+        .run(move || TcpListener::bind(SocketAddr::new(lan, 443)))
+        .unwrap()
+        .expect("listen");
+    let _client = p1
+        .ns
+        .run(move || {
+            std::net::TcpStream::connect_timeout(&SocketAddr::new(lan, 443), Duration::from_secs(5))
+        })
+        .unwrap()
+        .expect("connect over IPv6");
+    let (_, seen) = listener.accept().unwrap();
+    assert_eq!(seen.ip(), GW_LAN6.parse::<IpAddr>().unwrap());
+    bulk_tcp_both_ways(&lab, &gw, lan, 3, 5_000_000);
+    let socket_drops = traffic::udp_socket_drops(&lab.lan);
+    let out = iperf::run(
+        &p1.ns,
+        &lab.lan,
+        lan,
+        Run {
+            transfer: Transfer::Udp {
+                payload: 1400,
+                mbit_per_s: 20,
+            },
+            reverse: false,
+            seconds: 3,
+            port: 5202,
+        },
+    )
+    .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
+    let socket_drops = traffic::udp_socket_drops(&lab.lan) - socket_drops;
+    assert!(
+        out.packets > 1000
+            && out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3,
+        "1400-byte datagrams, fragmented by the peer: {out:?}, {socket_drops} at the socket\n{:?}",
+        gw.status::<Report>(&lab.gw).map(|s| s.counters)
+    );
+    let echo = udp_echo(&lab.lan, SocketAddr::new(lan, 7));
+    let answered = exchange_large(&p1.ns, SocketAddr::new(lan, 7), 1400, 20);
+    drop(echo);
+    assert_eq!(
+        answered,
+        20,
+        "1400-byte answers through the tunnel\n{:?}",
+        gw.status::<Report>(&lab.gw).map(|s| s.counters)
+    );
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(
+        counted(&st, "lan", "masqueraded") > 1000,
+        "{:?}",
+        st.counters
+    );
+    // Every TCP connection of this test is IPv6: the LAN host's SYN-ACKs (MSS 1440) were
+    // lowered on their way into the tunnel (to its MTU − 60).
+    assert!(
+        counted(&st, "tunnel_egress", "mss_clamped") > 0,
+        "{:?}",
+        st.counters
+    );
+    if !interfaces_extra.is_empty() {
+        assert!(
+            counted(&st, "tunnel_ingress", "tc_forwarded") > 1000,
+            "{:?}",
+            st.counters
+        );
+    }
+    for r in ["truncated", "headers_not_linear", "internal"] {
+        assert_eq!(
+            st.counters
+                .iter()
+                .filter(|c| c.reason == r)
+                .map(|c| c.packets)
+                .sum::<u64>(),
+            0,
+            "{r}: {:?}",
+            st.counters
+        );
+    }
+}
+
 /// A UDP echo server (an unconnected socket, as DNS servers run) in `ns`; stops when dropped.
-fn udp_echo(ns: &gateway_testkit::netns::Netns, port: u16) -> EchoServer {
+fn udp_echo(ns: &gateway_testkit::netns::Netns, at: SocketAddr) -> EchoServer {
     let sock = ns
-        .run(move || std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .run(move || std::net::UdpSocket::bind(at))
         .unwrap()
         .expect("bind");
     sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -443,7 +609,12 @@ fn exchange_large(
     count: usize,
 ) -> usize {
     ns.run(move || {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any: IpAddr = if to.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let sock = std::net::UdpSocket::bind((any, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut answered = 0;
