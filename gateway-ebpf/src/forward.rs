@@ -75,6 +75,7 @@ pub fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
         end: ctx.data_end(),
         len: ctx.data_end() - ctx.data(),
         xdp: core::ptr::null_mut(),
+        skb: core::ptr::null_mut(),
     };
     let Ok(check) = b.be16_at(l4 + field) else {
         return false;

@@ -65,6 +65,7 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
         len: ctx.data_end() - ctx.data(),
         xdp: ctx.ctx,
+        skb: core::ptr::null_mut(),
     };
     let d = match judge::parse_packet(&bytes, Link::Ethernet) {
         Ok(pkt) => {
@@ -155,6 +156,7 @@ fn tc_bytes(ctx: &TcContext) -> Bytes {
         end: ctx.data_end(),
         len: len as usize,
         xdp: core::ptr::null_mut(),
+        skb: ctx.skb.skb,
     }
 }
 
@@ -330,6 +332,7 @@ pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
         len: ctx.data_end() - ctx.data(),
         xdp: ctx.ctx,
+        skb: core::ptr::null_mut(),
     };
     let r = underlay::filter(&bytes);
     underlay::count(r, 1, bytes.len as u64);

@@ -5,7 +5,10 @@
 //! in fragments. Headers are read from the linear area (the TC programs make them linear
 //! first); lengths are checked against the packet's real length.
 
-use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len};
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    helpers::generated::bpf_xdp_get_buff_len,
+};
 use gateway_common::stats::reason;
 
 /// The bytes of one packet: `[start, end)` is what the program can read; `len` how long the
@@ -19,6 +22,9 @@ pub struct Bytes {
     pub len: usize,
     /// The XDP context, or null for an skb.
     pub xdp: *mut xdp_md,
+    /// The TC context, or null for an XDP frame. (Either context, where set, also serves the
+    /// parse's one route lookup: see `parse::stays_on_host`.)
+    pub skb: *mut __sk_buff,
 }
 
 impl Bytes {

@@ -42,7 +42,8 @@ pub const ICMP_ERROR: u8 = 2;
 pub const ICMP_OTHER: u8 = 3;
 /// IPv6 neighbour discovery (router/neighbour solicitation and advertisement) on an Ethernet
 /// link, from the link itself (hop limit 255, RFC 4861) and to a link-local or link-scope
-/// multicast address: the IPv6 counterpart of ARP. Anywhere else it is [`ICMP_OTHER`].
+/// multicast address, or to a unicast address the kernel would not forward it from (the
+/// host's own): the IPv6 counterpart of ARP. Anywhere else it is [`ICMP_OTHER`].
 pub const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
 
 /// Which end of an ICMP echo exchange sent the packet ([`Flow::echo`]).
@@ -326,11 +327,52 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
         && (link != Link::Ethernet
             || h[7] != 255
             || pkt.frag != FRAG_NONE
-            || !link_scope_v6(&pkt.flow.dst))
+            || !(link_scope_v6(&pkt.flow.dst) || stays_on_host(b, &pkt.flow)))
     {
         pkt.icmp = ICMP_OTHER;
     }
     Ok(())
+}
+
+/// Whether the kernel would keep a packet of `flow` (IPv6) on this host rather than forward
+/// it: its route is local (or there is none, or forwarding is off), as the FIB answers for the
+/// arrival interface. Neighbour discovery addressed to a unicast address (unreachability
+/// probes, solicited advertisements answering a global source) is the host's own business
+/// only then; anything the kernel would forward meets the policy.
+#[inline(always)]
+fn stays_on_host(b: &Bytes, flow: &Flow) -> bool {
+    use aya_ebpf::{
+        bindings::{BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NOT_FWDED, bpf_fib_lookup},
+        helpers::generated::bpf_fib_lookup as fib_lookup,
+    };
+    use gateway_common::forward::addr_words;
+    // SAFETY: each pointer is null or the program's own context.
+    let (ctx, ifindex): (*mut core::ffi::c_void, u32) = unsafe {
+        if !b.xdp.is_null() {
+            (b.xdp.cast(), (*b.xdp).ingress_ifindex)
+        } else if !b.skb.is_null() {
+            (b.skb.cast(), (*b.skb).ifindex)
+        } else {
+            return false;
+        }
+    };
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = 10; // AF_INET6
+    fib.l4_protocol = PROTO_ICMPV6;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_3.ipv6_src = addr_words(&flow.src);
+    fib.__bindgen_anon_4.ipv6_dst = addr_words(&flow.dst);
+    // SAFETY: plain helper call on the program's context with a properly sized parameter block.
+    let rc = unsafe {
+        fib_lookup(
+            ctx,
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 || rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64
 }
 
 /// fe80::/10 (link-local unicast) or ff02::/16 (link-scope multicast): where neighbour

@@ -1823,52 +1823,93 @@ fn other_icmp_types_are_judged_one_by_one() {
     }
 }
 
-/// Neighbour discovery belongs to an Ethernet link: on the L3 tunnel, or addressed beyond the
-/// link (a global unicast address), it is ordinary ICMPv6 and meets the policy.
+/// Neighbour discovery belongs to an Ethernet link: on the L3 tunnel, or addressed to a unicast
+/// address the gateway would forward it to, it is ordinary ICMPv6 and meets the policy. To the
+/// gateway's own address (an unreachability probe, the answer to a solicitation from a global
+/// source) it is the host's own, as to link-scope addresses. In a namespace of its own: the
+/// answer depends on its routes.
 #[test]
-fn neighbor_discovery_only_on_ethernet_to_link_scope_addresses() {
-    let mut h = Harness::new(POLICY);
-    let nd = |dst: &str| Spec {
-        ttl: 255,
-        ..Spec::new(
-            "fe80::2",
-            dst,
-            L4::Icmp {
-                kind: 135,
-                code: 0,
-                rest: [0; 4],
-                body: vec![0; 16],
-            },
-        )
-    };
-    h.expect(IN, &nd("fe80::1").build(), PASS_NEIGHBOR_DISCOVERY);
-    h.expect(IN, &nd("ff02::1:ff00:1").build(), PASS_NEIGHBOR_DISCOVERY);
-    h.expect(IN, &nd(S6).build(), DROP_DEFAULT);
-    h.expect(OUT, &nd(S6).build(), ACCEPT_OUTBOUND);
-    h.expect(
-        IN,
-        &Spec {
-            src: C6.parse().unwrap(),
+fn neighbor_discovery_only_on_ethernet_to_link_scope_or_own_addresses() {
+    let ns = gateway_testkit::netns::Netns::create(&format!("gwnd{}", std::process::id()))
+        .expect("netns");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    for cmd in [
+        "link add d0 type veth peer name d1",
+        "link set d0 up",
+        "link set d1 up",
+        "-6 addr add fd00:99::1/64 dev d0 nodad",
+        // S6's network is routed (forwarded) out of d0.
+        "-6 route add fd00:20::/64 dev d0",
+    ] {
+        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+    }
+    ns.run_scoped(|| {
+        let mut h = Harness::new(POLICY);
+        let nd = |dst: &str| Spec {
+            ttl: 255,
+            ..Spec::new(
+                "fe80::2",
+                dst,
+                L4::Icmp {
+                    kind: 135,
+                    code: 0,
+                    rest: [0; 4],
+                    body: vec![0; 16],
+                },
+            )
+        };
+        h.expect(IN, &nd("fe80::1").build(), PASS_NEIGHBOR_DISCOVERY);
+        h.expect(IN, &nd("ff02::1:ff00:1").build(), PASS_NEIGHBOR_DISCOVERY);
+        h.expect(IN, &nd("fd00:99::1").build(), PASS_NEIGHBOR_DISCOVERY);
+        let advert = Spec {
+            ttl: 255,
+            ..Spec::new(
+                "fd00:10::7",
+                "fd00:99::1",
+                L4::Icmp {
+                    kind: 136,
+                    code: 0,
+                    rest: [0x60, 0, 0, 0],
+                    body: vec![0; 16],
+                },
+            )
+        };
+        h.expect_ctx(
+            IN,
+            &advert.build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            "an advertisement answering the gateway's own solicitation",
+        );
+        // The kernel never forwards a packet from a link-local source: it stays too.
+        h.expect(IN, &nd(S6).build(), PASS_NEIGHBOR_DISCOVERY);
+        // From a global source to an address routed onward: forwardable, so the policy's.
+        let from = |src: &str| Spec {
+            src: src.parse().unwrap(),
             ..nd(S6)
+        };
+        h.expect(IN, &from("fd00:30::9").build(), DROP_DEFAULT);
+        h.expect(OUT, &from("fd00:30::9").build(), ACCEPT_OUTBOUND);
+        h.expect(IN, &from(C6).build(), ACCEPT_POLICY);
+        // On a tunnel without a link layer there are no neighbours to discover, not even the
+        // gateway's own.
+        let before = h.count(IN, DROP_DEFAULT);
+        for dst in ["ff02::1:ff00:1", "fd00:99::1"] {
+            let l3 = Spec {
+                l3_only: true,
+                ..nd(dst)
+            };
+            assert_eq!(
+                h.tc_l3(true, &l3.build()),
+                gateway_testkit::harness::TC_ACT_SHOT
+            );
         }
-        .build(),
-        ACCEPT_POLICY,
-    );
-    // On a tunnel without a link layer there are no neighbours to discover.
-    let before = h.count(IN, DROP_DEFAULT);
-    let l3 = Spec {
-        l3_only: true,
-        ..nd("ff02::1:ff00:1")
-    };
-    assert_eq!(
-        h.tc_l3(true, &l3.build()),
-        gateway_testkit::harness::TC_ACT_SHOT
-    );
-    assert_eq!(
-        h.count(IN, DROP_DEFAULT) - before,
-        1,
-        "counted as a default deny, not as neighbour discovery"
-    );
+        assert_eq!(
+            h.count(IN, DROP_DEFAULT) - before,
+            2,
+            "counted as default denies, not as neighbour discovery"
+        );
+    })
+    .unwrap();
 }
 
 /// An error quoting a protocol without ports must not pick up the ports of an earlier packet

@@ -398,3 +398,66 @@ fn lan_fallback_modes_enforce_the_same_policy() {
         assert!(gw.stop().unwrap().success());
     }
 }
+
+/// IPv6 on an Ethernet tunnel interface: the gateway resolves a peer's address itself for its
+/// own traffic (a ping from its overlay address). The peer's advertisement answers the
+/// gateway's global address; dropped there, the neighbour entry fails and the gateway cannot
+/// reach the peer at all.
+#[test]
+fn the_gateway_resolves_a_peers_ipv6_address_on_an_ethernet_tunnel() {
+    let lab = Lab::seed().expect("lab");
+    let cp1 = lab.host("cp1");
+    // The lab switches IPv6 off; on for the two namespaces this test uses.
+    for ns in [&lab.gw, &cp1.ns] {
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0").unwrap();
+    }
+    let run = |ns: &gateway_testkit::netns::Netns, cmd: &str| {
+        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+    };
+    run(
+        &lab.gw,
+        &format!("-6 addr add fd00:64::1/128 dev {} nodad", cp1.gw_if),
+    );
+    run(
+        &lab.gw,
+        &format!("-6 route add fd00:64::10:1/128 dev {}", cp1.gw_if),
+    );
+    run(&cp1.ns, "-6 addr add fd00:64::10:1/128 dev eth0 nodad");
+    run(&cp1.ns, "-6 route add fd00:64::1/128 dev eth0");
+    let gw = start(&lab, SEED_POLICY);
+    let ping = lab
+        .gw
+        .command("ping")
+        .args([
+            "-6",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            "-I",
+            "fd00:64::1",
+            "fd00:64::10:1",
+        ])
+        .output()
+        .expect("ping");
+    let st: Report = gw.status(&lab.gw).unwrap();
+    let n = |direction: &str, reason: &str| -> u64 {
+        st.counters
+            .iter()
+            .filter(|c| c.direction == direction && c.reason == reason)
+            .map(|c| c.packets)
+            .sum()
+    };
+    assert!(
+        ping.status.success(),
+        "{}\n{:?}",
+        String::from_utf8_lossy(&ping.stdout),
+        st.counters
+    );
+    assert!(
+        n("tunnel_ingress", "neighbor_discovery") >= 1,
+        "{:?}",
+        st.counters
+    );
+    assert_eq!(n("tunnel_ingress", "default_deny"), 0, "{:?}", st.counters);
+}
