@@ -335,8 +335,8 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
 }
 
 /// Whether the kernel would keep a packet of `flow` (IPv6) on this host rather than forward
-/// it: its route is local (or there is none, or forwarding is off), as the FIB answers for the
-/// arrival interface. Neighbour discovery addressed to a unicast address (unreachability
+/// it: its route is local (or there is none, forwarding is off, or the source is link-local,
+/// which is never forwarded), as the FIB answers for the arrival interface. Neighbour discovery addressed to a unicast address (unreachability
 /// probes, solicited advertisements answering a global source) is the host's own business
 /// only then; anything the kernel would forward meets the policy.
 #[inline(always)]
