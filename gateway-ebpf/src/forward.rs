@@ -172,7 +172,7 @@ fn lookup(ctx: &XdpContext, pkt: &Packet, now: u64) -> Option<FibRoute> {
 /// A FIB lookup's parameters for the packet's destination (and source), arriving on `ifindex`,
 /// `tot_len` bytes long (the FIB checks the egress MTU against it).
 #[inline(always)]
-fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
+pub fn fib_params(ifindex: u32, pkt: &Packet, tot_len: u32) -> FibParams {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.ifindex = ifindex;

@@ -327,25 +327,24 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
         && (link != Link::Ethernet
             || h[7] != 255
             || pkt.frag != FRAG_NONE
-            || !(link_scope_v6(&pkt.flow.dst) || stays_on_host(b, &pkt.flow)))
+            || !(link_scope_v6(&pkt.flow.dst) || stays_on_host(b, pkt)))
     {
         pkt.icmp = ICMP_OTHER;
     }
     Ok(())
 }
 
-/// Whether the kernel would keep a packet of `flow` (IPv6) on this host rather than forward
+/// Whether the kernel would keep `pkt` (IPv6) on this host rather than forward
 /// it: its route is local (or there is none, forwarding is off, or the source is link-local,
 /// which is never forwarded), as the FIB answers for the arrival interface. Neighbour discovery addressed to a unicast address (unreachability
 /// probes, solicited advertisements answering a global source) is the host's own business
 /// only then; anything the kernel would forward meets the policy.
 #[inline(always)]
-fn stays_on_host(b: &Bytes, flow: &Flow) -> bool {
+fn stays_on_host(b: &Bytes, pkt: &Packet) -> bool {
     use aya_ebpf::{
         bindings::{BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NOT_FWDED, bpf_fib_lookup},
         helpers::generated::bpf_fib_lookup as fib_lookup,
     };
-    use gateway_common::forward::addr_words;
     // SAFETY: each pointer is null or the program's own context.
     let (ctx, ifindex): (*mut core::ffi::c_void, u32) = unsafe {
         if !b.xdp.is_null() {
@@ -356,13 +355,7 @@ fn stays_on_host(b: &Bytes, flow: &Flow) -> bool {
             return false;
         }
     };
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = 10; // AF_INET6
-    fib.l4_protocol = PROTO_ICMPV6;
-    fib.ifindex = ifindex;
-    fib.__bindgen_anon_3.ipv6_src = addr_words(&flow.src);
-    fib.__bindgen_anon_4.ipv6_dst = addr_words(&flow.dst);
+    let mut fib = crate::forward::fib_params(ifindex, pkt, pkt.ip_len);
     // SAFETY: plain helper call on the program's context with a properly sized parameter block.
     let rc = unsafe {
         fib_lookup(

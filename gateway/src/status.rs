@@ -37,6 +37,26 @@ pub struct Report {
     pub underlay: Vec<UnderlayCounter>,
 }
 
+impl Report {
+    /// Packets counted at `direction` (a hook) for `reason`.
+    pub fn packets(&self, direction: &str, reason: &str) -> u64 {
+        self.counters
+            .iter()
+            .filter(|c| c.direction == direction && c.reason == reason)
+            .map(|c| c.packets)
+            .sum()
+    }
+
+    /// Packets counted for `reason` at any hook.
+    pub fn packets_for(&self, reason: &str) -> u64 {
+        self.counters
+            .iter()
+            .filter(|c| c.reason == reason)
+            .map(|c| c.packets)
+            .sum()
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct UnderlayCounter {
     pub reason: String,

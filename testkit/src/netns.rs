@@ -54,6 +54,11 @@ impl Netns {
         sh(&full)
     }
 
+    /// `ip -n NAME` with `line`'s words (`"-6 addr add fd00::1/64 dev eth0"`).
+    pub fn ip_line(&self, line: &str) -> anyhow::Result<Output> {
+        self.ip(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// `ip netns exec NAME ...`
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<Output> {
         exec_in(&self.name, args)

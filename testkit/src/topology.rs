@@ -25,6 +25,8 @@ pub const NETNS_PREFIX: &str = "gwlab";
 pub const SEED_POLICY: &str = include_str!("../../examples/policy.yaml");
 /// The gateway's address on every tunnel-side link (the seed's "100.64.0.1 - gateway").
 pub const GATEWAY_OVERLAY_ADDR: &str = "100.64.0.1";
+/// The gateway's IPv6 overlay address, for tests that add IPv6 ([`Lab::add_ipv6_peer`]).
+pub const GATEWAY_OVERLAY_ADDR6: &str = "fd00:64::1";
 pub const GATEWAY_LAN_ADDR: &str = "198.18.10.1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +180,28 @@ impl Lab {
             });
         }
         Ok(lab)
+    }
+
+    /// Gives the tunnel-side `host` the IPv6 overlay address `addr` beside its IPv4 one (the
+    /// lab starts with IPv6 off): IPv6 on in its namespace and the gateway's, the gateway's
+    /// IPv6 overlay address on the host's link, a route to the host, and the host's default
+    /// route through the gateway.
+    pub fn add_ipv6_peer(&self, host: &Host, addr: &str) -> anyhow::Result<()> {
+        for ns in [&self.gw, &host.ns] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0")?;
+        }
+        let gw_if = &host.gw_if;
+        self.gw.ip_line(&format!(
+            "-6 addr add {GATEWAY_OVERLAY_ADDR6}/128 dev {gw_if} nodad"
+        ))?;
+        self.gw
+            .ip_line(&format!("-6 route add {addr}/128 dev {gw_if}"))?;
+        host.ns
+            .ip_line(&format!("-6 addr add {addr}/128 dev eth0 nodad"))?;
+        host.ns.ip_line(&format!(
+            "-6 route add default via {GATEWAY_OVERLAY_ADDR6} dev eth0 onlink"
+        ))?;
+        Ok(())
     }
 
     pub fn host(&self, name: &str) -> &Host {

@@ -1841,7 +1841,7 @@ fn neighbor_discovery_only_on_ethernet_to_link_scope_or_own_addresses() {
         // S6's network is routed (forwarded) out of d0.
         "-6 route add fd00:20::/64 dev d0",
     ] {
-        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+        ns.ip_line(cmd).unwrap();
     }
     ns.run_scoped(|| {
         let mut h = Harness::new(POLICY);

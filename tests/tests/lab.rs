@@ -8,7 +8,7 @@ use gateway_testkit::harness::gateway_binary;
 use gateway_testkit::{
     process::{GatewayProcess, LAB_METRICS_ADDR},
     topology::Lab,
-    topology::SEED_POLICY,
+    topology::{GATEWAY_OVERLAY_ADDR6, SEED_POLICY},
     traffic,
 };
 
@@ -407,23 +407,7 @@ fn lan_fallback_modes_enforce_the_same_policy() {
 fn the_gateway_resolves_a_peers_ipv6_address_on_an_ethernet_tunnel() {
     let lab = Lab::seed().expect("lab");
     let cp1 = lab.host("cp1");
-    // The lab switches IPv6 off; on for the two namespaces this test uses.
-    for ns in [&lab.gw, &cp1.ns] {
-        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0").unwrap();
-    }
-    let run = |ns: &gateway_testkit::netns::Netns, cmd: &str| {
-        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
-    };
-    run(
-        &lab.gw,
-        &format!("-6 addr add fd00:64::1/128 dev {} nodad", cp1.gw_if),
-    );
-    run(
-        &lab.gw,
-        &format!("-6 route add fd00:64::10:1/128 dev {}", cp1.gw_if),
-    );
-    run(&cp1.ns, "-6 addr add fd00:64::10:1/128 dev eth0 nodad");
-    run(&cp1.ns, "-6 route add fd00:64::1/128 dev eth0");
+    lab.add_ipv6_peer(cp1, "fd00:64::10:1").unwrap();
     let gw = start(&lab, SEED_POLICY);
     let ping = lab
         .gw
@@ -435,19 +419,12 @@ fn the_gateway_resolves_a_peers_ipv6_address_on_an_ethernet_tunnel() {
             "-W",
             "2",
             "-I",
-            "fd00:64::1",
+            GATEWAY_OVERLAY_ADDR6,
             "fd00:64::10:1",
         ])
         .output()
         .expect("ping");
     let st: Report = gw.status(&lab.gw).unwrap();
-    let n = |direction: &str, reason: &str| -> u64 {
-        st.counters
-            .iter()
-            .filter(|c| c.direction == direction && c.reason == reason)
-            .map(|c| c.packets)
-            .sum()
-    };
     assert!(
         ping.status.success(),
         "{}\n{:?}",
@@ -455,9 +432,14 @@ fn the_gateway_resolves_a_peers_ipv6_address_on_an_ethernet_tunnel() {
         st.counters
     );
     assert!(
-        n("tunnel_ingress", "neighbor_discovery") >= 1,
+        st.packets("tunnel_ingress", "neighbor_discovery") >= 1,
         "{:?}",
         st.counters
     );
-    assert_eq!(n("tunnel_ingress", "default_deny"), 0, "{:?}", st.counters);
+    assert_eq!(
+        st.packets("tunnel_ingress", "default_deny"),
+        0,
+        "{:?}",
+        st.counters
+    );
 }

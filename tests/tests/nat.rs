@@ -669,15 +669,20 @@ mod lab {
         .expect("netns")
     }
 
-    fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
-        st.counters
-            .iter()
-            .filter(|c| c.direction == direction && c.reason == reason)
-            .map(|c| c.packets)
-            .sum()
+    /// No packet dropped as truncated, with headers that could not be read, for want of a
+    /// translation port, or for an internal failure.
+    #[track_caller]
+    fn nothing_lost_on_the_way(st: &Report) {
+        for r in [
+            "truncated",
+            "headers_not_linear",
+            "nat_exhausted",
+            "internal",
+        ] {
+            assert_eq!(st.packets_for(r), 0, "{r}: {:?}", st.counters);
+        }
     }
 
-    /// Sends `msg` on `from` and reads it on `to` (with a timeout).
     /// One iperf3 transfer between cp1 and lan1 at default offloads, and what it must carry.
     /// What the receiving socket itself drops (its buffer full while the two cores are busy) is
     /// the receiver's, not the path's: counted apart.
@@ -718,6 +723,34 @@ mod lab {
         }
     }
 
+    /// TCP both ways, then 1400-byte UDP both ways (150 Mbit/s), between cp1 and lan1 at
+    /// `lan1_addr`, on four ports from `first_port` on.
+    fn bulk_both_ways(cp1: &Netns, lan1: &Netns, lan1_addr: IpAddr, first_port: u16) {
+        let udp = Transfer::Udp {
+            payload: 1400,
+            mbit_per_s: 150,
+        };
+        for (i, (transfer, reverse)) in [
+            (Transfer::Tcp, false),
+            (Transfer::Tcp, true),
+            (udp, false),
+            (udp, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            bulk(
+                cp1,
+                lan1,
+                lan1_addr,
+                transfer,
+                reverse,
+                first_port + i as u16,
+            );
+        }
+    }
+
+    /// Sends `msg` on `from` and reads it on `to` (with a timeout).
     fn relay(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
         from.write_all(msg)?;
         to.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -793,11 +826,10 @@ mod lab {
         }
 
         // Unsolicited from the LAN to a masquerade port: dropped, counted.
-        let before = counted(
-            &gw.status::<Report>(&lab.gw).unwrap(),
-            "lan",
-            "nat_no_mapping",
-        );
+        let before = gw
+            .status::<Report>(&lab.gw)
+            .unwrap()
+            .packets("lan", "nat_no_mapping");
         let probe = lan1
             .ns
             .run_scoped(move || {
@@ -811,11 +843,10 @@ mod lab {
             probe.is_err(),
             "a connection to an unused masquerade port got through"
         );
-        let after = counted(
-            &gw.status::<Report>(&lab.gw).unwrap(),
-            "lan",
-            "nat_no_mapping",
-        );
+        let after = gw
+            .status::<Report>(&lab.gw)
+            .unwrap()
+            .packets("lan", "nat_no_mapping");
         assert!(after > before, "nat_no_mapping did not move");
 
         // Bulk transfers both ways at default offloads, through the translation.
@@ -825,79 +856,42 @@ mod lab {
             payload: 3000,
             mbit_per_s: 100,
         };
-        for (transfer, reverse, port) in [
-            (Transfer::Tcp, false, 5201),
-            (Transfer::Tcp, true, 5202),
-            (
-                Transfer::Udp {
-                    payload: 1400,
-                    mbit_per_s: 150,
-                },
-                false,
-                5203,
-            ),
-            (
-                Transfer::Udp {
-                    payload: 1400,
-                    mbit_per_s: 150,
-                },
-                true,
-                5204,
-            ),
-            (big, false, 5205),
-            (big, true, 5206),
-        ] {
-            bulk(
-                &cp1.ns,
-                &lan1.ns,
-                IpAddr::V4(lan1.addr),
-                transfer,
-                reverse,
-                port,
-            );
+        bulk_both_ways(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), 5201);
+        for (reverse, port) in [(false, 5205), (true, 5206)] {
+            bulk(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), big, reverse, port);
         }
         let st = gw.status::<Report>(&lab.gw).unwrap();
         // The 3000-byte datagrams crossed as fragments both ways (later fragments are accepted
         // as "fragment" once their first fragment was).
         assert!(
-            counted(&st, "tunnel_ingress", "fragment") > 1_000
-                && counted(&st, "lan", "fragment") > 1_000,
+            st.packets("tunnel_ingress", "fragment") > 1_000
+                && st.packets("lan", "fragment") > 1_000,
             "{:?}",
             st.counters
         );
         assert!(
-            counted(&st, "lan", "masqueraded") > 10_000
-                && counted(&st, "lan", "unmasqueraded") > 10_000,
+            st.packets("lan", "masqueraded") > 10_000
+                && st.packets("lan", "unmasqueraded") > 10_000,
             "{:?}",
             st.counters
         );
-        for r in [
-            "truncated",
-            "headers_not_linear",
-            "nat_exhausted",
-            "internal",
-        ] {
-            assert_eq!(
-                st.counters
-                    .iter()
-                    .filter(|c| c.reason == r)
-                    .map(|c| c.packets)
-                    .sum::<u64>(),
-                0,
-                "{r}: {:?}",
-                st.counters
-            );
-        }
+        nothing_lost_on_the_way(&st);
 
         // The policy no longer allows cp1: its translated flow ends, both ways; orch1's goes on.
         std::fs::write(lab.policy_path(), WITHOUT_CP1).unwrap();
         gw.reload::<Report>(&lab.gw).expect("reload");
-        let revoked_before = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "revoked");
+        let revoked_before = gw
+            .status::<Report>(&lab.gw)
+            .unwrap()
+            .packets("lan", "revoked");
         assert!(
             relay(&mut s1, &mut c1, b"after").is_err(),
             "cp1 still receives on a revoked flow"
         );
-        let revoked_after = counted(&gw.status::<Report>(&lab.gw).unwrap(), "lan", "revoked");
+        let revoked_after = gw
+            .status::<Report>(&lab.gw)
+            .unwrap()
+            .packets("lan", "revoked");
         assert!(
             revoked_after > revoked_before,
             "the LAN side of the revoked flow was not dropped as revoked"
@@ -923,11 +917,9 @@ mod lab {
             std::thread::sleep(Duration::from_millis(200));
         }
         let no_mapping = || {
-            counted(
-                &gw.status::<Report>(&lab.gw).unwrap(),
-                "lan",
-                "nat_no_mapping",
-            )
+            gw.status::<Report>(&lab.gw)
+                .unwrap()
+                .packets("lan", "nat_no_mapping")
         };
         let before = no_mapping();
         let _ = relay(&mut s1, &mut c1, b"after the sweep");
@@ -1053,35 +1045,7 @@ mod lab {
         assert_eq!(seen, SocketAddr::new(IpAddr::V4(gw_lan), 25_200 + offset));
         relay(&mut c, &mut s, b"forwarded in tc").unwrap();
         relay(&mut s, &mut c, b"and back").unwrap();
-        for (transfer, reverse, port) in [
-            (Transfer::Tcp, false, 5211 + offset),
-            (Transfer::Tcp, true, 5212 + offset),
-            (
-                Transfer::Udp {
-                    payload: 1400,
-                    mbit_per_s: 150,
-                },
-                false,
-                5213 + offset,
-            ),
-            (
-                Transfer::Udp {
-                    payload: 1400,
-                    mbit_per_s: 150,
-                },
-                true,
-                5214 + offset,
-            ),
-        ] {
-            bulk(
-                &cp1.ns,
-                &lan1.ns,
-                IpAddr::V4(lan1.addr),
-                transfer,
-                reverse,
-                port,
-            );
-        }
+        bulk_both_ways(&cp1.ns, &lan1.ns, IpAddr::V4(lan1.addr), 5211 + offset);
         // Accepted traffic to the gateway itself is no route out of a LAN interface: the TC
         // program leaves it to the kernel, which delivers it, and counts it.
         let own = lab
@@ -1099,45 +1063,29 @@ mod lab {
         relay(&mut c, &mut s, b"to the gateway itself").unwrap();
         let st = gw.status::<Report>(&lab.gw).unwrap();
         assert!(
-            counted(&st, "tunnel_ingress", "left_to_kernel") >= 3,
+            st.packets("tunnel_ingress", "left_to_kernel") >= 3,
             "{:?}",
             st.counters
         );
         assert!(
-            counted(&st, "tunnel_ingress", "tc_forwarded") > 10_000,
+            st.packets("tunnel_ingress", "tc_forwarded") > 10_000,
             "{:?}",
             st.counters
         );
         assert!(
-            counted(&st, "lan", "masqueraded") > 10_000,
+            st.packets("lan", "masqueraded") > 10_000,
             "{:?}",
             st.counters
         );
         // Replies (the reverse bulk transfers' data) forwarded by the LAN's TC program when it
         // has one; never by the XDP program, which leaves that direction to the kernel.
-        let lan_forwarded = counted(&st, "lan", "tc_forwarded");
+        let lan_forwarded = st.packets("lan", "tc_forwarded");
         if lan_attach == "tc" {
             assert!(lan_forwarded > 10_000, "{lan_attach}: {:?}", st.counters);
         } else {
             assert_eq!(lan_forwarded, 0, "{lan_attach}: {:?}", st.counters);
         }
-        for r in [
-            "truncated",
-            "headers_not_linear",
-            "nat_exhausted",
-            "internal",
-        ] {
-            assert_eq!(
-                st.counters
-                    .iter()
-                    .filter(|c| c.reason == r)
-                    .map(|c| c.packets)
-                    .sum::<u64>(),
-                0,
-                "{r}: {:?}",
-                st.counters
-            );
-        }
+        nothing_lost_on_the_way(&st);
         assert!(gw.stop().unwrap().success());
     }
 
@@ -1148,30 +1096,21 @@ mod lab {
     fn ipv6_peers_reach_the_lan_as_the_gateway_through_tc_forwarding() {
         let lab = Lab::seed().expect("lab");
         let (cp1, lan1) = (lab.host("cp1"), lab.host("lan1"));
-        let run = |ns: &Netns, cmd: &str| {
-            ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
-        };
-        // The lab switches IPv6 off; on for the three namespaces this test uses.
-        for ns in [&lab.gw, &cp1.ns, &lan1.ns] {
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0").unwrap();
-        }
+        lab.add_ipv6_peer(cp1, "fd00:64::10:1").unwrap();
+        // lan1 too, behind a forwarding gateway.
+        lan1.ns
+            .sysctl("net.ipv6.conf.all.disable_ipv6", "0")
+            .unwrap();
         lab.gw.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-        run(
-            &lab.gw,
-            &format!("-6 addr add fd00:64::1/128 dev {} nodad", cp1.gw_if),
-        );
-        run(
-            &lab.gw,
-            &format!("-6 route add fd00:64::10:1/128 dev {}", cp1.gw_if),
-        );
-        run(&cp1.ns, "-6 addr add fd00:64::10:1/128 dev eth0 nodad");
-        run(
-            &cp1.ns,
-            "-6 route add default via fd00:64::1 dev eth0 onlink",
-        );
-        run(&lab.gw, "-6 addr add fd00:18:10::1/64 dev lan0 nodad");
-        run(&lan1.ns, "-6 addr add fd00:18:10::10/64 dev eth0 nodad");
-        run(&lan1.ns, "-6 route add default via fd00:18:10::1");
+        lab.gw
+            .ip_line("-6 addr add fd00:18:10::1/64 dev lan0 nodad")
+            .unwrap();
+        lan1.ns
+            .ip_line("-6 addr add fd00:18:10::10/64 dev eth0 nodad")
+            .unwrap();
+        lan1.ns
+            .ip_line("-6 route add default via fd00:18:10::1")
+            .unwrap();
         let policy = OPEN
             .replace(
                 "[\"100.64.0.0/10\"]",
@@ -1212,28 +1151,7 @@ mod lab {
         );
         relay(&mut c, &mut s, b"over IPv6").unwrap();
         relay(&mut s, &mut c, b"and back").unwrap();
-        for (transfer, reverse, port) in [
-            (Transfer::Tcp, false, 5231),
-            (Transfer::Tcp, true, 5232),
-            (
-                Transfer::Udp {
-                    payload: 1400,
-                    mbit_per_s: 150,
-                },
-                false,
-                5233,
-            ),
-            (
-                Transfer::Udp {
-                    payload: 1400,
-                    mbit_per_s: 150,
-                },
-                true,
-                5234,
-            ),
-        ] {
-            bulk(&cp1.ns, &lan1.ns, lan1_v6, transfer, reverse, port);
-        }
+        bulk_both_ways(&cp1.ns, &lan1.ns, lan1_v6, 5231);
         let st = gw.status::<Report>(&lab.gw).unwrap();
         for (direction, reason) in [
             ("tunnel_ingress", "tc_forwarded"),
@@ -1242,28 +1160,12 @@ mod lab {
             ("lan", "tc_forwarded"),
         ] {
             assert!(
-                counted(&st, direction, reason) > 10_000,
+                st.packets(direction, reason) > 10_000,
                 "{direction} {reason}: {:?}",
                 st.counters
             );
         }
-        for r in [
-            "truncated",
-            "headers_not_linear",
-            "nat_exhausted",
-            "internal",
-        ] {
-            assert_eq!(
-                st.counters
-                    .iter()
-                    .filter(|c| c.reason == r)
-                    .map(|c| c.packets)
-                    .sum::<u64>(),
-                0,
-                "{r}: {:?}",
-                st.counters
-            );
-        }
+        nothing_lost_on_the_way(&st);
         assert!(gw.stop().unwrap().success());
     }
 
@@ -1337,7 +1239,7 @@ mod lab {
         );
         let st = gw.status::<Report>(&lab.gw).unwrap();
         assert!(
-            counted(&st, "tunnel_ingress", "tc_forwarded") > 1_000,
+            st.packets("tunnel_ingress", "tc_forwarded") > 1_000,
             "{:?}",
             st.counters
         );
@@ -1360,27 +1262,27 @@ mod lab {
         ))
         .unwrap();
         gateway_testkit::netns::veth(&lab.gw, "lan9", &lan9, "eth0").unwrap();
-        let run = |ns: &Netns, cmd: &str| {
-            ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
-        };
-        run(&lab.gw, "addr add 198.18.20.1/24 dev lan9");
-        run(&lan9, "addr add 198.18.20.10/24 dev eth0");
-        run(&lan9, "link set lo up");
+        lab.gw.ip_line("addr add 198.18.20.1/24 dev lan9").unwrap();
+        lan9.ip_line("addr add 198.18.20.10/24 dev eth0").unwrap();
+        lan9.ip_line("link set lo up").unwrap();
         let second: Ipv4Addr = "100.64.10.2".parse().unwrap();
-        run(&cp1.ns, "addr add 100.64.10.2/32 dev eth0");
+        cp1.ns.ip_line("addr add 100.64.10.2/32 dev eth0").unwrap();
         let far: Ipv4Addr = "198.18.11.1".parse().unwrap();
         for ns in [&lan1.ns, &lan9] {
-            run(ns, "addr add 198.18.11.1/32 dev lo");
+            ns.ip_line("addr add 198.18.11.1/32 dev lo").unwrap();
         }
-        run(
-            &lab.gw,
-            &format!("route add 198.18.11.1 via {} dev {}", lan1.addr, lan1.gw_if),
-        );
-        run(
-            &lab.gw,
-            "route add 198.18.11.1 via 198.18.20.10 dev lan9 table 100",
-        );
-        run(&lab.gw, "rule add from 100.64.10.2 lookup 100 priority 100");
+        lab.gw
+            .ip_line(&format!(
+                "route add 198.18.11.1 via {} dev {}",
+                lan1.addr, lan1.gw_if
+            ))
+            .unwrap();
+        lab.gw
+            .ip_line("route add 198.18.11.1 via 198.18.20.10 dev lan9 table 100")
+            .unwrap();
+        lab.gw
+            .ip_line("rule add from 100.64.10.2 lookup 100 priority 100")
+            .unwrap();
         let policy = OPEN.replace(
             "lan: [\"198.18.10.0/24\"]",
             "lan: [\"198.18.10.0/24\", \"198.18.11.0/24\"]",
@@ -1439,7 +1341,7 @@ mod lab {
             "behind lan9 (the rule's table)"
         );
         assert!(
-            counted(&st, "tunnel_ingress", "tc_forwarded") >= 2 * ROUNDS as u64,
+            st.packets("tunnel_ingress", "tc_forwarded") >= 2 * ROUNDS as u64,
             "{:?}",
             st.counters
         );
@@ -1461,7 +1363,7 @@ mod lab {
         let (_s, seen) = listener.accept().unwrap();
         assert_eq!(seen, SocketAddr::new(IpAddr::V4(cp1.addr), 25_101));
         let st = gw.status::<Report>(&lab.gw).unwrap();
-        assert_eq!(counted(&st, "lan", "masqueraded"), 0);
+        assert_eq!(st.packets("lan", "masqueraded"), 0);
     }
 }
 

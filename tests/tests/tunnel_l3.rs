@@ -272,15 +272,12 @@ fn a_packet_tc_forwarding_hands_back_to_the_kernel_loses_one_hop_not_two() {
     let lan = Netns::create(&format!("gwtunfwl{id}")).expect("netns");
     let mut tun = open_tun(&gw);
     gateway_testkit::netns::veth(&gw, "lan0", &lan, "eth0").unwrap();
-    let run = |ns: &Netns, cmd: &str| {
-        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
-    };
-    run(&gw, "addr add 100.64.0.1/10 dev tun0");
-    run(&gw, "link set tun0 mtu 65000 up");
-    run(&gw, "addr add 198.18.30.1/24 dev lan0");
-    run(&gw, "link set lan0 mtu 65000");
-    run(&lan, "addr add 198.18.30.2/24 dev eth0");
-    run(&lan, "link set eth0 mtu 65000");
+    gw.ip_line("addr add 100.64.0.1/10 dev tun0").unwrap();
+    gw.ip_line("link set tun0 mtu 65000 up").unwrap();
+    gw.ip_line("addr add 198.18.30.1/24 dev lan0").unwrap();
+    gw.ip_line("link set lan0 mtu 65000").unwrap();
+    lan.ip_line("addr add 198.18.30.2/24 dev eth0").unwrap();
+    lan.ip_line("link set eth0 mtu 65000").unwrap();
     gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
     gw.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
     gw.sysctl("net.ipv4.conf.tun0.rp_filter", "0").unwrap();
@@ -293,10 +290,10 @@ fn a_packet_tc_forwarding_hands_back_to_the_kernel_loses_one_hop_not_two() {
     // The neighbour is known, as on a LAN in use: the FIB lookup succeeds at once.
     let mac = lan.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
     let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
-    run(
-        &gw,
-        &format!("neigh replace 198.18.30.2 lladdr {mac} dev lan0 nud permanent"),
-    );
+    gw.ip_line(&format!(
+        "neigh replace 198.18.30.2 lladdr {mac} dev lan0 nud permanent"
+    ))
+    .unwrap();
     let set = policy::parse_str(
         "groups:\n  peers: [100.64.10.0/24]\npolicies:\n  - name: udp-in\n    source_groups: [peers]\n    destination_groups: [\"*\"]\n    action: accept\n    protocol: udp\n    ports: [5300]\n",
         "tun.yaml",

@@ -53,22 +53,60 @@ fn public_key(lab: &WgLab) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The dual-stack tests' IPv6 plan: the overlay (the gateway ::1, each peer at the last byte
+/// of its IPv4 address) and the LAN, masqueraded like its IPv4 network.
+const OVERLAY6: &str = "fd00:64::";
+const LAN6_NET: &str = "fd00:18:10::/64";
+
 /// The gateway's config: its WireGuard interface with the lab's peers, the LAN, masquerade, and
-/// `interfaces_extra` under `interfaces:`.
-fn config_with(lab: &WgLab, backend: &str, interfaces_extra: &str) -> std::path::PathBuf {
-    std::fs::write(lab.dir.join("policy.yaml"), POLICY).unwrap();
+/// `interfaces_extra` under `interfaces:`; with `ipv6`, the IPv6 plan beside the IPv4 one (in
+/// the policy too).
+fn config_with(
+    lab: &WgLab,
+    backend: &str,
+    interfaces_extra: &str,
+    ipv6: bool,
+) -> std::path::PathBuf {
+    let policy = if ipv6 {
+        POLICY
+            .replace(
+                "[\"100.64.0.2/32\"]",
+                &format!("[\"100.64.0.2/32\", \"{OVERLAY6}2/128\"]"),
+            )
+            .replace(
+                "[\"198.18.10.0/24\"]",
+                &format!("[\"198.18.10.0/24\", \"{LAN6_NET}\"]"),
+            )
+    } else {
+        POLICY.to_string()
+    };
+    std::fs::write(lab.dir.join("policy.yaml"), policy).unwrap();
     let mut peers = String::new();
     for h in &lab.peers {
+        let v6 = if ipv6 {
+            format!(", \"{OVERLAY6}{}/128\"", h.overlay.octets()[3])
+        } else {
+            String::new()
+        };
         peers.push_str(&format!(
-            "    - public_key: {}\n      allowed_ips: [{}/32]\n",
+            "    - public_key: {}\n      allowed_ips: [{}/32{v6}]\n",
             h.peer.public_key, h.overlay
         ));
     }
+    let (overlay, address6, masquerade6) = if ipv6 {
+        (
+            format!("overlay:\n  ipv4: 100.64.0.0/10\n  ipv6: {OVERLAY6}/64\n"),
+            format!("  address_v6: {OVERLAY6}1/64\n"),
+            format!(", \"{LAN6_NET}\""),
+        )
+    } else {
+        Default::default()
+    };
     let cfg = format!(
-        "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n\
-         wireguard:\n  backend: {backend}\n  interface: {}\n  address: {WG_GW_OVERLAY}/10\n  peers:\n{peers}\
+        "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n{overlay}\
+         wireguard:\n  backend: {backend}\n  interface: {}\n  address: {WG_GW_OVERLAY}/10\n{address6}  peers:\n{peers}\
          interfaces:\n{interfaces_extra}  lan:\n    - name: lan0\n\
-         masquerade:\n  networks: [198.18.10.0/24]\n",
+         masquerade:\n  networks: [198.18.10.0/24{masquerade6}]\n",
         lab.pin_dir().display(),
         lab.gw_interface,
     );
@@ -82,11 +120,19 @@ fn start(lab: &WgLab, backend: &str, log: &str) -> GatewayProcess {
 }
 
 fn start_with(lab: &WgLab, backend: &str, interfaces_extra: &str, log: &str) -> GatewayProcess {
-    let cfg = config_with(lab, backend, interfaces_extra);
+    start_config(
+        lab,
+        &config_with(lab, backend, interfaces_extra, false),
+        log,
+    )
+}
+
+/// The gateway with the config at `cfg` and the lab's state folder.
+fn start_config(lab: &WgLab, cfg: &std::path::Path, log: &str) -> GatewayProcess {
     GatewayProcess::start_with(
         &gateway_binary(),
         &lab.gw,
-        &cfg,
+        cfg,
         &lab.dir.join(log),
         &["--state-dir", lab.state_dir().to_str().unwrap()],
     )
@@ -133,14 +179,6 @@ fn bulk_tcp_both_ways(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr, seconds: u3
             gw.log_text()
         );
     }
-}
-
-fn counted(st: &Report, direction: &str, reason: &str) -> u64 {
-    st.counters
-        .iter()
-        .filter(|c| c.direction == direction && c.reason == reason)
-        .map(|c| c.packets)
-        .sum()
 }
 
 #[test]
@@ -225,7 +263,7 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
             "endpoint learned from the handshake: {p:?}"
         );
     }
-    assert!(counted(&st, "lan", "masqueraded") > 0, "{:?}", st.counters);
+    assert!(st.packets("lan", "masqueraded") > 0, "{:?}", st.counters);
     let metrics = gw.metrics(&lab.gw).unwrap();
     for line in [
         format!(
@@ -241,7 +279,7 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
         );
     }
     assert!(
-        counted(&st, "tunnel_ingress", "default_deny") > 0,
+        st.packets("tunnel_ingress", "default_deny") > 0,
         "p2's flows were dropped by the policy: {:?}",
         st.counters
     );
@@ -254,38 +292,7 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     // Default offloads everywhere: the peers' and the LAN host's TSO/GSO/GRO stay on. The MSS
     // clamp keeps full-size segments inside the 1280-byte tunnel.
     bulk_tcp_both_ways(&lab, &gw, lan, 3, 5_000_000);
-    // 1400-byte datagrams do not fit the tunnel's 1280-byte MTU. Peer → LAN: the peer
-    // fragments them, the gateway forwards (and masquerades) the fragments, the LAN host
-    // reassembles.
-    // (Losses: a black hole loses everything; the userspace crypto of both ends, iperf3 and the
-    // tests running beside this one share two cores, so a few percent may go missing in their
-    // queues and the receiving socket, which is counted apart.)
-    let socket_drops = gateway_testkit::traffic::udp_socket_drops(&lab.lan);
-    let out = iperf::run(
-        &p1.ns,
-        &lab.lan,
-        lan,
-        Run {
-            transfer: Transfer::Udp {
-                payload: 1400,
-                mbit_per_s: 20,
-            },
-            reverse: false,
-            seconds: 3,
-            port: 5202,
-        },
-    )
-    .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
-    let socket_drops = gateway_testkit::traffic::udp_socket_drops(&lab.lan) - socket_drops;
-    assert!(
-        out.packets > 1000,
-        "{out:?}\n{:?}",
-        gw.status::<Report>(&lab.gw).map(|s| s.counters)
-    );
-    assert!(
-        out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3,
-        "more than 3% lost: {out:?}, {socket_drops} at the socket"
-    );
+    fragmented_datagrams_from_the_peer(&lab, &gw, lan);
     // LAN → peer, the largest datagrams that fit, as iperf3 sends them (don't fragment).
     let socket_drops = gateway_testkit::traffic::udp_socket_drops(&p1.ns);
     let out = iperf::run(
@@ -314,15 +321,7 @@ fn bulk_tcp_both_ways_and_full_size_udp_cross_the_tunnel() {
     // LAN host's own packet in the quote (RFC 5508), so the LAN host learns the path MTU toward
     // the address it actually talks to and fragments the next answers. Without that it keeps
     // sending what cannot pass: a black hole.
-    let echo = udp_echo(&lab.lan, SocketAddr::new(lan, 7));
-    let answered = exchange_large(&p1.ns, SocketAddr::new(lan, 7), 1400, 20);
-    drop(echo);
-    assert_eq!(
-        answered,
-        20,
-        "1400-byte answers through the tunnel\n{:?}",
-        gw.status::<Report>(&lab.gw).map(|s| s.counters)
-    );
+    large_answers_from_the_lan(&lab, &gw, lan);
     let route = String::from_utf8_lossy(&lab.lan.ip(&["route", "get", WG_GW_LAN]).unwrap().stdout)
         .to_string();
     assert!(
@@ -349,23 +348,19 @@ fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
     bulk_tcp_both_ways(&lab, &gw, lan, 2, 2_000_000);
     let st: Report = gw.status(&lab.gw).unwrap();
     assert!(
-        counted(&st, "tunnel_ingress", "tc_forwarded") > 1000,
+        st.packets("tunnel_ingress", "tc_forwarded") > 1000,
         "{:?}",
         st.counters
     );
     assert!(
-        counted(&st, "lan", "tc_forwarded") > 1000,
+        st.packets("lan", "tc_forwarded") > 1000,
         "{:?}",
         st.counters
     );
     // Translated by the tunnel's program on the way out, before the link header goes on.
-    assert!(
-        counted(&st, "lan", "masqueraded") > 1000,
-        "{:?}",
-        st.counters
-    );
+    assert!(st.packets("lan", "masqueraded") > 1000, "{:?}", st.counters);
     assert_eq!(
-        counted(&st, "tunnel_ingress", "internal"),
+        st.packets("tunnel_ingress", "internal"),
         0,
         "{:?}",
         st.counters
@@ -419,58 +414,36 @@ fn ipv6_crosses_the_tunnel_masqueraded_both_ways_forwarded_in_tc() {
 fn ipv6_through_the_tunnel(interfaces_extra: &str) {
     const LAN6: &str = "fd00:18:10::10";
     const GW_LAN6: &str = "fd00:18:10::1";
+    let peer6 = format!("{OVERLAY6}2");
     let lab = WgLab::new(1).expect("lab");
     let p1 = &lab.peers[0];
-    let run = |ns: &gateway_testkit::netns::Netns, cmd: &str| {
-        ns.ip(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
-    };
     lab.gw.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    run(&lab.gw, &format!("-6 addr add {GW_LAN6}/64 dev lan0 nodad"));
-    run(&lab.lan, &format!("-6 addr add {LAN6}/64 dev eth0 nodad"));
-    run(&lab.lan, &format!("-6 route add default via {GW_LAN6}"));
+    lab.gw
+        .ip_line(&format!("-6 addr add {GW_LAN6}/64 dev lan0 nodad"))
+        .unwrap();
+    lab.lan
+        .ip_line(&format!("-6 addr add {LAN6}/64 dev eth0 nodad"))
+        .unwrap();
+    lab.lan
+        .ip_line(&format!("-6 route add default via {GW_LAN6}"))
+        .unwrap();
     let wg = &p1.peer.interface;
-    run(&p1.ns, &format!("-6 addr add fd00:64::2/64 dev {wg} nodad"));
-    run(&p1.ns, &format!("-6 route add fd00:18:10::/64 dev {wg}"));
-    std::fs::write(
-        lab.dir.join("policy.yaml"),
-        POLICY
-            .replace(
-                "[\"100.64.0.2/32\"]",
-                "[\"100.64.0.2/32\", \"fd00:64::2/128\"]",
-            )
-            .replace(
-                "[\"198.18.10.0/24\"]",
-                "[\"198.18.10.0/24\", \"fd00:18:10::/64\"]",
-            ),
-    )
-    .unwrap();
-    let cfg = format!(
-        "policy: policy.yaml\nmetrics_addr: {LAB_METRICS_ADDR}\npin_dir: {}\n\
-         overlay:\n  ipv4: 100.64.0.0/10\n  ipv6: fd00:64::/64\n\
-         wireguard:\n  backend: userspace\n  interface: {}\n  address: {WG_GW_OVERLAY}/10\n  address_v6: fd00:64::1/64\n  peers:\n\
-         \x20   - public_key: {}\n      allowed_ips: [{}/32, \"fd00:64::2/128\"]\n\
-         interfaces:\n{interfaces_extra}  lan:\n    - name: lan0\n\
-         masquerade:\n  networks: [198.18.10.0/24, \"fd00:18:10::/64\"]\n",
-        lab.pin_dir().display(),
-        lab.gw_interface,
-        p1.peer.public_key,
-        p1.overlay,
+    p1.ns
+        .ip_line(&format!("-6 addr add {peer6}/64 dev {wg} nodad"))
+        .unwrap();
+    p1.ns
+        .ip_line(&format!("-6 route add {LAN6_NET} dev {wg}"))
+        .unwrap();
+    let gw = start_config(
+        &lab,
+        &config_with(&lab, "userspace", interfaces_extra, true),
+        "gateway.log",
     );
-    let cfg_path = lab.dir.join("gateway.yaml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let gw = GatewayProcess::start_with(
-        &gateway_binary(),
-        &lab.gw,
-        &cfg_path,
-        &lab.dir.join("gateway.log"),
-        &["--state-dir", lab.state_dir().to_str().unwrap()],
-    )
-    .expect("gateway starts");
     p1.peer
         .add_peer(
             &public_key(&lab),
             Some(&format!("{}:51820", p1.gw_underlay)),
-            "100.64.0.0/10,198.18.10.0/24,fd00:64::/64,fd00:18:10::/64",
+            &format!("100.64.0.0/10,198.18.10.0/24,{OVERLAY6}/64,{LAN6_NET}"),
             25,
         )
         .unwrap();
@@ -496,9 +469,38 @@ fn ipv6_through_the_tunnel(interfaces_extra: &str) {
     let (_, seen) = listener.accept().unwrap();
     assert_eq!(seen.ip(), GW_LAN6.parse::<IpAddr>().unwrap());
     bulk_tcp_both_ways(&lab, &gw, lan, 3, 5_000_000);
+    fragmented_datagrams_from_the_peer(&lab, &gw, lan);
+    large_answers_from_the_lan(&lab, &gw, lan);
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(st.packets("lan", "masqueraded") > 1000, "{:?}", st.counters);
+    // Every TCP connection of this test is IPv6: the LAN host's SYN-ACKs (MSS 1440) were
+    // lowered on their way into the tunnel (to its MTU − 60).
+    assert!(
+        st.packets("tunnel_egress", "mss_clamped") > 0,
+        "{:?}",
+        st.counters
+    );
+    if !interfaces_extra.is_empty() {
+        assert!(
+            st.packets("tunnel_ingress", "tc_forwarded") > 1000,
+            "{:?}",
+            st.counters
+        );
+    }
+    for r in ["truncated", "headers_not_linear", "internal"] {
+        assert_eq!(st.packets_for(r), 0, "{r}: {:?}", st.counters);
+    }
+}
+
+/// 1400-byte datagrams from the first peer to `lan` do not fit the tunnel's 1280-byte MTU: the
+/// peer fragments them, the gateway forwards (and masquerades) the fragments, the LAN host
+/// reassembles. (Losses: a black hole loses everything; the userspace crypto of both ends,
+/// iperf3 and the tests running beside this one share two cores, so a few percent may go
+/// missing in their queues and the receiving socket, which is counted apart.)
+fn fragmented_datagrams_from_the_peer(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr) {
     let socket_drops = traffic::udp_socket_drops(&lab.lan);
     let out = iperf::run(
-        &p1.ns,
+        &lab.peers[0].ns,
         &lab.lan,
         lan,
         Run {
@@ -514,13 +516,22 @@ fn ipv6_through_the_tunnel(interfaces_extra: &str) {
     .unwrap_or_else(|e| panic!("iperf3 udp: {e:#}\n{}", gw.log_text()));
     let socket_drops = traffic::udp_socket_drops(&lab.lan) - socket_drops;
     assert!(
-        out.packets > 1000
-            && out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3,
-        "1400-byte datagrams, fragmented by the peer: {out:?}, {socket_drops} at the socket\n{:?}",
+        out.packets > 1000,
+        "{out:?}\n{:?}",
         gw.status::<Report>(&lab.gw).map(|s| s.counters)
     );
+    assert!(
+        out.lost_packets.saturating_sub(socket_drops) * 100 <= out.packets * 3,
+        "more than 3% lost: {out:?}, {socket_drops} at the socket"
+    );
+}
+
+/// 1400-byte answers from `lan` to the first peer: the LAN host sends them whole, the gateway
+/// answers that they are too big for the tunnel, and only once that answer reached the LAN
+/// host through the masquerade (quoting what the LAN host sent) do the retries fit.
+fn large_answers_from_the_lan(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr) {
     let echo = udp_echo(&lab.lan, SocketAddr::new(lan, 7));
-    let answered = exchange_large(&p1.ns, SocketAddr::new(lan, 7), 1400, 20);
+    let answered = exchange_large(&lab.peers[0].ns, SocketAddr::new(lan, 7), 1400, 20);
     drop(echo);
     assert_eq!(
         answered,
@@ -528,38 +539,6 @@ fn ipv6_through_the_tunnel(interfaces_extra: &str) {
         "1400-byte answers through the tunnel\n{:?}",
         gw.status::<Report>(&lab.gw).map(|s| s.counters)
     );
-    let st: Report = gw.status(&lab.gw).unwrap();
-    assert!(
-        counted(&st, "lan", "masqueraded") > 1000,
-        "{:?}",
-        st.counters
-    );
-    // Every TCP connection of this test is IPv6: the LAN host's SYN-ACKs (MSS 1440) were
-    // lowered on their way into the tunnel (to its MTU − 60).
-    assert!(
-        counted(&st, "tunnel_egress", "mss_clamped") > 0,
-        "{:?}",
-        st.counters
-    );
-    if !interfaces_extra.is_empty() {
-        assert!(
-            counted(&st, "tunnel_ingress", "tc_forwarded") > 1000,
-            "{:?}",
-            st.counters
-        );
-    }
-    for r in ["truncated", "headers_not_linear", "internal"] {
-        assert_eq!(
-            st.counters
-                .iter()
-                .filter(|c| c.reason == r)
-                .map(|c| c.packets)
-                .sum::<u64>(),
-            0,
-            "{r}: {:?}",
-            st.counters
-        );
-    }
 }
 
 /// A UDP echo server (an unconnected socket, as DNS servers run) in `ns`; stops when dropped.

@@ -242,19 +242,16 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
         }
     }
     let st = p.status::<Report>(&lab.gw).unwrap();
-    let n = |reason: &str| {
-        st.counters
-            .iter()
-            .filter(|c| c.reason == reason)
-            .map(|c| c.packets)
-            .sum::<u64>()
-    };
     if fill_checksums {
-        assert!(n("xdp_forwarded") > 10_000, "mtu {mtu}: {:?}", st.counters);
+        assert!(
+            st.packets_for("xdp_forwarded") > 10_000,
+            "mtu {mtu}: {:?}",
+            st.counters
+        );
     } else {
         // Default offloads: the local senders' frames went to the kernel, each counted.
         assert!(
-            n("partial_checksum") > 10_000,
+            st.packets_for("partial_checksum") > 10_000,
             "mtu {mtu}, default offloads: {:?}",
             st.counters
         );
