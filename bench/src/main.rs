@@ -134,6 +134,7 @@ fn main() -> anyhow::Result<()> {
     if wants("management") {
         run.management = Some(management::run(args.quick)?);
     }
+    profiling::ensure_matched()?;
     run.write(&args.out)?;
     Ok(())
 }

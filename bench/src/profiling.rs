@@ -2,7 +2,10 @@
 //! that uses them is for `perf` and `bpftool`, not a result, so it must be written elsewhere
 //! than bench/ (`--out`).
 
-use std::sync::OnceLock;
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 #[derive(Default)]
 pub struct Profiling {
@@ -13,6 +16,9 @@ pub struct Profiling {
 }
 
 static PROFILING: OnceLock<Profiling> = OnceLock::new();
+
+/// Whether `--only` let any contender through (a filter that matches nothing measures nothing).
+static MATCHED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the knobs for this process (once, before any scenario runs).
 pub fn set(only: Option<&str>, frames: Option<u32>) {
@@ -29,7 +35,24 @@ fn get() -> &'static Profiling {
 /// Whether `--only` leaves the contender with this label out.
 pub fn skips(label: &str) -> bool {
     let only = &get().only;
-    !only.is_empty() && !only.iter().any(|o| label.contains(o.as_str()))
+    let skipped = !only.is_empty() && !only.iter().any(|o| label.contains(o.as_str()));
+    if !skipped {
+        MATCHED.store(true, Ordering::Relaxed);
+    }
+    skipped
+}
+
+/// After the scenarios ran: an error if `--only` was given and no contender's label matched it
+/// (the run measured nothing, and its report would be rows of zeros).
+pub fn ensure_matched() -> anyhow::Result<()> {
+    let only = &get().only;
+    anyhow::ensure!(
+        only.is_empty() || MATCHED.load(Ordering::Relaxed),
+        "--only {:?} matched no contender's label, so nothing was measured (labels are the \
+         contender names of the report; separate several with `|`)",
+        only.join("|")
+    );
+    Ok(())
 }
 
 /// The frames of a packet-rate trial: the scenario's `default`, unless `--frames` says.

@@ -73,7 +73,7 @@ pub fn per_packet_budget(
     let fits = if t > b {
         format!("the target's rate leaves {:.0} ns for it", t - b)
     } else {
-        format!("the target's rate is above the {base}'s own: no work at all fits")
+        format!("the target's rate is above {base}'s own: no work at all fits")
     };
     format!(
         "per packet on the DUT's core, {base} {b:.0} ns, {who} {m:.0} ns: {who}'s own work {:.0} ns; {fits}",
