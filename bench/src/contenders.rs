@@ -24,6 +24,9 @@ pub enum Contender {
     /// No filter: the same redirect after reading the IPv4 header, as any forwarder must (the
     /// plain redirect never reads the frame): the floor of a forwarding data path.
     ReadingRedirect,
+    /// No filter: every frame back out of d0 (XDP_TX), the ceiling of a path on one interface
+    /// (a relay with one NIC).
+    NoopTx,
     /// No filter: the kernel forwards (the ceiling of every kernel-path contender).
     KernelForward,
     /// No filter: TC ingress on d0 redirects every packet to d1's next hop (the ceiling of a
@@ -83,6 +86,7 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
+            Contender::NoopTx => "no-op XDP_TX back out of d0 (ceiling)",
             Contender::ReadingRedirect => {
                 "XDP redirect that reads the IP header first (a forwarder's floor)"
             }
@@ -174,11 +178,11 @@ pub fn install(
     stateful: bool,
 ) -> anyhow::Result<Installed> {
     match c {
-        Contender::NoopRedirect | Contender::ReadingRedirect => {
-            let program = if c == Contender::NoopRedirect {
-                DutXdp::Redirect
-            } else {
-                DutXdp::RedirectReading
+        Contender::NoopRedirect | Contender::ReadingRedirect | Contender::NoopTx => {
+            let program = match c {
+                Contender::NoopRedirect => DutXdp::Redirect,
+                Contender::ReadingRedirect => DutXdp::RedirectReading,
+                _ => DutXdp::Tx,
             };
             Ok(Installed::Xdp {
                 program,

@@ -63,6 +63,8 @@ pub enum DutXdp {
     Redirect,
     /// The same redirect after reading the IPv4 header: the floor of any forwarder.
     RedirectReading,
+    /// Every frame back out of d0 (XDP_TX): the ceiling of a path on one interface.
+    Tx,
 }
 
 impl DutXdp {
@@ -71,6 +73,7 @@ impl DutXdp {
             DutXdp::Pass => PROG_PASS,
             DutXdp::Redirect => PROG_REDIRECT,
             DutXdp::RedirectReading => PROG_REDIRECT_READING,
+            DutXdp::Tx => PROG_TX,
         }
     }
 }
@@ -95,8 +98,10 @@ impl Generator {
         for name in [
             PROG_GEN,
             PROG_SINK,
+            PROG_SINK_PASS,
             PROG_REDIRECT,
             PROG_REDIRECT_READING,
+            PROG_TX,
             PROG_PASS,
         ] {
             xdp(&mut ebpf, name)?
@@ -220,12 +225,29 @@ impl Generator {
     pub fn attach_dut(&mut self, topo: &Topo, program: DutXdp) -> anyhow::Result<XdpLinkId> {
         let ebpf = &mut self.ebpf;
         topo.dut.run_scoped(|| -> anyhow::Result<XdpLinkId> {
-            if program != DutXdp::Pass {
+            if program == DutXdp::Redirect || program == DutXdp::RedirectReading {
                 let mut egress: DevMap<_> =
                     DevMap::try_from(ebpf.map_mut(MAP_EGRESS).context("egress map")?)?;
                 egress.set(0, if_index("d1")?, None, 0)?;
             }
             Ok(xdp(ebpf, program.name())?.attach("d0", XdpMode::Driver)?)
+        })?
+    }
+
+    /// Puts a sink on the generator's own veth (g0), for paths that send back out of d0: it
+    /// counts the generator's frames there and passes everything else (see `xdp_sink_pass`).
+    pub fn attach_gen_sink(&mut self, topo: &Topo) -> anyhow::Result<XdpLinkId> {
+        let ebpf = &mut self.ebpf;
+        topo.gen_ns.run_scoped(|| -> anyhow::Result<XdpLinkId> {
+            Ok(xdp(ebpf, PROG_SINK_PASS)?.attach("g0", XdpMode::Driver)?)
+        })?
+    }
+
+    pub fn detach_gen_sink(&mut self, topo: &Topo, link: XdpLinkId) -> anyhow::Result<()> {
+        let ebpf = &mut self.ebpf;
+        topo.gen_ns.run_scoped(|| -> anyhow::Result<()> {
+            xdp(ebpf, PROG_SINK_PASS)?.detach(link)?;
+            Ok(())
         })?
     }
 

@@ -440,7 +440,7 @@ pub fn markdown(md: &mut String, b: &RelayBench) {
         let r = x.kpps_64.median / c.kpps_64.median;
         let _ = writeln!(
             md,
-            "XDP (generic) against coturn: {r:.2}x at 64 B, {:.2}x at 1200 B. Target XDP ≥ 10x coturn's packet rate: {}. (One client-side sending thread feeds every contender here: a contender faster than it cannot show more than the sender's rate; the ≥ 85% of a no-op XDP_TX ceiling target needs an in-kernel generator and native XDP: not measured.)\n",
+            "XDP (generic) against coturn: {r:.2}x at 64 B, {:.2}x at 1200 B. Target XDP ≥ 10x coturn's packet rate: {}. (One client-side sending thread feeds every contender here: a contender faster than it cannot show more than the sender's rate; the ≥ 85% of a no-op XDP_TX ceiling target needs an in-kernel generator and native XDP: see the next section.)\n",
             x.kpps_1200.median / c.kpps_1200.median,
             if r >= 10.0 { "met" } else { "NOT met" }
         );

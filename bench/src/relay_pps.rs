@@ -9,6 +9,15 @@
 //! ```text
 //!  gen: g0 198.18.0.1:10000 ── d0 198.18.0.254:3478 [relay] d1 198.19.0.254 ── s0 198.19.0.1:5000
 //! ```
+//!
+//! Then the same on one interface, as a relay with one NIC runs (the issue's XDP_TX ceiling):
+//! the peer is a second address of the generator's link, so the relay sends back out of d0
+//! (XDP_TX), and a sink on g0 counts. Contenders: a no-op XDP_TX on d0 and the XDP relay.
+//!
+//! ```text
+//!  gen: g0 198.18.0.1:10000, 198.18.0.2:5000 (peer) ── d0 198.18.0.254:3478 [relay, relayed
+//!       addresses on d0 too]
+//! ```
 
 use std::{
     fmt::Write as _,
@@ -37,6 +46,21 @@ const CLIENT_PORT: u16 = 10_000;
 const SINK_PORT: u16 = 5000;
 const CHANNEL: u16 = 0x4000;
 
+/// The peer of the one-interface layout: on the generator's link, reached back out of d0.
+const PEER_ON_LINK: &str = "198.18.0.2";
+
+/// Where the relay's client and peer are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The client behind d0, the peer behind d1: the relay redirects between them.
+    TwoInterfaces,
+    /// Both on d0's link: the relay sends back out of the interface it received on (XDP_TX).
+    OneInterface,
+}
+
+/// The contenders of the one-interface layout.
+pub const ONE_LINK_CONTENDERS: [Contender; 2] = [Contender::NoopTx, Contender::RelayGatewayXdp];
+
 pub const CONTENDERS: [Contender; 5] = [
     Contender::NoopRedirect,
     Contender::ReadingRedirect,
@@ -61,6 +85,9 @@ pub struct RelayPps {
     pub frame_sizes: Vec<usize>,
     pub frames: u32,
     pub rows: Vec<Row>,
+    /// The one-interface layout (absent from runs made before it was measured).
+    #[serde(default)]
+    pub one_interface: Vec<Row>,
 }
 
 fn label(c: Contender) -> &'static str {
@@ -70,6 +97,7 @@ fn label(c: Contender) -> &'static str {
             "XDP redirect d0 → d1 that reads the IP header first (a forwarder's floor)"
         }
         Contender::RelayGatewayXdp => "this relay, bound channels in XDP (native)",
+        Contender::NoopTx => "no-op XDP_TX back out of d0 (ceiling on one interface)",
         other => other.label(),
     }
 }
@@ -123,24 +151,40 @@ impl Drop for ConfigDir {
     }
 }
 
-/// Starts a relay contender in the DUT, as the relay scenario configures it.
-fn start(c: Contender, topo: &Topo, dir: &std::path::Path) -> anyhow::Result<Server> {
+/// Starts a relay contender in the DUT, as the relay scenario configures it; on one interface,
+/// its relayed addresses are the listening address's, as on a host with one NIC.
+fn start(
+    c: Contender,
+    topo: &Topo,
+    dir: &std::path::Path,
+    layout: Layout,
+) -> anyhow::Result<Server> {
+    let (relay_ip, xdp) = match layout {
+        Layout::TwoInterfaces => (
+            RELAY_IP,
+            "xdp:\n  interfaces: [d0, d1]\n  attach: xdp-native\n",
+        ),
+        Layout::OneInterface => (
+            "198.18.0.254",
+            "xdp:\n  interfaces: [d0]\n  attach: xdp-native\n",
+        ),
+    };
     Ok(Server(crate::relay::spawn(
         c,
         &topo.dut,
         "198.18.0.254",
-        RELAY_IP,
-        "xdp:\n  interfaces: [d0, d1]\n  attach: xdp-native\n",
+        relay_ip,
+        xdp,
         dir,
     )?))
 }
 
 /// Allocates and binds the channel from the generator's address and port (retrying while the
 /// relay starts); the client stays alive for the measurement.
-fn bind(topo: &Topo) -> anyhow::Result<TurnClient> {
+fn bind(topo: &Topo, peer: &'static str) -> anyhow::Result<TurnClient> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = topo.gen_ns.run(|| -> anyhow::Result<TurnClient> {
+        let r = topo.gen_ns.run(move || -> anyhow::Result<TurnClient> {
             let mut c = TurnClient::new(
                 format!("{GEN_ADDR}:{CLIENT_PORT}").parse()?,
                 LISTEN.parse()?,
@@ -148,7 +192,7 @@ fn bind(topo: &Topo) -> anyhow::Result<TurnClient> {
                 "wonderland",
             )?;
             c.allocate()?;
-            c.channel_bind(CHANNEL, format!("{SINK_ADDR}:{SINK_PORT}").parse()?)?;
+            c.channel_bind(CHANNEL, format!("{peer}:{SINK_PORT}").parse()?)?;
             Ok(c)
         })?;
         match r {
@@ -162,6 +206,7 @@ fn bind(topo: &Topo) -> anyhow::Result<TurnClient> {
 /// One contender, every frame size: (Mpps arrived, loss) per size.
 fn trial(
     c: Contender,
+    layout: Layout,
     topo: &Topo,
     dir: &std::path::Path,
     g: &mut Generator,
@@ -176,6 +221,7 @@ fn trial(
         let program = match c {
             Contender::NoopRedirect => DutXdp::Redirect,
             Contender::ReadingRedirect => DutXdp::RedirectReading,
+            Contender::NoopTx => DutXdp::Tx,
             _ => DutXdp::Pass,
         };
         let redirect = program != DutXdp::Pass;
@@ -183,9 +229,18 @@ fn trial(
             Contender::RelayGatewayXdp => None,
             _ => Some(g.attach_dut(topo, program)?),
         };
-        let server = (!redirect).then(|| start(c, topo, dir)).transpose()?;
-        let client = (!redirect).then(|| bind(topo)).transpose()?;
-        topo.dedicate_dut_core()?;
+        let server = (!redirect)
+            .then(|| start(c, topo, dir, layout))
+            .transpose()?;
+        let peer = match layout {
+            Layout::TwoInterfaces => SINK_ADDR,
+            Layout::OneInterface => PEER_ON_LINK,
+        };
+        let client = (!redirect).then(|| bind(topo, peer)).transpose()?;
+        match layout {
+            Layout::TwoInterfaces => topo.dedicate_dut_core()?,
+            Layout::OneInterface => topo.dedicate_dut_core_one_link()?,
+        }
         // The ceiling forwards the client's frames as they are (no signature where the sink
         // looks): every frame that arrives counts.
         let count = |g: &Generator| {
@@ -232,21 +287,84 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
         &CONTENDERS,
         |c| label(c).to_string(),
         trials,
-        |c| trial(c, &topo, &dir.0, &mut generator, &frame_sizes, frames),
-        |v| {
-            v.iter()
-                .zip(&frame_sizes)
-                .map(|((mpps, loss), n)| {
-                    format!("{n} B: {mpps:.3} Mpps (loss {:.1}%)", loss * 100.0)
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+        |c| {
+            trial(
+                c,
+                Layout::TwoInterfaces,
+                &topo,
+                &dir.0,
+                &mut generator,
+                &frame_sizes,
+                frames,
+            )
         },
+        |v| describe(v, &frame_sizes),
     );
-    let rows = outcomes
+    let rows = rows_of(outcomes, &CONTENDERS, &frame_sizes);
+    // One interface: the peer is a second address on the generator's link, its neighbour
+    // known to the DUT (the sink on g0 passes ARP, but a permanent entry keeps it out of the
+    // measurement), and g0 counts what comes back.
+    topo.gen_ns
+        .ip(&["addr", "add", &format!("{PEER_ON_LINK}/24"), "dev", "g0"])?;
+    topo.dut.ip(&[
+        "neigh",
+        "replace",
+        PEER_ON_LINK,
+        "lladdr",
+        &crate::topo::mac(crate::topo::MAC_G0),
+        "dev",
+        "d0",
+        "nud",
+        "permanent",
+    ])?;
+    let sink = generator.attach_gen_sink(&topo)?;
+    let outcomes = alternate(
+        "bench relay-pps, one interface",
+        &ONE_LINK_CONTENDERS,
+        |c| label(c).to_string(),
+        trials,
+        |c| {
+            trial(
+                c,
+                Layout::OneInterface,
+                &topo,
+                &dir.0,
+                &mut generator,
+                &frame_sizes,
+                frames,
+            )
+        },
+        |v| describe(v, &frame_sizes),
+    );
+    generator.detach_gen_sink(&topo, sink)?;
+    let one_interface = rows_of(outcomes, &ONE_LINK_CONTENDERS, &frame_sizes);
+    Ok(RelayPps {
+        frame_sizes,
+        frames,
+        rows,
+        one_interface,
+    })
+}
+
+/// A trial's figures for the log.
+fn describe(v: &[(f64, f64)], frame_sizes: &[usize]) -> String {
+    v.iter()
+        .zip(frame_sizes)
+        .map(|((mpps, loss), n)| format!("{n} B: {mpps:.3} Mpps (loss {:.1}%)", loss * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rows of the report from each contender's trials (per frame size).
+fn rows_of(
+    outcomes: Vec<crate::alternate::Outcome<Vec<(f64, f64)>>>,
+    contenders: &[Contender],
+    frame_sizes: &[usize],
+) -> Vec<Row> {
+    outcomes
         .into_iter()
-        .zip(CONTENDERS)
-        .map(|(o, c)| {
+        .zip(contenders)
+        .map(|(o, &c)| {
             let per = |f: &dyn Fn(&(f64, f64)) -> f64| -> Vec<Summary> {
                 (0..frame_sizes.len())
                     .map(|i| Summary::of_or_zero(o.samples.iter().map(|s| f(&s[i])).collect()))
@@ -260,32 +378,19 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
                 error: o.error,
             }
         })
-        .collect();
-    Ok(RelayPps {
-        frame_sizes,
-        frames,
-        rows,
-    })
+        .collect()
 }
 
-pub fn markdown(md: &mut String, r: &RelayPps) {
-    let _ = writeln!(
-        md,
-        "## TURN relay with an in-kernel generator: relayed packets per second\n"
-    );
-    let _ = writeln!(
-        md,
-        "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating.\n",
-        r.frames
-    );
+/// The contenders' rates per frame size, one row each.
+fn table(md: &mut String, rows: &[Row], frame_sizes: &[usize]) {
     let mut head = String::from("| contender |");
     let mut rule = String::from("|---|");
-    for n in &r.frame_sizes {
+    for n in frame_sizes {
         let _ = write!(head, " {n} B (Mpps) | loss |");
         rule.push_str("---:|---:|");
     }
     let _ = writeln!(md, "{head}\n{rule}");
-    for row in &r.rows {
+    for row in rows {
         if let Some(e) = &row.error {
             let _ = writeln!(
                 md,
@@ -308,6 +413,70 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
         }
         let _ = writeln!(md, "{line}");
     }
+}
+
+/// The one-interface layout: its table and the relay against the XDP_TX ceiling.
+fn one_interface_markdown(md: &mut String, r: &RelayPps) {
+    let _ = writeln!(
+        md,
+        "### On one interface, against the no-op XDP_TX ceiling\n\nAs a relay with one NIC runs: the peer is a second address on the generator's link (198.18.0.2), the relayed addresses are the listening address's, so the relay unwraps ChannelData and sends it back out of d0 (XDP_TX). The ceiling is a no-op XDP_TX on d0; a sink on g0 counts (its receive processing on the DUT's core, as the sink's on s0 above). Same generator, frames and trials, contenders alternating.\n"
+    );
+    table(md, &r.one_interface, &r.frame_sizes);
+    let find = |c: Contender| {
+        r.one_interface
+            .iter()
+            .find(|x| x.contender == c && x.error.is_none())
+    };
+    let (Some(xdp), Some(ceiling)) = (find(Contender::RelayGatewayXdp), find(Contender::NoopTx))
+    else {
+        let _ = writeln!(md);
+        return;
+    };
+    let _ = writeln!(md);
+    for (i, n) in r.frame_sizes.iter().enumerate() {
+        let by_medians = xdp.mpps[i].median / ceiling.mpps[i].median;
+        let paired = crate::stats::Summary::paired(&xdp.mpps[i].trials, &ceiling.mpps[i].trials);
+        let spread = ceiling.mpps[i].max / ceiling.mpps[i].min.max(f64::MIN_POSITIVE);
+        let _ = writeln!(
+            md,
+            "- {n} B: XDP / no-op XDP_TX {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial (target ≥ 85%: {}){}; {}.",
+            by_medians * 100.0,
+            paired.median * 100.0,
+            paired.min * 100.0,
+            paired.max * 100.0,
+            if by_medians >= 0.85 && paired.median >= 0.85 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            if spread >= 1.5 {
+                format!("; the ceiling itself varied {spread:.1}-fold between trials")
+            } else {
+                String::new()
+            },
+            crate::stats::per_packet_budget(
+                "the no-op XDP_TX",
+                ceiling.mpps[i].median,
+                "the relay",
+                xdp.mpps[i].median,
+                0.85 * ceiling.mpps[i].median
+            )
+        );
+    }
+    let _ = writeln!(md);
+}
+
+pub fn markdown(md: &mut String, r: &RelayPps) {
+    let _ = writeln!(
+        md,
+        "## TURN relay with an in-kernel generator: relayed packets per second\n"
+    );
+    let _ = writeln!(
+        md,
+        "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating.\n",
+        r.frames
+    );
+    table(md, &r.rows, &r.frame_sizes);
     let find = |c: Contender| {
         r.rows
             .iter()
@@ -372,5 +541,8 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
             }
         }
         let _ = writeln!(md);
+    }
+    if !r.one_interface.is_empty() {
+        one_interface_markdown(md, r);
     }
 }

@@ -15,13 +15,16 @@ pub const MAC_D0: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
 pub const MAC_D1: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
 pub const MAC_S0: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
 
+/// The CPU of the device under test (the generator runs on CPU 0).
+pub const DUT_CPU: usize = 1;
+
 pub struct Topo {
     pub gen_ns: Netns,
     pub dut: Netns,
     pub sink: Netns,
 }
 
-fn mac(m: [u8; 6]) -> String {
+pub fn mac(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -113,7 +116,18 @@ impl Topo {
     /// a contender that never reads the frame, the sink pays its first read). Called after each
     /// install: attaching XDP re-creates the NAPI instance.
     pub fn dedicate_dut_core(&self) -> anyhow::Result<()> {
-        for (ns, dev, cpu) in [(&self.dut, "d0", 1), (&self.sink, "s0", 1)] {
+        self.pin_receive_to_dut_core(&[(&self.dut, "d0"), (&self.sink, "s0")])
+    }
+
+    /// As [`Topo::dedicate_dut_core`], for paths that send back out of d0: the receive
+    /// processing of g0, where the sink then counts (`Generator::attach_gen_sink`), runs on the
+    /// DUT's core as the sink's on s0 does.
+    pub fn dedicate_dut_core_one_link(&self) -> anyhow::Result<()> {
+        self.pin_receive_to_dut_core(&[(&self.dut, "d0"), (&self.gen_ns, "g0")])
+    }
+
+    fn pin_receive_to_dut_core(&self, devices: &[(&Netns, &str)]) -> anyhow::Result<()> {
+        for &(ns, dev) in devices {
             ns.exec(&[
                 "sh",
                 "-c",
@@ -125,7 +139,7 @@ impl Topo {
                 let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
                 if comm.trim().starts_with(&prefix) {
                     let pid: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
-                    pin(pid, cpu)?;
+                    pin(pid, DUT_CPU)?;
                 }
             }
         }

@@ -68,6 +68,8 @@ const _: () = assert!(core::mem::size_of::<GenHeader>() == GEN_HEADER_LEN);
 
 pub const PROG_GEN: &str = "xdp_gen";
 pub const PROG_SINK: &str = "xdp_sink";
+pub const PROG_SINK_PASS: &str = "xdp_sink_pass";
+pub const PROG_TX: &str = "xdp_tx";
 pub const PROG_REDIRECT: &str = "xdp_redirect";
 pub const PROG_REDIRECT_READING: &str = "xdp_redirect_reading";
 pub const PROG_PASS: &str = "xdp_pass";

@@ -6,7 +6,10 @@
 //!   page pool as the path left them (a forwarder rewrites MACs and TTL), so every repetition
 //!   first restores the header from a template.
 //! - `xdp_sink` counts what arrives and drops it: packets are counted where they arrive.
+//! - `xdp_sink_pass` is the sink on the generator's own veth (the relay's one-interface
+//!   layout): it counts and drops the generator's frames and hands anything else to the kernel.
 //! - `xdp_redirect` is the no-op ceiling: redirect everything to the egress veth.
+//! - `xdp_tx` is the no-op ceiling of a one-interface path: every frame back out (XDP_TX).
 //! - `xdp_pass` lets a veth receive XDP frames and hand them to the kernel stack (the path the
 //!   kernel-forwarding contenders take).
 //! - `tc_redirect` is the ceiling of a data path in TC: redirect everything from TC ingress to
@@ -105,23 +108,54 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
 /// anything else that arrives.
 #[xdp]
 pub fn xdp_sink(ctx: XdpContext) -> u32 {
+    let ours = signature_at(&ctx, GEN_SIGNATURE_AT);
+    sink_count(&ctx, if ours { SINK_OURS } else { SINK_STRAY });
+    xdp_action::XDP_DROP
+}
+
+/// The sink where the generator's frames share the interface with other traffic: a frame with
+/// the signature where a relay leaves it (the unwrapped datagram) counts as ours, one with the
+/// signature four bytes on (ChannelData as the generator sent it, bounced by a ceiling) as a
+/// stray; both are dropped. Anything else (the TURN client's replies) goes to the kernel.
+#[xdp]
+pub fn xdp_sink_pass(ctx: XdpContext) -> u32 {
+    if signature_at(&ctx, GEN_SIGNATURE_AT) {
+        sink_count(&ctx, SINK_OURS);
+    } else if signature_at(&ctx, GEN_SIGNATURE_AT + 4) {
+        sink_count(&ctx, SINK_STRAY);
+    } else {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Whether the frame is IPv4 with the generator's signature at `at`.
+#[inline(always)]
+fn signature_at(ctx: &XdpContext, at: usize) -> bool {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let ours = start + GEN_SIGNATURE_AT + GEN_SIGNATURE.len() <= end && {
+    start + at + GEN_SIGNATURE.len() <= end && {
         // SAFETY: the reads are inside [start, end), checked above.
         unsafe {
             core::ptr::read_unaligned((start + 12) as *const [u8; 2]) == [0x08, 0x00]
-                && core::ptr::read_unaligned((start + GEN_SIGNATURE_AT) as *const [u8; 6])
-                    == GEN_SIGNATURE
+                && core::ptr::read_unaligned((start + at) as *const [u8; 6]) == GEN_SIGNATURE
         }
-    };
-    if let Some(c) = SINK.get_ptr_mut(if ours { SINK_OURS } else { SINK_STRAY }) {
+    }
+}
+
+#[inline(always)]
+fn sink_count(ctx: &XdpContext, slot: u32) {
+    if let Some(c) = SINK.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += (ctx.data_end() - ctx.data()) as u64;
         }
     }
-    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
 }
 
 #[xdp]
