@@ -415,6 +415,33 @@ fn table(md: &mut String, rows: &[Row], frame_sizes: &[usize]) {
     }
 }
 
+/// The relay's rate at frame size `i` against a ceiling's, and the 85% target: by medians,
+/// and within each trial (the two run back to back), which drift between trials cannot fake;
+/// the ceiling's own spread says how far any figure can be trusted. One decimal, so a ratio
+/// just under the target does not print as the target.
+fn against_ceiling(xdp: &Row, ceiling: &Row, i: usize, name: &str) -> String {
+    let by_medians = xdp.mpps[i].median / ceiling.mpps[i].median;
+    let paired = crate::stats::Summary::paired(&xdp.mpps[i].trials, &ceiling.mpps[i].trials);
+    let spread = ceiling.mpps[i].max / ceiling.mpps[i].min.max(f64::MIN_POSITIVE);
+    format!(
+        "XDP / {name} {:.1}% by medians, {:.1}% ({:.0}–{:.0}%) within each trial (target ≥ 85%: {}){}",
+        by_medians * 100.0,
+        paired.median * 100.0,
+        paired.min * 100.0,
+        paired.max * 100.0,
+        if by_medians >= 0.85 && paired.median >= 0.85 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if spread >= 1.5 {
+            format!("; the ceiling itself varied {spread:.1}-fold between trials")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// The one-interface layout: its table and the relay against the XDP_TX ceiling.
 fn one_interface_markdown(md: &mut String, r: &RelayPps) {
     let _ = writeln!(
@@ -434,26 +461,10 @@ fn one_interface_markdown(md: &mut String, r: &RelayPps) {
     };
     let _ = writeln!(md);
     for (i, n) in r.frame_sizes.iter().enumerate() {
-        let by_medians = xdp.mpps[i].median / ceiling.mpps[i].median;
-        let paired = crate::stats::Summary::paired(&xdp.mpps[i].trials, &ceiling.mpps[i].trials);
-        let spread = ceiling.mpps[i].max / ceiling.mpps[i].min.max(f64::MIN_POSITIVE);
         let _ = writeln!(
             md,
-            "- {n} B: XDP / no-op XDP_TX {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial (target ≥ 85%: {}){}; {}.",
-            by_medians * 100.0,
-            paired.median * 100.0,
-            paired.min * 100.0,
-            paired.max * 100.0,
-            if by_medians >= 0.85 && paired.median >= 0.85 {
-                "met"
-            } else {
-                "NOT met"
-            },
-            if spread >= 1.5 {
-                format!("; the ceiling itself varied {spread:.1}-fold between trials")
-            } else {
-                String::new()
-            },
+            "- {n} B: {}; {}.",
+            against_ceiling(xdp, ceiling, i, "no-op XDP_TX"),
             crate::stats::per_packet_budget(
                 "the no-op XDP_TX",
                 ceiling.mpps[i].median,
@@ -490,30 +501,11 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
         let _ = writeln!(md);
         for (i, n) in r.frame_sizes.iter().enumerate() {
             let vs_coturn = xdp.mpps[i].median / coturn.mpps[i].median;
-            let vs_ceiling = xdp.mpps[i].median / ceiling.mpps[i].median;
-            // Also within each trial (the two run back to back), which drift between trials
-            // cannot fake; the ceiling's own spread says how far any figure can be trusted.
-            let paired =
-                crate::stats::Summary::paired(&xdp.mpps[i].trials, &ceiling.mpps[i].trials);
-            let spread = ceiling.mpps[i].max / ceiling.mpps[i].min.max(f64::MIN_POSITIVE);
             let _ = writeln!(
                 md,
-                "- {n} B: XDP / coturn {vs_coturn:.1}x (target ≥ 10x: {}); XDP / no-op redirect {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial (target ≥ 85%: {}){}.",
+                "- {n} B: XDP / coturn {vs_coturn:.1}x (target ≥ 10x: {}); {}.",
                 if vs_coturn >= 10.0 { "met" } else { "NOT met" },
-                vs_ceiling * 100.0,
-                paired.median * 100.0,
-                paired.min * 100.0,
-                paired.max * 100.0,
-                if vs_ceiling >= 0.85 && paired.median >= 0.85 {
-                    "met"
-                } else {
-                    "NOT met"
-                },
-                if spread >= 1.5 {
-                    format!("; the ceiling itself varied {spread:.1}-fold between trials")
-                } else {
-                    String::new()
-                }
+                against_ceiling(xdp, ceiling, i, "no-op redirect"),
             );
             let _ = writeln!(
                 md,
