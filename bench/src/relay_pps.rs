@@ -282,25 +282,24 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     generator.set_flows(&[(GEN_ADDR.parse()?, 3478)], 1)?;
     let trials = if quick { 2 } else { 5 };
     let frames = crate::profiling::frames(if quick { 500_000 } else { TRIAL_FRAMES });
-    let outcomes = alternate(
+    // Every contender of a layout in each trial, alternating.
+    let measure = |tag: &str, contenders: &[Contender], layout: Layout, g: &mut Generator| {
+        let outcomes = alternate(
+            tag,
+            contenders,
+            |c| label(c).to_string(),
+            trials,
+            |c| trial(c, layout, &topo, &dir.0, g, &frame_sizes, frames),
+            |v| describe(v, &frame_sizes),
+        );
+        rows_of(outcomes, contenders, &frame_sizes)
+    };
+    let rows = measure(
         "bench relay-pps",
         &CONTENDERS,
-        |c| label(c).to_string(),
-        trials,
-        |c| {
-            trial(
-                c,
-                Layout::TwoInterfaces,
-                &topo,
-                &dir.0,
-                &mut generator,
-                &frame_sizes,
-                frames,
-            )
-        },
-        |v| describe(v, &frame_sizes),
+        Layout::TwoInterfaces,
+        &mut generator,
     );
-    let rows = rows_of(outcomes, &CONTENDERS, &frame_sizes);
     // One interface: the peer is a second address on the generator's link, its neighbour
     // known to the DUT (the sink on g0 passes ARP, but a permanent entry keeps it out of the
     // measurement), and g0 counts what comes back.
@@ -318,26 +317,13 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
         "permanent",
     ])?;
     let sink = generator.attach_gen_sink(&topo)?;
-    let outcomes = alternate(
+    let one_interface = measure(
         "bench relay-pps, one interface",
         &ONE_LINK_CONTENDERS,
-        |c| label(c).to_string(),
-        trials,
-        |c| {
-            trial(
-                c,
-                Layout::OneInterface,
-                &topo,
-                &dir.0,
-                &mut generator,
-                &frame_sizes,
-                frames,
-            )
-        },
-        |v| describe(v, &frame_sizes),
+        Layout::OneInterface,
+        &mut generator,
     );
     generator.detach_gen_sink(&topo, sink)?;
-    let one_interface = rows_of(outcomes, &ONE_LINK_CONTENDERS, &frame_sizes);
     Ok(RelayPps {
         frame_sizes,
         frames,
