@@ -565,6 +565,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                 }
                 // Judged on the ratio within each trial (the two run back to back), which drift
                 // between trials cannot fake; a ceiling that varies widely makes any figure weak.
+                // The judged ratios with one decimal: a ratio just under 85% must not print as 85%.
                 let trials = |c: Contender| {
                     rows.iter()
                         .find(|r| r.contender == c && r.error.is_none())
@@ -582,7 +583,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                         .map(|r| r.beside_ceiling.as_slice())
                         .unwrap_or_default();
                     let alternating = format!(
-                        "across the alternating contenders {:.0}% by medians, within each trial {:.0}% ({:.0}–{:.0}%; the ceiling contender varied {spread:.1}-fold between trials)",
+                        "across the alternating contenders {:.1}% by medians, within each trial {:.1}% ({:.0}–{:.0}%; the ceiling contender varied {spread:.1}-fold between trials)",
                         g / c * 100.0,
                         ratio.median * 100.0,
                         ratio.min * 100.0,
@@ -609,7 +610,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                         );
                         let _ = writeln!(
                             md,
-                            "- gateway within 15% of the no-op ceiling: {:.0}% ({:.0}–{:.0}%) of the ceiling measured beside it, per trial (gateway, ceiling, gateway again on one install, seconds apart; the gateway's second measurement ÷ its first: {:.2} ({:.2}–{:.2})), {}; {alternating}\n",
+                            "- gateway within 15% of the no-op ceiling: {:.1}% ({:.0}–{:.0}%) of the ceiling measured beside it, per trial (gateway, ceiling, gateway again on one install, seconds apart; the gateway's second measurement ÷ its first: {:.2} ({:.2}–{:.2})), {}; {alternating}\n",
                             r.median * 100.0,
                             r.min * 100.0,
                             r.max * 100.0,
