@@ -367,6 +367,11 @@ fn rows_of(
         .collect()
 }
 
+/// The row of contender `c`, if it was measured.
+fn measured(rows: &[Row], c: Contender) -> Option<&Row> {
+    rows.iter().find(|x| x.contender == c && x.error.is_none())
+}
+
 /// The contenders' rates per frame size, one row each.
 fn table(md: &mut String, rows: &[Row], frame_sizes: &[usize]) {
     let mut head = String::from("| contender |");
@@ -435,11 +440,7 @@ fn one_interface_markdown(md: &mut String, r: &RelayPps) {
         "### On one interface, against the no-op XDP_TX ceiling\n\nAs a relay with one NIC runs: the peer is a second address on the generator's link (198.18.0.2), the relayed addresses are the listening address's, so the relay unwraps ChannelData and sends it back out of d0 (XDP_TX). The ceiling is a no-op XDP_TX on d0; a sink on g0 counts (its receive processing on the DUT's core, as the sink's on s0 above). Same generator, frames and trials, contenders alternating.\n"
     );
     table(md, &r.one_interface, &r.frame_sizes);
-    let find = |c: Contender| {
-        r.one_interface
-            .iter()
-            .find(|x| x.contender == c && x.error.is_none())
-    };
+    let find = |c| measured(&r.one_interface, c);
     let (Some(xdp), Some(ceiling)) = (find(Contender::RelayGatewayXdp), find(Contender::NoopTx))
     else {
         let _ = writeln!(md);
@@ -474,11 +475,7 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
         r.frames
     );
     table(md, &r.rows, &r.frame_sizes);
-    let find = |c: Contender| {
-        r.rows
-            .iter()
-            .find(|x| x.contender == c && x.error.is_none())
-    };
+    let find = |c| measured(&r.rows, c);
     if let (Some(xdp), Some(coturn), Some(ceiling)) = (
         find(Contender::RelayGatewayXdp),
         find(Contender::RelayCoturn),

@@ -334,11 +334,11 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
     Ok(())
 }
 
-/// Whether the kernel would keep `pkt` (IPv6) on this host rather than forward
-/// it: its route is local (or there is none, forwarding is off, or the source is link-local,
-/// which is never forwarded), as the FIB answers for the arrival interface. Neighbour discovery addressed to a unicast address (unreachability
-/// probes, solicited advertisements answering a global source) is the host's own business
-/// only then; anything the kernel would forward meets the policy.
+/// Whether the kernel would keep `pkt` (IPv6) on this host rather than forward it: its route
+/// is local (or there is none, forwarding is off, or the source is link-local, which is never
+/// forwarded), as the FIB answers for the arrival interface. Neighbour discovery addressed to a
+/// unicast address (unreachability probes, solicited advertisements answering a global source)
+/// is the host's own business only then; anything the kernel would forward meets the policy.
 #[inline(always)]
 fn stays_on_host(b: &Bytes, pkt: &Packet) -> bool {
     use aya_ebpf::{

@@ -32,6 +32,23 @@ pub struct Run {
     pub port: u16,
 }
 
+/// The bulk transfers a data path is tried with: TCP, then UDP as `udp` says, each from the
+/// client to the server and back, `seconds` each, on consecutive ports from `first_port`.
+pub fn both_ways(udp: Transfer, seconds: u32, first_port: u16) -> [Run; 4] {
+    let run = |transfer, reverse, i: u16| Run {
+        transfer,
+        reverse,
+        seconds,
+        port: first_port + i,
+    };
+    [
+        run(Transfer::Tcp, false, 0),
+        run(Transfer::Tcp, true, 1),
+        run(udp, false, 2),
+        run(udp, true, 3),
+    ]
+}
+
 /// What the receiving side counted.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outcome {

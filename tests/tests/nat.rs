@@ -730,23 +730,8 @@ mod lab {
             payload: 1400,
             mbit_per_s: 150,
         };
-        for (i, (transfer, reverse)) in [
-            (Transfer::Tcp, false),
-            (Transfer::Tcp, true),
-            (udp, false),
-            (udp, true),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            bulk(
-                cp1,
-                lan1,
-                lan1_addr,
-                transfer,
-                reverse,
-                first_port + i as u16,
-            );
+        for run in iperf::both_ways(udp, 2, first_port) {
+            bulk(cp1, lan1, lan1_addr, run.transfer, run.reverse, run.port);
         }
     }
 

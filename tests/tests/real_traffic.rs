@@ -47,21 +47,10 @@ fn transfers(
     what: &str,
 ) -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
-    for (i, (transfer, reverse)) in [
-        (Transfer::Tcp, false),
-        (Transfer::Tcp, true),
-        (UDP, false),
-        (UDP, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let run = Run {
-            transfer,
-            reverse,
-            seconds: SECONDS,
-            port: 5201 + i as u16,
-        };
+    for run in iperf::both_ways(UDP, SECONDS, 5201) {
+        let Run {
+            transfer, reverse, ..
+        } = run;
         let label = format!(
             "{what}: {transfer:?} {}",
             if reverse {

@@ -196,21 +196,10 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
         payload: 1400,
         mbit_per_s: 150,
     };
-    for (i, (transfer, reverse)) in [
-        (Transfer::Tcp, false),
-        (Transfer::Tcp, true),
-        (udp, false),
-        (udp, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let run = Run {
-            transfer,
-            reverse,
-            seconds: 2,
-            port: 5201 + i as u16,
-        };
+    for run in iperf::both_ways(udp, 2, 5201) {
+        let Run {
+            transfer, reverse, ..
+        } = run;
         // Datagrams the receiving iperf3 could not take in time (its socket's buffer full, the
         // two cores busy) are the receiver's loss, not the path's: counted where it happens.
         let receiver = if reverse { &lab.a } else { &lab.b };
