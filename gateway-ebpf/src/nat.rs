@@ -733,12 +733,15 @@ pub fn masquerade<R: Rewrite>(
     let Some(nat_addr) = interface_addr(ifindex, v4) else {
         return Nat::Untouched;
     };
+    let Some(s) = maps::NAT_SETTINGS.get(0) else {
+        return Nat::Drop(gateway_common::stats::reason::DROP_INTERNAL);
+    };
     // A memo is only written after the checks below passed for this flow and sender within
     // the current tick, so while it lasts they need not be made again (the network prefix
     // lookup among them): a change of the masqueraded networks, like any change of the tables,
     // reaches the flow's packets at the next tick.
     if !later {
-        if let Some(port) = remembered_port(pkt, flow, sender_is_a) {
+        if let Some(port) = remembered_port(s, pkt, flow, sender_is_a) {
             return rewrite_source(rw, pkt, &nat_addr, port);
         }
     }
@@ -758,7 +761,7 @@ pub fn masquerade<R: Rewrite>(
         }
         return Nat::Translated;
     }
-    let (Some(s), Some(x)) = (maps::NAT_SETTINGS.get(0), scratch()) else {
+    let Some(x) = scratch() else {
         return Nat::Drop(gateway_common::stats::reason::DROP_INTERNAL);
     };
     let now = pkt.now();
@@ -805,8 +808,12 @@ pub fn masquerade<R: Rewrite>(
 
 /// The port the flow's conntrack entry remembers for this sender in the current tick.
 #[inline(always)]
-fn remembered_port(pkt: &Packet, flow: *mut CtEntry, sender_is_a: bool) -> Option<u16> {
-    let s = maps::NAT_SETTINGS.get(0)?;
+fn remembered_port(
+    s: &NatSettings,
+    pkt: &Packet,
+    flow: *mut CtEntry,
+    sender_is_a: bool,
+) -> Option<u16> {
     // SAFETY: null, or a valid map value.
     let entry = unsafe { flow.as_ref() }?;
     if !rememberable(s, pkt.flow.proto) {
