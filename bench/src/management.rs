@@ -2,7 +2,7 @@
 //!
 //! - Network-map computation per peer, in process, over a sample of peers and the gateway.
 //! - REST change → BPF maps updated: the real `gateway management serve` and the real
-//!   `gateway run --management-url` in a namespace; each change toggles a policy that reaches the
+//!   `gateway run --management-url` in a namespace; each change disables or re-enables a policy that reaches the
 //!   gateway, timed from sending the PUT to the gateway's /status showing the new serial applied.
 //! - Memory: the management process's resident set (peak and after the changes).
 
@@ -423,7 +423,10 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
         .into();
     let agent = Arc::new(agent);
     let mut change_ms = Vec::new();
-    let toggled = "policy00000";
+    // Changes come in fours over two policies that reach the gateway (one to it, one to the LAN
+    // behind it): off, off, on, on, then the next two. Each map then differs from the one
+    // before last (what the gateway's inactive slot holds) by two policies, as a stream of
+    // different edits would, and not by nothing, as toggling one policy back and forth would.
     let apply_sum = |gw: &GatewayProcess| -> anyhow::Result<(f64, f64)> {
         let text = gw.metrics(&ns)?;
         let value = |name: &str| {
@@ -442,8 +445,9 @@ pub fn run(quick: bool) -> anyhow::Result<ManagementBench> {
     let (sum0, count0) = apply_sum(&gw)?;
     for i in 0..changes {
         let before = serial(&gw);
-        let path = format!("http://{MGMT_ADDR}/api/policies/{toggled}");
-        let enabled = i % 2 == 1;
+        let policy = 2 * (i / 4) + i % 2;
+        let path = format!("http://{MGMT_ADDR}/api/policies/policy{policy:05}");
+        let enabled = i % 4 >= 2;
         // The body is prepared first: only the PUT and what follows it is timed.
         let body = {
             let (agent, path) = (agent.clone(), path.clone());
@@ -524,7 +528,7 @@ pub fn markdown(md: &mut String, m: &ManagementBench) {
     );
     let _ = writeln!(
         md,
-        "The account is synthetic (bench/src/management.rs): every peer in one group and half of them in a second; each policy one rule from 1–3 random groups to 1–3 random groups (80% TCP with 1–2 ports, 90% accept, 20% bidirectional); {GATEWAY_POLICIES} of them reach the gateway (its group, or a LAN subnet it routes). The REST figures come from the real `gateway management serve` and `gateway run --management-url` processes in a namespace: each change toggles one policy that reaches the gateway, timed from sending the PUT until the gateway's /status shows the new serial in force (maps written).\n"
+        "The account is synthetic (bench/src/management.rs): every peer in one group and half of them in a second; each policy one rule from 1–3 random groups to 1–3 random groups (80% TCP with 1–2 ports, 90% accept, 20% bidirectional); {GATEWAY_POLICIES} of them reach the gateway (its group, or a LAN subnet it routes). The REST figures come from the real `gateway management serve` and `gateway run --management-url` processes in a namespace: each change disables or re-enables one of the policies that reach the gateway (in fours: two off, the same two on, then the next two, so each map differs from the one before last by two policies), timed from sending the PUT until the gateway's /status shows the new serial in force (maps written).\n"
     );
     let _ = writeln!(md, "| measure | median | min–max | p99 | target |");
     let _ = writeln!(md, "|---|---:|---:|---:|---|");

@@ -85,8 +85,9 @@ impl Default for LoadOptions {
 
 #[derive(Default)]
 struct SlotContents {
-    verdict_keys: Vec<VerdictKey>,
-    v6_keys: Vec<(u8, [u8; 16])>,
+    /// The verdict entries and IPv6 prefixes the kernel maps hold for this slot, as written.
+    verdicts: HashMap<VerdictKey, Verdict>,
+    v6_prefixes: HashMap<(u8, [u8; 16]), AddrClass>,
     rules: Vec<RuleInfo>,
     stats: CompileStats,
     /// Adopted from a pinned data plane: the rule counters belong to policies this process never
@@ -365,17 +366,15 @@ impl Dataplane {
         })
     }
 
-    /// Replaces the slot's verdict entries. The slot's key list always covers every entry that
-    /// may be in the map, also when a write fails half way, so the next apply to this slot
-    /// removes what this one left (the slot is inactive until an apply completes).
+    /// Replaces the slot's verdict entries (the slot is inactive until an apply completes).
     fn write_verdicts(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
         let mut map: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::ACL_VERDICT)
                 .context("verdict map")?,
         )?;
-        let tracked = &mut self.slots[slot as usize].verdict_keys;
-        let wanted: HashMap<VerdictKey, &Verdict> = c
+        let written = &mut self.slots[slot as usize].verdicts;
+        let wanted: HashMap<VerdictKey, Verdict> = c
             .verdicts
             .iter()
             .map(|(k, v)| {
@@ -384,43 +383,37 @@ impl Dataplane {
                         slot: slot as u8,
                         ..*k
                     },
-                    v,
+                    *v,
                 )
             })
             .collect();
-        replace_entries(
-            tracked,
-            wanted.keys().copied().collect(),
-            |k, write| match write {
-                Write::Remove => map.remove(k).context("removing a stale verdict"),
-                Write::Insert => map.insert(*k, wanted[k], 0).context("writing a verdict"),
-            },
-        )
+        replace_entries(written, &wanted, |k, value| match value {
+            None => gone(map.remove(k)).context("removing a stale verdict"),
+            Some(v) => map.insert(*k, v, 0).context("writing a verdict"),
+        })
     }
 
     /// As [`Dataplane::write_verdicts`], for the IPv6 prefixes.
     fn write_v6(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
         let mut trie: LpmTrie<_, V6KeyData, AddrClass> =
             LpmTrie::try_from(self.ebpf.map_mut(names::ACL_V6).context("v6 map")?)?;
-        let tracked = &mut self.slots[slot as usize].v6_keys;
-        let wanted: HashMap<(u8, [u8; 16]), &AddrClass> =
-            c.v6.iter().map(|(l, a, class)| ((*l, *a), class)).collect();
+        let written = &mut self.slots[slot as usize].v6_prefixes;
+        let wanted: HashMap<(u8, [u8; 16]), AddrClass> =
+            c.v6.iter()
+                .map(|(l, a, class)| ((*l, *a), *class))
+                .collect();
         let key = |(len, addr): &(u8, [u8; 16])| {
             Key::new(
                 V6_SLOT_PREFIX_BITS + *len as u32,
                 V6KeyData::new(slot, *addr),
             )
         };
-        replace_entries(
-            tracked,
-            wanted.keys().copied().collect(),
-            |k, write| match write {
-                Write::Remove => trie.remove(&key(k)).context("removing a stale IPv6 prefix"),
-                Write::Insert => trie
-                    .insert(&key(k), wanted[k], 0)
-                    .context("writing an IPv6 prefix"),
-            },
-        )
+        replace_entries(written, &wanted, |k, value| match value {
+            None => gone(trie.remove(&key(k))).context("removing a stale IPv6 prefix"),
+            Some(class) => trie
+                .insert(&key(k), class, 0)
+                .context("writing an IPv6 prefix"),
+        })
     }
 
     /// Moves the counters of the policy that last used `slot` into the carried totals and zeroes
@@ -528,13 +521,13 @@ impl Dataplane {
             ),
             (
                 "acl_verdicts",
-                s.verdict_keys.len() as u64,
+                s.verdicts.len() as u64,
                 l.acl_verdicts as u64,
             ),
             ("acl_chunks", s.stats.v4_chunks as u64, l.acl_chunks as u64),
             (
                 "acl_v6_prefixes",
-                s.v6_keys.len() as u64,
+                s.v6_prefixes.len() as u64,
                 l.acl_v6_prefixes as u64,
             ),
             // As the last sweep counted them: no map walk on a scrape.
@@ -725,36 +718,46 @@ impl Dataplane {
     }
 }
 
-/// Makes a map's entries for one slot exactly `wanted`, given `tracked`: every key that may be
-/// in the map for that slot. Stale entries go first, so the slot never needs more than its share
-/// of the map. `tracked` is kept a superset of the map's keys at every step, so a failure leaves
-/// nothing behind that a later call would not remove.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Write {
-    Remove,
-    Insert,
+/// Makes a map's entries for one slot exactly `wanted`, given `written`: what the map holds for
+/// that slot. Stale entries go first, so the slot never needs more than its share of the map;
+/// an entry that already holds the wanted value is not written again, so an apply costs a system
+/// call per changed entry (the inactive slot holds the policy before last, which usually differs
+/// from the new one by a change or two). `write(key, None)` removes. A kernel map update either
+/// happens whole or not at all, so `written` follows each one that succeeded and a failure part
+/// way leaves it exact: the next call finishes the job.
+fn replace_entries<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
+    written: &mut HashMap<K, V>,
+    wanted: &HashMap<K, V>,
+    mut write: impl FnMut(&K, Option<V>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let stale: Vec<K> = written
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect();
+    for k in stale {
+        write(&k, None)?;
+        written.remove(&k);
+    }
+    for (k, v) in wanted {
+        if written.get(k) != Some(v) {
+            write(k, Some(*v))?;
+            written.insert(*k, *v);
+        }
+    }
+    Ok(())
 }
 
-fn replace_entries<K: Copy + Eq + std::hash::Hash>(
-    tracked: &mut Vec<K>,
-    wanted: Vec<K>,
-    mut write: impl FnMut(&K, Write) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let want: std::collections::HashSet<K> = wanted.iter().copied().collect();
-    let mut present: std::collections::HashSet<K> = tracked.iter().copied().collect();
-    let result = (|| {
-        for old in tracked.iter().filter(|k| !want.contains(k)) {
-            write(old, Write::Remove)?;
-            present.remove(old);
+/// A removal that finds no entry has nothing left to do.
+fn gone(removed: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match removed {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
         }
-        for k in &wanted {
-            present.insert(*k);
-            write(k, Write::Insert)?;
-        }
-        Ok(())
-    })();
-    *tracked = present.into_iter().collect();
-    result
+        r => r,
+    }
 }
 
 /// An adopted data plane must have been sized as this configuration sizes it: the programs
@@ -790,19 +793,20 @@ fn check_adopted_sizes(
 fn adopt_slots(ebpf: &Ebpf, slots: &mut [SlotContents; 2]) -> anyhow::Result<()> {
     let verdicts: BpfHashMap<_, VerdictKey, Verdict> =
         BpfHashMap::try_from(ebpf.map(names::ACL_VERDICT).context("verdict map")?)?;
-    for key in verdicts.keys() {
-        let key = key?;
-        slots[(key.slot & 1) as usize].verdict_keys.push(key);
+    for entry in verdicts.iter() {
+        let (key, verdict) = entry?;
+        slots[(key.slot & 1) as usize].verdicts.insert(key, verdict);
     }
     let trie: LpmTrie<_, V6KeyData, AddrClass> =
         LpmTrie::try_from(ebpf.map(names::ACL_V6).context("v6 map")?)?;
-    for key in trie.keys() {
-        let key = key?;
+    for entry in trie.iter() {
+        let (key, class) = entry?;
         let data = key.data();
         let slot = u32::from_be_bytes(data.slot_be) & 1;
-        slots[slot as usize]
-            .v6_keys
-            .push(((key.prefix_len() - V6_SLOT_PREFIX_BITS) as u8, data.addr));
+        slots[slot as usize].v6_prefixes.insert(
+            ((key.prefix_len() - V6_SLOT_PREFIX_BITS) as u8, data.addr),
+            class,
+        );
     }
     for s in slots.iter_mut() {
         s.foreign_counters = true;
@@ -839,64 +843,93 @@ fn tail(s: &str, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::HashMap;
 
     use anyhow::bail;
 
-    use super::{Write, replace_entries};
+    use super::replace_entries;
 
-    /// A map that fails its `fail_at`-th insert, as a full or memory-starved kernel map would.
+    /// A map that fails its `fail_at`-th insert, as a full or memory-starved kernel map would
+    /// (the entry keeps what it held), and refuses to remove what it does not hold.
     struct FlakyMap {
-        keys: HashSet<u32>,
+        entries: HashMap<u32, u32>,
         inserts: usize,
         fail_at: Option<usize>,
     }
 
     impl FlakyMap {
-        fn replace(&mut self, tracked: &mut Vec<u32>, wanted: Vec<u32>) -> anyhow::Result<()> {
-            replace_entries(tracked, wanted, |k, write| {
-                if write == Write::Remove {
-                    self.keys.remove(k);
-                    return Ok(());
-                }
+        fn new() -> FlakyMap {
+            FlakyMap {
+                entries: HashMap::new(),
+                inserts: 0,
+                fail_at: None,
+            }
+        }
+
+        fn replace(
+            &mut self,
+            written: &mut HashMap<u32, u32>,
+            wanted: &HashMap<u32, u32>,
+        ) -> anyhow::Result<()> {
+            replace_entries(written, wanted, |k, value| {
+                let Some(v) = value else {
+                    return match self.entries.remove(k) {
+                        Some(_) => Ok(()),
+                        None => bail!("no entry {k}"),
+                    };
+                };
                 self.inserts += 1;
                 if Some(self.inserts) == self.fail_at {
                     bail!("insert {} refused", self.inserts);
                 }
-                self.keys.insert(*k);
+                self.entries.insert(*k, v);
                 Ok(())
             })
         }
     }
 
+    fn entries(keys: std::ops::Range<u32>, value: u32) -> HashMap<u32, u32> {
+        keys.map(|k| (k, value)).collect()
+    }
+
     #[test]
-    fn a_failed_write_leaves_nothing_the_next_write_does_not_remove() {
-        let mut map = FlakyMap {
-            keys: HashSet::new(),
-            inserts: 0,
-            fail_at: None,
-        };
-        let mut tracked = Vec::new();
-        map.replace(&mut tracked, (0..10).collect()).unwrap();
+    fn a_failed_write_leaves_an_exact_record_the_next_write_finishes_from() {
+        let mut map = FlakyMap::new();
+        let mut written = HashMap::new();
+        map.replace(&mut written, &entries(0..10, 1)).unwrap();
         // Half of a very different policy goes in before an insert fails.
         map.fail_at = Some(map.inserts + 6);
-        assert!(map.replace(&mut tracked, (100..120).collect()).is_err());
-        let tracked_set: HashSet<u32> = tracked.iter().copied().collect();
-        assert!(
-            map.keys.is_subset(&tracked_set),
-            "untracked entries after the failure: {:?}",
-            map.keys.difference(&tracked_set).collect::<Vec<_>>()
-        );
+        assert!(map.replace(&mut written, &entries(100..120, 1)).is_err());
+        assert_eq!(written, map.entries, "the record follows the map");
         assert_eq!(
-            map.keys.len(),
+            map.entries.len(),
             5,
             "stale entries removed, five new ones written: {:?}",
-            map.keys
+            map.entries
         );
-        // The next write to the slot leaves exactly its own entries.
+        // The next write to the slot leaves exactly its own entries, and removes nothing twice.
         map.fail_at = None;
-        map.replace(&mut tracked, (200..203).collect()).unwrap();
-        assert_eq!(map.keys, (200..203).collect::<HashSet<u32>>());
-        assert_eq!(tracked.iter().copied().collect::<HashSet<u32>>(), map.keys);
+        map.replace(&mut written, &entries(200..203, 1)).unwrap();
+        assert_eq!(map.entries, entries(200..203, 1));
+        assert_eq!(written, map.entries);
+    }
+
+    #[test]
+    fn only_entries_that_change_are_written() {
+        let mut map = FlakyMap::new();
+        let mut written = HashMap::new();
+        map.replace(&mut written, &entries(0..1000, 1)).unwrap();
+        assert_eq!(map.inserts, 1000);
+        // Ten values change, ten entries go, five come: fifteen writes (and ten removals).
+        let mut wanted = entries(10..1000, 1);
+        wanted.extend(entries(500..510, 2));
+        wanted.extend(entries(2000..2005, 1));
+        map.replace(&mut written, &wanted).unwrap();
+        assert_eq!(map.inserts, 1015);
+        assert_eq!(map.entries, wanted);
+        assert_eq!(written, wanted);
+        // The same again: nothing to write.
+        map.replace(&mut written, &wanted).unwrap();
+        assert_eq!(map.inserts, 1015);
     }
 }

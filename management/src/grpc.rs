@@ -255,11 +255,10 @@ async fn push_maps(
                 .await;
             break;
         };
-        let unchanged = last_sent.as_ref().is_some_and(|prev| {
-            pb::NetworkMap {
-                serial: map.serial,
-                ..prev.clone()
-            } == map
+        // The serial alone does not make a new map (no copy of either map for the comparison).
+        let unchanged = last_sent.as_mut().is_some_and(|prev| {
+            prev.serial = map.serial;
+            *prev == map
         });
         if !unchanged {
             // The first message carries the deployment's config (TURN credentials) too.
@@ -268,9 +267,9 @@ async fn push_maps(
             } else {
                 None
             };
-            let response = pb::SyncResponse {
+            let mut response = pb::SyncResponse {
                 peer_config: map.peer_config.clone(),
-                network_map: Some(map.clone()),
+                network_map: Some(map),
                 netbird_config,
                 ..Default::default()
             };
@@ -282,7 +281,7 @@ async fn push_maps(
                 break;
             }
             m.metrics.map_pushes.inc();
-            last_sent = Some(map);
+            last_sent = response.network_map.take();
         }
         // TURN credentials and relay tokens expire: a message with the config alone renews them
         // at ¾ of their life.

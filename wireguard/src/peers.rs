@@ -70,7 +70,10 @@ impl PeerSet {
                 return Err(PeerError::Duplicate { key: canonical });
             }
         }
-        let claims: Vec<(&IpNet, &str)> = set
+        // Sorted by network, two peers claiming one network sit side by side: a map of 10,000
+        // peers (20,000 claims with IPv6) is checked in milliseconds, where comparing every pair
+        // took most of a second.
+        let mut claims: Vec<(&IpNet, &str)> = set
             .values()
             .flat_map(|s: &PeerSpec| {
                 s.allowed_ips
@@ -78,16 +81,16 @@ impl PeerSet {
                     .map(move |n| (n, s.public_key.as_str()))
             })
             .collect();
-        for (i, (n, a)) in claims.iter().enumerate() {
-            for (m, b) in &claims[i + 1..] {
-                if a != b && n == m {
-                    return Err(PeerError::Overlap {
-                        a: a.to_string(),
-                        b: b.to_string(),
-                        net: **n,
-                    });
-                }
-            }
+        claims.sort_unstable();
+        if let Some(pair) = claims
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1)
+        {
+            return Err(PeerError::Overlap {
+                a: pair[0].1.to_string(),
+                b: pair[1].1.to_string(),
+                net: *pair[0].0,
+            });
         }
         Ok(PeerSet(set))
     }
@@ -236,14 +239,33 @@ mod tests {
             PeerSet::check(&[spec(1, &[])], Some(&key(1))),
             Err(PeerError::OwnKey { .. })
         ));
+        // The two claims of 100.64.0.2/32 are neither the first nor neighbours in the list;
+        // a network inside another (the /24 and the /25) is not a second claim.
         let overlap = PeerSet::check(
-            &[spec(1, &["100.64.0.2/32"]), spec(2, &["100.64.0.2/32"])],
+            &[
+                spec(1, &["100.64.0.2/32", "10.0.0.0/24"]),
+                spec(2, &["100.64.0.3/32", "10.0.0.0/25"]),
+                spec(3, &["fd00::2/128", "100.64.0.2/32"]),
+            ],
             None,
         );
-        assert!(
-            matches!(overlap, Err(PeerError::Overlap { .. })),
-            "{overlap:?}"
+        assert_eq!(
+            overlap,
+            Err(PeerError::Overlap {
+                a: key(1),
+                b: key(3),
+                net: "100.64.0.2/32".parse().unwrap()
+            })
         );
+        let apart = PeerSet::check(
+            &[
+                spec(1, &["100.64.0.2/32", "10.0.0.0/24"]),
+                spec(2, &["100.64.0.3/32", "10.0.0.0/25"]),
+                spec(3, &["fd00::2/128", "100.64.0.4/32"]),
+            ],
+            None,
+        );
+        assert_eq!(apart.map(|s| s.len()), Ok(3));
     }
 
     #[test]
