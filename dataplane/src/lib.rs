@@ -3,6 +3,7 @@
 //! programs to interfaces, and reads counters back.
 
 pub mod attach;
+mod batch;
 mod mmap;
 mod nat;
 pub mod nat_sweep;
@@ -387,10 +388,7 @@ impl Dataplane {
                 )
             })
             .collect();
-        replace_entries(written, &wanted, |k, value| match value {
-            None => gone(map.remove(k)).context("removing a stale verdict"),
-            Some(v) => map.insert(*k, v, 0).context("writing a verdict"),
-        })
+        replace_entries(written, &wanted, &mut VerdictSlot(&mut map))
     }
 
     /// As [`Dataplane::write_verdicts`], for the IPv6 prefixes.
@@ -402,18 +400,14 @@ impl Dataplane {
             c.v6.iter()
                 .map(|(l, a, class)| ((*l, *a), *class))
                 .collect();
-        let key = |(len, addr): &(u8, [u8; 16])| {
-            Key::new(
-                V6_SLOT_PREFIX_BITS + *len as u32,
-                V6KeyData::new(slot, *addr),
-            )
-        };
-        replace_entries(written, &wanted, |k, value| match value {
-            None => gone(trie.remove(&key(k))).context("removing a stale IPv6 prefix"),
-            Some(class) => trie
-                .insert(&key(k), class, 0)
-                .context("writing an IPv6 prefix"),
-        })
+        replace_entries(
+            written,
+            &wanted,
+            &mut V6Slot {
+                trie: &mut trie,
+                slot,
+            },
+        )
     }
 
     /// Moves the counters of the policy that last used `slot` into the carried totals and zeroes
@@ -718,34 +712,111 @@ impl Dataplane {
     }
 }
 
+/// One slot's entries in a kernel map, written in batches where the kernel can and one by one
+/// for what a batch left (see [`batch`]).
+trait SlotMap<K, V> {
+    /// How many of `keys`, from the start, a batch removed.
+    fn remove_batch(&mut self, keys: &[K]) -> usize;
+    /// How many of the entries, from the start, a batch wrote.
+    fn insert_batch(&mut self, keys: &[K], values: &[V]) -> usize;
+    fn remove(&mut self, key: &K) -> anyhow::Result<()>;
+    fn insert(&mut self, key: &K, value: &V) -> anyhow::Result<()>;
+}
+
 /// Makes a map's entries for one slot exactly `wanted`, given `written`: what the map holds for
 /// that slot. Stale entries go first, so the slot never needs more than its share of the map;
-/// an entry that already holds the wanted value is not written again, so an apply costs a system
-/// call per changed entry (the inactive slot holds the policy before last, which usually differs
-/// from the new one by a change or two). `write(key, None)` removes. A kernel map update either
-/// happens whole or not at all, so `written` follows each one that succeeded and a failure part
-/// way leaves it exact: the next call finishes the job.
+/// an entry that already holds the wanted value is not written again (the inactive slot holds
+/// the policy before last: with stable classes, a small change writes little). A kernel map
+/// update either happens whole or not at all, so `written` follows each one that succeeded and
+/// a failure part way leaves it exact: the next call finishes the job.
 fn replace_entries<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
     written: &mut HashMap<K, V>,
     wanted: &HashMap<K, V>,
-    mut write: impl FnMut(&K, Option<V>) -> anyhow::Result<()>,
+    map: &mut impl SlotMap<K, V>,
 ) -> anyhow::Result<()> {
     let stale: Vec<K> = written
         .keys()
         .filter(|k| !wanted.contains_key(k))
         .copied()
         .collect();
-    for k in stale {
-        write(&k, None)?;
-        written.remove(&k);
-    }
-    for (k, v) in wanted {
-        if written.get(k) != Some(v) {
-            write(k, Some(*v))?;
-            written.insert(*k, *v);
+    let batched = map.remove_batch(&stale);
+    for (i, k) in stale.iter().enumerate() {
+        if i >= batched {
+            map.remove(k)?;
         }
+        written.remove(k);
+    }
+    let (keys, values): (Vec<K>, Vec<V>) = wanted
+        .iter()
+        .filter(|(k, v)| written.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .unzip();
+    let batched = map.insert_batch(&keys, &values);
+    for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
+        if i >= batched {
+            map.insert(k, v)?;
+        }
+        written.insert(*k, *v);
     }
     Ok(())
+}
+
+struct VerdictSlot<'a, 'm>(&'a mut BpfHashMap<&'m mut aya::maps::MapData, VerdictKey, Verdict>);
+
+impl SlotMap<VerdictKey, Verdict> for VerdictSlot<'_, '_> {
+    fn remove_batch(&mut self, keys: &[VerdictKey]) -> usize {
+        batch::delete(map_fd(self.0), keys)
+    }
+    fn insert_batch(&mut self, keys: &[VerdictKey], values: &[Verdict]) -> usize {
+        batch::update(map_fd(self.0), keys, values)
+    }
+    fn remove(&mut self, key: &VerdictKey) -> anyhow::Result<()> {
+        gone(self.0.remove(key)).context("removing a stale verdict")
+    }
+    fn insert(&mut self, key: &VerdictKey, value: &Verdict) -> anyhow::Result<()> {
+        self.0.insert(key, value, 0).context("writing a verdict")
+    }
+}
+
+/// The IPv6 prefixes of one slot: (prefix length, address) under the slot's key prefix.
+struct V6Slot<'a, 'm> {
+    trie: &'a mut LpmTrie<&'m mut aya::maps::MapData, V6KeyData, AddrClass>,
+    slot: u32,
+}
+
+impl V6Slot<'_, '_> {
+    fn key(&self, (len, addr): &(u8, [u8; 16])) -> Key<V6KeyData> {
+        Key::new(
+            V6_SLOT_PREFIX_BITS + *len as u32,
+            V6KeyData::new(self.slot, *addr),
+        )
+    }
+}
+
+impl SlotMap<(u8, [u8; 16]), AddrClass> for V6Slot<'_, '_> {
+    fn remove_batch(&mut self, keys: &[(u8, [u8; 16])]) -> usize {
+        let keys: Vec<Key<V6KeyData>> = keys.iter().map(|k| self.key(k)).collect();
+        batch::delete(map_fd(self.trie), &keys)
+    }
+    fn insert_batch(&mut self, keys: &[(u8, [u8; 16])], values: &[AddrClass]) -> usize {
+        let keys: Vec<Key<V6KeyData>> = keys.iter().map(|k| self.key(k)).collect();
+        batch::update(map_fd(self.trie), &keys, values)
+    }
+    fn remove(&mut self, key: &(u8, [u8; 16])) -> anyhow::Result<()> {
+        let key = self.key(key);
+        gone(self.trie.remove(&key)).context("removing a stale IPv6 prefix")
+    }
+    fn insert(&mut self, key: &(u8, [u8; 16]), value: &AddrClass) -> anyhow::Result<()> {
+        let key = self.key(key);
+        self.trie
+            .insert(&key, value, 0)
+            .context("writing an IPv6 prefix")
+    }
+}
+
+fn map_fd<K: aya::Pod, V>(map: &impl aya::maps::IterableMap<K, V>) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd as _;
+    map.map().fd().as_fd()
 }
 
 /// A removal that finds no entry has nothing left to do.
@@ -847,22 +918,26 @@ mod tests {
 
     use anyhow::bail;
 
-    use super::replace_entries;
+    use super::{SlotMap, replace_entries};
 
-    /// A map that fails its `fail_at`-th insert, as a full or memory-starved kernel map would
-    /// (the entry keeps what it held), and refuses to remove what it does not hold.
+    /// A map that fails its `fail_at`-th write and all after it, as a full or memory-starved
+    /// kernel map would (the entry keeps what it held), refuses to remove what it does not hold, and whose
+    /// batches stop after `batch_limit` entries (0: no batch operation), as the kernel's stop at
+    /// a failing entry.
     struct FlakyMap {
         entries: HashMap<u32, u32>,
-        inserts: usize,
+        writes: usize,
         fail_at: Option<usize>,
+        batch_limit: usize,
     }
 
     impl FlakyMap {
-        fn new() -> FlakyMap {
+        fn new(batch_limit: usize) -> FlakyMap {
             FlakyMap {
                 entries: HashMap::new(),
-                inserts: 0,
+                writes: 0,
                 fail_at: None,
+                batch_limit,
             }
         }
 
@@ -871,20 +946,44 @@ mod tests {
             written: &mut HashMap<u32, u32>,
             wanted: &HashMap<u32, u32>,
         ) -> anyhow::Result<()> {
-            replace_entries(written, wanted, |k, value| {
-                let Some(v) = value else {
-                    return match self.entries.remove(k) {
-                        Some(_) => Ok(()),
-                        None => bail!("no entry {k}"),
-                    };
-                };
-                self.inserts += 1;
-                if Some(self.inserts) == self.fail_at {
-                    bail!("insert {} refused", self.inserts);
+            replace_entries(written, wanted, self)
+        }
+    }
+
+    impl SlotMap<u32, u32> for FlakyMap {
+        fn remove_batch(&mut self, keys: &[u32]) -> usize {
+            let mut done = 0;
+            for k in keys.iter().take(self.batch_limit) {
+                if self.remove(k).is_err() {
+                    break;
                 }
-                self.entries.insert(*k, v);
-                Ok(())
-            })
+                done += 1;
+            }
+            done
+        }
+        fn insert_batch(&mut self, keys: &[u32], values: &[u32]) -> usize {
+            let mut done = 0;
+            for (k, v) in keys.iter().zip(values).take(self.batch_limit) {
+                if self.insert(k, v).is_err() {
+                    break;
+                }
+                done += 1;
+            }
+            done
+        }
+        fn remove(&mut self, key: &u32) -> anyhow::Result<()> {
+            match self.entries.remove(key) {
+                Some(_) => Ok(()),
+                None => bail!("no entry {key}"),
+            }
+        }
+        fn insert(&mut self, key: &u32, value: &u32) -> anyhow::Result<()> {
+            self.writes += 1;
+            if self.fail_at.is_some_and(|at| self.writes >= at) {
+                bail!("write {} refused", self.writes);
+            }
+            self.entries.insert(*key, *value);
+            Ok(())
         }
     }
 
@@ -894,42 +993,47 @@ mod tests {
 
     #[test]
     fn a_failed_write_leaves_an_exact_record_the_next_write_finishes_from() {
-        let mut map = FlakyMap::new();
-        let mut written = HashMap::new();
-        map.replace(&mut written, &entries(0..10, 1)).unwrap();
-        // Half of a very different policy goes in before an insert fails.
-        map.fail_at = Some(map.inserts + 6);
-        assert!(map.replace(&mut written, &entries(100..120, 1)).is_err());
-        assert_eq!(written, map.entries, "the record follows the map");
-        assert_eq!(
-            map.entries.len(),
-            5,
-            "stale entries removed, five new ones written: {:?}",
-            map.entries
-        );
-        // The next write to the slot leaves exactly its own entries, and removes nothing twice.
-        map.fail_at = None;
-        map.replace(&mut written, &entries(200..203, 1)).unwrap();
-        assert_eq!(map.entries, entries(200..203, 1));
-        assert_eq!(written, map.entries);
+        // Without batches, with batches that stop short, with batches that take everything.
+        for batch_limit in [0, 3, usize::MAX] {
+            let mut map = FlakyMap::new(batch_limit);
+            let mut written = HashMap::new();
+            map.replace(&mut written, &entries(0..10, 1)).unwrap();
+            // Half of a very different policy goes in before a write fails (in a batch, it
+            // stops the batch, and the same write fails again one by one).
+            map.fail_at = Some(map.writes + 6);
+            assert!(map.replace(&mut written, &entries(100..120, 1)).is_err());
+            assert_eq!(written, map.entries, "the record follows the map");
+            assert_eq!(
+                map.entries.len(),
+                5,
+                "stale entries removed, five new ones written: {:?}",
+                map.entries
+            );
+            // The next write to the slot leaves exactly its own entries, and removes nothing
+            // twice.
+            map.fail_at = None;
+            map.replace(&mut written, &entries(200..203, 1)).unwrap();
+            assert_eq!(map.entries, entries(200..203, 1));
+            assert_eq!(written, map.entries);
+        }
     }
 
     #[test]
     fn only_entries_that_change_are_written() {
-        let mut map = FlakyMap::new();
+        let mut map = FlakyMap::new(64);
         let mut written = HashMap::new();
         map.replace(&mut written, &entries(0..1000, 1)).unwrap();
-        assert_eq!(map.inserts, 1000);
+        assert_eq!(map.writes, 1000);
         // Ten values change, ten entries go, five come: fifteen writes (and ten removals).
         let mut wanted = entries(10..1000, 1);
         wanted.extend(entries(500..510, 2));
         wanted.extend(entries(2000..2005, 1));
         map.replace(&mut written, &wanted).unwrap();
-        assert_eq!(map.inserts, 1015);
+        assert_eq!(map.writes, 1015);
         assert_eq!(map.entries, wanted);
         assert_eq!(written, wanted);
         // The same again: nothing to write.
         map.replace(&mut written, &wanted).unwrap();
-        assert_eq!(map.inserts, 1015);
+        assert_eq!(map.writes, 1015);
     }
 }

@@ -32,6 +32,41 @@ pub enum MapError {
     BadRule { field: String, reason: String },
 }
 
+/// Where a value sits in the map, as `FirewallRules[3].PortInfo.range`. Written out only for an
+/// error: a map of 25,000 rules would otherwise format a dozen names per rule.
+#[derive(Clone, Copy)]
+struct Field {
+    list: &'static str,
+    index: usize,
+    path: [&'static str; 2],
+}
+
+impl Field {
+    fn at(list: &'static str, index: usize) -> Field {
+        Field {
+            list,
+            index,
+            path: ["", ""],
+        }
+    }
+
+    fn sub(mut self, name: &'static str) -> Field {
+        let free = usize::from(!self.path[0].is_empty());
+        self.path[free] = name;
+        self
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)?;
+        for name in self.path.iter().filter(|n| !n.is_empty()) {
+            write!(f, ".{name}")?;
+        }
+        Ok(())
+    }
+}
+
 fn bad(field: String, reason: impl Into<String>) -> MapError {
     MapError::BadRule {
         field,
@@ -187,19 +222,19 @@ impl Builder {
     }
 }
 
-fn action(value: i32, field: &str) -> Result<Action, MapError> {
+fn action(value: i32, field: Field) -> Result<Action, MapError> {
     match pb::RuleAction::try_from(value) {
         Ok(pb::RuleAction::Accept) => Ok(Action::Accept),
         Ok(pb::RuleAction::Drop) => Ok(Action::Drop),
         Err(_) => Err(bad(
-            format!("{field}.action"),
+            field.sub("action").to_string(),
             format!("unknown action {value}"),
         )),
     }
 }
 
 /// The data plane's protocol for a rule; `None`: a protocol it cannot tell apart.
-fn protocol(value: i32, field: &str) -> Result<Option<Protocol>, MapError> {
+fn protocol(value: i32, field: Field) -> Result<Option<Protocol>, MapError> {
     match pb::RuleProtocol::try_from(value) {
         Ok(pb::RuleProtocol::All) => Ok(Some(Protocol::All)),
         Ok(pb::RuleProtocol::Tcp) => Ok(Some(Protocol::Tcp)),
@@ -207,7 +242,7 @@ fn protocol(value: i32, field: &str) -> Result<Option<Protocol>, MapError> {
         Ok(pb::RuleProtocol::Icmp) => Ok(Some(Protocol::Icmp)),
         Ok(pb::RuleProtocol::Custom | pb::RuleProtocol::NetbirdSsh) => Ok(None),
         Ok(pb::RuleProtocol::Unknown) | Err(_) => Err(bad(
-            format!("{field}.protocol"),
+            field.sub("protocol").to_string(),
             format!("unknown protocol {value}"),
         )),
     }
@@ -238,7 +273,7 @@ fn enforceable(
     Some((proto, ports))
 }
 
-fn port_number(value: u32, field: &str) -> Result<u16, MapError> {
+fn port_number(value: u32, field: Field) -> Result<u16, MapError> {
     match u16::try_from(value) {
         Ok(p) if p != 0 => Ok(p),
         _ => Err(bad(
@@ -248,29 +283,34 @@ fn port_number(value: u32, field: &str) -> Result<u16, MapError> {
     }
 }
 
-fn ports(port: &str, info: Option<&pb::PortInfo>, field: &str) -> Result<PortSet, MapError> {
+fn ports(port: &str, info: Option<&pb::PortInfo>, field: Field) -> Result<PortSet, MapError> {
     use pb::port_info::PortSelection;
     if !port.is_empty() {
-        let p: u32 = port
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("{field}.Port"), format!("{port:?} is not a port")))?;
-        let p = port_number(p, &format!("{field}.Port"))?;
+        let p: u32 = port.trim().parse().map_err(|_| {
+            bad(
+                field.sub("Port").to_string(),
+                format!("{port:?} is not a port"),
+            )
+        })?;
+        let p = port_number(p, field.sub("Port"))?;
         return Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]));
     }
     match info.and_then(|i| i.port_selection.as_ref()) {
         None => Ok(PortSet::Any),
         Some(PortSelection::Port(p)) => {
-            let p = port_number(*p, &format!("{field}.PortInfo.port"))?;
+            let p = port_number(*p, field.sub("PortInfo").sub("port"))?;
             Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]))
         }
         // NetBird servers send Range{0,0} for a TCP/UDP rule without ports.
         Some(PortSelection::Range(r)) if r.start == 0 && r.end == 0 => Ok(PortSet::Any),
         Some(PortSelection::Range(r)) => {
-            let at = format!("{field}.PortInfo.range");
-            let (start, end) = (port_number(r.start, &at)?, port_number(r.end, &at)?);
+            let at = field.sub("PortInfo").sub("range");
+            let (start, end) = (port_number(r.start, at)?, port_number(r.end, at)?);
             if start > end {
-                return Err(bad(at, format!("{start}-{end} has start after end")));
+                return Err(bad(
+                    at.to_string(),
+                    format!("{start}-{end} has start after end"),
+                ));
             }
             Ok(PortSet::from_ranges(vec![PortRange { start, end }]))
         }
@@ -278,7 +318,7 @@ fn ports(port: &str, info: Option<&pb::PortInfo>, field: &str) -> Result<PortSet
 }
 
 /// A `sourcePrefixes` entry: 4 or 16 address bytes, then the prefix length.
-fn source_prefix(bytes: &[u8], field: &str) -> Result<IpNet, MapError> {
+fn source_prefix(bytes: &[u8], field: Field) -> Result<IpNet, MapError> {
     let err = |why: &str| bad(field.to_string(), why.to_string());
     match bytes.len() {
         5 => {
@@ -297,7 +337,7 @@ fn source_prefix(bytes: &[u8], field: &str) -> Result<IpNet, MapError> {
     }
 }
 
-fn cidr(text: &str, field: &str) -> Result<IpNet, MapError> {
+fn cidr(text: &str, field: Field) -> Result<IpNet, MapError> {
     let t = text.trim();
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
@@ -340,11 +380,11 @@ fn remote_peers(map: &pb::NetworkMap) -> Result<Vec<gateway_wireguard::PeerSpec>
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let field = format!("remotePeers[{i}]");
+            let field = Field::at("remotePeers", i).sub("allowedIps");
             let allowed_ips = p
                 .allowed_ips
                 .iter()
-                .map(|a| cidr(a, &format!("{field}.allowedIps")))
+                .map(|a| cidr(a, field))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(gateway_wireguard::PeerSpec {
                 public_key: p.wg_pub_key.clone(),
@@ -384,24 +424,24 @@ pub fn translate(
     let mut skipped = Skipped::default();
 
     for (i, r) in map.firewall_rules.iter().enumerate() {
-        let field = format!("FirewallRules[{i}]");
-        let act = action(r.action, &field)?;
+        let field = Field::at("FirewallRules", i);
+        let act = action(r.action, field)?;
         let Ok(direction) = pb::RuleDirection::try_from(r.direction) else {
             return Err(bad(
-                format!("{field}.Direction"),
+                field.sub("Direction").to_string(),
                 format!("unknown direction {}", r.direction),
             ));
         };
         let sources = if r.source_prefixes.is_empty() {
-            vec![cidr(&r.peer_ip, &format!("{field}.PeerIP"))?]
+            vec![cidr(&r.peer_ip, field.sub("PeerIP"))?]
         } else {
             r.source_prefixes
                 .iter()
-                .map(|p| source_prefix(p, &format!("{field}.sourcePrefixes")))
+                .map(|p| source_prefix(p, field.sub("sourcePrefixes")))
                 .collect::<Result<_, _>>()?
         };
-        let ports = ports(&r.port, r.port_info.as_ref(), &field)?;
-        let proto = protocol(r.protocol, &field)?;
+        let ports = ports(&r.port, r.port_info.as_ref(), field)?;
+        let proto = protocol(r.protocol, field)?;
         if direction == pb::RuleDirection::Out {
             continue;
         }
@@ -429,10 +469,10 @@ pub fn translate(
     }
 
     for (i, r) in map.routes_firewall_rules.iter().enumerate() {
-        let field = format!("routesFirewallRules[{i}]");
-        let act = action(r.action, &field)?;
-        let proto = protocol(r.protocol, &field)?;
-        let ports = ports("", r.port_info.as_ref(), &field)?;
+        let field = Field::at("routesFirewallRules", i);
+        let act = action(r.action, field)?;
+        let proto = protocol(r.protocol, field)?;
+        let ports = ports("", r.port_info.as_ref(), field)?;
         if r.is_dynamic {
             skipped.dynamic_route_rules += 1;
             continue;
@@ -440,9 +480,9 @@ pub fn translate(
         let sources: Vec<IpNet> = r
             .source_ranges
             .iter()
-            .map(|s| cidr(s, &format!("{field}.sourceRanges")))
+            .map(|s| cidr(s, field.sub("sourceRanges")))
             .collect::<Result<_, _>>()?;
-        let destination = cidr(&r.destination, &format!("{field}.destination"))?;
+        let destination = cidr(&r.destination, field.sub("destination"))?;
         let Some((proto, ports)) = enforceable(proto, act, ports, &mut skipped) else {
             continue;
         };
@@ -465,7 +505,7 @@ pub fn translate(
             .enumerate()
             .filter(|(_, r)| r.peer == own_key && (r.network_type == 1 || r.network_type == 2))
         {
-            let destination = cidr(&route.network, &format!("Routes[{i}].Network"))?;
+            let destination = cidr(&route.network, Field::at("Routes", i).sub("Network"))?;
             b.add(
                 format!("forward:allow-all {} (legacy server)", route.id),
                 any.clone(),
@@ -480,7 +520,7 @@ pub fn translate(
     for (i, route) in map.routes.iter().enumerate().filter(|(_, r)| {
         r.peer == own_key && r.masquerade && (r.network_type == 1 || r.network_type == 2)
     }) {
-        let network = cidr(&route.network, &format!("Routes[{i}].Network"))?;
+        let network = cidr(&route.network, Field::at("Routes", i).sub("Network"))?;
         if !masquerade.contains(&network) {
             masquerade.push(network);
         }
