@@ -439,6 +439,10 @@ pub fn network_map<'a>(
         std::collections::HashMap::new();
     let mut routes: BTreeMap<String, pb::Route> = BTreeMap::new();
     let mut route_rules: BTreeMap<Vec<u8>, pb::RouteFirewallRule> = BTreeMap::new();
+    // Each source peer's overlay prefixes as route rules list them, written once: a routed
+    // network's rules name thousands of sources, mostly the same peers rule after rule.
+    let mut source_prefixes: std::collections::HashMap<&str, (String, Option<String>)> =
+        std::collections::HashMap::new();
 
     let mut add_pairs = |others: &BTreeSet<&'a str>, direction: i32, grant: &Grant<'a>| {
         for other in others.iter().filter(|p| **p != peer_id) {
@@ -483,14 +487,21 @@ pub fn network_map<'a>(
                     // This peer routes the resource: it serves the route and enforces who may use it.
                     let route = route_for(resource, me, router);
                     remote.extend(ends.sources.iter().copied().filter(|p| *p != peer_id));
-                    let source_peers =
-                        || ends.sources.iter().filter_map(|p| resolver.peers.get(*p));
-                    let v4_sources: Vec<String> =
-                        source_peers().map(|p| format!("{}/32", p.ip)).collect();
-                    let v6_sources: Vec<String> = source_peers()
-                        .filter_map(|p| overlay_v6(p, net6))
-                        .map(|a| format!("{a}/128"))
-                        .collect();
+                    let mut v4_sources = Vec::with_capacity(ends.sources.len());
+                    let mut v6_sources = Vec::with_capacity(ends.sources.len());
+                    for id in &ends.sources {
+                        let Some(p) = resolver.peers.get(*id) else {
+                            continue;
+                        };
+                        let (v4, v6) = source_prefixes.entry(*id).or_insert_with(|| {
+                            (
+                                format!("{}/32", p.ip),
+                                overlay_v6(p, net6).map(|a| format!("{a}/128")),
+                            )
+                        });
+                        v4_sources.push(v4.clone());
+                        v6_sources.extend(v6.clone());
+                    }
                     // Sources of the destination's family only, as NetBird: an IPv6 resource
                     // gets the sources' IPv6 overlay addresses, and nothing (denied) when this
                     // router takes no IPv6. A domain, or the IPv4 default route, also gets an
