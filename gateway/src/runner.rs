@@ -67,8 +67,6 @@ struct Gateway {
     map_masquerade: Vec<ipnet::IpNet>,
     /// The WireGuard interface this gateway terminates, when the config has one.
     tunnel: Option<gateway_wireguard::Tunnel>,
-    /// This gateway's public key (base64): management picks its routes by it.
-    public_key: String,
 }
 
 pub fn init_tracing() {
@@ -126,10 +124,6 @@ pub fn run(
         (PolicySource::File(_), None) => None,
         _ => Some(Identity::load_or_create(state_dir)?),
     };
-    let public_key = identity
-        .as_ref()
-        .map(|i| i.key.public().to_base64())
-        .unwrap_or_default();
     let wg_private_key = identity
         .as_ref()
         .map(|i| i.key.to_base64())
@@ -259,7 +253,6 @@ pub fn run(
         recheck: None,
         map_masquerade: Vec::new(),
         tunnel,
-        public_key,
     }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -736,7 +729,6 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                             &map.interface_addresses,
                             map.mtu,
                             &map.peers,
-                            &g.public_key,
                         )
                         .context("the policy is applied, the WireGuard interface is not")?;
                     }

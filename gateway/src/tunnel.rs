@@ -61,8 +61,7 @@ pub fn apply_map(
     cfg: &Config,
     addresses: &[ipnet::IpNet],
     mtu: Option<u32>,
-    peers: &[PeerSpec],
-    own_key: &str,
+    peers: &PeerSet,
 ) -> anyhow::Result<PeerDiff> {
     let Some(wg) = &cfg.wireguard else {
         anyhow::bail!("no wireguard section")
@@ -97,7 +96,7 @@ pub fn apply_map(
         );
     }
     tunnel.set_addresses(addresses)?;
-    let diff = tunnel.apply_peers(&PeerSet::check(peers, Some(own_key))?)?;
+    let diff = tunnel.apply_peers(peers)?;
     log_diff(tunnel, &diff);
     Ok(diff)
 }

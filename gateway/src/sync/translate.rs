@@ -97,9 +97,9 @@ pub struct Translated {
     pub interface_addresses: Vec<IpNet>,
     /// PeerConfig.mtu when the server sets one.
     pub mtu: Option<u32>,
-    /// One WireGuard peer per RemotePeerConfig (offline peers are left out). Their endpoints
-    /// are learned from their handshakes.
-    pub peers: Vec<gateway_wireguard::PeerSpec>,
+    /// One WireGuard peer per RemotePeerConfig (offline peers are left out), checked whole.
+    /// Their endpoints are learned from their handshakes.
+    pub peers: gateway_wireguard::PeerSet,
 }
 
 /// What makes two rules one policy: everything but the source addresses. NetBird sends one rule
@@ -406,8 +406,7 @@ pub fn translate(
     let peer_config = map.peer_config.as_ref().or(login);
     let interface_addresses = own_addresses(peer_config)?;
     let me = interface_addresses[0].addr();
-    let peers = remote_peers(map)?;
-    gateway_wireguard::PeerSet::check(&peers, Some(own_key))
+    let peers = gateway_wireguard::PeerSet::check(&remote_peers(map)?, Some(own_key))
         .map_err(|e| bad("remotePeers".into(), e.to_string()))?;
     let mtu = peer_config
         .map(|c| c.mtu)

@@ -487,7 +487,7 @@ fn the_map_gives_the_interface_its_addresses_mtu_and_peers() {
     assert_eq!(t.mtu, Some(1400));
     let peers: Vec<(String, Vec<String>)> = t
         .peers
-        .iter()
+        .specs()
         .map(|p| {
             (
                 p.public_key.clone(),
@@ -505,7 +505,7 @@ fn the_map_gives_the_interface_its_addresses_mtu_and_peers() {
     );
     assert!(
         t.peers
-            .iter()
+            .specs()
             .all(|p| p.keepalive == Some(25) && p.endpoint.is_none())
     );
 
