@@ -104,6 +104,33 @@ pub struct ApplyReport {
     pub rules: usize,
     pub write_time: Duration,
     pub stats: CompileStats,
+    /// What went into the verdict and IPv6 prefix maps for the slot.
+    pub entries: EntryWrites,
+}
+
+/// What an apply did to the entries of its slot in the verdict and IPv6 prefix maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EntryWrites {
+    /// New entries, and entries whose value changed.
+    pub written: usize,
+    /// Entries of the slot's previous policy that this one does not have.
+    pub removed: usize,
+    /// Entries that already held what this policy wants.
+    pub unchanged: usize,
+    /// Of the writes and removals, those done in batches (many per system call).
+    pub batched: usize,
+}
+
+impl std::ops::Add for EntryWrites {
+    type Output = EntryWrites;
+    fn add(self, o: EntryWrites) -> EntryWrites {
+        EntryWrites {
+            written: self.written + o.written,
+            removed: self.removed + o.removed,
+            unchanged: self.unchanged + o.unchanged,
+            batched: self.batched + o.batched,
+        }
+    }
 }
 
 pub struct Dataplane {
@@ -339,8 +366,7 @@ impl Dataplane {
             .write(slot * l.acl_chunks * V4_CHUNK_ENTRIES, &c.v4_chunks)?;
         self.ports
             .write(slot * PORT_TABLES_PER_SLOT * PORTS, &c.ports)?;
-        self.write_verdicts(slot, c)?;
-        self.write_v6(slot, c)?;
+        let entries = self.write_verdicts(slot, c)? + self.write_v6(slot, c)?;
         self.retire_rule_counters(slot)?;
         self.slots[slot as usize].rules = c.rules.clone();
         self.slots[slot as usize].stats = c.stats;
@@ -364,11 +390,12 @@ impl Dataplane {
             rules: c.rules.len(),
             write_time: started.elapsed(),
             stats: c.stats,
+            entries,
         })
     }
 
     /// Replaces the slot's verdict entries (the slot is inactive until an apply completes).
-    fn write_verdicts(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
+    fn write_verdicts(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<EntryWrites> {
         let mut map: BpfHashMap<_, VerdictKey, Verdict> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::ACL_VERDICT)
@@ -392,7 +419,7 @@ impl Dataplane {
     }
 
     /// As [`Dataplane::write_verdicts`], for the IPv6 prefixes.
-    fn write_v6(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<()> {
+    fn write_v6(&mut self, slot: u32, c: &Compiled) -> anyhow::Result<EntryWrites> {
         let mut trie: LpmTrie<_, V6KeyData, AddrClass> =
             LpmTrie::try_from(self.ebpf.map_mut(names::ACL_V6).context("v6 map")?)?;
         let written = &mut self.slots[slot as usize].v6_prefixes;
@@ -733,15 +760,15 @@ fn replace_entries<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
     written: &mut HashMap<K, V>,
     wanted: &HashMap<K, V>,
     map: &mut impl SlotMap<K, V>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<EntryWrites> {
     let stale: Vec<K> = written
         .keys()
         .filter(|k| !wanted.contains_key(k))
         .copied()
         .collect();
-    let batched = map.remove_batch(&stale);
+    let removed_in_batch = map.remove_batch(&stale);
     for (i, k) in stale.iter().enumerate() {
-        if i >= batched {
+        if i >= removed_in_batch {
             map.remove(k)?;
         }
         written.remove(k);
@@ -751,14 +778,19 @@ fn replace_entries<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
         .filter(|(k, v)| written.get(k) != Some(v))
         .map(|(k, v)| (*k, *v))
         .unzip();
-    let batched = map.insert_batch(&keys, &values);
+    let written_in_batch = map.insert_batch(&keys, &values);
     for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
-        if i >= batched {
+        if i >= written_in_batch {
             map.insert(k, v)?;
         }
         written.insert(*k, *v);
     }
-    Ok(())
+    Ok(EntryWrites {
+        written: keys.len(),
+        removed: stale.len(),
+        unchanged: wanted.len() - keys.len(),
+        batched: removed_in_batch + written_in_batch,
+    })
 }
 
 struct VerdictSlot<'a, 'm>(&'a mut BpfHashMap<&'m mut aya::maps::MapData, VerdictKey, Verdict>);
@@ -918,7 +950,7 @@ mod tests {
 
     use anyhow::bail;
 
-    use super::{SlotMap, replace_entries};
+    use super::{EntryWrites, SlotMap, replace_entries};
 
     /// A map that fails its `fail_at`-th write and all after it, as a full or memory-starved
     /// kernel map would (the entry keeps what it held), refuses to remove what it does not hold, and whose
@@ -945,7 +977,7 @@ mod tests {
             &mut self,
             written: &mut HashMap<u32, u32>,
             wanted: &HashMap<u32, u32>,
-        ) -> anyhow::Result<()> {
+        ) -> anyhow::Result<EntryWrites> {
             replace_entries(written, wanted, self)
         }
     }
@@ -1028,12 +1060,22 @@ mod tests {
         let mut wanted = entries(10..1000, 1);
         wanted.extend(entries(500..510, 2));
         wanted.extend(entries(2000..2005, 1));
-        map.replace(&mut written, &wanted).unwrap();
+        let report = map.replace(&mut written, &wanted).unwrap();
         assert_eq!(map.writes, 1015);
+        assert_eq!(
+            report,
+            EntryWrites {
+                written: 15,
+                removed: 10,
+                unchanged: 980,
+                batched: 25
+            }
+        );
         assert_eq!(map.entries, wanted);
         assert_eq!(written, wanted);
         // The same again: nothing to write.
-        map.replace(&mut written, &wanted).unwrap();
+        let report = map.replace(&mut written, &wanted).unwrap();
         assert_eq!(map.writes, 1015);
+        assert_eq!((report.written, report.removed), (0, 0));
     }
 }

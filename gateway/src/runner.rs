@@ -758,7 +758,16 @@ fn on_sync_event(gw: &Arc<Mutex<Gateway>>, event: sync::Event) -> anyhow::Result
                         "ok: network map serial {} as generation {} ({} rules) applied in {took:?}",
                         map.serial, r.generation, r.rules
                     );
-                    info!(serial = map.serial, generation = r.generation, rules = r.rules, own_address = %map.own_address, "network map applied in {took:?}");
+                    info!(
+                        serial = map.serial,
+                        generation = r.generation,
+                        rules = r.rules,
+                        own_address = %map.own_address,
+                        entries_written = r.entries.written,
+                        entries_removed = r.entries.removed,
+                        entries_unchanged = r.entries.unchanged,
+                        "network map applied in {took:?}"
+                    );
                 }
                 Err(e) => {
                     g.metrics
