@@ -2,11 +2,13 @@
 //!
 //! The generator sends the flows of rules that both policies keep, at a steady rate below the
 //! gateway's capacity, in batches from its own thread; halfway through, the main thread applies
-//! the other policy (10,000 different rules plus the kept ones plus a probe rule). Every frame
-//! sent must arrive at the sink. The new policy is effective when `apply` returns (the selector
-//! flip is its last step); a probe packet only the new policy accepts is run through the
-//! program right then to confirm it. Trials alternate A→B and B→A; a trial without a swap
-//! shows the rate itself loses nothing.
+//! the next policy (10,000 different rules plus the kept ones, and for B and C a probe rule).
+//! Every frame sent must arrive at the sink. The new policy is effective when `apply` returns
+//! (the selector flip is its last step); a probe packet that B and C accept and A does not is
+//! run through the program right then to confirm it. Trials cycle A→B→C→A: the slot an apply
+//! writes holds the policy from two applies before, never the one it gets (the data plane writes
+//! only entries that differ, so alternating two policies would write nothing after the second
+//! swap). A trial without a swap shows the rate itself loses nothing.
 
 use std::{
     net::Ipv4Addr,
@@ -69,7 +71,7 @@ pub struct Swap {
 }
 
 /// `others`' rules plus accept rules (decided first) for the flows of `kept` and, if asked, the
-/// probe rule: both variants keep the same flows and differ in everything else.
+/// probe rule: every variant keeps the same flows and differs in everything else.
 fn variant(kept: &Synthetic, others: &Synthetic, probe: bool) -> PolicySet {
     let mut set = others.set.clone();
     let flows = rules::accepted_flows(kept, KEPT_FLOWS);
@@ -173,8 +175,13 @@ pub fn run(quick: bool) -> anyhow::Result<Swap> {
     let dst: Ipv4Net = "198.19.0.0/24".parse()?;
     let a = rules::synthetic(RULES, 501, Protocol::Udp, dst);
     let b_others = rules::synthetic(RULES, 502, Protocol::Udp, dst);
+    let c_others = rules::synthetic(RULES, 503, Protocol::Udp, dst);
     let flows = rules::accepted_flows(&a, KEPT_FLOWS);
-    let sets = [variant(&a, &a, false), variant(&a, &b_others, true)];
+    let sets = [
+        variant(&a, &a, false),
+        variant(&a, &b_others, true),
+        variant(&a, &c_others, true),
+    ];
     let limits = limits_for(2 * RULES + KEPT_FLOWS + 1);
     let compiled: Vec<compile::Compiled> = sets
         .iter()
@@ -220,7 +227,7 @@ pub fn run(quick: bool) -> anyhow::Result<Swap> {
                 let mut accepted = false;
                 if swap {
                     std::thread::sleep(Duration::from_secs_f64(seconds / 2.0));
-                    let next = 1 - current;
+                    let next = (current + 1) % sets.len();
                     anyhow::ensure!(
                         (probe_verdict(&mut dp, &probe)? == XDP_DROP) == (current == 0),
                         "probe verdict before the swap"
@@ -228,7 +235,7 @@ pub fn run(quick: bool) -> anyhow::Result<Swap> {
                     let t0 = Instant::now();
                     dp.apply(&compiled[next])?;
                     apply_ms = t0.elapsed().as_secs_f64() * 1e3;
-                    accepted = (probe_verdict(&mut dp, &probe)? != XDP_DROP) == (next == 1);
+                    accepted = (probe_verdict(&mut dp, &probe)? != XDP_DROP) == (next != 0);
                     current = next;
                 }
                 let sent = sender
@@ -292,7 +299,7 @@ pub fn markdown(md: &mut String, s: &Swap) {
     );
     let _ = writeln!(
         md,
-        "The generator sends {} flows that both policies accept at {:.0} kpps for {:.0} s per trial (64-byte UDP, stateless gateway with XDP forwarding); halfway through, the other policy is applied: {} different rules plus the kept ones and a probe rule, alternating A→B and B→A. Counted at the sink.\n",
+        "The generator sends {} flows that every policy accepts at {:.0} kpps for {:.0} s per trial (64-byte UDP, stateless gateway with XDP forwarding); halfway through, the next policy is applied: {} different rules plus the kept ones (and a probe rule in B and C), cycling A→B→C→A so that no apply finds its slot already holding the policy it writes. Counted at the sink.\n",
         s.kept_flows,
         s.rate_pps / 1e3,
         s.seconds,
@@ -307,7 +314,7 @@ pub fn markdown(md: &mut String, s: &Swap) {
     );
     let _ = writeln!(
         md,
-        "| probe (accepted by B only) got the new policy's verdict right after apply returned | {}/{swaps} swaps |",
+        "| probe (accepted by B and C, not A) got the new policy's verdict right after apply returned | {}/{swaps} swaps |",
         s.trials
             .iter()
             .filter(|t| t.swap && t.probe_as_new_policy)
