@@ -753,7 +753,7 @@ trait SlotMap<K, V> {
 /// Makes a map's entries for one slot exactly `wanted`, given `written`: what the map holds for
 /// that slot. Stale entries go first, so the slot never needs more than its share of the map;
 /// an entry that already holds the wanted value is not written again (the inactive slot holds
-/// the policy before last: with stable classes, a small change writes little). A kernel map
+/// the policy before last: a map that changed peers but not policy writes nothing). A kernel map
 /// update either happens whole or not at all, so `written` follows each one that succeeded and
 /// a failure part way leaves it exact: the next call finishes the job.
 fn replace_entries<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
@@ -953,9 +953,9 @@ mod tests {
     use super::{EntryWrites, SlotMap, replace_entries};
 
     /// A map that fails its `fail_at`-th write and all after it, as a full or memory-starved
-    /// kernel map would (the entry keeps what it held), refuses to remove what it does not hold, and whose
-    /// batches stop after `batch_limit` entries (0: no batch operation), as the kernel's stop at
-    /// a failing entry.
+    /// kernel map would (the entry keeps what it held); refuses to remove what it does not
+    /// hold; and whose batches stop after `batch_limit` entries (0: no batch operation), or at
+    /// a failing entry, as the kernel's do.
     struct FlakyMap {
         entries: HashMap<u32, u32>,
         writes: usize,

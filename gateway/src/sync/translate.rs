@@ -67,9 +67,9 @@ impl std::fmt::Display for Field {
     }
 }
 
-fn bad(field: String, reason: impl Into<String>) -> MapError {
+fn bad(field: impl std::fmt::Display, reason: impl Into<String>) -> MapError {
     MapError::BadRule {
-        field,
+        field: field.to_string(),
         reason: reason.into(),
     }
 }
@@ -226,10 +226,7 @@ fn action(value: i32, field: Field) -> Result<Action, MapError> {
     match pb::RuleAction::try_from(value) {
         Ok(pb::RuleAction::Accept) => Ok(Action::Accept),
         Ok(pb::RuleAction::Drop) => Ok(Action::Drop),
-        Err(_) => Err(bad(
-            field.sub("action").to_string(),
-            format!("unknown action {value}"),
-        )),
+        Err(_) => Err(bad(field.sub("action"), format!("unknown action {value}"))),
     }
 }
 
@@ -242,7 +239,7 @@ fn protocol(value: i32, field: Field) -> Result<Option<Protocol>, MapError> {
         Ok(pb::RuleProtocol::Icmp) => Ok(Some(Protocol::Icmp)),
         Ok(pb::RuleProtocol::Custom | pb::RuleProtocol::NetbirdSsh) => Ok(None),
         Ok(pb::RuleProtocol::Unknown) | Err(_) => Err(bad(
-            field.sub("protocol").to_string(),
+            field.sub("protocol"),
             format!("unknown protocol {value}"),
         )),
     }
@@ -276,22 +273,17 @@ fn enforceable(
 fn port_number(value: u32, field: Field) -> Result<u16, MapError> {
     match u16::try_from(value) {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(bad(
-            field.to_string(),
-            format!("port {value} is not in 1-65535"),
-        )),
+        _ => Err(bad(field, format!("port {value} is not in 1-65535"))),
     }
 }
 
 fn ports(port: &str, info: Option<&pb::PortInfo>, field: Field) -> Result<PortSet, MapError> {
     use pb::port_info::PortSelection;
     if !port.is_empty() {
-        let p: u32 = port.trim().parse().map_err(|_| {
-            bad(
-                field.sub("Port").to_string(),
-                format!("{port:?} is not a port"),
-            )
-        })?;
+        let p: u32 = port
+            .trim()
+            .parse()
+            .map_err(|_| bad(field.sub("Port"), format!("{port:?} is not a port")))?;
         let p = port_number(p, field.sub("Port"))?;
         return Ok(PortSet::from_ranges(vec![PortRange { start: p, end: p }]));
     }
@@ -307,10 +299,7 @@ fn ports(port: &str, info: Option<&pb::PortInfo>, field: Field) -> Result<PortSe
             let at = field.sub("PortInfo").sub("range");
             let (start, end) = (port_number(r.start, at)?, port_number(r.end, at)?);
             if start > end {
-                return Err(bad(
-                    at.to_string(),
-                    format!("{start}-{end} has start after end"),
-                ));
+                return Err(bad(at, format!("{start}-{end} has start after end")));
             }
             Ok(PortSet::from_ranges(vec![PortRange { start, end }]))
         }
@@ -319,7 +308,7 @@ fn ports(port: &str, info: Option<&pb::PortInfo>, field: Field) -> Result<PortSe
 
 /// A `sourcePrefixes` entry: 4 or 16 address bytes, then the prefix length.
 fn source_prefix(bytes: &[u8], field: Field) -> Result<IpNet, MapError> {
-    let err = |why: &str| bad(field.to_string(), why.to_string());
+    let err = |why: &str| bad(field, why.to_string());
     match bytes.len() {
         5 => {
             let a: [u8; 4] = bytes[..4].try_into().expect("length checked");
@@ -344,7 +333,7 @@ fn cidr(text: &str, field: Field) -> Result<IpNet, MapError> {
     }
     t.parse::<IpNet>()
         .map(|n| n.trunc())
-        .map_err(|_| bad(field.to_string(), format!("{text:?} is not a CIDR")))
+        .map_err(|_| bad(field, format!("{text:?} is not a CIDR")))
 }
 
 /// The interface addresses from the PeerConfig: `address` (required) and `address_v6`.
@@ -361,7 +350,7 @@ fn own_addresses(config: Option<&pb::PeerConfig>) -> Result<Vec<IpNet>, MapError
         let b = &config.address_v6;
         if b.len() != 17 || b[16] > 128 {
             return Err(bad(
-                "peerConfig.address_v6".into(),
+                "peerConfig.address_v6",
                 format!(
                     "{} bytes, prefix {:?}: expected 16 address bytes and a prefix length up to 128",
                     b.len(),
@@ -407,7 +396,7 @@ pub fn translate(
     let interface_addresses = own_addresses(peer_config)?;
     let me = interface_addresses[0].addr();
     let peers = gateway_wireguard::PeerSet::check(&remote_peers(map)?, Some(own_key))
-        .map_err(|e| bad("remotePeers".into(), e.to_string()))?;
+        .map_err(|e| bad("remotePeers", e.to_string()))?;
     let mtu = peer_config
         .map(|c| c.mtu)
         .filter(|m| *m > 0)
@@ -427,7 +416,7 @@ pub fn translate(
         let act = action(r.action, field)?;
         let Ok(direction) = pb::RuleDirection::try_from(r.direction) else {
             return Err(bad(
-                field.sub("Direction").to_string(),
+                field.sub("Direction"),
                 format!("unknown direction {}", r.direction),
             ));
         };
