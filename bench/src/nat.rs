@@ -30,8 +30,11 @@ pub fn markdown(md: &mut String, s: &Stateful) {
 ", s.rules);
     let _ = writeln!(
         md,
-        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The gateway: policy, conntrack, forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) and masquerade (ports 1024–65535) in TC on d0; its masquerade program on d1's egress finds the packets translated already. The TC ceiling: a TC program on d0 that redirects every packet to the sink's address on d1 (`bpf_redirect_neigh`), nothing else. nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max).\n",
-        s.new_flow_frames, s.established_flows, s.established_frames
+        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The gateway: policy, conntrack, forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) and masquerade (ports 1024–65535) in TC on d0; its masquerade program on d1's egress finds the packets translated already. The TC ceiling: a TC program on d0 that redirects every packet to the sink's address on d1 (`bpf_redirect_neigh`), nothing else. nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max). {}\n",
+        s.new_flow_frames,
+        s.established_flows,
+        s.established_frames,
+        crate::generator::rate_method(s.max_forwarding_rate)
     );
     let _ = writeln!(
         md,
@@ -87,6 +90,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
             judged(&g.established_mpps, &n.established_mpps, 2.0),
             judged(&g.new_flows_mpps, &n.new_flows_mpps, 3.0),
         );
+        crate::stateful::overload_line(md, g, n, "NetBird's nftables");
         if let Some(t) = find(Contender::TcRedirect) {
             let _ = writeln!(
                 md,

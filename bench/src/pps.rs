@@ -45,6 +45,9 @@ impl BesideCeiling {
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Pps {
+    /// Rates are maximum forwarding rates (absent, false: full overload alone).
+    #[serde(default)]
+    pub max_forwarding_rate: bool,
     pub frame_bytes: usize,
     pub frames_per_trial: u32,
     pub flows: usize,
@@ -148,6 +151,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         }
     }
     Ok(Pps {
+        max_forwarding_rate: true,
         frame_bytes: FRAME_BYTES + 4,
         frames_per_trial: frames,
         flows: flows_used * 64,

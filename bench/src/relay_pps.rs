@@ -76,11 +76,18 @@ pub struct Row {
     /// Per frame size: Mpps arrived and the loss.
     pub mpps: Vec<Summary>,
     pub loss: Vec<Summary>,
+    /// Per frame size: Mpps arrived in the same trials at full overload alone (absent from
+    /// runs before maximum forwarding rates).
+    #[serde(default)]
+    pub overloaded_mpps: Vec<Summary>,
     pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RelayPps {
+    /// Rates are maximum forwarding rates (absent, false: full overload alone).
+    #[serde(default)]
+    pub max_forwarding_rate: bool,
     /// Frame sizes on the wire (Ethernet, without FCS) of the client's ChannelData.
     pub frame_sizes: Vec<usize>,
     pub frames: u32,
@@ -212,7 +219,7 @@ fn trial(
     g: &mut Generator,
     frame_sizes: &[usize],
     frames: u32,
-) -> anyhow::Result<Vec<(f64, f64)>> {
+) -> anyhow::Result<Vec<(f64, f64, f64)>> {
     let mut out = Vec::new();
     for &size in frame_sizes {
         g.set_frame(channel_data_frame(size))?;
@@ -243,29 +250,22 @@ fn trial(
         }
         // The ceiling forwards the client's frames as they are (no signature where the sink
         // looks): every frame that arrives counts.
-        let count = |g: &Generator| {
-            if redirect {
-                g.sink_all()
-            } else {
-                g.sink_packets()
-            }
+        let count = if redirect {
+            Generator::sink_all
+        } else {
+            Generator::sink_packets
         };
-        let before = count(g)?;
-        let took = g.send(topo, frames)?;
-        std::thread::sleep(Duration::from_millis(200));
-        let arrived = count(g)? - before;
+        let m = g.max_forwarding_rate(topo, frames, count);
         drop(client);
         drop(server);
         if let Some(link) = link {
             g.detach_dut(topo, program, link)?;
         }
-        if arrived == 0 {
+        let m = m?;
+        if m.arrived == 0 {
             bail!("nothing arrived at the sink");
         }
-        out.push((
-            arrived as f64 / took.as_secs_f64() / 1e6,
-            1.0 - arrived as f64 / frames as f64,
-        ));
+        out.push((m.pps() / 1e6, m.loss(), m.overloaded_pps() / 1e6));
     }
     Ok(out)
 }
@@ -325,6 +325,7 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     );
     generator.detach_gen_sink(&topo, sink)?;
     Ok(RelayPps {
+        max_forwarding_rate: true,
         frame_sizes,
         frames,
         rows,
@@ -333,17 +334,17 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
 }
 
 /// A trial's figures for the log.
-fn describe(v: &[(f64, f64)], frame_sizes: &[usize]) -> String {
+fn describe(v: &[(f64, f64, f64)], frame_sizes: &[usize]) -> String {
     v.iter()
         .zip(frame_sizes)
-        .map(|((mpps, loss), n)| format!("{n} B: {mpps:.3} Mpps (loss {:.1}%)", loss * 100.0))
+        .map(|((mpps, loss, _), n)| format!("{n} B: {mpps:.3} Mpps (loss {:.1}%)", loss * 100.0))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// The rows of the report from each contender's trials (per frame size).
 fn rows_of(
-    outcomes: Vec<crate::alternate::Outcome<Vec<(f64, f64)>>>,
+    outcomes: Vec<crate::alternate::Outcome<Vec<(f64, f64, f64)>>>,
     contenders: &[Contender],
     frame_sizes: &[usize],
 ) -> Vec<Row> {
@@ -351,7 +352,7 @@ fn rows_of(
         .into_iter()
         .zip(contenders)
         .map(|(o, &c)| {
-            let per = |f: &dyn Fn(&(f64, f64)) -> f64| -> Vec<Summary> {
+            let per = |f: &dyn Fn(&(f64, f64, f64)) -> f64| -> Vec<Summary> {
                 (0..frame_sizes.len())
                     .map(|i| Summary::of_or_zero(o.samples.iter().map(|s| f(&s[i])).collect()))
                     .collect()
@@ -361,6 +362,7 @@ fn rows_of(
                 label: label(c).to_string(),
                 mpps: per(&|s| s.0),
                 loss: per(&|s| s.1),
+                overloaded_mpps: per(&|s| s.2),
                 error: o.error,
             }
         })
@@ -429,8 +431,14 @@ fn against_ceiling(xdp: &Row, ceiling: &Row, i: usize, name: &str) -> String {
             format!("; the ceiling itself varied {spread:.1}-fold between trials")
         } else {
             String::new()
-        }
-    )
+        },
+    ) + &match (xdp.overloaded_mpps.get(i), ceiling.overloaded_mpps.get(i)) {
+        (Some(x), Some(c)) => format!(
+            "; at full overload alone {:.1}% by medians",
+            x.median / c.median * 100.0
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The one-interface layout: its table and the relay against the XDP_TX ceiling.
@@ -471,8 +479,9 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
     );
     let _ = writeln!(
         md,
-        "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating.\n",
-        r.frames
+        "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating. {}\n",
+        r.frames,
+        crate::generator::rate_method(r.max_forwarding_rate)
     );
     table(md, &r.rows, &r.frame_sizes);
     let find = |c| measured(&r.rows, c);

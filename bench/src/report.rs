@@ -493,8 +493,10 @@ fn pps_markdown(md: &mut String, p: &Pps) {
     );
     let _ = writeln!(
         md,
-        "Generator: BPF_PROG_RUN with live frames in the generator namespace (pinned to CPU 0), {} frames per trial over {} flows (varied sources and ports) that the policy accepts; counted where they arrive, by an XDP program on the sink. The device under test gets CPU 1: the receive processing of its ingress veth and of the sink run there as threaded NAPI, so every contender's figure is what one core forwards through it (plus the sink's constant share). Kernel-path contenders get an XDP_PASS program on the ingress veth (a veth only receives XDP frames with one). Rules: UDP, one source prefix (/16–/32) and one port each, one in five a drop. Every contender in the same run, alternating, trials interleaved. Mpps median (min–max); loss = frames sent but not counted at the sink; ratios of medians.\n",
-        p.frames_per_trial, p.flows
+        "Generator: BPF_PROG_RUN with live frames in the generator namespace (pinned to CPU 0), {} frames per trial over {} flows (varied sources and ports) that the policy accepts; counted where they arrive, by an XDP program on the sink. The device under test gets CPU 1: the receive processing of its ingress veth and of the sink run there as threaded NAPI, so every contender's figure is what one core forwards through it (plus the sink's constant share). Kernel-path contenders get an XDP_PASS program on the ingress veth (a veth only receives XDP frames with one). Rules: UDP, one source prefix (/16–/32) and one port each, one in five a drop. Every contender in the same run, alternating, trials interleaved. Mpps median (min–max); loss = frames sent but not counted at the sink; ratios of medians. {}\n",
+        p.frames_per_trial,
+        p.flows,
+        crate::generator::rate_method(p.max_forwarding_rate)
     );
     let mut sizes: Vec<usize> = p.rows.iter().map(|r| r.rules).collect();
     sizes.dedup();
@@ -631,6 +633,32 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                             0.85 * c
                         )
                     );
+                }
+                if p.max_forwarding_rate {
+                    let overloaded = |c: Contender| {
+                        rows.iter()
+                            .find(|r| r.contender == c && r.error.is_none())
+                            .map(|r| {
+                                crate::stats::Summary::of_or_zero(
+                                    r.trials.iter().map(|t| t.overloaded_pps()).collect(),
+                                )
+                                .median
+                            })
+                    };
+                    if let (Some(g), Some(c), Some(s), Some(i)) = (
+                        overloaded(Contender::Gateway),
+                        overloaded(Contender::NoopRedirect),
+                        overloaded(Contender::NftSets),
+                        overloaded(Contender::IptablesLinear),
+                    ) {
+                        let _ = writeln!(
+                            md,
+                            "- the same trials at full overload alone, by medians: the gateway {:.1}% of the ceiling, {:.2}x nftables with sets, {:.2}x iptables linear.\n",
+                            g / c * 100.0,
+                            g / s,
+                            g / i
+                        );
+                    }
                 }
                 if let (Some(gt), Some(ft), Some(f)) = (
                     trials(Contender::Gateway),

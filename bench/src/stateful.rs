@@ -35,11 +35,30 @@ pub struct StatefulRow {
     pub new_flows_loss: Summary,
     pub established_mpps: Summary,
     pub established_loss: Summary,
+    /// The same trials at full overload alone (absent from runs before maximum forwarding
+    /// rates).
+    #[serde(default)]
+    pub new_flows_overloaded_mpps: Option<Summary>,
+    #[serde(default)]
+    pub established_overloaded_mpps: Option<Summary>,
     pub error: Option<String>,
+}
+
+impl StatefulRow {
+    /// The (new flows, established) medians at full overload, where the run kept them.
+    pub fn overloaded(&self) -> Option<(f64, f64)> {
+        Some((
+            self.new_flows_overloaded_mpps.as_ref()?.median,
+            self.established_overloaded_mpps.as_ref()?.median,
+        ))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Stateful {
+    /// Rates are maximum forwarding rates (absent, false: full overload alone).
+    #[serde(default)]
+    pub max_forwarding_rate: bool,
     pub rules: usize,
     pub new_flow_frames: u32,
     pub established_frames: u32,
@@ -136,11 +155,14 @@ pub fn measure(
                 new_flows_loss: summary(&|m| m.0.loss()),
                 established_mpps: summary(&|m| m.1.pps() / 1e6),
                 established_loss: summary(&|m| m.1.loss()),
+                new_flows_overloaded_mpps: Some(summary(&|m| m.0.overloaded_pps() / 1e6)),
+                established_overloaded_mpps: Some(summary(&|m| m.1.overloaded_pps() / 1e6)),
                 error: o.error,
             }
         })
         .collect();
     Ok(Stateful {
+        max_forwarding_rate: true,
         rules: RULES,
         new_flow_frames: new_frames,
         established_frames: est_frames,
@@ -158,8 +180,11 @@ pub fn markdown(md: &mut String, s: &Stateful) {
     );
     let _ = writeln!(
         md,
-        "64-byte UDP from the in-kernel generator, counted at the sink, DUT on its own core. New flows: {} frames per trial, every one a flow not seen before (the kernel's conntrack table is flushed and the gateway's starts empty). Established: {} flows opened by a warm-up burst, then {} frames on them. nftables: `ct state established,related accept` ahead of the set lookup. Median (min–max) over trials.\n",
-        s.new_flow_frames, s.established_flows, s.established_frames
+        "64-byte UDP from the in-kernel generator, counted at the sink, DUT on its own core. New flows: {} frames per trial, every one a flow not seen before (the kernel's conntrack table is flushed and the gateway's starts empty). Established: {} flows opened by a warm-up burst, then {} frames on them. nftables: `ct state established,related accept` ahead of the set lookup. Median (min–max) over trials. {}\n",
+        s.new_flow_frames,
+        s.established_flows,
+        s.established_frames,
+        crate::generator::rate_method(s.max_forwarding_rate)
     );
     let _ = writeln!(
         md,
@@ -201,6 +226,20 @@ pub fn markdown(md: &mut String, s: &Stateful) {
             "\nGateway ÷ nftables: {:.1}x on new flows, {:.1}x on established flows.\n",
             g.new_flows_mpps.median / n.new_flows_mpps.median,
             g.established_mpps.median / n.established_mpps.median
+        );
+        overload_line(md, g, n, "nftables");
+    }
+}
+
+/// The gateway against `other` in the same trials at full overload alone, where kept.
+pub fn overload_line(md: &mut String, g: &StatefulRow, other: &StatefulRow, name: &str) {
+    use std::fmt::Write as _;
+    if let (Some((gn, ge)), Some((on, oe))) = (g.overloaded(), other.overloaded()) {
+        let _ = writeln!(
+            md,
+            "The same trials at full overload alone, by medians: gateway ÷ {name} {:.2}x on new flows, {:.2}x on established flows.\n",
+            gn / on,
+            ge / oe
         );
     }
 }

@@ -19,7 +19,9 @@ pub struct GenConfig {
     pub flows: u32,
     pub sports: u32,
     pub sport_base: u32,
-    pub _pad: u32,
+    /// Pacing: picoseconds between the frames the generator lets out (0: as fast as it runs).
+    /// A frame held back is dropped in the generator, before any queue (see `xdp_gen`).
+    pub gap_ps: u32,
 }
 const _: () = assert!(core::mem::size_of::<GenConfig>() == 16);
 
@@ -76,6 +78,7 @@ pub const PROG_PASS: &str = "xdp_pass";
 pub const PROG_TC_REDIRECT: &str = "tc_redirect";
 pub const MAP_TC_EGRESS: &str = "TC_EGRESS";
 pub const MAP_GEN_CONFIG: &str = "GEN_CONFIG";
+pub const MAP_GEN_COUNTER: &str = "GEN_COUNTER";
 pub const MAP_GEN_FLOWS: &str = "GEN_FLOWS";
 pub const MAP_GEN_HEADER: &str = "GEN_HEADER";
 pub const MAP_SINK: &str = "SINK";

@@ -41,6 +41,13 @@ static GEN_HEADER: Array<GenHeader> = Array::with_max_entries(1, 0);
 
 #[map(name = "GEN_COUNTER")]
 static GEN_COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Pacing: when (picoseconds of the monotonic clock) the next frame may leave.
+#[map(name = "GEN_PACE")]
+static GEN_PACE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Pacing: a generator that fell behind (a batch's flush, an interrupt) catches up by at most
+/// this many frames back to back (a quarter of a veth's ring).
+const PACE_BURST: u64 = 64;
 
 #[map(name = "SINK")]
 static SINK: PerCpuArray<SinkCount> = PerCpuArray::with_max_entries(2, 0);
@@ -68,9 +75,15 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     ) else {
         return xdp_action::XDP_ABORTED;
     };
+    if cfg.gap_ps != 0 && !pace(cfg.gap_ps as u64) {
+        // Held back: the run recycles a dropped frame at once, on this CPU. (A frame that a
+        // full veth ring refuses goes back through its page pool's shared ring, under a lock
+        // that the DUT's core also takes for every frame it frees.)
+        return xdp_action::XDP_DROP;
+    }
     // SAFETY: [start, start + GEN_HEADER_LEN) is inside the frame, checked above.
     unsafe { core::ptr::write_unaligned(start as *mut [u8; GEN_HEADER_LEN], header.bytes) };
-    // SAFETY: per-CPU counter.
+    // SAFETY: per-CPU counter (of the frames let out: flows stay new in a paced run).
     let n = unsafe {
         let v = *counter;
         *counter = v + 1;
@@ -102,6 +115,24 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
         core::ptr::write_unaligned((ip + 10) as *mut u16, (!(sum as u16)).to_be());
     }
     xdp_action::XDP_TX
+}
+
+/// Whether a frame may leave now, `gap` picoseconds after the last one.
+#[inline(always)]
+fn pace(gap: u64) -> bool {
+    let Some(next) = GEN_PACE.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } * 1000;
+    // SAFETY: this CPU's slot; runs of the program on one CPU do not nest.
+    let next = unsafe { &mut *next };
+    if now < *next {
+        return false;
+    }
+    let earliest = now.saturating_sub(PACE_BURST * gap);
+    *next = if *next < earliest { earliest } else { *next } + gap;
+    true
 }
 
 /// Counts the generator's frames (IPv4 with the signature after the UDP/TCP ports) apart from
