@@ -24,6 +24,9 @@ pub enum Contender {
     /// No filter: the same redirect after reading the IPv4 header, as any forwarder must (the
     /// plain redirect never reads the frame): the floor of a forwarding data path.
     ReadingRedirect,
+    /// No filter: the same redirect after rewriting what a router rewrites (MAC addresses,
+    /// TTL, IPv4 header checksum): the floor of a forwarder that writes the frames it forwards.
+    WritingRedirect,
     /// No filter: every frame back out of d0 (XDP_TX), the ceiling of a path on one interface
     /// (a relay with one NIC).
     NoopTx,
@@ -72,9 +75,10 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in the order runs and reports list them.
-    pub const ALL: [Contender; 8] = [
+    pub const ALL: [Contender; 9] = [
         Contender::NoopRedirect,
         Contender::ReadingRedirect,
+        Contender::WritingRedirect,
         Contender::KernelForward,
         Contender::Gateway,
         Contender::NftSets,
@@ -89,6 +93,9 @@ impl Contender {
             Contender::NoopTx => "no-op XDP_TX back out of d0 (ceiling)",
             Contender::ReadingRedirect => {
                 "XDP redirect that reads the IP header first (a forwarder's floor)"
+            }
+            Contender::WritingRedirect => {
+                "XDP redirect that rewrites MACs, TTL and checksum first (a router's writes)"
             }
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::TcRedirect => "no-op TC redirect to the next hop (the TC path's ceiling)",
@@ -178,10 +185,14 @@ pub fn install(
     stateful: bool,
 ) -> anyhow::Result<Installed> {
     match c {
-        Contender::NoopRedirect | Contender::ReadingRedirect | Contender::NoopTx => {
+        Contender::NoopRedirect
+        | Contender::ReadingRedirect
+        | Contender::WritingRedirect
+        | Contender::NoopTx => {
             let program = match c {
                 Contender::NoopRedirect => DutXdp::Redirect,
                 Contender::ReadingRedirect => DutXdp::RedirectReading,
+                Contender::WritingRedirect => DutXdp::RedirectWriting,
                 _ => DutXdp::Tx,
             };
             Ok(Installed::Xdp {

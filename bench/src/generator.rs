@@ -72,6 +72,8 @@ pub enum DutXdp {
     Redirect,
     /// The same redirect after reading the IPv4 header: the floor of any forwarder.
     RedirectReading,
+    /// The same redirect after rewriting what a router rewrites (MACs, TTL, checksum).
+    RedirectWriting,
     /// Every frame back out of d0 (XDP_TX): the ceiling of a path on one interface.
     Tx,
 }
@@ -82,6 +84,7 @@ impl DutXdp {
             DutXdp::Pass => PROG_PASS,
             DutXdp::Redirect => PROG_REDIRECT,
             DutXdp::RedirectReading => PROG_REDIRECT_READING,
+            DutXdp::RedirectWriting => PROG_REDIRECT_WRITING,
             DutXdp::Tx => PROG_TX,
         }
     }
@@ -110,6 +113,7 @@ impl Generator {
             PROG_SINK_PASS,
             PROG_REDIRECT,
             PROG_REDIRECT_READING,
+            PROG_REDIRECT_WRITING,
             PROG_TX,
             PROG_PASS,
         ] {
@@ -249,7 +253,10 @@ impl Generator {
     pub fn attach_dut(&mut self, topo: &Topo, program: DutXdp) -> anyhow::Result<XdpLinkId> {
         let ebpf = &mut self.ebpf;
         topo.dut.run_scoped(|| -> anyhow::Result<XdpLinkId> {
-            if program == DutXdp::Redirect || program == DutXdp::RedirectReading {
+            if matches!(
+                program,
+                DutXdp::Redirect | DutXdp::RedirectReading | DutXdp::RedirectWriting
+            ) {
                 let mut egress: DevMap<_> =
                     DevMap::try_from(ebpf.map_mut(MAP_EGRESS).context("egress map")?)?;
                 egress.set(0, if_index("d1")?, None, 0)?;

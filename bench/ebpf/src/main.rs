@@ -9,6 +9,8 @@
 //! - `xdp_sink_pass` is the sink on the generator's own veth (the relay's one-interface
 //!   layout): it counts and drops the generator's frames and hands anything else to the kernel.
 //! - `xdp_redirect` is the no-op ceiling: redirect everything to the egress veth.
+//! - `xdp_redirect_writing` is the same redirect after rewriting what a router rewrites (MACs,
+//!   TTL, header checksum).
 //! - `xdp_tx` is the no-op ceiling of a one-interface path: every frame back out (XDP_TX).
 //! - `xdp_pass` lets a veth receive XDP frames and hand them to the kernel stack (the path the
 //!   kernel-forwarding contenders take).
@@ -216,6 +218,42 @@ pub fn xdp_redirect_reading(ctx: XdpContext) -> u32 {
     };
     if ethertype != 0x0800u16.to_be() || ttl <= 1 || dst == 0 {
         return xdp_action::XDP_PASS;
+    }
+    match EGRESS.redirect(0, 0) {
+        Ok(action) => action,
+        Err(action) => action,
+    }
+}
+
+/// The redirect of `xdp_redirect`, after rewriting what a router rewrites in an IPv4 frame it
+/// forwards: the MAC addresses (here each frame's own, swapped), the TTL (one less) and the
+/// header checksum (updated for it, RFC 1624). A forwarder must write the frame, and the
+/// generator wrote it last on another core: this prices that write.
+#[xdp]
+pub fn xdp_redirect_writing(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 34 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the reads and writes are inside [start, start + 34), checked above.
+    unsafe {
+        if core::ptr::read_unaligned((start + 12) as *const u16) != 0x0800u16.to_be()
+            || *((start + 22) as *const u8) <= 1
+        {
+            return xdp_action::XDP_PASS;
+        }
+        let macs = core::ptr::read_unaligned(start as *const [u8; 12]);
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        core::ptr::write_unaligned(start as *mut [u8; 12], swapped);
+        // TTL is the high byte of the header's fifth word: one less there, one more in the
+        // ones'-complement checksum.
+        *((start + 22) as *mut u8) -= 1;
+        let check = u16::from_be(core::ptr::read_unaligned((start + 24) as *const u16));
+        let sum = check as u32 + 0x0100;
+        let check = (sum + (sum >> 16)) as u16;
+        core::ptr::write_unaligned((start + 24) as *mut u16, check.to_be());
     }
     match EGRESS.redirect(0, 0) {
         Ok(action) => action,
