@@ -684,7 +684,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                     let paired = crate::stats::Summary::paired(&gt, &wt);
                     let _ = writeln!(
                         md,
-                        "- and against the redirect that rewrites what a router rewrites first (MAC addresses, TTL, header checksum), as the gateway's forwarding does: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial; that redirect ran at {:.0}% of the no-op's rate by medians ({}). The generator wrote each frame last, on the other core: a DUT that writes the frame pays for taking its cache lines over, which a NIC's frames do not cost. The gap from this one to the gateway is the gateway's own work (parse, policy lookup, route lookup, counters).\n",
+                        "- and against the redirect that rewrites what a router rewrites first (MAC addresses, TTL, header checksum), as the gateway's forwarding does: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial; that redirect ran at {:.0}% of the no-op's rate by medians ({}). The gap from this one to the gateway is the gateway's own work (parse, policy lookup, route lookup, counters).\n",
                         g / w * 100.0,
                         paired.median * 100.0,
                         paired.min * 100.0,

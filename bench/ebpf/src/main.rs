@@ -227,8 +227,8 @@ pub fn xdp_redirect_reading(ctx: XdpContext) -> u32 {
 
 /// The redirect of `xdp_redirect`, after rewriting what a router rewrites in an IPv4 frame it
 /// forwards: the MAC addresses (here each frame's own, swapped), the TTL (one less) and the
-/// header checksum (updated for it, RFC 1624). A forwarder must write the frame, and the
-/// generator wrote it last on another core: this prices that write.
+/// header checksum (updated for it, RFC 1624): what a forwarder must write, priced beside the
+/// redirects that only read or do not touch the frame.
 #[xdp]
 pub fn xdp_redirect_writing(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
