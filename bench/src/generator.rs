@@ -372,9 +372,7 @@ impl Generator {
         let mut offered = overloaded.pps();
         for _ in 0..PACED_RUNS {
             offered = (offered * PACE_STEP).min(fastest);
-            let m = self.run(topo, frames, Some(offered), count);
-            self.set_pace(None)?;
-            let m = m?;
+            let m = self.run(topo, frames, Some(offered), count)?;
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 eprintln!(
                     "bench: paced at {:.3} Mpps (overloaded: {:.3} arrived of {:.3} sent): {:.3} Mpps sent, {:.3} arrived",
@@ -402,7 +400,8 @@ impl Generator {
     }
 
     /// One run of `frames` turns of the generator at `pace` (frames per second; `None`: as
-    /// fast as it runs); the queues drain before `count` counts again.
+    /// fast as it runs); the queues drain before `count` counts again. The generator is
+    /// unpaced again after it, whatever the outcome (the other scenarios send unpaced).
     fn run(
         &mut self,
         topo: &Topo,
@@ -411,6 +410,20 @@ impl Generator {
         count: fn(&Generator) -> anyhow::Result<u64>,
     ) -> anyhow::Result<Measurement> {
         self.set_pace(pace)?;
+        let m = self.run_at_pace(topo, frames, count);
+        self.set_pace(None)?;
+        Ok(Measurement {
+            paced_pps: pace,
+            ..m?
+        })
+    }
+
+    fn run_at_pace(
+        &mut self,
+        topo: &Topo,
+        frames: u32,
+        count: fn(&Generator) -> anyhow::Result<u64>,
+    ) -> anyhow::Result<Measurement> {
         let (sent, arrived) = (self.sent()?, count(self)?);
         let took = self.send(topo, frames)?;
         std::thread::sleep(DRAIN);
@@ -418,7 +431,7 @@ impl Generator {
             sent: self.sent()? - sent,
             arrived: count(self)? - arrived,
             seconds: took.as_secs_f64(),
-            paced_pps: pace,
+            paced_pps: None,
             overloaded: None,
         })
     }

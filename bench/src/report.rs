@@ -660,32 +660,28 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                         );
                     }
                 }
-                if let (Some(gt), Some(ft), Some(f)) = (
-                    trials(Contender::Gateway),
-                    trials(Contender::ReadingRedirect),
-                    med(Contender::ReadingRedirect),
-                ) {
-                    let paired = crate::stats::Summary::paired(&gt, &ft);
+                // The gateway against a redirect that touches the frame first: by medians, and
+                // within each trial; and that redirect's median.
+                let against = |floor: Contender| {
+                    let (gt, ft, f) = (trials(Contender::Gateway)?, trials(floor)?, med(floor)?);
+                    Some((g / f, crate::stats::Summary::paired(&gt, &ft), f))
+                };
+                if let Some((by_medians, paired, f)) = against(Contender::ReadingRedirect) {
                     let _ = writeln!(
                         md,
                         "- for scale, the gateway against the redirect that reads the IP header first: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial. The no-op redirect never reads a frame; this one reads what any forwarder must (ethertype, TTL, destination) before the same redirect, and ran at {:.0}% of the no-op's rate by medians: reading the header is not what a forwarder loses to the ceiling here; the gap from this one to the gateway is the gateway's own work.\n",
-                        g / f * 100.0,
+                        by_medians * 100.0,
                         paired.median * 100.0,
                         paired.min * 100.0,
                         paired.max * 100.0,
                         f / c * 100.0,
                     );
                 }
-                if let (Some(gt), Some(wt), Some(w)) = (
-                    trials(Contender::Gateway),
-                    trials(Contender::WritingRedirect),
-                    med(Contender::WritingRedirect),
-                ) {
-                    let paired = crate::stats::Summary::paired(&gt, &wt);
+                if let Some((by_medians, paired, w)) = against(Contender::WritingRedirect) {
                     let _ = writeln!(
                         md,
                         "- and against the redirect that rewrites what a router rewrites first (MAC addresses, TTL, header checksum), as the gateway's forwarding does: {:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial; that redirect ran at {:.0}% of the no-op's rate by medians ({}). The gap from this one to the gateway is the gateway's own work (parse, policy lookup, route lookup, counters).\n",
-                        g / w * 100.0,
+                        by_medians * 100.0,
                         paired.median * 100.0,
                         paired.min * 100.0,
                         paired.max * 100.0,
