@@ -34,7 +34,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
         s.new_flow_frames,
         s.established_flows,
         s.established_frames,
-        crate::generator::rate_method(s.max_forwarding_rate)
+        crate::generator::rate_method(s.max_forwarding_rate, s.sink_first)
     );
     let _ = writeln!(
         md,

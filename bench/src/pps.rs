@@ -48,6 +48,9 @@ pub struct Pps {
     /// Rates are maximum forwarding rates (absent, false: full overload alone).
     #[serde(default)]
     pub max_forwarding_rate: bool,
+    /// The sink's thread ran ahead of the DUT's on the DUT's core (absent, false: as equals).
+    #[serde(default)]
+    pub sink_first: bool,
     pub frame_bytes: usize,
     pub frames_per_trial: u32,
     pub flows: usize,
@@ -152,6 +155,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
     }
     Ok(Pps {
         max_forwarding_rate: true,
+        sink_first: true,
         frame_bytes: FRAME_BYTES + 4,
         frames_per_trial: frames,
         flows: flows_used * 64,

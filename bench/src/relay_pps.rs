@@ -88,6 +88,9 @@ pub struct RelayPps {
     /// Rates are maximum forwarding rates (absent, false: full overload alone).
     #[serde(default)]
     pub max_forwarding_rate: bool,
+    /// The sink's thread ran ahead of the DUT's on the DUT's core (absent, false: as equals).
+    #[serde(default)]
+    pub sink_first: bool,
     /// Frame sizes on the wire (Ethernet, without FCS) of the client's ChannelData.
     pub frame_sizes: Vec<usize>,
     pub frames: u32,
@@ -326,6 +329,7 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     generator.detach_gen_sink(&topo, sink)?;
     Ok(RelayPps {
         max_forwarding_rate: true,
+        sink_first: true,
         frame_sizes,
         frames,
         rows,
@@ -481,7 +485,7 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
         md,
         "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating. {}\n",
         r.frames,
-        crate::generator::rate_method(r.max_forwarding_rate)
+        crate::generator::rate_method(r.max_forwarding_rate, r.sink_first)
     );
     table(md, &r.rows, &r.frame_sizes);
     let find = |c| measured(&r.rows, c);

@@ -59,6 +59,9 @@ pub struct Stateful {
     /// Rates are maximum forwarding rates (absent, false: full overload alone).
     #[serde(default)]
     pub max_forwarding_rate: bool,
+    /// The sink's thread ran ahead of the DUT's on the DUT's core (absent, false: as equals).
+    #[serde(default)]
+    pub sink_first: bool,
     pub rules: usize,
     pub new_flow_frames: u32,
     pub established_frames: u32,
@@ -163,6 +166,7 @@ pub fn measure(
         .collect();
     Ok(Stateful {
         max_forwarding_rate: true,
+        sink_first: true,
         rules: RULES,
         new_flow_frames: new_frames,
         established_frames: est_frames,
@@ -184,7 +188,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
         s.new_flow_frames,
         s.established_flows,
         s.established_frames,
-        crate::generator::rate_method(s.max_forwarding_rate)
+        crate::generator::rate_method(s.max_forwarding_rate, s.sink_first)
     );
     let _ = writeln!(
         md,
