@@ -447,22 +447,41 @@ impl Drop for Generator {
     }
 }
 
-/// How a packet-rate scenario's rates were measured, for its report (`max_forwarding_rate`:
-/// by [`Generator::max_forwarding_rate`], else at full overload alone, as runs before
-/// 2026-12-04 were; `sink_first`: the sink's thread ahead of the DUT's, see
-/// `Topo::dedicate_dut_core`).
-pub fn rate_method(max_forwarding_rate: bool, sink_first: bool) -> String {
-    let rate = if max_forwarding_rate {
-        "Each rate is the DUT's maximum forwarding rate (RFC 2285): the most that arrived per second over one run at full overload (the generator as fast as it sends) and runs paced at 1.5x steps up from what arrived, until the rate stops rising; its loss is at that load. Full overload alone understates every DUT, the slower the more: the frames a full veth ring refuses go back to the generator's page pool through its shared ring, under a lock the DUT's core also takes for each frame it frees (a quarter of the DUT's core in a profile of the TC ceiling), where a NIC drops in hardware what its ring cannot take. The full-overload figures are kept in the results and compared below."
-    } else {
-        "Each rate is what arrived per second while the generator sent as fast as it could (full overload)."
+/// How a packet-rate scenario's rates were measured, as its results record it (fields absent
+/// from older results read as false: how runs before each change were made).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct RateMethod {
+    /// By [`Generator::max_forwarding_rate`] (false: at full overload alone, as runs before
+    /// 2026-12-04 were).
+    #[serde(default)]
+    pub max_forwarding_rate: bool,
+    /// The sink's thread ran ahead of the DUT's on the DUT's core (false: as equals; see
+    /// `Topo::dedicate_dut_core`).
+    #[serde(default)]
+    pub sink_first: bool,
+}
+
+impl RateMethod {
+    /// How this version of the bench measures.
+    pub const CURRENT: RateMethod = RateMethod {
+        max_forwarding_rate: true,
+        sink_first: true,
     };
-    let sink = if sink_first {
-        "The sink's receive thread shares the DUT's core at a real-time priority above the DUT's, so it counts frames as soon as they wait, as a separate machine would; sharing the core as equals, a DUT at its limit kept the sink waiting while the sink's 256-frame ring overflowed, and frames the DUT had forwarded were lost after its work, the more the slower the DUT (at 2.6 Mpps offered: 15% of the gateway's frames, 2% of the no-op redirect's; 1% and 0.5% with the sink first)."
-    } else {
-        "The sink's receive thread shared the DUT's core as an equal (runs before 2026-12-04T20:30Z), which understated the contenders at their limits, the slower the more: frames they had forwarded overflowed the waiting sink's ring."
-    };
-    format!("{rate} {sink}")
+
+    /// The method in a report's words.
+    pub fn describe(&self) -> String {
+        let rate = if self.max_forwarding_rate {
+            "Each rate is the DUT's maximum forwarding rate (RFC 2285): the most that arrived per second over one run at full overload (the generator as fast as it sends) and runs paced at 1.5x steps up from what arrived, until the rate stops rising; its loss is at that load. Full overload alone understates every DUT, the slower the more: the frames a full veth ring refuses go back to the generator's page pool through its shared ring, under a lock the DUT's core also takes for each frame it frees (a quarter of the DUT's core in a profile of the TC ceiling), where a NIC drops in hardware what its ring cannot take. The full-overload figures are kept in the results and compared below."
+        } else {
+            "Each rate is what arrived per second while the generator sent as fast as it could (full overload)."
+        };
+        let sink = if self.sink_first {
+            "The sink's receive thread shares the DUT's core at a real-time priority above the DUT's, so it counts frames as soon as they wait, as a separate machine would; sharing the core as equals, a DUT at its limit kept the sink waiting while the sink's 256-frame ring overflowed, and frames the DUT had forwarded were lost after its work, the more the slower the DUT (at 2.6 Mpps offered: 15% of the gateway's frames, 2% of the no-op redirect's; 1% and 0.5% with the sink first)."
+        } else {
+            "The sink's receive thread shared the DUT's core as an equal (runs before 2026-12-04T20:30Z), which understated the contenders at their limits, the slower the more: frames they had forwarded overflowed the waiting sink's ring."
+        };
+        format!("{rate} {sink}")
+    }
 }
 
 /// One run of the generator: frames let out, frames that arrived, and how long it sent.

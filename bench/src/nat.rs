@@ -34,7 +34,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
         s.new_flow_frames,
         s.established_flows,
         s.established_frames,
-        crate::generator::rate_method(s.max_forwarding_rate, s.sink_first)
+        s.method.describe()
     );
     let _ = writeln!(
         md,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     alternate::alternate,
     contenders::{self, Contender},
-    generator::{Generator, Measurement, TRIAL_FRAMES},
+    generator::{Generator, Measurement, RateMethod, TRIAL_FRAMES},
     rules,
     stats::Summary,
     topo::Topo,
@@ -45,12 +45,9 @@ impl BesideCeiling {
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Pps {
-    /// Rates are maximum forwarding rates (absent, false: full overload alone).
-    #[serde(default)]
-    pub max_forwarding_rate: bool,
-    /// The sink's thread ran ahead of the DUT's on the DUT's core (absent, false: as equals).
-    #[serde(default)]
-    pub sink_first: bool,
+    /// How the rates were measured (its fields sit at this level in the JSON).
+    #[serde(flatten)]
+    pub method: RateMethod,
     pub frame_bytes: usize,
     pub frames_per_trial: u32,
     pub flows: usize,
@@ -154,8 +151,7 @@ pub fn run(quick: bool) -> anyhow::Result<Pps> {
         }
     }
     Ok(Pps {
-        max_forwarding_rate: true,
-        sink_first: true,
+        method: RateMethod::CURRENT,
         frame_bytes: FRAME_BYTES + 4,
         frames_per_trial: frames,
         flows: flows_used * 64,

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     alternate::alternate,
     contenders::Contender,
-    generator::{DutXdp, Generator, TRIAL_FRAMES},
+    generator::{DutXdp, Generator, RateMethod, TRIAL_FRAMES},
     stats::Summary,
     topo::{GEN_ADDR, SINK_ADDR, Topo},
 };
@@ -85,12 +85,9 @@ pub struct Row {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RelayPps {
-    /// Rates are maximum forwarding rates (absent, false: full overload alone).
-    #[serde(default)]
-    pub max_forwarding_rate: bool,
-    /// The sink's thread ran ahead of the DUT's on the DUT's core (absent, false: as equals).
-    #[serde(default)]
-    pub sink_first: bool,
+    /// How the rates were measured (its fields sit at this level in the JSON).
+    #[serde(flatten)]
+    pub method: RateMethod,
     /// Frame sizes on the wire (Ethernet, without FCS) of the client's ChannelData.
     pub frame_sizes: Vec<usize>,
     pub frames: u32,
@@ -328,8 +325,7 @@ pub fn run(quick: bool) -> anyhow::Result<RelayPps> {
     );
     generator.detach_gen_sink(&topo, sink)?;
     Ok(RelayPps {
-        max_forwarding_rate: true,
-        sink_first: true,
+        method: RateMethod::CURRENT,
         frame_sizes,
         frames,
         rows,
@@ -485,7 +481,7 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
         md,
         "One client allocates and binds a channel to the sink from the generator's address; the generator then sends that client's ChannelData (BPF_PROG_RUN live frames, {} per trial and size, XDP_TX into the DUT's d0), so no sending thread limits the rate. Counted where it arrives: the sink's XDP program counts the datagrams the relay unwrapped (for the ceiling, every frame). The DUT's receive processing on its own core. The ceiling is a no-op XDP redirect from d0 to d1, the two interfaces a relay forwards between. Frames: full checksums, sizes on the wire without FCS. Median (min–max) over trials, contenders alternating. {}\n",
         r.frames,
-        crate::generator::rate_method(r.max_forwarding_rate, r.sink_first)
+        r.method.describe()
     );
     table(md, &r.rows, &r.frame_sizes);
     let find = |c| measured(&r.rows, c);

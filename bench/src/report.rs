@@ -496,7 +496,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
         "Generator: BPF_PROG_RUN with live frames in the generator namespace (pinned to CPU 0), {} frames per trial over {} flows (varied sources and ports) that the policy accepts; counted where they arrive, by an XDP program on the sink. The device under test gets CPU 1: the receive processing of its ingress veth and of the sink run there as threaded NAPI, so every contender's figure is what one core forwards through it (plus the sink's constant share). Kernel-path contenders get an XDP_PASS program on the ingress veth (a veth only receives XDP frames with one). Rules: UDP, one source prefix (/16–/32) and one port each, one in five a drop. Every contender in the same run, alternating, trials interleaved. Mpps median (min–max); loss = frames sent but not counted at the sink; ratios of medians. {}\n",
         p.frames_per_trial,
         p.flows,
-        crate::generator::rate_method(p.max_forwarding_rate, p.sink_first)
+        p.method.describe()
     );
     let mut sizes: Vec<usize> = p.rows.iter().map(|r| r.rules).collect();
     sizes.dedup();
@@ -634,7 +634,7 @@ fn pps_markdown(md: &mut String, p: &Pps) {
                         )
                     );
                 }
-                if p.max_forwarding_rate {
+                if p.method.max_forwarding_rate {
                     let overloaded = |c: Contender| {
                         rows.iter()
                             .find(|r| r.contender == c && r.error.is_none())

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     alternate::alternate,
     contenders::{self, Contender},
-    generator::{Generator, Measurement},
+    generator::{Generator, Measurement, RateMethod},
     pps::FRAME_BYTES,
     rules,
     stats::Summary,
@@ -56,12 +56,9 @@ impl StatefulRow {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Stateful {
-    /// Rates are maximum forwarding rates (absent, false: full overload alone).
-    #[serde(default)]
-    pub max_forwarding_rate: bool,
-    /// The sink's thread ran ahead of the DUT's on the DUT's core (absent, false: as equals).
-    #[serde(default)]
-    pub sink_first: bool,
+    /// How the rates were measured (its fields sit at this level in the JSON).
+    #[serde(flatten)]
+    pub method: RateMethod,
     pub rules: usize,
     pub new_flow_frames: u32,
     pub established_frames: u32,
@@ -165,8 +162,7 @@ pub fn measure(
         })
         .collect();
     Ok(Stateful {
-        max_forwarding_rate: true,
-        sink_first: true,
+        method: RateMethod::CURRENT,
         rules: RULES,
         new_flow_frames: new_frames,
         established_frames: est_frames,
@@ -188,7 +184,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
         s.new_flow_frames,
         s.established_flows,
         s.established_frames,
-        crate::generator::rate_method(s.max_forwarding_rate, s.sink_first)
+        s.method.describe()
     );
     let _ = writeln!(
         md,

@@ -139,7 +139,7 @@ impl Topo {
         dut: (&Netns, &str),
         sink: (&Netns, &str),
     ) -> anyhow::Result<()> {
-        for (ns, dev) in [dut, sink] {
+        for ((ns, dev), priority) in [(dut, None), (sink, Some(SINK_PRIORITY))] {
             ns.exec(&[
                 "sh",
                 "-c",
@@ -147,8 +147,8 @@ impl Topo {
             ])?;
             for pid in napi_threads(dev)? {
                 pin(pid, DUT_CPU)?;
-                if dev == sink.1 {
-                    realtime(pid, SINK_PRIORITY)?;
+                if let Some(priority) = priority {
+                    realtime(pid, priority)?;
                 }
             }
         }
@@ -190,8 +190,11 @@ fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with(&prefix) {
-            pids.push(entry.file_name().to_string_lossy().parse().unwrap_or(0));
+        // (Never task 0: to the scheduler calls that is the calling thread, the bench itself.)
+        if comm.trim().starts_with(&prefix)
+            && let Ok(pid) = entry.file_name().to_string_lossy().parse()
+        {
+            pids.push(pid);
         }
     }
     Ok(pids)
