@@ -59,6 +59,28 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// off for microseconds; a packet that read the old slot index is long done after this.
 const SLOT_GRACE: Duration = Duration::from_millis(10);
 
+/// Every program the data plane loads.
+pub const PROGRAMS: [&str; 10] = [
+    names::PROG_XDP_LAN,
+    names::PROG_TC_LAN_INGRESS,
+    names::PROG_TC_LAN_EGRESS,
+    names::PROG_TC_TUNNEL_INGRESS_ETH,
+    names::PROG_TC_TUNNEL_EGRESS_ETH,
+    names::PROG_TC_TUNNEL_INGRESS_L3,
+    names::PROG_TC_TUNNEL_EGRESS_L3,
+    names::PROG_XDP_WG_UNDERLAY,
+    names::PROG_TC_WG_UNDERLAY,
+    names::PROG_XDP_TURN,
+];
+
+/// The most instructions the kernel's verifier walks for one program
+/// (BPF_COMPLEXITY_LIMIT_INSNS) before it refuses the program with E2BIG.
+pub const VERIFIER_INSN_LIMIT: u32 = 1_000_000;
+
+/// Above this share of [`VERIFIER_INSN_LIMIT`] (in percent) the load warns: how far the
+/// verifier walks depends on the kernel's version, and another kernel may walk further.
+pub const VERIFIER_WARN_SHARE: f64 = 50.0;
+
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub limits: LimitsConfig,
@@ -157,6 +179,8 @@ pub struct Dataplane {
     pins: Option<pins::PinDir>,
     /// Generation of the pinned policy this process found in force, if it adopted one.
     adopted: Option<u32>,
+    /// Instructions the kernel's verifier walked for each program (where it says).
+    verified: Vec<(&'static str, Option<u32>)>,
 }
 
 impl Dataplane {
@@ -206,18 +230,8 @@ impl Dataplane {
                     .unwrap_or(std::path::Path::new("")),
             )?;
         }
-        for name in [
-            names::PROG_XDP_LAN,
-            names::PROG_TC_LAN_INGRESS,
-            names::PROG_TC_LAN_EGRESS,
-            names::PROG_TC_TUNNEL_INGRESS_ETH,
-            names::PROG_TC_TUNNEL_EGRESS_ETH,
-            names::PROG_TC_TUNNEL_INGRESS_L3,
-            names::PROG_TC_TUNNEL_EGRESS_L3,
-            names::PROG_XDP_WG_UNDERLAY,
-            names::PROG_TC_WG_UNDERLAY,
-            names::PROG_XDP_TURN,
-        ] {
+        let mut verified = Vec::with_capacity(PROGRAMS.len());
+        for name in PROGRAMS {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
@@ -237,6 +251,22 @@ impl Dataplane {
                     other => break other.map_err(|e| verifier_error(name, e))?,
                 }
             }
+            let count = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
+            if let Some(n) = count {
+                let share = 100.0 * n as f64 / VERIFIER_INSN_LIMIT as f64;
+                if share > VERIFIER_WARN_SHARE {
+                    tracing::warn!(
+                        "program {name}: the verifier walked {n} instructions, {share:.0}% of its \
+                         {VERIFIER_INSN_LIMIT} limit (an older or stricter kernel may refuse it)"
+                    );
+                } else {
+                    tracing::debug!("program {name}: the verifier walked {n} instructions");
+                }
+            }
+            verified.push((name, count));
         }
         fn map<'e>(ebpf: &'e Ebpf, name: &str) -> anyhow::Result<&'e aya::maps::Map> {
             ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))
@@ -308,7 +338,15 @@ impl Dataplane {
             timeouts: opts.timeouts,
             pins,
             adopted,
+            verified,
         })
+    }
+
+    /// The instructions the kernel's verifier walked for each program it loaded, where the
+    /// kernel says (5.16 and later): how close each program is to the verifier's limit
+    /// ([`VERIFIER_INSN_LIMIT`]) on this kernel.
+    pub fn verified_instructions(&self) -> &[(&'static str, Option<u32>)] {
+        &self.verified
     }
 
     /// The generation of the pinned policy found in force at load, if this process adopted one.
