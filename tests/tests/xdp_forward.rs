@@ -292,6 +292,19 @@ fn xdp_forwarding_follows_routes_by_dscp() {
     follows_rules(true, Selector::Dscp);
 }
 
+/// Waits (up to 5 s) until `ns` has a resolved neighbour entry for each of `addrs`.
+fn wait_for_neighbours(ns: &Netns, family: &str, addrs: &[&str]) {
+    let resolved = |addr: &str| {
+        let out = ns.ip(&[family, "neigh", "show", addr]).unwrap();
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        line.contains("lladdr") && !line.contains("INCOMPLETE") && !line.contains("FAILED")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !addrs.iter().all(|a| resolved(a)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Selector {
     Source,
@@ -414,13 +427,18 @@ fn follows_rules(v6: bool, by: Selector) {
             };
             let to = SocketAddr::new(far, 5300);
             // The first datagrams find no neighbour entries yet: the kernel forwards them (and
-            // resolves the next hops); the rest go through the XDP path and its cache.
+            // resolves the next hops); the rest go through the XDP path and its cache, once
+            // both entries are there (under a loaded CI machine resolving took longer than the
+            // first rounds, and every datagram of one sender was left to the kernel).
             for round in 0..ROUNDS {
                 first.send_to(b"first", to).unwrap();
                 second.send_to(b"second", to).unwrap();
                 if round < 5 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 } else {
+                    if round == 5 {
+                        wait_for_neighbours(gw, family, &[via_b, via_c]);
+                    }
                     std::thread::sleep(std::time::Duration::from_micros(500));
                 }
             }
