@@ -1,6 +1,8 @@
 //! Kernel programs: one entry per hook, each a thin wrapper around `judge::decide`.
 #![no_std]
 #![no_main]
+// `asm!` on BPF: the verifier's bound hints in `packet` (the crate builds with nightly).
+#![feature(asm_experimental_arch)]
 
 mod acl;
 mod conntrack;

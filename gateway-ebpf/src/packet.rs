@@ -11,6 +11,24 @@ use aya_ebpf::{
 };
 use gateway_common::stats::reason;
 
+/// The furthest offset a header read starts at (headers lie in the first few hundred bytes).
+const MAX_OFFSET: usize = 0x7fff;
+
+/// `offset` (at most [`MAX_OFFSET`], checked by the caller) with its bound restated where the
+/// verifier sees it, right before the pointer arithmetic. The compiler keeps the checked value
+/// on the stack and reloads it; older verifiers (Debian 12's 6.1) forget a bound learnt on a
+/// reloaded copy and refuse the read as possibly beyond 64 KiB, where 6.18's keeps it. An `and`
+/// in assembly, which the compiler cannot drop as redundant, costs one instruction.
+#[inline(always)]
+fn bounded_for_verifier(offset: usize) -> usize {
+    let mut v = offset;
+    // SAFETY: a register-only `and`; no memory is touched.
+    unsafe {
+        core::arch::asm!("{0} &= 0x7fff", inout(reg) v, options(pure, nomem, nostack));
+    }
+    v
+}
+
 /// The bytes of one packet: `[start, end)` is what the program can read; `len` how long the
 /// packet is known to be from `start` on. For an skb that is its real length. For an XDP frame
 /// it is the first buffer's: the rest of a multi-buffer frame is asked for (`xdp`) only when a
@@ -42,7 +60,10 @@ impl Bytes {
     /// The address of `N` readable bytes at `offset`, or why they cannot be read.
     #[inline(always)]
     fn readable<const N: usize>(&self, offset: usize) -> Result<usize, u32> {
-        let at = self.start + offset;
+        if offset > MAX_OFFSET {
+            return Err(self.unreadable(offset, N));
+        }
+        let at = self.start + bounded_for_verifier(offset);
         // For one byte the compiler would rewrite `at + 1 > end` as `at >= end`, which does not
         // tell the verifier that the byte is readable: that end goes through memory. Wider
         // reads keep their comparison as written (and stay in registers).
@@ -53,13 +74,19 @@ impl Bytes {
             at + N
         };
         if last > self.end {
-            return Err(if self.has(offset, N) {
-                reason::DROP_NOT_LINEAR
-            } else {
-                reason::DROP_TRUNCATED
-            });
+            return Err(self.unreadable(offset, N));
         }
         Ok(at)
+    }
+
+    /// Why `n` bytes at `offset` cannot be read: not linear, or not in the packet at all.
+    #[inline(always)]
+    fn unreadable(&self, offset: usize, n: usize) -> u32 {
+        if self.has(offset, n) {
+            reason::DROP_NOT_LINEAR
+        } else {
+            reason::DROP_TRUNCATED
+        }
     }
 
     /// Reads a 16-byte (IPv6) address at `offset` as four words. Read as an array, the copy
