@@ -76,29 +76,35 @@ pub fn judge(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict
 #[inline(always)]
 fn lookup(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Verdict {
     let slot = active.slot & 1;
-    let classes = if flow.family == FAMILY_V4 {
+    // Each address's class is unwrapped as soon as it is known: an `Option` kept across the
+    // other address's map lookups is spilled whole, and its payload, undefined when it is None,
+    // is then a read of an uninitialised register to the verifier.
+    // No class means no policy was ever loaded (or a dangling link): default deny.
+    let (src, dst) = if flow.family == FAMILY_V4 {
         let src = u32::from_be_bytes([flow.src[0], flow.src[1], flow.src[2], flow.src[3]]);
         let dst = u32::from_be_bytes([flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]]);
-        (
-            acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, src),
-            acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, dst),
-        )
+        let Some(src) = acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, src) else {
+            return Verdict::DEFAULT_DENY;
+        };
+        let Some(dst) = acl::classify_v4(&MapTables, slot, settings.chunks_per_slot, dst) else {
+            return Verdict::DEFAULT_DENY;
+        };
+        (src, dst)
     } else {
-        (
-            acl::classify_v6(&MapTables, slot, flow.src),
-            acl::classify_v6(&MapTables, slot, flow.dst),
-        )
+        let Some(src) = acl::classify_v6(&MapTables, slot, flow.src) else {
+            return Verdict::DEFAULT_DENY;
+        };
+        let Some(dst) = acl::classify_v6(&MapTables, slot, flow.dst) else {
+            return Verdict::DEFAULT_DENY;
+        };
+        (src, dst)
     };
-    match classes {
-        (Some(src), Some(dst)) => acl::lookup_verdict(
-            &MapTables,
-            slot,
-            src,
-            dst,
-            acl::proto_class(flow.proto),
-            flow.dport,
-        ),
-        // No class means no policy was ever loaded (or a dangling link): default deny.
-        _ => Verdict::DEFAULT_DENY,
-    }
+    acl::lookup_verdict(
+        &MapTables,
+        slot,
+        src,
+        dst,
+        acl::proto_class(flow.proto),
+        flow.dport,
+    )
 }

@@ -279,7 +279,7 @@ pub fn tc_forward(
     }
     // The parse found the IP header in the linear data: read there, not through a helper.
     // (Bounds as the verifier follows them: the header's first 20 bytes, from its start.)
-    let ip = ctx.data() + l3;
+    let ip = ctx.data() + crate::packet::bounded_for_verifier(l3);
     if ip + 20 > ctx.data_end() {
         return TcForward::Kernel;
     }
@@ -378,7 +378,7 @@ pub fn tc_forward(
         // needed; the verifier made the skb writable at the program's start. (The header was
         // checked above; the rewrites since keep it in the linear data, so this check fails
         // only if the kernel broke that.)
-        let ip = ctx.data() + at;
+        let ip = ctx.data() + crate::packet::bounded_for_verifier(at);
         if ip + 20 > ctx.data_end() {
             return TcForward::Dropped(reason::DROP_INTERNAL);
         }

@@ -1,4 +1,9 @@
 //! Kernel programs: one entry per hook, each a thin wrapper around `judge::decide`.
+//!
+//! Each entry is `#[inline(always)]`: aya's macro wraps it in the section's function, and a
+//! body left as a call of its own is one more BPF-to-BPF frame. 6.1's verifier counts every
+//! frame as at least 32 bytes, even an empty one, so that frame took `xdp_lan` over the 512-byte
+//! stack limit on Debian 12's kernel.
 #![no_std]
 #![no_main]
 // `asm!` on BPF: the verifier's bound hints in `packet` (the crate builds with nightly).
@@ -61,6 +66,7 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 /// Multi-buffer frames (jumbo MTUs, GRO on some drivers) are accepted: headers are in the first
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
+#[inline(always)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
     let bytes = Bytes {
         start: ctx.data(),
@@ -162,67 +168,104 @@ fn tc_bytes(ctx: &TcContext) -> Bytes {
     }
 }
 
-/// A TC hook's program: the decision, then what follows it for a packet that passes. Each is
-/// a BPF-to-BPF call of its own, so the verifier walks what follows from one narrow state (the
-/// packet is in this CPU's scratch; the rest is a few arguments) instead of once for every way
-/// the decision was reached, and the two stack frames are never live together. Inlined into one,
-/// the tunnel's ingress programs took 73% (Ethernet) and 97% (L3) of the verifier's
-/// 1M-instruction limit.
+/// A TC hook's program in three BPF-to-BPF calls, each made from here: the parse (and, on a
+/// LAN interface, the reverse translation), the decision, and what follows it for a packet that
+/// passes. The verifier walks each from a narrow state (the packet is in this CPU's scratch; the
+/// rest is a register or two) instead of walking each later step once for every way through the
+/// earlier ones: inlined into one, the tunnel's ingress programs took 73% (Ethernet) and 97%
+/// (L3) of the verifier's 1M-instruction limit. And the calls are siblings, so their stack
+/// frames are never live together: 6.1's verifier counts a frame of at least 32 bytes for this
+/// function, and one step's 488 bytes under it was over the 512-byte limit.
 #[inline(always)]
 fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
-    let mut flow: *mut gateway_common::conntrack::CtEntry = core::ptr::null_mut();
-    let decided = tc_decide(ctx.skb.skb, link == Link::L3, hook, &mut flow);
+    let parsed = tc_parse(ctx.skb.skb, link == Link::L3, hook);
+    let flow = tc_judge(ctx.skb.skb, hook, parsed);
+    let Some(pkt) = maps::SCRATCH.get(0) else {
+        return TC_ACT_SHOT;
+    };
+    let decided = pkt.decided;
     if decided == SHOT {
         return TC_ACT_SHOT;
     }
     tc_after_decision(ctx.skb.skb, flow, decided)
 }
 
-/// [`tc_decide`]'s answer for a packet that does not pass.
+/// [`tc_parse`]: the packet is decided already; the low 32 bits are the reason.
+const PARSE_DECIDED: u64 = 1 << 63;
+/// [`tc_parse`]: the LAN's reverse translation gave the packet its flow's original destination.
+const PARSE_TRANSLATED: u64 = 1;
+
+/// [`tc_judge`]'s decision for a packet that does not pass.
 const SHOT: u64 = u64::MAX;
 
-/// Parses, judges and counts the packet: [`SHOT`], or a passed packet's [`After`] packed (and
-/// its flow's conntrack entry in `flow`, see `judge::Decision::flow`).
+/// Parses the packet into this CPU's scratch and, arriving on a LAN interface, gives a packet of
+/// a translated flow its original destination: [`PARSE_DECIDED`] with the reason where that
+/// decides the packet (malformed, not IP, a translation's drop), else whether it was translated.
 #[inline(never)]
-fn tc_decide(
-    skb: *mut aya_ebpf::bindings::__sk_buff,
-    l3: bool,
-    hook: u32,
-    flow: &mut *mut gateway_common::conntrack::CtEntry,
-) -> u64 {
+fn tc_parse(skb: *mut aya_ebpf::bindings::__sk_buff, l3: bool, hook: u32) -> u64 {
     let ctx = &TcContext::new(skb);
     let link = if l3 { Link::L3 } else { Link::Ethernet };
     let bytes = tc_bytes(ctx);
-    let len = bytes.len;
-    let d = if hook == HOOK_LAN {
-        match judge::parse_packet(&bytes, link) {
-            // SAFETY: the context's own skb pointer.
-            Ok(pkt) => lan_ingress(
-                nat::unmasquerade(&nat::TcRewrite(ctx), pkt, unsafe { (*ctx.skb.skb).ifindex }),
-                pkt,
-                len,
-            ),
-            Err(d) => d,
-        }
+    let pkt = match judge::parse_packet(&bytes, link) {
+        Ok(pkt) => pkt,
+        Err(d) => return PARSE_DECIDED | d.reason as u64,
+    };
+    if hook != HOOK_LAN {
+        return 0;
+    }
+    // SAFETY: the context's own skb pointer.
+    match nat::unmasquerade(&nat::TcRewrite(ctx), pkt, unsafe { (*skb).ifindex }) {
+        nat::Nat::Drop(r) => PARSE_DECIDED | r as u64,
+        nat::Nat::Translated => PARSE_TRANSLATED,
+        nat::Nat::Untouched => 0,
+    }
+}
+
+/// Judges the parsed packet and counts the decision. Leaves it in the scratch's `decided`
+/// ([`SHOT`], or a passed packet's [`After`] packed) and returns its flow's conntrack entry
+/// where what follows needs it (see `judge::Decision::flow`), else null.
+#[inline(never)]
+fn tc_judge(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    hook: u32,
+    parsed: u64,
+) -> *mut gateway_common::conntrack::CtEntry {
+    let ctx = &TcContext::new(skb);
+    let len = ctx.len() as usize;
+    let Some(pkt) = maps::SCRATCH.get_ptr_mut(0) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
+    let pkt = unsafe { &mut *pkt };
+    let d = if parsed & PARSE_DECIDED != 0 {
+        judge::plain(parsed as u32)
     } else {
-        judge::decide(&bytes, link, hook)
+        // (As `lan_ingress`, without making a `Nat` here: its unused payload, spilled across a
+        // helper call, is a read of an uninitialised register to the verifier.)
+        if parsed == PARSE_TRANSLATED {
+            stats::count(HOOK_LAN, reason::NAT_UNMASQUERADED, len as u64);
+        }
+        judge::judge(pkt, hook)
     };
     account(ctx, hook, &d, len as u64);
     if !d.passes() {
-        return SHOT;
+        pkt.decided = SHOT;
+        return core::ptr::null_mut();
     }
     // Only the masquerade on the tunnel's way out uses the flow: elsewhere it stays null, so
     // the verifier has fewer distinct states to walk what follows from.
     let masquerading = hook == HOOK_TUNNEL_INGRESS;
-    if masquerading {
-        *flow = d.flow;
-    }
-    After {
+    pkt.decided = After {
         hook,
         judged: d.reason == reason::ACCEPT_POLICY || d.reason == reason::ACCEPT_ESTABLISHED,
         sender_is_a: masquerading && d.sender_is_a,
     }
-    .pack()
+    .pack();
+    if masquerading {
+        d.flow
+    } else {
+        core::ptr::null_mut()
+    }
 }
 
 /// What [`tc_after_decision`] needs of the decision, packed into one register. (Not the
@@ -362,6 +405,7 @@ impl forward::Translate for MasqueradeOnTheWay<'_> {
 
 /// LAN interfaces whose driver has no native XDP, when configured (`attach: tc`): same logic.
 #[classifier]
+#[inline(always)]
 pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
     tc_run(&ctx, Link::Ethernet, HOOK_LAN)
 }
@@ -369,6 +413,7 @@ pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
 /// LAN interfaces that masquerade: traffic leaving toward a masqueraded network gets the
 /// interface's address as source. Judged already (at the tunnel); nothing else is touched.
 #[classifier]
+#[inline(always)]
 pub fn tc_lan_egress(ctx: TcContext) -> i32 {
     // SAFETY: the context's own skb pointer.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -408,6 +453,7 @@ pub fn tc_lan_egress(ctx: TcContext) -> i32 {
 /// The underlay interface in front of the gateway's WireGuard port: only well-formed WireGuard
 /// messages reach it, handshake initiations at bounded rates.
 #[xdp(frags)]
+#[inline(always)]
 pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
     let bytes = Bytes {
         start: ctx.data(),
@@ -432,6 +478,7 @@ pub fn xdp_wg_underlay(ctx: XdpContext) -> u32 {
 /// XDP program switches off its peer's segmentation offload (UDP GSO, which wireguard-go
 /// uses). GSO/GRO aggregates are judged datagram by datagram.
 #[classifier]
+#[inline(always)]
 pub fn tc_wg_underlay(ctx: TcContext) -> i32 {
     let bytes = tc_bytes(&ctx);
     // SAFETY: the context's own skb.
@@ -449,6 +496,7 @@ pub fn tc_wg_underlay(ctx: TcContext) -> i32 {
 /// underlay filter is, so it can run in the filter's slot (a tail call needs both programs
 /// alike); a datagram not whole in the first buffer goes to userspace.
 #[xdp(frags)]
+#[inline(always)]
 pub fn xdp_turn(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (action, why) = turn::relay(&ctx);
@@ -463,22 +511,26 @@ pub fn xdp_turn(ctx: XdpContext) -> u32 {
 
 /// Tunnel interface with an Ethernet header (veth in labs), traffic from peers.
 #[classifier]
+#[inline(always)]
 pub fn tc_tunnel_ingress_eth(ctx: TcContext) -> i32 {
     tc_run(&ctx, Link::Ethernet, HOOK_TUNNEL_INGRESS)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn tc_tunnel_egress_eth(ctx: TcContext) -> i32 {
     tc_run(&ctx, Link::Ethernet, HOOK_TUNNEL_EGRESS)
 }
 
 /// Tunnel interface without a link header (wg0, boringtun's TUN).
 #[classifier]
+#[inline(always)]
 pub fn tc_tunnel_ingress_l3(ctx: TcContext) -> i32 {
     tc_run(&ctx, Link::L3, HOOK_TUNNEL_INGRESS)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn tc_tunnel_egress_l3(ctx: TcContext) -> i32 {
     tc_run(&ctx, Link::L3, HOOK_TUNNEL_EGRESS)
 }

@@ -75,6 +75,12 @@ pub static FIB_CACHE: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_S
 #[map(name = "TURN_ROUTES_V1")]
 pub static TURN_ROUTES: PerCpuArray<FibSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
 
+/// The relay's FIB lookup parameters, per CPU: 64 bytes kept off the IPv6 relay path's stack,
+/// which 6.1's verifier otherwise counts over the 512-byte limit (turn.rs, `cached_route`).
+#[map(name = "TURN_FIB_PARAMS")]
+pub static TURN_FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "TC_FIB_CACHE_V1")]
 pub static TC_FIB_CACHE: PerCpuArray<TcRouteSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
 

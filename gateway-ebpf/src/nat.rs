@@ -173,7 +173,7 @@ fn linear_at<const N: usize>(data: usize, end: usize, offset: usize) -> Option<*
     if offset > 600 {
         return None;
     }
-    let p = data + offset;
+    let p = data + crate::packet::bounded_for_verifier(offset);
     if p + N > end {
         return None;
     }

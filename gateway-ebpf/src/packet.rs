@@ -12,7 +12,7 @@ use aya_ebpf::{
 use gateway_common::stats::reason;
 
 /// The furthest offset a header read starts at (headers lie in the first few hundred bytes).
-const MAX_OFFSET: usize = 0x7fff;
+pub const MAX_OFFSET: usize = 0x7fff;
 
 /// `offset` (at most [`MAX_OFFSET`], checked by the caller) with its bound restated where the
 /// verifier sees it, right before the pointer arithmetic. The compiler keeps the checked value
@@ -20,11 +20,24 @@ const MAX_OFFSET: usize = 0x7fff;
 /// reloaded copy and refuse the read as possibly beyond 64 KiB, where 6.18's keeps it. An `and`
 /// in assembly, which the compiler cannot drop as redundant, costs one instruction.
 #[inline(always)]
-fn bounded_for_verifier(offset: usize) -> usize {
+pub fn bounded_for_verifier(offset: usize) -> usize {
     let mut v = offset;
     // SAFETY: a register-only `and`; no memory is touched.
     unsafe {
         core::arch::asm!("{0} &= 0x7fff", inout(reg) v, options(pure, nomem, nostack));
+    }
+    v
+}
+
+/// A 16-bit length field's value, bounded where the verifier sees it: 6.1's verifier knows
+/// nothing of a value after a byte swap (the field's conversion from network order), and
+/// refuses adding it to a packet pointer. As [`bounded_for_verifier`], one `and`.
+#[inline(always)]
+pub fn u16_for_verifier(v: u16) -> usize {
+    let mut v = v as usize;
+    // SAFETY: a register-only `and`; no memory is touched.
+    unsafe {
+        core::arch::asm!("{0} &= 0xffff", inout(reg) v, options(pure, nomem, nostack));
     }
     v
 }

@@ -120,6 +120,9 @@ pub struct Packet {
     pub quoted_l4: u32,
     /// The clock for this packet ([`Packet::now`]); 0 until something asks for it.
     pub clock: core::cell::Cell<u64>,
+    /// A TC program's decision, handed from its judging step to what follows (main.rs,
+    /// `tc_run`): written by every run before it is read.
+    pub decided: u64,
 }
 
 // SAFETY: a `Packet` lives in a per-CPU scratch map and is used by one program run at a time on

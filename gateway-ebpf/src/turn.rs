@@ -140,7 +140,7 @@ impl Family for V4 {
         // The datagram must be whole in the frame (Ethernet padding may follow it).
         if (u.ulen as usize) < UDP
             || be16(ip + 2) as usize != Self::IP + u.ulen as usize
-            || udp + u.ulen as usize > end
+            || udp + crate::packet::u16_for_verifier(u.ulen) > end
         {
             return None;
         }
@@ -241,7 +241,7 @@ impl Family for V6 {
         if (u.ulen as usize) < UDP
             || u.check == 0
             || be16(ip + 4) != u.ulen
-            || udp + u.ulen as usize > end
+            || udp + crate::packet::u16_for_verifier(u.ulen) > end
         {
             return None;
         }
@@ -342,8 +342,15 @@ fn cached<K: Copy + PartialEq, V: Copy>(
     }
     let v = lookup()?;
     e.tag = 0;
-    e.key = *key;
-    e.value = *v;
+    // Copied as what they are, non-overlapping: assigned, the compiler cannot tell a map value
+    // from the cache slot apart and calls the builtin `memmove`, which 6.1's verifier counts as
+    // one more stack frame (over the 512-byte limit on the IPv6 path).
+    // SAFETY: `key` and `v` are not in this CPU's cache slot: the key is the caller's, the
+    // value the map's.
+    unsafe {
+        core::ptr::copy_nonoverlapping(key, &mut e.key, 1);
+        core::ptr::copy_nonoverlapping(v, &mut e.value, 1);
+    }
     e.tag = tag;
     Some(v)
 }
@@ -383,7 +390,7 @@ fn cached_route(
             return Some(slot.route);
         }
     }
-    let mut fib = fib_params(ctx, family, len);
+    let fib = fib_params(ctx, family, len)?;
     if family == AF_INET {
         fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
@@ -391,7 +398,7 @@ fn cached_route(
         fib.__bindgen_anon_3.ipv6_src = addr_words(src);
         fib.__bindgen_anon_4.ipv6_dst = addr_words(dst);
     }
-    let route = lookup(ctx, &mut fib, now, len)?;
+    let route = lookup(ctx, fib, now, len)?;
     if let Some(slot) = slot {
         // SAFETY: as above.
         let slot = unsafe { &mut *slot };
@@ -401,16 +408,29 @@ fn cached_route(
     Some(route)
 }
 
-/// An input lookup's parameters for a UDP packet of IP length `len` on the arrival interface.
+/// An input lookup's parameters for a UDP packet of IP length `len` on the arrival interface,
+/// in this CPU's slot of `TURN_FIB_PARAMS` (not on the stack: see there).
 #[inline(always)]
-fn fib_params(ctx: &XdpContext, family: u8, len: u16) -> FibParams {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+fn fib_params(ctx: &XdpContext, family: u8, len: u16) -> Option<&'static mut FibParams> {
+    let fib = maps::TURN_FIB_PARAMS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; runs of the program on one CPU do not nest.
+    let fib = unsafe { &mut *fib };
+    // Zeroed word by word: a zeroed struct assigned whole is a call to the builtin `memset`,
+    // one more stack frame to 6.1's verifier. (All zeros is a valid bpf_fib_lookup.)
+    const WORDS: usize = size_of::<FibParams>() / 8;
+    const _: () = assert!(size_of::<FibParams>() == WORDS * 8);
+    let words = (fib as *mut FibParams).cast::<u64>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: inside this CPU's slot, which is WORDS words long and 8-byte aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
     fib.family = family;
     fib.l4_protocol = 17;
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_1.tot_len = len;
-    fib
+    Some(fib)
 }
 
 /// The kernel's FIB (and neighbour table). An input lookup from the interface the frame
