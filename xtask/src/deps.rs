@@ -109,7 +109,8 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn apt(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+/// Installs the Debian packages whose command is missing.
+pub fn apt(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, cmd)| !have(cmd))

@@ -2,6 +2,7 @@
 //! (Debian packages, the nightly rust-src component, bpf-linker), idempotently.
 
 mod deps;
+mod kernel_check;
 
 use std::process::{Command, ExitCode};
 
@@ -32,6 +33,16 @@ enum Task {
         /// Extra arguments for `cargo test` (after --).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Load every kernel program under another kernel (default: Debian 12's own 6.1, installed
+    /// if missing) booted in QEMU with virtme-ng: does that kernel's verifier accept them?
+    KernelCheck {
+        /// The kernel image to boot (default: the newest /boot/vmlinuz-6.1.*).
+        #[arg(long)]
+        kernel: Option<std::path::PathBuf>,
+        /// Boot with KVM (default: software emulation, which works in any VM; slower).
+        #[arg(long)]
+        kvm: bool,
     },
     /// Run the benchmarks and write bench/results/ and bench/RESULTS.md.
     Bench {
@@ -96,6 +107,11 @@ fn run(task: Task) -> anyhow::Result<()> {
                 cmd.extend(extra);
             }
             cargo_test(&cmd)
+        }
+        Task::KernelCheck { kernel, kvm } => {
+            deps::ensure(&deps::Needs::build())?;
+            require_root("loading kernel programs")?;
+            kernel_check::run(kernel, kvm)
         }
         Task::Bench { quick, scenario } => {
             deps::ensure(&deps::Needs::all())?;
