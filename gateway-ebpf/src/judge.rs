@@ -48,15 +48,6 @@ pub fn plain(reason: u32) -> Decision {
     }
 }
 
-/// Parses and judges a packet at a hook.
-#[inline(always)]
-pub fn decide(bytes: &Bytes, link: Link, hook: u32) -> Decision {
-    match parse_packet(bytes, link) {
-        Ok(pkt) => judge(pkt, hook),
-        Err(d) => d,
-    }
-}
-
 /// Parses the packet into this CPU's scratch; a packet that is not IP, or is malformed, is
 /// decided here.
 #[inline(always)]

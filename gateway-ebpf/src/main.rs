@@ -1,4 +1,6 @@
-//! Kernel programs: one entry per hook, each a thin wrapper around `judge::decide`.
+//! Kernel programs: one entry per hook, each a thin wrapper around the parse
+//! (`judge::parse_packet`) and the decision (`judge::judge`); the TC ones in three calls
+//! (`tc_run`).
 //!
 //! Each entry is `#[inline(always)]`: aya's macro wraps it in the section's function, and a
 //! body left as a call of its own is one more BPF-to-BPF frame. 6.1's verifier counts every
