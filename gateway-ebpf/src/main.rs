@@ -138,12 +138,18 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
 fn lan_ingress(n: nat::Nat, pkt: &parse::Packet, len: usize) -> Decision {
     match n {
         nat::Nat::Drop(r) => judge::plain(r),
-        nat::Nat::Translated => {
-            stats::count(HOOK_LAN, reason::NAT_UNMASQUERADED, len as u64);
-            judge::judge(pkt, HOOK_LAN)
-        }
-        nat::Nat::Untouched => judge::judge(pkt, HOOK_LAN),
+        nat::Nat::Translated => judge_lan(true, pkt, len),
+        nat::Nat::Untouched => judge_lan(false, pkt, len),
     }
+}
+
+/// A LAN packet that its reverse translation passed, `translated` or untouched: counted, judged.
+#[inline(always)]
+fn judge_lan(translated: bool, pkt: &parse::Packet, len: usize) -> Decision {
+    if translated {
+        stats::count(HOOK_LAN, reason::NAT_UNMASQUERADED, len as u64);
+    }
+    judge::judge(pkt, HOOK_LAN)
 }
 
 /// The TC programs see skbs as the stack holds them: GSO/GRO aggregates up to 64 KiB and paged
@@ -239,14 +245,13 @@ fn tc_judge(
     };
     // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
     let pkt = unsafe { &mut *pkt };
+    // (Not through `lan_ingress`: a `Nat` made here has an unused payload, which, spilled
+    // across a helper call, is a read of an uninitialised register to the verifier.)
     let d = if parsed & PARSE_DECIDED != 0 {
         judge::plain(parsed as u32)
+    } else if hook == HOOK_LAN {
+        judge_lan(parsed == PARSE_TRANSLATED, pkt, len)
     } else {
-        // (As `lan_ingress`, without making a `Nat` here: its unused payload, spilled across a
-        // helper call, is a read of an uninitialised register to the verifier.)
-        if parsed == PARSE_TRANSLATED {
-            stats::count(HOOK_LAN, reason::NAT_UNMASQUERADED, len as u64);
-        }
         judge::judge(pkt, hook)
     };
     account(ctx, hook, &d, len as u64);

@@ -14,32 +14,31 @@ use gateway_common::stats::reason;
 /// The furthest offset a header read starts at (headers lie in the first few hundred bytes).
 pub const MAX_OFFSET: usize = 0x7fff;
 
-/// `offset` (at most [`MAX_OFFSET`], checked by the caller) with its bound restated where the
-/// verifier sees it, right before the pointer arithmetic. The compiler keeps the checked value
-/// on the stack and reloads it; older verifiers (Debian 12's 6.1) forget a bound learnt on a
-/// reloaded copy and refuse the read as possibly beyond 64 KiB, where 6.18's keeps it. An `and`
-/// in assembly, which the compiler cannot drop as redundant, costs one instruction.
+/// `v & MASK`, in assembly the compiler cannot drop as redundant: a bound restated where the
+/// verifier sees it, right before pointer arithmetic, for a value the caller knows is within
+/// `MASK` already. One instruction. Older verifiers (Debian 12's 6.1) lose bounds that 6.18's
+/// keeps: on a copy the compiler spilled to the stack and reloaded, and after a byte swap; they
+/// then refuse the arithmetic as possibly beyond 64 KiB.
 #[inline(always)]
-pub fn bounded_for_verifier(offset: usize) -> usize {
-    let mut v = offset;
+fn masked_for_verifier<const MASK: usize>(v: usize) -> usize {
+    let mut v = v;
     // SAFETY: a register-only `and`; no memory is touched.
     unsafe {
-        core::arch::asm!("{0} &= 0x7fff", inout(reg) v, options(pure, nomem, nostack));
+        core::arch::asm!("{0} &= {1}", inout(reg) v, const MASK, options(pure, nomem, nostack));
     }
     v
 }
 
-/// A 16-bit length field's value, bounded where the verifier sees it: 6.1's verifier knows
-/// nothing of a value after a byte swap (the field's conversion from network order), and
-/// refuses adding it to a packet pointer. As [`bounded_for_verifier`], one `and`.
+/// `offset` (at most [`MAX_OFFSET`], checked by the caller), bounded for the verifier.
+#[inline(always)]
+pub fn bounded_for_verifier(offset: usize) -> usize {
+    masked_for_verifier::<MAX_OFFSET>(offset)
+}
+
+/// A 16-bit field's value (a length converted from network order), bounded for the verifier.
 #[inline(always)]
 pub fn u16_for_verifier(v: u16) -> usize {
-    let mut v = v as usize;
-    // SAFETY: a register-only `and`; no memory is touched.
-    unsafe {
-        core::arch::asm!("{0} &= 0xffff", inout(reg) v, options(pure, nomem, nostack));
-    }
-    v
+    masked_for_verifier::<0xffff>(v as usize)
 }
 
 /// The bytes of one packet: `[start, end)` is what the program can read; `len` how long the

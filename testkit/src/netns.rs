@@ -54,6 +54,16 @@ impl Netns {
         sh(&full)
     }
 
+    /// Whether this namespace has a resolved neighbour entry for `addr` (`family`: "-4" or
+    /// "-6"): one with a link-layer address, neither FAILED nor INCOMPLETE.
+    pub fn neighbour_resolved(&self, family: &str, addr: &str) -> bool {
+        let Ok(out) = self.ip(&[family, "neigh", "show", addr]) else {
+            return false;
+        };
+        let entry = String::from_utf8_lossy(&out.stdout);
+        entry.contains("lladdr") && !entry.contains("INCOMPLETE") && !entry.contains("FAILED")
+    }
+
     /// `ip -n NAME` with `line`'s words (`"-6 addr add fd00::1/64 dev eth0"`).
     pub fn ip_line(&self, line: &str) -> anyhow::Result<Output> {
         self.ip(&line.split_whitespace().collect::<Vec<_>>())

@@ -440,16 +440,12 @@ fn the_gateway_resolves_a_peers_ipv6_address_on_an_ethernet_tunnel() {
     // (Not "nothing denied at the tunnel": the peer's MLD listener reports, sent as its new
     // address joins its multicast groups, are no neighbour discovery and no policy allows
     // them; whether they come before or after the gateway starts is the kernel's timing.)
-    let neigh = lab
-        .gw
-        .command("ip")
-        .args(["-6", "neigh", "show", "fd00:64::10:1"])
-        .output()
-        .expect("ip neigh");
-    let neigh = String::from_utf8_lossy(&neigh.stdout);
     assert!(
-        neigh.contains("lladdr") && !neigh.contains("FAILED") && !neigh.contains("INCOMPLETE"),
-        "neighbour entry: {neigh:?}; {:?}",
+        lab.gw.neighbour_resolved("-6", "fd00:64::10:1"),
+        "neighbour entry: {:?}; {:?}",
+        lab.gw
+            .ip(&["-6", "neigh", "show", "fd00:64::10:1"])
+            .map(|o| o.stdout),
         st.counters
     );
 }

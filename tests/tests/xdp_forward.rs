@@ -294,13 +294,10 @@ fn xdp_forwarding_follows_routes_by_dscp() {
 
 /// Waits (up to 5 s) until `ns` has a resolved neighbour entry for each of `addrs`.
 fn wait_for_neighbours(ns: &Netns, family: &str, addrs: &[&str]) {
-    let resolved = |addr: &str| {
-        let out = ns.ip(&[family, "neigh", "show", addr]).unwrap();
-        let line = String::from_utf8_lossy(&out.stdout).into_owned();
-        line.contains("lladdr") && !line.contains("INCOMPLETE") && !line.contains("FAILED")
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !addrs.iter().all(|a| resolved(a)) && std::time::Instant::now() < deadline {
+    while !addrs.iter().all(|a| ns.neighbour_resolved(family, a))
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

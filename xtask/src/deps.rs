@@ -73,7 +73,8 @@ pub fn ensure(needs: &Needs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn have(cmd: &str) -> bool {
+/// Whether `cmd` is on the path (or in /usr/sbin).
+pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args([
             "-c",

@@ -81,19 +81,20 @@ fn in_guest(
 
 /// The newest 6.1 kernel in /boot, installing Debian's kernel package when there is none.
 fn debian_kernel() -> anyhow::Result<PathBuf> {
-    let find = || -> anyhow::Result<Option<PathBuf>> {
+    let find = || -> Option<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        found.retain(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-6.1."))
-        });
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("vmlinuz-6.1."))
+            })
+            .collect();
         found.sort();
-        Ok(found.pop())
+        found.pop()
     };
-    if let Some(k) = find()? {
+    if let Some(k) = find() {
         return Ok(k);
     }
     eprintln!("xtask: installing Debian's kernel ({DEBIAN_KERNEL_PACKAGE}) for the check");
@@ -106,16 +107,12 @@ fn debian_kernel() -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("apt-get install {DEBIAN_KERNEL_PACKAGE} failed");
     }
-    find()?.context("no /boot/vmlinuz-6.1.* after installing Debian's kernel")
+    find().context("no /boot/vmlinuz-6.1.* after installing Debian's kernel")
 }
 
 /// virtme-ng (`vng`), from PyPI, when it is missing.
 fn virtme_ng() -> anyhow::Result<()> {
-    if Command::new("sh")
-        .args(["-c", "command -v vng >/dev/null 2>&1"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if deps::have("vng") {
         return Ok(());
     }
     eprintln!("xtask: installing virtme-ng (pip)");
@@ -150,14 +147,10 @@ fn verifier_test_binary() -> anyhow::Result<PathBuf> {
         bail!("building the verifier tests failed:\n{stderr}");
     }
     // cargo names it on stderr: "Executable tests/verifier.rs (target/debug/deps/verifier-…)".
-    stderr
+    let path = stderr
         .lines()
         .filter(|l| l.contains("Executable") && l.contains("verifier"))
-        .find_map(|l| {
-            let path = l.rsplit_once('(')?.1.strip_suffix(')')?;
-            Some(PathBuf::from(path))
-        })
-        .map(|p| std::env::current_dir().map(|d| d.join(p)))
-        .context("cargo did not name the verifier test executable")?
-        .map_err(Into::into)
+        .find_map(|l| l.rsplit_once('(')?.1.strip_suffix(')'))
+        .context("cargo did not name the verifier test executable")?;
+    Ok(std::env::current_dir()?.join(path))
 }
