@@ -7,6 +7,7 @@ mod bpf_stats;
 mod contenders;
 mod cost;
 mod generator;
+mod interrupt;
 mod management;
 mod nat;
 mod plots;
@@ -78,6 +79,7 @@ fn main() -> anyhow::Result<()> {
     {
         anyhow::bail!("--only and --frames make a profiling run, not a result: give --out");
     }
+    interrupt::install()?;
     profiling::set(args.only.as_deref(), args.frames);
     let chosen: Option<Vec<&str>> = args
         .scenario

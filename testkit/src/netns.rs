@@ -145,8 +145,23 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// Removes namespaces left by labs whose process is gone (a crash, a kill -9).
+/// Removes namespaces left by labs whose process is gone (a crash, a kill -9), and ends what
+/// still runs in them (a relay, an iperf3 server): those would outlive the namespace's name.
 pub fn remove_stale(prefix: &str) {
+    remove_where(prefix, |pid| {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+/// Removes the namespaces `prefix<pid>...` of this process and ends what runs in them: for a
+/// process that is stopping on a signal, where no `Drop` will run.
+pub fn remove_own(prefix: &str) {
+    let me = std::process::id();
+    remove_where(prefix, |pid| pid == me);
+}
+
+/// Removes each namespace named `prefix<pid>...` whose `pid` satisfies `remove`.
+fn remove_where(prefix: &str, remove: impl Fn(u32) -> bool) {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
@@ -157,9 +172,23 @@ pub fn remove_stale(prefix: &str) {
         };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         if let Ok(pid) = pid.parse::<u32>()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && remove(pid)
         {
+            kill_members(name);
             let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// Kills every process inside namespace `name`.
+fn kill_members(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: plain system call.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
