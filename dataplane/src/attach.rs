@@ -3,8 +3,11 @@
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{
     ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    links::{FdLink, PinnedLink},
-    tc::{SchedClassifierLink, SchedClassifierLinkId},
+    links::{FdLink, Link as _, PinnedLink},
+    tc::{
+        NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle,
+        qdisc_add_clsact,
+    },
     xdp::{XdpLink, XdpLinkId},
 };
 use gateway_common::maps as names;
@@ -25,7 +28,52 @@ enum LinkId {
     /// The program's name: each XDP program (LAN, underlay filter, TURN) owns its links.
     Xdp(&'static str, XdpLinkId),
     Tc(&'static str, SchedClassifierLinkId),
+    /// The gateway's cls_bpf filter at this hook of the attachment's interface: the kernel's,
+    /// not held by this process (see [`TcLinks`]).
+    TcFilter(TcAttachType),
 }
+
+/// How TC programs hang on an interface.
+///
+/// - tcx links (Linux 6.6+): bpf links, pinned like XDP's, swapped with `BPF_LINK_UPDATE`;
+/// - cls_bpf filters under the interface's clsact qdisc, made over netlink (every kernel; the
+///   only way before 6.6, e.g. Debian 12's 6.1). A filter is the kernel's, so it outlives the
+///   process by itself; the gateway's filters sit at one fixed priority and handle
+///   ([`TC_FILTER_PRIORITY`], [`TC_FILTER_HANDLE`]), where the next run finds them and swaps
+///   its program in (cls_bpf replaces a filter's program atomically). A pinned data plane
+///   records each under its links folder as an empty directory (bpffs holds no plain files),
+///   so `gateway detach` knows what to remove.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcLinks {
+    /// tcx where the kernel has it, filters otherwise.
+    #[default]
+    Auto,
+    /// Filters on any kernel (for a host whose other tools expect clsact filters).
+    Netlink,
+}
+
+impl TcLinks {
+    /// Whether TC programs go into cls_bpf filters on this kernel.
+    pub fn filters(self) -> bool {
+        match self {
+            TcLinks::Netlink => true,
+            TcLinks::Auto => !kernel_has_tcx(),
+        }
+    }
+}
+
+/// As aya decides between tcx and netlink: by the kernel's version.
+fn kernel_has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// The gateway's cls_bpf filters: ahead of any other filter on the hook (the lowest number runs
+/// first) ...
+pub const TC_FILTER_PRIORITY: u16 = 1;
+/// ... under one handle of its own ("gw", 1).
+pub const TC_FILTER_HANDLE: TcHandle = TcHandle::new(0x6777, 1);
 
 pub struct Attachment {
     pub interface: String,
@@ -149,6 +197,83 @@ impl Hook {
     }
 }
 
+/// The record of a cls_bpf filter in the links folder: `tc-ingress-filter@wt0`.
+fn filter_record_name(dir: TcAttachType) -> &'static str {
+    match dir {
+        TcAttachType::Ingress => "tc-ingress-filter",
+        _ => "tc-egress-filter",
+    }
+}
+
+/// The interface and hook a filter record names, if `path` is one.
+pub(crate) fn filter_record(path: &std::path::Path) -> Option<(String, TcAttachType)> {
+    let name = path.file_name()?.to_str()?;
+    let (hook, iface) = name.split_once('@')?;
+    let dir = [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .find(|d| filter_record_name(*d) == hook)?;
+    Some((iface.to_string(), dir))
+}
+
+/// Puts `prog` into the gateway's cls_bpf filter at `dir` of `iface`: in place of the program
+/// an earlier run left there (atomically), or into a new filter, adding the clsact qdisc first
+/// where the interface has none. Returns whether a filter was there. The filter stays when
+/// this process ends; only [`detach_filter`] removes it.
+fn attach_filter(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    dir: TcAttachType,
+) -> anyhow::Result<bool> {
+    // An interface with a clsact qdisc already refuses a second one: only a failure of the
+    // attach below says something.
+    let clsact = qdisc_add_clsact(iface).err();
+    let existing =
+        SchedClassifierLink::attached(iface, dir, TC_FILTER_PRIORITY, TC_FILTER_HANDLE, None)
+            .with_context(|| format!("interface {iface}"))?;
+    // Without a filter at that priority and handle, the replacement is refused (ENOENT).
+    let (id, adopted) = match prog.attach_to_link(existing) {
+        Ok(id) => (id, true),
+        Err(_) => {
+            let options = TcAttachOptions::Netlink(NlOptions {
+                priority: TC_FILTER_PRIORITY,
+                handle: TC_FILTER_HANDLE,
+                classid: None,
+            });
+            let id = prog
+                .attach_with_options(iface, dir, options)
+                .map_err(anyhow::Error::from)
+                .with_context(|| match &clsact {
+                    Some(e) => format!("adding a cls_bpf filter (adding the clsact qdisc: {e})"),
+                    None => "adding a cls_bpf filter".to_string(),
+                })?;
+            (id, false)
+        }
+    };
+    // Held by the program, the filter would be removed when the program is dropped.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(adopted)
+}
+
+/// Removes the gateway's cls_bpf filter at `dir` of `iface`; an interface that is gone took
+/// it along.
+pub(crate) fn detach_filter(iface: &str, dir: TcAttachType) -> anyhow::Result<()> {
+    if if_index(iface).is_err() {
+        return Ok(());
+    }
+    SchedClassifierLink::attached(iface, dir, TC_FILTER_PRIORITY, TC_FILTER_HANDLE, None)?
+        .detach()
+        .with_context(|| format!("removing the cls_bpf filter on {iface}"))
+}
+
+/// Removes a pin, or a filter record and its filter.
+pub(crate) fn remove_pin(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some((iface, dir)) = filter_record(path) {
+        detach_filter(&iface, dir)?;
+        return std::fs::remove_dir(path).with_context(|| format!("removing {}", path.display()));
+    }
+    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))
+}
+
 /// The XDP hook for a program that has no TC variant (the underlay filter, the TURN fast
 /// path), and its label for `gateway status`.
 pub(crate) fn xdp_only(attach: LanAttach, what: &str) -> anyhow::Result<(Hook, &'static str)> {
@@ -240,8 +365,30 @@ impl Dataplane {
         hook: Hook,
         label: &str,
     ) -> anyhow::Result<()> {
-        let pin = self.pins.as_ref().map(|p| p.link(hook.pin_name(), iface));
         let context = || format!("attaching {program} to {iface} ({label})");
+        if let Hook::Tc(dir) = hook
+            && self.tc_filters
+        {
+            let record = self
+                .pins
+                .as_ref()
+                .map(|p| p.link(filter_record_name(dir), iface));
+            let adopted =
+                attach_filter(self.tc_program(program)?, iface, dir).with_context(context)?;
+            if let Some(r) = &record {
+                std::fs::create_dir_all(r).with_context(|| format!("recording {}", r.display()))?;
+            }
+            self.attachments.push(Attachment {
+                interface: iface.to_string(),
+                program,
+                mode: format!("{label} (cls_bpf filter)"),
+                link: Some(LinkId::TcFilter(dir)),
+                pin: record,
+                adopted,
+            });
+            return Ok(());
+        }
+        let pin = self.pins.as_ref().map(|p| p.link(hook.pin_name(), iface));
         let (link, adopted) = match hook {
             Hook::Xdp(mode) => {
                 let prog: &mut Xdp = self.xdp_program_named(program)?;
@@ -292,8 +439,12 @@ impl Dataplane {
 
     fn detach(&mut self, mut a: Attachment) -> Result<(), String> {
         if let Some(pin) = &a.pin {
-            // Without its pin the link ends when this process lets go of it.
-            std::fs::remove_file(pin).map_err(|e| format!("unpinning {}: {e}", pin.display()))?;
+            // Without its pin the link ends when this process lets go of it (a filter's record
+            // goes with its filter).
+            remove_pin(pin).map_err(|e| format!("{e:#}"))?;
+            if let Some(LinkId::TcFilter(_)) = a.link {
+                return Ok(());
+            }
         }
         let result = match a.link.take() {
             Some(LinkId::Xdp(name, id)) => self
@@ -302,6 +453,7 @@ impl Dataplane {
             Some(LinkId::Tc(name, id)) => self
                 .tc_program(name)
                 .and_then(|p| p.detach(id).map_err(Into::into)),
+            Some(LinkId::TcFilter(dir)) => detach_filter(&a.interface, dir),
             None => Ok(()),
         };
         result.map_err(|e| format!("{} on {}: {e}", a.program, a.interface))
@@ -320,8 +472,7 @@ impl Dataplane {
                 .iter()
                 .any(|a| a.pin.as_deref() == Some(path.as_path()))
             {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("unpinning {}", path.display()))?;
+                remove_pin(&path)?;
                 released.push(
                     path.file_name()
                         .map(|n| n.to_string_lossy().into_owned())

@@ -91,6 +91,8 @@ pub struct LoadOptions {
     /// Pin root (maps and links outlive the process, and a pinned data plane is adopted);
     /// `None` for one that lives and dies with this process (tests, benchmarks).
     pub pin_root: Option<std::path::PathBuf>,
+    /// How TC programs attach: tcx links where the kernel has them, or cls_bpf filters.
+    pub tc_links: attach::TcLinks,
 }
 
 impl Default for LoadOptions {
@@ -102,6 +104,7 @@ impl Default for LoadOptions {
             overlay_v4: "100.64.0.0/10".parse().expect("constant"),
             overlay_v6: None,
             pin_root: None,
+            tc_links: attach::TcLinks::Auto,
         }
     }
 }
@@ -175,6 +178,9 @@ pub struct Dataplane {
     /// Translations in force at the last sweep.
     nat_translations: u64,
     attachments: Vec<Attachment>,
+    /// Whether TC programs go into cls_bpf filters (see [`attach::TcLinks`]) rather than tcx
+    /// links.
+    tc_filters: bool,
     timeouts: Timeouts,
     pins: Option<pins::PinDir>,
     /// Generation of the pinned policy this process found in force, if it adopted one.
@@ -335,6 +341,7 @@ impl Dataplane {
             conntrack_entries: 0,
             nat_translations: 0,
             attachments: Vec::new(),
+            tc_filters: opts.tc_links.filters(),
             timeouts: opts.timeouts,
             pins,
             adopted,

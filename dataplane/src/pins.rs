@@ -37,7 +37,8 @@ impl PinDir {
         self.dir.join(PIN_MAPS_DIR).join(name)
     }
 
-    /// A link's pin: one per (hook, interface), e.g. `xdp@lan0`, `tc-ingress@wt0`.
+    /// A link's pin: one per (hook, interface), e.g. `xdp@lan0`, `tc-ingress@wt0`; or the
+    /// record of a cls_bpf filter, `tc-ingress-filter@wt0` (see `attach::TcLinks`).
     pub fn link(&self, hook: &str, interface: &str) -> PathBuf {
         self.dir
             .join(PIN_LINKS_DIR)
@@ -81,8 +82,8 @@ impl PinDir {
         Ok(adopt)
     }
 
-    /// Removes every pin under the root, all layouts: links first (their programs detach),
-    /// then maps. Returns what was removed.
+    /// Removes every pin under the root, all layouts: links first (their programs detach; a
+    /// cls_bpf filter's record takes its filter along), then maps. Returns what was removed.
     pub fn remove_all(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         let Ok(versions) = std::fs::read_dir(root) else {
@@ -94,8 +95,7 @@ impl PinDir {
                     continue;
                 };
                 for e in entries.filter_map(|e| e.ok()) {
-                    std::fs::remove_file(e.path())
-                        .with_context(|| format!("removing {}", e.path().display()))?;
+                    crate::attach::remove_pin(&e.path())?;
                     removed.push(e.path());
                 }
                 let _ = std::fs::remove_dir(v.path().join(sub));

@@ -74,6 +74,11 @@ pub struct Interfaces {
     /// or TC ingress on a veth).
     #[serde(default)]
     pub underlay: Vec<UnderlayInterface>,
+    /// How TC programs attach: auto (default: tcx links on Linux 6.6+, cls_bpf filters under
+    /// a clsact qdisc before) or netlink (filters on any kernel). Both outlive the process when
+    /// the data plane is pinned.
+    #[serde(default)]
+    pub tc_links: gateway_dataplane::attach::TcLinks,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -178,6 +178,7 @@ pub fn run(
         overlay_v4: cfg.overlay.ipv4,
         overlay_v6: cfg.overlay.ipv6,
         pin_root: cfg.pin_dir.clone(),
+        tc_links: cfg.interfaces.tc_links,
     };
     let mut dp = Dataplane::load(&opts)?;
     if let Some(generation) = dp.adopted() {

@@ -370,6 +370,21 @@ pub fn seed_policy() -> String {
 }
 
 /// The `gateway` binary the integration tests start (`cargo xtask test` builds it first).
+/// The environment variable that stretches the test kit's deadlines by a whole factor, for a
+/// guest kernel in software emulation (`cargo xtask kernel-check` sets it), where loading the
+/// data plane alone takes the verifier minutes.
+pub const SLOWDOWN_ENV: &str = "GATEWAY_TEST_SLOWDOWN";
+
+/// `d` stretched by [`SLOWDOWN_ENV`] (1 when unset or not a number).
+pub fn deadline(d: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var(SLOWDOWN_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
 pub fn gateway_binary() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("GATEWAY_BIN") {
         return p.into();

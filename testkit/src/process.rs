@@ -55,7 +55,8 @@ impl GatewayProcess {
             ns_name: ns.name.clone(),
             log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let wait = crate::harness::deadline(Duration::from_secs(30));
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = p.child.try_wait()? {
                 bail!("gateway exited ({status}) during start:\n{}", p.log_text());
@@ -64,7 +65,7 @@ impl GatewayProcess {
                 return Ok(p);
             }
             if Instant::now() > deadline {
-                bail!("gateway did not come up in 30 s:\n{}", p.log_text());
+                bail!("gateway did not come up in {wait:?}:\n{}", p.log_text());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

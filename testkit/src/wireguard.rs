@@ -80,10 +80,11 @@ impl WgPeer {
             private_key: private.clone(),
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let wait = crate::harness::deadline(Duration::from_secs(10));
+        let deadline = Instant::now() + wait;
         while !std::path::Path::new(&format!("/var/run/wireguard/{interface}.sock")).exists() {
             if Instant::now() > deadline {
-                bail!("wireguard-go did not create {interface} in 10 s");
+                bail!("wireguard-go did not create {interface} in {wait:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -201,9 +202,10 @@ impl Drop for WgPeer {
     }
 }
 
-/// Waits until `check` holds, polling every 50 ms, for at most `timeout`.
+/// Waits until `check` holds, polling every 50 ms, for at most `timeout` (stretched by
+/// [`crate::harness::SLOWDOWN_ENV`]).
 pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + crate::harness::deadline(timeout);
     while Instant::now() < deadline {
         if check() {
             return true;

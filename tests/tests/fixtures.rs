@@ -204,15 +204,15 @@ fn truncation_at_every_byte_is_dropped() {
             let ip_header = if spec.src.is_ipv6() { 40 } else { 20 };
             if spec.vlans.is_empty() && cut < ETH_HLEN + ip_header {
                 // For an untagged IP ethertype the kernel's skb test run itself refuses a cut
-                // IP header (Linux 6.18), so TC sees these cuts only behind a VLAN tag (the
-                // tagged packets here) or on the L3 programs (next test); XDP saw it above.
+                // IP header on newer kernels (6.18 here), so there TC sees these cuts only
+                // behind a VLAN tag (the tagged packets here) or on the L3 programs (next test);
+                // XDP saw it above. Older ones (Debian 12's 6.1) run the program: it must drop
+                // the packet as truncated, as below.
                 let before = h.counters();
-                assert!(
-                    h.try_tc(true, part).is_err(),
-                    "{what}: expected the kernel to refuse the TC run"
-                );
-                assert_eq!(before, h.counters(), "{what}: a refused run moved counters");
-                continue;
+                if h.try_tc(true, part).is_err() {
+                    assert_eq!(before, h.counters(), "{what}: a refused run moved counters");
+                    continue;
+                }
             }
             h.expect_ctx(IN, part, DROP_TRUNCATED, &what);
             h.expect_ctx(OUT, part, DROP_TRUNCATED, &what);

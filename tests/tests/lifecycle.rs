@@ -103,8 +103,26 @@ fn sigkill_leaves_the_last_policy_enforcing() {
 /// an XDP sink, with nothing else on the host, is the `restart` benchmark.)
 #[test]
 fn restarts_under_load_lose_no_packet_of_established_flows() {
+    restarts_under_load("");
+}
+
+/// The same with the TC programs in cls_bpf filters, whose program a restart replaces in place.
+#[test]
+fn restarts_under_load_lose_no_packet_with_cls_bpf_filters() {
+    restarts_under_load("  tc_links: netlink\n");
+}
+
+/// The restart test, with `extra` appended to the lab's gateway config.
+fn restarts_under_load(extra: &str) {
     let lab = Lab::seed().expect("lab");
     let _servers = demo::start_servers(&lab).expect("servers");
+    let config = lab
+        .write_config_extra(SEED_POLICY, LAB_METRICS_ADDR, extra)
+        .expect("config");
+    let start = |lab: &Lab, log: &str| {
+        GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log))
+            .expect("gateway starts")
+    };
     let gw = start(&lab, "gateway.log");
     let drops_on_the_path = |st: &gateway::status::Report| -> u64 {
         st.counters
@@ -188,4 +206,118 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
     );
     assert!(tcp_result.bytes_received >= 100_000_000, "{tcp_result:?}");
     assert_eq!(generation, 3, "each run adopted the last one's data plane");
+}
+
+/// The TC programs as cls_bpf filters under clsact (`tc_links: netlink`; what `auto` takes on
+/// kernels before 6.6, such as Debian 12's 6.1, which have no tcx links): the filters are the
+/// kernel's, so they stay when the gateway is killed, the next run swaps its programs into the
+/// same filters (never a second filter, never none), and `gateway detach` removes them.
+#[test]
+fn cls_bpf_filters_outlive_the_gateway_and_take_the_next_runs_programs() {
+    let lab = Lab::seed().expect("lab");
+    let _servers = demo::start_servers(&lab).expect("servers");
+    let config = lab
+        .write_config_extra(SEED_POLICY, LAB_METRICS_ADDR, "  tc_links: netlink\n")
+        .expect("config");
+    let start = |log: &str| {
+        GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log))
+            .expect("gateway starts")
+    };
+    let gw = start("gateway.log");
+    let tunnel = lab.host("orch1").gw_if.clone();
+    // What the kernel holds on the tunnel interface's ingress: (preference, handle, program id)
+    // per filter, from tc's own listing (a filter's line names its handle; a line without one
+    // heads the filters of a preference).
+    let filters = || -> Vec<(u32, String, u32)> {
+        let out = lab
+            .gw
+            .exec(&["tc", "filter", "show", "dev", &tunnel, "ingress"])
+            .expect("tc filter show");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .filter(|l| l.contains(" bpf ") && l.contains(" handle "))
+            .map(|l| {
+                let field = |name: &str| {
+                    let mut words = l.split_whitespace();
+                    words.find(|w| *w == name);
+                    words.next().unwrap_or_default().to_string()
+                };
+                (
+                    field("pref").parse().unwrap_or(0),
+                    field("handle"),
+                    field("id").parse().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let first = filters();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        (first[0].0, first[0].1.as_str()),
+        (1, "0x67770001"),
+        "the gateway's priority and handle"
+    );
+    let st = gw.status::<Report>(&lab.gw).unwrap();
+    assert!(
+        st.attachments
+            .iter()
+            .any(|a| a.interface == tunnel && a.mode == "tc ingress (cls_bpf filter)"),
+        "{:?}",
+        st.attachments
+    );
+    let (orch, lin1) = (&lab.host("orch1").ns, IpAddr::V4(lab.host("lin1").addr));
+    let (lin1_ns, web1) = (&lab.host("lin1").ns, IpAddr::V4(lab.host("web1").addr));
+    let mut live = traffic::tcp_open(orch, lin1, 443).expect("orch1 -> lin1:443 is allowed");
+    assert!(live.exchange(b"before"));
+    assert!(!traffic::tcp_exchange(lin1_ns, web1, 443), "demo isolation");
+
+    gw.crash().unwrap();
+    assert_eq!(filters(), first, "the filter went with the process");
+    assert!(live.exchange(b"after kill -9"));
+    assert!(
+        !traffic::tcp_exchange(lin1_ns, web1, 443),
+        "fail open: demo isolation without the controller"
+    );
+
+    let gw = start("gateway2.log");
+    let st = gw.status::<Report>(&lab.gw).unwrap();
+    assert_eq!(st.adopted_generation, Some(1), "{}", gw.log_text());
+    let second = filters();
+    assert_eq!(
+        second.len(),
+        1,
+        "one filter, not a second beside it: {second:?}"
+    );
+    assert_eq!((second[0].0, &second[0].1), (1, &first[0].1));
+    assert_ne!(
+        second[0].2, first[0].2,
+        "the new run's program is in the filter"
+    );
+    assert!(live.exchange(b"after the restart"));
+    assert!(!traffic::tcp_exchange(lin1_ns, web1, 443));
+
+    // Removing enforcement is an explicit act, and it removes the filters.
+    gw.stop().unwrap();
+    assert_eq!(
+        filters().len(),
+        1,
+        "a clean stop leaves the filter enforcing"
+    );
+    let out = lab
+        .gw
+        .command(gateway_binary().to_str().unwrap())
+        .args(["detach", "--pin-dir"])
+        .arg(lab.pin_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(filters(), vec![], "gateway detach left a filter");
+    assert!(
+        traffic::tcp_exchange(lin1_ns, web1, 443),
+        "nothing filters after gateway detach"
+    );
 }

@@ -1,7 +1,8 @@
 //! The gateway terminating real WireGuard: its own interface (the userspace backend here, as this
-//! kernel has no WireGuard; `auto` must find that out), wireguard-go peers that someone else
-//! wrote, default offloads, and traffic through encrypted tunnels to a LAN host that only
-//! masquerade can answer. File mode: the peers are static in the gateway's config.
+//! kernel has no WireGuard, and `auto` must find that out; the kernel backend in a guest kernel
+//! that has it), wireguard-go peers that someone else wrote, default offloads, and traffic
+//! through encrypted tunnels to a LAN host that only masquerade can answer. File mode: the peers
+//! are static in the gateway's config.
 
 use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener},
@@ -724,6 +725,125 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     assert!(live.exchange(b"after the restart"));
     assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
     drop(device);
+}
+
+/// The kernel backend, which this VM's kernel cannot run (it has no WireGuard module): `cargo
+/// xtask kernel-check` runs this test in a guest booted with Debian 12's kernel, whose module
+/// it loads. `auto` must find the kernel's WireGuard there; the interface the gateway creates
+/// carries real traffic, outlives the process with its sessions, and a restart with one peer
+/// fewer in the config removes that peer alone.
+#[test]
+#[ignore = "needs the kernel's WireGuard module: `cargo xtask kernel-check` runs it in a guest kernel that has one"]
+fn the_kernel_backend_creates_the_interface_whose_sessions_outlive_the_gateway() {
+    let lab = WgLab::new(2).expect("lab");
+    let key = public_key(&lab);
+    let gw = start(&lab, "auto", "gateway.log");
+    let st: Report = gw.status(&lab.gw).unwrap();
+    let wg = st.wireguard.as_ref().expect("wireguard in status");
+    assert_eq!(wg.backend.label(), "kernel", "{}", wg.chosen);
+    assert_eq!(wg.chosen, "auto: the kernel has WireGuard");
+    assert_eq!(wg.public_key.as_deref(), Some(key.as_str()));
+    assert_eq!(wg.listen_port, 51820);
+    assert_eq!(wg.mtu, Some(1280), "NetBird's MTU");
+    assert!(
+        wg.addresses
+            .iter()
+            .any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")),
+        "{:?}",
+        wg.addresses
+    );
+    assert_eq!(wg.peers.len(), 2);
+    let link = lab
+        .gw
+        .ip(&["-d", "link", "show", &lab.gw_interface])
+        .expect("the interface");
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("wireguard"),
+        "not a kernel WireGuard link: {}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+    let metrics = gw.metrics(&lab.gw).unwrap();
+    let info = format!(
+        "gateway_wireguard_backend_info{{backend=\"kernel\",interface=\"{}\"}} 1",
+        lab.gw_interface
+    );
+    assert!(
+        metrics.lines().any(|l| l == info),
+        "no {info:?} in\n{metrics}"
+    );
+
+    lab.connect_peers(&key).unwrap();
+    let lan: IpAddr = WG_LAN_HOST.parse().unwrap();
+    let (p1, p2) = (&lab.peers[0], &lab.peers[1]);
+    let _servers = traffic::Servers::start(&lab.lan, &[80], &[53]).expect("servers");
+    assert!(
+        wait_for(Duration::from_secs(20), || traffic::ping(&p1.ns, lan)),
+        "{}",
+        gw.log_text()
+    );
+    assert!(traffic::tcp_exchange(&p1.ns, lan, 80), "{}", gw.log_text());
+    assert!(traffic::udp_exchange(&p1.ns, lan, 53));
+    assert!(
+        wait_for(Duration::from_secs(20), || traffic::ping(&p2.ns, lan)),
+        "p2 may ping"
+    );
+    assert!(!traffic::tcp_exchange(&p2.ns, lan, 80), "p2 may only ping");
+    // Default offloads; a low bar, as the guest runs in software emulation.
+    bulk_tcp_both_ways(&lab, &gw, lan, 2, 200_000);
+    let st: Report = gw.status(&lab.gw).unwrap();
+    for p in &st.wireguard.as_ref().unwrap().peers {
+        assert!(p.handshake_age_secs.is_some(), "{p:?}");
+        assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+    }
+    assert!(st.packets("lan", "masqueraded") > 0, "{:?}", st.counters);
+    let mut live = traffic::tcp_open(&p1.ns, lan, 80).expect("live connection");
+    assert!(live.exchange(b"before"));
+    let handshake = p1.peer.handshake_age(&key).unwrap().expect("handshake");
+
+    // Killed: the kernel's interface and its sessions stay, and the pinned policy with them.
+    gw.crash().unwrap();
+    assert!(
+        lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(),
+        "the kernel interface went with the gateway"
+    );
+    assert!(
+        live.exchange(b"without the gateway process"),
+        "the live connection broke"
+    );
+    assert!(
+        !traffic::tcp_exchange(&p2.ns, lan, 80),
+        "fail open: p2 passes without the gateway process"
+    );
+
+    // Started again with p2 gone from its config: the interface is adopted, p2's peer removed,
+    // p1's session untouched (no new handshake).
+    let cfg = lab.dir.join("gateway.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let p2_lines = format!(
+        "    - public_key: {}\n      allowed_ips: [{}/32]\n",
+        p2.peer.public_key, p2.overlay
+    );
+    assert!(text.contains(&p2_lines), "{text}");
+    std::fs::write(&cfg, text.replace(&p2_lines, "")).unwrap();
+    let gw = start_config(&lab, &cfg, "gateway2.log");
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(
+        st.adopted_generation.is_some(),
+        "the pinned data plane is adopted"
+    );
+    let wg = st.wireguard.as_ref().expect("wireguard in status");
+    assert_eq!(wg.backend.label(), "kernel");
+    let keys: Vec<&str> = wg.peers.iter().map(|p| p.public_key.as_str()).collect();
+    assert_eq!(keys, [p1.peer.public_key.as_str()]);
+    assert!(live.exchange(b"after the restart"), "{}", gw.log_text());
+    assert!(
+        p1.peer.handshake_age(&key).unwrap().expect("handshake") >= handshake,
+        "p1's session was renewed by the restart"
+    );
+    assert!(
+        !traffic::ping(&p2.ns, lan),
+        "p2's peer is still on the interface"
+    );
 }
 
 /// The filter in native XDP on the gateway's veth to p1 (as on a NIC).

@@ -109,8 +109,10 @@ fn run(task: Task) -> anyhow::Result<()> {
             cargo_test(&cmd)
         }
         Task::KernelCheck { kernel, kvm } => {
-            deps::ensure(&deps::Needs::build())?;
+            // The lab's tools too: the WireGuard test in the guest runs wireguard-go peers.
+            deps::ensure(&deps::Needs::lab())?;
             require_root("loading kernel programs")?;
+            build(false)?;
             kernel_check::run(kernel, kvm)
         }
         Task::Bench { quick, scenario } => {
