@@ -167,6 +167,24 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// Runs `gateway detach --pin-dir PIN_DIR` in `ns` (where the gateway ran: a cls_bpf filter is
+/// found by its interface's name) and returns its standard output; an error if it failed.
+pub fn detach(binary: &Path, ns: &Netns, pin_dir: &Path) -> anyhow::Result<String> {
+    let out = ns
+        .command(binary.to_str().context("binary path")?)
+        .args(["detach", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .context("running gateway detach")?;
+    if !out.status.success() {
+        bail!(
+            "gateway detach failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A plain HTTP GET against a gateway's own endpoint on loopback (/status, /metrics).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {

@@ -240,22 +240,9 @@ fn seed_matrix_return_traffic_and_live_policy_change() {
         "allowed flows keep opening after the gateway exited"
     );
     // Removing it is an explicit act; then traffic is no longer policed.
-    let bin = gateway_binary();
-    let out = std::process::Command::new(&bin)
-        .args(["detach", "--pin-dir"])
-        .arg(lab.pin_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("the data plane is detached"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = gateway_testkit::process::detach(&gateway_binary(), &lab.gw, &lab.pin_dir())
+        .expect("gateway detach");
+    assert!(out.contains("the data plane is detached"), "{out}");
     // The kernel releases an unpinned link from a work queue: allow it a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while !traffic::tcp_exchange(lin1_ns, web1, 443) {

@@ -303,18 +303,8 @@ fn cls_bpf_filters_outlive_the_gateway_and_take_the_next_runs_programs() {
         1,
         "a clean stop leaves the filter enforcing"
     );
-    let out = lab
-        .gw
-        .command(gateway_binary().to_str().unwrap())
-        .args(["detach", "--pin-dir"])
-        .arg(lab.pin_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gateway_testkit::process::detach(&gateway_binary(), &lab.gw, &lab.pin_dir())
+        .expect("gateway detach");
     assert_eq!(filters(), vec![], "gateway detach left a filter");
     assert!(
         traffic::tcp_exchange(lin1_ns, web1, 443),

@@ -685,15 +685,7 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     assert!(live.exchange(b"before"));
     let handshake = p1.peer.handshake_age(&public).unwrap().expect("handshake");
 
-    gw.crash().unwrap();
-    assert!(
-        lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(),
-        "the external interface went with the gateway"
-    );
-    assert!(
-        live.exchange(b"without the gateway process"),
-        "the live connection broke"
-    );
+    crash_keeps_interface_and_live_flow(&lab, gw, &mut live, "external");
     assert!(
         traffic::tcp_exchange(&p1.ns, lan, 80),
         "the pinned policy stopped allowing p1"
@@ -725,6 +717,25 @@ fn an_external_interface_and_its_sessions_outlive_the_gateway_which_keeps_enforc
     assert!(live.exchange(b"after the restart"));
     assert!(!traffic::tcp_exchange(&p2.ns, lan, 80));
     drop(device);
+}
+
+/// Kills the gateway: an interface that the `backend` runs outside its process stays, and the
+/// live connection through it.
+fn crash_keeps_interface_and_live_flow(
+    lab: &WgLab,
+    gw: GatewayProcess,
+    live: &mut traffic::Conn,
+    backend: &str,
+) {
+    gw.crash().unwrap();
+    assert!(
+        lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(),
+        "the {backend} interface went with the gateway"
+    );
+    assert!(
+        live.exchange(b"without the gateway process"),
+        "the live connection broke"
+    );
 }
 
 /// The kernel backend, which this VM's kernel cannot run (it has no WireGuard module): `cargo
@@ -801,15 +812,7 @@ fn the_kernel_backend_creates_the_interface_whose_sessions_outlive_the_gateway()
     let handshake = p1.peer.handshake_age(&key).unwrap().expect("handshake");
 
     // Killed: the kernel's interface and its sessions stay, and the pinned policy with them.
-    gw.crash().unwrap();
-    assert!(
-        lab.gw.ip(&["link", "show", &lab.gw_interface]).is_ok(),
-        "the kernel interface went with the gateway"
-    );
-    assert!(
-        live.exchange(b"without the gateway process"),
-        "the live connection broke"
-    );
+    crash_keeps_interface_and_live_flow(&lab, gw, &mut live, "kernel");
     assert!(
         !traffic::tcp_exchange(&p2.ns, lan, 80),
         "fail open: p2 passes without the gateway process"
