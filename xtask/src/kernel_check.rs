@@ -3,8 +3,9 @@
 //! virtme-ng, over this machine's root filesystem, and runs there:
 //! - the verifier tests: how far a verifier walks, and what it accepts, changes between kernel
 //!   versions, so a program that loads on the development kernel may not load on the operator's;
-//! - the kernel WireGuard backend's test: this machine's kernel has no WireGuard module, Debian's
-//!   has (its modules are installed with its image), so only a guest can run that backend.
+//! - the seed lab end to end (the gateway's main job), and the kernel WireGuard backend's test:
+//!   this machine's kernel has no WireGuard module, Debian's has (its modules are installed with
+//!   its image), so only a guest can run that backend.
 
 use std::{
     path::{Path, PathBuf},
@@ -33,7 +34,6 @@ pub fn run(kernel: Option<PathBuf>, kvm: bool) -> anyhow::Result<()> {
     };
     virtme_ng()?;
     let test = test_binary("verifier")?;
-    let wireguard = test_binary("wireguard")?;
     let root = std::env::current_dir()?;
     eprintln!(
         "xtask: booting {} under QEMU ({}) and loading every program there",
@@ -58,19 +58,43 @@ pub fn run(kernel: Option<PathBuf>, kvm: bool) -> anyhow::Result<()> {
         bail!("the kernel programs do not load on {}", kernel.display());
     }
     eprintln!("xtask: every program loads on {}", kernel.display());
-    eprintln!("xtask: the kernel WireGuard backend, with real peers, in the same guest kernel");
-    if !in_guest(&kernel, kvm, &root, &wireguard, KERNEL_WIREGUARD_TEST, true)? {
-        bail!(
-            "the kernel WireGuard backend's test failed on {}",
-            kernel.display()
-        );
+    for t in GUEST_TESTS {
+        let binary = test_binary(t.target)?;
+        eprintln!("xtask: {}, in the same guest kernel", t.what);
+        if !in_guest(&kernel, kvm, &root, &binary, t.name, t.ignored)? {
+            bail!("{}: failed on {}", t.what, kernel.display());
+        }
+        eprintln!("xtask: {}: works on {}", t.what, kernel.display());
     }
-    eprintln!(
-        "xtask: the kernel WireGuard backend works on {}",
-        kernel.display()
-    );
     Ok(())
 }
+
+/// A test the guest runs after the verifier's.
+struct GuestTest {
+    /// The test target (tests/<target>.rs) and the test's name in it.
+    target: &'static str,
+    name: &'static str,
+    /// Marked ignored, for want of what only the guest has.
+    ignored: bool,
+    what: &'static str,
+}
+
+const GUEST_TESTS: &[GuestTest] = &[
+    GuestTest {
+        target: "lab",
+        name: "seed_matrix_return_traffic_and_live_policy_change",
+        ignored: false,
+        what: "the seed lab end to end (the gateway's main job: policy, conntrack, live change)",
+    },
+    // Ignored elsewhere: it needs the kernel's WireGuard, which Debian's kernel has as a
+    // module and this machine's has not.
+    GuestTest {
+        target: "wireguard",
+        name: "the_kernel_backend_creates_the_interface_whose_sessions_outlive_the_gateway",
+        ignored: true,
+        what: "the kernel WireGuard backend with real peers, a crash and a restart",
+    },
+];
 
 /// gateway_testkit::harness::SLOWDOWN_ENV (xtask builds before the workspace's crates can: it
 /// installs what they need).
@@ -79,10 +103,6 @@ const SLOWDOWN_ENV: &str = "GATEWAY_TEST_SLOWDOWN";
 /// How much longer the test kit waits in the guest than on this machine: under software
 /// emulation the gateway took over 30 s (the test kit's usual deadline) to load the data plane.
 const GUEST_SLOWDOWN: u32 = 20;
-
-/// The test of tests/wireguard.rs that needs the kernel's WireGuard (ignored elsewhere).
-const KERNEL_WIREGUARD_TEST: &str =
-    "the_kernel_backend_creates_the_interface_whose_sessions_outlive_the_gateway";
 
 /// Runs one test in the guest (`ignored`: one marked so, for want of what the guest has);
 /// whether it passed.
