@@ -85,6 +85,8 @@ pub struct Attachment {
     pin: Option<std::path::PathBuf>,
     /// The link was pinned by an earlier run and got this process's program.
     pub adopted: bool,
+    /// The hook, by its pin's name ("xdp", "tc-ingress", "tc-ingress-filter", ...).
+    hook: &'static str,
 }
 
 pub fn if_index(name: &str) -> anyhow::Result<u32> {
@@ -366,6 +368,25 @@ impl Dataplane {
         label: &str,
     ) -> anyhow::Result<()> {
         let context = || format!("attaching {program} to {iface} ({label})");
+        let hook_name = match hook {
+            Hook::Tc(dir) if self.tc_filters => filter_record_name(dir),
+            _ => hook.pin_name(),
+        };
+        // One program per hook and interface: a second would take the first one's link (or
+        // filter) and silently end what the first enforces.
+        if let Some(a) = self
+            .attachments
+            .iter()
+            .find(|a| a.interface == iface && a.hook == hook_name)
+        {
+            bail!(
+                "{iface} has {} at {} already, and a hook of an interface takes one program: \
+                 give {iface} one role (tunnel, lan or underlay), or put the underlay filter at \
+                 another hook (attach: xdp-native or xdp-generic)",
+                a.program,
+                a.mode
+            );
+        }
         if let Hook::Tc(dir) = hook
             && self.tc_filters
         {
@@ -385,6 +406,7 @@ impl Dataplane {
                 link: Some(LinkId::TcFilter(dir)),
                 pin: record,
                 adopted,
+                hook: hook_name,
             });
             return Ok(());
         }
@@ -422,6 +444,7 @@ impl Dataplane {
             link: Some(link),
             pin,
             adopted,
+            hook: hook_name,
         });
         Ok(())
     }

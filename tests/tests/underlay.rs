@@ -297,3 +297,41 @@ fn detaching_takes_the_filter_off_its_interfaces_without_errors() {
     assert!(errors.is_empty(), "{errors:?}");
     assert!(!link("u0").contains("xdp"), "{}", link("u0"));
 }
+
+/// An interface in two roles whose programs want the same hook (a single-NIC host listing eth0
+/// as LAN and underlay, both at TC on a veth): the second attach is refused, rather than taking
+/// the first one's link and ending what it enforces; at different hooks both hold.
+#[test]
+fn a_second_program_at_an_interfaces_hook_is_refused() {
+    use gateway_dataplane::LanAttach;
+    use gateway_testkit::netns::{Netns, remove_stale, veth};
+    remove_stale("gwunhook");
+    let id = format!("gwunhook{}", std::process::id());
+    let (ns, other) = (
+        Netns::create(&format!("{id}-a")).unwrap(),
+        Netns::create(&format!("{id}-b")).unwrap(),
+    );
+    veth(&ns, "u0", &other, "v0").unwrap();
+    veth(&ns, "u1", &other, "v1").unwrap();
+    let mut h = harness(default_rates());
+    ns.run_scoped(|| {
+        h.dp.attach_lan("u0", LanAttach::Tc).unwrap();
+        let e = h.dp.attach_underlay("u0", LanAttach::Tc).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("u0 has tc_lan_ingress at tc ingress"),
+            "{e:#}"
+        );
+        let programs: Vec<_> =
+            h.dp.attachments()
+                .iter()
+                .filter(|a| a.interface == "u0")
+                .map(|a| a.program)
+                .collect();
+        assert_eq!(programs, ["tc_lan_ingress"], "the LAN program stays alone");
+        // The LAN program at TC and the underlay filter in XDP: two hooks, both attached.
+        h.dp.attach_lan("u1", LanAttach::Tc).unwrap();
+        h.dp.attach_underlay("u1", LanAttach::XdpGeneric).unwrap();
+        assert!(h.dp.detach_all().is_empty());
+    })
+    .unwrap();
+}
