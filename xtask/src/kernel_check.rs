@@ -104,6 +104,9 @@ const SLOWDOWN_ENV: &str = "GATEWAY_TEST_SLOWDOWN";
 /// emulation the gateway took over 30 s (the test kit's usual deadline) to load the data plane.
 const GUEST_SLOWDOWN: u32 = 20;
 
+/// The longest one guest run may take (timeout(1)'s syntax).
+const GUEST_TIMEOUT: &str = "15m";
+
 /// Runs one test in the guest (`ignored`: one marked so, for want of what the guest has);
 /// whether it passed.
 fn in_guest(
@@ -114,8 +117,12 @@ fn in_guest(
     name: &str,
     ignored: bool,
 ) -> anyhow::Result<bool> {
-    let mut cmd = Command::new("vng");
-    cmd.arg("--run")
+    // A guest that hangs (a boot that never finishes, a test stuck on the network) must not
+    // hold CI until its own limit: each run here takes two minutes at most.
+    let mut cmd = Command::new("timeout");
+    cmd.arg(GUEST_TIMEOUT)
+        .arg("vng")
+        .arg("--run")
         .arg(kernel)
         .args(["--memory", "4G", "--cpus", "2", "--cwd"])
         .arg(root)
