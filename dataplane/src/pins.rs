@@ -82,6 +82,30 @@ impl PinDir {
         Ok(adopt)
     }
 
+    /// The interfaces that cls_bpf filter records under the root (all layouts) name but this
+    /// network namespace does not have: deleted since, or the records of a gateway that ran in
+    /// another namespace, whose filters only a `gateway detach` there can find.
+    pub fn filters_elsewhere(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(versions) = std::fs::read_dir(root) else {
+            return out;
+        };
+        for v in versions.filter_map(|e| e.ok()) {
+            let Ok(entries) = std::fs::read_dir(v.path().join(PIN_LINKS_DIR)) else {
+                continue;
+            };
+            for e in entries.filter_map(|e| e.ok()) {
+                if let Some((iface, _)) = crate::attach::filter_record(&e.path())
+                    && crate::attach::if_index(&iface).is_err()
+                    && !out.contains(&iface)
+                {
+                    out.push(iface);
+                }
+            }
+        }
+        out
+    }
+
     /// Removes every pin under the root, all layouts: links first (their programs detach; a
     /// cls_bpf filter's record takes its filter along), then maps. Returns what was removed.
     pub fn remove_all(root: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -460,6 +460,13 @@ fn detach(pin_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<(
         })?,
         (None, None) => PathBuf::from(gateway_common::maps::DEFAULT_PIN_ROOT),
     };
+    for iface in gateway_dataplane::pins::PinDir::filters_elsewhere(&root) {
+        eprintln!(
+            "gateway detach: {iface} has a cls_bpf filter record but is not an interface of this \
+             network namespace: deleted (its filter went with it), or the gateway ran in another \
+             namespace, where its filter stays until `gateway detach` runs there"
+        );
+    }
     let removed = gateway_dataplane::pins::PinDir::remove_all(&root)?;
     if removed.is_empty() {
         println!("nothing pinned under {}", root.display());

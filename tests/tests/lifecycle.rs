@@ -303,6 +303,16 @@ fn cls_bpf_filters_outlive_the_gateway_and_take_the_next_runs_programs() {
         1,
         "a clean stop leaves the filter enforcing"
     );
+    // Filters are found by their interface's name: from another namespace, `gateway detach`
+    // names what it cannot reach.
+    use gateway_dataplane::pins::PinDir;
+    let elsewhere = PinDir::filters_elsewhere(&lab.pin_dir());
+    assert!(elsewhere.contains(&tunnel), "{elsewhere:?}");
+    let here = lab
+        .gw
+        .run_scoped(|| PinDir::filters_elsewhere(&lab.pin_dir()))
+        .unwrap();
+    assert_eq!(here, Vec::<String>::new());
     gateway_testkit::process::detach(&gateway_binary(), &lab.gw, &lab.pin_dir())
         .expect("gateway detach");
     assert_eq!(filters(), vec![], "gateway detach left a filter");
