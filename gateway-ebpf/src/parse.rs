@@ -45,6 +45,13 @@ pub const ICMP_OTHER: u8 = 3;
 /// multicast address, or to a unicast address the kernel would not forward it from (the
 /// host's own): the IPv6 counterpart of ARP. Anywhere else it is [`ICMP_OTHER`].
 pub const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
+/// Only inside the parse: an MLD message (multicast listener query, report or done; RFC 2710,
+/// RFC 3810), which ends up as [`ICMP_NEIGHBOR_DISCOVERY`] when it is link control like ND:
+/// on an Ethernet link, hop limit 1 (the kernel forwards none), from a link-local or the
+/// unspecified address (RFC 3810 5.2.13), to a link-scope multicast address. Every IPv6 host
+/// sends reports for its solicited-node groups when an interface comes up. Anywhere else it is
+/// [`ICMP_OTHER`].
+const ICMP_MULTICAST_LISTENER: u8 = 5;
 
 /// Which end of an ICMP echo exchange sent the packet ([`Flow::echo`]).
 pub const ECHO_NONE: u8 = 0;
@@ -334,6 +341,20 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
     {
         pkt.icmp = ICMP_OTHER;
     }
+    if pkt.icmp == ICMP_MULTICAST_LISTENER {
+        let src = &pkt.flow.src;
+        let link_control = link == Link::Ethernet
+            && h[7] == 1
+            && pkt.frag == FRAG_NONE
+            && pkt.flow.dst[0] == 0xff
+            && pkt.flow.dst[1] == 0x02
+            && ((src[0] == 0xfe && src[1] & 0xc0 == 0x80) || *src == [0; 16]);
+        pkt.icmp = if link_control {
+            ICMP_NEIGHBOR_DISCOVERY
+        } else {
+            ICMP_OTHER
+        };
+    }
     Ok(())
 }
 
@@ -447,6 +468,8 @@ fn parse_icmp(b: &Bytes, pkt: &mut Packet, l4: usize) -> Result<(), u32> {
         pkt.flow.echo = echo;
     } else if v6 && (133..=136).contains(&c[0]) {
         pkt.icmp = ICMP_NEIGHBOR_DISCOVERY;
+    } else if v6 && matches!(c[0], 130 | 131 | 132 | 143) {
+        pkt.icmp = ICMP_MULTICAST_LISTENER;
     } else if is_error {
         pkt.icmp = ICMP_ERROR;
         pkt.quoted_l3 = (l4 + 8) as u32;

@@ -1828,6 +1828,121 @@ fn other_icmp_types_are_judged_one_by_one() {
 /// gateway's own address (an unreachability probe, the answer to a solicitation from a global
 /// source) it is the host's own, as to link-scope addresses. In a namespace of its own: the
 /// answer depends on its routes.
+/// MLD (multicast listener) messages are the link's control traffic, as neighbour discovery
+/// is: every IPv6 host reports its solicited-node groups when an interface comes up (to
+/// ff02::16, hop limit 1, from its link-local address, behind a hop-by-hop header with the
+/// router alert). They pass on Ethernet hooks in that shape only; they are never forwarded
+/// (hop limit 1), and otherwise the policy judges them.
+#[test]
+fn mld_messages_pass_only_as_link_control() {
+    let mut h = Harness::new(POLICY);
+    // A router alert (type 5, length 2, MLD) and a PadN to fill the 8 bytes.
+    let hop_by_hop = (0u8, vec![0, 0, 5, 2, 0, 0, 1, 0]);
+    let mld = |kind: u8, src: &str, dst: &str| Spec {
+        ttl: 1,
+        ipv6_ext: vec![hop_by_hop.clone()],
+        ..Spec::new(
+            src,
+            dst,
+            L4::Icmp {
+                kind,
+                code: 0,
+                // MLDv2 report: reserved, one record; the others: maximum response delay.
+                rest: if kind == 143 {
+                    [0, 0, 0, 1]
+                } else {
+                    [0, 0, 0, 0]
+                },
+                // One record (change to exclude, no sources) of a solicited-node group, or
+                // the group address of a v1 message.
+                body: if kind == 143 {
+                    let mut r = vec![4, 0, 0, 0];
+                    r.extend_from_slice(
+                        &"ff02::1:ff00:2"
+                            .parse::<std::net::Ipv6Addr>()
+                            .unwrap()
+                            .octets(),
+                    );
+                    r
+                } else {
+                    "ff02::1:ff00:2"
+                        .parse::<std::net::Ipv6Addr>()
+                        .unwrap()
+                        .octets()
+                        .to_vec()
+                },
+            },
+        )
+    };
+    for (kind, dst) in [
+        (143u8, "ff02::16"),
+        (131, "ff02::1:ff00:2"),
+        (132, "ff02::2"),
+        (130, "ff02::1"),
+    ] {
+        let what = format!("MLD type {kind} to {dst}");
+        h.expect_ctx(
+            IN,
+            &mld(kind, "fe80::2", dst).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &what,
+        );
+        h.expect_ctx(
+            OUT,
+            &mld(kind, "fe80::1", dst).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &what,
+        );
+        h.expect_ctx(
+            LAN,
+            &mld(kind, "fe80::3", dst).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &what,
+        );
+    }
+    // A report sent while the host's address is still tentative comes from ::.
+    h.expect(
+        IN,
+        &mld(143, "::", "ff02::16").build(),
+        PASS_NEIGHBOR_DISCOVERY,
+    );
+    // Not in that shape: the policy's.
+    let forwardable = Spec {
+        ttl: 64,
+        ..mld(143, "fe80::2", "ff02::16")
+    };
+    h.expect_ctx(IN, &forwardable.build(), DROP_DEFAULT, "hop limit 64");
+    h.expect_ctx(
+        IN,
+        &mld(143, C6, "ff02::16").build(),
+        DROP_DEFAULT,
+        "from a global source",
+    );
+    h.expect_ctx(
+        IN,
+        &mld(131, "fe80::2", "ff05::2").build(),
+        DROP_DEFAULT,
+        "to a multicast address wider than the link",
+    );
+    h.expect_ctx(
+        IN,
+        &mld(143, "fe80::2", S6).build(),
+        DROP_DEFAULT,
+        "to a unicast address",
+    );
+    // On a tunnel without a link layer there is no link to control.
+    let before = h.count(IN, DROP_DEFAULT);
+    let l3 = Spec {
+        l3_only: true,
+        ..mld(143, "fe80::2", "ff02::16")
+    };
+    assert_eq!(
+        h.tc_l3(true, &l3.build()),
+        gateway_testkit::harness::TC_ACT_SHOT
+    );
+    assert_eq!(h.count(IN, DROP_DEFAULT) - before, 1);
+}
+
 #[test]
 fn neighbor_discovery_only_on_ethernet_to_link_scope_or_own_addresses() {
     let ns = gateway_testkit::netns::Netns::create(&format!("gwnd{}", std::process::id()))
