@@ -9,7 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -137,8 +137,20 @@ fn in_guest(
     if !kvm {
         cmd.arg("--disable-kvm");
     }
-    let status = cmd.status().context("running vng (virtme-ng)")?;
-    Ok(status.success())
+    // QEMU opens the guest's output by the path /proc/self/fd/1 (and 2): where that is a file
+    // (CI's log), the open truncates it and the log loses what ran before. Through pipes it
+    // cannot; the output is passed on here.
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running vng (virtme-ng)")?;
+    let mut err = child.stderr.take().context("vng stderr")?;
+    let err_copy = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::stderr()));
+    let mut out = child.stdout.take().context("vng stdout")?;
+    let _ = std::io::copy(&mut out, &mut std::io::stdout());
+    let _ = err_copy.join();
+    Ok(child.wait()?.success())
 }
 
 /// The newest 6.1 kernel in /boot, installing Debian's kernel package when there is none.
