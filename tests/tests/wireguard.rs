@@ -159,6 +159,23 @@ fn one_peer(backend: &str, interfaces_extra: &str) -> (WgLab, GatewayProcess, Ip
     (lab, gw, lan)
 }
 
+/// The gateway's interface as its config and NetBird's defaults make it: the lab's name, the
+/// gateway's key, port 51820, MTU 1280, the overlay address, one peer per lab peer.
+fn assert_device_as_configured(wg: &gateway_wireguard::TunnelReport, lab: &WgLab, key: &str) {
+    assert_eq!(wg.interface, lab.gw_interface);
+    assert_eq!(wg.public_key.as_deref(), Some(key));
+    assert_eq!(wg.listen_port, 51820);
+    assert_eq!(wg.mtu, Some(1280), "NetBird's MTU");
+    assert!(
+        wg.addresses
+            .iter()
+            .any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")),
+        "{:?}",
+        wg.addresses
+    );
+    assert_eq!(wg.peers.len(), lab.peers.len());
+}
+
 /// iperf3 TCP from the peer to the LAN host and back, at default offloads.
 fn bulk_tcp_both_ways(lab: &WgLab, gw: &GatewayProcess, lan: IpAddr, seconds: u32, at_least: u64) {
     for reverse in [false, true] {
@@ -201,18 +218,7 @@ fn peers_reach_the_lan_through_encrypted_tunnels_as_the_gateway() {
         "{}",
         wg.chosen
     );
-    assert_eq!(wg.interface, lab.gw_interface);
-    assert_eq!(wg.public_key.as_deref(), Some(key.as_str()));
-    assert_eq!(wg.listen_port, 51820);
-    assert_eq!(wg.mtu, Some(1280), "NetBird's MTU");
-    assert!(
-        wg.addresses
-            .iter()
-            .any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")),
-        "{:?}",
-        wg.addresses
-    );
-    assert_eq!(wg.peers.len(), 2);
+    assert_device_as_configured(wg, &lab, &key);
 
     // p1 may do anything to the LAN; the LAN host has no route to the overlay, so only
     // masqueraded traffic can be answered.
@@ -753,17 +759,7 @@ fn the_kernel_backend_creates_the_interface_whose_sessions_outlive_the_gateway()
     let wg = st.wireguard.as_ref().expect("wireguard in status");
     assert_eq!(wg.backend.label(), "kernel", "{}", wg.chosen);
     assert_eq!(wg.chosen, "auto: the kernel has WireGuard");
-    assert_eq!(wg.public_key.as_deref(), Some(key.as_str()));
-    assert_eq!(wg.listen_port, 51820);
-    assert_eq!(wg.mtu, Some(1280), "NetBird's MTU");
-    assert!(
-        wg.addresses
-            .iter()
-            .any(|a| a.to_string() == format!("{WG_GW_OVERLAY}/10")),
-        "{:?}",
-        wg.addresses
-    );
-    assert_eq!(wg.peers.len(), 2);
+    assert_device_as_configured(wg, &lab, &key);
     let link = lab
         .gw
         .ip(&["-d", "link", "show", &lab.gw_interface])
