@@ -387,42 +387,30 @@ impl Dataplane {
                 a.mode
             );
         }
-        if let Hook::Tc(dir) = hook
-            && self.tc_filters
-        {
-            let record = self
-                .pins
-                .as_ref()
-                .map(|p| p.link(filter_record_name(dir), iface));
-            let adopted =
-                attach_filter(self.tc_program(program)?, iface, dir).with_context(context)?;
-            if let Some(r) = &record {
-                std::fs::create_dir_all(r).with_context(|| format!("recording {}", r.display()))?;
+        // The link's pin, or the filter's record.
+        let pin = self.pins.as_ref().map(|p| p.link(hook_name, iface));
+        let (link, adopted, mode) = match hook {
+            Hook::Tc(dir) if self.tc_filters => {
+                let adopted =
+                    attach_filter(self.tc_program(program)?, iface, dir).with_context(context)?;
+                if let Some(r) = &pin {
+                    std::fs::create_dir_all(r)
+                        .with_context(|| format!("recording {}", r.display()))?;
+                }
+                let mode = format!("{label} (cls_bpf filter)");
+                (LinkId::TcFilter(dir), adopted, mode)
             }
-            self.attachments.push(Attachment {
-                interface: iface.to_string(),
-                program,
-                mode: format!("{label} (cls_bpf filter)"),
-                link: Some(LinkId::TcFilter(dir)),
-                pin: record,
-                adopted,
-                hook: hook_name,
-            });
-            return Ok(());
-        }
-        let pin = self.pins.as_ref().map(|p| p.link(hook.pin_name(), iface));
-        let (link, adopted) = match hook {
-            Hook::Xdp(mode) => {
+            Hook::Xdp(xdp_mode) => {
                 let prog: &mut Xdp = self.xdp_program_named(program)?;
                 let (id, adopted) = attach_pinned(
                     prog,
                     pin.as_deref(),
                     |p, link: XdpLink| p.attach_to_link(link),
-                    |p| p.attach(iface, mode),
+                    |p| p.attach(iface, xdp_mode),
                     |p, id| p.take_link(id),
                 )
                 .with_context(context)?;
-                (LinkId::Xdp(program, id), adopted)
+                (LinkId::Xdp(program, id), adopted, label.to_string())
             }
             Hook::Tc(dir) => {
                 let prog: &mut SchedClassifier = self.tc_program(program)?;
@@ -434,13 +422,13 @@ impl Dataplane {
                     |p, id| p.take_link(id),
                 )
                 .with_context(context)?;
-                (LinkId::Tc(program, id), adopted)
+                (LinkId::Tc(program, id), adopted, label.to_string())
             }
         };
         self.attachments.push(Attachment {
             interface: iface.to_string(),
             program,
-            mode: label.to_string(),
+            mode,
             link: Some(link),
             pin,
             adopted,

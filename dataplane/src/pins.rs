@@ -47,12 +47,7 @@ impl PinDir {
 
     /// Pinned links, by file name.
     pub fn links(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join(PIN_LINKS_DIR)) else {
-            return Vec::new();
-        };
-        let mut out: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        out.sort();
-        out
+        entries(&self.dir.join(PIN_LINKS_DIR))
     }
 
     /// Makes the folders (mounting bpffs where the convention says it belongs), refuses a
@@ -87,15 +82,9 @@ impl PinDir {
     /// another namespace, whose filters only a `gateway detach` there can find.
     pub fn filters_elsewhere(root: &Path) -> Vec<String> {
         let mut out = Vec::new();
-        let Ok(versions) = std::fs::read_dir(root) else {
-            return out;
-        };
-        for v in versions.filter_map(|e| e.ok()) {
-            let Ok(entries) = std::fs::read_dir(v.path().join(PIN_LINKS_DIR)) else {
-                continue;
-            };
-            for e in entries.filter_map(|e| e.ok()) {
-                if let Some((iface, _)) = crate::attach::filter_record(&e.path())
+        for layout in entries(root) {
+            for path in entries(&layout.join(PIN_LINKS_DIR)) {
+                if let Some((iface, _)) = crate::attach::filter_record(&path)
                     && crate::attach::if_index(&iface).is_err()
                     && !out.contains(&iface)
                 {
@@ -110,25 +99,28 @@ impl PinDir {
     /// cls_bpf filter's record takes its filter along), then maps. Returns what was removed.
     pub fn remove_all(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
-        let Ok(versions) = std::fs::read_dir(root) else {
-            return Ok(removed);
-        };
-        for v in versions.filter_map(|e| e.ok()) {
+        for layout in entries(root) {
             for sub in [PIN_LINKS_DIR, PIN_MAPS_DIR] {
-                let Ok(entries) = std::fs::read_dir(v.path().join(sub)) else {
-                    continue;
-                };
-                for e in entries.filter_map(|e| e.ok()) {
-                    crate::attach::remove_pin(&e.path())?;
-                    removed.push(e.path());
+                for path in entries(&layout.join(sub)) {
+                    crate::attach::remove_pin(&path)?;
+                    removed.push(path);
                 }
-                let _ = std::fs::remove_dir(v.path().join(sub));
+                let _ = std::fs::remove_dir(layout.join(sub));
             }
-            let _ = std::fs::remove_dir(v.path());
+            let _ = std::fs::remove_dir(layout);
         }
         let _ = std::fs::remove_dir(root);
         Ok(removed)
     }
+}
+
+/// What a folder holds, sorted (nothing, if it cannot be read).
+fn entries(folder: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 fn fs_magic(path: &Path) -> Option<i64> {

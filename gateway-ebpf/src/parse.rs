@@ -346,9 +346,8 @@ fn parse_ipv6(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), 
         let link_control = link == Link::Ethernet
             && h[7] == 1
             && pkt.frag == FRAG_NONE
-            && pkt.flow.dst[0] == 0xff
-            && pkt.flow.dst[1] == 0x02
-            && ((src[0] == 0xfe && src[1] & 0xc0 == 0x80) || *src == [0; 16]);
+            && link_multicast_v6(&pkt.flow.dst)
+            && (link_local_v6(src) || *src == [0; 16]);
         pkt.icmp = if link_control {
             ICMP_NEIGHBOR_DISCOVERY
         } else {
@@ -396,7 +395,19 @@ fn stays_on_host(b: &Bytes, pkt: &Packet) -> bool {
 /// discovery is addressed.
 #[inline(always)]
 fn link_scope_v6(a: &[u8; 16]) -> bool {
-    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || (a[0] == 0xff && a[1] == 0x02)
+    link_local_v6(a) || link_multicast_v6(a)
+}
+
+/// fe80::/10.
+#[inline(always)]
+fn link_local_v6(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
+}
+
+/// ff02::/16.
+#[inline(always)]
+fn link_multicast_v6(a: &[u8; 16]) -> bool {
+    a[0] == 0xff && a[1] == 0x02
 }
 
 /// A later fragment has no L4 header; one that would overlap the first fragment's L4 header

@@ -369,7 +369,6 @@ pub fn seed_policy() -> String {
     .expect("examples/policy.yaml")
 }
 
-/// The `gateway` binary the integration tests start (`cargo xtask test` builds it first).
 /// The environment variable that stretches the test kit's deadlines by a whole factor, for a
 /// guest kernel in software emulation (`cargo xtask kernel-check` sets it), where loading the
 /// data plane alone takes the verifier minutes.
@@ -385,6 +384,7 @@ pub fn deadline(d: std::time::Duration) -> std::time::Duration {
     d * factor
 }
 
+/// The `gateway` binary the integration tests start (`cargo xtask test` builds it first).
 pub fn gateway_binary() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("GATEWAY_BIN") {
         return p.into();

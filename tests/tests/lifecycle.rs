@@ -15,8 +15,16 @@ use gateway_testkit::{
 };
 
 fn start(lab: &Lab, log: &str) -> GatewayProcess {
+    start_with(lab, "", log)
+}
+
+/// The config line that puts the TC programs in cls_bpf filters on any kernel.
+const TC_FILTERS: &str = "  tc_links: netlink\n";
+
+/// The gateway on the seed lab, with `extra` appended to its config.
+fn start_with(lab: &Lab, extra: &str, log: &str) -> GatewayProcess {
     let config = lab
-        .write_config(SEED_POLICY, LAB_METRICS_ADDR)
+        .write_config_extra(SEED_POLICY, LAB_METRICS_ADDR, extra)
         .expect("config");
     GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log))
         .expect("gateway starts")
@@ -109,20 +117,14 @@ fn restarts_under_load_lose_no_packet_of_established_flows() {
 /// The same with the TC programs in cls_bpf filters, whose program a restart replaces in place.
 #[test]
 fn restarts_under_load_lose_no_packet_with_cls_bpf_filters() {
-    restarts_under_load("  tc_links: netlink\n");
+    restarts_under_load(TC_FILTERS);
 }
 
 /// The restart test, with `extra` appended to the lab's gateway config.
 fn restarts_under_load(extra: &str) {
     let lab = Lab::seed().expect("lab");
     let _servers = demo::start_servers(&lab).expect("servers");
-    let config = lab
-        .write_config_extra(SEED_POLICY, LAB_METRICS_ADDR, extra)
-        .expect("config");
-    let start = |lab: &Lab, log: &str| {
-        GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log))
-            .expect("gateway starts")
-    };
+    let start = |lab: &Lab, log: &str| start_with(lab, extra, log);
     let gw = start(&lab, "gateway.log");
     let drops_on_the_path = |st: &gateway::status::Report| -> u64 {
         st.counters
@@ -216,13 +218,7 @@ fn restarts_under_load(extra: &str) {
 fn cls_bpf_filters_outlive_the_gateway_and_take_the_next_runs_programs() {
     let lab = Lab::seed().expect("lab");
     let _servers = demo::start_servers(&lab).expect("servers");
-    let config = lab
-        .write_config_extra(SEED_POLICY, LAB_METRICS_ADDR, "  tc_links: netlink\n")
-        .expect("config");
-    let start = |log: &str| {
-        GatewayProcess::start(&gateway_binary(), &lab.gw, &config, &lab.dir.join(log))
-            .expect("gateway starts")
-    };
+    let start = |log: &str| start_with(&lab, TC_FILTERS, log);
     let gw = start("gateway.log");
     let tunnel = lab.host("orch1").gw_if.clone();
     // What the kernel holds on the tunnel interface's ingress: (preference, handle, program id)

@@ -269,15 +269,7 @@ fn the_tc_variant_judges_as_the_xdp_program_does() {
 /// (This host's bpftool predates tcx and cannot list the TC link; the XDP one is checked.)
 #[test]
 fn detaching_takes_the_filter_off_its_interfaces_without_errors() {
-    use gateway_testkit::netns::{Netns, remove_stale, veth};
-    remove_stale("gwundet");
-    let id = format!("gwundet{}", std::process::id());
-    let (ns, other) = (
-        Netns::create(&format!("{id}-a")).unwrap(),
-        Netns::create(&format!("{id}-b")).unwrap(),
-    );
-    veth(&ns, "u0", &other, "v0").unwrap();
-    veth(&ns, "u1", &other, "v1").unwrap();
+    let (ns, _other) = two_veths("gwundet");
     let link = |dev: &str| {
         String::from_utf8_lossy(&ns.exec(&["ip", "link", "show", dev]).unwrap().stdout).into_owned()
     };
@@ -304,15 +296,7 @@ fn detaching_takes_the_filter_off_its_interfaces_without_errors() {
 #[test]
 fn a_second_program_at_an_interfaces_hook_is_refused() {
     use gateway_dataplane::LanAttach;
-    use gateway_testkit::netns::{Netns, remove_stale, veth};
-    remove_stale("gwunhook");
-    let id = format!("gwunhook{}", std::process::id());
-    let (ns, other) = (
-        Netns::create(&format!("{id}-a")).unwrap(),
-        Netns::create(&format!("{id}-b")).unwrap(),
-    );
-    veth(&ns, "u0", &other, "v0").unwrap();
-    veth(&ns, "u1", &other, "v1").unwrap();
+    let (ns, _other) = two_veths("gwunhook");
     let mut h = harness(default_rates());
     ns.run_scoped(|| {
         h.dp.attach_lan("u0", LanAttach::Tc).unwrap();
@@ -334,4 +318,18 @@ fn a_second_program_at_an_interfaces_hook_is_refused() {
         assert!(h.dp.detach_all().is_empty());
     })
     .unwrap();
+}
+
+/// Two namespaces (`prefix<pid>-a`, `-b`) joined by two veth pairs, u0–v0 and u1–v1.
+fn two_veths(prefix: &str) -> (gateway_testkit::netns::Netns, gateway_testkit::netns::Netns) {
+    use gateway_testkit::netns::{Netns, remove_stale, veth};
+    remove_stale(prefix);
+    let id = format!("{prefix}{}", std::process::id());
+    let (ns, other) = (
+        Netns::create(&format!("{id}-a")).unwrap(),
+        Netns::create(&format!("{id}-b")).unwrap(),
+    );
+    veth(&ns, "u0", &other, "v0").unwrap();
+    veth(&ns, "u1", &other, "v1").unwrap();
+    (ns, other)
 }
