@@ -363,6 +363,9 @@ impl Generator {
         frames: u32,
         count: fn(&Generator) -> anyhow::Result<u64>,
     ) -> anyhow::Result<Measurement> {
+        if let Some(pace) = crate::profiling::pace() {
+            return self.run(topo, frames, Some(pace), count);
+        }
         let overloaded = self.run(topo, frames, None, count)?;
         if overloaded.arrived == 0 {
             return Ok(overloaded);

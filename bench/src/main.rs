@@ -47,6 +47,11 @@ struct Args {
     /// phases of stateful and nat), to hold a load for `perf` (give --out).
     #[arg(long)]
     frames: Option<u32>,
+    /// Profiling: offer the packet-rate scenarios' load at this many frames per second, one
+    /// paced run per measurement in place of the search for the maximum forwarding rate, so
+    /// that `perf` sees the DUT's core below its limit (give --out).
+    #[arg(long, value_name = "PPS")]
+    pace: Option<f64>,
     /// Where results go (default: bench/ in the source tree).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
     out: std::path::PathBuf,
@@ -74,13 +79,19 @@ fn main() -> anyhow::Result<()> {
         let run: report::Run = serde_json::from_str(&std::fs::read_to_string(json)?)?;
         return run.write(&args.out);
     }
-    if (args.only.is_some() || args.frames.is_some())
+    if (args.only.is_some() || args.frames.is_some() || args.pace.is_some())
         && args.out == std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
     {
-        anyhow::bail!("--only and --frames make a profiling run, not a result: give --out");
+        anyhow::bail!("--only, --frames and --pace make a profiling run, not a result: give --out");
+    }
+    if let Some(pace) = args.pace {
+        anyhow::ensure!(
+            pace.is_finite() && pace >= 1.0,
+            "--pace {pace}: give the offered load in frames per second (at least 1)"
+        );
     }
     interrupt::install()?;
-    profiling::set(args.only.as_deref(), args.frames);
+    profiling::set(args.only.as_deref(), args.frames, args.pace);
     let chosen: Option<Vec<&str>> = args
         .scenario
         .as_deref()

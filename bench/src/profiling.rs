@@ -1,6 +1,6 @@
-//! Knobs for profiling one contender under a long, steady load (`--only`, `--frames`): a run
-//! that uses them is for `perf` and `bpftool`, not a result, so it must be written elsewhere
-//! than bench/ (`--out`).
+//! Knobs for profiling one contender under a long, steady load (`--only`, `--frames`, `--pace`):
+//! a run that uses them is for `perf` and `bpftool`, not a result, so it must be written
+//! elsewhere than bench/ (`--out`).
 
 use std::sync::{
     OnceLock,
@@ -13,6 +13,8 @@ pub struct Profiling {
     only: Vec<String>,
     /// Frames per packet-rate trial, in place of the scenario's own count.
     frames: Option<u32>,
+    /// One run at this offered load (frames per second) per measurement.
+    pace: Option<f64>,
 }
 
 static PROFILING: OnceLock<Profiling> = OnceLock::new();
@@ -21,11 +23,11 @@ static PROFILING: OnceLock<Profiling> = OnceLock::new();
 static MATCHED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the knobs for this process (once, before any scenario runs).
-pub fn set(only: Option<&str>, frames: Option<u32>) {
+pub fn set(only: Option<&str>, frames: Option<u32>, pace: Option<f64>) {
     let only = only
         .map(|o| o.split('|').map(str::to_string).collect())
         .unwrap_or_default();
-    let _ = PROFILING.set(Profiling { only, frames });
+    let _ = PROFILING.set(Profiling { only, frames, pace });
 }
 
 fn get() -> &'static Profiling {
@@ -58,4 +60,9 @@ pub fn ensure_matched() -> anyhow::Result<()> {
 /// The frames of a packet-rate trial: the scenario's `default`, unless `--frames` says.
 pub fn frames(default: u32) -> u32 {
     get().frames.unwrap_or(default)
+}
+
+/// The offered load `--pace` fixes (frames per second), if it does.
+pub fn pace() -> Option<f64> {
+    get().pace
 }
