@@ -27,6 +27,7 @@ pub mod reason {
     pub const ACCEPT_RELATED: u32 = 4;
     pub const ACCEPT_FRAGMENT: u32 = 5;
     pub const ACCEPT_OUTBOUND: u32 = 6;
+    /// The link's control traffic on Ethernet hooks: IPv6 neighbour discovery, MLD and IGMP.
     pub const PASS_NEIGHBOR_DISCOVERY: u32 = 7;
     /// Not a verdict: packets of masqueraded flows whose source was translated leaving a LAN
     /// interface, and whose destination was translated back arriving on it.

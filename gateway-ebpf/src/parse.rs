@@ -17,6 +17,7 @@ pub enum Link {
 }
 
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IGMP: u8 = 2;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
@@ -43,7 +44,9 @@ pub const ICMP_OTHER: u8 = 3;
 /// IPv6 neighbour discovery (router/neighbour solicitation and advertisement) on an Ethernet
 /// link, from the link itself (hop limit 255, RFC 4861) and to a link-local or link-scope
 /// multicast address, or to a unicast address the kernel would not forward it from (the
-/// host's own): the IPv6 counterpart of ARP. Anywhere else it is [`ICMP_OTHER`].
+/// host's own): the IPv6 counterpart of ARP. Anywhere else it is [`ICMP_OTHER`]. The other
+/// link control passes under the same name: MLD ([`ICMP_MULTICAST_LISTENER`]) and its IPv4
+/// counterpart IGMP (see `parse_ipv4`), though IGMP is not ICMP.
 pub const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
 /// Only inside the parse: an MLD message (multicast listener query, report or done; RFC 2710,
 /// RFC 3810), which ends up as [`ICMP_NEIGHBOR_DISCOVERY`] when it is link control like ND:
@@ -204,13 +207,13 @@ pub fn parse(b: &Bytes, link: Link, pkt: &mut Packet) -> Result<Parsed, u32> {
     if is_v6 {
         parse_ipv6(b, l3, link, pkt)?
     } else {
-        parse_ipv4(b, l3, pkt)?
+        parse_ipv4(b, l3, link, pkt)?
     };
     Ok(Parsed::Ip)
 }
 
 #[inline(always)]
-fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
+fn parse_ipv4(b: &Bytes, l3: usize, link: Link, pkt: &mut Packet) -> Result<(), u32> {
     let h = b.array::<20>(l3)?;
     if h[0] >> 4 != 4 {
         return Err(reason::DROP_BAD_HEADER);
@@ -246,7 +249,21 @@ fn parse_ipv4(b: &Bytes, l3: usize, pkt: &mut Packet) -> Result<(), u32> {
     if more_fragments {
         pkt.frag = FRAG_FIRST;
     }
-    parse_l4(b, pkt, l4, l4_len)
+    parse_l4(b, pkt, l4, l4_len)?;
+    // IGMP (membership queries, reports and leaves; RFC 2236, RFC 3376) is IPv4's MLD: the
+    // link's control traffic when it stays on an Ethernet link (TTL 1: the kernel forwards
+    // none) to a multicast address, whole (an IGMP message is at least 8 bytes). Any host
+    // whose applications join a group (mDNS, SSDP) reports it. Anywhere else, the policy's.
+    if pkt.flow.proto == PROTO_IGMP
+        && link == Link::Ethernet
+        && h[8] == 1
+        && pkt.frag == FRAG_NONE
+        && l4_len >= 8
+        && h[16] & 0xf0 == 0xe0
+    {
+        pkt.icmp = ICMP_NEIGHBOR_DISCOVERY;
+    }
+    Ok(())
 }
 
 #[inline(always)]

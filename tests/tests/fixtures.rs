@@ -1943,6 +1943,118 @@ fn mld_messages_pass_only_as_link_control() {
     assert_eq!(h.count(IN, DROP_DEFAULT) - before, 1);
 }
 
+/// IGMP is IPv4's MLD: hosts report the groups their applications join (mDNS, SSDP) with TTL 1,
+/// to a multicast address, behind the router alert option. On Ethernet hooks, in that shape, it
+/// is the link's control traffic and passes, counted with neighbour discovery; the kernel
+/// forwards none of it (TTL 1). Otherwise the policy judges it (no rule here allows IGMP).
+#[test]
+fn igmp_messages_pass_only_as_link_control() {
+    let mut h = Harness::new(POLICY);
+    let igmp = |kind: u8, src: &str, dst: &str| {
+        // Type, maximum response time, checksum (not read), then the group address or, for
+        // a v3 report, reserved and the record count, and one record (mode is exclude, no
+        // sources) for 224.0.0.251.
+        let mut message = vec![kind, 0, 0, 0];
+        if kind == 0x22 {
+            message.extend_from_slice(&[0, 0, 0, 1, 4, 0, 0, 0, 224, 0, 0, 251]);
+        } else {
+            message.extend_from_slice(&[224, 0, 0, 251]);
+        }
+        Spec {
+            ttl: 1,
+            // Router alert (RFC 2113): copied, type 20, length 4, value 0.
+            ipv4_options: vec![0x94, 4, 0, 0],
+            ..Spec::new(
+                src,
+                dst,
+                L4::Raw {
+                    proto: 2,
+                    payload: message,
+                },
+            )
+        }
+    };
+    // v3 report, v2 report, v2 leave, general query.
+    for (kind, dst) in [
+        (0x22u8, "224.0.0.22"),
+        (0x16, "224.0.0.251"),
+        (0x17, "224.0.0.2"),
+        (0x11, "224.0.0.1"),
+    ] {
+        let what = format!("IGMP type {kind:#x} to {dst}");
+        h.expect_ctx(
+            IN,
+            &igmp(kind, C, dst).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &what,
+        );
+        h.expect_ctx(
+            OUT,
+            &igmp(kind, S, dst).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &what,
+        );
+        h.expect_ctx(
+            LAN,
+            &igmp(kind, "192.168.1.7", dst).build(),
+            PASS_NEIGHBOR_DISCOVERY,
+            &what,
+        );
+    }
+    // A v3 report from a host without an address yet comes from 0.0.0.0 (RFC 3376 4.2.13).
+    h.expect(
+        IN,
+        &igmp(0x22, "0.0.0.0", "224.0.0.22").build(),
+        PASS_NEIGHBOR_DISCOVERY,
+    );
+    // Not in that shape: the policy's.
+    let routable = Spec {
+        ttl: 64,
+        ..igmp(0x22, C, "224.0.0.22")
+    };
+    h.expect_ctx(IN, &routable.build(), DROP_DEFAULT, "TTL 64");
+    h.expect_ctx(
+        IN,
+        &igmp(0x16, C, S).build(),
+        DROP_DEFAULT,
+        "to a unicast address",
+    );
+    let short = Spec {
+        l4: L4::Raw {
+            proto: 2,
+            payload: vec![0x16, 0, 0, 0],
+        },
+        ..igmp(0x16, C, "224.0.0.251")
+    };
+    h.expect_ctx(
+        IN,
+        &short.build(),
+        DROP_DEFAULT,
+        "shorter than an IGMP message",
+    );
+    let first_fragment = Spec {
+        frag: Some((0, true)),
+        ..igmp(0x22, C, "224.0.0.22")
+    };
+    h.expect_ctx(
+        IN,
+        &first_fragment.build(),
+        DROP_DEFAULT,
+        "a first fragment",
+    );
+    // On a tunnel without a link layer there is no link to control.
+    let before = h.count(IN, DROP_DEFAULT);
+    let l3 = Spec {
+        l3_only: true,
+        ..igmp(0x22, C, "224.0.0.22")
+    };
+    assert_eq!(
+        h.tc_l3(true, &l3.build()),
+        gateway_testkit::harness::TC_ACT_SHOT
+    );
+    assert_eq!(h.count(IN, DROP_DEFAULT) - before, 1);
+}
+
 #[test]
 fn neighbor_discovery_only_on_ethernet_to_link_scope_or_own_addresses() {
     let ns = gateway_testkit::netns::Netns::create(&format!("gwnd{}", std::process::id()))

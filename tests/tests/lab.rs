@@ -387,6 +387,42 @@ fn lan_fallback_modes_enforce_the_same_policy() {
     }
 }
 
+/// IGMP on an Ethernet tunnel interface: a peer whose application joins a multicast group
+/// (here `ip address ... autojoin`, as VXLAN does; mDNS responders join 224.0.0.251 the same
+/// way) reports it from its own kernel, twice (IGMPv3, TTL 1, to 224.0.0.22, with the router
+/// alert). That is the link's control traffic: it passes, counted with neighbour discovery, and
+/// no report is a default deny. (IPv6 is off on the lab's hosts, so no MLD report counts here.)
+#[test]
+fn a_peers_igmp_reports_pass_as_link_control_on_an_ethernet_tunnel() {
+    let lab = Lab::seed().expect("lab");
+    let cp1 = lab.host("cp1");
+    let gw = start(&lab, SEED_POLICY);
+    let before: Report = gw.status(&lab.gw).unwrap();
+    cp1.ns
+        .ip_line("addr add 224.0.0.251/32 dev eth0 autojoin")
+        .unwrap();
+    let reports = || -> u64 {
+        let st: Report = gw.status(&lab.gw).unwrap();
+        st.packets("tunnel_ingress", "neighbor_discovery")
+            - before.packets("tunnel_ingress", "neighbor_discovery")
+    };
+    // The report and its retransmission, within the unsolicited report interval (1 s).
+    let until = std::time::Instant::now()
+        + gateway_testkit::harness::deadline(std::time::Duration::from_secs(10));
+    while reports() < 2 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st: Report = gw.status(&lab.gw).unwrap();
+    assert!(reports() >= 2, "{:?}", st.counters);
+    assert_eq!(
+        st.packets("tunnel_ingress", "default_deny"),
+        before.packets("tunnel_ingress", "default_deny"),
+        "{:?}",
+        st.counters
+    );
+    assert!(gw.stop().unwrap().success());
+}
+
 /// IPv6 on an Ethernet tunnel interface: the gateway resolves a peer's address itself for its
 /// own traffic (a ping from its overlay address). The peer's advertisement answers the
 /// gateway's global address; dropped there, the neighbour entry fails and the gateway cannot
