@@ -92,8 +92,9 @@ fn start(lab: &Lab, args: &[&str]) -> (Kill, Kill) {
         .spawn()
         .expect("turnutils_peer (apt install coturn)");
     // The relay loads and verifies the whole data-plane object before it listens: seconds on
-    // an idle machine, more while the rest of the suite loads it too.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // an idle machine, more while the rest of the suite loads it too, and far more in an
+    // emulated guest (the test kit's slowdown stretches it there).
+    let deadline = Instant::now() + gateway_testkit::harness::deadline(Duration::from_secs(30));
     while !std::fs::read_to_string(lab.dir.join("relay.log"))
         .unwrap_or_default()
         .contains("TURN relay listening")
