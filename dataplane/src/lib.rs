@@ -12,6 +12,7 @@ pub mod pins;
 pub mod sweep;
 mod turn;
 mod underlay;
+pub mod xdp_features;
 
 use std::{
     collections::HashMap,
@@ -631,8 +632,10 @@ impl Dataplane {
     }
 
     /// Lets accepted LAN traffic be forwarded in XDP to these interfaces (each gets a slot in
-    /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss).
-    pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<()> {
+    /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss). Returns,
+    /// for each interface in order, whether it takes multi-buffer (jumbo) frames redirected in
+    /// XDP ([`xdp_features`]); the programs hand such frames for the others to the kernel.
+    pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<Vec<bool>> {
         use gateway_common::forward::FORWARD_PORTS_MAX;
         anyhow::ensure!(
             interfaces.len() <= FORWARD_PORTS_MAX as usize,
@@ -666,15 +669,24 @@ impl Dataplane {
         for k in stale {
             slots.remove(&k)?;
         }
-        for (slot, index) in indexes.iter().enumerate() {
-            slots.insert(index, slot as u32, 0)?;
+        let mut multi_buffer = Vec::with_capacity(indexes.len());
+        for (slot, (index, name)) in indexes.iter().zip(interfaces).enumerate() {
+            let takes = xdp_features::takes_multi_buffer_redirects(*index)
+                .with_context(|| format!("{name}: the kernel's XDP features"))?;
+            let flag = if takes {
+                gateway_common::forward::SLOT_TAKES_MULTI_BUFFER
+            } else {
+                0
+            };
+            slots.insert(index, slot as u32 | flag, 0)?;
+            multi_buffer.push(takes);
         }
         let mut map: Array<_, Settings> =
             Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = map.get(&0, 0)?;
         s.flags |= gateway_common::settings::FLAG_XDP_FORWARD;
         map.set(0, s, 0)?;
-        Ok(())
+        Ok(multi_buffer)
     }
 
     /// Turns connection tracking on or off (the benchmarks measure both paths).

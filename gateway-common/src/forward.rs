@@ -70,13 +70,21 @@ pub struct FibRoute {
     /// The longest packet (IP total length) the FIB lookup accepted for this route: longer
     /// ones are looked up again, so the MTU check stays with the kernel.
     pub max_len: u16,
-    pub _pad: u16,
+    /// 1 where the egress interface takes multi-buffer frames redirected in XDP (see
+    /// [`SLOT_TAKES_MULTI_BUFFER`]), else 0.
+    pub multi_buffer: u16,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     /// The egress interface's slot in the forward-ports devmap.
     pub port: u32,
 }
 assert_size!(FibRoute, 32);
+
+/// The top bit of a forward-slots value (by ifindex: the interface's slot in the forward-ports
+/// devmap): the interface takes multi-buffer frames (a jumbo MTU's) redirected to it in XDP.
+/// The kernel drops any other such redirect after the program has returned: before Linux 6.3
+/// every one, from 6.3 on those to a driver that does not say NETDEV_XDP_ACT_NDO_XMIT_SG.
+pub const SLOT_TAKES_MULTI_BUFFER: u32 = 1 << 31;
 
 /// One slot of the XDP forwarding path's per-CPU route cache (the relay's too).
 #[repr(C)]

@@ -9,14 +9,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
 
 use gateway_common::{
     checksum,
     conntrack::FAMILY_V4,
-    forward::{FIB_CACHE_NS, FibRoute, TcRoute, addr_words, route_slot},
+    forward::{FIB_CACHE_NS, FibRoute, SLOT_TAKES_MULTI_BUFFER, TcRoute, addr_words, route_slot},
     stats::reason,
 };
 
@@ -132,6 +132,12 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         slot.key.set(ifindex, family, pkt.tos, src, dst);
     }
     let route = slot.route;
+    // A multi-buffer frame (a jumbo MTU's) goes to the kernel unless the egress interface
+    // takes it: the kernel would drop the redirect after this program returns.
+    // SAFETY: plain helper call on the program's own XDP context.
+    if route.multi_buffer == 0 && unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize > end - start {
+        return None;
+    }
     // SAFETY: writes inside [start, start + 34), checked above.
     unsafe {
         if v4 {
@@ -157,15 +163,15 @@ fn lookup(ctx: &XdpContext, pkt: &Packet, now: u64) -> Option<FibRoute> {
         return None;
     }
     // SAFETY: copied out at once.
-    let port = unsafe { maps::FORWARD_SLOTS.get(&fib.ifindex) }.copied()?;
+    let slot = unsafe { maps::FORWARD_SLOTS.get(&fib.ifindex) }.copied()?;
     Some(FibRoute {
         expires_ns: now + FIB_CACHE_NS,
         egress: fib.ifindex,
         max_len: pkt.ip_len as u16,
-        _pad: 0,
+        multi_buffer: u16::from(slot & SLOT_TAKES_MULTI_BUFFER != 0),
         dmac: fib.dmac,
         smac: fib.smac,
-        port,
+        port: slot & !SLOT_TAKES_MULTI_BUFFER,
     })
 }
 

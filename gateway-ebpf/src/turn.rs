@@ -445,7 +445,8 @@ fn lookup(ctx: &XdpContext, fib: &mut FibParams, now: u64, len: u16) -> Option<F
         expires_ns: now + FIB_CACHE_NS,
         egress: fib.ifindex,
         max_len: len,
-        _pad: 0,
+        // (Unread: the relay's redirects are its own.)
+        multi_buffer: 0,
         dmac: fib.dmac,
         smac: fib.smac,
         port: 0,
