@@ -671,8 +671,14 @@ impl Dataplane {
         }
         let mut multi_buffer = Vec::with_capacity(indexes.len());
         for (slot, (index, name)) in indexes.iter().zip(interfaces).enumerate() {
-            let takes = xdp_features::takes_multi_buffer_redirects(*index)
-                .with_context(|| format!("{name}: the kernel's XDP features"))?;
+            // Unanswered, the safe side: jumbo frames toward it go to the kernel stack.
+            let takes = xdp_features::takes_multi_buffer_redirects(*index).unwrap_or_else(|e| {
+                tracing::warn!(
+                    interface = %name,
+                    "cannot read the interface's XDP features ({e:#}): multi-buffer frames toward it go to the kernel stack"
+                );
+                false
+            });
             let flag = if takes {
                 gateway_common::forward::SLOT_TAKES_MULTI_BUFFER
             } else {
