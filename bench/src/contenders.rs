@@ -412,7 +412,6 @@ fn attach_xdp_forwarding(dp: &mut Dataplane) -> anyhow::Result<()> {
     dp.attach_lan("d0", LanAttach::XdpNative)?;
     dp.attach_lan("d1", LanAttach::XdpNative)?;
     dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
-        .map(|_| ())
 }
 
 /// The no-op ceiling measured on the gateway's own install, right after the gateway itself:

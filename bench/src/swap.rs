@@ -206,7 +206,6 @@ pub fn run(quick: bool) -> anyhow::Result<Swap> {
         dp.attach_lan("d0", LanAttach::XdpNative)?;
         dp.attach_lan("d1", LanAttach::XdpNative)?;
         dp.enable_xdp_forward(&["d0".to_string(), "d1".to_string()])
-            .map(|_| ())
     })??;
     generator.set_flows(&flows, 64)?;
 

@@ -632,10 +632,11 @@ impl Dataplane {
     }
 
     /// Lets accepted LAN traffic be forwarded in XDP to these interfaces (each gets a slot in
-    /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss). Returns,
-    /// for each interface in order, whether it takes multi-buffer (jumbo) frames redirected in
-    /// XDP ([`xdp_features`]); the programs hand such frames for the others to the kernel.
-    pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<Vec<bool>> {
+    /// the forward-ports devmap; the programs find it by ifindex on a FIB cache miss). Each slot
+    /// also says whether the interface takes multi-buffer (jumbo) frames redirected in XDP
+    /// ([`xdp_features`]); the programs hand such frames for the others to the kernel, and the
+    /// log names those interfaces.
+    pub fn enable_xdp_forward(&mut self, interfaces: &[String]) -> anyhow::Result<()> {
         use gateway_common::forward::FORWARD_PORTS_MAX;
         anyhow::ensure!(
             interfaces.len() <= FORWARD_PORTS_MAX as usize,
@@ -669,7 +670,6 @@ impl Dataplane {
         for k in stale {
             slots.remove(&k)?;
         }
-        let mut multi_buffer = Vec::with_capacity(indexes.len());
         for (slot, (index, name)) in indexes.iter().zip(interfaces).enumerate() {
             // Unanswered, the safe side: jumbo frames toward it go to the kernel stack.
             let takes = xdp_features::takes_multi_buffer_redirects(*index).unwrap_or_else(|e| {
@@ -682,17 +682,22 @@ impl Dataplane {
             let flag = if takes {
                 gateway_common::forward::SLOT_TAKES_MULTI_BUFFER
             } else {
+                tracing::info!(
+                    interface = %name,
+                    "the kernel does not redirect multi-buffer XDP frames (a jumbo MTU's, larger than a page) \
+                     to this interface (its driver lacks NDO_XMIT_SG, or the kernel is older than 6.3): \
+                     such frames toward it go to the kernel stack, counted as left_to_kernel"
+                );
                 0
             };
             slots.insert(index, slot as u32 | flag, 0)?;
-            multi_buffer.push(takes);
         }
         let mut map: Array<_, Settings> =
             Array::try_from(self.ebpf.map_mut(names::SETTINGS).context("settings map")?)?;
         let mut s = map.get(&0, 0)?;
         s.flags |= gateway_common::settings::FLAG_XDP_FORWARD;
         map.set(0, s, 0)?;
-        Ok(multi_buffer)
+        Ok(())
     }
 
     /// Turns connection tracking on or off (the benchmarks measure both paths).

@@ -527,16 +527,8 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
         .map(|l| l.name.clone())
         .collect();
     if !forwarders.is_empty() {
-        let multi_buffer = dp.enable_xdp_forward(&forwarders)?;
+        dp.enable_xdp_forward(&forwarders)?;
         info!(interfaces = ?forwarders, "XDP forwarding between these LAN interfaces");
-        for (name, takes) in forwarders.iter().zip(multi_buffer) {
-            if !takes {
-                info!(
-                    interface = %name,
-                    "the kernel does not redirect multi-buffer XDP frames (a jumbo MTU's, larger than a page)                      to this interface (its driver lacks NDO_XMIT_SG, or the kernel is older than 6.3):                      such frames toward it go to the kernel stack, counted as left_to_kernel"
-                );
-            }
-        }
         for name in forwarders
             .iter()
             .filter(|n| attach::driver(n).is_ok_and(|d| d == "veth"))

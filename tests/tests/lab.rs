@@ -407,13 +407,10 @@ fn a_peers_igmp_reports_pass_as_link_control_on_an_ethernet_tunnel() {
             - before.packets("tunnel_ingress", "neighbor_discovery")
     };
     // The report and its retransmission, within the unsolicited report interval (1 s).
-    let until = std::time::Instant::now()
-        + gateway_testkit::harness::deadline(std::time::Duration::from_secs(10));
-    while reports() < 2 && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let both =
+        gateway_testkit::wireguard::wait_for(std::time::Duration::from_secs(10), || reports() >= 2);
     let st: Report = gw.status(&lab.gw).unwrap();
-    assert!(reports() >= 2, "{:?}", st.counters);
+    assert!(both, "{:?}", st.counters);
     assert_eq!(
         st.packets("tunnel_ingress", "default_deny"),
         before.packets("tunnel_ingress", "default_deny"),

@@ -493,13 +493,8 @@ fn follows_rules(v6: bool, by: Selector) {
 /// 6.3 on (before, `xdp_do_redirect` refused every one but to a CPU map). Read from the kernel's
 /// release, independently of the gateway's own query of the interfaces' XDP features.
 fn kernel_redirects_multi_buffer_frames() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 3)
+    use aya::util::KernelVersion;
+    KernelVersion::current().unwrap() >= KernelVersion::new(6, 3, 0)
 }
 
 /// The kernel's word on a veth as an XDP redirect target: it takes multi-buffer frames only

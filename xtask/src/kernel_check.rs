@@ -3,7 +3,8 @@
 //! virtme-ng, over this machine's root filesystem, and runs there:
 //! - the verifier tests: how far a verifier walks, and what it accepts, changes between kernel
 //!   versions, so a program that loads on the development kernel may not load on the operator's;
-//! - the seed lab end to end (the gateway's main job), and the kernel WireGuard backend's test:
+//! - the seed lab end to end (the gateway's main job), XDP forwarding with jumbo frames (what a
+//!   kernel redirects in XDP changed in 6.3), and the kernel WireGuard backend's test:
 //!   this machine's kernel has no WireGuard module, Debian's has (its modules are installed with
 //!   its image), so only a guest can run that backend.
 
@@ -126,7 +127,7 @@ fn in_guest(
     ignored: bool,
 ) -> anyhow::Result<bool> {
     // A guest that hangs (a boot that never finishes, a test stuck on the network) must not
-    // hold CI until its own limit: each run here takes two minutes at most.
+    // hold CI until its own limit: each run here takes GUEST_TIMEOUT at most.
     let mut cmd = Command::new("timeout");
     cmd.arg(GUEST_TIMEOUT)
         .arg("vng")
