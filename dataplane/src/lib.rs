@@ -204,10 +204,17 @@ impl Dataplane {
             (names::NAT_FORWARD, l.nat_entries),
             (names::NAT_REVERSE, l.nat_entries),
         ];
+        // Not a configured capacity: the shortcut's slots for every possible CPU (each CPU
+        // indexes its own range by its id).
+        let cpus = nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))? as u32;
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes {
             loader.map_max_entries(name, entries);
         }
+        loader.map_max_entries(
+            names::LAN_FLOWS,
+            gateway_common::lan_flow::LAN_FLOW_SLOTS * cpus,
+        );
         let pins = opts.pin_root.as_deref().map(pins::PinDir::new);
         let mut adopt = false;
         let map_paths: Vec<(&str, std::path::PathBuf)> = match &pins {

@@ -9,6 +9,7 @@ pub mod conntrack;
 pub mod forward;
 pub mod fragment;
 pub mod hash;
+pub mod lan_flow;
 pub mod maps;
 pub mod mss;
 pub mod nat;

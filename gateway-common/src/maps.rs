@@ -22,6 +22,9 @@ pub const FORWARD_SLOTS: &str = "FWD_SLOTS_V1";
 pub const TC_FIB_CACHE: &str = "TC_FIB_CACHE_V1";
 /// Not pinned: a cache, valid only for the generation it was filled under.
 pub const VERDICT_CACHE: &str = "VERDICT_CACHE_V1";
+/// Not pinned: the LAN hook's per-flow shortcut (`lan_flow`), valid only for the policy
+/// generation and the second it was filled for; `LAN_FLOW_SLOTS` entries per possible CPU.
+pub const LAN_FLOWS: &str = "LAN_FLOWS_V1";
 /// Not pinned: written from the configuration whenever a tunnel interface is attached.
 pub const TUNNEL_MSS: &str = "TUNNEL_MSS_V1";
 /// Not pinned: written from the configuration when LAN interfaces are attached.

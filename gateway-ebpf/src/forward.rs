@@ -28,8 +28,8 @@ use crate::{
 
 /// What became of an accepted frame on an XDP-forwarding interface.
 pub enum Forward {
-    /// Redirected in XDP; the program's action.
-    Redirect(u32),
+    /// Redirected in XDP; the program's action, and the route it took.
+    Redirect(u32, FibRoute),
     /// Left to the kernel: its TCP/UDP checksum is only begun (see [`partial_checksum`]).
     PartialChecksum,
     /// Left to the kernel for another reason (no route or neighbour yet, TTL, VLAN tags).
@@ -47,7 +47,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet) -> Forward {
         return Forward::PartialChecksum;
     }
     match try_forward(ctx, pkt) {
-        Some(action) => Forward::Redirect(action),
+        Some((action, route)) => Forward::Redirect(action, route),
         None => Forward::Kernel,
     }
 }
@@ -96,9 +96,10 @@ pub fn partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
         ))
 }
 
-/// Forwards the frame if it can; `None` means "let the kernel have it".
+/// Forwards the frame if it can, and says along which route; `None` means "let the kernel
+/// have it".
 #[inline(always)]
-fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, FibRoute)> {
     // Untagged frames only: a VLAN tag would need its own rewrite.
     if pkt.l3 as usize != ETH_LEN {
         return None;
@@ -145,12 +146,12 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         } else {
             *(hop_at as *mut u8) -= 1;
         }
-        core::ptr::write_unaligned(start as *mut [u8; 6], route.dmac);
-        core::ptr::write_unaligned((start + 6) as *mut [u8; 6], route.smac);
+        crate::packet::write_macs(start, &crate::packet::mac_words(&route.dmac, &route.smac));
     }
-    Some(match maps::FORWARD_PORTS.redirect(route.port, 0) {
+    let action = match maps::FORWARD_PORTS.redirect(route.port, 0) {
         Ok(action) | Err(action) => action,
-    })
+    };
+    Some((action, route))
 }
 
 /// Asks the kernel's FIB (and neighbour table) for the packet's route.
@@ -212,7 +213,7 @@ fn length_field(len: u32) -> u16 {
 /// # Safety
 /// `ip` must point at a whole IPv4 header inside the packet.
 #[inline(always)]
-unsafe fn decrement_ipv4_ttl(ip: usize) {
+pub unsafe fn decrement_ipv4_ttl(ip: usize) {
     // SAFETY: the caller guarantees the header is there.
     unsafe {
         let word = (ip + 8) as *mut u16;

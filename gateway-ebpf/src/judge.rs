@@ -23,6 +23,8 @@ pub struct Decision {
     /// The deciding rule (RULE_DEFAULT when none did).
     pub rule: u32,
     pub slot: u32,
+    /// The policy generation the decision was made under (0 where no policy was read).
+    pub generation: u32,
     /// The conntrack entry of an established flow's packet, in place in the map (null for
     /// every other decision), and whether the packet's sender is endpoint a of its key: what
     /// the masquerade needs to use and keep the flow's `NatMemo`.
@@ -43,6 +45,7 @@ pub fn plain(reason: u32) -> Decision {
         reason,
         rule: RULE_DEFAULT,
         slot: 0,
+        generation: 0,
         flow: core::ptr::null_mut(),
         sender_is_a: false,
     }
@@ -82,6 +85,7 @@ pub fn judge(pkt: &Packet, hook: u32) -> Decision {
         _ => police(pkt, &active, settings),
     };
     d.slot = active.slot;
+    d.generation = active.generation;
     d
 }
 

@@ -16,6 +16,7 @@ mod conntrack;
 mod forward;
 mod fragment;
 mod judge;
+mod lan_flow;
 mod maps;
 mod mss;
 mod nat;
@@ -70,6 +71,9 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 #[xdp(frags)]
 #[inline(always)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
+    if let Some(action) = lan_flow::forward(&ctx) {
+        return action;
+    }
     let bytes = Bytes {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -115,8 +119,11 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
     if judged && enabled {
         // The parse is still in this CPU's scratch: forwarding works from it.
         match pkt.map(|pkt| forward::forward(&ctx, pkt)) {
-            Some(forward::Forward::Redirect(action)) => {
+            Some(forward::Forward::Redirect(action, route)) => {
                 stats::count(HOOK_LAN, reason::XDP_FORWARDED, len as u64);
+                if let Some(pkt) = pkt {
+                    lan_flow::remember(&ctx, pkt, &d, &route);
+                }
                 return action;
             }
             Some(forward::Forward::PartialChecksum) => stats::count(

@@ -12,6 +12,7 @@ use gateway_common::{
     conntrack::{CtEntry, CtKey},
     forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot, TcRouteSlot},
     fragment::{FragKey, FragVerdict},
+    lan_flow::{LAN_FLOW_SLOTS, LanFlow},
     maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     mss::MssClamp,
     nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
@@ -83,6 +84,12 @@ pub static TURN_FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 
 #[map(name = "TC_FIB_CACHE_V1")]
 pub static TC_FIB_CACHE: PerCpuArray<TcRouteSlot> = PerCpuArray::with_max_entries(FIB_SLOTS, 0);
+
+/// The LAN hook's per-flow shortcut (lan_flow.rs): `LAN_FLOW_SLOTS` per possible CPU, the
+/// controller sets the size. Mmapable only for its layout: the slots then start on a page, so
+/// that each 64-byte slot is one cache line.
+#[map(name = "LAN_FLOWS_V1")]
+pub static LAN_FLOWS: Array<LanFlow> = Array::with_max_entries(LAN_FLOW_SLOTS, BPF_F_MMAPABLE);
 
 /// The last verdicts of the policy lookup, per CPU (see `CachedVerdict`).
 #[map(name = "VERDICT_CACHE_V1")]

@@ -141,3 +141,75 @@ impl Bytes {
         !self.xdp.is_null() && offset + n <= unsafe { bpf_xdp_get_buff_len(self.xdp) } as usize
     }
 }
+
+/// A 32-bit load from packet memory at `at`, which the caller has checked lies inside the
+/// packet: one instruction at any alignment. (`read_unaligned` compiles to four byte loads and
+/// the shifts joining them: BPF's compiler assumes strict alignment. The verifier lets packet
+/// loads be unaligned on x86-64, where the kernel has efficient unaligned access.)
+///
+/// # Safety
+/// `[at, at + 4)` must be inside the packet, checked against its end where the verifier sees it.
+#[inline(always)]
+pub unsafe fn load_u32(at: usize) -> u32 {
+    let v: u64;
+    // SAFETY: the caller's contract; a plain load.
+    unsafe {
+        core::arch::asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) v, in(reg) at,
+            options(readonly, nostack, preserves_flags));
+    }
+    v as u32
+}
+
+/// A 16-bit load from packet memory at `at`, as [`load_u32`].
+///
+/// # Safety
+/// `[at, at + 2)` must be inside the packet, checked against its end where the verifier sees it.
+#[inline(always)]
+pub unsafe fn load_u16(at: usize) -> u16 {
+    let v: u64;
+    // SAFETY: the caller's contract; a plain load.
+    unsafe {
+        core::arch::asm!("{0} = *(u16 *)({1} + 0)", lateout(reg) v, in(reg) at,
+            options(readonly, nostack, preserves_flags));
+    }
+    v as u16
+}
+
+/// A 32-bit store to packet memory at `at`, as [`load_u32`] loads.
+///
+/// # Safety
+/// `[at, at + 4)` must be inside the packet, checked against its end where the verifier sees it.
+#[inline(always)]
+pub unsafe fn store_u32(at: usize, v: u32) {
+    // SAFETY: the caller's contract; a plain store.
+    unsafe {
+        core::arch::asm!("*(u32 *)({0} + 0) = {1}", in(reg) at, in(reg) v as u64,
+            options(nostack, preserves_flags));
+    }
+}
+
+/// The Ethernet header's two addresses (destination, then source) as three native words of
+/// their 12 bytes.
+#[inline(always)]
+pub fn mac_words(dst: &[u8; 6], src: &[u8; 6]) -> [u32; 3] {
+    [
+        u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]),
+        u32::from_ne_bytes([dst[4], dst[5], src[0], src[1]]),
+        u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
+    ]
+}
+
+/// Writes the Ethernet addresses ([`mac_words`]) at the frame's start in three stores, where
+/// copying two 6-byte arrays compiles to two calls of a byte-by-byte `memmove`.
+///
+/// # Safety
+/// `[start, start + 12)` must be inside the packet, checked where the verifier sees it.
+#[inline(always)]
+pub unsafe fn write_macs(start: usize, macs: &[u32; 3]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        store_u32(start, macs[0]);
+        store_u32(start + 4, macs[1]);
+        store_u32(start + 8, macs[2]);
+    }
+}

@@ -6,6 +6,7 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunOptions},
 };
 use gateway_common::{
+    lan_flow::LanFlow,
     maps as names,
     stats::{
         self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES,
@@ -95,6 +96,39 @@ impl Harness {
         let r = prog.test_run(opts).expect("test run");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
+    }
+
+    /// Runs the LAN XDP program once on a frame that arrived on interface `ifindex` (of the
+    /// calling thread's namespace), as the forwarding path's FIB lookups need; returns the XDP
+    /// action and the frame as it left.
+    pub fn xdp_bytes_on(&mut self, packet: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end (the frame's length, as the test run requires),
+        // data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let prog = self.dp.xdp_program().expect("xdp program");
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let r = prog.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// The LAN hook's per-flow shortcut slots that hold a flow, on any CPU.
+    pub fn lan_flows(&self) -> Vec<LanFlow> {
+        let map: aya::maps::Array<_, LanFlow> =
+            aya::maps::Array::try_from(self.dp.ebpf().map(names::LAN_FLOWS).expect("lan flows"))
+                .expect("lan flows map type");
+        map.iter()
+            .map(|e| e.expect("lan flows read"))
+            .filter(|e| e.generation != 0)
+            .collect()
     }
 
     /// Runs a named XDP program once; returns the XDP action and the frame as it left.

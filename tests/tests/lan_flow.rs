@@ -1,0 +1,266 @@
+//! The LAN hook's per-flow shortcut against the full path it stands for. Frames run through
+//! BPF_PROG_TEST_RUN as arriving on a real interface of a namespace whose FIB routes them, with
+//! the stateless policy and XDP forwarding on: the shortcut's packets leave with the bytes, the
+//! verdict and the counters of the full path's, and everything the shortcut cannot stand for
+//! (a policy change, another port, TTL 1, a checksum only begun, IP options, a truncated
+//! datagram, connection tracking) is decided by the full path. Expected frames are built here
+//! from the input and the route, not by the data plane's code.
+
+use gateway_common::stats::{HOOK_LAN, reason};
+use gateway_dataplane::LoadOptions;
+use gateway_testkit::{
+    harness::{Harness, XDP_DROP, XDP_PASS},
+    netns::{Netns, veth},
+    packets::{Spec, checksum},
+};
+
+const XDP_REDIRECT: u32 = 4;
+const POLICY: &str = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24]\npolicies:\n  - name: a-to-b-dns\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: udp\n    ports: [53]\n  - name: a-to-b-web\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: tcp\n    ports: [443]\n";
+const POLICY_WITHOUT_DNS: &str = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24]\npolicies:\n  - name: a-to-b-web\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: tcp\n    ports: [443]\n";
+const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
+
+/// (Deleting a namespace deletes its veth ends, and their peers with them: the LANs' are kept.)
+struct Lab {
+    gw: Netns,
+    _lans: [Netns; 2],
+}
+
+/// The gateway's namespace with LAN a (the frames' arrival) and LAN b (their way out), the
+/// server on b known as a permanent neighbour (the FIB answers without ARP).
+fn lab() -> Lab {
+    let id = format!("gwlf{}", std::process::id());
+    let gw = Netns::create(&format!("{id}-gw")).unwrap();
+    let a = Netns::create(&format!("{id}-a")).unwrap();
+    let b = Netns::create(&format!("{id}-b")).unwrap();
+    veth(&gw, "lan-a", &a, "eth0").unwrap();
+    veth(&gw, "lan-b", &b, "eth0").unwrap();
+    gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    gw.ip(&["addr", "add", "198.18.1.1/24", "dev", "lan-a"])
+        .unwrap();
+    gw.ip(&["addr", "add", "198.19.1.1/24", "dev", "lan-b"])
+        .unwrap();
+    let mac = SERVER_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    gw.ip(&[
+        "neigh",
+        "replace",
+        "198.19.1.10",
+        "lladdr",
+        &mac,
+        "dev",
+        "lan-b",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    Lab { gw, _lans: [a, b] }
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let out = ns
+        .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+/// The frame as forwarding must leave it: the server's and LAN b's addresses, one hop fewer,
+/// the header checksum computed again over the new header.
+fn forwarded(frame: &[u8], lan_b: [u8; 6]) -> Vec<u8> {
+    let mut want = frame.to_vec();
+    want[..6].copy_from_slice(&SERVER_MAC);
+    want[6..12].copy_from_slice(&lan_b);
+    want[14 + 8] -= 1;
+    let ihl = (want[14] & 0x0f) as usize * 4;
+    want[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&want[14..14 + ihl]);
+    want[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    want
+}
+
+fn dns(sport: u16) -> Spec {
+    udp_to(sport, 53)
+}
+
+fn udp_to(sport: u16, dport: u16) -> Spec {
+    Spec {
+        payload_len: 18,
+        l4_checksum: true,
+        ..Spec::udp("198.18.1.10", "198.19.1.10", sport, dport)
+    }
+}
+
+fn hits(h: &Harness) -> u32 {
+    h.lan_flows().iter().map(|e| e.hits).sum()
+}
+
+#[test]
+fn the_shortcut_forwards_as_the_full_path_and_leaves_it_whatever_it_cannot_stand_for() {
+    let lab = lab();
+    let lan_b = mac_of(&lab.gw, "lan-b");
+    let mut h = Harness::with_options(
+        POLICY,
+        LoadOptions {
+            conntrack: false,
+            overlay_v4: "198.19.0.0/16".parse().unwrap(),
+            ..Default::default()
+        },
+    );
+    lab.gw
+        .run_scoped(|| {
+            let a = gateway_dataplane::attach::if_index("lan-a").unwrap();
+            h.dp.enable_xdp_forward(&["lan-a".to_string(), "lan-b".to_string()])
+                .unwrap();
+            let frame = dns(40000).build();
+            let want = forwarded(&frame, lan_b);
+            let lan = |h: &Harness, r: u32| h.reason_count(HOOK_LAN, r);
+
+            // The first packet takes the full path and fills the flow's slot; the next ones
+            // leave from the slot, byte for byte as the first, counted as it was.
+            for n in 0..3u32 {
+                let (action, out) = h.xdp_bytes_on(&frame, a);
+                assert_eq!(
+                    action,
+                    XDP_REDIRECT,
+                    "packet {n}: {}",
+                    h.hook_counters(HOOK_LAN)
+                );
+                assert_eq!(out, want, "packet {n}");
+                assert_eq!(hits(&h), n, "packet {n}: taken from the slot");
+            }
+            assert_eq!(lan(&h, reason::ACCEPT_POLICY), 3);
+            assert_eq!(lan(&h, reason::XDP_FORWARDED), 3);
+            assert_eq!(h.rule_packets("a-to-b-dns"), 3);
+            let flows = h.lan_flows();
+            assert_eq!(flows.len(), 1, "{flows:?}");
+            assert_eq!(flows[0].ifindex, a);
+
+            // TCP too, with its own slot.
+            let web = Spec {
+                payload_len: 100,
+                l4_checksum: true,
+                ..Spec::tcp("198.18.1.10", "198.19.1.10", 40001, 443, 0x10)
+            }
+            .build();
+            for n in 0..2u32 {
+                let (action, out) = h.xdp_bytes_on(&web, a);
+                assert_eq!(action, XDP_REDIRECT);
+                assert_eq!(out, forwarded(&web, lan_b), "TCP packet {n}");
+            }
+            assert_eq!(hits(&h), 3, "one TCP packet from its slot");
+            assert_eq!(h.rule_packets("a-to-b-web"), 2);
+
+            // What the slot cannot stand for is the full path's, and the slot's count stays.
+            let before = hits(&h);
+            let full_path = |h: &mut Harness, frame: &[u8], action: u32, r: u32, what: &str| {
+                let counted = h.reason_count(HOOK_LAN, r);
+                let (got, _) = h.xdp_bytes_on(frame, a);
+                assert_eq!(got, action, "{what}: {}", h.hook_counters(HOOK_LAN));
+                assert_eq!(h.reason_count(HOOK_LAN, r), counted + 1, "{what}");
+                assert_eq!(hits(&h), before, "{what}: not from the slot");
+            };
+            // Another port between the same hosts: the policy denies it.
+            full_path(
+                &mut h,
+                &udp_to(40000, 54).build(),
+                XDP_DROP,
+                reason::DROP_DEFAULT,
+                "port 54",
+            );
+            // TTL 1: the kernel sends the time-exceeded error.
+            full_path(
+                &mut h,
+                &Spec {
+                    ttl: 1,
+                    ..dns(40000)
+                }
+                .build(),
+                XDP_PASS,
+                reason::LEFT_TO_KERNEL,
+                "TTL 1",
+            );
+            // A checksum only begun (a local sender's offload): the kernel path finishes it.
+            full_path(
+                &mut h,
+                &partial_checksum(&frame),
+                XDP_PASS,
+                reason::KERNEL_FORWARDED_PARTIAL_CHECKSUM,
+                "partial checksum",
+            );
+            // A datagram longer than the frame: truncated.
+            let mut truncated = frame.clone();
+            truncated.truncate(frame.len() - 4);
+            full_path(
+                &mut h,
+                &truncated,
+                XDP_DROP,
+                reason::DROP_TRUNCATED,
+                "truncated",
+            );
+            // IP options: the full path parses them, and forwards.
+            let with_options = Spec {
+                ipv4_options: vec![1, 1, 1, 0],
+                ..dns(40000)
+            }
+            .build();
+            full_path(
+                &mut h,
+                &with_options,
+                XDP_REDIRECT,
+                reason::XDP_FORWARDED,
+                "IP options",
+            );
+            // A new policy without the flow's rule: its next packet is dropped at once.
+            h.apply(POLICY_WITHOUT_DNS);
+            full_path(
+                &mut h,
+                &frame,
+                XDP_DROP,
+                reason::DROP_DEFAULT,
+                "after the rule is gone",
+            );
+            // Allowed again: the full path fills the slot for the new generation, which
+            // serves the packets after it.
+            h.apply(POLICY);
+            let (action, out) = h.xdp_bytes_on(&frame, a);
+            assert_eq!(action, XDP_REDIRECT, "allowed again");
+            assert_eq!(out, want);
+            let refilled = hits(&h);
+            let (_, out) = h.xdp_bytes_on(&frame, a);
+            assert_eq!(out, want);
+            assert_eq!(hits(&h), refilled + 1, "the slot serves the new generation");
+
+            // Connection tracking on: every packet updates its flow, so none takes the slot.
+            h.dp.set_conntrack(true).unwrap();
+            let before = hits(&h);
+            for _ in 0..3 {
+                let (action, out) = h.xdp_bytes_on(&frame, a);
+                assert_eq!(action, XDP_REDIRECT);
+                assert_eq!(out, want);
+            }
+            assert_eq!(hits(&h), before, "tracked flows take the full path");
+        })
+        .unwrap();
+}
+
+/// The frame with its UDP checksum field holding only the pseudo-header's folded sum, as a
+/// sender that leaves the rest to offload (CHECKSUM_PARTIAL) sends it.
+fn partial_checksum(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let l4 = 14 + 20;
+    let len = (f.len() - l4) as u16;
+    let mut pseudo = f[14 + 12..14 + 20].to_vec();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    let sum = !checksum(&pseudo);
+    f[l4 + 6..l4 + 8].copy_from_slice(&sum.to_be_bytes());
+    f
+}
