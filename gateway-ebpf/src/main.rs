@@ -13,6 +13,7 @@
 
 mod acl;
 mod conntrack;
+mod copy;
 mod forward;
 mod fragment;
 mod judge;

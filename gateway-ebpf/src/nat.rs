@@ -33,6 +33,7 @@ use gateway_common::{
 };
 
 use crate::{
+    copy::copy_words,
     judge, maps,
     parse::{
         ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP,
@@ -1007,7 +1008,7 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
         Some(t) if unsafe { live(&mut x.holder, &x.key, &*t, &maps::NAT_FORWARD, s, now) } => unsafe {
             (*t).last_seen_ns = now;
-            x.target = *t;
+            copy_words(&mut x.target, &*t);
         },
         _ => {
             // Echo replies to the host's own pings share the address and have no reserved range.
@@ -1063,7 +1064,9 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
     let now = pkt.now();
     // SAFETY: copied out at once.
     match unsafe { maps::NAT_REVERSE.get(&x.key) } {
-        Some(t) if live(&mut x.holder, &x.key, t, &maps::NAT_FORWARD, s, now) => x.target = *t,
+        Some(t) if live(&mut x.holder, &x.key, t, &maps::NAT_FORWARD, s, now) => {
+            copy_words(&mut x.target, t)
+        }
         _ => return Nat::Untouched,
     }
     let old_port = q.sport;
@@ -1130,7 +1133,7 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
         Some(t)
             if t.addr == nat_addr && live(&mut x.holder, &x.key, t, &maps::NAT_REVERSE, s, now) =>
         {
-            x.target = *t
+            copy_words(&mut x.target, t)
         }
         _ => return Nat::Untouched,
     }

@@ -4,7 +4,8 @@
 //! - the verifier tests: how far a verifier walks, and what it accepts, changes between kernel
 //!   versions, so a program that loads on the development kernel may not load on the operator's;
 //! - the seed lab end to end (the gateway's main job), XDP forwarding with jumbo frames (what a
-//!   kernel redirects in XDP changed in 6.3), and the kernel WireGuard backend's test:
+//!   kernel redirects in XDP changed in 6.3), the LAN shortcut against the full path, and the
+//!   kernel WireGuard backend's test:
 //!   this machine's kernel has no WireGuard module, Debian's has (its modules are installed with
 //!   its image), so only a guest can run that backend.
 
@@ -94,6 +95,14 @@ const GUEST_TESTS: &[GuestTest] = &[
         name: "bulk_transfers_through_xdp_forwarding",
         ignored: false,
         what: "bulk TCP and UDP through XDP forwarding at MTU 1500 and 9000 (multi-buffer frames)",
+    },
+    // The LAN shortcut's word loads at any alignment and its per-CPU slots (the CPU id is a
+    // helper call before 6.10, inlined after) against the full path, on the older verifier.
+    GuestTest {
+        target: "lan_flow",
+        name: "the_shortcut_forwards_as_the_full_path_and_leaves_it_whatever_it_cannot_stand_for",
+        ignored: false,
+        what: "the LAN hook's per-flow shortcut against the full path",
     },
     // Ignored elsewhere: it needs the kernel's WireGuard, which Debian's kernel has as a
     // module and this machine's has not.
