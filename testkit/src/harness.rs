@@ -3,7 +3,7 @@
 
 use aya::{
     maps::PerCpuArray,
-    programs::{ProgramError, TestRun as _, TestRunOptions},
+    programs::{ProgramError, TestRun, TestRunOptions, TestRunResult},
 };
 use gateway_common::{
     lan_flow::LanFlow,
@@ -75,27 +75,13 @@ impl Harness {
     /// hands a program one), so those never reach the parser.
     pub fn try_xdp(&mut self, packet: &[u8]) -> Result<u32, ProgramError> {
         let prog = self.dp.xdp_program().expect("xdp program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        prog.test_run(opts).map(|r| r.return_value)
+        run_out(prog, packet, None).map(|(action, _)| action)
     }
 
     /// Runs the LAN XDP program once; returns the XDP action and the frame as it left.
     pub fn xdp_bytes(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
         let prog = self.dp.xdp_program().expect("xdp program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        let r = prog.test_run(opts).expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_out(prog, packet, None).expect("test run")
     }
 
     /// Runs the LAN XDP program once on a frame that arrived on interface `ifindex` (of the
@@ -108,16 +94,7 @@ impl Harness {
         ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         let prog = self.dp.xdp_program().expect("xdp program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let r = prog.test_run(opts).expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_out(prog, packet, Some(&ctx)).expect("test run")
     }
 
     /// The LAN hook's per-flow shortcut slots that hold a flow, on any CPU.
@@ -134,15 +111,7 @@ impl Harness {
     /// Runs a named XDP program once; returns the XDP action and the frame as it left.
     pub fn xdp_program_bytes(&mut self, name: &str, packet: &[u8]) -> (u32, Vec<u8>) {
         let prog = self.dp.xdp_program_named(name).expect("xdp program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        let r = prog.test_run(opts).expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_out(prog, packet, None).expect("test run")
     }
 
     /// Runs a named TC program once; returns the TC action and the packet as it left.
@@ -206,29 +175,12 @@ impl Harness {
         ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let prog = self.dp.tc_program(name).expect("tc program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let r = prog.test_run(opts).expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_out(prog, packet, Some(&ctx)).expect("test run")
     }
 
     fn run_tc_out(&mut self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         let prog = self.dp.tc_program(name).expect("tc program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        let r = prog.test_run(opts)?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        run_out(prog, packet, None)
     }
 
     /// Runs the Ethernet program of `hook` once; returns whether the packet passed.
@@ -445,4 +397,21 @@ pub fn hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join("")
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `packet`, with `ctx` as the program's context when given:
+/// the program's return value and the packet as it left.
+fn run_out<P>(prog: &P, packet: &[u8], ctx: Option<&[u8]>) -> Result<(u32, Vec<u8>), ProgramError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; packet.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }
