@@ -165,7 +165,7 @@ fn the_shortcut_forwards_as_the_full_path_and_leaves_it_whatever_it_cannot_stand
                 let (got, _) = h.xdp_bytes_on(frame, a);
                 assert_eq!(got, action, "{what}: {}", h.hook_counters(HOOK_LAN));
                 assert_eq!(h.reason_count(HOOK_LAN, r), counted + 1, "{what}");
-                assert_eq!(hits(&h), before, "{what}: not from the slot");
+                assert_eq!(hits(h), before, "{what}: not from the slot");
             };
             // Another port between the same hosts: the policy denies it.
             full_path(
