@@ -72,6 +72,7 @@ fn account<C: EbpfContext>(ctx: &C, hook: u32, d: &Decision, len: u64) {
 #[xdp(frags)]
 #[inline(always)]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
+    // A flow the full path below accepted and redirected leaves from its slot (lan_flow.rs).
     if let Some(action) = lan_flow::forward(&ctx) {
         return action;
     }
