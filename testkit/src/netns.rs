@@ -145,6 +145,22 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// A router's namespace `<id>-gw` between two LAN namespaces `<id>-a` and `<id>-b`, each on a
+/// veth (the router's ends `lan-a` with 198.18.1.1/24 and `lan-b` with 198.19.1.1/24, the
+/// LANs' ends `eth0`), IPv4 forwarding on. The LANs' own addresses are the caller's. Keep all
+/// three: deleting a namespace deletes its veth ends, and their peers with them.
+pub fn router_with_two_lans(id: &str) -> anyhow::Result<(Netns, Netns, Netns)> {
+    let gw = Netns::create(&format!("{id}-gw"))?;
+    let a = Netns::create(&format!("{id}-a"))?;
+    let b = Netns::create(&format!("{id}-b"))?;
+    veth(&gw, "lan-a", &a, "eth0")?;
+    veth(&gw, "lan-b", &b, "eth0")?;
+    gw.sysctl("net.ipv4.ip_forward", "1")?;
+    gw.ip(&["addr", "add", "198.18.1.1/24", "dev", "lan-a"])?;
+    gw.ip(&["addr", "add", "198.19.1.1/24", "dev", "lan-b"])?;
+    Ok((gw, a, b))
+}
+
 /// Removes namespaces left by labs whose process is gone (a crash, a kill -9), and ends what
 /// still runs in them (a relay, an iperf3 server): those would outlive the namespace's name.
 pub fn remove_stale(prefix: &str) {

@@ -10,7 +10,7 @@ use gateway_common::stats::{HOOK_LAN, reason};
 use gateway_dataplane::LoadOptions;
 use gateway_testkit::{
     harness::{Harness, XDP_DROP, XDP_PASS},
-    netns::{Netns, veth},
+    netns::{Netns, router_with_two_lans},
     packets::{Spec, checksum},
 };
 
@@ -19,7 +19,7 @@ const POLICY: &str = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24
 const POLICY_WITHOUT_DNS: &str = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24]\npolicies:\n  - name: a-to-b-web\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: tcp\n    ports: [443]\n";
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 
-/// (Deleting a namespace deletes its veth ends, and their peers with them: the LANs' are kept.)
+/// (The LANs' namespaces are kept: deleting one would delete its veth, and the router's end.)
 struct Lab {
     gw: Netns,
     _lans: [Netns; 2],
@@ -28,17 +28,7 @@ struct Lab {
 /// The gateway's namespace with LAN a (the frames' arrival) and LAN b (their way out), the
 /// server on b known as a permanent neighbour (the FIB answers without ARP).
 fn lab() -> Lab {
-    let id = format!("gwlf{}", std::process::id());
-    let gw = Netns::create(&format!("{id}-gw")).unwrap();
-    let a = Netns::create(&format!("{id}-a")).unwrap();
-    let b = Netns::create(&format!("{id}-b")).unwrap();
-    veth(&gw, "lan-a", &a, "eth0").unwrap();
-    veth(&gw, "lan-b", &b, "eth0").unwrap();
-    gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    gw.ip(&["addr", "add", "198.18.1.1/24", "dev", "lan-a"])
-        .unwrap();
-    gw.ip(&["addr", "add", "198.19.1.1/24", "dev", "lan-b"])
-        .unwrap();
+    let (gw, a, b) = router_with_two_lans(&format!("gwlf{}", std::process::id())).unwrap();
     let mac = SERVER_MAC
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use gateway_testkit::harness::gateway_binary;
 use gateway_testkit::{
     iperf::{self, Run, Transfer},
-    netns::{Netns, veth},
+    netns::{Netns, router_with_two_lans, veth},
     process::{GatewayProcess, LAB_METRICS_ADDR},
     traffic::{self, Servers},
 };
@@ -29,12 +29,7 @@ impl ForwardLab {
     /// `fill_checksums`: whether the hosts fill in TCP/UDP checksums themselves (see below).
     fn new(tag: &str, fill_checksums: bool) -> ForwardLab {
         let id = format!("gwfwd{tag}{}", std::process::id());
-        let gw = Netns::create(&format!("{id}-gw")).unwrap();
-        let a = Netns::create(&format!("{id}-a")).unwrap();
-        let b = Netns::create(&format!("{id}-b")).unwrap();
-        veth(&gw, "lan-a", &a, "eth0").unwrap();
-        veth(&gw, "lan-b", &b, "eth0").unwrap();
-        gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        let (gw, a, b) = router_with_two_lans(&id).unwrap();
         for (ns, addr, router) in [
             (&a, "198.18.1.10/24", "198.18.1.1"),
             (&b, "198.19.1.10/24", "198.19.1.1"),
@@ -51,10 +46,6 @@ impl ForwardLab {
                 ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
             }
         }
-        gw.ip(&["addr", "add", "198.18.1.1/24", "dev", "lan-a"])
-            .unwrap();
-        gw.ip(&["addr", "add", "198.19.1.1/24", "dev", "lan-b"])
-            .unwrap();
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir).unwrap();
         ForwardLab {
