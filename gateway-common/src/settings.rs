@@ -39,6 +39,14 @@ pub struct Settings {
     pub timeouts: Timeouts,
 }
 
+impl Settings {
+    /// Whether an IPv4 address (host byte order) is in the overlay.
+    #[inline(always)]
+    pub fn in_overlay_v4(&self, addr: u32) -> bool {
+        addr & self.overlay_v4_mask == self.overlay_v4_net
+    }
+}
+
 /// Idle timeouts in seconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -326,8 +326,7 @@ fn follow_first_fragment(pkt: &Packet, now: u64) -> Decision {
 #[inline(always)]
 pub fn in_overlay(dst: &[u8; 16], family: u8, s: &Settings) -> bool {
     if family == FAMILY_V4 {
-        let d = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]);
-        return d & s.overlay_v4_mask == s.overlay_v4_net;
+        return s.in_overlay_v4(u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]));
     }
     if s.overlay_v6_enabled == 0 {
         return false;

@@ -10,9 +10,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
+    checksum::v4_pseudo_header_fold_ne,
     conntrack::FAMILY_V4,
     forward::FibRoute,
-    lan_flow::{LAN_FLOW_SLOTS, LanFlow, selector, slot, v4_pseudo_header_fold_ne},
+    lan_flow::{LAN_FLOW_SLOTS, LanFlow, selector, slot},
     settings::{FLAG_CONNTRACK, FLAG_MASQUERADE, FLAG_XDP_FORWARD, Settings},
     stats::{HOOK_LAN, reason},
 };
@@ -107,7 +108,7 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     // Only LAN traffic toward the overlay is the policy's (the rest is the kernel's).
-    if u32::from_be(dst) & settings.overlay_v4_mask != settings.overlay_v4_net {
+    if !settings.in_overlay_v4(u32::from_be(dst)) {
         return None;
     }
     let active = maps::ACTIVE.get(0)?;
