@@ -39,8 +39,9 @@ pub struct LanFlow {
     /// The Ethernet header's destination and source addresses, as native words of their 12
     /// bytes (written to the frame in three stores).
     pub macs: [u32; 3],
-    /// Packets this slot forwarded (its first one, which filled it, not included): what tests
-    /// and benchmarks read to see the shortcut taken.
+    /// Packets this slot forwarded for the flow it holds, since the flow took the slot (the
+    /// frames that filled or refilled it not included): what tests and benchmarks read to see
+    /// the shortcut taken.
     pub hits: u32,
     pub _pad: [u32; 2],
 }

@@ -182,6 +182,10 @@ pub fn remember(ctx: &XdpContext, pkt: &Packet, d: &Decision, route: &FibRoute) 
     };
     // SAFETY: a valid map value in this CPU's range; nothing else writes it while this runs.
     let e = unsafe { &mut *e };
+    // A flow refilling its own slot (its route a second old, a new policy) keeps its count.
+    if e.src != src || e.dst != dst || e.selector != sel || e.ifindex != ifindex {
+        e.hits = 0;
+    }
     e.src = src;
     e.dst = dst;
     e.selector = sel;
@@ -193,5 +197,4 @@ pub fn remember(ctx: &XdpContext, pkt: &Packet, d: &Decision, route: &FibRoute) 
     e.max_len = route.max_len;
     e.multi_buffer = route.multi_buffer;
     e.macs = mac_words(&route.dmac, &route.smac);
-    e.hits = 0;
 }

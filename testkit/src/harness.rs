@@ -102,10 +102,7 @@ impl Harness {
         let map: aya::maps::Array<_, LanFlow> =
             aya::maps::Array::try_from(self.dp.ebpf().map(names::LAN_FLOWS).expect("lan flows"))
                 .expect("lan flows map type");
-        map.iter()
-            .map(|e| e.expect("lan flows read"))
-            .filter(|e| e.generation != 0)
-            .collect()
+        filled_lan_flows(&map)
     }
 
     /// Runs a named XDP program once; returns the XDP action and the frame as it left.
@@ -414,4 +411,32 @@ where
     })?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))
+}
+
+fn filled_lan_flows<T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::Array<T, LanFlow>,
+) -> Vec<LanFlow> {
+    map.iter()
+        .map(|e| e.expect("lan flows read"))
+        .filter(|e| e.generation != 0)
+        .collect()
+}
+
+/// The per-flow shortcut slots that hold a flow, of a loaded program (by id: the LAN XDP program
+/// a running gateway attached, say), on any CPU. The slots are not pinned: found through the
+/// program's own map ids, so that another gateway's program on this host cannot answer.
+pub fn lan_flows_of_program(program_id: u32) -> anyhow::Result<Vec<LanFlow>> {
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == program_id)
+        .ok_or_else(|| anyhow::anyhow!("no loaded program with id {program_id}"))?;
+    for id in program.map_ids()?.unwrap_or_default() {
+        let info = aya::maps::MapInfo::from_id(id)?;
+        if info.name_as_str() == Some(names::LAN_FLOWS) {
+            let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id)?)?;
+            let map: aya::maps::Array<_, LanFlow> = aya::maps::Array::try_from(map)?;
+            return Ok(filled_lan_flows(&map));
+        }
+    }
+    anyhow::bail!("program {program_id} has no {} map", names::LAN_FLOWS)
 }

@@ -64,6 +64,15 @@ impl Netns {
         entry.contains("lladdr") && !entry.contains("INCOMPLETE") && !entry.contains("FAILED")
     }
 
+    /// The id of the XDP program attached to `dev` (any mode), from `ip -j -d link show`.
+    pub fn xdp_program_id(&self, dev: &str) -> anyhow::Result<Option<u32>> {
+        let out = self.ip(&["-j", "-d", "link", "show", "dev", dev])?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(links[0]["xdp"]["prog"]["id"]
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok()))
+    }
+
     /// `ip -n NAME` with `line`'s words (`"-6 addr add fd00::1/64 dev eth0"`).
     pub fn ip_line(&self, line: &str) -> anyhow::Result<Output> {
         self.ip(&line.split_whitespace().collect::<Vec<_>>())

@@ -5,7 +5,7 @@
 use gateway::status::Report;
 use std::net::IpAddr;
 
-use gateway_testkit::harness::gateway_binary;
+use gateway_testkit::harness::{gateway_binary, lan_flows_of_program};
 use gateway_testkit::{
     iperf::{self, Run, Transfer},
     netns::{Netns, router_with_two_lans, veth},
@@ -78,6 +78,11 @@ impl ForwardLab {
     }
 
     fn start(&self, policy: &str) -> GatewayProcess {
+        self.start_with(policy, "")
+    }
+
+    /// As [`ForwardLab::start`], with `extra` lines appended to the gateway's configuration.
+    fn start_with(&self, policy: &str, extra: &str) -> GatewayProcess {
         std::fs::write(self.dir.join("policy.yaml"), policy).unwrap();
         let lan_c = if self.c.is_some() {
             "    - name: lan-c\n      forward: xdp\n"
@@ -85,7 +90,7 @@ impl ForwardLab {
             ""
         };
         let cfg = format!(
-            "policy: {}\nmetrics_addr: {LAB_METRICS_ADDR}\noverlay:\n  ipv4: 198.19.0.0/16\n  ipv6: fd00:50::/64\ninterfaces:\n  lan:\n    - name: lan-a\n      forward: xdp\n    - name: lan-b\n      forward: xdp\n{lan_c}",
+            "policy: {}\nmetrics_addr: {LAB_METRICS_ADDR}\noverlay:\n  ipv4: 198.19.0.0/16\n  ipv6: fd00:50::/64\ninterfaces:\n  lan:\n    - name: lan-a\n      forward: xdp\n    - name: lan-b\n      forward: xdp\n{lan_c}{extra}",
             self.dir.join("policy.yaml").display()
         );
         std::fs::write(self.dir.join("gateway.yaml"), cfg).unwrap();
@@ -163,13 +168,33 @@ fn accepted_lan_traffic_is_forwarded_in_xdp() {
 #[test]
 fn bulk_transfers_through_xdp_forwarding() {
     for (mtu, fill_checksums) in [("1500", false), ("1500", true), ("9000", true)] {
-        bulk_through_xdp_forwarding(mtu, fill_checksums);
+        bulk_through_xdp_forwarding(mtu, fill_checksums, Filter::Stateful);
     }
 }
 
-fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
+/// As above with the stateless filter (conntrack off), where the LAN hook's per-flow shortcut
+/// forwards a flow's packets once the full path has accepted its first: the same transfers
+/// arrive whole, and most of their frames left through the shortcut's slots (read from the
+/// running gateway's own program).
+#[test]
+fn bulk_transfers_through_the_stateless_lan_shortcut() {
+    bulk_through_xdp_forwarding("1500", true, Filter::Stateless);
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Filter {
+    /// The gateway's default: connection tracking on.
+    Stateful,
+    Stateless,
+}
+
+fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool, filter: Filter) {
     let lab = ForwardLab::new(
-        &format!("b{mtu}{}", u8::from(fill_checksums)),
+        &format!(
+            "b{mtu}{}{}",
+            u8::from(fill_checksums),
+            u8::from(filter == Filter::Stateless)
+        ),
         fill_checksums,
     );
     for (ns, dev) in [
@@ -181,7 +206,10 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
         ns.ip(&["link", "set", dev, "mtu", mtu]).unwrap();
     }
     let policy = "groups:\n  lan-a: [198.18.1.0/24]\n  lan-b: [198.19.1.0/24]\npolicies:\n  - name: a-to-b\n    source_groups: [lan-a]\n    destination_groups: [lan-b]\n    action: accept\n    protocol: all\n";
-    let p = lab.start(policy);
+    let p = match filter {
+        Filter::Stateful => lab.start(policy),
+        Filter::Stateless => lab.start_with(policy, "conntrack:\n  enabled: false\n"),
+    };
     let to_b = IpAddr::from([198, 19, 1, 10]);
     let udp = Transfer::Udp {
         payload: 1400,
@@ -253,6 +281,36 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool) {
         assert!(
             packets > 0 && bytes / packets > 4096,
             "mtu 9000: {packets} frames, {bytes} bytes counted as {reason}: {:?}",
+            st.counters
+        );
+    }
+    if filter == Filter::Stateless {
+        let program = lab
+            .gw
+            .xdp_program_id("lan-a")
+            .unwrap()
+            .expect("an XDP program on lan-a");
+        let flows = lan_flows_of_program(program).unwrap();
+        let hits: u64 = flows.iter().map(|f| f.hits as u64).sum();
+        // (Counted after the slots were read: every frame a slot counts, the counters count.)
+        let forwarded = p
+            .status::<Report>(&lab.gw)
+            .unwrap()
+            .packets_for("xdp_forwarded");
+        // a's data (TCP and UDP) and its ACKs of b's data, all toward b: the flows in the
+        // slots are a's to b's address, and the frames they forwarded are most of what XDP
+        // forwarded (a slot's first frame, and frames of flows that evicted each other, took
+        // the full path).
+        assert!(
+            !flows.is_empty()
+                && flows.iter().all(|f| f.src.to_ne_bytes() == [198, 18, 1, 10]
+                    && f.dst.to_ne_bytes() == [198, 19, 1, 10]),
+            "{flows:?}"
+        );
+        eprintln!("{hits} of {forwarded} frames forwarded in XDP took the shortcut");
+        assert!(
+            hits > 10_000 && hits * 10 >= forwarded * 9 && hits <= forwarded,
+            "{hits} frames through the shortcut, {forwarded} forwarded in XDP: {:?}",
             st.counters
         );
     }
