@@ -204,7 +204,7 @@ impl Dataplane {
             (names::NAT_FORWARD, l.nat_entries),
             (names::NAT_REVERSE, l.nat_entries),
         ];
-        // Not a configured capacity: the shortcut's slots for every possible CPU (each CPU
+        // Not a configured capacity: the shortcuts' slots for every possible CPU (each CPU
         // indexes its own range by its id).
         let cpus = nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))? as u32;
         let mut loader = EbpfLoader::new();
@@ -214,6 +214,10 @@ impl Dataplane {
         loader.map_max_entries(
             names::LAN_FLOWS,
             gateway_common::lan_flow::LAN_FLOW_SLOTS * cpus,
+        );
+        loader.map_max_entries(
+            names::TURN_FLOWS,
+            gateway_common::turn_flow::TURN_FLOW_SLOTS * cpus,
         );
         let pins = opts.pin_root.as_deref().map(pins::PinDir::new);
         let mut adopt = false;

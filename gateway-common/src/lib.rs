@@ -16,6 +16,7 @@ pub mod nat;
 pub mod settings;
 pub mod stats;
 pub mod turn;
+pub mod turn_flow;
 pub mod underlay;
 
 /// Asserts at compile time that a map type has the given size (no hidden padding, no drift).

@@ -95,6 +95,9 @@ pub const TURN_CHANNELS6: &str = "TURN_CHANNELS6_V1";
 pub const TURN_PEERS6: &str = "TURN_PEERS6_V1";
 pub const TURN_STATS: &str = "TURN_STATS_V1";
 pub const TURN_REASONS: &str = "TURN_REASONS_V1";
+/// Not pinned: the relay's per-flow shortcut (`turn_flow`), valid only for the bindings'
+/// generation and the second it was filled for; `TURN_FLOW_SLOTS` entries per possible CPU.
+pub const TURN_FLOWS: &str = "TURN_FLOWS_V1";
 /// The relay's last sign of life (gateway_common::turn::ALIVE_WINDOW_NS).
 pub const TURN_ALIVE: &str = "TURN_ALIVE_V1";
 /// The bindings' generation: bumped by userspace after every change to the binding maps (see

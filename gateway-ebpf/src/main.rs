@@ -25,6 +25,7 @@ mod packet;
 mod parse;
 mod stats;
 mod turn;
+mod turn_flow;
 mod underlay;
 
 use aya_ebpf::{

@@ -19,6 +19,7 @@ use gateway_common::{
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
     turn::{BINDING_CACHE_SLOTS, CachedBinding, ChannelKey, PeerKey, ToClient, ToPeer},
+    turn_flow::{TURN_FLOW_SLOTS, TurnFlow},
 };
 
 #[map(name = "ACTIVE_V1")]
@@ -203,6 +204,11 @@ pub static TURN_CHANNEL6_CACHE: ChannelCache<[u8; 16]> =
 #[map(name = "TURN_PEER6_CACHE_V1")]
 pub static TURN_PEER6_CACHE: PeerCache<[u8; 16]> =
     PerCpuArray::with_max_entries(BINDING_CACHE_SLOTS, 0);
+
+/// The relay's per-flow shortcut: `TURN_FLOW_SLOTS` slots per possible CPU (the loader sizes
+/// it), each CPU in its own range; mmapable only so that slots start on a page.
+#[map(name = "TURN_FLOWS_V1")]
+pub static TURN_FLOWS: Array<TurnFlow> = Array::with_max_entries(TURN_FLOW_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "TURN_REASONS_V1")]
 pub static TURN_REASONS: PerCpuArray<Counter> =

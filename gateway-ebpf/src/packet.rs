@@ -188,6 +188,19 @@ pub unsafe fn store_u32(at: usize, v: u32) {
     }
 }
 
+/// A 16-bit store to packet memory at `at`, as [`store_u32`].
+///
+/// # Safety
+/// `[at, at + 2)` must be inside the packet, checked against its end where the verifier sees it.
+#[inline(always)]
+pub unsafe fn store_u16(at: usize, v: u16) {
+    // SAFETY: the caller's contract; a plain store.
+    unsafe {
+        core::arch::asm!("*(u16 *)({0} + 0) = {1}", in(reg) at, in(reg) v as u64,
+            options(nostack, preserves_flags));
+    }
+}
+
 /// The Ethernet header's two addresses (destination, then source) as three native words of
 /// their 12 bytes.
 #[inline(always)]

@@ -23,7 +23,10 @@ use gateway_common::{
     },
 };
 
-use crate::maps;
+use crate::{
+    maps,
+    turn_flow::{self, Relayed},
+};
 
 const ETH: usize = 14;
 const UDP: usize = 8;
@@ -32,7 +35,7 @@ const AF_INET6: u8 = 10;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// The relay originates the datagrams it forwards, as its sockets would (TTL / hop limit 64).
-const HOPS: u8 = 64;
+pub(crate) const HOPS: u8 = 64;
 
 /// The fields of the frame's headers this path needs. The addresses only as the sum of their
 /// words (all the checksum update needs): an IPv6 pair kept whole would not fit the stack.
@@ -103,6 +106,8 @@ trait Family {
     /// The binding's entries (see [`cached`]).
     fn channel(key: &ChannelKey<Self::A>, tag: u64) -> Option<&'static ToPeer<Self::A>>;
     fn peer(key: &PeerKey<Self::A>, tag: u64) -> Option<&'static ToClient<Self::A>>;
+    /// Fills the flow's slot of the per-flow shortcut (IPv4 only) after a frame was relayed.
+    fn remember(ctx: &XdpContext, r: &Relayed<Self::A>);
 }
 
 struct V4;
@@ -206,6 +211,11 @@ impl Family for V4 {
             tag,
             key,
         )
+    }
+
+    #[inline(always)]
+    fn remember(ctx: &XdpContext, r: &Relayed<[u8; 4]>) {
+        turn_flow::remember(ctx, r);
     }
 }
 
@@ -314,6 +324,10 @@ impl Family for V6 {
             key,
         )
     }
+
+    /// IPv6 has no shortcut: its frames all take this path.
+    #[inline(always)]
+    fn remember(_: &XdpContext, _: &Relayed<[u8; 16]>) {}
 }
 
 /// A binding through this CPU's cache: the slot's copy when it holds `key` under `tag` (the
@@ -453,14 +467,14 @@ fn lookup(ctx: &XdpContext, fib: &mut FibParams, now: u64, len: u16) -> Option<F
     })
 }
 
-/// Sends the rewritten frame out of the route's interface.
+/// Sends the rewritten frame out of interface `egress`.
 #[inline(always)]
-fn send(ctx: &XdpContext, route: &FibRoute) -> u32 {
-    if route.egress == ctx.ingress_ifindex() as u32 {
+pub(crate) fn send(ctx: &XdpContext, egress: u32) -> u32 {
+    if egress == ctx.ingress_ifindex() as u32 {
         return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call.
-    unsafe { bpf_redirect(route.egress, 0) as u32 }
+    unsafe { bpf_redirect(egress, 0) as u32 }
 }
 
 /// Writes `bytes` at `at` from the start of the frame.
@@ -506,7 +520,7 @@ fn set_len(ctx: &XdpContext, len: usize) -> bool {
 }
 
 #[inline(always)]
-fn count(slot: u32, direction: u32, bytes: u64) {
+pub(crate) fn count(slot: u32, direction: u32, bytes: u64) {
     if let Some(c) = maps::TURN_STATS.get_ptr_mut(counter_index(slot, direction)) {
         // SAFETY: this CPU's own counter.
         let c: &mut Counter = unsafe { &mut *c };
@@ -529,11 +543,20 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
     if now > alive.saturating_add(ALIVE_WINDOW_NS) {
         return (xdp_action::XDP_PASS, reason::PASS_RELAY_GONE);
     }
+    // Read before any binding is: a copy cached under an older generation must not match.
+    let tag = maps::TURN_GENERATION
+        .get(0)
+        .copied()
+        .unwrap_or(0)
+        .wrapping_add(1);
+    if let Some(done) = turn_flow::relay(ctx, tag, now) {
+        return done;
+    }
     // One BPF-to-BPF call per family: each gets its own stack frame (inlined together, the
     // two would not fit the 512-byte stack).
     let packed = match be16(data + 12) {
-        ETH_P_IP => relay_family::<V4>(ctx.ctx, ETH_P_IP, now),
-        ETH_P_IPV6 => relay_family::<V6>(ctx.ctx, ETH_P_IPV6, now),
+        ETH_P_IP => relay_family::<V4>(ctx.ctx, ETH_P_IP, now, tag),
+        ETH_P_IPV6 => relay_family::<V6>(ctx.ctx, ETH_P_IPV6, now, tag),
         _ => return (xdp_action::XDP_PASS, reason::PASS_OTHER),
     };
     ((packed >> 32) as u32, packed as u32)
@@ -541,23 +564,17 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
 
 /// The verdict and reason of a frame of family `F`, packed into one register (verdict high).
 #[inline(never)]
-fn relay_family<F: Family>(raw: *mut xdp_md, ethertype: u16, now: u64) -> u64 {
+fn relay_family<F: Family>(raw: *mut xdp_md, ethertype: u16, now: u64, tag: u64) -> u64 {
     let ctx = XdpContext::new(raw);
-    let (action, why) = judge_family::<F>(&ctx, ethertype, now);
+    let (action, why) = judge_family::<F>(&ctx, ethertype, now, tag);
     ((action as u64) << 32) | why as u64
 }
 
 #[inline(always)]
-fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, u32) {
+fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64, tag: u64) -> (u32, u32) {
     let Some(u) = F::headers(ctx) else {
         return (xdp_action::XDP_PASS, reason::PASS_OTHER);
     };
-    // Read before any binding is: a copy cached under an older generation must not match.
-    let tag = maps::TURN_GENERATION
-        .get(0)
-        .copied()
-        .unwrap_or(0)
-        .wrapping_add(1);
     let end = ctx.data_end();
     // (Checked before any map lookup would be wasted, but only frames of bindings count it.)
     let partial = begun_checksum(u.check, u.addrs, u.ulen);
@@ -580,7 +597,8 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, 
             if partial {
                 return (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM);
             }
-            return to_peer::<F>(ctx, ethertype, &u, channel, clen, to, now);
+            let flow = (&src, &dst, tag);
+            return to_peer::<F>(ctx, ethertype, &u, channel, clen, to, now, flow);
         }
     }
     let key = PeerKey {
@@ -591,7 +609,7 @@ fn judge_family<F: Family>(ctx: &XdpContext, ethertype: u16, now: u64) -> (u32, 
     };
     match F::peer(&key, tag) {
         Some(_) if partial => (xdp_action::XDP_PASS, reason::PASS_PARTIAL_CHECKSUM),
-        Some(to) => to_client::<F>(ctx, ethertype, &u, to, now),
+        Some(to) => to_client::<F>(ctx, ethertype, &u, to, now, (&src, &dst, tag)),
         None => (xdp_action::XDP_PASS, reason::PASS_OTHER),
     }
 }
@@ -607,6 +625,7 @@ fn to_peer<F: Family>(
     clen: u16,
     to: &ToPeer<F::A>,
     now: u64,
+    (src, dst, tag): (&F::A, &F::A, u64),
 ) -> (u32, u32) {
     let ulen = u.ulen as usize;
     if 12 + clen as usize > ulen || ulen - 12 - clen as usize > 3 {
@@ -661,7 +680,25 @@ fn to_peer<F: Family>(
         return (xdp_action::XDP_DROP, reason::DROP_REWRITE);
     }
     count(to.slot, DIRECTION_TO_PEER, clen as u64);
-    (send(ctx, &fib), reason::TO_PEER)
+    F::remember(
+        ctx,
+        &Relayed {
+            src,
+            dst,
+            sport: u.sport,
+            dport: u.dport,
+            channel,
+            new_src: &to.relay,
+            new_dst: &to.peer,
+            new_sport: to.relay_port,
+            new_dport: to.peer_port,
+            out_channel: 0,
+            binding: to.slot,
+            route: &fib,
+            tag,
+        },
+    );
+    (send(ctx, fib.egress), reason::TO_PEER)
 }
 
 /// UDP → ChannelData: 4 bytes in front of the data, addresses and ports the listening
@@ -673,6 +710,7 @@ fn to_client<F: Family>(
     u: &Udp,
     to: &ToClient<F::A>,
     now: u64,
+    (src, dst, tag): (&F::A, &F::A, u64),
 ) -> (u32, u32) {
     let dlen = u.ulen - 8;
     let new_ulen = u.ulen + 4;
@@ -718,5 +756,23 @@ fn to_client<F: Family>(
         return (xdp_action::XDP_DROP, reason::DROP_REWRITE);
     }
     count(to.slot, DIRECTION_TO_CLIENT, dlen as u64);
-    (send(ctx, &fib), reason::TO_CLIENT)
+    F::remember(
+        ctx,
+        &Relayed {
+            src,
+            dst,
+            sport: u.sport,
+            dport: u.dport,
+            channel: 0,
+            new_src: &to.listen,
+            new_dst: &to.client,
+            new_sport: to.listen_port,
+            new_dport: to.client_port,
+            out_channel: to.channel,
+            binding: to.slot,
+            route: &fib,
+            tag,
+        },
+    );
+    (send(ctx, fib.egress), reason::TO_CLIENT)
 }

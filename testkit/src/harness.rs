@@ -7,6 +7,7 @@ use aya::{
 };
 use gateway_common::{
     lan_flow::LanFlow,
+    turn_flow::TurnFlow,
     maps as names,
     stats::{
         self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES,
@@ -411,6 +412,20 @@ where
     })?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))
+}
+
+/// The relay's per-flow shortcut slots that hold a flow, on any CPU (of the data plane this
+/// harness loaded).
+impl Harness {
+    pub fn turn_flows(&self) -> Vec<TurnFlow> {
+        let map: aya::maps::Array<_, TurnFlow> =
+            aya::maps::Array::try_from(self.dp.ebpf().map(names::TURN_FLOWS).expect("turn flows"))
+                .expect("turn flows map type");
+        map.iter()
+            .map(|e| e.expect("turn flows read"))
+            .filter(|e| e.tag != 0)
+            .collect()
+    }
 }
 
 fn filled_lan_flows<T: std::borrow::Borrow<aya::maps::MapData>>(

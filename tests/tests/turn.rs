@@ -196,20 +196,49 @@ fn reason_count(h: &Harness, r: u32) -> u64 {
     h.dp.turn_counters().unwrap()[r as usize].packets
 }
 
+/// `f` (an Ethernet/IPv4 frame) with another type of service and identification, its header
+/// checksum computed again.
+fn with_tos_id(mut f: Vec<u8>, tos: u8, id: u16) -> Vec<u8> {
+    f[15] = tos;
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = sum16(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// Every frame is relayed three times, on one CPU: the first run takes the full path (which
+/// fills the flow's slot of the per-flow shortcut), the next two the shortcut where it stands
+/// for the full path (unpadded ChannelData, datagrams that fill their frame); the bytes must
+/// be the same each time.
 #[test]
 fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
     let (ns, _other) = relay_ns();
     let mut h = harness();
     let data: Vec<u8> = (0..1199).map(|i| (i * 13 + 5) as u8).collect();
+    const RUNS: u64 = 3;
     ns.run_scoped(|| {
+        pin_thread_to_cpu(0);
+        let mut relay = |input: &[u8], want: &[u8], what: &str| {
+            for run in 0..RUNS {
+                let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, input);
+                assert!(
+                    action == XDP_REDIRECT || action == XDP_TX,
+                    "{what}, run {run}: action {action}, reasons {:?}",
+                    h.dp.turn_counters().unwrap()
+                );
+                assert_eq!(hex(&out), hex(want), "{what}, run {run}");
+            }
+        };
         // Client → peer: unwrapped, from the allocation's address, toward the peer's neighbour.
-        for (len, pad) in [
-            (1197, &[][..]),
-            (1197, &[0, 0, 0][..]),
-            (1197, &[0xde, 0xad, 0xbe][..]),
-            (64, &[][..]),
-            (1, &[0, 0, 0][..]),
-            (120, &[][..]),
+        for (len, pad, (tos, id)) in [
+            (1197, &[][..], (0, 0x1234)),
+            (1197, &[0, 0, 0][..], (0, 0x1234)),
+            (1197, &[0xde, 0xad, 0xbe][..], (0, 0x1234)),
+            (64, &[][..], (0, 0x1234)),
+            (1, &[0, 0, 0][..], (0, 0x1234)),
+            (120, &[][..], (0, 0x1234)),
+            (120, &[][..], (0xb8, 0xfedc)),
         ] {
             let input = frame(
                 C0_MAC,
@@ -221,27 +250,22 @@ fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
                 61,
                 &channel_data(0x4001, &data[..len], pad),
             );
-            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
-            assert!(
-                action == XDP_REDIRECT || action == XDP_TX,
-                "action {action}, reasons {:?}",
-                h.dp.turn_counters().unwrap()
-            );
             let want = frame(PEER_MAC, P0_MAC, RELAY, PEER, 50001, 5000, 64, &data[..len]);
-            assert_eq!(
-                hex(&out),
-                hex(&want),
-                "client → peer, {len} bytes, padding {pad:?}"
+            relay(
+                &with_tos_id(input, tos, id),
+                &with_tos_id(want, tos, id),
+                &format!("client → peer, {len} bytes, padding {pad:?}, tos {tos:#x}"),
             );
         }
         // Peer → client: wrapped in ChannelData, from the listening address.
-        for len in [0usize, 1, 64, 1199] {
+        for (len, (tos, id)) in [
+            (0usize, (0, 0x1234)),
+            (1, (0, 0x1234)),
+            (64, (0, 0x1234)),
+            (1199, (0, 0x1234)),
+            (1199, (0x2e, 0x0001)),
+        ] {
             let input = frame(P0_MAC, PEER_MAC, PEER, RELAY, 5000, 50001, 63, &data[..len]);
-            let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
-            assert!(
-                action == XDP_REDIRECT || action == XDP_TX,
-                "action {action}"
-            );
             let want = frame(
                 CLIENT_MAC,
                 C0_MAC,
@@ -252,18 +276,41 @@ fn bound_channels_are_forwarded_both_ways_with_exact_bytes() {
                 64,
                 &channel_data(0x4001, &data[..len], &[]),
             );
-            assert_eq!(hex(&out), hex(&want), "peer → client, {len} bytes");
+            relay(
+                &with_tos_id(input, tos, id),
+                &with_tos_id(want, tos, id),
+                &format!("peer → client, {len} bytes, tos {tos:#x}"),
+            );
         }
     })
     .unwrap();
-    assert_eq!(reason_count(&h, TO_PEER), 6);
-    assert_eq!(reason_count(&h, TO_CLIENT), 4);
+    assert_eq!(reason_count(&h, TO_PEER), 7 * RUNS);
+    assert_eq!(reason_count(&h, TO_CLIENT), 5 * RUNS);
     let (to_peer, to_client) = h.dp.turn_binding_counters(7).unwrap();
     assert_eq!(
         (to_peer.packets, to_peer.bytes),
-        (6, 3 * 1197 + 64 + 1 + 120)
+        (7 * RUNS, (3 * 1197 + 64 + 1 + 2 * 120) * RUNS)
     );
-    assert_eq!((to_client.packets, to_client.bytes), (4, 64 + 1 + 1199));
+    assert_eq!(
+        (to_client.packets, to_client.bytes),
+        (5 * RUNS, (64 + 1 + 2 * 1199) * RUNS)
+    );
+    // The shortcut relayed every run of the unpadded ChannelData (four frames) but the flow's
+    // very first (which filled the slot; padded frames took the full path and kept it), and
+    // the runs of the peer's datagrams long enough to fill a ChannelData header's room (three
+    // frames) but the first of each size longer than any before it: the shorter ones, relayed
+    // by the full path, filled the slot, and a datagram longer than the route was looked up
+    // for goes to the FIB again (the MTU check stays the kernel's).
+    let flows = h.turn_flows();
+    let hits = |channel: u16| -> u64 {
+        flows
+            .iter()
+            .filter(|f| f.channel == channel)
+            .map(|f| f.hits as u64)
+            .sum()
+    };
+    assert_eq!(hits(0x4001), 4 * RUNS - 1, "{flows:?}");
+    assert_eq!(hits(0), 3 * RUNS - 2, "{flows:?}");
 }
 
 #[test]
@@ -385,8 +432,9 @@ fn everything_else_goes_to_userspace_untouched() {
         }
     })
     .unwrap();
-    // Relayed while bound, the frame leaves a copy of its binding in the CPU's binding cache.
-    // The runs before and after the removal share one CPU, so the removal must reach that copy.
+    // Relayed while bound, the frame leaves a copy of its binding in the CPU's binding cache
+    // and its flow in the CPU's shortcut slot (unpadded: the second run takes the shortcut).
+    // The runs before and after the removal share one CPU, so the removal must reach both.
     let bound = || {
         frame(
             C0_MAC,
@@ -396,15 +444,19 @@ fn everything_else_goes_to_userspace_untouched() {
             40000,
             3478,
             64,
-            &channel_data(0x4001, b"x", &[0; 3]),
+            &channel_data(0x4001, b"wxyz", &[]),
         )
     };
     ns.run_scoped(|| {
         pin_thread_to_cpu(0);
-        let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &bound());
-        assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
+        for _ in 0..2 {
+            let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &bound());
+            assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
+        }
     })
     .unwrap();
+    let hits: u32 = h.turn_flows().iter().map(|f| f.hits).sum();
+    assert_eq!(hits, 1, "the second run took the shortcut");
     // With the binding removed, its traffic is userspace's again.
     h.dp.remove_turn_binding(
         &ChannelKey {
