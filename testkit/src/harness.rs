@@ -7,12 +7,12 @@ use aya::{
 };
 use gateway_common::{
     lan_flow::LanFlow,
-    turn_flow::TurnFlow,
     maps as names,
     stats::{
         self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES,
         reason,
     },
+    turn_flow::TurnFlow,
 };
 use gateway_dataplane::{Dataplane, LoadOptions};
 use gateway_policy::{
@@ -103,7 +103,10 @@ impl Harness {
         let map: aya::maps::Array<_, LanFlow> =
             aya::maps::Array::try_from(self.dp.ebpf().map(names::LAN_FLOWS).expect("lan flows"))
                 .expect("lan flows map type");
-        filled_lan_flows(&map)
+        entries(&map)
+            .into_iter()
+            .filter(|e| e.generation != 0)
+            .collect()
     }
 
     /// Runs a named XDP program once; returns the XDP action and the frame as it left.
@@ -421,37 +424,43 @@ impl Harness {
         let map: aya::maps::Array<_, TurnFlow> =
             aya::maps::Array::try_from(self.dp.ebpf().map(names::TURN_FLOWS).expect("turn flows"))
                 .expect("turn flows map type");
-        map.iter()
-            .map(|e| e.expect("turn flows read"))
-            .filter(|e| e.tag != 0)
-            .collect()
+        entries(&map).into_iter().filter(|e| e.tag != 0).collect()
     }
 }
 
-fn filled_lan_flows<T: std::borrow::Borrow<aya::maps::MapData>>(
-    map: &aya::maps::Array<T, LanFlow>,
-) -> Vec<LanFlow> {
-    map.iter()
-        .map(|e| e.expect("lan flows read"))
-        .filter(|e| e.generation != 0)
-        .collect()
+fn entries<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::Array<T, V>,
+) -> Vec<V> {
+    map.iter().map(|e| e.expect("array read")).collect()
 }
 
-/// The per-flow shortcut slots that hold a flow, of a loaded program (by id: the LAN XDP program
-/// a running gateway attached, say), on any CPU. The slots are not pinned: found through the
-/// program's own map ids, so that another gateway's program on this host cannot answer.
-pub fn lan_flows_of_program(program_id: u32) -> anyhow::Result<Vec<LanFlow>> {
+/// The entries of array map `name` of a loaded program (by id: an XDP program a running
+/// gateway or relay attached, say). Maps the process did not pin are found through the
+/// program's own map ids, so that another process's program of the same name cannot answer.
+pub fn array_of_program<V: aya::Pod>(program_id: u32, name: &str) -> anyhow::Result<Vec<V>> {
     let program = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == program_id)
         .ok_or_else(|| anyhow::anyhow!("no loaded program with id {program_id}"))?;
     for id in program.map_ids()?.unwrap_or_default() {
         let info = aya::maps::MapInfo::from_id(id)?;
-        if info.name_as_str() == Some(names::LAN_FLOWS) {
+        if info.name_as_str() == Some(name) {
             let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id)?)?;
-            let map: aya::maps::Array<_, LanFlow> = aya::maps::Array::try_from(map)?;
-            return Ok(filled_lan_flows(&map));
+            let map: aya::maps::Array<_, V> = aya::maps::Array::try_from(map)?;
+            return Ok(entries(&map));
         }
     }
-    anyhow::bail!("program {program_id} has no {} map", names::LAN_FLOWS)
+    anyhow::bail!("program {program_id} has no {name} map")
+}
+
+/// The LAN shortcut's slots that hold a flow, of a loaded program, on any CPU.
+pub fn lan_flows_of_program(program_id: u32) -> anyhow::Result<Vec<LanFlow>> {
+    let all: Vec<LanFlow> = array_of_program(program_id, names::LAN_FLOWS)?;
+    Ok(all.into_iter().filter(|e| e.generation != 0).collect())
+}
+
+/// The relay shortcut's slots that hold a flow, of a loaded program, on any CPU.
+pub fn turn_flows_of_program(program_id: u32) -> anyhow::Result<Vec<TurnFlow>> {
+    let all: Vec<TurnFlow> = array_of_program(program_id, names::TURN_FLOWS)?;
+    Ok(all.into_iter().filter(|e| e.tag != 0).collect())
 }

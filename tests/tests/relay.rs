@@ -13,7 +13,7 @@ use std::{
 };
 
 use gateway_testkit::{
-    harness::gateway_binary,
+    harness::{gateway_binary, turn_flows_of_program},
     netns::{Netns, veth},
 };
 
@@ -639,6 +639,28 @@ fn bound_channels_are_relayed_in_xdp() {
     assert!(
         xdp["to_client_packets"].as_u64().unwrap() >= 50,
         "and the peer's answers: {status}"
+    );
+    // Most of it took the per-flow shortcut (a flow's first frame on each CPU, and the first
+    // longer than its route was looked up for, take the full path, which fills the slot).
+    let program = lab
+        .relay
+        .xdp_program_id("c0")
+        .unwrap()
+        .expect("an XDP program on c0");
+    let flows = turn_flows_of_program(program).unwrap();
+    let hits: u64 = flows.iter().map(|f| f.hits as u64).sum();
+    // (Read after the slots: every frame a slot counts, the relay's counters count.)
+    let after: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();
+    let in_kernel = after["xdp"]["to_peer_packets"].as_u64().unwrap()
+        + after["xdp"]["to_client_packets"].as_u64().unwrap();
+    eprintln!("{hits} of {in_kernel} frames relayed in XDP took the shortcut");
+    assert!(
+        flows.iter().any(|f| f.channel != 0) && flows.iter().any(|f| f.channel == 0),
+        "slots of both directions: {flows:?}"
+    );
+    assert!(
+        hits * 2 >= in_kernel && hits <= in_kernel,
+        "{hits} of {in_kernel} frames relayed in XDP took the shortcut: {flows:?}"
     );
     // Each allocation's own count, from its bindings' kernel counters: logged as the clients
     // release their allocations (coturn logs its sessions' usage the same way).
