@@ -133,6 +133,7 @@ pub fn v4_pseudo_header_fold_ne(src: u32, dst: u32, proto: u8, l4_len: u16) -> u
 
 #[cfg(test)]
 mod tests {
+    use crate::test_rng::Rng;
     extern crate std;
     use std::vec::Vec;
 
@@ -149,24 +150,6 @@ mod tests {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         !(sum as u16)
-    }
-
-    /// A small deterministic generator (no dependency for a host test).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn bytes<const N: usize>(&mut self) -> [u8; N] {
-            let mut out = [0u8; N];
-            for b in &mut out {
-                *b = self.next() as u8;
-            }
-            out
-        }
     }
 
     fn segment_checksum(v4: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, seg: &[u8]) -> u16 {

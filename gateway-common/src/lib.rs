@@ -15,6 +15,8 @@ pub mod mss;
 pub mod nat;
 pub mod settings;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 pub mod turn;
 pub mod turn_flow;
 pub mod underlay;

@@ -44,8 +44,8 @@ pub struct TurnFlow {
     pub new_dst: u32,
     pub new_ports: u32,
     pub macs: [u32; 3],
-    /// The flow's constant share of the UDP checksum update ([`channel_delta`],
-    /// [`peer_delta`]) and of the new IP header's checksum ([`ip_base`]).
+    /// The flow's constant share of the UDP checksum update ([`udp_delta`]) and of the new IP
+    /// header's checksum ([`ip_base`]).
     pub udp_delta: u16,
     pub ip_base: u16,
     /// The channel the client's ChannelData carries (a peer's datagram); 0 toward a peer.
@@ -87,40 +87,23 @@ const fn removed(sum: u32, count: u32) -> u32 {
     count * 0xffff - sum
 }
 
-/// The constant share of the UDP checksum update of a client's ChannelData relayed to a peer:
-/// the channel number, the client's and listening address's ports and addresses go; the
-/// allocation's and the peer's come. Everything is host order; ports as (source << 16 | dest).
+/// The flow's constant share of the UDP checksum update: the frame's ports and addresses go
+/// (`addrs`: the sum of their 16-bit words), the rewrite's come, and so does a channel number:
+/// ChannelData from a client loses its channel (`channel_out`) on the way to the peer, a peer's
+/// datagram gains one (`channel_in`) on the way to the client (the other is 0). Everything is
+/// host order; ports as (source << 16 | destination).
 #[inline(always)]
-pub const fn channel_delta(
-    channel: u16,
-    ports: u32,
-    addrs: u32,
-    new_ports: u32,
-    new_addrs: u32,
+pub const fn udp_delta(
+    channel_out: u16,
+    channel_in: u16,
+    (ports, addrs): (u32, u32),
+    (new_ports, new_addrs): (u32, u32),
 ) -> u16 {
     fold(
-        removed(channel as u32, 1)
+        removed(channel_out as u32, 1)
             + removed(halves(ports), 2)
             + removed(addrs, 4)
-            + halves(new_ports)
-            + new_addrs,
-    )
-}
-
-/// As [`channel_delta`] for a peer's datagram relayed to its client as ChannelData on
-/// `channel`: the channel number comes with the new ports and addresses.
-#[inline(always)]
-pub const fn peer_delta(
-    channel: u16,
-    ports: u32,
-    addrs: u32,
-    new_ports: u32,
-    new_addrs: u32,
-) -> u16 {
-    fold(
-        removed(halves(ports), 2)
-            + removed(addrs, 4)
-            + channel as u32
+            + channel_in as u32
             + halves(new_ports)
             + new_addrs,
     )
@@ -166,27 +149,29 @@ pub const fn ip_check(base: u16, tos: u8, total: u16, id: u16, frag: u16) -> u16
 mod tests {
     extern crate std;
     use super::*;
-    use crate::turn::ChecksumUpdate;
-
-    /// A small deterministic generator (xorshift), so a failure names its case.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn u16(&mut self) -> u16 {
-            self.next() as u16
-        }
-        fn u32(&mut self) -> u32 {
-            self.next() as u32
-        }
-    }
+    use crate::{test_rng::Rng, turn::ChecksumUpdate};
 
     fn addr_sum(a: u32, b: u32) -> u32 {
         halves(a) + halves(b)
+    }
+
+    /// The update as the full path (turn::to_peer, turn::to_client) applies it, word by word:
+    /// `removed` words, the old addresses by their sum, then `added` words and the new
+    /// addresses.
+    fn full_update(check: u16, removed: &[u16], addrs: u32, added: &[u16], new: [u32; 2]) -> u16 {
+        let mut u = ChecksumUpdate::new(check);
+        for w in removed {
+            u.remove(*w);
+        }
+        u.remove_sum(addrs, 4);
+        for w in added {
+            u.add(*w);
+        }
+        for a in new {
+            u.add((a >> 16) as u16);
+            u.add(a as u16);
+        }
+        u.finish()
     }
 
     /// The shortcut's split of the update (a constant share summed when the slot is filled, the
@@ -211,45 +196,27 @@ mod tests {
 
             // ChannelData → UDP, as turn::to_peer updates it.
             let ulen = clen + 12;
-            let mut u = ChecksumUpdate::new(check);
-            for w in [channel, clen, ulen, ulen, sport, dport] {
-                u.remove(w);
-            }
-            u.remove_sum(addrs, 4);
-            for w in [clen + 8, clen + 8, new_sport, new_dport] {
-                u.add(w);
-            }
-            for a in [new_src, new_dst] {
-                u.add((a >> 16) as u16);
-                u.add(a as u16);
-            }
-            let delta = channel_delta(channel, ports, addrs, new_ports, new_addrs);
-            assert_eq!(
-                to_peer_check(check, delta, clen, ulen),
-                u.finish(),
-                "case {case}"
+            let full = full_update(
+                check,
+                &[channel, clen, ulen, ulen, sport, dport],
+                addrs,
+                &[clen + 8, clen + 8, new_sport, new_dport],
+                [new_src, new_dst],
             );
+            let delta = udp_delta(channel, 0, (ports, addrs), (new_ports, new_addrs));
+            assert_eq!(to_peer_check(check, delta, clen, ulen), full, "case {case}");
 
             // UDP → ChannelData, as turn::to_client updates it.
             let ulen = clen + 8;
-            let mut u = ChecksumUpdate::new(check);
-            for w in [ulen, ulen, sport, dport] {
-                u.remove(w);
-            }
-            u.remove_sum(addrs, 4);
-            for w in [channel, clen, ulen + 4, ulen + 4, new_sport, new_dport] {
-                u.add(w);
-            }
-            for a in [new_src, new_dst] {
-                u.add((a >> 16) as u16);
-                u.add(a as u16);
-            }
-            let delta = peer_delta(channel, ports, addrs, new_ports, new_addrs);
-            assert_eq!(
-                to_client_check(check, delta, ulen),
-                u.finish(),
-                "case {case}"
+            let full = full_update(
+                check,
+                &[ulen, ulen, sport, dport],
+                addrs,
+                &[channel, clen, ulen + 4, ulen + 4, new_sport, new_dport],
+                [new_src, new_dst],
             );
+            let delta = udp_delta(0, channel, (ports, addrs), (new_ports, new_addrs));
+            assert_eq!(to_client_check(check, delta, ulen), full, "case {case}");
         }
     }
 

@@ -14,8 +14,8 @@ use gateway_common::{
     forward::FibRoute,
     turn::{DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, begun_checksum, reason},
     turn_flow::{
-        TURN_FLOW_SLOTS, TurnFlow, channel_delta, halves, ip_base, ip_check, peer_delta, slot,
-        to_client_check, to_peer_check,
+        TURN_FLOW_SLOTS, TurnFlow, halves, ip_base, ip_check, slot, to_client_check, to_peer_check,
+        udp_delta,
     },
 };
 
@@ -234,11 +234,12 @@ pub fn remember(ctx: &XdpContext, r: &Relayed<[u8; 4]>) {
     e.new_dst = word(r.new_dst);
     e.new_ports = new_ports.to_be();
     e.macs = mac_words(&r.route.dmac, &r.route.smac);
-    e.udp_delta = if r.channel != 0 {
-        channel_delta(r.channel, ports, addrs, new_ports, new_addrs)
-    } else {
-        peer_delta(r.out_channel, ports, addrs, new_ports, new_addrs)
-    };
+    e.udp_delta = udp_delta(
+        r.channel,
+        r.out_channel,
+        (ports, addrs),
+        (new_ports, new_addrs),
+    );
     e.ip_base = ip_base(HOPS, new_addrs);
     e.out_channel = r.out_channel;
     e.binding = r.binding;

@@ -104,6 +104,14 @@ const GUEST_TESTS: &[GuestTest] = &[
         ignored: false,
         what: "the LAN hook's per-flow shortcut against the full path",
     },
+    // The relay's per-flow shortcut (word loads and stores, bpf_xdp_adjust_head) against the
+    // full fast path, byte for byte, on the older verifier.
+    GuestTest {
+        target: "turn",
+        name: "bound_channels_are_forwarded_both_ways_with_exact_bytes",
+        ignored: false,
+        what: "the relay's fast path and its per-flow shortcut, bytes exact",
+    },
     // Ignored elsewhere: it needs the kernel's WireGuard, which Debian's kernel has as a
     // module and this machine's has not.
     GuestTest {
