@@ -1,5 +1,6 @@
-//! The LAN hook's per-flow shortcut: for IPv4 TCP/UDP flows that the stateless policy accepted
-//! and XDP forwarding redirected, the verdict and the route in one slot, so that the flow's
+//! The LAN hook's per-flow shortcut: for IPv4 TCP/UDP flows that the policy accepted (or, with
+//! connection tracking on, that are established) and XDP forwarding redirected, the verdict and
+//! the route in one slot, so that the flow's
 //! next packets take one lookup and a short header check instead of the whole parse, policy
 //! decision, masquerade check and route cache (the profile of the packet-rate benchmark: two
 //! per-CPU caches, byte-wise address handling and the parse's scratch were most of the program's
@@ -25,7 +26,8 @@ pub struct LanFlow {
     pub ifindex: u32,
     /// The policy generation the verdict was decided under; 0 in a slot never filled.
     pub generation: u32,
-    /// The deciding rule, for its counters.
+    /// The deciding rule, for its counters (stateless filter; a tracked flow's entry holds its
+    /// own, which the shortcut counts).
     pub rule: u32,
     /// When the route (below) must be looked up again, as the route cache has it.
     pub expires_ns: u64,

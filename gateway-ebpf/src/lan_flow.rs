@@ -1,9 +1,12 @@
 //! The LAN hook's per-flow shortcut (`gateway_common::lan_flow`): a packet of an IPv4 TCP/UDP
-//! flow that the full path accepted by policy and redirected is forwarded from its flow's slot,
-//! after a header check of its own, as the full path would have forwarded it: the same
-//! verdict, the same counters, the same rewrite and redirect. Anything the slot cannot stand
-//! for (another shape of packet, another policy generation, an expired route, a checksum left
-//! to offload, settings under which the full path does more) takes the full path.
+//! flow that the full path accepted and redirected is forwarded from its flow's slot, after a
+//! header check of its own, as the full path would have forwarded it: the same verdict, the
+//! same counters, the same rewrite and redirect. With connection tracking on, the packet's own
+//! conntrack entry is looked up and moved on as the full path moves it, and only a live flow
+//! that the current policy admitted, and no TCP packet that opens or closes a connection, is
+//! served. Anything the slot cannot stand for (another shape of packet, another policy
+//! generation, an expired route, a checksum left to offload, the masquerade) takes the full
+//! path.
 
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, generated::bpf_xdp_get_buff_len},
@@ -11,7 +14,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     checksum::v4_pseudo_header_fold_ne,
-    conntrack::FAMILY_V4,
+    conntrack::{FAMILY_V4, ORIGIN_POLICY, flow_key},
     forward::FibRoute,
     lan_flow::{LAN_FLOW_SLOTS, LanFlow, selector, slot},
     settings::{FLAG_CONNTRACK, FLAG_MASQUERADE, FLAG_XDP_FORWARD, Settings},
@@ -23,7 +26,7 @@ use crate::{
     judge::Decision,
     maps,
     packet::{load_u16, load_u32, mac_words, write_macs},
-    parse::{FRAG_NONE, PROTO_TCP, PROTO_UDP, Packet},
+    parse::{FRAG_NONE, PROTO_TCP, PROTO_UDP, Packet, TCP_FIN, TCP_RST, TCP_SYN, v4_address},
     stats,
 };
 
@@ -35,11 +38,44 @@ const HEADERS: usize = ETH_LEN + IP_LEN + 20;
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 
 /// Whether the shortcut can stand for the full path under these settings: XDP forwarding on,
-/// and neither connection tracking (each packet of a tracked flow updates its entry) nor the
-/// masquerade (whose reverse translation the full path looks for) in use.
+/// the masquerade (whose reverse translation the full path looks for) off.
 #[inline(always)]
 fn applies(s: &Settings) -> bool {
-    s.flags & (FLAG_XDP_FORWARD | FLAG_CONNTRACK | FLAG_MASQUERADE) == FLAG_XDP_FORWARD
+    s.flags & (FLAG_XDP_FORWARD | FLAG_MASQUERADE) == FLAG_XDP_FORWARD
+}
+
+/// With connection tracking on, what the full path does for a packet of an established flow
+/// (judge.rs, `existing_flow`), where nothing but the entry's clock and state moves: the flow's
+/// entry must be live, admitted by a policy rule under the current generation (a flow to
+/// re-check, a tombstone, a local flow are the full path's), and a TCP packet must neither open
+/// nor close a connection. The entry is then moved on as the full path moves it; the deciding
+/// rule is returned.
+#[inline(always)]
+fn track(
+    (src, sport): (u32, u16),
+    (dst, dport): (u32, u16),
+    (proto, tcp_flags): (u8, u8),
+    settings: &Settings,
+    generation: u32,
+    now: u64,
+) -> Option<u32> {
+    if proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return None;
+    }
+    let (src, dst) = (v4_address(src.to_ne_bytes()), v4_address(dst.to_ne_bytes()));
+    let (key, sender_is_a) = flow_key(&src, sport, &dst, dport, proto, FAMILY_V4, None);
+    // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps
+    // (as on the full path).
+    let entry = unsafe { &mut *conntrack::lookup(&key)? };
+    if !conntrack::is_live(&key, entry, settings, now)
+        || entry.origin != ORIGIN_POLICY
+        || entry.generation != generation
+    {
+        return None;
+    }
+    let from_initiator = sender_is_a == (entry.initiator == 0);
+    conntrack::update(entry, proto, tcp_flags, from_initiator, now);
+    Some(entry.rule)
 }
 
 /// This CPU's slot for a flow.
@@ -97,13 +133,15 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     // SAFETY: inside [start, start + HEADERS).
-    let (dport, tcp_offset, check) = unsafe {
+    let (sport, dport, [offset, tcp_flags], check) = unsafe {
         (
+            u16::from_be(load_u16(l4)),
             u16::from_be(load_u16(l4 + 2)),
-            load_u16(l4 + 12).to_ne_bytes()[0] >> 4,
+            load_u16(l4 + 12).to_ne_bytes(),
             load_u16(l4 + if proto == PROTO_TCP { 16 } else { 6 }),
         )
     };
+    let tcp_offset = offset >> 4;
     if proto == PROTO_TCP && tcp_offset < 5 {
         return None;
     }
@@ -125,7 +163,8 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
     {
         return None;
     }
-    if conntrack::now_ns() >= e.expires_ns {
+    let now = conntrack::now_ns();
+    if now >= e.expires_ns {
         return None;
     }
     // A checksum only begun (a local sender's offload) is the kernel path's to finish: the
@@ -140,14 +179,28 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
     if e.multi_buffer == 0 && unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize > end - start {
         return None;
     }
+    // Last: once the flow's entry has moved, the packet is the shortcut's.
+    let (reason, rule) = if settings.flags & FLAG_CONNTRACK != 0 {
+        let rule = track(
+            (src, sport),
+            (dst, dport),
+            (proto, tcp_flags),
+            settings,
+            active.generation,
+            now,
+        )?;
+        (reason::ACCEPT_ESTABLISHED, rule)
+    } else {
+        (reason::ACCEPT_POLICY, e.rule)
+    };
     // SAFETY: writes inside [start, start + HEADERS).
     unsafe {
         forward::decrement_ipv4_ttl(ip);
         write_macs(start, &e.macs);
     }
     let len = (end - start) as u64;
-    stats::count(HOOK_LAN, reason::ACCEPT_POLICY, len);
-    stats::count_rule(active.slot, settings.rules_per_slot, e.rule, len);
+    stats::count(HOOK_LAN, reason, len);
+    stats::count_rule(active.slot, settings.rules_per_slot, rule, len);
     stats::count(HOOK_LAN, reason::XDP_FORWARDED, len);
     e.hits = e.hits.wrapping_add(1);
     Some(match maps::FORWARD_PORTS.redirect(e.port, 0) {
@@ -155,8 +208,9 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
     })
 }
 
-/// Fills the flow's slot after the full path accepted the packet by policy and redirected it
-/// along `route`, when the shortcut can stand for the full path on the flow's next packets.
+/// Fills the flow's slot after the full path accepted the packet (by policy, or as a tracked
+/// flow's) and redirected it along `route`, when the shortcut can stand for the full path on
+/// the flow's next packets.
 #[inline(always)]
 pub fn remember(ctx: &XdpContext, pkt: &Packet, d: &Decision, route: &FibRoute) {
     let Some(settings) = maps::SETTINGS.get(0) else {
@@ -164,7 +218,7 @@ pub fn remember(ctx: &XdpContext, pkt: &Packet, d: &Decision, route: &FibRoute) 
     };
     let f = &pkt.flow;
     if !applies(settings)
-        || d.reason != reason::ACCEPT_POLICY
+        || (d.reason != reason::ACCEPT_POLICY && d.reason != reason::ACCEPT_ESTABLISHED)
         || f.family != FAMILY_V4
         || pkt.frag != FRAG_NONE
         || (f.proto != PROTO_TCP && f.proto != PROTO_UDP)

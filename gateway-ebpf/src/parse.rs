@@ -585,7 +585,7 @@ fn quoted_ports(b: &Bytes, flow: &mut Flow, at: usize) -> Result<(), u32> {
 /// An IPv4 address in a 16-byte address field (the rest zero), built as words so that it is
 /// stored with word moves rather than a byte-at-a-time `memset` of the zeros.
 #[inline(always)]
-fn v4_address(a: [u8; 4]) -> [u8; 16] {
+pub fn v4_address(a: [u8; 4]) -> [u8; 16] {
     let words = [u32::from_ne_bytes(a), 0, 0, 0];
     // SAFETY: [u32; 4] and [u8; 16] have the same size, and every bit pattern is a valid [u8; 16].
     unsafe { core::mem::transmute(words) }

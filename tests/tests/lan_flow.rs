@@ -3,13 +3,20 @@
 //! the stateless policy and XDP forwarding on: the shortcut's packets leave with the bytes, the
 //! verdict and the counters of the full path's, and everything the shortcut cannot stand for
 //! (a policy change, another port, TTL 1, a checksum only begun, IP options, a truncated
-//! datagram, connection tracking) is decided by the full path. Expected frames are built here
-//! from the input and the route, not by the data plane's code.
+//! datagram) is decided by the full path; with connection tracking on, only live flows the
+//! current policy admitted take the slot, which moves their conntrack entries as the full path
+//! does. Expected frames are built here from the input and the route, not by the data plane's
+//! code.
 
-use gateway_common::stats::{HOOK_LAN, reason};
+use aya::maps::HashMap as BpfHashMap;
+use gateway_common::{
+    conntrack::{CtEntry, CtKey, FAMILY_V4, STATE_TCP_CLOSING, flow_key},
+    maps as names,
+    stats::{HOOK_LAN, reason},
+};
 use gateway_dataplane::LoadOptions;
 use gateway_testkit::{
-    harness::{Harness, XDP_DROP, XDP_PASS},
+    harness::{Harness, XDP_DROP, XDP_PASS, pin_thread_to_cpu},
     netns::{Netns, router_with_two_lans},
     packets::{Spec, checksum},
 };
@@ -27,8 +34,8 @@ struct Lab {
 
 /// The gateway's namespace with LAN a (the frames' arrival) and LAN b (their way out), the
 /// server on b known as a permanent neighbour (the FIB answers without ARP).
-fn lab() -> Lab {
-    let (gw, a, b) = router_with_two_lans(&format!("gwlf{}", std::process::id())).unwrap();
+fn lab(tag: &str) -> Lab {
+    let (gw, a, b) = router_with_two_lans(&format!("gwlf{tag}{}", std::process::id())).unwrap();
     let mac = SERVER_MAC
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -94,7 +101,7 @@ fn hits(h: &Harness) -> u32 {
 
 #[test]
 fn the_shortcut_forwards_as_the_full_path_and_leaves_it_whatever_it_cannot_stand_for() {
-    let lab = lab();
+    let lab = lab("s");
     let lan_b = mac_of(&lab.gw, "lan-b");
     let mut h = Harness::with_options(
         POLICY,
@@ -106,6 +113,8 @@ fn the_shortcut_forwards_as_the_full_path_and_leaves_it_whatever_it_cannot_stand
     );
     lab.gw
         .run_scoped(|| {
+            // The slots are per CPU: every run on one.
+            pin_thread_to_cpu(0);
             let a = gateway_dataplane::attach::if_index("lan-a").unwrap();
             h.dp.enable_xdp_forward(&["lan-a".to_string(), "lan-b".to_string()])
                 .unwrap();
@@ -228,15 +237,18 @@ fn the_shortcut_forwards_as_the_full_path_and_leaves_it_whatever_it_cannot_stand
             assert_eq!(out, want);
             assert_eq!(hits(&h), refilled + 1, "the slot serves the new generation");
 
-            // Connection tracking on: every packet updates its flow, so none takes the slot.
+            // Connection tracking turned on: the flow has no entry yet, so its next packet is the
+            // full path's (which tracks it); the packets after that are the slot's again.
             h.dp.set_conntrack(true).unwrap();
             let before = hits(&h);
-            for _ in 0..3 {
+            let established = lan(&h, reason::ACCEPT_ESTABLISHED);
+            for n in 0..3u32 {
                 let (action, out) = h.xdp_bytes_on(&frame, a);
                 assert_eq!(action, XDP_REDIRECT);
                 assert_eq!(out, want);
+                assert_eq!(hits(&h), before + n, "tracked, packet {n}");
             }
-            assert_eq!(hits(&h), before, "tracked flows take the full path");
+            assert_eq!(lan(&h, reason::ACCEPT_ESTABLISHED), established + 2);
         })
         .unwrap();
 }
@@ -253,4 +265,146 @@ fn partial_checksum(frame: &[u8]) -> Vec<u8> {
     let sum = !checksum(&pseudo);
     f[l4 + 6..l4 + 8].copy_from_slice(&sum.to_be_bytes());
     f
+}
+
+/// A flow's conntrack key (IPv4, by the data plane's own canonical ordering: the key is how
+/// the test finds the entry, not what it checks).
+fn ct_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> CtKey {
+    let wide = |a: [u8; 4]| {
+        let mut w = [0u8; 16];
+        w[..4].copy_from_slice(&a);
+        w
+    };
+    flow_key(&wide(src), sport, &wide(dst), dport, proto, FAMILY_V4, None).0
+}
+
+fn ct_entry(h: &Harness, key: &CtKey) -> Option<CtEntry> {
+    let ct: BpfHashMap<_, CtKey, CtEntry> =
+        BpfHashMap::try_from(h.dp.ebpf().map(names::CONNTRACK).unwrap()).unwrap();
+    ct.get(key, 0).ok()
+}
+
+/// With connection tracking on (the gateway's default), the slot serves the packets of a flow
+/// whose conntrack entry is live and was admitted under the current policy, and moves that
+/// entry on as the full path does; a flow without an entry, a revoked one, and TCP packets
+/// that open or close a connection are the full path's.
+#[test]
+fn with_connection_tracking_the_slot_serves_live_flows_and_moves_their_entries() {
+    let lab = lab("c");
+    let lan_b = mac_of(&lab.gw, "lan-b");
+    let mut h = Harness::with_options(
+        POLICY,
+        LoadOptions {
+            conntrack: true,
+            overlay_v4: "198.19.0.0/16".parse().unwrap(),
+            ..Default::default()
+        },
+    );
+    lab.gw
+        .run_scoped(|| {
+            pin_thread_to_cpu(0);
+            let a = gateway_dataplane::attach::if_index("lan-a").unwrap();
+            h.dp.enable_xdp_forward(&["lan-a".to_string(), "lan-b".to_string()])
+                .unwrap();
+            let lan = |h: &Harness, r: u32| h.reason_count(HOOK_LAN, r);
+            let (client, server) = ([198, 18, 1, 10], [198, 19, 1, 10]);
+            let send = |h: &mut Harness, frame: &[u8], what: &str| {
+                let (action, out) = h.xdp_bytes_on(frame, a);
+                assert_eq!(
+                    action,
+                    XDP_REDIRECT,
+                    "{what}: {}",
+                    h.hook_counters(HOOK_LAN)
+                );
+                assert_eq!(out, forwarded(frame, lan_b), "{what}");
+            };
+
+            // The first packet is the policy's (and creates the entry); the next is the slot's,
+            // counted as an established flow's, and moves the entry's clock.
+            let frame = dns(40000).build();
+            let key = ct_key(client, 40000, server, 53, 17);
+            send(&mut h, &frame, "first");
+            assert_eq!((hits(&h), lan(&h, reason::ACCEPT_POLICY)), (0, 1));
+            let seen = ct_entry(&h, &key).expect("tracked").last_seen_ns;
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            send(&mut h, &frame, "second");
+            assert_eq!((hits(&h), lan(&h, reason::ACCEPT_ESTABLISHED)), (1, 1));
+            assert!(
+                ct_entry(&h, &key).unwrap().last_seen_ns > seen,
+                "entry moved on"
+            );
+            assert_eq!(h.rule_packets("a-to-b-dns"), 2);
+
+            // Another source port between the same hosts shares the slot but not the entry:
+            // its first packet is the policy's, its second the slot's.
+            let other = dns(40002).build();
+            send(&mut h, &other, "other flow, first");
+            assert_eq!((hits(&h), lan(&h, reason::ACCEPT_POLICY)), (1, 2));
+            send(&mut h, &other, "other flow, second");
+            assert_eq!((hits(&h), lan(&h, reason::ACCEPT_ESTABLISHED)), (2, 2));
+
+            // The entry gone (idle expiry, eviction): the policy's again, which tracks it anew.
+            {
+                let mut ct: BpfHashMap<_, CtKey, CtEntry> =
+                    BpfHashMap::try_from(h.dp.ebpf_mut().map_mut(names::CONNTRACK).unwrap())
+                        .unwrap();
+                ct.remove(&key).unwrap();
+            }
+            send(&mut h, &frame, "entry gone");
+            assert_eq!((hits(&h), lan(&h, reason::ACCEPT_POLICY)), (2, 3));
+            assert!(ct_entry(&h, &key).is_some(), "tracked anew");
+            send(&mut h, &frame, "tracked anew");
+            assert_eq!(hits(&h), 3);
+
+            // A new policy generation that still allows both flows: the other flow's next packet
+            // is the full path's (the slot is of the old generation) and fills the slot anew;
+            // this flow's entry is still of the old one, so its next packet is the full path's
+            // too (which checks the flow against the new policy and stamps the entry), and
+            // only the one after it is the slot's.
+            h.apply(POLICY);
+            send(&mut h, &other, "other flow, new generation");
+            assert_eq!(hits(&h), 3);
+            let stamped = ct_entry(&h, &key).unwrap().generation;
+            send(&mut h, &frame, "new generation, entry of the old");
+            assert_eq!(
+                hits(&h),
+                3,
+                "an entry of the old generation is the full path's"
+            );
+            assert_ne!(
+                ct_entry(&h, &key).unwrap().generation,
+                stamped,
+                "re-checked"
+            );
+            send(&mut h, &frame, "new generation, entry re-checked");
+            assert_eq!(hits(&h), 4);
+
+            // A policy without the flow's rule: the flow is revoked on its next packet.
+            h.apply(POLICY_WITHOUT_DNS);
+            let revoked = lan(&h, reason::DROP_REVOKED);
+            assert_eq!(h.xdp_bytes_on(&frame, a).0, XDP_DROP);
+            assert_eq!(lan(&h, reason::DROP_REVOKED), revoked + 1);
+            assert_eq!(hits(&h), 4);
+
+            // TCP: the SYN and the FIN are the full path's (they move the connection's state),
+            // the ACK between them the slot's.
+            let tcp = |flags: u8| {
+                Spec {
+                    payload_len: 100,
+                    l4_checksum: true,
+                    ..Spec::tcp("198.18.1.10", "198.19.1.10", 40001, 443, flags)
+                }
+                .build()
+            };
+            let tcp_key = ct_key(client, 40001, server, 443, 6);
+            send(&mut h, &tcp(0x02), "SYN");
+            assert_eq!(hits(&h), 4, "SYN");
+            send(&mut h, &tcp(0x10), "ACK");
+            assert_eq!(hits(&h), 5, "ACK");
+            send(&mut h, &tcp(0x11), "FIN");
+            assert_eq!(hits(&h), 5, "FIN");
+            assert_eq!(ct_entry(&h, &tcp_key).unwrap().state, STATE_TCP_CLOSING);
+            assert_eq!(h.rule_packets("a-to-b-web"), 3);
+        })
+        .unwrap();
 }

@@ -104,6 +104,12 @@ const GUEST_TESTS: &[GuestTest] = &[
         ignored: false,
         what: "the LAN hook's per-flow shortcut against the full path",
     },
+    GuestTest {
+        target: "lan_flow",
+        name: "with_connection_tracking_the_slot_serves_live_flows_and_moves_their_entries",
+        ignored: false,
+        what: "the LAN hook's per-flow shortcut with connection tracking",
+    },
     // The relay's per-flow shortcut (word loads and stores, bpf_xdp_adjust_head) against the
     // full fast path, byte for byte, on the older verifier.
     GuestTest {
