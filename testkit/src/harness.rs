@@ -98,6 +98,14 @@ impl Harness {
         run_out(prog, packet, Some(&ctx)).expect("test run")
     }
 
+    /// The LAN hook's per-flow shortcut slot at `index` (CPU × LAN_FLOW_SLOTS + slot).
+    pub fn lan_flow(&self, index: u32) -> LanFlow {
+        let map: aya::maps::Array<_, LanFlow> =
+            aya::maps::Array::try_from(self.dp.ebpf().map(names::LAN_FLOWS).expect("lan flows"))
+                .expect("lan flows map type");
+        map.get(&index, 0).expect("lan flow slot")
+    }
+
     /// The LAN hook's per-flow shortcut slots that hold a flow, on any CPU.
     pub fn lan_flows(&self) -> Vec<LanFlow> {
         let map: aya::maps::Array<_, LanFlow> =
