@@ -8,10 +8,7 @@
 //! generation, an expired route, a checksum left to offload, the masquerade) takes the full
 //! path.
 
-use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, generated::bpf_xdp_get_buff_len},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use gateway_common::{
     checksum::v4_pseudo_header_fold_ne,
     conntrack::{FAMILY_V4, ORIGIN_POLICY, flow_key},
@@ -81,10 +78,8 @@ fn track(
 /// This CPU's slot for a flow.
 #[inline(always)]
 fn slot_of(src: u32, dst: u32, selector: u32, ifindex: u32) -> Option<*mut LanFlow> {
-    // SAFETY: plain helper call.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let index = cpu * LAN_FLOW_SLOTS + slot(src, dst, selector, ifindex);
-    maps::LAN_FLOWS.get_ptr_mut(index)
+    let slot = slot(src, dst, selector, ifindex);
+    maps::this_cpus(&maps::LAN_FLOWS, LAN_FLOW_SLOTS, slot)
 }
 
 /// Forwards the frame from its flow's slot and returns the XDP action; `None`: the full path

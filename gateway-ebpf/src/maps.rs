@@ -210,6 +210,16 @@ pub static TURN_PEER6_CACHE: PeerCache<[u8; 16]> =
 #[map(name = "TURN_FLOWS_V1")]
 pub static TURN_FLOWS: Array<TurnFlow> = Array::with_max_entries(TURN_FLOW_SLOTS, BPF_F_MMAPABLE);
 
+/// Slot `slot` of this CPU's range in `map`, a plain array of `per_cpu` slots for each possible
+/// CPU (the shortcuts' `LAN_FLOWS`, `TURN_FLOWS`): as a per-CPU array without the load of the
+/// value's per-CPU pointer first.
+#[inline(always)]
+pub fn this_cpus<T>(map: &'static Array<T>, per_cpu: u32, slot: u32) -> Option<*mut T> {
+    // SAFETY: plain helper call.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    map.get_ptr_mut(cpu * per_cpu + slot)
+}
+
 #[map(name = "TURN_REASONS_V1")]
 pub static TURN_REASONS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(gateway_common::turn::reason::SLOTS, 0);

@@ -25,6 +25,7 @@ use gateway_common::{
 
 use crate::{
     maps,
+    parse::v4_address,
     turn_flow::{self, Relayed},
 };
 
@@ -188,7 +189,8 @@ impl Family for V4 {
         len: u16,
         now: u64,
     ) -> Option<FibRoute> {
-        cached_route(ctx, AF_INET, &wide(src), &wide(dst), len, now)
+        // (The route cache keys an IPv4 address in its first word.)
+        cached_route(ctx, AF_INET, &v4_address(*src), &v4_address(*dst), len, now)
     }
 
     #[inline(always)]
@@ -367,14 +369,6 @@ fn cached<K: Copy + PartialEq, V: Copy>(
     }
     e.tag = tag;
     Some(v)
-}
-
-/// An IPv4 address as the route cache keys it (in the first word), built as words: a zeroed
-/// byte array is a byte-at-a-time memset call per packet.
-#[inline(always)]
-fn wide(a: &[u8; 4]) -> [u8; 16] {
-    // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes are a valid [u8; 16].
-    unsafe { core::mem::transmute([u32::from_ne_bytes(*a), 0u32, 0, 0]) }
 }
 
 /// The route from `src` to `dst` (IPv4 in the first word) for a UDP packet of IP length `len`:

@@ -6,9 +6,7 @@
 //! takes the full path.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_get_smp_processor_id, generated::bpf_xdp_adjust_head},
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
 };
 use gateway_common::{
     forward::FibRoute,
@@ -36,10 +34,8 @@ const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 /// This CPU's slot for a flow.
 #[inline(always)]
 fn slot_of(src: u32, dst: u32, ports: u32, channel: u16, ifindex: u32) -> Option<*mut TurnFlow> {
-    // SAFETY: plain helper call.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let index = cpu * TURN_FLOW_SLOTS + slot(src, dst, ports, channel, ifindex);
-    maps::TURN_FLOWS.get_ptr_mut(index)
+    let slot = slot(src, dst, ports, channel, ifindex);
+    maps::this_cpus(&maps::TURN_FLOWS, TURN_FLOW_SLOTS, slot)
 }
 
 /// Relays the frame from its flow's slot: the XDP action and the reason; `None`: the full path
@@ -202,13 +198,14 @@ pub fn remember(ctx: &XdpContext, r: &Relayed<[u8; 4]>) {
     let (src, dst) = (word(r.src), word(r.dst));
     let ports = (r.sport as u32) << 16 | r.dport as u32;
     let new_ports = (r.new_sport as u32) << 16 | r.new_dport as u32;
+    // (As the key holds them: as their bytes lie in the header, read as a native word.)
+    let ports_ne = ports.to_be();
     let ifindex = ctx.ingress_ifindex() as u32;
-    let Some(e) = slot_of(src, dst, ports.to_be(), r.channel, ifindex) else {
+    let Some(e) = slot_of(src, dst, ports_ne, r.channel, ifindex) else {
         return;
     };
     // SAFETY: a valid map value in this CPU's range; nothing else writes it while this runs.
     let e = unsafe { &mut *e };
-    let ports_ne = ports.to_be();
     // A flow refilling its own slot (a new generation, its route a second old) keeps its count.
     if e.src != src
         || e.dst != dst
@@ -221,7 +218,6 @@ pub fn remember(ctx: &XdpContext, r: &Relayed<[u8; 4]>) {
     let sum = |a: &[u8; 4]| halves(u32::from_be_bytes(*a));
     let addrs = sum(r.src) + sum(r.dst);
     let new_addrs = sum(r.new_src) + sum(r.new_dst);
-    e.tag = 0;
     e.expires_ns = r.route.expires_ns;
     e.src = src;
     e.dst = dst;

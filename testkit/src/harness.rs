@@ -106,15 +106,12 @@ impl Harness {
         map.get(&index, 0).expect("lan flow slot")
     }
 
-    /// The LAN hook's per-flow shortcut slots that hold a flow, on any CPU.
-    pub fn lan_flows(&self) -> Vec<LanFlow> {
-        let map: aya::maps::Array<_, LanFlow> =
-            aya::maps::Array::try_from(self.dp.ebpf().map(names::LAN_FLOWS).expect("lan flows"))
-                .expect("lan flows map type");
-        entries(&map)
-            .into_iter()
-            .filter(|e| e.generation != 0)
-            .collect()
+    /// The relay's per-flow shortcut slots that hold a flow, on any CPU.
+    pub fn turn_flows(&self) -> Vec<TurnFlow> {
+        let map: aya::maps::Array<_, TurnFlow> =
+            aya::maps::Array::try_from(self.dp.ebpf().map(names::TURN_FLOWS).expect("turn flows"))
+                .expect("turn flows map type");
+        entries(&map).into_iter().filter(|e| e.tag != 0).collect()
     }
 
     /// Runs a named XDP program once; returns the XDP action and the frame as it left.
@@ -425,27 +422,23 @@ where
     Ok((r.return_value, out))
 }
 
-/// The relay's per-flow shortcut slots that hold a flow, on any CPU (of the data plane this
-/// harness loaded).
-impl Harness {
-    pub fn turn_flows(&self) -> Vec<TurnFlow> {
-        let map: aya::maps::Array<_, TurnFlow> =
-            aya::maps::Array::try_from(self.dp.ebpf().map(names::TURN_FLOWS).expect("turn flows"))
-                .expect("turn flows map type");
-        entries(&map).into_iter().filter(|e| e.tag != 0).collect()
-    }
-}
-
 fn entries<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(
     map: &aya::maps::Array<T, V>,
 ) -> Vec<V> {
     map.iter().map(|e| e.expect("array read")).collect()
 }
 
-/// The entries of array map `name` of a loaded program (by id: an XDP program a running
-/// gateway or relay attached, say). Maps the process did not pin are found through the
-/// program's own map ids, so that another process's program of the same name cannot answer.
-pub fn array_of_program<V: aya::Pod>(program_id: u32, name: &str) -> anyhow::Result<Vec<V>> {
+/// The entries of array map `name` of the XDP program attached to `dev` in `ns` (by a running
+/// gateway or relay, say). Maps the process did not pin are found through the program's own
+/// map ids, so that another process's program of the same name cannot answer.
+pub fn array_of_xdp_program<V: aya::Pod>(
+    ns: &crate::netns::Netns,
+    dev: &str,
+    name: &str,
+) -> anyhow::Result<Vec<V>> {
+    let program_id = ns
+        .xdp_program_id(dev)?
+        .ok_or_else(|| anyhow::anyhow!("no XDP program on {dev}"))?;
     let program = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == program_id)
@@ -461,14 +454,14 @@ pub fn array_of_program<V: aya::Pod>(program_id: u32, name: &str) -> anyhow::Res
     anyhow::bail!("program {program_id} has no {name} map")
 }
 
-/// The LAN shortcut's slots that hold a flow, of a loaded program, on any CPU.
-pub fn lan_flows_of_program(program_id: u32) -> anyhow::Result<Vec<LanFlow>> {
-    let all: Vec<LanFlow> = array_of_program(program_id, names::LAN_FLOWS)?;
+/// The LAN shortcut's slots that hold a flow, of the XDP program on `dev` in `ns`, on any CPU.
+pub fn lan_flows_on(ns: &crate::netns::Netns, dev: &str) -> anyhow::Result<Vec<LanFlow>> {
+    let all: Vec<LanFlow> = array_of_xdp_program(ns, dev, names::LAN_FLOWS)?;
     Ok(all.into_iter().filter(|e| e.generation != 0).collect())
 }
 
-/// The relay shortcut's slots that hold a flow, of a loaded program, on any CPU.
-pub fn turn_flows_of_program(program_id: u32) -> anyhow::Result<Vec<TurnFlow>> {
-    let all: Vec<TurnFlow> = array_of_program(program_id, names::TURN_FLOWS)?;
+/// The relay shortcut's slots that hold a flow, of the XDP program on `dev` in `ns`, on any CPU.
+pub fn turn_flows_on(ns: &crate::netns::Netns, dev: &str) -> anyhow::Result<Vec<TurnFlow>> {
+    let all: Vec<TurnFlow> = array_of_xdp_program(ns, dev, names::TURN_FLOWS)?;
     Ok(all.into_iter().filter(|e| e.tag != 0).collect())
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use gateway_testkit::{
-    harness::{gateway_binary, turn_flows_of_program},
+    harness::{gateway_binary, turn_flows_on},
     netns::{Netns, veth},
 };
 
@@ -642,12 +642,7 @@ fn bound_channels_are_relayed_in_xdp() {
     );
     // Most of it took the per-flow shortcut (a flow's first frame on each CPU, and the first
     // longer than its route was looked up for, take the full path, which fills the slot).
-    let program = lab
-        .relay
-        .xdp_program_id("c0")
-        .unwrap()
-        .expect("an XDP program on c0");
-    let flows = turn_flows_of_program(program).unwrap();
+    let flows = turn_flows_on(&lab.relay, "c0").unwrap();
     let hits: u64 = flows.iter().map(|f| f.hits as u64).sum();
     // (Read after the slots: every frame a slot counts, the relay's counters count.)
     let after: serde_json::Value = serde_json::from_str(&relay_http(&lab, "/status")).unwrap();

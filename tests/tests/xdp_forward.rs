@@ -5,7 +5,7 @@
 use gateway::status::Report;
 use std::net::IpAddr;
 
-use gateway_testkit::harness::{gateway_binary, lan_flows_of_program};
+use gateway_testkit::harness::{gateway_binary, lan_flows_on};
 use gateway_testkit::{
     iperf::{self, Run, Transfer},
     netns::{Netns, router_with_two_lans, veth},
@@ -287,12 +287,7 @@ fn bulk_through_xdp_forwarding(mtu: &str, fill_checksums: bool, filter: Filter) 
     // Frames with their checksums whole, at a page-sized MTU: the LAN shortcut's to forward,
     // stateless or tracked.
     if fill_checksums && mtu == "1500" {
-        let program = lab
-            .gw
-            .xdp_program_id("lan-a")
-            .unwrap()
-            .expect("an XDP program on lan-a");
-        let flows = lan_flows_of_program(program).unwrap();
+        let flows = lan_flows_on(&lab.gw, "lan-a").unwrap();
         let hits: u64 = flows.iter().map(|f| f.hits as u64).sum();
         // (Counted after the slots were read: every frame a slot counts, the counters count.)
         let forwarded = p
