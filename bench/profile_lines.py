@@ -79,8 +79,9 @@ def line_addresses(prog_id):
 def capture(out, name):
     os.makedirs(out, exist_ok=True)
     shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    ids = [int(l.split(":")[0]) for l in shown.splitlines()
-           if re.match(r"^\d+:", l) and (" name %s " % name[:15]) in l + " "]
+    # bpftool names a program by its BTF name where it has one, else by the kernel's 15 characters.
+    ids = [int(m.group(1)) for m in re.finditer(r"^(\d+): \S+\s+name (\S+)", shown, re.M)
+           if m.group(2)[:15] == name[:15]]
     if not ids:
         sys.exit("no loaded program named %s" % name)
     maps = {i: line_addresses(i) for i in ids}

@@ -216,6 +216,10 @@ impl Dataplane {
             gateway_common::lan_flow::LAN_FLOW_SLOTS * cpus,
         );
         loader.map_max_entries(
+            names::TUNNEL_FLOWS,
+            gateway_common::tunnel_flow::TUNNEL_FLOW_SLOTS * cpus,
+        );
+        loader.map_max_entries(
             names::TURN_FLOWS,
             gateway_common::turn_flow::TURN_FLOW_SLOTS * cpus,
         );

@@ -17,6 +17,7 @@ pub mod settings;
 pub mod stats;
 #[cfg(test)]
 mod test_rng;
+pub mod tunnel_flow;
 pub mod turn;
 pub mod turn_flow;
 pub mod underlay;

@@ -25,6 +25,9 @@ pub const VERDICT_CACHE: &str = "VERDICT_CACHE_V1";
 /// Not pinned: the LAN hook's per-flow shortcut (`lan_flow`), valid only for the policy
 /// generation and the second it was filled for; `LAN_FLOW_SLOTS` entries per possible CPU.
 pub const LAN_FLOWS: &str = "LAN_FLOWS_V1";
+/// Not pinned: the tunnel's per-flow shortcut (`tunnel_flow`), valid only for the policy
+/// generation and the tick it was filled in; `TUNNEL_FLOW_SLOTS` entries per possible CPU.
+pub const TUNNEL_FLOWS: &str = "TUNNEL_FLOWS_V1";
 /// Not pinned: written from the configuration whenever a tunnel interface is attached.
 pub const TUNNEL_MSS: &str = "TUNNEL_MSS_V1";
 /// Not pinned: written from the configuration when LAN interfaces are attached.

@@ -232,8 +232,8 @@ pub enum TcForward {
     /// expire, a packet larger than the egress MTU (the kernel sends the ICMP errors those
     /// need). The packet is as it came.
     Kernel,
-    /// Redirected (translated first when `translate` said so).
-    Redirected,
+    /// Redirected (translated first when `translate` said so), along this route.
+    Redirected(TcRoute),
     /// Dropped, with the reason.
     Dropped(u32),
 }
@@ -398,14 +398,14 @@ pub fn tc_forward(
             return TcForward::Dropped(reason::DROP_INTERNAL);
         }
     }
-    TcForward::Redirected
+    TcForward::Redirected(route)
 }
 
 /// `struct bpf_redir_neigh`: the next hop handed to `bpf_redirect_neigh`.
 #[repr(C)]
-struct RedirectNeighbour {
-    nh_family: u32,
-    addr: [u32; 4],
+pub struct RedirectNeighbour {
+    pub nh_family: u32,
+    pub addr: [u32; 4],
 }
 
 /// The route of a packet forwarded in TC, from this CPU's cache when it holds the packet's

@@ -24,6 +24,7 @@ mod nat;
 mod packet;
 mod parse;
 mod stats;
+mod tunnel_flow;
 mod turn;
 mod turn_flow;
 mod underlay;
@@ -196,6 +197,12 @@ fn tc_bytes(ctx: &TcContext) -> Bytes {
 /// function, and one step's 488 bytes under it was over the 512-byte limit.
 #[inline(always)]
 fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
+    if hook == HOOK_TUNNEL_INGRESS {
+        let served = tunnel_flow::forward(ctx.skb.skb, link == Link::L3);
+        if served != tunnel_flow::NOT_SERVED {
+            return served;
+        }
+    }
     let parsed = tc_parse(ctx.skb.skb, link == Link::L3, hook);
     let flow = tc_judge(ctx.skb.skb, hook, parsed);
     let Some(pkt) = maps::SCRATCH.get(0) else {
@@ -366,8 +373,11 @@ fn tc_after_decision(
         forward::tc_forward(ctx, pkt, TC_PORT_TUNNEL, &forward::NoTranslation)
     };
     match forwarded {
-        forward::TcForward::Redirected => {
+        forward::TcForward::Redirected(route) => {
             stats::count(hook, reason::TC_FORWARDED, len as u64);
+            if hook == HOOK_TUNNEL_INGRESS {
+                tunnel_flow::remember(ctx, pkt, flow, sender_is_a, &route);
+            }
             TC_ACT_REDIRECT as i32
         }
         forward::TcForward::Dropped(r) => {

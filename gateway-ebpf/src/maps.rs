@@ -18,6 +18,7 @@ use gateway_common::{
     nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
+    tunnel_flow::{TUNNEL_FLOW_SLOTS, TunnelFlow},
     turn::{BINDING_CACHE_SLOTS, CachedBinding, ChannelKey, PeerKey, ToClient, ToPeer},
     turn_flow::{TURN_FLOW_SLOTS, TurnFlow},
 };
@@ -210,8 +211,14 @@ pub static TURN_PEER6_CACHE: PeerCache<[u8; 16]> =
 #[map(name = "TURN_FLOWS_V1")]
 pub static TURN_FLOWS: Array<TurnFlow> = Array::with_max_entries(TURN_FLOW_SLOTS, BPF_F_MMAPABLE);
 
+/// The tunnel's per-flow shortcut (tunnel_flow.rs): `TUNNEL_FLOW_SLOTS` slots per possible CPU
+/// (the loader sizes it), each CPU in its own range; mmapable only so that slots start on a page.
+#[map(name = "TUNNEL_FLOWS_V1")]
+pub static TUNNEL_FLOWS: Array<TunnelFlow> =
+    Array::with_max_entries(TUNNEL_FLOW_SLOTS, BPF_F_MMAPABLE);
+
 /// Slot `slot` of this CPU's range in `map`, a plain array of `per_cpu` slots for each possible
-/// CPU (the shortcuts' `LAN_FLOWS`, `TURN_FLOWS`): as a per-CPU array without the load of the
+/// CPU (the shortcuts' `LAN_FLOWS`, `TUNNEL_FLOWS`, `TURN_FLOWS`): as a per-CPU array without the load of the
 /// value's per-CPU pointer first.
 #[inline(always)]
 pub fn this_cpus<T>(map: &'static Array<T>, per_cpu: u32, slot: u32) -> Option<*mut T> {

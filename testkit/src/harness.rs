@@ -12,6 +12,7 @@ use gateway_common::{
         self, Counter, HOOK_LAN, HOOK_NAMES, HOOK_TUNNEL_EGRESS, HOOK_TUNNEL_INGRESS, REASON_NAMES,
         reason,
     },
+    tunnel_flow::TunnelFlow,
     turn_flow::TurnFlow,
 };
 use gateway_dataplane::{Dataplane, LoadOptions};
@@ -104,6 +105,21 @@ impl Harness {
             aya::maps::Array::try_from(self.dp.ebpf().map(names::LAN_FLOWS).expect("lan flows"))
                 .expect("lan flows map type");
         map.get(&index, 0).expect("lan flow slot")
+    }
+
+    /// The tunnel's per-flow shortcut slots that hold a flow, on any CPU.
+    pub fn tunnel_flows(&self) -> Vec<TunnelFlow> {
+        let map: aya::maps::Array<_, TunnelFlow> = aya::maps::Array::try_from(
+            self.dp
+                .ebpf()
+                .map(names::TUNNEL_FLOWS)
+                .expect("tunnel flows"),
+        )
+        .expect("tunnel flows map type");
+        entries(&map)
+            .into_iter()
+            .filter(|e| e.generation != 0)
+            .collect()
     }
 
     /// The relay's per-flow shortcut slots that hold a flow, on any CPU.
@@ -443,6 +459,29 @@ pub fn array_of_xdp_program<V: aya::Pod>(
         .filter_map(Result::ok)
         .find(|p| p.id() == program_id)
         .ok_or_else(|| anyhow::anyhow!("no loaded program with id {program_id}"))?;
+    array_of_program(&program, name)
+}
+
+/// As [`array_of_xdp_program`], for the program at the TC ingress hook (a tcx link) of `dev`.
+pub fn array_of_tc_ingress_program<V: aya::Pod>(
+    ns: &crate::netns::Netns,
+    dev: &str,
+    name: &str,
+) -> anyhow::Result<Vec<V>> {
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    let dev = dev.to_string();
+    let (_, programs) =
+        ns.run_scoped(move || SchedClassifier::query_tcx(&dev, TcAttachType::Ingress))??;
+    let program = programs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no TC ingress program"))?;
+    array_of_program(program, name)
+}
+
+fn array_of_program<V: aya::Pod>(
+    program: &aya::programs::ProgramInfo,
+    name: &str,
+) -> anyhow::Result<Vec<V>> {
     for id in program.map_ids()?.unwrap_or_default() {
         let info = aya::maps::MapInfo::from_id(id)?;
         if info.name_as_str() == Some(name) {
@@ -451,12 +490,19 @@ pub fn array_of_xdp_program<V: aya::Pod>(
             return Ok(entries(&map));
         }
     }
-    anyhow::bail!("program {program_id} has no {name} map")
+    anyhow::bail!("program {} has no {name} map", program.id())
 }
 
 /// The LAN shortcut's slots that hold a flow, of the XDP program on `dev` in `ns`, on any CPU.
 pub fn lan_flows_on(ns: &crate::netns::Netns, dev: &str) -> anyhow::Result<Vec<LanFlow>> {
     let all: Vec<LanFlow> = array_of_xdp_program(ns, dev, names::LAN_FLOWS)?;
+    Ok(all.into_iter().filter(|e| e.generation != 0).collect())
+}
+
+/// The tunnel shortcut's slots that hold a flow, of the TC ingress program on `dev` in `ns`, on
+/// any CPU.
+pub fn tunnel_flows_on(ns: &crate::netns::Netns, dev: &str) -> anyhow::Result<Vec<TunnelFlow>> {
+    let all: Vec<TunnelFlow> = array_of_tc_ingress_program(ns, dev, names::TUNNEL_FLOWS)?;
     Ok(all.into_iter().filter(|e| e.generation != 0).collect())
 }
 

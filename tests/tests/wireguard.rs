@@ -372,6 +372,16 @@ fn forwarding_in_tc_from_the_wireguard_interface_reaches_the_lan() {
         "{:?}",
         st.counters
     );
+    // Most of it through the tunnel's per-flow shortcut, read from the running gateway's own
+    // program on the interface: the first packet of each tick per flow takes the full path.
+    let slots = gateway_testkit::harness::tunnel_flows_on(&lab.gw, &lab.gw_interface).unwrap();
+    let hits: u64 = slots.iter().map(|e| e.hits as u64).sum();
+    let forwarded = st.packets("tunnel_ingress", "tc_forwarded");
+    eprintln!("tunnel shortcut: {hits} of {forwarded} packets forwarded in TC");
+    assert!(
+        hits * 2 >= forwarded,
+        "{hits} of {forwarded} packets took the shortcut: {slots:?}"
+    );
 }
 
 #[test]
