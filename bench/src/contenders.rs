@@ -30,6 +30,10 @@ pub enum Contender {
     /// No filter: every frame back out of d0 (XDP_TX), the ceiling of a path on one interface
     /// (a relay with one NIC).
     NoopTx,
+    /// No filter: the same XDP_TX after doing to a client's ChannelData what any relay must
+    /// (strip its 4-byte header, write the datagram's Ethernet, IPv4 and UDP headers): the
+    /// floor of a relay on one interface.
+    UnwrappingTx,
     /// No filter: the kernel forwards (the ceiling of every kernel-path contender).
     KernelForward,
     /// No filter: TC ingress on d0 redirects every packet to d1's next hop (the ceiling of a
@@ -91,6 +95,9 @@ impl Contender {
         match self {
             Contender::NoopRedirect => "no-op XDP redirect (ceiling)",
             Contender::NoopTx => "no-op XDP_TX back out of d0 (ceiling)",
+            Contender::UnwrappingTx => {
+                "XDP_TX that strips ChannelData's header and writes the datagram's headers first (a relay's floor)"
+            }
             Contender::ReadingRedirect => {
                 "XDP redirect that reads the IP header first (a forwarder's floor)"
             }
@@ -188,11 +195,13 @@ pub fn install(
         Contender::NoopRedirect
         | Contender::ReadingRedirect
         | Contender::WritingRedirect
-        | Contender::NoopTx => {
+        | Contender::NoopTx
+        | Contender::UnwrappingTx => {
             let program = match c {
                 Contender::NoopRedirect => DutXdp::Redirect,
                 Contender::ReadingRedirect => DutXdp::RedirectReading,
                 Contender::WritingRedirect => DutXdp::RedirectWriting,
+                Contender::UnwrappingTx => DutXdp::TxUnwrapping,
                 _ => DutXdp::Tx,
             };
             Ok(Installed::Xdp {

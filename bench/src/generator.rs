@@ -76,6 +76,9 @@ pub enum DutXdp {
     RedirectWriting,
     /// Every frame back out of d0 (XDP_TX): the ceiling of a path on one interface.
     Tx,
+    /// The same after doing to ChannelData what any relay must (strip its header, write the
+    /// datagram's headers): the floor of a relay on one interface.
+    TxUnwrapping,
 }
 
 impl DutXdp {
@@ -86,6 +89,7 @@ impl DutXdp {
             DutXdp::RedirectReading => PROG_REDIRECT_READING,
             DutXdp::RedirectWriting => PROG_REDIRECT_WRITING,
             DutXdp::Tx => PROG_TX,
+            DutXdp::TxUnwrapping => PROG_TX_UNWRAPPING,
         }
     }
 }
@@ -115,6 +119,7 @@ impl Generator {
             PROG_REDIRECT_READING,
             PROG_REDIRECT_WRITING,
             PROG_TX,
+            PROG_TX_UNWRAPPING,
             PROG_PASS,
         ] {
             xdp(&mut ebpf, name)?

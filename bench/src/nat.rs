@@ -94,23 +94,13 @@ pub fn markdown(md: &mut String, s: &Stateful) {
         if let Some(t) = find(Contender::TcRedirect) {
             // Within each trial too: this host runs at two speeds, and a ceiling trial at the
             // slow one beside a gateway trial at the fast one moves the medians' ratio.
-            let of_ceiling = |g: &Summary, t: &Summary| {
-                let paired = Summary::paired(&g.trials, &t.trials);
-                format!(
-                    "{:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial",
-                    100.0 * g.median / t.median,
-                    100.0 * paired.median,
-                    100.0 * paired.min,
-                    100.0 * paired.max
-                )
-            };
             let _ = writeln!(
                 md,
                 "What bounds it: a TC program that does nothing but redirect (the same hook and helper as the gateway's forwarding, no parse, no lookup) ÷ nftables: {:.2}x established, {:.2}x new flows: the most a data path in TC that reads and writes nothing reaches here. The gateway reaches {} of it on established flows, {} on new flows; what it lacks is its own work per packet (policy, connection tracking and translation tables, the rewrite; an established flow's packets mostly take the tunnel's per-flow shortcut, which skips all but the rewrite).",
                 t.established_mpps.median / n.established_mpps.median,
                 t.new_flows_mpps.median / n.new_flows_mpps.median,
-                of_ceiling(&g.established_mpps, &t.established_mpps),
-                of_ceiling(&g.new_flows_mpps, &t.new_flows_mpps),
+                g.established_mpps.share_of(&t.established_mpps),
+                g.new_flows_mpps.share_of(&t.new_flows_mpps),
             );
             for (what, base, gw, target) in [
                 (

@@ -39,6 +39,18 @@ impl Summary {
         )
     }
 
+    /// This rate as a share of `base`'s: by medians, and within each trial (median, min–max).
+    pub fn share_of(&self, base: &Summary) -> String {
+        let paired = Summary::paired(&self.trials, &base.trials);
+        format!(
+            "{:.0}% by medians, {:.0}% ({:.0}–{:.0}%) within each trial",
+            100.0 * self.median / base.median,
+            100.0 * paired.median,
+            100.0 * paired.min,
+            100.0 * paired.max
+        )
+    }
+
     /// As `of`, with a single 0 for a contender that produced no trials (its error says why).
     pub fn of_or_zero(trials: Vec<f64>) -> Summary {
         Summary::of(if trials.is_empty() { vec![0.0] } else { trials })

@@ -232,8 +232,8 @@ pub enum TcForward {
     /// expire, a packet larger than the egress MTU (the kernel sends the ICMP errors those
     /// need). The packet is as it came.
     Kernel,
-    /// Redirected (translated first when `translate` said so), along this route.
-    Redirected(TcRoute),
+    /// Redirected (translated first when `translate` said so).
+    Redirected,
     /// Dropped, with the reason.
     Dropped(u32),
 }
@@ -398,7 +398,7 @@ pub fn tc_forward(
             return TcForward::Dropped(reason::DROP_INTERNAL);
         }
     }
-    TcForward::Redirected(route)
+    TcForward::Redirected
 }
 
 /// `struct bpf_redir_neigh`: the next hop handed to `bpf_redirect_neigh`.
@@ -406,6 +406,22 @@ pub fn tc_forward(
 pub struct RedirectNeighbour {
     pub nh_family: u32,
     pub addr: [u32; 4],
+}
+
+/// The route TC forwarding just took for a packet that arrived on `ingress`: this CPU's cache
+/// entry for it (which the forwarding filled or used), if it still holds it.
+#[inline(always)]
+pub fn tc_route_taken(pkt: &Packet, ingress: u32) -> Option<TcRoute> {
+    let family = if pkt.flow.family == FAMILY_V4 {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
+    let slot = maps::TC_FIB_CACHE.get(route_slot(ingress, family, src, dst))?;
+    slot.key
+        .holds(ingress, family, pkt.tos, src, dst)
+        .then_some(slot.route)
 }
 
 /// The route of a packet forwarded in TC, from this CPU's cache when it holds the packet's

@@ -212,7 +212,13 @@ fn tc_run(ctx: &TcContext, link: Link, hook: u32) -> i32 {
     if decided == SHOT {
         return TC_ACT_SHOT;
     }
-    tc_after_decision(ctx.skb.skb, flow, decided)
+    let action = tc_after_decision(ctx.skb.skb, flow, decided);
+    // A call of its own beside the others (not from within the forwarding's, whose stack
+    // frame and this one's would then count together against 6.1's 512 bytes).
+    if hook == HOOK_TUNNEL_INGRESS && action == TC_ACT_REDIRECT as i32 {
+        tunnel_flow::remember(ctx.skb.skb, flow, After::unpack(decided).sender_is_a);
+    }
+    action
 }
 
 /// [`tc_parse`]: the packet is decided already; the low 32 bits are the reason.
@@ -373,11 +379,8 @@ fn tc_after_decision(
         forward::tc_forward(ctx, pkt, TC_PORT_TUNNEL, &forward::NoTranslation)
     };
     match forwarded {
-        forward::TcForward::Redirected(route) => {
+        forward::TcForward::Redirected => {
             stats::count(hook, reason::TC_FORWARDED, len as u64);
-            if hook == HOOK_TUNNEL_INGRESS {
-                tunnel_flow::remember(ctx, pkt, flow, sender_is_a, &route);
-            }
             TC_ACT_REDIRECT as i32
         }
         forward::TcForward::Dropped(r) => {

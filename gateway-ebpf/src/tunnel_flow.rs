@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     conntrack::{CtEntry, FAMILY_V4, NatMemo, ORIGIN_POLICY, STATE_TCP_ESTABLISHED},
-    forward::TcRoute,
+    forward::TC_PORT_LAN,
     settings::{FLAG_CONNTRACK, FLAG_MASQUERADE, FLAG_TC_FORWARD, Settings},
     stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason},
     tunnel_flow::{TUNNEL_FLOW_SLOTS, TunnelFlow, addr_delta, apply_delta, selector, slot, tick},
@@ -23,7 +23,7 @@ use gateway_common::{
 use crate::{
     conntrack, forward, maps,
     packet::{load_u16, load_u32, store_u16, store_u32},
-    parse::{FRAG_NONE, PROTO_TCP, PROTO_UDP, Packet, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{FRAG_NONE, PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
 };
 
@@ -256,22 +256,27 @@ fn steady(
 }
 
 /// Fills the flow's slot after the full path forwarded a packet of an established flow from
-/// the tunnel along `route` (translated on the way, or not), when the shortcut can stand for
-/// the full path on the flow's next packets within this tick. `flow` is the packet's conntrack
-/// entry (null: none at hand).
-#[inline(always)]
-pub fn remember(
-    ctx: &TcContext,
-    pkt: &Packet,
-    flow: *mut CtEntry,
-    sender_is_a: bool,
-    route: &TcRoute,
-) {
-    let (Some(settings), Some(active)) = (maps::SETTINGS.get(0), maps::ACTIVE.get(0)) else {
+/// the tunnel out of a LAN interface (translated on the way, or not), when the shortcut can
+/// stand for the full path on the flow's next packets within this tick. `flow` is the packet's
+/// conntrack entry (null: none at hand); the parse is in this CPU's scratch, the route in its
+/// TC route cache.
+#[inline(never)]
+pub fn remember(skb: *mut __sk_buff, flow: *mut CtEntry, sender_is_a: bool) {
+    let ctx = &TcContext::new(skb);
+    let (Some(settings), Some(active), Some(pkt)) = (
+        maps::SETTINGS.get(0),
+        maps::ACTIVE.get(0),
+        maps::SCRATCH.get(0),
+    ) else {
         return;
     };
     // SAFETY: null, or a valid map value.
     let Some(entry) = (unsafe { flow.as_ref() }) else {
+        return;
+    };
+    // SAFETY: the context's own skb.
+    let ifindex = unsafe { (*skb).ingress_ifindex };
+    let Some(route) = forward::tc_route_taken(pkt, ifindex) else {
         return;
     };
     let f = &pkt.flow;
@@ -282,6 +287,7 @@ pub fn remember(
         || (pkt.l3 != 0 && pkt.l3 as usize != ETH_LEN)
         || pkt.l4 != pkt.l3 + IP_LEN as u32
         || route.nh_family != AF_INET
+        || route.kind != TC_PORT_LAN
         || !steady(entry, f.proto, sender_is_a, settings, active.generation)
     {
         return;
@@ -311,8 +317,6 @@ pub fn remember(
     if translated && NatMemo::port(entry, now, sender_is_a) != Some(u16::from_be(new_sport)) {
         return;
     }
-    // SAFETY: the context's own skb.
-    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let Some(e) = slot_of(src, dst, ports, ifindex) else {
         return;
     };

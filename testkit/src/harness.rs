@@ -107,6 +107,30 @@ impl Harness {
         map.get(&index, 0).expect("lan flow slot")
     }
 
+    /// In the calling thread's namespace ([`crate::netns::tunnel_and_lan`]): l0 masquerades
+    /// with its address 198.18.10.1, and the tunnel's TC program forwards from t0 out of it.
+    /// Returns t0's index (the test runs' arrival interface).
+    pub fn forward_from_t0_masquerading_on_l0(&mut self) -> u32 {
+        let (t0, l0) = (
+            gateway_dataplane::attach::if_index("t0").expect("t0"),
+            gateway_dataplane::attach::if_index("l0").expect("l0"),
+        );
+        self.dp
+            .set_nat_interface(
+                l0,
+                gateway_common::nat::NatInterface {
+                    v4: [198, 18, 10, 1],
+                    has_v4: 1,
+                    ..Default::default()
+                },
+            )
+            .expect("masquerade address");
+        self.dp
+            .enable_tc_forward(&["l0".to_string()], &["t0".to_string()])
+            .expect("TC forwarding");
+        t0
+    }
+
     /// The tunnel's per-flow shortcut slots that hold a flow, on any CPU.
     pub fn tunnel_flows(&self) -> Vec<TunnelFlow> {
         let map: aya::maps::Array<_, TunnelFlow> = aya::maps::Array::try_from(

@@ -170,6 +170,40 @@ pub fn router_with_two_lans(id: &str) -> anyhow::Result<(Netns, Netns, Netns)> {
     Ok((gw, a, b))
 }
 
+/// A gateway's namespace `<id>-g` with a tunnel-side veth `t0` (100.64.0.1/10) and a LAN veth
+/// `l0` (198.18.10.1/24), their other ends in `<id>-o`, IPv4 forwarding on: where the tunnel's
+/// TC program is test-run as if a packet arrived on t0 and the FIB forwards it out of l0. The
+/// LAN hosts (permanent neighbours, so the FIB answers without ARP) are the caller's. Keep both:
+/// deleting a namespace deletes its veth ends.
+pub fn tunnel_and_lan(id: &str) -> anyhow::Result<(Netns, Netns)> {
+    let (gw, other) = (
+        Netns::create(&format!("{id}-g"))?,
+        Netns::create(&format!("{id}-o"))?,
+    );
+    gw.sysctl("net.ipv4.ip_forward", "1")?;
+    veth(&gw, "t0", &other, "t1")?;
+    veth(&gw, "l0", &other, "l1")?;
+    gw.ip(&["addr", "add", "100.64.0.1/10", "dev", "t0"])?;
+    gw.ip(&["addr", "add", "198.18.10.1/24", "dev", "l0"])?;
+    Ok((gw, other))
+}
+
+/// A permanent neighbour entry: `addr` at `mac` on `dev`.
+pub fn permanent_neighbour(ns: &Netns, addr: &str, mac: &str, dev: &str) -> anyhow::Result<()> {
+    ns.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(())
+}
+
 /// Removes namespaces left by labs whose process is gone (a crash, a kill -9), and ends what
 /// still runs in them (a relay, an iperf3 server): those would outlive the namespace's name.
 pub fn remove_stale(prefix: &str) {

@@ -1479,36 +1479,14 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
         conntrack::{CtEntry, CtKey, FAMILY_V4, flow_key},
         nat::{NatKey, NatTarget},
     };
-    use gateway_testkit::netns::{Netns, veth};
+    use gateway_testkit::netns::{permanent_neighbour, tunnel_and_lan};
     const TC_ACT_REDIRECT: u32 = 7;
     const TICK: std::time::Duration = std::time::Duration::from_nanos(1 << 28);
 
     gateway_testkit::netns::remove_stale("gwnatmemo");
     let id = format!("gwnatmemo{}", std::process::id());
-    let (ns, other) = (
-        Netns::create(&format!("{id}-g")).unwrap(),
-        Netns::create(&format!("{id}-o")).unwrap(),
-    );
-    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    veth(&ns, "t0", &other, "t1").unwrap();
-    veth(&ns, "l0", &other, "l1").unwrap();
-    for cmd in [
-        &["addr", "add", "100.64.0.1/10", "dev", "t0"][..],
-        &["addr", "add", "198.18.10.1/24", "dev", "l0"],
-        &[
-            "neigh",
-            "replace",
-            HOST,
-            "lladdr",
-            "02:00:00:00:0a:0a",
-            "dev",
-            "l0",
-            "nud",
-            "permanent",
-        ],
-    ] {
-        ns.ip(cmd).unwrap();
-    }
+    let (ns, other) = tunnel_and_lan(&id).unwrap();
+    permanent_neighbour(&ns, HOST, "02:00:00:00:0a:0a", "l0").unwrap();
 
     // UDP timeouts long enough for the memo (at least 8 ticks), then too short for it.
     for (udp_timeout, remembered) in [(120, true), (1, false)] {
@@ -1543,21 +1521,7 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
             _pad: [0; 2],
         };
         ns.run_scoped(|| {
-            let (t0, l0) = (
-                gateway_dataplane::attach::if_index("t0").unwrap(),
-                gateway_dataplane::attach::if_index("l0").unwrap(),
-            );
-            h.dp.set_nat_interface(
-                l0,
-                NatInterface {
-                    v4: [198, 18, 10, 1],
-                    has_v4: 1,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            h.dp.enable_tc_forward(&["l0".to_string()], &["t0".to_string()])
-                .unwrap();
+            let t0 = h.forward_from_t0_masquerading_on_l0();
             let send = |h: &mut Harness, what: &str| {
                 let (action, out) =
                     h.tc_program_bytes_on(names::PROG_TC_TUNNEL_INGRESS_ETH, &packet, t0);

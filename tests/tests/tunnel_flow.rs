@@ -10,14 +10,14 @@
 use aya::maps::HashMap as BpfHashMap;
 use gateway_common::{
     maps as names,
-    nat::{NatInterface, NatKey, NatSettings, NatTarget},
+    nat::{NatKey, NatSettings, NatTarget},
     stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason::*},
     tunnel_flow::{TunnelFlow, tick},
 };
 use gateway_dataplane::Masquerade;
 use gateway_testkit::{
     harness::{Harness, TC_ACT_OK, TC_ACT_SHOT, hex, pin_thread_to_cpu},
-    netns::{Netns, veth},
+    netns::{Netns, permanent_neighbour, tunnel_and_lan},
     packets::{Spec, TCP_ACK, TCP_FIN},
 };
 
@@ -55,8 +55,8 @@ const PLAIN_HOST: &str = "198.19.0.10";
 const NAT: &str = "198.18.10.1";
 const PORTS: (u16, u16) = (40_000, 40_099);
 
-/// The gateway's namespace (tunnel t0, LAN l0, both LAN hosts permanent neighbours) and the
-/// namespace holding the veths' other ends.
+/// The gateway's namespace (tunnel t0, LAN l0 on both LAN networks, both LAN hosts permanent
+/// neighbours) and the namespace holding the veths' other ends.
 struct Lab {
     gw: Netns,
     _other: Netns,
@@ -64,38 +64,11 @@ struct Lab {
 
 fn lab(tag: &str) -> Lab {
     gateway_testkit::netns::remove_stale(&format!("gwtf{tag}"));
-    let id = format!("gwtf{tag}{}", std::process::id());
-    let (gw, other) = (
-        Netns::create(&format!("{id}-g")).unwrap(),
-        Netns::create(&format!("{id}-o")).unwrap(),
-    );
-    gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    veth(&gw, "t0", &other, "t1").unwrap();
-    veth(&gw, "l0", &other, "l1").unwrap();
-    for cmd in [
-        &["addr", "add", "100.64.0.1/10", "dev", "t0"][..],
-        &["addr", "add", "198.18.10.1/24", "dev", "l0"],
-        &["addr", "add", "198.19.0.1/24", "dev", "l0"],
-    ] {
-        gw.ip(cmd).unwrap();
-    }
-    for (host, mac) in [
-        (HOST, "02:00:00:00:0a:0a"),
-        (PLAIN_HOST, "02:00:00:00:0a:0b"),
-    ] {
-        gw.ip(&[
-            "neigh",
-            "replace",
-            host,
-            "lladdr",
-            mac,
-            "dev",
-            "l0",
-            "nud",
-            "permanent",
-        ])
+    let (gw, other) = tunnel_and_lan(&format!("gwtf{tag}{}", std::process::id())).unwrap();
+    gw.ip(&["addr", "add", "198.19.0.1/24", "dev", "l0"])
         .unwrap();
-    }
+    permanent_neighbour(&gw, HOST, "02:00:00:00:0a:0a", "l0").unwrap();
+    permanent_neighbour(&gw, PLAIN_HOST, "02:00:00:00:0a:0b", "l0").unwrap();
     Lab { gw, _other: other }
 }
 
@@ -112,21 +85,7 @@ fn gateway() -> (Harness, u32) {
         },
     })
     .unwrap();
-    let (t0, l0) = (
-        gateway_dataplane::attach::if_index("t0").unwrap(),
-        gateway_dataplane::attach::if_index("l0").unwrap(),
-    );
-    h.dp.set_nat_interface(
-        l0,
-        NatInterface {
-            v4: [198, 18, 10, 1],
-            has_v4: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    h.dp.enable_tc_forward(&["l0".to_string()], &["t0".to_string()])
-        .unwrap();
+    let t0 = h.forward_from_t0_masquerading_on_l0();
     (h, t0)
 }
 

@@ -75,6 +75,7 @@ pub const PROG_TX: &str = "xdp_tx";
 pub const PROG_REDIRECT: &str = "xdp_redirect";
 pub const PROG_REDIRECT_READING: &str = "xdp_redirect_reading";
 pub const PROG_REDIRECT_WRITING: &str = "xdp_redirect_writing";
+pub const PROG_TX_UNWRAPPING: &str = "xdp_tx_unwrapping";
 pub const PROG_PASS: &str = "xdp_pass";
 pub const PROG_TC_REDIRECT: &str = "tc_redirect";
 pub const MAP_TC_EGRESS: &str = "TC_EGRESS";

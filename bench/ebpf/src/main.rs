@@ -12,6 +12,8 @@
 //! - `xdp_redirect_writing` is the same redirect after rewriting what a router rewrites (MACs,
 //!   TTL, header checksum).
 //! - `xdp_tx` is the no-op ceiling of a one-interface path: every frame back out (XDP_TX).
+//! - `xdp_tx_unwrapping` is the same XDP_TX after doing to a client's ChannelData what any TURN
+//!   relay must before sending the datagram on: the floor of a relay on one interface.
 //! - `xdp_pass` lets a veth receive XDP frames and hand them to the kernel stack (the path the
 //!   kernel-forwarding contenders take).
 //! - `tc_redirect` is the ceiling of a data path in TC: redirect everything from TC ingress to
@@ -22,7 +24,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    helpers::generated::bpf_redirect_neigh,
+    helpers::generated::{bpf_redirect_neigh, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{Array, DevMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -188,6 +190,52 @@ fn sink_count(ctx: &XdpContext, slot: u32) {
 
 #[xdp]
 pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// ChannelData (Ethernet, IPv4 without options, UDP, the 4-byte ChannelData header) unwrapped
+/// as any relay must before sending its datagram on, with nothing decided: the head moves past
+/// the ChannelData header and the datagram's 42 bytes of headers are written in front of the
+/// data, the frame's own with addresses and ports swapped, both lengths 4 less and the IP
+/// header checksum updated for it (no UDP checksum); then back out (XDP_TX). Priced beside the
+/// no-op XDP_TX: what a relay's target leaves it once it writes the frame at all.
+#[xdp]
+pub fn xdp_tx_unwrapping(ctx: XdpContext) -> u32 {
+    const HEADERS: usize = 42;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + HEADERS + 4 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: inside [start, start + 46), checked above.
+    let h = unsafe { core::ptr::read_unaligned(start as *const [u8; HEADERS + 4]) };
+    if h[12..14] != [0x08, 0x00] || h[14] != 0x45 || h[23] != 17 || h[42] & 0xc0 != 0x40 {
+        return xdp_action::XDP_PASS;
+    }
+    let mut n = [0u8; HEADERS];
+    n[..6].copy_from_slice(&h[6..12]);
+    n[6..12].copy_from_slice(&h[..6]);
+    n[12..26].copy_from_slice(&h[12..26]);
+    n[26..30].copy_from_slice(&h[30..34]);
+    n[30..34].copy_from_slice(&h[26..30]);
+    n[34..36].copy_from_slice(&h[36..38]);
+    n[36..38].copy_from_slice(&h[34..36]);
+    let total = u16::from_be_bytes([h[16], h[17]]).wrapping_sub(4);
+    n[16..18].copy_from_slice(&total.to_be_bytes());
+    // The total length 4 less: 4 more in the ones'-complement checksum.
+    let sum = u16::from_be_bytes([h[24], h[25]]) as u32 + 4;
+    n[24..26].copy_from_slice(&((sum + (sum >> 16)) as u16).to_be_bytes());
+    let udp_len = u16::from_be_bytes([h[38], h[39]]).wrapping_sub(4);
+    n[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    // SAFETY: plain helper call on the program's own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + HEADERS > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: inside [start, start + 42), checked above.
+    unsafe { core::ptr::write_unaligned(start as *mut [u8; HEADERS], n) };
     xdp_action::XDP_TX
 }
 
