@@ -96,7 +96,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
             // slow one beside a gateway trial at the fast one moves the medians' ratio.
             let _ = writeln!(
                 md,
-                "What bounds it: a TC program that does nothing but redirect (the same hook and helper as the gateway's forwarding, no parse, no lookup) ÷ nftables: {:.2}x established, {:.2}x new flows: the most a data path in TC that reads and writes nothing reaches here. The gateway reaches {} of it on established flows, {} on new flows; what it lacks is its own work per packet (policy, connection tracking and translation tables, the rewrite; an established flow's packets mostly take the tunnel's per-flow shortcut, which skips all but the rewrite).",
+                "What bounds it: a TC program that does nothing but redirect (the same hook and helper as the gateway's forwarding, no parse, no lookup) ÷ nftables: {:.2}x established, {:.2}x new flows: the most a data path in TC that reads and writes nothing reaches here. The gateway against it: {} on established flows, {} on new flows; what it lacks is its own work per packet (policy, connection tracking and translation tables, the rewrite; an established flow's packets mostly take the tunnel's per-flow shortcut, which skips all but the rewrite).",
                 t.established_mpps.median / n.established_mpps.median,
                 t.new_flows_mpps.median / n.new_flows_mpps.median,
                 g.established_mpps.share_of(&t.established_mpps),

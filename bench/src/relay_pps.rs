@@ -479,7 +479,7 @@ fn one_interface_markdown(md: &mut String, r: &RelayPps) {
         if let Some(floor) = find(Contender::UnwrappingTx) {
             let _ = writeln!(
                 md,
-                "  - XDP / the XDP_TX that does only what any relay must to the frame (the 4-byte head adjustment, the datagram's 42 bytes of headers written; no lookup, no checksum arithmetic beyond the IP header's): {}. That floor itself ran at {} of the no-op XDP_TX: what the target leaves a relay once it writes the frame at all. The gap from the floor to the relay is the relay's own work (parse, binding and route lookups, counters, checksums).",
+                "  - XDP / the XDP_TX that does only what any relay must to the frame (the 4-byte head adjustment, the datagram's 42 bytes of headers written; no lookup, no checksum arithmetic beyond the IP header's): {}. That floor against the no-op XDP_TX: {}, which is what the target leaves a relay once it writes the frame at all. The gap from the floor to the relay is the relay's own work (parse, binding and route lookups, counters, checksums).",
                 xdp.mpps[i].share_of(&floor.mpps[i]),
                 floor.mpps[i].share_of(&ceiling.mpps[i]),
             );
