@@ -131,6 +131,18 @@ impl Harness {
         t0
     }
 
+    /// The tunnel's per-flow shortcut slot at `index` (CPU × TUNNEL_FLOW_SLOTS + slot).
+    pub fn tunnel_flow(&self, index: u32) -> TunnelFlow {
+        let map: aya::maps::Array<_, TunnelFlow> = aya::maps::Array::try_from(
+            self.dp
+                .ebpf()
+                .map(names::TUNNEL_FLOWS)
+                .expect("tunnel flows"),
+        )
+        .expect("tunnel flows map type");
+        map.get(&index, 0).expect("tunnel flow slot")
+    }
+
     /// The tunnel's per-flow shortcut slots that hold a flow, on any CPU.
     pub fn tunnel_flows(&self) -> Vec<TunnelFlow> {
         let map: aya::maps::Array<_, TunnelFlow> = aya::maps::Array::try_from(

@@ -12,7 +12,7 @@ use gateway_common::{
     maps as names,
     nat::{NatKey, NatSettings, NatTarget},
     stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason::*},
-    tunnel_flow::{TunnelFlow, tick},
+    tunnel_flow::{TunnelFlow, slot, tick},
 };
 use gateway_dataplane::Masquerade;
 use gateway_testkit::{
@@ -129,15 +129,19 @@ fn forwards_as(h: &mut Harness, t0: u32, packet: &Spec, want: &Spec, what: &str)
     assert_eq!(hex(&out[14..]), hex(&want.build()[14..]), "{what}");
 }
 
-/// The slot holding the flow with this source port, if any.
-fn slot_of(h: &Harness, sport: u16) -> Option<TunnelFlow> {
-    h.tunnel_flows()
-        .into_iter()
-        .find(|e| (e.ports & 0xffff) as u16 == sport.to_be())
+/// The slot of `packet`'s flow arriving on `t0`, on CPU 0 (where the tests run), if it holds
+/// the flow. Read on its own: the whole array is a syscall per slot, longer than a tick under
+/// software emulation (the 6.1 guest).
+fn slot_of(h: &Harness, packet: &Spec, t0: u32) -> Option<TunnelFlow> {
+    let frame = packet.build();
+    let word = |at: usize| u32::from_ne_bytes(frame[at..at + 4].try_into().unwrap());
+    let (src, dst, ports) = (word(26), word(30), word(34));
+    let e = h.tunnel_flow(slot(src, dst, ports, t0));
+    (e.generation != 0 && e.src == src && e.dst == dst && e.ports == ports).then_some(e)
 }
 
-fn hits(h: &Harness, sport: u16) -> u32 {
-    slot_of(h, sport).map_or(0, |e| e.hits)
+fn hits(h: &Harness, packet: &Spec, t0: u32) -> u32 {
+    slot_of(h, packet, t0).map_or(0, |e| e.hits)
 }
 
 fn now_tick() -> u32 {
@@ -196,20 +200,15 @@ fn established_flows_leave_the_slot_with_the_full_paths_bytes_and_counters() {
                 ),
             ];
             for (what, packet, want, translated) in cases {
-                let sport = match packet.l4 {
-                    gateway_testkit::packets::L4::Udp { sport, .. }
-                    | gateway_testkit::packets::L4::Tcp { sport, .. } => sport,
-                    _ => unreachable!(),
-                };
                 // Retried where a tick boundary fell among the five packets (the slot then
                 // stands for fewer of them).
                 let mut done = false;
                 for _ in 0..5 {
                     let before = counts(&h);
-                    let (t_start, hits_before) = (now_tick(), hits(&h, sport));
+                    let (t_start, hits_before) = (now_tick(), hits(&h, &packet, t0));
                     // A slot filled in this tick already (by the last try) serves the first
                     // packet too.
-                    let current = slot_of(&h, sport).is_some_and(|e| e.tick == t_start);
+                    let current = slot_of(&h, &packet, t0).is_some_and(|e| e.tick == t_start);
                     for n in 0..5 {
                         forwards_as(&mut h, t0, &packet, &want, &format!("{what}, packet {n}"));
                     }
@@ -219,7 +218,7 @@ fn established_flows_leave_the_slot_with_the_full_paths_bytes_and_counters() {
                     let after = counts(&h);
                     let new_flow = (before[0] != after[0]) as u64;
                     assert_eq!(
-                        hits(&h, sport) - hits_before,
+                        hits(&h, &packet, t0) - hits_before,
                         match (new_flow, current) {
                             (1, _) => 3,
                             (_, false) => 4,
@@ -236,7 +235,7 @@ fn established_flows_leave_the_slot_with_the_full_paths_bytes_and_counters() {
                         "{what}: masqueraded"
                     );
                     assert_eq!(after[4], before[4], "{what}: dropped");
-                    let e = slot_of(&h, sport).unwrap();
+                    let e = slot_of(&h, &packet, t0).unwrap();
                     assert_eq!(e.translated != 0, translated, "{what}");
                     done = true;
                     break;
@@ -292,10 +291,14 @@ fn the_slot_stands_only_within_its_tick_and_its_policy_generation() {
                 let t = now_tick();
                 forwards_as(&mut h, t0, &packet, &want, "a packet that fills the slot");
                 set_refreshed(&mut h, 1);
-                let before = hits(&h, sport);
+                let before = hits(&h, &packet, t0);
                 forwards_as(&mut h, t0, &packet, &want, "a packet from the slot");
                 if now_tick() == t {
-                    assert_eq!(hits(&h, sport), before + 1, "not forwarded from the slot");
+                    assert_eq!(
+                        hits(&h, &packet, t0),
+                        before + 1,
+                        "not forwarded from the slot"
+                    );
                     assert_eq!(refreshed(&mut h), 1, "the slot's packet asked the tables");
                     within_a_tick = true;
                     break;
@@ -304,7 +307,7 @@ fn the_slot_stands_only_within_its_tick_and_its_policy_generation() {
             assert!(within_a_tick, "no two packets within a tick");
             // Two ticks later: the full path, which refreshes the translation.
             std::thread::sleep(TICK * 2);
-            let before = hits(&h, sport);
+            let before = hits(&h, &packet, t0);
             forwards_as(
                 &mut h,
                 t0,
@@ -313,7 +316,7 @@ fn the_slot_stands_only_within_its_tick_and_its_policy_generation() {
                 "the first packet of a later tick",
             );
             assert_eq!(
-                hits(&h, sport),
+                hits(&h, &packet, t0),
                 before,
                 "a later tick's first packet took the slot"
             );
@@ -331,19 +334,25 @@ fn the_slot_stands_only_within_its_tick_and_its_policy_generation() {
                 forwards_as(&mut h, t0, &packet, &want, "a new flow");
                 forwards_as(&mut h, t0, &packet, &want, "a packet that fills the slot");
                 h.apply(POLICY_TCP_ONLY);
-                let before = (hits(&h, sport), h.count(HOOK_TUNNEL_INGRESS, DROP_REVOKED));
+                let before = (
+                    hits(&h, &packet, t0),
+                    h.count(HOOK_TUNNEL_INGRESS, DROP_REVOKED),
+                );
                 let (action, _) = send(&mut h, t0, &packet);
                 if now_tick() != t {
                     continue;
                 }
-                assert!(slot_of(&h, sport).is_some(), "the slot was not filled");
+                assert!(
+                    slot_of(&h, &packet, t0).is_some(),
+                    "the slot was not filled"
+                );
                 assert_eq!(
                     action,
                     TC_ACT_SHOT,
                     "{}",
                     h.hook_counters(HOOK_TUNNEL_INGRESS)
                 );
-                assert_eq!(hits(&h, sport), before.0);
+                assert_eq!(hits(&h, &packet, t0), before.0);
                 assert_eq!(h.count(HOOK_TUNNEL_INGRESS, DROP_REVOKED), before.1 + 1);
                 revoked = true;
                 break;
@@ -374,10 +383,10 @@ fn packets_that_close_connections_or_leave_for_the_kernel_take_the_full_path() {
                 for n in 0..3 {
                     forwards_as(&mut h, t0, &ack, &want, &format!("ack {n}"));
                 }
-                if now_tick() == t && hits(&h, sport) > 0 {
+                if now_tick() == t && hits(&h, &ack, t0) > 0 {
                     served = true;
                     // TTL 1: handed to the kernel (which sends the time-exceeded), unchanged.
-                    let before = hits(&h, sport);
+                    let before = hits(&h, &ack, t0);
                     let expiring = Spec {
                         ttl: 1,
                         ..ack.clone()
@@ -388,7 +397,7 @@ fn packets_that_close_connections_or_leave_for_the_kernel_take_the_full_path() {
                     // A FIN: the full path moves the connection to closing.
                     let fin = tcp(PEER, PLAIN_HOST, sport, 443, TCP_ACK | TCP_FIN);
                     forwards_as(&mut h, t0, &fin, &forwarded(fin.clone()), "fin");
-                    assert_eq!(hits(&h, sport), before, "taken by the slot");
+                    assert_eq!(hits(&h, &ack, t0), before, "taken by the slot");
                     break;
                 }
             }

@@ -110,6 +110,14 @@ const GUEST_TESTS: &[GuestTest] = &[
         ignored: false,
         what: "the LAN hook's per-flow shortcut with connection tracking",
     },
+    // The tunnel's shortcut: its checksum helpers and neighbour redirect from a call of its
+    // own, on the older verifier and kernel.
+    GuestTest {
+        target: "tunnel_flow",
+        name: "established_flows_leave_the_slot_with_the_full_paths_bytes_and_counters",
+        ignored: false,
+        what: "the tunnel's per-flow shortcut against the full path",
+    },
     // The relay's per-flow shortcut (word loads and stores, bpf_xdp_adjust_head) against the
     // full fast path, byte for byte, on the older verifier.
     GuestTest {
