@@ -133,7 +133,7 @@ pub fn v4_pseudo_header_fold_ne(src: u32, dst: u32, proto: u8, l4_len: u16) -> u
 
 #[cfg(test)]
 mod tests {
-    use crate::test_rng::Rng;
+    use crate::test_kit::{Rng, internet_checksum};
     extern crate std;
     use std::vec::Vec;
 
@@ -141,15 +141,7 @@ mod tests {
 
     /// Full recomputation, the plain way (RFC 1071), independent of the code under test.
     fn full(chunks: &[&[u8]]) -> u16 {
-        let bytes: Vec<u8> = chunks.concat();
-        let mut sum: u64 = 0;
-        for pair in bytes.chunks(2) {
-            sum += ((pair[0] as u64) << 8) | *pair.get(1).unwrap_or(&0) as u64;
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
+        internet_checksum(&chunks.concat())
     }
 
     fn segment_checksum(v4: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, seg: &[u8]) -> u16 {

@@ -16,7 +16,7 @@ pub mod nat;
 pub mod settings;
 pub mod stats;
 #[cfg(test)]
-mod test_rng;
+mod test_kit;
 pub mod tunnel_flow;
 pub mod turn;
 pub mod turn_flow;

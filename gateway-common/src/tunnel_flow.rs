@@ -100,19 +100,7 @@ pub const fn apply_delta(check: u16, delta: u16) -> u16 {
 mod tests {
     extern crate std;
     use super::*;
-    use crate::test_rng::Rng;
-
-    /// RFC 1071 over 16-bit big-endian words.
-    fn rfc1071(bytes: &[u8]) -> u16 {
-        let mut sum = 0u32;
-        for w in bytes.chunks(2) {
-            sum += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
+    use crate::test_kit::{Rng, internet_checksum};
 
     #[test]
     fn a_source_change_applied_as_a_delta_gives_the_recomputed_header_checksum() {
@@ -121,7 +109,7 @@ mod tests {
             let mut h: [u8; 20] = rng.bytes();
             h[10] = 0;
             h[11] = 0;
-            let check = rfc1071(&h);
+            let check = internet_checksum(&h);
             h[10..12].copy_from_slice(&check.to_be_bytes());
             let old = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
             let new_bytes = rng.u32().to_ne_bytes();
@@ -131,7 +119,7 @@ mod tests {
             h[12..16].copy_from_slice(&new_bytes);
             h[10..12].copy_from_slice(&updated.to_ne_bytes());
             // A header with a correct checksum sums to zero.
-            assert_eq!(rfc1071(&h), 0, "header {h:02x?}");
+            assert_eq!(internet_checksum(&h), 0, "header {h:02x?}");
         }
     }
 

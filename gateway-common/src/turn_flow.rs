@@ -149,7 +149,7 @@ pub const fn ip_check(base: u16, tos: u8, total: u16, id: u16, frag: u16) -> u16
 mod tests {
     extern crate std;
     use super::*;
-    use crate::{test_rng::Rng, turn::ChecksumUpdate};
+    use crate::{test_kit::Rng, turn::ChecksumUpdate};
 
     fn addr_sum(a: u32, b: u32) -> u32 {
         halves(a) + halves(b)

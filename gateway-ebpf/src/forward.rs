@@ -412,16 +412,25 @@ pub struct RedirectNeighbour {
 /// entry for it (which the forwarding filled or used), if it still holds it.
 #[inline(always)]
 pub fn tc_route_taken(pkt: &Packet, ingress: u32) -> Option<TcRoute> {
+    let (family, index) = tc_route_slot(pkt, ingress);
+    let slot = maps::TC_FIB_CACHE.get(index)?;
+    slot.key
+        .holds(ingress, family, pkt.tos, &pkt.flow.src, &pkt.flow.dst)
+        .then_some(slot.route)
+}
+
+/// The packet's address family as the FIB names it, and its slot in this CPU's TC route cache.
+#[inline(always)]
+fn tc_route_slot(pkt: &Packet, ingress: u32) -> (u8, u32) {
     let family = if pkt.flow.family == FAMILY_V4 {
         AF_INET
     } else {
         AF_INET6
     };
-    let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
-    let slot = maps::TC_FIB_CACHE.get(route_slot(ingress, family, src, dst))?;
-    slot.key
-        .holds(ingress, family, pkt.tos, src, dst)
-        .then_some(slot.route)
+    (
+        family,
+        route_slot(ingress, family, &pkt.flow.src, &pkt.flow.dst),
+    )
 }
 
 /// The route of a packet forwarded in TC, from this CPU's cache when it holds the packet's
@@ -436,13 +445,9 @@ fn tc_route(
     tot_len: u32,
 ) -> Option<TcRoute> {
     use aya_ebpf::{EbpfContext as _, bindings::BPF_FIB_LOOKUP_SKIP_NEIGH};
-    let family = if pkt.flow.family == FAMILY_V4 {
-        AF_INET
-    } else {
-        AF_INET6
-    };
+    let (family, index) = tc_route_slot(pkt, ingress);
     let (src, dst) = (&pkt.flow.src, &pkt.flow.dst);
-    let slot = maps::TC_FIB_CACHE.get_ptr_mut(route_slot(ingress, family, src, dst))?;
+    let slot = maps::TC_FIB_CACHE.get_ptr_mut(index)?;
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
     let slot = unsafe { &mut *slot };
     let now = pkt.now();

@@ -143,19 +143,33 @@ impl Harness {
         map.get(&index, 0).expect("tunnel flow slot")
     }
 
-    /// The tunnel's per-flow shortcut slots that hold a flow, on any CPU.
-    pub fn tunnel_flows(&self) -> Vec<TunnelFlow> {
-        let map: aya::maps::Array<_, TunnelFlow> = aya::maps::Array::try_from(
-            self.dp
-                .ebpf()
-                .map(names::TUNNEL_FLOWS)
-                .expect("tunnel flows"),
+    /// When the translation of the flow `key` names (the forward direction's entry) was last
+    /// refreshed.
+    pub fn nat_forward_last_seen(&self, key: &gateway_common::nat::NatKey) -> u64 {
+        let fwd: aya::maps::HashMap<
+            _,
+            gateway_common::nat::NatKey,
+            gateway_common::nat::NatTarget,
+        > = aya::maps::HashMap::try_from(self.dp.ebpf().map(names::NAT_FORWARD).expect("nat"))
+            .expect("nat map type");
+        fwd.get(key, 0)
+            .expect("the flow's translation")
+            .last_seen_ns
+    }
+
+    /// Marks that translation's timestamp (a test then sees whether a packet refreshed it).
+    pub fn set_nat_forward_last_seen(&mut self, key: &gateway_common::nat::NatKey, ns: u64) {
+        let mut fwd: aya::maps::HashMap<
+            _,
+            gateway_common::nat::NatKey,
+            gateway_common::nat::NatTarget,
+        > = aya::maps::HashMap::try_from(
+            self.dp.ebpf_mut().map_mut(names::NAT_FORWARD).expect("nat"),
         )
-        .expect("tunnel flows map type");
-        entries(&map)
-            .into_iter()
-            .filter(|e| e.generation != 0)
-            .collect()
+        .expect("nat map type");
+        let mut t = fwd.get(key, 0).expect("the flow's translation");
+        t.last_seen_ns = ns;
+        fwd.insert(key, t, 0).expect("translation written");
     }
 
     /// The relay's per-flow shortcut slots that hold a flow, on any CPU.

@@ -1477,7 +1477,7 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
     use aya::maps::HashMap as BpfHashMap;
     use gateway_common::{
         conntrack::{CtEntry, CtKey, FAMILY_V4, flow_key},
-        nat::{NatKey, NatTarget},
+        nat::NatKey,
     };
     use gateway_testkit::netns::{permanent_neighbour, tunnel_and_lan};
     const TC_ACT_REDIRECT: u32 = 7;
@@ -1540,19 +1540,9 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
                     BpfHashMap::try_from(h.dp.ebpf().map(names::CONNTRACK).unwrap()).unwrap();
                 ct.get(&ct_key, 0).expect("the flow's conntrack entry")
             };
-            let set_refreshed = |h: &mut Harness, ns: u64| {
-                let mut fwd: BpfHashMap<_, NatKey, NatTarget> =
-                    BpfHashMap::try_from(h.dp.ebpf_mut().map_mut(names::NAT_FORWARD).unwrap())
-                        .unwrap();
-                let mut t = fwd.get(&fwd_key, 0).expect("the flow's translation");
-                t.last_seen_ns = ns;
-                fwd.insert(fwd_key, t, 0).unwrap();
-            };
-            let refreshed = |h: &mut Harness| -> u64 {
-                let fwd: BpfHashMap<_, NatKey, NatTarget> =
-                    BpfHashMap::try_from(h.dp.ebpf().map(names::NAT_FORWARD).unwrap()).unwrap();
-                fwd.get(&fwd_key, 0).unwrap().last_seen_ns
-            };
+            let set_refreshed =
+                |h: &mut Harness, ns: u64| h.set_nat_forward_last_seen(&fwd_key, ns);
+            let refreshed = |h: &mut Harness| -> u64 { h.nat_forward_last_seen(&fwd_key) };
             // The first packet creates the conntrack entry and the translation; the masquerade
             // has no entry at hand yet.
             send(&mut h, "first packet");

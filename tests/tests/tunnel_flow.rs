@@ -7,10 +7,9 @@
 //! or that the forwarding hands to the kernel take the full path. Expected packets are built
 //! here from the input, with checksums computed in full, not by the data plane's code.
 
-use aya::maps::HashMap as BpfHashMap;
 use gateway_common::{
     maps as names,
-    nat::{NatKey, NatSettings, NatTarget},
+    nat::{NatKey, NatSettings},
     stats::{HOOK_LAN, HOOK_TUNNEL_INGRESS, reason::*},
     tunnel_flow::{TunnelFlow, slot, tick},
 };
@@ -270,19 +269,9 @@ fn the_slot_stands_only_within_its_tick_and_its_policy_generation() {
                 family: gateway_common::conntrack::FAMILY_V4,
                 _pad: [0; 2],
             };
-            let set_refreshed = |h: &mut Harness, ns: u64| {
-                let mut fwd: BpfHashMap<_, NatKey, NatTarget> =
-                    BpfHashMap::try_from(h.dp.ebpf_mut().map_mut(names::NAT_FORWARD).unwrap())
-                        .unwrap();
-                let mut t = fwd.get(&fwd_key, 0).expect("the flow's translation");
-                t.last_seen_ns = ns;
-                fwd.insert(fwd_key, t, 0).unwrap();
-            };
-            let refreshed = |h: &mut Harness| -> u64 {
-                let fwd: BpfHashMap<_, NatKey, NatTarget> =
-                    BpfHashMap::try_from(h.dp.ebpf().map(names::NAT_FORWARD).unwrap()).unwrap();
-                fwd.get(&fwd_key, 0).unwrap().last_seen_ns
-            };
+            let set_refreshed =
+                |h: &mut Harness, ns: u64| h.set_nat_forward_last_seen(&fwd_key, ns);
+            let refreshed = |h: &mut Harness| -> u64 { h.nat_forward_last_seen(&fwd_key) };
             forwards_as(&mut h, t0, &packet, &want, "first packet");
             // Within one tick: a packet fills the slot, the next is the slot's and leaves the
             // translation's timestamp alone. (Retried when a tick boundary fell between them.)
