@@ -29,8 +29,9 @@ pub struct LanFlow {
     /// The deciding rule, for its counters (stateless filter; a tracked flow's entry holds its
     /// own, which the shortcut counts).
     pub rule: u32,
-    /// When the route (below) must be looked up again, as the route cache has it.
-    pub expires_ns: u64,
+    /// The jiffy from which the route (below) must be looked up again: the route cache's
+    /// deadline, converted when the slot was filled (crate::clock).
+    pub expires_jiffies: u64,
     /// The egress interface's slot in the forward-ports devmap.
     pub port: u32,
     /// The longest IP datagram the route was looked up for: longer ones take the full path,

@@ -5,6 +5,7 @@
 
 pub mod acl;
 pub mod checksum;
+pub mod clock;
 pub mod conntrack;
 pub mod forward;
 pub mod fragment;

@@ -24,8 +24,10 @@ use crate::{
 pub struct TurnFlow {
     /// The bindings' generation plus one (as [`crate::turn::CachedBinding`]); 0: never filled.
     pub tag: u64,
-    /// When the route must be looked up again, as the relay's route cache has it.
-    pub expires_ns: u64,
+    /// The jiffy from which the full path must decide again: the earlier of the route cache's
+    /// deadline and the end of the relay's sign-of-life window, converted when the slot was
+    /// filled (crate::clock).
+    pub expires_jiffies: u64,
     /// The key: the frame's addresses and ports as their bytes lie in the header, read as
     /// native words; the channel number (host order) of ChannelData from a client, 0 for a
     /// peer's datagram; the interface it arrives on.

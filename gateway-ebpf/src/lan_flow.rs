@@ -19,7 +19,7 @@ use gateway_common::{
 };
 
 use crate::{
-    conntrack, forward,
+    clock, conntrack, forward,
     judge::Decision,
     maps,
     packet::{load_u16, load_u32, mac_words, write_macs},
@@ -158,8 +158,7 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
     {
         return None;
     }
-    let now = conntrack::now_ns();
-    if now >= e.expires_ns {
+    if clock::jiffies() >= e.expires_jiffies {
         return None;
     }
     // A checksum only begun (a local sender's offload) is the kernel path's to finish: the
@@ -176,6 +175,8 @@ pub fn forward(ctx: &XdpContext) -> Option<u32> {
     }
     // Last: once the flow's entry has moved, the packet is the shortcut's.
     let (reason, rule) = if settings.flags & FLAG_CONNTRACK != 0 {
+        // The coarse clock (a helper call) only where the entry's clock moves.
+        let now = conntrack::now_ns();
         let rule = track(
             (src, sport),
             (dst, dport),
@@ -241,7 +242,7 @@ pub fn remember(ctx: &XdpContext, pkt: &Packet, d: &Decision, route: &FibRoute) 
     e.ifindex = ifindex;
     e.generation = d.generation;
     e.rule = d.rule;
-    e.expires_ns = route.expires_ns;
+    e.expires_jiffies = clock::slot_deadline(pkt.now(), route.expires_ns);
     e.port = route.port;
     e.max_len = route.max_len;
     e.multi_buffer = route.multi_buffer;

@@ -530,21 +530,23 @@ pub fn relay(ctx: &XdpContext) -> (u32, u32) {
     if data + ETH > end {
         return (xdp_action::XDP_PASS, reason::PASS_OTHER);
     }
-    // Bindings are trusted only while the relay says it is alive: a relay that died without
-    // taking its program out of a chain (see dataplane::TurnChain) relays nothing more.
-    let alive = maps::TURN_ALIVE.get(0).copied().unwrap_or(0);
-    let now = crate::conntrack::now_ns();
-    if now > alive.saturating_add(ALIVE_WINDOW_NS) {
-        return (xdp_action::XDP_PASS, reason::PASS_RELAY_GONE);
-    }
     // Read before any binding is: a copy cached under an older generation must not match.
     let tag = maps::TURN_GENERATION
         .get(0)
         .copied()
         .unwrap_or(0)
         .wrapping_add(1);
-    if let Some(done) = turn_flow::relay(ctx, tag, now) {
+    // A flow's slot stands for the full path below, the check of the relay's sign of life
+    // included: it expires no later than the window its filling frame was relayed in.
+    if let Some(done) = turn_flow::relay(ctx, tag) {
         return done;
+    }
+    // Bindings are trusted only while the relay says it is alive: a relay that died without
+    // taking its program out of a chain (see dataplane::TurnChain) relays nothing more.
+    let alive = maps::TURN_ALIVE.get(0).copied().unwrap_or(0);
+    let now = crate::conntrack::now_ns();
+    if now > alive.saturating_add(ALIVE_WINDOW_NS) {
+        return (xdp_action::XDP_PASS, reason::PASS_RELAY_GONE);
     }
     // One BPF-to-BPF call per family: each gets its own stack frame (inlined together, the
     // two would not fit the 512-byte stack).
@@ -690,6 +692,7 @@ fn to_peer<F: Family>(
             binding: to.slot,
             route: &fib,
             tag,
+            now,
         },
     );
     (send(ctx, fib.egress), reason::TO_PEER)
@@ -766,6 +769,7 @@ fn to_client<F: Family>(
             binding: to.slot,
             route: &fib,
             tag,
+            now,
         },
     );
     (send(ctx, fib.egress), reason::TO_CLIENT)

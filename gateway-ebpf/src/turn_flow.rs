@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     forward::FibRoute,
-    turn::{DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, begun_checksum, reason},
+    turn::{ALIVE_WINDOW_NS, DIRECTION_TO_CLIENT, DIRECTION_TO_PEER, begun_checksum, reason},
     turn_flow::{
         TURN_FLOW_SLOTS, TurnFlow, halves, ip_base, ip_check, slot, to_client_check, to_peer_check,
         udp_delta,
@@ -18,7 +18,7 @@ use gateway_common::{
 };
 
 use crate::{
-    maps,
+    clock, maps,
     packet::{load_u16, load_u32, mac_words, store_u16, store_u32},
     turn::{HOPS, count, send},
 };
@@ -39,9 +39,9 @@ fn slot_of(src: u32, dst: u32, ports: u32, channel: u16, ifindex: u32) -> Option
 }
 
 /// Relays the frame from its flow's slot: the XDP action and the reason; `None`: the full path
-/// decides it. `tag`: the bindings' generation plus one, `now`: the time the caller read.
+/// decides it. `tag`: the bindings' generation plus one.
 #[inline(always)]
-pub fn relay(ctx: &XdpContext, tag: u64, now: u64) -> Option<(u32, u32)> {
+pub fn relay(ctx: &XdpContext, tag: u64) -> Option<(u32, u32)> {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + HEADERS > end {
         return None;
@@ -92,7 +92,7 @@ pub fn relay(ctx: &XdpContext, tag: u64, now: u64) -> Option<(u32, u32)> {
         || e.channel != channel
         || e.ifindex != ifindex
         || e.tag != tag
-        || now >= e.expires_ns
+        || clock::jiffies() >= e.expires_jiffies
     {
         return None;
     }
@@ -189,6 +189,8 @@ pub struct Relayed<'a, A> {
     pub binding: u32,
     pub route: &'a FibRoute,
     pub tag: u64,
+    /// The coarse clock the full path read for this frame.
+    pub now: u64,
 }
 
 /// Fills the flow's slot after the full path relayed a frame of it.
@@ -218,7 +220,14 @@ pub fn remember(ctx: &XdpContext, r: &Relayed<[u8; 4]>) {
     let sum = |a: &[u8; 4]| halves(u32::from_be_bytes(*a));
     let addrs = sum(r.src) + sum(r.dst);
     let new_addrs = sum(r.new_src) + sum(r.new_dst);
-    e.expires_ns = r.route.expires_ns;
+    // Not past the relay's sign-of-life window either: the full path stops trusting bindings
+    // there (turn::relay), so the slot must not outlast it.
+    let alive = maps::TURN_ALIVE.get(0).copied().unwrap_or(0);
+    let deadline = r
+        .route
+        .expires_ns
+        .min(alive.saturating_add(ALIVE_WINDOW_NS));
+    e.expires_jiffies = clock::slot_deadline(r.now, deadline);
     e.src = src;
     e.dst = dst;
     e.ports = ports_ne;

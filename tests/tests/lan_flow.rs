@@ -418,3 +418,57 @@ fn with_connection_tracking_the_slot_serves_live_flows_and_moves_their_entries()
         assert_eq!(h.rule_packets("a-to-b-web"), 3);
     });
 }
+
+/// The kernel's tick counter, as /proc/timer_list prints it (the counter the programs read).
+fn kernel_jiffies() -> u64 {
+    let list = std::fs::read_to_string("/proc/timer_list").unwrap();
+    let line = list.lines().find(|l| l.starts_with("jiffies:")).unwrap();
+    line["jiffies:".len()..].trim().parse().unwrap()
+}
+
+/// The kernel's tick in nanoseconds: the coarse monotonic clock's resolution.
+fn tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to write.
+    assert_eq!(
+        unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) },
+        0
+    );
+    res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64
+}
+
+/// A slot keeps its route's deadline in the kernel's ticks, converted with the tick's length
+/// the loader gives the programs: filled by a packet whose route was just looked up (the route
+/// cache keeps a route a second), it stands for at most that second and for nearly all of it.
+/// (Converted with the slowest tick Linux has instead of this kernel's, a slot would live 100
+/// ticks: 0.4 s at HZ=250.)
+#[test]
+fn a_slot_stands_for_its_route_cache_second_in_the_kernels_ticks() {
+    in_lab("j", false, |h, a, _| {
+        let tick = tick_ns();
+        let frame = dns(40000).build();
+        let before = kernel_jiffies();
+        let (action, _) = h.xdp_bytes_on(&frame, a);
+        let after = kernel_jiffies();
+        assert_eq!(action, XDP_REDIRECT);
+        let (src, dst) = (
+            u32::from_ne_bytes([198, 18, 1, 10]),
+            u32::from_ne_bytes([198, 19, 1, 10]),
+        );
+        let e = h.lan_flow(slot(src, dst, selector(53, 17, 0), a));
+        let second = 1_000_000_000;
+        assert!(
+            (e.expires_jiffies - before) * tick <= second + (after - before) * tick,
+            "at most the route's second: {} ticks of {tick} ns from {before}",
+            e.expires_jiffies - before
+        );
+        assert!(
+            e.expires_jiffies.saturating_sub(after) * tick >= second * 9 / 10,
+            "nearly all of it: {} ticks of {tick} ns from {after}",
+            e.expires_jiffies.saturating_sub(after)
+        );
+    });
+}

@@ -769,6 +769,50 @@ fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
     .unwrap();
 }
 
+/// A flow's shortcut slot stands for the full path's sign-of-life check too: a relay whose
+/// window ends half a second after the flow's slot was filled (sooner than the route cache's
+/// second) has the flow's next frame passed to the stack once the window is over, counted as
+/// the full path counts it, not relayed from the slot.
+#[test]
+fn a_flows_slot_does_not_outlive_the_relays_sign_of_life() {
+    let (ns, _other) = relay_ns();
+    let mut h = harness();
+    let input = frame(
+        C0_MAC,
+        CLIENT_MAC,
+        CLIENT,
+        LISTEN,
+        40000,
+        3478,
+        64,
+        &channel_data(0x4001, b"payload", &[]),
+    );
+    let now = gateway_dataplane::sweep::monotonic_coarse_ns();
+    h.dp.set_turn_alive(now - gateway_common::turn::ALIVE_WINDOW_NS + 500_000_000)
+        .unwrap();
+    ns.run_scoped(|| {
+        pin_thread_to_cpu(0);
+        for _ in 0..2 {
+            let (action, _) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+            assert!(action == XDP_REDIRECT || action == XDP_TX, "{action}");
+        }
+    })
+    .unwrap();
+    let hits: u32 = h.turn_flows().iter().map(|f| f.hits).sum();
+    assert_eq!(hits, 1, "the second frame took the slot");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    ns.run_scoped(|| {
+        pin_thread_to_cpu(0);
+        let (action, out) = h.xdp_program_bytes(names::PROG_XDP_TURN, &input);
+        assert_eq!((action, &out), (XDP_PASS, &input));
+    })
+    .unwrap();
+    assert_eq!(reason_count(&h, PASS_RELAY_GONE), 1);
+    assert_eq!(reason_count(&h, TO_PEER), 2);
+    let hits: u32 = h.turn_flows().iter().map(|f| f.hits).sum();
+    assert_eq!(hits, 1, "nothing more from the slot");
+}
+
 /// The bindings are trusted only while the relay says it is alive: a stamp older than the
 /// window (a relay that died) makes the program pass its bound channels to the stack, counted;
 /// a fresh stamp brings the fast path back.
