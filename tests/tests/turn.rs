@@ -769,6 +769,20 @@ fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
     .unwrap();
 }
 
+/// The client's ChannelData on the bound channel 0x4001 (7 bytes of data, then `pad`).
+fn client_channel_data(pad: &[u8]) -> Vec<u8> {
+    frame(
+        C0_MAC,
+        CLIENT_MAC,
+        CLIENT,
+        LISTEN,
+        40000,
+        3478,
+        64,
+        &channel_data(0x4001, b"payload", pad),
+    )
+}
+
 /// A flow's shortcut slot stands for the full path's sign-of-life check too: a relay whose
 /// window ends half a second after the flow's slot was filled (sooner than the route cache's
 /// second) has the flow's next frame passed to the stack once the window is over, counted as
@@ -777,16 +791,7 @@ fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
 fn a_flows_slot_does_not_outlive_the_relays_sign_of_life() {
     let (ns, _other) = relay_ns();
     let mut h = harness();
-    let input = frame(
-        C0_MAC,
-        CLIENT_MAC,
-        CLIENT,
-        LISTEN,
-        40000,
-        3478,
-        64,
-        &channel_data(0x4001, b"payload", &[]),
-    );
+    let input = client_channel_data(&[]);
     let now = gateway_dataplane::sweep::monotonic_coarse_ns();
     h.dp.set_turn_alive(now - gateway_common::turn::ALIVE_WINDOW_NS + 500_000_000)
         .unwrap();
@@ -820,16 +825,7 @@ fn a_flows_slot_does_not_outlive_the_relays_sign_of_life() {
 fn a_relay_that_stopped_saying_it_is_alive_has_nothing_relayed_in_the_kernel() {
     let (ns, _other) = relay_ns();
     let mut h = harness();
-    let input = frame(
-        C0_MAC,
-        CLIENT_MAC,
-        CLIENT,
-        LISTEN,
-        40000,
-        3478,
-        64,
-        &channel_data(0x4001, b"payload", &[0]),
-    );
+    let input = client_channel_data(&[0]);
     let now = gateway_dataplane::sweep::monotonic_coarse_ns();
     h.dp.set_turn_alive(now - gateway_common::turn::ALIVE_WINDOW_NS - 1_000_000_000)
         .unwrap();
