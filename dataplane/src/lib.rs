@@ -207,7 +207,7 @@ impl Dataplane {
         // Not a configured capacity: the shortcuts' slots for every possible CPU (each CPU
         // indexes its own range by its id).
         let cpus = nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))? as u32;
-        let ns_per_jiffy = coarse_clock_tick_ns();
+        let ns_per_jiffy = sweep::monotonic_coarse_tick_ns();
         let mut loader = EbpfLoader::new();
         // The shortcuts keep their deadlines in jiffies (gateway_common::clock).
         loader.override_global("NS_PER_JIFFY", &ns_per_jiffy, true);
@@ -1028,20 +1028,6 @@ fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The kernel's tick in nanoseconds: the resolution of CLOCK_MONOTONIC_COARSE, which advances
-/// once per tick. 0 where the kernel does not say (the programs then assume the slowest tick).
-fn coarse_clock_tick_ns() -> u64 {
-    let mut res = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a timespec to write.
-    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
-        return 0;
-    }
-    res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64
 }
 
 #[cfg(test)]

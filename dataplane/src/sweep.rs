@@ -38,6 +38,20 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The kernel's tick in nanoseconds: CLOCK_MONOTONIC_COARSE's resolution (it advances once per
+/// tick). 0 where the kernel does not say (the programs then assume the slowest tick).
+pub fn monotonic_coarse_tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes into the timespec.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return 0;
+    }
+    res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64
+}
+
 fn ip(family: u8, bytes: &[u8; 16]) -> IpAddr {
     if family == FAMILY_V4 {
         IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])

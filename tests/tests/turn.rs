@@ -455,7 +455,7 @@ fn everything_else_goes_to_userspace_untouched() {
         }
     })
     .unwrap();
-    let hits: u32 = h.turn_flows().iter().map(|f| f.hits).sum();
+    let hits = shortcut_hits(&h);
     assert_eq!(hits, 1, "the second run took the shortcut");
     // With the binding removed, its traffic is userspace's again.
     h.dp.remove_turn_binding(
@@ -769,6 +769,11 @@ fn ipv6_frames_the_path_does_not_take_go_to_userspace_untouched() {
     .unwrap();
 }
 
+/// Frames relayed from the shortcut's slots (all CPUs, all flows).
+fn shortcut_hits(h: &Harness) -> u32 {
+    h.turn_flows().iter().map(|f| f.hits).sum()
+}
+
 /// The client's ChannelData on the bound channel 0x4001 (7 bytes of data, then `pad`).
 fn client_channel_data(pad: &[u8]) -> Vec<u8> {
     frame(
@@ -803,7 +808,7 @@ fn a_flows_slot_does_not_outlive_the_relays_sign_of_life() {
         }
     })
     .unwrap();
-    let hits: u32 = h.turn_flows().iter().map(|f| f.hits).sum();
+    let hits = shortcut_hits(&h);
     assert_eq!(hits, 1, "the second frame took the slot");
     std::thread::sleep(std::time::Duration::from_millis(700));
     ns.run_scoped(|| {
@@ -814,7 +819,7 @@ fn a_flows_slot_does_not_outlive_the_relays_sign_of_life() {
     .unwrap();
     assert_eq!(reason_count(&h, PASS_RELAY_GONE), 1);
     assert_eq!(reason_count(&h, TO_PEER), 2);
-    let hits: u32 = h.turn_flows().iter().map(|f| f.hits).sum();
+    let hits = shortcut_hits(&h);
     assert_eq!(hits, 1, "nothing more from the slot");
 }
 
