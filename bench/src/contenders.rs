@@ -39,6 +39,10 @@ pub enum Contender {
     /// No filter: TC ingress on d0 redirects every packet to d1's next hop (the ceiling of a
     /// data path in TC, as the routing peer's tunnel side has).
     TcRedirect,
+    /// The same redirect after the least table work of a stateful translator: a flow not seen
+    /// before is looked up and recorded under its original and its translated tuple in LRU
+    /// hash maps of the gateway's default capacities (the floor of a translator in TC).
+    TcTrackingRedirect,
     Gateway,
     /// The gateway as a routing peer sees traffic: TC on the tunnel side (d0), XDP on the LAN
     /// side (d1), the kernel forwarding between them.
@@ -106,6 +110,9 @@ impl Contender {
             }
             Contender::KernelForward => "kernel forwarding, no rules",
             Contender::TcRedirect => "no-op TC redirect to the next hop (the TC path's ceiling)",
+            Contender::TcTrackingRedirect => {
+                "TC redirect that first records a new flow both ways in LRU hash maps (a translator's floor)"
+            }
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
             Contender::GatewayTunnel => {
                 "gateway (tunnel TC + LAN program as attach: auto picks it, kernel forwarding)"
@@ -158,6 +165,8 @@ pub enum Installed {
         link: XdpLinkId,
     },
     TcRedirect(XdpLinkId, SchedClassifierLinkId),
+    /// The tracking floor: the XDP pass, and its own programs and tables (detached with them).
+    TcTracking(XdpLinkId, Box<aya::Ebpf>),
     /// The gateway; with the generator's XDP_PASS program on d0 where the gateway itself has
     /// only TC there (a veth receives the generator's XDP frames only with an XDP program).
     Gateway(Box<Dataplane>, Option<XdpLinkId>),
@@ -216,6 +225,12 @@ pub fn install(
                 .context("the TC ceiling is a program of the generator's")?
                 .attach_tc_ceiling(topo)?;
             Ok(Installed::TcRedirect(pass, tc))
+        }
+        Contender::TcTrackingRedirect => {
+            let (pass, floor) = generator
+                .context("the tracking floor is a program of the generator's")?
+                .attach_tc_tracking(topo)?;
+            Ok(Installed::TcTracking(pass, Box::new(floor)))
         }
         Contender::KernelForward => match generator {
             Some(g) => Ok(Installed::Xdp {
@@ -387,6 +402,9 @@ pub fn remove(
         Installed::TcRedirect(pass, tc) => generator
             .context("installed with a generator")?
             .detach_tc_ceiling(topo, (pass, tc)),
+        Installed::TcTracking(pass, floor) => generator
+            .context("installed with a generator")?
+            .detach_tc_tracking(topo, (pass, *floor)),
         Installed::Gateway(mut dp, pass) => {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 let c = dp.verdict_counters()?;

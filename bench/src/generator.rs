@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, DevMap, PerCpuArray},
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
@@ -56,11 +56,27 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .try_into()?)
 }
 
-fn tc_redirect(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     Ok(ebpf
-        .program_mut(PROG_TC_REDIRECT)
-        .context("program tc_redirect")?
+        .program_mut(name)
+        .with_context(|| format!("program {name}"))?
         .try_into()?)
+}
+
+/// Where the TC programs redirect to: the sink's address on d1 (run in the DUT's namespace).
+fn set_tc_egress(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut egress: Array<_, TcEgress> =
+        Array::try_from(ebpf.map_mut(MAP_TC_EGRESS).context("TC egress map")?)?;
+    let sink: Ipv4Addr = SINK_ADDR.parse()?;
+    egress.set(
+        0,
+        TcEgress {
+            ifindex: if_index("d1")?,
+            nexthop_be: u32::from(sink).to_be(),
+        },
+        0,
+    )?;
+    Ok(())
 }
 
 /// The generator's programs for d0 of the device under test.
@@ -126,7 +142,7 @@ impl Generator {
                 .load()
                 .with_context(|| format!("loading {name}"))?;
         }
-        tc_redirect(&mut ebpf)?
+        tc_program(&mut ebpf, PROG_TC_REDIRECT)?
             .load()
             .with_context(|| format!("loading {PROG_TC_REDIRECT}"))?;
         let sink_link = topo.sink.run_scoped(|| {
@@ -298,18 +314,8 @@ impl Generator {
         let tc = topo
             .dut
             .run_scoped(|| -> anyhow::Result<SchedClassifierLinkId> {
-                let mut egress: Array<_, TcEgress> =
-                    Array::try_from(ebpf.map_mut(MAP_TC_EGRESS).context("TC egress map")?)?;
-                let sink: Ipv4Addr = SINK_ADDR.parse()?;
-                egress.set(
-                    0,
-                    TcEgress {
-                        ifindex: if_index("d1")?,
-                        nexthop_be: u32::from(sink).to_be(),
-                    },
-                    0,
-                )?;
-                Ok(tc_redirect(ebpf)?.attach("d0", TcAttachType::Ingress)?)
+                set_tc_egress(ebpf)?;
+                Ok(tc_program(ebpf, PROG_TC_REDIRECT)?.attach("d0", TcAttachType::Ingress)?)
             });
         match tc {
             Ok(Ok(link)) => Ok((pass, link)),
@@ -326,8 +332,49 @@ impl Generator {
         (pass, tc): (XdpLinkId, SchedClassifierLinkId),
     ) -> anyhow::Result<()> {
         let ebpf = &mut self.ebpf;
-        topo.dut
-            .run_scoped(|| -> anyhow::Result<()> { Ok(tc_redirect(ebpf)?.detach(tc)?) })??;
+        topo.dut.run_scoped(|| -> anyhow::Result<()> {
+            Ok(tc_program(ebpf, PROG_TC_REDIRECT)?.detach(tc)?)
+        })??;
+        self.detach_dut(topo, DutXdp::Pass, pass)
+    }
+
+    /// The tracking floor (`tc_redirect_tracking`) on d0's TC ingress, behind the XDP pass. Its
+    /// programs and tables are loaded afresh, so they start empty, as the gateway's do on each
+    /// install, at the gateway's default capacities; dropping the returned object detaches it.
+    pub fn attach_tc_tracking(&mut self, topo: &Topo) -> anyhow::Result<(XdpLinkId, Ebpf)> {
+        let pass = self.attach_dut(topo, DutXdp::Pass)?;
+        let floor = topo.dut.run_scoped(|| -> anyhow::Result<Ebpf> {
+            let mut ebpf = EbpfLoader::new()
+                .map_max_entries(
+                    MAP_TRACK_FLOWS,
+                    gateway_common::maps::DEFAULT_CONNTRACK_ENTRIES,
+                )
+                .map_max_entries(MAP_TRACK_REVERSE, gateway_common::maps::DEFAULT_NAT_ENTRIES)
+                .load(BENCH_OBJECT)
+                .context("loading the tracking floor")?;
+            set_tc_egress(&mut ebpf)?;
+            let prog = tc_program(&mut ebpf, PROG_TC_REDIRECT_TRACKING)?;
+            prog.load()
+                .with_context(|| format!("loading {PROG_TC_REDIRECT_TRACKING}"))?;
+            prog.attach("d0", TcAttachType::Ingress)?;
+            Ok(ebpf)
+        });
+        match floor {
+            Ok(Ok(ebpf)) => Ok((pass, ebpf)),
+            Ok(Err(e)) | Err(e) => {
+                let _ = self.detach_dut(topo, DutXdp::Pass, pass);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn detach_tc_tracking(
+        &mut self,
+        topo: &Topo,
+        (pass, floor): (XdpLinkId, Ebpf),
+    ) -> anyhow::Result<()> {
+        // Its TC link goes with the object.
+        topo.dut.run_scoped(move || drop(floor))?;
         self.detach_dut(topo, DutXdp::Pass, pass)
     }
 

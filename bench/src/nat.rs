@@ -13,8 +13,9 @@ use crate::{
     stats::Summary,
 };
 
-pub const CONTENDERS: [Contender; 4] = [
+pub const CONTENDERS: [Contender; 5] = [
     Contender::TcRedirect,
+    Contender::TcTrackingRedirect,
     Contender::KernelForward,
     Contender::GatewayMasquerade,
     Contender::NftMasquerade,
@@ -30,7 +31,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
 ", s.rules);
     let _ = writeln!(
         md,
-        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The gateway: policy, conntrack, forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) and masquerade (ports 1024–65535) in TC on d0; its masquerade program on d1's egress finds the packets translated already. The TC ceiling: a TC program on d0 that redirects every packet to the sink's address on d1 (`bpf_redirect_neigh`), nothing else. nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max). {}\n",
+        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The tracking floor: the TC ceiling's redirect after the least any stateful translator does for a flow it has not seen (look it up; record it under its original tuple and under its translated one), in the kernel's LRU hash maps at the gateway's default capacities (conntrack's and NAT's), loaded afresh for each trial as the gateway's tables are. The gateway: policy, conntrack, forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) and masquerade (ports 1024–65535) in TC on d0; its masquerade program on d1's egress finds the packets translated already. The TC ceiling: a TC program on d0 that redirects every packet to the sink's address on d1 (`bpf_redirect_neigh`), nothing else. nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max). {}\n",
         s.new_flow_frames,
         s.established_flows,
         s.established_frames,
@@ -126,6 +127,25 @@ pub fn markdown(md: &mut String, s: &Stateful) {
                         gw,
                         target
                     )
+                );
+            }
+            if let Some(f) = find(Contender::TcTrackingRedirect) {
+                let by_medians = f.new_flows_mpps.median / n.new_flows_mpps.median;
+                let paired = Summary::paired(&f.new_flows_mpps.trials, &n.new_flows_mpps.trials);
+                let _ = writeln!(
+                    md,
+                    "- the floor of any translator that keeps its flows in the kernel's hash maps: the same redirect after looking a new flow up and recording it under its original and its translated tuple (one lookup, two inserts, LRU hash maps at the gateway's default capacities, 16-byte keys; no policy, clock or rewrite) ÷ nftables: {by_medians:.2}x by medians, {:.2}x ({:.2}–{:.2}) within each trial on new flows, {:.2}x established; against the TC ceiling {} on new flows. {} The gateway against this floor: {} on new flows.",
+                    paired.median,
+                    paired.min,
+                    paired.max,
+                    f.established_mpps.median / n.established_mpps.median,
+                    f.new_flows_mpps.share_of(&t.new_flows_mpps),
+                    if by_medians < 3.0 && paired.median < 3.0 {
+                        "Below 3x: no data path that records new flows in these maps reaches the new-flow target on this host, whatever else it does or leaves out."
+                    } else {
+                        "At 3x or above: the tables alone do not rule the target out here."
+                    },
+                    g.new_flows_mpps.share_of(&f.new_flows_mpps),
                 );
             }
             let _ = writeln!(md);

@@ -79,6 +79,10 @@ pub const PROG_TX_UNWRAPPING: &str = "xdp_tx_unwrapping";
 pub const PROG_PASS: &str = "xdp_pass";
 pub const PROG_TC_REDIRECT: &str = "tc_redirect";
 pub const MAP_TC_EGRESS: &str = "TC_EGRESS";
+pub const PROG_TC_REDIRECT_TRACKING: &str = "tc_redirect_tracking";
+/// The tracking floor's tables (sized at load: see `Generator::attach_tc_tracking`).
+pub const MAP_TRACK_FLOWS: &str = "TRACK_FLOWS";
+pub const MAP_TRACK_REVERSE: &str = "TRACK_REVERSE";
 pub const MAP_GEN_CONFIG: &str = "GEN_CONFIG";
 pub const MAP_GEN_COUNTER: &str = "GEN_COUNTER";
 pub const MAP_GEN_FLOWS: &str = "GEN_FLOWS";

@@ -19,14 +19,19 @@
 //! - `tc_redirect` is the ceiling of a data path in TC: redirect everything from TC ingress to
 //!   the egress interface's next hop (`bpf_redirect_neigh`, as the gateway's TC forwarding
 //!   does), no parse, no lookup.
+//! - `tc_redirect_tracking` is the same redirect after the least table work any stateful
+//!   translator does for a flow it has not seen: one lookup of the flow (a miss), then its
+//!   state recorded under the original tuple and under the translated one (two inserts), in
+//!   the kernel's LRU hash maps at the gateway's default capacities. No policy, no clock, no
+//!   rewrite: the floor of a translating data path in TC that keeps its state in those maps.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{BPF_NOEXIST, TC_ACT_OK, xdp_action},
     helpers::generated::{bpf_redirect_neigh, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, DevMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use bench_common::{
@@ -61,6 +66,33 @@ static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
 
 #[map(name = "TC_EGRESS")]
 static TC_EGRESS: Array<TcEgress> = Array::with_max_entries(1, 0);
+
+/// An IPv4 flow's tuple, as a translator keys it (16 bytes: smaller than the gateway's keys,
+/// which hold IPv6 addresses too, so the floor is not charged for their size).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TrackKey {
+    src: u32,
+    dst: u32,
+    ports: u32,
+    proto: u32,
+}
+
+/// What a translator keeps per direction: the other side's address and port, when last seen.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TrackValue {
+    addr: u32,
+    port: u32,
+    last_seen: u64,
+}
+
+/// Sized at load (the gateway's default conntrack and NAT capacities).
+#[map(name = "TRACK_FLOWS")]
+static TRACK_FLOWS: LruHashMap<TrackKey, TrackValue> = LruHashMap::with_max_entries(1, 0);
+
+#[map(name = "TRACK_REVERSE")]
+static TRACK_REVERSE: LruHashMap<TrackKey, TrackValue> = LruHashMap::with_max_entries(1, 0);
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
@@ -320,6 +352,59 @@ const AF_INET: u32 = 2;
 
 #[classifier]
 pub fn tc_redirect(_ctx: TcContext) -> i32 {
+    redirect_to_next_hop()
+}
+
+#[classifier]
+pub fn tc_redirect_tracking(ctx: TcContext) -> i32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_LEN + IPV4_LEN + 8 <= end {
+        let ip = start + ETH_LEN;
+        // SAFETY: every read lies inside [start, start + 42), checked above.
+        let (proto, src, dst, ports) = unsafe {
+            (
+                *((ip + 9) as *const u8) as u32,
+                core::ptr::read_unaligned((ip + 12) as *const u32),
+                core::ptr::read_unaligned((ip + 16) as *const u32),
+                core::ptr::read_unaligned((ip + IPV4_LEN) as *const u32),
+            )
+        };
+        let key = TrackKey {
+            src,
+            dst,
+            ports,
+            proto,
+        };
+        // SAFETY: only compared with None.
+        if unsafe { TRACK_FLOWS.get(&key) }.is_none() {
+            // Translated: from the egress address (the next hop's stands in for it; any
+            // constant does), the source port kept; the reverse key is the reply's tuple.
+            let nat_addr = TC_EGRESS.get(0).map_or(0, |e| e.nexthop_be);
+            let reverse = TrackKey {
+                src: dst,
+                dst: nat_addr,
+                ports: ports.rotate_left(16),
+                proto,
+            };
+            let original = TrackValue {
+                addr: src,
+                port: ports & 0xffff,
+                last_seen: 0,
+            };
+            let translated = TrackValue {
+                addr: nat_addr,
+                port: ports & 0xffff,
+                last_seen: 0,
+            };
+            let _ = TRACK_REVERSE.insert(&reverse, &original, BPF_NOEXIST as u64);
+            let _ = TRACK_FLOWS.insert(&key, &translated, 0);
+        }
+    }
+    redirect_to_next_hop()
+}
+
+#[inline(always)]
+fn redirect_to_next_hop() -> i32 {
     let Some(egress) = TC_EGRESS.get(0) else {
         return TC_ACT_OK as i32;
     };
