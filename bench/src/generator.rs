@@ -309,16 +309,23 @@ impl Generator {
         &mut self,
         topo: &Topo,
     ) -> anyhow::Result<(XdpLinkId, SchedClassifierLinkId)> {
+        self.behind_pass(topo, |ebpf| {
+            set_tc_egress(ebpf)?;
+            Ok(tc_program(ebpf, PROG_TC_REDIRECT)?.attach("d0", TcAttachType::Ingress)?)
+        })
+    }
+
+    /// XDP_PASS on d0, then `attach` (run in the DUT's namespace, with the generator's
+    /// programs) for what goes behind it at TC; the pass is taken off again if that fails.
+    fn behind_pass<T: Send>(
+        &mut self,
+        topo: &Topo,
+        attach: impl FnOnce(&mut Ebpf) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<(XdpLinkId, T)> {
         let pass = self.attach_dut(topo, DutXdp::Pass)?;
         let ebpf = &mut self.ebpf;
-        let tc = topo
-            .dut
-            .run_scoped(|| -> anyhow::Result<SchedClassifierLinkId> {
-                set_tc_egress(ebpf)?;
-                Ok(tc_program(ebpf, PROG_TC_REDIRECT)?.attach("d0", TcAttachType::Ingress)?)
-            });
-        match tc {
-            Ok(Ok(link)) => Ok((pass, link)),
+        match topo.dut.run_scoped(|| attach(ebpf)) {
+            Ok(Ok(t)) => Ok((pass, t)),
             Ok(Err(e)) | Err(e) => {
                 let _ = self.detach_dut(topo, DutXdp::Pass, pass);
                 Err(e)
@@ -331,10 +338,20 @@ impl Generator {
         topo: &Topo,
         (pass, tc): (XdpLinkId, SchedClassifierLinkId),
     ) -> anyhow::Result<()> {
-        let ebpf = &mut self.ebpf;
-        topo.dut.run_scoped(|| -> anyhow::Result<()> {
+        self.off_pass(topo, pass, |ebpf| {
             Ok(tc_program(ebpf, PROG_TC_REDIRECT)?.detach(tc)?)
-        })??;
+        })
+    }
+
+    /// Undoes [`Generator::behind_pass`]: `detach` (in the DUT's namespace), then the pass.
+    fn off_pass(
+        &mut self,
+        topo: &Topo,
+        pass: XdpLinkId,
+        detach: impl FnOnce(&mut Ebpf) -> anyhow::Result<()> + Send,
+    ) -> anyhow::Result<()> {
+        let ebpf = &mut self.ebpf;
+        topo.dut.run_scoped(|| detach(ebpf))??;
         self.detach_dut(topo, DutXdp::Pass, pass)
     }
 
@@ -342,8 +359,7 @@ impl Generator {
     /// programs and tables are loaded afresh, so they start empty, as the gateway's do on each
     /// install, at the gateway's default capacities; dropping the returned object detaches it.
     pub fn attach_tc_tracking(&mut self, topo: &Topo) -> anyhow::Result<(XdpLinkId, Ebpf)> {
-        let pass = self.attach_dut(topo, DutXdp::Pass)?;
-        let floor = topo.dut.run_scoped(|| -> anyhow::Result<Ebpf> {
+        self.behind_pass(topo, |_| {
             let mut ebpf = EbpfLoader::new()
                 .map_max_entries(
                     MAP_TRACK_FLOWS,
@@ -358,14 +374,7 @@ impl Generator {
                 .with_context(|| format!("loading {PROG_TC_REDIRECT_TRACKING}"))?;
             prog.attach("d0", TcAttachType::Ingress)?;
             Ok(ebpf)
-        });
-        match floor {
-            Ok(Ok(ebpf)) => Ok((pass, ebpf)),
-            Ok(Err(e)) | Err(e) => {
-                let _ = self.detach_dut(topo, DutXdp::Pass, pass);
-                Err(e)
-            }
-        }
+        })
     }
 
     pub fn detach_tc_tracking(
@@ -374,8 +383,10 @@ impl Generator {
         (pass, floor): (XdpLinkId, Ebpf),
     ) -> anyhow::Result<()> {
         // Its TC link goes with the object.
-        topo.dut.run_scoped(move || drop(floor))?;
-        self.detach_dut(topo, DutXdp::Pass, pass)
+        self.off_pass(topo, pass, move |_| {
+            drop(floor);
+            Ok(())
+        })
     }
 
     pub fn detach_dut(
