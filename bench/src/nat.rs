@@ -159,3 +159,64 @@ pub fn markdown(md: &mut String, s: &Stateful) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{generator::RateMethod, stateful::StatefulRow};
+
+    fn row(c: Contender, new: &[f64], established: &[f64]) -> StatefulRow {
+        let zeros = Summary::of(vec![0.0; new.len()]);
+        StatefulRow {
+            contender: c,
+            label: c.label().to_string(),
+            new_flows_mpps: Summary::of(new.to_vec()),
+            new_flows_loss: zeros.clone(),
+            established_mpps: Summary::of(established.to_vec()),
+            established_loss: zeros,
+            new_flows_overloaded_mpps: None,
+            established_overloaded_mpps: None,
+            error: None,
+        }
+    }
+
+    fn report(floor_new: [f64; 2]) -> String {
+        let s = Stateful {
+            method: RateMethod::CURRENT,
+            rules: 1000,
+            new_flow_frames: 1,
+            established_frames: 1,
+            established_flows: 1,
+            rows: vec![
+                row(Contender::TcRedirect, &[1.2, 1.2], &[1.4, 1.4]),
+                row(Contender::TcTrackingRedirect, &floor_new, &[1.2, 1.2]),
+                row(Contender::GatewayMasquerade, &[0.4, 0.4], &[1.0, 1.0]),
+                row(Contender::NftMasquerade, &[0.25, 0.25], &[0.4, 0.4]),
+            ],
+        };
+        let mut md = String::new();
+        markdown(&mut md, &s);
+        md
+    }
+
+    #[test]
+    fn the_floor_says_whether_3x_is_within_reach_of_the_kernels_hash_maps() {
+        // 0.7 / 0.25 = 2.8x in every trial: the floor itself misses 3x.
+        let below = report([0.7, 0.7]);
+        assert!(
+            below.contains(
+                "÷ nftables: 2.80x by medians, 2.80x (2.80–2.80) within each trial on new flows"
+            ),
+            "{below}"
+        );
+        assert!(below.contains("Below 3x: no data path"), "{below}");
+        assert!(
+            below.contains("The gateway against this floor: 57% by medians"),
+            "{below}"
+        );
+        // 0.8 / 0.25 = 3.2x: the tables alone do not rule it out.
+        let above = report([0.8, 0.8]);
+        assert!(above.contains("At 3x or above"), "{above}");
+        assert!(!above.contains("Below 3x"), "{above}");
+    }
+}

@@ -703,3 +703,71 @@ pub fn markdown(md: &mut String, r: &RelayPps) {
         one_interface_markdown(md, r);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(c: Contender, mpps: &[f64]) -> Row {
+        Row {
+            contender: c,
+            label: label(c).to_string(),
+            mpps: vec![Summary::of(mpps.to_vec())],
+            loss: vec![Summary::of(vec![0.0; mpps.len()])],
+            overloaded_mpps: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn triple(one_interface: bool, relay: f64, ceiling: f64, relay_again: f64) -> BesideCeiling {
+        BesideCeiling {
+            one_interface,
+            frame_bytes: 64,
+            relay,
+            ceiling,
+            relay_again,
+        }
+    }
+
+    #[test]
+    fn the_target_is_judged_on_the_ceiling_beside_the_relay_of_its_own_layout() {
+        // The alternating contenders say 60% (a ceiling trial in the host's fast state beside a
+        // relay trial in its slow one); the triples, each within seconds, say 86-90%.
+        let r = RelayPps {
+            method: RateMethod::CURRENT,
+            frame_sizes: vec![64],
+            frames: 1,
+            rows: Vec::new(),
+            one_interface: Vec::new(),
+            beside_ceiling: vec![
+                triple(true, 4.4, 5.0, 4.2),
+                triple(true, 3.0, 3.4, 3.0),
+                triple(true, 4.5, 5.0, 4.5),
+                // Another layout's triple is not this one's (counted, it would move the
+                // median to 87.1%).
+                triple(false, 1.0, 5.0, 1.0),
+            ],
+        };
+        let xdp = row(Contender::RelayGatewayXdp, &[3.0, 3.0]);
+        let ceiling = row(Contender::NoopTx, &[5.0, 5.0]);
+        let line = beside_ceiling(&r, true, &xdp, &ceiling, 0).unwrap();
+        assert!(
+            line.starts_with("XDP / no-op XDP_TX 88.2% (86–90%) of the ceiling measured beside it"),
+            "{line}"
+        );
+        assert!(line.contains("(target ≥ 85%: met)"), "{line}");
+        assert!(
+            line.contains("across the alternating contenders 60.0% by medians"),
+            "{line}"
+        );
+        let two = beside_ceiling(&r, false, &xdp, &ceiling, 0).unwrap();
+        assert!(two.starts_with("XDP / no-op redirect 20.0%"), "{two}");
+        assert!(two.contains("(target ≥ 85%: NOT met)"), "{two}");
+        // No triple at a size: the alternating contenders judge it.
+        let none = RelayPps {
+            beside_ceiling: Vec::new(),
+            ..r
+        };
+        assert!(beside_ceiling(&none, true, &xdp, &ceiling, 0).is_none());
+    }
+}
