@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
+use bench_common::{PROG_TC_REDIRECT_SLOTTED, PROG_TC_REDIRECT_TRACKING};
 use gateway::config::LanAttach;
 use gateway_dataplane::{Dataplane, LoadOptions};
 use gateway_policy::compile;
@@ -43,6 +44,10 @@ pub enum Contender {
     /// before is looked up and recorded under its original and its translated tuple in LRU
     /// hash maps of the gateway's default capacities (the floor of a translator in TC).
     TcTrackingRedirect,
+    /// The same work in direct-mapped arrays of the same capacities, without the per-slot
+    /// synchronisation a shared store needs: the bound of a flow store outside the kernel's
+    /// hash maps.
+    TcSlottedRedirect,
     Gateway,
     /// The gateway as a routing peer sees traffic: TC on the tunnel side (d0), XDP on the LAN
     /// side (d1), the kernel forwarding between them.
@@ -112,6 +117,9 @@ impl Contender {
             Contender::TcRedirect => "no-op TC redirect to the next hop (the TC path's ceiling)",
             Contender::TcTrackingRedirect => {
                 "TC redirect that first records a new flow both ways in LRU hash maps (a translator's floor)"
+            }
+            Contender::TcSlottedRedirect => {
+                "TC redirect that first records a new flow both ways in direct-mapped arrays (an unsynchronised flow store's bound)"
             }
             Contender::Gateway => "gateway (XDP policy + XDP forward)",
             Contender::GatewayTunnel => {
@@ -226,10 +234,15 @@ pub fn install(
                 .attach_tc_ceiling(topo)?;
             Ok(Installed::TcRedirect(pass, tc))
         }
-        Contender::TcTrackingRedirect => {
+        Contender::TcTrackingRedirect | Contender::TcSlottedRedirect => {
+            let program = if c == Contender::TcTrackingRedirect {
+                PROG_TC_REDIRECT_TRACKING
+            } else {
+                PROG_TC_REDIRECT_SLOTTED
+            };
             let (pass, floor) = generator
-                .context("the tracking floor is a program of the generator's")?
-                .attach_tc_tracking(topo)?;
+                .context("the translators' floors are programs of the generator's")?
+                .attach_tc_tracking(topo, program)?;
             Ok(Installed::TcTracking(pass, Box::new(floor)))
         }
         Contender::KernelForward => match generator {

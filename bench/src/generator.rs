@@ -355,10 +355,15 @@ impl Generator {
         self.detach_dut(topo, DutXdp::Pass, pass)
     }
 
-    /// The tracking floor (`tc_redirect_tracking`) on d0's TC ingress, behind the XDP pass. Its
-    /// programs and tables are loaded afresh, so they start empty, as the gateway's do on each
-    /// install, at the gateway's default capacities; dropping the returned object detaches it.
-    pub fn attach_tc_tracking(&mut self, topo: &Topo) -> anyhow::Result<(XdpLinkId, Ebpf)> {
+    /// A translator's floor (`program`: `tc_redirect_tracking` or `tc_redirect_slotted`) on
+    /// d0's TC ingress, behind the XDP pass. Its programs and tables are loaded afresh, so they
+    /// start empty, as the gateway's do on each install, at the gateway's default capacities;
+    /// dropping the returned object detaches it.
+    pub fn attach_tc_tracking(
+        &mut self,
+        topo: &Topo,
+        program: &'static str,
+    ) -> anyhow::Result<(XdpLinkId, Ebpf)> {
         self.behind_pass(topo, |_| {
             let mut ebpf = EbpfLoader::new()
                 .map_max_entries(
@@ -369,9 +374,8 @@ impl Generator {
                 .load(BENCH_OBJECT)
                 .context("loading the tracking floor")?;
             set_tc_egress(&mut ebpf)?;
-            let prog = tc_program(&mut ebpf, PROG_TC_REDIRECT_TRACKING)?;
-            prog.load()
-                .with_context(|| format!("loading {PROG_TC_REDIRECT_TRACKING}"))?;
+            let prog = tc_program(&mut ebpf, program)?;
+            prog.load().with_context(|| format!("loading {program}"))?;
             prog.attach("d0", TcAttachType::Ingress)?;
             Ok(ebpf)
         })

@@ -13,9 +13,10 @@ use crate::{
     stats::Summary,
 };
 
-pub const CONTENDERS: [Contender; 5] = [
+pub const CONTENDERS: [Contender; 6] = [
     Contender::TcRedirect,
     Contender::TcTrackingRedirect,
+    Contender::TcSlottedRedirect,
     Contender::KernelForward,
     Contender::GatewayMasquerade,
     Contender::NftMasquerade,
@@ -31,7 +32,7 @@ pub fn markdown(md: &mut String, s: &Stateful) {
 ", s.rules);
     let _ = writeln!(
         md,
-        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The tracking floor: the TC ceiling's redirect after the least any stateful translator does for a flow it has not seen (look it up; record it under its original tuple and under its translated one), in the kernel's LRU hash maps at the gateway's default capacities (conntrack's and NAT's), loaded afresh for each trial as the gateway's tables are. The gateway: policy, conntrack, forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) and masquerade (ports 1024–65535) in TC on d0; its masquerade program on d1's egress finds the packets translated already. The TC ceiling: a TC program on d0 that redirects every packet to the sink's address on d1 (`bpf_redirect_neigh`), nothing else. nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max). {}\n",
+        "64-byte UDP from the generator (the tunnel side, d0) to the sink's network, the masqueraded route, counted at the sink; DUT on its own core; both with connection tracking. The tracking floor: the TC ceiling's redirect after the least any stateful translator does for a flow it has not seen (look it up; record it under its original tuple and under its translated one), in the kernel's LRU hash maps at the gateway's default capacities (conntrack's and NAT's), loaded afresh for each trial as the gateway's tables are; the slotted bound: the same in direct-mapped arrays of those capacities. The gateway: policy, conntrack, forwarding (FIB lookup cached per CPU for a second, `bpf_redirect_neigh` to the FIB's next hop) and masquerade (ports 1024–65535) in TC on d0; its masquerade program on d1's egress finds the packets translated already. The TC ceiling: a TC program on d0 that redirects every packet to the sink's address on d1 (`bpf_redirect_neigh`), nothing else. nftables as NetBird installs it: the ACL as sets behind `ct state established,related accept`, new connections from d0 toward the route marked in prerouting and masqueraded in postrouting, MSS clamp. New flows: {} frames per trial, each a flow not seen before (the kernel's conntrack flushed, the gateway's tables fresh). Established: {} flows opened by a warm-up burst, then {} frames on them. Median (min–max). {}\n",
         s.new_flow_frames,
         s.established_flows,
         s.established_frames,
@@ -148,6 +149,19 @@ pub fn markdown(md: &mut String, s: &Stateful) {
                     g.new_flows_mpps.share_of(&f.new_flows_mpps),
                 );
             }
+            if let Some(a) = find(Contender::TcSlottedRedirect) {
+                let paired = Summary::paired(&a.new_flows_mpps.trials, &n.new_flows_mpps.trials);
+                let _ = writeln!(
+                    md,
+                    "- the bound of a flow store outside the kernel's hash maps: the same lookup and two records in direct-mapped arrays of the same capacities (a flow's slot is its tuple's hash, a new flow overwrites whatever held it; 32-byte slots; without the synchronisation between CPUs a real store needs, so an upper bound) ÷ nftables: {:.2}x by medians, {:.2}x ({:.2}–{:.2}) within each trial on new flows, {:.2}x established; against the TC ceiling {} on new flows.",
+                    a.new_flows_mpps.median / n.new_flows_mpps.median,
+                    paired.median,
+                    paired.min,
+                    paired.max,
+                    a.established_mpps.median / n.established_mpps.median,
+                    a.new_flows_mpps.share_of(&t.new_flows_mpps),
+                );
+            }
             let _ = writeln!(md);
         }
         if let Some(k) = find(Contender::KernelForward) {
@@ -197,6 +211,15 @@ mod tests {
         let mut md = String::new();
         markdown(&mut md, &s);
         md
+    }
+
+    #[test]
+    fn the_slotted_bound_has_the_gateways_default_capacities() {
+        use gateway_common::maps::{DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_ENTRIES};
+        assert_eq!(bench_common::SLOTTED_FLOWS, DEFAULT_CONNTRACK_ENTRIES);
+        assert_eq!(bench_common::SLOTTED_REVERSE, DEFAULT_NAT_ENTRIES);
+        assert!(bench_common::SLOTTED_FLOWS.is_power_of_two());
+        assert!(bench_common::SLOTTED_REVERSE.is_power_of_two());
     }
 
     #[test]

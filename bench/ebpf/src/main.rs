@@ -24,6 +24,10 @@
 //!   state recorded under the original tuple and under the translated one (two inserts), in
 //!   the kernel's LRU hash maps at the gateway's default capacities. No policy, no clock, no
 //!   rewrite: the floor of a translating data path in TC that keeps its state in those maps.
+//! - `tc_redirect_slotted` does the same work in direct-mapped arrays of the same capacities (a
+//!   flow's slot is its tuple's hash; a new flow overwrites whatever held its slot), without
+//!   the per-slot synchronisation a real store shared between CPUs needs: an upper bound on
+//!   what a flow store outside the kernel's hash maps could reach.
 #![no_std]
 #![no_main]
 
@@ -93,6 +97,23 @@ static TRACK_FLOWS: LruHashMap<TrackKey, TrackValue> = LruHashMap::with_max_entr
 
 #[map(name = "TRACK_REVERSE")]
 static TRACK_REVERSE: LruHashMap<TrackKey, TrackValue> = LruHashMap::with_max_entries(1, 0);
+
+/// A direct-mapped slot: the flow it holds and what is kept for it (32 bytes, two to a line).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Slot {
+    key: TrackKey,
+    value: TrackValue,
+}
+
+#[map(name = "SLOTTED_FLOWS")]
+static SLOTTED_FLOWS: Array<Slot> = Array::with_max_entries(SLOTTED_FLOWS_SLOTS, 0);
+
+#[map(name = "SLOTTED_REVERSE")]
+static SLOTTED_REVERSE: Array<Slot> = Array::with_max_entries(SLOTTED_REVERSE_SLOTS, 0);
+
+const SLOTTED_FLOWS_SLOTS: u32 = bench_common::SLOTTED_FLOWS;
+const SLOTTED_REVERSE_SLOTS: u32 = bench_common::SLOTTED_REVERSE;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
@@ -357,50 +378,107 @@ pub fn tc_redirect(_ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn tc_redirect_tracking(ctx: TcContext) -> i32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + ETH_LEN + IPV4_LEN + 8 <= end {
-        let ip = start + ETH_LEN;
-        // SAFETY: every read lies inside [start, start + 42), checked above.
-        let (proto, src, dst, ports) = unsafe {
-            (
-                *((ip + 9) as *const u8) as u32,
-                core::ptr::read_unaligned((ip + 12) as *const u32),
-                core::ptr::read_unaligned((ip + 16) as *const u32),
-                core::ptr::read_unaligned((ip + IPV4_LEN) as *const u32),
-            )
-        };
-        let key = TrackKey {
-            src,
-            dst,
-            ports,
-            proto,
-        };
+    if let Some((key, reverse, original, translated)) = new_flow_records(&ctx) {
         // SAFETY: only compared with None.
         if unsafe { TRACK_FLOWS.get(&key) }.is_none() {
-            // Translated: from the egress address (the next hop's stands in for it; any
-            // constant does), the source port kept; the reverse key is the reply's tuple.
-            let nat_addr = TC_EGRESS.get(0).map_or(0, |e| e.nexthop_be);
-            let reverse = TrackKey {
-                src: dst,
-                dst: nat_addr,
-                ports: ports.rotate_left(16),
-                proto,
-            };
-            let original = TrackValue {
-                addr: src,
-                port: ports & 0xffff,
-                last_seen: 0,
-            };
-            let translated = TrackValue {
-                addr: nat_addr,
-                port: ports & 0xffff,
-                last_seen: 0,
-            };
             let _ = TRACK_REVERSE.insert(&reverse, &original, BPF_NOEXIST as u64);
             let _ = TRACK_FLOWS.insert(&key, &translated, 0);
         }
     }
     redirect_to_next_hop()
+}
+
+#[classifier]
+pub fn tc_redirect_slotted(ctx: TcContext) -> i32 {
+    if let Some((key, reverse, original, translated)) = new_flow_records(&ctx)
+        && let Some(slot) = SLOTTED_FLOWS.get_ptr_mut(slot_index(&key, SLOTTED_FLOWS_SLOTS))
+    {
+        // SAFETY: a valid map value; the floor leaves out the synchronisation between CPUs.
+        let slot = unsafe { &mut *slot };
+        if !same_key(&slot.key, &key) {
+            if let Some(r) =
+                SLOTTED_REVERSE.get_ptr_mut(slot_index(&reverse, SLOTTED_REVERSE_SLOTS))
+            {
+                // SAFETY: as above.
+                unsafe {
+                    *r = Slot {
+                        key: reverse,
+                        value: original,
+                    }
+                };
+            }
+            *slot = Slot {
+                key,
+                value: translated,
+            };
+        }
+    }
+    redirect_to_next_hop()
+}
+
+/// A UDP/TCP-over-IPv4 packet's records as a translator keeps them: its tuple, the reply's
+/// tuple after translation (from the egress address, the next hop's standing in for it, the
+/// source port kept), and what each direction's record holds.
+#[inline(always)]
+fn new_flow_records(ctx: &TcContext) -> Option<(TrackKey, TrackKey, TrackValue, TrackValue)> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_LEN + IPV4_LEN + 8 > end {
+        return None;
+    }
+    let ip = start + ETH_LEN;
+    // SAFETY: every read lies inside [start, start + 42), checked above.
+    let (proto, src, dst, ports) = unsafe {
+        (
+            *((ip + 9) as *const u8) as u32,
+            core::ptr::read_unaligned((ip + 12) as *const u32),
+            core::ptr::read_unaligned((ip + 16) as *const u32),
+            core::ptr::read_unaligned((ip + IPV4_LEN) as *const u32),
+        )
+    };
+    let nat_addr = TC_EGRESS.get(0).map_or(0, |e| e.nexthop_be);
+    let port = ports & 0xffff;
+    Some((
+        TrackKey {
+            src,
+            dst,
+            ports,
+            proto,
+        },
+        TrackKey {
+            src: dst,
+            dst: nat_addr,
+            ports: ports.rotate_left(16),
+            proto,
+        },
+        TrackValue {
+            addr: src,
+            port,
+            last_seen: 0,
+        },
+        TrackValue {
+            addr: nat_addr,
+            port,
+            last_seen: 0,
+        },
+    ))
+}
+
+/// The slot of a tuple in a table of `slots` (a power of two): a multiplicative mix of its
+/// words, as cheap as a hash that spreads sequential ports can be.
+#[inline(always)]
+fn slot_index(k: &TrackKey, slots: u32) -> u32 {
+    let mut h = k.src ^ k.dst.rotate_left(11) ^ k.ports.rotate_left(22) ^ k.proto;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h & (slots - 1)
+}
+
+#[inline(always)]
+fn same_key(a: &TrackKey, b: &TrackKey) -> bool {
+    a.src == b.src && a.dst == b.dst && a.ports == b.ports && a.proto == b.proto
 }
 
 #[inline(always)]
