@@ -173,8 +173,9 @@ pub enum Installed {
         link: XdpLinkId,
     },
     TcRedirect(XdpLinkId, SchedClassifierLinkId),
-    /// The tracking floor: the XDP pass, and its own programs and tables (detached with them).
-    TcTracking(XdpLinkId, Box<aya::Ebpf>),
+    /// A translator's floor: the XDP pass, and its own programs and tables (detached with
+    /// them).
+    TcFloor(XdpLinkId, Box<aya::Ebpf>),
     /// The gateway; with the generator's XDP_PASS program on d0 where the gateway itself has
     /// only TC there (a veth receives the generator's XDP frames only with an XDP program).
     Gateway(Box<Dataplane>, Option<XdpLinkId>),
@@ -242,8 +243,8 @@ pub fn install(
             };
             let (pass, floor) = generator
                 .context("the translators' floors are programs of the generator's")?
-                .attach_tc_tracking(topo, program)?;
-            Ok(Installed::TcTracking(pass, Box::new(floor)))
+                .attach_tc_floor(topo, program)?;
+            Ok(Installed::TcFloor(pass, Box::new(floor)))
         }
         Contender::KernelForward => match generator {
             Some(g) => Ok(Installed::Xdp {
@@ -415,9 +416,9 @@ pub fn remove(
         Installed::TcRedirect(pass, tc) => generator
             .context("installed with a generator")?
             .detach_tc_ceiling(topo, (pass, tc)),
-        Installed::TcTracking(pass, floor) => generator
+        Installed::TcFloor(pass, floor) => generator
             .context("installed with a generator")?
-            .detach_tc_tracking(topo, (pass, *floor)),
+            .detach_tc_floor(topo, (pass, *floor)),
         Installed::Gateway(mut dp, pass) => {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 let c = dp.verdict_counters()?;

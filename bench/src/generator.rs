@@ -359,7 +359,7 @@ impl Generator {
     /// d0's TC ingress, behind the XDP pass. Its programs and tables are loaded afresh, so they
     /// start empty, as the gateway's do on each install, at the gateway's default capacities;
     /// dropping the returned object detaches it.
-    pub fn attach_tc_tracking(
+    pub fn attach_tc_floor(
         &mut self,
         topo: &Topo,
         program: &'static str,
@@ -372,7 +372,7 @@ impl Generator {
                 )
                 .map_max_entries(MAP_TRACK_REVERSE, gateway_common::maps::DEFAULT_NAT_ENTRIES)
                 .load(BENCH_OBJECT)
-                .context("loading the tracking floor")?;
+                .with_context(|| format!("loading the floor {program}"))?;
             set_tc_egress(&mut ebpf)?;
             let prog = tc_program(&mut ebpf, program)?;
             prog.load().with_context(|| format!("loading {program}"))?;
@@ -381,7 +381,7 @@ impl Generator {
         })
     }
 
-    pub fn detach_tc_tracking(
+    pub fn detach_tc_floor(
         &mut self,
         topo: &Topo,
         (pass, floor): (XdpLinkId, Ebpf),

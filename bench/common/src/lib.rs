@@ -80,16 +80,10 @@ pub const PROG_PASS: &str = "xdp_pass";
 pub const PROG_TC_REDIRECT: &str = "tc_redirect";
 pub const MAP_TC_EGRESS: &str = "TC_EGRESS";
 pub const PROG_TC_REDIRECT_TRACKING: &str = "tc_redirect_tracking";
-/// The tracking floor's tables (sized at load: see `Generator::attach_tc_tracking`).
+/// The tracking floor's tables (sized at load: see `Generator::attach_tc_floor`).
 pub const MAP_TRACK_FLOWS: &str = "TRACK_FLOWS";
 pub const MAP_TRACK_REVERSE: &str = "TRACK_REVERSE";
 pub const PROG_TC_REDIRECT_SLOTTED: &str = "tc_redirect_slotted";
-/// The slotted floor's tables: arrays of this many slots (powers of two, the gateway's default
-/// conntrack and NAT capacities; bench's tests hold them to those).
-pub const MAP_SLOTTED_FLOWS: &str = "SLOTTED_FLOWS";
-pub const MAP_SLOTTED_REVERSE: &str = "SLOTTED_REVERSE";
-pub const SLOTTED_FLOWS: u32 = 256 * 1024;
-pub const SLOTTED_REVERSE: u32 = 128 * 1024;
 pub const MAP_GEN_CONFIG: &str = "GEN_CONFIG";
 pub const MAP_GEN_COUNTER: &str = "GEN_COUNTER";
 pub const MAP_GEN_FLOWS: &str = "GEN_FLOWS";

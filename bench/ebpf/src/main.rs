@@ -112,8 +112,10 @@ static SLOTTED_FLOWS: Array<Slot> = Array::with_max_entries(SLOTTED_FLOWS_SLOTS,
 #[map(name = "SLOTTED_REVERSE")]
 static SLOTTED_REVERSE: Array<Slot> = Array::with_max_entries(SLOTTED_REVERSE_SLOTS, 0);
 
-const SLOTTED_FLOWS_SLOTS: u32 = bench_common::SLOTTED_FLOWS;
-const SLOTTED_REVERSE_SLOTS: u32 = bench_common::SLOTTED_REVERSE;
+/// The gateway's default conntrack and NAT capacities (powers of two: a slot is the hash's low
+/// bits; bench's tests hold them to that).
+const SLOTTED_FLOWS_SLOTS: u32 = gateway_common::maps::DEFAULT_CONNTRACK_ENTRIES;
+const SLOTTED_REVERSE_SLOTS: u32 = gateway_common::maps::DEFAULT_NAT_ENTRIES;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
