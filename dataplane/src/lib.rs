@@ -7,6 +7,7 @@ mod batch;
 mod mmap;
 mod nat;
 pub mod nat_sweep;
+pub mod nat_table;
 mod options;
 pub mod pins;
 pub mod sweep;
@@ -194,6 +195,7 @@ impl Dataplane {
     /// Loads maps and programs (verifying them) without attaching anything.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Dataplane> {
         let l = &opts.limits;
+        let nat_buckets = gateway_common::nat_table::buckets_for(l.nat_entries);
         let sizes = [
             (names::ACL_V4_CHUNKS, 2 * l.acl_chunks * V4_CHUNK_ENTRIES),
             (names::ACL_V6, 2 * l.acl_v6_prefixes),
@@ -201,8 +203,8 @@ impl Dataplane {
             (names::CONNTRACK, l.conntrack_entries),
             (names::FRAGMENTS, l.fragment_entries),
             (names::RULE_STATS, 2 * l.rules),
-            (names::NAT_FORWARD, l.nat_entries),
-            (names::NAT_REVERSE, l.nat_entries),
+            (names::NAT_FORWARD, nat_buckets),
+            (names::NAT_REVERSE, nat_buckets),
         ];
         // Not a configured capacity: the shortcuts' slots for every possible CPU (each CPU
         // indexes its own range by its id).
@@ -325,6 +327,14 @@ impl Dataplane {
         settings.flags |= adopted_flags & gateway_common::settings::FLAG_XDP_FORWARD;
         Array::<_, Settings>::try_from(ebpf.map_mut(names::SETTINGS).context("settings map")?)?
             .set(0, settings, 0)?;
+        nat_table::init_shape(
+            ebpf.map_mut(names::NAT_TABLE_SHAPE)
+                .context("NAT shape map")?,
+            nat_buckets,
+        )?;
+        if let Some(p) = &pins {
+            nat_table::carry_over_v1(&ebpf, p)?;
+        }
         let mut slots: [SlotContents; 2] = Default::default();
         let (active, adopted) = if adopt {
             // The pinned policy stays in force; this process learns what each slot holds so

@@ -1,5 +1,5 @@
-//! Write access to an mmapable BPF array: a whole policy slot is written with memory stores
-//! instead of one syscall per entry.
+//! Access to an mmapable BPF array: a whole policy slot is written with memory stores instead
+//! of one syscall per entry, and the NAT tables' buckets are taken and written in place.
 
 use std::{os::fd::AsRawFd, ptr::NonNull};
 
@@ -25,7 +25,7 @@ impl MmapArray {
         Self::from_data(data, value_size)
     }
 
-    fn from_data(data: &MapData, value_size: usize) -> anyhow::Result<MmapArray> {
+    pub(crate) fn from_data(data: &MapData, value_size: usize) -> anyhow::Result<MmapArray> {
         let info = data.info().context("map info")?;
         let entries = info.max_entries();
         let stride = value_size.div_ceil(8) * 8;
@@ -51,6 +51,19 @@ impl MmapArray {
             stride,
             entries,
         })
+    }
+
+    /// Elements in the array.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Where element `index` starts (`T` must fit in an element); None past the end.
+    pub fn element<T>(&self, index: u32) -> Option<*mut T> {
+        assert!(size_of::<T>() <= self.stride);
+        (index < self.entries)
+            // SAFETY: in bounds of the mapping.
+            .then(|| unsafe { self.base.as_ptr().add(index as usize * self.stride) }.cast())
     }
 
     /// Copies `values` into elements `first..first + values.len()`.

@@ -112,12 +112,13 @@ impl Dataplane {
 
     /// Translations in force (forward entries; each has its reverse).
     pub fn nat_entries(&self) -> anyhow::Result<u64> {
-        let map: aya::maps::HashMap<
-            _,
-            gateway_common::nat::NatKey,
-            gateway_common::nat::NatTarget,
-        > = aya::maps::HashMap::try_from(self.ebpf.map(names::NAT_FORWARD).context("NAT map")?)?;
-        Ok(map.keys().count() as u64)
+        let tables = crate::nat_table::NatTables::of(&self.ebpf)?;
+        Ok(tables.count(crate::nat_table::Direction::Forward) as u64)
+    }
+
+    /// The translation tables, mapped into this process.
+    pub fn nat_tables(&self) -> anyhow::Result<crate::nat_table::NatTables> {
+        crate::nat_table::NatTables::of(&self.ebpf)
     }
 }
 

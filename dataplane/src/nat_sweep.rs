@@ -19,10 +19,14 @@ use gateway_common::{
     conntrack::{CtEntry, CtKey, ORIGIN_REVOKED, STATE_TCP_ESTABLISHED, flow_key},
     maps as names,
     nat::{NatKey, NatSettings, NatTarget, timeout_ns},
+    nat_table::counterpart,
     settings::{FLAG_CONNTRACK, Settings},
 };
 
-use crate::Dataplane;
+use crate::{
+    Dataplane,
+    nat_table::{Direction, NatTables},
+};
 
 const PROTO_TCP: u8 = 6;
 const PROTO_ICMP: u8 = 1;
@@ -47,10 +51,10 @@ pub struct NatSweepReport {
     pub port_range: usize,
 }
 
-/// The sweep's own handles on the NAT maps (second fds), so that it runs on a blocking thread.
+/// The sweep's own mapping of the NAT tables and handles on its settings (second fds), so that
+/// it runs on a blocking thread.
 pub struct NatSweeper {
-    forward: BpfHashMap<MapData, NatKey, NatTarget>,
-    reverse: BpfHashMap<MapData, NatKey, NatTarget>,
+    tables: NatTables,
     settings: Array<MapData, NatSettings>,
     gateway_settings: Array<MapData, Settings>,
 }
@@ -58,25 +62,10 @@ pub struct NatSweeper {
 impl Dataplane {
     pub fn nat_sweeper(&self) -> anyhow::Result<NatSweeper> {
         Ok(NatSweeper {
-            forward: BpfHashMap::try_from(self.second_handle(names::NAT_FORWARD)?)?,
-            reverse: BpfHashMap::try_from(self.second_handle(names::NAT_REVERSE)?)?,
+            tables: self.nat_tables()?,
             settings: Array::try_from(self.second_handle(names::NAT_SETTINGS)?)?,
             gateway_settings: Array::try_from(self.second_handle(names::SETTINGS)?)?,
         })
-    }
-}
-
-/// The key the reply direction of a translation is stored under.
-pub fn reverse_key(key: &NatKey, target: &NatTarget) -> NatKey {
-    let echo = key.proto == PROTO_ICMP || key.proto == PROTO_ICMPV6;
-    NatKey {
-        local: target.addr,
-        remote: key.remote,
-        local_port: target.port,
-        remote_port: if echo { target.port } else { key.remote_port },
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
     }
 }
 
@@ -149,24 +138,20 @@ impl NatSweeper {
             port_range: usize::from(s.port_max.saturating_sub(s.port_min)) + 1,
             ..Default::default()
         };
-        let keys: Vec<NatKey> = self.forward.keys().filter_map(Result::ok).collect();
         let mut per_destination: HashMap<([u8; 16], [u8; 16], u16, u8), usize> = HashMap::new();
-        for key in keys {
-            let Ok(target) = self.forward.get(&key, 0) else {
-                continue;
-            };
+        for way in self.tables.entries(Direction::Forward) {
+            let (key, target) = (way.key, way.target);
             let flow = if tracked {
                 conntrack.get(&conntrack_key(&key), 0).ok()
             } else {
                 None
             };
-            let reverse = reverse_key(&key, &target);
+            let reverse = counterpart(&key, &target);
             // The reverse entry only if it is still this flow's (its port may be taken again
             // already, by a flow the kernel translated since).
             let back = self
-                .reverse
-                .get(&reverse, 0)
-                .ok()
+                .tables
+                .get(Direction::Reverse, &reverse)
                 .filter(|back| back.addr == key.local && back.port == key.local_port);
             // Packets either way keep a translation alive (the LAN host's refresh the reverse
             // entry), as they do in the kernel.
@@ -177,9 +162,17 @@ impl NatSweeper {
             match verdict(&key, &seen, &s, tracked, flow.as_ref(), now_ns) {
                 Some(why) => {
                     if back.is_some() {
-                        let _ = self.reverse.remove(&reverse);
+                        self.tables.remove(
+                            Direction::Reverse,
+                            &reverse,
+                            &key.local,
+                            key.local_port,
+                        )?;
                     }
-                    if self.forward.remove(&key).is_ok() {
+                    if self
+                        .tables
+                        .remove(Direction::Forward, &key, &target.addr, target.port)?
+                    {
                         match why {
                             Removal::FlowEnded => report.flow_ended += 1,
                             Removal::Transitory => report.transitory += 1,
@@ -227,7 +220,8 @@ mod tests {
             NatTarget {
                 addr: lan,
                 port: 20123,
-                _pad: [0; 6],
+                replied: 0,
+                _pad: [0; 5],
                 last_seen_ns: 1000 * SEC,
             },
         )
@@ -313,7 +307,7 @@ mod tests {
     #[test]
     fn keys_of_the_reply_and_of_the_flow() {
         let (k, t) = tcp();
-        let r = reverse_key(&k, &t);
+        let r = counterpart(&k, &t);
         assert_eq!(
             (r.local, r.local_port, r.remote, r.remote_port),
             (t.addr, 20123, k.remote, 80)
@@ -336,7 +330,7 @@ mod tests {
             remote_port: 7,
             ..k
         };
-        let r = reverse_key(&echo, &t);
+        let r = counterpart(&echo, &t);
         assert_eq!((r.local_port, r.remote_port), (20123, 20123));
         assert_eq!(
             conntrack_key(&echo).echo,

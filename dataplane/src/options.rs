@@ -33,7 +33,8 @@ pub struct LimitsConfig {
     pub rules: u32,
     pub conntrack_entries: u32,
     pub fragment_entries: u32,
-    /// Masquerade translations (each takes a forward and a reverse entry).
+    /// Masquerade translations (each takes a forward and a reverse entry), held in buckets of
+    /// four: rounded up to a power of two buckets.
     pub nat_entries: u32,
 }
 

@@ -14,6 +14,7 @@ pub mod lan_flow;
 pub mod maps;
 pub mod mss;
 pub mod nat;
+pub mod nat_table;
 pub mod settings;
 pub mod stats;
 #[cfg(test)]

@@ -34,9 +34,15 @@ pub const TUNNEL_MSS: &str = "TUNNEL_MSS_V1";
 pub const NAT_INTERFACES: &str = "NAT_IFACES_V1";
 pub const NAT_NETWORKS: &str = "NAT_NETS_V1";
 pub const NAT_SETTINGS: &str = "NAT_SETTINGS_V1";
-/// Pinned: translations outlive a restart of the controller, as flows do.
-pub const NAT_FORWARD: &str = "NAT_FWD_V1";
-pub const NAT_REVERSE: &str = "NAT_REV_V1";
+/// Pinned: translations outlive a restart of the controller, as flows do. Arrays of buckets
+/// (`nat_table`), with their shape (bucket count, hash seed) beside them.
+pub const NAT_FORWARD: &str = "NAT_FWD_V2";
+pub const NAT_REVERSE: &str = "NAT_REV_V2";
+pub const NAT_TABLE_SHAPE: &str = "NAT_SHAPE_V1";
+/// The translation tables of earlier releases (LRU hash maps, keyed as the V2 tables' ways
+/// are): an adopting controller moves their translations into the V2 tables and unpins them.
+pub const NAT_FORWARD_V1_LRU: &str = "NAT_FWD_V1";
+pub const NAT_REVERSE_V1_LRU: &str = "NAT_REV_V1";
 pub const NAT_INTERFACES_MAX: u32 = 64;
 /// Not pinned: the LAN interfaces tunnel traffic may be forwarded to in TC, by ifindex.
 pub const LAN_PORTS: &str = "LAN_PORTS_V1";
@@ -56,7 +62,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -72,6 +78,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     FORWARD_SLOTS,
     NAT_FORWARD,
     NAT_REVERSE,
+    NAT_TABLE_SHAPE,
     XDP_NEXT,
 ];
 

@@ -10,8 +10,9 @@
 use crate::{assert_size, user_pod};
 
 /// One side of a translation: `local` is the address and port on the gateway's side (the peer's
-/// original source, or the LAN address and NAT port), `remote` the LAN host's.
-#[repr(C)]
+/// original source, or the LAN address and NAT port), `remote` the LAN host's. 8-aligned: the
+/// kernel compares keys a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
     /// As on the wire; IPv4 in the first four bytes.
@@ -32,7 +33,10 @@ assert_size!(NatKey, 40);
 pub struct NatTarget {
     pub addr: [u8; 16],
     pub port: u16,
-    pub _pad: [u8; 6],
+    /// 1 once the LAN host has answered the flow (both of the translation's entries say so): a
+    /// translation that was replied to is never evicted to make room (`nat_table`).
+    pub replied: u8,
+    pub _pad: [u8; 5],
     /// Refreshed by the flow's packets; a target idle past [`NatSettings`]' timeout for its
     /// protocol is free again.
     pub last_seen_ns: u64,

@@ -22,6 +22,7 @@ mod lan_flow;
 mod maps;
 mod mss;
 mod nat;
+mod nat_table;
 mod packet;
 mod parse;
 mod stats;

@@ -15,7 +15,8 @@ use gateway_common::{
     lan_flow::{LAN_FLOW_SLOTS, LanFlow},
     maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     mss::MssClamp,
-    nat::{NatInterface, NatKey, NatPrefix, NatSettings, NatTarget},
+    nat::{NatInterface, NatPrefix, NatSettings, NatTarget},
+    nat_table::{NatBucket, NatTableShape},
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
     tunnel_flow::{TUNNEL_FLOW_SLOTS, TunnelFlow},
@@ -115,13 +116,19 @@ pub static NAT_NETWORKS: LpmTrie<NatPrefix, u8> =
 #[map(name = "NAT_SETTINGS_V1")]
 pub static NAT_SETTINGS: Array<NatSettings> = Array::with_max_entries(1, 0);
 
-/// Translations by original tuple (the peer's source, the LAN host).
-#[map(name = "NAT_FWD_V1")]
-pub static NAT_FORWARD: LruHashMap<NatKey, NatTarget> = LruHashMap::with_max_entries(1, 0);
+/// Translations by original tuple (the peer's source, the LAN host), in buckets (nat_table.rs;
+/// the controller sets the bucket count). Mmapable: the controller's sweep takes and writes
+/// buckets in place, as the programs do.
+#[map(name = "NAT_FWD_V2")]
+pub static NAT_FORWARD: Array<NatBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Translations by translated tuple (the masquerade address and port, the LAN host).
-#[map(name = "NAT_REV_V1")]
-pub static NAT_REVERSE: LruHashMap<NatKey, NatTarget> = LruHashMap::with_max_entries(1, 0);
+#[map(name = "NAT_REV_V2")]
+pub static NAT_REVERSE: Array<NatBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The two tables' bucket count and hash seed.
+#[map(name = "NAT_SHAPE_V1")]
+pub static NAT_TABLE_SHAPE: Array<NatTableShape> = Array::with_max_entries(1, 0);
 
 #[map(name = "NAT_SCRATCH_V1")]
 pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -13,12 +13,11 @@
 //! CHECKSUM_PARTIAL field (only the pseudo-header sum, see `forward::partial_checksum`).
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::{
         bpf_get_prandom_u32, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_load_bytes,
         bpf_skb_store_bytes,
     },
-    maps::{LruHashMap, lpm_trie::Key},
+    maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
@@ -33,8 +32,8 @@ use gateway_common::{
 };
 
 use crate::{
-    copy::copy_words,
     judge, maps,
+    nat_table::{self, Claim},
     parse::{
         ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP,
         PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_SYN,
@@ -52,6 +51,8 @@ pub struct Scratch {
     holder: NatKey,
     original: NatTarget,
     target: NatTarget,
+    /// What a translation's entry in the other table holds, when one is checked.
+    other: NatTarget,
 }
 
 #[inline(always)]
@@ -778,18 +779,9 @@ pub fn masquerade<R: Rewrite>(
         family: f.family,
         _pad: [0; 2],
     };
-    let port = match maps::NAT_FORWARD.get_ptr_mut(&x.key) {
-        // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
-        Some(t)
-            if unsafe {
-                (*t).addr == nat_addr
-                    && live(&mut x.holder, &x.key, &*t, &maps::NAT_REVERSE, s, now)
-            } =>
-        unsafe {
-            (*t).last_seen_ns = now;
-            (*t).port
-        },
-        _ => {
+    let port = match translation_of(x, &nat_addr, s, now, true) {
+        Some(port) => port,
+        None => {
             // A TCP connection is translated from its first SYN: one that was already under
             // way (the masquerade was switched on since) keeps its addresses, as it began.
             if f.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
@@ -839,50 +831,54 @@ fn rewrite_source<R: Rewrite>(rw: &R, pkt: &Packet, nat_addr: &[u8; 16], port: u
     Nat::Translated
 }
 
-/// Whether the translation that `key`'s entry `t` records (either direction) is still in use.
-/// The peer's packets refresh the forward entry and the LAN host's the reverse one, so a flow
-/// only one side speaks in keeps its translation as long as either speaks: a stale entry is
-/// live when its counterpart in `other` (the other direction's map) is fresh and still the
-/// flow's. `holder` is room for the counterpart's key.
+/// The translation of the flow `x.key` (its original tuple) toward `nat_addr`, if it is in
+/// force: its forward entry (copied into `x.target`) and its reverse entry (into `x.other`),
+/// which must still lead back to the flow. Both entries' timestamps say when the flow was last
+/// seen: the peer's packets refresh both, the LAN host's the reverse one (see [`unmasquerade`]),
+/// so the reverse entry alone says whether a translation lives, and a table that needs room
+/// judges each of its ways by its own timestamp (`nat_table::claim`). Returns the port, after
+/// refreshing both entries when `refresh` says (a packet of the flow; not an error about one).
 #[inline(always)]
-fn live(
-    holder: &mut NatKey,
-    key: &NatKey,
-    t: &NatTarget,
-    other: &LruHashMap<NatKey, NatTarget>,
+fn translation_of(
+    x: &mut Scratch,
+    nat_addr: &[u8; 16],
     s: &NatSettings,
     now: u64,
-) -> bool {
-    let proto = key.proto;
-    if fresh(t, s, proto, now) {
-        return true;
+    refresh: bool,
+) -> Option<u16> {
+    let forward = nat_table::find(&maps::NAT_FORWARD, &x.key, &mut x.target)?;
+    if x.target.addr != *nat_addr {
+        return None;
     }
-    let echo = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
-    *holder = NatKey {
-        local: t.addr,
-        remote: key.remote,
-        local_port: t.port,
-        // An echo flow's identifier is both of its ports.
-        remote_port: if echo { t.port } else { key.remote_port },
-        proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
-    // SAFETY: copied out at once.
-    match unsafe { other.get(holder) } {
-        Some(o) => o.addr == key.local && o.port == key.local_port && fresh(o, s, proto, now),
-        None => false,
+    counterpart_into(&mut x.holder, &x.key, &x.target);
+    let reverse = nat_table::find(&maps::NAT_REVERSE, &x.holder, &mut x.other)?;
+    if x.other.addr != x.key.local
+        || x.other.port != x.key.local_port
+        || !fresh(&x.other, s, x.key.proto, now)
+    {
+        return None;
     }
+    if refresh {
+        // SAFETY: ways of the tables; concurrent packets only race on the timestamps.
+        unsafe {
+            (*forward).last_seen_ns = now;
+            (*reverse).last_seen_ns = now;
+        }
+    }
+    Some(x.target.port)
 }
 
-/// Finds a free port for a new translation and records it both ways.
+/// Finds a free port for a new translation and records it both ways: the reverse entry first,
+/// which claims the port toward this LAN host (a port a live translation holds is a collision:
+/// the next candidate), then the forward entry.
 #[inline(always)]
 fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> Option<u16> {
     let echo = x.key.proto == PROTO_ICMP || x.key.proto == PROTO_ICMPV6;
     x.original = NatTarget {
         addr: x.key.local,
         port: x.key.local_port,
-        _pad: [0; 6],
+        replied: 0,
+        _pad: [0; 5],
         last_seen_ns: now,
     };
     x.reverse = NatKey {
@@ -904,44 +900,70 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
         if echo {
             x.reverse.remote_port = port;
         }
-        // A free port is the common case: claim it at once, and only on a collision look at
-        // the holder (one table operation per new flow where a lookup first took two).
-        if maps::NAT_REVERSE
-            .insert(&x.reverse, &x.original, BPF_NOEXIST as u64)
-            .is_err()
-        {
-            // SAFETY: copied out at once.
-            match unsafe { maps::NAT_REVERSE.get(&x.reverse) } {
-                Some(t) if live(&mut x.holder, &x.reverse, t, &maps::NAT_FORWARD, s, now) => {
-                    continue;
-                }
-                _ => {}
-            }
-            // A translation idle past its timeout gives its port back.
-            let _ = maps::NAT_REVERSE.remove(&x.reverse);
-            if maps::NAT_REVERSE
-                .insert(&x.reverse, &x.original, BPF_NOEXIST as u64)
-                .is_err()
-            {
-                continue;
-            }
+        if claim(x, CLAIM_REVERSE, s, now) != Claim::Claimed as u32 {
+            continue;
         }
         x.target = NatTarget {
             addr: *nat_addr,
             port,
-            _pad: [0; 6],
+            replied: 0,
+            _pad: [0; 5],
             last_seen_ns: now,
         };
-        if maps::NAT_FORWARD
-            .insert(&x.key, &x.target, BPF_ANY as u64)
-            .is_err()
-        {
-            let _ = maps::NAT_REVERSE.remove(&x.reverse);
-            return None;
+        let recorded = claim(x, CLAIM_FORWARD, s, now);
+        if recorded == Claim::Claimed as u32 {
+            return Some(port);
         }
-        return Some(port);
+        // Another CPU translated the flow meanwhile (its port stands), or there is no room
+        // for the forward entry: this port goes back.
+        let _ = nat_table::remove(
+            &maps::NAT_REVERSE,
+            &x.reverse,
+            &x.key.local,
+            x.key.local_port,
+        );
+        return (recorded == Claim::Taken as u32).then_some(x.other.port);
     }
     None
+}
+
+const CLAIM_REVERSE: u32 = 0;
+const CLAIM_FORWARD: u32 = 1;
+
+/// Records one entry of a new translation (`nat_table::claim`, its result as a number): the
+/// reverse one (`x.reverse` → `x.original`; a holder is copied into `x.target`) or the forward
+/// one (`x.key` → `x.target`; a holder into `x.other`, and one toward another address, the
+/// interface's before it changed, is replaced). A way is live while its own timestamp is
+/// fresh (see [`translation_of`]).
+///
+/// A function of its own in the program (a BPF-to-BPF call): the verifier walks the claim's
+/// many paths through a bucket once per call, and what follows the call once per result,
+/// where inlined each path would carry on through the rest of the program.
+#[inline(always)]
+fn claim(x: &mut Scratch, which: u32, s: &NatSettings, now: u64) -> u32 {
+    // One claim for either table (the pointers chosen first): the program holds its code once,
+    // and the calling frame its locals once.
+    let forward = which == CLAIM_FORWARD;
+    let (table, key, value, found) = if forward {
+        (
+            &maps::NAT_FORWARD,
+            &raw const x.key,
+            &raw const x.target,
+            &raw mut x.other,
+        )
+    } else {
+        (
+            &maps::NAT_REVERSE,
+            &raw const x.reverse,
+            &raw const x.original,
+            &raw mut x.target,
+        )
+    };
+    // SAFETY: distinct fields of this CPU's scratch.
+    let (key, value, found) = unsafe { (&*key, &*value, &mut *found) };
+    nat_table::claim(table, key, value, found, |k, t| {
+        (!forward || t.addr == value.addr) && fresh(t, s, k.proto, now)
+    }) as u32
 }
 
 /// LAN ingress, before the policy: gives a packet of a translated flow its original
@@ -1004,12 +1026,14 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
     };
     let now = pkt.now();
     let in_range = f.dport >= s.port_min && f.dport <= s.port_max;
-    match maps::NAT_REVERSE.get_ptr_mut(&x.key) {
-        // SAFETY: a valid map value; concurrent packets of the flow only race on the timestamp.
-        Some(t) if unsafe { live(&mut x.holder, &x.key, &*t, &maps::NAT_FORWARD, s, now) } => unsafe {
-            (*t).last_seen_ns = now;
-            copy_words(&mut x.target, &*t);
-        },
+    match nat_table::find(&maps::NAT_REVERSE, &x.key, &mut x.target) {
+        Some(t) if fresh(&x.target, s, f.proto, now) => {
+            // SAFETY: a way of the table; concurrent packets only race on the timestamp.
+            unsafe { (*t).last_seen_ns = now };
+            if x.target.replied == 0 {
+                mark_replied(x, t);
+            }
+        }
         _ => {
             // Echo replies to the host's own pings share the address and have no reserved range.
             return if in_range && pkt.icmp != ICMP_ECHO {
@@ -1035,6 +1059,47 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         pkt.flow.sport = x.target.port;
     }
     Nat::Translated
+}
+
+/// `gateway_common::nat_table::counterpart` written into `dst` in place, the addresses a word
+/// at a time: built as a value, the key lands on the stack first, a byte at a time, in frames
+/// that have no room to spare.
+#[inline(always)]
+fn counterpart_into(dst: &mut NatKey, key: &NatKey, target: &NatTarget) {
+    let (d, k, t) = (
+        dst as *mut NatKey as *mut u64,
+        key as *const NatKey as *const u64,
+        target as *const NatTarget as *const u64,
+    );
+    // SAFETY: all three are 8-aligned; `local` and `addr` are the first 16 bytes of theirs,
+    // `remote` the next 16 of a key.
+    unsafe {
+        core::ptr::write_volatile(d, core::ptr::read_volatile(t));
+        core::ptr::write_volatile(d.add(1), core::ptr::read_volatile(t.add(1)));
+        core::ptr::write_volatile(d.add(2), core::ptr::read_volatile(k.add(2)));
+        core::ptr::write_volatile(d.add(3), core::ptr::read_volatile(k.add(3)));
+    }
+    let echo = key.proto == PROTO_ICMP || key.proto == PROTO_ICMPV6;
+    dst.local_port = target.port;
+    dst.remote_port = if echo { target.port } else { key.remote_port };
+    dst.proto = key.proto;
+    dst.family = key.family;
+    dst._pad = [0; 2];
+}
+
+/// The LAN host answered the flow whose reverse entry is at `t` (its key in `x.key`, its
+/// target in `x.target`): both entries say so from now on, and a full bucket no longer evicts
+/// the translation. (A way rewritten meanwhile may get the mark too: it then waits for its
+/// idle timeout like any answered translation, and nothing is translated wrong.)
+#[inline(always)]
+fn mark_replied(x: &mut Scratch, t: *mut NatTarget) {
+    // SAFETY: a way of the table.
+    unsafe { (*t).replied = 1 };
+    counterpart_into(&mut x.holder, &x.key, &x.target);
+    if let Some(f) = nat_table::find(&maps::NAT_FORWARD, &x.holder, &mut x.other) {
+        // SAFETY: as above.
+        unsafe { (*f).replied = 1 };
+    }
 }
 
 /// An ICMP error from the LAN about a packet the masquerade sent (RFC 5508): the error goes to
@@ -1063,10 +1128,8 @@ fn unmasquerade_error<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat
     };
     let now = pkt.now();
     // SAFETY: copied out at once.
-    match unsafe { maps::NAT_REVERSE.get(&x.key) } {
-        Some(t) if live(&mut x.holder, &x.key, t, &maps::NAT_FORWARD, s, now) => {
-            copy_words(&mut x.target, t)
-        }
+    match nat_table::find(&maps::NAT_REVERSE, &x.key, &mut x.target) {
+        Some(_) if fresh(&x.target, s, x.key.proto, now) => {}
         _ => return Nat::Untouched,
     }
     let old_port = q.sport;
@@ -1129,13 +1192,8 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
     };
     let now = pkt.now();
     // SAFETY: copied out at once.
-    match unsafe { maps::NAT_FORWARD.get(&x.key) } {
-        Some(t)
-            if t.addr == nat_addr && live(&mut x.holder, &x.key, t, &maps::NAT_REVERSE, s, now) =>
-        {
-            copy_words(&mut x.target, t)
-        }
-        _ => return Nat::Untouched,
+    if translation_of(x, &nat_addr, s, now, false).is_none() {
+        return Nat::Untouched;
     }
     if (!from_gateway && !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr))
         || !rw.set_quoted(pkt, End::Dst, &q.dst, &nat_addr, q.dport, x.target.port)

@@ -15,7 +15,7 @@ use gateway_common::{
     tunnel_flow::TunnelFlow,
     turn_flow::TurnFlow,
 };
-use gateway_dataplane::{Dataplane, LoadOptions};
+use gateway_dataplane::{Dataplane, LoadOptions, nat_table::Direction};
 use gateway_policy::{
     self as policy, PolicySet,
     compile::{self, Compiled, Limits},
@@ -146,30 +146,23 @@ impl Harness {
     /// When the translation of the flow `key` names (the forward direction's entry) was last
     /// refreshed.
     pub fn nat_forward_last_seen(&self, key: &gateway_common::nat::NatKey) -> u64 {
-        let fwd: aya::maps::HashMap<
-            _,
-            gateway_common::nat::NatKey,
-            gateway_common::nat::NatTarget,
-        > = aya::maps::HashMap::try_from(self.dp.ebpf().map(names::NAT_FORWARD).expect("nat"))
-            .expect("nat map type");
-        fwd.get(key, 0)
+        self.dp
+            .nat_tables()
+            .expect("NAT tables")
+            .get(Direction::Forward, key)
             .expect("the flow's translation")
             .last_seen_ns
     }
 
     /// Marks that translation's timestamp (a test then sees whether a packet refreshed it).
     pub fn set_nat_forward_last_seen(&mut self, key: &gateway_common::nat::NatKey, ns: u64) {
-        let mut fwd: aya::maps::HashMap<
-            _,
-            gateway_common::nat::NatKey,
-            gateway_common::nat::NatTarget,
-        > = aya::maps::HashMap::try_from(
-            self.dp.ebpf_mut().map_mut(names::NAT_FORWARD).expect("nat"),
-        )
-        .expect("nat map type");
-        let mut t = fwd.get(key, 0).expect("the flow's translation");
-        t.last_seen_ns = ns;
-        fwd.insert(key, t, 0).expect("translation written");
+        let set = self
+            .dp
+            .nat_tables()
+            .expect("NAT tables")
+            .set_last_seen(Direction::Forward, key, ns)
+            .expect("NAT bucket");
+        assert!(set, "the flow's translation");
     }
 
     /// The relay's per-flow shortcut slots that hold a flow, on any CPU.

@@ -1601,3 +1601,81 @@ fn same_ip(got: &[u8], want: &Spec, what: &str) {
         "{what}"
     );
 }
+
+/// The translation tables keep flows in buckets of four ways; with room for four translations
+/// they are one bucket each, so every flow competes for the same ways. A new flow that finds
+/// the bucket full takes the way of the oldest translation the LAN host never answered (its
+/// replies are dropped from then on, never delivered to the new flow); a translation that was
+/// answered is never evicted, and a bucket full of those makes the new flow a counted drop.
+#[test]
+fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one() {
+    let opts = gateway_dataplane::LoadOptions {
+        limits: gateway_dataplane::LimitsConfig {
+            nat_entries: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut h = Harness::with_options(POLICY, opts);
+    h.dp.set_masquerade(&Masquerade {
+        networks: vec!["198.18.10.0/24".parse().unwrap()],
+        settings: NatSettings {
+            port_min: PORTS.0,
+            port_max: PORTS.1,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    h.dp.set_nat_interface(
+        1,
+        NatInterface {
+            v4: [198, 18, 10, 1],
+            has_v4: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Flow n: the peer's port 40_000 + n (in the range and free: kept) to the LAN host.
+    let open = |h: &mut Harness, n: u16| {
+        let out = out_through(h, &udp(P1, HOST, PORTS.0 + n, 53));
+        same(&out, &udp(NAT, HOST, PORTS.0 + n, 53), "translated");
+        // Apart by more than the coarse clock's tick, so that their ages differ.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let reply = |h: &mut Harness, n: u16| h.xdp_bytes(&udp(HOST, NAT, 53, PORTS.0 + n).build());
+    let answered = |h: &mut Harness, n: u16, what: &str| {
+        let (action, back) = reply(h, n);
+        assert_eq!(action, XDP_PASS, "{what}: {}", h.hook_counters(HOOK_LAN));
+        same(&back, &udp(HOST, P1, 53, PORTS.0 + n), what);
+    };
+    let lost = |h: &mut Harness, n: u16, what: &str| {
+        let before = h.count(HOOK_LAN, DROP_NAT_NO_MAPPING);
+        let (action, _) = reply(h, n);
+        assert_eq!(action, XDP_DROP, "{what}");
+        assert_eq!(h.count(HOOK_LAN, DROP_NAT_NO_MAPPING), before + 1, "{what}");
+    };
+    for n in 1..=4 {
+        open(&mut h, n);
+    }
+    assert_eq!(h.dp.nat_entries().unwrap(), 4);
+    answered(&mut h, 1, "flow 1 answered");
+    answered(&mut h, 2, "flow 2 answered");
+    // Flow 5 takes flow 3's ways (the oldest unanswered); flow 4 stays.
+    open(&mut h, 5);
+    assert_eq!(h.dp.nat_entries().unwrap(), 4);
+    lost(&mut h, 3, "flow 3's reply after its eviction");
+    answered(&mut h, 4, "flow 4 answered");
+    answered(&mut h, 5, "flow 5 answered");
+    answered(&mut h, 1, "flow 1 still answered");
+    // Every way holds an answered translation now: flow 6 is refused, none is evicted.
+    let sixth = udp(P1, HOST, PORTS.0 + 6, 53).build();
+    let (action, _) = h.tc_bytes(true, &sixth);
+    assert_eq!(action, TC_ACT_OK);
+    let (action, _) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &sixth);
+    assert_eq!(action, TC_ACT_SHOT, "{}", h.hook_counters(HOOK_LAN));
+    assert_eq!(h.count(HOOK_LAN, DROP_NAT_EXHAUSTED), 1);
+    for n in [1, 2, 4, 5] {
+        answered(&mut h, n, "an answered flow keeps its translation");
+    }
+    assert_eq!(h.dp.nat_entries().unwrap(), 4);
+}
