@@ -434,14 +434,21 @@ fn unsolicited_lan_packets_to_nat_ports_are_dropped() {
 /// A gateway masquerading 198.18.10.0/24 (IPv4 only) through a range of the one `port`, with
 /// `settings`' timeouts.
 fn one_port(port: u16, settings: NatSettings) -> Harness {
-    let mut h = Harness::new(POLICY);
-    h.dp.set_masquerade(&Masquerade {
-        networks: vec!["198.18.10.0/24".parse().unwrap()],
-        settings: NatSettings {
+    masquerading_v4(
+        Harness::new(POLICY),
+        NatSettings {
             port_min: port,
             port_max: port,
             ..settings
         },
+    )
+}
+
+/// `h` masquerading 198.18.10.0/24 as 198.18.10.1 on the test-run device, with `settings`.
+fn masquerading_v4(mut h: Harness, settings: NatSettings) -> Harness {
+    h.dp.set_masquerade(&Masquerade {
+        networks: vec!["198.18.10.0/24".parse().unwrap()],
+        settings,
     })
     .unwrap();
     h.dp.set_nat_interface(
@@ -1616,25 +1623,14 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
         },
         ..Default::default()
     };
-    let mut h = Harness::with_options(POLICY, opts);
-    h.dp.set_masquerade(&Masquerade {
-        networks: vec!["198.18.10.0/24".parse().unwrap()],
-        settings: NatSettings {
+    let mut h = masquerading_v4(
+        Harness::with_options(POLICY, opts),
+        NatSettings {
             port_min: PORTS.0,
             port_max: PORTS.1,
             ..Default::default()
         },
-    })
-    .unwrap();
-    h.dp.set_nat_interface(
-        1,
-        NatInterface {
-            v4: [198, 18, 10, 1],
-            has_v4: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    );
     // Flow n: the peer's port 40_000 + n (in the range and free: kept) to the LAN host.
     let open = |h: &mut Harness, n: u16| {
         let out = out_through(h, &udp(P1, HOST, PORTS.0 + n, 53));
