@@ -1675,3 +1675,117 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
     }
     assert_eq!(h.dp.nat_entries().unwrap(), 4);
 }
+
+/// A gateway adopting the data plane of a release whose translation tables were LRU hash maps
+/// (pinned as NAT_FWD_V1 and NAT_REV_V1) moves their translations into the bucket tables and
+/// unpins the old maps: the flow's next packet leaves with the port the old tables gave it. The
+/// old maps are made with bpftool, as that release's loader made them (40-byte keys, 32-byte
+/// values, LRU hash), under a pin root of the test's own.
+#[test]
+fn an_upgrade_carries_the_old_tables_translations_over() {
+    use gateway_common::nat::NatKey;
+    use gateway_dataplane::nat_table::Direction;
+
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/gwtest-natv1-{}", std::process::id()));
+    let _cleanup = Cleanup(root.clone());
+    let pins = gateway_dataplane::pins::PinDir::new(&root);
+    assert!(!pins.prepare().unwrap(), "a fresh pin root");
+
+    let (original, kept) = (PORTS.0 + 50, PORTS.0 + 77);
+    let now = gateway_dataplane::sweep::monotonic_coarse_ns();
+    let hex =
+        |bytes: Vec<u8>| -> Vec<String> { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+    let key = |local: &str, lport: u16, rport: u16| -> Vec<u8> {
+        let mut k = addr16(local).to_vec();
+        k.extend(addr16(HOST));
+        k.extend(lport.to_ne_bytes());
+        k.extend(rport.to_ne_bytes());
+        k.extend([17, 4, 0, 0]);
+        k
+    };
+    let target = |addr: &str, port: u16| -> Vec<u8> {
+        let mut t = addr16(addr).to_vec();
+        t.extend(port.to_ne_bytes());
+        t.extend([0; 6]);
+        t.extend(now.to_ne_bytes());
+        t
+    };
+    let old = [
+        (
+            names::NAT_FORWARD_V1_LRU,
+            key(P1, original, 53),
+            target(NAT, kept),
+        ),
+        (
+            names::NAT_REVERSE_V1_LRU,
+            key(NAT, kept, 53),
+            target(P1, original),
+        ),
+    ];
+    for (name, k, v) in &old {
+        let path = pins.map(name);
+        let path = path.to_str().unwrap();
+        let bpftool = |args: &[&str]| {
+            let out = std::process::Command::new("bpftool")
+                .args(args)
+                .output()
+                .expect("bpftool runs");
+            assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        };
+        bpftool(&[
+            "map", "create", path, "type", "lru_hash", "key", "40", "value", "32", "entries", "64",
+            "name", name,
+        ]);
+        let (k, v) = (hex(k.clone()), hex(v.clone()));
+        let mut args = vec!["map", "update", "pinned", path, "key", "hex"];
+        args.extend(k.iter().map(String::as_str));
+        args.extend(["value", "hex"]);
+        args.extend(v.iter().map(String::as_str));
+        bpftool(&args);
+    }
+
+    let opts = gateway_dataplane::LoadOptions {
+        pin_root: Some(root.clone()),
+        ..Default::default()
+    };
+    let mut h = masquerading_v4(
+        Harness::with_options(POLICY, opts),
+        NatSettings {
+            port_min: PORTS.0,
+            port_max: PORTS.1,
+            ..Default::default()
+        },
+    );
+    for (name, _, _) in &old {
+        assert!(!pins.map(name).exists(), "{name} is still pinned");
+    }
+    let forward = NatKey {
+        local: addr16(P1),
+        remote: addr16(HOST),
+        local_port: original,
+        remote_port: 53,
+        proto: 17,
+        family: 4,
+        _pad: [0; 2],
+    };
+    let tables = h.dp.nat_tables().unwrap();
+    assert_eq!(
+        tables.get(Direction::Forward, &forward).map(|t| t.port),
+        Some(kept)
+    );
+    assert_eq!(tables.count(Direction::Reverse), 1);
+    // The flow keeps its port: without the old translation it would have left with its own
+    // (free, and in the range).
+    let out = out_through(&mut h, &udp(P1, HOST, original, 53));
+    same(
+        &out,
+        &udp(NAT, HOST, kept, 53),
+        "the carried translation's port",
+    );
+}
