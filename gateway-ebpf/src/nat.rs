@@ -33,7 +33,7 @@ use gateway_common::{
 
 use crate::{
     judge, maps,
-    nat_table::{self, Claim},
+    nat_table::{self, Claim, Found},
     parse::{
         ECHO_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, ICMP_ECHO, ICMP_ERROR, PROTO_ICMP,
         PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_SYN,
@@ -780,8 +780,11 @@ pub fn masquerade<R: Rewrite>(
         _pad: [0; 2],
     };
     let port = match translation_of(x, &nat_addr, s, now, true) {
-        Some(port) => port,
-        None => {
+        Translation::Port(port) => port,
+        // A bucket being written: what the flow's translation is cannot be told, and the
+        // packet must not leave with the peer's own address.
+        Translation::Busy => return Nat::Drop(gateway_common::stats::reason::DROP_INTERNAL),
+        Translation::None => {
             // A TCP connection is translated from its first SYN: one that was already under
             // way (the masquerade was switched on since) keeps its addresses, as it began.
             if f.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
@@ -833,11 +836,11 @@ fn rewrite_source<R: Rewrite>(rw: &R, pkt: &Packet, nat_addr: &[u8; 16], port: u
 
 /// The translation of the flow `x.key` (its original tuple) toward `nat_addr`, if it is in
 /// force: its forward entry (copied into `x.target`) and its reverse entry (into `x.other`),
-/// which must still lead back to the flow. Both entries' timestamps say when the flow was last
-/// seen: the peer's packets refresh both, the LAN host's the reverse one (see [`unmasquerade`]),
-/// so the reverse entry alone says whether a translation lives, and a table that needs room
-/// judges each of its ways by its own timestamp (`nat_table::claim`). Returns the port, after
-/// refreshing both entries when `refresh` says (a packet of the flow; not an error about one).
+/// which must still lead back to the flow and be fresh. The peer's packets refresh both
+/// entries, the LAN host's the reverse one (and the forward one once a tick, see
+/// [`unmasquerade`]), so the reverse entry alone says whether a translation lives, and a table
+/// that needs room judges each of its ways by its own timestamp (`nat_table::claim`). Refreshes
+/// both entries when `refresh` says (a packet of the flow; not an error about one).
 #[inline(always)]
 fn translation_of(
     x: &mut Scratch,
@@ -845,18 +848,26 @@ fn translation_of(
     s: &NatSettings,
     now: u64,
     refresh: bool,
-) -> Option<u16> {
-    let forward = nat_table::find(&maps::NAT_FORWARD, &x.key, &mut x.target)?;
+) -> Translation {
+    let forward = match nat_table::look_up(&maps::NAT_FORWARD, &x.key, &mut x.target) {
+        Found::At(t) => t,
+        Found::Absent => return Translation::None,
+        Found::Busy => return Translation::Busy,
+    };
     if x.target.addr != *nat_addr {
-        return None;
+        return Translation::None;
     }
     counterpart_into(&mut x.holder, &x.key, &x.target);
-    let reverse = nat_table::find(&maps::NAT_REVERSE, &x.holder, &mut x.other)?;
+    let reverse = match nat_table::look_up(&maps::NAT_REVERSE, &x.holder, &mut x.other) {
+        Found::At(t) => t,
+        Found::Absent => return Translation::None,
+        Found::Busy => return Translation::Busy,
+    };
     if x.other.addr != x.key.local
         || x.other.port != x.key.local_port
         || !fresh(&x.other, s, x.key.proto, now)
     {
-        return None;
+        return Translation::None;
     }
     if refresh {
         // SAFETY: ways of the tables; concurrent packets only race on the timestamps.
@@ -865,7 +876,17 @@ fn translation_of(
             (*reverse).last_seen_ns = now;
         }
     }
-    Some(x.target.port)
+    Translation::Port(x.target.port)
+}
+
+/// What [`translation_of`] found.
+enum Translation {
+    Port(u16),
+    /// None in force (a forward entry whose reverse no longer leads back is none: a new
+    /// translation replaces it).
+    None,
+    /// A bucket was being written.
+    Busy,
 }
 
 /// Finds a free port for a new translation and records it both ways: the reverse entry first,
@@ -910,19 +931,17 @@ fn allocate(x: &mut Scratch, nat_addr: &[u8; 16], s: &NatSettings, now: u64) -> 
             _pad: [0; 5],
             last_seen_ns: now,
         };
-        let recorded = claim(x, CLAIM_FORWARD, s, now);
-        if recorded == Claim::Claimed as u32 {
+        if claim(x, CLAIM_FORWARD, s, now) == Claim::Claimed as u32 {
             return Some(port);
         }
-        // Another CPU translated the flow meanwhile (its port stands), or there is no room
-        // for the forward entry: this port goes back.
+        // No room for the forward entry: this port goes back.
         let _ = nat_table::remove(
             &maps::NAT_REVERSE,
             &x.reverse,
             &x.key.local,
             x.key.local_port,
         );
-        return (recorded == Claim::Taken as u32).then_some(x.other.port);
+        return None;
     }
     None
 }
@@ -931,10 +950,13 @@ const CLAIM_REVERSE: u32 = 0;
 const CLAIM_FORWARD: u32 = 1;
 
 /// Records one entry of a new translation (`nat_table::claim`, its result as a number): the
-/// reverse one (`x.reverse` → `x.original`; a holder is copied into `x.target`) or the forward
-/// one (`x.key` → `x.target`; a holder into `x.other`, and one toward another address, the
-/// interface's before it changed, is replaced). A way is live while its own timestamp is
-/// fresh (see [`translation_of`]).
+/// reverse one (`x.reverse` → `x.original`; a live holder of the key is a collision, copied
+/// into `x.target`) or the forward one (`x.key` → `x.target`, replacing whatever the flow's
+/// forward entry held: this is only called when [`translation_of`] found no translation in
+/// force, and a forward entry whose reverse no longer leads back must not stand; in the rare
+/// race of two CPUs translating one flow at once, the last stands, and the other's reverse
+/// entry still leads replies to its port back to the flow until it goes idle). Another way
+/// is live while its own timestamp is fresh (see [`translation_of`]).
 ///
 /// A function of its own in the program (a BPF-to-BPF call): the verifier walks the claim's
 /// many paths through a bucket once per call, and what follows the call once per result,
@@ -961,7 +983,7 @@ fn claim(x: &mut Scratch, which: u32, s: &NatSettings, now: u64) -> u32 {
     };
     // SAFETY: distinct fields of this CPU's scratch.
     let (key, value, found) = unsafe { (&*key, &*value, &mut *found) };
-    nat_table::claim(table, key, value, found, |k, t| {
+    nat_table::claim(table, key, value, found, !forward, |k, t| {
         (!forward || t.addr == value.addr) && fresh(t, s, k.proto, now)
     }) as u32
 }
@@ -1030,8 +1052,10 @@ pub fn unmasquerade<R: Rewrite>(rw: &R, pkt: &mut Packet, ifindex: u32) -> Nat {
         Some(t) if fresh(&x.target, s, f.proto, now) => {
             // SAFETY: a way of the table; concurrent packets only race on the timestamp.
             unsafe { (*t).last_seen_ns = now };
-            if x.target.replied == 0 {
-                mark_replied(x, t);
+            // The forward entry too, once a tick (it is judged by its own timestamp when its
+            // bucket needs room), and marked answered at the first reply.
+            if x.target.replied == 0 || (x.target.last_seen_ns ^ now) >> NatMemo::TICK_SHIFT != 0 {
+                touch_forward(x, t, now);
             }
         }
         _ => {
@@ -1088,17 +1112,23 @@ fn counterpart_into(dst: &mut NatKey, key: &NatKey, target: &NatTarget) {
 }
 
 /// The LAN host answered the flow whose reverse entry is at `t` (its key in `x.key`, its
-/// target in `x.target`): both entries say so from now on, and a full bucket no longer evicts
-/// the translation. (A way rewritten meanwhile may get the mark too: it then waits for its
-/// idle timeout like any answered translation, and nothing is translated wrong.)
+/// target in `x.target`): both entries say so from now on (a full bucket no longer evicts the
+/// translation), and the forward entry is seen now. Only a forward entry that leads to this
+/// reverse one is touched.
 #[inline(always)]
-fn mark_replied(x: &mut Scratch, t: *mut NatTarget) {
+fn touch_forward(x: &mut Scratch, t: *mut NatTarget, now: u64) {
     // SAFETY: a way of the table.
     unsafe { (*t).replied = 1 };
     counterpart_into(&mut x.holder, &x.key, &x.target);
-    if let Some(f) = nat_table::find(&maps::NAT_FORWARD, &x.holder, &mut x.other) {
-        // SAFETY: as above.
-        unsafe { (*f).replied = 1 };
+    if let Some(f) = nat_table::find(&maps::NAT_FORWARD, &x.holder, &mut x.other)
+        && x.other.addr == x.key.local
+        && x.other.port == x.key.local_port
+    {
+        // SAFETY: as above; concurrent packets only race on these stores.
+        unsafe {
+            (*f).replied = 1;
+            (*f).last_seen_ns = now;
+        }
     }
 }
 
@@ -1192,7 +1222,10 @@ fn masquerade_error<R: Rewrite>(rw: &R, pkt: &Packet, ifindex: u32, settings: &S
     };
     let now = pkt.now();
     // SAFETY: copied out at once.
-    if translation_of(x, &nat_addr, s, now, false).is_none() {
+    if !matches!(
+        translation_of(x, &nat_addr, s, now, false),
+        Translation::Port(_)
+    ) {
         return Nat::Untouched;
     }
     if (!from_gateway && !rw.set_addr(pkt, End::Src, &pkt.flow.src, &nat_addr))

@@ -62,21 +62,29 @@ fn is_empty(way: *const NatWay) -> bool {
     unsafe { core::ptr::read_volatile(&(*way).key.proto) == 0 }
 }
 
-/// Finds `key`'s translation: copies it into `out` and returns where the way's target is (its
-/// packets refresh it there), or None when absent. A bucket that a writer holds, or wrote
-/// while it was read, reads as absent: the look is not repeated, because every repeat
-/// multiplies the paths the verifier walks through each caller, and a bucket is written only
-/// when a flow hashed to it begins or ends (with the default tables, each bucket a few times
-/// a second under a flood of new flows, for the length of a few stores).
+/// What [`look_up`] found.
+pub enum Found {
+    /// The way's target (its packets refresh it there), copied into `out`.
+    At(*mut NatTarget),
+    Absent,
+    /// A writer held the bucket, or wrote it while it was read: nothing can be said.
+    Busy,
+}
+
+/// Finds `key`'s translation: copies it into `out` and says where the way's target is. One
+/// look, not repeated: every repeat multiplies the paths the verifier walks through each
+/// caller, and a bucket is written only when a flow hashed to it begins or ends.
 #[inline(always)]
-pub fn find(table: &'static Table, key: &NatKey, out: &mut NatTarget) -> Option<*mut NatTarget> {
-    let b = bucket(table, key)?;
+pub fn look_up(table: &'static Table, key: &NatKey, out: &mut NatTarget) -> Found {
+    let Some(b) = bucket(table, key) else {
+        return Found::Busy;
+    };
     // SAFETY: a valid map value.
     let before = unsafe { core::ptr::read_volatile(&(*b).seq) };
     if before & 1 != 0 {
-        return None;
+        return Found::Busy;
     }
-    let mut found = None;
+    let mut found = Found::Absent;
     let mut i = 0;
     while i < NAT_WAYS {
         // SAFETY: i < NAT_WAYS.
@@ -84,16 +92,26 @@ pub fn find(table: &'static Table, key: &NatKey, out: &mut NatTarget) -> Option<
         if holds(way, key) {
             // SAFETY: a valid way.
             copy_words(out, unsafe { &(*way).target });
-            found = Some(unsafe { &mut (*way).target as *mut NatTarget });
+            found = Found::At(unsafe { &mut (*way).target as *mut NatTarget });
             break;
         }
         i += 1;
     }
     // SAFETY: as above.
     if unsafe { core::ptr::read_volatile(&(*b).seq) } != before {
-        return None;
+        return Found::Busy;
     }
     found
+}
+
+/// [`look_up`] for callers to whom a bucket being written is as good as no translation (they
+/// then leave the packet as it is, and nothing untranslated leaves for the LAN).
+#[inline(always)]
+pub fn find(table: &'static Table, key: &NatKey, out: &mut NatTarget) -> Option<*mut NatTarget> {
+    match look_up(table, key, out) {
+        Found::At(t) => Some(t),
+        Found::Absent | Found::Busy => None,
+    }
 }
 
 /// Takes the bucket for writing, or fails at once if another writer has it.
@@ -133,8 +151,9 @@ fn clear_way(way: *mut NatWay) {
     }
 }
 
-/// Records `key` → `value` in `table`, unless a translation `is_live` calls live holds the key
-/// (then it is copied into `found`). A way that is empty, or holds a translation no longer
+/// Records `key` → `value` in `table`, unless `keep_same` and a translation `is_live` calls
+/// live holds the key (then it is copied into `found`); without `keep_same`, the key's way is
+/// rewritten whatever it held. A way that is empty, or holds a translation no longer
 /// live, is taken first; failing those, the oldest translation never replied to is evicted.
 /// Its entry in the other table stays until it goes idle: a forward entry is only used while
 /// its reverse entry leads back to it (`nat::translation_of`), so an evicted reverse entry
@@ -145,6 +164,7 @@ pub fn claim(
     key: &NatKey,
     value: &NatTarget,
     found: &mut NatTarget,
+    keep_same: bool,
     mut is_live: impl FnMut(&NatKey, &NatTarget) -> bool,
 ) -> Claim {
     let Some(b) = bucket(table, key) else {
@@ -186,7 +206,7 @@ pub fn claim(
         let way = unsafe { (*b).ways.as_mut_ptr().add(same) };
         // SAFETY: as above.
         let (k, t) = unsafe { (&(*way).key, &(*way).target) };
-        if is_live(k, t) {
+        if keep_same && is_live(k, t) {
             copy_words(found, t);
             release(b);
             return Claim::Taken;

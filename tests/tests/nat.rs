@@ -1789,3 +1789,46 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
         "the carried translation's port",
     );
 }
+
+/// A forward entry whose reverse entry is gone (evicted for a new flow, or swept) is no
+/// translation: the flow's next packet gets one afresh, whose reverse entry leads the LAN
+/// host's reply back, and never leaves on a port that no reverse entry holds (which another
+/// flow could then claim toward the same host).
+#[test]
+fn a_flow_whose_reverse_entry_is_gone_is_translated_afresh() {
+    use gateway_common::nat::NatKey;
+    use gateway_dataplane::nat_table::Direction;
+
+    let mut h = harness();
+    let sport = PORTS.0 + 33;
+    let out = out_through(&mut h, &udp(P1, HOST, sport, 53));
+    same(&out, &udp(NAT, HOST, sport, 53), "first packet");
+    let reverse = NatKey {
+        local: addr16(NAT),
+        remote: addr16(HOST),
+        local_port: sport,
+        remote_port: 53,
+        proto: 17,
+        family: 4,
+        _pad: [0; 2],
+    };
+    let tables = h.dp.nat_tables().unwrap();
+    assert!(
+        tables
+            .remove(Direction::Reverse, &reverse, &addr16(P1), sport)
+            .unwrap(),
+        "the reverse entry removed"
+    );
+    assert_eq!(
+        tables.count(Direction::Forward),
+        1,
+        "the forward entry stays"
+    );
+    let out = out_through(&mut h, &udp(P1, HOST, sport, 53));
+    // The port it left with (its own again: free once more).
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    let (action, back) = h.xdp_bytes(&udp(HOST, NAT, 53, port).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(&back, &udp(HOST, P1, 53, sport), "the reply finds the peer");
+    assert_eq!(tables.count(Direction::Reverse), 1);
+}
