@@ -444,6 +444,18 @@ fn one_port(port: u16, settings: NatSettings) -> Harness {
     )
 }
 
+/// A harness loaded with `opts`, masquerading 198.18.10.0/24 with the ports `PORTS`.
+fn masquerading_ports(opts: gateway_dataplane::LoadOptions) -> Harness {
+    masquerading_v4(
+        Harness::with_options(POLICY, opts),
+        NatSettings {
+            port_min: PORTS.0,
+            port_max: PORTS.1,
+            ..Default::default()
+        },
+    )
+}
+
 /// `h` masquerading 198.18.10.0/24 as 198.18.10.1 on the test-run device, with `settings`.
 fn masquerading_v4(mut h: Harness, settings: NatSettings) -> Harness {
     h.dp.set_masquerade(&Masquerade {
@@ -1623,14 +1635,7 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
         },
         ..Default::default()
     };
-    let mut h = masquerading_v4(
-        Harness::with_options(POLICY, opts),
-        NatSettings {
-            port_min: PORTS.0,
-            port_max: PORTS.1,
-            ..Default::default()
-        },
-    );
+    let mut h = masquerading_ports(opts);
     // Flow n: the peer's port 40_000 + n (in the range and free: kept) to the LAN host.
     let open = |h: &mut Harness, n: u16| {
         let out = out_through(h, &udp(P1, HOST, PORTS.0 + n, 53));
@@ -1754,14 +1759,7 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
         pin_root: Some(root.clone()),
         ..Default::default()
     };
-    let mut h = masquerading_v4(
-        Harness::with_options(POLICY, opts),
-        NatSettings {
-            port_min: PORTS.0,
-            port_max: PORTS.1,
-            ..Default::default()
-        },
-    );
+    let mut h = masquerading_ports(opts);
     for (name, _, _) in &old {
         assert!(!pins.map(name).exists(), "{name} is still pinned");
     }
