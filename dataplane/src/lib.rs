@@ -4,6 +4,7 @@
 
 pub mod attach;
 mod batch;
+pub mod buckets;
 mod mmap;
 mod nat;
 pub mod nat_sweep;
@@ -195,12 +196,13 @@ impl Dataplane {
     /// Loads maps and programs (verifying them) without attaching anything.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Dataplane> {
         let l = &opts.limits;
-        let nat_buckets = gateway_common::nat_table::buckets_for(l.nat_entries);
+        let nat_buckets = gateway_common::buckets::buckets_for(l.nat_entries);
+        let conntrack_buckets = gateway_common::buckets::buckets_for(l.conntrack_entries);
         let sizes = [
             (names::ACL_V4_CHUNKS, 2 * l.acl_chunks * V4_CHUNK_ENTRIES),
             (names::ACL_V6, 2 * l.acl_v6_prefixes),
             (names::ACL_VERDICT, 2 * l.acl_verdicts),
-            (names::CONNTRACK, l.conntrack_entries),
+            (names::CONNTRACK, conntrack_buckets),
             (names::FRAGMENTS, l.fragment_entries),
             (names::RULE_STATS, 2 * l.rules),
             (names::NAT_FORWARD, nat_buckets),
@@ -327,13 +329,26 @@ impl Dataplane {
         settings.flags |= adopted_flags & gateway_common::settings::FLAG_XDP_FORWARD;
         Array::<_, Settings>::try_from(ebpf.map_mut(names::SETTINGS).context("settings map")?)?
             .set(0, settings, 0)?;
-        nat_table::init_shape(
+        buckets::init_shape(
             ebpf.map_mut(names::NAT_TABLE_SHAPE)
                 .context("NAT shape map")?,
             nat_buckets,
+            "NAT",
+        )?;
+        buckets::init_shape(
+            ebpf.map_mut(names::CONNTRACK_SHAPE)
+                .context("conntrack shape map")?,
+            conntrack_buckets,
+            "conntrack",
         )?;
         if let Some(p) = &pins {
             nat_table::carry_over_v1(&ebpf, p)?;
+            buckets::carry_over(
+                &Dataplane::conntrack_table_of(&ebpf)?,
+                p,
+                names::CONNTRACK_V1_LRU,
+                |_| {},
+            )?;
         }
         let mut slots: [SlotContents; 2] = Default::default();
         let (active, adopted) = if adopt {

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, MapData};
 use gateway_common::{
     conntrack::{CtEntry, CtKey, ORIGIN_REVOKED, STATE_TCP_ESTABLISHED, flow_key},
     maps as names,
@@ -128,7 +128,7 @@ impl NatSweeper {
     /// through) at `now_ns` (CLOCK_MONOTONIC_COARSE).
     pub fn sweep(
         &mut self,
-        conntrack: &BpfHashMap<MapData, CtKey, CtEntry>,
+        conntrack: &crate::buckets::BucketTable<CtKey, CtEntry>,
         now_ns: u64,
     ) -> anyhow::Result<NatSweepReport> {
         let s = self.settings.get(&0, 0).context("NAT settings")?;
@@ -140,9 +140,9 @@ impl NatSweeper {
         };
         let mut per_destination: HashMap<([u8; 16], [u8; 16], u16, u8), usize> = HashMap::new();
         for way in self.tables.entries(Direction::Forward) {
-            let (key, target) = (way.key, way.target);
+            let (key, target) = (way.key, way.value);
             let flow = if tracked {
-                conntrack.get(&conntrack_key(&key), 0).ok()
+                conntrack.get(&conntrack_key(&key))
             } else {
                 None
             };

@@ -6,7 +6,6 @@ use std::{net::IpAddr, os::fd::AsFd as _};
 
 use anyhow::Context as _;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use gateway_common::{
     conntrack::{CtEntry, CtKey, FAMILY_V4, ORIGIN_POLICY, is_live, revoke},
     maps as names,
@@ -14,6 +13,7 @@ use gateway_common::{
 };
 
 use super::Dataplane;
+use crate::buckets::BucketTable;
 use gateway_policy::{Action, compile::Compiled};
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -60,18 +60,29 @@ fn ip(family: u8, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// The sweep's own handle on the conntrack map (a second fd), so that the walk runs on a
-/// blocking thread without holding the controller's state.
+/// The sweep's own mapping of the conntrack table, so that the walk runs on a blocking thread
+/// without holding the controller's state.
 pub struct Sweeper {
-    map: BpfHashMap<MapData, CtKey, CtEntry>,
+    table: BucketTable<CtKey, CtEntry>,
     timeouts: Timeouts,
     nat: crate::nat_sweep::NatSweeper,
 }
 
 impl Dataplane {
+    /// The conntrack table, mapped into this process.
+    pub fn conntrack_table(&self) -> anyhow::Result<BucketTable<CtKey, CtEntry>> {
+        Self::conntrack_table_of(&self.ebpf)
+    }
+
+    pub(crate) fn conntrack_table_of(
+        ebpf: &aya::Ebpf,
+    ) -> anyhow::Result<BucketTable<CtKey, CtEntry>> {
+        BucketTable::of(ebpf, names::CONNTRACK, names::CONNTRACK_SHAPE)
+    }
+
     pub fn sweeper(&self) -> anyhow::Result<Sweeper> {
         Ok(Sweeper {
-            map: BpfHashMap::try_from(self.second_handle(names::CONNTRACK)?)?,
+            table: self.conntrack_table()?,
             timeouts: self.timeouts,
             nat: self.nat_sweeper()?,
         })
@@ -90,7 +101,7 @@ impl Dataplane {
             .as_fd()
             .try_clone_to_owned()
             .with_context(|| format!("duplicating the {name} fd"))?;
-        let data = MapData::from_fd(fd)?;
+        let data = aya::maps::MapData::from_fd(fd)?;
         Ok(match map {
             Map::HashMap(_) => Map::HashMap(data),
             Map::LruHashMap(_) => Map::LruHashMap(data),
@@ -122,18 +133,18 @@ impl Sweeper {
         policy: Option<&Compiled>,
     ) -> anyhow::Result<SweepReport> {
         let now = monotonic_coarse_ns();
-        let map = &mut self.map;
-        let keys: Vec<CtKey> = map.keys().filter_map(Result::ok).collect();
+        let table = &self.table;
+        let flows = table.entries();
         let mut report = SweepReport {
-            scanned: keys.len(),
+            scanned: flows.len(),
             ..Default::default()
         };
-        for key in keys {
-            let Ok(entry) = map.get(&key, 0) else {
-                continue;
-            };
-            if !is_live(&key, &entry, &self.timeouts, now) {
-                if map.remove(&key).is_ok() {
+        let timeouts = &self.timeouts;
+        for flow in flows {
+            let (key, entry) = (flow.key, flow.value);
+            if !is_live(&key, &entry, timeouts, now) {
+                // Only if still expired: a packet may have renewed it since it was read.
+                if table.remove_if(&key, |e| !is_live(&key, e, timeouts, now))? {
                     report.expired += 1;
                 }
                 continue;
@@ -152,15 +163,13 @@ impl Sweeper {
                 compiled.lookup(ip(key.family, src), ip(key.family, dst), key.proto, dport);
             if verdict.judgement.action == Action::Drop {
                 // A tombstone, as the kernel leaves one: the flow cannot come back as a local one.
-                let mut tombstone = entry;
-                revoke(&mut tombstone, key.proto, now);
-                if map.insert(key, tombstone, 0).is_ok() {
+                if table.update(&key, |e| revoke(e, key.proto, now))? {
                     report.revoked += 1;
                 }
             }
         }
         // Translations next: the flows they belong to are now as the policy says.
-        report.nat = self.nat.sweep(&self.map, now)?;
+        report.nat = self.nat.sweep(&self.table, now)?;
         Ok(report)
     }
 }

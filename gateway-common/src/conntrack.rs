@@ -1,9 +1,17 @@
 //! Connection tracking entries. One entry per flow, under a canonical key (the lower
-//! (address, port) endpoint first), so both directions find it with one lookup.
+//! (address, port) endpoint first), so both directions find it with one lookup. The table is
+//! a bucket table (`buckets`): a full bucket gives up its oldest flow that never saw a reply,
+//! failing that its oldest flow, as an LRU would.
 
-use crate::{assert_size, settings::Timeouts, user_pod};
+use crate::{
+    assert_size,
+    buckets::{Aging, Bucket, TableKey, WAYS, Way},
+    settings::Timeouts,
+    user_pod,
+};
 
-#[repr(C)]
+/// 8-aligned: the tables compare and hash it a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
     /// Addresses as on the wire; IPv4 uses the first four bytes, the rest are zero.
@@ -114,7 +122,31 @@ pub const STATE_TCP_CLOSED: u8 = 4;
 
 pub const STATE_NAMES: [&str; 5] = ["new", "syn_sent", "established", "closing", "closed"];
 
-user_pod!(CtKey, CtEntry);
+pub type CtWay = Way<CtKey, CtEntry>;
+assert_size!(CtWay, 64);
+
+pub type CtBucket = Bucket<CtWay>;
+assert_size!(CtBucket, 8 + 64 * WAYS);
+
+user_pod!(CtKey, CtEntry, CtWay, CtBucket);
+
+impl TableKey for CtKey {
+    #[inline(always)]
+    fn is_vacant(&self) -> bool {
+        self.proto == 0
+    }
+}
+
+impl Aging for CtEntry {
+    #[inline(always)]
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+    #[inline(always)]
+    fn replied(&self) -> bool {
+        self.replied != 0
+    }
+}
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 

@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod acl;
+pub mod buckets;
 pub mod checksum;
 pub mod clock;
 pub mod conntrack;

@@ -8,7 +8,13 @@ pub const ACL_V4_CHUNKS: &str = "ACL4_CHUNK_V1";
 pub const ACL_V6: &str = "ACL6_V1";
 pub const ACL_PORT_CLASS: &str = "ACL_PORT_V1";
 pub const ACL_VERDICT: &str = "ACL_VERDICT_V1";
-pub const CONNTRACK: &str = "CT_V1";
+/// Pinned: flows outlive a restart of the controller. An array of buckets (`buckets`), with
+/// its shape (bucket count, hash seed) beside it.
+pub const CONNTRACK: &str = "CT_V2";
+pub const CONNTRACK_SHAPE: &str = "CT_SHAPE_V1";
+/// The conntrack table of earlier releases (an LRU hash map, keyed as the V2 table's ways
+/// are): an adopting controller moves its flows into the V2 table and unpins it.
+pub const CONNTRACK_V1_LRU: &str = "CT_V1";
 pub const FRAGMENTS: &str = "FRAG_V1";
 pub const STATS: &str = "STATS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
@@ -62,7 +68,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -71,6 +77,7 @@ pub const PINNED_MAPS: [&str; 17] = [
     ACL_PORT_CLASS,
     ACL_VERDICT,
     CONNTRACK,
+    CONNTRACK_SHAPE,
     FRAGMENTS,
     STATS,
     RULE_STATS,

@@ -1,10 +1,12 @@
-//! Connection tracking: one LRU entry per flow under a canonical key, TCP state, idle expiry,
-//! and re-checking of policy-admitted flows when the policy generation changes.
+//! Connection tracking: one entry per flow under a canonical key in a bucket table
+//! (buckets.rs), TCP state, idle expiry, and re-checking of policy-admitted flows when the
+//! policy generation changes.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use gateway_common::{conntrack::*, settings::Settings};
 
 use crate::{
+    buckets::{self, Evict, Found},
     maps,
     parse::{ECHO_FROM_REQUESTER, ECHO_NONE, Flow, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -88,13 +90,31 @@ pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: boo
     }
 }
 
+/// Records a flow, replacing whatever its key held. A full bucket gives up a flow that is no
+/// longer live, failing that its oldest unanswered flow, failing that its oldest. A failure (a
+/// bucket another CPU is writing) leaves the packet's verdict as is: its next packet records
+/// the flow.
 #[inline(always)]
-pub fn insert(key: &CtKey, entry: &CtEntry) {
-    // A full LRU evicts the least recently used flow; failure leaves the packet's verdict as is.
-    let _ = maps::CONNTRACK.insert(key, entry, 0);
+pub fn insert(key: &CtKey, entry: &CtEntry, settings: &Settings, now: u64) {
+    let mut unused = CtEntry::default();
+    let _ = buckets::claim(
+        &maps::CONNTRACK,
+        &maps::CONNTRACK_SHAPE,
+        key,
+        entry,
+        &mut unused,
+        false,
+        Evict::Oldest,
+        |k, e| is_live(k, e, settings, now),
+    );
 }
 
+/// The flow's entry, in place in the table (its packets update it there). A bucket being
+/// written reads as no entry: the packet is judged as a new flow's.
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    maps::CONNTRACK.get_ptr_mut(key)
+    match buckets::look_up(&maps::CONNTRACK, &maps::CONNTRACK_SHAPE, key, |_| {}) {
+        Found::At(e) => Some(e),
+        Found::Absent | Found::Busy => None,
+    }
 }

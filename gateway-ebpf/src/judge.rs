@@ -138,7 +138,7 @@ fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decisio
         Existing::Revoked => plain(reason::DROP_REVOKED),
         Existing::Untracked => {
             let entry = new_entry(pkt, sender_is_a, active, RULE_DEFAULT, ORIGIN_LOCAL, now);
-            conntrack::insert(&key, &entry);
+            conntrack::insert(&key, &entry, settings, now);
             plain(reason::ACCEPT_OUTBOUND)
         }
     }
@@ -172,7 +172,7 @@ fn track_policed(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: 
     let d = by_policy(&pkt.flow, active, settings);
     if d.passes() {
         let entry = new_entry(pkt, sender_is_a, active, d.rule, ORIGIN_POLICY, now);
-        conntrack::insert(&key, &entry);
+        conntrack::insert(&key, &entry, settings, now);
     } else if let Existing::Revoked = existing {
         return Decision {
             reason: reason::DROP_REVOKED,

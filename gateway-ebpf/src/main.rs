@@ -12,6 +12,7 @@
 #![feature(asm_experimental_arch)]
 
 mod acl;
+mod buckets;
 mod clock;
 mod conntrack;
 mod copy;

@@ -9,14 +9,15 @@ use aya_ebpf::{
 };
 use gateway_common::{
     acl::{AddrClass, CachedVerdict, V6KeyData, VERDICT_CACHE_SLOTS, Verdict, VerdictKey},
-    conntrack::{CtEntry, CtKey},
+    buckets::TableShape,
+    conntrack::CtBucket,
     forward::{FIB_SLOTS, FORWARD_PORTS_MAX, FibSlot, TcRouteSlot},
     fragment::{FragKey, FragVerdict},
     lan_flow::{LAN_FLOW_SLOTS, LanFlow},
     maps::{NAT_INTERFACES_MAX, TUNNEL_INTERFACES_MAX},
     mss::MssClamp,
     nat::{NatInterface, NatPrefix, NatSettings, NatTarget},
-    nat_table::{NatBucket, NatTableShape},
+    nat_table::NatBucket,
     settings::{ActivePolicy, Settings},
     stats::{Counter, STATS_ENTRIES},
     tunnel_flow::{TUNNEL_FLOW_SLOTS, TunnelFlow},
@@ -45,8 +46,14 @@ pub static ACL_PORT: Array<u32> = Array::with_max_entries(2 * 2 * 65536, BPF_F_M
 #[map(name = "ACL_VERDICT_V1")]
 pub static ACL_VERDICT: HashMap<VerdictKey, Verdict> = HashMap::with_max_entries(1, 0);
 
-#[map(name = "CT_V1")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
+/// Flows by canonical key, in buckets (buckets.rs; the controller sets the bucket count).
+/// Mmapable: the controller's sweep takes and writes buckets in place, as the programs do.
+#[map(name = "CT_V2")]
+pub static CONNTRACK: Array<CtBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The conntrack table's bucket count and hash seed.
+#[map(name = "CT_SHAPE_V1")]
+pub static CONNTRACK_SHAPE: Array<TableShape> = Array::with_max_entries(1, 0);
 
 #[map(name = "FRAG_V1")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(1, 0);
@@ -128,7 +135,7 @@ pub static NAT_REVERSE: Array<NatBucket> = Array::with_max_entries(1, BPF_F_MMAP
 
 /// The two tables' bucket count and hash seed.
 #[map(name = "NAT_SHAPE_V1")]
-pub static NAT_TABLE_SHAPE: Array<NatTableShape> = Array::with_max_entries(1, 0);
+pub static NAT_TABLE_SHAPE: Array<TableShape> = Array::with_max_entries(1, 0);
 
 #[map(name = "NAT_SCRATCH_V1")]
 pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max_entries(1, 0);

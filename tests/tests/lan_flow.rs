@@ -8,11 +8,9 @@
 //! does. Expected frames are built here from the input and the route, not by the data plane's
 //! code.
 
-use aya::maps::HashMap as BpfHashMap;
 use gateway_common::{
     conntrack::{CtEntry, CtKey, FAMILY_V4, STATE_TCP_CLOSING, flow_key},
     lan_flow::{selector, slot},
-    maps as names,
     stats::{HOOK_LAN, reason},
 };
 use gateway_dataplane::LoadOptions;
@@ -310,9 +308,7 @@ fn ct_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> CtKe
 }
 
 fn ct_entry(h: &Harness, key: &CtKey) -> Option<CtEntry> {
-    let ct: BpfHashMap<_, CtKey, CtEntry> =
-        BpfHashMap::try_from(h.dp.ebpf().map(names::CONNTRACK).unwrap()).unwrap();
-    ct.get(key, 0).ok()
+    h.dp.conntrack_table().unwrap().get(key)
 }
 
 /// With connection tracking on (the gateway's default), the slot serves the packets of a flow
@@ -360,11 +356,13 @@ fn with_connection_tracking_the_slot_serves_live_flows_and_moves_their_entries()
         assert_eq!((hits(h, a), lan(h, reason::ACCEPT_ESTABLISHED)), (2, 2));
 
         // The entry gone (idle expiry, eviction): the policy's again, which tracks it anew.
-        {
-            let mut ct: BpfHashMap<_, CtKey, CtEntry> =
-                BpfHashMap::try_from(h.dp.ebpf_mut().map_mut(names::CONNTRACK).unwrap()).unwrap();
-            ct.remove(&key).unwrap();
-        }
+        assert!(
+            h.dp.conntrack_table()
+                .unwrap()
+                .remove_if(&key, |_| true)
+                .unwrap(),
+            "the flow's entry removed"
+        );
         send(h, &frame, "entry gone");
         assert_eq!((hits(h, a), lan(h, reason::ACCEPT_POLICY)), (2, 3));
         assert!(ct_entry(h, &key).is_some(), "tracked anew");

@@ -1493,9 +1493,8 @@ fn the_gateways_own_error_about_a_translated_reply_quotes_what_the_lan_host_sent
 /// tunnel program test-run as if the packet arrived on the tunnel.
 #[test]
 fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_after() {
-    use aya::maps::HashMap as BpfHashMap;
     use gateway_common::{
-        conntrack::{CtEntry, CtKey, FAMILY_V4, flow_key},
+        conntrack::{CtEntry, FAMILY_V4, flow_key},
         nat::NatKey,
     };
     use gateway_testkit::netns::{permanent_neighbour, tunnel_and_lan};
@@ -1555,9 +1554,8 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
                 same_ip(&out, &want, what);
             };
             let entry = |h: &mut Harness| -> CtEntry {
-                let ct: BpfHashMap<_, CtKey, CtEntry> =
-                    BpfHashMap::try_from(h.dp.ebpf().map(names::CONNTRACK).unwrap()).unwrap();
-                ct.get(&ct_key, 0).expect("the flow's conntrack entry")
+                let ct = h.dp.conntrack_table().unwrap();
+                ct.get(&ct_key).expect("the flow's conntrack entry")
             };
             let set_refreshed =
                 |h: &mut Harness, ns: u64| h.set_nat_forward_last_seen(&fwd_key, ns);
