@@ -1686,7 +1686,10 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
 /// values, LRU hash), under a pin root of the test's own.
 #[test]
 fn an_upgrade_carries_the_old_tables_translations_over() {
-    use gateway_common::nat::NatKey;
+    use gateway_common::{
+        conntrack::{CtEntry, FAMILY_V4, ORIGIN_POLICY, flow_key},
+        nat::NatKey,
+    };
     use gateway_dataplane::nat_table::Direction;
 
     struct Cleanup(std::path::PathBuf);
@@ -1719,6 +1722,26 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
         t.extend(now.to_ne_bytes());
         t
     };
+    // The flow's conntrack entry, as the earlier release's LRU table held it (the same layout).
+    let (ct_key, p1_is_a) = flow_key(
+        &addr16(P1),
+        original,
+        &addr16(HOST),
+        53,
+        17,
+        FAMILY_V4,
+        None,
+    );
+    let ct_entry = CtEntry {
+        last_seen_ns: now,
+        initiator: if p1_is_a { 0 } else { 1 },
+        origin: ORIGIN_POLICY,
+        ..Default::default()
+    };
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: a padding-free #[repr(C)] map type, read as its bytes.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+    }
     let old = [
         (
             names::NAT_FORWARD_V1_LRU,
@@ -1730,6 +1753,7 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
             key(NAT, kept, 53),
             target(P1, original),
         ),
+        (names::CONNTRACK_V1_LRU, bytes(&ct_key), bytes(&ct_entry)),
     ];
     for (name, k, v) in &old {
         let path = pins.map(name);
@@ -1741,9 +1765,21 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
                 .expect("bpftool runs");
             assert!(out.status.success(), "bpftool {args:?}: {out:?}");
         };
+        let (key_size, value_size) = (k.len().to_string(), v.len().to_string());
         bpftool(&[
-            "map", "create", path, "type", "lru_hash", "key", "40", "value", "32", "entries", "64",
-            "name", name,
+            "map",
+            "create",
+            path,
+            "type",
+            "lru_hash",
+            "key",
+            &key_size,
+            "value",
+            &value_size,
+            "entries",
+            "64",
+            "name",
+            name,
         ]);
         let (k, v) = (hex(k.clone()), hex(v.clone()));
         let mut args = vec!["map", "update", "pinned", path, "key", "hex"];
@@ -1776,6 +1812,25 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
         Some(kept)
     );
     assert_eq!(tables.count(Direction::Reverse), 1);
+    let conntrack = h.dp.conntrack_table().unwrap();
+    assert_eq!(conntrack.get(&ct_key), Some(ct_entry));
+    assert_eq!(conntrack.count(), 1);
+    // The LAN host's reply, before the peer sends again: translated back and established by
+    // the carried flow (without it, the policy would judge the reply as a new flow and drop it).
+    let established = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
+    let (action, back) = h.xdp_bytes(&udp(HOST, NAT, 53, kept).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(
+        &back,
+        &udp(HOST, P1, 53, original),
+        "the reply, translated back",
+    );
+    assert_eq!(
+        h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - established,
+        1,
+        "{}",
+        h.hook_counters(HOOK_LAN)
+    );
     // The flow keeps its port: without the old translation it would have left with its own
     // (free, and in the range).
     let out = out_through(&mut h, &udp(P1, HOST, original, 53));
