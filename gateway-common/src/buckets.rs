@@ -66,6 +66,31 @@ pub trait Aging {
     fn replied(&self) -> bool;
 }
 
+/// Implements [`TableKey`] and [`Aging`] for a flow table's key type, whose `proto` is 0 only
+/// in a vacant way, and its value type, with `last_seen_ns` and `replied` (non-zero: answered).
+#[macro_export]
+macro_rules! flow_table_entry {
+    ($key:ty, $value:ty) => {
+        impl $crate::buckets::TableKey for $key {
+            #[inline(always)]
+            fn is_vacant(&self) -> bool {
+                self.proto == 0
+            }
+        }
+
+        impl $crate::buckets::Aging for $value {
+            #[inline(always)]
+            fn last_seen_ns(&self) -> u64 {
+                self.last_seen_ns
+            }
+            #[inline(always)]
+            fn replied(&self) -> bool {
+                self.replied != 0
+            }
+        }
+    };
+}
+
 /// Buckets for `entries` entries: a power of two, at least one.
 pub const fn buckets_for(entries: u32) -> u32 {
     let b = entries.div_ceil(WAYS as u32);

@@ -5,7 +5,7 @@
 
 use crate::{
     assert_size,
-    buckets::{Aging, Bucket, TableKey, WAYS, Way},
+    buckets::{Bucket, WAYS, Way},
     settings::Timeouts,
     user_pod,
 };
@@ -130,23 +130,7 @@ assert_size!(CtBucket, 8 + 64 * WAYS);
 
 user_pod!(CtKey, CtEntry, CtWay, CtBucket);
 
-impl TableKey for CtKey {
-    #[inline(always)]
-    fn is_vacant(&self) -> bool {
-        self.proto == 0
-    }
-}
-
-impl Aging for CtEntry {
-    #[inline(always)]
-    fn last_seen_ns(&self) -> u64 {
-        self.last_seen_ns
-    }
-    #[inline(always)]
-    fn replied(&self) -> bool {
-        self.replied != 0
-    }
-}
+crate::flow_table_entry!(CtKey, CtEntry);
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 

@@ -11,7 +11,7 @@
 
 use crate::{
     assert_size,
-    buckets::{Aging, Bucket, TableKey, WAYS, Way},
+    buckets::{Bucket, WAYS, Way},
     nat::{NatKey, NatTarget},
     user_pod,
 };
@@ -25,23 +25,7 @@ assert_size!(NatBucket, 8 + 72 * WAYS);
 
 user_pod!(NatWay, NatBucket);
 
-impl TableKey for NatKey {
-    #[inline(always)]
-    fn is_vacant(&self) -> bool {
-        self.proto == 0
-    }
-}
-
-impl Aging for NatTarget {
-    #[inline(always)]
-    fn last_seen_ns(&self) -> u64 {
-        self.last_seen_ns
-    }
-    #[inline(always)]
-    fn replied(&self) -> bool {
-        self.replied != 0
-    }
-}
+crate::flow_table_entry!(NatKey, NatTarget);
 
 /// The key of a translation's entry in the other table, from one entry (`key` → `target`):
 /// the forward entry's gives the reverse key and the reverse entry's the forward key. An echo
