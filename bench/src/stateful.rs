@@ -4,7 +4,7 @@
 //!   for each of 64 sources, so no frame of a run repeats an earlier flow);
 //! - established flows: 4,096 flows, opened by a warm-up burst, then measured.
 //!
-//! The gateway (its own conntrack in an LRU map, XDP forwarding) against nftables with sets
+//! The gateway (its own conntrack in a bucket table, XDP forwarding) against nftables with sets
 //! behind `ct state established,related accept` (the kernel's conntrack, flushed before each
 //! new-flow trial).
 

@@ -67,20 +67,47 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
         unsafe { AtomicU64::from_ptr(&raw mut (*b).seq) }
     }
 
+    /// Releases a bucket that has stayed taken (odd, unchanged) through a whole round of
+    /// attempts: the kernel's programs hold a bucket for a few stores with preemption off, so
+    /// only a controller killed between its take and its release leaves one taken, and every
+    /// packet of its flows would meet a bucket being written. Whether it was such a bucket.
+    /// `first`: the sequence word when the caller began.
+    fn released_orphan(&self, b: *mut Bucket<Way<K, V>>, first: u64) -> bool {
+        let now = Self::seq(b).load(Ordering::Relaxed);
+        if now != first || now & 1 == 0 {
+            return false;
+        }
+        let released = Self::seq(b)
+            .compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if released {
+            tracing::warn!("released a flow table bucket left taken by a writer that is gone");
+        }
+        released
+    }
+
     /// A consistent copy of bucket `index`, or None if writers kept changing it.
     fn read_bucket(&self, index: u32) -> Option<Bucket<Way<K, V>>> {
         let b = self.bucket(index);
-        for _ in 0..TAKE_ATTEMPTS {
-            let before = Self::seq(b).load(Ordering::Acquire);
-            if before & 1 != 0 {
-                std::hint::spin_loop();
-                continue;
+        let seq = Self::seq(b);
+        let first = seq.load(Ordering::Acquire);
+        // A second round only after releasing an orphaned bucket.
+        for round in 0..2 {
+            for _ in 0..TAKE_ATTEMPTS {
+                let before = seq.load(Ordering::Acquire);
+                if before & 1 != 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                // SAFETY: in bounds; a torn copy is detected by the sequence check below.
+                let copy = unsafe { std::ptr::read_volatile(b) };
+                std::sync::atomic::fence(Ordering::Acquire);
+                if seq.load(Ordering::Relaxed) == before {
+                    return Some(copy);
+                }
             }
-            // SAFETY: in bounds; a torn copy is detected by the sequence check below.
-            let copy = unsafe { std::ptr::read_volatile(b) };
-            std::sync::atomic::fence(Ordering::Acquire);
-            if Self::seq(b).load(Ordering::Relaxed) == before {
-                return Some(copy);
+            if round > 0 || !self.released_orphan(b, first) {
+                break;
             }
         }
         None
@@ -112,20 +139,27 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
     fn write<R>(&self, key: &K, f: impl FnOnce(&mut Bucket<Way<K, V>>) -> R) -> anyhow::Result<R> {
         let b = self.bucket(bucket_of(key, &self.shape));
         let seq = Self::seq(b);
-        for _ in 0..TAKE_ATTEMPTS {
-            let s = seq.load(Ordering::Relaxed);
-            if s & 1 == 0
-                && seq
-                    .compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                // SAFETY: the bucket is ours until the release below; the kernel's programs
-                // do not write a bucket they did not take.
-                let r = f(unsafe { &mut *b });
-                seq.fetch_add(1, Ordering::Release);
-                return Ok(r);
+        let first = seq.load(Ordering::Relaxed);
+        // A second round only after releasing an orphaned bucket.
+        for round in 0..2 {
+            for _ in 0..TAKE_ATTEMPTS {
+                let s = seq.load(Ordering::Relaxed);
+                if s & 1 == 0
+                    && seq
+                        .compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    // SAFETY: the bucket is ours until the release below; the kernel's programs
+                    // do not write a bucket they did not take.
+                    let r = f(unsafe { &mut *b });
+                    seq.fetch_add(1, Ordering::Release);
+                    return Ok(r);
+                }
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
+            if round > 0 || !self.released_orphan(b, first) {
+                break;
+            }
         }
         bail!("a bucket stayed taken")
     }
@@ -167,14 +201,15 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
         })
     }
 
-    /// Changes `key`'s value in place, if the table holds the key; whether it did.
-    pub fn update(&self, key: &K, f: impl FnOnce(&mut V)) -> anyhow::Result<bool> {
+    /// Lets `f` change `key`'s value in place, if the table holds the key (the kernel may have
+    /// changed it since it was read: `f` sees it as it is now); what `f` returned, false where
+    /// the key is not held.
+    pub fn update(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> anyhow::Result<bool> {
         self.write(key, |b| {
             b.ways
                 .iter_mut()
                 .find(|w| w.key == *key)
-                .map(|w| f(&mut w.value))
-                .is_some()
+                .is_some_and(|w| f(&mut w.value))
         })
     }
 }
@@ -222,14 +257,15 @@ pub fn init_shape(shape: &mut Map, buckets: u32, what: &str) -> anyhow::Result<T
 }
 
 /// Moves the entries of an earlier release's pinned LRU hash map `old` (the same keys and
-/// values, after `adapt`) into `table`, then unpins the old map. The programs that still use
-/// it are replaced when this process attaches its own; an entry they make in between is not
-/// carried over.
+/// values) into `table`, each as `adapt` makes it (an entry it returns false for is left
+/// behind: one no longer live), then unpins the old map. The programs that still use it are
+/// replaced when this process attaches its own; an entry they make in between is not carried
+/// over.
 pub fn carry_over<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>(
     table: &BucketTable<K, V>,
     pins: &crate::pins::PinDir,
     old: &str,
-    mut adapt: impl FnMut(&mut V),
+    mut adapt: impl FnMut(&K, &mut V) -> bool,
 ) -> anyhow::Result<()> {
     let path = pins.map(old);
     if !path.exists() {
@@ -241,7 +277,9 @@ pub fn carry_over<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>
     let (mut moved, mut dropped) = (0usize, 0usize);
     for entry in map.iter().filter_map(Result::ok) {
         let (key, mut value) = entry;
-        adapt(&mut value);
+        if !adapt(&key, &mut value) {
+            continue;
+        }
         if table.insert(&key, &value)? {
             moved += 1;
         } else {

@@ -73,7 +73,10 @@ impl NatTables {
 
     /// Sets the last-seen time of `key`'s translation (tests age translations with it).
     pub fn set_last_seen(&self, d: Direction, key: &NatKey, ns: u64) -> anyhow::Result<bool> {
-        self.table(d).update(key, |t| t.last_seen_ns = ns)
+        self.table(d).update(key, |t| {
+            t.last_seen_ns = ns;
+            true
+        })
     }
 }
 
@@ -90,7 +93,10 @@ pub fn carry_over_v1(ebpf: &aya::Ebpf, pins: &crate::pins::PinDir) -> anyhow::Re
     let tables = NatTables::of(ebpf)?;
     for (name, direction) in old {
         // The old layout's padding byte is the new one's `replied`: unknown, so unset.
-        buckets::carry_over(tables.table(direction), pins, name, |t| t.replied = 0)?;
+        buckets::carry_over(tables.table(direction), pins, name, |_, t| {
+            t.replied = 0;
+            true
+        })?;
     }
     Ok(())
 }

@@ -60,6 +60,14 @@ fn ip(family: u8, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// A write the sweep could not make (its bucket stayed taken) is left for the next sweep.
+fn skip_busy(written: anyhow::Result<bool>) -> bool {
+    written.unwrap_or_else(|e| {
+        tracing::warn!("conntrack sweep: {e:#}; left for the next sweep");
+        false
+    })
+}
+
 /// The sweep's own mapping of the conntrack table, so that the walk runs on a blocking thread
 /// without holding the controller's state.
 pub struct Sweeper {
@@ -144,7 +152,7 @@ impl Sweeper {
             let (key, entry) = (flow.key, flow.value);
             if !is_live(&key, &entry, timeouts, now) {
                 // Only if still expired: a packet may have renewed it since it was read.
-                if table.remove_if(&key, |e| !is_live(&key, e, timeouts, now))? {
+                if skip_busy(table.remove_if(&key, |e| !is_live(&key, e, timeouts, now))) {
                     report.expired += 1;
                 }
                 continue;
@@ -163,7 +171,18 @@ impl Sweeper {
                 compiled.lookup(ip(key.family, src), ip(key.family, dst), key.proto, dport);
             if verdict.judgement.action == Action::Drop {
                 // A tombstone, as the kernel leaves one: the flow cannot come back as a local one.
-                if table.update(&key, |e| revoke(e, key.proto, now))? {
+                // As it is now: a flow that began again, or was checked, since it was read is
+                // not this sweep's to end.
+                let ended = skip_busy(table.update(&key, |e| {
+                    let same = e.origin == ORIGIN_POLICY
+                        && e.generation == entry.generation
+                        && e.initiator == entry.initiator;
+                    if same {
+                        revoke(e, key.proto, now);
+                    }
+                    same
+                }));
+                if ended {
                     report.revoked += 1;
                 }
             }

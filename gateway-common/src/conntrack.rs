@@ -1,7 +1,8 @@
 //! Connection tracking entries. One entry per flow, under a canonical key (the lower
 //! (address, port) endpoint first), so both directions find it with one lookup. The table is
-//! a bucket table (`buckets`): a full bucket gives up its oldest flow that never saw a reply,
-//! failing that its oldest flow, as an LRU would.
+//! a bucket table (`buckets`) with twice the ways the configured flows need: a new flow whose
+//! bucket is full takes the way of its oldest flow that never saw a reply, failing that of its
+//! oldest flow.
 
 use crate::{
     assert_size,

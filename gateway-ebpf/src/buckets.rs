@@ -168,7 +168,7 @@ fn vacate<K, V>(way: *mut Way<K, V>) {
 pub enum Evict {
     /// Its oldest entry never replied to; an answered one never (the bucket is then full).
     Unanswered,
-    /// Its oldest entry never replied to, failing that its oldest (as an LRU would).
+    /// Its oldest entry never replied to, failing that its oldest.
     Oldest,
 }
 

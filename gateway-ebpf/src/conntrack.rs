@@ -90,10 +90,10 @@ pub fn update(entry: &mut CtEntry, proto: u8, tcp_flags: u8, from_initiator: boo
     }
 }
 
-/// Records a flow, replacing whatever its key held. A full bucket gives up a flow that is no
-/// longer live, failing that its oldest unanswered flow, failing that its oldest. A failure (a
-/// bucket another CPU is writing) leaves the packet's verdict as is: its next packet records
-/// the flow.
+/// Records a flow, replacing whatever its key held (the caller found it not live, or ended
+/// and being opened again). A full bucket gives up a flow that is no longer live, failing that
+/// its oldest unanswered flow, failing that its oldest. A failure (a bucket another CPU is
+/// writing) leaves the packet's verdict as is: its next packet records the flow.
 #[inline(always)]
 pub fn insert(key: &CtKey, entry: &CtEntry, settings: &Settings, now: u64) {
     let mut unused = CtEntry::default();
@@ -109,11 +109,19 @@ pub fn insert(key: &CtKey, entry: &CtEntry, settings: &Settings, now: u64) {
     );
 }
 
-/// The flow's entry, in place in the table (its packets update it there). A bucket being
-/// written reads as no entry: the packet is judged as a new flow's.
+/// The flow's entry, in place in the table (its packets update it there), or that there is
+/// none, or that another CPU was writing its bucket (then nothing can be said: the caller
+/// must not take the flow for a new one, which could replace a tombstone).
+#[inline(always)]
+pub fn look_up(key: &CtKey) -> Found<CtEntry> {
+    buckets::look_up(&maps::CONNTRACK, &maps::CONNTRACK_SHAPE, key, |_| {})
+}
+
+/// [`look_up`] for callers to whom a bucket being written is as good as no entry (they then
+/// drop the packet, or hand it to the full path, which looks again).
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    match buckets::look_up(&maps::CONNTRACK, &maps::CONNTRACK_SHAPE, key, |_| {}) {
+    match look_up(key) {
         Found::At(e) => Some(e),
         Found::Absent | Found::Busy => None,
     }

@@ -9,7 +9,9 @@ use gateway_common::{
 };
 
 use crate::{
-    acl, conntrack, fragment, maps,
+    acl,
+    buckets::Found,
+    conntrack, fragment, maps,
     packet::Bytes,
     parse::{
         self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, ICMP_ERROR, ICMP_NEIGHBOR_DISCOVERY,
@@ -136,6 +138,7 @@ fn outbound(pkt: &Packet, active: &ActivePolicy, settings: &Settings) -> Decisio
     match existing_flow(pkt, &key, sender_is_a, active, settings, now) {
         Existing::Live(d) => d,
         Existing::Revoked => plain(reason::DROP_REVOKED),
+        Existing::Busy => plain(reason::DROP_INTERNAL),
         Existing::Untracked => {
             let entry = new_entry(pkt, sender_is_a, active, RULE_DEFAULT, ORIGIN_LOCAL, now);
             conntrack::insert(&key, &entry, settings, now);
@@ -166,8 +169,10 @@ fn by_policy(flow: &Flow, active: &ActivePolicy, settings: &Settings) -> Decisio
 fn track_policed(pkt: &Packet, active: &ActivePolicy, settings: &Settings, now: u64) -> Decision {
     let (key, sender_is_a) = conntrack::key_of(&pkt.flow);
     let existing = existing_flow(pkt, &key, sender_is_a, active, settings, now);
-    if let Existing::Live(d) = existing {
-        return d;
+    match existing {
+        Existing::Live(d) => return d,
+        Existing::Busy => return plain(reason::DROP_INTERNAL),
+        Existing::Untracked | Existing::Revoked => {}
     }
     let d = by_policy(&pkt.flow, active, settings);
     if d.passes() {
@@ -189,6 +194,11 @@ enum Existing {
     Revoked,
     /// A packet of a live flow, with its decision (which may be the revocation of the flow).
     Live(Decision),
+    /// Another CPU was writing the flow's bucket: whether the flow is live, ended or unknown
+    /// cannot be told, and the packet is a counted drop (`drop_internal`; rare, as a bucket is
+    /// written only when a flow hashed to it begins or ends). Taking it for a new flow could
+    /// replace a tombstone.
+    Busy,
 }
 
 /// Looks the packet's flow up. A live flow passes, unless the policy changed and no longer
@@ -202,8 +212,10 @@ fn existing_flow(
     settings: &Settings,
     now: u64,
 ) -> Existing {
-    let Some(ptr) = conntrack::lookup(key) else {
-        return Existing::Untracked;
+    let ptr = match conntrack::look_up(key) {
+        Found::At(ptr) => ptr,
+        Found::Absent => return Existing::Untracked,
+        Found::Busy => return Existing::Busy,
     };
     // SAFETY: a valid map value; concurrent updates of the same flow only race on timestamps.
     let entry = unsafe { &mut *ptr };

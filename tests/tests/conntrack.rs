@@ -28,10 +28,11 @@ fn answer(sport: u16) -> Vec<u8> {
 
 #[test]
 fn a_full_bucket_gives_up_its_oldest_unanswered_flow_then_its_oldest() {
-    // Four entries: one bucket, so every flow meets every other.
+    // Two flows configured: the table has twice their ways, one bucket of four, so every flow
+    // meets every other.
     let opts = LoadOptions {
         limits: gateway_dataplane::LimitsConfig {
-            conntrack_entries: 4,
+            conntrack_entries: 2,
             ..Default::default()
         },
         ..Default::default()
@@ -42,8 +43,10 @@ fn a_full_bucket_gives_up_its_oldest_unanswered_flow_then_its_oldest() {
         let now = gateway_dataplane::sweep::monotonic_coarse_ns();
         assert!(
             table
-                .update(&key(sport), |e| e.last_seen_ns =
-                    now - seconds * 1_000_000_000)
+                .update(&key(sport), |e| {
+                    e.last_seen_ns = now - seconds * 1_000_000_000;
+                    true
+                })
                 .unwrap(),
             "flow {sport} is in the table"
         );
@@ -90,4 +93,46 @@ fn a_full_bucket_gives_up_its_oldest_unanswered_flow_then_its_oldest() {
         assert!(h.ingress_passes(&answer(sport)), "answer {sport}");
     }
     assert!(!h.ingress_passes(&answer(40_002)));
+}
+
+#[test]
+fn a_bucket_being_written_drops_its_flows_packets_and_one_left_taken_is_released() {
+    use aya::maps::Array;
+    use gateway_common::{
+        buckets::{TableShape, bucket_of},
+        conntrack::CtBucket,
+        maps as names,
+        stats::{HOOK_TUNNEL_INGRESS, reason},
+    };
+
+    let mut h = Harness::new(ALLOW_DNS);
+    assert!(h.ingress_passes(&query(40_001)));
+    let shape: TableShape = Array::try_from(h.dp.ebpf().map(names::CONNTRACK_SHAPE).unwrap())
+        .unwrap()
+        .get(&0, 0)
+        .unwrap();
+    let index = bucket_of(&key(40_001), &shape);
+    // The flow's bucket taken, as by a writer (a controller killed mid-write) that never
+    // releases it.
+    {
+        let mut table: Array<_, CtBucket> =
+            Array::try_from(h.dp.ebpf_mut().map_mut(names::CONNTRACK).unwrap()).unwrap();
+        let mut bucket = table.get(&index, 0).unwrap();
+        assert_eq!(bucket.seq & 1, 0);
+        bucket.seq += 1;
+        table.set(index, bucket, 0).unwrap();
+    }
+    // Whether the flow lives cannot be told: its answer is a counted drop, not a new flow
+    // (b may not start one) and not its flow's packet.
+    let dropped = h.delta(HOOK_TUNNEL_INGRESS, reason::DROP_INTERNAL, |h| {
+        assert!(!h.ingress_passes(&answer(40_001)));
+    });
+    assert_eq!(dropped, 1);
+    // The controller's sweep finds the bucket left taken and releases it; the flow is as it was.
+    let r = h.dp.sweep_conntrack(None).unwrap();
+    assert_eq!(r.live, 1);
+    let established = h.delta(HOOK_TUNNEL_INGRESS, reason::ACCEPT_ESTABLISHED, |h| {
+        assert!(h.ingress_passes(&answer(40_001)));
+    });
+    assert_eq!(established, 1);
 }
