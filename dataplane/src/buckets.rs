@@ -67,50 +67,53 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
         unsafe { AtomicU64::from_ptr(&raw mut (*b).seq) }
     }
 
-    /// Releases a bucket that has stayed taken (odd, unchanged) through a whole round of
-    /// attempts: the kernel's programs hold a bucket for a few stores with preemption off, so
-    /// only a controller killed between its take and its release leaves one taken, and every
-    /// packet of its flows would meet a bucket being written. Whether it was such a bucket.
-    /// `first`: the sequence word when the caller began.
-    fn released_orphan(&self, b: *mut Bucket<Way<K, V>>, first: u64) -> bool {
-        let now = Self::seq(b).load(Ordering::Relaxed);
-        if now != first || now & 1 == 0 {
-            return false;
-        }
-        let released = Self::seq(b)
-            .compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok();
-        if released {
+    /// Runs `attempt` on bucket `b` until it succeeds, spinning between tries, for a round of
+    /// [`TAKE_ATTEMPTS`]; `None` if it never did. A bucket that stayed taken at one odd value
+    /// through the whole round is released and given a second round: the kernel's programs
+    /// hold a bucket for a few stores with preemption off, so only a controller killed between
+    /// its take and its release leaves one taken, and every packet of its flows would then
+    /// meet a bucket being written.
+    fn retry<R>(
+        b: *mut Bucket<Way<K, V>>,
+        mut attempt: impl FnMut(&AtomicU64) -> Option<R>,
+    ) -> Option<R> {
+        let seq = Self::seq(b);
+        let first = seq.load(Ordering::Relaxed);
+        for round in 0..2 {
+            for _ in 0..TAKE_ATTEMPTS {
+                if let Some(r) = attempt(seq) {
+                    return Some(r);
+                }
+                std::hint::spin_loop();
+            }
+            let now = seq.load(Ordering::Relaxed);
+            let orphaned = round == 0
+                && now == first
+                && now & 1 != 0
+                && seq
+                    .compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok();
+            if !orphaned {
+                break;
+            }
             tracing::warn!("released a flow table bucket left taken by a writer that is gone");
         }
-        released
+        None
     }
 
     /// A consistent copy of bucket `index`, or None if writers kept changing it.
     fn read_bucket(&self, index: u32) -> Option<Bucket<Way<K, V>>> {
         let b = self.bucket(index);
-        let seq = Self::seq(b);
-        let first = seq.load(Ordering::Acquire);
-        // A second round only after releasing an orphaned bucket.
-        for round in 0..2 {
-            for _ in 0..TAKE_ATTEMPTS {
-                let before = seq.load(Ordering::Acquire);
-                if before & 1 != 0 {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                // SAFETY: in bounds; a torn copy is detected by the sequence check below.
-                let copy = unsafe { std::ptr::read_volatile(b) };
-                std::sync::atomic::fence(Ordering::Acquire);
-                if seq.load(Ordering::Relaxed) == before {
-                    return Some(copy);
-                }
+        Self::retry(b, |seq| {
+            let before = seq.load(Ordering::Acquire);
+            if before & 1 != 0 {
+                return None;
             }
-            if round > 0 || !self.released_orphan(b, first) {
-                break;
-            }
-        }
-        None
+            // SAFETY: in bounds; a torn copy is detected by the sequence check below.
+            let copy = unsafe { std::ptr::read_volatile(b) };
+            std::sync::atomic::fence(Ordering::Acquire);
+            (seq.load(Ordering::Relaxed) == before).then_some(copy)
+        })
     }
 
     /// Every entry: (key, value), each bucket read consistently.
@@ -138,30 +141,23 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
     /// Runs `f` on the bucket `key` lives in, held for writing.
     fn write<R>(&self, key: &K, f: impl FnOnce(&mut Bucket<Way<K, V>>) -> R) -> anyhow::Result<R> {
         let b = self.bucket(bucket_of(key, &self.shape));
-        let seq = Self::seq(b);
-        let first = seq.load(Ordering::Relaxed);
-        // A second round only after releasing an orphaned bucket.
-        for round in 0..2 {
-            for _ in 0..TAKE_ATTEMPTS {
-                let s = seq.load(Ordering::Relaxed);
-                if s & 1 == 0
-                    && seq
-                        .compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    // SAFETY: the bucket is ours until the release below; the kernel's programs
-                    // do not write a bucket they did not take.
-                    let r = f(unsafe { &mut *b });
-                    seq.fetch_add(1, Ordering::Release);
-                    return Ok(r);
-                }
-                std::hint::spin_loop();
+        let mut f = Some(f);
+        Self::retry(b, |seq| {
+            let s = seq.load(Ordering::Relaxed);
+            if s & 1 != 0
+                || seq
+                    .compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                return None;
             }
-            if round > 0 || !self.released_orphan(b, first) {
-                break;
-            }
-        }
-        bail!("a bucket stayed taken")
+            // SAFETY: the bucket is ours until the release below; the kernel's programs do not
+            // write a bucket they did not take.
+            let r = f.take().map(|f| f(unsafe { &mut *b }));
+            seq.fetch_add(1, Ordering::Release);
+            r
+        })
+        .context("a bucket stayed taken")
     }
 
     /// Empties `key`'s way if `still` says its value is still the caller's to remove (the

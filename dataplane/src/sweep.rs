@@ -96,25 +96,19 @@ impl Dataplane {
         })
     }
 
-    /// A second handle (a duplicated fd) on one of the data plane's hash or array maps, for
-    /// walks on a blocking thread that must not hold the controller's state.
+    /// A second handle (a duplicated fd) on one of the data plane's array maps, for a sweep on
+    /// a blocking thread that must not hold the controller's state.
     pub(crate) fn second_handle(&self, name: &str) -> anyhow::Result<aya::maps::Map> {
         use aya::maps::Map;
-        let map = self.ebpf.map(name).with_context(|| format!("{name} map"))?;
-        let (Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) = map else {
-            anyhow::bail!("{name} has an unexpected type")
+        let Map::Array(data) = self.ebpf.map(name).with_context(|| format!("{name} map"))? else {
+            anyhow::bail!("{name} is not an array")
         };
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
             .with_context(|| format!("duplicating the {name} fd"))?;
-        let data = aya::maps::MapData::from_fd(fd)?;
-        Ok(match map {
-            Map::HashMap(_) => Map::HashMap(data),
-            Map::LruHashMap(_) => Map::LruHashMap(data),
-            _ => Map::Array(data),
-        })
+        Ok(Map::Array(aya::maps::MapData::from_fd(fd)?))
     }
 
     /// Sweeps at once, on this thread (see [`Sweeper::sweep`]).

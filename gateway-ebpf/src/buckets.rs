@@ -9,7 +9,7 @@
 use aya_ebpf::maps::Array;
 use gateway_common::buckets::{Aging, Bucket, TableKey, TableShape, WAYS, Way, bucket_of};
 
-use crate::copy::copy_words;
+use crate::copy::{copy_words, same_words};
 
 pub type Table<K, V> = Array<Bucket<Way<K, V>>>;
 
@@ -36,6 +36,17 @@ pub enum Found<V> {
     Busy,
 }
 
+impl<V> Found<V> {
+    /// The value's place, for callers to whom a bucket being written is as good as no entry.
+    #[inline(always)]
+    pub fn at(self) -> Option<*mut V> {
+        match self {
+            Found::At(v) => Some(v),
+            Found::Absent | Found::Busy => None,
+        }
+    }
+}
+
 /// `key`'s bucket in `table`.
 #[inline(always)]
 fn bucket<K, V>(
@@ -56,16 +67,14 @@ fn holds<K, V>(way: *const Way<K, V>, key: &K) -> bool {
     const {
         assert!(align_of::<K>() >= 8 && size_of::<K>() % 8 == 0);
     }
-    let (a, b) = (way as *const u64, key as *const K as *const u64);
-    let mut i = 0;
-    while i < size_of::<K>() / 8 {
-        // SAFETY: both point at a whole `K` (the way's comes first in it).
-        if unsafe { core::ptr::read_volatile(a.add(i)) != core::ptr::read_volatile(b.add(i)) } {
-            return false;
-        }
-        i += 1;
+    // SAFETY: both point at a whole, 8-aligned `K` (the way's comes first in it).
+    unsafe {
+        same_words(
+            way as *const u64,
+            key as *const K as *const u64,
+            size_of::<K>() / 8,
+        )
     }
-    true
 }
 
 /// Finds `key`: `seen` is given its way's value while the bucket is read (to copy what must be

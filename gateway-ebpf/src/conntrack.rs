@@ -121,8 +121,5 @@ pub fn look_up(key: &CtKey) -> Found<CtEntry> {
 /// drop the packet, or hand it to the full path, which looks again).
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    match look_up(key) {
-        Found::At(e) => Some(e),
-        Found::Absent | Found::Busy => None,
-    }
+    look_up(key).at()
 }

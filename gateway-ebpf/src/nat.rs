@@ -958,9 +958,8 @@ const CLAIM_FORWARD: u32 = 1;
 /// entry still leads replies to its port back to the flow until it goes idle). Another way
 /// is live while its own timestamp is fresh (see [`translation_of`]).
 ///
-/// A function of its own in the program (a BPF-to-BPF call): the verifier walks the claim's
-/// many paths through a bucket once per call, and what follows the call once per result,
-/// where inlined each path would carry on through the rest of the program.
+/// Inlined (a BPF-to-BPF call would overflow 6.1's stack for the chain of calls);
+/// `buckets::opaque_index` keeps the verifier's paths through a bucket few.
 #[inline(always)]
 fn claim(x: &mut Scratch, which: u32, s: &NatSettings, now: u64) -> u32 {
     // One claim for either table (the pointers chosen first): the program holds its code once,
@@ -993,14 +992,13 @@ fn claim(x: &mut Scratch, which: u32, s: &NatSettings, now: u64) -> u32 {
 /// an 8-aligned `NatTarget`.
 #[inline(always)]
 fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let (a, b) = (
-        a as *const [u8; 16] as *const u64,
-        b as *const [u8; 16] as *const u64,
-    );
     // SAFETY: 16 readable, 8-aligned bytes each.
     unsafe {
-        core::ptr::read_volatile(a) == core::ptr::read_volatile(b)
-            && core::ptr::read_volatile(a.add(1)) == core::ptr::read_volatile(b.add(1))
+        crate::copy::same_words(
+            a as *const [u8; 16] as *const u64,
+            b as *const [u8; 16] as *const u64,
+            2,
+        )
     }
 }
 

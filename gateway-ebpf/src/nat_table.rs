@@ -27,10 +27,7 @@ pub fn find(
     key: &NatKey,
     out: &mut NatTarget,
 ) -> Option<*mut NatTarget> {
-    match look_up(table, key, out) {
-        Found::At(t) => Some(t),
-        Found::Absent | Found::Busy => None,
-    }
+    look_up(table, key, out).at()
 }
 
 /// Records `key` → `value` (see `buckets::claim`). A full bucket evicts only a translation

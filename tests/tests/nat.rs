@@ -1493,10 +1493,7 @@ fn the_gateways_own_error_about_a_translated_reply_quotes_what_the_lan_host_sent
 /// tunnel program test-run as if the packet arrived on the tunnel.
 #[test]
 fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_after() {
-    use gateway_common::{
-        conntrack::{CtEntry, FAMILY_V4, flow_key},
-        nat::NatKey,
-    };
+    use gateway_common::conntrack::{CtEntry, FAMILY_V4, flow_key};
     use gateway_testkit::netns::{permanent_neighbour, tunnel_and_lan};
     const TC_ACT_REDIRECT: u32 = 7;
     const TICK: std::time::Duration = std::time::Duration::from_nanos(1 << 28);
@@ -1529,15 +1526,7 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
         let src = addr16(P1);
         let dst = addr16(HOST);
         let (ct_key, sender_is_a) = flow_key(&src, sport, &dst, 53, 17, FAMILY_V4, None);
-        let fwd_key = NatKey {
-            local: src,
-            remote: dst,
-            local_port: sport,
-            remote_port: 53,
-            proto: 17,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
+        let fwd_key = udp_key(P1, sport, 53);
         ns.run_scoped(|| {
             let t0 = h.forward_from_t0_masquerading_on_l0();
             let send = |h: &mut Harness, what: &str| {
@@ -1599,6 +1588,20 @@ fn tc_forwarding_remembers_a_flows_port_for_a_tick_and_asks_the_tables_again_aft
         .unwrap();
     }
     drop((ns, other));
+}
+
+/// The key of a UDP/IPv4 translation entry between `local`:`local_port` and
+/// HOST:`remote_port`.
+fn udp_key(local: &str, local_port: u16, remote_port: u16) -> gateway_common::nat::NatKey {
+    gateway_common::nat::NatKey {
+        local: addr16(local),
+        remote: addr16(HOST),
+        local_port,
+        remote_port,
+        proto: 17,
+        family: 4,
+        _pad: [0; 2],
+    }
 }
 
 fn addr16(a: &str) -> [u8; 16] {
@@ -1686,10 +1689,7 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
 /// values, LRU hash), under a pin root of the test's own.
 #[test]
 fn an_upgrade_carries_the_old_tables_translations_over() {
-    use gateway_common::{
-        conntrack::{CtEntry, FAMILY_V4, ORIGIN_POLICY, flow_key},
-        nat::NatKey,
-    };
+    use gateway_common::conntrack::{CtEntry, FAMILY_V4, ORIGIN_POLICY, flow_key};
     use gateway_dataplane::nat_table::Direction;
 
     struct Cleanup(std::path::PathBuf);
@@ -1797,15 +1797,7 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
     for (name, _, _) in &old {
         assert!(!pins.map(name).exists(), "{name} is still pinned");
     }
-    let forward = NatKey {
-        local: addr16(P1),
-        remote: addr16(HOST),
-        local_port: original,
-        remote_port: 53,
-        proto: 17,
-        family: 4,
-        _pad: [0; 2],
-    };
+    let forward = udp_key(P1, original, 53);
     let tables = h.dp.nat_tables().unwrap();
     assert_eq!(
         tables.get(Direction::Forward, &forward).map(|t| t.port),
@@ -1847,22 +1839,13 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
 /// flow could then claim toward the same host).
 #[test]
 fn a_flow_whose_reverse_entry_is_gone_is_translated_afresh() {
-    use gateway_common::nat::NatKey;
     use gateway_dataplane::nat_table::Direction;
 
     let mut h = harness();
     let sport = PORTS.0 + 33;
     let out = out_through(&mut h, &udp(P1, HOST, sport, 53));
     same(&out, &udp(NAT, HOST, sport, 53), "first packet");
-    let reverse = NatKey {
-        local: addr16(NAT),
-        remote: addr16(HOST),
-        local_port: sport,
-        remote_port: 53,
-        proto: 17,
-        family: 4,
-        _pad: [0; 2],
-    };
+    let reverse = udp_key(NAT, sport, 53);
     let tables = h.dp.nat_tables().unwrap();
     assert!(
         tables
