@@ -261,18 +261,62 @@ pub fn carry_over<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>
     table: &BucketTable<K, V>,
     pins: &crate::pins::PinDir,
     old: &str,
-    mut adapt: impl FnMut(&K, &mut V) -> bool,
+    adapt: impl FnMut(&K, &mut V) -> bool,
 ) -> anyhow::Result<()> {
     let path = pins.map(old);
     if !path.exists() {
         return Ok(());
     }
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let map: aya::maps::HashMap<MapData, K, V> =
-        aya::maps::HashMap::try_from(Map::LruHashMap(data))?;
+        aya::maps::HashMap::try_from(Map::LruHashMap(open_pinned(&path)?))?;
+    let entries = map.iter().filter_map(Result::ok);
+    move_entries(table, entries, old, adapt)?;
+    unpin(&path)
+}
+
+/// Moves the entries of an earlier release's pinned bucket table `old`, shaped by `old_shape`
+/// (the same keys and values; another bucket count), into `table` as [`carry_over`] does, then
+/// unpins `old` (not its shape, which other tables may share: the caller unpins it).
+pub fn carry_over_buckets<K: TableKey + Copy + PartialEq, V: Copy>(
+    table: &BucketTable<K, V>,
+    pins: &crate::pins::PinDir,
+    old: &str,
+    old_shape: &str,
+    adapt: impl FnMut(&K, &mut V) -> bool,
+) -> anyhow::Result<()> {
+    let path = pins.map(old);
+    if !path.exists() {
+        return Ok(());
+    }
+    let shape_path = pins.map(old_shape);
+    let old_table = BucketTable::<K, V>::open(
+        &Map::Array(open_pinned(&path)?),
+        &Map::Array(open_pinned(&shape_path)?),
+        old,
+    )?;
+    let entries = old_table.entries().into_iter().map(|w| (w.key, w.value));
+    move_entries(table, entries, old, adapt)?;
+    unpin(&path)
+}
+
+fn open_pinned(path: &std::path::Path) -> anyhow::Result<MapData> {
+    MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Unpins an old map once its entries were carried over (the programs still using it hold it
+/// until they are replaced).
+pub fn unpin(path: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))
+}
+
+fn move_entries<K: TableKey + Copy + PartialEq, V: Copy>(
+    table: &BucketTable<K, V>,
+    entries: impl Iterator<Item = (K, V)>,
+    old: &str,
+    mut adapt: impl FnMut(&K, &mut V) -> bool,
+) -> anyhow::Result<()> {
     let (mut moved, mut dropped) = (0usize, 0usize);
-    for entry in map.iter().filter_map(Result::ok) {
-        let (key, mut value) = entry;
+    for (key, mut value) in entries {
         if !adapt(&key, &mut value) {
             continue;
         }
@@ -285,6 +329,5 @@ pub fn carry_over<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>
     tracing::info!(
         "carried {moved} entries over from {old} ({dropped} found no room in their bucket)"
     );
-    std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
     Ok(())
 }

@@ -196,14 +196,14 @@ impl Dataplane {
     /// Loads maps and programs (verifying them) without attaching anything.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Dataplane> {
         let l = &opts.limits;
-        let nat_buckets = gateway_common::buckets::buckets_for(l.nat_entries);
-        // Twice the ways the configured flows need: a bucket table gives up a flow when its
-        // bucket is full, not when the table is. With half the configured flows live a new
-        // flow finds its bucket full about 2% of the time (a Poisson load of 1 per 4-way
-        // bucket), with all of them 14%; an LRU map at its capacity gives one up for every new
-        // flow.
-        let conntrack_buckets =
-            gateway_common::buckets::buckets_for(l.conntrack_entries.saturating_mul(2));
+        // Flow tables get twice the ways the configured entries need: a bucket table gives up
+        // an entry when its bucket is full, not when the table is. With half the configured
+        // entries live a new one finds its bucket full about 2% of the time (a Poisson load of
+        // 1 per 4-way bucket), with all of them 14%; an LRU map at its capacity gives one up
+        // for every new entry.
+        let roomy = |entries: u32| gateway_common::buckets::buckets_for(entries.saturating_mul(2));
+        let nat_buckets = roomy(l.nat_entries);
+        let conntrack_buckets = roomy(l.conntrack_entries);
         let sizes = [
             (names::ACL_V4_CHUNKS, 2 * l.acl_chunks * V4_CHUNK_ENTRIES),
             (names::ACL_V6, 2 * l.acl_v6_prefixes),
@@ -348,7 +348,7 @@ impl Dataplane {
             "conntrack",
         )?;
         if let Some(p) = &pins {
-            nat_table::carry_over_v1(&ebpf, p)?;
+            nat_table::carry_over(&ebpf, p)?;
             let now = sweep::monotonic_coarse_ns();
             buckets::carry_over(
                 &Dataplane::conntrack_table_of(&ebpf)?,

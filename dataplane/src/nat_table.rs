@@ -80,23 +80,46 @@ impl NatTables {
     }
 }
 
-/// Moves the translations of an earlier release's pinned tables (LRU hash maps, the same keys
-/// and targets) into the bucket tables, then unpins the old maps.
-pub fn carry_over_v1(ebpf: &aya::Ebpf, pins: &crate::pins::PinDir) -> anyhow::Result<()> {
-    let old = [
+/// Moves the translations of an earlier release's pinned tables into these, then unpins the old
+/// maps: LRU hash maps first (`NAT_*_V1`), then bucket tables with no room to spare
+/// (`NAT_*_V2`: one way per configured translation). Both hold the same keys and targets.
+pub fn carry_over(ebpf: &aya::Ebpf, pins: &crate::pins::PinDir) -> anyhow::Result<()> {
+    let lru = [
         (names::NAT_FORWARD_V1_LRU, Direction::Forward),
         (names::NAT_REVERSE_V1_LRU, Direction::Reverse),
     ];
-    if old.iter().all(|(name, _)| !pins.map(name).exists()) {
+    let tight = [
+        (names::NAT_FORWARD_V2_TIGHT, Direction::Forward),
+        (names::NAT_REVERSE_V2_TIGHT, Direction::Reverse),
+    ];
+    let old_shape = pins.map(names::NAT_TABLE_SHAPE_V1);
+    if lru
+        .iter()
+        .chain(&tight)
+        .all(|(name, _)| !pins.map(name).exists())
+        && !old_shape.exists()
+    {
         return Ok(());
     }
     let tables = NatTables::of(ebpf)?;
-    for (name, direction) in old {
+    for (name, direction) in lru {
         // The old layout's padding byte is the new one's `replied`: unknown, so unset.
         buckets::carry_over(tables.table(direction), pins, name, |_, t| {
             t.replied = 0;
             true
         })?;
+    }
+    for (name, direction) in tight {
+        buckets::carry_over_buckets(
+            tables.table(direction),
+            pins,
+            name,
+            names::NAT_TABLE_SHAPE_V1,
+            |_, _| true,
+        )?;
+    }
+    if old_shape.exists() {
+        buckets::unpin(&old_shape)?;
     }
     Ok(())
 }

@@ -41,14 +41,19 @@ pub const NAT_INTERFACES: &str = "NAT_IFACES_V1";
 pub const NAT_NETWORKS: &str = "NAT_NETS_V1";
 pub const NAT_SETTINGS: &str = "NAT_SETTINGS_V1";
 /// Pinned: translations outlive a restart of the controller, as flows do. Arrays of buckets
-/// (`nat_table`), with their shape (bucket count, hash seed) beside them.
-pub const NAT_FORWARD: &str = "NAT_FWD_V2";
-pub const NAT_REVERSE: &str = "NAT_REV_V2";
-pub const NAT_TABLE_SHAPE: &str = "NAT_SHAPE_V1";
-/// The translation tables of earlier releases (LRU hash maps, keyed as the V2 tables' ways
-/// are): an adopting controller moves their translations into the V2 tables and unpins them.
+/// (`nat_table`) with twice the ways the configured translations need, with their shape
+/// (bucket count, hash seed) beside them.
+pub const NAT_FORWARD: &str = "NAT_FWD_V3";
+pub const NAT_REVERSE: &str = "NAT_REV_V3";
+pub const NAT_TABLE_SHAPE: &str = "NAT_SHAPE_V2";
+/// The translation tables of earlier releases, keyed as the V3 tables' ways are: LRU hash maps
+/// (V1), then bucket tables with one way per configured translation (V2, under the V1 shape).
+/// An adopting controller moves their translations into the V3 tables and unpins them.
 pub const NAT_FORWARD_V1_LRU: &str = "NAT_FWD_V1";
 pub const NAT_REVERSE_V1_LRU: &str = "NAT_REV_V1";
+pub const NAT_FORWARD_V2_TIGHT: &str = "NAT_FWD_V2";
+pub const NAT_REVERSE_V2_TIGHT: &str = "NAT_REV_V2";
+pub const NAT_TABLE_SHAPE_V1: &str = "NAT_SHAPE_V1";
 pub const NAT_INTERFACES_MAX: u32 = 64;
 /// Not pinned: the LAN interfaces tunnel traffic may be forwarded to in TC, by ifindex.
 pub const LAN_PORTS: &str = "LAN_PORTS_V1";

@@ -126,15 +126,15 @@ pub static NAT_SETTINGS: Array<NatSettings> = Array::with_max_entries(1, 0);
 /// Translations by original tuple (the peer's source, the LAN host), in buckets (nat_table.rs;
 /// the controller sets the bucket count). Mmapable: the controller's sweep takes and writes
 /// buckets in place, as the programs do.
-#[map(name = "NAT_FWD_V2")]
+#[map(name = "NAT_FWD_V3")]
 pub static NAT_FORWARD: Array<NatBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Translations by translated tuple (the masquerade address and port, the LAN host).
-#[map(name = "NAT_REV_V2")]
+#[map(name = "NAT_REV_V3")]
 pub static NAT_REVERSE: Array<NatBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// The two tables' bucket count and hash seed.
-#[map(name = "NAT_SHAPE_V1")]
+#[map(name = "NAT_SHAPE_V2")]
 pub static NAT_TABLE_SHAPE: Array<TableShape> = Array::with_max_entries(1, 0);
 
 #[map(name = "NAT_SCRATCH_V1")]

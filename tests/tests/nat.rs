@@ -1622,8 +1622,9 @@ fn same_ip(got: &[u8], want: &Spec, what: &str) {
     );
 }
 
-/// The translation tables keep flows in buckets of four ways; with room for four translations
-/// they are one bucket each, so every flow competes for the same ways. A new flow that finds
+/// The translation tables keep flows in buckets of four ways, twice the ways the configured
+/// translations need; configured for two, they are one bucket each, so every flow competes for
+/// the same ways. A new flow that finds
 /// the bucket full takes the way of the oldest translation the LAN host never answered (its
 /// replies are dropped from then on, never delivered to the new flow); a translation that was
 /// answered is never evicted, and a bucket full of those makes the new flow a counted drop.
@@ -1631,7 +1632,7 @@ fn same_ip(got: &[u8], want: &Spec, what: &str) {
 fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one() {
     let opts = gateway_dataplane::LoadOptions {
         limits: gateway_dataplane::LimitsConfig {
-            nat_entries: 4,
+            nat_entries: 2,
             ..Default::default()
         },
         ..Default::default()
@@ -1682,6 +1683,107 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
     assert_eq!(h.dp.nat_entries().unwrap(), 4);
 }
 
+/// A pin root of a test's own, removed with everything pinned under it when the test ends.
+struct TestPins {
+    root: std::path::PathBuf,
+    pins: gateway_dataplane::pins::PinDir,
+}
+
+impl TestPins {
+    fn new(what: &str) -> TestPins {
+        let root =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/gwtest-{what}-{}", std::process::id()));
+        let pins = gateway_dataplane::pins::PinDir::new(&root);
+        assert!(!pins.prepare().unwrap(), "a fresh pin root");
+        TestPins { root, pins }
+    }
+
+    /// Pins a map made with bpftool, as an earlier release's loader made it, holding `entries`
+    /// (key and value bytes). `kind` is bpftool's map type; `flags` its map flags.
+    fn old_map(
+        &self,
+        name: &str,
+        kind: &str,
+        flags: u32,
+        capacity: u32,
+        entries: &[(Vec<u8>, Vec<u8>)],
+    ) {
+        let path = self.pins.map(name);
+        let path = path.to_str().unwrap();
+        let bpftool = |args: &[&str]| {
+            let out = std::process::Command::new("bpftool")
+                .args(args)
+                .output()
+                .expect("bpftool runs");
+            assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        };
+        let (key_size, value_size) = (
+            entries[0].0.len().to_string(),
+            entries[0].1.len().to_string(),
+        );
+        let (capacity, flags) = (capacity.to_string(), flags.to_string());
+        bpftool(&[
+            "map",
+            "create",
+            path,
+            "type",
+            kind,
+            "key",
+            &key_size,
+            "value",
+            &value_size,
+            "entries",
+            &capacity,
+            "name",
+            name,
+            "flags",
+            &flags,
+        ]);
+        let hex =
+            |bytes: &[u8]| -> Vec<String> { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        for (k, v) in entries {
+            let (k, v) = (hex(k), hex(v));
+            let mut args = vec!["map", "update", "pinned", path, "key", "hex"];
+            args.extend(k.iter().map(String::as_str));
+            args.extend(["value", "hex"]);
+            args.extend(v.iter().map(String::as_str));
+            bpftool(&args);
+        }
+    }
+
+    fn load_options(&self) -> gateway_dataplane::LoadOptions {
+        gateway_dataplane::LoadOptions {
+            pin_root: Some(self.root.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A translation table's key, byte by byte as the kernel lays it out (UDP, IPv4, to HOST).
+fn old_nat_key(local: &str, local_port: u16, remote_port: u16) -> Vec<u8> {
+    let mut k = addr16(local).to_vec();
+    k.extend(addr16(HOST));
+    k.extend(local_port.to_ne_bytes());
+    k.extend(remote_port.to_ne_bytes());
+    k.extend([17, 4, 0, 0]);
+    k
+}
+
+/// A translation's target, byte by byte as the kernel lays it out.
+fn old_nat_target(addr: &str, port: u16, last_seen_ns: u64) -> Vec<u8> {
+    let mut t = addr16(addr).to_vec();
+    t.extend(port.to_ne_bytes());
+    t.extend([0; 6]);
+    t.extend(last_seen_ns.to_ne_bytes());
+    t
+}
+
 /// A gateway adopting the data plane of a release whose translation tables were LRU hash maps
 /// (pinned as NAT_FWD_V1 and NAT_REV_V1) moves their translations into the bucket tables and
 /// unpins the old maps: the flow's next packet leaves with the port the old tables gave it. The
@@ -1692,36 +1794,10 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
     use gateway_common::conntrack::{CtEntry, FAMILY_V4, ORIGIN_POLICY, flow_key};
     use gateway_dataplane::nat_table::Direction;
 
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/gwtest-natv1-{}", std::process::id()));
-    let _cleanup = Cleanup(root.clone());
-    let pins = gateway_dataplane::pins::PinDir::new(&root);
-    assert!(!pins.prepare().unwrap(), "a fresh pin root");
-
+    let test_pins = TestPins::new("natv1");
+    let pins = &test_pins.pins;
     let (original, kept) = (PORTS.0 + 50, PORTS.0 + 77);
     let now = gateway_dataplane::sweep::monotonic_coarse_ns();
-    let hex =
-        |bytes: Vec<u8>| -> Vec<String> { bytes.iter().map(|b| format!("{b:02x}")).collect() };
-    let key = |local: &str, lport: u16, rport: u16| -> Vec<u8> {
-        let mut k = addr16(local).to_vec();
-        k.extend(addr16(HOST));
-        k.extend(lport.to_ne_bytes());
-        k.extend(rport.to_ne_bytes());
-        k.extend([17, 4, 0, 0]);
-        k
-    };
-    let target = |addr: &str, port: u16| -> Vec<u8> {
-        let mut t = addr16(addr).to_vec();
-        t.extend(port.to_ne_bytes());
-        t.extend([0; 6]);
-        t.extend(now.to_ne_bytes());
-        t
-    };
     // The flow's conntrack entry, as the earlier release's LRU table held it (the same layout).
     let (ct_key, p1_is_a) = flow_key(
         &addr16(P1),
@@ -1745,55 +1821,21 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
     let old = [
         (
             names::NAT_FORWARD_V1_LRU,
-            key(P1, original, 53),
-            target(NAT, kept),
+            old_nat_key(P1, original, 53),
+            old_nat_target(NAT, kept, now),
         ),
         (
             names::NAT_REVERSE_V1_LRU,
-            key(NAT, kept, 53),
-            target(P1, original),
+            old_nat_key(NAT, kept, 53),
+            old_nat_target(P1, original, now),
         ),
         (names::CONNTRACK_V1_LRU, bytes(&ct_key), bytes(&ct_entry)),
     ];
     for (name, k, v) in &old {
-        let path = pins.map(name);
-        let path = path.to_str().unwrap();
-        let bpftool = |args: &[&str]| {
-            let out = std::process::Command::new("bpftool")
-                .args(args)
-                .output()
-                .expect("bpftool runs");
-            assert!(out.status.success(), "bpftool {args:?}: {out:?}");
-        };
-        let (key_size, value_size) = (k.len().to_string(), v.len().to_string());
-        bpftool(&[
-            "map",
-            "create",
-            path,
-            "type",
-            "lru_hash",
-            "key",
-            &key_size,
-            "value",
-            &value_size,
-            "entries",
-            "64",
-            "name",
-            name,
-        ]);
-        let (k, v) = (hex(k.clone()), hex(v.clone()));
-        let mut args = vec!["map", "update", "pinned", path, "key", "hex"];
-        args.extend(k.iter().map(String::as_str));
-        args.extend(["value", "hex"]);
-        args.extend(v.iter().map(String::as_str));
-        bpftool(&args);
+        test_pins.old_map(name, "lru_hash", 0, 64, &[(k.clone(), v.clone())]);
     }
 
-    let opts = gateway_dataplane::LoadOptions {
-        pin_root: Some(root.clone()),
-        ..Default::default()
-    };
-    let mut h = masquerading_ports(opts);
+    let mut h = masquerading_ports(test_pins.load_options());
     for (name, _, _) in &old {
         assert!(!pins.map(name).exists(), "{name} is still pinned");
     }
@@ -1830,6 +1872,102 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
         &out,
         &udp(NAT, HOST, kept, 53),
         "the carried translation's port",
+    );
+}
+
+/// A gateway adopting the data plane of a release whose translation tables were bucket tables
+/// with one way per configured translation (NAT_FWD_V2 and NAT_REV_V2 under NAT_SHAPE_V1)
+/// moves their translations into the roomier tables (placed again: the bucket count differs)
+/// and unpins all three. The old tables are made with bpftool as that release's loader made
+/// them: mmapable arrays of 296-byte buckets (a sequence word, four 72-byte ways), here one
+/// bucket under a shape of 1 bucket and seed 0, so that where a translation lies needs no hash.
+#[test]
+fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
+    use gateway_dataplane::nat_table::Direction;
+
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    let test_pins = TestPins::new("natv2");
+    let pins = &test_pins.pins;
+    let (original, kept) = (PORTS.0 + 50, PORTS.0 + 77);
+    let now = gateway_dataplane::sweep::monotonic_coarse_ns();
+    // Way 1 of the bucket holds the translation; ways 0, 2 and 3 are vacant (all zeros).
+    let bucket = |key: Vec<u8>, target: Vec<u8>| -> Vec<u8> {
+        let mut b = vec![0u8; 8 + 72];
+        b.extend(key);
+        b.extend(target);
+        b.resize(8 + 4 * 72, 0);
+        b
+    };
+    let index = 0u32.to_ne_bytes().to_vec();
+    let shape = [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
+    test_pins.old_map(
+        names::NAT_TABLE_SHAPE_V1,
+        "array",
+        0,
+        1,
+        &[(index.clone(), shape)],
+    );
+    let old = [
+        (
+            names::NAT_FORWARD_V2_TIGHT,
+            bucket(
+                old_nat_key(P1, original, 53),
+                old_nat_target(NAT, kept, now),
+            ),
+        ),
+        (
+            names::NAT_REVERSE_V2_TIGHT,
+            bucket(
+                old_nat_key(NAT, kept, 53),
+                old_nat_target(P1, original, now),
+            ),
+        ),
+    ];
+    for (name, b) in &old {
+        test_pins.old_map(
+            name,
+            "array",
+            BPF_F_MMAPABLE,
+            1,
+            &[(index.clone(), b.clone())],
+        );
+    }
+
+    let mut h = masquerading_ports(test_pins.load_options());
+    for name in [
+        names::NAT_FORWARD_V2_TIGHT,
+        names::NAT_REVERSE_V2_TIGHT,
+        names::NAT_TABLE_SHAPE_V1,
+    ] {
+        assert!(!pins.map(name).exists(), "{name} is still pinned");
+    }
+    let tables = h.dp.nat_tables().unwrap();
+    assert_eq!(
+        tables
+            .get(Direction::Forward, &udp_key(P1, original, 53))
+            .map(|t| t.port),
+        Some(kept)
+    );
+    assert_eq!(
+        tables
+            .get(Direction::Reverse, &udp_key(NAT, kept, 53))
+            .map(|t| (t.addr, t.port)),
+        Some((addr16(P1), original))
+    );
+    // The flow keeps its port (without the old translation it would have left with its own:
+    // free, and in the range), and the LAN host's reply to it finds the peer.
+    let out = out_through(&mut h, &udp(P1, HOST, original, 53));
+    same(
+        &out,
+        &udp(NAT, HOST, kept, 53),
+        "the carried translation's port",
+    );
+    let (action, back) = h.xdp_bytes(&udp(HOST, NAT, 53, kept).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(
+        &back,
+        &udp(HOST, P1, 53, original),
+        "the reply, translated back",
     );
 }
 
