@@ -180,6 +180,11 @@ pub struct Dataplane {
     conntrack_entries: u64,
     /// Translations in force at the last sweep.
     nat_translations: u64,
+    /// Ports of the masquerade's range in use toward its busiest destination, and the range's
+    /// size, at the last sweep (a port is taken per destination: the busiest one runs out
+    /// first).
+    nat_busiest_destination: u64,
+    nat_port_range: u64,
     attachments: Vec<Attachment>,
     /// Whether TC programs go into cls_bpf filters (see [`attach::TcLinks`]) rather than tcx
     /// links.
@@ -391,6 +396,8 @@ impl Dataplane {
             retired_rule_total: Counter::default(),
             conntrack_entries: 0,
             nat_translations: 0,
+            nat_busiest_destination: 0,
+            nat_port_range: 0,
             attachments: Vec::new(),
             tc_filters: opts.tc_links.filters(),
             timeouts: opts.timeouts,
@@ -581,6 +588,20 @@ impl Dataplane {
             .collect()
     }
 
+    /// Live entries the flow tables gave up for new ones, summed over CPUs: (table, entry,
+    /// count) per `gateway_common::stats::evicted::NAMES`.
+    pub fn evictions(&self) -> anyhow::Result<Vec<(&'static str, &'static str, u64)>> {
+        use gateway_common::stats::evicted;
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(names::EVICTED).context("evicted map")?)?;
+        (0..evicted::SLOTS)
+            .map(|i| {
+                let (table, entry) = evicted::NAMES[i as usize];
+                Ok((table, entry, map.get(&i, 0)?.iter().sum()))
+            })
+            .collect()
+    }
+
     /// Folds the carried totals of policies in neither slot into the retired total.
     fn fold_retired_rule_totals(&mut self) {
         let in_force: std::collections::HashSet<&str> = self
@@ -652,6 +673,11 @@ impl Dataplane {
                 "nat_translations",
                 self.nat_translations,
                 l.nat_entries as u64,
+            ),
+            (
+                "nat_ports_busiest_destination",
+                self.nat_busiest_destination,
+                self.nat_port_range,
             ),
         ]
     }

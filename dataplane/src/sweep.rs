@@ -118,10 +118,13 @@ impl Dataplane {
         Ok(r)
     }
 
-    /// Keeps what a sweep counted: the fill level of the conntrack map.
+    /// Keeps what a sweep counted: the fill levels of the conntrack and translation tables, and
+    /// of the masquerade's port range toward its busiest destination.
     pub fn record_sweep(&mut self, r: &SweepReport) {
         self.conntrack_entries = r.live as u64;
         self.nat_translations = r.nat.translations as u64;
+        self.nat_busiest_destination = r.nat.busiest_destination as u64;
+        self.nat_port_range = r.nat.port_range as u64;
     }
 }
 

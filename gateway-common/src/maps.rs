@@ -17,6 +17,8 @@ pub const CONNTRACK_SHAPE: &str = "CT_SHAPE_V1";
 pub const CONNTRACK_V1_LRU: &str = "CT_V1";
 pub const FRAGMENTS: &str = "FRAG_V1";
 pub const STATS: &str = "STATS_V1";
+/// Live flows and translations the flow tables gave up for new ones (`stats::evicted`).
+pub const EVICTED: &str = "EVICTED_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const FORWARD_PORTS: &str = "FWD_PORTS_V1";
 /// Not pinned: a cache of XDP forwarding's routes, learnt again in a second. (Its pinned
@@ -73,7 +75,7 @@ pub const PIN_MAPS_DIR: &str = "maps";
 pub const PIN_LINKS_DIR: &str = "links";
 /// The maps that carry state across a restart: the policy slots and the active one, settings,
 /// flows, fragments, counters and forwarding state. (The per-CPU parse scratch is not state.)
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 19] = [
     ACTIVE_POLICY,
     SETTINGS,
     ACL_V4_ROOT,
@@ -85,6 +87,7 @@ pub const PINNED_MAPS: [&str; 18] = [
     CONNTRACK_SHAPE,
     FRAGMENTS,
     STATS,
+    EVICTED,
     RULE_STATS,
     FORWARD_PORTS,
     FORWARD_SLOTS,

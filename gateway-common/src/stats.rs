@@ -118,6 +118,25 @@ pub const fn stats_index(hook: u32, reason: u32) -> u32 {
 
 pub const STATS_ENTRIES: u32 = HOOKS * reason::SLOTS;
 
+/// Live entries a flow table gave up to make room for a new one (`buckets::claim`; entries no
+/// longer live are not counted): per-CPU counters, two per table, by whether the entry given
+/// up had been answered. The masquerade's count entries of either of its tables (a flow whose
+/// entries were both given up counts twice); it never gives up an answered translation, so
+/// its second counter stays 0 (a bucket full of those drops the new flow: `nat_exhausted`).
+pub mod evicted {
+    /// Where a table's two counters start: `+ 0` unanswered, `+ 1` answered.
+    pub const CONNTRACK: u32 = 0;
+    pub const NAT: u32 = 2;
+    pub const SLOTS: u32 = 4;
+    /// (table, entry) labels of each counter.
+    pub const NAMES: [(&str, &str); SLOTS as usize] = [
+        ("conntrack", "unanswered"),
+        ("conntrack", "answered"),
+        ("nat", "unanswered"),
+        ("nat", "answered"),
+    ];
+}
+
 /// The metric's `verdict` label of a reason.
 pub const fn verdict_label(r: u32) -> &'static str {
     if r == reason::XDP_FORWARDED || r == reason::TC_FORWARDED {

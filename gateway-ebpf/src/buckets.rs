@@ -184,7 +184,8 @@ pub enum Evict {
 /// Records `key` → `value` in `table`, unless `keep_same` and an entry `is_live` calls live
 /// holds the key (then it is copied into `found`); without `keep_same`, the key's way is
 /// rewritten whatever it held. A way that is empty, or holds an entry no longer live, is
-/// taken first; failing those, one is evicted as `evict` says.
+/// taken first; failing those, one is evicted as `evict` says, and counted in `EVICTED` from
+/// the table's index `counters` (`gateway_common::stats::evicted`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn claim<K: TableKey + Copy, V: Aging + Copy>(
@@ -195,6 +196,7 @@ pub fn claim<K: TableKey + Copy, V: Aging + Copy>(
     found: &mut V,
     keep_same: bool,
     evict: Evict,
+    counters: u32,
     mut is_live: impl FnMut(&K, &V) -> bool,
 ) -> Claim {
     let Some(b) = bucket(table, shape, key) else {
@@ -259,8 +261,11 @@ pub fn claim<K: TableKey + Copy, V: Aging + Copy>(
     } else if free != NONE {
         free
     } else if victim != NONE {
+        count_eviction(counters);
         victim
     } else if oldest != NONE {
+        // Every live way was answered (an unanswered one would be the victim).
+        count_eviction(counters + 1);
         oldest
     } else {
         release(b);
@@ -274,6 +279,14 @@ pub fn claim<K: TableKey + Copy, V: Aging + Copy>(
     );
     release(b);
     Claim::Claimed
+}
+
+#[inline(always)]
+fn count_eviction(index: u32) {
+    if let Some(c) = crate::maps::EVICTED.get_ptr_mut(index) {
+        // SAFETY: this CPU's own counter.
+        unsafe { *c += 1 };
+    }
 }
 
 /// Empties `key`'s way in `table` if `still` says its value is still the caller's to remove.

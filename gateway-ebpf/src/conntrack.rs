@@ -105,6 +105,7 @@ pub fn insert(key: &CtKey, entry: &CtEntry, settings: &Settings, now: u64) {
         &mut unused,
         false,
         Evict::Oldest,
+        gateway_common::stats::evicted::CONNTRACK,
         |k, e| is_live(k, e, settings, now),
     );
 }

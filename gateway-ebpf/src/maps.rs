@@ -61,6 +61,11 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_en
 #[map(name = "STATS_V1")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
+/// Live entries the flow tables gave up for new ones (`gateway_common::stats::evicted`).
+#[map(name = "EVICTED_V1")]
+pub static EVICTED: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(gateway_common::stats::evicted::SLOTS, 0);
+
 /// Per-CPU room for the parsed packet (the BPF stack is only 512 bytes).
 #[map(name = "SCRATCH_V1")]
 pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);

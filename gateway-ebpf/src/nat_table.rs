@@ -51,6 +51,7 @@ pub fn claim(
         found,
         keep_same,
         Evict::Unanswered,
+        gateway_common::stats::evicted::NAT,
         is_live,
     )
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     nat_port_range: IntGauge,
     underlay_packets: IntCounterVec,
     underlay_bytes: IntCounterVec,
+    evicted: IntCounterVec,
     pub management: ManagementMetrics,
     pub wireguard: WireGuardMetrics,
     /// Last values pushed, so counters advance by the kernel's deltas.
@@ -94,6 +95,11 @@ impl Metrics {
             "Bytes the underlay filter saw, by reason",
             &["verdict", "reason"],
         )?;
+        let evicted = counter(
+            "gateway_flow_table_evictions_total",
+            "Live entries a flow table gave up for a new one, by table and whether the entry had been answered",
+            &["table", "entry"],
+        )?;
         let swept = counter(
             "gateway_conntrack_removed_total",
             "Conntrack entries removed by the controller, by cause",
@@ -144,6 +150,7 @@ impl Metrics {
             nat_port_range,
             underlay_packets,
             underlay_bytes,
+            evicted,
             seen: HashMap::new(),
         })
     }
@@ -196,6 +203,12 @@ impl Metrics {
                     .with_label_values(&[verdict, name])
                     .inc_by(db);
             }
+        }
+        for (table, entry, count) in dp.evictions()? {
+            let delta = self.advance(6, table, entry, count);
+            self.evicted
+                .with_label_values(&[table, entry])
+                .inc_by(delta);
         }
         let rules = dp.rule_counters()?;
         // Series of policies no longer in force go (their counts live on under "(retired)"), so

@@ -35,6 +35,18 @@ pub struct Report {
     /// The underlay filter's counters by reason (non-zero ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub underlay: Vec<UnderlayCounter>,
+    /// Live flows and translations the flow tables gave up for new ones (every table, zero
+    /// or not: a count that grows says the table is too small for the traffic).
+    #[serde(default)]
+    pub evicted: Vec<EvictionCounter>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EvictionCounter {
+    pub table: String,
+    /// Whether the entries given up had been answered (`answered`) or not (`unanswered`).
+    pub entry: String,
+    pub count: u64,
 }
 
 impl Report {
@@ -182,6 +194,15 @@ pub fn report(
                 bytes: c.bytes,
             })
             .collect(),
+        evicted: dp
+            .evictions()?
+            .into_iter()
+            .map(|(table, entry, count)| EvictionCounter {
+                table: table.into(),
+                entry: entry.into(),
+                count,
+            })
+            .collect(),
     })
 }
 
@@ -278,7 +299,13 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     }
     println!("\nmaps:");
     for m in &r.maps {
-        println!("  {:<16} {:>10} / {}", m.map, m.entries, m.capacity);
+        println!("  {:<30} {:>10} / {}", m.map, m.entries, m.capacity);
+    }
+    if !r.evicted.is_empty() {
+        println!("\nlive entries given up for new ones (a growing count: the table is too small):");
+        for e in &r.evicted {
+            println!("  {:<16} {:<12} {:>12}", e.table, e.entry, e.count);
+        }
     }
     println!("\ncounters:");
     println!(

@@ -67,9 +67,14 @@ fn a_full_bucket_gives_up_its_oldest_unanswered_flow_then_its_oldest() {
     age(40_003, 20);
     age(40_002, 10);
     age(40_004, 10);
+    let evicted =
+        |h: &Harness| -> Vec<u64> { h.dp.evictions().unwrap().iter().map(|e| e.2).collect() };
+    assert_eq!(evicted(&h), [0, 0, 0, 0], "four flows in four ways");
     assert!(h.ingress_passes(&query(40_005)));
     assert!(tracked(40_005), "the new flow is tracked");
     assert!(!tracked(40_003), "the oldest unanswered flow was given up");
+    // Counted as conntrack's unanswered eviction.
+    assert_eq!(evicted(&h), [1, 0, 0, 0]);
     assert!(
         tracked(40_001),
         "an answered flow stays while unanswered ones are there"
@@ -88,6 +93,7 @@ fn a_full_bucket_gives_up_its_oldest_unanswered_flow_then_its_oldest() {
     assert!(h.ingress_passes(&query(40_006)));
     assert!(tracked(40_006), "the new flow is tracked");
     assert!(!tracked(40_002), "the oldest flow was given up");
+    assert_eq!(evicted(&h), [1, 1, 0, 0], "an answered flow given up");
     for sport in [40_001, 40_004, 40_005] {
         assert!(tracked(sport), "flow {sport} stays");
         assert!(h.ingress_passes(&answer(sport)), "answer {sport}");

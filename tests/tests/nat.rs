@@ -942,6 +942,39 @@ mod lab {
             1000.0
         );
         assert!(metric(&gw, &lab.gw, "gateway_nat_busiest_destination_ports ") >= 1.0);
+        // /status has the port range's occupancy too, and the flow tables' evictions: none
+        // here (the tables have room for far more flows than the lab makes).
+        let st = gw.status::<Report>(&lab.gw).unwrap();
+        let ports = st
+            .maps
+            .iter()
+            .find(|m| m.map == "nat_ports_busiest_destination")
+            .expect("the port range's occupancy in /status");
+        assert_eq!(ports.capacity, 1000);
+        assert!(ports.entries >= 1, "{ports:?}");
+        let evicted: Vec<_> = st
+            .evicted
+            .iter()
+            .map(|e| (e.table.as_str(), e.entry.as_str(), e.count))
+            .collect();
+        assert_eq!(
+            evicted,
+            [
+                ("conntrack", "unanswered", 0),
+                ("conntrack", "answered", 0),
+                ("nat", "unanswered", 0),
+                ("nat", "answered", 0)
+            ]
+        );
+        let text = gw.metrics(&lab.gw).expect("metrics");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("gateway_flow_table_evictions_total{")
+                    && l.contains("table=\"nat\"")
+                    && l.contains("entry=\"unanswered\"")
+                    && l.ends_with(" 0")),
+            "{text}"
+        );
         drop(gw);
     }
 
@@ -1663,9 +1696,20 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
     assert_eq!(h.dp.nat_entries().unwrap(), 4);
     answered(&mut h, 1, "flow 1 answered");
     answered(&mut h, 2, "flow 2 answered");
+    let nat_evicted = |h: &Harness| -> Vec<(&str, u64)> {
+        h.dp.evictions()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.0 == "nat")
+            .map(|e| (e.1, e.2))
+            .collect()
+    };
+    assert_eq!(nat_evicted(&h), [("unanswered", 0), ("answered", 0)]);
     // Flow 5 takes flow 3's ways (the oldest unanswered); flow 4 stays.
     open(&mut h, 5);
     assert_eq!(h.dp.nat_entries().unwrap(), 4);
+    // Flow 3's forward entry and its reverse entry, each given up in its table.
+    assert_eq!(nat_evicted(&h), [("unanswered", 2), ("answered", 0)]);
     lost(&mut h, 3, "flow 3's reply after its eviction");
     answered(&mut h, 4, "flow 4 answered");
     answered(&mut h, 5, "flow 5 answered");
@@ -1681,6 +1725,11 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
         answered(&mut h, n, "an answered flow keeps its translation");
     }
     assert_eq!(h.dp.nat_entries().unwrap(), 4);
+    assert_eq!(
+        nat_evicted(&h),
+        [("unanswered", 2), ("answered", 0)],
+        "nothing given up for the refused flow"
+    );
 }
 
 /// A pin root of a test's own, removed with everything pinned under it when the test ends.
