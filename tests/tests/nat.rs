@@ -297,6 +297,158 @@ fn ipv6_is_masqueraded_too() {
     );
 }
 
+const P1_V6: &str = "fd00:10::1";
+const HOST_V6: &str = "fd00:18::10";
+const NAT_V6: &str = "fd00:18::1";
+
+/// An ICMPv6 frame with its checksum computed in full (ICMPv6's covers a pseudo-header of the
+/// addresses, the length and next header 58, then the whole message).
+fn icmpv6(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    let mut frame = Spec::new(src, dst, l4).build();
+    let message = frame[54..].to_vec();
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        (src.parse().unwrap(), dst.parse().unwrap());
+    let mut sum = [&s.octets()[..], &d.octets()[..]].concat();
+    sum.extend((message.len() as u32).to_be_bytes());
+    sum.extend([0, 0, 0, 58]);
+    sum.extend(&message);
+    let check = gateway_testkit::packets::checksum(&sum);
+    frame[56..58].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+#[test]
+fn icmpv6_echo_is_translated_by_its_identifier() {
+    let mut h = harness();
+    let echo = |src: &str, dst: &str, id: u16, reply: bool| {
+        let l4 = if reply {
+            L4::echo_reply(true, id)
+        } else {
+            L4::echo_request(true, id)
+        };
+        icmpv6(src, dst, l4)
+    };
+    // The identifier is outside the range: it changes, into the range.
+    let out = frame_out_through(&mut h, &echo(P1_V6, HOST_V6, 0x1234, false));
+    let id = u16::from_be_bytes([out[58], out[59]]);
+    assert!((PORTS.0..=PORTS.1).contains(&id), "identifier {id}");
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&echo(NAT_V6, HOST_V6, id, false)),
+        "request out"
+    );
+    let before = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
+    let (action, back) = h.xdp_bytes(&echo(HOST_V6, NAT_V6, id, true));
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    assert_eq!(
+        gateway_testkit::harness::hex(&back),
+        gateway_testkit::harness::hex(&echo(HOST_V6, P1_V6, 0x1234, true)),
+        "reply back"
+    );
+    assert_eq!(h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - before, 1);
+}
+
+/// An ICMPv6 destination unreachable (type 1, code 4: port unreachable) quoting `quoted` from
+/// its IPv6 header on, as much as `quote` bytes of it.
+fn unreachable_v6(src: &str, dst: &str, quoted: &Spec, quote: usize) -> Vec<u8> {
+    let q = quoted.build();
+    let body = q[14..(14 + quote).min(q.len())].to_vec();
+    icmpv6(
+        src,
+        dst,
+        L4::Icmp {
+            kind: 1,
+            code: 4,
+            rest: [0; 4],
+            body,
+        },
+    )
+}
+
+#[test]
+fn icmpv6_errors_about_translated_flows_are_translated_inside_and_out() {
+    let mut h = harness();
+    // A UDP flow whose port had to change (outside the range): the error must carry it back,
+    // with the quoted datagram's checksum (mandatory in IPv6) following the translation.
+    let out = out_through(&mut h, &udp(P1_V6, HOST_V6, 51_000, 53));
+    let (port, _) = ports_of(&out, true);
+    assert_ne!(port, 51_000);
+    // The whole datagram quoted (40 + 8 + 32 bytes), as an error that fits in 1280 bytes does.
+    let error = unreachable_v6(HOST_V6, NAT_V6, &udp(NAT_V6, HOST_V6, port, 53), 80);
+    let before = h.count(HOOK_LAN, ACCEPT_RELATED);
+    let (action, back) = h.xdp_bytes(&error);
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    let want = unreachable_v6(HOST_V6, P1_V6, &udp(P1_V6, HOST_V6, 51_000, 53), 80);
+    assert_eq!(
+        gateway_testkit::harness::hex(&back),
+        gateway_testkit::harness::hex(&want),
+        "error in"
+    );
+    assert_eq!(h.count(HOOK_LAN, ACCEPT_RELATED) - before, 1);
+    // The peer's error about the LAN host's reply leaves as the masquerade's, quoting the reply
+    // as the LAN host sent it.
+    let (action, _) = h.xdp_bytes(&udp(HOST_V6, NAT_V6, 53, port).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    let error = unreachable_v6(P1_V6, HOST_V6, &udp(HOST_V6, P1_V6, 53, 51_000), 80);
+    let out = frame_out_through(&mut h, &error);
+    let want = unreachable_v6(NAT_V6, HOST_V6, &udp(HOST_V6, NAT_V6, 53, port), 80);
+    assert_eq!(
+        gateway_testkit::harness::hex(&out),
+        gateway_testkit::harness::hex(&want),
+        "error out"
+    );
+    // An error about something no translation sent is the host's own business.
+    let own = unreachable_v6(HOST_V6, NAT_V6, &udp(NAT_V6, HOST_V6, 33_000, 53), 80);
+    let (action, back) = h.xdp_bytes(&own);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(back, own);
+}
+
+#[test]
+fn ipv6_fragments_follow_their_first_fragment_both_ways() {
+    let mut h = harness();
+    let first = |s: &str, d: &str, sport, dport, id| Spec {
+        frag: Some((0, true)),
+        frag_id: id,
+        l4_checksum: true,
+        payload_len: 64,
+        ..Spec::udp(s, d, sport, dport)
+    };
+    let later = |s: &str, d: &str, id| Spec {
+        frag: Some((9, false)),
+        frag_id: id,
+        raw_l4: Some(vec![0xcd; 40]),
+        ..Spec::udp(s, d, 1, 1)
+    };
+    // Out: the first fragment is translated with its ports, later ones by address alone.
+    let out = out_through(&mut h, &first(P1_V6, HOST_V6, 40_090, 53, 0x4242));
+    same(
+        &out,
+        &first(NAT_V6, HOST_V6, 40_090, 53, 0x4242),
+        "first fragment out",
+    );
+    let out = out_through(&mut h, &later(P1_V6, HOST_V6, 0x4242));
+    same(&out, &later(NAT_V6, HOST_V6, 0x4242), "later fragment out");
+    // Back: the reply's first fragment names the peer, its later fragments follow it.
+    let (action, back) = h.xdp_bytes(&first(HOST_V6, NAT_V6, 53, 40_090, 0x7777).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(
+        &back,
+        &first(HOST_V6, P1_V6, 53, 40_090, 0x7777),
+        "first fragment back",
+    );
+    let before = h.count(HOOK_LAN, ACCEPT_FRAGMENT);
+    let (action, back) = h.xdp_bytes(&later(HOST_V6, NAT_V6, 0x7777).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(&back, &later(HOST_V6, P1_V6, 0x7777), "later fragment back");
+    assert_eq!(h.count(HOOK_LAN, ACCEPT_FRAGMENT) - before, 1);
+    // A later fragment of a datagram no translation saw is the host's own business.
+    let own = later(HOST_V6, NAT_V6, 0x9999);
+    let (action, back) = h.xdp_bytes(&own.build());
+    assert_eq!(action, XDP_PASS);
+    same(&back, &own, "the host's own fragment");
+}
+
 #[test]
 fn a_local_senders_partial_checksum_stays_a_correct_partial_checksum() {
     let mut h = harness();
