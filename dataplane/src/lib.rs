@@ -685,7 +685,8 @@ impl Dataplane {
     /// Lets accepted traffic from the tunnel be forwarded in TC to these LAN interfaces, and
     /// accepted traffic arriving on a LAN interface attached at TC to these tunnels (FIB lookup,
     /// the kernel's neighbour entry, redirect), skipping the kernel's IP forwarding. (The XDP
-    /// LAN program leaves LAN → tunnel to the kernel: kernel WireGuard takes no XDP frames.)
+    /// LAN program leaves LAN → tunnel to the kernel: no tunnel device takes XDP redirects, see
+    /// [`xdp_features::takes_redirects`].)
     pub fn enable_tc_forward(&mut self, lan: &[String], tunnels: &[String]) -> anyhow::Result<()> {
         use gateway_common::forward::{TC_PORT_LAN, TC_PORT_TUNNEL};
         let mut ports: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(

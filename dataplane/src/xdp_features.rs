@@ -24,6 +24,8 @@ const NETDEV_FAMILY_VERSION: u8 = 1;
 const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+/// The driver has an `ndo_xdp_xmit`: frames redirected to it in XDP reach it.
+pub const NETDEV_XDP_ACT_NDO_XMIT: u64 = 4;
 /// The driver's `ndo_xdp_xmit` takes non-linear (multi-buffer) frames.
 pub const NETDEV_XDP_ACT_NDO_XMIT_SG: u64 = 64;
 
@@ -34,6 +36,19 @@ pub const NETDEV_XDP_ACT_NDO_XMIT_SG: u64 = 64;
 /// A veth says so only while its peer can receive XDP frames (an XDP program there, or GRO
 /// on), and the answer is read once, when forwarding is set up.
 pub fn takes_multi_buffer_redirects(ifindex: u32) -> anyhow::Result<bool> {
+    Ok(features(ifindex)?.is_some_and(|f| f & NETDEV_XDP_ACT_NDO_XMIT_SG != 0))
+}
+
+/// Whether frames redirected in XDP to interface `ifindex` reach it at all: its xdp-features
+/// include NETDEV_XDP_ACT_NDO_XMIT (a TUN, a NIC's driver with XDP; not kernel WireGuard,
+/// whose interface has no `ndo_xdp_xmit`, so that the kernel would drop every such frame). A
+/// kernel without the `netdev` family (before 6.3) cannot say: false, the safe side.
+pub fn takes_redirects(ifindex: u32) -> anyhow::Result<bool> {
+    Ok(features(ifindex)?.is_some_and(|f| f & NETDEV_XDP_ACT_NDO_XMIT != 0))
+}
+
+/// The interface's xdp-features bits, or None where the kernel has no `netdev` family.
+fn features(ifindex: u32) -> anyhow::Result<Option<u64>> {
     let mut socket = Socket::new(NETLINK_GENERIC).context("generic netlink socket")?;
     socket
         .bind_auto()
@@ -42,10 +57,9 @@ pub fn takes_multi_buffer_redirects(ifindex: u32) -> anyhow::Result<bool> {
         .connect(&SocketAddr::new(0, 0))
         .context("connecting the generic netlink socket")?;
     let Some(family) = netdev_family(&socket)? else {
-        return Ok(false);
+        return Ok(None);
     };
-    let features = xdp_features(&socket, family, ifindex)?;
-    Ok(features & NETDEV_XDP_ACT_NDO_XMIT_SG != 0)
+    Ok(Some(xdp_features(&socket, family, ifindex)?))
 }
 
 /// The `netdev` family's id, or None where the kernel has no such family.

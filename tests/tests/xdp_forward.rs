@@ -570,3 +570,33 @@ fn the_kernel_says_which_interfaces_take_multi_buffer_redirects() {
     two.exec(&["ethtool", "-K", "x1", "gro", "on"]).unwrap();
     assert_eq!(ask(), kernel_redirects_multi_buffer_frames());
 }
+
+/// The kernel's word on a TUN (the userspace WireGuard backend's device, wireguard-go's) as an
+/// XDP redirect target, which the README's LAN → tunnel paragraph rests on: it announces no
+/// `ndo-xmit` in its xdp-features, so the kernel (6.3 and later) would refuse every frame
+/// redirected into it, and the LAN program leaves replies into a tunnel to the kernel stack. A
+/// veth whose peer runs GRO does announce it (the same query, a device that says yes). Should a
+/// kernel's TUN announce it one day, this fails: XDP redirects into tunnels are then worth
+/// revisiting.
+#[test]
+fn a_tun_announces_no_xdp_redirects() {
+    let id = format!("gwxt{}", std::process::id());
+    let one = Netns::create(&format!("{id}-1")).unwrap();
+    let two = Netns::create(&format!("{id}-2")).unwrap();
+    one.ip(&["tuntap", "add", "dev", "t0", "mode", "tun"])
+        .unwrap();
+    veth(&one, "x0", &two, "x1").unwrap();
+    for (ns, dev) in [(&one, "x0"), (&two, "x1"), (&one, "t0")] {
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    two.exec(&["ethtool", "-K", "x1", "gro", "on"]).unwrap();
+    let takes = |dev: &str| {
+        one.run_scoped(|| {
+            let index = gateway_dataplane::attach::if_index(dev).unwrap();
+            gateway_dataplane::xdp_features::takes_redirects(index).unwrap()
+        })
+        .unwrap()
+    };
+    assert!(!takes("t0"), "a TUN announces ndo-xmit");
+    assert_eq!(takes("x0"), kernel_redirects_multi_buffer_frames());
+}
