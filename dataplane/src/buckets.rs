@@ -18,6 +18,16 @@ use crate::mmap::MmapArray;
 /// of a few stores).
 const TAKE_ATTEMPTS: u32 = 100_000;
 
+/// What [`BucketTable::insert_absent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    /// The table holds the key already.
+    Held,
+    /// The key's bucket is full.
+    NoRoom,
+}
+
 pub struct BucketTable<K, V> {
     array: MmapArray,
     shape: TableShape,
@@ -176,7 +186,7 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
     }
 
     /// Records `key` → `value` in its own way or an empty one (never evicting): whether there
-    /// was room. For entries carried over from an earlier release, and for tests.
+    /// was room. For tests.
     pub fn insert(&self, key: &K, value: &V) -> anyhow::Result<bool> {
         self.write(key, |b| {
             let at = b
@@ -193,6 +203,26 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
                     true
                 }
                 None => false,
+            }
+        })
+    }
+
+    /// Records `key` → `value` in an empty way, unless the table holds the key already (its
+    /// entry is newer than the one offered: kept).
+    pub fn insert_absent(&self, key: &K, value: &V) -> anyhow::Result<Inserted> {
+        self.write(key, |b| {
+            if b.ways.iter().any(|w| w.key == *key) {
+                return Inserted::Held;
+            }
+            match b.ways.iter_mut().find(|w| w.key.is_vacant()) {
+                Some(w) => {
+                    *w = Way {
+                        key: *key,
+                        value: *value,
+                    };
+                    Inserted::Yes
+                }
+                None => Inserted::NoRoom,
             }
         })
     }
@@ -252,12 +282,12 @@ pub fn init_shape(shape: &mut Map, buckets: u32, what: &str) -> anyhow::Result<T
     Ok(fresh)
 }
 
-/// Moves the entries of an earlier release's pinned LRU hash map `old` (the same keys and
+/// Copies the entries of an earlier release's pinned LRU hash map `old` (the same keys and
 /// values) into `table`, each as `adapt` makes it (an entry it returns false for is left
-/// behind: one no longer live), then unpins the old map. The programs that still use it are
-/// replaced when this process attaches its own; an entry they make in between is not carried
-/// over.
-pub fn carry_over<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>(
+/// behind: one no longer live), where `table` does not hold its key yet. The map stays pinned:
+/// the programs that still use it go on making entries until this process's programs replace
+/// them, and a second copy after that takes those over (`carry`).
+pub fn copy_lru<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>(
     table: &BucketTable<K, V>,
     pins: &crate::pins::PinDir,
     old: &str,
@@ -270,14 +300,12 @@ pub fn carry_over<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>
     let map: aya::maps::HashMap<MapData, K, V> =
         aya::maps::HashMap::try_from(Map::LruHashMap(open_pinned(&path)?))?;
     let entries = map.iter().filter_map(Result::ok);
-    move_entries(table, entries, old, adapt)?;
-    unpin(&path)
+    copy_entries(table, entries, old, adapt)
 }
 
-/// Moves the entries of an earlier release's pinned bucket table `old`, shaped by `old_shape`
-/// (the same keys and values; another bucket count), into `table` as [`carry_over`] does, then
-/// unpins `old` (not its shape, which other tables may share: the caller unpins it).
-pub fn carry_over_buckets<K: TableKey + Copy + PartialEq, V: Copy>(
+/// As [`copy_lru`], from an earlier release's pinned bucket table `old` shaped by `old_shape`
+/// (the same keys and values; another bucket count).
+pub fn copy_buckets<K: TableKey + Copy + PartialEq, V: Copy>(
     table: &BucketTable<K, V>,
     pins: &crate::pins::PinDir,
     old: &str,
@@ -288,46 +316,38 @@ pub fn carry_over_buckets<K: TableKey + Copy + PartialEq, V: Copy>(
     if !path.exists() {
         return Ok(());
     }
-    let shape_path = pins.map(old_shape);
     let old_table = BucketTable::<K, V>::open(
         &Map::Array(open_pinned(&path)?),
-        &Map::Array(open_pinned(&shape_path)?),
+        &Map::Array(open_pinned(&pins.map(old_shape))?),
         old,
     )?;
     let entries = old_table.entries().into_iter().map(|w| (w.key, w.value));
-    move_entries(table, entries, old, adapt)?;
-    unpin(&path)
+    copy_entries(table, entries, old, adapt)
 }
 
 fn open_pinned(path: &std::path::Path) -> anyhow::Result<MapData> {
     MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))
 }
 
-/// Unpins an old map once its entries were carried over (the programs still using it hold it
-/// until they are replaced).
-pub fn unpin(path: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))
-}
-
-fn move_entries<K: TableKey + Copy + PartialEq, V: Copy>(
+fn copy_entries<K: TableKey + Copy + PartialEq, V: Copy>(
     table: &BucketTable<K, V>,
     entries: impl Iterator<Item = (K, V)>,
     old: &str,
     mut adapt: impl FnMut(&K, &mut V) -> bool,
 ) -> anyhow::Result<()> {
-    let (mut moved, mut dropped) = (0usize, 0usize);
+    let (mut moved, mut held, mut dropped) = (0usize, 0usize, 0usize);
     for (key, mut value) in entries {
         if !adapt(&key, &mut value) {
             continue;
         }
-        if table.insert(&key, &value)? {
-            moved += 1;
-        } else {
-            dropped += 1;
+        match table.insert_absent(&key, &value)? {
+            Inserted::Yes => moved += 1,
+            Inserted::Held => held += 1,
+            Inserted::NoRoom => dropped += 1,
         }
     }
     tracing::info!(
-        "carried {moved} entries over from {old} ({dropped} found no room in their bucket)"
+        "carried {moved} entries over from {old} ({held} held already, {dropped} found no room in their bucket)"
     );
     Ok(())
 }

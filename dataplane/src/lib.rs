@@ -5,6 +5,7 @@
 pub mod attach;
 mod batch;
 pub mod buckets;
+pub mod carry;
 mod mmap;
 mod nat;
 pub mod nat_sweep;
@@ -353,14 +354,9 @@ impl Dataplane {
             "conntrack",
         )?;
         if let Some(p) = &pins {
-            nat_table::carry_over(&ebpf, p)?;
-            let now = sweep::monotonic_coarse_ns();
-            buckets::carry_over(
-                &Dataplane::conntrack_table_of(&ebpf)?,
-                p,
-                names::CONNTRACK_V1_LRU,
-                |key, entry| gateway_common::conntrack::is_live(key, entry, &opts.timeouts, now),
-            )?;
+            // The first pass; `finish_carry_over` makes the second once the programs are
+            // attached.
+            carry::copy(&ebpf, p, &opts.timeouts)?;
         }
         let mut slots: [SlotContents; 2] = Default::default();
         let (active, adopted) = if adopt {
@@ -586,6 +582,16 @@ impl Dataplane {
         (0..STATS_ENTRIES)
             .map(|i| Ok(sum_counters(&map.get(&i, 0)?)))
             .collect()
+    }
+
+    /// Takes over what an earlier release's flow tables of another layout gained since this
+    /// process loaded (its programs kept running on them until this process's replaced them),
+    /// then unpins them ([`carry`]). Call once every interface runs this process's programs.
+    pub fn finish_carry_over(&self) -> anyhow::Result<()> {
+        match &self.pins {
+            Some(p) => carry::finish(&self.ebpf, p, &self.timeouts),
+            None => Ok(()),
+        }
     }
 
     /// Live entries the flow tables gave up for new ones, summed over CPUs: (table, entry,

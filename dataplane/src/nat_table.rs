@@ -7,7 +7,7 @@ use gateway_common::{
     nat_table::NatWay,
 };
 
-use crate::buckets::{self, BucketTable};
+use crate::buckets::BucketTable;
 
 /// Which direction's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +66,14 @@ impl NatTables {
     }
 
     /// Records `key` → `target` in its own way or an empty one (never evicting): whether there
-    /// was room. For translations carried over from an earlier release, and for tests.
+    /// was room. For tests.
     pub fn insert(&self, d: Direction, key: &NatKey, target: &NatTarget) -> anyhow::Result<bool> {
         self.table(d).insert(key, target)
+    }
+
+    /// One direction's table (the carry-over from earlier releases writes it).
+    pub(crate) fn table_of(&self, d: Direction) -> &BucketTable<NatKey, NatTarget> {
+        self.table(d)
     }
 
     /// Sets the last-seen time of `key`'s translation (tests age translations with it).
@@ -78,48 +83,4 @@ impl NatTables {
             true
         })
     }
-}
-
-/// Moves the translations of an earlier release's pinned tables into these, then unpins the old
-/// maps: LRU hash maps first (`NAT_*_V1`), then bucket tables with no room to spare
-/// (`NAT_*_V2`: one way per configured translation). Both hold the same keys and targets.
-pub fn carry_over(ebpf: &aya::Ebpf, pins: &crate::pins::PinDir) -> anyhow::Result<()> {
-    let lru = [
-        (names::NAT_FORWARD_V1_LRU, Direction::Forward),
-        (names::NAT_REVERSE_V1_LRU, Direction::Reverse),
-    ];
-    let tight = [
-        (names::NAT_FORWARD_V2_TIGHT, Direction::Forward),
-        (names::NAT_REVERSE_V2_TIGHT, Direction::Reverse),
-    ];
-    let old_shape = pins.map(names::NAT_TABLE_SHAPE_V1);
-    if lru
-        .iter()
-        .chain(&tight)
-        .all(|(name, _)| !pins.map(name).exists())
-        && !old_shape.exists()
-    {
-        return Ok(());
-    }
-    let tables = NatTables::of(ebpf)?;
-    for (name, direction) in lru {
-        // The old layout's padding byte is the new one's `replied`: unknown, so unset.
-        buckets::carry_over(tables.table(direction), pins, name, |_, t| {
-            t.replied = 0;
-            true
-        })?;
-    }
-    for (name, direction) in tight {
-        buckets::carry_over_buckets(
-            tables.table(direction),
-            pins,
-            name,
-            names::NAT_TABLE_SHAPE_V1,
-            |_, _| true,
-        )?;
-    }
-    if old_shape.exists() {
-        buckets::unpin(&old_shape)?;
-    }
-    Ok(())
 }

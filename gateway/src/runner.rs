@@ -205,6 +205,12 @@ pub fn run(
         }
         return Err(e);
     }
+    // Every interface runs this process's programs now: what an earlier release's tables of
+    // another layout gained meanwhile is carried over, and they are unpinned. Failing, they
+    // stay pinned for the next start; the data plane enforces either way.
+    if let Err(e) = dp.finish_carry_over() {
+        warn!("carrying an earlier release's flow tables over: {e:#}");
+    }
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("kernel log channel")?;
     let metrics = Metrics::new()?;
     metrics.apply_seconds.set(started.elapsed().as_secs_f64());

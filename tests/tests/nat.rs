@@ -1884,6 +1884,14 @@ fn a_full_bucket_evicts_the_oldest_unanswered_translation_never_an_answered_one(
     );
 }
 
+fn bpftool(args: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+}
+
 /// A pin root of a test's own, removed with everything pinned under it when the test ends.
 struct TestPins {
     root: std::path::PathBuf,
@@ -1911,13 +1919,6 @@ impl TestPins {
     ) {
         let path = self.pins.map(name);
         let path = path.to_str().unwrap();
-        let bpftool = |args: &[&str]| {
-            let out = std::process::Command::new("bpftool")
-                .args(args)
-                .output()
-                .expect("bpftool runs");
-            assert!(out.status.success(), "bpftool {args:?}: {out:?}");
-        };
         let (key_size, value_size) = (
             entries[0].0.len().to_string(),
             entries[0].1.len().to_string(),
@@ -1940,16 +1941,29 @@ impl TestPins {
             "flags",
             &flags,
         ]);
+        for (k, v) in entries {
+            self.update(name, k, v);
+        }
+    }
+
+    /// Writes one entry of a pinned old map with bpftool, as the old programs would.
+    fn update(&self, name: &str, key: &[u8], value: &[u8]) {
+        let path = self.pins.map(name);
         let hex =
             |bytes: &[u8]| -> Vec<String> { bytes.iter().map(|b| format!("{b:02x}")).collect() };
-        for (k, v) in entries {
-            let (k, v) = (hex(k), hex(v));
-            let mut args = vec!["map", "update", "pinned", path, "key", "hex"];
-            args.extend(k.iter().map(String::as_str));
-            args.extend(["value", "hex"]);
-            args.extend(v.iter().map(String::as_str));
-            bpftool(&args);
-        }
+        let (k, v) = (hex(key), hex(value));
+        let mut args = vec![
+            "map",
+            "update",
+            "pinned",
+            path.to_str().unwrap(),
+            "key",
+            "hex",
+        ];
+        args.extend(k.iter().map(String::as_str));
+        args.extend(["value", "hex"]);
+        args.extend(v.iter().map(String::as_str));
+        bpftool(&args);
     }
 
     fn load_options(&self) -> gateway_dataplane::LoadOptions {
@@ -2037,6 +2051,8 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
     }
 
     let mut h = masquerading_ports(test_pins.load_options());
+    // Once the new programs are attached (none here: the test runs them itself).
+    h.dp.finish_carry_over().unwrap();
     for (name, _, _) in &old {
         assert!(!pins.map(name).exists(), "{name} is still pinned");
     }
@@ -2079,7 +2095,9 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
 /// A gateway adopting the data plane of a release whose translation tables were bucket tables
 /// with one way per configured translation (NAT_FWD_V2 and NAT_REV_V2 under NAT_SHAPE_V1)
 /// moves their translations into the roomier tables (placed again: the bucket count differs)
-/// and unpins all three. The old tables are made with bpftool as that release's loader made
+/// in two passes: one as it loads, one once its programs are attached (what the old programs
+/// translated in between), an entry the new tables hold already winning; then it unpins all
+/// three. The old tables are made with bpftool as that release's loader made
 /// them: mmapable arrays of 296-byte buckets (a sequence word, four 72-byte ways), here one
 /// bucket under a shape of 1 bucket and seed 0, so that where a translation lies needs no hash.
 #[test]
@@ -2091,13 +2109,27 @@ fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
     let pins = &test_pins.pins;
     let (original, kept) = (PORTS.0 + 50, PORTS.0 + 77);
     let now = gateway_dataplane::sweep::monotonic_coarse_ns();
-    // Way 1 of the bucket holds the translation; ways 0, 2 and 3 are vacant (all zeros).
-    let bucket = |key: Vec<u8>, target: Vec<u8>| -> Vec<u8> {
+    // Ways 1 and 2 of the bucket hold what is given; ways 0 and 3 are vacant (all zeros).
+    let bucket = |way1: (Vec<u8>, Vec<u8>), way2: Option<(Vec<u8>, Vec<u8>)>| -> Vec<u8> {
         let mut b = vec![0u8; 8 + 72];
-        b.extend(key);
-        b.extend(target);
+        for (key, target) in std::iter::once(way1).chain(way2) {
+            b.extend(key);
+            b.extend(target);
+        }
         b.resize(8 + 4 * 72, 0);
         b
+    };
+    let forward = |original: u16, kept: u16| {
+        (
+            old_nat_key(P1, original, 53),
+            old_nat_target(NAT, kept, now),
+        )
+    };
+    let reverse = |original: u16, kept: u16| {
+        (
+            old_nat_key(NAT, kept, 53),
+            old_nat_target(P1, original, now),
+        )
     };
     let index = 0u32.to_ne_bytes().to_vec();
     let shape = [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
@@ -2108,41 +2140,62 @@ fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
         1,
         &[(index.clone(), shape)],
     );
-    let old = [
-        (
-            names::NAT_FORWARD_V2_TIGHT,
-            bucket(
-                old_nat_key(P1, original, 53),
-                old_nat_target(NAT, kept, now),
-            ),
-        ),
-        (
-            names::NAT_REVERSE_V2_TIGHT,
-            bucket(
-                old_nat_key(NAT, kept, 53),
-                old_nat_target(P1, original, now),
-            ),
-        ),
-    ];
-    for (name, b) in &old {
-        test_pins.old_map(
-            name,
-            "array",
-            BPF_F_MMAPABLE,
-            1,
-            &[(index.clone(), b.clone())],
-        );
-    }
-
-    let mut h = masquerading_ports(test_pins.load_options());
-    for name in [
+    test_pins.old_map(
+        names::NAT_FORWARD_V2_TIGHT,
+        "array",
+        BPF_F_MMAPABLE,
+        1,
+        &[(index.clone(), bucket(forward(original, kept), None))],
+    );
+    test_pins.old_map(
+        names::NAT_REVERSE_V2_TIGHT,
+        "array",
+        BPF_F_MMAPABLE,
+        1,
+        &[(index.clone(), bucket(reverse(original, kept), None))],
+    );
+    let old_names = [
         names::NAT_FORWARD_V2_TIGHT,
         names::NAT_REVERSE_V2_TIGHT,
         names::NAT_TABLE_SHAPE_V1,
-    ] {
-        assert!(!pins.map(name).exists(), "{name} is still pinned");
+    ];
+
+    let mut h = masquerading_ports(test_pins.load_options());
+    // The first pass copied; the old tables stay pinned while the old programs may still run.
+    for name in old_names {
+        assert!(
+            pins.map(name).exists(),
+            "{name} unpinned before the programs are attached"
+        );
     }
     let tables = h.dp.nat_tables().unwrap();
+    assert_eq!(tables.count(Direction::Forward), 1);
+    // Meanwhile the old programs translate a second flow, and (as no program would, to show
+    // which entry wins) the old tables' first translation changes: the new tables' is newer.
+    let (original2, kept2) = (PORTS.0 + 51, PORTS.0 + 78);
+    test_pins.update(
+        names::NAT_FORWARD_V2_TIGHT,
+        &index,
+        &bucket(forward(original, kept + 5), Some(forward(original2, kept2))),
+    );
+    test_pins.update(
+        names::NAT_REVERSE_V2_TIGHT,
+        &index,
+        &bucket(reverse(original, kept), Some(reverse(original2, kept2))),
+    );
+    // The programs attached, the second pass carries the second flow over and unpins.
+    h.dp.finish_carry_over().unwrap();
+    for name in old_names {
+        assert!(!pins.map(name).exists(), "{name} is still pinned");
+    }
+    assert_eq!(
+        tables
+            .get(Direction::Forward, &udp_key(P1, original2, 53))
+            .map(|t| t.port),
+        Some(kept2),
+        "the flow the old programs made after the first pass"
+    );
+    assert_eq!(tables.count(Direction::Reverse), 2);
     assert_eq!(
         tables
             .get(Direction::Forward, &udp_key(P1, original, 53))
