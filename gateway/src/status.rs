@@ -50,6 +50,11 @@ pub struct EvictionCounter {
 }
 
 impl Report {
+    /// A map's fill level, by its name in `maps`.
+    pub fn map(&self, name: &str) -> Option<&MapReport> {
+        self.maps.iter().find(|m| m.map == name)
+    }
+
     /// Packets counted at `direction` (a hook) for `reason`.
     pub fn packets(&self, direction: &str, reason: &str) -> u64 {
         self.counters

@@ -237,38 +237,52 @@ fn udp_checksums_are_updated_and_a_zero_checksum_stays_zero() {
 
 #[test]
 fn icmp_echo_is_translated_by_its_identifier() {
+    echo_is_translated_by_its_identifier(P1, HOST, NAT);
+}
+
+#[test]
+fn icmpv6_echo_is_translated_by_its_identifier() {
+    echo_is_translated_by_its_identifier(P1_V6, HOST_V6, NAT_V6);
+}
+
+/// The peer `peer` pings `host` through the masquerade (address `nat`) with an identifier
+/// outside the range: it changes, into the range, and the reply finds the peer's identifier.
+fn echo_is_translated_by_its_identifier(peer: &str, host: &str, nat: &str) {
     let mut h = harness();
+    let v6 = peer.contains(':');
     let echo = |src: &str, dst: &str, id: u16, reply: bool| {
         let l4 = if reply {
-            L4::echo_reply(false, id)
+            L4::echo_reply(v6, id)
         } else {
-            L4::echo_request(false, id)
+            L4::echo_request(v6, id)
         };
+        if v6 {
+            return icmpv6(src, dst, l4);
+        }
         let mut frame = Spec::new(src, dst, l4).build();
         // ICMP's checksum covers the ICMP message only.
         let sum = gateway_testkit::packets::checksum(&frame[34..]);
         frame[36..38].copy_from_slice(&sum.to_be_bytes());
         frame
     };
-    let req = echo(P1, HOST, 0x1234, false);
-    let (action, _) = h.tc_bytes(true, &req);
-    assert_eq!(action, TC_ACT_OK);
-    let (action, out) = h.tc_program_bytes(names::PROG_TC_LAN_EGRESS, &req);
-    assert_eq!(action, TC_ACT_OK);
-    let id = u16::from_be_bytes([out[38], out[39]]);
+    let out = frame_out_through(&mut h, &echo(peer, host, 0x1234, false));
+    let at = if v6 { 58 } else { 38 };
+    let id = u16::from_be_bytes([out[at], out[at + 1]]);
     assert!((PORTS.0..=PORTS.1).contains(&id), "identifier {id}");
     assert_eq!(
         gateway_testkit::harness::hex(&out),
-        gateway_testkit::harness::hex(&echo(NAT, HOST, id, false)),
+        gateway_testkit::harness::hex(&echo(nat, host, id, false)),
         "request out"
     );
-    let (action, back) = h.xdp_bytes(&echo(HOST, NAT, id, true));
+    let before = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
+    let (action, back) = h.xdp_bytes(&echo(host, nat, id, true));
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
     assert_eq!(
         gateway_testkit::harness::hex(&back),
-        gateway_testkit::harness::hex(&echo(HOST, P1, 0x1234, true)),
+        gateway_testkit::harness::hex(&echo(host, peer, 0x1234, true)),
         "reply back"
     );
+    assert_eq!(h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - before, 1);
 }
 
 #[test]
@@ -315,37 +329,6 @@ fn icmpv6(src: &str, dst: &str, l4: L4) -> Vec<u8> {
     let check = gateway_testkit::packets::checksum(&sum);
     frame[56..58].copy_from_slice(&check.to_be_bytes());
     frame
-}
-
-#[test]
-fn icmpv6_echo_is_translated_by_its_identifier() {
-    let mut h = harness();
-    let echo = |src: &str, dst: &str, id: u16, reply: bool| {
-        let l4 = if reply {
-            L4::echo_reply(true, id)
-        } else {
-            L4::echo_request(true, id)
-        };
-        icmpv6(src, dst, l4)
-    };
-    // The identifier is outside the range: it changes, into the range.
-    let out = frame_out_through(&mut h, &echo(P1_V6, HOST_V6, 0x1234, false));
-    let id = u16::from_be_bytes([out[58], out[59]]);
-    assert!((PORTS.0..=PORTS.1).contains(&id), "identifier {id}");
-    assert_eq!(
-        gateway_testkit::harness::hex(&out),
-        gateway_testkit::harness::hex(&echo(NAT_V6, HOST_V6, id, false)),
-        "request out"
-    );
-    let before = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
-    let (action, back) = h.xdp_bytes(&echo(HOST_V6, NAT_V6, id, true));
-    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    assert_eq!(
-        gateway_testkit::harness::hex(&back),
-        gateway_testkit::harness::hex(&echo(HOST_V6, P1_V6, 0x1234, true)),
-        "reply back"
-    );
-    assert_eq!(h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - before, 1);
 }
 
 /// An ICMPv6 destination unreachable (type 1, code 4: port unreachable) quoting `quoted` from
@@ -405,51 +388,6 @@ fn icmpv6_errors_about_translated_flows_are_translated_inside_and_out() {
 }
 
 #[test]
-fn ipv6_fragments_follow_their_first_fragment_both_ways() {
-    let mut h = harness();
-    let first = |s: &str, d: &str, sport, dport, id| Spec {
-        frag: Some((0, true)),
-        frag_id: id,
-        l4_checksum: true,
-        payload_len: 64,
-        ..Spec::udp(s, d, sport, dport)
-    };
-    let later = |s: &str, d: &str, id| Spec {
-        frag: Some((9, false)),
-        frag_id: id,
-        raw_l4: Some(vec![0xcd; 40]),
-        ..Spec::udp(s, d, 1, 1)
-    };
-    // Out: the first fragment is translated with its ports, later ones by address alone.
-    let out = out_through(&mut h, &first(P1_V6, HOST_V6, 40_090, 53, 0x4242));
-    same(
-        &out,
-        &first(NAT_V6, HOST_V6, 40_090, 53, 0x4242),
-        "first fragment out",
-    );
-    let out = out_through(&mut h, &later(P1_V6, HOST_V6, 0x4242));
-    same(&out, &later(NAT_V6, HOST_V6, 0x4242), "later fragment out");
-    // Back: the reply's first fragment names the peer, its later fragments follow it.
-    let (action, back) = h.xdp_bytes(&first(HOST_V6, NAT_V6, 53, 40_090, 0x7777).build());
-    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(
-        &back,
-        &first(HOST_V6, P1_V6, 53, 40_090, 0x7777),
-        "first fragment back",
-    );
-    let before = h.count(HOOK_LAN, ACCEPT_FRAGMENT);
-    let (action, back) = h.xdp_bytes(&later(HOST_V6, NAT_V6, 0x7777).build());
-    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(&back, &later(HOST_V6, P1_V6, 0x7777), "later fragment back");
-    assert_eq!(h.count(HOOK_LAN, ACCEPT_FRAGMENT) - before, 1);
-    // A later fragment of a datagram no translation saw is the host's own business.
-    let own = later(HOST_V6, NAT_V6, 0x9999);
-    let (action, back) = h.xdp_bytes(&own.build());
-    assert_eq!(action, XDP_PASS);
-    same(&back, &own, "the host's own fragment");
-}
-
-#[test]
 fn a_local_senders_partial_checksum_stays_a_correct_partial_checksum() {
     let mut h = harness();
     out_through(&mut h, &tcp(P1, HOST, 40_050, 443, TCP_SYN));
@@ -476,6 +414,16 @@ fn a_local_senders_partial_checksum_stays_a_correct_partial_checksum() {
 
 #[test]
 fn fragments_follow_their_first_fragment_both_ways() {
+    fragments_follow_their_first_fragment(P1, HOST, NAT);
+}
+
+#[test]
+fn ipv6_fragments_follow_their_first_fragment_both_ways() {
+    fragments_follow_their_first_fragment(P1_V6, HOST_V6, NAT_V6);
+}
+
+/// The peer `peer` talks to `host` in fragmented UDP through the masquerade (address `nat`).
+fn fragments_follow_their_first_fragment(peer: &str, host: &str, nat: &str) {
     let mut h = harness();
     let first = |s: &str, d: &str, sport, dport, id| Spec {
         frag: Some((0, true)),
@@ -491,30 +439,30 @@ fn fragments_follow_their_first_fragment_both_ways() {
         ..Spec::udp(s, d, 1, 1)
     };
     // Out: the first fragment is translated with its ports, later ones by address alone.
-    let out = out_through(&mut h, &first(P1, HOST, 40_090, 53, 0x4242));
+    let out = out_through(&mut h, &first(peer, host, 40_090, 53, 0x4242));
     same(
         &out,
-        &first(NAT, HOST, 40_090, 53, 0x4242),
+        &first(nat, host, 40_090, 53, 0x4242),
         "first fragment out",
     );
-    let out = out_through(&mut h, &later(P1, HOST, 0x4242));
-    same(&out, &later(NAT, HOST, 0x4242), "later fragment out");
+    let out = out_through(&mut h, &later(peer, host, 0x4242));
+    same(&out, &later(nat, host, 0x4242), "later fragment out");
     // Back: the reply's first fragment names the peer, its later fragments follow it, and the
     // policy lets them through as fragments of an accepted datagram.
-    let (action, back) = h.xdp_bytes(&first(HOST, NAT, 53, 40_090, 0x7777).build());
+    let (action, back) = h.xdp_bytes(&first(host, nat, 53, 40_090, 0x7777).build());
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
     same(
         &back,
-        &first(HOST, P1, 53, 40_090, 0x7777),
+        &first(host, peer, 53, 40_090, 0x7777),
         "first fragment back",
     );
     let before = h.count(HOOK_LAN, ACCEPT_FRAGMENT);
-    let (action, back) = h.xdp_bytes(&later(HOST, NAT, 0x7777).build());
+    let (action, back) = h.xdp_bytes(&later(host, nat, 0x7777).build());
     assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(&back, &later(HOST, P1, 0x7777), "later fragment back");
+    same(&back, &later(host, peer, 0x7777), "later fragment back");
     assert_eq!(h.count(HOOK_LAN, ACCEPT_FRAGMENT) - before, 1);
     // A later fragment of a datagram no translation saw is the host's own business.
-    let own = later(HOST, NAT, 0x9999);
+    let own = later(host, nat, 0x9999);
     let (action, back) = h.xdp_bytes(&own.build());
     assert_eq!(action, XDP_PASS);
     same(&back, &own, "the host's own fragment");
@@ -964,12 +912,9 @@ mod lab {
         // Counted by the controller's sweep (every 10 s), not by a map walk per request.
         let translations = || {
             let st = gw.status::<Report>(&lab.gw).unwrap();
-            let nat = st
-                .maps
-                .iter()
-                .find(|m| m.map == "nat_translations")
-                .expect("nat_translations in /status");
-            nat.entries
+            st.map("nat_translations")
+                .expect("nat_translations in /status")
+                .entries
         };
         let started = std::time::Instant::now();
         while translations() < 2 {
@@ -1098,9 +1043,7 @@ mod lab {
         // here (the tables have room for far more flows than the lab makes).
         let st = gw.status::<Report>(&lab.gw).unwrap();
         let ports = st
-            .maps
-            .iter()
-            .find(|m| m.map == "nat_ports_busiest_destination")
+            .map("nat_ports_busiest_destination")
             .expect("the port range's occupancy in /status");
         assert_eq!(ports.capacity, 1000);
         assert!(ports.entries >= 1, "{ports:?}");
@@ -1892,6 +1835,18 @@ fn bpftool(args: &[&str]) {
     assert!(out.status.success(), "bpftool {args:?}: {out:?}");
 }
 
+/// The LAN host's UDP reply to the masquerade's port `kept` reaches P1's port `original`.
+#[track_caller]
+fn reply_finds_the_peer(h: &mut Harness, kept: u16, original: u16) {
+    let (action, back) = h.xdp_bytes(&udp(HOST, NAT, 53, kept).build());
+    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
+    same(
+        &back,
+        &udp(HOST, P1, 53, original),
+        "the reply, translated back",
+    );
+}
+
 /// A pin root of a test's own, removed with everything pinned under it when the test ends.
 struct TestPins {
     root: std::path::PathBuf,
@@ -2069,13 +2024,7 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
     // The LAN host's reply, before the peer sends again: translated back and established by
     // the carried flow (without it, the policy would judge the reply as a new flow and drop it).
     let established = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
-    let (action, back) = h.xdp_bytes(&udp(HOST, NAT, 53, kept).build());
-    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(
-        &back,
-        &udp(HOST, P1, 53, original),
-        "the reply, translated back",
-    );
+    reply_finds_the_peer(&mut h, kept, original);
     assert_eq!(
         h.count(HOOK_LAN, ACCEPT_ESTABLISHED) - established,
         1,
@@ -2216,13 +2165,7 @@ fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
         &udp(NAT, HOST, kept, 53),
         "the carried translation's port",
     );
-    let (action, back) = h.xdp_bytes(&udp(HOST, NAT, 53, kept).build());
-    assert_eq!(action, XDP_PASS, "{}", h.hook_counters(HOOK_LAN));
-    same(
-        &back,
-        &udp(HOST, P1, 53, original),
-        "the reply, translated back",
-    );
+    reply_finds_the_peer(&mut h, kept, original);
 }
 
 /// A forward entry whose reverse entry is gone (evicted for a new flow, or swept) is no
