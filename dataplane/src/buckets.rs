@@ -18,12 +18,15 @@ use crate::mmap::MmapArray;
 /// of a few stores).
 const TAKE_ATTEMPTS: u32 = 100_000;
 
-/// What [`BucketTable::insert_absent`] did.
+/// What [`BucketTable::merge`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inserted {
-    Yes,
-    /// The table holds the key already.
-    Held,
+pub enum Merged {
+    /// Into an empty way.
+    Inserted,
+    /// Over the key's entry.
+    Replaced,
+    /// The key's entry stays.
+    Kept,
     /// The key's bucket is full.
     NoRoom,
 }
@@ -207,12 +210,21 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
         })
     }
 
-    /// Records `key` → `value` in an empty way, unless the table holds the key already (its
-    /// entry is newer than the one offered: kept).
-    pub fn insert_absent(&self, key: &K, value: &V) -> anyhow::Result<Inserted> {
+    /// Records `key` → `value`: over the key's own entry where `replaces(held)` says the offered
+    /// value is the one to keep, else in an empty way.
+    pub fn merge(
+        &self,
+        key: &K,
+        value: &V,
+        replaces: impl FnOnce(&V) -> bool,
+    ) -> anyhow::Result<Merged> {
         self.write(key, |b| {
-            if b.ways.iter().any(|w| w.key == *key) {
-                return Inserted::Held;
+            if let Some(w) = b.ways.iter_mut().find(|w| w.key == *key) {
+                if !replaces(&w.value) {
+                    return Merged::Kept;
+                }
+                w.value = *value;
+                return Merged::Replaced;
             }
             match b.ways.iter_mut().find(|w| w.key.is_vacant()) {
                 Some(w) => {
@@ -220,9 +232,9 @@ impl<K: TableKey + Copy + PartialEq, V: Copy> BucketTable<K, V> {
                         key: *key,
                         value: *value,
                     };
-                    Inserted::Yes
+                    Merged::Inserted
                 }
-                None => Inserted::NoRoom,
+                None => Merged::NoRoom,
             }
         })
     }
@@ -282,17 +294,28 @@ pub fn init_shape(shape: &mut Map, buckets: u32, what: &str) -> anyhow::Result<T
     Ok(fresh)
 }
 
+/// How an entry carried over from an earlier release's table meets the new table: `adapt`
+/// makes it (false: left behind, an entry no longer live); `wins(offered, held)` says whether
+/// it replaces the new table's entry of the same key.
+pub struct CarryRules<A, W> {
+    pub adapt: A,
+    pub wins: W,
+}
+
 /// Copies the entries of an earlier release's pinned LRU hash map `old` (the same keys and
-/// values) into `table`, each as `adapt` makes it (an entry it returns false for is left
-/// behind: one no longer live), where `table` does not hold its key yet. The map stays pinned:
-/// the programs that still use it go on making entries until this process's programs replace
-/// them, and a second copy after that takes those over (`carry`).
-pub fn copy_lru<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>(
+/// values) into `table` by `rules`. The map stays pinned (`carry` unpins it).
+pub fn copy_lru<K, V, A, W>(
     table: &BucketTable<K, V>,
     pins: &crate::pins::PinDir,
     old: &str,
-    adapt: impl FnMut(&K, &mut V) -> bool,
-) -> anyhow::Result<()> {
+    rules: &mut CarryRules<A, W>,
+) -> anyhow::Result<()>
+where
+    K: TableKey + Copy + PartialEq + aya::Pod,
+    V: Copy + aya::Pod,
+    A: FnMut(&K, &mut V) -> bool,
+    W: FnMut(&V, &V) -> bool,
+{
     let path = pins.map(old);
     if !path.exists() {
         return Ok(());
@@ -300,18 +323,24 @@ pub fn copy_lru<K: TableKey + Copy + PartialEq + aya::Pod, V: Copy + aya::Pod>(
     let map: aya::maps::HashMap<MapData, K, V> =
         aya::maps::HashMap::try_from(Map::LruHashMap(open_pinned(&path)?))?;
     let entries = map.iter().filter_map(Result::ok);
-    copy_entries(table, entries, old, adapt)
+    copy_entries(table, entries, old, rules)
 }
 
 /// As [`copy_lru`], from an earlier release's pinned bucket table `old` shaped by `old_shape`
 /// (the same keys and values; another bucket count).
-pub fn copy_buckets<K: TableKey + Copy + PartialEq, V: Copy>(
+pub fn copy_buckets<K, V, A, W>(
     table: &BucketTable<K, V>,
     pins: &crate::pins::PinDir,
     old: &str,
     old_shape: &str,
-    adapt: impl FnMut(&K, &mut V) -> bool,
-) -> anyhow::Result<()> {
+    rules: &mut CarryRules<A, W>,
+) -> anyhow::Result<()>
+where
+    K: TableKey + Copy + PartialEq,
+    V: Copy,
+    A: FnMut(&K, &mut V) -> bool,
+    W: FnMut(&V, &V) -> bool,
+{
     let path = pins.map(old);
     if !path.exists() {
         return Ok(());
@@ -322,32 +351,38 @@ pub fn copy_buckets<K: TableKey + Copy + PartialEq, V: Copy>(
         old,
     )?;
     let entries = old_table.entries().into_iter().map(|w| (w.key, w.value));
-    copy_entries(table, entries, old, adapt)
+    copy_entries(table, entries, old, rules)
 }
 
 fn open_pinned(path: &std::path::Path) -> anyhow::Result<MapData> {
     MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))
 }
 
-fn copy_entries<K: TableKey + Copy + PartialEq, V: Copy>(
+fn copy_entries<K, V, A, W>(
     table: &BucketTable<K, V>,
     entries: impl Iterator<Item = (K, V)>,
     old: &str,
-    mut adapt: impl FnMut(&K, &mut V) -> bool,
-) -> anyhow::Result<()> {
-    let (mut moved, mut held, mut dropped) = (0usize, 0usize, 0usize);
+    rules: &mut CarryRules<A, W>,
+) -> anyhow::Result<()>
+where
+    K: TableKey + Copy + PartialEq,
+    V: Copy,
+    A: FnMut(&K, &mut V) -> bool,
+    W: FnMut(&V, &V) -> bool,
+{
+    let (mut moved, mut kept, mut dropped) = (0usize, 0usize, 0usize);
     for (key, mut value) in entries {
-        if !adapt(&key, &mut value) {
+        if !(rules.adapt)(&key, &mut value) {
             continue;
         }
-        match table.insert_absent(&key, &value)? {
-            Inserted::Yes => moved += 1,
-            Inserted::Held => held += 1,
-            Inserted::NoRoom => dropped += 1,
+        match table.merge(&key, &value, |held| (rules.wins)(&value, held))? {
+            Merged::Inserted | Merged::Replaced => moved += 1,
+            Merged::Kept => kept += 1,
+            Merged::NoRoom => dropped += 1,
         }
     }
     tracing::info!(
-        "carried {moved} entries over from {old} ({held} held already, {dropped} found no room in their bucket)"
+        "carried {moved} entries over from {old} ({kept} newer in the new table, {dropped} found no room in their bucket)"
     );
     Ok(())
 }

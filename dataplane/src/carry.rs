@@ -4,81 +4,127 @@
 //!
 //! In two passes. The first, as the new programs are loaded, copies what the old tables hold.
 //! The old programs keep running on the old tables until this process's programs replace them
-//! on every interface, and the flows they start meanwhile are only in the old tables: the
-//! second pass, once the new programs are attached, copies those too (an entry the new tables
-//! hold already is newer, and kept), then unpins the old maps. A start that fails before the
-//! second pass leaves them pinned, for the next start to carry over.
+//! on every interface, and what they do meanwhile (flows started, translations given to
+//! another flow, flows closed) is only in the old tables: the second pass, once the new
+//! programs are attached, copies again, then unpins the old maps. Both passes keep, of two
+//! entries of one key, the one last seen later (the first pass's copy loses to what the old
+//! programs wrote since; what the new programs wrote since wins over both), and never replace
+//! a flow the new table holds as ended by a policy change. Entries idle past their timeout stay
+//! behind. Copying is best effort: a table that cannot be read is logged and skipped, never a
+//! reason to refuse a start (the data plane enforces either way). A start that fails before the
+//! second pass leaves the old maps pinned, their programs still running: the next start carries
+//! over from them again.
 
-use gateway_common::{maps as names, settings::Timeouts};
+use gateway_common::{
+    conntrack::{CtEntry, ORIGIN_REVOKED},
+    maps as names,
+    nat::{NatKey, NatSettings, NatTarget, timeout_ns},
+    settings::Timeouts,
+};
 
 use crate::{
-    buckets,
+    buckets::{self, CarryRules},
     nat_table::{Direction, NatTables},
     pins::PinDir,
 };
 
-/// Every old map this module carries over: its pinned name, and its shape's where it has one.
-const OLD_MAPS: [(&str, Option<&str>); 5] = [
-    (names::CONNTRACK_V1_LRU, None),
-    (names::NAT_FORWARD_V1_LRU, None),
-    (names::NAT_REVERSE_V1_LRU, None),
-    (names::NAT_FORWARD_V2_TIGHT, Some(names::NAT_TABLE_SHAPE_V1)),
-    (names::NAT_REVERSE_V2_TIGHT, Some(names::NAT_TABLE_SHAPE_V1)),
+/// The old maps this module carries over, then their shapes.
+const OLD_TABLES: [&str; 5] = [
+    names::CONNTRACK_V1_LRU,
+    names::NAT_FORWARD_V1_LRU,
+    names::NAT_REVERSE_V1_LRU,
+    names::NAT_FORWARD_V2_TIGHT,
+    names::NAT_REVERSE_V2_TIGHT,
 ];
+const OLD_SHAPES: [&str; 1] = [names::NAT_TABLE_SHAPE_V1];
 
-/// Whether an earlier release's tables are pinned under `pins`.
+/// Whether anything of an earlier release's tables is pinned under `pins`.
 pub fn pending(pins: &PinDir) -> bool {
-    OLD_MAPS.iter().any(|(name, _)| pins.map(name).exists())
+    OLD_TABLES
+        .iter()
+        .chain(&OLD_SHAPES)
+        .any(|name| pins.map(name).exists())
 }
 
-/// Copies what the old tables hold into this object's tables (entries the new tables hold
-/// already are kept; conntrack's flows no longer live are left behind).
-pub fn copy(ebpf: &aya::Ebpf, pins: &PinDir, timeouts: &Timeouts) -> anyhow::Result<()> {
+/// Copies what the old tables hold into this object's tables (see the module's rules).
+pub fn copy(ebpf: &aya::Ebpf, pins: &PinDir, timeouts: &Timeouts) {
     if !pending(pins) {
-        return Ok(());
+        return;
     }
     let now = crate::sweep::monotonic_coarse_ns();
-    buckets::copy_lru(
-        &crate::Dataplane::conntrack_table_of(ebpf)?,
-        pins,
-        names::CONNTRACK_V1_LRU,
-        |key, entry| gateway_common::conntrack::is_live(key, entry, timeouts, now),
-    )?;
-    let nat = NatTables::of(ebpf)?;
+    let skipped = |what: &str, e: anyhow::Error| {
+        tracing::warn!("not carried over from {what}: {e:#}");
+    };
+    match crate::Dataplane::conntrack_table_of(ebpf) {
+        Ok(table) => {
+            let mut rules = CarryRules {
+                adapt: |key: &_, entry: &mut CtEntry| {
+                    gateway_common::conntrack::is_live(key, entry, timeouts, now)
+                },
+                wins: |offered: &CtEntry, held: &CtEntry| {
+                    held.origin != ORIGIN_REVOKED && offered.last_seen_ns > held.last_seen_ns
+                },
+            };
+            if let Err(e) = buckets::copy_lru(&table, pins, names::CONNTRACK_V1_LRU, &mut rules) {
+                skipped(names::CONNTRACK_V1_LRU, e);
+            }
+        }
+        Err(e) => skipped("conntrack", e),
+    }
+    let nat = match NatTables::of(ebpf) {
+        Ok(nat) => nat,
+        Err(e) => return skipped("the translation tables", e),
+    };
+    // The controller applies the configured timeouts later; the defaults bound what is worth
+    // carrying (a TCP translation by its established timeout: the entry does not say its phase).
+    let defaults = NatSettings::default();
+    let fresh = |k: &NatKey, t: &NatTarget| {
+        now.saturating_sub(t.last_seen_ns) <= timeout_ns(&defaults, k.proto, true)
+    };
+    let later = |offered: &NatTarget, held: &NatTarget| offered.last_seen_ns > held.last_seen_ns;
     for (name, direction) in [
         (names::NAT_FORWARD_V1_LRU, Direction::Forward),
         (names::NAT_REVERSE_V1_LRU, Direction::Reverse),
     ] {
-        // The old layout's padding byte is the new one's `replied`: unknown, so unset.
-        buckets::copy_lru(nat.table_of(direction), pins, name, |_, t| {
-            t.replied = 0;
-            true
-        })?;
+        let mut rules = CarryRules {
+            adapt: |k: &NatKey, t: &mut NatTarget| {
+                // The old layout's padding byte is the new one's `replied`: unknown, so unset.
+                t.replied = 0;
+                fresh(k, t)
+            },
+            wins: later,
+        };
+        if let Err(e) = buckets::copy_lru(nat.table_of(direction), pins, name, &mut rules) {
+            skipped(name, e);
+        }
     }
     for (name, direction) in [
         (names::NAT_FORWARD_V2_TIGHT, Direction::Forward),
         (names::NAT_REVERSE_V2_TIGHT, Direction::Reverse),
     ] {
-        buckets::copy_buckets(
-            nat.table_of(direction),
-            pins,
-            name,
-            names::NAT_TABLE_SHAPE_V1,
-            |_, _| true,
-        )?;
+        let mut rules = CarryRules {
+            adapt: |k: &NatKey, t: &mut NatTarget| fresh(k, t),
+            wins: later,
+        };
+        let shape = names::NAT_TABLE_SHAPE_V1;
+        if let Err(e) =
+            buckets::copy_buckets(nat.table_of(direction), pins, name, shape, &mut rules)
+        {
+            skipped(name, e);
+        }
     }
-    Ok(())
 }
 
-/// The second pass: copies again what the old programs added since [`copy`], then unpins the
-/// old maps (and their shape). Call once this process's programs replaced the old ones.
+/// The second pass: copies again what the old programs changed since [`copy`], then unpins the
+/// old maps and their shapes. Call once this process's programs replaced the old ones: from
+/// then on the old tables change no more, and are unpinned even where copying failed (a later
+/// start must not carry their stale entries over again).
 pub fn finish(ebpf: &aya::Ebpf, pins: &PinDir, timeouts: &Timeouts) -> anyhow::Result<()> {
     if !pending(pins) {
         return Ok(());
     }
-    copy(ebpf, pins, timeouts)?;
-    let shapes = OLD_MAPS.iter().filter_map(|(_, shape)| *shape);
-    for name in OLD_MAPS.iter().map(|(name, _)| *name).chain(shapes) {
+    copy(ebpf, pins, timeouts);
+    for name in OLD_TABLES.iter().chain(&OLD_SHAPES) {
         let path = pins.map(name);
         if path.exists() {
             std::fs::remove_file(&path)

@@ -356,7 +356,7 @@ impl Dataplane {
         if let Some(p) = &pins {
             // The first pass; `finish_carry_over` makes the second once the programs are
             // attached.
-            carry::copy(&ebpf, p, &opts.timeouts)?;
+            carry::copy(&ebpf, p, &opts.timeouts);
         }
         let mut slots: [SlotContents; 2] = Default::default();
         let (active, adopted) = if adopt {
@@ -680,12 +680,13 @@ impl Dataplane {
                 self.nat_translations,
                 l.nat_entries as u64,
             ),
-            (
-                "nat_ports_busiest_destination",
-                self.nat_busiest_destination,
-                self.nat_port_range,
-            ),
         ]
+    }
+
+    /// The masquerade's ports in use toward its busiest destination, and the port range's size,
+    /// as the last sweep counted them; None before a sweep found a range (masquerade off).
+    pub fn nat_port_occupancy(&self) -> Option<(u64, u64)> {
+        (self.nat_port_range > 1).then_some((self.nat_busiest_destination, self.nat_port_range))
     }
 
     /// Lets accepted traffic from the tunnel be forwarded in TC to these LAN interfaces, and

@@ -40,11 +40,12 @@ pub fn takes_multi_buffer_redirects(ifindex: u32) -> anyhow::Result<bool> {
 }
 
 /// Whether frames redirected in XDP to interface `ifindex` reach it at all: its xdp-features
-/// include NETDEV_XDP_ACT_NDO_XMIT (a TUN, a NIC's driver with XDP; not kernel WireGuard,
-/// whose interface has no `ndo_xdp_xmit`, so that the kernel would drop every such frame). A
-/// kernel without the `netdev` family (before 6.3) cannot say: false, the safe side.
-pub fn takes_redirects(ifindex: u32) -> anyhow::Result<bool> {
-    Ok(features(ifindex)?.is_some_and(|f| f & NETDEV_XDP_ACT_NDO_XMIT != 0))
+/// include NETDEV_XDP_ACT_NDO_XMIT, which the kernel checks from 6.3 on before it takes a
+/// redirect (a NIC's driver with XDP says so; kernel WireGuard, without an `ndo_xdp_xmit`,
+/// does not, and neither does a TUN, which has one: xdp_forward.rs tests it). None where the
+/// kernel has no `netdev` family (before 6.3): it cannot say.
+pub fn takes_redirects(ifindex: u32) -> anyhow::Result<Option<bool>> {
+    Ok(features(ifindex)?.map(|f| f & NETDEV_XDP_ACT_NDO_XMIT != 0))
 }
 
 /// The interface's xdp-features bits, or None where the kernel has no `netdev` family.

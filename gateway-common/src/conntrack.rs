@@ -61,8 +61,9 @@ assert_size!(CtEntry, 24);
 /// the authority: the memo lives only within the tick (a quarter second) in which a packet of
 /// the flow found its translation there and refreshed it. The first packet of each later tick
 /// looks it up again, so a translation in use is still refreshed several times a second, and
-/// nothing else (the sweep, an upgrade, a translation freed or changed) needs to know of the
-/// memo. The stamp holds the tick's low 15 bits and, in the top bit, which endpoint of the key
+/// nothing else (the sweep, a translation freed or changed) needs to know of the memo. (An
+/// upgrade that carries the translation tables over: for up to one tick after the new programs
+/// are attached, a memo may still stand for what the old tables said.) The stamp holds the tick's low 15 bits and, in the top bit, which endpoint of the key
 /// sent: a flow between two overlay peers through an exit node is masqueraded both ways, each
 /// direction with a port of its own.
 pub struct NatMemo;

@@ -552,12 +552,17 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
             let takes = attach::if_index(&t.name)
                 .and_then(gateway_dataplane::xdp_features::takes_redirects);
             match takes {
-                Ok(false) => info!(
+                Ok(None) => info!(
+                    interface = %t.name,
+                    "LAN traffic into this tunnel goes to the kernel stack (left_to_kernel); this kernel \
+                     (before 6.3) does not say whether it takes XDP redirects into it"
+                ),
+                Ok(Some(false)) => info!(
                     interface = %t.name,
                     "LAN traffic into this tunnel goes to the kernel stack (left_to_kernel): the kernel takes no \
                      XDP redirects into it (its xdp-features lack ndo-xmit: kernel WireGuard has none, a TUN announces none)"
                 ),
-                Ok(true) => info!(
+                Ok(Some(true)) => info!(
                     interface = %t.name,
                     "the kernel would take XDP redirects into this tunnel; LAN traffic into it goes to the kernel \
                      stack all the same (left_to_kernel), where the tunnel's egress program clamps MSS"

@@ -35,10 +35,21 @@ pub struct Report {
     /// The underlay filter's counters by reason (non-zero ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub underlay: Vec<UnderlayCounter>,
+    /// The masquerade's port range: ports in use toward the busiest destination (a port is
+    /// taken per destination, so that one runs out first) of the range's size. Absent while
+    /// nothing is masqueraded, or before the first sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_ports: Option<NatPorts>,
     /// Live flows and translations the flow tables gave up for new ones (every table, zero
     /// or not: a count that grows says the table is too small for the traffic).
     #[serde(default)]
     pub evicted: Vec<EvictionCounter>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NatPorts {
+    pub busiest_destination: u64,
+    pub range: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,6 +210,12 @@ pub fn report(
                 bytes: c.bytes,
             })
             .collect(),
+        nat_ports: dp
+            .nat_port_occupancy()
+            .map(|(busiest_destination, range)| NatPorts {
+                busiest_destination,
+                range,
+            }),
         evicted: dp
             .evictions()?
             .into_iter()
@@ -304,7 +321,13 @@ pub fn print(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     }
     println!("\nmaps:");
     for m in &r.maps {
-        println!("  {:<30} {:>10} / {}", m.map, m.entries, m.capacity);
+        println!("  {:<16} {:>10} / {}", m.map, m.entries, m.capacity);
+    }
+    if let Some(p) = &r.nat_ports {
+        println!(
+            "\nmasquerade ports: {} of {} in use toward the busiest destination",
+            p.busiest_destination, p.range
+        );
     }
     if !r.evicted.is_empty() {
         println!("\nlive entries given up for new ones (a growing count: the table is too small):");

@@ -1043,10 +1043,11 @@ mod lab {
         // here (the tables have room for far more flows than the lab makes).
         let st = gw.status::<Report>(&lab.gw).unwrap();
         let ports = st
-            .map("nat_ports_busiest_destination")
+            .nat_ports
+            .as_ref()
             .expect("the port range's occupancy in /status");
-        assert_eq!(ports.capacity, 1000);
-        assert!(ports.entries >= 1, "{ports:?}");
+        assert_eq!(ports.range, 1000);
+        assert!(ports.busiest_destination >= 1, "{ports:?}");
         let evicted: Vec<_> = st
             .evicted
             .iter()
@@ -1961,7 +1962,7 @@ fn old_nat_target(addr: &str, port: u16, last_seen_ns: u64) -> Vec<u8> {
 /// values, LRU hash), under a pin root of the test's own.
 #[test]
 fn an_upgrade_carries_the_old_tables_translations_over() {
-    use gateway_common::conntrack::{CtEntry, FAMILY_V4, ORIGIN_POLICY, flow_key};
+    use gateway_common::conntrack::{CtEntry, FAMILY_V4, ORIGIN_POLICY, ORIGIN_REVOKED, flow_key};
     use gateway_dataplane::nat_table::Direction;
 
     let test_pins = TestPins::new("natv1");
@@ -2006,11 +2007,35 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
     }
 
     let mut h = masquerading_ports(test_pins.load_options());
+    // A second flow the old programs start between the passes, which a policy change has
+    // ended in the new table already (its tombstone, written as the kernel writes one): the
+    // second pass must not bring it back, however recently the old programs saw it.
+    let (ended_key, _) = flow_key(
+        &addr16(P1),
+        original + 1,
+        &addr16(HOST),
+        53,
+        17,
+        FAMILY_V4,
+        None,
+    );
+    let conntrack = h.dp.conntrack_table().unwrap();
+    let tombstone = CtEntry {
+        origin: ORIGIN_REVOKED,
+        ..ct_entry
+    };
+    assert!(conntrack.insert(&ended_key, &tombstone).unwrap());
+    let later = CtEntry {
+        last_seen_ns: gateway_dataplane::sweep::monotonic_coarse_ns(),
+        ..ct_entry
+    };
+    test_pins.update(names::CONNTRACK_V1_LRU, &bytes(&ended_key), &bytes(&later));
     // Once the new programs are attached (none here: the test runs them itself).
     h.dp.finish_carry_over().unwrap();
     for (name, _, _) in &old {
         assert!(!pins.map(name).exists(), "{name} is still pinned");
     }
+    assert_eq!(conntrack.get(&ended_key), Some(tombstone));
     let forward = udp_key(P1, original, 53);
     let tables = h.dp.nat_tables().unwrap();
     assert_eq!(
@@ -2018,9 +2043,8 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
         Some(kept)
     );
     assert_eq!(tables.count(Direction::Reverse), 1);
-    let conntrack = h.dp.conntrack_table().unwrap();
     assert_eq!(conntrack.get(&ct_key), Some(ct_entry));
-    assert_eq!(conntrack.count(), 1);
+    assert_eq!(conntrack.count(), 2);
     // The LAN host's reply, before the peer sends again: translated back and established by
     // the carried flow (without it, the policy would judge the reply as a new flow and drop it).
     let established = h.count(HOOK_LAN, ACCEPT_ESTABLISHED);
@@ -2045,8 +2069,7 @@ fn an_upgrade_carries_the_old_tables_translations_over() {
 /// with one way per configured translation (NAT_FWD_V2 and NAT_REV_V2 under NAT_SHAPE_V1)
 /// moves their translations into the roomier tables (placed again: the bucket count differs)
 /// in two passes: one as it loads, one once its programs are attached (what the old programs
-/// translated in between), an entry the new tables hold already winning; then it unpins all
-/// three. The old tables are made with bpftool as that release's loader made
+/// did in between), the entry of a key last seen later standing; then it unpins all three. The old tables are made with bpftool as that release's loader made
 /// them: mmapable arrays of 296-byte buckets (a sequence word, four 72-byte ways), here one
 /// bucket under a shape of 1 bucket and seed 0, so that where a translation lies needs no hash.
 #[test]
@@ -2056,30 +2079,35 @@ fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
     const BPF_F_MMAPABLE: u32 = 1 << 10;
     let test_pins = TestPins::new("natv2");
     let pins = &test_pins.pins;
-    let (original, kept) = (PORTS.0 + 50, PORTS.0 + 77);
     let now = gateway_dataplane::sweep::monotonic_coarse_ns();
-    // Ways 1 and 2 of the bucket hold what is given; ways 0 and 3 are vacant (all zeros).
-    let bucket = |way1: (Vec<u8>, Vec<u8>), way2: Option<(Vec<u8>, Vec<u8>)>| -> Vec<u8> {
-        let mut b = vec![0u8; 8 + 72];
-        for (key, target) in std::iter::once(way1).chain(way2) {
+    // Last seen: at first, then by the old programs between the passes (both in the past: a
+    // translation seen in the future would look idle for ages).
+    let (first, between) = (now - 3_000_000_000, now - 1_000_000_000);
+    // The bucket's ways in order, the rest vacant (all zeros).
+    let bucket = |ways: &[(Vec<u8>, Vec<u8>)]| -> Vec<u8> {
+        let mut b = vec![0u8; 8];
+        for (key, target) in ways {
             b.extend(key);
             b.extend(target);
         }
         b.resize(8 + 4 * 72, 0);
         b
     };
-    let forward = |original: u16, kept: u16| {
+    let forward = |original: u16, kept: u16, seen: u64| {
         (
             old_nat_key(P1, original, 53),
-            old_nat_target(NAT, kept, now),
+            old_nat_target(NAT, kept, seen),
         )
     };
-    let reverse = |original: u16, kept: u16| {
+    let reverse = |original: u16, kept: u16, seen: u64| {
         (
             old_nat_key(NAT, kept, 53),
-            old_nat_target(P1, original, now),
+            old_nat_target(P1, original, seen),
         )
     };
+    // Flow n: the peer's port 40_050 + n, given port 40_070 + n by the old tables.
+    let original = |n: u16| PORTS.0 + 50 + n;
+    let kept = |n: u16| PORTS.0 + 70 + n;
     let index = 0u32.to_ne_bytes().to_vec();
     let shape = [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
     test_pins.old_map(
@@ -2089,19 +2117,29 @@ fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
         1,
         &[(index.clone(), shape)],
     );
-    test_pins.old_map(
+    let write = |create: bool, name: &str, b: Vec<u8>| {
+        if create {
+            test_pins.old_map(name, "array", BPF_F_MMAPABLE, 1, &[(index.clone(), b)]);
+        } else {
+            test_pins.update(name, &index, &b);
+        }
+    };
+    // Flows 1 and 3 translated.
+    write(
+        true,
         names::NAT_FORWARD_V2_TIGHT,
-        "array",
-        BPF_F_MMAPABLE,
-        1,
-        &[(index.clone(), bucket(forward(original, kept), None))],
+        bucket(&[
+            forward(original(1), kept(1), first),
+            forward(original(3), kept(3), first),
+        ]),
     );
-    test_pins.old_map(
+    write(
+        true,
         names::NAT_REVERSE_V2_TIGHT,
-        "array",
-        BPF_F_MMAPABLE,
-        1,
-        &[(index.clone(), bucket(reverse(original, kept), None))],
+        bucket(&[
+            reverse(original(1), kept(1), first),
+            reverse(original(3), kept(3), first),
+        ]),
     );
     let old_names = [
         names::NAT_FORWARD_V2_TIGHT,
@@ -2118,54 +2156,65 @@ fn an_upgrade_carries_translations_out_of_tables_without_room_to_spare() {
         );
     }
     let tables = h.dp.nat_tables().unwrap();
-    assert_eq!(tables.count(Direction::Forward), 1);
-    // Meanwhile the old programs translate a second flow, and (as no program would, to show
-    // which entry wins) the old tables' first translation changes: the new tables' is newer.
-    let (original2, kept2) = (PORTS.0 + 51, PORTS.0 + 78);
-    test_pins.update(
+    assert_eq!(tables.count(Direction::Forward), 2);
+    // Meanwhile the old programs translate flow 2, give flow 1 another port (as after its
+    // reverse entry was evicted) and flow 3 too; but the new programs saw flow 3 later still.
+    write(
+        false,
         names::NAT_FORWARD_V2_TIGHT,
-        &index,
-        &bucket(forward(original, kept + 5), Some(forward(original2, kept2))),
+        bucket(&[
+            forward(original(1), kept(1) + 5, between),
+            forward(original(3), kept(3) + 5, between),
+            forward(original(2), kept(2), between),
+        ]),
     );
-    test_pins.update(
+    write(
+        false,
         names::NAT_REVERSE_V2_TIGHT,
-        &index,
-        &bucket(reverse(original, kept), Some(reverse(original2, kept2))),
+        bucket(&[
+            reverse(original(1), kept(1), first),
+            reverse(original(3), kept(3), first),
+            reverse(original(1), kept(1) + 5, between),
+            reverse(original(2), kept(2), between),
+        ]),
     );
-    // The programs attached, the second pass carries the second flow over and unpins.
+    assert!(
+        tables
+            .set_last_seen(Direction::Forward, &udp_key(P1, original(3), 53), now)
+            .unwrap()
+    );
+    // The programs attached, the second pass carries what changed over and unpins. Of two
+    // entries of one key, the one seen later stands.
     h.dp.finish_carry_over().unwrap();
     for name in old_names {
         assert!(!pins.map(name).exists(), "{name} is still pinned");
     }
-    assert_eq!(
+    let port_of = |n: u16| {
         tables
-            .get(Direction::Forward, &udp_key(P1, original2, 53))
-            .map(|t| t.port),
-        Some(kept2),
-        "the flow the old programs made after the first pass"
-    );
-    assert_eq!(tables.count(Direction::Reverse), 2);
+            .get(Direction::Forward, &udp_key(P1, original(n), 53))
+            .map(|t| t.port)
+    };
     assert_eq!(
-        tables
-            .get(Direction::Forward, &udp_key(P1, original, 53))
-            .map(|t| t.port),
-        Some(kept)
+        port_of(2),
+        Some(kept(2)),
+        "the flow started between the passes"
     );
     assert_eq!(
-        tables
-            .get(Direction::Reverse, &udp_key(NAT, kept, 53))
-            .map(|t| (t.addr, t.port)),
-        Some((addr16(P1), original))
+        port_of(1),
+        Some(kept(1) + 5),
+        "the old programs' later port"
     );
-    // The flow keeps its port (without the old translation it would have left with its own:
-    // free, and in the range), and the LAN host's reply to it finds the peer.
-    let out = out_through(&mut h, &udp(P1, HOST, original, 53));
+    assert_eq!(port_of(3), Some(kept(3)), "the new programs' later use");
+    assert_eq!(tables.count(Direction::Reverse), 4);
+    // Flow 1 leaves with its later port (without the old translations it would have left with
+    // its own: free, and in the range), and the LAN host's reply to it finds the peer.
+    let out = out_through(&mut h, &udp(P1, HOST, original(1), 53));
     same(
         &out,
-        &udp(NAT, HOST, kept, 53),
+        &udp(NAT, HOST, kept(1) + 5, 53),
         "the carried translation's port",
     );
-    reply_finds_the_peer(&mut h, kept, original);
+    reply_finds_the_peer(&mut h, kept(1) + 5, original(1));
 }
 
 /// A forward entry whose reverse entry is gone (evicted for a new flow, or swept) is no
