@@ -302,87 +302,70 @@ pub struct CarryRules<A, W> {
     pub wins: W,
 }
 
-/// Copies the entries of an earlier release's pinned LRU hash map `old` (the same keys and
-/// values) into `table` by `rules`. The map stays pinned (`carry` unpins it).
-pub fn copy_lru<K, V, A, W>(
-    table: &BucketTable<K, V>,
+impl<A, W> CarryRules<A, W> {
+    /// Copies `entries` of the old table `old` into `table` by these rules.
+    pub fn copy_into<K, V>(
+        &mut self,
+        table: &BucketTable<K, V>,
+        entries: Vec<(K, V)>,
+        old: &str,
+    ) -> anyhow::Result<()>
+    where
+        K: TableKey + Copy + PartialEq,
+        V: Copy,
+        A: FnMut(&K, &mut V) -> bool,
+        W: FnMut(&V, &V) -> bool,
+    {
+        let (mut moved, mut kept, mut dropped) = (0usize, 0usize, 0usize);
+        for (key, mut value) in entries {
+            if !(self.adapt)(&key, &mut value) {
+                continue;
+            }
+            match table.merge(&key, &value, |held| (self.wins)(&value, held))? {
+                Merged::Inserted | Merged::Replaced => moved += 1,
+                Merged::Kept => kept += 1,
+                Merged::NoRoom => dropped += 1,
+            }
+        }
+        tracing::info!(
+            "carried {moved} entries over from {old} ({kept} newer in the new table, {dropped} found no room in their bucket)"
+        );
+        Ok(())
+    }
+}
+
+/// The entries of an earlier release's pinned table `old` (none where it is not pinned): an
+/// LRU hash map, or with `shape` a bucket table of that shape (another bucket count than the
+/// new table's). It stays pinned (`carry` unpins it).
+pub fn old_entries<K, V>(
     pins: &crate::pins::PinDir,
     old: &str,
-    rules: &mut CarryRules<A, W>,
-) -> anyhow::Result<()>
+    shape: Option<&str>,
+) -> anyhow::Result<Vec<(K, V)>>
 where
     K: TableKey + Copy + PartialEq + aya::Pod,
     V: Copy + aya::Pod,
-    A: FnMut(&K, &mut V) -> bool,
-    W: FnMut(&V, &V) -> bool,
 {
     let path = pins.map(old);
     if !path.exists() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let map: aya::maps::HashMap<MapData, K, V> =
-        aya::maps::HashMap::try_from(Map::LruHashMap(open_pinned(&path)?))?;
-    let entries = map.iter().filter_map(Result::ok);
-    copy_entries(table, entries, old, rules)
-}
-
-/// As [`copy_lru`], from an earlier release's pinned bucket table `old` shaped by `old_shape`
-/// (the same keys and values; another bucket count).
-pub fn copy_buckets<K, V, A, W>(
-    table: &BucketTable<K, V>,
-    pins: &crate::pins::PinDir,
-    old: &str,
-    old_shape: &str,
-    rules: &mut CarryRules<A, W>,
-) -> anyhow::Result<()>
-where
-    K: TableKey + Copy + PartialEq,
-    V: Copy,
-    A: FnMut(&K, &mut V) -> bool,
-    W: FnMut(&V, &V) -> bool,
-{
-    let path = pins.map(old);
-    if !path.exists() {
-        return Ok(());
-    }
-    let old_table = BucketTable::<K, V>::open(
-        &Map::Array(open_pinned(&path)?),
-        &Map::Array(open_pinned(&pins.map(old_shape))?),
-        old,
-    )?;
-    let entries = old_table.entries().into_iter().map(|w| (w.key, w.value));
-    copy_entries(table, entries, old, rules)
-}
-
-fn open_pinned(path: &std::path::Path) -> anyhow::Result<MapData> {
-    MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))
-}
-
-fn copy_entries<K, V, A, W>(
-    table: &BucketTable<K, V>,
-    entries: impl Iterator<Item = (K, V)>,
-    old: &str,
-    rules: &mut CarryRules<A, W>,
-) -> anyhow::Result<()>
-where
-    K: TableKey + Copy + PartialEq,
-    V: Copy,
-    A: FnMut(&K, &mut V) -> bool,
-    W: FnMut(&V, &V) -> bool,
-{
-    let (mut moved, mut kept, mut dropped) = (0usize, 0usize, 0usize);
-    for (key, mut value) in entries {
-        if !(rules.adapt)(&key, &mut value) {
-            continue;
-        }
-        match table.merge(&key, &value, |held| (rules.wins)(&value, held))? {
-            Merged::Inserted | Merged::Replaced => moved += 1,
-            Merged::Kept => kept += 1,
-            Merged::NoRoom => dropped += 1,
-        }
-    }
-    tracing::info!(
-        "carried {moved} entries over from {old} ({kept} newer in the new table, {dropped} found no room in their bucket)"
-    );
-    Ok(())
+    let open = |path: &std::path::Path| {
+        MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))
+    };
+    Ok(match shape {
+        None => aya::maps::HashMap::<MapData, K, V>::try_from(Map::LruHashMap(open(&path)?))?
+            .iter()
+            .filter_map(Result::ok)
+            .collect(),
+        Some(shape) => BucketTable::<K, V>::open(
+            &Map::Array(open(&path)?),
+            &Map::Array(open(&pins.map(shape))?),
+            old,
+        )?
+        .entries()
+        .into_iter()
+        .map(|w| (w.key, w.value))
+        .collect(),
+    })
 }

@@ -65,8 +65,11 @@ pub fn copy(ebpf: &aya::Ebpf, pins: &PinDir, timeouts: &Timeouts) {
                     held.origin != ORIGIN_REVOKED && offered.last_seen_ns > held.last_seen_ns
                 },
             };
-            if let Err(e) = buckets::copy_lru(&table, pins, names::CONNTRACK_V1_LRU, &mut rules) {
-                skipped(names::CONNTRACK_V1_LRU, e);
+            let name = names::CONNTRACK_V1_LRU;
+            let copied = buckets::old_entries(pins, name, None)
+                .and_then(|entries| rules.copy_into(&table, entries, name));
+            if let Err(e) = copied {
+                skipped(name, e);
             }
         }
         Err(e) => skipped("conntrack", e),
@@ -78,38 +81,27 @@ pub fn copy(ebpf: &aya::Ebpf, pins: &PinDir, timeouts: &Timeouts) {
     // The controller applies the configured timeouts later; the defaults bound what is worth
     // carrying (a TCP translation by its established timeout: the entry does not say its phase).
     let defaults = NatSettings::default();
-    let fresh = |k: &NatKey, t: &NatTarget| {
-        now.saturating_sub(t.last_seen_ns) <= timeout_ns(&defaults, k.proto, true)
-    };
-    let later = |offered: &NatTarget, held: &NatTarget| offered.last_seen_ns > held.last_seen_ns;
-    for (name, direction) in [
-        (names::NAT_FORWARD_V1_LRU, Direction::Forward),
-        (names::NAT_REVERSE_V1_LRU, Direction::Reverse),
+    let v2_shape = Some(names::NAT_TABLE_SHAPE_V1);
+    for (name, direction, shape) in [
+        (names::NAT_FORWARD_V1_LRU, Direction::Forward, None),
+        (names::NAT_REVERSE_V1_LRU, Direction::Reverse, None),
+        (names::NAT_FORWARD_V2_TIGHT, Direction::Forward, v2_shape),
+        (names::NAT_REVERSE_V2_TIGHT, Direction::Reverse, v2_shape),
     ] {
         let mut rules = CarryRules {
             adapt: |k: &NatKey, t: &mut NatTarget| {
-                // The old layout's padding byte is the new one's `replied`: unknown, so unset.
-                t.replied = 0;
-                fresh(k, t)
+                if shape.is_none() {
+                    // The LRU layout's padding byte is the new one's `replied`: unknown, so
+                    // unset.
+                    t.replied = 0;
+                }
+                now.saturating_sub(t.last_seen_ns) <= timeout_ns(&defaults, k.proto, true)
             },
-            wins: later,
+            wins: |offered: &NatTarget, held: &NatTarget| offered.last_seen_ns > held.last_seen_ns,
         };
-        if let Err(e) = buckets::copy_lru(nat.table_of(direction), pins, name, &mut rules) {
-            skipped(name, e);
-        }
-    }
-    for (name, direction) in [
-        (names::NAT_FORWARD_V2_TIGHT, Direction::Forward),
-        (names::NAT_REVERSE_V2_TIGHT, Direction::Reverse),
-    ] {
-        let mut rules = CarryRules {
-            adapt: |k: &NatKey, t: &mut NatTarget| fresh(k, t),
-            wins: later,
-        };
-        let shape = names::NAT_TABLE_SHAPE_V1;
-        if let Err(e) =
-            buckets::copy_buckets(nat.table_of(direction), pins, name, shape, &mut rules)
-        {
+        let copied = buckets::old_entries(pins, name, shape)
+            .and_then(|entries| rules.copy_into(nat.table(direction), entries, name));
+        if let Err(e) = copied {
             skipped(name, e);
         }
     }

@@ -32,7 +32,8 @@ impl NatTables {
         })
     }
 
-    fn table(&self, d: Direction) -> &BucketTable<NatKey, NatTarget> {
+    /// One direction's table (the carry-over from earlier releases writes it too).
+    pub(crate) fn table(&self, d: Direction) -> &BucketTable<NatKey, NatTarget> {
         match d {
             Direction::Forward => &self.forward,
             Direction::Reverse => &self.reverse,
@@ -69,11 +70,6 @@ impl NatTables {
     /// was room. For tests.
     pub fn insert(&self, d: Direction, key: &NatKey, target: &NatTarget) -> anyhow::Result<bool> {
         self.table(d).insert(key, target)
-    }
-
-    /// One direction's table (the carry-over from earlier releases writes it).
-    pub(crate) fn table_of(&self, d: Direction) -> &BucketTable<NatKey, NatTarget> {
-        self.table(d)
     }
 
     /// Sets the last-seen time of `key`'s translation (tests age translations with it).

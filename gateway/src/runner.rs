@@ -549,29 +549,27 @@ fn attach_all(dp: &mut Dataplane, cfg: &Config, wg_port: Option<u16>) -> anyhow:
         // What the kernel says of the tunnels as XDP redirect targets, for the operator: the
         // LAN program hands traffic into a tunnel to the kernel stack either way.
         for t in &cfg.interfaces.tunnel {
-            let takes = attach::if_index(&t.name)
-                .and_then(gateway_dataplane::xdp_features::takes_redirects);
-            match takes {
-                Ok(None) => info!(
-                    interface = %t.name,
-                    "LAN traffic into this tunnel goes to the kernel stack (left_to_kernel); this kernel \
-                     (before 6.3) does not say whether it takes XDP redirects into it"
-                ),
-                Ok(Some(false)) => info!(
-                    interface = %t.name,
-                    "LAN traffic into this tunnel goes to the kernel stack (left_to_kernel): the kernel takes no \
-                     XDP redirects into it (its xdp-features lack ndo-xmit: kernel WireGuard has none, a TUN announces none)"
-                ),
-                Ok(Some(true)) => info!(
-                    interface = %t.name,
-                    "the kernel would take XDP redirects into this tunnel; LAN traffic into it goes to the kernel \
-                     stack all the same (left_to_kernel), where the tunnel's egress program clamps MSS"
-                ),
-                Err(e) => info!(
-                    interface = %t.name,
-                    "LAN traffic into this tunnel goes to the kernel stack (left_to_kernel); its XDP features cannot be read: {e:#}"
-                ),
-            }
+            let why = match attach::if_index(&t.name)
+                .and_then(gateway_dataplane::xdp_features::takes_redirects)
+            {
+                Ok(None) => {
+                    "this kernel (before 6.3) does not say whether it takes XDP redirects into it"
+                        .to_string()
+                }
+                Ok(Some(false)) => {
+                    "the kernel takes no XDP redirects into it (its xdp-features lack \
+                     ndo-xmit: kernel WireGuard has none, a TUN announces none)"
+                        .to_string()
+                }
+                Ok(Some(true)) => "the kernel would take XDP redirects into it, but the tunnel's \
+                     egress program must see the traffic (it clamps MSS)"
+                    .to_string(),
+                Err(e) => format!("its XDP features cannot be read: {e:#}"),
+            };
+            info!(
+                interface = %t.name,
+                "LAN traffic into this tunnel goes to the kernel stack (left_to_kernel): {why}"
+            );
         }
     }
     Ok(())
